@@ -1,0 +1,201 @@
+"""The ``huselet`` command line: ``run``, ``ctl``, ``invoke``, ``version``.
+
+``huselet run`` starts the daemon (foreground; systemd runs it the same way).
+``huselet ctl`` talks to a running daemon over its admin socket.
+``huselet invoke`` is a convenience HTTP client for the ingress.
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _load_config(path: str | None) -> Any:
+    from huselet.config import load_config
+    from huselet.runtime import available_runtimes
+
+    return load_config(Path(path) if path else None, known_runtimes=available_runtimes().keys())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from huselet.errors import ConfigError, HuseletError
+
+    try:
+        config = _load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.check:
+        print(f"config ok: {len(config.functions)} functions")
+        return EXIT_OK
+    import trio
+
+    from huselet.daemon import Daemon
+    from huselet.log import setup_logging
+
+    setup_logging(args.log_level or config.node.log_level)
+
+    async def main() -> None:
+        await Daemon(config).run()
+
+    status = EXIT_OK
+    try:
+        trio.run(main)
+    except* HuseletError as group:
+        for exc in _leaves(group):
+            print(f"huselet: cannot start: {exc}", file=sys.stderr)
+        status = EXIT_FAILURE
+    except* OSError as group:
+        for exc in _leaves(group):
+            print(f"huselet: cannot start: {_describe_os_error(exc)}", file=sys.stderr)
+        status = EXIT_FAILURE
+    except* KeyboardInterrupt:
+        pass
+    return status
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc)
+
+
+def _admin_socket(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    if os.environ.get("HUSELET_ADMIN_SOCKET"):
+        return Path(os.environ["HUSELET_ADMIN_SOCKET"])
+    return _load_config(args.config).admin.socket  # type: ignore[no-any-return]
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    from huselet.admin import render
+    from huselet.admin.client import AdminClient
+    from huselet.admin.errors import AdminError
+    from huselet.errors import ConfigError
+
+    try:
+        path = _admin_socket(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        data = AdminClient(path, timeout_s=args.timeout).call(args.command)
+    except AdminError as exc:
+        print(f"huselet ctl: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return EXIT_OK
+    renderers = {
+        "status": render.render_status,
+        "functions": render.render_functions,
+        "instances": render.render_instances,
+    }
+    print(renderers[args.command](data))
+    return EXIT_OK
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    if args.url:
+        host, _, port = args.url.removeprefix("http://").rstrip("/").rpartition(":")
+    else:
+        from huselet.errors import ConfigError
+
+        try:
+            address = _load_config(args.config).gateway.http
+        except ConfigError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        host, port = address.host, str(address.port)
+    host = host.strip("[]")
+    if args.data is not None:
+        try:
+            json.loads(args.data)
+        except ValueError as exc:
+            print(f"huselet invoke: --data is not valid JSON: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        body, ctype = args.data.encode(), "application/json"
+    else:
+        body, ctype = b"{}", "application/json"
+    headers = {"Content-Type": ctype}
+    if args.timeout_ms:
+        headers["X-Huselet-Timeout-Ms"] = str(args.timeout_ms)
+    token = os.environ.get("HUSELET_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn = http.client.HTTPConnection(host, int(port), timeout=args.timeout)
+    try:
+        conn.request("POST", f"/v1/invoke/{args.function}", body=body, headers=headers)
+        resp = conn.getresponse()
+        payload = resp.read()
+    except OSError as exc:
+        print(f"huselet invoke: cannot reach http://{host}:{port}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        conn.close()
+    out = sys.stdout if resp.status == 200 else sys.stderr
+    if args.verbose or resp.status != 200:
+        print(f"HTTP {resp.status} request-id {resp.getheader('X-Huselet-Request-Id')}", file=out)
+    text = payload.decode("utf-8", "replace")
+    print(text, file=out)
+    return EXIT_OK if resp.status == 200 else EXIT_FAILURE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="huselet", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", "-c", help="TOML file (default: the embedded example)")
+    run.add_argument("--check", action="store_true", help="validate the config and exit")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    ctl = sub.add_parser("ctl", help="inspect a running daemon through its admin socket")
+    ctl.add_argument("command", choices=["status", "functions", "instances"])
+    ctl.add_argument("--socket", "-s", help="admin socket path")
+    ctl.add_argument("--config", "-c", help="read the admin socket path from this TOML")
+    ctl.add_argument("--json", action="store_true", help="machine-readable output")
+    ctl.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    ctl.set_defaults(func=cmd_ctl)
+
+    inv = sub.add_parser("invoke", help="invoke a function through the HTTP ingress")
+    inv.add_argument("function")
+    inv.add_argument("--data", "-d", help="JSON event (default {})")
+    inv.add_argument("--url", help="ingress address, e.g. http://127.0.0.1:8470")
+    inv.add_argument("--config", "-c", help="read the ingress address from this TOML")
+    inv.add_argument("--timeout-ms", type=int, help="shorten the function's deadline")
+    inv.add_argument("--timeout", type=float, default=60.0, help="client timeout, seconds")
+    inv.add_argument("--verbose", "-v", action="store_true", help="print status and request id")
+    inv.set_defaults(func=cmd_invoke)
+
+    ver = sub.add_parser("version", help="print the version")
+    ver.set_defaults(func=lambda args: print(__import__("huselet").__version__) or EXIT_OK)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

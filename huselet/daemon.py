@@ -1,0 +1,143 @@
+"""The composition root: builds every component and runs them in one nursery.
+
+Start order (each ``await nursery.start(component.run)`` returns once that
+component is ready): runtimes → instance link sockets → node scheduler →
+admin socket → HTTP ingress; then ``READY=1`` to systemd. SIGTERM/SIGINT
+drains: the ingress answers 503 to new requests, accepted ones finish within
+``node.drain_grace_ms``, instances stop, the process exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import huselet
+from huselet.admin.server import AdminServer
+from huselet.config import Config
+from huselet.errors import HuseletError
+from huselet.gateway.http import HttpIngress
+from huselet.link import LinkServer
+from huselet.log import get_logger
+from huselet.notify import SystemdNotifier
+from huselet.runtime import create_runtimes
+from huselet.scheduler import NodeScheduler
+from protocol.frames import DEFAULT_MAX_FRAME
+
+log = get_logger("daemon")
+
+# A frame must carry the largest body plus msgpack overhead.
+FRAME_OVERHEAD = 64 * 1024
+
+
+class StartupError(HuseletError):
+    """The daemon cannot start (directory, port, socket); the message says why."""
+
+    code = "startup"
+
+
+def _prepare_dir(path: Path, mode: int, key: str) -> None:
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create {key} {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartupError(f"{key} {path} is not writable by uid {os.geteuid()}")
+
+
+class Daemon:
+    def __init__(self, config: Config, *, notifier: SystemdNotifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or SystemdNotifier.from_env()
+        self.started_at = trio.current_time()
+        max_frame = max(DEFAULT_MAX_FRAME, config.gateway.max_body_bytes + FRAME_OVERHEAD)
+        self.runtimes = create_runtimes(
+            {fn.runtime for fn in config.functions} | {"process"},
+            config.runtimes,
+            node=config.node,
+        )
+        self.links = LinkServer(config.node.run_dir, self._claim_link, max_frame=max_frame)
+        self.scheduler = NodeScheduler(config, self.runtimes, self.links.socket_path)
+        self.admin = AdminServer(config.admin)
+        self.ingress = HttpIngress(
+            config.gateway, self.scheduler, auth_token=_read_token(config.gateway.auth_token_file)
+        )
+        self._register_admin_commands()
+
+    def _claim_link(self, function: str, instance_id: str, token: str) -> Any:
+        return self.scheduler.claim_link(function, instance_id, token)
+
+    def _register_admin_commands(self) -> None:
+        self.admin.register("ping", lambda args: "pong")
+        self.admin.register("status", lambda args: self.status())
+        self.admin.register("functions", lambda args: self.scheduler.status()["functions"])
+        self.admin.register("instances", lambda args: self.scheduler.instances())
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": {
+                "id": self.config.node.id,
+                "version": huselet.__version__,
+                "pid": os.getpid(),
+                "uptime_s": round(trio.current_time() - self.started_at, 3),
+                "http": str(self.ingress.bound_address) if self.ingress.bound_address else None,
+                "admin_socket": str(self.config.admin.socket),
+                "config": str(self.config.source) if self.config.source else "(embedded default)",
+                "runtimes": sorted(self.runtimes),
+            },
+            **self.scheduler.status(),
+        }
+
+    async def run(self) -> None:
+        node = self.config.node
+        _prepare_dir(node.state_dir, 0o750, "node.state_dir")
+        _prepare_dir(node.run_dir, 0o750, "node.run_dir")
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                for runtime in self.runtimes.values():
+                    await nursery.start(runtime.run)
+                await nursery.start(self.links.run, [fn.name for fn in self.config.functions])
+                await nursery.start(self.scheduler.run)
+                await nursery.start(self.admin.run)
+                await nursery.start(self.ingress.run)
+                ready = f"serving {len(self.config.functions)} functions on http://{self.ingress.bound_address}"
+                log.info(
+                    "huselet ready",
+                    node=node.id,
+                    http=str(self.ingress.bound_address),
+                    admin=str(self.config.admin.socket),
+                    functions=[fn.name for fn in self.config.functions],
+                    version=huselet.__version__,
+                )
+                self.notifier.ready(ready)
+                async for signum in signals:
+                    log.info("shutdown requested", signal=signal.Signals(signum).name)
+                    break
+                await self.shutdown()
+                nursery.cancel_scope.cancel()
+        log.info("huselet stopped")
+
+    async def shutdown(self) -> None:
+        grace_s = self.config.node.drain_grace_ms / 1000
+        self.notifier.stopping(f"draining (grace {grace_s:g}s)")
+        await self.scheduler.drain(grace_s)
+        # Let the ingress write the replies of requests that just completed.
+        with trio.move_on_after(1.0):
+            while self.ingress.active_requests:
+                await trio.sleep(0.005)
+
+
+def _read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise StartupError(f"cannot read gateway.auth_token_file {path}: {exc.strerror}") from None
+    if not token:
+        raise StartupError(f"gateway.auth_token_file {path} is empty")
+    return token

@@ -1,0 +1,85 @@
+"""One accepted invocation: the unit that travels from ingress to an instance and back.
+
+An invocation completes exactly once — with a result or a typed error — and the
+first completion wins. That single rule is what keeps a request from being
+answered twice or silently dropped when deadlines, instance deaths and drains
+race each other.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from huselet.errors import HuseletError
+
+if TYPE_CHECKING:
+    from huselet.pool import InstanceRecord
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeResult:
+    body: bytes
+    content_type: str
+
+
+class InvocationState(enum.Enum):
+    QUEUED = "queued"
+    DISPATCHED = "dispatched"
+    DONE = "done"
+
+
+class Invocation:
+    __slots__ = (
+        "_done",
+        "_outcome",
+        "deadline",
+        "enqueued_at",
+        "event",
+        "function",
+        "instance",
+        "kind",
+        "request_id",
+        "state",
+    )
+
+    def __init__(
+        self, request_id: str, function: str, event: bytes, kind: str, deadline: float
+    ) -> None:
+        self.request_id = request_id
+        self.function = function
+        self.event = event
+        self.kind = kind
+        self.deadline = deadline  # trio.current_time() clock
+        self.enqueued_at = trio.current_time()
+        self.state = InvocationState.QUEUED
+        self.instance: InstanceRecord | None = None
+        self._outcome: InvokeResult | HuseletError | None = None
+        self._done = trio.Event()
+
+    @property
+    def done(self) -> bool:
+        return self.state is InvocationState.DONE
+
+    def complete(self, outcome: InvokeResult | HuseletError) -> bool:
+        """Record the outcome; return False (and change nothing) if already done."""
+        if self.state is InvocationState.DONE:
+            return False
+        self.state = InvocationState.DONE
+        self._outcome = outcome
+        self._done.set()
+        return True
+
+    async def wait(self) -> None:
+        await self._done.wait()
+
+    def result(self) -> InvokeResult:
+        """The outcome of a done invocation: the result, or its error raised."""
+        outcome = self._outcome
+        if isinstance(outcome, HuseletError):
+            raise outcome
+        assert outcome is not None, "result() of an invocation that is not done"
+        return outcome

@@ -1,0 +1,188 @@
+"""The instance link server: one Unix socket per function under ``run_dir/fn/``.
+
+Instances connect as clients and must introduce themselves with the one-time
+token they were started with. A wrong token, a malformed or late HELLO, or an
+unknown instance is refused, logged and counted; it never reaches the pool.
+After the handshake the connection is handed to the instance's lifecycle in
+:mod:`huselet.pool`, which owns it from then on.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from huselet.log import get_logger
+from protocol.errors import ProtocolError
+from protocol.frames import FrameDecoder, encode_frame
+from protocol.link import (
+    HELLO,
+    PROTO_VERSION,
+    Hello,
+    Refused,
+    Welcome,
+    message_type,
+)
+
+log = get_logger("link")
+
+HELLO_TIMEOUT_S = 5.0
+MAX_PENDING_HANDSHAKES = 64
+RECEIVE_CHUNK = 262144
+
+
+class InstanceLink:
+    """An authenticated, framed connection to one instance (trio side)."""
+
+    def __init__(self, stream: trio.SocketStream, decoder: FrameDecoder) -> None:
+        self.stream = stream
+        self.decoder = decoder
+        self.max_frame = decoder.max_frame
+
+    async def send(self, *messages: dict[str, Any]) -> None:
+        data = b"".join(encode_frame(m, max_frame=self.max_frame) for m in messages)
+        await self.stream.send_all(data)
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next message, or None once the instance closed its end."""
+        while True:
+            msg = self.decoder.next_frame()
+            if msg is not None:
+                return msg
+            chunk = await self.stream.receive_some(RECEIVE_CHUNK)
+            if not chunk:
+                return None
+            self.decoder.receive_data(chunk)
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+# Given (function, instance_id, token) return a callback that takes the link,
+# or None when no such instance is waiting for it.
+LinkClaim = Callable[[str, str, str], Callable[[InstanceLink], bool] | None]
+
+
+class LinkServer:
+    def __init__(self, run_dir: Path, claim: LinkClaim, *, max_frame: int) -> None:
+        self.socket_dir = run_dir / "fn"
+        self.claim = claim
+        self.max_frame = max_frame
+        self._handshake_slots = trio.CapacityLimiter(MAX_PENDING_HANDSHAKES)
+        self._nursery: trio.Nursery | None = None
+        self.refused = 0
+
+    def socket_path(self, function: str) -> Path:
+        return self.socket_dir / f"{function}.sock"
+
+    async def run(
+        self, functions: list[str], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.socket_dir, 0o700)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for name in functions:
+                    await nursery.start(self._serve_function, name)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    async def add_function(self, name: str) -> None:
+        """Open the socket of a function added after start (reload, deploy)."""
+        assert self._nursery is not None
+        await self._nursery.start(self._serve_function, name)
+
+    async def _serve_function(
+        self, name: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        path = self.socket_path(name)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            path.unlink(missing_ok=True)  # a stale socket from a previous run
+            await sock.bind(str(path))
+            os.chmod(path, 0o600)
+            sock.listen(128)
+            listener = trio.SocketListener(sock)
+        except BaseException:
+            sock.close()
+            raise
+        task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(self._handshake, name, stream)
+        finally:
+            sock.close()
+            path.unlink(missing_ok=True)
+
+    async def _handshake(self, function: str, stream: trio.SocketStream) -> None:
+        async with self._handshake_slots:
+            handed_over = False
+            try:
+                handed_over = await self._authenticate(function, stream)
+            finally:
+                if not handed_over:
+                    await trio.aclose_forcefully(stream)
+
+    async def _refuse(self, stream: trio.SocketStream, function: str, code: str, why: str, **fields: Any) -> bool:
+        self.refused += 1
+        log.warning("instance link refused", function=function, reason=why, **fields)
+        with trio.move_on_after(1):
+            try:
+                await stream.send_all(encode_frame(Refused(code, why).encode()))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        return False
+
+    async def _authenticate(self, function: str, stream: trio.SocketStream) -> bool:
+        decoder = FrameDecoder(max_frame=min(self.max_frame, 64 * 1024))
+        link = InstanceLink(stream, decoder)
+        try:
+            with trio.fail_after(HELLO_TIMEOUT_S):
+                msg = await link.receive()
+        except trio.TooSlowError:
+            return await self._refuse(stream, function, "timeout", "no hello within the handshake timeout")
+        except ProtocolError as exc:
+            return await self._refuse(stream, function, "malformed", str(exc))
+        except (trio.BrokenResourceError, OSError):
+            return False
+        if msg is None:
+            return False
+        try:
+            if message_type(msg) != HELLO:
+                return await self._refuse(stream, function, "malformed", "first frame must be hello")
+            hello = Hello.decode(msg)
+        except ProtocolError as exc:
+            return await self._refuse(stream, function, "malformed", str(exc))
+        if hello.proto != PROTO_VERSION:
+            return await self._refuse(
+                stream, function, "version", f"unsupported link protocol {hello.proto}; daemon speaks {PROTO_VERSION}"
+            )
+        accept = self.claim(function, hello.instance_id, hello.token)
+        if accept is None:
+            # Do not tell the peer whether the id or the token was wrong.
+            return await self._refuse(
+                stream, function, "unauthorized", "unknown instance or wrong token",
+                instance=hello.instance_id[:64], peer_pid=hello.pid,
+            )
+        decoder.max_frame = self.max_frame
+        link.max_frame = self.max_frame
+        try:
+            await link.send(Welcome(PROTO_VERSION, function, self.max_frame).encode())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return accept(link)
+
+
+def token_matches(expected: str, given: str) -> bool:
+    return hmac.compare_digest(expected.encode(), given.encode())

@@ -1,0 +1,82 @@
+"""Structured logging: one JSON object per line on stderr.
+
+Usage::
+
+    log = get_logger("scheduler")
+    log.info("instance started", function="hello", instance="i-3", ms=4.2)
+
+journald, `jq` and log shippers read this directly. Field values that are not
+JSON types are rendered with ``str``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+_ROOT = "huselet"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "component": record.name.removeprefix(_ROOT + ".") or _ROOT,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class StructuredLogger:
+    """A thin wrapper so call sites pass fields as keywords."""
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def _log(self, level: int, msg: str, exc_info: bool, fields: dict[str, Any]) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, msg, exc_info=exc_info, extra={"fields": fields})
+
+    def debug(self, msg: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, msg, False, fields)
+
+    def info(self, msg: str, **fields: Any) -> None:
+        self._log(logging.INFO, msg, False, fields)
+
+    def warning(self, msg: str, **fields: Any) -> None:
+        self._log(logging.WARNING, msg, False, fields)
+
+    def error(self, msg: str, **fields: Any) -> None:
+        self._log(logging.ERROR, msg, False, fields)
+
+    def exception(self, msg: str, **fields: Any) -> None:
+        self._log(logging.ERROR, msg, True, fields)
+
+    def is_debug(self) -> bool:
+        return self._logger.isEnabledFor(logging.DEBUG)
+
+
+def get_logger(component: str) -> StructuredLogger:
+    return StructuredLogger(logging.getLogger(f"{_ROOT}.{component}"))
+
+
+def setup_logging(level: str = "info", stream: Any = None) -> None:
+    """Route the ``huselet`` logger tree to ``stream`` (stderr) as JSON lines."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger(_ROOT)
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+    logging.Formatter.converter = time.gmtime

@@ -1,0 +1,455 @@
+"""FunctionPool: one function's request buffer and the lifecycle of its instances.
+
+Scaling rule: when queued requests outnumber the instances that are idle or
+already starting, start more — while the request waits, within
+``max_instances``. An idle instance is reaped after ``idle_timeout_ms``
+(keeping ``min_instances``).
+
+Lifecycle of one instance (:meth:`FunctionPool._lifecycle`)::
+
+    STARTING ─ runtime.start() ─ link HELLO+token ─ READY ─▶ IDLE ⇄ BUSY
+        │ (exit, FATAL, start timeout)                        │ (idle timeout,
+        ▼                                                     ▼  link closed, deadline
+     start failed                                          STOPPING  overrun, node stop)
+
+Every in-flight invocation of an instance that ends is completed with a clear
+:class:`InstanceLost` error — never left waiting.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from huselet.buffer import RequestBuffer
+from huselet.config import FunctionSettings
+from huselet.errors import (
+    BadRequest,
+    Draining,
+    HandlerError,
+    HuseletError,
+    InstanceLost,
+    InstanceStartFailed,
+)
+from huselet.invocation import Invocation, InvokeResult
+from huselet.link import InstanceLink, token_matches
+from huselet.log import get_logger
+from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, Runtime, StartFailed
+from protocol.errors import ProtocolError
+from protocol.link import (
+    ERROR_INVALID_EVENT,
+    FATAL,
+    KIND_JSON,
+    KIND_TEXT,
+    PULL,
+    READY,
+    RESULT,
+    SHUTDOWN_FRAME,
+    Fatal,
+    Pull,
+    Request,
+    Result,
+    message_type,
+)
+
+log = get_logger("pool")
+
+CONTENT_TYPES = {
+    KIND_JSON: "application/json",
+    KIND_TEXT: "text/plain; charset=utf-8",
+}
+STOP_GRACE_S = 2.0
+EXIT_DESCRIBE_WAIT_S = 1.0
+
+
+class InstanceState(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+
+
+class InstanceRecord:
+    """What the pool knows about one instance."""
+
+    def __init__(self, function: str) -> None:
+        self.id = f"{function}-{secrets.token_hex(4)}"
+        self.token = secrets.token_urlsafe(24)
+        self.state = InstanceState.STARTING
+        self.handle: InstanceHandle | None = None
+        self.link: InstanceLink | None = None
+        self.link_arrived = trio.Event()
+        self.created_at = trio.current_time()
+        self.ready_at: float | None = None
+        self.last_active = self.created_at
+        self.served = 0
+        self.credits = 0  # requests the instance has pulled for and not yet received
+        self.inflight: dict[str, Invocation] = {}
+        self.scope = trio.CancelScope()
+        self.stop_reason: str | None = None
+        self.exit_status: ExitStatus | None = None
+
+    def offer_link(self, link: InstanceLink) -> bool:
+        if self.link is not None or self.state is not InstanceState.STARTING:
+            return False
+        self.link = link
+        self.link_arrived.set()
+        return True
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.scope.cancel()
+
+    def describe(self) -> dict[str, Any]:
+        now = trio.current_time()
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "pid": self.handle.pid if self.handle else None,
+            "age_s": round(now - self.created_at, 3),
+            "idle_s": round(now - self.last_active, 3) if self.state is InstanceState.IDLE else 0.0,
+            "served": self.served,
+            "start_ms": round((self.ready_at - self.created_at) * 1000, 2) if self.ready_at else None,
+        }
+
+
+class _StartError(Exception):
+    """An instance could not become ready; the message is caller-safe."""
+
+
+class FunctionPool:
+    def __init__(
+        self,
+        settings: FunctionSettings,
+        runtime: Runtime,
+        link_socket: Path,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.runtime = runtime
+        self.link_socket = link_socket
+        self._nursery = nursery
+        self.buffer = RequestBuffer(settings.max_queue or 1000)
+        self.instances: dict[str, InstanceRecord] = {}
+        # Sum of all ready instances' credits: capacity that will take a request
+        # within microseconds. Counting only parked dispatchers would start a new
+        # instance in the instant between a RESULT and its dispatcher re-parking.
+        self.spare_credits = 0
+        self.counters: Counter[str] = Counter()
+        self.accepting = True  # False while draining: no new requests
+        self.closed = False  # True once stopping: no new instances
+        self.last_start_error: str | None = None
+
+    # --- requests -------------------------------------------------------------
+
+    def submit(self, inv: Invocation) -> None:
+        if not self.accepting:
+            raise Draining("the node is draining and takes no new requests", retry_after_s=1)
+        try:
+            self.buffer.put(inv)
+        except HuseletError:
+            self.counters["rejected_queue_full"] += 1
+            raise
+        self.counters["accepted"] += 1
+        self.ensure_capacity()
+
+    def on_deadline(self, inv: Invocation) -> None:
+        """The caller's deadline passed; an instance still working on it is stuck."""
+        self.counters["deadline_exceeded"] += 1
+        record = inv.instance
+        if record is not None and inv.request_id in record.inflight:
+            record.inflight.pop(inv.request_id, None)
+            record.stop("request deadline passed")
+
+    # --- scaling ----------------------------------------------------------------
+
+    def ensure_capacity(self) -> None:
+        if self.closed:
+            return
+        starting = sum(1 for r in self.instances.values() if r.state is InstanceState.STARTING)
+        demand = self.buffer.live_count() - self.spare_credits - starting
+        room = self.settings.max_instances - len(self.instances)
+        want = max(demand, self.settings.min_instances - len(self.instances))
+        for _ in range(min(want, room)):
+            self._start_instance()
+
+    def _start_instance(self) -> None:
+        record = InstanceRecord(self.name)
+        self.instances[record.id] = record
+        self.counters["instances_started"] += 1
+        self._nursery.start_soon(self._lifecycle, record, name=f"instance {record.id}")
+
+    def claim_link(self, instance_id: str, token: str) -> Any:
+        record = self.instances.get(instance_id)
+        if record is None or not token_matches(record.token, token):
+            return None
+        return record.offer_link
+
+    # --- lifecycle --------------------------------------------------------------
+
+    async def _lifecycle(self, record: InstanceRecord) -> None:
+        fields = {"function": self.name, "instance": record.id}
+        try:
+            with record.scope:
+                try:
+                    await self._start(record)
+                except _StartError as exc:
+                    self._start_failed(record, str(exc))
+                    return
+                record.ready_at = trio.current_time()
+                log.info(
+                    "instance ready",
+                    pid=record.handle.pid if record.handle else None,
+                    start_ms=round((record.ready_at - record.created_at) * 1000, 2),
+                    **fields,
+                )
+                await self._serve(record)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._teardown(record)
+
+    async def _start(self, record: InstanceRecord) -> None:
+        spec = InstanceSpec(
+            instance_id=record.id,
+            function=self.settings,
+            link_socket=self.link_socket,
+            token=record.token,
+        )
+        try:
+            record.handle = await self.runtime.start(spec)
+        except StartFailed as exc:
+            raise _StartError(str(exc)) from None
+        handle = record.handle
+        deadline = trio.current_time() + self.settings.start_timeout_ms / 1000
+        async with trio.open_nursery() as race:
+            async def exited_early() -> None:
+                status = await handle.wait()
+                record.exit_status = status
+                race.cancel_scope.cancel()
+
+            race.start_soon(exited_early)
+            with trio.move_on_at(deadline):
+                await record.link_arrived.wait()
+                race.cancel_scope.cancel()
+        if record.link is None:
+            if record.exit_status is not None:
+                raise _StartError(f"the worker {record.exit_status.describe()} before connecting")
+            raise _StartError(
+                f"the worker did not connect within {self.settings.start_timeout_ms} ms"
+            )
+        try:
+            with trio.move_on_at(deadline):
+                first = await record.link.receive()
+                if first is None:
+                    raise _StartError("the worker closed its link before it was ready")
+                kind = message_type(first)
+                if kind == FATAL:
+                    err = Fatal.decode(first).error
+                    raise _StartError(f"{err.type}: {err.message}")
+                if kind != READY:
+                    raise _StartError(f"the worker sent {kind!r} before ready")
+                return
+            raise _StartError(f"the handler did not load within {self.settings.start_timeout_ms} ms")
+        except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
+            raise _StartError(f"the worker broke the link protocol: {exc}") from None
+
+    def _start_failed(self, record: InstanceRecord, reason: str) -> None:
+        self.counters["start_failures"] += 1
+        self.last_start_error = reason
+        record.stop_reason = "start failed"
+        log.error("instance start failed", function=self.name, instance=record.id, reason=reason)
+        others_alive = any(r is not record for r in self.instances.values())
+        if not others_alive:
+            # Nothing can serve what is queued: answer it now rather than at its deadline.
+            failed = self.buffer.fail_all(
+                InstanceStartFailed(f"function {self.name!r} could not start an instance: {reason}")
+            )
+            self.counters["failed_start"] += failed
+
+    async def _serve(self, record: InstanceRecord) -> None:
+        link = record.link
+        assert link is not None
+        credit_arrived = trio.Event()
+
+        async def read_frames() -> None:
+            nonlocal credit_arrived
+            while True:
+                msg = await link.receive()
+                if msg is None:
+                    record.stop("the instance closed its link")
+                    return
+                kind = message_type(msg)
+                if kind == RESULT:
+                    self._complete(record, Result.decode(msg))
+                elif kind == PULL:
+                    n = Pull.decode(msg).n
+                    record.credits += n
+                    self.spare_credits += n
+                    credit_arrived.set()
+                # Other types are ignored: a newer worker may send more.
+
+        async def watch_exit() -> None:
+            # The pidfd makes an exit visible at once, even if a leftover child
+            # keeps the socket open and no EOF ever comes.
+            assert record.handle is not None
+            record.exit_status = await record.handle.wait()
+            record.stop("the instance exited")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._guard_protocol, record, read_frames)
+            nursery.start_soon(watch_exit)
+            idle_timeout = self.settings.idle_timeout_ms / 1000
+            while True:
+                if record.credits == 0:
+                    await credit_arrived.wait()
+                    credit_arrived = trio.Event()
+                    continue
+                if not record.inflight:
+                    record.state = InstanceState.IDLE
+                inv = self.buffer.get_nowait()
+                if inv is None:
+                    with trio.move_on_after(idle_timeout) as idle:
+                        inv = await self.buffer.get()
+                    if idle.cancelled_caught:
+                        if not record.inflight and len(self.instances) > self.settings.min_instances:
+                            record.stop_reason = "idle"
+                            record.state = InstanceState.STOPPING
+                            # Its capacity is gone now, not after the graceful stop.
+                            self.spare_credits -= record.credits
+                            record.credits = 0
+                            self.ensure_capacity()
+                            nursery.cancel_scope.cancel()
+                            return
+                        continue
+                record.credits -= 1
+                self.spare_credits -= 1
+                record.state = InstanceState.BUSY
+                inv.instance = record
+                record.inflight[inv.request_id] = inv
+                timeout_ms = max(1, int((inv.deadline - trio.current_time()) * 1000))
+                try:
+                    await link.send(Request(inv.request_id, inv.event, inv.kind, timeout_ms).encode())
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    # Handled here: inside the nursery it would surface as an ExceptionGroup.
+                    self.counters["link_errors"] += 1
+                    record.stop(f"the link to the instance broke ({exc})")
+                    return
+
+    async def _guard_protocol(self, record: InstanceRecord, read_frames: Any) -> None:
+        try:
+            await read_frames()
+        except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
+            self.counters["link_errors"] += 1
+            log.warning("instance link broken", function=self.name, instance=record.id, error=str(exc))
+            record.stop(f"the instance broke the link protocol ({exc})")
+
+    def _complete(self, record: InstanceRecord, result: Result) -> None:
+        inv = record.inflight.pop(result.id, None)
+        record.last_active = trio.current_time()
+        if inv is None:
+            return  # a late result for a request already answered (deadline, drain)
+        record.served += 1
+        if result.ok:
+            content_type = CONTENT_TYPES.get(result.kind, "application/octet-stream")
+            if inv.complete(InvokeResult(result.body, content_type)):
+                self.counters["ok"] += 1
+            return
+        assert result.error is not None
+        error: HuseletError
+        if result.error.type == ERROR_INVALID_EVENT:
+            error = BadRequest(result.error.message)
+        else:
+            error = HandlerError(result.error.type, result.error.message)
+        if inv.complete(error):
+            self.counters["handler_errors" if isinstance(error, HandlerError) else "bad_events"] += 1
+
+    async def _teardown(self, record: InstanceRecord) -> None:
+        record.state = InstanceState.STOPPING
+        self.spare_credits -= record.credits
+        record.credits = 0
+        handle, link = record.handle, record.link
+        graceful = record.stop_reason in ("idle", "node stopping")
+        if handle is not None:
+            if graceful and link is not None and record.exit_status is None:
+                with trio.move_on_after(0.5):
+                    try:
+                        await link.send(SHUTDOWN_FRAME)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass
+                record.exit_status = await handle.stop(STOP_GRACE_S)
+            elif record.exit_status is None:
+                if record.stop_reason == "the instance closed its link":
+                    # A crashed worker: its exit follows the EOF within moments;
+                    # waiting a little gives the caller "killed by SIGKILL", not a guess.
+                    with trio.move_on_after(EXIT_DESCRIBE_WAIT_S):
+                        record.exit_status = await handle.wait()
+                if record.exit_status is None:
+                    handle.kill()
+                    record.exit_status = await handle.wait()
+        if link is not None:
+            await link.aclose()
+        if record.inflight:
+            what = f"instance {record.id}"
+            if record.exit_status is not None and record.stop_reason in (
+                None,
+                "the instance closed its link",
+                "the instance exited",
+            ):
+                what += f" {record.exit_status.describe()}"
+            elif record.stop_reason:
+                what += f" stopped: {record.stop_reason}"
+            for inv in record.inflight.values():
+                if inv.complete(InstanceLost(f"{what} while serving the request")):
+                    self.counters["instance_lost"] += 1
+            record.inflight.clear()
+        self.instances.pop(record.id, None)
+        if record.stop_reason not in ("idle", "start failed", "node stopping"):
+            self.counters["instances_lost"] += 1
+            log.warning(
+                "instance ended",
+                function=self.name,
+                instance=record.id,
+                reason=record.stop_reason or "unknown",
+                exit=record.exit_status.describe() if record.exit_status else None,
+            )
+        else:
+            log.info(
+                "instance stopped",
+                function=self.name,
+                instance=record.id,
+                reason=record.stop_reason,
+            )
+        # Replace it if requests are still waiting (unless it could not even start).
+        if record.stop_reason != "start failed":
+            self.ensure_capacity()
+
+    # --- node-level operations -------------------------------------------------
+
+    def busy(self) -> bool:
+        return self.buffer.live_count() > 0 or any(r.inflight for r in self.instances.values())
+
+    def stop_all(self, reason: str) -> None:
+        self.accepting = False
+        self.closed = True
+        for record in list(self.instances.values()):
+            record.stop(reason)
+
+    def status(self) -> dict[str, Any]:
+        by_state = Counter(r.state.value for r in self.instances.values())
+        return {
+            "name": self.name,
+            "runtime": self.runtime.name,
+            "max_instances": self.settings.max_instances,
+            "instances": {s.value: by_state.get(s.value, 0) for s in InstanceState},
+            "queued": self.buffer.live_count(),
+            "inflight": sum(len(r.inflight) for r in self.instances.values()),
+            "counters": dict(self.counters),
+            "last_start_error": self.last_start_error,
+        }

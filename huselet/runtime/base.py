@@ -1,0 +1,129 @@
+"""The runtime plugin interface: how the node scheduler starts and stops sandboxes.
+
+A runtime turns an :class:`InstanceSpec` into a running sandbox whose worker
+connects back to ``spec.link_socket`` and introduces itself with
+``spec.instance_id`` and ``spec.token``. The scheduler never talks to the
+sandbox except through that link and the :class:`InstanceHandle`.
+
+Third-party runtimes are classes registered in the ``huselet.runtimes``
+entry-point group; they receive their own ``[runtimes.NAME]`` TOML table.
+"""
+
+from __future__ import annotations
+
+import signal
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import trio
+
+from huselet.config import FunctionSettings, NodeSettings
+
+
+class RuntimeError_(Exception):
+    """Base of runtime errors (named with a trailing _ to keep the builtin visible)."""
+
+
+class RuntimeConfigError(RuntimeError_):
+    """A runtime's own TOML table is invalid, or the host lacks what it needs."""
+
+
+class StartFailed(RuntimeError_):
+    """The sandbox could not be created; the message is safe to show to callers."""
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    instance_id: str
+    function: FunctionSettings
+    link_socket: Path
+    token: str
+    # Extra environment for the worker, on top of the function's own ``env``.
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a sandbox ended. Exactly one of ``code`` / ``signal`` is set."""
+
+    code: int | None = None
+    signal: int | None = None
+    oom_killed: bool = False
+    max_rss_kb: int | None = None
+    cpu_s: float | None = None
+
+    def describe(self) -> str:
+        if self.oom_killed:
+            return "was killed: out of memory"
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            return f"was killed by {name}"
+        return f"exited with code {self.code}"
+
+    @classmethod
+    def from_returncode(cls, returncode: int, **kw: Any) -> ExitStatus:
+        if returncode < 0:
+            return cls(signal=-returncode, **kw)
+        return cls(code=returncode, **kw)
+
+
+class InstanceHandle(ABC):
+    """A started sandbox, as the scheduler sees it."""
+
+    instance_id: str
+    pid: int | None
+
+    @abstractmethod
+    async def wait(self) -> ExitStatus:
+        """Return once the sandbox is gone and reaped (no zombie left)."""
+
+    @abstractmethod
+    def kill(self) -> None:
+        """Kill the sandbox now (SIGKILL or equivalent). Idempotent, never blocks."""
+
+    def terminate(self) -> None:
+        """Ask the sandbox to stop (SIGTERM or equivalent). Default: kill."""
+        self.kill()
+
+    async def stop(self, grace_s: float) -> ExitStatus:
+        """Terminate, wait up to ``grace_s``, then kill; always returns reaped."""
+        self.terminate()
+        with trio.move_on_after(grace_s):
+            return await self.wait()
+        self.kill()
+        return await self.wait()
+
+
+class Runtime(ABC):
+    """A way of starting sandboxes. One object per daemon, shared by all functions."""
+
+    name: ClassVar[str]
+
+    def __init__(self, settings: Mapping[str, Any], *, node: NodeSettings) -> None:
+        self.settings = settings
+        self.node = node
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background work the runtime needs (pools, zygotes, log pumps).
+
+        Started once from the daemon's nursery before any ``start`` call.
+        """
+        task_status.started()
+        await trio.sleep_forever()
+
+    @abstractmethod
+    async def start(self, spec: InstanceSpec) -> InstanceHandle:
+        """Create the sandbox and return at once; the worker connects back later.
+
+        Raises :class:`StartFailed` with a caller-safe message.
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """What ``huselet ctl`` shows about this runtime."""
+        return {"name": self.name}

@@ -1,0 +1,211 @@
+"""Worker SDK main loop: connect, authenticate, load the handler, pull and serve.
+
+Configuration comes from environment variables set by the runtime
+(``HUSELET_LINK``, ``HUSELET_INSTANCE_ID``, ``HUSELET_TOKEN``,
+``HUSELET_FUNCTION``, ``HUSELET_PACKAGE``, ``HUSELET_HANDLER``); the token is
+removed from the environment before any function code runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.errors import ProtocolError
+from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from protocol.link import (
+    ERROR_INVALID_EVENT,
+    KIND_BYTES,
+    KIND_JSON,
+    KIND_TEXT,
+    PROTO_VERSION,
+    READY_FRAME,
+    REFUSED,
+    REQUEST,
+    SHUTDOWN,
+    WELCOME,
+    ErrorInfo,
+    Fatal,
+    Hello,
+    Pull,
+    Refused,
+    Request,
+    Result,
+    Welcome,
+    message_type,
+)
+
+EXIT_OK = 0
+EXIT_LINK_FAILED = 2
+EXIT_HANDLER_LOAD_FAILED = 3
+
+
+@dataclass
+class Context:
+    """What a handler learns about the request it serves."""
+
+    request_id: str
+    function_name: str
+    instance_id: str
+    deadline: float  # time.monotonic() value by which the reply is due
+
+    def remaining_ms(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+class LinkClosed(Exception):
+    pass
+
+
+class Link:
+    """Blocking frame I/O over the Unix socket to the daemon."""
+
+    def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder(max_frame=max_frame)
+
+    def send(self, *messages: dict[str, Any]) -> None:
+        # One sendall for several frames: a RESULT and the next PULL travel together.
+        self.sock.sendall(b"".join(encode_frame(m, max_frame=self.decoder.max_frame) for m in messages))
+
+    def receive(self) -> dict[str, Any]:
+        while True:
+            msg = self.decoder.next_frame()
+            if msg is not None:
+                return msg
+            chunk = self.sock.recv(262144)
+            if not chunk:
+                raise LinkClosed("the daemon closed the link")
+            self.decoder.receive_data(chunk)
+
+
+def load_handler(package_dir: str, handler: str) -> Callable[[Any, Context], Any]:
+    module_name, _, attr = handler.partition(":")
+    if package_dir not in sys.path:
+        sys.path.insert(0, package_dir)
+    module = importlib.import_module(module_name)
+    fn = getattr(module, attr)
+    if not callable(fn):
+        raise TypeError(f"{handler} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+def decode_event(event: bytes, kind: str) -> Any:
+    if kind == KIND_JSON:
+        return json.loads(event) if event else None
+    return event
+
+
+def encode_value(value: Any) -> tuple[bytes, str]:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value), KIND_BYTES
+    if isinstance(value, str):
+        return value.encode("utf-8"), KIND_TEXT
+    return json.dumps(value, separators=(",", ":")).encode("utf-8"), KIND_JSON
+
+
+def serve_request(
+    handler: Callable[[Any, Context], Any], req: Request, function: str, instance_id: str
+) -> Result:
+    try:
+        event = decode_event(req.event, req.kind)
+    except ValueError as exc:
+        return Result(req.id, ok=False, error=ErrorInfo(ERROR_INVALID_EVENT, f"event is not valid JSON: {exc}"))
+    ctx = Context(
+        request_id=req.id,
+        function_name=function,
+        instance_id=instance_id,
+        deadline=time.monotonic() + req.timeout_ms / 1000,
+    )
+    try:
+        value = handler(event, ctx)
+    except Exception as exc:
+        # The operator gets the traceback in the instance log; the caller only type + message.
+        traceback.print_exc()
+        return Result(req.id, ok=False, error=ErrorInfo(type(exc).__name__, str(exc)))
+    try:
+        body, kind = encode_value(value)
+    except (TypeError, ValueError) as exc:
+        return Result(
+            req.id,
+            ok=False,
+            error=ErrorInfo("InvalidResult", f"handler returned a value that is not JSON-serialisable: {exc}"),
+        )
+    return Result(req.id, ok=True, body=body, kind=kind)
+
+
+def run(
+    link: Link, *, instance_id: str, token: str, package_dir: str, handler_spec: str
+) -> int:
+    link.send(Hello(PROTO_VERSION, instance_id, token, os.getpid()).encode())
+    first = link.receive()
+    if message_type(first) == REFUSED:
+        refused = Refused.decode(first)
+        print(f"huselet worker: refused by daemon: {refused.code}: {refused.message}", file=sys.stderr)
+        return EXIT_LINK_FAILED
+    if message_type(first) != WELCOME:
+        raise ProtocolError(f"expected welcome, got {message_type(first)!r}")
+    welcome = Welcome.decode(first)
+    link.decoder.max_frame = welcome.max_frame
+    try:
+        handler = load_handler(package_dir, handler_spec)
+    except BaseException as exc:
+        traceback.print_exc()
+        link.send(Fatal(ErrorInfo(type(exc).__name__, f"handler {handler_spec} failed to load: {exc}")).encode())
+        return EXIT_HANDLER_LOAD_FAILED
+    link.send(READY_FRAME, Pull(1).encode())
+    pull = Pull(1).encode()
+    while True:
+        try:
+            msg = link.receive()
+        except LinkClosed:
+            return EXIT_OK
+        kind = message_type(msg)
+        if kind == REQUEST:
+            result = serve_request(handler, Request.decode(msg), welcome.function, instance_id)
+            try:
+                link.send(result.encode(), pull)
+            except ProtocolError as exc:  # the result is larger than a frame may be
+                link.send(
+                    Result(result.id, ok=False, error=ErrorInfo("ResultTooLarge", str(exc))).encode(),
+                    pull,
+                )
+        elif kind == SHUTDOWN:
+            return EXIT_OK
+        # Unknown message types are ignored: newer daemons may send more.
+
+
+def main() -> int:
+    env = os.environ
+    try:
+        path = env["HUSELET_LINK"]
+        instance_id = env["HUSELET_INSTANCE_ID"]
+        token = env.pop("HUSELET_TOKEN")
+        package_dir = env["HUSELET_PACKAGE"]
+        handler_spec = env["HUSELET_HANDLER"]
+    except KeyError as exc:
+        print(f"huselet worker: missing environment variable {exc}", file=sys.stderr)
+        return EXIT_LINK_FAILED
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        return run(
+            Link(sock),
+            instance_id=instance_id,
+            token=token,
+            package_dir=package_dir,
+            handler_spec=handler_spec,
+        )
+    except (OSError, ProtocolError, LinkClosed) as exc:
+        print(f"huselet worker: link to daemon failed: {exc}", file=sys.stderr)
+        return EXIT_LINK_FAILED
+    finally:
+        sock.close()

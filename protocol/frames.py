@@ -1,0 +1,99 @@
+"""Length-prefixed msgpack frames, sans-IO.
+
+Wire format: a 4-byte big-endian unsigned length ``n`` followed by ``n`` bytes
+holding one msgpack *map* with string keys. The length is checked against the
+receiver's limit before any byte of the body is buffered, so a hostile peer
+cannot make us allocate more than ``max_frame`` (plus one read) per connection.
+
+Usage::
+
+    dec = FrameDecoder(max_frame=1 << 20)
+    dec.receive_data(chunk)
+    for msg in dec.frames():   # raises MalformedFrame / FrameTooLarge
+        ...
+    sock.send(encode_frame({"t": "pull", "n": 1}))
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+
+from protocol.errors import FrameTooLarge, MalformedFrame
+
+_LEN = struct.Struct(">I")
+HEADER_SIZE = _LEN.size
+DEFAULT_MAX_FRAME = 8 * 1024 * 1024
+
+
+def encode_frame(message: dict[str, Any], *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """Serialise one message into a frame; refuse to produce one the peer would refuse."""
+    body = msgpack.packb(message, use_bin_type=True)
+    if len(body) > max_frame:
+        raise FrameTooLarge(f"frame of {len(body)} bytes exceeds the limit of {max_frame} bytes")
+    return _LEN.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Accumulates bytes and yields complete, validated messages.
+
+    After it raises, the decoder is poisoned: the stream's framing can no
+    longer be trusted, so the only correct reaction is to close the connection.
+    """
+
+    __slots__ = ("_buf", "_broken", "max_frame")
+
+    def __init__(self, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._broken: Exception | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a frame."""
+        return len(self._buf)
+
+    def receive_data(self, data: bytes) -> None:
+        if self._broken is not None:
+            raise self._broken
+        self._buf += data
+
+    def next_frame(self) -> dict[str, Any] | None:
+        """Return the next complete message, or None when more bytes are needed."""
+        if self._broken is not None:
+            raise self._broken
+        buf = self._buf
+        if len(buf) < HEADER_SIZE:
+            return None
+        (length,) = _LEN.unpack_from(buf)
+        if length > self.max_frame:
+            self._broken = FrameTooLarge(
+                f"peer announced a frame of {length} bytes; the limit is {self.max_frame}"
+            )
+            raise self._broken
+        end = HEADER_SIZE + length
+        if len(buf) < end:
+            return None
+        body = bytes(buf[HEADER_SIZE:end])
+        del buf[:end]
+        try:
+            # strict_map_key: only str/bytes keys. Container sizes cannot exceed
+            # the body length, which is already bounded by max_frame.
+            message = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        except Exception as exc:  # msgpack raises several unrelated types
+            self._broken = MalformedFrame(f"frame is not valid msgpack: {exc}")
+            raise self._broken from None
+        if not isinstance(message, dict):
+            self._broken = MalformedFrame(
+                f"frame must be a msgpack map, got {type(message).__name__}"
+            )
+            raise self._broken
+        return message
+
+    def frames(self) -> Iterator[dict[str, Any]]:
+        """Yield every complete message currently buffered."""
+        while (message := self.next_frame()) is not None:
+            yield message
