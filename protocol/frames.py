@@ -31,7 +31,10 @@ DEFAULT_MAX_FRAME = 8 * 1024 * 1024
 
 def encode_frame(message: dict[str, Any], *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     """Serialise one message into a frame; refuse to produce one the peer would refuse."""
-    body = msgpack.packb(message, use_bin_type=True)
+    try:
+        body = msgpack.packb(message, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MalformedFrame(f"message cannot be encoded as msgpack: {exc}") from None
     if len(body) > max_frame:
         raise FrameTooLarge(f"frame of {len(body)} bytes exceeds the limit of {max_frame} bytes")
     return _LEN.pack(len(body)) + body

@@ -1,0 +1,93 @@
+"""protocol.frames and protocol.link: framing, limits and message validation."""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.errors import FrameTooLarge, MalformedFrame
+from protocol.frames import FrameDecoder, encode_frame
+from protocol.link import Hello, Pull, Request, Result, message_type
+
+
+def test_round_trip_split_at_every_byte() -> None:
+    frames = encode_frame({"t": "a", "x": 1}) + encode_frame({"t": "b", "y": b"\x00" * 10})
+    for cut in range(len(frames) + 1):
+        dec = FrameDecoder()
+        dec.receive_data(frames[:cut])
+        got = list(dec.frames())
+        dec.receive_data(frames[cut:])
+        got += list(dec.frames())
+        assert got == [{"t": "a", "x": 1}, {"t": "b", "y": b"\x00" * 10}]
+        assert dec.buffered == 0
+
+
+INT64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+
+
+@given(st.dictionaries(st.text(max_size=8), st.one_of(INT64, st.binary(), st.text()), max_size=8))
+def test_any_map_round_trips(msg: dict) -> None:
+    dec = FrameDecoder()
+    dec.receive_data(encode_frame(msg))
+    assert dec.next_frame() == msg
+
+
+def test_oversized_length_refused_before_buffering_the_body() -> None:
+    dec = FrameDecoder(max_frame=1024)
+    dec.receive_data(struct.pack(">I", 1 << 30))
+    with pytest.raises(FrameTooLarge, match="1073741824 bytes; the limit is 1024"):
+        dec.next_frame()
+    # The stream is poisoned: later data is refused too.
+    with pytest.raises(FrameTooLarge):
+        dec.receive_data(b"x")
+
+
+def test_encoder_refuses_what_the_peer_would_refuse() -> None:
+    with pytest.raises(FrameTooLarge):
+        encode_frame({"b": b"x" * 2000}, max_frame=1000)
+    with pytest.raises(MalformedFrame, match="cannot be encoded"):
+        encode_frame({"n": 2**64})
+    with pytest.raises(MalformedFrame, match="cannot be encoded"):
+        encode_frame({"o": object()})
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b"\xc1", "not valid msgpack"),
+        (msgpack.packb([1, 2]), "must be a msgpack map, got list"),
+        (msgpack.packb({1: 2}), "not valid msgpack"),
+        (msgpack.packb({"a": 1}) + b"junk", "not valid msgpack"),
+    ],
+)
+def test_malformed_frames(body: bytes, match: str) -> None:
+    dec = FrameDecoder()
+    dec.receive_data(struct.pack(">I", len(body)) + body)
+    with pytest.raises(MalformedFrame, match=match):
+        dec.next_frame()
+
+
+def test_link_messages_round_trip_and_validate() -> None:
+    hello = Hello(1, "f-1", "tok", 42)
+    assert Hello.decode(hello.encode()) == hello
+    req = Request("r1", b"{}", "json", 100)
+    assert Request.decode(req.encode()) == req
+    ok = Result("r1", ok=True, body=b"1", kind="json")
+    assert Result.decode(ok.encode()) == ok
+    assert message_type(Pull(1).encode()) == "pull"
+    with pytest.raises(MalformedFrame, match="lacks required field 'token'"):
+        Hello.decode({"t": "hello", "proto": 1, "instance_id": "x", "pid": 1})
+    with pytest.raises(MalformedFrame, match="field 'pid' has type str"):
+        Hello.decode({"t": "hello", "proto": 1, "instance_id": "x", "token": "t", "pid": "1"})
+    with pytest.raises(MalformedFrame, match="allowed 1..1024"):
+        Pull.decode({"t": "pull", "n": 0})
+    with pytest.raises(MalformedFrame, match="unknown kind"):
+        Result.decode({"t": "result", "id": "r", "ok": True, "body": b"", "kind": "xml"})
+    with pytest.raises(MalformedFrame, match="error field must be a map"):
+        Result.decode({"t": "result", "id": "r", "ok": False, "error": "boom"})
+    # Unknown fields are ignored (forward compatibility).
+    assert Pull.decode({"t": "pull", "n": 2, "future": True}) == Pull(2)
