@@ -1,0 +1,112 @@
+"""The process runtime with real worker processes: isolation basics, exit
+reporting, reaping, and output capture."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+
+from huselet.config import FunctionSettings, NodeSettings
+from huselet.runtime import InstanceSpec
+from huselet.runtime.process import ProcessRuntime
+from protocol.frames import FrameDecoder
+from protocol.link import Hello
+
+from support import write_package
+
+
+def spec(root: Path, pkg: Path, token: str = "tok-1", memory_mb: int = 64) -> InstanceSpec:
+    fn = FunctionSettings(name="f", package=pkg, handler="main:handler", memory_mb=memory_mb, env={"FN_VAR": "1"})
+    return InstanceSpec(instance_id="f-1", function=fn, link_socket=root / "link.sock", token=token)
+
+
+async def accept_hello(listener: trio.SocketListener) -> tuple[trio.SocketStream, Hello]:
+    stream = await listener.accept()
+    dec = FrameDecoder()
+    while (msg := dec.next_frame()) is None:
+        dec.receive_data(await stream.receive_some(65536))
+    return stream, Hello.decode(msg)
+
+
+async def listen(path: Path) -> trio.SocketListener:
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    sock.listen(8)
+    return trio.SocketListener(sock)
+
+
+async def test_worker_connects_with_identity_in_its_own_session(short_tmp: Path) -> None:
+    pkg = write_package(short_tmp, "ok", "def handler(e, c):\n    return e\n")
+    runtime = ProcessRuntime({}, node=NodeSettings("n", short_tmp, short_tmp))
+    os.environ["HUSELET_DAEMON_SECRET"] = "must-not-leak"
+    listener = await listen(short_tmp / "link.sock")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime.run)
+            handle = await runtime.start(spec(short_tmp, pkg))
+            with trio.fail_after(20):
+                stream, hello = await accept_hello(listener)
+            assert (hello.instance_id, hello.token, hello.pid) == ("f-1", "tok-1", handle.pid)
+            pid = handle.pid
+            assert pid is not None and os.getsid(pid) == pid  # own session and group
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert b"FN_VAR=1" in environ
+            assert not any(e.startswith(b"HUSELET_DAEMON_SECRET") for e in environ)
+            assert not any(e.startswith(b"HUSELET_TOKEN") for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")[-1:])
+            soft, hard = resource.prlimit(pid, resource.RLIMIT_AS)
+            assert soft == hard == 64 * 1024 * 1024
+            handle.kill()
+            with trio.fail_after(10):
+                status = await handle.wait()
+            assert status.signal == signal.SIGKILL and status.describe() == "was killed by SIGKILL"
+            assert not Path(f"/proc/{pid}").exists()  # reaped: no zombie left
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        os.environ.pop("HUSELET_DAEMON_SECRET", None)
+        await listener.aclose()
+
+
+async def test_exit_code_and_output_are_reported(short_tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pkg = write_package(short_tmp, "ok", "def handler(e, c):\n    return e\n")
+    runtime = ProcessRuntime({}, node=NodeSettings("n", short_tmp, short_tmp))
+    caplog.set_level(logging.INFO, logger="huselet")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        # No listener at the link path: the worker reports it and exits 2.
+        handle = await runtime.start(spec(short_tmp, pkg))
+        with trio.fail_after(20):
+            status = await handle.wait()
+        assert status.code == 2 and status.signal is None
+        assert status.describe() == "exited with code 2"
+        await trio.sleep(0.2)  # let the output pump drain the pipe
+        nursery.cancel_scope.cancel()
+    lines = [r.fields["line"] for r in caplog.records if getattr(r, "fields", {}).get("instance") == "f-1"]
+    assert any("link to daemon failed" in line for line in lines), lines
+
+
+async def test_runtime_stop_kills_everything(short_tmp: Path) -> None:
+    pkg = write_package(short_tmp, "ok", "def handler(e, c):\n    return e\n")
+    runtime = ProcessRuntime({}, node=NodeSettings("n", short_tmp, short_tmp))
+    listener = await listen(short_tmp / "link.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        handle = await runtime.start(spec(short_tmp, pkg))
+        with trio.fail_after(20):
+            stream, _ = await accept_hello(listener)
+        pid = handle.pid
+        nursery.cancel_scope.cancel()
+    # The runtime's nursery ended: its processes were killed (a zombie at most
+    # until the kernel notices; wait for it to vanish).
+    with trio.fail_after(5):
+        while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            await trio.sleep(0.01)
+    await stream.aclose()
+    await listener.aclose()

@@ -1,0 +1,72 @@
+"""Test helpers shared by the suite: function packages written by tests and an
+in-process node stack (runtimes, link server, scheduler) with real worker processes."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from huselet.config import FunctionSettings, parse_config
+from huselet.link import LinkServer
+from huselet.runtime import create_runtimes
+from huselet.scheduler import NodeScheduler
+
+
+def write_package(root: Path, name: str, source: str, module: str = "main") -> Path:
+    pkg = root / "pkgs" / name
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / f"{module}.py").write_text(textwrap.dedent(source))
+    return pkg
+
+
+class NodeStack:
+    """Runtimes, link server and scheduler, as the daemon wires them."""
+
+    def __init__(self, root: Path, functions: list[dict[str, Any]]) -> None:
+        raw = {
+            "node": {"state_dir": str(root / "state"), "run_dir": str(root / "run")},
+            "functions": functions,
+        }
+        self.config = parse_config(raw, base_dir=root)
+        self.config.node.run_dir.mkdir(parents=True, exist_ok=True)
+        self.runtimes = create_runtimes({"process"}, {}, node=self.config.node)
+        self.links = LinkServer(
+            self.config.node.run_dir, self._claim, max_frame=8 * 1024 * 1024
+        )
+        self.scheduler = NodeScheduler(self.config, self.runtimes, self.links.socket_path)
+
+    def _claim(self, function: str, instance_id: str, token: str) -> Any:
+        return self.scheduler.claim_link(function, instance_id, token)
+
+    def pool(self, name: str) -> Any:
+        return self.scheduler.pools[name]
+
+    def function(self, name: str) -> FunctionSettings:
+        fn = self.config.function(name)
+        assert fn is not None
+        return fn
+
+    def replace_function(self, name: str, **changes: Any) -> None:
+        self.pool(name).settings = replace(self.function(name), **changes)
+
+
+@asynccontextmanager
+async def running_stack(root: Path, functions: list[dict[str, Any]]) -> AsyncIterator[NodeStack]:
+    stack = NodeStack(root, functions)
+    async with trio.open_nursery() as nursery:
+        for runtime in stack.runtimes.values():
+            await nursery.start(runtime.run)
+        await nursery.start(stack.links.run, [f["name"] for f in functions])
+        await nursery.start(stack.scheduler.run)
+        try:
+            yield stack
+        finally:
+            with trio.move_on_after(10):
+                await stack.scheduler.stop_instances()
+            nursery.cancel_scope.cancel()
