@@ -1,0 +1,137 @@
+"""Warm invocations of a no-op function through the HTTP ingress, side by side
+with a baseline (the same handler behind a minimal one-process server).
+
+    .venv/bin/python bench/bench_invoke.py [--concurrency 1,8,32] [--duration 5]
+
+Starts ``huselet run`` with a temporary config and the baseline server, warms
+both, then for each concurrency level runs the same closed-loop load against
+each in turn and prints requests/s, p50 and p99 latency and the ratio. The
+load generator runs in this process; on a 2-core machine it competes with the
+servers for CPU, as a gateway on the same host would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import LoadResult, run_load  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+NOOP = BENCH / "functions" / "noop"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_daemon(root: Path, max_instances: int) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    config = root / "bench.toml"
+    config.write_text(
+        f"""
+[node]
+state_dir = "{root}/state"
+run_dir = "{root}/run"
+log_level = "warning"
+[gateway]
+http = "127.0.0.1:{port}"
+[[functions]]
+name = "noop"
+package = "{NOOP}"
+handler = "main:handler"
+max_instances = {max_instances}
+timeout_ms = 10000
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "huselet", "run", "--config", str(config), "--log-level", "info"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 30
+    for line in proc.stderr:
+        if '"huselet ready"' in line:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit("daemon did not start")
+    # Keep draining stderr so the daemon never blocks on a full pipe.
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    return proc, port
+
+
+def start_baseline() -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / "baseline_server.py"), str(port), str(NOOP), "main:handler"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    return proc, port
+
+
+def row(name: str, conc: int, r: LoadResult, ref: LoadResult | None) -> str:
+    ratio = f"{r.rps / ref.rps:6.2f}x" if ref and ref.rps else "      -"
+    return (
+        f"{name:<10} {conc:>5} {r.rps:>10.0f} {r.p50:>9.3f} {r.p99:>9.3f} {r.errors:>6} {ratio}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--json", action="store_true", help="also print results as JSON")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    body = b'{"name": "bench"}'
+    root = Path(tempfile.mkdtemp(prefix="hlb"))
+    daemon, dport = start_daemon(root, max_instances=max(levels))
+    baseline, bport = start_baseline()
+    results = []
+    try:
+        print(f"huselet bench_invoke: no-op function, {args.duration:g}s per run, {os.cpu_count()} CPUs")
+        print(f"{'target':<10} {'conc':>5} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>6} {'vs base':>7}")
+        for conc in levels:
+            base = trio.run(lambda: run_load("127.0.0.1", bport, "/", body, concurrency=conc, duration=args.duration))
+            node = trio.run(
+                lambda: run_load("127.0.0.1", dport, "/v1/invoke/noop", body, concurrency=conc, duration=args.duration)
+            )
+            print(row("baseline", conc, base, None))
+            print(row("huselet", conc, node, base))
+            results.append(
+                {
+                    "concurrency": conc,
+                    "baseline": {"rps": base.rps, "p50_ms": base.p50, "p99_ms": base.p99},
+                    "huselet": {"rps": node.rps, "p50_ms": node.p50, "p99_ms": node.p99, "errors": node.errors},
+                }
+            )
+    finally:
+        daemon.terminate()
+        baseline.terminate()
+        daemon.wait(30)
+        baseline.wait(10)
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

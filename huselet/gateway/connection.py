@@ -1,0 +1,367 @@
+"""One HTTP/1.1 connection of the ingress: the h11 read/answer loop and its limits.
+
+:class:`Connection` turns a byte stream into a sequence of request/reply
+exchanges, strictly one at a time (h11 parses pipelined requests in order and
+they are answered in order). It owns everything a client can do wrong at the
+HTTP level: malformed or oversized heads, bodies over the limit, stalling
+before or during a request, not reading replies, vanishing mid-exchange. What
+a request *means* is the :class:`Responder`'s business (the ingress).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Protocol, cast
+
+import h11
+import trio
+
+from huselet.config import GatewaySettings, TcpAddress
+from huselet.errors import BadRequest, HuseletError, PayloadTooLarge
+from huselet.gateway.responses import (
+    HeadersTooLarge,
+    InternalError,
+    Reply,
+    RequestTimeout,
+    error_reply,
+    render,
+)
+from huselet.gateway.routes import RequestHead, new_request_id, read_head
+from huselet.log import get_logger
+
+log = get_logger("gateway")
+
+RECEIVE_BYTES = 64 * 1024
+# Request line plus headers. h11 answers a longer incomplete head with a 431
+# hint; a complete one that arrived in a single read is measured after parsing.
+MAX_HEAD_BYTES = 16 * 1024
+# After an early reply (413, protocol error, refused connection) the client may
+# still be sending. Closing a socket with unread input makes the kernel send a
+# RST, which can destroy our reply before the client reads it, so we half-close
+# and drain for a short, bounded while first.
+LINGER_S = 0.5
+LINGER_BYTES = 1024 * 1024
+
+TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+BodyReader = Callable[[int], Awaitable[bytes]]
+
+
+class Responder(Protocol):
+    """What a connection needs from the ingress."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    active_requests: int
+
+    async def respond(self, head: RequestHead, read_body: BodyReader) -> Reply: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    idle_timeout_s: float  # keep-alive wait for the first byte of the next request
+    read_timeout_s: float  # head and body of one request, from its first byte
+    send_timeout_s: float  # one whole reply
+    max_body_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> Limits:
+        idle_s = settings.idle_timeout_ms / 1000
+        return cls(
+            idle_timeout_s=idle_s,
+            read_timeout_s=settings.read_timeout_ms / 1000,
+            # A client that takes none of a reply for as long as we would keep
+            # an idle connection is gone (or hostile) and loses its slot.
+            send_timeout_s=idle_s,
+            max_body_bytes=settings.max_body_bytes,
+        )
+
+
+class Connection:
+    """One client connection: reads requests, writes replies, enforces timeouts.
+
+    Timeouts: while waiting for the first byte of a request the idle timeout
+    applies; that byte starts the read timeout, which covers the request's head
+    and body (not the handler's run time, which the scheduler bounds); writing
+    a reply has the send timeout. All three are the deadline of one cancel
+    scope around the connection, moved as the exchange goes on, which is
+    cheaper on the hot path than entering a new scope for every read and write.
+    """
+
+    __slots__ = (
+        "_h11",
+        "_in_request",
+        "_limits",
+        "_request_id",
+        "_responder",
+        "_scope",
+        "_sending",
+        "_stream",
+        "_warnings",
+    )
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        responder: Responder,
+        limits: Limits,
+        warnings: WarningBudget,
+    ) -> None:
+        self._stream = stream
+        self._responder = responder
+        self._limits = limits
+        self._warnings = warnings
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._scope = trio.CancelScope()
+        self._in_request = False  # some byte of the current request has arrived
+        self._sending = False  # the scope's deadline is the send timeout
+        self._request_id: str | None = None
+
+    async def serve(self) -> None:
+        """Serve requests until either side ends the connection, then close it."""
+        try:
+            with self._scope:
+                await self._serve_requests()
+            if self._scope.cancelled_caught and self._in_request and not self._sending:
+                # Read timeout with part of a request in: say so. An idle or
+                # non-reading client is closed on quietly.
+                await self._reply_and_close(RequestTimeout("the request was not received in time"))
+        except h11.RemoteProtocolError as exc:
+            await self._protocol_error(exc)
+        except TRANSPORT_ERRORS:
+            pass  # the client went away mid-request or mid-reply
+        except Exception:
+            log.exception("connection failed", request_id=self._request_id)
+            await self._reply_and_close(InternalError("internal error"))
+        finally:
+            await self._close()
+
+    async def _serve_requests(self) -> None:
+        while True:
+            request = await self._next_request()
+            if request is None or not await self._exchange(request):
+                return
+
+    async def _exchange(self, request: h11.Request) -> bool:
+        """Answer one request; True when the connection can carry the next one."""
+        started = trio.current_time()
+        head = read_head(request)
+        self._request_id = head.request_id
+        if not head.has_body:
+            # Consume the (empty) body's end now: the request is then complete,
+            # so h11 can keep the connection without waiting for more input.
+            await self._receive_body(0, keep=False)
+            self._request_complete()
+        if head.size > MAX_HEAD_BYTES:
+            reply = error_reply(HeadersTooLarge("request line and headers are too large"))
+        elif head.chunked and head.content_length is not None:
+            # The classic request-smuggling shape (RFC 9112 6.3): a proxy in
+            # front may have framed it differently, so refuse it and close.
+            problem = BadRequest("both Content-Length and Transfer-Encoding are present")
+            reply = replace(error_reply(problem), close=True)
+        else:
+            # Counted until the reply is written, so a draining daemon waits for
+            # replies of completed invocations to reach their callers.
+            self._responder.active_requests += 1
+            try:
+                reply = await self._responder.respond(head, self.read_body)
+                return await self._send_reply(head, reply, started)
+            finally:
+                self._responder.active_requests -= 1
+        return await self._send_reply(head, reply, started)
+
+    async def _send_reply(self, head: RequestHead, reply: Reply, started: float) -> bool:
+        conn = self._h11
+        close = (
+            reply.close
+            or self._responder.draining  # send clients on to nodes that stay up
+            # They still wait for our 100 Continue, so whether the body will
+            # follow this reply is unknowable: the connection cannot continue.
+            or (conn.their_state is h11.SEND_BODY and conn.they_are_waiting_for_100_continue)
+        )
+        data = render(conn, reply, head.request_id, close=close, head_only=head.method == b"HEAD")
+        await self._send(data)
+        if log.is_debug():
+            log.debug(
+                "request",
+                method=head.method.decode("ascii", "replace"),
+                path=head.target[:256].decode("ascii", "replace"),
+                status=reply.status,
+                ms=round((trio.current_time() - started) * 1000, 3),
+                request_id=head.request_id,
+            )
+        return await self._finish_cycle()
+
+    async def _finish_cycle(self) -> bool:
+        conn = self._h11
+        if conn.our_state is not h11.DONE:
+            return False  # MUST_CLOSE: we or the client asked for Connection: close
+        if conn.their_state is h11.SEND_BODY:
+            # We answered early (404, 401…) with a body in flight: read and drop
+            # the rest so that the next request is parsed from its first byte.
+            try:
+                await self._receive_body(self._limits.max_body_bytes, keep=False)
+            except PayloadTooLarge:
+                return False
+        if conn.their_state is not h11.DONE:
+            return False
+        conn.start_next_cycle()
+        return True
+
+    # --- reading -----------------------------------------------------------------------
+
+    async def _next_request(self) -> h11.Request | None:
+        """The next request's head, or None when the client closed cleanly."""
+        self._request_id = None  # an error before the head gets a fresh id
+        event = self._h11.next_event()  # a pipelined request may already be buffered
+        if event is h11.NEED_DATA:
+            # Part of the next request may be buffered: then its read timeout runs.
+            self._arm(in_request=bool(self._h11.trailing_data[0]))
+            event = await self._next_event()
+        else:
+            self._arm(in_request=True)
+        if type(event) is h11.Request:
+            return event
+        if type(event) is h11.ConnectionClosed:
+            return None
+        raise RuntimeError(f"unexpected {type(event).__name__} before a request")
+
+    def _arm(self, *, in_request: bool) -> None:
+        self._in_request = in_request
+        timeout = self._limits.read_timeout_s if in_request else self._limits.idle_timeout_s
+        self._scope.deadline = trio.current_time() + timeout
+
+    def _request_complete(self) -> None:
+        # What follows is the handler, which the scheduler bounds, not us.
+        self._scope.deadline = math.inf
+
+    async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
+        while True:
+            event = self._h11.next_event()
+            if event is not h11.NEED_DATA:
+                return cast("h11.Event | type[h11.PAUSED]", event)
+            self._h11.receive_data(await self._receive())
+
+    async def _receive(self) -> bytes:
+        data = await self._stream.receive_some(RECEIVE_BYTES)
+        if data and not self._in_request:
+            # The first byte of a request ends the idle wait and starts its read timeout.
+            self._arm(in_request=True)
+        return data
+
+    async def read_body(self, limit: int) -> bytes:
+        """The request body (at most ``limit`` bytes, else PayloadTooLarge)."""
+        conn = self._h11
+        if conn.they_are_waiting_for_100_continue:
+            # The request passed every check that does not need its body.
+            go_on = h11.InformationalResponse(status_code=100, headers=[])
+            await self._send(conn.send(go_on) or b"")
+        body = await self._receive_body(limit, keep=True)
+        self._request_complete()
+        return body
+
+    async def _receive_body(self, limit: int, *, keep: bool) -> bytes:
+        chunks: list[bytes | bytearray] = []
+        size = 0
+        while self._h11.their_state is h11.SEND_BODY:
+            event = await self._next_event()
+            if type(event) is h11.Data:
+                size += len(event.data)
+                if size > limit:
+                    # Chunked bodies have no length up front: stop at the limit.
+                    raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+                if keep:
+                    chunks.append(event.data)
+            elif type(event) is not h11.EndOfMessage:
+                raise RuntimeError(f"unexpected {type(event).__name__} in a request body")
+        return b"".join(chunks)
+
+    # --- writing and closing -------------------------------------------------------------
+
+    async def _send(self, data: bytes) -> None:
+        scope = self._scope
+        resume = scope.deadline  # a read may follow (rest of a body answered early)
+        scope.deadline = trio.current_time() + self._limits.send_timeout_s
+        self._sending = True
+        await self._stream.send_all(data)
+        self._sending = False
+        scope.deadline = resume
+
+    async def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+        if self._h11.trailing_data[1]:
+            return  # the client closed mid-request: nobody to answer, nothing hostile
+        self._warnings.warn("malformed request", problem=str(exc), peer=_peer(self._stream))
+        if exc.error_status_hint == 431:
+            await self._reply_and_close(HeadersTooLarge("request line and headers are too large"))
+        else:
+            await self._reply_and_close(BadRequest("malformed HTTP request"))
+
+    async def _reply_and_close(self, exc: HuseletError) -> None:
+        """Send the error reply if h11 still allows a response; the caller then closes."""
+        if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return  # a reply is already (partly) out: all we can do is close
+        request_id = self._request_id or new_request_id()
+        try:
+            data = render(self._h11, error_reply(exc), request_id, close=True, head_only=False)
+            # Outside the connection's scope (which may have expired): own bound.
+            with trio.move_on_after(self._limits.send_timeout_s):
+                await self._stream.send_all(data)
+        except (*TRANSPORT_ERRORS, h11.LocalProtocolError):
+            pass
+
+    async def _close(self) -> None:
+        try:
+            if self._h11.their_state in (h11.SEND_BODY, h11.ERROR):
+                await linger(self._stream)
+        finally:
+            await trio.aclose_forcefully(self._stream)
+
+
+async def linger(stream: trio.SocketStream) -> None:
+    """Half-close, then drop what the client still sends, briefly (see LINGER_S)."""
+    try:
+        await stream.send_eof()
+        with trio.move_on_after(LINGER_S):
+            received = 0
+            while received < LINGER_BYTES:
+                data = await stream.receive_some(RECEIVE_BYTES)
+                if not data:
+                    return
+                received += len(data)
+    except TRANSPORT_ERRORS:
+        pass
+
+
+class WarningBudget:
+    """At most ``burst`` warnings per ``window_s``; the rest are counted and go to debug."""
+
+    def __init__(self, burst: int, window_s: float) -> None:
+        self._burst = burst
+        self._window_s = window_s
+        self._window_end = -math.inf
+        self._used = 0
+        self._suppressed = 0
+
+    def warn(self, msg: str, **fields: object) -> None:
+        now = trio.current_time()
+        if now >= self._window_end:
+            self._window_end = now + self._window_s
+            self._used = 0
+        if self._used < self._burst:
+            self._used += 1
+            log.warning(msg, suppressed=self._suppressed, **fields)
+            self._suppressed = 0
+        else:
+            self._suppressed += 1
+            log.debug(msg, **fields)
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    return str(TcpAddress(name[0], name[1]))

@@ -1,0 +1,233 @@
+"""HTTP/1.1 ingress of the node: h11 on trio, in front of the scheduler.
+
+:class:`HttpIngress` listens, accepts TCP connections up to ``max_connections``
+and runs a :class:`~huselet.gateway.connection.Connection` for each. It decides
+what requests mean: ``POST /v1/invoke/{function}`` goes to
+:meth:`Invoker.invoke`, ``GET /healthz`` reports the scheduler's draining flag,
+and every error, typed or not, becomes a JSON reply. Nothing a client does
+(garbage, disconnects, stalls, floods of connections) can take the process down.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Protocol
+
+import h11
+import trio
+
+from huselet.config import GatewaySettings, TcpAddress
+from huselet.errors import BadRequest, Draining, HuseletError, PayloadTooLarge, Unauthorized
+from huselet.gateway.connection import (
+    LINGER_S,
+    TRANSPORT_ERRORS,
+    BodyReader,
+    Connection,
+    Limits,
+    WarningBudget,
+    linger,
+)
+from huselet.gateway.responses import (
+    HEALTH_DRAINING,
+    HEALTH_OK,
+    InternalError,
+    Overloaded,
+    Reply,
+    content_type_header,
+    error_reply,
+    render,
+)
+from huselet.gateway.routes import (
+    HEALTHZ,
+    RequestHead,
+    check_bearer,
+    event_kind,
+    match_route,
+    new_request_id,
+    parse_timeout_ms,
+)
+from huselet.invocation import InvokeResult
+from huselet.log import get_logger
+
+log = get_logger("gateway")
+
+# Connections refused for capacity are answered and lingered concurrently up to
+# this bound; beyond it they are closed at once so a flood costs no memory.
+REJECT_CONCURRENCY = 64
+# Protocol warnings come from clients, so a hostile one could flood the log.
+WARN_BURST = 10
+WARN_WINDOW_S = 10.0
+
+
+class Invoker(Protocol):
+    """What the ingress needs from the scheduler (NodeScheduler implements it)."""
+
+    draining: bool
+
+    async def invoke(
+        self,
+        function: str,
+        event: bytes,
+        kind: str,
+        *,
+        timeout_ms: int | None = None,
+        request_id: str | None = None,
+    ) -> InvokeResult: ...
+
+
+class HttpIngress:
+    """The node's HTTP/1.1 ingress. ``run()`` it in a nursery; cancel it to stop."""
+
+    def __init__(
+        self, settings: GatewaySettings, scheduler: Invoker, *, auth_token: str | None = None
+    ) -> None:
+        if auth_token is not None and not auth_token.strip():
+            # An empty token would let "Authorization: Bearer " through.
+            raise ValueError("auth_token must not be empty")
+        self.settings = settings
+        self.bound_address: TcpAddress | None = None
+        self._scheduler = scheduler
+        self._token = None if auth_token is None else auth_token.strip().encode("utf-8")
+        self._max_body = settings.max_body_bytes
+        self._limits = Limits.from_settings(settings)
+        # Connection-limit policy: refuse, don't queue; see _refuse().
+        self._connections = trio.CapacityLimiter(settings.max_connections)
+        self._rejecting = trio.CapacityLimiter(REJECT_CONCURRENCY)
+        self._warnings = WarningBudget(WARN_BURST, WARN_WINDOW_S)
+        self.active_requests = 0  # requests between their head and their reply's last byte
+
+    @property
+    def draining(self) -> bool:
+        return self._scheduler.draining
+
+    @property
+    def open_connections(self) -> int:
+        return int(self._connections.borrowed_tokens)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[TcpAddress] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on ``settings.http``, report the bound address, serve until cancelled."""
+        address = self.settings.http
+        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+        try:
+            # Port 0 with a host resolving to several addresses binds each to its
+            # own port; the first one is the address we report.
+            names = [_local_address(listener) for listener in listeners]
+            self.bound_address = names[0]
+            log.info("http ingress listening", addresses=[str(name) for name in names])
+            task_status.started(self.bound_address)
+            # serve_listeners also rides out EMFILE/ENFILE by pausing accept().
+            await trio.serve_listeners(self._handle_connection, listeners)
+        finally:
+            self.bound_address = None
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        # An exception escaping here would tear down serve_listeners and with it
+        # the daemon; Connection handles its own, this is the last line of defence.
+        try:
+            await self._serve_connection(stream)
+        except Exception:
+            log.exception("connection handler failed")
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            # trio enables TCP_NODELAY on TCP streams already; set it explicitly:
+            # replies are small and written in one piece, Nagle would delay them.
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        except OSError:
+            await trio.aclose_forcefully(stream)  # reset before we got to it
+            return
+        try:
+            self._connections.acquire_nowait()
+        except trio.WouldBlock:
+            await self._refuse(stream)
+            return
+        try:
+            await Connection(stream, self, self._limits, self._warnings).serve()
+        finally:
+            self._connections.release()
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        """Answer 503 on a connection beyond ``max_connections`` and close it.
+
+        Failing fast (rather than leaving the client in the accept backlog until
+        a slot frees, which with keep-alive can take idle_timeout) lets a load
+        balancer or client retry another node at once, and Retry-After says when
+        to come back here.
+        """
+        try:
+            self._rejecting.acquire_nowait()
+        except trio.WouldBlock:
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            conn = h11.Connection(h11.SERVER)
+            reply = error_reply(Overloaded("too many connections", retry_after_s=1))
+            data = render(conn, reply, new_request_id(), close=True, head_only=False)
+            with trio.move_on_after(LINGER_S):
+                await stream.send_all(data)
+            await linger(stream)
+        except TRANSPORT_ERRORS:
+            pass  # the client left first; nothing to tell it
+        finally:
+            self._rejecting.release()
+            await trio.aclose_forcefully(stream)
+
+    # --- requests ----------------------------------------------------------------------
+
+    async def respond(self, head: RequestHead, read_body: BodyReader) -> Reply:
+        """The reply to one request; every HuseletError becomes its error reply."""
+        try:
+            route = match_route(head.method, head.target)
+            if route is HEALTHZ:
+                return HEALTH_DRAINING if self._scheduler.draining else HEALTH_OK
+            return await self._invoke(route.function, head, read_body)
+        except HuseletError as exc:
+            return error_reply(exc)
+
+    async def _invoke(self, function: str, head: RequestHead, read_body: BodyReader) -> Reply:
+        # Cheap checks first, so a request that will be refused is refused
+        # before its body is read (and without a 100 Continue).
+        if self._token is not None:
+            if head.repeated == b"authorization":
+                raise Unauthorized("more than one Authorization header")
+            check_bearer(head.authorization, self._token)
+        if head.repeated is not None:
+            raise BadRequest(f"header {head.repeated.decode('ascii')} must appear once")
+        timeout_ms = parse_timeout_ms(head.timeout_ms)
+        if self._scheduler.draining:
+            raise Draining("the node is draining and takes no new requests", retry_after_s=1)
+        if head.content_length is not None and head.content_length > self._max_body:
+            raise PayloadTooLarge(f"the request body exceeds {self._max_body} bytes")
+        event = await read_body(self._max_body)
+        result = await self._call(function, event, event_kind(head.content_type), timeout_ms, head)
+        return Reply(200, result.body, content_type_header(result.content_type))
+
+    async def _call(
+        self, function: str, event: bytes, kind: str, timeout_ms: int | None, head: RequestHead
+    ) -> InvokeResult:
+        try:
+            return await self._scheduler.invoke(
+                function, event, kind, timeout_ms=timeout_ms, request_id=head.request_id
+            )
+        except HuseletError as exc:
+            if exc.status != 500:
+                raise
+            # A bare HuseletError (or one without a mapped status) is a daemon
+            # fault: its message is for operators, not callers.
+            log.exception("invoke failed", function=function, request_id=head.request_id)
+            raise InternalError("internal error") from None
+        except Exception:
+            # Any other exception is a bug somewhere below us. Log the traceback
+            # here; the caller only learns that it happened (no paths, no frames).
+            log.exception("invoke failed", function=function, request_id=head.request_id)
+            raise InternalError("internal error") from None
+
+
+def _local_address(listener: trio.SocketListener) -> TcpAddress:
+    name = listener.socket.getsockname()
+    return TcpAddress(name[0], name[1])

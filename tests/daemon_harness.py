@@ -1,0 +1,156 @@
+"""Run the real ``huselet run`` as a subprocess for end-to-end tests.
+
+The daemon gets a temp config (HTTP on port 0), and the harness learns the
+bound address from the daemon's own "huselet ready" log line. Its stderr is
+collected on a thread so the pipe never fills; tests can search it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HUSELET = [sys.executable, "-m", "huselet"]
+START_TIMEOUT_S = 30.0
+
+
+def write_config(root: Path, functions: str, extra: str = "") -> Path:
+    """A config under ``root`` whose [[functions]] blocks are given as TOML text."""
+    config = root / "huselet.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [node]
+            id = "test-node"
+            state_dir = "{root}/state"
+            run_dir = "{root}/run"
+            drain_grace_ms = 5000
+            {extra}
+            [gateway]
+            http = "127.0.0.1:0"
+            max_body_bytes = 65536
+            """
+        )
+        + textwrap.dedent(functions)
+    )
+    return config
+
+
+class Daemon:
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self.ready_entry: dict[str, Any] = {}
+        full_env = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(
+            [*HUSELET, "run", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(START_TIMEOUT_S):
+            self.kill()
+            raise AssertionError("daemon did not become ready:\n" + "\n".join(self.lines[-30:]))
+        self.url = f"http://{self.ready_entry['http']}"
+        self.admin_socket = self.ready_entry["admin"]
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if '"huselet ready"' in line:
+                self.ready_entry = json.loads(line)
+                self._ready.set()
+        self._ready.set()  # EOF: unblock a waiter; it checks ready_entry
+
+    def logs(self, msg: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in list(self.lines):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if msg is None or entry.get("msg") == msg:
+                out.append(entry)
+        return out
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kw)
+
+    def invoke(self, function: str, event: Any = None, **kw: Any) -> httpx.Response:
+        with self.client() as c:
+            return c.post(f"/v1/invoke/{function}", json=event if event is not None else {}, **kw)
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*HUSELET, "ctl", *args, "--socket", self.admin_socket],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    def status(self) -> dict[str, Any]:
+        out = self.ctl("status", "--json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    def instance_pids(self) -> list[int]:
+        out = self.ctl("instances", "--json")
+        assert out.returncode == 0, out.stderr
+        return [i["pid"] for i in json.loads(out.stdout) if i["pid"]]
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.terminate(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
