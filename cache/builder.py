@@ -78,8 +78,10 @@ def pack_directory(
     root = Path(src)
     if not root.is_dir():
         raise BuildError(f"source {root} is not a directory")
-    if page_size < fmt.MIN_PAGE_SIZE or page_size > fmt.MAX_PAGE_SIZE or page_size & (
-        page_size - 1
+    if (
+        page_size < fmt.MIN_PAGE_SIZE
+        or page_size > fmt.MAX_PAGE_SIZE
+        or page_size & (page_size - 1)
     ):
         raise ValueError(f"page size {page_size} is not a power of two in [4096, 65536]")
     cache_tag = sys.implementation.cache_tag or ""

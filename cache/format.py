@@ -127,8 +127,10 @@ class Header:
         return hash(self.values())
 
     def __repr__(self) -> str:
-        return f"Header(version={self.version}, image_size={self.image_size}, " \
+        return (
+            f"Header(version={self.version}, image_size={self.image_size}, "
             f"index_count={self.index_count}, digest={self.image_digest.hex()})"
+        )
 
     def values(self) -> tuple[int | bytes, ...]:
         return tuple(getattr(self, name) for name in _HEADER_FIELDS)

@@ -77,7 +77,7 @@ class ImageFinder:
             if not directories:
                 return None
         name = fullname.rpartition(".")[2]
-        namespace_portions = []
+        namespace_portions: list[str] = []
         for directory in directories:
             spec = self._find_in(directory, fullname, name)
             if spec is None:
@@ -150,7 +150,13 @@ class ImageFinder:
     def _spec(self, fullname: str, entry: Entry, package_dir: str | None) -> ModuleSpec:
         if entry.path.endswith(".py"):
             loader = ImageModuleLoader(self, fullname, entry, package_dir is not None)
-            spec = ModuleSpec(fullname, loader, origin=self.virtual_path(entry.path))
+            # Duck-typed loader: subclassing importlib.abc.Loader would import
+            # typing at instance start; the import system checks no base class.
+            spec = ModuleSpec(
+                fullname,
+                loader,  # type: ignore[arg-type]
+                origin=self.virtual_path(entry.path),
+            )
         else:
             extracted = self._extract(fullname, entry)
             spec = ModuleSpec(fullname, ExtensionFileLoader(fullname, extracted), origin=extracted)
@@ -223,7 +229,7 @@ class ImageModuleLoader:
 
     def get_source(self, fullname: str) -> str:
         data = bytes(self._reader().read_entry(self._entry))
-        return importlib._bootstrap_external.decode_source(data)  # type: ignore[no-any-return]
+        return importlib._bootstrap_external.decode_source(data)
 
     def get_data(self, path: str) -> bytes:
         """Bytes of a file given by virtual path (what ``pkgutil.get_data`` asks for)."""
@@ -259,8 +265,8 @@ class ImageModuleLoader:
         code = marshal.loads(data[_PYC_HEADER_SIZE:])
         # The pyc was compiled with the image-relative name; give tracebacks the
         # virtual path, exactly as CPython does for a pyc that moved.
-        _imp._fix_co_filename(code, self.path)
-        return code  # type: ignore[no-any-return]
+        _imp._fix_co_filename(code, self.path)  # type: ignore[attr-defined]
+        return code
 
 
 def install_image_importer(
@@ -279,7 +285,7 @@ def install_image_importer(
         extract_root=os.fspath(extract_root) if extract_root is not None else None,
     )
     try:
-        position = sys.meta_path.index(PathFinder)  # type: ignore[arg-type]
+        position = sys.meta_path.index(PathFinder)
     except ValueError:
         position = len(sys.meta_path)
     sys.meta_path.insert(position, finder)

@@ -6,6 +6,9 @@ and index (cheap: proportional to the number of entries, not to the bytes),
 optionally hashes the whole image (proportional to the bytes), and then
 serves ``memoryview`` slices of the mapping.
 
+Images must never be modified or truncated in place (the store only renames
+and unlinks them): a mapping over a file that shrinks faults with SIGBUS.
+
 Every refusal is a :class:`~cache.errors.CacheError` whose message names the
 field or entry at fault. Asking for a path that is not in a valid image is not
 a cache error: it raises the ``OSError`` subclass a file system would
@@ -17,8 +20,10 @@ from __future__ import annotations
 import importlib._bootstrap_external
 import mmap
 import os
+import stat
 import sys
 from bisect import bisect_left
+from itertools import pairwise
 
 from cache import format as fmt
 from cache.errors import CorruptImage, DigestMismatch, UnsupportedImage
@@ -155,9 +160,10 @@ class ImageReader:
 
         ``expected_digest`` (hex) defaults to the digest in the file name when
         the name is ``<sha256 hex>.hlimg``. Header and index are always
-        validated; ``verify=True`` also hashes every byte (about 1 ms per
-        1.5 MB here), which the disk store does on install and scrub so that
-        hot opens can pass ``verify=False``.
+        validated (~0.2 ms for a 120-entry image here); ``verify=True`` also
+        hashes every byte (~0.6 ms per MB, 1.6 GB/s with OpenSSL here), which
+        the disk store does on install and scrub so that hot opens can pass
+        ``verify=False``.
         """
         image_path = os.fspath(path)
         if expected_digest is None:
@@ -166,11 +172,14 @@ class ImageReader:
             if name.endswith(fmt.IMAGE_SUFFIX) and fmt.is_digest_hex(stem):
                 expected_digest = stem
         elif not fmt.is_digest_hex(expected_digest):
-            raise ValueError(f"expected_digest must be 64 lowercase hex digits: {expected_digest!r}")
+            raise ValueError(f"expected_digest is not 64 lowercase hex digits: {expected_digest!r}")
 
         fd = os.open(image_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            file_size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            file_size = st.st_size
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptImage(f"{image_path} is not a regular file")
             if file_size == 0:
                 raise CorruptImage(f"truncated image: 0 bytes, header is {fmt.HEADER_SIZE} bytes")
             mapping = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
@@ -328,9 +337,7 @@ def _check_header(mapping: mmap.mmap, file_size: int) -> fmt.Header:
     if magic != fmt.MAGIC:
         raise CorruptImage(f"bad magic: expected {fmt.MAGIC.hex()}, got {bytes(magic).hex()}")
     if file_size < fmt.HEADER_SIZE:
-        raise CorruptImage(
-            f"truncated image: {file_size} bytes, header is {fmt.HEADER_SIZE} bytes"
-        )
+        raise CorruptImage(f"truncated image: {file_size} bytes, header is {fmt.HEADER_SIZE} bytes")
     page = memoryview(mapping)[: fmt.HEADER_SIZE]
     try:
         stored, computed = fmt.stored_crc(page), fmt.header_crc(page)
@@ -443,7 +450,9 @@ def _check_index(mapping: mmap.mmap, h: fmt.Header) -> tuple[list[str], list[_Re
         paths.append(path)
         records.append((kind, mode, offset, size, digest))
     ranges.sort()
-    for (_, end, a), (start, _, b) in zip(ranges, ranges[1:], strict=False):
+    for (_, end, a), (start, _, b) in pairwise(ranges):
         if start < end:
-            raise CorruptImage(f"index entries {a} and {b} overlap in the data region")
+            raise CorruptImage(
+                f"index entries {min(a, b)} and {max(a, b)} overlap in the data region"
+            )
     return paths, records

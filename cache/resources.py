@@ -55,6 +55,10 @@ class ImageTraversable(Traversable):
     def read_bytes(self) -> bytes:
         return bytes(self._reader.read(self._path))
 
+    def read_text(self, encoding: str | None = None) -> str:
+        with self.open("r", encoding=encoding) as stream:
+            return stream.read()
+
     def open(self, mode: str = "r", *args: Any, **kwargs: Any) -> IO[Any]:
         if mode not in ("r", "rb"):
             raise ValueError(f"image resources are read-only; mode {mode!r} is not 'r' or 'rb'")
