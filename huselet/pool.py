@@ -22,7 +22,7 @@ import enum
 import secrets
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -92,6 +92,7 @@ class InstanceRecord:
         self.inflight: dict[str, Invocation] = {}
         self.scope = trio.CancelScope()
         self.stop_reason: str | None = None
+        self.code: CodeLease | None = None
         self.exit_status: ExitStatus | None = None
 
     def offer_link(self, link: InstanceLink) -> bool:
@@ -119,6 +120,32 @@ class InstanceRecord:
         }
 
 
+class CodeLease(Protocol):
+    """The function's code, held for one instance's lifetime (an image stays pinned)."""
+
+    image: Path | None
+
+    def release(self) -> None: ...
+
+
+class CodeProvider(Protocol):
+    """Where an instance's code comes from; the package cache implements this."""
+
+    async def acquire(self, fn: FunctionSettings) -> CodeLease: ...
+
+
+class DirectoryCode:
+    """The default provider: the function's package is a plain directory."""
+
+    image: Path | None = None
+
+    async def acquire(self, fn: FunctionSettings) -> CodeLease:
+        return self
+
+    def release(self) -> None:
+        pass
+
+
 class _StartError(Exception):
     """An instance could not become ready; the message is caller-safe."""
 
@@ -130,12 +157,14 @@ class FunctionPool:
         runtime: Runtime,
         link_socket: Path,
         nursery: trio.Nursery,
+        code: CodeProvider | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.name
         self.runtime = runtime
         self.link_socket = link_socket
         self._nursery = nursery
+        self.code: CodeProvider = code or DirectoryCode()
         self.buffer = RequestBuffer(settings.max_queue or 1000)
         self.instances: dict[str, InstanceRecord] = {}
         # Sum of all ready instances' credits: capacity that will take a request
@@ -216,18 +245,27 @@ class FunctionPool:
                 await self._teardown(record)
 
     async def _start(self, record: InstanceRecord) -> None:
+        deadline = trio.current_time() + self.settings.start_timeout_ms / 1000
+        with trio.move_on_at(deadline):
+            try:
+                # A cold function's image may be fetched here, while its request waits.
+                record.code = await self.code.acquire(self.settings)
+            except HuseletError as exc:
+                raise _StartError(f"its code is not available: {exc.message}") from None
+        if record.code is None:
+            raise _StartError(f"its code was not available within {self.settings.start_timeout_ms} ms")
         spec = InstanceSpec(
             instance_id=record.id,
             function=self.settings,
             link_socket=self.link_socket,
             token=record.token,
+            image=record.code.image,
         )
         try:
             record.handle = await self.runtime.start(spec)
         except StartFailed as exc:
             raise _StartError(str(exc)) from None
         handle = record.handle
-        deadline = trio.current_time() + self.settings.start_timeout_ms / 1000
         async with trio.open_nursery() as race:
             async def exited_early() -> None:
                 status = await handle.wait()
@@ -395,6 +433,9 @@ class FunctionPool:
                     record.exit_status = await handle.wait()
         if link is not None:
             await link.aclose()
+        if record.code is not None:
+            record.code.release()
+            record.code = None
         if record.inflight:
             what = f"instance {record.id}"
             if record.exit_status is not None and record.stop_reason in (

@@ -43,6 +43,8 @@ class InstanceSpec:
     token: str
     # Extra environment for the worker, on top of the function's own ``env``.
     env: Mapping[str, str] = field(default_factory=dict)
+    # The verified code image to import from; None: ``function.package`` is a directory.
+    image: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,8 @@ def worker_env(spec: InstanceSpec) -> dict[str, str]:
             "HUSELET_HANDLER": fn.handler,
         }
     )
+    if spec.image is not None:
+        env["HUSELET_IMAGE"] = str(spec.image)
     return env
 
 
