@@ -13,6 +13,7 @@ servers for CPU, as a gateway on the same host would.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import LoadResult, run_load  # noqa: E402
+from loadgen import LoadResult, run_load
 
 BENCH = Path(__file__).resolve().parent
 NOOP = BENCH / "functions" / "noop"
@@ -90,9 +91,7 @@ def start_baseline() -> tuple[subprocess.Popen[str], int]:
 
 def row(name: str, conc: int, r: LoadResult, ref: LoadResult | None) -> str:
     ratio = f"{r.rps / ref.rps:6.2f}x" if ref and ref.rps else "      -"
-    return (
-        f"{name:<10} {conc:>5} {r.rps:>10.0f} {r.p50:>9.3f} {r.p99:>9.3f} {r.errors:>6} {ratio}"
-    )
+    return f"{name:<10} {conc:>5} {r.rps:>10.0f} {r.p50:>9.3f} {r.p99:>9.3f} {r.errors:>6} {ratio}"
 
 
 def main() -> None:
@@ -108,12 +107,32 @@ def main() -> None:
     baseline, bport = start_baseline()
     results = []
     try:
-        print(f"huselet bench_invoke: no-op function, {args.duration:g}s per run, {os.cpu_count()} CPUs")
-        print(f"{'target':<10} {'conc':>5} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>6} {'vs base':>7}")
+        cpus = os.cpu_count()
+        print(f"huselet bench_invoke: no-op function, {args.duration:g}s per run, {cpus} CPUs")
+        header = ("target", "conc", "req/s", "p50 ms", "p99 ms", "errors", "vs base")
+        print("{:<10} {:>5} {:>10} {:>9} {:>9} {:>6} {:>7}".format(*header))
         for conc in levels:
-            base = trio.run(lambda: run_load("127.0.0.1", bport, "/", body, concurrency=conc, duration=args.duration))
+            base = trio.run(
+                partial(
+                    run_load,
+                    "127.0.0.1",
+                    bport,
+                    "/",
+                    body,
+                    concurrency=conc,
+                    duration=args.duration,
+                )
+            )
             node = trio.run(
-                lambda: run_load("127.0.0.1", dport, "/v1/invoke/noop", body, concurrency=conc, duration=args.duration)
+                partial(
+                    run_load,
+                    "127.0.0.1",
+                    dport,
+                    "/v1/invoke/noop",
+                    body,
+                    concurrency=conc,
+                    duration=args.duration,
+                )
             )
             print(row("baseline", conc, base, None))
             print(row("huselet", conc, node, base))
@@ -121,7 +140,12 @@ def main() -> None:
                 {
                     "concurrency": conc,
                     "baseline": {"rps": base.rps, "p50_ms": base.p50, "p99_ms": base.p99},
-                    "huselet": {"rps": node.rps, "p50_ms": node.p50, "p99_ms": node.p99, "errors": node.errors},
+                    "huselet": {
+                        "rps": node.rps,
+                        "p50_ms": node.p50,
+                        "p99_ms": node.p99,
+                        "errors": node.errors,
+                    },
                 }
             )
     finally:

@@ -31,7 +31,7 @@ class LoadResult:
         if not self.latencies_ms:
             return float("nan")
         data = sorted(self.latencies_ms)
-        return data[min(len(data) - 1, int(round(p / 100 * (len(data) - 1))))]
+        return data[min(len(data) - 1, round(p / 100 * (len(data) - 1)))]
 
     @property
     def p50(self) -> float:
@@ -76,7 +76,14 @@ async def _read_reply(stream: trio.SocketStream, buf: bytearray) -> int:
 
 
 async def run_load(
-    host: str, port: int, path: str, body: bytes, *, concurrency: int, duration: float, warmup: float = 1.0
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    *,
+    concurrency: int,
+    duration: float,
+    warmup: float = 1.0,
 ) -> LoadResult:
     request = build_request(host, port, path, body)
     latencies: list[float] = []

@@ -39,7 +39,8 @@ class RequestBuffer:
             self._purge_done()
             if len(self._queue) >= self.capacity:
                 raise QueueFull(
-                    f"function {inv.function!r} has {self.capacity} requests queued; try again later",
+                    f"function {inv.function!r} has {self.capacity} requests queued; "
+                    "try again later",
                     retry_after_s=1,
                 )
         self._queue.append(inv)

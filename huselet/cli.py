@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         trio.run(main)
     except* HuseletError as group:
-        for exc in _leaves(group):
-            print(f"huselet: cannot start: {exc}", file=sys.stderr)
+        for err in _leaves(group):
+            print(f"huselet: cannot start: {err}", file=sys.stderr)
         status = EXIT_FAILURE
     except* OSError as group:
-        for exc in _leaves(group):
-            print(f"huselet: cannot start: {_describe_os_error(exc)}", file=sys.stderr)
+        for err in _leaves(group):
+            print(f"huselet: cannot start: {_describe_os_error(err)}", file=sys.stderr)
         status = EXIT_FAILURE
     except* KeyboardInterrupt:
         pass
@@ -82,7 +83,7 @@ def _admin_socket(args: argparse.Namespace) -> Path:
         return Path(args.socket)
     if os.environ.get("HUSELET_ADMIN_SOCKET"):
         return Path(os.environ["HUSELET_ADMIN_SOCKET"])
-    return _load_config(args.config).admin.socket  # type: ignore[no-any-return]
+    return _load_config(args.config).admin.socket
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
@@ -104,7 +105,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return EXIT_OK
-    renderers = {
+    renderers: dict[str, Callable[[Any], str]] = {
         "status": render.render_status,
         "functions": render.render_functions,
         "instances": render.render_instances,

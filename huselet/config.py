@@ -27,7 +27,9 @@ from huselet.errors import ConfigError
 # A sun_path holds 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107
 FUNCTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-HANDLER = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$")
+HANDLER = re.compile(
+    r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$"
+)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EMBEDDED_DEFAULT = Path(__file__).with_name("default.toml")
 
@@ -122,9 +124,7 @@ class Config:
 # --- loading ----------------------------------------------------------------
 
 
-def load_config(
-    path: Path | None, *, known_runtimes: Iterable[str] = ("process",)
-) -> Config:
+def load_config(path: Path | None, *, known_runtimes: Iterable[str] = ("process",)) -> Config:
     """Read and validate ``path`` (or the embedded default when None)."""
     source = EMBEDDED_DEFAULT if path is None else Path(path)
     try:
@@ -198,9 +198,7 @@ def parse_config(
 
     admin_t = t.table("admin")
     admin = AdminSettings(
-        socket=admin_t.path(
-            "socket", default=node.run_dir / "admin.sock", force_default=embedded
-        ),
+        socket=admin_t.path("socket", default=node.run_dir / "admin.sock", force_default=embedded),
         allowed_uids=tuple(admin_t.int_list("allowed_uids", default=[])),
     )
     admin_t.finish()
@@ -210,7 +208,7 @@ def parse_config(
 
     runtimes_t = t.table("runtimes")
     runtimes: dict[str, Mapping[str, Any]] = {}
-    for name in runtimes_t.keys():
+    for name in runtimes_t.key_names():
         if name not in known_runtimes:
             raise ConfigError(
                 f"runtimes.{name}",
@@ -238,24 +236,28 @@ def parse_config(
 def _parse_function(
     ft: _Table, gateway: GatewaySettings, known_runtimes: frozenset[str]
 ) -> FunctionSettings:
-    name = ft.string("name", pattern=FUNCTION_NAME, pattern_help="lowercase letters, digits, - and _, at most 63")
+    name = ft.string(
+        "name", pattern=FUNCTION_NAME, pattern_help="lowercase letters, digits, - and _, at most 63"
+    )
     handler = ft.string("handler", pattern=HANDLER, pattern_help='"module:function"')
     package = ft.path("package")
     if not package.is_dir():
         raise ConfigError(ft.key("package"), f"package directory {package} does not exist")
     module = handler.split(":", 1)[0]
     rel = Path(*module.split("."))
-    if not ((package / rel).with_suffix(".py").is_file() or (package / rel / "__init__.py").is_file()):
-        raise ConfigError(
-            ft.key("handler"), f"module {module!r} not found in package {package}"
-        )
+    if not (
+        (package / rel).with_suffix(".py").is_file() or (package / rel / "__init__.py").is_file()
+    ):
+        raise ConfigError(ft.key("handler"), f"module {module!r} not found in package {package}")
     runtime = ft.choice("runtime", tuple(sorted(known_runtimes)), default="process")
     max_instances = ft.positive_int("max_instances", default=8)
     min_instances = ft.non_negative_int("min_instances", default=0)
     if min_instances > max_instances:
-        raise ConfigError(ft.key("min_instances"), f"{min_instances} exceeds max_instances {max_instances}")
+        raise ConfigError(
+            ft.key("min_instances"), f"{min_instances} exceeds max_instances {max_instances}"
+        )
     env_t = ft.table("env")
-    env = {k: env_t.string(k) for k in env_t.keys()}
+    env = {k: env_t.string(k) for k in env_t.key_names()}
     fn = FunctionSettings(
         name=name,
         package=package.resolve(),
@@ -315,7 +317,7 @@ class _Table:
     def key(self, name: str) -> str:
         return f"{self.where}.{name}" if self.where else name
 
-    def keys(self) -> list[str]:
+    def key_names(self) -> list[str]:
         self._used.update(self.raw)
         return list(self.raw)
 
@@ -341,11 +343,15 @@ class _Table:
     def table_list(self, name: str) -> list[_Table]:
         value = self._get(name, [])
         if not isinstance(value, list):
-            raise ConfigError(self.key(name), f"expected an array of tables, got {_describe(value)}")
+            raise ConfigError(
+                self.key(name), f"expected an array of tables, got {_describe(value)}"
+            )
         out = []
         for i, item in enumerate(value):
             if not isinstance(item, dict):
-                raise ConfigError(f"{self.key(name)}[{i}]", f"expected a table, got {_describe(item)}")
+                raise ConfigError(
+                    f"{self.key(name)}[{i}]", f"expected a table, got {_describe(item)}"
+                )
             out.append(_Table(item, f"{self.key(name)}[{i}]", self.base_dir))
         return out
 
@@ -389,7 +395,9 @@ class _Table:
     def non_negative_int(self, name: str, *, default: int) -> int:
         value = self._get(name, default)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(self.key(name), f"expected a non-negative integer, got {_describe(value)}")
+            raise ConfigError(
+                self.key(name), f"expected a non-negative integer, got {_describe(value)}"
+            )
         return value
 
     def int_list(self, name: str, *, default: list[int]) -> list[int]:
@@ -397,7 +405,10 @@ class _Table:
         if not isinstance(value, list) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
         ):
-            raise ConfigError(self.key(name), f"expected an array of non-negative integers, got {_describe(value)}")
+            raise ConfigError(
+                self.key(name),
+                f"expected an array of non-negative integers, got {_describe(value)}",
+            )
         return value
 
     def path(self, name: str, default: Path | None = None, *, force_default: bool = False) -> Path:

@@ -134,7 +134,9 @@ class LinkServer:
                 if not handed_over:
                     await trio.aclose_forcefully(stream)
 
-    async def _refuse(self, stream: trio.SocketStream, function: str, code: str, why: str, **fields: Any) -> bool:
+    async def _refuse(
+        self, stream: trio.SocketStream, function: str, code: str, why: str, **fields: Any
+    ) -> bool:
         self.refused += 1
         log.warning("instance link refused", function=function, reason=why, **fields)
         with trio.move_on_after(1):
@@ -151,7 +153,9 @@ class LinkServer:
             with trio.fail_after(HELLO_TIMEOUT_S):
                 msg = await link.receive()
         except trio.TooSlowError:
-            return await self._refuse(stream, function, "timeout", "no hello within the handshake timeout")
+            return await self._refuse(
+                stream, function, "timeout", "no hello within the handshake timeout"
+            )
         except ProtocolError as exc:
             return await self._refuse(stream, function, "malformed", str(exc))
         except (trio.BrokenResourceError, OSError):
@@ -160,20 +164,29 @@ class LinkServer:
             return False
         try:
             if message_type(msg) != HELLO:
-                return await self._refuse(stream, function, "malformed", "first frame must be hello")
+                return await self._refuse(
+                    stream, function, "malformed", "first frame must be hello"
+                )
             hello = Hello.decode(msg)
         except ProtocolError as exc:
             return await self._refuse(stream, function, "malformed", str(exc))
         if hello.proto != PROTO_VERSION:
             return await self._refuse(
-                stream, function, "version", f"unsupported link protocol {hello.proto}; daemon speaks {PROTO_VERSION}"
+                stream,
+                function,
+                "version",
+                f"unsupported link protocol {hello.proto}; daemon speaks {PROTO_VERSION}",
             )
         accept = self.claim(function, hello.instance_id, hello.token)
         if accept is None:
             # Do not tell the peer whether the id or the token was wrong.
             return await self._refuse(
-                stream, function, "unauthorized", "unknown instance or wrong token",
-                instance=hello.instance_id[:64], peer_pid=hello.pid,
+                stream,
+                function,
+                "unauthorized",
+                "unknown instance or wrong token",
+                instance=hello.instance_id[:64],
+                peer_pid=hello.pid,
             )
         decoder.max_frame = self.max_frame
         link.max_frame = self.max_frame

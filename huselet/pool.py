@@ -116,7 +116,9 @@ class InstanceRecord:
             "age_s": round(now - self.created_at, 3),
             "idle_s": round(now - self.last_active, 3) if self.state is InstanceState.IDLE else 0.0,
             "served": self.served,
-            "start_ms": round((self.ready_at - self.created_at) * 1000, 2) if self.ready_at else None,
+            "start_ms": round((self.ready_at - self.created_at) * 1000, 2)
+            if self.ready_at
+            else None,
         }
 
 
@@ -253,7 +255,9 @@ class FunctionPool:
             except HuseletError as exc:
                 raise _StartError(f"its code is not available: {exc.message}") from None
         if record.code is None:
-            raise _StartError(f"its code was not available within {self.settings.start_timeout_ms} ms")
+            raise _StartError(
+                f"its code was not available within {self.settings.start_timeout_ms} ms"
+            )
         spec = InstanceSpec(
             instance_id=record.id,
             function=self.settings,
@@ -267,6 +271,7 @@ class FunctionPool:
             raise _StartError(str(exc)) from None
         handle = record.handle
         async with trio.open_nursery() as race:
+
             async def exited_early() -> None:
                 status = await handle.wait()
                 record.exit_status = status
@@ -294,7 +299,9 @@ class FunctionPool:
                 if kind != READY:
                     raise _StartError(f"the worker sent {kind!r} before ready")
                 return
-            raise _StartError(f"the handler did not load within {self.settings.start_timeout_ms} ms")
+            raise _StartError(
+                f"the handler did not load within {self.settings.start_timeout_ms} ms"
+            )
         except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
             raise _StartError(f"the worker broke the link protocol: {exc}") from None
 
@@ -356,7 +363,10 @@ class FunctionPool:
                     with trio.move_on_after(idle_timeout) as idle:
                         inv = await self.buffer.get()
                     if idle.cancelled_caught:
-                        if not record.inflight and len(self.instances) > self.settings.min_instances:
+                        if (
+                            not record.inflight
+                            and len(self.instances) > self.settings.min_instances
+                        ):
                             record.stop_reason = "idle"
                             record.state = InstanceState.STOPPING
                             # Its capacity is gone now, not after the graceful stop.
@@ -366,6 +376,8 @@ class FunctionPool:
                             nursery.cancel_scope.cancel()
                             return
                         continue
+                if inv is None:
+                    continue
                 record.credits -= 1
                 self.spare_credits -= 1
                 record.state = InstanceState.BUSY
@@ -373,7 +385,9 @@ class FunctionPool:
                 record.inflight[inv.request_id] = inv
                 timeout_ms = max(1, int((inv.deadline - trio.current_time()) * 1000))
                 try:
-                    await link.send(Request(inv.request_id, inv.event, inv.kind, timeout_ms).encode())
+                    await link.send(
+                        Request(inv.request_id, inv.event, inv.kind, timeout_ms).encode()
+                    )
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     # Handled here: inside the nursery it would surface as an ExceptionGroup.
                     self.counters["link_errors"] += 1
@@ -385,7 +399,9 @@ class FunctionPool:
             await read_frames()
         except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
             self.counters["link_errors"] += 1
-            log.warning("instance link broken", function=self.name, instance=record.id, error=str(exc))
+            log.warning(
+                "instance link broken", function=self.name, instance=record.id, error=str(exc)
+            )
             record.stop(f"the instance broke the link protocol ({exc})")
 
     def _complete(self, record: InstanceRecord, result: Result) -> None:
@@ -406,7 +422,9 @@ class FunctionPool:
         else:
             error = HandlerError(result.error.type, result.error.message)
         if inv.complete(error):
-            self.counters["handler_errors" if isinstance(error, HandlerError) else "bad_events"] += 1
+            self.counters[
+                "handler_errors" if isinstance(error, HandlerError) else "bad_events"
+            ] += 1
 
     async def _teardown(self, record: InstanceRecord) -> None:
         record.state = InstanceState.STOPPING

@@ -47,7 +47,7 @@ class FrameDecoder:
     longer be trusted, so the only correct reaction is to close the connection.
     """
 
-    __slots__ = ("_buf", "_broken", "max_frame")
+    __slots__ = ("_broken", "_buf", "max_frame")
 
     def __init__(self, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame

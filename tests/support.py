@@ -36,9 +36,7 @@ class NodeStack:
         self.config = parse_config(raw, base_dir=root)
         self.config.node.run_dir.mkdir(parents=True, exist_ok=True)
         self.runtimes = create_runtimes({"process"}, {}, node=self.config.node)
-        self.links = LinkServer(
-            self.config.node.run_dir, self._claim, max_frame=8 * 1024 * 1024
-        )
+        self.links = LinkServer(self.config.node.run_dir, self._claim, max_frame=8 * 1024 * 1024)
         self.scheduler = NodeScheduler(self.config, self.runtimes, self.links.socket_path)
 
     def _claim(self, function: str, instance_id: str, token: str) -> Any:

@@ -39,7 +39,9 @@ async def test_full_queue_refuses_with_429_but_reclaims_done_entries() -> None:
     assert [buf.get_nowait().request_id, buf.get_nowait().request_id] == ["b", "c"]
 
 
-async def test_expired_and_done_invocations_are_never_delivered(autojump_clock: trio.testing.MockClock) -> None:
+async def test_expired_and_done_invocations_are_never_delivered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     buf = RequestBuffer(8)
     expired, cancelled, live = inv("old", timeout=1), inv("gone"), inv("live", timeout=60)
     for item in (expired, cancelled, live):

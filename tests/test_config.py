@@ -66,26 +66,65 @@ def test_timeout_given_as_string_is_refused_with_key_path(tmp_path: Path) -> Non
     [
         (lambda r: r["functions"][0].update(tiemout_ms=5), "functions[0].tiemout_ms: unknown key"),
         (lambda r: r.update(extra={}), "extra: unknown key"),
-        (lambda r: r["functions"][0].update(memory_mb=True), "functions[0].memory_mb: expected an integer ≥ 16, got true"),
-        (lambda r: r["functions"][0].update(max_instances=0), "functions[0].max_instances: expected a positive integer, got 0"),
+        (
+            lambda r: r["functions"][0].update(memory_mb=True),
+            "functions[0].memory_mb: expected an integer ≥ 16, got true",
+        ),
+        (
+            lambda r: r["functions"][0].update(max_instances=0),
+            "functions[0].max_instances: expected a positive integer, got 0",
+        ),
         (lambda r: r["functions"][0].update(name="Bad Name"), "functions[0].name: invalid value"),
         (lambda r: r["functions"][0].update(handler="main"), "functions[0].handler: invalid value"),
-        (lambda r: r["functions"][0].update(handler="nope:handler"), "functions[0].handler: module 'nope' not found"),
-        (lambda r: r["functions"][0].update(package="missing"), "functions[0].package: package directory"),
-        (lambda r: r["functions"][0].update(runtime="nope"), "functions[0].runtime: expected one of"),
-        (lambda r: r["functions"][0].update(min_instances=9), "functions[0].min_instances: 9 exceeds"),
+        (
+            lambda r: r["functions"][0].update(handler="nope:handler"),
+            "functions[0].handler: module 'nope' not found",
+        ),
+        (
+            lambda r: r["functions"][0].update(package="missing"),
+            "functions[0].package: package directory",
+        ),
+        (
+            lambda r: r["functions"][0].update(runtime="nope"),
+            "functions[0].runtime: expected one of",
+        ),
+        (
+            lambda r: r["functions"][0].update(min_instances=9),
+            "functions[0].min_instances: 9 exceeds",
+        ),
         (lambda r: r["functions"][0].update(env={"A": 1}), "functions[0].env.A: expected a string"),
-        (lambda r: r["functions"][0].pop("handler"), "functions[0].handler: required key is missing"),
+        (
+            lambda r: r["functions"][0].pop("handler"),
+            "functions[0].handler: required key is missing",
+        ),
         (lambda r: r.update(gateway={"http": "localhost"}), 'gateway.http: expected "host:port"'),
-        (lambda r: r.update(gateway={"http": "example.com:80"}), "gateway.http: 'example.com' is not an IP address"),
-        (lambda r: r.update(gateway={"http": "127.0.0.1:70000"}), "gateway.http: port 70000 is out of range"),
-        (lambda r: r.update(gateway={"http": "0.0.0.0:8470"}), "gateway.http: 0.0.0.0:8470 is reachable from other hosts"),
-        (lambda r: r.update(gateway={"queue_per_function": -1}), "gateway.queue_per_function: expected a positive integer"),
+        (
+            lambda r: r.update(gateway={"http": "example.com:80"}),
+            "gateway.http: 'example.com' is not an IP address",
+        ),
+        (
+            lambda r: r.update(gateway={"http": "127.0.0.1:70000"}),
+            "gateway.http: port 70000 is out of range",
+        ),
+        (
+            lambda r: r.update(gateway={"http": "0.0.0.0:8470"}),
+            "gateway.http: 0.0.0.0:8470 is reachable from other hosts",
+        ),
+        (
+            lambda r: r.update(gateway={"queue_per_function": -1}),
+            "gateway.queue_per_function: expected a positive integer",
+        ),
         (lambda r: r.update(node={"run_dir": "/tmp/" + "x" * 80}), "node.run_dir: "),
         (lambda r: r.update(node={"log_level": "loud"}), "node.log_level: expected one of"),
-        (lambda r: r.update(admin={"allowed_uids": ["root"]}), "admin.allowed_uids: expected an array"),
+        (
+            lambda r: r.update(admin={"allowed_uids": ["root"]}),
+            "admin.allowed_uids: expected an array",
+        ),
         (lambda r: r.update(functions={"name": "x"}), "functions: expected an array of tables"),
-        (lambda r: r["functions"].append(dict(r["functions"][0])), "functions[1].name: duplicate function name 'f'"),
+        (
+            lambda r: r["functions"].append(dict(r["functions"][0])),
+            "functions[1].name: duplicate function name 'f'",
+        ),
     ],
 )
 def test_invalid_values_are_refused(tmp_path: Path, mutate, expected: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from support import running_stack, write_package
 
 from huselet.errors import (
     BadRequest,
@@ -24,7 +25,6 @@ from huselet.errors import (
     QueueFull,
     UnknownFunction,
 )
-from support import running_stack, write_package
 
 ECHO = """
 import os, time
@@ -72,7 +72,11 @@ async def test_handler_errors_and_bad_events_are_typed(short_tmp: Path) -> None:
         with trio.fail_after(30):
             with pytest.raises(HandlerError) as info:
                 await node.scheduler.invoke("echo", b'{"raise": "boom"}', "json")
-            assert (info.value.error_type, info.value.message, info.value.status) == ("ValueError", "boom", 502)
+            assert (info.value.error_type, info.value.message, info.value.status) == (
+                "ValueError",
+                "boom",
+                502,
+            )
             with pytest.raises(BadRequest, match="not valid JSON"):
                 await node.scheduler.invoke("echo", b"{nope", "json")
             # The instance survived both and still serves.
@@ -85,7 +89,9 @@ async def test_import_failure_fails_waiting_requests_fast(short_tmp: Path) -> No
     async with running_stack(short_tmp, [fn(short_tmp, "broken", broken)]) as node:
         with trio.fail_after(20), pytest.raises(InstanceStartFailed) as info:
             await node.scheduler.invoke("broken", b"{}", "json")
-        assert "ModuleNotFoundError" in info.value.message and "does_not_exist" in info.value.message
+        assert (
+            "ModuleNotFoundError" in info.value.message and "does_not_exist" in info.value.message
+        )
         assert "/pkgs/" not in info.value.message  # no host paths to callers
         assert node.pool("broken").counters["start_failures"] == 1
 
@@ -125,7 +131,13 @@ async def test_burst_beyond_max_instances_is_all_answered(short_tmp: Path) -> No
         results: list[dict] = []
 
         async def one(i: int) -> None:
-            results.append(body(await node.scheduler.invoke("echo", json.dumps({"i": i, "sleep": 0.02}).encode(), "json")))
+            results.append(
+                body(
+                    await node.scheduler.invoke(
+                        "echo", json.dumps({"i": i, "sleep": 0.02}).encode(), "json"
+                    )
+                )
+            )
 
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
@@ -170,9 +182,13 @@ async def test_idle_instances_are_reaped(short_tmp: Path) -> None:
 
 
 async def test_min_instances_are_started_ahead(short_tmp: Path) -> None:
-    async with running_stack(short_tmp, [fn(short_tmp, min_instances=2, idle_timeout_ms=100)]) as node:
+    async with running_stack(
+        short_tmp, [fn(short_tmp, min_instances=2, idle_timeout_ms=100)]
+    ) as node:
         with trio.fail_after(30):
-            while sum(1 for r in node.pool("echo").instances.values() if r.state.value == "idle") < 2:
+            while (
+                sum(1 for r in node.pool("echo").instances.values() if r.state.value == "idle") < 2
+            ):
                 await trio.sleep(0.02)
             await trio.sleep(0.5)  # past the idle timeout: min_instances are kept
         assert len(node.pool("echo").instances) == 2
@@ -213,13 +229,15 @@ async def test_hostile_link_peers_are_refused_and_daemon_keeps_serving(short_tmp
             await sock.send(data)
             dec = FrameDecoder()
             with trio.fail_after(10):
-                while (chunk := await sock.recv(65536)):
+                while chunk := await sock.recv(65536):
                     dec.receive_data(chunk)
             sock.close()
             return dec.next_frame()
 
         refused = await exchange(encode_frame(Hello(1, "echo-00000000", "wrong", 1).encode()))
-        assert refused is not None and refused["t"] == "refused" and refused["code"] == "unauthorized"
+        assert (
+            refused is not None and refused["t"] == "refused" and refused["code"] == "unauthorized"
+        )
         garbage = await exchange(b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1")
         assert garbage is not None and garbage["code"] == "malformed"
         huge = await exchange(b"\xff\xff\xff\xff")

@@ -84,7 +84,7 @@ def _make_preexec(memory_bytes: int) -> Callable[[], None]:
 class ProcessHandle(InstanceHandle):
     def __init__(self, instance_id: str, popen: subprocess.Popen[bytes]) -> None:
         self.instance_id = instance_id
-        self.pid = popen.pid
+        self.pid: int = popen.pid
         self._popen = popen
         self._status: ExitStatus | None = None
         self._exited = trio.Event()
@@ -166,7 +166,7 @@ class ProcessRuntime(Runtime):
                 env=worker_env(spec),
                 close_fds=True,
                 start_new_session=True,
-                preexec_fn=_make_preexec(memory_bytes),  # noqa: PLW1509 - see module docstring
+                preexec_fn=_make_preexec(memory_bytes),
             )
         except OSError as exc:
             log.error("spawn failed", instance=spec.instance_id, error=str(exc))

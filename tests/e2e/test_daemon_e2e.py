@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from daemon_harness import HUSELET, Daemon, pid_alive, wait_until, write_config
 from support import write_package
 
@@ -65,7 +64,9 @@ def handler(event, context):
 def make_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix="hle"))
     write_package(root, "echo", ECHO)
-    write_package(root, "broken", "raise RuntimeError('no config')\ndef handler(e, c):\n    return 1\n")
+    write_package(
+        root, "broken", "raise RuntimeError('no config')\ndef handler(e, c):\n    return 1\n"
+    )
     return root
 
 
@@ -92,13 +93,21 @@ def test_invoke_over_http_and_cli(daemon: Daemon) -> None:
     assert r.json()["event"] == {"name": "x"} and r.json()["function"] == "echo"
     out = subprocess.run(
         [*HUSELET, "invoke", "echo", "--data", '{"via": "cli"}', "--url", daemon.url],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["event"] == {"via": "cli"}
     with daemon.client() as c:
-        raw = c.post("/v1/invoke/echo", content=b"\x01\x02", headers={"content-type": "application/octet-stream"})
-    assert raw.status_code == 502 and raw.json()["error"]["type"] == "InvalidResult"  # bytes inside a dict
+        raw = c.post(
+            "/v1/invoke/echo",
+            content=b"\x01\x02",
+            headers={"content-type": "application/octet-stream"},
+        )
+    assert (
+        raw.status_code == 502 and raw.json()["error"]["type"] == "InvalidResult"
+    )  # bytes inside a dict
 
 
 def test_healthz(daemon: Daemon) -> None:
@@ -109,22 +118,35 @@ def test_healthz(daemon: Daemon) -> None:
 
 def test_error_statuses(daemon: Daemon) -> None:
     with daemon.client() as c:
-        bad_json = c.post("/v1/invoke/echo", content=b"{nope", headers={"content-type": "application/json"})
-        assert bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["error"]["message"]
-        assert c.post("/v1/invoke/echo", json={}, headers={"x-huselet-timeout-ms": "soon"}).status_code == 400
+        bad_json = c.post(
+            "/v1/invoke/echo", content=b"{nope", headers={"content-type": "application/json"}
+        )
+        assert (
+            bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["error"]["message"]
+        )
+        assert (
+            c.post("/v1/invoke/echo", json={}, headers={"x-huselet-timeout-ms": "soon"}).status_code
+            == 400
+        )
         assert c.post("/v1/invoke/nope", json={}).status_code == 404
         assert c.post("/v1/invoke/echo", content=b"x" * 70000).status_code == 413
         raised = c.post("/v1/invoke/echo", json={"raise": "missing"})
         assert raised.status_code == 502
         err = raised.json()["error"]
-        assert err["type"] == "KeyError" and err["code"] == "handler_error" and "missing" in err["message"]
+        assert (
+            err["type"] == "KeyError"
+            and err["code"] == "handler_error"
+            and "missing" in err["message"]
+        )
         assert "/" not in err["message"] and "Traceback" not in raised.text
         slow = c.post("/v1/invoke/echo", json={"sleep": 3}, headers={"x-huselet-timeout-ms": "200"})
         assert slow.status_code == 504, slow.text
         # The instance stuck on that request was killed; the next request works.
         assert c.post("/v1/invoke/echo", json={}).status_code == 200
         broken = c.post("/v1/invoke/broken", json={})
-        assert broken.status_code == 502 and broken.json()["error"]["code"] == "instance_start_failed"
+        assert (
+            broken.status_code == 502 and broken.json()["error"]["code"] == "instance_start_failed"
+        )
         assert "RuntimeError" in broken.json()["error"]["message"]
 
 
@@ -132,9 +154,17 @@ def test_queue_full_is_429(daemon: Daemon) -> None:
     # tiny: one instance, one queue slot. Keep it busy, fill the slot, then overflow.
     with ThreadPoolExecutor(4) as pool:
         busy = pool.submit(daemon.invoke, "tiny", {"sleep": 2})
-        assert wait_until(lambda: any(f["name"] == "tiny" and f["inflight"] for f in daemon.status()["functions"]), 20)
+        assert wait_until(
+            lambda: any(
+                f["name"] == "tiny" and f["inflight"] for f in daemon.status()["functions"]
+            ),
+            20,
+        )
         queued = pool.submit(daemon.invoke, "tiny", {})
-        assert wait_until(lambda: any(f["name"] == "tiny" and f["queued"] for f in daemon.status()["functions"]), 10)
+        assert wait_until(
+            lambda: any(f["name"] == "tiny" and f["queued"] for f in daemon.status()["functions"]),
+            10,
+        )
         refused = daemon.invoke("tiny", {})
         assert refused.status_code == 429 and "retry-after" in refused.headers
         assert busy.result().status_code == 200 and queued.result().status_code == 200
@@ -142,7 +172,9 @@ def test_queue_full_is_429(daemon: Daemon) -> None:
 
 def test_concurrency_beyond_max_instances_all_answered(daemon: Daemon) -> None:
     with ThreadPoolExecutor(16) as pool:
-        replies = list(pool.map(lambda i: daemon.invoke("echo", {"i": i, "sleep": 0.05}), range(64)))
+        replies = list(
+            pool.map(lambda i: daemon.invoke("echo", {"i": i, "sleep": 0.05}), range(64))
+        )
     assert [r.status_code for r in replies] == [200] * 64
     assert sorted(r.json()["event"]["i"] for r in replies) == list(range(64))
     assert len({r.json()["pid"] for r in replies}) <= 4
@@ -155,7 +187,12 @@ def test_crashing_handler_and_sigkilled_instance(daemon: Daemon) -> None:
     pid = daemon.invoke("echo", {}).json()["pid"]
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(daemon.invoke, "echo", {"sleep": 5})
-        assert wait_until(lambda: any(i["state"] == "busy" for i in json.loads(daemon.ctl("instances", "--json").stdout)), 10)
+        assert wait_until(
+            lambda: any(
+                i["state"] == "busy" for i in json.loads(daemon.ctl("instances", "--json").stdout)
+            ),
+            10,
+        )
         for busy in json.loads(daemon.ctl("instances", "--json").stdout):
             if busy["state"] == "busy":
                 os.kill(busy["pid"], signal.SIGKILL)
@@ -198,24 +235,39 @@ def test_ctl_tables_and_json(daemon: Daemon) -> None:
     assert funcs.returncode == 0 and "broken" in funcs.stdout
     inst = daemon.ctl("instances")
     assert inst.returncode == 0 and "echo-" in inst.stdout
-    missing = subprocess.run([*HUSELET, "ctl", "status", "--socket", "/nonexistent/admin.sock"],
-                             capture_output=True, text=True, timeout=30)
+    missing = subprocess.run(
+        [*HUSELET, "ctl", "status", "--socket", "/nonexistent/admin.sock"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert missing.returncode == 1 and "/nonexistent/admin.sock" in missing.stderr
 
 
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ('[[functions]]\nname = "f"\npackage = "pkgs/echo"\nhandler = "main:handler"\ntimeout_ms = "5s"\n',
-         'config error: functions[0].timeout_ms: expected a positive integer, got "5s"'),
-        ('[[functions]]\nname = "f"\npackage = "pkgs/none"\nhandler = "main:handler"\n',
-         "config error: functions[0].package: package directory"),
+        (
+            (
+                '[[functions]]\nname = "f"\npackage = "pkgs/echo"\n'
+                'handler = "main:handler"\ntimeout_ms = "5s"\n'
+            ),
+            'config error: functions[0].timeout_ms: expected a positive integer, got "5s"',
+        ),
+        (
+            '[[functions]]\nname = "f"\npackage = "pkgs/none"\nhandler = "main:handler"\n',
+            "config error: functions[0].package: package directory",
+        ),
         ('[gatway]\nhttp = "1"\n', "config error: gatway: unknown key"),
     ],
 )
-def test_config_errors_exit_nonzero_with_the_key_path(own_root: Path, toml: str, message: str) -> None:
+def test_config_errors_exit_nonzero_with_the_key_path(
+    own_root: Path, toml: str, message: str
+) -> None:
     config = write_config(own_root, toml)
-    out = subprocess.run([*HUSELET, "run", "--config", str(config)], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [*HUSELET, "run", "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 2
     assert message in out.stderr
 
@@ -227,7 +279,9 @@ def test_port_in_use_is_a_clear_startup_error(own_root: Path) -> None:
         port = taken.getsockname()[1]
         config = write_config(own_root, FUNCTIONS)
         config.write_text(config.read_text().replace('"127.0.0.1:0"', f'"127.0.0.1:{port}"'))
-        out = subprocess.run([*HUSELET, "run", "--config", str(config)], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [*HUSELET, "run", "--config", str(config)], capture_output=True, text=True, timeout=30
+        )
     assert out.returncode == 1 and "cannot start" in out.stderr and "in use" in out.stderr
 
 
@@ -242,9 +296,16 @@ def test_sigterm_drains_and_speaks_the_notify_protocol(own_root: Path) -> None:
         assert ready.startswith("READY=1\nSTATUS=serving 3 functions")
         pid = daemon.invoke("echo", {}).json()["pid"]
         result: dict[str, httpx.Response] = {}
-        slow = threading.Thread(target=lambda: result.update(r=daemon.invoke("echo", {"sleep": 1.5})))
+        slow = threading.Thread(
+            target=lambda: result.update(r=daemon.invoke("echo", {"sleep": 1.5}))
+        )
         slow.start()
-        assert wait_until(lambda: any(i["state"] == "busy" for i in json.loads(daemon.ctl("instances", "--json").stdout)), 10)
+        assert wait_until(
+            lambda: any(
+                i["state"] == "busy" for i in json.loads(daemon.ctl("instances", "--json").stdout)
+            ),
+            10,
+        )
         daemon.proc.send_signal(signal.SIGTERM)
         stopping = receiver.recv(4096).decode()
         assert stopping.startswith("STOPPING=1")
@@ -291,7 +352,12 @@ def test_embedded_default_uses_per_user_dirs_for_non_root() -> None:
             from huselet.config import load_config
 
             c = load_config(None)
-            os.write(write_end, json.dumps([str(c.node.state_dir), str(c.node.run_dir), str(c.admin.socket)]).encode())
+            os.write(
+                write_end,
+                json.dumps(
+                    [str(c.node.state_dir), str(c.node.run_dir), str(c.admin.socket)]
+                ).encode(),
+            )
         finally:
             os._exit(0)
     os.close(write_end)
@@ -315,6 +381,8 @@ def test_systemd_unit_verifies() -> None:
         copy = Path(tmp) / "huselet.service"
         # The unit names the installed path; verify it against this checkout's binary.
         copy.write_text(unit.replace("/opt/huselet/venv/bin/huselet", str(huselet_bin)))
-        out = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60
+        )
     problems = [line for line in out.stderr.splitlines() if "huselet.service" in line]
     assert out.returncode == 0 and not problems, out.stderr

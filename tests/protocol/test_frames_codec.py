@@ -83,7 +83,7 @@ def test_link_messages_round_trip_and_validate() -> None:
         Hello.decode({"t": "hello", "proto": 1, "instance_id": "x", "pid": 1})
     with pytest.raises(MalformedFrame, match="field 'pid' has type str"):
         Hello.decode({"t": "hello", "proto": 1, "instance_id": "x", "token": "t", "pid": "1"})
-    with pytest.raises(MalformedFrame, match="allowed 1..1024"):
+    with pytest.raises(MalformedFrame, match=r"allowed 1\.\.1024"):
         Pull.decode({"t": "pull", "n": 0})
     with pytest.raises(MalformedFrame, match="unknown kind"):
         Result.decode({"t": "result", "id": "r", "ok": True, "body": b"", "kind": "xml"})

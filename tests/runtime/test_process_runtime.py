@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from support import write_package
 
 from huselet.config import FunctionSettings, NodeSettings
 from huselet.runtime import InstanceSpec
@@ -19,11 +20,11 @@ from huselet.runtime.process import ProcessRuntime
 from protocol.frames import FrameDecoder
 from protocol.link import Hello
 
-from support import write_package
-
 
 def spec(root: Path, pkg: Path, token: str = "tok-1", memory_mb: int = 64) -> InstanceSpec:
-    fn = FunctionSettings(name="f", package=pkg, handler="main:handler", memory_mb=memory_mb, env={"FN_VAR": "1"})
+    fn = FunctionSettings(
+        name="f", package=pkg, handler="main:handler", memory_mb=memory_mb, env={"FN_VAR": "1"}
+    )
     return InstanceSpec(instance_id="f-1", function=fn, link_socket=root / "link.sock", token=token)
 
 
@@ -59,7 +60,10 @@ async def test_worker_connects_with_identity_in_its_own_session(short_tmp: Path)
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             assert b"FN_VAR=1" in environ
             assert not any(e.startswith(b"HUSELET_DAEMON_SECRET") for e in environ)
-            assert not any(e.startswith(b"HUSELET_TOKEN") for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")[-1:])
+            assert not any(
+                e.startswith(b"HUSELET_TOKEN")
+                for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")[-1:]
+            )
             soft, hard = resource.prlimit(pid, resource.RLIMIT_AS)
             assert soft == hard == 64 * 1024 * 1024
             handle.kill()
@@ -74,7 +78,9 @@ async def test_worker_connects_with_identity_in_its_own_session(short_tmp: Path)
         await listener.aclose()
 
 
-async def test_exit_code_and_output_are_reported(short_tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_exit_code_and_output_are_reported(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     pkg = write_package(short_tmp, "ok", "def handler(e, c):\n    return e\n")
     runtime = ProcessRuntime({}, node=NodeSettings("n", short_tmp, short_tmp))
     caplog.set_level(logging.INFO, logger="huselet")
@@ -88,7 +94,11 @@ async def test_exit_code_and_output_are_reported(short_tmp: Path, caplog: pytest
         assert status.describe() == "exited with code 2"
         await trio.sleep(0.2)  # let the output pump drain the pipe
         nursery.cancel_scope.cancel()
-    lines = [r.fields["line"] for r in caplog.records if getattr(r, "fields", {}).get("instance") == "f-1"]
+    lines = [
+        r.fields["line"]
+        for r in caplog.records
+        if getattr(r, "fields", {}).get("instance") == "f-1"
+    ]
     assert any("link to daemon failed" in line for line in lines), lines
 
 
@@ -106,7 +116,10 @@ async def test_runtime_stop_kills_everything(short_tmp: Path) -> None:
     # The runtime's nursery ended: its processes were killed (a zombie at most
     # until the kernel notices; wait for it to vanish).
     with trio.fail_after(5):
-        while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+        while (
+            Path(f"/proc/{pid}").exists()
+            and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        ):
             await trio.sleep(0.01)
     await stream.aclose()
     await listener.aclose()
