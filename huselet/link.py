@@ -130,6 +130,9 @@ class LinkServer:
             handed_over = False
             try:
                 handed_over = await self._authenticate(function, stream)
+            except Exception:
+                # One bad connection (or a bug) must not stop the function's socket.
+                log.exception("instance link handshake failed", function=function)
             finally:
                 if not handed_over:
                     await trio.aclose_forcefully(stream)

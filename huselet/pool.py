@@ -242,6 +242,11 @@ class FunctionPool:
                     **fields,
                 )
                 await self._serve(record)
+        except Exception:
+            # A bug here must cost one instance, not the node: log it, tear down,
+            # and answer its in-flight requests with a clear error.
+            log.exception("instance lifecycle failed", **fields)
+            record.stop_reason = record.stop_reason or "internal error"
         finally:
             with trio.CancelScope(shield=True):
                 await self._teardown(record)

@@ -100,13 +100,17 @@ class ProcessHandle(InstanceHandle):
         try:
             await trio.lowlevel.wait_readable(self._pidfd)
             _, wstatus, rusage = os.wait4(self.pid, 0)
+            returncode = os.waitstatus_to_exitcode(wstatus)
+            status = ExitStatus.from_returncode(
+                returncode, max_rss_kb=rusage.ru_maxrss, cpu_s=rusage.ru_utime + rusage.ru_stime
+            )
+        except ChildProcessError:
+            # Reaped by someone else (it cannot be by us): the code is lost, the exit is not.
+            returncode, status = -1, ExitStatus(code=-1)
         finally:
             os.close(self._pidfd)
-        returncode = os.waitstatus_to_exitcode(wstatus)
         self._popen.returncode = returncode  # so Popen.__del__ does not reap again
-        self._status = ExitStatus.from_returncode(
-            returncode, max_rss_kb=rusage.ru_maxrss, cpu_s=rusage.ru_utime + rusage.ru_stime
-        )
+        self._status = status
         self._exited.set()
 
     async def wait(self) -> ExitStatus:
