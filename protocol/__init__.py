@@ -7,6 +7,8 @@ scheduler and the tests all share one implementation.
 
 - :mod:`protocol.frames` — length-prefixed msgpack frames with a size limit.
 - :mod:`protocol.link` — messages between the daemon and a function instance.
+- :mod:`protocol.delta` — the delta-event state protocol between a node and the
+  central scheduler (spec: ``protocol/PROTOCOL.md``).
 """
 
 from protocol.errors import FrameTooLarge, MalformedFrame, ProtocolError
