@@ -1,0 +1,50 @@
+"""The event-loop lag probe: how late does a timer fire?
+
+Every ``period`` the probe sleeps and measures how much later than asked it
+woke up. A Trio loop that is blocked (a synchronous call that hangs, a CPU
+hog in a callback) shows up here within one period — and the watchdog stops
+petting systemd, which then restarts the daemon.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from huselet.health.supervisor import HealthState, LoopReport
+
+
+class LagProbe:
+    name = "event_loop"
+
+    def __init__(
+        self, *, period_s: float = 0.1, degraded_ms: float = 100.0, failing_ms: float = 1000.0
+    ) -> None:
+        self.period_s = period_s
+        self.degraded_ms = degraded_ms
+        self.failing_ms = failing_ms
+        self.last_lag_ms = 0.0
+        self.max_lag_ms = 0.0
+        self.last_beat = 0.0  # trio time of the last completed measurement
+
+    async def run(self, report: LoopReport) -> None:
+        self.last_beat = trio.current_time()
+        while True:
+            asked = trio.current_time() + self.period_s
+            await trio.sleep_until(asked)
+            now = trio.current_time()
+            self.last_beat = now
+            lag_ms = max(0.0, (now - asked) * 1000)
+            self.last_lag_ms = lag_ms
+            self.max_lag_ms = max(self.max_lag_ms, lag_ms)
+            report.counters["samples"] += 1
+            if lag_ms >= self.failing_ms:
+                report.counters["stalls"] += 1
+                report.set(HealthState.FAILING, f"event loop stalled {lag_ms:.0f} ms")
+            elif lag_ms >= self.degraded_ms:
+                report.set(HealthState.DEGRADED, f"event loop lag {lag_ms:.0f} ms")
+            else:
+                report.set(HealthState.OK, f"lag {lag_ms:.1f} ms")
+
+    def responsive(self, within_s: float) -> bool:
+        """Did a measurement complete within the last ``within_s`` seconds?"""
+        return trio.current_time() - self.last_beat <= within_s
