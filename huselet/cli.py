@@ -109,6 +109,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         "status": render.render_status,
         "functions": render.render_functions,
         "instances": render.render_instances,
+        "health": render.render_health,
     }
     print(renderers[args.command](data))
     return EXIT_OK
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     ctl = sub.add_parser("ctl", help="inspect a running daemon through its admin socket")
-    ctl.add_argument("command", choices=["status", "functions", "instances"])
+    ctl.add_argument("command", choices=["status", "functions", "instances", "health"])
     ctl.add_argument("--socket", "-s", help="admin socket path")
     ctl.add_argument("--config", "-c", help="read the admin socket path from this TOML")
     ctl.add_argument("--json", action="store_true", help="machine-readable output")

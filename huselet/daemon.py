@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from huselet.admin.server import AdminServer
 from huselet.config import Config
 from huselet.errors import HuseletError
 from huselet.gateway.http import HttpIngress
+from huselet.health.lag import LagProbe
+from huselet.health.supervisor import HealthSupervisor
+from huselet.health.watchdog import WatchdogPetter, watchdog_interval_s
 from huselet.link import LinkServer
 from huselet.log import get_logger
 from huselet.notify import SystemdNotifier
@@ -66,7 +70,27 @@ class Daemon:
         self.ingress = HttpIngress(
             config.gateway, self.scheduler, auth_token=_read_token(config.gateway.auth_token_file)
         )
+        self.lag_probe = LagProbe()
+        self.health = HealthSupervisor(
+            [
+                self.lag_probe,
+                WatchdogPetter(
+                    self.notifier,
+                    self.lag_probe,
+                    self._critical_checks(),
+                    interval_s=watchdog_interval_s(),
+                ),
+            ]
+        )
         self._register_admin_commands()
+
+    def _critical_checks(self) -> dict[str, Callable[[], str | None]]:
+        """Components without which the node does not serve: the watchdog checks them."""
+        return {
+            "ingress": lambda: None if self.ingress.bound_address else "not listening",
+            "scheduler": lambda: None if self.scheduler.running else "not running",
+            "instance links": lambda: None if self.links.running else "not running",
+        }
 
     def _claim_link(self, function: str, instance_id: str, token: str) -> Any:
         return self.scheduler.claim_link(function, instance_id, token)
@@ -76,6 +100,7 @@ class Daemon:
         self.admin.register("status", lambda args: self.status())
         self.admin.register("functions", lambda args: self.scheduler.status()["functions"])
         self.admin.register("instances", lambda args: self.scheduler.instances())
+        self.admin.register("health", lambda args: self.health.describe())
 
     def status(self) -> dict[str, Any]:
         return {
@@ -104,6 +129,7 @@ class Daemon:
                 await nursery.start(self.scheduler.run)
                 await nursery.start(self.admin.run)
                 await nursery.start(self.ingress.run)
+                await nursery.start(self.health.run)
                 ready = f"serving {len(self.config.functions)} functions on http://{self.ingress.bound_address}"
                 log.info(
                     "huselet ready",

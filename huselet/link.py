@@ -78,6 +78,10 @@ class LinkServer:
         self._nursery: trio.Nursery | None = None
         self.refused = 0
 
+    @property
+    def running(self) -> bool:
+        return self._nursery is not None
+
     def socket_path(self, function: str) -> Path:
         return self.socket_dir / f"{function}.sock"
 

@@ -51,6 +51,10 @@ class NodeScheduler:
         self.started_at = trio.current_time()
         self._nursery: trio.Nursery | None = None
 
+    @property
+    def running(self) -> bool:
+        return self._nursery is not None
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:

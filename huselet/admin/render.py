@@ -276,3 +276,21 @@ def render_instances(instances: Sequence[Mapping[str, Any]]) -> str:
             ]
         )
     return render_table(INSTANCE_HEADERS, rows, align=INSTANCE_ALIGN)
+
+
+def render_health(data: dict[str, Any]) -> str:
+    """``huselet ctl health``: the overall state, then one row per health loop."""
+    rows = []
+    for loop in data.get("loops", []):
+        counters = ", ".join(f"{k}={v}" for k, v in sorted(loop.get("counters", {}).items()))
+        rows.append(
+            [
+                str(loop.get("loop", "-")),
+                str(loop.get("state", "-")),
+                str(loop.get("detail") or "-"),
+                str(loop.get("last_action") or "-"),
+                counters or "-",
+            ]
+        )
+    table = render_table(["LOOP", "STATE", "DETAIL", "LAST ACTION", "COUNTERS"], rows)
+    return f"health     {data.get('state', '-')}\n\n{table}"

@@ -386,3 +386,23 @@ def test_systemd_unit_verifies() -> None:
         )
     problems = [line for line in out.stderr.splitlines() if "huselet.service" in line]
     assert out.returncode == 0 and not problems, out.stderr
+
+
+def test_watchdog_pets_reach_systemd_and_ctl_health_reports(own_root: Path) -> None:
+    notify_path = own_root / "notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(notify_path))
+    receiver.settimeout(10)
+    try:
+        env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"}
+        with Daemon(write_config(own_root, FUNCTIONS), env=env) as daemon:
+            messages = [receiver.recv(4096) for _ in range(4)]
+            assert messages[0].startswith(b"READY=1")
+            assert messages.count(b"WATCHDOG=1") >= 2
+            health = daemon.ctl("health", "--json")
+            assert health.returncode == 0, health.stderr
+            loops = {loop["loop"]: loop for loop in json.loads(health.stdout)["loops"]}
+            assert loops["watchdog"]["state"] == "ok" and loops["watchdog"]["counters"]["pets"] >= 2
+            assert "event_loop" in daemon.ctl("health").stdout
+    finally:
+        receiver.close()
