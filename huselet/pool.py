@@ -35,7 +35,9 @@ from huselet.errors import (
     HuseletError,
     InstanceLost,
     InstanceStartFailed,
+    Unavailable,
 )
+from huselet.health.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from huselet.invocation import Invocation, InvokeResult
 from huselet.link import InstanceLink, token_matches
 from huselet.log import get_logger
@@ -160,6 +162,7 @@ class FunctionPool:
         link_socket: Path,
         nursery: trio.Nursery,
         code: CodeProvider | None = None,
+        breaker: BreakerSettings | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.name
@@ -167,6 +170,7 @@ class FunctionPool:
         self.link_socket = link_socket
         self._nursery = nursery
         self.code: CodeProvider = code or DirectoryCode()
+        self.breaker = CircuitBreaker(breaker or BreakerSettings())
         self.buffer = RequestBuffer(settings.max_queue or 1000)
         self.instances: dict[str, InstanceRecord] = {}
         # Sum of all ready instances' credits: capacity that will take a request
@@ -183,6 +187,14 @@ class FunctionPool:
     def submit(self, inv: Invocation) -> None:
         if not self.accepting:
             raise Draining("the node is draining and takes no new requests", retry_after_s=1)
+        now = trio.current_time()
+        if not self.breaker.admit(now):
+            self.counters["rejected_breaker_open"] += 1
+            raise Unavailable(
+                f"function {self.name!r} is failing repeatedly ({self.breaker.last_reason}); "
+                "its circuit breaker is open",
+                retry_after_s=self.breaker.retry_after_s(now),
+            )
         try:
             self.buffer.put(inv)
         except HuseletError:
@@ -235,6 +247,7 @@ class FunctionPool:
                     self._start_failed(record, str(exc))
                     return
                 record.ready_at = trio.current_time()
+                self.breaker.record_success(record.ready_at)
                 log.info(
                     "instance ready",
                     pid=record.handle.pid if record.handle else None,
@@ -322,6 +335,21 @@ class FunctionPool:
                 InstanceStartFailed(f"function {self.name!r} could not start an instance: {reason}")
             )
             self.counters["failed_start"] += failed
+        # After the queue heard the specific reason: an opening breaker fails the rest.
+        self._breaker_failure(f"instance start failed: {reason}")
+
+    def _breaker_failure(self, reason: str) -> None:
+        if self.breaker.record_failure(trio.current_time(), reason):
+            self.counters["breaker_opened"] += 1
+            log.error("circuit breaker opened", function=self.name, reason=reason)
+            # Requests queued behind a crash loop would only wait for their deadline.
+            self.buffer.fail_all(
+                Unavailable(
+                    f"function {self.name!r} is failing repeatedly ({reason}); "
+                    "its circuit breaker is open",
+                    retry_after_s=self.breaker.retry_after_s(trio.current_time()),
+                )
+            )
 
     async def _serve(self, record: InstanceRecord) -> None:
         link = record.link
@@ -419,6 +447,8 @@ class FunctionPool:
             content_type = CONTENT_TYPES.get(result.kind, "application/octet-stream")
             if inv.complete(InvokeResult(result.body, content_type)):
                 self.counters["ok"] += 1
+            if self.breaker.state is not BreakerState.CLOSED:
+                self.breaker.record_success(trio.current_time())  # the half-open trial worked
             return
         assert result.error is not None
         error: HuseletError
@@ -476,6 +506,9 @@ class FunctionPool:
         self.instances.pop(record.id, None)
         if record.stop_reason not in ("idle", "start failed", "node stopping"):
             self.counters["instances_lost"] += 1
+            if record.stop_reason != "request deadline passed":
+                exit_text = record.exit_status.describe() if record.exit_status else "ended"
+                self._breaker_failure(f"an instance {exit_text}")
             log.warning(
                 "instance ended",
                 function=self.name,
@@ -516,4 +549,5 @@ class FunctionPool:
             "inflight": sum(len(r.inflight) for r in self.instances.values()),
             "counters": dict(self.counters),
             "last_start_error": self.last_start_error,
+            "breaker": self.breaker.describe(trio.current_time()),
         }

@@ -245,3 +245,26 @@ async def test_hostile_link_peers_are_refused_and_daemon_keeps_serving(short_tmp
         assert node.links.refused == 3
         with trio.fail_after(30):
             assert body(await node.scheduler.invoke("echo", b"{}", "json"))["event"] == {}
+
+
+async def test_crash_loop_opens_the_breaker_and_a_fix_closes_it(short_tmp: Path) -> None:
+    from huselet.errors import Unavailable
+
+    broken = "raise ImportError('bad build')\n"
+    async with running_stack(short_tmp, [fn(short_tmp, "loop", broken)]) as node:
+        pool = node.pool("loop")
+        with trio.fail_after(60):
+            for _ in range(5):  # the default threshold: 5 failures within 30 s
+                with pytest.raises(InstanceStartFailed, match="bad build"):
+                    await node.scheduler.invoke("loop", b"{}", "json")
+            with pytest.raises(Unavailable, match="circuit breaker is open") as info:
+                await node.scheduler.invoke("loop", b"{}", "json")
+            assert info.value.retry_after_s == 1 and pool.counters["breaker_opened"] == 1
+            assert pool.status()["breaker"]["state"] == "open"
+            started = pool.counters["instances_started"]
+            # Fixed on disk; after the open period one trial goes through and closes it.
+            write_package(short_tmp, "loop", "def handler(e, c):\n    return 'fixed'\n")
+            await trio.sleep(1.05)
+            res = await node.scheduler.invoke("loop", b"{}", "json")
+            assert res.body == b"fixed" and pool.status()["breaker"]["state"] == "closed"
+            assert pool.counters["instances_started"] == started + 1
