@@ -52,4 +52,4 @@ def test_a_trial_that_never_resolves_expires() -> None:
         b.record_failure(t, "x")
     assert b.admit(4.0)
     assert not b.admit(10.0)
-    assert b.admit(4.0 + 20.0 + 0.01)  # trial timeout = 10 × open period
+    assert b.admit(4.0 + 20.0 + 0.01)  # trial timeout = 10 times the open period
