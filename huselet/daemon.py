@@ -129,7 +129,6 @@ class Daemon:
                 await nursery.start(self.scheduler.run)
                 await nursery.start(self.admin.run)
                 await nursery.start(self.ingress.run)
-                await nursery.start(self.health.run)
                 ready = f"serving {len(self.config.functions)} functions on http://{self.ingress.bound_address}"
                 log.info(
                     "huselet ready",
@@ -140,6 +139,8 @@ class Daemon:
                     version=huselet.__version__,
                 )
                 self.notifier.ready(ready)
+                # Only a ready daemon pets the watchdog (systemd expects READY=1 first).
+                await nursery.start(self.health.run)
                 async for signum in signals:
                     log.info("shutdown requested", signal=signal.Signals(signum).name)
                     break
