@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from cache.importer import ImageFinder, install_image_importer, uninstall_image_importer
     from cache.origin import DirectoryOrigin, HttpOrigin, Origin, origin_from_url
     from cache.reader import Entry, ImageReader
-    from cache.store import ImageLease, ImageStore, StoreStats
+    from cache.store import ImageLease, ImageState, ImageStore, StoreStats
 
 _LAZY = {
     "ImageInfo": "cache.builder",
@@ -52,6 +52,7 @@ _LAZY = {
     "Origin": "cache.origin",
     "origin_from_url": "cache.origin",
     "ImageLease": "cache.store",
+    "ImageState": "cache.store",
     "ImageStore": "cache.store",
     "StoreStats": "cache.store",
 }
@@ -72,6 +73,7 @@ __all__ = [
     "ImageLease",
     "ImageNotFound",
     "ImageReader",
+    "ImageState",
     "ImageStore",
     "ImageTooLarge",
     "Origin",

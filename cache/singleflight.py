@@ -87,8 +87,14 @@ class FetchCoordinator:
                 raise copy_error(failure.error, f" (not retrying for {wait:.1f}s)")
             if self.nursery is None:
                 raise RuntimeError("ImageStore.run() is not running")
-            flight = self._flights[digest] = _Flight()
-            self.nursery.start_soon(self._fly, digest, origin, flight)
+            flight = _Flight()
+            try:
+                self.nursery.start_soon(self._fly, digest, origin, flight)
+            except RuntimeError:
+                # The store's nursery is closing (shutdown) but our caller has
+                # not reached a checkpoint to notice its cancellation yet.
+                raise FetchError(f"fetch of image {digest} refused: store stopping") from None
+            self._flights[digest] = flight
         else:
             self.coalesced += 1
         await flight.done.wait()

@@ -77,6 +77,17 @@ class StoreStats:
     partials_removed: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ImageState:
+    """One installed image as :meth:`ImageStore.images` reports it."""
+
+    digest: str
+    path: Path
+    size: int
+    mapped: bool  # open in the memory level
+    pins: int  # leases held (instances using it)
+
+
 class _DiskImage:
     """One installed image and who is using it."""
 
@@ -295,6 +306,46 @@ class ImageStore:
 
     def contains(self, digest: str) -> bool:
         return digest in self._disk
+
+    # -- inspection and per-image scrub (used by huselet.packages / huselet.scrub) ------
+
+    def level_of(self, digest: str) -> str | None:
+        """``"memory"`` if mapped, ``"disk"`` if only installed, ``None`` if absent."""
+        image = self._disk.get(digest)
+        if image is None:
+            return None
+        mapped = image.reader is not None and not image.reader.closed
+        return "memory" if mapped else "disk"
+
+    def images(self) -> list[ImageState]:
+        """A snapshot of the installed images, least recently used first."""
+        return [
+            ImageState(
+                digest=i.digest,
+                path=i.path,
+                size=i.size,
+                mapped=i.reader is not None and not i.reader.closed,
+                pins=i.pins,
+            )
+            for i in self._disk.values()
+        ]
+
+    async def verify_image(self, digest: str) -> str | None:
+        """Re-hash one installed image; quarantine it if bad and return why.
+
+        ``None`` when the image is good or not installed. The paced scrub loop
+        calls this one image at a time; :meth:`scrub` does all at once.
+        """
+        image = self._disk.get(digest)
+        if image is None:
+            return None
+        try:
+            await trio.to_thread.run_sync(_verify_installed, image.path, image.digest)
+        except (CacheError, OSError) as exc:  # EIO, EACCES: unusable just the same
+            if self._disk.get(digest) is image:  # not evicted meanwhile
+                self._quarantine(image, str(exc))
+                return str(exc)
+        return None
 
     @property
     def stats(self) -> StoreStats:

@@ -1,8 +1,9 @@
-"""The ``huselet`` command line: ``run``, ``ctl``, ``invoke``, ``version``.
+"""The ``huselet`` command line: ``run``, ``ctl``, ``invoke``, ``pack``, ``version``.
 
 ``huselet run`` starts the daemon (foreground; systemd runs it the same way).
 ``huselet ctl`` talks to a running daemon over its admin socket.
 ``huselet invoke`` is a convenience HTTP client for the ingress.
+``huselet pack DIR -o FILE`` builds a package image (deterministic).
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
 """
 
@@ -97,8 +98,25 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    call_args: dict[str, Any] = {}
+    if args.command == "prefetch":
+        if bool(args.function) == bool(args.digest):
+            print("huselet ctl prefetch: give --function NAME or --digest HEX", file=sys.stderr)
+            return EXIT_USAGE
+        call_args = {
+            k: v
+            for k, v in {
+                "function": args.function,
+                "digest": args.digest,
+                "origin": args.origin,
+                "wait": args.wait or None,
+                # The daemon waits a little less than we do, so its answer arrives.
+                "timeout_s": max(1.0, args.timeout - 2) if args.wait else None,
+            }.items()
+            if v is not None
+        }
     try:
-        data = AdminClient(path, timeout_s=args.timeout).call(args.command)
+        data = AdminClient(path, timeout_s=args.timeout).call(args.command, **call_args)
     except AdminError as exc:
         print(f"huselet ctl: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -110,6 +128,10 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         "functions": render.render_functions,
         "instances": render.render_instances,
         "health": render.render_health,
+        "cache": render.render_cache,
+        "prefetch": render.render_prefetch,
+        "scrub": render.render_scrub,
+        "scheduler": render.render_scheduler,
     }
     print(renderers[args.command](data))
     return EXIT_OK
@@ -161,6 +183,49 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     return EXIT_OK if resp.status == 200 else EXIT_FAILURE
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from cache.builder import pack_directory
+    from cache.errors import CacheError
+
+    try:
+        info = pack_directory(Path(args.directory), Path(args.output))
+        compressed = _write_zstd(info.path) if args.zstd else None
+    except CacheError as exc:
+        print(f"huselet pack: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"huselet pack: {_describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    report = {"digest": info.digest, "size": info.size, "files": info.files, "path": str(info.path)}
+    if compressed is not None:
+        report["zstd"] = str(compressed)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key:<7} {value}")
+    for skipped in info.skipped:
+        print(f"huselet pack: left out special file {skipped}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _write_zstd(image: Path) -> Path:
+    """The transfer copy origins serve: ``<digest>.hlimg.zst`` next to the image."""
+    import zstandard
+
+    from cache.reader import ImageReader
+
+    with ImageReader.open(image, verify=False) as reader:
+        target = image.with_name(f"{reader.digest}.hlimg.zst")
+    tmp = target.with_name(target.name + ".tmp")
+    with open(image, "rb") as src, open(tmp, "wb") as dst:
+        zstandard.ZstdCompressor(level=10, threads=-1).copy_stream(src, dst)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, target)
+    return target
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="huselet", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -172,12 +237,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     ctl = sub.add_parser("ctl", help="inspect a running daemon through its admin socket")
-    ctl.add_argument("command", choices=["status", "functions", "instances", "health"])
+    ctl.add_argument(
+        "command",
+        choices=[
+            *("status", "functions", "instances", "health", "cache", "prefetch", "scrub"),
+            "scheduler",
+        ],
+    )
     ctl.add_argument("--socket", "-s", help="admin socket path")
     ctl.add_argument("--config", "-c", help="read the admin socket path from this TOML")
     ctl.add_argument("--json", action="store_true", help="machine-readable output")
     ctl.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    hint = ctl.add_argument_group("prefetch", "what `huselet ctl prefetch` fetches")
+    hint.add_argument("--function", "-f", help="prefetch this function's image")
+    hint.add_argument("--digest", help="prefetch this image (sha256 hex)")
+    hint.add_argument("--origin", help="where the digest is (default: as known or configured)")
+    hint.add_argument("--wait", action="store_true", help="wait until it is installed")
     ctl.set_defaults(func=cmd_ctl)
+
+    pack = sub.add_parser("pack", help="pack a directory into a package image")
+    pack.add_argument("directory")
+    pack.add_argument(
+        "--output", "-o", required=True, help="image file, or a directory for <digest>.hlimg"
+    )
+    pack.add_argument("--zstd", action="store_true", help="also write <digest>.hlimg.zst")
+    pack.add_argument("--json", action="store_true", help="machine-readable output")
+    pack.set_defaults(func=cmd_pack)
 
     inv = sub.add_parser("invoke", help="invoke a function through the HTTP ingress")
     inv.add_argument("function")
@@ -189,12 +274,30 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--verbose", "-v", action="store_true", help="print status and request id")
     inv.set_defaults(func=cmd_invoke)
 
+    central = sub.add_parser(
+        "central",
+        help="run the reference central scheduler (see `huselet central --help`)",
+        add_help=False,
+    )
+    central.add_argument("central_args", nargs=argparse.REMAINDER)
+    central.set_defaults(func=lambda args: _central(args.central_args))
+
     ver = sub.add_parser("version", help="print the version")
     ver.set_defaults(func=lambda args: print(__import__("huselet").__version__) or EXIT_OK)
     return parser
 
 
+def _central(argv: list[str]) -> int:
+    from huselet.central.cli import main as central_main
+
+    return central_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["central"]:
+        # Its options are its own parser's; argparse would claim them here.
+        return _central(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

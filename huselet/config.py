@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from huselet.errors import ConfigError
 
@@ -30,6 +31,7 @@ FUNCTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 HANDLER = re.compile(
     r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$"
 )
+DIGEST = re.compile(r"^[0-9a-f]{64}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EMBEDDED_DEFAULT = Path(__file__).with_name("default.toml")
 
@@ -81,8 +83,39 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    """``[cache]``: the package image cache (see ``huselet/packages.py``)."""
+
+    disk_budget_mb: int = 4096  # installed images under state_dir/cache/images
+    memory_budget_mb: int = 1024  # mapped images not in use by any instance
+    max_image_mb: int = 1024  # refuse larger downloads
+    # Where functions that give only ``digest`` (and prefetch hints without an
+    # origin) fetch from: a directory, file:// or http(s):// URL.
+    default_origin: str | None = None
+    fetch_timeout_s: int = 120  # per attempt
+    fetch_attempts: int = 3
+    # Directory packages are packed into images on load, so development runs
+    # the same import path as production; false serves them as plain directories.
+    pack_directories: bool = True
+    publish_dir: Path | None = None  # watched; images/directories dropped here are installed
+    scrub_interval_s: int = 3600  # seconds between re-verification passes; 0: never
+    scrub_mb_per_s: int = 64  # pace of a pass, so scrubbing never hogs the disk
+    prefetch_concurrency: int = 2
+    prefetch_queue: int = 256
+    predict: bool = True  # prefetch from the node's own invocation history
+    predict_window_s: int = 3600  # "invoked recently" means within this
+
+
+CODE_SOURCES = ("package", "image", "digest")
+# The working directory of workers whose code comes only from an image: nothing
+# of the function lives on the host's file system, so no directory is implied.
+IMAGE_ONLY_CWD = Path("/")
+
+
+@dataclass(frozen=True)
 class FunctionSettings:
     name: str
+    # The worker's working directory; for ``package = "dir"`` also the source tree.
     package: Path
     handler: str
     runtime: str = "process"
@@ -94,6 +127,18 @@ class FunctionSettings:
     start_timeout_ms: int = 10_000
     max_queue: int | None = None  # None: gateway.queue_per_function
     env: Mapping[str, str] = field(default_factory=dict)
+    image: Path | None = None  # ``image = "x.hlimg"``: a package image file
+    digest: str | None = None  # ``digest = "<sha256>"``: fetched from ``origin``
+    origin: str | None = None  # URL or absolute directory; None: cache.default_origin
+
+    @property
+    def code_source(self) -> str:
+        """Which of ``package``, ``image`` or ``digest`` names the code."""
+        if self.image is not None:
+            return "image"
+        if self.digest is not None:
+            return "digest"
+        return "package"
 
     @property
     def handler_module(self) -> str:
@@ -105,6 +150,28 @@ class FunctionSettings:
 
 
 @dataclass(frozen=True)
+class SchedulerLinkSettings:
+    """``[scheduler]``: the link to the central scheduler; absent, the node is standalone.
+
+    Heartbeat interval and lease TTL are the scheduler's to announce (WELCOME);
+    the node only decides how many missed heartbeats end a link.
+    """
+
+    addresses: tuple[TcpAddress, ...]
+    node_id: str  # identity in the fleet; default node.id
+    memory_mb: int  # capacity offered for placements; default the host's RAM
+    labels: Mapping[str, str] = field(default_factory=dict)
+    connect_timeout_ms: int = 2_000
+    handshake_timeout_ms: int = 10_000
+    send_timeout_ms: int = 5_000  # a scheduler that does not read for this long is dropped
+    batch_delay_ms: int = 50  # bounded delay before state changes leave as one frame
+    silent_heartbeats: int = 3
+    backoff_base_ms: int = 100
+    backoff_max_ms: int = 30_000
+    persist_functions: bool = True  # deployed functions survive a daemon restart
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSettings
     gateway: GatewaySettings
@@ -113,6 +180,8 @@ class Config:
     # Per-runtime tables ([runtimes.NAME]); each plugin validates its own.
     runtimes: Mapping[str, Mapping[str, Any]]
     source: Path | None  # None: the embedded default
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    scheduler: SchedulerLinkSettings | None = None  # None: standalone
 
     def function(self, name: str) -> FunctionSettings | None:
         for fn in self.functions:
@@ -206,6 +275,9 @@ def parse_config(
     # The longest socket the daemon creates under run_dir is fn/<63-char name>.sock.
     _check_unix_path("node.run_dir", node.run_dir / "fn" / ("x" * 63 + ".sock"))
 
+    cache = _parse_cache(t.table("cache"), node)
+    scheduler = _parse_scheduler(t.table("scheduler"), node) if "scheduler" in raw else None
+
     runtimes_t = t.table("runtimes")
     runtimes: dict[str, Mapping[str, Any]] = {}
     for name in runtimes_t.key_names():
@@ -216,7 +288,7 @@ def parse_config(
             )
         runtimes[name] = dict(runtimes_t.table(name).raw)
     functions = tuple(
-        _parse_function(ft, gateway, known_runtimes) for ft in t.table_list("functions")
+        _parse_function(ft, gateway, known_runtimes, cache) for ft in t.table_list("functions")
     )
     names = [f.name for f in functions]
     for i, name in enumerate(names):
@@ -230,25 +302,23 @@ def parse_config(
         functions=functions,
         runtimes=runtimes,
         source=source,
+        cache=cache,
+        scheduler=scheduler,
     )
 
 
 def _parse_function(
-    ft: _Table, gateway: GatewaySettings, known_runtimes: frozenset[str]
+    ft: _Table,
+    gateway: GatewaySettings,
+    known_runtimes: frozenset[str],
+    cache: CacheSettings | None = None,
 ) -> FunctionSettings:
     name = ft.string(
         "name", pattern=FUNCTION_NAME, pattern_help="lowercase letters, digits, - and _, at most 63"
     )
     handler = ft.string("handler", pattern=HANDLER, pattern_help='"module:function"')
-    package = ft.path("package")
-    if not package.is_dir():
-        raise ConfigError(ft.key("package"), f"package directory {package} does not exist")
     module = handler.split(":", 1)[0]
-    rel = Path(*module.split("."))
-    if not (
-        (package / rel).with_suffix(".py").is_file() or (package / rel / "__init__.py").is_file()
-    ):
-        raise ConfigError(ft.key("handler"), f"module {module!r} not found in package {package}")
+    package, image, digest, origin = _parse_code(ft, module, cache or CacheSettings())
     runtime = ft.choice("runtime", tuple(sorted(known_runtimes)), default="process")
     max_instances = ft.positive_int("max_instances", default=8)
     min_instances = ft.non_negative_int("min_instances", default=0)
@@ -260,7 +330,7 @@ def _parse_function(
     env = {k: env_t.string(k) for k in env_t.key_names()}
     fn = FunctionSettings(
         name=name,
-        package=package.resolve(),
+        package=package,
         handler=handler,
         runtime=runtime,
         memory_mb=ft.positive_int("memory_mb", default=256, minimum=16),
@@ -271,9 +341,180 @@ def _parse_function(
         start_timeout_ms=ft.positive_int("start_timeout_ms", default=10_000),
         max_queue=ft.positive_int("max_queue", default=gateway.queue_per_function),
         env=env,
+        image=image,
+        digest=digest,
+        origin=origin,
     )
     ft.finish()
     return fn
+
+
+def _parse_code(
+    ft: _Table, module: str, cache: CacheSettings
+) -> tuple[Path, Path | None, str | None, str | None]:
+    """Exactly one of ``package``, ``image`` or ``digest`` (+ ``origin``) names the code.
+
+    Returns (working directory, image, digest, origin).
+    """
+    given = [key for key in CODE_SOURCES if key in ft.raw]
+    if not given:
+        raise ConfigError(
+            ft.key("package"),
+            "required key is missing (name the code with package, image, or digest + origin)",
+        )
+    if len(given) > 1:
+        raise ConfigError(
+            ft.key(given[1]),
+            f"conflicts with {given[0]}; set exactly one of package, image or digest",
+        )
+    if "origin" in ft.raw and given[0] != "digest":
+        raise ConfigError(ft.key("origin"), "only allowed together with digest")
+    rel = Path(*module.split("."))
+    if given[0] == "package":
+        package = ft.path("package")
+        if not package.is_dir():
+            raise ConfigError(ft.key("package"), f"package directory {package} does not exist")
+        if not (
+            (package / rel).with_suffix(".py").is_file()
+            or (package / rel / "__init__.py").is_file()
+        ):
+            raise ConfigError(
+                ft.key("handler"), f"module {module!r} not found in package {package}"
+            )
+        return package.resolve(), None, None, None
+    if given[0] == "image":
+        image = ft.path("image").resolve()
+        _check_image(ft, image, module, rel)
+        return IMAGE_ONLY_CWD, image, None, None
+    digest = ft.string("digest", pattern=DIGEST, pattern_help="64 lowercase hex digits (sha256)")
+    if "origin" in ft.raw:
+        origin = _origin_url(ft, "origin")
+    elif cache.default_origin is not None:
+        origin = None
+    else:
+        raise ConfigError(
+            ft.key("origin"), "required with digest when cache.default_origin is not set"
+        )
+    return IMAGE_ONLY_CWD, None, digest, origin
+
+
+def _check_image(ft: _Table, image: Path, module: str, rel: Path) -> None:
+    """Open the image's header and index (not its data: the store verifies that)."""
+    from cache.errors import CacheError
+    from cache.reader import ImageReader
+
+    try:
+        reader = ImageReader.open(image, verify=False)
+    except FileNotFoundError:
+        raise ConfigError(ft.key("image"), f"image {image} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(ft.key("image"), f"cannot read image {image}: {exc.strerror}") from None
+    except CacheError as exc:
+        raise ConfigError(ft.key("image"), f"{image} is not a usable image: {exc}") from None
+    with reader:
+        found = reader.is_file(f"{rel.as_posix()}.py") or reader.is_file(
+            f"{rel.as_posix()}/__init__.py"
+        )
+    if not found:
+        raise ConfigError(ft.key("handler"), f"module {module!r} not found in image {image}")
+
+
+def _origin_url(t: _Table, key: str) -> str:
+    """A directory (resolved against the config file) or a file:// / http(s):// URL."""
+    value = t.string(key)
+    scheme = urlsplit(value).scheme
+    if scheme in ("http", "https", "file"):
+        if scheme != "file" and not urlsplit(value).hostname:
+            raise ConfigError(t.key(key), f"{_describe(value)} has no host")
+        return value
+    if scheme:
+        raise ConfigError(
+            t.key(key),
+            f"unsupported scheme {scheme!r}; use a directory, file://, http:// or https://",
+        )
+    return str(t.path(key))
+
+
+def _parse_cache(ct: _Table, node: NodeSettings) -> CacheSettings:
+    disk_budget_mb = ct.positive_int("disk_budget_mb", default=4096)
+    max_image_mb = ct.positive_int("max_image_mb", default=min(1024, disk_budget_mb))
+    if max_image_mb > disk_budget_mb:
+        raise ConfigError(
+            ct.key("max_image_mb"), f"{max_image_mb} exceeds disk_budget_mb {disk_budget_mb}"
+        )
+    publish_dir = ct.optional_path("publish_dir")
+    if publish_dir is not None:
+        publish_dir = publish_dir.resolve()
+        cache_dir = (node.state_dir / "cache").resolve()
+        if publish_dir == cache_dir or cache_dir in publish_dir.parents:
+            raise ConfigError(
+                ct.key("publish_dir"), f"must not be inside the cache's own directory {cache_dir}"
+            )
+    settings = CacheSettings(
+        disk_budget_mb=disk_budget_mb,
+        memory_budget_mb=ct.positive_int("memory_budget_mb", default=1024),
+        max_image_mb=max_image_mb,
+        default_origin=_origin_url(ct, "default_origin") if "default_origin" in ct.raw else None,
+        fetch_timeout_s=ct.positive_int("fetch_timeout_s", default=120),
+        fetch_attempts=ct.positive_int("fetch_attempts", default=3),
+        pack_directories=ct.boolean("pack_directories", default=True),
+        publish_dir=publish_dir,
+        scrub_interval_s=ct.non_negative_int("scrub_interval_s", default=3600),
+        scrub_mb_per_s=ct.positive_int("scrub_mb_per_s", default=64),
+        prefetch_concurrency=ct.positive_int("prefetch_concurrency", default=2),
+        prefetch_queue=ct.positive_int("prefetch_queue", default=256),
+        predict=ct.boolean("predict", default=True),
+        predict_window_s=ct.positive_int("predict_window_s", default=3600),
+    )
+    ct.finish()
+    return settings
+
+
+def _parse_scheduler(st: _Table, node: NodeSettings) -> SchedulerLinkSettings:
+    addresses = st.tcp_address_list("addresses")
+    if not addresses:
+        raise ConfigError(st.key("addresses"), "at least one scheduler address is required")
+    labels_t = st.table("labels")
+    base_ms = st.positive_int("backoff_base_ms", default=100)
+    max_ms = st.positive_int("backoff_max_ms", default=30_000)
+    if max_ms < base_ms:
+        raise ConfigError(st.key("backoff_max_ms"), f"{max_ms} is below backoff_base_ms {base_ms}")
+    settings = SchedulerLinkSettings(
+        addresses=tuple(addresses),
+        # The protocol limits ids to 128 characters.
+        node_id=st.string("node_id", default=node.id, pattern=re.compile(r"^\S{1,128}$")),
+        memory_mb=st.positive_int("memory_mb", default=_host_memory_mb()),
+        labels={k: labels_t.string(k) for k in labels_t.key_names()},
+        connect_timeout_ms=st.positive_int("connect_timeout_ms", default=2_000),
+        handshake_timeout_ms=st.positive_int("handshake_timeout_ms", default=10_000),
+        send_timeout_ms=st.positive_int("send_timeout_ms", default=5_000),
+        batch_delay_ms=st.non_negative_int("batch_delay_ms", default=50),
+        silent_heartbeats=st.positive_int("silent_heartbeats", default=3),
+        backoff_base_ms=base_ms,
+        backoff_max_ms=max_ms,
+        persist_functions=st.boolean("persist_functions", default=True),
+    )
+    st.finish()
+    return settings
+
+
+def _host_memory_mb() -> int:
+    try:
+        return max(1, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1 << 20))
+    except (ValueError, OSError):
+        return 1024
+
+
+def parse_function_spec(
+    raw: Mapping[str, Any], config: Config, *, known_runtimes: Iterable[str], where: str
+) -> FunctionSettings:
+    """One ``[[functions]]`` table that arrived at runtime (a scheduler's deploy command).
+
+    Validated exactly like the config file's; errors name ``where`` as the key path.
+    Relative paths resolve against ``node.state_dir``.
+    """
+    t = _Table(raw, where, config.node.state_dir)
+    return _parse_function(t, config.gateway, frozenset(known_runtimes), config.cache)
 
 
 def _per_user_dirs() -> tuple[Path, Path]:
@@ -446,6 +687,20 @@ class _Table:
                     self.key(name), f"{host!r} is not an IP address (or localhost)"
                 ) from None
         return TcpAddress(host, port)
+
+    def tcp_address_list(self, name: str) -> list[TcpAddress]:
+        value = self._get(name, _REQUIRED)
+        if not isinstance(value, list):
+            raise ConfigError(
+                self.key(name), f"expected an array of addresses, got {_describe(value)}"
+            )
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(_Table({"a": item}, "", self.base_dir).tcp_address("a", default=""))
+            except ConfigError as exc:
+                raise ConfigError(f"{self.key(name)}[{i}]", exc.problem) from None
+        return out
 
 
 _REQUIRED: Any = object()

@@ -1,7 +1,9 @@
 """The composition root: builds every component and runs them in one nursery.
 
 Start order (each ``await nursery.start(component.run)`` returns once that
-component is ready): runtimes → instance link sockets → node scheduler →
+component is ready): runtimes → package cache (image store, package manager,
+prefetcher, scrub, publish watcher) → instance link sockets → node scheduler →
+link to the central scheduler (only with ``[scheduler]``) →
 admin socket → HTTP ingress; then ``READY=1`` to systemd. SIGTERM/SIGINT
 drains: the ingress answers 503 to new requests, accepted ones finish within
 ``node.drain_grace_ms``, instances stop, the process exits 0.
@@ -19,8 +21,11 @@ import trio
 
 import huselet
 from huselet.admin.server import AdminServer
+from huselet.codecache import CodeCache
 from huselet.config import Config
 from huselet.errors import HuseletError
+from huselet.fleet import FleetCommands, SchedulerLink
+from huselet.fleet.commands import FunctionStore
 from huselet.gateway.http import HttpIngress
 from huselet.health.lag import LagProbe
 from huselet.health.supervisor import HealthSupervisor
@@ -65,8 +70,15 @@ class Daemon:
             node=config.node,
         )
         self.links = LinkServer(config.node.run_dir, self._claim_link, max_frame=max_frame)
-        self.scheduler = NodeScheduler(config, self.runtimes, self.links.socket_path)
+        self.cache = CodeCache(config, self._invocation_counts)
+        self.scheduler = NodeScheduler(
+            config, self.runtimes, self.links.socket_path, code=self.cache.packages
+        )
         self.admin = AdminServer(config.admin)
+        # The link to the central scheduler; None: a standalone node, as before.
+        self.fleet: SchedulerLink | None = None
+        if config.scheduler is not None:
+            self.fleet = SchedulerLink(config.scheduler, self.scheduler, self._fleet_commands)
         self.ingress = HttpIngress(
             config.gateway, self.scheduler, auth_token=_read_token(config.gateway.auth_token_file)
         )
@@ -92,6 +104,23 @@ class Daemon:
             "instance links": lambda: None if self.links.running else "not running",
         }
 
+    def _invocation_counts(self) -> dict[str, int]:
+        return {name: pool.counters["accepted"] for name, pool in self.scheduler.pools.items()}
+
+    def _fleet_commands(self, on_placements: Callable[[str], None]) -> FleetCommands:
+        settings = self.config.scheduler
+        assert settings is not None
+        store_path = self.config.node.state_dir / "fleet-functions.json"
+        return FleetCommands(
+            self.config,
+            self.scheduler,
+            self.links,
+            known_runtimes=self.runtimes,
+            on_placements=on_placements,
+            store=FunctionStore(store_path) if settings.persist_functions else None,
+            prefetcher=lambda: getattr(self, "cache", None),
+        )
+
     def _claim_link(self, function: str, instance_id: str, token: str) -> Any:
         return self.scheduler.claim_link(function, instance_id, token)
 
@@ -100,7 +129,14 @@ class Daemon:
         self.admin.register("status", lambda args: self.status())
         self.admin.register("functions", lambda args: self.scheduler.status()["functions"])
         self.admin.register("instances", lambda args: self.scheduler.instances())
+        self.admin.register("cache", lambda args: self.cache.describe())
+        self.admin.register("prefetch", self.cache.prefetch_command)
+        self.admin.register("scrub", lambda args: self.cache.scrubber.scrub_now())
         self.admin.register("health", lambda args: self.health.describe())
+        self.admin.register(
+            "scheduler",
+            lambda args: self.fleet.describe() if self.fleet else {"mode": "standalone"},
+        )
 
     def status(self) -> dict[str, Any]:
         return {
@@ -115,6 +151,7 @@ class Daemon:
                 "runtimes": sorted(self.runtimes),
             },
             **self.scheduler.status(),
+            "cache": self.cache.packages.stats(),
         }
 
     async def run(self) -> None:
@@ -125,8 +162,12 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 for runtime in self.runtimes.values():
                     await nursery.start(runtime.run)
+                await nursery.start(self.cache.run)
                 await nursery.start(self.links.run, [fn.name for fn in self.config.functions])
                 await nursery.start(self.scheduler.run)
+                if self.fleet is not None:
+                    # Re-deploys what the scheduler had deployed before a restart, then dials.
+                    await nursery.start(self.fleet.run)
                 await nursery.start(self.admin.run)
                 await nursery.start(self.ingress.run)
                 ready = f"serving {len(self.config.functions)} functions on http://{self.ingress.bound_address}"

@@ -77,6 +77,7 @@ class LinkServer:
         self._handshake_slots = trio.CapacityLimiter(MAX_PENDING_HANDSHAKES)
         self._nursery: trio.Nursery | None = None
         self.refused = 0
+        self.served: set[str] = set()  # functions whose socket is listening
 
     @property
     def running(self) -> bool:
@@ -101,9 +102,10 @@ class LinkServer:
             self._nursery = None
 
     async def add_function(self, name: str) -> None:
-        """Open the socket of a function added after start (reload, deploy)."""
+        """Open the socket of a function added after start (reload, deploy); idempotent."""
         assert self._nursery is not None
-        await self._nursery.start(self._serve_function, name)
+        if name not in self.served:
+            await self._nursery.start(self._serve_function, name)
 
     async def _serve_function(
         self, name: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -120,12 +122,14 @@ class LinkServer:
             sock.close()
             raise
         task_status.started()
+        self.served.add(name)
         try:
             async with trio.open_nursery() as nursery:
                 while True:
                     stream = await listener.accept()
                     nursery.start_soon(self._handshake, name, stream)
         finally:
+            self.served.discard(name)
             sock.close()
             path.unlink(missing_ok=True)
 

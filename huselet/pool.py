@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,13 +77,21 @@ class InstanceState(enum.Enum):
     STOPPING = "stopping"
 
 
+# Observer of a pool's state: ``(kind, name, body)``; ``body`` None means removed.
+# Called synchronously on every change, so it must be cheap and must not block.
+ChangeObserver = Callable[[str, str, "dict[str, Any] | None"], None]
+
+
 class InstanceRecord:
     """What the pool knows about one instance."""
 
-    def __init__(self, function: str) -> None:
+    def __init__(
+        self, function: str, on_state: Callable[[InstanceRecord], None] | None = None
+    ) -> None:
         self.id = f"{function}-{secrets.token_hex(4)}"
         self.token = secrets.token_urlsafe(24)
-        self.state = InstanceState.STARTING
+        self._state = InstanceState.STARTING
+        self._on_state = on_state
         self.handle: InstanceHandle | None = None
         self.link: InstanceLink | None = None
         self.link_arrived = trio.Event()
@@ -96,6 +105,19 @@ class InstanceRecord:
         self.stop_reason: str | None = None
         self.code: CodeLease | None = None
         self.exit_status: ExitStatus | None = None
+
+    @property
+    def state(self) -> InstanceState:
+        return self._state
+
+    @state.setter
+    def state(self, value: InstanceState) -> None:
+        # A property so every transition is observed without touching each call site;
+        # re-setting the same state (IDLE on every loop turn) is not a change.
+        if value is not self._state:
+            self._state = value
+            if self._on_state is not None:
+                self._on_state(self)
 
     def offer_link(self, link: InstanceLink) -> bool:
         if self.link is not None or self.state is not InstanceState.STARTING:
@@ -181,6 +203,7 @@ class FunctionPool:
         self.accepting = True  # False while draining: no new requests
         self.closed = False  # True once stopping: no new instances
         self.last_start_error: str | None = None
+        self.on_change: ChangeObserver | None = None  # instance added / changed / removed
 
     # --- requests -------------------------------------------------------------
 
@@ -224,10 +247,16 @@ class FunctionPool:
             self._start_instance()
 
     def _start_instance(self) -> None:
-        record = InstanceRecord(self.name)
+        record = InstanceRecord(self.name, self._instance_changed)
         self.instances[record.id] = record
+        self._instance_changed(record)
         self.counters["instances_started"] += 1
         self._nursery.start_soon(self._lifecycle, record, name=f"instance {record.id}")
+
+    def _instance_changed(self, record: InstanceRecord) -> None:
+        if self.on_change is not None:
+            body = {"function": self.name, "state": record.state.value}
+            self.on_change("instance", record.id, body)
 
     def claim_link(self, instance_id: str, token: str) -> Any:
         record = self.instances.get(instance_id)
@@ -466,7 +495,7 @@ class FunctionPool:
         self.spare_credits -= record.credits
         record.credits = 0
         handle, link = record.handle, record.link
-        graceful = record.stop_reason in ("idle", "node stopping")
+        graceful = record.stop_reason in ("idle", "node stopping", "function retired")
         if handle is not None:
             if graceful and link is not None and record.exit_status is None:
                 with trio.move_on_after(0.5):
@@ -503,8 +532,9 @@ class FunctionPool:
                 if inv.complete(InstanceLost(f"{what} while serving the request")):
                     self.counters["instance_lost"] += 1
             record.inflight.clear()
-        self.instances.pop(record.id, None)
-        if record.stop_reason not in ("idle", "start failed", "node stopping"):
+        if self.instances.pop(record.id, None) is not None and self.on_change is not None:
+            self.on_change("instance", record.id, None)
+        if record.stop_reason not in ("idle", "start failed", "node stopping", "function retired"):
             self.counters["instances_lost"] += 1
             if record.stop_reason != "request deadline passed":
                 exit_text = record.exit_status.describe() if record.exit_status else "ended"

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from huselet.config import Config
+from huselet.config import Config, FunctionSettings
 from huselet.errors import (
     DeadlineExceeded,
     Draining,
@@ -26,7 +27,7 @@ from huselet.errors import (
 )
 from huselet.invocation import Invocation, InvokeResult
 from huselet.log import get_logger
-from huselet.pool import FunctionPool
+from huselet.pool import ChangeObserver, CodeProvider, FunctionPool
 from huselet.runtime.base import Runtime
 
 log = get_logger("scheduler")
@@ -42,14 +43,21 @@ class NodeScheduler:
         config: Config,
         runtimes: Mapping[str, Runtime],
         socket_path: Any,  # Callable[[str], Path]: where a function's link socket is
+        code: CodeProvider | None = None,  # None: packages are plain directories
     ) -> None:
         self.config = config
+        self.code = code
         self.runtimes = runtimes
         self._socket_path = socket_path
         self.pools: dict[str, FunctionPool] = {}
         self.draining = False
         self.started_at = trio.current_time()
         self._nursery: trio.Nursery | None = None
+        # Observer of functions and instances (the fleet link reports them as deltas).
+        self.on_change: ChangeObserver | None = None
+        # Per function: where it came from ("config" | "scheduler") and its fleet version.
+        self.function_meta: dict[str, dict[str, Any]] = {}
+        self._retiring: list[FunctionPool] = []  # replaced/removed, finishing their requests
 
     @property
     def running(self) -> bool:
@@ -69,14 +77,101 @@ class NodeScheduler:
     def add_function_pool(self, fn: Any) -> FunctionPool:
         assert self._nursery is not None
         path: Path = self._socket_path(fn.name)
-        pool = FunctionPool(fn, self.runtimes[fn.runtime], path, self._nursery)
+        pool = FunctionPool(fn, self.runtimes[fn.runtime], path, self._nursery, self.code)
         self.pools[fn.name] = pool
+        pool.on_change = self._emit
+        self._emit("function", fn.name, self.describe_function(fn.name))
         pool.ensure_capacity()  # min_instances
         return pool
 
     def claim_link(self, function: str, instance_id: str, token: str) -> Any:
         pool = self.pools.get(function)
-        return None if pool is None else pool.claim_link(instance_id, token)
+        claim = None if pool is None else pool.claim_link(instance_id, token)
+        for old in self._retiring:  # an instance a retired pool started before it retired
+            if claim is None and old.name == function:
+                claim = old.claim_link(instance_id, token)
+        return claim
+
+    # --- functions added, replaced and removed at runtime (fleet commands) ------
+
+    def _emit(self, kind: str, name: str, body: dict[str, Any] | None) -> None:
+        observer = self.on_change
+        if observer is not None:
+            try:
+                observer(kind, name, body)
+            except Exception:
+                # Reporting must never break serving.
+                log.exception("state observer failed", kind=kind, name=name)
+
+    def describe_function(self, name: str) -> dict[str, Any]:
+        """The function as reported to the central scheduler (small: sent on every change)."""
+        fn = self.pools[name].settings
+        meta = self.function_meta.get(name, {})
+        code = getattr(fn, "digest", None) or getattr(fn, "image", None) or fn.package
+        return {
+            "source": meta.get("source", "config"),
+            "version": meta.get("version", 0),
+            "runtime": fn.runtime,
+            "handler": fn.handler,
+            "code": str(code),
+            "memory_mb": fn.memory_mb,
+            "timeout_ms": fn.timeout_ms,
+            "max_instances": fn.max_instances,
+            "min_instances": fn.min_instances,
+        }
+
+    def deploy_function(self, fn: FunctionSettings, meta: dict[str, Any]) -> FunctionPool:
+        """Add ``fn``, or replace the function of that name (its old pool finishes its work).
+
+        New requests go to the new pool at once; the old pool serves what it
+        already accepted, then stops its instances.
+        """
+        old = self.pools.get(fn.name)
+        self.function_meta[fn.name] = dict(meta)
+        pool = self.add_function_pool(fn)
+        if old is not None:
+            self._retire(old)
+        return pool
+
+    def remove_function(self, name: str) -> bool:
+        pool = self.pools.pop(name, None)
+        self.function_meta.pop(name, None)
+        if pool is None:
+            return False
+        self._retire(pool)
+        self._emit("function", name, None)
+        return True
+
+    def set_quota(self, name: str, *, max_instances: int, min_instances: int) -> None:
+        pool = self.pools.get(name)
+        if pool is None:
+            raise UnknownFunction(f"no function named {name!r} on this node")
+        # Instances above a lowered maximum are not killed: they end by idling out.
+        pool.settings = replace(
+            pool.settings, max_instances=max_instances, min_instances=min_instances
+        )
+        self._emit("function", name, self.describe_function(name))
+        pool.ensure_capacity()
+
+    def _retire(self, pool: FunctionPool) -> None:
+        assert self._nursery is not None
+        pool.accepting = False
+        self._retiring.append(pool)
+        self._nursery.start_soon(self._retire_when_idle, pool, name=f"retire {pool.name}")
+
+    async def _retire_when_idle(self, pool: FunctionPool) -> None:
+        try:
+            # Accepted requests keep their deadline; none outlives timeout_ms.
+            with trio.move_on_after(pool.settings.timeout_ms / 1000 + 1):
+                while pool.busy():
+                    await trio.sleep(0.05)
+            pool.buffer.fail_all(Unavailable("the function was replaced or removed"))
+            pool.stop_all("function retired")
+            with trio.move_on_after(10):
+                while pool.instances:
+                    await trio.sleep(0.05)
+        finally:
+            self._retiring.remove(pool)
 
     async def invoke(
         self,

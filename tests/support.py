@@ -14,7 +14,7 @@ import trio
 
 from huselet.config import FunctionSettings, parse_config
 from huselet.link import LinkServer
-from huselet.runtime import create_runtimes
+from huselet.runtime import available_runtimes, create_runtimes
 from huselet.scheduler import NodeScheduler
 
 
@@ -28,14 +28,27 @@ def write_package(root: Path, name: str, source: str, module: str = "main") -> P
 class NodeStack:
     """Runtimes, link server and scheduler, as the daemon wires them."""
 
-    def __init__(self, root: Path, functions: list[dict[str, Any]]) -> None:
-        raw = {
+    def __init__(
+        self,
+        root: Path,
+        functions: list[dict[str, Any]],
+        runtimes: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        raw: dict[str, Any] = {
             "node": {"state_dir": str(root / "state"), "run_dir": str(root / "run")},
             "functions": functions,
         }
-        self.config = parse_config(raw, base_dir=root)
+        if runtimes:
+            raw["runtimes"] = runtimes
+        self.config = parse_config(
+            raw, base_dir=root, known_runtimes=frozenset(available_runtimes())
+        )
         self.config.node.run_dir.mkdir(parents=True, exist_ok=True)
-        self.runtimes = create_runtimes({"process"}, {}, node=self.config.node)
+        # As the daemon does: every runtime a function names (and "process").
+        names = {fn.runtime for fn in self.config.functions} | {"process"}
+        self.runtimes = create_runtimes(names, self.config.runtimes, node=self.config.node)
+        for name, runtime in self.runtimes.items():
+            runtime.expect([fn for fn in self.config.functions if fn.runtime == name])
         self.links = LinkServer(self.config.node.run_dir, self._claim, max_frame=8 * 1024 * 1024)
         self.scheduler = NodeScheduler(self.config, self.runtimes, self.links.socket_path)
 
@@ -55,8 +68,12 @@ class NodeStack:
 
 
 @asynccontextmanager
-async def running_stack(root: Path, functions: list[dict[str, Any]]) -> AsyncIterator[NodeStack]:
-    stack = NodeStack(root, functions)
+async def running_stack(
+    root: Path,
+    functions: list[dict[str, Any]],
+    runtimes: dict[str, dict[str, Any]] | None = None,
+) -> AsyncIterator[NodeStack]:
+    stack = NodeStack(root, functions, runtimes)
     async with trio.open_nursery() as nursery:
         for runtime in stack.runtimes.values():
             await nursery.start(runtime.run)

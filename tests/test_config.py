@@ -164,3 +164,188 @@ def test_unreadable_and_invalid_toml_files(tmp_path: Path) -> None:
 def test_default_toml_is_the_one_shipped() -> None:
     raw = tomllib.loads((REPO / "huselet" / "default.toml").read_text())
     assert raw["functions"][0]["package"] == "examples/hello"
+
+
+# --- package images and the [cache] table -------------------------------------------
+
+
+DIGEST = "ab" * 32
+
+
+def image_of(tmp_path: Path) -> Path:
+    from cache.builder import pack_directory
+
+    out = tmp_path / "built"
+    out.mkdir(exist_ok=True)
+    return pack_directory(make_package(tmp_path), out / "app.hlimg").path
+
+
+def code(tmp_path: Path, **fields: object) -> dict:
+    raw = base(tmp_path)
+    del raw["functions"][0]["package"]
+    raw["functions"][0].update(fields)
+    return raw
+
+
+def test_code_by_image_file_or_by_digest_and_origin(tmp_path: Path) -> None:
+    image_of(tmp_path)
+    raw = code(tmp_path, image="built/app.hlimg")
+    raw["functions"].append(
+        {"name": "g", "handler": "main:handler", "digest": DIGEST, "origin": "images"}
+    )
+    raw["functions"].append(
+        {"name": "h", "handler": "m:h", "digest": DIGEST, "origin": "https://cdn.example/i"}
+    )
+    f, g, h = parse_config(raw, base_dir=tmp_path).functions
+    assert (f.code_source, f.image) == ("image", (tmp_path / "built" / "app.hlimg").resolve())
+    assert f.package == Path("/")  # the worker's cwd: nothing of it lives on the host
+    assert (g.code_source, g.digest, g.origin) == ("digest", DIGEST, str(tmp_path / "images"))
+    assert h.origin == "https://cdn.example/i"
+
+
+def test_cache_table_defaults_and_values(tmp_path: Path) -> None:
+    config = parse_config(base(tmp_path), base_dir=tmp_path)
+    assert config.cache.pack_directories and config.cache.publish_dir is None
+    assert config.functions[0].code_source == "package"
+    raw = code(tmp_path, digest=DIGEST)  # no origin: the default one serves
+    raw["cache"] = {
+        "disk_budget_mb": 100,
+        "memory_budget_mb": 10,
+        "max_image_mb": 50,
+        "default_origin": "http://origin.example:8080/images",
+        "publish_dir": "publish",
+        "scrub_interval_s": 0,
+        "prefetch_concurrency": 4,
+        "predict": False,
+    }
+    config = parse_config(raw, base_dir=tmp_path)
+    assert config.cache.publish_dir == (tmp_path / "publish").resolve()
+    assert config.cache.default_origin == "http://origin.example:8080/images"
+    assert config.functions[0].origin is None
+    assert (config.cache.scrub_interval_s, config.cache.prefetch_concurrency) == (0, 4)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, "functions[0].package: required key is missing (name the code with package, image"),
+        (
+            {"package": "pkg", "image": "x.hlimg"},
+            "functions[0].image: conflicts with package; set exactly one of package, image or",
+        ),
+        ({"image": "x.hlimg", "digest": DIGEST}, "functions[0].digest: conflicts with image"),
+        ({"package": "pkg", "origin": "/srv"}, "functions[0].origin: only allowed together with"),
+        ({"digest": "ABC"}, 'functions[0].digest: invalid value "ABC" (expected 64 lowercase'),
+        ({"digest": DIGEST}, "functions[0].origin: required with digest when cache.default_origin"),
+        (
+            {"digest": DIGEST, "origin": "ftp://x/y"},
+            "functions[0].origin: unsupported scheme 'ftp'",
+        ),
+        ({"digest": DIGEST, "origin": "http:///images"}, "functions[0].origin: "),
+        ({"image": "nope.hlimg"}, "functions[0].image: image "),
+        ({"image": "pkg/main.py"}, "functions[0].image: "),
+    ],
+)
+def test_code_sources_are_validated(tmp_path: Path, fields: dict, expected: str) -> None:
+    assert refuse(code(tmp_path, **fields), tmp_path).startswith(expected)
+
+
+def test_image_must_hold_the_handler_module(tmp_path: Path) -> None:
+    image_of(tmp_path)
+    msg = refuse(code(tmp_path, image="built/app.hlimg", handler="other:handler"), tmp_path)
+    assert msg.startswith("functions[0].handler: module 'other' not found in image")
+    assert "not a usable image" in refuse(code(tmp_path, image="pkg/main.py"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("cache", "expected"),
+    [
+        ({"disk_budget_mb": 0}, "cache.disk_budget_mb: expected a positive integer, got 0"),
+        (
+            {"disk_budget_mb": 10, "max_image_mb": 20},
+            "cache.max_image_mb: 20 exceeds disk_budget_mb 10",
+        ),
+        ({"scrub_interval_s": -1}, "cache.scrub_interval_s: expected a non-negative integer"),
+        ({"predict": "yes"}, 'cache.predict: expected true or false, got "yes"'),
+        ({"publish_dir": "s/cache/images"}, "cache.publish_dir: must not be inside the cache"),
+        ({"default_origin": "gopher://x"}, "cache.default_origin: unsupported scheme 'gopher'"),
+        ({"budget": 1}, "cache.budget: unknown key"),
+    ],
+)
+def test_cache_table_is_validated(tmp_path: Path, cache: dict, expected: str) -> None:
+    raw = base(tmp_path)
+    raw["cache"] = cache
+    assert refuse(raw, tmp_path).startswith(expected)
+
+
+def test_standalone_is_the_default(tmp_path: Path) -> None:
+    assert parse_config(base(tmp_path), base_dir=tmp_path).scheduler is None
+
+
+def test_scheduler_table_is_parsed_with_defaults(tmp_path: Path) -> None:
+    raw = base(tmp_path)
+    raw["node"]["id"] = "node-7"
+    raw["scheduler"] = {
+        "addresses": ["127.0.0.1:7000", "[::1]:7001"],
+        "memory_mb": 2048,
+        "labels": {"zone": "a"},
+        "batch_delay_ms": 0,
+    }
+    s = parse_config(raw, base_dir=tmp_path).scheduler
+    assert s is not None
+    assert [str(a) for a in s.addresses] == ["127.0.0.1:7000", "[::1]:7001"]
+    assert (s.node_id, s.memory_mb, dict(s.labels), s.batch_delay_ms) == (
+        "node-7",
+        2048,
+        {"zone": "a"},
+        0,
+    )
+    assert (s.backoff_base_ms, s.backoff_max_ms, s.persist_functions) == (100, 30_000, True)
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ({}, "scheduler.addresses: required key is missing"),
+        ({"addresses": []}, "scheduler.addresses: at least one scheduler address is required"),
+        ({"addresses": "127.0.0.1:7000"}, "scheduler.addresses: expected an array of addresses"),
+        ({"addresses": ["127.0.0.1:7000", "nohost"]}, "scheduler.addresses[1]: expected"),
+        ({"addresses": ["127.0.0.1:99999"]}, "scheduler.addresses[0]: port 99999 is out of range"),
+        ({"addresses": ["127.0.0.1:7000"], "node_id": "has space"}, "scheduler.node_id: invalid"),
+        (
+            {"addresses": ["127.0.0.1:7000"], "backoff_base_ms": 500, "backoff_max_ms": 100},
+            "scheduler.backoff_max_ms: 100 is below backoff_base_ms 500",
+        ),
+        ({"addresses": ["127.0.0.1:7000"], "labels": {"zone": 1}}, "scheduler.labels.zone"),
+        (
+            {"addresses": ["127.0.0.1:7000"], "heartbeat_ms": 5},
+            "scheduler.heartbeat_ms: unknown key",
+        ),
+    ],
+)
+def test_scheduler_table_is_validated(tmp_path: Path, table: dict, expected: str) -> None:
+    raw = base(tmp_path)
+    raw["scheduler"] = table
+    assert refuse(raw, tmp_path).startswith(expected)
+
+
+def test_a_function_spec_from_the_scheduler_is_validated_like_the_file(tmp_path: Path) -> None:
+    from huselet.config import parse_function_spec
+
+    config = parse_config(base(tmp_path), base_dir=tmp_path)
+    pkg = str(tmp_path / "pkg")
+    fn = parse_function_spec(
+        {"name": "g", "package": pkg, "handler": "main:handler", "max_instances": 2},
+        config,
+        known_runtimes=["process"],
+        where="spec(g)",
+    )
+    assert (fn.name, fn.max_instances, fn.package) == ("g", 2, Path(pkg).resolve())
+    with pytest.raises(ConfigError) as info:
+        parse_function_spec(
+            {"name": "g", "package": pkg, "handler": "main:handler", "runtime": "gvisor"},
+            config,
+            known_runtimes=["process"],
+            where="spec(g)",
+        )
+    assert str(info.value).startswith("spec(g).runtime: expected one of process")

@@ -9,6 +9,7 @@ depends on the data, so scripts grepping a column keep working.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -43,9 +44,7 @@ def format_cell(value: Any) -> str:
     text = str(value)
     # A newline or escape sequence in a string (an error message from a function's
     # import) would tear the table apart or repaint the operator's terminal.
-    return "".join(
-        ch if ch.isprintable() else (" " if ch in "\t\r\n" else "?") for ch in text
-    )
+    return "".join(ch if ch.isprintable() else (" " if ch in "\t\r\n" else "?") for ch in text)
 
 
 def _number(value: Any) -> float | None:
@@ -173,18 +172,19 @@ def render_status(status: Mapping[str, Any]) -> str:
     else:
         requests = MISSING
 
-    head = _key_values(
-        [
-            ("node", ident),
-            ("uptime", format_duration(node.get("uptime_s"))),
-            ("http", format_cell(node.get("http"))),
-            ("admin", format_cell(node.get("admin_socket"))),
-            ("state", state),
-            ("instances", instances),
-            ("queued", format_cell(status.get("queued"))),
-            ("requests", requests),
-        ]
-    )
+    pairs = [
+        ("node", ident),
+        ("uptime", format_duration(node.get("uptime_s"))),
+        ("http", format_cell(node.get("http"))),
+        ("admin", format_cell(node.get("admin_socket"))),
+        ("state", state),
+        ("instances", instances),
+        ("queued", format_cell(status.get("queued"))),
+        ("requests", requests),
+    ]
+    if "cache" in status:  # daemons before the package cache do not report it
+        pairs.append(("cache", format_cache_levels(status.get("cache"))))
+    head = _key_values(pairs)
     functions = status.get("functions")
     body = render_functions(functions if isinstance(functions, list) else [])
     return f"{head}\n\n{body}"
@@ -294,3 +294,212 @@ def render_health(data: dict[str, Any]) -> str:
         )
     table = render_table(["LOOP", "STATE", "DETAIL", "LAST ACTION", "COUNTERS"], rows)
     return f"health     {data.get('state', '-')}\n\n{table}"
+
+
+# --- package cache -------------------------------------------------------------
+
+
+def format_bytes(value: Any) -> str:
+    """``512B``, ``4.0K``, ``12.3M``, ``1.5G`` (binary units)."""
+    n = _number(value)
+    if n is None or n < 0:
+        return MISSING
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_cache_levels(stats: Any) -> str:
+    """One line of hit/miss counters per level: ``memory 12/3 disk 3/1 origin 1 fetch``."""
+    s = _mapping(stats)
+    memory, disk, origin = (_mapping(s.get(k)) for k in ("memory", "disk", "origin"))
+    if not (memory or disk or origin):
+        return MISSING
+    return (
+        f"memory {format_cell(memory.get('hits'))} hit {format_cell(memory.get('misses'))} miss, "
+        f"disk {format_cell(disk.get('hits'))} hit {format_cell(disk.get('misses'))} miss, "
+        f"origin {format_cell(origin.get('fetches'))} fetch "
+        f"{format_cell(origin.get('failures'))} failed, "
+        f"quarantined {format_cell(s.get('quarantined'))}"
+    )
+
+
+CACHE_HEADERS = ("LEVEL", "DIGEST", "SIZE", "FUNCTIONS", "LAST USE", "HITS", "PINS", "SOURCE")
+CACHE_ALIGN = "<<><>>><"
+
+
+def render_cache(data: Mapping[str, Any], *, now: float | None = None) -> str:
+    """``huselet ctl cache``: images per level, most recently used first, then totals.
+
+    LEVEL is ``memory`` (mapped), ``disk`` (installed) or ``origin`` (a
+    configured function's image not on this node); HITS counts instance starts
+    served from the image at any level; LAST USE is how long ago one started.
+    """
+    now = time.time() if now is None else now
+    rows = []
+    for image in data.get("images") or []:
+        image = _mapping(image)
+        hits = _mapping(image.get("hits"))
+        last = _number(image.get("last_used"))
+        functions = image.get("functions")
+        rows.append(
+            [
+                image.get("level"),
+                str(image.get("digest") or "")[:12],
+                format_bytes(image.get("size")),
+                ",".join(functions) if isinstance(functions, list) else None,
+                format_duration(now - last) + " ago" if last is not None else MISSING,
+                sum(_int(v) for v in hits.values()),
+                image.get("pins"),
+                image.get("source"),
+            ]
+        )
+    parts = [render_table(CACHE_HEADERS, rows, align=CACHE_ALIGN) if rows else "no images"]
+    budgets = _mapping(data.get("budgets"))
+    stats = _mapping(data.get("stats"))
+    disk, memory = _mapping(stats.get("disk")), _mapping(stats.get("memory"))
+    prefetch = _mapping(data.get("prefetch"))
+    pairs = [
+        ("disk", f"{format_bytes(disk.get('bytes'))} of {format_bytes(budgets.get('disk_bytes'))}"),
+        (
+            "memory",
+            f"{format_bytes(memory.get('bytes'))} of {format_bytes(budgets.get('memory_bytes'))}",
+        ),
+        ("levels", format_cache_levels(stats)),
+        (
+            "prefetch",
+            f"{format_cell(prefetch.get('queued'))} queued, "
+            f"{len(prefetch.get('fetching') or [])} fetching, "
+            + " ".join(
+                f"{format_cell(k)}={format_cell(v)}"
+                for k, v in sorted(_mapping(prefetch.get("counters")).items())
+            ),
+        ),
+    ]
+    if data.get("packing"):
+        pairs.append(("packing", ", ".join(format_cell(p) for p in data["packing"])))
+    publish = _mapping(data.get("publish"))
+    if publish:
+        counters = _mapping(publish.get("counters"))
+        pairs.append(
+            (
+                "publish",
+                f"{format_cell(publish.get('directory'))} ({format_cell(publish.get('observer'))}):"
+                f" {format_cell(counters.get('published'))} published,"
+                f" {format_cell(counters.get('rejected'))} rejected",
+            )
+        )
+    scrub = _mapping(data.get("scrub"))
+    if scrub:
+        pairs.append(
+            (
+                "scrub",
+                f"last pass {format_duration(now - (_number(scrub.get('ended_at')) or now))} ago:"
+                f" {format_cell(scrub.get('checked'))} checked,"
+                f" {len(scrub.get('bad') or [])} bad",
+            )
+        )
+    parts.append(_key_values(pairs))
+    events = [e for e in data.get("events") or [] if isinstance(e, Mapping)][-10:]
+    if events:
+        lines = ["recent events:"]
+        for e in events:
+            when = _number(e.get("time"))
+            age = format_duration(now - when) + " ago" if when is not None else MISSING
+            what = str(e.get("digest") or e.get("name") or e.get("source") or "")[:12]
+            kind = format_cell(e.get("kind"))
+            lines.append(f"  {age}  {kind}  {format_cell(what)}  {_note(e.get('detail'))}")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def render_prefetch(data: Mapping[str, Any]) -> str:
+    """``huselet ctl prefetch``: what became of the hint."""
+    line = f"{format_cell(data.get('status'))} {format_cell(data.get('digest'))}"
+    if data.get("function"):
+        line += f" (function {format_cell(data.get('function'))})"
+    if data.get("error"):
+        line += f": {_note(data.get('error'))}"
+    return line
+
+
+def render_scrub(data: Mapping[str, Any]) -> str:
+    """``huselet ctl scrub``: the pass just run."""
+    bad = [b for b in data.get("bad") or [] if isinstance(b, Mapping)]
+    head = (
+        f"checked {format_cell(data.get('checked'))} images"
+        f" ({format_bytes(data.get('bytes'))}) in {format_cell(data.get('seconds'))}s:"
+        f" {len(bad)} bad"
+    )
+    lines = [f"  quarantined {format_cell(b.get('digest'))}: {_note(b.get('reason'))}" for b in bad]
+    return "\n".join([head, *lines])
+
+
+def _counts(value: Any) -> str:
+    counts = _mapping(value)
+    return " ".join(f"{format_cell(k)}={format_cell(counts[k])}" for k in sorted(counts)) or "none"
+
+
+def render_scheduler(data: Mapping[str, Any]) -> str:
+    """``huselet ctl scheduler``: the link to the central scheduler."""
+    if data.get("mode") != "fleet":
+        return "standalone (no [scheduler] configured)"
+    lease = _mapping(data.get("lease"))
+    if lease.get("held"):
+        lease_text = f"held, {format_duration(lease.get('expires_in_s'))} left"
+    else:
+        lease_text = "not held" if lease else MISSING
+    resync = data.get("last_resync")
+    if isinstance(resync, Mapping):
+        resync_text = (
+            f"{format_duration(resync.get('age_s'))} ago, {format_cell(resync.get('count'))}"
+            f" resources ({_note(resync.get('reason'))}); {format_cell(data.get('resyncs'))} total"
+        )
+    else:
+        resync_text = "never"
+    state = format_cell(data.get("state"))
+    if data.get("connected_s") is not None:
+        state += f" for {format_duration(data.get('connected_s'))}"
+    elif data.get("retry_in_s") is not None:
+        state += f", retry in {format_duration(data.get('retry_in_s'))}"
+    commands = _mapping(data.get("commands"))
+    addresses = data.get("addresses")
+    return _key_values(
+        [
+            (
+                "node",
+                f"{format_cell(data.get('node_id'))} (boot {format_cell(data.get('boot_id'))})",
+            ),
+            ("link", state),
+            ("address", format_cell(data.get("address"))),
+            ("addresses", " ".join(map(format_cell, addresses)) if addresses else MISSING),
+            ("scheduler", format_cell(data.get("scheduler_id"))),
+            ("epoch", format_cell(data.get("epoch"))),
+            (
+                "seq/ack",
+                f"{format_cell(data.get('seq'))}/{format_cell(data.get('acked'))}"
+                f" ({format_cell(data.get('unacked_frames'))} unacked,"
+                f" {format_cell(data.get('pending_changes'))} changes pending)",
+            ),
+            ("lag", format_duration(data.get("lag_s"))),
+            (
+                "commands",
+                f"applied up to {format_cell(data.get('cmd_applied'))}"
+                f" of {format_cell(data.get('cmd_stream'))}",
+            ),
+            ("executed", _counts(commands.get("executed"))),
+            ("failed", _counts(commands.get("failed"))),
+            ("lease", lease_text),
+            ("placements", format_cell(data.get("placements"))),
+            ("last resync", resync_text),
+            ("resources", format_cell(data.get("resources"))),
+            (
+                "connects",
+                f"{format_cell(data.get('connects'))}"
+                f" (last close: {_note(data.get('last_close'))})",
+            ),
+            ("errors", _counts(data.get("errors"))),
+        ]
+    )

@@ -34,6 +34,9 @@ log = get_logger("runtime")
 
 _BUILTIN = {
     "process": "huselet.runtime.process:ProcessRuntime",
+    "fork": "huselet.runtime.fork:ForkRuntime",
+    "bwrap": "huselet.runtime.bwrap:BwrapRuntime",
+    "oci": "huselet.runtime.oci:OciRuntime",
 }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -118,6 +118,14 @@ class Runtime(ABC):
         """
         task_status.started()
         await trio.sleep_forever()
+
+    def expect(self, functions: Sequence[FunctionSettings]) -> None:
+        """The functions configured to use this runtime; called before :meth:`run`.
+
+        Lets a runtime prepare ahead of need (e.g. ``fork`` builds zygotes at
+        start rather than on the first request). Default: nothing.
+        """
+        return None
 
     @abstractmethod
     async def start(self, spec: InstanceSpec) -> InstanceHandle:

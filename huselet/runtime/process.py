@@ -29,45 +29,22 @@ from typing import Any
 import trio
 
 from huselet.log import get_logger
+from huselet.runtime import children
 from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, Runtime, StartFailed
+from huselet.runtime.children import ChildHandle, pump_output
 
 log = get_logger("runtime.process")
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
-MAX_LOG_LINE = 4096
-# Environment variables passed through from the daemon (nothing else leaks).
-_PASSTHROUGH_ENV = ("LANG", "LC_ALL", "TZ")
 
 
 def worker_command() -> list[str]:
-    # -I: ignore PYTHON* variables, user site and cwd on sys.path (the package
-    #     dir is put on sys.path explicitly by the worker);
-    # -B: never write __pycache__ into the function package;
-    # -u: unbuffered stdout/stderr so log lines arrive as they are printed.
-    return [sys.executable, "-I", "-B", "-u", "-m", "huselet.worker"]
+    return children.worker_command(sys.executable)
 
 
 def worker_env(spec: InstanceSpec) -> dict[str, str]:
-    fn = spec.function
-    env = {k: os.environ[k] for k in _PASSTHROUGH_ENV if k in os.environ}
-    env.setdefault("LANG", "C.UTF-8")
-    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
-    env.update(fn.env)
-    env.update(spec.env)
-    env.update(
-        {
-            "HUSELET_LINK": str(spec.link_socket),
-            "HUSELET_INSTANCE_ID": spec.instance_id,
-            "HUSELET_TOKEN": spec.token,
-            "HUSELET_FUNCTION": fn.name,
-            "HUSELET_PACKAGE": str(fn.package),
-            "HUSELET_HANDLER": fn.handler,
-        }
-    )
-    if spec.image is not None:
-        env["HUSELET_IMAGE"] = str(spec.image)
-    return env
+    return children.worker_env(spec)
 
 
 def _make_preexec(memory_bytes: int) -> Callable[[], None]:
@@ -81,59 +58,14 @@ def _make_preexec(memory_bytes: int) -> Callable[[], None]:
     return preexec
 
 
-class ProcessHandle(InstanceHandle):
+class ProcessHandle(ChildHandle):
     def __init__(self, instance_id: str, popen: subprocess.Popen[bytes]) -> None:
-        self.instance_id = instance_id
-        self.pid: int = popen.pid
+        super().__init__(instance_id, popen.pid)
         self._popen = popen
-        self._status: ExitStatus | None = None
-        self._exited = trio.Event()
-        # The pidfd makes the exit a readable event: noticed at once, no polling.
-        self._pidfd = os.pidfd_open(popen.pid)
 
-    @property
-    def status(self) -> ExitStatus | None:
-        return self._status
-
-    async def reap(self) -> None:
-        """Wait for the exit and reap; run by the runtime for every process."""
-        try:
-            await trio.lowlevel.wait_readable(self._pidfd)
-            _, wstatus, rusage = os.wait4(self.pid, 0)
-            returncode = os.waitstatus_to_exitcode(wstatus)
-            status = ExitStatus.from_returncode(
-                returncode, max_rss_kb=rusage.ru_maxrss, cpu_s=rusage.ru_utime + rusage.ru_stime
-            )
-        except ChildProcessError:
-            # Reaped by someone else (it cannot be by us): the code is lost, the exit is not.
-            returncode, status = -1, ExitStatus(code=-1)
-        finally:
-            os.close(self._pidfd)
+    def _finish(self, status: ExitStatus, returncode: int) -> ExitStatus:
         self._popen.returncode = returncode  # so Popen.__del__ does not reap again
-        self._status = status
-        self._exited.set()
-
-    async def wait(self) -> ExitStatus:
-        await self._exited.wait()
-        assert self._status is not None
-        return self._status
-
-    def _signal_group(self, sig: int) -> None:
-        # Until it is reaped the pid (and its process group id) cannot be reused.
-        if self._status is not None:
-            return
-        try:
-            os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        self._signal_group(signal.SIGKILL)
-
-    def terminate(self) -> None:
-        self._signal_group(signal.SIGTERM)
+        return status
 
 
 class ProcessRuntime(Runtime):
@@ -201,24 +133,4 @@ async def _pump_lines(pipe: Any, stream_name: str, fields: dict[str, Any]) -> No
     """Forward a child's output line by line into the log until EOF."""
     fd = os.dup(pipe.fileno())
     pipe.close()
-    stream = trio.lowlevel.FdStream(fd)
-    pending = b""
-    try:
-        async with stream:
-            while chunk := await stream.receive_some(65536):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    _log_output(line, stream_name, fields)
-                if len(pending) > MAX_LOG_LINE:
-                    _log_output(pending, stream_name, fields)
-                    pending = b""
-            if pending:
-                _log_output(pending, stream_name, fields)
-    except (trio.ClosedResourceError, OSError):
-        pass
-
-
-def _log_output(line: bytes, stream_name: str, fields: dict[str, Any]) -> None:
-    text = line[:MAX_LOG_LINE].decode("utf-8", "replace")
-    log.info("instance output", stream=stream_name, line=text, **fields)
+    await pump_output(fd, stream_name, fields, log)

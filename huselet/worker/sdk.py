@@ -1,9 +1,12 @@
 """Worker SDK main loop: connect, authenticate, load the handler, pull and serve.
 
 Configuration comes from environment variables set by the runtime
-(``HUSELET_LINK``, ``HUSELET_INSTANCE_ID``, ``HUSELET_TOKEN``,
-``HUSELET_FUNCTION``, ``HUSELET_PACKAGE``, ``HUSELET_HANDLER``); the token is
-removed from the environment before any function code runs.
+(``HUSELET_LINK`` — or ``HUSELET_LINK_FD``, an already connected socket the
+runtime dialled for a sandbox that cannot see the daemon's socket —
+``HUSELET_INSTANCE_ID``, ``HUSELET_TOKEN``, ``HUSELET_FUNCTION``,
+``HUSELET_PACKAGE``, ``HUSELET_HANDLER``); the token is removed from the
+environment before any function code runs. A zygote calls :func:`serve`
+directly with the same parameters and a handler it imported before forking.
 """
 
 from __future__ import annotations
@@ -74,7 +77,9 @@ class Link:
 
     def send(self, *messages: dict[str, Any]) -> None:
         # One sendall for several frames: a RESULT and the next PULL travel together.
-        self.sock.sendall(b"".join(encode_frame(m, max_frame=self.decoder.max_frame) for m in messages))
+        self.sock.sendall(
+            b"".join(encode_frame(m, max_frame=self.decoder.max_frame) for m in messages)
+        )
 
     def receive(self) -> dict[str, Any]:
         while True:
@@ -87,9 +92,40 @@ class Link:
             self.decoder.receive_data(chunk)
 
 
-def load_handler(package_dir: str, handler: str) -> Callable[[Any, Context], Any]:
+_images: list[Any] = []  # open image readers: the imported modules live in their mappings
+
+
+def load_handler(
+    package_dir: str,
+    handler: str,
+    *,
+    image: str | None = None,
+    extract_dir: str | None = None,
+) -> Callable[[Any, Context], Any]:
+    """Import ``module:function``: from the package image when there is one.
+
+    ``image`` (default: env ``HUSELET_IMAGE``) is a store-verified image, so
+    opening skips the whole-image hash; native extensions are extracted to
+    ``extract_dir`` (default: env ``HUSELET_EXTRACT_DIR``, else ``extract/``
+    next to the store's ``images/`` directory). Without an image,
+    ``package_dir`` goes on ``sys.path``; with one it does not, so only the
+    verified code can be imported.
+    """
     module_name, _, attr = handler.partition(":")
-    if package_dir not in sys.path:
+    image = image or os.environ.get("HUSELET_IMAGE") or None
+    if image is not None:
+        from cache.importer import install_image_importer  # only image workers pay for it
+        from cache.reader import ImageReader
+
+        reader = ImageReader.open(image, verify=False)
+        extract_dir = (
+            extract_dir
+            or os.environ.get("HUSELET_EXTRACT_DIR")
+            or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(image))), "extract")
+        )
+        install_image_importer(reader, extract_root=extract_dir)
+        _images.append(reader)
+    elif package_dir not in sys.path:
         sys.path.insert(0, package_dir)
     module = importlib.import_module(module_name)
     fn = getattr(module, attr)
@@ -118,7 +154,11 @@ def serve_request(
     try:
         event = decode_event(req.event, req.kind)
     except ValueError as exc:
-        return Result(req.id, ok=False, error=ErrorInfo(ERROR_INVALID_EVENT, f"event is not valid JSON: {exc}"))
+        return Result(
+            req.id,
+            ok=False,
+            error=ErrorInfo(ERROR_INVALID_EVENT, f"event is not valid JSON: {exc}"),
+        )
     ctx = Context(
         request_id=req.id,
         function_name=function,
@@ -137,29 +177,44 @@ def serve_request(
         return Result(
             req.id,
             ok=False,
-            error=ErrorInfo("InvalidResult", f"handler returned a value that is not JSON-serialisable: {exc}"),
+            error=ErrorInfo(
+                "InvalidResult", f"handler returned a value that is not JSON-serialisable: {exc}"
+            ),
         )
     return Result(req.id, ok=True, body=body, kind=kind)
 
 
 def run(
-    link: Link, *, instance_id: str, token: str, package_dir: str, handler_spec: str
+    link: Link,
+    *,
+    instance_id: str,
+    token: str,
+    package_dir: str,
+    handler_spec: str,
+    handler: Callable[[Any, Context], Any] | None = None,
 ) -> int:
     link.send(Hello(PROTO_VERSION, instance_id, token, os.getpid()).encode())
     first = link.receive()
     if message_type(first) == REFUSED:
         refused = Refused.decode(first)
-        print(f"huselet worker: refused by daemon: {refused.code}: {refused.message}", file=sys.stderr)
+        print(
+            f"huselet worker: refused by daemon: {refused.code}: {refused.message}", file=sys.stderr
+        )
         return EXIT_LINK_FAILED
     if message_type(first) != WELCOME:
         raise ProtocolError(f"expected welcome, got {message_type(first)!r}")
     welcome = Welcome.decode(first)
     link.decoder.max_frame = welcome.max_frame
     try:
-        handler = load_handler(package_dir, handler_spec)
+        if handler is None:  # a zygote passes the handler it imported before forking
+            handler = load_handler(package_dir, handler_spec)
     except BaseException as exc:
         traceback.print_exc()
-        link.send(Fatal(ErrorInfo(type(exc).__name__, f"handler {handler_spec} failed to load: {exc}")).encode())
+        link.send(
+            Fatal(
+                ErrorInfo(type(exc).__name__, f"handler {handler_spec} failed to load: {exc}")
+            ).encode()
+        )
         return EXIT_HANDLER_LOAD_FAILED
     link.send(READY_FRAME, Pull(1).encode())
     pull = Pull(1).encode()
@@ -175,7 +230,9 @@ def run(
                 link.send(result.encode(), pull)
             except ProtocolError as exc:  # the result is larger than a frame may be
                 link.send(
-                    Result(result.id, ok=False, error=ErrorInfo("ResultTooLarge", str(exc))).encode(),
+                    Result(
+                        result.id, ok=False, error=ErrorInfo("ResultTooLarge", str(exc))
+                    ).encode(),
                     pull,
                 )
         elif kind == SHUTDOWN:
@@ -183,10 +240,49 @@ def run(
         # Unknown message types are ignored: newer daemons may send more.
 
 
+def serve(
+    link: str | socket.socket,
+    instance_id: str,
+    token: str,
+    package_dir: str,
+    handler_spec: str,
+    handler: Callable[[Any, Context], Any] | None = None,
+) -> int:
+    """Connect to ``link`` (a path, or a socket the runtime already connected),
+    then serve until the link closes. Returns the process exit code; link and
+    protocol failures are reported on stderr, not raised."""
+    if isinstance(link, socket.socket):
+        sock = link
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if isinstance(link, socket.socket):
+            sock.setblocking(True)  # a socket dialled by the daemon arrives non-blocking
+        else:
+            sock.connect(link)
+        return run(
+            Link(sock),
+            instance_id=instance_id,
+            token=token,
+            package_dir=package_dir,
+            handler_spec=handler_spec,
+            handler=handler,
+        )
+    except (OSError, ProtocolError, LinkClosed) as exc:
+        print(f"huselet worker: link to daemon failed: {exc}", file=sys.stderr)
+        return EXIT_LINK_FAILED
+    finally:
+        sock.close()
+
+
 def main() -> int:
     env = os.environ
     try:
-        path = env["HUSELET_LINK"]
+        link: str | socket.socket
+        if "HUSELET_LINK_FD" in env:
+            link = socket.socket(fileno=int(env.pop("HUSELET_LINK_FD")))
+        else:
+            link = env["HUSELET_LINK"]
         instance_id = env["HUSELET_INSTANCE_ID"]
         token = env.pop("HUSELET_TOKEN")
         package_dir = env["HUSELET_PACKAGE"]
@@ -194,18 +290,7 @@ def main() -> int:
     except KeyError as exc:
         print(f"huselet worker: missing environment variable {exc}", file=sys.stderr)
         return EXIT_LINK_FAILED
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-        return run(
-            Link(sock),
-            instance_id=instance_id,
-            token=token,
-            package_dir=package_dir,
-            handler_spec=handler_spec,
-        )
-    except (OSError, ProtocolError, LinkClosed) as exc:
-        print(f"huselet worker: link to daemon failed: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        print(f"huselet worker: HUSELET_LINK_FD is not a usable socket: {exc}", file=sys.stderr)
         return EXIT_LINK_FAILED
-    finally:
-        sock.close()
+    return serve(link, instance_id, token, package_dir, handler_spec)

@@ -1,0 +1,276 @@
+"""Cold starts per runtime, side by side: latency, burst start rate, idle memory.
+
+    .venv/bin/python bench/bench_coldstart.py                 # everything (~2 min)
+    .venv/bin/python bench/bench_coldstart.py --quick         # fewer starts
+    .venv/bin/python bench/bench_coldstart.py --runtimes fork,process --starts 300
+
+For each runtime (``process`` = exec of a fresh worker, the baseline;
+``fork-bare`` = zygote fork without isolation; ``fork`` = zygote fork with
+full isolation; ``bwrap``; ``oci`` when runc is installed) it wires the
+in-process node stack (runtime → link server → scheduler, as the daemon does)
+and measures:
+
+1. **cold start**: time from ``invoke()`` to the reply for a function with no
+   instance, ``--starts`` times in a row (each instance is retired — idle
+   timeout 1 ms — and gone before the next request); p50/p90/p99;
+2. **burst**: ``--burst`` requests at once to a function whose handler holds
+   for a moment, so every request needs its own instance: instances ready
+   per second from the first request to the last instance ready;
+3. **idle memory**: those instances, idle, as PSS (``/proc/<pid>/smaps_rollup``
+   over each instance's processes) per instance — plus the zygote's RSS.
+
+Numbers are printed, not asserted. Needs root for the sandboxing runtimes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from huselet.config import parse_config
+from huselet.link import LinkServer
+from huselet.runtime.base import Runtime
+from huselet.runtime.bwrap import BwrapRuntime
+from huselet.runtime.fork import ForkRuntime
+from huselet.runtime.process import ProcessRuntime
+from huselet.scheduler import NodeScheduler
+
+NOOP = "def handler(event, ctx):\n    return 'ok'\n"
+HOLD = "import time\n\ndef handler(event, ctx):\n    time.sleep(event['hold_s'])\n    return 'ok'\n"
+
+
+def make_runtime(name: str, node: Any) -> Runtime:
+    cg = {"cgroup_parent": f"huselet-bench-{name}"}
+    if name == "process":
+        return ProcessRuntime({}, node=node)
+    if name == "fork-bare":
+        return ForkRuntime({"isolation": False, "cgroups": False}, node=node)
+    if name == "fork":
+        return ForkRuntime(cg, node=node)
+    if name == "bwrap":
+        return BwrapRuntime(cg, node=node)
+    if name == "oci":
+        from huselet.runtime.oci import OciRuntime
+
+        return OciRuntime(cg, node=node)
+    raise SystemExit(f"unknown runtime {name!r}")
+
+
+@asynccontextmanager
+async def stack(
+    root: Path, runtime_name: str, functions: list[dict[str, Any]]
+) -> AsyncIterator[Any]:
+    """The daemon's wiring, in process: runtime, link server, scheduler."""
+    raw = {"node": {"state_dir": str(root / "state"), "run_dir": str(root / "run")}}
+    raw["functions"] = [{**f, "runtime": runtime_name} for f in functions]
+    config = parse_config(raw, base_dir=root, known_runtimes=frozenset({runtime_name}))
+    config.node.run_dir.mkdir(parents=True, exist_ok=True)
+    runtime = make_runtime(runtime_name, config.node)
+    runtime.expect(list(config.functions))
+    scheduler: NodeScheduler | None = None
+
+    def claim(function: str, instance_id: str, token: str) -> Any:
+        assert scheduler is not None
+        return scheduler.claim_link(function, instance_id, token)
+
+    links = LinkServer(config.node.run_dir, claim, max_frame=1 << 20)
+    scheduler = NodeScheduler(config, {runtime_name: runtime}, links.socket_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        await nursery.start(links.run, [f["name"] for f in functions])
+        await nursery.start(scheduler.run)
+        try:
+            yield scheduler, runtime
+        finally:
+            with trio.move_on_after(30):
+                await scheduler.stop_instances(timeout_s=30)
+            nursery.cancel_scope.cancel()
+
+
+def package(root: Path, name: str, source: str) -> str:
+    pkg = root / "pkgs" / name
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "main.py").write_text(source)
+    # Readable by the functions' unprivileged uids (tempfile makes 0700 dirs).
+    for d in (root, root / "pkgs", pkg):
+        os.chmod(d, 0o755)
+    return str(pkg)
+
+
+def percentile(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+async def cold_starts(root: Path, runtime_name: str, n: int) -> dict[str, float]:
+    fn = {"name": "cold", "package": package(root, "cold", NOOP), "handler": "main:handler"}
+    fn |= {"idle_timeout_ms": 1, "max_instances": 4, "start_timeout_ms": 30_000}
+    async with stack(root, runtime_name, [fn]) as (scheduler, _):
+        pool = scheduler.pools["cold"]
+        await scheduler.invoke("cold", b"{}", "json")  # zygote built, caches warm
+        latencies = []
+        for _ in range(n):
+            with trio.fail_after(30):
+                while pool.instances:  # the previous instance is gone: this one is cold
+                    await trio.sleep(0.0002)
+            t0 = time.perf_counter()
+            await scheduler.invoke("cold", b"{}", "json")
+            latencies.append((time.perf_counter() - t0) * 1000)
+    return {
+        "p50": statistics.median(latencies),
+        "p90": percentile(latencies, 90),
+        "p99": percentile(latencies, 99),
+    }
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_kb(pid: int) -> int:
+    """Resident size: the zygote's own cost (its PSS is split with every instance)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+async def burst(root: Path, runtime_name: str, n: int, hold_s: float) -> dict[str, float]:
+    fn = {"name": "burst", "package": package(root, "burst", HOLD), "handler": "main:handler"}
+    fn |= {"idle_timeout_ms": 600_000, "max_instances": n, "start_timeout_ms": 60_000}
+    fn |= {"timeout_ms": 120_000, "memory_mb": 128}
+    async with stack(root, runtime_name, [fn]) as (scheduler, runtime):
+        pool = scheduler.pools["burst"]
+        warm = b'{"hold_s": 0}'
+        await scheduler.invoke("burst", warm, "json")
+        with trio.fail_after(30):
+            while pool.instances:  # start the burst from zero instances
+                for record in list(pool.instances.values()):
+                    record.stop("bench reset")
+                await trio.sleep(0.01)
+        event = f'{{"hold_s": {hold_s}}}'.encode()
+        t0 = trio.current_time()
+        last_ready = t0
+        async with trio.open_nursery() as nursery:
+            for _ in range(n):
+                nursery.start_soon(scheduler.invoke, "burst", event, "json")
+            with trio.fail_after(120):
+                while True:
+                    ready = [r.ready_at for r in pool.instances.values() if r.ready_at]
+                    if len(ready) >= n:
+                        last_ready = max(ready)
+                        break
+                    await trio.sleep(0.002)
+        await trio.sleep(0.5)  # idle now: handlers returned, instances wait on their link
+        records = list(pool.instances.values())
+        pss = [sum(pss_kb(p) for p in tree(r.handle.pid)) for r in records if r.handle]
+        zygote_kb = 0
+        if isinstance(runtime, ForkRuntime):
+            zygotes = [s.process.pid for s in runtime._slots.values() if s.process]
+            zygote_kb = sum(rss_kb(pid) for pid in zygotes if pid)
+    return {
+        "starts_per_s": n / max(1e-9, last_ready - t0),
+        "instances": len(pss),
+        "pss_mb": statistics.mean(pss) / 1024 if pss else float("nan"),
+        "zygote_mb": zygote_kb / 1024,
+    }
+
+
+def available(name: str) -> str | None:
+    """Why this runtime cannot run here, or None."""
+    if name in ("fork", "bwrap", "oci") and os.geteuid() != 0:
+        return "needs root"
+    if name == "bwrap" and not shutil.which("bwrap"):
+        return "bwrap not installed"
+    if name == "oci" and not shutil.which("runc"):
+        return "runc not installed"
+    return None
+
+
+async def main() -> None:
+    # Instance churn logs a line per stop; the numbers are what matters here.
+    logging.getLogger("huselet").setLevel(logging.ERROR)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runtimes", default="process,fork-bare,fork,bwrap,oci")
+    ap.add_argument("--starts", type=int, default=200, help="sequential cold starts per runtime")
+    ap.add_argument("--burst-fork", type=int, default=500, help="burst size for fork runtimes")
+    ap.add_argument("--burst", type=int, default=50, help="burst size for the others")
+    ap.add_argument("--quick", action="store_true", help="50 starts, bursts of 100/20")
+    args = ap.parse_args()
+    if args.quick:
+        args.starts, args.burst_fork, args.burst = 50, 100, 20
+    rows = []
+    for name in args.runtimes.split(","):
+        why = available(name)
+        if why:
+            print(f"{name}: skipped ({why})")
+            continue
+        root = Path(tempfile.mkdtemp(prefix="hlb"))
+        try:
+            n_burst = args.burst_fork if name.startswith("fork") else args.burst
+            print(f"{name}: {args.starts} cold starts ...", flush=True)
+            cold = await cold_starts(root / "c", name, args.starts)
+            print(f"{name}: burst of {n_burst} ...", flush=True)
+            hold = 2.0 if name.startswith("fork") else 5.0
+            b = await burst(root / "b", name, n_burst, hold)
+            rows.append((name, cold, b, n_burst))
+        except Exception as exc:  # a broken runtime must not hide the others' numbers
+            print(f"{name}: failed: {type(exc).__name__}: {exc}")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    print()
+    print(
+        f"{'runtime':<10} {'cold p50':>9} {'p90':>8} {'p99':>8} {'starts/s':>9} "
+        f"{'burst':>6} {'PSS/inst':>9} {'zyg RSS':>8}"
+    )
+    for name, cold, b, _ in rows:
+        print(
+            f"{name:<10} {cold['p50']:8.2f}ms {cold['p90']:7.2f}ms {cold['p99']:7.2f}ms "
+            f"{b['starts_per_s']:9.0f} {b['instances']:>6} {b['pss_mb']:7.2f}MB "
+            f"{b['zygote_mb']:6.1f}MB"
+        )
+    print(f"\n{os.cpu_count()} CPUs, {os.uname().release}; cold = invoke→reply with no instance.")
+
+
+if __name__ == "__main__":
+    trio.run(main)

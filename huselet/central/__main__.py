@@ -1,0 +1,3 @@
+from huselet.central.cli import main
+
+raise SystemExit(main())

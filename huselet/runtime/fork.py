@@ -1,0 +1,404 @@
+"""The ``fork`` runtime: instances forked from a pre-initialised zygote per function.
+
+The fast path. A start costs one ``clone`` of a small, frozen Python process
+that already imported the worker SDK and the function (its init code has
+run), plus the per-instance confinement — instead of exec'ing an interpreter
+and importing everything again.
+
+One start (:meth:`ForkRuntime.start`):
+
+1. wait (with the start deadline) for the function's zygote — built at
+   :meth:`run` for the functions given to :meth:`expect` when
+   ``zygotes = "eager"``, else on first use; rebuilt if it dies;
+2. take a pre-created cgroup from the pool and set the function's memory limit;
+3. dial the function's link socket *for* the instance and make its output
+   pipe; move the zygote into the instance's cgroup and send it the two
+   descriptors with the instance id and token (in-process: never in the
+   environment);
+4. the zygote clones the child with ``CLONE_PARENT`` — it is born the
+   daemon's own child, in its own cgroup — and reports its pid; the zygote
+   goes back to its cgroup;
+5. check the pid really is our child in that cgroup (the zygote runs
+   function code: nothing it says is trusted) and open a pidfd.
+
+Exit: the pidfd turns readable, ``wait4`` gives the real status and rusage,
+the cgroup's ``oom_kill`` counter says whether memory ran out, the cgroup is
+emptied and returned to the pool. The isolation itself is described in
+:mod:`huselet.sandbox.confine`.
+
+Table ``[runtimes.fork]``: the isolation keys of
+:mod:`huselet.runtime.isolation`, plus ``zygotes`` ("eager"/"lazy"),
+``zygote_memory_mb`` (each zygote's cgroup limit), ``zygote_budget_mb`` (all
+zygotes together; least recently used ones are evicted beyond it) and
+``zygote_start_timeout_ms``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from huselet.config import FunctionSettings
+from huselet.log import get_logger
+from huselet.runtime.base import InstanceHandle, InstanceSpec, Runtime, StartFailed
+from huselet.runtime.cgroups import Cgroup, CgroupPool
+from huselet.runtime.children import (
+    ChildHandle,
+    SandboxHandle,
+    StrayReaper,
+    dial_link,
+    pump_output,
+)
+from huselet.runtime.isolation import (
+    IsolationSettings,
+    Table,
+    UidAllocator,
+    parse_isolation,
+    probe_host,
+    resolve,
+)
+from huselet.runtime.zygote import ZygoteProcess, ZygoteSlot
+from huselet.sandbox.confine import SandboxPlan
+
+log = get_logger("runtime.fork")
+
+MiB = 1024 * 1024
+MAINTAIN_INTERVAL_S = 1.0
+STRAY_SWEEP_S = 5.0
+ZYGOTE_ESTIMATE_BYTES = 48 * MiB  # budget estimate for a zygote not yet measured
+
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: fields follow the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[1])
+
+
+class ForkRuntime(Runtime):
+    name = "fork"
+
+    def __init__(self, settings: Mapping[str, Any], *, node: Any) -> None:
+        super().__init__(settings, node=node)
+        table = Table(settings, self.name)
+        self.isolation: IsolationSettings = parse_isolation(table)
+        self.zygote_mode = table.choice("zygotes", ("eager", "lazy"), "eager")
+        self.zygote_memory = table.integer("zygote_memory_mb", 256, minimum=16) * MiB
+        self.zygote_budget = table.integer("zygote_budget_mb", 2048, minimum=16) * MiB
+        self.zygote_start_timeout_s = (
+            table.integer("zygote_start_timeout_ms", 30_000, minimum=100) / 1000
+        )
+        table.finish()
+        self._expected: list[FunctionSettings] = []
+        self._slots: dict[tuple[Any, ...], ZygoteSlot] = {}
+        self._slot_names: dict[tuple[Any, ...], str] = {}
+        self._handles: dict[int, SandboxHandle] = {}
+        self._uids = UidAllocator(self.isolation.uid_base, self.isolation.uid_count)
+        self._cgroups: CgroupPool | None = None
+        self._nursery: trio.Nursery | None = None
+        self._staging = Path(node.run_dir) / "sandbox" / self.name
+        self._strays = StrayReaper()
+        self.starts = 0
+
+    def expect(self, functions: Sequence[FunctionSettings]) -> None:
+        self._expected = list(functions)
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        host = probe_host(self.isolation)
+        self.isolation = resolve(self.isolation, host, self.name)
+        _raise_nofile()
+        self._staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.isolation.cgroups:
+            assert host.cgroups is not None
+            self._cgroups = CgroupPool(
+                host.cgroups,
+                f"{self.isolation.cgroup_parent}/{self.name}",
+                target_free=self.isolation.cgroup_pool,
+                pids_max=self.isolation.pids_max,
+                cpu_cores=self.isolation.cpu_cores or None,
+            )
+            await self._cgroups.setup()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.zygote_mode == "eager":
+                    for fn in self._expected:
+                        self._slot(fn, None)
+                nursery.start_soon(self._maintain)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True), trio.move_on_after(15):
+                await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        # The daemon is going away: leave no process, cgroup or directory behind.
+        for slot in self._slots.values():
+            slot.close()
+        for handle in list(self._handles.values()):
+            await handle.kill_and_reap()
+        self._handles.clear()
+        if self._cgroups is not None:
+            await self._cgroups.close()
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+    # --- zygotes ------------------------------------------------------------------
+
+    def _plan(
+        self, fn: FunctionSettings, image: Any, staging: Path, uid: int | None
+    ) -> SandboxPlan:
+        iso = self.isolation
+        ro_paths = iso.ro_paths + ((str(image),) if image is not None else ())
+        return SandboxPlan(
+            function=fn.name,
+            package=str(fn.package),
+            handler=fn.handler,
+            isolate=iso.isolation,
+            staging=str(staging),
+            ro_paths=ro_paths,
+            network=iso.network,
+            uid=uid,
+            gid=uid,
+            seccomp=iso.seccomp,
+            tmp_size_mb=iso.tmp_size_mb,
+            nofile=iso.nofile,
+            nproc=iso.nproc,
+            # Without a cgroup the address-space rlimit is the only memory bound.
+            address_space_bytes=None if iso.cgroups else fn.memory_mb * MiB,
+            daemon_pid=os.getpid(),
+        )
+
+    def _slot(self, fn: FunctionSettings, image: Any) -> ZygoteSlot:
+        key = (fn.name, str(fn.package), fn.handler, str(image), tuple(sorted(fn.env.items())))
+        slot = self._slots.get(key)
+        if slot is not None and not slot.closed:
+            return slot
+        assert self._nursery is not None
+        self._enforce_budget(ZYGOTE_ESTIMATE_BYTES)
+        name = f"z-{fn.name}-{len(self._slot_names) + 1}"
+        uid = self._uids.uid_for(fn.name) if self.isolation.isolation else None
+        self._slot_names[key] = name
+
+        def make(generation: int) -> ZygoteProcess:
+            staging = self._staging / name
+            staging.mkdir(mode=0o755, exist_ok=True)
+            cgroup = None
+            if self._cgroups is not None:
+                cgroup = self._cgroups.named(
+                    name, memory_bytes=self.zygote_memory, pids_max=self.isolation.nproc
+                )
+            return ZygoteProcess(
+                f"{name}.{generation}",
+                fn,
+                self._plan(fn, image, staging, uid),
+                cgroup,
+                image=image,
+                on_orphan=self._reap_orphan,
+            )
+
+        slot = ZygoteSlot(key, make)
+        self._slots[key] = slot
+        self._nursery.start_soon(self._run_slot, slot, name)
+        return slot
+
+    async def _run_slot(self, slot: ZygoteSlot, name: str) -> None:
+        try:
+            await slot.run(self.zygote_start_timeout_s)
+        finally:
+            if self._slots.get(slot.key) is slot:
+                del self._slots[slot.key]
+            with trio.CancelScope(shield=True):
+                if self._cgroups is not None:
+                    await self._cgroups.drop_named(name)
+                shutil.rmtree(self._staging / name, ignore_errors=True)
+
+    def _enforce_budget(self, incoming: int) -> None:
+        """Evict least recently used zygotes until ``incoming`` more bytes fit the budget."""
+        live = [s for s in self._slots.values() if not s.closed and s.process is not None]
+        used = sum(s.process.memory_bytes() for s in live if s.process is not None)
+        for slot in sorted(live, key=lambda s: s.last_used):
+            if used + incoming <= self.zygote_budget:
+                break
+            assert slot.process is not None
+            used -= slot.process.memory_bytes()
+            log.info("evicting zygote over the memory budget", zygote=slot.process.name)
+            slot.close()
+
+    # --- instances ------------------------------------------------------------------
+
+    async def start(self, spec: InstanceSpec) -> InstanceHandle:
+        if self._nursery is None:
+            raise StartFailed("the fork runtime is not running")
+        fn = spec.function
+        deadline = trio.current_time() + fn.start_timeout_ms / 1000
+        zygote = await self._slot(fn, spec.image).ready(deadline)
+        cgroup = self._cgroups.acquire(fn.memory_mb * MiB) if self._cgroups else None
+        out_r: int | None = None
+        handle: SandboxHandle | None = None
+        try:
+            # One start at a time per zygote (it clones one at a time anyway):
+            # dialling inside the lock keeps a burst from flooding the link
+            # socket's backlog with connections whose instances are far off.
+            async with zygote.placement:
+                link = await dial_link(spec.link_socket, deadline)
+                out_r, out_w = os.pipe2(os.O_CLOEXEC)
+                request = {"id": spec.instance_id, "token": spec.token, "env": dict(spec.env)}
+                try:
+                    target = cgroup if zygote.cgroup is not None else None
+                    fds = [link.fileno(), out_w]
+                    pid = await zygote.fork_placed(target, request, fds, deadline)
+                finally:
+                    link.close()
+                    os.close(out_w)
+                    if zygote.cgroup is not None:
+                        self._nursery.start_soon(zygote.go_home)
+            handle = SandboxHandle(spec.instance_id, pid, cgroup, self._adopt(pid, cgroup))
+            self._handles[pid] = handle
+        except BaseException as exc:
+            if out_r is not None:
+                os.close(out_r)
+            if handle is not None:
+                self._handles.pop(handle.pid, None)
+                await handle.kill_and_reap()
+            if cgroup is not None:
+                with trio.CancelScope(shield=True):
+                    await self._release(cgroup)
+            if isinstance(exc, OSError):
+                log.error("fork start failed", instance=spec.instance_id, error=str(exc))
+                raise StartFailed(f"could not start the instance: {exc.strerror}") from None
+            raise
+        self.starts += 1
+        fields = {"instance": spec.instance_id, "function": fn.name}
+        self._nursery.start_soon(self._supervise, handle, out_r, cgroup, fields)
+        return handle
+
+    def _adopt(self, pid: int, cgroup: Cgroup | None) -> int:
+        """A pidfd for ``pid`` once it is proven to be a fresh instance born in ``cgroup``."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            raise StartFailed("the forked instance vanished before it started") from None
+        ok = (
+            parent_pid(pid) == os.getpid()
+            and pid not in self._handles
+            and (cgroup is None or cgroup.contains(pid))
+        )
+        if not ok:
+            os.close(pidfd)
+            log.error("zygote reported a foreign pid", pid=pid)
+            raise StartFailed("the zygote reported a process that is not its instance")
+        return pidfd
+
+    def _reap_orphan(self, pid: int) -> None:
+        """A child forked for a start that already gave up: kill and reap it."""
+        if pid in self._handles:
+            return
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        if parent_pid(pid) != os.getpid():
+            os.close(pidfd)
+            return
+        handle = ChildHandle(f"orphan-{pid}", pid, pidfd)
+        if self._nursery is not None:
+            self._nursery.start_soon(handle.kill_and_reap)
+            return
+        # Shutting down: no nursery left. SIGKILL makes the wait short.
+        handle.kill()
+        os.close(pidfd)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+    async def _supervise(
+        self, handle: SandboxHandle, out_r: int, cgroup: Cgroup | None, fields: dict[str, Any]
+    ) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump_output, out_r, "output", fields)
+                await handle.reap()
+                # Output still buffered arrives within moments; a descendant that
+                # kept the pipe open must not keep this task alive.
+                nursery.cancel_scope.deadline = trio.current_time() + 1.0
+        finally:
+            self._handles.pop(handle.pid, None)
+            if handle.status is None:  # cancelled: the daemon is stopping
+                await handle.kill_and_reap()
+            if cgroup is not None:
+                with trio.CancelScope(shield=True):
+                    await self._release(cgroup)
+
+    async def _release(self, cgroup: Cgroup) -> None:
+        """Empty and return an instance cgroup — never killing a zygote parked in it."""
+        assert self._cgroups is not None
+        with trio.move_on_after(5):
+            for slot in list(self._slots.values()):
+                if slot.process is not None:
+                    await slot.process.evict_from(cgroup)
+        await self._cgroups.release(cgroup)
+
+    # --- housekeeping ------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        last_sweep = trio.current_time()
+        while True:
+            await trio.sleep(MAINTAIN_INTERVAL_S)
+            if self._cgroups is not None:
+                try:
+                    await self._cgroups.refill()
+                except OSError as exc:
+                    log.warning("cannot pre-create cgroups", error=exc.strerror)
+            self._enforce_budget(0)
+            for slot in list(self._slots.values()):
+                if slot.process is not None and slot.process.cgroup is not None:
+                    await slot.process.go_home()  # backstop: a start cancelled mid-way
+            if trio.current_time() - last_sweep >= STRAY_SWEEP_S:
+                last_sweep = trio.current_time()
+                self._strays.sweep(self._handles)
+
+    def describe(self) -> dict[str, Any]:
+        iso = self.isolation
+        return {
+            "name": self.name,
+            "isolation": iso.isolation,
+            "network": iso.network,
+            "seccomp": iso.seccomp,
+            "cgroups": self._cgroups.host.describe() if self._cgroups else None,
+            "degraded": list(iso.degraded),
+            "instances": len(self._handles),
+            "starts": self.starts,
+            "zygotes": [
+                {
+                    "key": slot.key[0],
+                    "pid": slot.process.pid if slot.process else None,
+                    "ready": bool(slot.process and slot.process.is_ready),
+                    "generation": slot.generation,
+                    "memory_mb": round(slot.process.memory_bytes() / MiB, 1)
+                    if slot.process
+                    else None,
+                    "last_error": slot.last_error,
+                }
+                for slot in self._slots.values()
+            ],
+        }
+
+
+def _raise_nofile() -> None:
+    # Each instance costs the daemon a pidfd, an output pipe and a link socket.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -1,0 +1,250 @@
+"""Isolation policy shared by the sandboxing runtimes (``fork``, ``bwrap``, ``oci``).
+
+What this module decides (the mechanics live in :mod:`huselet.sandbox`):
+
+- the isolation keys of a ``[runtimes.NAME]`` table, validated with the key
+  path in every error (:func:`parse_isolation`);
+- what the host can actually provide (:func:`probe_host`): root, unprivileged
+  user namespaces, seccomp, cgroups and their controllers;
+- whether to refuse to start or to run degraded (:func:`resolve`) — a host
+  that lacks a feature the configuration asks for is refused with one clear
+  message, unless ``allow_degraded = true`` says less isolation is acceptable;
+- which unprivileged uid each function runs as (:class:`UidAllocator`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from huselet.log import get_logger
+from huselet.runtime.base import RuntimeConfigError, StartFailed
+from huselet.runtime.cgroups import CgroupHost
+
+log = get_logger("runtime.isolation")
+
+NETWORK_MODES = ("none", "host")
+
+
+@dataclass(frozen=True)
+class IsolationSettings:
+    isolation: bool = True  # namespaces, read-only root, own uid, seccomp
+    network: str = "none"
+    uid_base: int = 200_000
+    uid_count: int = 10_000
+    seccomp: bool = True
+    cgroups: bool = True
+    cgroup_parent: str = "huselet"
+    cgroup_pool: int = 64  # instance cgroups kept ready (a burst beyond mkdirs inline)
+    pids_max: int = 128
+    cpu_cores: float = 1.0  # 0: no CPU limit
+    tmp_size_mb: int = 64
+    nofile: int = 1024
+    nproc: int = 4096
+    ro_paths: tuple[str, ...] = ()
+    allow_degraded: bool = False
+    # Filled in by resolve(): what the host could not provide.
+    degraded: tuple[str, ...] = field(default=())
+
+
+class Table:
+    """Typed getters over one runtime table; errors name ``runtimes.NAME.key``."""
+
+    def __init__(self, raw: Mapping[str, Any], runtime: str) -> None:
+        self.raw = raw
+        self.runtime = runtime
+        self.used: set[str] = set()
+
+    def _error(self, key: str, problem: str) -> RuntimeConfigError:
+        return RuntimeConfigError(f"runtimes.{self.runtime}.{key}: {problem}")
+
+    def get(self, key: str, default: Any) -> Any:
+        self.used.add(key)
+        return self.raw.get(key, default)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise self._error(key, f"expected true or false, got {value!r}")
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
+        value = self.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise self._error(key, f"expected an integer >= {minimum}, got {value!r}")
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self.get(key, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < minimum:
+            raise self._error(key, f"expected a number >= {minimum}, got {value!r}")
+        return float(value)
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(key, default)
+        if value not in choices:
+            raise self._error(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    def string(self, key: str, default: str) -> str:
+        value = self.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise self._error(key, f"expected a non-empty string, got {value!r}")
+        return value
+
+    def paths(self, key: str) -> tuple[str, ...]:
+        value = self.get(key, [])
+        if not isinstance(value, list) or not all(
+            isinstance(v, str) and os.path.isabs(v) for v in value
+        ):
+            raise self._error(key, f"expected an array of absolute paths, got {value!r}")
+        return tuple(value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.raw) - self.used)
+        if unknown:
+            raise self._error(unknown[0], "unknown key")
+
+
+def parse_isolation(table: Table) -> IsolationSettings:
+    d = IsolationSettings()
+    settings = IsolationSettings(
+        isolation=table.boolean("isolation", d.isolation),
+        network=table.choice("network", NETWORK_MODES, d.network),
+        uid_base=table.integer("uid_base", d.uid_base, minimum=1000),
+        uid_count=table.integer("uid_count", d.uid_count, minimum=1),
+        seccomp=table.boolean("seccomp", d.seccomp),
+        cgroups=table.boolean("cgroups", d.cgroups),
+        cgroup_parent=table.string("cgroup_parent", d.cgroup_parent),
+        cgroup_pool=table.integer("cgroup_pool", d.cgroup_pool),
+        pids_max=table.integer("pids_max", d.pids_max, minimum=8),
+        cpu_cores=table.number("cpu_cores", d.cpu_cores),
+        tmp_size_mb=table.integer("tmp_size_mb", d.tmp_size_mb, minimum=1),
+        nofile=table.integer("nofile", d.nofile, minimum=64),
+        nproc=table.integer("nproc", d.nproc, minimum=16),
+        ro_paths=table.paths("ro_paths"),
+        allow_degraded=table.boolean("allow_degraded", d.allow_degraded),
+    )
+    if ".." in settings.cgroup_parent.split("/"):
+        raise RuntimeConfigError(f"runtimes.{table.runtime}.cgroup_parent: must not contain ..")
+    if settings.uid_base + settings.uid_count > 2**31:
+        raise RuntimeConfigError(f"runtimes.{table.runtime}.uid_count: range exceeds 2^31")
+    return settings
+
+
+@dataclass(frozen=True)
+class HostFeatures:
+    root: bool
+    arch_ok: bool
+    userns: str | None  # None: works; else why not
+    seccomp: bool
+    cgroups: CgroupHost | None
+
+
+def _probe_userns(uid: int) -> str | None:
+    """Can an unprivileged process make user+PID+mount namespaces? None if yes."""
+    from huselet.sandbox import linux  # only the daemon side probes; the import is cheap
+
+    def preexec() -> None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWPID | linux.CLONE_NEWNS)
+
+    try:
+        subprocess.run(
+            ["/bin/true"],
+            preexec_fn=preexec,
+            check=True,
+            timeout=10,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except subprocess.SubprocessError as exc:
+        return f"unprivileged user namespaces are not available ({exc})"
+    except OSError as exc:
+        return f"unprivileged user namespaces are not available ({exc.strerror})"
+    return None
+
+
+def probe_host(settings: IsolationSettings) -> HostFeatures:
+    root = os.geteuid() == 0
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    return HostFeatures(
+        root=root,
+        arch_ok=platform.machine() == "x86_64",
+        userns=_probe_userns(settings.uid_base) if root and settings.isolation else "not probed",
+        seccomp="Seccomp:" in status,
+        cgroups=CgroupHost.detect() if settings.cgroups else None,
+    )
+
+
+def resolve(settings: IsolationSettings, host: HostFeatures, runtime: str) -> IsolationSettings:
+    """The settings the host can honour, or RuntimeConfigError saying what is missing."""
+    problems: list[tuple[str, str]] = []  # (feature to turn off, why)
+    if settings.isolation:
+        if not host.root:
+            problems.append(("isolation", f"the daemon runs as uid {os.geteuid()}, not root"))
+        elif not host.arch_ok:
+            arch = platform.machine()
+            problems.append(("isolation", f"sandboxing supports x86_64 only, not {arch}"))
+        elif host.userns is not None:
+            problems.append(("isolation", host.userns))
+        if settings.seccomp and not host.seccomp:
+            problems.append(("seccomp", "the kernel has no seccomp support"))
+    if settings.cgroups:
+        if not host.root:
+            problems.append(("cgroups", "cgroups need root"))
+        elif host.cgroups is None:
+            problems.append(("cgroups", "no usable cgroup hierarchy is mounted"))
+        elif host.cgroups.missing():
+            missing = ", ".join(host.cgroups.missing())
+            problems.append(("cgroups", f"cgroup controllers missing: {missing}"))
+    if not problems:
+        return settings
+    why = "; ".join(f"{what}: {reason}" for what, reason in problems)
+    if not settings.allow_degraded:
+        raise RuntimeConfigError(
+            f"runtimes.{runtime}: this host cannot provide the configured isolation ({why}); "
+            f"fix the host, or set runtimes.{runtime}.allow_degraded = true to run with less"
+        )
+    off = {what for what, _ in problems}
+    log.warning("running with degraded isolation", runtime=runtime, missing=why)
+    return replace(
+        settings,
+        isolation=settings.isolation and "isolation" not in off,
+        seccomp=settings.seccomp and "seccomp" not in off and "isolation" not in off,
+        cgroups=settings.cgroups and "cgroups" not in off,
+        degraded=tuple(f"{what}: {reason}" for what, reason in problems),
+    )
+
+
+class UidAllocator:
+    """One unprivileged uid (and gid of the same number) per function.
+
+    Never reused while the daemon runs: a function's stray processes can
+    never share an identity with a later function.
+    """
+
+    def __init__(self, base: int, count: int) -> None:
+        self.base = base
+        self.count = count
+        self._by_function: dict[str, int] = {}
+
+    def uid_for(self, function: str) -> int:
+        uid = self._by_function.get(function)
+        if uid is None:
+            if len(self._by_function) >= self.count:
+                raise StartFailed("no unprivileged uid left for a new function (uid_count)")
+            uid = self.base + len(self._by_function)
+            self._by_function[function] = uid
+        return uid

@@ -1,0 +1,400 @@
+"""The daemon's side of a zygote: spawning it, its control channel, and keeping one alive.
+
+:class:`ZygoteProcess` is one zygote (see :mod:`huselet.sandbox.zygote` for
+the other side): spawned like a ``process`` worker (Popen on the Trio thread,
+so the parent-death signal is tied to a thread that never exits; its cgroup
+joined before exec), driven over a ``SOCK_SEQPACKET`` socketpair, reaped
+through a pidfd. ``fork()`` is a request/answer keyed by a sequence number
+with a deadline; many may be in flight.
+
+:class:`ZygoteSlot` keeps a function's zygote alive: it (re)spawns it, backs
+off exponentially when it keeps dying young (a handler that fails to import
+must not become a fork loop), and lets starts wait for it with a deadline —
+or fail at once with the last error while backing off.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import resource
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from huselet.config import FunctionSettings
+from huselet.log import get_logger
+from huselet.runtime.base import StartFailed
+from huselet.runtime.cgroups import Cgroup
+from huselet.runtime.children import ChildHandle, function_env, pump_output
+from huselet.sandbox import linux
+from huselet.sandbox.confine import SandboxPlan
+from protocol.errors import ProtocolError
+from protocol.frames import FrameDecoder, encode_frame
+
+log = get_logger("runtime.zygote")
+
+MAX_PACKET = 256 * 1024
+STOP_GRACE_S = 1.0
+YOUNG_DEATH_S = 2.0  # a zygote that dies sooner than this after ready counts as failing
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 30.0
+
+
+def zygote_command() -> list[str]:
+    return [sys.executable, "-I", "-B", "-u", "-m", "huselet.sandbox.zygote"]
+
+
+def _make_preexec(cgroup: Cgroup | None) -> Callable[[], None]:
+    def preexec() -> None:  # in the child, between fork and exec, still root
+        if cgroup is not None:
+            cgroup.join(os.getpid())  # charged to its own group from its first page
+        linux.set_pdeathsig(9)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return preexec
+
+
+class _Pending:
+    __slots__ = ("done", "error", "pid")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.pid: int | None = None
+        self.error: str | None = None
+
+
+class ZygoteProcess:
+    """One running zygote and its control channel."""
+
+    def __init__(
+        self,
+        name: str,
+        fn: FunctionSettings,
+        plan: SandboxPlan,
+        cgroup: Cgroup | None,
+        *,
+        image: Any = None,
+        on_orphan: Callable[[int], None],
+    ) -> None:
+        self.name = name
+        self.fn = fn
+        self.plan = plan
+        self.cgroup = cgroup
+        self.image = image
+        self._on_orphan = on_orphan
+        self.ready = trio.Event()
+        self.exited = trio.Event()
+        self.error: str | None = None
+        self.handle: ChildHandle | None = None
+        self.ready_at: float | None = None
+        self._ctl: trio.socket.SocketType | None = None
+        self._send_lock = trio.Lock()
+        # Held while the zygote is moved into an instance's cgroup and clones there.
+        self.placement = trio.Lock()
+        self.where: Cgroup | None = cgroup  # the cgroup the zygote is in right now
+        self._pending: dict[int, _Pending] = {}
+        self._seq = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.handle.pid if self.handle else None
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready.is_set() and self.error is None and not self.exited.is_set()
+
+    async def run(self, start_timeout_s: float) -> None:
+        """Spawn, configure and serve until the zygote exits (it is always reaped)."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            popen = subprocess.Popen(
+                [*zygote_command(), "--control-fd", str(child.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=self.fn.package,
+                env=function_env(self.fn, self.image),
+                pass_fds=[child.fileno()],
+                close_fds=True,
+                start_new_session=True,
+                preexec_fn=_make_preexec(self.cgroup),  # Trio thread: see module docstring
+            )
+        except OSError as exc:
+            parent.close()
+            self._fail(f"could not start the zygote: {exc.strerror}")
+            return
+        finally:
+            child.close()
+        self.handle = ChildHandle(self.name, popen.pid)
+        popen.returncode = 0  # reaped by the handle, never by Popen.__del__
+        assert popen.stdout is not None
+        out_fd = os.dup(popen.stdout.fileno())
+        popen.stdout.close()
+        self._ctl = trio.socket.from_stdlib_socket(parent)
+        fields = {"function": self.fn.name, "zygote": self.name}
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump_output, out_fd, "zygote", fields)
+                nursery.start_soon(self._read_replies, start_timeout_s)
+                await self._send({"t": "config", "plan": self.plan.to_wire()})
+                await self.handle.reap()
+                nursery.cancel_scope.deadline = trio.current_time() + 1
+        finally:
+            await self.handle.kill_and_reap()
+            self._ctl.close()
+            if self.error is None:
+                status = self.handle.status
+                self.error = f"the zygote {status.describe() if status else 'stopped'}"
+            self.exited.set()
+            self.ready.set()  # wake waiters: they see the error
+            for pending in self._pending.values():
+                pending.error = self.error
+                pending.done.set()
+
+    def _fail(self, error: str) -> None:
+        self.error = error
+        self.ready.set()
+        self.exited.set()
+
+    async def _send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+        assert self._ctl is not None
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        async with self._send_lock:
+            await self._ctl.sendmsg([encode_frame(msg, max_frame=MAX_PACKET)], anc)
+
+    async def _read_replies(self, start_timeout_s: float) -> None:
+        assert self._ctl is not None
+        try:
+            with trio.move_on_after(start_timeout_s) as startup:
+                msg = await self._receive()
+                if msg is not None and msg.get("t") == "ready":
+                    self.ready_at = trio.current_time()
+                    self.ready.set()
+                elif msg is not None and msg.get("t") == "fatal":
+                    self.error = str(msg.get("error", "the zygote failed"))
+                    self.kill()
+                    return
+                else:
+                    self.kill()
+                    return
+            if startup.cancelled_caught:
+                self.error = f"the zygote was not ready within {start_timeout_s:g} s"
+                self.kill()
+                return
+            while (msg := await self._receive()) is not None:
+                self._answer(msg)
+        except (OSError, ProtocolError, trio.ClosedResourceError) as exc:
+            log.warning("zygote control channel failed", zygote=self.name, error=str(exc))
+            self.kill()
+
+    async def _receive(self) -> dict[str, Any] | None:
+        assert self._ctl is not None
+        data = await self._ctl.recv(MAX_PACKET)
+        if not data:
+            return None
+        decoder = FrameDecoder(max_frame=MAX_PACKET)
+        decoder.receive_data(data)
+        msg = decoder.next_frame()
+        if not isinstance(msg, dict):
+            raise ProtocolError("incomplete control frame")
+        return msg
+
+    def _answer(self, msg: dict[str, Any]) -> None:
+        kind, seq = msg.get("t"), msg.get("seq")
+        pending = self._pending.pop(seq, None) if isinstance(seq, int) else None
+        pid = msg.get("pid")
+        if kind == "forked" and isinstance(pid, int) and pid > 0:
+            if pending is None:
+                self._on_orphan(pid)  # its start gave up waiting: the child must not linger
+                return
+            pending.pid = pid
+        elif pending is not None:
+            pending.error = str(msg.get("error", "the zygote could not fork"))
+        if pending is not None:
+            pending.done.set()
+
+    async def fork(self, request: dict[str, Any], fds: list[int], deadline: float) -> int:
+        """Ask for one instance; returns its pid (not yet trusted: the caller checks it)."""
+        if not self.is_ready:
+            raise StartFailed(self.error or "the zygote is not ready")
+        self._seq += 1
+        seq = self._seq
+        pending = self._pending[seq] = _Pending()
+        try:
+            with trio.move_on_at(deadline):
+                await self._send({"t": "fork", "seq": seq, **request}, fds)
+                await pending.done.wait()
+        except (OSError, trio.ClosedResourceError) as exc:
+            raise StartFailed(f"the zygote is unreachable: {exc}") from None
+        except BaseException:
+            # Cancelled: a child forked for us (now or later) must not linger.
+            if pending.pid is not None:
+                self._on_orphan(pending.pid)
+            raise
+        finally:
+            self._pending.pop(seq, None)  # a late answer now goes to _on_orphan
+        if not pending.done.is_set():
+            raise StartFailed("the zygote did not fork the instance in time")
+        if pending.pid is None:
+            raise StartFailed(f"the zygote could not fork the instance: {pending.error}")
+        return pending.pid
+
+    async def fork_placed(
+        self, target: Cgroup | None, request: dict[str, Any], fds: list[int], deadline: float
+    ) -> int:
+        """:meth:`fork` with the child born in ``target``: the zygote visits it for the clone.
+
+        The caller holds :attr:`placement`, and calls :meth:`go_home` after
+        releasing it: under a burst the zygote goes straight from one
+        instance's cgroup to the next (one migration per start), and the way
+        home is off the start's critical path.
+        """
+        await self._move(target)
+        return await self.fork(request, fds, deadline)
+
+    async def go_home(self) -> None:
+        """Back to its own cgroup, unless another start is about to move it anyway."""
+        if self.placement.statistics().tasks_waiting:
+            return
+        async with self.placement:
+            await self._move(self.cgroup)
+
+    async def evict_from(self, group: Cgroup) -> None:
+        """Make sure the zygote is not in ``group`` (before that group is emptied)."""
+        while self.where is group and not self.exited.is_set():
+            async with self.placement:
+                if self.where is group:
+                    await self._move(self.cgroup)
+
+    async def _move(self, target: Cgroup | None) -> None:
+        if target is None or self.where is target or self.pid is None:
+            return
+        try:
+            await target.join_async(self.pid)
+        except ProcessLookupError:
+            pass  # the zygote died: it is being rebuilt
+        self.where = target
+
+    def memory_bytes(self) -> int:
+        """What the zygote costs: its cgroup's usage, or its PSS without cgroups."""
+        if self.cgroup is not None:
+            return self.cgroup.memory_usage()
+        return pss_kb(self.pid) * 1024 if self.pid else 0
+
+    def kill(self) -> None:
+        if self.handle is not None:
+            self.handle.kill()
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class ZygoteSlot:
+    """Keeps one function's zygote alive; starts wait on it here."""
+
+    def __init__(self, key: tuple[Any, ...], make: Callable[[int], ZygoteProcess]) -> None:
+        self.key = key
+        self._make = make  # generation -> a new (not yet running) ZygoteProcess
+        self.process: ZygoteProcess | None = None
+        self.generation = 0
+        self.failures = 0  # consecutive zygotes that never became ready
+        self.young_deaths = 0  # consecutive zygotes that died soon after ready
+        self.retry_at = 0.0
+        self.last_error: str | None = None
+        self.last_used = trio.current_time()
+        self.closed = False
+        self._changed = trio.Event()
+        self._scope = trio.CancelScope()
+
+    async def run(self, start_timeout_s: float) -> None:
+        with self._scope:
+            while not self.closed:
+                now = trio.current_time()
+                if now < self.retry_at:
+                    await trio.sleep_until(self.retry_at)
+                self.generation += 1
+                process = self._make(self.generation)
+                self.process = process
+                self._notify()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._notify_when_ready, process)
+                    await process.run(start_timeout_s)
+                self.last_error = process.error
+                if self.closed:
+                    break
+                self._schedule_rebuild(process)
+                self._notify()
+        self._notify()
+
+    def _schedule_rebuild(self, process: ZygoteProcess) -> None:
+        """Decide when to respawn: at once, or after a backoff if it keeps failing."""
+        now = trio.current_time()
+        if process.ready_at is None:
+            # Never ready (import error, broken host): starts fail fast meanwhile.
+            self.failures += 1
+            delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** (self.failures - 1))
+        elif now - process.ready_at < YOUNG_DEATH_S:
+            # Died young after ready (killed, or init code crashing it later):
+            # the first time rebuild at once, repeated deaths back off.
+            self.young_deaths += 1
+            delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** (self.young_deaths - 1))
+            delay = 0.0 if self.young_deaths == 1 else delay
+        else:
+            self.failures = self.young_deaths = 0
+            delay = 0.0
+        self.retry_at = now + delay
+        log.warning(
+            "zygote exited; rebuilding",
+            zygote=process.name,
+            error=process.error,
+            retry_in_s=round(delay, 2),
+        )
+
+    async def _notify_when_ready(self, process: ZygoteProcess) -> None:
+        await process.ready.wait()
+        if process.is_ready:
+            self.failures = 0
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def ready(self, deadline: float) -> ZygoteProcess:
+        """The live zygote, waiting for a (re)build until ``deadline``."""
+        self.last_used = trio.current_time()
+        while True:
+            process = self.process
+            if self.closed:
+                raise StartFailed("the function's zygote was stopped")
+            if process is not None and process.is_ready:
+                return process
+            backing_off = self.failures > 0 and trio.current_time() < self.retry_at
+            if backing_off and (process is None or process.exited.is_set()):
+                raise StartFailed(f"the function's zygote keeps failing: {self.last_error}")
+            changed = self._changed
+            with trio.move_on_at(deadline):
+                await changed.wait()
+                continue
+            last = f" (last error: {self.last_error})" if self.last_error else ""
+            raise StartFailed(f"the function's zygote was not ready in time{last}")
+
+    def close(self) -> None:
+        self.closed = True
+        if self.process is not None:
+            self.process.kill()
+        self._scope.cancel()
+        self._notify()

@@ -1,0 +1,251 @@
+"""ctypes wrappers for the Linux calls the standard library does not expose.
+
+Only x86_64 syscall numbers are hard-coded (the seccomp filter refuses other
+architectures anyway); :func:`check_arch` lets callers refuse clearly.
+Every wrapper raises :class:`OSError` with the errno and the operation named.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import platform
+import socket
+import struct
+
+_libc = ctypes.CDLL(None, use_errno=True)
+# PyDLL keeps the GIL held across the call: required for clone(), which must
+# run between PyOS_BeforeFork and PyOS_AfterFork_* exactly like os.fork().
+_libc_gil = ctypes.PyDLL(None, use_errno=True)
+_syscall_gil = _libc_gil.syscall
+_syscall_gil.restype = ctypes.c_long
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+# namespaces (linux/sched.h)
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_PARENT = 0x00008000
+NAMESPACE_FLAGS = (
+    CLONE_NEWNS
+    | CLONE_NEWCGROUP
+    | CLONE_NEWUTS
+    | CLONE_NEWIPC
+    | CLONE_NEWUSER
+    | CLONE_NEWPID
+    | CLONE_NEWNET
+)
+
+# mount flags (linux/mount.h)
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MNT_DETACH = 0x2
+
+# prctl options (linux/prctl.h)
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_SECCOMP = 22
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SECCOMP_MODE_FILTER = 2
+
+SYS_CLONE = 56
+SYS_PIVOT_ROOT = 155
+SYS_CAPSET = 126
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+
+class ArchUnsupported(OSError):
+    """The sandbox mechanics know only x86_64 syscall numbers."""
+
+
+def check_arch() -> None:
+    if platform.machine() != "x86_64":
+        raise ArchUnsupported(f"sandboxing supports x86_64 only, not {platform.machine()}")
+
+
+def _fail(what: str) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _b(value: str | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def unshare(flags: int) -> None:
+    if _libc.unshare(ctypes.c_int(flags)) != 0:
+        raise _fail(f"unshare({flags:#x})")
+
+
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None
+) -> None:
+    if _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)) != 0:
+        raise _fail(f"mount {fstype or source or ''} on {target}")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    if _libc.umount2(_b(target), ctypes.c_int(flags)) != 0:
+        raise _fail(f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    if _syscall(ctypes.c_long(SYS_PIVOT_ROOT), _b(new_root), _b(put_old)) != 0:
+        raise _fail(f"pivot_root({new_root})")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    if _libc.sethostname(raw, ctypes.c_size_t(len(raw))) != 0:
+        raise _fail("sethostname")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    result: int = _libc.prctl(
+        ctypes.c_int(option),
+        ctypes.c_ulong(arg2),
+        ctypes.c_ulong(arg3),
+        ctypes.c_ulong(arg4),
+        ctypes.c_ulong(arg5),
+    )
+    if result < 0:
+        raise _fail(f"prctl({option})")
+    return result
+
+
+def set_no_new_privs() -> None:
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def set_pdeathsig(sig: int) -> None:
+    prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_dumpable(on: bool) -> None:
+    prctl(PR_SET_DUMPABLE, 1 if on else 0)
+
+
+def drop_capabilities() -> None:
+    """Empty the ambient, permitted, effective and inheritable capability sets.
+
+    The bounding set is left alone on purpose: it only matters at execve, and
+    with ``no_new_privs`` set an execve can gain nothing anyway (file
+    capabilities and set-uid bits are ignored) — while dropping it costs one
+    prctl per capability on every instance start.
+    """
+    try:
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    except OSError:
+        pass  # kernels before 4.3 have no ambient set
+    if _syscall(ctypes.c_long(SYS_CAPSET), _CAP_HEADER, _CAP_ZERO) != 0:
+        raise _fail("capset")
+
+
+_CAP_HEADER = ctypes.create_string_buffer(struct.pack("II", _LINUX_CAPABILITY_VERSION_3, 0), 8)
+# Two __user_cap_data_struct {effective, permitted, inheritable}, all zero.
+_CAP_ZERO = ctypes.create_string_buffer(bytes(24), 24)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class SeccompProgram:
+    """A BPF program ready to load (built once in a zygote, loaded by each instance)."""
+
+    def __init__(self, program: bytes) -> None:
+        self._buf = ctypes.create_string_buffer(program, len(program))
+        self._prog = _SockFprog(len(program) // 8, ctypes.addressof(self._buf))
+
+    def install(self) -> None:
+        """Load the filter for this thread (requires no_new_privs or CAP_SYS_ADMIN)."""
+        if (
+            _libc.prctl(
+                ctypes.c_int(PR_SET_SECCOMP),
+                ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                ctypes.byref(self._prog),
+                0,
+                0,
+            )
+            != 0
+        ):
+            raise _fail("seccomp filter")
+
+
+def install_seccomp(program: bytes) -> None:
+    SeccompProgram(program).install()
+
+
+def clone_process(flags: int) -> int:
+    """fork() with clone flags: returns 0 in the child, the child's pid in the parent.
+
+    Runs Python's own fork bookkeeping around the raw syscall (the same calls
+    ``os.fork()`` makes), so at-fork hooks — random reseeding, lock resets —
+    run in the child. The caller must be single-threaded, as for any fork.
+    """
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    pid = _syscall_gil(
+        ctypes.c_long(SYS_CLONE),
+        ctypes.c_ulong(flags | 17),  # 17: SIGCHLD to the parent on exit
+        ctypes.c_void_p(0),
+        ctypes.c_void_p(0),
+        ctypes.c_void_p(0),
+        ctypes.c_ulong(0),
+    )
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone({flags:#x}): {os.strerror(err)}")
+    return int(pid)
+
+
+def write_id_maps(uid: int, gid: int, pid: str = "self") -> None:
+    """Map ``uid``/``gid`` onto themselves in a fresh user namespace.
+
+    The only mapping an unprivileged process may write: its own ids. Writing
+    "deny" to setgroups first is what the kernel requires for the gid map.
+    """
+    for name, data in (
+        ("setgroups", "deny"),
+        ("uid_map", f"{uid} {uid} 1"),
+        ("gid_map", f"{gid} {gid} 1"),
+    ):
+        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, data.encode())
+        except OSError as exc:
+            raise OSError(exc.errno, f"{name}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+
+
+def loopback_up() -> None:
+    """Bring ``lo`` up in the current network namespace (it starts down)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH14s", b"lo", 0, b"")
+        flags = struct.unpack("16sH14s", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | IFF_UP, b""))

@@ -1,0 +1,108 @@
+"""Helpers for fleet tests: an in-process central scheduler and a node's link, on loopback TCP."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+from support import NodeStack
+
+from huselet.central.api import FleetApi
+from huselet.central.server import CentralScheduler, CentralSettings
+from huselet.config import SchedulerLinkSettings, TcpAddress
+from huselet.fleet.commands import FleetCommands
+from huselet.fleet.link import SchedulerLink
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def central_settings(
+    state_dir: Path, port: int, name: str = "sched-a", **kw: Any
+) -> CentralSettings:
+    base: dict[str, Any] = {
+        "heartbeat_s": 0.2,
+        "lease_s": 1.0,
+        "standby_poll_s": 0.02,
+        "reconcile_s": 0.2,
+        "fsync": False,
+    }
+    base.update(kw)
+    return CentralSettings(name, "127.0.0.1", port, state_dir, **base)
+
+
+class RunningCentral:
+    def __init__(self, central: CentralScheduler, scope: trio.CancelScope) -> None:
+        self.central = central
+        self.api = FleetApi(central)
+        self.scope = scope
+
+    def kill(self) -> None:
+        """Stop it the abrupt way an in-process test can: its connections just close."""
+        self.scope.cancel()
+
+
+@asynccontextmanager
+async def central(
+    nursery: trio.Nursery, state_dir: Path, port: int, name: str = "sched-a", **kw: Any
+) -> AsyncIterator[RunningCentral]:
+    c = CentralScheduler(central_settings(state_dir, port, name, **kw))
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await c.run(task_status=task_status)
+
+    await nursery.start(run)
+    try:
+        yield RunningCentral(c, scope)
+    finally:
+        scope.cancel()
+
+
+def link_settings(ports: list[int], node_id: str = "n1", **kw: Any) -> SchedulerLinkSettings:
+    base: dict[str, Any] = {
+        "backoff_base_ms": 20,
+        "backoff_max_ms": 200,
+        "connect_timeout_ms": 1000,
+        "batch_delay_ms": 10,
+    }
+    base.update(kw)
+    return SchedulerLinkSettings(
+        addresses=tuple(TcpAddress("127.0.0.1", p) for p in ports),
+        node_id=node_id,
+        memory_mb=4096,
+        **base,
+    )
+
+
+def make_link(stack: NodeStack, ports: list[int], **kw: Any) -> SchedulerLink:
+    def commands(on_placements: Callable[[str], None]) -> FleetCommands:
+        return FleetCommands(
+            stack.config,
+            stack.scheduler,
+            stack.links,
+            known_runtimes=stack.runtimes,
+            on_placements=on_placements,
+        )
+
+    return SchedulerLink(link_settings(ports, **kw), stack.scheduler, commands)
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Wait until ``predicate()`` holds; fail (not hang) after ``timeout``."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+def placements_open(c: RunningCentral, node_id: str = "n1") -> bool:
+    """The scheduler's view says the node takes placements (it reported its lease)."""
+    return bool(c.api.fleet()["nodes"].get(node_id, {}).get("placements") == "open")

@@ -1,0 +1,280 @@
+"""The fork runtime with real zygotes, namespaces, seccomp and cgroups: identity,
+descriptor hygiene, escape attempts, fork bombs, OOM, zygote death and cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+from sandbox_support import (
+    ESCAPE_HANDLER,
+    UID_BASE,
+    cgroup_leftovers,
+    describe_pids,
+    processes_of_uids,
+    require_sandbox_host,
+    sandbox_settings,
+)
+from support import running_stack, write_package
+
+from huselet.config import NodeSettings
+from huselet.errors import InstanceLost, InstanceStartFailed
+from huselet.runtime import RuntimeConfigError
+from huselet.runtime.fork import ForkRuntime
+
+pytestmark = pytest.mark.usefixtures("sandbox_host")
+
+
+@pytest.fixture
+def sandbox_host() -> None:
+    require_sandbox_host()
+
+
+def fn(name: str, pkg: Path, **extra: object) -> dict[str, object]:
+    return {
+        "name": name,
+        "package": str(pkg),
+        "handler": "main:handler",
+        "runtime": "fork",
+        **extra,
+    }
+
+
+async def invoke(stack: object, name: str, event: object) -> object:
+    result = await stack.scheduler.invoke(name, json.dumps(event).encode(), "json")  # type: ignore[attr-defined]
+    return json.loads(result.body)
+
+
+IDENTITY = """
+import os, socket
+STARTED = os.getpid()  # the zygote's pid, captured by init code
+ZYGOTE_SAW = [int(p) for p in os.listdir("/proc") if p.isdigit()]  # hidepid: only itself
+
+def handler(event, ctx):
+    fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+    return {
+        "pid": os.getpid(),
+        "zygote_pid": STARTED,
+        "zygote_saw": ZYGOTE_SAW,
+        "instance": os.environ.get("HUSELET_INSTANCE_ID"),
+        "ctx_instance": ctx.instance_id,
+        "token_in_env": "HUSELET_TOKEN" in os.environ,
+        "fn_env": os.environ.get("FN_VAR"),
+        "fds": fds,
+        "fd3": os.readlink("/proc/self/fd/3"),
+        "hostname": socket.gethostname(),
+    }
+"""
+
+
+async def test_instances_have_own_identity_and_only_their_descriptors(short_tmp: Path) -> None:
+    pkg = write_package(short_tmp, "f", IDENTITY)
+    functions = [fn("f", pkg, env={"FN_VAR": "v"}, max_instances=2)]
+    async with running_stack(short_tmp, functions, {"fork": sandbox_settings(short_tmp)}) as stack:
+        with trio.fail_after(20):
+            first = await invoke(stack, "f", {})
+        pool = stack.pool("f")
+        (record,) = pool.instances.values()
+        assert first["instance"] == first["ctx_instance"] == record.id
+        assert first["pid"] == 1  # PID 1 of its own namespace
+        assert record.handle.pid != first["zygote_pid"]
+        assert first["zygote_saw"] == [first["zygote_pid"]]  # not the daemon, not the host
+        assert not first["token_in_env"] and first["fn_env"] == "v"
+        # 0, 1, 2, the link on 3 and the descriptor listing /proc/self/fd: nothing else.
+        assert first["fds"][:4] == [0, 1, 2, 3] and len(first["fds"]) == 5, first["fds"]
+        assert first["fd3"].startswith("socket:")
+        assert first["hostname"] == "f"
+        # The instance is the daemon's own child, reported with the daemon-side pid.
+        status = Path(f"/proc/{record.handle.pid}/status").read_text()
+        assert f"PPid:\t{os.getpid()}" in status
+        assert f"Uid:\t{UID_BASE}" in status
+
+
+async def test_escape_attempts_fail(short_tmp: Path) -> None:
+    pkg = write_package(short_tmp, "f", ESCAPE_HANDLER)
+    other = write_package(short_tmp, "g", "def handler(e, c):\n    return 'secret'\n")
+    functions = [fn("f", pkg), fn("g", other)]
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    try:
+        async with running_stack(
+            short_tmp, functions, {"fork": sandbox_settings(short_tmp)}
+        ) as stack:
+            event = {
+                "other_code": str(other / "main.py"),
+                "other_link": str(stack.links.socket_path("g")),
+                "own_link": str(stack.links.socket_path("f")),
+                "port": listener.getsockname()[1],
+                "daemon_pid": os.getpid(),
+            }
+            with trio.fail_after(20):
+                got = await invoke(stack, "f", event)
+    finally:
+        listener.close()
+    assert got["uid"] == UID_BASE and got["cap_eff"] == "0000000000000000"
+    assert got["no_new_privs"] == "1" and got["seccomp"] == "2"
+    assert got["write_usr"] == "EROFS" and got["write_package"] == "EROFS"
+    assert got["write_tmp"] == "ok"
+    assert got["read_other_code"] == "ENOENT"
+    assert got["other_link"] == "ENOENT" and got["own_link"] == "ENOENT"
+    assert got["connect_host"] == "ECONNREFUSED"  # its own loopback: nothing listens there
+    assert got["interfaces"] == ["lo"]
+    for call in ("ptrace", "mount", "unshare", "setns", "bpf"):
+        assert got[call] == "EPERM", (call, got[call])
+    assert got["kill_daemon"] in ("ESRCH", "EPERM")
+    assert got["visible_pids"] == [1]
+    assert not got["environ_token"]
+
+
+FORK_BOMB = """
+import os, time
+
+def handler(event, ctx):
+    children = 0
+    while children < 10_000:
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            return {"forked": children, "error": exc.strerror}
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        children += 1
+    return {"forked": children, "error": None}
+"""
+
+
+async def test_fork_bomb_is_held_by_the_pids_limit(short_tmp: Path) -> None:
+    pkg = write_package(short_tmp, "bomb", FORK_BOMB)
+    settings = sandbox_settings(short_tmp, pids_max=16)
+    async with running_stack(short_tmp, [fn("bomb", pkg)], {"fork": settings}) as stack:
+        with trio.fail_after(30):
+            got = await invoke(stack, "bomb", {})
+            assert got["forked"] < 16 and got["error"] is not None
+            pool = stack.pool("bomb")
+            (record,) = pool.instances.values()
+            record.stop("test")
+            while pool.instances:
+                await trio.sleep(0.01)
+            # The whole PID namespace went with its PID 1; the node still serves.
+            assert processes_of_uids(UID_BASE, UID_BASE + 1) == [
+                stack.runtimes["fork"]._slots[next(iter(stack.runtimes["fork"]._slots))].process.pid
+            ]
+            again = await invoke(stack, "bomb", {})
+            assert again["forked"] < 16
+
+
+HOG = """
+def handler(event, ctx):
+    blocks = []
+    for _ in range(64):
+        blocks.append(b"x" * (8 << 20))  # touched: really resident
+    return len(blocks)
+"""
+
+
+async def test_memory_limit_kills_and_reports_out_of_memory(short_tmp: Path) -> None:
+    pkg = write_package(short_tmp, "hog", HOG)
+    functions = [fn("hog", pkg, memory_mb=64)]
+    async with running_stack(short_tmp, functions, {"fork": sandbox_settings(short_tmp)}) as stack:
+        with trio.fail_after(30), pytest.raises(InstanceLost) as lost:
+            await invoke(stack, "hog", {})
+    assert "out of memory" in str(lost.value)
+    assert lost.value.status == 502
+
+
+async def test_zygote_death_is_survived_and_rebuilt(short_tmp: Path) -> None:
+    pkg = write_package(short_tmp, "f", IDENTITY)
+    functions = [fn("f", pkg, max_instances=1)]
+    async with running_stack(short_tmp, functions, {"fork": sandbox_settings(short_tmp)}) as stack:
+        with trio.fail_after(30):
+            before = await invoke(stack, "f", {})
+            pool = stack.pool("f")
+            (record,) = pool.instances.values()
+            runtime: ForkRuntime = stack.runtimes["fork"]  # type: ignore[assignment]
+            (slot,) = runtime._slots.values()
+            zygote = slot.process
+            assert zygote is not None
+            os.kill(zygote.pid, signal.SIGKILL)
+            await zygote.exited.wait()
+            # The running instance is the daemon's child, not the zygote's: it lives on.
+            still = await invoke(stack, "f", {})
+            assert still["instance"] == before["instance"]
+            record.stop("test")
+            while pool.instances:
+                await trio.sleep(0.01)
+            # The next start waits for the rebuilt zygote.
+            after = await invoke(stack, "f", {})
+            assert after["instance"] != before["instance"]
+            assert slot.generation == 2 and slot.process is not zygote
+
+
+async def test_handler_that_fails_to_import_fails_the_start_clearly(short_tmp: Path) -> None:
+    pkg = write_package(short_tmp, "bad", "raise RuntimeError('boom at import')\n")
+    async with running_stack(
+        short_tmp, [fn("bad", pkg)], {"fork": sandbox_settings(short_tmp)}
+    ) as stack:
+        with trio.fail_after(20), pytest.raises(InstanceStartFailed) as failed:
+            await invoke(stack, "bad", {})
+    assert "boom at import" in str(failed.value)
+
+
+async def test_everything_is_cleaned_up_after_stop(short_tmp: Path) -> None:
+    pkg = write_package(short_tmp, "f", IDENTITY)
+    settings = sandbox_settings(short_tmp)
+    async with running_stack(
+        short_tmp, [fn("f", pkg, max_instances=4)], {"fork": settings}
+    ) as stack:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(invoke, stack, "f", {})
+        assert cgroup_leftovers(short_tmp)
+    assert cgroup_leftovers(short_tmp) == []
+    left = processes_of_uids(UID_BASE, UID_BASE + 100)
+    assert left == [], describe_pids(left)
+    assert not (short_tmp / "run" / "sandbox" / "fork").exists()
+
+
+async def test_graceful_stop_reaches_pid_1(short_tmp: Path) -> None:
+    pkg = write_package(short_tmp, "f", IDENTITY)
+    async with running_stack(
+        short_tmp, [fn("f", pkg)], {"fork": sandbox_settings(short_tmp)}
+    ) as stack:
+        with trio.fail_after(20):
+            await invoke(stack, "f", {})
+            (record,) = stack.pool("f").instances.values()
+            handle = record.handle
+            handle.terminate()
+            status = await handle.wait()
+    assert status.code == 128 + signal.SIGTERM
+
+
+def test_table_errors_name_the_key(short_tmp: Path) -> None:
+    node = NodeSettings("n", short_tmp, short_tmp)
+    with pytest.raises(RuntimeConfigError, match=r"runtimes\.fork\.bogus: unknown key"):
+        ForkRuntime({"bogus": 1}, node=node)
+    with pytest.raises(RuntimeConfigError, match=r"runtimes\.fork\.network: expected one of"):
+        ForkRuntime({"network": "bridge"}, node=node)
+
+
+async def test_zygotes_beyond_the_memory_budget_are_evicted(short_tmp: Path) -> None:
+    a = write_package(short_tmp, "a", IDENTITY)
+    b = write_package(short_tmp, "b", IDENTITY)
+    settings = sandbox_settings(short_tmp, zygotes="lazy", zygote_budget_mb=16)
+    async with running_stack(short_tmp, [fn("a", a), fn("b", b)], {"fork": settings}) as stack:
+        runtime: ForkRuntime = stack.runtimes["fork"]  # type: ignore[assignment]
+        with trio.fail_after(20):
+            assert runtime._slots == {}  # lazy: nothing built before the first request
+            await invoke(stack, "a", {})
+            (first,) = runtime._slots.values()
+            await invoke(stack, "b", {})  # a second ~10 MB zygote does not fit 16 MB
+            assert first.closed
+            assert [s.key[0] for s in runtime._slots.values() if not s.closed] == ["b"]
+            await invoke(stack, "a", {})  # evicted, not broken: rebuilt on demand
