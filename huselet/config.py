@@ -125,6 +125,9 @@ class FunctionSettings:
     min_instances: int = 0
     idle_timeout_ms: int = 60_000  # keep-alive of an idle instance
     start_timeout_ms: int = 10_000
+    # "reuse": keep-alive instances serve request after request; "single": a
+    # fresh instance per request, torn down after it (strongest isolation).
+    instance_mode: str = "reuse"
     max_queue: int | None = None  # None: gateway.queue_per_function
     env: Mapping[str, str] = field(default_factory=dict)
     image: Path | None = None  # ``image = "x.hlimg"``: a package image file
@@ -339,6 +342,7 @@ def _parse_function(
         min_instances=min_instances,
         idle_timeout_ms=ft.positive_int("idle_timeout_ms", default=60_000),
         start_timeout_ms=ft.positive_int("start_timeout_ms", default=10_000),
+        instance_mode=ft.choice("instance_mode", ("reuse", "single"), default="reuse"),
         max_queue=ft.positive_int("max_queue", default=gateway.queue_per_function),
         env=env,
         image=image,

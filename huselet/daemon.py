@@ -69,6 +69,9 @@ class Daemon:
             config.runtimes,
             node=config.node,
         )
+        for name, runtime in self.runtimes.items():
+            # Lets a runtime prepare ahead of need (fork builds its zygotes at start).
+            runtime.expect([fn for fn in config.functions if fn.runtime == name])
         self.links = LinkServer(config.node.run_dir, self._claim_link, max_frame=max_frame)
         self.cache = CodeCache(config, self._invocation_counts)
         self.scheduler = NodeScheduler(

@@ -116,7 +116,8 @@ class LinkServer:
             path.unlink(missing_ok=True)  # a stale socket from a previous run
             await sock.bind(str(path))
             os.chmod(path, 0o600)
-            sock.listen(128)
+            # Bursts of fork starts connect hundreds of instances at once.
+            sock.listen(1024)
             listener = trio.SocketListener(sock)
         except BaseException:
             sock.close()

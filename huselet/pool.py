@@ -99,6 +99,7 @@ class InstanceRecord:
         self.ready_at: float | None = None
         self.last_active = self.created_at
         self.served = 0
+        self.dispatched = 0
         self.credits = 0  # requests the instance has pulled for and not yet received
         self.inflight: dict[str, Invocation] = {}
         self.scope = trio.CancelScope()
@@ -192,6 +193,7 @@ class FunctionPool:
         self.link_socket = link_socket
         self._nursery = nursery
         self.code: CodeProvider = code or DirectoryCode()
+        self.single_use = settings.instance_mode == "single"
         self.breaker = CircuitBreaker(breaker or BreakerSettings())
         self.buffer = RequestBuffer(settings.max_queue or 1000)
         self.instances: dict[str, InstanceRecord] = {}
@@ -397,6 +399,8 @@ class FunctionPool:
                     self._complete(record, Result.decode(msg))
                 elif kind == PULL:
                     n = Pull.decode(msg).n
+                    if self.single_use and record.dispatched:
+                        continue  # a single-use instance takes exactly one request
                     record.credits += n
                     self.spare_credits += n
                     credit_arrived.set()
@@ -455,6 +459,13 @@ class FunctionPool:
                     self.counters["link_errors"] += 1
                     record.stop(f"the link to the instance broke ({exc})")
                     return
+                record.dispatched += 1
+                if self.single_use:
+                    # Its one request is on its way: no more capacity here, and
+                    # _complete stops the instance once the result is in.
+                    self.spare_credits -= record.credits
+                    record.credits = 0
+                    await trio.sleep_forever()
 
     async def _guard_protocol(self, record: InstanceRecord, read_frames: Any) -> None:
         try:
@@ -472,6 +483,8 @@ class FunctionPool:
         if inv is None:
             return  # a late result for a request already answered (deadline, drain)
         record.served += 1
+        if self.single_use:
+            record.stop("served")  # takes effect at the next checkpoint, after this result
         if result.ok:
             content_type = CONTENT_TYPES.get(result.kind, "application/octet-stream")
             if inv.complete(InvokeResult(result.body, content_type)):
@@ -495,7 +508,7 @@ class FunctionPool:
         self.spare_credits -= record.credits
         record.credits = 0
         handle, link = record.handle, record.link
-        graceful = record.stop_reason in ("idle", "node stopping", "function retired")
+        graceful = record.stop_reason in ("idle", "node stopping", "function retired", "served")
         if handle is not None:
             if graceful and link is not None and record.exit_status is None:
                 with trio.move_on_after(0.5):
@@ -534,7 +547,13 @@ class FunctionPool:
             record.inflight.clear()
         if self.instances.pop(record.id, None) is not None and self.on_change is not None:
             self.on_change("instance", record.id, None)
-        if record.stop_reason not in ("idle", "start failed", "node stopping", "function retired"):
+        if record.stop_reason not in (
+            "idle",
+            "start failed",
+            "node stopping",
+            "function retired",
+            "served",
+        ):
             self.counters["instances_lost"] += 1
             if record.stop_reason != "request deadline passed":
                 exit_text = record.exit_status.describe() if record.exit_status else "ended"

@@ -67,6 +67,10 @@ def test_timeout_given_as_string_is_refused_with_key_path(tmp_path: Path) -> Non
         (lambda r: r["functions"][0].update(tiemout_ms=5), "functions[0].tiemout_ms: unknown key"),
         (lambda r: r.update(extra={}), "extra: unknown key"),
         (
+            lambda r: r["functions"][0].update(instance_mode="once"),
+            "functions[0].instance_mode: expected one of reuse, single",
+        ),
+        (
             lambda r: r["functions"][0].update(memory_mb=True),
             "functions[0].memory_mb: expected an integer ≥ 16, got true",
         ),

@@ -268,3 +268,17 @@ async def test_crash_loop_opens_the_breaker_and_a_fix_closes_it(short_tmp: Path)
             res = await node.scheduler.invoke("loop", b"{}", "json")
             assert res.body == b"fixed" and pool.status()["breaker"]["state"] == "closed"
             assert pool.counters["instances_started"] == started + 1
+
+
+async def test_single_mode_uses_a_fresh_instance_per_request(short_tmp: Path) -> None:
+    async with running_stack(short_tmp, [fn(short_tmp, instance_mode="single")]) as node:
+        with trio.fail_after(60):
+            pids = [
+                body(await node.scheduler.invoke("echo", b"{}", "json"))["pid"] for _ in range(3)
+            ]
+            assert len(set(pids)) == 3
+            pool = node.pool("echo")
+            while pool.instances:  # each is torn down after its one request
+                await trio.sleep(0.02)
+        assert pool.counters["instances_started"] == 3 and pool.counters["ok"] == 3
+        assert pool.counters.get("instances_lost", 0) == 0
