@@ -13,13 +13,13 @@ servers for CPU, as a gateway on the same host would.
 from __future__ import annotations
 
 import argparse
-from functools import partial
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import trio

@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from protocol.errors import ProtocolError
 from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
@@ -131,7 +131,7 @@ def load_handler(
     fn = getattr(module, attr)
     if not callable(fn):
         raise TypeError(f"{handler} is not callable")
-    return fn  # type: ignore[no-any-return]
+    return cast("Callable[[Any, Context], Any]", fn)
 
 
 def decode_event(event: bytes, kind: str) -> Any:
