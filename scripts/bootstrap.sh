@@ -25,8 +25,11 @@ apt_install() {
         if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]; then
             apt-get update -qq >&2
         fi
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 || apt-get update -qq >&2 &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+        # A stale package list fails the first try: refresh it once and retry.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 || {
+            apt-get update -qq >&2 &&
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+        }
     else
         echo "bootstrap: please install these Debian packages: $*" >&2
         return 1
@@ -49,6 +52,14 @@ case "$mode" in
     test)
         $pip -e '.[test]'
         # Host tools the tests drive for real (systemd-analyze verifies the unit).
-        command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd || true
+        # Host tools the tests drive for real: systemd-analyze verifies the unit,
+        # bwrap and runc back the bwrap and oci runtimes, setpriv drops uids.
+        missing=""
+        command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+        command -v bwrap >/dev/null 2>&1 || missing="$missing bubblewrap"
+        command -v runc >/dev/null 2>&1 || missing="$missing runc"
+        command -v setpriv >/dev/null 2>&1 || missing="$missing util-linux"
+        # Without root or apt the tests that need these skip, saying why.
+        [ -z "$missing" ] || apt_install $missing || true
         ;;
 esac
