@@ -67,6 +67,7 @@ CONTENT_TYPES = {
     KIND_TEXT: "text/plain; charset=utf-8",
 }
 STOP_GRACE_S = 2.0
+REAP_LIMIT_S = 5.0  # after a kill, how long a runtime may take to report the exit
 EXIT_DESCRIBE_WAIT_S = 1.0
 
 
@@ -503,29 +504,46 @@ class FunctionPool:
                 "handler_errors" if isinstance(error, HandlerError) else "bad_events"
             ] += 1
 
+    async def _stop_handle(self, record: InstanceRecord, graceful: bool) -> None:
+        """Stop the sandbox (gracefully when asked) and record how it exited."""
+        handle, link = record.handle, record.link
+        if handle is None or record.exit_status is not None:
+            return
+        if graceful and link is not None:
+            with trio.move_on_after(0.5):
+                try:
+                    await link.send(SHUTDOWN_FRAME)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+            record.exit_status = await handle.stop(STOP_GRACE_S)
+            return
+        if record.stop_reason == "the instance closed its link":
+            # A crashed worker: its exit follows the EOF within moments; waiting
+            # a little gives the caller "killed by SIGKILL", not a guess.
+            with trio.move_on_after(EXIT_DESCRIBE_WAIT_S):
+                record.exit_status = await handle.wait()
+        if record.exit_status is None:
+            handle.kill()
+            record.exit_status = await handle.wait()
+
     async def _teardown(self, record: InstanceRecord) -> None:
         record.state = InstanceState.STOPPING
         self.spare_credits -= record.credits
         record.credits = 0
         handle, link = record.handle, record.link
         graceful = record.stop_reason in ("idle", "node stopping", "function retired", "served")
-        if handle is not None:
-            if graceful and link is not None and record.exit_status is None:
-                with trio.move_on_after(0.5):
-                    try:
-                        await link.send(SHUTDOWN_FRAME)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        pass
-                record.exit_status = await handle.stop(STOP_GRACE_S)
-            elif record.exit_status is None:
-                if record.stop_reason == "the instance closed its link":
-                    # A crashed worker: its exit follows the EOF within moments;
-                    # waiting a little gives the caller "killed by SIGKILL", not a guess.
-                    with trio.move_on_after(EXIT_DESCRIBE_WAIT_S):
-                        record.exit_status = await handle.wait()
-                if record.exit_status is None:
-                    handle.kill()
-                    record.exit_status = await handle.wait()
+        # Shielded cleanup still gets a deadline: a runtime that cannot report an
+        # exit must not wedge this task (and with it a drain) forever.
+        with trio.move_on_after(STOP_GRACE_S + REAP_LIMIT_S) as reaping:
+            await self._stop_handle(record, graceful)
+        if reaping.cancelled_caught:
+            self.counters["unreaped_instances"] += 1
+            log.error(
+                "instance did not report its exit in time",
+                function=self.name,
+                instance=record.id,
+                pid=handle.pid if handle else None,
+            )
         if link is not None:
             await link.aclose()
         if record.code is not None:
