@@ -228,10 +228,12 @@ class NodeScheduler:
         await self.stop_instances()
 
     async def stop_instances(self, timeout_s: float = 5.0) -> None:
-        for pool in self.pools.values():
+        # Retired pools too: their instances' teardown needs the runtimes still running.
+        pools = [*self.pools.values(), *self._retiring]
+        for pool in pools:
             pool.stop_all("node stopping")
         with trio.move_on_after(timeout_s):
-            while any(pool.instances for pool in self.pools.values()):
+            while any(pool.instances for pool in pools):
                 await trio.sleep(0.01)
 
     # --- inspection ---------------------------------------------------------------

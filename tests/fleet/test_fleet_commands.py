@@ -122,7 +122,7 @@ async def test_quota_drain_and_refusals(short_tmp: Path) -> None:
         ]:
             commands.set_lease(True)
             with pytest.raises(CommandFailed) as failed:
-                await commands.execute("c", "deploy_function", body)
+                await commands.execute(f"bad-{code}", "deploy_function", body)
             assert failed.value.code == code, failed.value.message
         with pytest.raises(CommandFailed) as not_owned:
             await commands.execute("c7", "remove_function", {"name": "local"})
@@ -130,6 +130,7 @@ async def test_quota_drain_and_refusals(short_tmp: Path) -> None:
         with pytest.raises(CommandFailed) as unsupported:
             await commands.execute("c8", "prefetch_images", {"images": [{"digest": "ab"}]})
         assert unsupported.value.code == "unsupported"
+        assert commands.duplicates == 0
 
 
 async def test_prefetch_goes_to_the_daemons_prefetcher(short_tmp: Path) -> None:
