@@ -3,19 +3,21 @@ descriptor hygiene, escape attempts, fork bombs, OOM, zygote death and cleanup."
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import signal
-import socket
 from pathlib import Path
 
 import pytest
 import trio
 from sandbox_support import (
-    ESCAPE_HANDLER,
     UID_BASE,
+    assert_confined,
     cgroup_leftovers,
     describe_pids,
+    function,
+    invoke_json,
+    probe_escapes,
     processes_of_uids,
     require_sandbox_host,
     sandbox_settings,
@@ -35,19 +37,10 @@ def sandbox_host() -> None:
     require_sandbox_host()
 
 
-def fn(name: str, pkg: Path, **extra: object) -> dict[str, object]:
-    return {
-        "name": name,
-        "package": str(pkg),
-        "handler": "main:handler",
-        "runtime": "fork",
-        **extra,
-    }
+fn = functools.partial(function, "fork")
 
 
-async def invoke(stack: object, name: str, event: object) -> object:
-    result = await stack.scheduler.invoke(name, json.dumps(event).encode(), "json")  # type: ignore[attr-defined]
-    return json.loads(result.body)
+invoke = invoke_json
 
 
 IDENTITY = """
@@ -96,39 +89,9 @@ async def test_instances_have_own_identity_and_only_their_descriptors(short_tmp:
 
 
 async def test_escape_attempts_fail(short_tmp: Path) -> None:
-    pkg = write_package(short_tmp, "f", ESCAPE_HANDLER)
-    other = write_package(short_tmp, "g", "def handler(e, c):\n    return 'secret'\n")
-    functions = [fn("f", pkg), fn("g", other)]
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    try:
-        async with running_stack(
-            short_tmp, functions, {"fork": sandbox_settings(short_tmp)}
-        ) as stack:
-            event = {
-                "other_code": str(other / "main.py"),
-                "other_link": str(stack.links.socket_path("g")),
-                "own_link": str(stack.links.socket_path("f")),
-                "port": listener.getsockname()[1],
-                "daemon_pid": os.getpid(),
-            }
-            with trio.fail_after(20):
-                got = await invoke(stack, "f", event)
-    finally:
-        listener.close()
-    assert got["uid"] == UID_BASE and got["cap_eff"] == "0000000000000000"
-    assert got["no_new_privs"] == "1" and got["seccomp"] == "2"
-    assert got["write_usr"] == "EROFS" and got["write_package"] == "EROFS"
-    assert got["write_tmp"] == "ok"
-    assert got["read_other_code"] == "ENOENT"
-    assert got["other_link"] == "ENOENT" and got["own_link"] == "ENOENT"
-    assert got["connect_host"] == "ECONNREFUSED"  # its own loopback: nothing listens there
-    assert got["interfaces"] == ["lo"]
-    for call in ("ptrace", "mount", "unshare", "setns", "bpf"):
-        assert got[call] == "EPERM", (call, got[call])
-    assert got["kill_daemon"] in ("ESRCH", "EPERM")
-    assert got["visible_pids"] == [1]
+    got = await probe_escapes(short_tmp, "fork")
+    assert_confined(got, visible_pids=[1])
+    assert got["uid"] == UID_BASE  # the first function gets the first uid
     assert not got["environ_token"]
 
 
