@@ -46,6 +46,14 @@ class RequestBuffer:
         self._queue.append(inv)
         self._getters.unpark()
 
+    def requeue(self, inv: Invocation) -> None:
+        """Put an accepted invocation back at the head (a retry): it was already
+        admitted once, so the bound does not refuse it."""
+        inv.state = InvocationState.QUEUED
+        inv.instance = None
+        self._queue.appendleft(inv)
+        self._getters.unpark()
+
     def _purge_done(self) -> None:
         self._queue = deque(inv for inv in self._queue if inv.state is InvocationState.QUEUED)
 

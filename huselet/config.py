@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from huselet.errors import ConfigError
+from huselet.health.settings import HealthSettings, parse_health
 
 # A sun_path holds 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107
@@ -133,6 +134,9 @@ class FunctionSettings:
     image: Path | None = None  # ``image = "x.hlimg"``: a package image file
     digest: str | None = None  # ``digest = "<sha256>"``: fetched from ``origin``
     origin: str | None = None  # URL or absolute directory; None: cache.default_origin
+    # Safe to run twice: a request whose instance died is retried once on a
+    # fresh instance instead of answered with 502. Never assumed.
+    idempotent: bool = False
 
     @property
     def code_source(self) -> str:
@@ -185,6 +189,7 @@ class Config:
     source: Path | None  # None: the embedded default
     cache: CacheSettings = field(default_factory=CacheSettings)
     scheduler: SchedulerLinkSettings | None = None  # None: standalone
+    health: HealthSettings = field(default_factory=HealthSettings)
 
     def function(self, name: str) -> FunctionSettings | None:
         for fn in self.functions:
@@ -280,6 +285,7 @@ def parse_config(
 
     cache = _parse_cache(t.table("cache"), node)
     scheduler = _parse_scheduler(t.table("scheduler"), node) if "scheduler" in raw else None
+    health = parse_health(t.table("health"))
 
     runtimes_t = t.table("runtimes")
     runtimes: dict[str, Mapping[str, Any]] = {}
@@ -307,6 +313,7 @@ def parse_config(
         source=source,
         cache=cache,
         scheduler=scheduler,
+        health=health,
     )
 
 
@@ -348,6 +355,7 @@ def _parse_function(
         image=image,
         digest=digest,
         origin=origin,
+        idempotent=ft.boolean("idempotent", default=False),
     )
     ft.finish()
     return fn

@@ -36,6 +36,7 @@ class Invocation:
     __slots__ = (
         "_done",
         "_outcome",
+        "attempts",
         "deadline",
         "enqueued_at",
         "event",
@@ -57,6 +58,7 @@ class Invocation:
         self.enqueued_at = trio.current_time()
         self.state = InvocationState.QUEUED
         self.instance: InstanceRecord | None = None
+        self.attempts = 1  # deliveries to an instance so far, counting a retry
         self._outcome: InvokeResult | HuseletError | None = None
         self._done = trio.Event()
 

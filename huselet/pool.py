@@ -38,7 +38,8 @@ from huselet.errors import (
     InstanceStartFailed,
     Unavailable,
 )
-from huselet.health.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from huselet.health.breaker import BreakerState, CircuitBreaker
+from huselet.health.settings import HealthSettings
 from huselet.invocation import Invocation, InvokeResult
 from huselet.link import InstanceLink, token_matches
 from huselet.log import get_logger
@@ -49,6 +50,7 @@ from protocol.link import (
     FATAL,
     KIND_JSON,
     KIND_TEXT,
+    PING_FRAME,
     PULL,
     READY,
     RESULT,
@@ -67,6 +69,13 @@ CONTENT_TYPES = {
     KIND_TEXT: "text/plain; charset=utf-8",
 }
 STOP_GRACE_S = 2.0
+# Stop reasons that are the node's decision, not a fault of the instance: the
+# stop is graceful (SHUTDOWN first) and the breaker does not count it.
+PLANNED_STOPS = frozenset(
+    {"idle", "reaped", "node stopping", "function retired", "served", "start failed"}
+)
+# Stop reasons after which an idempotent request may still be retried.
+NO_RETRY_STOPS = frozenset({"node stopping", "function retired"})
 REAP_LIMIT_S = 5.0  # after a kill, how long a runtime may take to report the exit
 EXIT_DESCRIBE_WAIT_S = 1.0
 
@@ -104,6 +113,7 @@ class InstanceRecord:
         self.credits = 0  # requests the instance has pulled for and not yet received
         self.inflight: dict[str, Invocation] = {}
         self.scope = trio.CancelScope()
+        self.last_heard = self.created_at  # any frame from the instance (heartbeat)
         self.stop_reason: str | None = None
         self.code: CodeLease | None = None
         self.exit_status: ExitStatus | None = None
@@ -186,7 +196,7 @@ class FunctionPool:
         link_socket: Path,
         nursery: trio.Nursery,
         code: CodeProvider | None = None,
-        breaker: BreakerSettings | None = None,
+        health: HealthSettings | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.name
@@ -195,7 +205,8 @@ class FunctionPool:
         self._nursery = nursery
         self.code: CodeProvider = code or DirectoryCode()
         self.single_use = settings.instance_mode == "single"
-        self.breaker = CircuitBreaker(breaker or BreakerSettings())
+        self.health = health or HealthSettings()
+        self.breaker = CircuitBreaker(self.health.breaker)
         self.buffer = RequestBuffer(settings.max_queue or 1000)
         self.instances: dict[str, InstanceRecord] = {}
         # Sum of all ready instances' credits: capacity that will take a request
@@ -207,6 +218,8 @@ class FunctionPool:
         self.closed = False  # True once stopping: no new instances
         self.last_start_error: str | None = None
         self.on_change: ChangeObserver | None = None  # instance added / changed / removed
+        # Set by the node (memory pressure): no new instances; the reason says why.
+        self.starts_held: str | None = None
 
     # --- requests -------------------------------------------------------------
 
@@ -220,6 +233,13 @@ class FunctionPool:
                 f"function {self.name!r} is failing repeatedly ({self.breaker.last_reason}); "
                 "its circuit breaker is open",
                 retry_after_s=self.breaker.retry_after_s(now),
+            )
+        if self.starts_held and not self.instances:
+            self.counters["rejected_starts_held"] += 1
+            raise Unavailable(
+                f"function {self.name!r} has no running instance and the node starts none "
+                f"now ({self.starts_held})",
+                retry_after_s=5,
             )
         try:
             self.buffer.put(inv)
@@ -240,7 +260,7 @@ class FunctionPool:
     # --- scaling ----------------------------------------------------------------
 
     def ensure_capacity(self) -> None:
-        if self.closed:
+        if self.closed or self.starts_held:
             return
         starting = sum(1 for r in self.instances.values() if r.state is InstanceState.STARTING)
         demand = self.buffer.live_count() - self.spare_credits - starting
@@ -395,6 +415,7 @@ class FunctionPool:
                 if msg is None:
                     record.stop("the instance closed its link")
                     return
+                record.last_heard = trio.current_time()
                 kind = message_type(msg)
                 if kind == RESULT:
                     self._complete(record, Result.decode(msg))
@@ -417,6 +438,7 @@ class FunctionPool:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._guard_protocol, record, read_frames)
             nursery.start_soon(watch_exit)
+            nursery.start_soon(self._heartbeat, record)
             idle_timeout = self.settings.idle_timeout_ms / 1000
             while True:
                 if record.credits == 0:
@@ -467,6 +489,46 @@ class FunctionPool:
                     self.spare_credits -= record.credits
                     record.credits = 0
                     await trio.sleep_forever()
+
+    async def _heartbeat(self, record: InstanceRecord) -> None:
+        """Ping an instance that has been idle and silent; replace it if it stays silent.
+
+        Only idle instances are judged: a busy one may legitimately be silent
+        for its whole handler run, and its request's deadline guards it. A
+        stopped (SIGSTOP) or wedged idle worker would otherwise take the next
+        request and hold it until that request's deadline.
+        """
+        link = record.link
+        assert link is not None
+        interval = self.health.heartbeat_interval_ms / 1000
+        timeout = self.health.heartbeat_timeout_ms / 1000
+        while True:
+            if record.inflight:
+                await trio.sleep(interval)
+                continue
+            await trio.sleep_until(record.last_heard + interval)
+            if record.inflight or trio.current_time() - record.last_heard < interval:
+                continue
+            pinged_at = trio.current_time()
+            try:
+                await link.send(PING_FRAME)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                record.stop(f"the link to the instance broke ({exc})")
+                return
+            await trio.sleep(timeout)
+            if record.last_heard < pinged_at and not record.inflight:
+                self.counters["heartbeat_missed"] += 1
+                log.warning(
+                    "instance missed its heartbeat",
+                    function=self.name,
+                    instance=record.id,
+                    silent_s=round(trio.current_time() - record.last_heard, 3),
+                )
+                record.stop("missed heartbeat")
+                return
+            if record.last_heard < pinged_at:
+                # Busy since the ping: its request's deadline now guards it.
+                record.last_heard = trio.current_time()
 
     async def _guard_protocol(self, record: InstanceRecord, read_frames: Any) -> None:
         try:
@@ -531,7 +593,7 @@ class FunctionPool:
         self.spare_credits -= record.credits
         record.credits = 0
         handle, link = record.handle, record.link
-        graceful = record.stop_reason in ("idle", "node stopping", "function retired", "served")
+        graceful = record.stop_reason in PLANNED_STOPS
         # Shielded cleanup still gets a deadline: a runtime that cannot report an
         # exit must not wedge this task (and with it a drain) forever.
         with trio.move_on_after(STOP_GRACE_S + REAP_LIMIT_S) as reaping:
@@ -560,18 +622,14 @@ class FunctionPool:
             elif record.stop_reason:
                 what += f" stopped: {record.stop_reason}"
             for inv in record.inflight.values():
+                if self._retry(inv, record):
+                    continue
                 if inv.complete(InstanceLost(f"{what} while serving the request")):
                     self.counters["instance_lost"] += 1
             record.inflight.clear()
         if self.instances.pop(record.id, None) is not None and self.on_change is not None:
             self.on_change("instance", record.id, None)
-        if record.stop_reason not in (
-            "idle",
-            "start failed",
-            "node stopping",
-            "function retired",
-            "served",
-        ):
+        if record.stop_reason not in PLANNED_STOPS:
             self.counters["instances_lost"] += 1
             if record.stop_reason != "request deadline passed":
                 exit_text = record.exit_status.describe() if record.exit_status else "ended"
@@ -594,7 +652,56 @@ class FunctionPool:
         if record.stop_reason != "start failed":
             self.ensure_capacity()
 
+    def _retry(self, inv: Invocation, record: InstanceRecord) -> bool:
+        """Requeue ``inv`` for a fresh instance if the function is idempotent.
+
+        Once only, and only while the request can still finish in time and the
+        pool still serves; a function not declared idempotent is never retried
+        (its handler may have had effects before the instance died).
+        """
+        if (
+            not self.settings.idempotent
+            or inv.done
+            or inv.attempts > 1
+            or not self.accepting
+            or self.closed
+            or record.stop_reason in NO_RETRY_STOPS
+            or trio.current_time() >= inv.deadline
+        ):
+            return False
+        inv.attempts += 1
+        self.buffer.requeue(inv)
+        self.counters["retried"] += 1
+        log.warning(
+            "retrying an idempotent request on a fresh instance",
+            function=self.name,
+            request_id=inv.request_id,
+            instance=record.id,
+            reason=record.stop_reason,
+        )
+        return True
+
     # --- node-level operations -------------------------------------------------
+
+    def reap_idle(self) -> int:
+        """Gracefully stop idle instances (keeping ``min_instances``); return how many."""
+        keep = self.settings.min_instances
+        idle = [
+            r
+            for r in self.instances.values()
+            if r.state is InstanceState.IDLE and not r.inflight and r.stop_reason is None
+        ]
+        idle.sort(key=lambda r: r.last_active)  # longest idle first
+        reaped = 0
+        for record in idle[: max(0, len(self.instances) - keep)]:
+            record.stop("reaped")
+            reaped += 1
+        self.counters["instances_reaped"] += reaped
+        return reaped
+
+    def instance_pids(self) -> list[int]:
+        handles = [r.handle for r in self.instances.values() if r.handle is not None]
+        return [h.pid for h in handles if h.pid is not None]
 
     def busy(self) -> bool:
         return self.buffer.live_count() > 0 or any(r.inflight for r in self.instances.values())

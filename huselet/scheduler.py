@@ -58,6 +58,7 @@ class NodeScheduler:
         # Per function: where it came from ("config" | "scheduler") and its fleet version.
         self.function_meta: dict[str, dict[str, Any]] = {}
         self._retiring: list[FunctionPool] = []  # replaced/removed, finishing their requests
+        self.starts_held: str | None = None  # why no instance may start now (pressure)
 
     @property
     def running(self) -> bool:
@@ -77,7 +78,10 @@ class NodeScheduler:
     def add_function_pool(self, fn: Any) -> FunctionPool:
         assert self._nursery is not None
         path: Path = self._socket_path(fn.name)
-        pool = FunctionPool(fn, self.runtimes[fn.runtime], path, self._nursery, self.code)
+        pool = FunctionPool(
+            fn, self.runtimes[fn.runtime], path, self._nursery, self.code, self.config.health
+        )
+        pool.starts_held = self.starts_held
         self.pools[fn.name] = pool
         pool.on_change = self._emit
         self._emit("function", fn.name, self.describe_function(fn.name))
@@ -235,6 +239,37 @@ class NodeScheduler:
         with trio.move_on_after(timeout_s):
             while any(pool.instances for pool in pools):
                 await trio.sleep(0.01)
+
+    # --- resource pressure (the health loops call these) ---------------------------
+
+    def hold_starts(self, reason: str | None) -> None:
+        """While ``reason`` is set no instance starts; warm instances keep serving.
+
+        A request for a function with no instance at all is refused at once
+        (503 naming the reason) instead of waiting for a start that cannot come.
+        """
+        if reason == self.starts_held:
+            return
+        self.starts_held = reason
+        if reason:
+            log.warning("instance starts held", reason=reason)
+        else:
+            log.info("instance starts allowed again")
+        for pool in self.pools.values():
+            pool.starts_held = reason
+            if reason is None:
+                pool.ensure_capacity()  # requests that queued meanwhile
+
+    def reap_idle(self, reason: str) -> int:
+        """Gracefully stop idle instances (each function keeps ``min_instances``)."""
+        reaped = sum(pool.reap_idle() for pool in self.pools.values())
+        if reaped:
+            log.warning("idle instances reaped", count=reaped, reason=reason)
+        return reaped
+
+    def instance_pids(self) -> list[int]:
+        pools = [*self.pools.values(), *self._retiring]
+        return [pid for pool in pools for pid in pool.instance_pids()]
 
     # --- inspection ---------------------------------------------------------------
 

@@ -16,6 +16,9 @@ Conversation (every message is one frame from :mod:`protocol.frames`; the
                                           ◀─ REQUEST{id, event, kind, timeout_ms}
     RESULT{id, ok, body, kind | error}    ─▶
     PULL{n} ...
+                                          ◀─ PING{}  (only while the instance is idle)
+    PONG{}                                ─▶  an idle instance that does not answer
+                                              within the heartbeat timeout is replaced
                                           ◀─ SHUTDOWN{} (or the socket closes)
 
 Unknown keys are ignored (forward compatibility); a missing or mistyped
@@ -41,6 +44,8 @@ PULL = "pull"
 REQUEST = "request"
 RESULT = "result"
 SHUTDOWN = "shutdown"
+PING = "ping"
+PONG = "pong"
 
 # How an event or a result body is encoded (the ``kind`` key).
 KIND_JSON = "json"  # UTF-8 JSON text
@@ -247,3 +252,5 @@ class Request:
 
 READY_FRAME: dict[str, Any] = {"t": READY}
 SHUTDOWN_FRAME: dict[str, Any] = {"t": SHUTDOWN}
+PING_FRAME: dict[str, Any] = {"t": PING}
+PONG_FRAME: dict[str, Any] = {"t": PONG}

@@ -33,10 +33,12 @@ class NodeStack:
         root: Path,
         functions: list[dict[str, Any]],
         runtimes: dict[str, dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         raw: dict[str, Any] = {
             "node": {"state_dir": str(root / "state"), "run_dir": str(root / "run")},
             "functions": functions,
+            **(extra or {}),  # more top-level tables, e.g. {"health": {...}}
         }
         if runtimes:
             raw["runtimes"] = runtimes
@@ -72,8 +74,9 @@ async def running_stack(
     root: Path,
     functions: list[dict[str, Any]],
     runtimes: dict[str, dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> AsyncIterator[NodeStack]:
-    stack = NodeStack(root, functions, runtimes)
+    stack = NodeStack(root, functions, runtimes, extra)
     async with trio.open_nursery() as nursery:
         for runtime in stack.runtimes.values():
             await nursery.start(runtime.run)

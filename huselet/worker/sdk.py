@@ -29,6 +29,8 @@ from protocol.link import (
     KIND_BYTES,
     KIND_JSON,
     KIND_TEXT,
+    PING,
+    PONG_FRAME,
     PROTO_VERSION,
     READY_FRAME,
     REFUSED,
@@ -235,6 +237,8 @@ def run(
                     ).encode(),
                     pull,
                 )
+        elif kind == PING:
+            link.send(PONG_FRAME)  # the daemon's heartbeat: an idle worker proves it is alive
         elif kind == SHUTDOWN:
             return EXIT_OK
         # Unknown message types are ignored: newer daemons may send more.

@@ -1,0 +1,168 @@
+"""FunctionPool healing with real worker processes: idempotent retry, the idle
+heartbeat, reaping and held starts under pressure.
+
+Faults are real: instances are SIGKILLed and SIGSTOPped; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+from support import running_stack, write_package
+
+from huselet.errors import InstanceLost, Unavailable
+from huselet.pool import InstanceState
+
+# Records each call in a file, so a test can tell how often a handler really ran.
+COUNTING = """
+import os, time
+def handler(event, context):
+    with open(os.environ["CALLS"], "a") as f:
+        f.write(context.request_id + "\\n")
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    return {"pid": os.getpid()}
+"""
+
+
+def fn(root: Path, name: str, **extra: object) -> dict:
+    write_package(root, name, COUNTING)
+    env = {"CALLS": str(root / f"{name}.calls")}
+    return {"name": name, "package": f"pkgs/{name}", "handler": "main:handler", "env": env, **extra}
+
+
+def calls(root: Path, name: str) -> list[str]:
+    path = root / f"{name}.calls"
+    return path.read_text().split() if path.exists() else []
+
+
+async def kill_the_instance_running(pool, signum: int) -> int:  # type: ignore[no-untyped-def]
+    """Wait until an instance is busy, send it ``signum``; return its pid."""
+    while True:
+        for record in pool.instances.values():
+            if record.inflight and record.handle is not None:
+                os.kill(record.handle.pid, signum)
+                return int(record.handle.pid)
+        await trio.sleep(0.005)
+
+
+async def test_idempotent_request_is_retried_once_on_a_fresh_instance(short_tmp: Path) -> None:
+    async with running_stack(short_tmp, [fn(short_tmp, "idem", idempotent=True)]) as node:
+        pool = node.pool("idem")
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(kill_the_instance_running, pool, signal.SIGKILL)
+                result = await node.scheduler.invoke(
+                    "idem", b'{"sleep": 0.5}', "json", request_id="r-1"
+                )
+        # The caller got a result from the second instance; the handler ran twice.
+        assert json.loads(result.body)["pid"] > 0
+        assert calls(short_tmp, "idem") == ["r-1", "r-1"]
+        assert pool.counters["retried"] == 1 and pool.counters["instance_lost"] == 0
+
+
+async def test_idempotent_request_is_retried_only_once(short_tmp: Path) -> None:
+    async with running_stack(short_tmp, [fn(short_tmp, "idem", idempotent=True)]) as node:
+        pool = node.pool("idem")
+        with trio.fail_after(30):
+
+            async def kill_twice() -> None:
+                first = await kill_the_instance_running(pool, signal.SIGKILL)
+                while True:  # the retry's instance, once it has the request
+                    busy = [r for r in pool.instances.values() if r.inflight and r.handle]
+                    if busy and busy[0].handle.pid != first:
+                        os.kill(busy[0].handle.pid, signal.SIGKILL)
+                        return
+                    await trio.sleep(0.005)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(kill_twice)
+                with pytest.raises(InstanceLost, match="killed by SIGKILL"):
+                    await node.scheduler.invoke("idem", b'{"sleep": 5}', "json", request_id="r-2")
+        assert calls(short_tmp, "idem") == ["r-2", "r-2"]
+        assert pool.counters["retried"] == 1 and pool.counters["instance_lost"] == 1
+
+
+async def test_a_function_not_declared_idempotent_is_never_retried(short_tmp: Path) -> None:
+    async with running_stack(short_tmp, [fn(short_tmp, "plain")]) as node:
+        pool = node.pool("plain")
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(kill_the_instance_running, pool, signal.SIGKILL)
+                with pytest.raises(InstanceLost, match="killed by SIGKILL while serving"):
+                    await node.scheduler.invoke("plain", b'{"sleep": 5}', "json", request_id="r-3")
+        assert calls(short_tmp, "plain") == ["r-3"]
+        assert pool.counters["retried"] == 0
+
+
+async def test_a_stopped_idle_instance_misses_its_heartbeat_and_is_replaced(
+    short_tmp: Path,
+) -> None:
+    health = {"heartbeat_interval_ms": 200, "heartbeat_timeout_ms": 200}
+    functions = [fn(short_tmp, "hb", min_instances=1)]
+    async with running_stack(short_tmp, functions, extra={"health": health}) as node:
+        pool = node.pool("hb")
+        with trio.fail_after(30):
+            first = json.loads((await node.scheduler.invoke("hb", b"{}", "json")).body)["pid"]
+            # An idle instance that answers pings is left alone.
+            await trio.sleep(1.0)
+            assert pool.counters["heartbeat_missed"] == 0
+            assert [r.handle.pid for r in pool.instances.values()] == [first]
+            os.kill(first, signal.SIGSTOP)
+            stopped_at = trio.current_time()
+            while pool.counters["heartbeat_missed"] == 0:
+                await trio.sleep(0.01)
+            detected_s = trio.current_time() - stopped_at
+            # min_instances brings a fresh one; the stopped one is gone (SIGKILL works on it).
+            second = json.loads((await node.scheduler.invoke("hb", b"{}", "json")).body)["pid"]
+        assert second != first
+        # At most interval + timeout of silence, plus scheduling slack.
+        assert detected_s < 0.2 + 0.2 + 1.0
+        with pytest.raises(ProcessLookupError):
+            os.kill(first, 0)
+
+
+async def test_reap_idle_keeps_min_instances_and_spares_busy_ones(short_tmp: Path) -> None:
+    functions = [fn(short_tmp, "r", min_instances=1, max_instances=4)]
+    async with running_stack(short_tmp, functions) as node:
+        pool = node.pool("r")
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(node.scheduler.invoke, "r", b'{"sleep": 0.3}', "json")
+            assert len(pool.instances) >= 2
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(node.scheduler.invoke, "r", b'{"sleep": 1}', "json")
+                while not any(r.inflight for r in pool.instances.values()):
+                    await trio.sleep(0.005)
+                before = len(pool.instances)
+                reaped = node.scheduler.reap_idle("test")
+                assert reaped == before - 1  # every idle one; the busy one counts for min
+            while len(pool.instances) > 1:
+                await trio.sleep(0.01)
+        assert pool.counters["instances_reaped"] == reaped
+        assert pool.breaker.state.value == "closed"  # reaping is not a failure
+
+
+async def test_held_starts_serve_warm_instances_and_refuse_cold_functions(
+    short_tmp: Path,
+) -> None:
+    functions = [fn(short_tmp, "warm"), fn(short_tmp, "cold")]
+    async with running_stack(short_tmp, functions) as node:
+        with trio.fail_after(30):
+            await node.scheduler.invoke("warm", b"{}", "json")
+            node.scheduler.hold_starts("memory pressure: test")
+            await node.scheduler.invoke("warm", b"{}", "json")  # the warm one still serves
+            with pytest.raises(Unavailable, match="starts none now \\(memory pressure: test\\)"):
+                await node.scheduler.invoke("cold", b"{}", "json")
+            node.scheduler.hold_starts(None)
+            await node.scheduler.invoke("cold", b"{}", "json")
+        assert node.pool("cold").counters["rejected_starts_held"] == 1
+        assert all(
+            r.state is not InstanceState.STARTING for r in node.pool("warm").instances.values()
+        )
