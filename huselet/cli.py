@@ -99,6 +99,15 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     call_args: dict[str, Any] = {}
+    command = args.command
+    if command == "debug":
+        if args.what != "block-loop" or args.ms is None:
+            print("huselet ctl debug: use `debug block-loop --ms N`", file=sys.stderr)
+            return EXIT_USAGE
+        command, call_args = "debug_block_loop", {"ms": args.ms}
+    elif args.what is not None:
+        print(f"huselet ctl {command}: unexpected argument {args.what!r}", file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "prefetch":
         if bool(args.function) == bool(args.digest):
             print("huselet ctl prefetch: give --function NAME or --digest HEX", file=sys.stderr)
@@ -116,7 +125,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
             if v is not None
         }
     try:
-        data = AdminClient(path, timeout_s=args.timeout).call(args.command, **call_args)
+        data = AdminClient(path, timeout_s=args.timeout).call(command, **call_args)
     except AdminError as exc:
         print(f"huselet ctl: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -132,6 +141,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         "prefetch": render.render_prefetch,
         "scrub": render.render_scrub,
         "scheduler": render.render_scheduler,
+        "reload": render.render_reload,
+        "debug": lambda data: json.dumps(data),
     }
     print(renderers[args.command](data))
     return EXIT_OK
@@ -241,9 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
         "command",
         choices=[
             *("status", "functions", "instances", "health", "cache", "prefetch", "scrub"),
-            "scheduler",
+            *("scheduler", "reload", "debug"),
         ],
     )
+    ctl.add_argument("what", nargs="?", help="for debug: block-loop")
     ctl.add_argument("--socket", "-s", help="admin socket path")
     ctl.add_argument("--config", "-c", help="read the admin socket path from this TOML")
     ctl.add_argument("--json", action="store_true", help="machine-readable output")
@@ -253,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     hint.add_argument("--digest", help="prefetch this image (sha256 hex)")
     hint.add_argument("--origin", help="where the digest is (default: as known or configured)")
     hint.add_argument("--wait", action="store_true", help="wait until it is installed")
+    debug = ctl.add_argument_group("debug", "fault injection (needs admin.debug_commands)")
+    debug.add_argument("--ms", type=int, help="block-loop: how long to block the event loop")
     ctl.set_defaults(func=cmd_ctl)
 
     pack = sub.add_parser("pack", help="pack a directory into a package image")

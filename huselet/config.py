@@ -81,6 +81,8 @@ class AdminSettings:
     socket: Path
     # Who may talk to the admin socket besides root and the daemon's own uid.
     allowed_uids: tuple[int, ...] = ()
+    # Fault-injection commands (``debug_block_loop``) for tests; never in production.
+    debug_commands: bool = False
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,7 @@ def parse_config(
     admin = AdminSettings(
         socket=admin_t.path("socket", default=node.run_dir / "admin.sock", force_default=embedded),
         allowed_uids=tuple(admin_t.int_list("allowed_uids", default=[])),
+        debug_commands=admin_t.boolean("debug_commands", default=False),
     )
     admin_t.finish()
     _check_unix_path("admin.socket", admin.socket)

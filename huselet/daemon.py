@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import trio
 
 import huselet
+from huselet.admin.errors import AdminCommandError
 from huselet.admin.server import AdminServer
 from huselet.codecache import CodeCache
 from huselet.config import Config
@@ -33,7 +35,8 @@ from huselet.health.watchdog import WatchdogPetter, watchdog_interval_s
 from huselet.link import LinkServer
 from huselet.log import get_logger
 from huselet.notify import SystemdNotifier
-from huselet.runtime import create_runtimes
+from huselet.reload import ConfigReloader
+from huselet.runtime import available_runtimes, create_runtimes
 from huselet.scheduler import NodeScheduler
 from protocol.frames import DEFAULT_MAX_FRAME
 
@@ -41,6 +44,7 @@ log = get_logger("daemon")
 
 # A frame must carry the largest body plus msgpack overhead.
 FRAME_OVERHEAD = 64 * 1024
+MAX_DEBUG_BLOCK_MS = 60_000
 
 
 class StartupError(HuseletError):
@@ -85,7 +89,21 @@ class Daemon:
         self.ingress = HttpIngress(
             config.gateway, self.scheduler, auth_token=_read_token(config.gateway.auth_token_file)
         )
-        self.lag_probe = LagProbe()
+        health = config.health
+        self.lag_probe = LagProbe(
+            period_s=health.lag_period_ms / 1000,
+            degraded_ms=health.lag_degraded_ms,
+            failing_ms=health.lag_failing_ms,
+        )
+        self.reloader = ConfigReloader(
+            config,
+            self.scheduler,
+            self.links,
+            self.runtimes,
+            known_runtimes=available_runtimes().keys(),
+            on_applied=self._config_reloaded,
+            refresh_code=self.cache.packages.refresh,
+        )
         self.health = HealthSupervisor(
             [
                 self.lag_probe,
@@ -106,6 +124,34 @@ class Daemon:
             "scheduler": lambda: None if self.scheduler.running else "not running",
             "instance links": lambda: None if self.links.running else "not running",
         }
+
+    def _config_reloaded(self, config: Config) -> None:
+        self.config = config
+
+    async def _reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.notifier.notify(RELOADING="1", STATUS="reloading the configuration")
+        try:
+            return await self.reloader.reload()
+        finally:
+            self.notifier.notify(READY="1", STATUS=self._ready_status())
+
+    def _ready_status(self) -> str:
+        return (
+            f"serving {len(self.scheduler.pools)} functions on http://{self.ingress.bound_address}"
+        )
+
+    def _debug_block_loop(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Block the event loop synchronously: the fault the watchdog exists for."""
+        if not self.config.admin.debug_commands:
+            raise AdminCommandError(
+                "forbidden", "debug commands are disabled; set admin.debug_commands = true"
+            )
+        ms = args.get("ms")
+        if type(ms) is not int or not 0 < ms <= MAX_DEBUG_BLOCK_MS:
+            raise AdminCommandError("bad_request", f"ms must be an integer 1..{MAX_DEBUG_BLOCK_MS}")
+        log.warning("debug: blocking the event loop", ms=ms)
+        time.sleep(ms / 1000)  # deliberately blocking: this *is* the fault
+        return {"blocked_ms": ms}
 
     def _invocation_counts(self) -> dict[str, int]:
         return {name: pool.counters["accepted"] for name, pool in self.scheduler.pools.items()}
@@ -136,6 +182,8 @@ class Daemon:
         self.admin.register("prefetch", self.cache.prefetch_command)
         self.admin.register("scrub", lambda args: self.cache.scrubber.scrub_now())
         self.admin.register("health", lambda args: self.health.describe())
+        self.admin.register("reload", self._reload)
+        self.admin.register("debug_block_loop", self._debug_block_loop)
         self.admin.register(
             "scheduler",
             lambda args: self.fleet.describe() if self.fleet else {"mode": "standalone"},
@@ -152,6 +200,7 @@ class Daemon:
                 "admin_socket": str(self.config.admin.socket),
                 "config": str(self.config.source) if self.config.source else "(embedded default)",
                 "runtimes": sorted(self.runtimes),
+                "reload": self.reloader.describe(),
             },
             **self.scheduler.status(),
             "cache": self.cache.packages.stats(),
@@ -161,7 +210,8 @@ class Daemon:
         node = self.config.node
         _prepare_dir(node.state_dir, 0o750, "node.state_dir")
         _prepare_dir(node.run_dir, 0o750, "node.run_dir")
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        stop_signals = (signal.SIGTERM, signal.SIGINT)
+        with trio.open_signal_receiver(*stop_signals, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 for runtime in self.runtimes.values():
                     await nursery.start(runtime.run)
@@ -173,7 +223,7 @@ class Daemon:
                     await nursery.start(self.fleet.run)
                 await nursery.start(self.admin.run)
                 await nursery.start(self.ingress.run)
-                ready = f"serving {len(self.config.functions)} functions on http://{self.ingress.bound_address}"
+                ready = self._ready_status()
                 log.info(
                     "huselet ready",
                     node=node.id,
@@ -186,11 +236,21 @@ class Daemon:
                 # Only a ready daemon pets the watchdog (systemd expects READY=1 first).
                 await nursery.start(self.health.run)
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        # Reload in its own task: the signal loop stays free for SIGTERM.
+                        nursery.start_soon(self._reload_on_signal)
+                        continue
                     log.info("shutdown requested", signal=signal.Signals(signum).name)
                     break
                 await self.shutdown()
                 nursery.cancel_scope.cancel()
         log.info("huselet stopped")
+
+    async def _reload_on_signal(self) -> None:
+        try:
+            await self._reload({})
+        except HuseletError:
+            pass  # refused: logged by the reloader; the running config stays
 
     async def shutdown(self) -> None:
         grace_s = self.config.node.drain_grace_ms / 1000

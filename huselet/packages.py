@@ -29,7 +29,7 @@ import os
 import re
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,6 +293,20 @@ class PackageManager:
         if resolved.digest is None or resolved.origin is None:
             raise CodeUnavailable(resolved.error or "its package could not be packed")
         return resolved.digest, resolved.origin
+
+    def refresh(self, functions: Iterable[FunctionSettings]) -> int:
+        """Re-pack the directory packages of ``functions`` (a reload: code may have changed).
+
+        An unchanged tree reuses its pack (fingerprint), so this is cheap; a
+        changed one gives new instances the new image while warm ones keep theirs.
+        """
+        if not self.settings.pack_directories or self._nursery is None:
+            return 0
+        dirs = {fn.package for fn in functions if fn.code_source == "package"}
+        for directory in dirs:
+            self._dirs[directory] = _Resolved()
+            self._start_pack(directory)
+        return len(dirs)
 
     def _start_pack(self, directory: Path) -> None:
         if self._nursery is None:

@@ -157,6 +157,16 @@ class NodeScheduler:
         self._emit("function", name, self.describe_function(name))
         pool.ensure_capacity()
 
+    def update_function(self, fn: FunctionSettings) -> None:
+        """Apply new limits of ``fn`` to its running pool (the reload's in-place path)."""
+        pool = self.pools.get(fn.name)
+        if pool is None:
+            raise UnknownFunction(f"no function named {fn.name!r} on this node")
+        pool.settings = fn
+        pool.buffer.capacity = fn.max_queue or self.config.gateway.queue_per_function
+        self._emit("function", fn.name, self.describe_function(fn.name))
+        pool.ensure_capacity()
+
     def _retire(self, pool: FunctionPool) -> None:
         assert self._nursery is not None
         pool.accepting = False

@@ -503,3 +503,17 @@ def render_scheduler(data: Mapping[str, Any]) -> str:
             ("errors", _counts(data.get("errors"))),
         ]
     )
+
+
+def render_reload(data: Mapping[str, Any]) -> str:
+    """``huselet ctl reload``: what the reload changed."""
+    parts = []
+    for key in ("added", "removed", "updated", "replaced", "trial"):
+        names = [format_cell(n) for n in data.get(key) or []]
+        if names:
+            parts.append(f"{key}: {', '.join(names)}")
+    lines = ["reloaded: " + ("; ".join(parts) if parts else "no function changed")]
+    restart = [format_cell(s) for s in data.get("restart_required") or []]
+    if restart:
+        lines.append(f"needs a restart to apply: [{'], ['.join(restart)}]")
+    return "\n".join(lines)

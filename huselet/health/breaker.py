@@ -62,6 +62,13 @@ class CircuitBreaker:
             return max(1, math.ceil(self._open_until - now))
         return 1
 
+    def allow_trial(self, now: float) -> bool:
+        """End an open period early (an operator reloaded a fix); True if it was open."""
+        if self.state is not BreakerState.OPEN:
+            return False
+        self._open_until = now
+        return True
+
     def record_success(self, now: float) -> None:
         if self.state is not BreakerState.CLOSED:
             self.state = BreakerState.CLOSED

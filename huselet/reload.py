@@ -1,0 +1,194 @@
+"""Graceful reload: SIGHUP (or ``huselet ctl reload``) re-reads the TOML file.
+
+What applies live, without dropping traffic:
+
+- a function added → its socket opens and its pool starts taking requests;
+- a function removed → its pool stops taking requests, finishes what it
+  accepted, then stops its instances;
+- a function's limits changed (instances, timeouts, queue, ``idempotent``) →
+  updated in place, warm instances keep serving;
+- anything else about a function changed (code, handler, runtime, env,
+  memory, mode) → a new pool takes new requests while the old one finishes;
+- package directories are re-packed (an unchanged tree reuses its pack), so
+  new instances run code fixed on disk;
+- a function unchanged whose breaker is open → it gets its half-open trial
+  now (the operator just said "fixed": don't make them wait the backoff).
+
+What does not apply live — ``[node]``, ``[gateway]``, ``[admin]``, ``[cache]``,
+``[scheduler]``, ``[runtimes]``, ``[health]`` — is reported as needing a
+restart and the running values stay. An invalid file is refused whole with
+its error; nothing changes. Functions deployed by the central scheduler are
+not the file's to touch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import trio
+
+from huselet.config import Config, FunctionSettings, load_config
+from huselet.errors import ConfigError, HuseletError
+from huselet.link import LinkServer
+from huselet.log import get_logger
+from huselet.runtime.base import Runtime
+from huselet.scheduler import NodeScheduler
+
+log = get_logger("reload")
+
+# Function settings that a running pool can take in place.
+LIVE_FIELDS = frozenset(
+    {
+        "max_instances",
+        "min_instances",
+        "timeout_ms",
+        "idle_timeout_ms",
+        "start_timeout_ms",
+        "max_queue",
+        "idempotent",
+    }
+)
+SECTIONS_NEEDING_RESTART = ("node", "gateway", "admin", "cache", "scheduler", "runtimes", "health")
+
+
+class ReloadRefused(HuseletError):
+    """The new configuration cannot be applied; the running one stays."""
+
+    status = 409
+    code = "reload_refused"
+
+
+class ConfigReloader:
+    def __init__(
+        self,
+        config: Config,
+        scheduler: NodeScheduler,
+        links: LinkServer,
+        runtimes: Mapping[str, Runtime],
+        known_runtimes: Iterable[str],
+        on_applied: Callable[[Config], None],
+        refresh_code: Callable[[Iterable[FunctionSettings]], object] | None = None,
+    ) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.links = links
+        self.runtimes = runtimes
+        self.known_runtimes = frozenset(known_runtimes)
+        self.on_applied = on_applied
+        # Re-reads function code that may have changed on disk (packed directories).
+        self.refresh_code = refresh_code
+        self._lock = trio.Lock()  # one reload at a time (SIGHUP and ctl may race)
+        self.reloads = 0
+        self.refused = 0
+        self.last: dict[str, Any] | None = None
+
+    async def reload(self) -> dict[str, Any]:
+        async with self._lock:
+            try:
+                outcome = await self._reload()
+            except HuseletError as exc:
+                self.refused += 1
+                self.last = {"applied": False, "error": exc.message}
+                log.error("reload refused; the running configuration stays", error=exc.message)
+                raise
+            self.reloads += 1
+            self.last = outcome
+            log.info("configuration reloaded", **outcome)
+            return outcome
+
+    async def _reload(self) -> dict[str, Any]:
+        source = self.config.source
+        if source is None:
+            raise ReloadRefused(
+                "running on the embedded default config: there is no file to reload"
+            )
+        try:
+            # Validation reads the file and stats packages: off the event loop.
+            new = await trio.to_thread.run_sync(
+                lambda: load_config(source, known_runtimes=self.known_runtimes)
+            )
+        except ConfigError as exc:
+            raise ReloadRefused(f"{source}: {exc}") from None
+        old_fns = {fn.name: fn for fn in self.config.functions}
+        new_fns = {fn.name: fn for fn in new.functions}
+        self._check(new, old_fns)
+
+        outcome: dict[str, Any] = {
+            "applied": True,
+            "added": [],
+            "removed": [],
+            "updated": [],
+            "replaced": [],
+            "trial": [],
+            "restart_required": [
+                section
+                for section in SECTIONS_NEEDING_RESTART
+                if getattr(new, section) != getattr(self.config, section)
+            ],
+        }
+        if self.refresh_code is not None:
+            self.refresh_code(new.functions)
+        now = trio.current_time()
+        for name in old_fns.keys() - new_fns.keys():
+            self.scheduler.remove_function(name)
+            outcome["removed"].append(name)
+        for name, fn in new_fns.items():
+            old = old_fns.get(name)
+            if old is None:
+                await self.links.add_function(name)
+                self.scheduler.deploy_function(fn, {"source": "config"})
+                outcome["added"].append(name)
+            elif fn == old:
+                pool = self.scheduler.pools.get(name)
+                if pool is not None and pool.breaker.allow_trial(now):
+                    outcome["trial"].append(name)
+            elif _changed_fields(old, fn) <= LIVE_FIELDS:
+                self.scheduler.update_function(fn)
+                outcome["updated"].append(name)
+            else:
+                self.scheduler.deploy_function(fn, {"source": "config"})
+                outcome["replaced"].append(name)
+        # Sections that need a restart keep their running values.
+        self.config = dataclasses.replace(self.config, functions=new.functions)
+        self.on_applied(self.config)
+        for key in ("added", "removed", "updated", "replaced", "trial"):
+            outcome[key].sort()
+        if outcome["restart_required"]:
+            log.warning(
+                "reload: these sections changed but apply only after a restart",
+                sections=outcome["restart_required"],
+            )
+        return outcome
+
+    def _check(self, new: Config, old_fns: Mapping[str, FunctionSettings]) -> None:
+        """Refuse before changing anything: a half-applied reload is worse than none."""
+        for i, fn in enumerate(new.functions):
+            if fn.runtime not in self.runtimes:
+                raise ReloadRefused(
+                    f"functions[{i}].runtime: runtime {fn.runtime!r} was not started with the "
+                    "daemon; adding a runtime needs a restart"
+                )
+            meta = self.scheduler.function_meta.get(fn.name, {})
+            if fn.name not in old_fns and meta.get("source") == "scheduler":
+                raise ReloadRefused(
+                    f"functions[{i}].name: {fn.name!r} is deployed here by the central "
+                    "scheduler; the file cannot take it over"
+                )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": str(self.config.source) if self.config.source else None,
+            "reloads": self.reloads,
+            "refused": self.refused,
+            "last": self.last,
+        }
+
+
+def _changed_fields(old: FunctionSettings, new: FunctionSettings) -> set[str]:
+    return {
+        f.name
+        for f in dataclasses.fields(FunctionSettings)
+        if getattr(old, f.name) != getattr(new, f.name)
+    }
