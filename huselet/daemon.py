@@ -30,6 +30,12 @@ from huselet.fleet import FleetCommands, SchedulerLink
 from huselet.fleet.commands import FunctionStore
 from huselet.gateway.http import HttpIngress
 from huselet.health.lag import LagProbe
+from huselet.health.observers import (
+    CacheIntegrity,
+    CrashLoops,
+    InstanceLiveness,
+    SchedulerLinkHealth,
+)
 from huselet.health.supervisor import HealthSupervisor
 from huselet.health.watchdog import WatchdogPetter, watchdog_interval_s
 from huselet.link import LinkServer
@@ -115,6 +121,14 @@ class Daemon:
                 ),
             ]
         )
+        for observer in (
+            InstanceLiveness(self.scheduler),
+            CrashLoops(self.scheduler),
+            CacheIntegrity(self.cache.scrubber),
+        ):
+            self.health.add(observer)
+        if self.fleet is not None:
+            self.health.add(SchedulerLinkHealth(self.fleet))
         self._register_admin_commands()
 
     def _critical_checks(self) -> dict[str, Callable[[], str | None]]:

@@ -1,0 +1,157 @@
+"""Health loops that report faults mended elsewhere, so ``huselet ctl health`` shows them.
+
+Instance deaths, missed heartbeats and deadline kills are noticed and mended
+inside each function's pool, at once (pidfd, heartbeat task, deadline) — a
+loop polling for them would only be slower. These loops turn the pools'
+counters into one report per fault class: its state, the last healing action
+and counters, each sampled every ``period_s``.
+
+- ``instances``: dead, stuck and silent instances replaced; requests retried.
+- ``crash_loops``: functions whose circuit breaker is open.
+- ``scheduler_link``: the link to the central scheduler (fleet mode only).
+- ``cache_integrity``: images the scrub found corrupt and quarantined.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import trio
+
+from huselet.health.supervisor import HealthState, LoopReport
+
+# Pool counters that mean "an instance was lost and replaced", with how to say it.
+INSTANCE_FAULTS = {
+    "instances_lost": "instances ended unexpectedly",
+    "heartbeat_missed": "idle instances missed their heartbeat",
+    "deadline_exceeded": "requests passed their deadline (instance killed)",
+    "retried": "idempotent requests retried on a fresh instance",
+}
+RECENT_S = 10.0  # a fault this recent keeps the loop degraded
+
+
+class InstanceLiveness:
+    name = "instances"
+
+    def __init__(self, scheduler: Any, *, period_s: float = 0.5) -> None:
+        self.scheduler = scheduler
+        self.period_s = period_s
+
+    def _totals(self) -> dict[str, Counter[str]]:
+        totals: dict[str, Counter[str]] = {}
+        for pool in self.scheduler.pools.values():
+            totals[pool.name] = Counter({k: pool.counters[k] for k in INSTANCE_FAULTS})
+        return totals
+
+    async def run(self, report: LoopReport) -> None:
+        seen = self._totals()
+        last_fault_at: float | None = None
+        while True:
+            await trio.sleep(self.period_s)
+            now = trio.current_time()
+            current = self._totals()
+            for function, counts in current.items():
+                # A replaced pool (reload) starts its counters afresh: no negative deltas.
+                delta = counts - seen.get(function, Counter())
+                for key, n in delta.items():
+                    report.counters[key] += n
+                    report.action(f"{function}: {n} {INSTANCE_FAULTS[key]}", function=function)
+                    last_fault_at = now
+            seen = current
+            live = sum(len(p.instances) for p in self.scheduler.pools.values())
+            if last_fault_at is not None and now - last_fault_at < RECENT_S:
+                report.set(HealthState.DEGRADED, f"{live} instances; faults mended just now")
+            else:
+                report.set(HealthState.OK, f"{live} instances")
+
+
+class CrashLoops:
+    name = "crash_loops"
+
+    def __init__(self, scheduler: Any, *, period_s: float = 0.5) -> None:
+        self.scheduler = scheduler
+        self.period_s = period_s
+
+    async def run(self, report: LoopReport) -> None:
+        opened: dict[str, int] = {}
+        while True:
+            now = trio.current_time()
+            failing = []
+            for pool in self.scheduler.pools.values():
+                breaker = pool.breaker
+                if breaker.opened > opened.get(pool.name, 0):
+                    report.counters["breakers_opened"] += breaker.opened - opened.get(pool.name, 0)
+                    report.action(
+                        f"{pool.name}: circuit breaker opened ({breaker.last_reason})",
+                        function=pool.name,
+                    )
+                opened[pool.name] = breaker.opened
+                state = breaker.describe(now)["state"]
+                if state != "closed":
+                    failing.append(f"{pool.name} ({state}: {breaker.last_reason})")
+            if failing:
+                report.set(HealthState.DEGRADED, "breaker not closed: " + "; ".join(failing))
+            else:
+                report.set(HealthState.OK, "every breaker closed")
+            await trio.sleep(self.period_s)
+
+
+class SchedulerLinkHealth:
+    """The fleet link: degraded while it is not established (the node still serves)."""
+
+    name = "scheduler_link"
+
+    def __init__(self, link: Any, *, period_s: float = 1.0, grace_s: float = 5.0) -> None:
+        self.link = link
+        self.period_s = period_s
+        self.grace_s = grace_s
+
+    async def run(self, report: LoopReport) -> None:
+        down_since: float | None = None
+        was_up = False
+        while True:
+            now = trio.current_time()
+            state = self.link.state
+            if state == "established":
+                if down_since is not None and was_up:
+                    report.counters["reconnects"] += 1
+                    report.action("link to the central scheduler re-established")
+                down_since, was_up = None, True
+                report.set(HealthState.OK, f"established with {self.link.address}")
+            else:
+                down_since = now if down_since is None else down_since
+                if now - down_since >= self.grace_s:
+                    report.set(
+                        HealthState.DEGRADED,
+                        f"{state} for {now - down_since:.0f}s; serving what is deployed",
+                    )
+            await trio.sleep(self.period_s)
+
+
+class CacheIntegrity:
+    """What the scrub found: corrupt images are quarantined and fetched again."""
+
+    name = "cache_integrity"
+
+    def __init__(self, scrubber: Any, *, period_s: float = 1.0) -> None:
+        self.scrubber = scrubber
+        self.period_s = period_s
+
+    async def run(self, report: LoopReport) -> None:
+        passes = 0
+        while True:
+            if self.scrubber.passes != passes and self.scrubber.last_pass is not None:
+                passes = self.scrubber.passes
+                last = self.scrubber.last_pass
+                bad = last.get("bad") or []
+                report.counters["passes"] = passes
+                if bad:
+                    report.counters["quarantined"] += len(bad)
+                    report.action(f"quarantined {len(bad)} corrupt images for re-fetch")
+                    report.set(HealthState.DEGRADED, f"last pass found {len(bad)} corrupt images")
+                else:
+                    report.set(HealthState.OK, f"last pass: {last.get('checked', 0)} images ok")
+            elif passes == 0:
+                report.set(HealthState.OK, "no scrub pass yet")
+            await trio.sleep(self.period_s)
