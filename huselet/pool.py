@@ -505,6 +505,13 @@ class FunctionPool:
         while True:
             if record.inflight:
                 await trio.sleep(interval)
+                if record.inflight and _stopped_by_signal(record.handle):
+                    # SIGSTOPped (or held by a tracer) mid-request: it cannot
+                    # finish; answering now beats waiting out the deadline.
+                    self.counters["stopped_busy"] += 1
+                    log.warning("busy instance is stopped", function=self.name, instance=record.id)
+                    record.stop("frozen by SIGSTOP or a tracer")
+                    return
                 continue
             await trio.sleep_until(record.last_heard + interval)
             if record.inflight or trio.current_time() - record.last_heard < interval:
@@ -725,3 +732,16 @@ class FunctionPool:
             "last_start_error": self.last_start_error,
             "breaker": self.breaker.describe(trio.current_time()),
         }
+
+
+def _stopped_by_signal(handle: InstanceHandle | None) -> bool:
+    """Is the instance's process in the stopped (T) or traced (t) state?"""
+    if handle is None or handle.pid is None:
+        return False
+    try:
+        with open(f"/proc/{handle.pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False  # gone: its exit is seen through the pidfd
+    # The command name (in parentheses) may hold spaces; the state follows it.
+    return stat.rsplit(b")", 1)[-1].split()[:1] in ([b"T"], [b"t"])

@@ -166,3 +166,24 @@ async def test_held_starts_serve_warm_instances_and_refuse_cold_functions(
         assert all(
             r.state is not InstanceState.STARTING for r in node.pool("warm").instances.values()
         )
+
+
+async def test_a_busy_instance_stopped_by_sigstop_is_replaced_before_the_deadline(
+    short_tmp: Path,
+) -> None:
+    health = {"heartbeat_interval_ms": 200}
+    functions = [fn(short_tmp, "plain", timeout_ms=20_000), fn(short_tmp, "idem", idempotent=True)]
+    async with running_stack(short_tmp, functions, extra={"health": health}) as node:
+        with trio.fail_after(30):
+            started = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(kill_the_instance_running, node.pool("plain"), signal.SIGSTOP)
+                with pytest.raises(InstanceLost, match="frozen by SIGSTOP or a tracer"):
+                    await node.scheduler.invoke("plain", b'{"sleep": 1}', "json")
+            assert trio.current_time() - started < 10  # far before its 20 s deadline
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(kill_the_instance_running, node.pool("idem"), signal.SIGSTOP)
+                result = await node.scheduler.invoke("idem", b'{"sleep": 0.5}', "json")
+        assert json.loads(result.body)["pid"] > 0
+        assert node.pool("plain").counters["stopped_busy"] == 1
+        assert node.pool("idem").counters["retried"] == 1

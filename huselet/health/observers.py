@@ -25,6 +25,7 @@ from huselet.health.supervisor import HealthState, LoopReport
 INSTANCE_FAULTS = {
     "instances_lost": "instances ended unexpectedly",
     "heartbeat_missed": "idle instances missed their heartbeat",
+    "stopped_busy": "busy instances were found stopped by a signal",
     "deadline_exceeded": "requests passed their deadline (instance killed)",
     "retried": "idempotent requests retried on a fresh instance",
 }
