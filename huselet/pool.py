@@ -517,12 +517,15 @@ class FunctionPool:
             if record.inflight or trio.current_time() - record.last_heard < interval:
                 continue
             pinged_at = trio.current_time()
-            try:
-                await link.send(PING_FRAME)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                record.stop(f"the link to the instance broke ({exc})")
-                return
-            await trio.sleep(timeout)
+            # A worker that stopped reading may have a full socket buffer: the
+            # send shares the answer's deadline instead of blocking forever.
+            with trio.move_on_at(pinged_at + timeout):
+                try:
+                    await link.send(PING_FRAME)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    record.stop(f"the link to the instance broke ({exc})")
+                    return
+            await trio.sleep_until(pinged_at + timeout)
             if record.last_heard < pinged_at and not record.inflight:
                 self.counters["heartbeat_missed"] += 1
                 log.warning(
