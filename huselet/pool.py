@@ -519,12 +519,17 @@ class FunctionPool:
             pinged_at = trio.current_time()
             # A worker that stopped reading may have a full socket buffer: the
             # send shares the answer's deadline instead of blocking forever.
-            with trio.move_on_at(pinged_at + timeout):
+            with trio.move_on_at(pinged_at + timeout) as sending:
                 try:
                     await link.send(PING_FRAME)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     record.stop(f"the link to the instance broke ({exc})")
                     return
+            if sending.cancelled_caught:
+                # Part of a frame may be on the wire: the link cannot be trusted.
+                self.counters["heartbeat_missed"] += 1
+                record.stop("missed heartbeat (not reading its link)")
+                return
             await trio.sleep_until(pinged_at + timeout)
             if record.last_heard < pinged_at and not record.inflight:
                 self.counters["heartbeat_missed"] += 1
