@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -41,13 +43,17 @@ def calls(root: Path, name: str) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-async def kill_the_instance_running(pool, signum: int) -> int:  # type: ignore[no-untyped-def]
-    """Wait until an instance is busy, send it ``signum``; return its pid."""
+async def kill_the_instance_running(  # type: ignore[no-untyped-def]
+    pool, signum: int, *, exclude: int = 0, when: Callable[[], bool] = lambda: True
+) -> int:
+    """Wait until an instance (not ``exclude``) is busy and ``when()`` holds
+    (e.g. its handler recorded the call), send it ``signum``; return its pid."""
     while True:
         for record in pool.instances.values():
-            if record.inflight and record.handle is not None:
-                os.kill(record.handle.pid, signum)
-                return int(record.handle.pid)
+            pid = record.handle.pid if record.handle is not None else None
+            if record.inflight and pid and pid != exclude and when():
+                os.kill(pid, signum)
+                return int(pid)
         await trio.sleep(0.005)
 
 
@@ -56,7 +62,10 @@ async def test_idempotent_request_is_retried_once_on_a_fresh_instance(short_tmp:
         pool = node.pool("idem")
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(kill_the_instance_running, pool, signal.SIGKILL)
+                ran = lambda: len(calls(short_tmp, "idem")) == 1  # noqa: E731
+                nursery.start_soon(
+                    partial(kill_the_instance_running, pool, signal.SIGKILL, when=ran)
+                )
                 result = await node.scheduler.invoke(
                     "idem", b'{"sleep": 0.5}', "json", request_id="r-1"
                 )
@@ -72,13 +81,11 @@ async def test_idempotent_request_is_retried_only_once(short_tmp: Path) -> None:
         with trio.fail_after(30):
 
             async def kill_twice() -> None:
-                first = await kill_the_instance_running(pool, signal.SIGKILL)
-                while True:  # the retry's instance, once it has the request
-                    busy = [r for r in pool.instances.values() if r.inflight and r.handle]
-                    if busy and busy[0].handle.pid != first:
-                        os.kill(busy[0].handle.pid, signal.SIGKILL)
-                        return
-                    await trio.sleep(0.005)
+                def ran(n: int) -> Callable[[], bool]:
+                    return lambda: len(calls(short_tmp, "idem")) == n
+
+                first = await kill_the_instance_running(pool, signal.SIGKILL, when=ran(1))
+                await kill_the_instance_running(pool, signal.SIGKILL, exclude=first, when=ran(2))
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(kill_twice)
@@ -93,7 +100,10 @@ async def test_a_function_not_declared_idempotent_is_never_retried(short_tmp: Pa
         pool = node.pool("plain")
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(kill_the_instance_running, pool, signal.SIGKILL)
+                ran = lambda: len(calls(short_tmp, "plain")) == 1  # noqa: E731
+                nursery.start_soon(
+                    partial(kill_the_instance_running, pool, signal.SIGKILL, when=ran)
+                )
                 with pytest.raises(InstanceLost, match="killed by SIGKILL while serving"):
                     await node.scheduler.invoke("plain", b'{"sleep": 5}', "json", request_id="r-3")
         assert calls(short_tmp, "plain") == ["r-3"]
