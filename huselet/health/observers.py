@@ -23,11 +23,11 @@ from huselet.health.supervisor import HealthState, LoopReport
 
 # Pool counters that mean "an instance was lost and replaced", with how to say it.
 INSTANCE_FAULTS = {
-    "instances_lost": "instances ended unexpectedly",
-    "heartbeat_missed": "idle instances missed their heartbeat",
-    "stopped_busy": "busy instances were found stopped by a signal",
-    "deadline_exceeded": "requests passed their deadline (instance killed)",
-    "retried": "idempotent requests retried on a fresh instance",
+    "instances_lost": "instance ended unexpectedly",
+    "heartbeat_missed": "idle instance missed its heartbeat",
+    "stopped_busy": "busy instance found frozen by a signal",
+    "deadline_exceeded": "request passed its deadline (instance killed)",
+    "retried": "idempotent request retried on a fresh instance",
 }
 RECENT_S = 10.0  # a fault this recent keeps the loop degraded
 
@@ -57,7 +57,7 @@ class InstanceLiveness:
                 delta = counts - seen.get(function, Counter())
                 for key, n in delta.items():
                     report.counters[key] += n
-                    report.action(f"{function}: {n} {INSTANCE_FAULTS[key]}", function=function)
+                    report.action(f"{function}: {INSTANCE_FAULTS[key]} (×{n})", function=function)
                     last_fault_at = now
             seen = current
             live = sum(len(p.instances) for p in self.scheduler.pools.values())
