@@ -255,6 +255,7 @@ class FunctionPool:
         record = inv.instance
         if record is not None and inv.request_id in record.inflight:
             record.inflight.pop(inv.request_id, None)
+            self.counters["deadline_kills"] += 1
             record.stop("request deadline passed")
 
     # --- scaling ----------------------------------------------------------------

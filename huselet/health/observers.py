@@ -26,7 +26,7 @@ INSTANCE_FAULTS = {
     "instances_lost": "instance ended unexpectedly",
     "heartbeat_missed": "idle instance missed its heartbeat",
     "stopped_busy": "busy instance found frozen by a signal",
-    "deadline_exceeded": "request passed its deadline (instance killed)",
+    "deadline_kills": "instance killed: its request passed the deadline",
     "retried": "idempotent request retried on a fresh instance",
 }
 RECENT_S = 10.0  # a fault this recent keeps the loop degraded
