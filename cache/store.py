@@ -20,6 +20,12 @@ Layout under ``state_dir``::
 
 Downloads in progress are not counted against the disk budget (each is at
 most ``max_image_bytes``).
+
+**Disk pressure** (the file system itself nearly full, whatever the budget):
+the health loop calls :meth:`ImageStore.refuse_installs` — new images are then
+refused with :class:`LowDiskSpace` before a byte is downloaded, while installed
+images keep serving — and :meth:`ImageStore.evict_unused` to free what no
+instance holds.
 """
 
 from __future__ import annotations
@@ -51,6 +57,15 @@ from cache.reader import ImageReader
 from cache.singleflight import FetchCoordinator
 
 log = logging.getLogger("huselet.cache")
+
+
+class LowDiskSpace(CacheError):
+    """New images are refused: the state dir's file system is nearly full.
+
+    Not a :class:`CacheFull`: the store may have budget left, it is the file
+    system under it that is short (and it passes once space comes back).
+    """
+
 
 _TOUCH_INTERVAL_S = 60.0  # how stale an mtime may get before a hit refreshes it
 
@@ -162,6 +177,9 @@ class ImageStore:
         )
         self._reserved_bytes = 0  # images being renamed into place
         self._stats = StoreStats()
+        # Set by the disk-pressure loop: why new images are refused right now.
+        self.installs_refused: str | None = None
+        self.installs_refused_count = 0
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -284,6 +302,9 @@ class ImageStore:
                 first = False
             if origin is None:
                 raise ImageNotFound(f"image {digest} is not in the store and has no origin")
+            # Checked before a flight starts, so a refusal leaves no fetch
+            # cool-down behind: once space is back the next call installs.
+            self._check_installs_allowed(digest)
             await self._fetcher.fetch(digest, origin)
         if first:
             self._stats.disk_hits += 1
@@ -306,6 +327,33 @@ class ImageStore:
 
     def contains(self, digest: str) -> bool:
         return digest in self._disk
+
+    # -- disk pressure (driven by huselet.health.pressure) ---------------------------------
+
+    def refuse_installs(self, reason: str | None) -> None:
+        """While ``reason`` is set, installing a new image raises :class:`LowDiskSpace`.
+
+        ``reason`` completes "refusing to install image <digest>: …", e.g.
+        ``"state dir /var/lib/huselet has 3.0% free (needs 10%)"``. Images
+        already installed are served as before. ``None`` accepts again.
+        """
+        self.installs_refused = reason
+
+    def _check_installs_allowed(self, digest: str) -> None:
+        if self.installs_refused is not None:
+            self.installs_refused_count += 1
+            raise LowDiskSpace(f"refusing to install image {digest}: {self.installs_refused}")
+
+    def evict_unused(self) -> list[ImageState]:
+        """Evict every installed image no lease pins (no instance uses it); return them."""
+        evicted = []
+        for image in list(self._disk.values()):
+            if image.pins == 0:
+                evicted.append(
+                    ImageState(image.digest, image.path, image.size, mapped=False, pins=0)
+                )
+                self._evict(image)
+        return evicted
 
     # -- inspection and per-image scrub (used by huselet.packages / huselet.scrub) ------
 
@@ -366,6 +414,8 @@ class ImageStore:
         part = self.images_dir / f"{digest}.{secrets.token_hex(4)}.part"
         final = self.images_dir / fmt.image_file_name(digest)
         try:
+            # A flight that started just before the disk filled up.
+            self._check_installs_allowed(digest)
             await origin.fetch(digest, part, max_bytes=self.max_image_bytes)
             size = await trio.to_thread.run_sync(_verify_download, part, digest)
             self._make_room(size, digest)

@@ -104,6 +104,22 @@ class CodeCache:
     def _refetch(self, digest: str, origin: Origin) -> None:
         self.prefetcher.hint(digest, origin, reason="refetch")
 
+    # -- disk pressure (driven by huselet.health.pressure) ---------------------------------
+
+    def refuse_installs(self, reason: str | None) -> None:
+        """Refuse new images while ``reason`` is set (see :meth:`ImageStore.refuse_installs`)."""
+        if (reason is None) != (self.store.installs_refused is None):
+            kind = "installs_accepted" if reason is None else "installs_refused"
+            self.packages.note(kind, None, reason or "disk pressure over")
+        self.store.refuse_installs(reason)
+
+    def evict_unused(self) -> list[str]:
+        """Evict every image no instance holds; the digests, each noted for ``ctl cache``."""
+        evicted = self.store.evict_unused()
+        for image in evicted:
+            self.packages.note("evicted", image.digest, "disk pressure", size=image.size)
+        return [image.digest for image in evicted]
+
     # -- admin commands -----------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:

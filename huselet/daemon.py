@@ -36,6 +36,7 @@ from huselet.health.observers import (
     InstanceLiveness,
     SchedulerLinkHealth,
 )
+from huselet.health.pressure import build_pressure_loops
 from huselet.health.supervisor import HealthSupervisor
 from huselet.health.watchdog import WatchdogPetter, watchdog_interval_s
 from huselet.link import LinkServer
@@ -121,6 +122,14 @@ class Daemon:
                 ),
             ]
         )
+        for loop in build_pressure_loops(
+            config.health,
+            state_dir=config.node.state_dir,
+            scheduler=self.scheduler,
+            cache=self.cache,
+            ingress=self.ingress,
+        ):
+            self.health.add(loop)
         for observer in (
             InstanceLiveness(self.scheduler),
             CrashLoops(self.scheduler),

@@ -49,7 +49,7 @@ from cache.errors import (
 )
 from cache.origin import DirectoryOrigin, ImageSink, Origin, origin_from_url
 from cache.reader import ImageReader
-from cache.store import ImageLease, ImageStore
+from cache.store import ImageLease, ImageStore, LowDiskSpace
 from huselet.config import Config, FunctionSettings
 from huselet.errors import HuseletError
 from huselet.log import get_logger
@@ -157,6 +157,8 @@ def caller_reason(exc: CacheError) -> str:
         reason = "is not at its origin"
     elif isinstance(exc, ImageTooLarge):
         reason = "is larger than this node accepts"
+    elif isinstance(exc, LowDiskSpace):
+        reason = "cannot be installed now: the node's disk is nearly full"
     elif isinstance(exc, DiskFull):
         reason = "cannot be installed: the node's disk is full"
     elif isinstance(exc, CacheFull):

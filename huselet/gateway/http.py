@@ -95,6 +95,12 @@ class HttpIngress:
         self._rejecting = trio.CapacityLimiter(REJECT_CONCURRENCY)
         self._warnings = WarningBudget(WARN_BURST, WARN_WINDOW_S)
         self.active_requests = 0  # requests between their head and their reply's last byte
+        # Set by the descriptor-pressure loop: new connections get an immediate 503.
+        self.refusing_connections: str | None = None
+
+    def refuse_connections(self, reason: str | None) -> None:
+        """While ``reason`` is set, answer every new connection 503 (``reason``) and close it."""
+        self.refusing_connections = reason
 
     @property
     def draining(self) -> bool:
@@ -141,18 +147,21 @@ class HttpIngress:
         except OSError:
             await trio.aclose_forcefully(stream)  # reset before we got to it
             return
+        if self.refusing_connections is not None:
+            await self._refuse(stream, self.refusing_connections)
+            return
         try:
             self._connections.acquire_nowait()
         except trio.WouldBlock:
-            await self._refuse(stream)
+            await self._refuse(stream, "too many connections")
             return
         try:
             await Connection(stream, self, self._limits, self._warnings).serve()
         finally:
             self._connections.release()
 
-    async def _refuse(self, stream: trio.SocketStream) -> None:
-        """Answer 503 on a connection beyond ``max_connections`` and close it.
+    async def _refuse(self, stream: trio.SocketStream, why: str) -> None:
+        """Answer 503 on a connection beyond ``max_connections`` (or under pressure), close it.
 
         Failing fast (rather than leaving the client in the accept backlog until
         a slot frees, which with keep-alive can take idle_timeout) lets a load
@@ -166,7 +175,7 @@ class HttpIngress:
             return
         try:
             conn = h11.Connection(h11.SERVER)
-            reply = error_reply(Overloaded("too many connections", retry_after_s=1))
+            reply = error_reply(Overloaded(why, retry_after_s=1))
             data = render(conn, reply, new_request_id(), close=True, head_only=False)
             with trio.move_on_after(LINGER_S):
                 await stream.send_all(data)

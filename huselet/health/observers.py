@@ -57,7 +57,7 @@ class InstanceLiveness:
                 delta = counts - seen.get(function, Counter())
                 for key, n in delta.items():
                     report.counters[key] += n
-                    report.action(f"{function}: {INSTANCE_FAULTS[key]} (×{n})", function=function)
+                    report.action(f"{function}: {INSTANCE_FAULTS[key]} (x{n})", function=function)
                     last_fault_at = now
             seen = current
             live = sum(len(p.instances) for p in self.scheduler.pools.values())

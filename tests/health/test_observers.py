@@ -52,7 +52,7 @@ async def test_instance_deaths_are_reported_as_healing_actions(short_tmp: Path) 
                 while report.counters["instances_lost"] == 0:
                     await trio.sleep(0.01)
             assert report.state.value == "degraded"
-            assert report.last_action == "s: instance ended unexpectedly (×1)"
+            assert report.last_action == "s: instance ended unexpectedly (x1)"
             nursery.cancel_scope.cancel()
 
 

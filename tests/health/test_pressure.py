@@ -1,0 +1,465 @@
+"""Resource-pressure loops: the hysteresis decisions with plain numbers, each loop
+driven by scripted measurements against fakes, and the real parts — an ImageStore
+refusing installs under disk pressure, the ingress refusing connections, the
+/proc measurements."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import h11
+import pytest
+import trio
+from cache_support import build_image, variant
+
+from cache.origin import DirectoryOrigin
+from cache.store import ImageStore, LowDiskSpace
+from huselet.config import GatewaySettings, TcpAddress
+from huselet.gateway import HttpIngress
+from huselet.health.pressure import (
+    Change,
+    DiskPressure,
+    DiskSample,
+    FdPressure,
+    FdSample,
+    Hysteresis,
+    MemoryPressure,
+    MemorySample,
+    build_pressure_loops,
+    measure_disk,
+    measure_fds,
+    measure_memory,
+    process_memory_bytes,
+)
+from huselet.health.settings import HealthSettings
+from huselet.health.supervisor import HealthState, HealthSupervisor, LoopReport
+from huselet.invocation import InvokeResult
+
+MiB = 1 << 20
+T = TypeVar("T")
+GUARD_S = 10  # hang guard, not a timing assertion
+
+
+# --- Hysteresis ------------------------------------------------------------------------------
+
+
+def transitions(gate: Hysteresis, values: Sequence[float]) -> list[Change | None]:
+    return [gate.update(v) for v in values]
+
+
+def test_high_is_bad_enters_at_the_threshold_and_leaves_only_past_the_other() -> None:
+    gate = Hysteresis(95, 85)
+    assert transitions(gate, [50, 94.9]) == [None, None]
+    assert gate.update(95) is Change.ENTER and gate.active
+    # Inside the band, and exactly at leave: still active.
+    assert transitions(gate, [90, 85, 99, 85]) == [None] * 4
+    assert gate.update(84.9) is Change.LEAVE and not gate.active
+    assert gate.update(94) is None
+
+
+def test_low_is_bad_for_free_space() -> None:
+    gate = Hysteresis(5, 10)
+    assert not gate.high_is_bad
+    assert transitions(gate, [50, 5.1, 5]) == [None, None, Change.ENTER]
+    assert transitions(gate, [3, 9.9, 10]) == [None, None, None]
+    assert gate.update(10.1) is Change.LEAVE
+    assert transitions(gate, [6, 9]) == [None, None]
+
+
+def test_a_sawtooth_at_either_threshold_does_not_flap() -> None:
+    gate = Hysteresis(95, 85)
+    # Hovering around the enter threshold: one entry, no exit.
+    saw = [94.5, 95.5] * 50
+    assert [c for c in transitions(gate, saw) if c] == [Change.ENTER]
+    # Hovering around the leave threshold: one exit, no re-entry.
+    saw = [85.5, 84.5] * 50
+    assert [c for c in transitions(gate, saw) if c] == [Change.LEAVE]
+    # A sawtooth spanning the whole band does switch each time: that is real change.
+    assert [c for c in transitions(gate, [96, 80, 96, 80]) if c] == [
+        Change.ENTER,
+        Change.LEAVE,
+        Change.ENTER,
+        Change.LEAVE,
+    ]
+
+
+def test_thresholds_must_differ() -> None:
+    with pytest.raises(ValueError):
+        Hysteresis(90, 90)
+
+
+# --- fakes
+
+
+class Script(Generic[T]):
+    """Returns the scripted samples one per call (the last one forever)."""
+
+    def __init__(self, samples: list[T]) -> None:
+        self.samples = samples
+
+    def next(self) -> T:
+        return self.samples.pop(0) if len(self.samples) > 1 else self.samples[0]
+
+
+class FakeScheduler:
+    def __init__(self, idle: int = 0) -> None:
+        self.holds: list[str | None] = []
+        self.reaps: list[str] = []
+        self.idle = idle
+        self.pids = [101, 102]
+
+    def hold_starts(self, reason: str | None) -> None:
+        self.holds.append(reason)
+
+    def reap_idle(self, reason: str) -> int:
+        self.reaps.append(reason)
+        reaped, self.idle = self.idle, 0
+        return reaped
+
+    def instance_pids(self) -> list[int]:
+        return list(self.pids)
+
+
+class FakeIngress:
+    def __init__(self) -> None:
+        self.refusals: list[str | None] = []
+
+    def refuse_connections(self, reason: str | None) -> None:
+        self.refusals.append(reason)
+
+
+# --- MemoryPressure
+
+
+def memory_loop(
+    scheduler: FakeScheduler, used_mb: list[float], *, available_mb: float = 4096, min_mb: int = 0
+) -> MemoryPressure:
+    script = Script([MemorySample(int(u * MiB), 2, int(available_mb * MiB)) for u in used_mb])
+    return MemoryPressure(
+        scheduler,
+        interval_s=1,
+        budget_bytes=100 * MiB,
+        enter_percent=95,
+        leave_percent=85,
+        min_available_bytes=min_mb * MiB,
+        measure=lambda pids: script.next(),
+    )
+
+
+async def test_memory_pressure_holds_starts_reaps_idle_and_recovers() -> None:
+    scheduler = FakeScheduler(idle=3)
+    # under, over (enter), still severe, in the band, just at leave, past leave.
+    loop = memory_loop(scheduler, [50, 96, 97, 90, 85, 84])
+    report = LoopReport("memory")
+
+    await loop.check(report)
+    assert report.state is HealthState.OK and scheduler.holds == [] and scheduler.reaps == []
+    assert "50 MiB of the node's 100 MiB budget" in report.detail
+
+    await loop.check(report)  # 96 %: enter
+    assert report.state is HealthState.DEGRADED
+    assert "96 MiB of the node's 100 MiB budget (96.0%)" in report.detail
+    assert len(scheduler.holds) == 1 and "memory pressure" in (scheduler.holds[0] or "")
+    assert len(scheduler.reaps) == 1 and report.counters["instances_reaped"] == 3
+    assert report.counters["entered"] == 1
+    assert report.last_action == "reaped idle instances"
+
+    scheduler.idle = 1  # an instance finished its request meanwhile
+    await loop.check(report)  # 97 %: still at the enter side → reap what became idle
+    assert len(scheduler.reaps) == 2 and report.counters["instances_reaped"] == 4
+    await loop.check(report)  # 90 %: in the band, no more reaping, still held
+    await loop.check(report)  # 85 %: not past leave yet
+    assert len(scheduler.reaps) == 2
+    assert scheduler.holds[1:] == [] and report.state is HealthState.DEGRADED
+
+    await loop.check(report)  # 84 %: leave
+    assert scheduler.holds[-1] is None and report.counters["left"] == 1
+    assert report.state is HealthState.OK
+    assert report.last_action == "starting instances again"
+
+
+async def test_memory_band_does_not_reap() -> None:
+    scheduler = FakeScheduler()
+    loop = memory_loop(scheduler, [96, 90, 88, 94.9])
+    report = LoopReport("memory")
+    for _ in range(4):
+        await loop.check(report)
+    assert len(scheduler.reaps) == 1  # only at entry
+    assert report.counters["entered"] == 1 and report.counters["left"] == 0
+
+
+async def test_memory_sawtooth_near_the_budget_does_not_flap() -> None:
+    scheduler = FakeScheduler()
+    loop = memory_loop(scheduler, [94.9, 95.1] * 20 + [84.9, 85.1] * 20)
+    report = LoopReport("memory")
+    for _ in range(80):
+        await loop.check(report)
+    assert report.counters["entered"] == 1 and report.counters["left"] == 1
+    assert [h is None for h in scheduler.holds] == [False, True]
+
+
+async def test_low_host_memory_is_pressure_too() -> None:
+    scheduler = FakeScheduler()
+    loop = memory_loop(scheduler, [10], available_mb=100, min_mb=256)
+    report = LoopReport("memory")
+    await loop.check(report)
+    assert report.state is HealthState.DEGRADED
+    assert "the host has 100 MiB available (minimum 256 MiB)" in report.detail
+    assert "the host has 100 MiB available" in (scheduler.holds[0] or "")
+    # Leaves only once MemAvailable is 1.25 times the minimum again.
+    loop.measure = lambda pids: MemorySample(10 * MiB, 1, 300 * MiB)
+    await loop.check(report)
+    assert report.state is HealthState.DEGRADED
+    loop.measure = lambda pids: MemorySample(10 * MiB, 1, 330 * MiB)
+    await loop.check(report)
+    assert report.state is HealthState.OK and scheduler.holds[-1] is None
+
+
+# --- FdPressure
+
+
+async def test_fd_pressure_refuses_connections_then_accepts_again() -> None:
+    scheduler, ingress = FakeScheduler(idle=2), FakeIngress()
+    script = Script([FdSample(n, 1000) for n in (500, 860, 800, 700, 690)])
+    loop = FdPressure(
+        ingress,
+        scheduler,
+        interval_s=1,
+        enter_percent=85,
+        leave_percent=70,
+        measure=lambda: script.next(),
+    )
+    report = LoopReport("descriptors")
+    await loop.check(report)
+    assert ingress.refusals == [] and report.detail.startswith("500 of 1000 descriptors open")
+    await loop.check(report)
+    assert ingress.refusals == [
+        "the node is short of file descriptors: 860 of 1000 descriptors open (86.0%)"
+    ]
+    assert report.counters["instances_reaped"] == 2 and report.state is HealthState.DEGRADED
+    await loop.check(report)
+    await loop.check(report)  # 70 % exactly: not past leave
+    assert len(ingress.refusals) == 1 and report.state is HealthState.DEGRADED
+    await loop.check(report)
+    assert ingress.refusals[-1] is None and report.state is HealthState.OK
+    assert report.counters["entered"] == 1 and report.counters["left"] == 1
+
+
+async def test_ingress_answers_503_at_once_while_refusing(short_tmp: Path) -> None:
+    class Invoker:
+        draining = False
+
+        async def invoke(
+            self, function: str, event: bytes, kind: str, **kw: object
+        ) -> InvokeResult:
+            return InvokeResult(b"ok", "text/plain")
+
+    ingress = HttpIngress(
+        GatewaySettings(http=TcpAddress("127.0.0.1", 0), max_body_bytes=1024), Invoker()
+    )
+
+    async def get_healthz(port: int) -> tuple[int, bytes]:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            conn = h11.Connection(h11.CLIENT)
+            conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+            status, body = 0, b""
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    return status, body
+
+    with trio.fail_after(GUARD_S):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(ingress.run)
+            assert (await get_healthz(address.port))[0] == 200
+            ingress.refuse_connections("the node is short of file descriptors (900 of 1000)")
+            status, body = await get_healthz(address.port)
+            assert status == 503
+            assert b"short of file descriptors (900 of 1000)" in body
+            ingress.refuse_connections(None)
+            assert (await get_healthz(address.port))[0] == 200
+            nursery.cancel_scope.cancel()
+
+
+# --- DiskPressure with a real ImageStore
+
+
+async def test_disk_pressure_refuses_installs_evicts_unused_and_recovers(tmp_path: Path) -> None:
+    images = [build_image(tmp_path, tag, variant(tag)) for tag in ("a", "b", "c")]
+    origin = DirectoryOrigin(images[0].path.parent)
+    store = ImageStore(tmp_path / "state", disk_budget_bytes=64 * MiB, memory_budget_bytes=64 * MiB)
+    free = [50.0]
+    loop = DiskPressure(
+        tmp_path / "state",
+        store,
+        interval_s=1,
+        enter_free_percent=5,
+        leave_free_percent=10,
+        measure=lambda path: DiskSample(int(free[0] * MiB), 100 * MiB),
+    )
+    report = LoopReport("disk")
+    with trio.fail_after(GUARD_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            in_use = await store.get(images[0].digest, origin)  # an instance holds it
+            await store.ensure(images[1].digest, origin)  # installed, held by nobody
+            await loop.check(report)
+            assert report.state is HealthState.OK
+
+            free[0] = 3.0
+            await loop.check(report)
+            assert report.state is HealthState.DEGRADED
+            assert f"state dir {tmp_path / 'state'} has 3.0% free (needs 10%)" in report.detail
+            assert report.counters["entered"] == 1 and report.counters["images_evicted"] == 1
+            assert store.contains(images[0].digest) and not store.contains(images[1].digest)
+            evicted_file = tmp_path / "state" / "images" / images[1].path.name
+            assert not evicted_file.exists()
+            # A new image is refused, with the figure, before anything is downloaded.
+            with pytest.raises(LowDiskSpace) as refused:
+                await store.get(images[2].digest, origin)
+            assert str(refused.value) == (
+                f"refusing to install image {images[2].digest}: "
+                f"state dir {tmp_path / 'state'} has 3.0% free (needs 10%)"
+            )
+            assert not list((tmp_path / "state" / "images").glob("*.part"))
+            # What is installed keeps serving.
+            again = await store.get(images[0].digest, origin)
+            again.release()
+
+            free[0] = 8.0  # better, but not past the leave threshold
+            await loop.check(report)
+            assert report.state is HealthState.DEGRADED
+            with pytest.raises(LowDiskSpace, match=r"has 8\.0% free \(needs 10%\)"):
+                await store.ensure(images[1].digest, origin)
+
+            free[0] = 12.0
+            await loop.check(report)
+            assert report.state is HealthState.OK and report.counters["left"] == 1
+            # Accepted at once: the refusal left no fetch cool-down behind.
+            lease = await store.get(images[2].digest, origin)
+            lease.release()
+            in_use.release()
+            nursery.cancel_scope.cancel()
+
+
+async def test_disk_loop_through_the_supervisor_on_a_real_file_system(tmp_path: Path) -> None:
+    class Cache:
+        refused: str | None = None
+
+        def refuse_installs(self, reason: str | None) -> None:
+            self.refused = reason
+
+        def evict_unused(self) -> list[str]:
+            return []
+
+    real = measure_disk(tmp_path)
+    # Thresholds around the real figure: whatever the disk, this run is under pressure.
+    enter = min(99, int(real.free_percent) + 1)
+    loop = DiskPressure(
+        tmp_path, Cache(), interval_s=0.01, enter_free_percent=enter, leave_free_percent=100
+    )
+    supervisor = HealthSupervisor([loop])
+    with trio.fail_after(GUARD_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            while loop.last is None:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    described = supervisor.describe()
+    assert described["state"] == "degraded"
+    (row,) = described["loops"]
+    assert row["loop"] == "disk" and row["counters"]["entered"] == 1
+    assert row["last_action"] == "evicted unused images"
+
+
+async def test_disk_measure_error_is_reported_not_raised(tmp_path: Path) -> None:
+    class Cache:
+        def refuse_installs(self, reason: str | None) -> None:
+            raise AssertionError("not reached")
+
+        def evict_unused(self) -> list[str]:
+            raise AssertionError("not reached")
+
+    loop = DiskPressure(
+        tmp_path / "missing", Cache(), interval_s=1, enter_free_percent=5, leave_free_percent=10
+    )
+    report = LoopReport("disk")
+    await loop.check(report)
+    assert report.state is HealthState.DEGRADED
+    assert "cannot measure free space" in report.detail and report.counters["measure_errors"] == 1
+
+
+# --- the real measurements
+
+
+def test_measure_disk_is_sane(tmp_path: Path) -> None:
+    sample = measure_disk(tmp_path)
+    assert 0 < sample.free_bytes <= sample.total_bytes
+    assert 0 < sample.free_percent <= 100
+
+
+def test_process_memory_of_a_live_and_a_dead_process() -> None:
+    own = process_memory_bytes(os.getpid())
+    assert own is not None and own > 1 * MiB
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(GUARD_S)
+    assert process_memory_bytes(child.pid) is None
+    sample = measure_memory([os.getpid(), child.pid])
+    assert sample.instances == 1 and sample.used_bytes == pytest.approx(own, rel=0.5)
+    assert sample.available_bytes > 0
+
+
+def test_measure_fds_counts_open_descriptors(tmp_path: Path) -> None:
+    before = measure_fds()
+    files = [open(tmp_path / f"f{i}", "w") for i in range(20)]  # noqa: SIM115
+    try:
+        during = measure_fds()
+    finally:
+        for f in files:
+            f.close()
+    assert during.open - before.open == 20
+    assert during.limit > 0 and 0 < during.percent < 100
+
+
+# --- configuration
+
+
+def test_build_pressure_loops_from_settings(tmp_path: Path) -> None:
+    settings = HealthSettings(memory_budget_mb=512, disk_interval_ms=250)
+    loops = build_pressure_loops(
+        settings,
+        state_dir=tmp_path,
+        scheduler=FakeScheduler(),
+        cache=ImageStore(tmp_path, disk_budget_bytes=MiB, memory_budget_bytes=MiB),
+        ingress=FakeIngress(),
+    )
+    assert [loop.name for loop in loops] == ["disk", "memory", "descriptors"]
+    disk, memory, fds = loops
+    assert isinstance(disk, DiskPressure) and disk.interval_s == 0.25
+    assert (disk.gate.enter, disk.gate.leave) == (5, 10)
+    assert isinstance(memory, MemoryPressure) and memory.budget_bytes == 512 * MiB
+    assert memory.available_gate is not None and memory.available_gate.enter == 256 * MiB
+    assert isinstance(fds, FdPressure) and (fds.gate.enter, fds.gate.leave) == (85, 70)
+    # 0: 90 % of the host's RAM.
+    (_, default_memory, _) = build_pressure_loops(
+        HealthSettings(memory_min_available_mb=0),
+        state_dir=tmp_path,
+        scheduler=FakeScheduler(),
+        cache=ImageStore(tmp_path, disk_budget_bytes=MiB, memory_budget_bytes=MiB),
+        ingress=FakeIngress(),
+    )
+    assert isinstance(default_memory, MemoryPressure)
+    assert default_memory.budget_bytes > 64 * MiB and default_memory.available_gate is None
