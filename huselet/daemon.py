@@ -37,6 +37,7 @@ from huselet.health.observers import (
     SchedulerLinkHealth,
 )
 from huselet.health.pressure import build_pressure_loops
+from huselet.health.recovery import RecoverySweep
 from huselet.health.supervisor import HealthSupervisor
 from huselet.health.watchdog import WatchdogPetter, watchdog_interval_s
 from huselet.link import LinkServer
@@ -130,6 +131,9 @@ class Daemon:
             ingress=self.ingress,
         ):
             self.health.add(loop)
+        # Finds what a previous run left (processes, cgroups, sockets, temp files) at start.
+        self.recovery = RecoverySweep(config, self.runtimes)
+        self.health.add(self.recovery)
         for observer in (
             InstanceLiveness(self.scheduler),
             CrashLoops(self.scheduler),
@@ -233,6 +237,7 @@ class Daemon:
         node = self.config.node
         _prepare_dir(node.state_dir, 0o750, "node.state_dir")
         _prepare_dir(node.run_dir, 0o750, "node.run_dir")
+        await self.recovery.sweep()  # before any component starts or binds
         stop_signals = (signal.SIGTERM, signal.SIGINT)
         with trio.open_signal_receiver(*stop_signals, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
