@@ -60,7 +60,8 @@ log = get_logger("runtime.bwrap")
 
 MiB = 1024 * 1024
 # Packages the exec'd worker imports: everything else the daemon loaded stays out.
-WORKER_PACKAGES = ("huselet", "protocol", "msgpack")
+# "cache": the image importer of workers whose code is a package image.
+WORKER_PACKAGES = ("huselet", "protocol", "cache", "msgpack")
 
 
 class BwrapHandle(SandboxHandle):

@@ -18,7 +18,8 @@ from huselet.runtime.isolation import IsolationSettings
 from huselet.sandbox import rootfs, seccomp
 
 MiB = 1024 * 1024
-WORKER_PACKAGES = ("huselet", "protocol", "msgpack")
+# "cache": the image importer of workers whose code is a package image.
+WORKER_PACKAGES = ("huselet", "protocol", "cache", "msgpack")
 # Each CLONE_NEW* bit: libseccomp cannot say "any of these bits", so one rule per bit.
 _CLONE_BITS = [1 << b for b in range(32) if seccomp.CLONE_NAMESPACE_FLAGS & (1 << b)]
 MASKED = ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/sys/firmware"]

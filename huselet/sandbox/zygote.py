@@ -224,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     plan = SandboxPlan.from_wire(msg["plan"])
     try:
+        if os.environ.get("HUSELET_IMAGE"):
+            # The image importer lives outside the sandbox's view of the host:
+            # import it while the whole file system is still visible.
+            import cache.importer
+            import cache.reader  # noqa: F401
         keep_in_tmp = enter_function_sandbox(plan)
         handler = sdk.load_handler(plan.package, plan.handler)
     except BaseException as exc:

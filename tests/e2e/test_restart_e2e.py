@@ -118,9 +118,8 @@ def root() -> Iterator[Path]:
 
 def config_text(root: Path, sandbox: bool, bwrap: bool) -> str:
     pkg = write_package(root / "pkgs", "fn", HANDLER)
-    # Plain package directories: in an editable install the sandboxed runtimes cannot
-    # import image-backed code yet (the top-level ``cache`` package is not in their view).
-    tables = "[cache]\npack_directories = false\n\n"
+    # The default: package directories are packed, so every runtime imports from an image.
+    tables = ""
     names = ["proc", "forked"]
     if sandbox:
         parent = f"huselet-test-{root.name}"
@@ -237,9 +236,6 @@ def test_a_busy_oci_container_does_not_survive_the_next_start(root: Path) -> Non
     config = write_config(
         root,
         f"""
-        [cache]
-        pack_directories = false
-
         [runtimes.oci]
         cgroup_parent = "huselet-test-{root.name}"
         uid_base = {UID_BASE}
