@@ -14,8 +14,10 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import select
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -92,6 +94,35 @@ class Link:
             if not chunk:
                 raise LinkClosed("the daemon closed the link")
             self.decoder.receive_data(chunk)
+
+
+def _exit_when_the_daemon_hangs_up(sock: socket.socket) -> None:
+    """Exit at once when the daemon's end of the link closes, even mid-handler.
+
+    The main thread notices a closed link only when it next reads — after the
+    handler returns, which may be never. A parent-death signal covers most
+    runtimes, but not a detached OCI container (re-parented to init), nor a
+    daemon that dropped this instance without killing it. A thread parked in
+    ``poll`` for the hang-up costs no CPU and reads nothing off the link.
+    """
+    hangup = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+    fd = sock.fileno()
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(fd, hangup)  # no POLLIN: requests do not wake it
+        while True:
+            if any(events & hangup for _, events in poller.poll()):
+                os._exit(EXIT_OK)  # nobody is left to hear a result
+
+    # A small stack: RLIMIT_AS (memory_mb) counts a thread's stack reservation.
+    previous = threading.stack_size(256 * 1024)
+    try:
+        threading.Thread(target=watch, name="huselet-link-watch", daemon=True).start()
+    except RuntimeError as exc:  # no thread to spare (pids limit): serve without it
+        print(f"huselet worker: no link watcher: {exc}", file=sys.stderr)
+    finally:
+        threading.stack_size(previous)
 
 
 _images: list[Any] = []  # open image readers: the imported modules live in their mappings
@@ -219,6 +250,7 @@ def run(
         )
         return EXIT_HANDLER_LOAD_FAILED
     link.send(READY_FRAME, Pull(1).encode())
+    _exit_when_the_daemon_hangs_up(link.sock)
     pull = Pull(1).encode()
     while True:
         try:
