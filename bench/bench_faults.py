@@ -1,0 +1,513 @@
+"""Faults under a steady load: time to detection and to recovery per fault
+class, and the share of requests that failed, beside the same load with no fault.
+
+    .venv/bin/python bench/bench_faults.py [--quick] [--repeats K] [--rate R] [--json]
+
+For each fault class a fresh ``huselet run`` serves a steady open-loop load
+(``tests/load_support.py``: R requests/s, each handler sleeps 20 ms, client
+timeout = deadline + 1 s) and the fault is injected K times, one per window.
+Times are medians over the K repeats; "failed %" is over the requests sent in
+the fault windows, "no fault" the same load on an undisturbed daemon. Every
+request is accounted for (ok, error reply, hung, broken): "hung" must be 0.
+
+What *detect* and *recover* mean, per class (fault = the moment of injection):
+
+- ``kill``: SIGKILL a busy instance. detect: the daemon logs the instance's
+  end (pidfd); recover: its replacement is ready (``min_instances`` = max).
+- ``kill idem``: the same on an ``idempotent = true`` function (retried once).
+- ``sigstop``: SIGSTOP a busy instance. detect: its stuck request is answered
+  504 (the deadline, 1 s, is most of it); recover: a replacement is ready.
+  ``over`` is how late after the deadline the 504 came.
+- ``hang``: one request whose handler sleeps 30 s, caller deadline 300 ms.
+  detect: its 504; recover: a replacement is ready. ``over`` as above.
+- ``crash loop``: the package is replaced with one that raises on import
+  (``ctl reload``) and the running instances are killed. detect: the breaker
+  opens; then the fix is written and reloaded at once; recover: the first
+  success *after the fix*. Failed % here is by construction most of the window.
+- ``block loop``: ``debug_block_loop`` 600 ms with ``WATCHDOG_USEC`` 400 ms.
+  detect: when systemd would notice (last pet + WATCHDOG_USEC); recover: the
+  first pet after the block. Requests sent during the block wait, not fail.
+
+Orientation from issue 6: instance death detected in < 10 ms, a stuck request
+freed at its deadline + < 50 ms. ``--quick`` (K = 3) takes about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from daemon_harness import Daemon, wait_until, write_config  # noqa: E402
+from load_support import BackgroundLoad, LoadReport  # noqa: E402
+from support import write_package  # noqa: E402
+
+from huselet.admin.client import AdminClient  # noqa: E402
+
+DEADLINE_S = 1.0
+MARGIN_S = 1.0
+HANG_DEADLINE_S = 0.3
+BLOCK_MS = 600
+WATCHDOG_S = 0.4
+LOAD_EVENT = {"sleep": 0.02}
+
+WORK = """
+import os, time
+def handler(event, context):
+    if isinstance(event, dict) and event.get("sleep"):
+        time.sleep(event["sleep"])
+    return {"pid": os.getpid()}
+"""
+BROKEN = """
+raise RuntimeError("config missing")
+def handler(event, context):
+    return 0
+"""
+
+FUNCTIONS = f"""
+[[functions]]
+name = "work"
+package = "pkgs/work"
+handler = "main:handler"
+timeout_ms = {int(DEADLINE_S * 1000)}
+min_instances = 4
+max_instances = 4
+max_queue = 1000
+
+[[functions]]
+name = "safe"
+package = "pkgs/work"
+handler = "main:handler"
+timeout_ms = {int(DEADLINE_S * 1000)}
+min_instances = 4
+max_instances = 4
+max_queue = 1000
+idempotent = true
+
+[[functions]]
+name = "fragile"
+package = "pkgs/fragile"
+handler = "main:handler"
+timeout_ms = {int(DEADLINE_S * 1000)}
+max_instances = 4
+max_queue = 1000
+"""
+EXTRA = """
+[admin]
+debug_commands = true
+"""
+
+
+@dataclass
+class Trial:
+    window: LoadReport
+    detect_s: float | None = None
+    recover_s: float | None = None
+    over_s: float | None = None  # past the deadline, for stuck requests
+
+
+@dataclass
+class Row:
+    name: str
+    trials: list[Trial] = field(default_factory=list)
+
+    def median(self, attr: str) -> float | None:
+        values = [getattr(t, attr) for t in self.trials if getattr(t, attr) is not None]
+        return statistics.median(values) if values else None
+
+    def merged(self) -> LoadReport:
+        outcomes = [o for t in self.trials for o in t.window.outcomes]
+        return LoadReport(outcomes, len(outcomes))
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def admin(d: Daemon, cmd: str, timeout_s: float = 10.0, **args: Any) -> Any:
+    with AdminClient(d.admin_socket, timeout_s=timeout_s) as client:
+        return client.call(cmd, **args)
+
+
+def busy_instance(d: Daemon, function: str, timeout: float = 5.0) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    def look() -> bool:
+        found[:] = [
+            i
+            for i in admin(d, "instances")
+            if i["function"] == function and i["state"] == "busy" and i["pid"]
+        ]
+        return bool(found)
+
+    if not wait_until(look, timeout=timeout, interval=0.002):
+        raise RuntimeError(f"no busy instance of {function}")
+    return found[0]
+
+
+def log_after(
+    d: Daemon, msg: str, after_wall: float, timeout: float = 5.0, **match: Any
+) -> dict[str, Any] | None:
+    """The first log entry ``msg`` at or after ``after_wall`` whose fields match."""
+    found: list[dict[str, Any]] = []
+
+    def look() -> bool:
+        found[:] = [
+            e
+            for e in d.logs(msg)
+            if e["ts"] >= after_wall and all(e.get(k) == v for k, v in match.items())
+        ]
+        return bool(found)
+
+    wait_until(look, timeout=timeout, interval=0.01)
+    return found[0] if found else None
+
+
+def warm(d: Daemon, function: str) -> None:
+    """Wait for its warm instances (min_instances), or make a few by load."""
+    BackgroundLoad(
+        d.url, function, rate=50, duration=0.5, timeout_s=5, event=LOAD_EVENT
+    ).start().wait()
+
+
+def since(entry: dict[str, Any] | None, wall: float) -> float | None:
+    return entry["ts"] - wall if entry else None
+
+
+def faulted_load(
+    d: Daemon,
+    function: str,
+    rate: float,
+    repeats: int,
+    window_s: float,
+    inject: Callable[[], tuple[float, float, Any]],
+    measure: Callable[[float, float, Any, LoadReport], Trial],
+) -> list[Trial]:
+    """Run the load for ``repeats`` windows; inject once at the start of each.
+
+    ``inject`` returns (monotonic, wall) time of the fault and what it hit;
+    ``measure`` gets those and the window's requests once the load is over.
+    """
+    faults = []
+    lead_in = 0.3
+    with BackgroundLoad(
+        d.url,
+        function,
+        rate=rate,
+        duration=lead_in + repeats * window_s,
+        timeout_s=DEADLINE_S + MARGIN_S,
+        event=LOAD_EVENT,
+    ) as load:
+        start = time.monotonic() + lead_in
+        for k in range(repeats):
+            time.sleep(max(0.0, start + k * window_s - time.monotonic()))
+            faults.append(inject())
+    report = load.report
+    assert report.accounted, report.summary()
+    trials = []
+    ends = [mono for mono, _, _ in faults[1:]] + [float("inf")]
+    for (mono, wall, what), end in zip(faults, ends, strict=True):
+        trials.append(measure(mono, wall, what, report.finished_in(mono, end)))
+    return trials
+
+
+def start_daemon(root: Path, env: dict[str, str] | None = None) -> Daemon:
+    write_package(root, "work", WORK)
+    write_package(root, "fragile", WORK)
+    return Daemon(write_config(root, FUNCTIONS, EXTRA), env=env)
+
+
+# --- fault classes ---------------------------------------------------------------------
+
+
+def bench_kill(root: Path, rate: float, repeats: int, function: str) -> list[Trial]:
+    with start_daemon(root) as d:
+        warm(d, function)
+
+        def inject() -> tuple[float, float, Any]:
+            victim = busy_instance(d, function)
+            mono, wall = time.monotonic(), time.time()
+            os.kill(victim["pid"], signal.SIGKILL)
+            return mono, wall, victim["id"]
+
+        def measure(mono: float, wall: float, victim: Any, window: LoadReport) -> Trial:
+            ended = log_after(d, "instance ended", wall, instance=victim)
+            ready = log_after(
+                d, "instance ready", ended["ts"] if ended else wall, function=function
+            )
+            return Trial(window, since(ended, wall), since(ready, wall))
+
+        return faulted_load(d, function, rate, repeats, 1.5, inject, measure)
+
+
+def bench_sigstop(root: Path, rate: float, repeats: int) -> list[Trial]:
+    with start_daemon(root) as d:
+        warm(d, "work")
+
+        def inject() -> tuple[float, float, Any]:
+            victim = busy_instance(d, "work")
+            mono, wall = time.monotonic(), time.time()
+            os.kill(victim["pid"], signal.SIGSTOP)
+            return mono, wall, victim["id"]
+
+        def measure(mono: float, wall: float, victim: Any, window: LoadReport) -> Trial:
+            # 504 at the deadline, or 502 earlier if the daemon sees it frozen.
+            stuck = [o for o in window.of_kind("error") if o.status in (502, 504)]
+            first = min(stuck, key=lambda o: o.finished_at, default=None)
+            ended = log_after(d, "instance ended", wall, instance=victim)
+            ready = log_after(d, "instance ready", ended["ts"] if ended else wall, function="work")
+            over = [o.latency_s - DEADLINE_S for o in stuck if o.status == 504]
+            return Trial(
+                window,
+                first.finished_at - mono if first else None,
+                since(ready, wall),
+                max(over) if over else None,
+            )
+
+        return faulted_load(d, "work", rate, repeats, 2.0, inject, measure)
+
+
+def bench_hang(root: Path, rate: float, repeats: int) -> list[Trial]:
+    import httpx
+
+    with start_daemon(root) as d:
+        warm(d, "work")
+        client = httpx.Client(base_url=d.url, timeout=HANG_DEADLINE_S + MARGIN_S)
+        replies: dict[float, tuple[int, float]] = {}
+
+        def hang(mono: float) -> None:
+            r = client.post(
+                "/v1/invoke/work",
+                json={"sleep": 30},
+                headers={"X-Huselet-Timeout-Ms": str(int(HANG_DEADLINE_S * 1000))},
+            )
+            replies[mono] = (r.status_code, time.monotonic())
+
+        threads = []
+
+        def inject() -> tuple[float, float, Any]:
+            mono, wall = time.monotonic(), time.time()
+            t = threading.Thread(target=hang, args=(mono,))
+            t.start()
+            threads.append(t)
+            return mono, wall, None
+
+        def measure(mono: float, wall: float, _: Any, window: LoadReport) -> Trial:
+            status, answered = replies.get(mono, (0, 0.0))
+            ended = log_after(d, "instance ended", wall, reason="request deadline passed")
+            ready = log_after(d, "instance ready", ended["ts"] if ended else wall, function="work")
+            detect = answered - mono if status == 504 else None
+            over = detect - HANG_DEADLINE_S if detect is not None else None
+            return Trial(window, detect, since(ready, wall), over)
+
+        try:
+            trials = faulted_load(d, "work", rate, repeats, 1.5, inject, measure)
+        finally:
+            for t in threads:
+                t.join(10)
+            client.close()
+        return trials
+
+
+def bench_crash_loop(root: Path, rate: float, repeats: int) -> list[Trial]:
+    with start_daemon(root) as d:
+        warm(d, "fragile")
+        fixes: dict[float, float] = {}
+
+        def inject() -> tuple[float, float, Any]:
+            mono, wall = time.monotonic(), time.time()
+            write_package(root, "fragile", BROKEN)
+            admin(d, "reload")
+            for i in admin(d, "instances"):
+                if i["function"] == "fragile" and i["pid"]:
+                    os.kill(i["pid"], signal.SIGKILL)
+            opened = log_after(d, "circuit breaker opened", wall, timeout=10, function="fragile")
+            # The operator's fix, as soon as the breaker says something is wrong.
+            write_package(root, "fragile", WORK)
+            fixes[mono] = time.monotonic()
+            admin(d, "reload")
+            return mono, wall, opened
+
+        def measure(mono: float, wall: float, opened: Any, window: LoadReport) -> Trial:
+            fixed = fixes[mono]
+            first_ok = window.first_ok_sent_after(fixed)
+            return Trial(
+                window, since(opened, wall), first_ok.finished_at - fixed if first_ok else None
+            )
+
+        return faulted_load(d, "fragile", rate, repeats, 3.0, inject, measure)
+
+
+def bench_block_loop(root: Path, rate: float, repeats: int) -> list[Trial]:
+    path = root / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.1)
+    pets: list[float] = []
+    stop = threading.Event()
+
+    def receive() -> None:
+        while not stop.is_set():
+            try:
+                if sock.recv(4096) == b"WATCHDOG=1":
+                    pets.append(time.monotonic())
+            except TimeoutError:
+                continue
+
+    receiver = threading.Thread(target=receive, daemon=True)
+    receiver.start()
+    env = {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": str(int(WATCHDOG_S * 1_000_000))}
+    try:
+        with start_daemon(root, env) as d:
+            warm(d, "work")
+            wait_until(lambda: len(pets) >= 2, timeout=5)
+
+            def inject() -> tuple[float, float, Any]:
+                mono, wall = time.monotonic(), time.time()
+                admin(d, "debug_block_loop", timeout_s=BLOCK_MS / 1000 + 10, ms=BLOCK_MS)
+                return mono, wall, None
+
+            def measure(mono: float, wall: float, _: Any, window: LoadReport) -> Trial:
+                before = [p for p in pets if p <= mono]
+                after = [p for p in pets if p > mono + BLOCK_MS / 2000]
+                detect = before[-1] + WATCHDOG_S - mono if before else None
+                return Trial(window, detect, after[0] - mono if after else None)
+
+            return faulted_load(d, "work", rate, repeats, 2.0, inject, measure)
+    finally:
+        stop.set()
+        receiver.join(2)
+        sock.close()
+
+
+def bench_baseline(root: Path, rate: float, repeats: int) -> LoadReport:
+    """The same load, same daemon configuration, no fault."""
+    with start_daemon(root) as d:
+        warm(d, "work")
+        load = BackgroundLoad(
+            d.url,
+            "work",
+            rate=rate,
+            duration=repeats * 1.5,
+            timeout_s=DEADLINE_S + MARGIN_S,
+            event=LOAD_EVENT,
+        )
+        return load.start().wait()
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def ms(value: float | None) -> str:
+    return f"{value * 1000:.1f}" if value is not None else "-"
+
+
+def print_table(rows: list[Row], baseline: LoadReport, rate: float, repeats: int) -> None:
+    print(
+        f"huselet bench_faults: {rate:g} req/s steady load, handler 20 ms, "
+        f"{repeats} repeats per fault, {os.cpu_count()} CPUs; times are medians"
+    )
+    head = (
+        "fault",
+        "detect ms",
+        "recover ms",
+        "over ms",
+        "failed %",
+        "no fault %",
+        "p99 ms",
+        "no fault p99",
+        "hung",
+    )
+    fmt = "{:<11} {:>9} {:>10} {:>8} {:>9} {:>10} {:>8} {:>12} {:>5}"
+    print(fmt.format(*head))
+    base_failed = f"{baseline.failed_share * 100:.1f}"
+    base_p99 = f"{baseline.latency_ms(99):.1f}"
+    for row in rows:
+        merged = row.merged()
+        print(
+            fmt.format(
+                row.name,
+                ms(row.median("detect_s")),
+                ms(row.median("recover_s")),
+                ms(row.median("over_s")),
+                f"{merged.failed_share * 100:.1f}",
+                base_failed,
+                f"{merged.latency_ms(99):.1f}",
+                base_p99,
+                merged.hung + merged.broken,
+            )
+        )
+    print(f"no fault: {baseline.summary()}")
+    for row in rows:
+        print(f"{row.name}: {row.merged().summary()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 repeats (about a minute)")
+    parser.add_argument("--repeats", type=int, help="repeats per fault class (default 7)")
+    parser.add_argument("--rate", type=float, default=100.0, help="requests/s (default 100)")
+    parser.add_argument("--json", action="store_true", help="also print results as JSON")
+    args = parser.parse_args()
+    repeats = args.repeats or (3 if args.quick else 7)
+    rate = args.rate
+
+    roots: list[Path] = []
+
+    def fresh() -> Path:
+        roots.append(Path(tempfile.mkdtemp(prefix="hlbf")))
+        return roots[-1]
+
+    try:
+        baseline = bench_baseline(fresh(), rate, repeats)
+        rows = [
+            Row("kill", bench_kill(fresh(), rate, repeats, "work")),
+            Row("kill idem", bench_kill(fresh(), rate, repeats, "safe")),
+            Row("sigstop", bench_sigstop(fresh(), rate, repeats)),
+            Row("hang", bench_hang(fresh(), rate, repeats)),
+            Row("crash loop", bench_crash_loop(fresh(), rate, repeats)),
+            Row("block loop", bench_block_loop(fresh(), rate, repeats)),
+        ]
+    finally:
+        for root in roots:
+            shutil.rmtree(root, ignore_errors=True)
+    print_table(rows, baseline, rate, repeats)
+    if args.json:
+        out = {
+            "rate": rate,
+            "repeats": repeats,
+            "no_fault": {
+                "failed_share": baseline.failed_share,
+                "p50_ms": baseline.latency_ms(50),
+                "p99_ms": baseline.latency_ms(99),
+            },
+            "faults": {
+                row.name: {
+                    "detect_ms": [t.detect_s and t.detect_s * 1000 for t in row.trials],
+                    "recover_ms": [t.recover_s and t.recover_s * 1000 for t in row.trials],
+                    "over_deadline_ms": [t.over_s and t.over_s * 1000 for t in row.trials],
+                    "failed_share": row.merged().failed_share,
+                    "errors": dict(row.merged().errors),
+                    "hung": row.merged().hung,
+                }
+                for row in rows
+            },
+        }
+        print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
