@@ -72,7 +72,15 @@ STOP_GRACE_S = 2.0
 # Stop reasons that are the node's decision, not a fault of the instance: the
 # stop is graceful (SHUTDOWN first) and the breaker does not count it.
 PLANNED_STOPS = frozenset(
-    {"idle", "reaped", "node stopping", "function retired", "served", "start failed"}
+    {
+        "idle",
+        "reaped",
+        "node stopping",
+        "function retired",
+        "served",
+        "start failed",
+        "start cancelled",
+    }
 )
 # Stop reasons after which an idempotent request may still be retried.
 NO_RETRY_STOPS = frozenset({"node stopping", "function retired"})
@@ -114,6 +122,7 @@ class InstanceRecord:
         self.inflight: dict[str, Invocation] = {}
         self.scope = trio.CancelScope()
         self.last_heard = self.created_at  # any frame from the instance (heartbeat)
+        self.breaker_round = 0  # how often the breaker had opened when this one started
         self.stop_reason: str | None = None
         self.code: CodeLease | None = None
         self.exit_status: ExitStatus | None = None
@@ -263,7 +272,11 @@ class FunctionPool:
     def ensure_capacity(self) -> None:
         if self.closed or self.starts_held:
             return
-        starting = sum(1 for r in self.instances.values() if r.state is InstanceState.STARTING)
+        starting = sum(
+            1
+            for r in self.instances.values()
+            if r.state is InstanceState.STARTING and r.stop_reason is None
+        )
         demand = self.buffer.live_count() - self.spare_credits - starting
         room = self.settings.max_instances - len(self.instances)
         want = max(demand, self.settings.min_instances - len(self.instances))
@@ -272,6 +285,7 @@ class FunctionPool:
 
     def _start_instance(self) -> None:
         record = InstanceRecord(self.name, self._instance_changed)
+        record.breaker_round = self.breaker.opened
         self.instances[record.id] = record
         self._instance_changed(record)
         self.counters["instances_started"] += 1
@@ -389,12 +403,22 @@ class FunctionPool:
             )
             self.counters["failed_start"] += failed
         # After the queue heard the specific reason: an opening breaker fails the rest.
-        self._breaker_failure(f"instance start failed: {reason}")
+        self._breaker_failure(record, f"instance start failed: {reason}")
 
-    def _breaker_failure(self, reason: str) -> None:
+    def _breaker_failure(self, record: InstanceRecord, reason: str) -> None:
+        if record.breaker_round < self.breaker.opened:
+            # Started before the breaker last opened (the old, broken code): its
+            # failure is old news and must not fail the half-open trial.
+            self.counters["stale_failures"] += 1
+            return
         if self.breaker.record_failure(trio.current_time(), reason):
             self.counters["breaker_opened"] += 1
             log.error("circuit breaker opened", function=self.name, reason=reason)
+            # Starts under way run the code that keeps failing: cancel them, so
+            # the half-open trial starts afresh instead of waiting on one of them.
+            for other in self.instances.values():
+                if other.state is InstanceState.STARTING and other is not record:
+                    other.stop("start cancelled")
             # Requests queued behind a crash loop would only wait for their deadline.
             self.buffer.fail_all(
                 Unavailable(
@@ -480,8 +504,11 @@ class FunctionPool:
                     )
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     # Handled here: inside the nursery it would surface as an ExceptionGroup.
-                    self.counters["link_errors"] += 1
-                    record.stop(f"the link to the instance broke ({exc})")
+                    if isinstance(exc.__cause__, (BrokenPipeError, ConnectionResetError)):
+                        record.stop("the instance closed its link")  # it died: say how
+                    else:
+                        self.counters["link_errors"] += 1
+                        record.stop(f"the link to the instance broke ({exc})")
                     return
                 record.dispatched += 1
                 if self.single_use:
@@ -549,12 +576,20 @@ class FunctionPool:
     async def _guard_protocol(self, record: InstanceRecord, read_frames: Any) -> None:
         try:
             await read_frames()
-        except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
-            self.counters["link_errors"] += 1
-            log.warning(
-                "instance link broken", function=self.name, instance=record.id, error=str(exc)
-            )
-            record.stop(f"the instance broke the link protocol ({exc})")
+        except trio.BrokenResourceError as exc:
+            if isinstance(exc.__cause__, ConnectionResetError):
+                # A worker that dies with our frames unread makes Linux reset the
+                # link: that is a death (its exit status says how), not a protocol error.
+                record.stop("the instance closed its link")
+                return
+            self._link_broken(record, exc)
+        except (ProtocolError, OSError) as exc:
+            self._link_broken(record, exc)
+
+    def _link_broken(self, record: InstanceRecord, exc: Exception) -> None:
+        self.counters["link_errors"] += 1
+        log.warning("instance link broken", function=self.name, instance=record.id, error=str(exc))
+        record.stop(f"the instance broke the link protocol ({exc})")
 
     def _complete(self, record: InstanceRecord, result: Result) -> None:
         inv = record.inflight.pop(result.id, None)
@@ -649,7 +684,7 @@ class FunctionPool:
             self.counters["instances_lost"] += 1
             if record.stop_reason != "request deadline passed":
                 exit_text = record.exit_status.describe() if record.exit_status else "ended"
-                self._breaker_failure(f"an instance {exit_text}")
+                self._breaker_failure(record, f"an instance {exit_text}")
             log.warning(
                 "instance ended",
                 function=self.name,
