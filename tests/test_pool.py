@@ -197,3 +197,20 @@ async def test_a_busy_instance_stopped_by_sigstop_is_replaced_before_the_deadlin
         assert json.loads(result.body)["pid"] > 0
         assert node.pool("plain").counters["stopped_busy"] == 1
         assert node.pool("idem").counters["retried"] == 1
+
+
+async def test_an_instance_killed_with_its_request_unread_is_reported_by_its_exit(
+    short_tmp: Path,
+) -> None:
+    # The request waits unread in the frozen worker's socket; the kill then makes
+    # Linux reset the link. The caller must hear how it died, not "protocol error".
+    async with running_stack(short_tmp, [fn(short_tmp, "plain")]) as node:
+        pool = node.pool("plain")
+        with trio.fail_after(30):
+            pid = json.loads((await node.scheduler.invoke("plain", b"{}", "json")).body)["pid"]
+            os.kill(pid, signal.SIGSTOP)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(kill_the_instance_running, pool, signal.SIGKILL)
+                with pytest.raises(InstanceLost, match="was killed by SIGKILL while serving"):
+                    await node.scheduler.invoke("plain", b"{}", "json")
+        assert pool.counters["link_errors"] == 0
