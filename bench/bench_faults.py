@@ -24,6 +24,9 @@ What *detect* and *recover* mean, per class (fault = the moment of injection):
   (``ctl reload``) and the running instances are killed. detect: the breaker
   opens; then the fix is written and reloaded at once; recover: the first
   success *after the fix*. Failed % here is by construction most of the window.
+- daemon restart (printed below the table, no load): SIGKILL the daemon
+  with warm instances, start it again on the same state dir; time to "huselet
+  ready" (the recovery sweep included) and to its first reply (cold instance).
 - ``block loop``: ``debug_block_loop`` 600 ms with ``WATCHDOG_USEC`` 400 ms.
   detect: when systemd would notice (last pet + WATCHDOG_USEC); recover: the
   first pet after the block. Requests sent during the block wait, not fail.
@@ -49,6 +52,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -393,6 +398,28 @@ def bench_block_loop(root: Path, rate: float, repeats: int) -> list[Trial]:
         sock.close()
 
 
+def bench_restart(root: Path, repeats: int) -> tuple[list[float], list[float]]:
+    """SIGKILL the daemon with busy instances, start it again on the same state:
+    seconds from the new process to "huselet ready", and to its first reply
+    (a cold instance of the process runtime)."""
+    to_ready, to_reply = [], []
+    d = start_daemon(root)
+    try:
+        for _ in range(repeats):
+            warm(d, "work")
+            d.kill()  # SIGKILL: instances, sockets and cgroups left for the sweep
+            started = time.monotonic()
+            d = start_daemon(root)
+            to_ready.append(time.monotonic() - started)
+            with httpx.Client(base_url=d.url, timeout=10) as client:
+                reply = client.post("/v1/invoke/fragile", json={})
+            to_reply.append(time.monotonic() - started)
+            assert reply.status_code == 200, reply.text
+    finally:
+        d.kill()
+    return to_ready, to_reply
+
+
 def bench_baseline(root: Path, rate: float, repeats: int) -> LoadReport:
     """The same load, same daemon configuration, no fault."""
     with start_daemon(root) as d:
@@ -481,10 +508,17 @@ def main() -> None:
             Row("crash loop", bench_crash_loop(fresh(), rate, repeats)),
             Row("block loop", bench_block_loop(fresh(), rate, repeats)),
         ]
+        restart_ready, restart_reply = bench_restart(fresh(), repeats)
     finally:
         for root in roots:
             shutil.rmtree(root, ignore_errors=True)
     print_table(rows, baseline, rate, repeats)
+    print(
+        f"daemon SIGKILL → restart (no load): ready median "
+        f"{statistics.median(restart_ready) * 1000:.0f} ms (max {max(restart_ready) * 1000:.0f}), "
+        f"first reply median {statistics.median(restart_reply) * 1000:.0f} ms "
+        f"(max {max(restart_reply) * 1000:.0f}) over {repeats} restarts"
+    )
     if args.json:
         out = {
             "rate": rate,
