@@ -310,17 +310,7 @@ class RecoverySweep:
                 # Someone listens on a socket of ours (not our admin socket: checked).
                 log.warning("a socket in the run directory is in use; leaving it", path=str(path))
                 continue
-            result.found["sockets"] += 1
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.error("cannot remove a stale socket", path=str(path), error=exc.strerror)
-                result.failed["sockets"] += 1
-                continue
-            result.cleaned["sockets"] += 1
-            log.info("removed a socket left by a previous run", path=str(path))
+            _remove_leftover(path, "sockets", "a socket", result)
 
     # files ---------------------------------------------------------------------------
 
@@ -340,17 +330,7 @@ class RecoverySweep:
                         continue
                 except OSError:
                     continue
-                result.found["temp_files"] += 1
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    log.error("cannot remove a temp file", path=str(path), error=exc.strerror)
-                    result.failed["temp_files"] += 1
-                    continue
-                result.cleaned["temp_files"] += 1
-                log.info("removed a temp file left by a previous run", path=str(path))
+                _remove_leftover(path, "temp_files", "a temp file", result)
 
     def _clear_staging(self, result: SweepResult) -> None:
         sandbox = self.run_dir / "sandbox"
@@ -506,3 +486,18 @@ def _mount_points(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
     except OSError:
         pass
     return points
+
+
+def _remove_leftover(path: Path, kind: str, what: str, result: SweepResult) -> None:
+    """Unlink one leftover file, counting it as found, cleaned or failed."""
+    result.found[kind] += 1
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.error(f"cannot remove {what}", path=str(path), error=exc.strerror)
+        result.failed[kind] += 1
+        return
+    result.cleaned[kind] += 1
+    log.info(f"removed {what} left by a previous run", path=str(path))
