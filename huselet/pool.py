@@ -86,6 +86,7 @@ PLANNED_STOPS = frozenset(
 NO_RETRY_STOPS = frozenset({"node stopping", "function retired"})
 REAP_LIMIT_S = 5.0  # after a kill, how long a runtime may take to report the exit
 EXIT_DESCRIBE_WAIT_S = 1.0
+LOOP_STALL_S = 0.05  # woke this late: the event loop itself was stalled
 
 
 class InstanceState(enum.Enum):
@@ -123,6 +124,7 @@ class InstanceRecord:
         self.scope = trio.CancelScope()
         self.last_heard = self.created_at  # any frame from the instance (heartbeat)
         self.breaker_round = 0  # how often the breaker had opened when this one started
+        self.sending: Invocation | None = None  # a request whose frame is being written
         self.stop_reason: str | None = None
         self.code: CodeLease | None = None
         self.exit_status: ExitStatus | None = None
@@ -498,10 +500,14 @@ class FunctionPool:
                 inv.instance = record
                 record.inflight[inv.request_id] = inv
                 timeout_ms = max(1, int((inv.deadline - trio.current_time()) * 1000))
+                # Until the whole frame is written the instance cannot have run it:
+                # if the instance ends meanwhile, the request goes back to the queue.
+                record.sending = inv
                 try:
                     await link.send(
                         Request(inv.request_id, inv.event, inv.kind, timeout_ms).encode()
                     )
+                    record.sending = None
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     # Handled here: inside the nursery it would surface as an ExceptionGroup.
                     if isinstance(exc.__cause__, (BrokenPipeError, ConnectionResetError)):
@@ -559,6 +565,10 @@ class FunctionPool:
                 record.stop("missed heartbeat (not reading its link)")
                 return
             await trio.sleep_until(pinged_at + timeout)
+            if trio.current_time() - (pinged_at + timeout) > LOOP_STALL_S:
+                # Our own loop stalled: the answer may sit unread. Judge only
+                # on a window the daemon was awake for: ping again.
+                continue
             if record.last_heard < pinged_at and not record.inflight:
                 self.counters["heartbeat_missed"] += 1
                 log.warning(
@@ -673,7 +683,7 @@ class FunctionPool:
             elif record.stop_reason:
                 what += f" stopped: {record.stop_reason}"
             for inv in record.inflight.values():
-                if self._retry(inv, record):
+                if self._retry(inv, record, delivered=inv is not record.sending):
                     continue
                 if inv.complete(InstanceLost(f"{what} while serving the request")):
                     self.counters["instance_lost"] += 1
@@ -703,13 +713,20 @@ class FunctionPool:
         if record.stop_reason != "start failed":
             self.ensure_capacity()
 
-    def _retry(self, inv: Invocation, record: InstanceRecord) -> bool:
-        """Requeue ``inv`` for a fresh instance if the function is idempotent.
+    def _retry(self, inv: Invocation, record: InstanceRecord, *, delivered: bool = True) -> bool:
+        """Requeue ``inv`` for a fresh instance if that is safe; True if requeued.
 
-        Once only, and only while the request can still finish in time and the
-        pool still serves; a function not declared idempotent is never retried
-        (its handler may have had effects before the instance died).
+        A request the instance never fully received is always safe to requeue.
+        One it did receive is retried only for an idempotent function, once,
+        and only while it can still finish in time and the pool still serves; a
+        function not declared idempotent is never retried (its handler may have
+        had effects before the instance died).
         """
+        can_wait = self.accepting and not self.closed and trio.current_time() < inv.deadline
+        if not delivered and not inv.done and can_wait:
+            self.buffer.requeue(inv)
+            self.counters["requeued_undelivered"] += 1
+            return True
         if (
             not self.settings.idempotent
             or inv.done

@@ -214,3 +214,20 @@ async def test_an_instance_killed_with_its_request_unread_is_reported_by_its_exi
                 with pytest.raises(InstanceLost, match="was killed by SIGKILL while serving"):
                     await node.scheduler.invoke("plain", b"{}", "json")
         assert pool.counters["link_errors"] == 0
+
+
+async def test_a_request_the_instance_never_fully_received_is_requeued(short_tmp: Path) -> None:
+    # A frozen worker stops reading: a large request's frame stalls in the socket.
+    # Once the frozen instance is replaced, that request never reached a handler,
+    # so it is safe to run elsewhere — even for a function not declared idempotent.
+    health = {"heartbeat_interval_ms": 200}
+    async with running_stack(short_tmp, [fn(short_tmp, "plain")], extra={"health": health}) as node:
+        pool = node.pool("plain")
+        with trio.fail_after(30):
+            pid = json.loads((await node.scheduler.invoke("plain", b"{}", "json")).body)["pid"]
+            os.kill(pid, signal.SIGSTOP)
+            big = json.dumps({"pad": "x" * (4 << 20)}).encode()
+            result = await node.scheduler.invoke("plain", big, "json", request_id="r-big")
+        assert json.loads(result.body)["pid"] != pid
+        assert pool.counters["requeued_undelivered"] == 1 and pool.counters["retried"] == 0
+        assert calls(short_tmp, "plain")[-1] == "r-big"

@@ -431,6 +431,7 @@ def test_blocked_event_loop_stops_the_watchdog_and_requests_are_answered_after(
     assert_all_answered(report)
     during = report.window(blocked_at, unblocked_at)
     assert during.sent > 0
-    assert report.ok == report.sent, report.summary()
+    errors = [o.body for o in report.of_kind("error")]
+    assert report.ok == report.sent, (report.summary(), errors)
     lag = next(loop for loop in health["loops"] if loop["loop"] == "event_loop")
     assert lag["counters"].get("stalls", 0) >= 1, health
