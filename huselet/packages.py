@@ -1,6 +1,6 @@
 """Function code for instances: each function's package resolved to a leased image.
 
-:class:`PackageManager` is the pool's :class:`~huselet.pool.CodeProvider`. A
+:class:`PackageManager` is the pool's :class:`~huselet.instance.CodeProvider`. A
 function names its code in one of three ways (``huselet/config.py``):
 
 - ``package = "dir"`` — packed into an image when the daemon loads (for

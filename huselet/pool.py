@@ -12,18 +12,20 @@ Lifecycle of one instance (:meth:`FunctionPool._lifecycle`)::
         ▼                                                     ▼  link closed, deadline
      start failed                                          STOPPING  overrun, node stop)
 
-Every in-flight invocation of an instance that ends is completed with a clear
-:class:`InstanceLost` error — never left waiting.
+An instance also ends when, idle, it misses its heartbeat (PING unanswered),
+or when found frozen (SIGSTOP) while busy. Every in-flight invocation of an
+instance that ends is completed with a clear :class:`InstanceLost` error —
+never left waiting — unless it can safely run elsewhere: its request never
+fully reached the instance, or the function is ``idempotent`` (once).
+The per-instance record lives in :mod:`huselet.instance`.
 """
 
 from __future__ import annotations
 
-import enum
-import secrets
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
@@ -40,10 +42,17 @@ from huselet.errors import (
 )
 from huselet.health.breaker import BreakerState, CircuitBreaker
 from huselet.health.settings import HealthSettings
+from huselet.instance import (
+    CodeProvider,
+    DirectoryCode,
+    InstanceRecord,
+    InstanceState,
+    stopped_by_signal,
+)
 from huselet.invocation import Invocation, InvokeResult
-from huselet.link import InstanceLink, token_matches
+from huselet.link import token_matches
 from huselet.log import get_logger
-from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, Runtime, StartFailed
+from huselet.runtime.base import InstanceSpec, Runtime, StartFailed
 from protocol.errors import ProtocolError
 from protocol.link import (
     ERROR_INVALID_EVENT,
@@ -89,110 +98,9 @@ EXIT_DESCRIBE_WAIT_S = 1.0
 LOOP_STALL_S = 0.05  # woke this late: the event loop itself was stalled
 
 
-class InstanceState(enum.Enum):
-    STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    STOPPING = "stopping"
-
-
 # Observer of a pool's state: ``(kind, name, body)``; ``body`` None means removed.
 # Called synchronously on every change, so it must be cheap and must not block.
 ChangeObserver = Callable[[str, str, "dict[str, Any] | None"], None]
-
-
-class InstanceRecord:
-    """What the pool knows about one instance."""
-
-    def __init__(
-        self, function: str, on_state: Callable[[InstanceRecord], None] | None = None
-    ) -> None:
-        self.id = f"{function}-{secrets.token_hex(4)}"
-        self.token = secrets.token_urlsafe(24)
-        self._state = InstanceState.STARTING
-        self._on_state = on_state
-        self.handle: InstanceHandle | None = None
-        self.link: InstanceLink | None = None
-        self.link_arrived = trio.Event()
-        self.created_at = trio.current_time()
-        self.ready_at: float | None = None
-        self.last_active = self.created_at
-        self.served = 0
-        self.dispatched = 0
-        self.credits = 0  # requests the instance has pulled for and not yet received
-        self.inflight: dict[str, Invocation] = {}
-        self.scope = trio.CancelScope()
-        self.last_heard = self.created_at  # any frame from the instance (heartbeat)
-        self.breaker_round = 0  # how often the breaker had opened when this one started
-        self.sending: Invocation | None = None  # a request whose frame is being written
-        self.stop_reason: str | None = None
-        self.code: CodeLease | None = None
-        self.exit_status: ExitStatus | None = None
-
-    @property
-    def state(self) -> InstanceState:
-        return self._state
-
-    @state.setter
-    def state(self, value: InstanceState) -> None:
-        # A property so every transition is observed without touching each call site;
-        # re-setting the same state (IDLE on every loop turn) is not a change.
-        if value is not self._state:
-            self._state = value
-            if self._on_state is not None:
-                self._on_state(self)
-
-    def offer_link(self, link: InstanceLink) -> bool:
-        if self.link is not None or self.state is not InstanceState.STARTING:
-            return False
-        self.link = link
-        self.link_arrived.set()
-        return True
-
-    def stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        self.scope.cancel()
-
-    def describe(self) -> dict[str, Any]:
-        now = trio.current_time()
-        return {
-            "id": self.id,
-            "state": self.state.value,
-            "pid": self.handle.pid if self.handle else None,
-            "age_s": round(now - self.created_at, 3),
-            "idle_s": round(now - self.last_active, 3) if self.state is InstanceState.IDLE else 0.0,
-            "served": self.served,
-            "start_ms": round((self.ready_at - self.created_at) * 1000, 2)
-            if self.ready_at
-            else None,
-        }
-
-
-class CodeLease(Protocol):
-    """The function's code, held for one instance's lifetime (an image stays pinned)."""
-
-    image: Path | None
-
-    def release(self) -> None: ...
-
-
-class CodeProvider(Protocol):
-    """Where an instance's code comes from; the package cache implements this."""
-
-    async def acquire(self, fn: FunctionSettings) -> CodeLease: ...
-
-
-class DirectoryCode:
-    """The default provider: the function's package is a plain directory."""
-
-    image: Path | None = None
-
-    async def acquire(self, fn: FunctionSettings) -> CodeLease:
-        return self
-
-    def release(self) -> None:
-        pass
 
 
 class _StartError(Exception):
@@ -539,7 +447,7 @@ class FunctionPool:
         while True:
             if record.inflight:
                 await trio.sleep(interval)
-                if record.inflight and _stopped_by_signal(record.handle):
+                if record.inflight and stopped_by_signal(record.handle):
                     # SIGSTOPped (or held by a tracer) mid-request: it cannot
                     # finish; answering now beats waiting out the deadline.
                     self.counters["stopped_busy"] += 1
@@ -793,16 +701,3 @@ class FunctionPool:
             "last_start_error": self.last_start_error,
             "breaker": self.breaker.describe(trio.current_time()),
         }
-
-
-def _stopped_by_signal(handle: InstanceHandle | None) -> bool:
-    """Is the instance's process in the stopped (T) or traced (t) state?"""
-    if handle is None or handle.pid is None:
-        return False
-    try:
-        with open(f"/proc/{handle.pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False  # gone: its exit is seen through the pidfd
-    # The command name (in parentheses) may hold spaces; the state follows it.
-    return stat.rsplit(b")", 1)[-1].split()[:1] in ([b"T"], [b"t"])

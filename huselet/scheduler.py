@@ -25,9 +25,10 @@ from huselet.errors import (
     Unavailable,
     UnknownFunction,
 )
+from huselet.instance import CodeProvider
 from huselet.invocation import Invocation, InvokeResult
 from huselet.log import get_logger
-from huselet.pool import ChangeObserver, CodeProvider, FunctionPool
+from huselet.pool import ChangeObserver, FunctionPool
 from huselet.runtime.base import Runtime
 
 log = get_logger("scheduler")

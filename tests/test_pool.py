@@ -18,7 +18,7 @@ import trio
 from support import running_stack, write_package
 
 from huselet.errors import InstanceLost, Unavailable
-from huselet.pool import InstanceState
+from huselet.instance import InstanceState
 
 # Records each call in a file, so a test can tell how often a handler really ran.
 COUNTING = """
