@@ -12,10 +12,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +107,8 @@ def recovery_report(daemon: Daemon) -> dict[str, Any]:
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    # Short: Unix socket paths must stay under 108 bytes.
-    path = Path(tempfile.mkdtemp(prefix="hlr"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def root(short_tmp: Path) -> Path:
+    return short_tmp  # short: Unix socket paths must stay under 108 bytes
 
 
 def config_text(root: Path, sandbox: bool, bwrap: bool) -> str:
