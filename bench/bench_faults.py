@@ -58,7 +58,12 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from daemon_harness import Daemon, wait_until, write_config  # noqa: E402
-from load_support import BackgroundLoad, LoadReport  # noqa: E402
+from load_support import (  # noqa: E402
+    BROKEN_ON_IMPORT,
+    SLEEPY_HANDLER,
+    BackgroundLoad,
+    LoadReport,
+)
 from support import write_package  # noqa: E402
 
 from huselet.admin.client import AdminClient  # noqa: E402
@@ -70,18 +75,6 @@ BLOCK_MS = 600
 WATCHDOG_S = 0.4
 LOAD_EVENT = {"sleep": 0.02}
 
-WORK = """
-import os, time
-def handler(event, context):
-    if isinstance(event, dict) and event.get("sleep"):
-        time.sleep(event["sleep"])
-    return {"pid": os.getpid()}
-"""
-BROKEN = """
-raise RuntimeError("config missing")
-def handler(event, context):
-    return 0
-"""
 
 FUNCTIONS = f"""
 [[functions]]
@@ -230,8 +223,8 @@ def faulted_load(
 
 
 def start_daemon(root: Path, env: dict[str, str] | None = None) -> Daemon:
-    write_package(root, "work", WORK)
-    write_package(root, "fragile", WORK)
+    write_package(root, "work", SLEEPY_HANDLER)
+    write_package(root, "fragile", SLEEPY_HANDLER)
     return Daemon(write_config(root, FUNCTIONS, EXTRA), env=env)
 
 
@@ -334,14 +327,14 @@ def bench_crash_loop(root: Path, rate: float, repeats: int) -> list[Trial]:
 
         def inject() -> tuple[float, float, Any]:
             mono, wall = time.monotonic(), time.time()
-            write_package(root, "fragile", BROKEN)
+            write_package(root, "fragile", BROKEN_ON_IMPORT)
             admin(d, "reload")
             for i in admin(d, "instances"):
                 if i["function"] == "fragile" and i["pid"]:
                     os.kill(i["pid"], signal.SIGKILL)
             opened = log_after(d, "circuit breaker opened", wall, timeout=10, function="fragile")
             # The operator's fix, as soon as the breaker says something is wrong.
-            write_package(root, "fragile", WORK)
+            write_package(root, "fragile", SLEEPY_HANDLER)
             fixes[mono] = time.monotonic()
             admin(d, "reload")
             return mono, wall, opened

@@ -42,6 +42,21 @@ MAX_HEAD_BYTES = 64 * 1024
 
 EventSource = Callable[[int], Any]
 
+# The function the fault tests and the benchmark load: sleeps as asked, says who ran it.
+SLEEPY_HANDLER = """
+import os, time
+def handler(event, context):
+    if isinstance(event, dict) and event.get("sleep"):
+        time.sleep(event["sleep"])
+    return {"pid": os.getpid()}
+"""
+# A build that cannot even be imported: a crash loop.
+BROKEN_ON_IMPORT = """
+raise RuntimeError("config missing")
+def handler(event, context):
+    return {"pid": 0}
+"""
+
 
 @dataclass(slots=True)
 class Outcome:

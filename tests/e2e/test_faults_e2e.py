@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from daemon_harness import Daemon, pid_alive, wait_until, write_config
-from load_support import BackgroundLoad, LoadReport
+from load_support import BROKEN_ON_IMPORT, SLEEPY_HANDLER, BackgroundLoad, LoadReport
 from support import write_package
 
 from huselet.admin.client import AdminClient
@@ -36,19 +36,6 @@ MARGIN_S = 1.0
 DEADLINE_MS = 1500
 RATE = 100  # requests/s
 
-WORK = """
-import os, time
-def handler(event, context):
-    if isinstance(event, dict) and event.get("sleep"):
-        time.sleep(event["sleep"])
-    return {"pid": os.getpid()}
-"""
-
-BROKEN = """
-raise RuntimeError("config missing")
-def handler(event, context):
-    return {"pid": 0}
-"""
 
 FUNCTIONS = f"""
 [[functions]]
@@ -103,8 +90,8 @@ debug_commands = true
 @pytest.fixture
 def root(short_tmp: Path) -> Path:
     """The daemon's root (short: its sockets live under it) with the packages."""
-    write_package(short_tmp, "work", WORK)
-    write_package(short_tmp, "fragile", WORK)
+    write_package(short_tmp, "work", SLEEPY_HANDLER)
+    write_package(short_tmp, "fragile", SLEEPY_HANDLER)
     return short_tmp
 
 
@@ -324,14 +311,14 @@ def test_handler_hanging_past_its_deadline_gets_504_and_its_instance_is_replaced
 
 
 def test_crash_on_import_opens_the_breaker_and_a_reload_with_a_fix_closes_it(root: Path) -> None:
-    write_package(root, "fragile", BROKEN)
+    write_package(root, "fragile", BROKEN_ON_IMPORT)
     with start(root) as d:
         with load(d, "fragile", duration=5.0, rate=50) as running:
             assert wait_until(
                 lambda: function_status(d, "fragile")["breaker"]["state"] == "open", timeout=5
             ), function_status(d, "fragile")
             fixed_at = time.monotonic()
-            write_package(root, "fragile", WORK)
+            write_package(root, "fragile", SLEEPY_HANDLER)
             d.proc.send_signal(signal.SIGHUP)
 
             def serving() -> bool:
