@@ -16,6 +16,7 @@ import ipaddress
 import os
 import re
 import socket
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ HANDLER = re.compile(
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EMBEDDED_DEFAULT = Path(__file__).with_name("default.toml")
+MAX_CONFIG_BYTES = 4 << 20  # thousands of functions fit in far less
 
 
 @dataclass(frozen=True)
@@ -207,9 +209,16 @@ def load_config(path: Path | None, *, known_runtimes: Iterable[str] = ("process"
     """Read and validate ``path`` (or the embedded default when None)."""
     source = EMBEDDED_DEFAULT if path is None else Path(path)
     try:
-        raw_bytes = source.read_bytes()
+        if not stat.S_ISREG(source.stat().st_mode):
+            # A FIFO would block the reader forever; a device never ends.
+            raise ConfigError("", f"{source} is not a regular file")
+        with source.open("rb") as f:
+            # Bounded: a reload must not swallow a runaway file (or /dev/zero).
+            raw_bytes = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError("", f"cannot read {source}: {exc.strerror}") from None
+    if len(raw_bytes) > MAX_CONFIG_BYTES:
+        raise ConfigError("", f"{source} is larger than {MAX_CONFIG_BYTES // (1 << 20)} MiB")
     try:
         raw = tomllib.loads(raw_bytes.decode("utf-8"))
     except UnicodeDecodeError:

@@ -163,6 +163,30 @@ def test_unreadable_and_invalid_toml_files(tmp_path: Path) -> None:
     bad.write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match="is not UTF-8"):
         load_config(bad)
+    # What a reload may meet: never block on a FIFO, never swallow a runaway file.
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_config(fifo)
+    bad.write_bytes(b"# " + b"x" * (4 << 20) + b"\n")
+    with pytest.raises(ConfigError, match="is larger than 4 MiB"):
+        load_config(bad)
+
+
+def test_health_table_is_validated(tmp_path: Path) -> None:
+    base = '[node]\nstate_dir = "s"\nrun_dir = "/tmp/hl-h"\n'
+    cases = {
+        "heartbeat_interval_ms = 0": "health.heartbeat_interval_ms: expected a positive integer",
+        "disk_enter_free_percent = 101": "expected a percentage 1..100",
+        "fd_leave_percent = 90": "health.fd_leave_percent: 90 must be below fd_enter_percent",
+        "breaker_max_open_ms = 10": "is below breaker_open_ms",
+        "heartbeat = 1": "health.heartbeat: unknown key",
+    }
+    for line, message in cases.items():
+        path = tmp_path / "h.toml"
+        path.write_text(base + "[health]\n" + line + "\n")
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
 
 
 def test_default_toml_is_the_one_shipped() -> None:
