@@ -50,6 +50,7 @@ LIVE_FIELDS = frozenset(
         "idempotent",
     }
 )
+READ_TIMEOUT_S = 10.0
 SECTIONS_NEEDING_RESTART = ("node", "gateway", "admin", "cache", "scheduler", "runtimes", "health")
 
 
@@ -105,12 +106,17 @@ class ConfigReloader:
                 "running on the embedded default config: there is no file to reload"
             )
         try:
-            # Validation reads the file and stats packages: off the event loop.
-            new = await trio.to_thread.run_sync(
-                lambda: load_config(source, known_runtimes=self.known_runtimes)
-            )
+            # Validation reads the file and stats packages: off the event loop,
+            # and with a deadline (a hung file system must not wedge reloads).
+            with trio.fail_after(READ_TIMEOUT_S):
+                new = await trio.to_thread.run_sync(
+                    lambda: load_config(source, known_runtimes=self.known_runtimes),
+                    abandon_on_cancel=True,
+                )
         except ConfigError as exc:
             raise ReloadRefused(f"{source}: {exc}") from None
+        except trio.TooSlowError:
+            raise ReloadRefused(f"{source}: not read within {READ_TIMEOUT_S:g} s") from None
         old_fns = {fn.name: fn for fn in self.config.functions}
         new_fns = {fn.name: fn for fn in new.functions}
         self._check(new, old_fns)
