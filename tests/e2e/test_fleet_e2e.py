@@ -141,6 +141,13 @@ def link(d: Daemon) -> dict[str, Any]:
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
+def sched_link_health(d: Daemon) -> dict[str, Any]:
+    out = d.ctl("health", "--json")
+    assert out.returncode == 0, out.stderr
+    loops = {loop["loop"]: loop for loop in json.loads(out.stdout)["loops"]}
+    return loops["scheduler_link"]  # type: ignore[no-any-return]
+
+
 def test_fleet_deploy_failover_and_node_restart(root: Path) -> None:
     write_package(root, "echo", ECHO)
     state = root / "central"
@@ -196,6 +203,11 @@ def test_fleet_deploy_failover_and_node_restart(root: Path) -> None:
             assert commands["executed"] == {"deploy_function": BURST + 1}, (node_id, commands)
             assert commands["deployed"] == {name: 1 for name in expected}
             assert d.invoke(f"f{BURST - 1}").status_code == 200
+            # The link's health loop sees the new scheduler (it samples once a second).
+            assert wait_until(
+                lambda d=d: sched_link_health(d)["detail"].startswith("established with"), timeout=5
+            ), sched_link_health(d)
+            assert sched_link_health(d)["state"] == "ok"
 
         # --- phase 3: SIGKILL a node and restart it -----------------------------------------
         victim = daemons["node-2"]
