@@ -42,12 +42,12 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from huselet.config import parse_config
-from huselet.link import LinkServer
+from huselet.dispatch.dispatcher import Dispatcher
+from huselet.dispatch.links import LinkServer
 from huselet.runtime.base import Runtime
 from huselet.runtime.bwrap import BwrapRuntime
 from huselet.runtime.fork import ForkRuntime
 from huselet.runtime.process import ProcessRuntime
-from huselet.scheduler import NodeScheduler
 
 NOOP = "def handler(event, ctx):\n    return 'ok'\n"
 HOLD = "import time\n\ndef handler(event, ctx):\n    time.sleep(event['hold_s'])\n    return 'ok'\n"
@@ -81,14 +81,14 @@ async def stack(
     config.node.run_dir.mkdir(parents=True, exist_ok=True)
     runtime = make_runtime(runtime_name, config.node)
     runtime.expect(list(config.functions))
-    scheduler: NodeScheduler | None = None
+    scheduler: Dispatcher | None = None
 
     def claim(function: str, instance_id: str, token: str) -> Any:
         assert scheduler is not None
         return scheduler.claim_link(function, instance_id, token)
 
     links = LinkServer(config.node.run_dir, claim, max_frame=1 << 20)
-    scheduler = NodeScheduler(config, {runtime_name: runtime}, links.socket_path)
+    scheduler = Dispatcher(config, {runtime_name: runtime}, links.socket_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.run)
         await nursery.start(links.run, [f["name"] for f in functions])

@@ -23,8 +23,10 @@ import trio
 import huselet
 from huselet.admin.errors import AdminCommandError
 from huselet.admin.server import AdminServer
-from huselet.codecache import CodeCache
+from huselet.code.codecache import CodeCache
 from huselet.config import Config
+from huselet.dispatch.dispatcher import Dispatcher
+from huselet.dispatch.links import LinkServer
 from huselet.errors import HuseletError
 from huselet.fleet import FleetCommands, SchedulerLink
 from huselet.fleet.commands import FunctionStore
@@ -40,12 +42,10 @@ from huselet.health.pressure import build_pressure_loops
 from huselet.health.recovery import RecoverySweep
 from huselet.health.supervisor import HealthSupervisor
 from huselet.health.watchdog import WatchdogPetter, watchdog_interval_s
-from huselet.link import LinkServer
 from huselet.log import get_logger
 from huselet.notify import SystemdNotifier
 from huselet.reload import ConfigReloader
 from huselet.runtime import available_runtimes, create_runtimes
-from huselet.scheduler import NodeScheduler
 from protocol.frames import DEFAULT_MAX_FRAME
 
 log = get_logger("daemon")
@@ -86,7 +86,7 @@ class Daemon:
             runtime.expect([fn for fn in config.functions if fn.runtime == name])
         self.links = LinkServer(config.node.run_dir, self._claim_link, max_frame=max_frame)
         self.cache = CodeCache(config, self._invocation_counts)
-        self.scheduler = NodeScheduler(
+        self.scheduler = Dispatcher(
             config, self.runtimes, self.links.socket_path, code=self.cache.packages
         )
         self.admin = AdminServer(config.admin)

@@ -17,6 +17,7 @@ import h11
 import trio
 
 from huselet.config import GatewaySettings, TcpAddress
+from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import BadRequest, Draining, HuseletError, PayloadTooLarge, Unauthorized
 from huselet.gateway.connection import (
     LINGER_S,
@@ -46,7 +47,6 @@ from huselet.gateway.routes import (
     new_request_id,
     parse_timeout_ms,
 )
-from huselet.invocation import InvokeResult
 from huselet.log import get_logger
 
 log = get_logger("gateway")
@@ -60,7 +60,7 @@ WARN_WINDOW_S = 10.0
 
 
 class Invoker(Protocol):
-    """What the ingress needs from the scheduler (NodeScheduler implements it)."""
+    """What the ingress needs from the scheduler (Dispatcher implements it)."""
 
     draining: bool
 

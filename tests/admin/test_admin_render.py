@@ -1,7 +1,7 @@
 """Tests of the text rendering behind ``huselet ctl status | functions | instances``.
 
-The inputs have the shapes the daemon really produces (``NodeScheduler.status()``
-plus the daemon's ``node`` part, ``NodeScheduler.instances()``).
+The inputs have the shapes the daemon really produces (``Dispatcher.status()``
+plus the daemon's ``node`` part, ``Dispatcher.instances()``).
 """
 
 from __future__ import annotations

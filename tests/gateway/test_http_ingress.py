@@ -21,6 +21,7 @@ import pytest
 import trio
 
 from huselet.config import GatewaySettings, TcpAddress
+from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import (
     DeadlineExceeded,
     HandlerError,
@@ -31,7 +32,6 @@ from huselet.errors import (
     UnknownFunction,
 )
 from huselet.gateway import HttpIngress
-from huselet.invocation import InvokeResult
 
 GUARD_S = 10  # hang guard, not a timing assertion
 SETTINGS = GatewaySettings(http=TcpAddress("127.0.0.1", 0), max_body_bytes=1024)

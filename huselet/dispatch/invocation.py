@@ -17,7 +17,7 @@ import trio
 from huselet.errors import HuseletError
 
 if TYPE_CHECKING:
-    from huselet.instance import InstanceRecord
+    from huselet.dispatch.instance import InstanceRecord
 
 
 @dataclass(frozen=True, slots=True)

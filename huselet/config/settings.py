@@ -12,7 +12,6 @@ default (``huselet/default.toml``) resolves against the ``huselet`` package, so
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import socket
@@ -24,8 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from huselet.config.health import HealthSettings, parse_health
+from huselet.config.table import ConfigTable, TcpAddress, describe
 from huselet.errors import ConfigError
-from huselet.health.settings import HealthSettings, parse_health
 
 # A sun_path holds 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107
@@ -35,26 +35,8 @@ HANDLER = re.compile(
 )
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-EMBEDDED_DEFAULT = Path(__file__).with_name("default.toml")
+EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "default.toml"
 MAX_CONFIG_BYTES = 4 << 20  # thousands of functions fit in far less
-
-
-@dataclass(frozen=True)
-class TcpAddress:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
 
 
 @dataclass(frozen=True)
@@ -243,7 +225,7 @@ def parse_config(
     known_runtimes: frozenset[str] = frozenset({"process"}),
     source: Path | None = None,
 ) -> Config:
-    t = _Table(raw, "", base_dir)
+    t = ConfigTable(raw, "", base_dir)
     node_t = t.table("node")
     if embedded and os.geteuid() != 0:
         # A non-root user running the bundled default must not need /var or /run.
@@ -330,7 +312,7 @@ def parse_config(
 
 
 def _parse_function(
-    ft: _Table,
+    ft: ConfigTable,
     gateway: GatewaySettings,
     known_runtimes: frozenset[str],
     cache: CacheSettings | None = None,
@@ -374,7 +356,7 @@ def _parse_function(
 
 
 def _parse_code(
-    ft: _Table, module: str, cache: CacheSettings
+    ft: ConfigTable, module: str, cache: CacheSettings
 ) -> tuple[Path, Path | None, str | None, str | None]:
     """Exactly one of ``package``, ``image`` or ``digest`` (+ ``origin``) names the code.
 
@@ -422,7 +404,7 @@ def _parse_code(
     return IMAGE_ONLY_CWD, None, digest, origin
 
 
-def _check_image(ft: _Table, image: Path, module: str, rel: Path) -> None:
+def _check_image(ft: ConfigTable, image: Path, module: str, rel: Path) -> None:
     """Open the image's header and index (not its data: the store verifies that)."""
     from cache.errors import CacheError
     from cache.reader import ImageReader
@@ -443,13 +425,13 @@ def _check_image(ft: _Table, image: Path, module: str, rel: Path) -> None:
         raise ConfigError(ft.key("handler"), f"module {module!r} not found in image {image}")
 
 
-def _origin_url(t: _Table, key: str) -> str:
+def _origin_url(t: ConfigTable, key: str) -> str:
     """A directory (resolved against the config file) or a file:// / http(s):// URL."""
     value = t.string(key)
     scheme = urlsplit(value).scheme
     if scheme in ("http", "https", "file"):
         if scheme != "file" and not urlsplit(value).hostname:
-            raise ConfigError(t.key(key), f"{_describe(value)} has no host")
+            raise ConfigError(t.key(key), f"{describe(value)} has no host")
         return value
     if scheme:
         raise ConfigError(
@@ -459,7 +441,7 @@ def _origin_url(t: _Table, key: str) -> str:
     return str(t.path(key))
 
 
-def _parse_cache(ct: _Table, node: NodeSettings) -> CacheSettings:
+def _parse_cache(ct: ConfigTable, node: NodeSettings) -> CacheSettings:
     disk_budget_mb = ct.positive_int("disk_budget_mb", default=4096)
     max_image_mb = ct.positive_int("max_image_mb", default=min(1024, disk_budget_mb))
     if max_image_mb > disk_budget_mb:
@@ -494,7 +476,7 @@ def _parse_cache(ct: _Table, node: NodeSettings) -> CacheSettings:
     return settings
 
 
-def _parse_scheduler(st: _Table, node: NodeSettings) -> SchedulerLinkSettings:
+def _parse_scheduler(st: ConfigTable, node: NodeSettings) -> SchedulerLinkSettings:
     addresses = st.tcp_address_list("addresses")
     if not addresses:
         raise ConfigError(st.key("addresses"), "at least one scheduler address is required")
@@ -537,7 +519,7 @@ def parse_function_spec(
     Validated exactly like the config file's; errors name ``where`` as the key path.
     Relative paths resolve against ``node.state_dir``.
     """
-    t = _Table(raw, where, config.node.state_dir)
+    t = ConfigTable(raw, where, config.node.state_dir)
     return _parse_function(t, config.gateway, frozenset(known_runtimes), config.cache)
 
 
@@ -556,175 +538,3 @@ def _check_unix_path(key: str, path: Path) -> None:
             f"{path} is too long for a Unix socket path ({len(os.fsencode(path))} bytes, "
             f"at most {MAX_UNIX_PATH}); choose a shorter directory",
         )
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return repr(value)
-
-
-class _Table:
-    """One TOML table being validated: typed getters that remember which keys were used."""
-
-    def __init__(self, raw: Mapping[str, Any], where: str, base_dir: Path) -> None:
-        self.raw = raw
-        self.where = where
-        self.base_dir = base_dir
-        self._used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def key_names(self) -> list[str]:
-        self._used.update(self.raw)
-        return list(self.raw)
-
-    def _get(self, name: str, default: Any) -> Any:
-        self._used.add(name)
-        if name in self.raw:
-            return self.raw[name]
-        if default is _REQUIRED:
-            raise ConfigError(self.key(name), "required key is missing")
-        return default
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.raw) - self._used)
-        if unknown:
-            raise ConfigError(self.key(unknown[0]), "unknown key")
-
-    def table(self, name: str) -> _Table:
-        value = self._get(name, {})
-        if not isinstance(value, dict):
-            raise ConfigError(self.key(name), f"expected a table, got {_describe(value)}")
-        return _Table(value, self.key(name), self.base_dir)
-
-    def table_list(self, name: str) -> list[_Table]:
-        value = self._get(name, [])
-        if not isinstance(value, list):
-            raise ConfigError(
-                self.key(name), f"expected an array of tables, got {_describe(value)}"
-            )
-        out = []
-        for i, item in enumerate(value):
-            if not isinstance(item, dict):
-                raise ConfigError(
-                    f"{self.key(name)}[{i}]", f"expected a table, got {_describe(item)}"
-                )
-            out.append(_Table(item, f"{self.key(name)}[{i}]", self.base_dir))
-        return out
-
-    def string(
-        self,
-        name: str,
-        default: Any = None,
-        *,
-        pattern: re.Pattern[str] | None = None,
-        pattern_help: str = "",
-    ) -> str:
-        value = self._get(name, _REQUIRED if default is None else default)
-        if not isinstance(value, str):
-            raise ConfigError(self.key(name), f"expected a string, got {_describe(value)}")
-        if pattern is not None and not pattern.match(value):
-            hint = f" (expected {pattern_help})" if pattern_help else ""
-            raise ConfigError(self.key(name), f"invalid value {_describe(value)}{hint}")
-        return value
-
-    def choice(self, name: str, choices: tuple[str, ...], *, default: str) -> str:
-        value = self.string(name, default=default)
-        if value not in choices:
-            raise ConfigError(
-                self.key(name), f"expected one of {', '.join(choices)}, got {_describe(value)}"
-            )
-        return value
-
-    def boolean(self, name: str, *, default: bool) -> bool:
-        value = self._get(name, default)
-        if not isinstance(value, bool):
-            raise ConfigError(self.key(name), f"expected true or false, got {_describe(value)}")
-        return value
-
-    def positive_int(self, name: str, *, default: int | None = None, minimum: int = 1) -> int:
-        value = self._get(name, _REQUIRED if default is None else default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            what = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
-            raise ConfigError(self.key(name), f"expected {what}, got {_describe(value)}")
-        return value
-
-    def non_negative_int(self, name: str, *, default: int) -> int:
-        value = self._get(name, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(
-                self.key(name), f"expected a non-negative integer, got {_describe(value)}"
-            )
-        return value
-
-    def int_list(self, name: str, *, default: list[int]) -> list[int]:
-        value = self._get(name, default)
-        if not isinstance(value, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
-        ):
-            raise ConfigError(
-                self.key(name),
-                f"expected an array of non-negative integers, got {_describe(value)}",
-            )
-        return value
-
-    def path(self, name: str, default: Path | None = None, *, force_default: bool = False) -> Path:
-        if force_default and default is not None:
-            self._used.add(name)
-            return default
-        value = self._get(name, _REQUIRED if default is None else str(default))
-        if not isinstance(value, str) or not value or "\0" in value:
-            raise ConfigError(self.key(name), f"expected a path string, got {_describe(value)}")
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else self.base_dir / p
-
-    def optional_path(self, name: str) -> Path | None:
-        if name not in self.raw:
-            self._used.add(name)
-            return None
-        return self.path(name)
-
-    def tcp_address(self, name: str, *, default: str) -> TcpAddress:
-        value = self.string(name, default=default)
-        m = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]+)):(\d{1,5})$", value)
-        if not m:
-            raise ConfigError(
-                self.key(name), f'expected "host:port" or "[v6]:port", got {_describe(value)}'
-            )
-        host = m.group(1) or m.group(2)
-        port = int(m.group(3))
-        if port > 65535:
-            raise ConfigError(self.key(name), f"port {port} is out of range 0..65535")
-        if host != "localhost":
-            try:
-                ipaddress.ip_address(host)
-            except ValueError:
-                raise ConfigError(
-                    self.key(name), f"{host!r} is not an IP address (or localhost)"
-                ) from None
-        return TcpAddress(host, port)
-
-    def tcp_address_list(self, name: str) -> list[TcpAddress]:
-        value = self._get(name, _REQUIRED)
-        if not isinstance(value, list):
-            raise ConfigError(
-                self.key(name), f"expected an array of addresses, got {_describe(value)}"
-            )
-        out = []
-        for i, item in enumerate(value):
-            try:
-                out.append(_Table({"a": item}, "", self.base_dir).tcp_address("a", default=""))
-            except ConfigError as exc:
-                raise ConfigError(f"{self.key(name)}[{i}]", exc.problem) from None
-        return out
-
-
-_REQUIRED: Any = object()

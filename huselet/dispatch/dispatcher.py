@@ -1,7 +1,7 @@
-"""NodeScheduler: the node-local scheduler that owns every function's pool.
+"""Dispatcher: the node-local scheduler that owns every function's pool.
 
-It is what the ingress calls (:meth:`NodeScheduler.invoke`) and what the admin
-socket inspects (:meth:`NodeScheduler.status`). It enforces the deadline of
+It is what the ingress calls (:meth:`Dispatcher.invoke`) and what the admin
+socket inspects (:meth:`Dispatcher.status`). It enforces the deadline of
 every accepted invocation — per-function ``timeout_ms``, possibly shortened by
 the caller — so each one completes or gets an error, and it drains the node on
 shutdown.
@@ -18,6 +18,9 @@ from typing import Any
 import trio
 
 from huselet.config import Config, FunctionSettings
+from huselet.dispatch.instance import CodeProvider
+from huselet.dispatch.invocation import Invocation, InvokeResult
+from huselet.dispatch.pool import ChangeObserver, FunctionPool
 from huselet.errors import (
     DeadlineExceeded,
     Draining,
@@ -25,10 +28,7 @@ from huselet.errors import (
     Unavailable,
     UnknownFunction,
 )
-from huselet.instance import CodeProvider
-from huselet.invocation import Invocation, InvokeResult
 from huselet.log import get_logger
-from huselet.pool import ChangeObserver, FunctionPool
 from huselet.runtime.base import Runtime
 
 log = get_logger("scheduler")
@@ -38,7 +38,7 @@ def new_request_id() -> str:
     return secrets.token_hex(8)
 
 
-class NodeScheduler:
+class Dispatcher:
     def __init__(
         self,
         config: Config,

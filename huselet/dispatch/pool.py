@@ -17,7 +17,7 @@ or when found frozen (SIGSTOP) while busy. Every in-flight invocation of an
 instance that ends is completed with a clear :class:`InstanceLost` error —
 never left waiting — unless it can safely run elsewhere: its request never
 fully reached the instance, or the function is ``idempotent`` (once).
-The per-instance record lives in :mod:`huselet.instance`.
+The per-instance record lives in :mod:`huselet.dispatch.instance`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,18 @@ from typing import Any
 
 import trio
 
-from huselet.buffer import RequestBuffer
 from huselet.config import FunctionSettings
+from huselet.config.health import HealthSettings
+from huselet.dispatch.buffer import RequestBuffer
+from huselet.dispatch.instance import (
+    CodeProvider,
+    DirectoryCode,
+    InstanceRecord,
+    InstanceState,
+    stopped_by_signal,
+)
+from huselet.dispatch.invocation import Invocation, InvokeResult
+from huselet.dispatch.links import token_matches
 from huselet.errors import (
     BadRequest,
     Draining,
@@ -41,16 +51,6 @@ from huselet.errors import (
     Unavailable,
 )
 from huselet.health.breaker import BreakerState, CircuitBreaker
-from huselet.health.settings import HealthSettings
-from huselet.instance import (
-    CodeProvider,
-    DirectoryCode,
-    InstanceRecord,
-    InstanceState,
-    stopped_by_signal,
-)
-from huselet.invocation import Invocation, InvokeResult
-from huselet.link import token_matches
 from huselet.log import get_logger
 from huselet.runtime.base import InstanceSpec, Runtime, StartFailed
 from protocol.errors import ProtocolError

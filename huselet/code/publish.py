@@ -54,10 +54,10 @@ from cache import format as fmt
 from cache.errors import CacheError
 from cache.origin import DirectoryOrigin, Origin
 from cache.reader import ImageReader
+from huselet.code.packages import PackageManager, SingleFileOrigin
+from huselet.code.packing import tree_fingerprint
 from huselet.errors import HuseletError
 from huselet.log import get_logger
-from huselet.packages import PackageManager, SingleFileOrigin
-from huselet.packing import tree_fingerprint
 
 log = get_logger("publish")
 
