@@ -286,8 +286,7 @@ class Daemon:
         await self.scheduler.drain(grace_s)
         # Let the ingress write the replies of requests that just completed.
         with trio.move_on_after(1.0):
-            while self.ingress.active_requests:
-                await trio.sleep(0.005)
+            await self.ingress.active_requests.wait_zero()
 
 
 def _read_token(path: Path | None) -> str | None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from huselet.activity import wait_all_zero
 from huselet.config import Config, FunctionSettings
 from huselet.dispatch.instance import CodeProvider
 from huselet.dispatch.invocation import Invocation, InvokeResult
@@ -178,13 +179,11 @@ class Dispatcher:
         try:
             # Accepted requests keep their deadline; none outlives timeout_ms.
             with trio.move_on_after(pool.settings.timeout_ms / 1000 + 1):
-                while pool.busy():
-                    await trio.sleep(0.05)
+                await pool.outstanding.wait_zero()
             pool.buffer.fail_all(Unavailable("the function was replaced or removed"))
             pool.stop_all("function retired")
             with trio.move_on_after(10):
-                while pool.instances:
-                    await trio.sleep(0.05)
+                await pool.live_instances.wait_zero()
         finally:
             self._retiring.remove(pool)
 
@@ -209,6 +208,7 @@ class Dispatcher:
         deadline = trio.current_time() + budget_ms / 1000
         inv = Invocation(request_id or new_request_id(), function, event, kind, deadline)
         pool.submit(inv)
+        pool.outstanding.enter()
         try:
             with trio.move_on_at(deadline):
                 await inv.wait()
@@ -224,6 +224,7 @@ class Dispatcher:
                 )
                 inv.complete(error)
                 pool.on_deadline(inv)
+            pool.outstanding.leave()
         return inv.result()
 
     # --- drain and stop ---------------------------------------------------------
@@ -234,8 +235,7 @@ class Dispatcher:
         for pool in self.pools.values():
             pool.accepting = False
         with trio.move_on_after(grace_s):
-            while any(pool.busy() for pool in self.pools.values()):
-                await trio.sleep(0.01)
+            await wait_all_zero([pool.outstanding for pool in self.pools.values()])
         for pool in self.pools.values():
             failed = pool.buffer.fail_all(Draining("the node shut down before the request ran"))
             if failed:
@@ -248,8 +248,7 @@ class Dispatcher:
         for pool in pools:
             pool.stop_all("node stopping")
         with trio.move_on_after(timeout_s):
-            while any(pool.instances for pool in pools):
-                await trio.sleep(0.01)
+            await wait_all_zero([pool.live_instances for pool in pools])
 
     # --- resource pressure (the health loops call these) ---------------------------
 

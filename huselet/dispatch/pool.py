@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from huselet.activity import ActivityCount
 from huselet.config import FunctionSettings
 from huselet.config.health import HealthSettings
 from huselet.dispatch.buffer import RequestBuffer
@@ -128,6 +129,10 @@ class FunctionPool:
         self.breaker = CircuitBreaker(self.health.breaker)
         self.buffer = RequestBuffer(settings.max_queue or 1000)
         self.instances: dict[str, InstanceRecord] = {}
+        # Waitable twins of "requests not yet answered" and "instances not yet
+        # torn down": drain and retire wait on them instead of polling.
+        self.outstanding = ActivityCount()  # held by Dispatcher.invoke per request
+        self.live_instances = ActivityCount()  # one per entry of self.instances
         # Sum of all ready instances' credits: capacity that will take a request
         # within microseconds. Counting only parked dispatchers would start a new
         # instance in the instant between a RESULT and its dispatcher re-parking.
@@ -197,6 +202,7 @@ class FunctionPool:
         record = InstanceRecord(self.name, self._instance_changed)
         record.breaker_round = self.breaker.opened
         self.instances[record.id] = record
+        self.live_instances.enter()
         self._instance_changed(record)
         self.counters["instances_started"] += 1
         self._nursery.start_soon(self._lifecycle, record, name=f"instance {record.id}")
@@ -596,8 +602,10 @@ class FunctionPool:
                 if inv.complete(InstanceLost(f"{what} while serving the request")):
                     self.counters["instance_lost"] += 1
             record.inflight.clear()
-        if self.instances.pop(record.id, None) is not None and self.on_change is not None:
-            self.on_change("instance", record.id, None)
+        if self.instances.pop(record.id, None) is not None:
+            self.live_instances.leave()
+            if self.on_change is not None:
+                self.on_change("instance", record.id, None)
         if record.stop_reason not in PLANNED_STOPS:
             self.counters["instances_lost"] += 1
             if record.stop_reason != "request deadline passed":
@@ -678,9 +686,6 @@ class FunctionPool:
     def instance_pids(self) -> list[int]:
         handles = [r.handle for r in self.instances.values() if r.handle is not None]
         return [h.pid for h in handles if h.pid is not None]
-
-    def busy(self) -> bool:
-        return self.buffer.live_count() > 0 or any(r.inflight for r in self.instances.values())
 
     def stop_all(self, reason: str) -> None:
         self.accepting = False

@@ -18,6 +18,7 @@ from typing import Protocol, cast
 import h11
 import trio
 
+from huselet.activity import ActivityCount
 from huselet.config import GatewaySettings, TcpAddress
 from huselet.errors import BadRequest, HuseletError, PayloadTooLarge
 from huselet.gateway.responses import (
@@ -55,7 +56,7 @@ class Responder(Protocol):
     @property
     def draining(self) -> bool: ...
 
-    active_requests: int
+    active_requests: ActivityCount
 
     async def respond(self, head: RequestHead, read_body: BodyReader) -> Reply: ...
 
@@ -165,12 +166,9 @@ class Connection:
         else:
             # Counted until the reply is written, so a draining daemon waits for
             # replies of completed invocations to reach their callers.
-            self._responder.active_requests += 1
-            try:
+            with self._responder.active_requests.hold():
                 reply = await self._responder.respond(head, self.read_body)
                 return await self._send_reply(head, reply, started)
-            finally:
-                self._responder.active_requests -= 1
         return await self._send_reply(head, reply, started)
 
     async def _send_reply(self, head: RequestHead, reply: Reply, started: float) -> bool:

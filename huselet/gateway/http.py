@@ -16,6 +16,7 @@ from typing import Protocol
 import h11
 import trio
 
+from huselet.activity import ActivityCount
 from huselet.config import GatewaySettings, TcpAddress
 from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import BadRequest, Draining, HuseletError, PayloadTooLarge, Unauthorized
@@ -94,7 +95,8 @@ class HttpIngress:
         self._connections = trio.CapacityLimiter(settings.max_connections)
         self._rejecting = trio.CapacityLimiter(REJECT_CONCURRENCY)
         self._warnings = WarningBudget(WARN_BURST, WARN_WINDOW_S)
-        self.active_requests = 0  # requests between their head and their reply's last byte
+        # Requests between their head and their reply's last byte.
+        self.active_requests = ActivityCount()
         # Set by the descriptor-pressure loop: new connections get an immediate 503.
         self.refusing_connections: str | None = None
 
