@@ -263,6 +263,8 @@ class ImageModuleLoader:
         if data[:4] != MAGIC_NUMBER or flags != _PYC_FLAGS_UNCHECKED_HASH:
             return None
         code = marshal.loads(data[_PYC_HEADER_SIZE:])
+        if not isinstance(code, CodeType):
+            return None  # a pyc holding something else is not ours to run
         # The pyc was compiled with the image-relative name; give tracebacks the
         # virtual path, exactly as CPython does for a pyc that moved.
         _imp._fix_co_filename(code, self.path)  # type: ignore[attr-defined]

@@ -32,7 +32,7 @@ DEFAULT_MAX_FRAME = 8 * 1024 * 1024
 def encode_frame(message: dict[str, Any], *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     """Serialise one message into a frame; refuse to produce one the peer would refuse."""
     try:
-        body = msgpack.packb(message, use_bin_type=True)
+        body: bytes = msgpack.packb(message, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise MalformedFrame(f"message cannot be encoded as msgpack: {exc}") from None
     if len(body) > max_frame:

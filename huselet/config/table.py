@@ -86,9 +86,7 @@ class ConfigTable:
     def table_list(self, name: str) -> list[ConfigTable]:
         value = self._get(name, [])
         if not isinstance(value, list):
-            raise ConfigError(
-                self.key(name), f"expected an array of tables, got {describe(value)}"
-            )
+            raise ConfigError(self.key(name), f"expected an array of tables, got {describe(value)}")
         out = []
         for i, item in enumerate(value):
             if not isinstance(item, dict):
