@@ -32,6 +32,7 @@ import marshal
 import os
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, ModuleSpec, PathFinder
+from types import CodeType
 
 from cache import format as fmt
 from cache.reader import MAGIC_NUMBER, Entry, ImageReader
@@ -39,7 +40,7 @@ from cache.reader import MAGIC_NUMBER, Entry, ImageReader
 TYPE_CHECKING = False  # see cache/format.py: avoids importing typing at start-up
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from types import CodeType, ModuleType
+    from types import ModuleType
 
     from cache.resources import ImageResourceReader
 
