@@ -30,6 +30,8 @@ from huselet.dispatch.links import LinkServer
 from huselet.errors import HuseletError
 from huselet.fleet import FleetCommands, SchedulerLink
 from huselet.fleet.commands import FunctionStore
+from huselet.gateway.core import InvokeCore
+from huselet.gateway.framed import FramedIngress
 from huselet.gateway.http import HttpIngress
 from huselet.health.lag import LagProbe
 from huselet.health.observers import (
@@ -94,9 +96,13 @@ class Daemon:
         self.fleet: SchedulerLink | None = None
         if config.scheduler is not None:
             self.fleet = SchedulerLink(config.scheduler, self.scheduler, self._fleet_commands)
-        self.ingress = HttpIngress(
-            config.gateway, self.scheduler, auth_token=_read_token(config.gateway.auth_token_file)
-        )
+        token = _read_token(config.gateway.auth_token_file)
+        self.ingress = HttpIngress(config.gateway, self.scheduler, auth_token=token)
+        # The framed ingress shares the dispatch core's rules; off unless configured.
+        self.framed: FramedIngress | None = None
+        if config.gateway.framed is not None or config.gateway.framed_socket is not None:
+            core = InvokeCore(self.scheduler, max_body=config.gateway.max_body_bytes, token=token)
+            self.framed = FramedIngress(config.gateway, core)
         health = config.health
         self.lag_probe = LagProbe(
             period_s=health.lag_period_ms / 1000,
@@ -224,6 +230,7 @@ class Daemon:
                 "pid": os.getpid(),
                 "uptime_s": round(trio.current_time() - self.started_at, 3),
                 "http": str(self.ingress.bound_address) if self.ingress.bound_address else None,
+                "framed": _framed_status(self.framed),
                 "admin_socket": str(self.config.admin.socket),
                 "config": str(self.config.source) if self.config.source else "(embedded default)",
                 "runtimes": sorted(self.runtimes),
@@ -251,6 +258,8 @@ class Daemon:
                     await nursery.start(self.fleet.run)
                 await nursery.start(self.admin.run)
                 await nursery.start(self.ingress.run)
+                if self.framed is not None:
+                    await nursery.start(self.framed.run)
                 ready = self._ready_status()
                 log.info(
                     "huselet ready",
@@ -287,6 +296,17 @@ class Daemon:
         # Let the ingress write the replies of requests that just completed.
         with trio.move_on_after(1.0):
             await self.ingress.active_requests.wait_zero()
+
+
+def _framed_status(framed: FramedIngress | None) -> dict[str, Any] | None:
+    if framed is None:
+        return None
+    return {
+        "address": str(framed.bound_address) if framed.bound_address else None,
+        "socket": str(framed.settings.framed_socket) if framed.settings.framed_socket else None,
+        "open_connections": framed.open_connections,
+        **framed.counters,
+    }
 
 
 def _read_token(path: Path | None) -> str | None:

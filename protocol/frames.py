@@ -59,7 +59,7 @@ class FrameDecoder:
         """Bytes received but not yet returned as a frame."""
         return len(self._buf)
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         if self._broken is not None:
             raise self._broken
         self._buf += data

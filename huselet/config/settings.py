@@ -58,6 +58,10 @@ class GatewaySettings:
     read_timeout_ms: int = 10_000  # headers + body of one request
     auth_token_file: Path | None = None
     allow_unauthenticated: bool = False
+    # The framed ingress (protocol/FRAMED.md): off unless an address or socket is set.
+    framed: TcpAddress | None = None
+    framed_socket: Path | None = None
+    framed_max_inflight: int = 256  # unanswered calls per framed connection
 
 
 @dataclass(frozen=True)
@@ -251,18 +255,26 @@ def parse_config(
         read_timeout_ms=gw_t.positive_int("read_timeout_ms", default=10_000),
         auth_token_file=gw_t.optional_path("auth_token_file"),
         allow_unauthenticated=gw_t.boolean("allow_unauthenticated", default=False),
+        framed=gw_t.optional_tcp_address("framed"),
+        framed_socket=gw_t.optional_path("framed_socket"),
+        framed_max_inflight=gw_t.positive_int("framed_max_inflight", default=256, maximum=65536),
     )
     gw_t.finish()
-    if (
-        not gateway.http.is_loopback
-        and gateway.auth_token_file is None
-        and not gateway.allow_unauthenticated
-    ):
-        raise ConfigError(
-            "gateway.http",
-            f"{gateway.http} is reachable from other hosts but no gateway.auth_token_file is "
-            "set; set one, or gateway.allow_unauthenticated = true if a trusted proxy guards it",
-        )
+    for key, address in (("http", gateway.http), ("framed", gateway.framed)):
+        if (
+            address is not None
+            and not address.is_loopback
+            and gateway.auth_token_file is None
+            and not gateway.allow_unauthenticated
+        ):
+            raise ConfigError(
+                f"gateway.{key}",
+                f"{address} is reachable from other hosts but no gateway.auth_token_file is "
+                "set; set one, or gateway.allow_unauthenticated = true if a trusted proxy "
+                "guards it",
+            )
+    if gateway.framed_socket is not None:
+        _check_unix_path("gateway.framed_socket", gateway.framed_socket)
     if gateway.auth_token_file is not None and not gateway.auth_token_file.is_file():
         raise ConfigError("gateway.auth_token_file", f"{gateway.auth_token_file} does not exist")
 
