@@ -30,6 +30,7 @@ from huselet.invocation import Invocation, InvokeResult
 from huselet.log import get_logger
 from huselet.pool import ChangeObserver, FunctionPool
 from huselet.runtime.base import Runtime
+from protocol.link import HttpRequest
 
 log = get_logger("scheduler")
 
@@ -188,6 +189,11 @@ class NodeScheduler:
         finally:
             self._retiring.remove(pool)
 
+    def takes_http(self, function: str) -> bool:
+        """Whether ``function`` takes HTTP requests (events = "http", WSGI/ASGI apps)."""
+        pool = self.pools.get(function)
+        return pool is not None and pool.settings.kind.takes_http
+
     async def invoke(
         self,
         function: str,
@@ -196,6 +202,7 @@ class NodeScheduler:
         *,
         timeout_ms: int | None = None,
         request_id: str | None = None,
+        http: HttpRequest | None = None,
     ) -> InvokeResult:
         """Run one invocation to completion: a result, or a typed error raised."""
         if self.draining:
@@ -207,7 +214,7 @@ class NodeScheduler:
         if timeout_ms is not None:
             budget_ms = min(budget_ms, timeout_ms)  # a caller may shorten, never lengthen
         deadline = trio.current_time() + budget_ms / 1000
-        inv = Invocation(request_id or new_request_id(), function, event, kind, deadline)
+        inv = Invocation(request_id or new_request_id(), function, event, kind, deadline, http)
         pool.submit(inv)
         try:
             with trio.move_on_at(deadline):

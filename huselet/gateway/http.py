@@ -3,7 +3,9 @@
 :class:`HttpIngress` listens, accepts TCP connections up to ``max_connections``
 and runs a :class:`~huselet.gateway.connection.Connection` for each. It decides
 what requests mean: ``POST /v1/invoke/{function}`` goes to
-:meth:`Invoker.invoke`, ``GET /healthz`` reports the scheduler's draining flag,
+:meth:`Invoker.invoke` (for HTTP functions any method, and any path under
+the function: :mod:`huselet.gateway.httpfunc`), ``GET /healthz`` reports the
+scheduler's draining flag,
 and every error, typed or not, becomes a JSON reply. Nothing a client does
 (garbage, disconnects, stalls, floods of connections) can take the process down.
 """
@@ -27,6 +29,7 @@ from huselet.gateway.connection import (
     WarningBudget,
     linger,
 )
+from huselet.gateway.httpfunc import function_reply, request_info
 from huselet.gateway.responses import (
     HEALTH_DRAINING,
     HEALTH_OK,
@@ -40,7 +43,9 @@ from huselet.gateway.responses import (
 from huselet.gateway.routes import (
     HEALTHZ,
     RequestHead,
+    Route,
     check_bearer,
+    check_plain_invoke,
     event_kind,
     match_route,
     new_request_id,
@@ -48,6 +53,7 @@ from huselet.gateway.routes import (
 )
 from huselet.invocation import InvokeResult
 from huselet.log import get_logger
+from protocol.link import KIND_BYTES, HttpRequest
 
 log = get_logger("gateway")
 
@@ -72,7 +78,12 @@ class Invoker(Protocol):
         *,
         timeout_ms: int | None = None,
         request_id: str | None = None,
+        http: HttpRequest | None = None,
     ) -> InvokeResult: ...
+
+    def takes_http(self, function: str) -> bool:
+        """Whether ``function`` takes HTTP requests (any method, sub-paths); False if unknown."""
+        ...
 
 
 class HttpIngress:
@@ -194,11 +205,17 @@ class HttpIngress:
             route = match_route(head.method, head.target)
             if route is HEALTHZ:
                 return HEALTH_DRAINING if self._scheduler.draining else HEALTH_OK
-            return await self._invoke(route.function, head, read_body)
+            takes_http = self._scheduler.takes_http(route.function)
+            if not takes_http:
+                check_plain_invoke(head.method, route)
+            return await self._invoke(route, head, read_body, takes_http)
         except HuseletError as exc:
             return error_reply(exc)
 
-    async def _invoke(self, function: str, head: RequestHead, read_body: BodyReader) -> Reply:
+    async def _invoke(
+        self, route: Route, head: RequestHead, read_body: BodyReader, takes_http: bool
+    ) -> Reply:
+        function = route.function
         # Cheap checks first, so a request that will be refused is refused
         # before its body is read (and without a 100 Continue).
         if self._token is not None:
@@ -213,13 +230,32 @@ class HttpIngress:
         if head.content_length is not None and head.content_length > self._max_body:
             raise PayloadTooLarge(f"the request body exceeds {self._max_body} bytes")
         event = await read_body(self._max_body)
+        if takes_http:
+            http = request_info(head, route.subpath, strip_authorization=self._token is not None)
+            result = await self._call(function, event, KIND_BYTES, timeout_ms, head, http)
+            return function_reply(result)
         result = await self._call(function, event, event_kind(head.content_type), timeout_ms, head)
         return Reply(200, result.body, content_type_header(result.content_type))
 
     async def _call(
-        self, function: str, event: bytes, kind: str, timeout_ms: int | None, head: RequestHead
+        self,
+        function: str,
+        event: bytes,
+        kind: str,
+        timeout_ms: int | None,
+        head: RequestHead,
+        http: HttpRequest | None = None,
     ) -> InvokeResult:
         try:
+            if http is not None:
+                return await self._scheduler.invoke(
+                    function,
+                    event,
+                    kind,
+                    timeout_ms=timeout_ms,
+                    request_id=head.request_id,
+                    http=http,
+                )
             return await self._scheduler.invoke(
                 function, event, kind, timeout_ms=timeout_ms, request_id=head.request_id
             )
