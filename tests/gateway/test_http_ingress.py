@@ -32,6 +32,7 @@ from huselet.errors import (
 )
 from huselet.gateway import HttpIngress
 from huselet.invocation import InvokeResult
+from protocol.link import HttpRequest
 
 GUARD_S = 10  # hang guard, not a timing assertion
 SETTINGS = GatewaySettings(http=TcpAddress("127.0.0.1", 0), max_body_bytes=1024)
@@ -58,6 +59,10 @@ class FakeInvoker:
     calls: list[Call] = field(default_factory=list)
     release: trio.Event = field(default_factory=trio.Event)
     entered: trio.Event = field(default_factory=trio.Event)
+    http: list[HttpRequest | None] = field(default_factory=list)
+
+    def takes_http(self, function: str) -> bool:
+        return function.startswith("web")
 
     async def invoke(
         self,
@@ -67,8 +72,14 @@ class FakeInvoker:
         *,
         timeout_ms: int | None = None,
         request_id: str | None = None,
+        http: HttpRequest | None = None,
     ) -> InvokeResult:
         self.calls.append(Call(function, event, kind, timeout_ms, request_id))
+        if function == "web":
+            self.http.append(http)
+            return InvokeResult(
+                event, "application/octet-stream", 201, (("x-seen", "1"), ("server", "evil"))
+            )
         if function == "echo":
             ctype = "application/json" if kind == "json" else "application/octet-stream"
             return InvokeResult(event, ctype)
@@ -344,10 +355,14 @@ async def test_unknown_path_is_404(nursery: trio.Nursery) -> None:
         assert resp.status == 404, path
         assert error_of(resp)["code"] == "not_found"
     # Under the invoke prefix, whatever is not a valid name is an unknown function.
-    for path in ("/v1/invoke/", "/v1/invoke/echo/extra"):
-        resp = await one_request(address, "POST", path)
-        assert resp.status == 404, path
-        assert error_of(resp)["code"] == "unknown_function"
+    resp = await one_request(address, "POST", "/v1/invoke/")
+    assert resp.status == 404
+    assert error_of(resp)["code"] == "unknown_function"
+    # A path under a function that does not take HTTP events is no route at all.
+    resp = await one_request(address, "POST", "/v1/invoke/echo/extra")
+    assert resp.status == 404
+    assert error_of(resp)["code"] == "not_found"
+    assert "events" in error_of(resp)["message"]
 
 
 @pytest.mark.parametrize("name", ["Echo", "-echo", "a" * 64, "ec%68o", "ec.ho"])
