@@ -96,12 +96,13 @@ def function_reply(result: InvokeResult) -> Reply:
     }
     for name_s, value_s in raw[:MAX_REPLY_HEADERS]:
         try:
-            name = name_s.encode("latin-1").lower()
+            raw_name = name_s.encode("latin-1")
             value = value_s.encode("latin-1")
         except UnicodeEncodeError:
             continue
-        if _TOKEN.fullmatch(name) is None or _VALUE.fullmatch(value) is None:
-            continue
+        if _TOKEN.fullmatch(raw_name) is None or _VALUE.fullmatch(value) is None:
+            continue  # h11 would refuse it (and CR/LF must never split a header)
+        name = raw_name.lower()
         if name == b"content-type":
             content_type = content_type or content_type_header(value_s)
             continue
@@ -112,7 +113,7 @@ def function_reply(result: InvokeResult) -> Reply:
             or name.startswith(OWN_PREFIX)
         ):
             continue
-        headers.append((name, value))
+        headers.append((raw_name, value))  # the function's spelling
     body = b"" if result.status in _BODILESS else result.body
     if not content_type:
         content_type = (

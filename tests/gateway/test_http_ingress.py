@@ -901,3 +901,47 @@ async def test_timeout_error_gets_a_fresh_request_id(nursery: trio.Nursery) -> N
     assert late.status == 408
     assert late.request_id != "first-one"
     await client.aclose()
+
+
+# --- HTTP functions -------------------------------------------------------------------------
+
+
+async def test_http_functions_take_any_method_and_sub_path(nursery: trio.Nursery) -> None:
+    address, invoker, _ = await start(nursery, auth_token="s3cret")
+    resp = await one_request(
+        address,
+        "DELETE",
+        "/v1/invoke/web/a/b%20c?x=1&y",
+        "Authorization: Bearer s3cret",
+        "X-Huselet-Timeout-Ms: 5000",
+        "Connection: keep-alive, x-hop",
+        "X-Hop: 1",
+        "Keep-Alive: timeout=5",
+        "X-Kept: yes",
+        body=b"payload",
+    )
+    assert resp.status == 201
+    assert resp.body == b"payload"
+    assert resp.headers["x-seen"] == "1"
+    assert resp.headers["server"] == "huselet"  # the function's "evil" Server is dropped
+    (http,) = invoker.http
+    assert http is not None
+    assert (http.method, http.path, http.query) == ("DELETE", "/a/b%20c", "x=1&y")
+    assert http.source_ip == "127.0.0.1"
+    names = [name for name, _ in http.headers]
+    assert "x-kept" in names and "host" in names
+    # The node's credential, its own headers and hop-by-hop ones stay out.
+    for dropped in ("authorization", "x-huselet-timeout-ms", "connection", "x-hop", "keep-alive"):
+        assert dropped not in names, dropped
+    assert invoker.calls[0].kind == "bytes"
+    # The bearer check still applies to HTTP functions.
+    resp = await one_request(address, "GET", "/v1/invoke/web/")
+    assert resp.status == 401
+
+
+async def test_http_function_root_path_is_slash(nursery: trio.Nursery) -> None:
+    address, invoker, _ = await start(nursery)
+    for target in ("/v1/invoke/web", "/v1/invoke/web/", "/v1/invoke/web?q=1"):
+        await one_request(address, "GET", target)
+    assert [h.path for h in invoker.http if h] == ["/", "/", "/"]
+    assert [h.query for h in invoker.http if h] == ["", "", "q=1"]
