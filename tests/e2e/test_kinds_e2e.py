@@ -112,6 +112,20 @@ async def read_item(item_id: int, q: str | None = None):
         raise HTTPException(status_code=404, detail="no item 0")
     return {"item_id": item_id, "q": q, "started": STARTED}
 
+@app.get("/sleep")
+async def sleep_long():
+    import asyncio
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        print("asgi cancelled", flush=True)
+        raise
+
+@app.get("/pid")
+async def pid():
+    import os
+    return os.getpid()
+
 @app.post("/items", status_code=201)
 async def create_item(item: Item, response: Response):
     response.headers["x-total"] = str(item.price * 2)
@@ -300,6 +314,10 @@ def test_http_plain_return_values_are_treated_as_lambda_does(daemon: Daemon) -> 
     assert (resp.status_code, resp.text) == (200, "just text")
     resp = call(daemon, "DELETE", "http/empty")
     assert (resp.status_code, resp.content) == (204, b"")
+    # HEAD reaches the function too; the reply keeps its length but not its body.
+    resp = call(daemon, "HEAD", "http/plain-dict")
+    assert (resp.status_code, resp.content) == (200, b"")
+    assert resp.headers["content-length"] == str(len('{"hello":"world"}'))
 
 
 def test_default_event_functions_keep_post_only_and_no_sub_path(daemon: Daemon) -> None:
@@ -345,6 +363,18 @@ def test_fastapi_app_is_served_unchanged(daemon: Daemon, runtime: str) -> None:
     assert resp.status_code == 422  # pydantic validation, by FastAPI
     resp = call(daemon, "GET", f"{fn}/items/0")
     assert (resp.status_code, resp.json()) == (404, {"detail": "no item 0"})
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_deadline_cancels_an_asgi_request_and_keeps_the_instance(
+    daemon: Daemon, runtime: str
+) -> None:
+    fn = f"fastapi-{runtime}"
+    pid = call(daemon, "GET", f"{fn}/pid").json()
+    resp = call(daemon, "GET", f"{fn}/sleep", headers={"X-Huselet-Timeout-Ms": "1500"})
+    assert (resp.status_code, resp.json()["error"]["code"]) == (504, "deadline_exceeded")
+    assert wait_until(lambda: "asgi cancelled" in instance_output(daemon, fn), 30)
+    assert call(daemon, "GET", f"{fn}/pid").json() == pid
 
 
 # --- async handlers, errors ---------------------------------------------------------------
