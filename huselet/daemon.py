@@ -30,7 +30,6 @@ from huselet.dispatch.links import LinkServer
 from huselet.errors import HuseletError
 from huselet.fleet import FleetCommands, SchedulerLink
 from huselet.fleet.commands import FunctionStore
-from huselet.gateway.core import InvokeCore
 from huselet.gateway.framed import FramedIngress
 from huselet.gateway.http import HttpIngress
 from huselet.health.lag import LagProbe
@@ -101,8 +100,7 @@ class Daemon:
         # The framed ingress shares the dispatch core's rules; off unless configured.
         self.framed: FramedIngress | None = None
         if config.gateway.framed is not None or config.gateway.framed_socket is not None:
-            core = InvokeCore(self.scheduler, max_body=config.gateway.max_body_bytes, token=token)
-            self.framed = FramedIngress(config.gateway, core)
+            self.framed = FramedIngress(config.gateway, self.ingress.core)
         health = config.health
         self.lag_probe = LagProbe(
             period_s=health.lag_period_ms / 1000,

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from huselet.config.health import HealthSettings, parse_health
 from huselet.config.table import ConfigTable, TcpAddress, describe
 from huselet.errors import ConfigError
+from protocol.link import EntryKind
 
 # A sun_path holds 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107
@@ -127,6 +128,9 @@ class FunctionSettings:
     # Safe to run twice: a request whose instance died is retried once on a
     # fresh instance instead of answered with 502. Never assumed.
     idempotent: bool = False
+    # How the worker calls ``handler`` (for apps: ``app``): ``events = "http"``
+    # and ``kind = "wsgi" | "asgi"`` take HTTP requests (ANY /v1/invoke/NAME/...).
+    kind: EntryKind = EntryKind.HANDLER
 
     @property
     def code_source(self) -> str:
@@ -332,9 +336,11 @@ def _parse_function(
     name = ft.string(
         "name", pattern=FUNCTION_NAME, pattern_help="lowercase letters, digits, - and _, at most 63"
     )
-    handler = ft.string("handler", pattern=HANDLER, pattern_help='"module:function"')
+    handler, spec_key, kind = _parse_entry(ft)
     module = handler.split(":", 1)[0]
-    package, image, digest, origin = _parse_code(ft, module, cache or CacheSettings())
+    package, image, digest, origin = _parse_code(
+        ft, module, cache or CacheSettings(), spec_key=spec_key
+    )
     runtime = ft.choice("runtime", tuple(sorted(known_runtimes)), default="process")
     max_instances = ft.positive_int("max_instances", default=8)
     min_instances = ft.non_negative_int("min_instances", default=0)
@@ -362,13 +368,40 @@ def _parse_function(
         digest=digest,
         origin=origin,
         idempotent=ft.boolean("idempotent", default=False),
+        kind=kind,
     )
     ft.finish()
     return fn
 
 
+APP_KINDS = (EntryKind.WSGI.value, EntryKind.ASGI.value)
+EVENT_FORMATS = ("default", "http")
+
+
+def _parse_entry(ft: ConfigTable) -> tuple[str, str, EntryKind]:
+    """``handler`` [+ ``events``], or ``app`` + ``kind``: (spec, its key, kind)."""
+    if "app" in ft.raw:
+        if "handler" in ft.raw:
+            raise ConfigError(ft.key("handler"), "conflicts with app; set exactly one")
+        if "events" in ft.raw:
+            raise ConfigError(
+                ft.key("events"), "only for handler functions; an app always gets HTTP requests"
+            )
+        app = ft.string("app", pattern=HANDLER, pattern_help='"module:attribute"')
+        if "kind" not in ft.raw:
+            raise ConfigError(ft.key("kind"), 'required with app: "wsgi" or "asgi"')
+        return app, "app", EntryKind(ft.choice("kind", APP_KINDS, default="wsgi"))
+    if "kind" in ft.raw:
+        kind = ft.choice("kind", (EntryKind.HANDLER.value, *APP_KINDS), default="handler")
+        if kind != EntryKind.HANDLER.value:
+            raise ConfigError(ft.key("kind"), f'kind = "{kind}" needs app = "module:attribute"')
+    handler = ft.string("handler", pattern=HANDLER, pattern_help='"module:function"')
+    events = ft.choice("events", EVENT_FORMATS, default="default")
+    return handler, "handler", EntryKind.HTTP if events == "http" else EntryKind.HANDLER
+
+
 def _parse_code(
-    ft: ConfigTable, module: str, cache: CacheSettings
+    ft: ConfigTable, module: str, cache: CacheSettings, *, spec_key: str = "handler"
 ) -> tuple[Path, Path | None, str | None, str | None]:
     """Exactly one of ``package``, ``image`` or ``digest`` (+ ``origin``) names the code.
 
@@ -396,13 +429,11 @@ def _parse_code(
             (package / rel).with_suffix(".py").is_file()
             or (package / rel / "__init__.py").is_file()
         ):
-            raise ConfigError(
-                ft.key("handler"), f"module {module!r} not found in package {package}"
-            )
+            raise ConfigError(ft.key(spec_key), f"module {module!r} not found in package {package}")
         return package.resolve(), None, None, None
     if given[0] == "image":
         image = ft.path("image").resolve()
-        _check_image(ft, image, module, rel)
+        _check_image(ft, image, module, rel, spec_key)
         return IMAGE_ONLY_CWD, image, None, None
     digest = ft.string("digest", pattern=DIGEST, pattern_help="64 lowercase hex digits (sha256)")
     if "origin" in ft.raw:
@@ -416,7 +447,7 @@ def _parse_code(
     return IMAGE_ONLY_CWD, None, digest, origin
 
 
-def _check_image(ft: ConfigTable, image: Path, module: str, rel: Path) -> None:
+def _check_image(ft: ConfigTable, image: Path, module: str, rel: Path, spec_key: str) -> None:
     """Open the image's header and index (not its data: the store verifies that)."""
     from cache.errors import CacheError
     from cache.reader import ImageReader
@@ -434,7 +465,7 @@ def _check_image(ft: ConfigTable, image: Path, module: str, rel: Path) -> None:
             f"{rel.as_posix()}/__init__.py"
         )
     if not found:
-        raise ConfigError(ft.key("handler"), f"module {module!r} not found in image {image}")
+        raise ConfigError(ft.key(spec_key), f"module {module!r} not found in image {image}")
 
 
 def _origin_url(t: ConfigTable, key: str) -> str:

@@ -31,6 +31,7 @@ from huselet.errors import (
 )
 from huselet.log import get_logger
 from huselet.runtime.base import Runtime
+from protocol.link import HttpRequest
 
 log = get_logger("scheduler")
 
@@ -187,6 +188,11 @@ class Dispatcher:
         finally:
             self._retiring.remove(pool)
 
+    def takes_http(self, function: str) -> bool:
+        """Whether ``function`` takes HTTP requests (events = "http", WSGI/ASGI apps)."""
+        pool = self.pools.get(function)
+        return pool is not None and pool.settings.kind.takes_http
+
     async def invoke(
         self,
         function: str,
@@ -195,6 +201,7 @@ class Dispatcher:
         *,
         timeout_ms: int | None = None,
         request_id: str | None = None,
+        http: HttpRequest | None = None,
     ) -> InvokeResult:
         """Run one invocation to completion: a result, or a typed error raised."""
         if self.draining:
@@ -206,7 +213,7 @@ class Dispatcher:
         if timeout_ms is not None:
             budget_ms = min(budget_ms, timeout_ms)  # a caller may shorten, never lengthen
         deadline = trio.current_time() + budget_ms / 1000
-        inv = Invocation(request_id or new_request_id(), function, event, kind, deadline)
+        inv = Invocation(request_id or new_request_id(), function, event, kind, deadline, http)
         pool.submit(inv)
         pool.outstanding.enter()
         try:

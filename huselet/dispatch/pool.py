@@ -44,8 +44,10 @@ from huselet.dispatch.invocation import Invocation, InvokeResult
 from huselet.dispatch.links import token_matches
 from huselet.errors import (
     BadRequest,
+    DeadlineExceeded,
     Draining,
     HandlerError,
+    HandlerStatusError,
     HuseletError,
     InstanceLost,
     InstanceStartFailed,
@@ -56,6 +58,7 @@ from huselet.log import get_logger
 from huselet.runtime.base import InstanceSpec, Runtime, StartFailed
 from protocol.errors import ProtocolError
 from protocol.link import (
+    ERROR_DEADLINE,
     ERROR_INVALID_EVENT,
     FATAL,
     KIND_JSON,
@@ -419,7 +422,7 @@ class FunctionPool:
                 record.sending = inv
                 try:
                     await link.send(
-                        Request(inv.request_id, inv.event, inv.kind, timeout_ms).encode()
+                        Request(inv.request_id, inv.event, inv.kind, timeout_ms, inv.http).encode()
                     )
                     record.sending = None
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -525,7 +528,12 @@ class FunctionPool:
             record.stop("served")  # takes effect at the next checkpoint, after this result
         if result.ok:
             content_type = CONTENT_TYPES.get(result.kind, "application/octet-stream")
-            if inv.complete(InvokeResult(result.body, content_type)):
+            outcome = InvokeResult(result.body, content_type)
+            if result.http is not None:  # an HTTP function chose status and headers
+                outcome = InvokeResult(
+                    result.body, content_type, result.http.status, result.http.headers
+                )
+            if inv.complete(outcome):
                 self.counters["ok"] += 1
             if self.breaker.state is not BreakerState.CLOSED:
                 self.breaker.record_success(trio.current_time())  # the half-open trial worked
@@ -534,12 +542,19 @@ class FunctionPool:
         error: HuseletError
         if result.error.type == ERROR_INVALID_EVENT:
             error = BadRequest(result.error.message)
+        elif result.error.type == ERROR_DEADLINE:  # the worker cancelled an async handler
+            error = DeadlineExceeded(result.error.message)
+        elif result.error.status is not None:  # the handler raised HTTPError
+            error = HandlerStatusError(result.error.status, result.error.type, result.error.message)
         else:
             error = HandlerError(result.error.type, result.error.message)
         if inv.complete(error):
-            self.counters[
-                "handler_errors" if isinstance(error, HandlerError) else "bad_events"
-            ] += 1
+            if isinstance(error, DeadlineExceeded):
+                self.counters["deadline_cancelled"] += 1
+            else:
+                self.counters[
+                    "handler_errors" if isinstance(error, HandlerError) else "bad_events"
+                ] += 1
 
     async def _stop_handle(self, record: InstanceRecord, graceful: bool) -> None:
         """Stop the sandbox (gracefully when asked) and record how it exited."""

@@ -93,6 +93,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_client_ip",
         "_h11",
         "_in_request",
         "_limits",
@@ -120,6 +121,7 @@ class Connection:
         self._in_request = False  # some byte of the current request has arrived
         self._sending = False  # the scope's deadline is the send timeout
         self._request_id: str | None = None
+        self._client_ip: str | None = None  # the peer's address, looked up once
 
     async def serve(self) -> None:
         """Serve requests until either side ends the connection, then close it."""
@@ -150,6 +152,9 @@ class Connection:
         """Answer one request; True when the connection can carry the next one."""
         started = trio.current_time()
         head = read_head(request)
+        if self._client_ip is None:
+            self._client_ip = _peer(self._stream).rpartition(":")[0].strip("[]")
+        head.client = self._client_ip
         self._request_id = head.request_id
         if not head.has_body:
             # Consume the (empty) body's end now: the request is then complete,

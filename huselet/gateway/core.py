@@ -16,6 +16,7 @@ from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import Draining, HuseletError, PayloadTooLarge, Unauthorized
 from huselet.gateway.responses import InternalError
 from huselet.log import get_logger
+from protocol.link import HttpRequest
 
 log = get_logger("gateway")
 
@@ -33,7 +34,12 @@ class Invoker(Protocol):
         *,
         timeout_ms: int | None = None,
         request_id: str | None = None,
+        http: HttpRequest | None = None,
     ) -> InvokeResult: ...
+
+    def takes_http(self, function: str) -> bool:
+        """Whether ``function`` takes HTTP requests (any method, sub-paths); False if unknown."""
+        ...
 
 
 class InvokeCore:
@@ -70,9 +76,19 @@ class InvokeCore:
         *,
         timeout_ms: int | None,
         request_id: str,
+        http: HttpRequest | None = None,
     ) -> InvokeResult:
         """Run one invocation; any failure is a HuseletError fit for the caller."""
         try:
+            if http is not None:
+                return await self.invoker.invoke(
+                    function,
+                    event,
+                    kind,
+                    timeout_ms=timeout_ms,
+                    request_id=request_id,
+                    http=http,
+                )
             return await self.invoker.invoke(
                 function, event, kind, timeout_ms=timeout_ms, request_id=request_id
             )

@@ -3,7 +3,9 @@
 :class:`HttpIngress` listens, accepts TCP connections up to ``max_connections``
 and runs a :class:`~huselet.gateway.connection.Connection` for each. It decides
 what requests mean: ``POST /v1/invoke/{function}`` goes to
-:meth:`Invoker.invoke`, ``GET /healthz`` reports the scheduler's draining flag,
+:meth:`Invoker.invoke` (for HTTP functions any method, and any path under
+the function: :mod:`huselet.gateway.httpfunc`), ``GET /healthz`` reports the
+scheduler's draining flag,
 and every error, typed or not, becomes a JSON reply. Nothing a client does
 (garbage, disconnects, stalls, floods of connections) can take the process down.
 """
@@ -11,7 +13,6 @@ and every error, typed or not, becomes a JSON reply. Nothing a client does
 from __future__ import annotations
 
 import socket
-from typing import Protocol
 
 import h11
 import trio
@@ -19,7 +20,7 @@ import trio
 from huselet.activity import ActivityCount
 from huselet.config import GatewaySettings, TcpAddress
 from huselet.dispatch.invocation import InvokeResult
-from huselet.errors import BadRequest, Draining, HuseletError, PayloadTooLarge, Unauthorized
+from huselet.errors import BadRequest, HuseletError, Unauthorized
 from huselet.gateway.connection import (
     LINGER_S,
     TRANSPORT_ERRORS,
@@ -29,10 +30,11 @@ from huselet.gateway.connection import (
     WarningBudget,
     linger,
 )
+from huselet.gateway.core import InvokeCore, Invoker
+from huselet.gateway.httpfunc import function_reply, request_info
 from huselet.gateway.responses import (
     HEALTH_DRAINING,
     HEALTH_OK,
-    InternalError,
     Overloaded,
     Reply,
     content_type_header,
@@ -42,13 +44,16 @@ from huselet.gateway.responses import (
 from huselet.gateway.routes import (
     HEALTHZ,
     RequestHead,
+    Route,
     check_bearer,
+    check_plain_invoke,
     event_kind,
     match_route,
     new_request_id,
     parse_timeout_ms,
 )
 from huselet.log import get_logger
+from protocol.link import KIND_BYTES, HttpRequest
 
 log = get_logger("gateway")
 
@@ -58,22 +63,6 @@ REJECT_CONCURRENCY = 64
 # Protocol warnings come from clients, so a hostile one could flood the log.
 WARN_BURST = 10
 WARN_WINDOW_S = 10.0
-
-
-class Invoker(Protocol):
-    """What the ingress needs from the scheduler (Dispatcher implements it)."""
-
-    draining: bool
-
-    async def invoke(
-        self,
-        function: str,
-        event: bytes,
-        kind: str,
-        *,
-        timeout_ms: int | None = None,
-        request_id: str | None = None,
-    ) -> InvokeResult: ...
 
 
 class HttpIngress:
@@ -90,6 +79,12 @@ class HttpIngress:
         self._scheduler = scheduler
         self._token = None if auth_token is None else auth_token.strip().encode("utf-8")
         self._max_body = settings.max_body_bytes
+        # The dispatch core this front end shares with the framed ingress.
+        self.core = InvokeCore(
+            scheduler,
+            max_body=settings.max_body_bytes,
+            token=None if auth_token is None else auth_token.strip(),
+        )
         self._limits = Limits.from_settings(settings)
         # Connection-limit policy: refuse, don't queue; see _refuse().
         self._connections = trio.CapacityLimiter(settings.max_connections)
@@ -196,11 +191,17 @@ class HttpIngress:
             route = match_route(head.method, head.target)
             if route is HEALTHZ:
                 return HEALTH_DRAINING if self._scheduler.draining else HEALTH_OK
-            return await self._invoke(route.function, head, read_body)
+            takes_http = self._scheduler.takes_http(route.function)
+            if not takes_http:
+                check_plain_invoke(head.method, route)
+            return await self._invoke(route, head, read_body, takes_http)
         except HuseletError as exc:
             return error_reply(exc)
 
-    async def _invoke(self, function: str, head: RequestHead, read_body: BodyReader) -> Reply:
+    async def _invoke(
+        self, route: Route, head: RequestHead, read_body: BodyReader, takes_http: bool
+    ) -> Reply:
+        function = route.function
         # Cheap checks first, so a request that will be refused is refused
         # before its body is read (and without a 100 Continue).
         if self._token is not None:
@@ -210,33 +211,27 @@ class HttpIngress:
         if head.repeated is not None:
             raise BadRequest(f"header {head.repeated.decode('ascii')} must appear once")
         timeout_ms = parse_timeout_ms(head.timeout_ms)
-        if self._scheduler.draining:
-            raise Draining("the node is draining and takes no new requests", retry_after_s=1)
-        if head.content_length is not None and head.content_length > self._max_body:
-            raise PayloadTooLarge(f"the request body exceeds {self._max_body} bytes")
+        self.core.check_admission(head.content_length)
         event = await read_body(self._max_body)
+        if takes_http:
+            http = request_info(head, route.subpath, strip_authorization=self._token is not None)
+            result = await self._call(function, event, KIND_BYTES, timeout_ms, head, http)
+            return function_reply(result)
         result = await self._call(function, event, event_kind(head.content_type), timeout_ms, head)
         return Reply(200, result.body, content_type_header(result.content_type))
 
     async def _call(
-        self, function: str, event: bytes, kind: str, timeout_ms: int | None, head: RequestHead
+        self,
+        function: str,
+        event: bytes,
+        kind: str,
+        timeout_ms: int | None,
+        head: RequestHead,
+        http: HttpRequest | None = None,
     ) -> InvokeResult:
-        try:
-            return await self._scheduler.invoke(
-                function, event, kind, timeout_ms=timeout_ms, request_id=head.request_id
-            )
-        except HuseletError as exc:
-            if exc.status != 500:
-                raise
-            # A bare HuseletError (or one without a mapped status) is a daemon
-            # fault: its message is for operators, not callers.
-            log.exception("invoke failed", function=function, request_id=head.request_id)
-            raise InternalError("internal error") from None
-        except Exception:
-            # Any other exception is a bug somewhere below us. Log the traceback
-            # here; the caller only learns that it happened (no paths, no frames).
-            log.exception("invoke failed", function=function, request_id=head.request_id)
-            raise InternalError("internal error") from None
+        return await self.core.invoke(
+            function, event, kind, timeout_ms=timeout_ms, request_id=head.request_id, http=http
+        )
 
 
 def _local_address(listener: trio.SocketListener) -> TcpAddress:

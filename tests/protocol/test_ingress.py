@@ -26,16 +26,17 @@ from protocol.ingress import (
     Welcome,
 )
 
-HELLO_VECTOR = bytes.fromhex("00000010" "82" "a174" "a568656c6c6f" "a570726f746f" "01")
+# bytes.fromhex skips spaces: each group is one msgpack item after the length.
+HELLO_VECTOR = bytes.fromhex("00000010 82 a174 a568656c6c6f a570726f746f 01")
 CALL_VECTOR = bytes.fromhex(
-    "00000029" "85" "a174" "a463616c6c" "a26964" "07" "a2666e" "a568656c6c6f"
-    "a56576656e74" "c4027b7d" "a46b696e64" "a46a736f6e"
-)  # fmt: skip
+    "00000029 85 a174 a463616c6c a26964 07 a2666e a568656c6c6f"
+    " a56576656e74 c4027b7d a46b696e64 a46a736f6e"
+)
 REPLY_VECTOR = bytes.fromhex(
-    "00000045" "86" "a174" "a57265706c79" "a26964" "07" "a6737461747573" "ccc8"
-    "aa726571756573745f6964" "a27231" "a4626f6479" "c4026869"
-    "ac636f6e74656e745f74797065" "aa746578742f706c61696e"
-)  # fmt: skip
+    "00000045 86 a174 a57265706c79 a26964 07 a6737461747573 ccc8"
+    " aa726571756573745f6964 a27231 a4626f6479 c4026869"
+    " ac636f6e74656e745f74797065 aa746578742f706c61696e"
+)
 
 
 def test_vectors_encode_byte_exact() -> None:
