@@ -26,7 +26,7 @@ from pathlib import Path
 import trio
 
 from huselet.config import GatewaySettings, TcpAddress
-from huselet.errors import Draining, HuseletError
+from huselet.errors import BadRequest, Draining, HuseletError
 from huselet.gateway.core import InvokeCore
 from huselet.gateway.routes import new_request_id
 from huselet.log import get_logger
@@ -200,6 +200,10 @@ class _FramedConnection:
         core = self.ingress.core
         try:
             core.check_admission(len(call.event))
+            if core.invoker.takes_http(call.fn):
+                raise BadRequest(
+                    f"function {call.fn!r} takes HTTP requests (events/app); call it over HTTP"
+                )
             result = await core.invoke(
                 call.fn, call.event, call.kind, timeout_ms=call.timeout_ms, request_id=request_id
             )

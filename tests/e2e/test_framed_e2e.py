@@ -51,6 +51,12 @@ max_queue = 500
 timeout_ms = 20000
 
 [[functions]]
+name = "web"
+package = "pkgs/echo"
+handler = "main:handler"
+events = "http"
+
+[[functions]]
 name = "narrow"
 package = "pkgs/echo"
 handler = "main:handler"
@@ -146,6 +152,9 @@ def test_statuses_match_the_http_ingress(daemon: Daemon) -> None:
         assert (late.status, late.error_code) == (504, "deadline_exceeded")
         big = client.call("echo", b"x" * 65537, "bytes")
         assert (big.status, big.error_code) == (413, "payload_too_large")
+        web = client.call("web", b"{}", "json")
+        assert (web.status, web.error_code) == (400, "bad_request")
+        assert "over HTTP" in (web.error_message or "")
         raw = client.call("echo", b"\x00\x01binary", "bytes")
         assert raw.status == 200 and raw.body == b"\x00\x01binary"
         assert raw.content_type == "application/octet-stream"
