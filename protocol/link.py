@@ -227,15 +227,19 @@ class Request:
     event: bytes
     kind: str
     timeout_ms: int  # remaining time at send; the instance computes its own deadline
+    trace: str = ""  # W3C traceparent for the handler's context; optional on the wire
 
     def encode(self) -> dict[str, Any]:
-        return {
+        msg = {
             "t": REQUEST,
             "id": self.id,
             "event": self.event,
             "kind": self.kind,
             "timeout_ms": self.timeout_ms,
         }
+        if self.trace:
+            msg["trace"] = self.trace
+        return msg
 
     @classmethod
     def decode(cls, msg: dict[str, Any]) -> Request:
@@ -247,6 +251,7 @@ class Request:
             event=_field(msg, "event", bytes),
             kind=kind,
             timeout_ms=_field(msg, "timeout_ms", int),
+            trace=_field(msg, "trace", str) if "trace" in msg else "",
         )
 
 

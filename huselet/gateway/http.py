@@ -47,7 +47,9 @@ from huselet.gateway.routes import (
     new_request_id,
     parse_timeout_ms,
 )
+from huselet.listen import open_listeners
 from huselet.log import get_logger
+from huselet.observe.context import RequestMeta
 
 log = get_logger("gateway")
 
@@ -72,6 +74,7 @@ class Invoker(Protocol):
         *,
         timeout_ms: int | None = None,
         request_id: str | None = None,
+        meta: RequestMeta | None = None,
     ) -> InvokeResult: ...
 
 
@@ -115,7 +118,7 @@ class HttpIngress:
     ) -> None:
         """Listen on ``settings.http``, report the bound address, serve until cancelled."""
         address = self.settings.http
-        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+        listeners = await open_listeners(address, "gateway.http")  # names it when in use
         try:
             # Port 0 with a host resolving to several addresses binds each to its
             # own port; the first one is the address we report.
@@ -189,16 +192,27 @@ class HttpIngress:
     # --- requests ----------------------------------------------------------------------
 
     async def respond(self, head: RequestHead, read_body: BodyReader) -> Reply:
-        """The reply to one request; every HuseletError becomes its error reply."""
+        """The reply to one request; every HuseletError becomes its error reply.
+
+        Every reply carries ``Server-Timing`` and ``X-Huselet-Cold-Start``.
+        """
+        started = trio.current_time()
+        meta = RequestMeta(head.traceparent)
         try:
             route = match_route(head.method, head.target)
             if route is HEALTHZ:
-                return HEALTH_DRAINING if self._scheduler.draining else HEALTH_OK
-            return await self._invoke(route.function, head, read_body)
+                reply = HEALTH_DRAINING if self._scheduler.draining else HEALTH_OK
+            else:
+                reply = await self._invoke(route.function, head, read_body, meta)
         except HuseletError as exc:
-            return error_reply(exc)
+            reply = error_reply(exc)
+        extra = meta.headers(trio.current_time() - started)
+        headers = reply.headers + extra
+        return Reply(reply.status, reply.body, reply.content_type, headers, reply.close)
 
-    async def _invoke(self, function: str, head: RequestHead, read_body: BodyReader) -> Reply:
+    async def _invoke(
+        self, function: str, head: RequestHead, read_body: BodyReader, meta: RequestMeta
+    ) -> Reply:
         # Cheap checks first, so a request that will be refused is refused
         # before its body is read (and without a 100 Continue).
         if self._token is not None:
@@ -213,15 +227,22 @@ class HttpIngress:
         if head.content_length is not None and head.content_length > self._max_body:
             raise PayloadTooLarge(f"the request body exceeds {self._max_body} bytes")
         event = await read_body(self._max_body)
-        result = await self._call(function, event, event_kind(head.content_type), timeout_ms, head)
+        kind = event_kind(head.content_type)
+        result = await self._call(function, event, kind, timeout_ms, head, meta)
         return Reply(200, result.body, content_type_header(result.content_type))
 
     async def _call(
-        self, function: str, event: bytes, kind: str, timeout_ms: int | None, head: RequestHead
+        self,
+        function: str,
+        event: bytes,
+        kind: str,
+        timeout_ms: int | None,
+        head: RequestHead,
+        meta: RequestMeta,
     ) -> InvokeResult:
         try:
             return await self._scheduler.invoke(
-                function, event, kind, timeout_ms=timeout_ms, request_id=head.request_id
+                function, event, kind, timeout_ms=timeout_ms, request_id=head.request_id, meta=meta
             )
         except HuseletError as exc:
             if exc.status != 500:

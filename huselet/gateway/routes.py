@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hmac
 import re
-import secrets
 from dataclasses import dataclass
 
 import h11
 
 from huselet.errors import BadRequest, Unauthorized, UnknownFunction
 from huselet.gateway.responses import MethodNotAllowed, NotFound
+from huselet.observe.ids import new_request_id
 from protocol.link import KIND_BYTES, KIND_JSON
 
 INVOKE_PREFIX = b"/v1/invoke/"
@@ -75,6 +75,7 @@ class RequestHead:
     # Request line and header bytes (without separators). h11 bounds only heads
     # that arrive in pieces; one that arrives in a single read is measured here.
     size: int = 0
+    traceparent: bytes | None = None  # W3C trace context, validated where it is used
 
     @property
     def has_body(self) -> bool:
@@ -104,18 +105,16 @@ def read_head(request: h11.Request) -> RequestHead:
             head.content_length = int(value)  # h11 checked it is digits and unambiguous
         elif name == b"transfer-encoding":
             head.chunked = True  # h11 accepts only "chunked" and rejects the rest
-        elif name == b"x-huselet-request-id":
+        elif name == b"x-request-id" or name == b"x-huselet-request-id":
             client_id = value
+        elif name == b"traceparent":
+            head.traceparent = value
     head.size = size
     if client_id is not None and _CLIENT_REQUEST_ID.fullmatch(client_id):
         head.request_id = client_id.decode("ascii")
     else:
         head.request_id = new_request_id()
     return head
-
-
-def new_request_id() -> str:
-    return secrets.token_hex(8)
 
 
 def event_kind(content_type: bytes) -> str:

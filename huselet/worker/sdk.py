@@ -19,11 +19,11 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from huselet.worker import output
 from protocol.errors import ProtocolError
 from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from protocol.link import (
@@ -63,6 +63,11 @@ class Context:
     function_name: str
     instance_id: str
     deadline: float  # time.monotonic() value by which the reply is due
+    traceparent: str = ""  # W3C trace context of this invocation (pass it on downstream)
+
+    @property
+    def trace_id(self) -> str:
+        return self.traceparent[3:35]
 
     def remaining_ms(self) -> int:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
@@ -197,12 +202,14 @@ def serve_request(
         function_name=function,
         instance_id=instance_id,
         deadline=time.monotonic() + req.timeout_ms / 1000,
+        traceparent=req.trace,
     )
     try:
-        value = handler(event, ctx)
+        with output.request(req.id):
+            value = handler(event, ctx)
     except Exception as exc:
         # The operator gets the traceback in the instance log; the caller only type + message.
-        traceback.print_exc()
+        output.report_exception(req.id)
         return Result(req.id, ok=False, error=ErrorInfo(type(exc).__name__, str(exc)))
     try:
         body, kind = encode_value(value)
@@ -242,13 +249,14 @@ def run(
         if handler is None:  # a zygote passes the handler it imported before forking
             handler = load_handler(package_dir, handler_spec)
     except BaseException as exc:
-        traceback.print_exc()
+        output.report_exception(None)
         link.send(
             Fatal(
                 ErrorInfo(type(exc).__name__, f"handler {handler_spec} failed to load: {exc}")
             ).encode()
         )
         return EXIT_HANDLER_LOAD_FAILED
+    output.install()
     link.send(READY_FRAME, Pull(1).encode())
     _exit_when_the_daemon_hangs_up(link.sock)
     pull = Pull(1).encode()
