@@ -366,6 +366,9 @@ class Daemon:
                     admin=str(self.config.admin.socket),
                     functions=[fn.name for fn in self.config.functions],
                     version=huselet.__version__,
+                    metrics=str(self.metrics_server.bound_address)
+                    if self.metrics_server is not None
+                    else None,
                 )
                 self.notifier.ready(ready)
                 # Only a ready daemon pets the watchdog (systemd expects READY=1 first).

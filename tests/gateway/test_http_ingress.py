@@ -67,6 +67,7 @@ class FakeInvoker:
         *,
         timeout_ms: int | None = None,
         request_id: str | None = None,
+        meta: Any = None,
     ) -> InvokeResult:
         self.calls.append(Call(function, event, kind, timeout_ms, request_id))
         if function == "echo":
