@@ -106,6 +106,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def median_run(runs: list[tuple[LoadResult, float]]) -> tuple[LoadResult, float]:
+    """The run with the median CPU per request."""
+    return sorted(runs, key=lambda run: run[1])[len(runs) // 2]
+
+
 def row(
     name: str, conc: int, r: LoadResult, ref: LoadResult | None, cpu_us: float | None = None
 ) -> str:
@@ -122,6 +127,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--json", action="store_true", help="also print results as JSON")
+    parser.add_argument("--rounds", type=int, default=3, help="off/on rounds per level (median)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     body = b'{"name": "bench"}'
@@ -164,18 +170,25 @@ def main() -> None:
                 used = cpu_seconds(proc.pid) - before
                 return result, used / max(1, result.requests) * 1e6
 
-            # Off first, then on, then off again: drift (thermal, other load) shows as a
-            # difference between the two "off" runs and is averaged out of the cost.
-            off1, off1_us = measured(plain, pport)
-            node, node_us = measured(daemon, dport)
-            off2, off2_us = measured(plain, pport)
-            off_us = (off1_us + off2_us) / 2
+            # Alternate off/on for --rounds rounds and take medians: on a shared
+            # machine one run's CPU per request swings by tens of percent.
+            offs: list[tuple[LoadResult, float]] = []
+            ons: list[tuple[LoadResult, float]] = []
+            for _ in range(args.rounds):
+                offs.append(measured(plain, pport))
+                ons.append(measured(daemon, dport))
+            node, node_us = median_run(ons)
+            off, off_us = median_run(offs)
             print(row("baseline", conc, base, None))
             print(row("huselet", conc, node, base, node_us))
-            print(row("no-metrics", conc, off1, base, off1_us))
-            print(row("no-metrics", conc, off2, base, off2_us))
+            print(row("no-metrics", conc, off, base, off_us))
             cost = (node_us / off_us - 1) * 100
-            print(f"metrics cost at concurrency {conc}: {cost:+.1f} % daemon CPU per request")
+            pairs = zip(offs, ons, strict=True)
+            spread = ", ".join(f"{us:.0f}/{on_us:.0f}" for (_, us), (_, on_us) in pairs)
+            print(
+                f"metrics cost at concurrency {conc}: {cost:+.1f} % daemon CPU per request "
+                f"(median of {args.rounds}; off/on us per round: {spread})"
+            )
             results.append(
                 {
                     "concurrency": conc,
@@ -187,10 +200,7 @@ def main() -> None:
                         "errors": node.errors,
                         "cpu_us_per_request": node_us,
                     },
-                    "huselet_no_metrics": {
-                        "rps": (off1.rps + off2.rps) / 2,
-                        "cpu_us_per_request": off_us,
-                    },
+                    "huselet_no_metrics": {"rps": off.rps, "cpu_us_per_request": off_us},
                 }
             )
     finally:

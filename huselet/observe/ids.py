@@ -5,22 +5,24 @@ run, 16 hex characters like before, and ~10x cheaper than ``secrets.token_hex``
 (a getrandbits syscall per request showed up at 5 % of the daemon's CPU).
 Request ids are correlation handles, not secrets; nothing grants access by one.
 
-Trace ids need to be unique, not unpredictable, so they come from a
-``random.Random`` seeded once from the OS. A caller's ``traceparent`` is
-validated against the W3C grammar; a malformed one is replaced by a fresh
-trace, and the raw header is never copied anywhere.
+Trace and span ids need to be unique, not unpredictable: a random 96-bit
+(trace) or 32-bit (span) prefix drawn once per process, then a counter — no
+random number per request. A caller's ``traceparent`` is validated against
+the W3C grammar; a malformed one is replaced by a fresh trace, and the raw
+header is never copied anywhere.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import random
 import re
 
 _PREFIX = os.urandom(4).hex()
 _COUNTER = itertools.count(1)
-_RANDOM = random.Random(os.urandom(16))
+_TRACE_PREFIX = os.urandom(12).hex()
+_SPAN_PREFIX = os.urandom(4).hex()
+_SPANS = itertools.count(1)
 
 # version-traceid-parentid-flags; version ff is invalid; all-zero ids are invalid.
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
@@ -35,11 +37,12 @@ def new_request_id() -> str:
 
 
 def new_span_id() -> str:
-    return f"{_RANDOM.getrandbits(64) or 1:016x}"
+    # The counter's low 32 bits start at 1, so the id is never all zeros.
+    return f"{_SPAN_PREFIX}{next(_SPANS) & 0xFFFFFFFF or 1:08x}"
 
 
 def new_trace_id() -> str:
-    return f"{_RANDOM.getrandbits(128) or 1:032x}"
+    return f"{_TRACE_PREFIX}{next(_SPANS) & 0xFFFFFFFF or 1:08x}"
 
 
 def child_traceparent(raw: bytes | None) -> tuple[str, str]:

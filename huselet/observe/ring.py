@@ -25,6 +25,7 @@ from huselet.log import rfc3339
 _ROOT = "huselet"
 _SCALARS = (str, int, float, bool, type(None))
 MAX_QUERY_RECORDS = 5000
+Entry = tuple[int, float, str, str, str, dict[str, Any]]
 
 
 def _plain(value: Any) -> Any:
@@ -41,10 +42,11 @@ class LogRing(logging.Handler):
         super().__init__(level=logging.INFO)
         self.per_function = per_function
         self._known = known  # is this a function the node serves?
-        self._rings: dict[str, deque[dict[str, Any]]] = {}
+        # (seq, time, level, component, msg, fields): built into a dict when read.
+        self._rings: dict[str, deque[Entry]] = {}
         self._seq = 0
 
-    def _ring(self, function: Any) -> deque[dict[str, Any]] | None:
+    def _ring(self, function: Any) -> deque[Entry] | None:
         ring = self._rings.get(function) if isinstance(function, str) else None
         if ring is None and isinstance(function, str) and self._known(function):
             self.prune()
@@ -63,32 +65,28 @@ class LogRing(logging.Handler):
         ring = self._ring(fields.get("function"))
         if ring is None:
             return
-        entry: dict[str, Any] = {
-            "ts": record.created,
-            "level": record.levelname.lower(),
-            "component": record.name.removeprefix(_ROOT + ".") or _ROOT,
-            "msg": record.getMessage(),
-        }
-        for key, value in fields.items():
-            entry.setdefault(key, _plain(value))
+        plain = {key: _plain(value) for key, value in fields.items()}
         if record.exc_info and record.exc_info[1] is not None:
-            entry["exc"] = logging.Formatter().formatException(record.exc_info)
-        self._add(ring, entry)
+            plain["exc"] = logging.Formatter().formatException(record.exc_info)
+        component = record.name.removeprefix(_ROOT + ".") or _ROOT
+        self._seq += 1
+        ring.append(
+            (self._seq, record.created, record.levelname.lower(), component, record.getMessage(),
+             plain)
+        )  # fmt: skip
 
     def append(self, level: str, component: str, msg: str, fields: dict[str, Any]) -> None:
-        """Add a record for ``fields['function']`` without going through logging."""
+        """Add a record for ``fields['function']`` without going through logging.
+
+        The hot path's way in (admission, sampled-out access records): the
+        fields are kept as given — the caller passes plain values and does not
+        touch the dict afterwards — and turned into a record only when read.
+        """
         ring = self._ring(fields.get("function"))
         if ring is None:
             return
-        entry = {"ts": time.time(), "level": level, "component": component, "msg": msg}
-        for key, value in fields.items():
-            entry.setdefault(key, _plain(value))
-        self._add(ring, entry)
-
-    def _add(self, ring: deque[dict[str, Any]], entry: dict[str, Any]) -> None:
         self._seq += 1
-        entry["seq"] = self._seq
-        ring.append(entry)
+        ring.append((self._seq, time.time(), level, component, msg, fields))
 
     def query(
         self,
@@ -108,14 +106,24 @@ class LogRing(logging.Handler):
         limit = max(1, min(limit, MAX_QUERY_RECORDS))
         oldest = time.time() - since_s if since_s is not None else None
         out = []
-        for entry in ring:
-            if entry["seq"] <= after_seq:
+        for seq, ts, level, component, msg, fields in ring:
+            if seq <= after_seq:
                 continue
-            if oldest is not None and entry["ts"] < oldest:
+            if oldest is not None and ts < oldest:
                 continue
-            if request_id is not None and entry.get("request_id") != request_id:
+            if request_id is not None and fields.get("request_id") != request_id:
                 continue
-            out.append(entry)
-        out = out[-limit:]
-        records = [{**e, "ts": rfc3339(e["ts"])} for e in out]
+            out.append((seq, ts, level, component, msg, fields))
+        records = []
+        for seq, ts, level, component, msg, fields in out[-limit:]:
+            record: dict[str, Any] = {
+                "ts": rfc3339(ts),
+                "level": level,
+                "component": component,
+                "msg": msg,
+            }
+            for key, value in fields.items():
+                record.setdefault(key, value)
+            record["seq"] = seq
+            records.append(record)
         return {"function": function, "records": records, "next_seq": self._seq}

@@ -141,7 +141,9 @@ class RequestStory:
             m.total.observe(total_s)
             if cold:
                 m.cold += 1
-        self._access(pool.name, inv, status, code, meta, total_s, queue_s, start_s, exec_s, cold)
+        self._access(
+            pool.name, inv, status, code, meta, total_s, queue_s, start_s, exec_s, cold, now
+        )
 
     def _access(
         self,
@@ -155,6 +157,7 @@ class RequestStory:
         start_s: float = 0.0,
         exec_s: float = 0.0,
         cold: bool = False,
+        now: float | None = None,
     ) -> None:
         record = inv.instance
         fields: dict[str, Any] = {
@@ -175,7 +178,7 @@ class RequestStory:
         if meta is not None:
             fields["trace_id"] = meta.trace_id
         sampler = self.sampler
-        if sampler.allow(trio.current_time()) and log.is_info():
+        if sampler.allow(trio.current_time() if now is None else now) and log.is_info():
             if sampler.skipped:
                 fields["sampled_out"] = sampler.skipped
                 sampler.skipped = 0

@@ -59,11 +59,13 @@ def test_a_cursor_returns_only_newer_records(ring: LogRing) -> None:
 
 def test_since_and_limit(ring: LogRing) -> None:
     ring.append("info", "x", "old", {"function": "alpha"})
-    ring._rings["alpha"][-1]["ts"] = time.time() - 600  # recorded ten minutes ago
-    ring.append("info", "x", "new", {"function": "alpha", "obj": object()})
+    seq, _, *rest = ring._rings["alpha"][-1]
+    ring._rings["alpha"][-1] = (seq, time.time() - 600, *rest)  # recorded ten minutes ago
+    get_logger("test").info("new", function="alpha", obj=object())
     recent = ring.query("alpha", since_s=60)
     assert recent is not None and [r["msg"] for r in recent["records"]] == ["new"]
     assert isinstance(recent["records"][0]["obj"], str)  # the admin socket can carry it
+    assert recent["records"][0]["component"] == "test"
     capped = ring.query("alpha", limit=1)
     assert capped is not None and [r["msg"] for r in capped["records"]] == ["new"]
 
