@@ -10,6 +10,7 @@ fixed words; a function that is removed drops its series at the next scrape
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -110,6 +111,7 @@ class NodeCollector:
             described = self.fleet()
             if described is not None:
                 yield from self._fleet(described)
+        yield from _instance_output()
 
     def _pools(self, pools: Mapping[str, Any]) -> Iterator[Metric]:
         instances = GaugeMetricFamily(
@@ -266,6 +268,25 @@ class NodeCollector:
         for kind, n in sorted((d.get("errors") or {}).items()):
             errors.add_metric([str(kind)[:64]], n)
         yield errors
+
+
+def _instance_output() -> Iterator[Metric]:
+    """Instance output over the rate limit, where the runtime keeps such counters
+    (``huselet.runtime.output.OUTPUT_STATS``); nothing where it does not."""
+    try:
+        stats = importlib.import_module("huselet.runtime.output").OUTPUT_STATS
+    except (ImportError, AttributeError):
+        return
+    for name, key, doc in (
+        ("huselet_instance_output_lines", "logged_lines", "Instance output lines logged."),
+        ("huselet_instance_output_dropped_lines", "dropped_lines", "Output lines dropped (rate)."),
+        ("huselet_instance_output_dropped_bytes", "dropped_bytes", "Output bytes dropped (rate)."),
+    ):
+        value = getattr(stats, key, None)
+        if isinstance(value, int | float):
+            yield CounterMetricFamily(
+                name, doc + " (over the per-instance rate limit)", value=value
+            )
 
 
 def _histogram(name: str, doc: str, hist: Histogram) -> Metric:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 from pathlib import Path
@@ -199,6 +200,15 @@ def test_metrics_move_with_traffic_cold_starts_a_crash_a_429_and_a_504(node: Dae
     assert value(after, "process_cpu_seconds_total") > 0
     assert value(after, "process_open_fds") > 0
     assert value(after, "huselet_cache_fetches_total") >= 1  # the package was packed/installed
+
+    # Every family the node exposes is documented in the README's metrics table.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = set(re.findall(r"`(huselet_[a-z_]+|process_[a-z_]+)`", readme))
+    exposed = {name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")
+               for name, _ in after}  # fmt: skip
+    missing = {n for n in exposed if n not in documented and n.removesuffix("_total") + "_total"
+               not in documented and n + "_total" not in documented}  # fmt: skip
+    assert not missing, missing
 
     # The admin socket serves the same exposition.
     out = node.ctl("metrics")
