@@ -17,7 +17,7 @@ import h11
 
 from huselet.errors import BadRequest, Unauthorized, UnknownFunction
 from huselet.gateway.responses import MethodNotAllowed, NotFound
-from huselet.observe.ids import new_request_id
+from huselet.observe.ids import new_request_id as new_request_id  # re-exported
 from protocol.link import KIND_BYTES, KIND_JSON
 
 INVOKE_PREFIX = b"/v1/invoke/"

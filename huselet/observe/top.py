@@ -50,7 +50,7 @@ def view(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
         prev = old.get(f["function"], {})
 
         def delta(key: str, f: Mapping[str, Any] = f, prev: Mapping[str, Any] = prev) -> float:
-            return max(0, f.get(key, 0) - prev.get(key, 0))
+            return max(0.0, float(f.get(key, 0)) - float(prev.get(key, 0)))
 
         counts = f.get("latency_counts")
         p50 = p99 = None
