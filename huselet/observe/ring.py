@@ -82,11 +82,14 @@ class LogRing(logging.Handler):
         fields are kept as given — the caller passes plain values and does not
         touch the dict afterwards — and turned into a record only when read.
         """
-        ring = self._ring(fields.get("function"))
-        if ring is None:
-            return
-        self._seq += 1
-        ring.append((self._seq, time.time(), level, component, msg, fields))
+        # The handler's lock: emit() (any thread that logs) holds it too, so sequence
+        # numbers stay unique and a --follow cursor never skips a record.
+        with self.lock:  # type: ignore[union-attr]
+            ring = self._ring(fields.get("function"))
+            if ring is None:
+                return
+            self._seq += 1
+            ring.append((self._seq, time.time(), level, component, msg, fields))
 
     def query(
         self,
@@ -99,10 +102,12 @@ class LogRing(logging.Handler):
     ) -> dict[str, Any] | None:
         """Records of ``function`` newer than ``after_seq`` (and ``since_s`` seconds), oldest
         first, at most ``limit`` (the newest ones); None if the function has no ring."""
-        self.prune()
-        if not self._known(function):
-            return None
-        ring = self._rings.get(function) or ()
+        with self.lock:  # type: ignore[union-attr]
+            self.prune()
+            if not self._known(function):
+                return None
+            ring = list(self._rings.get(function) or ())  # a snapshot: other threads log
+            next_seq = self._seq
         limit = max(1, min(limit, MAX_QUERY_RECORDS))
         oldest = time.time() - since_s if since_s is not None else None
         out = []
@@ -126,4 +131,4 @@ class LogRing(logging.Handler):
                 record.setdefault(key, value)
             record["seq"] = seq
             records.append(record)
-        return {"function": function, "records": records, "next_seq": self._seq}
+        return {"function": function, "records": records, "next_seq": next_seq}
