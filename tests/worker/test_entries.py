@@ -109,7 +109,7 @@ def test_http_error_carries_its_status_and_other_errors_do_not(capfd: Any) -> No
     result = serve(HandlerEntry(handler), b'{"status": 0}')
     assert (result.error.type, result.error.status) == ("LookupError", None)
     # The traceback is one record tagged with the request id (huselet.worker.output).
-    out = capfd.readouterr().out.rstrip("\n").splitlines()
+    out = capfd.readouterr().out.rstrip("\n").split("\n")
     assert len(out) == 1 and out[0].startswith("\x1eH1trid-1\x1f")
     text = json.loads(out[0].split("\x1f", 1)[1])
     assert text.startswith("Traceback (most recent call last):")
