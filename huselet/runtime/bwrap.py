@@ -46,6 +46,7 @@ from huselet.runtime.base import (
 )
 from huselet.runtime.cgroups import Cgroup, CgroupPool
 from huselet.runtime.children import SandboxHandle, dial_link, pump_output, worker_env
+from huselet.runtime.identity import sandbox_subtree
 from huselet.runtime.isolation import (
     IsolationSettings,
     Table,
@@ -123,7 +124,7 @@ class BwrapRuntime(Runtime):
             assert host.cgroups is not None
             self._cgroups = CgroupPool(
                 host.cgroups,
-                f"{self.isolation.cgroup_parent}/{self.name}",
+                sandbox_subtree(host.cgroups, self.isolation.cgroup_parent, self.node, self.name),
                 target_free=self.isolation.cgroup_pool,
                 pids_max=self.isolation.pids_max,
                 cpu_cores=self.isolation.cpu_cores or None,
