@@ -45,6 +45,7 @@ from huselet.log import get_logger
 from huselet.notify import SystemdNotifier
 from huselet.reload import ConfigReloader
 from huselet.runtime import available_runtimes, create_runtimes
+from huselet.runtime.output import OUTPUT_STATS
 from huselet.scheduler import NodeScheduler
 from protocol.frames import DEFAULT_MAX_FRAME
 
@@ -228,6 +229,7 @@ class Daemon:
                 "config": str(self.config.source) if self.config.source else "(embedded default)",
                 "runtimes": sorted(self.runtimes),
                 "reload": self.reloader.describe(),
+                "output": OUTPUT_STATS.describe(),  # instance output over the rate limit
             },
             **self.scheduler.status(),
             "cache": self.cache.packages.stats(),

@@ -55,6 +55,7 @@ from huselet.runtime.isolation import (
     probe_host,
     resolve,
 )
+from huselet.runtime.output import OutputLimiter
 from huselet.sandbox import linux, rootfs, seccomp
 
 log = get_logger("runtime.bwrap")
@@ -262,8 +263,9 @@ class BwrapRuntime(Runtime):
         popen.stderr.close()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump_output, out, "stdout", fields, log)
-                nursery.start_soon(pump_output, err, "stderr", fields, log)
+                limiter = OutputLimiter()  # one budget for both streams
+                nursery.start_soon(pump_output, out, "stdout", fields, log, limiter)
+                nursery.start_soon(pump_output, err, "stderr", fields, log, limiter)
                 await handle.reap()
                 nursery.cancel_scope.deadline = trio.current_time() + 1.0
         finally:

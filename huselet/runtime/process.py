@@ -32,6 +32,7 @@ from huselet.log import get_logger
 from huselet.runtime import children
 from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, Runtime, StartFailed
 from huselet.runtime.children import ChildHandle, pump_output
+from huselet.runtime.output import OutputLimiter
 
 log = get_logger("runtime.process")
 
@@ -120,8 +121,9 @@ class ProcessRuntime(Runtime):
         assert popen.stdout is not None and popen.stderr is not None
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump_lines, popen.stdout, "stdout", fields)
-                nursery.start_soon(_pump_lines, popen.stderr, "stderr", fields)
+                limiter = OutputLimiter()  # one budget for both streams
+                nursery.start_soon(_pump_lines, popen.stdout, "stdout", fields, limiter)
+                nursery.start_soon(_pump_lines, popen.stderr, "stderr", fields, limiter)
                 await handle.reap()
         finally:
             self._handles.discard(handle)
@@ -129,8 +131,10 @@ class ProcessRuntime(Runtime):
                 handle.kill()
 
 
-async def _pump_lines(pipe: Any, stream_name: str, fields: dict[str, Any]) -> None:
+async def _pump_lines(
+    pipe: Any, stream_name: str, fields: dict[str, Any], limiter: OutputLimiter
+) -> None:
     """Forward a child's output line by line into the log until EOF."""
     fd = os.dup(pipe.fileno())
     pipe.close()
-    await pump_output(fd, stream_name, fields, log)
+    await pump_output(fd, stream_name, fields, log, limiter)
