@@ -45,6 +45,7 @@ from huselet.log import get_logger
 from huselet.notify import SystemdNotifier
 from huselet.reload import ConfigReloader
 from huselet.runtime import available_runtimes, create_runtimes
+from huselet.runtime.base import RuntimeConfigError
 from huselet.runtime.output import OUTPUT_STATS
 from huselet.scheduler import NodeScheduler
 from protocol.frames import DEFAULT_MAX_FRAME
@@ -235,6 +236,14 @@ class Daemon:
             "cache": self.cache.packages.stats(),
         }
 
+    async def _start_runtime(self, nursery: trio.Nursery, runtime: Any) -> None:
+        """A runtime the host cannot serve (e.g. no isolation) refuses the start with its
+        reason — one line, no traceback — instead of running with less."""
+        try:
+            await nursery.start(runtime.run)
+        except RuntimeConfigError as exc:
+            raise StartupError(str(exc)) from None
+
     async def run(self) -> None:
         node = self.config.node
         _prepare_dir(node.state_dir, 0o750, "node.state_dir")
@@ -244,7 +253,7 @@ class Daemon:
         with trio.open_signal_receiver(*stop_signals, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 for runtime in self.runtimes.values():
-                    await nursery.start(runtime.run)
+                    await self._start_runtime(nursery, runtime)
                 await nursery.start(self.cache.run)
                 await nursery.start(self.links.run, [fn.name for fn in self.config.functions])
                 await nursery.start(self.scheduler.run)
