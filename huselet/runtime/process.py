@@ -18,8 +18,10 @@ What it guarantees:
   it: the daemon dials its link and passes the connected socket. Staging
   (empty mount points) lives in ``run_dir/sandbox/process/<function>``.
 
-``[runtimes.process]`` keys: ``network`` (``none`` | ``host``), ``uid_base``,
-``uid_count``. An unprivileged daemon cannot drop: its workers run as itself.
+``[runtimes.process]`` keys: ``isolation`` (default true; false runs workers
+unconfined as the daemon's uid), ``network`` (``none`` | ``host``),
+``uid_base``, ``uid_count``. An unprivileged daemon cannot confine: its
+workers run as itself.
 
 Why ``subprocess.Popen`` is called on the Trio thread and not through
 ``trio.lowlevel.open_process``: the latter forks from a worker thread, and the
@@ -106,6 +108,8 @@ class ProcessRuntime(Runtime):
     def __init__(self, settings: Mapping[str, Any], *, node: Any) -> None:
         super().__init__(settings, node=node)
         table = Table(settings, self.name)
+        # false: workers run unconfined as the daemon's own uid (debugging only).
+        self.isolation = table.boolean("isolation", True)
         self.network = table.choice("network", NETWORK_MODES, "none")
         self.uid_base = table.integer("uid_base", UID_BASE, minimum=1000)
         self.uid_count = table.integer("uid_count", UID_COUNT, minimum=1)
@@ -113,7 +117,7 @@ class ProcessRuntime(Runtime):
         if self.uid_base + self.uid_count > 2**31:
             raise RuntimeConfigError("runtimes.process.uid_count: range exceeds 2^31")
         # Only root can drop; an unprivileged daemon's workers run as itself.
-        self.drops = os.geteuid() == 0
+        self.drops = os.geteuid() == 0 and self.isolation
         self._uids = UidAllocator(self.uid_base, self.uid_count)
         self._staging = Path(node.run_dir) / "sandbox" / self.name
         self._nursery: trio.Nursery | None = None

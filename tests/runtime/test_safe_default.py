@@ -42,3 +42,11 @@ def test_a_host_that_cannot_isolate_is_refused_with_what_it_lacks(path: Path | N
     message = str(refused.value)
     assert "not root" in message and "cgroups need root" in message
     assert "runtimes.fork.allow_degraded = true" in message
+
+
+def test_an_image_only_function_never_gets_the_host_root_bound() -> None:
+    from huselet.config import IMAGE_ONLY_CWD
+    from huselet.sandbox import rootfs
+
+    binds = rootfs.plan_binds(str(IMAGE_ONLY_CWD), [])
+    assert binds and all(b.source != "/" for b in binds)
