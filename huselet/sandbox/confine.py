@@ -35,7 +35,6 @@ from typing import Any
 
 from huselet.sandbox import linux, rootfs, seccomp
 
-
 # The environment variable that carries a plan to :mod:`huselet.sandbox.launch`.
 PLAN_ENV = "HUSELET_SANDBOX_PLAN"
 
