@@ -78,11 +78,14 @@ class Daemon:
         self.notifier = notifier or SystemdNotifier.from_env()
         self.started_at = trio.current_time()
         max_frame = max(DEFAULT_MAX_FRAME, config.gateway.max_body_bytes + FRAME_OVERHEAD)
-        self.runtimes = create_runtimes(
-            {fn.runtime for fn in config.functions} | {"process"},
-            config.runtimes,
-            node=config.node,
-        )
+        try:
+            self.runtimes = create_runtimes(
+                {fn.runtime for fn in config.functions} | {"process"},
+                config.runtimes,
+                node=config.node,
+            )
+        except RuntimeConfigError as exc:  # a [runtimes.*] table: one line, no traceback
+            raise StartupError(str(exc)) from None
         for name, runtime in self.runtimes.items():
             # Lets a runtime prepare ahead of need (fork builds its zygotes at start).
             runtime.expect([fn for fn in config.functions if fn.runtime == name])

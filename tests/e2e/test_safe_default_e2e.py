@@ -160,3 +160,38 @@ def test_a_handler_under_the_default_cannot_reach_the_host(
         listener.close()
         for leftover in set(glob.glob("/etc/huselet-probe-*")) - before:
             os.unlink(leftover)
+
+
+@pytest.mark.parametrize(
+    ("table", "reason"),
+    [
+        ('[runtimes.bwrap]\nbinary = "no-such-bwrap"\n', "runtimes.bwrap.binary"),
+        ("[runtimes.process]\nbogus = 1\n", "runtimes.process.bogus: unknown key"),
+    ],
+    ids=["runtime-refuses-at-start", "runtime-table"],
+)
+def test_a_runtime_that_cannot_serve_refuses_the_start_in_one_line(
+    short_tmp: Path, table: str, reason: str
+) -> None:
+    """What a refusal (e.g. a host without isolation) looks like: exit 1, one line."""
+    import subprocess
+    import sys
+
+    from daemon_harness import write_config
+
+    pkg = write_package(short_tmp / "pkgs", "fn", "def handler(e, c):\n    return 1\n")
+    runtime = "bwrap" if "bwrap" in table else "process"
+    config = write_config(
+        short_tmp,
+        f'{table}\n[[functions]]\nname = "f"\npackage = "{pkg}"\n'
+        f'handler = "main:handler"\nruntime = "{runtime}"\n',
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "huselet", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert f"huselet: cannot start: {reason}" in out.stderr
+    assert "Traceback" not in out.stderr
