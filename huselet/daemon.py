@@ -53,6 +53,8 @@ from huselet.observe.story import RequestStory
 from huselet.observe.top import function_sample, node_sample
 from huselet.reload import ConfigReloader
 from huselet.runtime import available_runtimes, create_runtimes
+from huselet.runtime.base import RuntimeConfigError
+from huselet.runtime.output import OUTPUT_STATS
 from protocol.frames import DEFAULT_MAX_FRAME
 
 log = get_logger("daemon")
@@ -83,11 +85,14 @@ class Daemon:
         self.notifier = notifier or SystemdNotifier.from_env()
         self.started_at = trio.current_time()
         max_frame = max(DEFAULT_MAX_FRAME, config.gateway.max_body_bytes + FRAME_OVERHEAD)
-        self.runtimes = create_runtimes(
-            {fn.runtime for fn in config.functions} | {"process"},
-            config.runtimes,
-            node=config.node,
-        )
+        try:
+            self.runtimes = create_runtimes(
+                {fn.runtime for fn in config.functions} | {"process"},
+                config.runtimes,
+                node=config.node,
+            )
+        except RuntimeConfigError as exc:  # a [runtimes.*] table: one line, no traceback
+            raise StartupError(str(exc)) from None
         for name, runtime in self.runtimes.items():
             # Lets a runtime prepare ahead of need (fork builds its zygotes at start).
             runtime.expect([fn for fn in config.functions if fn.runtime == name])
@@ -328,10 +333,19 @@ class Daemon:
                 "config": str(self.config.source) if self.config.source else "(embedded default)",
                 "runtimes": sorted(self.runtimes),
                 "reload": self.reloader.describe(),
+                "output": OUTPUT_STATS.describe(),  # instance output over the rate limit
             },
             **self.scheduler.status(),
             "cache": self.cache.packages.stats(),
         }
+
+    async def _start_runtime(self, nursery: trio.Nursery, runtime: Any) -> None:
+        """A runtime the host cannot serve (e.g. no isolation) refuses the start with its
+        reason — one line, no traceback — instead of running with less."""
+        try:
+            await nursery.start(runtime.run)
+        except RuntimeConfigError as exc:
+            raise StartupError(str(exc)) from None
 
     async def run(self) -> None:
         node = self.config.node
@@ -352,7 +366,7 @@ class Daemon:
         with trio.open_signal_receiver(*stop_signals, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 for runtime in self.runtimes.values():
-                    await nursery.start(runtime.run)
+                    await self._start_runtime(nursery, runtime)
                 await nursery.start(self.cache.run)
                 await nursery.start(self.links.run, [fn.name for fn in self.config.functions])
                 await nursery.start(self.scheduler.run)

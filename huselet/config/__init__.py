@@ -12,6 +12,8 @@ Import the names from here; the modules are an implementation detail.
 from huselet.config.health import HealthSettings
 from huselet.config.observe import LogSettings, MetricsSettings
 from huselet.config.settings import (
+    EMBEDDED_DEFAULT,
+    IMAGE_ONLY_CWD,
     AdminSettings,
     CacheSettings,
     Config,
@@ -26,6 +28,8 @@ from huselet.config.settings import (
 from huselet.config.table import ConfigTable, TcpAddress
 
 __all__ = [
+    "EMBEDDED_DEFAULT",
+    "IMAGE_ONLY_CWD",
     "AdminSettings",
     "CacheSettings",
     "Config",

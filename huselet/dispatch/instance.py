@@ -37,6 +37,7 @@ class InstanceRecord:
     ) -> None:
         self.id = f"{function}-{secrets.token_hex(4)}"
         self.token = secrets.token_urlsafe(24)
+        self.token_spent = False  # single use: set when a link claims it
         self._state = InstanceState.STARTING
         self._on_state = on_state
         self.handle: InstanceHandle | None = None

@@ -221,6 +221,10 @@ class FunctionPool:
         record = self.instances.get(instance_id)
         if record is None or not token_matches(record.token, token):
             return None
+        fresh = not record.token_spent and record.link is None
+        if not fresh or record.state is not InstanceState.STARTING:
+            return None  # single use: a replayed token gets nothing
+        record.token_spent = True
         return record.offer_link
 
     # --- lifecycle --------------------------------------------------------------
