@@ -17,13 +17,13 @@ import os
 import re
 import socket
 import stat
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from huselet.config_limits import check_structure, parse_toml, read_token
 from huselet.errors import ConfigError
 from huselet.health.settings import HealthSettings, parse_health
 
@@ -76,6 +76,9 @@ class GatewaySettings:
     read_timeout_ms: int = 10_000  # headers + body of one request
     auth_token_file: Path | None = None
     allow_unauthenticated: bool = False
+    # Node-wide bound on request bodies held in memory (reading, queued, in
+    # flight); past it new bodies get 503 at once. Default: default_buffered_mb().
+    max_buffered_mb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -220,11 +223,11 @@ def load_config(path: Path | None, *, known_runtimes: Iterable[str] = ("process"
     if len(raw_bytes) > MAX_CONFIG_BYTES:
         raise ConfigError("", f"{source} is larger than {MAX_CONFIG_BYTES // (1 << 20)} MiB")
     try:
-        raw = tomllib.loads(raw_bytes.decode("utf-8"))
+        text = raw_bytes.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError("", f"{source} is not UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"{source} is not valid TOML: {exc}") from None
+    # Depth, 64-bit integers, finite floats: bounded before any key is read.
+    raw = parse_toml(text, source)
     base = source.resolve().parent
     return parse_config(
         raw,
@@ -260,15 +263,23 @@ def parse_config(
     node_t.finish()
 
     gw_t = t.table("gateway")
+    max_body_bytes = gw_t.positive_int("max_body_bytes", default=6 * 1024 * 1024)
     gateway = GatewaySettings(
         http=gw_t.tcp_address("http", default="127.0.0.1:8470"),
-        max_body_bytes=gw_t.positive_int("max_body_bytes", default=6 * 1024 * 1024),
+        max_body_bytes=max_body_bytes,
         queue_per_function=gw_t.positive_int("queue_per_function", default=1000),
         max_connections=gw_t.positive_int("max_connections", default=1024),
         idle_timeout_ms=gw_t.positive_int("idle_timeout_ms", default=30_000),
         read_timeout_ms=gw_t.positive_int("read_timeout_ms", default=10_000),
         auth_token_file=gw_t.optional_path("auth_token_file"),
         allow_unauthenticated=gw_t.boolean("allow_unauthenticated", default=False),
+        max_buffered_mb=gw_t.positive_int(
+            "max_buffered_mb",
+            default=default_buffered_mb(max_body_bytes),
+            minimum=-(-max_body_bytes // (1 << 20)),  # room for one largest body
+            maximum=_host_memory_mb(),
+            maximum_help="this host's memory",
+        ),
     )
     gw_t.finish()
     if (
@@ -281,8 +292,9 @@ def parse_config(
             f"{gateway.http} is reachable from other hosts but no gateway.auth_token_file is "
             "set; set one, or gateway.allow_unauthenticated = true if a trusted proxy guards it",
         )
-    if gateway.auth_token_file is not None and not gateway.auth_token_file.is_file():
-        raise ConfigError("gateway.auth_token_file", f"{gateway.auth_token_file} does not exist")
+    if gateway.auth_token_file is not None:
+        # Read now, as the daemon will: an empty or unreadable token fails --check too.
+        read_token(gateway.auth_token_file, "gateway.auth_token_file")
 
     admin_t = t.table("admin")
     admin = AdminSettings(
@@ -355,7 +367,13 @@ def _parse_function(
         package=package,
         handler=handler,
         runtime=runtime,
-        memory_mb=ft.positive_int("memory_mb", default=256, minimum=16),
+        memory_mb=ft.positive_int(
+            "memory_mb",
+            default=256,
+            minimum=16,
+            maximum=_host_memory_mb(),
+            maximum_help="this host's memory",
+        ),
         timeout_ms=ft.positive_int("timeout_ms", default=30_000),
         max_instances=max_instances,
         min_instances=min_instances,
@@ -423,22 +441,23 @@ def _parse_code(
 
 
 def _check_image(ft: _Table, image: Path, module: str, rel: Path) -> None:
-    """Open the image's header and index (not its data: the store verifies that)."""
+    """Read the image's header and index (not its data: the store verifies that).
+
+    With ``pread``, never a mapping, and never blocking: a FIFO is refused at
+    once, a file truncated meanwhile is an error rather than a SIGBUS.
+    """
     from cache.errors import CacheError
-    from cache.reader import ImageReader
+    from cache.reader import inspect_image
 
     try:
-        reader = ImageReader.open(image, verify=False)
+        index = inspect_image(image, verify=False)
     except FileNotFoundError:
         raise ConfigError(ft.key("image"), f"image {image} does not exist") from None
     except OSError as exc:
         raise ConfigError(ft.key("image"), f"cannot read image {image}: {exc.strerror}") from None
     except CacheError as exc:
         raise ConfigError(ft.key("image"), f"{image} is not a usable image: {exc}") from None
-    with reader:
-        found = reader.is_file(f"{rel.as_posix()}.py") or reader.is_file(
-            f"{rel.as_posix()}/__init__.py"
-        )
+    found = index.is_file(f"{rel.as_posix()}.py") or index.is_file(f"{rel.as_posix()}/__init__.py")
     if not found:
         raise ConfigError(ft.key("handler"), f"module {module!r} not found in image {image}")
 
@@ -473,6 +492,19 @@ def _parse_cache(ct: _Table, node: NodeSettings) -> CacheSettings:
         if publish_dir == cache_dir or cache_dir in publish_dir.parents:
             raise ConfigError(
                 ct.key("publish_dir"), f"must not be inside the cache's own directory {cache_dir}"
+            )
+        # Watched recursively and every entry published: it must be a directory of
+        # its own, never / or one holding the daemon's state or sockets.
+        for name, own in (("node.state_dir", node.state_dir), ("node.run_dir", node.run_dir)):
+            own = own.resolve()
+            if publish_dir == own or publish_dir in own.parents:
+                raise ConfigError(
+                    ct.key("publish_dir"),
+                    f"{publish_dir} contains {name} {own}; use a directory of its own",
+                )
+        if publish_dir == Path(publish_dir.anchor) or publish_dir in _SYSTEM_DIRS:
+            raise ConfigError(
+                ct.key("publish_dir"), f"{publish_dir} is a system directory; use one of its own"
             )
     settings = CacheSettings(
         disk_budget_mb=disk_budget_mb,
@@ -522,6 +554,12 @@ def _parse_scheduler(st: _Table, node: NodeSettings) -> SchedulerLinkSettings:
     return settings
 
 
+def default_buffered_mb(max_body_bytes: int) -> int:
+    """``gateway.max_buffered_mb`` by default: an eighth of RAM, 64 MiB..2 GiB."""
+    body_mb = -(-max_body_bytes // (1 << 20))
+    return max(body_mb, min(2048, max(64, _host_memory_mb() // 8)))
+
+
 def _host_memory_mb() -> int:
     try:
         return max(1, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1 << 20))
@@ -537,6 +575,7 @@ def parse_function_spec(
     Validated exactly like the config file's; errors name ``where`` as the key path.
     Relative paths resolve against ``node.state_dir``.
     """
+    check_structure(raw, where)
     t = _Table(raw, where, config.node.state_dir)
     return _parse_function(t, config.gateway, frozenset(known_runtimes), config.cache)
 
@@ -650,11 +689,22 @@ class _Table:
             raise ConfigError(self.key(name), f"expected true or false, got {_describe(value)}")
         return value
 
-    def positive_int(self, name: str, *, default: int | None = None, minimum: int = 1) -> int:
+    def positive_int(
+        self,
+        name: str,
+        *,
+        default: int | None = None,
+        minimum: int = 1,
+        maximum: int | None = None,
+        maximum_help: str = "",
+    ) -> int:
         value = self._get(name, _REQUIRED if default is None else default)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             what = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
             raise ConfigError(self.key(name), f"expected {what}, got {_describe(value)}")
+        if maximum is not None and value > maximum:
+            why = f" ({maximum_help})" if maximum_help else ""
+            raise ConfigError(self.key(name), f"{value} exceeds the maximum {maximum}{why}")
         return value
 
     def non_negative_int(self, name: str, *, default: int) -> int:
@@ -728,3 +778,12 @@ class _Table:
 
 
 _REQUIRED: Any = object()
+# Publishing one of these would watch (and pack) half the host.
+_SYSTEM_DIRS = frozenset(
+    Path(p)
+    for p in (
+        *("/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc"),
+        *("/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib"),
+        "/var/tmp",
+    )
+)

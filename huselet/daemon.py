@@ -25,7 +25,8 @@ from huselet.admin.errors import AdminCommandError
 from huselet.admin.server import AdminServer
 from huselet.codecache import CodeCache
 from huselet.config import Config
-from huselet.errors import HuseletError
+from huselet.config_limits import read_token
+from huselet.errors import ConfigError, HuseletError
 from huselet.fleet import FleetCommands, SchedulerLink
 from huselet.fleet.commands import FunctionStore
 from huselet.gateway.http import HttpIngress
@@ -279,6 +280,9 @@ class Daemon:
             await self._reload({})
         except HuseletError:
             pass  # refused: logged by the reloader; the running config stays
+        except Exception:
+            # Nothing in a file an operator can write may end the daemon.
+            log.exception("reload failed unexpectedly; the running configuration stays")
 
     async def shutdown(self) -> None:
         grace_s = self.config.node.drain_grace_ms / 1000
@@ -294,9 +298,7 @@ def _read_token(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise StartupError(f"cannot read gateway.auth_token_file {path}: {exc.strerror}") from None
-    if not token:
-        raise StartupError(f"gateway.auth_token_file {path} is empty")
-    return token
+        # Bounded, never blocking on a FIFO, refused when empty (as --check does).
+        return read_token(path, "gateway.auth_token_file")
+    except ConfigError as exc:
+        raise StartupError(f"cannot use {exc}") from None

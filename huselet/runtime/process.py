@@ -32,6 +32,7 @@ from huselet.log import get_logger
 from huselet.runtime import children
 from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, Runtime, StartFailed
 from huselet.runtime.children import ChildHandle, pump_output
+from huselet.runtime.isolation import Table
 
 log = get_logger("runtime.process")
 
@@ -73,6 +74,7 @@ class ProcessRuntime(Runtime):
 
     def __init__(self, settings: Mapping[str, Any], *, node: Any) -> None:
         super().__init__(settings, node=node)
+        Table(settings, self.name).finish()  # no keys of its own yet: refuse typos
         self._nursery: trio.Nursery | None = None
         self._handles: set[ProcessHandle] = set()
 
