@@ -5,6 +5,20 @@ owners or inode numbers are stored, modes collapse to 0o644/0o755, and the
 bytecode added for every ``.py`` file is an *unchecked-hash* pyc (PEP 552), so
 importing needs neither a compile nor an mtime.
 
+**The tree is outside input** (a publish drop, a developer's directory), so:
+
+- symlinks are followed only while they stay inside the tree; every file and
+  directory is opened ``O_NOFOLLOW`` and checked to be the very inode the
+  scan saw *and* to lie under the tree's real root (``/proc/self/fd``), so
+  swapping a component for a symlink mid-pack is refused, not followed;
+- FIFOs, sockets and device files are refused with a clear error (reading a
+  FIFO would hang, a device never ends), never silently left out;
+- modes are kept in the sense that matters: everything in an image is
+  readable by every instance of the function, so a file (or directory) that
+  others cannot read on disk (``0600``, ``0640``, ``0700``…) is refused
+  rather than published world-readable. Make it ``o+r`` (``o+rx`` for a
+  directory) or keep it out of the tree.
+
 The output is written next to its final name and renamed into place only
 after an fsync, so a crash never leaves a half-written image under a valid
 name.
@@ -12,6 +26,7 @@ name.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import marshal
 import os
@@ -56,6 +71,7 @@ class _Item:
     mode: int
     source: Path | None = None  # a file on disk to copy
     content: bytes | None = None  # or bytes made by the builder (pyc)
+    identity: tuple[int, int] = (0, 0)  # (dev, ino) of ``source`` as scanned
     offset: int = 0
     size: int = 0
     digest: bytes = fmt.ZERO_DIGEST
@@ -85,9 +101,10 @@ def pack_directory(
     ):
         raise ValueError(f"page size {page_size} is not a power of two in [4096, 65536]")
     cache_tag = sys.implementation.cache_tag or ""
+    real_root = os.path.realpath(root)
     items, skipped = _scan(root)
     if compile_bytecode and cache_tag:
-        items += _bytecode_items(items, cache_tag)
+        items += _bytecode_items(items, cache_tag, real_root)
     items.sort(key=lambda item: item.path.encode("utf-8"))
     if len(items) > fmt.MAX_ENTRIES:
         raise BuildError(f"{len(items)} entries exceed the limit of {fmt.MAX_ENTRIES}")
@@ -96,7 +113,7 @@ def pack_directory(
     target_dir = out_path if out_path.is_dir() else out_path.parent
     tmp = _temp_path(target_dir)
     try:
-        header = _write_image(tmp, items, page_size, cache_tag, compile_bytecode)
+        header = _write_image(tmp, items, page_size, cache_tag, compile_bytecode, real_root)
         final = out_path
         if out_path.is_dir():
             final = out_path / fmt.image_file_name(header.image_digest.hex())
@@ -124,9 +141,14 @@ def _scan(root: Path) -> tuple[list[_Item], list[str]]:
     # Directories being walked, by real path: a symlink to one of them is a loop.
     active: set[str] = {real_root}
 
-    def walk(directory: str, prefix: str) -> None:
-        with os.scandir(directory) as it:
-            dirents = sorted(it, key=lambda d: d.name)
+    def walk(directory: str, prefix: str, identity: tuple[int, int] | None) -> None:
+        # Listed through a descriptor that is verifiably the directory we judged.
+        fd = _open_checked(directory, prefix.rstrip("/") or ".", identity, real_root, dir=True)
+        try:
+            with os.scandir(fd) as it:
+                dirents = sorted(it, key=lambda d: d.name)
+        finally:
+            os.close(fd)
         for d in dirents:
             if d.name in _SKIPPED_NAMES:
                 continue
@@ -139,20 +161,87 @@ def _scan(root: Path) -> tuple[list[_Item], list[str]]:
                 real = os.path.realpath(full)
                 if real in active:
                     raise BuildError(f"symlink loop: {rel} leads back to a directory above it")
+                _check_readable(rel, st.st_mode, 0o005, "directory", "o+rx")
                 items.append(_Item(rel, fmt.KIND_DIR, fmt.MODE_DIR))
                 active.add(real)
-                walk(full, rel + "/")
+                walk(full, rel + "/", (st.st_dev, st.st_ino))
                 active.discard(real)
             elif stat.S_ISREG(st.st_mode):
                 if d.name.endswith(_SKIPPED_FILE_SUFFIXES):
                     continue
+                _check_readable(rel, st.st_mode, 0o004, "file", "o+r")
                 mode = fmt.MODE_EXEC if st.st_mode & 0o111 else fmt.MODE_FILE
-                items.append(_Item(rel, fmt.KIND_FILE, mode, source=Path(full)))
+                items.append(
+                    _Item(
+                        rel,
+                        fmt.KIND_FILE,
+                        mode,
+                        source=Path(full),
+                        identity=(st.st_dev, st.st_ino),
+                    )
+                )
             else:
-                skipped.append(rel)
+                kind = _special_kind(st.st_mode)
+                raise BuildError(
+                    f"{rel} is {kind}: images hold only regular files and directories "
+                    "(remove it from the tree)"
+                )
 
-    walk(str(root), "")
+    walk(str(root), "", None)
     return items, skipped
+
+
+def _special_kind(mode: int) -> str:
+    from cache.safeio import describe_mode
+
+    return describe_mode(mode)
+
+
+def _check_readable(rel: str, mode: int, bits: int, what: str, fix: str) -> None:
+    """Refuse what others cannot read on disk: in an image every instance could."""
+    if mode & bits != bits:
+        raise BuildError(
+            f"{what} {rel} has mode {stat.S_IMODE(mode):04o}: others cannot read it, and "
+            f"everything in an image is readable by the function's instances; "
+            f"chmod {fix} it or keep it out of the tree"
+        )
+
+
+def _open_checked(
+    path: str,
+    rel: str,
+    identity: tuple[int, int] | None,
+    real_root: str,
+    *,
+    dir: bool = False,
+) -> int:
+    """Open ``path`` without following a final symlink and prove it is what the scan saw.
+
+    It must be the same (dev, ino) as scanned and lie under ``real_root``: a
+    component swapped for a symlink between scan and read is refused.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    if dir:
+        flags |= os.O_DIRECTORY
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise BuildError(f"{rel} turned into a symlink or another kind while packing") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if identity is not None and (st.st_dev, st.st_ino) != identity:
+            raise BuildError(f"{rel} was replaced while packing")
+        if not (stat.S_ISDIR(st.st_mode) if dir else stat.S_ISREG(st.st_mode)):
+            raise BuildError(f"{rel} changed into {_special_kind(st.st_mode)} while packing")
+        actual = os.readlink(f"/proc/self/fd/{fd}")
+        if actual != real_root and not actual.startswith(real_root.rstrip("/") + "/"):
+            raise BuildError(f"{rel} leads outside the tree (to {actual}) while packing")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _checked_name(name: str, prefix: str) -> str:
@@ -183,14 +272,21 @@ def _resolve_symlink(full: str, rel: str, real_root: str) -> tuple[str, os.stat_
 # -- bytecode --------------------------------------------------------------------
 
 
-def _bytecode_items(items: list[_Item], cache_tag: str) -> list[_Item]:
+def _read_source(item: _Item, real_root: str) -> bytes:
+    assert item.source is not None
+    fd = _open_checked(str(item.source), item.path, item.identity, real_root)
+    with open(fd, "rb", closefd=True) as f:
+        return f.read()
+
+
+def _bytecode_items(items: list[_Item], cache_tag: str, real_root: str) -> list[_Item]:
     extra: list[_Item] = []
     cache_dirs: set[str] = set()
     for item in items:
         if item.kind != fmt.KIND_FILE or item.source is None or not item.path.endswith(".py"):
             continue
         pyc_path = fmt.pyc_path_for(item.path, cache_tag)
-        source = item.source.read_bytes()
+        source = _read_source(item, real_root)
         pyc = compile_unchecked_pyc(source, item.path)
         if pyc_path is None or pyc is None:
             continue  # not importable anyway; the import will report the SyntaxError
@@ -227,7 +323,7 @@ def compile_unchecked_pyc(source: bytes, filename: str) -> bytes | None:
 
 
 def _write_image(
-    tmp: Path, items: list[_Item], page_size: int, cache_tag: str, bytecode: bool
+    tmp: Path, items: list[_Item], page_size: int, cache_tag: str, bytecode: bool, real_root: str
 ) -> fmt.Header:
     strtab = bytearray()
     path_refs: list[tuple[int, int]] = []
@@ -247,7 +343,7 @@ def _write_image(
             if item.kind != fmt.KIND_FILE:
                 continue
             f.seek(position)
-            item.size, item.digest = _write_content(f, item)
+            item.size, item.digest = _write_content(f, item, real_root)
             if item.size:
                 item.offset = position
                 position = fmt.align_up(position + item.size, page_size)
@@ -293,7 +389,7 @@ def _write_image(
     return header
 
 
-def _write_content(f: BinaryIO, item: _Item) -> tuple[int, bytes]:
+def _write_content(f: BinaryIO, item: _Item, real_root: str) -> tuple[int, bytes]:
     """Write one file's bytes at the current position; return its size and sha256."""
     h = hashlib.sha256()
     if item.content is not None:
@@ -302,8 +398,9 @@ def _write_content(f: BinaryIO, item: _Item) -> tuple[int, bytes]:
         return len(item.content), h.digest()
     assert item.source is not None
     size = 0
-    expected = os.stat(item.source).st_size
-    with open(item.source, "rb") as src:
+    fd = _open_checked(str(item.source), item.path, item.identity, real_root)
+    expected = os.fstat(fd).st_size
+    with open(fd, "rb", closefd=True) as src:
         while chunk := src.read(_COPY_CHUNK):
             f.write(chunk)
             h.update(chunk)
