@@ -232,6 +232,7 @@ class Daemon:
             },
             **self.scheduler.status(),
             "cache": self.cache.packages.stats(),
+            "buffered_bodies": self.ingress.body_budget.describe(),
         }
 
     async def run(self) -> None:

@@ -18,6 +18,7 @@ import trio
 
 from huselet.config import GatewaySettings, TcpAddress
 from huselet.errors import BadRequest, Draining, HuseletError, PayloadTooLarge, Unauthorized
+from huselet.gateway.budget import BodyBudget, tune_allocator
 from huselet.gateway.connection import (
     LINGER_S,
     TRANSPORT_ERRORS,
@@ -89,6 +90,9 @@ class HttpIngress:
         self._scheduler = scheduler
         self._token = None if auth_token is None else auth_token.strip().encode("utf-8")
         self._max_body = settings.max_body_bytes
+        # Bodies of all connections together (gateway.max_buffered_mb).
+        self.body_budget = BodyBudget(settings.max_buffered_mb << 20)
+        tune_allocator()
         self._limits = Limits.from_settings(settings)
         # Connection-limit policy: refuse, don't queue; see _refuse().
         self._connections = trio.CapacityLimiter(settings.max_connections)
@@ -212,9 +216,19 @@ class HttpIngress:
             raise Draining("the node is draining and takes no new requests", retry_after_s=1)
         if head.content_length is not None and head.content_length > self._max_body:
             raise PayloadTooLarge(f"the request body exceeds {self._max_body} bytes")
-        event = await read_body(self._max_body)
-        result = await self._call(function, event, event_kind(head.content_type), timeout_ms, head)
-        return Reply(200, result.body, content_type_header(result.content_type))
+        # Reserved before a byte of the body is read, held until the reply: the
+        # body lives on in the queue and in flight. Chunked: the most it may be.
+        declared = head.content_length if head.content_length is not None else self._max_body
+        reserved = self.body_budget.reserve(declared if head.has_body else 0)
+        try:
+            event = await read_body(self._max_body)
+            result = await self._call(
+                function, event, event_kind(head.content_type), timeout_ms, head
+            )
+            del event  # the budget's bytes: gone before the reservation is
+            return Reply(200, result.body, content_type_header(result.content_type))
+        finally:
+            self.body_budget.release(reserved)
 
     async def _call(
         self, function: str, event: bytes, kind: str, timeout_ms: int | None, head: RequestHead
