@@ -110,7 +110,7 @@ def test_a_burst_of_large_bodies_is_bounded_and_memory_comes_back(short_tmp: Pat
         def client() -> None:
             try:
                 results.append(post_body(address, expect_continue=True))
-            except BaseException as exc:  # noqa: BLE001  (reported below)
+            except BaseException as exc:  # reported below
                 errors.append(exc)
 
         sampler = threading.Thread(target=sample)
