@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from huselet.config_limits import check_structure, parse_toml, read_token
+from huselet.config_limits import check_structure, parse_toml, path_problem, read_token
 from huselet.errors import ConfigError
 from huselet.health.settings import HealthSettings, parse_health
 
@@ -229,13 +229,18 @@ def load_config(path: Path | None, *, known_runtimes: Iterable[str] = ("process"
     # Depth, 64-bit integers, finite floats: bounded before any key is read.
     raw = parse_toml(text, source)
     base = source.resolve().parent
-    return parse_config(
-        raw,
-        base_dir=base,
-        embedded=path is None,
-        known_runtimes=frozenset(known_runtimes),
-        source=None if path is None else source.resolve(),
-    )
+    try:
+        return parse_config(
+            raw,
+            base_dir=base,
+            embedded=path is None,
+            known_runtimes=frozenset(known_runtimes),
+            source=None if path is None else source.resolve(),
+        )
+    except OSError as exc:
+        # Validation stats paths the file names; a file system error there is the
+        # file's problem to report, not a traceback.
+        raise ConfigError("", f"{source}: cannot check a path it names: {exc}") from None
 
 
 def parse_config(
@@ -414,16 +419,22 @@ def _parse_code(
     rel = Path(*module.split("."))
     if given[0] == "package":
         package = ft.path("package")
-        if not package.is_dir():
-            raise ConfigError(ft.key("package"), f"package directory {package} does not exist")
-        if not (
-            (package / rel).with_suffix(".py").is_file()
-            or (package / rel / "__init__.py").is_file()
-        ):
+        try:
+            if not package.is_dir():
+                raise ConfigError(ft.key("package"), f"package directory {package} does not exist")
+            found = (package / rel).with_suffix(".py").is_file() or (
+                package / rel / "__init__.py"
+            ).is_file()
+            resolved = package.resolve()
+        except OSError as exc:  # ENAMETOOLONG from a long handler module, EACCES…
+            raise ConfigError(
+                ft.key("handler"), f"cannot look for module {module!r}: {exc}"
+            ) from None
+        if not found:
             raise ConfigError(
                 ft.key("handler"), f"module {module!r} not found in package {package}"
             )
-        return package.resolve(), None, None, None
+        return resolved, None, None, None
     if given[0] == "image":
         image = ft.path("image").resolve()
         _check_image(ft, image, module, rel)
@@ -465,9 +476,13 @@ def _check_image(ft: _Table, image: Path, module: str, rel: Path) -> None:
 def _origin_url(t: _Table, key: str) -> str:
     """A directory (resolved against the config file) or a file:// / http(s):// URL."""
     value = t.string(key)
-    scheme = urlsplit(value).scheme
+    try:
+        parts = urlsplit(value)
+        scheme, hostname = parts.scheme, parts.hostname
+    except ValueError as exc:  # "http://[" and friends
+        raise ConfigError(t.key(key), f"invalid URL {_describe(value)}: {exc}") from None
     if scheme in ("http", "https", "file"):
-        if scheme != "file" and not urlsplit(value).hostname:
+        if scheme != "file" and not hostname:
             raise ConfigError(t.key(key), f"{_describe(value)} has no host")
         return value
     if scheme:
@@ -733,6 +748,9 @@ class _Table:
         value = self._get(name, _REQUIRED if default is None else str(default))
         if not isinstance(value, str) or not value or "\0" in value:
             raise ConfigError(self.key(name), f"expected a path string, got {_describe(value)}")
+        problem = path_problem(value)
+        if problem:  # would fail every later stat with ENAMETOOLONG
+            raise ConfigError(self.key(name), f"path {problem}")
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.base_dir / p
 

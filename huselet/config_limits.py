@@ -33,6 +33,18 @@ from huselet.errors import ConfigError
 MAX_DEPTH = 32
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 MAX_TOKEN_BYTES = 4096
+MAX_PATH_BYTES = 4095  # PATH_MAX - 1
+MAX_NAME_BYTES = 255  # NAME_MAX
+
+
+def path_problem(value: str) -> str | None:
+    """Why ``value`` can never name a file on Linux (too long), or None."""
+    encoded = value.encode("utf-8", "surrogateescape")
+    if len(encoded) > MAX_PATH_BYTES:
+        return f"is longer than {MAX_PATH_BYTES} bytes"
+    if any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+        return f"has a component longer than {MAX_NAME_BYTES} bytes"
+    return None
 
 
 def parse_toml(text: str, source: object) -> dict[str, Any]:
@@ -48,6 +60,9 @@ def parse_toml(text: str, source: object) -> dict[str, Any]:
         ) from None
     except MemoryError:
         raise ConfigError("", f"{source} is too large to parse") from None
+    except ValueError as exc:
+        # An integer literal beyond Python's int/str digit limit (4300 digits).
+        raise ConfigError("", f"{source} is not valid TOML: {exc}") from None
     check_structure(raw)
     return raw
 
