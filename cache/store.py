@@ -374,7 +374,7 @@ class ImageStore:
                 self._evict(image)
         return evicted
 
-    # -- inspection and per-image scrub (used by huselet.packages / huselet.scrub) ------
+    # -- inspection and per-image scrub (used by huselet.code.packages / huselet.code.scrub) ------
 
     def level_of(self, digest: str) -> str | None:
         """``"memory"`` if mapped, ``"disk"`` if only installed, ``None`` if absent."""
@@ -551,9 +551,7 @@ def _open_installed(path: Path, digest: str, identity: tuple[int, int]) -> Image
 
 def _verify_installed(path: Path, digest: str, identity: tuple[int, int]) -> None:
     # pread-hashed (never through a mapping): a truncation meanwhile is an error.
-    reader = ImageReader.open(
-        path, expected_digest=digest, verify=True, expected_identity=identity
-    )
+    reader = ImageReader.open(path, expected_digest=digest, verify=True, expected_identity=identity)
     reader.close()
 
 

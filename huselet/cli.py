@@ -16,12 +16,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from huselet.config import Config
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
-def _load_config(path: str | None) -> Any:
+def _load_config(path: str | None) -> Config:
     from huselet.config import load_config
     from huselet.runtime import available_runtimes
 

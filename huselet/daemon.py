@@ -23,12 +23,15 @@ import trio
 import huselet
 from huselet.admin.errors import AdminCommandError
 from huselet.admin.server import AdminServer
-from huselet.codecache import CodeCache
+from huselet.code.codecache import CodeCache
 from huselet.config import Config
-from huselet.config_limits import read_token
+from huselet.config.limits import read_token
+from huselet.dispatch.dispatcher import Dispatcher
+from huselet.dispatch.links import LinkServer
 from huselet.errors import ConfigError, HuseletError
 from huselet.fleet import FleetCommands, SchedulerLink
 from huselet.fleet.commands import FunctionStore
+from huselet.gateway.framed import FramedIngress
 from huselet.gateway.http import HttpIngress
 from huselet.health.lag import LagProbe
 from huselet.health.observers import (
@@ -41,12 +44,10 @@ from huselet.health.pressure import build_pressure_loops
 from huselet.health.recovery import RecoverySweep
 from huselet.health.supervisor import HealthSupervisor
 from huselet.health.watchdog import WatchdogPetter, watchdog_interval_s
-from huselet.link import LinkServer
 from huselet.log import get_logger
 from huselet.notify import SystemdNotifier
 from huselet.reload import ConfigReloader
 from huselet.runtime import available_runtimes, create_runtimes
-from huselet.scheduler import NodeScheduler
 from protocol.frames import DEFAULT_MAX_FRAME
 
 log = get_logger("daemon")
@@ -87,7 +88,7 @@ class Daemon:
             runtime.expect([fn for fn in config.functions if fn.runtime == name])
         self.links = LinkServer(config.node.run_dir, self._claim_link, max_frame=max_frame)
         self.cache = CodeCache(config, self._invocation_counts)
-        self.scheduler = NodeScheduler(
+        self.scheduler = Dispatcher(
             config, self.runtimes, self.links.socket_path, code=self.cache.packages
         )
         self.admin = AdminServer(config.admin)
@@ -95,9 +96,12 @@ class Daemon:
         self.fleet: SchedulerLink | None = None
         if config.scheduler is not None:
             self.fleet = SchedulerLink(config.scheduler, self.scheduler, self._fleet_commands)
-        self.ingress = HttpIngress(
-            config.gateway, self.scheduler, auth_token=_read_token(config.gateway.auth_token_file)
-        )
+        token = _read_token(config.gateway.auth_token_file)
+        self.ingress = HttpIngress(config.gateway, self.scheduler, auth_token=token)
+        # The framed ingress shares the dispatch core's rules; off unless configured.
+        self.framed: FramedIngress | None = None
+        if config.gateway.framed is not None or config.gateway.framed_socket is not None:
+            self.framed = FramedIngress(config.gateway, self.ingress.core)
         health = config.health
         self.lag_probe = LagProbe(
             period_s=health.lag_period_ms / 1000,
@@ -225,6 +229,7 @@ class Daemon:
                 "pid": os.getpid(),
                 "uptime_s": round(trio.current_time() - self.started_at, 3),
                 "http": str(self.ingress.bound_address) if self.ingress.bound_address else None,
+                "framed": _framed_status(self.framed),
                 "admin_socket": str(self.config.admin.socket),
                 "config": str(self.config.source) if self.config.source else "(embedded default)",
                 "runtimes": sorted(self.runtimes),
@@ -232,7 +237,7 @@ class Daemon:
             },
             **self.scheduler.status(),
             "cache": self.cache.packages.stats(),
-            "buffered_bodies": self.ingress.body_budget.describe(),
+            "buffered_bodies": self.ingress.core.body_budget.describe(),
         }
 
     async def run(self) -> None:
@@ -253,6 +258,8 @@ class Daemon:
                     await nursery.start(self.fleet.run)
                 await nursery.start(self.admin.run)
                 await nursery.start(self.ingress.run)
+                if self.framed is not None:
+                    await nursery.start(self.framed.run)
                 ready = self._ready_status()
                 log.info(
                     "huselet ready",
@@ -291,8 +298,18 @@ class Daemon:
         await self.scheduler.drain(grace_s)
         # Let the ingress write the replies of requests that just completed.
         with trio.move_on_after(1.0):
-            while self.ingress.active_requests:
-                await trio.sleep(0.005)
+            await self.ingress.active_requests.wait_zero()
+
+
+def _framed_status(framed: FramedIngress | None) -> dict[str, Any] | None:
+    if framed is None:
+        return None
+    return {
+        "address": str(framed.bound_address) if framed.bound_address else None,
+        "socket": str(framed.settings.framed_socket) if framed.settings.framed_socket else None,
+        "open_connections": framed.open_connections,
+        **framed.counters,
+    }
 
 
 def _read_token(path: Path | None) -> str | None:

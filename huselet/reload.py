@@ -31,12 +31,12 @@ from typing import Any
 import trio
 
 from huselet.config import Config, FunctionSettings, load_config
+from huselet.dispatch.dispatcher import Dispatcher
+from huselet.dispatch.links import LinkServer
 from huselet.errors import ConfigError, HuseletError
-from huselet.link import LinkServer
 from huselet.log import get_logger
 from huselet.runtime.base import Runtime
 from huselet.runtime.validate import check_runtimes
-from huselet.scheduler import NodeScheduler
 
 log = get_logger("reload")
 
@@ -67,7 +67,7 @@ class ConfigReloader:
     def __init__(
         self,
         config: Config,
-        scheduler: NodeScheduler,
+        scheduler: Dispatcher,
         links: LinkServer,
         runtimes: Mapping[str, Runtime],
         known_runtimes: Iterable[str],

@@ -5,7 +5,7 @@ bytes to the real parser and lists the *typed* errors it may raise; anything
 else escaping (``RecursionError``, ``MemoryError``, ``KeyError``, ``ValueError``
 from the wrong layer…) is a crash.
 
-- ``config``: ``load_config``'s steps (UTF-8, ``config_limits.parse_toml``,
+- ``config``: ``load_config``'s steps (UTF-8, ``config.limits.parse_toml``,
   ``parse_config``) and ``check_runtimes``; allowed: ``ConfigError``;
 - ``frames``: ``protocol.frames.FrameDecoder`` (instance links, framed
   ingress, scheduler link); allowed: ``ProtocolError``;
@@ -14,8 +14,8 @@ from the wrong layer…) is a crash.
 - ``http_head``: an h11 server connection plus ``gateway.routes`` (head,
   route, timeout, bearer, kind); allowed: ``h11.RemoteProtocolError``,
   ``HuseletError``;
-- ``worker_json``: ``huselet.worker.sdk.decode_event`` (JSON events inside
-  instances, hardened by helper kinds10); allowed: ``ValueError``.
+- ``worker_json``: ``huselet.worker.entries.decode_event`` (JSON events inside
+  instances, hardened by helper kinds10); allowed: ``InvalidEvent``.
 
 Mutations: bit flips, random bytes, deletions, duplicated slices, splices of
 two seeds, interesting integers at aligned offsets (image headers), and
@@ -43,7 +43,7 @@ from cache.builder import pack_directory
 from cache.errors import CacheError
 from cache.reader import parse_image_bytes
 from huselet.config import parse_config
-from huselet.config_limits import parse_toml
+from huselet.config.limits import parse_toml
 from huselet.errors import ConfigError, HuseletError
 from huselet.gateway.connection import MAX_HEAD_BYTES
 from huselet.gateway.routes import (
@@ -55,7 +55,7 @@ from huselet.gateway.routes import (
 )
 from huselet.runtime import available_runtimes
 from huselet.runtime.validate import check_runtimes
-from huselet.worker.sdk import decode_event
+from huselet.worker.entries import InvalidEvent, decode_event
 from protocol.errors import ProtocolError
 from protocol.frames import FrameDecoder, encode_frame
 from protocol.link import KIND_JSON
@@ -436,7 +436,7 @@ def targets() -> dict[str, Target]:
         "worker_json": Target(
             "worker_json",
             run_worker_json,
-            (ValueError,),
+            (InvalidEvent,),
             _json_seeds(),
             tokens=[b"[", b'{"a":', b"1e999999", b"\\ud800", b"-"],
         ),

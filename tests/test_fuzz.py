@@ -29,20 +29,10 @@ def describe(report: FuzzReport) -> str:
     return "\n".join(f"{c.error}: {c.data[:120]!r}" for c in report.crashes[:5])
 
 
-@pytest.mark.parametrize("name", ["config", "frames", "image_index", "http_head"])
+@pytest.mark.parametrize("name", ["config", "frames", "image_index", "http_head", "worker_json"])
 def test_short_fuzz_run_finds_no_crash(name: str) -> None:
     report = fuzz(TARGETS[name], count=SHORT_RUN, seed=11)
     assert report.inputs == SHORT_RUN
-    assert report.crash_count == 0, describe(report)
-
-
-@pytest.mark.xfail(
-    reason="the worker's JSON event decoding is hardened by helper kinds10 (issue 11 "
-    "finding 3); remove this mark once that lands",
-    strict=False,
-)
-def test_short_fuzz_run_of_worker_json_finds_no_crash() -> None:
-    report = fuzz(TARGETS["worker_json"], count=SHORT_RUN, seed=11)
     assert report.crash_count == 0, describe(report)
 
 

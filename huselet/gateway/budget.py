@@ -31,6 +31,7 @@ MMAP_THRESHOLD_BYTES = 256 * 1024
 # Trim only after at least this much was buffered since the last trim: a trim
 # walks the heap (~ms), not something to do after every small request.
 TRIM_AFTER_BYTES = 64 * 1024 * 1024
+UNLIMITED = 1 << 62  # for a core built without settings (tests, embedders)
 
 
 def _libc() -> ctypes.CDLL | None:

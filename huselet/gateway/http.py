@@ -3,7 +3,9 @@
 :class:`HttpIngress` listens, accepts TCP connections up to ``max_connections``
 and runs a :class:`~huselet.gateway.connection.Connection` for each. It decides
 what requests mean: ``POST /v1/invoke/{function}`` goes to
-:meth:`Invoker.invoke`, ``GET /healthz`` reports the scheduler's draining flag,
+:meth:`Invoker.invoke` (for HTTP functions any method, and any path under
+the function: :mod:`huselet.gateway.httpfunc`), ``GET /healthz`` reports the
+scheduler's draining flag,
 and every error, typed or not, becomes a JSON reply. Nothing a client does
 (garbage, disconnects, stalls, floods of connections) can take the process down.
 """
@@ -11,14 +13,14 @@ and every error, typed or not, becomes a JSON reply. Nothing a client does
 from __future__ import annotations
 
 import socket
-from typing import Protocol
 
 import h11
 import trio
 
+from huselet.activity import ActivityCount
 from huselet.config import GatewaySettings, TcpAddress
-from huselet.errors import BadRequest, Draining, HuseletError, PayloadTooLarge, Unauthorized
-from huselet.gateway.budget import BodyBudget, tune_allocator
+from huselet.dispatch.invocation import InvokeResult
+from huselet.errors import BadRequest, HuseletError, Unauthorized
 from huselet.gateway.connection import (
     LINGER_S,
     TRANSPORT_ERRORS,
@@ -28,10 +30,11 @@ from huselet.gateway.connection import (
     WarningBudget,
     linger,
 )
+from huselet.gateway.core import InvokeCore, Invoker
+from huselet.gateway.httpfunc import function_reply, request_info
 from huselet.gateway.responses import (
     HEALTH_DRAINING,
     HEALTH_OK,
-    InternalError,
     Overloaded,
     Reply,
     content_type_header,
@@ -41,14 +44,16 @@ from huselet.gateway.responses import (
 from huselet.gateway.routes import (
     HEALTHZ,
     RequestHead,
+    Route,
     check_bearer,
+    check_plain_invoke,
     event_kind,
     match_route,
     new_request_id,
     parse_timeout_ms,
 )
-from huselet.invocation import InvokeResult
 from huselet.log import get_logger
+from protocol.link import KIND_BYTES, HttpRequest
 
 log = get_logger("gateway")
 
@@ -58,22 +63,6 @@ REJECT_CONCURRENCY = 64
 # Protocol warnings come from clients, so a hostile one could flood the log.
 WARN_BURST = 10
 WARN_WINDOW_S = 10.0
-
-
-class Invoker(Protocol):
-    """What the ingress needs from the scheduler (NodeScheduler implements it)."""
-
-    draining: bool
-
-    async def invoke(
-        self,
-        function: str,
-        event: bytes,
-        kind: str,
-        *,
-        timeout_ms: int | None = None,
-        request_id: str | None = None,
-    ) -> InvokeResult: ...
 
 
 class HttpIngress:
@@ -90,15 +79,20 @@ class HttpIngress:
         self._scheduler = scheduler
         self._token = None if auth_token is None else auth_token.strip().encode("utf-8")
         self._max_body = settings.max_body_bytes
-        # Bodies of all connections together (gateway.max_buffered_mb).
-        self.body_budget = BodyBudget(settings.max_buffered_mb << 20)
-        tune_allocator()
+        # The dispatch core this front end shares with the framed ingress.
+        self.core = InvokeCore(
+            scheduler,
+            max_body=settings.max_body_bytes,
+            token=None if auth_token is None else auth_token.strip(),
+            max_buffered_bytes=settings.max_buffered_mb << 20,
+        )
         self._limits = Limits.from_settings(settings)
         # Connection-limit policy: refuse, don't queue; see _refuse().
         self._connections = trio.CapacityLimiter(settings.max_connections)
         self._rejecting = trio.CapacityLimiter(REJECT_CONCURRENCY)
         self._warnings = WarningBudget(WARN_BURST, WARN_WINDOW_S)
-        self.active_requests = 0  # requests between their head and their reply's last byte
+        # Requests between their head and their reply's last byte.
+        self.active_requests = ActivityCount()
         # Set by the descriptor-pressure loop: new connections get an immediate 503.
         self.refusing_connections: str | None = None
 
@@ -198,11 +192,17 @@ class HttpIngress:
             route = match_route(head.method, head.target)
             if route is HEALTHZ:
                 return HEALTH_DRAINING if self._scheduler.draining else HEALTH_OK
-            return await self._invoke(route.function, head, read_body)
+            takes_http = self._scheduler.takes_http(route.function)
+            if not takes_http:
+                check_plain_invoke(head.method, route)
+            return await self._invoke(route, head, read_body, takes_http)
         except HuseletError as exc:
             return error_reply(exc)
 
-    async def _invoke(self, function: str, head: RequestHead, read_body: BodyReader) -> Reply:
+    async def _invoke(
+        self, route: Route, head: RequestHead, read_body: BodyReader, takes_http: bool
+    ) -> Reply:
+        function = route.function
         # Cheap checks first, so a request that will be refused is refused
         # before its body is read (and without a 100 Continue).
         if self._token is not None:
@@ -212,43 +212,38 @@ class HttpIngress:
         if head.repeated is not None:
             raise BadRequest(f"header {head.repeated.decode('ascii')} must appear once")
         timeout_ms = parse_timeout_ms(head.timeout_ms)
-        if self._scheduler.draining:
-            raise Draining("the node is draining and takes no new requests", retry_after_s=1)
-        if head.content_length is not None and head.content_length > self._max_body:
-            raise PayloadTooLarge(f"the request body exceeds {self._max_body} bytes")
+        self.core.check_admission(head.content_length)
         # Reserved before a byte of the body is read, held until the reply: the
         # body lives on in the queue and in flight. Chunked: the most it may be.
         declared = head.content_length if head.content_length is not None else self._max_body
-        reserved = self.body_budget.reserve(declared if head.has_body else 0)
+        reserved = self.core.body_budget.reserve(declared if head.has_body else 0)
         try:
             event = await read_body(self._max_body)
+            if takes_http:
+                http = request_info(
+                    head, route.subpath, strip_authorization=self._token is not None
+                )
+                result = await self._call(function, event, KIND_BYTES, timeout_ms, head, http)
+                return function_reply(result)
             result = await self._call(
                 function, event, event_kind(head.content_type), timeout_ms, head
             )
-            del event  # the budget's bytes: gone before the reservation is
             return Reply(200, result.body, content_type_header(result.content_type))
         finally:
-            self.body_budget.release(reserved)
+            self.core.body_budget.release(reserved)
 
     async def _call(
-        self, function: str, event: bytes, kind: str, timeout_ms: int | None, head: RequestHead
+        self,
+        function: str,
+        event: bytes,
+        kind: str,
+        timeout_ms: int | None,
+        head: RequestHead,
+        http: HttpRequest | None = None,
     ) -> InvokeResult:
-        try:
-            return await self._scheduler.invoke(
-                function, event, kind, timeout_ms=timeout_ms, request_id=head.request_id
-            )
-        except HuseletError as exc:
-            if exc.status != 500:
-                raise
-            # A bare HuseletError (or one without a mapped status) is a daemon
-            # fault: its message is for operators, not callers.
-            log.exception("invoke failed", function=function, request_id=head.request_id)
-            raise InternalError("internal error") from None
-        except Exception:
-            # Any other exception is a bug somewhere below us. Log the traceback
-            # here; the caller only learns that it happened (no paths, no frames).
-            log.exception("invoke failed", function=function, request_id=head.request_id)
-            raise InternalError("internal error") from None
+        return await self.core.invoke(
+            function, event, kind, timeout_ms=timeout_ms, request_id=head.request_id, http=http
+        )
 
 
 def _local_address(listener: trio.SocketListener) -> TcpAddress:

@@ -56,6 +56,7 @@ def function_env(fn: FunctionSettings, image: Any = None) -> dict[str, str]:
             "HUSELET_FUNCTION": fn.name,
             "HUSELET_PACKAGE": str(fn.package),
             "HUSELET_HANDLER": fn.handler,
+            "HUSELET_KIND": fn.kind.value,
         }
     )
     if image is not None:

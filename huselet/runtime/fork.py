@@ -181,7 +181,14 @@ class ForkRuntime(Runtime):
         )
 
     def _slot(self, fn: FunctionSettings, image: Any) -> ZygoteSlot:
-        key = (fn.name, str(fn.package), fn.handler, str(image), tuple(sorted(fn.env.items())))
+        key = (
+            fn.name,
+            str(fn.package),
+            fn.handler,
+            fn.kind.value,
+            str(image),
+            tuple(sorted(fn.env.items())),
+        )
         slot = self._slots.get(key)
         if slot is not None and not slot.closed:
             return slot

@@ -6,10 +6,10 @@ function configs into mapped images:
 1. :class:`cache.store.ImageStore` — disk and memory levels under
    ``<state_dir>/cache`` (``images/``, ``quarantine/``; ``packed/`` holds
    images packed from directories, ``extract/`` native extensions);
-2. :class:`~huselet.packages.PackageManager` — the pools' code provider;
-3. :class:`~huselet.prefetch.Prefetcher` — hints, prediction, refetches;
-4. :class:`~huselet.scrub.Scrubber` — paced re-verification;
-5. :class:`~huselet.publish.PublishWatcher` — only with ``cache.publish_dir``.
+2. :class:`~huselet.code.packages.PackageManager` — the pools' code provider;
+3. :class:`~huselet.code.prefetch.Prefetcher` — hints, prediction, refetches;
+4. :class:`~huselet.code.scrub.Scrubber` — paced re-verification;
+5. :class:`~huselet.code.publish.PublishWatcher` — only with ``cache.publish_dir``.
 
 Admin commands (registered by the daemon): ``cache`` (images per level,
 budgets, counters, recent events), ``prefetch`` (``{"function": name}`` or
@@ -29,12 +29,12 @@ import trio
 
 from cache.origin import Origin, origin_from_url
 from cache.store import ImageStore
+from huselet.code.packages import PackageManager
+from huselet.code.prefetch import LiveFetches, Prefetcher
+from huselet.code.publish import PublishWatcher
+from huselet.code.scrub import Scrubber
 from huselet.config import Config
 from huselet.errors import BadRequest, Unavailable, UnknownFunction
-from huselet.packages import PackageManager
-from huselet.prefetch import LiveFetches, Prefetcher
-from huselet.publish import PublishWatcher
-from huselet.scrub import Scrubber
 
 MiB = 1 << 20
 MAX_PREFETCH_WAIT_S = 3600.0

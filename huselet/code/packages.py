@@ -1,12 +1,12 @@
 """Function code for instances: each function's package resolved to a leased image.
 
-:class:`PackageManager` is the pool's :class:`~huselet.instance.CodeProvider`. A
+:class:`PackageManager` is the pool's :class:`~huselet.dispatch.instance.CodeProvider`. A
 function names its code in one of three ways (``huselet/config.py``):
 
 - ``package = "dir"`` — packed into an image when the daemon loads (for
   development: the same import path as production). Packing runs in the
   background, once per distinct directory, and is skipped on restart when the
-  tree is unchanged (:mod:`huselet.packing`). With ``cache.pack_directories =
+  tree is unchanged (:mod:`huselet.code.packing`). With ``cache.pack_directories =
   false`` the directory is served as it is (no image).
 - ``image = "x.hlimg"`` — an image file; installed into the store (so scrub,
   LRU and the memory level apply). Re-read when the file changes, so
@@ -51,11 +51,11 @@ from cache.origin import DirectoryOrigin, ImageSink, Origin, origin_from_url
 from cache.reader import inspect_image
 from cache.safeio import open_regular
 from cache.store import ImageLease, ImageStore, LowDiskSpace
+from huselet.code.packing import DirectoryPacker, PackResult
+from huselet.code.prefetch import LiveFetches
 from huselet.config import Config, FunctionSettings
 from huselet.errors import HuseletError
 from huselet.log import get_logger
-from huselet.packing import DirectoryPacker, PackResult
-from huselet.prefetch import LiveFetches
 
 log = get_logger("packages")
 

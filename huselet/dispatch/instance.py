@@ -3,7 +3,7 @@
 :class:`InstanceRecord` is the pool's bookkeeping for one sandbox — what it is
 doing, what it has in flight, when it was last heard from — and
 :class:`CodeProvider` is where an instance's code comes from. The lifecycle
-that moves a record between states lives in :mod:`huselet.pool`.
+that moves a record between states lives in :mod:`huselet.dispatch.pool`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import trio
 
 from huselet.config import FunctionSettings
-from huselet.invocation import Invocation
-from huselet.link import InstanceLink
+from huselet.dispatch.invocation import Invocation
+from huselet.dispatch.links import InstanceLink
 from huselet.runtime.base import ExitStatus, InstanceHandle
 
 

@@ -16,13 +16,13 @@ from cache_support import build_image, variant
 from cache.builder import ImageInfo
 from cache.origin import DirectoryOrigin, Origin
 from cache.store import ImageStore
-from huselet.errors import BadRequest
-from huselet.prefetch import (
+from huselet.code.prefetch import (
     InvocationHistory,
     LiveFetches,
     Prefetcher,
     PrefetchQueueFull,
 )
+from huselet.errors import BadRequest
 
 MiB = 1 << 20
 

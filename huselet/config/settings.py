@@ -12,7 +12,6 @@ default (``huselet/default.toml``) resolves against the ``huselet`` package, so
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import socket
@@ -23,9 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from huselet.config_limits import check_structure, parse_toml, path_problem, read_token
+from huselet.config.health import HealthSettings, parse_health
+from huselet.config.limits import check_structure, parse_toml, read_token
+from huselet.config.table import ConfigTable, TcpAddress, describe
 from huselet.errors import ConfigError
-from huselet.health.settings import HealthSettings, parse_health
+from protocol.link import EntryKind
 
 # A sun_path holds 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107
@@ -35,26 +36,8 @@ HANDLER = re.compile(
 )
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-EMBEDDED_DEFAULT = Path(__file__).with_name("default.toml")
+EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "default.toml"
 MAX_CONFIG_BYTES = 4 << 20  # thousands of functions fit in far less
-
-
-@dataclass(frozen=True)
-class TcpAddress:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
 
 
 @dataclass(frozen=True)
@@ -76,6 +59,10 @@ class GatewaySettings:
     read_timeout_ms: int = 10_000  # headers + body of one request
     auth_token_file: Path | None = None
     allow_unauthenticated: bool = False
+    # The framed ingress (protocol/FRAMED.md): off unless an address or socket is set.
+    framed: TcpAddress | None = None
+    framed_socket: Path | None = None
+    framed_max_inflight: int = 256  # unanswered calls per framed connection
     # Node-wide bound on request bodies held in memory (reading, queued, in
     # flight); past it new bodies get 503 at once. Default: default_buffered_mb().
     max_buffered_mb: int = 1024
@@ -144,6 +131,9 @@ class FunctionSettings:
     # Safe to run twice: a request whose instance died is retried once on a
     # fresh instance instead of answered with 502. Never assumed.
     idempotent: bool = False
+    # How the worker calls ``handler`` (for apps: ``app``): ``events = "http"``
+    # and ``kind = "wsgi" | "asgi"`` take HTTP requests (ANY /v1/invoke/NAME/...).
+    kind: EntryKind = EntryKind.HANDLER
 
     @property
     def code_source(self) -> str:
@@ -251,7 +241,7 @@ def parse_config(
     known_runtimes: frozenset[str] = frozenset({"process"}),
     source: Path | None = None,
 ) -> Config:
-    t = _Table(raw, "", base_dir)
+    t = ConfigTable(raw, "", base_dir)
     node_t = t.table("node")
     if embedded and os.geteuid() != 0:
         # A non-root user running the bundled default must not need /var or /run.
@@ -278,6 +268,9 @@ def parse_config(
         read_timeout_ms=gw_t.positive_int("read_timeout_ms", default=10_000),
         auth_token_file=gw_t.optional_path("auth_token_file"),
         allow_unauthenticated=gw_t.boolean("allow_unauthenticated", default=False),
+        framed=gw_t.optional_tcp_address("framed"),
+        framed_socket=gw_t.optional_path("framed_socket"),
+        framed_max_inflight=gw_t.positive_int("framed_max_inflight", default=256, maximum=65536),
         max_buffered_mb=gw_t.positive_int(
             "max_buffered_mb",
             default=default_buffered_mb(max_body_bytes),
@@ -287,16 +280,21 @@ def parse_config(
         ),
     )
     gw_t.finish()
-    if (
-        not gateway.http.is_loopback
-        and gateway.auth_token_file is None
-        and not gateway.allow_unauthenticated
-    ):
-        raise ConfigError(
-            "gateway.http",
-            f"{gateway.http} is reachable from other hosts but no gateway.auth_token_file is "
-            "set; set one, or gateway.allow_unauthenticated = true if a trusted proxy guards it",
-        )
+    for key, address in (("http", gateway.http), ("framed", gateway.framed)):
+        if (
+            address is not None
+            and not address.is_loopback
+            and gateway.auth_token_file is None
+            and not gateway.allow_unauthenticated
+        ):
+            raise ConfigError(
+                f"gateway.{key}",
+                f"{address} is reachable from other hosts but no gateway.auth_token_file is "
+                "set; set one, or gateway.allow_unauthenticated = true if a trusted proxy "
+                "guards it",
+            )
+    if gateway.framed_socket is not None:
+        _check_unix_path("gateway.framed_socket", gateway.framed_socket)
     if gateway.auth_token_file is not None:
         # Read now, as the daemon will: an empty or unreadable token fails --check too.
         read_token(gateway.auth_token_file, "gateway.auth_token_file")
@@ -347,7 +345,7 @@ def parse_config(
 
 
 def _parse_function(
-    ft: _Table,
+    ft: ConfigTable,
     gateway: GatewaySettings,
     known_runtimes: frozenset[str],
     cache: CacheSettings | None = None,
@@ -355,9 +353,11 @@ def _parse_function(
     name = ft.string(
         "name", pattern=FUNCTION_NAME, pattern_help="lowercase letters, digits, - and _, at most 63"
     )
-    handler = ft.string("handler", pattern=HANDLER, pattern_help='"module:function"')
+    handler, spec_key, kind = _parse_entry(ft)
     module = handler.split(":", 1)[0]
-    package, image, digest, origin = _parse_code(ft, module, cache or CacheSettings())
+    package, image, digest, origin = _parse_code(
+        ft, module, cache or CacheSettings(), spec_key=spec_key
+    )
     runtime = ft.choice("runtime", tuple(sorted(known_runtimes)), default="process")
     max_instances = ft.positive_int("max_instances", default=8)
     min_instances = ft.non_negative_int("min_instances", default=0)
@@ -391,13 +391,40 @@ def _parse_function(
         digest=digest,
         origin=origin,
         idempotent=ft.boolean("idempotent", default=False),
+        kind=kind,
     )
     ft.finish()
     return fn
 
 
+APP_KINDS = (EntryKind.WSGI.value, EntryKind.ASGI.value)
+EVENT_FORMATS = ("default", "http")
+
+
+def _parse_entry(ft: ConfigTable) -> tuple[str, str, EntryKind]:
+    """``handler`` [+ ``events``], or ``app`` + ``kind``: (spec, its key, kind)."""
+    if "app" in ft.raw:
+        if "handler" in ft.raw:
+            raise ConfigError(ft.key("handler"), "conflicts with app; set exactly one")
+        if "events" in ft.raw:
+            raise ConfigError(
+                ft.key("events"), "only for handler functions; an app always gets HTTP requests"
+            )
+        app = ft.string("app", pattern=HANDLER, pattern_help='"module:attribute"')
+        if "kind" not in ft.raw:
+            raise ConfigError(ft.key("kind"), 'required with app: "wsgi" or "asgi"')
+        return app, "app", EntryKind(ft.choice("kind", APP_KINDS, default="wsgi"))
+    if "kind" in ft.raw:
+        kind = ft.choice("kind", (EntryKind.HANDLER.value, *APP_KINDS), default="handler")
+        if kind != EntryKind.HANDLER.value:
+            raise ConfigError(ft.key("kind"), f'kind = "{kind}" needs app = "module:attribute"')
+    handler = ft.string("handler", pattern=HANDLER, pattern_help='"module:function"')
+    events = ft.choice("events", EVENT_FORMATS, default="default")
+    return handler, "handler", EntryKind.HTTP if events == "http" else EntryKind.HANDLER
+
+
 def _parse_code(
-    ft: _Table, module: str, cache: CacheSettings
+    ft: ConfigTable, module: str, cache: CacheSettings, *, spec_key: str = "handler"
 ) -> tuple[Path, Path | None, str | None, str | None]:
     """Exactly one of ``package``, ``image`` or ``digest`` (+ ``origin``) names the code.
 
@@ -428,16 +455,14 @@ def _parse_code(
             resolved = package.resolve()
         except OSError as exc:  # ENAMETOOLONG from a long handler module, EACCES…
             raise ConfigError(
-                ft.key("handler"), f"cannot look for module {module!r}: {exc}"
+                ft.key(spec_key), f"cannot look for module {module!r}: {exc}"
             ) from None
         if not found:
-            raise ConfigError(
-                ft.key("handler"), f"module {module!r} not found in package {package}"
-            )
+            raise ConfigError(ft.key(spec_key), f"module {module!r} not found in package {package}")
         return resolved, None, None, None
     if given[0] == "image":
         image = ft.path("image").resolve()
-        _check_image(ft, image, module, rel)
+        _check_image(ft, image, module, rel, spec_key)
         return IMAGE_ONLY_CWD, image, None, None
     digest = ft.string("digest", pattern=DIGEST, pattern_help="64 lowercase hex digits (sha256)")
     if "origin" in ft.raw:
@@ -451,7 +476,7 @@ def _parse_code(
     return IMAGE_ONLY_CWD, None, digest, origin
 
 
-def _check_image(ft: _Table, image: Path, module: str, rel: Path) -> None:
+def _check_image(ft: ConfigTable, image: Path, module: str, rel: Path, spec_key: str) -> None:
     """Read the image's header and index (not its data: the store verifies that).
 
     With ``pread``, never a mapping, and never blocking: a FIFO is refused at
@@ -470,20 +495,20 @@ def _check_image(ft: _Table, image: Path, module: str, rel: Path) -> None:
         raise ConfigError(ft.key("image"), f"{image} is not a usable image: {exc}") from None
     found = index.is_file(f"{rel.as_posix()}.py") or index.is_file(f"{rel.as_posix()}/__init__.py")
     if not found:
-        raise ConfigError(ft.key("handler"), f"module {module!r} not found in image {image}")
+        raise ConfigError(ft.key(spec_key), f"module {module!r} not found in image {image}")
 
 
-def _origin_url(t: _Table, key: str) -> str:
+def _origin_url(t: ConfigTable, key: str) -> str:
     """A directory (resolved against the config file) or a file:// / http(s):// URL."""
     value = t.string(key)
     try:
         parts = urlsplit(value)
         scheme, hostname = parts.scheme, parts.hostname
     except ValueError as exc:  # "http://[" and friends
-        raise ConfigError(t.key(key), f"invalid URL {_describe(value)}: {exc}") from None
+        raise ConfigError(t.key(key), f"invalid URL {describe(value)}: {exc}") from None
     if scheme in ("http", "https", "file"):
         if scheme != "file" and not hostname:
-            raise ConfigError(t.key(key), f"{_describe(value)} has no host")
+            raise ConfigError(t.key(key), f"{describe(value)} has no host")
         return value
     if scheme:
         raise ConfigError(
@@ -493,7 +518,7 @@ def _origin_url(t: _Table, key: str) -> str:
     return str(t.path(key))
 
 
-def _parse_cache(ct: _Table, node: NodeSettings) -> CacheSettings:
+def _parse_cache(ct: ConfigTable, node: NodeSettings) -> CacheSettings:
     disk_budget_mb = ct.positive_int("disk_budget_mb", default=4096)
     max_image_mb = ct.positive_int("max_image_mb", default=min(1024, disk_budget_mb))
     if max_image_mb > disk_budget_mb:
@@ -541,7 +566,7 @@ def _parse_cache(ct: _Table, node: NodeSettings) -> CacheSettings:
     return settings
 
 
-def _parse_scheduler(st: _Table, node: NodeSettings) -> SchedulerLinkSettings:
+def _parse_scheduler(st: ConfigTable, node: NodeSettings) -> SchedulerLinkSettings:
     addresses = st.tcp_address_list("addresses")
     if not addresses:
         raise ConfigError(st.key("addresses"), "at least one scheduler address is required")
@@ -591,7 +616,7 @@ def parse_function_spec(
     Relative paths resolve against ``node.state_dir``.
     """
     check_structure(raw, where)
-    t = _Table(raw, where, config.node.state_dir)
+    t = ConfigTable(raw, where, config.node.state_dir)
     return _parse_function(t, config.gateway, frozenset(known_runtimes), config.cache)
 
 
@@ -612,190 +637,6 @@ def _check_unix_path(key: str, path: Path) -> None:
         )
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return repr(value)
-
-
-class _Table:
-    """One TOML table being validated: typed getters that remember which keys were used."""
-
-    def __init__(self, raw: Mapping[str, Any], where: str, base_dir: Path) -> None:
-        self.raw = raw
-        self.where = where
-        self.base_dir = base_dir
-        self._used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def key_names(self) -> list[str]:
-        self._used.update(self.raw)
-        return list(self.raw)
-
-    def _get(self, name: str, default: Any) -> Any:
-        self._used.add(name)
-        if name in self.raw:
-            return self.raw[name]
-        if default is _REQUIRED:
-            raise ConfigError(self.key(name), "required key is missing")
-        return default
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.raw) - self._used)
-        if unknown:
-            raise ConfigError(self.key(unknown[0]), "unknown key")
-
-    def table(self, name: str) -> _Table:
-        value = self._get(name, {})
-        if not isinstance(value, dict):
-            raise ConfigError(self.key(name), f"expected a table, got {_describe(value)}")
-        return _Table(value, self.key(name), self.base_dir)
-
-    def table_list(self, name: str) -> list[_Table]:
-        value = self._get(name, [])
-        if not isinstance(value, list):
-            raise ConfigError(
-                self.key(name), f"expected an array of tables, got {_describe(value)}"
-            )
-        out = []
-        for i, item in enumerate(value):
-            if not isinstance(item, dict):
-                raise ConfigError(
-                    f"{self.key(name)}[{i}]", f"expected a table, got {_describe(item)}"
-                )
-            out.append(_Table(item, f"{self.key(name)}[{i}]", self.base_dir))
-        return out
-
-    def string(
-        self,
-        name: str,
-        default: Any = None,
-        *,
-        pattern: re.Pattern[str] | None = None,
-        pattern_help: str = "",
-    ) -> str:
-        value = self._get(name, _REQUIRED if default is None else default)
-        if not isinstance(value, str):
-            raise ConfigError(self.key(name), f"expected a string, got {_describe(value)}")
-        if pattern is not None and not pattern.match(value):
-            hint = f" (expected {pattern_help})" if pattern_help else ""
-            raise ConfigError(self.key(name), f"invalid value {_describe(value)}{hint}")
-        return value
-
-    def choice(self, name: str, choices: tuple[str, ...], *, default: str) -> str:
-        value = self.string(name, default=default)
-        if value not in choices:
-            raise ConfigError(
-                self.key(name), f"expected one of {', '.join(choices)}, got {_describe(value)}"
-            )
-        return value
-
-    def boolean(self, name: str, *, default: bool) -> bool:
-        value = self._get(name, default)
-        if not isinstance(value, bool):
-            raise ConfigError(self.key(name), f"expected true or false, got {_describe(value)}")
-        return value
-
-    def positive_int(
-        self,
-        name: str,
-        *,
-        default: int | None = None,
-        minimum: int = 1,
-        maximum: int | None = None,
-        maximum_help: str = "",
-    ) -> int:
-        value = self._get(name, _REQUIRED if default is None else default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            what = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
-            raise ConfigError(self.key(name), f"expected {what}, got {_describe(value)}")
-        if maximum is not None and value > maximum:
-            why = f" ({maximum_help})" if maximum_help else ""
-            raise ConfigError(self.key(name), f"{value} exceeds the maximum {maximum}{why}")
-        return value
-
-    def non_negative_int(self, name: str, *, default: int) -> int:
-        value = self._get(name, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(
-                self.key(name), f"expected a non-negative integer, got {_describe(value)}"
-            )
-        return value
-
-    def int_list(self, name: str, *, default: list[int]) -> list[int]:
-        value = self._get(name, default)
-        if not isinstance(value, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
-        ):
-            raise ConfigError(
-                self.key(name),
-                f"expected an array of non-negative integers, got {_describe(value)}",
-            )
-        return value
-
-    def path(self, name: str, default: Path | None = None, *, force_default: bool = False) -> Path:
-        if force_default and default is not None:
-            self._used.add(name)
-            return default
-        value = self._get(name, _REQUIRED if default is None else str(default))
-        if not isinstance(value, str) or not value or "\0" in value:
-            raise ConfigError(self.key(name), f"expected a path string, got {_describe(value)}")
-        problem = path_problem(value)
-        if problem:  # would fail every later stat with ENAMETOOLONG
-            raise ConfigError(self.key(name), f"path {problem}")
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else self.base_dir / p
-
-    def optional_path(self, name: str) -> Path | None:
-        if name not in self.raw:
-            self._used.add(name)
-            return None
-        return self.path(name)
-
-    def tcp_address(self, name: str, *, default: str) -> TcpAddress:
-        value = self.string(name, default=default)
-        m = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]+)):(\d{1,5})$", value)
-        if not m:
-            raise ConfigError(
-                self.key(name), f'expected "host:port" or "[v6]:port", got {_describe(value)}'
-            )
-        host = m.group(1) or m.group(2)
-        port = int(m.group(3))
-        if port > 65535:
-            raise ConfigError(self.key(name), f"port {port} is out of range 0..65535")
-        if host != "localhost":
-            try:
-                ipaddress.ip_address(host)
-            except ValueError:
-                raise ConfigError(
-                    self.key(name), f"{host!r} is not an IP address (or localhost)"
-                ) from None
-        return TcpAddress(host, port)
-
-    def tcp_address_list(self, name: str) -> list[TcpAddress]:
-        value = self._get(name, _REQUIRED)
-        if not isinstance(value, list):
-            raise ConfigError(
-                self.key(name), f"expected an array of addresses, got {_describe(value)}"
-            )
-        out = []
-        for i, item in enumerate(value):
-            try:
-                out.append(_Table({"a": item}, "", self.base_dir).tcp_address("a", default=""))
-            except ConfigError as exc:
-                raise ConfigError(f"{self.key(name)}[{i}]", exc.problem) from None
-        return out
-
-
-_REQUIRED: Any = object()
 # Publishing one of these would watch (and pack) half the host.
 _SYSTEM_DIRS = frozenset(
     Path(p)

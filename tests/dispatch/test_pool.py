@@ -17,8 +17,8 @@ import pytest
 import trio
 from support import running_stack, write_package
 
+from huselet.dispatch.instance import InstanceState
 from huselet.errors import InstanceLost, Unavailable
-from huselet.instance import InstanceState
 
 # Records each call in a file, so a test can tell how often a handler really ran.
 COUNTING = """

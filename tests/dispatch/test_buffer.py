@@ -6,9 +6,9 @@ import pytest
 import trio
 import trio.testing
 
-from huselet.buffer import RequestBuffer
+from huselet.dispatch.buffer import RequestBuffer
+from huselet.dispatch.invocation import Invocation, InvocationState
 from huselet.errors import DeadlineExceeded, Draining, QueueFull
-from huselet.invocation import Invocation, InvocationState
 
 
 def inv(rid: str, timeout: float = 10.0) -> Invocation:

@@ -13,9 +13,9 @@ from typing import Any
 import trio
 from cache_support import APP_FILES, build_image, variant, write_tree, write_zst
 
-from huselet.codecache import CodeCache
+from huselet.code.codecache import CodeCache
+from huselet.code.publish import PublishWatcher, is_ignored
 from huselet.config import parse_config
-from huselet.publish import PublishWatcher, is_ignored
 
 SETTLE_S = 0.1
 

@@ -17,7 +17,7 @@ from huselet.errors import ConfigError
 from huselet.health.breaker import BreakerSettings
 
 if TYPE_CHECKING:
-    from huselet.config import _Table
+    from huselet.config.table import ConfigTable
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class HealthSettings:
         )
 
 
-def parse_health(t: _Table) -> HealthSettings:
+def parse_health(t: ConfigTable) -> HealthSettings:
     d = HealthSettings()
 
     def ms(name: str) -> int:
@@ -130,7 +130,7 @@ def parse_health(t: _Table) -> HealthSettings:
 
 
 def _check_hysteresis(
-    t: _Table, leave_key: str, enter_key: str, *, above: bool, leave: int, enter: int
+    t: ConfigTable, leave_key: str, enter_key: str, *, above: bool, leave: int, enter: int
 ) -> None:
     """The leave threshold must lie on the healthy side of the enter threshold."""
     ok = leave > enter if above else leave < enter

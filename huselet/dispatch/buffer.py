@@ -12,8 +12,8 @@ from collections import deque
 
 import trio
 
+from huselet.dispatch.invocation import Invocation, InvocationState
 from huselet.errors import DeadlineExceeded, HuseletError, QueueFull
-from huselet.invocation import Invocation, InvocationState
 
 
 class RequestBuffer:

@@ -1,7 +1,7 @@
-"""NodeScheduler: the node-local scheduler that owns every function's pool.
+"""Dispatcher: the node-local scheduler that owns every function's pool.
 
-It is what the ingress calls (:meth:`NodeScheduler.invoke`) and what the admin
-socket inspects (:meth:`NodeScheduler.status`). It enforces the deadline of
+It is what the ingress calls (:meth:`Dispatcher.invoke`) and what the admin
+socket inspects (:meth:`Dispatcher.status`). It enforces the deadline of
 every accepted invocation — per-function ``timeout_ms``, possibly shortened by
 the caller — so each one completes or gets an error, and it drains the node on
 shutdown.
@@ -17,7 +17,11 @@ from typing import Any
 
 import trio
 
+from huselet.activity import wait_all_zero
 from huselet.config import Config, FunctionSettings
+from huselet.dispatch.instance import CodeProvider
+from huselet.dispatch.invocation import Invocation, InvokeResult
+from huselet.dispatch.pool import ChangeObserver, FunctionPool
 from huselet.errors import (
     DeadlineExceeded,
     Draining,
@@ -25,11 +29,9 @@ from huselet.errors import (
     Unavailable,
     UnknownFunction,
 )
-from huselet.instance import CodeProvider
-from huselet.invocation import Invocation, InvokeResult
 from huselet.log import get_logger
-from huselet.pool import ChangeObserver, FunctionPool
 from huselet.runtime.base import Runtime
+from protocol.link import HttpRequest
 
 log = get_logger("scheduler")
 
@@ -38,7 +40,7 @@ def new_request_id() -> str:
     return secrets.token_hex(8)
 
 
-class NodeScheduler:
+class Dispatcher:
     def __init__(
         self,
         config: Config,
@@ -178,15 +180,18 @@ class NodeScheduler:
         try:
             # Accepted requests keep their deadline; none outlives timeout_ms.
             with trio.move_on_after(pool.settings.timeout_ms / 1000 + 1):
-                while pool.busy():
-                    await trio.sleep(0.05)
+                await pool.outstanding.wait_zero()
             pool.buffer.fail_all(Unavailable("the function was replaced or removed"))
             pool.stop_all("function retired")
             with trio.move_on_after(10):
-                while pool.instances:
-                    await trio.sleep(0.05)
+                await pool.live_instances.wait_zero()
         finally:
             self._retiring.remove(pool)
+
+    def takes_http(self, function: str) -> bool:
+        """Whether ``function`` takes HTTP requests (events = "http", WSGI/ASGI apps)."""
+        pool = self.pools.get(function)
+        return pool is not None and pool.settings.kind.takes_http
 
     async def invoke(
         self,
@@ -196,6 +201,7 @@ class NodeScheduler:
         *,
         timeout_ms: int | None = None,
         request_id: str | None = None,
+        http: HttpRequest | None = None,
     ) -> InvokeResult:
         """Run one invocation to completion: a result, or a typed error raised."""
         if self.draining:
@@ -207,8 +213,9 @@ class NodeScheduler:
         if timeout_ms is not None:
             budget_ms = min(budget_ms, timeout_ms)  # a caller may shorten, never lengthen
         deadline = trio.current_time() + budget_ms / 1000
-        inv = Invocation(request_id or new_request_id(), function, event, kind, deadline)
+        inv = Invocation(request_id or new_request_id(), function, event, kind, deadline, http)
         pool.submit(inv)
+        pool.outstanding.enter()
         try:
             with trio.move_on_at(deadline):
                 await inv.wait()
@@ -224,6 +231,7 @@ class NodeScheduler:
                 )
                 inv.complete(error)
                 pool.on_deadline(inv)
+            pool.outstanding.leave()
         return inv.result()
 
     # --- drain and stop ---------------------------------------------------------
@@ -234,8 +242,7 @@ class NodeScheduler:
         for pool in self.pools.values():
             pool.accepting = False
         with trio.move_on_after(grace_s):
-            while any(pool.busy() for pool in self.pools.values()):
-                await trio.sleep(0.01)
+            await wait_all_zero([pool.outstanding for pool in self.pools.values()])
         for pool in self.pools.values():
             failed = pool.buffer.fail_all(Draining("the node shut down before the request ran"))
             if failed:
@@ -248,8 +255,7 @@ class NodeScheduler:
         for pool in pools:
             pool.stop_all("node stopping")
         with trio.move_on_after(timeout_s):
-            while any(pool.instances for pool in pools):
-                await trio.sleep(0.01)
+            await wait_all_zero([pool.live_instances for pool in pools])
 
     # --- resource pressure (the health loops call these) ---------------------------
 

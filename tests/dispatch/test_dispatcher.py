@@ -1,4 +1,4 @@
-"""NodeScheduler + FunctionPool with real worker processes over the real link.
+"""Dispatcher + FunctionPool with real worker processes over the real link.
 
 Each test writes a function package, runs the in-process node stack and checks
 what a caller would get: results, typed errors, and that nothing is lost.

@@ -17,13 +17,17 @@ import trio
 from huselet.errors import HuseletError
 
 if TYPE_CHECKING:
-    from huselet.instance import InstanceRecord
+    from huselet.dispatch.instance import InstanceRecord
+    from protocol.link import HttpRequest
 
 
 @dataclass(frozen=True, slots=True)
 class InvokeResult:
     body: bytes
     content_type: str
+    # What an HTTP function chose (status, headers); 200 and none otherwise.
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class InvocationState(enum.Enum):
@@ -41,6 +45,7 @@ class Invocation:
         "enqueued_at",
         "event",
         "function",
+        "http",
         "instance",
         "kind",
         "request_id",
@@ -48,9 +53,16 @@ class Invocation:
     )
 
     def __init__(
-        self, request_id: str, function: str, event: bytes, kind: str, deadline: float
+        self,
+        request_id: str,
+        function: str,
+        event: bytes,
+        kind: str,
+        deadline: float,
+        http: HttpRequest | None = None,
     ) -> None:
         self.request_id = request_id
+        self.http = http  # the HTTP request, for functions that take HTTP events
         self.function = function
         self.event = event
         self.kind = kind

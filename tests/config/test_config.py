@@ -11,7 +11,7 @@ import pytest
 from huselet.config import load_config, parse_config
 from huselet.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_package(tmp_path: Path, module: str = "main") -> Path:

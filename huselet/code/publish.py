@@ -65,10 +65,10 @@ from cache.errors import CacheError, DigestMismatch, NotRegularFile
 from cache.origin import DirectoryOrigin, Origin
 from cache.reader import inspect_image
 from cache.safeio import describe_mode
+from huselet.code.packages import PackageManager, SingleFileOrigin
+from huselet.code.packing import tree_fingerprint
 from huselet.errors import HuseletError
 from huselet.log import get_logger
-from huselet.packages import PackageManager, SingleFileOrigin
-from huselet.packing import tree_fingerprint
 
 log = get_logger("publish")
 

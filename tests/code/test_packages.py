@@ -37,10 +37,10 @@ from cache.errors import (
 )
 from cache.store import ImageStore
 from huselet.admin.render import render_cache, render_status
-from huselet.codecache import CodeCache
+from huselet.code.codecache import CodeCache
+from huselet.code.packages import CodeUnavailable, PackageManager, caller_reason
+from huselet.code.packing import DirectoryPacker
 from huselet.config import Config, parse_config
-from huselet.packages import CodeUnavailable, PackageManager, caller_reason
-from huselet.packing import DirectoryPacker
 
 MiB = 1 << 20
 

@@ -17,7 +17,7 @@ or when found frozen (SIGSTOP) while busy. Every in-flight invocation of an
 instance that ends is completed with a clear :class:`InstanceLost` error —
 never left waiting — unless it can safely run elsewhere: its request never
 fully reached the instance, or the function is ``idempotent`` (once).
-The per-instance record lives in :mod:`huselet.instance`.
+The per-instance record lives in :mod:`huselet.dispatch.instance`.
 """
 
 from __future__ import annotations
@@ -29,32 +29,36 @@ from typing import Any
 
 import trio
 
-from huselet.buffer import RequestBuffer
+from huselet.activity import ActivityCount
 from huselet.config import FunctionSettings
-from huselet.errors import (
-    BadRequest,
-    Draining,
-    HandlerError,
-    HuseletError,
-    InstanceLost,
-    InstanceStartFailed,
-    Unavailable,
-)
-from huselet.health.breaker import BreakerState, CircuitBreaker
-from huselet.health.settings import HealthSettings
-from huselet.instance import (
+from huselet.config.health import HealthSettings
+from huselet.dispatch.buffer import RequestBuffer
+from huselet.dispatch.instance import (
     CodeProvider,
     DirectoryCode,
     InstanceRecord,
     InstanceState,
     stopped_by_signal,
 )
-from huselet.invocation import Invocation, InvokeResult
-from huselet.link import token_matches
+from huselet.dispatch.invocation import Invocation, InvokeResult
+from huselet.dispatch.links import token_matches
+from huselet.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    Draining,
+    HandlerError,
+    HandlerStatusError,
+    HuseletError,
+    InstanceLost,
+    InstanceStartFailed,
+    Unavailable,
+)
+from huselet.health.breaker import BreakerState, CircuitBreaker
 from huselet.log import get_logger
 from huselet.runtime.base import InstanceSpec, Runtime, StartFailed
 from protocol.errors import ProtocolError
 from protocol.link import (
+    ERROR_DEADLINE,
     ERROR_INVALID_EVENT,
     FATAL,
     KIND_JSON,
@@ -128,6 +132,10 @@ class FunctionPool:
         self.breaker = CircuitBreaker(self.health.breaker)
         self.buffer = RequestBuffer(settings.max_queue or 1000)
         self.instances: dict[str, InstanceRecord] = {}
+        # Waitable twins of "requests not yet answered" and "instances not yet
+        # torn down": drain and retire wait on them instead of polling.
+        self.outstanding = ActivityCount()  # held by Dispatcher.invoke per request
+        self.live_instances = ActivityCount()  # one per entry of self.instances
         # Sum of all ready instances' credits: capacity that will take a request
         # within microseconds. Counting only parked dispatchers would start a new
         # instance in the instant between a RESULT and its dispatcher re-parking.
@@ -197,6 +205,7 @@ class FunctionPool:
         record = InstanceRecord(self.name, self._instance_changed)
         record.breaker_round = self.breaker.opened
         self.instances[record.id] = record
+        self.live_instances.enter()
         self._instance_changed(record)
         self.counters["instances_started"] += 1
         self._nursery.start_soon(self._lifecycle, record, name=f"instance {record.id}")
@@ -413,7 +422,7 @@ class FunctionPool:
                 record.sending = inv
                 try:
                     await link.send(
-                        Request(inv.request_id, inv.event, inv.kind, timeout_ms).encode()
+                        Request(inv.request_id, inv.event, inv.kind, timeout_ms, inv.http).encode()
                     )
                     record.sending = None
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -519,7 +528,12 @@ class FunctionPool:
             record.stop("served")  # takes effect at the next checkpoint, after this result
         if result.ok:
             content_type = CONTENT_TYPES.get(result.kind, "application/octet-stream")
-            if inv.complete(InvokeResult(result.body, content_type)):
+            outcome = InvokeResult(result.body, content_type)
+            if result.http is not None:  # an HTTP function chose status and headers
+                outcome = InvokeResult(
+                    result.body, content_type, result.http.status, result.http.headers
+                )
+            if inv.complete(outcome):
                 self.counters["ok"] += 1
             if self.breaker.state is not BreakerState.CLOSED:
                 self.breaker.record_success(trio.current_time())  # the half-open trial worked
@@ -528,12 +542,19 @@ class FunctionPool:
         error: HuseletError
         if result.error.type == ERROR_INVALID_EVENT:
             error = BadRequest(result.error.message)
+        elif result.error.type == ERROR_DEADLINE:  # the worker cancelled an async handler
+            error = DeadlineExceeded(result.error.message)
+        elif result.error.status is not None:  # the handler raised HTTPError
+            error = HandlerStatusError(result.error.status, result.error.type, result.error.message)
         else:
             error = HandlerError(result.error.type, result.error.message)
         if inv.complete(error):
-            self.counters[
-                "handler_errors" if isinstance(error, HandlerError) else "bad_events"
-            ] += 1
+            if isinstance(error, DeadlineExceeded):
+                self.counters["deadline_cancelled"] += 1
+            else:
+                self.counters[
+                    "handler_errors" if isinstance(error, HandlerError) else "bad_events"
+                ] += 1
 
     async def _stop_handle(self, record: InstanceRecord, graceful: bool) -> None:
         """Stop the sandbox (gracefully when asked) and record how it exited."""
@@ -596,8 +617,10 @@ class FunctionPool:
                 if inv.complete(InstanceLost(f"{what} while serving the request")):
                     self.counters["instance_lost"] += 1
             record.inflight.clear()
-        if self.instances.pop(record.id, None) is not None and self.on_change is not None:
-            self.on_change("instance", record.id, None)
+        if self.instances.pop(record.id, None) is not None:
+            self.live_instances.leave()
+            if self.on_change is not None:
+                self.on_change("instance", record.id, None)
         if record.stop_reason not in PLANNED_STOPS:
             self.counters["instances_lost"] += 1
             if record.stop_reason != "request deadline passed":
@@ -678,9 +701,6 @@ class FunctionPool:
     def instance_pids(self) -> list[int]:
         handles = [r.handle for r in self.instances.values() if r.handle is not None]
         return [h.pid for h in handles if h.pid is not None]
-
-    def busy(self) -> bool:
-        return self.buffer.live_count() > 0 or any(r.inflight for r in self.instances.values())
 
     def stop_all(self, reason: str) -> None:
         self.accepting = False

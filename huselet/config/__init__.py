@@ -1,0 +1,40 @@
+"""Configuration: one TOML file validated at start into frozen, typed settings.
+
+- :mod:`huselet.config.settings`: the settings classes and the parser of the file;
+- :mod:`huselet.config.table`: the table validator every section (and every
+  runtime's own ``[runtimes.NAME]`` table) is read through;
+- :mod:`huselet.config.health`: the ``[health]`` table.
+
+Import the names from here; the modules are an implementation detail.
+"""
+
+from huselet.config.health import HealthSettings
+from huselet.config.settings import (
+    AdminSettings,
+    CacheSettings,
+    Config,
+    FunctionSettings,
+    GatewaySettings,
+    NodeSettings,
+    SchedulerLinkSettings,
+    load_config,
+    parse_config,
+    parse_function_spec,
+)
+from huselet.config.table import ConfigTable, TcpAddress
+
+__all__ = [
+    "AdminSettings",
+    "CacheSettings",
+    "Config",
+    "ConfigTable",
+    "FunctionSettings",
+    "GatewaySettings",
+    "HealthSettings",
+    "NodeSettings",
+    "SchedulerLinkSettings",
+    "TcpAddress",
+    "load_config",
+    "parse_config",
+    "parse_function_spec",
+]
