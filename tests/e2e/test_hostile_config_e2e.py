@@ -100,7 +100,7 @@ def test_runtime_tables_are_checked_by_check_exactly_as_run(
 
 def test_function_and_gateway_values_out_of_bounds(root: Path) -> None:
     cases = {
-        "memory_mb = 4611686018427387904": "functions[0].memory_mb: 4611686018427387904 is over the maximum",
+        "memory_mb = 4611686018427387904": "memory_mb: 4611686018427387904 is over the maximum",
         "max_queue = 99999999999999999999999": "functions[0].max_queue: integer of 77 bits",
         "timeout_ms = inf": "expected a finite number",
     }
