@@ -40,10 +40,12 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def post_body(address: tuple[str, int], *, expect_continue: bool) -> tuple[int, dict[str, str]]:
+def post_body(
+    address: tuple[str, int], *, expect_continue: bool, function: str = "len"
+) -> tuple[int, dict[str, str]]:
     """POST a BODY-byte body; with Expect: 100-continue the body is sent only if asked for."""
     head = (
-        "POST /v1/invoke/len HTTP/1.1\r\nHost: x\r\n"
+        f"POST /v1/invoke/{function} HTTP/1.1\r\nHost: x\r\n"
         "Content-Type: application/octet-stream\r\n"
         f"Content-Length: {BODY}\r\nConnection: close\r\n"
         + ("Expect: 100-continue\r\n" if expect_continue else "")
@@ -138,4 +140,82 @@ def test_a_burst_of_large_bodies_is_bounded_and_memory_comes_back(short_tmp: Pat
             rss_bytes(pid),
         )
         print(f"rss after {rss_bytes(pid) >> 20} MiB, statuses 200: {statuses.count(200)}")
+        assert d.status()["buffered_bodies"]["used_bytes"] == 0
+
+
+HOLD = """
+import os, time
+
+def handler(event, context):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.environ["FLAG"]) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return len(event)
+"""
+
+
+def test_framed_bodies_count_against_the_same_budget(short_tmp: Path) -> None:
+    """One budget for both front ends: a framed call that does not fit gets 503 at once."""
+    import trio
+
+    from huselet.client.framed_trio import open_framed_client
+
+    write_package(short_tmp, "hold", HOLD)
+    flag = short_tmp / "flag"
+    config = write_config(
+        short_tmp,
+        f"""
+        [[functions]]
+        name = "hold"
+        package = "pkgs/hold"
+        handler = "main:handler"
+        max_instances = 2
+        env = {{ FLAG = "{flag}" }}
+        """,
+    )
+    # Room for one largest body (6 MiB) but not two.
+    text = config.read_text().replace(
+        "max_body_bytes = 65536",
+        f'max_body_bytes = {BODY}\nmax_buffered_mb = 7\nframed = "127.0.0.1:0"',
+    )
+    config.write_text(text)
+    with Daemon(config) as d:
+        assert wait_until(lambda: d.logs("framed ingress listening"), timeout=30)
+        address = str(d.logs("framed ingress listening")[0]["tcp"])
+
+        def inflight() -> int:
+            status = d.status()
+            fn = next(f for f in status["functions"] if f["name"] == "hold")
+            return int(fn["inflight"])
+
+        async def main() -> None:
+            async with open_framed_client(address) as client:
+                held: list[object] = []
+
+                async def first() -> None:
+                    held.append(await client.call("hold", b"x" * BODY, "bytes"))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(first)
+                    with trio.fail_after(60):
+                        while inflight() != 1:
+                            await trio.sleep(0.01)
+                    second = await client.call("hold", b"y" * BODY, "bytes")
+                    assert (second.status, second.error_code) == (503, "overloaded"), second
+                    assert second.retry_after_s == 1
+                    # HTTP bodies share the budget: a large one is refused too.
+                    parts = urlsplit(d.url)
+                    http = await trio.to_thread.run_sync(
+                        lambda: post_body(
+                            (parts.hostname or "127.0.0.1", parts.port or 80),
+                            expect_continue=True,
+                            function="hold",
+                        )
+                    )
+                    assert http[0] == 503 and http[1]["retry-after"] == "1"
+                    flag.touch()
+                reply = held[0]
+                assert reply.status == 200 and reply.body == str(BODY).encode()  # type: ignore[attr-defined]
+
+        trio.run(main)
         assert d.status()["buffered_bodies"]["used_bytes"] == 0
