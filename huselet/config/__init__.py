@@ -3,12 +3,14 @@
 - :mod:`huselet.config.settings`: the settings classes and the parser of the file;
 - :mod:`huselet.config.table`: the table validator every section (and every
   runtime's own ``[runtimes.NAME]`` table) is read through;
-- :mod:`huselet.config.health`: the ``[health]`` table.
+- :mod:`huselet.config.health`: the ``[health]`` table;
+- :mod:`huselet.config.observe`: the ``[metrics]`` and ``[log]`` tables.
 
 Import the names from here; the modules are an implementation detail.
 """
 
 from huselet.config.health import HealthSettings
+from huselet.config.observe import LogSettings, MetricsSettings
 from huselet.config.settings import (
     AdminSettings,
     CacheSettings,
@@ -31,6 +33,8 @@ __all__ = [
     "FunctionSettings",
     "GatewaySettings",
     "HealthSettings",
+    "LogSettings",
+    "MetricsSettings",
     "NodeSettings",
     "SchedulerLinkSettings",
     "TcpAddress",

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from huselet.config.health import HealthSettings, parse_health
 from huselet.config.limits import check_structure, parse_toml, read_token
+from huselet.config.observe import LogSettings, MetricsSettings, parse_log, parse_metrics
 from huselet.config.table import ConfigTable, TcpAddress, describe
 from huselet.errors import ConfigError
 from protocol.link import EntryKind
@@ -187,6 +188,8 @@ class Config:
     cache: CacheSettings = field(default_factory=CacheSettings)
     scheduler: SchedulerLinkSettings | None = None  # None: standalone
     health: HealthSettings = field(default_factory=HealthSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    log: LogSettings = field(default_factory=LogSettings)
 
     def function(self, name: str) -> FunctionSettings | None:
         for fn in self.functions:
@@ -313,6 +316,7 @@ def parse_config(
     cache = _parse_cache(t.table("cache"), node)
     scheduler = _parse_scheduler(t.table("scheduler"), node) if "scheduler" in raw else None
     health = parse_health(t.table("health"))
+    metrics, log_settings = parse_metrics(t.table("metrics")), parse_log(t.table("log"))
 
     runtimes_t = t.table("runtimes")
     runtimes: dict[str, Mapping[str, Any]] = {}
@@ -341,6 +345,8 @@ def parse_config(
         cache=cache,
         scheduler=scheduler,
         health=health,
+        metrics=metrics,
+        log=log_settings,
     )
 
 

@@ -42,6 +42,7 @@ class Invocation:
         "_outcome",
         "attempts",
         "deadline",
+        "dispatched_at",
         "enqueued_at",
         "event",
         "function",
@@ -50,6 +51,7 @@ class Invocation:
         "kind",
         "request_id",
         "state",
+        "trace",
     )
 
     def __init__(
@@ -71,6 +73,8 @@ class Invocation:
         self.state = InvocationState.QUEUED
         self.instance: InstanceRecord | None = None
         self.attempts = 1  # deliveries to an instance so far, counting a retry
+        self.dispatched_at: float | None = None  # last taken off the queue (timings)
+        self.trace = ""  # W3C traceparent passed on to the handler ("" if none)
         self._outcome: InvokeResult | HuseletError | None = None
         self._done = trio.Event()
 
@@ -86,6 +90,10 @@ class Invocation:
         self._outcome = outcome
         self._done.set()
         return True
+
+    @property
+    def outcome(self) -> InvokeResult | HuseletError | None:
+        return self._outcome
 
     async def wait(self) -> None:
         await self._done.wait()

@@ -42,6 +42,7 @@ from huselet.dispatch.instance import (
 )
 from huselet.dispatch.invocation import Invocation, InvokeResult
 from huselet.dispatch.links import token_matches
+from huselet.dispatch.observer import InstanceObserver
 from huselet.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -147,6 +148,7 @@ class FunctionPool:
         self.on_change: ChangeObserver | None = None  # instance added / changed / removed
         # Set by the node (memory pressure): no new instances; the reason says why.
         self.starts_held: str | None = None
+        self.observer: InstanceObserver | None = None  # metrics of instance lives
 
     # --- requests -------------------------------------------------------------
 
@@ -234,6 +236,8 @@ class FunctionPool:
                     return
                 record.ready_at = trio.current_time()
                 self.breaker.record_success(record.ready_at)
+                if self.observer is not None:
+                    self.observer.instance_ready(self, record)
                 log.info(
                     "instance ready",
                     pid=record.handle.pid if record.handle else None,
@@ -262,6 +266,7 @@ class FunctionPool:
             raise _StartError(
                 f"its code was not available within {self.settings.start_timeout_ms} ms"
             )
+        record.marks["code"] = trio.current_time()
         spec = InstanceSpec(
             instance_id=record.id,
             function=self.settings,
@@ -273,6 +278,7 @@ class FunctionPool:
             record.handle = await self.runtime.start(spec)
         except StartFailed as exc:
             raise _StartError(str(exc)) from None
+        record.marks["sandbox"] = trio.current_time()
         handle = record.handle
         async with trio.open_nursery() as race:
 
@@ -291,6 +297,7 @@ class FunctionPool:
             raise _StartError(
                 f"the worker did not connect within {self.settings.start_timeout_ms} ms"
             )
+        record.marks["connect"] = trio.current_time()
         try:
             with trio.move_on_at(deadline):
                 first = await record.link.receive()
@@ -314,6 +321,8 @@ class FunctionPool:
         self.last_start_error = reason
         record.stop_reason = "start failed"
         log.error("instance start failed", function=self.name, instance=record.id, reason=reason)
+        if self.observer is not None:
+            self.observer.start_failed(self, record, reason)
         others_alive = any(r is not record for r in self.instances.values())
         if not others_alive:
             # Nothing can serve what is queued: answer it now rather than at its deadline.
@@ -422,7 +431,9 @@ class FunctionPool:
                 record.sending = inv
                 try:
                     await link.send(
-                        Request(inv.request_id, inv.event, inv.kind, timeout_ms, inv.http).encode()
+                        Request(
+                            inv.request_id, inv.event, inv.kind, timeout_ms, inv.http, inv.trace
+                        ).encode()
                     )
                     record.sending = None
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -524,6 +535,8 @@ class FunctionPool:
         if inv is None:
             return  # a late result for a request already answered (deadline, drain)
         record.served += 1
+        if record.served == 1 and self.observer is not None:
+            self.observer.first_reply(self, record, inv)
         if self.single_use:
             record.stop("served")  # takes effect at the next checkpoint, after this result
         if result.ok:
@@ -621,6 +634,8 @@ class FunctionPool:
             self.live_instances.leave()
             if self.on_change is not None:
                 self.on_change("instance", record.id, None)
+        if self.observer is not None:
+            self.observer.instance_ended(self, record)
         if record.stop_reason not in PLANNED_STOPS:
             self.counters["instances_lost"] += 1
             if record.stop_reason != "request deadline passed":

@@ -17,6 +17,7 @@ from huselet.errors import Draining, HuseletError, PayloadTooLarge, Unauthorized
 from huselet.gateway.budget import UNLIMITED, BodyBudget, tune_allocator
 from huselet.gateway.responses import InternalError
 from huselet.log import get_logger
+from huselet.observe.context import RequestMeta
 from protocol.link import HttpRequest
 
 log = get_logger("gateway")
@@ -36,6 +37,7 @@ class Invoker(Protocol):
         timeout_ms: int | None = None,
         request_id: str | None = None,
         http: HttpRequest | None = None,
+        meta: RequestMeta | None = None,
     ) -> InvokeResult: ...
 
     def takes_http(self, function: str) -> bool:
@@ -89,20 +91,21 @@ class InvokeCore:
         timeout_ms: int | None,
         request_id: str,
         http: HttpRequest | None = None,
+        meta: RequestMeta | None = None,
     ) -> InvokeResult:
-        """Run one invocation; any failure is a HuseletError fit for the caller."""
+        """Run one invocation; any failure is a HuseletError fit for the caller.
+
+        ``meta`` carries the caller's trace context in and the timings out.
+        """
         try:
-            if http is not None:
-                return await self.invoker.invoke(
-                    function,
-                    event,
-                    kind,
-                    timeout_ms=timeout_ms,
-                    request_id=request_id,
-                    http=http,
-                )
             return await self.invoker.invoke(
-                function, event, kind, timeout_ms=timeout_ms, request_id=request_id
+                function,
+                event,
+                kind,
+                timeout_ms=timeout_ms,
+                request_id=request_id,
+                http=http,
+                meta=meta,
             )
         except HuseletError as exc:
             if exc.status != 500:

@@ -30,6 +30,7 @@ from huselet.errors import BadRequest, Draining, HuseletError
 from huselet.gateway.core import InvokeCore
 from huselet.gateway.routes import new_request_id
 from huselet.log import get_logger
+from huselet.observe.context import RequestMeta
 from protocol.errors import ProtocolError
 from protocol.ingress import (
     PONG_FRAME,
@@ -213,6 +214,7 @@ class _FramedConnection:
                     call.kind,
                     timeout_ms=call.timeout_ms,
                     request_id=request_id,
+                    meta=RequestMeta(),  # the request story and histograms, as over HTTP
                 )
             finally:
                 core.body_budget.release(reserved)
