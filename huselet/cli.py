@@ -68,9 +68,13 @@ def _load_config(path: str | None) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from huselet.errors import ConfigError, HuseletError
+    from huselet.runtime.base import RuntimeError_
+    from huselet.runtime.validate import check_runtimes
 
     try:
         config = _load_config(args.config)
+        # The runtime tables too: --check must refuse whatever run would.
+        check_runtimes(config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -97,6 +101,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except* OSError as group:
         for err in _leaves(group):
             print(f"huselet: cannot start: {_describe_os_error(err)}", file=sys.stderr)
+        status = EXIT_FAILURE
+    except* RuntimeError_ as group:
+        # What only the host can refuse (isolation it lacks, a missing binary).
+        for err in _leaves(group):
+            print(f"huselet: cannot start: {err}", file=sys.stderr)
         status = EXIT_FAILURE
     except* KeyboardInterrupt:
         pass
@@ -386,10 +395,9 @@ def _write_zstd(image: Path) -> Path:
     """The transfer copy origins serve: ``<digest>.hlimg.zst`` next to the image."""
     import zstandard
 
-    from cache.reader import ImageReader
+    from cache.reader import inspect_image
 
-    with ImageReader.open(image, verify=False) as reader:
-        target = image.with_name(f"{reader.digest}.hlimg.zst")
+    target = image.with_name(f"{inspect_image(image).digest}.hlimg.zst")
     tmp = target.with_name(target.name + ".tmp")
     with open(image, "rb") as src, open(tmp, "wb") as dst:
         zstandard.ZstdCompressor(level=10, threads=-1).copy_stream(src, dst)

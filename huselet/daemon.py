@@ -26,9 +26,10 @@ from huselet.admin.errors import AdminCommandError
 from huselet.admin.server import AdminServer
 from huselet.code.codecache import CodeCache
 from huselet.config import Config
+from huselet.config.limits import read_token
 from huselet.dispatch.dispatcher import Dispatcher
 from huselet.dispatch.links import LinkServer
-from huselet.errors import HuseletError
+from huselet.errors import ConfigError, HuseletError
 from huselet.fleet import FleetCommands, SchedulerLink
 from huselet.fleet.commands import FunctionStore
 from huselet.gateway.framed import FramedIngress
@@ -337,6 +338,7 @@ class Daemon:
             },
             **self.scheduler.status(),
             "cache": self.cache.packages.stats(),
+            "buffered_bodies": self.ingress.core.body_budget.describe(),
         }
 
     async def _start_runtime(self, nursery: trio.Nursery, runtime: Any) -> None:
@@ -409,6 +411,9 @@ class Daemon:
             await self._reload({})
         except HuseletError:
             pass  # refused: logged by the reloader; the running config stays
+        except Exception:
+            # Nothing in a file an operator can write may end the daemon.
+            log.exception("reload failed unexpectedly; the running configuration stays")
 
     async def shutdown(self) -> None:
         grace_s = self.config.node.drain_grace_ms / 1000
@@ -434,9 +439,7 @@ def _read_token(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise StartupError(f"cannot read gateway.auth_token_file {path}: {exc.strerror}") from None
-    if not token:
-        raise StartupError(f"gateway.auth_token_file {path} is empty")
-    return token
+        # Bounded, never blocking on a FIFO, refused when empty (as --check does).
+        return read_token(path, "gateway.auth_token_file")
+    except ConfigError as exc:
+        raise StartupError(f"cannot use {exc}") from None

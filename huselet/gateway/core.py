@@ -14,6 +14,7 @@ from typing import Protocol
 
 from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import Draining, HuseletError, PayloadTooLarge, Unauthorized
+from huselet.gateway.budget import UNLIMITED, BodyBudget, tune_allocator
 from huselet.gateway.responses import InternalError
 from huselet.log import get_logger
 from huselet.observe.context import RequestMeta
@@ -45,10 +46,21 @@ class Invoker(Protocol):
 
 
 class InvokeCore:
-    def __init__(self, invoker: Invoker, *, max_body: int, token: str | None) -> None:
+    def __init__(
+        self,
+        invoker: Invoker,
+        *,
+        max_body: int,
+        token: str | None,
+        max_buffered_bytes: int = UNLIMITED,
+    ) -> None:
         self.invoker = invoker
         self.max_body = max_body
         self._token = token.encode() if token is not None else None
+        # Bodies of both front ends together (gateway.max_buffered_mb): a request
+        # reserves its body before reading it and holds it until its reply.
+        self.body_budget = BodyBudget(max_buffered_bytes)
+        tune_allocator()
 
     @property
     def requires_token(self) -> bool:

@@ -86,6 +86,7 @@ class HttpIngress:
             scheduler,
             max_body=settings.max_body_bytes,
             token=None if auth_token is None else auth_token.strip(),
+            max_buffered_bytes=settings.max_buffered_mb << 20,
         )
         self._limits = Limits.from_settings(settings)
         # Connection-limit policy: refuse, don't queue; see _refuse().
@@ -228,14 +229,23 @@ class HttpIngress:
             raise BadRequest(f"header {head.repeated.decode('ascii')} must appear once")
         timeout_ms = parse_timeout_ms(head.timeout_ms)
         self.core.check_admission(head.content_length)
-        event = await read_body(self._max_body)
-        if takes_http:
-            http = request_info(head, route.subpath, strip_authorization=self._token is not None)
-            result = await self._call(function, event, KIND_BYTES, timeout_ms, head, meta, http)
-            return function_reply(result)
-        kind = event_kind(head.content_type)
-        result = await self._call(function, event, kind, timeout_ms, head, meta)
-        return Reply(200, result.body, content_type_header(result.content_type))
+        # Reserved before a byte of the body is read, held until the reply: the
+        # body lives on in the queue and in flight. Chunked: the most it may be.
+        declared = head.content_length if head.content_length is not None else self._max_body
+        reserved = self.core.body_budget.reserve(declared if head.has_body else 0)
+        try:
+            event = await read_body(self._max_body)
+            if takes_http:
+                http = request_info(
+                    head, route.subpath, strip_authorization=self._token is not None
+                )
+                result = await self._call(function, event, KIND_BYTES, timeout_ms, head, meta, http)
+                return function_reply(result)
+            kind = event_kind(head.content_type)
+            result = await self._call(function, event, kind, timeout_ms, head, meta)
+            return Reply(200, result.body, content_type_header(result.content_type))
+        finally:
+            self.core.body_budget.release(reserved)
 
     async def _call(
         self,

@@ -163,15 +163,24 @@ def test_a_handler_under_the_default_cannot_reach_the_host(
 
 
 @pytest.mark.parametrize(
-    ("table", "reason"),
+    ("table", "code", "reason"),
     [
-        ('[runtimes.bwrap]\nbinary = "no-such-bwrap"\n', "runtimes.bwrap.binary"),
-        ("[runtimes.process]\nbogus = 1\n", "runtimes.process.bogus: unknown key"),
+        (
+            '[runtimes.bwrap]\nbinary = "no-such-bwrap"\n',
+            1,
+            "huselet: cannot start: runtimes.bwrap.binary",
+        ),
+        # A table that is wrong on its face is a config error, found before start.
+        (
+            "[runtimes.process]\nbogus = 1\n",
+            2,
+            "config error: runtimes.process.bogus: unknown key",
+        ),
     ],
     ids=["runtime-refuses-at-start", "runtime-table"],
 )
 def test_a_runtime_that_cannot_serve_refuses_the_start_in_one_line(
-    short_tmp: Path, table: str, reason: str
+    short_tmp: Path, table: str, code: int, reason: str
 ) -> None:
     """What a refusal (e.g. a host without isolation) looks like: exit 1, one line."""
     import subprocess
@@ -192,6 +201,6 @@ def test_a_runtime_that_cannot_serve_refuses_the_start_in_one_line(
         text=True,
         timeout=60,
     )
-    assert out.returncode == 1, out.stderr[-2000:]
-    assert f"huselet: cannot start: {reason}" in out.stderr
+    assert out.returncode == code, out.stderr[-2000:]
+    assert reason in out.stderr
     assert "Traceback" not in out.stderr
