@@ -24,12 +24,13 @@ import huselet
 from huselet.admin.errors import AdminCommandError
 from huselet.admin.server import AdminServer
 from huselet.code.codecache import CodeCache
-from huselet.config import Config
+from huselet.config import Config, FunctionSettings
 from huselet.dispatch.dispatcher import Dispatcher
 from huselet.dispatch.links import LinkServer
-from huselet.errors import HuseletError
+from huselet.errors import ConfigError, HuseletError
 from huselet.fleet import FleetCommands, SchedulerLink
 from huselet.fleet.commands import FunctionStore
+from huselet.gateway.admission import Admission
 from huselet.gateway.http import HttpIngress
 from huselet.health.lag import LagProbe
 from huselet.health.observers import (
@@ -46,6 +47,7 @@ from huselet.log import get_logger
 from huselet.notify import SystemdNotifier
 from huselet.reload import ConfigReloader
 from huselet.runtime import available_runtimes, create_runtimes
+from huselet.tenants.keystore import KeyStore
 from protocol.frames import DEFAULT_MAX_FRAME
 
 log = get_logger("daemon")
@@ -94,8 +96,21 @@ class Daemon:
         self.fleet: SchedulerLink | None = None
         if config.scheduler is not None:
             self.fleet = SchedulerLink(config.scheduler, self.scheduler, self._fleet_commands)
+        token = _read_token(config.gateway.auth_token_file)
+        self.keys = KeyStore(config.auth.keys_file, poll_s=config.auth.keys_poll_ms / 1000)
+        self.admission = Admission(
+            config.auth,
+            bearer_token=None if token is None else token.encode("utf-8"),
+            functions=self._function_policy,
+        )
+        self.keys.on_change = self.admission.set_keys
+        if self.keys.enabled:
+            try:
+                self.keys.load()
+            except ConfigError as exc:
+                raise StartupError(f"auth.keys_file: {exc.message}") from None
         self.ingress = HttpIngress(
-            config.gateway, self.scheduler, auth_token=_read_token(config.gateway.auth_token_file)
+            config.gateway, self.scheduler, auth_token=token, admission=self.admission
         )
         health = config.health
         self.lag_probe = LagProbe(
@@ -154,11 +169,20 @@ class Daemon:
 
     def _config_reloaded(self, config: Config) -> None:
         self.config = config
+        # [auth] applies live: limits re-tuned (buckets kept), keys file re-read below.
+        self.admission.configure(config.auth)
+        self.keys.retarget(config.auth.keys_file)
+
+    def _function_policy(self, name: str) -> FunctionSettings | None:
+        pool = self.scheduler.pools.get(name)
+        return None if pool is None else pool.settings
 
     async def _reload(self, args: dict[str, Any]) -> dict[str, Any]:
         self.notifier.notify(RELOADING="1", STATUS="reloading the configuration")
         try:
-            return await self.reloader.reload()
+            outcome = await self.reloader.reload()
+            await self.keys.reload()
+            return outcome
         finally:
             self.notifier.notify(READY="1", STATUS=self._ready_status())
 
@@ -210,11 +234,15 @@ class Daemon:
         self.admin.register("scrub", lambda args: self.cache.scrubber.scrub_now())
         self.admin.register("health", lambda args: self.health.describe())
         self.admin.register("reload", self._reload)
+        self.admin.register("keys", lambda args: self._keys())
         self.admin.register("debug_block_loop", self._debug_block_loop)
         self.admin.register(
             "scheduler",
             lambda args: self.fleet.describe() if self.fleet else {"mode": "standalone"},
         )
+
+    def _keys(self) -> dict[str, Any]:
+        return {"mode": self.admission.mode.value, **self.keys.describe()}
 
     def status(self) -> dict[str, Any]:
         return {
@@ -231,6 +259,7 @@ class Daemon:
             },
             **self.scheduler.status(),
             "cache": self.cache.packages.stats(),
+            "admission": self.admission.snapshot(),
         }
 
     async def run(self) -> None:
@@ -250,6 +279,7 @@ class Daemon:
                     # Re-deploys what the scheduler had deployed before a restart, then dials.
                     await nursery.start(self.fleet.run)
                 await nursery.start(self.admin.run)
+                await nursery.start(self.keys.run)
                 await nursery.start(self.ingress.run)
                 ready = self._ready_status()
                 log.info(

@@ -3,11 +3,13 @@
 - :mod:`huselet.config.settings`: the settings classes and the parser of the file;
 - :mod:`huselet.config.table`: the table validator every section (and every
   runtime's own ``[runtimes.NAME]`` table) is read through;
-- :mod:`huselet.config.health`: the ``[health]`` table.
+- :mod:`huselet.config.health`: the ``[health]`` table;
+- :mod:`huselet.config.auth`: the ``[auth]`` table (tenants' keys file, ingress limits).
 
 Import the names from here; the modules are an implementation detail.
 """
 
+from huselet.config.auth import AuthSettings
 from huselet.config.health import HealthSettings
 from huselet.config.settings import (
     AdminSettings,
@@ -25,6 +27,7 @@ from huselet.config.table import ConfigTable, TcpAddress
 
 __all__ = [
     "AdminSettings",
+    "AuthSettings",
     "CacheSettings",
     "Config",
     "ConfigTable",

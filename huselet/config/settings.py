@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from huselet.config.auth import AuthSettings, parse_auth
 from huselet.config.health import HealthSettings, parse_health
 from huselet.config.table import ConfigTable, TcpAddress, describe
 from huselet.errors import ConfigError
+from huselet.tenants.keys import TENANT_NAME, RateLimit, parse_rate
 
 # A sun_path holds 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107
@@ -123,6 +125,10 @@ class FunctionSettings:
     # Safe to run twice: a request whose instance died is retried once on a
     # fresh instance instead of answered with 502. Never assumed.
     idempotent: bool = False
+    # The tenant owning the function (keys file); None: only tenants granted it.
+    tenant: str | None = None
+    rate: RateLimit | None = None  # rate_per_s / burst at admission, all callers together
+    max_concurrent: int | None = None  # requests admitted at once, all callers together
 
     @property
     def code_source(self) -> str:
@@ -176,6 +182,7 @@ class Config:
     cache: CacheSettings = field(default_factory=CacheSettings)
     scheduler: SchedulerLinkSettings | None = None  # None: standalone
     health: HealthSettings = field(default_factory=HealthSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     def function(self, name: str) -> FunctionSettings | None:
         for fn in self.functions:
@@ -253,15 +260,24 @@ def parse_config(
         allow_unauthenticated=gw_t.boolean("allow_unauthenticated", default=False),
     )
     gw_t.finish()
+    auth = parse_auth(t.table("auth"))
+    if auth.keys_file is not None and gateway.auth_token_file is not None:
+        raise ConfigError(
+            "auth.keys_file",
+            "conflicts with gateway.auth_token_file: use signed requests (keys file) or the "
+            "single-tenant bearer token, not both",
+        )
     if (
         not gateway.http.is_loopback
         and gateway.auth_token_file is None
+        and auth.keys_file is None
         and not gateway.allow_unauthenticated
     ):
         raise ConfigError(
             "gateway.http",
             f"{gateway.http} is reachable from other hosts but no gateway.auth_token_file is "
-            "set; set one, or gateway.allow_unauthenticated = true if a trusted proxy guards it",
+            "set; set one (or auth.keys_file), or gateway.allow_unauthenticated = true if a "
+            "trusted proxy guards it",
         )
     if gateway.auth_token_file is not None and not gateway.auth_token_file.is_file():
         raise ConfigError("gateway.auth_token_file", f"{gateway.auth_token_file} does not exist")
@@ -308,6 +324,7 @@ def parse_config(
         cache=cache,
         scheduler=scheduler,
         health=health,
+        auth=auth,
     )
 
 
@@ -350,6 +367,15 @@ def _parse_function(
         digest=digest,
         origin=origin,
         idempotent=ft.boolean("idempotent", default=False),
+        tenant=(
+            ft.string("tenant", pattern=TENANT_NAME, pattern_help="a tenant name")
+            if ft.optional("tenant") is not None
+            else None
+        ),
+        rate=parse_rate(ft),
+        max_concurrent=(
+            ft.positive_int("max_concurrent") if ft.optional("max_concurrent") is not None else None
+        ),
     )
     ft.finish()
     return fn

@@ -95,6 +95,7 @@ class Connection:
         "_h11",
         "_in_request",
         "_limits",
+        "_peer",
         "_request_id",
         "_responder",
         "_scope",
@@ -119,6 +120,7 @@ class Connection:
         self._in_request = False  # some byte of the current request has arrived
         self._sending = False  # the scope's deadline is the send timeout
         self._request_id: str | None = None
+        self._peer = _peer_host(stream)  # once: admission reads it for every request
 
     async def serve(self) -> None:
         """Serve requests until either side ends the connection, then close it."""
@@ -149,6 +151,7 @@ class Connection:
         """Answer one request; True when the connection can carry the next one."""
         started = trio.current_time()
         head = read_head(request)
+        head.peer = self._peer
         self._request_id = head.request_id
         if not head.has_body:
             # Consume the (empty) body's end now: the request is then complete,
@@ -357,6 +360,13 @@ class WarningBudget:
         else:
             self._suppressed += 1
             log.debug(msg, **fields)
+
+
+def _peer_host(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (OSError, IndexError, TypeError):
+        return ""
 
 
 def _peer(stream: trio.SocketStream) -> str:

@@ -16,9 +16,10 @@ from typing import Protocol
 import h11
 import trio
 
-from huselet.config import GatewaySettings, TcpAddress
+from huselet.config import AuthSettings, GatewaySettings, TcpAddress
 from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import BadRequest, Draining, HuseletError, PayloadTooLarge, Unauthorized
+from huselet.gateway.admission import Admission, AdmissionRequest, AuthMode
 from huselet.gateway.connection import (
     LINGER_S,
     TRANSPORT_ERRORS,
@@ -41,7 +42,6 @@ from huselet.gateway.responses import (
 from huselet.gateway.routes import (
     HEALTHZ,
     RequestHead,
-    check_bearer,
     event_kind,
     match_route,
     new_request_id,
@@ -79,7 +79,12 @@ class HttpIngress:
     """The node's HTTP/1.1 ingress. ``run()`` it in a nursery; cancel it to stop."""
 
     def __init__(
-        self, settings: GatewaySettings, scheduler: Invoker, *, auth_token: str | None = None
+        self,
+        settings: GatewaySettings,
+        scheduler: Invoker,
+        *,
+        auth_token: str | None = None,
+        admission: Admission | None = None,
     ) -> None:
         if auth_token is not None and not auth_token.strip():
             # An empty token would let "Authorization: Bearer " through.
@@ -87,7 +92,9 @@ class HttpIngress:
         self.settings = settings
         self.bound_address: TcpAddress | None = None
         self._scheduler = scheduler
-        self._token = None if auth_token is None else auth_token.strip().encode("utf-8")
+        token = None if auth_token is None else auth_token.strip().encode("utf-8")
+        # Who may invoke what, how often: every invocation passes through it.
+        self.admission = admission or Admission(AuthSettings(), bearer_token=token)
         self._max_body = settings.max_body_bytes
         self._limits = Limits.from_settings(settings)
         # Connection-limit policy: refuse, don't queue; see _refuse().
@@ -201,20 +208,29 @@ class HttpIngress:
     async def _invoke(self, function: str, head: RequestHead, read_body: BodyReader) -> Reply:
         # Cheap checks first, so a request that will be refused is refused
         # before its body is read (and without a 100 Continue).
-        if self._token is not None:
-            if head.repeated == b"authorization":
-                raise Unauthorized("more than one Authorization header")
-            check_bearer(head.authorization, self._token)
-        if head.repeated is not None:
-            raise BadRequest(f"header {head.repeated.decode('ascii')} must appear once")
-        timeout_ms = parse_timeout_ms(head.timeout_ms)
-        if self._scheduler.draining:
-            raise Draining("the node is draining and takes no new requests", retry_after_s=1)
-        if head.content_length is not None and head.content_length > self._max_body:
-            raise PayloadTooLarge(f"the request body exceeds {self._max_body} bytes")
-        event = await read_body(self._max_body)
-        result = await self._call(function, event, event_kind(head.content_type), timeout_ms, head)
-        return Reply(200, result.body, content_type_header(result.content_type))
+        if head.repeated == b"authorization" and self.admission.mode is not AuthMode.OPEN:
+            raise Unauthorized("more than one Authorization header")
+        path, _, query = head.target.partition(b"?")
+        ticket = self.admission.admit(
+            AdmissionRequest(
+                head.method, path, query, head.headers, head.authorization, head.peer, function
+            )
+        )
+        try:
+            if head.repeated is not None:
+                raise BadRequest(f"header {head.repeated.decode('ascii')} must appear once")
+            timeout_ms = parse_timeout_ms(head.timeout_ms)
+            if self._scheduler.draining:
+                raise Draining("the node is draining and takes no new requests", retry_after_s=1)
+            if head.content_length is not None and head.content_length > self._max_body:
+                raise PayloadTooLarge(f"the request body exceeds {self._max_body} bytes")
+            event = await read_body(self._max_body)
+            ticket.check_body(event)
+            kind = event_kind(head.content_type)
+            result = await self._call(function, event, kind, timeout_ms, head)
+            return Reply(200, result.body, content_type_header(result.content_type))
+        finally:
+            ticket.release()
 
     async def _call(
         self, function: str, event: bytes, kind: str, timeout_ms: int | None, head: RequestHead

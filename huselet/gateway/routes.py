@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import h11
@@ -75,6 +76,9 @@ class RequestHead:
     # Request line and header bytes (without separators). h11 bounds only heads
     # that arrive in pieces; one that arrives in a single read is measured here.
     size: int = 0
+    # Every header as h11 parsed it (lowercase names): admission reads the signed ones.
+    headers: Sequence[tuple[bytes, bytes]] = ()
+    peer: str = ""  # the client's IP address, set by the connection
 
     @property
     def has_body(self) -> bool:
@@ -107,6 +111,7 @@ def read_head(request: h11.Request) -> RequestHead:
         elif name == b"x-huselet-request-id":
             client_id = value
     head.size = size
+    head.headers = request.headers
     if client_id is not None and _CLIENT_REQUEST_ID.fullmatch(client_id):
         head.request_id = client_id.decode("ascii")
     else:
