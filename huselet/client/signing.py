@@ -229,11 +229,15 @@ def load_key_file(path: Path) -> AccessKey:
     """A key from a JSON file ``{"key_id": …, "secret": …}`` that only its owner can read."""
     try:
         mode = path.stat().st_mode
-        if mode & 0o077:
-            raise SigningError(f"{path} is readable by others (mode {mode & 0o777:o}); chmod 600")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SigningError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SigningError(f"{path} is not a JSON key file") from None
+    if mode & 0o077:
+        raise SigningError(f"{path} is readable by others (mode {mode & 0o777:o}); chmod 600")
+    try:
+        data = json.loads(text)
     except ValueError:
         raise SigningError(f"{path} is not a JSON key file") from None
     if not isinstance(data, dict) or not all(

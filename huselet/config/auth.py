@@ -7,17 +7,27 @@ limits without resetting any bucket (see :mod:`huselet.gateway.admission`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from huselet.config.table import describe
 from huselet.errors import ConfigError
-from huselet.tenants.keys import RateLimit, parse_rate
 from huselet.tenants.sources import parse_networks
 
 if TYPE_CHECKING:
     from huselet.config.table import ConfigTable
+
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket's shape: ``rate_per_s`` tokens a second, at most ``burst`` saved."""
+
+    rate_per_s: float
+    burst: float
 
 
 @dataclass(frozen=True)
@@ -68,3 +78,28 @@ def _cidrs(t: ConfigTable, name: str) -> tuple[str, ...]:
     except ValueError as exc:
         raise ConfigError(t.key(name), str(exc)) from None
     return tuple(value)
+
+
+def parse_rate(t: ConfigTable, prefix: str = "") -> RateLimit | None:
+    """``rate_per_s`` (> 0, may be fractional) and ``burst`` (default max(1, rate)).
+
+    ``prefix`` names the keys differently where the table has other meanings
+    (``source_rate_per_s`` in ``[auth]``).
+    """
+    rate = t.optional(f"{prefix}rate_per_s")
+    burst = t.optional(f"{prefix}burst")
+    if rate is None:
+        if burst is not None:
+            raise ConfigError(t.key(f"{prefix}burst"), f"needs {prefix}rate_per_s")
+        return None
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not rate > 0:
+        raise ConfigError(
+            t.key(f"{prefix}rate_per_s"), f"expected a positive number, got {describe(rate)}"
+        )
+    if burst is None:
+        burst = max(1.0, float(rate))
+    elif not isinstance(burst, int) or isinstance(burst, bool) or burst < 1:
+        raise ConfigError(
+            t.key(f"{prefix}burst"), f"expected an integer ≥ 1, got {describe(burst)}"
+        )
+    return RateLimit(float(rate), float(burst))

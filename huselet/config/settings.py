@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from huselet.config.auth import AuthSettings, parse_auth
+from huselet.config.auth import TENANT_NAME, AuthSettings, RateLimit, parse_auth, parse_rate
 from huselet.config.health import HealthSettings, parse_health
 from huselet.config.table import ConfigTable, TcpAddress, describe
 from huselet.errors import ConfigError
-from huselet.tenants.keys import TENANT_NAME, RateLimit, parse_rate
 
 # A sun_path holds 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107

@@ -33,11 +33,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from huselet.config.auth import TENANT_NAME, RateLimit, parse_rate
 from huselet.config.table import ConfigTable, describe
 from huselet.errors import ConfigError
 
 MAX_KEYS_FILE_BYTES = 1 << 20
-TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 KEY_ID = re.compile(r"^[A-Za-z0-9_-]{4,64}$")
 FUNCTION_PATTERN = re.compile(r"^(?:[a-z0-9][a-z0-9_-]{0,62}|[a-z0-9_-]{0,62}\*)$")
 MIN_SECRET_CHARS = 16
@@ -45,12 +45,6 @@ MIN_SECRET_CHARS = 16
 
 class KeysFileError(ConfigError):
     """The keys file cannot be used; the message names the file and key path."""
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    rate_per_s: float
-    burst: float
 
 
 @dataclass(frozen=True)
@@ -180,31 +174,6 @@ def _parse_tenant(tt: ConfigTable) -> TenantSettings:
     if tt.optional("max_concurrent") is not None:
         max_concurrent = tt.positive_int("max_concurrent")
     return TenantSettings(name, tuple(raw_fns), rate, max_concurrent)
-
-
-def parse_rate(t: ConfigTable, prefix: str = "") -> RateLimit | None:
-    """``rate_per_s`` (> 0, may be fractional) and ``burst`` (default max(1, rate)).
-
-    ``prefix`` names the keys differently where the table has other meanings
-    (``source_rate_per_s`` in ``[auth]``).
-    """
-    rate = t.optional(f"{prefix}rate_per_s")
-    burst = t.optional(f"{prefix}burst")
-    if rate is None:
-        if burst is not None:
-            raise ConfigError(t.key(f"{prefix}burst"), f"needs {prefix}rate_per_s")
-        return None
-    if not isinstance(rate, int | float) or isinstance(rate, bool) or not rate > 0:
-        raise ConfigError(
-            t.key(f"{prefix}rate_per_s"), f"expected a positive number, got {describe(rate)}"
-        )
-    if burst is None:
-        burst = max(1.0, float(rate))
-    elif not isinstance(burst, int) or isinstance(burst, bool) or burst < 1:
-        raise ConfigError(
-            t.key(f"{prefix}burst"), f"expected an integer ≥ 1, got {describe(burst)}"
-        )
-    return RateLimit(float(rate), float(burst))
 
 
 def _parse_key(kt: ConfigTable, tenant: str) -> KeyEntry:
