@@ -42,6 +42,8 @@ class AuthSettings:
     allow_cidrs: tuple[str, ...] = ()
     deny_cidrs: tuple[str, ...] = ()
     keys_poll_ms: int = 1000  # how often the keys file is checked for changes
+    # A 429 is held back this long, so a client retrying in a loop costs little (0: at once).
+    throttle_delay_ms: int = 250
 
 
 def parse_auth(t: ConfigTable) -> AuthSettings:
@@ -55,6 +57,7 @@ def parse_auth(t: ConfigTable) -> AuthSettings:
         allow_cidrs=_cidrs(t, "allow_cidrs"),
         deny_cidrs=_cidrs(t, "deny_cidrs"),
         keys_poll_ms=t.positive_int("keys_poll_ms", default=1000, minimum=50),
+        throttle_delay_ms=t.non_negative_int("throttle_delay_ms", default=250),
     )
     t.finish()
     if settings.keys_file is not None:

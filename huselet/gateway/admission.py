@@ -88,12 +88,17 @@ class Refusal(HuseletError):
         *,
         retry_after_s: int | None = None,
         challenge: bytes | None = None,
+        pause_s: float = 0.0,
     ) -> None:
         super().__init__(message, retry_after_s=retry_after_s)
         self.reason = reason
         self.status = status
         self.code = _CODES[status]
         self.challenge = challenge  # WWW-Authenticate value of a 401
+        # How long the ingress should hold this reply back (throttled callers only):
+        # a client that retries at once then costs a few requests a second per
+        # connection instead of as many as the node can refuse.
+        self.pause_s = pause_s
 
 
 class FunctionPolicy(Protocol):
@@ -203,6 +208,7 @@ class Admission:
         self._source_buckets: SourceBuckets | None = None
         self.settings = settings
         self.mode = AuthMode.OPEN
+        self._last_date, self._last_at = b"", 0.0
         self.configure(settings)
 
     # --- configuration (start and reload) ----------------------------------------------
@@ -218,6 +224,7 @@ class Admission:
         else:
             self.mode = AuthMode.OPEN
         self._skew_s = float(settings.max_skew_s)
+        self._throttle_delay_s = settings.throttle_delay_ms / 1000
         self._replay.capacity = settings.replay_cache_size
         self._sources = SourcePolicy(
             parse_networks(settings.allow_cidrs), parse_networks(settings.deny_cidrs)
@@ -252,11 +259,22 @@ class Admission:
         *,
         retry_after_s: int | None = None,
     ) -> Refusal:
+        """Count the refusal and build it (with the challenge or the delay its status needs)."""
         self.stats.refused(reason, tenant, self._clock())
         challenge = None
         if status == 401:
             challenge = ALGORITHM_B if self.mode is AuthMode.SIGNED else b'Bearer realm="huselet"'
-        return Refusal(reason, message, status, retry_after_s=retry_after_s, challenge=challenge)
+        # Throttled callers wait for their answer (the whole delay: a client that
+        # retries at once must not turn the delay into a shorter retry loop).
+        pause_s = self._throttle_delay_s if status == 429 else 0.0
+        return Refusal(
+            reason,
+            message,
+            status,
+            retry_after_s=retry_after_s,
+            challenge=challenge,
+            pause_s=pause_s,
+        )
 
     def admit(self, request: AdmissionRequest) -> Ticket:
         """A ticket for ``request``, or a :class:`Refusal` raised (see the module doc)."""
@@ -372,10 +390,16 @@ class Admission:
             )
         values = self._signed_values(creds.signed_headers, request.headers, peer, tenant.name)
         date = values[_DATE_HEADER_B]
-        try:
-            at = parse_timestamp(date)
-        except SigningError as exc:
-            raise self._auth_failed(RefusalReason.MALFORMED, str(exc), peer, tenant.name) from None
+        if date == self._last_date:  # most requests of a second share their timestamp
+            at = self._last_at
+        else:
+            try:
+                at = parse_timestamp(date)
+            except SigningError as exc:
+                raise self._auth_failed(
+                    RefusalReason.MALFORMED, str(exc), peer, tenant.name
+                ) from None
+            self._last_date, self._last_at = date, at
         if abs(now - at) > self._skew_s:
             raise self._auth_failed(
                 RefusalReason.STALE_TIMESTAMP,

@@ -19,7 +19,7 @@ import trio
 from huselet.config import AuthSettings, GatewaySettings, TcpAddress
 from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import BadRequest, Draining, HuseletError, PayloadTooLarge, Unauthorized
-from huselet.gateway.admission import Admission, AdmissionRequest, AuthMode
+from huselet.gateway.admission import Admission, AdmissionRequest, AuthMode, Refusal
 from huselet.gateway.connection import (
     LINGER_S,
     TRANSPORT_ERRORS,
@@ -202,6 +202,12 @@ class HttpIngress:
             if route is HEALTHZ:
                 return HEALTH_DRAINING if self._scheduler.draining else HEALTH_OK
             return await self._invoke(route.function, head, read_body)
+        except Refusal as exc:
+            if exc.pause_s > 0:
+                # Throttled: hold the 429 back (bounded by auth.throttle_delay_ms) so a
+                # client retrying in a loop cannot keep the event loop busy refusing it.
+                await trio.sleep(exc.pause_s)
+            return error_reply(exc)
         except HuseletError as exc:
             return error_reply(exc)
 

@@ -97,7 +97,10 @@ def read_head(request: h11.Request) -> RequestHead:
     head = RequestHead(request.method, request.target, "")
     client_id: bytes | None = None
     size = len(request.method) + len(request.target)
+    # Kept as a list: iterating h11's Headers again later costs more than this.
+    headers: list[tuple[bytes, bytes]] = []
     for name, value in request.headers:  # names come lower-cased from h11
+        headers.append((name, value))
         size += len(name) + len(value)
         field = _SINGLE_HEADERS.get(name)
         if field is not None:
@@ -111,7 +114,7 @@ def read_head(request: h11.Request) -> RequestHead:
         elif name == b"x-huselet-request-id":
             client_id = value
     head.size = size
-    head.headers = request.headers
+    head.headers = headers
     if client_id is not None and _CLIENT_REQUEST_ID.fullmatch(client_id):
         head.request_id = client_id.decode("ascii")
     else:

@@ -51,6 +51,7 @@ def test_values(tmp_path: Path) -> None:
         "source_rate_per_s": 5,
         "allow_cidrs": ["10.0.0.0/8"],
         "deny_cidrs": ["10.9.0.0/16", "::1"],
+        "throttle_delay_ms": 0,
     }
     config = parse_config(
         raw(tmp_path, auth, tenant="acme", rate_per_s=0.5, burst=4, max_concurrent=2),
@@ -59,6 +60,7 @@ def test_values(tmp_path: Path) -> None:
     assert config.auth.keys_file == (tmp_path / "keys.toml").resolve()
     assert config.auth.source_rate == RateLimit(5.0, 5.0)
     assert config.auth.deny_cidrs == ("10.9.0.0/16", "::1")
+    assert config.auth.throttle_delay_ms == 0
     fn = config.functions[0]
     assert (fn.tenant, fn.rate, fn.max_concurrent) == ("acme", RateLimit(0.5, 4.0), 2)
 

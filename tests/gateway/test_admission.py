@@ -131,6 +131,7 @@ def test_each_refusal_has_its_reason_and_status(ring: KeyRing) -> None:
     for req, reason, status in cases:
         err = refused(adm, req)
         assert (err.reason, err.status) == (reason, status), err.message
+        assert err.pause_s == 0
         assert ACME.secret not in err.message
     assert adm.admit(request(ACME, "acme-fn", at=NOW - 299)).tenant == "acme"
     assert adm.admit(request(ACME, "shared-thing")).tenant == "acme"  # granted by prefix
@@ -207,6 +208,7 @@ def test_tenant_rate_and_concurrency(ring: KeyRing) -> None:
     tickets = [adm.admit(request(ACME, "acme-fn", body=str(i).encode())) for i in range(2)]
     err = refused(adm, request(ACME, "acme-fn", body=b"3"))
     assert (err.reason, err.status, err.retry_after_s) == (RefusalReason.TENANT_RATE, 429, 1)
+    assert err.pause_s == 0.25  # auth.throttle_delay_ms: the ingress holds the 429 back
     assert "tenant acme" in err.message and "tenant_rate" in err.message
     # Another tenant is not affected.
     adm.admit(request(GLOBEX, "globex-fn")).release()
