@@ -369,7 +369,7 @@ class Admission:
         if authorization is None or not authorization.startswith(ALGORITHM_B + b" "):
             raise self._auth_failed(
                 RefusalReason.MISSING_AUTH,
-                "this node requires signed requests (Authorization: HUSELET-HMAC-SHA256 …)",
+                "this node requires signed requests (Authorization: HUSELET-HMAC-SHA256 ...)",
                 peer,
             )
         try:
