@@ -47,6 +47,7 @@ from huselet.log import get_logger
 from huselet.notify import SystemdNotifier
 from huselet.reload import ConfigReloader
 from huselet.runtime import available_runtimes, create_runtimes
+from huselet.tenants.keys import KeyRing
 from huselet.tenants.keystore import KeyStore
 from protocol.frames import DEFAULT_MAX_FRAME
 
@@ -103,7 +104,7 @@ class Daemon:
             bearer_token=None if token is None else token.encode("utf-8"),
             functions=self._function_policy,
         )
-        self.keys.on_change = self.admission.set_keys
+        self.keys.on_change = self._keys_changed
         if self.keys.enabled:
             try:
                 self.keys.load()
@@ -172,6 +173,25 @@ class Daemon:
         # [auth] applies live: limits re-tuned (buckets kept), keys file re-read below.
         self.admission.configure(config.auth)
         self.keys.retarget(config.auth.keys_file)
+
+    def _keys_changed(self, ring: KeyRing) -> None:
+        self.admission.set_keys(ring)
+        owners = {fn.name: fn.tenant for fn in self.config.functions if fn.tenant is not None}
+        orphans = sorted(name for name, tenant in owners.items() if tenant not in ring.tenants)
+        if orphans:
+            # Nobody can invoke them (unless granted): most likely a typo.
+            log.warning("functions owned by tenants the keys file lacks", functions=orphans)
+        shared = sorted(
+            fn.name
+            for fn in self.config.functions
+            if fn.tenant is not None and fn.runtime == "process"
+        )
+        if len({owners[name] for name in shared}) > 1:
+            log.warning(
+                "functions of several tenants run on the process runtime, which does not "
+                "isolate them (same uid, host namespaces); use fork, bwrap or oci",
+                functions=shared,
+            )
 
     def _function_policy(self, name: str) -> FunctionSettings | None:
         pool = self.scheduler.pools.get(name)

@@ -312,3 +312,8 @@ def test_cli_invoke_signs_with_a_key_file_or_the_environment(daemon: Daemon, roo
     }
     denied = subprocess.run(base, capture_output=True, text=True, timeout=30, env=env)
     assert denied.returncode == 1 and "HTTP 403" in denied.stderr
+
+
+def test_tenants_sharing_the_process_runtime_are_warned_about(daemon: Daemon) -> None:
+    warned = [e for e in daemon.logs() if "does not isolate them" in str(e.get("msg"))]
+    assert warned and warned[0]["functions"] == ["acme-echo", "globex-echo", "slow-echo"]
