@@ -68,7 +68,24 @@ from huselet.tenants.stats import AdmissionStats, RefusalReason
 _CONTENT_HEADER_B = CONTENT_HEADER.encode()
 _DATE_HEADER_B = DATE_HEADER.encode()
 _SHA256_HEX = re.compile(rb"[0-9a-f]{64}")
+_TENANT_LIMITS = (RefusalReason.TENANT_RATE, RefusalReason.TENANT_CONCURRENCY)
+_FUNCTION_LIMITS = (RefusalReason.FUNCTION_RATE, RefusalReason.FUNCTION_CONCURRENCY)
 _CODES = {401: "unauthorized", 403: "forbidden", 429: "rate_limited", 503: "unavailable"}
+
+
+_wanted_cache: dict[tuple[bytes, ...], frozenset[bytes] | None] = {}
+
+
+def _wanted(signed: tuple[bytes, ...]) -> frozenset[bytes] | None:
+    """The signed names as a set, or None when a required one is missing (cached)."""
+    try:
+        return _wanted_cache[signed]
+    except KeyError:
+        pass
+    wanted = frozenset(signed) if all(n in signed for n in REQUIRED_SIGNED) else None
+    if len(_wanted_cache) < 256:  # callers use a handful of header sets
+        _wanted_cache[signed] = wanted
+    return wanted
 
 
 class AuthMode(enum.StrEnum):
@@ -457,15 +474,14 @@ class Admission:
         peer: str,
         tenant: str,
     ) -> dict[bytes, bytes]:
-        for name in REQUIRED_SIGNED:
-            if name not in signed:
-                raise self._auth_failed(
-                    RefusalReason.MALFORMED,
-                    "SignedHeaders must include host, x-huselet-content-sha256 and x-huselet-date",
-                    peer,
-                    tenant,
-                )
-        wanted = frozenset(signed)
+        wanted = _wanted(signed)
+        if wanted is None:
+            raise self._auth_failed(
+                RefusalReason.MALFORMED,
+                "SignedHeaders must include host, x-huselet-content-sha256 and x-huselet-date",
+                peer,
+                tenant,
+            )
         values: dict[bytes, bytes] = {}
         has_content_type = False
         for name, value in headers:
@@ -485,14 +501,14 @@ class Admission:
             raise self._auth_failed(
                 RefusalReason.MALFORMED, "content-type must be a signed header", peer, tenant
             )
-        for name in signed:
-            if name not in values:
-                raise self._auth_failed(
-                    RefusalReason.MALFORMED,
-                    f"signed header {name.decode('ascii')} is not in the request",
-                    peer,
-                    tenant,
-                )
+        if len(values) != len(signed):
+            missing = next(name for name in signed if name not in values)
+            raise self._auth_failed(
+                RefusalReason.MALFORMED,
+                f"signed header {missing.decode('ascii')} is not in the request",
+                peer,
+                tenant,
+            )
         return values
 
     # --- limits -------------------------------------------------------------------------
@@ -515,33 +531,10 @@ class Admission:
             fn_limits.tune(fn.rate, fn.max_concurrent, now)
         elif function in self._function_limits:
             del self._function_limits[function]  # its limits were removed
-        for limits, rate_reason, gate_reason, what in (
-            (tenant_limits, RefusalReason.TENANT_RATE, RefusalReason.TENANT_CONCURRENCY,
-             f"tenant {tenant_name}"),
-            (fn_limits, RefusalReason.FUNCTION_RATE, RefusalReason.FUNCTION_CONCURRENCY,
-             f"function {function}"),
-        ):  # fmt: skip
-            if limits is None:
-                continue
-            bucket = limits.bucket
-            if bucket is not None and not bucket.ready(now):
-                raise self.refuse(
-                    rate_reason,
-                    f"{what} is over its rate of {bucket.rate:g} requests/s "
-                    f"(burst {bucket.burst:g}); limit {rate_reason.value}",
-                    429,
-                    tenant_name,
-                    retry_after_s=retry_after(bucket.wait_s(now)),
-                )
-            if not limits.gate.has_room():
-                raise self.refuse(
-                    gate_reason,
-                    f"{what} has {limits.gate.limit} requests in flight, its limit; "
-                    f"limit {gate_reason.value}",
-                    429,
-                    tenant_name,
-                    retry_after_s=1,
-                )
+        if tenant_limits is not None:
+            self._check(tenant_limits, now, tenant_name, f"tenant {tenant_name}", _TENANT_LIMITS)
+        if fn_limits is not None:
+            self._check(fn_limits, now, tenant_name, f"function {function}", _FUNCTION_LIMITS)
         gates: list[Gate] = []
         for limits in (tenant_limits, fn_limits):
             if limits is not None:
@@ -551,6 +544,34 @@ class Admission:
                 gates.append(limits.gate)
         self.stats.admitted(tenant_name, now)
         return Ticket(self, tenant_name, tuple(gates), body_sha256)
+
+    def _check(
+        self,
+        limits: _Limited,
+        now: float,
+        tenant: str | None,
+        what: str,
+        reasons: tuple[RefusalReason, RefusalReason],
+    ) -> None:
+        bucket = limits.bucket
+        if bucket is not None and not bucket.ready(now):
+            raise self.refuse(
+                reasons[0],
+                f"{what} is over its rate of {bucket.rate:g} requests/s "
+                f"(burst {bucket.burst:g}); limit {reasons[0].value}",
+                429,
+                tenant,
+                retry_after_s=retry_after(bucket.wait_s(now)),
+            )
+        if not limits.gate.has_room():
+            raise self.refuse(
+                reasons[1],
+                f"{what} has {limits.gate.limit} requests in flight, its limit; "
+                f"limit {reasons[1].value}",
+                429,
+                tenant,
+                retry_after_s=1,
+            )
 
     # --- visibility -----------------------------------------------------------------------
 
