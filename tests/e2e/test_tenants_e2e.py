@@ -317,3 +317,36 @@ def test_cli_invoke_signs_with_a_key_file_or_the_environment(daemon: Daemon, roo
 def test_tenants_sharing_the_process_runtime_are_warned_about(daemon: Daemon) -> None:
     warned = [e for e in daemon.logs() if "does not isolate them" in str(e.get("msg"))]
     assert warned and warned[0]["functions"] == ["acme-echo", "globex-echo", "slow-echo"]
+
+
+def test_open_node_limits_sources_and_applies_cidr_lists_on_reload() -> None:
+    root = Path(tempfile.mkdtemp(prefix="hlt"))
+    try:
+        write_package(root, "echo", ECHO)
+        config = write_config(root, FUNCTIONS_OPEN)
+        auth = "[auth]\nsource_rate_per_s = 0.01\nsource_burst = 2\n"
+        config.write_text(config.read_text().replace("[gateway]", auth + "[gateway]"))
+        with Daemon(config) as d:
+            codes = [d.invoke("echo", {}).status_code for _ in range(3)]
+            assert codes == [200, 200, 429]
+            r = d.invoke("echo", {})
+            assert reason(r) == "source_rate" and int(r.headers["retry-after"]) >= 1
+            denied = auth + 'deny_cidrs = ["127.0.0.0/8", "::1"]\n'
+            config.write_text(config.read_text().replace(auth, denied))
+            assert d.ctl("reload").returncode == 0
+            r = d.invoke("echo", {})
+            assert r.status_code == 403 and reason(r) == "source_denied"
+            with d.client() as c:
+                assert c.get("/healthz").status_code == 200  # probes stay open
+            refusals = d.status()["admission"]["refusals"]
+            assert refusals["source_rate"]["-"] >= 2 and refusals["source_denied"]["-"] == 1
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+FUNCTIONS_OPEN = """
+[[functions]]
+name = "echo"
+package = "pkgs/echo"
+handler = "main:handler"
+"""
