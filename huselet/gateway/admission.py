@@ -51,9 +51,9 @@ from huselet.client.signing import (
     signature,
     string_to_sign,
 )
-from huselet.config.auth import AuthSettings
+from huselet.config.auth import AuthSettings, RateLimit
 from huselet.errors import HuseletError
-from huselet.tenants.keys import EMPTY_RING, KeyRing, RateLimit, TenantSettings
+from huselet.tenants.keys import EMPTY_RING, KeyRing, TenantSettings
 from huselet.tenants.limits import (
     Gate,
     ReplayCache,

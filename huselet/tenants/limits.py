@@ -13,7 +13,7 @@ import heapq
 import math
 from collections import OrderedDict
 
-from huselet.tenants.keys import RateLimit
+from huselet.config.auth import RateLimit
 
 
 class TokenBucket:
