@@ -19,6 +19,11 @@ and measures:
 3. **idle memory**: those instances, idle, as PSS (``/proc/<pid>/smaps_rollup``
    over each instance's processes) per instance — plus the zygote's RSS.
 
+4. **FastAPI app** (``--fastapi-starts``, its own table): cold starts of a
+   real FastAPI app (``kind = "asgi"``) answering ``GET /items/{id}``, for
+   ``--fastapi-runtimes`` (default ``process,fork-bare``: both see the venv's
+   site-packages, where FastAPI is a test extra), p50/p99 side by side.
+
 Numbers are printed, not asserted. Needs root for the sandboxing runtimes.
 """
 
@@ -137,6 +142,63 @@ async def cold_starts(root: Path, runtime_name: str, n: int) -> dict[str, float]
     }
 
 
+FASTAPI_APP = """
+from fastapi import FastAPI
+
+app = FastAPI()
+
+@app.get("/items/{item_id}")
+async def read_item(item_id: int):
+    return {"item_id": item_id}
+"""
+
+
+async def fastapi_cold_starts(root: Path, runtime_name: str, n: int) -> dict[str, float]:
+    """Cold starts of a FastAPI app: invoke -> reply with no instance, ``n`` times."""
+    from protocol.link import HttpRequest
+
+    pkg = package(root, "api", FASTAPI_APP)
+    fn = {"name": "api", "package": pkg, "app": "main:app", "kind": "asgi"}
+    fn |= {"idle_timeout_ms": 1, "max_instances": 4, "start_timeout_ms": 60_000}
+    http = HttpRequest("GET", "/items/7", "", (("host", "bench"),), "127.0.0.1")
+    async with stack(root, runtime_name, [fn]) as (scheduler, _):
+        pool = scheduler.pools["api"]
+        first = await scheduler.invoke("api", b"", "bytes", http=http)  # zygote built
+        assert first.body == b'{"item_id":7}', first
+        latencies = []
+        for _ in range(n):
+            with trio.fail_after(60):
+                while pool.instances:
+                    await trio.sleep(0.0002)
+            t0 = time.perf_counter()
+            await scheduler.invoke("api", b"", "bytes", http=http)
+            latencies.append((time.perf_counter() - t0) * 1000)
+    return {"p50": statistics.median(latencies), "p99": percentile(latencies, 99)}
+
+
+async def fastapi_section(runtimes: str, n: int) -> None:
+    if n <= 0:
+        return
+    rows = []
+    for name in runtimes.split(","):
+        why = available(name)
+        if why:
+            print(f"fastapi on {name}: skipped ({why})")
+            continue
+        root = Path(tempfile.mkdtemp(prefix="hlb"))
+        try:
+            print(f"fastapi on {name}: {n} cold starts ...", flush=True)
+            rows.append((name, await fastapi_cold_starts(root, name, n)))
+        except Exception as exc:
+            print(f"fastapi on {name}: failed: {type(exc).__name__}: {exc}")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"\nFastAPI app cold start ({n} starts each; invoke -> reply, GET /items/7)")
+    print(f"{'runtime':<10} {'p50':>9} {'p99':>9}")
+    for name, cold in rows:
+        print(f"{name:<10} {cold['p50']:7.2f}ms {cold['p99']:7.2f}ms")
+
+
 def pss_kb(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -236,11 +298,13 @@ async def main() -> None:
     ap.add_argument("--burst-fork", type=int, default=500, help="burst size for fork runtimes")
     ap.add_argument("--burst", type=int, default=50, help="burst size for the others")
     ap.add_argument("--quick", action="store_true", help="50 starts, bursts of 100/20")
+    ap.add_argument("--fastapi-runtimes", default="process,fork-bare")
+    ap.add_argument("--fastapi-starts", type=int, default=50, help="0: skip the FastAPI app")
     args = ap.parse_args()
     if args.quick:
         args.starts, args.burst_fork, args.burst = 50, 100, 20
     rows = []
-    for name in args.runtimes.split(","):
+    for name in filter(None, args.runtimes.split(",")):  # --runtimes "": only the app table
         why = available(name)
         if why:
             print(f"{name}: skipped ({why})")
@@ -270,6 +334,7 @@ async def main() -> None:
             f"{b['zygote_mb']:6.1f}MB"
         )
     print(f"\n{os.cpu_count()} CPUs, {os.uname().release}; cold = invoke→reply with no instance.")
+    await fastapi_section(args.fastapi_runtimes, min(args.fastapi_starts, args.starts))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ What applies live, without dropping traffic:
   now (the operator just said "fixed": don't make them wait the backoff).
 
 What does not apply live — ``[node]``, ``[gateway]``, ``[admin]``, ``[cache]``,
-``[scheduler]``, ``[runtimes]``, ``[health]`` — is reported as needing a
+``[scheduler]``, ``[runtimes]``, ``[health]``, ``[metrics]``, ``[log]`` — is reported as needing a
 restart and the running values stay. An invalid file is refused whole with
 its error; nothing changes. Functions deployed by the central scheduler are
 not the file's to touch.
@@ -53,7 +53,9 @@ LIVE_FIELDS = frozenset(
     }
 )
 READ_TIMEOUT_S = 10.0
-SECTIONS_NEEDING_RESTART = ("node", "gateway", "admin", "cache", "scheduler", "runtimes", "health")
+SECTIONS_NEEDING_RESTART = (
+    *("node", "gateway", "admin", "cache", "scheduler", "runtimes", "health", "metrics", "log"),
+)
 
 
 class ReloadRefused(HuseletError):

@@ -25,8 +25,10 @@ from urllib.parse import urlsplit
 
 from huselet.config.auth import TENANT_NAME, AuthSettings, RateLimit, parse_auth, parse_rate
 from huselet.config.health import HealthSettings, parse_health
+from huselet.config.observe import LogSettings, MetricsSettings, parse_log, parse_metrics
 from huselet.config.table import ConfigTable, TcpAddress, describe
 from huselet.errors import ConfigError
+from protocol.link import EntryKind
 
 # A sun_path holds 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107
@@ -59,6 +61,10 @@ class GatewaySettings:
     read_timeout_ms: int = 10_000  # headers + body of one request
     auth_token_file: Path | None = None
     allow_unauthenticated: bool = False
+    # The framed ingress (protocol/FRAMED.md): off unless an address or socket is set.
+    framed: TcpAddress | None = None
+    framed_socket: Path | None = None
+    framed_max_inflight: int = 256  # unanswered calls per framed connection
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,9 @@ class FunctionSettings:
     # Safe to run twice: a request whose instance died is retried once on a
     # fresh instance instead of answered with 502. Never assumed.
     idempotent: bool = False
+    # How the worker calls ``handler`` (for apps: ``app``): ``events = "http"``
+    # and ``kind = "wsgi" | "asgi"`` take HTTP requests (ANY /v1/invoke/NAME/...).
+    kind: EntryKind = EntryKind.HANDLER
     # The tenant owning the function (keys file); None: only tenants granted it.
     tenant: str | None = None
     rate: RateLimit | None = None  # rate_per_s / burst at admission, all callers together
@@ -181,6 +190,8 @@ class Config:
     cache: CacheSettings = field(default_factory=CacheSettings)
     scheduler: SchedulerLinkSettings | None = None  # None: standalone
     health: HealthSettings = field(default_factory=HealthSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    log: LogSettings = field(default_factory=LogSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     def function(self, name: str) -> FunctionSettings | None:
@@ -257,6 +268,9 @@ def parse_config(
         read_timeout_ms=gw_t.positive_int("read_timeout_ms", default=10_000),
         auth_token_file=gw_t.optional_path("auth_token_file"),
         allow_unauthenticated=gw_t.boolean("allow_unauthenticated", default=False),
+        framed=gw_t.optional_tcp_address("framed"),
+        framed_socket=gw_t.optional_path("framed_socket"),
+        framed_max_inflight=gw_t.positive_int("framed_max_inflight", default=256, maximum=65536),
     )
     gw_t.finish()
     auth = parse_auth(t.table("auth"))
@@ -266,18 +280,32 @@ def parse_config(
             "conflicts with gateway.auth_token_file: use signed requests (keys file) or the "
             "single-tenant bearer token, not both",
         )
-    if (
-        not gateway.http.is_loopback
-        and gateway.auth_token_file is None
-        and auth.keys_file is None
-        and not gateway.allow_unauthenticated
+    if auth.keys_file is not None and (
+        gateway.framed is not None or gateway.framed_socket is not None
     ):
+        # Safe by default: the framed ingress checks only the bearer token so far,
+        # so with tenants it would be a way around their signatures and limits.
         raise ConfigError(
-            "gateway.http",
-            f"{gateway.http} is reachable from other hosts but no gateway.auth_token_file is "
-            "set; set one (or auth.keys_file), or gateway.allow_unauthenticated = true if a "
-            "trusted proxy guards it",
+            "auth.keys_file",
+            "the framed ingress (gateway.framed, gateway.framed_socket) does not take signed "
+            "requests yet; turn it off on a node with tenants",
         )
+    for key, address in (("http", gateway.http), ("framed", gateway.framed)):
+        if (
+            address is not None
+            and not address.is_loopback
+            and gateway.auth_token_file is None
+            and auth.keys_file is None
+            and not gateway.allow_unauthenticated
+        ):
+            raise ConfigError(
+                f"gateway.{key}",
+                f"{address} is reachable from other hosts but no gateway.auth_token_file is "
+                "set; set one (or auth.keys_file), or gateway.allow_unauthenticated = true if a "
+                "trusted proxy guards it",
+            )
+    if gateway.framed_socket is not None:
+        _check_unix_path("gateway.framed_socket", gateway.framed_socket)
     if gateway.auth_token_file is not None and not gateway.auth_token_file.is_file():
         raise ConfigError("gateway.auth_token_file", f"{gateway.auth_token_file} does not exist")
 
@@ -295,6 +323,7 @@ def parse_config(
     cache = _parse_cache(t.table("cache"), node)
     scheduler = _parse_scheduler(t.table("scheduler"), node) if "scheduler" in raw else None
     health = parse_health(t.table("health"))
+    metrics, log_settings = parse_metrics(t.table("metrics")), parse_log(t.table("log"))
 
     runtimes_t = t.table("runtimes")
     runtimes: dict[str, Mapping[str, Any]] = {}
@@ -323,6 +352,8 @@ def parse_config(
         cache=cache,
         scheduler=scheduler,
         health=health,
+        metrics=metrics,
+        log=log_settings,
         auth=auth,
     )
 
@@ -336,9 +367,11 @@ def _parse_function(
     name = ft.string(
         "name", pattern=FUNCTION_NAME, pattern_help="lowercase letters, digits, - and _, at most 63"
     )
-    handler = ft.string("handler", pattern=HANDLER, pattern_help='"module:function"')
+    handler, spec_key, kind = _parse_entry(ft)
     module = handler.split(":", 1)[0]
-    package, image, digest, origin = _parse_code(ft, module, cache or CacheSettings())
+    package, image, digest, origin = _parse_code(
+        ft, module, cache or CacheSettings(), spec_key=spec_key
+    )
     runtime = ft.choice("runtime", tuple(sorted(known_runtimes)), default="process")
     max_instances = ft.positive_int("max_instances", default=8)
     min_instances = ft.non_negative_int("min_instances", default=0)
@@ -366,6 +399,7 @@ def _parse_function(
         digest=digest,
         origin=origin,
         idempotent=ft.boolean("idempotent", default=False),
+        kind=kind,
         tenant=(
             ft.string("tenant", pattern=TENANT_NAME, pattern_help="a tenant name")
             if ft.optional("tenant") is not None
@@ -380,8 +414,34 @@ def _parse_function(
     return fn
 
 
+APP_KINDS = (EntryKind.WSGI.value, EntryKind.ASGI.value)
+EVENT_FORMATS = ("default", "http")
+
+
+def _parse_entry(ft: ConfigTable) -> tuple[str, str, EntryKind]:
+    """``handler`` [+ ``events``], or ``app`` + ``kind``: (spec, its key, kind)."""
+    if "app" in ft.raw:
+        if "handler" in ft.raw:
+            raise ConfigError(ft.key("handler"), "conflicts with app; set exactly one")
+        if "events" in ft.raw:
+            raise ConfigError(
+                ft.key("events"), "only for handler functions; an app always gets HTTP requests"
+            )
+        app = ft.string("app", pattern=HANDLER, pattern_help='"module:attribute"')
+        if "kind" not in ft.raw:
+            raise ConfigError(ft.key("kind"), 'required with app: "wsgi" or "asgi"')
+        return app, "app", EntryKind(ft.choice("kind", APP_KINDS, default="wsgi"))
+    if "kind" in ft.raw:
+        kind = ft.choice("kind", (EntryKind.HANDLER.value, *APP_KINDS), default="handler")
+        if kind != EntryKind.HANDLER.value:
+            raise ConfigError(ft.key("kind"), f'kind = "{kind}" needs app = "module:attribute"')
+    handler = ft.string("handler", pattern=HANDLER, pattern_help='"module:function"')
+    events = ft.choice("events", EVENT_FORMATS, default="default")
+    return handler, "handler", EntryKind.HTTP if events == "http" else EntryKind.HANDLER
+
+
 def _parse_code(
-    ft: ConfigTable, module: str, cache: CacheSettings
+    ft: ConfigTable, module: str, cache: CacheSettings, *, spec_key: str = "handler"
 ) -> tuple[Path, Path | None, str | None, str | None]:
     """Exactly one of ``package``, ``image`` or ``digest`` (+ ``origin``) names the code.
 
@@ -409,13 +469,11 @@ def _parse_code(
             (package / rel).with_suffix(".py").is_file()
             or (package / rel / "__init__.py").is_file()
         ):
-            raise ConfigError(
-                ft.key("handler"), f"module {module!r} not found in package {package}"
-            )
+            raise ConfigError(ft.key(spec_key), f"module {module!r} not found in package {package}")
         return package.resolve(), None, None, None
     if given[0] == "image":
         image = ft.path("image").resolve()
-        _check_image(ft, image, module, rel)
+        _check_image(ft, image, module, rel, spec_key)
         return IMAGE_ONLY_CWD, image, None, None
     digest = ft.string("digest", pattern=DIGEST, pattern_help="64 lowercase hex digits (sha256)")
     if "origin" in ft.raw:
@@ -429,7 +487,7 @@ def _parse_code(
     return IMAGE_ONLY_CWD, None, digest, origin
 
 
-def _check_image(ft: ConfigTable, image: Path, module: str, rel: Path) -> None:
+def _check_image(ft: ConfigTable, image: Path, module: str, rel: Path, spec_key: str) -> None:
     """Open the image's header and index (not its data: the store verifies that)."""
     from cache.errors import CacheError
     from cache.reader import ImageReader
@@ -447,7 +505,7 @@ def _check_image(ft: ConfigTable, image: Path, module: str, rel: Path) -> None:
             f"{rel.as_posix()}/__init__.py"
         )
     if not found:
-        raise ConfigError(ft.key("handler"), f"module {module!r} not found in image {image}")
+        raise ConfigError(ft.key(spec_key), f"module {module!r} not found in image {image}")
 
 
 def _origin_url(t: ConfigTable, key: str) -> str:

@@ -90,9 +90,7 @@ class ConfigTable:
     def table_list(self, name: str) -> list[ConfigTable]:
         value = self._get(name, [])
         if not isinstance(value, list):
-            raise ConfigError(
-                self.key(name), f"expected an array of tables, got {describe(value)}"
-            )
+            raise ConfigError(self.key(name), f"expected an array of tables, got {describe(value)}")
         out = []
         for i, item in enumerate(value):
             if not isinstance(item, dict):
@@ -132,11 +130,20 @@ class ConfigTable:
             raise ConfigError(self.key(name), f"expected true or false, got {describe(value)}")
         return value
 
-    def positive_int(self, name: str, *, default: int | None = None, minimum: int = 1) -> int:
+    def positive_int(
+        self,
+        name: str,
+        *,
+        default: int | None = None,
+        minimum: int = 1,
+        maximum: int | None = None,
+    ) -> int:
         value = self._get(name, REQUIRED if default is None else default)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             what = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
             raise ConfigError(self.key(name), f"expected {what}, got {describe(value)}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(self.key(name), f"{value} is over the maximum of {maximum}")
         return value
 
     def non_negative_int(self, name: str, *, default: int) -> int:
@@ -193,6 +200,12 @@ class ConfigTable:
                     self.key(name), f"{host!r} is not an IP address (or localhost)"
                 ) from None
         return TcpAddress(host, port)
+
+    def optional_tcp_address(self, name: str) -> TcpAddress | None:
+        if name not in self.raw:
+            self._used.add(name)
+            return None
+        return self.tcp_address(name, default="")
 
     def tcp_address_list(self, name: str) -> list[TcpAddress]:
         value = self._get(name, REQUIRED)

@@ -9,7 +9,6 @@ shutdown.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +16,11 @@ from typing import Any
 
 import trio
 
+from huselet.activity import wait_all_zero
 from huselet.config import Config, FunctionSettings
 from huselet.dispatch.instance import CodeProvider
 from huselet.dispatch.invocation import Invocation, InvokeResult
+from huselet.dispatch.observer import InstanceObserver
 from huselet.dispatch.pool import ChangeObserver, FunctionPool
 from huselet.errors import (
     DeadlineExceeded,
@@ -29,13 +30,13 @@ from huselet.errors import (
     UnknownFunction,
 )
 from huselet.log import get_logger
+from huselet.observe.context import RequestMeta
+from huselet.observe.ids import new_request_id
+from huselet.observe.story import RequestStory
 from huselet.runtime.base import Runtime
+from protocol.link import HttpRequest
 
 log = get_logger("scheduler")
-
-
-def new_request_id() -> str:
-    return secrets.token_hex(8)
 
 
 class Dispatcher:
@@ -60,6 +61,9 @@ class Dispatcher:
         self.function_meta: dict[str, dict[str, Any]] = {}
         self._retiring: list[FunctionPool] = []  # replaced/removed, finishing their requests
         self.starts_held: str | None = None  # why no instance may start now (pressure)
+        # Request logs and metrics (the daemon sets it); None: no story is kept.
+        self.story: RequestStory | None = None
+        self.instance_observer: InstanceObserver | None = None  # instance metrics
 
     @property
     def running(self) -> bool:
@@ -83,6 +87,7 @@ class Dispatcher:
             fn, self.runtimes[fn.runtime], path, self._nursery, self.code, self.config.health
         )
         pool.starts_held = self.starts_held
+        pool.observer = self.instance_observer
         self.pools[fn.name] = pool
         pool.on_change = self._emit
         self._emit("function", fn.name, self.describe_function(fn.name))
@@ -178,15 +183,18 @@ class Dispatcher:
         try:
             # Accepted requests keep their deadline; none outlives timeout_ms.
             with trio.move_on_after(pool.settings.timeout_ms / 1000 + 1):
-                while pool.busy():
-                    await trio.sleep(0.05)
+                await pool.outstanding.wait_zero()
             pool.buffer.fail_all(Unavailable("the function was replaced or removed"))
             pool.stop_all("function retired")
             with trio.move_on_after(10):
-                while pool.instances:
-                    await trio.sleep(0.05)
+                await pool.live_instances.wait_zero()
         finally:
             self._retiring.remove(pool)
+
+    def takes_http(self, function: str) -> bool:
+        """Whether ``function`` takes HTTP requests (events = "http", WSGI/ASGI apps)."""
+        pool = self.pools.get(function)
+        return pool is not None and pool.settings.kind.takes_http
 
     async def invoke(
         self,
@@ -196,8 +204,13 @@ class Dispatcher:
         *,
         timeout_ms: int | None = None,
         request_id: str | None = None,
+        http: HttpRequest | None = None,
+        meta: RequestMeta | None = None,
     ) -> InvokeResult:
-        """Run one invocation to completion: a result, or a typed error raised."""
+        """Run one invocation to completion: a result, or a typed error raised.
+
+        ``meta`` brings the caller's trace context and takes back the timings.
+        """
         if self.draining:
             raise Draining("the node is draining and takes no new requests", retry_after_s=1)
         pool = self.pools.get(function)
@@ -207,8 +220,22 @@ class Dispatcher:
         if timeout_ms is not None:
             budget_ms = min(budget_ms, timeout_ms)  # a caller may shorten, never lengthen
         deadline = trio.current_time() + budget_ms / 1000
-        inv = Invocation(request_id or new_request_id(), function, event, kind, deadline)
-        pool.submit(inv)
+        inv = Invocation(request_id or new_request_id(), function, event, kind, deadline, http)
+        story = self.story
+        if meta is not None:
+            inv.trace = meta.traceparent
+        starts = pool.counters["instances_started"]
+        try:
+            pool.submit(inv)
+        except HuseletError as exc:
+            if story is not None:
+                story.refused(pool, inv, exc, meta)
+            raise
+        pool.outstanding.enter()
+        if story is not None:
+            story.admitted(pool, inv, meta)
+            if pool.counters["instances_started"] != starts:
+                story.cold_start(pool, inv)
         try:
             with trio.move_on_at(deadline):
                 await inv.wait()
@@ -224,6 +251,11 @@ class Dispatcher:
                 )
                 inv.complete(error)
                 pool.on_deadline(inv)
+                if timed_out and story is not None:
+                    story.deadline(pool, inv)
+            pool.outstanding.leave()
+        if story is not None:
+            story.finished(pool, inv, meta)
         return inv.result()
 
     # --- drain and stop ---------------------------------------------------------
@@ -234,8 +266,7 @@ class Dispatcher:
         for pool in self.pools.values():
             pool.accepting = False
         with trio.move_on_after(grace_s):
-            while any(pool.busy() for pool in self.pools.values()):
-                await trio.sleep(0.01)
+            await wait_all_zero([pool.outstanding for pool in self.pools.values()])
         for pool in self.pools.values():
             failed = pool.buffer.fail_all(Draining("the node shut down before the request ran"))
             if failed:
@@ -248,8 +279,7 @@ class Dispatcher:
         for pool in pools:
             pool.stop_all("node stopping")
         with trio.move_on_after(timeout_s):
-            while any(pool.instances for pool in pools):
-                await trio.sleep(0.01)
+            await wait_all_zero([pool.live_instances for pool in pools])
 
     # --- resource pressure (the health loops call these) ---------------------------
 

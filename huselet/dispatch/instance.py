@@ -56,6 +56,8 @@ class InstanceRecord:
         self.stop_reason: str | None = None
         self.code: CodeLease | None = None
         self.exit_status: ExitStatus | None = None
+        # When each start phase ended (trio time): code, sandbox, connect (metrics).
+        self.marks: dict[str, float] = {}
 
     @property
     def state(self) -> InstanceState:

@@ -18,12 +18,16 @@ from huselet.errors import HuseletError
 
 if TYPE_CHECKING:
     from huselet.dispatch.instance import InstanceRecord
+    from protocol.link import HttpRequest
 
 
 @dataclass(frozen=True, slots=True)
 class InvokeResult:
     body: bytes
     content_type: str
+    # What an HTTP function chose (status, headers); 200 and none otherwise.
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class InvocationState(enum.Enum):
@@ -38,19 +42,29 @@ class Invocation:
         "_outcome",
         "attempts",
         "deadline",
+        "dispatched_at",
         "enqueued_at",
         "event",
         "function",
+        "http",
         "instance",
         "kind",
         "request_id",
         "state",
+        "trace",
     )
 
     def __init__(
-        self, request_id: str, function: str, event: bytes, kind: str, deadline: float
+        self,
+        request_id: str,
+        function: str,
+        event: bytes,
+        kind: str,
+        deadline: float,
+        http: HttpRequest | None = None,
     ) -> None:
         self.request_id = request_id
+        self.http = http  # the HTTP request, for functions that take HTTP events
         self.function = function
         self.event = event
         self.kind = kind
@@ -59,6 +73,8 @@ class Invocation:
         self.state = InvocationState.QUEUED
         self.instance: InstanceRecord | None = None
         self.attempts = 1  # deliveries to an instance so far, counting a retry
+        self.dispatched_at: float | None = None  # last taken off the queue (timings)
+        self.trace = ""  # W3C traceparent passed on to the handler ("" if none)
         self._outcome: InvokeResult | HuseletError | None = None
         self._done = trio.Event()
 
@@ -74,6 +90,10 @@ class Invocation:
         self._outcome = outcome
         self._done.set()
         return True
+
+    @property
+    def outcome(self) -> InvokeResult | HuseletError | None:
+        return self._outcome
 
     async def wait(self) -> None:
         await self._done.wait()

@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from huselet.activity import ActivityCount
 from huselet.config import FunctionSettings
 from huselet.config.health import HealthSettings
 from huselet.dispatch.buffer import RequestBuffer
@@ -41,10 +42,13 @@ from huselet.dispatch.instance import (
 )
 from huselet.dispatch.invocation import Invocation, InvokeResult
 from huselet.dispatch.links import token_matches
+from huselet.dispatch.observer import InstanceObserver
 from huselet.errors import (
     BadRequest,
+    DeadlineExceeded,
     Draining,
     HandlerError,
+    HandlerStatusError,
     HuseletError,
     InstanceLost,
     InstanceStartFailed,
@@ -55,6 +59,7 @@ from huselet.log import get_logger
 from huselet.runtime.base import InstanceSpec, Runtime, StartFailed
 from protocol.errors import ProtocolError
 from protocol.link import (
+    ERROR_DEADLINE,
     ERROR_INVALID_EVENT,
     FATAL,
     KIND_JSON,
@@ -128,6 +133,10 @@ class FunctionPool:
         self.breaker = CircuitBreaker(self.health.breaker)
         self.buffer = RequestBuffer(settings.max_queue or 1000)
         self.instances: dict[str, InstanceRecord] = {}
+        # Waitable twins of "requests not yet answered" and "instances not yet
+        # torn down": drain and retire wait on them instead of polling.
+        self.outstanding = ActivityCount()  # held by Dispatcher.invoke per request
+        self.live_instances = ActivityCount()  # one per entry of self.instances
         # Sum of all ready instances' credits: capacity that will take a request
         # within microseconds. Counting only parked dispatchers would start a new
         # instance in the instant between a RESULT and its dispatcher re-parking.
@@ -139,6 +148,7 @@ class FunctionPool:
         self.on_change: ChangeObserver | None = None  # instance added / changed / removed
         # Set by the node (memory pressure): no new instances; the reason says why.
         self.starts_held: str | None = None
+        self.observer: InstanceObserver | None = None  # metrics of instance lives
 
     # --- requests -------------------------------------------------------------
 
@@ -197,6 +207,7 @@ class FunctionPool:
         record = InstanceRecord(self.name, self._instance_changed)
         record.breaker_round = self.breaker.opened
         self.instances[record.id] = record
+        self.live_instances.enter()
         self._instance_changed(record)
         self.counters["instances_started"] += 1
         self._nursery.start_soon(self._lifecycle, record, name=f"instance {record.id}")
@@ -225,6 +236,8 @@ class FunctionPool:
                     return
                 record.ready_at = trio.current_time()
                 self.breaker.record_success(record.ready_at)
+                if self.observer is not None:
+                    self.observer.instance_ready(self, record)
                 log.info(
                     "instance ready",
                     pid=record.handle.pid if record.handle else None,
@@ -253,6 +266,7 @@ class FunctionPool:
             raise _StartError(
                 f"its code was not available within {self.settings.start_timeout_ms} ms"
             )
+        record.marks["code"] = trio.current_time()
         spec = InstanceSpec(
             instance_id=record.id,
             function=self.settings,
@@ -264,6 +278,7 @@ class FunctionPool:
             record.handle = await self.runtime.start(spec)
         except StartFailed as exc:
             raise _StartError(str(exc)) from None
+        record.marks["sandbox"] = trio.current_time()
         handle = record.handle
         async with trio.open_nursery() as race:
 
@@ -282,6 +297,7 @@ class FunctionPool:
             raise _StartError(
                 f"the worker did not connect within {self.settings.start_timeout_ms} ms"
             )
+        record.marks["connect"] = trio.current_time()
         try:
             with trio.move_on_at(deadline):
                 first = await record.link.receive()
@@ -305,6 +321,8 @@ class FunctionPool:
         self.last_start_error = reason
         record.stop_reason = "start failed"
         log.error("instance start failed", function=self.name, instance=record.id, reason=reason)
+        if self.observer is not None:
+            self.observer.start_failed(self, record, reason)
         others_alive = any(r is not record for r in self.instances.values())
         if not others_alive:
             # Nothing can serve what is queued: answer it now rather than at its deadline.
@@ -413,7 +431,9 @@ class FunctionPool:
                 record.sending = inv
                 try:
                     await link.send(
-                        Request(inv.request_id, inv.event, inv.kind, timeout_ms).encode()
+                        Request(
+                            inv.request_id, inv.event, inv.kind, timeout_ms, inv.http, inv.trace
+                        ).encode()
                     )
                     record.sending = None
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -515,11 +535,18 @@ class FunctionPool:
         if inv is None:
             return  # a late result for a request already answered (deadline, drain)
         record.served += 1
+        if record.served == 1 and self.observer is not None:
+            self.observer.first_reply(self, record, inv)
         if self.single_use:
             record.stop("served")  # takes effect at the next checkpoint, after this result
         if result.ok:
             content_type = CONTENT_TYPES.get(result.kind, "application/octet-stream")
-            if inv.complete(InvokeResult(result.body, content_type)):
+            outcome = InvokeResult(result.body, content_type)
+            if result.http is not None:  # an HTTP function chose status and headers
+                outcome = InvokeResult(
+                    result.body, content_type, result.http.status, result.http.headers
+                )
+            if inv.complete(outcome):
                 self.counters["ok"] += 1
             if self.breaker.state is not BreakerState.CLOSED:
                 self.breaker.record_success(trio.current_time())  # the half-open trial worked
@@ -528,12 +555,19 @@ class FunctionPool:
         error: HuseletError
         if result.error.type == ERROR_INVALID_EVENT:
             error = BadRequest(result.error.message)
+        elif result.error.type == ERROR_DEADLINE:  # the worker cancelled an async handler
+            error = DeadlineExceeded(result.error.message)
+        elif result.error.status is not None:  # the handler raised HTTPError
+            error = HandlerStatusError(result.error.status, result.error.type, result.error.message)
         else:
             error = HandlerError(result.error.type, result.error.message)
         if inv.complete(error):
-            self.counters[
-                "handler_errors" if isinstance(error, HandlerError) else "bad_events"
-            ] += 1
+            if isinstance(error, DeadlineExceeded):
+                self.counters["deadline_cancelled"] += 1
+            else:
+                self.counters[
+                    "handler_errors" if isinstance(error, HandlerError) else "bad_events"
+                ] += 1
 
     async def _stop_handle(self, record: InstanceRecord, graceful: bool) -> None:
         """Stop the sandbox (gracefully when asked) and record how it exited."""
@@ -596,8 +630,12 @@ class FunctionPool:
                 if inv.complete(InstanceLost(f"{what} while serving the request")):
                     self.counters["instance_lost"] += 1
             record.inflight.clear()
-        if self.instances.pop(record.id, None) is not None and self.on_change is not None:
-            self.on_change("instance", record.id, None)
+        if self.instances.pop(record.id, None) is not None:
+            self.live_instances.leave()
+            if self.on_change is not None:
+                self.on_change("instance", record.id, None)
+        if self.observer is not None:
+            self.observer.instance_ended(self, record)
         if record.stop_reason not in PLANNED_STOPS:
             self.counters["instances_lost"] += 1
             if record.stop_reason != "request deadline passed":
@@ -678,9 +716,6 @@ class FunctionPool:
     def instance_pids(self) -> list[int]:
         handles = [r.handle for r in self.instances.values() if r.handle is not None]
         return [h.pid for h in handles if h.pid is not None]
-
-    def busy(self) -> bool:
-        return self.buffer.live_count() > 0 or any(r.inflight for r in self.instances.values())
 
     def stop_all(self, reason: str) -> None:
         self.accepting = False

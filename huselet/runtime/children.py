@@ -25,6 +25,7 @@ import trio
 
 from huselet.config import FunctionSettings
 from huselet.log import get_logger
+from huselet.observe.output import log_output_line
 from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, StartFailed
 from huselet.runtime.cgroups import Cgroup
 
@@ -56,6 +57,7 @@ def function_env(fn: FunctionSettings, image: Any = None) -> dict[str, str]:
             "HUSELET_FUNCTION": fn.name,
             "HUSELET_PACKAGE": str(fn.package),
             "HUSELET_HANDLER": fn.handler,
+            "HUSELET_KIND": fn.kind.value,
         }
     )
     if image is not None:
@@ -258,5 +260,5 @@ async def pump_output(fd: int, stream_name: str, fields: dict[str, Any], logger:
 
 
 def log_output(line: bytes, stream_name: str, fields: dict[str, Any], logger: Any = log) -> None:
-    text = line[:MAX_LOG_LINE].decode("utf-8", "replace")
-    logger.info("instance output", stream=stream_name, line=text, **fields)
+    # Lines the worker tagged carry their request id (and tracebacks come whole).
+    log_output_line(line, stream_name, fields, logger, MAX_LOG_LINE)

@@ -185,7 +185,12 @@ class ForkRuntime(Runtime):
         # The tenant is part of the key: a function that changes owner never
         # gets the previous owner's zygote (nor its network namespace).
         key = (
-            identity(fn), str(fn.package), fn.handler, str(image), tuple(sorted(fn.env.items()))
+            identity(fn),
+            str(fn.package),
+            fn.handler,
+            fn.kind.value,
+            str(image),
+            tuple(sorted(fn.env.items())),
         )
         slot = self._slots.get(key)
         if slot is not None and not slot.closed:

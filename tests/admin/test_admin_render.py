@@ -118,8 +118,7 @@ def columns_of(table: str) -> dict[str, list[str]]:
     names = [padded[0][a:b].strip() for a, b in runs]
     assert names == lines[0].split(), f"header and columns disagree: {names}"
     return {
-        n: [line[a:b].strip() for line in padded[1:]]
-        for n, (a, b) in zip(names, runs, strict=True)
+        n: [line[a:b].strip() for line in padded[1:]] for n, (a, b) in zip(names, runs, strict=True)
     }
 
 
