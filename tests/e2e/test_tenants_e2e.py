@@ -51,12 +51,28 @@ name = "slow-echo"
 package = "pkgs/echo"
 handler = "main:handler"
 tenant = "slow"
+
+[[functions]]
+name = "acme-web"
+package = "pkgs/echo"
+handler = "main:web"
+events = "http"
+tenant = "acme"
 """
 
 ECHO = """
-import os
+import json, os
 def handler(event, context):
     return {"event": event, "function": context.function_name, "uid": os.getuid()}
+
+def web(event, context):
+    seen = {
+        "method": event["requestContext"]["http"]["method"],
+        "path": event["rawPath"],
+        "query": event["rawQueryString"],
+        "authorization": event["headers"].get("authorization"),
+    }
+    return {"statusCode": 200, "body": json.dumps(seen)}
 """
 
 
@@ -316,7 +332,31 @@ def test_cli_invoke_signs_with_a_key_file_or_the_environment(daemon: Daemon, roo
 
 def test_tenants_sharing_the_process_runtime_are_warned_about(daemon: Daemon) -> None:
     warned = [e for e in daemon.logs() if "does not isolate them" in str(e.get("msg"))]
-    assert warned and warned[0]["functions"] == ["acme-echo", "globex-echo", "slow-echo"]
+    assert warned and warned[0]["functions"] == [
+        "acme-echo",
+        "acme-web",
+        "globex-echo",
+        "slow-echo",
+    ]
+
+
+def test_http_functions_take_signed_requests_of_any_method_and_sub_path(daemon: Daemon) -> None:
+    target = "/v1/invoke/acme-web/reports/7?b=2&a=1"
+    headers = {"Host": daemon.url.removeprefix("http://")}
+    headers.update(sign_request(ACME, "DELETE", target, headers, b""))
+    with daemon.client() as c:
+        r = c.delete(target, headers=headers)
+        assert r.status_code == 200, r.text
+        seen = r.json()
+        assert seen["method"] == "DELETE" and seen["path"] == "/reports/7"
+        assert seen["authorization"] is None  # the caller's credential is not the function's
+        # Another method than the one signed: refused.
+        headers = {"Host": daemon.url.removeprefix("http://")}
+        headers.update(sign_request(ACME, "GET", target, headers, b""))
+        assert c.put(target, headers=headers).status_code == 401
+        other = {"Host": daemon.url.removeprefix("http://")}
+        other.update(sign_request(GLOBEX, "GET", target, other, b""))
+        assert c.get(target, headers=other).status_code == 403
 
 
 def test_open_node_limits_sources_and_applies_cidr_lists_on_reload() -> None:
