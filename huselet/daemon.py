@@ -202,6 +202,7 @@ class Daemon:
                 cache_stats=self.cache.packages.stats,
                 fleet=(lambda: fleet.describe()) if fleet is not None else None,
                 zygote_memory=self._zygote_memory,
+                admission=self.admission.snapshot,
             )
         )
 

@@ -308,6 +308,10 @@ def test_ctl_keys_lists_ids_tenants_and_expiry_never_secrets(daemon: Daemon) -> 
     assert "secret" not in json.dumps(data)
     text = daemon.ctl("status").stdout
     assert "admission: mode signed" in text and "globex" in text
+    assert call(daemon, ACME, "globex-echo").status_code == 403
+    metrics = daemon.ctl("metrics").stdout
+    assert 'huselet_admission_refusals_total{reason="forbidden_function",tenant="acme"}' in metrics
+    assert 'huselet_tenant_requests_total{tenant="globex"}' in metrics
 
 
 def test_cli_invoke_signs_with_a_key_file_or_the_environment(daemon: Daemon, root: Path) -> None:
