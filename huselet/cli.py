@@ -1,8 +1,9 @@
-"""The ``huselet`` command line: ``run``, ``ctl``, ``invoke``, ``pack``, ``version``.
+"""The ``huselet`` command line: ``run``, ``ctl``, ``invoke``, ``keygen``, ``pack``, ``version``.
 
 ``huselet run`` starts the daemon (foreground; systemd runs it the same way).
 ``huselet ctl`` talks to a running daemon over its admin socket.
-``huselet invoke`` is a convenience HTTP client for the ingress.
+``huselet invoke`` is a convenience HTTP client for the ingress (signs with a key if given).
+``huselet keygen`` makes an access key pair for a tenant.
 ``huselet pack DIR -o FILE`` builds a package image (deterministic).
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error; output
 cut short by a closed pipe (``| head``) ends quietly with 141, as SIGPIPE would.
@@ -34,6 +35,7 @@ CTL_COMMANDS: dict[str, dict[str, str]] = {
         "health": "health loops and their state (--wide: counters, full details)",
         "cache": "package cache: images per level, hits, pins",
         "scheduler": "the link to the central scheduler (fleet mode)",
+        "keys": "tenants' access keys: ids, tenants, validity (never secrets)",
     },
     "observe": {
         "metrics": "this node's Prometheus metrics (the /metrics exposition)",
@@ -138,6 +140,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     from huselet.admin import render
     from huselet.admin.client import AdminClient
     from huselet.admin.errors import AdminError
+    from huselet.admin.render_tenants import render_keys
     from huselet.errors import ConfigError
 
     try:
@@ -195,6 +198,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         "scrub": render.render_scrub,
         "scheduler": render.render_scheduler,
         "reload": render.render_reload,
+        "keys": render_keys,
         "debug": lambda data: json.dumps(data),
     }
     print(renderers[args.command](data))
@@ -290,11 +294,23 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         headers["X-Request-Id"] = args.request_id
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    target = f"{base}/v1/invoke/{args.function}"
+    try:
+        key = _signing_key(args)
+    except ValueError as exc:
+        print(f"huselet invoke: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if key is not None:
+        from huselet.client.signing import sign_request
+
+        # Sent exactly like this (http.client adds no Host of its own then); it is signed.
+        headers["Host"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        headers.update(sign_request(key, "POST", target, headers, body))
     conn_class = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
     conn = conn_class(host, port, timeout=args.timeout)
     where = f"{scheme}://{host}:{port}"
     try:
-        conn.request("POST", f"{base}/v1/invoke/{args.function}", body=body, headers=headers)
+        conn.request("POST", target, body=body, headers=headers)
         resp = conn.getresponse()
         payload = resp.read()
     except OSError as exc:
@@ -363,6 +379,40 @@ def _invoke_token(args: argparse.Namespace, config: Any) -> str | None:
             raise ValueError(f"the token file {path} is empty")
         return token
     return os.environ.get("HUSELET_TOKEN") or None
+
+
+def _signing_key(args: argparse.Namespace) -> Any:
+    """The access key to sign with: --key-file, else the environment, else None (unsigned)."""
+    from huselet.client.signing import key_from_env, load_key_file
+
+    if args.key_file:
+        return load_key_file(Path(args.key_file))
+    return key_from_env()
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """A fresh key pair: the keys-file entry for the node, the key file for the caller."""
+    from huselet.client.signing import generate_key
+
+    key = generate_key()
+    if args.output:
+        path = Path(args.output)
+        try:
+            # O_EXCL: never overwrite a key; 0600 from creation, never readable by others.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            print(f"huselet keygen: cannot create {path}: {exc.strerror}", file=sys.stderr)
+            return EXIT_FAILURE
+        with os.fdopen(fd, "w") as f:
+            json.dump({"key_id": key.key_id, "secret": key.secret}, f)
+            f.write("\n")
+        print(f"# caller key file written to {path} (use: huselet invoke --key-file {path})")
+    tenant = args.tenant or "TENANT"
+    print(f'# add to the keys file, under the [[tenants]] entry with name = "{tenant}":')
+    print("[[tenants.keys]]")
+    print(f'id = "{key.key_id}"')
+    print(f'secret = "{key.secret}"')
+    return EXIT_OK
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
@@ -482,7 +532,17 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument(
         "--verbose", "-v", action="store_true", help="print status, request id, timings (stderr)"
     )
+    inv.add_argument(
+        "--key-file",
+        help="sign with this key file (JSON from `huselet keygen -o`); default: "
+        "$HUSELET_KEY_FILE, or $HUSELET_ACCESS_KEY_ID + $HUSELET_SECRET_ACCESS_KEY",
+    )
     inv.set_defaults(func=cmd_invoke)
+
+    keygen = sub.add_parser("keygen", help="make an access key pair for a tenant")
+    keygen.add_argument("--tenant", "-t", help="tenant name for the printed keys-file entry")
+    keygen.add_argument("--output", "-o", help="also write the caller's key file (mode 0600)")
+    keygen.set_defaults(func=cmd_keygen)
 
     central = sub.add_parser(
         "central",

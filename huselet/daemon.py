@@ -25,13 +25,14 @@ import huselet
 from huselet.admin.errors import AdminCommandError
 from huselet.admin.server import AdminServer
 from huselet.code.codecache import CodeCache
-from huselet.config import Config
+from huselet.config import Config, FunctionSettings
 from huselet.config.limits import read_token
 from huselet.dispatch.dispatcher import Dispatcher
 from huselet.dispatch.links import LinkServer
 from huselet.errors import ConfigError, HuseletError
 from huselet.fleet import FleetCommands, SchedulerLink
 from huselet.fleet.commands import FunctionStore
+from huselet.gateway.admission import Admission
 from huselet.gateway.framed import FramedIngress
 from huselet.gateway.http import HttpIngress
 from huselet.health.lag import LagProbe
@@ -56,6 +57,8 @@ from huselet.reload import ConfigReloader
 from huselet.runtime import available_runtimes, create_runtimes
 from huselet.runtime.base import RuntimeConfigError
 from huselet.runtime.output import OUTPUT_STATS
+from huselet.tenants.keys import KeyRing
+from huselet.tenants.keystore import KeyStore
 from protocol.frames import DEFAULT_MAX_FRAME
 
 log = get_logger("daemon")
@@ -109,8 +112,23 @@ class Daemon:
         if config.scheduler is not None:
             self.fleet = SchedulerLink(config.scheduler, self.scheduler, self._fleet_commands)
         token = _read_token(config.gateway.auth_token_file)
-        self.ingress = HttpIngress(config.gateway, self.scheduler, auth_token=token)
-        # The framed ingress shares the dispatch core's rules; off unless configured.
+        self.keys = KeyStore(config.auth.keys_file, poll_s=config.auth.keys_poll_ms / 1000)
+        self.admission = Admission(
+            config.auth,
+            bearer_token=None if token is None else token.encode("utf-8"),
+            functions=self._function_policy,
+        )
+        self.keys.on_change = self._keys_changed
+        if self.keys.enabled:
+            try:
+                self.keys.load()
+            except ConfigError as exc:
+                raise StartupError(f"auth.keys_file: {exc.message}") from None
+        self.ingress = HttpIngress(
+            config.gateway, self.scheduler, auth_token=token, admission=self.admission
+        )
+        # The framed ingress shares the dispatch core's rules; off unless configured
+        # (and refused by the config together with auth.keys_file: it takes no signatures).
         self.framed: FramedIngress | None = None
         if config.gateway.framed is not None or config.gateway.framed_socket is not None:
             self.framed = FramedIngress(config.gateway, self.ingress.core)
@@ -190,6 +208,7 @@ class Daemon:
                 cache_stats=self.cache.packages.stats,
                 fleet=(lambda: fleet.describe()) if fleet is not None else None,
                 zygote_memory=self._zygote_memory,
+                admission=self.admission.snapshot,
             )
         )
 
@@ -256,11 +275,39 @@ class Daemon:
 
     def _config_reloaded(self, config: Config) -> None:
         self.config = config
+        # [auth] applies live: limits re-tuned (buckets kept), keys file re-read below.
+        self.admission.configure(config.auth)
+        self.keys.retarget(config.auth.keys_file)
+
+    def _keys_changed(self, ring: KeyRing) -> None:
+        self.admission.set_keys(ring)
+        owners = {fn.name: fn.tenant for fn in self.config.functions if fn.tenant is not None}
+        orphans = sorted(name for name, tenant in owners.items() if tenant not in ring.tenants)
+        if orphans:
+            # Nobody can invoke them (unless granted): most likely a typo.
+            log.warning("functions owned by tenants the keys file lacks", functions=orphans)
+        shared = sorted(
+            fn.name
+            for fn in self.config.functions
+            if fn.tenant is not None and fn.runtime == "process"
+        )
+        if len({owners[name] for name in shared}) > 1:
+            log.warning(
+                "functions of several tenants run on the process runtime, which does not "
+                "isolate them (same uid, host namespaces); use fork, bwrap or oci",
+                functions=shared,
+            )
+
+    def _function_policy(self, name: str) -> FunctionSettings | None:
+        pool = self.scheduler.pools.get(name)
+        return None if pool is None else pool.settings
 
     async def _reload(self, args: dict[str, Any]) -> dict[str, Any]:
         self.notifier.notify(RELOADING="1", STATUS="reloading the configuration")
         try:
-            return await self.reloader.reload()
+            outcome = await self.reloader.reload()
+            await self.keys.reload()
+            return outcome
         finally:
             self.notifier.notify(READY="1", STATUS=self._ready_status())
 
@@ -312,6 +359,7 @@ class Daemon:
         self.admin.register("scrub", lambda args: self.cache.scrubber.scrub_now())
         self.admin.register("health", lambda args: self.health.describe())
         self.admin.register("reload", self._reload)
+        self.admin.register("keys", lambda args: self._keys())
         self.admin.register("debug_block_loop", self._debug_block_loop)
         self.admin.register("metrics", self._metrics_command)
         self.admin.register("logs", self._logs_command)
@@ -320,6 +368,9 @@ class Daemon:
             "scheduler",
             lambda args: self.fleet.describe() if self.fleet else {"mode": "standalone"},
         )
+
+    def _keys(self) -> dict[str, Any]:
+        return {"mode": self.admission.mode.value, **self.keys.describe()}
 
     def status(self) -> dict[str, Any]:
         return {
@@ -339,6 +390,7 @@ class Daemon:
             **self.scheduler.status(),
             "cache": self.cache.packages.stats(),
             "buffered_bodies": self.ingress.core.body_budget.describe(),
+            "admission": self.admission.snapshot(),
         }
 
     async def _start_runtime(self, nursery: trio.Nursery, runtime: Any) -> None:
@@ -376,6 +428,7 @@ class Daemon:
                     # Re-deploys what the scheduler had deployed before a restart, then dials.
                     await nursery.start(self.fleet.run)
                 await nursery.start(self.admin.run)
+                await nursery.start(self.keys.run)
                 if self.metrics_server is not None:
                     await nursery.start(self.metrics_server.run)
                 await nursery.start(self.ingress.run)

@@ -50,6 +50,8 @@ LIVE_FIELDS = frozenset(
         "start_timeout_ms",
         "max_queue",
         "idempotent",
+        "rate",  # admission limits: re-tuned, buckets kept
+        "max_concurrent",
     }
 )
 READ_TIMEOUT_S = 10.0
@@ -165,7 +167,8 @@ class ConfigReloader:
                 self.scheduler.deploy_function(fn, {"source": "config"})
                 outcome["replaced"].append(name)
         # Sections that need a restart keep their running values.
-        self.config = dataclasses.replace(self.config, functions=new.functions)
+        # [auth] applies live too (the daemon re-tunes admission, re-reads the keys file).
+        self.config = dataclasses.replace(self.config, functions=new.functions, auth=new.auth)
         self.on_applied(self.config)
         for key in ("added", "removed", "updated", "replaced", "trial"):
             outcome[key].sort()

@@ -198,6 +198,10 @@ def render_status(status: Mapping[str, Any]) -> str:
     head = _key_values(pairs)
     functions = status.get("functions")
     body = render_functions(functions if isinstance(functions, list) else [])
+    if "admission" in status:  # daemons before tenants do not report it
+        from huselet.admin.render_tenants import render_admission
+
+        body += "\n\n" + render_admission(status.get("admission"))
     return f"{head}\n\n{body}"
 
 

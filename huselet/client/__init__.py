@@ -1,7 +1,9 @@
 """Client libraries for callers of a huselet node.
 
 - :mod:`huselet.client.framed`: the framed ingress, blocking (stdlib + msgpack);
-- :mod:`huselet.client.framed_trio`: the same for trio programs, many calls at once.
+- :mod:`huselet.client.framed_trio`: the same for trio programs, many calls at once;
+- :mod:`huselet.client.signing`: HUSELET-HMAC-SHA256 request signing for nodes
+  whose ``[auth]`` names a keys file (standard library only, no trio).
 
 They import nothing of the daemon, so a cluster gateway can vendor them.
 """

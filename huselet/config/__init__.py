@@ -4,11 +4,13 @@
 - :mod:`huselet.config.table`: the table validator every section (and every
   runtime's own ``[runtimes.NAME]`` table) is read through;
 - :mod:`huselet.config.health`: the ``[health]`` table;
+- :mod:`huselet.config.auth`: the ``[auth]`` table (tenants' keys file, ingress limits);
 - :mod:`huselet.config.observe`: the ``[metrics]`` and ``[log]`` tables.
 
 Import the names from here; the modules are an implementation detail.
 """
 
+from huselet.config.auth import AuthSettings
 from huselet.config.health import HealthSettings
 from huselet.config.observe import LogSettings, MetricsSettings
 from huselet.config.settings import (
@@ -31,6 +33,7 @@ __all__ = [
     "EMBEDDED_DEFAULT",
     "IMAGE_ONLY_CWD",
     "AdminSettings",
+    "AuthSettings",
     "CacheSettings",
     "Config",
     "ConfigTable",

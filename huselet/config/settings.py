@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from huselet.config.auth import TENANT_NAME, AuthSettings, RateLimit, parse_auth, parse_rate
 from huselet.config.health import HealthSettings, parse_health
 from huselet.config.limits import check_structure, parse_toml, read_token
 from huselet.config.observe import LogSettings, MetricsSettings, parse_log, parse_metrics
@@ -135,6 +136,10 @@ class FunctionSettings:
     # How the worker calls ``handler`` (for apps: ``app``): ``events = "http"``
     # and ``kind = "wsgi" | "asgi"`` take HTTP requests (ANY /v1/invoke/NAME/...).
     kind: EntryKind = EntryKind.HANDLER
+    # The tenant owning the function (keys file); None: only tenants granted it.
+    tenant: str | None = None
+    rate: RateLimit | None = None  # rate_per_s / burst at admission, all callers together
+    max_concurrent: int | None = None  # requests admitted at once, all callers together
 
     @property
     def code_source(self) -> str:
@@ -190,6 +195,7 @@ class Config:
     health: HealthSettings = field(default_factory=HealthSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     def function(self, name: str) -> FunctionSettings | None:
         for fn in self.functions:
@@ -283,18 +289,36 @@ def parse_config(
         ),
     )
     gw_t.finish()
+    auth = parse_auth(t.table("auth"))
+    if auth.keys_file is not None and gateway.auth_token_file is not None:
+        raise ConfigError(
+            "auth.keys_file",
+            "conflicts with gateway.auth_token_file: use signed requests (keys file) or the "
+            "single-tenant bearer token, not both",
+        )
+    if auth.keys_file is not None and (
+        gateway.framed is not None or gateway.framed_socket is not None
+    ):
+        # Safe by default: the framed ingress checks only the bearer token so far,
+        # so with tenants it would be a way around their signatures and limits.
+        raise ConfigError(
+            "auth.keys_file",
+            "the framed ingress (gateway.framed, gateway.framed_socket) does not take signed "
+            "requests yet; turn it off on a node with tenants",
+        )
     for key, address in (("http", gateway.http), ("framed", gateway.framed)):
         if (
             address is not None
             and not address.is_loopback
             and gateway.auth_token_file is None
+            and auth.keys_file is None
             and not gateway.allow_unauthenticated
         ):
             raise ConfigError(
                 f"gateway.{key}",
                 f"{address} is reachable from other hosts but no gateway.auth_token_file is "
-                "set; set one, or gateway.allow_unauthenticated = true if a trusted proxy "
-                "guards it",
+                "set; set one (or auth.keys_file), or gateway.allow_unauthenticated = true if a "
+                "trusted proxy guards it",
             )
     if gateway.framed_socket is not None:
         _check_unix_path("gateway.framed_socket", gateway.framed_socket)
@@ -347,6 +371,7 @@ def parse_config(
         health=health,
         metrics=metrics,
         log=log_settings,
+        auth=auth,
     )
 
 
@@ -398,6 +423,15 @@ def _parse_function(
         origin=origin,
         idempotent=ft.boolean("idempotent", default=False),
         kind=kind,
+        tenant=(
+            ft.string("tenant", pattern=TENANT_NAME, pattern_help="a tenant name")
+            if ft.optional("tenant") is not None
+            else None
+        ),
+        rate=parse_rate(ft),
+        max_concurrent=(
+            ft.positive_int("max_concurrent") if ft.optional("max_concurrent") is not None else None
+        ),
     )
     ft.finish()
     return fn

@@ -73,6 +73,10 @@ class ConfigTable:
             raise ConfigError(self.key(name), "required key is missing")
         return default
 
+    def optional(self, name: str) -> Any:
+        """The raw value of an optional key (None when absent), for callers that check it."""
+        return self._get(name, None)
+
     def finish(self) -> None:
         unknown = sorted(set(self.raw) - self._used)
         if unknown:

@@ -18,9 +18,10 @@ import h11
 import trio
 
 from huselet.activity import ActivityCount
-from huselet.config import GatewaySettings, TcpAddress
+from huselet.config import AuthSettings, GatewaySettings, TcpAddress
 from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import BadRequest, HuseletError, Unauthorized
+from huselet.gateway.admission import Admission, AdmissionRequest, AuthMode, Refusal
 from huselet.gateway.connection import (
     LINGER_S,
     TRANSPORT_ERRORS,
@@ -45,7 +46,6 @@ from huselet.gateway.routes import (
     HEALTHZ,
     RequestHead,
     Route,
-    check_bearer,
     check_plain_invoke,
     event_kind,
     match_route,
@@ -71,7 +71,12 @@ class HttpIngress:
     """The node's HTTP/1.1 ingress. ``run()`` it in a nursery; cancel it to stop."""
 
     def __init__(
-        self, settings: GatewaySettings, scheduler: Invoker, *, auth_token: str | None = None
+        self,
+        settings: GatewaySettings,
+        scheduler: Invoker,
+        *,
+        auth_token: str | None = None,
+        admission: Admission | None = None,
     ) -> None:
         if auth_token is not None and not auth_token.strip():
             # An empty token would let "Authorization: Bearer " through.
@@ -79,7 +84,9 @@ class HttpIngress:
         self.settings = settings
         self.bound_address: TcpAddress | None = None
         self._scheduler = scheduler
-        self._token = None if auth_token is None else auth_token.strip().encode("utf-8")
+        token = None if auth_token is None else auth_token.strip().encode("utf-8")
+        # Who may invoke what, how often: every invocation passes through it.
+        self.admission = admission or Admission(AuthSettings(), bearer_token=token)
         self._max_body = settings.max_body_bytes
         # The dispatch core this front end shares with the framed ingress.
         self.core = InvokeCore(
@@ -204,6 +211,12 @@ class HttpIngress:
                 if not takes_http:
                     check_plain_invoke(head.method, route)
                 reply = await self._invoke(route, head, read_body, takes_http, meta)
+        except Refusal as exc:
+            if exc.pause_s > 0:
+                # Throttled: hold the 429 back (bounded by auth.throttle_delay_ms) so a
+                # client retrying in a loop cannot keep the event loop busy refusing it.
+                await trio.sleep(exc.pause_s)
+            reply = error_reply(exc)
         except HuseletError as exc:
             reply = error_reply(exc)
         extra = meta.headers(trio.current_time() - started)
@@ -221,24 +234,32 @@ class HttpIngress:
         function = route.function
         # Cheap checks first, so a request that will be refused is refused
         # before its body is read (and without a 100 Continue).
-        if self._token is not None:
-            if head.repeated == b"authorization":
-                raise Unauthorized("more than one Authorization header")
-            check_bearer(head.authorization, self._token)
-        if head.repeated is not None:
-            raise BadRequest(f"header {head.repeated.decode('ascii')} must appear once")
-        timeout_ms = parse_timeout_ms(head.timeout_ms)
-        self.core.check_admission(head.content_length)
-        # Reserved before a byte of the body is read, held until the reply: the
-        # body lives on in the queue and in flight. Chunked: the most it may be.
-        declared = head.content_length if head.content_length is not None else self._max_body
-        reserved = self.core.body_budget.reserve(declared if head.has_body else 0)
+        if head.repeated == b"authorization" and self.admission.mode is not AuthMode.OPEN:
+            raise Unauthorized("more than one Authorization header")
+        path, _, query = head.target.partition(b"?")
+        # Who may invoke what, how often (bearer token or signature, tenant, limits):
+        # decided before the body is read.
+        ticket = self.admission.admit(
+            AdmissionRequest(
+                head.method, path, query, head.headers, head.authorization, head.client, function
+            )
+        )
+        reserved = 0
         try:
+            if head.repeated is not None:
+                raise BadRequest(f"header {head.repeated.decode('ascii')} must appear once")
+            timeout_ms = parse_timeout_ms(head.timeout_ms)
+            self.core.check_admission(head.content_length)
+            # Reserved before a byte of the body is read, held until the reply: the
+            # body lives on in the queue and in flight. Chunked: the most it may be.
+            declared = head.content_length if head.content_length is not None else self._max_body
+            reserved = self.core.body_budget.reserve(declared if head.has_body else 0)
             event = await read_body(self._max_body)
+            ticket.check_body(event)
             if takes_http:
-                http = request_info(
-                    head, route.subpath, strip_authorization=self._token is not None
-                )
+                # A bearer token or a signature is the caller's credential, not the function's.
+                strip = self.admission.mode is not AuthMode.OPEN
+                http = request_info(head, route.subpath, strip_authorization=strip)
                 result = await self._call(function, event, KIND_BYTES, timeout_ms, head, meta, http)
                 return function_reply(result)
             kind = event_kind(head.content_type)
@@ -246,6 +267,7 @@ class HttpIngress:
             return Reply(200, result.body, content_type_header(result.content_type))
         finally:
             self.core.body_budget.release(reserved)
+            ticket.release()
 
     async def _call(
         self,

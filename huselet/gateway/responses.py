@@ -17,6 +17,7 @@ from http import HTTPStatus
 import h11
 
 from huselet.errors import HandlerError, HuseletError, PayloadTooLarge, Unauthorized
+from huselet.gateway.admission import Refusal
 
 JSON = b"application/json"
 OCTET_STREAM = b"application/octet-stream"
@@ -84,6 +85,9 @@ def error_reply(exc: HuseletError) -> Reply:
     error: dict[str, str] = {"code": exc.code, "message": exc.message}
     if isinstance(exc, HandlerError):
         error["type"] = exc.error_type
+    refusal = exc if isinstance(exc, Refusal) else None
+    if refusal is not None:
+        error["reason"] = refusal.reason.value  # which check or limit refused it
     # ensure_ascii (the default) keeps the encode below total even for lone surrogates.
     body = json.dumps({"error": error}, separators=(",", ":")).encode("ascii")
     headers: list[tuple[bytes, bytes]] = []
@@ -91,6 +95,8 @@ def error_reply(exc: HuseletError) -> Reply:
         headers.append((b"Retry-After", b"%d" % max(0, int(exc.retry_after_s))))
     if isinstance(exc, MethodNotAllowed):
         headers.append((b"Allow", exc.allow))
+    elif refusal is not None and refusal.challenge is not None:
+        headers.append((b"WWW-Authenticate", refusal.challenge))
     elif isinstance(exc, Unauthorized):
         headers.append((b"WWW-Authenticate", b'Bearer realm="huselet"'))
     # A 413 or 431 is sent before (all of) the body was read; the unread rest

@@ -52,6 +52,38 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
+def _admission(snapshot: Mapping[str, Any]) -> Iterator[Metric]:
+    """The gateway's admission counters; tenant labels come from the keys file ("-": none)."""
+    yield CounterMetricFamily(
+        "huselet_admission_admitted",
+        "Invocations admitted by the gateway (authenticated and within limits).",
+        value=snapshot.get("admitted", 0),
+    )
+    refusals = CounterMetricFamily(
+        "huselet_admission_refusals",
+        "Invocations refused at admission, by reason (unknown_key, bad_signature, replay, "
+        "stale_timestamp, forbidden_function, tenant_rate, ...) and tenant.",
+        labels=["reason", "tenant"],
+    )
+    for reason, by_tenant in sorted(snapshot.get("refusals", {}).items()):
+        for tenant, n in sorted(by_tenant.items()):
+            refusals.add_metric([reason, tenant], n)
+    requests = CounterMetricFamily(
+        "huselet_tenant_requests", "Invocations admitted per tenant.", labels=["tenant"]
+    )
+    throttled = CounterMetricFamily(
+        "huselet_tenant_throttled", "Invocations refused 429 per tenant.", labels=["tenant"]
+    )
+    in_flight = GaugeMetricFamily(
+        "huselet_tenant_in_flight", "Admitted invocations not yet answered.", labels=["tenant"]
+    )
+    for tenant, row in sorted(snapshot.get("tenants", {}).items()):
+        requests.add_metric([tenant], row.get("admitted", 0))
+        throttled.add_metric([tenant], row.get("throttled", 0))
+        in_flight.add_metric([tenant], row.get("in_flight", 0))
+    yield from (refusals, requests, throttled, in_flight)
+
+
 class NodeCollector:
     """A prometheus_client collector over the live daemon (register it once)."""
 
@@ -68,6 +100,7 @@ class NodeCollector:
         cache_stats: Callable[[], Mapping[str, Any]] | None = None,
         fleet: Callable[[], Mapping[str, Any] | None] | None = None,
         zygote_memory: Callable[[], int | None] | None = None,
+        admission: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.node_id = node_id
         self.version = version
@@ -79,6 +112,7 @@ class NodeCollector:
         self.cache_stats = cache_stats
         self.fleet = fleet
         self.zygote_memory = zygote_memory
+        self.admission = admission  # Admission.snapshot: tenants, refusals (plain dicts)
 
     def describe(self) -> list[Metric]:
         return []  # families vary with the functions: collected on demand only
@@ -111,6 +145,8 @@ class NodeCollector:
             described = self.fleet()
             if described is not None:
                 yield from self._fleet(described)
+        if self.admission is not None:
+            yield from _admission(self.admission())
         yield from _instance_output()
 
     def _pools(self, pools: Mapping[str, Any]) -> Iterator[Metric]:

@@ -51,6 +51,7 @@ from huselet.runtime.isolation import (
     IsolationSettings,
     Table,
     UidAllocator,
+    identity,
     parse_isolation,
     probe_host,
     resolve,
@@ -202,7 +203,7 @@ class BwrapRuntime(Runtime):
             raise StartFailed("the bwrap runtime is not running")
         fn = spec.function
         deadline = trio.current_time() + fn.start_timeout_ms / 1000
-        uid = self._uids.uid_for(fn.name) if self.isolation.isolation else None
+        uid = self._uids.uid_for(identity(fn)) if self.isolation.isolation else None
         base_argv, _ = self._argv(fn, uid, spec.image)
         argv = list(base_argv)
         cgroup = self._cgroups.acquire(fn.memory_mb * MiB) if self._cgroups else None

@@ -60,6 +60,7 @@ from huselet.runtime.isolation import (
     IsolationSettings,
     Table,
     UidAllocator,
+    identity,
     parse_isolation,
     probe_host,
     resolve,
@@ -182,8 +183,10 @@ class ForkRuntime(Runtime):
         )
 
     def _slot(self, fn: FunctionSettings, image: Any) -> ZygoteSlot:
+        # The tenant is part of the key: a function that changes owner never
+        # gets the previous owner's zygote (nor its network namespace).
         key = (
-            fn.name,
+            identity(fn),
             str(fn.package),
             fn.handler,
             fn.kind.value,
@@ -196,7 +199,7 @@ class ForkRuntime(Runtime):
         assert self._nursery is not None
         self._enforce_budget(ZYGOTE_ESTIMATE_BYTES)
         name = f"z-{fn.name}-{len(self._slot_names) + 1}"
-        uid = self._uids.uid_for(fn.name) if self.isolation.isolation else None
+        uid = self._uids.uid_for(identity(fn)) if self.isolation.isolation else None
         self._slot_names[key] = name
 
         def make(generation: int) -> ZygoteProcess:

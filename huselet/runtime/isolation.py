@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from huselet.config import FunctionSettings
 from huselet.log import get_logger
 from huselet.runtime.base import RuntimeConfigError, StartFailed
 from huselet.runtime.cgroups import CgroupHost
@@ -228,8 +229,17 @@ def resolve(settings: IsolationSettings, host: HostFeatures, runtime: str) -> Is
     )
 
 
+def identity(fn: FunctionSettings) -> str:
+    """Who a function's sandboxes run as: its tenant and name (uids and zygotes are per identity).
+
+    A function that moves to another tenant on reload gets a new uid and new
+    zygotes, so nothing started for the previous owner is shared with the new one.
+    """
+    return fn.name if fn.tenant is None else f"{fn.tenant}/{fn.name}"
+
+
 class UidAllocator:
-    """One unprivileged uid (and gid of the same number) per function.
+    """One unprivileged uid (and gid of the same number) per function identity (see identity()).
 
     Never reused while the daemon runs: a function's stray processes can
     never share an identity with a later function.

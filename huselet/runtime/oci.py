@@ -61,6 +61,7 @@ from huselet.runtime.isolation import (
     IsolationSettings,
     Table,
     UidAllocator,
+    identity,
     parse_isolation,
     probe_host,
     resolve,
@@ -172,7 +173,7 @@ class OciRuntime(Runtime):
             raise StartFailed("the oci runtime is not running")
         fn = spec.function
         deadline = trio.current_time() + fn.start_timeout_ms / 1000
-        uid = self._uids.uid_for(fn.name) if self.isolation.isolation else 0
+        uid = self._uids.uid_for(identity(fn)) if self.isolation.isolation else 0
         bundle = self._dir / "bundles" / spec.instance_id
         bundle.mkdir(mode=0o700, parents=True)
         cgroup_rel = f"{self._cgroup_subtree()}/{spec.instance_id}"

@@ -1,0 +1,371 @@
+"""The cost of tenants at the gateway: signature verification per request, and a
+throttled tenant's effect on another tenant's latency. Baselines in the same run.
+
+    .venv/bin/python bench/bench_auth.py [--requests 20000] [--duration 5]
+
+1. **In process** (CPU time, ``time.process_time``): ``Admission.admit`` plus
+   the body check on pre-signed requests, against the same call in open mode
+   (no authentication) and in bearer-token mode. This is the verification cost
+   alone: no sockets, no HTTP parsing.
+2. **Daemon CPU per request**: two real daemons serve the same no-op function,
+   one open, one requiring signed requests; the same number of requests
+   (pre-signed before the clock starts, so the client's signing is not
+   counted) is sent to each and the daemon process's own CPU time
+   (``/proc/PID/stat`` utime+stime; the workers are other processes) is divided
+   by the requests. The difference is what signed admission costs the daemon.
+3. **Noisy neighbour**: on the signed daemon, tenant ``quiet``'s p50/p99 alone,
+   then while tenant ``noisy`` floods far over its rate (and gets 429s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from loadgen import _read_reply
+
+from huselet.client.signing import AccessKey, sign_request
+from huselet.config import AuthSettings
+from huselet.gateway.admission import Admission, AdmissionRequest
+from huselet.tenants.keys import read_keys_file
+
+BENCH = Path(__file__).resolve().parent
+NOOP = BENCH / "functions" / "noop"
+QUIET = AccessKey("HKQUIET000000001", "quiet-secret-0123456789abcdefghij")
+NOISY = AccessKey("HKNOISY000000001", "noisy-secret-0123456789abcdefghij")
+BODY = b'{"name": "bench"}'
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+FLOOD_CONNECTIONS = 16
+ROUNDS = 3
+
+KEYS = f"""
+[[tenants]]
+name = "quiet"
+[[tenants.keys]]
+id = "{QUIET.key_id}"
+secret = "{QUIET.secret}"
+
+[[tenants]]
+name = "noisy"
+rate_per_s = 20
+burst = 20
+[[tenants.keys]]
+id = "{NOISY.key_id}"
+secret = "{NOISY.secret}"
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_keys(root: Path) -> Path:
+    path = root / "keys.toml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(KEYS)
+    return path
+
+
+def start_daemon(root: Path, *, signed: bool) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    name = "signed" if signed else "open"
+    auth = f'[auth]\nkeys_file = "{write_keys(root)}"\n' if signed else ""
+    config = root / f"{name}.toml"
+    config.write_text(
+        f"""
+[node]
+state_dir = "{root}/state-{name}"
+run_dir = "{root}/run-{name}"
+log_level = "warning"
+{auth}
+[gateway]
+http = "127.0.0.1:{port}"
+"""
+        + "".join(
+            f"""
+[[functions]]
+name = "{fn}"
+package = "{NOOP}"
+handler = "main:handler"
+max_instances = 4
+min_instances = 2
+timeout_ms = 10000
+{f'tenant = "{fn}"' if signed else ""}
+"""
+            for fn in ("quiet", "noisy")
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "huselet", "run", "--config", str(config), "--log-level", "info"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if '"huselet ready"' in line:
+            break
+    else:
+        raise SystemExit(f"{name} daemon did not start")
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    return proc, port
+
+
+def raw_request(port: int, function: str, key: AccessKey | None) -> bytes:
+    target = f"/v1/invoke/{function}"
+    headers = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json"}
+    if key is not None:
+        headers.update(sign_request(key, "POST", target, headers, BODY))
+    lines = [f"POST {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers.items()]
+    lines.append(f"Content-Length: {len(BODY)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + BODY
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+async def send_all(
+    port: int, requests: list[bytes], concurrency: int
+) -> tuple[list[float], dict[int, int]]:
+    """Send every request once over ``concurrency`` keep-alive connections."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    queue = iter(requests)
+
+    async def client() -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        buf = bytearray()
+        async with stream:
+            for request in queue:
+                t0 = time.perf_counter()
+                await stream.send_all(request)
+                status = await _read_reply(stream, buf)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                statuses[status] = statuses.get(status, 0) + 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(client)
+    return latencies, statuses
+
+
+async def flood(port: int, stop: trio.Event, counts: dict[int, int], concurrency: int) -> None:
+    async def client() -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        buf = bytearray()
+        async with stream:
+            while not stop.is_set():
+                await stream.send_all(raw_request(port, "noisy", NOISY))
+                status = await _read_reply(stream, buf)
+                counts[status] = counts.get(status, 0) + 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(client)
+
+
+def p(data: list[float], q: float) -> float:
+    s = sorted(data)
+    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
+
+
+def in_process(n: int) -> dict[str, float]:
+    """µs of CPU per admit+check_body: signed vs open vs bearer, same requests."""
+    root = Path(tempfile.mkdtemp(prefix="hlba"))
+    ring = read_keys_file(write_keys(root))
+    fns = {"quiet": type("F", (), {"tenant": "quiet", "rate": None, "max_concurrent": None})()}
+    signed = Admission(AuthSettings(keys_file=root / "keys.toml"), functions=fns.get)
+    signed.set_keys(ring)
+    open_ = Admission(AuthSettings(), functions=fns.get)
+    bearer = Admission(AuthSettings(), bearer_token=b"x" * 32, functions=fns.get)
+    reqs = []
+    for _ in range(n):
+        headers = {"Host": "127.0.0.1:8470", "Content-Type": "application/json"}
+        headers.update(sign_request(QUIET, "POST", "/v1/invoke/quiet", headers, BODY))
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        reqs.append(
+            AdmissionRequest(
+                b"POST",
+                b"/v1/invoke/quiet",
+                b"",
+                raw,
+                headers["authorization"].encode(),
+                "127.0.0.1",
+                "quiet",
+            )
+        )
+    out = {}
+    for name, adm, auth in (
+        ("open", open_, None),
+        ("bearer", bearer, b"Bearer " + b"x" * 32),
+        ("signed", signed, None),
+    ):
+        batch = reqs
+        if name != "signed":
+            batch = [
+                AdmissionRequest(r.method, r.path, r.query, r.headers, auth, r.peer, r.function)
+                for r in reqs
+            ]
+        t0 = time.process_time()
+        for r in batch:
+            ticket = adm.admit(r)
+            ticket.check_body(BODY)
+            ticket.release()
+        out[name] = (time.process_time() - t0) / n * 1e6
+    return out
+
+
+def daemon_cpu(ports: dict[str, tuple[int, int]], n: int, concurrency: int) -> dict[str, dict]:
+    """Per target: (daemon, key). "open+hdrs" sends the signed bytes to the open daemon,
+    which parses every header but verifies nothing: the HTTP cost of the extra headers."""
+    results = {}
+    targets = {
+        "open": (ports["open"], None),
+        "open+hdrs": (ports["open"], QUIET),
+        "signed": (ports["signed"], QUIET),
+    }
+    samples: dict[str, list[tuple[float, float, list[float], dict[int, int]]]] = {
+        name: [] for name in targets
+    }
+    for (_pid, port), key in targets.values():  # warm up instances and caches
+        trio.run(send_all, port, [raw_request(port, "quiet", key) for _ in range(500)], concurrency)
+    for _ in range(ROUNDS):  # interleaved, so drift (other load, frequency) hits all alike
+        for name, ((pid, port), key) in targets.items():
+            # Pre-signed: the client's signing is not in the measured window.
+            batch = [raw_request(port, "quiet", key) for _ in range(n)]
+            before = cpu_s(pid)
+            t0 = time.perf_counter()
+            lat, statuses = trio.run(send_all, port, batch, concurrency)
+            wall = time.perf_counter() - t0
+            samples[name].append(((cpu_s(pid) - before) / n * 1e6, n / wall, lat, statuses))
+    for name, runs in samples.items():
+        lat = [x for run in runs for x in run[2]]
+        statuses: dict[int, int] = {}
+        for run in runs:
+            for code, count in run[3].items():
+                statuses[code] = statuses.get(code, 0) + count
+        results[name] = {
+            "requests": n * ROUNDS,
+            "statuses": statuses,
+            "rps": statistics.median(run[1] for run in runs),
+            "daemon_cpu_us_per_request": statistics.median(run[0] for run in runs),
+            "daemon_cpu_us_runs": [round(run[0], 1) for run in runs],
+            "p50_ms": statistics.median(lat),
+            "p99_ms": p(lat, 99),
+        }
+    return results
+
+
+def noisy_neighbour(port: int, duration: float, rps_guess: float) -> dict[str, dict]:
+    n = int(duration * rps_guess)
+    out = {}
+    for phase in ("idle", "noisy"):
+        batch = [raw_request(port, "quiet", QUIET) for _ in range(n)]
+        counts: dict[int, int] = {}
+
+        async def run(
+            phase: str, batch: list[bytes], counts: dict[int, int]
+        ) -> tuple[list[float], dict[int, int]]:
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                if phase == "noisy":
+                    nursery.start_soon(flood, port, stop, counts, FLOOD_CONNECTIONS)
+                    await trio.sleep(0.5)
+                result = await send_all(port, batch, 2)
+                stop.set()
+            return result
+
+        lat, statuses = trio.run(run, phase, batch, counts)
+        out[phase] = {
+            "quiet_statuses": statuses,
+            "quiet_p50_ms": statistics.median(lat),
+            "quiet_p99_ms": p(lat, 99),
+            "noisy_statuses": counts,
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per noisy phase")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    report: dict[str, object] = {"cpus": os.cpu_count()}
+    micro = in_process(args.requests)
+    report["in_process_us"] = micro
+    print(f"huselet bench_auth ({os.cpu_count()} CPUs)")
+    print("1. admission CPU per request, in process (admit + body check):")
+    for name, us in micro.items():
+        print(f"   {name:<7} {us:7.2f} us")
+    print(f"   signed - open = {micro['signed'] - micro['open']:.2f} us (target < 20 us)")
+
+    root = Path(tempfile.mkdtemp(prefix="hlbd"))
+    procs = {}
+    try:
+        for name in ("open", "signed"):
+            procs[name] = start_daemon(root, signed=name == "signed")
+        ports = {name: (proc.pid, port) for name, (proc, port) in procs.items()}
+        cpu = daemon_cpu(ports, args.requests, args.concurrency)
+        report["daemon"] = cpu
+        print(
+            f"2. daemon CPU per request, {args.requests} requests, concurrency {args.concurrency}:"
+        )
+        head = ("target", "cpu us/req", "req/s", "p50 ms", "p99 ms")
+        print("   {:<9} {:>10} {:>8} {:>7} {:>7}  statuses".format(*head))
+        for name, r in cpu.items():
+            print(
+                f"   {name:<9} {r['daemon_cpu_us_per_request']:10.1f} {r['rps']:8.0f} "
+                f"{r['p50_ms']:7.3f} {r['p99_ms']:7.3f}  {r['statuses']}"
+            )
+        us = {name: r["daemon_cpu_us_per_request"] for name, r in cpu.items()}
+        print(
+            f"   signed - open+hdrs = {us['signed'] - us['open+hdrs']:.1f} us (verification; "
+            f"target < 20 us); open+hdrs - open = {us['open+hdrs'] - us['open']:.1f} us (headers)"
+        )
+        print(f"   runs (us/req): { {n: r['daemon_cpu_us_runs'] for n, r in cpu.items()} }")
+        rps = cpu["signed"]["rps"] / 2
+        nn = noisy_neighbour(procs["signed"][1], args.duration, rps)
+        report["noisy_neighbour"] = nn
+        print(
+            "3. tenant quiet (2 connections) alone, then while tenant noisy "
+            f"({FLOOD_CONNECTIONS} connections, limit 20/s) floods:"
+        )
+        for phase, r in nn.items():
+            print(
+                f"   {phase:<6} quiet p50 {r['quiet_p50_ms']:.3f} ms"
+                f"  p99 {r['quiet_p99_ms']:.3f} ms"
+                f"  quiet {r['quiet_statuses']}  noisy {r['noisy_statuses']}"
+            )
+        ratio = nn["noisy"]["quiet_p99_ms"] / nn["idle"]["quiet_p99_ms"]
+        print(f"   quiet p99 noisy/idle = {ratio:.2f} (target <= 1.20)")
+    finally:
+        for proc, _ in procs.values():
+            proc.terminate()
+        for proc, _ in procs.values():
+            proc.wait(30)
+    if args.json:
+        print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
