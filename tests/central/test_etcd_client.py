@@ -1,0 +1,99 @@
+"""The etcd JSON-gateway client against a real etcd member."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from huselet.central.embedded import PrivateEtcd, free_port
+from huselet.central.etcd import (
+    Compare,
+    CompareResult,
+    EtcdClient,
+    EtcdCompacted,
+    EtcdUnavailable,
+    EventType,
+    LeaseNotFound,
+    Op,
+    Target,
+)
+
+
+async def test_range_put_delete_and_guarded_txn(etcd: PrivateEtcd) -> None:
+    async with EtcdClient([etcd.endpoint]) as c:
+        rev = await c.put(b"/t/a", b"1")
+        await c.put(b"/t/b", b"2")
+        await c.put(b"/u", b"x")
+        kvs, now = await c.range(b"/t/", prefix=True)
+        assert [(kv.key, kv.value) for kv in kvs] == [(b"/t/a", b"1"), (b"/t/b", b"2")]
+        assert now >= rev + 2 and kvs[0].create_revision == rev
+        guard = Compare(b"/t/a", Target.CREATE, CompareResult.EQUAL, rev)
+        ok = await c.txn([guard], [Op.put(b"/t/c", b"3")], [Op.get(b"/t/a")])
+        assert ok.succeeded and ok.revision > now
+        stale = Compare(b"/t/a", Target.CREATE, CompareResult.EQUAL, rev + 100)
+        refused = await c.txn([stale], [Op.put(b"/t/d", b"4")], [Op.get(b"/t/a")])
+        assert not refused.succeeded
+        assert refused.ranges()[0][0].value == b"1"
+        assert await c.get(b"/t/d") is None
+        assert await c.delete(b"/t/", prefix=True) == 3
+        assert await c.get(b"/u") is not None
+
+
+async def test_leases_expire_and_revoke(etcd: PrivateEtcd) -> None:
+    async with EtcdClient([etcd.endpoint]) as c:
+        lease, ttl = await c.lease_grant(2)
+        assert ttl >= 2
+        await c.put(b"/l", b"v", lease=lease)
+        assert await c.lease_keepalive(lease) >= 2
+        await c.lease_revoke(lease)
+        assert await c.get(b"/l") is None  # revoking deletes the keys bound to it
+        with pytest.raises(LeaseNotFound):
+            await c.lease_keepalive(lease)
+
+
+async def test_watch_resumes_from_the_last_revision_and_reports_compaction(
+    etcd: PrivateEtcd,
+) -> None:
+    async with EtcdClient([etcd.endpoint]) as c:
+        start = await c.put(b"/w/0", b"x")
+        seen: list[tuple[EventType, bytes]] = []
+        got_four = trio.Event()
+
+        async def watcher() -> None:
+            async for events in c.watch(b"/w/", prefix=True, start_revision=start):
+                seen.extend((e.type, e.kv.key) for e in events)
+                if len(seen) >= 4:
+                    got_four.set()
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watcher)
+            await c.put(b"/w/1", b"y")
+            await c.delete(b"/w/0")
+            await c.put(b"/w/2", b"z")
+            with trio.fail_after(30):
+                await got_four.wait()
+        assert seen == [
+            (EventType.PUT, b"/w/0"),
+            (EventType.PUT, b"/w/1"),
+            (EventType.DELETE, b"/w/0"),
+            (EventType.PUT, b"/w/2"),
+        ]
+        last = await c.put(b"/w/3", b"q")
+        await c.compact(last)
+        with pytest.raises(EtcdCompacted):
+            async for _ in c.watch(b"/w/", prefix=True, start_revision=start):
+                pass
+
+
+async def test_unreachable_endpoint_is_a_typed_error_within_the_timeout() -> None:
+    async with EtcdClient([f"http://127.0.0.1:{free_port()}"], timeout=0.5) as c:
+        with pytest.raises(EtcdUnavailable):
+            await c.put(b"k", b"v")
+
+
+async def test_a_second_endpoint_is_used_when_the_first_is_down(etcd: PrivateEtcd) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with EtcdClient([dead, etcd.endpoint], timeout=1.0) as c:
+        await c.put(b"k", b"v")
+        assert (await c.get(b"k")) is not None
