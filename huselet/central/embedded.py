@@ -80,12 +80,15 @@ class PrivateEtcd:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited at start ({self.proc.returncode}); see {self.log_path}")
+                code = self.proc.returncode
+                raise RuntimeError(f"etcd exited at start ({code}); see {self.log_path}")
             if self.healthy():
                 return self
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"etcd did not become healthy in {START_TIMEOUT_S:g} s; see {self.log_path}")
+        raise RuntimeError(
+            f"etcd did not become healthy in {START_TIMEOUT_S:g} s; see {self.log_path}"
+        )
 
     def healthy(self) -> bool:
         try:

@@ -268,7 +268,8 @@ class EtcdClient:
             try:
                 data = response.json()
             except ValueError:
-                raise EtcdRequestError(-1, f"{url}: not JSON (HTTP {response.status_code})") from None
+                status = response.status_code
+                raise EtcdRequestError(-1, f"{url}: not JSON (HTTP {status})") from None
             _raise_for(data)
             if not isinstance(data, dict):
                 raise EtcdRequestError(-1, f"{url}: unexpected answer {str(data)[:200]}")
