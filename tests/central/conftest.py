@@ -1,26 +1,5 @@
-"""Fixtures for the central scheduler: a real etcd member per test (free ports, temp dir)."""
+"""A real etcd member for the tests here (see etcd_support)."""
 
-from __future__ import annotations
+from etcd_support import etcd
 
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from huselet.central.embedded import PrivateEtcd, etcd_binary
-
-
-@pytest.fixture
-def etcd() -> Iterator[PrivateEtcd]:
-    if etcd_binary() is None:
-        pytest.skip("etcd is not installed: scripts/bootstrap.sh test installs etcd-server")
-    root = Path(tempfile.mkdtemp(prefix="hletcd"))
-    server = PrivateEtcd(root / "data", log_path=root / "etcd.log")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+__all__ = ["etcd"]

@@ -12,6 +12,8 @@ import trio
 from support import NodeStack
 
 from huselet.central.api import FleetApi
+from huselet.central.backend import Backend, EtcdBackend
+from huselet.central.etcd import EtcdClient
 from huselet.central.server import CentralScheduler, CentralSettings
 from huselet.config import SchedulerLinkSettings, TcpAddress
 from huselet.fleet.commands import FleetCommands
@@ -30,7 +32,6 @@ def central_settings(
     base: dict[str, Any] = {
         "heartbeat_s": 0.2,
         "lease_s": 1.0,
-        "standby_poll_s": 0.02,
         "reconcile_s": 0.2,
         "fsync": False,
     }
@@ -51,9 +52,20 @@ class RunningCentral:
 
 @asynccontextmanager
 async def central(
-    nursery: trio.Nursery, state_dir: Path, port: int, name: str = "sched-a", **kw: Any
+    nursery: trio.Nursery,
+    state_dir: Path,
+    port: int,
+    name: str = "sched-a",
+    *,
+    etcd: str | None = None,
+    ttl: int = 2,
+    **kw: Any,
 ) -> AsyncIterator[RunningCentral]:
-    c = CentralScheduler(central_settings(state_dir, port, name, **kw))
+    """A central scheduler in this process: on ``etcd`` (an endpoint) if given, else dev mode."""
+    backend: Backend | None = None
+    if etcd is not None:
+        backend = EtcdBackend(EtcdClient([etcd]), "/huselet-test", ttl)
+    c = CentralScheduler(central_settings(state_dir, port, name, **kw), backend)
     scope = trio.CancelScope()
 
     async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

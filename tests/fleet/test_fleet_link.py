@@ -17,6 +17,8 @@ import trio
 from fleetkit import central, eventually, free_port, make_link, placements_open
 from support import running_stack, write_package
 
+from huselet.central.embedded import PrivateEtcd
+
 pytestmark = pytest.mark.e2e
 
 ECHO = "import os\ndef handler(event, context):\n    return {'pid': os.getpid()}\n"
@@ -75,15 +77,17 @@ async def test_resumes_after_the_connection_breaks(short_tmp: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_fails_over_to_the_standby_with_a_higher_epoch(short_tmp: Path) -> None:
+async def test_fails_over_to_the_standby_with_a_higher_epoch(
+    short_tmp: Path, etcd: PrivateEtcd
+) -> None:
     write_package(short_tmp, "echo", ECHO)
     ports = [free_port(), free_port()]
     state = short_tmp / "central"
     async with (
         running_stack(short_tmp, LOCAL) as stack,
         trio.open_nursery() as nursery,
-        central(nursery, state, ports[0], "sched-a") as a,
-        central(nursery, state, ports[1], "sched-b") as b,
+        central(nursery, state, ports[0], "sched-a", etcd=etcd.endpoint) as a,
+        central(nursery, state, ports[1], "sched-b", etcd=etcd.endpoint) as b,
     ):
         await a.central.leading.wait()
         assert b.central.role == "standby"
@@ -91,18 +95,19 @@ async def test_fails_over_to_the_standby_with_a_higher_epoch(short_tmp: Path) ->
         await nursery.start(link.run)
         await eventually(lambda: a.api.fleet()["nodes"].get("n1", {}).get("placements") == "open")
         await a.api.deploy({"spec": echo_spec(short_tmp), "wait_s": 10})
+        old_epoch = a.central.epoch
         a.kill()
         await b.central.leading.wait()
         await eventually(
             lambda: link.session.scheduler_id == "sched-b" and link.state == "established"
         )
-        assert link.session.state.highest_epoch == 2
+        assert link.session.state.highest_epoch == b.central.epoch > old_epoch
         fleet = b.api.fleet()
-        assert fleet["epoch"] == 2 and fleet["nodes"]["n1"]["functions"] == {
+        assert fleet["epoch"] == b.central.epoch and fleet["nodes"]["n1"]["functions"] == {
             "echo": 1,
             "local": 0,
         }
-        # The new leader knows the deploy from the journal and sends nothing again.
+        # The new leader knows the deploy from etcd and sends nothing again.
         rounds = b.central.counters["reconcile_rounds"]
         await eventually(lambda: b.central.counters["reconcile_rounds"] >= rounds + 2)
         assert link.commands.executed == {"deploy_function": 1}
