@@ -146,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(tls_files) and not all(tls_files):
         p.error("--tls-ca, --tls-cert and --tls-key go together")
     if not all(tls_files) and not _is_loopback(args.listen[0]) and not args.insecure:
-        p.error("node links on a non-loopback address need --tls-ca/--tls-cert/--tls-key "
-                "(or --insecure)")
+        p.error(
+            "node links on a non-loopback address need --tls-ca/--tls-cert/--tls-key "
+            "(or --insecure)"
+        )
     token_file = args.admin_token_file
     if args.admin is not None and token_file is None:
         if args.state_dir is None:
