@@ -161,6 +161,33 @@ class FunctionSettings:
 
 
 @dataclass(frozen=True)
+class DeployPolicy:
+    """``[scheduler]`` bounds on what the central scheduler may deploy on this node.
+
+    Checked for every deploy/update command (and for deployed functions restored
+    at start) by :mod:`huselet.fleet.policy`; a spec outside them is refused with
+    command error ``policy``. The node's own ``[[functions]]`` are not subject to it.
+    """
+
+    package_roots: tuple[Path, ...] = ()  # package dirs / image files only below these
+    origins: tuple[str, ...] = ()  # digest origins allowed (besides cache.default_origin)
+    runtimes: tuple[str, ...] | None = None  # None: every runtime the node has
+    max_memory_mb: int | None = None  # None: the memory the node offers (memory_mb)
+    max_instances: int = 64
+    max_timeout_ms: int = 900_000
+
+
+@dataclass(frozen=True)
+class LinkTlsSettings:
+    """``[scheduler]`` ``tls_*``: mutual TLS on the link (the fleet CA, this node's cert)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    server_name: str | None = None  # checked against the scheduler's cert; default: its host
+
+
+@dataclass(frozen=True)
 class SchedulerLinkSettings:
     """``[scheduler]``: the link to the central scheduler; absent, the node is standalone.
 
@@ -180,6 +207,10 @@ class SchedulerLinkSettings:
     backoff_base_ms: int = 100
     backoff_max_ms: int = 30_000
     persist_functions: bool = True  # deployed functions survive a daemon restart
+    policy: DeployPolicy = field(default_factory=DeployPolicy)
+    tls: LinkTlsSettings | None = None  # None: plaintext (loopback only, unless insecure)
+    insecure: bool = False  # allow plaintext to non-loopback scheduler addresses
+    epoch_file: Path | None = None  # highest accepted epoch (state_dir/fleet-epoch)
 
 
 @dataclass(frozen=True)
@@ -517,9 +548,68 @@ def _parse_scheduler(st: _Table, node: NodeSettings) -> SchedulerLinkSettings:
         backoff_base_ms=base_ms,
         backoff_max_ms=max_ms,
         persist_functions=st.boolean("persist_functions", default=True),
+        policy=_parse_policy(st),
+        tls=_parse_link_tls(st),
+        insecure=st.boolean("insecure", default=False),
+        epoch_file=node.state_dir / "fleet-epoch",
     )
+    if settings.tls is None and not settings.insecure:
+        for i, address in enumerate(settings.addresses):
+            if address.host != "localhost" and not ipaddress.ip_address(address.host).is_loopback:
+                raise ConfigError(
+                    f"{st.key('addresses')}[{i}]",
+                    f"{address} is not loopback: set tls_ca/tls_cert/tls_key "
+                    "(or insecure = true to allow plaintext)",
+                )
     st.finish()
     return settings
+
+
+def _string_list(st: _Table, name: str) -> list[str] | None:
+    if name not in st.raw:
+        st._used.add(name)
+        return None
+    value = st._get(name, None)
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(st.key(name), f"expected an array of strings, got {_describe(value)}")
+    return value
+
+
+def _parse_policy(st: _Table) -> DeployPolicy:
+    roots = _string_list(st, "package_roots") or []
+    resolved = []
+    for i, root in enumerate(roots):
+        path = Path(root).expanduser()
+        if not path.is_absolute():
+            raise ConfigError(f"{st.key('package_roots')}[{i}]", "must be an absolute path")
+        resolved.append(Path(os.path.realpath(path)))
+    runtimes = _string_list(st, "runtimes")
+    max_memory = st._get("max_memory_mb", None)
+    if max_memory is not None:
+        max_memory = st.positive_int("max_memory_mb")
+    return DeployPolicy(
+        package_roots=tuple(resolved),
+        origins=tuple(_string_list(st, "origins") or ()),
+        runtimes=tuple(runtimes) if runtimes is not None else None,
+        max_memory_mb=max_memory,
+        max_instances=st.positive_int("max_instances", default=64),
+        max_timeout_ms=st.positive_int("max_timeout_ms", default=900_000),
+    )
+
+
+def _parse_link_tls(st: _Table) -> LinkTlsSettings | None:
+    files = {k: st.optional_path(f"tls_{k}") for k in ("ca", "cert", "key")}
+    server_name = st._get("tls_server_name", None)
+    if server_name is not None and not isinstance(server_name, str):
+        raise ConfigError(st.key("tls_server_name"), "expected a string")
+    if not any(files.values()):
+        return None
+    missing = [k for k, v in files.items() if v is None]
+    if missing:
+        raise ConfigError(st.key(f"tls_{missing[0]}"), "tls_ca, tls_cert and tls_key go together")
+    ca, cert, key = files["ca"], files["cert"], files["key"]
+    assert ca is not None and cert is not None and key is not None
+    return LinkTlsSettings(ca=ca, cert=cert, key=key, server_name=server_name)
 
 
 def _host_memory_mb() -> int:

@@ -52,7 +52,7 @@ from protocol.delta import (
     SchedulerSession,
     SnapshotApplied,
 )
-from protocol.delta.messages import encode_frame
+from protocol.delta.messages import encode_bye
 from protocol.errors import ProtocolError
 
 log = get_logger("central")
@@ -297,13 +297,12 @@ class CentralScheduler:
         address = leader.get("listen")
         if leader.get("scheduler_id") == self.settings.scheduler_id:
             address = None  # our own stale announcement
-        frame: dict[str, Any] = {"t": "bye", "code": NOT_LEADER}
-        frame["message"] = "this scheduler is a standby"
         if isinstance(address, str):
-            frame["leader"] = address
-            frame["message"] = f"this scheduler is a standby; the leader is at {address}"
+            frame = encode_bye(NOT_LEADER, f"standby; the leader is at {address}", address)
+        else:
+            frame = encode_bye(NOT_LEADER, "standby; no leader known yet")
         with trio.move_on_after(SEND_TIMEOUT_S):
-            await link.send_all(encode_frame(frame))
+            await link.send_all(frame)
 
     async def _reader(self, conn: _Conn) -> None:
         try:

@@ -86,3 +86,11 @@ class SchedulerAddressRotation:
             self._addresses.insert(0, address)
         self._failures = 0
         self._retry_at = float("-inf")
+
+    def prefer(self, address: str) -> bool:
+        """Dial ``address`` next (a standby named it as the leader); False if not configured."""
+        if address not in self._addresses:
+            return False
+        self._addresses.remove(address)
+        self._addresses.insert(0, address)
+        return True

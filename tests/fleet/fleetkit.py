@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from huselet.central.api import FleetApi
 from huselet.central.backend import Backend, EtcdBackend
 from huselet.central.etcd import EtcdClient
 from huselet.central.server import CentralScheduler, CentralSettings
-from huselet.config import SchedulerLinkSettings, TcpAddress
+from huselet.config import DeployPolicy, SchedulerLinkSettings, TcpAddress
 from huselet.fleet.commands import FleetCommands
 from huselet.fleet.link import SchedulerLink
 
@@ -95,7 +96,12 @@ def link_settings(ports: list[int], node_id: str = "n1", **kw: Any) -> Scheduler
     )
 
 
-def make_link(stack: NodeStack, ports: list[int], **kw: Any) -> SchedulerLink:
+def make_link(
+    stack: NodeStack, ports: list[int], *, package_root: Path | None = None, **kw: Any
+) -> SchedulerLink:
+    """A link whose node accepts scheduler packages below ``package_root`` (default: none)."""
+    roots = (Path(os.path.realpath(package_root)),) if package_root is not None else ()
+
     def commands(on_placements: Callable[[str], None]) -> FleetCommands:
         return FleetCommands(
             stack.config,
@@ -103,6 +109,7 @@ def make_link(stack: NodeStack, ports: list[int], **kw: Any) -> SchedulerLink:
             stack.links,
             known_runtimes=stack.runtimes,
             on_placements=on_placements,
+            policy=DeployPolicy(package_roots=roots, max_memory_mb=4096),
         )
 
     return SchedulerLink(link_settings(ports, **kw), stack.scheduler, commands)
