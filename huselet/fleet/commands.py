@@ -108,12 +108,10 @@ class FleetCommands:
         policy: DeployPolicy | None = None,  # default: config.scheduler's, else the default
     ) -> None:
         self.config = config
-        if policy is None:
-            policy = config.scheduler.policy if config.scheduler is not None else DeployPolicy()
-        self.policy = policy
-        self.offered_memory_mb = (
-            config.scheduler.memory_mb if config.scheduler is not None else 1 << 20
-        )
+        link = config.scheduler if config is not None else None
+        self.policy = policy or (link.policy if link is not None else DeployPolicy())
+        # Without a [scheduler] table (tests), the policy's own bound is the only one.
+        self.offered_memory_mb = link.memory_mb if link is not None else 1 << 20
         self.scheduler = scheduler
         self.links = links
         self.known_runtimes = frozenset(known_runtimes)

@@ -58,6 +58,7 @@ def start_node(root: Path, node_id: str, ports: list[int]) -> Daemon:
         backoff_max_ms=500,
         batch_delay_ms=20,
         handshake_timeout_ms=2000,
+        package_roots=[str(root / "pkgs")],
     )
     return Daemon(write_config(node_root, "", extra=extra))
 
