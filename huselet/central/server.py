@@ -326,7 +326,12 @@ class CentralScheduler:
             conn.wake_event = trio.Event()
             if not self.backend.valid():
                 # The lease may have run out (e.g. this process was paused): send
-                # nothing more, not even a heartbeat that would renew the node's lease.
+                # nothing more than a bye — no heartbeat that would renew the node's lease.
+                with trio.move_on_after(1.0):
+                    try:
+                        await conn.stream.send_all(encode_bye(NOT_LEADER, "leadership lost"))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass
                 conn.closing = True
                 return
             session.tick(trio.current_time())

@@ -60,6 +60,7 @@ log = get_logger("fleet")
 RECEIVE_CHUNK = 256 * 1024
 COMMAND_TIMEOUT_S = 60.0  # one command (a deploy binds a socket; a prefetch may fetch)
 CLOSE_TIMEOUT_S = 1.0  # time to write a bye before the socket is closed
+NOT_LEADER_BACKOFF_S = 1.0  # longest wait after a standby's bye not_leader
 
 
 class SchedulerLink:
@@ -111,6 +112,7 @@ class SchedulerLink:
         self.commands = commands_factory(self.model.set_placements)
         self.model.set_placements(self.commands.placements)
         self._closing = False
+        self._not_leader = False  # the last connection ended with bye not_leader
         self._last_error: ProtocolError | None = None
         self._commands_in, self._commands_out = trio.open_memory_channel[CommandReceived](
             self.session.config.max_inflight
@@ -149,7 +151,9 @@ class SchedulerLink:
                 self.address = address
                 self.state = "connecting"
                 stream = await self._dial(self._addresses[address])
-                if stream is not None:
+                if stream is None:
+                    self._not_leader = False  # a dead address proves no scheduler alive
+                else:
                     try:
                         await self._serve(stream, address)
                     except Exception:
@@ -161,7 +165,8 @@ class SchedulerLink:
                         self.connected_at = None
                         with trio.CancelScope(shield=True):
                             await trio.aclose_forcefully(stream)
-                self.rotation.failed(address, self.clock())
+                cap = NOT_LEADER_BACKOFF_S if self._not_leader else None
+                self.rotation.failed(address, self.clock(), cap=cap)
                 self.state = "backoff"
 
     async def _wait_for_retry(self) -> None:
@@ -205,6 +210,7 @@ class SchedulerLink:
 
     async def _serve(self, stream: trio.abc.Stream, address: str) -> None:
         self._closing = False
+        self._not_leader = False
         self._last_error = None
         self.state = "handshake"
         now = self.clock()
@@ -318,6 +324,7 @@ class SchedulerLink:
         elif isinstance(event, CommandRefused):
             self.refused[event.status] += 1
         elif isinstance(event, CloseConnection):
+            self._not_leader = event.code == "not_leader"
             # A standby names the leader: dial it next instead of the next in line.
             if (
                 event.code == "not_leader"
