@@ -145,6 +145,7 @@ class Election:
                 async for events in self.client.watch(self.key, start_revision=revision + 1):
                     for event in events:
                         if event.type is EventType.DELETE:
+                            self.leader = None  # no stale hint for nodes meanwhile
                             return
                         self._note_leader(event.kv.value)
             except EtcdCompacted:
