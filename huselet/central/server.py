@@ -187,6 +187,7 @@ class CentralScheduler:
             state = await self.store.load()
         except Exception as exc:
             log.error("cannot load the desired state; stepping down", error=str(exc))
+            await self.backend.step_down()  # let another scheduler (or a retry) take over
             await trio.sleep(0.5)
             return
         for cmd in list(state.pending.values()):
