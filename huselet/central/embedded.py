@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -42,7 +43,14 @@ def free_port() -> int:
 class PrivateEtcd:
     """One etcd member as a child process; ``endpoint`` is its client URL."""
 
-    def __init__(self, data_dir: Path, *, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        log_path: Path | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
+        """``tls``: (CA, certificate, key) — serve https and require client certificates."""
         binary = etcd_binary()
         if binary is None:
             raise EtcdNotInstalled("etcd is not installed (Debian package etcd-server)")
@@ -51,7 +59,9 @@ class PrivateEtcd:
         self.log_path = log_path or data_dir.with_name(data_dir.name + ".log")
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.client_port}"
+        self.tls = tls
+        scheme = "https" if tls else "http"
+        self.endpoint = f"{scheme}://127.0.0.1:{self.client_port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> PrivateEtcd:
@@ -70,6 +80,10 @@ class PrivateEtcd:
             "--auto-compaction-retention", "10000",
             "--log-level", "warn",
         ]  # fmt: skip
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            args += ["--trusted-ca-file", str(ca), "--cert-file", str(cert)]
+            args += ["--key-file", str(key), "--client-cert-auth"]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(
@@ -91,8 +105,13 @@ class PrivateEtcd:
         )
 
     def healthy(self) -> bool:
+        context = None
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            context = ssl.create_default_context(cafile=str(ca))
+            context.load_cert_chain(str(cert), str(key))
         try:
-            with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as r:
+            with urllib.request.urlopen(self.endpoint + "/health", timeout=1, context=context) as r:
                 return b'"true"' in r.read()
         except (OSError, urllib.error.URLError):
             return False

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import trio
 
-from huselet.central.embedded import PrivateEtcd, free_port
+from huselet.central.embedded import PrivateEtcd, etcd_binary, free_port
 from huselet.central.etcd import (
     Compare,
     CompareResult,
@@ -17,6 +21,7 @@ from huselet.central.etcd import (
     Op,
     Target,
 )
+from huselet.central.tls import client_context
 
 
 async def test_range_put_delete_and_guarded_txn(etcd: PrivateEtcd) -> None:
@@ -97,3 +102,24 @@ async def test_a_second_endpoint_is_used_when_the_first_is_down(etcd: PrivateEtc
     async with EtcdClient([dead, etcd.endpoint], timeout=1.0) as c:
         await c.put(b"k", b"v")
         assert (await c.get(b"k")) is not None
+
+
+async def test_etcd_over_tls_with_a_client_certificate(short_tmp: Path) -> None:
+    if etcd_binary() is None or shutil.which("openssl") is None:
+        pytest.skip("etcd or openssl is not installed")
+    pki = short_tmp / "pki"
+    script = str(Path(__file__).resolve().parents[2] / "scripts" / "fleet-pki.sh")
+    subprocess.run(["sh", script, str(pki), "ca"], check=True)
+    subprocess.run(["sh", script, str(pki), "cert", "etcd", "IP:127.0.0.1"], check=True)
+    subprocess.run(["sh", script, str(pki), "cert", "sched"], check=True)
+    ca = pki / "ca.pem"
+    with PrivateEtcd(short_tmp / "data", tls=(ca, pki / "etcd.pem", pki / "etcd.key")) as etcd:
+        assert etcd.endpoint.startswith("https://")
+        tls = client_context(ca, pki / "sched.pem", pki / "sched.key")
+        async with EtcdClient([etcd.endpoint], tls=tls) as c:
+            await c.put(b"k", b"v")
+            assert (await c.get(b"k")) is not None
+        # Without a client certificate etcd refuses the connection.
+        async with EtcdClient([etcd.endpoint], tls=client_context(ca), timeout=1.0) as c:
+            with pytest.raises(EtcdUnavailable):
+                await c.put(b"k", b"w")
