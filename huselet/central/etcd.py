@@ -35,6 +35,7 @@ import trio
 
 DEFAULT_TIMEOUT_S = 2.0
 WATCH_IDLE_S = 15.0  # a silent watch stream is re-opened from the last revision
+WATCH_RECONNECT_S = 10.0  # how long a broken watch keeps trying before it gives up
 MAX_RESPONSE_BYTES = 16 << 20  # etcd's own request limit is 1.5 MiB; ranges can be larger
 GRPC_OUT_OF_RANGE = 11  # "required revision has been compacted"
 GRPC_NOT_FOUND = 5  # "requested lease not found"
@@ -372,10 +373,12 @@ class EtcdClient:
         one delivered, so no event is lost or repeated. Raises
         :class:`EtcdCompacted` when that revision was compacted away (the caller
         re-reads with :meth:`range` and watches again) and
-        :class:`EtcdUnavailable` when no endpoint answers within ``timeout``.
+        :class:`EtcdUnavailable` when no endpoint could be reached for
+        ``WATCH_RECONNECT_S``.
         """
         next_rev = start_revision
         failures = 0
+        down_since = 0.0
         while True:
             request: dict[str, Any] = {"key": _b64(key)}
             if prefix:
@@ -422,7 +425,11 @@ class EtcdClient:
                 continue  # silent for WATCH_IDLE_S: re-open from next_rev (not a failure)
             except (httpx.TransportError, trio.TooSlowError):
                 failures += 1
-                if failures > len(self.endpoints):
-                    raise EtcdUnavailable("the watch stream cannot be re-opened") from None
+                if failures == 1:
+                    down_since = trio.current_time()
+                elif trio.current_time() - down_since > WATCH_RECONNECT_S:
+                    raise EtcdUnavailable(
+                        f"the watch stream could not be re-opened for {WATCH_RECONNECT_S:g} s"
+                    ) from None
                 self._current = (self._current + 1) % len(self.endpoints)
                 await trio.sleep(min(0.05 * failures, 0.5))

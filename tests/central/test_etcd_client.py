@@ -123,3 +123,33 @@ async def test_etcd_over_tls_with_a_client_certificate(short_tmp: Path) -> None:
         async with EtcdClient([etcd.endpoint], tls=client_context(ca), timeout=1.0) as c:
             with pytest.raises(EtcdUnavailable):
                 await c.put(b"k", b"w")
+
+
+async def test_a_watch_rides_out_an_etcd_restart_without_losing_or_repeating(
+    etcd: PrivateEtcd,
+) -> None:
+    async with EtcdClient([etcd.endpoint], timeout=1.0) as c:
+        start = await c.put(b"/r/a", b"1")
+        seen: list[bytes] = []
+        done = trio.Event()
+
+        async def watcher() -> None:
+            async for events in c.watch(b"/r/", prefix=True, start_revision=start):
+                seen.extend(e.kv.key for e in events)
+                if seen[-1:] == [b"/r/d"]:
+                    done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watcher)
+            await c.put(b"/r/b", b"2")
+            with trio.fail_after(30):
+                while len(seen) < 2:
+                    await trio.sleep(0.01)
+            await trio.to_thread.run_sync(etcd.stop)  # the stream breaks
+            await trio.to_thread.run_sync(etcd.start)  # same ports, same data
+            await c.put(b"/r/c", b"3")
+            await c.put(b"/r/d", b"4")  # a repeated event would arrive before this one
+            with trio.fail_after(30):
+                await done.wait()
+            nursery.cancel_scope.cancel()
+        assert seen == [b"/r/a", b"/r/b", b"/r/c", b"/r/d"]
