@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                     await nursery.start(central.run)
                     async for _ in signals:
                         break
+                    await central.shutdown()  # bye shutdown to the nodes, then the lease goes
                     nursery.cancel_scope.cancel()
             log.info("central stopped", scheduler=settings.scheduler_id)
 

@@ -62,6 +62,8 @@ SEND_TIMEOUT_S = 5.0
 RESULTS_KEPT = 4096
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 NOT_LEADER = "not_leader"  # BYE code of a standby (PROTOCOL.md §12)
+SHUTDOWN = "shutdown"  # BYE code of a graceful stop
+SHUTDOWN_GRACE_S = 1.0
 
 
 class NotLeader(Exception):
@@ -123,6 +125,7 @@ class CentralScheduler:
         self.counters: Counter[str] = Counter()
         self._changed = trio.Event()
         self._cmd_seq = itertools.count(1)
+        self._shutting_down = False
 
     def _reset_term(self) -> None:
         self.reported: dict[str, dict[str, Reported]] = {}  # node -> function -> as reported
@@ -169,6 +172,15 @@ class CentralScheduler:
         finally:
             with trio.CancelScope(shield=True):
                 await self.backend.close()
+
+    async def shutdown(self) -> None:
+        """Graceful stop: every node gets ``bye shutdown`` (bounded), then the caller cancels."""
+        self._shutting_down = True
+        for conn in list(self.conns):
+            conn.wake()
+        with trio.move_on_after(SHUTDOWN_GRACE_S):
+            while self.conns:
+                await trio.sleep(0.01)
 
     async def _lead(self) -> None:
         """One leadership term; returns when it is lost."""
@@ -325,12 +337,17 @@ class CentralScheduler:
         session = conn.session
         while True:
             conn.wake_event = trio.Event()
-            if not self.backend.valid():
+            bye = None
+            if self._shutting_down:
+                bye = encode_bye(SHUTDOWN, "the scheduler is shutting down")
+            elif not self.backend.valid():
                 # The lease may have run out (e.g. this process was paused): send
                 # nothing more than a bye — no heartbeat that would renew the node's lease.
+                bye = encode_bye(NOT_LEADER, "leadership lost")
+            if bye is not None:
                 with trio.move_on_after(1.0):
                     try:
-                        await conn.stream.send_all(encode_bye(NOT_LEADER, "leadership lost"))
+                        await conn.stream.send_all(bye)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         pass
                 conn.closing = True

@@ -201,3 +201,21 @@ async def test_hostile_bytes_close_only_that_link_and_are_counted(
             await eventually(lambda: link.state == "established")
             assert link.address == f"127.0.0.1:{good_port}"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_graceful_stop_says_bye_shutdown(short_tmp: Path) -> None:
+    write_package(short_tmp, "echo", ECHO)
+    port = free_port()
+    async with (
+        running_stack(short_tmp, LOCAL) as stack,
+        trio.open_nursery() as nursery,
+        central(nursery, short_tmp / "central", port) as c,
+    ):
+        await c.central.leading.wait()
+        link = make_link(stack, [port], package_root=short_tmp)
+        await nursery.start(link.run)
+        await eventually(lambda: link.state == "established")
+        await c.central.shutdown()
+        await eventually(lambda: str(link.last_close).startswith("shutdown:"))
+        assert not c.central.conns
+        nursery.cancel_scope.cancel()
