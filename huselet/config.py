@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from huselet.errors import ConfigError
 from huselet.health.settings import HealthSettings, parse_health
+from huselet.trust import DeployPolicy, LinkTlsSettings
 
 # A sun_path holds 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107
@@ -158,33 +159,6 @@ class FunctionSettings:
     @property
     def handler_attr(self) -> str:
         return self.handler.split(":", 1)[1]
-
-
-@dataclass(frozen=True)
-class DeployPolicy:
-    """``[scheduler]`` bounds on what the central scheduler may deploy on this node.
-
-    Checked for every deploy/update command (and for deployed functions restored
-    at start) by :mod:`huselet.fleet.policy`; a spec outside them is refused with
-    command error ``policy``. The node's own ``[[functions]]`` are not subject to it.
-    """
-
-    package_roots: tuple[Path, ...] = ()  # package dirs / image files only below these
-    origins: tuple[str, ...] = ()  # digest origins allowed (besides cache.default_origin)
-    runtimes: tuple[str, ...] | None = None  # None: every runtime the node has
-    max_memory_mb: int | None = None  # None: the memory the node offers (memory_mb)
-    max_instances: int = 64
-    max_timeout_ms: int = 900_000
-
-
-@dataclass(frozen=True)
-class LinkTlsSettings:
-    """``[scheduler]`` ``tls_*``: mutual TLS on the link (the fleet CA, this node's cert)."""
-
-    ca: Path
-    cert: Path
-    key: Path
-    server_name: str | None = None  # checked against the scheduler's cert; default: its host
 
 
 @dataclass(frozen=True)
@@ -555,7 +529,7 @@ def _parse_scheduler(st: _Table, node: NodeSettings) -> SchedulerLinkSettings:
     )
     if settings.tls is None and not settings.insecure:
         for i, address in enumerate(settings.addresses):
-            if address.host != "localhost" and not ipaddress.ip_address(address.host).is_loopback:
+            if not _loopback_host(address.host):
                 raise ConfigError(
                     f"{st.key('addresses')}[{i}]",
                     f"{address} is not loopback: set tls_ca/tls_cert/tls_key "
@@ -565,17 +539,30 @@ def _parse_scheduler(st: _Table, node: NodeSettings) -> SchedulerLinkSettings:
     return settings
 
 
-def _string_list(st: _Table, name: str) -> list[str] | None:
-    if name not in st.raw:
-        st._used.add(name)
+# The [scheduler] trust keys below take the table being validated as ``Any``
+# and use only its public getters plus ``raw``/``_get``, so they move with the
+# table class wherever the config package puts it.
+
+
+def _loopback_host(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _string_list(st: Any, name: str) -> list[str] | None:
+    value = st._get(name, None)  # marks the key as known
+    if value is None:
         return None
-    value = st._get(name, None)
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(st.key(name), f"expected an array of strings, got {_describe(value)}")
+        raise ConfigError(st.key(name), f"expected an array of non-empty strings, got {value!r}")
     return value
 
 
-def _parse_policy(st: _Table) -> DeployPolicy:
+def _parse_policy(st: Any) -> DeployPolicy:
     roots = _string_list(st, "package_roots") or []
     resolved = []
     for i, root in enumerate(roots):
@@ -597,7 +584,7 @@ def _parse_policy(st: _Table) -> DeployPolicy:
     )
 
 
-def _parse_link_tls(st: _Table) -> LinkTlsSettings | None:
+def _parse_link_tls(st: Any) -> LinkTlsSettings | None:
     files = {k: st.optional_path(f"tls_{k}") for k in ("ca", "cert", "key")}
     server_name = st._get("tls_server_name", None)
     if server_name is not None and not isinstance(server_name, str):

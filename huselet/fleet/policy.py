@@ -24,8 +24,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from huselet.config import DeployPolicy, FunctionSettings
+from huselet.config import FunctionSettings
 from huselet.errors import HuseletError
+from huselet.trust import DeployPolicy
 
 POLICY = "policy"
 

@@ -16,9 +16,10 @@ from huselet.central.api import FleetApi
 from huselet.central.backend import Backend, EtcdBackend
 from huselet.central.etcd import EtcdClient
 from huselet.central.server import CentralScheduler, CentralSettings
-from huselet.config import DeployPolicy, SchedulerLinkSettings, TcpAddress
+from huselet.config import SchedulerLinkSettings, TcpAddress
 from huselet.fleet.commands import FleetCommands
 from huselet.fleet.link import SchedulerLink
+from huselet.trust import DeployPolicy
 
 
 def free_port() -> int:
