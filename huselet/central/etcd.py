@@ -39,6 +39,7 @@ WATCH_RECONNECT_S = 10.0  # how long a broken watch keeps trying before it gives
 MAX_RESPONSE_BYTES = 16 << 20  # etcd's own request limit is 1.5 MiB; ranges can be larger
 GRPC_OUT_OF_RANGE = 11  # "required revision has been compacted"
 GRPC_NOT_FOUND = 5  # "requested lease not found"
+GRPC_UNAVAILABLE = 14
 
 
 class EtcdError(Exception):
@@ -211,6 +212,9 @@ def _raise_for(body: Any) -> None:
         code, message = _int(body.get("code")), str(body.get("message") or body["error"])
         if code == GRPC_OUT_OF_RANGE and "compacted" in message:
             raise EtcdCompacted(message)
+        if code == GRPC_UNAVAILABLE or "connection is closing" in message:
+            # The member is starting, stopping or has no quorum: try again (elsewhere).
+            raise EtcdUnavailable(f"etcd error {code}: {message}")
         raise EtcdRequestError(code, message)
 
 
@@ -423,7 +427,8 @@ class EtcdClient:
                             next_rev = max(next_rev, header_rev + 1)  # progress notification
             except httpx.ReadTimeout:
                 continue  # silent for WATCH_IDLE_S: re-open from next_rev (not a failure)
-            except (httpx.TransportError, trio.TooSlowError):
+            except (httpx.TransportError, trio.TooSlowError, EtcdUnavailable):
+                # EtcdUnavailable: the member said so on the stream (it is stopping).
                 failures += 1
                 if failures == 1:
                     down_since = trio.current_time()
