@@ -80,7 +80,15 @@ def run_schedule(endpoint: str, schedule: list[tuple[int, str, float]], case: in
                     while True:
                         leaders = [s for s in scheds if s.election.valid()]
                         if len(leaders) > 1:
-                            overlaps.append(",".join(s.name for s in leaders))
+                            now = trio.current_time()
+                            overlaps.append(
+                                ", ".join(
+                                    f"{s.name} epoch {s.election.term.epoch} for "
+                                    f"{s.election.term.valid_until - now:.3f} s"
+                                    for s in leaders
+                                    if s.election.term is not None
+                                )
+                            )
                         # Every scheduler that has a term tries a guarded write.
                         for s in scheds:
                             if s.election.term is None:
