@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 
 from huselet.errors import ConfigError
 from huselet.health.settings import HealthSettings, parse_health
-from huselet.trust import DeployPolicy, LinkTlsSettings
 
 # A sun_path holds 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107
@@ -159,6 +158,10 @@ class FunctionSettings:
     @property
     def handler_attr(self) -> str:
         return self.handler.split(":", 1)[1]
+
+
+# The node's trust settings for the fleet link live in a leaf module of their own.
+from huselet.trust import DeployPolicy, LinkTlsSettings  # noqa: E402
 
 
 @dataclass(frozen=True)
