@@ -46,9 +46,7 @@ class Central:
     otherwise in dev mode on ``state_dir``. Its admin token is ``ADMIN_TOKEN``.
     """
 
-    def __init__(
-        self, name: str, state_dir: Path, *args: str, etcd: str | None = None
-    ) -> None:
+    def __init__(self, name: str, state_dir: Path, *args: str, etcd: str | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.admin_port = free_port()
