@@ -161,7 +161,13 @@ class FunctionSettings:
 
 
 # The node's trust settings for the fleet link live in a leaf module of their own.
-from huselet.trust import DeployPolicy, LinkTlsSettings  # noqa: E402
+from huselet.trust import (  # noqa: E402
+    DeployPolicy,
+    LinkTlsSettings,
+    loopback_host,
+    parse_link_tls,
+    parse_policy,
+)
 
 
 @dataclass(frozen=True)
@@ -525,14 +531,14 @@ def _parse_scheduler(st: _Table, node: NodeSettings) -> SchedulerLinkSettings:
         backoff_base_ms=base_ms,
         backoff_max_ms=max_ms,
         persist_functions=st.boolean("persist_functions", default=True),
-        policy=_parse_policy(st),
-        tls=_parse_link_tls(st),
+        policy=parse_policy(st),
+        tls=parse_link_tls(st),
         insecure=st.boolean("insecure", default=False),
         epoch_file=node.state_dir / "fleet-epoch",
     )
     if settings.tls is None and not settings.insecure:
         for i, address in enumerate(settings.addresses):
-            if not _loopback_host(address.host):
+            if not loopback_host(address.host):
                 raise ConfigError(
                     f"{st.key('addresses')}[{i}]",
                     f"{address} is not loopback: set tls_ca/tls_cert/tls_key "
@@ -540,66 +546,6 @@ def _parse_scheduler(st: _Table, node: NodeSettings) -> SchedulerLinkSettings:
                 )
     st.finish()
     return settings
-
-
-# The [scheduler] trust keys below take the table being validated as ``Any``
-# and use only its public getters plus ``raw``/``_get``, so they move with the
-# table class wherever the config package puts it.
-
-
-def _loopback_host(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _string_list(st: Any, name: str) -> list[str] | None:
-    value = st._get(name, None)  # marks the key as known
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(st.key(name), f"expected an array of non-empty strings, got {value!r}")
-    return value
-
-
-def _parse_policy(st: Any) -> DeployPolicy:
-    roots = _string_list(st, "package_roots") or []
-    resolved = []
-    for i, root in enumerate(roots):
-        path = Path(root).expanduser()
-        if not path.is_absolute():
-            raise ConfigError(f"{st.key('package_roots')}[{i}]", "must be an absolute path")
-        resolved.append(Path(os.path.realpath(path)))
-    runtimes = _string_list(st, "runtimes")
-    max_memory = st._get("max_memory_mb", None)
-    if max_memory is not None:
-        max_memory = st.positive_int("max_memory_mb")
-    return DeployPolicy(
-        package_roots=tuple(resolved),
-        origins=tuple(_string_list(st, "origins") or ()),
-        runtimes=tuple(runtimes) if runtimes is not None else None,
-        max_memory_mb=max_memory,
-        max_instances=st.positive_int("max_instances", default=64),
-        max_timeout_ms=st.positive_int("max_timeout_ms", default=900_000),
-    )
-
-
-def _parse_link_tls(st: Any) -> LinkTlsSettings | None:
-    files = {k: st.optional_path(f"tls_{k}") for k in ("ca", "cert", "key")}
-    server_name = st._get("tls_server_name", None)
-    if server_name is not None and not isinstance(server_name, str):
-        raise ConfigError(st.key("tls_server_name"), "expected a string")
-    if not any(files.values()):
-        return None
-    missing = [k for k, v in files.items() if v is None]
-    if missing:
-        raise ConfigError(st.key(f"tls_{missing[0]}"), "tls_ca, tls_cert and tls_key go together")
-    ca, cert, key = files["ca"], files["cert"], files["key"]
-    assert ca is not None and cert is not None and key is not None
-    return LinkTlsSettings(ca=ca, cert=cert, key=key, server_name=server_name)
 
 
 def _host_memory_mb() -> int:
