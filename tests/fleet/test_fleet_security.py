@@ -107,7 +107,7 @@ async def test_a_node_refuses_a_spec_outside_its_policy(short_tmp: Path) -> None
         bad = [
             ({"name": "etc", "package": "/etc", "handler": "m:h"}, "package_roots"),
             ({"name": "big", "package": str(short_tmp / "pkgs/echo"), "handler": "main:handler",
-              "memory_mb": 1 << 20}, "memory_mb"),
+              "memory_mb": 4097}, "memory_mb"),
             ({"name": "many", "package": str(short_tmp / "pkgs/echo"), "handler": "main:handler",
               "max_instances": 1000}, "max_instances"),
         ]  # fmt: skip
