@@ -159,6 +159,16 @@ class FunctionSettings:
         return self.handler.split(":", 1)[1]
 
 
+# The node's trust settings for the fleet link live in a leaf module of their own.
+from huselet.trust import (  # noqa: E402
+    DeployPolicy,
+    LinkTlsSettings,
+    loopback_host,
+    parse_link_tls,
+    parse_policy,
+)
+
+
 @dataclass(frozen=True)
 class SchedulerLinkSettings:
     """``[scheduler]``: the link to the central scheduler; absent, the node is standalone.
@@ -179,6 +189,10 @@ class SchedulerLinkSettings:
     backoff_base_ms: int = 100
     backoff_max_ms: int = 30_000
     persist_functions: bool = True  # deployed functions survive a daemon restart
+    policy: DeployPolicy = field(default_factory=DeployPolicy)
+    tls: LinkTlsSettings | None = None  # None: plaintext (loopback only, unless insecure)
+    insecure: bool = False  # allow plaintext to non-loopback scheduler addresses
+    epoch_file: Path | None = None  # highest accepted epoch (state_dir/fleet-epoch)
 
 
 @dataclass(frozen=True)
@@ -629,7 +643,19 @@ def _parse_scheduler(st: ConfigTable, node: NodeSettings) -> SchedulerLinkSettin
         backoff_base_ms=base_ms,
         backoff_max_ms=max_ms,
         persist_functions=st.boolean("persist_functions", default=True),
+        policy=parse_policy(st),
+        tls=parse_link_tls(st),
+        insecure=st.boolean("insecure", default=False),
+        epoch_file=node.state_dir / "fleet-epoch",
     )
+    if settings.tls is None and not settings.insecure:
+        for i, address in enumerate(settings.addresses):
+            if not loopback_host(address.host):
+                raise ConfigError(
+                    f"{st.key('addresses')}[{i}]",
+                    f"{address} is not loopback: set tls_ca/tls_cert/tls_key "
+                    "(or insecure = true to allow plaintext)",
+                )
     st.finish()
     return settings
 
