@@ -54,9 +54,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from huselet.central.embedded import PrivateEtcd
 from huselet.central.server import CentralScheduler, CentralSettings
 from huselet.config import SchedulerLinkSettings, TcpAddress
+from huselet.config.trust import DeployPolicy, LinkTlsSettings
 from huselet.fleet.commands import FleetCommands
 from huselet.fleet.link import SchedulerLink
-from huselet.trust import DeployPolicy, LinkTlsSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-admin-token-0123456789"

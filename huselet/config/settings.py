@@ -27,6 +27,13 @@ from huselet.config.health import HealthSettings, parse_health
 from huselet.config.limits import check_structure, parse_toml, read_token
 from huselet.config.observe import LogSettings, MetricsSettings, parse_log, parse_metrics
 from huselet.config.table import ConfigTable, TcpAddress, describe
+from huselet.config.trust import (
+    DeployPolicy,
+    LinkTlsSettings,
+    loopback_host,
+    parse_link_tls,
+    parse_policy,
+)
 from huselet.errors import ConfigError
 from protocol.link import EntryKind
 
@@ -157,16 +164,6 @@ class FunctionSettings:
     @property
     def handler_attr(self) -> str:
         return self.handler.split(":", 1)[1]
-
-
-# The node's trust settings for the fleet link live in a leaf module of their own.
-from huselet.trust import (  # noqa: E402
-    DeployPolicy,
-    LinkTlsSettings,
-    loopback_host,
-    parse_link_tls,
-    parse_policy,
-)
 
 
 @dataclass(frozen=True)

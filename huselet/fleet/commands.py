@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from huselet.config import Config, parse_function_spec
+from huselet.config.trust import DeployPolicy
 from huselet.errors import HuseletError
 from huselet.fleet.policy import check_paths, check_spec
 from huselet.log import get_logger
-from huselet.trust import DeployPolicy
 
 log = get_logger("fleet")
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from huselet.config import FunctionSettings
+from huselet.config.trust import DeployPolicy
 from huselet.errors import HuseletError
-from huselet.trust import DeployPolicy
 
 POLICY = "policy"
 

@@ -17,9 +17,9 @@ from huselet.central.backend import Backend, EtcdBackend
 from huselet.central.etcd import EtcdClient
 from huselet.central.server import CentralScheduler, CentralSettings
 from huselet.config import SchedulerLinkSettings, TcpAddress
+from huselet.config.trust import DeployPolicy
 from huselet.fleet.commands import FleetCommands
 from huselet.fleet.link import SchedulerLink
-from huselet.trust import DeployPolicy
 
 
 def free_port() -> int:

@@ -11,8 +11,8 @@ import pytest
 import trio
 from support import NodeStack, running_stack, write_package
 
+from huselet.config.trust import DeployPolicy
 from huselet.fleet.commands import CommandFailed, FleetCommands, FunctionStore
-from huselet.trust import DeployPolicy
 
 pytestmark = pytest.mark.e2e
 

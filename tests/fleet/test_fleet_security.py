@@ -15,7 +15,7 @@ from fleetkit import central, eventually, free_port, make_link, placements_open
 from support import running_stack, write_package
 
 from huselet.central.tls import server_context
-from huselet.trust import LinkTlsSettings
+from huselet.config.trust import LinkTlsSettings
 
 pytestmark = pytest.mark.e2e
 
