@@ -17,6 +17,7 @@ import trio
 from huselet.errors import HuseletError
 
 if TYPE_CHECKING:
+    from huselet.dispatch.buffer import RequestBuffer
     from huselet.dispatch.instance import InstanceRecord
     from protocol.link import HttpRequest
 
@@ -48,6 +49,7 @@ class Invocation:
         "http",
         "instance",
         "kind",
+        "queued_in",
         "request_id",
         "state",
     )
@@ -69,6 +71,9 @@ class Invocation:
         self.deadline = deadline  # trio.current_time() clock
         self.enqueued_at = trio.current_time()
         self.state = InvocationState.QUEUED
+        # The buffer holding this invocation while it is QUEUED there: a completion
+        # from outside (deadline, drain) tells it, so its live count stays exact.
+        self.queued_in: RequestBuffer | None = None
         self.instance: InstanceRecord | None = None
         self.attempts = 1  # deliveries to an instance so far, counting a retry
         self._outcome: InvokeResult | HuseletError | None = None
@@ -82,6 +87,8 @@ class Invocation:
         """Record the outcome; return False (and change nothing) if already done."""
         if self.state is InvocationState.DONE:
             return False
+        if self.queued_in is not None:
+            self.queued_in.left_queue(self)
         self.state = InvocationState.DONE
         self._outcome = outcome
         self._done.set()

@@ -140,6 +140,9 @@ class FunctionPool:
         # within microseconds. Counting only parked dispatchers would start a new
         # instance in the instant between a RESULT and its dispatcher re-parking.
         self.spare_credits = 0
+        # Instances starting and not asked to stop, kept by the records themselves
+        # (InstanceRecord.starting): ensure_capacity runs on every request.
+        self.starting = 0
         self.counters: Counter[str] = Counter()
         self.accepting = True  # False while draining: no new requests
         self.closed = False  # True once stopping: no new instances
@@ -190,25 +193,24 @@ class FunctionPool:
     def ensure_capacity(self) -> None:
         if self.closed or self.starts_held:
             return
-        starting = sum(
-            1
-            for r in self.instances.values()
-            if r.state is InstanceState.STARTING and r.stop_reason is None
-        )
-        demand = self.buffer.live_count() - self.spare_credits - starting
+        demand = self.buffer.live_count() - self.spare_credits - self.starting
         room = self.settings.max_instances - len(self.instances)
         want = max(demand, self.settings.min_instances - len(self.instances))
         for _ in range(min(want, room)):
             self._start_instance()
 
     def _start_instance(self) -> None:
-        record = InstanceRecord(self.name, self._instance_changed)
+        record = InstanceRecord(self.name, self._instance_changed, self._starting_changed)
+        self.starting += 1  # a new record is starting
         record.breaker_round = self.breaker.opened
         self.instances[record.id] = record
         self.live_instances.enter()
         self._instance_changed(record)
         self.counters["instances_started"] += 1
         self._nursery.start_soon(self._lifecycle, record, name=f"instance {record.id}")
+
+    def _starting_changed(self, starting: bool) -> None:
+        self.starting += 1 if starting else -1
 
     def _instance_changed(self, record: InstanceRecord) -> None:
         if self.on_change is not None:
