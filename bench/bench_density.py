@@ -82,7 +82,7 @@ class Level:
 
 
 class Daemon:
-    def __init__(self, home: Path, count: int, runtime: str) -> None:
+    def __init__(self, home: Path, count: int, runtime: str, extra: str = "") -> None:
         self.home = home
         self.port = free_port()
         home.mkdir(parents=True)
@@ -94,6 +94,7 @@ state_dir = "{home}/state"
 run_dir = "{home}/run"
 [gateway]
 http = "127.0.0.1:{self.port}"
+{extra}
 [[functions]]
 name = "tiny"
 package = "{NOOP}"
@@ -135,7 +136,8 @@ idle_timeout_ms = 3600000
 
 
 def run_level(root: Path, count: int, args: argparse.Namespace, rnd: int) -> Level:
-    daemon = Daemon(root / f"n{count}-r{rnd}", count, args.runtime)
+    extra = "\n".join(args.config)
+    daemon = Daemon(root / f"n{count}-r{rnd}", count, args.runtime, extra)
     time.sleep(1)  # let the previous level's memory come back
     avail_before = mem_available_kb()
     t0 = time.monotonic()
@@ -200,6 +202,12 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
     parser.add_argument("--invoke", type=float, default=2.0, help="seconds of warm invokes")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help='TOML lines added to the config (e.g. "[health]" "heartbeat_interval_ms = 60000")',
+    )
     args = parser.parse_args()
     counts = [
         int(c) for c in (args.counts or ("200,500" if args.quick else "500,1000,2000")).split(",")
