@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -94,6 +95,10 @@ state_dir = "{home}/state"
 run_dir = "{home}/run"
 [gateway]
 http = "127.0.0.1:{self.port}"
+[runtimes.fork]
+# Its own cgroup subtree: a daemon's start-up sweep kills what it finds under
+# its subtree, and other daemons (tests) may run on the same host.
+cgroup_parent = "huselet-bench-{os.getpid()}"
 {extra}
 [[functions]]
 name = "tiny"
