@@ -19,7 +19,11 @@ max_instances = N``, so it starts N instances on its own. Measured:
 - **idle CPU**: the daemon's utime+stime over ``--idle`` seconds with all N
   idle, as % of one core;
 - **invoke p50/p99**: warm HTTP invocations one at a time (concurrency 1) with
-  all N idle.
+  all N idle;
+- **past the limit** (``--probe-limit``): a daemon whose fork instances may
+  hold at most ``nproc = 16`` processes per function uid (RLIMIT_NPROC, the
+  limit that stops clone with EAGAIN) gets 32 concurrent 1-second requests:
+  how many are served, and what the others get (status, reason, time).
 
 Each level runs ``--rounds`` times (default 1; interleave several with
 ``--rounds 3``) and prints the median and spread. Every wait has a deadline:
@@ -83,7 +87,17 @@ class Level:
 
 
 class Daemon:
-    def __init__(self, home: Path, count: int, runtime: str, extra: str = "") -> None:
+    def __init__(
+        self,
+        home: Path,
+        count: int,
+        runtime: str,
+        extra: str = "",
+        *,
+        package: Path = NOOP,
+        max_instances: int | None = None,
+        fork_extra: str = "",
+    ) -> None:
         self.home = home
         self.port = free_port()
         home.mkdir(parents=True)
@@ -99,16 +113,20 @@ http = "127.0.0.1:{self.port}"
 # Its own cgroup subtree: a daemon's start-up sweep kills what it finds under
 # its subtree, and other daemons (tests) may run on the same host.
 cgroup_parent = "huselet-bench-{os.getpid()}"
+{fork_extra}
 {extra}
 [[functions]]
 name = "tiny"
-package = "{NOOP}"
+package = "{package}"
 handler = "main:handler"
 runtime = "{runtime}"
 min_instances = {count}
-max_instances = {count}
+max_instances = {max_instances or count}
 max_queue = 10000
 idle_timeout_ms = 3600000
+# N starts are asked for at once: on a loaded host the last ones wait longer
+# than the default 10 s, and failed starts would open the breaker.
+start_timeout_ms = 60000
 """
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -192,6 +210,61 @@ def run_level(root: Path, count: int, args: argparse.Namespace, rnd: int) -> Lev
         daemon.stop()
 
 
+SLEEPY = "import time\n\ndef handler(event, context):\n    time.sleep(1)\n    return {}\n"
+
+
+def probe_limit(root: Path, args: argparse.Namespace) -> None:
+    """32 concurrent slow requests to a function the host lets start ~7 instances."""
+    import http.client
+    from concurrent.futures import ThreadPoolExecutor
+
+    package = root / "sleepy"
+    package.mkdir()
+    (package / "main.py").write_text(SLEEPY)
+    daemon = Daemon(
+        root / "probe", 0, "fork", package=package, max_instances=32, fork_extra="nproc = 16"
+    )
+    daemon.start()
+    assert daemon.proc is not None
+
+    def call(_: int) -> tuple[int, str, float]:
+        t0 = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
+        try:
+            conn.request("POST", "/v1/invoke/tiny", b"{}", {"content-type": "application/json"})
+            reply = conn.getresponse()
+            body = reply.read().decode(errors="replace")
+            return reply.status, body[:160], time.monotonic() - t0
+        except OSError as exc:
+            return 0, str(exc), time.monotonic() - t0
+        finally:
+            conn.close()
+
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with AdminClient(daemon.home / "run" / "admin.sock") as admin:
+                    admin.call("ping")
+                break
+            except Exception:
+                time.sleep(0.2)
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(call, range(32)))
+    finally:
+        daemon.stop()
+    by_status: dict[int, list[tuple[str, float]]] = {}
+    for status, body, seconds in results:
+        by_status.setdefault(status, []).append((body, seconds))
+    print("\npast the limit (nproc = 16, 32 concurrent 1 s requests):")
+    for status, rows in sorted(by_status.items()):
+        times = sorted(t for _, t in rows)
+        print(
+            f"  {status}: {len(rows)} requests, time p50 {statistics.median(times):.2f} s "
+            f"max {times[-1]:.2f} s; e.g. {rows[0][0]!r}"
+        )
+
+
 def med(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
@@ -207,6 +280,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
     parser.add_argument("--invoke", type=float, default=2.0, help="seconds of warm invokes")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--probe-limit", action="store_true", help="also probe a host limit")
     parser.add_argument(
         "--config",
         action="append",
@@ -242,6 +316,8 @@ def main() -> None:
         )
     if args.rounds > 1:
         print("(medians of the rounds)")
+    if args.probe_limit:
+        probe_limit(root, args)
     if args.json:
         args.json.write_text(json.dumps({c: [vars(lv) for lv in ls] for c, ls in results.items()}))
 

@@ -12,7 +12,9 @@ Modes (the ``MODES`` table; add a row to compare another variant):
 - ``gunicorn``       — the same handler as a WSGI app, gunicorn with 2 sync workers;
 - ``uvicorn``        — the same handler as an ASGI app, uvicorn with httptools;
 - ``raw``            — no front end: msgpack frames over a Unix socket straight
-  to 2 huselet workers (the floor any front end adds to).
+  to 2 huselet workers (the floor any front end adds to);
+- ``ref-http``, ``ref-framed`` (with ``--ref PATH``) — the daemon run from
+  another checkout (e.g. main), for a before/after in the same interleaved run.
 
 huselet runs with the configuration users get: default runtime and
 ``max_instances``, the package packed into an image on load. Every server is
@@ -135,8 +137,14 @@ def wait_for_port(port: int, proc: subprocess.Popen[str], what: str) -> None:
     raise SystemExit(f"{what} did not listen on {port} within 30 s")
 
 
-def start_huselet(root: Path, name: str, extra_config: str = "") -> Server:
-    """``huselet run`` with a default configuration (plus ``extra_config`` TOML)."""
+def start_huselet(
+    root: Path, name: str, extra_config: str = "", code: Path | None = None
+) -> Server:
+    """``huselet run`` with a default configuration (plus ``extra_config`` TOML).
+
+    ``code``: run the daemon from another checkout (its ``huselet`` package
+    first on the path) — a before/after comparison in one interleaved run.
+    """
     port = free_port()
     home = root / name
     home.mkdir()
@@ -156,10 +164,14 @@ package = "{NOOP}"
 handler = "main:handler"
 """
     )
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     proc = subprocess.Popen(
         [sys.executable, "-m", "huselet", "run", "--config", str(config), "--log-level", "info"],
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     assert proc.stderr is not None
     framed = None
@@ -388,7 +400,19 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=None, help="seconds per round")
     parser.add_argument("--warmup", type=float, default=None)
     parser.add_argument("--json", type=Path, help="write every round as JSON here")
+    parser.add_argument(
+        "--ref",
+        type=Path,
+        help="another checkout of huselet: adds modes ref-http and ref-framed (its daemon)",
+    )
     args = parser.parse_args()
+    if args.ref:
+        ref = args.ref.resolve()
+        SERVERS["huselet-ref"] = lambda root: start_huselet(root, "huselet-ref", code=ref)
+        MODES["ref-http"] = Mode("huselet-ref", http_load)
+        MODES["ref-framed"] = Mode("huselet-ref", framed_load)
+        if args.modes == parser.get_default("modes"):
+            args.modes += ",ref-http,ref-framed"
     args.levels = [int(c) for c in args.concurrency.split(",")]
     args.duration = args.duration or (1.0 if args.quick else 3.0)
     args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0)
