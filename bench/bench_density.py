@@ -272,7 +272,9 @@ def med(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="200 and 500 instances")
-    parser.add_argument("--counts", default=None, help="comma-separated instance counts")
+    parser.add_argument(
+        "--counts", default=None, help='comma-separated instance counts ("" with --probe-limit)'
+    )
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--runtime", default="fork")
     parser.add_argument("--start-timeout", type=float, default=120.0)
@@ -288,9 +290,8 @@ def main() -> None:
         help='TOML lines added to the config (e.g. "[health]" "heartbeat_interval_ms = 60000")',
     )
     args = parser.parse_args()
-    counts = [
-        int(c) for c in (args.counts or ("200,500" if args.quick else "500,1000,2000")).split(",")
-    ]
+    default = "200,500" if args.quick else "500,1000,2000"
+    counts = [int(c) for c in (default if args.counts is None else args.counts).split(",") if c]
     if args.quick:
         args.idle, args.invoke = min(args.idle, 3.0), min(args.invoke, 1.5)
     root = Path(tempfile.mkdtemp(prefix="hld"))
