@@ -9,6 +9,8 @@ Modes (the ``MODES`` table; add a row to compare another variant):
 
 - ``huselet-http``   — ``POST /v1/invoke/noop`` through the daemon's HTTP ingress;
 - ``huselet-framed`` — the framed ingress (``huselet.client.framed_trio``);
+- ``nometrics-http`` — HTTP to a daemon with ``[metrics] enabled = false``
+  (against ``huselet-http``: what metrics cost per request);
 - ``gunicorn``       — the same handler as a WSGI app, gunicorn with 2 sync workers;
 - ``uvicorn``        — the same handler as an ASGI app, uvicorn with httptools;
 - ``raw``            — no front end: msgpack frames over a Unix socket straight
@@ -284,12 +286,17 @@ class Mode:
 # entry with its own ``extra_config`` and one more MODES row.
 SERVERS: dict[str, Callable[[Path], Server]] = {
     "huselet": lambda root: start_huselet(root, "huselet"),
+    # Metrics are on by default; this one shows what they cost the hot path.
+    "huselet-nometrics": lambda root: start_huselet(
+        root, "huselet-nometrics", "[metrics]\nenabled = false"
+    ),
     "gunicorn": start_gunicorn,
     "uvicorn": start_uvicorn,
 }
 MODES: dict[str, Mode] = {
     "huselet-http": Mode("huselet", http_load),
     "huselet-framed": Mode("huselet", framed_load),
+    "nometrics-http": Mode("huselet-nometrics", http_load),
     "gunicorn": Mode("gunicorn", http_load),
     "uvicorn": Mode("uvicorn", http_load),
     "raw": Mode("raw", raw_load),

@@ -24,6 +24,10 @@ class DigestMismatch(CorruptImage):
     """An image or file hashes to something other than the digest it must have."""
 
 
+class NotRegularFile(CorruptImage):
+    """A path that must be an image file is a FIFO, device, socket, directory or symlink."""
+
+
 class BuildError(CacheError):
     """A source tree cannot be packed (unsafe symlink, bad name, changing file)."""
 

@@ -28,7 +28,14 @@ import trio
 import zstandard
 
 from cache import format as fmt
-from cache.errors import FetchError, ImageNotFound, ImageTooLarge, TransientFetchError
+from cache.errors import (
+    FetchError,
+    ImageNotFound,
+    ImageTooLarge,
+    NotRegularFile,
+    TransientFetchError,
+)
+from cache.safeio import open_regular
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 17
@@ -161,8 +168,11 @@ class ImageSink:
 class DirectoryOrigin(Origin):
     """Images published as files in a directory (local disk, NFS, a ``file://`` URL)."""
 
-    def __init__(self, directory: Path | str) -> None:
+    def __init__(self, directory: Path | str, *, follow_symlinks: bool = True) -> None:
         self.directory = Path(directory)
+        # False for directories others drop files into (the publish dir): a
+        # symlink there must not make us read (and install) a file outside it.
+        self.follow_symlinks = follow_symlinks
 
     def describe(self) -> str:
         return str(self.directory)
@@ -173,16 +183,16 @@ class DirectoryOrigin(Origin):
         return await trio.to_thread.run_sync(self._copy, digest, dest, max_bytes)
 
     def _copy(self, digest: str, dest: Path, max_bytes: int) -> int:
-        source = self._open_source(digest)
+        source, name = self._open_source(digest)
         with source:
-            sink = ImageSink(dest, max_bytes, f"{self.directory}/{os.path.basename(source.name)}")
+            sink = ImageSink(dest, max_bytes, f"{self.directory}/{name}")
             try:
                 while True:
                     trio.from_thread.check_cancelled()
                     try:
                         chunk = source.read(_CHUNK)
                     except OSError as exc:
-                        raise TransientFetchError(f"reading {source.name}: {exc}") from exc
+                        raise TransientFetchError(f"reading {name}: {exc}") from exc
                     if not chunk:
                         return sink.finish()
                     sink.write(chunk)
@@ -190,13 +200,17 @@ class DirectoryOrigin(Origin):
                 sink.abort()
                 raise
 
-    def _open_source(self, digest: str) -> BinaryIO:
+    def _open_source(self, digest: str) -> tuple[BinaryIO, str]:
         for name in transfer_names(digest):
             path = self.directory / name
             try:
-                return open(path, "rb")
+                # Never blocks on a FIFO, refuses devices (and symlinks if asked).
+                fd = open_regular(path, follow_symlinks=self.follow_symlinks)
+                return open(fd, "rb", closefd=True), name
             except FileNotFoundError:
                 continue
+            except NotRegularFile as exc:
+                raise FetchError(str(exc)) from None
             except PermissionError as exc:
                 raise FetchError(f"cannot read {path}: {exc.strerror}") from exc
             except OSError as exc:

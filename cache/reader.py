@@ -8,6 +8,14 @@ serves ``memoryview`` slices of the mapping.
 
 Images must never be modified or truncated in place (the store only renames
 and unlinks them): a mapping over a file that shrinks faults with SIGBUS.
+So :meth:`ImageReader.open` never *touches* the mapping itself: header and
+index are read with ``pread`` and ``verify=True`` hashes through ``pread`` as
+well (:func:`read_index`, :func:`hash_image`), so a file truncated while it
+is opened or verified gives a :class:`~cache.errors.CorruptImage`, never a
+fault in the daemon. Only instances read file bytes through the mapping. Files
+the daemon does not own (a publish drop, a ``functions[].image`` path) are
+never mapped at all: :func:`inspect_image` reads and hashes them, and the
+store maps only its own private copy.
 
 Every refusal is a :class:`~cache.errors.CacheError` whose message names the
 field or entry at fault. Asking for a path that is not in a valid image is not
@@ -20,13 +28,13 @@ from __future__ import annotations
 import importlib._bootstrap_external
 import mmap
 import os
-import stat
 import sys
 from bisect import bisect_left
 from itertools import pairwise
 
 from cache import format as fmt
 from cache.errors import CorruptImage, DigestMismatch, UnsupportedImage
+from cache.safeio import open_regular, pread_exact
 
 # Kept light on purpose (no typing, dataclasses, pathlib, hashlib at import):
 # the importer imports this module in every function instance at start-up.
@@ -155,8 +163,13 @@ class ImageReader:
         *,
         expected_digest: str | None = None,
         verify: bool = True,
+        expected_identity: tuple[int, int] | None = None,
     ) -> ImageReader:
         """Map ``path`` and validate it.
+
+        ``expected_identity`` is ``(inode, size)`` recorded when the store
+        installed the file: a file replaced or resized since (a ``cp`` over it,
+        a truncation) is refused with :class:`ImageChanged` before it is mapped.
 
         ``expected_digest`` (hex) defaults to the digest in the file name when
         the name is ``<sha256 hex>.hlimg``. Header and index are always
@@ -174,39 +187,38 @@ class ImageReader:
         elif not fmt.is_digest_hex(expected_digest):
             raise ValueError(f"expected_digest is not 64 lowercase hex digits: {expected_digest!r}")
 
-        fd = os.open(image_path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_regular(image_path)  # never blocks on a FIFO, refuses devices
         try:
             st = os.fstat(fd)
-            file_size = st.st_size
-            if not stat.S_ISREG(st.st_mode):
-                raise CorruptImage(f"{image_path} is not a regular file")
-            if file_size == 0:
-                raise CorruptImage(f"truncated image: 0 bytes, header is {fmt.HEADER_SIZE} bytes")
-            mapping = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-        finally:
-            os.close(fd)
-        try:
-            header = _check_header(mapping, file_size)
-            paths, records = _check_index(mapping, header)
+            if expected_identity is not None and (st.st_ino, st.st_size) != expected_identity:
+                raise ImageChanged(
+                    f"{image_path} changed on disk since it was installed (inode, size "
+                    f"{(st.st_ino, st.st_size)}, expected {expected_identity})"
+                )
+            header, paths, records = read_index(fd, st.st_size, image_path)
             if expected_digest is not None and header.image_digest.hex() != expected_digest:
                 raise DigestMismatch(
                     f"image digest mismatch: expected {expected_digest}, "
                     f"header says {header.image_digest.hex()}"
                 )
-            reader = cls(image_path, mapping, header, paths, records)
-        except BaseException:
-            mapping.close()
-            raise
-        if verify:
-            try:
-                reader.verify()
-            except BaseException:
-                reader.close()
-                raise
-        return reader
+            if verify:
+                computed = hash_image(fd, header.image_size, image_path).hex()
+                if computed != header.image_digest.hex():
+                    raise DigestMismatch(
+                        f"image digest mismatch: expected {header.image_digest.hex()}, "
+                        f"got {computed}"
+                    )
+            mapping = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        return cls(image_path, mapping, header, paths, records)
 
     def verify(self) -> None:
-        """Hash the whole image and compare with the header digest (the scrub check)."""
+        """Hash the whole image through the mapping and compare with the header digest.
+
+        For instances, which own their mapping's fate; the daemon verifies with
+        ``open(verify=True)`` (``pread``), which cannot fault on a truncated file.
+        """
         computed = fmt.image_digest(self._mapped_view()).hex()
         if computed != self.digest:
             raise DigestMismatch(f"image digest mismatch: expected {self.digest}, got {computed}")
@@ -329,10 +341,109 @@ class ImageReader:
         return self._view
 
 
+class ImageChanged(CorruptImage):
+    """An installed image is no longer the file the store installed (replaced or resized)."""
+
+
+class ImageIndex:
+    """Header and index of an image read with ``pread`` (:func:`inspect_image`): no mapping."""
+
+    __slots__ = ("digest", "header", "paths", "records", "size")
+
+    def __init__(self, header: fmt.Header, paths: list[str], records: list[_Record]) -> None:
+        self.header = header
+        self.digest = header.image_digest.hex()
+        self.size = header.image_size
+        self.paths = paths
+        self.records = records
+
+    def is_file(self, path: str) -> bool:
+        key = normalise_lookup_path(path)
+        if not key:
+            return False
+        i = bisect_left(self.paths, key)
+        return i < len(self.paths) and self.paths[i] == key and self.records[i][0] == fmt.KIND_FILE
+
+
+def inspect_image(
+    path: str | os.PathLike[str], *, verify: bool = False, follow_symlinks: bool = True
+) -> ImageIndex:
+    """Validate an image the daemon does not own, without mapping it.
+
+    Header and index are always checked; ``verify=True`` also hashes every
+    byte. Everything is read with ``pread``: a file truncated, replaced or
+    grown meanwhile is a :class:`CorruptImage`; a FIFO or device is a
+    :class:`~cache.errors.NotRegularFile` (never a hang).
+    """
+    image_path = os.fspath(path)
+    fd = open_regular(image_path, follow_symlinks=follow_symlinks)
+    try:
+        header, paths, records = read_index(fd, os.fstat(fd).st_size, image_path)
+        if verify:
+            computed = hash_image(fd, header.image_size, image_path)
+            if computed != header.image_digest:
+                raise DigestMismatch(
+                    f"image digest mismatch: expected {header.image_digest.hex()}, "
+                    f"got {computed.hex()}"
+                )
+    finally:
+        os.close(fd)
+    return ImageIndex(header, paths, records)
+
+
+def read_index(
+    fd: int, file_size: int, what: str = "image"
+) -> tuple[fmt.Header, list[str], list[_Record]]:
+    """Header and index of the image open at ``fd``, read and validated with ``pread``."""
+    if file_size == 0:
+        raise CorruptImage(f"truncated image: 0 bytes, header is {fmt.HEADER_SIZE} bytes")
+    page = pread_exact(fd, min(file_size, fmt.HEADER_SIZE), 0, what)
+    header = _check_header(page, file_size)
+    index = pread_exact(fd, header.index_count * fmt.ENTRY_SIZE, header.index_offset, what)
+    strtab = pread_exact(fd, header.strtab_size, header.strtab_offset, what)
+    paths, records = parse_index(index, strtab, header)
+    return header, paths, records
+
+
+def parse_image_bytes(data: bytes) -> tuple[fmt.Header, list[str], list[_Record]]:
+    """Header and index of an image held in memory (the fuzz target of the index parser)."""
+    if not data:
+        raise CorruptImage(f"truncated image: 0 bytes, header is {fmt.HEADER_SIZE} bytes")
+    header = _check_header(data[: fmt.HEADER_SIZE], len(data))
+    index_end = header.index_offset + header.index_count * fmt.ENTRY_SIZE
+    strtab = data[header.strtab_offset : header.strtab_offset + header.strtab_size]
+    return (header, *parse_index(data[header.index_offset : index_end], strtab, header))
+
+
+def hash_image(fd: int, size: int, what: str = "image") -> bytes:
+    """SHA-256 of the image at ``fd`` per FORMAT.md, streamed with ``pread``.
+
+    A file that ends early or continues past ``size`` changed while we read it.
+    """
+    import hashlib  # lazily, as in verify_file
+
+    h = hashlib.sha256(fmt.digest_header_view(pread_exact(fd, fmt.HEADER_SIZE, 0, what)))
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    offset = fmt.HEADER_SIZE
+    while offset < size:
+        n = os.preadv(fd, [view[: min(len(buf), size - offset)]], offset)
+        if n == 0:
+            raise CorruptImage(
+                f"{what}: file ended at {offset} bytes while {size} were expected "
+                "(truncated or changed while being hashed)"
+            )
+        h.update(view[:n])
+        offset += n
+    if os.pread(fd, 1, size):
+        raise CorruptImage(f"{what}: file grew past {size} bytes while being hashed")
+    return h.digest()
+
+
 # -- validation ------------------------------------------------------------------
 
 
-def _check_header(mapping: mmap.mmap, file_size: int) -> fmt.Header:
+def _check_header(mapping: bytes, file_size: int) -> fmt.Header:
     magic = mapping[: len(fmt.MAGIC)]
     if magic != fmt.MAGIC:
         raise CorruptImage(f"bad magic: expected {fmt.MAGIC.hex()}, got {bytes(magic).hex()}")
@@ -373,6 +484,12 @@ def _check_header(mapping: mmap.mmap, file_size: int) -> fmt.Header:
         )
     if h.index_count > fmt.MAX_ENTRIES:
         raise CorruptImage(f"index count {h.index_count} exceeds {fmt.MAX_ENTRIES}")
+    if h.strtab_size > h.index_count * fmt.MAX_PATH_BYTES:
+        # Each path is at most MAX_PATH_BYTES: a bigger strtab is junk we would read for nothing.
+        raise CorruptImage(
+            f"strtab size {h.strtab_size} exceeds {h.index_count} paths of "
+            f"{fmt.MAX_PATH_BYTES} bytes"
+        )
     index_end = h.index_offset + h.index_count * fmt.ENTRY_SIZE
     strtab_end = h.strtab_offset + h.strtab_size
     data_end = h.data_offset + h.data_size
@@ -393,10 +510,11 @@ def _check_header(mapping: mmap.mmap, file_size: int) -> fmt.Header:
     return h
 
 
-def _check_index(mapping: mmap.mmap, h: fmt.Header) -> tuple[list[str], list[_Record]]:
-    index_end = h.index_offset + h.index_count * fmt.ENTRY_SIZE
-    raw = fmt.ENTRY_STRUCT.iter_unpack(mapping[h.index_offset : index_end])
-    strtab = mapping[h.strtab_offset : h.strtab_offset + h.strtab_size]
+def parse_index(index: bytes, strtab: bytes, h: fmt.Header) -> tuple[list[str], list[_Record]]:
+    """Validate the index entries (``index``) against ``strtab`` and the header."""
+    if len(index) != h.index_count * fmt.ENTRY_SIZE or len(strtab) != h.strtab_size:
+        raise CorruptImage("index or strtab region lies beyond the end of the image")
+    raw = fmt.ENTRY_STRUCT.iter_unpack(index)
     data_end = h.data_offset + h.data_size
     paths: list[str] = []
     records: list[_Record] = []

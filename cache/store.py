@@ -9,7 +9,13 @@ Layout under ``state_dir``::
 - **Disk level**: images within ``disk_budget_bytes``; least recently used
   first out, but never an image someone holds an :class:`ImageLease` on.
   Install = fetch into ``.part``, fsync, verify the whole digest, make room,
-  rename, fsync the directory. A corrupt image goes to ``quarantine/``.
+  drop its write bits, rename, fsync the directory. A corrupt image goes to
+  ``quarantine/``. The store maps only these private copies, never a file it
+  does not own, and checks each one's (inode, size) against what it installed
+  before mapping it: a file replaced or truncated behind its back (a ``cp``
+  over it) is quarantined and fetched again, never mapped. Hashing (install,
+  scrub) reads with ``pread``, so a truncation meanwhile is an error, not a
+  SIGBUS.
 - **Memory level**: :class:`ImageReader` mappings kept open within
   ``memory_budget_bytes`` (of mapped image size), LRU, leased ones never
   closed. Mapping only costs address space until pages are touched, so the
@@ -35,6 +41,7 @@ import logging
 import os
 import random
 import secrets
+import stat
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,13 +54,14 @@ from cache import format as fmt
 from cache.errors import (
     CacheError,
     CacheFull,
+    DigestMismatch,
     DiskFull,
     ImageNotFound,
     ImageTooLarge,
     TransientFetchError,
 )
 from cache.origin import Origin
-from cache.reader import ImageReader
+from cache.reader import ImageReader, inspect_image
 from cache.singleflight import FetchCoordinator
 
 log = logging.getLogger("huselet.cache")
@@ -106,12 +114,14 @@ class ImageState:
 class _DiskImage:
     """One installed image and who is using it."""
 
-    __slots__ = ("digest", "last_touch", "path", "pins", "reader", "size")
+    __slots__ = ("digest", "identity", "last_touch", "path", "pins", "reader", "size")
 
-    def __init__(self, digest: str, path: Path, size: int) -> None:
+    def __init__(self, digest: str, path: Path, size: int, inode: int) -> None:
         self.digest = digest
         self.path = path
         self.size = size
+        # (inode, size) as installed: anything else at this path is not our file.
+        self.identity = (inode, size)
         self.pins = 0
         self.reader: ImageReader | None = None
         self.last_touch = float("-inf")
@@ -188,8 +198,8 @@ class ImageStore:
     ) -> None:
         """Scan the state directory, then serve until cancelled."""
         found, partials, broken = await trio.to_thread.run_sync(self._scan)
-        for digest, path, size in found:
-            self._disk[digest] = _DiskImage(digest, path, size)
+        for digest, path, size, inode in found:
+            self._disk[digest] = _DiskImage(digest, path, size, inode)
         self._stats.partials_removed += partials
         self._stats.quarantined += broken
         self._make_room(0, "(budget check at start)")
@@ -206,7 +216,7 @@ class ImageStore:
                     image.reader = None
             self._memory.clear()
 
-    def _scan(self) -> tuple[list[tuple[str, Path, int]], int, int]:
+    def _scan(self) -> tuple[list[tuple[str, Path, int, int]], int, int]:
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
         entries = sorted(self.images_dir.iterdir(), key=_mtime)  # oldest first = LRU order
@@ -221,9 +231,14 @@ class ImageStore:
                 log.warning("ignoring unexpected file %s in the image store", path)
                 continue
             try:
+                st = os.lstat(path)
                 # Structure only: whole digests were checked at install; scrub re-checks.
-                with ImageReader.open(path, verify=False) as reader:
-                    found.append((digest, path, reader.size))
+                with ImageReader.open(
+                    path, verify=False, expected_identity=(st.st_ino, st.st_size)
+                ) as reader:
+                    found.append((digest, path, reader.size, st.st_ino))
+            except FileNotFoundError:
+                continue
             except CacheError as exc:
                 self._move_to_quarantine(path, str(exc))
                 broken += 1
@@ -273,7 +288,9 @@ class ImageStore:
             self._stats.memory_hits += 1
         else:
             self._stats.memory_misses += 1
-            reader = await trio.to_thread.run_sync(_open_installed, image.path, image.digest)
+            reader = await trio.to_thread.run_sync(
+                _open_installed, image.path, image.digest, image.identity
+            )
             if image.reader is None or image.reader.closed:
                 image.reader = reader
             else:  # another task mapped it meanwhile; keep one mapping
@@ -319,7 +336,9 @@ class ImageStore:
             if self._disk.get(image.digest) is not image:
                 continue  # evicted meanwhile
             try:
-                await trio.to_thread.run_sync(_verify_installed, image.path, image.digest)
+                await trio.to_thread.run_sync(
+                    _verify_installed, image.path, image.digest, image.identity
+                )
             except (CacheError, FileNotFoundError) as exc:
                 self._quarantine(image, str(exc))
                 bad.append(image.digest)
@@ -388,7 +407,9 @@ class ImageStore:
         if image is None:
             return None
         try:
-            await trio.to_thread.run_sync(_verify_installed, image.path, image.digest)
+            await trio.to_thread.run_sync(
+                _verify_installed, image.path, image.digest, image.identity
+            )
         except (CacheError, OSError) as exc:  # EIO, EACCES: unusable just the same
             if self._disk.get(digest) is image:  # not evicted meanwhile
                 self._quarantine(image, str(exc))
@@ -423,10 +444,10 @@ class ImageStore:
             # space as taken, but nobody sees the image before its file exists.
             self._reserved_bytes += size
             try:
-                await trio.to_thread.run_sync(_commit, part, final)
+                inode = await trio.to_thread.run_sync(_commit, part, final)
             finally:
                 self._reserved_bytes -= size
-            self._disk[digest] = _DiskImage(digest, final, size)
+            self._disk[digest] = _DiskImage(digest, final, size, inode)
             self._stats.bytes_fetched += size
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -524,26 +545,37 @@ class ImageStore:
 # -- blocking helpers (run in worker threads) ---------------------------------------------
 
 
-def _open_installed(path: Path, digest: str) -> ImageReader:
-    return ImageReader.open(path, expected_digest=digest, verify=False)
+def _open_installed(path: Path, digest: str, identity: tuple[int, int]) -> ImageReader:
+    return ImageReader.open(path, expected_digest=digest, verify=False, expected_identity=identity)
 
 
-def _verify_installed(path: Path, digest: str) -> None:
-    ImageReader.open(path, expected_digest=digest, verify=True).close()
+def _verify_installed(path: Path, digest: str, identity: tuple[int, int]) -> None:
+    # pread-hashed (never through a mapping): a truncation meanwhile is an error.
+    reader = ImageReader.open(path, expected_digest=digest, verify=True, expected_identity=identity)
+    reader.close()
 
 
 def _verify_download(part: Path, digest: str) -> int:
-    with ImageReader.open(part, expected_digest=digest, verify=True) as reader:
-        return reader.size
+    index = inspect_image(part, verify=True, follow_symlinks=False)
+    if index.digest != digest:
+        raise DigestMismatch(
+            f"image digest mismatch: expected {digest}, header says {index.digest}"
+        )
+    return index.size
 
 
-def _commit(part: Path, final: Path) -> None:
+def _commit(part: Path, final: Path) -> int:
+    """Rename the verified download into place, read-only; return its inode."""
+    st = os.lstat(part)
+    # Our private copy: nobody (not even we) writes to it again.
+    os.chmod(part, stat.S_IMODE(st.st_mode) & ~0o222)
     os.rename(part, final)
     fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+    return st.st_ino
 
 
 def _unlink_quietly(path: Path) -> None:

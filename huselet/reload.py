@@ -15,7 +15,7 @@ What applies live, without dropping traffic:
   now (the operator just said "fixed": don't make them wait the backoff).
 
 What does not apply live — ``[node]``, ``[gateway]``, ``[admin]``, ``[cache]``,
-``[scheduler]``, ``[runtimes]``, ``[health]`` — is reported as needing a
+``[scheduler]``, ``[runtimes]``, ``[health]``, ``[metrics]``, ``[log]`` — is reported as needing a
 restart and the running values stay. An invalid file is refused whole with
 its error; nothing changes. Functions deployed by the central scheduler are
 not the file's to touch.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -35,6 +36,7 @@ from huselet.dispatch.links import LinkServer
 from huselet.errors import ConfigError, HuseletError
 from huselet.log import get_logger
 from huselet.runtime.base import Runtime
+from huselet.runtime.validate import check_runtimes
 
 log = get_logger("reload")
 
@@ -51,7 +53,9 @@ LIVE_FIELDS = frozenset(
     }
 )
 READ_TIMEOUT_S = 10.0
-SECTIONS_NEEDING_RESTART = ("node", "gateway", "admin", "cache", "scheduler", "runtimes", "health")
+SECTIONS_NEEDING_RESTART = (
+    *("node", "gateway", "admin", "cache", "scheduler", "runtimes", "health", "metrics", "log"),
+)
 
 
 class ReloadRefused(HuseletError):
@@ -110,13 +114,17 @@ class ConfigReloader:
             # and with a deadline (a hung file system must not wedge reloads).
             with trio.fail_after(READ_TIMEOUT_S):
                 new = await trio.to_thread.run_sync(
-                    lambda: load_config(source, known_runtimes=self.known_runtimes),
+                    lambda: _load_and_check(source, self.known_runtimes),
                     abandon_on_cancel=True,
                 )
         except ConfigError as exc:
             raise ReloadRefused(f"{source}: {exc}") from None
         except trio.TooSlowError:
             raise ReloadRefused(f"{source}: not read within {READ_TIMEOUT_S:g} s") from None
+        except Exception as exc:
+            # A bug in validation must refuse this reload, not take the daemon down.
+            log.exception("reload: validating the new file failed unexpectedly")
+            raise ReloadRefused(f"{source}: cannot be validated ({type(exc).__name__})") from None
         old_fns = {fn.name: fn for fn in self.config.functions}
         new_fns = {fn.name: fn for fn in new.functions}
         self._check(new, old_fns)
@@ -190,6 +198,14 @@ class ConfigReloader:
             "refused": self.refused,
             "last": self.last,
         }
+
+
+def _load_and_check(source: Path, known_runtimes: Iterable[str]) -> Config:
+    """The new file validated as ``run`` would, runtime tables included (in a thread)."""
+    new = load_config(source, known_runtimes=known_runtimes)
+    # [runtimes] changes apply only after a restart, which must then not fail.
+    check_runtimes(new)
+    return new
 
 
 def _changed_fields(old: FunctionSettings, new: FunctionSettings) -> set[str]:

@@ -27,6 +27,10 @@ from protocol.errors import FrameTooLarge, MalformedFrame
 _LEN = struct.Struct(">I")
 HEADER_SIZE = _LEN.size
 DEFAULT_MAX_FRAME = 8 * 1024 * 1024
+# No message of ours nests deeper than a few levels. Deeper input (msgpack's
+# own parser allows ~1000) is refused here so that code handling a message
+# (logging it, json-encoding it, comparing it) can never hit RecursionError.
+MAX_NESTING = 32
 
 
 def encode_frame(message: dict[str, Any], *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
@@ -94,9 +98,26 @@ class FrameDecoder:
                 f"frame must be a msgpack map, got {type(message).__name__}"
             )
             raise self._broken
+        if not _shallow(message):
+            self._broken = MalformedFrame(f"frame nests deeper than {MAX_NESTING} levels")
+            raise self._broken
         return message
 
     def frames(self) -> Iterator[dict[str, Any]]:
         """Yield every complete message currently buffered."""
         while (message := self.next_frame()) is not None:
             yield message
+
+
+def _shallow(message: dict[str, Any]) -> bool:
+    """True if no container in ``message`` sits deeper than MAX_NESTING (iterative)."""
+    stack: list[tuple[Any, int]] = [(message, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return False
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return True

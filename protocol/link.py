@@ -356,6 +356,7 @@ class Request:
     kind: str
     timeout_ms: int  # remaining time at send; the instance computes its own deadline
     http: HttpRequest | None = None  # set for HTTP functions; event is then the raw body
+    trace: str = ""  # W3C traceparent for the handler's context; optional on the wire
 
     def encode(self) -> dict[str, Any]:
         msg = {
@@ -367,6 +368,8 @@ class Request:
         }
         if self.http is not None:
             msg["http"] = self.http.encode()
+        if self.trace:
+            msg["trace"] = self.trace
         return msg
 
     @classmethod
@@ -380,6 +383,7 @@ class Request:
             kind=kind,
             timeout_ms=_field(msg, "timeout_ms", int),
             http=None if msg.get("http") is None else HttpRequest.decode(msg["http"]),
+            trace=_field(msg, "trace", str) if "trace" in msg else "",
         )
 
 

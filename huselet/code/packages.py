@@ -48,7 +48,8 @@ from cache.errors import (
     TransientFetchError,
 )
 from cache.origin import DirectoryOrigin, ImageSink, Origin, origin_from_url
-from cache.reader import ImageReader
+from cache.reader import inspect_image
+from cache.safeio import open_regular
 from cache.store import ImageLease, ImageStore, LowDiskSpace
 from huselet.code.packing import DirectoryPacker, PackResult
 from huselet.code.prefetch import LiveFetches
@@ -100,8 +101,9 @@ class ImageCode:
 class SingleFileOrigin(Origin):
     """One image file under any name (``image = "build/app.hlimg"``, a published file)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, follow_symlinks: bool = True) -> None:
         self.path = path
+        self.follow_symlinks = follow_symlinks  # False for files dropped by others
 
     def describe(self) -> str:
         return str(self.path)
@@ -111,7 +113,10 @@ class SingleFileOrigin(Origin):
 
     def _copy(self, dest: Path, max_bytes: int) -> int:
         try:
-            source = open(self.path, "rb")  # noqa: SIM115  (closed below)
+            # Streamed into the store's own copy (never mapped): a FIFO fails at
+            # once, a file truncated meanwhile fails verification, no SIGBUS.
+            fd = open_regular(self.path, follow_symlinks=self.follow_symlinks)
+            source = open(fd, "rb", closefd=True)  # noqa: SIM115  (closed below)
         except FileNotFoundError:
             raise ImageNotFound(f"image file {self.path} does not exist") from None
         except OSError as exc:
@@ -504,9 +509,11 @@ class PackageManager:
 
 
 def _image_digest(path: Path) -> str:
-    """The digest an image file declares (header and index checked; the store hashes it)."""
-    with ImageReader.open(path, verify=False) as reader:
-        return reader.digest
+    """The digest an image file declares (header and index checked; the store hashes it).
+
+    Read with ``pread``, never mapped: the file is the operator's, not ours.
+    """
+    return inspect_image(path, verify=False).digest
 
 
 def _mtime(path: Path) -> float | None:

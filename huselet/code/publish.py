@@ -14,6 +14,15 @@ will tell the central scheduler). Nothing needs a restart. A bad drop is
 rejected with its reason in the log and in ``ctl cache``; the daemon carries on.
 Files stay where they were dropped: they are the origin of their images.
 
+**Outside input.** What lands here is never trusted: a symlink (to a file or
+a directory) is refused, never followed; FIFOs, sockets and devices are
+refused (never opened for reading, so never a hang); an image is hashed with
+``pread`` and copied into the store, and only the store's private copy is
+ever mapped, so truncating a drop while it is being published gives a
+rejection, not a SIGBUS. Directories are packed by :mod:`cache.builder`, which
+refuses symlinks leading out of the tree, special files and files others
+cannot read (see its docstring).
+
 **Partial writes.** Names starting with ``.`` or ending in ``.tmp``/``.part``
 (rsync, curl and most copy tools write under such names, then rename) are
 ignored; anything else is handled only after it has been quiet for
@@ -30,6 +39,7 @@ is scheduled instead, so a flood of events costs memory of neither side.
 from __future__ import annotations
 
 import os
+import stat
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -51,9 +61,10 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from cache import format as fmt
-from cache.errors import CacheError
+from cache.errors import CacheError, DigestMismatch, NotRegularFile
 from cache.origin import DirectoryOrigin, Origin
-from cache.reader import ImageReader
+from cache.reader import inspect_image
+from cache.safeio import describe_mode
 from huselet.code.packages import PackageManager, SingleFileOrigin
 from huselet.code.packing import tree_fingerprint
 from huselet.errors import HuseletError
@@ -243,9 +254,17 @@ class PublishWatcher:
         """Verify, install and announce one settled entry; return its digest, or None."""
         path = self.directory / name
         try:
-            if path.is_dir():
+            mode = (await trio.to_thread.run_sync(os.lstat, path)).st_mode
+            if stat.S_ISLNK(mode):
+                raise NotRegularFile(
+                    "is a symlink; symlinks in the publish directory are never followed "
+                    "(move or copy the file or directory itself here)"
+                )
+            if stat.S_ISDIR(mode):
                 result = await self.manager.pack_directory(path)
                 return await self._install(result.digest, self.manager.packed_origin, name)
+            if not stat.S_ISREG(mode):
+                raise NotRegularFile(f"is {describe_mode(mode)}, not an image file or a directory")
             digest, origin = await self._image_source(path, name)
             return await self._install(digest, origin, name)
         except (CacheError, OSError) as exc:
@@ -263,13 +282,14 @@ class PublishWatcher:
         if name.endswith(".zst"):
             if not fmt.is_digest_hex(stem):
                 raise CacheError("a compressed image must be named <digest>.hlimg.zst")
-            return stem, DirectoryOrigin(self.directory)  # the store verifies on install
+            # The store verifies on install.
+            return stem, DirectoryOrigin(self.directory, follow_symlinks=False)
         # Verified here, before the store sees it: a bad drop is reported as
         # what it is and leaves no fetch failure (and cool-down) in the store.
         digest = await trio.to_thread.run_sync(_verified_digest, path)
         if fmt.is_digest_hex(stem):
-            return digest, DirectoryOrigin(self.directory)
-        return digest, SingleFileOrigin(path)
+            return digest, DirectoryOrigin(self.directory, follow_symlinks=False)
+        return digest, SingleFileOrigin(path, follow_symlinks=False)
 
     async def _install(self, digest: str, origin: Origin, name: str) -> str:
         already = self.store.contains(digest)
@@ -302,8 +322,8 @@ class PublishWatcher:
 def _snapshot(path: Path) -> object | None:
     """What must stay the same for ``path`` to count as complete."""
     try:
-        st = path.stat()
-        if path.is_dir():
+        st = path.lstat()  # a symlink is judged (refused) as itself, never followed
+        if stat.S_ISDIR(st.st_mode):
             return ("dir", tree_fingerprint(path))
         return ("file", st.st_ino, st.st_size, st.st_mtime_ns)
     except OSError:
@@ -311,5 +331,9 @@ def _snapshot(path: Path) -> object | None:
 
 
 def _verified_digest(path: Path) -> str:
-    with ImageReader.open(path, verify=True) as reader:
-        return reader.digest
+    # pread-hashed, never mapped: the drop is someone else's file and may shrink.
+    digest = inspect_image(path, verify=True, follow_symlinks=False).digest
+    stem = path.name.removesuffix(fmt.IMAGE_SUFFIX)
+    if fmt.is_digest_hex(stem) and stem != digest:
+        raise DigestMismatch(f"image digest mismatch: named {stem}, header says {digest}")
+    return digest

@@ -3,13 +3,17 @@
 - :mod:`huselet.config.settings`: the settings classes and the parser of the file;
 - :mod:`huselet.config.table`: the table validator every section (and every
   runtime's own ``[runtimes.NAME]`` table) is read through;
-- :mod:`huselet.config.health`: the ``[health]`` table.
+- :mod:`huselet.config.health`: the ``[health]`` table;
+- :mod:`huselet.config.observe`: the ``[metrics]`` and ``[log]`` tables.
 
 Import the names from here; the modules are an implementation detail.
 """
 
 from huselet.config.health import HealthSettings
+from huselet.config.observe import LogSettings, MetricsSettings
 from huselet.config.settings import (
+    EMBEDDED_DEFAULT,
+    IMAGE_ONLY_CWD,
     AdminSettings,
     CacheSettings,
     Config,
@@ -24,6 +28,8 @@ from huselet.config.settings import (
 from huselet.config.table import ConfigTable, TcpAddress
 
 __all__ = [
+    "EMBEDDED_DEFAULT",
+    "IMAGE_ONLY_CWD",
     "AdminSettings",
     "CacheSettings",
     "Config",
@@ -31,6 +37,8 @@ __all__ = [
     "FunctionSettings",
     "GatewaySettings",
     "HealthSettings",
+    "LogSettings",
+    "MetricsSettings",
     "NodeSettings",
     "SchedulerLinkSettings",
     "TcpAddress",

@@ -16,7 +16,6 @@ import os
 import re
 import socket
 import stat
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from huselet.config.health import HealthSettings, parse_health
+from huselet.config.limits import check_structure, parse_toml, read_token
+from huselet.config.observe import LogSettings, MetricsSettings, parse_log, parse_metrics
 from huselet.config.table import ConfigTable, TcpAddress, describe
 from huselet.errors import ConfigError
 from protocol.link import EntryKind
@@ -63,6 +64,9 @@ class GatewaySettings:
     framed: TcpAddress | None = None
     framed_socket: Path | None = None
     framed_max_inflight: int = 256  # unanswered calls per framed connection
+    # Node-wide bound on request bodies held in memory (reading, queued, in
+    # flight); past it new bodies get 503 at once. Default: default_buffered_mb().
+    max_buffered_mb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,8 @@ class Config:
     cache: CacheSettings = field(default_factory=CacheSettings)
     scheduler: SchedulerLinkSettings | None = None  # None: standalone
     health: HealthSettings = field(default_factory=HealthSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    log: LogSettings = field(default_factory=LogSettings)
 
     def function(self, name: str) -> FunctionSettings | None:
         for fn in self.functions:
@@ -210,19 +216,24 @@ def load_config(path: Path | None, *, known_runtimes: Iterable[str] = ("process"
     if len(raw_bytes) > MAX_CONFIG_BYTES:
         raise ConfigError("", f"{source} is larger than {MAX_CONFIG_BYTES // (1 << 20)} MiB")
     try:
-        raw = tomllib.loads(raw_bytes.decode("utf-8"))
+        text = raw_bytes.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError("", f"{source} is not UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"{source} is not valid TOML: {exc}") from None
+    # Depth, 64-bit integers, finite floats: bounded before any key is read.
+    raw = parse_toml(text, source)
     base = source.resolve().parent
-    return parse_config(
-        raw,
-        base_dir=base,
-        embedded=path is None,
-        known_runtimes=frozenset(known_runtimes),
-        source=None if path is None else source.resolve(),
-    )
+    try:
+        return parse_config(
+            raw,
+            base_dir=base,
+            embedded=path is None,
+            known_runtimes=frozenset(known_runtimes),
+            source=None if path is None else source.resolve(),
+        )
+    except OSError as exc:
+        # Validation stats paths the file names; a file system error there is the
+        # file's problem to report, not a traceback.
+        raise ConfigError("", f"{source}: cannot check a path it names: {exc}") from None
 
 
 def parse_config(
@@ -250,9 +261,10 @@ def parse_config(
     node_t.finish()
 
     gw_t = t.table("gateway")
+    max_body_bytes = gw_t.positive_int("max_body_bytes", default=6 * 1024 * 1024)
     gateway = GatewaySettings(
         http=gw_t.tcp_address("http", default="127.0.0.1:8470"),
-        max_body_bytes=gw_t.positive_int("max_body_bytes", default=6 * 1024 * 1024),
+        max_body_bytes=max_body_bytes,
         queue_per_function=gw_t.positive_int("queue_per_function", default=1000),
         max_connections=gw_t.positive_int("max_connections", default=1024),
         idle_timeout_ms=gw_t.positive_int("idle_timeout_ms", default=30_000),
@@ -262,6 +274,13 @@ def parse_config(
         framed=gw_t.optional_tcp_address("framed"),
         framed_socket=gw_t.optional_path("framed_socket"),
         framed_max_inflight=gw_t.positive_int("framed_max_inflight", default=256, maximum=65536),
+        max_buffered_mb=gw_t.positive_int(
+            "max_buffered_mb",
+            default=default_buffered_mb(max_body_bytes),
+            minimum=-(-max_body_bytes // (1 << 20)),  # room for one largest body
+            maximum=_host_memory_mb(),
+            maximum_help="this host's memory",
+        ),
     )
     gw_t.finish()
     for key, address in (("http", gateway.http), ("framed", gateway.framed)):
@@ -279,8 +298,9 @@ def parse_config(
             )
     if gateway.framed_socket is not None:
         _check_unix_path("gateway.framed_socket", gateway.framed_socket)
-    if gateway.auth_token_file is not None and not gateway.auth_token_file.is_file():
-        raise ConfigError("gateway.auth_token_file", f"{gateway.auth_token_file} does not exist")
+    if gateway.auth_token_file is not None:
+        # Read now, as the daemon will: an empty or unreadable token fails --check too.
+        read_token(gateway.auth_token_file, "gateway.auth_token_file")
 
     admin_t = t.table("admin")
     admin = AdminSettings(
@@ -296,6 +316,7 @@ def parse_config(
     cache = _parse_cache(t.table("cache"), node)
     scheduler = _parse_scheduler(t.table("scheduler"), node) if "scheduler" in raw else None
     health = parse_health(t.table("health"))
+    metrics, log_settings = parse_metrics(t.table("metrics")), parse_log(t.table("log"))
 
     runtimes_t = t.table("runtimes")
     runtimes: dict[str, Mapping[str, Any]] = {}
@@ -324,6 +345,8 @@ def parse_config(
         cache=cache,
         scheduler=scheduler,
         health=health,
+        metrics=metrics,
+        log=log_settings,
     )
 
 
@@ -355,7 +378,13 @@ def _parse_function(
         package=package,
         handler=handler,
         runtime=runtime,
-        memory_mb=ft.positive_int("memory_mb", default=256, minimum=16),
+        memory_mb=ft.positive_int(
+            "memory_mb",
+            default=256,
+            minimum=16,
+            maximum=_host_memory_mb(),
+            maximum_help="this host's memory",
+        ),
         timeout_ms=ft.positive_int("timeout_ms", default=30_000),
         max_instances=max_instances,
         min_instances=min_instances,
@@ -423,14 +452,20 @@ def _parse_code(
     rel = Path(*module.split("."))
     if given[0] == "package":
         package = ft.path("package")
-        if not package.is_dir():
-            raise ConfigError(ft.key("package"), f"package directory {package} does not exist")
-        if not (
-            (package / rel).with_suffix(".py").is_file()
-            or (package / rel / "__init__.py").is_file()
-        ):
+        try:
+            if not package.is_dir():
+                raise ConfigError(ft.key("package"), f"package directory {package} does not exist")
+            found = (package / rel).with_suffix(".py").is_file() or (
+                package / rel / "__init__.py"
+            ).is_file()
+            resolved = package.resolve()
+        except OSError as exc:  # ENAMETOOLONG from a long handler module, EACCES…
+            raise ConfigError(
+                ft.key(spec_key), f"cannot look for module {module!r}: {exc}"
+            ) from None
+        if not found:
             raise ConfigError(ft.key(spec_key), f"module {module!r} not found in package {package}")
-        return package.resolve(), None, None, None
+        return resolved, None, None, None
     if given[0] == "image":
         image = ft.path("image").resolve()
         _check_image(ft, image, module, rel, spec_key)
@@ -448,22 +483,23 @@ def _parse_code(
 
 
 def _check_image(ft: ConfigTable, image: Path, module: str, rel: Path, spec_key: str) -> None:
-    """Open the image's header and index (not its data: the store verifies that)."""
+    """Read the image's header and index (not its data: the store verifies that).
+
+    With ``pread``, never a mapping, and never blocking: a FIFO is refused at
+    once, a file truncated meanwhile is an error rather than a SIGBUS.
+    """
     from cache.errors import CacheError
-    from cache.reader import ImageReader
+    from cache.reader import inspect_image
 
     try:
-        reader = ImageReader.open(image, verify=False)
+        index = inspect_image(image, verify=False)
     except FileNotFoundError:
         raise ConfigError(ft.key("image"), f"image {image} does not exist") from None
     except OSError as exc:
         raise ConfigError(ft.key("image"), f"cannot read image {image}: {exc.strerror}") from None
     except CacheError as exc:
         raise ConfigError(ft.key("image"), f"{image} is not a usable image: {exc}") from None
-    with reader:
-        found = reader.is_file(f"{rel.as_posix()}.py") or reader.is_file(
-            f"{rel.as_posix()}/__init__.py"
-        )
+    found = index.is_file(f"{rel.as_posix()}.py") or index.is_file(f"{rel.as_posix()}/__init__.py")
     if not found:
         raise ConfigError(ft.key(spec_key), f"module {module!r} not found in image {image}")
 
@@ -471,9 +507,13 @@ def _check_image(ft: ConfigTable, image: Path, module: str, rel: Path, spec_key:
 def _origin_url(t: ConfigTable, key: str) -> str:
     """A directory (resolved against the config file) or a file:// / http(s):// URL."""
     value = t.string(key)
-    scheme = urlsplit(value).scheme
+    try:
+        parts = urlsplit(value)
+        scheme, hostname = parts.scheme, parts.hostname
+    except ValueError as exc:  # "http://[" and friends
+        raise ConfigError(t.key(key), f"invalid URL {describe(value)}: {exc}") from None
     if scheme in ("http", "https", "file"):
-        if scheme != "file" and not urlsplit(value).hostname:
+        if scheme != "file" and not hostname:
             raise ConfigError(t.key(key), f"{describe(value)} has no host")
         return value
     if scheme:
@@ -498,6 +538,19 @@ def _parse_cache(ct: ConfigTable, node: NodeSettings) -> CacheSettings:
         if publish_dir == cache_dir or cache_dir in publish_dir.parents:
             raise ConfigError(
                 ct.key("publish_dir"), f"must not be inside the cache's own directory {cache_dir}"
+            )
+        # Watched recursively and every entry published: it must be a directory of
+        # its own, never / or one holding the daemon's state or sockets.
+        for name, own in (("node.state_dir", node.state_dir), ("node.run_dir", node.run_dir)):
+            own = own.resolve()
+            if publish_dir == own or publish_dir in own.parents:
+                raise ConfigError(
+                    ct.key("publish_dir"),
+                    f"{publish_dir} contains {name} {own}; use a directory of its own",
+                )
+        if publish_dir == Path(publish_dir.anchor) or publish_dir in _SYSTEM_DIRS:
+            raise ConfigError(
+                ct.key("publish_dir"), f"{publish_dir} is a system directory; use one of its own"
             )
     settings = CacheSettings(
         disk_budget_mb=disk_budget_mb,
@@ -547,6 +600,12 @@ def _parse_scheduler(st: ConfigTable, node: NodeSettings) -> SchedulerLinkSettin
     return settings
 
 
+def default_buffered_mb(max_body_bytes: int) -> int:
+    """``gateway.max_buffered_mb`` by default: an eighth of RAM, 64 MiB..2 GiB."""
+    body_mb = -(-max_body_bytes // (1 << 20))
+    return max(body_mb, min(2048, max(64, _host_memory_mb() // 8)))
+
+
 def _host_memory_mb() -> int:
     try:
         return max(1, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1 << 20))
@@ -562,6 +621,7 @@ def parse_function_spec(
     Validated exactly like the config file's; errors name ``where`` as the key path.
     Relative paths resolve against ``node.state_dir``.
     """
+    check_structure(raw, where)
     t = ConfigTable(raw, where, config.node.state_dir)
     return _parse_function(t, config.gateway, frozenset(known_runtimes), config.cache)
 
@@ -581,3 +641,14 @@ def _check_unix_path(key: str, path: Path) -> None:
             f"{path} is too long for a Unix socket path ({len(os.fsencode(path))} bytes, "
             f"at most {MAX_UNIX_PATH}); choose a shorter directory",
         )
+
+
+# Publishing one of these would watch (and pack) half the host.
+_SYSTEM_DIRS = frozenset(
+    Path(p)
+    for p in (
+        *("/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc"),
+        *("/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib"),
+        "/var/tmp",
+    )
+)

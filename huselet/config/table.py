@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huselet.config.limits import path_problem
 from huselet.errors import ConfigError
 
 
@@ -133,13 +134,15 @@ class ConfigTable:
         default: int | None = None,
         minimum: int = 1,
         maximum: int | None = None,
+        maximum_help: str = "",
     ) -> int:
         value = self._get(name, REQUIRED if default is None else default)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             what = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
             raise ConfigError(self.key(name), f"expected {what}, got {describe(value)}")
         if maximum is not None and value > maximum:
-            raise ConfigError(self.key(name), f"{value} is over the maximum of {maximum}")
+            why = f" ({maximum_help})" if maximum_help else ""
+            raise ConfigError(self.key(name), f"{value} is over the maximum of {maximum}{why}")
         return value
 
     def non_negative_int(self, name: str, *, default: int) -> int:
@@ -168,6 +171,9 @@ class ConfigTable:
         value = self._get(name, REQUIRED if default is None else str(default))
         if not isinstance(value, str) or not value or "\0" in value:
             raise ConfigError(self.key(name), f"expected a path string, got {describe(value)}")
+        problem = path_problem(value)
+        if problem:  # would fail every later stat with ENAMETOOLONG
+            raise ConfigError(self.key(name), f"path {problem}")
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.base_dir / p
 

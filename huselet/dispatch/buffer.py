@@ -94,6 +94,7 @@ class RequestBuffer:
                 )
                 continue
             inv.state = InvocationState.DISPATCHED
+            inv.dispatched_at = now
             return inv
         return None
 

@@ -9,7 +9,6 @@ shutdown.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from huselet.activity import wait_all_zero
 from huselet.config import Config, FunctionSettings
 from huselet.dispatch.instance import CodeProvider
 from huselet.dispatch.invocation import Invocation, InvokeResult
+from huselet.dispatch.observer import InstanceObserver
 from huselet.dispatch.pool import ChangeObserver, FunctionPool
 from huselet.errors import (
     DeadlineExceeded,
@@ -30,14 +30,13 @@ from huselet.errors import (
     UnknownFunction,
 )
 from huselet.log import get_logger
+from huselet.observe.context import RequestMeta
+from huselet.observe.ids import new_request_id
+from huselet.observe.story import RequestStory
 from huselet.runtime.base import Runtime
 from protocol.link import HttpRequest
 
 log = get_logger("scheduler")
-
-
-def new_request_id() -> str:
-    return secrets.token_hex(8)
 
 
 class Dispatcher:
@@ -62,6 +61,9 @@ class Dispatcher:
         self.function_meta: dict[str, dict[str, Any]] = {}
         self._retiring: list[FunctionPool] = []  # replaced/removed, finishing their requests
         self.starts_held: str | None = None  # why no instance may start now (pressure)
+        # Request logs and metrics (the daemon sets it); None: no story is kept.
+        self.story: RequestStory | None = None
+        self.instance_observer: InstanceObserver | None = None  # instance metrics
 
     @property
     def running(self) -> bool:
@@ -85,6 +87,7 @@ class Dispatcher:
             fn, self.runtimes[fn.runtime], path, self._nursery, self.code, self.config.health
         )
         pool.starts_held = self.starts_held
+        pool.observer = self.instance_observer
         self.pools[fn.name] = pool
         pool.on_change = self._emit
         self._emit("function", fn.name, self.describe_function(fn.name))
@@ -202,8 +205,12 @@ class Dispatcher:
         timeout_ms: int | None = None,
         request_id: str | None = None,
         http: HttpRequest | None = None,
+        meta: RequestMeta | None = None,
     ) -> InvokeResult:
-        """Run one invocation to completion: a result, or a typed error raised."""
+        """Run one invocation to completion: a result, or a typed error raised.
+
+        ``meta`` brings the caller's trace context and takes back the timings.
+        """
         if self.draining:
             raise Draining("the node is draining and takes no new requests", retry_after_s=1)
         pool = self.pools.get(function)
@@ -214,8 +221,21 @@ class Dispatcher:
             budget_ms = min(budget_ms, timeout_ms)  # a caller may shorten, never lengthen
         deadline = trio.current_time() + budget_ms / 1000
         inv = Invocation(request_id or new_request_id(), function, event, kind, deadline, http)
-        pool.submit(inv)
+        story = self.story
+        if meta is not None:
+            inv.trace = meta.traceparent
+        starts = pool.counters["instances_started"]
+        try:
+            pool.submit(inv)
+        except HuseletError as exc:
+            if story is not None:
+                story.refused(pool, inv, exc, meta)
+            raise
         pool.outstanding.enter()
+        if story is not None:
+            story.admitted(pool, inv, meta)
+            if pool.counters["instances_started"] != starts:
+                story.cold_start(pool, inv)
         try:
             with trio.move_on_at(deadline):
                 await inv.wait()
@@ -231,7 +251,11 @@ class Dispatcher:
                 )
                 inv.complete(error)
                 pool.on_deadline(inv)
+                if timed_out and story is not None:
+                    story.deadline(pool, inv)
             pool.outstanding.leave()
+        if story is not None:
+            story.finished(pool, inv, meta)
         return inv.result()
 
     # --- drain and stop ---------------------------------------------------------

@@ -40,6 +40,7 @@ class InstanceRecord:
     ) -> None:
         self.id = f"{function}-{secrets.token_hex(4)}"
         self.token = secrets.token_urlsafe(24)
+        self.token_spent = False  # single use: set when a link claims it
         self._state = InstanceState.STARTING
         self._on_state = on_state
         # Told when `starting` flips, so the pool counts starts under way without
@@ -62,6 +63,8 @@ class InstanceRecord:
         self.sending: Invocation | None = None  # a request whose frame is being written
         self.code: CodeLease | None = None
         self.exit_status: ExitStatus | None = None
+        # When each start phase ended (trio time): code, sandbox, connect (metrics).
+        self.marks: dict[str, float] = {}
 
     @property
     def state(self) -> InstanceState:

@@ -43,6 +43,7 @@ class Invocation:
         "_outcome",
         "attempts",
         "deadline",
+        "dispatched_at",
         "enqueued_at",
         "event",
         "function",
@@ -52,6 +53,7 @@ class Invocation:
         "queued_in",
         "request_id",
         "state",
+        "trace",
     )
 
     def __init__(
@@ -76,6 +78,8 @@ class Invocation:
         self.queued_in: RequestBuffer | None = None
         self.instance: InstanceRecord | None = None
         self.attempts = 1  # deliveries to an instance so far, counting a retry
+        self.dispatched_at: float | None = None  # last taken off the queue (timings)
+        self.trace = ""  # W3C traceparent passed on to the handler ("" if none)
         self._outcome: InvokeResult | HuseletError | None = None
         self._done = trio.Event()
 
@@ -93,6 +97,10 @@ class Invocation:
         self._outcome = outcome
         self._done.set()
         return True
+
+    @property
+    def outcome(self) -> InvokeResult | HuseletError | None:
+        return self._outcome
 
     async def wait(self) -> None:
         await self._done.wait()

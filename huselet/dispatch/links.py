@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import os
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,12 @@ from protocol.link import (
 
 log = get_logger("link")
 
-HELLO_TIMEOUT_S = 5.0
-MAX_PENDING_HANDSHAKES = 64
+# A worker that connects by itself sends HELLO right after connect.
+HELLO_TIMEOUT_S = 2.0
+# A link the daemon dialled for a sandbox: HELLO comes once the worker behind
+# it has started (bwrap, oci); the pool's start deadline bounds it as well.
+DIALLED_HELLO_TIMEOUT_S = 30.0
+HANDSHAKE_SLOTS_PER_FUNCTION = 64
 RECEIVE_CHUNK = 262144
 
 
@@ -89,7 +94,6 @@ class LinkServer:
         self.socket_dir = run_dir / "fn"
         self.claim = claim
         self.max_frame = max_frame
-        self._handshake_slots = trio.CapacityLimiter(MAX_PENDING_HANDSHAKES)
         self._nursery: trio.Nursery | None = None
         self.refused = 0
         self.served: set[str] = set()  # functions whose socket is listening
@@ -139,33 +143,52 @@ class LinkServer:
             raise
         task_status.started()
         self.served.add(name)
+        # This function's own slots: a slot is taken before accept, so what
+        # waits beyond them waits in this socket's backlog, nowhere else.
+        slots = trio.Semaphore(HANDSHAKE_SLOTS_PER_FUNCTION)
         try:
             async with trio.open_nursery() as nursery:
                 while True:
-                    stream = await listener.accept()
-                    nursery.start_soon(self._handshake, name, stream)
+                    await slots.acquire()
+                    try:
+                        stream = await listener.accept()
+                    except BaseException:
+                        slots.release()
+                        raise
+                    nursery.start_soon(self._handshake, name, stream, slots)
         finally:
             self.served.discard(name)
             sock.close()
             path.unlink(missing_ok=True)
 
-    async def _handshake(self, function: str, stream: trio.SocketStream) -> None:
-        async with self._handshake_slots:
-            handed_over = False
-            try:
-                handed_over = await self._authenticate(function, stream)
-            except Exception:
-                # One bad connection (or a bug) must not stop the function's socket.
-                log.exception("instance link handshake failed", function=function)
-            finally:
-                if not handed_over:
-                    await trio.aclose_forcefully(stream)
+    async def _handshake(
+        self, function: str, stream: trio.SocketStream, slots: trio.Semaphore
+    ) -> None:
+        handed_over = False
+        try:
+            handed_over = await self._authenticate(function, stream)
+        except Exception:
+            # One bad connection (or a bug) must not stop the function's socket.
+            log.exception("instance link handshake failed", function=function)
+        finally:
+            slots.release()
+            if not handed_over:
+                await trio.aclose_forcefully(stream)
 
     async def _refuse(
-        self, stream: trio.SocketStream, function: str, code: str, why: str, **fields: Any
+        self,
+        stream: trio.SocketStream,
+        function: str,
+        code: str,
+        why: str,
+        *,
+        answer: bool = True,
+        **fields: Any,
     ) -> bool:
         self.refused += 1
         log.warning("instance link refused", function=function, reason=why, **fields)
+        if not answer:
+            return False
         with trio.move_on_after(1):
             try:
                 await stream.send_all(encode_frame(Refused(code, why).encode()))
@@ -177,7 +200,7 @@ class LinkServer:
         decoder = FrameDecoder(max_frame=min(self.max_frame, 64 * 1024))
         link = InstanceLink(stream, decoder)
         try:
-            with trio.fail_after(HELLO_TIMEOUT_S):
+            with trio.fail_after(_hello_timeout(stream)):
                 msg = await link.receive()
         except trio.TooSlowError:
             return await self._refuse(
@@ -206,12 +229,14 @@ class LinkServer:
             )
         accept = self.claim(function, hello.instance_id, hello.token)
         if accept is None:
-            # Do not tell the peer whether the id or the token was wrong.
+            # Nothing but a close: the peer learns nothing (not even whether
+            # the id, the token or its freshness was wrong).
             return await self._refuse(
                 stream,
                 function,
                 "unauthorized",
-                "unknown instance or wrong token",
+                "unknown instance, wrong or used token",
+                answer=False,
                 instance=hello.instance_id[:64],
                 peer_pid=hello.pid,
             )
@@ -222,6 +247,16 @@ class LinkServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         return accept(link)
+
+
+def _hello_timeout(stream: trio.SocketStream) -> float:
+    """The HELLO deadline of a peer: long for links the daemon dialled itself."""
+    try:
+        creds = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    except OSError:
+        return HELLO_TIMEOUT_S
+    pid = int.from_bytes(creds[:4], sys.byteorder, signed=True)
+    return DIALLED_HELLO_TIMEOUT_S if pid == os.getpid() else HELLO_TIMEOUT_S
 
 
 def token_matches(expected: str, given: str) -> bool:

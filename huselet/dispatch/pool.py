@@ -43,6 +43,7 @@ from huselet.dispatch.instance import (
 )
 from huselet.dispatch.invocation import Invocation, InvokeResult
 from huselet.dispatch.links import token_matches
+from huselet.dispatch.observer import InstanceObserver
 from huselet.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -150,6 +151,7 @@ class FunctionPool:
         self.on_change: ChangeObserver | None = None  # instance added / changed / removed
         # Set by the node (memory pressure): no new instances; the reason says why.
         self.starts_held: str | None = None
+        self.observer: InstanceObserver | None = None  # metrics of instance lives
 
     # --- requests -------------------------------------------------------------
 
@@ -221,6 +223,10 @@ class FunctionPool:
         record = self.instances.get(instance_id)
         if record is None or not token_matches(record.token, token):
             return None
+        fresh = not record.token_spent and record.link is None
+        if not fresh or record.state is not InstanceState.STARTING:
+            return None  # single use: a replayed token gets nothing
+        record.token_spent = True
         return record.offer_link
 
     # --- lifecycle --------------------------------------------------------------
@@ -236,6 +242,8 @@ class FunctionPool:
                     return
                 record.ready_at = trio.current_time()
                 self.breaker.record_success(record.ready_at)
+                if self.observer is not None:
+                    self.observer.instance_ready(self, record)
                 log.info(
                     "instance ready",
                     pid=record.handle.pid if record.handle else None,
@@ -264,6 +272,7 @@ class FunctionPool:
             raise _StartError(
                 f"its code was not available within {self.settings.start_timeout_ms} ms"
             )
+        record.marks["code"] = trio.current_time()
         spec = InstanceSpec(
             instance_id=record.id,
             function=self.settings,
@@ -275,6 +284,7 @@ class FunctionPool:
             record.handle = await self.runtime.start(spec)
         except StartFailed as exc:
             raise _StartError(str(exc)) from None
+        record.marks["sandbox"] = trio.current_time()
         handle = record.handle
         async with trio.open_nursery() as race:
 
@@ -293,6 +303,7 @@ class FunctionPool:
             raise _StartError(
                 f"the worker did not connect within {self.settings.start_timeout_ms} ms"
             )
+        record.marks["connect"] = trio.current_time()
         try:
             with trio.move_on_at(deadline):
                 first = await record.link.receive()
@@ -316,6 +327,8 @@ class FunctionPool:
         self.last_start_error = reason
         record.stop_reason = "start failed"
         log.error("instance start failed", function=self.name, instance=record.id, reason=reason)
+        if self.observer is not None:
+            self.observer.start_failed(self, record, reason)
         others_alive = any(r is not record for r in self.instances.values())
         if not others_alive:
             # Nothing can serve what is queued: answer it now rather than at its deadline.
@@ -424,7 +437,9 @@ class FunctionPool:
                 record.sending = inv
                 try:
                     await link.send(
-                        Request(inv.request_id, inv.event, inv.kind, timeout_ms, inv.http).encode()
+                        Request(
+                            inv.request_id, inv.event, inv.kind, timeout_ms, inv.http, inv.trace
+                        ).encode()
                     )
                     record.sending = None
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -467,6 +482,8 @@ class FunctionPool:
         if inv is None:
             return  # a late result for a request already answered (deadline, drain)
         record.served += 1
+        if record.served == 1 and self.observer is not None:
+            self.observer.first_reply(self, record, inv)
         if self.single_use:
             record.stop("served")  # takes effect at the next checkpoint, after this result
         if result.ok:
@@ -564,6 +581,8 @@ class FunctionPool:
             self.live_instances.leave()
             if self.on_change is not None:
                 self.on_change("instance", record.id, None)
+        if self.observer is not None:
+            self.observer.instance_ended(self, record)
         if record.stop_reason not in PLANNED_STOPS:
             self.counters["instances_lost"] += 1
             if record.stop_reason != "request deadline passed":

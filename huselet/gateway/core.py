@@ -14,8 +14,10 @@ from typing import Protocol
 
 from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import Draining, HuseletError, PayloadTooLarge, Unauthorized
+from huselet.gateway.budget import UNLIMITED, BodyBudget, tune_allocator
 from huselet.gateway.responses import InternalError
 from huselet.log import get_logger
+from huselet.observe.context import RequestMeta
 from protocol.link import HttpRequest
 
 log = get_logger("gateway")
@@ -35,6 +37,7 @@ class Invoker(Protocol):
         timeout_ms: int | None = None,
         request_id: str | None = None,
         http: HttpRequest | None = None,
+        meta: RequestMeta | None = None,
     ) -> InvokeResult: ...
 
     def takes_http(self, function: str) -> bool:
@@ -43,10 +46,21 @@ class Invoker(Protocol):
 
 
 class InvokeCore:
-    def __init__(self, invoker: Invoker, *, max_body: int, token: str | None) -> None:
+    def __init__(
+        self,
+        invoker: Invoker,
+        *,
+        max_body: int,
+        token: str | None,
+        max_buffered_bytes: int = UNLIMITED,
+    ) -> None:
         self.invoker = invoker
         self.max_body = max_body
         self._token = token.encode() if token is not None else None
+        # Bodies of both front ends together (gateway.max_buffered_mb): a request
+        # reserves its body before reading it and holds it until its reply.
+        self.body_budget = BodyBudget(max_buffered_bytes)
+        tune_allocator()
 
     @property
     def requires_token(self) -> bool:
@@ -77,20 +91,21 @@ class InvokeCore:
         timeout_ms: int | None,
         request_id: str,
         http: HttpRequest | None = None,
+        meta: RequestMeta | None = None,
     ) -> InvokeResult:
-        """Run one invocation; any failure is a HuseletError fit for the caller."""
+        """Run one invocation; any failure is a HuseletError fit for the caller.
+
+        ``meta`` carries the caller's trace context in and the timings out.
+        """
         try:
-            if http is not None:
-                return await self.invoker.invoke(
-                    function,
-                    event,
-                    kind,
-                    timeout_ms=timeout_ms,
-                    request_id=request_id,
-                    http=http,
-                )
             return await self.invoker.invoke(
-                function, event, kind, timeout_ms=timeout_ms, request_id=request_id
+                function,
+                event,
+                kind,
+                timeout_ms=timeout_ms,
+                request_id=request_id,
+                http=http,
+                meta=meta,
             )
         except HuseletError as exc:
             if exc.status != 500:

@@ -30,6 +30,7 @@ from huselet.errors import BadRequest, Draining, HuseletError
 from huselet.gateway.core import InvokeCore
 from huselet.gateway.routes import new_request_id
 from huselet.log import get_logger
+from huselet.observe.context import RequestMeta
 from protocol.errors import ProtocolError
 from protocol.ingress import (
     PONG_FRAME,
@@ -204,9 +205,19 @@ class _FramedConnection:
                 raise BadRequest(
                     f"function {call.fn!r} takes HTTP requests (events/app); call it over HTTP"
                 )
-            result = await core.invoke(
-                call.fn, call.event, call.kind, timeout_ms=call.timeout_ms, request_id=request_id
-            )
+            # The same node-wide body budget as HTTP bodies (gateway.max_buffered_mb).
+            reserved = core.body_budget.reserve(len(call.event))
+            try:
+                result = await core.invoke(
+                    call.fn,
+                    call.event,
+                    call.kind,
+                    timeout_ms=call.timeout_ms,
+                    request_id=request_id,
+                    meta=RequestMeta(),  # the request story and histograms, as over HTTP
+                )
+            finally:
+                core.body_budget.release(reserved)
             reply = Reply(
                 call.id, 200, request_id, body=result.body, content_type=result.content_type
             )

@@ -52,7 +52,9 @@ from huselet.gateway.routes import (
     new_request_id,
     parse_timeout_ms,
 )
+from huselet.listen import open_listeners
 from huselet.log import get_logger
+from huselet.observe.context import RequestMeta
 from protocol.link import KIND_BYTES, HttpRequest
 
 log = get_logger("gateway")
@@ -84,6 +86,7 @@ class HttpIngress:
             scheduler,
             max_body=settings.max_body_bytes,
             token=None if auth_token is None else auth_token.strip(),
+            max_buffered_bytes=settings.max_buffered_mb << 20,
         )
         self._limits = Limits.from_settings(settings)
         # Connection-limit policy: refuse, don't queue; see _refuse().
@@ -112,7 +115,7 @@ class HttpIngress:
     ) -> None:
         """Listen on ``settings.http``, report the bound address, serve until cancelled."""
         address = self.settings.http
-        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+        listeners = await open_listeners(address, "gateway.http")  # names it when in use
         try:
             # Port 0 with a host resolving to several addresses binds each to its
             # own port; the first one is the address we report.
@@ -186,20 +189,34 @@ class HttpIngress:
     # --- requests ----------------------------------------------------------------------
 
     async def respond(self, head: RequestHead, read_body: BodyReader) -> Reply:
-        """The reply to one request; every HuseletError becomes its error reply."""
+        """The reply to one request; every HuseletError becomes its error reply.
+
+        Every reply carries ``Server-Timing`` and ``X-Huselet-Cold-Start``.
+        """
+        started = trio.current_time()
+        meta = RequestMeta(head.traceparent)
         try:
             route = match_route(head.method, head.target)
             if route is HEALTHZ:
-                return HEALTH_DRAINING if self._scheduler.draining else HEALTH_OK
-            takes_http = self._scheduler.takes_http(route.function)
-            if not takes_http:
-                check_plain_invoke(head.method, route)
-            return await self._invoke(route, head, read_body, takes_http)
+                reply = HEALTH_DRAINING if self._scheduler.draining else HEALTH_OK
+            else:
+                takes_http = self._scheduler.takes_http(route.function)
+                if not takes_http:
+                    check_plain_invoke(head.method, route)
+                reply = await self._invoke(route, head, read_body, takes_http, meta)
         except HuseletError as exc:
-            return error_reply(exc)
+            reply = error_reply(exc)
+        extra = meta.headers(trio.current_time() - started)
+        headers = reply.headers + extra
+        return Reply(reply.status, reply.body, reply.content_type, headers, reply.close)
 
     async def _invoke(
-        self, route: Route, head: RequestHead, read_body: BodyReader, takes_http: bool
+        self,
+        route: Route,
+        head: RequestHead,
+        read_body: BodyReader,
+        takes_http: bool,
+        meta: RequestMeta,
     ) -> Reply:
         function = route.function
         # Cheap checks first, so a request that will be refused is refused
@@ -212,13 +229,23 @@ class HttpIngress:
             raise BadRequest(f"header {head.repeated.decode('ascii')} must appear once")
         timeout_ms = parse_timeout_ms(head.timeout_ms)
         self.core.check_admission(head.content_length)
-        event = await read_body(self._max_body)
-        if takes_http:
-            http = request_info(head, route.subpath, strip_authorization=self._token is not None)
-            result = await self._call(function, event, KIND_BYTES, timeout_ms, head, http)
-            return function_reply(result)
-        result = await self._call(function, event, event_kind(head.content_type), timeout_ms, head)
-        return Reply(200, result.body, content_type_header(result.content_type))
+        # Reserved before a byte of the body is read, held until the reply: the
+        # body lives on in the queue and in flight. Chunked: the most it may be.
+        declared = head.content_length if head.content_length is not None else self._max_body
+        reserved = self.core.body_budget.reserve(declared if head.has_body else 0)
+        try:
+            event = await read_body(self._max_body)
+            if takes_http:
+                http = request_info(
+                    head, route.subpath, strip_authorization=self._token is not None
+                )
+                result = await self._call(function, event, KIND_BYTES, timeout_ms, head, meta, http)
+                return function_reply(result)
+            kind = event_kind(head.content_type)
+            result = await self._call(function, event, kind, timeout_ms, head, meta)
+            return Reply(200, result.body, content_type_header(result.content_type))
+        finally:
+            self.core.body_budget.release(reserved)
 
     async def _call(
         self,
@@ -227,10 +254,17 @@ class HttpIngress:
         kind: str,
         timeout_ms: int | None,
         head: RequestHead,
+        meta: RequestMeta,
         http: HttpRequest | None = None,
     ) -> InvokeResult:
         return await self.core.invoke(
-            function, event, kind, timeout_ms=timeout_ms, request_id=head.request_id, http=http
+            function,
+            event,
+            kind,
+            timeout_ms=timeout_ms,
+            request_id=head.request_id,
+            http=http,
+            meta=meta,
         )
 
 

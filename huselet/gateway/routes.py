@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import h11
 
 from huselet.errors import BadRequest, Unauthorized, UnknownFunction
 from huselet.gateway.responses import MethodNotAllowed, NotFound
+from huselet.observe.ids import new_request_id as new_request_id  # re-exported
 from protocol.link import KIND_BYTES, KIND_JSON
 
 INVOKE_PREFIX = b"/v1/invoke/"
@@ -93,6 +93,7 @@ class RequestHead:
     # functions get them forwarded.
     headers: Sequence[tuple[bytes, bytes]] = ()
     client: str = ""  # the peer's IP address, set by the connection
+    traceparent: bytes | None = None  # W3C trace context, validated where it is used
 
     @property
     def has_body(self) -> bool:
@@ -122,8 +123,10 @@ def read_head(request: h11.Request) -> RequestHead:
             head.content_length = int(value)  # h11 checked it is digits and unambiguous
         elif name == b"transfer-encoding":
             head.chunked = True  # h11 accepts only "chunked" and rejects the rest
-        elif name == b"x-huselet-request-id":
+        elif name == b"x-request-id" or name == b"x-huselet-request-id":
             client_id = value
+        elif name == b"traceparent":
+            head.traceparent = value
     head.size = size
     head.headers = request.headers  # h11's sequence of (name, value)
     if client_id is not None and _CLIENT_REQUEST_ID.fullmatch(client_id):
@@ -131,10 +134,6 @@ def read_head(request: h11.Request) -> RequestHead:
     else:
         head.request_id = new_request_id()
     return head
-
-
-def new_request_id() -> str:
-    return secrets.token_hex(8)
 
 
 def event_kind(content_type: bytes) -> str:

@@ -55,6 +55,7 @@ from huselet.runtime.children import (
     dial_link,
     pump_output,
 )
+from huselet.runtime.identity import sandbox_subtree
 from huselet.runtime.isolation import (
     IsolationSettings,
     Table,
@@ -123,7 +124,7 @@ class ForkRuntime(Runtime):
             assert host.cgroups is not None
             self._cgroups = CgroupPool(
                 host.cgroups,
-                f"{self.isolation.cgroup_parent}/{self.name}",
+                sandbox_subtree(host.cgroups, self.isolation.cgroup_parent, self.node, self.name),
                 target_free=self.isolation.cgroup_pool,
                 pids_max=self.isolation.pids_max,
                 cpu_cores=self.isolation.cpu_cores or None,

@@ -22,10 +22,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from huselet.worker import output
 from huselet.worker.errors import HTTPError
 from protocol.link import (
     ERROR_DEADLINE,
@@ -132,10 +132,9 @@ def failed(req: Request, exc: BaseException) -> Result:
 
 
 def log_traceback(request_id: str, exc: BaseException) -> None:
-    # The operator gets the traceback in the instance log; the caller only type + message.
-    tag = f"request {request_id}: "
-    lines = "".join(traceback.format_exception(exc)).rstrip("\n").split("\n")
-    print("\n".join(tag + line for line in lines), file=sys.stderr, flush=True)
+    # The operator gets the traceback in the instance log (one record with the
+    # request id); the caller only type + message.
+    output.report_exception(request_id, exc)
 
 
 def invalid_result(req: Request, message: str) -> Result:

@@ -19,12 +19,11 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from huselet.worker import names
+from huselet.worker import names, output
 from huselet.worker.entries import (
     Entry,
     decode_event,
@@ -70,6 +69,11 @@ class Context:
     function_name: str
     instance_id: str
     deadline: float  # time.monotonic() value by which the reply is due
+    traceparent: str = ""  # W3C trace context of this invocation (pass it on downstream)
+
+    @property
+    def trace_id(self) -> str:
+        return self.traceparent[3:35]
 
     def remaining_ms(self) -> int:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
@@ -204,11 +208,13 @@ def serve_request(entry: Entry, req: Request, function: str, instance_id: str) -
         function_name=function,
         instance_id=instance_id,
         deadline=time.monotonic() + req.timeout_ms / 1000,
+        traceparent=req.trace,
     )
     try:
-        return entry.serve(req, ctx)
+        with output.request(req.id):
+            return entry.serve(req, ctx)
     except Exception as exc:  # a worker bug must cost a 502, not the instance
-        traceback.print_exc()
+        output.report_exception(req.id)
         error = ErrorInfo("WorkerError", f"{type(exc).__name__}: {exc}")
         return Result(req.id, ok=False, error=error)
 
@@ -239,13 +245,14 @@ def run(
             handler = load_entry(package_dir, handler_spec)
         handler.start(welcome.function)
     except BaseException as exc:
-        traceback.print_exc()
+        output.report_exception(None)
         link.send(
             Fatal(
                 ErrorInfo(type(exc).__name__, f"handler {handler_spec} failed to load: {exc}")
             ).encode()
         )
         return EXIT_HANDLER_LOAD_FAILED
+    output.install()
     link.send(READY_FRAME, Pull(1).encode())
     _exit_when_the_daemon_hangs_up(link.sock)
     try:

@@ -13,7 +13,7 @@ from cache.builder import ImageInfo, pack_directory
 @pytest.fixture
 def sample_tree(tmp_path: Path) -> Path:
     root = make_tree(tmp_path / "src", SAMPLE_TREE)
-    (root / "bin/run.sh").chmod(0o750)
+    (root / "bin/run.sh").chmod(0o755)
     return root
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -31,8 +32,8 @@ def test_mtimes_permissions_and_creation_order_do_not_change_the_digest(
     other = tmp_path / "other"
     for rel in reversed(list(SAMPLE_TREE)):
         make_tree(other, {rel: SAMPLE_TREE[rel]})
-    (other / "bin/run.sh").chmod(0o700)  # still "executable" → 0o755
-    (other / "pkg/data.txt").chmod(0o600)  # not executable → 0o644
+    (other / "bin/run.sh").chmod(0o705)  # still "executable" → 0o755
+    (other / "pkg/data.txt").chmod(0o604)  # not executable → 0o644
     for path in other.rglob("*"):
         os.utime(path, (1_000_000, 2_000_000))
     after = pack_directory(other, tmp_path / "after.hlimg")
@@ -92,9 +93,8 @@ def test_caches_vcs_dirs_and_foreign_pyc_are_skipped(tmp_path: Path) -> None:
             "pkg/empty/": b"",
         },
     )
-    os.mkfifo(src / "pipe")
     info = pack_directory(src, tmp_path / "x.hlimg")
-    assert info.skipped == ("pipe",)
+    assert info.skipped == ()
     with ImageReader.open(info.path) as reader:
         paths = [e.path for e in reader.entries()]
     tag = sys.implementation.cache_tag
@@ -203,3 +203,66 @@ def test_empty_tree_packs_to_a_valid_image(tmp_path: Path) -> None:
         assert len(reader) == 0
         assert reader.listdir("") == []
     shutil.rmtree(src)
+
+
+# --- the tree is outside input (issue 11, finding 5) -------------------------------------
+
+
+def test_fifos_sockets_and_devices_are_refused_with_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    src = make_tree(tmp_path / "src", {"mod.py": "A = 1\n"})
+    os.mkfifo(src / "pipe")
+    with pytest.raises(BuildError, match="pipe is a FIFO: images hold only regular files"):
+        pack_directory(src, tmp_path / "x.hlimg")
+    (src / "pipe").unlink()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(src / "sock"))
+        with pytest.raises(BuildError, match="sock is a socket"):
+            pack_directory(src, tmp_path / "x.hlimg")
+    (src / "sock").unlink()
+    if os.geteuid() == 0:
+        os.mknod(src / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        with pytest.raises(BuildError, match="null is a character device"):
+            pack_directory(src, tmp_path / "x.hlimg")
+
+
+def test_a_file_others_cannot_read_is_refused_not_published_world_readable(
+    tmp_path: Path,
+) -> None:
+    src = make_tree(tmp_path / "src", {"mod.py": "A = 1\n", "secret.key": "hunter2"})
+    (src / "secret.key").chmod(0o600)
+    with pytest.raises(BuildError, match=r"file secret.key has mode 0600: others cannot read"):
+        pack_directory(src, tmp_path / "x.hlimg")
+    (src / "secret.key").chmod(0o640)
+    with pytest.raises(BuildError, match="chmod o\\+r it or keep it out of the tree"):
+        pack_directory(src, tmp_path / "x.hlimg")
+    (src / "secret.key").unlink()
+    (src / "private").mkdir(mode=0o700)
+    (src / "private").chmod(0o700)
+    with pytest.raises(BuildError, match="directory private has mode 0700"):
+        pack_directory(src, tmp_path / "x.hlimg")
+    (src / "private").chmod(0o755)
+    with ImageReader.open(pack_directory(src, tmp_path / "x.hlimg").path) as reader:
+        assert reader.is_dir("private") and not reader.lookup("secret.key")
+
+
+def test_a_symlink_swapped_in_after_the_scan_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a publish drop can play: a file replaced by a symlink out of the tree."""
+    outside = make_tree(tmp_path / "outside", {"shadow": "root:x:0:0"})
+    src = make_tree(tmp_path / "src", {"mod.py": "A = 1\n", "data.txt": "payload"})
+    from cache import builder
+
+    real_scan = builder._scan
+
+    def scan_then_swap(root: Path) -> tuple[list[object], list[str]]:
+        found = real_scan(root)
+        (src / "data.txt").unlink()
+        (src / "data.txt").symlink_to(outside / "shadow")
+        return found
+
+    monkeypatch.setattr(builder, "_scan", scan_then_swap)
+    with pytest.raises(BuildError, match=r"data\.txt turned into a symlink"):
+        pack_directory(src, tmp_path / "x.hlimg")

@@ -382,7 +382,7 @@ def test_missing_parent_directory_entry(tmp_path: Path) -> None:
 
 
 def test_a_directory_is_not_an_image(tmp_path: Path) -> None:
-    with pytest.raises(CorruptImage, match="is not a regular file"):
+    with pytest.raises(CorruptImage, match="is a directory, not a regular file"):
         ImageReader.open(tmp_path)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from cache_testkit import OriginServer, make_tree, publish
 from cache.builder import ImageInfo, pack_directory
 from cache.errors import (
     CacheFull,
+    CorruptImage,
     DigestMismatch,
     DiskFull,
     FetchError,
@@ -404,3 +407,51 @@ async def test_quarantine_while_leased_keeps_the_lease_usable(
     assert not lease.reader.closed and lease.reader.is_file("handler.py")
     lease.release()
     assert lease.reader.closed  # unmapped once the last user let go
+
+
+async def test_a_store_file_replaced_behind_its_back_is_quarantined_not_mapped(
+    tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
+) -> None:
+    """A `cp` over an installed image: the store maps only the file it installed."""
+    publish(sample_image.path, served)
+    origin = CountingOrigin(DirectoryOrigin(served))
+    store = await start_store(nursery, tmp_path / "state", memory_budget_bytes=0)
+    installed = tmp_path / "state/images" / sample_image.path.name
+    with trio.fail_after(30):
+        path = await store.ensure(sample_image.digest, origin)
+        assert path == installed
+        # Installed read-only: a private, immutable copy.
+        assert installed.stat().st_mode & 0o222 == 0
+        # Same bytes, other inode (what `cp --remove-destination` or an editor does):
+        # not the file the store verified, so it is not trusted.
+        replacement = installed.with_name("other")
+        shutil.copyfile(sample_image.path, replacement)
+        os.replace(replacement, installed)
+        with await store.get(sample_image.digest, origin) as lease:
+            assert lease.reader.is_file("handler.py")
+    assert origin.calls == 2 and store.stats.quarantined == 1
+    quarantined = list((tmp_path / "state/quarantine").iterdir())
+    assert len(quarantined) == 1
+
+
+async def test_install_and_scrub_hash_without_mapping(
+    tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
+) -> None:
+    """Verification reads with pread: a file shorter than its header says is an error."""
+    from cache.reader import hash_image, inspect_image
+
+    publish(sample_image.path, served)
+    store = await start_store(nursery, tmp_path / "state")
+    with trio.fail_after(30):
+        path = await store.ensure(sample_image.digest, DirectoryOrigin(served))
+    assert store.stats.mapped_images == 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(CorruptImage, match="truncated or changed while being hashed"):
+            hash_image(fd, sample_image.size + 4096)
+    finally:
+        os.close(fd)
+    truncated = tmp_path / "truncated.hlimg"
+    truncated.write_bytes(sample_image.path.read_bytes()[: sample_image.size // 2])
+    with pytest.raises(CorruptImage, match="truncated"):
+        inspect_image(truncated, verify=True)

@@ -10,8 +10,11 @@ import pytest
 
 from huselet.config import load_config, parse_config
 from huselet.errors import ConfigError
+from huselet.runtime import available_runtimes
 
 REPO = Path(__file__).resolve().parents[2]
+# The shipped configs run functions on the isolated fork runtime (safe by default).
+RUNTIMES = frozenset(available_runtimes())
 
 
 def make_package(tmp_path: Path, module: str = "main") -> Path:
@@ -38,7 +41,7 @@ def refuse(raw: dict, tmp_path: Path) -> str:
 
 
 def test_issue_example_is_valid_and_resolves_relative_package() -> None:
-    config = load_config(REPO / "systemd" / "huselet.toml")
+    config = load_config(REPO / "systemd" / "huselet.toml", known_runtimes=RUNTIMES)
     assert config.node.id == "node-a"
     assert str(config.gateway.http) == "127.0.0.1:8470"
     (fn,) = config.functions
@@ -48,7 +51,7 @@ def test_issue_example_is_valid_and_resolves_relative_package() -> None:
 
 
 def test_embedded_default_serves_hello() -> None:
-    config = load_config(None)
+    config = load_config(None, known_runtimes=RUNTIMES)
     assert [f.name for f in config.functions] == ["hello"]
     assert (config.functions[0].package / "main.py").is_file()
     assert config.admin.socket == config.node.run_dir / "admin.sock"

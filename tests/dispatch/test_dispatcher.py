@@ -234,10 +234,9 @@ async def test_hostile_link_peers_are_refused_and_daemon_keeps_serving(short_tmp
             sock.close()
             return dec.next_frame()
 
+        # An unknown instance or wrong token is told nothing: a close, no frame.
         refused = await exchange(encode_frame(Hello(1, "echo-00000000", "wrong", 1).encode()))
-        assert (
-            refused is not None and refused["t"] == "refused" and refused["code"] == "unauthorized"
-        )
+        assert refused is None
         garbage = await exchange(b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1")
         assert garbage is not None and garbage["code"] == "malformed"
         huge = await exchange(b"\xff\xff\xff\xff")

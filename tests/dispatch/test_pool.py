@@ -38,6 +38,11 @@ def fn(root: Path, name: str, **extra: object) -> dict:
     return {"name": name, "package": f"pkgs/{name}", "handler": "main:handler", "env": env, **extra}
 
 
+# The handler writes its calls to a host file: its workers must not be confined
+# (the pool's behaviour is under test here, not the sandbox).
+unconfined_stack = partial(running_stack, runtimes={"process": {"isolation": False}})
+
+
 def calls(root: Path, name: str) -> list[str]:
     path = root / f"{name}.calls"
     return path.read_text().split() if path.exists() else []
@@ -58,7 +63,7 @@ async def kill_the_instance_running(  # type: ignore[no-untyped-def]
 
 
 async def test_idempotent_request_is_retried_once_on_a_fresh_instance(short_tmp: Path) -> None:
-    async with running_stack(short_tmp, [fn(short_tmp, "idem", idempotent=True)]) as node:
+    async with unconfined_stack(short_tmp, [fn(short_tmp, "idem", idempotent=True)]) as node:
         pool = node.pool("idem")
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
@@ -76,7 +81,7 @@ async def test_idempotent_request_is_retried_once_on_a_fresh_instance(short_tmp:
 
 
 async def test_idempotent_request_is_retried_only_once(short_tmp: Path) -> None:
-    async with running_stack(short_tmp, [fn(short_tmp, "idem", idempotent=True)]) as node:
+    async with unconfined_stack(short_tmp, [fn(short_tmp, "idem", idempotent=True)]) as node:
         pool = node.pool("idem")
         with trio.fail_after(30):
 
@@ -96,7 +101,7 @@ async def test_idempotent_request_is_retried_only_once(short_tmp: Path) -> None:
 
 
 async def test_a_function_not_declared_idempotent_is_never_retried(short_tmp: Path) -> None:
-    async with running_stack(short_tmp, [fn(short_tmp, "plain")]) as node:
+    async with unconfined_stack(short_tmp, [fn(short_tmp, "plain")]) as node:
         pool = node.pool("plain")
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
@@ -115,7 +120,7 @@ async def test_a_stopped_idle_instance_misses_its_heartbeat_and_is_replaced(
 ) -> None:
     health = {"heartbeat_interval_ms": 200, "heartbeat_timeout_ms": 200}
     functions = [fn(short_tmp, "hb", min_instances=1)]
-    async with running_stack(short_tmp, functions, extra={"health": health}) as node:
+    async with unconfined_stack(short_tmp, functions, extra={"health": health}) as node:
         pool = node.pool("hb")
         with trio.fail_after(30):
             first = json.loads((await node.scheduler.invoke("hb", b"{}", "json")).body)["pid"]
@@ -139,7 +144,7 @@ async def test_a_stopped_idle_instance_misses_its_heartbeat_and_is_replaced(
 
 async def test_reap_idle_keeps_min_instances_and_spares_busy_ones(short_tmp: Path) -> None:
     functions = [fn(short_tmp, "r", min_instances=1, max_instances=4)]
-    async with running_stack(short_tmp, functions) as node:
+    async with unconfined_stack(short_tmp, functions) as node:
         pool = node.pool("r")
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
@@ -163,7 +168,7 @@ async def test_held_starts_serve_warm_instances_and_refuse_cold_functions(
     short_tmp: Path,
 ) -> None:
     functions = [fn(short_tmp, "warm"), fn(short_tmp, "cold")]
-    async with running_stack(short_tmp, functions) as node:
+    async with unconfined_stack(short_tmp, functions) as node:
         with trio.fail_after(30):
             await node.scheduler.invoke("warm", b"{}", "json")
             node.scheduler.hold_starts("memory pressure: test")
@@ -183,7 +188,7 @@ async def test_a_busy_instance_stopped_by_sigstop_is_replaced_before_the_deadlin
 ) -> None:
     health = {"heartbeat_interval_ms": 200}
     functions = [fn(short_tmp, "plain", timeout_ms=20_000), fn(short_tmp, "idem", idempotent=True)]
-    async with running_stack(short_tmp, functions, extra={"health": health}) as node:
+    async with unconfined_stack(short_tmp, functions, extra={"health": health}) as node:
         with trio.fail_after(30):
             started = trio.current_time()
             async with trio.open_nursery() as nursery:
@@ -204,7 +209,7 @@ async def test_an_instance_killed_with_its_request_unread_is_reported_by_its_exi
 ) -> None:
     # The request waits unread in the frozen worker's socket; the kill then makes
     # Linux reset the link. The caller must hear how it died, not "protocol error".
-    async with running_stack(short_tmp, [fn(short_tmp, "plain")]) as node:
+    async with unconfined_stack(short_tmp, [fn(short_tmp, "plain")]) as node:
         pool = node.pool("plain")
         with trio.fail_after(30):
             pid = json.loads((await node.scheduler.invoke("plain", b"{}", "json")).body)["pid"]
@@ -221,7 +226,8 @@ async def test_a_request_the_instance_never_fully_received_is_requeued(short_tmp
     # Once the frozen instance is replaced, that request never reached a handler,
     # so it is safe to run elsewhere — even for a function not declared idempotent.
     health = {"heartbeat_interval_ms": 200}
-    async with running_stack(short_tmp, [fn(short_tmp, "plain")], extra={"health": health}) as node:
+    functions = [fn(short_tmp, "plain")]
+    async with unconfined_stack(short_tmp, functions, extra={"health": health}) as node:
         pool = node.pool("plain")
         with trio.fail_after(30):
             pid = json.loads((await node.scheduler.invoke("plain", b"{}", "json")).body)["pid"]

@@ -66,6 +66,12 @@ timeout_ms = 20000
 """
 
 TOKEN = "framed-test-token-0123456789"
+# The handlers synchronise through files the test creates, so they must see the
+# host's /tmp: these tests are about the ingress, not about confinement.
+UNCONFINED = """
+[runtimes.process]
+isolation = false
+"""
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +109,7 @@ auth_token_file = "{root}/token"
     text = config.read_text().replace(
         "max_body_bytes = 65536", "max_body_bytes = 65536" + extra_gateway
     )
-    config.write_text(text)
+    config.write_text(text + UNCONFINED)
     with Daemon(config) as d:
         yield d
 
@@ -278,6 +284,7 @@ def test_a_client_that_does_not_read_is_dropped(short_tmp: Path) -> None:
             "max_body_bytes = 65536",
             'max_body_bytes = 1048576\nframed = "127.0.0.1:0"\nread_timeout_ms = 1000',
         )
+        + UNCONFINED
     )
     with Daemon(config) as daemon:
         sock, _ = _raw_connection(framed_address(daemon))

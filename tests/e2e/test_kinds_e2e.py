@@ -420,9 +420,10 @@ def test_unexpected_exception_is_502_with_traceback_in_the_log(daemon: Daemon) -
     rid = resp.headers["x-huselet-request-id"]
 
     def traceback_logged() -> bool:
-        lines = instance_output(daemon, "plain")
-        return f"request {rid}: Traceback (most recent call last):" in lines and any(
-            line.startswith(f"request {rid}: KeyError") for line in lines
+        # One record with the request id, the traceback in a field (issue 14).
+        return any(
+            r.get("request_id") == rid and "KeyError: 'boom'" in r.get("traceback", "")
+            for r in daemon.logs("handler raised")
         )
 
     assert wait_until(traceback_logged, 30)

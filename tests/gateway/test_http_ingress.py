@@ -73,6 +73,7 @@ class FakeInvoker:
         timeout_ms: int | None = None,
         request_id: str | None = None,
         http: HttpRequest | None = None,
+        meta: Any = None,
     ) -> InvokeResult:
         self.calls.append(Call(function, event, kind, timeout_ms, request_id))
         if function == "web":
