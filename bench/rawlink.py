@@ -136,9 +136,12 @@ class RawWorkers:
             while worker.outstanding:  # a reply left over from the previous round
                 await worker.next_result()
             async for frame, done, ok in receive:
-                worker.outstanding += 1
-                await worker.stream.send_all(frame)
-                ok.append((await worker.next_result()).ok)
+                # Not cut off by the end of a round: a half-sent frame or an unread
+                # result would break the next round (a dead worker still times out).
+                with trio.CancelScope(shield=True), trio.move_on_after(30):
+                    worker.outstanding += 1
+                    await worker.stream.send_all(frame)
+                    ok.append((await worker.next_result()).ok)
                 done.set()
 
         async def client(record: Callable[[float, bool], None]) -> None:
