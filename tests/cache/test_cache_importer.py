@@ -346,7 +346,9 @@ def test_native_files_keep_their_layout_so_rpath_ctypes_and_data_paths_work(
     assert second["inode"] == first["inode"]  # extracted once, then shared
 
 
-def test_a_damaged_tree_is_rebuilt_when_verified(tmp_path: Path, extension_image: ImageInfo) -> None:
+def test_a_damaged_tree_is_rebuilt_when_verified(
+    tmp_path: Path, extension_image: ImageInfo
+) -> None:
     from cache.native import ensure_native_tree
 
     extract = tmp_path / "extracted"
@@ -367,7 +369,9 @@ def test_distribution_metadata_in_an_image_is_found(tmp_path: Path) -> None:
         tmp_path / "src",
         {
             "thing/__init__.py": "",
-            "thing-1.2.3.dist-info/METADATA": "Metadata-Version: 2.1\nName: thing\nVersion: 1.2.3\n",
+            "thing-1.2.3.dist-info/METADATA": (
+                "Metadata-Version: 2.1\nName: thing\nVersion: 1.2.3\n"
+            ),
         },
     )
     (tmp_path / "out").mkdir()
