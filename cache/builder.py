@@ -67,8 +67,13 @@ def pack_directory(
     *,
     compile_bytecode: bool = True,
     page_size: int = fmt.DEFAULT_PAGE_SIZE,
+    extra_trees: dict[str, Path] | None = None,
 ) -> ImageInfo:
     """Pack the tree under ``src`` into an image.
+
+    ``extra_trees`` maps a top-level directory name of the image to another
+    tree packed under it (e.g. installed dependencies); ``src`` must not have
+    an entry of that name.
 
     ``out`` is the image file to write, or an existing directory in which case
     the file is named ``<digest>.hlimg``. Raises :class:`BuildError` for
@@ -86,6 +91,13 @@ def pack_directory(
         raise ValueError(f"page size {page_size} is not a power of two in [4096, 65536]")
     cache_tag = sys.implementation.cache_tag or ""
     items, skipped = _scan(root)
+    for name, tree in sorted((extra_trees or {}).items()):
+        _checked_name(name, "")
+        if any(item.path == name or item.path.startswith(name + "/") for item in items):
+            raise BuildError(f"the tree already has {name!r}, which the packer fills itself")
+        more, more_skipped = _scan(Path(tree), prefix=name + "/")
+        items += [_Item(name, fmt.KIND_DIR, fmt.MODE_DIR), *more]
+        skipped += more_skipped
     if compile_bytecode and cache_tag:
         items += _bytecode_items(items, cache_tag)
     items.sort(key=lambda item: item.path.encode("utf-8"))
@@ -117,7 +129,7 @@ def pack_directory(
 # -- scanning --------------------------------------------------------------------
 
 
-def _scan(root: Path) -> tuple[list[_Item], list[str]]:
+def _scan(root: Path, prefix: str = "") -> tuple[list[_Item], list[str]]:
     real_root = os.path.realpath(root)
     items: list[_Item] = []
     skipped: list[str] = []
@@ -151,7 +163,7 @@ def _scan(root: Path) -> tuple[list[_Item], list[str]]:
             else:
                 skipped.append(rel)
 
-    walk(str(root), "")
+    walk(str(root), prefix)
     return items, skipped
 
 

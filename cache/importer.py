@@ -43,6 +43,10 @@ import sys
 from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, ModuleSpec, PathFinder
 
 from cache import format as fmt
+
+# Imported eagerly, not when a finder is made: a zygote imports this module
+# before its sandbox hides the host's copy of the cache package.
+from cache.native import ensure_native_tree, native_tree_path
 from cache.reader import MAGIC_NUMBER, Entry, ImageReader
 
 TYPE_CHECKING = False  # see cache/format.py: avoids importing typing at start-up
@@ -79,8 +83,6 @@ class ImageFinder:
         self.image_root = os.path.abspath(reader.path)
         self.native_root: str | None = None
         if extract_root is not None:
-            from cache.native import ensure_native_tree, native_tree_path
-
             tree = native_tree_path(extract_root, reader.digest)
             try:
                 self.native_root = ensure_native_tree(reader, extract_root)
@@ -337,6 +339,21 @@ def install_image_importer(
     sys.meta_path.insert(position, finder)
     sys.path_hooks.insert(0, finder.path_hook)
     return finder
+
+
+def install_image_roots(
+    reader: ImageReader, *, extract_root: str | os.PathLike[str] | None = None
+) -> list[ImageFinder]:
+    """Serve an image the way the packer laid it out: its root, then its installed requirements.
+
+    The packer puts a package's ``requirements.txt`` under :data:`DEPS_DIR`;
+    that import root comes right after the image's own code, as a ``pip
+    install --target`` directory would on ``sys.path``.
+    """
+    finders = [install_image_importer(reader, extract_root=extract_root)]
+    if reader.is_dir(DEPS_DIR):
+        finders.append(install_image_importer(reader, prefix=DEPS_DIR, extract_root=extract_root))
+    return finders
 
 
 def uninstall_image_importer(finder: ImageFinder, *, remove_modules: bool = False) -> None:

@@ -47,14 +47,17 @@ from cache.errors import (
     ImageTooLarge,
     TransientFetchError,
 )
+from cache.native import ensure_native_tree
 from cache.origin import DirectoryOrigin, ImageSink, Origin, origin_from_url
 from cache.reader import ImageReader
 from cache.store import ImageLease, ImageStore, LowDiskSpace
-from huselet.config import Config, FunctionSettings
+from huselet.config import Config, FunctionSettings, LayerSettings
+from huselet.dependencies import DependencyOptions
 from huselet.errors import HuseletError
 from huselet.log import get_logger
 from huselet.packing import DirectoryPacker, PackResult
 from huselet.prefetch import LiveFetches
+from huselet.runtime.codeimage import CodeImage
 
 log = get_logger("packages")
 
@@ -84,17 +87,27 @@ PLAIN_DIRECTORY = PlainDirectory()
 
 
 class ImageCode:
-    """An image leased for one instance's lifetime."""
+    """An image (and the function's layers) leased for one instance's lifetime."""
 
-    __slots__ = ("_lease", "digest", "image")
+    __slots__ = ("_leases", "digest", "image", "layers")
 
-    def __init__(self, lease: ImageLease) -> None:
-        self.image: Path | None = lease.path
-        self.digest = lease.digest
-        self._lease = lease
+    def __init__(
+        self, leases: list[ImageLease], native_dirs: tuple[str, ...], extract_root: Path
+    ) -> None:
+        main, *layers = leases
+        self.image: Path | None = CodeImage.make(
+            main.path,
+            layers=tuple(str(lease.path) for lease in layers),
+            native_dirs=native_dirs,
+            extract_root=str(extract_root),
+        )
+        self.digest = main.digest
+        self.layers = tuple(lease.digest for lease in layers)
+        self._leases = leases
 
     def release(self) -> None:
-        self._lease.release()
+        for lease in self._leases:
+            lease.release()
 
 
 class SingleFileOrigin(Origin):
@@ -192,8 +205,19 @@ class PackageManager:
         self.settings = config.cache
         self.store = store
         self.live = live or LiveFetches()
-        self.packer = packer or DirectoryPacker(store.images_dir.parent / "packed")
+        self.packer = packer or DirectoryPacker(
+            store.images_dir.parent / "packed",
+            DependencyOptions(
+                cache_dir=store.images_dir.parent,
+                allow_sdist=self.settings.allow_sdist,
+                timeout_s=self.settings.pip_timeout_s,
+            ),
+            progress=_log_progress,
+        )
         self.packed_origin = DirectoryOrigin(self.packer.out_dir)
+        self.extract_root = store.images_dir.parent / "extract"
+        self._native: dict[str, str | None] = {}  # digest -> its verified native tree
+        self._native_locks: dict[str, trio.Lock] = {}
         self.functions = {fn.name: fn for fn in config.functions}
         self._dirs: dict[Path, _Resolved] = {}
         self._files: dict[Path, _Resolved] = {}
@@ -223,9 +247,72 @@ class PackageManager:
         self.functions[fn.name] = fn  # functions deployed at runtime are learnt here
         source = await self.resolve(fn)
         if source is None:
+            if fn.layers:
+                raise CodeUnavailable("layers need packed code (cache.pack_directories is off)")
             return PLAIN_DIRECTORY
-        digest, origin = source
-        usage = self._track(digest, origin, fn.code_source, fn.name)
+        leases = [await self._lease(fn, *source, fn.code_source)]
+        try:
+            for layer in fn.layers:
+                leases.append(await self._lease(fn, *await self._resolve_layer(fn, layer), "layer"))
+            native = [await self._native_tree(lease) for lease in leases]
+        except BaseException:
+            for lease in leases:
+                lease.release()
+            raise
+        trees = tuple(tree for tree in native if tree is not None)
+        return ImageCode(leases, trees, self.extract_root)
+
+    async def _resolve_layer(
+        self, fn: FunctionSettings, layer: LayerSettings
+    ) -> tuple[str, Origin]:
+        if layer.image is None:
+            assert layer.digest is not None
+            return layer.digest, self._origin(layer.origin)
+        digest, origin = await self._resolve_image_file(layer.image, fn.name, what="layer image")
+        if layer.digest is not None and digest != layer.digest:
+            log.error(
+                "layer image is not the pinned digest",
+                function=fn.name,
+                expected=layer.digest,
+                found=digest,
+            )
+            raise CodeUnavailable(
+                f"layer image {digest[:12]} is not the pinned {layer.digest[:12]}"
+            )
+        return digest, origin
+
+    async def _native_tree(self, lease: ImageLease) -> str | None:
+        """The image's extracted native tree (cache/native.py), made before any instance needs it.
+
+        Done here, not in the instance: a sandbox sees the extract root read-only.
+        Verified once per image per daemon run, then trusted.
+        """
+        if lease.digest in self._native:
+            return self._native[lease.digest]
+        lock = self._native_locks.setdefault(lease.digest, trio.Lock())
+        async with lock:
+            if lease.digest not in self._native:
+                try:
+                    tree = await trio.to_thread.run_sync(
+                        lambda: ensure_native_tree(
+                            lease.reader, str(self.extract_root), verify_existing=True
+                        )
+                    )
+                except (OSError, CacheError) as exc:
+                    log.error("cannot extract native files", digest=lease.digest, error=str(exc))
+                    raise CodeUnavailable(
+                        f"image {lease.digest[:12]}: its native files could not be extracted"
+                    ) from None
+                self._native[lease.digest] = tree
+                if tree is not None:
+                    log.info("native files extracted", digest=lease.digest, tree=tree)
+        self._native_locks.pop(lease.digest, None)
+        return self._native[lease.digest]
+
+    async def _lease(
+        self, fn: FunctionSettings, digest: str, origin: Origin, source: str
+    ) -> ImageLease:
+        usage = self._track(digest, origin, source, fn.name)
         level = self.store.level_of(digest) or "origin"
         usage.hits[level] += 1
         # A request waits on a cold fetch: prefetching steps aside until it is done.
@@ -252,7 +339,7 @@ class PackageManager:
                 f"image {digest[:12]} could not be opened; see the node log"
             ) from None
         usage.last_used = time.time()
-        return ImageCode(lease)
+        return lease
 
     def source_of(self, name: str) -> tuple[str, Origin] | None:
         """The function's (digest, origin) if known without waiting; for prediction and hints."""
@@ -347,8 +434,12 @@ class PackageManager:
             return await trio.to_thread.run_sync(self.packer.pack, directory)
 
     async def _resolve_file(self, fn: FunctionSettings) -> tuple[str, Origin]:
-        path = fn.image
-        assert path is not None
+        assert fn.image is not None
+        return await self._resolve_image_file(fn.image, fn.name)
+
+    async def _resolve_image_file(
+        self, path: Path, name: str, what: str = "image file"
+    ) -> tuple[str, Origin]:
         resolved = self._files.setdefault(path, _Resolved())
         try:
             st = os.stat(path)
@@ -359,16 +450,16 @@ class PackageManager:
             try:
                 digest = await trio.to_thread.run_sync(_image_digest, path)
             except (CacheError, OSError) as exc:
-                log.error("cannot read function image", function=fn.name, error=str(exc))
+                log.error("cannot read function image", function=name, error=str(exc))
                 if resolved.digest is None:
-                    raise CodeUnavailable("its image file is not a usable image") from None
+                    raise CodeUnavailable(f"its {what} is not a usable image") from None
             else:
                 if resolved.digest not in (None, digest):
-                    log.info("function image changed", function=fn.name, digest=digest)
+                    log.info("function image changed", function=name, digest=digest)
                 resolved.digest, resolved.stamp = digest, stamp
                 resolved.origin = SingleFileOrigin(path)
         if resolved.digest is None or resolved.origin is None:
-            raise CodeUnavailable("its image file does not exist")
+            raise CodeUnavailable(f"its {what} does not exist")
         return resolved.digest, resolved.origin
 
     def _origin(self, url: str | None) -> Origin:
@@ -501,6 +592,11 @@ class PackageManager:
             },
             "quarantined": s.quarantined,
         }
+
+
+def _log_progress(report: dict[str, Any]) -> None:
+    """Packing and pip progress (called from the packing thread; logging is thread-safe)."""
+    log.info("packing progress", **report)
 
 
 def _image_digest(path: Path) -> str:

@@ -351,13 +351,16 @@ async def test_workers_import_from_the_image_and_failures_become_502(short_tmp: 
             digest_fn("missing", "ef" * 32, server.url),
         ]
         async with stack_with_cache(short_tmp, functions) as (stack, cache):
-            images = short_tmp / "state" / "cache" / "images"
+            extract = short_tmp / "state" / "cache" / "extract"
             for name, reply in (("dev", "YO!"), ("remote", "YO!r")):
                 result = await stack.scheduler.invoke(name, b'{"word": "yo"}', "json")
                 body = json.loads(result.body)
                 assert body["reply"] == reply and body["note"] == "served from the image"
-                # Imported from the mapped image (a virtual path inside the image file).
-                assert body["file"].startswith(str(images)) and ".hlimg/main.py" in body["file"]
+                # Imported from the mapped image: a virtual path rooted in the image's
+                # extracted tree (it holds app/note.txt), where main.py is not a file.
+                file = Path(body["file"])
+                assert file.parent.parent == extract and file.name == "main.py"
+                assert (file.parent / "app" / "note.txt").is_file() and not file.exists()
             with trio.fail_after(10):
                 with pytest.raises(Exception) as err:
                     await stack.scheduler.invoke("missing", b"{}", "json")

@@ -27,6 +27,7 @@ from huselet.config import FunctionSettings
 from huselet.log import get_logger
 from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, StartFailed
 from huselet.runtime.cgroups import Cgroup
+from huselet.runtime.codeimage import code_env
 
 log = get_logger("runtime")
 
@@ -58,8 +59,7 @@ def function_env(fn: FunctionSettings, image: Any = None) -> dict[str, str]:
             "HUSELET_HANDLER": fn.handler,
         }
     )
-    if image is not None:
-        env["HUSELET_IMAGE"] = str(image)
+    env.update(code_env(image))
     return env
 
 

@@ -55,6 +55,7 @@ from huselet.runtime.children import (
     dial_link,
     pump_output,
 )
+from huselet.runtime.codeimage import code_key, code_ro_paths
 from huselet.runtime.isolation import (
     IsolationSettings,
     Table,
@@ -160,7 +161,7 @@ class ForkRuntime(Runtime):
         self, fn: FunctionSettings, image: Any, staging: Path, uid: int | None
     ) -> SandboxPlan:
         iso = self.isolation
-        ro_paths = iso.ro_paths + ((str(image),) if image is not None else ())
+        ro_paths = iso.ro_paths + code_ro_paths(image)
         return SandboxPlan(
             function=fn.name,
             package=str(fn.package),
@@ -181,7 +182,7 @@ class ForkRuntime(Runtime):
         )
 
     def _slot(self, fn: FunctionSettings, image: Any) -> ZygoteSlot:
-        key = (fn.name, str(fn.package), fn.handler, str(image), tuple(sorted(fn.env.items())))
+        key = (fn.name, str(fn.package), fn.handler, code_key(image), tuple(sorted(fn.env.items())))
         slot = self._slots.get(key)
         if slot is not None and not slot.closed:
             return slot

@@ -146,20 +146,23 @@ def load_handler(
     """
     module_name, _, attr = handler.partition(":")
     image = image or os.environ.get("HUSELET_IMAGE") or None
-    if image is not None:
-        from cache.importer import install_image_importer  # only image workers pay for it
+    # Layers (env HUSELET_LAYERS, os.pathsep-separated images) come after the
+    # function's own code and its requirements, in the configured order.
+    layers = [p for p in os.environ.get("HUSELET_LAYERS", "").split(os.pathsep) if p]
+    if image is None and package_dir not in sys.path:
+        sys.path.insert(0, package_dir)
+    for path in ([image] if image is not None else []) + layers:
+        from cache.importer import install_image_roots  # only image workers pay for it
         from cache.reader import ImageReader
 
-        reader = ImageReader.open(image, verify=False)
-        extract_dir = (
+        reader = ImageReader.open(path, verify=False)
+        extract_root = (
             extract_dir
             or os.environ.get("HUSELET_EXTRACT_DIR")
-            or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(image))), "extract")
+            or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "extract")
         )
-        install_image_importer(reader, extract_root=extract_dir)
+        install_image_roots(reader, extract_root=extract_root)
         _images.append(reader)
-    elif package_dir not in sys.path:
-        sys.path.insert(0, package_dir)
     module = importlib.import_module(module_name)
     fn = getattr(module, attr)
     if not callable(fn):
