@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass
 from importlib.util import MAGIC_NUMBER, source_hash
 from pathlib import Path
+from types import CodeType
 from typing import BinaryIO
 
 from cache import format as fmt
@@ -227,12 +228,62 @@ def compile_unchecked_pyc(source: bytes, filename: str) -> bytes | None:
             code = compile(source, filename, "exec", dont_inherit=True, optimize=0)
     except (SyntaxError, ValueError):
         return None
-    return (
-        MAGIC_NUMBER
-        + struct.pack("<I", _PYC_FLAGS_UNCHECKED_HASH)
-        + source_hash(source)
-        + marshal.dumps(code)
-    )
+    # marshal's bytes depend on the packing process, not only on the code: a
+    # string is written "interned" if anything in the process interned it (a
+    # constant "{" is interned in the daemon, not in `huselet pack`), and an
+    # object is flagged for back-reference only when its refcount is > 1. So
+    # every string constant is interned here, and one more reference is held to
+    # every object marshal visits: both tests then give the same answer in any
+    # process, and the same tree gives the same digest whoever packs it.
+    code = _interned_constants(code)
+    pinned = _marshalled_objects(code)
+    data = marshal.dumps(code)
+    del pinned
+    return MAGIC_NUMBER + struct.pack("<I", _PYC_FLAGS_UNCHECKED_HASH) + source_hash(source) + data
+
+
+def _interned_constants(code: CodeType) -> CodeType:
+    return code.replace(co_consts=tuple(_interned(c) for c in code.co_consts))
+
+
+def _interned(const: object) -> object:
+    if type(const) is str:
+        return sys.intern(const)
+    if type(const) is tuple:
+        return tuple(_interned(c) for c in const)
+    if type(const) is frozenset:
+        return frozenset(_interned(c) for c in const)
+    if isinstance(const, CodeType):
+        return _interned_constants(const)
+    return const
+
+
+def _marshalled_objects(code: CodeType) -> list[object]:
+    """Every object reachable from ``code`` the way marshal walks it (shared ones included)."""
+    seen: list[object] = []
+    stack: list[object] = [code]
+    while stack:
+        obj = stack.pop()
+        seen.append(obj)
+        if isinstance(obj, CodeType):
+            stack += (
+                obj.co_consts,
+                obj.co_names,
+                obj.co_varnames,
+                obj.co_cellvars,
+                obj.co_freevars,
+                obj.co_filename,
+                obj.co_name,
+                obj.co_qualname,
+                obj.co_linetable,
+                obj.co_exceptiontable,
+                obj.co_code,
+            )
+        elif isinstance(obj, tuple | frozenset):
+            stack += obj
+        elif isinstance(obj, slice):
+            stack += (obj.start, obj.stop, obj.step)
+    return seen
 
 
 # -- writing ---------------------------------------------------------------------

@@ -78,6 +78,8 @@ class PlainDirectory:
     """The code of a ``package`` directory served as it is: nothing to lease."""
 
     image: Path | None = None
+    digest: str | None = None
+    layers: tuple[str, ...] = ()
 
     def release(self) -> None:
         pass

@@ -192,9 +192,10 @@ def render_status(status: Mapping[str, Any]) -> str:
 
 FUNCTION_HEADERS = (
     "FUNCTION", "RUNTIME", "INSTANCES", "STARTING", "IDLE", "BUSY", "INFLIGHT",
-    "QUEUED", "ACCEPTED", "OK", "FAILED", "REJECTED",
+    "QUEUED", "ACCEPTED", "OK", "FAILED", "REJECTED", "CODE",
 )  # fmt: skip
-FUNCTION_ALIGN = "<<" + ">" * 10
+FUNCTION_ALIGN = "<<" + ">" * 10 + "<"
+CODE_CHARS = 12  # digest prefix shown for an instance's code
 
 
 def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
@@ -235,6 +236,7 @@ def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
                 counters.get("ok", zero),
                 failed,
                 counters.get("rejected_queue_full", zero),
+                _code(fn.get("code")),
             ]
         )
         if fn.get("last_start_error"):
@@ -247,8 +249,16 @@ def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
     return table
 
 
-INSTANCE_HEADERS = ("FUNCTION", "ID", "STATE", "PID", "AGE", "IDLE", "SERVED", "START")
-INSTANCE_ALIGN = "<<<>>>>>"
+INSTANCE_HEADERS = ("FUNCTION", "ID", "STATE", "PID", "AGE", "IDLE", "SERVED", "START", "CODE")
+INSTANCE_ALIGN = "<<<>>>>><"
+
+
+def _code(value: Any) -> str | None:
+    """Digest prefixes of the code (a digest or a list of them); None when not reported."""
+    digests = value if isinstance(value, list) else [value] if isinstance(value, str) else None
+    if not digests:
+        return None
+    return ",".join(str(d)[:CODE_CHARS] for d in digests)
 
 
 def render_instances(instances: Sequence[Mapping[str, Any]]) -> str:
@@ -273,6 +283,7 @@ def render_instances(instances: Sequence[Mapping[str, Any]]) -> str:
                 format_duration(inst.get("idle_s")) if state == "idle" else MISSING,
                 inst.get("served"),
                 format_ms(inst.get("start_ms")),
+                _code(inst.get("code")),
             ]
         )
     return render_table(INSTANCE_HEADERS, rows, align=INSTANCE_ALIGN)
