@@ -21,6 +21,9 @@ class RequestBuffer:
         self.capacity = capacity
         self._queue: deque[Invocation] = deque()
         self._getters = trio.lowlevel.ParkingLot()
+        # Taken off the queue, not yet returned to its dispatcher (the checkpoint
+        # in get): neither queued nor in flight, but the pool is not idle.
+        self.handing_over = 0
 
     def __len__(self) -> int:
         """Queued entries, including done ones not yet skipped (an upper bound)."""
@@ -79,7 +82,11 @@ class RequestBuffer:
         while True:
             inv = self.get_nowait()
             if inv is not None:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                self.handing_over += 1
+                try:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                finally:
+                    self.handing_over -= 1
                 return inv
             await self._getters.park()
 

@@ -24,6 +24,7 @@ import huselet
 from huselet.admin.errors import AdminCommandError
 from huselet.admin.server import AdminServer
 from huselet.codecache import CodeCache
+from huselet.codewatch import CodeWatcher
 from huselet.config import Config
 from huselet.errors import HuseletError
 from huselet.fleet import FleetCommands, SchedulerLink
@@ -112,6 +113,13 @@ class Daemon:
             on_applied=self._config_reloaded,
             refresh_code=self.cache.packages.refresh,
         )
+        self.cache.packages.on_code_changed = self._code_changed
+        # cache.watch_packages: a save in a package directory redeploys it.
+        self.codewatch = (
+            CodeWatcher(lambda: self.config.functions, self.cache.packages.refresh)
+            if config.cache.watch_packages
+            else None
+        )
         self.health = HealthSupervisor(
             [
                 self.lag_probe,
@@ -154,6 +162,22 @@ class Daemon:
 
     def _config_reloaded(self, config: Config) -> None:
         self.config = config
+        if self.codewatch is not None:
+            self.codewatch.sync()
+
+    def _code_changed(self, names: set[str]) -> None:
+        """New code for these functions (re-packed, image rewritten): deploy it.
+
+        A new pool takes new requests at once, so they start instances (and a
+        fork zygote) of the new code; the old pool finishes what it accepted
+        on the old instances, then stops them.
+        """
+        for name in sorted(names):
+            pool = self.scheduler.pools.get(name)
+            if pool is None or not pool.accepting:
+                continue
+            meta = self.scheduler.function_meta.get(name, {"source": "config"})
+            self.scheduler.deploy_function(pool.settings, meta)
 
     async def _reload(self, args: dict[str, Any]) -> dict[str, Any]:
         self.notifier.notify(RELOADING="1", STATUS="reloading the configuration")
@@ -244,6 +268,8 @@ class Daemon:
                 for runtime in self.runtimes.values():
                     await nursery.start(runtime.run)
                 await nursery.start(self.cache.run)
+                if self.codewatch is not None:
+                    await nursery.start(self.codewatch.run)
                 await nursery.start(self.links.run, [fn.name for fn in self.config.functions])
                 await nursery.start(self.scheduler.run)
                 if self.fleet is not None:

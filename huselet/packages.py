@@ -65,6 +65,7 @@ MAX_EVENTS = 64  # recent cache events shown by `huselet ctl cache`
 MAX_LISTED = 2000  # image rows in one `ctl cache` reply (the admin frame is bounded)
 MAX_TRACKED_IMAGES = 4096  # usage records for images no function config names
 REPACK_AFTER_FAILURE_S = 5.0  # a failed pack is retried by the next start after this
+REFRESH_WAIT_S = 120.0  # a reload waits this long for re-packs (pip may be running)
 _COPY_CHUNK = 1 << 20
 
 
@@ -230,6 +231,10 @@ class PackageManager:
         self._nursery: trio.Nursery | None = None
         # Set by the daemon to the prefetcher's hint: how a quarantined image comes back.
         self.refetch: Callable[[str, Origin], object] | None = None
+        # Set by the daemon: redeploys functions whose code changed (see _announce).
+        self.on_code_changed: Callable[[set[str]], object] | None = None
+        self._repacking: dict[Path, _Resolved] = {}  # re-packs in flight (current image serves)
+        self._repack_again: set[Path] = set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start packing directory packages in the background, then serve until cancelled."""
@@ -385,27 +390,79 @@ class PackageManager:
             raise CodeUnavailable(resolved.error or "its package could not be packed")
         return resolved.digest, resolved.origin
 
-    def refresh(self, functions: Iterable[FunctionSettings]) -> int:
-        """Re-pack the directory packages of ``functions`` (a reload: code may have changed).
+    async def refresh(
+        self, functions: Iterable[FunctionSettings], *, wait_s: float = REFRESH_WAIT_S
+    ) -> set[str]:
+        """Look again at the code of ``functions`` (a reload, a save under watch).
 
-        An unchanged tree reuses its pack (fingerprint), so this is cheap; a
-        changed one gives new instances the new image while warm ones keep theirs.
+        Package directories are re-packed (an unchanged tree reuses its pack, so
+        this is cheap) and image files re-read. Until a re-pack is done, new
+        instances keep getting the current image. A function whose digest
+        changed is announced to :attr:`on_code_changed`, which redeploys it.
+        Waits up to ``wait_s`` for the packs; returns the functions whose code
+        changed meanwhile (a slower pack still announces its change when done).
         """
-        if not self.settings.pack_directories or self._nursery is None:
-            return 0
-        dirs = {fn.package for fn in functions if fn.code_source == "package"}
-        for directory in dirs:
+        functions = list(functions)
+        before = {fn.name: self._digest_of(fn) for fn in functions}
+        waits: list[trio.Event] = []
+        if self.settings.pack_directories and self._nursery is not None:
+            for directory in sorted(
+                {fn.package for fn in functions if fn.code_source == "package"}
+            ):
+                waits.append(self._repack(directory))
+        files = {fn.image for fn in functions if fn.image is not None}
+        files |= {layer.image for fn in functions for layer in fn.layers if layer.image}
+        for path in sorted(files):
+            try:
+                await self._resolve_image_file(path, "", what="image file")
+            except CodeUnavailable:
+                pass  # logged; instances keep the copy installed, if any
+        with trio.move_on_after(wait_s):
+            for event in waits:
+                await event.wait()
+        return {fn.name for fn in functions if self._digest_of(fn) != before[fn.name]}
+
+    def _digest_of(self, fn: FunctionSettings) -> tuple[str | None, ...]:
+        """The function's code as currently resolved: its digest and its layers' image digests."""
+        if fn.code_source == "digest":
+            main = fn.digest
+        elif fn.image is not None:
+            main = self._files[fn.image].digest if fn.image in self._files else None
+        else:
+            main = self._dirs[fn.package].digest if fn.package in self._dirs else None
+        layers = tuple(
+            self._files[layer.image].digest
+            if layer.image is not None and layer.image in self._files
+            else layer.digest
+            for layer in fn.layers
+        )
+        return (main, *layers)
+
+    def _repack(self, directory: Path) -> trio.Event:
+        """Pack ``directory`` again; the current image serves until the new one is ready."""
+        running = self._repacking.get(directory)
+        if running is not None:
+            self._repack_again.add(directory)  # edited while packing: pack once more after
+            return running.ready
+        current = self._dirs.get(directory)
+        if current is None or not current.ready.is_set() or current.digest is None:
+            # Nothing usable to keep serving: starts wait for this pack, as at load.
             self._dirs[directory] = _Resolved()
             self._start_pack(directory)
-        return len(dirs)
+            return self._dirs[directory].ready
+        resolved = self._repacking[directory] = _Resolved()
+        self._start_pack(directory, resolved)
+        return resolved.ready
 
-    def _start_pack(self, directory: Path) -> None:
+    def _start_pack(self, directory: Path, target: _Resolved | None = None) -> None:
         if self._nursery is None:
             raise CodeUnavailable("the package cache is not running")
-        self._nursery.start_soon(self._pack, directory)
+        self._nursery.start_soon(self._pack, directory, target)
 
-    async def _pack(self, directory: Path) -> None:
-        resolved = self._dirs[directory]
+    async def _pack(self, directory: Path, target: _Resolved | None = None) -> None:
+        resolved = target or self._dirs[directory]
+        previous = self._dirs.get(directory)
+        previous_digest = previous.digest if previous is not None else None
         started = trio.current_time()
         try:
             result = await self.pack_directory(directory)
@@ -416,7 +473,8 @@ class PackageManager:
             log.error("cannot pack package directory", directory=str(directory), error=str(exc))
         else:
             resolved.digest, resolved.origin = result.digest, self.packed_origin
-            names = {fn.name for fn in self.config.functions if fn.package == directory}
+            names = {fn.name for fn in self.functions.values() if fn.package == directory}
+            names |= {fn.name for fn in self.config.functions if fn.package == directory}
             for name in names:
                 self._track(result.digest, self.packed_origin, "package", name)
             log.info(
@@ -427,8 +485,25 @@ class PackageManager:
                 reused=result.reused,
                 ms=round((trio.current_time() - started) * 1000, 1),
             )
+            if target is not None:
+                self._dirs[directory] = resolved  # new starts get the new image from now on
+            if previous_digest is not None and previous_digest != result.digest:
+                self._announce(names, result.digest)
         finally:
             resolved.ready.set()
+            if target is not None and self._repacking.get(directory) is target:
+                del self._repacking[directory]
+                if directory in self._repack_again:
+                    self._repack_again.discard(directory)
+                    self._repack(directory)
+
+    def _announce(self, names: Iterable[str], digest: str) -> None:
+        """Functions whose code is now ``digest``: their new requests go to new instances."""
+        names = sorted(names)
+        self.note("code_changed", digest, "new instances run the new code", functions=names)
+        log.info("function code changed", functions=names, digest=digest)
+        if self.on_code_changed is not None and names:
+            self.on_code_changed(set(names))
 
     async def pack_directory(self, directory: Path) -> PackResult:
         """Pack (or reuse the unchanged pack of) ``directory``, one pack at a time."""
@@ -456,13 +531,22 @@ class PackageManager:
                 if resolved.digest is None:
                     raise CodeUnavailable(f"its {what} is not a usable image") from None
             else:
-                if resolved.digest not in (None, digest):
-                    log.info("function image changed", function=name, digest=digest)
+                previous = resolved.digest
                 resolved.digest, resolved.stamp = digest, stamp
                 resolved.origin = SingleFileOrigin(path)
+                if previous not in (None, digest):
+                    self._announce(self._users_of(path), digest)
         if resolved.digest is None or resolved.origin is None:
             raise CodeUnavailable(f"its {what} does not exist")
         return resolved.digest, resolved.origin
+
+    def _users_of(self, path: Path) -> set[str]:
+        """Functions whose code or layers are the image file ``path``."""
+        return {
+            fn.name
+            for fn in [*self.config.functions, *self.functions.values()]
+            if fn.image == path or any(layer.image == path for layer in fn.layers)
+        }
 
     def _origin(self, url: str | None) -> Origin:
         url = url or self.settings.default_origin

@@ -680,7 +680,11 @@ class FunctionPool:
         return [h.pid for h in handles if h.pid is not None]
 
     def busy(self) -> bool:
-        return self.buffer.live_count() > 0 or any(r.inflight for r in self.instances.values())
+        return (
+            self.buffer.live_count() > 0
+            or self.buffer.handing_over > 0  # a retire must not stop its instance now
+            or any(r.inflight for r in self.instances.values())
+        )
 
     def stop_all(self, reason: str) -> None:
         self.accepting = False

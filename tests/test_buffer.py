@@ -79,3 +79,24 @@ async def test_fail_all_completes_every_queued_invocation() -> None:
         with pytest.raises(Draining):
             item.result()
     assert len(buf) == 0
+
+
+async def test_an_invocation_is_always_queued_handed_over_or_received() -> None:
+    """A retiring pool asks "is anything pending?": between the queue and its
+    dispatcher (get's checkpoint) an invocation must still count, or the pool's
+    instance is stopped with the request in its hands (a 502 during a code update)."""
+    for _ in range(20):  # trio shuffles the run order: look at many interleavings
+        buf = RequestBuffer(4)
+        received: list[Invocation] = []
+
+        async def dispatcher(buf: RequestBuffer = buf, received: list = received) -> None:
+            received.append(await buf.get())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dispatcher)
+            await trio.testing.wait_all_tasks_blocked()
+            buf.put(inv("a"))
+            while not received:
+                assert buf.live_count() + buf.handing_over == 1
+                await trio.lowlevel.checkpoint()
+        assert buf.handing_over == 0

@@ -519,10 +519,11 @@ def render_scheduler(data: Mapping[str, Any]) -> str:
 def render_reload(data: Mapping[str, Any]) -> str:
     """``huselet ctl reload``: what the reload changed."""
     parts = []
-    for key in ("added", "removed", "updated", "replaced", "trial"):
+    for key in ("added", "removed", "updated", "replaced", "trial", "code"):
         names = [format_cell(n) for n in data.get(key) or []]
         if names:
-            parts.append(f"{key}: {', '.join(names)}")
+            # "code": functions redeployed because their code digest changed.
+            parts.append(f"{'new code' if key == 'code' else key}: {', '.join(names)}")
     lines = ["reloaded: " + ("; ".join(parts) if parts else "no function changed")]
     restart = [format_cell(s) for s in data.get("restart_required") or []]
     if restart:

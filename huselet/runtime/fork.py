@@ -71,6 +71,7 @@ log = get_logger("runtime.fork")
 
 MiB = 1024 * 1024
 MAINTAIN_INTERVAL_S = 1.0
+RETIRE_AFTER_S = 1.0  # a replaced code's zygote is stopped once unused this long
 STRAY_SWEEP_S = 5.0
 ZYGOTE_ESTIMATE_BYTES = 48 * MiB  # budget estimate for a zygote not yet measured
 
@@ -102,6 +103,8 @@ class ForkRuntime(Runtime):
         self._expected: list[FunctionSettings] = []
         self._slots: dict[tuple[Any, ...], ZygoteSlot] = {}
         self._slot_names: dict[tuple[Any, ...], str] = {}
+        # Per function, the slot of its newest code: older code's zygotes retire.
+        self._newest: dict[str, tuple[Any, ...]] = {}
         self._handles: dict[int, SandboxHandle] = {}
         self._uids = UidAllocator(self.isolation.uid_base, self.isolation.uid_count)
         self._cgroups: CgroupPool | None = None
@@ -211,6 +214,8 @@ class ForkRuntime(Runtime):
 
         slot = ZygoteSlot(key, make)
         self._slots[key] = slot
+        if image is not None:
+            self._newest[fn.name] = key
         self._nursery.start_soon(self._run_slot, slot, name)
         return slot
 
@@ -364,12 +369,32 @@ class ForkRuntime(Runtime):
                 except OSError as exc:
                     log.warning("cannot pre-create cgroups", error=exc.strerror)
             self._enforce_budget(0)
+            self._retire_old_code()
             for slot in list(self._slots.values()):
                 if slot.process is not None and slot.process.cgroup is not None:
                     await slot.process.go_home()  # backstop: a start cancelled mid-way
             if trio.current_time() - last_sweep >= STRAY_SWEEP_S:
                 last_sweep = trio.current_time()
                 self._strays.sweep(self._handles)
+
+    def _retire_old_code(self) -> None:
+        """Stop zygotes of a function's replaced code once no start is using them.
+
+        Instances already forked from them are the daemon's children and run on;
+        new starts of the function go to the zygote of its newest code.
+        """
+        now = trio.current_time()
+        for key, slot in list(self._slots.items()):
+            newest = self._newest.get(key[0])
+            # An eager zygote made before the image was known (code key of None)
+            # is never used once instances start from the image: it retires too.
+            if newest is None or newest == key or slot.closed:
+                continue
+            process = slot.process
+            busy = process is not None and process.placement.locked()
+            if not busy and now - slot.last_used >= RETIRE_AFTER_S:
+                log.info("stopping the zygote of replaced code", function=key[0])
+                slot.close()
 
     def describe(self) -> dict[str, Any]:
         iso = self.isolation
