@@ -114,7 +114,10 @@ def install_requirements(
     started = time.monotonic()
     report = _Reporter(progress, started, wheels, temp)
     try:
-        install = [*_pip(options), "install", "--target", str(temp), "--no-compile"]
+        # --isolated: no index or find-links from pip's config or environment,
+        # so this first attempt really uses only the wheel cache (offline).
+        install = [*_pip(options), "install", "--isolated", "--target", str(temp)]
+        install += ["--no-compile"]
         install += ["--no-warn-script-location", "--no-index", "--find-links", str(wheels)]
         install += ["--only-binary", ":all:"] if not options.allow_sdist else []
         install += ["-r", str(src / REQUIREMENTS)]

@@ -324,6 +324,7 @@ class PackageManager:
         usage.hits[level] += 1
         # A request waits on a cold fetch: prefetching steps aside until it is done.
         guard = self.live.fetching() if level == "origin" else nullcontext()
+        started = trio.current_time()
         try:
             with guard:
                 lease = await self.store.get(digest, origin)
@@ -346,6 +347,15 @@ class PackageManager:
                 f"image {digest[:12]} could not be opened; see the node log"
             ) from None
         usage.last_used = time.time()
+        if level == "origin":
+            log.info(
+                "image fetched",
+                function=fn.name,
+                digest=digest,
+                bytes=_size(lease.path),
+                files=len(lease.reader),
+                ms=round((trio.current_time() - started) * 1000, 1),
+            )
         return lease
 
     def source_of(self, name: str) -> tuple[str, Origin] | None:
@@ -689,6 +699,13 @@ def _image_digest(path: Path) -> str:
     """The digest an image file declares (header and index checked; the store hashes it)."""
     with ImageReader.open(path, verify=False) as reader:
         return reader.digest
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _mtime(path: Path) -> float | None:
