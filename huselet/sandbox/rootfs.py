@@ -89,7 +89,10 @@ def plan_binds(
     package: str, extra: Iterable[str], *, packages: Iterable[str] | None = None
 ) -> list[Bind]:
     paths = python_paths(packages)
-    wanted = [package, *ETC_DEFAULTS, *extra]
+    # "/" is the working directory of a function whose code is only an image
+    # (config.IMAGE_ONLY_CWD): nothing of it lives on the host to bind, and
+    # binding "/" would put the host's whole file system in the sandbox.
+    wanted = [*([package] if os.path.realpath(package) != "/" else []), *ETC_DEFAULTS, *extra]
     for path in wanted:
         real = os.path.realpath(path)
         if os.path.exists(real) and not _covered(real, paths):

@@ -41,8 +41,9 @@ def handler(event, context):
 
 
 class Env:
-    def __init__(self, root: Path, daemon: Daemon, layer_digest: str) -> None:
+    def __init__(self, root: Path, daemon: Daemon, layer_digest: str, cli_digest: str) -> None:
         self.root, self.daemon, self.layer_digest = root, daemon, layer_digest
+        self.cli_digest = cli_digest  # `huselet pack` of the package, before the daemon ran
 
 
 def pack_cli(directory: Path, out: Path, config: Path) -> dict[str, Any]:
@@ -78,7 +79,12 @@ def env(pytestconfig: pytest.Config) -> Iterator[Env]:
     common = "memory_mb = 1024\nstart_timeout_ms = 60000\ntimeout_ms = 60000\n"
     node_only = write_config(root, "")
     layer = pack_cli(layer_src, root / "layer.hlimg", node_only)
-    functions = ""
+    cli = pack_cli(pkg, root / "app.hlimg", node_only)
+    # The same code as an image file, on an isolated fork zygote (image-only cwd).
+    functions = (
+        f'[[functions]]\nname = "imaged"\nimage = "{root}/app.hlimg"\n'
+        f'handler = "main:handler"\nruntime = "fork"\n{common}\n'
+    )
     for name, runtime in (("proc", "process"), ("forked", "fork")):
         functions += (
             f'[[functions]]\nname = "{name}"\npackage = "{pkg}"\nhandler = "main:handler"\n'
@@ -101,7 +107,7 @@ def env(pytestconfig: pytest.Config) -> Iterator[Env]:
         failed = lambda: daemon.logs("cannot pack package directory")  # noqa: E731
         assert wait_until(lambda: packed() or failed(), PACK_TIMEOUT_S, 0.5), daemon.lines[-20:]
         assert not failed(), failed()
-        yield Env(root, daemon, layer["digest"])
+        yield Env(root, daemon, layer["digest"], cli["digest"])
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -110,12 +116,12 @@ def packed_digest(env: Env, directory: Path) -> str:
     return str(entries[-1]["digest"])
 
 
-@pytest.mark.parametrize("function", ["proc", "forked"])
+@pytest.mark.parametrize("function", ["proc", "forked", "imaged"])
 def test_native_wheels_import_from_the_image_and_work(env: Env, function: str) -> None:
     reply = env.daemon.invoke(function, {})
     assert reply.status_code == 200, reply.text
     body = reply.json()
-    digest = packed_digest(env, env.root / "pkg")
+    digest = env.cli_digest
     tree = env.root / "state" / "cache" / "extract" / digest / ".huselet-deps"
     for name, report in body.items():
         assert report["ok"], f"{name}: {report['error']}\n{report['trace']}"
@@ -127,9 +133,7 @@ def test_native_wheels_import_from_the_image_and_work(env: Env, function: str) -
 
 
 def test_huselet_pack_and_the_daemon_give_one_digest(env: Env) -> None:
-    config = env.daemon.config
-    out = pack_cli(env.root / "pkg", env.root / "cli.hlimg", config)
-    assert out["digest"] == packed_digest(env, env.root / "pkg")
+    assert env.cli_digest == packed_digest(env, env.root / "pkg")
 
 
 def test_a_layer_serves_dependencies_after_the_functions_own_code(env: Env) -> None:
