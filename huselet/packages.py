@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -37,6 +38,7 @@ from typing import Any
 
 import trio
 
+from cache import format as fmt
 from cache.errors import (
     CacheError,
     CacheFull,
@@ -47,7 +49,7 @@ from cache.errors import (
     ImageTooLarge,
     TransientFetchError,
 )
-from cache.native import ensure_native_tree
+from cache.native import ensure_native_tree, remove_native_tree
 from cache.origin import DirectoryOrigin, ImageSink, Origin, origin_from_url
 from cache.reader import ImageReader
 from cache.store import ImageLease, ImageStore, LowDiskSpace
@@ -65,6 +67,7 @@ MAX_EVENTS = 64  # recent cache events shown by `huselet ctl cache`
 MAX_LISTED = 2000  # image rows in one `ctl cache` reply (the admin frame is bounded)
 MAX_TRACKED_IMAGES = 4096  # usage records for images no function config names
 REPACK_AFTER_FAILURE_S = 5.0  # a failed pack is retried by the next start after this
+STALE_TEMP_S = 3600.0  # an extraction's temp dir this old belongs to a dead process
 REFRESH_WAIT_S = 120.0  # a reload waits this long for re-packs (pip may be running)
 _COPY_CHUNK = 1 << 20
 
@@ -313,8 +316,34 @@ class PackageManager:
                 self._native[lease.digest] = tree
                 if tree is not None:
                     log.info("native files extracted", digest=lease.digest, tree=tree)
+                    # A new tree: drop those of images no longer in the store.
+                    await trio.to_thread.run_sync(self._sweep_native_trees)
         self._native_locks.pop(lease.digest, None)
         return self._native[lease.digest]
+
+    def _sweep_native_trees(self) -> None:
+        """Bound extract/: a tree lives as long as its image is installed (evicted: removed).
+
+        In-use images are pinned in the store, so their trees stay; temp dirs of
+        an extraction that died are removed once an hour old.
+        """
+        try:
+            names = os.listdir(self.extract_root)
+        except OSError:
+            return
+        for name in names:
+            path = self.extract_root / name
+            if fmt.is_digest_hex(name):
+                if not self.store.contains(name):
+                    remove_native_tree(str(self.extract_root), name)
+                    self._native.pop(name, None)
+            elif name.endswith((".tmp", ".old")):
+                try:
+                    stale = time.time() - path.stat().st_mtime > STALE_TEMP_S
+                except OSError:
+                    continue
+                if stale:
+                    shutil.rmtree(path, ignore_errors=True)
 
     async def _lease(
         self, fn: FunctionSettings, digest: str, origin: Origin, source: str

@@ -5,6 +5,7 @@ scrub → quarantine → refetch loop, and real workers importing from the image
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -440,3 +441,32 @@ async def test_unexpected_errors_become_code_unavailable(
         with pytest.raises(CodeUnavailable) as info:
             await cache.packages.acquire(config.functions[0])
         assert info.value.message.endswith("could not be opened; see the node log")
+
+
+async def test_native_trees_are_extracted_before_starts_and_leave_with_their_image(
+    short_tmp: Path,
+) -> None:
+    """APP_FILES holds a data file, so each image gets an extract/<digest>/ tree."""
+    first, second = build_image(short_tmp, "a"), build_image(short_tmp, "b", variant("b"))
+    target = short_tmp / "app.hlimg"
+    target.write_bytes(first.path.read_bytes())
+    config = make_config(
+        short_tmp, [{"name": "img", "image": "app.hlimg", "handler": "main:handler"}]
+    )
+    extract = short_tmp / "state" / "cache" / "extract"
+    async with running_cache(config) as cache:
+        lease = await cache.packages.acquire(config.functions[0])
+        assert lease.image is not None and lease.image.native_dirs == (  # type: ignore[attr-defined]
+            str(extract / first.digest),
+        )
+        assert (extract / first.digest / "app" / "note.txt").is_file()
+        lease.release()
+        cache.store.evict_unused()  # the first image leaves the store...
+        stale = extract / ".dead.1.tmp"
+        stale.mkdir()
+        os.utime(stale, (1, 1))  # ...and an extraction that died long ago left this
+        (target.with_suffix(".tmp")).write_bytes(second.path.read_bytes())
+        target.with_suffix(".tmp").rename(target)
+        lease = await cache.packages.acquire(config.functions[0])  # a new tree: a sweep
+        assert sorted(p.name for p in extract.iterdir()) == [second.digest]
+        lease.release()
