@@ -48,6 +48,7 @@ MAX_DEPS_TREES = 16  # installed trees kept (least recently used go first)
 OUTPUT_LINES = 40  # tail of pip's output kept for the error message
 MAX_LINE = 400
 PROGRESS_INTERVAL_S = 2.0
+POLL_S = 0.2  # how soon a cancelled pack kills pip
 _INCLUDE = re.compile(r"^\s*(?:-r|-c|--requirement|--constraint)(?:\s+|=)(\S+)")
 
 Progress = Callable[[dict[str, Any]], None]
@@ -92,12 +93,15 @@ def requirements_key(src: Path, options: DependencyOptions) -> str | None:
 
 
 def install_requirements(
-    src: Path, options: DependencyOptions, progress: Progress | None = None
+    src: Path,
+    options: DependencyOptions,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> Path | None:
     """The installed tree for ``src/requirements.txt`` (cached), or None without one.
 
     Raises :class:`DependencyError` with pip's last lines when pip fails or
-    runs past the deadline.
+    runs past the deadline, or soon after ``cancel`` is set (pip is killed).
     """
     key = requirements_key(src, options)
     if key is None:
@@ -113,6 +117,7 @@ def install_requirements(
     temp = deps_root / f".{key[:16]}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     started = time.monotonic()
     report = _Reporter(progress, started, wheels, temp)
+    report.cancel = cancel
     try:
         # --isolated: no index or find-links from pip's config or environment,
         # so this first attempt really uses only the wheel cache (offline).
@@ -185,18 +190,23 @@ def _run(
     reader = threading.Thread(target=_collect, args=(proc, tail), daemon=True)
     reader.start()
     deadline = started + options.timeout_s
+    next_report = time.monotonic() + PROGRESS_INTERVAL_S
     try:
         while True:
             try:
-                proc.wait(timeout=max(0.0, min(PROGRESS_INTERVAL_S, deadline - time.monotonic())))
+                proc.wait(timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
                 break
             except subprocess.TimeoutExpired:
+                if report.cancel is not None and report.cancel.is_set():
+                    raise DependencyError(f"pip was stopped ({phase}): packing cancelled") from None
                 if time.monotonic() >= deadline:
                     raise DependencyError(
                         f"pip did not finish within {options.timeout_s:g} s ({phase}); "
                         f"last output: {_last(tail)}"
                     ) from None
-                report.emit(phase, last=tail[-1] if tail else "")
+                if time.monotonic() >= next_report:
+                    next_report += PROGRESS_INTERVAL_S
+                    report.emit(phase, last=tail[-1] if tail else "")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -227,6 +237,7 @@ class _Reporter:
 
     def __init__(self, progress: Progress | None, started: float, wheels: Path, tree: Path):
         self.progress, self.started, self.wheels, self.tree = progress, started, wheels, tree
+        self.cancel: threading.Event | None = None
 
     def emit(self, phase: str, *, final: bool = False, tree: Path | None = None, **extra: Any):
         if self.progress is None:

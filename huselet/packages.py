@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -547,7 +548,16 @@ class PackageManager:
     async def pack_directory(self, directory: Path) -> PackResult:
         """Pack (or reuse the unchanged pack of) ``directory``, one pack at a time."""
         async with self._pack_lock:
-            return await trio.to_thread.run_sync(self.packer.pack, directory)
+            # Cancellable (a stopping daemon must not wait out pip's deadline): the
+            # thread is abandoned and told to kill pip, which it does within 0.2 s.
+            cancel = threading.Event()
+            try:
+                return await trio.to_thread.run_sync(
+                    lambda: self.packer.pack(directory, cancel), abandon_on_cancel=True
+                )
+            except trio.Cancelled:
+                cancel.set()
+                raise
 
     async def _resolve_file(self, fn: FunctionSettings) -> tuple[str, Origin]:
         assert fn.image is not None

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from importlib.util import MAGIC_NUMBER
@@ -90,6 +91,7 @@ def build_image(
     out: Path,
     deps: DependencyOptions | None = None,
     progress: Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> ImageInfo:
     """The one way a tree becomes an image: its requirements installed, then packed.
 
@@ -101,7 +103,7 @@ def build_image(
     started = time.monotonic()
     extra: dict[str, Path] = {}
     if deps is not None:
-        tree = install_requirements(src, deps, progress)
+        tree = install_requirements(src, deps, progress, cancel)
         if tree is not None:
             extra[DEPS_DIR] = tree
     elif (src / "requirements.txt").is_file():
@@ -139,10 +141,10 @@ class DirectoryPacker:
         self._index_path = out_dir / INDEX_NAME
         self._entries: dict[str, dict[str, Any]] | None = None  # loaded lazily (in a thread)
 
-    def pack(self, src: Path) -> PackResult:
+    def pack(self, src: Path, cancel: threading.Event | None = None) -> PackResult:
         """Pack ``src`` unless its fingerprint matches the last pack.
 
-        Raises ``CacheError`` (from the builder) or ``OSError``.
+        Raises ``CacheError`` (from the builder) or ``OSError``; ``cancel`` stops pip.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         entries = self._load()
@@ -161,7 +163,7 @@ class DirectoryPacker:
                 entry["used"] = time.time()
                 self._save(entries)
                 return PackResult(entry["digest"], size, path, reused=True)
-        info = build_image(src, self.out_dir, self.deps, self.progress)
+        info = build_image(src, self.out_dir, self.deps, self.progress, cancel)
         old = entry.get("digest") if entry else None
         entries[key] = {"fingerprint": fingerprint, "digest": info.digest, "used": time.time()}
         self._trim(entries)

@@ -141,3 +141,15 @@ def test_a_tree_without_requirements_needs_no_pip(tmp_path: Path) -> None:
     info = build_image(src, tmp_path / "plain.hlimg", options(tmp_path))
     with ImageReader.open(info.path) as reader:
         assert not reader.is_dir(DEPS_DIR)
+
+
+def test_a_cancelled_pack_stops_pip_at_once(tmp_path: Path, index: Path) -> None:
+    import threading
+
+    src = package(tmp_path, index, "toy==1.0")
+    cancel = threading.Event()
+    cancel.set()  # cancelled before pip could finish (it needs well over 0.2 s)
+    with pytest.raises(DependencyError) as err:
+        install_requirements(src, options(tmp_path, timeout_s=300), cancel=cancel)
+    assert "packing cancelled" in str(err.value)  # stopped, not run to its deadline
+    assert not list((tmp_path / "cache" / "deps").iterdir())

@@ -76,8 +76,8 @@ class CountingPacker(DirectoryPacker):
         super().__init__(out_dir)
         self.results: list[bool] = []  # reused flag per pack call
 
-    def pack(self, src: Path) -> Any:
-        result = super().pack(src)
+    def pack(self, src: Path, cancel: Any = None) -> Any:
+        result = super().pack(src, cancel)
         self.results.append(result.reused)
         return result
 
