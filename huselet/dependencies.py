@@ -173,6 +173,8 @@ def _run(
     started: float,
 ) -> str | None:
     """Run pip; None on success, else the tail of its output. Raises on the deadline."""
+    if report.cancel is not None and report.cancel.is_set():
+        raise DependencyError(f"pip was not started ({phase}): packing cancelled")
     env = dict(os.environ, PIP_PROGRESS_BAR="off", PYTHONDONTWRITEBYTECODE="1")
     try:
         proc = subprocess.Popen(
