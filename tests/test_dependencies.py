@@ -153,3 +153,31 @@ def test_a_cancelled_pack_stops_pip_at_once(tmp_path: Path, index: Path) -> None
         install_requirements(src, options(tmp_path, timeout_s=300), cancel=cancel)
     assert "packing cancelled" in str(err.value)  # stopped, not run to its deadline
     assert not list((tmp_path / "cache" / "deps").iterdir())
+
+
+def test_a_pack_cancelled_while_pip_waits_on_the_network_kills_pip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+    import threading
+
+    # An index that accepts connections and never answers: pip hangs in its fetch.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.getsockname()[1]}/simple")
+        monkeypatch.setenv("PIP_RETRIES", "0")
+        src = tmp_path / "pkg"
+        src.mkdir()
+        (src / "requirements.txt").write_text("huselet-test-no-such-dist==1.0\n")
+        cancel = threading.Event()
+        phases: list[str] = []
+
+        def progress(report: dict[str, Any]) -> None:
+            phases.append(report["phase"])
+            cancel.set()  # pip has been running a while (progress comes every 2 s)
+
+        with pytest.raises(DependencyError) as err:
+            install_requirements(src, options(tmp_path, timeout_s=600), progress, cancel)
+    assert "pip was stopped (fetch): packing cancelled" in str(err.value)
+    assert phases == ["fetch"]
