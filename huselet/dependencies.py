@@ -237,11 +237,13 @@ def _last(tail: deque[str]) -> str:
 class _Reporter:
     """Progress while pip runs: elapsed, and bytes/files in the wheel cache and the tree."""
 
-    def __init__(self, progress: Progress | None, started: float, wheels: Path, tree: Path):
+    def __init__(self, progress: Progress | None, started: float, wheels: Path, tree: Path) -> None:
         self.progress, self.started, self.wheels, self.tree = progress, started, wheels, tree
         self.cancel: threading.Event | None = None
 
-    def emit(self, phase: str, *, final: bool = False, tree: Path | None = None, **extra: Any):
+    def emit(
+        self, phase: str, *, final: bool = False, tree: Path | None = None, **extra: Any
+    ) -> None:
         if self.progress is None:
             return
         wheel_files, wheel_bytes = _usage(self.wheels)

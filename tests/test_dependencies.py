@@ -84,9 +84,7 @@ def test_requirements_install_into_the_image_and_the_digest_is_stable(
     assert second.digest == first.digest
 
 
-def test_an_unchanged_requirements_file_does_not_run_pip_again(
-    tmp_path: Path, index: Path
-) -> None:
+def test_an_unchanged_requirements_file_does_not_run_pip_again(tmp_path: Path, index: Path) -> None:
     src = package(tmp_path, index, "toy==1.0")
     tree = install_requirements(src, options(tmp_path))
     reports: list[dict[str, Any]] = []

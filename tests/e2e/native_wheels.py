@@ -22,7 +22,7 @@ msgpack==1.1.0
 lxml==5.3.0
 """
 
-HANDLER = '''
+HANDLER = """
 import importlib, io, traceback
 
 
@@ -119,7 +119,7 @@ def handler(event, context):
             out[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
                          "trace": traceback.format_exc()[-800:]}
     return out
-'''
+"""
 
 EXPECTED = {
     "numpy": {"inv": [[0.5, 0.0], [0.0, 0.25]], "sum": 499500},
