@@ -14,7 +14,7 @@ by the handler) — packs them, then measures:
    - ``memory``: mapped, no instance (the last one idled out; the image stays
      mapped within the memory budget).
    Each run is a real in-process node (process runtime, link server, scheduler,
-   package cache) invoked through ``NodeScheduler.invoke`` — the HTTP hop is
+   package cache) invoked through ``Dispatcher.invoke`` — the HTTP hop is
    left out (~1 ms, see bench_invoke.py). Median and min over ``--runs``.
 2. **Import time** of the handler module in a fresh interpreter, side by side:
    from the mapped image (meta-path importer), from an unpacked directory
@@ -53,11 +53,11 @@ from cache_support import OriginServer, write_zst  # noqa: E402
 
 from cache.builder import ImageInfo, pack_directory  # noqa: E402
 from cache.reader import ImageReader  # noqa: E402
-from huselet.codecache import CodeCache  # noqa: E402
+from huselet.code.codecache import CodeCache  # noqa: E402
 from huselet.config import parse_config  # noqa: E402
-from huselet.link import LinkServer  # noqa: E402
+from huselet.dispatch.dispatcher import Dispatcher  # noqa: E402
+from huselet.dispatch.links import LinkServer  # noqa: E402
 from huselet.runtime import create_runtimes  # noqa: E402
-from huselet.scheduler import NodeScheduler  # noqa: E402
 
 HANDLER = "def handler(event, context):\n    return {'modules': MODULES}\n"
 
@@ -116,7 +116,7 @@ def tree_bytes(path: Path) -> int:
 
 
 @asynccontextmanager
-async def node(root: Path, function: dict[str, Any]) -> AsyncIterator[NodeScheduler]:
+async def node(root: Path, function: dict[str, Any]) -> AsyncIterator[Dispatcher]:
     raw = {
         "node": {"state_dir": str(root / "state"), "run_dir": str(root / "run")},
         "cache": {"scrub_interval_s": 0, "predict": False, "memory_budget_mb": 4096},
@@ -125,7 +125,7 @@ async def node(root: Path, function: dict[str, Any]) -> AsyncIterator[NodeSchedu
     config = parse_config(raw, base_dir=root)
     config.node.run_dir.mkdir(parents=True, exist_ok=True)
     runtimes = create_runtimes({"process"}, {}, node=config.node)
-    scheduler: NodeScheduler | None = None
+    scheduler: Dispatcher | None = None
 
     def claim(fn: str, instance_id: str, token: str) -> Any:
         assert scheduler is not None
@@ -133,7 +133,7 @@ async def node(root: Path, function: dict[str, Any]) -> AsyncIterator[NodeSchedu
 
     links = LinkServer(config.node.run_dir, claim, max_frame=8 << 20)
     cache = CodeCache(config)
-    scheduler = NodeScheduler(config, runtimes, links.socket_path, code=cache.packages)
+    scheduler = Dispatcher(config, runtimes, links.socket_path, code=cache.packages)
     async with trio.open_nursery() as nursery:
         await nursery.start(cache.run)
         for runtime in runtimes.values():
@@ -148,7 +148,7 @@ async def node(root: Path, function: dict[str, Any]) -> AsyncIterator[NodeSchedu
             nursery.cancel_scope.cancel()
 
 
-async def timed_invoke(scheduler: NodeScheduler) -> float:
+async def timed_invoke(scheduler: Dispatcher) -> float:
     t0 = time.perf_counter()
     result = await scheduler.invoke("f", b"{}", "json")
     elapsed = time.perf_counter() - t0
@@ -156,7 +156,7 @@ async def timed_invoke(scheduler: NodeScheduler) -> float:
     return elapsed
 
 
-async def idle_out(scheduler: NodeScheduler) -> None:
+async def idle_out(scheduler: Dispatcher) -> None:
     """Stop the function's instances the way an idle timeout does (the pool keeps serving)."""
     pool = scheduler.pools["f"]
     for record in list(pool.instances.values()):

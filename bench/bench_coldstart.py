@@ -19,7 +19,11 @@ and measures:
 3. **idle memory**: those instances, idle, as PSS (``/proc/<pid>/smaps_rollup``
    over each instance's processes) per instance — plus the zygote's RSS.
 
-4. **numpy from a packed image** (``--numpy-starts``, 0 to skip): a function
+4. **FastAPI app** (``--fastapi-starts``, its own table): cold starts of a
+   real FastAPI app (``kind = "asgi"``) answering ``GET /items/{id}``, for
+   ``--fastapi-runtimes`` (default ``process,fork-bare``: both see the venv's
+   site-packages, where FastAPI is a test extra), p50/p99 side by side.
+5. **numpy from a packed image** (``--numpy-starts``, 0 to skip): a function
    whose package has a ``requirements.txt`` with numpy, packed by the daemon's
    own packer (pip into the image) and served from the image through the
    package cache, cold starts on ``process`` vs ``fork``, p50/p99 side by side.
@@ -49,12 +53,12 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from huselet.config import parse_config
-from huselet.link import LinkServer
+from huselet.dispatch.dispatcher import Dispatcher
+from huselet.dispatch.links import LinkServer
 from huselet.runtime.base import Runtime
 from huselet.runtime.bwrap import BwrapRuntime
 from huselet.runtime.fork import ForkRuntime
 from huselet.runtime.process import ProcessRuntime
-from huselet.scheduler import NodeScheduler
 
 NOOP = "def handler(event, ctx):\n    return 'ok'\n"
 HOLD = "import time\n\ndef handler(event, ctx):\n    time.sleep(event['hold_s'])\n    return 'ok'\n"
@@ -88,14 +92,14 @@ async def stack(
     config.node.run_dir.mkdir(parents=True, exist_ok=True)
     runtime = make_runtime(runtime_name, config.node)
     runtime.expect(list(config.functions))
-    scheduler: NodeScheduler | None = None
+    scheduler: Dispatcher | None = None
 
     def claim(function: str, instance_id: str, token: str) -> Any:
         assert scheduler is not None
         return scheduler.claim_link(function, instance_id, token)
 
     links = LinkServer(config.node.run_dir, claim, max_frame=1 << 20)
-    scheduler = NodeScheduler(config, {runtime_name: runtime}, links.socket_path)
+    scheduler = Dispatcher(config, {runtime_name: runtime}, links.socket_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.run)
         await nursery.start(links.run, [f["name"] for f in functions])
@@ -142,6 +146,63 @@ async def cold_starts(root: Path, runtime_name: str, n: int) -> dict[str, float]
         "p90": percentile(latencies, 90),
         "p99": percentile(latencies, 99),
     }
+
+
+FASTAPI_APP = """
+from fastapi import FastAPI
+
+app = FastAPI()
+
+@app.get("/items/{item_id}")
+async def read_item(item_id: int):
+    return {"item_id": item_id}
+"""
+
+
+async def fastapi_cold_starts(root: Path, runtime_name: str, n: int) -> dict[str, float]:
+    """Cold starts of a FastAPI app: invoke -> reply with no instance, ``n`` times."""
+    from protocol.link import HttpRequest
+
+    pkg = package(root, "api", FASTAPI_APP)
+    fn = {"name": "api", "package": pkg, "app": "main:app", "kind": "asgi"}
+    fn |= {"idle_timeout_ms": 1, "max_instances": 4, "start_timeout_ms": 60_000}
+    http = HttpRequest("GET", "/items/7", "", (("host", "bench"),), "127.0.0.1")
+    async with stack(root, runtime_name, [fn]) as (scheduler, _):
+        pool = scheduler.pools["api"]
+        first = await scheduler.invoke("api", b"", "bytes", http=http)  # zygote built
+        assert first.body == b'{"item_id":7}', first
+        latencies = []
+        for _ in range(n):
+            with trio.fail_after(60):
+                while pool.instances:
+                    await trio.sleep(0.0002)
+            t0 = time.perf_counter()
+            await scheduler.invoke("api", b"", "bytes", http=http)
+            latencies.append((time.perf_counter() - t0) * 1000)
+    return {"p50": statistics.median(latencies), "p99": percentile(latencies, 99)}
+
+
+async def fastapi_section(runtimes: str, n: int) -> None:
+    if n <= 0:
+        return
+    rows = []
+    for name in runtimes.split(","):
+        why = available(name)
+        if why:
+            print(f"fastapi on {name}: skipped ({why})")
+            continue
+        root = Path(tempfile.mkdtemp(prefix="hlb"))
+        try:
+            print(f"fastapi on {name}: {n} cold starts ...", flush=True)
+            rows.append((name, await fastapi_cold_starts(root, name, n)))
+        except Exception as exc:
+            print(f"fastapi on {name}: failed: {type(exc).__name__}: {exc}")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"\nFastAPI app cold start ({n} starts each; invoke -> reply, GET /items/7)")
+    print(f"{'runtime':<10} {'p50':>9} {'p99':>9}")
+    for name, cold in rows:
+        print(f"{name:<10} {cold['p50']:7.2f}ms {cold['p99']:7.2f}ms")
 
 
 def pss_kb(pid: int) -> int:
@@ -247,8 +308,8 @@ WHEELS = Path(tempfile.gettempdir()) / "huselet-bench-wheels"
 
 def numpy_image(root: Path) -> Path:
     """Pack the numpy function as the daemon does (pip into the image): the image file."""
-    from huselet.dependencies import DependencyOptions
-    from huselet.packing import build_image
+    from huselet.code.dependencies import DependencyOptions
+    from huselet.code.packing import build_image
 
     src = Path(package(root, "np", NUMPY_HANDLER))
     (src / "requirements.txt").write_text(NUMPY_REQUIREMENTS)
@@ -263,7 +324,7 @@ def numpy_image(root: Path) -> Path:
 
 async def numpy_cold_starts(root: Path, runtime_name: str, n: int, image: Path) -> dict[str, Any]:
     """Cold starts of the numpy function, its image served by the package cache."""
-    from huselet.codecache import CodeCache
+    from huselet.code.codecache import CodeCache
 
     state = root / "state"
     raw = {"node": {"state_dir": str(state), "run_dir": str(root / "run")}}
@@ -288,16 +349,14 @@ async def numpy_cold_starts(root: Path, runtime_name: str, n: int, image: Path) 
     runtime = make_runtime(runtime_name, config.node)
     runtime.expect(list(config.functions))
     cache = CodeCache(config)
-    scheduler: NodeScheduler | None = None
+    scheduler: Dispatcher | None = None
 
     def claim(function: str, instance_id: str, token: str) -> Any:
         assert scheduler is not None
         return scheduler.claim_link(function, instance_id, token)
 
     links = LinkServer(config.node.run_dir, claim, max_frame=1 << 20)
-    scheduler = NodeScheduler(
-        config, {runtime_name: runtime}, links.socket_path, code=cache.packages
-    )
+    scheduler = Dispatcher(config, {runtime_name: runtime}, links.socket_path, code=cache.packages)
     latencies = []
     async with trio.open_nursery() as nursery:
         await nursery.start(cache.run)
@@ -371,11 +430,13 @@ async def main() -> None:
         "--numpy-starts", type=int, default=50, help="numpy-from-image cold starts (0: skip)"
     )
     ap.add_argument("--numpy-runtimes", default="process,fork")
+    ap.add_argument("--fastapi-runtimes", default="process,fork-bare")
+    ap.add_argument("--fastapi-starts", type=int, default=50, help="0: skip the FastAPI app")
     args = ap.parse_args()
     if args.quick:
         args.starts, args.burst_fork, args.burst = 50, 100, 20
     rows = []
-    for name in filter(None, args.runtimes.split(",")):
+    for name in filter(None, args.runtimes.split(",")):  # --runtimes "": only the app table
         why = available(name)
         if why:
             print(f"{name}: skipped ({why})")
@@ -405,6 +466,7 @@ async def main() -> None:
             f"{b['zygote_mb']:6.1f}MB"
         )
     print(f"\n{os.cpu_count()} CPUs, {os.uname().release}; cold = invoke→reply with no instance.")
+    await fastapi_section(args.fastapi_runtimes, min(args.fastapi_starts, args.starts))
     if args.numpy_starts:
         print()
         await numpy_section(args.numpy_runtimes.split(","), args.numpy_starts)

@@ -57,7 +57,7 @@ def free_port() -> int:
 
 
 class NoFunctions:
-    """Stands in for the NodeScheduler: the bench feeds the state model directly."""
+    """Stands in for the Dispatcher: the bench feeds the state model directly."""
 
     def __init__(self) -> None:
         self.pools: dict[str, Any] = {}

@@ -41,6 +41,7 @@ import marshal
 import os
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, ModuleSpec, PathFinder
+from types import CodeType
 
 from cache import format as fmt
 
@@ -52,7 +53,7 @@ from cache.reader import MAGIC_NUMBER, Entry, ImageReader
 TYPE_CHECKING = False  # see cache/format.py: avoids importing typing at start-up
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
-    from types import CodeType, ModuleType
+    from types import ModuleType
 
     from cache.resources import ImageResourceReader
 
@@ -311,6 +312,8 @@ class ImageModuleLoader:
         if data[:4] != MAGIC_NUMBER or flags != _PYC_FLAGS_UNCHECKED_HASH:
             return None
         code = marshal.loads(data[_PYC_HEADER_SIZE:])
+        if not isinstance(code, CodeType):
+            return None  # a pyc holding something else is not ours to run
         # The pyc was compiled with the image-relative name; give tracebacks the
         # virtual path, exactly as CPython does for a pyc that moved.
         _imp._fix_co_filename(code, self.path)  # type: ignore[attr-defined]

@@ -57,7 +57,8 @@ class ImageTraversable(Traversable):
 
     def read_text(self, encoding: str | None = None) -> str:
         with self.open("r", encoding=encoding) as stream:
-            return stream.read()
+            text: str = stream.read()
+            return text
 
     def open(self, mode: str = "r", *args: Any, **kwargs: Any) -> IO[Any]:
         if mode not in ("r", "rb"):

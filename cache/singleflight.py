@@ -155,7 +155,7 @@ class FetchCoordinator:
         out, but none comes back at once.
         """
         cap = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
-        return cap / 2 + self._random.uniform(0, cap / 2)
+        return float(cap / 2 + self._random.uniform(0, cap / 2))
 
 
 def copy_error(error: CacheError, note: str = "") -> CacheError:

@@ -355,7 +355,7 @@ class ImageStore:
                 self._evict(image)
         return evicted
 
-    # -- inspection and per-image scrub (used by huselet.packages / huselet.scrub) ------
+    # -- inspection and per-image scrub (used by huselet.code.packages / huselet.code.scrub) ------
 
     def level_of(self, digest: str) -> str | None:
         """``"memory"`` if mapped, ``"disk"`` if only installed, ``None`` if absent."""

@@ -4,7 +4,8 @@
 ``huselet ctl`` talks to a running daemon over its admin socket.
 ``huselet invoke`` is a convenience HTTP client for the ingress.
 ``huselet pack DIR -o FILE`` builds a package image (deterministic).
-Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error; output
+cut short by a closed pipe (``| head``) ends quietly with 141, as SIGPIPE would.
 """
 
 from __future__ import annotations
@@ -16,12 +17,49 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from huselet.config import Config
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a C tool killed by it reports
+
+# ``huselet ctl`` commands by group, each with its one-line description (--help).
+CTL_COMMANDS: dict[str, dict[str, str]] = {
+    "inspect": {
+        "status": "node summary: functions, instances, queue, counters",
+        "functions": "one row per function: instances by state, queue, outcomes",
+        "instances": "one row per instance: state, pid, age, requests served",
+        "health": "health loops and their state (--wide: counters, full details)",
+        "cache": "package cache: images per level, hits, pins",
+        "scheduler": "the link to the central scheduler (fleet mode)",
+    },
+    "observe": {
+        "metrics": "this node's Prometheus metrics (the /metrics exposition)",
+        "logs": "a function's recent log records: logs FUNCTION [--follow] [--request ID]",
+        "top": "live table per function: req/s, p50/p99, queue, instances, errors",
+    },
+    "operate": {
+        "prefetch": "fetch a function's image ahead of need (--wait: until installed)",
+        "scrub": "verify every cached image now; quarantine bad ones",
+        "reload": "re-read the config file and apply function changes",
+    },
+    "debug": {
+        "debug": "fault injection: debug block-loop --ms N (needs admin.debug_commands)",
+    },
+}
 
 
-def _load_config(path: str | None) -> Any:
+def _ctl_epilog() -> str:
+    lines = ["commands:"]
+    for group, commands in CTL_COMMANDS.items():
+        lines.append(f"  {group}:")
+        lines.extend(f"    {name:<11} {text}" for name, text in commands.items())
+    return "\n".join(lines)
+
+
+def _load_config(path: str | None) -> Config:
     from huselet.config import load_config
     from huselet.runtime import available_runtimes
 
@@ -100,6 +138,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     call_args: dict[str, Any] = {}
     command = args.command
+    if command in ("logs", "top", "metrics"):
+        return _ctl_observe(args, path)
     if command == "debug":
         if args.what != "block-loop" or args.ms is None:
             print("huselet ctl debug: use `debug block-loop --ms N`", file=sys.stderr)
@@ -129,14 +169,18 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     except AdminError as exc:
         print(f"huselet ctl: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    # A prefetch that was waited for and failed is a failure, in either output form.
+    status = EXIT_FAILURE if command == "prefetch" and data.get("status") == "failed" else EXIT_OK
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
-        return EXIT_OK
+        return status
+    from huselet.admin.render_observe import render_health
+
     renderers: dict[str, Callable[[Any], str]] = {
         "status": render.render_status,
         "functions": render.render_functions,
         "instances": render.render_instances,
-        "health": render.render_health,
+        "health": lambda data: render_health(data, wide=args.wide),
         "cache": render.render_cache,
         "prefetch": render.render_prefetch,
         "scrub": render.render_scrub,
@@ -145,60 +189,178 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         "debug": lambda data: json.dumps(data),
     }
     print(renderers[args.command](data))
-    return EXIT_OK
+    return status
+
+
+def _ctl_observe(args: argparse.Namespace, path: Path) -> int:
+    from huselet import ctl_observe
+    from huselet.admin.client import AdminClient
+    from huselet.admin.errors import AdminError
+
+    if args.command != "logs" and args.what is not None:
+        print(f"huselet ctl {args.command}: unexpected argument {args.what!r}", file=sys.stderr)
+        return EXIT_USAGE
+    since_s = None
+    if args.since is not None:
+        try:
+            since_s = ctl_observe.parse_duration(args.since)
+        except ValueError as exc:
+            print(f"huselet ctl logs: --since: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.interval <= 0:
+        print("huselet ctl top: --interval must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with AdminClient(path, timeout_s=args.timeout) as client:
+            if args.command == "metrics":
+                return ctl_observe.metrics(client, None)
+            if args.command == "top":
+                return ctl_observe.top(
+                    client, interval_s=args.interval, as_json=args.json, once=args.once
+                )
+            if not args.what:
+                print("huselet ctl logs: give the function: logs FUNCTION", file=sys.stderr)
+                return EXIT_USAGE
+            return ctl_observe.logs(
+                client,
+                args.what,
+                request_id=args.request,
+                since_s=since_s,
+                follow=args.follow,
+                as_json=args.json,
+                limit=args.limit,
+            )
+    except AdminError as exc:
+        print(f"huselet ctl: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def cmd_invoke(args: argparse.Namespace) -> int:
-    if args.url:
-        host, _, port = args.url.removeprefix("http://").rstrip("/").rpartition(":")
-    else:
-        from huselet.errors import ConfigError
+    """POST an event to the ingress; the reply body goes out unchanged (bytes stay bytes)."""
+    from urllib.parse import urlsplit
 
-        try:
-            address = _load_config(args.config).gateway.http
-        except ConfigError as exc:
-            print(f"config error: {exc}", file=sys.stderr)
+    from huselet.errors import ConfigError
+
+    config = None
+    try:
+        if args.config or not args.url:
+            config = _load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.url:
+        url = args.url if "://" in args.url else f"http://{args.url}"
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            print(
+                f"huselet invoke: --url must be http(s)://HOST:PORT, got {args.url!r}",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
-        host, port = address.host, str(address.port)
-    host = host.strip("[]")
-    if args.data is not None:
         try:
-            json.loads(args.data)
-        except ValueError as exc:
-            print(f"huselet invoke: --data is not valid JSON: {exc}", file=sys.stderr)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            print(f"huselet invoke: --url has an invalid port: {args.url!r}", file=sys.stderr)
             return EXIT_USAGE
-        body, ctype = args.data.encode(), "application/json"
+        scheme, host, base = parts.scheme, parts.hostname, parts.path.rstrip("/")
     else:
-        body, ctype = b"{}", "application/json"
+        assert config is not None
+        scheme, host, port, base = "http", config.gateway.http.host, config.gateway.http.port, ""
+    try:
+        body, ctype = _invoke_body(args)
+        token = _invoke_token(args, config)
+    except (ValueError, OSError) as exc:
+        print(f"huselet invoke: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     headers = {"Content-Type": ctype}
     if args.timeout_ms:
         headers["X-Huselet-Timeout-Ms"] = str(args.timeout_ms)
-    token = os.environ.get("HUSELET_TOKEN")
+    if args.request_id:
+        headers["X-Request-Id"] = args.request_id
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    conn = http.client.HTTPConnection(host, int(port), timeout=args.timeout)
+    conn_class = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+    conn = conn_class(host, port, timeout=args.timeout)
+    where = f"{scheme}://{host}:{port}"
     try:
-        conn.request("POST", f"/v1/invoke/{args.function}", body=body, headers=headers)
+        conn.request("POST", f"{base}/v1/invoke/{args.function}", body=body, headers=headers)
         resp = conn.getresponse()
         payload = resp.read()
     except OSError as exc:
-        print(f"huselet invoke: cannot reach http://{host}:{port}: {exc}", file=sys.stderr)
+        print(f"huselet invoke: cannot reach {where}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         conn.close()
-    out = sys.stdout if resp.status == 200 else sys.stderr
-    if args.verbose or resp.status != 200:
-        print(f"HTTP {resp.status} request-id {resp.getheader('X-Huselet-Request-Id')}", file=out)
-    text = payload.decode("utf-8", "replace")
-    print(text, file=out)
-    return EXIT_OK if resp.status == 200 else EXIT_FAILURE
+    ok = resp.status == 200
+    if args.verbose or not ok:
+        # Always on stderr: stdout carries the reply body and nothing else.
+        print(
+            f"HTTP {resp.status} request-id {resp.getheader('X-Huselet-Request-Id')} "
+            f"cold-start {resp.getheader('X-Huselet-Cold-Start')} "
+            f"timing {resp.getheader('Server-Timing')}",
+            file=sys.stderr,
+        )
+    if args.output and ok:
+        Path(args.output).write_bytes(payload)
+        return EXIT_OK
+    out = sys.stdout.buffer if ok else sys.stderr.buffer
+    sys.stdout.flush()
+    out.write(payload)
+    if out.isatty() and payload and not payload.endswith(b"\n"):
+        out.write(b"\n")  # a prompt must not start mid-line; pipes get the bytes unchanged
+    out.flush()
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def _invoke_body(args: argparse.Namespace) -> tuple[bytes, str]:
+    """The event and its content type from --data (JSON) or --data-binary (bytes)."""
+    if args.data is not None and args.data_binary is not None:
+        raise ValueError("give --data or --data-binary, not both")
+    if args.data_binary is not None:
+        return _read_arg_data(args.data_binary), args.content_type or "application/octet-stream"
+    if args.data is None:
+        return b"{}", "application/json"
+    raw = _read_arg_data(args.data)
+    try:
+        json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"--data is not valid JSON: {exc}") from None
+    return raw, args.content_type or "application/json"
+
+
+def _read_arg_data(value: str) -> bytes:
+    """``@FILE`` reads the file, ``@-`` reads stdin, anything else is the data itself."""
+    if value == "@-":
+        return sys.stdin.buffer.read()
+    if value.startswith("@"):
+        try:
+            return Path(value[1:]).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read {value[1:]}: {exc.strerror}") from None
+    return value.encode("utf-8")
+
+
+def _invoke_token(args: argparse.Namespace, config: Any) -> str | None:
+    """--token-file, else the config's gateway.auth_token_file, else $HUSELET_TOKEN."""
+    path = args.token_file or (config.gateway.auth_token_file if config is not None else None)
+    if path is not None:
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the token file {path}: {exc.strerror}") from None
+        if not token:
+            raise ValueError(f"the token file {path} is empty")
+        return token
+    return os.environ.get("HUSELET_TOKEN") or None
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
     from cache.errors import CacheError
-    from huselet.dependencies import DependencyOptions
+    from huselet.code.dependencies import DependencyOptions
+    from huselet.code.packing import build_image
     from huselet.errors import ConfigError
-    from huselet.packing import build_image
 
     try:
         # The daemon's packer, with the node's wheel cache: one path, one digest.
@@ -256,8 +418,11 @@ def _write_zstd(image: Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import huselet
+
     parser = argparse.ArgumentParser(prog="huselet", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser.add_argument("--version", action="version", version=f"huselet {huselet.__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("--config", "-c", help="TOML file (default: the embedded example)")
@@ -265,19 +430,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=cmd_run)
 
-    ctl = sub.add_parser("ctl", help="inspect a running daemon through its admin socket")
+    ctl = sub.add_parser(
+        "ctl",
+        help="inspect and operate a running daemon through its admin socket",
+        description="Talk to a running huselet over its admin socket.",
+        epilog=_ctl_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ctl.add_argument(
         "command",
-        choices=[
-            *("status", "functions", "instances", "health", "cache", "prefetch", "scrub"),
-            *("scheduler", "reload", "debug"),
-        ],
+        metavar="COMMAND",
+        choices=[name for group in CTL_COMMANDS.values() for name in group],
+        help="one of the commands below",
     )
-    ctl.add_argument("what", nargs="?", help="for debug: block-loop")
+    ctl.add_argument("what", nargs="?", help="logs: the function; debug: block-loop")
     ctl.add_argument("--socket", "-s", help="admin socket path")
     ctl.add_argument("--config", "-c", help="read the admin socket path from this TOML")
     ctl.add_argument("--json", action="store_true", help="machine-readable output")
     ctl.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    ctl.add_argument("--wide", action="store_true", help="health: every column, nothing elided")
+    logs = ctl.add_argument_group("logs", "what `huselet ctl logs FUNCTION` shows")
+    logs.add_argument("--follow", "-F", action="store_true", help="keep printing new records")
+    logs.add_argument("--request", metavar="ID", help="only the records of this request id")
+    logs.add_argument("--since", metavar="DURATION", help="only records newer than e.g. 5m")
+    logs.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    top = ctl.add_argument_group("top", "how `huselet ctl top` refreshes")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
     hint = ctl.add_argument_group("prefetch", "what `huselet ctl prefetch` fetches")
     hint.add_argument("--function", "-f", help="prefetch this function's image")
     hint.add_argument("--digest", help="prefetch this image (sha256 hex)")
@@ -304,12 +483,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     inv = sub.add_parser("invoke", help="invoke a function through the HTTP ingress")
     inv.add_argument("function")
-    inv.add_argument("--data", "-d", help="JSON event (default {})")
-    inv.add_argument("--url", help="ingress address, e.g. http://127.0.0.1:8470")
-    inv.add_argument("--config", "-c", help="read the ingress address from this TOML")
+    inv.add_argument("--data", "-d", help="JSON event, or @FILE / @- (default {})")
+    inv.add_argument("--data-binary", metavar="DATA", help="raw bytes event: @FILE, @- or text")
+    inv.add_argument("--content-type", help="default: application/json or application/octet-stream")
+    inv.add_argument("--output", "-o", help="write the reply body to this file")
+    inv.add_argument("--url", help="ingress URL, e.g. http://127.0.0.1:8470 or https://fn.example")
+    inv.add_argument(
+        "--config", "-c", help="read the ingress address and token file from this TOML"
+    )
+    inv.add_argument("--token-file", help="bearer token file (default: gateway.auth_token_file)")
+    inv.add_argument("--request-id", help="send this X-Request-Id")
     inv.add_argument("--timeout-ms", type=int, help="shorten the function's deadline")
     inv.add_argument("--timeout", type=float, default=60.0, help="client timeout, seconds")
-    inv.add_argument("--verbose", "-v", action="store_true", help="print status and request id")
+    inv.add_argument(
+        "--verbose", "-v", action="store_true", help="print status, request id, timings (stderr)"
+    )
     inv.set_defaults(func=cmd_invoke)
 
     central = sub.add_parser(
@@ -337,7 +525,16 @@ def main(argv: list[str] | None = None) -> int:
         # Its options are its own parser's; argparse would claim them here.
         return _central(argv[1:])
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader (head, less) is gone: stop quietly. Point stdout at /dev/null
+        # so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

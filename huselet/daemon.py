@@ -11,6 +11,7 @@ drains: the ingress answers 503 to new requests, accepted ones finish within
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -23,12 +24,15 @@ import trio
 import huselet
 from huselet.admin.errors import AdminCommandError
 from huselet.admin.server import AdminServer
-from huselet.codecache import CodeCache
-from huselet.codewatch import CodeWatcher
+from huselet.code.codecache import CodeCache
+from huselet.code.codewatch import CodeWatcher
 from huselet.config import Config
+from huselet.dispatch.dispatcher import Dispatcher
+from huselet.dispatch.links import LinkServer
 from huselet.errors import HuseletError
 from huselet.fleet import FleetCommands, SchedulerLink
 from huselet.fleet.commands import FunctionStore
+from huselet.gateway.framed import FramedIngress
 from huselet.gateway.http import HttpIngress
 from huselet.health.lag import LagProbe
 from huselet.health.observers import (
@@ -41,12 +45,17 @@ from huselet.health.pressure import build_pressure_loops
 from huselet.health.recovery import RecoverySweep
 from huselet.health.supervisor import HealthSupervisor
 from huselet.health.watchdog import WatchdogPetter, watchdog_interval_s
-from huselet.link import LinkServer
 from huselet.log import get_logger
+from huselet.metrics import NodeCollector, NodeMetrics
+from huselet.metrics.server import MetricsServer
 from huselet.notify import SystemdNotifier
+from huselet.observe.ring import LogRing
+from huselet.observe.story import RequestStory
+from huselet.observe.top import function_sample, node_sample
 from huselet.reload import ConfigReloader
 from huselet.runtime import available_runtimes, create_runtimes
-from huselet.scheduler import NodeScheduler
+from huselet.runtime.base import RuntimeConfigError
+from huselet.runtime.output import OUTPUT_STATS
 from protocol.frames import DEFAULT_MAX_FRAME
 
 log = get_logger("daemon")
@@ -77,27 +86,34 @@ class Daemon:
         self.notifier = notifier or SystemdNotifier.from_env()
         self.started_at = trio.current_time()
         max_frame = max(DEFAULT_MAX_FRAME, config.gateway.max_body_bytes + FRAME_OVERHEAD)
-        self.runtimes = create_runtimes(
-            {fn.runtime for fn in config.functions} | {"process"},
-            config.runtimes,
-            node=config.node,
-        )
+        try:
+            self.runtimes = create_runtimes(
+                {fn.runtime for fn in config.functions} | {"process"},
+                config.runtimes,
+                node=config.node,
+            )
+        except RuntimeConfigError as exc:  # a [runtimes.*] table: one line, no traceback
+            raise StartupError(str(exc)) from None
         for name, runtime in self.runtimes.items():
             # Lets a runtime prepare ahead of need (fork builds its zygotes at start).
             runtime.expect([fn for fn in config.functions if fn.runtime == name])
         self.links = LinkServer(config.node.run_dir, self._claim_link, max_frame=max_frame)
         self.cache = CodeCache(config, self._invocation_counts)
-        self.scheduler = NodeScheduler(
+        self.scheduler = Dispatcher(
             config, self.runtimes, self.links.socket_path, code=self.cache.packages
         )
         self.admin = AdminServer(config.admin)
+        self._setup_observability(config)
         # The link to the central scheduler; None: a standalone node, as before.
         self.fleet: SchedulerLink | None = None
         if config.scheduler is not None:
             self.fleet = SchedulerLink(config.scheduler, self.scheduler, self._fleet_commands)
-        self.ingress = HttpIngress(
-            config.gateway, self.scheduler, auth_token=_read_token(config.gateway.auth_token_file)
-        )
+        token = _read_token(config.gateway.auth_token_file)
+        self.ingress = HttpIngress(config.gateway, self.scheduler, auth_token=token)
+        # The framed ingress shares the dispatch core's rules; off unless configured.
+        self.framed: FramedIngress | None = None
+        if config.gateway.framed is not None or config.gateway.framed_socket is not None:
+            self.framed = FramedIngress(config.gateway, self.ingress.core)
         health = config.health
         self.lag_probe = LagProbe(
             period_s=health.lag_period_ms / 1000,
@@ -150,7 +166,92 @@ class Daemon:
             self.health.add(observer)
         if self.fleet is not None:
             self.health.add(SchedulerLinkHealth(self.fleet))
+        self._attach_metric_sources()
         self._register_admin_commands()
+
+    def _setup_observability(self, config: Config) -> None:
+        """Metrics, the request story (access log, log ring) and their admin commands."""
+        self.metrics = NodeMetrics(enabled=config.metrics.enabled)
+        self.log_ring = LogRing(config.log.ring_records, lambda name: name in self.scheduler.pools)
+        self.scheduler.story = RequestStory(
+            metrics=self.metrics.requests, ring=self.log_ring, access_rate=config.log.access_rate
+        )
+        self.scheduler.instance_observer = self.metrics.instances
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics.enabled and config.metrics.http is not None:
+            self.metrics_server = MetricsServer(config.metrics.http, self.metrics.render)
+
+    def _attach_metric_sources(self) -> None:
+        """After every component exists: the collector reads them at scrape time."""
+        self.lag_probe.histogram = self.metrics.lag
+        fleet = self.fleet
+        self.metrics.attach(
+            NodeCollector(
+                node_id=self.config.node.id,
+                version=huselet.__version__,
+                dispatcher=self.scheduler,
+                requests=self.metrics.requests,
+                instances=self.metrics.instances,
+                health=lambda: self.health.reports,
+                lag=self.metrics.lag,
+                cache_stats=self.cache.packages.stats,
+                fleet=(lambda: fleet.describe()) if fleet is not None else None,
+                zygote_memory=self._zygote_memory,
+            )
+        )
+
+    def _zygote_memory(self) -> int | None:
+        # The fork runtime keeps its zygotes in slots; other runtimes have none.
+        runtime = self.runtimes.get("fork")
+        slots = getattr(runtime, "_slots", None)
+        if not isinstance(slots, dict):
+            return None
+        total = 0
+        for slot in list(slots.values()):
+            process = getattr(slot, "process", None)
+            if process is not None and not getattr(slot, "closed", False):
+                total += process.memory_bytes()
+        return total
+
+    def _metrics_command(self, args: dict[str, Any]) -> dict[str, Any]:
+        body, content_type = self.metrics.render(args.get("accept"))
+        return {"content_type": content_type, "text": body.decode("utf-8")}
+
+    def _logs_command(self, args: dict[str, Any]) -> dict[str, Any]:
+        function = args.get("function")
+        request_id = args.get("request_id")
+        after = args.get("after_seq", 0)
+        since = args.get("since_s")
+        limit = args.get("limit", 1000)
+        if not isinstance(function, str):
+            raise AdminCommandError("bad_request", "give the function name")
+        if request_id is not None and not isinstance(request_id, str):
+            raise AdminCommandError("bad_request", "request_id must be a string")
+        if type(after) is not int or type(limit) is not int:
+            raise AdminCommandError("bad_request", "after_seq and limit must be integers")
+        if since is not None and (not isinstance(since, int | float) or since < 0):
+            raise AdminCommandError("bad_request", "since_s must be a non-negative number")
+        found = self.log_ring.query(
+            function, request_id=request_id, after_seq=after, since_s=since, limit=limit
+        )
+        if found is None:
+            raise AdminCommandError("not_found", f"no function named {function!r} on this node")
+        return found
+
+    def _top_command(self, args: dict[str, Any]) -> dict[str, Any]:
+        requests = self.metrics.requests
+        node = node_sample()
+        node["lag_ms"] = round(self.lag_probe.last_lag_ms, 3)
+        node["max_lag_ms"] = round(self.lag_probe.max_lag_ms, 3)
+        return {
+            "node": node,
+            "functions": [
+                function_sample(
+                    pool, requests.functions.get(name) if requests is not None else None
+                )
+                for name, pool in sorted(self.scheduler.pools.items())
+            ],
+        }
 
     def _critical_checks(self) -> dict[str, Callable[[], str | None]]:
         """Components without which the node does not serve: the watchdog checks them."""
@@ -235,6 +336,9 @@ class Daemon:
         self.admin.register("health", lambda args: self.health.describe())
         self.admin.register("reload", self._reload)
         self.admin.register("debug_block_loop", self._debug_block_loop)
+        self.admin.register("metrics", self._metrics_command)
+        self.admin.register("logs", self._logs_command)
+        self.admin.register("top", self._top_command)
         self.admin.register(
             "scheduler",
             lambda args: self.fleet.describe() if self.fleet else {"mode": "standalone"},
@@ -248,14 +352,24 @@ class Daemon:
                 "pid": os.getpid(),
                 "uptime_s": round(trio.current_time() - self.started_at, 3),
                 "http": str(self.ingress.bound_address) if self.ingress.bound_address else None,
+                "framed": _framed_status(self.framed),
                 "admin_socket": str(self.config.admin.socket),
                 "config": str(self.config.source) if self.config.source else "(embedded default)",
                 "runtimes": sorted(self.runtimes),
                 "reload": self.reloader.describe(),
+                "output": OUTPUT_STATS.describe(),  # instance output over the rate limit
             },
             **self.scheduler.status(),
             "cache": self.cache.packages.stats(),
         }
+
+    async def _start_runtime(self, nursery: trio.Nursery, runtime: Any) -> None:
+        """A runtime the host cannot serve (e.g. no isolation) refuses the start with its
+        reason — one line, no traceback — instead of running with less."""
+        try:
+            await nursery.start(runtime.run)
+        except RuntimeConfigError as exc:
+            raise StartupError(str(exc)) from None
 
     async def run(self) -> None:
         node = self.config.node
@@ -263,10 +377,20 @@ class Daemon:
         _prepare_dir(node.run_dir, 0o750, "node.run_dir")
         await self.recovery.sweep()  # before any component starts or binds
         stop_signals = (signal.SIGTERM, signal.SIGINT)
+        root_logger = logging.getLogger("huselet")
+        root_logger.addHandler(self.log_ring)
+        try:
+            await self._run(stop_signals)
+        finally:
+            root_logger.removeHandler(self.log_ring)
+        log.info("huselet stopped")
+
+    async def _run(self, stop_signals: tuple[signal.Signals, ...]) -> None:
+        node = self.config.node
         with trio.open_signal_receiver(*stop_signals, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 for runtime in self.runtimes.values():
-                    await nursery.start(runtime.run)
+                    await self._start_runtime(nursery, runtime)
                 await nursery.start(self.cache.run)
                 if self.codewatch is not None:
                     await nursery.start(self.codewatch.run)
@@ -276,7 +400,11 @@ class Daemon:
                     # Re-deploys what the scheduler had deployed before a restart, then dials.
                     await nursery.start(self.fleet.run)
                 await nursery.start(self.admin.run)
+                if self.metrics_server is not None:
+                    await nursery.start(self.metrics_server.run)
                 await nursery.start(self.ingress.run)
+                if self.framed is not None:
+                    await nursery.start(self.framed.run)
                 ready = self._ready_status()
                 log.info(
                     "huselet ready",
@@ -285,6 +413,9 @@ class Daemon:
                     admin=str(self.config.admin.socket),
                     functions=[fn.name for fn in self.config.functions],
                     version=huselet.__version__,
+                    metrics=str(self.metrics_server.bound_address)
+                    if self.metrics_server is not None
+                    else None,
                 )
                 self.notifier.ready(ready)
                 # Only a ready daemon pets the watchdog (systemd expects READY=1 first).
@@ -298,7 +429,6 @@ class Daemon:
                     break
                 await self.shutdown()
                 nursery.cancel_scope.cancel()
-        log.info("huselet stopped")
 
     async def _reload_on_signal(self) -> None:
         try:
@@ -312,8 +442,18 @@ class Daemon:
         await self.scheduler.drain(grace_s)
         # Let the ingress write the replies of requests that just completed.
         with trio.move_on_after(1.0):
-            while self.ingress.active_requests:
-                await trio.sleep(0.005)
+            await self.ingress.active_requests.wait_zero()
+
+
+def _framed_status(framed: FramedIngress | None) -> dict[str, Any] | None:
+    if framed is None:
+        return None
+    return {
+        "address": str(framed.bound_address) if framed.bound_address else None,
+        "socket": str(framed.settings.framed_socket) if framed.settings.framed_socket else None,
+        "open_connections": framed.open_connections,
+        **framed.counters,
+    }
 
 
 def _read_token(path: Path | None) -> str | None:

@@ -62,6 +62,16 @@ class HandlerError(HuseletError):
         self.error_type = error_type
 
 
+class HandlerStatusError(HandlerError):
+    """The function's code raised ``HTTPError(status, message)``: that status, not 502."""
+
+    code = "http_error"
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(error_type, message)
+        self.status = status
+
+
 class InstanceLost(HuseletError):
     """The instance serving the request died or broke the link mid-request."""
 

@@ -6,7 +6,8 @@ Usage::
     log.info("instance started", function="hello", instance="i-3", ms=4.2)
 
 journald, `jq` and log shippers read this directly. Field values that are not
-JSON types are rendered with ``str``.
+JSON types are rendered with ``str``. ``ts`` is an RFC 3339 UTC timestamp with
+microseconds (``2026-11-30T05:10:00.123456Z``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,22 @@ import time
 from typing import Any
 
 _ROOT = "huselet"
+_second: tuple[int, str] = (-1, "")
+
+
+def rfc3339(created: float) -> str:
+    """``created`` (epoch seconds) as RFC 3339 UTC with microseconds."""
+    global _second
+    whole = int(created)
+    if _second[0] != whole:  # the formatted second is reused by every record within it
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int((created - whole) * 1_000_000):06d}Z"
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": round(record.created, 6),
+            "ts": rfc3339(record.created),
             "level": record.levelname.lower(),
             "component": record.name.removeprefix(_ROOT + ".") or _ROOT,
             "msg": record.getMessage(),
@@ -65,6 +76,9 @@ class StructuredLogger:
 
     def is_debug(self) -> bool:
         return self._logger.isEnabledFor(logging.DEBUG)
+
+    def is_info(self) -> bool:
+        return self._logger.isEnabledFor(logging.INFO)
 
 
 def get_logger(component: str) -> StructuredLogger:

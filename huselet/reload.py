@@ -17,7 +17,7 @@ What applies live, without dropping traffic:
   now (the operator just said "fixed": don't make them wait the backoff).
 
 What does not apply live — ``[node]``, ``[gateway]``, ``[admin]``, ``[cache]``,
-``[scheduler]``, ``[runtimes]``, ``[health]`` — is reported as needing a
+``[scheduler]``, ``[runtimes]``, ``[health]``, ``[metrics]``, ``[log]`` — is reported as needing a
 restart and the running values stay. An invalid file is refused whole with
 its error; nothing changes. Functions deployed by the central scheduler are
 not the file's to touch.
@@ -32,11 +32,11 @@ from typing import Any
 import trio
 
 from huselet.config import Config, FunctionSettings, load_config
+from huselet.dispatch.dispatcher import Dispatcher
+from huselet.dispatch.links import LinkServer
 from huselet.errors import ConfigError, HuseletError
-from huselet.link import LinkServer
 from huselet.log import get_logger
 from huselet.runtime.base import Runtime
-from huselet.scheduler import NodeScheduler
 
 log = get_logger("reload")
 
@@ -53,7 +53,9 @@ LIVE_FIELDS = frozenset(
     }
 )
 READ_TIMEOUT_S = 10.0
-SECTIONS_NEEDING_RESTART = ("node", "gateway", "admin", "cache", "scheduler", "runtimes", "health")
+SECTIONS_NEEDING_RESTART = (
+    *("node", "gateway", "admin", "cache", "scheduler", "runtimes", "health", "metrics", "log"),
+)
 
 
 class ReloadRefused(HuseletError):
@@ -67,7 +69,7 @@ class ConfigReloader:
     def __init__(
         self,
         config: Config,
-        scheduler: NodeScheduler,
+        scheduler: Dispatcher,
         links: LinkServer,
         runtimes: Mapping[str, Runtime],
         known_runtimes: Iterable[str],

@@ -13,8 +13,8 @@ Conversation (every message is one frame from :mod:`protocol.frames`; the
     READY{}                               ─▶  handler imported
     (or FATAL{error}; exit)                  handler failed to load
     PULL{n}                               ─▶  n more requests welcome
-                                          ◀─ REQUEST{id, event, kind, timeout_ms}
-    RESULT{id, ok, body, kind | error}    ─▶
+                                          ◀─ REQUEST{id, event, kind, timeout_ms[, http]}
+    RESULT{id, ok, body, kind[, http] | error}  ─▶
     PULL{n} ...
                                           ◀─ PING{}  (only while the instance is idle)
     PONG{}                                ─▶  an idle instance that does not answer
@@ -23,10 +23,25 @@ Conversation (every message is one frame from :mod:`protocol.frames`; the
 
 Unknown keys are ignored (forward compatibility); a missing or mistyped
 required key is a :class:`MalformedFrame` and closes that link only.
+
+HTTP functions (``events = "http"``, WSGI and ASGI apps) use three optional
+keys, all ignored by peers that predate them:
+
+- ``REQUEST.http`` = ``{method, path, query, headers: [[name, value], ...],
+  source_ip}`` — the HTTP request the ingress received; ``event`` is then the
+  raw body (kind ``bytes``). ``path`` is the path under the function (``/``
+  at least), ``query`` the raw query string without ``?``, header names are
+  lower-case, names and values are latin-1 text as on the wire.
+- ``RESULT.http`` = ``{status, headers: [[name, value], ...]}`` — the HTTP
+  response the function chose; ``body``/``kind`` carry its body. Without it
+  the reply is a 200 with a content type derived from ``kind``.
+- ``error.status`` (4xx/5xx) — the status a handler asked for by raising
+  ``HTTPError``; without it a handler error is a 502.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,8 +68,30 @@ KIND_BYTES = "bytes"  # opaque bytes
 KIND_TEXT = "text"  # UTF-8 text (a handler returned str)
 KINDS = frozenset({KIND_JSON, KIND_BYTES, KIND_TEXT})
 
+
+class EntryKind(enum.StrEnum):
+    """How a worker calls the function's code (env ``HUSELET_KIND``)."""
+
+    HANDLER = "handler"  # handler(event, context); event = the decoded body
+    HTTP = "http"  # handler(event, context); event = a Lambda v2 HTTP event
+    WSGI = "wsgi"  # a WSGI app, one request at a time
+    ASGI = "asgi"  # an ASGI app on the instance's event loop
+
+    @property
+    def takes_http(self) -> bool:
+        """Invoked through ``ANY /v1/invoke/{function}/{path...}`` with its HTTP request."""
+        return self is not EntryKind.HANDLER
+
+
 # Error types the worker reports that are the *caller's* fault, not the handler's.
 ERROR_INVALID_EVENT = "InvalidEvent"
+# The worker cancelled an async handler at the request's deadline (504, not 502).
+ERROR_DEADLINE = "DeadlineExceeded"
+
+# Bounds of the optional http maps: far beyond what the ingress admits (its
+# head limit is 16 KiB), small enough that a hostile peer cannot make us build
+# millions of tuples.
+MAX_HTTP_HEADERS = 1024
 
 
 def _field(msg: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
@@ -118,23 +155,104 @@ class Pull:
         return cls(n=n)
 
 
+def _headers(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, list | tuple) or len(raw) > MAX_HTTP_HEADERS:
+        raise MalformedFrame(f"{where} headers must be a list of at most {MAX_HTTP_HEADERS} pairs")
+    out = []
+    for pair in raw:
+        if (
+            not isinstance(pair, list | tuple)
+            or len(pair) != 2
+            or not isinstance(pair[0], str)
+            or not isinstance(pair[1], str)
+        ):
+            raise MalformedFrame(f"{where} headers must be [name, value] pairs of strings")
+        out.append((pair[0], pair[1]))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """The HTTP request behind an invocation of an HTTP function (``REQUEST.http``)."""
+
+    method: str
+    path: str  # under the function: "/" or "/users/7"
+    query: str = ""  # raw, without the "?"
+    headers: tuple[tuple[str, str], ...] = ()  # names lower-case
+    source_ip: str = ""
+
+    def encode(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "path": self.path,
+            "query": self.query,
+            "headers": [list(pair) for pair in self.headers],
+            "source_ip": self.source_ip,
+        }
+
+    @classmethod
+    def decode(cls, raw: Any) -> HttpRequest:
+        if not isinstance(raw, dict):
+            raise MalformedFrame("request frame field 'http' must be a map")
+        return cls(
+            method=_field(raw, "method", str),
+            path=_field(raw, "path", str),
+            query=_field(raw, "query", str),
+            headers=_headers(raw.get("headers", []), "request"),
+            source_ip=_field(raw, "source_ip", str),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """The status and headers an HTTP function answered with (``RESULT.http``)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def encode(self) -> dict[str, Any]:
+        return {"status": self.status, "headers": [list(pair) for pair in self.headers]}
+
+    @classmethod
+    def decode(cls, raw: Any) -> HttpResponse:
+        if not isinstance(raw, dict):
+            raise MalformedFrame("result frame field 'http' must be a map")
+        status = _field(raw, "status", int)
+        if not 200 <= status <= 599:
+            raise MalformedFrame(f"result frame has HTTP status {status}; allowed 200..599")
+        return cls(status=status, headers=_headers(raw.get("headers", []), "result"))
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
-    """A failure as the caller may see it: a type name and a message, nothing else."""
+    """A failure as the caller may see it: a type name and a message, nothing else.
+
+    ``status`` is set when the handler chose the HTTP status (``HTTPError``).
+    """
 
     type: str
     message: str
+    status: int | None = None
 
     def encode(self) -> dict[str, Any]:
-        return {"type": self.type, "message": self.message}
+        msg: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.status is not None:
+            msg["status"] = self.status
+        return msg
 
     @classmethod
     def decode(cls, raw: Any) -> ErrorInfo:
         if not isinstance(raw, dict):
             raise MalformedFrame("error field must be a map")
+        status = raw.get("status")
+        if status is not None and (
+            not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599
+        ):
+            raise MalformedFrame("error field 'status' must be an integer in 400..599")
         return cls(
             type=str(_field(raw, "type", str))[:200],
             message=str(_field(raw, "message", str))[:4000],
+            status=status,
         )
 
 
@@ -145,12 +263,15 @@ class Result:
     body: bytes = b""
     kind: str = KIND_BYTES
     error: ErrorInfo | None = None
+    http: HttpResponse | None = None
 
     def encode(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"t": RESULT, "id": self.id, "ok": self.ok}
         if self.ok:
             msg["body"] = self.body
             msg["kind"] = self.kind
+            if self.http is not None:
+                msg["http"] = self.http.encode()
         else:
             assert self.error is not None
             msg["error"] = self.error.encode()
@@ -164,7 +285,14 @@ class Result:
             kind = _field(msg, "kind", str)
             if kind not in KINDS:
                 raise MalformedFrame(f"result frame has unknown kind {kind!r}")
-            return cls(id=rid, ok=True, body=_field(msg, "body", bytes), kind=kind)
+            http = msg.get("http")
+            return cls(
+                id=rid,
+                ok=True,
+                body=_field(msg, "body", bytes),
+                kind=kind,
+                http=None if http is None else HttpResponse.decode(http),
+            )
         return cls(id=rid, ok=False, error=ErrorInfo.decode(msg.get("error")))
 
 
@@ -227,15 +355,22 @@ class Request:
     event: bytes
     kind: str
     timeout_ms: int  # remaining time at send; the instance computes its own deadline
+    http: HttpRequest | None = None  # set for HTTP functions; event is then the raw body
+    trace: str = ""  # W3C traceparent for the handler's context; optional on the wire
 
     def encode(self) -> dict[str, Any]:
-        return {
+        msg = {
             "t": REQUEST,
             "id": self.id,
             "event": self.event,
             "kind": self.kind,
             "timeout_ms": self.timeout_ms,
         }
+        if self.http is not None:
+            msg["http"] = self.http.encode()
+        if self.trace:
+            msg["trace"] = self.trace
+        return msg
 
     @classmethod
     def decode(cls, msg: dict[str, Any]) -> Request:
@@ -247,6 +382,8 @@ class Request:
             event=_field(msg, "event", bytes),
             kind=kind,
             timeout_ms=_field(msg, "timeout_ms", int),
+            http=None if msg.get("http") is None else HttpRequest.decode(msg["http"]),
+            trace=_field(msg, "trace", str) if "trace" in msg else "",
         )
 
 

@@ -13,9 +13,9 @@ from typing import Any
 import trio
 
 from huselet.config import FunctionSettings, parse_config
-from huselet.link import LinkServer
+from huselet.dispatch.dispatcher import Dispatcher
+from huselet.dispatch.links import LinkServer
 from huselet.runtime import available_runtimes, create_runtimes
-from huselet.scheduler import NodeScheduler
 
 
 def write_package(root: Path, name: str, source: str, module: str = "main") -> Path:
@@ -52,7 +52,7 @@ class NodeStack:
         for name, runtime in self.runtimes.items():
             runtime.expect([fn for fn in self.config.functions if fn.runtime == name])
         self.links = LinkServer(self.config.node.run_dir, self._claim, max_frame=8 * 1024 * 1024)
-        self.scheduler = NodeScheduler(self.config, self.runtimes, self.links.socket_path)
+        self.scheduler = Dispatcher(self.config, self.runtimes, self.links.socket_path)
 
     def _claim(self, function: str, instance_id: str, token: str) -> Any:
         return self.scheduler.claim_link(function, instance_id, token)

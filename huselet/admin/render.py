@@ -184,6 +184,17 @@ def render_status(status: Mapping[str, Any]) -> str:
     ]
     if "cache" in status:  # daemons before the package cache do not report it
         pairs.append(("cache", format_cache_levels(status.get("cache"))))
+    output = node.get("output")
+    if isinstance(output, Mapping):  # instance output over the rate limit
+        pairs.append(
+            (
+                "output",
+                f"{format_cell(output.get('logged_lines'))} lines logged, "
+                f"{format_cell(output.get('dropped_lines'))} dropped "
+                f"({format_bytes(output.get('dropped_bytes'))}), "
+                f"{format_cell(output.get('truncated_lines'))} truncated",
+            )
+        )
     head = _key_values(pairs)
     functions = status.get("functions")
     body = render_functions(functions if isinstance(functions, list) else [])

@@ -94,7 +94,7 @@ class FleetCommands:
     def __init__(
         self,
         config: Config,
-        scheduler: Any,  # NodeScheduler
+        scheduler: Any,  # Dispatcher
         links: Any,  # LinkServer
         *,
         known_runtimes: Iterable[str],

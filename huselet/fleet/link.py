@@ -60,7 +60,7 @@ class SchedulerLink:
     def __init__(
         self,
         settings: SchedulerLinkSettings,
-        scheduler: Any,  # NodeScheduler
+        scheduler: Any,  # Dispatcher
         commands_factory: Callable[[Callable[[str], None]], FleetCommands],
         *,
         clock: Callable[[], float] = trio.current_time,

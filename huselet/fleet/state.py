@@ -6,7 +6,7 @@ every change):
 - ``node/self`` — identity, labels, huselet version, whether the node takes
   new placements (``placements``: ``open`` | ``drained`` | ``lease_expired``)
 - ``capacity/node`` — memory offered and in use, instances by state
-- ``function/<name>`` — the function as :meth:`NodeScheduler.describe_function` says
+- ``function/<name>`` — the function as :meth:`Dispatcher.describe_function` says
 - ``instance/<id>`` — ``{"function", "state"}``
 
 Every change the node scheduler reports (its ``on_change`` observer) becomes
@@ -68,7 +68,7 @@ class NodeStateModel:
     # --- observer of the node scheduler --------------------------------------------
 
     def attach(self, scheduler: Any) -> None:
-        """Observe ``scheduler`` (a NodeScheduler) and report everything it has now."""
+        """Observe ``scheduler`` (a Dispatcher) and report everything it has now."""
         scheduler.on_change = self.on_change
         for name, pool in list(scheduler.pools.items()):
             self.on_change("function", name, scheduler.describe_function(name))

@@ -1,10 +1,14 @@
-"""Node gateway: the HTTP ingress through which callers reach the node's functions.
+"""Node gateway: the front ends through which callers reach the node's functions.
 
-:class:`HttpIngress` serves HTTP/1.1 (h11 on trio) and hands each invocation to
-an :class:`Invoker` (the node scheduler); ``routes`` and ``responses`` hold its
-pure, I/O-free parts.
+:class:`HttpIngress` serves HTTP/1.1 (h11 on trio); :class:`FramedIngress`
+serves the framed msgpack protocol (``protocol/FRAMED.md``). Both hand each
+invocation to one :class:`InvokeCore` (admission and error rules) in front of an
+:class:`Invoker` (the node's dispatcher); ``routes``, ``responses`` and
+``httpfunc`` hold the HTTP ingress's pure, I/O-free parts.
 """
 
-from huselet.gateway.http import HttpIngress, Invoker
+from huselet.gateway.core import InvokeCore, Invoker
+from huselet.gateway.framed import FramedIngress
+from huselet.gateway.http import HttpIngress
 
-__all__ = ["HttpIngress", "Invoker"]
+__all__ = ["FramedIngress", "HttpIngress", "InvokeCore", "Invoker"]

@@ -18,6 +18,7 @@ from typing import Protocol, cast
 import h11
 import trio
 
+from huselet.activity import ActivityCount
 from huselet.config import GatewaySettings, TcpAddress
 from huselet.errors import BadRequest, HuseletError, PayloadTooLarge
 from huselet.gateway.responses import (
@@ -55,7 +56,7 @@ class Responder(Protocol):
     @property
     def draining(self) -> bool: ...
 
-    active_requests: int
+    active_requests: ActivityCount
 
     async def respond(self, head: RequestHead, read_body: BodyReader) -> Reply: ...
 
@@ -92,6 +93,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_client_ip",
         "_h11",
         "_in_request",
         "_limits",
@@ -119,6 +121,7 @@ class Connection:
         self._in_request = False  # some byte of the current request has arrived
         self._sending = False  # the scope's deadline is the send timeout
         self._request_id: str | None = None
+        self._client_ip: str | None = None  # the peer's address, looked up once
 
     async def serve(self) -> None:
         """Serve requests until either side ends the connection, then close it."""
@@ -149,6 +152,9 @@ class Connection:
         """Answer one request; True when the connection can carry the next one."""
         started = trio.current_time()
         head = read_head(request)
+        if self._client_ip is None:
+            self._client_ip = _peer(self._stream).rpartition(":")[0].strip("[]")
+        head.client = self._client_ip
         self._request_id = head.request_id
         if not head.has_body:
             # Consume the (empty) body's end now: the request is then complete,
@@ -165,12 +171,9 @@ class Connection:
         else:
             # Counted until the reply is written, so a draining daemon waits for
             # replies of completed invocations to reach their callers.
-            self._responder.active_requests += 1
-            try:
+            with self._responder.active_requests.hold():
                 reply = await self._responder.respond(head, self.read_body)
                 return await self._send_reply(head, reply, started)
-            finally:
-                self._responder.active_requests -= 1
         return await self._send_reply(head, reply, started)
 
     async def _send_reply(self, head: RequestHead, reply: Reply, started: float) -> bool:

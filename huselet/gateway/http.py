@@ -3,7 +3,9 @@
 :class:`HttpIngress` listens, accepts TCP connections up to ``max_connections``
 and runs a :class:`~huselet.gateway.connection.Connection` for each. It decides
 what requests mean: ``POST /v1/invoke/{function}`` goes to
-:meth:`Invoker.invoke`, ``GET /healthz`` reports the scheduler's draining flag,
+:meth:`Invoker.invoke` (for HTTP functions any method, and any path under
+the function: :mod:`huselet.gateway.httpfunc`), ``GET /healthz`` reports the
+scheduler's draining flag,
 and every error, typed or not, becomes a JSON reply. Nothing a client does
 (garbage, disconnects, stalls, floods of connections) can take the process down.
 """
@@ -11,13 +13,14 @@ and every error, typed or not, becomes a JSON reply. Nothing a client does
 from __future__ import annotations
 
 import socket
-from typing import Protocol
 
 import h11
 import trio
 
+from huselet.activity import ActivityCount
 from huselet.config import GatewaySettings, TcpAddress
-from huselet.errors import BadRequest, Draining, HuseletError, PayloadTooLarge, Unauthorized
+from huselet.dispatch.invocation import InvokeResult
+from huselet.errors import BadRequest, HuseletError, Unauthorized
 from huselet.gateway.connection import (
     LINGER_S,
     TRANSPORT_ERRORS,
@@ -27,10 +30,11 @@ from huselet.gateway.connection import (
     WarningBudget,
     linger,
 )
+from huselet.gateway.core import InvokeCore, Invoker
+from huselet.gateway.httpfunc import function_reply, request_info
 from huselet.gateway.responses import (
     HEALTH_DRAINING,
     HEALTH_OK,
-    InternalError,
     Overloaded,
     Reply,
     content_type_header,
@@ -40,14 +44,18 @@ from huselet.gateway.responses import (
 from huselet.gateway.routes import (
     HEALTHZ,
     RequestHead,
+    Route,
     check_bearer,
+    check_plain_invoke,
     event_kind,
     match_route,
     new_request_id,
     parse_timeout_ms,
 )
-from huselet.invocation import InvokeResult
+from huselet.listen import open_listeners
 from huselet.log import get_logger
+from huselet.observe.context import RequestMeta
+from protocol.link import KIND_BYTES, HttpRequest
 
 log = get_logger("gateway")
 
@@ -57,22 +65,6 @@ REJECT_CONCURRENCY = 64
 # Protocol warnings come from clients, so a hostile one could flood the log.
 WARN_BURST = 10
 WARN_WINDOW_S = 10.0
-
-
-class Invoker(Protocol):
-    """What the ingress needs from the scheduler (NodeScheduler implements it)."""
-
-    draining: bool
-
-    async def invoke(
-        self,
-        function: str,
-        event: bytes,
-        kind: str,
-        *,
-        timeout_ms: int | None = None,
-        request_id: str | None = None,
-    ) -> InvokeResult: ...
 
 
 class HttpIngress:
@@ -89,12 +81,19 @@ class HttpIngress:
         self._scheduler = scheduler
         self._token = None if auth_token is None else auth_token.strip().encode("utf-8")
         self._max_body = settings.max_body_bytes
+        # The dispatch core this front end shares with the framed ingress.
+        self.core = InvokeCore(
+            scheduler,
+            max_body=settings.max_body_bytes,
+            token=None if auth_token is None else auth_token.strip(),
+        )
         self._limits = Limits.from_settings(settings)
         # Connection-limit policy: refuse, don't queue; see _refuse().
         self._connections = trio.CapacityLimiter(settings.max_connections)
         self._rejecting = trio.CapacityLimiter(REJECT_CONCURRENCY)
         self._warnings = WarningBudget(WARN_BURST, WARN_WINDOW_S)
-        self.active_requests = 0  # requests between their head and their reply's last byte
+        # Requests between their head and their reply's last byte.
+        self.active_requests = ActivityCount()
         # Set by the descriptor-pressure loop: new connections get an immediate 503.
         self.refusing_connections: str | None = None
 
@@ -115,7 +114,7 @@ class HttpIngress:
     ) -> None:
         """Listen on ``settings.http``, report the bound address, serve until cancelled."""
         address = self.settings.http
-        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+        listeners = await open_listeners(address, "gateway.http")  # names it when in use
         try:
             # Port 0 with a host resolving to several addresses binds each to its
             # own port; the first one is the address we report.
@@ -189,16 +188,36 @@ class HttpIngress:
     # --- requests ----------------------------------------------------------------------
 
     async def respond(self, head: RequestHead, read_body: BodyReader) -> Reply:
-        """The reply to one request; every HuseletError becomes its error reply."""
+        """The reply to one request; every HuseletError becomes its error reply.
+
+        Every reply carries ``Server-Timing`` and ``X-Huselet-Cold-Start``.
+        """
+        started = trio.current_time()
+        meta = RequestMeta(head.traceparent)
         try:
             route = match_route(head.method, head.target)
             if route is HEALTHZ:
-                return HEALTH_DRAINING if self._scheduler.draining else HEALTH_OK
-            return await self._invoke(route.function, head, read_body)
+                reply = HEALTH_DRAINING if self._scheduler.draining else HEALTH_OK
+            else:
+                takes_http = self._scheduler.takes_http(route.function)
+                if not takes_http:
+                    check_plain_invoke(head.method, route)
+                reply = await self._invoke(route, head, read_body, takes_http, meta)
         except HuseletError as exc:
-            return error_reply(exc)
+            reply = error_reply(exc)
+        extra = meta.headers(trio.current_time() - started)
+        headers = reply.headers + extra
+        return Reply(reply.status, reply.body, reply.content_type, headers, reply.close)
 
-    async def _invoke(self, function: str, head: RequestHead, read_body: BodyReader) -> Reply:
+    async def _invoke(
+        self,
+        route: Route,
+        head: RequestHead,
+        read_body: BodyReader,
+        takes_http: bool,
+        meta: RequestMeta,
+    ) -> Reply:
+        function = route.function
         # Cheap checks first, so a request that will be refused is refused
         # before its body is read (and without a 100 Continue).
         if self._token is not None:
@@ -208,33 +227,35 @@ class HttpIngress:
         if head.repeated is not None:
             raise BadRequest(f"header {head.repeated.decode('ascii')} must appear once")
         timeout_ms = parse_timeout_ms(head.timeout_ms)
-        if self._scheduler.draining:
-            raise Draining("the node is draining and takes no new requests", retry_after_s=1)
-        if head.content_length is not None and head.content_length > self._max_body:
-            raise PayloadTooLarge(f"the request body exceeds {self._max_body} bytes")
+        self.core.check_admission(head.content_length)
         event = await read_body(self._max_body)
-        result = await self._call(function, event, event_kind(head.content_type), timeout_ms, head)
+        if takes_http:
+            http = request_info(head, route.subpath, strip_authorization=self._token is not None)
+            result = await self._call(function, event, KIND_BYTES, timeout_ms, head, meta, http)
+            return function_reply(result)
+        kind = event_kind(head.content_type)
+        result = await self._call(function, event, kind, timeout_ms, head, meta)
         return Reply(200, result.body, content_type_header(result.content_type))
 
     async def _call(
-        self, function: str, event: bytes, kind: str, timeout_ms: int | None, head: RequestHead
+        self,
+        function: str,
+        event: bytes,
+        kind: str,
+        timeout_ms: int | None,
+        head: RequestHead,
+        meta: RequestMeta,
+        http: HttpRequest | None = None,
     ) -> InvokeResult:
-        try:
-            return await self._scheduler.invoke(
-                function, event, kind, timeout_ms=timeout_ms, request_id=head.request_id
-            )
-        except HuseletError as exc:
-            if exc.status != 500:
-                raise
-            # A bare HuseletError (or one without a mapped status) is a daemon
-            # fault: its message is for operators, not callers.
-            log.exception("invoke failed", function=function, request_id=head.request_id)
-            raise InternalError("internal error") from None
-        except Exception:
-            # Any other exception is a bug somewhere below us. Log the traceback
-            # here; the caller only learns that it happened (no paths, no frames).
-            log.exception("invoke failed", function=function, request_id=head.request_id)
-            raise InternalError("internal error") from None
+        return await self.core.invoke(
+            function,
+            event,
+            kind,
+            timeout_ms=timeout_ms,
+            request_id=head.request_id,
+            http=http,
+            meta=meta,
+        )
 
 
 def _local_address(listener: trio.SocketListener) -> TcpAddress:

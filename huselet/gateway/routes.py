@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hmac
 import re
-import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import h11
 
 from huselet.errors import BadRequest, Unauthorized, UnknownFunction
 from huselet.gateway.responses import MethodNotAllowed, NotFound
+from huselet.observe.ids import new_request_id as new_request_id  # re-exported
 from protocol.link import KIND_BYTES, KIND_JSON
 
 INVOKE_PREFIX = b"/v1/invoke/"
@@ -34,6 +35,10 @@ _MAX_TIMEOUT_DIGITS = 12
 class Route:
     name: str  # "healthz" or "invoke"
     function: str = ""
+    # Invoke only: the path under the function ("" when there is none, else
+    # "/..."). Only HTTP functions take one, or any method but POST; the
+    # ingress checks that once it knows the function (Invoker.takes_http).
+    subpath: bytes = b""
 
 
 HEALTHZ = Route("healthz")
@@ -47,15 +52,24 @@ def match_route(method: bytes, target: bytes) -> Route:
             return HEALTHZ
         raise MethodNotAllowed(b"GET, HEAD")
     if path.startswith(INVOKE_PREFIX):
-        name = path[len(INVOKE_PREFIX) :]
+        name, slash, rest = path[len(INVOKE_PREFIX) :].partition(b"/")
         if _FUNCTION_NAME.fullmatch(name) is None:
             raise UnknownFunction(
                 "not a valid function name (lowercase letters, digits, - and _, at most 63)"
             )
-        if method != b"POST":
-            raise MethodNotAllowed(b"POST")
-        return Route("invoke", name.decode("ascii"))
+        return Route("invoke", name.decode("ascii"), slash + rest)
     raise NotFound("no such path")
+
+
+def check_plain_invoke(method: bytes, route: Route) -> None:
+    """A function that does not take HTTP events: ``POST /v1/invoke/{function}`` only."""
+    if route.subpath:
+        raise NotFound(
+            f"function {route.function!r} takes no path after its name (only functions with "
+            'events = "http", or apps, do)'
+        )
+    if method != b"POST":
+        raise MethodNotAllowed(b"POST")
 
 
 @dataclass(slots=True)
@@ -75,6 +89,11 @@ class RequestHead:
     # Request line and header bytes (without separators). h11 bounds only heads
     # that arrive in pieces; one that arrives in a single read is measured here.
     size: int = 0
+    # All headers as h11 parsed them (names lower-cased), by reference: HTTP
+    # functions get them forwarded.
+    headers: Sequence[tuple[bytes, bytes]] = ()
+    client: str = ""  # the peer's IP address, set by the connection
+    traceparent: bytes | None = None  # W3C trace context, validated where it is used
 
     @property
     def has_body(self) -> bool:
@@ -104,18 +123,17 @@ def read_head(request: h11.Request) -> RequestHead:
             head.content_length = int(value)  # h11 checked it is digits and unambiguous
         elif name == b"transfer-encoding":
             head.chunked = True  # h11 accepts only "chunked" and rejects the rest
-        elif name == b"x-huselet-request-id":
+        elif name == b"x-request-id" or name == b"x-huselet-request-id":
             client_id = value
+        elif name == b"traceparent":
+            head.traceparent = value
     head.size = size
+    head.headers = request.headers  # h11's sequence of (name, value)
     if client_id is not None and _CLIENT_REQUEST_ID.fullmatch(client_id):
         head.request_id = client_id.decode("ascii")
     else:
         head.request_id = new_request_id()
     return head
-
-
-def new_request_id() -> str:
-    return secrets.token_hex(8)
 
 
 def event_kind(content_type: bytes) -> str:

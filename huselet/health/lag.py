@@ -8,9 +8,14 @@ petting systemd, which then restarts the daemon.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import trio
 
 from huselet.health.supervisor import HealthState, LoopReport
+
+if TYPE_CHECKING:
+    from huselet.metrics.histogram import Histogram
 
 
 class LagProbe:
@@ -25,6 +30,7 @@ class LagProbe:
         self.last_lag_ms = 0.0
         self.max_lag_ms = 0.0
         self.last_beat = 0.0  # trio time of the last completed measurement
+        self.histogram: Histogram | None = None  # lag samples for the metrics (seconds)
 
     async def run(self, report: LoopReport) -> None:
         self.last_beat = trio.current_time()
@@ -36,6 +42,8 @@ class LagProbe:
             lag_ms = max(0.0, (now - asked) * 1000)
             self.last_lag_ms = lag_ms
             self.max_lag_ms = max(self.max_lag_ms, lag_ms)
+            if self.histogram is not None:
+                self.histogram.observe(lag_ms / 1000)
             report.counters["samples"] += 1
             if lag_ms >= self.failing_ms:
                 report.counters["stalls"] += 1

@@ -42,7 +42,7 @@ from typing import Protocol
 
 import trio
 
-from huselet.health.settings import HealthSettings
+from huselet.config.health import HealthSettings
 from huselet.health.supervisor import HealthLoop, HealthState, LoopReport
 
 MiB = 1 << 20
@@ -184,7 +184,7 @@ def measure_fds() -> FdSample:
 
 
 class ImageInstalls(Protocol):
-    """The package cache (:class:`~huselet.codecache.CodeCache` or an ImageStore)."""
+    """The package cache (:class:`~huselet.code.codecache.CodeCache` or an ImageStore)."""
 
     def refuse_installs(self, reason: str | None) -> None: ...
 

@@ -13,7 +13,8 @@ for everything else, and the one place that says what was left:
   exec'd worker) or ``HUSELET_IMAGE`` under ``state_dir`` (zygotes, forked
   and sandboxed instances of image-backed code). Killed with their process
   group. Nothing without a positive match is ever signalled;
-- **cgroups** under ``<cgroup_parent>/<runtime>`` of the configured ``fork``
+- **cgroups** under this daemon's own subtree (``<cgroup_parent>/<node id +
+  run dir>/<runtime>``, see :mod:`huselet.runtime.identity`) of the configured ``fork``
   and ``bwrap`` runtimes with cgroups on: members killed, groups removed
   (the runtime would do the same when it starts; here it is counted). For
   ``oci`` only the members are killed (counted as processes): its groups are
@@ -58,6 +59,7 @@ from huselet.config import Config
 from huselet.health.supervisor import HealthState, LoopReport
 from huselet.log import get_logger
 from huselet.runtime.cgroups import Cgroup, CgroupHost, CgroupPool
+from huselet.runtime.identity import sandbox_subtree
 
 log = get_logger("health.recovery")
 
@@ -120,6 +122,7 @@ class RecoverySweep:
     name = "recovery"
 
     def __init__(self, config: Config, runtimes: Mapping[str, Any] | None = None) -> None:
+        self.node = config.node
         self.run_dir = config.node.run_dir
         self.state_dir = config.node.state_dir
         self.admin_socket = config.admin.socket
@@ -256,7 +259,8 @@ class RecoverySweep:
             host = host or CgroupHost.detect()
             if host is None:
                 return
-            subtree = f"{iso.cgroup_parent}/{name}".strip("/")
+            # This daemon's own subtree only: another daemon's sandboxes are not ours.
+            subtree = sandbox_subtree(host, iso.cgroup_parent, self.node, name)
             groups = _groups_below(host, subtree)
             if not groups:
                 continue

@@ -10,6 +10,7 @@ reported as the loop's state.
 from __future__ import annotations
 
 import enum
+import time
 from collections import Counter
 from typing import Any, Protocol
 
@@ -20,6 +21,11 @@ from huselet.log import get_logger
 log = get_logger("health")
 
 RESTART_BACKOFF_S = (0.1, 1.0, 5.0, 30.0)
+# Log hysteresis: after a logged state change, further changes of the same loop
+# within this window are counted, not logged; once it has passed, the next report
+# logs where the loop ended up and how many changes it went through (a busy host's
+# lag probe flapping every 100 ms costs one line per window, not one per tick).
+LOG_HOLD_S = 5.0
 
 
 class HealthState(enum.Enum):
@@ -38,18 +44,41 @@ class LoopReport:
         self.last_action: str | None = None
         self.last_action_at: float | None = None
         self.counters: Counter[str] = Counter()
+        self._logged = HealthState.OK  # the state the log last reported
+        self._logged_at = -LOG_HOLD_S  # time.monotonic() of that record
+        self._unlogged_changes = 0
 
     def set(self, state: HealthState, detail: str = "") -> None:
         if state is not self.state:
+            self._unlogged_changes += 1
+            self.counters["state_changes"] += 1
+        self.state = state
+        self.detail = detail
+        if not self._unlogged_changes:
+            return
+        now = time.monotonic()
+        if now - self._logged_at < LOG_HOLD_S:
+            return
+        if state is not self._logged:
             log.info(
                 "health state changed",
                 loop=self.name,
-                old=self.state.value,
+                old=self._logged.value,
                 new=state.value,
                 detail=detail,
+                changes=self._unlogged_changes,
             )
-        self.state = state
-        self.detail = detail
+        elif self._unlogged_changes > 1:
+            log.info(
+                "health state flapped",
+                loop=self.name,
+                state=state.value,
+                detail=detail,
+                changes=self._unlogged_changes,
+            )
+        else:
+            return  # left and came back once within the window: not worth a line
+        self._logged, self._logged_at, self._unlogged_changes = state, now, 0
 
     def action(self, what: str, **fields: Any) -> None:
         """Record (and log) a healing action."""

@@ -47,6 +47,7 @@ from huselet.runtime.base import (
 from huselet.runtime.cgroups import Cgroup, CgroupPool
 from huselet.runtime.children import SandboxHandle, dial_link, pump_output, worker_env
 from huselet.runtime.codeimage import code_key, code_ro_paths
+from huselet.runtime.identity import sandbox_subtree
 from huselet.runtime.isolation import (
     IsolationSettings,
     Table,
@@ -55,6 +56,7 @@ from huselet.runtime.isolation import (
     probe_host,
     resolve,
 )
+from huselet.runtime.output import OutputLimiter
 from huselet.sandbox import linux, rootfs, seccomp
 
 log = get_logger("runtime.bwrap")
@@ -124,7 +126,7 @@ class BwrapRuntime(Runtime):
             assert host.cgroups is not None
             self._cgroups = CgroupPool(
                 host.cgroups,
-                f"{self.isolation.cgroup_parent}/{self.name}",
+                sandbox_subtree(host.cgroups, self.isolation.cgroup_parent, self.node, self.name),
                 target_free=self.isolation.cgroup_pool,
                 pids_max=self.isolation.pids_max,
                 cpu_cores=self.isolation.cpu_cores or None,
@@ -262,8 +264,9 @@ class BwrapRuntime(Runtime):
         popen.stderr.close()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump_output, out, "stdout", fields, log)
-                nursery.start_soon(pump_output, err, "stderr", fields, log)
+                limiter = OutputLimiter()  # one budget for both streams
+                nursery.start_soon(pump_output, out, "stdout", fields, log, limiter)
+                nursery.start_soon(pump_output, err, "stderr", fields, log, limiter)
                 await handle.reap()
                 nursery.cancel_scope.deadline = trio.current_time() + 1.0
         finally:

@@ -8,11 +8,13 @@ process joins is one more migration per start — each can stall for an RCU
 grace period — and the pids limit already stops a fork bomb from outrunning
 the kill loop of :meth:`Cgroup.kill_all`.)
 
-Layout: ``<hierarchy>/<parent>/<runtime>/i-N`` for instances — a *pool*
+Layout: ``<hierarchy>/<subtree>/i-N`` for instances, where the subtree is
+this daemon's own (:mod:`huselet.runtime.identity`: node id + run dir, inside
+the unit's delegated group on v2) — a *pool*
 created ahead of need, so starting an instance moves a pid instead of
 mkdir'ing (~0.2 ms per hierarchy on v1) — and ``.../z-<function>`` for
 zygotes. Released groups are emptied (every pid killed), their counters
-remembered, and reused. Everything under ``<parent>/<runtime>`` is removed at
+remembered, and reused. Everything under the subtree is removed at
 start (leftovers of a daemon that was SIGKILLed) and on stop.
 
 OOM detection: the kernel's per-cgroup ``oom_kill`` counter (v1
@@ -31,6 +33,7 @@ from pathlib import Path
 import trio
 
 from huselet.log import get_logger
+from huselet.runtime import identity
 from huselet.runtime.base import RuntimeConfigError
 
 log = get_logger("runtime.cgroups")
@@ -313,6 +316,14 @@ class CgroupPool:
 
     async def setup(self) -> None:
         """Clear leftovers of a previous run, create the subtree and the first groups."""
+        if self.host.version == 2:
+            try:
+                identity.enter_daemon_leaf(self.host)
+            except OSError as exc:
+                raise CgroupError(
+                    f"cannot move the daemon into its own leaf cgroup ({exc.strerror}); "
+                    "run it with Delegate=yes or in the root group"
+                ) from None
         await self.remove_subtree()
         parts = self.subtree.split("/")
         for i in range(1, len(parts) + 1):
@@ -415,8 +426,12 @@ class CgroupPool:
         group = self._named.get(name)
         if group is None:
             group = Cgroup(self.host, f"{self.subtree}/{name}")
-            group.create()
             self._named[name] = group
+        # Every (re)build: the group may have been removed behind our back
+        # (then its limits are gone too and must be written again).
+        if not group._mem_dir.is_dir():
+            group.memory_bytes = None
+        group.create()
         group.set_memory(memory_bytes)
         group.set_pids(pids_max)
         return group

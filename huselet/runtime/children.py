@@ -5,7 +5,8 @@
 - :class:`ChildHandle`: an instance that is a direct child of the daemon,
   watched through a pidfd (its exit is a readable event, noticed at once)
   and reaped with ``wait4`` (true status and rusage; no zombie left);
-- :func:`pump_output`: a child's stdout/stderr lines into the daemon log;
+- :func:`pump_output`: a child's stdout/stderr lines into the daemon log,
+  within the instance's output rate limit (:mod:`huselet.runtime.output`);
 - :func:`dial_link`: the daemon connects a function's link socket on behalf
   of a sandbox that cannot (and should not) see it, and hands over the socket.
 """
@@ -25,13 +26,15 @@ import trio
 
 from huselet.config import FunctionSettings
 from huselet.log import get_logger
+from huselet.observe.output import log_output_line
 from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, StartFailed
 from huselet.runtime.cgroups import Cgroup
 from huselet.runtime.codeimage import code_env
+from huselet.runtime.output import MAX_LINE, OutputLimiter
 
 log = get_logger("runtime")
 
-MAX_LOG_LINE = 4096
+MAX_LOG_LINE = MAX_LINE
 # Environment variables passed through from the daemon (nothing else leaks).
 PASSTHROUGH_ENV = ("LANG", "LC_ALL", "TZ")
 DIAL_RETRY_S = 0.001
@@ -57,6 +60,7 @@ def function_env(fn: FunctionSettings, image: Any = None) -> dict[str, str]:
             "HUSELET_FUNCTION": fn.name,
             "HUSELET_PACKAGE": str(fn.package),
             "HUSELET_HANDLER": fn.handler,
+            "HUSELET_KIND": fn.kind.value,
         }
     )
     env.update(code_env(image))
@@ -237,26 +241,70 @@ async def dial_link(path: os.PathLike[str] | str, deadline: float) -> socket.soc
         raise
 
 
-async def pump_output(fd: int, stream_name: str, fields: dict[str, Any], logger: Any = log) -> None:
-    """Forward a child's output line by line into the log until EOF; owns ``fd``."""
+async def pump_output(
+    fd: int,
+    stream_name: str,
+    fields: dict[str, Any],
+    logger: Any = log,
+    limiter: OutputLimiter | None = None,
+) -> None:
+    """Forward a child's output line by line into the log until EOF; owns ``fd``.
+
+    ``limiter``: the instance's output budget, shared by its streams (one
+    per call if not given); what is over it is read and dropped, and counted.
+    """
+    limiter = limiter or OutputLimiter()
     stream = trio.lowlevel.FdStream(fd)
     pending = b""
+    skipping = False  # the rest of a line already logged truncated
     try:
         async with stream:
             while chunk := await stream.receive_some(65536):
+                if skipping:
+                    end = chunk.find(b"\n")
+                    if end < 0:
+                        continue
+                    chunk, skipping = chunk[end + 1 :], False
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
-                    log_output(line, stream_name, fields, logger)
+                    log_output(line, stream_name, fields, logger, limiter)
                 if len(pending) > MAX_LOG_LINE:
-                    log_output(pending, stream_name, fields, logger)
-                    pending = b""
+                    log_output(pending, stream_name, fields, logger, limiter)
+                    pending, skipping = b"", True
+                _notice(limiter, stream_name, fields, logger, final=False)
             if pending:
-                log_output(pending, stream_name, fields, logger)
+                log_output(pending, stream_name, fields, logger, limiter)
     except (trio.ClosedResourceError, OSError):
         pass
+    finally:
+        _notice(limiter, stream_name, fields, logger, final=True)
 
 
-def log_output(line: bytes, stream_name: str, fields: dict[str, Any], logger: Any = log) -> None:
-    text = line[:MAX_LOG_LINE].decode("utf-8", "replace")
-    logger.info("instance output", stream=stream_name, line=text, **fields)
+def log_output(
+    line: bytes,
+    stream_name: str,
+    fields: dict[str, Any],
+    logger: Any = log,
+    limiter: OutputLimiter | None = None,
+) -> None:
+    kept = limiter.admit(line) if limiter is not None else line[:MAX_LOG_LINE]
+    if kept is None:
+        return
+    # Lines the worker tagged carry their request id (and tracebacks come whole).
+    log_output_line(kept, stream_name, fields, logger, MAX_LOG_LINE)
+
+
+def _notice(
+    limiter: OutputLimiter, stream_name: str, fields: dict[str, Any], logger: Any, *, final: bool
+) -> None:
+    due = limiter.notice_due(final=final)
+    if due is not None:
+        logger.warning(
+            "instance output dropped",
+            stream=stream_name,
+            dropped_lines=due[0],
+            dropped_bytes=due[1],
+            total_dropped_lines=limiter.dropped_lines,
+            **fields,
+        )

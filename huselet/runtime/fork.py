@@ -56,6 +56,7 @@ from huselet.runtime.children import (
     pump_output,
 )
 from huselet.runtime.codeimage import code_key, code_ro_paths
+from huselet.runtime.identity import sandbox_subtree
 from huselet.runtime.isolation import (
     IsolationSettings,
     Table,
@@ -127,7 +128,7 @@ class ForkRuntime(Runtime):
             assert host.cgroups is not None
             self._cgroups = CgroupPool(
                 host.cgroups,
-                f"{self.isolation.cgroup_parent}/{self.name}",
+                sandbox_subtree(host.cgroups, self.isolation.cgroup_parent, self.node, self.name),
                 target_free=self.isolation.cgroup_pool,
                 pids_max=self.isolation.pids_max,
                 cpu_cores=self.isolation.cpu_cores or None,
@@ -185,7 +186,14 @@ class ForkRuntime(Runtime):
         )
 
     def _slot(self, fn: FunctionSettings, image: Any) -> ZygoteSlot:
-        key = (fn.name, str(fn.package), fn.handler, code_key(image), tuple(sorted(fn.env.items())))
+        key = (
+            fn.name,
+            str(fn.package),
+            fn.handler,
+            fn.kind.value,
+            code_key(image),
+            tuple(sorted(fn.env.items())),
+        )
         slot = self._slots.get(key)
         if slot is not None and not slot.closed:
             return slot

@@ -56,6 +56,7 @@ from huselet.runtime.children import (
     dial_link,
     pump_output,
 )
+from huselet.runtime.identity import sandbox_subtree
 from huselet.runtime.isolation import (
     IsolationSettings,
     Table,
@@ -127,7 +128,12 @@ class OciRuntime(Runtime):
                     await handle.kill_and_reap()
                     await self._delete(instance_id)
                 shutil.rmtree(self._dir, ignore_errors=True)
-                remove_empty_tree(f"{self.isolation.cgroup_parent}/{self.name}")
+                remove_empty_tree(self._cgroup_subtree())
+
+    def _cgroup_subtree(self) -> str:
+        """This daemon's own subtree (see :mod:`huselet.runtime.identity`)."""
+        parent = self.isolation.cgroup_parent
+        return sandbox_subtree(self._cgroup_host, parent, self.node, self.name)
 
     async def _sweep_strays(self) -> None:
         strays = StrayReaper()
@@ -169,7 +175,7 @@ class OciRuntime(Runtime):
         uid = self._uids.uid_for(fn.name) if self.isolation.isolation else 0
         bundle = self._dir / "bundles" / spec.instance_id
         bundle.mkdir(mode=0o700, parents=True)
-        cgroup_rel = f"{self.isolation.cgroup_parent}/{self.name}/{spec.instance_id}"
+        cgroup_rel = f"{self._cgroup_subtree()}/{spec.instance_id}"
         config = container_config(
             spec,
             rootfs=self._rootfs(fn.name),

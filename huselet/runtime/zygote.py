@@ -124,9 +124,12 @@ class ZygoteProcess:
                 start_new_session=True,
                 preexec_fn=_make_preexec(self.cgroup),  # Trio thread: see module docstring
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
+            # SubprocessError: the pre-exec hook failed, e.g. its cgroup was
+            # removed behind our back. One failed build, never the daemon.
             parent.close()
-            self._fail(f"could not start the zygote: {exc.strerror}")
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            self._fail(f"could not start the zygote: {why}")
             return
         finally:
             child.close()
@@ -326,7 +329,18 @@ class ZygoteSlot:
                 if now < self.retry_at:
                     await trio.sleep_until(self.retry_at)
                 self.generation += 1
-                process = self._make(self.generation)
+                try:
+                    process = self._make(self.generation)
+                except OSError as exc:
+                    # Its cgroup or staging dir cannot be made (removed or
+                    # broken behind our back): back off and try again.
+                    self.failures += 1
+                    self.last_error = f"cannot prepare the zygote: {exc}"
+                    delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** (self.failures - 1))
+                    self.retry_at = trio.current_time() + delay
+                    log.warning("zygote cannot be prepared", error=self.last_error)
+                    self._notify()
+                    continue
                 self.process = process
                 self._notify()
                 async with trio.open_nursery() as nursery:

@@ -35,6 +35,9 @@ from typing import Any
 
 from huselet.sandbox import linux, rootfs, seccomp
 
+# The environment variable that carries a plan to :mod:`huselet.sandbox.launch`.
+PLAN_ENV = "HUSELET_SANDBOX_PLAN"
+
 
 class SandboxError(Exception):
     """A confinement step failed; the message names the step."""

@@ -95,6 +95,8 @@ def plan_binds(
     wanted = [*([package] if os.path.realpath(package) != "/" else []), *ETC_DEFAULTS, *extra]
     for path in wanted:
         real = os.path.realpath(path)
+        if real == "/":
+            continue  # an image-only function's working dir: never the whole host
         if os.path.exists(real) and not _covered(real, paths):
             paths.append(real)
     return [Bind(p, p) for p in paths]

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             import cache.importer
             import cache.reader  # noqa: F401
         keep_in_tmp = enter_function_sandbox(plan)
-        handler = sdk.load_handler(plan.package, plan.handler)
+        handler = sdk.load_entry(plan.package, plan.handler)  # the app object is built here
     except BaseException as exc:
         traceback.print_exc()
         what = (

@@ -9,5 +9,11 @@ cold start.
 
 Handler contract: ``handler(event, context)`` where ``event`` is the decoded
 JSON value (or ``bytes``), and ``context`` is a :class:`~huselet.worker.sdk.Context`.
-Return a JSON-serialisable value, ``str`` or ``bytes``.
+Return a JSON-serialisable value, ``str`` or ``bytes``; ``async def`` handlers
+are run to completion. Raise :class:`HTTPError` to choose the caller's status.
+HTTP functions, WSGI and ASGI apps: see :mod:`huselet.worker.entries`.
 """
+
+from huselet.worker.errors import HTTPError
+
+__all__ = ["HTTPError"]

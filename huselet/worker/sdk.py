@@ -4,33 +4,36 @@ Configuration comes from environment variables set by the runtime
 (``HUSELET_LINK`` — or ``HUSELET_LINK_FD``, an already connected socket the
 runtime dialled for a sandbox that cannot see the daemon's socket —
 ``HUSELET_INSTANCE_ID``, ``HUSELET_TOKEN``, ``HUSELET_FUNCTION``,
-``HUSELET_PACKAGE``, ``HUSELET_HANDLER``); the token is removed from the
-environment before any function code runs. A zygote calls :func:`serve`
-directly with the same parameters and a handler it imported before forking.
+``HUSELET_PACKAGE``, ``HUSELET_HANDLER``, ``HUSELET_KIND``); the token is
+removed from the environment before any function code runs. A zygote calls
+:func:`serve` directly with the same parameters and the entry it loaded
+before forking. How each function kind is called: :mod:`huselet.worker.entries`.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import select
 import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from huselet.worker import names, output
+from huselet.worker.entries import (
+    Entry,
+    decode_event,
+    encode_value,
+    make_entry,
+    preload,
+)
 from protocol.errors import ProtocolError
 from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from protocol.link import (
-    ERROR_INVALID_EVENT,
-    KIND_BYTES,
-    KIND_JSON,
-    KIND_TEXT,
     PING,
     PONG_FRAME,
     PROTO_VERSION,
@@ -39,6 +42,7 @@ from protocol.link import (
     REQUEST,
     SHUTDOWN,
     WELCOME,
+    EntryKind,
     ErrorInfo,
     Fatal,
     Hello,
@@ -54,6 +58,8 @@ EXIT_OK = 0
 EXIT_LINK_FAILED = 2
 EXIT_HANDLER_LOAD_FAILED = 3
 
+__all__ = ["Context", "decode_event", "encode_value", "load_entry", "load_handler", "serve"]
+
 
 @dataclass
 class Context:
@@ -63,6 +69,11 @@ class Context:
     function_name: str
     instance_id: str
     deadline: float  # time.monotonic() value by which the reply is due
+    traceparent: str = ""  # W3C trace context of this invocation (pass it on downstream)
+
+    @property
+    def trace_id(self) -> str:
+        return self.traceparent[3:35]
 
     def remaining_ms(self) -> int:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
@@ -134,23 +145,28 @@ def load_handler(
     *,
     image: str | None = None,
     extract_dir: str | None = None,
-) -> Callable[[Any, Context], Any]:
-    """Import ``module:function``: from the package image when there is one.
+) -> Callable[..., Any]:
+    """Import ``module:attr``: from the package image when there is one.
 
     ``image`` (default: env ``HUSELET_IMAGE``) is a store-verified image, so
     opening skips the whole-image hash; native extensions are extracted to
     ``extract_dir`` (default: env ``HUSELET_EXTRACT_DIR``, else ``extract/``
     next to the store's ``images/`` directory). Without an image,
     ``package_dir`` goes on ``sys.path``; with one it does not, so only the
-    verified code can be imported.
+    verified code can be imported. Before the import, modules the worker
+    loaded that the function's code also provides are released from
+    ``sys.modules`` (:mod:`huselet.worker.names`): the function gets its own.
     """
     module_name, _, attr = handler.partition(":")
     image = image or os.environ.get("HUSELET_IMAGE") or None
     # Layers (env HUSELET_LAYERS, os.pathsep-separated images) come after the
     # function's own code and its requirements, in the configured order.
     layers = [p for p in os.environ.get("HUSELET_LAYERS", "").split(os.pathsep) if p]
-    if image is None and package_dir not in sys.path:
-        sys.path.insert(0, package_dir)
+    provides: list[names.Provides] = []
+    if image is None:
+        if package_dir not in sys.path:
+            sys.path.insert(0, package_dir)
+        provides.append(names.directory_provides(package_dir))
     for path in ([image] if image is not None else []) + layers:
         from cache.importer import install_image_roots  # only image workers pay for it
         from cache.reader import ImageReader
@@ -161,63 +177,49 @@ def load_handler(
             or os.environ.get("HUSELET_EXTRACT_DIR")
             or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "extract")
         )
-        install_image_roots(reader, extract_root=extract_root)
+        for finder in install_image_roots(reader, extract_root=extract_root):
+            provides.append(names.image_provides(finder))
         _images.append(reader)
+    names.release_shadowed(provides)
     module = importlib.import_module(module_name)
     fn = getattr(module, attr)
     if not callable(fn):
         raise TypeError(f"{handler} is not callable")
-    return cast("Callable[[Any, Context], Any]", fn)
+    return cast("Callable[..., Any]", fn)
 
 
-def decode_event(event: bytes, kind: str) -> Any:
-    if kind == KIND_JSON:
-        return json.loads(event) if event else None
-    return event
-
-
-def encode_value(value: Any) -> tuple[bytes, str]:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value), KIND_BYTES
-    if isinstance(value, str):
-        return value.encode("utf-8"), KIND_TEXT
-    return json.dumps(value, separators=(",", ":")).encode("utf-8"), KIND_JSON
-
-
-def serve_request(
-    handler: Callable[[Any, Context], Any], req: Request, function: str, instance_id: str
-) -> Result:
+def entry_kind(raw: str | None = None) -> EntryKind:
+    """The function's kind from ``raw`` (default: env ``HUSELET_KIND``; unset: handler)."""
+    raw = raw if raw is not None else os.environ.get("HUSELET_KIND", EntryKind.HANDLER.value)
     try:
-        event = decode_event(req.event, req.kind)
-    except ValueError as exc:
-        return Result(
-            req.id,
-            ok=False,
-            error=ErrorInfo(ERROR_INVALID_EVENT, f"event is not valid JSON: {exc}"),
-        )
+        return EntryKind(raw)
+    except ValueError:
+        known = ", ".join(k.value for k in EntryKind)
+        raise ValueError(f"HUSELET_KIND={raw!r} is not a function kind ({known})") from None
+
+
+def load_entry(package_dir: str, spec: str, kind: EntryKind | None = None) -> Entry:
+    """Import the function's handler or app and wrap it for its kind."""
+    kind = entry_kind() if kind is None else kind
+    preload(kind)  # the worker's own imports first: then the function may shadow any name
+    return make_entry(load_handler(package_dir, spec), kind)
+
+
+def serve_request(entry: Entry, req: Request, function: str, instance_id: str) -> Result:
     ctx = Context(
         request_id=req.id,
         function_name=function,
         instance_id=instance_id,
         deadline=time.monotonic() + req.timeout_ms / 1000,
+        traceparent=req.trace,
     )
     try:
-        value = handler(event, ctx)
-    except Exception as exc:
-        # The operator gets the traceback in the instance log; the caller only type + message.
-        traceback.print_exc()
-        return Result(req.id, ok=False, error=ErrorInfo(type(exc).__name__, str(exc)))
-    try:
-        body, kind = encode_value(value)
-    except (TypeError, ValueError) as exc:
-        return Result(
-            req.id,
-            ok=False,
-            error=ErrorInfo(
-                "InvalidResult", f"handler returned a value that is not JSON-serialisable: {exc}"
-            ),
-        )
-    return Result(req.id, ok=True, body=body, kind=kind)
+        with output.request(req.id):
+            return entry.serve(req, ctx)
+    except Exception as exc:  # a worker bug must cost a 502, not the instance
+        output.report_exception(req.id)
+        error = ErrorInfo("WorkerError", f"{type(exc).__name__}: {exc}")
+        return Result(req.id, ok=False, error=error)
 
 
 def run(
@@ -227,7 +229,7 @@ def run(
     token: str,
     package_dir: str,
     handler_spec: str,
-    handler: Callable[[Any, Context], Any] | None = None,
+    handler: Entry | None = None,
 ) -> int:
     link.send(Hello(PROTO_VERSION, instance_id, token, os.getpid()).encode())
     first = link.receive()
@@ -242,18 +244,27 @@ def run(
     welcome = Welcome.decode(first)
     link.decoder.max_frame = welcome.max_frame
     try:
-        if handler is None:  # a zygote passes the handler it imported before forking
-            handler = load_handler(package_dir, handler_spec)
+        if handler is None:  # a zygote passes the entry it loaded before forking
+            handler = load_entry(package_dir, handler_spec)
+        handler.start(welcome.function)
     except BaseException as exc:
-        traceback.print_exc()
+        output.report_exception(None)
         link.send(
             Fatal(
                 ErrorInfo(type(exc).__name__, f"handler {handler_spec} failed to load: {exc}")
             ).encode()
         )
         return EXIT_HANDLER_LOAD_FAILED
+    output.install()
     link.send(READY_FRAME, Pull(1).encode())
     _exit_when_the_daemon_hangs_up(link.sock)
+    try:
+        return _serve_loop(link, handler, welcome.function, instance_id)
+    finally:
+        handler.stop()
+
+
+def _serve_loop(link: Link, handler: Entry, function: str, instance_id: str) -> int:
     pull = Pull(1).encode()
     while True:
         try:
@@ -262,7 +273,7 @@ def run(
             return EXIT_OK
         kind = message_type(msg)
         if kind == REQUEST:
-            result = serve_request(handler, Request.decode(msg), welcome.function, instance_id)
+            result = serve_request(handler, Request.decode(msg), function, instance_id)
             try:
                 link.send(result.encode(), pull)
             except ProtocolError as exc:  # the result is larger than a frame may be
@@ -285,7 +296,7 @@ def serve(
     token: str,
     package_dir: str,
     handler_spec: str,
-    handler: Callable[[Any, Context], Any] | None = None,
+    handler: Entry | None = None,
 ) -> int:
     """Connect to ``link`` (a path, or a socket the runtime already connected),
     then serve until the link closes. Returns the process exit code; link and

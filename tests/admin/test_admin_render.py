@@ -1,7 +1,7 @@
 """Tests of the text rendering behind ``huselet ctl status | functions | instances``.
 
-The inputs have the shapes the daemon really produces (``NodeScheduler.status()``
-plus the daemon's ``node`` part, ``NodeScheduler.instances()``).
+The inputs have the shapes the daemon really produces (``Dispatcher.status()``
+plus the daemon's ``node`` part, ``Dispatcher.instances()``).
 """
 
 from __future__ import annotations
@@ -118,8 +118,7 @@ def columns_of(table: str) -> dict[str, list[str]]:
     names = [padded[0][a:b].strip() for a, b in runs]
     assert names == lines[0].split(), f"header and columns disagree: {names}"
     return {
-        n: [line[a:b].strip() for line in padded[1:]]
-        for n, (a, b) in zip(names, runs, strict=True)
+        n: [line[a:b].strip() for line in padded[1:]] for n, (a, b) in zip(names, runs, strict=True)
     }
 
 

@@ -350,8 +350,9 @@ def test_embedded_default_uses_per_user_dirs_for_non_root() -> None:
             os.environ.update(HOME=str(home), XDG_RUNTIME_DIR=str(home / "rt"))
             os.environ.pop("XDG_STATE_HOME", None)
             from huselet.config import load_config
+            from huselet.runtime import available_runtimes
 
-            c = load_config(None)
+            c = load_config(None, known_runtimes=available_runtimes().keys())
             os.write(
                 write_end,
                 json.dumps(

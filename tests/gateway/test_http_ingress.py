@@ -21,6 +21,7 @@ import pytest
 import trio
 
 from huselet.config import GatewaySettings, TcpAddress
+from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import (
     DeadlineExceeded,
     HandlerError,
@@ -31,7 +32,7 @@ from huselet.errors import (
     UnknownFunction,
 )
 from huselet.gateway import HttpIngress
-from huselet.invocation import InvokeResult
+from protocol.link import HttpRequest
 
 GUARD_S = 10  # hang guard, not a timing assertion
 SETTINGS = GatewaySettings(http=TcpAddress("127.0.0.1", 0), max_body_bytes=1024)
@@ -58,6 +59,10 @@ class FakeInvoker:
     calls: list[Call] = field(default_factory=list)
     release: trio.Event = field(default_factory=trio.Event)
     entered: trio.Event = field(default_factory=trio.Event)
+    http: list[HttpRequest | None] = field(default_factory=list)
+
+    def takes_http(self, function: str) -> bool:
+        return function.startswith("web")
 
     async def invoke(
         self,
@@ -67,8 +72,15 @@ class FakeInvoker:
         *,
         timeout_ms: int | None = None,
         request_id: str | None = None,
+        http: HttpRequest | None = None,
+        meta: Any = None,
     ) -> InvokeResult:
         self.calls.append(Call(function, event, kind, timeout_ms, request_id))
+        if function == "web":
+            self.http.append(http)
+            return InvokeResult(
+                event, "application/octet-stream", 201, (("x-seen", "1"), ("server", "evil"))
+            )
         if function == "echo":
             ctype = "application/json" if kind == "json" else "application/octet-stream"
             return InvokeResult(event, ctype)
@@ -344,10 +356,14 @@ async def test_unknown_path_is_404(nursery: trio.Nursery) -> None:
         assert resp.status == 404, path
         assert error_of(resp)["code"] == "not_found"
     # Under the invoke prefix, whatever is not a valid name is an unknown function.
-    for path in ("/v1/invoke/", "/v1/invoke/echo/extra"):
-        resp = await one_request(address, "POST", path)
-        assert resp.status == 404, path
-        assert error_of(resp)["code"] == "unknown_function"
+    resp = await one_request(address, "POST", "/v1/invoke/")
+    assert resp.status == 404
+    assert error_of(resp)["code"] == "unknown_function"
+    # A path under a function that does not take HTTP events is no route at all.
+    resp = await one_request(address, "POST", "/v1/invoke/echo/extra")
+    assert resp.status == 404
+    assert error_of(resp)["code"] == "not_found"
+    assert "events" in error_of(resp)["message"]
 
 
 @pytest.mark.parametrize("name", ["Echo", "-echo", "a" * 64, "ec%68o", "ec.ho"])
@@ -886,3 +902,47 @@ async def test_timeout_error_gets_a_fresh_request_id(nursery: trio.Nursery) -> N
     assert late.status == 408
     assert late.request_id != "first-one"
     await client.aclose()
+
+
+# --- HTTP functions -------------------------------------------------------------------------
+
+
+async def test_http_functions_take_any_method_and_sub_path(nursery: trio.Nursery) -> None:
+    address, invoker, _ = await start(nursery, auth_token="s3cret")
+    resp = await one_request(
+        address,
+        "DELETE",
+        "/v1/invoke/web/a/b%20c?x=1&y",
+        "Authorization: Bearer s3cret",
+        "X-Huselet-Timeout-Ms: 5000",
+        "Connection: keep-alive, x-hop",
+        "X-Hop: 1",
+        "Keep-Alive: timeout=5",
+        "X-Kept: yes",
+        body=b"payload",
+    )
+    assert resp.status == 201
+    assert resp.body == b"payload"
+    assert resp.headers["x-seen"] == "1"
+    assert resp.headers["server"] == "huselet"  # the function's "evil" Server is dropped
+    (http,) = invoker.http
+    assert http is not None
+    assert (http.method, http.path, http.query) == ("DELETE", "/a/b%20c", "x=1&y")
+    assert http.source_ip == "127.0.0.1"
+    names = [name for name, _ in http.headers]
+    assert "x-kept" in names and "host" in names
+    # The node's credential, its own headers and hop-by-hop ones stay out.
+    for dropped in ("authorization", "x-huselet-timeout-ms", "connection", "x-hop", "keep-alive"):
+        assert dropped not in names, dropped
+    assert invoker.calls[0].kind == "bytes"
+    # The bearer check still applies to HTTP functions.
+    resp = await one_request(address, "GET", "/v1/invoke/web/")
+    assert resp.status == 401
+
+
+async def test_http_function_root_path_is_slash(nursery: trio.Nursery) -> None:
+    address, invoker, _ = await start(nursery)
+    for target in ("/v1/invoke/web", "/v1/invoke/web/", "/v1/invoke/web?q=1"):
+        await one_request(address, "GET", target)
+    assert [h.path for h in invoker.http if h] == ["/", "/", "/"]
+    assert [h.query for h in invoker.http if h] == ["", "", "q=1"]

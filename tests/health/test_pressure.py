@@ -20,6 +20,8 @@ from cache_support import build_image, variant
 from cache.origin import DirectoryOrigin
 from cache.store import ImageStore, LowDiskSpace
 from huselet.config import GatewaySettings, TcpAddress
+from huselet.config.health import HealthSettings
+from huselet.dispatch.invocation import InvokeResult
 from huselet.gateway import HttpIngress
 from huselet.health.pressure import (
     Change,
@@ -36,9 +38,7 @@ from huselet.health.pressure import (
     measure_memory,
     process_memory_bytes,
 )
-from huselet.health.settings import HealthSettings
 from huselet.health.supervisor import HealthState, HealthSupervisor, LoopReport
-from huselet.invocation import InvokeResult
 
 MiB = 1 << 20
 T = TypeVar("T")

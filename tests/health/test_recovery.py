@@ -18,6 +18,7 @@ from huselet.config import Config, parse_config
 from huselet.health.recovery import RecoverySweep, SweepResult
 from huselet.health.supervisor import HealthState, HealthSupervisor
 from huselet.runtime.cgroups import CgroupHost, CgroupPool
+from huselet.runtime.identity import sandbox_subtree
 
 
 def make_config(root: Path) -> Config:
@@ -224,7 +225,8 @@ async def test_leftover_cgroups_of_a_sandbox_runtime_are_killed_and_removed(
     config = make_config(short_tmp)
     parent = f"huselet-test-{short_tmp.name}"
     # What a SIGKILLed daemon leaves: a pool of groups, one with a process in it.
-    pool = CgroupPool(host, f"{parent}/fork", target_free=3, pids_max=64, cpu_cores=None)
+    subtree = sandbox_subtree(host, parent, config.node, "fork")  # this daemon's own
+    pool = CgroupPool(host, subtree, target_free=3, pids_max=64, cpu_cores=None)
     await pool.setup()
     zygote_group = pool.named("z-f-1", memory_bytes=64 << 20, pids_max=16)
     inside = spawn_sleep({})
@@ -234,7 +236,7 @@ async def test_leftover_cgroups_of_a_sandbox_runtime_are_killed_and_removed(
         with trio.fail_after(10):
             result = await RecoverySweep(config, {"fork": fork}).sweep()
         assert exited(inside) and inside.returncode == -signal.SIGKILL
-        assert not any((root / parent / "fork").exists() for root in host.roots.values())
+        assert not any((root / subtree).exists() for root in host.roots.values())
         assert result.found == {"cgroups": 4, "processes": 1}
         assert result.cleaned == result.found and not result.failed
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import signal
 import socket
 from pathlib import Path
@@ -16,6 +15,7 @@ from support import write_package
 
 from huselet.config import FunctionSettings, NodeSettings
 from huselet.runtime import InstanceSpec
+from huselet.runtime.base import StartFailed
 from huselet.runtime.process import ProcessRuntime
 from protocol.frames import FrameDecoder
 from protocol.link import Hello
@@ -64,8 +64,10 @@ async def test_worker_connects_with_identity_in_its_own_session(short_tmp: Path)
                 e.startswith(b"HUSELET_TOKEN")
                 for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")[-1:]
             )
-            soft, hard = resource.prlimit(pid, resource.RLIMIT_AS)
-            assert soft == hard == 64 * 1024 * 1024
+            # /proc, not prlimit(): as root the worker runs under another uid.
+            limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+            (address_space,) = [line for line in limits if line.startswith("Max address space")]
+            assert address_space.split()[3:5] == [str(64 * 1024 * 1024)] * 2
             handle.kill()
             with trio.fail_after(10):
                 status = await handle.wait()
@@ -86,6 +88,11 @@ async def test_exit_code_and_output_are_reported(
     caplog.set_level(logging.INFO, logger="huselet")
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.run)
+        if os.geteuid() == 0:
+            # The daemon dials the link for a confined worker: no listener, no start.
+            with pytest.raises(StartFailed, match="link socket"):
+                await runtime.start(spec(short_tmp, pkg))
+            runtime.drops = False  # the unprivileged path below: the worker dials itself
         # No listener at the link path: the worker reports it and exits 2.
         handle = await runtime.start(spec(short_tmp, pkg))
         with trio.fail_after(20):

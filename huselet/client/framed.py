@@ -1,0 +1,161 @@
+"""A blocking client of the framed ingress (``protocol/FRAMED.md``): stdlib + msgpack.
+
+    with FramedClient.connect("127.0.0.1:8471", token=token) as client:
+        reply = client.call("hello", b'{"name": "ops"}', kind="json")
+        replies = client.call_many([("hello", b"{}", "json")] * 1000)  # pipelined
+
+:meth:`FramedClient.call_many` keeps up to the node's ``max_inflight`` calls
+on the wire at once and returns the replies in the order of the calls.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+from protocol.ingress import (
+    ClientConnection,
+    GoAway,
+    IngressProtocolError,
+    Pong,
+    Refused,
+    Reply,
+    Welcome,
+)
+
+RECEIVE_BYTES = 256 * 1024
+
+
+class FramedError(Exception):
+    """The node refused the connection, broke the protocol or went away."""
+
+
+def parse_address(address: str | Path) -> tuple[int, str | tuple[str, int]]:
+    """``host:port``, ``[v6]:port`` or a Unix socket path → (family, sockaddr)."""
+    text = str(address)
+    if isinstance(address, Path) or text.startswith(("/", ".")):
+        return socket.AF_UNIX, text
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{text!r} is neither host:port nor a socket path")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return family, (host, int(port))
+
+
+class FramedClient:
+    def __init__(self, sock: socket.socket, conn: ClientConnection) -> None:
+        self._sock = sock
+        self._conn = conn
+        self._replies: dict[int, Reply] = {}
+
+    @classmethod
+    def connect(
+        cls, address: str | Path, *, token: str | None = None, timeout: float = 30.0
+    ) -> FramedClient:
+        family, sockaddr = parse_address(address)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(sockaddr)
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = ClientConnection(token=token)
+            sock.sendall(conn.hello())
+            client = cls(sock, conn)
+            first = client._next_event()
+            if isinstance(first, Refused):
+                raise FramedError(f"refused: {first.code}: {first.message}")
+            if not isinstance(first, Welcome):
+                raise FramedError(f"expected welcome, got {type(first).__name__}")
+            return client
+        except BaseException:
+            sock.close()
+            raise
+
+    @property
+    def max_inflight(self) -> int:
+        return self._conn.max_inflight
+
+    def call(
+        self,
+        fn: str,
+        event: bytes,
+        kind: str = "bytes",
+        *,
+        timeout_ms: int | None = None,
+        request_id: str | None = None,
+    ) -> Reply:
+        call_id, frame = self._conn.call(
+            fn, event, kind, timeout_ms=timeout_ms, request_id=request_id
+        )
+        self._sock.sendall(frame)
+        return self._wait(call_id)
+
+    def call_many(
+        self, calls: Iterable[tuple[str, bytes, str]], *, timeout_ms: int | None = None
+    ) -> list[Reply]:
+        """Pipeline ``(fn, event, kind)`` calls; replies in the order of ``calls``."""
+        ids: list[int] = []
+        pending = iter(calls)
+        exhausted = False
+        while True:
+            batch = []
+            while not exhausted and self._conn.can_call:
+                try:
+                    fn, event, kind = next(pending)
+                except StopIteration:
+                    exhausted = True
+                    break
+                call_id, frame = self._conn.call(fn, event, kind, timeout_ms=timeout_ms)
+                ids.append(call_id)
+                batch.append(frame)
+            if batch:
+                self._sock.sendall(b"".join(batch))
+            if exhausted and not self._conn.inflight:
+                break
+            self._collect_one()
+        return [self._replies.pop(call_id) for call_id in ids]
+
+    def _wait(self, call_id: int) -> Reply:
+        while call_id not in self._replies:
+            self._collect_one()
+        return self._replies.pop(call_id)
+
+    def _collect_one(self) -> None:
+        event = self._next_event()
+        if isinstance(event, Reply):
+            self._replies[event.id] = event
+        elif isinstance(event, GoAway | Pong):
+            pass  # GoAway: calls in flight are still answered; the caller sees 503s after
+        else:
+            raise FramedError(f"unexpected {type(event).__name__} from the node")
+
+    def _next_event(self) -> Welcome | Refused | Reply | GoAway | Pong:
+        while True:
+            try:
+                event = self._conn.next_event()
+            except IngressProtocolError as exc:
+                raise FramedError(str(exc)) from None
+            if event is not None:
+                return event
+            data = self._sock.recv(RECEIVE_BYTES)
+            if not data:
+                raise FramedError("the node closed the connection")
+            self._conn.receive_data(data)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> FramedClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

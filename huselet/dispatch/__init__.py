@@ -1,0 +1,13 @@
+"""The node's dispatch: from an accepted invocation to an instance and back.
+
+- :mod:`~huselet.dispatch.dispatcher`: :class:`Dispatcher`, every function's pool,
+  what the ingress calls;
+- :mod:`~huselet.dispatch.pool`: one function's buffer, scaling and instance lifecycle;
+- :mod:`~huselet.dispatch.instance`: one instance as the pool sees it;
+- :mod:`~huselet.dispatch.invocation`: one request travelling to an instance and back;
+- :mod:`~huselet.dispatch.buffer`: the bounded per-function queue instances pull from;
+- :mod:`~huselet.dispatch.links`: the per-function Unix sockets instances connect to.
+
+"Scheduler" in huselet names the *central* scheduler only (see
+:mod:`huselet.fleet`); the node-local one is the dispatcher.
+"""

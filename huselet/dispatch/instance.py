@@ -1,0 +1,150 @@
+"""One instance as the pool sees it: its state, its link, its code lease.
+
+:class:`InstanceRecord` is the pool's bookkeeping for one sandbox — what it is
+doing, what it has in flight, when it was last heard from — and
+:class:`CodeProvider` is where an instance's code comes from. The lifecycle
+that moves a record between states lives in :mod:`huselet.dispatch.pool`.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from huselet.config import FunctionSettings
+from huselet.dispatch.invocation import Invocation
+from huselet.dispatch.links import InstanceLink
+from huselet.runtime.base import ExitStatus, InstanceHandle
+
+
+class InstanceState(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+
+
+class InstanceRecord:
+    """What the pool knows about one instance."""
+
+    def __init__(
+        self, function: str, on_state: Callable[[InstanceRecord], None] | None = None
+    ) -> None:
+        self.id = f"{function}-{secrets.token_hex(4)}"
+        self.token = secrets.token_urlsafe(24)
+        self.token_spent = False  # single use: set when a link claims it
+        self._state = InstanceState.STARTING
+        self._on_state = on_state
+        self.handle: InstanceHandle | None = None
+        self.link: InstanceLink | None = None
+        self.link_arrived = trio.Event()
+        self.created_at = trio.current_time()
+        self.ready_at: float | None = None
+        self.last_active = self.created_at
+        self.served = 0
+        self.dispatched = 0
+        self.credits = 0  # requests the instance has pulled for and not yet received
+        self.inflight: dict[str, Invocation] = {}
+        self.scope = trio.CancelScope()
+        self.last_heard = self.created_at  # any frame from the instance (heartbeat)
+        self.breaker_round = 0  # how often the breaker had opened when this one started
+        self.sending: Invocation | None = None  # a request whose frame is being written
+        self.stop_reason: str | None = None
+        self.code: CodeLease | None = None
+        self.exit_status: ExitStatus | None = None
+        # When each start phase ended (trio time): code, sandbox, connect (metrics).
+        self.marks: dict[str, float] = {}
+
+    @property
+    def state(self) -> InstanceState:
+        return self._state
+
+    @state.setter
+    def state(self, value: InstanceState) -> None:
+        # A property so every transition is observed without touching each call site;
+        # re-setting the same state (IDLE on every loop turn) is not a change.
+        if value is not self._state:
+            self._state = value
+            if self._on_state is not None:
+                self._on_state(self)
+
+    def offer_link(self, link: InstanceLink) -> bool:
+        if self.link is not None or self.state is not InstanceState.STARTING:
+            return False
+        self.link = link
+        self.link_arrived.set()
+        return True
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.scope.cancel()
+
+    def describe(self) -> dict[str, Any]:
+        now = trio.current_time()
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "pid": self.handle.pid if self.handle else None,
+            "age_s": round(now - self.created_at, 3),
+            "idle_s": round(now - self.last_active, 3) if self.state is InstanceState.IDLE else 0.0,
+            "served": self.served,
+            "start_ms": round((self.ready_at - self.created_at) * 1000, 2)
+            if self.ready_at
+            else None,
+            # Which code it runs: the image digest (None: a plain directory) and layers.
+            "code": self.code.digest if self.code else None,
+            "layers": list(self.code.layers) if self.code else [],
+        }
+
+
+class CodeLease(Protocol):
+    """The function's code, held for one instance's lifetime (an image stays pinned)."""
+
+    image: Path | None
+
+    @property
+    def digest(self) -> str | None: ...  # the image's digest; None for a plain directory
+
+    @property
+    def layers(self) -> tuple[str, ...]: ...  # layer image digests
+
+    def release(self) -> None: ...
+
+
+class CodeProvider(Protocol):
+    """Where an instance's code comes from; the package cache implements this."""
+
+    async def acquire(self, fn: FunctionSettings) -> CodeLease: ...
+
+
+class DirectoryCode:
+    """The default provider: the function's package is a plain directory."""
+
+    image: Path | None = None
+    digest: str | None = None
+    layers: tuple[str, ...] = ()
+
+    async def acquire(self, fn: FunctionSettings) -> CodeLease:
+        return self
+
+    def release(self) -> None:
+        pass
+
+
+def stopped_by_signal(handle: InstanceHandle | None) -> bool:
+    """Is the instance's process in the stopped (T) or traced (t) state?"""
+    if handle is None or handle.pid is None:
+        return False
+    try:
+        with open(f"/proc/{handle.pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False  # gone: its exit is seen through the pidfd
+    # The command name (in parentheses) may hold spaces; the state follows it.
+    return stat.rsplit(b")", 1)[-1].split()[:1] in ([b"T"], [b"t"])

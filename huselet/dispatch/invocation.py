@@ -1,0 +1,107 @@
+"""One accepted invocation: the unit that travels from ingress to an instance and back.
+
+An invocation completes exactly once — with a result or a typed error — and the
+first completion wins. That single rule is what keeps a request from being
+answered twice or silently dropped when deadlines, instance deaths and drains
+race each other.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from huselet.errors import HuseletError
+
+if TYPE_CHECKING:
+    from huselet.dispatch.instance import InstanceRecord
+    from protocol.link import HttpRequest
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeResult:
+    body: bytes
+    content_type: str
+    # What an HTTP function chose (status, headers); 200 and none otherwise.
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class InvocationState(enum.Enum):
+    QUEUED = "queued"
+    DISPATCHED = "dispatched"
+    DONE = "done"
+
+
+class Invocation:
+    __slots__ = (
+        "_done",
+        "_outcome",
+        "attempts",
+        "deadline",
+        "dispatched_at",
+        "enqueued_at",
+        "event",
+        "function",
+        "http",
+        "instance",
+        "kind",
+        "request_id",
+        "state",
+        "trace",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        function: str,
+        event: bytes,
+        kind: str,
+        deadline: float,
+        http: HttpRequest | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.http = http  # the HTTP request, for functions that take HTTP events
+        self.function = function
+        self.event = event
+        self.kind = kind
+        self.deadline = deadline  # trio.current_time() clock
+        self.enqueued_at = trio.current_time()
+        self.state = InvocationState.QUEUED
+        self.instance: InstanceRecord | None = None
+        self.attempts = 1  # deliveries to an instance so far, counting a retry
+        self.dispatched_at: float | None = None  # last taken off the queue (timings)
+        self.trace = ""  # W3C traceparent passed on to the handler ("" if none)
+        self._outcome: InvokeResult | HuseletError | None = None
+        self._done = trio.Event()
+
+    @property
+    def done(self) -> bool:
+        return self.state is InvocationState.DONE
+
+    def complete(self, outcome: InvokeResult | HuseletError) -> bool:
+        """Record the outcome; return False (and change nothing) if already done."""
+        if self.state is InvocationState.DONE:
+            return False
+        self.state = InvocationState.DONE
+        self._outcome = outcome
+        self._done.set()
+        return True
+
+    @property
+    def outcome(self) -> InvokeResult | HuseletError | None:
+        return self._outcome
+
+    async def wait(self) -> None:
+        await self._done.wait()
+
+    def result(self) -> InvokeResult:
+        """The outcome of a done invocation: the result, or its error raised."""
+        outcome = self._outcome
+        if isinstance(outcome, HuseletError):
+            raise outcome
+        assert outcome is not None, "result() of an invocation that is not done"
+        return outcome

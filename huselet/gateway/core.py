@@ -1,0 +1,109 @@
+"""The dispatch core both front ends share: from an accepted request to a result.
+
+The HTTP ingress and the framed ingress differ in how bytes arrive; what a
+request *means* must not differ. :class:`InvokeCore` holds that meaning: the
+bearer-token check, the draining refusal, the body bound, and the rule that a
+daemon fault reaches the caller as a bare ``500 internal`` (details go to the
+log, never to the caller).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Protocol
+
+from huselet.dispatch.invocation import InvokeResult
+from huselet.errors import Draining, HuseletError, PayloadTooLarge, Unauthorized
+from huselet.gateway.responses import InternalError
+from huselet.log import get_logger
+from huselet.observe.context import RequestMeta
+from protocol.link import HttpRequest
+
+log = get_logger("gateway")
+
+
+class Invoker(Protocol):
+    """What the front ends need from the node's dispatcher."""
+
+    draining: bool
+
+    async def invoke(
+        self,
+        function: str,
+        event: bytes,
+        kind: str,
+        *,
+        timeout_ms: int | None = None,
+        request_id: str | None = None,
+        http: HttpRequest | None = None,
+        meta: RequestMeta | None = None,
+    ) -> InvokeResult: ...
+
+    def takes_http(self, function: str) -> bool:
+        """Whether ``function`` takes HTTP requests (any method, sub-paths); False if unknown."""
+        ...
+
+
+class InvokeCore:
+    def __init__(self, invoker: Invoker, *, max_body: int, token: str | None) -> None:
+        self.invoker = invoker
+        self.max_body = max_body
+        self._token = token.encode() if token is not None else None
+
+    @property
+    def requires_token(self) -> bool:
+        return self._token is not None
+
+    def check_token(self, presented: str | None) -> None:
+        """Refuse a missing or wrong token (constant-time; never says which part was wrong)."""
+        if self._token is None:
+            return
+        if presented is None:
+            raise Unauthorized("a token is required")
+        if not hmac.compare_digest(presented.encode(), self._token):
+            raise Unauthorized("the token is not valid")
+
+    def check_admission(self, body_size: int | None) -> None:
+        """The cheap refusals, before a body is read or a call is queued."""
+        if self.invoker.draining:
+            raise Draining("the node is draining and takes no new requests", retry_after_s=1)
+        if body_size is not None and body_size > self.max_body:
+            raise PayloadTooLarge(f"the request body exceeds {self.max_body} bytes")
+
+    async def invoke(
+        self,
+        function: str,
+        event: bytes,
+        kind: str,
+        *,
+        timeout_ms: int | None,
+        request_id: str,
+        http: HttpRequest | None = None,
+        meta: RequestMeta | None = None,
+    ) -> InvokeResult:
+        """Run one invocation; any failure is a HuseletError fit for the caller.
+
+        ``meta`` carries the caller's trace context in and the timings out.
+        """
+        try:
+            return await self.invoker.invoke(
+                function,
+                event,
+                kind,
+                timeout_ms=timeout_ms,
+                request_id=request_id,
+                http=http,
+                meta=meta,
+            )
+        except HuseletError as exc:
+            if exc.status != 500:
+                raise
+            # A bare HuseletError (or one without a mapped status) is a daemon
+            # fault: its message is for operators, not callers.
+            log.exception("invoke failed", function=function, request_id=request_id)
+            raise InternalError("internal error") from None
+        except Exception:
+            # Any other exception is a bug somewhere below us. Log the traceback
+            # here; the caller only learns that it happened (no paths, no frames).
+            log.exception("invoke failed", function=function, request_id=request_id)
+            raise InternalError("internal error") from None

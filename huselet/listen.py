@@ -1,0 +1,25 @@
+"""Opening TCP listeners with an error that names the address.
+
+``trio.open_tcp_listeners`` fails with a bare "Address already in use"; an
+operator with several listeners (ingress, metrics) needs to know which one.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from huselet.config import TcpAddress
+from huselet.errors import HuseletError
+
+
+class ListenError(HuseletError):
+    """A listener could not bind; the message names the config key and address."""
+
+    code = "startup"
+
+
+async def open_listeners(address: TcpAddress, key: str) -> list[trio.SocketListener]:
+    try:
+        return await trio.open_tcp_listeners(address.port, host=address.host)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {key} {address}: {exc.strerror or exc}") from None

@@ -1,0 +1,297 @@
+"""NodeCollector: the daemon's state, read at scrape time.
+
+Everything here reads counters and state the daemon keeps anyway (pool
+counters, instance states, breakers, health reports, cache statistics, the
+fleet link), so these metrics cost the request path nothing. Label values
+come from configured function names, code-defined health loop names and
+fixed words; a function that is removed drops its series at the next scrape
+(the observed metrics are pruned to the functions the dispatcher serves).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from huselet.dispatch.instance import InstanceState
+from huselet.health.breaker import BreakerState
+from huselet.health.supervisor import HealthState, LoopReport
+from huselet.metrics.histogram import Histogram
+from huselet.metrics.instances import InstanceMetrics
+from huselet.metrics.requests import RequestMetrics
+
+FLEET_STATES = ("starting", "connecting", "handshake", "established", "backoff")
+
+
+class PoolView(Protocol):
+    name: str
+    counters: Mapping[str, int]
+
+    def status(self) -> dict[str, Any]: ...
+
+    def instance_pids(self) -> list[int]: ...
+
+
+class DispatcherView(Protocol):
+    @property
+    def pools(self) -> Mapping[str, Any]: ...
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of ``pid`` (0 if gone or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class NodeCollector:
+    """A prometheus_client collector over the live daemon (register it once)."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        version: str,
+        dispatcher: DispatcherView,
+        requests: RequestMetrics | None,
+        instances: InstanceMetrics | None,
+        health: Callable[[], Mapping[str, LoopReport]] | None = None,
+        lag: Histogram | None = None,
+        cache_stats: Callable[[], Mapping[str, Any]] | None = None,
+        fleet: Callable[[], Mapping[str, Any] | None] | None = None,
+        zygote_memory: Callable[[], int | None] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.version = version
+        self.dispatcher = dispatcher
+        self.requests = requests
+        self.instances = instances
+        self.health = health
+        self.lag = lag
+        self.cache_stats = cache_stats
+        self.fleet = fleet
+        self.zygote_memory = zygote_memory
+
+    def describe(self) -> list[Metric]:
+        return []  # families vary with the functions: collected on demand only
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "huselet_build_info", "Always 1; labels name the build.", labels=["version", "node"]
+        )
+        info.add_metric([self.version, self.node_id], 1)
+        yield info
+        pools = dict(self.dispatcher.pools)
+        if self.requests is not None:
+            self.requests.prune(pools)
+            yield from self.requests.collect()
+        if self.instances is not None:
+            self.instances.prune(pools)
+            yield from self.instances.collect()
+        yield from self._pools(pools)
+        if self.health is not None:
+            yield from self._health(self.health())
+        if self.lag is not None:
+            yield _histogram(
+                "huselet_event_loop_lag_seconds",
+                "How late the event loop's lag probe woke up (every health.lag_period_ms).",
+                self.lag,
+            )
+        if self.cache_stats is not None:
+            yield from self._cache(self.cache_stats())
+        if self.fleet is not None:
+            described = self.fleet()
+            if described is not None:
+                yield from self._fleet(described)
+        yield from _instance_output()
+
+    def _pools(self, pools: Mapping[str, Any]) -> Iterator[Metric]:
+        instances = GaugeMetricFamily(
+            "huselet_instances",
+            "Instances by state (starting, idle, busy, stopping).",
+            labels=["function", "state"],
+        )
+        inflight = GaugeMetricFamily(
+            "huselet_requests_in_flight",
+            "Invocations dispatched to an instance and not yet answered.",
+            labels=["function"],
+        )
+        queued = GaugeMetricFamily(
+            "huselet_queue_depth", "Invocations waiting for an instance.", labels=["function"]
+        )
+        starts = CounterMetricFamily(
+            "huselet_cold_starts",
+            "Instance starts begun (every start is a cold start).",
+            labels=["function", "runtime"],
+        )
+        events = CounterMetricFamily(
+            "huselet_pool_events",
+            "Every counter a function's pool keeps (ok, handler_errors, rejected_queue_full, "
+            "deadline_kills, retried, ...), as in `huselet ctl status --json`.",
+            labels=["function", "event"],
+        )
+        breaker = GaugeMetricFamily(
+            "huselet_breaker_state",
+            "1 for the circuit breaker's current state (closed, open, half_open).",
+            labels=["function", "state"],
+        )
+        opened = CounterMetricFamily(
+            "huselet_breaker_opened", "Times the breaker opened.", labels=["function"]
+        )
+        pss = GaugeMetricFamily(
+            "huselet_instance_pss_bytes",
+            "Proportional set size of the function's instances, summed.",
+            labels=["function"],
+        )
+        for name in sorted(pools):
+            pool = pools[name]
+            status = pool.status()
+            for instance_state in InstanceState:
+                value = instance_state.value
+                instances.add_metric([name, value], status["instances"].get(value, 0))
+            inflight.add_metric([name], status["inflight"])
+            queued.add_metric([name], status["queued"])
+            starts.add_metric([name, status["runtime"]], pool.counters.get("instances_started", 0))
+            for event, n in sorted(pool.counters.items()):
+                events.add_metric([name, event], n)
+            current = pool.breaker.state
+            for state in BreakerState:
+                breaker.add_metric([name, state.value], 1 if state is current else 0)
+            opened.add_metric([name], pool.breaker.opened)
+            pss.add_metric([name], sum(pss_bytes(pid) for pid in pool.instance_pids()))
+        yield from (instances, inflight, queued, starts, events, breaker, opened, pss)
+        if self.zygote_memory is not None:
+            total = self.zygote_memory()
+            if total is not None:
+                yield GaugeMetricFamily(
+                    "huselet_zygote_memory_bytes",
+                    "Memory of the fork runtime's zygotes (cgroup usage, or PSS), summed.",
+                    value=total,
+                )
+
+    def _health(self, reports: Mapping[str, LoopReport]) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "huselet_health_state",
+            "1 for each health loop's current state (ok, degraded, failing).",
+            labels=["loop", "state"],
+        )
+        actions = CounterMetricFamily(
+            "huselet_health_actions", "Healing actions a loop took.", labels=["loop"]
+        )
+        crashes = CounterMetricFamily(
+            "huselet_health_loop_crashes", "Times a health loop crashed.", labels=["loop"]
+        )
+        for name in sorted(reports):
+            report = reports[name]
+            for s in HealthState:
+                state.add_metric([name, s.value], 1 if report.state is s else 0)
+            actions.add_metric([name], report.counters.get("actions", 0))
+            crashes.add_metric([name], report.counters.get("crashes", 0))
+        yield from (state, actions, crashes)
+
+    def _cache(self, stats: Mapping[str, Any]) -> Iterator[Metric]:
+        hits = CounterMetricFamily(
+            "huselet_cache_hits", "Image lookups served, by level.", labels=["level"]
+        )
+        misses = CounterMetricFamily(
+            "huselet_cache_misses", "Image lookups not served, by level.", labels=["level"]
+        )
+        evictions = CounterMetricFamily(
+            "huselet_cache_evictions", "Images evicted, by level.", labels=["level"]
+        )
+        images = GaugeMetricFamily(
+            "huselet_cache_images", "Images held, by level.", labels=["level"]
+        )
+        size = GaugeMetricFamily("huselet_cache_bytes", "Bytes held, by level.", labels=["level"])
+        for level in ("memory", "disk"):
+            s = stats.get(level) or {}
+            hits.add_metric([level], s.get("hits", 0))
+            misses.add_metric([level], s.get("misses", 0))
+            evictions.add_metric([level], s.get("evictions", 0))
+            images.add_metric([level], s.get("images", 0))
+            size.add_metric([level], s.get("bytes", 0))
+        yield from (hits, misses, evictions, images, size)
+        origin = stats.get("origin") or {}
+        for name, key, doc in (
+            ("huselet_cache_fetches", "fetches", "Images fetched from an origin."),
+            ("huselet_cache_fetch_failures", "failures", "Origin fetches that failed."),
+            ("huselet_cache_fetches_coalesced", "coalesced", "Fetches joined to one under way."),
+            ("huselet_cache_fetched_bytes", "bytes", "Bytes fetched from origins."),
+        ):
+            yield CounterMetricFamily(name, doc, value=origin.get(key, 0))
+        yield CounterMetricFamily(
+            "huselet_cache_quarantines",
+            "Images found corrupt and quarantined.",
+            value=stats.get("quarantined", 0),
+        )
+
+    def _fleet(self, d: Mapping[str, Any]) -> Iterator[Metric]:
+        if d.get("mode") != "fleet":
+            return
+        connected = GaugeMetricFamily(
+            "huselet_scheduler_link_state",
+            "1 for the link's current state (starting, connecting, handshake, established, "
+            "backoff).",
+            labels=["state"],
+        )
+        for state in FLEET_STATES:
+            connected.add_metric([state], 1 if d.get("state") == state else 0)
+        yield connected
+        for name, key, doc in (
+            ("huselet_scheduler_link_epoch", "epoch", "Highest scheduler epoch seen."),
+            ("huselet_scheduler_link_seq", "seq", "Last state-delta sequence number sent."),
+            ("huselet_scheduler_link_acked_seq", "acked", "Last sequence number acknowledged."),
+            ("huselet_scheduler_link_unacked_frames", "unacked_frames", "Deltas not yet acked."),
+            ("huselet_scheduler_link_lag_seconds", "lag_s", "Time without ack progress."),
+        ):
+            yield GaugeMetricFamily(name, doc, value=float(d.get(key) or 0))
+        for name, key, doc in (
+            ("huselet_scheduler_link_resyncs", "resyncs", "Full resyncs sent."),
+            ("huselet_scheduler_link_connects", "connects", "Sessions established."),
+            ("huselet_scheduler_link_disconnects", "disconnects", "Sessions lost."),
+            ("huselet_scheduler_commands_applied", "cmd_applied", "Scheduler commands applied."),
+        ):
+            yield CounterMetricFamily(name, doc, value=float(d.get(key) or 0))
+        errors = CounterMetricFamily(
+            "huselet_scheduler_link_errors",
+            "Link failures by kind (exception class name).",
+            labels=["kind"],
+        )
+        for kind, n in sorted((d.get("errors") or {}).items()):
+            errors.add_metric([str(kind)[:64]], n)
+        yield errors
+
+
+def _instance_output() -> Iterator[Metric]:
+    """Instance output over the rate limit, where the runtime keeps such counters
+    (``huselet.runtime.output.OUTPUT_STATS``); nothing where it does not."""
+    try:
+        stats = importlib.import_module("huselet.runtime.output").OUTPUT_STATS
+    except (ImportError, AttributeError):
+        return
+    for name, key, doc in (
+        ("huselet_instance_output_lines", "logged_lines", "Instance output lines logged."),
+        ("huselet_instance_output_dropped_lines", "dropped_lines", "Output lines dropped (rate)."),
+        ("huselet_instance_output_dropped_bytes", "dropped_bytes", "Output bytes dropped (rate)."),
+    ):
+        value = getattr(stats, key, None)
+        if isinstance(value, int | float):
+            yield CounterMetricFamily(
+                name, doc + " (over the per-instance rate limit)", value=value
+            )
+
+
+def _histogram(name: str, doc: str, hist: Histogram) -> Metric:
+    from prometheus_client.core import HistogramMetricFamily
+
+    family = HistogramMetricFamily(name, doc, labels=[])
+    family.add_metric([], hist.buckets(), hist.sum)
+    return family

@@ -1,0 +1,462 @@
+"""The framed ingress: many invocations in flight on one connection, sans-IO.
+
+For machine callers (a cluster gateway, a load generator) that would otherwise
+open one HTTP/1.1 connection per concurrent request. Frames are those of
+:mod:`protocol.frames` (4-byte big-endian length + one msgpack map); the ``t``
+key names the message. The specification with byte-exact examples is
+``protocol/FRAMED.md``; the test vectors in ``tests/protocol/test_ingress.py``
+are taken from it.
+
+Conversation::
+
+    client                                   node
+    HELLO{proto, token?}                 ─▶
+                                         ◀─ WELCOME{proto, max_frame, max_inflight}
+                                            (or REFUSED{code, message}; close)
+    CALL{id, fn, event, kind, timeout_ms?, request_id?}  ─▶   any number, up to
+    CALL{...}                            ─▶   max_inflight unanswered at once
+                                         ◀─ REPLY{id, status, request_id, ...}
+                                            in completion order, matched by id
+                                         ◀─ GOAWAY{reason}: the node drains; calls
+                                            already sent are answered, new ones get 503
+    PING{}                               ─▶
+                                         ◀─ PONG{}
+
+Statuses and error codes are the HTTP ingress's (``200``, ``404
+unknown_function``, ``429 queue_full``, ``504 deadline_exceeded``, …): one
+dispatch core, two front ends.
+
+:class:`ServerConnection` and :class:`ClientConnection` are the two ends as
+pure state machines: feed bytes with ``receive_data``, take messages from
+``next_event``, and send what the ``hello``/``call``/``reply``… methods return.
+No clock, no sockets.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.errors import MalformedFrame, ProtocolError
+from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+
+PROTO_VERSION = 1
+
+# Message type tags (the ``t`` key).
+HELLO = "hello"
+WELCOME = "welcome"
+REFUSED = "refused"
+CALL = "call"
+REPLY = "reply"
+GOAWAY = "goaway"
+PING = "ping"
+PONG = "pong"
+
+# Event encodings, as on the instance link.
+KINDS = frozenset({"json", "bytes", "text"})
+MAX_CALL_ID = 2**63 - 1
+_FUNCTION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MAX_TOKEN_CHARS = 4096
+
+
+class IngressProtocolError(ProtocolError):
+    """The peer broke the framed ingress protocol; close the connection."""
+
+
+class State(enum.Enum):
+    AWAIT_HELLO = "await_hello"  # server: before HELLO; client: before WELCOME
+    OPEN = "open"
+    CLOSED = "closed"  # refused, or broken by a protocol error
+
+
+def _field(msg: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
+    try:
+        value = msg[key]
+    except KeyError:
+        raise MalformedFrame(f"{msg.get('t', '?')} frame lacks required field {key!r}") from None
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ is int):
+        raise MalformedFrame(
+            f"{msg.get('t', '?')} frame field {key!r} has type {type(value).__name__}"
+        )
+    return value
+
+
+def _optional(msg: dict[str, Any], key: str, typ: type) -> Any:
+    return _field(msg, key, typ) if msg.get(key) is not None else None
+
+
+# --- messages ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    proto: int
+    token: str | None = None
+
+    def encode(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {"t": HELLO, "proto": self.proto}
+        if self.token is not None:
+            msg["token"] = self.token
+        return msg
+
+    @classmethod
+    def decode(cls, msg: dict[str, Any]) -> Hello:
+        token = _optional(msg, "token", str)
+        if token is not None and len(token) > MAX_TOKEN_CHARS:
+            raise MalformedFrame("hello frame token is too long")
+        return cls(proto=_field(msg, "proto", int), token=token)
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    proto: int
+    max_frame: int
+    max_inflight: int
+
+    def encode(self) -> dict[str, Any]:
+        return {
+            "t": WELCOME,
+            "proto": self.proto,
+            "max_frame": self.max_frame,
+            "max_inflight": self.max_inflight,
+        }
+
+    @classmethod
+    def decode(cls, msg: dict[str, Any]) -> Welcome:
+        return cls(
+            proto=_field(msg, "proto", int),
+            max_frame=_field(msg, "max_frame", int),
+            max_inflight=_field(msg, "max_inflight", int),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    code: str
+    message: str
+
+    def encode(self) -> dict[str, Any]:
+        return {"t": REFUSED, "code": self.code, "message": self.message}
+
+    @classmethod
+    def decode(cls, msg: dict[str, Any]) -> Refused:
+        return cls(code=_field(msg, "code", str), message=_field(msg, "message", str))
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    id: int
+    fn: str
+    event: bytes
+    kind: str = "bytes"
+    timeout_ms: int | None = None
+    request_id: str | None = None
+
+    def encode(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {
+            "t": CALL,
+            "id": self.id,
+            "fn": self.fn,
+            "event": self.event,
+            "kind": self.kind,
+        }
+        if self.timeout_ms is not None:
+            msg["timeout_ms"] = self.timeout_ms
+        if self.request_id is not None:
+            msg["request_id"] = self.request_id
+        return msg
+
+    @classmethod
+    def decode(cls, msg: dict[str, Any]) -> Call:
+        call_id = _field(msg, "id", int)
+        if not 0 <= call_id <= MAX_CALL_ID:
+            raise MalformedFrame(f"call id {call_id} is out of range 0..2**63-1")
+        kind = _field(msg, "kind", str)
+        if kind not in KINDS:
+            raise MalformedFrame(f"call frame has unknown kind {kind[:32]!r}")
+        timeout_ms = _optional(msg, "timeout_ms", int)
+        if timeout_ms is not None and timeout_ms <= 0:
+            raise MalformedFrame("call frame timeout_ms must be positive")
+        request_id = _optional(msg, "request_id", str)
+        if request_id is not None and _REQUEST_ID.fullmatch(request_id) is None:
+            request_id = None  # not ours to echo into logs: the node makes its own
+        return cls(
+            id=call_id,
+            fn=_field(msg, "fn", str),
+            event=_field(msg, "event", bytes),
+            kind=kind,
+            timeout_ms=timeout_ms,
+            request_id=request_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The outcome of one call: ``status`` 200 with ``body``, or an error."""
+
+    id: int
+    status: int
+    request_id: str
+    body: bytes = b""
+    content_type: str = "application/octet-stream"
+    error_code: str | None = None
+    error_message: str | None = None
+    retry_after_s: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    def encode(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {
+            "t": REPLY,
+            "id": self.id,
+            "status": self.status,
+            "request_id": self.request_id,
+        }
+        if self.ok:
+            msg["body"] = self.body
+            msg["content_type"] = self.content_type
+        else:
+            msg["error"] = {"code": self.error_code or "", "message": self.error_message or ""}
+            if self.retry_after_s is not None:
+                msg["retry_after_s"] = self.retry_after_s
+        return msg
+
+    @classmethod
+    def decode(cls, msg: dict[str, Any]) -> Reply:
+        status = _field(msg, "status", int)
+        common = {
+            "id": _field(msg, "id", int),
+            "status": status,
+            "request_id": _field(msg, "request_id", str),
+        }
+        if status == 200:
+            return cls(
+                **common,
+                body=_field(msg, "body", bytes),
+                content_type=_field(msg, "content_type", str),
+            )
+        error = _field(msg, "error", dict)
+        return cls(
+            **common,
+            error_code=_field(error, "code", str),
+            error_message=_field(error, "message", str),
+            retry_after_s=_optional(msg, "retry_after_s", int),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GoAway:
+    reason: str
+
+    def encode(self) -> dict[str, Any]:
+        return {"t": GOAWAY, "reason": self.reason}
+
+    @classmethod
+    def decode(cls, msg: dict[str, Any]) -> GoAway:
+        return cls(reason=_field(msg, "reason", str))
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    pass
+
+
+PING_FRAME = encode_frame({"t": PING})
+PONG_FRAME = encode_frame({"t": PONG})
+
+ServerEvent = Hello | Call | Ping
+ClientEvent = Welcome | Refused | Reply | GoAway | Pong
+
+
+# --- the two ends ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ServerConnection:
+    """The node's end of one framed connection.
+
+    It enforces the protocol: HELLO first and once, call ids unique among the
+    calls in flight, at most ``max_inflight`` unanswered calls (a client that
+    sends more has ignored WELCOME and is cut off: the transport should stop
+    reading while :attr:`full` so a well-behaved client never gets there).
+    """
+
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_inflight: int = 256
+    state: State = State.AWAIT_HELLO
+    inflight: set[int] = field(default_factory=set)
+    _decoder: FrameDecoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._decoder = FrameDecoder(max_frame=self.max_frame)
+
+    @property
+    def full(self) -> bool:
+        return len(self.inflight) >= self.max_inflight
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        self._decoder.receive_data(data)
+
+    def next_event(self) -> ServerEvent | None:
+        """The next message from the client, or None until more bytes arrive.
+
+        Raises :class:`ProtocolError` (the connection must close) on garbage, an
+        oversized frame, a duplicate call id or a call beyond ``max_inflight``.
+        """
+        try:
+            msg = self._decoder.next_frame()
+            if msg is None:
+                return None
+            return self._interpret(msg)
+        except ProtocolError:
+            self.state = State.CLOSED
+            raise
+
+    def _interpret(self, msg: dict[str, Any]) -> ServerEvent:
+        kind = _field(msg, "t", str)
+        if self.state is State.CLOSED:
+            raise IngressProtocolError("the connection is closed")
+        if self.state is State.AWAIT_HELLO:
+            if kind != HELLO:
+                raise IngressProtocolError(f"expected hello first, got {kind[:32]!r}")
+            return Hello.decode(msg)
+        if kind == CALL:
+            call = Call.decode(msg)
+            if call.id in self.inflight:
+                raise IngressProtocolError(f"call id {call.id} is already in flight")
+            if self.full:
+                raise IngressProtocolError(
+                    f"more than {self.max_inflight} calls in flight (the limit WELCOME gave)"
+                )
+            self.inflight.add(call.id)
+            return call
+        if kind == PING:
+            return Ping()
+        if kind == HELLO:
+            raise IngressProtocolError("hello sent twice")
+        raise IngressProtocolError(f"unexpected {kind[:32]!r} frame from a client")
+
+    def welcome(self) -> bytes:
+        if self.state is not State.AWAIT_HELLO:
+            raise IngressProtocolError("welcome after the handshake")
+        self.state = State.OPEN
+        return encode_frame(
+            Welcome(PROTO_VERSION, self.max_frame, self.max_inflight).encode(),
+            max_frame=self.max_frame,
+        )
+
+    def refuse(self, code: str, message: str) -> bytes:
+        self.state = State.CLOSED
+        return encode_frame(Refused(code, message[:1000]).encode(), max_frame=self.max_frame)
+
+    def reply(self, reply: Reply) -> bytes:
+        """Encode the reply to an in-flight call and free its slot."""
+        if reply.id not in self.inflight:
+            raise IngressProtocolError(f"reply to call {reply.id}, which is not in flight")
+        self.inflight.discard(reply.id)
+        return encode_frame(reply.encode(), max_frame=self.max_frame)
+
+    def goaway(self, reason: str) -> bytes:
+        return encode_frame(GoAway(reason[:1000]).encode(), max_frame=self.max_frame)
+
+
+@dataclass(slots=True)
+class ClientConnection:
+    """The caller's end: numbers calls, matches replies, respects the node's limits."""
+
+    token: str | None = None
+    max_frame: int = DEFAULT_MAX_FRAME
+    state: State = State.AWAIT_HELLO
+    max_inflight: int = 1  # until WELCOME says more
+    inflight: set[int] = field(default_factory=set)
+    going_away: str | None = None
+    _next_id: int = 0
+    _decoder: FrameDecoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._decoder = FrameDecoder(max_frame=self.max_frame)
+
+    def hello(self) -> bytes:
+        return encode_frame(Hello(PROTO_VERSION, self.token).encode(), max_frame=self.max_frame)
+
+    @property
+    def can_call(self) -> bool:
+        return self.state is State.OPEN and len(self.inflight) < self.max_inflight
+
+    def call(
+        self,
+        fn: str,
+        event: bytes,
+        kind: str = "bytes",
+        *,
+        timeout_ms: int | None = None,
+        request_id: str | None = None,
+    ) -> tuple[int, bytes]:
+        """Number and encode one call; returns ``(id, frame)``."""
+        if self.state is not State.OPEN:
+            raise IngressProtocolError("call before the node welcomed this connection")
+        if not self.can_call:
+            raise IngressProtocolError(f"already {self.max_inflight} calls in flight")
+        if _FUNCTION_NAME.fullmatch(fn) is None:
+            raise IngressProtocolError(f"{fn!r} is not a valid function name")
+        if kind not in KINDS:
+            raise IngressProtocolError(f"unknown event kind {kind!r}")
+        call_id = self._next_id
+        self._next_id += 1
+        frame = encode_frame(
+            Call(call_id, fn, event, kind, timeout_ms, request_id).encode(),
+            max_frame=self.max_frame,
+        )
+        self.inflight.add(call_id)
+        return call_id, frame
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        self._decoder.receive_data(data)
+
+    def next_event(self) -> ClientEvent | None:
+        try:
+            msg = self._decoder.next_frame()
+            if msg is None:
+                return None
+            return self._interpret(msg)
+        except ProtocolError:
+            self.state = State.CLOSED
+            raise
+
+    def _interpret(self, msg: dict[str, Any]) -> ClientEvent:
+        kind = _field(msg, "t", str)
+        if self.state is State.AWAIT_HELLO:
+            if kind == WELCOME:
+                welcome = Welcome.decode(msg)
+                if welcome.proto != PROTO_VERSION:
+                    raise IngressProtocolError(f"node speaks proto {welcome.proto}")
+                self.max_inflight = max(1, welcome.max_inflight)
+                self.state = State.OPEN
+                return welcome
+            if kind == REFUSED:
+                self.state = State.CLOSED
+                return Refused.decode(msg)
+            raise IngressProtocolError(f"expected welcome, got {kind[:32]!r}")
+        if kind == REPLY:
+            reply = Reply.decode(msg)
+            if reply.id not in self.inflight:
+                raise IngressProtocolError(f"reply to unknown call id {reply.id}")
+            self.inflight.discard(reply.id)
+            return reply
+        if kind == GOAWAY:
+            away = GoAway.decode(msg)
+            self.going_away = away.reason
+            return away
+        if kind == PONG:
+            return Pong()
+        raise IngressProtocolError(f"unexpected {kind[:32]!r} frame from the node")

@@ -1,0 +1,81 @@
+"""RequestBuffer: bounds, pull order, and never delivering what already timed out."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from huselet.dispatch.buffer import RequestBuffer
+from huselet.dispatch.invocation import Invocation, InvocationState
+from huselet.errors import DeadlineExceeded, Draining, QueueFull
+
+
+def inv(rid: str, timeout: float = 10.0) -> Invocation:
+    return Invocation(rid, "f", b"", "bytes", trio.current_time() + timeout)
+
+
+async def test_fifo_and_dispatch_marks() -> None:
+    buf = RequestBuffer(4)
+    a, b = inv("a"), inv("b")
+    buf.put(a)
+    buf.put(b)
+    assert buf.live_count() == 2
+    assert await buf.get() is a and a.state is InvocationState.DISPATCHED
+    assert buf.get_nowait() is b
+    assert buf.get_nowait() is None
+
+
+async def test_full_queue_refuses_with_429_but_reclaims_done_entries() -> None:
+    buf = RequestBuffer(2)
+    a = inv("a")
+    buf.put(a)
+    buf.put(inv("b"))
+    with pytest.raises(QueueFull) as info:
+        buf.put(inv("c"))
+    assert info.value.status == 429 and info.value.retry_after_s == 1
+    a.complete(DeadlineExceeded("gone"))  # its caller gave up: the slot is free again
+    buf.put(inv("c"))
+    assert [buf.get_nowait().request_id, buf.get_nowait().request_id] == ["b", "c"]
+
+
+async def test_expired_and_done_invocations_are_never_delivered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    buf = RequestBuffer(8)
+    expired, cancelled, live = inv("old", timeout=1), inv("gone"), inv("live", timeout=60)
+    for item in (expired, cancelled, live):
+        buf.put(item)
+    cancelled.complete(DeadlineExceeded("caller left"))
+    await trio.sleep(2)
+    assert await buf.get() is live
+    with pytest.raises(DeadlineExceeded, match="waited"):
+        expired.result()
+
+
+async def test_parked_getter_wakes_on_put() -> None:
+    buf = RequestBuffer(8)
+    got: list[Invocation] = []
+
+    async def getter() -> None:
+        got.append(await buf.get())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(getter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert buf.idle_getters == 1
+        item = inv("x")
+        buf.put(item)
+    assert got == [item]
+
+
+async def test_fail_all_completes_every_queued_invocation() -> None:
+    buf = RequestBuffer(8)
+    items = [inv(str(i)) for i in range(3)]
+    for item in items:
+        buf.put(item)
+    assert buf.fail_all(Draining("bye")) == 3
+    for item in items:
+        with pytest.raises(Draining):
+            item.result()
+    assert len(buf) == 0

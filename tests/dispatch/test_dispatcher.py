@@ -1,0 +1,283 @@
+"""Dispatcher + FunctionPool with real worker processes over the real link.
+
+Each test writes a function package, runs the in-process node stack and checks
+what a caller would get: results, typed errors, and that nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+from support import running_stack, write_package
+
+from huselet.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    Draining,
+    HandlerError,
+    InstanceLost,
+    InstanceStartFailed,
+    QueueFull,
+    UnknownFunction,
+)
+
+ECHO = """
+import os, time
+def handler(event, context):
+    if isinstance(event, dict) and event.get("sleep"):
+        time.sleep(event["sleep"])
+    if isinstance(event, dict) and event.get("raise"):
+        raise ValueError(event["raise"])
+    return {"event": event, "pid": os.getpid(), "rid": context.request_id,
+            "remaining_ok": 0 < context.remaining_ms() <= 60000}
+"""
+
+
+def fn(root: Path, name: str = "echo", source: str = ECHO, **extra: object) -> dict:
+    write_package(root, name, source)
+    return {"name": name, "package": f"pkgs/{name}", "handler": "main:handler", **extra}
+
+
+def body(result) -> dict:  # type: ignore[no-untyped-def]
+    assert result.content_type == "application/json"
+    return json.loads(result.body)
+
+
+async def test_invoke_json_bytes_and_text(short_tmp: Path) -> None:
+    text_fn = "def handler(e, c):\n    return 'hi ' + str(len(e))\n"
+    rev_fn = "def handler(e, c):\n    return e[::-1]\n"
+    functions = [fn(short_tmp), fn(short_tmp, "text", text_fn), fn(short_tmp, "rev", rev_fn)]
+    async with running_stack(short_tmp, functions) as node:
+        with trio.fail_after(30):
+            out = body(await node.scheduler.invoke("echo", b'{"a": 1}', "json", request_id="r-1"))
+            assert out["event"] == {"a": 1} and out["rid"] == "r-1" and out["remaining_ok"]
+            raw = await node.scheduler.invoke("rev", b"\x00\xff", "bytes")
+            assert (raw.body, raw.content_type) == (b"\xff\x00", "application/octet-stream")
+            with pytest.raises(HandlerError, match="not JSON-serialisable") as info:
+                await node.scheduler.invoke("echo", b"\x00", "bytes")  # returns bytes inside a dict
+            assert info.value.error_type == "InvalidResult"
+            res = await node.scheduler.invoke("text", b"abc", "bytes")
+            assert (res.body, res.content_type) == (b"hi 3", "text/plain; charset=utf-8")
+        with pytest.raises(UnknownFunction):
+            await node.scheduler.invoke("nope", b"", "bytes")
+
+
+async def test_handler_errors_and_bad_events_are_typed(short_tmp: Path) -> None:
+    async with running_stack(short_tmp, [fn(short_tmp)]) as node:
+        with trio.fail_after(30):
+            with pytest.raises(HandlerError) as info:
+                await node.scheduler.invoke("echo", b'{"raise": "boom"}', "json")
+            assert (info.value.error_type, info.value.message, info.value.status) == (
+                "ValueError",
+                "boom",
+                502,
+            )
+            with pytest.raises(BadRequest, match="not valid JSON"):
+                await node.scheduler.invoke("echo", b"{nope", "json")
+            # The instance survived both and still serves.
+            assert body(await node.scheduler.invoke("echo", b"1", "json"))["event"] == 1
+        assert len(node.pool("echo").instances) == 1
+
+
+async def test_import_failure_fails_waiting_requests_fast(short_tmp: Path) -> None:
+    broken = "import does_not_exist\ndef handler(e, c):\n    return 1\n"
+    async with running_stack(short_tmp, [fn(short_tmp, "broken", broken)]) as node:
+        with trio.fail_after(20), pytest.raises(InstanceStartFailed) as info:
+            await node.scheduler.invoke("broken", b"{}", "json")
+        assert (
+            "ModuleNotFoundError" in info.value.message and "does_not_exist" in info.value.message
+        )
+        assert "/pkgs/" not in info.value.message  # no host paths to callers
+        assert node.pool("broken").counters["start_failures"] == 1
+
+
+async def test_deadline_kills_the_stuck_instance_and_next_request_works(short_tmp: Path) -> None:
+    async with running_stack(short_tmp, [fn(short_tmp, timeout_ms=20_000)]) as node:
+        with trio.fail_after(30):
+            first = body(await node.scheduler.invoke("echo", b"{}", "json"))
+            with pytest.raises(DeadlineExceeded, match="no reply within 300 ms"):
+                await node.scheduler.invoke("echo", b'{"sleep": 30}', "json", timeout_ms=300)
+            # The stuck instance is killed, never reused.
+            while any(r.handle.pid == first["pid"] for r in node.pool("echo").instances.values()):
+                await trio.sleep(0.01)
+            second = body(await node.scheduler.invoke("echo", b"{}", "json"))
+        assert second["pid"] != first["pid"]
+
+
+async def test_sigkill_mid_request_is_a_clear_502_and_the_next_works(short_tmp: Path) -> None:
+    async with running_stack(short_tmp, [fn(short_tmp)]) as node:
+        with trio.fail_after(30):
+            pid = body(await node.scheduler.invoke("echo", b"{}", "json"))["pid"]
+
+            async def kill_soon() -> None:
+                await trio.sleep(0.3)
+                os.kill(pid, signal.SIGKILL)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(kill_soon)
+                with pytest.raises(InstanceLost, match="was killed by SIGKILL while serving"):
+                    await node.scheduler.invoke("echo", b'{"sleep": 10}', "json")
+            assert body(await node.scheduler.invoke("echo", b"{}", "json"))["pid"] != pid
+        assert node.pool("echo").counters["instance_lost"] == 1
+
+
+async def test_burst_beyond_max_instances_is_all_answered(short_tmp: Path) -> None:
+    async with running_stack(short_tmp, [fn(short_tmp, max_instances=3)]) as node:
+        results: list[dict] = []
+
+        async def one(i: int) -> None:
+            results.append(
+                body(
+                    await node.scheduler.invoke(
+                        "echo", json.dumps({"i": i, "sleep": 0.02}).encode(), "json"
+                    )
+                )
+            )
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for i in range(40):
+                    nursery.start_soon(one, i)
+        assert sorted(r["event"]["i"] for r in results) == list(range(40))
+        assert 1 < len({r["pid"] for r in results}) <= 3
+        assert node.pool("echo").counters["instances_started"] <= 3
+
+
+async def test_queue_bound_refuses_with_429(short_tmp: Path) -> None:
+    async with running_stack(short_tmp, [fn(short_tmp, max_instances=1, max_queue=2)]) as node:
+        outcomes: list[str] = []
+
+        async def one() -> None:
+            try:
+                await node.scheduler.invoke("echo", b'{"sleep": 0.5}', "json")
+                outcomes.append("ok")
+            except QueueFull:
+                outcomes.append("429")
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for _ in range(6):
+                    nursery.start_soon(one)
+                    await trio.sleep(0.01)
+        # 1 starting/serving + 2 queued fit; the rest are refused at once.
+        assert outcomes.count("429") >= 3 and outcomes.count("ok") >= 1
+        assert len(outcomes) == 6
+
+
+async def test_idle_instances_are_reaped(short_tmp: Path) -> None:
+    async with running_stack(short_tmp, [fn(short_tmp, idle_timeout_ms=200)]) as node:
+        with trio.fail_after(30):
+            pid = body(await node.scheduler.invoke("echo", b"{}", "json"))["pid"]
+            while node.pool("echo").instances:
+                await trio.sleep(0.02)
+            while Path(f"/proc/{pid}").exists():
+                await trio.sleep(0.02)
+            # And a new request starts a fresh one.
+            assert body(await node.scheduler.invoke("echo", b"{}", "json"))["pid"] != pid
+
+
+async def test_min_instances_are_started_ahead(short_tmp: Path) -> None:
+    async with running_stack(
+        short_tmp, [fn(short_tmp, min_instances=2, idle_timeout_ms=100)]
+    ) as node:
+        with trio.fail_after(30):
+            while (
+                sum(1 for r in node.pool("echo").instances.values() if r.state.value == "idle") < 2
+            ):
+                await trio.sleep(0.02)
+            await trio.sleep(0.5)  # past the idle timeout: min_instances are kept
+        assert len(node.pool("echo").instances) == 2
+
+
+async def test_drain_finishes_inflight_and_refuses_new(short_tmp: Path) -> None:
+    async with running_stack(short_tmp, [fn(short_tmp)]) as node:
+        done: list[dict] = []
+
+        async def slow() -> None:
+            done.append(body(await node.scheduler.invoke("echo", b'{"sleep": 0.5}', "json")))
+
+        with trio.fail_after(30):
+            await node.scheduler.invoke("echo", b"{}", "json")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(slow)
+                await trio.sleep(0.1)
+                nursery.start_soon(node.scheduler.drain, 10.0)
+                await trio.sleep(0.05)
+                with pytest.raises(Draining):
+                    await node.scheduler.invoke("echo", b"{}", "json")
+        assert len(done) == 1
+        assert not node.pool("echo").instances
+
+
+async def test_hostile_link_peers_are_refused_and_daemon_keeps_serving(short_tmp: Path) -> None:
+    import socket as pysocket
+
+    from protocol.frames import FrameDecoder, encode_frame
+    from protocol.link import Hello
+
+    async with running_stack(short_tmp, [fn(short_tmp)]) as node:
+        path = str(node.links.socket_path("echo"))
+
+        async def exchange(data: bytes) -> dict | None:
+            sock = trio.socket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+            await sock.connect(path)
+            await sock.send(data)
+            dec = FrameDecoder()
+            with trio.fail_after(10):
+                while chunk := await sock.recv(65536):
+                    dec.receive_data(chunk)
+            sock.close()
+            return dec.next_frame()
+
+        # An unknown instance or wrong token is told nothing: a close, no frame.
+        refused = await exchange(encode_frame(Hello(1, "echo-00000000", "wrong", 1).encode()))
+        assert refused is None
+        garbage = await exchange(b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1")
+        assert garbage is not None and garbage["code"] == "malformed"
+        huge = await exchange(b"\xff\xff\xff\xff")
+        assert huge is not None and huge["code"] == "malformed"
+        assert node.links.refused == 3
+        with trio.fail_after(30):
+            assert body(await node.scheduler.invoke("echo", b"{}", "json"))["event"] == {}
+
+
+async def test_crash_loop_opens_the_breaker_and_a_fix_closes_it(short_tmp: Path) -> None:
+    from huselet.errors import Unavailable
+
+    broken = "raise ImportError('bad build')\n"
+    async with running_stack(short_tmp, [fn(short_tmp, "loop", broken)]) as node:
+        pool = node.pool("loop")
+        with trio.fail_after(60):
+            for _ in range(5):  # the default threshold: 5 failures within 30 s
+                with pytest.raises(InstanceStartFailed, match="bad build"):
+                    await node.scheduler.invoke("loop", b"{}", "json")
+            with pytest.raises(Unavailable, match="circuit breaker is open") as info:
+                await node.scheduler.invoke("loop", b"{}", "json")
+            assert info.value.retry_after_s == 1 and pool.counters["breaker_opened"] == 1
+            assert pool.status()["breaker"]["state"] == "open"
+            started = pool.counters["instances_started"]
+            # Fixed on disk; after the open period one trial goes through and closes it.
+            write_package(short_tmp, "loop", "def handler(e, c):\n    return 'fixed'\n")
+            await trio.sleep(1.05)
+            res = await node.scheduler.invoke("loop", b"{}", "json")
+            assert res.body == b"fixed" and pool.status()["breaker"]["state"] == "closed"
+            assert pool.counters["instances_started"] == started + 1
+
+
+async def test_single_mode_uses_a_fresh_instance_per_request(short_tmp: Path) -> None:
+    async with running_stack(short_tmp, [fn(short_tmp, instance_mode="single")]) as node:
+        with trio.fail_after(60):
+            pids = [
+                body(await node.scheduler.invoke("echo", b"{}", "json"))["pid"] for _ in range(3)
+            ]
+            assert len(set(pids)) == 3
+            pool = node.pool("echo")
+            while pool.instances:  # each is torn down after its one request
+                await trio.sleep(0.02)
+        assert pool.counters["instances_started"] == 3 and pool.counters["ok"] == 3
+        assert pool.counters.get("instances_lost", 0) == 0
