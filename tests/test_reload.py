@@ -143,10 +143,13 @@ def test_a_crash_loop_fixed_on_disk_gets_its_trial_on_reload(short_tmp: Path) ->
 
 
 def test_a_crash_loop_fixed_outside_the_code_gets_its_trial_on_reload(short_tmp: Path) -> None:
-    marker = short_tmp / "broken"
+    # The worker runs in its package directory; .git is never packed, so the
+    # marker changes what the code does without changing the code's digest.
+    source = "import os\nif os.path.exists('.git/broken'):\n    raise ImportError('bad env')\n"
+    pkg = write_package(short_tmp, "flaky", source + ECHO)
+    marker = pkg / ".git" / "broken"
+    marker.parent.mkdir()
     marker.write_text("")
-    source = f"import os\nif os.path.exists({str(marker)!r}):\n    raise ImportError('bad env')\n"
-    write_package(short_tmp, "flaky", source + ECHO)
     extra = "[health]\nbreaker_failures = 3\nbreaker_open_ms = 60000\nbreaker_max_open_ms = 60000\n"
     config = write_config(short_tmp, function("flaky"))
     config.write_text(config.read_text() + extra)
