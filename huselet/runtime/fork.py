@@ -386,9 +386,9 @@ class ForkRuntime(Runtime):
         now = trio.current_time()
         for key, slot in list(self._slots.items()):
             newest = self._newest.get(key[0])
-            # An eager zygote made before the image was known (code key of None)
-            # is never used once instances start from the image: it retires too.
-            if newest is None or newest == key or slot.closed:
+            # Only zygotes of an image: an eager one (made at start, before the
+            # image was known; code key of None) is left as it always was.
+            if newest is None or newest == key or slot.closed or code_key(None) in key:
                 continue
             process = slot.process
             busy = process is not None and process.placement.locked()

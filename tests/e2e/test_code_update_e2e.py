@@ -113,8 +113,13 @@ def test_ten_code_changes_under_steady_traffic(short_tmp: Path, runtime: str) ->
         # Only the last code's instances remain; the replaced ones stopped.
         assert wait_until(lambda: len({i["code"] for i in instances(daemon, "live")}) == 1, 60)
         if runtime == "fork":
-            assert wait_until(lambda: len(zygote_pids(daemon)) == 1, 60), zygote_pids(daemon)
-            assert not zygote_pids(daemon) & first_zygotes  # the first code's zygote stopped
+            # The first code's zygote stopped and one of the newest code took its
+            # place (the eager zygote made at start, before the image, stays).
+            assert wait_until(lambda: len(zygote_pids(daemon)) == len(first_zygotes), 60)
+            assert wait_until(lambda: len(zygote_pids(daemon) & first_zygotes) == 1, 60), (
+                first_zygotes,
+                zygote_pids(daemon),
+            )
 
 
 def test_watch_packages_redeploys_on_save(short_tmp: Path) -> None:
