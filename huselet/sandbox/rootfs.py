@@ -89,10 +89,7 @@ def plan_binds(
     package: str, extra: Iterable[str], *, packages: Iterable[str] | None = None
 ) -> list[Bind]:
     paths = python_paths(packages)
-    # "/" is the working directory of a function whose code is only an image
-    # (config.IMAGE_ONLY_CWD): nothing of it lives on the host to bind, and
-    # binding "/" would put the host's whole file system in the sandbox.
-    wanted = [*([package] if os.path.realpath(package) != "/" else []), *ETC_DEFAULTS, *extra]
+    wanted = [package, *ETC_DEFAULTS, *extra]
     for path in wanted:
         real = os.path.realpath(path)
         if real == "/":
