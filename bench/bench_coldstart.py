@@ -23,6 +23,12 @@ and measures:
    real FastAPI app (``kind = "asgi"``) answering ``GET /items/{id}``, for
    ``--fastapi-runtimes`` (default ``process,fork-bare``: both see the venv's
    site-packages, where FastAPI is a test extra), p50/p99 side by side.
+5. **numpy from a packed image** (``--numpy-starts``, 0 to skip): a function
+   whose package has a ``requirements.txt`` with numpy, packed by the daemon's
+   own packer (pip into the image) and served from the image through the
+   package cache, cold starts on ``process`` vs ``fork``, p50/p99 side by side.
+   The wheel cache persists in ``$TMPDIR/huselet-bench-wheels`` (the first run
+   downloads numpy).
 
 Numbers are printed, not asserted. Needs root for the sandboxing runtimes.
 """
@@ -289,6 +295,128 @@ def available(name: str) -> str | None:
     return None
 
 
+# -- numpy from a packed image (requirements.txt) ------------------------------------------
+
+NUMPY_REQUIREMENTS = "numpy==2.1.3\n"
+NUMPY_HANDLER = (
+    "import numpy as np\n\n"
+    "def handler(event, ctx):\n"
+    "    return float(np.linalg.inv(np.eye(3) * 2.0).trace())\n"
+)
+WHEELS = Path(tempfile.gettempdir()) / "huselet-bench-wheels"
+
+
+def numpy_image(root: Path) -> Path:
+    """Pack the numpy function as the daemon does (pip into the image): the image file."""
+    from huselet.code.dependencies import DependencyOptions
+    from huselet.code.packing import build_image
+
+    src = Path(package(root, "np", NUMPY_HANDLER))
+    (src / "requirements.txt").write_text(NUMPY_REQUIREMENTS)
+    cache_dir = root / "packer"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    WHEELS.mkdir(exist_ok=True)
+    (cache_dir / "wheels").symlink_to(WHEELS)
+    info = build_image(src, root, DependencyOptions(cache_dir=cache_dir))
+    os.chmod(info.path, 0o644)
+    return info.path
+
+
+async def numpy_cold_starts(root: Path, runtime_name: str, n: int, image: Path) -> dict[str, Any]:
+    """Cold starts of the numpy function, its image served by the package cache."""
+    from huselet.code.codecache import CodeCache
+
+    state = root / "state"
+    raw = {"node": {"state_dir": str(state), "run_dir": str(root / "run")}}
+    raw["functions"] = [
+        {
+            "name": "np",
+            "image": str(image),
+            "handler": "main:handler",
+            "runtime": runtime_name,
+            "memory_mb": 1024,
+            "idle_timeout_ms": 1,
+            "max_instances": 4,
+            "start_timeout_ms": 60_000,
+            "env": {"OPENBLAS_NUM_THREADS": "1"},
+        }
+    ]
+    config = parse_config(raw, base_dir=root, known_runtimes=frozenset({runtime_name}))
+    config.node.run_dir.mkdir(parents=True, exist_ok=True)
+    for d in (root, state):
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o755)
+    runtime = make_runtime(runtime_name, config.node)
+    runtime.expect(list(config.functions))
+    cache = CodeCache(config)
+    scheduler: Dispatcher | None = None
+
+    def claim(function: str, instance_id: str, token: str) -> Any:
+        assert scheduler is not None
+        return scheduler.claim_link(function, instance_id, token)
+
+    links = LinkServer(config.node.run_dir, claim, max_frame=1 << 20)
+    scheduler = Dispatcher(config, {runtime_name: runtime}, links.socket_path, code=cache.packages)
+    latencies = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.run)
+        await nursery.start(runtime.run)
+        await nursery.start(links.run, ["np"])
+        await nursery.start(scheduler.run)
+        try:
+            pool = scheduler.pools["np"]
+            first = time.perf_counter()
+            await scheduler.invoke("np", b"{}", "json")  # installed, extracted, zygote built
+            first_ms = (time.perf_counter() - first) * 1000
+            for _ in range(n):
+                with trio.fail_after(60):
+                    while pool.instances:
+                        await trio.sleep(0.0002)
+                t0 = time.perf_counter()
+                result = await scheduler.invoke("np", b"{}", "json")
+                latencies.append((time.perf_counter() - t0) * 1000)
+            assert result.body == b"1.5", result.body
+        finally:
+            with trio.move_on_after(30):
+                await scheduler.stop_instances(timeout_s=30)
+            nursery.cancel_scope.cancel()
+    return {
+        "first": first_ms,
+        "p50": statistics.median(latencies),
+        "p99": percentile(latencies, 99),
+    }
+
+
+async def numpy_section(runtimes: list[str], n: int) -> None:
+    root = Path(tempfile.mkdtemp(prefix="hln"))
+    os.chmod(root, 0o755)
+    try:
+        t0 = time.perf_counter()
+        image = numpy_image(root)
+        pack_s = time.perf_counter() - t0
+        print(f"numpy image: {image.stat().st_size / 2**20:.1f} MB, packed in {pack_s:.1f}s")
+        rows = []
+        for name in runtimes:
+            why = available(name)
+            if why:
+                print(f"numpy on {name}: skipped ({why})")
+                continue
+            print(f"numpy on {name}: {n} cold starts ...", flush=True)
+            try:
+                rows.append((name, await numpy_cold_starts(root / name, name, n, image)))
+            except Exception as exc:
+                import traceback
+
+                traceback.print_exc()
+                print(f"numpy on {name}: failed: {type(exc).__name__}: {exc}")
+        print(f"\n{'numpy':<10} {'first':>9} {'cold p50':>9} {'p99':>9}")
+        for name, r in rows:
+            print(f"{name:<10} {r['first']:7.0f}ms {r['p50']:7.2f}ms {r['p99']:7.2f}ms")
+        print("first = install + native extraction + (fork) zygote build + start; then cold starts")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 async def main() -> None:
     # Instance churn logs a line per stop; the numbers are what matters here.
     logging.getLogger("huselet").setLevel(logging.ERROR)
@@ -298,6 +426,10 @@ async def main() -> None:
     ap.add_argument("--burst-fork", type=int, default=500, help="burst size for fork runtimes")
     ap.add_argument("--burst", type=int, default=50, help="burst size for the others")
     ap.add_argument("--quick", action="store_true", help="50 starts, bursts of 100/20")
+    ap.add_argument(
+        "--numpy-starts", type=int, default=50, help="numpy-from-image cold starts (0: skip)"
+    )
+    ap.add_argument("--numpy-runtimes", default="process,fork")
     ap.add_argument("--fastapi-runtimes", default="process,fork-bare")
     ap.add_argument("--fastapi-starts", type=int, default=50, help="0: skip the FastAPI app")
     args = ap.parse_args()
@@ -335,6 +467,9 @@ async def main() -> None:
         )
     print(f"\n{os.cpu_count()} CPUs, {os.uname().release}; cold = invoke→reply with no instance.")
     await fastapi_section(args.fastapi_runtimes, min(args.fastapi_starts, args.starts))
+    if args.numpy_starts:
+        print()
+        await numpy_section(args.numpy_runtimes.split(","), args.numpy_starts)
 
 
 if __name__ == "__main__":

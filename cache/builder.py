@@ -37,6 +37,7 @@ import warnings
 from dataclasses import dataclass
 from importlib.util import MAGIC_NUMBER, source_hash
 from pathlib import Path
+from types import CodeType
 from typing import BinaryIO
 
 from cache import format as fmt
@@ -72,6 +73,9 @@ class _Item:
     source: Path | None = None  # a file on disk to copy
     content: bytes | None = None  # or bytes made by the builder (pyc)
     identity: tuple[int, int] = (0, 0)  # (dev, ino) of ``source`` as scanned
+    # Real path of the tree ``source`` was scanned in (the package, or an extra
+    # tree such as installed dependencies): the file must still lie under it.
+    tree_root: str = ""
     offset: int = 0
     size: int = 0
     digest: bytes = fmt.ZERO_DIGEST
@@ -83,8 +87,13 @@ def pack_directory(
     *,
     compile_bytecode: bool = True,
     page_size: int = fmt.DEFAULT_PAGE_SIZE,
+    extra_trees: dict[str, Path] | None = None,
 ) -> ImageInfo:
     """Pack the tree under ``src`` into an image.
+
+    ``extra_trees`` maps a top-level directory name of the image to another
+    tree packed under it (e.g. installed dependencies); ``src`` must not have
+    an entry of that name.
 
     ``out`` is the image file to write, or an existing directory in which case
     the file is named ``<digest>.hlimg``. Raises :class:`BuildError` for
@@ -104,6 +113,13 @@ def pack_directory(
     cache_tag = sys.implementation.cache_tag or ""
     real_root = os.path.realpath(root)
     items, skipped = _scan(root)
+    for name, tree in sorted((extra_trees or {}).items()):
+        _checked_name(name, "")
+        if any(item.path == name or item.path.startswith(name + "/") for item in items):
+            raise BuildError(f"the tree already has {name!r}, which the packer fills itself")
+        more, more_skipped = _scan(Path(tree), prefix=name + "/")
+        items += [_Item(name, fmt.KIND_DIR, fmt.MODE_DIR), *more]
+        skipped += more_skipped
     if compile_bytecode and cache_tag:
         items += _bytecode_items(items, cache_tag, real_root)
     items.sort(key=lambda item: item.path.encode("utf-8"))
@@ -135,7 +151,7 @@ def pack_directory(
 # -- scanning --------------------------------------------------------------------
 
 
-def _scan(root: Path) -> tuple[list[_Item], list[str]]:
+def _scan(root: Path, prefix: str = "") -> tuple[list[_Item], list[str]]:
     real_root = os.path.realpath(root)
     items: list[_Item] = []
     skipped: list[str] = []
@@ -179,6 +195,7 @@ def _scan(root: Path) -> tuple[list[_Item], list[str]]:
                         mode,
                         source=Path(full),
                         identity=(st.st_dev, st.st_ino),
+                        tree_root=real_root,
                     )
                 )
             else:
@@ -188,7 +205,7 @@ def _scan(root: Path) -> tuple[list[_Item], list[str]]:
                     "(remove it from the tree)"
                 )
 
-    walk(str(root), "", None)
+    walk(str(root), prefix, None)
     return items, skipped
 
 
@@ -275,7 +292,7 @@ def _resolve_symlink(full: str, rel: str, real_root: str) -> tuple[str, os.stat_
 
 def _read_source(item: _Item, real_root: str) -> bytes:
     assert item.source is not None
-    fd = _open_checked(str(item.source), item.path, item.identity, real_root)
+    fd = _open_checked(str(item.source), item.path, item.identity, item.tree_root or real_root)
     with open(fd, "rb", closefd=True) as f:
         return f.read()
 
@@ -312,12 +329,62 @@ def compile_unchecked_pyc(source: bytes, filename: str) -> bytes | None:
             code = compile(source, filename, "exec", dont_inherit=True, optimize=0)
     except (SyntaxError, ValueError):
         return None
-    return (
-        MAGIC_NUMBER
-        + struct.pack("<I", _PYC_FLAGS_UNCHECKED_HASH)
-        + source_hash(source)
-        + marshal.dumps(code)
-    )
+    # marshal's bytes depend on the packing process, not only on the code: a
+    # string is written "interned" if anything in the process interned it (a
+    # constant "{" is interned in the daemon, not in `huselet pack`), and an
+    # object is flagged for back-reference only when its refcount is > 1. So
+    # every string constant is interned here, and one more reference is held to
+    # every object marshal visits: both tests then give the same answer in any
+    # process, and the same tree gives the same digest whoever packs it.
+    code = _interned_constants(code)
+    pinned = _marshalled_objects(code)
+    data = marshal.dumps(code)
+    del pinned
+    return MAGIC_NUMBER + struct.pack("<I", _PYC_FLAGS_UNCHECKED_HASH) + source_hash(source) + data
+
+
+def _interned_constants(code: CodeType) -> CodeType:
+    return code.replace(co_consts=tuple(_interned(c) for c in code.co_consts))
+
+
+def _interned(const: object) -> object:
+    if type(const) is str:
+        return sys.intern(const)
+    if type(const) is tuple:
+        return tuple(_interned(c) for c in const)
+    if type(const) is frozenset:
+        return frozenset(_interned(c) for c in const)
+    if isinstance(const, CodeType):
+        return _interned_constants(const)
+    return const
+
+
+def _marshalled_objects(code: CodeType) -> list[object]:
+    """Every object reachable from ``code`` the way marshal walks it (shared ones included)."""
+    seen: list[object] = []
+    stack: list[object] = [code]
+    while stack:
+        obj = stack.pop()
+        seen.append(obj)
+        if isinstance(obj, CodeType):
+            stack += (
+                obj.co_consts,
+                obj.co_names,
+                obj.co_varnames,
+                obj.co_cellvars,
+                obj.co_freevars,
+                obj.co_filename,
+                obj.co_name,
+                obj.co_qualname,
+                obj.co_linetable,
+                obj.co_exceptiontable,
+                obj.co_code,
+            )
+        elif isinstance(obj, tuple | frozenset):
+            stack += obj
+        elif isinstance(obj, slice):
+            stack += (obj.start, obj.stop, obj.step)
+    return seen
 
 
 # -- writing ---------------------------------------------------------------------
@@ -399,7 +466,7 @@ def _write_content(f: BinaryIO, item: _Item, real_root: str) -> tuple[int, bytes
         return len(item.content), h.digest()
     assert item.source is not None
     size = 0
-    fd = _open_checked(str(item.source), item.path, item.identity, real_root)
+    fd = _open_checked(str(item.source), item.path, item.identity, item.tree_root or real_root)
     expected = os.fstat(fd).st_size
     with open(fd, "rb", closefd=True) as src:
         while chunk := src.read(_COPY_CHUNK):

@@ -13,12 +13,21 @@ submodules and relative imports from an open :class:`~cache.reader.ImageReader`:
   ``pkg.mod`` and ``/…/<digest>.hlimg/pkg`` is in ``pkg.__path__``. They do
   not exist on disk; ``linecache`` and tracebacks get source through
   ``get_source``, and ``importlib.resources`` through ``get_resource_reader``.
-- **Native extensions** cannot load from memory, so they are extracted once
-  into ``extract_root/<sha256>-<file name>`` (atomic, verified, reused) and
-  loaded by the standard ``ExtensionFileLoader``.
-- **Namespace packages** (a directory without ``__init__.py``) are served;
-  at top level only if no regular package of that name exists on ``sys.path``,
-  so a stray data directory never shadows an installed distribution.
+- **Native code** cannot load from memory: the image's non-Python files are
+  extracted once, with their layout, into ``extract_root/<image digest>/``
+  (:mod:`cache.native`), and virtual paths are then rooted *there*, so an
+  extension's ``$ORIGIN`` RPATH, a ``ctypes`` load next to ``__file__`` and a
+  data file opened by path all find real files. Extensions load through the
+  standard ``ExtensionFileLoader``.
+- **Lookup order** is CPython's ``FileFinder``'s: a package (``__init__``,
+  extension before source), then a module (extension before source), then a
+  namespace portion (a directory without ``__init__``) — so pydantic-core's
+  ``_pydantic_core/`` stub directory never hides ``_pydantic_core.*.so``.
+  Top-level namespace portions yield to a regular package of that name
+  elsewhere on ``sys.path``, so a stray data directory never shadows an
+  installed distribution.
+- **Distribution metadata** (``*.dist-info`` in the extracted tree) is found
+  by ``importlib.metadata`` through :meth:`ImageFinder.find_distributions`.
 
 This module runs in every function instance at start-up, so it imports only
 the standard library's already-loaded core and :mod:`cache.reader`.
@@ -35,16 +44,25 @@ from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, ModuleS
 from types import CodeType
 
 from cache import format as fmt
+
+# Imported eagerly, not when a finder is made: a zygote imports this module
+# before its sandbox hides the host's copy of the cache package.
+from cache.native import ensure_native_tree, native_tree_path
 from cache.reader import MAGIC_NUMBER, Entry, ImageReader
 
 TYPE_CHECKING = False  # see cache/format.py: avoids importing typing at start-up
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
     from types import ModuleType
 
     from cache.resources import ImageResourceReader
 
 _PYC_HEADER_SIZE = 16
+# Where the packer installs a package's requirements.txt inside its image: a
+# second import root after the function's own code (not an importable name).
+DEPS_DIR = ".huselet-deps"
+# FileFinder's loader order: extension modules, then source.
+_SUFFIXES = (*EXTENSION_SUFFIXES, ".py")
 _PYC_FLAGS_UNCHECKED_HASH = 0b01
 
 
@@ -60,7 +78,24 @@ class ImageFinder:
         self.reader = reader
         self.prefix = normalised
         self.extract_root = extract_root
-        self.image_root = os.path.abspath(reader.path)  # virtual paths start here
+        # Virtual paths start here: the image file, or the image's native tree
+        # once it has one (see the module docstring), so __file__ sits next to
+        # the real extension and data files.
+        self.image_root = os.path.abspath(reader.path)
+        self.native_root: str | None = None
+        if extract_root is not None:
+            tree = native_tree_path(extract_root, reader.digest)
+            try:
+                self.native_root = ensure_native_tree(reader, extract_root)
+            except OSError as exc:
+                # A read-only extract root (a sandbox) whose tree the daemon did
+                # not prepare: only images with native code need one.
+                if os.path.isdir(tree):
+                    self.native_root = tree
+                else:
+                    self._native_error: str = f"cannot extract native files to {tree}: {exc}"
+            if self.native_root is not None:
+                self.image_root = os.path.abspath(self.native_root)
         self.path_entry = self.virtual_path(normalised)  # what sys.path[0] would be
 
     # -- the finder protocol -------------------------------------------------------
@@ -103,6 +138,16 @@ class ImageFinder:
     def invalidate_caches(self) -> None:
         """Nothing to do: an image never changes under its name."""
 
+    def find_distributions(self, context: object = None) -> Iterable[object]:
+        """``importlib.metadata`` hook: the ``*.dist-info`` of the image's extracted tree."""
+        if self.native_root is None:
+            return iter(())
+        from importlib.metadata import DistributionFinder, MetadataPathFinder
+
+        name = getattr(context, "name", None)
+        scoped = DistributionFinder.Context(name=name, path=[self.path_entry])
+        return MetadataPathFinder.find_distributions(scoped)
+
     def path_hook(self, path: str) -> ImagePathEntryFinder:
         """``sys.path_hooks`` entry claiming this image's virtual directories.
 
@@ -131,21 +176,24 @@ class ImageFinder:
     # -- lookup --------------------------------------------------------------------
 
     def _find_in(self, directory: str, fullname: str, name: str) -> ModuleSpec | None:
+        # CPython's FileFinder order exactly: package, then module, then namespace
+        # portion; within each, extension modules before source.
         base = f"{directory}/{name}" if directory else name
         reader = self.reader
-        if reader.is_dir(base):
-            for suffix in (".py", *EXTENSION_SUFFIXES):
+        is_dir = reader.is_dir(base)
+        if is_dir:
+            for suffix in _SUFFIXES:
                 init = reader.lookup(f"{base}/__init__{suffix}")
                 if init is not None and init.is_file:
                     return self._spec(fullname, init, package_dir=base)
-            namespace = ModuleSpec(fullname, None, is_package=True)
-            namespace.submodule_search_locations = [self.virtual_path(base)]
-            return namespace
-        # Same order as the standard FileFinder: extensions before source.
-        for suffix in (*EXTENSION_SUFFIXES, ".py"):
+        for suffix in _SUFFIXES:
             entry = reader.lookup(base + suffix)
             if entry is not None and entry.is_file:
                 return self._spec(fullname, entry, package_dir=None)
+        if is_dir:
+            namespace = ModuleSpec(fullname, None, is_package=True)
+            namespace.submodule_search_locations = [self.virtual_path(base)]
+            return namespace
         return None
 
     def _spec(self, fullname: str, entry: Entry, package_dir: str | None) -> ModuleSpec:
@@ -173,13 +221,13 @@ class ImageFinder:
                 f"to be loaded from image {self.reader.digest}",
                 name=fullname,
             )
-        try:
-            return extract_file(self.reader, entry, self.extract_root)
-        except OSError as exc:
+        if self.native_root is None:
             raise ImportError(
-                f"cannot extract extension module {fullname} ({entry.path}): {exc}",
+                f"extension module {fullname} ({entry.path}): "
+                f"{getattr(self, '_native_error', 'the image has no native tree')}",
                 name=fullname,
-            ) from exc
+            )
+        return os.path.join(self.native_root, *entry.path.split("/"))
 
 
 class ImagePathEntryFinder:
@@ -296,6 +344,21 @@ def install_image_importer(
     return finder
 
 
+def install_image_roots(
+    reader: ImageReader, *, extract_root: str | os.PathLike[str] | None = None
+) -> list[ImageFinder]:
+    """Serve an image the way the packer laid it out: its root, then its installed requirements.
+
+    The packer puts a package's ``requirements.txt`` under :data:`DEPS_DIR`;
+    that import root comes right after the image's own code, as a ``pip
+    install --target`` directory would on ``sys.path``.
+    """
+    finders = [install_image_importer(reader, extract_root=extract_root)]
+    if reader.is_dir(DEPS_DIR):
+        finders.append(install_image_importer(reader, prefix=DEPS_DIR, extract_root=extract_root))
+    return finders
+
+
 def uninstall_image_importer(finder: ImageFinder, *, remove_modules: bool = False) -> None:
     """Stop serving imports from ``finder``'s image.
 
@@ -316,42 +379,6 @@ def uninstall_image_importer(finder: ImageFinder, *, remove_modules: bool = Fals
                 origin.startswith(finder.image_root + "/")
             ):
                 del sys.modules[name]
-
-
-def extract_file(reader: ImageReader, entry: Entry, extract_root: str) -> str:
-    """Copy one file out of the image to ``extract_root/<sha256>-<name>``; return its path.
-
-    Content-addressed, so concurrent instances (even in other processes) agree
-    on the name; written to a private temp file and renamed, so nobody ever
-    loads a half-written library; an existing copy is reused only after its
-    digest checks out.
-    """
-    import hashlib  # lazily: only images with native code pay for OpenSSL
-
-    destination = os.path.join(extract_root, f"{entry.digest_hex}-{entry.name}")
-    try:
-        with open(destination, "rb") as existing:
-            if hashlib.file_digest(existing, "sha256").digest() == entry.digest:
-                return destination
-    except FileNotFoundError:
-        pass
-    reader.verify_file(entry)  # hot opens may skip the whole-image hash
-    os.makedirs(extract_root, mode=0o755, exist_ok=True)
-    temp = f"{destination}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o555)
-    try:
-        view = reader.read_entry(entry)
-        written = 0
-        while written < len(view):
-            written += os.write(fd, view[written:])
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(temp)
-        raise
-    os.close(fd)
-    os.rename(temp, destination)
-    return destination
 
 
 def _normalise_prefix(prefix: str) -> str:

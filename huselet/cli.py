@@ -416,11 +416,29 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from cache.builder import pack_directory
     from cache.errors import CacheError
+    from huselet.code.dependencies import DependencyOptions
+    from huselet.code.packing import build_image
+    from huselet.errors import ConfigError
 
     try:
-        info = pack_directory(Path(args.directory), Path(args.output))
+        # The daemon's packer, with the node's wheel cache: one path, one digest.
+        cache = _load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    deps = DependencyOptions(
+        cache_dir=cache.node.state_dir / "cache",
+        allow_sdist=cache.cache.allow_sdist or args.allow_sdist,
+        timeout_s=cache.cache.pip_timeout_s,
+    )
+
+    def progress(report: dict[str, Any]) -> None:
+        fields = " ".join(f"{k}={v}" for k, v in report.items() if k not in ("phase", "done"))
+        print(f"huselet pack: {report['phase']}: {fields}", file=sys.stderr)
+
+    try:
+        info = build_image(Path(args.directory), Path(args.output), deps, progress)
         compressed = _write_zstd(info.path) if args.zstd else None
     except CacheError as exc:
         print(f"huselet pack: {exc}", file=sys.stderr)
@@ -512,6 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", "-o", required=True, help="image file, or a directory for <digest>.hlimg"
     )
     pack.add_argument("--zstd", action="store_true", help="also write <digest>.hlimg.zst")
+    pack.add_argument(
+        "--config", help="node config whose state dir holds the wheel cache (default: built-in)"
+    )
+    pack.add_argument(
+        "--allow-sdist", action="store_true", help="let pip build sdists from requirements.txt"
+    )
     pack.add_argument("--json", action="store_true", help="machine-readable output")
     pack.set_defaults(func=cmd_pack)
 

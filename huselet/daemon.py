@@ -25,6 +25,7 @@ import huselet
 from huselet.admin.errors import AdminCommandError
 from huselet.admin.server import AdminServer
 from huselet.code.codecache import CodeCache
+from huselet.code.codewatch import CodeWatcher
 from huselet.config import Config, FunctionSettings
 from huselet.config.limits import read_token
 from huselet.dispatch.dispatcher import Dispatcher
@@ -146,6 +147,13 @@ class Daemon:
             known_runtimes=available_runtimes().keys(),
             on_applied=self._config_reloaded,
             refresh_code=self.cache.packages.refresh,
+        )
+        self.cache.packages.on_code_changed = self._code_changed
+        # cache.watch_packages: a save in a package directory redeploys it.
+        self.codewatch = (
+            CodeWatcher(lambda: self.config.functions, self.cache.packages.refresh)
+            if config.cache.watch_packages
+            else None
         )
         self.health = HealthSupervisor(
             [
@@ -278,6 +286,8 @@ class Daemon:
         # [auth] applies live: limits re-tuned (buckets kept), keys file re-read below.
         self.admission.configure(config.auth)
         self.keys.retarget(config.auth.keys_file)
+        if self.codewatch is not None:
+            self.codewatch.sync()
 
     def _keys_changed(self, ring: KeyRing) -> None:
         self.admission.set_keys(ring)
@@ -301,6 +311,20 @@ class Daemon:
     def _function_policy(self, name: str) -> FunctionSettings | None:
         pool = self.scheduler.pools.get(name)
         return None if pool is None else pool.settings
+
+    def _code_changed(self, names: set[str]) -> None:
+        """New code for these functions (re-packed, image rewritten): deploy it.
+
+        A new pool takes new requests at once, so they start instances (and a
+        fork zygote) of the new code; the old pool finishes what it accepted
+        on the old instances, then stops them.
+        """
+        for name in sorted(names):
+            pool = self.scheduler.pools.get(name)
+            if pool is None or not pool.accepting:
+                continue
+            meta = self.scheduler.function_meta.get(name, {"source": "config"})
+            self.scheduler.deploy_function(pool.settings, meta)
 
     async def _reload(self, args: dict[str, Any]) -> dict[str, Any]:
         self.notifier.notify(RELOADING="1", STATUS="reloading the configuration")
@@ -422,6 +446,8 @@ class Daemon:
                 for runtime in self.runtimes.values():
                     await self._start_runtime(nursery, runtime)
                 await nursery.start(self.cache.run)
+                if self.codewatch is not None:
+                    await nursery.start(self.codewatch.run)
                 await nursery.start(self.links.run, [fn.name for fn in self.config.functions])
                 await nursery.start(self.scheduler.run)
                 if self.fleet is not None:

@@ -9,8 +9,10 @@ What applies live, without dropping traffic:
   updated in place, warm instances keep serving;
 - anything else about a function changed (code, handler, runtime, env,
   memory, mode) → a new pool takes new requests while the old one finishes;
-- package directories are re-packed (an unchanged tree reuses its pack), so
-  new instances run code fixed on disk;
+- package directories are re-packed (an unchanged tree reuses its pack) and
+  image files re-read; a function whose code digest changed is redeployed:
+  new requests go to new instances (and a new fork zygote) of the new code
+  while the old instances finish what they hold, then stop (``code``);
 - a function unchanged whose breaker is open → it gets its half-open trial
   now (the operator just said "fixed": don't make them wait the backoff).
 
@@ -24,7 +26,7 @@ not the file's to touch.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +78,7 @@ class ConfigReloader:
         runtimes: Mapping[str, Runtime],
         known_runtimes: Iterable[str],
         on_applied: Callable[[Config], None],
-        refresh_code: Callable[[Iterable[FunctionSettings]], object] | None = None,
+        refresh_code: Callable[[Iterable[FunctionSettings]], Awaitable[set[str]]] | None = None,
     ) -> None:
         self.config = config
         self.scheduler = scheduler
@@ -84,7 +86,9 @@ class ConfigReloader:
         self.runtimes = runtimes
         self.known_runtimes = frozenset(known_runtimes)
         self.on_applied = on_applied
-        # Re-reads function code that may have changed on disk (packed directories).
+        # Re-reads function code that may have changed on disk (packed directories,
+        # image files); returns the functions whose code changed. Those are
+        # redeployed by the package manager's on_code_changed, not here.
         self.refresh_code = refresh_code
         self._lock = trio.Lock()  # one reload at a time (SIGHUP and ctl may race)
         self.reloads = 0
@@ -138,6 +142,7 @@ class ConfigReloader:
             "updated": [],
             "replaced": [],
             "trial": [],
+            "code": [],
             "restart_required": [
                 section
                 for section in SECTIONS_NEEDING_RESTART
@@ -145,7 +150,7 @@ class ConfigReloader:
             ],
         }
         if self.refresh_code is not None:
-            self.refresh_code(new.functions)
+            outcome["code"] = sorted(await self.refresh_code(new.functions))
         now = trio.current_time()
         for name in old_fns.keys() - new_fns.keys():
             self.scheduler.remove_function(name)

@@ -135,10 +135,33 @@ def test_a_crash_loop_fixed_on_disk_gets_its_trial_on_reload(short_tmp: Path) ->
         assert int(r.headers["retry-after"]) > 30  # without a reload: a minute to wait
         write_package(short_tmp, "flaky", ECHO)
         out = d.ctl("reload")
-        assert out.returncode == 0 and "trial: flaky" in out.stdout, out.stdout + out.stderr
+        # The fix is new code: redeployed, so a fresh pool with a closed breaker.
+        assert out.returncode == 0 and "new code: flaky" in out.stdout, out.stdout + out.stderr
         r = d.invoke("flaky")
         assert r.status_code == 200, r.text
         assert functions_of(d)["flaky"]["breaker"]["state"] == "closed"
+
+
+def test_a_crash_loop_fixed_outside_the_code_gets_its_trial_on_reload(short_tmp: Path) -> None:
+    # The worker runs in its package directory; .git is never packed, so the
+    # marker changes what the code does without changing the code's digest.
+    source = "import os\nif os.path.exists('.git/broken'):\n    raise ImportError('bad env')\n"
+    pkg = write_package(short_tmp, "flaky", source + ECHO)
+    marker = pkg / ".git" / "broken"
+    marker.parent.mkdir()
+    marker.write_text("")
+    extra = "[health]\nbreaker_failures = 3\nbreaker_open_ms = 60000\nbreaker_max_open_ms = 60000\n"
+    config = write_config(short_tmp, function("flaky"))
+    config.write_text(config.read_text() + extra)
+    with Daemon(config) as d:
+        for _ in range(3):
+            assert d.invoke("flaky").status_code == 502
+        assert d.invoke("flaky").status_code == 503
+        marker.unlink()  # fixed, but not in the code: same digest, same pool
+        out = d.ctl("reload")
+        assert out.returncode == 0 and "trial: flaky" in out.stdout, out.stdout + out.stderr
+        assert "new code" not in out.stdout
+        assert d.invoke("flaky").status_code == 200
 
 
 def test_debug_commands_are_refused_unless_enabled(short_tmp: Path) -> None:

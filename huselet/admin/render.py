@@ -207,9 +207,10 @@ def render_status(status: Mapping[str, Any]) -> str:
 
 FUNCTION_HEADERS = (
     "FUNCTION", "RUNTIME", "INSTANCES", "STARTING", "IDLE", "BUSY", "INFLIGHT",
-    "QUEUED", "ACCEPTED", "OK", "FAILED", "REJECTED",
+    "QUEUED", "ACCEPTED", "OK", "FAILED", "REJECTED", "CODE",
 )  # fmt: skip
-FUNCTION_ALIGN = "<<" + ">" * 10
+FUNCTION_ALIGN = "<<" + ">" * 10 + "<"
+CODE_CHARS = 12  # digest prefix shown for an instance's code
 
 
 def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
@@ -250,6 +251,7 @@ def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
                 counters.get("ok", zero),
                 failed,
                 counters.get("rejected_queue_full", zero),
+                _code(fn.get("code")),
             ]
         )
         if fn.get("last_start_error"):
@@ -262,8 +264,16 @@ def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
     return table
 
 
-INSTANCE_HEADERS = ("FUNCTION", "ID", "STATE", "PID", "AGE", "IDLE", "SERVED", "START")
-INSTANCE_ALIGN = "<<<>>>>>"
+INSTANCE_HEADERS = ("FUNCTION", "ID", "STATE", "PID", "AGE", "IDLE", "SERVED", "START", "CODE")
+INSTANCE_ALIGN = "<<<>>>>><"
+
+
+def _code(value: Any) -> str | None:
+    """Digest prefixes of the code (a digest or a list of them); None when not reported."""
+    digests = value if isinstance(value, list) else [value] if isinstance(value, str) else None
+    if not digests:
+        return None
+    return ",".join(str(d)[:CODE_CHARS] for d in digests)
 
 
 def render_instances(instances: Sequence[Mapping[str, Any]]) -> str:
@@ -288,6 +298,7 @@ def render_instances(instances: Sequence[Mapping[str, Any]]) -> str:
                 format_duration(inst.get("idle_s")) if state == "idle" else MISSING,
                 inst.get("served"),
                 format_ms(inst.get("start_ms")),
+                _code(inst.get("code")),
             ]
         )
     return render_table(INSTANCE_HEADERS, rows, align=INSTANCE_ALIGN)
@@ -523,10 +534,11 @@ def render_scheduler(data: Mapping[str, Any]) -> str:
 def render_reload(data: Mapping[str, Any]) -> str:
     """``huselet ctl reload``: what the reload changed."""
     parts = []
-    for key in ("added", "removed", "updated", "replaced", "trial"):
+    for key in ("added", "removed", "updated", "replaced", "trial", "code"):
         names = [format_cell(n) for n in data.get(key) or []]
         if names:
-            parts.append(f"{key}: {', '.join(names)}")
+            # "code": functions redeployed because their code digest changed.
+            parts.append(f"{'new code' if key == 'code' else key}: {', '.join(names)}")
     lines = ["reloaded: " + ("; ".join(parts) if parts else "no function changed")]
     restart = [format_cell(s) for s in data.get("restart_required") or []]
     if restart:

@@ -164,7 +164,9 @@ class Election:
     async def hold(self) -> None:
         """Keep the lease alive; raise :class:`LeadershipLost` when it is not renewed in time."""
         term = self.term
-        assert term is not None, "not leading"
+        if term is None:
+            # Resigned (or lost) while the caller was not holding: campaign again.
+            raise LeadershipLost("not leading")
         interval = self.ttl / 3
         while True:
             next_renewal = trio.current_time() + interval

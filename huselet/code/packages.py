@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -37,6 +39,7 @@ from typing import Any
 
 import trio
 
+from cache import format as fmt
 from cache.errors import (
     CacheError,
     CacheFull,
@@ -47,15 +50,18 @@ from cache.errors import (
     ImageTooLarge,
     TransientFetchError,
 )
+from cache.native import ensure_native_tree, remove_native_tree
 from cache.origin import DirectoryOrigin, ImageSink, Origin, origin_from_url
 from cache.reader import inspect_image
 from cache.safeio import open_regular
 from cache.store import ImageLease, ImageStore, LowDiskSpace
+from huselet.code.dependencies import DependencyOptions
 from huselet.code.packing import DirectoryPacker, PackResult
 from huselet.code.prefetch import LiveFetches
-from huselet.config import Config, FunctionSettings
+from huselet.config import Config, FunctionSettings, LayerSettings
 from huselet.errors import HuseletError
 from huselet.log import get_logger
+from huselet.runtime.codeimage import CodeImage
 
 log = get_logger("packages")
 
@@ -63,6 +69,8 @@ MAX_EVENTS = 64  # recent cache events shown by `huselet ctl cache`
 MAX_LISTED = 2000  # image rows in one `ctl cache` reply (the admin frame is bounded)
 MAX_TRACKED_IMAGES = 4096  # usage records for images no function config names
 REPACK_AFTER_FAILURE_S = 5.0  # a failed pack is retried by the next start after this
+STALE_TEMP_S = 3600.0  # an extraction's temp dir this old belongs to a dead process
+REFRESH_WAIT_S = 120.0  # a reload waits this long for re-packs (pip may be running)
 _COPY_CHUNK = 1 << 20
 
 
@@ -76,6 +84,8 @@ class PlainDirectory:
     """The code of a ``package`` directory served as it is: nothing to lease."""
 
     image: Path | None = None
+    digest: str | None = None
+    layers: tuple[str, ...] = ()
 
     def release(self) -> None:
         pass
@@ -85,17 +95,27 @@ PLAIN_DIRECTORY = PlainDirectory()
 
 
 class ImageCode:
-    """An image leased for one instance's lifetime."""
+    """An image (and the function's layers) leased for one instance's lifetime."""
 
-    __slots__ = ("_lease", "digest", "image")
+    __slots__ = ("_leases", "digest", "image", "layers")
 
-    def __init__(self, lease: ImageLease) -> None:
-        self.image: Path | None = lease.path
-        self.digest = lease.digest
-        self._lease = lease
+    def __init__(
+        self, leases: list[ImageLease], native_dirs: tuple[str, ...], extract_root: Path
+    ) -> None:
+        main, *layers = leases
+        self.image: Path | None = CodeImage.make(
+            main.path,
+            layers=tuple(str(lease.path) for lease in layers),
+            native_dirs=native_dirs,
+            extract_root=str(extract_root),
+        )
+        self.digest = main.digest
+        self.layers = tuple(lease.digest for lease in layers)
+        self._leases = leases
 
     def release(self) -> None:
-        self._lease.release()
+        for lease in self._leases:
+            lease.release()
 
 
 class SingleFileOrigin(Origin):
@@ -197,8 +217,19 @@ class PackageManager:
         self.settings = config.cache
         self.store = store
         self.live = live or LiveFetches()
-        self.packer = packer or DirectoryPacker(store.images_dir.parent / "packed")
+        self.packer = packer or DirectoryPacker(
+            store.images_dir.parent / "packed",
+            DependencyOptions(
+                cache_dir=store.images_dir.parent,
+                allow_sdist=self.settings.allow_sdist,
+                timeout_s=self.settings.pip_timeout_s,
+            ),
+            progress=_log_progress,
+        )
         self.packed_origin = DirectoryOrigin(self.packer.out_dir)
+        self.extract_root = store.images_dir.parent / "extract"
+        self._native: dict[str, str | None] = {}  # digest -> its verified native tree
+        self._native_locks: dict[str, trio.Lock] = {}
         self.functions = {fn.name: fn for fn in config.functions}
         self._dirs: dict[Path, _Resolved] = {}
         self._files: dict[Path, _Resolved] = {}
@@ -209,6 +240,10 @@ class PackageManager:
         self._nursery: trio.Nursery | None = None
         # Set by the daemon to the prefetcher's hint: how a quarantined image comes back.
         self.refetch: Callable[[str, Origin], object] | None = None
+        # Set by the daemon: redeploys functions whose code changed (see _announce).
+        self.on_code_changed: Callable[[set[str]], object] | None = None
+        self._repacking: dict[Path, _Resolved] = {}  # re-packs in flight (current image serves)
+        self._repack_again: set[Path] = set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start packing directory packages in the background, then serve until cancelled."""
@@ -228,13 +263,103 @@ class PackageManager:
         self.functions[fn.name] = fn  # functions deployed at runtime are learnt here
         source = await self.resolve(fn)
         if source is None:
+            if fn.layers:
+                raise CodeUnavailable("layers need packed code (cache.pack_directories is off)")
             return PLAIN_DIRECTORY
-        digest, origin = source
-        usage = self._track(digest, origin, fn.code_source, fn.name)
+        leases = [await self._lease(fn, *source, fn.code_source)]
+        try:
+            for layer in fn.layers:
+                leases.append(await self._lease(fn, *await self._resolve_layer(fn, layer), "layer"))
+            native = [await self._native_tree(lease) for lease in leases]
+        except BaseException:
+            for lease in leases:
+                lease.release()
+            raise
+        trees = tuple(tree for tree in native if tree is not None)
+        return ImageCode(leases, trees, self.extract_root)
+
+    async def _resolve_layer(
+        self, fn: FunctionSettings, layer: LayerSettings
+    ) -> tuple[str, Origin]:
+        if layer.image is None:
+            assert layer.digest is not None
+            return layer.digest, self._origin(layer.origin)
+        digest, origin = await self._resolve_image_file(layer.image, fn.name, what="layer image")
+        if layer.digest is not None and digest != layer.digest:
+            log.error(
+                "layer image is not the pinned digest",
+                function=fn.name,
+                expected=layer.digest,
+                found=digest,
+            )
+            raise CodeUnavailable(
+                f"layer image {digest[:12]} is not the pinned {layer.digest[:12]}"
+            )
+        return digest, origin
+
+    async def _native_tree(self, lease: ImageLease) -> str | None:
+        """The image's extracted native tree (cache/native.py), made before any instance needs it.
+
+        Done here, not in the instance: a sandbox sees the extract root read-only.
+        Verified once per image per daemon run, then trusted.
+        """
+        if lease.digest in self._native:
+            return self._native[lease.digest]
+        lock = self._native_locks.setdefault(lease.digest, trio.Lock())
+        async with lock:
+            if lease.digest not in self._native:
+                try:
+                    tree = await trio.to_thread.run_sync(
+                        lambda: ensure_native_tree(
+                            lease.reader, str(self.extract_root), verify_existing=True
+                        )
+                    )
+                except (OSError, CacheError) as exc:
+                    log.error("cannot extract native files", digest=lease.digest, error=str(exc))
+                    raise CodeUnavailable(
+                        f"image {lease.digest[:12]}: its native files could not be extracted"
+                    ) from None
+                self._native[lease.digest] = tree
+                if tree is not None:
+                    log.info("native files extracted", digest=lease.digest, tree=tree)
+                    # A new tree: drop those of images no longer in the store.
+                    await trio.to_thread.run_sync(self._sweep_native_trees)
+        self._native_locks.pop(lease.digest, None)
+        return self._native[lease.digest]
+
+    def _sweep_native_trees(self) -> None:
+        """Bound extract/: a tree lives as long as its image is installed (evicted: removed).
+
+        In-use images are pinned in the store, so their trees stay; temp dirs of
+        an extraction that died are removed once an hour old.
+        """
+        try:
+            names = os.listdir(self.extract_root)
+        except OSError:
+            return
+        for name in names:
+            path = self.extract_root / name
+            if fmt.is_digest_hex(name):
+                if not self.store.contains(name):
+                    remove_native_tree(str(self.extract_root), name)
+                    self._native.pop(name, None)
+            elif name.endswith((".tmp", ".old")):
+                try:
+                    stale = time.time() - path.stat().st_mtime > STALE_TEMP_S
+                except OSError:
+                    continue
+                if stale:
+                    shutil.rmtree(path, ignore_errors=True)
+
+    async def _lease(
+        self, fn: FunctionSettings, digest: str, origin: Origin, source: str
+    ) -> ImageLease:
+        usage = self._track(digest, origin, source, fn.name)
         level = self.store.level_of(digest) or "origin"
         usage.hits[level] += 1
         # A request waits on a cold fetch: prefetching steps aside until it is done.
         guard = self.live.fetching() if level == "origin" else nullcontext()
+        started = trio.current_time()
         try:
             with guard:
                 lease = await self.store.get(digest, origin)
@@ -257,7 +382,16 @@ class PackageManager:
                 f"image {digest[:12]} could not be opened; see the node log"
             ) from None
         usage.last_used = time.time()
-        return ImageCode(lease)
+        if level == "origin":
+            log.info(
+                "image fetched",
+                function=fn.name,
+                digest=digest,
+                bytes=_size(lease.path),
+                files=len(lease.reader),
+                ms=round((trio.current_time() - started) * 1000, 1),
+            )
+        return lease
 
     def source_of(self, name: str) -> tuple[str, Origin] | None:
         """The function's (digest, origin) if known without waiting; for prediction and hints."""
@@ -301,27 +435,79 @@ class PackageManager:
             raise CodeUnavailable(resolved.error or "its package could not be packed")
         return resolved.digest, resolved.origin
 
-    def refresh(self, functions: Iterable[FunctionSettings]) -> int:
-        """Re-pack the directory packages of ``functions`` (a reload: code may have changed).
+    async def refresh(
+        self, functions: Iterable[FunctionSettings], *, wait_s: float = REFRESH_WAIT_S
+    ) -> set[str]:
+        """Look again at the code of ``functions`` (a reload, a save under watch).
 
-        An unchanged tree reuses its pack (fingerprint), so this is cheap; a
-        changed one gives new instances the new image while warm ones keep theirs.
+        Package directories are re-packed (an unchanged tree reuses its pack, so
+        this is cheap) and image files re-read. Until a re-pack is done, new
+        instances keep getting the current image. A function whose digest
+        changed is announced to :attr:`on_code_changed`, which redeploys it.
+        Waits up to ``wait_s`` for the packs; returns the functions whose code
+        changed meanwhile (a slower pack still announces its change when done).
         """
-        if not self.settings.pack_directories or self._nursery is None:
-            return 0
-        dirs = {fn.package for fn in functions if fn.code_source == "package"}
-        for directory in dirs:
+        functions = list(functions)
+        before = {fn.name: self._digest_of(fn) for fn in functions}
+        waits: list[trio.Event] = []
+        if self.settings.pack_directories and self._nursery is not None:
+            for directory in sorted(
+                {fn.package for fn in functions if fn.code_source == "package"}
+            ):
+                waits.append(self._repack(directory))
+        files = {fn.image for fn in functions if fn.image is not None}
+        files |= {layer.image for fn in functions for layer in fn.layers if layer.image}
+        for path in sorted(files):
+            try:
+                await self._resolve_image_file(path, "", what="image file")
+            except CodeUnavailable:
+                pass  # logged; instances keep the copy installed, if any
+        with trio.move_on_after(wait_s):
+            for event in waits:
+                await event.wait()
+        return {fn.name for fn in functions if self._digest_of(fn) != before[fn.name]}
+
+    def _digest_of(self, fn: FunctionSettings) -> tuple[str | None, ...]:
+        """The function's code as currently resolved: its digest and its layers' image digests."""
+        if fn.code_source == "digest":
+            main = fn.digest
+        elif fn.image is not None:
+            main = self._files[fn.image].digest if fn.image in self._files else None
+        else:
+            main = self._dirs[fn.package].digest if fn.package in self._dirs else None
+        layers = tuple(
+            self._files[layer.image].digest
+            if layer.image is not None and layer.image in self._files
+            else layer.digest
+            for layer in fn.layers
+        )
+        return (main, *layers)
+
+    def _repack(self, directory: Path) -> trio.Event:
+        """Pack ``directory`` again; the current image serves until the new one is ready."""
+        running = self._repacking.get(directory)
+        if running is not None:
+            self._repack_again.add(directory)  # edited while packing: pack once more after
+            return running.ready
+        current = self._dirs.get(directory)
+        if current is None or not current.ready.is_set() or current.digest is None:
+            # Nothing usable to keep serving: starts wait for this pack, as at load.
             self._dirs[directory] = _Resolved()
             self._start_pack(directory)
-        return len(dirs)
+            return self._dirs[directory].ready
+        resolved = self._repacking[directory] = _Resolved()
+        self._start_pack(directory, resolved)
+        return resolved.ready
 
-    def _start_pack(self, directory: Path) -> None:
+    def _start_pack(self, directory: Path, target: _Resolved | None = None) -> None:
         if self._nursery is None:
             raise CodeUnavailable("the package cache is not running")
-        self._nursery.start_soon(self._pack, directory)
+        self._nursery.start_soon(self._pack, directory, target)
 
-    async def _pack(self, directory: Path) -> None:
-        resolved = self._dirs[directory]
+    async def _pack(self, directory: Path, target: _Resolved | None = None) -> None:
+        resolved = target or self._dirs[directory]
+        previous = self._dirs.get(directory)
+        previous_digest = previous.digest if previous is not None else None
         started = trio.current_time()
         try:
             result = await self.pack_directory(directory)
@@ -332,7 +518,8 @@ class PackageManager:
             log.error("cannot pack package directory", directory=str(directory), error=str(exc))
         else:
             resolved.digest, resolved.origin = result.digest, self.packed_origin
-            names = {fn.name for fn in self.config.functions if fn.package == directory}
+            names = {fn.name for fn in self.functions.values() if fn.package == directory}
+            names |= {fn.name for fn in self.config.functions if fn.package == directory}
             for name in names:
                 self._track(result.digest, self.packed_origin, "package", name)
             log.info(
@@ -343,17 +530,47 @@ class PackageManager:
                 reused=result.reused,
                 ms=round((trio.current_time() - started) * 1000, 1),
             )
+            if target is not None:
+                self._dirs[directory] = resolved  # new starts get the new image from now on
+            if previous_digest is not None and previous_digest != result.digest:
+                self._announce(names, result.digest)
         finally:
             resolved.ready.set()
+            if target is not None and self._repacking.get(directory) is target:
+                del self._repacking[directory]
+                if directory in self._repack_again:
+                    self._repack_again.discard(directory)
+                    self._repack(directory)
+
+    def _announce(self, names: Iterable[str], digest: str) -> None:
+        """Functions whose code is now ``digest``: their new requests go to new instances."""
+        names = sorted(names)
+        self.note("code_changed", digest, "new instances run the new code", functions=names)
+        log.info("function code changed", functions=names, digest=digest)
+        if self.on_code_changed is not None and names:
+            self.on_code_changed(set(names))
 
     async def pack_directory(self, directory: Path) -> PackResult:
         """Pack (or reuse the unchanged pack of) ``directory``, one pack at a time."""
         async with self._pack_lock:
-            return await trio.to_thread.run_sync(self.packer.pack, directory)
+            # Cancellable (a stopping daemon must not wait out pip's deadline): the
+            # thread is abandoned and told to kill pip, which it does within 0.2 s.
+            cancel = threading.Event()
+            try:
+                return await trio.to_thread.run_sync(
+                    lambda: self.packer.pack(directory, cancel), abandon_on_cancel=True
+                )
+            except trio.Cancelled:
+                cancel.set()
+                raise
 
     async def _resolve_file(self, fn: FunctionSettings) -> tuple[str, Origin]:
-        path = fn.image
-        assert path is not None
+        assert fn.image is not None
+        return await self._resolve_image_file(fn.image, fn.name)
+
+    async def _resolve_image_file(
+        self, path: Path, name: str, what: str = "image file"
+    ) -> tuple[str, Origin]:
         resolved = self._files.setdefault(path, _Resolved())
         try:
             st = os.stat(path)
@@ -364,17 +581,26 @@ class PackageManager:
             try:
                 digest = await trio.to_thread.run_sync(_image_digest, path)
             except (CacheError, OSError) as exc:
-                log.error("cannot read function image", function=fn.name, error=str(exc))
+                log.error("cannot read function image", function=name, error=str(exc))
                 if resolved.digest is None:
-                    raise CodeUnavailable("its image file is not a usable image") from None
+                    raise CodeUnavailable(f"its {what} is not a usable image") from None
             else:
-                if resolved.digest not in (None, digest):
-                    log.info("function image changed", function=fn.name, digest=digest)
+                previous = resolved.digest
                 resolved.digest, resolved.stamp = digest, stamp
                 resolved.origin = SingleFileOrigin(path)
+                if previous not in (None, digest):
+                    self._announce(self._users_of(path), digest)
         if resolved.digest is None or resolved.origin is None:
-            raise CodeUnavailable("its image file does not exist")
+            raise CodeUnavailable(f"its {what} does not exist")
         return resolved.digest, resolved.origin
+
+    def _users_of(self, path: Path) -> set[str]:
+        """Functions whose code or layers are the image file ``path``."""
+        return {
+            fn.name
+            for fn in [*self.config.functions, *self.functions.values()]
+            if fn.image == path or any(layer.image == path for layer in fn.layers)
+        }
 
     def _origin(self, url: str | None) -> Origin:
         url = url or self.settings.default_origin
@@ -508,12 +734,24 @@ class PackageManager:
         }
 
 
+def _log_progress(report: dict[str, Any]) -> None:
+    """Packing and pip progress (called from the packing thread; logging is thread-safe)."""
+    log.info("packing progress", **report)
+
+
 def _image_digest(path: Path) -> str:
     """The digest an image file declares (header and index checked; the store hashes it).
 
     Read with ``pread``, never mapped: the file is the operator's, not ours.
     """
     return inspect_image(path, verify=False).digest
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _mtime(path: Path) -> float | None:

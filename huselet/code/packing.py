@@ -8,8 +8,11 @@ without reading a byte of the sources; an edited tree is packed again and its
 old image deleted. ``out_dir`` doubles as a local origin, so an image evicted
 or quarantined from the store is installed again without repacking.
 
-Used for ``package = "dir"`` functions (packed on load, for development) and
-for directories dropped into the publish directory.
+Used for ``package = "dir"`` functions (packed on load, for development), for
+directories dropped into the publish directory, and by ``huselet pack``: all
+three go through :func:`build_image`, so the same tree (and the same wheels
+for its ``requirements.txt``, see :mod:`huselet.code.dependencies`) gives the same
+image digest whoever packs it.
 
 Blocking by design: callers run :meth:`DirectoryPacker.pack` in a worker
 thread, one pack at a time (packing is CPU- and disk-bound anyway).
@@ -21,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from importlib.util import MAGIC_NUMBER
@@ -28,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from cache import format as fmt
-from cache.builder import pack_directory
+from cache.builder import ImageInfo, pack_directory
+from cache.importer import DEPS_DIR
+from huselet.code.dependencies import DependencyOptions, Progress, install_requirements
 from huselet.log import get_logger
 
 log = get_logger("packing")
@@ -80,18 +86,65 @@ def tree_fingerprint(root: Path) -> str:
     return h.hexdigest()
 
 
+def build_image(
+    src: Path,
+    out: Path,
+    deps: DependencyOptions | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> ImageInfo:
+    """The one way a tree becomes an image: its requirements installed, then packed.
+
+    ``out`` is a file or a directory (then ``<digest>.hlimg`` inside it).
+    Without ``deps`` a ``requirements.txt`` is refused rather than ignored.
+    Raises ``CacheError`` (a :class:`~huselet.code.dependencies.DependencyError`
+    for pip's failures) or ``OSError``.
+    """
+    started = time.monotonic()
+    extra: dict[str, Path] = {}
+    if deps is not None:
+        tree = install_requirements(src, deps, progress, cancel)
+        if tree is not None:
+            extra[DEPS_DIR] = tree
+    elif (src / "requirements.txt").is_file():
+        from huselet.code.dependencies import DependencyError
+
+        raise DependencyError("the tree has a requirements.txt but no dependency cache is set")
+    info = pack_directory(src, out, extra_trees=extra)
+    if progress is not None:
+        progress(
+            {
+                "phase": "packed",
+                "elapsed_s": round(time.monotonic() - started, 1),
+                "files": info.files,
+                "bytes": info.size,
+                "digest": info.digest,
+                "done": True,
+            }
+        )
+    return info
+
+
 class DirectoryPacker:
     """Packs trees into ``out_dir``; remembers fingerprints in ``out_dir/index.json``."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        deps: DependencyOptions | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         self.out_dir = out_dir
+        # Default: the cache directory next to packed/ (the daemon's layout).
+        self.deps = deps or DependencyOptions(cache_dir=out_dir.parent)
+        self.progress = progress
         self._index_path = out_dir / INDEX_NAME
         self._entries: dict[str, dict[str, Any]] | None = None  # loaded lazily (in a thread)
 
-    def pack(self, src: Path) -> PackResult:
+    def pack(self, src: Path, cancel: threading.Event | None = None) -> PackResult:
         """Pack ``src`` unless its fingerprint matches the last pack.
 
-        Raises ``CacheError`` (from the builder) or ``OSError``.
+        Raises ``CacheError`` (from the builder) or ``OSError``; ``cancel`` stops pip.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         entries = self._load()
@@ -110,7 +163,7 @@ class DirectoryPacker:
                 entry["used"] = time.time()
                 self._save(entries)
                 return PackResult(entry["digest"], size, path, reused=True)
-        info = pack_directory(src, self.out_dir)
+        info = build_image(src, self.out_dir, self.deps, self.progress, cancel)
         old = entry.get("digest") if entry else None
         entries[key] = {"fingerprint": fingerprint, "digest": info.digest, "used": time.time()}
         self._trim(entries)

@@ -108,12 +108,34 @@ class CacheSettings:
     prefetch_queue: int = 256
     predict: bool = True  # prefetch from the node's own invocation history
     predict_window_s: int = 3600  # "invoked recently" means within this
+    # requirements.txt of packed directories (huselet/code/dependencies.py): wheels
+    # only unless sdists are allowed (building one runs its setup code).
+    allow_sdist: bool = False
+    pip_timeout_s: int = 600
+    # Re-pack (and redeploy) a package directory when a file in it is saved.
+    watch_packages: bool = False
 
 
 CODE_SOURCES = ("package", "image", "digest")
 # The working directory of workers whose code comes only from an image: nothing
 # of the function lives on the host's file system, so no directory is implied.
 IMAGE_ONLY_CWD = Path("/")
+
+
+MAX_LAYERS = 8
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """One ``functions[].layers`` entry: a shared dependency image after the function's code.
+
+    ``image`` (a file; ``digest`` then pins its content) or ``digest`` (+
+    ``origin``, default ``cache.default_origin``: fetched like any image).
+    """
+
+    image: Path | None = None
+    digest: str | None = None
+    origin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +169,8 @@ class FunctionSettings:
     tenant: str | None = None
     rate: RateLimit | None = None  # rate_per_s / burst at admission, all callers together
     max_concurrent: int | None = None  # requests admitted at once, all callers together
+    # Shared dependency images on the import path after the function's own code.
+    layers: tuple[LayerSettings, ...] = ()
 
     @property
     def code_source(self) -> str:
@@ -443,9 +467,38 @@ def _parse_function(
         max_concurrent=(
             ft.positive_int("max_concurrent") if ft.optional("max_concurrent") is not None else None
         ),
+        layers=_parse_layers(ft, cache or CacheSettings()),
     )
     ft.finish()
     return fn
+
+
+def _parse_layers(ft: ConfigTable, cache: CacheSettings) -> tuple[LayerSettings, ...]:
+    tables = ft.table_list("layers")
+    if len(tables) > MAX_LAYERS:
+        raise ConfigError(ft.key("layers"), f"at most {MAX_LAYERS} layers, got {len(tables)}")
+    layers = []
+    for lt in tables:
+        image = lt.optional_path("image")
+        digest = (
+            lt.string("digest", pattern=DIGEST, pattern_help="64 lowercase hex digits (sha256)")
+            if "digest" in lt.raw
+            else None
+        )
+        origin = _origin_url(lt, "origin") if "origin" in lt.raw else None
+        if image is None and digest is None:
+            raise ConfigError(lt.key("image"), "a layer needs image, or digest (+ origin)")
+        if image is not None and origin is not None:
+            raise ConfigError(lt.key("origin"), "only allowed with digest, not with image")
+        if image is None and origin is None and cache.default_origin is None:
+            raise ConfigError(
+                lt.key("origin"), "required with digest when cache.default_origin is not set"
+            )
+        if image is not None and not image.is_file():
+            raise ConfigError(lt.key("image"), f"layer image {image} does not exist")
+        lt.finish()
+        layers.append(LayerSettings(image.resolve() if image else None, digest, origin))
+    return tuple(layers)
 
 
 APP_KINDS = (EntryKind.WSGI.value, EntryKind.ASGI.value)
@@ -612,6 +665,9 @@ def _parse_cache(ct: ConfigTable, node: NodeSettings) -> CacheSettings:
         prefetch_queue=ct.positive_int("prefetch_queue", default=256),
         predict=ct.boolean("predict", default=True),
         predict_window_s=ct.positive_int("predict_window_s", default=3600),
+        allow_sdist=ct.boolean("allow_sdist", default=False),
+        pip_timeout_s=ct.positive_int("pip_timeout_s", default=600),
+        watch_packages=ct.boolean("watch_packages", default=False),
     )
     ct.finish()
     return settings

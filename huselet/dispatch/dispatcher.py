@@ -336,4 +336,8 @@ class Dispatcher:
         for pool in self.pools.values():
             for record in pool.instances.values():
                 out.append({"function": pool.name, **record.describe()})
+        # A replaced pool's instances still finish their requests (old code): show them.
+        for pool in self._retiring:
+            for record in pool.instances.values():
+                out.append({"function": pool.name, "retiring": True, **record.describe()})
         return out

@@ -126,6 +126,9 @@ class InstanceRecord:
             "start_ms": round((self.ready_at - self.created_at) * 1000, 2)
             if self.ready_at
             else None,
+            # Which code it runs: the image digest (None: a plain directory) and layers.
+            "code": self.code.digest if self.code else None,
+            "layers": list(self.code.layers) if self.code else [],
         }
 
 
@@ -133,6 +136,12 @@ class CodeLease(Protocol):
     """The function's code, held for one instance's lifetime (an image stays pinned)."""
 
     image: Path | None
+
+    @property
+    def digest(self) -> str | None: ...  # the image's digest; None for a plain directory
+
+    @property
+    def layers(self) -> tuple[str, ...]: ...  # layer image digests
 
     def release(self) -> None: ...
 
@@ -147,6 +156,8 @@ class DirectoryCode:
     """The default provider: the function's package is a plain directory."""
 
     image: Path | None = None
+    digest: str | None = None
+    layers: tuple[str, ...] = ()
 
     async def acquire(self, fn: FunctionSettings) -> CodeLease:
         return self

@@ -682,4 +682,8 @@ class FunctionPool:
             "counters": dict(self.counters),
             "last_start_error": self.last_start_error,
             "breaker": self.breaker.describe(trio.current_time()),
+            # Image digests its live instances run (two during a code update).
+            "code": sorted(
+                {r.code.digest for r in self.instances.values() if r.code and r.code.digest}
+            ),
         }

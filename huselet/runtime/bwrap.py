@@ -46,6 +46,7 @@ from huselet.runtime.base import (
 )
 from huselet.runtime.cgroups import Cgroup, CgroupPool
 from huselet.runtime.children import SandboxHandle, dial_link, pump_output, worker_env
+from huselet.runtime.codeimage import code_key, code_ro_paths
 from huselet.runtime.identity import sandbox_subtree
 from huselet.runtime.isolation import (
     IsolationSettings,
@@ -157,7 +158,7 @@ class BwrapRuntime(Runtime):
         uid with no capabilities, bounding set or groups left. Without (an
         unprivileged daemon, degraded): bwrap makes a user namespace itself.
         """
-        key = (fn.name, str(fn.package), uid, str(image))
+        key = (fn.name, str(fn.package), uid, code_key(image))
         cached = self._argv_cache.get(key)
         if cached is not None:
             return cached
@@ -172,7 +173,7 @@ class BwrapRuntime(Runtime):
             argv += ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
         # /tmp first: a package that lives under /tmp is bound on top of it.
         argv += ["--size", str(iso.tmp_size_mb * MiB), "--perms", "1777", "--tmpfs", "/tmp"]
-        extra = iso.ro_paths + ((str(image),) if image is not None else ())
+        extra = iso.ro_paths + code_ro_paths(image)
         binds = rootfs.plan_binds(str(fn.package), extra, packages=WORKER_PACKAGES)
         # bwrap would create the parents of bind targets 0700 (root-only):
         # make them traversable for the function's uid.

@@ -29,6 +29,7 @@ from huselet.log import get_logger
 from huselet.observe.output import log_output_line
 from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, StartFailed
 from huselet.runtime.cgroups import Cgroup
+from huselet.runtime.codeimage import code_env
 from huselet.runtime.output import MAX_LINE, OutputLimiter
 
 log = get_logger("runtime")
@@ -62,8 +63,7 @@ def function_env(fn: FunctionSettings, image: Any = None) -> dict[str, str]:
             "HUSELET_KIND": fn.kind.value,
         }
     )
-    if image is not None:
-        env["HUSELET_IMAGE"] = str(image)
+    env.update(code_env(image))
     return env
 
 

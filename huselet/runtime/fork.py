@@ -55,6 +55,7 @@ from huselet.runtime.children import (
     dial_link,
     pump_output,
 )
+from huselet.runtime.codeimage import code_key, code_ro_paths
 from huselet.runtime.identity import sandbox_subtree
 from huselet.runtime.isolation import (
     IsolationSettings,
@@ -72,6 +73,7 @@ log = get_logger("runtime.fork")
 
 MiB = 1024 * 1024
 MAINTAIN_INTERVAL_S = 1.0
+RETIRE_AFTER_S = 1.0  # a replaced code's zygote is stopped once unused this long
 STRAY_SWEEP_S = 5.0
 ZYGOTE_ESTIMATE_BYTES = 48 * MiB  # budget estimate for a zygote not yet measured
 
@@ -103,6 +105,8 @@ class ForkRuntime(Runtime):
         self._expected: list[FunctionSettings] = []
         self._slots: dict[tuple[Any, ...], ZygoteSlot] = {}
         self._slot_names: dict[tuple[Any, ...], str] = {}
+        # Per function, the slot of its newest code: older code's zygotes retire.
+        self._newest: dict[str, tuple[Any, ...]] = {}
         self._handles: dict[int, SandboxHandle] = {}
         self._uids = UidAllocator(self.isolation.uid_base, self.isolation.uid_count)
         self._cgroups: CgroupPool | None = None
@@ -162,7 +166,7 @@ class ForkRuntime(Runtime):
         self, fn: FunctionSettings, image: Any, staging: Path, uid: int | None
     ) -> SandboxPlan:
         iso = self.isolation
-        ro_paths = iso.ro_paths + ((str(image),) if image is not None else ())
+        ro_paths = iso.ro_paths + code_ro_paths(image)
         return SandboxPlan(
             function=fn.name,
             package=str(fn.package),
@@ -190,7 +194,7 @@ class ForkRuntime(Runtime):
             str(fn.package),
             fn.handler,
             fn.kind.value,
-            str(image),
+            code_key(image),
             tuple(sorted(fn.env.items())),
         )
         slot = self._slots.get(key)
@@ -221,6 +225,8 @@ class ForkRuntime(Runtime):
 
         slot = ZygoteSlot(key, make)
         self._slots[key] = slot
+        if image is not None:
+            self._newest[fn.name] = key
         self._nursery.start_soon(self._run_slot, slot, name)
         return slot
 
@@ -374,12 +380,32 @@ class ForkRuntime(Runtime):
                 except OSError as exc:
                     log.warning("cannot pre-create cgroups", error=exc.strerror)
             self._enforce_budget(0)
+            self._retire_old_code()
             for slot in list(self._slots.values()):
                 if slot.process is not None and slot.process.cgroup is not None:
                     await slot.process.go_home()  # backstop: a start cancelled mid-way
             if trio.current_time() - last_sweep >= STRAY_SWEEP_S:
                 last_sweep = trio.current_time()
                 self._strays.sweep(self._handles)
+
+    def _retire_old_code(self) -> None:
+        """Stop zygotes of a function's replaced code once no start is using them.
+
+        Instances already forked from them are the daemon's children and run on;
+        new starts of the function go to the zygote of its newest code.
+        """
+        now = trio.current_time()
+        for key, slot in list(self._slots.items()):
+            newest = self._newest.get(key[0])
+            # Only zygotes of an image: an eager one (made at start, before the
+            # image was known; code key of None) is left as it always was.
+            if newest is None or newest == key or slot.closed or code_key(None) in key:
+                continue
+            process = slot.process
+            busy = process is not None and process.placement.locked()
+            if not busy and now - slot.last_used >= RETIRE_AFTER_S:
+                log.info("stopping the zygote of replaced code", function=key[0])
+                slot.close()
 
     def describe(self) -> dict[str, Any]:
         iso = self.isolation

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from huselet.runtime.children import worker_env
+from huselet.runtime.codeimage import code_ro_paths
 from huselet.runtime.isolation import IsolationSettings
 from huselet.sandbox import rootfs, seccomp
 
@@ -58,7 +59,7 @@ def container_config(
 ) -> dict[str, Any]:
     fn = spec.function
     env = worker_env(spec, link_fd=link_fd)
-    extra = iso.ro_paths + ((str(spec.image),) if spec.image is not None else ())
+    extra = iso.ro_paths + code_ro_paths(spec.image)
     binds = rootfs_binds(str(fn.package), extra)
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},

@@ -57,6 +57,7 @@ from huselet.runtime.base import (
     StartFailed,
 )
 from huselet.runtime.children import ChildHandle, dial_link, pump_output
+from huselet.runtime.codeimage import code_ro_paths
 from huselet.runtime.isolation import NETWORK_MODES, Table, UidAllocator
 from huselet.runtime.output import OutputLimiter
 from huselet.runtime.spawner import SpawnThread
@@ -160,7 +161,7 @@ class ProcessRuntime(Runtime):
             package=str(fn.package),
             handler=fn.handler,
             staging=str(staging),
-            ro_paths=(str(spec.image),) if spec.image is not None else (),
+            ro_paths=code_ro_paths(spec.image),
             network=self.network,
             uid=uid,
             gid=uid,

@@ -159,24 +159,27 @@ def load_handler(
     """
     module_name, _, attr = handler.partition(":")
     image = image or os.environ.get("HUSELET_IMAGE") or None
+    # Layers (env HUSELET_LAYERS, os.pathsep-separated images) come after the
+    # function's own code and its requirements, in the configured order.
+    layers = [p for p in os.environ.get("HUSELET_LAYERS", "").split(os.pathsep) if p]
     provides: list[names.Provides] = []
-    if image is not None:
-        from cache.importer import install_image_importer  # only image workers pay for it
-        from cache.reader import ImageReader
-
-        reader = ImageReader.open(image, verify=False)
-        extract_dir = (
-            extract_dir
-            or os.environ.get("HUSELET_EXTRACT_DIR")
-            or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(image))), "extract")
-        )
-        finder = install_image_importer(reader, extract_root=extract_dir)
-        _images.append(reader)
-        provides.append(names.image_provides(finder))
-    else:
+    if image is None:
         if package_dir not in sys.path:
             sys.path.insert(0, package_dir)
         provides.append(names.directory_provides(package_dir))
+    for path in ([image] if image is not None else []) + layers:
+        from cache.importer import install_image_roots  # only image workers pay for it
+        from cache.reader import ImageReader
+
+        reader = ImageReader.open(path, verify=False)
+        extract_root = (
+            extract_dir
+            or os.environ.get("HUSELET_EXTRACT_DIR")
+            or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "extract")
+        )
+        for finder in install_image_roots(reader, extract_root=extract_root):
+            provides.append(names.image_provides(finder))
+        _images.append(reader)
     names.release_shadowed(provides)
     module = importlib.import_module(module_name)
     fn = getattr(module, attr)

@@ -260,7 +260,16 @@ def test_render_instances_keeps_the_daemons_order() -> None:
 def test_render_instances_tolerates_missing_keys() -> None:
     cols = columns_of(render_instances([{"id": "x-1"}]))
     assert cols["ID"] == ["x-1"]
-    assert [cols[h][0] for h in INSTANCE_HEADERS if h != "ID"] == ["-"] * 7
+    assert [cols[h][0] for h in INSTANCE_HEADERS if h != "ID"] == ["-"] * 8
+
+
+def test_code_digests_are_shown_short() -> None:
+    digest = "ab" * 32
+    other = "cd" * 32
+    instances = columns_of(render_instances([{**INSTANCES[0], "code": digest}]))
+    assert instances["CODE"] == [digest[:12]]
+    functions = columns_of(render_functions([{**hello_status(), "code": [digest, other]}]))
+    assert functions["CODE"] == [f"{digest[:12]},{other[:12]}"]
 
 
 def test_render_instances_empty() -> None:

@@ -51,6 +51,34 @@ def test_another_process_packs_the_same_digest(tmp_path: Path, sample_tree: Path
     assert result.stdout.strip() == here.digest
 
 
+# Constants whose bytecode marshal used to write differently depending on what
+# else the packing process held: a one-character string ("{" is a shared
+# singleton, interned or not by whoever used it first), a non-identifier string,
+# and names other code also references.
+PROCESS_SENSITIVE = {
+    "mod.py": "A = '{'\nB = 'hello world'\nC = ('{', '}', 1 << 70)\n"
+    "def handler(event, context):\n    return {'{': event, 'json': '}'}\n",
+}
+PROCESS_NOISE = (
+    "import sys, json, typing; "
+    "held = [sys.intern(s) for s in ('{', '}', 'hello world', 'handler', 'event')]; "
+)
+
+
+def test_the_digest_does_not_depend_on_the_packing_process(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", PROCESS_SENSITIVE)
+    code = (
+        "import sys; from pathlib import Path; from cache.builder import pack_directory; "
+        "print(pack_directory(Path(sys.argv[1]), Path(sys.argv[2])).digest)"
+    )
+    digests = set()
+    for i, prefix in enumerate(("", PROCESS_NOISE)):
+        result = run_python(prefix + code, str(src), str(tmp_path / f"{i}.hlimg"))
+        assert result.returncode == 0, result.stderr
+        digests.add(result.stdout.strip())
+    assert len(digests) == 1
+
+
 def test_content_changes_change_the_digest(tmp_path: Path, sample_tree: Path) -> None:
     before = pack_directory(sample_tree, tmp_path / "a.hlimg")
     (sample_tree / "pkg/data.txt").write_text("hello from the imagE\n")

@@ -265,36 +265,53 @@ def test_in_process_install_and_uninstall_restore_sys_state(sample_image: ImageI
 
 TINY_C = r"""
 #include <Python.h>
-static PyObject *answer(PyObject *self, PyObject *args) { return PyLong_FromLong(42); }
+extern int the_answer(void);
+static PyObject *answer(PyObject *self, PyObject *args) { return PyLong_FromLong(the_answer()); }
 static PyMethodDef methods[] = {{"answer", answer, METH_NOARGS, NULL}, {NULL, NULL, 0, NULL}};
 static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_tiny", NULL, -1, methods};
 PyMODINIT_FUNC PyInit__tiny(void) { return PyModule_Create(&def); }
 """
+LIB_C = "int the_answer(void) { return 42; }\n"
+# The layout of every auditwheel-repaired wheel: the extension finds its
+# vendored library through an RPATH relative to itself.
+PKG_INIT = """
+import ctypes, os
+from ._tiny import answer
+HERE = os.path.dirname(__file__)
+LIB = ctypes.CDLL(os.path.join(HERE, os.pardir, "pkg.libs", "libanswer-1a2b3c.so.1"))
+with open(os.path.join(HERE, "data.txt")) as f:
+    DATA = f.read()
+"""
+
+
+def _cc(*args: str) -> None:
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler (gcc/cc) on PATH to build a test extension")
+    subprocess.run([compiler, *args], check=True, capture_output=True, timeout=120)
 
 
 @pytest.fixture
 def extension_image(tmp_path: Path) -> ImageInfo:
-    compiler = shutil.which("gcc") or shutil.which("cc")
-    if compiler is None:
-        pytest.skip("no C compiler (gcc/cc) on PATH to build a test extension")
-    src = make_tree(tmp_path / "src", {"pkg/__init__.py": "from ._tiny import answer\n"})
-    c_file = tmp_path / "tiny.c"
-    c_file.write_text(TINY_C)
+    src = make_tree(
+        tmp_path / "src",
+        {"pkg/__init__.py": PKG_INIT, "pkg/data.txt": "data by path\n", "pkg.libs/": ""},
+    )
+    (tmp_path / "tiny.c").write_text(TINY_C)
+    (tmp_path / "lib.c").write_text(LIB_C)
+    lib = src / "pkg.libs" / "libanswer-1a2b3c.so.1"
+    _cc("-shared", "-fPIC", "-O1", str(tmp_path / "lib.c"), "-o", str(lib))
     so = src / "pkg" / f"_tiny{sysconfig.get_config_var('EXT_SUFFIX')}"
-    subprocess.run(
-        [
-            compiler,
-            "-shared",
-            "-fPIC",
-            "-O1",
-            f"-I{sysconfig.get_paths()['include']}",
-            str(c_file),
-            "-o",
-            str(so),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
+    _cc(
+        "-shared",
+        "-fPIC",
+        "-O1",
+        f"-I{sysconfig.get_paths()['include']}",
+        str(tmp_path / "tiny.c"),
+        str(lib),
+        "-Wl,-rpath,$ORIGIN/../pkg.libs",
+        "-o",
+        str(so),
     )
     out = tmp_path / "images"
     out.mkdir()
@@ -304,34 +321,116 @@ def extension_image(tmp_path: Path) -> ImageInfo:
 EXTENSION_BODY = """
 import os, pkg, pkg._tiny
 out["answer"] = pkg.answer()
+out["ctypes"] = pkg.LIB.the_answer()
+out["data"] = pkg.DATA
 out["file"] = pkg._tiny.__file__
+out["init"] = pkg.__file__
 out["inode"] = os.stat(pkg._tiny.__file__).st_ino
 """
 
 
-def test_extension_modules_are_extracted_once_and_reused(
+def test_native_files_keep_their_layout_so_rpath_ctypes_and_data_paths_work(
     tmp_path: Path, extension_image: ImageInfo
 ) -> None:
     extract = tmp_path / "extracted"
     first = run_in_image(extension_image.path, EXTENSION_BODY, str(extract))
-    assert first["answer"] == 42
-    with ImageReader.open(extension_image.path) as reader:
-        entry = next(e for e in reader.entries() if e.path.endswith(".so"))
-    assert first["file"] == str(extract / f"{entry.digest_hex}-{entry.name}")
-    assert [p.name for p in extract.iterdir()] == [Path(first["file"]).name]  # no temp left
+    assert first["answer"] == 42  # _tiny.so found libanswer through $ORIGIN/../pkg.libs
+    assert first["ctypes"] == 42  # a ctypes load relative to __file__
+    assert first["data"] == "data by path\n"  # a data file opened by path
+    tree = extract / extension_image.digest
+    assert first["file"] == str(tree / "pkg" / Path(first["file"]).name)
+    assert first["init"] == str(tree / "pkg" / "__init__.py")  # virtual, next to the real files
+    assert not (tree / "pkg" / "__init__.py").exists()  # source stays in the map
+    assert [p.name for p in extract.iterdir()] == [extension_image.digest]  # no temp left
     second = run_in_image(extension_image.path, EXTENSION_BODY, str(extract))
-    assert second["inode"] == first["inode"]  # reused, not rewritten
+    assert second["inode"] == first["inode"]  # extracted once, then shared
 
 
-def test_a_damaged_extracted_copy_is_replaced(tmp_path: Path, extension_image: ImageInfo) -> None:
+def test_a_damaged_tree_is_rebuilt_when_verified(
+    tmp_path: Path, extension_image: ImageInfo
+) -> None:
+    from cache.native import ensure_native_tree
+
     extract = tmp_path / "extracted"
     first = run_in_image(extension_image.path, EXTENSION_BODY, str(extract))
     damaged = Path(first["file"])
     damaged.chmod(0o644)
     damaged.write_bytes(b"not an ELF file")
+    with ImageReader.open(extension_image.path) as reader:
+        assert ensure_native_tree(reader, str(extract)) == str(damaged.parents[1])  # trusted
+        ensure_native_tree(reader, str(extract), verify_existing=True)
+    assert damaged.read_bytes()[:4] == b"\x7fELF"
     second = run_in_image(extension_image.path, EXTENSION_BODY, str(extract))
     assert second["answer"] == 42
-    assert second["inode"] != first["inode"]
+
+
+def test_distribution_metadata_in_an_image_is_found(tmp_path: Path) -> None:
+    src = make_tree(
+        tmp_path / "src",
+        {
+            "thing/__init__.py": "",
+            "thing-1.2.3.dist-info/METADATA": (
+                "Metadata-Version: 2.1\nName: thing\nVersion: 1.2.3\n"
+            ),
+        },
+    )
+    (tmp_path / "out").mkdir()
+    image = pack_directory(src, tmp_path / "out")
+    out = run_in_image(
+        image.path,
+        """
+        import importlib.metadata as md
+        out["version"] = md.version("thing")
+        """,
+        str(tmp_path / "extract"),
+    )
+    assert out["version"] == "1.2.3"
+
+
+# Each case: files of a tree, and what ``import m`` must give. Checked against
+# CPython's own FileFinder over the same tree on disk, so the image finder
+# cannot drift from the interpreter's order.
+PRECEDENCE_CASES = {
+    "module beats namespace dir": {"m.py": "KIND = 'module'\n", "m/stub.pyi": ""},
+    "package beats module": {"m.py": "KIND = 'module'\n", "m/__init__.py": "KIND = 'package'\n"},
+    "namespace when alone": {"m/x.py": "KIND = 'portion'\n"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(PRECEDENCE_CASES))
+def test_lookup_order_is_cpythons_file_finder_order(tmp_path: Path, case: str) -> None:
+    files = PRECEDENCE_CASES[case]
+    src = make_tree(tmp_path / "src", files)
+    (tmp_path / "out").mkdir()
+    image = pack_directory(src, tmp_path / "out")
+    body = """
+        import m
+        out["kind"] = getattr(m, "KIND", None)
+        out["namespace"] = m.__spec__.origin in (None, "namespace")
+        """
+    from_image = run_in_image(image.path, body)
+    code = "import json, sys\nsys.path.insert(0, sys.argv[1])\nout = {}\n"
+    code += textwrap.dedent(body) + "\nprint(json.dumps(out))\n"
+    result = run_python(code, str(src), flags=("-B",))
+    assert result.returncode == 0, result.stderr
+    assert from_image == json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_an_extension_module_beats_a_stub_directory_of_its_name(
+    tmp_path: Path, extension_image: ImageInfo
+) -> None:
+    """pydantic-core ships ``_pydantic_core/`` (stubs only) next to ``_pydantic_core.*.so``."""
+    with ImageReader.open(extension_image.path) as reader:
+        files = {e.path: bytes(reader.read_entry(e)) for e in reader.entries() if e.is_file}
+    files = {p: c for p, c in files.items() if "__pycache__" not in p}
+    files["pkg/_tiny/__init__.pyi"] = b"def answer() -> int: ...\n"
+    src = make_tree(tmp_path / "src2", files)
+    for path in src.rglob("*.so*"):
+        path.chmod(0o755)
+    (tmp_path / "out2").mkdir()
+    image = pack_directory(src, tmp_path / "out2")
+    out = run_in_image(image.path, EXTENSION_BODY, str(tmp_path / "extract"))
+    assert out["answer"] == 42
 
 
 def test_extension_without_extract_root_is_a_clear_import_error(

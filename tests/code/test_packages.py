@@ -5,6 +5,7 @@ scrub → quarantine → refetch loop, and real workers importing from the image
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -75,8 +76,8 @@ class CountingPacker(DirectoryPacker):
         super().__init__(out_dir)
         self.results: list[bool] = []  # reused flag per pack call
 
-    def pack(self, src: Path) -> Any:
-        result = super().pack(src)
+    def pack(self, src: Path, cancel: Any = None) -> Any:
+        result = super().pack(src, cancel)
         self.results.append(result.reused)
         return result
 
@@ -351,13 +352,16 @@ async def test_workers_import_from_the_image_and_failures_become_502(short_tmp: 
             digest_fn("missing", "ef" * 32, server.url),
         ]
         async with stack_with_cache(short_tmp, functions) as (stack, cache):
-            images = short_tmp / "state" / "cache" / "images"
+            extract = short_tmp / "state" / "cache" / "extract"
             for name, reply in (("dev", "YO!"), ("remote", "YO!r")):
                 result = await stack.scheduler.invoke(name, b'{"word": "yo"}', "json")
                 body = json.loads(result.body)
                 assert body["reply"] == reply and body["note"] == "served from the image"
-                # Imported from the mapped image (a virtual path inside the image file).
-                assert body["file"].startswith(str(images)) and ".hlimg/main.py" in body["file"]
+                # Imported from the mapped image: a virtual path rooted in the image's
+                # extracted tree (it holds app/note.txt), where main.py is not a file.
+                file = Path(body["file"])
+                assert file.parent.parent == extract and file.name == "main.py"
+                assert (file.parent / "app" / "note.txt").is_file() and not file.exists()
             with trio.fail_after(10):
                 with pytest.raises(Exception) as err:
                     await stack.scheduler.invoke("missing", b"{}", "json")
@@ -437,3 +441,32 @@ async def test_unexpected_errors_become_code_unavailable(
         with pytest.raises(CodeUnavailable) as info:
             await cache.packages.acquire(config.functions[0])
         assert info.value.message.endswith("could not be opened; see the node log")
+
+
+async def test_native_trees_are_extracted_before_starts_and_leave_with_their_image(
+    short_tmp: Path,
+) -> None:
+    """APP_FILES holds a data file, so each image gets an extract/<digest>/ tree."""
+    first, second = build_image(short_tmp, "a"), build_image(short_tmp, "b", variant("b"))
+    target = short_tmp / "app.hlimg"
+    target.write_bytes(first.path.read_bytes())
+    config = make_config(
+        short_tmp, [{"name": "img", "image": "app.hlimg", "handler": "main:handler"}]
+    )
+    extract = short_tmp / "state" / "cache" / "extract"
+    async with running_cache(config) as cache:
+        lease = await cache.packages.acquire(config.functions[0])
+        assert lease.image is not None and lease.image.native_dirs == (  # type: ignore[attr-defined]
+            str(extract / first.digest),
+        )
+        assert (extract / first.digest / "app" / "note.txt").is_file()
+        lease.release()
+        cache.store.evict_unused()  # the first image leaves the store...
+        stale = extract / ".dead.1.tmp"
+        stale.mkdir()
+        os.utime(stale, (1, 1))  # ...and an extraction that died long ago left this
+        (target.with_suffix(".tmp")).write_bytes(second.path.read_bytes())
+        target.with_suffix(".tmp").rename(target)
+        lease = await cache.packages.acquire(config.functions[0])  # a new tree: a sweep
+        assert sorted(p.name for p in extract.iterdir()) == [second.digest]
+        lease.release()

@@ -380,3 +380,49 @@ def test_a_function_spec_from_the_scheduler_is_validated_like_the_file(tmp_path:
             where="spec(g)",
         )
     assert str(info.value).startswith("spec(g).runtime: expected one of process")
+
+
+def test_layers_by_image_file_pinned_or_by_digest(tmp_path: Path) -> None:
+    from huselet.config import LayerSettings
+
+    image = image_of(tmp_path)
+    layers = [
+        {"image": "built/app.hlimg", "digest": DIGEST},
+        {"digest": DIGEST, "origin": "https://cdn.example/layers"},
+    ]
+    fn = parse_config(base(tmp_path, layers=layers), base_dir=tmp_path).functions[0]
+    assert fn.layers == (
+        LayerSettings(image=image.resolve(), digest=DIGEST),
+        LayerSettings(digest=DIGEST, origin="https://cdn.example/layers"),
+    )
+    assert parse_config(base(tmp_path), base_dir=tmp_path).functions[0].layers == ()
+
+
+@pytest.mark.parametrize(
+    ("layers", "expected"),
+    [
+        ([{}], "functions[0].layers[0].image: a layer needs image, or digest (+ origin)"),
+        ([{"digest": DIGEST}], "layers[0].origin: required with digest"),
+        ([{"image": "nope.hlimg"}], "layers[0].image: layer image"),
+        ([{"image": "built/app.hlimg", "origin": "x"}], "layers[0].origin: only allowed with"),
+        ([{"digest": "xyz", "origin": "x"}], "layers[0].digest: invalid value"),
+        ([{"digest": DIGEST, "origin": "x", "extra": 1}], "layers[0].extra: unknown key"),
+        ([{"digest": DIGEST, "origin": "x"}] * 9, "functions[0].layers: at most 8 layers"),
+        ("x.hlimg", "functions[0].layers: expected an array of tables"),
+    ],
+)
+def test_layers_are_validated(tmp_path: Path, layers: object, expected: str) -> None:
+    image_of(tmp_path)
+    assert expected in refuse(base(tmp_path, layers=layers), tmp_path)
+
+
+def test_dependency_and_watch_keys(tmp_path: Path) -> None:
+    config = parse_config(base(tmp_path), base_dir=tmp_path)
+    assert (config.cache.allow_sdist, config.cache.pip_timeout_s) == (False, 600)
+    assert config.cache.watch_packages is False
+    raw = base(tmp_path)
+    raw["cache"] = {"allow_sdist": True, "pip_timeout_s": 30, "watch_packages": True}
+    cache = parse_config(raw, base_dir=tmp_path).cache
+    assert (cache.allow_sdist, cache.pip_timeout_s, cache.watch_packages) == (True, 30, True)
+    raw["cache"] = {"pip_timeout_s": 0}
+    assert "cache.pip_timeout_s: expected a positive integer" in refuse(raw, tmp_path)
