@@ -11,6 +11,7 @@ drains: the ingress answers 503 to new requests, accepted ones finish within
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 import trio
 
 import huselet
+from huselet.admin import commands as admin_commands
 from huselet.admin.errors import AdminCommandError
 from huselet.admin.server import AdminServer
 from huselet.code.codecache import CodeCache
@@ -101,8 +103,8 @@ class Daemon:
             # Lets a runtime prepare ahead of need (fork builds its zygotes at start).
             runtime.expect([fn for fn in config.functions if fn.runtime == name])
         self.links = LinkServer(config.node.run_dir, self._claim_link, max_frame=max_frame)
-        self.cache = CodeCache(config, self._invocation_counts)
-        self.scheduler = Dispatcher(
+        self.cache: CodeCache = CodeCache(config, self._invocation_counts)
+        self.scheduler: Dispatcher = Dispatcher(
             config, self.runtimes, self.links.socket_path, code=self.cache.packages
         )
         self.admin = AdminServer(config.admin)
@@ -147,7 +149,7 @@ class Daemon:
             on_applied=self._config_reloaded,
             refresh_code=self.cache.packages.refresh,
         )
-        self.health = HealthSupervisor(
+        self.health: HealthSupervisor = HealthSupervisor(
             [
                 self.lag_probe,
                 WatchdogPetter(
@@ -350,26 +352,13 @@ class Daemon:
         return self.scheduler.claim_link(function, instance_id, token)
 
     def _register_admin_commands(self) -> None:
-        self.admin.register("ping", lambda args: "pong")
-        self.admin.register("status", lambda args: self.status())
-        self.admin.register("functions", lambda args: self.scheduler.status()["functions"])
-        self.admin.register("instances", lambda args: self.scheduler.instances())
-        self.admin.register("cache", lambda args: self.cache.describe())
-        self.admin.register("prefetch", self.cache.prefetch_command)
-        self.admin.register("scrub", lambda args: self.cache.scrubber.scrub_now())
-        self.admin.register("health", lambda args: self.health.describe())
-        self.admin.register("reload", self._reload)
-        self.admin.register("keys", lambda args: self._keys())
-        self.admin.register("debug_block_loop", self._debug_block_loop)
-        self.admin.register("metrics", self._metrics_command)
-        self.admin.register("logs", self._logs_command)
-        self.admin.register("top", self._top_command)
-        self.admin.register(
-            "scheduler",
-            lambda args: self.fleet.describe() if self.fleet else {"mode": "standalone"},
-        )
+        # One table says what each command is; huselet ctl derives from it too.
+        for command in admin_commands.COMMANDS:
+            serve = command.serve
+            if serve is not None:
+                self.admin.register(command.name, functools.partial(serve, self))
 
-    def _keys(self) -> dict[str, Any]:
+    def describe_keys(self) -> dict[str, Any]:
         return {"mode": self.admission.mode.value, **self.keys.describe()}
 
     def status(self) -> dict[str, Any]:
