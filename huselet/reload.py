@@ -33,6 +33,7 @@ import trio
 from huselet.config import Config, FunctionSettings, load_config
 from huselet.dispatch.dispatcher import Dispatcher
 from huselet.dispatch.links import LinkServer
+from huselet.dispatch.sources import CodeSource
 from huselet.errors import ConfigError, HuseletError
 from huselet.log import get_logger
 from huselet.runtime.base import Runtime
@@ -154,7 +155,7 @@ class ConfigReloader:
             old = old_fns.get(name)
             if old is None:
                 await self.links.add_function(name)
-                self.scheduler.deploy_function(fn, {"source": "config"})
+                self.scheduler.deploy_function(fn, {"source": CodeSource.CONFIG})
                 outcome["added"].append(name)
             elif fn == old:
                 pool = self.scheduler.pools.get(name)
@@ -164,7 +165,7 @@ class ConfigReloader:
                 self.scheduler.update_function(fn)
                 outcome["updated"].append(name)
             else:
-                self.scheduler.deploy_function(fn, {"source": "config"})
+                self.scheduler.deploy_function(fn, {"source": CodeSource.CONFIG})
                 outcome["replaced"].append(name)
         # Sections that need a restart keep their running values.
         # [auth] applies live too (the daemon re-tunes admission, re-reads the keys file).
@@ -188,7 +189,7 @@ class ConfigReloader:
                     "daemon; adding a runtime needs a restart"
                 )
             meta = self.scheduler.function_meta.get(fn.name, {})
-            if fn.name not in old_fns and meta.get("source") == "scheduler":
+            if fn.name not in old_fns and meta.get("source") == CodeSource.SCHEDULER:
                 raise ReloadRefused(
                     f"functions[{i}].name: {fn.name!r} is deployed here by the central "
                     "scheduler; the file cannot take it over"

@@ -22,6 +22,8 @@ from huselet.dispatch.instance import CodeProvider
 from huselet.dispatch.invocation import Invocation, InvokeResult
 from huselet.dispatch.observer import InstanceObserver
 from huselet.dispatch.pool import ChangeObserver, FunctionPool
+from huselet.dispatch.reasons import StopReason
+from huselet.dispatch.sources import CodeSource
 from huselet.errors import (
     DeadlineExceeded,
     Draining,
@@ -57,7 +59,7 @@ class Dispatcher:
         self._nursery: trio.Nursery | None = None
         # Observer of functions and instances (the fleet link reports them as deltas).
         self.on_change: ChangeObserver | None = None
-        # Per function: where it came from ("config" | "scheduler") and its fleet version.
+        # Per function: where it came from (a CodeSource) and its fleet version.
         self.function_meta: dict[str, dict[str, Any]] = {}
         self._retiring: list[FunctionPool] = []  # replaced/removed, finishing their requests
         self.starts_held: str | None = None  # why no instance may start now (pressure)
@@ -119,7 +121,7 @@ class Dispatcher:
         meta = self.function_meta.get(name, {})
         code = getattr(fn, "digest", None) or getattr(fn, "image", None) or fn.package
         return {
-            "source": meta.get("source", "config"),
+            "source": CodeSource(meta.get("source", CodeSource.CONFIG)).value,
             "version": meta.get("version", 0),
             "runtime": fn.runtime,
             "handler": fn.handler,
@@ -185,7 +187,7 @@ class Dispatcher:
             with trio.move_on_after(pool.settings.timeout_ms / 1000 + 1):
                 await pool.outstanding.wait_zero()
             pool.buffer.fail_all(Unavailable("the function was replaced or removed"))
-            pool.stop_all("function retired")
+            pool.stop_all(StopReason.FUNCTION_RETIRED)
             with trio.move_on_after(10):
                 await pool.live_instances.wait_zero()
         finally:
@@ -277,7 +279,7 @@ class Dispatcher:
         # Retired pools too: their instances' teardown needs the runtimes still running.
         pools = [*self.pools.values(), *self._retiring]
         for pool in pools:
-            pool.stop_all("node stopping")
+            pool.stop_all(StopReason.NODE_STOPPING)
         with trio.move_on_after(timeout_s):
             await wait_all_zero([pool.live_instances for pool in pools])
 

@@ -34,12 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from huselet.config import Config, parse_function_spec
+from huselet.dispatch.sources import CodeSource
 from huselet.errors import HuseletError
 from huselet.log import get_logger
 
 log = get_logger("fleet")
 
-SOURCE_SCHEDULER = "scheduler"
+SOURCE_SCHEDULER = CodeSource.SCHEDULER
 SEEN_IDS = 8192  # command ids remembered to prove none was executed twice
 MAX_PREFETCH = 256  # images in one prefetch command
 
