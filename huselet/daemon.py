@@ -2,7 +2,7 @@
 
 Start order (each ``await nursery.start(component.run)`` returns once that
 component is ready): runtimes → package cache (image store, package manager,
-prefetcher, scrub, publish watcher) → instance link sockets → node scheduler →
+prefetcher, scrub, publish watcher) → instance link sockets → dispatcher →
 link to the central scheduler (only with ``[scheduler]``) →
 admin socket → HTTP ingress; then ``READY=1`` to systemd. SIGTERM/SIGINT
 drains: the ingress answers 503 to new requests, accepted ones finish within
@@ -104,7 +104,7 @@ class Daemon:
             runtime.expect([fn for fn in config.functions if fn.runtime == name])
         self.links = LinkServer(config.node.run_dir, self._claim_link, max_frame=max_frame)
         self.cache: CodeCache = CodeCache(config, self._invocation_counts)
-        self.scheduler: Dispatcher = Dispatcher(
+        self.dispatcher: Dispatcher = Dispatcher(
             config, self.runtimes, self.links.socket_path, code=self.cache.packages
         )
         self.admin = AdminServer(config.admin)
@@ -112,7 +112,7 @@ class Daemon:
         # The link to the central scheduler; None: a standalone node, as before.
         self.fleet: SchedulerLink | None = None
         if config.scheduler is not None:
-            self.fleet = SchedulerLink(config.scheduler, self.scheduler, self._fleet_commands)
+            self.fleet = SchedulerLink(config.scheduler, self.dispatcher, self._fleet_commands)
         token = _read_token(config.gateway.auth_token_file)
         self.keys = KeyStore(config.auth.keys_file, poll_s=config.auth.keys_poll_ms / 1000)
         self.admission = Admission(
@@ -127,7 +127,7 @@ class Daemon:
             except ConfigError as exc:
                 raise StartupError(f"auth.keys_file: {exc.message}") from None
         self.ingress = HttpIngress(
-            config.gateway, self.scheduler, auth_token=token, admission=self.admission
+            config.gateway, self.dispatcher, auth_token=token, admission=self.admission
         )
         # The framed ingress shares the dispatch core's rules; off unless configured
         # (and refused by the config together with auth.keys_file: it takes no signatures).
@@ -142,7 +142,7 @@ class Daemon:
         )
         self.reloader = ConfigReloader(
             config,
-            self.scheduler,
+            self.dispatcher,
             self.links,
             self.runtimes,
             known_runtimes=available_runtimes().keys(),
@@ -163,7 +163,7 @@ class Daemon:
         for loop in build_pressure_loops(
             config.health,
             state_dir=config.node.state_dir,
-            scheduler=self.scheduler,
+            dispatcher=self.dispatcher,
             cache=self.cache,
             ingress=self.ingress,
         ):
@@ -172,8 +172,8 @@ class Daemon:
         self.recovery = RecoverySweep(config, self.runtimes)
         self.health.add(self.recovery)
         for observer in (
-            InstanceLiveness(self.scheduler),
-            CrashLoops(self.scheduler),
+            InstanceLiveness(self.dispatcher),
+            CrashLoops(self.dispatcher),
             CacheIntegrity(self.cache.scrubber),
         ):
             self.health.add(observer)
@@ -185,11 +185,11 @@ class Daemon:
     def _setup_observability(self, config: Config) -> None:
         """Metrics, the request story (access log, log ring) and their admin commands."""
         self.metrics = NodeMetrics(enabled=config.metrics.enabled)
-        self.log_ring = LogRing(config.log.ring_records, lambda name: name in self.scheduler.pools)
-        self.scheduler.story = RequestStory(
+        self.log_ring = LogRing(config.log.ring_records, lambda name: name in self.dispatcher.pools)
+        self.dispatcher.story = RequestStory(
             metrics=self.metrics.requests, ring=self.log_ring, access_rate=config.log.access_rate
         )
-        self.scheduler.instance_observer = self.metrics.instances
+        self.dispatcher.instance_observer = self.metrics.instances
         self.metrics_server: MetricsServer | None = None
         if config.metrics.enabled and config.metrics.http is not None:
             self.metrics_server = MetricsServer(config.metrics.http, self.metrics.render)
@@ -202,7 +202,7 @@ class Daemon:
             NodeCollector(
                 node_id=self.config.node.id,
                 version=huselet.__version__,
-                dispatcher=self.scheduler,
+                dispatcher=self.dispatcher,
                 requests=self.metrics.requests,
                 instances=self.metrics.instances,
                 health=lambda: self.health.reports,
@@ -263,7 +263,7 @@ class Daemon:
                 function_sample(
                     pool, requests.functions.get(name) if requests is not None else None
                 )
-                for name, pool in sorted(self.scheduler.pools.items())
+                for name, pool in sorted(self.dispatcher.pools.items())
             ],
         }
 
@@ -271,7 +271,7 @@ class Daemon:
         """Components without which the node does not serve: the watchdog checks them."""
         return {
             "ingress": lambda: None if self.ingress.bound_address else "not listening",
-            "scheduler": lambda: None if self.scheduler.running else "not running",
+            "scheduler": lambda: None if self.dispatcher.running else "not running",
             "instance links": lambda: None if self.links.running else "not running",
         }
 
@@ -301,7 +301,7 @@ class Daemon:
             )
 
     def _function_policy(self, name: str) -> FunctionSettings | None:
-        pool = self.scheduler.pools.get(name)
+        pool = self.dispatcher.pools.get(name)
         return None if pool is None else pool.settings
 
     async def _reload(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -315,7 +315,7 @@ class Daemon:
 
     def _ready_status(self) -> str:
         return (
-            f"serving {len(self.scheduler.pools)} functions on http://{self.ingress.bound_address}"
+            f"serving {len(self.dispatcher.pools)} functions on http://{self.ingress.bound_address}"
         )
 
     def _debug_block_loop(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -332,7 +332,7 @@ class Daemon:
         return {"blocked_ms": ms}
 
     def _invocation_counts(self) -> dict[str, int]:
-        return {name: pool.counters["accepted"] for name, pool in self.scheduler.pools.items()}
+        return {name: pool.counters["accepted"] for name, pool in self.dispatcher.pools.items()}
 
     def _fleet_commands(self, on_placements: Callable[[str], None]) -> FleetCommands:
         settings = self.config.scheduler
@@ -340,7 +340,7 @@ class Daemon:
         store_path = self.config.node.state_dir / "fleet-functions.json"
         return FleetCommands(
             self.config,
-            self.scheduler,
+            self.dispatcher,
             self.links,
             known_runtimes=self.runtimes,
             on_placements=on_placements,
@@ -349,7 +349,7 @@ class Daemon:
         )
 
     def _claim_link(self, function: str, instance_id: str, token: str) -> Any:
-        return self.scheduler.claim_link(function, instance_id, token)
+        return self.dispatcher.claim_link(function, instance_id, token)
 
     def _register_admin_commands(self) -> None:
         # One table says what each command is; huselet ctl derives from it too.
@@ -376,7 +376,7 @@ class Daemon:
                 "reload": self.reloader.describe(),
                 "output": OUTPUT_STATS.describe(),  # instance output over the rate limit
             },
-            **self.scheduler.status(),
+            **self.dispatcher.status(),
             "cache": self.cache.packages.stats(),
             "buffered_bodies": self.ingress.core.body_budget.describe(),
             "admission": self.admission.snapshot(),
@@ -412,7 +412,7 @@ class Daemon:
                     await self._start_runtime(nursery, runtime)
                 await nursery.start(self.cache.run)
                 await nursery.start(self.links.run, [fn.name for fn in self.config.functions])
-                await nursery.start(self.scheduler.run)
+                await nursery.start(self.dispatcher.run)
                 if self.fleet is not None:
                     # Re-deploys what the scheduler had deployed before a restart, then dials.
                     await nursery.start(self.fleet.run)
@@ -460,7 +460,7 @@ class Daemon:
     async def shutdown(self) -> None:
         grace_s = self.config.node.drain_grace_ms / 1000
         self.notifier.stopping(f"draining (grace {grace_s:g}s)")
-        await self.scheduler.drain(grace_s)
+        await self.dispatcher.drain(grace_s)
         # Let the ingress write the replies of requests that just completed.
         with trio.move_on_after(1.0):
             await self.ingress.active_requests.wait_zero()

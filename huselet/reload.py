@@ -72,7 +72,7 @@ class ConfigReloader:
     def __init__(
         self,
         config: Config,
-        scheduler: Dispatcher,
+        dispatcher: Dispatcher,
         links: LinkServer,
         runtimes: Mapping[str, Runtime],
         known_runtimes: Iterable[str],
@@ -80,7 +80,7 @@ class ConfigReloader:
         refresh_code: Callable[[Iterable[FunctionSettings]], object] | None = None,
     ) -> None:
         self.config = config
-        self.scheduler = scheduler
+        self.dispatcher = dispatcher
         self.links = links
         self.runtimes = runtimes
         self.known_runtimes = frozenset(known_runtimes)
@@ -149,23 +149,23 @@ class ConfigReloader:
             self.refresh_code(new.functions)
         now = trio.current_time()
         for name in old_fns.keys() - new_fns.keys():
-            self.scheduler.remove_function(name)
+            self.dispatcher.remove_function(name)
             outcome["removed"].append(name)
         for name, fn in new_fns.items():
             old = old_fns.get(name)
             if old is None:
                 await self.links.add_function(name)
-                self.scheduler.deploy_function(fn, {"source": CodeSource.CONFIG})
+                self.dispatcher.deploy_function(fn, {"source": CodeSource.CONFIG})
                 outcome["added"].append(name)
             elif fn == old:
-                pool = self.scheduler.pools.get(name)
+                pool = self.dispatcher.pools.get(name)
                 if pool is not None and pool.breaker.allow_trial(now):
                     outcome["trial"].append(name)
             elif _changed_fields(old, fn) <= LIVE_FIELDS:
-                self.scheduler.update_function(fn)
+                self.dispatcher.update_function(fn)
                 outcome["updated"].append(name)
             else:
-                self.scheduler.deploy_function(fn, {"source": CodeSource.CONFIG})
+                self.dispatcher.deploy_function(fn, {"source": CodeSource.CONFIG})
                 outcome["replaced"].append(name)
         # Sections that need a restart keep their running values.
         # [auth] applies live too (the daemon re-tunes admission, re-reads the keys file).
@@ -188,7 +188,7 @@ class ConfigReloader:
                     f"functions[{i}].runtime: runtime {fn.runtime!r} was not started with the "
                     "daemon; adding a runtime needs a restart"
                 )
-            meta = self.scheduler.function_meta.get(fn.name, {})
+            meta = self.dispatcher.function_meta.get(fn.name, {})
             if fn.name not in old_fns and meta.get("source") == CodeSource.SCHEDULER:
                 raise ReloadRefused(
                     f"functions[{i}].name: {fn.name!r} is deployed here by the central "

@@ -136,14 +136,14 @@ COMMANDS: tuple[AdminCommand, ...] = (
         "functions",
         "one row per function: instances by state, queue, outcomes",
         Group.INSPECT,
-        serve=lambda d, a: d.scheduler.status()["functions"],
+        serve=lambda d, a: d.dispatcher.status()["functions"],
         render=_data(render.render_functions),
     ),
     AdminCommand(
         "instances",
         "one row per instance: state, pid, age, requests served",
         Group.INSPECT,
-        serve=lambda d, a: d.scheduler.instances(),
+        serve=lambda d, a: d.dispatcher.instances(),
         render=_data(render.render_instances),
     ),
     AdminCommand(

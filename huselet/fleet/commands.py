@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from huselet.config import Config, parse_function_spec
+from huselet.dispatch.api import FunctionDeployer
+from huselet.dispatch.links import LinkServer
 from huselet.dispatch.sources import CodeSource
 from huselet.errors import HuseletError
 from huselet.log import get_logger
@@ -95,8 +97,8 @@ class FleetCommands:
     def __init__(
         self,
         config: Config,
-        scheduler: Any,  # Dispatcher
-        links: Any,  # LinkServer
+        dispatcher: FunctionDeployer,
+        links: LinkServer,
         *,
         known_runtimes: Iterable[str],
         on_placements: Callable[[str], None],
@@ -104,7 +106,7 @@ class FleetCommands:
         prefetcher: Callable[[], Any] | None = None,  # the daemon's, looked up when needed
     ) -> None:
         self.config = config
-        self.scheduler = scheduler
+        self.scheduler = dispatcher  # the node's; renamed with etcd16's fleet work
         self.links = links
         self.known_runtimes = frozenset(known_runtimes)
         self._on_placements = on_placements
@@ -231,7 +233,7 @@ class FleetCommands:
                 raise CommandFailed(f"{key} must be a non-negative integer", "bad_command")
         if limits["min_instances"] > limits["max_instances"]:
             raise CommandFailed("min_instances exceeds max_instances", "bad_command")
-        self.scheduler.set_quota(name, **limits)
+        self.scheduler.set_quota(str(name), **limits)
         return limits
 
     async def _prefetch(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from huselet.config import SchedulerLinkSettings, TcpAddress
+from huselet.dispatch.api import ObservedDispatcher
 from huselet.fleet.commands import CommandFailed, FleetCommands
 from huselet.fleet.state import NodeStateModel
 from huselet.log import get_logger
@@ -60,7 +61,7 @@ class SchedulerLink:
     def __init__(
         self,
         settings: SchedulerLinkSettings,
-        scheduler: Any,  # Dispatcher
+        dispatcher: ObservedDispatcher,
         commands_factory: Callable[[Callable[[str], None]], FleetCommands],
         *,
         clock: Callable[[], float] = trio.current_time,
@@ -93,7 +94,7 @@ class SchedulerLink:
             clock=clock,
             wake=self.wake,
         )
-        self.model.attach(scheduler)
+        self.model.attach(dispatcher)
         self.commands = commands_factory(self.model.set_placements)
         self.model.set_placements(self.commands.placements)
         self._closing = False

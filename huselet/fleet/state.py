@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import huselet
+from huselet.dispatch.api import ObservedDispatcher
 from huselet.log import get_logger
 from protocol.delta import DeltaUsageError, NodeSession
 
@@ -67,11 +68,11 @@ class NodeStateModel:
 
     # --- observer of the node scheduler --------------------------------------------
 
-    def attach(self, scheduler: Any) -> None:
-        """Observe ``scheduler`` (a Dispatcher) and report everything it has now."""
-        scheduler.on_change = self.on_change
-        for name, pool in list(scheduler.pools.items()):
-            self.on_change("function", name, scheduler.describe_function(name))
+    def attach(self, dispatcher: ObservedDispatcher) -> None:
+        """Observe the node's ``dispatcher`` and report everything it has now."""
+        dispatcher.on_change = self.on_change
+        for name, pool in list(dispatcher.pools.items()):
+            self.on_change("function", name, dispatcher.describe_function(name))
             for record in list(pool.instances.values()):
                 body = {"function": name, "state": record.state.value}
                 self.on_change("instance", record.id, body)
