@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from huselet.config import FunctionSettings
+    from huselet.dispatch.events import ChangeListener
     from huselet.dispatch.instance import InstanceRecord
-    from huselet.dispatch.pool import ChangeObserver
     from huselet.health.breaker import CircuitBreaker
 
 
@@ -48,7 +48,9 @@ class PoolsView(Protocol):
 class ObservedDispatcher(PoolsView, Protocol):
     """What the fleet's state model reads and observes: functions, instances, changes."""
 
-    on_change: ChangeObserver | None
+    def subscribe(self, listener: ChangeListener) -> None: ...
+
+    def unsubscribe(self, listener: ChangeListener) -> None: ...
 
     def describe_function(self, name: str) -> dict[str, Any]: ...
 

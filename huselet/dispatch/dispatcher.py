@@ -18,10 +18,11 @@ import trio
 
 from huselet.activity import wait_all_zero
 from huselet.config import Config, FunctionSettings
+from huselet.dispatch.events import ChangeEvents, ChangeListener
 from huselet.dispatch.instance import CodeProvider
 from huselet.dispatch.invocation import Invocation, InvokeResult
 from huselet.dispatch.observer import InstanceObserver
-from huselet.dispatch.pool import ChangeObserver, FunctionPool
+from huselet.dispatch.pool import FunctionPool
 from huselet.dispatch.reasons import StopReason
 from huselet.dispatch.sources import CodeSource
 from huselet.errors import (
@@ -58,7 +59,8 @@ class Dispatcher:
         self.started_at = trio.current_time()
         self._nursery: trio.Nursery | None = None
         # Observer of functions and instances (the fleet link reports them as deltas).
-        self.on_change: ChangeObserver | None = None
+        # Functions and instances added/changed/removed: subscribe()/unsubscribe().
+        self.changes = ChangeEvents()
         # Per function: where it came from (a CodeSource) and its fleet version.
         self.function_meta: dict[str, dict[str, Any]] = {}
         self._retiring: list[FunctionPool] = []  # replaced/removed, finishing their requests
@@ -106,14 +108,15 @@ class Dispatcher:
 
     # --- functions added, replaced and removed at runtime (fleet commands) ------
 
+    def subscribe(self, listener: ChangeListener) -> None:
+        """Report every function and instance change to ``listener`` from now on."""
+        self.changes.subscribe(listener)
+
+    def unsubscribe(self, listener: ChangeListener) -> None:
+        self.changes.unsubscribe(listener)
+
     def _emit(self, kind: str, name: str, body: dict[str, Any] | None) -> None:
-        observer = self.on_change
-        if observer is not None:
-            try:
-                observer(kind, name, body)
-            except Exception:
-                # Reporting must never break serving.
-                log.exception("state observer failed", kind=kind, name=name)
+        self.changes.emit(kind, name, body)  # a failing listener is logged, never raised
 
     def describe_function(self, name: str) -> dict[str, Any]:
         """The function as reported to the central scheduler (small: sent on every change)."""
