@@ -124,7 +124,7 @@ class Dispatcher:
         meta = self.function_meta.get(name, {})
         code = getattr(fn, "digest", None) or getattr(fn, "image", None) or fn.package
         return {
-            "source": CodeSource(meta.get("source", CodeSource.CONFIG)).value,
+            "source": str(meta.get("source", CodeSource.CONFIG)),
             "version": meta.get("version", 0),
             "runtime": fn.runtime,
             "handler": fn.handler,
