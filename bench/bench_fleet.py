@@ -1,8 +1,9 @@
 """The node ⇄ central-scheduler state protocol, measured over loopback TCP.
 
     .venv/bin/python bench/bench_fleet.py [--events 200000] [--nodes 20] [--instances 10000]
+        [--ttl 2] [--deploys 200] [--skip-failover]
 
-Prints four numbers (and ``--json`` for machines):
+Prints (and ``--json`` for machines):
 
 1. **events/s** — instance state changes a node emits (``NodeStateModel`` →
    ``NodeSession``, batched with the default 50 ms delay) and a central
@@ -10,11 +11,18 @@ Prints four numbers (and ``--json`` for machines):
    last frame. Every change hits a different instance, so nothing coalesces:
    the figure is raw deltas, not a coalescing artefact.
 2. **bytes/event** on the wire, node → scheduler, for the same run.
-3. **failover** — SIGKILL of the active scheduler process until every one of
-   ``--nodes`` node links is established with the standby (new epoch,
-   snapshot resync): once with the default timers (standby lock poll 200 ms,
-   dial backoff base 100 ms), once with lowered ones (20 ms / 20 ms).
-4. **resync** — a node with ``--instances`` instance resources connecting to a
+   Run twice: plaintext and over mutual TLS (the cost of authenticated
+   links), plus the time from TCP connect to an established link for both.
+3. **failover** on a real etcd (a private member started here), two
+   scheduler processes, ``--nodes`` node links: the leader is (a) SIGKILLed,
+   (b) SIGSTOPped, (c) cut off from etcd (its etcd traffic goes through a
+   proxy here that stops forwarding: a network partition between the leader
+   and etcd, the nodes still reach it). Time until the standby leads, and
+   until every node link is established with it (new epoch).
+4. **deploy latency** through etcd: ``--deploys`` POST /v1/functions on the
+   leader's admin API (``wait_s`` 0: answered once the txn is committed),
+   p50/p99; the same against the dev-mode local journal (fsync'd) for scale.
+5. **resync** — a node with ``--instances`` instance resources connecting to a
    fresh scheduler: from the TCP connect to the scheduler's atomic swap of
    the snapshot into its view (in-process, so the end is observed exactly).
 
@@ -38,14 +46,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from huselet.central.embedded import PrivateEtcd
 from huselet.central.server import CentralScheduler, CentralSettings
 from huselet.config import SchedulerLinkSettings, TcpAddress
+from huselet.config.trust import DeployPolicy, LinkTlsSettings
 from huselet.fleet.commands import FleetCommands
 from huselet.fleet.link import SchedulerLink
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "bench-admin-token-0123456789"
 
 
 def free_port() -> int:
@@ -81,19 +95,31 @@ def make_link(node_id: str, ports: list[int], **kw: Any) -> SchedulerLink:
             None,
             known_runtimes=(),
             on_placements=on_placements,
+            policy=DeployPolicy(),
         )
 
     return SchedulerLink(settings, scheduler, commands)
 
 
 class CentralProcess:
-    def __init__(self, name: str, state: Path, port: int, *args: str) -> None:
+    """``huselet central`` as a child process: on ``etcd`` if given, else the dev-mode journal."""
+
+    def __init__(
+        self, name: str, state: Path, port: int, *args: str, etcd: str | None = None
+    ) -> None:
         self.leader = threading.Event()
         self.standby = threading.Event()
+        self.stepped_down = threading.Event()
         self.leader_at = 0.0
+        self.admin_port = free_port()
+        state.mkdir(parents=True, exist_ok=True)
+        token = state / f"token-{name}"
+        token.write_text(TOKEN)
+        store = ["--etcd", etcd] if etcd else ["--state-dir", str(state), "--dev-store", "journal"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "huselet.central", "--id", name, "--listen",
-             f"127.0.0.1:{port}", "--state-dir", str(state), "--log-level", "info", *args],
+             f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{self.admin_port}",
+             "--admin-token-file", str(token), "--log-level", "info", *store, *args],
             stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
@@ -107,11 +133,47 @@ class CentralProcess:
             if '"central leader"' in line:
                 self.leader_at = time.perf_counter()
                 self.leader.set()
+            if '"central stepped down"' in line:
+                self.stepped_down.set()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
+            self.proc.send_signal(signal.SIGCONT)
         self.proc.wait(10)
+
+
+class CuttableProxy:
+    """A TCP proxy to etcd for one scheduler; :meth:`cut` partitions it from etcd.
+
+    After the cut every byte is dropped in both directions while the
+    connections stay open (a black hole, like a lost route: no FIN, no RST).
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.is_cut = False
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+        task_status.started()
+        await trio.serve_listeners(self._pipe, listeners)
+
+    async def _pipe(self, client: trio.SocketStream) -> None:
+        async with client, await trio.open_tcp_stream("127.0.0.1", self.target_port) as up:
+
+            async def copy(a: trio.SocketStream, b: trio.SocketStream) -> None:
+                while data := await a.receive_some(65536):
+                    if not self.is_cut:
+                        await b.send_all(data)
+
+            async with trio.open_nursery() as n:
+                n.start_soon(copy, client, up)
+                n.start_soon(copy, up, client)
+
+    def cut(self) -> None:
+        self.is_cut = True
 
 
 async def wait_for(
@@ -125,16 +187,34 @@ async def wait_for(
 # --- 1 + 2: events/s and bytes/event -------------------------------------------------------------
 
 
-async def throughput(root: Path, events: int) -> dict[str, float]:
+def make_pki(root: Path) -> Path:
+    d = root / "pki"
+    script = str(ROOT / "scripts" / "fleet-pki.sh")
+    subprocess.run(["sh", script, str(d), "ca"], check=True)
+    subprocess.run(["sh", script, str(d), "cert", "sched", "IP:127.0.0.1"], check=True)
+    subprocess.run(["sh", script, str(d), "cert", "bench-node"], check=True)
+    return d
+
+
+async def throughput(root: Path, events: int, tls: bool) -> dict[str, float]:
     port = free_port()
     # A short scheduler heartbeat so the final ack is not held back by the idle timer.
-    central = CentralProcess("bench", root / "tp", port, "--heartbeat-ms", "20", "--no-fsync")
+    args = ["--heartbeat-ms", "20", "--no-fsync"]
+    link_kw: dict[str, Any] = {}
+    if tls:
+        d = make_pki(root / "tp-tls")
+        args += ["--tls-ca", str(d / "ca.pem"), "--tls-cert", str(d / "sched.pem")]
+        args += ["--tls-key", str(d / "sched.key")]
+        link_kw["tls"] = LinkTlsSettings(d / "ca.pem", d / "bench-node.pem", d / "bench-node.key")
+    central = CentralProcess("bench", root / ("tp-tls" if tls else "tp"), port, *args)
     try:
         assert central.leader.wait(20), "central did not start"
-        link = make_link("bench-node", [port])
+        link = make_link("bench-node", [port], **link_kw)
         async with trio.open_nursery() as nursery:
+            t0 = time.perf_counter()
             await nursery.start(link.run)
             await wait_for(lambda: link.state == "established")
+            connect_s = time.perf_counter() - t0
             replay = link.session.state.replay
             await wait_for(lambda: replay.first_seq - 1 == replay.last_seq)
             bytes_before = link.bytes_out
@@ -158,6 +238,8 @@ async def throughput(root: Path, events: int) -> dict[str, float]:
         central.kill()
     return {
         "events": events,
+        "tls": tls,
+        "connect_s": connect_s,
         "emit_events_per_s": events / emitted,
         "events_per_s": events / elapsed,
         "bytes_per_event": sent / events,
@@ -167,50 +249,119 @@ async def throughput(root: Path, events: int) -> dict[str, float]:
 # --- 3: failover ---------------------------------------------------------------------------------
 
 
-async def failover(root: Path, nodes: int, *, lowered: bool, run: int) -> dict[str, float]:
-    state = root / f"fo-{'low' if lowered else 'default'}-{run}"
+FAILURES = ("sigkill", "sigstop", "partition")
+
+
+async def failover(
+    root: Path, etcd: PrivateEtcd, nodes: int, ttl: int, failure: str, run: int
+) -> dict[str, float]:
+    state = root / f"fo-{failure}-{run}"
     ports = [free_port(), free_port()]
-    poll = ["--standby-poll-ms", "20"] if lowered else []
-    active = CentralProcess("sched-a", state, ports[0], *poll)
-    assert active.leader.wait(20), "active did not start"
-    standby = CentralProcess("sched-b", state, ports[1], *poll)
-    assert standby.standby.wait(20), "standby did not start"
-    link_kw = {"backoff_base_ms": 20} if lowered else {}
-    try:
-        links = [make_link(f"node-{i}", ports, **link_kw) for i in range(nodes)]
-        async with trio.open_nursery() as nursery:
-            for link in links:
-                await nursery.start(link.run)
-            await wait_for(lambda: all(link.state == "established" for link in links))
-            # Nodes shuffle the addresses; the standby refuses until it leads. Settle first.
-            await wait_for(lambda: all(link.session.state.highest_epoch == 1 for link in links))
-            start = time.perf_counter()
-            active.kill()
-            await wait_for(
-                lambda: all(
-                    link.state == "established" and link.session.state.highest_epoch == 2
-                    for link in links
+    etcd_port = int(etcd.endpoint.rsplit(":", 1)[1])
+    prefix = ["--etcd-prefix", f"/bench/{failure}/{run}", "--leader-ttl-s", str(ttl)]
+    proxy = CuttableProxy(etcd_port)
+    async with trio.open_nursery() as outer:
+        await outer.start(proxy.run)
+        active = CentralProcess(
+            "sched-a", state, ports[0], *prefix, etcd=f"http://127.0.0.1:{proxy.port}"
+        )
+        # Wait in a thread: the proxy runs on this event loop.
+        assert await trio.to_thread.run_sync(active.leader.wait, 20), "active did not start"
+        standby = CentralProcess("sched-b", state, ports[1], *prefix, etcd=etcd.endpoint)
+        assert await trio.to_thread.run_sync(standby.standby.wait, 20), "standby did not start"
+        try:
+            links = [
+                make_link(f"node-{i}", ports, backoff_base_ms=20, handshake_timeout_ms=2000)
+                for i in range(nodes)
+            ]
+            async with trio.open_nursery() as nursery:
+                for link in links:
+                    await nursery.start(link.run)
+                await wait_for(lambda: all(link.state == "established" for link in links))
+                epoch = links[0].session.state.highest_epoch
+                await wait_for(lambda: all(lk.session.state.highest_epoch == epoch for lk in links))
+                start = time.perf_counter()
+                if failure == "sigkill":
+                    active.kill()
+                elif failure == "sigstop":
+                    active.proc.send_signal(signal.SIGSTOP)
+                else:
+                    proxy.cut()
+                await wait_for(
+                    lambda: all(
+                        link.state == "established" and link.session.state.highest_epoch > epoch
+                        for link in links
+                    )
                 )
-            )
-            elapsed = time.perf_counter() - start
-            nursery.cancel_scope.cancel()
-    finally:
-        active.kill()
-        standby.kill()
-    return {"seconds": elapsed, "standby_leads_after": standby.leader_at - start}
+                elapsed = time.perf_counter() - start
+                stepped_down = None
+                if failure == "partition":
+                    await trio.to_thread.run_sync(active.stepped_down.wait, 30)
+                    stepped_down = active.stepped_down.is_set()
+                nursery.cancel_scope.cancel()
+        finally:
+            active.kill()
+            standby.kill()
+            outer.cancel_scope.cancel()
+    out = {"seconds": elapsed, "standby_leads_after": standby.leader_at - start}
+    if stepped_down is not None:
+        out["old_leader_stepped_down"] = float(stepped_down)
+    return out
 
 
-def failovers(root: Path, nodes: int, *, lowered: bool, runs: int = 3) -> dict[str, Any]:
+def failovers(
+    root: Path, etcd: PrivateEtcd, nodes: int, ttl: int, failure: str, runs: int = 3
+) -> dict[str, Any]:
     results = [
-        trio.run(lambda r=r: failover(root, nodes, lowered=lowered, run=r)) for r in range(runs)
+        trio.run(lambda r=r: failover(root, etcd, nodes, ttl, failure, r)) for r in range(runs)
     ]
     seconds = sorted(r["seconds"] for r in results)
     leads = sorted(r["standby_leads_after"] for r in results)
-    return {"nodes": nodes, "median": seconds[len(seconds) // 2], "max": seconds[-1],
-            "standby_leads_median": leads[len(leads) // 2]}  # fmt: skip
+    return {
+        "nodes": nodes,
+        "ttl": ttl,
+        "median": seconds[len(seconds) // 2],
+        "max": seconds[-1],
+        "standby_leads_median": leads[len(leads) // 2],
+        "standby_leads_max": leads[-1],
+    }
 
 
-# --- 4: resync -----------------------------------------------------------------------------------
+# --- 4: deploy latency -----------------------------------------------------------------------
+
+
+def deploy_latency(root: Path, deploys: int, etcd: PrivateEtcd | None) -> dict[str, float]:
+    port = free_port()
+    label = "etcd" if etcd else "journal"
+    central = CentralProcess(
+        "sched", root / f"dl-{label}", port, "--etcd-prefix", "/bench/deploy",
+        etcd=etcd.endpoint if etcd else None,
+    )  # fmt: skip
+    try:
+        assert central.leader.wait(20), "central did not start"
+        url = f"http://127.0.0.1:{central.admin_port}/v1/functions"
+        headers = {"authorization": f"Bearer {TOKEN}"}
+        times = []
+        with httpx.Client(timeout=10, headers=headers) as http:
+            for i in range(deploys):
+                spec = {"name": f"f{i}", "handler": "m:h", "digest": "ab" * 32}
+                body = {"spec": spec, "nodes": ["node-0"], "wait_s": 0}
+                t0 = time.perf_counter()
+                r = http.post(url, json=body)
+                times.append(time.perf_counter() - t0)
+                assert r.status_code == 200, r.text
+    finally:
+        central.kill()
+    times.sort()
+    return {
+        "store": label,
+        "deploys": deploys,
+        "p50_ms": times[len(times) // 2] * 1000,
+        "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
+    }
+
+
+# --- 5: resync -----------------------------------------------------------------------------------
 
 
 async def resync(root: Path, instances: int, repeat: int = 3) -> dict[str, float]:
@@ -219,7 +370,7 @@ async def resync(root: Path, instances: int, repeat: int = 3) -> dict[str, float
         port = free_port()
         central = CentralScheduler(
             CentralSettings("bench", "127.0.0.1", port, root / f"rs{r}", fsync=False)
-        )
+        )  # dev-mode journal: the resync path does not touch the store
         link = make_link("big-node", [port])
         for i in range(instances):
             link.model.on_change("instance", f"i{i}", {"function": "f", "state": "idle"})
@@ -241,31 +392,49 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--instances", type=int, default=10_000)
+    parser.add_argument("--ttl", type=int, default=2, help="leader lease TTL, seconds")
+    parser.add_argument("--deploys", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3, help="failovers per kind")
+    parser.add_argument("--skip-failover", action="store_true")
     parser.add_argument("--json", action="store_true", help="also print results as JSON")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="hlbf"))
     print(f"huselet bench_fleet: loopback TCP, {os.cpu_count()} CPUs")
-    tp = trio.run(throughput, root, args.events)
-    print(
-        f"events/s (node emits, scheduler process applies, 50 ms batching): "
-        f"{tp['events_per_s']:,.0f}  (emit alone {tp['emit_events_per_s']:,.0f}/s)"
-    )
-    print(f"bytes/event on the wire (node -> scheduler): {tp['bytes_per_event']:.1f}")
     results: dict[str, Any] = {}
-    for label, lowered in (("default timers", False), ("lowered (20 ms poll/backoff)", True)):
-        fo = failovers(root, args.nodes, lowered=lowered)
+    for tls in (False, True):
+        tp = trio.run(throughput, root, args.events, tls)
+        label = "mutual TLS" if tls else "plaintext"
         print(
-            f"failover, {label}: SIGKILL -> all {fo['nodes']} nodes on the standby:"
-            f" median {fo['median']:.3f} s, max {fo['max']:.3f} s"
-            f" (standby leads after {fo['standby_leads_median']:.3f} s)"
+            f"events/s ({label}; node emits, scheduler process applies, 50 ms batching): "
+            f"{tp['events_per_s']:,.0f}  (emit alone {tp['emit_events_per_s']:,.0f}/s); "
+            f"bytes/event {tp['bytes_per_event']:.1f}; connect -> established "
+            f"{tp['connect_s'] * 1000:.1f} ms"
         )
-        results["failover_lowered" if lowered else "failover"] = fo
+        results["throughput_tls" if tls else "throughput"] = tp
+    with PrivateEtcd(root / "etcd") as etcd:
+        if not args.skip_failover:
+            for failure in FAILURES:
+                fo = failovers(root, etcd, args.nodes, args.ttl, failure, args.runs)
+                print(
+                    f"failover ({failure} of the leader, lease TTL {args.ttl} s): standby leads"
+                    f" after median {fo['standby_leads_median']:.2f} s (max"
+                    f" {fo['standby_leads_max']:.2f} s); all {fo['nodes']} nodes on it after"
+                    f" median {fo['median']:.2f} s, max {fo['max']:.2f} s"
+                )
+                results[f"failover_{failure}"] = fo
+        for store in (etcd, None):
+            dl = deploy_latency(root, args.deploys, store)
+            print(
+                f"deploy latency ({dl['store']}, answered once committed): "
+                f"p50 {dl['p50_ms']:.2f} ms, p99 {dl['p99_ms']:.2f} ms over {dl['deploys']}"
+            )
+            results[f"deploy_{dl['store']}"] = dl
     rs = trio.run(resync, root, args.instances)
     print(
         f"resync of a node with {rs['instances']:,} instances: {rs['seconds'] * 1000:.0f} ms"
         f" (worst of 3: {rs['seconds_max'] * 1000:.0f} ms)"
     )
-    results.update(throughput=tp, resync=rs)
+    results.update(resync=rs)
     if args.json:
         print(json.dumps(results))
 

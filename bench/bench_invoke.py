@@ -1,38 +1,94 @@
-"""Warm invocations of a no-op function through the HTTP ingress, side by side
-with a baseline (the same handler behind a minimal one-process server).
+"""Warm invocations of a no-op function: huselet (HTTP and framed ingress)
+side by side with what a user would pick instead, in one run.
 
-    .venv/bin/python bench/bench_invoke.py [--concurrency 1,8,32] [--duration 5]
+    .venv/bin/python bench/bench_invoke.py            # ~5 min
+    .venv/bin/python bench/bench_invoke.py --quick    # ~1.5 min
+    .venv/bin/python bench/bench_invoke.py --modes huselet-http,gunicorn --concurrency 32
 
-Starts two ``huselet run`` daemons with temporary configs — one with metrics
-(``[metrics] enabled = true``, the default, with the /metrics listener on) and
-one without (``enabled = false``) — and the baseline server, then for each
-concurrency level runs the same closed-loop load against each in turn and
-prints requests/s, p50 and p99 latency, the ratio to the baseline and the
-daemon's own CPU time per request (utime+stime from /proc, instances not
-counted): the difference between the two daemons is what metrics cost the hot
-path. The load generator runs in this process; on a 2-core machine it
-competes with the servers for CPU, as a gateway on the same host would.
+Modes (the ``MODES`` table; add a row to compare another variant):
+
+- ``huselet-http``   — ``POST /v1/invoke/noop`` through the daemon's HTTP ingress;
+- ``huselet-framed`` — the framed ingress (``huselet.client.framed_trio``);
+- ``nometrics-http`` — HTTP to a daemon with ``[metrics] enabled = false``
+  (against ``huselet-http``: what metrics cost per request);
+- ``gunicorn``       — the same handler as a WSGI app, gunicorn with 2 sync workers;
+- ``uvicorn``        — the same handler as an ASGI app, uvicorn with httptools;
+- ``raw``            — no front end: msgpack frames over a Unix socket straight
+  to 2 huselet workers (the floor any front end adds to);
+- ``ref-http``, ``ref-framed`` (with ``--ref PATH``) — the daemon run from
+  another checkout (e.g. main), for a before/after in the same interleaved run.
+
+huselet runs with the configuration users get: default runtime and
+``max_instances``, the package packed into an image on load. Every server is
+started once; then, for each concurrency level, rounds run interleaved
+(A B C … A B C …) and repeated ``--rounds`` times, and the table shows the
+median of the rounds and their spread (max - min, for req/s). CPU columns come
+from ``/proc/PID/stat`` (utime+stime) deltas over each measured window:
+``daemon`` is huselet's daemon process alone, ``server`` every process
+serving (daemon + workers, gunicorn master + workers, uvicorn, the raw
+workers). The load generator is this process (trio, keep-alive, closed loop);
+on a 2-core machine it competes with the servers for CPU, as a gateway on the
+same host would, and at the highest levels it can be the limit itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from functools import partial
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import LoadResult, run_load
+from loadgen import LoadResult, run_framed_load, run_load
+from rawlink import RawWorkers
 
 BENCH = Path(__file__).resolve().parent
 NOOP = BENCH / "functions" / "noop"
+BODY = b'{"name": "bench"}'
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- measuring CPU -------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), in seconds; 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (via /proc/PID/task/*/children)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
+# --- servers -------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -43,175 +99,368 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_daemon(
-    root: Path, max_instances: int, *, metrics: bool = True
-) -> tuple[subprocess.Popen[str], int]:
+def _drain(stream: Any) -> None:
+    # Keep reading a child's pipe so it never blocks on a full one.
+    threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
+
+
+@dataclass
+class Server:
+    """One running server: where to reach it and which processes serve."""
+
+    name: str
+    proc: subprocess.Popen[str] | None
+    address: Any  # (host, port) for HTTP, a framed address, or RawWorkers
+    pids: Callable[[], list[int]]  # every serving process
+    daemon_pid: int | None = None  # huselet's daemon (CPU reported on its own)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[str], what: str) -> None:
+    import socket
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not listen on {port} within 30 s")
+
+
+def start_huselet(
+    root: Path, name: str, extra_config: str = "", code: Path | None = None
+) -> Server:
+    """``huselet run`` with a default configuration (plus ``extra_config`` TOML).
+
+    ``code``: run the daemon from another checkout (its ``huselet`` package
+    first on the path) — a before/after comparison in one interleaved run.
+    """
     port = free_port()
-    root.mkdir(parents=True, exist_ok=True)
-    config = root / "bench.toml"
-    metrics_table = (
-        f'[metrics]\nhttp = "127.0.0.1:{free_port()}"' if metrics else "[metrics]\nenabled = false"
-    )
+    home = root / name
+    home.mkdir()
+    config = home / "bench.toml"
     config.write_text(
         f"""
 [node]
-state_dir = "{root}/state"
-run_dir = "{root}/run"
-log_level = "warning"
+state_dir = "{home}/state"
+run_dir = "{home}/run"
 [gateway]
 http = "127.0.0.1:{port}"
-{metrics_table}
+framed = "127.0.0.1:0"
+{extra_config}
 [[functions]]
 name = "noop"
 package = "{NOOP}"
 handler = "main:handler"
-max_instances = {max_instances}
-timeout_ms = 10000
 """
     )
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     proc = subprocess.Popen(
         [sys.executable, "-m", "huselet", "run", "--config", str(config), "--log-level", "info"],
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     assert proc.stderr is not None
-    deadline = time.monotonic() + 30
+    framed = None
+    deadline = time.monotonic() + 60
     for line in proc.stderr:
+        if '"framed ingress listening"' in line:
+            framed = json.loads(line).get("tcp")
         if '"huselet ready"' in line:
             break
         if time.monotonic() > deadline:
             raise SystemExit("daemon did not start")
-    # Keep draining stderr so the daemon never blocks on a full pipe.
-    import threading
+    else:
+        raise SystemExit(f"daemon exited with {proc.wait()}")
+    _drain(proc.stderr)
+    pid = proc.pid
+    return Server(
+        name,
+        proc,
+        {"http": ("127.0.0.1", port), "framed": framed},
+        lambda: descendants(pid),
+        daemon_pid=pid,
+    )
 
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
-    return proc, port
 
-
-def start_baseline() -> tuple[subprocess.Popen[str], int]:
+def start_gunicorn(root: Path) -> Server:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(BENCH / "baseline_server.py"), str(port), str(NOOP), "main:handler"],
-        stdout=subprocess.PIPE,
+        [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync", "--chdir", str(BENCH),
+         "-b", f"127.0.0.1:{port}", "--log-level", "warning", "baseline_apps:wsgi"],
+        stderr=subprocess.PIPE,
         text=True,
+    )  # fmt: skip
+    wait_for_port(port, proc, "gunicorn")
+    _drain(proc.stderr)
+    pid = proc.pid
+    return Server("gunicorn", proc, ("127.0.0.1", port), lambda: descendants(pid))
+
+
+def start_uvicorn(root: Path) -> Server:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(BENCH), "--http", "httptools",
+         "--no-access-log", "--log-level", "warning", "--port", str(port), "baseline_apps:asgi"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    wait_for_port(port, proc, "uvicorn")
+    _drain(proc.stderr)
+    pid = proc.pid
+    return Server("uvicorn", proc, ("127.0.0.1", port), lambda: descendants(pid))
+
+
+# --- modes ---------------------------------------------------------------------------
+
+
+Window = Callable[[str], None]  # called with "start" and "end" of the measured window
+LoadFn = Callable[[Server, int, float, float, Window], Awaitable[LoadResult]]
+
+
+async def http_load(
+    server: Server, conc: int, duration: float, warmup: float, on_window: Window
+) -> LoadResult:
+    addr = server.address["http"] if isinstance(server.address, dict) else server.address
+    path = "/v1/invoke/noop" if server.daemon_pid else "/"
+    return await run_load(
+        addr[0],
+        addr[1],
+        path,
+        BODY,
+        concurrency=conc,
+        duration=duration,
+        warmup=warmup,
+        on_window=on_window,
     )
-    assert proc.stdout is not None
-    proc.stdout.readline()
-    return proc, port
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (not its children: instances are not the daemon)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def median_run(runs: list[tuple[LoadResult, float]]) -> tuple[LoadResult, float]:
-    """The run with the median CPU per request."""
-    return sorted(runs, key=lambda run: run[1])[len(runs) // 2]
-
-
-def row(
-    name: str, conc: int, r: LoadResult, ref: LoadResult | None, cpu_us: float | None = None
-) -> str:
-    ratio = f"{r.rps / ref.rps:6.2f}x" if ref and ref.rps else "      -"
-    cpu = f"{cpu_us:>9.1f}" if cpu_us is not None else "        -"
-    return (
-        f"{name:<12} {conc:>5} {r.rps:>10.0f} {r.p50:>9.3f} {r.p99:>9.3f} {r.errors:>6} "
-        f"{ratio} {cpu}"
+async def framed_load(
+    server: Server, conc: int, duration: float, warmup: float, on_window: Window
+) -> LoadResult:
+    return await run_framed_load(
+        server.address["framed"],
+        "noop",
+        BODY,
+        concurrency=conc,
+        duration=duration,
+        warmup=warmup,
+        on_window=on_window,
     )
+
+
+async def raw_load(
+    server: Server, conc: int, duration: float, warmup: float, on_window: Window
+) -> LoadResult:
+    workers: RawWorkers = server.address
+    return await workers.run_load(
+        BODY, concurrency=conc, duration=duration, warmup=warmup, on_window=on_window
+    )
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One row of the comparison: which server (shared by modes that name it) and how to load it."""
+
+    server: str
+    load: LoadFn
+
+
+# Servers are started once and shared by every mode that names them. Another
+# variant of huselet (e.g. metrics off, signed requests) is one more SERVERS
+# entry with its own ``extra_config`` and one more MODES row.
+SERVERS: dict[str, Callable[[Path], Server]] = {
+    "huselet": lambda root: start_huselet(root, "huselet"),
+    # Metrics are on by default; this one shows what they cost the hot path.
+    "huselet-nometrics": lambda root: start_huselet(
+        root, "huselet-nometrics", "[metrics]\nenabled = false"
+    ),
+    "gunicorn": start_gunicorn,
+    "uvicorn": start_uvicorn,
+}
+MODES: dict[str, Mode] = {
+    "huselet-http": Mode("huselet", http_load),
+    "huselet-framed": Mode("huselet", framed_load),
+    "nometrics-http": Mode("huselet-nometrics", http_load),
+    "gunicorn": Mode("gunicorn", http_load),
+    "uvicorn": Mode("uvicorn", http_load),
+    "raw": Mode("raw", raw_load),
+}
+
+
+# --- running -------------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    rps: float
+    p50: float
+    p99: float
+    errors: int
+    server_us: float  # CPU µs per request, every serving process
+    daemon_us: float | None  # huselet's daemon alone
+
+
+@dataclass
+class Cell:
+    rounds: list[Round] = field(default_factory=list)
+
+    def median(self, attr: str) -> float:
+        values = [getattr(r, attr) for r in self.rounds if getattr(r, attr) is not None]
+        return statistics.median(values) if values else math.nan
+
+    def spread(self, attr: str) -> float:
+        values = [getattr(r, attr) for r in self.rounds if getattr(r, attr) is not None]
+        return max(values) - min(values) if values else math.nan
+
+
+async def measure(mode: Mode, server: Server, conc: int, duration: float, warmup: float) -> Round:
+    box: dict[str, float] = {}
+
+    def mark(key: str) -> None:
+        box[key + "_srv"] = sum(cpu_seconds(p) for p in server.pids())
+        if server.daemon_pid:
+            box[key + "_daemon"] = cpu_seconds(server.daemon_pid)
+
+    result = await mode.load(server, conc, duration, warmup, mark)
+    n = max(1, result.requests)
+    daemon = None
+    if server.daemon_pid:
+        daemon = (box["end_daemon"] - box["start_daemon"]) / n * 1e6
+    return Round(
+        result.rps,
+        result.p50,
+        result.p99,
+        result.errors,
+        (box["end_srv"] - box["start_srv"]) / n * 1e6,
+        daemon,
+    )
+
+
+async def run_bench(args: argparse.Namespace, servers: dict[str, Server]) -> dict[Any, Cell]:
+    modes = args.modes.split(",")
+    cells: dict[Any, Cell] = {}
+    # Prime once at the highest level, unrecorded: huselet starts its instances
+    # (up to max_instances) here, not inside the first measured round.
+    for name in modes:
+        mode = MODES[name]
+        await measure(mode, servers[mode.server], max(args.levels), 1.0, 0.5)
+    for conc in args.levels:
+        for rnd in range(args.rounds):
+            for name in modes:  # interleaved: A B C … then again
+                mode = MODES[name]
+                r = await measure(mode, servers[mode.server], conc, args.duration, args.warmup)
+                cells.setdefault((name, conc), Cell()).rounds.append(r)
+                print(
+                    f"  c={conc:<4} round {rnd + 1}/{args.rounds} {name:<15} {r.rps:8.0f} req/s "
+                    f"p50 {r.p50:7.3f} ms p99 {r.p99:8.3f} ms server {r.server_us:6.0f} µs/req",
+                    flush=True,
+                )
+    return cells
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None or math.isnan(value) else format(value, spec)
+
+
+def print_table(args: argparse.Namespace, cells: dict[Any, Cell]) -> None:
+    print(
+        f"\nmedian of {args.rounds} interleaved rounds, {args.duration:g} s each "
+        f"(± = max - min of the rounds); {os.cpu_count()} CPUs"
+    )
+    header = ("mode", "conc", "req/s", "±", "p50 ms", "p99 ms", "err", "daemon µs", "server µs")
+    print("{:<15} {:>5} {:>8} {:>6} {:>8} {:>8} {:>5} {:>10} {:>10}".format(*header))
+    for conc in args.levels:
+        for name in args.modes.split(","):
+            cell = cells[(name, conc)]
+            errors = sum(r.errors for r in cell.rounds)
+            print(
+                f"{name:<15} {conc:>5} {fmt(cell.median('rps'), '.0f'):>8} "
+                f"{fmt(cell.spread('rps'), '.0f'):>6} {fmt(cell.median('p50'), '.3f'):>8} "
+                f"{fmt(cell.median('p99'), '.2f'):>8} {errors:>5} "
+                f"{fmt(cell.median('daemon_us'), '.0f'):>10} "
+                f"{fmt(cell.median('server_us'), '.0f'):>10}"
+            )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--json", action="store_true", help="also print results as JSON")
-    parser.add_argument("--rounds", type=int, default=3, help="off/on rounds per level (median)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 s rounds (~1.5 min in all)")
+    parser.add_argument("--concurrency", default="1,8,32,128")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=None, help="seconds per round")
+    parser.add_argument("--warmup", type=float, default=None)
+    parser.add_argument("--json", type=Path, help="write every round as JSON here")
+    parser.add_argument(
+        "--ref",
+        type=Path,
+        help="another checkout of huselet: adds modes ref-http and ref-framed (its daemon)",
+    )
     args = parser.parse_args()
-    levels = [int(c) for c in args.concurrency.split(",")]
-    body = b'{"name": "bench"}'
+    if args.ref:
+        ref = args.ref.resolve()
+        SERVERS["huselet-ref"] = lambda root: start_huselet(root, "huselet-ref", code=ref)
+        MODES["ref-http"] = Mode("huselet-ref", http_load)
+        MODES["ref-framed"] = Mode("huselet-ref", framed_load)
+        if args.modes == parser.get_default("modes"):
+            args.modes += ",ref-http,ref-framed"
+    args.levels = [int(c) for c in args.concurrency.split(",")]
+    args.duration = args.duration or (1.0 if args.quick else 3.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0)
+    unknown = set(args.modes.split(",")) - set(MODES)
+    if unknown or args.rounds < 1:
+        parser.error(f"unknown modes {sorted(unknown)} (known: {', '.join(MODES)})")
     root = Path(tempfile.mkdtemp(prefix="hlb"))
-    daemon, dport = start_daemon(root / "on", max_instances=max(levels))
-    plain, pport = start_daemon(root / "off", max_instances=max(levels), metrics=False)
-    baseline, bport = start_baseline()
-    results = []
-    try:
-        cpus = os.cpu_count()
-        print(f"huselet bench_invoke: no-op function, {args.duration:g}s per run, {cpus} CPUs")
-        header = ("target", "conc", "req/s", "p50 ms", "p99 ms", "errors", "vs base", "cpu us/req")
-        print("{:<12} {:>5} {:>10} {:>9} {:>9} {:>6} {:>7} {:>9}".format(*header))
-        for conc in levels:
-            base = trio.run(
-                partial(
-                    run_load,
-                    "127.0.0.1",
-                    bport,
-                    "/",
-                    body,
-                    concurrency=conc,
-                    duration=args.duration,
-                )
-            )
 
-            def measured(proc: subprocess.Popen[str], port: int) -> tuple[LoadResult, float]:
-                before = cpu_seconds(proc.pid)
-                result = trio.run(
-                    partial(
-                        run_load,
-                        "127.0.0.1",
-                        port,
-                        "/v1/invoke/noop",
-                        body,
-                        concurrency=conc,  # noqa: B023 (called in this iteration only)
-                        duration=args.duration,
-                    )
-                )
-                used = cpu_seconds(proc.pid) - before
-                return result, used / max(1, result.requests) * 1e6
-
-            # Alternate off/on for --rounds rounds and take medians: on a shared
-            # machine one run's CPU per request swings by tens of percent.
-            offs: list[tuple[LoadResult, float]] = []
-            ons: list[tuple[LoadResult, float]] = []
-            for _ in range(args.rounds):
-                offs.append(measured(plain, pport))
-                ons.append(measured(daemon, dport))
-            node, node_us = median_run(ons)
-            off, off_us = median_run(offs)
-            print(row("baseline", conc, base, None))
-            print(row("huselet", conc, node, base, node_us))
-            print(row("no-metrics", conc, off, base, off_us))
-            cost = (node_us / off_us - 1) * 100
-            pairs = zip(offs, ons, strict=True)
-            spread = ", ".join(f"{us:.0f}/{on_us:.0f}" for (_, us), (_, on_us) in pairs)
+    async def amain() -> dict[Any, Cell]:
+        servers: dict[str, Server] = {}
+        try:
+            for name in args.modes.split(","):
+                key = MODES[name].server
+                if key in servers:
+                    continue
+                if key == "raw":
+                    raw = RawWorkers(root / "raw", NOOP, "main:handler", workers=2)
+                    await raw.start()
+                    servers[key] = Server("raw", None, raw, raw.pids)
+                else:
+                    servers[key] = await trio.to_thread.run_sync(SERVERS[key], root)
             print(
-                f"metrics cost at concurrency {conc}: {cost:+.1f} % daemon CPU per request "
-                f"(median of {args.rounds}; off/on us per round: {spread})"
+                f"bench_invoke: no-op function, modes {args.modes}, concurrency {args.concurrency},"
+                f" {args.rounds} rounds x {args.duration:g} s (+{args.warmup:g} s warm-up)",
+                flush=True,
             )
-            results.append(
-                {
-                    "concurrency": conc,
-                    "baseline": {"rps": base.rps, "p50_ms": base.p50, "p99_ms": base.p99},
-                    "huselet": {
-                        "rps": node.rps,
-                        "p50_ms": node.p50,
-                        "p99_ms": node.p99,
-                        "errors": node.errors,
-                        "cpu_us_per_request": node_us,
-                    },
-                    "huselet_no_metrics": {"rps": off.rps, "cpu_us_per_request": off_us},
-                }
-            )
-    finally:
-        daemon.terminate()
-        plain.terminate()
-        baseline.terminate()
-        daemon.wait(30)
-        plain.wait(30)
-        baseline.wait(10)
+            return await run_bench(args, servers)
+        finally:
+            for server in servers.values():
+                if isinstance(server.address, RawWorkers):
+                    await server.address.stop()
+                server.stop()
+
+    cells = trio.run(amain)
+    print_table(args, cells)
     if args.json:
-        print(json.dumps(results, indent=2))
+        rows = [
+            {"mode": name, "concurrency": conc, "rounds": [vars(r) for r in cell.rounds]}
+            for (name, conc), cell in cells.items()
+        ]
+        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,9 @@ case "$mode" in
         command -v bwrap >/dev/null 2>&1 || missing="$missing bubblewrap"
         command -v runc >/dev/null 2>&1 || missing="$missing runc"
         command -v setpriv >/dev/null 2>&1 || missing="$missing util-linux"
+        # etcd backs the central scheduler's leadership and desired state.
+        command -v etcd >/dev/null 2>&1 || missing="$missing etcd-server"
+        command -v etcdctl >/dev/null 2>&1 || missing="$missing etcd-client"
         # Without root or apt the tests that need these skip, saying why.
         [ -z "$missing" ] || apt_install $missing || true
         ;;

@@ -4,6 +4,8 @@ and write node configs that point at it. Companion of :mod:`daemon_harness`."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,22 +36,36 @@ def scheduler_table(node_id: str, ports: list[int], **extra: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Central:
-    """One central scheduler process; its stderr is collected on a thread."""
+ADMIN_TOKEN = "test-admin-token-0123456789"
 
-    def __init__(self, name: str, state_dir: Path, *args: str) -> None:
+
+class Central:
+    """One central scheduler process; its stderr is collected on a thread.
+
+    With ``etcd`` (endpoint URLs) it runs in HA mode against that cluster;
+    otherwise in dev mode on ``state_dir``. Its admin token is ``ADMIN_TOKEN``.
+    """
+
+    def __init__(self, name: str, state_dir: Path, *args: str, etcd: str | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.admin_port = free_port()
         self.lines: list[str] = []
         self._standby = threading.Event()
         self.leader = threading.Event()
+        self.stepped_down = threading.Event()
+        self.epochs: list[int] = []
+        state_dir.mkdir(parents=True, exist_ok=True)
+        token_file = state_dir / f"admin-token-{name}"
+        token_file.write_text(ADMIN_TOKEN + "\n")
+        store = ["--etcd", etcd] if etcd else ["--state-dir", str(state_dir)]
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "huselet.central", "--id", name,
                 "--listen", f"127.0.0.1:{self.port}",
                 "--admin", f"127.0.0.1:{self.admin_port}",
-                "--state-dir", str(state_dir), *args,
+                "--admin-token-file", str(token_file),
+                *store, *args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -70,20 +86,40 @@ class Central:
             if '"central standby"' in line:
                 self._standby.set()
             elif '"central leader"' in line:
+                try:
+                    self.epochs.append(int(json.loads(line).get("epoch", 0)))
+                except ValueError:
+                    pass
                 self.leader.set()
+            elif '"central stepped down"' in line:
+                self.stepped_down.set()
         self._standby.set()
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
     def get(self, path: str) -> Any:
-        r = httpx.get(self.url + path, timeout=10)
+        r = httpx.get(self.url + path, timeout=10, headers=self.headers)
         r.raise_for_status()
         return r.json()
 
     def post(self, path: str, body: Any, timeout: float = 30) -> httpx.Response:
-        return httpx.post(self.url + path, json=body, timeout=timeout)
+        return httpx.post(self.url + path, json=body, timeout=timeout, headers=self.headers)
+
+    def pause(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)  # a stopped process dies only when resumed
+            except ProcessLookupError:
+                pass
         self.proc.wait(10)
 
     def stop(self) -> None:

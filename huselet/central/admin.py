@@ -14,12 +14,16 @@ One request per connection, JSON in and out, bounded body and deadlines::
     GET    /v1/commands/{id}                a command's result
 
 A standby answers everything but ``/v1/health`` with 503 and names the leader.
-It listens on loopback by default and has no authentication: it is a
-reference for tests and small fleets, not an internet-facing service.
+
+Every route but ``GET /v1/health`` requires ``Authorization: Bearer <token>``
+(the token of ``--admin-token-file``; compared in constant time); without it
+the answer is 401 ``unauthorized``. It listens on loopback by default; put it
+behind a TLS-terminating proxy if operators reach it over a network.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Any
 
@@ -38,8 +42,11 @@ MAX_CONNECTIONS = 64
 
 
 class AdminHttp:
-    def __init__(self, api: FleetApi, host: str, port: int) -> None:
+    def __init__(self, api: FleetApi, host: str, port: int, *, token: str) -> None:
+        if len(token) < 16:
+            raise ValueError("the admin token must be at least 16 characters")
         self.api = api
+        self._token = token.encode()
         self.host = host
         self.port = port
         self._slots = trio.CapacityLimiter(MAX_CONNECTIONS)
@@ -90,6 +97,9 @@ class AdminHttp:
             return  # timed out
         method = request.method.decode()
         path = request.target.decode().split("?", 1)[0]
+        if not (method == "GET" and path == "/v1/health") and not self._authorized(request):
+            await _reply(stream, conn, 401, {"error": "unauthorized", "message": "bad token"})
+            return
         try:
             with trio.fail_after(HANDLER_TIMEOUT_S):
                 status, reply = 200, await self._route(method, path, bytes(body))
@@ -101,6 +111,14 @@ class AdminHttp:
             log.exception("admin request failed", method=method, path=path[:200])
             status, reply = 500, {"error": "internal", "message": "see the scheduler's log"}
         await _reply(stream, conn, status, reply)
+
+    def _authorized(self, request: h11.Request) -> bool:
+        for name, value in request.headers:
+            if name == b"authorization":
+                scheme, _, given = value.partition(b" ")
+                ok = hmac.compare_digest(given.strip(), self._token)
+                return scheme.lower() == b"bearer" and ok
+        return False
 
     async def _route(self, method: str, path: str, raw: bytes) -> Any:
         api = self.api
@@ -118,9 +136,9 @@ class AdminHttp:
         if route == ("POST", "functions", 2):
             return await api.deploy(body)
         if route == ("DELETE", "functions", 3):
-            return api.remove(parts[2])
+            return await api.remove(parts[2])
         if route == ("POST", "functions", 4) and parts[3] == "quota":
-            return api.set_quota(parts[2], body)
+            return await api.set_quota(parts[2], body)
         if route == ("GET", "nodes", 3):
             return api.node(parts[2])
         if route == ("POST", "nodes", 4):

@@ -2,10 +2,12 @@
 
 :mod:`huselet.central.admin` maps HTTP routes onto these methods; each returns
 a JSON-able value or raises :class:`ApiError` with an HTTP status. Mutations
-are journaled first and then turned into commands by reconciliation, so a
-deploy that reached the journal survives a failover even if its reply never
-reached the operator; re-posting the same spec is then a no-op (deploys are
-idempotent by content).
+are committed to the store (etcd, guarded by the leader's epoch) first and
+then turned into commands by reconciliation, so a deploy answered 200
+survives a failover even if the leader dies right after; one whose reply
+never reached the operator is safe to re-post (deploys are idempotent by
+content). A deposed leader's mutation is refused by etcd and answered 503
+``not_leader`` with the leader's address; it never reaches a node.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import trio
 
+from huselet.central.etcd import EtcdError
 from huselet.central.placement import NodeInfo, PlacementError, choose_nodes, reserved_by_node
-from huselet.central.server import CentralScheduler
+from huselet.central.server import CentralScheduler, NotLeader
+from huselet.central.store import Deposed, StoreUnavailable
 from protocol.delta import CommandBacklogFull, DeltaUsageError
 
 FUNCTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # as in huselet.config
@@ -51,17 +56,27 @@ class FleetApi:
             "role": c.role,
             "scheduler_id": c.settings.scheduler_id,
             "epoch": c.epoch,
-            "leader": c.lock.leader_info(),
+            "leader": c.leader_info(),
             "nodes": len(c.by_node),
         }
 
     def _leader(self) -> CentralScheduler:
         c = self.central
-        if c.fleet is None:
-            raise ApiError(
-                503, "standby", "this scheduler is the standby", leader=c.lock.leader_info()
-            )
+        if c.fleet is None or not c.backend.valid():
+            raise ApiError(503, "standby", "this scheduler is a standby", leader=c.leader_info())
         return c
+
+    async def _commit(self, records: list[dict[str, Any]], nodes: Iterable[str]) -> None:
+        """Make ``records`` durable (guarded by our epoch), then reconcile ``nodes``."""
+        c = self.central
+        try:
+            await c.store.commit(records)
+        except (Deposed, NotLeader) as exc:
+            raise ApiError(503, "not_leader", str(exc), leader=c.leader_info()) from None
+        except (StoreUnavailable, EtcdError) as exc:
+            raise ApiError(503, "store_unavailable", f"not stored, retry: {exc}") from None
+        for node_id in sorted(set(nodes)):
+            c.mark(node_id)
 
     def fleet(self) -> dict[str, Any]:
         c = self._leader()
@@ -121,14 +136,14 @@ class FleetApi:
                 "quota": e.quota,
                 "spec": e.spec,
             }
-            for e in sorted(c.journal.state.functions.values(), key=lambda e: e.name)
+            for e in sorted(c.store.state.functions.values(), key=lambda e: e.name)
         ]
 
     def command(self, cmd_id: str) -> dict[str, Any]:
         c = self._leader()
         if cmd_id in c.results:
             return {"cmd_id": cmd_id, **c.results[cmd_id]}
-        pending = c.journal.state.pending.get(cmd_id)
+        pending = c.store.state.pending.get(cmd_id)
         if pending is None:
             raise ApiError(404, "unknown_command", f"no command {cmd_id!r}")
         return {"cmd_id": cmd_id, "node": pending.node, "status": "pending"}
@@ -147,7 +162,7 @@ class FleetApi:
         ):
             raise ApiError(400, "bad_request", "nodes must be an array of node ids")
         wait_s = _wait(body)
-        state = c.journal.state
+        state = c.store.state
         name = spec["name"]
         current = state.functions.get(name)
         if wanted is not None:
@@ -166,13 +181,12 @@ class FleetApi:
         version = current.version if current is not None else 0
         if changed:
             version = state.versions.get(name, 0) + 1
-            c.journal.append(
-                {"t": "fn", "name": name, "version": version, "spec": spec, "nodes": placement}
-                | ({"quota": current.quota} if current is not None and current.quota else {})
-            )
+            record = {"t": "fn", "name": name, "version": version, "spec": spec}
+            record["nodes"] = placement
+            if current is not None and current.quota:
+                record["quota"] = current.quota
             affected = set(placement) | set(current.nodes if current is not None else ())
-            for node_id in sorted(affected):
-                c.reconcile_node(node_id)
+            await self._commit([record], affected)
         status = await self._rollout(name, version, placement, wait_s)
         return {
             "name": name,
@@ -182,19 +196,18 @@ class FleetApi:
             "status": status,
         }
 
-    def remove(self, name: str) -> dict[str, Any]:
+    async def remove(self, name: str) -> dict[str, Any]:
         c = self._leader()
-        entry = c.journal.state.functions.get(name)
+        entry = c.store.state.functions.get(name)
         if entry is None:
             raise ApiError(404, "unknown_function", f"no function {name!r}")
-        c.journal.append({"t": "rm", "name": name, "version": c.journal.state.versions[name]})
-        for node_id in entry.nodes:
-            c.reconcile_node(node_id)
+        version = c.store.state.versions[name]
+        await self._commit([{"t": "rm", "name": name, "version": version}], entry.nodes)
         return {"name": name, "removed_from": entry.nodes}
 
-    def set_quota(self, name: str, body: Any) -> dict[str, Any]:
+    async def set_quota(self, name: str, body: Any) -> dict[str, Any]:
         c = self._leader()
-        entry = c.journal.state.functions.get(name)
+        entry = c.store.state.functions.get(name)
         if entry is None:
             raise ApiError(404, "unknown_function", f"no function {name!r}")
         if not isinstance(body, dict):
@@ -206,9 +219,7 @@ class FleetApi:
                 limits[key] = value
         if not limits:
             raise ApiError(400, "bad_request", "give max_instances and/or min_instances")
-        c.journal.append({"t": "quota", "name": name, "limits": limits})
-        for node_id in entry.nodes:
-            c.reconcile_node(node_id)
+        await self._commit([{"t": "quota", "name": name, "limits": limits}], entry.nodes)
         return {"name": name, "quota": limits}
 
     # --- nodes ----------------------------------------------------------------------------------
@@ -224,9 +235,13 @@ class FleetApi:
         args = body if isinstance(body, dict) else {}
         command_body = {"images": args.get("images", [])} if kind == "prefetch_images" else {}
         try:
-            cmd_id = c.issue(node_id, kind, command_body)
+            cmd_id = await c.issue(node_id, kind, command_body)
         except (CommandBacklogFull, DeltaUsageError) as exc:
             raise ApiError(429, "backlog_full", str(exc)) from None
+        except (Deposed, NotLeader) as exc:
+            raise ApiError(503, "not_leader", str(exc), leader=c.leader_info()) from None
+        except (StoreUnavailable, EtcdError) as exc:
+            raise ApiError(503, "store_unavailable", f"not stored, retry: {exc}") from None
         deadline = trio.current_time() + _wait(args)
         while cmd_id not in c.results and trio.current_time() < deadline:
             await c.changed(deadline)

@@ -1,7 +1,8 @@
-"""The central scheduler's durable state: an append-only journal of JSON lines.
+"""The central scheduler's desired state, and its single-host dev-mode journal of JSON lines.
 
-Active and standby share one state directory. The journal holds what a new
-leader must know to continue without applying anything twice:
+:class:`DesiredState` is what any store (etcd or this journal, see
+:mod:`huselet.central.store`) holds — what a new leader must know to continue
+without applying anything twice:
 
 - the **desired functions** (``fn``/``rm`` records): spec, version, placement;
 - every **command issued** (``cmd``) and every **result** (``done``). A new
@@ -11,10 +12,13 @@ leader must know to continue without applying anything twice:
 
 A record is journaled *before* its effect leaves the process (a command is
 written before its frame is sent), so nothing the nodes saw is unknown to the
-next leader. One ``write`` per record on an ``O_APPEND`` descriptor, fsync'd
-unless disabled; a torn last line (a crash mid-write) is ignored on load. A
-leader compacts the file when it takes over and whenever it grew past
-``compact_after`` records (write a temporary file, fsync, rename).
+next leader. Records are written whole (short writes are continued) to an
+``O_APPEND`` descriptor and fsync'd unless disabled, and only *then* applied
+to the in-memory state; a failed write leaves the state as it was. A torn
+last line (a crash mid-write) is ignored on load. The file is compacted when
+a scheduler starts and whenever it grew past ``compact_after`` records (write
+a temporary file, fsync, rename). :class:`~huselet.central.store.JournalStore`
+calls it from a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -141,14 +145,24 @@ class Journal:
             self._fd = None
 
     def append(self, record: dict[str, Any]) -> None:
-        """Apply ``record`` to the state and make it durable before returning."""
+        """Make ``record`` durable, then apply it to the state."""
+        self.append_many([record])
+
+    def append_many(self, records: list[dict[str, Any]]) -> None:
+        """Write ``records`` whole (fsync'd), then apply them; on OSError nothing is applied."""
         assert self._fd is not None, "journal not open"
-        self.state.apply(record)
-        line = json.dumps(record, separators=(",", ":"), sort_keys=True).encode() + b"\n"
-        os.write(self._fd, line)
+        data = b"".join(
+            json.dumps(r, separators=(",", ":"), sort_keys=True).encode() + b"\n" for r in records
+        )
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
         if self.fsync:
             os.fsync(self._fd)
-        self.records += 1
+        for record in records:
+            self.state.apply(record)
+        self.records += len(records)
         if self.records > self.compact_after:
             self._compact()
 

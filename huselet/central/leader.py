@@ -1,19 +1,17 @@
-"""Leadership between an active and a standby central scheduler: a lock and an epoch.
+"""The single-host dev mode's lock and epoch (no etcd): one scheduler per state directory.
 
-Both processes point at one state directory on a disk they share. The leader
-holds an exclusive ``flock`` on ``leader.lock`` for as long as it lives; the
-kernel drops the lock the instant the process dies (SIGKILL included), and the
-standby, which polls with ``LOCK_NB``, takes it within one poll interval.
+The scheduler holds an exclusive ``flock`` on ``leader.lock`` for as long as
+it lives; a second scheduler pointed at the same directory finds it taken and
+is refused (:class:`~huselet.central.backend.LocalBackend`) — there is no
+shared-directory standby, because ``flock`` on a shared or network file
+system can be emulated or local-only and hand out two leases at once.
 
-Under the lock the new leader reads ``epoch``, adds one and writes it back
+Under the lock the scheduler reads ``epoch``, adds one and writes it back
 (temporary file, fsync, rename, fsync of the directory) *before* it accepts a
-single node: every leader incarnation has a strictly higher epoch, which is the
-fencing token of the protocol (PROTOCOL.md §1, §9). ``leader.json`` says who
-leads, for operators and tests.
-
-``flock`` is only as good as the file system: a local disk, or one host's view
-of it. Leaders on separate machines need a lease from a consensus store
-(etcd, ZooKeeper) instead; the protocol does not care where the epoch comes from.
+single node: every incarnation has a strictly higher epoch, the fencing token
+of the protocol (PROTOCOL.md §9). ``leader.json`` says who runs, for
+operators and tests. HA across machines uses etcd instead
+(:mod:`huselet.central.election`).
 """
 
 from __future__ import annotations

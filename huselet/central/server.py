@@ -1,24 +1,32 @@
 """CentralScheduler: one process of the reference central scheduler (standby, then leader).
 
-Life of a process: serve the admin endpoint (as standby) → wait for the leader
-lock → bump the epoch → load the journal (desired functions, commands without
-a result) → re-issue those commands with their original ids → listen for
-nodes. From then on, per node connection a :class:`SchedulerSession` is
-driven by a reader task and a writer loop (timers at ``next_deadline()``);
-one :class:`FleetState` holds every node's record and view; a timer expires
+Life of a process: listen for nodes (a standby answers each with ``bye
+not_leader`` naming the leader) → campaign through its
+:class:`~huselet.central.backend.Backend` (an etcd lease, or the dev-mode
+local lock) → as leader: load the desired state (functions, commands without
+a result) from the store → re-issue those commands with their original ids →
+serve nodes. Per node connection a :class:`SchedulerSession` is driven by a
+reader task and a writer loop (timers at ``next_deadline()``); one
+:class:`FleetState` holds every node's record and view; a timer expires
 silent nodes and reconciles desired against reported state
 (:mod:`huselet.central.placement`).
 
-Every command is journaled before its frame can leave (the writer only runs
-after the synchronous ``_issue`` returned), and every result is journaled
-when it arrives, so a standby that takes over knows exactly which commands
-still need an answer.
+When the backend says leadership is lost (the etcd lease could not be renewed
+in time), the term ends at once: the writer loops stop sending (they check
+:meth:`Backend.valid` before every frame), node sessions are closed, the
+in-memory term state is dropped, and the process campaigns again.
+
+Every command is committed to the store before its frame can leave
+(:meth:`CentralScheduler.issue_many`), and every result is recorded when it
+arrives (batched, :meth:`CentralScheduler._record_results`), so a standby
+that takes over knows exactly which commands still need an answer.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import ssl
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +34,9 @@ from typing import Any
 
 import trio
 
-from huselet.central.journal import Journal
-from huselet.central.leader import LeaderLock
+from huselet.central.backend import Backend, LeadershipLost, LocalBackend
 from huselet.central.placement import Reported, reconcile
+from huselet.central.store import Deposed
 from huselet.log import get_logger
 from protocol.delta import (
     CloseConnection,
@@ -44,6 +52,7 @@ from protocol.delta import (
     SchedulerSession,
     SnapshotApplied,
 )
+from protocol.delta.messages import encode_bye
 from protocol.errors import ProtocolError
 
 log = get_logger("central")
@@ -51,6 +60,10 @@ log = get_logger("central")
 RECEIVE_CHUNK = 256 * 1024
 SEND_TIMEOUT_S = 5.0
 RESULTS_KEPT = 4096
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+NOT_LEADER = "not_leader"  # BYE code of a standby (PROTOCOL.md §12)
+SHUTDOWN = "shutdown"  # BYE code of a graceful stop
+SHUTDOWN_GRACE_S = 1.0
 
 
 class NotLeader(Exception):
@@ -62,10 +75,12 @@ class CentralSettings:
     scheduler_id: str
     listen_host: str
     listen_port: int
-    state_dir: Path
+    state_dir: Path | None = None  # dev mode (no etcd): the local journal's directory
+    advertise: tuple[str, int] | None = None  # the address nodes dial (default: listen)
+    admin_url: str | None = None  # announced to operators
+    tls: ssl.SSLContext | None = None  # node links: mutual TLS (huselet.central.tls)
     heartbeat_s: float = 1.0
     lease_s: float = 10.0
-    standby_poll_s: float = 0.2
     reconcile_s: float = 1.0
     fsync: bool = True
     max_connections: int = 10_000
@@ -74,81 +89,104 @@ class CentralSettings:
 class _Conn:
     """One node connection: its stream, its session and the writer's wake-up."""
 
-    __slots__ = ("closing", "node_id", "session", "stream", "wake_event")
+    __slots__ = ("cancel_scope", "closing", "node_id", "session", "stream", "wake_event")
 
-    def __init__(self, stream: trio.SocketStream, session: SchedulerSession) -> None:
+    def __init__(self, stream: trio.abc.Stream, session: SchedulerSession) -> None:
         self.stream = stream
         self.session = session
         self.wake_event = trio.Event()
         self.closing = False
         self.node_id: str | None = None
+        self.cancel_scope = trio.CancelScope()  # cancelled when this scheduler steps down
 
     def wake(self) -> None:
         self.wake_event.set()
 
 
 class CentralScheduler:
-    def __init__(self, settings: CentralSettings) -> None:
+    def __init__(self, settings: CentralSettings, backend: Backend | None = None) -> None:
         self.settings = settings
-        self.lock = LeaderLock(settings.state_dir)
-        self.journal = Journal(settings.state_dir / "journal.jsonl", fsync=settings.fsync)
+        if backend is None:
+            if settings.state_dir is None:
+                raise ValueError("a backend or a state directory is needed")
+            backend = LocalBackend(settings.state_dir, fsync=settings.fsync)
+        self.backend = backend
+        self.store = backend.store
         self.role = "standby"
         self.epoch = 0
+        self.terms = 0  # leadership terms held by this process
         self.fleet: FleetState | None = None
         self.leading = trio.Event()
         self.listen_port: int | None = None
         self.conns: set[_Conn] = set()
         self.by_node: dict[str, _Conn] = {}
+        self._reset_term()
+        self.results: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.counters: Counter[str] = Counter()
+        self._changed = trio.Event()
+        self._cmd_seq = itertools.count(1)
+        self._shutting_down = False
+
+    def _reset_term(self) -> None:
         self.reported: dict[str, dict[str, Reported]] = {}  # node -> function -> as reported
         self.outstanding: dict[str, dict[str, str]] = {}  # node -> function -> cmd_id
         self.failed: dict[str, dict[str, tuple[int, float]]] = {}  # node -> fn -> (version, when)
-        self.results: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.counters: Counter[str] = Counter()
         self._dirty: set[str] = set()
         self._reconcile_now = trio.Event()
-        self._changed = trio.Event()
-        self._cmd_seq = itertools.count(1)
+        self._done: list[dict[str, Any]] = []  # results to record in the store
+        self._done_ready = trio.Event()
+
+    @property
+    def advertise(self) -> str:
+        host, port = self.settings.advertise or (self.settings.listen_host, self.listen_port)
+        return f"{host}:{port}"
+
+    def leader_info(self) -> dict[str, Any] | None:
+        return self.backend.leader_info()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Standby until the lock is ours, then lead until cancelled."""
+        """Listen; campaign; lead until leadership is lost; campaign again. Until cancelled."""
+        listeners = await trio.open_tcp_listeners(
+            self.settings.listen_port, host=self.settings.listen_host
+        )
+        self.listen_port = listeners[0].socket.getsockname()[1]
         try:
-            task_status.started()
-            log.info("central standby", scheduler=self.settings.scheduler_id)
-            await self.lock.acquire(self.settings.standby_poll_s)
             async with trio.open_nursery() as nursery:
-                listeners = await trio.open_tcp_listeners(
-                    self.settings.listen_port, host=self.settings.listen_host
-                )
-                self._become_leader()
-                self.listen_port = listeners[0].socket.getsockname()[1]
-                self.lock.announce(
-                    {
+                # Standbys listen too: they answer a node with a BYE naming the leader.
+                nursery.start_soon(trio.serve_listeners, self._handle, listeners)
+                task_status.started()
+                while True:
+                    log.info("central standby", scheduler=self.settings.scheduler_id)
+                    announcement = {
                         "scheduler_id": self.settings.scheduler_id,
-                        "epoch": self.epoch,
-                        "listen": f"{self.settings.listen_host}:{self.listen_port}",
-                    }
-                )
-                log.info(
-                    "central leader",
-                    scheduler=self.settings.scheduler_id,
-                    epoch=self.epoch,
-                    listen=f"{self.settings.listen_host}:{self.listen_port}",
-                    functions=len(self.journal.state.functions),
-                    reissued=len(self.journal.state.pending),
-                )
-                self.leading.set()
-                nursery.start_soon(self._timers)
-                await trio.serve_listeners(self._handle, listeners)
+                        "listen": self.advertise,
+                    } | ({"admin": self.settings.admin_url} if self.settings.admin_url else {})
+                    self.epoch = await self.backend.campaign(announcement)
+                    try:
+                        await self._lead()
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await self._step_down()
         finally:
-            self.journal.close()
-            self.lock.release()
+            with trio.CancelScope(shield=True):
+                await self.backend.close()
 
-    def _become_leader(self) -> None:
-        self.epoch = self.lock.next_epoch()
+    async def shutdown(self) -> None:
+        """Graceful stop: every node gets ``bye shutdown`` (bounded), then the caller cancels."""
+        self._shutting_down = True
+        for conn in list(self.conns):
+            conn.wake()
+        with trio.move_on_after(SHUTDOWN_GRACE_S):
+            while self.conns:
+                await trio.sleep(0.01)
+
+    async def _lead(self) -> None:
+        """One leadership term; returns when it is lost."""
+        self.terms += 1
         s = self.settings
-        self.fleet = FleetState(
+        fleet = FleetState(
             SchedulerConfig(
                 scheduler_id=s.scheduler_id,
                 epoch=self.epoch,
@@ -156,20 +194,65 @@ class CentralScheduler:
                 lease_ttl=s.lease_s,
             )
         )
-        state = self.journal.load()
-        self.journal.open()
+        self._reset_term()
+        try:
+            state = await self.store.load()
+        except Exception as exc:
+            log.error("cannot load the desired state; stepping down", error=str(exc))
+            await self.backend.step_down()  # let another scheduler (or a retry) take over
+            await trio.sleep(0.5)
+            return
         for cmd in list(state.pending.values()):
             # The predecessor's commands keep their ids: a node that executed one
             # answers from its result table instead of running it again.
             try:
-                self.fleet.issue_command(cmd.node, cmd.kind, cmd.body, cmd_id=cmd.cmd_id)
+                fleet.issue_command(cmd.node, cmd.kind, cmd.body, cmd_id=cmd.cmd_id)
             except (CommandBacklogFull, DeltaUsageError) as exc:
                 log.error("cannot re-issue command", cmd_id=cmd.cmd_id, error=str(exc))
-                self.journal.append({"t": "done", "id": cmd.cmd_id, "status": "dropped"})
+                self._record_done(cmd.cmd_id, "dropped")
                 continue
             if cmd.function:
                 self.outstanding.setdefault(cmd.node, {})[cmd.function] = cmd.cmd_id
+        self.fleet = fleet
         self.role = "leader"
+        log.info(
+            "central leader",
+            scheduler=s.scheduler_id,
+            epoch=self.epoch,
+            listen=self.advertise,
+            functions=len(state.functions),
+            reissued=len(state.pending),
+        )
+        self.leading.set()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._hold, nursery.cancel_scope)
+            nursery.start_soon(self._timers)
+            nursery.start_soon(self._record_results, nursery.cancel_scope)
+
+    async def _hold(self, scope: trio.CancelScope) -> None:
+        try:
+            await self.backend.hold()
+        except LeadershipLost as exc:
+            self.counters["leadership_lost"] += 1
+            log.warning("stepping down", scheduler=self.settings.scheduler_id, reason=str(exc))
+        scope.cancel()
+
+    async def _step_down(self) -> None:
+        """Stop issuing commands and close every node session (a standby has none)."""
+        was_leader = self.fleet is not None
+        self.fleet = None
+        self.role = "standby"
+        self.leading = trio.Event()
+        for conn in list(self.conns):
+            conn.closing = True
+            conn.cancel_scope.cancel()
+        self.by_node.clear()
+        self._reset_term()
+        self._changed.set()
+        self._changed = trio.Event()
+        if was_leader:
+            await self.backend.step_down()
+            log.info("central stepped down", scheduler=self.settings.scheduler_id)
 
     # --- connections -------------------------------------------------------------------------
 
@@ -178,30 +261,66 @@ class CentralScheduler:
             self.counters["connections_refused"] += 1
             await trio.aclose_forcefully(stream)
             return
-        assert self.fleet is not None
-        conn = _Conn(stream, SchedulerSession(self.fleet, trio.current_time()))
-        self.conns.add(conn)
+        link: trio.abc.Stream = stream
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._reader, conn)
-                await self._writer(conn)
-                nursery.cancel_scope.cancel()
-        except Exception:
-            # A bug in one connection costs that connection, not the fleet.
-            log.exception("node connection failed", node=conn.node_id)
-            self.counters["internal_errors"] += 1
+            if self.settings.tls is not None:
+                link = await self._tls_handshake(stream)
+            fleet = self.fleet
+            if fleet is None or not self.backend.valid():
+                await self._redirect(link)
+                return
+            conn = _Conn(link, SchedulerSession(fleet, trio.current_time()))
+            self.conns.add(conn)
+            try:
+                with conn.cancel_scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._reader, conn)
+                        await self._writer(conn)
+                        nursery.cancel_scope.cancel()
+            except Exception:
+                # A bug in one connection costs that connection, not the fleet.
+                log.exception("node connection failed", node=conn.node_id)
+                self.counters["internal_errors"] += 1
+            finally:
+                conn.session.connection_lost(trio.current_time())
+                self.conns.discard(conn)
+                if conn.node_id is not None and self.by_node.get(conn.node_id) is conn:
+                    del self.by_node[conn.node_id]
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.counters[f"handshake_failed.{type(exc).__name__}"] += 1
+            log.debug("node link refused", error=str(exc))
         finally:
-            conn.session.connection_lost(trio.current_time())
-            self.conns.discard(conn)
-            if conn.node_id is not None and self.by_node.get(conn.node_id) is conn:
-                del self.by_node[conn.node_id]
             with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
+                await trio.aclose_forcefully(link)
+
+    async def _tls_handshake(self, stream: trio.SocketStream) -> trio.SSLStream[trio.SocketStream]:
+        """Mutual TLS: the node must present a certificate signed by the fleet CA."""
+        assert self.settings.tls is not None
+        tls = trio.SSLStream(stream, self.settings.tls, server_side=True)
+        with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT_S) as scope:
+            await tls.do_handshake()
+        if scope.cancelled_caught:
+            raise trio.BrokenResourceError("TLS handshake timed out")
+        return tls
+
+    async def _redirect(self, link: trio.abc.Stream) -> None:
+        """A standby answers a node with ``bye not_leader`` naming the leader, then closes."""
+        self.counters["redirected"] += 1
+        leader = self.backend.leader_info() or {}
+        address = leader.get("listen")
+        if leader.get("scheduler_id") == self.settings.scheduler_id:
+            address = None  # our own stale announcement
+        if isinstance(address, str):
+            frame = encode_bye(NOT_LEADER, f"standby; the leader is at {address}", address)
+        else:
+            frame = encode_bye(NOT_LEADER, "standby; no leader known yet")
+        with trio.move_on_after(SEND_TIMEOUT_S):
+            await link.send_all(frame)
 
     async def _reader(self, conn: _Conn) -> None:
         try:
             while not conn.closing:
-                data = await conn.stream.receive_some(RECEIVE_CHUNK)
+                data = bytes(await conn.stream.receive_some(RECEIVE_CHUNK))
                 if not data:
                     conn.closing = True
                     break
@@ -218,6 +337,21 @@ class CentralScheduler:
         session = conn.session
         while True:
             conn.wake_event = trio.Event()
+            bye = None
+            if self._shutting_down:
+                bye = encode_bye(SHUTDOWN, "the scheduler is shutting down")
+            elif not self.backend.valid():
+                # The lease may have run out (e.g. this process was paused): send
+                # nothing more than a bye — no heartbeat that would renew the node's lease.
+                bye = encode_bye(NOT_LEADER, "leadership lost")
+            if bye is not None:
+                with trio.move_on_after(1.0):
+                    try:
+                        await conn.stream.send_all(bye)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass
+                conn.closing = True
+                return
             session.tick(trio.current_time())
             self._process(conn)
             data = session.data_to_send()
@@ -299,9 +433,34 @@ class CentralScheduler:
         self._changed.set()
         self._changed = trio.Event()
 
+    def _record_done(self, cmd_id: str, status: str) -> None:
+        self._done.append({"t": "done", "id": cmd_id, "status": status})
+        self._done_ready.set()
+
+    async def _record_results(self, scope: trio.CancelScope) -> None:
+        """Write results to the store in batches (a lost one is only re-delivered: §9)."""
+        backoff = 0.05
+        while True:
+            await self._done_ready.wait()
+            self._done_ready = trio.Event()
+            batch, self._done = self._done, []
+            try:
+                await self.store.commit(batch)
+                backoff = 0.05
+            except Deposed as exc:
+                log.warning("results not recorded: deposed", error=str(exc))
+                scope.cancel()
+                return
+            except Exception as exc:
+                log.warning("results not recorded yet; retrying", error=str(exc))
+                self._done = batch + self._done
+                self._done_ready.set()
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
     def _completed(self, event: CommandCompleted) -> None:
-        cmd = self.journal.state.pending.get(event.cmd_id)
-        self.journal.append({"t": "done", "id": event.cmd_id, "status": event.status})
+        cmd = self.store.state.pending.get(event.cmd_id)
+        self._record_done(event.cmd_id, event.status)
         self.counters[f"results.{event.status}"] += 1
         self.results[event.cmd_id] = {
             "node": event.node_id,
@@ -331,33 +490,59 @@ class CentralScheduler:
 
     # --- commands and reconciliation -----------------------------------------------------------
 
-    def issue(self, node_id: str, kind: str, body: Any, function: str | None = None) -> str:
-        """Journal, then queue, one command for ``node_id``; returns its id."""
-        if self.fleet is None:
-            raise NotLeader("this scheduler is the standby")
-        cmd_id = f"{self.settings.scheduler_id}:{self.epoch}:{next(self._cmd_seq)}"
-        record: dict[str, Any] = {"t": "cmd", "id": cmd_id, "node": node_id, "kind": kind}
-        record["body"] = body
-        if function is not None:
-            record["fn"] = function
-        self.journal.append(record)
-        try:
-            self.fleet.issue_command(node_id, kind, body, cmd_id=cmd_id)
-        except (CommandBacklogFull, DeltaUsageError):
-            self.journal.append({"t": "done", "id": cmd_id, "status": "dropped"})
-            raise
-        if function is not None:
-            self.outstanding.setdefault(node_id, {})[function] = cmd_id
-        self.counters[f"issued.{kind}"] += 1
+    async def issue(self, node_id: str, kind: str, body: Any, function: str | None = None) -> str:
+        """Store, then queue, one command for ``node_id``; returns its id."""
+        (cmd_id,) = await self.issue_many(node_id, [(kind, body, function)])
+        return cmd_id
+
+    async def issue_many(
+        self, node_id: str, commands: list[tuple[str, Any, str | None]]
+    ) -> list[str]:
+        """Store ``commands`` (kind, body, function) in one commit, then queue them in order.
+
+        Raises :class:`NotLeader` (or the store's ``Deposed``) when this process
+        does not lead, ``CommandBacklogFull`` when the node's table is full.
+        """
+        fleet = self.fleet
+        if fleet is None or not self.backend.valid():
+            raise NotLeader("this scheduler is not the leader")
+        pending = len(fleet.records[node_id].pending) if node_id in fleet.records else 0
+        if pending + len(commands) > fleet.config.max_pending:
+            raise CommandBacklogFull(f"node {node_id!r} has {pending} commands pending")
+        records = []
+        for kind, body, function in commands:
+            cmd_id = f"{self.settings.scheduler_id}:{self.epoch}:{next(self._cmd_seq)}"
+            record: dict[str, Any] = {"t": "cmd", "id": cmd_id, "node": node_id, "kind": kind}
+            record["body"] = body
+            if function is not None:
+                record["fn"] = function
+            records.append(record)
+        await self.store.commit(records)
+        if fleet is not self.fleet:
+            raise NotLeader("leadership was lost while the commands were stored")
+        ids = []
+        for record in records:
+            try:
+                fleet.issue_command(node_id, record["kind"], record["body"], cmd_id=record["id"])
+            except (CommandBacklogFull, DeltaUsageError) as exc:
+                log.error("cannot queue a stored command", cmd_id=record["id"], error=str(exc))
+                self._record_done(record["id"], "dropped")
+                continue
+            if record.get("fn") is not None:
+                self.outstanding.setdefault(node_id, {})[record["fn"]] = record["id"]
+            self.counters[f"issued.{record['kind']}"] += 1
+            ids.append(record["id"])
         conn = self.by_node.get(node_id)
         if conn is not None:
             conn.wake()
-        return cmd_id
+        return ids
 
-    def reconcile_node(self, node_id: str) -> int:
+    async def reconcile_node(self, node_id: str) -> int:
         """Issue what moves ``node_id`` towards the desired state; returns how many."""
-        assert self.fleet is not None
-        record = self.fleet.records.get(node_id)
+        fleet = self.fleet
+        if fleet is None:
+            return 0
+        record = fleet.records.get(node_id)
         if (
             record is None
             or record.session is None
@@ -368,39 +553,56 @@ class CentralScheduler:
         actions = reconcile(
             node_id,
             self.reported.get(node_id, {}),
-            self.journal.state.functions,
+            self.store.state.functions,
             self.outstanding.get(node_id, {}),
             self.failed.get(node_id, {}),
             trio.current_time(),
         )
-        for action in actions:
-            try:
-                self.issue(node_id, action.kind, action.body, action.function)
-            except (CommandBacklogFull, DeltaUsageError) as exc:
-                log.error("cannot issue command", node=node_id, error=str(exc))
-                break
+        if not actions:
+            return 0
+        room = fleet.config.max_pending - len(record.pending)
+        actions = actions[: max(0, room)]
+        try:
+            await self.issue_many(node_id, [(a.kind, a.body, a.function) for a in actions])
+        except (CommandBacklogFull, DeltaUsageError) as exc:
+            log.error("cannot issue command", node=node_id, error=str(exc))
+            return 0
         return len(actions)
 
     async def _timers(self) -> None:
-        assert self.fleet is not None
+        fleet = self.fleet
+        assert fleet is not None
         next_full = trio.current_time()
         while True:
             with trio.move_on_at(next_full):
                 await self._reconcile_now.wait()
             self._reconcile_now = trio.Event()
             now = trio.current_time()
-            for node_id in self.fleet.expire(now):
+            for node_id in fleet.expire(now):
                 log.warning("node expired: no frame within the lease", node=node_id)
                 self.counters["expired"] += 1
             if now >= next_full:
-                nodes = set(self.fleet.records)
+                nodes = set(fleet.records)
                 next_full = now + self.settings.reconcile_s
                 self.counters["reconcile_rounds"] += 1
             else:
                 nodes = self._dirty
             self._dirty = set()
-            for node_id in nodes:
-                self.reconcile_node(node_id)
+            for node_id in sorted(nodes):
+                try:
+                    await self.reconcile_node(node_id)
+                except Deposed:
+                    return  # _hold or _record_results ends the term
+                except Exception as exc:
+                    # The store is slow or unreachable: try again on the next round.
+                    self.counters["reconcile_errors"] += 1
+                    log.warning("reconcile failed", node=node_id, error=str(exc))
+                    self._dirty.add(node_id)
+                    break
+
+    def mark(self, node_id: str) -> None:
+        """Reconcile ``node_id`` soon (its desired state changed)."""
+        self._mark(node_id)
 
     async def changed(self, deadline: float) -> None:
         """Wait until some node's state or a command result changed (or the deadline)."""

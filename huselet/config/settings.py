@@ -27,6 +27,13 @@ from huselet.config.health import HealthSettings, parse_health
 from huselet.config.limits import check_structure, parse_toml, read_token
 from huselet.config.observe import LogSettings, MetricsSettings, parse_log, parse_metrics
 from huselet.config.table import ConfigTable, TcpAddress, describe
+from huselet.config.trust import (
+    DeployPolicy,
+    LinkTlsSettings,
+    loopback_host,
+    parse_link_tls,
+    parse_policy,
+)
 from huselet.errors import ConfigError
 from protocol.link import EntryKind
 
@@ -179,6 +186,10 @@ class SchedulerLinkSettings:
     backoff_base_ms: int = 100
     backoff_max_ms: int = 30_000
     persist_functions: bool = True  # deployed functions survive a daemon restart
+    policy: DeployPolicy = field(default_factory=DeployPolicy)
+    tls: LinkTlsSettings | None = None  # None: plaintext (loopback only, unless insecure)
+    insecure: bool = False  # allow plaintext to non-loopback scheduler addresses
+    epoch_file: Path | None = None  # highest accepted epoch (state_dir/fleet-epoch)
 
 
 @dataclass(frozen=True)
@@ -629,7 +640,19 @@ def _parse_scheduler(st: ConfigTable, node: NodeSettings) -> SchedulerLinkSettin
         backoff_base_ms=base_ms,
         backoff_max_ms=max_ms,
         persist_functions=st.boolean("persist_functions", default=True),
+        policy=parse_policy(st),
+        tls=parse_link_tls(st),
+        insecure=st.boolean("insecure", default=False),
+        epoch_file=node.state_dir / "fleet-epoch",
     )
+    if settings.tls is None and not settings.insecure:
+        for i, address in enumerate(settings.addresses):
+            if not loopback_host(address.host):
+                raise ConfigError(
+                    f"{st.key('addresses')}[{i}]",
+                    f"{address} is not loopback: set tls_ca/tls_cert/tls_key "
+                    "(or insecure = true to allow plaintext)",
+                )
     st.finish()
     return settings
 

@@ -4,6 +4,12 @@ Instances *pull*: each instance's dispatcher awaits :meth:`RequestBuffer.get`.
 Invocations that are already done (their caller's deadline passed, or the node
 is draining) are skipped on the way out, so a request that timed out while
 queued is never delivered afterwards.
+
+Nothing here walks the queue per request: the number of live (QUEUED)
+entries is kept as a counter — every way out of the QUEUED state passes
+through :meth:`RequestBuffer.get_nowait` or :meth:`Invocation.complete`
+(which calls :meth:`RequestBuffer.left_queue`) — so the scaling decision on
+every submit costs the same with ten requests queued or ten thousand.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ class RequestBuffer:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._queue: deque[Invocation] = deque()
+        self._live = 0  # entries of _queue still QUEUED (the rest are done, skipped lazily)
         self._getters = trio.lowlevel.ParkingLot()
 
     def __len__(self) -> int:
@@ -32,7 +39,20 @@ class RequestBuffer:
         return len(self._getters)
 
     def live_count(self) -> int:
-        return sum(1 for inv in self._queue if inv.state is InvocationState.QUEUED)
+        """Requests waiting for an instance (done ones excluded); O(1)."""
+        return self._live
+
+    def left_queue(self, inv: Invocation) -> None:
+        """``inv`` stops being QUEUED while still in the queue (completed from outside)."""
+        if inv.queued_in is self:
+            inv.queued_in = None
+            self._live -= 1
+
+    def _enqueued(self, inv: Invocation) -> None:
+        if inv.queued_in is not None:  # already counted (queued twice): count it once
+            inv.queued_in.left_queue(inv)
+        inv.queued_in = self
+        self._live += 1
 
     def put(self, inv: Invocation) -> None:
         if len(self._queue) >= self.capacity:
@@ -44,6 +64,7 @@ class RequestBuffer:
                     retry_after_s=1,
                 )
         self._queue.append(inv)
+        self._enqueued(inv)
         self._getters.unpark()
 
     def requeue(self, inv: Invocation) -> None:
@@ -52,6 +73,7 @@ class RequestBuffer:
         inv.state = InvocationState.QUEUED
         inv.instance = None
         self._queue.appendleft(inv)
+        self._enqueued(inv)
         self._getters.unpark()
 
     def _purge_done(self) -> None:
@@ -65,6 +87,7 @@ class RequestBuffer:
             inv = queue.popleft()
             if inv.state is not InvocationState.QUEUED:
                 continue
+            self.left_queue(inv)
             if inv.deadline <= now:
                 inv.complete(
                     DeadlineExceeded(f"request waited {now - inv.enqueued_at:.3f}s in the queue")

@@ -34,13 +34,20 @@ class InstanceRecord:
     """What the pool knows about one instance."""
 
     def __init__(
-        self, function: str, on_state: Callable[[InstanceRecord], None] | None = None
+        self,
+        function: str,
+        on_state: Callable[[InstanceRecord], None] | None = None,
+        on_starting: Callable[[bool], None] | None = None,
     ) -> None:
         self.id = f"{function}-{secrets.token_hex(4)}"
         self.token = secrets.token_urlsafe(24)
         self.token_spent = False  # single use: set when a link claims it
         self._state = InstanceState.STARTING
         self._on_state = on_state
+        # Told when `starting` flips, so the pool counts starts under way without
+        # walking its instances on every request. A record begins starting.
+        self._on_starting = on_starting
+        self._stop_reason: StopReason | None = None
         self.handle: InstanceHandle | None = None
         self.link: InstanceLink | None = None
         self.link_arrived = trio.Event()
@@ -55,7 +62,6 @@ class InstanceRecord:
         self.last_heard = self.created_at  # any frame from the instance (heartbeat)
         self.breaker_round = 0  # how often the breaker had opened when this one started
         self.sending: Invocation | None = None  # a request whose frame is being written
-        self.stop_reason: StopReason | None = None
         self.stop_detail = ""  # e.g. the link error behind LINK_BROKE
         self.code: CodeLease | None = None
         self.exit_status: ExitStatus | None = None
@@ -71,9 +77,32 @@ class InstanceRecord:
         # A property so every transition is observed without touching each call site;
         # re-setting the same state (IDLE on every loop turn) is not a change.
         if value is not self._state:
+            was_starting = self.starting
             self._state = value
+            self._starting_changed(was_starting)
             if self._on_state is not None:
                 self._on_state(self)
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        """Why the instance is (being) stopped; None while it is meant to run."""
+        return self._stop_reason
+
+    @stop_reason.setter
+    def stop_reason(self, value: StopReason | None) -> None:
+        was_starting = self.starting
+        self._stop_reason = value
+        self._starting_changed(was_starting)
+
+    @property
+    def starting(self) -> bool:
+        """Starting and not asked to stop: capacity that will be ready soon."""
+        return self._state is InstanceState.STARTING and self._stop_reason is None
+
+    def _starting_changed(self, was_starting: bool) -> None:
+        now = self.starting
+        if now is not was_starting and self._on_starting is not None:
+            self._on_starting(now)
 
     def offer_link(self, link: InstanceLink) -> bool:
         if self.link is not None or self.state is not InstanceState.STARTING:

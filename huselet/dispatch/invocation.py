@@ -17,6 +17,7 @@ import trio
 from huselet.errors import HuseletError
 
 if TYPE_CHECKING:
+    from huselet.dispatch.buffer import RequestBuffer
     from huselet.dispatch.instance import InstanceRecord
     from protocol.link import HttpRequest
 
@@ -49,6 +50,7 @@ class Invocation:
         "http",
         "instance",
         "kind",
+        "queued_in",
         "request_id",
         "state",
         "trace",
@@ -71,6 +73,9 @@ class Invocation:
         self.deadline = deadline  # trio.current_time() clock
         self.enqueued_at = trio.current_time()
         self.state = InvocationState.QUEUED
+        # The buffer holding this invocation while it is QUEUED there: a completion
+        # from outside (deadline, drain) tells it, so its live count stays exact.
+        self.queued_in: RequestBuffer | None = None
         self.instance: InstanceRecord | None = None
         self.attempts = 1  # deliveries to an instance so far, counting a retry
         self.dispatched_at: float | None = None  # last taken off the queue (timings)
@@ -86,6 +91,8 @@ class Invocation:
         """Record the outcome; return False (and change nothing) if already done."""
         if self.state is InvocationState.DONE:
             return False
+        if self.queued_in is not None:
+            self.queued_in.left_queue(self)
         self.state = InvocationState.DONE
         self._outcome = outcome
         self._done.set()

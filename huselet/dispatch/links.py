@@ -54,6 +54,21 @@ class InstanceLink:
         data = b"".join(encode_frame(m, max_frame=self.max_frame) for m in messages)
         await self.stream.send_all(data)
 
+    def send_nowait(self, message: dict[str, Any]) -> bool:
+        """Write one small frame now, without waiting; False if the socket had no
+        room for all of it (the peer is not reading; part may be on the wire).
+
+        For the heartbeat only, which writes only while the instance is idle, so
+        it never interleaves with a request frame being sent.
+        """
+        data = encode_frame(message, max_frame=self.max_frame)
+        try:
+            # trio's sockets are non-blocking: a full buffer raises, never waits.
+            sent = os.write(self.stream.socket.fileno(), data)
+        except BlockingIOError:
+            return False
+        return sent == len(data)
+
     async def receive(self) -> dict[str, Any] | None:
         """The next message, or None once the instance closed its end."""
         while True:

@@ -13,7 +13,8 @@ Lifecycle of one instance (:meth:`FunctionPool._lifecycle`)::
      start failed                                          STOPPING  overrun, node stop)
 
 An instance also ends when, idle, it misses its heartbeat (PING unanswered),
-or when found frozen (SIGSTOP) while busy. Every in-flight invocation of an
+or when found frozen (SIGSTOP) while busy (:mod:`huselet.dispatch.heartbeat`,
+one task per pool). Every in-flight invocation of an
 instance that ends is completed with a clear :class:`InstanceLost` error —
 never left waiting — unless it can safely run elsewhere: its request never
 fully reached the instance, or the function is ``idempotent`` (once).
@@ -33,12 +34,12 @@ from huselet.activity import ActivityCount
 from huselet.config import FunctionSettings
 from huselet.config.health import HealthSettings
 from huselet.dispatch.buffer import RequestBuffer
+from huselet.dispatch.heartbeat import Heartbeats
 from huselet.dispatch.instance import (
     CodeProvider,
     DirectoryCode,
     InstanceRecord,
     InstanceState,
-    stopped_by_signal,
 )
 from huselet.dispatch.invocation import Invocation, InvokeResult
 from huselet.dispatch.links import token_matches
@@ -65,7 +66,6 @@ from protocol.link import (
     FATAL,
     KIND_JSON,
     KIND_TEXT,
-    PING_FRAME,
     PULL,
     READY,
     RESULT,
@@ -86,7 +86,6 @@ CONTENT_TYPES = {
 STOP_GRACE_S = 2.0
 REAP_LIMIT_S = 5.0  # after a kill, how long a runtime may take to report the exit
 EXIT_DESCRIBE_WAIT_S = 1.0
-LOOP_STALL_S = 0.05  # woke this late: the event loop itself was stalled
 
 
 # Observer of a pool's state: ``(kind, name, body)``; ``body`` None means removed.
@@ -127,7 +126,11 @@ class FunctionPool:
         # within microseconds. Counting only parked dispatchers would start a new
         # instance in the instant between a RESULT and its dispatcher re-parking.
         self.spare_credits = 0
+        # Instances starting and not asked to stop, kept by the records themselves
+        # (InstanceRecord.starting): ensure_capacity runs on every request.
+        self.starting = 0
         self.counters: Counter[str] = Counter()
+        self.heartbeats = Heartbeats(self.name, self.health, self.counters, nursery.start_soon)
         self.accepting = True  # False while draining: no new requests
         self.closed = False  # True once stopping: no new instances
         self.last_start_error: str | None = None
@@ -178,25 +181,24 @@ class FunctionPool:
     def ensure_capacity(self) -> None:
         if self.closed or self.starts_held:
             return
-        starting = sum(
-            1
-            for r in self.instances.values()
-            if r.state is InstanceState.STARTING and r.stop_reason is None
-        )
-        demand = self.buffer.live_count() - self.spare_credits - starting
+        demand = self.buffer.live_count() - self.spare_credits - self.starting
         room = self.settings.max_instances - len(self.instances)
         want = max(demand, self.settings.min_instances - len(self.instances))
         for _ in range(min(want, room)):
             self._start_instance()
 
     def _start_instance(self) -> None:
-        record = InstanceRecord(self.name, self._instance_changed)
+        record = InstanceRecord(self.name, self._instance_changed, self._starting_changed)
+        self.starting += 1  # a new record is starting
         record.breaker_round = self.breaker.opened
         self.instances[record.id] = record
         self.live_instances.enter()
         self._instance_changed(record)
         self.counters["instances_started"] += 1
         self._nursery.start_soon(self._lifecycle, record, name=f"instance {record.id}")
+
+    def _starting_changed(self, starting: bool) -> None:
+        self.starting += 1 if starting else -1
 
     def _instance_changed(self, record: InstanceRecord) -> None:
         if self.on_change is not None:
@@ -381,7 +383,7 @@ class FunctionPool:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._guard_protocol, record, read_frames)
             nursery.start_soon(watch_exit)
-            nursery.start_soon(self._heartbeat, record)
+            self.heartbeats.watch(record)  # one task per pool judges them all
             idle_timeout = self.settings.idle_timeout_ms / 1000
             while True:
                 if record.credits == 0:
@@ -441,65 +443,6 @@ class FunctionPool:
                     self.spare_credits -= record.credits
                     record.credits = 0
                     await trio.sleep_forever()
-
-    async def _heartbeat(self, record: InstanceRecord) -> None:
-        """Ping an instance that has been idle and silent; replace it if it stays silent.
-
-        Only idle instances are judged: a busy one may legitimately be silent
-        for its whole handler run, and its request's deadline guards it. A
-        stopped (SIGSTOP) or wedged idle worker would otherwise take the next
-        request and hold it until that request's deadline.
-        """
-        link = record.link
-        assert link is not None
-        interval = self.health.heartbeat_interval_ms / 1000
-        timeout = self.health.heartbeat_timeout_ms / 1000
-        while True:
-            if record.inflight:
-                await trio.sleep(interval)
-                if record.inflight and stopped_by_signal(record.handle):
-                    # SIGSTOPped (or held by a tracer) mid-request: it cannot
-                    # finish; answering now beats waiting out the deadline.
-                    self.counters["stopped_busy"] += 1
-                    log.warning("busy instance is stopped", function=self.name, instance=record.id)
-                    record.stop(StopReason.FROZEN)
-                    return
-                continue
-            await trio.sleep_until(record.last_heard + interval)
-            if record.inflight or trio.current_time() - record.last_heard < interval:
-                continue
-            pinged_at = trio.current_time()
-            # A worker that stopped reading may have a full socket buffer: the
-            # send shares the answer's deadline instead of blocking forever.
-            with trio.move_on_at(pinged_at + timeout) as sending:
-                try:
-                    await link.send(PING_FRAME)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    record.stop(StopReason.LINK_BROKE, exc)
-                    return
-            if sending.cancelled_caught:
-                # Part of a frame may be on the wire: the link cannot be trusted.
-                self.counters["heartbeat_missed"] += 1
-                record.stop(StopReason.NOT_READING)
-                return
-            await trio.sleep_until(pinged_at + timeout)
-            if trio.current_time() - (pinged_at + timeout) > LOOP_STALL_S:
-                # Our own loop stalled: the answer may sit unread. Judge only
-                # on a window the daemon was awake for: ping again.
-                continue
-            if record.last_heard < pinged_at and not record.inflight:
-                self.counters["heartbeat_missed"] += 1
-                log.warning(
-                    "instance missed its heartbeat",
-                    function=self.name,
-                    instance=record.id,
-                    silent_s=round(trio.current_time() - record.last_heard, 3),
-                )
-                record.stop(StopReason.MISSED_HEARTBEAT)
-                return
-            if record.last_heard < pinged_at:
-                # Busy since the ping: its request's deadline now guards it.
-                record.last_heard = trio.current_time()
 
     async def _guard_protocol(self, record: InstanceRecord, read_frames: Any) -> None:
         try:

@@ -17,7 +17,10 @@ Command bodies (PROTOCOL.md §6.5 leaves them to the application):
   deployed keeps serving either way.
 
 Functions configured in the node's own TOML belong to the operator of the
-node, not to the scheduler: commands cannot replace or remove them.
+node, not to the scheduler: commands cannot replace or remove them. Every
+deployed spec is checked against the node's ``[scheduler]`` policy
+(:mod:`huselet.fleet.policy`; error ``policy``). PROTOCOL.md Appendix C is the
+full catalogue of bodies, results and error codes.
 
 Deployed functions are kept in ``state_dir/fleet-functions.json`` (written
 atomically) and re-deployed when the daemon restarts, so a node keeps serving
@@ -34,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from huselet.config import Config, parse_function_spec
+from huselet.config.trust import DeployPolicy
 from huselet.dispatch.api import FunctionDeployer
 from huselet.dispatch.links import LinkServer
 from huselet.dispatch.sources import CodeSource
 from huselet.errors import HuseletError
+from huselet.fleet.policy import check_paths, check_spec
 from huselet.log import get_logger
 
 log = get_logger("fleet")
@@ -104,8 +109,13 @@ class FleetCommands:
         on_placements: Callable[[str], None],
         store: FunctionStore | None = None,
         prefetcher: Callable[[], Any] | None = None,  # the daemon's, looked up when needed
+        policy: DeployPolicy | None = None,  # default: config.scheduler's, else the default
     ) -> None:
         self.config = config
+        link = config.scheduler if config is not None else None
+        self.policy = policy or (link.policy if link is not None else DeployPolicy())
+        # Without a [scheduler] table (tests), the policy's own bound is the only one.
+        self.offered_memory_mb = link.memory_mb if link is not None else 1 << 20
         self.scheduler = dispatcher  # the node's; renamed with etcd16's fleet work
         self.links = links
         self.known_runtimes = frozenset(known_runtimes)
@@ -191,8 +201,15 @@ class FleetCommands:
         return {"applied": True, "version": version}
 
     async def _apply(self, name: str, version: int, spec: dict[str, Any]) -> None:
+        check_paths(spec, self.policy, base_dir=self.config.node.state_dir)
         fn = parse_function_spec(
             spec, self.config, known_runtimes=self.known_runtimes, where=f"spec({name})"
+        )
+        check_spec(
+            fn,
+            self.policy,
+            offered_memory_mb=self.offered_memory_mb,
+            default_origin=self.config.cache.default_origin,
         )
         key = (name, version)
         if key in self._applied:

@@ -13,13 +13,19 @@ boot); connections come and go beneath it. The link:
 - never stops the node: with every scheduler down it keeps dialling with
   backoff while the daemon serves what it has (static stability), and a
   scheduler that breaks the protocol loses only its connection (the error is
-  counted by class).
+  counted by class);
+- speaks mutual TLS when ``[scheduler] tls_*`` is set (the scheduler must
+  present a certificate of the fleet CA; so must the node);
+- keeps the highest accepted epoch on disk (:mod:`huselet.fleet.epoch`) and
+  runs a command only once its epoch is durable, so fencing survives a restart;
+- follows a standby's ``bye not_leader`` hint: the named leader is dialled next.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import ssl
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -27,9 +33,11 @@ from typing import Any
 
 import trio
 
+from huselet.central.tls import client_context
 from huselet.config import SchedulerLinkSettings, TcpAddress
 from huselet.dispatch.api import ObservedDispatcher
 from huselet.fleet.commands import CommandFailed, FleetCommands
+from huselet.fleet.epoch import EpochFile
 from huselet.fleet.state import NodeStateModel
 from huselet.log import get_logger
 from protocol.delta import (
@@ -53,6 +61,7 @@ log = get_logger("fleet")
 RECEIVE_CHUNK = 256 * 1024
 COMMAND_TIMEOUT_S = 60.0  # one command (a deploy binds a socket; a prefetch may fetch)
 CLOSE_TIMEOUT_S = 1.0  # time to write a bye before the socket is closed
+NOT_LEADER_BACKOFF_S = 1.0  # longest wait after a standby's bye not_leader
 
 
 class SchedulerLink:
@@ -79,6 +88,12 @@ class SchedulerLink:
                 silent_heartbeats=float(settings.silent_heartbeats),
             )
         )
+        self.epochs = EpochFile(settings.epoch_file)
+        # Fencing across restarts: refuse the epochs this node had already left behind.
+        self.session.state.highest_epoch = self.epochs.persisted
+        self._tls: ssl.SSLContext | None = None
+        if settings.tls is not None:
+            self._tls = client_context(settings.tls.ca, settings.tls.cert, settings.tls.key)
         self.rotation = SchedulerAddressRotation(
             [str(a) for a in settings.addresses],
             rng=rng or random.Random(),
@@ -98,6 +113,7 @@ class SchedulerLink:
         self.commands = commands_factory(self.model.set_placements)
         self.model.set_placements(self.commands.placements)
         self._closing = False
+        self._not_leader = False  # the last connection ended with bye not_leader
         self._last_error: ProtocolError | None = None
         self._commands_in, self._commands_out = trio.open_memory_channel[CommandReceived](
             self.session.config.max_inflight
@@ -113,6 +129,7 @@ class SchedulerLink:
         self.last_close: str | None = None
         self.last_resync: dict[str, Any] | None = None
         self.resyncs = 0
+        self.redirects = 0  # bye not_leader hints followed
         self.bytes_in = self.bytes_out = 0
         self._acked_seq = 0
         self._progress_at = clock()
@@ -125,6 +142,7 @@ class SchedulerLink:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._command_worker)
             await self.commands.restore()
             task_status.started()
@@ -134,7 +152,9 @@ class SchedulerLink:
                 self.address = address
                 self.state = "connecting"
                 stream = await self._dial(self._addresses[address])
-                if stream is not None:
+                if stream is None:
+                    self._not_leader = False  # a dead address proves no scheduler alive
+                else:
                     try:
                         await self._serve(stream, address)
                     except Exception:
@@ -146,7 +166,8 @@ class SchedulerLink:
                         self.connected_at = None
                         with trio.CancelScope(shield=True):
                             await trio.aclose_forcefully(stream)
-                self.rotation.failed(address, self.clock())
+                cap = NOT_LEADER_BACKOFF_S if self._not_leader else None
+                self.rotation.failed(address, self.clock(), cap=cap)
                 self.state = "backoff"
 
     async def _wait_for_retry(self) -> None:
@@ -163,19 +184,34 @@ class SchedulerLink:
             self.session.tick(self.clock())
             self._process_events(None)
 
-    async def _dial(self, address: TcpAddress) -> trio.SocketStream | None:
+    async def _dial(self, address: TcpAddress) -> trio.abc.Stream | None:
         with trio.move_on_after(self.settings.connect_timeout_ms / 1000):
             try:
-                return await trio.open_tcp_stream(address.host, address.port)
+                stream = await trio.open_tcp_stream(address.host, address.port)
             except OSError as exc:
                 self.errors[type(exc).__name__] += 1
                 log.debug("scheduler unreachable", address=str(address), error=str(exc))
                 return None
+            if self._tls is None:
+                return stream
+            assert self.settings.tls is not None
+            name = self.settings.tls.server_name or address.host
+            tls = trio.SSLStream(stream, self._tls, server_hostname=name)
+            try:
+                await tls.do_handshake()
+            except (trio.BrokenResourceError, OSError) as exc:
+                # A scheduler without a certificate of the fleet CA is not one.
+                self.errors["TlsHandshake"] += 1
+                log.warning("scheduler TLS handshake failed", address=str(address), error=str(exc))
+                await trio.aclose_forcefully(tls)
+                return None
+            return tls
         self.errors["ConnectTimeout"] += 1
         return None
 
-    async def _serve(self, stream: trio.SocketStream, address: str) -> None:
+    async def _serve(self, stream: trio.abc.Stream, address: str) -> None:
         self._closing = False
+        self._not_leader = False
         self._last_error = None
         self.state = "handshake"
         now = self.clock()
@@ -189,10 +225,10 @@ class SchedulerLink:
             self.disconnects += 1
         log.info("scheduler link closed", address=address, reason=self.last_close)
 
-    async def _reader(self, stream: trio.SocketStream) -> None:
+    async def _reader(self, stream: trio.abc.Stream) -> None:
         try:
             while not self._closing:
-                data = await stream.receive_some(RECEIVE_CHUNK)
+                data = bytes(await stream.receive_some(RECEIVE_CHUNK))
                 if not data:
                     self._close("the scheduler closed the connection")
                     return
@@ -206,7 +242,7 @@ class SchedulerLink:
         finally:
             self._wake.set()
 
-    async def _writer(self, stream: trio.SocketStream, address: str) -> None:
+    async def _writer(self, stream: trio.abc.Stream, address: str) -> None:
         session = self.session
         while True:
             self._wake = trio.Event()
@@ -266,6 +302,7 @@ class SchedulerLink:
         elif isinstance(event, Connected):
             assert address is not None
             self.rotation.succeeded(address)
+            self._nursery.start_soon(self.epochs.persist, event.epoch)
             self.state = "established"
             self.connected_at = now
             self.connects += 1
@@ -288,6 +325,15 @@ class SchedulerLink:
         elif isinstance(event, CommandRefused):
             self.refused[event.status] += 1
         elif isinstance(event, CloseConnection):
+            self._not_leader = event.code == "not_leader"
+            # A standby names the leader: dial it next instead of the next in line.
+            if (
+                event.code == "not_leader"
+                and event.leader is not None
+                and event.leader != address
+                and self.rotation.prefer(event.leader)
+            ):
+                self.redirects += 1
             self._close(f"{event.code}: {event.reason}")
 
     def _track_acks(self, now: float) -> None:
@@ -304,6 +350,9 @@ class SchedulerLink:
         # (a deploy, then an update, then a remove of the same function).
         async for event in self._commands_out:
             ok = True
+            # Durable before it takes effect: after a restart this epoch's
+            # predecessors stay refused (fencing, PROTOCOL.md §9).
+            await self.epochs.persist(event.epoch)
             try:
                 with trio.fail_after(COMMAND_TIMEOUT_S):
                     payload: dict[str, Any] = await self.commands.execute(
@@ -371,6 +420,9 @@ class SchedulerLink:
                 "count": self.last_resync["count"],
             },
             "resyncs": self.resyncs,
+            "redirects": self.redirects,
+            "epoch_persisted": self.epochs.persisted,
+            "tls": self._tls is not None,
             "connects": self.connects,
             "disconnects": self.disconnects,
             "last_close": self.last_close,

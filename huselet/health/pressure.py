@@ -459,6 +459,8 @@ def build_pressure_loops(
     ingress: ConnectionGate,
 ) -> list[HealthLoop]:
     """The three pressure loops of a daemon, configured from ``[health]``."""
+    from huselet.health.memsample import RollingMemorySampler  # it builds on this module
+
     return [
         DiskPressure(
             state_dir,
@@ -469,6 +471,8 @@ def build_pressure_loops(
         ),
         MemoryPressure(
             dispatcher,
+            # A bounded slice of the instances per tick, not all of them.
+            measure=RollingMemorySampler(),
             interval_s=settings.memory_interval_ms / 1000,
             budget_bytes=memory_budget_bytes(settings),
             enter_percent=settings.memory_enter_percent,

@@ -23,10 +23,12 @@ unconfined as the daemon's uid), ``network`` (``none`` | ``host``),
 ``uid_base``, ``uid_count``. An unprivileged daemon cannot confine: its
 workers run as itself.
 
-Why ``subprocess.Popen`` is called on the Trio thread and not through
-``trio.lowlevel.open_process``: the latter forks from a worker thread, and the
-parent-death signal fires when the *thread* that forked exits — trio retires
-idle worker threads after seconds, which would kill healthy instances.
+Why ``subprocess.Popen`` runs on one long-lived spawner thread
+(:mod:`huselet.runtime.spawner`) and not through ``trio.lowlevel.open_process``
+or on the Trio thread: the parent-death signal fires when the *thread* that
+forked exits — trio retires idle worker threads after seconds, which would
+kill healthy instances — and a spawn on the Trio thread (~20 ms) stalls every
+request on the node.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from huselet.runtime.base import (
 from huselet.runtime.children import ChildHandle, dial_link, pump_output
 from huselet.runtime.isolation import NETWORK_MODES, Table, UidAllocator
 from huselet.runtime.output import OutputLimiter
+from huselet.runtime.spawner import SpawnThread
 from huselet.sandbox.confine import PLAN_ENV, SandboxPlan
 
 log = get_logger("runtime.process")
@@ -122,8 +125,10 @@ class ProcessRuntime(Runtime):
         self._staging = Path(node.run_dir) / "sandbox" / self.name
         self._nursery: trio.Nursery | None = None
         self._handles: set[ProcessHandle] = set()
+        self._spawner = SpawnThread()  # spawns run off the event loop (spawner.py says why)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._spawner.start()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -134,13 +139,17 @@ class ProcessRuntime(Runtime):
             # The daemon is going away: leave nothing behind.
             for handle in list(self._handles):
                 handle.kill()
+            self._spawner.stop()
+
+    async def _popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        return await self._spawner.run(lambda: subprocess.Popen(*args, **kwargs))
 
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
         if self._nursery is None:
             raise StartFailed("the process runtime is not running")
         preexec = _make_preexec(spec.function.memory_mb * 1024 * 1024)
         if not self.drops:
-            return self._spawn(spec, worker_command(), worker_env(spec), [], preexec)
+            return await self._spawn(spec, worker_command(), worker_env(spec), [], preexec)
         deadline = trio.current_time() + spec.function.start_timeout_ms / 1000
         fn = spec.function
         uid = self._uids.uid_for(fn.name)
@@ -165,11 +174,12 @@ class ProcessRuntime(Runtime):
             env = worker_env(spec, link_fd=link.fileno())
             env["HUSELET_LINK"] = str(spec.link_socket)  # only the restart sweep's marker
             env[PLAN_ENV] = json.dumps(plan.to_wire())
-            return self._spawn(spec, launcher_command(), env, [link.fileno()], preexec)
+            # Awaited before the finally: the link is closed only once the child has it.
+            return await self._spawn(spec, launcher_command(), env, [link.fileno()], preexec)
         finally:
             link.close()
 
-    def _spawn(
+    async def _spawn(
         self,
         spec: InstanceSpec,
         argv: list[str],
@@ -177,9 +187,8 @@ class ProcessRuntime(Runtime):
         pass_fds: list[int],
         preexec: Callable[[], None],
     ) -> ProcessHandle:
-        assert self._nursery is not None
         try:
-            popen = subprocess.Popen(
+            popen = await self._popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -195,6 +204,10 @@ class ProcessRuntime(Runtime):
             log.error("spawn failed", instance=spec.instance_id, error=str(exc))
             why = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise StartFailed(f"could not start the worker process: {why}") from None
+        if self._nursery is None:  # the runtime stopped while the spawn ran
+            popen.kill()
+            popen.wait()
+            raise StartFailed("the process runtime is not running")
         handle = ProcessHandle(spec.instance_id, popen)
         self._handles.add(handle)
         fields = {"instance": spec.instance_id, "function": spec.function.name}

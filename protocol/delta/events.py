@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 class CloseConnection:
     reason: str
     code: str = "closed"
+    leader: str | None = None  # bye not_leader: where the leader is (a hint)
 
 
 # --- node side ------------------------------------------------------------------

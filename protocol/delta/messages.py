@@ -283,6 +283,7 @@ class Bye:
 
     code: str
     message: str
+    leader: str | None = None  # not_leader: the address of the scheduler that leads
 
 
 Message = Hello | Welcome | Batch | Snap | Command | Heartbeat | Resync | Bye
@@ -379,9 +380,12 @@ def _decode_resync(m: dict[str, Any]) -> Resync:
 
 
 def _decode_bye(m: dict[str, Any]) -> Bye:
+    leader = m.get("leader")
     return Bye(
         code=req_str(m, "code", MAX_KIND_LEN),
         message=req_str(m, "message", MAX_REASON_LEN, empty_ok=True),
+        # Optional and advisory (a standby's hint): a malformed one is ignored.
+        leader=leader if isinstance(leader, str) and 0 < len(leader) <= 256 else None,
     )
 
 
@@ -462,8 +466,11 @@ def encode_heartbeat(seq: int, ack: int, state: tuple[bytes, int] | None) -> byt
     return encode_frame(fields)
 
 
-def encode_bye(code: str, message: str) -> bytes:
-    return encode_frame({"t": BYE, "code": code, "message": message[:MAX_REASON_LEN]})
+def encode_bye(code: str, message: str, leader: str | None = None) -> bytes:
+    frame = {"t": BYE, "code": code, "message": message[:MAX_REASON_LEN]}
+    if leader is not None:
+        frame["leader"] = leader
+    return encode_frame(frame)
 
 
 def encode_resync(reason: str) -> bytes:

@@ -381,7 +381,7 @@ class NodeSession:
             self._send_heartbeat()
 
     def _on_bye(self, m: Bye) -> None:
-        self._events.append(CloseConnection(f"scheduler closed: {m.message}", m.code))
+        self._events.append(CloseConnection(f"scheduler closed: {m.message}", m.code, m.leader))
         self._phase = _CLOSED
 
     def _check_ack(self, ack: int) -> None:

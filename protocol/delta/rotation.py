@@ -70,13 +70,22 @@ class SchedulerAddressRotation:
         rounds = min((failures - 1) // len(self._addresses), 62)  # 2**62 s is capped anyway
         return min(self.max_delay, self.base_delay * (1 << rounds))
 
-    def failed(self, address: str, now: float) -> float:
-        """Record a failed dial of (or lost link to) ``address``; returns when to retry."""
+    def failed(self, address: str, now: float, *, cap: float | None = None) -> float:
+        """Record a failed dial of (or lost link to) ``address``; returns when to retry.
+
+        ``cap`` bounds this wait below ``max_delay``: a standby that answered
+        ``not_leader`` proves a scheduler is alive and a leader is due within
+        its lease TTL, so waiting the full exponential backoff would only delay
+        the node's failover.
+        """
         if address in self._addresses:
             self._addresses.remove(address)
             self._addresses.append(address)
         self._failures += 1
-        self._retry_at = now + self.rng.uniform(0.0, self._ceiling(self._failures))
+        ceiling = self._ceiling(self._failures)
+        if cap is not None:
+            ceiling = min(ceiling, max(cap, self.base_delay))
+        self._retry_at = now + self.rng.uniform(0.0, ceiling)
         return self._retry_at
 
     def succeeded(self, address: str) -> None:
@@ -86,3 +95,11 @@ class SchedulerAddressRotation:
             self._addresses.insert(0, address)
         self._failures = 0
         self._retry_at = float("-inf")
+
+    def prefer(self, address: str) -> bool:
+        """Dial ``address`` next (a standby named it as the leader); False if not configured."""
+        if address not in self._addresses:
+            return False
+        self._addresses.remove(address)
+        self._addresses.insert(0, address)
+        return True

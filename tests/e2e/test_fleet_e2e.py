@@ -1,11 +1,13 @@
-"""End to end: three real ``huselet run`` daemons and an active/standby pair of
-``python -m huselet.central`` processes on loopback.
+"""End to end: three real ``huselet run`` daemons, a real etcd, and two
+``python -m huselet.central`` processes on loopback (one leads, one stands by).
 
 One flow, in phases: deploy through the scheduler and invoke on every node;
-SIGKILL the active scheduler in the middle of a burst of deploys (the standby
-takes over with a higher epoch, the nodes reconnect and resync, every deploy
-lands exactly once); compare the scheduler's view with what each node says
-about itself; SIGKILL a node and restart it (its state converges).
+SIGKILL — or SIGSTOP — the leader in the middle of a burst of deploys (the
+standby takes over with a higher epoch once the leader's lease runs out, the
+nodes reconnect and resync, every acknowledged deploy lands exactly once);
+a SIGSTOPped leader that resumes steps down, and a deploy posted to it is
+refused and never reaches a node; compare the scheduler's view with what each
+node says about itself; SIGKILL a node and restart it (its state converges).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from daemon_harness import Daemon, wait_until, write_config
 from fleet_harness import Central, scheduler_table
 from support import write_package
 
+from huselet.central.embedded import PrivateEtcd
+
 pytestmark = pytest.mark.e2e
 
 ECHO = """
@@ -34,6 +38,7 @@ def handler(event, context):
 """
 NODES = ["node-1", "node-2", "node-3"]
 BURST = 12
+TTL_S = 2
 
 
 @pytest.fixture
@@ -47,7 +52,13 @@ def start_node(root: Path, node_id: str, ports: list[int]) -> Daemon:
     node_root = root / node_id
     node_root.mkdir(exist_ok=True)
     extra = scheduler_table(
-        node_id, ports, backoff_base_ms=50, backoff_max_ms=500, batch_delay_ms=20
+        node_id,
+        ports,
+        backoff_base_ms=50,
+        backoff_max_ms=500,
+        batch_delay_ms=20,
+        handshake_timeout_ms=2000,
+        package_roots=[str(root / "pkgs")],
     )
     return Daemon(write_config(node_root, "", extra=extra))
 
@@ -148,14 +159,17 @@ def sched_link_health(d: Daemon) -> dict[str, Any]:
     return loops["scheduler_link"]  # type: ignore[no-any-return]
 
 
-def test_fleet_deploy_failover_and_node_restart(root: Path) -> None:
+@pytest.mark.parametrize("failure", ["sigkill", "sigstop"])
+def test_fleet_deploy_failover_and_node_restart(
+    root: Path, etcd: PrivateEtcd, failure: str
+) -> None:
     write_package(root, "echo", ECHO)
     state = root / "central"
-    timers = ["--heartbeat-ms", "200", "--lease-ms", "2000", "--standby-poll-ms", "50"]
+    timers = ["--heartbeat-ms", "200", "--lease-ms", "2000", "--leader-ttl-s", str(TTL_S)]
     timers += ["--reconcile-ms", "200"]
-    a = Central("sched-a", state, *timers)
-    assert a.leader.wait(10)
-    b = Central("sched-b", state, *timers)
+    a = Central("sched-a", state, *timers, etcd=etcd.endpoint)
+    assert a.leader.wait(20)
+    b = Central("sched-b", state, *timers, etcd=etcd.endpoint)
     centrals = [a, b]
     ports = [a.port, b.port]
     daemons: dict[str, Daemon] = {}
@@ -184,18 +198,37 @@ def test_fleet_deploy_failover_and_node_restart(root: Path) -> None:
         poster = threading.Thread(target=deploy_burst, args=(root, centrals, posted, results))
         poster.start()
         assert posted.wait(30)
-        a.kill()
-        assert b.leader.wait(10), "\n".join(b.lines[-20:])
+        failed_at = time.monotonic()
+        if failure == "sigkill":
+            a.kill()
+        else:
+            a.pause()
+        # The standby leads once the leader's lease ran out: about TTL_S, at most
+        # 2 x TTL_S on an idle machine; the deadline here is generous for loaded CI.
+        assert b.leader.wait(60), "\n".join(b.lines[-20:])
+        took = time.monotonic() - failed_at
+        print(f"{failure}: the standby leads after {took:.2f} s (TTL {TTL_S} s)")
+        if failure == "sigstop":
+            a.resume()
+            # The resumed leader finds its lease expired and steps down at once ...
+            assert a.stepped_down.wait(60), "\n".join(a.lines[-20:])
+            # ... and what it is asked now is refused: it never reaches a node.
+            late = a.post("/v1/functions", {"spec": spec(root, "late"), "nodes": NODES})
+            assert late.status_code == 503, late.text
+            assert late.json()["error"] in ("standby", "not_leader")
         poster.join(60)
         assert "error" not in results, results
+        # Every acknowledged deploy is there, and nothing else.
         expected = {"echo", *(f"f{i}" for i in range(BURST))}
-        assert wait_until(lambda: converged(b, daemons, expected), timeout=30), diagnose(
+        assert set(results) == expected - {"echo"}
+        assert wait_until(lambda: converged(b, daemons, expected), timeout=60), diagnose(
             b, daemons, expected
         )
-        assert b.get("/v1/health")["epoch"] == 2
+        epoch = b.get("/v1/health")["epoch"]
+        assert epoch == b.epochs[-1] > a.epochs[0]
         for node_id, d in daemons.items():
             info = link(d)
-            assert info["epoch"] == 2 and info["scheduler_id"] == "sched-b"
+            assert info["epoch"] == epoch and info["scheduler_id"] == "sched-b"
             assert info["state"] == "established"
             commands = info["commands"]
             # Nothing applied twice: one execution per function, no duplicate ids or versions.
@@ -209,6 +242,8 @@ def test_fleet_deploy_failover_and_node_restart(root: Path) -> None:
             ), sched_link_health(d)
             assert sched_link_health(d)["state"] == "ok"
 
+        if failure == "sigstop":
+            return  # phase 3 does not depend on how the scheduler failed
         # --- phase 3: SIGKILL a node and restart it -----------------------------------------
         victim = daemons["node-2"]
         old_boot = link(victim)["boot_id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,8 +13,11 @@ import trio
 from support import NodeStack
 
 from huselet.central.api import FleetApi
+from huselet.central.backend import Backend, EtcdBackend
+from huselet.central.etcd import EtcdClient
 from huselet.central.server import CentralScheduler, CentralSettings
 from huselet.config import SchedulerLinkSettings, TcpAddress
+from huselet.config.trust import DeployPolicy
 from huselet.fleet.commands import FleetCommands
 from huselet.fleet.link import SchedulerLink
 
@@ -30,7 +34,6 @@ def central_settings(
     base: dict[str, Any] = {
         "heartbeat_s": 0.2,
         "lease_s": 1.0,
-        "standby_poll_s": 0.02,
         "reconcile_s": 0.2,
         "fsync": False,
     }
@@ -51,9 +54,20 @@ class RunningCentral:
 
 @asynccontextmanager
 async def central(
-    nursery: trio.Nursery, state_dir: Path, port: int, name: str = "sched-a", **kw: Any
+    nursery: trio.Nursery,
+    state_dir: Path,
+    port: int,
+    name: str = "sched-a",
+    *,
+    etcd: str | None = None,
+    ttl: int = 2,
+    **kw: Any,
 ) -> AsyncIterator[RunningCentral]:
-    c = CentralScheduler(central_settings(state_dir, port, name, **kw))
+    """A central scheduler in this process: on ``etcd`` (an endpoint) if given, else dev mode."""
+    backend: Backend | None = None
+    if etcd is not None:
+        backend = EtcdBackend(EtcdClient([etcd]), "/huselet-test", ttl)
+    c = CentralScheduler(central_settings(state_dir, port, name, **kw), backend)
     scope = trio.CancelScope()
 
     async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -83,7 +97,12 @@ def link_settings(ports: list[int], node_id: str = "n1", **kw: Any) -> Scheduler
     )
 
 
-def make_link(stack: NodeStack, ports: list[int], **kw: Any) -> SchedulerLink:
+def make_link(
+    stack: NodeStack, ports: list[int], *, package_root: Path | None = None, **kw: Any
+) -> SchedulerLink:
+    """A link whose node accepts scheduler packages below ``package_root`` (default: none)."""
+    roots = (Path(os.path.realpath(package_root)),) if package_root is not None else ()
+
     def commands(on_placements: Callable[[str], None]) -> FleetCommands:
         return FleetCommands(
             stack.config,
@@ -91,6 +110,7 @@ def make_link(stack: NodeStack, ports: list[int], **kw: Any) -> SchedulerLink:
             stack.links,
             known_runtimes=stack.runtimes,
             on_placements=on_placements,
+            policy=DeployPolicy(package_roots=roots, max_memory_mb=4096),
         )
 
     return SchedulerLink(link_settings(ports, **kw), stack.scheduler, commands)

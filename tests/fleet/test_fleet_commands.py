@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 import trio
 from support import NodeStack, running_stack, write_package
 
+from huselet.config.trust import DeployPolicy
 from huselet.fleet.commands import CommandFailed, FleetCommands, FunctionStore
 
 pytestmark = pytest.mark.e2e
@@ -26,6 +28,7 @@ def make(root: Path, stack: NodeStack, *, prefetcher: Any = None) -> FleetComman
         on_placements=lambda placements: None,
         store=FunctionStore(root / "fleet.json"),
         prefetcher=(lambda: prefetcher) if prefetcher is not None else None,
+        policy=DeployPolicy(package_roots=(Path(os.path.realpath(root)),)),
     )
     commands.set_lease(True)
     return commands
@@ -115,9 +118,17 @@ async def test_quota_drain_and_refusals(short_tmp: Path) -> None:
             (
                 {
                     "version": 9,
-                    "spec": {"name": "x", "handler": "main:handler", "package": "/nope"},
+                    "spec": {
+                        "name": "x",
+                        "handler": "main:handler",
+                        "package": str(short_tmp / "nope"),
+                    },
                 },
                 "config",
+            ),
+            (
+                {"version": 9, "spec": {"name": "x", "handler": "main:handler", "package": "/etc"}},
+                "policy",
             ),
         ]:
             commands.set_lease(True)

@@ -14,8 +14,17 @@ from pathlib import Path
 import msgpack
 import pytest
 import trio
-from fleetkit import central, eventually, free_port, make_link, placements_open
-from support import running_stack, write_package
+from fleetkit import (
+    RunningCentral,
+    central,
+    eventually,
+    free_port,
+    make_link,
+    placements_open,
+)
+from support import NodeStack, running_stack, write_package
+
+from huselet.central.embedded import PrivateEtcd
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +45,7 @@ async def test_connects_reports_state_and_runs_a_deploy(short_tmp: Path) -> None
         central(nursery, short_tmp / "central", port) as c,
     ):
         await c.central.leading.wait()
-        link = make_link(stack, [port])
+        link = make_link(stack, [port], package_root=short_tmp)
         await nursery.start(link.run)
         await eventually(lambda: placements_open(c))
         assert c.api.fleet()["nodes"]["n1"]["functions"] == {"local": 0}
@@ -62,7 +71,7 @@ async def test_resumes_after_the_connection_breaks(short_tmp: Path) -> None:
         central(nursery, short_tmp / "central", port) as c,
     ):
         await c.central.leading.wait()
-        link = make_link(stack, [port])
+        link = make_link(stack, [port], package_root=short_tmp)
         await nursery.start(link.run)
         await eventually(lambda: link.state == "established")
         await c.central.by_node["n1"].stream.aclose()
@@ -75,39 +84,51 @@ async def test_resumes_after_the_connection_breaks(short_tmp: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_fails_over_to_the_standby_with_a_higher_epoch(short_tmp: Path) -> None:
+async def test_fails_over_to_the_standby_with_a_higher_epoch(
+    short_tmp: Path, etcd: PrivateEtcd
+) -> None:
     write_package(short_tmp, "echo", ECHO)
     ports = [free_port(), free_port()]
     state = short_tmp / "central"
     async with (
         running_stack(short_tmp, LOCAL) as stack,
         trio.open_nursery() as nursery,
-        central(nursery, state, ports[0], "sched-a") as a,
-        central(nursery, state, ports[1], "sched-b") as b,
+        central(nursery, state, ports[0], "sched-a", etcd=etcd.endpoint) as a,
     ):
-        await a.central.leading.wait()
-        assert b.central.role == "standby"
-        link = make_link(stack, ports)
-        await nursery.start(link.run)
-        await eventually(lambda: a.api.fleet()["nodes"].get("n1", {}).get("placements") == "open")
-        await a.api.deploy({"spec": echo_spec(short_tmp), "wait_s": 10})
-        a.kill()
-        await b.central.leading.wait()
-        await eventually(
-            lambda: link.session.scheduler_id == "sched-b" and link.state == "established"
-        )
-        assert link.session.state.highest_epoch == 2
-        fleet = b.api.fleet()
-        assert fleet["epoch"] == 2 and fleet["nodes"]["n1"]["functions"] == {
-            "echo": 1,
-            "local": 0,
-        }
-        # The new leader knows the deploy from the journal and sends nothing again.
-        rounds = b.central.counters["reconcile_rounds"]
-        await eventually(lambda: b.central.counters["reconcile_rounds"] >= rounds + 2)
-        assert link.commands.executed == {"deploy_function": 1}
-        assert link.commands.duplicates == 0
+        with trio.fail_after(30):
+            await a.central.leading.wait()  # a leads before b starts campaigning
+        async with central(nursery, state, ports[1], "sched-b", etcd=etcd.endpoint) as b:
+            await _failover(short_tmp, stack, nursery, a, b, ports)
         nursery.cancel_scope.cancel()
+
+
+async def _failover(
+    short_tmp: Path,
+    stack: NodeStack,
+    nursery: trio.Nursery,
+    a: RunningCentral,
+    b: RunningCentral,
+    ports: list[int],
+) -> None:
+    assert b.central.role == "standby"
+    link = make_link(stack, ports, package_root=short_tmp)
+    await nursery.start(link.run)
+    await eventually(lambda: a.api.fleet()["nodes"].get("n1", {}).get("placements") == "open")
+    await a.api.deploy({"spec": echo_spec(short_tmp), "wait_s": 10})
+    old_epoch = a.central.epoch
+    a.kill()
+    with trio.fail_after(30):
+        await b.central.leading.wait()
+    await eventually(lambda: link.session.scheduler_id == "sched-b" and link.state == "established")
+    assert link.session.state.highest_epoch == b.central.epoch > old_epoch
+    # The new leader's view fills from the node's snapshot.
+    await eventually(lambda: b.api.fleet()["nodes"]["n1"]["functions"] == {"echo": 1, "local": 0})
+    assert b.api.fleet()["epoch"] == b.central.epoch
+    # The new leader knows the deploy from etcd and sends nothing again.
+    rounds = b.central.counters["reconcile_rounds"]
+    await eventually(lambda: b.central.counters["reconcile_rounds"] >= rounds + 2)
+    assert link.commands.executed == {"deploy_function": 1}
+    assert link.commands.duplicates == 0
 
 
 async def test_static_stability_when_no_scheduler_is_up(short_tmp: Path) -> None:
@@ -119,7 +140,7 @@ async def test_static_stability_when_no_scheduler_is_up(short_tmp: Path) -> None
         central(nursery, short_tmp / "central", port, lease_s=0.6) as c,
     ):
         await c.central.leading.wait()
-        link = make_link(stack, [port, free_port()])
+        link = make_link(stack, [port, free_port()], package_root=short_tmp)
         await nursery.start(link.run)
         await eventually(lambda: link.state == "established" and link.commands.lease_held)
         c.kill()
@@ -167,7 +188,7 @@ async def test_hostile_bytes_close_only_that_link_and_are_counted(
     async with running_stack(short_tmp, LOCAL) as stack, trio.open_nursery() as nursery:
         listeners = await trio.open_tcp_listeners(bad_port, host="127.0.0.1")
         nursery.start_soon(trio.serve_listeners, hostile, listeners)
-        link = make_link(stack, [bad_port, good_port])
+        link = make_link(stack, [bad_port, good_port], package_root=short_tmp)
         await nursery.start(link.run)
         await eventually(lambda: link.errors[error] >= 2)
         assert connections >= 2  # it came back after each close
@@ -179,4 +200,22 @@ async def test_hostile_bytes_close_only_that_link_and_are_counted(
             await c.central.leading.wait()
             await eventually(lambda: link.state == "established")
             assert link.address == f"127.0.0.1:{good_port}"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_graceful_stop_says_bye_shutdown(short_tmp: Path) -> None:
+    write_package(short_tmp, "echo", ECHO)
+    port = free_port()
+    async with (
+        running_stack(short_tmp, LOCAL) as stack,
+        trio.open_nursery() as nursery,
+        central(nursery, short_tmp / "central", port) as c,
+    ):
+        await c.central.leading.wait()
+        link = make_link(stack, [port], package_root=short_tmp)
+        await nursery.start(link.run)
+        await eventually(lambda: link.state == "established")
+        await c.central.shutdown()
+        await eventually(lambda: str(link.last_close).startswith("shutdown:"))
+        assert not c.central.conns
         nursery.cancel_scope.cancel()

@@ -1,0 +1,327 @@
+"""Density: how many idle ``fork`` instances a node holds, and what they cost.
+
+    .venv/bin/python bench/bench_density.py            # 500, 1000, 2000 instances
+    .venv/bin/python bench/bench_density.py --quick    # 200, 500
+    .venv/bin/python bench/bench_density.py --counts 1000 --runtime process
+
+For each count N a fresh daemon (``huselet run``, default configuration plus
+``runtime = "fork"``) serves one small function with ``min_instances =
+max_instances = N``, so it starts N instances on its own. Measured:
+
+- **start all**: from starting the daemon to N instances idle (includes the
+  daemon's start and the zygote build, as an operator would wait for them);
+- **PSS/inst**: ``Pss`` from ``/proc/PID/smaps_rollup`` summed over every
+  instance's processes, divided by N;
+- **MemAvail/inst**: the drop of the host's ``MemAvailable`` from before the
+  daemon started to N idle, divided by N (includes the daemon, the zygote, the
+  kernel's page tables and slab — what the host really pays; noisy when other
+  work runs on the host);
+- **idle CPU**: the daemon's utime+stime over ``--idle`` seconds with all N
+  idle, as % of one core;
+- **invoke p50/p99**: warm HTTP invocations one at a time (concurrency 1) with
+  all N idle;
+- **past the limit** (``--probe-limit``): a daemon whose fork instances may
+  hold at most ``nproc = 16`` processes per function uid (RLIMIT_NPROC, the
+  limit that stops clone with EAGAIN) gets 32 concurrent 1-second requests:
+  how many are served, and what the others get (status, reason, time).
+
+Each level runs ``--rounds`` times (default 1; interleave several with
+``--rounds 3``) and prints the median and spread. Every wait has a deadline:
+a level that cannot reach N within ``--start-timeout`` reports how far it got.
+Needs root (fork isolation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_invoke import NOOP, cpu_seconds, descendants, free_port
+from loadgen import run_load
+
+from huselet.admin.client import AdminClient
+
+
+def mem_available_kb() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Level:
+    count: int
+    reached: int
+    start_s: float
+    pss_kb: float
+    avail_kb: float
+    idle_cpu_pct: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+class Daemon:
+    def __init__(
+        self,
+        home: Path,
+        count: int,
+        runtime: str,
+        extra: str = "",
+        *,
+        package: Path = NOOP,
+        max_instances: int | None = None,
+        fork_extra: str = "",
+    ) -> None:
+        self.home = home
+        self.port = free_port()
+        home.mkdir(parents=True)
+        self.config = home / "density.toml"
+        self.config.write_text(
+            f"""
+[node]
+state_dir = "{home}/state"
+run_dir = "{home}/run"
+[gateway]
+http = "127.0.0.1:{self.port}"
+[runtimes.fork]
+# Its own cgroup subtree: a daemon's start-up sweep kills what it finds under
+# its subtree, and other daemons (tests) may run on the same host.
+cgroup_parent = "huselet-bench-{os.getpid()}"
+{fork_extra}
+{extra}
+[[functions]]
+name = "tiny"
+package = "{package}"
+handler = "main:handler"
+runtime = "{runtime}"
+min_instances = {count}
+max_instances = {max_instances or count}
+max_queue = 10000
+idle_timeout_ms = 3600000
+# N starts are asked for at once: on a loaded host the last ones wait longer
+# than the default 10 s, and failed starts would open the breaker.
+start_timeout_ms = 60000
+"""
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log = open(self.home / "daemon.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "huselet", "run", "--config", str(self.config)],
+            stderr=self.log,
+        )
+
+    def idle_instances(self) -> tuple[int, list[int]]:
+        try:
+            with AdminClient(self.home / "run" / "admin.sock", timeout_s=30) as admin:
+                rows = admin.call("instances")
+        except Exception:
+            return 0, []
+        idle = [r for r in rows if r["state"] == "idle"]
+        return len(idle), [r["pid"] for r in rows if r.get("pid")]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def run_level(root: Path, count: int, args: argparse.Namespace, rnd: int) -> Level:
+    extra = "\n".join(args.config)
+    daemon = Daemon(root / f"n{count}-r{rnd}", count, args.runtime, extra)
+    time.sleep(1)  # let the previous level's memory come back
+    avail_before = mem_available_kb()
+    t0 = time.monotonic()
+    daemon.start()
+    assert daemon.proc is not None
+    reached, deadline = 0, t0 + args.start_timeout
+    try:
+        while time.monotonic() < deadline:
+            if daemon.proc.poll() is not None:
+                raise SystemExit(f"daemon exited with {daemon.proc.returncode}: see {daemon.home}")
+            reached, _ = daemon.idle_instances()
+            if reached >= count:
+                break
+            time.sleep(0.1)
+        start_s = time.monotonic() - t0
+        time.sleep(args.settle)
+        reached, pids = daemon.idle_instances()
+        pss = sum(pss_kb(p) for pid in pids for p in descendants(pid))
+        avail_drop = avail_before - mem_available_kb()
+        cpu0, w0 = cpu_seconds(daemon.proc.pid), time.monotonic()
+        time.sleep(args.idle)
+        idle_pct = (cpu_seconds(daemon.proc.pid) - cpu0) / (time.monotonic() - w0) * 100
+        load = trio.run(
+            lambda: run_load(
+                "127.0.0.1",
+                daemon.port,
+                "/v1/invoke/tiny",
+                b"{}",
+                concurrency=1,
+                duration=args.invoke,
+                warmup=0.3,
+            )
+        )
+        n = max(1, len(pids))
+        return Level(
+            count,
+            reached,
+            start_s,
+            pss / n,
+            avail_drop / n,
+            idle_pct,
+            load.p50,
+            load.p99,
+            load.errors,
+        )
+    finally:
+        daemon.stop()
+
+
+SLEEPY = "import time\n\ndef handler(event, context):\n    time.sleep(1)\n    return {}\n"
+
+
+def probe_limit(root: Path, args: argparse.Namespace) -> None:
+    """32 concurrent slow requests to a function the host lets start ~7 instances."""
+    import http.client
+    from concurrent.futures import ThreadPoolExecutor
+
+    package = root / "sleepy"
+    package.mkdir()
+    (package / "main.py").write_text(SLEEPY)
+    daemon = Daemon(
+        root / "probe", 0, "fork", package=package, max_instances=32, fork_extra="nproc = 16"
+    )
+    daemon.start()
+    assert daemon.proc is not None
+
+    def call(_: int) -> tuple[int, str, float]:
+        t0 = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
+        try:
+            conn.request("POST", "/v1/invoke/tiny", b"{}", {"content-type": "application/json"})
+            reply = conn.getresponse()
+            body = reply.read().decode(errors="replace")
+            return reply.status, body[:160], time.monotonic() - t0
+        except OSError as exc:
+            return 0, str(exc), time.monotonic() - t0
+        finally:
+            conn.close()
+
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with AdminClient(daemon.home / "run" / "admin.sock") as admin:
+                    admin.call("ping")
+                break
+            except Exception:
+                time.sleep(0.2)
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(call, range(32)))
+    finally:
+        daemon.stop()
+    by_status: dict[int, list[tuple[str, float]]] = {}
+    for status, body, seconds in results:
+        by_status.setdefault(status, []).append((body, seconds))
+    print("\npast the limit (nproc = 16, 32 concurrent 1 s requests):")
+    for status, rows in sorted(by_status.items()):
+        times = sorted(t for _, t in rows)
+        print(
+            f"  {status}: {len(rows)} requests, time p50 {statistics.median(times):.2f} s "
+            f"max {times[-1]:.2f} s; e.g. {rows[0][0]!r}"
+        )
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="200 and 500 instances")
+    parser.add_argument(
+        "--counts", default=None, help='comma-separated instance counts ("" with --probe-limit)'
+    )
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--runtime", default="fork")
+    parser.add_argument("--start-timeout", type=float, default=120.0)
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds idle before measuring")
+    parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
+    parser.add_argument("--invoke", type=float, default=2.0, help="seconds of warm invokes")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--probe-limit", action="store_true", help="also probe a host limit")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help='TOML lines added to the config (e.g. "[health]" "heartbeat_interval_ms = 60000")',
+    )
+    args = parser.parse_args()
+    default = "200,500" if args.quick else "500,1000,2000"
+    counts = [int(c) for c in (default if args.counts is None else args.counts).split(",") if c]
+    if args.quick:
+        args.idle, args.invoke = min(args.idle, 3.0), min(args.invoke, 1.5)
+    root = Path(tempfile.mkdtemp(prefix="hld"))
+    results: dict[int, list[Level]] = {}
+    print(f"bench_density: runtime {args.runtime}, counts {counts}, {args.rounds} round(s)")
+    for rnd in range(args.rounds):
+        for count in counts:  # interleaved across rounds
+            level = run_level(root, count, args, rnd)
+            results.setdefault(count, []).append(level)
+            print(f"  round {rnd + 1}: {json.dumps(vars(level))}", flush=True)
+    header = ("N", "reached", "start s", "PSS/inst KB", "MemAvail/inst KB", "idle CPU %",
+              "p50 ms", "p99 ms", "errors")  # fmt: skip
+    print("\n{:>5} {:>7} {:>8} {:>11} {:>16} {:>10} {:>7} {:>7} {:>6}".format(*header))
+    for count, levels in results.items():
+
+        def m(attr: str, levels: list[Level] = levels) -> float:
+            return med([getattr(lv, attr) for lv in levels])
+
+        print(
+            f"{count:>5} {min(lv.reached for lv in levels):>7} {m('start_s'):>8.2f} "
+            f"{m('pss_kb'):>11.0f} {m('avail_kb'):>16.0f} {m('idle_cpu_pct'):>10.1f} "
+            f"{m('p50_ms'):>7.2f} {m('p99_ms'):>7.2f} {sum(lv.errors for lv in levels):>6}"
+        )
+    if args.rounds > 1:
+        print("(medians of the rounds)")
+    if args.probe_limit:
+        probe_limit(root, args)
+    if args.json:
+        args.json.write_text(json.dumps({c: [vars(lv) for lv in ls] for c, ls in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
