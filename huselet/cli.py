@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,38 +25,14 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a C tool killed by it reports
 
-# ``huselet ctl`` commands by group, each with its one-line description (--help).
-CTL_COMMANDS: dict[str, dict[str, str]] = {
-    "inspect": {
-        "status": "node summary: functions, instances, queue, counters",
-        "functions": "one row per function: instances by state, queue, outcomes",
-        "instances": "one row per instance: state, pid, age, requests served",
-        "health": "health loops and their state (--wide: counters, full details)",
-        "cache": "package cache: images per level, hits, pins",
-        "scheduler": "the link to the central scheduler (fleet mode)",
-        "keys": "tenants' access keys: ids, tenants, validity (never secrets)",
-    },
-    "observe": {
-        "metrics": "this node's Prometheus metrics (the /metrics exposition)",
-        "logs": "a function's recent log records: logs FUNCTION [--follow] [--request ID]",
-        "top": "live table per function: req/s, p50/p99, queue, instances, errors",
-    },
-    "operate": {
-        "prefetch": "fetch a function's image ahead of need (--wait: until installed)",
-        "scrub": "verify every cached image now; quarantine bad ones",
-        "reload": "re-read the config file and apply function changes",
-    },
-    "debug": {
-        "debug": "fault injection: debug block-loop --ms N (needs admin.debug_commands)",
-    },
-}
-
 
 def _ctl_epilog() -> str:
+    from huselet.admin.commands import ctl_commands
+
     lines = ["commands:"]
-    for group, commands in CTL_COMMANDS.items():
-        lines.append(f"  {group}:")
-        lines.extend(f"    {name:<11} {text}" for name, text in commands.items())
+    for group, commands in ctl_commands().items():
+        lines.append(f"  {group.value}:")
+        lines.extend(f"    {c.name:<11} {c.help}" for c in commands)
     return "\n".join(lines)
 
 
@@ -137,10 +112,9 @@ def _admin_socket(args: argparse.Namespace) -> Path:
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
-    from huselet.admin import render
     from huselet.admin.client import AdminClient
+    from huselet.admin.commands import BY_NAME, UsageError, call_for
     from huselet.admin.errors import AdminError
-    from huselet.admin.render_tenants import render_keys
     from huselet.errors import ConfigError
 
     try:
@@ -148,64 +122,31 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    call_args: dict[str, Any] = {}
-    command = args.command
-    if command in ("logs", "top", "metrics"):
-        return _ctl_observe(args, path)
-    if command == "debug":
-        if args.what != "block-loop" or args.ms is None:
-            print("huselet ctl debug: use `debug block-loop --ms N`", file=sys.stderr)
-            return EXIT_USAGE
-        command, call_args = "debug_block_loop", {"ms": args.ms}
-    elif args.what is not None:
-        print(f"huselet ctl {command}: unexpected argument {args.what!r}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.command == "prefetch":
-        if bool(args.function) == bool(args.digest):
-            print("huselet ctl prefetch: give --function NAME or --digest HEX", file=sys.stderr)
-            return EXIT_USAGE
-        call_args = {
-            k: v
-            for k, v in {
-                "function": args.function,
-                "digest": args.digest,
-                "origin": args.origin,
-                "wait": args.wait or None,
-                # The daemon waits a little less than we do, so its answer arrives.
-                "timeout_s": max(1.0, args.timeout - 2) if args.wait else None,
-            }.items()
-            if v is not None
-        }
+    command = BY_NAME[args.command]
+    if command.runner is not None:
+        return command.runner(args, path)
     try:
-        data = AdminClient(path, timeout_s=args.timeout).call(command, **call_args)
+        name, call_args = call_for(command, args)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        data = AdminClient(path, timeout_s=args.timeout).call(name, **call_args)
     except AdminError as exc:
         print(f"huselet ctl: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    # A prefetch that was waited for and failed is a failure, in either output form.
-    status = EXIT_FAILURE if command == "prefetch" and data.get("status") == "failed" else EXIT_OK
+    failed = command.failed_status_fails and data.get("status") == "failed"
+    status = EXIT_FAILURE if failed else EXIT_OK
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return status
-    from huselet.admin.render_observe import render_health
-
-    renderers: dict[str, Callable[[Any], str]] = {
-        "status": render.render_status,
-        "functions": render.render_functions,
-        "instances": render.render_instances,
-        "health": lambda data: render_health(data, wide=args.wide),
-        "cache": render.render_cache,
-        "prefetch": render.render_prefetch,
-        "scrub": render.render_scrub,
-        "scheduler": render.render_scheduler,
-        "reload": render.render_reload,
-        "keys": render_keys,
-        "debug": lambda data: json.dumps(data),
-    }
-    print(renderers[args.command](data))
+    assert command.render is not None, f"ctl command {command.name} has no renderer"
+    print(command.render(data, args))
     return status
 
 
-def _ctl_observe(args: argparse.Namespace, path: Path) -> int:
+def ctl_observe_command(args: argparse.Namespace, path: Path) -> int:
+    """``logs``, ``top``, ``metrics``: more than one call on one connection."""
     from huselet import ctl_observe
     from huselet.admin.client import AdminClient
     from huselet.admin.errors import AdminError
@@ -495,10 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_ctl_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from huselet.admin.commands import COMMANDS
+
     ctl.add_argument(
         "command",
         metavar="COMMAND",
-        choices=[name for group in CTL_COMMANDS.values() for name in group],
+        choices=[c.name for c in COMMANDS if c.group is not None],
         help="one of the commands below",
     )
     ctl.add_argument("what", nargs="?", help="logs: the function; debug: block-loop")
@@ -506,22 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--config", "-c", help="read the admin socket path from this TOML")
     ctl.add_argument("--json", action="store_true", help="machine-readable output")
     ctl.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-    ctl.add_argument("--wide", action="store_true", help="health: every column, nothing elided")
-    logs = ctl.add_argument_group("logs", "what `huselet ctl logs FUNCTION` shows")
-    logs.add_argument("--follow", "-F", action="store_true", help="keep printing new records")
-    logs.add_argument("--request", metavar="ID", help="only the records of this request id")
-    logs.add_argument("--since", metavar="DURATION", help="only records newer than e.g. 5m")
-    logs.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
-    top = ctl.add_argument_group("top", "how `huselet ctl top` refreshes")
-    top.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
-    top.add_argument("--once", action="store_true", help="print one frame and exit")
-    hint = ctl.add_argument_group("prefetch", "what `huselet ctl prefetch` fetches")
-    hint.add_argument("--function", "-f", help="prefetch this function's image")
-    hint.add_argument("--digest", help="prefetch this image (sha256 hex)")
-    hint.add_argument("--origin", help="where the digest is (default: as known or configured)")
-    hint.add_argument("--wait", action="store_true", help="wait until it is installed")
-    debug = ctl.add_argument_group("debug", "fault injection (needs admin.debug_commands)")
-    debug.add_argument("--ms", type=int, help="block-loop: how long to block the event loop")
+    for command in COMMANDS:
+        if not command.options:
+            continue
+        target: Any = ctl
+        if command.option_group is not None:
+            target = ctl.add_argument_group(*command.option_group)
+        for option in command.options:
+            target.add_argument(*option.flags, **option.kwargs)
     ctl.set_defaults(func=cmd_ctl)
 
     pack = sub.add_parser("pack", help="pack a directory into a package image")

@@ -2,7 +2,7 @@
 
 Start order (each ``await nursery.start(component.run)`` returns once that
 component is ready): runtimes → package cache (image store, package manager,
-prefetcher, scrub, publish watcher) → instance link sockets → node scheduler →
+prefetcher, scrub, publish watcher) → instance link sockets → dispatcher →
 link to the central scheduler (only with ``[scheduler]``) →
 admin socket → HTTP ingress; then ``READY=1`` to systemd. SIGTERM/SIGINT
 drains: the ingress answers 503 to new requests, accepted ones finish within
@@ -11,6 +11,7 @@ drains: the ingress answers 503 to new requests, accepted ones finish within
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 import trio
 
 import huselet
+from huselet.admin import commands as admin_commands
 from huselet.admin.errors import AdminCommandError
 from huselet.admin.server import AdminServer
 from huselet.code.codecache import CodeCache
@@ -30,6 +32,7 @@ from huselet.config import Config, FunctionSettings
 from huselet.config.limits import read_token
 from huselet.dispatch.dispatcher import Dispatcher
 from huselet.dispatch.links import LinkServer
+from huselet.dispatch.sources import CodeSource
 from huselet.errors import ConfigError, HuseletError
 from huselet.fleet import FleetCommands, SchedulerLink
 from huselet.fleet.commands import FunctionStore
@@ -102,8 +105,8 @@ class Daemon:
             # Lets a runtime prepare ahead of need (fork builds its zygotes at start).
             runtime.expect([fn for fn in config.functions if fn.runtime == name])
         self.links = LinkServer(config.node.run_dir, self._claim_link, max_frame=max_frame)
-        self.cache = CodeCache(config, self._invocation_counts)
-        self.scheduler = Dispatcher(
+        self.cache: CodeCache = CodeCache(config, self._invocation_counts)
+        self.dispatcher: Dispatcher = Dispatcher(
             config, self.runtimes, self.links.socket_path, code=self.cache.packages
         )
         self.admin = AdminServer(config.admin)
@@ -111,7 +114,7 @@ class Daemon:
         # The link to the central scheduler; None: a standalone node, as before.
         self.fleet: SchedulerLink | None = None
         if config.scheduler is not None:
-            self.fleet = SchedulerLink(config.scheduler, self.scheduler, self._fleet_commands)
+            self.fleet = SchedulerLink(config.scheduler, self.dispatcher, self._fleet_commands)
         token = _read_token(config.gateway.auth_token_file)
         self.keys = KeyStore(config.auth.keys_file, poll_s=config.auth.keys_poll_ms / 1000)
         self.admission = Admission(
@@ -126,7 +129,7 @@ class Daemon:
             except ConfigError as exc:
                 raise StartupError(f"auth.keys_file: {exc.message}") from None
         self.ingress = HttpIngress(
-            config.gateway, self.scheduler, auth_token=token, admission=self.admission
+            config.gateway, self.dispatcher, auth_token=token, admission=self.admission
         )
         # The framed ingress shares the dispatch core's rules; off unless configured
         # (and refused by the config together with auth.keys_file: it takes no signatures).
@@ -141,7 +144,7 @@ class Daemon:
         )
         self.reloader = ConfigReloader(
             config,
-            self.scheduler,
+            self.dispatcher,
             self.links,
             self.runtimes,
             known_runtimes=available_runtimes().keys(),
@@ -155,7 +158,7 @@ class Daemon:
             if config.cache.watch_packages
             else None
         )
-        self.health = HealthSupervisor(
+        self.health: HealthSupervisor = HealthSupervisor(
             [
                 self.lag_probe,
                 WatchdogPetter(
@@ -169,7 +172,7 @@ class Daemon:
         for loop in build_pressure_loops(
             config.health,
             state_dir=config.node.state_dir,
-            scheduler=self.scheduler,
+            dispatcher=self.dispatcher,
             cache=self.cache,
             ingress=self.ingress,
         ):
@@ -178,8 +181,8 @@ class Daemon:
         self.recovery = RecoverySweep(config, self.runtimes)
         self.health.add(self.recovery)
         for observer in (
-            InstanceLiveness(self.scheduler),
-            CrashLoops(self.scheduler),
+            InstanceLiveness(self.dispatcher),
+            CrashLoops(self.dispatcher),
             CacheIntegrity(self.cache.scrubber),
         ):
             self.health.add(observer)
@@ -191,11 +194,11 @@ class Daemon:
     def _setup_observability(self, config: Config) -> None:
         """Metrics, the request story (access log, log ring) and their admin commands."""
         self.metrics = NodeMetrics(enabled=config.metrics.enabled)
-        self.log_ring = LogRing(config.log.ring_records, lambda name: name in self.scheduler.pools)
-        self.scheduler.story = RequestStory(
+        self.log_ring = LogRing(config.log.ring_records, lambda name: name in self.dispatcher.pools)
+        self.dispatcher.story = RequestStory(
             metrics=self.metrics.requests, ring=self.log_ring, access_rate=config.log.access_rate
         )
-        self.scheduler.instance_observer = self.metrics.instances
+        self.dispatcher.instance_observer = self.metrics.instances
         self.metrics_server: MetricsServer | None = None
         if config.metrics.enabled and config.metrics.http is not None:
             self.metrics_server = MetricsServer(config.metrics.http, self.metrics.render)
@@ -208,7 +211,7 @@ class Daemon:
             NodeCollector(
                 node_id=self.config.node.id,
                 version=huselet.__version__,
-                dispatcher=self.scheduler,
+                dispatcher=self.dispatcher,
                 requests=self.metrics.requests,
                 instances=self.metrics.instances,
                 health=lambda: self.health.reports,
@@ -269,7 +272,7 @@ class Daemon:
                 function_sample(
                     pool, requests.functions.get(name) if requests is not None else None
                 )
-                for name, pool in sorted(self.scheduler.pools.items())
+                for name, pool in sorted(self.dispatcher.pools.items())
             ],
         }
 
@@ -277,7 +280,7 @@ class Daemon:
         """Components without which the node does not serve: the watchdog checks them."""
         return {
             "ingress": lambda: None if self.ingress.bound_address else "not listening",
-            "scheduler": lambda: None if self.scheduler.running else "not running",
+            "scheduler": lambda: None if self.dispatcher.running else "not running",
             "instance links": lambda: None if self.links.running else "not running",
         }
 
@@ -309,7 +312,7 @@ class Daemon:
             )
 
     def _function_policy(self, name: str) -> FunctionSettings | None:
-        pool = self.scheduler.pools.get(name)
+        pool = self.dispatcher.pools.get(name)
         return None if pool is None else pool.settings
 
     def _code_changed(self, names: set[str]) -> None:
@@ -320,11 +323,11 @@ class Daemon:
         on the old instances, then stops them.
         """
         for name in sorted(names):
-            pool = self.scheduler.pools.get(name)
+            pool = self.dispatcher.pools.get(name)
             if pool is None or not pool.accepting:
                 continue
-            meta = self.scheduler.function_meta.get(name, {"source": "config"})
-            self.scheduler.deploy_function(pool.settings, meta)
+            meta = self.dispatcher.function_meta.get(name, {"source": CodeSource.CONFIG})
+            self.dispatcher.deploy_function(pool.settings, meta)
 
     async def _reload(self, args: dict[str, Any]) -> dict[str, Any]:
         self.notifier.notify(RELOADING="1", STATUS="reloading the configuration")
@@ -337,7 +340,7 @@ class Daemon:
 
     def _ready_status(self) -> str:
         return (
-            f"serving {len(self.scheduler.pools)} functions on http://{self.ingress.bound_address}"
+            f"serving {len(self.dispatcher.pools)} functions on http://{self.ingress.bound_address}"
         )
 
     def _debug_block_loop(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -354,7 +357,7 @@ class Daemon:
         return {"blocked_ms": ms}
 
     def _invocation_counts(self) -> dict[str, int]:
-        return {name: pool.counters["accepted"] for name, pool in self.scheduler.pools.items()}
+        return {name: pool.counters["accepted"] for name, pool in self.dispatcher.pools.items()}
 
     def _fleet_commands(self, on_placements: Callable[[str], None]) -> FleetCommands:
         settings = self.config.scheduler
@@ -362,7 +365,7 @@ class Daemon:
         store_path = self.config.node.state_dir / "fleet-functions.json"
         return FleetCommands(
             self.config,
-            self.scheduler,
+            self.dispatcher,
             self.links,
             known_runtimes=self.runtimes,
             on_placements=on_placements,
@@ -371,29 +374,16 @@ class Daemon:
         )
 
     def _claim_link(self, function: str, instance_id: str, token: str) -> Any:
-        return self.scheduler.claim_link(function, instance_id, token)
+        return self.dispatcher.claim_link(function, instance_id, token)
 
     def _register_admin_commands(self) -> None:
-        self.admin.register("ping", lambda args: "pong")
-        self.admin.register("status", lambda args: self.status())
-        self.admin.register("functions", lambda args: self.scheduler.status()["functions"])
-        self.admin.register("instances", lambda args: self.scheduler.instances())
-        self.admin.register("cache", lambda args: self.cache.describe())
-        self.admin.register("prefetch", self.cache.prefetch_command)
-        self.admin.register("scrub", lambda args: self.cache.scrubber.scrub_now())
-        self.admin.register("health", lambda args: self.health.describe())
-        self.admin.register("reload", self._reload)
-        self.admin.register("keys", lambda args: self._keys())
-        self.admin.register("debug_block_loop", self._debug_block_loop)
-        self.admin.register("metrics", self._metrics_command)
-        self.admin.register("logs", self._logs_command)
-        self.admin.register("top", self._top_command)
-        self.admin.register(
-            "scheduler",
-            lambda args: self.fleet.describe() if self.fleet else {"mode": "standalone"},
-        )
+        # One table says what each command is; huselet ctl derives from it too.
+        for command in admin_commands.COMMANDS:
+            serve = command.serve
+            if serve is not None:
+                self.admin.register(command.name, functools.partial(serve, self))
 
-    def _keys(self) -> dict[str, Any]:
+    def describe_keys(self) -> dict[str, Any]:
         return {"mode": self.admission.mode.value, **self.keys.describe()}
 
     def status(self) -> dict[str, Any]:
@@ -411,7 +401,7 @@ class Daemon:
                 "reload": self.reloader.describe(),
                 "output": OUTPUT_STATS.describe(),  # instance output over the rate limit
             },
-            **self.scheduler.status(),
+            **self.dispatcher.status(),
             "cache": self.cache.packages.stats(),
             "buffered_bodies": self.ingress.core.body_budget.describe(),
             "admission": self.admission.snapshot(),
@@ -449,7 +439,7 @@ class Daemon:
                 if self.codewatch is not None:
                     await nursery.start(self.codewatch.run)
                 await nursery.start(self.links.run, [fn.name for fn in self.config.functions])
-                await nursery.start(self.scheduler.run)
+                await nursery.start(self.dispatcher.run)
                 if self.fleet is not None:
                     # Re-deploys what the scheduler had deployed before a restart, then dials.
                     await nursery.start(self.fleet.run)
@@ -497,7 +487,7 @@ class Daemon:
     async def shutdown(self) -> None:
         grace_s = self.config.node.drain_grace_ms / 1000
         self.notifier.stopping(f"draining (grace {grace_s:g}s)")
-        await self.scheduler.drain(grace_s)
+        await self.dispatcher.drain(grace_s)
         # Let the ingress write the replies of requests that just completed.
         with trio.move_on_after(1.0):
             await self.ingress.active_requests.wait_zero()

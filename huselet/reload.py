@@ -35,6 +35,7 @@ import trio
 from huselet.config import Config, FunctionSettings, load_config
 from huselet.dispatch.dispatcher import Dispatcher
 from huselet.dispatch.links import LinkServer
+from huselet.dispatch.sources import CodeSource
 from huselet.errors import ConfigError, HuseletError
 from huselet.log import get_logger
 from huselet.runtime.base import Runtime
@@ -73,7 +74,7 @@ class ConfigReloader:
     def __init__(
         self,
         config: Config,
-        scheduler: Dispatcher,
+        dispatcher: Dispatcher,
         links: LinkServer,
         runtimes: Mapping[str, Runtime],
         known_runtimes: Iterable[str],
@@ -81,7 +82,7 @@ class ConfigReloader:
         refresh_code: Callable[[Iterable[FunctionSettings]], Awaitable[set[str]]] | None = None,
     ) -> None:
         self.config = config
-        self.scheduler = scheduler
+        self.dispatcher = dispatcher
         self.links = links
         self.runtimes = runtimes
         self.known_runtimes = frozenset(known_runtimes)
@@ -153,23 +154,23 @@ class ConfigReloader:
             outcome["code"] = sorted(await self.refresh_code(new.functions))
         now = trio.current_time()
         for name in old_fns.keys() - new_fns.keys():
-            self.scheduler.remove_function(name)
+            self.dispatcher.remove_function(name)
             outcome["removed"].append(name)
         for name, fn in new_fns.items():
             old = old_fns.get(name)
             if old is None:
                 await self.links.add_function(name)
-                self.scheduler.deploy_function(fn, {"source": "config"})
+                self.dispatcher.deploy_function(fn, {"source": CodeSource.CONFIG})
                 outcome["added"].append(name)
             elif fn == old:
-                pool = self.scheduler.pools.get(name)
+                pool = self.dispatcher.pools.get(name)
                 if pool is not None and pool.breaker.allow_trial(now):
                     outcome["trial"].append(name)
             elif _changed_fields(old, fn) <= LIVE_FIELDS:
-                self.scheduler.update_function(fn)
+                self.dispatcher.update_function(fn)
                 outcome["updated"].append(name)
             else:
-                self.scheduler.deploy_function(fn, {"source": "config"})
+                self.dispatcher.deploy_function(fn, {"source": CodeSource.CONFIG})
                 outcome["replaced"].append(name)
         # Sections that need a restart keep their running values.
         # [auth] applies live too (the daemon re-tunes admission, re-reads the keys file).
@@ -192,8 +193,8 @@ class ConfigReloader:
                     f"functions[{i}].runtime: runtime {fn.runtime!r} was not started with the "
                     "daemon; adding a runtime needs a restart"
                 )
-            meta = self.scheduler.function_meta.get(fn.name, {})
-            if fn.name not in old_fns and meta.get("source") == "scheduler":
+            meta = self.dispatcher.function_meta.get(fn.name, {})
+            if fn.name not in old_fns and meta.get("source") == CodeSource.SCHEDULER:
                 raise ReloadRefused(
                     f"functions[{i}].name: {fn.name!r} is deployed here by the central "
                     "scheduler; the file cannot take it over"

@@ -18,10 +18,13 @@ import trio
 
 from huselet.activity import wait_all_zero
 from huselet.config import Config, FunctionSettings
+from huselet.dispatch.events import ChangeEvents, ChangeListener
 from huselet.dispatch.instance import CodeProvider
 from huselet.dispatch.invocation import Invocation, InvokeResult
 from huselet.dispatch.observer import InstanceObserver
-from huselet.dispatch.pool import ChangeObserver, FunctionPool
+from huselet.dispatch.pool import FunctionPool
+from huselet.dispatch.reasons import StopReason
+from huselet.dispatch.sources import CodeSource
 from huselet.errors import (
     DeadlineExceeded,
     Draining,
@@ -56,8 +59,9 @@ class Dispatcher:
         self.started_at = trio.current_time()
         self._nursery: trio.Nursery | None = None
         # Observer of functions and instances (the fleet link reports them as deltas).
-        self.on_change: ChangeObserver | None = None
-        # Per function: where it came from ("config" | "scheduler") and its fleet version.
+        # Functions and instances added/changed/removed: subscribe()/unsubscribe().
+        self.changes = ChangeEvents()
+        # Per function: where it came from (a CodeSource) and its fleet version.
         self.function_meta: dict[str, dict[str, Any]] = {}
         self._retiring: list[FunctionPool] = []  # replaced/removed, finishing their requests
         self.starts_held: str | None = None  # why no instance may start now (pressure)
@@ -104,14 +108,15 @@ class Dispatcher:
 
     # --- functions added, replaced and removed at runtime (fleet commands) ------
 
+    def subscribe(self, listener: ChangeListener) -> None:
+        """Report every function and instance change to ``listener`` from now on."""
+        self.changes.subscribe(listener)
+
+    def unsubscribe(self, listener: ChangeListener) -> None:
+        self.changes.unsubscribe(listener)
+
     def _emit(self, kind: str, name: str, body: dict[str, Any] | None) -> None:
-        observer = self.on_change
-        if observer is not None:
-            try:
-                observer(kind, name, body)
-            except Exception:
-                # Reporting must never break serving.
-                log.exception("state observer failed", kind=kind, name=name)
+        self.changes.emit(kind, name, body)  # a failing listener is logged, never raised
 
     def describe_function(self, name: str) -> dict[str, Any]:
         """The function as reported to the central scheduler (small: sent on every change)."""
@@ -119,7 +124,7 @@ class Dispatcher:
         meta = self.function_meta.get(name, {})
         code = getattr(fn, "digest", None) or getattr(fn, "image", None) or fn.package
         return {
-            "source": meta.get("source", "config"),
+            "source": str(meta.get("source", CodeSource.CONFIG)),
             "version": meta.get("version", 0),
             "runtime": fn.runtime,
             "handler": fn.handler,
@@ -185,7 +190,7 @@ class Dispatcher:
             with trio.move_on_after(pool.settings.timeout_ms / 1000 + 1):
                 await pool.outstanding.wait_zero()
             pool.buffer.fail_all(Unavailable("the function was replaced or removed"))
-            pool.stop_all("function retired")
+            pool.stop_all(StopReason.FUNCTION_RETIRED)
             with trio.move_on_after(10):
                 await pool.live_instances.wait_zero()
         finally:
@@ -277,7 +282,7 @@ class Dispatcher:
         # Retired pools too: their instances' teardown needs the runtimes still running.
         pools = [*self.pools.values(), *self._retiring]
         for pool in pools:
-            pool.stop_all("node stopping")
+            pool.stop_all(StopReason.NODE_STOPPING)
         with trio.move_on_after(timeout_s):
             await wait_all_zero([pool.live_instances for pool in pools])
 

@@ -34,6 +34,7 @@ import trio
 
 from huselet.config.health import HealthSettings
 from huselet.dispatch.instance import InstanceRecord, InstanceState, stopped_by_signal
+from huselet.dispatch.reasons import StopReason
 from huselet.log import get_logger
 from protocol.link import PING_FRAME
 
@@ -110,7 +111,7 @@ class Heartbeats:
             if stopped_by_signal(record.handle):
                 self.counters["stopped_busy"] += 1
                 log.warning("busy instance is stopped", function=self.function, instance=record.id)
-                record.stop("frozen by SIGSTOP or a tracer")
+                record.stop(StopReason.FROZEN)
                 return
             self._push(now + self.interval, record, None)
             return
@@ -120,13 +121,13 @@ class Heartbeats:
         try:
             written = link.send_nowait(PING_FRAME)
         except OSError as exc:
-            record.stop(f"the link to the instance broke ({exc})")
+            record.stop(StopReason.LINK_BROKE, exc)
             return
         if not written:
             # Its link buffer is full (part of a frame may even be on the wire):
             # it has not been reading, and the link cannot be trusted.
             self.counters["heartbeat_missed"] += 1
-            record.stop("missed heartbeat (not reading its link)")
+            record.stop(StopReason.NOT_READING)
             return
         self._push(now + self.timeout, record, now)
 
@@ -145,7 +146,7 @@ class Heartbeats:
                     instance=record.id,
                     silent_s=round(now - record.last_heard, 3),
                 )
-                record.stop("missed heartbeat")
+                record.stop(StopReason.MISSED_HEARTBEAT)
                 return
             record.last_heard = now  # busy since the ping: its request's deadline guards it
         if record.inflight:

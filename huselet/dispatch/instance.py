@@ -19,6 +19,7 @@ import trio
 from huselet.config import FunctionSettings
 from huselet.dispatch.invocation import Invocation
 from huselet.dispatch.links import InstanceLink
+from huselet.dispatch.reasons import StopReason
 from huselet.runtime.base import ExitStatus, InstanceHandle
 
 
@@ -46,7 +47,7 @@ class InstanceRecord:
         # Told when `starting` flips, so the pool counts starts under way without
         # walking its instances on every request. A record begins starting.
         self._on_starting = on_starting
-        self._stop_reason: str | None = None
+        self._stop_reason: StopReason | None = None
         self.handle: InstanceHandle | None = None
         self.link: InstanceLink | None = None
         self.link_arrived = trio.Event()
@@ -61,6 +62,7 @@ class InstanceRecord:
         self.last_heard = self.created_at  # any frame from the instance (heartbeat)
         self.breaker_round = 0  # how often the breaker had opened when this one started
         self.sending: Invocation | None = None  # a request whose frame is being written
+        self.stop_detail = ""  # e.g. the link error behind LINK_BROKE
         self.code: CodeLease | None = None
         self.exit_status: ExitStatus | None = None
         # When each start phase ended (trio time): code, sandbox, connect (metrics).
@@ -82,12 +84,12 @@ class InstanceRecord:
                 self._on_state(self)
 
     @property
-    def stop_reason(self) -> str | None:
+    def stop_reason(self) -> StopReason | None:
         """Why the instance is (being) stopped; None while it is meant to run."""
         return self._stop_reason
 
     @stop_reason.setter
-    def stop_reason(self, value: str | None) -> None:
+    def stop_reason(self, value: StopReason | None) -> None:
         was_starting = self.starting
         self._stop_reason = value
         self._starting_changed(was_starting)
@@ -109,10 +111,20 @@ class InstanceRecord:
         self.link_arrived.set()
         return True
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason, detail: object = None) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.stop_detail = "" if detail is None else str(detail)
         self.scope.cancel()
+
+    @property
+    def stop_text(self) -> str | None:
+        """The stop reason as logs and ``huselet ctl`` show it, detail included."""
+        if self.stop_reason is None:
+            return None
+        if self.stop_detail:
+            return f"{self.stop_reason.value} ({self.stop_detail})"
+        return self.stop_reason.value
 
     def describe(self) -> dict[str, Any]:
         now = trio.current_time()

@@ -44,6 +44,7 @@ from huselet.dispatch.instance import (
 from huselet.dispatch.invocation import Invocation, InvokeResult
 from huselet.dispatch.links import token_matches
 from huselet.dispatch.observer import InstanceObserver
+from huselet.dispatch.reasons import NO_RETRY_STOPS, PLANNED_STOPS, StopReason
 from huselet.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -83,21 +84,6 @@ CONTENT_TYPES = {
     KIND_TEXT: "text/plain; charset=utf-8",
 }
 STOP_GRACE_S = 2.0
-# Stop reasons that are the node's decision, not a fault of the instance: the
-# stop is graceful (SHUTDOWN first) and the breaker does not count it.
-PLANNED_STOPS = frozenset(
-    {
-        "idle",
-        "reaped",
-        "node stopping",
-        "function retired",
-        "served",
-        "start failed",
-        "start cancelled",
-    }
-)
-# Stop reasons after which an idempotent request may still be retried.
-NO_RETRY_STOPS = frozenset({"node stopping", "function retired"})
 REAP_LIMIT_S = 5.0  # after a kill, how long a runtime may take to report the exit
 EXIT_DESCRIBE_WAIT_S = 1.0
 
@@ -188,7 +174,7 @@ class FunctionPool:
         if record is not None and inv.request_id in record.inflight:
             record.inflight.pop(inv.request_id, None)
             self.counters["deadline_kills"] += 1
-            record.stop("request deadline passed")
+            record.stop(StopReason.DEADLINE)
 
     # --- scaling ----------------------------------------------------------------
 
@@ -255,7 +241,7 @@ class FunctionPool:
             # A bug here must cost one instance, not the node: log it, tear down,
             # and answer its in-flight requests with a clear error.
             log.exception("instance lifecycle failed", **fields)
-            record.stop_reason = record.stop_reason or "internal error"
+            record.stop_reason = record.stop_reason or StopReason.INTERNAL_ERROR
         finally:
             with trio.CancelScope(shield=True):
                 await self._teardown(record)
@@ -325,7 +311,7 @@ class FunctionPool:
     def _start_failed(self, record: InstanceRecord, reason: str) -> None:
         self.counters["start_failures"] += 1
         self.last_start_error = reason
-        record.stop_reason = "start failed"
+        record.stop_reason = StopReason.START_FAILED
         log.error("instance start failed", function=self.name, instance=record.id, reason=reason)
         if self.observer is not None:
             self.observer.start_failed(self, record, reason)
@@ -352,7 +338,7 @@ class FunctionPool:
             # the half-open trial starts afresh instead of waiting on one of them.
             for other in self.instances.values():
                 if other.state is InstanceState.STARTING and other is not record:
-                    other.stop("start cancelled")
+                    other.stop(StopReason.START_CANCELLED)
             # Requests queued behind a crash loop would only wait for their deadline.
             self.buffer.fail_all(
                 Unavailable(
@@ -372,7 +358,7 @@ class FunctionPool:
             while True:
                 msg = await link.receive()
                 if msg is None:
-                    record.stop("the instance closed its link")
+                    record.stop(StopReason.LINK_CLOSED)
                     return
                 record.last_heard = trio.current_time()
                 kind = message_type(msg)
@@ -392,7 +378,7 @@ class FunctionPool:
             # keeps the socket open and no EOF ever comes.
             assert record.handle is not None
             record.exit_status = await record.handle.wait()
-            record.stop("the instance exited")
+            record.stop(StopReason.EXITED)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._guard_protocol, record, read_frames)
@@ -415,7 +401,7 @@ class FunctionPool:
                             not record.inflight
                             and len(self.instances) > self.settings.min_instances
                         ):
-                            record.stop_reason = "idle"
+                            record.stop_reason = StopReason.IDLE
                             record.state = InstanceState.STOPPING
                             # Its capacity is gone now, not after the graceful stop.
                             self.spare_credits -= record.credits
@@ -445,10 +431,10 @@ class FunctionPool:
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     # Handled here: inside the nursery it would surface as an ExceptionGroup.
                     if isinstance(exc.__cause__, (BrokenPipeError, ConnectionResetError)):
-                        record.stop("the instance closed its link")  # it died: say how
+                        record.stop(StopReason.LINK_CLOSED)  # it died: say how
                     else:
                         self.counters["link_errors"] += 1
-                        record.stop(f"the link to the instance broke ({exc})")
+                        record.stop(StopReason.LINK_BROKE, exc)
                     return
                 record.dispatched += 1
                 if self.single_use:
@@ -465,7 +451,7 @@ class FunctionPool:
             if isinstance(exc.__cause__, ConnectionResetError):
                 # A worker that dies with our frames unread makes Linux reset the
                 # link: that is a death (its exit status says how), not a protocol error.
-                record.stop("the instance closed its link")
+                record.stop(StopReason.LINK_CLOSED)
                 return
             self._link_broken(record, exc)
         except (ProtocolError, OSError) as exc:
@@ -474,7 +460,7 @@ class FunctionPool:
     def _link_broken(self, record: InstanceRecord, exc: Exception) -> None:
         self.counters["link_errors"] += 1
         log.warning("instance link broken", function=self.name, instance=record.id, error=str(exc))
-        record.stop(f"the instance broke the link protocol ({exc})")
+        record.stop(StopReason.PROTOCOL_BROKEN, exc)
 
     def _complete(self, record: InstanceRecord, result: Result) -> None:
         inv = record.inflight.pop(result.id, None)
@@ -485,7 +471,7 @@ class FunctionPool:
         if record.served == 1 and self.observer is not None:
             self.observer.first_reply(self, record, inv)
         if self.single_use:
-            record.stop("served")  # takes effect at the next checkpoint, after this result
+            record.stop(StopReason.SERVED)  # takes effect at the next checkpoint, after this result
         if result.ok:
             content_type = CONTENT_TYPES.get(result.kind, "application/octet-stream")
             outcome = InvokeResult(result.body, content_type)
@@ -529,7 +515,7 @@ class FunctionPool:
                     pass
             record.exit_status = await handle.stop(STOP_GRACE_S)
             return
-        if record.stop_reason == "the instance closed its link":
+        if record.stop_reason == StopReason.LINK_CLOSED:
             # A crashed worker: its exit follows the EOF within moments; waiting
             # a little gives the caller "killed by SIGKILL", not a guess.
             with trio.move_on_after(EXIT_DESCRIBE_WAIT_S):
@@ -565,12 +551,12 @@ class FunctionPool:
             what = f"instance {record.id}"
             if record.exit_status is not None and record.stop_reason in (
                 None,
-                "the instance closed its link",
-                "the instance exited",
+                StopReason.LINK_CLOSED,
+                StopReason.EXITED,
             ):
                 what += f" {record.exit_status.describe()}"
             elif record.stop_reason:
-                what += f" stopped: {record.stop_reason}"
+                what += f" stopped: {record.stop_text}"
             for inv in record.inflight.values():
                 if self._retry(inv, record, delivered=inv is not record.sending):
                     continue
@@ -585,14 +571,14 @@ class FunctionPool:
             self.observer.instance_ended(self, record)
         if record.stop_reason not in PLANNED_STOPS:
             self.counters["instances_lost"] += 1
-            if record.stop_reason != "request deadline passed":
+            if record.stop_reason != StopReason.DEADLINE:
                 exit_text = record.exit_status.describe() if record.exit_status else "ended"
                 self._breaker_failure(record, f"an instance {exit_text}")
             log.warning(
                 "instance ended",
                 function=self.name,
                 instance=record.id,
-                reason=record.stop_reason or "unknown",
+                reason=record.stop_text or "unknown",
                 exit=record.exit_status.describe() if record.exit_status else None,
             )
         else:
@@ -600,10 +586,10 @@ class FunctionPool:
                 "instance stopped",
                 function=self.name,
                 instance=record.id,
-                reason=record.stop_reason,
+                reason=record.stop_text,
             )
         # Replace it if requests are still waiting (unless it could not even start).
-        if record.stop_reason != "start failed":
+        if record.stop_reason != StopReason.START_FAILED:
             self.ensure_capacity()
 
     def _retry(self, inv: Invocation, record: InstanceRecord, *, delivered: bool = True) -> bool:
@@ -638,7 +624,7 @@ class FunctionPool:
             function=self.name,
             request_id=inv.request_id,
             instance=record.id,
-            reason=record.stop_reason,
+            reason=record.stop_text,
         )
         return True
 
@@ -655,7 +641,7 @@ class FunctionPool:
         idle.sort(key=lambda r: r.last_active)  # longest idle first
         reaped = 0
         for record in idle[: max(0, len(self.instances) - keep)]:
-            record.stop("reaped")
+            record.stop(StopReason.REAPED)
             reaped += 1
         self.counters["instances_reaped"] += reaped
         return reaped
@@ -664,7 +650,7 @@ class FunctionPool:
         handles = [r.handle for r in self.instances.values() if r.handle is not None]
         return [h.pid for h in handles if h.pid is not None]
 
-    def stop_all(self, reason: str) -> None:
+    def stop_all(self, reason: StopReason) -> None:
         self.accepting = False
         self.closed = True
         for record in list(self.instances.values()):

@@ -38,13 +38,16 @@ from typing import Any
 
 from huselet.config import Config, parse_function_spec
 from huselet.config.trust import DeployPolicy
+from huselet.dispatch.api import FunctionDeployer
+from huselet.dispatch.links import LinkServer
+from huselet.dispatch.sources import CodeSource
 from huselet.errors import HuseletError
 from huselet.fleet.policy import check_paths, check_spec
 from huselet.log import get_logger
 
 log = get_logger("fleet")
 
-SOURCE_SCHEDULER = "scheduler"
+SOURCE_SCHEDULER = CodeSource.SCHEDULER
 SEEN_IDS = 8192  # command ids remembered to prove none was executed twice
 MAX_PREFETCH = 256  # images in one prefetch command
 
@@ -94,13 +97,13 @@ class FunctionStore:
 
 
 class FleetCommands:
-    """Executes scheduler commands against the node scheduler and link sockets."""
+    """Executes scheduler commands against the node's dispatcher and link sockets."""
 
     def __init__(
         self,
         config: Config,
-        scheduler: Any,  # Dispatcher
-        links: Any,  # LinkServer
+        dispatcher: FunctionDeployer,
+        links: LinkServer,
         *,
         known_runtimes: Iterable[str],
         on_placements: Callable[[str], None],
@@ -113,7 +116,7 @@ class FleetCommands:
         self.policy = policy or (link.policy if link is not None else DeployPolicy())
         # Without a [scheduler] table (tests), the policy's own bound is the only one.
         self.offered_memory_mb = link.memory_mb if link is not None else 1 << 20
-        self.scheduler = scheduler
+        self.dispatcher = dispatcher
         self.links = links
         self.known_runtimes = frozenset(known_runtimes)
         self._on_placements = on_placements
@@ -183,8 +186,8 @@ class FleetCommands:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise CommandFailed("spec must be a function table with a name", "bad_command")
         name = spec["name"]
-        meta = self.scheduler.function_meta.get(name, {})
-        if name in self.scheduler.pools and meta.get("source") != SOURCE_SCHEDULER:
+        meta = self.dispatcher.function_meta.get(name, {})
+        if name in self.dispatcher.pools and meta.get("source") != SOURCE_SCHEDULER:
             raise CommandFailed(f"function {name!r} is configured on the node", "not_owned")
         current = self.deployed.get(name)
         if current is not None and current["version"] >= version:
@@ -216,7 +219,7 @@ class FleetCommands:
         while len(self._applied) > SEEN_IDS:
             self._applied.popitem(last=False)
         await self.links.add_function(name)
-        self.scheduler.deploy_function(fn, {"source": SOURCE_SCHEDULER, "version": version})
+        self.dispatcher.deploy_function(fn, {"source": SOURCE_SCHEDULER, "version": version})
         self.deployed[name] = {"version": version, "spec": spec}
         log.info("function deployed", function=name, version=version)
 
@@ -224,18 +227,18 @@ class FleetCommands:
         name = body.get("name")
         if not isinstance(name, str):
             raise CommandFailed("name must be a string", "bad_command")
-        if name in self.scheduler.pools and name not in self.deployed:
+        if name in self.dispatcher.pools and name not in self.deployed:
             raise CommandFailed(f"function {name!r} is configured on the node", "not_owned")
         removed = self.deployed.pop(name, None) is not None
         if removed:
-            self.scheduler.remove_function(name)
+            self.dispatcher.remove_function(name)
             self._save()
             log.info("function removed", function=name)
         return {"removed": removed}
 
     def _set_quota(self, body: dict[str, Any]) -> dict[str, Any]:
         name = body.get("name")
-        pool = self.scheduler.pools.get(name) if isinstance(name, str) else None
+        pool = self.dispatcher.pools.get(name) if isinstance(name, str) else None
         if pool is None:
             raise CommandFailed(f"no function named {name!r} on this node", "unknown_function")
         limits = {
@@ -247,7 +250,7 @@ class FleetCommands:
                 raise CommandFailed(f"{key} must be a non-negative integer", "bad_command")
         if limits["min_instances"] > limits["max_instances"]:
             raise CommandFailed("min_instances exceeds max_instances", "bad_command")
-        self.scheduler.set_quota(name, **limits)
+        self.dispatcher.set_quota(str(name), **limits)
         return limits
 
     async def _prefetch(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -287,7 +290,7 @@ class FleetCommands:
         for name, entry in self.store.load().items():
             try:
                 version, spec = entry["version"], entry["spec"]
-                if name in self.scheduler.pools:
+                if name in self.dispatcher.pools:
                     raise CommandFailed("a configured function has this name", "not_owned")
                 await self._apply(name, version, spec)
             except (HuseletError, KeyError, TypeError) as exc:

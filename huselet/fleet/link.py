@@ -35,6 +35,7 @@ import trio
 
 from huselet.central.tls import client_context
 from huselet.config import SchedulerLinkSettings, TcpAddress
+from huselet.dispatch.api import ObservedDispatcher
 from huselet.fleet.commands import CommandFailed, FleetCommands
 from huselet.fleet.epoch import EpochFile
 from huselet.fleet.state import NodeStateModel
@@ -69,7 +70,7 @@ class SchedulerLink:
     def __init__(
         self,
         settings: SchedulerLinkSettings,
-        scheduler: Any,  # Dispatcher
+        dispatcher: ObservedDispatcher,
         commands_factory: Callable[[Callable[[str], None]], FleetCommands],
         *,
         clock: Callable[[], float] = trio.current_time,
@@ -108,7 +109,7 @@ class SchedulerLink:
             clock=clock,
             wake=self.wake,
         )
-        self.model.attach(scheduler)
+        self.model.attach(dispatcher)
         self.commands = commands_factory(self.model.set_placements)
         self.model.set_placements(self.commands.placements)
         self._closing = False

@@ -9,7 +9,7 @@ every change):
 - ``function/<name>`` — the function as :meth:`Dispatcher.describe_function` says
 - ``instance/<id>`` — ``{"function", "state"}``
 
-Every change the node scheduler reports (its ``on_change`` observer) becomes
+Every change the node's dispatcher reports (to its change subscribers) becomes
 one ``NodeSession.queue_delta``/``queue_removal``. The session coalesces per
 resource and frames a batch after a bounded delay (or at once when the batch
 is full), so a burst of thousands of instance transitions per second leaves
@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import huselet
+from huselet.dispatch.api import ObservedDispatcher
 from huselet.log import get_logger
 from protocol.delta import DeltaUsageError, NodeSession
 
@@ -67,11 +68,11 @@ class NodeStateModel:
 
     # --- observer of the node scheduler --------------------------------------------
 
-    def attach(self, scheduler: Any) -> None:
-        """Observe ``scheduler`` (a Dispatcher) and report everything it has now."""
-        scheduler.on_change = self.on_change
-        for name, pool in list(scheduler.pools.items()):
-            self.on_change("function", name, scheduler.describe_function(name))
+    def attach(self, dispatcher: ObservedDispatcher) -> None:
+        """Observe the node's ``dispatcher`` and report everything it has now."""
+        dispatcher.subscribe(self.on_change)
+        for name, pool in list(dispatcher.pools.items()):
+            self.on_change("function", name, dispatcher.describe_function(name))
             for record in list(pool.instances.values()):
                 body = {"function": name, "state": record.state.value}
                 self.on_change("instance", record.id, body)

@@ -1,11 +1,11 @@
-"""HTTP/1.1 ingress of the node: h11 on trio, in front of the scheduler.
+"""HTTP/1.1 ingress of the node: h11 on trio, in front of the dispatcher.
 
 :class:`HttpIngress` listens, accepts TCP connections up to ``max_connections``
 and runs a :class:`~huselet.gateway.connection.Connection` for each. It decides
 what requests mean: ``POST /v1/invoke/{function}`` goes to
 :meth:`Invoker.invoke` (for HTTP functions any method, and any path under
 the function: :mod:`huselet.gateway.httpfunc`), ``GET /healthz`` reports the
-scheduler's draining flag,
+dispatcher's draining flag,
 and every error, typed or not, becomes a JSON reply. Nothing a client does
 (garbage, disconnects, stalls, floods of connections) can take the process down.
 """
@@ -73,7 +73,7 @@ class HttpIngress:
     def __init__(
         self,
         settings: GatewaySettings,
-        scheduler: Invoker,
+        dispatcher: Invoker,
         *,
         auth_token: str | None = None,
         admission: Admission | None = None,
@@ -83,14 +83,14 @@ class HttpIngress:
             raise ValueError("auth_token must not be empty")
         self.settings = settings
         self.bound_address: TcpAddress | None = None
-        self._scheduler = scheduler
+        self._dispatcher = dispatcher
         token = None if auth_token is None else auth_token.strip().encode("utf-8")
         # Who may invoke what, how often: every invocation passes through it.
         self.admission = admission or Admission(AuthSettings(), bearer_token=token)
         self._max_body = settings.max_body_bytes
         # The dispatch core this front end shares with the framed ingress.
         self.core = InvokeCore(
-            scheduler,
+            dispatcher,
             max_body=settings.max_body_bytes,
             token=None if auth_token is None else auth_token.strip(),
             max_buffered_bytes=settings.max_buffered_mb << 20,
@@ -111,7 +111,7 @@ class HttpIngress:
 
     @property
     def draining(self) -> bool:
-        return self._scheduler.draining
+        return self._dispatcher.draining
 
     @property
     def open_connections(self) -> int:
@@ -205,9 +205,9 @@ class HttpIngress:
         try:
             route = match_route(head.method, head.target)
             if route is HEALTHZ:
-                reply = HEALTH_DRAINING if self._scheduler.draining else HEALTH_OK
+                reply = HEALTH_DRAINING if self._dispatcher.draining else HEALTH_OK
             else:
-                takes_http = self._scheduler.takes_http(route.function)
+                takes_http = self._dispatcher.takes_http(route.function)
                 if not takes_http:
                     check_plain_invoke(head.method, route)
                 reply = await self._invoke(route, head, read_body, takes_http, meta)

@@ -15,11 +15,35 @@ and counters, each sampled every ``period_s``.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from huselet.health.supervisor import HealthState, LoopReport
+
+if TYPE_CHECKING:
+    from huselet.dispatch.api import PoolsView
+
+
+class LinkView(Protocol):
+    """The fleet link as its health loop reads it."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def address(self) -> str | None: ...
+
+
+class ScrubView(Protocol):
+    """The cache scrubber as its health loop reads it."""
+
+    @property
+    def passes(self) -> int: ...
+
+    @property
+    def last_pass(self) -> dict[str, Any] | None: ...
+
 
 # Pool counters that mean "an instance was lost and replaced", with how to say it.
 INSTANCE_FAULTS = {
@@ -35,13 +59,13 @@ RECENT_S = 10.0  # a fault this recent keeps the loop degraded
 class InstanceLiveness:
     name = "instances"
 
-    def __init__(self, scheduler: Any, *, period_s: float = 0.5) -> None:
-        self.scheduler = scheduler
+    def __init__(self, dispatcher: PoolsView, *, period_s: float = 0.5) -> None:
+        self.dispatcher = dispatcher
         self.period_s = period_s
 
     def _totals(self) -> dict[str, Counter[str]]:
         totals: dict[str, Counter[str]] = {}
-        for pool in self.scheduler.pools.values():
+        for pool in self.dispatcher.pools.values():
             totals[pool.name] = Counter({k: pool.counters[k] for k in INSTANCE_FAULTS})
         return totals
 
@@ -60,7 +84,7 @@ class InstanceLiveness:
                     report.action(f"{function}: {INSTANCE_FAULTS[key]} (x{n})", function=function)
                     last_fault_at = now
             seen = current
-            live = sum(len(p.instances) for p in self.scheduler.pools.values())
+            live = sum(len(p.instances) for p in self.dispatcher.pools.values())
             if last_fault_at is not None and now - last_fault_at < RECENT_S:
                 report.set(HealthState.DEGRADED, f"{live} instances; faults mended just now")
             else:
@@ -70,8 +94,8 @@ class InstanceLiveness:
 class CrashLoops:
     name = "crash_loops"
 
-    def __init__(self, scheduler: Any, *, period_s: float = 0.5) -> None:
-        self.scheduler = scheduler
+    def __init__(self, dispatcher: PoolsView, *, period_s: float = 0.5) -> None:
+        self.dispatcher = dispatcher
         self.period_s = period_s
 
     async def run(self, report: LoopReport) -> None:
@@ -79,7 +103,7 @@ class CrashLoops:
         while True:
             now = trio.current_time()
             failing = []
-            for pool in self.scheduler.pools.values():
+            for pool in self.dispatcher.pools.values():
                 breaker = pool.breaker
                 if breaker.opened > opened.get(pool.name, 0):
                     report.counters["breakers_opened"] += breaker.opened - opened.get(pool.name, 0)
@@ -103,7 +127,7 @@ class SchedulerLinkHealth:
 
     name = "scheduler_link"
 
-    def __init__(self, link: Any, *, period_s: float = 1.0, grace_s: float = 5.0) -> None:
+    def __init__(self, link: LinkView, *, period_s: float = 1.0, grace_s: float = 5.0) -> None:
         self.link = link
         self.period_s = period_s
         self.grace_s = grace_s
@@ -135,7 +159,7 @@ class CacheIntegrity:
 
     name = "cache_integrity"
 
-    def __init__(self, scrubber: Any, *, period_s: float = 1.0) -> None:
+    def __init__(self, scrubber: ScrubView, *, period_s: float = 1.0) -> None:
         self.scrubber = scrubber
         self.period_s = period_s
 

@@ -11,7 +11,7 @@ the transitions:
   every image no instance holds; installed images keep serving. Leave: new
   images are accepted again.
 - :class:`MemoryPressure` — the instances' memory (PSS, else RSS) against the
-  node's budget, and the host's ``MemAvailable``. Enter: the scheduler holds
+  node's budget, and the host's ``MemAvailable``. Enter: the dispatcher holds
   new instance starts (a request for a function without a live instance gets
   503 naming the reason; warm instances keep serving) and reaps idle ones —
   again every interval while usage stays at or above the enter threshold.
@@ -192,7 +192,7 @@ class ImageInstalls(Protocol):
 
 
 class InstanceControl(Protocol):
-    """The node scheduler."""
+    """The node's dispatcher."""
 
     def hold_starts(self, reason: str | None) -> None: ...
 
@@ -288,7 +288,7 @@ class MemoryPressure:
 
     def __init__(
         self,
-        scheduler: InstanceControl,
+        dispatcher: InstanceControl,
         *,
         interval_s: float,
         budget_bytes: int,
@@ -299,7 +299,7 @@ class MemoryPressure:
     ) -> None:
         if budget_bytes <= 0:
             raise ValueError(f"memory budget must be positive, got {budget_bytes}")
-        self.scheduler = scheduler
+        self.dispatcher = dispatcher
         self.interval_s = interval_s
         self.budget_bytes = budget_bytes
         self.budget_gate = Hysteresis(enter_percent, leave_percent)
@@ -334,7 +334,7 @@ class MemoryPressure:
         return text
 
     async def check(self, report: LoopReport) -> None:
-        pids = self.scheduler.instance_pids()
+        pids = self.dispatcher.instance_pids()
         # One /proc read per instance: a worker thread, not the event loop.
         sample = await trio.to_thread.run_sync(self.measure, pids)
         self.last = sample
@@ -354,13 +354,13 @@ class MemoryPressure:
         if active and not self.active:
             self.active = True
             report.counters["entered"] += 1
-            self.scheduler.hold_starts(reason)
+            self.dispatcher.hold_starts(reason)
             report.action("holding instance starts", percent=round(percent, 1), reason=reason)
             self._reap(report, reason, percent)
         elif not active and self.active:
             self.active = False
             report.counters["left"] += 1
-            self.scheduler.hold_starts(None)
+            self.dispatcher.hold_starts(None)
             report.action("starting instances again", percent=round(percent, 1))
         elif active and severe:
             self._reap(report, reason, percent, quiet=True)
@@ -380,7 +380,7 @@ class MemoryPressure:
     def _reap(
         self, report: LoopReport, reason: str, percent: float, *, quiet: bool = False
     ) -> None:
-        reaped = self.scheduler.reap_idle(reason)
+        reaped = self.dispatcher.reap_idle(reason)
         report.counters["instances_reaped"] += reaped
         if reaped or not quiet:
             report.action("reaped idle instances", count=reaped, percent=round(percent, 1))
@@ -392,7 +392,7 @@ class FdPressure:
     def __init__(
         self,
         ingress: ConnectionGate,
-        scheduler: InstanceControl,
+        dispatcher: InstanceControl,
         *,
         interval_s: float,
         enter_percent: float,
@@ -400,7 +400,7 @@ class FdPressure:
         measure: Callable[[], FdSample] = measure_fds,
     ) -> None:
         self.ingress = ingress
-        self.scheduler = scheduler
+        self.dispatcher = dispatcher
         self.interval_s = interval_s
         self.gate = Hysteresis(enter_percent, leave_percent)
         self.measure = measure
@@ -427,7 +427,7 @@ class FdPressure:
             reason = f"the node is short of file descriptors: {figure}"
             self.ingress.refuse_connections(reason)
             report.action("refusing new connections", percent=round(percent, 1), reason=reason)
-            reaped = self.scheduler.reap_idle(reason)
+            reaped = self.dispatcher.reap_idle(reason)
             report.counters["instances_reaped"] += reaped
             report.action("reaped idle instances", count=reaped, percent=round(percent, 1))
         elif change is Change.LEAVE:
@@ -454,7 +454,7 @@ def build_pressure_loops(
     settings: HealthSettings,
     *,
     state_dir: Path,
-    scheduler: InstanceControl,
+    dispatcher: InstanceControl,
     cache: ImageInstalls,
     ingress: ConnectionGate,
 ) -> list[HealthLoop]:
@@ -470,7 +470,7 @@ def build_pressure_loops(
             leave_free_percent=settings.disk_leave_free_percent,
         ),
         MemoryPressure(
-            scheduler,
+            dispatcher,
             # A bounded slice of the instances per tick, not all of them.
             measure=RollingMemorySampler(),
             interval_s=settings.memory_interval_ms / 1000,
@@ -481,7 +481,7 @@ def build_pressure_loops(
         ),
         FdPressure(
             ingress,
-            scheduler,
+            dispatcher,
             interval_s=settings.fd_interval_ms / 1000,
             enter_percent=settings.fd_enter_percent,
             leave_percent=settings.fd_leave_percent,

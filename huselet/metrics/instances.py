@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
+from huselet.dispatch.reasons import LINK_FAULTS, StopReason
 from huselet.metrics.histogram import PHASE_BUCKETS, Histogram
 
 if TYPE_CHECKING:
@@ -29,29 +30,29 @@ if TYPE_CHECKING:
 PHASES = ("code", "sandbox", "connect", "import", "first_reply")
 # Planned stops, by the pool's stop reason (anything else planned counts as "other").
 PLANNED = {
-    "idle": "idle",
-    "reaped": "reaped",
-    "node stopping": "node_stopping",
-    "function retired": "retired",
-    "served": "served",
-    "start failed": "start_failed",
-    "start cancelled": "start_cancelled",
+    StopReason.IDLE: "idle",
+    StopReason.REAPED: "reaped",
+    StopReason.NODE_STOPPING: "node_stopping",
+    StopReason.FUNCTION_RETIRED: "retired",
+    StopReason.SERVED: "served",
+    StopReason.START_FAILED: "start_failed",
+    StopReason.START_CANCELLED: "start_cancelled",
 }
 
 
 def death_cause(record: InstanceRecord) -> str:
     """Why an instance ended that the node did not plan to stop (a fixed set of words)."""
-    reason = record.stop_reason or ""
+    reason = record.stop_reason
     status = record.exit_status
-    if reason == "request deadline passed":
+    if reason is StopReason.DEADLINE:
         return "deadline_kill"
-    if reason.startswith("missed heartbeat"):
+    if reason in (StopReason.MISSED_HEARTBEAT, StopReason.NOT_READING):
         return "heartbeat"
-    if reason.startswith("frozen"):
+    if reason is StopReason.FROZEN:
         return "frozen"
     if status is not None and status.oom_killed:
         return "oom"
-    if "link" in reason and "closed its link" not in reason:
+    if reason in LINK_FAULTS:
         return "link_error"
     if status is not None and status.signal is not None:
         return "signal"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from huselet.dispatch.reasons import StopReason
 from huselet.errors import HuseletError
 from huselet.log import get_logger
 
@@ -92,7 +93,7 @@ class RequestStory:
             function=pool.name,
             request_id=inv.request_id,
             instance=record.id if record is not None else None,
-            killed=record is not None and record.stop_reason == "request deadline passed",
+            killed=record is not None and record.stop_reason is StopReason.DEADLINE,
         )
 
     def refused(

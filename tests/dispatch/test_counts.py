@@ -21,6 +21,7 @@ from support import running_stack, write_package
 from huselet.dispatch.buffer import RequestBuffer
 from huselet.dispatch.instance import InstanceRecord, InstanceState
 from huselet.dispatch.invocation import Invocation, InvocationState
+from huselet.dispatch.reasons import StopReason
 from huselet.errors import DeadlineExceeded, Draining, QueueFull
 
 
@@ -111,7 +112,7 @@ def test_starting_count_equals_a_walk_of_the_instances(
             if op == "state":
                 record.state = state
             elif op == "stop":
-                record.stop(f"reason {n}")
+                record.stop(list(StopReason)[n % len(StopReason)], n)
             elif op == "clear_stop":
                 record.stop_reason = None
             walked = sum(

@@ -442,7 +442,7 @@ def test_build_pressure_loops_from_settings(tmp_path: Path) -> None:
     loops = build_pressure_loops(
         settings,
         state_dir=tmp_path,
-        scheduler=FakeScheduler(),
+        dispatcher=FakeScheduler(),
         cache=ImageStore(tmp_path, disk_budget_bytes=MiB, memory_budget_bytes=MiB),
         ingress=FakeIngress(),
     )
@@ -457,7 +457,7 @@ def test_build_pressure_loops_from_settings(tmp_path: Path) -> None:
     (_, default_memory, _) = build_pressure_loops(
         HealthSettings(memory_min_available_mb=0),
         state_dir=tmp_path,
-        scheduler=FakeScheduler(),
+        dispatcher=FakeScheduler(),
         cache=ImageStore(tmp_path, disk_budget_bytes=MiB, memory_budget_bytes=MiB),
         ingress=FakeIngress(),
     )

@@ -25,6 +25,7 @@ from sandbox_support import (
 from support import running_stack, write_package
 
 from huselet.config import NodeSettings
+from huselet.dispatch.reasons import StopReason
 from huselet.errors import InstanceLost, InstanceStartFailed
 from huselet.runtime import RuntimeConfigError
 from huselet.runtime.fork import ForkRuntime
@@ -122,7 +123,7 @@ async def test_fork_bomb_is_held_by_the_pids_limit(short_tmp: Path) -> None:
             assert got["forked"] < 16 and got["error"] is not None
             pool = stack.pool("bomb")
             (record,) = pool.instances.values()
-            record.stop("test")
+            record.stop(StopReason.INTERNAL_ERROR)  # unplanned: a kill, not a SHUTDOWN
             while pool.instances:
                 await trio.sleep(0.01)
             # The whole PID namespace went with its PID 1; the node still serves.
@@ -169,7 +170,7 @@ async def test_zygote_death_is_survived_and_rebuilt(short_tmp: Path) -> None:
             # The running instance is the daemon's child, not the zygote's: it lives on.
             still = await invoke(stack, "f", {})
             assert still["instance"] == before["instance"]
-            record.stop("test")
+            record.stop(StopReason.INTERNAL_ERROR)  # unplanned: a kill, not a SHUTDOWN
             while pool.instances:
                 await trio.sleep(0.01)
             # The next start waits for the rebuilt zygote.
