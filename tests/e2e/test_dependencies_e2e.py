@@ -60,7 +60,14 @@ def pack_cli(directory: Path, out: Path, config: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def env(pytestconfig: pytest.Config) -> Iterator[Env]:
     root = Path(tempfile.mkdtemp(prefix="hld"))
-    wheels = Path(pytestconfig.cache.mkdir("huselet-wheels"))
+    # pytest's cache keeps downloaded wheels between runs; without it (-p no:cacheprovider)
+    # a fixed directory under the system temp dir does.
+    cache = getattr(pytestconfig, "cache", None)
+    if cache is not None:
+        wheels = Path(cache.mkdir("huselet-wheels"))
+    else:
+        wheels = Path(tempfile.gettempdir()) / "huselet-test-wheels"
+        wheels.mkdir(exist_ok=True)
     (root / "state" / "cache").mkdir(parents=True)
     (root / "state" / "cache" / "wheels").symlink_to(wheels)
     pkg = root / "pkg"
