@@ -1,6 +1,6 @@
 """``[auth]``: tenants' keys file, signature checks and ingress limits, from TOML.
 
-Parsed by :mod:`huselet.config.settings` like ``[health]``. Unlike most
+Parsed by :mod:`huselet.config.loader` like ``[health]``. Unlike most
 sections it applies live: a reload re-reads the keys file and re-tunes the
 limits without resetting any bucket (see :mod:`huselet.gateway.admission`).
 """
