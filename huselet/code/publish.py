@@ -65,7 +65,8 @@ from cache.errors import CacheError, DigestMismatch, NotRegularFile
 from cache.origin import DirectoryOrigin, Origin
 from cache.reader import inspect_image
 from cache.safeio import describe_mode
-from huselet.code.packages import PackageManager, SingleFileOrigin
+from huselet.code.origins import SingleFileOrigin
+from huselet.code.packages import PackageManager
 from huselet.code.packing import tree_fingerprint
 from huselet.errors import HuseletError
 from huselet.log import get_logger

@@ -39,7 +39,8 @@ from cache.errors import (
 from cache.store import ImageStore
 from huselet.admin.render import render_cache, render_status
 from huselet.code.codecache import CodeCache
-from huselet.code.packages import CodeUnavailable, PackageManager, caller_reason
+from huselet.code.images import CodeUnavailable, caller_reason
+from huselet.code.packages import PackageManager
 from huselet.code.packing import DirectoryPacker
 from huselet.config import Config, parse_config
 
