@@ -8,7 +8,9 @@ placement is deliberately simple. Leadership and desired state live in etcd.
 Modules:
 
 - :mod:`~huselet.central.server` — :class:`CentralScheduler`: campaign, lead,
-  node connections, commands, reconciliation, stepping down
+  commands, reconciliation, stepping down
+- :mod:`~huselet.central.sessions` — node connections (TLS, standby redirect,
+  per-node session reader/writer, session events)
 - :mod:`~huselet.central.etcd` — a small etcd v3 client (JSON gateway, httpx)
 - :mod:`~huselet.central.election` — the leader lease and the epoch on etcd
 - :mod:`~huselet.central.store` — desired state in etcd (guarded writes) or

@@ -6,7 +6,8 @@ not_leader`` naming the leader) → campaign through its
 local lock) → as leader: load the desired state (functions, commands without
 a result) from the store → re-issue those commands with their original ids →
 serve nodes. Per node connection a :class:`SchedulerSession` is driven by a
-reader task and a writer loop (timers at ``next_deadline()``); one
+reader task and a writer loop (timers at ``next_deadline()``), in
+:mod:`huselet.central.sessions`; one
 :class:`FleetState` holds every node's record and view; a timer expires
 silent nodes and reconciles desired against reported state
 (:mod:`huselet.central.placement`).
@@ -25,7 +26,6 @@ that takes over knows exactly which commands still need an answer.
 from __future__ import annotations
 
 import itertools
-import math
 import ssl
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -36,33 +36,20 @@ import trio
 
 from huselet.central.backend import Backend, LeadershipLost, LocalBackend
 from huselet.central.placement import Reported, reconcile
+from huselet.central.sessions import NodeConn, serve_node
 from huselet.central.store import Deposed
 from huselet.log import get_logger
 from protocol.delta import (
-    CloseConnection,
     CommandBacklogFull,
     CommandCompleted,
-    DeltasApplied,
     DeltaUsageError,
-    DigestMismatch,
     FleetState,
-    NodeConnected,
     SchedulerConfig,
-    SchedulerEvent,
-    SchedulerSession,
-    SnapshotApplied,
 )
-from protocol.delta.messages import encode_bye
-from protocol.errors import ProtocolError
 
 log = get_logger("central")
 
-RECEIVE_CHUNK = 256 * 1024
-SEND_TIMEOUT_S = 5.0
 RESULTS_KEPT = 4096
-TLS_HANDSHAKE_TIMEOUT_S = 10.0
-NOT_LEADER = "not_leader"  # BYE code of a standby (PROTOCOL.md §12)
-SHUTDOWN = "shutdown"  # BYE code of a graceful stop
 SHUTDOWN_GRACE_S = 1.0
 
 
@@ -86,23 +73,6 @@ class CentralSettings:
     max_connections: int = 10_000
 
 
-class _Conn:
-    """One node connection: its stream, its session and the writer's wake-up."""
-
-    __slots__ = ("cancel_scope", "closing", "node_id", "session", "stream", "wake_event")
-
-    def __init__(self, stream: trio.abc.Stream, session: SchedulerSession) -> None:
-        self.stream = stream
-        self.session = session
-        self.wake_event = trio.Event()
-        self.closing = False
-        self.node_id: str | None = None
-        self.cancel_scope = trio.CancelScope()  # cancelled when this scheduler steps down
-
-    def wake(self) -> None:
-        self.wake_event.set()
-
-
 class CentralScheduler:
     def __init__(self, settings: CentralSettings, backend: Backend | None = None) -> None:
         self.settings = settings
@@ -118,14 +88,14 @@ class CentralScheduler:
         self.fleet: FleetState | None = None
         self.leading = trio.Event()
         self.listen_port: int | None = None
-        self.conns: set[_Conn] = set()
-        self.by_node: dict[str, _Conn] = {}
+        self.conns: set[NodeConn] = set()
+        self.by_node: dict[str, NodeConn] = {}
         self._reset_term()
         self.results: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.counters: Counter[str] = Counter()
         self._changed = trio.Event()
         self._cmd_seq = itertools.count(1)
-        self._shutting_down = False
+        self.shutting_down = False  # the writers send ``bye shutdown`` (huselet.central.sessions)
 
     def _reset_term(self) -> None:
         self.reported: dict[str, dict[str, Reported]] = {}  # node -> function -> as reported
@@ -175,7 +145,7 @@ class CentralScheduler:
 
     async def shutdown(self) -> None:
         """Graceful stop: every node gets ``bye shutdown`` (bounded), then the caller cancels."""
-        self._shutting_down = True
+        self.shutting_down = True
         for conn in list(self.conns):
             conn.wake()
         with trio.move_on_after(SHUTDOWN_GRACE_S):
@@ -257,175 +227,10 @@ class CentralScheduler:
     # --- connections -------------------------------------------------------------------------
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        if len(self.conns) >= self.settings.max_connections:
-            self.counters["connections_refused"] += 1
-            await trio.aclose_forcefully(stream)
-            return
-        link: trio.abc.Stream = stream
-        try:
-            if self.settings.tls is not None:
-                link = await self._tls_handshake(stream)
-            fleet = self.fleet
-            if fleet is None or not self.backend.valid():
-                await self._redirect(link)
-                return
-            conn = _Conn(link, SchedulerSession(fleet, trio.current_time()))
-            self.conns.add(conn)
-            try:
-                with conn.cancel_scope:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._reader, conn)
-                        await self._writer(conn)
-                        nursery.cancel_scope.cancel()
-            except Exception:
-                # A bug in one connection costs that connection, not the fleet.
-                log.exception("node connection failed", node=conn.node_id)
-                self.counters["internal_errors"] += 1
-            finally:
-                conn.session.connection_lost(trio.current_time())
-                self.conns.discard(conn)
-                if conn.node_id is not None and self.by_node.get(conn.node_id) is conn:
-                    del self.by_node[conn.node_id]
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self.counters[f"handshake_failed.{type(exc).__name__}"] += 1
-            log.debug("node link refused", error=str(exc))
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(link)
+        # A method, not a partial: the listener names each connection's task after it.
+        await serve_node(self, stream)
 
-    async def _tls_handshake(self, stream: trio.SocketStream) -> trio.SSLStream[trio.SocketStream]:
-        """Mutual TLS: the node must present a certificate signed by the fleet CA."""
-        assert self.settings.tls is not None
-        tls = trio.SSLStream(stream, self.settings.tls, server_side=True)
-        with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT_S) as scope:
-            await tls.do_handshake()
-        if scope.cancelled_caught:
-            raise trio.BrokenResourceError("TLS handshake timed out")
-        return tls
-
-    async def _redirect(self, link: trio.abc.Stream) -> None:
-        """A standby answers a node with ``bye not_leader`` naming the leader, then closes."""
-        self.counters["redirected"] += 1
-        leader = self.backend.leader_info() or {}
-        address = leader.get("listen")
-        if leader.get("scheduler_id") == self.settings.scheduler_id:
-            address = None  # our own stale announcement
-        if isinstance(address, str):
-            frame = encode_bye(NOT_LEADER, f"standby; the leader is at {address}", address)
-        else:
-            frame = encode_bye(NOT_LEADER, "standby; no leader known yet")
-        with trio.move_on_after(SEND_TIMEOUT_S):
-            await link.send_all(frame)
-
-    async def _reader(self, conn: _Conn) -> None:
-        try:
-            while not conn.closing:
-                data = bytes(await conn.stream.receive_some(RECEIVE_CHUNK))
-                if not data:
-                    conn.closing = True
-                    break
-                self.counters["bytes_in"] += len(data)
-                conn.session.receive_data(data, trio.current_time())
-                self._process(conn)
-                conn.wake()  # the session may have frames to send (welcome, acks, commands)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            conn.closing = True
-        finally:
-            conn.wake()
-
-    async def _writer(self, conn: _Conn) -> None:
-        session = conn.session
-        while True:
-            conn.wake_event = trio.Event()
-            bye = None
-            if self._shutting_down:
-                bye = encode_bye(SHUTDOWN, "the scheduler is shutting down")
-            elif not self.backend.valid():
-                # The lease may have run out (e.g. this process was paused): send
-                # nothing more than a bye — no heartbeat that would renew the node's lease.
-                bye = encode_bye(NOT_LEADER, "leadership lost")
-            if bye is not None:
-                with trio.move_on_after(1.0):
-                    try:
-                        await conn.stream.send_all(bye)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        pass
-                conn.closing = True
-                return
-            session.tick(trio.current_time())
-            self._process(conn)
-            data = session.data_to_send()
-            if data:
-                with trio.move_on_after(SEND_TIMEOUT_S) as scope:
-                    try:
-                        await conn.stream.send_all(data)
-                        self.counters["bytes_out"] += len(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        conn.closing = True
-                if scope.cancelled_caught:
-                    self.counters["send_timeouts"] += 1
-                    conn.closing = True
-            if conn.closing:
-                return
-            deadline = session.next_deadline()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
-                await conn.wake_event.wait()
-
-    def _process(self, conn: _Conn) -> None:
-        try:
-            while (event := conn.session.next_event()) is not None:
-                self._on_event(conn, event)
-        except ProtocolError as exc:
-            self.counters[f"protocol_error.{type(exc).__name__}"] += 1
-            log.warning("node broke the protocol", node=conn.node_id, error=str(exc))
-            conn.closing = True
-
-    def _on_event(self, conn: _Conn, event: SchedulerEvent) -> None:
-        assert self.fleet is not None
-        if isinstance(event, DeltasApplied):
-            reported = self.reported.setdefault(event.node_id, {})
-            changed = False
-            for c in event.changes:
-                if c.kind == "function":
-                    changed = True
-                    if c.removed:
-                        reported.pop(c.name, None)
-                    else:
-                        reported[c.name] = _reported(c.body)
-            self.counters["deltas_applied"] += len(event.changes)
-            if changed:
-                self._mark(event.node_id)
-        elif isinstance(event, CommandCompleted):
-            self._completed(event)
-        elif isinstance(event, NodeConnected):
-            conn.node_id = event.node_id
-            old = self.by_node.get(event.node_id)
-            self.by_node[event.node_id] = conn
-            if old is not None and old is not conn:
-                old.wake()  # superseded: its session holds a bye to send
-            self.counters[f"connects.{event.mode}"] += 1
-            log.info(
-                "node connected",
-                node=event.node_id,
-                boot=event.boot_id,
-                mode=event.mode,
-                cmd_mode=event.cmd_mode,
-            )
-            self._mark(event.node_id)
-        elif isinstance(event, SnapshotApplied):
-            view = self.fleet.view(event.node_id)
-            self.reported[event.node_id] = {
-                name: _reported(body)
-                for kind, name, _, body in (view.entries() if view is not None else ())
-                if kind == "function"
-            }
-            self.counters["snapshots"] += 1
-            self._mark(event.node_id)
-        elif isinstance(event, DigestMismatch):
-            self.counters["digest_mismatches"] += 1
-            log.warning("node state digest mismatch; resync requested", node=event.node_id)
-        elif isinstance(event, CloseConnection):
-            conn.closing = True
+    # --- node state and command results ---------------------------------------------------------
 
     def _mark(self, node_id: str) -> None:
         self._dirty.add(node_id)
@@ -458,7 +263,7 @@ class CentralScheduler:
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    def _completed(self, event: CommandCompleted) -> None:
+    def command_completed(self, event: CommandCompleted) -> None:
         cmd = self.store.state.pending.get(event.cmd_id)
         self._record_done(event.cmd_id, event.status)
         self.counters[f"results.{event.status}"] += 1
@@ -608,14 +413,3 @@ class CentralScheduler:
         """Wait until some node's state or a command result changed (or the deadline)."""
         with trio.move_on_at(deadline):
             await self._changed.wait()
-
-
-def _reported(body: Any) -> Reported:
-    body = body if isinstance(body, dict) else {}
-    version = body.get("version")
-    return Reported(
-        version=version if isinstance(version, int) else 0,
-        source=str(body.get("source", "config")),
-        max_instances=body.get("max_instances"),
-        min_instances=body.get("min_instances"),
-    )

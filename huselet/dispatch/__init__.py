@@ -2,7 +2,9 @@
 
 - :mod:`~huselet.dispatch.dispatcher`: :class:`Dispatcher`, every function's pool,
   what the ingress calls;
-- :mod:`~huselet.dispatch.pool`: one function's buffer, scaling and instance lifecycle;
+- :mod:`~huselet.dispatch.pool`: one function's buffer, admission and scaling;
+- :mod:`~huselet.dispatch.lifecycle`: starting and tearing down one pool instance;
+- :mod:`~huselet.dispatch.serving`: requests on a ready instance, results, retries;
 - :mod:`~huselet.dispatch.instance`: one instance as the pool sees it;
 - :mod:`~huselet.dispatch.invocation`: one request travelling to an instance and back;
 - :mod:`~huselet.dispatch.buffer`: the bounded per-function queue instances pull from;

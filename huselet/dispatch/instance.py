@@ -3,7 +3,8 @@
 :class:`InstanceRecord` is the pool's bookkeeping for one sandbox — what it is
 doing, what it has in flight, when it was last heard from — and
 :class:`CodeProvider` is where an instance's code comes from. The lifecycle
-that moves a record between states lives in :mod:`huselet.dispatch.pool`.
+that moves a record between states lives in :mod:`huselet.dispatch.lifecycle`
+and :mod:`huselet.dispatch.serving`.
 """
 
 from __future__ import annotations

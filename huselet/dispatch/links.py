@@ -4,7 +4,7 @@ Instances connect as clients and must introduce themselves with the one-time
 token they were started with. A wrong token, a malformed or late HELLO, or an
 unknown instance is refused, logged and counted; it never reaches the pool.
 After the handshake the connection is handed to the instance's lifecycle in
-:mod:`huselet.dispatch.pool`, which owns it from then on.
+:mod:`huselet.dispatch.lifecycle`, which owns it from then on.
 """
 
 from __future__ import annotations

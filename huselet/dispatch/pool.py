@@ -5,7 +5,7 @@ already starting, start more — while the request waits, within
 ``max_instances``. An idle instance is reaped after ``idle_timeout_ms``
 (keeping ``min_instances``).
 
-Lifecycle of one instance (:meth:`FunctionPool._lifecycle`)::
+Lifecycle of one instance (:func:`huselet.dispatch.lifecycle.run_instance`)::
 
     STARTING ─ runtime.start() ─ link HELLO+token ─ READY ─▶ IDLE ⇄ BUSY
         │ (exit, FATAL, start timeout)                        │ (idle timeout,
@@ -18,7 +18,9 @@ one task per pool). Every in-flight invocation of an
 instance that ends is completed with a clear :class:`InstanceLost` error —
 never left waiting — unless it can safely run elsewhere: its request never
 fully reached the instance, or the function is ``idempotent`` (once).
-The per-instance record lives in :mod:`huselet.dispatch.instance`.
+The per-instance record lives in :mod:`huselet.dispatch.instance`; starting and
+tearing an instance down in :mod:`huselet.dispatch.lifecycle`, and serving
+requests on it (result mapping, retry policy) in :mod:`huselet.dispatch.serving`.
 """
 
 from __future__ import annotations
@@ -41,60 +43,21 @@ from huselet.dispatch.instance import (
     InstanceRecord,
     InstanceState,
 )
-from huselet.dispatch.invocation import Invocation, InvokeResult
+from huselet.dispatch.invocation import Invocation
+from huselet.dispatch.lifecycle import run_instance
 from huselet.dispatch.links import token_matches
 from huselet.dispatch.observer import InstanceObserver
-from huselet.dispatch.reasons import NO_RETRY_STOPS, PLANNED_STOPS, StopReason
-from huselet.errors import (
-    BadRequest,
-    DeadlineExceeded,
-    Draining,
-    HandlerError,
-    HandlerStatusError,
-    HuseletError,
-    InstanceLost,
-    InstanceStartFailed,
-    Unavailable,
-)
-from huselet.health.breaker import BreakerState, CircuitBreaker
+from huselet.dispatch.reasons import StopReason
+from huselet.errors import Draining, HuseletError, Unavailable
+from huselet.health.breaker import CircuitBreaker
 from huselet.log import get_logger
-from huselet.runtime.base import InstanceSpec, Runtime, StartFailed
-from protocol.errors import ProtocolError
-from protocol.link import (
-    ERROR_DEADLINE,
-    ERROR_INVALID_EVENT,
-    FATAL,
-    KIND_JSON,
-    KIND_TEXT,
-    PULL,
-    READY,
-    RESULT,
-    SHUTDOWN_FRAME,
-    Fatal,
-    Pull,
-    Request,
-    Result,
-    message_type,
-)
+from huselet.runtime.base import Runtime
 
 log = get_logger("pool")
-
-CONTENT_TYPES = {
-    KIND_JSON: "application/json",
-    KIND_TEXT: "text/plain; charset=utf-8",
-}
-STOP_GRACE_S = 2.0
-REAP_LIMIT_S = 5.0  # after a kill, how long a runtime may take to report the exit
-EXIT_DESCRIBE_WAIT_S = 1.0
-
 
 # Observer of a pool's state: ``(kind, name, body)``; ``body`` None means removed.
 # Called synchronously on every change, so it must be cheap and must not block.
 ChangeObserver = Callable[[str, str, "dict[str, Any] | None"], None]
-
-
-class _StartError(Exception):
-    """An instance could not become ready; the message is caller-safe."""
 
 
 class FunctionPool:
@@ -195,7 +158,7 @@ class FunctionPool:
         self.live_instances.enter()
         self._instance_changed(record)
         self.counters["instances_started"] += 1
-        self._nursery.start_soon(self._lifecycle, record, name=f"instance {record.id}")
+        self._nursery.start_soon(run_instance, self, record, name=f"instance {record.id}")
 
     def _starting_changed(self, starting: bool) -> None:
         self.starting += 1 if starting else -1
@@ -215,117 +178,10 @@ class FunctionPool:
         record.token_spent = True
         return record.offer_link
 
-    # --- lifecycle --------------------------------------------------------------
+    # --- health -----------------------------------------------------------------
 
-    async def _lifecycle(self, record: InstanceRecord) -> None:
-        fields = {"function": self.name, "instance": record.id}
-        try:
-            with record.scope:
-                try:
-                    await self._start(record)
-                except _StartError as exc:
-                    self._start_failed(record, str(exc))
-                    return
-                record.ready_at = trio.current_time()
-                self.breaker.record_success(record.ready_at)
-                if self.observer is not None:
-                    self.observer.instance_ready(self, record)
-                log.info(
-                    "instance ready",
-                    pid=record.handle.pid if record.handle else None,
-                    start_ms=round((record.ready_at - record.created_at) * 1000, 2),
-                    **fields,
-                )
-                await self._serve(record)
-        except Exception:
-            # A bug here must cost one instance, not the node: log it, tear down,
-            # and answer its in-flight requests with a clear error.
-            log.exception("instance lifecycle failed", **fields)
-            record.stop_reason = record.stop_reason or StopReason.INTERNAL_ERROR
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._teardown(record)
-
-    async def _start(self, record: InstanceRecord) -> None:
-        deadline = trio.current_time() + self.settings.start_timeout_ms / 1000
-        with trio.move_on_at(deadline):
-            try:
-                # A cold function's image may be fetched here, while its request waits.
-                record.code = await self.code.acquire(self.settings)
-            except HuseletError as exc:
-                raise _StartError(f"its code is not available: {exc.message}") from None
-        if record.code is None:
-            raise _StartError(
-                f"its code was not available within {self.settings.start_timeout_ms} ms"
-            )
-        record.marks["code"] = trio.current_time()
-        spec = InstanceSpec(
-            instance_id=record.id,
-            function=self.settings,
-            link_socket=self.link_socket,
-            token=record.token,
-            image=record.code.image,
-        )
-        try:
-            record.handle = await self.runtime.start(spec)
-        except StartFailed as exc:
-            raise _StartError(str(exc)) from None
-        record.marks["sandbox"] = trio.current_time()
-        handle = record.handle
-        async with trio.open_nursery() as race:
-
-            async def exited_early() -> None:
-                status = await handle.wait()
-                record.exit_status = status
-                race.cancel_scope.cancel()
-
-            race.start_soon(exited_early)
-            with trio.move_on_at(deadline):
-                await record.link_arrived.wait()
-                race.cancel_scope.cancel()
-        if record.link is None:
-            if record.exit_status is not None:
-                raise _StartError(f"the worker {record.exit_status.describe()} before connecting")
-            raise _StartError(
-                f"the worker did not connect within {self.settings.start_timeout_ms} ms"
-            )
-        record.marks["connect"] = trio.current_time()
-        try:
-            with trio.move_on_at(deadline):
-                first = await record.link.receive()
-                if first is None:
-                    raise _StartError("the worker closed its link before it was ready")
-                kind = message_type(first)
-                if kind == FATAL:
-                    err = Fatal.decode(first).error
-                    raise _StartError(f"{err.type}: {err.message}")
-                if kind != READY:
-                    raise _StartError(f"the worker sent {kind!r} before ready")
-                return
-            raise _StartError(
-                f"the handler did not load within {self.settings.start_timeout_ms} ms"
-            )
-        except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
-            raise _StartError(f"the worker broke the link protocol: {exc}") from None
-
-    def _start_failed(self, record: InstanceRecord, reason: str) -> None:
-        self.counters["start_failures"] += 1
-        self.last_start_error = reason
-        record.stop_reason = StopReason.START_FAILED
-        log.error("instance start failed", function=self.name, instance=record.id, reason=reason)
-        if self.observer is not None:
-            self.observer.start_failed(self, record, reason)
-        others_alive = any(r is not record for r in self.instances.values())
-        if not others_alive:
-            # Nothing can serve what is queued: answer it now rather than at its deadline.
-            failed = self.buffer.fail_all(
-                InstanceStartFailed(f"function {self.name!r} could not start an instance: {reason}")
-            )
-            self.counters["failed_start"] += failed
-        # After the queue heard the specific reason: an opening breaker fails the rest.
-        self._breaker_failure(record, f"instance start failed: {reason}")
-
-    def _breaker_failure(self, record: InstanceRecord, reason: str) -> None:
+    def breaker_failure(self, record: InstanceRecord, reason: str) -> None:
+        """Count an instance's failure against the breaker (by the lifecycle code)."""
         if record.breaker_round < self.breaker.opened:
             # Started before the breaker last opened (the old, broken code): its
             # failure is old news and must not fail the half-open trial.
@@ -347,288 +203,6 @@ class FunctionPool:
                     retry_after_s=self.breaker.retry_after_s(trio.current_time()),
                 )
             )
-
-    async def _serve(self, record: InstanceRecord) -> None:
-        link = record.link
-        assert link is not None
-        credit_arrived = trio.Event()
-
-        async def read_frames() -> None:
-            nonlocal credit_arrived
-            while True:
-                msg = await link.receive()
-                if msg is None:
-                    record.stop(StopReason.LINK_CLOSED)
-                    return
-                record.last_heard = trio.current_time()
-                kind = message_type(msg)
-                if kind == RESULT:
-                    self._complete(record, Result.decode(msg))
-                elif kind == PULL:
-                    n = Pull.decode(msg).n
-                    if self.single_use and record.dispatched:
-                        continue  # a single-use instance takes exactly one request
-                    record.credits += n
-                    self.spare_credits += n
-                    credit_arrived.set()
-                # Other types are ignored: a newer worker may send more.
-
-        async def watch_exit() -> None:
-            # The pidfd makes an exit visible at once, even if a leftover child
-            # keeps the socket open and no EOF ever comes.
-            assert record.handle is not None
-            record.exit_status = await record.handle.wait()
-            record.stop(StopReason.EXITED)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._guard_protocol, record, read_frames)
-            nursery.start_soon(watch_exit)
-            self.heartbeats.watch(record)  # one task per pool judges them all
-            idle_timeout = self.settings.idle_timeout_ms / 1000
-            while True:
-                if record.credits == 0:
-                    await credit_arrived.wait()
-                    credit_arrived = trio.Event()
-                    continue
-                if not record.inflight:
-                    record.state = InstanceState.IDLE
-                inv = self.buffer.get_nowait()
-                if inv is None:
-                    with trio.move_on_after(idle_timeout) as idle:
-                        inv = await self.buffer.get()
-                    if idle.cancelled_caught:
-                        if (
-                            not record.inflight
-                            and len(self.instances) > self.settings.min_instances
-                        ):
-                            record.stop_reason = StopReason.IDLE
-                            record.state = InstanceState.STOPPING
-                            # Its capacity is gone now, not after the graceful stop.
-                            self.spare_credits -= record.credits
-                            record.credits = 0
-                            self.ensure_capacity()
-                            nursery.cancel_scope.cancel()
-                            return
-                        continue
-                if inv is None:
-                    continue
-                record.credits -= 1
-                self.spare_credits -= 1
-                record.state = InstanceState.BUSY
-                inv.instance = record
-                record.inflight[inv.request_id] = inv
-                timeout_ms = max(1, int((inv.deadline - trio.current_time()) * 1000))
-                # Until the whole frame is written the instance cannot have run it:
-                # if the instance ends meanwhile, the request goes back to the queue.
-                record.sending = inv
-                try:
-                    await link.send(
-                        Request(
-                            inv.request_id, inv.event, inv.kind, timeout_ms, inv.http, inv.trace
-                        ).encode()
-                    )
-                    record.sending = None
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    # Handled here: inside the nursery it would surface as an ExceptionGroup.
-                    if isinstance(exc.__cause__, (BrokenPipeError, ConnectionResetError)):
-                        record.stop(StopReason.LINK_CLOSED)  # it died: say how
-                    else:
-                        self.counters["link_errors"] += 1
-                        record.stop(StopReason.LINK_BROKE, exc)
-                    return
-                record.dispatched += 1
-                if self.single_use:
-                    # Its one request is on its way: no more capacity here, and
-                    # _complete stops the instance once the result is in.
-                    self.spare_credits -= record.credits
-                    record.credits = 0
-                    await trio.sleep_forever()
-
-    async def _guard_protocol(self, record: InstanceRecord, read_frames: Any) -> None:
-        try:
-            await read_frames()
-        except trio.BrokenResourceError as exc:
-            if isinstance(exc.__cause__, ConnectionResetError):
-                # A worker that dies with our frames unread makes Linux reset the
-                # link: that is a death (its exit status says how), not a protocol error.
-                record.stop(StopReason.LINK_CLOSED)
-                return
-            self._link_broken(record, exc)
-        except (ProtocolError, OSError) as exc:
-            self._link_broken(record, exc)
-
-    def _link_broken(self, record: InstanceRecord, exc: Exception) -> None:
-        self.counters["link_errors"] += 1
-        log.warning("instance link broken", function=self.name, instance=record.id, error=str(exc))
-        record.stop(StopReason.PROTOCOL_BROKEN, exc)
-
-    def _complete(self, record: InstanceRecord, result: Result) -> None:
-        inv = record.inflight.pop(result.id, None)
-        record.last_active = trio.current_time()
-        if inv is None:
-            return  # a late result for a request already answered (deadline, drain)
-        record.served += 1
-        if record.served == 1 and self.observer is not None:
-            self.observer.first_reply(self, record, inv)
-        if self.single_use:
-            record.stop(StopReason.SERVED)  # takes effect at the next checkpoint, after this result
-        if result.ok:
-            content_type = CONTENT_TYPES.get(result.kind, "application/octet-stream")
-            outcome = InvokeResult(result.body, content_type)
-            if result.http is not None:  # an HTTP function chose status and headers
-                outcome = InvokeResult(
-                    result.body, content_type, result.http.status, result.http.headers
-                )
-            if inv.complete(outcome):
-                self.counters["ok"] += 1
-            if self.breaker.state is not BreakerState.CLOSED:
-                self.breaker.record_success(trio.current_time())  # the half-open trial worked
-            return
-        assert result.error is not None
-        error: HuseletError
-        if result.error.type == ERROR_INVALID_EVENT:
-            error = BadRequest(result.error.message)
-        elif result.error.type == ERROR_DEADLINE:  # the worker cancelled an async handler
-            error = DeadlineExceeded(result.error.message)
-        elif result.error.status is not None:  # the handler raised HTTPError
-            error = HandlerStatusError(result.error.status, result.error.type, result.error.message)
-        else:
-            error = HandlerError(result.error.type, result.error.message)
-        if inv.complete(error):
-            if isinstance(error, DeadlineExceeded):
-                self.counters["deadline_cancelled"] += 1
-            else:
-                self.counters[
-                    "handler_errors" if isinstance(error, HandlerError) else "bad_events"
-                ] += 1
-
-    async def _stop_handle(self, record: InstanceRecord, graceful: bool) -> None:
-        """Stop the sandbox (gracefully when asked) and record how it exited."""
-        handle, link = record.handle, record.link
-        if handle is None or record.exit_status is not None:
-            return
-        if graceful and link is not None:
-            with trio.move_on_after(0.5):
-                try:
-                    await link.send(SHUTDOWN_FRAME)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
-            record.exit_status = await handle.stop(STOP_GRACE_S)
-            return
-        if record.stop_reason == StopReason.LINK_CLOSED:
-            # A crashed worker: its exit follows the EOF within moments; waiting
-            # a little gives the caller "killed by SIGKILL", not a guess.
-            with trio.move_on_after(EXIT_DESCRIBE_WAIT_S):
-                record.exit_status = await handle.wait()
-        if record.exit_status is None:
-            handle.kill()
-            record.exit_status = await handle.wait()
-
-    async def _teardown(self, record: InstanceRecord) -> None:
-        record.state = InstanceState.STOPPING
-        self.spare_credits -= record.credits
-        record.credits = 0
-        handle, link = record.handle, record.link
-        graceful = record.stop_reason in PLANNED_STOPS
-        # Shielded cleanup still gets a deadline: a runtime that cannot report an
-        # exit must not wedge this task (and with it a drain) forever.
-        with trio.move_on_after(STOP_GRACE_S + REAP_LIMIT_S) as reaping:
-            await self._stop_handle(record, graceful)
-        if reaping.cancelled_caught:
-            self.counters["unreaped_instances"] += 1
-            log.error(
-                "instance did not report its exit in time",
-                function=self.name,
-                instance=record.id,
-                pid=handle.pid if handle else None,
-            )
-        if link is not None:
-            await link.aclose()
-        if record.code is not None:
-            record.code.release()
-            record.code = None
-        if record.inflight:
-            what = f"instance {record.id}"
-            if record.exit_status is not None and record.stop_reason in (
-                None,
-                StopReason.LINK_CLOSED,
-                StopReason.EXITED,
-            ):
-                what += f" {record.exit_status.describe()}"
-            elif record.stop_reason:
-                what += f" stopped: {record.stop_text}"
-            for inv in record.inflight.values():
-                if self._retry(inv, record, delivered=inv is not record.sending):
-                    continue
-                if inv.complete(InstanceLost(f"{what} while serving the request")):
-                    self.counters["instance_lost"] += 1
-            record.inflight.clear()
-        if self.instances.pop(record.id, None) is not None:
-            self.live_instances.leave()
-            if self.on_change is not None:
-                self.on_change("instance", record.id, None)
-        if self.observer is not None:
-            self.observer.instance_ended(self, record)
-        if record.stop_reason not in PLANNED_STOPS:
-            self.counters["instances_lost"] += 1
-            if record.stop_reason != StopReason.DEADLINE:
-                exit_text = record.exit_status.describe() if record.exit_status else "ended"
-                self._breaker_failure(record, f"an instance {exit_text}")
-            log.warning(
-                "instance ended",
-                function=self.name,
-                instance=record.id,
-                reason=record.stop_text or "unknown",
-                exit=record.exit_status.describe() if record.exit_status else None,
-            )
-        else:
-            log.info(
-                "instance stopped",
-                function=self.name,
-                instance=record.id,
-                reason=record.stop_text,
-            )
-        # Replace it if requests are still waiting (unless it could not even start).
-        if record.stop_reason != StopReason.START_FAILED:
-            self.ensure_capacity()
-
-    def _retry(self, inv: Invocation, record: InstanceRecord, *, delivered: bool = True) -> bool:
-        """Requeue ``inv`` for a fresh instance if that is safe; True if requeued.
-
-        A request the instance never fully received is always safe to requeue.
-        One it did receive is retried only for an idempotent function, once,
-        and only while it can still finish in time and the pool still serves; a
-        function not declared idempotent is never retried (its handler may have
-        had effects before the instance died).
-        """
-        can_wait = self.accepting and not self.closed and trio.current_time() < inv.deadline
-        if not delivered and not inv.done and can_wait:
-            self.buffer.requeue(inv)
-            self.counters["requeued_undelivered"] += 1
-            return True
-        if (
-            not self.settings.idempotent
-            or inv.done
-            or inv.attempts > 1
-            or not self.accepting
-            or self.closed
-            or record.stop_reason in NO_RETRY_STOPS
-            or trio.current_time() >= inv.deadline
-        ):
-            return False
-        inv.attempts += 1
-        self.buffer.requeue(inv)
-        self.counters["retried"] += 1
-        log.warning(
-            "retrying an idempotent request on a fresh instance",
-            function=self.name,
-            request_id=inv.request_id,
-            instance=record.id,
-            reason=record.stop_text,
-        )
-        return True
-
-    # --- node-level operations -------------------------------------------------
 
     def reap_idle(self) -> int:
         """Gracefully stop idle instances (keeping ``min_instances``); return how many."""

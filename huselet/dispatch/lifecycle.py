@@ -1,0 +1,236 @@
+"""Start and teardown of one pool instance: everything from "record created" to "gone".
+
+:func:`run_instance` is the task a :class:`~huselet.dispatch.pool.FunctionPool`
+starts per instance: it fetches the code, starts the sandbox, waits for the
+worker's link and READY, hands the instance to :func:`~huselet.dispatch.serving.serve`,
+and always tears it down — stopping the sandbox, releasing the code and
+answering (or retrying) whatever was in flight. These are functions over the
+pool rather than pool methods so the pool module keeps to admission, scaling
+and its public API; they read and update the pool's state directly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from huselet.dispatch.instance import InstanceRecord, InstanceState
+from huselet.dispatch.reasons import PLANNED_STOPS, StopReason
+from huselet.dispatch.serving import retry, serve
+from huselet.errors import HuseletError, InstanceLost, InstanceStartFailed
+from huselet.log import get_logger
+from huselet.runtime.base import InstanceSpec, StartFailed
+from protocol.errors import ProtocolError
+from protocol.link import FATAL, READY, SHUTDOWN_FRAME, Fatal, message_type
+
+if TYPE_CHECKING:
+    from huselet.dispatch.pool import FunctionPool
+
+# The pool's logger: these lines were always the pool's, and dashboards filter on it.
+log = get_logger("pool")
+
+STOP_GRACE_S = 2.0
+REAP_LIMIT_S = 5.0  # after a kill, how long a runtime may take to report the exit
+EXIT_DESCRIBE_WAIT_S = 1.0
+
+
+class _StartError(Exception):
+    """An instance could not become ready; the message is caller-safe."""
+
+
+async def run_instance(pool: FunctionPool, record: InstanceRecord) -> None:
+    fields = {"function": pool.name, "instance": record.id}
+    try:
+        with record.scope:
+            try:
+                await _start(pool, record)
+            except _StartError as exc:
+                _start_failed(pool, record, str(exc))
+                return
+            record.ready_at = trio.current_time()
+            pool.breaker.record_success(record.ready_at)
+            if pool.observer is not None:
+                pool.observer.instance_ready(pool, record)
+            log.info(
+                "instance ready",
+                pid=record.handle.pid if record.handle else None,
+                start_ms=round((record.ready_at - record.created_at) * 1000, 2),
+                **fields,
+            )
+            await serve(pool, record)
+    except Exception:
+        # A bug here must cost one instance, not the node: log it, tear down,
+        # and answer its in-flight requests with a clear error.
+        log.exception("instance lifecycle failed", **fields)
+        record.stop_reason = record.stop_reason or StopReason.INTERNAL_ERROR
+    finally:
+        with trio.CancelScope(shield=True):
+            await _teardown(pool, record)
+
+
+async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
+    deadline = trio.current_time() + pool.settings.start_timeout_ms / 1000
+    with trio.move_on_at(deadline):
+        try:
+            # A cold function's image may be fetched here, while its request waits.
+            record.code = await pool.code.acquire(pool.settings)
+        except HuseletError as exc:
+            raise _StartError(f"its code is not available: {exc.message}") from None
+    if record.code is None:
+        raise _StartError(f"its code was not available within {pool.settings.start_timeout_ms} ms")
+    record.marks["code"] = trio.current_time()
+    spec = InstanceSpec(
+        instance_id=record.id,
+        function=pool.settings,
+        link_socket=pool.link_socket,
+        token=record.token,
+        image=record.code.image,
+    )
+    try:
+        record.handle = await pool.runtime.start(spec)
+    except StartFailed as exc:
+        raise _StartError(str(exc)) from None
+    record.marks["sandbox"] = trio.current_time()
+    handle = record.handle
+    async with trio.open_nursery() as race:
+
+        async def exited_early() -> None:
+            status = await handle.wait()
+            record.exit_status = status
+            race.cancel_scope.cancel()
+
+        race.start_soon(exited_early)
+        with trio.move_on_at(deadline):
+            await record.link_arrived.wait()
+            race.cancel_scope.cancel()
+    if record.link is None:
+        if record.exit_status is not None:
+            raise _StartError(f"the worker {record.exit_status.describe()} before connecting")
+        raise _StartError(f"the worker did not connect within {pool.settings.start_timeout_ms} ms")
+    record.marks["connect"] = trio.current_time()
+    try:
+        with trio.move_on_at(deadline):
+            first = await record.link.receive()
+            if first is None:
+                raise _StartError("the worker closed its link before it was ready")
+            kind = message_type(first)
+            if kind == FATAL:
+                err = Fatal.decode(first).error
+                raise _StartError(f"{err.type}: {err.message}")
+            if kind != READY:
+                raise _StartError(f"the worker sent {kind!r} before ready")
+            return
+        raise _StartError(f"the handler did not load within {pool.settings.start_timeout_ms} ms")
+    except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
+        raise _StartError(f"the worker broke the link protocol: {exc}") from None
+
+
+def _start_failed(pool: FunctionPool, record: InstanceRecord, reason: str) -> None:
+    pool.counters["start_failures"] += 1
+    pool.last_start_error = reason
+    record.stop_reason = StopReason.START_FAILED
+    log.error("instance start failed", function=pool.name, instance=record.id, reason=reason)
+    if pool.observer is not None:
+        pool.observer.start_failed(pool, record, reason)
+    others_alive = any(r is not record for r in pool.instances.values())
+    if not others_alive:
+        # Nothing can serve what is queued: answer it now rather than at its deadline.
+        failed = pool.buffer.fail_all(
+            InstanceStartFailed(f"function {pool.name!r} could not start an instance: {reason}")
+        )
+        pool.counters["failed_start"] += failed
+    # After the queue heard the specific reason: an opening breaker fails the rest.
+    pool.breaker_failure(record, f"instance start failed: {reason}")
+
+
+async def _stop_handle(pool: FunctionPool, record: InstanceRecord, graceful: bool) -> None:
+    """Stop the sandbox (gracefully when asked) and record how it exited."""
+    handle, link = record.handle, record.link
+    if handle is None or record.exit_status is not None:
+        return
+    if graceful and link is not None:
+        with trio.move_on_after(0.5):
+            try:
+                await link.send(SHUTDOWN_FRAME)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        record.exit_status = await handle.stop(STOP_GRACE_S)
+        return
+    if record.stop_reason == StopReason.LINK_CLOSED:
+        # A crashed worker: its exit follows the EOF within moments; waiting
+        # a little gives the caller "killed by SIGKILL", not a guess.
+        with trio.move_on_after(EXIT_DESCRIBE_WAIT_S):
+            record.exit_status = await handle.wait()
+    if record.exit_status is None:
+        handle.kill()
+        record.exit_status = await handle.wait()
+
+
+async def _teardown(pool: FunctionPool, record: InstanceRecord) -> None:
+    record.state = InstanceState.STOPPING
+    pool.spare_credits -= record.credits
+    record.credits = 0
+    handle, link = record.handle, record.link
+    graceful = record.stop_reason in PLANNED_STOPS
+    # Shielded cleanup still gets a deadline: a runtime that cannot report an
+    # exit must not wedge this task (and with it a drain) forever.
+    with trio.move_on_after(STOP_GRACE_S + REAP_LIMIT_S) as reaping:
+        await _stop_handle(pool, record, graceful)
+    if reaping.cancelled_caught:
+        pool.counters["unreaped_instances"] += 1
+        log.error(
+            "instance did not report its exit in time",
+            function=pool.name,
+            instance=record.id,
+            pid=handle.pid if handle else None,
+        )
+    if link is not None:
+        await link.aclose()
+    if record.code is not None:
+        record.code.release()
+        record.code = None
+    if record.inflight:
+        what = f"instance {record.id}"
+        if record.exit_status is not None and record.stop_reason in (
+            None,
+            StopReason.LINK_CLOSED,
+            StopReason.EXITED,
+        ):
+            what += f" {record.exit_status.describe()}"
+        elif record.stop_reason:
+            what += f" stopped: {record.stop_text}"
+        for inv in record.inflight.values():
+            if retry(pool, inv, record, delivered=inv is not record.sending):
+                continue
+            if inv.complete(InstanceLost(f"{what} while serving the request")):
+                pool.counters["instance_lost"] += 1
+        record.inflight.clear()
+    if pool.instances.pop(record.id, None) is not None:
+        pool.live_instances.leave()
+        if pool.on_change is not None:
+            pool.on_change("instance", record.id, None)
+    if pool.observer is not None:
+        pool.observer.instance_ended(pool, record)
+    if record.stop_reason not in PLANNED_STOPS:
+        pool.counters["instances_lost"] += 1
+        if record.stop_reason != StopReason.DEADLINE:
+            exit_text = record.exit_status.describe() if record.exit_status else "ended"
+            pool.breaker_failure(record, f"an instance {exit_text}")
+        log.warning(
+            "instance ended",
+            function=pool.name,
+            instance=record.id,
+            reason=record.stop_text or "unknown",
+            exit=record.exit_status.describe() if record.exit_status else None,
+        )
+    else:
+        log.info(
+            "instance stopped",
+            function=pool.name,
+            instance=record.id,
+            reason=record.stop_text,
+        )
+    # Replace it if requests are still waiting (unless it could not even start).
+    if record.stop_reason != StopReason.START_FAILED:
+        pool.ensure_capacity()

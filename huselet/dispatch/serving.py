@@ -1,0 +1,251 @@
+"""Serving requests on a ready pool instance, and what happens to them afterwards.
+
+:func:`serve` runs while an instance is up: it reads the worker's frames
+(RESULT, PULL credits), sends it queued requests as credit allows, and ends
+the instance on idle timeout, exit or a broken link. :func:`_complete` maps a
+worker's RESULT to the caller's reply (or error), and :func:`retry` is the
+policy for requests in flight on an instance that ended. Like
+:mod:`huselet.dispatch.lifecycle`, these are functions over the
+:class:`~huselet.dispatch.pool.FunctionPool` state, split out to keep the pool
+module to admission and scaling.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from huselet.dispatch.instance import InstanceRecord, InstanceState
+from huselet.dispatch.invocation import Invocation, InvokeResult
+from huselet.dispatch.reasons import NO_RETRY_STOPS, StopReason
+from huselet.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    HandlerError,
+    HandlerStatusError,
+    HuseletError,
+)
+from huselet.health.breaker import BreakerState
+from huselet.log import get_logger
+from protocol.errors import ProtocolError
+from protocol.link import (
+    ERROR_DEADLINE,
+    ERROR_INVALID_EVENT,
+    KIND_JSON,
+    KIND_TEXT,
+    PULL,
+    RESULT,
+    Pull,
+    Request,
+    Result,
+    message_type,
+)
+
+if TYPE_CHECKING:
+    from huselet.dispatch.pool import FunctionPool
+
+# The pool's logger: these lines were always the pool's, and dashboards filter on it.
+log = get_logger("pool")
+
+CONTENT_TYPES = {
+    KIND_JSON: "application/json",
+    KIND_TEXT: "text/plain; charset=utf-8",
+}
+
+
+async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
+    link = record.link
+    assert link is not None
+    credit_arrived = trio.Event()
+
+    async def read_frames() -> None:
+        nonlocal credit_arrived
+        while True:
+            msg = await link.receive()
+            if msg is None:
+                record.stop(StopReason.LINK_CLOSED)
+                return
+            record.last_heard = trio.current_time()
+            kind = message_type(msg)
+            if kind == RESULT:
+                _complete(pool, record, Result.decode(msg))
+            elif kind == PULL:
+                n = Pull.decode(msg).n
+                if pool.single_use and record.dispatched:
+                    continue  # a single-use instance takes exactly one request
+                record.credits += n
+                pool.spare_credits += n
+                credit_arrived.set()
+            # Other types are ignored: a newer worker may send more.
+
+    async def watch_exit() -> None:
+        # The pidfd makes an exit visible at once, even if a leftover child
+        # keeps the socket open and no EOF ever comes.
+        assert record.handle is not None
+        record.exit_status = await record.handle.wait()
+        record.stop(StopReason.EXITED)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_guard_protocol, pool, record, read_frames)
+        nursery.start_soon(watch_exit)
+        pool.heartbeats.watch(record)  # one task per pool judges them all
+        idle_timeout = pool.settings.idle_timeout_ms / 1000
+        while True:
+            if record.credits == 0:
+                await credit_arrived.wait()
+                credit_arrived = trio.Event()
+                continue
+            if not record.inflight:
+                record.state = InstanceState.IDLE
+            inv = pool.buffer.get_nowait()
+            if inv is None:
+                with trio.move_on_after(idle_timeout) as idle:
+                    inv = await pool.buffer.get()
+                if idle.cancelled_caught:
+                    if not record.inflight and len(pool.instances) > pool.settings.min_instances:
+                        record.stop_reason = StopReason.IDLE
+                        record.state = InstanceState.STOPPING
+                        # Its capacity is gone now, not after the graceful stop.
+                        pool.spare_credits -= record.credits
+                        record.credits = 0
+                        pool.ensure_capacity()
+                        nursery.cancel_scope.cancel()
+                        return
+                    continue
+            if inv is None:
+                continue
+            record.credits -= 1
+            pool.spare_credits -= 1
+            record.state = InstanceState.BUSY
+            inv.instance = record
+            record.inflight[inv.request_id] = inv
+            timeout_ms = max(1, int((inv.deadline - trio.current_time()) * 1000))
+            # Until the whole frame is written the instance cannot have run it:
+            # if the instance ends meanwhile, the request goes back to the queue.
+            record.sending = inv
+            try:
+                await link.send(
+                    Request(
+                        inv.request_id, inv.event, inv.kind, timeout_ms, inv.http, inv.trace
+                    ).encode()
+                )
+                record.sending = None
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                # Handled here: inside the nursery it would surface as an ExceptionGroup.
+                if isinstance(exc.__cause__, (BrokenPipeError, ConnectionResetError)):
+                    record.stop(StopReason.LINK_CLOSED)  # it died: say how
+                else:
+                    pool.counters["link_errors"] += 1
+                    record.stop(StopReason.LINK_BROKE, exc)
+                return
+            record.dispatched += 1
+            if pool.single_use:
+                # Its one request is on its way: no more capacity here, and
+                # _complete stops the instance once the result is in.
+                pool.spare_credits -= record.credits
+                record.credits = 0
+                await trio.sleep_forever()
+
+
+async def _guard_protocol(pool: FunctionPool, record: InstanceRecord, read_frames: Any) -> None:
+    try:
+        await read_frames()
+    except trio.BrokenResourceError as exc:
+        if isinstance(exc.__cause__, ConnectionResetError):
+            # A worker that dies with our frames unread makes Linux reset the
+            # link: that is a death (its exit status says how), not a protocol error.
+            record.stop(StopReason.LINK_CLOSED)
+            return
+        _link_broken(pool, record, exc)
+    except (ProtocolError, OSError) as exc:
+        _link_broken(pool, record, exc)
+
+
+def _link_broken(pool: FunctionPool, record: InstanceRecord, exc: Exception) -> None:
+    pool.counters["link_errors"] += 1
+    log.warning("instance link broken", function=pool.name, instance=record.id, error=str(exc))
+    record.stop(StopReason.PROTOCOL_BROKEN, exc)
+
+
+def _complete(pool: FunctionPool, record: InstanceRecord, result: Result) -> None:
+    inv = record.inflight.pop(result.id, None)
+    record.last_active = trio.current_time()
+    if inv is None:
+        return  # a late result for a request already answered (deadline, drain)
+    record.served += 1
+    if record.served == 1 and pool.observer is not None:
+        pool.observer.first_reply(pool, record, inv)
+    if pool.single_use:
+        record.stop(StopReason.SERVED)  # takes effect at the next checkpoint, after this result
+    if result.ok:
+        content_type = CONTENT_TYPES.get(result.kind, "application/octet-stream")
+        outcome = InvokeResult(result.body, content_type)
+        if result.http is not None:  # an HTTP function chose status and headers
+            outcome = InvokeResult(
+                result.body, content_type, result.http.status, result.http.headers
+            )
+        if inv.complete(outcome):
+            pool.counters["ok"] += 1
+        if pool.breaker.state is not BreakerState.CLOSED:
+            pool.breaker.record_success(trio.current_time())  # the half-open trial worked
+        return
+    assert result.error is not None
+    error: HuseletError
+    if result.error.type == ERROR_INVALID_EVENT:
+        error = BadRequest(result.error.message)
+    elif result.error.type == ERROR_DEADLINE:  # the worker cancelled an async handler
+        error = DeadlineExceeded(result.error.message)
+    elif result.error.status is not None:  # the handler raised HTTPError
+        error = HandlerStatusError(result.error.status, result.error.type, result.error.message)
+    else:
+        error = HandlerError(result.error.type, result.error.message)
+    if inv.complete(error):
+        if isinstance(error, DeadlineExceeded):
+            pool.counters["deadline_cancelled"] += 1
+        else:
+            pool.counters[
+                "handler_errors" if isinstance(error, HandlerError) else "bad_events"
+            ] += 1
+
+
+def retry(
+    pool: FunctionPool, inv: Invocation, record: InstanceRecord, *, delivered: bool = True
+) -> bool:
+    """Requeue ``inv`` for a fresh instance if that is safe; True if requeued.
+
+    A request the instance never fully received is always safe to requeue.
+    One it did receive is retried only for an idempotent function, once,
+    and only while it can still finish in time and the pool still serves; a
+    function not declared idempotent is never retried (its handler may have
+    had effects before the instance died).
+    """
+    can_wait = pool.accepting and not pool.closed and trio.current_time() < inv.deadline
+    if not delivered and not inv.done and can_wait:
+        pool.buffer.requeue(inv)
+        pool.counters["requeued_undelivered"] += 1
+        return True
+    if (
+        not pool.settings.idempotent
+        or inv.done
+        or inv.attempts > 1
+        or not pool.accepting
+        or pool.closed
+        or record.stop_reason in NO_RETRY_STOPS
+        or trio.current_time() >= inv.deadline
+    ):
+        return False
+    inv.attempts += 1
+    pool.buffer.requeue(inv)
+    pool.counters["retried"] += 1
+    log.warning(
+        "retrying an idempotent request on a fresh instance",
+        function=pool.name,
+        request_id=inv.request_id,
+        instance=record.id,
+        reason=record.stop_text,
+    )
+    return True
+
+
+# --- node-level operations -------------------------------------------------
