@@ -4,7 +4,6 @@ and write node configs that point at it. Companion of :mod:`daemon_harness`."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -12,14 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from support import free_port
 
 START_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scheduler_table(node_id: str, ports: list[int], **extra: Any) -> str:

@@ -14,16 +14,15 @@ from typing import Any
 
 import pytest
 import trio
-from cache_support import (
+from cache_testkit import (
     APP_FILES,
     OriginServer,
     build_image,
-    closed_port,
+    publish,
     variant,
     write_tree,
-    write_zst,
 )
-from support import NodeStack
+from support import NodeStack, closed_port
 
 from cache.errors import (
     CacheFull,
@@ -176,7 +175,7 @@ def digest_fn(name: str, digest: str, origin: str) -> dict[str, Any]:
 
 async def test_digest_from_http_origin_is_fetched_once_for_many_starts(short_tmp: Path) -> None:
     info = build_image(short_tmp, "a")
-    write_zst(info.path, short_tmp / "served")
+    publish(info.path, short_tmp / "served")
     with OriginServer(short_tmp / "served") as server:
         config = make_config(short_tmp, [digest_fn("remote", info.digest, server.url)])
         async with running_cache(config) as cache:
@@ -296,7 +295,7 @@ async def test_scrub_quarantines_a_corrupt_image_reports_it_and_refetches(
     short_tmp: Path,
 ) -> None:
     info = build_image(short_tmp, "a")
-    write_zst(info.path, short_tmp / "served")
+    publish(info.path, short_tmp / "served")
     with OriginServer(short_tmp / "served") as server:
         config = make_config(short_tmp, [digest_fn("remote", info.digest, server.url)])
         async with running_cache(config) as cache:
@@ -343,7 +342,7 @@ async def stack_with_cache(root: Path, functions: list[dict[str, Any]]) -> Async
 
 async def test_workers_import_from_the_image_and_failures_become_502(short_tmp: Path) -> None:
     info = build_image(short_tmp, "a", variant("r"))
-    write_zst(info.path, short_tmp / "served")
+    publish(info.path, short_tmp / "served")
     with OriginServer(short_tmp / "served") as server:
         functions = [
             fn_dir(short_tmp),

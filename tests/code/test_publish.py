@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from cache_support import APP_FILES, build_image, variant, write_tree, write_zst
+from cache_testkit import APP_FILES, build_image, variant, write_tree
+from cache_testkit import publish as publish_image
 
 from huselet.code.codecache import CodeCache
 from huselet.code.publish import PublishWatcher, is_ignored
@@ -132,7 +133,7 @@ async def test_drops_present_at_start_and_zstd_copies_are_installed(short_tmp: P
     (publish / "waiting.hlimg").write_bytes(first.path.read_bytes())
     async with watching(short_tmp) as (cache, _publisher, announced):
         await until(lambda: announced)  # found by the initial scan, no event needed
-        write_zst(second.path, short_tmp / "zst")
+        publish_image(second.path, short_tmp / "zst")
         os.rename(
             short_tmp / "zst" / f"{second.digest}.hlimg.zst", publish / f"{second.digest}.hlimg.zst"
         )

@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cache_support import (
+from cache_testkit import (
     APP_FILES,
     OriginServer,
     build_image,
-    closed_port,
+    publish,
     variant,
     write_tree,
-    write_zst,
 )
 from daemon_harness import Daemon, wait_until, write_config
+from support import closed_port
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +56,7 @@ def env() -> Iterator[Env]:
     shutil.copy(images["img"].path, root / "app.hlimg")
     served = root / "served"
     for tag in ("remote", "hint"):
-        write_zst(images[tag].path, served)
+        publish(images[tag].path, served)
     (root / "nowhere").mkdir()
     with OriginServer(served) as server:
         functions = f"""

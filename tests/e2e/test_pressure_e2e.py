@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cache_support import build_image, variant
+from cache_testkit import build_image, variant
 from daemon_harness import Daemon, pid_alive, wait_until, write_config
 from support import write_package
 

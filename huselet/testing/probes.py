@@ -1,5 +1,8 @@
-"""Helpers for the sandboxing-runtime tests: can this host sandbox, unique cgroup
-parents, handlers that try to escape and report what happened, and leftover checks."""
+"""Probes for sandboxing runtimes: can this host sandbox, unique cgroup parents,
+a handler that tries to escape and reports what happened, and leftover checks.
+
+Used by the runtime conformance suite (:mod:`huselet.testing.conformance`) and
+by the per-runtime tests of what only one runtime does."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import trio
 
 from huselet.runtime.cgroups import CgroupHost
 from huselet.runtime.isolation import IsolationSettings, probe_host
+from huselet.testing.stack import running_stack, write_package
 
 UID_BASE = 231_000
 
@@ -168,8 +172,6 @@ async def invoke_json(stack: Any, name: str, event: object) -> Any:
 async def probe_escapes(root: Path, runtime: str) -> dict[str, Any]:
     """Run ESCAPE_HANDLER as function "f" beside a second function "g" and
     return what each escape attempt got (see the handler for the keys)."""
-    from support import running_stack, write_package
-
     pkg = write_package(root, "f", ESCAPE_HANDLER)
     other = write_package(root, "g", "def handler(e, c):\n    return 'secret'\n")
     functions = [function(runtime, "f", pkg), function(runtime, "g", other)]
