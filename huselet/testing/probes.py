@@ -7,18 +7,13 @@ by the per-runtime tests of what only one runtime does."""
 from __future__ import annotations
 
 import functools
-import json
 import os
-import socket
 from pathlib import Path
-from typing import Any
 
 import pytest
-import trio
 
 from huselet.runtime.cgroups import CgroupHost
 from huselet.runtime.isolation import IsolationSettings, probe_host
-from huselet.testing.stack import running_stack, write_package
 
 UID_BASE = 231_000
 
@@ -151,61 +146,3 @@ def handler(event, ctx):
         "environ_token": any(k == "HUSELET_TOKEN" for k in os.environ),
     }
 """
-
-
-def function(runtime: str, name: str, pkg: Path, **extra: object) -> dict[str, object]:
-    """A [[functions]] entry for ``runtime`` whose code is the directory ``pkg``."""
-    return {
-        "name": name,
-        "package": str(pkg),
-        "handler": "main:handler",
-        "runtime": runtime,
-        **extra,
-    }
-
-
-async def invoke_json(stack: Any, name: str, event: object) -> Any:
-    result = await stack.scheduler.invoke(name, json.dumps(event).encode(), "json")
-    return json.loads(result.body)
-
-
-async def probe_escapes(root: Path, runtime: str) -> dict[str, Any]:
-    """Run ESCAPE_HANDLER as function "f" beside a second function "g" and
-    return what each escape attempt got (see the handler for the keys)."""
-    pkg = write_package(root, "f", ESCAPE_HANDLER)
-    other = write_package(root, "g", "def handler(e, c):\n    return 'secret'\n")
-    functions = [function(runtime, "f", pkg), function(runtime, "g", other)]
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    try:
-        async with running_stack(root, functions, {runtime: sandbox_settings(root)}) as stack:
-            event = {
-                "other_code": str(other / "main.py"),
-                "other_link": str(stack.links.socket_path("g")),
-                "own_link": str(stack.links.socket_path("f")),
-                "port": listener.getsockname()[1],
-                "daemon_pid": os.getpid(),
-            }
-            with trio.fail_after(30):
-                got: dict[str, Any] = await invoke_json(stack, "f", event)
-    finally:
-        listener.close()
-    return got
-
-
-def assert_confined(got: dict[str, Any], *, visible_pids: list[int]) -> None:
-    """The isolation every sandboxing runtime must give, checked one way for all."""
-    assert UID_BASE <= got["uid"] < UID_BASE + 2 and got["cap_eff"] == "0000000000000000"
-    assert got["no_new_privs"] == "1" and got["seccomp"] == "2"
-    assert got["write_usr"] == "EROFS" and got["write_package"] == "EROFS"
-    assert got["write_tmp"] == "ok"
-    assert got["read_other_code"] == "ENOENT"
-    assert got["other_link"] == "ENOENT" and got["own_link"] == "ENOENT"
-    assert got["connect_host"] == "ECONNREFUSED"  # its own loopback: nothing listens there
-    assert got["interfaces"] == ["lo"]
-    for call in ("ptrace", "mount", "unshare", "setns", "bpf"):
-        assert got[call] == "EPERM", (call, got[call])
-    assert got["kill_daemon"] in ("ESRCH", "EPERM")
-    assert got["visible_pids"] == visible_pids
-    assert not got["environ_token"]

@@ -100,13 +100,19 @@ async def test_deadline_kills_the_stuck_instance_and_next_request_works(short_tm
     async with running_stack(short_tmp, [fn(short_tmp, timeout_ms=20_000)]) as node:
         with trio.fail_after(30):
             first = body(await node.scheduler.invoke("echo", b"{}", "json"))
+            pool = node.pool("echo")
+            (stuck,) = pool.instances.values()  # idle and warm: it takes the next request
             with pytest.raises(DeadlineExceeded, match="no reply within 300 ms"):
                 await node.scheduler.invoke("echo", b'{"sleep": 30}', "json", timeout_ms=300)
-            # The stuck instance is killed, never reused.
-            while any(r.handle.pid == first["pid"] for r in node.pool("echo").instances.values()):
-                await trio.sleep(0.01)
+            # The stuck instance is killed *for its deadline*, at once: not reused,
+            # not left for the heartbeat (or the idle reaper) to kill later.
+            assert pool.counters["deadline_kills"] == 1
+            assert stuck.stop_reason == "request deadline passed"
+            assert stuck.handle is not None and stuck.handle.pid == first["pid"]
+            await stuck.handle.wait()
             second = body(await node.scheduler.invoke("echo", b"{}", "json"))
         assert second["pid"] != first["pid"]
+        assert pool.counters["heartbeat_missed"] == 0
 
 
 async def test_sigkill_mid_request_is_a_clear_502_and_the_next_works(short_tmp: Path) -> None:

@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pytest
 from daemon_harness import Daemon, pid_alive, wait_until, write_config
-from runtime.sandbox_support import UID_BASE, cgroup_leftovers, describe_pids, host_problem
 from support import write_package
 
 from huselet.runtime.cgroups import CgroupHost
+from huselet.testing.probes import UID_BASE, cgroup_leftovers, describe_pids, host_problem
 
 pytestmark = pytest.mark.e2e
 
