@@ -47,10 +47,10 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 import trio
@@ -73,6 +73,8 @@ from huselet.testing.probes import (
     sandbox_settings,
 )
 from huselet.testing.stack import NodeStack, running_stack, write_package
+
+TestFn = TypeVar("TestFn", bound=Callable[..., Any])
 
 # Every wait is bounded, generously: the bound only ends a test that already
 # failed, so a loaded machine never turns a slow pass into a failure.
@@ -166,11 +168,11 @@ async def wait_for(predicate: Any, what: str, timeout: float = WAIT_S) -> None:
     raise AssertionError(f"{what}: not within {timeout} s")
 
 
-def needs(*claims: Claim) -> Any:
+def needs(*claims: Claim) -> Callable[[TestFn], TestFn]:
     """Run the decorated test only for runtimes that claim any of ``claims``."""
 
-    def mark(test: Any) -> Any:
-        test.needs_claims = frozenset(claims)
+    def mark(test: TestFn) -> TestFn:
+        test.needs_claims = frozenset(claims)  # type: ignore[attr-defined]
         return test
 
     return mark
@@ -239,8 +241,9 @@ class RuntimeConformance:
     @staticmethod
     def only_handle(stack: NodeStack, name: str) -> InstanceHandle:
         (record,) = stack.pool(name).instances.values()
-        assert record.handle is not None
-        return record.handle
+        handle: InstanceHandle | None = record.handle
+        assert handle is not None
+        return handle
 
     # --- the suite -----------------------------------------------------------------
 

@@ -130,7 +130,7 @@ def test_code_that_cannot_be_had_is_a_quick_502_with_the_reason(env: Env) -> Non
         "image cdcdcdcdcdcd could not be fetched: its origin is unreachable or failing"
     )
     assert "127.0.0.1" not in down.text  # origin addresses stay in the node's log
-    assert env.daemon.logs("image not available")
+    env.daemon.wait_for_log("image not available")
 
 
 def test_ctl_cache_and_status_show_the_levels(env: Env) -> None:
@@ -172,8 +172,8 @@ def test_publishing_an_image_makes_a_waiting_function_servable(env: Env) -> None
     staging = publish / ".later.tmp"
     staging.write_bytes(env.images["later"].path.read_bytes())
     staging.rename(publish / "later.hlimg")
-    assert wait_until(lambda: env.installed(digest), timeout=15)
-    assert env.daemon.logs("image published")
+    assert wait_until(lambda: env.installed(digest))
+    env.daemon.wait_for_log("image published")
     reply = env.daemon.invoke("later", {"word": "now"})
     assert reply.status_code == 200 and reply.json()["reply"] == "NOW!later"
 

@@ -180,7 +180,7 @@ def test_sigkilled_instances_under_load_fail_only_their_requests_with_502(root: 
         killed = []
         with load(d, "work", duration=3.0) as running:
             for _ in range(4):
-                time.sleep(0.5)
+                time.sleep(0.5)  # pacing: the kills are spread over the load
                 killed.append(kill_busy(d, "work", signal.SIGKILL))
         report = running.report
         assert_all_answered(report)
@@ -204,7 +204,7 @@ def test_sigkilled_instances_of_an_idempotent_function_cost_no_request(root: Pat
         killed = []
         with load(d, "safe", duration=3.0) as running:
             for _ in range(4):
-                time.sleep(0.5)
+                time.sleep(0.5)  # pacing: the kills are spread over the load
                 killed.append(kill_busy(d, "safe", signal.SIGKILL))
         report = running.report
         assert_all_answered(report)
