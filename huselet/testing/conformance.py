@@ -63,6 +63,7 @@ from huselet.errors import (
     InstanceStartFailed,
 )
 from huselet.runtime import ExitStatus, InstanceHandle
+from huselet.runtime.children import own_children
 from huselet.testing.probes import (
     ESCAPE_HANDLER,
     UID_BASE,
@@ -142,6 +143,20 @@ def handler(event, ctx):
     return {"forked": children, "error": None}
 """
 BROKEN = "raise RuntimeError('boom at import')\n"
+SLOW_IMPORT = "import time\ntime.sleep(600)\ndef handler(e, c):\n    return 1\n"
+
+
+def zombie_children() -> list[str]:
+    """Exited children of this process nobody reaped: a runtime leaked them."""
+    out = []
+    for pid in own_children():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            out.append(f"{pid} {stat.split(')', 1)[0]})")
+    return out
 
 
 def killed_by(status: ExitStatus, signum: int) -> bool:
@@ -367,6 +382,35 @@ class RuntimeConformance:
         left = [pid for pid in pids if not pid_gone(pid)]
         assert left == [], describe_pids([p for p in left if p])
         assert self.leftovers(root) == []
+        await wait_for(lambda: not zombie_children(), f"zombies left: {zombie_children()}")
+
+    @pytest.mark.trio
+    async def test_a_start_out_of_time_fails_at_once_not_at_the_request_deadline(
+        self, root: Path
+    ) -> None:
+        # 1 ms: no sandbox connects that fast, so the start gives up wherever it
+        # is (in the runtime, or waiting for the worker); the request must hear
+        # so then — its own deadline is far away — and nothing may be left.
+        fn = self.function(root, "f", ECHO, start_timeout_ms=1, timeout_ms=600_000)
+        async with self.stack(root, [fn]) as stack:
+            with trio.fail_after(WAIT_S), pytest.raises(InstanceStartFailed):
+                await invoke_json(stack, "f", {})
+            pool = stack.pool("f")
+            await wait_for(lambda: not pool.instances, "the abandoned instance is torn down")
+        assert self.leftovers(root) == []
+        await wait_for(lambda: not zombie_children(), f"zombies left: {zombie_children()}")
+
+    @pytest.mark.trio
+    async def test_a_start_that_times_out_leaves_nothing(self, root: Path) -> None:
+        fn = self.function(root, "slow", SLOW_IMPORT, start_timeout_ms=2000)
+        async with self.stack(root, [fn]) as stack:
+            with trio.fail_after(WAIT_S), pytest.raises(InstanceStartFailed) as failed:
+                await invoke_json(stack, "slow", {})
+            assert "could not start an instance" in str(failed.value), failed.value
+            pool = stack.pool("slow")
+            await wait_for(lambda: not pool.instances, "the timed-out instance is torn down")
+        assert self.leftovers(root) == []
+        await wait_for(lambda: not zombie_children(), f"zombies left: {zombie_children()}")
 
     @needs(Claim.PRIVILEGES, Claim.FILESYSTEM, Claim.NETWORK, Claim.PIDS)
     @pytest.mark.trio

@@ -172,7 +172,7 @@ def test_publishing_an_image_makes_a_waiting_function_servable(env: Env) -> None
     staging = publish / ".later.tmp"
     staging.write_bytes(env.images["later"].path.read_bytes())
     staging.rename(publish / "later.hlimg")
-    assert wait_until(lambda: env.installed(digest))
+    assert wait_until(lambda: env.installed(digest)), "\n".join(env.daemon.lines[-40:])
     env.daemon.wait_for_log("image published")
     reply = env.daemon.invoke("later", {"word": "now"})
     assert reply.status_code == 200 and reply.json()["reply"] == "NOW!later"

@@ -3,11 +3,25 @@ runtime; what only one runtime does is tested in its own file."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import ClassVar
 
+import trio
+
+from huselet.errors import InstanceStartFailed
 from huselet.runtime import available_runtimes
-from huselet.testing.conformance import Claim, RuntimeConformance, SandboxConformance, require_tools
+from huselet.testing.conformance import (
+    ECHO,
+    WAIT_S,
+    Claim,
+    RuntimeConformance,
+    SandboxConformance,
+    invoke_json,
+    require_tools,
+    wait_for,
+    zombie_children,
+)
 
 
 class TestProcess(RuntimeConformance):
@@ -38,6 +52,17 @@ class TestOci(SandboxConformance):
     def leftovers(self, root: Path) -> list[str]:
         bundles = root / "run" / "oci"
         return super().leftovers(root) + ([str(bundles)] if bundles.exists() else [])
+
+    async def test_starts_given_up_while_runc_runs_leave_no_zombie(self, root: Path) -> None:
+        # Deadlines around runc's own start time, so some starts give up while
+        # runc is creating the container (which path each takes varies; none
+        # may leave the container's process, our child, unreaped).
+        for ms in (40, 60, 80, 100, 120):
+            fn = self.function(root, f"f{ms}", ECHO, start_timeout_ms=ms, timeout_ms=600_000)
+            async with self.stack(root / str(ms), [fn]) as stack:
+                with trio.fail_after(WAIT_S), contextlib.suppress(InstanceStartFailed):
+                    await invoke_json(stack, f"f{ms}", {})
+            await wait_for(lambda: not zombie_children(), f"zombies left: {zombie_children()}")
 
 
 def test_every_registered_runtime_runs_the_suite() -> None:
