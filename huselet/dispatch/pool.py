@@ -389,10 +389,10 @@ class FunctionPool:
                     with trio.move_on_after(idle_timeout) as idle:
                         inv = await self.buffer.get()
                     if idle.cancelled_caught:
-                        if (
-                            not record.inflight
-                            and len(self.instances) > self.settings.min_instances
-                        ):
+                        # Count the live ones only: instances idle at once would
+                        # each see the others, already stopping, and all go.
+                        live = sum(1 for r in self.instances.values() if r.stop_reason is None)
+                        if not record.inflight and live > self.settings.min_instances:
                             record.stop_reason = "idle"
                             record.state = InstanceState.STOPPING
                             # Its capacity is gone now, not after the graceful stop.
