@@ -1,8 +1,8 @@
 """Fixtures shared by the whole suite.
 
-* ``short_tmp``: a temp directory under /tmp. Unix socket paths must stay
-  under 108 bytes, so tests that bind sockets use it instead of pytest's long
-  ``tmp_path``.
+* ``short_tmp`` (``module_short_tmp`` for module-scoped fixtures): a temp
+  directory under /tmp. Unix socket paths must stay under 108 bytes, so tests
+  that bind sockets use it instead of pytest's long ``tmp_path``.
 * ``daemon_config``: writes a daemon config (HTTP on port 0) into ``short_tmp``.
 * ``start_daemon``: starts the real ``huselet run`` on a config and stops every
   daemon it started when the test ends, whatever happened to the test.
@@ -24,11 +24,20 @@ import pytest
 from daemon_harness import Daemon, write_config
 
 
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
+def _short_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="hl"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    yield from _short_dir()
+
+
+@pytest.fixture(scope="module")
+def module_short_tmp() -> Iterator[Path]:
+    yield from _short_dir()
 
 
 @pytest.fixture

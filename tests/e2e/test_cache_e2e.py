@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,8 +46,8 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
-    root = Path(tempfile.mkdtemp(prefix="hlc"))
+def env(module_short_tmp: Path) -> Iterator[Env]:
+    root = module_short_tmp
     write_tree(root / "pkgs" / "dev", APP_FILES)
     images = {
         tag: build_image(root, tag, variant(tag)) for tag in ("img", "remote", "later", "hint")
@@ -103,7 +102,6 @@ def env() -> Iterator[Env]:
             yield Env(root, daemon, server, images)
             # A clean stop: the cache's tasks end without an error at shutdown.
             assert daemon.terminate(30) == 0, "\n".join(daemon.lines[-20:])
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_functions_run_from_images_whatever_names_their_code(env: Env) -> None:

@@ -65,8 +65,7 @@ def handler(event, context):
 """
 
 
-def make_root() -> Path:
-    root = Path(tempfile.mkdtemp(prefix="hle"))
+def make_root(root: Path) -> Path:
     write_package(root, "echo", ECHO)
     write_package(
         root, "broken", "raise RuntimeError('no config')\ndef handler(e, c):\n    return 1\n"
@@ -75,18 +74,15 @@ def make_root() -> Path:
 
 
 @pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    root = make_root()
+def daemon(module_short_tmp: Path) -> Iterator[Daemon]:
+    root = make_root(module_short_tmp)
     with Daemon(write_config(root, FUNCTIONS)) as d:
         yield d
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
-def own_root() -> Iterator[Path]:
-    root = make_root()
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+def own_root(short_tmp: Path) -> Path:
+    return make_root(short_tmp)
 
 
 def test_invoke_over_http_and_cli(daemon: Daemon) -> None:
@@ -342,11 +338,11 @@ def test_sigkill_of_the_daemon_leaves_no_instance_behind(own_root: Path) -> None
         assert again.invoke("echo", {}).status_code == 200
 
 
-def test_embedded_default_uses_per_user_dirs_for_non_root() -> None:
+def test_embedded_default_uses_per_user_dirs_for_non_root(short_tmp: Path) -> None:
     """load_config(None) as an unprivileged uid, in a forked child (no exec needed)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to an unprivileged uid for the check")
-    home = Path(tempfile.mkdtemp(prefix="hlu"))
+    home = short_tmp
     os.chown(home, 65534, 65534)
     read_end, write_end = os.pipe()
     pid = os.fork()

@@ -11,11 +11,8 @@ about itself; SIGKILL a node and restart it (its state converges).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +34,8 @@ BURST = 12
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="hlf"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def root(short_tmp: Path) -> Path:
+    return short_tmp
 
 
 def start_node(root: Path, node_id: str, ports: list[int]) -> Daemon:
