@@ -18,9 +18,7 @@ from huselet.runtime.isolation import IsolationSettings, probe_host
 # Helper uids of this test session. Sessions running side by side on one host
 # (CI shards, parallel worktrees) each get their own block, so one session's
 # leftover checks and hidepid views never see another's sandboxes.
-UID_BASE = int(os.environ.get("HUSELET_TEST_UID_BASE", "0")) or 231_000 + 1000 * (
-    os.getpid() % 256
-)
+UID_BASE = int(os.environ.get("HUSELET_TEST_UID_BASE", "0")) or 231_000 + 1000 * (os.getpid() % 256)
 
 
 @functools.cache
