@@ -53,8 +53,9 @@ def handler(event, context):
     if isinstance(event, dict):
         if event.get("sleep"):
             time.sleep(event["sleep"])
-        if event.get("gate"):  # hold the request until the test opens the gate
-            deadline = time.monotonic() + 120
+        if event.get("gate"):  # held until the test opens the gate, or for "hold" s
+            # (a sandbox that cannot see the host's files waits out the hold).
+            deadline = time.monotonic() + event.get("hold", 15)
             while not os.path.exists(event["gate"]) and time.monotonic() < deadline:
                 time.sleep(0.01)
         if event.get("raise"):
@@ -192,7 +193,7 @@ def test_crashing_handler_and_sigkilled_instance(daemon: Daemon) -> None:
     pid = daemon.invoke("echo", {}).json()["pid"]
     gate = Path(daemon.config).parent / "gate-sigkill"  # never opened: it is killed first
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(daemon.invoke, "echo", {"gate": str(gate)})
+        pending = pool.submit(daemon.invoke, "echo", {"gate": str(gate), "hold": 50})
         assert wait_until(
             lambda: any(
                 i["state"] == "busy" for i in json.loads(daemon.ctl("instances", "--json").stdout)
