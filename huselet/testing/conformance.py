@@ -381,7 +381,7 @@ class RuntimeConformance:
             assert pids
         left = [pid for pid in pids if not pid_gone(pid)]
         assert left == [], describe_pids([p for p in left if p])
-        assert self.leftovers(root) == []
+        assert (remains := self.leftovers(root)) == [], remains
         await wait_for(lambda: not zombie_children(), f"zombies left: {zombie_children()}")
 
     @pytest.mark.trio
@@ -397,7 +397,7 @@ class RuntimeConformance:
                 await invoke_json(stack, "f", {})
             pool = stack.pool("f")
             await wait_for(lambda: not pool.instances, "the abandoned instance is torn down")
-        assert self.leftovers(root) == []
+        assert (remains := self.leftovers(root)) == [], remains
         await wait_for(lambda: not zombie_children(), f"zombies left: {zombie_children()}")
 
     @pytest.mark.trio
@@ -409,7 +409,7 @@ class RuntimeConformance:
             assert "could not start an instance" in str(failed.value), failed.value
             pool = stack.pool("slow")
             await wait_for(lambda: not pool.instances, "the timed-out instance is torn down")
-        assert self.leftovers(root) == []
+        assert (remains := self.leftovers(root)) == [], remains
         await wait_for(lambda: not zombie_children(), f"zombies left: {zombie_children()}")
 
     @needs(Claim.PRIVILEGES, Claim.FILESYSTEM, Claim.NETWORK, Claim.PIDS)
