@@ -93,7 +93,6 @@ async def test_exit_code_and_output_are_reported(
         assert status.code == 2 and status.signal is None
         assert status.describe() == "exited with code 2"
 
-
         def lines() -> list[str]:
             return [
                 r.fields["line"]
