@@ -179,7 +179,12 @@ class OciRuntime(Runtime):
         it is reaped here rather than left a zombie for a sweep that may
         never come (the runtime may be stopping)."""
         with trio.CancelScope(shield=True):
-            await launcher.kill_and_reap()
+            # Let runc finish what it began: killed mid-create, it orphans the
+            # container's init before anyone knows its pid (nothing left to reap by).
+            with trio.move_on_after(RUNC_TIMEOUT_S):
+                await launcher.reap()
+            if launcher.status is None:
+                await launcher.kill_and_reap()
             orphan = _read_pid(bundle / "pid") or await self._container_pid(instance_id)
             await self._delete(instance_id)
             if orphan:
@@ -255,8 +260,18 @@ class OciRuntime(Runtime):
         self._nursery.start_soon(pump_output, out, "output", fields, log)
         launcher = ChildHandle(f"runc-{spec.instance_id}", runc.pid)
         runc.returncode = 0  # reaped by the launcher handle, never by Popen
-        with trio.move_on_at(deadline):
-            await launcher.reap()
+        try:
+            with trio.move_on_at(deadline):
+                await launcher.reap()
+        except BaseException:
+            # Cancelled (the pool stops this instance, the node is stopping):
+            # runc goes on creating a container nobody will watch. Undo it off
+            # this path, or at least stop runc.
+            try:
+                self._nursery.start_soon(self._abandon, spec.instance_id, launcher, bundle)
+            except RuntimeError:
+                launcher.kill()
+            raise
         status = launcher.status
         if status is None or status.code != 0:
             # Cleaned up off the start's path: deleting a container whose runc

@@ -44,7 +44,15 @@ invoke = invoke_json
 IDENTITY = """
 import os, socket
 STARTED = os.getpid()  # the zygote's pid, captured by init code
-ZYGOTE_SAW = [int(p) for p in os.listdir("/proc") if p.isdigit()]  # hidepid: only itself
+def _uid_of(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return int(next(l for l in f if l.startswith("Uid:")).split()[1])
+    except (OSError, StopIteration):
+        return None
+
+# hidepid: only processes of its own uid (itself; at most leftovers of that uid)
+ZYGOTE_SAW = {int(p): _uid_of(p) for p in os.listdir("/proc") if p.isdigit()}
 
 def handler(event, ctx):
     fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
@@ -74,7 +82,10 @@ async def test_instances_have_own_identity_and_only_their_descriptors(short_tmp:
         assert first["instance"] == first["ctx_instance"] == record.id
         assert first["pid"] == 1  # PID 1 of its own namespace
         assert record.handle.pid != first["zygote_pid"]
-        assert first["zygote_saw"] == [first["zygote_pid"]]  # not the daemon, not the host
+        # Not the daemon, not the host: only its own uid's processes, itself among them.
+        saw = {int(pid): uid for pid, uid in first["zygote_saw"].items()}
+        assert first["zygote_pid"] in saw and os.getpid() not in saw
+        assert set(saw.values()) <= {UID_BASE, None}, saw  # None: gone while listed
         assert not first["token_in_env"] and first["fn_env"] == "v"
         # 0, 1, 2, the link on 3 and the descriptor listing /proc/self/fd: nothing else.
         assert first["fds"][:4] == [0, 1, 2, 3] and len(first["fds"]) == 5, first["fds"]
