@@ -49,7 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from cache_support import OriginServer, write_zst  # noqa: E402
+from cache_testkit import OriginServer  # noqa: E402
+from cache_testkit import publish as write_zst  # noqa: E402
 
 from cache.builder import ImageInfo, pack_directory  # noqa: E402
 from cache.reader import ImageReader  # noqa: E402

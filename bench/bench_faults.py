@@ -27,6 +27,8 @@ What *detect* and *recover* mean, per class (fault = the moment of injection):
 - daemon restart (printed below the table, no load): SIGKILL the daemon
   with warm instances, start it again on the same state dir; time to "huselet
   ready" (the recovery sweep included) and to its first reply (cold instance).
+- idle heartbeat (printed below the table, no load): SIGSTOP the idle instance
+  of a ``min_instances = 1`` function; time to "instance missed its heartbeat".
 - ``block loop``: ``debug_block_loop`` 600 ms with ``WATCHDOG_USEC`` 400 ms.
   detect: when systemd would notice (last pet + WATCHDOG_USEC); recover: the
   first pet after the block. Requests sent during the block wait, not fail.
@@ -413,6 +415,48 @@ def bench_restart(root: Path, repeats: int) -> tuple[list[float], list[float]]:
     return to_ready, to_reply
 
 
+IDLE_FUNCTION = """
+[[functions]]
+name = "standby"
+package = "pkgs/work"
+handler = "main:handler"
+min_instances = 1
+max_instances = 1
+"""
+IDLE_HEALTH = """
+[health]
+heartbeat_interval_ms = 200
+heartbeat_timeout_ms = 200
+"""
+
+
+def bench_idle_sigstop(root: Path, repeats: int) -> list[float]:
+    """SIGSTOP the idle instance of a ``min_instances = 1`` function (no load):
+    seconds until the heartbeat (200 ms interval, 200 ms timeout) reports it.
+    Moved here from tests/dispatch/test_pool.py, which bounded it (< 1.4 s)."""
+    write_package(root, "work", SLEEPY_HANDLER)
+    detected = []
+    ready: list[dict[str, Any]] = []
+    with Daemon(write_config(root, IDLE_FUNCTION, IDLE_HEALTH)) as d:
+
+        def one_ready() -> bool:
+            ready[:] = [i for i in admin(d, "instances") if i["pid"] and i["state"] == "idle"]
+            return len(ready) == 1
+
+        for _ in range(repeats):
+            if not wait_until(one_ready, timeout=30):
+                raise RuntimeError("no idle standby instance")
+            wall = time.time()
+            os.kill(ready[0]["pid"], signal.SIGSTOP)
+            missed = log_after(
+                d, "instance missed its heartbeat", wall, timeout=30, instance=ready[0]["id"]
+            )
+            if missed is None:
+                raise RuntimeError("the heartbeat did not notice a stopped idle instance")
+            detected.append(missed["ts"] - wall)
+    return detected
+
+
 def bench_baseline(root: Path, rate: float, repeats: int) -> LoadReport:
     """The same load, same daemon configuration, no fault."""
     with start_daemon(root) as d:
@@ -502,6 +546,7 @@ def main() -> None:
             Row("block loop", bench_block_loop(fresh(), rate, repeats)),
         ]
         restart_ready, restart_reply = bench_restart(fresh(), repeats)
+        idle_detect = bench_idle_sigstop(fresh(), repeats)
     finally:
         for root in roots:
             shutil.rmtree(root, ignore_errors=True)
@@ -511,6 +556,11 @@ def main() -> None:
         f"{statistics.median(restart_ready) * 1000:.0f} ms (max {max(restart_ready) * 1000:.0f}), "
         f"first reply median {statistics.median(restart_reply) * 1000:.0f} ms "
         f"(max {max(restart_reply) * 1000:.0f}) over {repeats} restarts"
+    )
+    print(
+        f"idle instance SIGSTOPped → heartbeat miss (200 ms interval + 200 ms timeout): median "
+        f"{statistics.median(idle_detect) * 1000:.0f} ms (max {max(idle_detect) * 1000:.0f}) "
+        f"over {repeats} stops"
     )
     if args.json:
         out = {

@@ -31,16 +31,22 @@ from cache.origin import Origin
 log = logging.getLogger("huselet.cache")
 
 _MAX_REMEMBERED_FAILURES = 1024  # bound on the cool-down table
+_MAX_ROUNDS = 3  # joins of other origins' failed flights before a fetch gives up
 
 Install = Callable[[str, Origin], Awaitable[None]]
 
 
 class _Flight:
-    __slots__ = ("done", "error")
+    __slots__ = ("done", "error", "origin")
 
-    def __init__(self) -> None:
+    def __init__(self, origin: str) -> None:
         self.done = trio.Event()
         self.error: CacheError | None = None
+        self.origin = origin  # the key of the origin it fetches from
+
+
+def _origin_key(origin: Origin) -> str:
+    return repr(origin)  # type and location: two objects for one place are one origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,44 +76,58 @@ class FetchCoordinator:
         self._backoff_max = backoff_max
         self._random = rng
         self._flights: dict[str, _Flight] = {}
-        self._failures: OrderedDict[str, _Failure] = OrderedDict()
+        # By (digest, origin): one origin's failure says nothing about another's
+        # copy (a published file must install while the function's origin is down).
+        self._failures: OrderedDict[tuple[str, str], _Failure] = OrderedDict()
         self.nursery: trio.Nursery | None = None  # set by the owner while it runs
         self.attempts_made = 0
         self.failed_flights = 0
         self.coalesced = 0
 
     async def fetch(self, digest: str, origin: Origin) -> None:
-        """Return once an install of ``digest`` succeeded; raise its error otherwise."""
-        flight = self._flights.get(digest)
-        if flight is None:
-            failure = self._failures.get(digest)
-            now = trio.current_time()
-            if failure is not None and now < failure.retry_at:
-                wait = failure.retry_at - now
-                raise copy_error(failure.error, f" (not retrying for {wait:.1f}s)")
-            if self.nursery is None:
-                raise RuntimeError("ImageStore.run() is not running")
-            flight = _Flight()
-            try:
-                self.nursery.start_soon(self._fly, digest, origin, flight)
-            except RuntimeError:
-                # The store's nursery is closing (shutdown) but our caller has
-                # not reached a checkpoint to notice its cancellation yet.
-                raise FetchError(f"fetch of image {digest} refused: store stopping") from None
-            self._flights[digest] = flight
-        else:
-            self.coalesced += 1
-        await flight.done.wait()
-        if flight.error is not None:
-            raise copy_error(flight.error)
+        """Return once an install of ``digest`` succeeded; raise its error otherwise.
+
+        A caller joins a flight already under way for the digest; if that one
+        fails and came from another origin, the caller tries its own origin
+        (at most a few rounds: each ends in a result, or in its own failure).
+        """
+        key = _origin_key(origin)
+        error: CacheError = FetchError(f"fetch of image {digest} gave up")
+        for _ in range(_MAX_ROUNDS):
+            flight = self._flights.get(digest)
+            if flight is None:
+                failure = self._failures.get((digest, key))
+                now = trio.current_time()
+                if failure is not None and now < failure.retry_at:
+                    wait = failure.retry_at - now
+                    raise copy_error(failure.error, f" (not retrying for {wait:.1f}s)")
+                if self.nursery is None:
+                    raise RuntimeError("ImageStore.run() is not running")
+                flight = _Flight(key)
+                try:
+                    self.nursery.start_soon(self._fly, digest, origin, flight)
+                except RuntimeError:
+                    # The store's nursery is closing (shutdown) but our caller has
+                    # not reached a checkpoint to notice its cancellation yet.
+                    raise FetchError(f"fetch of image {digest} refused: store stopping") from None
+                self._flights[digest] = flight
+            else:
+                self.coalesced += 1
+            await flight.done.wait()
+            if flight.error is None:
+                return
+            error = flight.error
+            if flight.origin == key:
+                break
+        raise copy_error(error)
 
     async def _fly(self, digest: str, origin: Origin, flight: _Flight) -> None:
         try:
             await self._with_retries(digest, origin)
-            self._failures.pop(digest, None)
+            self._failures.pop((digest, flight.origin), None)
         except CacheError as exc:
             flight.error = exc
-            self._remember_failure(digest, exc)
+            self._remember_failure((digest, flight.origin), exc)
         except trio.Cancelled:
             flight.error = FetchError(f"fetch of image {digest} cancelled: the store is stopping")
             raise
@@ -115,7 +135,7 @@ class FetchCoordinator:
             # An origin is a plug-in; its bug must fail this fetch, not the store.
             log.exception("fetch of image %s from %r failed unexpectedly", digest, origin)
             flight.error = FetchError(f"fetch of image {digest} from {origin!r} failed: {exc!r}")
-            self._remember_failure(digest, flight.error)
+            self._remember_failure((digest, flight.origin), flight.error)
         finally:
             del self._flights[digest]
             flight.done.set()
@@ -140,11 +160,11 @@ class FetchCoordinator:
             log.info("fetch of image %s failed (attempt %d): %s", digest, attempt, error)
             await trio.sleep(self.backoff(attempt))
 
-    def _remember_failure(self, digest: str, error: CacheError) -> None:
+    def _remember_failure(self, key: tuple[str, str], error: CacheError) -> None:
         self.failed_flights += 1
-        previous = self._failures.pop(digest, None)
+        previous = self._failures.pop(key, None)
         count = previous.count + 1 if previous else 1
-        self._failures[digest] = _Failure(count, trio.current_time() + self.backoff(count), error)
+        self._failures[key] = _Failure(count, trio.current_time() + self.backoff(count), error)
         while len(self._failures) > _MAX_REMEMBERED_FAILURES:
             self._failures.popitem(last=False)
 

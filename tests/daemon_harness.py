@@ -2,7 +2,10 @@
 
 The daemon gets a temp config (HTTP on port 0), and the harness learns the
 bound address from the daemon's own "huselet ready" log line. Its stderr is
-collected on a thread so the pipe never fills; tests can search it.
+collected on a thread so the pipe never fills; tests can search it, or wait
+for a line with :meth:`Daemon.wait_for_log` (a log read that does not wait
+races the daemon). The ``start_daemon`` fixture in conftest.py stops every
+daemon a test started, whatever happens to the test.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from support import WAIT_S, pid_alive, wait_until
+
+__all__ = ["HUSELET", "Daemon", "pid_alive", "wait_until", "write_config"]
 
 HUSELET = [sys.executable, "-m", "huselet"]
 START_TIMEOUT_S = 30.0
@@ -89,6 +94,24 @@ class Daemon:
                 out.append(entry)
         return out
 
+    def wait_for_log(self, msg: str, timeout: float = WAIT_S, **fields: Any) -> dict[str, Any]:
+        """The first entry logged as ``msg`` with these field values, waiting for it."""
+
+        def found() -> dict[str, Any] | None:
+            for entry in self.logs(msg):
+                if all(entry.get(k) == v for k, v in fields.items()):
+                    return entry
+            return None
+
+        if not wait_until(found, timeout):
+            raise AssertionError(
+                f"no {msg!r} {fields or ''} logged within {timeout} s:\n"
+                + "\n".join(self.lines[-30:])
+            )
+        entry = found()
+        assert entry is not None
+        return entry
+
     def client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kw)
 
@@ -137,20 +160,3 @@ class Daemon:
                 self.terminate(30)
             except subprocess.TimeoutExpired:
                 self.kill()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

@@ -1,90 +1,76 @@
-"""Test helpers shared by the suite: function packages written by tests and an
-in-process node stack (runtimes, link server, scheduler) with real worker processes."""
+"""Helpers shared by the suite (fixtures are in conftest.py).
+
+* the in-process node stack and function packages (re-exported from
+  :mod:`huselet.testing.stack`, which the runtime conformance suite shares);
+* waiting for a condition with a generous deadline, never for a fixed time:
+  :func:`wait_until` from synchronous tests, :func:`eventually` from trio ones;
+* ports and processes: :func:`free_port`, :func:`closed_port`, :func:`pid_alive`.
+"""
 
 from __future__ import annotations
 
-import textwrap
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import replace
+import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from huselet.config import FunctionSettings, parse_config
-from huselet.dispatch.dispatcher import Dispatcher
-from huselet.dispatch.links import LinkServer
-from huselet.runtime import available_runtimes, create_runtimes
+from huselet.testing.stack import NodeStack, running_stack, write_package
+
+__all__ = [
+    "NodeStack",
+    "closed_port",
+    "eventually",
+    "free_port",
+    "pid_alive",
+    "running_stack",
+    "wait_until",
+    "write_package",
+]
+
+# Deadlines are generous on purpose: they only bound a test that is already
+# failing, so a loaded machine (CI, stress) never turns a slow pass into a fail.
+WAIT_S = 30.0
 
 
-def write_package(root: Path, name: str, source: str, module: str = "main") -> Path:
-    pkg = root / "pkgs" / name
-    pkg.mkdir(parents=True, exist_ok=True)
-    (pkg / f"{module}.py").write_text(textwrap.dedent(source))
-    return pkg
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = WAIT_S, interval: float = 0.02
+) -> bool:
+    """Poll ``predicate`` until it is truthy or ``timeout`` passes; its last value's truth."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
 
 
-class NodeStack:
-    """Runtimes, link server and scheduler, as the daemon wires them."""
-
-    def __init__(
-        self,
-        root: Path,
-        functions: list[dict[str, Any]],
-        runtimes: dict[str, dict[str, Any]] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        raw: dict[str, Any] = {
-            "node": {"state_dir": str(root / "state"), "run_dir": str(root / "run")},
-            "functions": functions,
-            **(extra or {}),  # more top-level tables, e.g. {"health": {...}}
-        }
-        if runtimes:
-            raw["runtimes"] = runtimes
-        self.config = parse_config(
-            raw, base_dir=root, known_runtimes=frozenset(available_runtimes())
-        )
-        self.config.node.run_dir.mkdir(parents=True, exist_ok=True)
-        # As the daemon does: every runtime a function names (and "process").
-        names = {fn.runtime for fn in self.config.functions} | {"process"}
-        self.runtimes = create_runtimes(names, self.config.runtimes, node=self.config.node)
-        for name, runtime in self.runtimes.items():
-            runtime.expect([fn for fn in self.config.functions if fn.runtime == name])
-        self.links = LinkServer(self.config.node.run_dir, self._claim, max_frame=8 * 1024 * 1024)
-        self.scheduler = Dispatcher(self.config, self.runtimes, self.links.socket_path)
-
-    def _claim(self, function: str, instance_id: str, token: str) -> Any:
-        return self.scheduler.claim_link(function, instance_id, token)
-
-    def pool(self, name: str) -> Any:
-        return self.scheduler.pools[name]
-
-    def function(self, name: str) -> FunctionSettings:
-        fn = self.config.function(name)
-        assert fn is not None
-        return fn
-
-    def replace_function(self, name: str, **changes: Any) -> None:
-        self.pool(name).settings = replace(self.function(name), **changes)
+async def eventually(
+    predicate: Callable[[], Any], timeout: float = WAIT_S, interval: float = 0.01
+) -> None:
+    """Wait until ``predicate()`` holds; fail (not hang) after ``timeout``."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(interval)
 
 
-@asynccontextmanager
-async def running_stack(
-    root: Path,
-    functions: list[dict[str, Any]],
-    runtimes: dict[str, dict[str, Any]] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> AsyncIterator[NodeStack]:
-    stack = NodeStack(root, functions, runtimes, extra)
-    async with trio.open_nursery() as nursery:
-        for runtime in stack.runtimes.values():
-            await nursery.start(runtime.run)
-        await nursery.start(stack.links.run, [f["name"] for f in functions])
-        await nursery.start(stack.scheduler.run)
-        try:
-            yield stack
-        finally:
-            with trio.move_on_after(10):
-                await stack.scheduler.stop_instances()
-            nursery.cancel_scope.cancel()
+def free_port() -> int:
+    """A localhost TCP port free right now (for a server the test starts next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# Nobody listens on a port just released: connecting to it is refused.
+closed_port = free_port
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import socket
-import tempfile
 from pathlib import Path
 
 from huselet.notify import SystemdNotifier
 
 
-def test_messages_arrive_as_datagrams() -> None:
-    path = Path(tempfile.mkdtemp(prefix="hln")) / "notify"
+def test_messages_arrive_as_datagrams(short_tmp: Path) -> None:
+    path = short_tmp / "notify"
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(str(path))
     receiver.settimeout(2)

@@ -64,16 +64,16 @@ def test_reload_adds_removes_and_updates_without_dropping_traffic(short_tmp: Pat
         for t in threads:
             t.start()
         try:
-            assert wait_until(lambda: len(statuses) > 20, timeout=20)
+            assert wait_until(lambda: len(statuses) > 20, timeout=30)
             config.write_text(
                 config.read_text()
                 .replace(function("a", max_instances=2), function("a", max_instances=3))
                 .replace(function("b"), function("c"))
             )
             d.proc.send_signal(signal.SIGHUP)
-            assert wait_until(lambda: d.logs("configuration reloaded"), timeout=20)
+            assert wait_until(lambda: d.logs("configuration reloaded"), timeout=30)
             seen = len(statuses)
-            assert wait_until(lambda: len(statuses) > seen + 20, timeout=20)
+            assert wait_until(lambda: len(statuses) > seen + 20, timeout=30)
         finally:
             stop.set()
             for t in threads:
@@ -184,7 +184,7 @@ def test_debug_block_loop_blocks_and_requests_are_answered_after(short_tmp: Path
 
         blocker = threading.Thread(target=lambda: d.ctl("debug", "block-loop", "--ms", "1500"))
         blocker.start()
-        assert wait_until(lambda: d.logs("debug: blocking the event loop"), timeout=10)
+        assert wait_until(lambda: d.logs("debug: blocking the event loop"), timeout=30)
         caller = threading.Thread(target=during)
         caller.start()
         blocker.join(30)

@@ -103,7 +103,9 @@ async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
         race.start_soon(exited_early)
         with trio.move_on_at(deadline):
             await record.link_arrived.wait()
-            race.cancel_scope.cancel()
+        # Linked or out of time: either way the race is over (not cancelling
+        # it on timeout left the start waiting for the worker to exit).
+        race.cancel_scope.cancel()
     if record.link is None:
         if record.exit_status is not None:
             raise _StartError(f"the worker {record.exit_status.describe()} before connecting")

@@ -103,7 +103,10 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
                 with trio.move_on_after(idle_timeout) as idle:
                     inv = await pool.buffer.get()
                 if idle.cancelled_caught:
-                    if not record.inflight and len(pool.instances) > pool.settings.min_instances:
+                    # Count the live ones only: instances idle at once would
+                    # each see the others, already stopping, and all go.
+                    live = sum(1 for r in pool.instances.values() if r.stop_reason is None)
+                    if not record.inflight and live > pool.settings.min_instances:
                         record.stop_reason = StopReason.IDLE
                         record.state = InstanceState.STOPPING
                         # Its capacity is gone now, not after the graceful stop.

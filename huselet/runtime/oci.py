@@ -74,6 +74,7 @@ log = get_logger("runtime.oci")
 PR_SET_CHILD_SUBREAPER = 36
 RUNC_TIMEOUT_S = 30.0
 STRAY_SWEEP_S = 5.0
+ORPHAN_REAP_S = 5.0  # how long a deleted, never-watched container may take to exit
 LINK_FD = 3
 
 
@@ -84,6 +85,25 @@ def _make_preexec(link_fd: int) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     return preexec
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+async def _reap_child(pid: int, timeout_s: float = ORPHAN_REAP_S) -> None:
+    """Reap ``pid`` if it is (or becomes, within ``timeout_s``) our zombie child."""
+    with trio.move_on_after(timeout_s):
+        while True:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:
+                return  # not ours (never re-parented to us) or already reaped
+            await trio.sleep(0.02)
 
 
 class OciRuntime(Runtime):
@@ -159,6 +179,41 @@ class OciRuntime(Runtime):
         for entry in self._state.iterdir():
             await self._runc_cmd("delete", "--force", entry.name)
 
+    async def _abandon(self, instance_id: str, launcher: ChildHandle, bundle: Path) -> None:
+        """Undo a start that gave up: its runc, its container, and the container's process.
+
+        The container's process is our child (subreaper) once runc is gone:
+        it is reaped here rather than left a zombie for a sweep that may
+        never come (the runtime may be stopping)."""
+        with trio.CancelScope(shield=True):
+            # Let runc finish what it began: killed mid-create, it orphans the
+            # container's init before anyone knows its pid (nothing left to reap by).
+            with trio.move_on_after(RUNC_TIMEOUT_S):
+                await launcher.reap()
+            if launcher.status is None:
+                await launcher.kill_and_reap()
+            orphan = _read_pid(bundle / "pid") or await self._container_pid(instance_id)
+            await self._delete(instance_id)
+            if orphan:
+                await _reap_child(orphan)
+
+    async def _container_pid(self, instance_id: str) -> int | None:
+        """The pid ``runc state`` knows for a container (None: no such container)."""
+        assert self._runc is not None
+        with trio.move_on_after(RUNC_TIMEOUT_S):
+            result = await trio.run_process(
+                [self._runc, "--root", str(self._state), "state", instance_id],
+                check=False,
+                capture_stdout=True,
+                capture_stderr=True,
+            )
+            try:
+                pid = json.loads(result.stdout).get("pid")
+            except (ValueError, AttributeError):
+                return None
+            return pid if isinstance(pid, int) and pid > 0 else None
+        return None
+
     async def _delete(self, instance_id: str) -> None:
         await self._runc_cmd("delete", "--force", instance_id)
         shutil.rmtree(self._dir / "bundles" / instance_id, ignore_errors=True)
@@ -212,12 +267,24 @@ class OciRuntime(Runtime):
         self._nursery.start_soon(pump_output, out, "output", fields, log)
         launcher = ChildHandle(f"runc-{spec.instance_id}", runc.pid)
         runc.returncode = 0  # reaped by the launcher handle, never by Popen
-        with trio.move_on_at(deadline):
-            await launcher.reap()
+        try:
+            with trio.move_on_at(deadline):
+                await launcher.reap()
+        except BaseException:
+            # Cancelled (the pool stops this instance, the node is stopping):
+            # runc goes on creating a container nobody will watch. Undo it off
+            # this path, or at least stop runc.
+            try:
+                self._nursery.start_soon(self._abandon, spec.instance_id, launcher, bundle)
+            except RuntimeError:
+                launcher.kill()
+            raise
         status = launcher.status
         if status is None or status.code != 0:
-            await launcher.kill_and_reap()
-            await self._delete(spec.instance_id)
+            # Cleaned up off the start's path: deleting a container whose runc
+            # was killed mid-create can take runc's whole timeout, and the
+            # start's caller must hear of the failure now, not then.
+            self._nursery.start_soon(self._abandon, spec.instance_id, launcher, bundle)
             raise StartFailed(f"{self.binary} could not start the container")
         try:
             pid = int((bundle / "pid").read_text())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 import select
+import signal
 import socket
 import sys
 import threading
@@ -326,6 +327,11 @@ def serve(
 
 
 def main() -> int:
+    if os.getpid() == 1:
+        # PID 1 of a namespace (an oci container's worker) ignores signals it has
+        # no handler for, even from outside: without this, terminate() would be
+        # a no-op and every graceful stop would wait out its grace for a kill.
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
     env = os.environ
     try:
         link: str | socket.socket

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
 import trio
+import uid_helper
 
 from huselet.admin.client import AdminClient
 from huselet.admin.errors import (
@@ -39,10 +39,8 @@ HANG_GUARD_S = 10
 
 
 @pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="hl"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+def sock_dir(short_tmp: Path) -> Path:
+    return short_tmp
 
 
 @pytest.fixture
@@ -357,7 +355,8 @@ async def test_clients_that_do_not_read_replies_are_dropped(
 async def test_client_reconnects_after_the_daemon_idled_it_out(
     sock_path: Path, nursery: trio.Nursery
 ) -> None:
-    server = make_server(sock_path, idle_timeout_s=0.2)
+    # Room for the first call right after connecting, even on a loaded machine.
+    server = make_server(sock_path, idle_timeout_s=1.0)
     await nursery.start(server.run)
     client = AdminClient(sock_path)
     try:
@@ -504,69 +503,39 @@ def test_client_times_out_on_a_silent_daemon(sock_path: Path) -> None:
 
 
 # --- who may connect ---------------------------------------------------------
+#
+# Neither end runs as root here: the server runs as one helper uid and the
+# clients as another (or the same), each in a subprocess started with
+# ``user=``/``group=`` — so the check is the one an unprivileged daemon makes,
+# and root's own pass (uid 0 is always allowed) cannot hide a mistake.
+
+SERVER_UID = 65533  # the daemon's helper uid: unprivileged, and not the test's
+
+needs_uid_switch = pytest.mark.skipif(
+    os.geteuid() != 0, reason="switching to helper uids needs root (CI runs as root)"
+)
 
 
-def _forked_client_as(uid: int, path: Path) -> dict[str, Any]:
-    """Fork, drop to ``uid``, talk to the daemon twice (raw, then AdminClient), report.
+def _client_as(uid: int, path: Path) -> dict[str, Any]:
+    child = uid_helper.Forked(uid, uid_helper.client, path)
+    line = child.readline()
+    assert child.wait() == 0, "the client child failed (its traceback is on stderr)"
+    report: dict[str, Any] = json.loads(line)
+    assert report["uid"] == uid
+    return report
 
-    A fork rather than a subprocess: the interpreter lives under /root, which
-    another uid cannot execute. The child only does blocking socket calls and
-    leaves with os._exit, never touching the parent's Trio state.
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        report: dict[str, Any] = {}
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            report["uid"] = os.getuid()
-            try:
-                report["raw"] = _raw_exchange(path)
-            except OSError as exc:
-                report["raw"] = type(exc).__name__
-            try:
-                report["client"] = ["ok", AdminClient(path).call("echo", x=1)]
-            except AdminError as exc:
-                report["client"] = [type(exc).__name__, str(exc)]
-        except BaseException as exc:
-            report["child_error"] = repr(exc)
-        finally:
-            os.write(write_end, json.dumps(report).encode())
-            os._exit(0)
-    os.close(write_end)
+
+@contextmanager
+def _server_as_helper_uid(sock_dir: Path, allowed: tuple[int, ...] = ()) -> Iterator[Path]:
+    """An AdminServer running as SERVER_UID on ``sock_dir/admin.sock``."""
+    os.chown(sock_dir, SERVER_UID, SERVER_UID)
+    path = sock_dir / "admin.sock"
+    child = uid_helper.Forked(SERVER_UID, uid_helper.serve, path, allowed)
     try:
-        _, status = os.waitpid(pid, 0)
-        with os.fdopen(read_end, "rb") as f:
-            data = f.read()
-    except BaseException:
-        os.close(read_end)
-        raise
-    assert os.waitstatus_to_exitcode(status) == 0
-    return json.loads(data)
-
-
-def _raw_exchange(path: Path) -> dict[str, Any] | None:
-    """One echo request by hand; the first frame back, or None if the daemon just hung up."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
-        raw.settimeout(HANG_GUARD_S)
-        raw.connect(str(path))
-        try:
-            raw.sendall(encode_frame({"cmd": "echo", "args": {"from": "child"}}))
-        except OSError:
-            pass  # a refused peer may be hung up on before it finishes sending
-        decoder = FrameDecoder()
-        while (frame := decoder.next_frame()) is None:
-            try:
-                chunk = raw.recv(65536)
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                return None
-            decoder.receive_data(chunk)
-        return frame
+        assert child.readline().split() == ["ready", str(SERVER_UID)], "no server (see stderr)"
+        yield path
+    finally:
+        child.kill()
 
 
 def _open_up_for_other_users(sock_dir: Path, sock_path: Path) -> None:
@@ -575,55 +544,39 @@ def _open_up_for_other_users(sock_dir: Path, sock_path: Path) -> None:
     os.chmod(sock_path, 0o666)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
-async def test_peer_of_another_uid_is_forbidden(
-    sock_dir: Path, sock_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
-) -> None:
-    server = make_server(sock_path)
-    calls: list[dict[str, Any]] = []
-    server.register("spy", calls.append)
-    await nursery.start(server.run)
-    _open_up_for_other_users(sock_dir, sock_path)
-
-    report = await trio.to_thread.run_sync(_forked_client_as, NOBODY, sock_path)
-    assert report.get("child_error") is None
-    assert report["uid"] == NOBODY
-    assert report["raw"]["ok"] is False
-    assert report["raw"]["error"]["code"] == "forbidden"
-    # The client turns the daemon's refusal (not a file-permission error) into AdminForbidden.
-    assert report["client"][0] == "AdminForbidden"
-    assert "refused this user" in report["client"][1]
-    assert server.forbidden == 2
-    refused = [r for r in caplog.records if "uid not allowed" in r.getMessage()]
-    assert refused and refused[0].fields["peer_uid"] == NOBODY  # type: ignore[attr-defined]
-    # Root still gets through.
-    assert await call(sock_path, "greet") == "hello world"
+@needs_uid_switch
+def test_peer_of_another_uid_is_forbidden(sock_dir: Path) -> None:
+    with _server_as_helper_uid(sock_dir) as path:
+        _open_up_for_other_users(sock_dir, path)
+        report = _client_as(NOBODY, path)
+        assert report["raw"]["ok"] is False
+        assert report["raw"]["error"]["code"] == "forbidden"
+        # The client turns the daemon's refusal (not a file-permission error) into AdminForbidden.
+        assert report["client"][0] == "AdminForbidden"
+        assert "refused this user" in report["client"][1]
+        # The daemon's own (unprivileged) uid gets through; so does root.
+        assert _client_as(SERVER_UID, path)["client"] == ["ok", {"x": 1}]
+        refused = AdminClient(path).call("refused")
+        assert refused == {"uids": [NOBODY, NOBODY], "forbidden": 2}
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
-async def test_allowed_uid_may_connect(
-    sock_dir: Path, sock_path: Path, nursery: trio.Nursery
-) -> None:
-    server = make_server(sock_path, allowed_uids=(NOBODY,))
-    await nursery.start(server.run)
-    _open_up_for_other_users(sock_dir, sock_path)
-    report = await trio.to_thread.run_sync(_forked_client_as, NOBODY, sock_path)
-    assert report.get("child_error") is None
-    assert report["raw"] == {"ok": True, "data": {"from": "child"}}
-    assert report["client"] == ["ok", {"x": 1}]
-    assert server.forbidden == 0
+@needs_uid_switch
+def test_allowed_uid_may_connect(sock_dir: Path) -> None:
+    with _server_as_helper_uid(sock_dir, allowed=(NOBODY,)) as path:
+        _open_up_for_other_users(sock_dir, path)
+        report = _client_as(NOBODY, path)
+        assert report["raw"] == {"ok": True, "data": {"from": "child"}}
+        assert report["client"] == ["ok", {"x": 1}]
+        assert AdminClient(path).call("refused") == {"uids": [], "forbidden": 0}
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
-async def test_file_permissions_alone_keep_others_out(
-    sock_path: Path, nursery: trio.Nursery
-) -> None:
+@needs_uid_switch
+def test_file_permissions_alone_keep_others_out(sock_dir: Path) -> None:
     # Without loosening anything, the 0700 directory / 0600 socket already refuse.
-    server = make_server(sock_path, allowed_uids=(NOBODY,))
-    await nursery.start(server.run)
-    report = await trio.to_thread.run_sync(_forked_client_as, NOBODY, sock_path)
-    assert report.get("child_error") is None
-    assert report["raw"] == "PermissionError"
-    assert report["client"][0] == "AdminForbidden"
-    assert "permission denied" in report["client"][1]
-    assert server.forbidden == 0  # the kernel refused; the daemon never saw them
+    with _server_as_helper_uid(sock_dir, allowed=(NOBODY,)) as path:
+        report = _client_as(NOBODY, path)
+        assert report["raw"] == "PermissionError"
+        assert report["client"][0] == "AdminForbidden"
+        assert "permission denied" in report["client"][1]
+        # The kernel refused; the daemon never saw them.
+        assert AdminClient(path).call("refused") == {"uids": [], "forbidden": 0}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from cache_testkit import OriginServer, make_tree, publish
 
 from cache.builder import ImageInfo, pack_directory
@@ -455,3 +456,45 @@ async def test_install_and_scrub_hash_without_mapping(
     truncated.write_bytes(sample_image.path.read_bytes()[: sample_image.size // 2])
     with pytest.raises(CorruptImage, match="truncated"):
         inspect_image(truncated, verify=True)
+
+
+async def test_one_origins_failure_does_not_block_another_origin(
+    tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
+) -> None:
+    # The function's origin lacks the image (and cools down); a copy published
+    # elsewhere must still install at once — also for a fetch that joined the
+    # failing flight while it was under way.
+    publish(sample_image.path, served)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    store = await start_store(nursery, tmp_path / "state")
+    missing = CountingOrigin(DirectoryOrigin(empty))
+    missing.gate = trio.Event()
+    has_it = DirectoryOrigin(served)
+    outcomes: list[str] = []
+
+    async def from_missing() -> None:
+        with pytest.raises(ImageNotFound):
+            await store.ensure(sample_image.digest, missing)
+        outcomes.append("missing failed")
+
+    async def from_has_it() -> None:
+        await store.ensure(sample_image.digest, has_it)  # joins the flight from `missing`
+        outcomes.append("installed")
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as both:
+            both.start_soon(from_missing)
+            await trio.testing.wait_all_tasks_blocked()
+            both.start_soon(from_has_it)
+            await trio.testing.wait_all_tasks_blocked()
+            missing.gate.set()
+    assert sorted(outcomes) == ["installed", "missing failed"]
+    assert store.contains(sample_image.digest)
+    # And with the failure cooling down: the other origin is not refused by it.
+    other = await start_store(nursery, tmp_path / "state2")
+    with pytest.raises(ImageNotFound):
+        await other.ensure(sample_image.digest, DirectoryOrigin(empty))
+    with trio.fail_after(30):
+        await other.ensure(sample_image.digest, has_it)
+    assert other.contains(sample_image.digest)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from cache_support import build_image, variant
+from cache_testkit import build_image, variant
 
 from cache.builder import ImageInfo
 from cache.origin import DirectoryOrigin, Origin

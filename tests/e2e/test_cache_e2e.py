@@ -7,22 +7,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cache_support import (
+from cache_testkit import (
     APP_FILES,
     OriginServer,
     build_image,
-    closed_port,
+    publish,
     variant,
     write_tree,
-    write_zst,
 )
 from daemon_harness import Daemon, wait_until, write_config
+from support import closed_port
 
 pytestmark = pytest.mark.e2e
 
@@ -47,8 +46,8 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
-    root = Path(tempfile.mkdtemp(prefix="hlc"))
+def env(module_short_tmp: Path) -> Iterator[Env]:
+    root = module_short_tmp
     write_tree(root / "pkgs" / "dev", APP_FILES)
     images = {
         tag: build_image(root, tag, variant(tag)) for tag in ("img", "remote", "later", "hint")
@@ -56,7 +55,7 @@ def env() -> Iterator[Env]:
     shutil.copy(images["img"].path, root / "app.hlimg")
     served = root / "served"
     for tag in ("remote", "hint"):
-        write_zst(images[tag].path, served)
+        publish(images[tag].path, served)
     (root / "nowhere").mkdir()
     with OriginServer(served) as server:
         functions = f"""
@@ -103,7 +102,6 @@ def env() -> Iterator[Env]:
             yield Env(root, daemon, server, images)
             # A clean stop: the cache's tasks end without an error at shutdown.
             assert daemon.terminate(30) == 0, "\n".join(daemon.lines[-20:])
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_functions_run_from_images_whatever_names_their_code(env: Env) -> None:
@@ -132,7 +130,7 @@ def test_code_that_cannot_be_had_is_a_quick_502_with_the_reason(env: Env) -> Non
         "image cdcdcdcdcdcd could not be fetched: its origin is unreachable or failing"
     )
     assert "127.0.0.1" not in down.text  # origin addresses stay in the node's log
-    assert env.daemon.logs("image not available")
+    env.daemon.wait_for_log("image not available")
 
 
 def test_ctl_cache_and_status_show_the_levels(env: Env) -> None:
@@ -174,8 +172,8 @@ def test_publishing_an_image_makes_a_waiting_function_servable(env: Env) -> None
     staging = publish / ".later.tmp"
     staging.write_bytes(env.images["later"].path.read_bytes())
     staging.rename(publish / "later.hlimg")
-    assert wait_until(lambda: env.installed(digest), timeout=15)
-    assert env.daemon.logs("image published")
+    assert wait_until(lambda: env.installed(digest)), "\n".join(env.daemon.lines[-40:])
+    env.daemon.wait_for_log("image published")
     reply = env.daemon.invoke("later", {"word": "now"})
     assert reply.status_code == 200 and reply.json()["reply"] == "NOW!later"
 

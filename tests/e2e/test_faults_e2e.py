@@ -6,7 +6,10 @@ commands, and then checks the one promise that matters to callers: every
 request the load sent was answered — a success or a clear error — and none
 waited past its deadline plus a margin (the load's client timeout). The
 numbers (detection and recovery times) belong to ``bench/bench_faults.py``;
-here timings are only bounded generously, the machine is small and noisy.
+here nothing is timed: the functions' deadlines are far beyond what a loaded
+machine needs, so a 504 means a fault, not a slow host; a request counts as
+*hung* only when no reply came long after its deadline; every wait is on a
+condition (a state, a counter, a log line) with a generous deadline.
 """
 
 from __future__ import annotations
@@ -30,11 +33,17 @@ from huselet.admin.client import AdminClient
 
 pytestmark = pytest.mark.e2e
 
-# Client timeout of every load request: its deadline plus this. Generous on
-# purpose (2 shared cores); the bench measures the real figures.
-MARGIN_S = 1.0
-DEADLINE_MS = 1500
+# Client timeout of every load request: its deadline plus this. Only a request
+# the daemon never answers may take that long; the bench measures real figures.
+MARGIN_S = 30.0
+# The functions' deadline: far beyond a queueing delay even under stress, so
+# the tests that expect every request to succeed hold on a loaded machine.
+DEADLINE_MS = 20_000
+# The deadline of requests that are meant to get stuck (SIGSTOP): short, so the
+# test need not wait long, yet long enough for a loaded machine to serve the rest.
+STUCK_DEADLINE_MS = 3000
 RATE = 100  # requests/s
+WAIT_S = 30.0  # bound of every wait on a condition: it only ends a failing test
 
 
 FUNCTIONS = f"""
@@ -72,12 +81,13 @@ max_instances = 2
 max_queue = 500
 """
 
-# Fast health loops, so each fault heals within a test's few seconds.
+# Fast health loops, so each fault heals within a test's few seconds; a heartbeat
+# timeout a loaded machine's idle worker still meets (only a stopped one misses).
 HEALTH = """
 [health]
 lag_failing_ms = 500
 heartbeat_interval_ms = 200
-heartbeat_timeout_ms = 300
+heartbeat_timeout_ms = 2000
 breaker_failures = 3
 breaker_window_s = 30
 breaker_open_ms = 500
@@ -146,7 +156,23 @@ def assert_all_answered(report: LoadReport) -> None:
     assert report.broken == 0, [o.describe() for o in report.of_kind("broken")][:5]
 
 
-def kill_busy(daemon: Daemon, function: str, sig: signal.Signals, timeout: float = 5.0) -> int:
+def kill_until(daemon: Daemon, function: str, counter: str, killed: list[int]) -> None:
+    """SIGKILL busy instances of ``function`` (paced over the running load) until
+    at least one kill hit a request in flight, as ``counter`` shows.
+
+    An instance listed busy may have finished its 20 ms request before the
+    signal lands — on a loaded machine, every time for a while — so the count
+    of kills is not fixed, only bounded; the outcome the test checks is."""
+    for _ in range(4):
+        time.sleep(0.5)  # pacing: the kills are spread over the load
+        killed.append(kill_busy(daemon, function, signal.SIGKILL))
+    while function_status(daemon, function)["counters"].get(counter, 0) < 1:
+        assert len(killed) < 100, f"no kill hit a request in flight ({len(killed)} kills)"
+        time.sleep(0.2)
+        killed.append(kill_busy(daemon, function, signal.SIGKILL))
+
+
+def kill_busy(daemon: Daemon, function: str, sig: signal.Signals, timeout: float = WAIT_S) -> int:
     """Send ``sig`` to an instance of ``function`` that is serving a request; its pid."""
     found: list[int] = []
 
@@ -167,11 +193,10 @@ def kill_busy(daemon: Daemon, function: str, sig: signal.Signals, timeout: float
 def test_sigkilled_instances_under_load_fail_only_their_requests_with_502(root: Path) -> None:
     with start(root) as d:
         warm(d, "work")
-        killed = []
-        with load(d, "work", duration=3.0) as running:
-            for _ in range(4):
-                time.sleep(0.5)
-                killed.append(kill_busy(d, "work", signal.SIGKILL))
+        killed: list[int] = []
+        with load(d, "work", duration=120.0) as running:
+            kill_until(d, "work", "instance_lost", killed)
+            running.stop()
         report = running.report
         assert_all_answered(report)
         # Each kill hit a request in flight: that request, and only that, failed.
@@ -191,18 +216,20 @@ def test_sigkilled_instances_under_load_fail_only_their_requests_with_502(root: 
 def test_sigkilled_instances_of_an_idempotent_function_cost_no_request(root: Path) -> None:
     with start(root) as d:
         warm(d, "safe")
-        killed = []
-        with load(d, "safe", duration=3.0) as running:
-            for _ in range(4):
-                time.sleep(0.5)
-                killed.append(kill_busy(d, "safe", signal.SIGKILL))
+        killed: list[int] = []
+        with load(d, "safe", duration=120.0) as running:
+            kill_until(d, "safe", "retried", killed)
+            running.stop()
         report = running.report
         assert_all_answered(report)
         # Each killed request was retried once on a fresh instance: the caller saw success.
         assert report.ok == report.sent, [o.describe() for o in report.of_kind("error")]
         assert not any(pid_alive(pid) for pid in killed)
-        ended = [e for e in d.logs("instance ended") if e.get("function") == "safe"]
-        assert len(ended) >= len(killed)
+
+        def ended() -> list[dict[str, Any]]:
+            return [e for e in d.logs("instance ended") if e.get("function") == "safe"]
+
+        assert wait_until(lambda: len(ended()) >= len(killed), WAIT_S), ended()
         assert function_status(d, "safe")["counters"].get("retried", 0) >= 1
 
 
@@ -212,16 +239,16 @@ def test_sigkilled_instances_of_an_idempotent_function_cost_no_request(root: Pat
 def test_sigstopped_busy_instance_is_answered_by_its_deadline_and_replaced(root: Path) -> None:
     with start(root) as d:
         warm(d, "work")
-        with load(d, "work", duration=3.5) as running:
-            time.sleep(0.5)
-            stopped_at = time.monotonic()
+        stuck_deadline = {"X-Huselet-Timeout-Ms": str(STUCK_DEADLINE_MS)}
+        with load(d, "work", duration=3.5, headers=stuck_deadline) as running:
+            time.sleep(0.5)  # pacing: the fault strikes a running load
             stopped = kill_busy(d, "work", signal.SIGSTOP)
-            # Killed once the stuck request's deadline passed (SIGKILL works on a stopped process).
-            assert wait_until(lambda: not pid_alive(stopped), timeout=DEADLINE_MS / 1000 + 3)
-            freed_after = time.monotonic() - stopped_at
+            # Killed once seen frozen or at the stuck request's deadline (SIGKILL
+            # works on a stopped process). No request is routed to it after that.
+            assert wait_until(lambda: not pid_alive(stopped), WAIT_S)
+            freed_at = time.monotonic()
         report = running.report
         assert_all_answered(report)
-        assert freed_after < DEADLINE_MS / 1000 + 3
         stuck = report.of_kind("error")
         assert stuck, report.summary()
         for o in stuck:
@@ -229,36 +256,37 @@ def test_sigstopped_busy_instance_is_answered_by_its_deadline_and_replaced(root:
             # deadline, or earlier once the daemon sees the instance is frozen.
             if o.status == 504:
                 assert o.error["code"] == "deadline_exceeded", o.describe()
-                assert o.latency_s >= DEADLINE_MS / 1000 * 0.9, o.describe()
+                assert o.latency_s >= STUCK_DEADLINE_MS / 1000 * 0.9, o.describe()
             else:
                 assert o.status == 502 and o.error["code"] == "instance_lost", o.describe()
                 assert "SIGSTOP" in o.error["message"], o.describe()
         assert len(stuck) <= 2, [o.describe() for o in stuck]  # one credit per instance
         # Afterwards the load ran at full success again, on a replacement.
-        tail = report.window(stopped_at + DEADLINE_MS / 1000 + 1.0, float("inf"))
-        assert tail.sent > 0 and tail.ok == tail.sent, tail.summary()
+        tail = report.window(freed_at, float("inf"))
+        assert tail.ok == tail.sent, tail.summary()
         assert stopped not in [i["pid"] for i in instances(d, "work")]
 
 
 def test_idle_sigstopped_instance_is_replaced_by_the_heartbeat(root: Path) -> None:
     with start(root) as d:
-        assert wait_until(lambda: len(instances(d, "standby")) == 1, timeout=10)
+        assert wait_until(lambda: len(instances(d, "standby")) == 1, WAIT_S)
         [before] = instances(d, "standby")
         assert d.invoke("standby").status_code == 200
         os.kill(before["pid"], signal.SIGSTOP)
         try:
             # No request ever reaches it: only the heartbeat can notice.
-            assert wait_until(lambda: not pid_alive(before["pid"]), timeout=5), "not replaced"
+            assert wait_until(lambda: not pid_alive(before["pid"]), WAIT_S), "not replaced"
 
             def replaced() -> bool:
                 now = instances(d, "standby")
                 return len(now) == 1 and now[0]["id"] != before["id"]
 
-            assert wait_until(replaced, timeout=10)
+            assert wait_until(replaced, WAIT_S)
         finally:
             if pid_alive(before["pid"]):
                 os.kill(before["pid"], signal.SIGCONT)
         assert function_status(d, "standby")["counters"].get("heartbeat_missed", 0) >= 1
+        d.wait_for_log("instance missed its heartbeat", function="standby")
         missed = [e for e in d.logs("instance missed its heartbeat") if e["function"] == "standby"]
         assert [e["instance"] for e in missed] == [before["id"]], missed
 
@@ -266,7 +294,7 @@ def test_idle_sigstopped_instance_is_replaced_by_the_heartbeat(root: Path) -> No
             loops = admin(d, "health")["loops"]
             return any(loop["counters"].get("heartbeat_missed", 0) >= 1 for loop in loops)
 
-        assert wait_until(reported, timeout=3), admin(d, "health")
+        assert wait_until(reported, WAIT_S), admin(d, "health")
         assert d.invoke("standby").status_code == 200
 
 
@@ -278,23 +306,24 @@ def test_handler_hanging_past_its_deadline_gets_504_and_its_instance_is_replaced
         warm(d, "work")
         before = {i["pid"] for i in instances(d, "work")}
         with load(d, "work", duration=3.0) as running:
-            time.sleep(0.5)
-            # One handler hangs (30 s) under the caller's own, shorter deadline.
-            with httpx.Client(base_url=d.url, timeout=caller_deadline_s + MARGIN_S) as c:
+            time.sleep(0.5)  # pacing: the hang starts inside a running load
+            # One handler hangs (60 s) under the caller's own, shorter deadline.
+            with httpx.Client(base_url=d.url, timeout=MARGIN_S) as c:
                 t0 = time.monotonic()
                 hung = c.post(
                     "/v1/invoke/work",
-                    json={"sleep": 30},
+                    json={"sleep": 60},
                     headers={"X-Huselet-Timeout-Ms": str(int(caller_deadline_s * 1000))},
                 )
                 answered_after = time.monotonic() - t0
         report = running.report
         assert hung.status_code == 504 and hung.json()["error"]["code"] == "deadline_exceeded"
-        assert caller_deadline_s <= answered_after < caller_deadline_s + MARGIN_S
+        assert answered_after >= caller_deadline_s  # not before its deadline
         # The load around it did not notice: three instances kept serving.
         assert_all_answered(report)
         assert report.ok == report.sent, report.summary()
-        # The stuck instance was killed (not left sleeping) and replaced.
+        # The stuck instance was killed (not left sleeping), for its deadline, and replaced.
+        d.wait_for_log("instance ended", function="work", reason="request deadline passed")
         ended = [
             e
             for e in d.logs("instance ended")
@@ -313,9 +342,10 @@ def test_handler_hanging_past_its_deadline_gets_504_and_its_instance_is_replaced
 def test_crash_on_import_opens_the_breaker_and_a_reload_with_a_fix_closes_it(root: Path) -> None:
     write_package(root, "fragile", BROKEN_ON_IMPORT)
     with start(root) as d:
-        with load(d, "fragile", duration=5.0, rate=50) as running:
+        # Long enough for a loaded machine; stopped once the fix has served a while.
+        with load(d, "fragile", duration=120.0, rate=50) as running:
             assert wait_until(
-                lambda: function_status(d, "fragile")["breaker"]["state"] == "open", timeout=5
+                lambda: function_status(d, "fragile")["breaker"]["state"] == "open", WAIT_S
             ), function_status(d, "fragile")
             fixed_at = time.monotonic()
             write_package(root, "fragile", SLEEPY_HANDLER)
@@ -324,7 +354,13 @@ def test_crash_on_import_opens_the_breaker_and_a_reload_with_a_fix_closes_it(roo
             def serving() -> bool:
                 return function_status(d, "fragile")["breaker"]["state"] == "closed"
 
-            assert wait_until(serving, timeout=3.0), function_status(d, "fragile")
+            assert wait_until(serving, WAIT_S), function_status(d, "fragile")
+            served = function_status(d, "fragile")["counters"].get("ok", 0)
+            assert wait_until(
+                lambda: function_status(d, "fragile")["counters"].get("ok", 0) >= served + 20,
+                WAIT_S,
+            ), function_status(d, "fragile")
+            running.stop()
         report = running.report
         assert d.proc.poll() is None, "SIGHUP ended the daemon"
         assert_all_answered(report)
@@ -338,7 +374,6 @@ def test_crash_on_import_opens_the_breaker_and_a_reload_with_a_fix_closes_it(roo
                 assert o.status == 503 and o.error["code"] == "unavailable", o.describe()
                 assert "circuit breaker is open" in o.error["message"], o.describe()
                 assert int(o.headers["retry-after"]) >= 1, o.describe()
-                assert o.latency_s < 1.0, o.describe()
         assert any(o.status == 503 for o in refused), report.summary()
         # The fix took: the load ends in successes, and the breaker stays closed.
         first_ok = report.first_ok_sent_after(fixed_at)
@@ -397,25 +432,29 @@ def test_blocked_event_loop_stops_the_watchdog_and_requests_are_answered_after(
     try:
         with start(root, env=env) as d:
             warm(d, "work")
-            assert wait_until(lambda: len(notify.pets()) >= 2, timeout=5), notify.messages
+            assert wait_until(lambda: len(notify.pets()) >= 2, WAIT_S), notify.messages
             # Long enough a deadline that requests sent during the block still fit.
-            with load(d, "work", duration=4.0, rate=50, timeout_s=DEADLINE_MS / 1000 + 3) as run:
-                time.sleep(1.0)
+            with load(d, "work", duration=4.0, rate=50) as run:
+                time.sleep(1.0)  # pacing: the block strikes a running load
                 blocked_at = time.monotonic()
                 admin(d, "debug_block_loop", timeout_s=block_ms / 1000 + 10, ms=block_ms)
                 unblocked_at = time.monotonic()
             report = run.report
-            assert wait_until(lambda: notify.pets()[-1] > unblocked_at, timeout=3)
+            assert wait_until(lambda: notify.pets()[-1] > unblocked_at, WAIT_S)
             health = admin(d, "health")
     finally:
         notify.close()
     assert unblocked_at - blocked_at >= block_ms / 1000 * 0.9
     pets = notify.pets()
-    gaps = [b - a for a, b in itertools.pairwise(pets)]
-    # systemd would have restarted it: no pet for longer than WATCHDOG_USEC...
-    assert max(gaps) > watchdog_s, gaps
-    worst = max(range(len(gaps)), key=gaps.__getitem__)
-    assert pets[worst] <= blocked_at + watchdog_s and pets[worst + 1] >= unblocked_at - 0.1
+    # systemd would have restarted it: while the loop was blocked (somewhere
+    # inside [blocked_at, unblocked_at]) no pet came for the whole block, far
+    # longer than WATCHDOG_USEC. Other gaps may be long too on a loaded host.
+    silent = [
+        (a, b)
+        for a, b in itertools.pairwise(pets)
+        if b - a >= block_ms / 1000 * 0.9 and a <= unblocked_at and b >= blocked_at
+    ]
+    assert silent and block_ms / 1000 > watchdog_s, [b - a for a, b in itertools.pairwise(pets)]
     # ...yet nothing was lost: requests that arrived during the block were
     # served after it, within their deadline.
     assert_all_answered(report)

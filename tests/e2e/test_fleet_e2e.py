@@ -13,11 +13,8 @@ node says about itself; SIGKILL a node and restart it (its state converges).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +39,8 @@ TTL_S = 2
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="hlf"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def root(short_tmp: Path) -> Path:
+    return short_tmp
 
 
 def start_node(root: Path, node_id: str, ports: list[int]) -> Daemon:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cache_support import build_image, variant
+from cache_testkit import build_image, variant
 from daemon_harness import Daemon, pid_alive, wait_until, write_config
 from support import write_package
 
@@ -117,7 +117,7 @@ idle_timeout_ms = 600000
         now_installed = installed(d)
         assert images["spare"].digest not in now_installed
         assert images["warm"].digest in now_installed
-        assert "refusing new images" in healing_actions(d, "disk")
+        assert wait_until(lambda: "refusing new images" in healing_actions(d, "disk"), WAIT_S)
 
         # Warm functions keep serving; a function whose image is not here is refused.
         assert d.invoke("warm", {"word": "b"}).json()["reply"] == "B!warm"
@@ -126,14 +126,16 @@ idle_timeout_ms = 600000
         message = refused.json()["error"]["message"]
         assert "cannot be installed now: the node's disk is nearly full" in message
         assert str(small_state_dir) not in message  # no host paths to callers
-        logged = [e for e in d.logs("image not available") if e.get("function") == "cold"]
-        assert logged and "refusing to install image" in logged[-1]["error"]
+        logged = d.wait_for_log("image not available", function="cold")
+        assert "refusing to install image" in logged["error"]
         assert images["cold"].digest not in installed(d)
 
         filler.unlink()
         assert wait_until(lambda: health_loop(d, "disk")["state"] == "ok", WAIT_S)
         assert health_loop(d, "disk")["counters"]["left"] == 1
-        assert "accepting new images again" in healing_actions(d, "disk")
+        assert wait_until(
+            lambda: "accepting new images again" in healing_actions(d, "disk"), WAIT_S
+        )
         assert d.invoke("cold", {"word": "d"}).json()["reply"] == "D!cold"
         assert images["cold"].digest in installed(d)
 
@@ -209,7 +211,9 @@ handler = "main:handler"
             memory = health_loop(d, "memory")
             assert "of the node's 100 MiB budget" in memory["detail"]
             assert memory["counters"]["entered"] == 1
-            assert "holding instance starts" in healing_actions(d, "memory")
+            assert wait_until(
+                lambda: "holding instance starts" in healing_actions(d, "memory"), WAIT_S
+            )
 
             # The warm instance keeps serving (min_instances keeps it from the reaper).
             assert d.invoke("warm").json()["pid"] == warm_pid
@@ -231,5 +235,7 @@ handler = "main:handler"
         assert memory["counters"]["instances_reaped"] >= 1
         assert wait_until(lambda: not pid_alive(hog_pid), WAIT_S)
         assert pid_alive(warm_pid)
-        assert "starting instances again" in healing_actions(d, "memory")
+        assert wait_until(
+            lambda: "starting instances again" in healing_actions(d, "memory"), WAIT_S
+        )
         assert d.invoke("cold").status_code == 200

@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pytest
 from daemon_harness import Daemon, pid_alive, wait_until, write_config
-from runtime.sandbox_support import UID_BASE, cgroup_leftovers, describe_pids, host_problem
 from support import write_package
 
 from huselet.runtime.cgroups import CgroupHost
+from huselet.testing.probes import UID_BASE, cgroup_leftovers, describe_pids, host_problem
 
 pytestmark = pytest.mark.e2e
 
@@ -90,7 +90,7 @@ def busy_requests(daemon: Daemon, names: list[str]) -> None:
         busy = [i for i in json.loads(out.stdout) if i["state"] == "busy"]
         return len(busy) == len(names)
 
-    assert wait_until(all_busy, 10)
+    assert wait_until(all_busy, 30)
 
 
 def recovery_report(daemon: Daemon) -> dict[str, Any]:
@@ -102,7 +102,7 @@ def recovery_report(daemon: Daemon) -> dict[str, Any]:
         loops = {loop["loop"]: loop for loop in json.loads(out.stdout)["loops"]}
         return loops["recovery"]  # type: ignore[no-any-return]
 
-    assert wait_until(lambda: get()["detail"], 5)
+    assert wait_until(lambda: get()["detail"], 30)
     return get()
 
 
@@ -160,11 +160,11 @@ def test_sigkill_and_restart_leaves_nothing_and_serves(root: Path) -> None:
     first.wait(10)
 
     # Nothing outlives the daemon: parent-death signals, process groups, pid namespaces.
-    assert wait_until(lambda: not any(pid_alive(p) for p in family), 10), describe_pids(
+    assert wait_until(lambda: not any(pid_alive(p) for p in family), 30), describe_pids(
         [p for p in family if pid_alive(p)]
     )
     if sandbox:
-        assert wait_until(lambda: not populated_cgroups(parent), 5), populated_cgroups(parent)
+        assert wait_until(lambda: not populated_cgroups(parent), 30), populated_cgroups(parent)
     run = root / "run"
     left_sockets = sorted(p.name for p in (run / "fn").iterdir())
     assert left_sockets == sorted(f"{n}.sock" for n in names)  # stale: nobody listens
@@ -250,12 +250,14 @@ def test_a_busy_oci_container_does_not_survive_the_next_start(root: Path) -> Non
     finally:
         first.kill()
     first.wait(10)
-    survived = 0 if wait_until(lambda: not pid_alive(container), 1) else 1
+    # Whether the container outlived its daemon is the kernel's timing; the
+    # sweep can only have found it if it was still there when the sweep began.
+    alive_before = pid_alive(container)
     with Daemon(config) as again:
-        assert wait_until(lambda: not pid_alive(container), 5), describe_pids([container])
+        assert wait_until(lambda: not pid_alive(container), 30), describe_pids([container])
         assert again.invoke("contained", {}).status_code == 200
         report = recovery_report(again)
         print(f"\nrecovery: {report['detail']}")
         assert report["state"] == "ok"
-        assert report["counters"].get("processes", 0) == survived
+        assert report["counters"].get("processes", 0) <= (1 if alive_before else 0), report
     assert cgroup_leftovers(root) == []

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
-from support import NodeStack
+from support import NodeStack, eventually, free_port
 
 from huselet.central.api import FleetApi
 from huselet.central.backend import Backend, EtcdBackend
@@ -21,11 +20,14 @@ from huselet.config.trust import DeployPolicy
 from huselet.fleet.commands import FleetCommands
 from huselet.fleet.link import SchedulerLink
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = [
+    "RunningCentral",
+    "central",
+    "eventually",
+    "free_port",
+    "make_link",
+    "placements_open",
+]
 
 
 def central_settings(
@@ -114,13 +116,6 @@ def make_link(
         )
 
     return SchedulerLink(link_settings(ports, **kw), stack.scheduler, commands)
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Wait until ``predicate()`` holds; fail (not hang) after ``timeout``."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 def placements_open(c: RunningCentral, node_id: str = "n1") -> bool:

@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 import h11
 import pytest
 import trio
-from cache_support import build_image, variant
+from cache_testkit import build_image, variant
 
 from cache.origin import DirectoryOrigin
 from cache.store import ImageStore, LowDiskSpace

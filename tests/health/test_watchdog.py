@@ -15,6 +15,8 @@ from huselet.health.supervisor import HealthState, HealthSupervisor, LoopReport
 from huselet.health.watchdog import WatchdogPetter, watchdog_interval_s
 from huselet.notify import SystemdNotifier
 
+WAIT_S = 30.0  # bound of every wait on a condition: it only ends a failing test
+
 
 def receiver(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -42,6 +44,14 @@ def test_watchdog_interval_from_env() -> None:
     assert watchdog_interval_s({}) is None
 
 
+async def pets_arrive(sock: socket.socket, timeout: float = WAIT_S) -> list[bytes]:
+    """Wait for at least one datagram; all that arrived."""
+    with trio.fail_after(timeout):
+        while not (got := drain(sock)):
+            await trio.sleep(0.01)
+    return got
+
+
 async def test_pets_stop_while_the_loop_is_blocked_and_resume_after(short_tmp: Path) -> None:
     sock = receiver(short_tmp / "notify")
     lag = LagProbe(period_s=0.05, degraded_ms=50, failing_ms=300)
@@ -49,17 +59,20 @@ async def test_pets_stop_while_the_loop_is_blocked_and_resume_after(short_tmp: P
     supervisor = HealthSupervisor([lag, petter])
     async with trio.open_nursery() as nursery:
         await nursery.start(supervisor.run)
-        await trio.sleep(0.5)
-        healthy = drain(sock)
-        assert healthy and all(m == b"WATCHDOG=1" for m in healthy)
-        time.sleep(0.8)  # a wedged event loop: nothing runs for 0.8 s
-        assert drain(sock) == []  # two pet windows passed without a pet
-        await trio.sleep(0.1)
+        healthy = await pets_arrive(sock)
+        assert all(m == b"WATCHDOG=1" for m in healthy)
+        drain(sock)
+        time.sleep(0.8)  # the fault: a wedged event loop, nothing runs for 0.8 s
+        assert drain(sock) == []  # no checkpoint since the last drain: nothing could pet
+        with trio.fail_after(WAIT_S):
+            while supervisor.reports["event_loop"].counters["stalls"] < 1:
+                await trio.sleep(0.01)
         assert lag.max_lag_ms >= 300
-        assert supervisor.reports["event_loop"].counters["stalls"] >= 1
-        await trio.sleep(0.6)  # responsive again: pets resume
-        assert drain(sock)
-        assert supervisor.reports["event_loop"].state is not HealthState.FAILING
+        # Responsive again: pets resume and the loop is no longer failing.
+        assert await pets_arrive(sock)
+        with trio.fail_after(WAIT_S):
+            while supervisor.reports["event_loop"].state is HealthState.FAILING:
+                await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
 
 
@@ -76,19 +89,26 @@ async def test_dead_critical_component_stops_pets(short_tmp: Path) -> None:
     supervisor = HealthSupervisor([lag, petter])
     async with trio.open_nursery() as nursery:
         await nursery.start(supervisor.run)
-        await trio.sleep(0.35)
-        assert drain(sock)
+        assert await pets_arrive(sock)
         alive["ok"] = False
-        await trio.sleep(0.15)
-        drain(sock)
-        await trio.sleep(0.5)
-        assert drain(sock) == []
         report = supervisor.reports["watchdog"]
+        with trio.fail_after(WAIT_S):
+            while report.counters["skipped"] < 1:
+                await trio.sleep(0.01)
+        drain(sock)  # pets sent before it noticed
+        pets, skipped = report.counters["pets"], report.counters["skipped"]
+        # Two more rounds of the petter, counted, not timed: neither pets.
+        with trio.fail_after(WAIT_S):
+            while report.counters["skipped"] < skipped + 2:
+                await trio.sleep(0.01)
+        assert drain(sock) == [] and report.counters["pets"] == pets
         assert report.state is HealthState.FAILING and "ingress: listener closed" in report.detail
         nursery.cancel_scope.cancel()
 
 
 async def test_a_crashing_loop_is_reported_and_restarted() -> None:
+    release = trio.Event()
+
     class Flaky:
         name = "flaky"
         runs = 0
@@ -97,16 +117,20 @@ async def test_a_crashing_loop_is_reported_and_restarted() -> None:
             Flaky.runs += 1
             if Flaky.runs == 1:
                 raise OSError("disk went away")
+            await release.wait()  # the test has seen the crash reported
             report.set(HealthState.OK, "fine now")
             await trio.sleep_forever()
 
     supervisor = HealthSupervisor([Flaky()])
     async with trio.open_nursery() as nursery:
         await nursery.start(supervisor.run)
-        await trio.sleep(0.05)
-        assert supervisor.reports["flaky"].state is HealthState.FAILING
+        with trio.fail_after(WAIT_S):
+            while supervisor.reports["flaky"].state is not HealthState.FAILING:
+                await trio.sleep(0.01)
         assert "OSError: disk went away" in supervisor.reports["flaky"].detail
-        await trio.sleep(0.2)
-        assert Flaky.runs == 2 and supervisor.overall() is HealthState.OK
+        release.set()
+        with trio.fail_after(WAIT_S):
+            while not (Flaky.runs == 2 and supervisor.overall() is HealthState.OK):
+                await trio.sleep(0.01)
         assert supervisor.describe()["loops"][0]["counters"]["crashes"] == 1
         nursery.cancel_scope.cancel()

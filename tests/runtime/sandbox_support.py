@@ -1,152 +1,32 @@
-"""Helpers for the sandboxing-runtime tests: can this host sandbox, unique cgroup
-parents, handlers that try to escape and report what happened, and leftover checks."""
+"""Moved to :mod:`huselet.testing.probes` (shipped with the runtime conformance
+suite); this name stays for tests written before the move. Import from there."""
 
-from __future__ import annotations
-
-import functools
-import json
-import os
-import socket
 from pathlib import Path
-from typing import Any
 
-import pytest
-import trio
+from huselet.testing.conformance import invoke_json
+from huselet.testing.probes import (
+    ESCAPE_HANDLER,
+    UID_BASE,
+    cgroup_leftovers,
+    describe_pids,
+    host_problem,
+    processes_of_uids,
+    require_sandbox_host,
+    sandbox_settings,
+)
 
-from huselet.runtime.cgroups import CgroupHost
-from huselet.runtime.isolation import IsolationSettings, probe_host
-
-UID_BASE = 231_000
-
-
-@functools.cache
-def host_problem() -> str | None:
-    """Why this host cannot run the fully isolated runtimes, or None."""
-    if os.geteuid() != 0:
-        return "needs root (namespaces, uid switch, cgroups)"
-    host = probe_host(IsolationSettings(uid_base=UID_BASE))
-    if host.userns is not None:
-        return host.userns
-    if host.cgroups is None or host.cgroups.missing():
-        return "needs the memory, pids and cpu cgroup controllers"
-    return None
-
-
-def require_sandbox_host() -> None:
-    problem = host_problem()
-    if problem:
-        pytest.skip(f"host cannot sandbox: {problem}")
-
-
-def sandbox_settings(tmp: Path, **extra: object) -> dict[str, object]:
-    """A runtime table with a cgroup parent unique to this test (removed after)."""
-    return {"cgroup_parent": f"huselet-test-{tmp.name}", "uid_base": UID_BASE, **extra}
-
-
-def cgroup_leftovers(tmp: Path) -> list[str]:
-    host = CgroupHost.detect()
-    if host is None:
-        return []
-    name = f"huselet-test-{tmp.name}"
-    return [str(root / name) for root in host.roots.values() if (root / name).exists()]
-
-
-def describe_pids(pids: list[int]) -> list[str]:
-    out = []
-    for pid in pids:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text().splitlines()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        keep = [line for line in status if line.split(":")[0] in ("Name", "State", "PPid", "NSpid")]
-        out.append(f"{pid}: {cmd} {keep}")
-    return out
-
-
-def processes_of_uids(lo: int, hi: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("Uid:"):
-                if lo <= int(line.split()[1]) < hi:
-                    found.append(int(entry))
-                break
-    return found
-
-
-# A handler that tries to get out and reports, per attempt, what happened.
-ESCAPE_HANDLER = r"""
-import ctypes, errno, os, signal, socket
-
-libc = ctypes.CDLL(None, use_errno=True)
-
-
-def attempt(fn):
-    try:
-        result = fn()
-    except OSError as exc:
-        return errno.errorcode.get(exc.errno, str(exc.errno))
-    except Exception as exc:
-        return type(exc).__name__
-    return "ok" if result is None else result
-
-
-def syscall(nr, *args):
-    def call():
-        if libc.syscall(nr, *args) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-    return call
-
-
-def write(path):
-    def go():
-        with open(path, "w") as f:
-            f.write("x")
-    return go
-
-
-def connect(port):
-    def go():
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            pass
-    return go
-
-
-def handler(event, ctx):
-    here = os.path.dirname(os.path.abspath(__file__))
-    status = open("/proc/self/status").read()
-    return {
-        "uid": os.getuid(),
-        "pid": os.getpid(),
-        "cap_eff": status.split("CapEff:")[1].split()[0],
-        "no_new_privs": status.split("NoNewPrivs:")[1].split()[0],
-        "seccomp": status.split("Seccomp:")[1].split()[0],
-        "write_usr": attempt(write("/usr/huselet-escape")),
-        "write_package": attempt(write(os.path.join(here, "escape.txt"))),
-        "write_tmp": attempt(write("/tmp/fine.txt")),
-        "read_other_code": attempt(lambda: open(event["other_code"]).read() and None),
-        "other_link": attempt(lambda: os.stat(event["other_link"]) and None),
-        "own_link": attempt(lambda: os.stat(event["own_link"]) and None),
-        "connect_host": attempt(connect(event["port"])),
-        "interfaces": [name for _, name in socket.if_nameindex()],
-        "ptrace": attempt(syscall(101, 0, 0, 0, 0)),  # PTRACE_TRACEME
-        "mount": attempt(syscall(165, b"none", b"/tmp", b"tmpfs", 0, 0)),
-        "unshare": attempt(syscall(272, 0x10000000)),  # CLONE_NEWUSER
-        "setns": attempt(syscall(308, 0, 0)),
-        "bpf": attempt(syscall(321, 0, 0, 0)),
-        "kill_daemon": attempt(lambda: os.kill(event["daemon_pid"], signal.SIGTERM)),
-        "visible_pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
-        "environ_token": any(k == "HUSELET_TOKEN" for k in os.environ),
-    }
-"""
+__all__ = [
+    "ESCAPE_HANDLER",
+    "UID_BASE",
+    "cgroup_leftovers",
+    "describe_pids",
+    "function",
+    "host_problem",
+    "invoke_json",
+    "processes_of_uids",
+    "require_sandbox_host",
+    "sandbox_settings",
+]
 
 
 def function(runtime: str, name: str, pkg: Path, **extra: object) -> dict[str, object]:
@@ -158,52 +38,3 @@ def function(runtime: str, name: str, pkg: Path, **extra: object) -> dict[str, o
         "runtime": runtime,
         **extra,
     }
-
-
-async def invoke_json(stack: Any, name: str, event: object) -> Any:
-    result = await stack.scheduler.invoke(name, json.dumps(event).encode(), "json")
-    return json.loads(result.body)
-
-
-async def probe_escapes(root: Path, runtime: str) -> dict[str, Any]:
-    """Run ESCAPE_HANDLER as function "f" beside a second function "g" and
-    return what each escape attempt got (see the handler for the keys)."""
-    from support import running_stack, write_package
-
-    pkg = write_package(root, "f", ESCAPE_HANDLER)
-    other = write_package(root, "g", "def handler(e, c):\n    return 'secret'\n")
-    functions = [function(runtime, "f", pkg), function(runtime, "g", other)]
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    try:
-        async with running_stack(root, functions, {runtime: sandbox_settings(root)}) as stack:
-            event = {
-                "other_code": str(other / "main.py"),
-                "other_link": str(stack.links.socket_path("g")),
-                "own_link": str(stack.links.socket_path("f")),
-                "port": listener.getsockname()[1],
-                "daemon_pid": os.getpid(),
-            }
-            with trio.fail_after(30):
-                got: dict[str, Any] = await invoke_json(stack, "f", event)
-    finally:
-        listener.close()
-    return got
-
-
-def assert_confined(got: dict[str, Any], *, visible_pids: list[int]) -> None:
-    """The isolation every sandboxing runtime must give, checked one way for all."""
-    assert UID_BASE <= got["uid"] < UID_BASE + 2 and got["cap_eff"] == "0000000000000000"
-    assert got["no_new_privs"] == "1" and got["seccomp"] == "2"
-    assert got["write_usr"] == "EROFS" and got["write_package"] == "EROFS"
-    assert got["write_tmp"] == "ok"
-    assert got["read_other_code"] == "ENOENT"
-    assert got["other_link"] == "ENOENT" and got["own_link"] == "ENOENT"
-    assert got["connect_host"] == "ECONNREFUSED"  # its own loopback: nothing listens there
-    assert got["interfaces"] == ["lo"]
-    for call in ("ptrace", "mount", "unshare", "setns", "bpf"):
-        assert got[call] == "EPERM", (call, got[call])
-    assert got["kill_daemon"] in ("ESRCH", "EPERM")
-    assert got["visible_pids"] == visible_pids
-    assert not got["environ_token"]

@@ -1,4 +1,6 @@
-"""Helpers for the cache tests: trees on disk, a second image writer, subprocesses.
+"""Helpers for the tests of the image cache (``cache/``) and of the node's package
+cache (``huselet/code/``): trees on disk, images, a second image writer,
+subprocesses, and a real HTTP origin that counts what it was asked for.
 
 ``write_spec_image`` is an independent writer made from ``cache/FORMAT.md``
 alone (it does not call the builder), so the tests check the spec and the
@@ -9,14 +11,22 @@ reader against each other and can craft images the builder would never make
 from __future__ import annotations
 
 import hashlib
+import http.server
 import os
 import struct
 import subprocess
 import sys
+import textwrap
+import threading
 import zlib
+from collections import Counter
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+import zstandard
+
+from cache.builder import ImageInfo, pack_directory
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 HEADER = 4096
 PAGE = 4096
@@ -51,6 +61,49 @@ def make_tree(root: Path, files: dict[str, bytes | str]) -> Path:
         data = content.encode() if isinstance(content, str) else content
         target.write_bytes(data)
     return root
+
+
+# A function with a subpackage, a relative import and a data file read through
+# importlib.resources: what the worker's image importer must get right.
+APP_FILES = {
+    "main.py": """
+        import os
+        from importlib import resources
+        from app.util import shout
+
+        def handler(event, context):
+            note = resources.files("app").joinpath("note.txt").read_text().strip()
+            return {"reply": shout(event.get("word", "hi")), "note": note,
+                    "file": __file__, "pid": os.getpid()}
+    """,
+    "app/__init__.py": "",
+    "app/util.py": """
+        from .consts import SUFFIX
+
+        def shout(word):
+            return word.upper() + SUFFIX
+    """,
+    "app/consts.py": "SUFFIX = '!'\n",
+    "app/note.txt": "served from the image\n",
+}
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    """:func:`make_tree` of source texts written indented in the test (dedented)."""
+    return make_tree(root, {rel: textwrap.dedent(text) for rel, text in files.items()})
+
+
+def build_image(root: Path, name: str, files: dict[str, str] | None = None) -> ImageInfo:
+    """Pack a tree (default: the APP) into ``root/built/<digest>.hlimg``."""
+    src = write_tree(root / "src" / name, files or APP_FILES)
+    out = root / "built"
+    out.mkdir(parents=True, exist_ok=True)
+    return pack_directory(src, out)
+
+
+def variant(tag: str) -> dict[str, str]:
+    """The APP with a different constant: a distinct image per tag."""
+    return {**APP_FILES, "app/consts.py": f"SUFFIX = '!{tag}'\n"}
 
 
 def reseal(image: bytearray) -> bytearray:
@@ -174,8 +227,6 @@ def run_python(
 
 def publish(image: Path, directory: Path, *, compressed: bool = True) -> Path:
     """Put an image where an origin serves it: ``<digest>.hlimg.zst`` or ``<digest>.hlimg``."""
-    import zstandard
-
     directory.mkdir(parents=True, exist_ok=True)
     data = image.read_bytes()
     if compressed:
@@ -192,17 +243,15 @@ class OriginServer:
 
     ``requests`` counts GETs per file name; ``behaviour`` maps a file name to
     "stall" (accept, never answer), "chunked" (chunked transfer encoding) or
-    an HTTP status to answer with instead of the file.
+    an HTTP status to answer with instead of the file; ``status`` forces every
+    answer's status (e.g. 503) while set.
     """
 
     def __init__(self, directory: Path) -> None:
-        import http.server
-        import threading
-        from collections import Counter
-
         self.directory = directory
         self.requests: Counter[str] = Counter()
         self.behaviour: dict[str, str | int] = {}
+        self.status: int | None = None
         self._lock = threading.Lock()
         self._release = threading.Event()
         server = self
@@ -214,7 +263,7 @@ class OriginServer:
                 name = self.path.rsplit("/", 1)[-1]
                 with server._lock:
                     server.requests[name] += 1
-                how = server.behaviour.get(name)
+                how = server.behaviour.get(name, server.status)
                 if how == "stall":
                     server._release.wait(30)
                     return
@@ -251,6 +300,10 @@ class OriginServer:
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
+
+    def fetches(self, digest: str) -> int:
+        """GETs for the image under either transfer name."""
+        return self.requests[f"{digest}.hlimg.zst"] + self.requests[f"{digest}.hlimg"]
 
     @property
     def url(self) -> str:

@@ -1,0 +1,137 @@
+"""The layering promises, checked two ways.
+
+* ``protocol/`` is sans-IO: it imports neither trio nor huselet.
+* ``cache/`` is a library of its own: it never imports huselet.
+* The worker SDK (``huselet/worker``) runs inside every sandbox: it imports
+  nothing from the daemon side (no other ``huselet`` module, no trio, no
+  daemon-only third-party package) — only the stdlib, ``protocol`` and ``cache``.
+
+First over the source (every ``import`` statement, also those inside
+functions), then in a fresh interpreter (what importing really pulls into
+``sys.modules``, whichever indirect path brought it in).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Third-party packages only the daemon uses; none may reach the worker.
+DAEMON_ONLY = ("trio", "h11", "watchdog", "zstandard", "httpx", "outcome", "sniffio")
+
+
+def imported_modules(path: Path, root: Path = REPO) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in ``path``; relative ones resolved."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                name = ".".join([*base, node.module] if node.module else base)
+            else:
+                name = node.module or ""
+            found.append((node.lineno, name))
+    return found
+
+
+def violations(
+    folder: str, forbidden: tuple[str, ...], allowed: tuple[str, ...] = (), root: Path = REPO
+) -> list[str]:
+    out = []
+    for path in sorted((root / folder).rglob("*.py")):
+        for line, name in imported_modules(path, root):
+            top_match = any(name == f or name.startswith(f + ".") for f in forbidden)
+            if top_match and not any(name == a or name.startswith(a + ".") for a in allowed):
+                out.append(f"{path.relative_to(root)}:{line} imports {name}")
+    return out
+
+
+def test_protocol_source_imports_neither_trio_nor_huselet() -> None:
+    assert violations("protocol", ("trio", "huselet")) == []
+
+
+def test_cache_source_never_imports_huselet() -> None:
+    assert violations("cache", ("huselet",)) == []
+
+
+def test_worker_source_imports_nothing_from_the_daemon_side() -> None:
+    forbidden = ("huselet", *DAEMON_ONLY)
+    assert violations("huselet/worker", forbidden, allowed=("huselet.worker",)) == []
+
+
+def test_the_source_check_sees_relative_and_nested_imports(tmp_path: Path) -> None:
+    # The checker itself: a relative import resolves to its package, a nested
+    # (function-level) import counts like a top-level one.
+    (tmp_path / "protocol").mkdir()
+    fake = tmp_path / "protocol" / "_contract_probe.py"
+    fake.write_text("from ..huselet import x\n\ndef f():\n    import trio\n")
+    assert violations("protocol", ("trio", "huselet"), root=tmp_path) == [
+        "protocol/_contract_probe.py:1 imports huselet",
+        "protocol/_contract_probe.py:4 imports trio",
+    ]
+
+
+SNAPSHOT = """
+import importlib, json, pkgutil, sys
+for target in sys.argv[1:]:
+    module = importlib.import_module(target)
+    if hasattr(module, "__path__") and target != "huselet":  # a package: all of it
+        for info in pkgutil.walk_packages(module.__path__, target + "."):
+            if not info.name.endswith("__main__"):  # importing it would run it
+                importlib.import_module(info.name)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def loaded_by(*targets: str) -> list[str]:
+    """``sys.modules`` of a fresh interpreter after importing ``targets``."""
+    out = subprocess.run(
+        [sys.executable, "-c", SNAPSHOT, *targets],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def tops(modules: list[str], prefixes: tuple[str, ...]) -> list[str]:
+    return [m for m in modules if any(m == p or m.startswith(p + ".") for p in prefixes)]
+
+
+def test_importing_protocol_loads_neither_trio_nor_huselet() -> None:
+    assert tops(loaded_by("protocol"), ("trio", "huselet")) == []
+
+
+def test_importing_cache_never_loads_huselet() -> None:
+    assert tops(loaded_by("cache"), ("huselet",)) == []
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [
+        ("huselet.worker.sdk",),
+        ("huselet.worker",),  # the package, as `python -m huselet.worker` loads it
+        # What an image worker imports on top (lazily, in load_handler).
+        ("huselet.worker.sdk", "cache.importer", "cache.reader"),
+    ],
+)
+def test_the_worker_loads_nothing_from_the_daemon_side(targets: tuple[str, ...]) -> None:
+    loaded = loaded_by(*targets)
+    daemon_side = [m for m in tops(loaded, ("huselet",)) if m != "huselet"]
+    daemon_side = [m for m in daemon_side if not m.startswith("huselet.worker")]
+    assert daemon_side == []
+    assert tops(loaded, DAEMON_ONLY) == []
