@@ -53,7 +53,8 @@ class LeaderLock:
 
     async def acquire(self, poll_s: float) -> None:
         """Wait (as standby) until the lock is ours."""
-        while not self.try_acquire():
+        # flock has no wake-up to wait on: polling is the only way to see it released.
+        while not self.try_acquire():  # noqa: ASYNC110
             await trio.sleep(poll_s)
 
     def release(self) -> None:

@@ -149,7 +149,8 @@ class CentralScheduler:
         for conn in list(self.conns):
             conn.wake()
         with trio.move_on_after(SHUTDOWN_GRACE_S):
-            while self.conns:
+            # Shutdown only, bounded by SHUTDOWN_GRACE_S: sessions leave on their own after bye.
+            while self.conns:  # noqa: ASYNC110
                 await trio.sleep(0.01)
 
     async def _lead(self) -> None:

@@ -220,7 +220,8 @@ class BwrapRuntime(Runtime):
                 argv += ["--seccomp", str(filter_fd)]
                 pass_fds.append(filter_fd)
             argv += ["--", *self._command(uid)]
-            popen = subprocess.Popen(
+            # A blocking spawn on the loop (ms); moving it to runtime.spawner is open (issue 12).
+            popen = subprocess.Popen(  # noqa: ASYNC220
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

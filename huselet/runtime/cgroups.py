@@ -348,8 +348,9 @@ class CgroupPool:
             base = root / self.subtree
             if not base.is_dir():
                 continue
+            # The start-up sweep runs once, before anything is served.
             for dirpath, _dirnames, _ in sorted(os.walk(base), key=lambda t: -len(t[0])):
-                rel = os.path.relpath(dirpath, root)
+                rel = os.path.relpath(dirpath, root)  # noqa: ASYNC240
                 group = Cgroup(self.host, rel)
                 await group.kill_all()
                 try:

@@ -108,7 +108,8 @@ class ChildHandle(InstanceHandle):
             return
         await trio.lowlevel.wait_readable(self._pidfd)
         try:
-            _, wstatus, rusage = os.wait4(self.pid, 0)
+            # The pidfd said the child exited: wait4 returns at once.
+            _, wstatus, rusage = os.wait4(self.pid, 0)  # noqa: ASYNC222
             returncode = os.waitstatus_to_exitcode(wstatus)
             status = ExitStatus.from_returncode(
                 returncode, max_rss_kb=rusage.ru_maxrss, cpu_s=rusage.ru_utime + rusage.ru_stime

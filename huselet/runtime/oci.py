@@ -99,7 +99,8 @@ async def _reap_child(pid: int, timeout_s: float = ORPHAN_REAP_S) -> None:
     with trio.move_on_after(timeout_s):
         while True:
             try:
-                if os.waitpid(pid, os.WNOHANG)[0]:
+                # WNOHANG: never blocks.
+                if os.waitpid(pid, os.WNOHANG)[0]:  # noqa: ASYNC222
                     return
             except ChildProcessError:
                 return  # not ours (never re-parented to us) or already reaped
@@ -246,7 +247,8 @@ class OciRuntime(Runtime):
         argv = [self._runc, "--root", str(self._state), "run", "--detach", "--preserve-fds", "1"]
         argv += ["--pid-file", str(bundle / "pid"), "--bundle", str(bundle), spec.instance_id]
         try:
-            runc = subprocess.Popen(
+            # A blocking spawn on the loop (ms); moving it to runtime.spawner is open (issue 12).
+            runc = subprocess.Popen(  # noqa: ASYNC220
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

@@ -112,7 +112,8 @@ class ZygoteProcess:
         """Spawn, configure and serve until the zygote exits (it is always reaped)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            popen = subprocess.Popen(
+            # A blocking spawn on the loop (ms); moving it to runtime.spawner is open (issue 12).
+            popen = subprocess.Popen(  # noqa: ASYNC220
                 [*zygote_command(), "--control-fd", str(child.fileno())],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

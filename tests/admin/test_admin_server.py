@@ -54,7 +54,7 @@ def make_server(path: Path, **kwargs: Any) -> AdminServer:
     server.register("echo", lambda args: args)
 
     async def greet(args: dict[str, Any]) -> str:
-        await trio.sleep(0)  # a real checkpoint: the handler is truly async
+        await trio.lowlevel.checkpoint()  # a real checkpoint: the handler is truly async
         return f"hello {args.get('name', 'world')}"
 
     server.register("greet", greet)
