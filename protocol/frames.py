@@ -44,6 +44,25 @@ def encode_frame(message: dict[str, Any], *, max_frame: int = DEFAULT_MAX_FRAME)
     return _LEN.pack(len(body)) + body
 
 
+def required_field(msg: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
+    """``msg[key]`` if present and of type ``typ``; MalformedFrame otherwise."""
+    try:
+        value = msg[key]
+    except KeyError:
+        raise MalformedFrame(f"{msg.get('t', '?')} frame lacks required field {key!r}") from None
+    # bool is an int subclass; a count or id given as True is a peer bug.
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ in (int, (int, float))):
+        raise MalformedFrame(
+            f"{msg.get('t', '?')} frame field {key!r} has type {type(value).__name__}"
+        )
+    return value
+
+
+def optional_field(msg: dict[str, Any], key: str, typ: type) -> Any:
+    """Like :func:`required_field`, but an absent (or nil) key is None."""
+    return required_field(msg, key, typ) if msg.get(key) is not None else None
+
+
 class FrameDecoder:
     """Accumulates bytes and yields complete, validated messages.
 

@@ -40,7 +40,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.errors import MalformedFrame, ProtocolError
-from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from protocol.frames import (
+    DEFAULT_MAX_FRAME,
+    FrameDecoder,
+    encode_frame,
+    optional_field,
+    required_field,
+)
 
 PROTO_VERSION = 1
 
@@ -72,20 +78,7 @@ class State(enum.Enum):
     CLOSED = "closed"  # refused, or broken by a protocol error
 
 
-def _field(msg: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
-    try:
-        value = msg[key]
-    except KeyError:
-        raise MalformedFrame(f"{msg.get('t', '?')} frame lacks required field {key!r}") from None
-    if not isinstance(value, typ) or (isinstance(value, bool) and typ is int):
-        raise MalformedFrame(
-            f"{msg.get('t', '?')} frame field {key!r} has type {type(value).__name__}"
-        )
-    return value
-
-
-def _optional(msg: dict[str, Any], key: str, typ: type) -> Any:
-    return _field(msg, key, typ) if msg.get(key) is not None else None
+_field, _optional = required_field, optional_field
 
 
 # --- messages ------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.errors import MalformedFrame
+from protocol.frames import required_field
 
 PROTO_VERSION = 1
 
@@ -94,17 +95,7 @@ ERROR_DEADLINE = "DeadlineExceeded"
 MAX_HTTP_HEADERS = 1024
 
 
-def _field(msg: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
-    try:
-        value = msg[key]
-    except KeyError:
-        raise MalformedFrame(f"{msg.get('t', '?')} frame lacks required field {key!r}") from None
-    # bool is an int subclass; a count or id given as True is a peer bug.
-    if not isinstance(value, typ) or (isinstance(value, bool) and typ in (int, (int, float))):
-        raise MalformedFrame(
-            f"{msg.get('t', '?')} frame field {key!r} has type {type(value).__name__}"
-        )
-    return value
+_field = required_field
 
 
 def message_type(msg: dict[str, Any]) -> str:
