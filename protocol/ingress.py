@@ -48,12 +48,15 @@ from protocol.frames import (
     required_field,
 )
 
+# REFUSED has the instance link's shape exactly: one message class for both.
+from protocol.link import REFUSED as REFUSED
+from protocol.link import Refused as Refused
+
 PROTO_VERSION = 1
 
 # Message type tags (the ``t`` key).
 HELLO = "hello"
 WELCOME = "welcome"
-REFUSED = "refused"
 CALL = "call"
 REPLY = "reply"
 GOAWAY = "goaway"
@@ -124,19 +127,6 @@ class Welcome:
             max_frame=_field(msg, "max_frame", int),
             max_inflight=_field(msg, "max_inflight", int),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    code: str
-    message: str
-
-    def encode(self) -> dict[str, Any]:
-        return {"t": REFUSED, "code": self.code, "message": self.message}
-
-    @classmethod
-    def decode(cls, msg: dict[str, Any]) -> Refused:
-        return cls(code=_field(msg, "code", str), message=_field(msg, "message", str))
 
 
 @dataclass(frozen=True, slots=True)
