@@ -23,7 +23,7 @@ from protocol.link import KIND_BYTES, KIND_JSON
 
 INVOKE_PREFIX = b"/v1/invoke/"
 HEALTHZ_PATH = b"/healthz"
-# Same rule as config.FUNCTION_NAME, on bytes: a name that cannot be configured
+# Same rule as huselet.config.functions.FUNCTION_NAME, on bytes: a name that cannot be configured
 # cannot exist, so anything else is a 404 rather than a 400.
 _FUNCTION_NAME = re.compile(rb"[a-z0-9][a-z0-9_-]{0,62}")
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
