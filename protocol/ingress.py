@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from protocol.errors import MalformedFrame, ProtocolError
 from protocol.frames import (
@@ -66,7 +67,7 @@ PONG = "pong"
 # Event encodings, as on the instance link.
 KINDS = frozenset({"json", "bytes", "text"})
 MAX_CALL_ID = 2**63 - 1
-_FUNCTION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+FUNCTION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # as huselet.config.functions
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_TOKEN_CHARS = 4096
 
@@ -263,6 +264,23 @@ ClientEvent = Welcome | Refused | Reply | GoAway | Pong
 
 # --- the two ends ----------------------------------------------------------------------
 
+E = TypeVar("E")
+
+
+class _End(Protocol):
+    _decoder: FrameDecoder
+    state: State
+
+
+def _next_or_close(end: _End, interpret: Callable[[dict[str, Any]], E]) -> E | None:
+    """The next decoded message of either end; a protocol error closes that end."""
+    try:
+        msg = end._decoder.next_frame()
+        return None if msg is None else interpret(msg)
+    except ProtocolError:
+        end.state = State.CLOSED
+        raise
+
 
 @dataclass(slots=True)
 class ServerConnection:
@@ -296,14 +314,7 @@ class ServerConnection:
         Raises :class:`ProtocolError` (the connection must close) on garbage, an
         oversized frame, a duplicate call id or a call beyond ``max_inflight``.
         """
-        try:
-            msg = self._decoder.next_frame()
-            if msg is None:
-                return None
-            return self._interpret(msg)
-        except ProtocolError:
-            self.state = State.CLOSED
-            raise
+        return _next_or_close(self, self._interpret)
 
     def _interpret(self, msg: dict[str, Any]) -> ServerEvent:
         kind = _field(msg, "t", str)
@@ -390,7 +401,7 @@ class ClientConnection:
             raise IngressProtocolError("call before the node welcomed this connection")
         if not self.can_call:
             raise IngressProtocolError(f"already {self.max_inflight} calls in flight")
-        if _FUNCTION_NAME.fullmatch(fn) is None:
+        if FUNCTION_NAME.fullmatch(fn) is None:
             raise IngressProtocolError(f"{fn!r} is not a valid function name")
         if kind not in KINDS:
             raise IngressProtocolError(f"unknown event kind {kind!r}")
@@ -407,14 +418,7 @@ class ClientConnection:
         self._decoder.receive_data(data)
 
     def next_event(self) -> ClientEvent | None:
-        try:
-            msg = self._decoder.next_frame()
-            if msg is None:
-                return None
-            return self._interpret(msg)
-        except ProtocolError:
-            self.state = State.CLOSED
-            raise
+        return _next_or_close(self, self._interpret)
 
     def _interpret(self, msg: dict[str, Any]) -> ClientEvent:
         kind = _field(msg, "t", str)

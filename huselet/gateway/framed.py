@@ -26,13 +26,14 @@ from pathlib import Path
 import trio
 
 from huselet.config import GatewaySettings, TcpAddress
-from huselet.errors import BadRequest, Draining, HuseletError
+from huselet.errors import BadRequest, Draining, HuseletError, UnknownFunction
 from huselet.gateway.core import InvokeCore
 from huselet.gateway.routes import new_request_id
 from huselet.log import get_logger
 from huselet.observe.context import RequestMeta
 from protocol.errors import ProtocolError
 from protocol.ingress import (
+    FUNCTION_NAME,
     PONG_FRAME,
     PROTO_VERSION,
     Call,
@@ -200,6 +201,12 @@ class _FramedConnection:
         request_id = call.request_id or new_request_id()
         core = self.ingress.core
         try:
+            if FUNCTION_NAME.fullmatch(call.fn) is None:
+                # As over HTTP: a name that cannot be configured is a 404, and
+                # a hostile one (up to a frame long) is never echoed back.
+                raise UnknownFunction(
+                    "not a valid function name (lowercase letters, digits, - and _, at most 63)"
+                )
             core.check_admission(len(call.event))
             if core.invoker.takes_http(call.fn):
                 raise BadRequest(

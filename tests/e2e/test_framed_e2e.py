@@ -264,6 +264,22 @@ def test_calls_beyond_max_inflight_are_not_read_until_a_slot_frees(
     assert framed_status(daemon)["calls"] == before + 65
 
 
+def test_a_hostile_function_name_is_a_404_that_does_not_echo_it(daemon: Daemon) -> None:
+    sock, conn = _raw_connection(framed_address(daemon))
+    with sock:
+        name = "A" * 50_000
+        sock.sendall(encode_frame(Call(1, name, b"{}", "json").encode()))
+        conn.inflight.add(1)
+        reply = None
+        while reply is None:
+            reply = conn.next_event()
+            if reply is None:
+                conn.receive_data(sock.recv(65536))
+    assert isinstance(reply, Reply)
+    assert (reply.status, reply.error_code) == (404, "unknown_function")
+    assert name not in (reply.error_message or "")
+
+
 def test_garbage_closes_only_that_connection(daemon: Daemon) -> None:
     sock, _ = _raw_connection(framed_address(daemon))
     with sock:
