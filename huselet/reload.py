@@ -34,6 +34,7 @@ import trio
 
 from huselet.config import Config, FunctionSettings, load_config
 from huselet.dispatch.dispatcher import Dispatcher
+from huselet.dispatch.functions import FunctionDeployment
 from huselet.dispatch.links import LinkServer
 from huselet.dispatch.sources import CodeSource
 from huselet.errors import ConfigError, HuseletError
@@ -84,6 +85,7 @@ class ConfigReloader:
         self.config = config
         self.dispatcher = dispatcher
         self.links = links
+        self.functions = FunctionDeployment(dispatcher, links)
         self.runtimes = runtimes
         self.known_runtimes = frozenset(known_runtimes)
         self.on_applied = on_applied
@@ -154,23 +156,22 @@ class ConfigReloader:
             outcome["code"] = sorted(await self.refresh_code(new.functions))
         now = trio.current_time()
         for name in old_fns.keys() - new_fns.keys():
-            self.dispatcher.remove_function(name)
+            self.functions.remove(name)
             outcome["removed"].append(name)
         for name, fn in new_fns.items():
             old = old_fns.get(name)
             if old is None:
-                await self.links.add_function(name)
-                self.dispatcher.deploy_function(fn, {"source": CodeSource.CONFIG})
+                await self.functions.deploy(fn, CodeSource.CONFIG)
                 outcome["added"].append(name)
             elif fn == old:
                 pool = self.dispatcher.pools.get(name)
                 if pool is not None and pool.breaker.allow_trial(now):
                     outcome["trial"].append(name)
             elif _changed_fields(old, fn) <= LIVE_FIELDS:
-                self.dispatcher.update_function(fn)
+                self.functions.update(fn)
                 outcome["updated"].append(name)
             else:
-                self.dispatcher.deploy_function(fn, {"source": CodeSource.CONFIG})
+                await self.functions.deploy(fn, CodeSource.CONFIG)
                 outcome["replaced"].append(name)
         # Sections that need a restart keep their running values.
         # [auth] applies live too (the daemon re-tunes admission, re-reads the keys file).
@@ -193,8 +194,7 @@ class ConfigReloader:
                     f"functions[{i}].runtime: runtime {fn.runtime!r} was not started with the "
                     "daemon; adding a runtime needs a restart"
                 )
-            meta = self.dispatcher.function_meta.get(fn.name, {})
-            if fn.name not in old_fns and meta.get("source") == CodeSource.SCHEDULER:
+            if fn.name not in old_fns and self.functions.source(fn.name) is CodeSource.SCHEDULER:
                 raise ReloadRefused(
                     f"functions[{i}].name: {fn.name!r} is deployed here by the central "
                     "scheduler; the file cannot take it over"

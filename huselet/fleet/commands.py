@@ -32,13 +32,14 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from huselet.config import Config, parse_function_spec
 from huselet.config.trust import DeployPolicy
 from huselet.dispatch.api import FunctionDeployer
+from huselet.dispatch.functions import FunctionDeployment
 from huselet.dispatch.links import LinkServer
 from huselet.dispatch.sources import CodeSource
 from huselet.errors import HuseletError
@@ -50,6 +51,8 @@ log = get_logger("fleet")
 SOURCE_SCHEDULER = CodeSource.SCHEDULER
 SEEN_IDS = 8192  # command ids remembered to prove none was executed twice
 MAX_PREFETCH = 256  # images in one prefetch command
+
+K = TypeVar("K", bound=Hashable)
 
 
 class CommandFailed(HuseletError):
@@ -118,6 +121,7 @@ class FleetCommands:
         self.offered_memory_mb = link.memory_mb if link is not None else 1 << 20
         self.dispatcher = dispatcher
         self.links = links
+        self.functions = FunctionDeployment(dispatcher, links)
         self.known_runtimes = frozenset(known_runtimes)
         self._on_placements = on_placements
         self.store = store
@@ -148,12 +152,9 @@ class FleetCommands:
 
     async def execute(self, cmd_id: str, kind: str, body: Any) -> dict[str, Any]:
         """Run one command; returns the result payload or raises :class:`CommandFailed`."""
-        if cmd_id in self._seen:
+        if _seen_before(self._seen, cmd_id):
             self.duplicates += 1
             log.error("command executed twice", cmd_id=cmd_id, kind=kind)
-        self._seen[cmd_id] = None
-        while len(self._seen) > SEEN_IDS:
-            self._seen.popitem(last=False)
         self.executed[kind] += 1
         if not isinstance(body, dict):
             raise CommandFailed("the command body must be a map", "bad_command")
@@ -186,8 +187,7 @@ class FleetCommands:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise CommandFailed("spec must be a function table with a name", "bad_command")
         name = spec["name"]
-        meta = self.dispatcher.function_meta.get(name, {})
-        if name in self.dispatcher.pools and meta.get("source") != SOURCE_SCHEDULER:
+        if self.functions.source(name) not in (None, SOURCE_SCHEDULER):
             raise CommandFailed(f"function {name!r} is configured on the node", "not_owned")
         current = self.deployed.get(name)
         if current is not None and current["version"] >= version:
@@ -211,15 +211,10 @@ class FleetCommands:
             offered_memory_mb=self.offered_memory_mb,
             default_origin=self.config.cache.default_origin,
         )
-        key = (name, version)
-        if key in self._applied:
+        if _seen_before(self._applied, (name, version)):
             self.duplicate_applies += 1
             log.error("function version applied twice", function=name, version=version)
-        self._applied[key] = None
-        while len(self._applied) > SEEN_IDS:
-            self._applied.popitem(last=False)
-        await self.links.add_function(name)
-        self.dispatcher.deploy_function(fn, {"source": SOURCE_SCHEDULER, "version": version})
+        await self.functions.deploy(fn, SOURCE_SCHEDULER, version)
         self.deployed[name] = {"version": version, "spec": spec}
         log.info("function deployed", function=name, version=version)
 
@@ -231,7 +226,7 @@ class FleetCommands:
             raise CommandFailed(f"function {name!r} is configured on the node", "not_owned")
         removed = self.deployed.pop(name, None) is not None
         if removed:
-            self.dispatcher.remove_function(name)
+            self.functions.remove(name)
             self._save()
             log.info("function removed", function=name)
         return {"removed": removed}
@@ -296,3 +291,12 @@ class FleetCommands:
             except (HuseletError, KeyError, TypeError) as exc:
                 log.error("cannot restore deployed function", function=name, error=str(exc))
         self._save()
+
+
+def _seen_before(seen: OrderedDict[K, None], key: K) -> bool:
+    """Remember ``key`` among the last :data:`SEEN_IDS`; True if it was remembered already."""
+    again = key in seen
+    seen[key] = None
+    while len(seen) > SEEN_IDS:
+        seen.popitem(last=False)
+    return again
