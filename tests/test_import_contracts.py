@@ -135,3 +135,12 @@ def test_the_worker_loads_nothing_from_the_daemon_side(targets: tuple[str, ...])
     daemon_side = [m for m in daemon_side if not m.startswith("huselet.worker")]
     assert daemon_side == []
     assert tops(loaded, DAEMON_ONLY) == []
+
+
+def test_an_invocation_imports_neither_its_queue_nor_its_instance() -> None:
+    # The buffer and the instance hold invocations; the invocation names what it
+    # uses of them as Protocols, so there is no instance <-> invocation cycle,
+    # not even one hidden under TYPE_CHECKING.
+    imported = imported_modules(REPO / "huselet" / "dispatch" / "invocation.py")
+    dispatch = [name for _, name in imported if name.startswith("huselet.dispatch.")]
+    assert dispatch == ["huselet.dispatch.reasons"]

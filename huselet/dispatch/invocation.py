@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from huselet.dispatch.reasons import StopReason
 from huselet.errors import HuseletError
 
 if TYPE_CHECKING:
-    from huselet.dispatch.buffer import RequestBuffer
-    from huselet.dispatch.instance import InstanceRecord
     from protocol.link import HttpRequest
 
 
@@ -29,6 +28,40 @@ class InvokeResult:
     # What an HTTP function chose (status, headers); 200 and none otherwise.
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
+
+
+class QueueSlot(Protocol):
+    """The queue an invocation waits in (a :class:`~huselet.dispatch.buffer.RequestBuffer`).
+
+    A Protocol, not an import: the buffer and the instance hold invocations,
+    so this module names only what it uses of them and imports neither.
+    """
+
+    def left_queue(self, inv: Invocation) -> None: ...
+
+
+class ServingInstance(Protocol):
+    """The instance an invocation was delivered to, as the pool and request logs read it.
+
+    (A :class:`~huselet.dispatch.instance.InstanceRecord`.)
+    """
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def inflight(self) -> dict[str, Invocation]: ...
+
+    @property
+    def stop_reason(self) -> StopReason | None: ...
+
+    @property
+    def created_at(self) -> float: ...
+
+    @property
+    def ready_at(self) -> float | None: ...
+
+    def stop(self, reason: StopReason, detail: object = None) -> None: ...
 
 
 class InvocationState(enum.Enum):
@@ -75,8 +108,8 @@ class Invocation:
         self.state = InvocationState.QUEUED
         # The buffer holding this invocation while it is QUEUED there: a completion
         # from outside (deadline, drain) tells it, so its live count stays exact.
-        self.queued_in: RequestBuffer | None = None
-        self.instance: InstanceRecord | None = None
+        self.queued_in: QueueSlot | None = None
+        self.instance: ServingInstance | None = None
         self.attempts = 1  # deliveries to an instance so far, counting a retry
         self.dispatched_at: float | None = None  # last taken off the queue (timings)
         self.trace = ""  # W3C traceparent passed on to the handler ("" if none)
