@@ -13,19 +13,15 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from huselet.dispatch.counters import FAILED_REQUESTS, PoolCounter
+
 MISSING = "-"
 COLUMN_GAP = "  "
 # Instance states in lifecycle order; unknown states (a newer daemon) follow, sorted.
 STATE_ORDER = ("starting", "idle", "busy", "stopping")
 # Request outcomes counted as failures in the FAILED column: every counter that
 # marks an accepted request answered with an error.
-FAILURE_COUNTERS = (
-    "handler_errors",
-    "bad_events",
-    "deadline_exceeded",
-    "instance_lost",
-    "failed_start",
-)
+FAILURE_COUNTERS = FAILED_REQUESTS
 # Longest free-text value (an error message) shown before eliding the rest.
 MAX_NOTE = 200
 
@@ -247,7 +243,7 @@ def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
                 counts.get("busy"),
                 fn.get("inflight"),
                 fn.get("queued"),
-                counters.get("accepted", zero),
+                counters.get(PoolCounter.ACCEPTED, zero),
                 counters.get("ok", zero),
                 failed,
                 counters.get("rejected_queue_full", zero),

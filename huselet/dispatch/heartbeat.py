@@ -33,6 +33,7 @@ from typing import Any
 import trio
 
 from huselet.config.health import HealthSettings
+from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.instance import InstanceRecord, InstanceState, stopped_by_signal
 from huselet.dispatch.reasons import StopReason
 from huselet.log import get_logger
@@ -109,7 +110,7 @@ class Heartbeats:
             return
         if record.inflight:
             if stopped_by_signal(record.handle):
-                self.counters["stopped_busy"] += 1
+                self.counters[PoolCounter.STOPPED_BUSY] += 1
                 log.warning("busy instance is stopped", function=self.function, instance=record.id)
                 record.stop(StopReason.FROZEN)
                 return
@@ -126,7 +127,7 @@ class Heartbeats:
         if not written:
             # Its link buffer is full (part of a frame may even be on the wire):
             # it has not been reading, and the link cannot be trusted.
-            self.counters["heartbeat_missed"] += 1
+            self.counters[PoolCounter.HEARTBEAT_MISSED] += 1
             record.stop(StopReason.NOT_READING)
             return
         self._push(now + self.timeout, record, now)
@@ -139,7 +140,7 @@ class Heartbeats:
             return
         if record.last_heard < pinged_at:
             if not record.inflight:
-                self.counters["heartbeat_missed"] += 1
+                self.counters[PoolCounter.HEARTBEAT_MISSED] += 1
                 log.warning(
                     "instance missed its heartbeat",
                     function=self.function,

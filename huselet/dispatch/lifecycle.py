@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.instance import InstanceRecord, InstanceState
 from huselet.dispatch.reasons import PLANNED_STOPS, StopReason
 from huselet.dispatch.serving import retry, serve
@@ -129,7 +130,7 @@ async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
 
 
 def _start_failed(pool: FunctionPool, record: InstanceRecord, reason: str) -> None:
-    pool.counters["start_failures"] += 1
+    pool.counters[PoolCounter.START_FAILURES] += 1
     pool.last_start_error = reason
     record.stop_reason = StopReason.START_FAILED
     log.error("instance start failed", function=pool.name, instance=record.id, reason=reason)
@@ -141,7 +142,7 @@ def _start_failed(pool: FunctionPool, record: InstanceRecord, reason: str) -> No
         failed = pool.buffer.fail_all(
             InstanceStartFailed(f"function {pool.name!r} could not start an instance: {reason}")
         )
-        pool.counters["failed_start"] += failed
+        pool.counters[PoolCounter.FAILED_START] += failed
     # After the queue heard the specific reason: an opening breaker fails the rest.
     pool.breaker_failure(record, f"instance start failed: {reason}")
 
@@ -180,7 +181,7 @@ async def _teardown(pool: FunctionPool, record: InstanceRecord) -> None:
     with trio.move_on_after(STOP_GRACE_S + REAP_LIMIT_S) as reaping:
         await _stop_handle(pool, record, graceful)
     if reaping.cancelled_caught:
-        pool.counters["unreaped_instances"] += 1
+        pool.counters[PoolCounter.UNREAPED_INSTANCES] += 1
         log.error(
             "instance did not report its exit in time",
             function=pool.name,
@@ -206,7 +207,7 @@ async def _teardown(pool: FunctionPool, record: InstanceRecord) -> None:
             if retry(pool, inv, record, delivered=inv is not record.sending):
                 continue
             if inv.complete(InstanceLost(f"{what} while serving the request")):
-                pool.counters["instance_lost"] += 1
+                pool.counters[PoolCounter.INSTANCE_LOST] += 1
         record.inflight.clear()
     if pool.instances.pop(record.id, None) is not None:
         pool.live_instances.leave()
@@ -215,7 +216,7 @@ async def _teardown(pool: FunctionPool, record: InstanceRecord) -> None:
     if pool.observer is not None:
         pool.observer.instance_ended(pool, record)
     if record.stop_reason not in PLANNED_STOPS:
-        pool.counters["instances_lost"] += 1
+        pool.counters[PoolCounter.INSTANCES_LOST] += 1
         if record.stop_reason != StopReason.DEADLINE:
             exit_text = record.exit_status.describe() if record.exit_status else "ended"
             pool.breaker_failure(record, f"an instance {exit_text}")

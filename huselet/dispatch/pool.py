@@ -36,6 +36,7 @@ from huselet.activity import ActivityCount
 from huselet.config import FunctionSettings
 from huselet.config.health import HealthSettings
 from huselet.dispatch.buffer import RequestBuffer
+from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.heartbeat import Heartbeats
 from huselet.dispatch.instance import (
     CodeProvider,
@@ -109,14 +110,14 @@ class FunctionPool:
             raise Draining("the node is draining and takes no new requests", retry_after_s=1)
         now = trio.current_time()
         if not self.breaker.admit(now):
-            self.counters["rejected_breaker_open"] += 1
+            self.counters[PoolCounter.REJECTED_BREAKER_OPEN] += 1
             raise Unavailable(
                 f"function {self.name!r} is failing repeatedly ({self.breaker.last_reason}); "
                 "its circuit breaker is open",
                 retry_after_s=self.breaker.retry_after_s(now),
             )
         if self.starts_held and not self.instances:
-            self.counters["rejected_starts_held"] += 1
+            self.counters[PoolCounter.REJECTED_STARTS_HELD] += 1
             raise Unavailable(
                 f"function {self.name!r} has no running instance and the node starts none "
                 f"now ({self.starts_held})",
@@ -125,18 +126,18 @@ class FunctionPool:
         try:
             self.buffer.put(inv)
         except HuseletError:
-            self.counters["rejected_queue_full"] += 1
+            self.counters[PoolCounter.REJECTED_QUEUE_FULL] += 1
             raise
-        self.counters["accepted"] += 1
+        self.counters[PoolCounter.ACCEPTED] += 1
         self.ensure_capacity()
 
     def on_deadline(self, inv: Invocation) -> None:
         """The caller's deadline passed; an instance still working on it is stuck."""
-        self.counters["deadline_exceeded"] += 1
+        self.counters[PoolCounter.DEADLINE_EXCEEDED] += 1
         record = inv.instance
         if record is not None and inv.request_id in record.inflight:
             record.inflight.pop(inv.request_id, None)
-            self.counters["deadline_kills"] += 1
+            self.counters[PoolCounter.DEADLINE_KILLS] += 1
             record.stop(StopReason.DEADLINE)
 
     # --- scaling ----------------------------------------------------------------
@@ -157,7 +158,7 @@ class FunctionPool:
         self.instances[record.id] = record
         self.live_instances.enter()
         self._instance_changed(record)
-        self.counters["instances_started"] += 1
+        self.counters[PoolCounter.INSTANCES_STARTED] += 1
         self._nursery.start_soon(run_instance, self, record, name=f"instance {record.id}")
 
     def _starting_changed(self, starting: bool) -> None:
@@ -185,10 +186,10 @@ class FunctionPool:
         if record.breaker_round < self.breaker.opened:
             # Started before the breaker last opened (the old, broken code): its
             # failure is old news and must not fail the half-open trial.
-            self.counters["stale_failures"] += 1
+            self.counters[PoolCounter.STALE_FAILURES] += 1
             return
         if self.breaker.record_failure(trio.current_time(), reason):
-            self.counters["breaker_opened"] += 1
+            self.counters[PoolCounter.BREAKER_OPENED] += 1
             log.error("circuit breaker opened", function=self.name, reason=reason)
             # Starts under way run the code that keeps failing: cancel them, so
             # the half-open trial starts afresh instead of waiting on one of them.
@@ -217,7 +218,7 @@ class FunctionPool:
         for record in idle[: max(0, len(self.instances) - keep)]:
             record.stop(StopReason.REAPED)
             reaped += 1
-        self.counters["instances_reaped"] += reaped
+        self.counters[PoolCounter.INSTANCES_REAPED] += reaped
         return reaped
 
     def instance_pids(self) -> list[int]:

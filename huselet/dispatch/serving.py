@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.instance import InstanceRecord, InstanceState
 from huselet.dispatch.invocation import Invocation, InvokeResult
 from huselet.dispatch.reasons import NO_RETRY_STOPS, StopReason
@@ -139,7 +140,7 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
                 if isinstance(exc.__cause__, (BrokenPipeError, ConnectionResetError)):
                     record.stop(StopReason.LINK_CLOSED)  # it died: say how
                 else:
-                    pool.counters["link_errors"] += 1
+                    pool.counters[PoolCounter.LINK_ERRORS] += 1
                     record.stop(StopReason.LINK_BROKE, exc)
                 return
             record.dispatched += 1
@@ -166,7 +167,7 @@ async def _guard_protocol(pool: FunctionPool, record: InstanceRecord, read_frame
 
 
 def _link_broken(pool: FunctionPool, record: InstanceRecord, exc: Exception) -> None:
-    pool.counters["link_errors"] += 1
+    pool.counters[PoolCounter.LINK_ERRORS] += 1
     log.warning("instance link broken", function=pool.name, instance=record.id, error=str(exc))
     record.stop(StopReason.PROTOCOL_BROKEN, exc)
 
@@ -189,7 +190,7 @@ def _complete(pool: FunctionPool, record: InstanceRecord, result: Result) -> Non
                 result.body, content_type, result.http.status, result.http.headers
             )
         if inv.complete(outcome):
-            pool.counters["ok"] += 1
+            pool.counters[PoolCounter.OK] += 1
         if pool.breaker.state is not BreakerState.CLOSED:
             pool.breaker.record_success(trio.current_time())  # the half-open trial worked
         return
@@ -205,10 +206,12 @@ def _complete(pool: FunctionPool, record: InstanceRecord, result: Result) -> Non
         error = HandlerError(result.error.type, result.error.message)
     if inv.complete(error):
         if isinstance(error, DeadlineExceeded):
-            pool.counters["deadline_cancelled"] += 1
+            pool.counters[PoolCounter.DEADLINE_CANCELLED] += 1
         else:
             pool.counters[
-                "handler_errors" if isinstance(error, HandlerError) else "bad_events"
+                PoolCounter.HANDLER_ERRORS
+                if isinstance(error, HandlerError)
+                else PoolCounter.BAD_EVENTS
             ] += 1
 
 
@@ -226,7 +229,7 @@ def retry(
     can_wait = pool.accepting and not pool.closed and trio.current_time() < inv.deadline
     if not delivered and not inv.done and can_wait:
         pool.buffer.requeue(inv)
-        pool.counters["requeued_undelivered"] += 1
+        pool.counters[PoolCounter.REQUEUED_UNDELIVERED] += 1
         return True
     if (
         not pool.settings.idempotent
@@ -240,7 +243,7 @@ def retry(
         return False
     inv.attempts += 1
     pool.buffer.requeue(inv)
-    pool.counters["retried"] += 1
+    pool.counters[PoolCounter.RETRIED] += 1
     log.warning(
         "retrying an idempotent request on a fresh instance",
         function=pool.name,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from huselet.health.counters import HealthCounter
 from huselet.health.supervisor import HealthState, LoopReport
 
 if TYPE_CHECKING:
@@ -44,9 +45,9 @@ class LagProbe:
             self.max_lag_ms = max(self.max_lag_ms, lag_ms)
             if self.histogram is not None:
                 self.histogram.observe(lag_ms / 1000)
-            report.counters["samples"] += 1
+            report.counters[HealthCounter.SAMPLES] += 1
             if lag_ms >= self.failing_ms:
-                report.counters["stalls"] += 1
+                report.counters[HealthCounter.STALLS] += 1
                 report.set(HealthState.FAILING, f"event loop stalled {lag_ms:.0f} ms")
             elif lag_ms >= self.degraded_ms:
                 report.set(HealthState.DEGRADED, f"event loop lag {lag_ms:.0f} ms")

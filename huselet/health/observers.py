@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from huselet.dispatch.counters import PoolCounter
+from huselet.health.counters import HealthCounter
 from huselet.health.supervisor import HealthState, LoopReport
 
 if TYPE_CHECKING:
@@ -47,11 +49,11 @@ class ScrubView(Protocol):
 
 # Pool counters that mean "an instance was lost and replaced", with how to say it.
 INSTANCE_FAULTS = {
-    "instances_lost": "instance ended unexpectedly",
-    "heartbeat_missed": "idle instance missed its heartbeat",
-    "stopped_busy": "busy instance found frozen by a signal",
-    "deadline_kills": "instance killed: its request passed the deadline",
-    "retried": "idempotent request retried on a fresh instance",
+    PoolCounter.INSTANCES_LOST: "instance ended unexpectedly",
+    PoolCounter.HEARTBEAT_MISSED: "idle instance missed its heartbeat",
+    PoolCounter.STOPPED_BUSY: "busy instance found frozen by a signal",
+    PoolCounter.DEADLINE_KILLS: "instance killed: its request passed the deadline",
+    PoolCounter.RETRIED: "idempotent request retried on a fresh instance",
 }
 RECENT_S = 10.0  # a fault this recent keeps the loop degraded
 
@@ -63,8 +65,8 @@ class InstanceLiveness:
         self.dispatcher = dispatcher
         self.period_s = period_s
 
-    def _totals(self) -> dict[str, Counter[str]]:
-        totals: dict[str, Counter[str]] = {}
+    def _totals(self) -> dict[str, Counter[PoolCounter]]:
+        totals: dict[str, Counter[PoolCounter]] = {}
         for pool in self.dispatcher.pools.values():
             totals[pool.name] = Counter({k: pool.counters[k] for k in INSTANCE_FAULTS})
         return totals
@@ -106,7 +108,9 @@ class CrashLoops:
             for pool in self.dispatcher.pools.values():
                 breaker = pool.breaker
                 if breaker.opened > opened.get(pool.name, 0):
-                    report.counters["breakers_opened"] += breaker.opened - opened.get(pool.name, 0)
+                    report.counters[HealthCounter.BREAKERS_OPENED] += breaker.opened - opened.get(
+                        pool.name, 0
+                    )
                     report.action(
                         f"{pool.name}: circuit breaker opened ({breaker.last_reason})",
                         function=pool.name,
@@ -140,7 +144,7 @@ class SchedulerLinkHealth:
             state = self.link.state
             if state == "established":
                 if down_since is not None and was_up:
-                    report.counters["reconnects"] += 1
+                    report.counters[HealthCounter.RECONNECTS] += 1
                     report.action("link to the central scheduler re-established")
                 down_since, was_up = None, True
                 report.set(HealthState.OK, f"established with {self.link.address}")
@@ -170,9 +174,9 @@ class CacheIntegrity:
                 passes = self.scrubber.passes
                 last = self.scrubber.last_pass
                 bad = last.get("bad") or []
-                report.counters["passes"] = passes
+                report.counters[HealthCounter.PASSES] = passes
                 if bad:
-                    report.counters["quarantined"] += len(bad)
+                    report.counters[HealthCounter.QUARANTINED] += len(bad)
                     report.action(f"quarantined {len(bad)} corrupt images for re-fetch")
                     report.set(HealthState.DEGRADED, f"last pass found {len(bad)} corrupt images")
                 else:

@@ -43,6 +43,7 @@ from typing import Protocol
 import trio
 
 from huselet.config.health import HealthSettings
+from huselet.health.counters import HealthCounter
 from huselet.health.supervisor import HealthLoop, HealthState, LoopReport
 
 MiB = 1 << 20
@@ -245,26 +246,26 @@ class DiskPressure:
             # statvfs can block for long on a network file system.
             sample = await trio.to_thread.run_sync(self.measure, self.state_dir)
         except OSError as exc:
-            report.counters["measure_errors"] += 1
+            report.counters[HealthCounter.MEASURE_ERRORS] += 1
             report.set(
                 HealthState.DEGRADED,
                 f"cannot measure free space of state dir {self.state_dir}: {exc.strerror or exc}",
             )
             return
         self.last = sample
-        report.counters["samples"] += 1
+        report.counters[HealthCounter.SAMPLES] += 1
         free = sample.free_percent
         why = f"state dir {self.state_dir} has {_pct(free)} free (needs {self.gate.leave:g}%)"
         change = self.gate.update(free)
         if change is Change.ENTER:
-            report.counters["entered"] += 1
+            report.counters[HealthCounter.ENTERED] += 1
             self.cache.refuse_installs(why)
             report.action("refusing new images", free_percent=round(free, 2), reason=why)
             evicted = len(self.cache.evict_unused())
-            report.counters["images_evicted"] += evicted
+            report.counters[HealthCounter.IMAGES_EVICTED] += evicted
             report.action("evicted unused images", count=evicted, free_percent=round(free, 2))
         elif change is Change.LEAVE:
-            report.counters["left"] += 1
+            report.counters[HealthCounter.LEFT] += 1
             self.cache.refuse_installs(None)
             report.action("accepting new images again", free_percent=round(free, 2))
         elif self.gate.active:
@@ -338,7 +339,7 @@ class MemoryPressure:
         # One /proc read per instance: a worker thread, not the event loop.
         sample = await trio.to_thread.run_sync(self.measure, pids)
         self.last = sample
-        report.counters["samples"] += 1
+        report.counters[HealthCounter.SAMPLES] += 1
         percent = self._percent(sample)
         self.budget_gate.update(percent)
         if self.available_gate is not None:
@@ -353,13 +354,13 @@ class MemoryPressure:
         reason = f"memory pressure: {self._describe(sample)}"
         if active and not self.active:
             self.active = True
-            report.counters["entered"] += 1
+            report.counters[HealthCounter.ENTERED] += 1
             self.dispatcher.hold_starts(reason)
             report.action("holding instance starts", percent=round(percent, 1), reason=reason)
             self._reap(report, reason, percent)
         elif not active and self.active:
             self.active = False
-            report.counters["left"] += 1
+            report.counters[HealthCounter.LEFT] += 1
             self.dispatcher.hold_starts(None)
             report.action("starting instances again", percent=round(percent, 1))
         elif active and severe:
@@ -381,7 +382,7 @@ class MemoryPressure:
         self, report: LoopReport, reason: str, percent: float, *, quiet: bool = False
     ) -> None:
         reaped = self.dispatcher.reap_idle(reason)
-        report.counters["instances_reaped"] += reaped
+        report.counters[HealthCounter.INSTANCES_REAPED] += reaped
         if reaped or not quiet:
             report.action("reaped idle instances", count=reaped, percent=round(percent, 1))
 
@@ -415,23 +416,23 @@ class FdPressure:
         # Cheap (one directory listing), and a thread would itself be short of descriptors.
         sample = self.measure()
         self.last = sample
-        report.counters["samples"] += 1
+        report.counters[HealthCounter.SAMPLES] += 1
         percent = sample.percent
         figure = (
             f"{sample.open} of {sample.limit or 'unlimited'} descriptors open ({_pct(percent)})"
         )
         change = self.gate.update(percent)
         if change is Change.ENTER:
-            report.counters["entered"] += 1
+            report.counters[HealthCounter.ENTERED] += 1
             # Callers see this: no paths, just the figure.
             reason = f"the node is short of file descriptors: {figure}"
             self.ingress.refuse_connections(reason)
             report.action("refusing new connections", percent=round(percent, 1), reason=reason)
             reaped = self.dispatcher.reap_idle(reason)
-            report.counters["instances_reaped"] += reaped
+            report.counters[HealthCounter.INSTANCES_REAPED] += reaped
             report.action("reaped idle instances", count=reaped, percent=round(percent, 1))
         elif change is Change.LEAVE:
-            report.counters["left"] += 1
+            report.counters[HealthCounter.LEFT] += 1
             self.ingress.refuse_connections(None)
             report.action("accepting connections again", percent=round(percent, 1))
         if self.gate.active:

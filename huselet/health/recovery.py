@@ -56,6 +56,7 @@ import trio
 
 from huselet.admin.errors import AdminSocketInUse
 from huselet.config import Config
+from huselet.health.counters import HealthCounter
 from huselet.health.supervisor import HealthState, LoopReport
 from huselet.log import get_logger
 from huselet.runtime.cgroups import Cgroup, CgroupHost, CgroupPool
@@ -101,8 +102,8 @@ class SweepResult:
 
     def counters(self) -> dict[str, int]:
         out = {kind: self.found[kind] for kind in KINDS if self.found[kind]}
-        out["failed"] = sum(self.failed.values())
-        out["sweep_ms"] = round(self.duration_s * 1000)
+        out[HealthCounter.FAILED] = sum(self.failed.values())
+        out[HealthCounter.SWEEP_MS] = round(self.duration_s * 1000)
         return out
 
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import trio
 
+from huselet.health.counters import HealthCounter
 from huselet.log import get_logger
 
 log = get_logger("health")
@@ -51,7 +52,7 @@ class LoopReport:
     def set(self, state: HealthState, detail: str = "") -> None:
         if state is not self.state:
             self._unlogged_changes += 1
-            self.counters["state_changes"] += 1
+            self.counters[HealthCounter.STATE_CHANGES] += 1
         self.state = state
         self.detail = detail
         if not self._unlogged_changes:
@@ -84,7 +85,7 @@ class LoopReport:
         """Record (and log) a healing action."""
         self.last_action = what
         self.last_action_at = trio.current_time()
-        self.counters["actions"] += 1
+        self.counters[HealthCounter.ACTIONS] += 1
         log.warning("healing action", loop=self.name, action=what, **fields)
 
     def describe(self) -> dict[str, Any]:
@@ -133,7 +134,7 @@ class HealthSupervisor:
             except Exception as exc:
                 delay = RESTART_BACKOFF_S[min(crashes, len(RESTART_BACKOFF_S) - 1)]
                 crashes += 1
-                report.counters["crashes"] += 1
+                report.counters[HealthCounter.CRASHES] += 1
                 report.set(HealthState.FAILING, f"loop crashed: {type(exc).__name__}: {exc}")
                 log.exception("health loop crashed", loop=loop.name, restart_in_s=delay)
                 await trio.sleep(delay)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import trio
 
+from huselet.health.counters import HealthCounter
 from huselet.health.lag import LagProbe
 from huselet.health.supervisor import HealthState, LoopReport
 from huselet.notify import SystemdNotifier
@@ -79,11 +80,11 @@ class WatchdogPetter:
             reasons = self.reasons_not_to_pet()
             if reasons:
                 self.skipped += 1
-                report.counters["skipped"] += 1
+                report.counters[HealthCounter.SKIPPED] += 1
                 report.set(HealthState.FAILING, "not petting: " + "; ".join(reasons))
             else:
                 self.notifier.notify(WATCHDOG="1")
                 self.pets += 1
-                report.counters["pets"] += 1
+                report.counters[HealthCounter.PETS] += 1
                 report.set(HealthState.OK, f"petting every {self.interval_s / 2:g}s")
             await trio.sleep(self.interval_s / 2)

@@ -16,8 +16,10 @@ from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.instance import InstanceState
 from huselet.health.breaker import BreakerState
+from huselet.health.counters import HealthCounter
 from huselet.health.supervisor import HealthState, LoopReport
 from huselet.metrics.histogram import Histogram
 from huselet.metrics.instances import InstanceMetrics
@@ -195,7 +197,9 @@ class NodeCollector:
                 instances.add_metric([name, value], status["instances"].get(value, 0))
             inflight.add_metric([name], status["inflight"])
             queued.add_metric([name], status["queued"])
-            starts.add_metric([name, status["runtime"]], pool.counters.get("instances_started", 0))
+            starts.add_metric(
+                [name, status["runtime"]], pool.counters.get(PoolCounter.INSTANCES_STARTED, 0)
+            )
             for event, n in sorted(pool.counters.items()):
                 events.add_metric([name, event], n)
             current = pool.breaker.state
@@ -229,8 +233,8 @@ class NodeCollector:
             report = reports[name]
             for s in HealthState:
                 state.add_metric([name, s.value], 1 if report.state is s else 0)
-            actions.add_metric([name], report.counters.get("actions", 0))
-            crashes.add_metric([name], report.counters.get("crashes", 0))
+            actions.add_metric([name], report.counters.get(HealthCounter.ACTIONS, 0))
+            crashes.add_metric([name], report.counters.get(HealthCounter.CRASHES, 0))
         yield from (state, actions, crashes)
 
     def _cache(self, stats: Mapping[str, Any]) -> Iterator[Metric]:

@@ -15,7 +15,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-ERROR_KEYS = ("handler_errors", "instance_lost", "failed_start", "deadline_exceeded")
+from huselet.dispatch.counters import PoolCounter
+
+ERROR_KEYS = (
+    PoolCounter.HANDLER_ERRORS,
+    PoolCounter.INSTANCE_LOST,
+    PoolCounter.FAILED_START,
+    PoolCounter.DEADLINE_EXCEEDED,
+)
 
 
 def node_sample() -> dict[str, Any]:
@@ -92,14 +99,14 @@ def function_sample(pool: Any, requests: Any) -> dict[str, Any]:
     counters = status["counters"]
     sample: dict[str, Any] = {
         "function": pool.name,
-        "requests": counters.get("accepted", 0),
+        "requests": counters.get(PoolCounter.ACCEPTED, 0),
         "queued": status["queued"],
         "inflight": status["inflight"],
         "instances": {k: v for k, v in status["instances"].items() if v},
-        "cold_starts": counters.get("instances_started", 0),
+        "cold_starts": counters.get(PoolCounter.INSTANCES_STARTED, 0),
         "errors": sum(counters.get(k, 0) for k in ERROR_KEYS)
-        + counters.get("rejected_queue_full", 0)
-        + counters.get("rejected_breaker_open", 0),
+        + counters.get(PoolCounter.REJECTED_QUEUE_FULL, 0)
+        + counters.get(PoolCounter.REJECTED_BREAKER_OPEN, 0),
     }
     if requests is not None:
         sample["latency_bounds"] = list(requests.total.bounds)

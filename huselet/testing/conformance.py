@@ -55,6 +55,7 @@ from typing import Any, ClassVar, TypeVar
 import pytest
 import trio
 
+from huselet.dispatch.counters import PoolCounter
 from huselet.errors import (
     DeadlineExceeded,
     HandlerError,
@@ -171,7 +172,7 @@ def pid_gone(pid: int | None) -> bool:
 
 
 async def invoke_json(stack: NodeStack, name: str, event: object, **kw: Any) -> Any:
-    result = await stack.scheduler.invoke(name, json.dumps(event).encode(), "json", **kw)
+    result = await stack.dispatcher.invoke(name, json.dumps(event).encode(), "json", **kw)
     return json.loads(result.body)
 
 
@@ -321,7 +322,7 @@ class RuntimeConformance:
                     await invoke_json(stack, "f", {"sleep": 600}, timeout_ms=500)
                 # Killed *for its deadline* — not left running for a heartbeat or
                 # an idle reaper to find later, and never handed another request.
-                assert pool.counters["deadline_kills"] == 1
+                assert pool.counters[PoolCounter.DEADLINE_KILLS] == 1
                 status = await handle.wait()
                 assert killed_by(status, signal.SIGKILL) or status.signal == signal.SIGTERM
                 assert pid_gone(handle.pid)
