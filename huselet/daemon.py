@@ -30,6 +30,7 @@ from huselet.code.codecache import CodeCache
 from huselet.code.codewatch import CodeWatcher
 from huselet.config import Config, FunctionSettings
 from huselet.config.limits import read_token
+from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.dispatcher import Dispatcher
 from huselet.dispatch.links import LinkServer
 from huselet.dispatch.sources import CodeSource
@@ -280,7 +281,7 @@ class Daemon:
         """Components without which the node does not serve: the watchdog checks them."""
         return {
             "ingress": lambda: None if self.ingress.bound_address else "not listening",
-            "scheduler": lambda: None if self.dispatcher.running else "not running",
+            "dispatcher": lambda: None if self.dispatcher.running else "not running",
             "instance links": lambda: None if self.links.running else "not running",
         }
 
@@ -357,7 +358,10 @@ class Daemon:
         return {"blocked_ms": ms}
 
     def _invocation_counts(self) -> dict[str, int]:
-        return {name: pool.counters["accepted"] for name, pool in self.dispatcher.pools.items()}
+        return {
+            name: pool.counters[PoolCounter.ACCEPTED]
+            for name, pool in self.dispatcher.pools.items()
+        }
 
     def _fleet_commands(self, on_placements: Callable[[str], None]) -> FleetCommands:
         settings = self.config.scheduler

@@ -2,7 +2,7 @@
 
 Usage::
 
-    log = get_logger("scheduler")
+    log = get_logger("dispatcher")
     log.info("instance started", function="hello", instance="i-3", ms=4.2)
 
 journald, `jq` and log shippers read this directly. Field values that are not

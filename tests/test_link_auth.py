@@ -93,7 +93,7 @@ class _Stack:
 
     async def run(self, nursery: trio.Nursery, names: list[str]) -> None:
         await nursery.start(self.node.links.run, names)
-        await nursery.start(self.node.scheduler.run)
+        await nursery.start(self.node.dispatcher.run)
 
     async def held_spec(self, nursery: trio.Nursery, function: str) -> InstanceSpec:
         """Start one instance of ``function`` (a request makes it) and return its spec."""
@@ -106,7 +106,7 @@ class _Stack:
 
     async def _invoke(self, function: str) -> None:
         try:
-            await self.node.scheduler.invoke(function, b"{}", "json")
+            await self.node.dispatcher.invoke(function, b"{}", "json")
         except Exception:
             pass
 

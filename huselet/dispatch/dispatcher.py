@@ -1,4 +1,4 @@
-"""Dispatcher: the node-local scheduler that owns every function's pool.
+"""Dispatcher: the node-local dispatcher that owns every function's pool.
 
 It is what the ingress calls (:meth:`Dispatcher.invoke`) and what the admin
 socket inspects (:meth:`Dispatcher.status`). It enforces the deadline of
@@ -18,6 +18,7 @@ import trio
 
 from huselet.activity import wait_all_zero
 from huselet.config import Config, FunctionSettings
+from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.events import ChangeEvents, ChangeListener
 from huselet.dispatch.instance import CodeProvider
 from huselet.dispatch.invocation import Invocation, InvokeResult
@@ -39,7 +40,7 @@ from huselet.observe.story import RequestStory
 from huselet.runtime.base import Runtime
 from protocol.link import HttpRequest
 
-log = get_logger("scheduler")
+log = get_logger("dispatcher")
 
 
 class Dispatcher:
@@ -229,7 +230,7 @@ class Dispatcher:
         story = self.story
         if meta is not None:
             inv.trace = meta.traceparent
-        starts = pool.counters["instances_started"]
+        starts = pool.counters[PoolCounter.INSTANCES_STARTED]
         try:
             pool.submit(inv)
         except HuseletError as exc:
@@ -239,7 +240,7 @@ class Dispatcher:
         pool.outstanding.enter()
         if story is not None:
             story.admitted(pool, inv, meta)
-            if pool.counters["instances_started"] != starts:
+            if pool.counters[PoolCounter.INSTANCES_STARTED] != starts:
                 story.cold_start(pool, inv)
         try:
             with trio.move_on_at(deadline):

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from huselet.observe.ring import LogRing
 
 log = get_logger("access")
-story_log = get_logger("scheduler")
+story_log = get_logger("dispatcher")
 
 
 class RateSampler:
@@ -73,7 +73,7 @@ class RequestStory:
         if meta is not None:
             fields["trace_id"] = meta.trace_id
         if self.ring is not None:
-            self.ring.append("info", "scheduler", "request admitted", fields)
+            self.ring.append("info", "dispatcher", "request admitted", fields)
         if story_log.is_debug():
             story_log.debug("request admitted", **fields)
 

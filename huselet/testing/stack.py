@@ -27,7 +27,7 @@ def write_package(root: Path, name: str, source: str, module: str = "main") -> P
 
 
 class NodeStack:
-    """Runtimes, link server and scheduler, as the daemon wires them."""
+    """Runtimes, link server and dispatcher, as the daemon wires them."""
 
     def __init__(
         self,
@@ -53,13 +53,13 @@ class NodeStack:
         for name, runtime in self.runtimes.items():
             runtime.expect([fn for fn in self.config.functions if fn.runtime == name])
         self.links = LinkServer(self.config.node.run_dir, self._claim, max_frame=8 * 1024 * 1024)
-        self.scheduler = Dispatcher(self.config, self.runtimes, self.links.socket_path)
+        self.dispatcher = Dispatcher(self.config, self.runtimes, self.links.socket_path)
 
     def _claim(self, function: str, instance_id: str, token: str) -> Any:
-        return self.scheduler.claim_link(function, instance_id, token)
+        return self.dispatcher.claim_link(function, instance_id, token)
 
     def pool(self, name: str) -> Any:
-        return self.scheduler.pools[name]
+        return self.dispatcher.pools[name]
 
     def function(self, name: str) -> FunctionSettings:
         fn = self.config.function(name)
@@ -82,10 +82,10 @@ async def running_stack(
         for runtime in stack.runtimes.values():
             await nursery.start(runtime.run)
         await nursery.start(stack.links.run, [f["name"] for f in functions])
-        await nursery.start(stack.scheduler.run)
+        await nursery.start(stack.dispatcher.run)
         try:
             yield stack
         finally:
             with trio.move_on_after(10):
-                await stack.scheduler.stop_instances()
+                await stack.dispatcher.stop_instances()
             nursery.cancel_scope.cancel()

@@ -329,18 +329,18 @@ async def test_scrub_quarantines_a_corrupt_image_reports_it_and_refetches(
 async def stack_with_cache(root: Path, functions: list[dict[str, Any]]) -> AsyncIterator[Any]:
     stack = NodeStack(root, functions)
     cache = CodeCache(stack.config)
-    stack.scheduler.code = cache.packages
+    stack.dispatcher.code = cache.packages
     async with trio.open_nursery() as nursery:
         await nursery.start(cache.run)
         for runtime in stack.runtimes.values():
             await nursery.start(runtime.run)
         await nursery.start(stack.links.run, [f["name"] for f in functions])
-        await nursery.start(stack.scheduler.run)
+        await nursery.start(stack.dispatcher.run)
         try:
             yield stack, cache
         finally:
             with trio.move_on_after(10):
-                await stack.scheduler.stop_instances()
+                await stack.dispatcher.stop_instances()
             nursery.cancel_scope.cancel()
 
 
@@ -356,7 +356,7 @@ async def test_workers_import_from_the_image_and_failures_become_502(short_tmp: 
         async with stack_with_cache(short_tmp, functions) as (stack, cache):
             extract = short_tmp / "state" / "cache" / "extract"
             for name, reply in (("dev", "YO!"), ("remote", "YO!r")):
-                result = await stack.scheduler.invoke(name, b'{"word": "yo"}', "json")
+                result = await stack.dispatcher.invoke(name, b'{"word": "yo"}', "json")
                 body = json.loads(result.body)
                 assert body["reply"] == reply and body["note"] == "served from the image"
                 # Imported from the mapped image: a virtual path rooted in the image's
@@ -366,7 +366,7 @@ async def test_workers_import_from_the_image_and_failures_become_502(short_tmp: 
                 assert (file.parent / "app" / "note.txt").is_file() and not file.exists()
             with trio.fail_after(10):
                 with pytest.raises(Exception) as err:
-                    await stack.scheduler.invoke("missing", b"{}", "json")
+                    await stack.dispatcher.invoke("missing", b"{}", "json")
             assert getattr(err.value, "status", None) == 502
             assert "its code is not available: image efefefefefef is not at its origin" in str(
                 err.value

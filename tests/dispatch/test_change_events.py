@@ -22,7 +22,7 @@ async def test_two_subscribers_both_see_changes_and_unsubscribe_stops_one(
     short_tmp: Path,
 ) -> None:
     async with running_stack(short_tmp, [_fn(short_tmp, "echo")]) as stack:
-        dispatcher = stack.scheduler
+        dispatcher = stack.dispatcher
         first: list[Change] = []
         second: list[Change] = []
 

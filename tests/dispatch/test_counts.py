@@ -150,7 +150,7 @@ async def test_a_real_pool_keeps_its_counts_exact_under_a_burst(short_tmp: Path)
             assert pool.buffer.live_count() == queued_by_walking(pool.buffer)
 
         async def one(i: int) -> None:
-            await node.scheduler.invoke("slow", b"{}", "json", request_id=f"b{i}")
+            await node.dispatcher.invoke("slow", b"{}", "json", request_id=f"b{i}")
             check()
 
         with trio.fail_after(60):

@@ -54,33 +54,35 @@ async def test_invoke_json_bytes_and_text(short_tmp: Path) -> None:
     functions = [fn(short_tmp), fn(short_tmp, "text", text_fn), fn(short_tmp, "rev", rev_fn)]
     async with running_stack(short_tmp, functions) as node:
         with trio.fail_after(30):
-            out = body(await node.scheduler.invoke("echo", b'{"a": 1}', "json", request_id="r-1"))
+            out = body(await node.dispatcher.invoke("echo", b'{"a": 1}', "json", request_id="r-1"))
             assert out["event"] == {"a": 1} and out["rid"] == "r-1" and out["remaining_ok"]
-            raw = await node.scheduler.invoke("rev", b"\x00\xff", "bytes")
+            raw = await node.dispatcher.invoke("rev", b"\x00\xff", "bytes")
             assert (raw.body, raw.content_type) == (b"\xff\x00", "application/octet-stream")
             with pytest.raises(HandlerError, match="not JSON-serialisable") as info:
-                await node.scheduler.invoke("echo", b"\x00", "bytes")  # returns bytes inside a dict
+                await node.dispatcher.invoke(
+                    "echo", b"\x00", "bytes"
+                )  # returns bytes inside a dict
             assert info.value.error_type == "InvalidResult"
-            res = await node.scheduler.invoke("text", b"abc", "bytes")
+            res = await node.dispatcher.invoke("text", b"abc", "bytes")
             assert (res.body, res.content_type) == (b"hi 3", "text/plain; charset=utf-8")
         with pytest.raises(UnknownFunction):
-            await node.scheduler.invoke("nope", b"", "bytes")
+            await node.dispatcher.invoke("nope", b"", "bytes")
 
 
 async def test_handler_errors_and_bad_events_are_typed(short_tmp: Path) -> None:
     async with running_stack(short_tmp, [fn(short_tmp)]) as node:
         with trio.fail_after(30):
             with pytest.raises(HandlerError) as info:
-                await node.scheduler.invoke("echo", b'{"raise": "boom"}', "json")
+                await node.dispatcher.invoke("echo", b'{"raise": "boom"}', "json")
             assert (info.value.error_type, info.value.message, info.value.status) == (
                 "ValueError",
                 "boom",
                 502,
             )
             with pytest.raises(BadRequest, match="not valid JSON"):
-                await node.scheduler.invoke("echo", b"{nope", "json")
+                await node.dispatcher.invoke("echo", b"{nope", "json")
             # The instance survived both and still serves.
-            assert body(await node.scheduler.invoke("echo", b"1", "json"))["event"] == 1
+            assert body(await node.dispatcher.invoke("echo", b"1", "json"))["event"] == 1
         assert len(node.pool("echo").instances) == 1
 
 
@@ -88,7 +90,7 @@ async def test_import_failure_fails_waiting_requests_fast(short_tmp: Path) -> No
     broken = "import does_not_exist\ndef handler(e, c):\n    return 1\n"
     async with running_stack(short_tmp, [fn(short_tmp, "broken", broken)]) as node:
         with trio.fail_after(20), pytest.raises(InstanceStartFailed) as info:
-            await node.scheduler.invoke("broken", b"{}", "json")
+            await node.dispatcher.invoke("broken", b"{}", "json")
         assert (
             "ModuleNotFoundError" in info.value.message and "does_not_exist" in info.value.message
         )
@@ -99,18 +101,18 @@ async def test_import_failure_fails_waiting_requests_fast(short_tmp: Path) -> No
 async def test_deadline_kills_the_stuck_instance_and_next_request_works(short_tmp: Path) -> None:
     async with running_stack(short_tmp, [fn(short_tmp, timeout_ms=20_000)]) as node:
         with trio.fail_after(30):
-            first = body(await node.scheduler.invoke("echo", b"{}", "json"))
+            first = body(await node.dispatcher.invoke("echo", b"{}", "json"))
             pool = node.pool("echo")
             (stuck,) = pool.instances.values()  # idle and warm: it takes the next request
             with pytest.raises(DeadlineExceeded, match="no reply within 300 ms"):
-                await node.scheduler.invoke("echo", b'{"sleep": 30}', "json", timeout_ms=300)
+                await node.dispatcher.invoke("echo", b'{"sleep": 30}', "json", timeout_ms=300)
             # The stuck instance is killed *for its deadline*, at once: not reused,
             # not left for the heartbeat (or the idle reaper) to kill later.
             assert pool.counters["deadline_kills"] == 1
             assert stuck.stop_reason == "request deadline passed"
             assert stuck.handle is not None and stuck.handle.pid == first["pid"]
             await stuck.handle.wait()
-            second = body(await node.scheduler.invoke("echo", b"{}", "json"))
+            second = body(await node.dispatcher.invoke("echo", b"{}", "json"))
         assert second["pid"] != first["pid"]
         assert pool.counters["heartbeat_missed"] == 0
 
@@ -118,7 +120,7 @@ async def test_deadline_kills_the_stuck_instance_and_next_request_works(short_tm
 async def test_sigkill_mid_request_is_a_clear_502_and_the_next_works(short_tmp: Path) -> None:
     async with running_stack(short_tmp, [fn(short_tmp)]) as node:
         with trio.fail_after(30):
-            pid = body(await node.scheduler.invoke("echo", b"{}", "json"))["pid"]
+            pid = body(await node.dispatcher.invoke("echo", b"{}", "json"))["pid"]
 
             pool = node.pool("echo")
 
@@ -134,8 +136,8 @@ async def test_sigkill_mid_request_is_a_clear_502_and_the_next_works(short_tmp: 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(kill_once_delivered)
                 with pytest.raises(InstanceLost, match="was killed by SIGKILL while serving"):
-                    await node.scheduler.invoke("echo", event, "json")
-            assert body(await node.scheduler.invoke("echo", b"{}", "json"))["pid"] != pid
+                    await node.dispatcher.invoke("echo", event, "json")
+            assert body(await node.dispatcher.invoke("echo", b"{}", "json"))["pid"] != pid
         assert node.pool("echo").counters["instance_lost"] == 1
 
 
@@ -146,7 +148,7 @@ async def test_burst_beyond_max_instances_is_all_answered(short_tmp: Path) -> No
         async def one(i: int) -> None:
             results.append(
                 body(
-                    await node.scheduler.invoke(
+                    await node.dispatcher.invoke(
                         "echo", json.dumps({"i": i, "sleep": 0.02}).encode(), "json"
                     )
                 )
@@ -167,7 +169,7 @@ async def test_queue_bound_refuses_with_429(short_tmp: Path) -> None:
 
         async def one() -> None:
             try:
-                await node.scheduler.invoke("echo", b'{"sleep": 0.5}', "json")
+                await node.dispatcher.invoke("echo", b'{"sleep": 0.5}', "json")
                 outcomes.append("ok")
             except QueueFull:
                 outcomes.append("429")
@@ -186,13 +188,13 @@ async def test_queue_bound_refuses_with_429(short_tmp: Path) -> None:
 async def test_idle_instances_are_reaped(short_tmp: Path) -> None:
     async with running_stack(short_tmp, [fn(short_tmp, idle_timeout_ms=200)]) as node:
         with trio.fail_after(30):
-            pid = body(await node.scheduler.invoke("echo", b"{}", "json"))["pid"]
+            pid = body(await node.dispatcher.invoke("echo", b"{}", "json"))["pid"]
             while node.pool("echo").instances:
                 await trio.sleep(0.02)
             while Path(f"/proc/{pid}").exists():
                 await trio.sleep(0.02)
             # And a new request starts a fresh one.
-            assert body(await node.scheduler.invoke("echo", b"{}", "json"))["pid"] != pid
+            assert body(await node.dispatcher.invoke("echo", b"{}", "json"))["pid"] != pid
 
 
 async def test_min_instances_are_started_ahead(short_tmp: Path) -> None:
@@ -207,7 +209,7 @@ async def test_min_instances_are_started_ahead(short_tmp: Path) -> None:
             # proof the reaper ran — and the two of min_instances are kept.
             async with trio.open_nursery() as nursery:
                 for _ in range(3):
-                    nursery.start_soon(node.scheduler.invoke, "echo", b'{"sleep": 0.3}', "json")
+                    nursery.start_soon(node.dispatcher.invoke, "echo", b'{"sleep": 0.3}', "json")
             assert pool.counters["instances_started"] == 3
             while len(pool.instances) > 2:
                 await trio.sleep(0.02)
@@ -220,20 +222,20 @@ async def test_drain_finishes_inflight_and_refuses_new(short_tmp: Path) -> None:
         done: list[dict] = []
 
         async def slow() -> None:
-            done.append(body(await node.scheduler.invoke("echo", b'{"sleep": 0.5}', "json")))
+            done.append(body(await node.dispatcher.invoke("echo", b'{"sleep": 0.5}', "json")))
 
         with trio.fail_after(30):
-            await node.scheduler.invoke("echo", b"{}", "json")
+            await node.dispatcher.invoke("echo", b"{}", "json")
             pool = node.pool("echo")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(slow)
                 while not any(r.inflight for r in pool.instances.values()):
                     await trio.sleep(0.005)
-                nursery.start_soon(node.scheduler.drain, 30.0)
-                while not node.scheduler.draining:
+                nursery.start_soon(node.dispatcher.drain, 30.0)
+                while not node.dispatcher.draining:
                     await trio.sleep(0.005)
                 with pytest.raises(Draining):
-                    await node.scheduler.invoke("echo", b"{}", "json")
+                    await node.dispatcher.invoke("echo", b"{}", "json")
         assert len(done) == 1
         assert not node.pool("echo").instances
 
@@ -267,7 +269,7 @@ async def test_hostile_link_peers_are_refused_and_daemon_keeps_serving(short_tmp
         assert huge is not None and huge["code"] == "malformed"
         assert node.links.refused == 3
         with trio.fail_after(30):
-            assert body(await node.scheduler.invoke("echo", b"{}", "json"))["event"] == {}
+            assert body(await node.dispatcher.invoke("echo", b"{}", "json"))["event"] == {}
 
 
 async def test_crash_loop_opens_the_breaker_and_a_fix_closes_it(short_tmp: Path) -> None:
@@ -279,9 +281,9 @@ async def test_crash_loop_opens_the_breaker_and_a_fix_closes_it(short_tmp: Path)
         with trio.fail_after(60):
             for _ in range(5):  # the default threshold: 5 failures within 30 s
                 with pytest.raises(InstanceStartFailed, match="bad build"):
-                    await node.scheduler.invoke("loop", b"{}", "json")
+                    await node.dispatcher.invoke("loop", b"{}", "json")
             with pytest.raises(Unavailable, match="circuit breaker is open") as info:
-                await node.scheduler.invoke("loop", b"{}", "json")
+                await node.dispatcher.invoke("loop", b"{}", "json")
             assert info.value.retry_after_s == 1 and pool.counters["breaker_opened"] == 1
             assert pool.status()["breaker"]["state"] == "open"
             started = pool.counters["instances_started"]
@@ -289,7 +291,7 @@ async def test_crash_loop_opens_the_breaker_and_a_fix_closes_it(short_tmp: Path)
             write_package(short_tmp, "loop", "def handler(e, c):\n    return 'fixed'\n")
             while True:  # refused (fast) until its open period has passed
                 try:
-                    res = await node.scheduler.invoke("loop", b"{}", "json")
+                    res = await node.dispatcher.invoke("loop", b"{}", "json")
                     break
                 except Unavailable:
                     await trio.sleep(0.05)
@@ -301,7 +303,7 @@ async def test_single_mode_uses_a_fresh_instance_per_request(short_tmp: Path) ->
     async with running_stack(short_tmp, [fn(short_tmp, instance_mode="single")]) as node:
         with trio.fail_after(60):
             pids = [
-                body(await node.scheduler.invoke("echo", b"{}", "json"))["pid"] for _ in range(3)
+                body(await node.dispatcher.invoke("echo", b"{}", "json"))["pid"] for _ in range(3)
             ]
             assert len(set(pids)) == 3
             pool = node.pool("echo")

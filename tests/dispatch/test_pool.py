@@ -71,7 +71,7 @@ async def test_idempotent_request_is_retried_once_on_a_fresh_instance(short_tmp:
                 nursery.start_soon(
                     partial(kill_the_instance_running, pool, signal.SIGKILL, when=ran)
                 )
-                result = await node.scheduler.invoke(
+                result = await node.dispatcher.invoke(
                     "idem", b'{"sleep": 0.5}', "json", request_id="r-1"
                 )
         # The caller got a result from the second instance; the handler ran twice.
@@ -95,7 +95,7 @@ async def test_idempotent_request_is_retried_only_once(short_tmp: Path) -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(kill_twice)
                 with pytest.raises(InstanceLost, match="killed by SIGKILL"):
-                    await node.scheduler.invoke("idem", b'{"sleep": 5}', "json", request_id="r-2")
+                    await node.dispatcher.invoke("idem", b'{"sleep": 5}', "json", request_id="r-2")
         assert calls(short_tmp, "idem") == ["r-2", "r-2"]
         assert pool.counters["retried"] == 1 and pool.counters["instance_lost"] == 1
 
@@ -110,7 +110,7 @@ async def test_a_function_not_declared_idempotent_is_never_retried(short_tmp: Pa
                     partial(kill_the_instance_running, pool, signal.SIGKILL, when=ran)
                 )
                 with pytest.raises(InstanceLost, match="killed by SIGKILL while serving"):
-                    await node.scheduler.invoke("plain", b'{"sleep": 5}', "json", request_id="r-3")
+                    await node.dispatcher.invoke("plain", b'{"sleep": 5}', "json", request_id="r-3")
         assert calls(short_tmp, "plain") == ["r-3"]
         assert pool.counters["retried"] == 0
 
@@ -125,7 +125,7 @@ async def test_a_stopped_idle_instance_misses_its_heartbeat_and_is_replaced(
     async with unconfined_stack(short_tmp, functions, extra={"health": health}) as node:
         pool = node.pool("hb")
         with trio.fail_after(60):
-            first = json.loads((await node.scheduler.invoke("hb", b"{}", "json")).body)["pid"]
+            first = json.loads((await node.dispatcher.invoke("hb", b"{}", "json")).body)["pid"]
             # An idle instance that answers pings is left alone: three answers heard.
             (record,) = pool.instances.values()
             heard = [record.last_heard]
@@ -139,7 +139,7 @@ async def test_a_stopped_idle_instance_misses_its_heartbeat_and_is_replaced(
             while pool.counters["heartbeat_missed"] == 0:
                 await trio.sleep(0.01)
             # min_instances brings a fresh one; the stopped one is gone (SIGKILL works on it).
-            second = json.loads((await node.scheduler.invoke("hb", b"{}", "json")).body)["pid"]
+            second = json.loads((await node.dispatcher.invoke("hb", b"{}", "json")).body)["pid"]
         assert second != first
         assert record.stop_reason == "missed heartbeat"
         with pytest.raises(ProcessLookupError):
@@ -153,14 +153,14 @@ async def test_reap_idle_keeps_min_instances_and_spares_busy_ones(short_tmp: Pat
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
                 for _ in range(3):
-                    nursery.start_soon(node.scheduler.invoke, "r", b'{"sleep": 0.3}', "json")
+                    nursery.start_soon(node.dispatcher.invoke, "r", b'{"sleep": 0.3}', "json")
             assert len(pool.instances) >= 2
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(node.scheduler.invoke, "r", b'{"sleep": 1}', "json")
+                nursery.start_soon(node.dispatcher.invoke, "r", b'{"sleep": 1}', "json")
                 while not any(r.inflight for r in pool.instances.values()):
                     await trio.sleep(0.005)
                 before = len(pool.instances)
-                reaped = node.scheduler.reap_idle("test")
+                reaped = node.dispatcher.reap_idle("test")
                 assert reaped == before - 1  # every idle one; the busy one counts for min
             while len(pool.instances) > 1:
                 await trio.sleep(0.01)
@@ -174,13 +174,13 @@ async def test_held_starts_serve_warm_instances_and_refuse_cold_functions(
     functions = [fn(short_tmp, "warm"), fn(short_tmp, "cold")]
     async with unconfined_stack(short_tmp, functions) as node:
         with trio.fail_after(30):
-            await node.scheduler.invoke("warm", b"{}", "json")
-            node.scheduler.hold_starts("memory pressure: test")
-            await node.scheduler.invoke("warm", b"{}", "json")  # the warm one still serves
+            await node.dispatcher.invoke("warm", b"{}", "json")
+            node.dispatcher.hold_starts("memory pressure: test")
+            await node.dispatcher.invoke("warm", b"{}", "json")  # the warm one still serves
             with pytest.raises(Unavailable, match="starts none now \\(memory pressure: test\\)"):
-                await node.scheduler.invoke("cold", b"{}", "json")
-            node.scheduler.hold_starts(None)
-            await node.scheduler.invoke("cold", b"{}", "json")
+                await node.dispatcher.invoke("cold", b"{}", "json")
+            node.dispatcher.hold_starts(None)
+            await node.dispatcher.invoke("cold", b"{}", "json")
         assert node.pool("cold").counters["rejected_starts_held"] == 1
         assert all(
             r.state is not InstanceState.STARTING for r in node.pool("warm").instances.values()
@@ -198,11 +198,11 @@ async def test_a_busy_instance_stopped_by_sigstop_is_replaced_before_the_deadlin
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(kill_the_instance_running, node.pool("plain"), signal.SIGSTOP)
                 with pytest.raises(InstanceLost, match="frozen by SIGSTOP or a tracer"):
-                    await node.scheduler.invoke("plain", b'{"sleep": 1}', "json")
+                    await node.dispatcher.invoke("plain", b'{"sleep": 1}', "json")
             assert trio.current_time() - started < 10  # far before its 20 s deadline
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(kill_the_instance_running, node.pool("idem"), signal.SIGSTOP)
-                result = await node.scheduler.invoke("idem", b'{"sleep": 0.5}', "json")
+                result = await node.dispatcher.invoke("idem", b'{"sleep": 0.5}', "json")
         assert json.loads(result.body)["pid"] > 0
         assert node.pool("plain").counters["stopped_busy"] == 1
         assert node.pool("idem").counters["retried"] == 1
@@ -216,12 +216,12 @@ async def test_an_instance_killed_with_its_request_unread_is_reported_by_its_exi
     async with unconfined_stack(short_tmp, [fn(short_tmp, "plain")]) as node:
         pool = node.pool("plain")
         with trio.fail_after(30):
-            pid = json.loads((await node.scheduler.invoke("plain", b"{}", "json")).body)["pid"]
+            pid = json.loads((await node.dispatcher.invoke("plain", b"{}", "json")).body)["pid"]
             os.kill(pid, signal.SIGSTOP)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(kill_the_instance_running, pool, signal.SIGKILL)
                 with pytest.raises(InstanceLost, match="was killed by SIGKILL while serving"):
-                    await node.scheduler.invoke("plain", b"{}", "json")
+                    await node.dispatcher.invoke("plain", b"{}", "json")
         assert pool.counters["link_errors"] == 0
 
 
@@ -234,10 +234,10 @@ async def test_a_request_the_instance_never_fully_received_is_requeued(short_tmp
     async with unconfined_stack(short_tmp, functions, extra={"health": health}) as node:
         pool = node.pool("plain")
         with trio.fail_after(30):
-            pid = json.loads((await node.scheduler.invoke("plain", b"{}", "json")).body)["pid"]
+            pid = json.loads((await node.dispatcher.invoke("plain", b"{}", "json")).body)["pid"]
             os.kill(pid, signal.SIGSTOP)
             big = json.dumps({"pad": "x" * (4 << 20)}).encode()
-            result = await node.scheduler.invoke("plain", big, "json", request_id="r-big")
+            result = await node.dispatcher.invoke("plain", big, "json", request_id="r-big")
         assert json.loads(result.body)["pid"] != pid
         assert pool.counters["requeued_undelivered"] == 1 and pool.counters["retried"] == 0
         assert calls(short_tmp, "plain")[-1] == "r-big"

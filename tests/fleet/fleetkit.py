@@ -108,14 +108,14 @@ def make_link(
     def commands(on_placements: Callable[[str], None]) -> FleetCommands:
         return FleetCommands(
             stack.config,
-            stack.scheduler,
+            stack.dispatcher,
             stack.links,
             known_runtimes=stack.runtimes,
             on_placements=on_placements,
             policy=DeployPolicy(package_roots=roots, max_memory_mb=4096),
         )
 
-    return SchedulerLink(link_settings(ports, **kw), stack.scheduler, commands)
+    return SchedulerLink(link_settings(ports, **kw), stack.dispatcher, commands)
 
 
 def placements_open(c: RunningCentral, node_id: str = "n1") -> bool:

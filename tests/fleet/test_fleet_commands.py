@@ -22,7 +22,7 @@ ECHO = "import os\ndef handler(event, context):\n    return {'v': VERSION, 'pid'
 def make(root: Path, stack: NodeStack, *, prefetcher: Any = None) -> FleetCommands:
     commands = FleetCommands(
         stack.config,
-        stack.scheduler,
+        stack.dispatcher,
         stack.links,
         known_runtimes=stack.runtimes,
         on_placements=lambda placements: None,
@@ -45,7 +45,7 @@ def spec(root: Path, name: str = "echo", version_text: str = "1", **extra: Any) 
 
 
 async def call(stack: NodeStack, name: str) -> dict[str, Any]:
-    result = await stack.scheduler.invoke(name, b"{}", "json")
+    result = await stack.dispatcher.invoke(name, b"{}", "json")
     return json.loads(result.body)  # type: ignore[no-any-return]
 
 
@@ -57,7 +57,7 @@ async def test_deploy_update_and_remove_at_runtime(short_tmp: Path) -> None:
         )
         assert reply == {"applied": True, "version": 1}
         assert (await call(stack, "echo"))["v"] == 1
-        meta = stack.scheduler.describe_function("echo")
+        meta = stack.dispatcher.describe_function("echo")
         assert (meta["source"], meta["version"]) == ("scheduler", 1)
 
         # The same version again (a re-delivery by a new leader) changes nothing.
@@ -74,10 +74,10 @@ async def test_deploy_update_and_remove_at_runtime(short_tmp: Path) -> None:
         assert await commands.execute("c4", "remove_function", {"name": "echo"}) == {
             "removed": True
         }
-        assert "echo" not in stack.scheduler.pools
+        assert "echo" not in stack.dispatcher.pools
         # The replaced and removed pools stop their instances once idle.
         with trio.fail_after(15):
-            while stack.scheduler._retiring:
+            while stack.dispatcher._retiring:
                 await trio.sleep(0.05)
         assert commands.duplicates == 0 and commands.duplicate_applies == 0
 

@@ -51,7 +51,7 @@ async def test_connects_reports_state_and_runs_a_deploy(short_tmp: Path) -> None
         assert c.api.fleet()["nodes"]["n1"]["functions"] == {"local": 0}
         reply = await c.api.deploy({"spec": echo_spec(short_tmp), "wait_s": 10})
         assert reply["status"] == {"n1": "ok"}
-        result = await stack.scheduler.invoke("echo", b"{}", "json")
+        result = await stack.dispatcher.invoke("echo", b"{}", "json")
         assert json.loads(result.body)["pid"] > 0
         # The scheduler's view follows the node: one idle instance of echo.
         await eventually(lambda: c.api.fleet()["nodes"]["n1"]["by_state"] == {"idle": 1})
@@ -79,7 +79,7 @@ async def test_resumes_after_the_connection_breaks(short_tmp: Path) -> None:
         assert c.central.counters["connects.resume"] == 1
         assert link.resyncs == 1  # only the first connection needed a snapshot
         # Changes made after the break still reach the scheduler.
-        await stack.scheduler.invoke("local", b"{}", "json")
+        await stack.dispatcher.invoke("local", b"{}", "json")
         await eventually(lambda: c.api.fleet()["nodes"]["n1"]["instances"] == 1)
         nursery.cancel_scope.cancel()
 
@@ -151,7 +151,7 @@ async def test_static_stability_when_no_scheduler_is_up(short_tmp: Path) -> None
         await eventually(lambda: link.commands.placements == "lease_expired")
         assert link.state in ("backoff", "connecting")
         # ... and the node keeps serving what it has.
-        result = await stack.scheduler.invoke("local", b"{}", "json")
+        result = await stack.dispatcher.invoke("local", b"{}", "json")
         assert json.loads(result.body)["pid"] > 0
         nursery.cancel_scope.cancel()
 
@@ -193,7 +193,7 @@ async def test_hostile_bytes_close_only_that_link_and_are_counted(
         await eventually(lambda: link.errors[error] >= 2)
         assert connections >= 2  # it came back after each close
         assert link.connects == 0
-        result = await stack.scheduler.invoke("local", b"{}", "json")
+        result = await stack.dispatcher.invoke("local", b"{}", "json")
         assert json.loads(result.body)["pid"] > 0
         # Once a real scheduler answers at the other address, the node settles there.
         async with central(nursery, short_tmp / "central", good_port) as c:

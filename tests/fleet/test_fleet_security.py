@@ -123,7 +123,7 @@ async def test_a_node_refuses_a_spec_outside_its_policy(short_tmp: Path) -> None
         spec = {"name": "sneaky", "package": str(short_tmp / "pkgs/sneaky"), "handler": "m:h"}
         reply = await c.api.deploy({"spec": spec, "nodes": ["n1"], "wait_s": 10})
         assert reply["status"] == {"n1": "failed"}
-        assert set(stack.scheduler.pools) == {"local"}  # nothing was applied
+        assert set(stack.dispatcher.pools) == {"local"}  # nothing was applied
         assert link.commands.failed["policy"] == 4
         nursery.cancel_scope.cancel()
 

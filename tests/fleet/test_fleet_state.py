@@ -180,9 +180,9 @@ async def test_a_real_node_scheduler_reports_functions_and_instances(short_tmp: 
     async with running_stack(short_tmp, functions) as stack:
         node = NodeSession(NodeConfig(node_id="n1", boot_id="b1"))
         model = NodeStateModel(node, memory_mb=1000, clock=trio.current_time)
-        model.attach(stack.scheduler)
+        model.attach(stack.dispatcher)
         assert node.resources()[("function", "echo")][1]["source"] == "config"
-        result = await stack.scheduler.invoke("echo", b'{"a": 1}', "json")
+        result = await stack.dispatcher.invoke("echo", b'{"a": 1}', "json")
         assert result.body
         (instance_id,) = stack.pool("echo").instances
         # The instance turns idle when it asks for more work, just after the reply.
@@ -191,5 +191,5 @@ async def test_a_real_node_scheduler_reports_functions_and_instances(short_tmp: 
                 await trio.sleep(0.01)
         model.sync(trio.current_time())
         assert node.resources()[("capacity", "node")][1]["memory_used_mb"] == 256
-        await stack.scheduler.stop_instances()
+        await stack.dispatcher.stop_instances()
         assert ("instance", instance_id) not in node.resources()

@@ -30,12 +30,12 @@ def fn(root: Path, name: str, source: str = SLEEPY) -> dict:
 
 async def test_instance_deaths_are_reported_as_healing_actions(short_tmp: Path) -> None:
     async with running_stack(short_tmp, [fn(short_tmp, "s")]) as node:
-        health = HealthSupervisor([InstanceLiveness(node.scheduler, period_s=0.05)])
+        health = HealthSupervisor([InstanceLiveness(node.dispatcher, period_s=0.05)])
         async with trio.open_nursery() as nursery:
             await nursery.start(health.run)
             report = health.reports["instances"]
             with trio.fail_after(30):
-                await node.scheduler.invoke("s", b"{}", "json")
+                await node.dispatcher.invoke("s", b"{}", "json")
                 await trio.sleep(0.1)
                 assert report.state.value == "ok" and report.last_action is None
 
@@ -48,7 +48,7 @@ async def test_instance_deaths_are_reported_as_healing_actions(short_tmp: Path) 
 
                 nursery.start_soon(kill_busy)
                 with pytest.raises(InstanceLost):
-                    await node.scheduler.invoke("s", b'{"sleep": 5}', "json")
+                    await node.dispatcher.invoke("s", b'{"sleep": 5}', "json")
                 while report.counters["instances_lost"] == 0:
                     await trio.sleep(0.01)
             assert report.state.value == "degraded"
@@ -61,23 +61,23 @@ async def test_an_open_breaker_degrades_crash_loops_until_it_closes(short_tmp: P
     async with running_stack(
         short_tmp, functions, extra={"health": {"breaker_failures": 2}}
     ) as node:
-        health = HealthSupervisor([CrashLoops(node.scheduler, period_s=0.05)])
+        health = HealthSupervisor([CrashLoops(node.dispatcher, period_s=0.05)])
         async with trio.open_nursery() as nursery:
             await nursery.start(health.run)
             report = health.reports["crash_loops"]
             with trio.fail_after(30):
                 for _ in range(2):
                     with pytest.raises(InstanceStartFailed):
-                        await node.scheduler.invoke("bad", b"{}", "json")
+                        await node.dispatcher.invoke("bad", b"{}", "json")
                 with pytest.raises(Unavailable):
-                    await node.scheduler.invoke("bad", b"{}", "json")
+                    await node.dispatcher.invoke("bad", b"{}", "json")
                 while report.state.value != "degraded":
                     await trio.sleep(0.01)
                 assert "bad (open: instance start failed" in report.detail
                 assert report.counters["breakers_opened"] == 1
                 write_package(short_tmp, "bad", SLEEPY)
                 node.pool("bad").breaker.allow_trial(trio.current_time())
-                await node.scheduler.invoke("bad", b"{}", "json")
+                await node.dispatcher.invoke("bad", b"{}", "json")
                 while report.state.value != "ok":
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()

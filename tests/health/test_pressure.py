@@ -106,7 +106,7 @@ class Script(Generic[T]):
         return self.samples.pop(0) if len(self.samples) > 1 else self.samples[0]
 
 
-class FakeScheduler:
+class FakeDispatcher:
     def __init__(self, idle: int = 0) -> None:
         self.holds: list[str | None] = []
         self.reaps: list[str] = []
@@ -137,11 +137,11 @@ class FakeIngress:
 
 
 def memory_loop(
-    scheduler: FakeScheduler, used_mb: list[float], *, available_mb: float = 4096, min_mb: int = 0
+    dispatcher: FakeDispatcher, used_mb: list[float], *, available_mb: float = 4096, min_mb: int = 0
 ) -> MemoryPressure:
     script = Script([MemorySample(int(u * MiB), 2, int(available_mb * MiB)) for u in used_mb])
     return MemoryPressure(
-        scheduler,
+        dispatcher,
         interval_s=1,
         budget_bytes=100 * MiB,
         enter_percent=95,
@@ -152,83 +152,83 @@ def memory_loop(
 
 
 async def test_memory_pressure_holds_starts_reaps_idle_and_recovers() -> None:
-    scheduler = FakeScheduler(idle=3)
+    dispatcher = FakeDispatcher(idle=3)
     # under, over (enter), still severe, in the band, just at leave, past leave.
-    loop = memory_loop(scheduler, [50, 96, 97, 90, 85, 84])
+    loop = memory_loop(dispatcher, [50, 96, 97, 90, 85, 84])
     report = LoopReport("memory")
 
     await loop.check(report)
-    assert report.state is HealthState.OK and scheduler.holds == [] and scheduler.reaps == []
+    assert report.state is HealthState.OK and dispatcher.holds == [] and dispatcher.reaps == []
     assert "50 MiB of the node's 100 MiB budget" in report.detail
 
     await loop.check(report)  # 96 %: enter
     assert report.state is HealthState.DEGRADED
     assert "96 MiB of the node's 100 MiB budget (96.0%)" in report.detail
-    assert len(scheduler.holds) == 1 and "memory pressure" in (scheduler.holds[0] or "")
-    assert len(scheduler.reaps) == 1 and report.counters["instances_reaped"] == 3
+    assert len(dispatcher.holds) == 1 and "memory pressure" in (dispatcher.holds[0] or "")
+    assert len(dispatcher.reaps) == 1 and report.counters["instances_reaped"] == 3
     assert report.counters["entered"] == 1
     assert report.last_action == "reaped idle instances"
 
-    scheduler.idle = 1  # an instance finished its request meanwhile
+    dispatcher.idle = 1  # an instance finished its request meanwhile
     await loop.check(report)  # 97 %: still at the enter side → reap what became idle
-    assert len(scheduler.reaps) == 2 and report.counters["instances_reaped"] == 4
+    assert len(dispatcher.reaps) == 2 and report.counters["instances_reaped"] == 4
     await loop.check(report)  # 90 %: in the band, no more reaping, still held
     await loop.check(report)  # 85 %: not past leave yet
-    assert len(scheduler.reaps) == 2
-    assert scheduler.holds[1:] == [] and report.state is HealthState.DEGRADED
+    assert len(dispatcher.reaps) == 2
+    assert dispatcher.holds[1:] == [] and report.state is HealthState.DEGRADED
 
     await loop.check(report)  # 84 %: leave
-    assert scheduler.holds[-1] is None and report.counters["left"] == 1
+    assert dispatcher.holds[-1] is None and report.counters["left"] == 1
     assert report.state is HealthState.OK
     assert report.last_action == "starting instances again"
 
 
 async def test_memory_band_does_not_reap() -> None:
-    scheduler = FakeScheduler()
-    loop = memory_loop(scheduler, [96, 90, 88, 94.9])
+    dispatcher = FakeDispatcher()
+    loop = memory_loop(dispatcher, [96, 90, 88, 94.9])
     report = LoopReport("memory")
     for _ in range(4):
         await loop.check(report)
-    assert len(scheduler.reaps) == 1  # only at entry
+    assert len(dispatcher.reaps) == 1  # only at entry
     assert report.counters["entered"] == 1 and report.counters["left"] == 0
 
 
 async def test_memory_sawtooth_near_the_budget_does_not_flap() -> None:
-    scheduler = FakeScheduler()
-    loop = memory_loop(scheduler, [94.9, 95.1] * 20 + [84.9, 85.1] * 20)
+    dispatcher = FakeDispatcher()
+    loop = memory_loop(dispatcher, [94.9, 95.1] * 20 + [84.9, 85.1] * 20)
     report = LoopReport("memory")
     for _ in range(80):
         await loop.check(report)
     assert report.counters["entered"] == 1 and report.counters["left"] == 1
-    assert [h is None for h in scheduler.holds] == [False, True]
+    assert [h is None for h in dispatcher.holds] == [False, True]
 
 
 async def test_low_host_memory_is_pressure_too() -> None:
-    scheduler = FakeScheduler()
-    loop = memory_loop(scheduler, [10], available_mb=100, min_mb=256)
+    dispatcher = FakeDispatcher()
+    loop = memory_loop(dispatcher, [10], available_mb=100, min_mb=256)
     report = LoopReport("memory")
     await loop.check(report)
     assert report.state is HealthState.DEGRADED
     assert "the host has 100 MiB available (minimum 256 MiB)" in report.detail
-    assert "the host has 100 MiB available" in (scheduler.holds[0] or "")
+    assert "the host has 100 MiB available" in (dispatcher.holds[0] or "")
     # Leaves only once MemAvailable is 1.25 times the minimum again.
     loop.measure = lambda pids: MemorySample(10 * MiB, 1, 300 * MiB)
     await loop.check(report)
     assert report.state is HealthState.DEGRADED
     loop.measure = lambda pids: MemorySample(10 * MiB, 1, 330 * MiB)
     await loop.check(report)
-    assert report.state is HealthState.OK and scheduler.holds[-1] is None
+    assert report.state is HealthState.OK and dispatcher.holds[-1] is None
 
 
 # --- FdPressure
 
 
 async def test_fd_pressure_refuses_connections_then_accepts_again() -> None:
-    scheduler, ingress = FakeScheduler(idle=2), FakeIngress()
+    dispatcher, ingress = FakeDispatcher(idle=2), FakeIngress()
     script = Script([FdSample(n, 1000) for n in (500, 860, 800, 700, 690)])
     loop = FdPressure(
         ingress,
-        scheduler,
+        dispatcher,
         interval_s=1,
         enter_percent=85,
         leave_percent=70,
@@ -442,7 +442,7 @@ def test_build_pressure_loops_from_settings(tmp_path: Path) -> None:
     loops = build_pressure_loops(
         settings,
         state_dir=tmp_path,
-        dispatcher=FakeScheduler(),
+        dispatcher=FakeDispatcher(),
         cache=ImageStore(tmp_path, disk_budget_bytes=MiB, memory_budget_bytes=MiB),
         ingress=FakeIngress(),
     )
@@ -457,7 +457,7 @@ def test_build_pressure_loops_from_settings(tmp_path: Path) -> None:
     (_, default_memory, _) = build_pressure_loops(
         HealthSettings(memory_min_available_mb=0),
         state_dir=tmp_path,
-        dispatcher=FakeScheduler(),
+        dispatcher=FakeDispatcher(),
         cache=ImageStore(tmp_path, disk_budget_bytes=MiB, memory_budget_bytes=MiB),
         ingress=FakeIngress(),
     )

@@ -61,7 +61,7 @@ async def test_functions_of_two_tenants_share_no_uid_zygote_cgroup_or_netns(
         # The function moves to another tenant (a reload with a new owner):
         # new uid, new zygote, new network namespace.
         old = stack.function("a")
-        stack.scheduler.deploy_function(replace(old, tenant="globex"), {"source": "test"})
+        stack.dispatcher.deploy_function(replace(old, tenant="globex"), {"source": "test"})
         with trio.fail_after(30):
             moved = await invoke_json(stack, "a", {})
         assert moved["uid"] not in (a["uid"], b["uid"])

@@ -40,7 +40,7 @@ async def test_function_modules_shadow_the_workers(short_tmp: Path, runtime: str
     runtimes = {"fork": {"isolation": False, "cgroups": False}}
     async with running_stack(short_tmp, functions, runtimes) as stack:
         for _ in range(2):  # and the worker keeps serving with the function's json around
-            result = await stack.scheduler.invoke("names", b"{}", "json")
+            result = await stack.dispatcher.invoke("names", b"{}", "json")
             assert json.loads(result.body) == [
                 "function protocol",
                 "function cache",
