@@ -32,32 +32,19 @@ from huselet.config import Config, FunctionSettings
 from huselet.config.limits import read_token
 from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.dispatcher import Dispatcher
+from huselet.dispatch.functions import FunctionDeployment
 from huselet.dispatch.links import LinkServer
-from huselet.dispatch.sources import CodeSource
 from huselet.errors import ConfigError, HuseletError
 from huselet.fleet import FleetCommands, SchedulerLink
 from huselet.fleet.commands import FunctionStore
 from huselet.gateway.admission import Admission
 from huselet.gateway.framed import FramedIngress
 from huselet.gateway.http import HttpIngress
-from huselet.health.lag import LagProbe
-from huselet.health.observers import (
-    CacheIntegrity,
-    CrashLoops,
-    InstanceLiveness,
-    SchedulerLinkHealth,
-)
-from huselet.health.pressure import build_pressure_loops
-from huselet.health.recovery import RecoverySweep
 from huselet.health.supervisor import HealthSupervisor
-from huselet.health.watchdog import WatchdogPetter, watchdog_interval_s
+from huselet.health.wiring import build_health
 from huselet.log import get_logger
-from huselet.metrics import NodeCollector, NodeMetrics
-from huselet.metrics.server import MetricsServer
 from huselet.notify import SystemdNotifier
-from huselet.observe.ring import LogRing
-from huselet.observe.story import RequestStory
-from huselet.observe.top import function_sample, node_sample
+from huselet.observe.node import NodeObservability
 from huselet.reload import ConfigReloader
 from huselet.runtime import available_runtimes, create_runtimes
 from huselet.runtime.base import RuntimeConfigError
@@ -111,7 +98,11 @@ class Daemon:
             config, self.runtimes, self.links.socket_path, code=self.cache.packages
         )
         self.admin = AdminServer(config.admin)
-        self._setup_observability(config)
+        # Metrics, the request story (access log, log ring) and the metrics listener.
+        self.observability = NodeObservability(config, self.dispatcher)
+        self.metrics = self.observability.metrics
+        self.log_ring = self.observability.log_ring
+        self.metrics_server = self.observability.server
         # The link to the central scheduler; None: a standalone node, as before.
         self.fleet: SchedulerLink | None = None
         if config.scheduler is not None:
@@ -137,12 +128,7 @@ class Daemon:
         self.framed: FramedIngress | None = None
         if config.gateway.framed is not None or config.gateway.framed_socket is not None:
             self.framed = FramedIngress(config.gateway, self.ingress.core)
-        health = config.health
-        self.lag_probe = LagProbe(
-            period_s=health.lag_period_ms / 1000,
-            degraded_ms=health.lag_degraded_ms,
-            failing_ms=health.lag_failing_ms,
-        )
+        self.functions = FunctionDeployment(self.dispatcher, self.links)
         self.reloader = ConfigReloader(
             config,
             self.dispatcher,
@@ -152,130 +138,54 @@ class Daemon:
             on_applied=self._config_reloaded,
             refresh_code=self.cache.packages.refresh,
         )
-        self.cache.packages.on_code_changed = self._code_changed
+        # New code (re-packed, image rewritten): new pools of it, the old ones finish.
+        self.cache.packages.on_code_changed = self.functions.redeploy
         # cache.watch_packages: a save in a package directory redeploys it.
         self.codewatch = (
             CodeWatcher(lambda: self.config.functions, self.cache.packages.refresh)
             if config.cache.watch_packages
             else None
         )
-        self.health: HealthSupervisor = HealthSupervisor(
-            [
-                self.lag_probe,
-                WatchdogPetter(
-                    self.notifier,
-                    self.lag_probe,
-                    self._critical_checks(),
-                    interval_s=watchdog_interval_s(),
-                ),
-            ]
-        )
-        for loop in build_pressure_loops(
-            config.health,
-            state_dir=config.node.state_dir,
+        node_health = build_health(
+            config,
+            self.notifier,
+            critical=self._critical_checks(),
             dispatcher=self.dispatcher,
             cache=self.cache,
+            scrubber=self.cache.scrubber,
             ingress=self.ingress,
-        ):
-            self.health.add(loop)
-        # Finds what a previous run left (processes, cgroups, sockets, temp files) at start.
-        self.recovery = RecoverySweep(config, self.runtimes)
-        self.health.add(self.recovery)
-        for observer in (
-            InstanceLiveness(self.dispatcher),
-            CrashLoops(self.dispatcher),
-            CacheIntegrity(self.cache.scrubber),
-        ):
-            self.health.add(observer)
-        if self.fleet is not None:
-            self.health.add(SchedulerLinkHealth(self.fleet))
+            runtimes=self.runtimes,
+            fleet=self.fleet,
+        )
+        self.health: HealthSupervisor = node_health.supervisor
+        self.lag_probe = node_health.lag_probe
+        self.recovery = node_health.recovery
         self._attach_metric_sources()
         self._register_admin_commands()
 
-    def _setup_observability(self, config: Config) -> None:
-        """Metrics, the request story (access log, log ring) and their admin commands."""
-        self.metrics = NodeMetrics(enabled=config.metrics.enabled)
-        self.log_ring = LogRing(config.log.ring_records, lambda name: name in self.dispatcher.pools)
-        self.dispatcher.story = RequestStory(
-            metrics=self.metrics.requests, ring=self.log_ring, access_rate=config.log.access_rate
-        )
-        self.dispatcher.instance_observer = self.metrics.instances
-        self.metrics_server: MetricsServer | None = None
-        if config.metrics.enabled and config.metrics.http is not None:
-            self.metrics_server = MetricsServer(config.metrics.http, self.metrics.render)
-
     def _attach_metric_sources(self) -> None:
         """After every component exists: the collector reads them at scrape time."""
-        self.lag_probe.histogram = self.metrics.lag
         fleet = self.fleet
-        self.metrics.attach(
-            NodeCollector(
-                node_id=self.config.node.id,
-                version=huselet.__version__,
-                dispatcher=self.dispatcher,
-                requests=self.metrics.requests,
-                instances=self.metrics.instances,
-                health=lambda: self.health.reports,
-                lag=self.metrics.lag,
-                cache_stats=self.cache.packages.stats,
-                fleet=(lambda: fleet.describe()) if fleet is not None else None,
-                zygote_memory=self._zygote_memory,
-                admission=self.admission.snapshot,
-            )
+        self.observability.attach(
+            node_id=self.config.node.id,
+            lag_probe=self.lag_probe,
+            health=lambda: self.health.reports,
+            cache_stats=self.cache.packages.stats,
+            fleet=(lambda: fleet.describe()) if fleet is not None else None,
+            runtimes=self.runtimes,
+            admission=self.admission.snapshot,
         )
 
-    def _zygote_memory(self) -> int | None:
-        # The fork runtime keeps its zygotes in slots; other runtimes have none.
-        runtime = self.runtimes.get("fork")
-        slots = getattr(runtime, "_slots", None)
-        if not isinstance(slots, dict):
-            return None
-        total = 0
-        for slot in list(slots.values()):
-            process = getattr(slot, "process", None)
-            if process is not None and not getattr(slot, "closed", False):
-                total += process.memory_bytes()
-        return total
+    # The admin command table (huselet.admin.commands) serves these.
 
     def _metrics_command(self, args: dict[str, Any]) -> dict[str, Any]:
-        body, content_type = self.metrics.render(args.get("accept"))
-        return {"content_type": content_type, "text": body.decode("utf-8")}
+        return self.observability.metrics_command(args)
 
     def _logs_command(self, args: dict[str, Any]) -> dict[str, Any]:
-        function = args.get("function")
-        request_id = args.get("request_id")
-        after = args.get("after_seq", 0)
-        since = args.get("since_s")
-        limit = args.get("limit", 1000)
-        if not isinstance(function, str):
-            raise AdminCommandError("bad_request", "give the function name")
-        if request_id is not None and not isinstance(request_id, str):
-            raise AdminCommandError("bad_request", "request_id must be a string")
-        if type(after) is not int or type(limit) is not int:
-            raise AdminCommandError("bad_request", "after_seq and limit must be integers")
-        if since is not None and (not isinstance(since, int | float) or since < 0):
-            raise AdminCommandError("bad_request", "since_s must be a non-negative number")
-        found = self.log_ring.query(
-            function, request_id=request_id, after_seq=after, since_s=since, limit=limit
-        )
-        if found is None:
-            raise AdminCommandError("not_found", f"no function named {function!r} on this node")
-        return found
+        return self.observability.logs_command(args)
 
     def _top_command(self, args: dict[str, Any]) -> dict[str, Any]:
-        requests = self.metrics.requests
-        node = node_sample()
-        node["lag_ms"] = round(self.lag_probe.last_lag_ms, 3)
-        node["max_lag_ms"] = round(self.lag_probe.max_lag_ms, 3)
-        return {
-            "node": node,
-            "functions": [
-                function_sample(
-                    pool, requests.functions.get(name) if requests is not None else None
-                )
-                for name, pool in sorted(self.dispatcher.pools.items())
-            ],
-        }
+        return self.observability.top_command(args)
 
     def _critical_checks(self) -> dict[str, Callable[[], str | None]]:
         """Components without which the node does not serve: the watchdog checks them."""
@@ -315,20 +225,6 @@ class Daemon:
     def _function_policy(self, name: str) -> FunctionSettings | None:
         pool = self.dispatcher.pools.get(name)
         return None if pool is None else pool.settings
-
-    def _code_changed(self, names: set[str]) -> None:
-        """New code for these functions (re-packed, image rewritten): deploy it.
-
-        A new pool takes new requests at once, so they start instances (and a
-        fork zygote) of the new code; the old pool finishes what it accepted
-        on the old instances, then stops them.
-        """
-        for name in sorted(names):
-            pool = self.dispatcher.pools.get(name)
-            if pool is None or not pool.accepting:
-                continue
-            meta = self.dispatcher.function_meta.get(name, {"source": CodeSource.CONFIG})
-            self.dispatcher.deploy_function(pool.settings, meta)
 
     async def _reload(self, args: dict[str, Any]) -> dict[str, Any]:
         self.notifier.notify(RELOADING="1", STATUS="reloading the configuration")

@@ -37,6 +37,9 @@ class PoolView(Protocol):
     @property
     def breaker(self) -> CircuitBreaker: ...
 
+    @property
+    def accepting(self) -> bool: ...
+
 
 class PoolsView(Protocol):
     """Every function's pool (the health loops read counters and breakers)."""

@@ -11,7 +11,7 @@ side takes over the other's functions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from huselet.config import FunctionSettings
@@ -50,6 +50,24 @@ class FunctionDeployment:
         if version:
             meta["version"] = version
         self.dispatcher.deploy_function(fn, meta)
+
+    def redeploy(self, names: Iterable[str]) -> list[str]:
+        """New code for these functions (re-packed, image rewritten): deploy it again.
+
+        Same settings, source and version; a new pool takes new requests at
+        once, so they start instances (and a fork zygote) of the new code, while
+        the old pool finishes what it accepted on the old instances. A function
+        not served, or already retiring, is skipped. Returns the redeployed names.
+        """
+        done = []
+        for name in sorted(names):
+            pool = self.dispatcher.pools.get(name)
+            if pool is None or not pool.accepting:
+                continue
+            meta = self.dispatcher.function_meta.get(name, {"source": CodeSource.CONFIG})
+            self.dispatcher.deploy_function(pool.settings, dict(meta))
+            done.append(name)
+        return done
 
     def update(self, fn: FunctionSettings) -> None:
         """New limits for a running function; its pool and warm instances stay."""

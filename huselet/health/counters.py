@@ -39,3 +39,13 @@ class HealthCounter(StrEnum):
     # The startup recovery sweep (besides one counter per kind of leftover).
     FAILED = "failed"
     SWEEP_MS = "sweep_ms"
+
+
+class Leftover(StrEnum):
+    """What the startup sweep finds of a previous run, one ``recovery`` counter each."""
+
+    PROCESSES = "processes"
+    CGROUPS = "cgroups"
+    SOCKETS = "sockets"
+    TEMP_FILES = "temp_files"
+    STAGING_DIRS = "staging_dirs"

@@ -40,14 +40,12 @@ something could not be cleaned, and counters per kind.
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
-import socket
 import stat
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +54,17 @@ import trio
 
 from huselet.admin.errors import AdminSocketInUse
 from huselet.config import Config
-from huselet.health.counters import HealthCounter
+from huselet.health.counters import HealthCounter, Leftover
+from huselet.health.leftovers import (
+    ancestors,
+    command_line,
+    group_pids,
+    groups_below,
+    process_alive,
+    remove_empty_tree,
+    socket_state,
+    under_roots,
+)
 from huselet.health.supervisor import HealthState, LoopReport
 from huselet.log import get_logger
 from huselet.runtime.cgroups import Cgroup, CgroupHost, CgroupPool
@@ -64,18 +72,17 @@ from huselet.runtime.identity import sandbox_subtree
 
 log = get_logger("health.recovery")
 
-KINDS = ("processes", "cgroups", "sockets", "temp_files", "staging_dirs")
+KINDS = tuple(Leftover)
 _WORDS = {
-    "processes": ("process", "processes"),
-    "cgroups": ("cgroup", "cgroups"),
-    "sockets": ("socket", "sockets"),
-    "temp_files": ("temp file", "temp files"),
-    "staging_dirs": ("staging dir", "staging dirs"),
+    Leftover.PROCESSES: ("process", "processes"),
+    Leftover.CGROUPS: ("cgroup", "cgroups"),
+    Leftover.SOCKETS: ("socket", "sockets"),
+    Leftover.TEMP_FILES: ("temp file", "temp files"),
+    Leftover.STAGING_DIRS: ("staging dir", "staging dirs"),
 }
 # Runtimes that keep a CgroupPool under <cgroup_parent>/<name> (oci's groups are runc's).
 CGROUP_POOL_RUNTIMES = ("fork", "bwrap")
 TEMP_SUFFIXES = (".tmp", ".part")
-PROBE_TIMEOUT_S = 0.5
 KILL_WAIT_S = 3.0
 
 
@@ -101,7 +108,7 @@ class SweepResult:
         return f"previous run left {left}: {_phrase(self.failed)} could not be cleaned"
 
     def counters(self) -> dict[str, int]:
-        out = {kind: self.found[kind] for kind in KINDS if self.found[kind]}
+        out: dict[str, int] = {kind: self.found[kind] for kind in KINDS if self.found[kind]}
         out[HealthCounter.FAILED] = sum(self.failed.values())
         out[HealthCounter.SWEEP_MS] = round(self.duration_s * 1000)
         return out
@@ -171,7 +178,7 @@ class RecoverySweep:
         return result
 
     async def _refuse_live_daemon(self) -> None:
-        if await _socket_state(self.admin_socket) == "live":
+        if await socket_state(self.admin_socket) == "live":
             raise AdminSocketInUse(
                 f"another huselet is already running with its admin socket at {self.admin_socket}"
             )
@@ -192,16 +199,16 @@ class RecoverySweep:
         if b"HUSELET_FUNCTION" not in env:
             return None
         link = env.get(b"HUSELET_LINK")
-        if link is not None and _under(os.fsdecode(link), [self.run_dir / "fn"]):
+        if link is not None and under_roots(os.fsdecode(link), [self.run_dir / "fn"]):
             return "HUSELET_LINK"
         image = env.get(b"HUSELET_IMAGE")
-        if image is not None and _under(os.fsdecode(image), [self.state_dir]):
+        if image is not None and under_roots(os.fsdecode(image), [self.state_dir]):
             return "HUSELET_IMAGE"
         return None
 
     def find_processes(self) -> dict[int, str]:
         """Processes of a previous run of this node: ``{pid: marker}``."""
-        spared = _ancestors(os.getpid())  # ourselves and whoever started us
+        spared = ancestors(os.getpid())  # ourselves and whoever started us
         found = {}
         for entry in os.listdir(self._proc):
             if not entry.isdigit() or int(entry) in spared:
@@ -215,22 +222,22 @@ class RecoverySweep:
         pidfds: list[int] = []
         try:
             for pid, marker in sorted(self.find_processes().items()):
-                result.found["processes"] += 1
+                result.found[Leftover.PROCESSES] += 1
                 try:
                     pidfd = os.pidfd_open(pid)
                 except ProcessLookupError:
-                    result.cleaned["processes"] += 1  # gone between the scan and now
+                    result.cleaned[Leftover.PROCESSES] += 1  # gone between the scan and now
                     continue
                 # The pid cannot be reused while we hold its pidfd: check it again.
                 if self._marker(pid) is None:
                     os.close(pidfd)
-                    result.found["processes"] -= 1
+                    result.found[Leftover.PROCESSES] -= 1
                     continue
                 log.warning(
                     "killing a process left by a previous run",
                     pid=pid,
                     marker=marker,
-                    command=_command(pid),
+                    command=command_line(pid),
                 )
                 try:
                     if os.getpgid(pid) == pid:
@@ -241,7 +248,7 @@ class RecoverySweep:
                 except OSError as exc:
                     log.error("cannot kill a leftover process", pid=pid, error=exc.strerror)
                     os.close(pidfd)
-                    result.failed["processes"] += 1
+                    result.failed[Leftover.PROCESSES] += 1
                     continue
                 pidfds.append(pidfd)
             await _wait_exited(pidfds, result)
@@ -262,7 +269,7 @@ class RecoverySweep:
                 return
             # This daemon's own subtree only: another daemon's sandboxes are not ours.
             subtree = sandbox_subtree(host, iso.cgroup_parent, self.node, name)
-            groups = _groups_below(host, subtree)
+            groups = groups_below(host, subtree)
             if not groups:
                 continue
             members: set[int] = set()
@@ -273,30 +280,30 @@ class RecoverySweep:
                     "killing processes in cgroups left by a previous run",
                     subtree=subtree,
                     pids=sorted(members),
-                    commands=[_command(pid) for pid in sorted(members)][:10],
+                    commands=[command_line(pid) for pid in sorted(members)][:10],
                 )
-            result.found["processes"] += len(members)
+            result.found[Leftover.PROCESSES] += len(members)
             if name == "oci":
                 # runc made these groups and removes them (``runc delete`` at the
                 # runtime's start); the containers in them must not wait for that.
                 for group in groups:
                     await Cgroup(host, group).kill_all()
             else:
-                result.found["cgroups"] += len(groups)
+                result.found[Leftover.CGROUPS] += len(groups)
                 pool = CgroupPool(host, subtree, target_free=0, pids_max=None, cpu_cores=None)
                 await pool.remove_subtree()
-                remaining = min(len(groups), len(_groups_below(host, subtree, include_base=True)))
-                result.failed["cgroups"] += remaining
-                result.cleaned["cgroups"] += len(groups) - remaining
+                remaining = min(len(groups), len(groups_below(host, subtree, include_base=True)))
+                result.failed[Leftover.CGROUPS] += remaining
+                result.cleaned[Leftover.CGROUPS] += len(groups) - remaining
                 log.warning(
                     "removed cgroups left by a previous run",
                     subtree=subtree,
                     groups=len(groups),
                     remaining=remaining,
                 )
-            alive = {pid for pid in members if _alive(pid)}
-            result.failed["processes"] += len(alive)
-            result.cleaned["processes"] += len(members) - len(alive)
+            alive = {pid for pid in members if process_alive(pid)}
+            result.failed[Leftover.PROCESSES] += len(alive)
+            result.cleaned[Leftover.PROCESSES] += len(members) - len(alive)
 
     # sockets ---------------------------------------------------------------------
 
@@ -308,14 +315,14 @@ class RecoverySweep:
         except OSError:
             pass
         for path in candidates:
-            state = await _socket_state(path)
+            state = await socket_state(path)
             if state in ("absent", "not a socket"):
                 continue
             if state == "live":
                 # Someone listens on a socket of ours (not our admin socket: checked).
                 log.warning("a socket in the run directory is in use; leaving it", path=str(path))
                 continue
-            _remove_leftover(path, "sockets", "a socket", result)
+            _remove_leftover(path, Leftover.SOCKETS, "a socket", result)
 
     # files ---------------------------------------------------------------------------
 
@@ -335,7 +342,7 @@ class RecoverySweep:
                         continue
                 except OSError:
                     continue
-                _remove_leftover(path, "temp_files", "a temp file", result)
+                _remove_leftover(path, Leftover.TEMP_FILES, "a temp file", result)
 
     def _clear_staging(self, result: SweepResult) -> None:
         sandbox = self.run_dir / "sandbox"
@@ -350,52 +357,16 @@ class RecoverySweep:
                 continue
             for name in entries:
                 path = sandbox / runtime / name
-                result.found["staging_dirs"] += 1
-                if _remove_empty_tree(path):
-                    result.cleaned["staging_dirs"] += 1
+                result.found[Leftover.STAGING_DIRS] += 1
+                if remove_empty_tree(path):
+                    result.cleaned[Leftover.STAGING_DIRS] += 1
                     log.info("removed a staging dir left by a previous run", path=str(path))
                 else:
-                    result.failed["staging_dirs"] += 1
+                    result.failed[Leftover.STAGING_DIRS] += 1
                     log.error("a leftover staging dir is not empty; leaving it", path=str(path))
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def _under(value: str, roots: Iterable[Path]) -> bool:
-    path = os.path.normpath(value)
-    for root in roots:
-        for form in {os.path.normpath(root), os.path.realpath(root)}:
-            if path.startswith(form.rstrip("/") + "/"):
-                return True
-    return False
-
-
-def _ancestors(pid: int) -> set[int]:
-    out = {pid}
-    while pid > 1:
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            break
-        out.add(pid)
-    return out
-
-
-def _command(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "?"
-    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()[:200]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 async def _wait_exited(pidfds: list[int], result: SweepResult) -> None:
@@ -405,95 +376,13 @@ async def _wait_exited(pidfds: list[int], result: SweepResult) -> None:
         for fd in pidfds:
             await trio.lowlevel.wait_readable(fd)
             exited += 1
-    result.cleaned["processes"] += exited
+    result.cleaned[Leftover.PROCESSES] += exited
     if exited < len(pidfds):
         log.error("leftover processes did not exit after SIGKILL", count=len(pidfds) - exited)
-        result.failed["processes"] += len(pidfds) - exited
+        result.failed[Leftover.PROCESSES] += len(pidfds) - exited
 
 
-async def _socket_state(path: Path) -> str:
-    """``absent``, ``not a socket``, ``stale`` (nobody listens) or ``live``."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return "absent"
-    if not stat.S_ISSOCK(st.st_mode):
-        return "not a socket"
-    probe = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with probe:
-        try:
-            with trio.move_on_after(PROBE_TIMEOUT_S):
-                await probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            return "stale"
-        except OSError as exc:
-            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-                return "stale"
-            return "live"  # cannot tell: treat as in use, never delete it
-    # Connected, or timed out on a full backlog: a live process listens there.
-    return "live"
-
-
-def _groups_below(host: CgroupHost, subtree: str, *, include_base: bool = False) -> list[str]:
-    """Relative paths of the groups under ``subtree`` (counted on one hierarchy)."""
-    root = host.roots.get("unified") or host.roots.get("memory") or next(iter(host.roots.values()))
-    base = root / subtree
-    if not base.is_dir():
-        return []
-    out = []
-    for dirpath, _dirnames, _files in os.walk(base):
-        if dirpath != str(base) or include_base:
-            out.append(os.path.relpath(dirpath, root))
-    return out
-
-
-def group_pids(host: CgroupHost, rel: str) -> set[int]:
-    pids: set[int] = set()
-    for root in host.roots.values():
-        try:
-            pids.update(int(p) for p in (root / rel / "cgroup.procs").read_text().split())
-        except (OSError, ValueError):
-            pass
-    return pids
-
-
-def _remove_empty_tree(path: Path) -> bool:
-    """rmdir ``path`` and its subdirectories bottom-up — only if the whole tree is
-    plain empty directories with no mount point in it; else leave it all and say False."""
-    try:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            return False
-        top = os.path.realpath(path)
-        if any(m == top or m.startswith(top + "/") for m in _mount_points()):
-            return False
-        dirs = []
-        for dirpath, dirnames, filenames in os.walk(path):
-            if filenames or any(os.path.islink(os.path.join(dirpath, d)) for d in dirnames):
-                return False
-            dirs.append(dirpath)
-        for dirpath in reversed(dirs):
-            os.rmdir(dirpath)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def _mount_points(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
-    points = []
-    try:
-        for line in Path(mountinfo).read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 4:
-                # Octal escapes (\040 for a space) as the kernel writes them.
-                points.append(fields[4].encode().decode("unicode_escape"))
-    except OSError:
-        pass
-    return points
-
-
-def _remove_leftover(path: Path, kind: str, what: str, result: SweepResult) -> None:
+def _remove_leftover(path: Path, kind: Leftover, what: str, result: SweepResult) -> None:
     """Unlink one leftover file, counting it as found, cleaned or failed."""
     result.found[kind] += 1
     try:
