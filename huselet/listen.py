@@ -1,10 +1,13 @@
-"""Opening TCP listeners with an error that names the address.
+"""Opening TCP listeners with an error that names the address, and serving one
+connection within a bounded number of slots.
 
 ``trio.open_tcp_listeners`` fails with a bare "Address already in use"; an
 operator with several listeners (ingress, metrics) needs to know which one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -23,3 +26,29 @@ async def open_listeners(address: TcpAddress, key: str) -> list[trio.SocketListe
         return await trio.open_tcp_listeners(address.port, host=address.host)
     except OSError as exc:
         raise ListenError(f"cannot listen on {key} {address}: {exc.strerror or exc}") from None
+
+
+async def serve_in_slot(
+    stream: trio.SocketStream,
+    slots: trio.CapacityLimiter,
+    serve: Callable[[trio.SocketStream], Awaitable[None]],
+    *,
+    quiet: tuple[type[Exception], ...],
+) -> None:
+    """Serve one connection if a slot is free, else close it at once (no queueing).
+
+    Exceptions in ``quiet`` (a peer that went away, a malformed request) end
+    the connection silently; the stream is closed and the slot freed either way.
+    """
+    try:
+        slots.acquire_nowait()
+    except trio.WouldBlock:
+        await trio.aclose_forcefully(stream)
+        return
+    try:
+        await serve(stream)
+    except quiet:
+        pass
+    finally:
+        slots.release()
+        await trio.aclose_forcefully(stream)

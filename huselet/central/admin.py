@@ -31,6 +31,7 @@ import h11
 import trio
 
 from huselet.central.api import ApiError, FleetApi
+from huselet.listen import serve_in_slot
 from huselet.log import get_logger
 
 log = get_logger("central.admin")
@@ -58,18 +59,8 @@ class AdminHttp:
         await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            await trio.aclose_forcefully(stream)
-            return
-        try:
-            await self._serve(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, h11.ProtocolError):
-            pass
-        finally:
-            self._slots.release()
-            await trio.aclose_forcefully(stream)
+        quiet = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, h11.ProtocolError)
+        await serve_in_slot(stream, self._slots, self._serve, quiet=quiet)
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)

@@ -21,6 +21,7 @@ from huselet.dispatch.instance import InstanceState
 from huselet.health.breaker import BreakerState
 from huselet.health.counters import HealthCounter
 from huselet.health.supervisor import HealthState, LoopReport
+from huselet.metrics.families import counter, gauge, one_hot
 from huselet.metrics.histogram import Histogram
 from huselet.metrics.instances import InstanceMetrics
 from huselet.metrics.requests import RequestMetrics
@@ -61,24 +62,13 @@ def _admission(snapshot: Mapping[str, Any]) -> Iterator[Metric]:
         "Invocations admitted by the gateway (authenticated and within limits).",
         value=snapshot.get("admitted", 0),
     )
-    refusals = CounterMetricFamily(
-        "huselet_admission_refusals",
-        "Invocations refused at admission, by reason (unknown_key, bad_signature, replay, "
-        "stale_timestamp, forbidden_function, tenant_rate, ...) and tenant.",
-        labels=["reason", "tenant"],
-    )
+    refusals = counter("huselet_admission_refusals", "reason", "tenant")
     for reason, by_tenant in sorted(snapshot.get("refusals", {}).items()):
         for tenant, n in sorted(by_tenant.items()):
             refusals.add_metric([reason, tenant], n)
-    requests = CounterMetricFamily(
-        "huselet_tenant_requests", "Invocations admitted per tenant.", labels=["tenant"]
-    )
-    throttled = CounterMetricFamily(
-        "huselet_tenant_throttled", "Invocations refused 429 per tenant.", labels=["tenant"]
-    )
-    in_flight = GaugeMetricFamily(
-        "huselet_tenant_in_flight", "Admitted invocations not yet answered.", labels=["tenant"]
-    )
+    requests = counter("huselet_tenant_requests", "tenant")
+    throttled = counter("huselet_tenant_throttled", "tenant")
+    in_flight = gauge("huselet_tenant_in_flight", "tenant")
     for tenant, row in sorted(snapshot.get("tenants", {}).items()):
         requests.add_metric([tenant], row.get("admitted", 0))
         throttled.add_metric([tenant], row.get("throttled", 0))
@@ -152,43 +142,14 @@ class NodeCollector:
         yield from _instance_output()
 
     def _pools(self, pools: Mapping[str, Any]) -> Iterator[Metric]:
-        instances = GaugeMetricFamily(
-            "huselet_instances",
-            "Instances by state (starting, idle, busy, stopping).",
-            labels=["function", "state"],
-        )
-        inflight = GaugeMetricFamily(
-            "huselet_requests_in_flight",
-            "Invocations dispatched to an instance and not yet answered.",
-            labels=["function"],
-        )
-        queued = GaugeMetricFamily(
-            "huselet_queue_depth", "Invocations waiting for an instance.", labels=["function"]
-        )
-        starts = CounterMetricFamily(
-            "huselet_cold_starts",
-            "Instance starts begun (every start is a cold start).",
-            labels=["function", "runtime"],
-        )
-        events = CounterMetricFamily(
-            "huselet_pool_events",
-            "Every counter a function's pool keeps (ok, handler_errors, rejected_queue_full, "
-            "deadline_kills, retried, ...), as in `huselet ctl status --json`.",
-            labels=["function", "event"],
-        )
-        breaker = GaugeMetricFamily(
-            "huselet_breaker_state",
-            "1 for the circuit breaker's current state (closed, open, half_open).",
-            labels=["function", "state"],
-        )
-        opened = CounterMetricFamily(
-            "huselet_breaker_opened", "Times the breaker opened.", labels=["function"]
-        )
-        pss = GaugeMetricFamily(
-            "huselet_instance_pss_bytes",
-            "Proportional set size of the function's instances, summed.",
-            labels=["function"],
-        )
+        instances = gauge("huselet_instances", "function", "state")
+        inflight = gauge("huselet_requests_in_flight", "function")
+        queued = gauge("huselet_queue_depth", "function")
+        starts = counter("huselet_cold_starts", "function", "runtime")
+        events = counter("huselet_pool_events", "function", "event")
+        breaker = gauge("huselet_breaker_state", "function", "state")
+        opened = counter("huselet_breaker_opened", "function")
+        pss = gauge("huselet_instance_pss_bytes", "function")
         for name in sorted(pools):
             pool = pools[name]
             status = pool.status()
@@ -202,9 +163,7 @@ class NodeCollector:
             )
             for event, n in sorted(pool.counters.items()):
                 events.add_metric([name, event], n)
-            current = pool.breaker.state
-            for state in BreakerState:
-                breaker.add_metric([name, state.value], 1 if state is current else 0)
+            one_hot(breaker, [name], BreakerState, pool.breaker.state)
             opened.add_metric([name], pool.breaker.opened)
             pss.add_metric([name], sum(pss_bytes(pid) for pid in pool.instance_pids()))
         yield from (instances, inflight, queued, starts, events, breaker, opened, pss)
@@ -218,39 +177,22 @@ class NodeCollector:
                 )
 
     def _health(self, reports: Mapping[str, LoopReport]) -> Iterator[Metric]:
-        state = GaugeMetricFamily(
-            "huselet_health_state",
-            "1 for each health loop's current state (ok, degraded, failing).",
-            labels=["loop", "state"],
-        )
-        actions = CounterMetricFamily(
-            "huselet_health_actions", "Healing actions a loop took.", labels=["loop"]
-        )
-        crashes = CounterMetricFamily(
-            "huselet_health_loop_crashes", "Times a health loop crashed.", labels=["loop"]
-        )
+        state = gauge("huselet_health_state", "loop", "state")
+        actions = counter("huselet_health_actions", "loop")
+        crashes = counter("huselet_health_loop_crashes", "loop")
         for name in sorted(reports):
             report = reports[name]
-            for s in HealthState:
-                state.add_metric([name, s.value], 1 if report.state is s else 0)
+            one_hot(state, [name], HealthState, report.state)
             actions.add_metric([name], report.counters.get(HealthCounter.ACTIONS, 0))
             crashes.add_metric([name], report.counters.get(HealthCounter.CRASHES, 0))
         yield from (state, actions, crashes)
 
     def _cache(self, stats: Mapping[str, Any]) -> Iterator[Metric]:
-        hits = CounterMetricFamily(
-            "huselet_cache_hits", "Image lookups served, by level.", labels=["level"]
-        )
-        misses = CounterMetricFamily(
-            "huselet_cache_misses", "Image lookups not served, by level.", labels=["level"]
-        )
-        evictions = CounterMetricFamily(
-            "huselet_cache_evictions", "Images evicted, by level.", labels=["level"]
-        )
-        images = GaugeMetricFamily(
-            "huselet_cache_images", "Images held, by level.", labels=["level"]
-        )
-        size = GaugeMetricFamily("huselet_cache_bytes", "Bytes held, by level.", labels=["level"])
+        hits = counter("huselet_cache_hits", "level")
+        misses = counter("huselet_cache_misses", "level")
+        evictions = counter("huselet_cache_evictions", "level")
+        images = gauge("huselet_cache_images", "level")
+        size = gauge("huselet_cache_bytes", "level")
         for level in ("memory", "disk"):
             s = stats.get(level) or {}
             hits.add_metric([level], s.get("hits", 0))

@@ -17,9 +17,10 @@ from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING
 
 import trio
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from huselet.dispatch.reasons import LINK_FAULTS, StopReason
+from huselet.metrics.families import counter, histogram
 from huselet.metrics.histogram import PHASE_BUCKETS, Histogram
 
 if TYPE_CHECKING:
@@ -138,28 +139,10 @@ class InstanceMetrics:
     # --- exposition ---------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
-        phases = HistogramMetricFamily(
-            "huselet_cold_start_phase_seconds",
-            "Duration of each phase of an instance start (code, sandbox, connect, import, "
-            "first_reply).",
-            labels=["function", "runtime", "phase"],
-        )
-        failures = CounterMetricFamily(
-            "huselet_cold_start_failures",
-            "Instance starts that failed, by reason (fetch, sandbox, timeout, import, oom, crash).",
-            labels=["function", "runtime", "reason"],
-        )
-        deaths = CounterMetricFamily(
-            "huselet_instance_deaths",
-            "Instances that ended unplanned, by cause "
-            "(exit, signal, oom, deadline_kill, heartbeat, frozen, link_error, other).",
-            labels=["function", "cause"],
-        )
-        stops = CounterMetricFamily(
-            "huselet_instance_stops",
-            "Instances the node stopped on purpose, by reason (idle, reaped, served, ...).",
-            labels=["function", "reason"],
-        )
+        phases = histogram("huselet_cold_start_phase_seconds", "function", "runtime", "phase")
+        failures = counter("huselet_cold_start_failures", "function", "runtime", "reason")
+        deaths = counter("huselet_instance_deaths", "function", "cause")
+        stops = counter("huselet_instance_stops", "function", "reason")
         for name, m in sorted(self.functions.items()):
             for phase, hist in m.phases.items():
                 if hist.count:

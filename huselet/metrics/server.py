@@ -15,7 +15,7 @@ import h11
 import trio
 
 from huselet.config import TcpAddress
-from huselet.listen import open_listeners
+from huselet.listen import open_listeners, serve_in_slot
 from huselet.log import get_logger
 
 log = get_logger("metrics")
@@ -23,6 +23,9 @@ log = get_logger("metrics")
 MAX_CONNECTIONS = 16
 EXCHANGE_TIMEOUT_S = 10.0
 MAX_HEAD_BYTES = 8192
+
+# The scraper went away or sent garbage: nothing to log.
+QUIET = (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError)
 
 Renderer = Callable[[str | None], tuple[bytes, str]]
 
@@ -51,21 +54,17 @@ class MetricsServer:
                 await trio.aclose_forcefully(listener)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            await trio.aclose_forcefully(stream)
-            return
+        await serve_in_slot(stream, self._slots, self._exchange_in_time, quiet=QUIET)
+
+    async def _exchange_in_time(self, stream: trio.SocketStream) -> None:
         try:
             with trio.move_on_after(EXCHANGE_TIMEOUT_S):
                 await self._exchange(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
-            pass
+        except QUIET:
+            raise
         except Exception:
+            # A bug in rendering must cost one scrape, never the listener.
             log.exception("metrics request failed")
-        finally:
-            self._slots.release()
-            await trio.aclose_forcefully(stream)
 
     async def _exchange(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
