@@ -35,6 +35,7 @@ from typing import Any
 import trio
 
 from huselet.central.backend import Backend, LeadershipLost, LocalBackend
+from huselet.central.counters import CentralCounter
 from huselet.central.placement import Reported, reconcile
 from huselet.central.sessions import NodeConn, serve_node
 from huselet.central.store import Deposed
@@ -204,7 +205,7 @@ class CentralScheduler:
         try:
             await self.backend.hold()
         except LeadershipLost as exc:
-            self.counters["leadership_lost"] += 1
+            self.counters[CentralCounter.LEADERSHIP_LOST] += 1
             log.warning("stepping down", scheduler=self.settings.scheduler_id, reason=str(exc))
         scope.cancel()
 
@@ -267,7 +268,7 @@ class CentralScheduler:
     def command_completed(self, event: CommandCompleted) -> None:
         cmd = self.store.state.pending.get(event.cmd_id)
         self._record_done(event.cmd_id, event.status)
-        self.counters[f"results.{event.status}"] += 1
+        self.counters[CentralCounter.RESULTS.by(event.status)] += 1
         self.results[event.cmd_id] = {
             "node": event.node_id,
             "status": event.status,
@@ -336,7 +337,7 @@ class CentralScheduler:
                 continue
             if record.get("fn") is not None:
                 self.outstanding.setdefault(node_id, {})[record["fn"]] = record["id"]
-            self.counters[f"issued.{record['kind']}"] += 1
+            self.counters[CentralCounter.ISSUED.by(record["kind"])] += 1
             ids.append(record["id"])
         conn = self.by_node.get(node_id)
         if conn is not None:
@@ -386,11 +387,11 @@ class CentralScheduler:
             now = trio.current_time()
             for node_id in fleet.expire(now):
                 log.warning("node expired: no frame within the lease", node=node_id)
-                self.counters["expired"] += 1
+                self.counters[CentralCounter.EXPIRED] += 1
             if now >= next_full:
                 nodes = set(fleet.records)
                 next_full = now + self.settings.reconcile_s
-                self.counters["reconcile_rounds"] += 1
+                self.counters[CentralCounter.RECONCILE_ROUNDS] += 1
             else:
                 nodes = self._dirty
             self._dirty = set()
@@ -401,7 +402,7 @@ class CentralScheduler:
                     return  # _hold or _record_results ends the term
                 except Exception as exc:
                     # The store is slow or unreachable: try again on the next round.
-                    self.counters["reconcile_errors"] += 1
+                    self.counters[CentralCounter.RECONCILE_ERRORS] += 1
                     log.warning("reconcile failed", node=node_id, error=str(exc))
                     self._dirty.add(node_id)
                     break

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from huselet.central.counters import CentralCounter
 from huselet.central.placement import Reported
 from huselet.log import get_logger
 from protocol.delta import (
@@ -65,7 +66,7 @@ class NodeConn:
 async def serve_node(central: CentralScheduler, stream: trio.SocketStream) -> None:
     """One node connection, from accept to close: refuse, redirect, or serve it."""
     if len(central.conns) >= central.settings.max_connections:
-        central.counters["connections_refused"] += 1
+        central.counters[CentralCounter.CONNECTIONS_REFUSED] += 1
         await trio.aclose_forcefully(stream)
         return
     link: trio.abc.Stream = stream
@@ -87,14 +88,14 @@ async def serve_node(central: CentralScheduler, stream: trio.SocketStream) -> No
         except Exception:
             # A bug in one connection costs that connection, not the fleet.
             log.exception("node connection failed", node=conn.node_id)
-            central.counters["internal_errors"] += 1
+            central.counters[CentralCounter.INTERNAL_ERRORS] += 1
         finally:
             conn.session.connection_lost(trio.current_time())
             central.conns.discard(conn)
             if conn.node_id is not None and central.by_node.get(conn.node_id) is conn:
                 del central.by_node[conn.node_id]
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        central.counters[f"handshake_failed.{type(exc).__name__}"] += 1
+        central.counters[CentralCounter.HANDSHAKE_FAILED.by(type(exc).__name__)] += 1
         log.debug("node link refused", error=str(exc))
     finally:
         with trio.CancelScope(shield=True):
@@ -116,7 +117,7 @@ async def _tls_handshake(
 
 async def _redirect(central: CentralScheduler, link: trio.abc.Stream) -> None:
     """A standby answers a node with ``bye not_leader`` naming the leader, then closes."""
-    central.counters["redirected"] += 1
+    central.counters[CentralCounter.REDIRECTED] += 1
     leader = central.backend.leader_info() or {}
     address = leader.get("listen")
     if leader.get("scheduler_id") == central.settings.scheduler_id:
@@ -136,7 +137,7 @@ async def _reader(central: CentralScheduler, conn: NodeConn) -> None:
             if not data:
                 conn.closing = True
                 break
-            central.counters["bytes_in"] += len(data)
+            central.counters[CentralCounter.BYTES_IN] += len(data)
             conn.session.receive_data(data, trio.current_time())
             _process(central, conn)
             conn.wake()  # the session may have frames to send (welcome, acks, commands)
@@ -172,11 +173,11 @@ async def _writer(central: CentralScheduler, conn: NodeConn) -> None:
             with trio.move_on_after(SEND_TIMEOUT_S) as scope:
                 try:
                     await conn.stream.send_all(data)
-                    central.counters["bytes_out"] += len(data)
+                    central.counters[CentralCounter.BYTES_OUT] += len(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     conn.closing = True
             if scope.cancelled_caught:
-                central.counters["send_timeouts"] += 1
+                central.counters[CentralCounter.SEND_TIMEOUTS] += 1
                 conn.closing = True
         if conn.closing:
             return
@@ -190,7 +191,7 @@ def _process(central: CentralScheduler, conn: NodeConn) -> None:
         while (event := conn.session.next_event()) is not None:
             _on_event(central, conn, event)
     except ProtocolError as exc:
-        central.counters[f"protocol_error.{type(exc).__name__}"] += 1
+        central.counters[CentralCounter.PROTOCOL_ERROR.by(type(exc).__name__)] += 1
         log.warning("node broke the protocol", node=conn.node_id, error=str(exc))
         conn.closing = True
 
@@ -207,7 +208,7 @@ def _on_event(central: CentralScheduler, conn: NodeConn, event: SchedulerEvent) 
                     reported.pop(c.name, None)
                 else:
                     reported[c.name] = _reported(c.body)
-        central.counters["deltas_applied"] += len(event.changes)
+        central.counters[CentralCounter.DELTAS_APPLIED] += len(event.changes)
         if changed:
             central.mark(event.node_id)
     elif isinstance(event, CommandCompleted):
@@ -218,7 +219,7 @@ def _on_event(central: CentralScheduler, conn: NodeConn, event: SchedulerEvent) 
         central.by_node[event.node_id] = conn
         if old is not None and old is not conn:
             old.wake()  # superseded: its session holds a bye to send
-        central.counters[f"connects.{event.mode}"] += 1
+        central.counters[CentralCounter.CONNECTS.by(event.mode)] += 1
         log.info(
             "node connected",
             node=event.node_id,
@@ -234,10 +235,10 @@ def _on_event(central: CentralScheduler, conn: NodeConn, event: SchedulerEvent) 
             for kind, name, _, body in (view.entries() if view is not None else ())
             if kind == "function"
         }
-        central.counters["snapshots"] += 1
+        central.counters[CentralCounter.SNAPSHOTS] += 1
         central.mark(event.node_id)
     elif isinstance(event, DigestMismatch):
-        central.counters["digest_mismatches"] += 1
+        central.counters[CentralCounter.DIGEST_MISMATCHES] += 1
         log.warning("node state digest mismatch; resync requested", node=event.node_id)
     elif isinstance(event, CloseConnection):
         conn.closing = True

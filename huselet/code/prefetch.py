@@ -34,6 +34,7 @@ from cache.errors import CacheError
 from cache.format import is_digest_hex
 from cache.origin import Origin
 from cache.store import ImageStore
+from huselet.code.counters import PrefetchCounter
 from huselet.errors import BadRequest, HuseletError
 from huselet.log import get_logger
 
@@ -174,7 +175,7 @@ class Prefetcher:
         # stay on disk (budget too small) must not be refetched every tick.
         self._predicted_at: OrderedDict[str, float] = OrderedDict()
         self.predict_retry_s = max(60.0, 6 * tick_s)
-        self.counters = {"queued": 0, "fetched": 0, "present": 0, "failed": 0, "predicted": 0}
+        self.counters: dict[str, int] = {counter: 0 for counter in PrefetchCounter}
 
     # -- hints ------------------------------------------------------------------------
 
@@ -188,7 +189,7 @@ class Prefetcher:
         if not is_digest_hex(digest):
             raise BadRequest(f"not a sha256 hex digest: {digest[:80]!r}")
         if self.store.contains(digest):
-            self.counters["present"] += 1
+            self.counters[PrefetchCounter.PRESENT] += 1
             return "present"
         if digest in self._pending:
             return "pending"
@@ -201,7 +202,7 @@ class Prefetcher:
                 retry_after_s=5,
             ) from None
         self._pending[digest] = job
-        self.counters["queued"] += 1
+        self.counters[PrefetchCounter.QUEUED] += 1
         log.info("prefetch queued", digest=digest, reason=reason, function=function)
         return "queued"
 
@@ -246,7 +247,7 @@ class Prefetcher:
         while self.live.active:
             await self.live.wait_idle(LIVE_RECHECK_S)
         if self.store.contains(job.digest):  # a live request fetched it meanwhile
-            self.counters["present"] += 1
+            self.counters[PrefetchCounter.PRESENT] += 1
             return
         self._fetching.add(job.digest)
         started = trio.current_time()
@@ -256,7 +257,7 @@ class Prefetcher:
             if not isinstance(exc, CacheError):
                 log.exception("prefetch failed unexpectedly", digest=job.digest)
             job.error = str(exc)
-            self.counters["failed"] += 1
+            self.counters[PrefetchCounter.FAILED] += 1
             log.warning(
                 "prefetch failed",
                 digest=job.digest,
@@ -266,7 +267,7 @@ class Prefetcher:
                 error=str(exc),
             )
             return
-        self.counters["fetched"] += 1
+        self.counters[PrefetchCounter.FETCHED] += 1
         log.info(
             "prefetched",
             digest=job.digest,
@@ -305,7 +306,7 @@ class Prefetcher:
                 self._predicted_at.popitem(last=False)
             try:
                 if self.hint(digest, origin, reason="predicted", function=name) == "queued":
-                    self.counters["predicted"] += 1
+                    self.counters[PrefetchCounter.PREDICTED] += 1
                     queued.append(digest)
             except PrefetchQueueFull:
                 break  # hints and refetches come first; try again next tick

@@ -65,6 +65,7 @@ from cache.errors import CacheError, DigestMismatch, NotRegularFile
 from cache.origin import DirectoryOrigin, Origin
 from cache.reader import inspect_image
 from cache.safeio import describe_mode
+from huselet.code.counters import PublishCounter
 from huselet.code.origins import SingleFileOrigin
 from huselet.code.packages import PackageManager
 from huselet.code.packing import tree_fingerprint
@@ -134,7 +135,7 @@ class PublishWatcher:
         self._seen: dict[str, object] = {}  # name -> snapshot at the last look
         self._done: OrderedDict[str, object] = OrderedDict()  # name -> snapshot handled
         self._rescan_needed = False
-        self.counters = {"published": 0, "rejected": 0, "overflows": 0}
+        self.counters: dict[str, int] = {counter: 0 for counter in PublishCounter}
         self.observer_kind = ""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -191,7 +192,7 @@ class PublishWatcher:
         try:
             self._send.send_nowait(name)
         except trio.WouldBlock:
-            self.counters["overflows"] += 1
+            self.counters[PublishCounter.OVERFLOWS] += 1
             self._rescan_needed = True
 
     # -- settling ------------------------------------------------------------------------
@@ -297,7 +298,7 @@ class PublishWatcher:
         await self.store.ensure(digest, origin, timeout=self.fetch_timeout_s)
         self.manager.remember(digest, origin, "published")
         self.manager.note("published", digest, name)
-        self.counters["published"] += 1
+        self.counters[PublishCounter.PUBLISHED] += 1
         log.info("image published", digest=digest, name=name, already_installed=already)
         for subscriber in list(self.announce):
             try:
@@ -307,7 +308,7 @@ class PublishWatcher:
         return digest
 
     def _reject(self, name: str, reason: str) -> None:
-        self.counters["rejected"] += 1
+        self.counters[PublishCounter.REJECTED] += 1
         self.manager.note("rejected", None, reason, name=name)
         log.error("published entry rejected", name=name, reason=reason)
 

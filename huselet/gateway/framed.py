@@ -28,6 +28,7 @@ import trio
 from huselet.config import GatewaySettings, TcpAddress
 from huselet.errors import BadRequest, Draining, HuseletError, UnknownFunction
 from huselet.gateway.core import InvokeCore
+from huselet.gateway.counters import FramedCounter
 from huselet.gateway.routes import new_request_id
 from huselet.log import get_logger
 from huselet.observe.context import RequestMeta
@@ -60,7 +61,7 @@ class FramedIngress:
         self.max_frame = settings.max_body_bytes + ENVELOPE_BYTES
         self._connections = trio.CapacityLimiter(settings.max_connections)
         self.bound_address: TcpAddress | None = None
-        self.counters = {"connections": 0, "calls": 0, "refused": 0, "dropped_slow": 0}
+        self.counters: dict[str, int] = {counter: 0 for counter in FramedCounter}
 
     @property
     def open_connections(self) -> int:
@@ -98,7 +99,7 @@ class FramedIngress:
         except trio.WouldBlock:
             await trio.aclose_forcefully(stream)  # nothing to say: HELLO not even read
             return
-        self.counters["connections"] += 1
+        self.counters[FramedCounter.CONNECTIONS] += 1
         try:
             await _FramedConnection(self, stream).serve()
         except Exception:
@@ -150,7 +151,7 @@ class _FramedConnection:
             except _TRANSPORT_ERRORS:
                 return False
             if problem:
-                self.ingress.counters["refused"] += 1
+                self.ingress.counters[FramedCounter.REFUSED] += 1
             return problem is None
         return False  # no HELLO within the read timeout
 
@@ -192,7 +193,7 @@ class _FramedConnection:
                     continue
                 return  # idle past idle_timeout_ms
             if isinstance(event, Call):
-                self.ingress.counters["calls"] += 1
+                self.ingress.counters[FramedCounter.CALLS] += 1
                 nursery.start_soon(self._serve_call, event)
             elif isinstance(event, Ping):
                 await self._send(PONG_FRAME)
@@ -246,7 +247,7 @@ class _FramedConnection:
                     self._cancel.cancel()
                     return
             if scope.cancelled_caught:
-                self.ingress.counters["dropped_slow"] += 1
+                self.ingress.counters[FramedCounter.DROPPED_SLOW] += 1
                 log.info("framed client does not read its replies; dropped")
                 self._cancel.cancel()
 

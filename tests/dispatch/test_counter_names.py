@@ -1,4 +1,4 @@
-"""Pool and health-loop counters are declared once (StrEnums) and spelled nowhere else."""
+"""Counters are declared once per subsystem (StrEnums) and spelled nowhere else."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ from pathlib import Path
 
 import msgpack
 
+from huselet.central.counters import CentralCounter
 from huselet.dispatch.counters import FAILED_REQUESTS, PoolCounter
 from huselet.health.counters import HealthCounter
 
 REPO = Path(__file__).resolve().parents[2]
 # A counter named by a string literal: counters["ok"], counters.get("ok", ...).
 SPELLED = re.compile(r"counters(\[|\.get\()\s*f?[\"']")
-DECLARED_IN = ("huselet/dispatch", "huselet/health", "huselet/metrics", "huselet/observe")
+DECLARED_IN = (
+    *("huselet/dispatch", "huselet/health", "huselet/metrics", "huselet/observe"),
+    *("huselet/code", "huselet/central", "huselet/gateway"),
+)
 
 
 def test_no_pool_or_health_counter_is_spelled_as_a_string() -> None:
@@ -46,3 +50,8 @@ def test_failed_requests_are_outcomes_of_accepted_requests() -> None:
     admission = {PoolCounter.ACCEPTED, PoolCounter.REJECTED_QUEUE_FULL, PoolCounter.OK}
     assert not admission & set(FAILED_REQUESTS)
     assert len(set(FAILED_REQUESTS)) == len(FAILED_REQUESTS)
+
+
+def test_a_per_kind_counter_keeps_its_dotted_key() -> None:
+    assert CentralCounter.HANDSHAKE_FAILED.by("TimeoutError") == "handshake_failed.TimeoutError"
+    assert CentralCounter.CONNECTS.by("resume") == "connects.resume"
