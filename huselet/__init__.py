@@ -1,7 +1,7 @@
 """huselet: the node daemon of a FaaS platform.
 
 One Trio process per host combining a node gateway (HTTP ingress, per-function
-request buffers), a node-local scheduler (instance lifecycle, capacity) and a
+request buffers), a node-local dispatcher (instance lifecycle, capacity) and a
 package cache. The composition root is :mod:`huselet.daemon`; the command line
 is :mod:`huselet.cli`.
 

@@ -66,7 +66,7 @@ class NodeStateModel:
         self.dropped = 0  # changes the session refused (resource limit, oversized body)
         self._put_node()
 
-    # --- observer of the node scheduler --------------------------------------------
+    # --- observer of the node dispatcher -------------------------------------------
 
     def attach(self, dispatcher: ObservedDispatcher) -> None:
         """Observe the node's ``dispatcher`` and report everything it has now."""

@@ -1,4 +1,4 @@
-"""The runtime plugin interface: how the node scheduler starts and stops sandboxes.
+"""The runtime plugin interface: how the node's dispatcher starts and stops sandboxes.
 
 A runtime turns an :class:`InstanceSpec` into a running sandbox whose worker
 connects back to ``spec.link_socket`` and introduces itself with
