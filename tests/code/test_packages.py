@@ -36,7 +36,8 @@ from cache.errors import (
     TransientFetchError,
 )
 from cache.store import ImageStore
-from huselet.admin.render import render_cache, render_status
+from huselet.admin.render import render_status
+from huselet.admin.render_cache import render_cache
 from huselet.code.codecache import CodeCache
 from huselet.code.images import CodeUnavailable, caller_reason
 from huselet.code.packages import PackageManager
