@@ -115,7 +115,7 @@ def _prefetch_call(args: argparse.Namespace) -> tuple[str, Args]:
 
 
 def _observe(args: argparse.Namespace, path: Path) -> int:
-    from huselet.cli import ctl_observe_command
+    from huselet.cmd.ctl import ctl_observe_command
 
     return ctl_observe_command(args, path)
 
