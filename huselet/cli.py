@@ -18,7 +18,7 @@ import os
 import sys
 
 from huselet.cmd import ctl, invoke, keygen, pack, run
-from huselet.cmd.common import EXIT_BROKEN_PIPE, EXIT_OK
+from huselet.cmd.common import Exit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     central.set_defaults(func=lambda args: _central(args.central_args))
 
     ver = sub.add_parser("version", help="print the version")
-    ver.set_defaults(func=lambda args: print(__import__("huselet").__version__) or EXIT_OK)
+    ver.set_defaults(func=lambda args: print(__import__("huselet").__version__) or Exit.OK)
     return parser
 
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         # so the interpreter's final flush does not raise again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
+        return Exit.BROKEN_PIPE
 
 
 if __name__ == "__main__":

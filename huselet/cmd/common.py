@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -12,8 +13,14 @@ if TYPE_CHECKING:
 # What ``add_subparsers`` returns: each subcommand module adds its parser to it.
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a C tool killed by it reports
+
+class Exit(IntEnum):
+    """The exit codes of every ``huselet`` command."""
+
+    OK = 0
+    FAILURE = 1  # a runtime failure
+    USAGE = 2  # a usage or configuration error
+    BROKEN_PIPE = 141  # 128 + SIGPIPE, what a C tool killed by it reports
 
 
 def load_config(path: str | None) -> Config:

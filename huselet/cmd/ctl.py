@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from huselet.cmd.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Subparsers, load_config
+from huselet.cmd.common import Exit, Subparsers, load_config
 
 
 def _epilog() -> str:
@@ -79,7 +79,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         path = _admin_socket(args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     command = BY_NAME[args.command]
     if command.runner is not None:
         return command.runner(args, path)
@@ -87,14 +87,14 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         name, call_args = call_for(command, args)
     except UsageError as exc:
         print(exc, file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     try:
         data = AdminClient(path, timeout_s=args.timeout).call(name, **call_args)
     except AdminError as exc:
         print(f"huselet ctl: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return Exit.FAILURE
     failed = command.failed_status_fails and data.get("status") == "failed"
-    status = EXIT_FAILURE if failed else EXIT_OK
+    status = Exit.FAILURE if failed else Exit.OK
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return status
@@ -111,17 +111,17 @@ def ctl_observe_command(args: argparse.Namespace, path: Path) -> int:
 
     if args.command != "logs" and args.what is not None:
         print(f"huselet ctl {args.command}: unexpected argument {args.what!r}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     since_s = None
     if args.since is not None:
         try:
             since_s = ctl_observe.parse_duration(args.since)
         except ValueError as exc:
             print(f"huselet ctl logs: --since: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return Exit.USAGE
     if args.interval <= 0:
         print("huselet ctl top: --interval must be positive", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     try:
         with AdminClient(path, timeout_s=args.timeout) as client:
             if args.command == "metrics":
@@ -132,7 +132,7 @@ def ctl_observe_command(args: argparse.Namespace, path: Path) -> int:
                 )
             if not args.what:
                 print("huselet ctl logs: give the function: logs FUNCTION", file=sys.stderr)
-                return EXIT_USAGE
+                return Exit.USAGE
             return ctl_observe.logs(
                 client,
                 args.what,
@@ -144,6 +144,6 @@ def ctl_observe_command(args: argparse.Namespace, path: Path) -> int:
             )
     except AdminError as exc:
         print(f"huselet ctl: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return Exit.FAILURE
     except KeyboardInterrupt:
-        return EXIT_OK
+        return Exit.OK

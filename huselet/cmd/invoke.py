@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from huselet.cmd.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Subparsers, load_config
+from huselet.cmd.common import Exit, Subparsers, load_config
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -56,7 +56,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
             config = load_config(args.config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     if args.url:
         url = args.url if "://" in args.url else f"http://{args.url}"
         parts = urlsplit(url)
@@ -65,12 +65,12 @@ def cmd_invoke(args: argparse.Namespace) -> int:
                 f"huselet invoke: --url must be http(s)://HOST:PORT, got {args.url!r}",
                 file=sys.stderr,
             )
-            return EXIT_USAGE
+            return Exit.USAGE
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
             print(f"huselet invoke: --url has an invalid port: {args.url!r}", file=sys.stderr)
-            return EXIT_USAGE
+            return Exit.USAGE
         scheme, host, base = parts.scheme, parts.hostname, parts.path.rstrip("/")
     else:
         assert config is not None
@@ -80,7 +80,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         token = _invoke_token(args, config)
     except (ValueError, OSError) as exc:
         print(f"huselet invoke: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     headers = {"Content-Type": ctype}
     if args.timeout_ms:
         headers["X-Huselet-Timeout-Ms"] = str(args.timeout_ms)
@@ -93,7 +93,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         key = _signing_key(args)
     except ValueError as exc:
         print(f"huselet invoke: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     if key is not None:
         from huselet.client.signing import sign_request
 
@@ -109,7 +109,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         payload = resp.read()
     except OSError as exc:
         print(f"huselet invoke: cannot reach {where}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return Exit.FAILURE
     finally:
         conn.close()
     ok = resp.status == 200
@@ -123,14 +123,14 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         )
     if args.output and ok:
         Path(args.output).write_bytes(payload)
-        return EXIT_OK
+        return Exit.OK
     out = sys.stdout.buffer if ok else sys.stderr.buffer
     sys.stdout.flush()
     out.write(payload)
     if out.isatty() and payload and not payload.endswith(b"\n"):
         out.write(b"\n")  # a prompt must not start mid-line; pipes get the bytes unchanged
     out.flush()
-    return EXIT_OK if ok else EXIT_FAILURE
+    return Exit.OK if ok else Exit.FAILURE
 
 
 def _invoke_body(args: argparse.Namespace) -> tuple[bytes, str]:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from huselet.cmd.common import EXIT_FAILURE, EXIT_OK, Subparsers
+from huselet.cmd.common import Exit, Subparsers
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -31,7 +31,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
             print(f"huselet keygen: cannot create {path}: {exc.strerror}", file=sys.stderr)
-            return EXIT_FAILURE
+            return Exit.FAILURE
         with os.fdopen(fd, "w") as f:
             json.dump({"key_id": key.key_id, "secret": key.secret}, f)
             f.write("\n")
@@ -41,4 +41,4 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print("[[tenants.keys]]")
     print(f'id = "{key.key_id}"')
     print(f'secret = "{key.secret}"')
-    return EXIT_OK
+    return Exit.OK

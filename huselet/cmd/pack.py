@@ -9,14 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from huselet.cmd.common import (
-    EXIT_FAILURE,
-    EXIT_OK,
-    EXIT_USAGE,
-    Subparsers,
-    describe_os_error,
-    load_config,
-)
+from huselet.cmd.common import Exit, Subparsers, describe_os_error, load_config
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -48,7 +41,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         cache = load_config(args.config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     deps = DependencyOptions(
         cache_dir=cache.node.state_dir / "cache",
         allow_sdist=cache.cache.allow_sdist or args.allow_sdist,
@@ -64,10 +57,10 @@ def cmd_pack(args: argparse.Namespace) -> int:
         compressed = _write_zstd(info.path) if args.zstd else None
     except CacheError as exc:
         print(f"huselet pack: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     except OSError as exc:
         print(f"huselet pack: {describe_os_error(exc)}", file=sys.stderr)
-        return EXIT_FAILURE
+        return Exit.FAILURE
     report = {"digest": info.digest, "size": info.size, "files": info.files, "path": str(info.path)}
     if compressed is not None:
         report["zstd"] = str(compressed)
@@ -78,7 +71,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
             print(f"{key:<7} {value}")
     for skipped in info.skipped:
         print(f"huselet pack: left out special file {skipped}", file=sys.stderr)
-    return EXIT_OK
+    return Exit.OK
 
 
 def _write_zstd(image: Path) -> Path:

@@ -6,14 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from huselet.cmd.common import (
-    EXIT_FAILURE,
-    EXIT_OK,
-    EXIT_USAGE,
-    Subparsers,
-    describe_os_error,
-    load_config,
-)
+from huselet.cmd.common import Exit, Subparsers, describe_os_error, load_config
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -36,10 +29,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_runtimes(config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     if args.check:
         print(f"config ok: {len(config.functions)} functions")
-        return EXIT_OK
+        return Exit.OK
     import trio
 
     from huselet.daemon import Daemon
@@ -50,22 +43,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         await Daemon(config).run()
 
-    status = EXIT_OK
+    status = Exit.OK
     try:
         trio.run(main)
     except* HuseletError as group:
         for err in _leaves(group):
             print(f"huselet: cannot start: {err}", file=sys.stderr)
-        status = EXIT_FAILURE
+        status = Exit.FAILURE
     except* OSError as group:
         for err in _leaves(group):
             print(f"huselet: cannot start: {describe_os_error(err)}", file=sys.stderr)
-        status = EXIT_FAILURE
+        status = Exit.FAILURE
     except* RuntimeError_ as group:
         # What only the host can refuse (isolation it lacks, a missing binary).
         for err in _leaves(group):
             print(f"huselet: cannot start: {err}", file=sys.stderr)
-        status = EXIT_FAILURE
+        status = Exit.FAILURE
     except* KeyboardInterrupt:
         pass
     return status
