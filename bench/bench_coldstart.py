@@ -57,6 +57,7 @@ from procstats import descendants, pss_kb, rss_kb
 from huselet.config import parse_config
 from huselet.dispatch.dispatcher import Dispatcher
 from huselet.dispatch.links import LinkServer
+from huselet.dispatch.reasons import StopReason
 from huselet.runtime.base import Runtime
 from huselet.runtime.bwrap import BwrapRuntime
 from huselet.runtime.fork import ForkRuntime
@@ -218,7 +219,7 @@ async def burst(root: Path, runtime_name: str, n: int, hold_s: float) -> dict[st
         with trio.fail_after(30):
             while pool.instances:  # start the burst from zero instances
                 for record in list(pool.instances.values()):
-                    record.stop("bench reset")
+                    record.stop(StopReason.REAPED, "bench reset")
                 await trio.sleep(0.01)
         event = f'{{"hold_s": {hold_s}}}'.encode()
         t0 = trio.current_time()
