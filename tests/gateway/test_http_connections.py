@@ -1,8 +1,7 @@
 """HTTP ingress connections: keep-alive, pipelining, 100-continue, closes, timeouts, limits.
 
-The ingress runs in the test's nursery on 127.0.0.1:0 in front of a small
-in-test invoker (tests/gateway/httpkit.py). Clients are raw trio streams carrying
-hand-written HTTP bytes; trio.fail_after only guards against hangs.
+Raw streams send what a well-behaved client never would (see httpkit.py);
+``trio.fail_after`` only guards against hangs.
 """
 
 from __future__ import annotations

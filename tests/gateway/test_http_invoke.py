@@ -1,8 +1,6 @@
 """HTTP ingress: invoke round trips, request ids, routing, invoker errors, HTTP functions.
 
-The ingress runs in the test's nursery on 127.0.0.1:0 in front of a small
-in-test invoker (tests/gateway/httpkit.py). Clients are raw trio streams carrying
-hand-written HTTP bytes; trio.fail_after only guards against hangs.
+What the invoker is asked and how its answers and errors become replies.
 """
 
 from __future__ import annotations
