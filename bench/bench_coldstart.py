@@ -51,10 +51,13 @@ from typing import Any
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procstats import descendants, pss_kb, rss_kb
 
 from huselet.config import parse_config
 from huselet.dispatch.dispatcher import Dispatcher
 from huselet.dispatch.links import LinkServer
+from huselet.dispatch.reasons import StopReason
 from huselet.runtime.base import Runtime
 from huselet.runtime.bwrap import BwrapRuntime
 from huselet.runtime.fork import ForkRuntime
@@ -205,44 +208,6 @@ async def fastapi_section(runtimes: str, n: int) -> None:
         print(f"{name:<10} {cold['p50']:7.2f}ms {cold['p99']:7.2f}ms")
 
 
-def pss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def rss_kb(pid: int) -> int:
-    """Resident size: the zygote's own cost (its PSS is split with every instance)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            pass
-    return out
-
-
 async def burst(root: Path, runtime_name: str, n: int, hold_s: float) -> dict[str, float]:
     fn = {"name": "burst", "package": package(root, "burst", HOLD), "handler": "main:handler"}
     fn |= {"idle_timeout_ms": 600_000, "max_instances": n, "start_timeout_ms": 60_000}
@@ -254,7 +219,7 @@ async def burst(root: Path, runtime_name: str, n: int, hold_s: float) -> dict[st
         with trio.fail_after(30):
             while pool.instances:  # start the burst from zero instances
                 for record in list(pool.instances.values()):
-                    record.stop("bench reset")
+                    record.stop(StopReason.REAPED, "bench reset")
                 await trio.sleep(0.01)
         event = f'{{"hold_s": {hold_s}}}'.encode()
         t0 = trio.current_time()
@@ -271,7 +236,7 @@ async def burst(root: Path, runtime_name: str, n: int, hold_s: float) -> dict[st
                     await trio.sleep(0.002)
         await trio.sleep(0.5)  # idle now: handlers returned, instances wait on their link
         records = list(pool.instances.values())
-        pss = [sum(pss_kb(p) for p in tree(r.handle.pid)) for r in records if r.handle]
+        pss = [sum(pss_kb(p) for p in descendants(r.handle.pid)) for r in records if r.handle]
         zygote_kb = 0
         if isinstance(runtime, ForkRuntime):
             zygotes = [s.process.pid for s in runtime._slots.values() if s.process]

@@ -48,8 +48,9 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_invoke import NOOP, cpu_seconds, descendants, free_port
+from bench_invoke import NOOP, free_port
 from loadgen import run_load
+from procstats import cpu_seconds, descendants, pss_kb
 
 from huselet.admin.client import AdminClient
 
@@ -60,17 +61,6 @@ def mem_available_kb() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1])
     raise RuntimeError("no MemAvailable in /proc/meminfo")
-
-
-def pss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 @dataclass

@@ -52,40 +52,12 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import LoadResult, run_framed_load, run_load
+from procstats import cpu_seconds, descendants
 from rawlink import RawWorkers
 
 BENCH = Path(__file__).resolve().parent
 NOOP = BENCH / "functions" / "noop"
 BODY = b'{"name": "bench"}'
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# --- measuring CPU -------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (all its threads), in seconds; 0 if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (via /proc/PID/task/*/children)."""
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            continue
-    return found
 
 
 # --- servers -------------------------------------------------------------------------
@@ -233,44 +205,31 @@ Window = Callable[[str], None]  # called with "start" and "end" of the measured 
 LoadFn = Callable[[Server, int, float, float, Window], Awaitable[LoadResult]]
 
 
+def _shape(conc: int, duration: float, warmup: float, on_window: Window) -> dict[str, Any]:
+    """The load's shape, as every load generator takes it."""
+    return {"concurrency": conc, "duration": duration, "warmup": warmup, "on_window": on_window}
+
+
 async def http_load(
     server: Server, conc: int, duration: float, warmup: float, on_window: Window
 ) -> LoadResult:
     addr = server.address["http"] if isinstance(server.address, dict) else server.address
     path = "/v1/invoke/noop" if server.daemon_pid else "/"
-    return await run_load(
-        addr[0],
-        addr[1],
-        path,
-        BODY,
-        concurrency=conc,
-        duration=duration,
-        warmup=warmup,
-        on_window=on_window,
-    )
+    return await run_load(addr[0], addr[1], path, BODY, **_shape(conc, duration, warmup, on_window))
 
 
 async def framed_load(
     server: Server, conc: int, duration: float, warmup: float, on_window: Window
 ) -> LoadResult:
-    return await run_framed_load(
-        server.address["framed"],
-        "noop",
-        BODY,
-        concurrency=conc,
-        duration=duration,
-        warmup=warmup,
-        on_window=on_window,
-    )
+    shape = _shape(conc, duration, warmup, on_window)
+    return await run_framed_load(server.address["framed"], "noop", BODY, **shape)
 
 
 async def raw_load(
     server: Server, conc: int, duration: float, warmup: float, on_window: Window
 ) -> LoadResult:
     workers: RawWorkers = server.address
-    return await workers.run_load(
-        BODY, concurrency=conc, duration=duration, warmup=warmup, on_window=on_window
-    )
+    return await workers.run_load(BODY, **_shape(conc, duration, warmup, on_window))
 
 
 @dataclass(frozen=True)

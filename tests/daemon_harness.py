@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from support import WAIT_S, pid_alive, wait_until
 
-__all__ = ["HUSELET", "Daemon", "pid_alive", "wait_until", "write_config"]
+__all__ = ["HUSELET", "Daemon", "function_toml", "pid_alive", "wait_until", "write_config"]
 
 HUSELET = [sys.executable, "-m", "huselet"]
 START_TIMEOUT_S = 30.0
@@ -49,6 +49,26 @@ def write_config(root: Path, functions: str, extra: str = "") -> Path:
         + textwrap.dedent(functions)
     )
     return config
+
+
+def function_toml(name: str, package: str | None = None, **keys: bool | int | str) -> str:
+    """One ``[[functions]]`` block for :func:`write_config`: ``name``, its package
+    (default ``pkgs/NAME``, as ``support.write_package`` lays it out), handler
+    ``main:handler``, then ``keys`` (booleans, ints, strings) in the order given."""
+    lines = [
+        "[[functions]]",
+        f'name = "{name}"',
+        f'package = "{package or f"pkgs/{name}"}"',
+        'handler = "main:handler"',
+    ]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in keys.items()]
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def _toml_value(value: bool | int | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int) else json.dumps(value)  # JSON strings are TOML
 
 
 class Daemon:

@@ -2,8 +2,9 @@
 
 The daemon registers each entry's ``serve`` on the admin socket; ``huselet ctl``
 builds its argparse tree, its grouped ``--help`` and its output from the same
-entries. Adding a command is one ``AdminCommand`` here (plus the functions it
-names), not edits in the daemon, the CLI and the renderers.
+entries. Adding a command is one entry here (``_shown``, ``_observed`` or a full
+``AdminCommand``, plus the functions it names), not edits in the daemon, the CLI
+and the renderers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from huselet.admin import render
+from huselet.admin import render, render_cache
+from huselet.admin.render_fleet import render_scheduler
 from huselet.admin.render_observe import render_health
 from huselet.admin.render_tenants import render_keys
 
@@ -113,7 +115,7 @@ def _prefetch_call(args: argparse.Namespace) -> tuple[str, Args]:
 
 
 def _observe(args: argparse.Namespace, path: Path) -> int:
-    from huselet.cli import ctl_observe_command
+    from huselet.cmd.ctl import ctl_observe_command
 
     return ctl_observe_command(args, path)
 
@@ -123,154 +125,98 @@ def _data(fn: Callable[[Any], str]) -> Render:
     return lambda data, args: fn(data)
 
 
+# Compact constructors, so each table entry below is one short declaration.
+
+
+def _opt(*flags: str, **kwargs: Any) -> Option:
+    """An option taking a value (``add_argument`` keywords as given)."""
+    return Option(flags, kwargs)
+
+
+def _flag(*flags: str, help: str) -> Option:
+    """An on/off option."""
+    return Option(flags, {"action": "store_true", "help": help})
+
+
+def _shown(
+    name: str, group: Group, help: str, serve: Serve, fn: Callable[[Any], str], **more: Any
+) -> AdminCommand:
+    """A command called once whose reply ``fn`` turns into text."""
+    return AdminCommand(name, help, group, serve=serve, render=_data(fn), **more)
+
+
+def _observed(name: str, help: str, serve: Serve, **more: Any) -> AdminCommand:
+    """An observe command: ``ctl`` talks to the socket more than once (``ctl_observe``)."""
+    return AdminCommand(name, help, Group.OBSERVE, serve=serve, runner=_observe, **more)
+
+
+# One declaration per command; kept by hand in this compact layout (the
+# formatter would spread each over seven lines) so the table reads as a table.
+# fmt: off
 COMMANDS: tuple[AdminCommand, ...] = (
     AdminCommand("ping", serve=lambda d, a: "pong"),
-    AdminCommand(
-        "status",
-        "node summary: functions, instances, queue, counters",
-        Group.INSPECT,
-        serve=lambda d, a: d.status(),
-        render=_data(render.render_status),
-    ),
-    AdminCommand(
-        "functions",
-        "one row per function: instances by state, queue, outcomes",
-        Group.INSPECT,
-        serve=lambda d, a: d.dispatcher.status()["functions"],
-        render=_data(render.render_functions),
-    ),
-    AdminCommand(
-        "instances",
-        "one row per instance: state, pid, age, requests served",
-        Group.INSPECT,
-        serve=lambda d, a: d.dispatcher.instances(),
-        render=_data(render.render_instances),
-    ),
-    AdminCommand(
-        "health",
-        "health loops and their state (--wide: counters, full details)",
-        Group.INSPECT,
-        serve=lambda d, a: d.health.describe(),
-        render=lambda data, args: render_health(data, wide=args.wide),
-        options=(
-            Option(
-                ("--wide",),
-                {"action": "store_true", "help": "health: every column, nothing elided"},
-            ),
-        ),
-    ),
-    AdminCommand(
-        "cache",
-        "package cache: images per level, hits, pins",
-        Group.INSPECT,
-        serve=lambda d, a: d.cache.describe(),
-        render=_data(render.render_cache),
-    ),
-    AdminCommand(
-        "scheduler",
-        "the link to the central scheduler (fleet mode)",
-        Group.INSPECT,
-        serve=lambda d, a: d.fleet.describe() if d.fleet else {"mode": "standalone"},
-        render=_data(render.render_scheduler),
-    ),
-    AdminCommand(
-        "keys",
-        "tenants' access keys: ids, tenants, validity (never secrets)",
-        Group.INSPECT,
-        serve=lambda d, a: d.describe_keys(),
-        render=_data(render_keys),
-    ),
-    AdminCommand(
-        "metrics",
-        "this node's Prometheus metrics (the /metrics exposition)",
-        Group.OBSERVE,
-        serve=lambda d, a: d._metrics_command(a),
-        runner=_observe,
-    ),
-    AdminCommand(
-        "logs",
-        "a function's recent log records: logs FUNCTION [--follow] [--request ID]",
-        Group.OBSERVE,
-        serve=lambda d, a: d._logs_command(a),
-        runner=_observe,
-        option_group=("logs", "what `huselet ctl logs FUNCTION` shows"),
-        options=(
-            Option(
-                ("--follow", "-F"), {"action": "store_true", "help": "keep printing new records"}
-            ),
-            Option(
-                ("--request",), {"metavar": "ID", "help": "only the records of this request id"}
-            ),
-            Option(
-                ("--since",), {"metavar": "DURATION", "help": "only records newer than e.g. 5m"}
-            ),
-            Option(
-                ("--limit",),
-                {"type": int, "default": 1000, "help": "at most this many (default 1000)"},
-            ),
-        ),
-    ),
-    AdminCommand(
-        "top",
-        "live table per function: req/s, p50/p99, queue, instances, errors",
-        Group.OBSERVE,
-        serve=lambda d, a: d._top_command(a),
-        runner=_observe,
-        option_group=("top", "how `huselet ctl top` refreshes"),
-        options=(
-            Option(
-                ("--interval",), {"type": float, "default": 1.0, "help": "seconds between frames"}
-            ),
-            Option(("--once",), {"action": "store_true", "help": "print one frame and exit"}),
-        ),
-    ),
-    AdminCommand(
-        "prefetch",
-        "fetch a function's image ahead of need (--wait: until installed)",
-        Group.OPERATE,
-        serve=lambda d, a: d.cache.prefetch_command(a),
-        render=_data(render.render_prefetch),
-        call=_prefetch_call,
-        failed_status_fails=True,
-        option_group=("prefetch", "what `huselet ctl prefetch` fetches"),
-        options=(
-            Option(("--function", "-f"), {"help": "prefetch this function's image"}),
-            Option(("--digest",), {"help": "prefetch this image (sha256 hex)"}),
-            Option(
-                ("--origin",), {"help": "where the digest is (default: as known or configured)"}
-            ),
-            Option(("--wait",), {"action": "store_true", "help": "wait until it is installed"}),
-        ),
-    ),
-    AdminCommand(
-        "scrub",
-        "verify every cached image now; quarantine bad ones",
-        Group.OPERATE,
-        serve=lambda d, a: d.cache.scrubber.scrub_now(),
-        render=_data(render.render_scrub),
-    ),
-    AdminCommand(
-        "reload",
-        "re-read the config file and apply function changes",
-        Group.OPERATE,
-        serve=lambda d, a: d._reload(a),
-        render=_data(render.render_reload),
-    ),
-    AdminCommand(
-        "debug",
-        "fault injection: debug block-loop --ms N (needs admin.debug_commands)",
-        Group.DEBUG,
-        render=_data(json.dumps),
-        call=_debug_call,
-        option_group=("debug", "fault injection (needs admin.debug_commands)"),
-        options=(
-            Option(
-                ("--ms",), {"type": int, "help": "block-loop: how long to block the event loop"}
-            ),
-        ),
-    ),
+    # inspect
+    _shown("status", Group.INSPECT, "node summary: functions, instances, queue, counters",
+           lambda d, a: d.status(), render.render_status),
+    _shown("functions", Group.INSPECT, "one row per function: instances by state, queue, outcomes",
+           lambda d, a: d.dispatcher.status()["functions"], render.render_functions),
+    _shown("instances", Group.INSPECT, "one row per instance: state, pid, age, requests served",
+           lambda d, a: d.dispatcher.instances(), render.render_instances),
+    AdminCommand("health", "health loops and their state (--wide: counters, full details)",
+                 Group.INSPECT, serve=lambda d, a: d.health.describe(),
+                 render=lambda data, args: render_health(data, wide=args.wide),
+                 options=(_flag("--wide", help="health: every column, nothing elided"),)),
+    _shown("cache", Group.INSPECT, "package cache: images per level, hits, pins",
+           lambda d, a: d.cache.describe(), render_cache.render_cache),
+    _shown("scheduler", Group.INSPECT, "the link to the central scheduler (fleet mode)",
+           lambda d, a: d.fleet.describe() if d.fleet else {"mode": "standalone"},
+           render_scheduler),
+    _shown("keys", Group.INSPECT, "tenants' access keys: ids, tenants, validity (never secrets)",
+           lambda d, a: d.describe_keys(), render_keys),
+    # observe
+    _observed("metrics", "this node's Prometheus metrics (the /metrics exposition)",
+              lambda d, a: d._metrics_command(a)),
+    _observed("logs", "a function's recent log records: logs FUNCTION [--follow] [--request ID]",
+              lambda d, a: d._logs_command(a),
+              option_group=("logs", "what `huselet ctl logs FUNCTION` shows"),
+              options=(
+                  _flag("--follow", "-F", help="keep printing new records"),
+                  _opt("--request", metavar="ID", help="only the records of this request id"),
+                  _opt("--since", metavar="DURATION", help="only records newer than e.g. 5m"),
+                  _opt("--limit", type=int, default=1000, help="at most this many (default 1000)"),
+              )),
+    _observed("top", "live table per function: req/s, p50/p99, queue, instances, errors",
+              lambda d, a: d._top_command(a),
+              option_group=("top", "how `huselet ctl top` refreshes"),
+              options=(
+                  _opt("--interval", type=float, default=1.0, help="seconds between frames"),
+                  _flag("--once", help="print one frame and exit"),
+              )),
+    # operate
+    _shown("prefetch", Group.OPERATE,
+           "fetch a function's image ahead of need (--wait: until installed)",
+           lambda d, a: d.cache.prefetch_command(a), render_cache.render_prefetch,
+           call=_prefetch_call, failed_status_fails=True,
+           option_group=("prefetch", "what `huselet ctl prefetch` fetches"),
+           options=(
+               _opt("--function", "-f", help="prefetch this function's image"),
+               _opt("--digest", help="prefetch this image (sha256 hex)"),
+               _opt("--origin", help="where the digest is (default: as known or configured)"),
+               _flag("--wait", help="wait until it is installed"),
+           )),
+    _shown("scrub", Group.OPERATE, "verify every cached image now; quarantine bad ones",
+           lambda d, a: d.cache.scrubber.scrub_now(), render_cache.render_scrub),
+    _shown("reload", Group.OPERATE, "re-read the config file and apply function changes",
+           lambda d, a: d._reload(a), render.render_reload),
+    # debug
+    AdminCommand("debug", "fault injection: debug block-loop --ms N (needs admin.debug_commands)",
+                 Group.DEBUG, render=_data(json.dumps), call=_debug_call,
+                 option_group=("debug", "fault injection (needs admin.debug_commands)"),
+                 options=(_opt("--ms", type=int,
+                               help="block-loop: how long to block the event loop"),)),
     AdminCommand("debug_block_loop", serve=lambda d, a: d._debug_block_loop(a)),
 )
+# fmt: on
 
 BY_NAME: dict[str, AdminCommand] = {c.name: c for c in COMMANDS}
 if len(BY_NAME) != len(COMMANDS):  # pragma: no cover - a table edit gone wrong

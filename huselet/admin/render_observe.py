@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from huselet.admin.render import MISSING, format_bytes, format_cell, render_table
+from huselet.admin.render_cells import (
+    MISSING,
+    as_mapping,
+    format_bytes,
+    format_cell,
+    render_table,
+)
 
 WIDTH = 100
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
 
 
 def _elide(text: str, width: int) -> str:
@@ -28,7 +30,7 @@ def render_health(data: Mapping[str, Any], *, wide: bool = False) -> str:
     loops = [loop for loop in data.get("loops", []) if isinstance(loop, Mapping)]
     rows = []
     for loop in loops:
-        counters = _mapping(loop.get("counters"))
+        counters = as_mapping(loop.get("counters"))
         rows.append(
             [
                 format_cell(loop.get("loop")),
@@ -81,7 +83,7 @@ def _ms(value: Any) -> str:
 
 
 def render_top(view: Mapping[str, Any]) -> str:
-    node = _mapping(view.get("node"))
+    node = as_mapping(view.get("node"))
     head = (
         f"huselet top  every {format_cell(view.get('interval_s'))}s   "
         f"cpu {format_cell(node.get('cpu_percent'))}%   "
@@ -93,7 +95,7 @@ def render_top(view: Mapping[str, Any]) -> str:
     for f in view.get("functions", []):
         if not isinstance(f, Mapping):
             continue
-        inst = _mapping(f.get("instances"))
+        inst = as_mapping(f.get("instances"))
         rows.append(
             [
                 _elide(str(f.get("function")), 24),

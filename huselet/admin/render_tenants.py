@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from huselet.admin.render import format_cell, render_table
+from huselet.admin.render_cells import format_cell, render_table
 
 
 def render_keys(data: Mapping[str, Any]) -> str:

@@ -30,7 +30,7 @@ import trio
 from cache.origin import Origin, origin_from_url
 from cache.store import ImageStore
 from huselet.code.packages import PackageManager
-from huselet.code.prefetch import LiveFetches, Prefetcher
+from huselet.code.prefetch import LiveFetches, Prefetcher, PrefetchTuning
 from huselet.code.publish import PublishWatcher
 from huselet.code.scrub import Scrubber
 from huselet.config import Config
@@ -65,16 +65,19 @@ class CodeCache:
         self.packages = PackageManager(config, self.store, live=self.live)
         # A whole flight: every attempt plus the backoff between them.
         flight_s = c.fetch_timeout_s * c.fetch_attempts + 60
-        self.prefetcher = Prefetcher(
-            self.store,
-            self.live,
+        tuning = PrefetchTuning(
             concurrency=c.prefetch_concurrency,
             queue_size=c.prefetch_queue,
-            resolve=self.packages.source_of if c.predict else None,
-            invocation_counts=invocation_counts if c.predict else None,
             predict_window_s=c.predict_window_s,
             tick_s=prediction_tick_s,
             fetch_timeout_s=flight_s,
+        )
+        self.prefetcher = Prefetcher(
+            self.store,
+            self.live,
+            tuning,
+            resolve=self.packages.source_of if c.predict else None,
+            invocation_counts=invocation_counts if c.predict else None,
         )
         self.packages.refetch = self._refetch
         self.scrubber = Scrubber(

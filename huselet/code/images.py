@@ -70,26 +70,25 @@ class ImageCode:
             lease.release()
 
 
+# What a caller is told per failure; the first class that matches wins, so a
+# subclass stands before its base (TransientFetchError is a FetchError).
+_CALLER_REASONS: tuple[tuple[type[CacheError], str], ...] = (
+    (ImageNotFound, "is not at its origin"),
+    (ImageTooLarge, "is larger than this node accepts"),
+    (LowDiskSpace, "cannot be installed now: the node's disk is nearly full"),
+    (DiskFull, "cannot be installed: the node's disk is full"),
+    (CacheFull, "cannot be installed: the node's image cache is full of images in use"),
+    (CorruptImage, "came corrupt from its origin"),
+    (TransientFetchError, "could not be fetched: its origin is unreachable or failing"),
+    (FetchError, "could not be fetched: its origin refused it"),
+)
+
+
 def caller_reason(exc: CacheError) -> str:
     """What went wrong, for a caller: the kind of failure without paths or URLs."""
-    if isinstance(exc, ImageNotFound):
-        reason = "is not at its origin"
-    elif isinstance(exc, ImageTooLarge):
-        reason = "is larger than this node accepts"
-    elif isinstance(exc, LowDiskSpace):
-        reason = "cannot be installed now: the node's disk is nearly full"
-    elif isinstance(exc, DiskFull):
-        reason = "cannot be installed: the node's disk is full"
-    elif isinstance(exc, CacheFull):
-        reason = "cannot be installed: the node's image cache is full of images in use"
-    elif isinstance(exc, CorruptImage):
-        reason = "came corrupt from its origin"
-    elif isinstance(exc, TransientFetchError):
-        reason = "could not be fetched: its origin is unreachable or failing"
-    elif isinstance(exc, FetchError):
-        reason = "could not be fetched: its origin refused it"
-    else:
-        reason = "could not be installed"
+    reason = next(
+        (text for cls, text in _CALLER_REASONS if isinstance(exc, cls)), "could not be installed"
+    )
     cooling = re.search(r"\(not retrying for ([0-9.]+)s\)", str(exc))
     if cooling:
         reason += f" (next attempt in {cooling.group(1)}s)"

@@ -137,44 +137,55 @@ class _Job:
     done: trio.Event = field(default_factory=trio.Event)
     error: str | None = None
 
+    def log_fields(self) -> dict[str, Any]:
+        """What every log record about this job names."""
+        return {"digest": self.digest, "reason": self.reason, "function": self.function}
+
 
 Resolve = Callable[[str], "tuple[str, Origin] | None"]
 
 
+@dataclass(frozen=True)
+class PrefetchTuning:
+    """How much the prefetcher does at once and how often it predicts (``[cache]`` keys)."""
+
+    concurrency: int = 2  # fetches running at once
+    queue_size: int = 256  # hints waiting; more are refused, never dropped silently
+    predict_window_s: float = 3600.0  # how far back the invocation history looks
+    tick_s: float = 5.0  # how often the predictor samples the invocation counters
+    fetch_timeout_s: float = 600.0  # one whole fetch: every attempt and the backoff between
+
+
 class Prefetcher:
-    """Bounded queue of images to fetch ahead of need. Start with :meth:`run`."""
+    """Bounded queue of images to fetch ahead of need. Start with :meth:`run`.
+
+    ``resolve`` and ``invocation_counts`` (both or neither) turn on prediction:
+    images of functions invoked periodically are fetched before they are due.
+    """
 
     def __init__(
         self,
         store: ImageStore,
         live: LiveFetches,
+        tuning: PrefetchTuning | None = None,
         *,
-        concurrency: int = 2,
-        queue_size: int = 256,
         resolve: Resolve | None = None,
         invocation_counts: Callable[[], Mapping[str, int]] | None = None,
-        predict_window_s: float = 3600.0,
-        tick_s: float = 5.0,
-        fetch_timeout_s: float = 600.0,
     ) -> None:
         self.store = store
         self.live = live
-        self.concurrency = concurrency
-        self.queue_size = queue_size
+        self.tuning = tuning = tuning or PrefetchTuning()
         self.resolve = resolve
         self.invocation_counts = invocation_counts
-        self.predict_window_s = predict_window_s
-        self.tick_s = tick_s
-        self.fetch_timeout_s = fetch_timeout_s
         self.history = InvocationHistory()
-        self._send, self._receive = trio.open_memory_channel[_Job](queue_size)
+        self._send, self._receive = trio.open_memory_channel[_Job](tuning.queue_size)
         self._pending: dict[str, _Job] = {}  # queued or fetching
         self._fetching: set[str] = set()
         self._recent: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
         # Digest -> when prediction last asked for it: a digest that will not
         # stay on disk (budget too small) must not be refetched every tick.
         self._predicted_at: OrderedDict[str, float] = OrderedDict()
-        self.predict_retry_s = max(60.0, 6 * tick_s)
+        self.predict_retry_s = max(60.0, 6 * tuning.tick_s)
         self.counters: dict[str, int] = {counter: 0 for counter in PrefetchCounter}
 
     # -- hints ------------------------------------------------------------------------
@@ -198,7 +209,7 @@ class Prefetcher:
             self._send.send_nowait(job)
         except trio.WouldBlock:
             raise PrefetchQueueFull(
-                f"the prefetch queue is full ({self.queue_size} images); try again later",
+                f"the prefetch queue is full ({self.tuning.queue_size} images); try again later",
                 retry_after_s=5,
             ) from None
         self._pending[digest] = job
@@ -224,7 +235,7 @@ class Prefetcher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            for _ in range(self.concurrency):
+            for _ in range(self.tuning.concurrency):
                 nursery.start_soon(self._worker)
             if self.invocation_counts is not None and self.resolve is not None:
                 nursery.start_soon(self._predict_loop)
@@ -252,34 +263,24 @@ class Prefetcher:
         self._fetching.add(job.digest)
         started = trio.current_time()
         try:
-            await self.store.ensure(job.digest, job.origin, timeout=self.fetch_timeout_s)
+            await self.store.ensure(job.digest, job.origin, timeout=self.tuning.fetch_timeout_s)
         except Exception as exc:
             if not isinstance(exc, CacheError):
                 log.exception("prefetch failed unexpectedly", digest=job.digest)
             job.error = str(exc)
             self.counters[PrefetchCounter.FAILED] += 1
             log.warning(
-                "prefetch failed",
-                digest=job.digest,
-                reason=job.reason,
-                function=job.function,
-                origin=job.origin.describe(),
-                error=str(exc),
+                "prefetch failed", **job.log_fields(), origin=job.origin.describe(), error=str(exc)
             )
             return
         self.counters[PrefetchCounter.FETCHED] += 1
-        log.info(
-            "prefetched",
-            digest=job.digest,
-            reason=job.reason,
-            function=job.function,
-            ms=round((trio.current_time() - started) * 1000, 1),
-        )
+        ms = round((trio.current_time() - started) * 1000, 1)
+        log.info("prefetched", **job.log_fields(), ms=ms)
 
     async def _predict_loop(self) -> None:
         assert self.invocation_counts is not None
         while True:
-            await trio.sleep(self.tick_s)
+            await trio.sleep(self.tuning.tick_s)
             self.predict_once()
 
     def predict_once(self) -> list[str]:
@@ -289,7 +290,7 @@ class Prefetcher:
         self.history.observe(self.invocation_counts(), now)
         queued = []
         for name in self.history.expected(
-            now, window_s=self.predict_window_s, lead_s=2 * self.tick_s
+            now, window_s=self.tuning.predict_window_s, lead_s=2 * self.tuning.tick_s
         ):
             source = self.resolve(name)
             if source is None:
@@ -314,8 +315,8 @@ class Prefetcher:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "concurrency": self.concurrency,
-            "queue_size": self.queue_size,
+            "concurrency": self.tuning.concurrency,
+            "queue_size": self.tuning.queue_size,
             "queued": len(self._pending) - len(self._fetching),
             "fetching": sorted(self._fetching),
             "live_fetches": self.live.active,

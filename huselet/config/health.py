@@ -10,7 +10,7 @@ it: :func:`parse_health` takes the ``[health]`` table validator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from huselet.errors import ConfigError
@@ -60,42 +60,24 @@ class HealthSettings:
         )
 
 
+# Knobs where 0 means something (memory_budget_mb 0: 90 % of RAM); every other
+# knob must be positive, and a ``*_percent`` one at most 100.
+_ZERO_ALLOWED = frozenset({"memory_budget_mb", "memory_min_available_mb"})
+
+
 def parse_health(t: ConfigTable) -> HealthSettings:
     d = HealthSettings()
-
-    def ms(name: str) -> int:
-        return t.positive_int(name, default=getattr(d, name))
-
-    def percent(name: str) -> int:
-        value = t.positive_int(name, default=getattr(d, name))
-        if value > 100:
+    values: dict[str, int] = {}
+    for f in fields(HealthSettings):  # in declaration order: the first bad key is reported
+        name, default = f.name, getattr(d, f.name)
+        if name in _ZERO_ALLOWED:
+            values[name] = t.non_negative_int(name, default=default)
+            continue
+        value = t.positive_int(name, default=default)
+        if name.endswith("_percent") and value > 100:
             raise ConfigError(t.key(name), f"expected a percentage 1..100, got {value}")
-        return value
-
-    settings = HealthSettings(
-        lag_period_ms=ms("lag_period_ms"),
-        lag_degraded_ms=ms("lag_degraded_ms"),
-        lag_failing_ms=ms("lag_failing_ms"),
-        heartbeat_interval_ms=ms("heartbeat_interval_ms"),
-        heartbeat_timeout_ms=ms("heartbeat_timeout_ms"),
-        breaker_failures=ms("breaker_failures"),
-        breaker_window_s=ms("breaker_window_s"),
-        breaker_open_ms=ms("breaker_open_ms"),
-        breaker_max_open_ms=ms("breaker_max_open_ms"),
-        disk_interval_ms=ms("disk_interval_ms"),
-        disk_enter_free_percent=percent("disk_enter_free_percent"),
-        disk_leave_free_percent=percent("disk_leave_free_percent"),
-        memory_interval_ms=ms("memory_interval_ms"),
-        memory_budget_mb=t.non_negative_int("memory_budget_mb", default=d.memory_budget_mb),
-        memory_enter_percent=percent("memory_enter_percent"),
-        memory_leave_percent=percent("memory_leave_percent"),
-        memory_min_available_mb=t.non_negative_int(
-            "memory_min_available_mb", default=d.memory_min_available_mb
-        ),
-        fd_interval_ms=ms("fd_interval_ms"),
-        fd_enter_percent=percent("fd_enter_percent"),
-        fd_leave_percent=percent("fd_leave_percent"),
-    )
+        values[name] = value
+    settings = HealthSettings(**values)
     t.finish()
     _check_hysteresis(
         t,

@@ -193,19 +193,10 @@ def parse_config(
             raise ConfigError(f"functions[{i}].name", f"duplicate function name {name!r}")
     t.finish()
     return Config(
-        node=node,
-        gateway=gateway,
-        admin=admin,
-        functions=functions,
-        runtimes=runtimes,
-        source=source,
-        cache=cache,
-        scheduler=scheduler,
-        health=health,
-        metrics=metrics,
-        log=log_settings,
-        auth=auth,
-    )
+        node=node, gateway=gateway, admin=admin, functions=functions, runtimes=runtimes,
+        source=source, cache=cache, scheduler=scheduler, health=health, metrics=metrics,
+        log=log_settings, auth=auth,
+    )  # fmt: skip
 
 
 def default_buffered_mb(max_body_bytes: int) -> int:

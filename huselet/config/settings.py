@@ -25,6 +25,8 @@ IMAGE_ONLY_CWD = Path("/")
 
 @dataclass(frozen=True)
 class NodeSettings:
+    """``[node]``: this node's id, its state and runtime directories, logging, drain grace."""
+
     id: str
     state_dir: Path
     run_dir: Path
@@ -34,6 +36,8 @@ class NodeSettings:
 
 @dataclass(frozen=True)
 class GatewaySettings:
+    """``[gateway]``: the ingress listeners, body and queue bounds, the bearer token."""
+
     http: TcpAddress
     max_body_bytes: int = 6 * 1024 * 1024
     queue_per_function: int = 1000
@@ -53,6 +57,8 @@ class GatewaySettings:
 
 @dataclass(frozen=True)
 class AdminSettings:
+    """``[admin]``: the admin socket, who may use it, and the debug commands."""
+
     socket: Path
     # Who may talk to the admin socket besides root and the daemon's own uid.
     allowed_uids: tuple[int, ...] = ()
@@ -62,7 +68,7 @@ class AdminSettings:
 
 @dataclass(frozen=True)
 class CacheSettings:
-    """``[cache]``: the package image cache (see ``huselet/packages.py``)."""
+    """``[cache]``: the package image cache (see ``huselet/code/``)."""
 
     disk_budget_mb: int = 4096  # installed images under state_dir/cache/images
     memory_budget_mb: int = 1024  # mapped images not in use by any instance
@@ -105,6 +111,8 @@ class LayerSettings:
 
 @dataclass(frozen=True)
 class FunctionSettings:
+    """One ``[[functions]]`` entry: the code, its runtime, limits and scaling."""
+
     name: str
     # The worker's working directory; for ``package = "dir"`` also the source tree.
     package: Path
@@ -183,6 +191,8 @@ class SchedulerLinkSettings:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole validated configuration: one settings object per TOML section."""
+
     node: NodeSettings
     gateway: GatewaySettings
     admin: AdminSettings

@@ -224,15 +224,10 @@ def serve_request(entry: Entry, req: Request, function: str, instance_id: str) -
 
 
 def run(
-    link: Link,
-    *,
-    instance_id: str,
-    token: str,
-    package_dir: str,
-    handler_spec: str,
-    handler: Entry | None = None,
+    link: Link, hello: Hello, package_dir: str, handler_spec: str, handler: Entry | None = None
 ) -> int:
-    link.send(Hello(PROTO_VERSION, instance_id, token, os.getpid()).encode())
+    """Say ``hello`` on the link, load the entry, then serve until the link closes."""
+    link.send(hello.encode())
     first = link.receive()
     if message_type(first) == REFUSED:
         refused = Refused.decode(first)
@@ -260,7 +255,7 @@ def run(
     link.send(READY_FRAME, Pull(1).encode())
     _exit_when_the_daemon_hangs_up(link.sock)
     try:
-        return _serve_loop(link, handler, welcome.function, instance_id)
+        return _serve_loop(link, handler, welcome.function, hello.instance_id)
     finally:
         handler.stop()
 
@@ -311,14 +306,8 @@ def serve(
             sock.setblocking(True)  # a socket dialled by the daemon arrives non-blocking
         else:
             sock.connect(link)
-        return run(
-            Link(sock),
-            instance_id=instance_id,
-            token=token,
-            package_dir=package_dir,
-            handler_spec=handler_spec,
-            handler=handler,
-        )
+        hello = Hello(PROTO_VERSION, instance_id, token, os.getpid())
+        return run(Link(sock), hello, package_dir, handler_spec, handler)
     except (OSError, ProtocolError, LinkClosed) as exc:
         print(f"huselet worker: link to daemon failed: {exc}", file=sys.stderr)
         return EXIT_LINK_FAILED

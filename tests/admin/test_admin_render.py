@@ -13,13 +13,11 @@ import pytest
 from huselet.admin.render import (
     FUNCTION_HEADERS,
     INSTANCE_HEADERS,
-    format_duration,
-    format_ms,
     render_functions,
     render_instances,
     render_status,
-    render_table,
 )
+from huselet.admin.render_cells import format_duration, format_ms, render_table
 
 
 def hello_status() -> dict[str, Any]:

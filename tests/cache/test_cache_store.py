@@ -13,17 +13,8 @@ import trio
 import trio.testing
 from cache_testkit import OriginServer, make_tree, publish
 
+from cache import errors
 from cache.builder import ImageInfo, pack_directory
-from cache.errors import (
-    CacheFull,
-    CorruptImage,
-    DigestMismatch,
-    DiskFull,
-    FetchError,
-    ImageNotFound,
-    ImageTooLarge,
-    TransientFetchError,
-)
 from cache.origin import DirectoryOrigin, HttpOrigin, Origin
 from cache.store import ImageStore
 
@@ -171,7 +162,7 @@ async def test_a_waiter_giving_up_does_not_cancel_the_fetch(
     store = await start_store(nursery, tmp_path / "state")
     origin = CountingOrigin(DirectoryOrigin(served))
     origin.gate = trio.Event()
-    with pytest.raises(TransientFetchError, match=r"not available within 0\.05s"):
+    with pytest.raises(errors.TransientFetchError, match=r"not available within 0\.05s"):
         await store.get(sample_image.digest, origin, timeout=0.05)
     origin.gate.set()
     with trio.fail_after(30):
@@ -195,7 +186,9 @@ async def test_lru_eviction_skips_leased_images_and_reports_cache_full(
         assert store.contains(a.digest) and not store.contains(b.digest)
         assert not (tmp_path / "state/images" / b.path.name).exists()
         assert store.stats.disk_evictions == 1
-        with pytest.raises(CacheFull, match=rf"no room for image {d.digest} \({d.size} bytes\)"):
+        with pytest.raises(
+            errors.CacheFull, match=rf"no room for image {d.digest} \({d.size} bytes\)"
+        ):
             await store.get(d.digest, origin)
         assert not list((tmp_path / "state/images").glob("*.part"))
         assert held_a.reader.is_file("data.bin")  # still usable
@@ -233,7 +226,7 @@ async def test_a_corrupt_transfer_is_retried_then_refused_then_cooled_down(
         nursery, tmp_path / "state", fetch_attempts=3, backoff_base=0.001, backoff_max=0.002
     )
     with trio.fail_after(30):
-        with pytest.raises(DigestMismatch, match=r"image digest mismatch.*gave up after 3"):
+        with pytest.raises(errors.DigestMismatch, match=r"image digest mismatch.*gave up after 3"):
             await store.get(sample_image.digest, origin)
     assert origin.calls == 3
     assert not store.contains(sample_image.digest)
@@ -247,9 +240,9 @@ async def test_failed_digest_is_not_refetched_during_its_cool_down(
     origin = CountingOrigin(DirectoryOrigin(served))
     store = await start_store(nursery, tmp_path / "state", backoff_base=600, backoff_max=600)
     with trio.fail_after(30):
-        with pytest.raises(ImageNotFound):
+        with pytest.raises(errors.ImageNotFound):
             await store.get("f" * 64, origin)
-        with pytest.raises(ImageNotFound, match=r"not retrying for \d+\.\ds"):
+        with pytest.raises(errors.ImageNotFound, match=r"not retrying for \d+\.\ds"):
             await store.get("f" * 64, origin)
     assert origin.calls == 1  # ImageNotFound is not retried, and the cool-down held
 
@@ -260,7 +253,7 @@ async def test_transient_failures_are_retried(
     publish(sample_image.path, served)
     origin = CountingOrigin(
         DirectoryOrigin(served),
-        failures=[TransientFetchError("flaky"), TransientFetchError("flaky again")],
+        failures=[errors.TransientFetchError("flaky"), errors.TransientFetchError("flaky again")],
     )
     store = await start_store(nursery, tmp_path / "state", fetch_attempts=3)
     with trio.fail_after(30):
@@ -276,11 +269,11 @@ async def test_a_full_disk_is_a_typed_error_and_the_store_carries_on(
     publish(sample_image.path, served)
     store = await start_store(nursery, tmp_path / "state")
     with trio.fail_after(30):
-        with pytest.raises(DiskFull, match="disk full while installing image") as caught:
+        with pytest.raises(errors.DiskFull, match="disk full while installing image") as caught:
             await store.get(sample_image.digest, DiskFullOrigin(served))
         cause = caught.value.__cause__
         assert isinstance(cause, OSError) and cause.errno == errno.ENOSPC
-        assert isinstance(caught.value, CacheFull)
+        assert isinstance(caught.value, errors.CacheFull)
         other = same_size_images(tmp_path, 1)[0]
         publish(other.path, served)
         (await store.get(other.digest, DirectoryOrigin(served))).release()
@@ -292,7 +285,7 @@ async def test_an_origin_bug_fails_the_fetch_not_the_store(
 ) -> None:
     origin = CountingOrigin(DirectoryOrigin(served), failures=[ZeroDivisionError("oops")])
     store = await start_store(nursery, tmp_path / "state")
-    with trio.fail_after(30), pytest.raises(FetchError, match="ZeroDivisionError"):
+    with trio.fail_after(30), pytest.raises(errors.FetchError, match="ZeroDivisionError"):
         await store.get(sample_image.digest, origin)
     assert store.stats.fetch_failures == 1
 
@@ -316,7 +309,7 @@ async def test_start_cleans_partials_and_quarantines_broken_images(
     ] == [True]
     with trio.fail_after(30):
         (await store.get(good.digest)).release()  # no origin needed: it is on disk
-        with pytest.raises(ImageNotFound, match="not in the store and has no origin"):
+        with pytest.raises(errors.ImageNotFound, match="not in the store and has no origin"):
             await store.get(bad.digest)
 
 
@@ -355,7 +348,7 @@ async def test_limits_and_bad_input(
     publish(sample_image.path, served)
     store = await start_store(nursery, tmp_path / "state", disk_budget_bytes=sample_image.size - 1)
     with trio.fail_after(30):
-        with pytest.raises(ImageTooLarge, match="the disk budget is"):
+        with pytest.raises(errors.ImageTooLarge, match="the disk budget is"):
             await store.get(sample_image.digest, DirectoryOrigin(served))
         with pytest.raises(ValueError, match="not a sha256 hex digest"):
             await store.get("ABC", DirectoryOrigin(served))
@@ -448,13 +441,13 @@ async def test_install_and_scrub_hash_without_mapping(
     assert store.stats.mapped_images == 0
     fd = os.open(path, os.O_RDONLY)
     try:
-        with pytest.raises(CorruptImage, match="truncated or changed while being hashed"):
+        with pytest.raises(errors.CorruptImage, match="truncated or changed while being hashed"):
             hash_image(fd, sample_image.size + 4096)
     finally:
         os.close(fd)
     truncated = tmp_path / "truncated.hlimg"
     truncated.write_bytes(sample_image.path.read_bytes()[: sample_image.size // 2])
-    with pytest.raises(CorruptImage, match="truncated"):
+    with pytest.raises(errors.CorruptImage, match="truncated"):
         inspect_image(truncated, verify=True)
 
 
@@ -474,7 +467,7 @@ async def test_one_origins_failure_does_not_block_another_origin(
     outcomes: list[str] = []
 
     async def from_missing() -> None:
-        with pytest.raises(ImageNotFound):
+        with pytest.raises(errors.ImageNotFound):
             await store.ensure(sample_image.digest, missing)
         outcomes.append("missing failed")
 
@@ -493,7 +486,7 @@ async def test_one_origins_failure_does_not_block_another_origin(
     assert store.contains(sample_image.digest)
     # And with the failure cooling down: the other origin is not refused by it.
     other = await start_store(nursery, tmp_path / "state2")
-    with pytest.raises(ImageNotFound):
+    with pytest.raises(errors.ImageNotFound):
         await other.ensure(sample_image.digest, DirectoryOrigin(empty))
     with trio.fail_after(30):
         await other.ensure(sample_image.digest, has_it)

@@ -25,20 +25,11 @@ from cache_testkit import (
 )
 from support import NodeStack, closed_port
 
-from cache.errors import (
-    CacheFull,
-    CorruptImage,
-    DigestMismatch,
-    DiskFull,
-    FetchError,
-    ImageNotFound,
-    ImageTooLarge,
-    TransientFetchError,
-)
 from cache.store import ImageStore
-from huselet.admin.render import render_cache, render_status
+from huselet.admin.render import render_status
+from huselet.admin.render_cache import render_cache
 from huselet.code.codecache import CodeCache
-from huselet.code.images import CodeUnavailable, caller_reason
+from huselet.code.images import CodeUnavailable
 from huselet.code.packages import PackageManager
 from huselet.code.packing import DirectoryPacker
 from huselet.config import Config, parse_config
@@ -244,29 +235,6 @@ async def test_missing_and_corrupt_images_at_the_origin(short_tmp: Path) -> None
                 await cache.packages.acquire(config.functions[1])
             assert info.value.message == f"image {good.digest[:12]} came corrupt from its origin"
             assert not cache.store.contains(good.digest)
-
-
-@pytest.mark.parametrize(
-    ("error", "reason"),
-    [
-        (ImageNotFound("x is not in /srv/images"), "is not at its origin"),
-        (ImageTooLarge("GET http://h/x: 9 bytes exceed 1"), "is larger than this node accepts"),
-        (DiskFull("disk full in /var/lib"), "cannot be installed: the node's disk is full"),
-        (
-            CacheFull("no room"),
-            "cannot be installed: the node's image cache is full of images in use",
-        ),
-        (DigestMismatch("expected a"), "came corrupt from its origin"),
-        (CorruptImage("bad crc"), "came corrupt from its origin"),
-        (
-            TransientFetchError("GET http://10.0.0.1/x: HTTP 503"),
-            "could not be fetched: its origin is unreachable or failing",
-        ),
-        (FetchError("GET http://h/x: HTTP 403"), "could not be fetched: its origin refused it"),
-    ],
-)
-def test_caller_reasons_name_the_failure_but_no_path_or_url(error: Exception, reason: str) -> None:
-    assert caller_reason(error) == reason  # type: ignore[arg-type]
 
 
 async def test_full_disk_is_an_error_the_caller_and_operator_see(short_tmp: Path) -> None:

@@ -21,6 +21,7 @@ from huselet.code.prefetch import (
     LiveFetches,
     Prefetcher,
     PrefetchQueueFull,
+    PrefetchTuning,
 )
 from huselet.errors import BadRequest
 
@@ -58,11 +59,11 @@ def images(root: Path, count: int) -> list[ImageInfo]:
 
 @asynccontextmanager
 async def running(
-    root: Path, **kw: Any
+    root: Path, tuning: PrefetchTuning | None = None, **kw: Any
 ) -> AsyncIterator[tuple[ImageStore, Prefetcher, LiveFetches]]:
     store = ImageStore(root / "state", disk_budget_bytes=64 * MiB, memory_budget_bytes=64 * MiB)
     live = LiveFetches()
-    prefetcher = Prefetcher(store, live, **kw)
+    prefetcher = Prefetcher(store, live, tuning, **kw)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         await nursery.start(prefetcher.run)
@@ -74,7 +75,11 @@ async def test_hints_are_deduplicated_validated_and_bounded(short_tmp: Path) -> 
     infos = images(short_tmp, 3)
     origin = GatedOrigin(short_tmp / "built")
     origin.gate = trio.Event()  # hold every fetch
-    async with running(short_tmp, concurrency=1, queue_size=1) as (store, prefetcher, _):
+    async with running(short_tmp, PrefetchTuning(concurrency=1, queue_size=1)) as (
+        store,
+        prefetcher,
+        _,
+    ):
         assert prefetcher.hint(infos[0].digest, origin) == "queued"
         await trio.testing.wait_all_tasks_blocked()  # the worker took it: fetching
         assert prefetcher.hint(infos[0].digest, origin) == "pending"
@@ -96,7 +101,7 @@ async def test_concurrency_is_bounded(short_tmp: Path) -> None:
     infos = images(short_tmp, 6)
     origin = GatedOrigin(short_tmp / "built")
     origin.gate = trio.Event()
-    async with running(short_tmp, concurrency=2) as (store, prefetcher, _):
+    async with running(short_tmp, PrefetchTuning(concurrency=2)) as (store, prefetcher, _):
         for info in infos:
             prefetcher.hint(info.digest, origin)
         await trio.testing.wait_all_tasks_blocked()
@@ -110,7 +115,7 @@ async def test_concurrency_is_bounded(short_tmp: Path) -> None:
 async def test_live_fetches_go_first(short_tmp: Path) -> None:
     infos = images(short_tmp, 2)
     origin = GatedOrigin(short_tmp / "built")
-    async with running(short_tmp, concurrency=2) as (store, prefetcher, live):
+    async with running(short_tmp, PrefetchTuning(concurrency=2)) as (store, prefetcher, live):
         with live.fetching():  # a request is waiting on a cold fetch
             prefetcher.hint(infos[0].digest, origin)
             await trio.testing.wait_all_tasks_blocked()
@@ -199,10 +204,9 @@ async def test_prediction_prefetches_expected_functions_not_on_disk(short_tmp: P
     hot, cold, gone = (info.digest for info in infos)
     async with running(
         short_tmp,
+        PrefetchTuning(predict_window_s=600, tick_s=0.05),
         resolve=sources.get,
         invocation_counts=lambda: dict(counts),
-        predict_window_s=600,
-        tick_s=0.05,
     ) as (store, prefetcher, _):
         await store.ensure(hot, origin)  # "hot" is on disk already
         counts["hot"] += 1

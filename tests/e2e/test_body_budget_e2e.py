@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from daemon_harness import Daemon, wait_until, write_config
+from daemon_harness import Daemon, function_toml, wait_until, write_config
 from support import write_package
 
 pytestmark = pytest.mark.e2e
@@ -74,18 +74,8 @@ def _read_head(reader: object) -> tuple[int, dict[str, str]]:
 
 def test_a_burst_of_large_bodies_is_bounded_and_memory_comes_back(short_tmp: Path) -> None:
     write_package(short_tmp, "len", SLOW_LEN)
-    config = write_config(
-        short_tmp,
-        """
-        [[functions]]
-        name = "len"
-        package = "pkgs/len"
-        handler = "main:handler"
-        max_instances = 4
-        max_queue = 1000
-        timeout_ms = 120000
-        """,
-    )
+    fn = function_toml("len", max_instances=4, max_queue=1000, timeout_ms=120000)
+    config = write_config(short_tmp, fn)
     text = config.read_text().replace(
         "max_body_bytes = 65536", f"max_body_bytes = {BODY}\nmax_buffered_mb = {BUDGET_MB}"
     )

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from daemon_harness import Daemon, write_config
+from daemon_harness import Daemon, function_toml, write_config
 from support import write_package
 
 pytestmark = pytest.mark.e2e
@@ -24,18 +24,7 @@ SOURCE = "def handler(event, context):\n    return {'ok': True}\n"
 def test_silent_peers_on_one_function_do_not_delay_another_cold_start(short_tmp: Path) -> None:
     write_package(short_tmp, "fn", SOURCE)
     config = write_config(
-        short_tmp,
-        """
-        [[functions]]
-        name = "noisy"
-        package = "pkgs/fn"
-        handler = "main:handler"
-
-        [[functions]]
-        name = "victim"
-        package = "pkgs/fn"
-        handler = "main:handler"
-        """,
+        short_tmp, function_toml("noisy", "pkgs/fn") + function_toml("victim", "pkgs/fn")
     )
     with Daemon(config) as daemon:
         path = str(short_tmp / "run" / "fn" / "noisy.sock")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from daemon_harness import Daemon, wait_until, write_config
+from daemon_harness import Daemon, function_toml, wait_until, write_config
 from support import write_package
 
 from huselet.runtime.output import MAX_LINE
@@ -33,16 +33,7 @@ def _output(daemon: Daemon) -> dict:
 
 def test_a_flood_of_output_is_dropped_and_counted(short_tmp: Path) -> None:
     write_package(short_tmp, "chatty", SOURCE)
-    config = write_config(
-        short_tmp,
-        """
-        [[functions]]
-        name = "chatty"
-        package = "pkgs/chatty"
-        handler = "main:handler"
-        timeout_ms = 60000
-        """,
-    )
+    config = write_config(short_tmp, function_toml("chatty", timeout_ms=60000))
     with Daemon(config) as daemon:
         reply = daemon.invoke("chatty", {})
         assert reply.status_code == 200, reply.text

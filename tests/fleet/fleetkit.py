@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from support import NodeStack, eventually, free_port
+from support import NodeStack, eventually, free_port, running_stack
 
 from huselet.central.api import FleetApi
 from huselet.central.backend import Backend, EtcdBackend
@@ -25,6 +25,7 @@ __all__ = [
     "central",
     "eventually",
     "free_port",
+    "linked",
     "make_link",
     "placements_open",
 ]
@@ -121,3 +122,32 @@ def make_link(
 def placements_open(c: RunningCentral, node_id: str = "n1") -> bool:
     """The scheduler's view says the node takes placements (it reported its lease)."""
     return bool(c.api.fleet()["nodes"].get(node_id, {}).get("placements") == "open")
+
+
+@asynccontextmanager
+async def linked(
+    root: Path,
+    functions: list[dict[str, Any]],
+    *,
+    package_root: Path,
+    spare_ports: int = 0,
+    **central_kw: Any,
+) -> AsyncIterator[tuple[NodeStack, trio.Nursery, RunningCentral, SchedulerLink]]:
+    """A node stack, a leading central scheduler on a free loopback port and a running link.
+
+    The link also knows ``spare_ports`` addresses nothing listens on (for tests
+    of what it does when the scheduler is gone); ``central_kw`` go to
+    :func:`central`. Yields (stack, nursery, central, link); cancels all on exit.
+    """
+    port = free_port()
+    async with (
+        running_stack(root, functions) as stack,
+        trio.open_nursery() as nursery,
+        central(nursery, root / "central", port, **central_kw) as c,
+    ):
+        await c.central.leading.wait()
+        ports = [port, *(free_port() for _ in range(spare_ports))]
+        link = make_link(stack, ports, package_root=package_root)
+        await nursery.start(link.run)
+        yield stack, nursery, c, link
+        nursery.cancel_scope.cancel()

@@ -19,6 +19,7 @@ from fleetkit import (
     central,
     eventually,
     free_port,
+    linked,
     make_link,
     placements_open,
 )
@@ -38,15 +39,7 @@ def echo_spec(root: Path) -> dict[str, str]:
 
 async def test_connects_reports_state_and_runs_a_deploy(short_tmp: Path) -> None:
     write_package(short_tmp, "echo", ECHO)
-    port = free_port()
-    async with (
-        running_stack(short_tmp, LOCAL) as stack,
-        trio.open_nursery() as nursery,
-        central(nursery, short_tmp / "central", port) as c,
-    ):
-        await c.central.leading.wait()
-        link = make_link(stack, [port], package_root=short_tmp)
-        await nursery.start(link.run)
+    async with linked(short_tmp, LOCAL, package_root=short_tmp) as (stack, nursery, c, link):
         await eventually(lambda: placements_open(c))
         assert c.api.fleet()["nodes"]["n1"]["functions"] == {"local": 0}
         reply = await c.api.deploy({"spec": echo_spec(short_tmp), "wait_s": 10})
@@ -64,15 +57,7 @@ async def test_connects_reports_state_and_runs_a_deploy(short_tmp: Path) -> None
 
 async def test_resumes_after_the_connection_breaks(short_tmp: Path) -> None:
     write_package(short_tmp, "echo", ECHO)
-    port = free_port()
-    async with (
-        running_stack(short_tmp, LOCAL) as stack,
-        trio.open_nursery() as nursery,
-        central(nursery, short_tmp / "central", port) as c,
-    ):
-        await c.central.leading.wait()
-        link = make_link(stack, [port], package_root=short_tmp)
-        await nursery.start(link.run)
+    async with linked(short_tmp, LOCAL, package_root=short_tmp) as (stack, nursery, c, link):
         await eventually(lambda: link.state == "established")
         await c.central.by_node["n1"].stream.aclose()
         await eventually(lambda: link.connects == 2 and link.state == "established")
@@ -133,15 +118,9 @@ async def _failover(
 
 async def test_static_stability_when_no_scheduler_is_up(short_tmp: Path) -> None:
     write_package(short_tmp, "echo", ECHO)
-    port = free_port()
-    async with (
-        running_stack(short_tmp, LOCAL) as stack,
-        trio.open_nursery() as nursery,
-        central(nursery, short_tmp / "central", port, lease_s=0.6) as c,
-    ):
-        await c.central.leading.wait()
-        link = make_link(stack, [port, free_port()], package_root=short_tmp)
-        await nursery.start(link.run)
+    # The link knows a second address where nothing listens; the lease is short.
+    node = linked(short_tmp, LOCAL, package_root=short_tmp, spare_ports=1, lease_s=0.6)
+    async with node as (stack, nursery, c, link):
         await eventually(lambda: link.state == "established" and link.commands.lease_held)
         c.kill()
         # Every address refuses now: the link backs off and retries, the lease runs out...
@@ -205,15 +184,7 @@ async def test_hostile_bytes_close_only_that_link_and_are_counted(
 
 async def test_a_graceful_stop_says_bye_shutdown(short_tmp: Path) -> None:
     write_package(short_tmp, "echo", ECHO)
-    port = free_port()
-    async with (
-        running_stack(short_tmp, LOCAL) as stack,
-        trio.open_nursery() as nursery,
-        central(nursery, short_tmp / "central", port) as c,
-    ):
-        await c.central.leading.wait()
-        link = make_link(stack, [port], package_root=short_tmp)
-        await nursery.start(link.run)
+    async with linked(short_tmp, LOCAL, package_root=short_tmp) as (_, nursery, c, link):
         await eventually(lambda: link.state == "established")
         await c.central.shutdown()
         await eventually(lambda: str(link.last_close).startswith("shutdown:"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from huselet.admin.render import render_scheduler
+from huselet.admin.render_fleet import render_scheduler
 
 CONNECTED = {
     "mode": "fleet",

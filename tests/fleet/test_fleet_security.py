@@ -11,7 +11,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import trio
-from fleetkit import central, eventually, free_port, make_link, placements_open
+from fleetkit import central, eventually, free_port, linked, make_link, placements_open
 from support import running_stack, write_package
 
 from huselet.central.tls import server_context
@@ -94,15 +94,8 @@ async def test_node_links_need_a_certificate_of_the_fleet_ca(short_tmp: Path) ->
 
 async def test_a_node_refuses_a_spec_outside_its_policy(short_tmp: Path) -> None:
     write_package(short_tmp, "echo", ECHO)
-    port = free_port()
-    async with (
-        running_stack(short_tmp, LOCAL) as stack,
-        trio.open_nursery() as nursery,
-        central(nursery, short_tmp / "central", port) as c,
-    ):
-        await c.central.leading.wait()
-        link = make_link(stack, [port], package_root=short_tmp / "pkgs")
-        await nursery.start(link.run)
+    pkgs = short_tmp / "pkgs"
+    async with linked(short_tmp, LOCAL, package_root=pkgs) as (stack, nursery, c, link):
         await eventually(lambda: placements_open(c))
         bad = [
             ({"name": "etc", "package": "/etc", "handler": "m:h"}, "package_roots"),

@@ -1,0 +1,59 @@
+"""What the benchmarks read from ``/proc``: CPU time, process trees, memory.
+
+Shared by ``bench_invoke.py``, ``bench_density.py`` and ``bench_coldstart.py``
+so each measures the same way. Every reader returns zero (or just the pid) for
+a process that is gone rather than raising: a bench samples live trees.
+"""
+
+from __future__ import annotations
+
+import os
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), in seconds; 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (via /proc/PID/task/*/children)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def _kb(path: str, field: str) -> int:
+    """The kB value of the ``field:`` line of a /proc file; 0 if gone or absent."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages split between the processes mapping them."""
+    return _kb(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
+def rss_kb(pid: int) -> int:
+    """Resident size: a zygote's own cost (its PSS is split with every instance)."""
+    return _kb(f"/proc/{pid}/status", "VmRSS:")

@@ -1,0 +1,71 @@
+"""``huselet run``: start the daemon in the foreground (systemd runs it the same way)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from huselet.cmd.common import Exit, Subparsers, describe_os_error, load_config
+
+
+def add_parser(sub: Subparsers) -> None:
+    """The ``run`` subcommand's arguments."""
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", "-c", help="TOML file (default: the embedded example)")
+    run.add_argument("--check", action="store_true", help="validate the config and exit")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from huselet.errors import ConfigError, HuseletError
+    from huselet.runtime.base import RuntimeError_
+    from huselet.runtime.validate import check_runtimes
+
+    try:
+        config = load_config(args.config)
+        # The runtime tables too: --check must refuse whatever run would.
+        check_runtimes(config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return Exit.USAGE
+    if args.check:
+        print(f"config ok: {len(config.functions)} functions")
+        return Exit.OK
+    import trio
+
+    from huselet.daemon import Daemon
+    from huselet.log import setup_logging
+
+    setup_logging(args.log_level or config.node.log_level)
+
+    async def main() -> None:
+        await Daemon(config).run()
+
+    status = Exit.OK
+    try:
+        trio.run(main)
+    except* HuseletError as group:
+        for err in _leaves(group):
+            print(f"huselet: cannot start: {err}", file=sys.stderr)
+        status = Exit.FAILURE
+    except* OSError as group:
+        for err in _leaves(group):
+            print(f"huselet: cannot start: {describe_os_error(err)}", file=sys.stderr)
+        status = Exit.FAILURE
+    except* RuntimeError_ as group:
+        # What only the host can refuse (isolation it lacks, a missing binary).
+        for err in _leaves(group):
+            print(f"huselet: cannot start: {err}", file=sys.stderr)
+        status = Exit.FAILURE
+    except* KeyboardInterrupt:
+        pass
+    return status
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
