@@ -2,7 +2,8 @@
 
 - :mod:`cache.format` — the byte layout (specified in ``cache/FORMAT.md``).
 - :mod:`cache.builder` — :func:`pack_directory`: a source tree → ``<digest>.hlimg``.
-- :mod:`cache.reader` — :class:`ImageReader`: map, validate, look up, read.
+- :mod:`cache.validate` — header/index checks and hashing with ``pread`` (no mapping).
+- :mod:`cache.reader` — :class:`ImageReader`: map a validated image, look up, read.
 - :mod:`cache.importer` — :func:`install_image_importer`: import from a mapping.
 - :mod:`cache.origin` — fetch an image by digest (directory, file://, http(s)://).
 - :mod:`cache.store` — :class:`ImageStore`: disk + mapped levels, LRU, singleflight.

@@ -41,8 +41,9 @@ from types import CodeType
 from typing import BinaryIO
 
 from cache import format as fmt
+from cache.durable import fsync_dir
 from cache.errors import BuildError
-from cache.reader import path_problem
+from cache.validate import path_problem
 
 _COPY_CHUNK = 1 << 20
 # PEP 552 flags word: bit 0 = hash-based, bit 1 = check_source. Unchecked on
@@ -138,7 +139,7 @@ def pack_directory(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target_dir)
+    fsync_dir(target_dir)
     return ImageInfo(
         digest=header.image_digest.hex(),
         size=header.image_size,
@@ -488,11 +489,3 @@ def _hash_written_image(f: BinaryIO) -> bytes:
 
 def _temp_path(directory: Path) -> Path:
     return directory / f".pack-{os.getpid()}-{os.urandom(6).hex()}.tmp"
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

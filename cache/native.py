@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 
+from cache.durable import fsync_dir
 from cache.reader import Entry, ImageReader
 
 # What stays in the map: modules the image importer serves straight from it.
@@ -75,7 +76,7 @@ def ensure_native_tree(
     try:
         for entry in entries:
             _extract_one(reader, entry, temp)
-        _fsync_path(temp)
+        fsync_dir(temp)
         try:
             os.rename(temp, destination)
         except OSError:
@@ -85,7 +86,7 @@ def ensure_native_tree(
     except BaseException:
         _rmtree(temp)
         raise
-    _fsync_path(extract_root)
+    fsync_dir(extract_root)
     return destination
 
 
@@ -141,11 +142,3 @@ def _rmtree(path: str) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from importlib.resources.abc import Traversable, TraversableResources
 from typing import IO, Any
 
-from cache.reader import ImageReader, normalise_lookup_path
+from cache.reader import ImageReader
+from cache.validate import normalise_lookup_path
 
 
 class ImageTraversable(Traversable):

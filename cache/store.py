@@ -37,11 +37,9 @@ instance holds.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import random
 import secrets
-import stat
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,20 +49,26 @@ from pathlib import Path
 import trio
 
 from cache import format as fmt
+from cache.diskimages import (
+    DiskImage,
+    ImageFiles,
+    commit,
+    open_installed,
+    unlink_quietly,
+    verify_download,
+    verify_installed,
+)
 from cache.errors import (
     CacheError,
     CacheFull,
-    DigestMismatch,
     DiskFull,
     ImageNotFound,
     ImageTooLarge,
     TransientFetchError,
 )
 from cache.origin import Origin
-from cache.reader import ImageReader, inspect_image
+from cache.reader import ImageReader
 from cache.singleflight import FetchCoordinator
-
-log = logging.getLogger("huselet.cache")
 
 
 class LowDiskSpace(CacheError):
@@ -111,32 +115,16 @@ class ImageState:
     pins: int  # leases held (instances using it)
 
 
-class _DiskImage:
-    """One installed image and who is using it."""
-
-    __slots__ = ("digest", "identity", "last_touch", "path", "pins", "reader", "size")
-
-    def __init__(self, digest: str, path: Path, size: int, inode: int) -> None:
-        self.digest = digest
-        self.path = path
-        self.size = size
-        # (inode, size) as installed: anything else at this path is not our file.
-        self.identity = (inode, size)
-        self.pins = 0
-        self.reader: ImageReader | None = None
-        self.last_touch = float("-inf")
-
-
 class ImageLease:
     """A mapped image pinned on disk and in memory until :meth:`release`."""
 
-    def __init__(self, store: ImageStore, image: _DiskImage) -> None:
+    def __init__(self, store: ImageStore, image: DiskImage) -> None:
         assert image.reader is not None
         self.digest = image.digest
         self.path = image.path
         self.reader: ImageReader = image.reader
         self._store = store
-        self._image: _DiskImage | None = image
+        self._image: DiskImage | None = image
 
     def release(self) -> None:
         """Unpin (idempotent). The reader must not be used afterwards."""
@@ -168,15 +156,15 @@ class ImageStore:
         quarantine_keep: int = 16,
         rng: random.Random | None = None,
     ) -> None:
-        self.images_dir = Path(state_dir) / "images"
-        self.quarantine_dir = Path(state_dir) / "quarantine"
+        self.files = ImageFiles(Path(state_dir), quarantine_keep)
+        self.images_dir = self.files.images_dir
+        self.quarantine_dir = self.files.quarantine_dir
         self.disk_budget_bytes = disk_budget_bytes
         self.memory_budget_bytes = memory_budget_bytes
         self.max_image_bytes = max_image_bytes
         self.fetch_timeout = fetch_timeout
-        self.quarantine_keep = quarantine_keep
-        self._disk: OrderedDict[str, _DiskImage] = OrderedDict()  # LRU first
-        self._memory: OrderedDict[str, _DiskImage] = OrderedDict()  # LRU first
+        self._disk: OrderedDict[str, DiskImage] = OrderedDict()  # LRU first
+        self._memory: OrderedDict[str, DiskImage] = OrderedDict()  # LRU first
         self._fetcher = FetchCoordinator(
             self._install,
             attempts=fetch_attempts,
@@ -197,9 +185,9 @@ class ImageStore:
         self, *, task_status: trio.TaskStatus[ImageStore] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Scan the state directory, then serve until cancelled."""
-        found, partials, broken = await trio.to_thread.run_sync(self._scan)
+        found, partials, broken = await trio.to_thread.run_sync(self.files.scan)
         for digest, path, size, inode in found:
-            self._disk[digest] = _DiskImage(digest, path, size, inode)
+            self._disk[digest] = DiskImage(digest, path, size, inode)
         self._stats.partials_removed += partials
         self._stats.quarantined += broken
         self._make_room(0, "(budget check at start)")
@@ -215,34 +203,6 @@ class ImageStore:
                     image.reader.close()
                     image.reader = None
             self._memory.clear()
-
-    def _scan(self) -> tuple[list[tuple[str, Path, int, int]], int, int]:
-        self.images_dir.mkdir(parents=True, exist_ok=True)
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        entries = sorted(self.images_dir.iterdir(), key=_mtime)  # oldest first = LRU order
-        found, partials, broken = [], 0, 0
-        for path in entries:
-            if path.name.endswith((".part", ".tmp")):
-                path.unlink(missing_ok=True)
-                partials += 1
-                continue
-            digest = path.name.removesuffix(fmt.IMAGE_SUFFIX)
-            if not (path.name.endswith(fmt.IMAGE_SUFFIX) and fmt.is_digest_hex(digest)):
-                log.warning("ignoring unexpected file %s in the image store", path)
-                continue
-            try:
-                st = os.lstat(path)
-                # Structure only: whole digests were checked at install; scrub re-checks.
-                with ImageReader.open(
-                    path, verify=False, expected_identity=(st.st_ino, st.st_size)
-                ) as reader:
-                    found.append((digest, path, reader.size, st.st_ino))
-            except FileNotFoundError:
-                continue
-            except CacheError as exc:
-                self._move_to_quarantine(path, str(exc))
-                broken += 1
-        return found, partials, broken
 
     # -- the API -------------------------------------------------------------------
 
@@ -283,13 +243,13 @@ class ImageStore:
         except trio.TooSlowError:
             raise TransientFetchError(f"image {digest} not available within {limit}s") from None
 
-    async def _map(self, image: _DiskImage) -> None:
+    async def _map(self, image: DiskImage) -> None:
         if image.reader is not None and not image.reader.closed:
             self._stats.memory_hits += 1
         else:
             self._stats.memory_misses += 1
             reader = await trio.to_thread.run_sync(
-                _open_installed, image.path, image.digest, image.identity
+                open_installed, image.path, image.digest, image.identity
             )
             if image.reader is None or image.reader.closed:
                 image.reader = reader
@@ -309,7 +269,7 @@ class ImageStore:
         with self._deadline(digest, timeout):
             return (await self._ensure(digest, origin)).path
 
-    async def _ensure(self, digest: str, origin: Origin | None) -> _DiskImage:
+    async def _ensure(self, digest: str, origin: Origin | None) -> DiskImage:
         if not fmt.is_digest_hex(digest):
             raise ValueError(f"not a sha256 hex digest: {digest!r}")
         first = True
@@ -337,7 +297,7 @@ class ImageStore:
                 continue  # evicted meanwhile
             try:
                 await trio.to_thread.run_sync(
-                    _verify_installed, image.path, image.digest, image.identity
+                    verify_installed, image.path, image.digest, image.identity
                 )
             except (CacheError, FileNotFoundError) as exc:
                 self._quarantine(image, str(exc))
@@ -408,7 +368,7 @@ class ImageStore:
             return None
         try:
             await trio.to_thread.run_sync(
-                _verify_installed, image.path, image.digest, image.identity
+                verify_installed, image.path, image.digest, image.identity
             )
         except (CacheError, OSError) as exc:  # EIO, EACCES: unusable just the same
             if self._disk.get(digest) is image:  # not evicted meanwhile
@@ -438,16 +398,16 @@ class ImageStore:
             # A flight that started just before the disk filled up.
             self._check_installs_allowed(digest)
             await origin.fetch(digest, part, max_bytes=self.max_image_bytes)
-            size = await trio.to_thread.run_sync(_verify_download, part, digest)
+            size = await trio.to_thread.run_sync(verify_download, part, digest)
             self._make_room(size, digest)
             # Reserved while the rename runs, so concurrent installs see the
             # space as taken, but nobody sees the image before its file exists.
             self._reserved_bytes += size
             try:
-                inode = await trio.to_thread.run_sync(_commit, part, final)
+                inode = await trio.to_thread.run_sync(commit, part, final)
             finally:
                 self._reserved_bytes -= size
-            self._disk[digest] = _DiskImage(digest, final, size, inode)
+            self._disk[digest] = DiskImage(digest, final, size, inode)
             self._stats.bytes_fetched += size
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -457,7 +417,7 @@ class ImageStore:
             raise CacheError(f"cannot install image {digest}: {exc}") from exc
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_unlink_quietly, part)
+                await trio.to_thread.run_sync(unlink_quietly, part)
 
     def _make_room(self, size: int, digest: str) -> None:
         if size > self.disk_budget_bytes:
@@ -478,7 +438,7 @@ class ImageStore:
                 f"{self.disk_budget_bytes} bytes used, {pinned} by images in use"
             )
 
-    def _evict(self, image: _DiskImage) -> None:
+    def _evict(self, image: DiskImage) -> None:
         del self._disk[image.digest]
         self._forget_mapping(image)
         image.path.unlink(missing_ok=True)
@@ -496,14 +456,14 @@ class ImageStore:
                 mapped -= image.size
                 self._stats.memory_evictions += 1
 
-    def _forget_mapping(self, image: _DiskImage) -> None:
+    def _forget_mapping(self, image: DiskImage) -> None:
         if self._memory.get(image.digest) is image:
             del self._memory[image.digest]
         if image.pins == 0 and image.reader is not None:
             image.reader.close()
             image.reader = None
 
-    def _unpin(self, image: _DiskImage) -> None:
+    def _unpin(self, image: DiskImage) -> None:
         image.pins -= 1
         if image.pins:
             return
@@ -512,25 +472,14 @@ class ImageStore:
         else:
             self._evict_memory()
 
-    def _quarantine(self, image: _DiskImage, reason: str) -> None:
+    def _quarantine(self, image: DiskImage, reason: str) -> None:
         if self._disk.get(image.digest) is image:
             del self._disk[image.digest]
         self._forget_mapping(image)
-        self._move_to_quarantine(image.path, reason)
+        self.files.quarantine(image.path, reason)
         self._stats.quarantined += 1
 
-    def _move_to_quarantine(self, path: Path, reason: str) -> None:
-        log.error("quarantining image %s: %s", path.name, reason)
-        target = self.quarantine_dir / f"{path.name}.{secrets.token_hex(3)}"
-        try:
-            os.rename(path, target)
-        except FileNotFoundError:
-            return
-        kept = sorted(self.quarantine_dir.iterdir(), key=_mtime)
-        for old in kept[: max(0, len(kept) - self.quarantine_keep)]:
-            old.unlink(missing_ok=True)
-
-    def _touch(self, image: _DiskImage) -> None:
+    def _touch(self, image: DiskImage) -> None:
         # The file's mtime carries LRU order across restarts; refresh it
         # rarely so hot images do not cost a syscall per request.
         now = trio.current_time()
@@ -540,50 +489,3 @@ class ImageStore:
                 os.utime(image.path)
             except OSError:
                 pass
-
-
-# -- blocking helpers (run in worker threads) ---------------------------------------------
-
-
-def _open_installed(path: Path, digest: str, identity: tuple[int, int]) -> ImageReader:
-    return ImageReader.open(path, expected_digest=digest, verify=False, expected_identity=identity)
-
-
-def _verify_installed(path: Path, digest: str, identity: tuple[int, int]) -> None:
-    # pread-hashed (never through a mapping): a truncation meanwhile is an error.
-    reader = ImageReader.open(path, expected_digest=digest, verify=True, expected_identity=identity)
-    reader.close()
-
-
-def _verify_download(part: Path, digest: str) -> int:
-    index = inspect_image(part, verify=True, follow_symlinks=False)
-    if index.digest != digest:
-        raise DigestMismatch(
-            f"image digest mismatch: expected {digest}, header says {index.digest}"
-        )
-    return index.size
-
-
-def _commit(part: Path, final: Path) -> int:
-    """Rename the verified download into place, read-only; return its inode."""
-    st = os.lstat(part)
-    # Our private copy: nobody (not even we) writes to it again.
-    os.chmod(part, stat.S_IMODE(st.st_mode) & ~0o222)
-    os.rename(part, final)
-    fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return st.st_ino
-
-
-def _unlink_quietly(path: Path) -> None:
-    path.unlink(missing_ok=True)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0

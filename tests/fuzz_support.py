@@ -9,7 +9,7 @@ from the wrong layer…) is a crash.
   ``parse_config``) and ``check_runtimes``; allowed: ``ConfigError``;
 - ``frames``: ``protocol.frames.FrameDecoder`` (instance links, framed
   ingress, scheduler link); allowed: ``ProtocolError``;
-- ``image_index``: ``cache.reader.parse_image_bytes`` (header, index,
+- ``image_index``: ``cache.validate.parse_image_bytes`` (header, index,
   strtab); allowed: ``CacheError``;
 - ``http_head``: an h11 server connection plus ``gateway.routes`` (head,
   route, timeout, bearer, kind); allowed: ``h11.RemoteProtocolError``,
@@ -41,7 +41,7 @@ import h11
 
 from cache.builder import pack_directory
 from cache.errors import CacheError
-from cache.reader import parse_image_bytes
+from cache.validate import parse_image_bytes
 from huselet.config import parse_config
 from huselet.config.limits import parse_toml
 from huselet.errors import ConfigError, HuseletError

@@ -24,6 +24,8 @@ from typing import Any
 
 import trio
 
+from cache.durable import write_atomically
+
 
 class LeaderLock:
     def __init__(self, state_dir: Path) -> None:
@@ -73,11 +75,11 @@ class LeaderLock:
         if self._fd is None:
             raise RuntimeError("only the leader may bump the epoch")
         epoch = self.current_epoch() + 1
-        _write_atomically(self.epoch_path, f"{epoch}\n")
+        write_atomically(self.epoch_path, f"{epoch}\n")
         return epoch
 
     def announce(self, info: dict[str, Any]) -> None:
-        _write_atomically(self.info_path, json.dumps(info, sort_keys=True) + "\n")
+        write_atomically(self.info_path, json.dumps(info, sort_keys=True) + "\n")
 
     def leader_info(self) -> dict[str, Any] | None:
         try:
@@ -85,17 +87,3 @@ class LeaderLock:
         except (FileNotFoundError, ValueError):
             return None
         return data if isinstance(data, dict) else None
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -78,7 +78,7 @@ def _write_zstd(image: Path) -> Path:
     """The transfer copy origins serve: ``<digest>.hlimg.zst`` next to the image."""
     import zstandard
 
-    from cache.reader import inspect_image
+    from cache.validate import inspect_image
 
     target = image.with_name(f"{inspect_image(image).digest}.hlimg.zst")
     tmp = target.with_name(target.name + ".tmp")

@@ -8,7 +8,7 @@ import trio
 
 from cache.errors import FetchError, ImageNotFound
 from cache.origin import ImageSink, Origin
-from cache.reader import inspect_image
+from cache.validate import inspect_image
 from cache.safeio import open_regular
 
 COPY_CHUNK = 1 << 20

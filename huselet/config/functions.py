@@ -224,7 +224,7 @@ def _check_image(ft: ConfigTable, image: Path, module: str, rel: Path, spec_key:
     once, a file truncated meanwhile is an error rather than a SIGBUS.
     """
     from cache.errors import CacheError
-    from cache.reader import inspect_image
+    from cache.validate import inspect_image
 
     try:
         index = inspect_image(image, verify=False)

@@ -11,11 +11,11 @@ session's highest epoch; a WELCOME or command below it is refused.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import trio
 
+from cache.durable import write_atomically
 from huselet.log import get_logger
 
 log = get_logger("fleet")
@@ -52,24 +52,10 @@ class EpochFile:
             if epoch <= self.persisted:
                 return
             try:
-                await trio.to_thread.run_sync(_write, self.path, epoch)
+                await trio.to_thread.run_sync(write_atomically, self.path, f"{epoch}\n")
             except OSError as exc:
                 # Serving goes on; only the protection across a restart is weaker.
                 self.errors += 1
                 log.error("cannot persist the fleet epoch", epoch=epoch, error=str(exc))
                 return
             self.persisted = epoch
-
-
-def _write(path: Path, epoch: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(f"{epoch}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -14,7 +14,8 @@ from cache_testkit import SAMPLE_TREE, make_tree, run_python
 from cache import format as fmt
 from cache.builder import ImageInfo, pack_directory
 from cache.errors import BuildError
-from cache.reader import ImageReader, path_problem
+from cache.reader import ImageReader
+from cache.validate import path_problem
 
 
 def test_packing_twice_gives_identical_bytes(tmp_path: Path, sample_tree: Path) -> None:

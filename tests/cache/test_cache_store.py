@@ -432,7 +432,7 @@ async def test_install_and_scrub_hash_without_mapping(
     tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
 ) -> None:
     """Verification reads with pread: a file shorter than its header says is an error."""
-    from cache.reader import hash_image, inspect_image
+    from cache.validate import hash_image, inspect_image
 
     publish(sample_image.path, served)
     store = await start_store(nursery, tmp_path / "state")
