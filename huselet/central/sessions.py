@@ -30,7 +30,7 @@ from protocol.delta import (
     SchedulerSession,
     SnapshotApplied,
 )
-from protocol.delta.messages import encode_bye
+from protocol.delta.encode import encode_bye
 from protocol.errors import ProtocolError
 
 if TYPE_CHECKING:

@@ -8,12 +8,15 @@ PROTOCOL.md beside this package is the specification.
 
 Modules, one job each:
 
-- :mod:`~protocol.delta.messages` — wire messages, limits, validation, encoding
+- :mod:`~protocol.delta.messages` — tags, limits and the typed wire messages
+- :mod:`~protocol.delta.decode` — field validation, frame → message
+- :mod:`~protocol.delta.encode` — message → frame; items encoded once, frames assembled
 - :mod:`~protocol.delta.replay` — bounded replay buffer of sent sequenced frames
 - :mod:`~protocol.delta.resources` — versioned resource store, digest
 - :mod:`~protocol.delta.batch` — node-side coalescing of changes into batches
 - :mod:`~protocol.delta.results` — bounded command result table (exactly-once effect)
 - :mod:`~protocol.delta.nodestate` — :class:`NodeState` (durable across reconnects), config
+- :mod:`~protocol.delta.session` — what both machines share (IO plumbing, :class:`Phase`)
 - :mod:`~protocol.delta.node` — :class:`NodeSession`, the node's machine
 - :mod:`~protocol.delta.fleet` — :class:`FleetState`, the scheduler's per-node records
 - :mod:`~protocol.delta.scheduler` — :class:`SchedulerSession`, one per connection

@@ -20,10 +20,14 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgpack
 
+from protocol.delta.encode import (
+    encode_control,
+    encode_item,
+)
 from protocol.delta.errors import CommandBacklogFull, DeltaUsageError
 from protocol.delta.messages import (
     CMD,
@@ -32,14 +36,25 @@ from protocol.delta.messages import (
     MAX_KIND_LEN,
     MIN_MAX_FRAME,
     SUPPORTED_FEATURES,
-    encode_control,
-    encode_item,
 )
 from protocol.delta.replay import ReplayBuffer
 from protocol.delta.resources import ResourceStore
 
-if TYPE_CHECKING:
-    from protocol.delta.scheduler import SchedulerSession
+
+class NodeLink(Protocol):
+    """The open connection of a node, as its record sees it (a ``SchedulerSession``).
+
+    A Protocol, so this module does not import the session's (which imports it).
+    """
+
+    @property
+    def established(self) -> bool: ...
+
+    def send_sequenced(self, frame: bytes) -> None:
+        """Queue a sequenced frame (already in the record's replay buffer)."""
+
+    def supersede(self, reason: str) -> None:
+        """Another connection of the node took over (or it was forgotten): close."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +142,7 @@ class NodeRecord:
         self.inflight = 0
         self.window = 0  # from the node's HELLO; nothing is sent before one
         self.peer_max_frame = MIN_MAX_FRAME
-        self.session: SchedulerSession | None = None
+        self.session: NodeLink | None = None
         self.last_seen = 0.0
         self.alive = False
 
@@ -171,7 +186,7 @@ class FleetState:
             raise DeltaUsageError(f"cmd_id must be 1..{MAX_ID_LEN} characters")
         body = {} if body is None else body
         encode_item(self._packer, body, f"command {cmd_id}")  # refuse what the node would
-        record = self.records.get(node_id) or self._create(node_id)
+        record = self.record(node_id)
         if cmd_id in record.pending:
             return cmd_id
         if len(record.pending) >= self.config.max_pending:
@@ -203,7 +218,11 @@ class FleetState:
         cfg = self.config
         return f"{cfg.scheduler_id}/{cfg.epoch}/{next(self._stream_ids)}"
 
-    def _create(self, node_id: str) -> NodeRecord:
+    def record(self, node_id: str) -> NodeRecord:
+        """The node's record, created on first sight; refused past ``max_nodes``."""
+        record = self.records.get(node_id)
+        if record is not None:
+            return record
         if len(self.records) >= self.config.max_nodes:
             raise DeltaUsageError(f"fleet already tracks {self.config.max_nodes} nodes")
         record = self.records[node_id] = NodeRecord(node_id, self.new_cmd_stream(), self.config)

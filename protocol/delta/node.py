@@ -27,13 +27,15 @@ batcher instead of filling the replay buffer.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from protocol.delta.batch import PendingDelta
+from protocol.delta.encode import (
+    assemble,
+    encode_hello,
+    encode_item,
+)
 from protocol.delta.errors import (
-    AckOutOfRange,
-    DeltaProtocolError,
     ResumeMismatch,
     SequenceGap,
     StaleEpoch,
@@ -74,40 +76,26 @@ from protocol.delta.messages import (
     Message,
     Resync,
     Welcome,
-    assemble,
-    decode_message,
-    encode_bye,
-    encode_heartbeat,
-    encode_hello,
-    encode_item,
 )
 from protocol.delta.nodestate import NodeConfig, NodeState
 from protocol.delta.resources import ResourceStore
-from protocol.errors import ProtocolError
-from protocol.frames import FrameDecoder
-
-_IDLE, _HANDSHAKE, _ESTABLISHED, _CLOSED = "idle", "handshake", "established", "closed"
+from protocol.delta.session import Phase, SessionBase, check_ack
 
 
-class NodeSession:
+class NodeSession(SessionBase[NodeEvent]):
     """The node's sans-IO protocol machine (see the module docstring for driving it)."""
 
     def __init__(self, config: NodeConfig, *, state: NodeState | None = None) -> None:
         if state is not None and state.config != config:
             raise ValueError("state belongs to a different configuration")
+        super().__init__(Phase.IDLE, 0.0)
         self.config = config
         self.state = state if state is not None else NodeState(config)
-        self._events: deque[NodeEvent] = deque()
-        self._phase = _IDLE
-        self._now = 0.0
         self._reset_connection()
 
     def _reset_connection(self) -> None:
-        self._decoder = FrameDecoder(max_frame=self.config.max_frame)
-        self._out = bytearray()
-        self._error: ProtocolError | None = None
-        self._connected_at = self._last_recv = self._last_sent = 0.0
-        self._ack_sent = 0
+        self._open_link(self.config.max_frame, 0.0)
+        self._connected_at = 0.0
         self._scheduler_id = ""
         self._heartbeat = self._lease_ttl = self._dead_after = 0.0
         self._peer_max_frame = MIN_MAX_FRAME
@@ -117,13 +105,9 @@ class NodeSession:
     # --- properties -------------------------------------------------------------
 
     @property
-    def phase(self) -> str:
+    def phase(self) -> Phase:
         """``idle`` | ``handshake`` | ``established`` | ``closed`` (awaiting connection_lost)."""
         return self._phase
-
-    @property
-    def established(self) -> bool:
-        return self._phase == _ESTABLISHED
 
     @property
     def lease_held(self) -> bool:
@@ -137,10 +121,10 @@ class NodeSession:
 
     def connect(self, now: float) -> None:
         """A new transport connection is up: queue HELLO."""
-        if self._phase != _IDLE:
+        if self._phase != Phase.IDLE:
             self.connection_lost(now)
         self._now = self._connected_at = now
-        self._phase = _HANDSHAKE
+        self._phase = Phase.HANDSHAKE
         st, cfg = self.state, self.config
         hello = Hello(
             proto=PROTO_VERSION,
@@ -162,53 +146,16 @@ class NodeSession:
     def connection_lost(self, now: float) -> None:
         """The transport is gone; durable state is kept for the next connect."""
         self._now = now
-        self._phase = _IDLE
+        self._phase = Phase.IDLE
         self._reset_connection()
-
-    def receive_data(self, data: bytes, now: float) -> None:
-        if self._phase not in (_HANDSHAKE, _ESTABLISHED) or self._error is not None:
-            return  # late bytes of a connection we already gave up on
-        self._now = now
-        self._decoder.receive_data(data)
-
-    def data_to_send(self) -> bytes:
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def next_event(self) -> NodeEvent | None:
-        """Next event, or None when more bytes (or a tick) are needed.
-
-        Raises a :class:`~protocol.errors.ProtocolError` subclass when the peer
-        broke the protocol (after first returning events that preceded it); the
-        IO layer then sends ``data_to_send()`` (a ``bye``), closes, and calls
-        :meth:`connection_lost`.
-        """
-        if not self._events and self._error is None:
-            try:
-                while self._phase in (_HANDSHAKE, _ESTABLISHED) and not self._events:
-                    msg = self._decoder.next_frame()
-                    if msg is None:
-                        break
-                    self._handle(decode_message(msg))
-            except ProtocolError as exc:
-                self._error = exc
-                self._phase = _CLOSED
-                if isinstance(exc, DeltaProtocolError):
-                    self._out += encode_bye(exc.code, str(exc))
-        if self._events:
-            return self._events.popleft()
-        if self._error is not None:
-            raise self._error
-        return None
 
     def tick(self, now: float) -> None:
         """Run timers: batch flush, heartbeat, handshake/link timeouts, lease expiry."""
         self._now = now
         st, cfg = self.state, self.config
-        if self._phase == _HANDSHAKE and now >= self._connected_at + cfg.handshake_timeout:
+        if self._phase == Phase.HANDSHAKE and now >= self._connected_at + cfg.handshake_timeout:
             self._close("no welcome within handshake_timeout", "handshake_timeout")
-        elif self._phase == _ESTABLISHED:
+        elif self._phase == Phase.ESTABLISHED:
             if now >= self._last_recv + self._dead_after:
                 self._close("scheduler silent for too long", "link_timeout")
             else:
@@ -225,9 +172,9 @@ class NodeSession:
         """When :meth:`tick` must run next (None: nothing timed is pending)."""
         st = self.state
         deadlines = [st.lease_deadline] if st.lease_held else []
-        if self._phase == _HANDSHAKE:
+        if self._phase == Phase.HANDSHAKE:
             deadlines.append(self._connected_at + self.config.handshake_timeout)
-        elif self._phase == _ESTABLISHED:
+        elif self._phase == Phase.ESTABLISHED:
             deadlines.append(self._last_recv + self._dead_after)
             deadlines.append(self._last_sent + self._heartbeat)
             due = st.batch.due_at(self.config.max_batch_delay)
@@ -257,7 +204,7 @@ class NodeSession:
     def flush(self, now: float) -> None:
         """Put every pending change on the stream now (if established)."""
         self._now = now
-        if self._phase == _ESTABLISHED:
+        if self._phase == Phase.ESTABLISHED:
             self._flush()
 
     def complete_command(self, cmd_id: str, result: Any, now: float, *, ok: bool = True) -> None:
@@ -283,7 +230,7 @@ class NodeSession:
     # --- receiving ------------------------------------------------------------------
 
     def _handle(self, m: Message) -> None:
-        if self._phase == _HANDSHAKE:
+        if self._phase == Phase.HANDSHAKE:
             if isinstance(m, Welcome):
                 self._on_welcome(m)
             elif isinstance(m, Bye):
@@ -294,7 +241,7 @@ class NodeSession:
         if isinstance(m, Command):
             self._on_command(m)
         elif isinstance(m, Heartbeat):
-            self._check_ack(m.ack)
+            check_ack(self.state.replay, m.ack, "scheduler")
             if m.seq > self.state.cmd_applied:
                 # Progress mark: the scheduler sent frames we never got (tail loss).
                 raise SequenceGap(f"scheduler sent up to {m.seq}; applied {self.state.cmd_applied}")
@@ -337,7 +284,7 @@ class NodeSession:
         if w.cmd_mode == CMD_RESET:
             st.cmd_stream = w.cmd_stream
             st.cmd_applied = w.cmd_from - 1
-        self._phase = _ESTABLISHED
+        self._phase = Phase.ESTABLISHED
         self._last_sent = self._now
         self._events.append(Connected(w.scheduler_id, w.epoch, w.mode, w.cmd_mode))
         self._renew()
@@ -352,7 +299,7 @@ class NodeSession:
 
     def _on_command(self, c: Command) -> None:
         st = self.state
-        self._check_ack(c.ack)
+        check_ack(st.replay, c.ack, "scheduler")
         if c.seq <= st.cmd_applied:
             return  # duplicate of an applied frame
         if c.seq != st.cmd_applied + 1:
@@ -382,13 +329,7 @@ class NodeSession:
 
     def _on_bye(self, m: Bye) -> None:
         self._events.append(CloseConnection(f"scheduler closed: {m.message}", m.code, m.leader))
-        self._phase = _CLOSED
-
-    def _check_ack(self, ack: int) -> None:
-        replay = self.state.replay
-        if ack > replay.last_seq:
-            raise AckOutOfRange(f"scheduler acked {ack}; we sent up to {replay.last_seq}")
-        replay.ack(ack)
+        self._shut()
 
     def _renew(self) -> None:
         """A valid scheduler frame arrived: the link lives and the lease extends."""
@@ -401,15 +342,10 @@ class NodeSession:
 
     # --- sending ----------------------------------------------------------------------
 
-    def _close(self, reason: str, code: str) -> None:
-        self._events.append(CloseConnection(reason, code))
-        self._out += encode_bye(code, reason)
-        self._phase = _CLOSED
-
     def _maybe_flush(self, now: float) -> None:
         self._now = now
         batch, cfg = self.state.batch, self.config
-        if self._phase == _ESTABLISHED and (
+        if self._phase == Phase.ESTABLISHED and (
             len(batch) >= cfg.max_batch_items or batch.nbytes >= cfg.max_batch_bytes
         ):
             self._flush()
@@ -417,9 +353,7 @@ class NodeSession:
     def _send_heartbeat(self) -> None:
         st = self.state
         state = st.store.state() if self._digest_on else None
-        self._out += encode_heartbeat(st.replay.last_seq, st.cmd_applied, state)
-        self._ack_sent = st.cmd_applied
-        self._last_sent = self._now
+        self._queue_heartbeat(st.replay.last_seq, st.cmd_applied, state)
 
     def _send_sequenced(self, fields: list[tuple[str, Any]], arrays: list[Any]) -> None:
         st = self.state
@@ -428,8 +362,7 @@ class NodeSession:
         frame = assemble(head, arrays, self._peer_max_frame)
         st.replay.append(seq, frame)
         self._out += frame
-        self._ack_sent = st.cmd_applied
-        self._last_sent = self._now
+        self._sent(st.cmd_applied)
 
     def _emit_batch(self, deltas: list[bytes], results: list[bytes]) -> None:
         fields: list[tuple[str, Any]] = [("t", BATCH)]

@@ -17,6 +17,8 @@ from typing import Any
 import msgpack
 
 from protocol.delta.batch import DeltaBatcher
+from protocol.delta.decode import check_name
+from protocol.delta.encode import encode_item
 from protocol.delta.errors import DeltaUsageError, InvalidMessage, TooManyResources
 from protocol.delta.messages import (
     DEFAULT_MAX_FRAME,
@@ -25,8 +27,6 @@ from protocol.delta.messages import (
     MAX_ITEM_BYTES,
     MIN_MAX_FRAME,
     SUPPORTED_FEATURES,
-    check_name,
-    encode_item,
 )
 from protocol.delta.replay import ReplayBuffer
 from protocol.delta.resources import ResourceStore

@@ -21,12 +21,17 @@ How an IO layer drives it::
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
+from protocol.delta.decode import (
+    check_delta,
+    check_result,
+)
+from protocol.delta.encode import (
+    encode_resync,
+    encode_welcome,
+)
 from protocol.delta.errors import (
-    AckOutOfRange,
-    DeltaProtocolError,
     DeltaUsageError,
     InvalidMessage,
     LimitExceeded,
@@ -39,7 +44,6 @@ from protocol.delta.errors import (
 )
 from protocol.delta.events import (
     Change,
-    CloseConnection,
     CommandCompleted,
     DeltasApplied,
     DigestMismatch,
@@ -62,51 +66,22 @@ from protocol.delta.messages import (
     Message,
     Snap,
     Welcome,
-    check_delta,
-    check_result,
-    decode_message,
-    encode_bye,
-    encode_heartbeat,
-    encode_resync,
-    encode_welcome,
 )
 from protocol.delta.resources import ResourceStore
-from protocol.errors import ProtocolError
-from protocol.frames import FrameDecoder
-
-_AWAIT_HELLO, _ESTABLISHED, _CLOSED = "await_hello", "established", "closed"
+from protocol.delta.session import Phase, SessionBase, check_ack
 
 
-class SchedulerSession:
+class SchedulerSession(SessionBase[SchedulerEvent]):
     """One node connection as seen by the scheduler (see the module docstring)."""
 
-    __slots__ = (
-        "_ack_sent",
-        "_created",
-        "_dead_after",
-        "_decoder",
-        "_digest_on",
-        "_error",
-        "_events",
-        "_last_recv",
-        "_last_sent",
-        "_now",
-        "_out",
-        "_phase",
-        "_record",
-        "fleet",
-    )
+    __slots__ = ("_created", "_dead_after", "_digest_on", "_record", "fleet")
 
     def __init__(self, fleet: FleetState, now: float) -> None:
+        super().__init__(Phase.AWAIT_HELLO, now)
+        self._open_link(fleet.config.max_frame, now)
         self.fleet = fleet
-        self._decoder = FrameDecoder(max_frame=fleet.config.max_frame)
-        self._out = bytearray()
-        self._events: deque[SchedulerEvent] = deque()
-        self._phase = _AWAIT_HELLO
-        self._error: ProtocolError | None = None
         self._record: NodeRecord | None = None
-        self._now = self._created = self._last_recv = self._last_sent = now
-        self._ack_sent = 0
+        self._created = now
         self._digest_on = False
         cfg = fleet.config
         self._dead_after = cfg.silent_heartbeats * cfg.heartbeat_interval
@@ -115,50 +90,15 @@ class SchedulerSession:
     def node_id(self) -> str | None:
         return None if self._record is None else self._record.node_id
 
-    @property
-    def established(self) -> bool:
-        return self._phase == _ESTABLISHED
-
-    # --- IO-facing API ---------------------------------------------------------------
-
-    def receive_data(self, data: bytes, now: float) -> None:
-        if self._phase == _CLOSED or self._error is not None:
-            return
-        self._now = now
-        self._decoder.receive_data(data)
-
-    def data_to_send(self) -> bytes:
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def next_event(self) -> SchedulerEvent | None:
-        """Next event or None; raises a ProtocolError subclass if the node broke the protocol."""
-        if not self._events and self._error is None:
-            try:
-                while self._phase != _CLOSED and not self._events:
-                    msg = self._decoder.next_frame()
-                    if msg is None:
-                        break
-                    self._handle(decode_message(msg))
-            except ProtocolError as exc:
-                self._error = exc
-                self._shut()
-                if isinstance(exc, DeltaProtocolError):
-                    self._out += encode_bye(exc.code, str(exc))
-        if self._events:
-            return self._events.popleft()
-        if self._error is not None:
-            raise self._error
-        return None
+    # --- IO-facing API (receive_data, data_to_send, next_event: SessionBase) ----------
 
     def tick(self, now: float) -> None:
         """Handshake timeout, node silence, heartbeats."""
         self._now = now
         cfg = self.fleet.config
-        if self._phase == _AWAIT_HELLO and now >= self._created + cfg.handshake_timeout:
+        if self._phase == Phase.AWAIT_HELLO and now >= self._created + cfg.handshake_timeout:
             self._close("no hello within handshake_timeout", "handshake_timeout")
-        elif self._phase == _ESTABLISHED:
+        elif self._phase == Phase.ESTABLISHED:
             if now >= self._last_recv + self._dead_after:
                 self._close("node silent for too long", "link_timeout")
             elif now >= self._last_sent + cfg.heartbeat_interval:
@@ -166,9 +106,9 @@ class SchedulerSession:
 
     def next_deadline(self) -> float | None:
         cfg = self.fleet.config
-        if self._phase == _AWAIT_HELLO:
+        if self._phase == Phase.AWAIT_HELLO:
             return self._created + cfg.handshake_timeout
-        if self._phase == _ESTABLISHED:
+        if self._phase == Phase.ESTABLISHED:
             return min(self._last_recv + self._dead_after, self._last_sent + cfg.heartbeat_interval)
         return None
 
@@ -181,19 +121,18 @@ class SchedulerSession:
     def send_sequenced(self, frame: bytes) -> None:
         assert self._record is not None
         self._out += frame
-        self._ack_sent = self._record.n2s_applied
-        self._last_sent = self._now
+        self._sent(self._record.n2s_applied)
 
     def supersede(self, reason: str) -> None:
         """Another connection of the same node took over; this one must close."""
-        if self._phase != _CLOSED:
+        if self._phase != Phase.CLOSED:
             self._record = None  # never touch the record again
             self._close(reason, "superseded")
 
     # --- receiving ------------------------------------------------------------------------
 
     def _handle(self, m: Message) -> None:
-        if self._phase == _AWAIT_HELLO:
+        if self._phase == Phase.AWAIT_HELLO:
             if isinstance(m, Hello):
                 self._on_hello(m)
             elif isinstance(m, Bye):
@@ -208,7 +147,7 @@ class SchedulerSession:
         elif isinstance(m, Snap):
             self._on_snap(record, m)
         elif isinstance(m, Heartbeat):
-            self._check_ack(record, m.ack)
+            check_ack(record.cmd_replay, m.ack, "node")
             if m.seq > record.n2s_applied:
                 raise SequenceGap(f"node sent up to {m.seq}; applied {record.n2s_applied}")
             if m.seq == record.n2s_applied and m.state is not None:
@@ -230,12 +169,10 @@ class SchedulerSession:
             raise UnsupportedFeature(f"node requires feature bits {h.requires:#x}")
         if h.epoch > cfg.epoch:
             raise StaleEpoch(f"node has seen epoch {h.epoch}; we are {cfg.epoch}: step down")
-        record = fleet.records.get(h.node_id)
-        if record is None:
-            try:
-                record = fleet._create(h.node_id)
-            except DeltaUsageError as exc:
-                raise LimitExceeded(str(exc)) from None
+        try:
+            record = fleet.record(h.node_id)
+        except DeltaUsageError as exc:
+            raise LimitExceeded(str(exc)) from None
         if record.session is not None and record.session is not self:
             record.session.supersede("a newer connection of this node took over")
         if record.boot_id != h.boot_id:
@@ -286,7 +223,7 @@ class SchedulerSession:
             max_frame=cfg.max_frame,
         )
         self._out += encode_welcome(welcome, h.max_frame)
-        self._phase = _ESTABLISHED
+        self._phase = Phase.ESTABLISHED
         self._last_recv = record.last_seen = self._now
         record.alive = True
         self._events.append(NodeConnected(h.node_id, h.boot_id, welcome.mode, welcome.cmd_mode))
@@ -306,7 +243,7 @@ class SchedulerSession:
             return False
         if seq != record.n2s_applied + 1:
             raise SequenceGap(f"node frame seq {seq}, expected {record.n2s_applied + 1}")
-        self._check_ack(record, ack)
+        check_ack(record.cmd_replay, ack, "node")
         return True
 
     def _on_batch(self, record: NodeRecord, b: Batch) -> None:
@@ -374,12 +311,6 @@ class SchedulerSession:
             self.fleet.redeliver(record)
         self._maybe_ack(record)
 
-    def _check_ack(self, record: NodeRecord, ack: int) -> None:
-        replay = record.cmd_replay
-        if ack > replay.last_seq:
-            raise AckOutOfRange(f"node acked {ack}; we sent up to {replay.last_seq}")
-        replay.ack(ack)
-
     def _check_digest(self, record: NodeRecord, state: tuple[bytes, int], seq: int) -> None:
         if not self._digest_on or record.awaiting_snapshot or record.staging is not None:
             return
@@ -401,17 +332,10 @@ class SchedulerSession:
     def _send_heartbeat(self) -> None:
         record = self._record
         assert record is not None
-        self._out += encode_heartbeat(record.cmd_replay.last_seq, record.n2s_applied, None)
-        self._ack_sent = record.n2s_applied
-        self._last_sent = self._now
-
-    def _close(self, reason: str, code: str) -> None:
-        self._events.append(CloseConnection(reason, code))
-        self._out += encode_bye(code, reason)
-        self._shut()
+        self._queue_heartbeat(record.cmd_replay.last_seq, record.n2s_applied, None)
 
     def _shut(self) -> None:
-        self._phase = _CLOSED
+        super()._shut()
         record = self._record
         if record is not None and record.session is self:
             record.session = None

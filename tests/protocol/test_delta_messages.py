@@ -21,14 +21,18 @@ from protocol.delta import (
     SnapshotMismatch,
     UnexpectedMessage,
 )
+from protocol.delta.decode import (
+    check_delta,
+    decode_message,
+)
+from protocol.delta.encode import (
+    assemble,
+    encode_item,
+)
 from protocol.delta.messages import (
     MAX_ITEM_BYTES,
     Batch,
     Welcome,
-    assemble,
-    check_delta,
-    decode_message,
-    encode_item,
 )
 from protocol.errors import FrameTooLarge, MalformedFrame, ProtocolError
 from protocol.frames import encode_frame

@@ -7,8 +7,8 @@ import random
 import msgpack
 
 from protocol.delta import NodeConfig, NodeSession, SchedulerAddressRotation
+from protocol.delta.encode import encode_bye
 from protocol.delta.events import CloseConnection
-from protocol.delta.messages import encode_bye
 
 
 def test_the_node_surfaces_the_leader_hint_of_a_bye() -> None:
