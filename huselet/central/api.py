@@ -20,10 +20,16 @@ from typing import Any
 
 import trio
 
+from huselet.central.errors import (
+    CentralError,
+    Deposed,
+    NotLeader,
+    PlacementError,
+    StoreUnavailable,
+)
 from huselet.central.etcd import EtcdError
-from huselet.central.placement import NodeInfo, PlacementError, choose_nodes, reserved_by_node
-from huselet.central.server import CentralScheduler, NotLeader
-from huselet.central.store import Deposed, StoreUnavailable
+from huselet.central.placement import NodeInfo, choose_nodes, reserved_by_node
+from huselet.central.server import CentralScheduler
 from protocol.delta import CommandBacklogFull, DeltaUsageError
 
 FUNCTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # as in huselet.config
@@ -32,7 +38,7 @@ MAX_WAIT_S = 60.0
 NODE_COMMANDS = {"drain": "drain", "undrain": "undrain", "prefetch": "prefetch_images"}
 
 
-class ApiError(Exception):
+class ApiError(CentralError):
     def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status = status

@@ -18,17 +18,14 @@ from typing import Any, Protocol
 
 import trio
 
-from huselet.central.election import Election, LeadershipLost
+from huselet.central.election import Election
+from huselet.central.errors import LeadershipLost, StateInUse
 from huselet.central.etcd import EtcdClient
 from huselet.central.journal import Journal
 from huselet.central.leader import LeaderLock
 from huselet.central.store import EtcdStore, JournalStore, StateStore
 
 __all__ = ["Backend", "EtcdBackend", "LeadershipLost", "LocalBackend", "StateInUse"]
-
-
-class StateInUse(Exception):
-    """Another scheduler already runs on this local state directory."""
 
 
 class Backend(Protocol):

@@ -36,8 +36,9 @@ import trio
 
 from huselet.central.admin import AdminHttp
 from huselet.central.api import FleetApi
-from huselet.central.backend import Backend, EtcdBackend, LocalBackend, StateInUse
+from huselet.central.backend import Backend, EtcdBackend, LocalBackend
 from huselet.central.embedded import EtcdNotInstalled, PrivateEtcd, etcd_binary
+from huselet.central.errors import StateInUse
 from huselet.central.etcd import EtcdClient
 from huselet.central.leader import LeaderLock
 from huselet.central.server import CentralScheduler, CentralSettings

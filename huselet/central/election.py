@@ -34,6 +34,7 @@ from typing import Any
 
 import trio
 
+from huselet.central.errors import LeadershipLost
 from huselet.central.etcd import (
     Compare,
     CompareResult,
@@ -50,10 +51,6 @@ from huselet.log import get_logger
 log = get_logger("central.election")
 
 RETRY_S = 0.2  # after an etcd error while campaigning
-
-
-class LeadershipLost(Exception):
-    """The lease could not be renewed in time: this process no longer leads."""
 
 
 @dataclass

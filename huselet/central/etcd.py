@@ -27,7 +27,7 @@ import json
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, auto
 from typing import Any
 
 import httpx
@@ -81,9 +81,17 @@ class KeyValue:
     lease: int = 0
 
 
-class EventType(Enum):
-    PUT = "PUT"
-    DELETE = "DELETE"
+class _Named(Enum):
+    """Members whose value is their own name: the gateway's JSON spells enums so."""
+
+    @staticmethod
+    def _generate_next_value_(name: str, start: int, count: int, last_values: list[Any]) -> str:
+        return name
+
+
+class EventType(_Named):
+    PUT = auto()
+    DELETE = auto()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,18 +115,18 @@ class TxnResult:
         return out
 
 
-class Target(Enum):
-    VERSION = "VERSION"
-    CREATE = "CREATE"
-    MOD = "MOD"
-    VALUE = "VALUE"
+class Target(_Named):
+    VERSION = auto()
+    CREATE = auto()
+    MOD = auto()
+    VALUE = auto()
 
 
-class CompareResult(Enum):
-    EQUAL = "EQUAL"
-    GREATER = "GREATER"
-    LESS = "LESS"
-    NOT_EQUAL = "NOT_EQUAL"
+class CompareResult(_Named):
+    EQUAL = auto()
+    GREATER = auto()
+    LESS = auto()
+    NOT_EQUAL = auto()
 
 
 _TARGET_FIELD = {

@@ -23,14 +23,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from huselet.central.errors import PlacementError
 from huselet.central.journal import FunctionEntry
 
 DEFAULT_MEMORY_MB = 256
 RETRY_FAILED_S = 30.0
-
-
-class PlacementError(Exception):
-    """No (or not enough) nodes can take the function."""
 
 
 @dataclass(frozen=True)

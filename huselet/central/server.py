@@ -34,11 +34,11 @@ from typing import Any
 
 import trio
 
-from huselet.central.backend import Backend, LeadershipLost, LocalBackend
+from huselet.central.backend import Backend, LocalBackend
 from huselet.central.counters import CentralCounter
+from huselet.central.errors import Deposed, LeadershipLost, NotLeader
 from huselet.central.placement import Reported, reconcile
 from huselet.central.sessions import NodeConn, serve_node
-from huselet.central.store import Deposed
 from huselet.log import get_logger
 from protocol.delta import (
     CommandBacklogFull,
@@ -52,10 +52,6 @@ log = get_logger("central")
 
 RESULTS_KEPT = 4096
 SHUTDOWN_GRACE_S = 1.0
-
-
-class NotLeader(Exception):
-    """A mutation was asked of a standby."""
 
 
 @dataclass(frozen=True)
@@ -269,11 +265,8 @@ class CentralScheduler:
         cmd = self.store.state.pending.get(event.cmd_id)
         self._record_done(event.cmd_id, event.status)
         self.counters[CentralCounter.RESULTS.by(event.status)] += 1
-        self.results[event.cmd_id] = {
-            "node": event.node_id,
-            "status": event.status,
-            "result": event.result,
-        }
+        outcome = {"node": event.node_id, "status": event.status, "result": event.result}
+        self.results[event.cmd_id] = outcome
         while len(self.results) > RESULTS_KEPT:
             self.results.popitem(last=False)
         if cmd is not None and cmd.function is not None:
@@ -286,13 +279,7 @@ class CentralScheduler:
             else:
                 failed.pop(cmd.function, None)
         if event.status != "ok":
-            log.warning(
-                "command failed on node",
-                node=event.node_id,
-                cmd_id=event.cmd_id,
-                status=event.status,
-                result=event.result,
-            )
+            log.warning("command failed on node", cmd_id=event.cmd_id, **outcome)
         self._mark(event.node_id)
 
     # --- commands and reconciliation -----------------------------------------------------------

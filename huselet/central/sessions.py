@@ -197,51 +197,60 @@ def _process(central: CentralScheduler, conn: NodeConn) -> None:
 
 
 def _on_event(central: CentralScheduler, conn: NodeConn, event: SchedulerEvent) -> None:
-    assert central.fleet is not None
     if isinstance(event, DeltasApplied):
-        reported = central.reported.setdefault(event.node_id, {})
-        changed = False
-        for c in event.changes:
-            if c.kind == "function":
-                changed = True
-                if c.removed:
-                    reported.pop(c.name, None)
-                else:
-                    reported[c.name] = _reported(c.body)
-        central.counters[CentralCounter.DELTAS_APPLIED] += len(event.changes)
-        if changed:
-            central.mark(event.node_id)
+        _deltas_applied(central, event)
     elif isinstance(event, CommandCompleted):
         central.command_completed(event)
     elif isinstance(event, NodeConnected):
-        conn.node_id = event.node_id
-        old = central.by_node.get(event.node_id)
-        central.by_node[event.node_id] = conn
-        if old is not None and old is not conn:
-            old.wake()  # superseded: its session holds a bye to send
-        central.counters[CentralCounter.CONNECTS.by(event.mode)] += 1
-        log.info(
-            "node connected",
-            node=event.node_id,
-            boot=event.boot_id,
-            mode=event.mode,
-            cmd_mode=event.cmd_mode,
-        )
-        central.mark(event.node_id)
+        _node_connected(central, conn, event)
     elif isinstance(event, SnapshotApplied):
-        view = central.fleet.view(event.node_id)
-        central.reported[event.node_id] = {
-            name: _reported(body)
-            for kind, name, _, body in (view.entries() if view is not None else ())
-            if kind == "function"
-        }
-        central.counters[CentralCounter.SNAPSHOTS] += 1
-        central.mark(event.node_id)
+        _snapshot_applied(central, event)
     elif isinstance(event, DigestMismatch):
         central.counters[CentralCounter.DIGEST_MISMATCHES] += 1
         log.warning("node state digest mismatch; resync requested", node=event.node_id)
     elif isinstance(event, CloseConnection):
         conn.closing = True
+
+
+def _node_connected(central: CentralScheduler, conn: NodeConn, e: NodeConnected) -> None:
+    """The handshake completed: this connection now carries the node's commands."""
+    conn.node_id = e.node_id
+    old = central.by_node.get(e.node_id)
+    central.by_node[e.node_id] = conn
+    if old is not None and old is not conn:
+        old.wake()  # superseded: its session holds a bye to send
+    central.counters[CentralCounter.CONNECTS.by(e.mode)] += 1
+    log.info("node connected", node=e.node_id, boot=e.boot_id, mode=e.mode, cmd_mode=e.cmd_mode)
+    central.mark(e.node_id)
+
+
+def _deltas_applied(central: CentralScheduler, event: DeltasApplied) -> None:
+    """Fold the node's reported function changes into what placement sees."""
+    reported = central.reported.setdefault(event.node_id, {})
+    changed = False
+    for c in event.changes:
+        if c.kind == "function":
+            changed = True
+            if c.removed:
+                reported.pop(c.name, None)
+            else:
+                reported[c.name] = _reported(c.body)
+    central.counters[CentralCounter.DELTAS_APPLIED] += len(event.changes)
+    if changed:
+        central.mark(event.node_id)
+
+
+def _snapshot_applied(central: CentralScheduler, event: SnapshotApplied) -> None:
+    """The node's whole view was replaced: rebuild its reported functions from it."""
+    assert central.fleet is not None
+    view = central.fleet.view(event.node_id)
+    central.reported[event.node_id] = {
+        name: _reported(body)
+        for kind, name, _, body in (view.entries() if view is not None else ())
+        if kind == "function"
+    }
+    central.counters[CentralCounter.SNAPSHOTS] += 1
+    central.mark(event.node_id)
 
 
 def _reported(body: Any) -> Reported:

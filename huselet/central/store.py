@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import trio
 
 from huselet.central.election import Election
+from huselet.central.errors import Deposed, StoreUnavailable
 from huselet.central.etcd import EtcdClient, Op
 from huselet.central.journal import DesiredState, FunctionEntry, Journal, PendingCommand
 from huselet.log import get_logger
@@ -48,14 +49,6 @@ MAX_TXN_OPS = 100  # etcd's default --max-txn-ops is 128
 MAX_TXN_BYTES = 1 << 20  # etcd's default request limit is 1.5 MiB
 COMPACT_EVERY = 5000
 KEEP_REVISIONS = 1000
-
-
-class Deposed(Exception):
-    """A write was refused because this process no longer leads (fenced by etcd)."""
-
-
-class StoreUnavailable(Exception):
-    """The store could not be written in time; nothing was applied."""
 
 
 class StateStore(Protocol):

@@ -19,14 +19,10 @@ import msgpack
 
 from protocol.delta.errors import DeltaUsageError, ResourceTooLarge
 from protocol.delta.messages import (
-    BYE,
-    HB,
-    HELLO,
     MAX_ITEM_BYTES,
     MAX_REASON_LEN,
-    RESYNC,
-    WELCOME,
     Hello,
+    Tag,
     Welcome,
 )
 from protocol.errors import FrameTooLarge
@@ -43,14 +39,14 @@ def encode_control(fields: dict[str, Any], max_frame: int) -> bytes:
 
 
 def encode_hello(h: Hello, max_frame: int) -> bytes:
-    return encode_frame(_handshake_fields(HELLO, h), max_frame=max_frame)
+    return encode_frame(_handshake_fields(Tag.HELLO, h), max_frame=max_frame)
 
 
 def encode_welcome(w: Welcome, max_frame: int) -> bytes:
-    return encode_frame(_handshake_fields(WELCOME, w), max_frame=max_frame)
+    return encode_frame(_handshake_fields(Tag.WELCOME, w), max_frame=max_frame)
 
 
-def _handshake_fields(tag: str, message: Hello | Welcome) -> dict[str, Any]:
+def _handshake_fields(tag: Tag, message: Hello | Welcome) -> dict[str, Any]:
     """The frame map of a HELLO or WELCOME: ``t``, then every field in declaration order.
 
     The order is the wire order (PROTOCOL.md's test vectors are byte-exact); the
@@ -67,21 +63,21 @@ def _handshake_fields(tag: str, message: Hello | Welcome) -> dict[str, Any]:
 
 
 def encode_heartbeat(seq: int, ack: int, state: tuple[bytes, int] | None) -> bytes:
-    fields: dict[str, Any] = {"t": HB, "seq": seq, "ack": ack}
+    fields: dict[str, Any] = {"t": Tag.HB, "seq": seq, "ack": ack}
     if state is not None:
         fields["digest"], fields["count"] = state
     return encode_frame(fields)
 
 
 def encode_bye(code: str, message: str, leader: str | None = None) -> bytes:
-    frame = {"t": BYE, "code": code, "message": message[:MAX_REASON_LEN]}
+    frame = {"t": Tag.BYE, "code": code, "message": message[:MAX_REASON_LEN]}
     if leader is not None:
         frame["leader"] = leader
     return encode_frame(frame)
 
 
 def encode_resync(reason: str) -> bytes:
-    return encode_frame({"t": RESYNC, "reason": reason[:MAX_REASON_LEN]})
+    return encode_frame({"t": Tag.RESYNC, "reason": reason[:MAX_REASON_LEN]})
 
 
 def encode_item(packer: msgpack.Packer, obj: Any, what: str) -> bytes:

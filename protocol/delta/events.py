@@ -87,8 +87,14 @@ class SnapshotSent:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeConnected:
+class OfNode:
+    """Base of the scheduler-side events: each one is about the node ``node_id``."""
+
     node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConnected(OfNode):
     boot_id: str
     mode: str
     cmd_mode: str
@@ -105,34 +111,30 @@ class Change(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class DeltasApplied:
-    node_id: str
+class DeltasApplied(OfNode):
     seq: int
     changes: list[Change]
 
 
 @dataclass(frozen=True, slots=True)
-class SnapshotApplied:
+class SnapshotApplied(OfNode):
     """The node's view was replaced atomically by a complete snapshot."""
 
-    node_id: str
     count: int
     rev: int
 
 
 @dataclass(frozen=True, slots=True)
-class CommandCompleted:
-    node_id: str
+class CommandCompleted(OfNode):
     cmd_id: str
     status: str  # ok | error | refused | unsupported
     result: Any
 
 
 @dataclass(frozen=True, slots=True)
-class DigestMismatch:
+class DigestMismatch(OfNode):
     """Anti-entropy found the view differs from the node; a resync was requested."""
 
-    node_id: str
     seq: int
 
 

@@ -30,12 +30,12 @@ from protocol.delta.encode import (
 )
 from protocol.delta.errors import CommandBacklogFull, DeltaUsageError
 from protocol.delta.messages import (
-    CMD,
     DEFAULT_MAX_FRAME,
     MAX_ID_LEN,
     MAX_KIND_LEN,
     MIN_MAX_FRAME,
     SUPPORTED_FEATURES,
+    Tag,
 )
 from protocol.delta.replay import ReplayBuffer
 from protocol.delta.resources import ResourceStore
@@ -242,7 +242,7 @@ class FleetState:
             seq = replay.next_seq
             frame = encode_control(
                 {
-                    "t": CMD,
+                    "t": Tag.CMD,
                     "seq": seq,
                     "ack": record.n2s_applied,
                     "epoch": self.config.epoch,

@@ -11,6 +11,7 @@ message classes here (raising :class:`InvalidMessage`), and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Final
 
 PROTO_VERSION: Final = 1
@@ -20,15 +21,19 @@ PROTO_VERSION: Final = 1
 FEATURE_DIGEST: Final = 1 << 0  # digest/count on batch, snapshot-end and heartbeat frames
 SUPPORTED_FEATURES: Final = FEATURE_DIGEST
 
-# Message tags.
-HELLO: Final = "hello"
-WELCOME: Final = "welcome"
-BATCH: Final = "batch"
-SNAP: Final = "snap"
-CMD: Final = "cmd"
-HB: Final = "hb"
-RESYNC: Final = "resync"
-BYE: Final = "bye"
+
+class Tag(StrEnum):
+    """A frame's ``t``: which message it is. A str, so it goes on the wire as-is."""
+
+    HELLO = "hello"
+    WELCOME = "welcome"
+    BATCH = "batch"
+    SNAP = "snap"
+    CMD = "cmd"
+    HB = "hb"
+    RESYNC = "resync"
+    BYE = "bye"
+
 
 MODE_RESUME: Final = "resume"
 MODE_SNAPSHOT: Final = "snapshot"

@@ -55,7 +55,6 @@ from protocol.delta.events import (
     SnapshotSent,
 )
 from protocol.delta.messages import (
-    BATCH,
     CMD_RESET,
     CMD_RESUME,
     COMMAND_KINDS,
@@ -64,7 +63,6 @@ from protocol.delta.messages import (
     MIN_MAX_FRAME,
     MODE_RESUME,
     PROTO_VERSION,
-    SNAP,
     STATUS_ERROR,
     STATUS_OK,
     STATUS_REFUSED,
@@ -75,6 +73,7 @@ from protocol.delta.messages import (
     Hello,
     Message,
     Resync,
+    Tag,
     Welcome,
 )
 from protocol.delta.nodestate import NodeConfig, NodeState
@@ -365,7 +364,7 @@ class NodeSession(SessionBase[NodeEvent]):
         self._sent(st.cmd_applied)
 
     def _emit_batch(self, deltas: list[bytes], results: list[bytes]) -> None:
-        fields: list[tuple[str, Any]] = [("t", BATCH)]
+        fields: list[tuple[str, Any]] = [("t", Tag.BATCH)]
         if self._digest_on:
             digest, count = self.state.store.state()
             fields += [("digest", digest), ("count", count)]
@@ -427,7 +426,7 @@ class NodeSession(SessionBase[NodeEvent]):
         last = len(chunks) - 1
         for part, items in enumerate(chunks):
             fields: list[tuple[str, Any]] = [
-                ("t", SNAP),
+                ("t", Tag.SNAP),
                 ("rev", st.revision),
                 ("part", part),
                 ("last", part == last),

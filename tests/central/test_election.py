@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import trio
 
-from huselet.central.election import Election, LeadershipLost
+from huselet.central.election import Election
 from huselet.central.embedded import PrivateEtcd
+from huselet.central.errors import Deposed, LeadershipLost
 from huselet.central.etcd import EtcdClient
-from huselet.central.store import Deposed, EtcdStore
+from huselet.central.store import EtcdStore
 
 KEY = b"/e/leader"
 

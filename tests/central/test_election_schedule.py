@@ -14,10 +14,11 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from huselet.central.election import Election, LeadershipLost
+from huselet.central.election import Election
 from huselet.central.embedded import PrivateEtcd
+from huselet.central.errors import Deposed, LeadershipLost
 from huselet.central.etcd import EtcdClient, EtcdError
-from huselet.central.store import Deposed, EtcdStore
+from huselet.central.store import EtcdStore
 
 TTL = 2
 ACTIONS = st.lists(
