@@ -8,8 +8,8 @@ import trio
 
 from cache.errors import FetchError, ImageNotFound
 from cache.origin import ImageSink, Origin
-from cache.validate import inspect_image
 from cache.safeio import open_regular
+from cache.validate import inspect_image
 
 COPY_CHUNK = 1 << 20
 

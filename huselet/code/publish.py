@@ -63,8 +63,8 @@ from watchdog.observers.polling import PollingObserver
 from cache import format as fmt
 from cache.errors import CacheError, DigestMismatch, NotRegularFile
 from cache.origin import DirectoryOrigin, Origin
-from cache.validate import inspect_image
 from cache.safeio import describe_mode
+from cache.validate import inspect_image
 from huselet.code.counters import PublishCounter
 from huselet.code.origins import SingleFileOrigin
 from huselet.code.packages import PackageManager
