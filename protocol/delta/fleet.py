@@ -24,10 +24,7 @@ from typing import Any, Protocol
 
 import msgpack
 
-from protocol.delta.encode import (
-    encode_control,
-    encode_item,
-)
+from protocol.delta.encode import encode_control, encode_item
 from protocol.delta.errors import CommandBacklogFull, DeltaUsageError
 from protocol.delta.messages import (
     DEFAULT_MAX_FRAME,

@@ -30,11 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from protocol.delta.batch import PendingDelta
-from protocol.delta.encode import (
-    assemble,
-    encode_hello,
-    encode_item,
-)
+from protocol.delta.encode import assemble, encode_hello, encode_item
 from protocol.delta.errors import (
     ResumeMismatch,
     SequenceGap,

@@ -23,14 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol.delta.decode import (
-    check_delta,
-    check_result,
-)
-from protocol.delta.encode import (
-    encode_resync,
-    encode_welcome,
-)
+from protocol.delta.decode import check_delta, check_result
+from protocol.delta.encode import encode_resync, encode_welcome
 from protocol.delta.errors import (
     DeltaUsageError,
     InvalidMessage,

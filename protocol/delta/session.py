@@ -17,10 +17,7 @@ from enum import StrEnum
 from typing import Generic, TypeVar
 
 from protocol.delta.decode import decode_message
-from protocol.delta.encode import (
-    encode_bye,
-    encode_heartbeat,
-)
+from protocol.delta.encode import encode_bye, encode_heartbeat
 from protocol.delta.errors import AckOutOfRange, DeltaProtocolError
 from protocol.delta.events import CloseConnection, NodeEvent, SchedulerEvent
 from protocol.delta.messages import Message

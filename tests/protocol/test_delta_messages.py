@@ -21,19 +21,9 @@ from protocol.delta import (
     SnapshotMismatch,
     UnexpectedMessage,
 )
-from protocol.delta.decode import (
-    check_delta,
-    decode_message,
-)
-from protocol.delta.encode import (
-    assemble,
-    encode_item,
-)
-from protocol.delta.messages import (
-    MAX_ITEM_BYTES,
-    Batch,
-    Welcome,
-)
+from protocol.delta.decode import check_delta, decode_message
+from protocol.delta.encode import assemble, encode_item
+from protocol.delta.messages import MAX_ITEM_BYTES, Batch, Welcome
 from protocol.errors import FrameTooLarge, MalformedFrame, ProtocolError
 from protocol.frames import encode_frame
 
