@@ -75,6 +75,7 @@ from protocol.delta.resources import ResourceStore, digest_of, entry_hash
 from protocol.delta.results import CommandResultTable
 from protocol.delta.rotation import SchedulerAddressRotation
 from protocol.delta.scheduler import SchedulerSession
+from protocol.delta.session import Phase
 
 __all__ = [
     "COMMAND_KINDS",
@@ -106,6 +107,7 @@ __all__ = [
     "NodeRecord",
     "NodeSession",
     "NodeState",
+    "Phase",
     "ReplayBuffer",
     "ResourceStore",
     "ResourceTooLarge",
