@@ -75,8 +75,16 @@ class NoFunctions:
 
     def __init__(self) -> None:
         self.pools: dict[str, Any] = {}
-        self.on_change: Any = None
         self.function_meta: dict[str, Any] = {}
+
+    def subscribe(self, listener: Callable[..., None]) -> None:
+        pass  # no function ever changes here
+
+    def unsubscribe(self, listener: Callable[..., None]) -> None:
+        pass
+
+    def describe_function(self, name: str) -> dict[str, Any]:
+        return {}
 
 
 def make_link(node_id: str, ports: list[int], **kw: Any) -> SchedulerLink:
