@@ -28,6 +28,7 @@ Modules, one job each:
 from protocol.delta.errors import (
     AckOutOfRange,
     CommandBacklogFull,
+    DeltaError,
     DeltaProtocolError,
     DeltaUsageError,
     InvalidMessage,
@@ -92,6 +93,7 @@ __all__ = [
     "CommandRefused",
     "CommandResultTable",
     "Connected",
+    "DeltaError",
     "DeltaProtocolError",
     "DeltaUsageError",
     "DeltasApplied",

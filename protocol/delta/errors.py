@@ -1,6 +1,7 @@
 """Typed errors of the delta-event state protocol.
 
-Two families, because the caller reacts to them differently:
+One base, :class:`DeltaError`, and two families under it, because the caller
+reacts to them differently:
 
 - :class:`DeltaProtocolError` (a :class:`protocol.errors.ProtocolError`): the
   *peer* (or the link) broke the protocol. The IO layer closes that one
@@ -16,7 +17,11 @@ from __future__ import annotations
 from protocol.errors import MalformedFrame, ProtocolError
 
 
-class DeltaProtocolError(ProtocolError):
+class DeltaError(Exception):
+    """Base of every error the delta-event protocol machines raise."""
+
+
+class DeltaProtocolError(DeltaError, ProtocolError):
     """The peer broke the delta protocol; close this connection only."""
 
     #: Short machine-readable reason, also sent in a ``bye`` frame when we can.
@@ -87,7 +92,7 @@ class SnapshotMismatch(DeltaProtocolError):
     code = "snapshot_mismatch"
 
 
-class DeltaUsageError(ValueError):
+class DeltaUsageError(DeltaError, ValueError):
     """Local code used a protocol machine wrongly; the machine state is unchanged."""
 
 
