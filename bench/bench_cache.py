@@ -58,6 +58,7 @@ from huselet.code.codecache import CodeCache  # noqa: E402
 from huselet.config import parse_config  # noqa: E402
 from huselet.dispatch.dispatcher import Dispatcher  # noqa: E402
 from huselet.dispatch.links import LinkServer  # noqa: E402
+from huselet.dispatch.reasons import StopReason  # noqa: E402
 from huselet.runtime import create_runtimes  # noqa: E402
 
 HANDLER = "def handler(event, context):\n    return {'modules': MODULES}\n"
@@ -161,7 +162,7 @@ async def idle_out(scheduler: Dispatcher) -> None:
     """Stop the function's instances the way an idle timeout does (the pool keeps serving)."""
     pool = scheduler.pools["f"]
     for record in list(pool.instances.values()):
-        record.stop("idle")
+        record.stop(StopReason.IDLE)
     with trio.fail_after(30):
         while pool.instances:
             await trio.sleep(0.005)
