@@ -6,6 +6,8 @@ operator with several listeners (ingress, metrics) needs to know which one.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 
 from huselet.config import TcpAddress
@@ -23,3 +25,18 @@ async def open_listeners(address: TcpAddress, key: str) -> list[trio.SocketListe
         return await trio.open_tcp_listeners(address.port, host=address.host)
     except OSError as exc:
         raise ListenError(f"cannot listen on {key} {address}: {exc.strerror or exc}") from None
+
+
+async def serve_and_close(
+    handler: Callable[[trio.SocketStream], Awaitable[object]],
+    listeners: list[trio.SocketListener],
+) -> None:
+    """``trio.serve_listeners`` until cancelled; every listener is closed however it ends.
+
+    serve_listeners also rides out EMFILE/ENFILE by pausing accept().
+    """
+    try:
+        await trio.serve_listeners(handler, listeners)
+    finally:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)

@@ -31,6 +31,7 @@ from huselet.gateway.responses import (
 )
 from huselet.gateway.routes import RequestHead, new_request_id, read_head
 from huselet.log import get_logger
+from huselet.netio import FastSocket
 
 log = get_logger("gateway")
 
@@ -96,6 +97,7 @@ class Connection:
         "_client_ip",
         "_h11",
         "_in_request",
+        "_io",
         "_limits",
         "_request_id",
         "_responder",
@@ -113,6 +115,7 @@ class Connection:
         warnings: WarningBudget,
     ) -> None:
         self._stream = stream
+        self._io = FastSocket(stream.socket)  # the request and reply path: no yield per call
         self._responder = responder
         self._limits = limits
         self._warnings = warnings
@@ -249,7 +252,7 @@ class Connection:
             self._h11.receive_data(await self._receive())
 
     async def _receive(self) -> bytes:
-        data = await self._stream.receive_some(RECEIVE_BYTES)
+        data = await self._io.receive_some(RECEIVE_BYTES)
         if data and not self._in_request:
             # The first byte of a request ends the idle wait and starts its read timeout.
             self._arm(in_request=True)
@@ -289,7 +292,7 @@ class Connection:
         resume = scope.deadline  # a read may follow (rest of a body answered early)
         scope.deadline = trio.current_time() + self._limits.send_timeout_s
         self._sending = True
-        await self._stream.send_all(data)
+        await self._io.send_all(data)
         self._sending = False
         scope.deadline = resume
 
