@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import trio
 
@@ -19,6 +19,7 @@ from huselet.errors import HuseletError
 if TYPE_CHECKING:
     from huselet.dispatch.buffer import RequestBuffer
     from huselet.dispatch.instance import InstanceRecord
+    from huselet.observe.context import RequestMeta
     from protocol.link import HttpRequest
 
 
@@ -29,6 +30,21 @@ class InvokeResult:
     # What an HTTP function chose (status, headers); 200 and none otherwise.
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
+
+
+class InvokeOptions(TypedDict, total=False):
+    """The optional keywords of an invoke (the dispatcher's and the front ends' view of it).
+
+    ``timeout_ms`` may shorten the function's deadline, never lengthen it;
+    ``request_id`` is the caller's (a fresh one when absent); ``http`` the
+    request of a function that takes HTTP events; ``meta`` brings the caller's
+    trace context in and takes the timings back out.
+    """
+
+    timeout_ms: int | None
+    request_id: str | None
+    http: HttpRequest | None
+    meta: RequestMeta | None
 
 
 class InvocationState(enum.Enum):
