@@ -105,6 +105,15 @@ class FastSocket:
                     raise _translate(exc) from exc
         await self._maybe_yield()
 
+    def write_now(self, data: bytes) -> int:
+        """Write what fits now, without waiting: the bytes written (maybe 0); trio's errors."""
+        try:
+            return os.write(self._fd(), data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise _translate(exc) from exc
+
     def send_nowait(self, data: bytes) -> int:
         """Write what fits now, without waiting: the number of bytes written (maybe 0).
 

@@ -71,6 +71,8 @@ async def test_writing_to_a_vanished_peer_is_a_broken_resource_with_the_cause() 
         with pytest.raises(trio.BrokenResourceError) as caught:
             await FastSocket(a).send_all(b"x")
         assert isinstance(caught.value.__cause__, BrokenPipeError)
+        with pytest.raises(trio.BrokenResourceError):
+            FastSocket(a).write_now(b"x")
         # Without waiting: the plain OSError, as the heartbeat expects.
         with pytest.raises(OSError) as raw:
             FastSocket(a).send_nowait(b"x")
@@ -87,15 +89,16 @@ async def test_a_socket_closed_here_is_a_closed_resource() -> None:
             await FastSocket(a).send_all(b"x")
 
 
-async def test_send_nowait_writes_what_fits_and_never_waits() -> None:
+@pytest.mark.parametrize("method", ["send_nowait", "write_now"])
+async def test_writing_now_writes_what_fits_and_never_waits(method: str) -> None:
     a, b = pair()
     with a, b:
-        fast = FastSocket(a)
+        write = getattr(FastSocket(a), method)
         total = 0
-        while (n := fast.send_nowait(b"x" * 65536)) > 0:
+        while (n := write(b"x" * 65536)) > 0:
             total += n
         assert total > 0  # the buffer filled, then 0: no exception, no wait
-        assert fast.send_nowait(b"more") == 0
+        assert write(b"more") == 0
 
 
 async def test_a_reader_that_never_blocks_still_lets_other_tasks_run() -> None:

@@ -288,11 +288,16 @@ class Connection:
     # --- writing and closing -------------------------------------------------------------
 
     async def _send(self, data: bytes) -> None:
+        # Most replies fit the socket buffer at once: those need no send deadline
+        # (moving a scope's deadline is not free), nor a yield.
+        sent = self._io.write_now(data)
+        if sent == len(data):
+            return
         scope = self._scope
         resume = scope.deadline  # a read may follow (rest of a body answered early)
         scope.deadline = trio.current_time() + self._limits.send_timeout_s
         self._sending = True
-        await self._io.send_all(data)
+        await self._io.send_all(memoryview(data)[sent:])
         self._sending = False
         scope.deadline = resume
 
