@@ -72,9 +72,18 @@ class FastSocket:
             self._streak = 0
             await trio.lowlevel.checkpoint()
 
-    async def receive_some(self, max_bytes: int) -> bytes:
-        """Up to ``max_bytes`` bytes; ``b""`` once the peer closed its end."""
+    async def receive_some(self, max_bytes: int, *, expect_wait: bool = False) -> bytes:
+        """Up to ``max_bytes`` bytes; ``b""`` once the peer closed its end.
+
+        ``expect_wait``: the caller knows nothing can have arrived yet (it has
+        just answered, and its peer speaks only when spoken to): wait for the
+        socket first instead of a read that would fail with EAGAIN.
+        """
         target = _READ.view[: min(max_bytes, MAX_READ)]
+        if expect_wait:
+            self._fd()  # closed here: ClosedResourceError, as a read would raise
+            self._streak = 0
+            await trio.lowlevel.wait_readable(self._sock)
         while True:
             fd = self._fd()
             try:

@@ -7,6 +7,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from huselet.netio import MAX_READ, YIELD_EVERY, FastSocket
 
@@ -122,3 +123,23 @@ async def test_a_reader_that_never_blocks_still_lets_other_tasks_run() -> None:
                 assert await reader.receive_some(1) == b"x"
             assert other_ran > before
             nursery.cancel_scope.cancel()
+
+
+async def test_expect_wait_reads_data_already_there_and_what_comes_later() -> None:
+    a, b = pair()
+    with a, b, trio.fail_after(DEADLINE_S):
+        await FastSocket(a).send_all(b"early")
+        assert await FastSocket(b).receive_some(10, expect_wait=True) == b"early"
+        async with trio.open_nursery() as nursery:
+            got: list[bytes] = []
+
+            async def read() -> None:
+                got.append(await FastSocket(b).receive_some(10, expect_wait=True))
+
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            await FastSocket(a).send_all(b"late")
+        assert got == [b"late"]
+        a.close()
+        with pytest.raises(trio.ClosedResourceError):
+            await FastSocket(a).receive_some(10, expect_wait=True)

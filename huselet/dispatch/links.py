@@ -84,7 +84,11 @@ class InstanceLink:
             msg = self.decoder.next_frame()
             if msg is not None:
                 return msg
-            chunk = await self._io.receive_some(RECEIVE_CHUNK)
+            # Nothing half-received: the instance speaks only after being spoken
+            # to, so a read now would almost always fail (EAGAIN); wait first.
+            chunk = await self._io.receive_some(
+                RECEIVE_CHUNK, expect_wait=self.decoder.buffered == 0
+            )
             if not chunk:
                 return None
             self.decoder.receive_data(chunk)

@@ -173,10 +173,15 @@ class Connection:
             reply = replace(error_reply(problem), close=True)
         else:
             # Counted until the reply is written, so a draining daemon waits for
-            # replies of completed invocations to reach their callers.
-            with self._responder.active_requests.hold():
+            # replies of completed invocations to reach their callers. (enter and
+            # leave, not hold(): a generator context manager per request is not free)
+            active = self._responder.active_requests
+            active.enter()
+            try:
                 reply = await self._responder.respond(head, self.read_body)
                 return await self._send_reply(head, reply, started)
+            finally:
+                active.leave()
         return await self._send_reply(head, reply, started)
 
     async def _send_reply(self, head: RequestHead, reply: Reply, started: float) -> bool:
@@ -252,7 +257,8 @@ class Connection:
             self._h11.receive_data(await self._receive())
 
     async def _receive(self) -> bytes:
-        data = await self._io.receive_some(RECEIVE_BYTES)
+        # Between requests a keep-alive client is reading our reply: wait first.
+        data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=not self._in_request)
         if data and not self._in_request:
             # The first byte of a request ends the idle wait and starts its read timeout.
             self._arm(in_request=True)
