@@ -15,9 +15,9 @@ block ends in a checkpoint, so a peer that keeps a socket full can neither
 starve the other tasks nor hide a cancellation for long.
 
 Reads land in one reusable buffer per thread and only the bytes received are
-copied out: ``recv(262144)`` allocates 256 KiB per call, which the daemon's
-allocator settings (``gateway.budget.tune_allocator``) serve with an mmap and
-an munmap every time.
+copied out: ``recv(262144)`` allocates 256 KiB per call (then shrinks it),
+which under the daemon's allocator settings (``gateway.budget.tune_allocator``)
+is an mmap and an munmap whenever the heap has no such room at its top.
 
 Errors are those of a trio stream: :class:`trio.ClosedResourceError` once the
 socket was closed here, :class:`trio.BrokenResourceError` (the ``OSError`` as
