@@ -174,6 +174,10 @@ handler = "main:handler"
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # `python -m` puts the working directory first on sys.path: run from a
+        # checkout's root, the "ref" daemon would import that checkout's huselet,
+        # not the one in PYTHONPATH. Start it in its own checkout.
+        cwd=code,
     )
     assert proc.stderr is not None
     framed = None
