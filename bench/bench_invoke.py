@@ -148,7 +148,9 @@ def start_huselet(
     first on the path) — a before/after comparison in one interleaved run.
     """
     port = free_port()
-    home = root / name
+    # A short directory: the link socket paths under it must fit 107 bytes even for
+    # the longest function name the config accepts ("huselet-nometrics" did not).
+    home = root / f"h{sum(1 for _ in root.iterdir())}"
     home.mkdir()
     config = home / "bench.toml"
     config.write_text(
