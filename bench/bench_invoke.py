@@ -120,7 +120,9 @@ def start_huselet(
     first on the path) — a before/after comparison in one interleaved run.
     """
     port = free_port()
-    home = root / name
+    # A short directory: the link socket paths under it must fit 107 bytes even for
+    # the longest function name the config accepts ("huselet-nometrics" did not).
+    home = root / f"h{sum(1 for _ in root.iterdir())}"
     home.mkdir()
     config = home / "bench.toml"
     config.write_text(
@@ -146,6 +148,10 @@ handler = "main:handler"
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # `python -m` puts the working directory first on sys.path: run from a
+        # checkout's root, the "ref" daemon would import that checkout's huselet,
+        # not the one in PYTHONPATH. Start it in its own checkout.
+        cwd=code,
     )
     assert proc.stderr is not None
     framed = None

@@ -52,3 +52,18 @@ async def serve_in_slot(
     finally:
         slots.release()
         await trio.aclose_forcefully(stream)
+
+
+async def serve_and_close(
+    handler: Callable[[trio.SocketStream], Awaitable[object]],
+    listeners: list[trio.SocketListener],
+) -> None:
+    """``trio.serve_listeners`` until cancelled; every listener is closed however it ends.
+
+    serve_listeners also rides out EMFILE/ENFILE by pausing accept().
+    """
+    try:
+        await trio.serve_listeners(handler, listeners)
+    finally:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)

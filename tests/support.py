@@ -71,6 +71,6 @@ def pid_alive(pid: int) -> bool:
     """The process exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or reaped mid-read (ESRCH)
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"

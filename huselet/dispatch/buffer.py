@@ -100,12 +100,15 @@ class RequestBuffer:
 
     async def get(self) -> Invocation:
         """Wait for and return the next live invocation (marked DISPATCHED)."""
+        parked = False
         while True:
             inv = self.get_nowait()
             if inv is not None:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not parked:  # parking was the checkpoint; a second yield costs a loop turn
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return inv
             await self._getters.park()
+            parked = True
 
     def fail_all(self, error: HuseletError) -> int:
         """Complete every queued invocation with ``error``; return how many."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import trio
 
@@ -21,7 +21,7 @@ from huselet.config import Config, FunctionSettings
 from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.events import ChangeEvents, ChangeListener
 from huselet.dispatch.instance import CodeProvider
-from huselet.dispatch.invocation import Invocation, InvokeResult
+from huselet.dispatch.invocation import Invocation, InvokeOptions, InvokeResult
 from huselet.dispatch.observer import InstanceObserver
 from huselet.dispatch.pool import FunctionPool
 from huselet.dispatch.reasons import StopReason
@@ -34,11 +34,9 @@ from huselet.errors import (
     UnknownFunction,
 )
 from huselet.log import get_logger
-from huselet.observe.context import RequestMeta
 from huselet.observe.ids import new_request_id
 from huselet.observe.story import RequestStory
 from huselet.runtime.base import Runtime
-from protocol.link import HttpRequest
 
 log = get_logger("dispatcher")
 
@@ -203,20 +201,14 @@ class Dispatcher:
         return pool is not None and pool.settings.kind.takes_http
 
     async def invoke(
-        self,
-        function: str,
-        event: bytes,
-        kind: str,
-        *,
-        timeout_ms: int | None = None,
-        request_id: str | None = None,
-        http: HttpRequest | None = None,
-        meta: RequestMeta | None = None,
+        self, function: str, event: bytes, kind: str, **options: Unpack[InvokeOptions]
     ) -> InvokeResult:
         """Run one invocation to completion: a result, or a typed error raised.
 
         ``meta`` brings the caller's trace context and takes back the timings.
         """
+        timeout_ms = options.get("timeout_ms")
+        meta = options.get("meta")
         if self.draining:
             raise Draining("the node is draining and takes no new requests", retry_after_s=1)
         pool = self.pools.get(function)
@@ -226,7 +218,8 @@ class Dispatcher:
         if timeout_ms is not None:
             budget_ms = min(budget_ms, timeout_ms)  # a caller may shorten, never lengthen
         deadline = trio.current_time() + budget_ms / 1000
-        inv = Invocation(request_id or new_request_id(), function, event, kind, deadline, http)
+        request_id = options.get("request_id") or new_request_id()
+        inv = Invocation(request_id, function, event, kind, deadline, options.get("http"))
         story = self.story
         if meta is not None:
             inv.trace = meta.traceparent

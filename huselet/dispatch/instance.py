@@ -63,6 +63,7 @@ class InstanceRecord:
         self.last_heard = self.created_at  # any frame from the instance (heartbeat)
         self.breaker_round = 0  # how often the breaker had opened when this one started
         self.sending: Invocation | None = None  # a request whose frame is being written
+        self.unsent: bytes | None = None  # the rest of its frame, for the serving task
         self.stop_detail = ""  # e.g. the link error behind LINK_BROKE
         self.code: CodeLease | None = None
         self.exit_status: ExitStatus | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 import trio
 
@@ -18,6 +18,7 @@ from huselet.dispatch.reasons import StopReason
 from huselet.errors import HuseletError
 
 if TYPE_CHECKING:
+    from huselet.observe.context import RequestMeta
     from protocol.link import HttpRequest
 
 
@@ -62,6 +63,21 @@ class ServingInstance(Protocol):
     def ready_at(self) -> float | None: ...
 
     def stop(self, reason: StopReason, detail: object = None) -> None: ...
+
+
+class InvokeOptions(TypedDict, total=False):
+    """The optional keywords of an invoke (the dispatcher's and the front ends' view of it).
+
+    ``timeout_ms`` may shorten the function's deadline, never lengthen it;
+    ``request_id`` is the caller's (a fresh one when absent); ``http`` the
+    request of a function that takes HTTP events; ``meta`` brings the caller's
+    trace context in and takes the timings back out.
+    """
+
+    timeout_ms: int | None
+    request_id: str | None
+    http: HttpRequest | None
+    meta: RequestMeta | None
 
 
 class InvocationState(enum.Enum):

@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from huselet.log import get_logger
+from huselet.netio import FastSocket
 from protocol.errors import ProtocolError
 from protocol.frames import FrameDecoder, encode_frame
 from protocol.link import (
@@ -49,10 +50,23 @@ class InstanceLink:
         self.stream = stream
         self.decoder = decoder
         self.max_frame = decoder.max_frame
+        # Every request and result crosses here: no trio yield per system call.
+        self._io = FastSocket(stream.socket)
 
     async def send(self, *messages: dict[str, Any]) -> None:
-        data = b"".join(encode_frame(m, max_frame=self.max_frame) for m in messages)
-        await self.stream.send_all(data)
+        await self._io.send_all(b"".join(self.frame(m) for m in messages))
+
+    def frame(self, message: dict[str, Any]) -> bytes:
+        """``message`` as a frame for this link (ProtocolError if too large)."""
+        return encode_frame(message, max_frame=self.max_frame)
+
+    async def send_frame(self, frame: bytes) -> None:
+        """Write an encoded frame (or the rest of one), waiting for room."""
+        await self._io.send_all(frame)
+
+    def send_nowait_raw(self, frame: bytes) -> int:
+        """Write what fits of ``frame`` now: the bytes written (OSError if broken)."""
+        return self._io.send_nowait(frame)
 
     def send_nowait(self, message: dict[str, Any]) -> bool:
         """Write one small frame now, without waiting; False if the socket had no
@@ -62,12 +76,7 @@ class InstanceLink:
         it never interleaves with a request frame being sent.
         """
         data = encode_frame(message, max_frame=self.max_frame)
-        try:
-            # trio's sockets are non-blocking: a full buffer raises, never waits.
-            sent = os.write(self.stream.socket.fileno(), data)
-        except BlockingIOError:
-            return False
-        return sent == len(data)
+        return self._io.send_nowait(data) == len(data)
 
     async def receive(self) -> dict[str, Any] | None:
         """The next message, or None once the instance closed its end."""
@@ -75,7 +84,11 @@ class InstanceLink:
             msg = self.decoder.next_frame()
             if msg is not None:
                 return msg
-            chunk = await self.stream.receive_some(RECEIVE_CHUNK)
+            # Nothing half-received: the instance speaks only after being spoken
+            # to, so a read now would almost always fail (EAGAIN); wait first.
+            chunk = await self._io.receive_some(
+                RECEIVE_CHUNK, expect_wait=self.decoder.buffered == 0
+            )
             if not chunk:
                 return None
             self.decoder.receive_data(chunk)

@@ -59,6 +59,7 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
     link = record.link
     assert link is not None
     credit_arrived = trio.Event()
+    waiting_for_credit = False  # the serving task is parked on credit_arrived
 
     async def read_frames() -> None:
         nonlocal credit_arrived
@@ -77,7 +78,10 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
                     continue  # a single-use instance takes exactly one request
                 record.credits += n
                 pool.spare_credits += n
-                credit_arrived.set()
+                # While the serving task waits for credit, the queue is ours to take from.
+                taken = waiting_for_credit and _dispatch_inline(pool, record)
+                if not taken or record.credits > 0 or record.unsent is not None:
+                    credit_arrived.set()
             # Other types are ignored: a newer worker may send more.
 
     async def watch_exit() -> None:
@@ -93,8 +97,19 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
         pool.heartbeats.watch(record)  # one task per pool judges them all
         idle_timeout = pool.settings.idle_timeout_ms / 1000
         while True:
-            if record.credits == 0:
-                await credit_arrived.wait()
+            if record.unsent is not None:
+                # The rest of a frame _dispatch_inline could only partly write.
+                if not await _send_frame(pool, record, record.unsent):
+                    return
+                record.unsent = None
+                record.sending = None
+                continue
+            if record.credits <= 0:
+                waiting_for_credit = True
+                try:
+                    await credit_arrived.wait()
+                finally:
+                    waiting_for_credit = False
                 credit_arrived = trio.Event()
                 continue
             if not record.inflight:
@@ -119,30 +134,10 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
                     continue
             if inv is None:
                 continue
-            record.credits -= 1
-            pool.spare_credits -= 1
-            record.state = InstanceState.BUSY
-            inv.instance = record
-            record.inflight[inv.request_id] = inv
-            timeout_ms = max(1, int((inv.deadline - trio.current_time()) * 1000))
-            # Until the whole frame is written the instance cannot have run it:
-            # if the instance ends meanwhile, the request goes back to the queue.
-            record.sending = inv
-            try:
-                await link.send(
-                    Request(
-                        inv.request_id, inv.event, inv.kind, timeout_ms, inv.http, inv.trace
-                    ).encode()
-                )
-                record.sending = None
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                # Handled here: inside the nursery it would surface as an ExceptionGroup.
-                if isinstance(exc.__cause__, (BrokenPipeError, ConnectionResetError)):
-                    record.stop(StopReason.LINK_CLOSED)  # it died: say how
-                else:
-                    pool.counters[PoolCounter.LINK_ERRORS] += 1
-                    record.stop(StopReason.LINK_BROKE, exc)
+            frame = _take(pool, record, inv)
+            if not await _send_frame(pool, record, frame):
                 return
+            record.sending = None
             record.dispatched += 1
             if pool.single_use:
                 # Its one request is on its way: no more capacity here, and
@@ -150,6 +145,84 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
                 pool.spare_credits -= record.credits
                 record.credits = 0
                 await trio.sleep_forever()
+
+
+def _take(pool: FunctionPool, record: InstanceRecord, inv: Invocation) -> bytes:
+    """Give ``inv`` (just taken off the queue) to ``record``: one credit, in flight.
+
+    Returns the request's frame. Until the whole frame is written the instance
+    cannot have run it: ``record.sending`` says so, and if the instance ends
+    meanwhile the request goes back to the queue (:func:`retry`, undelivered).
+    """
+    record.credits -= 1
+    pool.spare_credits -= 1
+    record.state = InstanceState.BUSY
+    inv.instance = record
+    record.inflight[inv.request_id] = inv
+    timeout_ms = max(1, int((inv.deadline - trio.current_time()) * 1000))
+    record.sending = inv
+    assert record.link is not None
+    return record.link.frame(
+        Request(inv.request_id, inv.event, inv.kind, timeout_ms, inv.http, inv.trace).encode()
+    )
+
+
+async def _send_frame(pool: FunctionPool, record: InstanceRecord, frame: bytes) -> bool:
+    """Write (the rest of) a request frame; False once the link failed (the instance stops)."""
+    assert record.link is not None
+    try:
+        await record.link.send_frame(frame)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        # Handled here: inside the nursery it would surface as an ExceptionGroup.
+        _send_failed(pool, record, exc)
+        return False
+    return True
+
+
+def _send_failed(pool: FunctionPool, record: InstanceRecord, exc: BaseException) -> None:
+    dead = exc if isinstance(exc, OSError) else exc.__cause__
+    if isinstance(dead, (BrokenPipeError, ConnectionResetError)):
+        record.stop(StopReason.LINK_CLOSED)  # it died: say how
+    else:
+        pool.counters[PoolCounter.LINK_ERRORS] += 1
+        record.stop(StopReason.LINK_BROKE, exc)
+
+
+def _dispatch_inline(pool: FunctionPool, record: InstanceRecord) -> bool:
+    """Right after a PULL, hand the next queued request to ``record`` from the reader.
+
+    Under load a request is always waiting when a result comes in: writing it
+    from here, without waiting, saves the serving task two wake-ups per
+    request. Only while the serving task waits for credit (it then touches
+    neither the queue nor the link). True if a request was taken: written, or
+    its frame's rest left in ``record.unsent`` for the serving task to write.
+    """
+    if (
+        record.credits <= 0
+        or record.sending is not None
+        or record.stop_reason is not None
+        or pool.single_use
+        or record.link is None
+    ):
+        return False
+    inv = pool.buffer.get_nowait()
+    if inv is None:
+        return False
+    frame = _take(pool, record, inv)
+    try:
+        written = record.link.send_nowait_raw(frame)
+    except OSError as exc:
+        # inv stays in flight and marked sending: the teardown requeues it.
+        _send_failed(pool, record, exc)
+        return True
+    record.dispatched += 1
+    if written == len(frame):
+        record.sending = None
+    else:
+        # Part of the frame (maybe none of it) is on the wire: the serving task
+        # writes the rest, waiting for room; inv stays marked as sending until then.
+        record.unsent = frame[written:]
+    return True
 
 
 async def _guard_protocol(pool: FunctionPool, record: InstanceRecord, read_frames: Any) -> None:

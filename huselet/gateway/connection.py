@@ -31,6 +31,7 @@ from huselet.gateway.responses import (
 )
 from huselet.gateway.routes import RequestHead, new_request_id, read_head
 from huselet.log import get_logger
+from huselet.netio import FastSocket
 
 log = get_logger("gateway")
 
@@ -96,6 +97,7 @@ class Connection:
         "_client_ip",
         "_h11",
         "_in_request",
+        "_io",
         "_limits",
         "_request_id",
         "_responder",
@@ -113,6 +115,7 @@ class Connection:
         warnings: WarningBudget,
     ) -> None:
         self._stream = stream
+        self._io = FastSocket(stream.socket)  # the request and reply path: no yield per call
         self._responder = responder
         self._limits = limits
         self._warnings = warnings
@@ -170,10 +173,15 @@ class Connection:
             reply = replace(error_reply(problem), close=True)
         else:
             # Counted until the reply is written, so a draining daemon waits for
-            # replies of completed invocations to reach their callers.
-            with self._responder.active_requests.hold():
+            # replies of completed invocations to reach their callers. (enter and
+            # leave, not hold(): a generator context manager per request is not free)
+            active = self._responder.active_requests
+            active.enter()
+            try:
                 reply = await self._responder.respond(head, self.read_body)
                 return await self._send_reply(head, reply, started)
+            finally:
+                active.leave()
         return await self._send_reply(head, reply, started)
 
     async def _send_reply(self, head: RequestHead, reply: Reply, started: float) -> bool:
@@ -249,7 +257,8 @@ class Connection:
             self._h11.receive_data(await self._receive())
 
     async def _receive(self) -> bytes:
-        data = await self._stream.receive_some(RECEIVE_BYTES)
+        # Between requests a keep-alive client is reading our reply: wait first.
+        data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=not self._in_request)
         if data and not self._in_request:
             # The first byte of a request ends the idle wait and starts its read timeout.
             self._arm(in_request=True)
@@ -285,11 +294,16 @@ class Connection:
     # --- writing and closing -------------------------------------------------------------
 
     async def _send(self, data: bytes) -> None:
+        # Most replies fit the socket buffer at once: those need no send deadline
+        # (moving a scope's deadline is not free), nor a yield.
+        sent = self._io.write_now(data)
+        if sent == len(data):
+            return
         scope = self._scope
         resume = scope.deadline  # a read may follow (rest of a body answered early)
         scope.deadline = trio.current_time() + self._limits.send_timeout_s
         self._sending = True
-        await self._stream.send_all(data)
+        await self._io.send_all(memoryview(data)[sent:])
         self._sending = False
         scope.deadline = resume
 

@@ -10,9 +10,9 @@ log, never to the caller).
 from __future__ import annotations
 
 import hmac
-from typing import Protocol
+from typing import Protocol, Unpack
 
-from huselet.dispatch.invocation import InvokeResult
+from huselet.dispatch.invocation import InvokeOptions, InvokeResult
 from huselet.errors import Draining, HuseletError, PayloadTooLarge, Unauthorized
 from huselet.gateway.budget import UNLIMITED, BodyBudget, tune_allocator
 from huselet.gateway.responses import InternalError
@@ -29,15 +29,7 @@ class Invoker(Protocol):
     draining: bool
 
     async def invoke(
-        self,
-        function: str,
-        event: bytes,
-        kind: str,
-        *,
-        timeout_ms: int | None = None,
-        request_id: str | None = None,
-        http: HttpRequest | None = None,
-        meta: RequestMeta | None = None,
+        self, function: str, event: bytes, kind: str, **options: Unpack[InvokeOptions]
     ) -> InvokeResult: ...
 
     def takes_http(self, function: str) -> bool:

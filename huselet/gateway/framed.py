@@ -30,7 +30,9 @@ from huselet.errors import BadRequest, Draining, HuseletError, UnknownFunction
 from huselet.gateway.core import InvokeCore
 from huselet.gateway.counters import FramedCounter
 from huselet.gateway.routes import new_request_id
+from huselet.listen import serve_and_close
 from huselet.log import get_logger
+from huselet.netio import FastSocket
 from huselet.observe.context import RequestMeta
 from protocol.errors import ProtocolError
 from protocol.ingress import (
@@ -85,15 +87,17 @@ class FramedIngress:
                 socket=str(self.settings.framed_socket) if self.settings.framed_socket else None,
             )
             task_status.started(self.bound_address)
-            await trio.serve_listeners(self._handle_connection, listeners)
+            await serve_and_close(self._handle_connection, listeners)
+        except BaseException:
+            for listener in listeners:  # opened before serving began
+                await trio.aclose_forcefully(listener)
+            raise
         finally:
             self.bound_address = None
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
             if self.settings.framed_socket is not None:
                 _unlink_socket(self.settings.framed_socket)
 
-    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
         try:
             self._connections.acquire_nowait()
         except trio.WouldBlock:
@@ -111,10 +115,12 @@ class FramedIngress:
 
 
 class _FramedConnection:
-    def __init__(self, ingress: FramedIngress, stream: trio.abc.Stream) -> None:
+    def __init__(self, ingress: FramedIngress, stream: trio.SocketStream) -> None:
         self.ingress = ingress
         self.settings = ingress.settings
         self.stream = stream
+        # Calls in and replies out: no trio yield per system call (huselet.netio).
+        self._io = FastSocket(stream.socket)
         self.conn = ServerConnection(max_frame=ingress.max_frame, max_inflight=ingress.max_inflight)
         self._send_lock = trio.Lock()
         self._cancel = trio.CancelScope()  # replaced by the nursery's once serving
@@ -183,20 +189,24 @@ class _FramedConnection:
                 await self._slot_freed.wait()
             event = self.conn.next_event()
             if event is None:
-                # Idle means no call in flight; a connection waiting on replies is not idle.
-                timeout = idle_s if not self.conn.inflight else float("inf")
-                with trio.move_on_after(timeout):
-                    data = await self.stream.receive_some(RECEIVE_BYTES)
-                    if not data:
-                        return
-                    self.conn.receive_data(data)
-                    continue
-                return  # idle past idle_timeout_ms
+                # Idle means no call in flight; a connection waiting on replies is not
+                # idle (and needs no timer: a cancel scope per read is not free).
+                if self.conn.inflight:
+                    data = await self._io.receive_some(RECEIVE_BYTES)
+                else:
+                    data = b""  # what idling out leaves
+                    with trio.move_on_after(idle_s):
+                        data = await self._io.receive_some(RECEIVE_BYTES)
+                if not data:
+                    return  # EOF, or idle past idle_timeout_ms
+                self.conn.receive_data(data)
+                continue
             if isinstance(event, Call):
                 self.ingress.counters[FramedCounter.CALLS] += 1
                 nursery.start_soon(self._serve_call, event)
             elif isinstance(event, Ping):
                 await self._send(PONG_FRAME)
+                await trio.lowlevel.checkpoint()  # a flood of pings must not hog the loop
 
     async def _serve_call(self, call: Call) -> None:
         request_id = call.request_id or new_request_id()
@@ -239,10 +249,23 @@ class _FramedConnection:
 
     async def _send(self, data: bytes) -> None:
         """Write one frame; a client that does not read within the timeout is dropped."""
-        async with self._send_lock:
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()  # the common case: nobody is writing (no yield)
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            try:
+                # Most replies fit the socket buffer at once: no timer needed for those.
+                sent = self._io.send_nowait(data)
+            except OSError:
+                self._cancel.cancel()
+                return
+            if sent == len(data):
+                return
             with trio.move_on_after(self.settings.read_timeout_ms / 1000) as scope:
                 try:
-                    await self.stream.send_all(data)
+                    await self._io.send_all(memoryview(data)[sent:])
                 except _TRANSPORT_ERRORS:
                     self._cancel.cancel()
                     return
@@ -250,6 +273,8 @@ class _FramedConnection:
                 self.ingress.counters[FramedCounter.DROPPED_SLOW] += 1
                 log.info("framed client does not read its replies; dropped")
                 self._cancel.cancel()
+        finally:
+            lock.release()
 
 
 def _error_reply(call_id: int, request_id: str, exc: HuseletError) -> Reply:

@@ -52,7 +52,7 @@ from huselet.gateway.routes import (
     new_request_id,
     parse_timeout_ms,
 )
-from huselet.listen import open_listeners
+from huselet.listen import open_listeners, serve_and_close
 from huselet.log import get_logger
 from huselet.observe.context import RequestMeta
 from protocol.link import KIND_BYTES, HttpRequest
@@ -123,19 +123,16 @@ class HttpIngress:
         """Listen on ``settings.http``, report the bound address, serve until cancelled."""
         address = self.settings.http
         listeners = await open_listeners(address, "gateway.http")  # names it when in use
+        # Port 0 with a host resolving to several addresses binds each to its
+        # own port; the first one is the address we report.
+        names = [_local_address(listener) for listener in listeners]
+        self.bound_address = names[0]
+        log.info("http ingress listening", addresses=[str(name) for name in names])
         try:
-            # Port 0 with a host resolving to several addresses binds each to its
-            # own port; the first one is the address we report.
-            names = [_local_address(listener) for listener in listeners]
-            self.bound_address = names[0]
-            log.info("http ingress listening", addresses=[str(name) for name in names])
             task_status.started(self.bound_address)
-            # serve_listeners also rides out EMFILE/ENFILE by pausing accept().
-            await trio.serve_listeners(self._handle_connection, listeners)
+            await serve_and_close(self._handle_connection, listeners)
         finally:
             self.bound_address = None
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         # An exception escaping here would tear down serve_listeners and with it

@@ -1,0 +1,197 @@
+"""Dispatch from the link reader (serving._dispatch_inline) against a real socket peer.
+
+Under load a request is waiting whenever a worker's RESULT and PULL come in,
+and the reader writes it at once instead of waking the instance's serving task.
+The peer here is the test itself on the other end of a socketpair, speaking
+the link protocol, so it can stop reading or vanish at exactly the moment that
+matters: right after it asked for more work.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from huselet.config import FunctionSettings
+from huselet.dispatch.buffer import RequestBuffer
+from huselet.dispatch.instance import InstanceRecord, InstanceState
+from huselet.dispatch.invocation import Invocation
+from huselet.dispatch.links import InstanceLink
+from huselet.dispatch.pool import FunctionPool
+from huselet.dispatch.reasons import StopReason
+from huselet.dispatch.serving import retry, serve
+from huselet.runtime.base import ExitStatus, InstanceHandle
+from protocol.frames import FrameDecoder, encode_frame
+from protocol.link import REQUEST, Pull, Request, Result, message_type
+
+DEADLINE_S = 30  # generous: these tests never wait on a clock, only on the peer
+
+
+class SocketPeerHandle(InstanceHandle):
+    """The 'process' behind the link is the test: it exits only when the test says."""
+
+    def __init__(self) -> None:
+        self.instance_id = "peer"
+        self.pid = None
+        self.gone = trio.Event()
+
+    async def wait(self) -> ExitStatus:
+        await self.gone.wait()
+        return ExitStatus(0)
+
+    def kill(self) -> None:
+        self.gone.set()
+
+
+class Peer:
+    """The worker's end of the link: blocking reads and writes, driven by the test."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder(max_frame=64 << 20)
+
+    async def send(self, *messages: dict[str, Any]) -> None:
+        await self.sock.send(b"".join(encode_frame(m) for m in messages))
+
+    async def request(self) -> Request:
+        while True:
+            msg = self.decoder.next_frame()
+            if msg is not None:
+                assert message_type(msg) == REQUEST
+                return Request.decode(msg)
+            data = await self.sock.recv(1 << 20)
+            assert data, "the daemon closed the link"
+            self.decoder.receive_data(data)
+
+
+def make_pool(tmp: Path, nursery: trio.Nursery) -> FunctionPool:
+    settings = FunctionSettings(name="fn", package=tmp, handler="main:handler")
+    pool = FunctionPool(settings, None, tmp / "fn.sock", nursery)  # type: ignore[arg-type]
+    # No instance may start: the one under test is the socket peer.
+    pool.starts_held = "test: the instance is a socket peer"
+    pool.buffer = RequestBuffer(100)
+    return pool
+
+
+async def start_instance(
+    pool: FunctionPool, nursery: trio.Nursery
+) -> tuple[InstanceRecord, Peer, SocketPeerHandle]:
+    ours, theirs = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    record = InstanceRecord(pool.name)
+    record.link = InstanceLink(trio.SocketStream(ours), FrameDecoder(max_frame=64 << 20))
+    handle = SocketPeerHandle()
+    record.handle = handle  # type: ignore[assignment]
+    record.state = InstanceState.IDLE
+    pool.instances[record.id] = record
+
+    async def run() -> None:
+        with record.scope:
+            await serve(pool, record)
+
+    nursery.start_soon(run)
+    return record, Peer(theirs), handle
+
+
+@asynccontextmanager
+async def serving(tmp: Path) -> AsyncIterator[tuple[FunctionPool, InstanceRecord, Peer]]:
+    """A pool whose one instance is served by serving.serve, the test as its worker."""
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            pool = make_pool(tmp, nursery)
+            record, peer, handle = await start_instance(pool, nursery)
+            yield pool, record, peer
+            handle.kill()
+            nursery.cancel_scope.cancel()
+
+
+BIG = b'"' + b"x" * (8 << 20) + b'"'  # a JSON string far larger than a socket buffer
+
+
+async def queue_behind_a_busy_instance(
+    pool: FunctionPool, peer: Peer, request_id: str
+) -> tuple[Invocation, Invocation]:
+    """The instance runs "small" while ``request_id`` (BIG) queues; the peer then
+    answers and asks for more. Returns (small, queued)."""
+    await peer.send(Pull(1).encode())
+    small = submit(pool, "small")
+    assert (await peer.request()).id == "small"
+    queued = submit(pool, request_id, BIG)
+    await peer.send(Result("small", ok=True, body=b"1").encode(), Pull(1).encode())
+    return small, queued
+
+
+def submit(pool: FunctionPool, request_id: str, event: bytes = b"{}") -> Invocation:
+    inv = Invocation(request_id, pool.name, event, "json", trio.current_time() + DEADLINE_S)
+    pool.submit(inv)
+    return inv
+
+
+async def test_queued_requests_go_out_from_the_reader_in_order(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (pool, record, peer):
+        await peer.send(Pull(1).encode())
+        first = submit(pool, "r-0")
+        assert (await peer.request()).id == "r-0"
+        # Queued while the instance is busy: each goes out on the next PULL.
+        rest = [submit(pool, f"r-{i}") for i in range(1, 20)]
+        served = [first]
+        for inv in rest:
+            done = served[-1]
+            await peer.send(Result(done.request_id, ok=True, body=b"1").encode(), Pull(1).encode())
+            assert (await peer.request()).id == inv.request_id  # FIFO
+            served.append(inv)
+            assert record.credits == 0 and pool.spare_credits == 0
+        await peer.send(Result("r-19", ok=True, body=b"1").encode(), Pull(1).encode())
+        for inv in served:
+            await inv.wait()
+            assert inv.result().body == b"1"
+        assert pool.counters["ok"] == 20 and not record.inflight
+
+
+async def test_a_frame_the_reader_could_only_partly_write_is_finished_by_the_serving_task(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path) as (pool, record, peer):
+        first, large = await queue_behind_a_busy_instance(pool, peer, "large")
+        await first.wait()
+        request = await peer.request()  # reading lets the serving task write the rest
+        assert request.id == "large" and request.event == BIG
+        await peer.send(Result("large", ok=True, body=b"2").encode(), Pull(1).encode())
+        await large.wait()
+        assert large.result().body == b"2"
+        assert record.sending is None and record.unsent is None
+
+
+@pytest.mark.parametrize("how", ["closed", "stops_reading"])
+async def test_an_instance_that_dies_as_the_reader_dispatches_loses_no_request(
+    tmp_path: Path, how: str
+) -> None:
+    # The peer asks for more work and then dies (its end closed) or stops reading
+    # with a large request half written: the request it never fully received
+    # must stay in flight, marked as sending, so the teardown requeues it.
+    async with serving(tmp_path) as (pool, record, peer):
+        first, victim = await queue_behind_a_busy_instance(pool, peer, "victim")
+        if how == "closed":
+            peer.sock.close()  # the reader's write, or the serving task's, now fails
+        await first.wait()
+        assert first.result().body == b"1"
+        if how == "stops_reading":
+            # The rest of the frame waits for room that never comes: the
+            # instance is stopped from outside (as a heartbeat or deadline would).
+            while record.unsent is None:
+                await trio.sleep(0.001)
+            record.stop(StopReason.NOT_READING)
+        else:
+            while record.stop_reason is None:
+                await trio.sleep(0.001)
+        assert record.inflight == {"victim": victim}
+        assert record.sending is victim and not victim.done
+        # What the teardown does with it: back to the queue, undelivered.
+        assert retry(pool, victim, record, delivered=victim is not record.sending)
+        assert pool.counters["requeued_undelivered"] == 1
+        assert pool.buffer.get_nowait() is victim
