@@ -129,16 +129,6 @@ def parse_config(
             "conflicts with gateway.auth_token_file: use signed requests (keys file) or the "
             "single-tenant bearer token, not both",
         )
-    if auth.keys_file is not None and (
-        gateway.framed is not None or gateway.framed_socket is not None
-    ):
-        # Safe by default: the framed ingress checks only the bearer token so far,
-        # so with tenants it would be a way around their signatures and limits.
-        raise ConfigError(
-            "auth.keys_file",
-            "the framed ingress (gateway.framed, gateway.framed_socket) does not take signed "
-            "requests yet; turn it off on a node with tenants",
-        )
     for key, address in (("http", gateway.http), ("framed", gateway.framed)):
         if (
             address is not None
