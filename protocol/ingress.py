@@ -13,7 +13,7 @@ Conversation::
     HELLO{proto, token?}                 ─▶
                                          ◀─ WELCOME{proto, max_frame, max_inflight}
                                             (or REFUSED{code, message}; close)
-    CALL{id, fn, event, kind, timeout_ms?, request_id?}  ─▶   any number, up to
+    CALL{id, fn, event, kind, timeout_ms?, request_id?, auth?}  ─▶   any number, up to
     CALL{...}                            ─▶   max_inflight unanswered at once
                                          ◀─ REPLY{id, status, request_id, ...}
                                             in completion order, matched by id

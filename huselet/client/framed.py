@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from huselet.client.closing import Closing
 from huselet.client.signing import AccessKey, format_timestamp
@@ -51,6 +52,13 @@ def parse_address(address: str | Path) -> tuple[int, str | tuple[str, int]]:
     return family, (host, int(port))
 
 
+class CallOptions(TypedDict, total=False):
+    """A call's optional fields (both clients' ``call(..., **options)``)."""
+
+    timeout_ms: int | None  # shortens the function's deadline, never lengthens it
+    request_id: str | None  # [A-Za-z0-9._-]{1,64}; the node makes one otherwise
+
+
 def frame_call(
     conn: ClientConnection,
     key: AccessKey | None,
@@ -60,7 +68,8 @@ def frame_call(
     options: CallOptions,
 ) -> tuple[int, bytes]:
     """Number, sign (when ``key`` is given: now, with a fresh nonce) and encode one call."""
-    timeout_ms, request_id = options
+    timeout_ms = options.get("timeout_ms")
+    request_id = options.get("request_id")
     auth = None
     if key is not None:
         auth = sign_call(
@@ -74,10 +83,6 @@ def frame_call(
             nonce=secrets.token_hex(8),
         )
     return conn.call(fn, event, kind, timeout_ms=timeout_ms, request_id=request_id, auth=auth)
-
-
-# (timeout_ms, request_id) of a call: the optional fields both clients pass through.
-CallOptions = tuple[int | None, str | None]
 
 
 class FramedClient(Closing):
@@ -123,15 +128,9 @@ class FramedClient(Closing):
         return self._conn.max_inflight
 
     def call(
-        self,
-        fn: str,
-        event: bytes,
-        kind: str = "bytes",
-        *,
-        timeout_ms: int | None = None,
-        request_id: str | None = None,
+        self, fn: str, event: bytes, kind: str = "bytes", **options: Unpack[CallOptions]
     ) -> Reply:
-        options = (timeout_ms, request_id)
+        """One call, and its reply."""
         call_id, frame = frame_call(self._conn, self._key, fn, event, kind, options)
         self._sock.sendall(frame)
         return self._wait(call_id)
@@ -152,7 +151,7 @@ class FramedClient(Closing):
                     exhausted = True
                     break
                 call_id, frame = frame_call(
-                    self._conn, self._key, fn, event, kind, (timeout_ms, None)
+                    self._conn, self._key, fn, event, kind, {"timeout_ms": timeout_ms}
                 )
                 ids.append(call_id)
                 batch.append(frame)

@@ -15,10 +15,17 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Unpack
 
 import trio
 
-from huselet.client.framed import RECEIVE_BYTES, FramedError, frame_call, parse_address
+from huselet.client.framed import (
+    RECEIVE_BYTES,
+    CallOptions,
+    FramedError,
+    frame_call,
+    parse_address,
+)
 from huselet.client.signing import AccessKey
 from protocol.ingress import (
     ClientConnection,
@@ -47,14 +54,9 @@ class TrioFramedClient:
         self._broken: FramedError | None = None
 
     async def call(
-        self,
-        fn: str,
-        event: bytes,
-        kind: str = "bytes",
-        *,
-        timeout_ms: int | None = None,
-        request_id: str | None = None,
+        self, fn: str, event: bytes, kind: str = "bytes", **options: Unpack[CallOptions]
     ) -> Reply:
+        """One call, and its reply (waiting for a slot while max_inflight are unanswered)."""
         while not self._conn.can_call:
             if self._broken is not None:
                 raise self._broken
@@ -62,7 +64,6 @@ class TrioFramedClient:
             await self._slot_freed.wait()
         if self._broken is not None:
             raise self._broken
-        options = (timeout_ms, request_id)
         call_id, frame = frame_call(self._conn, self._key, fn, event, kind, options)
         send, receive = trio.open_memory_channel[Reply](1)
         self._waiting[call_id] = send

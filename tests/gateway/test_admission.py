@@ -325,28 +325,11 @@ def test_a_throttled_tenant_is_refused_before_its_signature_is_checked(ring: Key
     assert adm.admit(later).tenant == "acme"
 
 
-def call(
-    key: AccessKey,
-    function: str,
-    *,
-    at: float = NOW,
-    event: bytes = b"{}",
-    kind: str = "json",
-    timeout_ms: int | None = None,
-    peer: str = "10.0.0.1",
-    nonce: str = "n1",
-) -> tuple[CallRequest, bytes]:
-    auth = sign_call(
-        key.key_id,
-        key.secret,
-        function,
-        event,
-        kind,
-        timeout_ms,
-        date=format_timestamp(at),
-        nonce=nonce,
-    )
-    return CallRequest(function, kind, timeout_ms, auth, peer, True), event
+def call(key: AccessKey, fn: str, *, at: float = NOW, nonce: str = "n1") -> CallRequest:
+    """A framed call of ``fn`` with the event ``{}`` and a 500 ms timeout, signed by ``key``."""
+    date = format_timestamp(at)
+    auth = sign_call(key.key_id, key.secret, fn, b"{}", "json", 500, date=date, nonce=nonce)
+    return CallRequest(fn, "json", 500, auth, "10.0.0.1", True)
 
 
 def refused_call(adm: Admission, req: CallRequest) -> Refusal:
@@ -358,17 +341,17 @@ def refused_call(adm: Admission, req: CallRequest) -> Refusal:
 def test_signed_framed_calls_get_the_same_refusals_as_http(ring: KeyRing) -> None:
     clock = Clock()
     adm = make(ring, clock)
-    req, event = call(GLOBEX, "globex-fn", timeout_ms=500)
+    req = call(GLOBEX, "globex-fn")
     ticket = adm.admit_call(req)
     assert ticket.tenant == "globex"
-    ticket.check_body(event)
+    ticket.check_body(b"{}")
     with pytest.raises(Refusal) as info:
         ticket.check_body(b'{"x":1}')
     assert (info.value.reason, info.value.status) == (RefusalReason.BODY_MISMATCH, 401)
     ticket.release()
     assert refused_call(adm, req).reason is RefusalReason.REPLAY
     assert refused_call(adm, replace(req, auth=None)).reason is RefusalReason.MISSING_AUTH
-    good, _ = call(GLOBEX, "globex-fn", nonce="n2", timeout_ms=500)
+    good = call(GLOBEX, "globex-fn", nonce="n2")
     assert good.auth is not None
     for changed in (
         replace(good, function="globex-fn2"),
@@ -380,10 +363,10 @@ def test_signed_framed_calls_get_the_same_refusals_as_http(ring: KeyRing) -> Non
     ):
         assert refused_call(adm, changed).reason is RefusalReason.BAD_SIGNATURE, changed
     cases = [
-        (call(ACME, "globex-fn")[0], RefusalReason.FORBIDDEN_FUNCTION, 403),
-        (call(AccessKey("HKNOPE01", ACME.secret), "acme-fn")[0], RefusalReason.UNKNOWN_KEY, 401),
-        (call(AccessKey(ACME.key_id, "w" * 22), "acme-fn")[0], RefusalReason.BAD_SIGNATURE, 401),
-        (call(ACME, "acme-fn", at=NOW - 301)[0], RefusalReason.STALE_TIMESTAMP, 401),
+        (call(ACME, "globex-fn"), RefusalReason.FORBIDDEN_FUNCTION, 403),
+        (call(AccessKey("HKNOPE01", ACME.secret), "acme-fn"), RefusalReason.UNKNOWN_KEY, 401),
+        (call(AccessKey(ACME.key_id, "w" * 22), "acme-fn"), RefusalReason.BAD_SIGNATURE, 401),
+        (call(ACME, "acme-fn", at=NOW - 301), RefusalReason.STALE_TIMESTAMP, 401),
         (replace(good, auth=replace(good.auth, date="yesterday")), RefusalReason.MALFORMED, 401),
         (replace(good, auth=replace(good.auth, body_sha256="AB")), RefusalReason.MALFORMED, 401),
         (replace(good, auth=replace(good.auth, nonce="a b")), RefusalReason.MALFORMED, 401),
@@ -395,7 +378,7 @@ def test_signed_framed_calls_get_the_same_refusals_as_http(ring: KeyRing) -> Non
     # The replay cache is shared with HTTP and the limits are the tenant's, on both ingresses.
     for i in range(2):
         adm.admit(request(ACME, "acme-fn", body=str(i).encode())).release()
-    err = refused_call(adm, call(ACME, "acme-fn", nonce="n9")[0])
+    err = refused_call(adm, call(ACME, "acme-fn", nonce="n9"))
     assert (err.reason, err.retry_after_s) == (RefusalReason.TENANT_RATE, 1)
 
 
