@@ -59,6 +59,14 @@ class CallOptions(TypedDict, total=False):
     request_id: str | None  # [A-Za-z0-9._-]{1,64}; the node makes one otherwise
 
 
+def check_welcome(first: object) -> None:
+    """Raise FramedError unless the node's first frame is WELCOME."""
+    if isinstance(first, Refused):
+        raise FramedError(f"refused: {first.code}: {first.message}")
+    if not isinstance(first, Welcome):
+        raise FramedError(f"expected welcome, got {type(first).__name__}")
+
+
 def frame_call(
     conn: ClientConnection,
     key: AccessKey | None,
@@ -113,11 +121,7 @@ class FramedClient(Closing):
             conn = ClientConnection(token=token)
             sock.sendall(conn.hello())
             client = cls(sock, conn, key)
-            first = client._next_event()
-            if isinstance(first, Refused):
-                raise FramedError(f"refused: {first.code}: {first.message}")
-            if not isinstance(first, Welcome):
-                raise FramedError(f"expected welcome, got {type(first).__name__}")
+            check_welcome(client._next_event())
             return client
         except BaseException:
             sock.close()

@@ -23,6 +23,7 @@ from huselet.client.framed import (
     RECEIVE_BYTES,
     CallOptions,
     FramedError,
+    check_welcome,
     frame_call,
     parse_address,
 )
@@ -32,9 +33,7 @@ from protocol.ingress import (
     GoAway,
     IngressProtocolError,
     Pong,
-    Refused,
     Reply,
-    Welcome,
 )
 
 
@@ -136,12 +135,11 @@ async def open_framed_client(
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
-    if isinstance(first, Refused):
+    try:
+        check_welcome(first)
+    except FramedError:
         await trio.aclose_forcefully(stream)
-        raise FramedError(f"refused: {first.code}: {first.message}")
-    if not isinstance(first, Welcome):
-        await trio.aclose_forcefully(stream)
-        raise FramedError(f"expected welcome, got {type(first).__name__}")
+        raise
     client = TrioFramedClient(stream, conn, key)
     try:
         async with trio.open_nursery() as nursery:

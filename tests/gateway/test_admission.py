@@ -103,9 +103,9 @@ def request(
     )
 
 
-def refused(adm: Admission, req: AdmissionRequest) -> Refusal:
+def refused(adm: Admission, req: AdmissionRequest | CallRequest) -> Refusal:
     with pytest.raises(Refusal) as info:
-        adm.admit(req)
+        adm.admit(req) if isinstance(req, AdmissionRequest) else adm.admit_call(req)
     return info.value
 
 
@@ -332,12 +332,6 @@ def call(key: AccessKey, fn: str, *, at: float = NOW, nonce: str = "n1") -> Call
     return CallRequest(fn, "json", 500, auth, "10.0.0.1", True)
 
 
-def refused_call(adm: Admission, req: CallRequest) -> Refusal:
-    with pytest.raises(Refusal) as info:
-        adm.admit_call(req)
-    return info.value
-
-
 def test_signed_framed_calls_get_the_same_refusals_as_http(ring: KeyRing) -> None:
     clock = Clock()
     adm = make(ring, clock)
@@ -349,8 +343,8 @@ def test_signed_framed_calls_get_the_same_refusals_as_http(ring: KeyRing) -> Non
         ticket.check_body(b'{"x":1}')
     assert (info.value.reason, info.value.status) == (RefusalReason.BODY_MISMATCH, 401)
     ticket.release()
-    assert refused_call(adm, req).reason is RefusalReason.REPLAY
-    assert refused_call(adm, replace(req, auth=None)).reason is RefusalReason.MISSING_AUTH
+    assert refused(adm, req).reason is RefusalReason.REPLAY
+    assert refused(adm, replace(req, auth=None)).reason is RefusalReason.MISSING_AUTH
     good = call(GLOBEX, "globex-fn", nonce="n2")
     assert good.auth is not None
     for changed in (
@@ -361,7 +355,7 @@ def test_signed_framed_calls_get_the_same_refusals_as_http(ring: KeyRing) -> Non
         replace(good, auth=replace(good.auth, body_sha256="0" * 64)),
         replace(good, auth=replace(good.auth, key_id=ACME.key_id)),
     ):
-        assert refused_call(adm, changed).reason is RefusalReason.BAD_SIGNATURE, changed
+        assert refused(adm, changed).reason is RefusalReason.BAD_SIGNATURE, changed
     cases = [
         (call(ACME, "globex-fn"), RefusalReason.FORBIDDEN_FUNCTION, 403),
         (call(AccessKey("HKNOPE01", ACME.secret), "acme-fn"), RefusalReason.UNKNOWN_KEY, 401),
@@ -372,13 +366,13 @@ def test_signed_framed_calls_get_the_same_refusals_as_http(ring: KeyRing) -> Non
         (replace(good, auth=replace(good.auth, nonce="a b")), RefusalReason.MALFORMED, 401),
     ]
     for req, reason, status in cases:
-        err = refused_call(adm, req)
+        err = refused(adm, req)
         assert (err.reason, err.status) == (reason, status), err.message
         assert err.challenge == (b"HUSELET-HMAC-SHA256" if status == 401 else None)
     # The replay cache is shared with HTTP and the limits are the tenant's, on both ingresses.
     for i in range(2):
         adm.admit(request(ACME, "acme-fn", body=str(i).encode())).release()
-    err = refused_call(adm, call(ACME, "acme-fn", nonce="n9"))
+    err = refused(adm, call(ACME, "acme-fn", nonce="n9"))
     assert (err.reason, err.retry_after_s) == (RefusalReason.TENANT_RATE, 1)
 
 
@@ -388,14 +382,14 @@ def test_framed_calls_in_open_and_bearer_modes() -> None:
     adm = Admission(settings, clock=lambda: clock.mono)
     unsigned = CallRequest("f", "json", None, None, "10.0.0.1", True)
     adm.admit_call(unsigned).release()
-    assert refused_call(adm, unsigned).reason is RefusalReason.SOURCE_RATE
+    assert refused(adm, unsigned).reason is RefusalReason.SOURCE_RATE
     denied = replace(unsigned, peer="10.9.0.1")
-    assert refused_call(adm, denied).reason is RefusalReason.SOURCE_DENIED
+    assert refused(adm, denied).reason is RefusalReason.SOURCE_DENIED
     local = replace(unsigned, peer="")  # the Unix socket: no address list applies
     adm.admit_call(local).release()
     bearer = Admission(AuthSettings(), bearer_token=b"tok")
     bearer.admit_call(unsigned).release()  # the HELLO carried the token
-    err = refused_call(bearer, replace(unsigned, authenticated=False))
+    err = refused(bearer, replace(unsigned, authenticated=False))
     assert (err.reason, err.status) == (RefusalReason.MISSING_AUTH, 401)
 
 
