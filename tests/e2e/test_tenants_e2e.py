@@ -487,11 +487,17 @@ def raw_call(d: Daemon, auth: CallAuth, event: bytes) -> Reply:
 
 def test_framed_throttled_tenant_gets_429_with_retry_after(daemon: Daemon) -> None:
     # slow: burst 2, then one call per 100 s, whichever ingress its calls came by.
+    timed = []
     with FramedClient.connect(daemon.framed_address(), key=SLOW) as client:
-        replies = [client.call("slow-echo", b"{}", "json") for _ in range(3)]
-    throttled = [r for r in replies if r.status == 429]
-    assert throttled, [r.status for r in replies]
-    r = throttled[0]
+        for _ in range(3):
+            started = time.monotonic()
+            reply = client.call("slow-echo", b"{}", "json")
+            timed.append((reply, time.monotonic() - started))
+    throttled = [(r, took) for r, took in timed if r.status == 429]
+    assert throttled, [r.status for r, _ in timed]
+    r, took = throttled[0]
+    # Held back auth.throttle_delay_ms (250 ms), as over HTTP: a lower bound only.
+    assert took >= 0.25
     assert (r.error_code, r.error_reason) == ("rate_limited", "tenant_rate")
     assert r.retry_after_s is not None and r.retry_after_s >= 1
     assert daemon.status()["admission"]["refusals"]["tenant_rate"]["slow"] >= 1
