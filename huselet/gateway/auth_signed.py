@@ -28,6 +28,7 @@ from huselet.client.signing import (
     CONTENT_HEADER,
     DATE_HEADER,
     REQUIRED_SIGNED,
+    Credentials,
     SigningError,
     canonical_query,
     format_timestamp,
@@ -147,7 +148,7 @@ class SignatureVerifier:
         except SigningError as exc:
             raise self._fail(RefusalReason.MALFORMED, str(exc), peer) from None
         entry, tenant, now = self._key(creds.key_id, peer)
-        values = self._signed_values(creds.signed_headers, request.headers, peer, tenant.name)
+        values = self._signed_values(creds, request.headers, peer, tenant.name)
         date = values[_DATE_HEADER_B]
         at = self._timestamp(date, now, peer, tenant.name)
         content = values[_CONTENT_HEADER_B]
@@ -169,11 +170,12 @@ class SignatureVerifier:
 
     def _signed_values(
         self,
-        signed: tuple[bytes, ...],
+        creds: Credentials,
         headers: Iterable[tuple[bytes, bytes]],
         peer: str,
         tenant: str,
     ) -> dict[bytes, bytes]:
+        signed = creds.signed_headers
         wanted = _wanted(signed)
         if wanted is None:
             raise self._fail(
@@ -182,7 +184,15 @@ class SignatureVerifier:
                 peer,
                 tenant,
             )
-        values: dict[bytes, bytes] = {}
+        # The compact form's parameters stand for the headers they name.
+        values = dict(creds.inline)
+        if not all(name in wanted for name in values):
+            raise self._fail(
+                RefusalReason.MALFORMED,
+                "Date, Nonce and ContentSha256 must be signed (as the headers they stand for)",
+                peer,
+                tenant,
+            )
         has_content_type = False
         for name, value in headers:
             if name in wanted:

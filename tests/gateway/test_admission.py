@@ -92,10 +92,11 @@ def request(
     body: bytes = b"{}",
     peer: str = "10.0.0.1",
     target: str | None = None,
+    compact: bool = False,
 ) -> AdmissionRequest:
     target = target or f"/v1/invoke/{function}"
     headers = {"Host": "node:8470", "Content-Type": "application/json"}
-    signed = sign_request(key, "POST", target, headers, body, at=at)
+    signed = sign_request(key, "POST", target, headers, body, at=at, compact=compact)
     raw = [(k.lower().encode(), v.encode()) for k, v in {**headers, **signed}.items()]
     path, _, query = target.encode().partition(b"?")
     return AdmissionRequest(
@@ -407,3 +408,30 @@ def test_secrets_of_any_length_verify_as_the_stdlib_hmac_signs(tmp_path: Path, l
     assert adm.admit(request(key, "acme-fn")).tenant == "acme"
     wrong = AccessKey(key.key_id, "s" * (length - 1) + "t")
     assert refused(adm, request(wrong, "acme-fn")).reason is RefusalReason.BAD_SIGNATURE
+
+
+def test_the_compact_form_is_verified_like_the_headers_it_stands_for(ring: KeyRing) -> None:
+    clock = Clock()
+    adm = make(ring, clock)
+    req = request(GLOBEX, "globex-fn", body=b'{"c":1}', compact=True)
+    assert [name for name, _ in req.headers] == [b"host", b"content-type", b"authorization"]
+    ticket = adm.admit(req)
+    assert ticket.tenant == "globex"
+    ticket.check_body(b'{"c":1}')
+    ticket.release()
+    assert refused(adm, req).reason is RefusalReason.REPLAY
+    auth = request(GLOBEX, "globex-fn", body=b"{}", compact=True).authorization
+    assert auth is not None
+    base = replace(req, authorization=auth)
+    # A parameter and the header it stands for, both: ambiguous, refused.
+    doubled = replace(base, headers=[*base.headers, (b"x-huselet-date", b"20261130T045119Z")])
+    assert refused(adm, doubled).reason is RefusalReason.MALFORMED
+    # A parameter whose header is not signed.
+    unsigned = auth.replace(b";x-huselet-nonce,", b",")
+    assert refused(adm, replace(base, authorization=unsigned)).reason is RefusalReason.MALFORMED
+    # Tampering with a parameter breaks the signature (or the body check after).
+    nonce = auth.replace(b"Nonce=", b"Nonce=x")
+    assert refused(adm, replace(base, authorization=nonce)).reason is RefusalReason.BAD_SIGNATURE
+    digest = auth.partition(b"ContentSha256=")[2][:64]
+    other = auth.replace(digest, b"0" * 64)
+    assert refused(adm, replace(base, authorization=other)).reason is RefusalReason.BAD_SIGNATURE
