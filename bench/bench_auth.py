@@ -140,11 +140,11 @@ timeout_ms = 10000
     return proc, port
 
 
-def raw_request(port: int, function: str, key: AccessKey | None) -> bytes:
+def raw_request(port: int, function: str, key: AccessKey | None, *, compact: bool = False) -> bytes:
     target = f"/v1/invoke/{function}"
     headers = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json"}
     if key is not None:
-        headers.update(sign_request(key, "POST", target, headers, BODY))
+        headers.update(sign_request(key, "POST", target, headers, BODY, compact=compact))
     lines = [f"POST {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers.items()]
     lines.append(f"Content-Length: {len(BODY)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + BODY
@@ -282,24 +282,25 @@ def daemon_cpu(
     "open-b" is a second open daemon, unsigned: the A/A control (how far two daemons
     doing the same work differ, which bounds what a daemon-vs-daemon difference shows)."""
     results = {}
-    targets = {
-        "open": (ports["open"], None),
-        "open-b": (ports["open-b"], None),
-        "open+hdrs": (ports["open"], QUIET),
-        "signed": (ports["signed"], QUIET),
+    targets: dict[str, tuple[tuple[int, int], AccessKey | None, bool]] = {
+        "open": (ports["open"], None, False),
+        "open-b": (ports["open-b"], None, False),
+        "open+hdrs": (ports["open"], QUIET, False),
+        "signed": (ports["signed"], QUIET, False),
+        "compact": (ports["signed"], QUIET, True),  # sign_request(..., compact=True)
     }
     samples: dict[str, list[tuple[float, float, list[float], dict[int, int]]]] = {
         name: [] for name in targets
     }
-    for (_pid, port), key in targets.values():  # warm up instances and caches
+    for (_pid, port), key, _ in targets.values():  # warm up instances and caches
         trio.run(send_all, port, [raw_request(port, "quiet", key) for _ in range(500)], concurrency)
     order = list(targets)
     for r in range(rounds):  # interleaved, so drift (other load, frequency) hits all alike
         # Rotated each round, so no target always runs first or last.
         for name in order[r % len(order) :] + order[: r % len(order)]:
-            (pid, port), key = targets[name]
+            (pid, port), key, compact = targets[name]
             # Pre-signed: the client's signing is not in the measured window.
-            batch = [raw_request(port, "quiet", key) for _ in range(n)]
+            batch = [raw_request(port, "quiet", key, compact=compact) for _ in range(n)]
             before = cpu_s(pid)
             t0 = time.perf_counter()
             lat, statuses = trio.run(send_all, port, batch, concurrency)
@@ -410,6 +411,7 @@ def main() -> None:
             ("signed - open+hdrs", "signed", "open+hdrs", "verification; target < 20 us"),
             ("open+hdrs - open", "open+hdrs", "open", "h11 parsing the signed headers"),
             ("signed - open", "signed", "open", "all a signed request costs"),
+            ("compact - open", "compact", "open", "all a compact signed request costs"),
             ("open-b - open", "open-b", "open", "A/A: two daemons, same work"),
         ):
             med, lo, hi = paired(runs[a], runs[b])

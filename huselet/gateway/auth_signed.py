@@ -50,6 +50,7 @@ from protocol.ingress_signing import CANONICAL_TAG
 if TYPE_CHECKING:
     from hashlib import _Hash
 
+_SCHEME = ALGORITHM_B + b" "
 _CONTENT_HEADER_B = CONTENT_HEADER.encode()
 _DATE_HEADER_B = DATE_HEADER.encode()
 _SHA256_HEX = re.compile(rb"[0-9a-f]{64}")
@@ -137,7 +138,7 @@ class SignatureVerifier:
         """The tenant whose key signed ``request``, and the body digest it signed."""
         peer = request.peer
         authorization = request.authorization
-        if authorization is None or not authorization.startswith(ALGORITHM_B + b" "):
+        if authorization is None or not authorization.startswith(_SCHEME):
             raise self._fail(
                 RefusalReason.MISSING_AUTH,
                 "this node requires signed requests (Authorization: HUSELET-HMAC-SHA256 ...)",

@@ -161,12 +161,13 @@ def signed(
     *,
     body: bytes | None = None,
     at: float | None = None,
+    compact: bool = False,
 ) -> tuple[str, dict[str, str], bytes]:
     """(target, headers, body) of a request signed by ``key``."""
     target = f"/v1/invoke/{function}"
     content = body if body is not None else json.dumps(event or {}).encode()
     headers = {"Host": d.url.removeprefix("http://"), "Content-Type": "application/json"}
-    headers.update(sign_request(key, "POST", target, headers, content, at=at))
+    headers.update(sign_request(key, "POST", target, headers, content, at=at, compact=compact))
     return target, headers, content
 
 
@@ -184,6 +185,18 @@ def test_a_tenant_invokes_its_function_with_a_signed_request(daemon: Daemon) -> 
     r = call(daemon, ACME, "acme-echo", {"hello": "acme"})
     assert r.status_code == 200, r.text
     assert r.json()["event"] == {"hello": "acme"} and r.json()["function"] == "acme-echo"
+
+
+def test_the_compact_signature_form_is_accepted_and_checked(daemon: Daemon) -> None:
+    r = call(daemon, ACME_NEW, "acme-echo", {"form": "compact"}, compact=True)
+    assert r.status_code == 200, r.text
+    assert r.json()["event"] == {"form": "compact"}
+    r = call(daemon, ACME_NEW, "acme-echo", body=b"{}", compact=True)
+    assert r.status_code == 200
+    target, headers, _ = signed(daemon, GLOBEX, "globex-echo", body=b"{}", compact=True)
+    with daemon.client() as c:
+        tampered = c.post(target, content=b'{"x": 1}', headers=headers)
+    assert tampered.status_code == 401 and reason(tampered) == "body_mismatch"
 
 
 def test_another_tenants_function_is_403_whether_or_not_it_exists(daemon: Daemon) -> None:
