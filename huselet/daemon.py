@@ -123,11 +123,11 @@ class Daemon:
         self.ingress = HttpIngress(
             config.gateway, self.dispatcher, auth_token=token, admission=self.admission
         )
-        # The framed ingress shares the dispatch core's rules; off unless configured
-        # (and refused by the config together with auth.keys_file: it takes no signatures).
+        # The framed ingress shares the dispatch core and the admission (signatures,
+        # tenants, limits) of the HTTP ingress; off unless configured.
         self.framed: FramedIngress | None = None
         if config.gateway.framed is not None or config.gateway.framed_socket is not None:
-            self.framed = FramedIngress(config.gateway, self.ingress.core)
+            self.framed = FramedIngress(config.gateway, self.ingress.core, self.admission)
         self.functions = FunctionDeployment(self.dispatcher, self.links)
         self.reloader = ConfigReloader(
             config,

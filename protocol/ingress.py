@@ -13,7 +13,7 @@ Conversation::
     HELLO{proto, token?}                 ─▶
                                          ◀─ WELCOME{proto, max_frame, max_inflight}
                                             (or REFUSED{code, message}; close)
-    CALL{id, fn, event, kind, timeout_ms?, request_id?}  ─▶   any number, up to
+    CALL{id, fn, event, kind, timeout_ms?, request_id?, auth?}  ─▶   any number, up to
     CALL{...}                            ─▶   max_inflight unanswered at once
                                          ◀─ REPLY{id, status, request_id, ...}
                                             in completion order, matched by id
@@ -48,6 +48,7 @@ from protocol.frames import (
     optional_field,
     required_field,
 )
+from protocol.ingress_signing import CallAuth, decode_auth
 
 # REFUSED has the instance link's shape exactly: one message class for both.
 from protocol.link import REFUSED as REFUSED
@@ -138,6 +139,7 @@ class Call:
     kind: str = "bytes"
     timeout_ms: int | None = None
     request_id: str | None = None
+    auth: CallAuth | None = None  # signed calls (protocol/ingress_signing.py)
 
     def encode(self) -> dict[str, Any]:
         msg: dict[str, Any] = {
@@ -151,6 +153,8 @@ class Call:
             msg["timeout_ms"] = self.timeout_ms
         if self.request_id is not None:
             msg["request_id"] = self.request_id
+        if self.auth is not None:
+            msg["auth"] = self.auth.encode()
         return msg
 
     @classmethod
@@ -174,6 +178,7 @@ class Call:
             kind=kind,
             timeout_ms=timeout_ms,
             request_id=request_id,
+            auth=decode_auth(msg),
         )
 
 
@@ -189,6 +194,7 @@ class Reply:
     error_code: str | None = None
     error_message: str | None = None
     retry_after_s: int | None = None
+    error_reason: str | None = None  # admission refusals: the check or limit that refused
 
     @property
     def ok(self) -> bool:
@@ -206,6 +212,8 @@ class Reply:
             msg["content_type"] = self.content_type
         else:
             msg["error"] = {"code": self.error_code or "", "message": self.error_message or ""}
+            if self.error_reason is not None:
+                msg["error"]["reason"] = self.error_reason
             if self.retry_after_s is not None:
                 msg["retry_after_s"] = self.retry_after_s
         return msg
@@ -230,6 +238,7 @@ class Reply:
             error_code=_field(error, "code", str),
             error_message=_field(error, "message", str),
             retry_after_s=_optional(msg, "retry_after_s", int),
+            error_reason=_optional(error, "reason", str),
         )
 
 
@@ -395,8 +404,13 @@ class ClientConnection:
         *,
         timeout_ms: int | None = None,
         request_id: str | None = None,
+        auth: CallAuth | None = None,
     ) -> tuple[int, bytes]:
-        """Number and encode one call; returns ``(id, frame)``."""
+        """Number and encode one call; returns ``(id, frame)``.
+
+        ``auth``: the call's signature (:func:`protocol.ingress_signing.sign_call`),
+        for nodes whose ``[auth]`` names a keys file.
+        """
         if self.state is not State.OPEN:
             raise IngressProtocolError("call before the node welcomed this connection")
         if not self.can_call:
@@ -408,7 +422,7 @@ class ClientConnection:
         call_id = self._next_id
         self._next_id += 1
         frame = encode_frame(
-            Call(call_id, fn, event, kind, timeout_ms, request_id).encode(),
+            Call(call_id, fn, event, kind, timeout_ms, request_id, auth).encode(),
             max_frame=self.max_frame,
         )
         self.inflight.add(call_id)

@@ -132,6 +132,10 @@ class Daemon:
         assert entry is not None
         return entry
 
+    def framed_address(self) -> str:
+        """The framed ingress's TCP address (host:port), once it listens."""
+        return str(self.wait_for_log("framed ingress listening")["tcp"])
+
     def client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kw)
 

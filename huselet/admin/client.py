@@ -18,7 +18,6 @@ import os
 import socket
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from huselet.admin import MAX_REPLY_FRAME, MAX_REQUEST_FRAME
@@ -28,29 +27,19 @@ from huselet.admin.errors import (
     AdminProtocolError,
     AdminUnavailable,
 )
+from huselet.client.closing import Closing
 from protocol.errors import FrameTooLarge, ProtocolError
 from protocol.frames import FrameDecoder, encode_frame
 
 RECEIVE_CHUNK = 65536
 
 
-class AdminClient:
+class AdminClient(Closing):
     def __init__(self, path: Path | str, timeout_s: float = 5.0) -> None:
         self.path = Path(path)
         self.timeout_s = timeout_s
         self._sock: socket.socket | None = None
         self._decoder = FrameDecoder(max_frame=MAX_REPLY_FRAME)
-
-    def __enter__(self) -> AdminClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         if self._sock is not None:

@@ -5,16 +5,22 @@
         replies = client.call_many([("hello", b"{}", "json")] * 1000)  # pipelined
 
 :meth:`FramedClient.call_many` keeps up to the node's ``max_inflight`` calls
-on the wire at once and returns the replies in the order of the calls.
+on the wire at once and returns the replies in the order of the calls. With
+``key=`` (an :class:`~huselet.client.signing.AccessKey`) every call is signed
+(``protocol/ingress_signing.py``), as a node with tenants requires.
 """
 
 from __future__ import annotations
 
+import secrets
 import socket
+import time
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
+from typing import TypedDict, Unpack
 
+from huselet.client.closing import Closing
+from huselet.client.signing import AccessKey, format_timestamp
 from protocol.ingress import (
     ClientConnection,
     GoAway,
@@ -24,6 +30,7 @@ from protocol.ingress import (
     Reply,
     Welcome,
 )
+from protocol.ingress_signing import sign_call
 
 RECEIVE_BYTES = 256 * 1024
 
@@ -45,15 +52,64 @@ def parse_address(address: str | Path) -> tuple[int, str | tuple[str, int]]:
     return family, (host, int(port))
 
 
-class FramedClient:
-    def __init__(self, sock: socket.socket, conn: ClientConnection) -> None:
+class CallOptions(TypedDict, total=False):
+    """A call's optional fields (both clients' ``call(..., **options)``)."""
+
+    timeout_ms: int | None  # shortens the function's deadline, never lengthens it
+    request_id: str | None  # [A-Za-z0-9._-]{1,64}; the node makes one otherwise
+
+
+def check_welcome(first: object) -> None:
+    """Raise FramedError unless the node's first frame is WELCOME."""
+    if isinstance(first, Refused):
+        raise FramedError(f"refused: {first.code}: {first.message}")
+    if not isinstance(first, Welcome):
+        raise FramedError(f"expected welcome, got {type(first).__name__}")
+
+
+def frame_call(
+    conn: ClientConnection,
+    key: AccessKey | None,
+    fn: str,
+    event: bytes,
+    kind: str,
+    options: CallOptions,
+) -> tuple[int, bytes]:
+    """Number, sign (when ``key`` is given: now, with a fresh nonce) and encode one call."""
+    timeout_ms = options.get("timeout_ms")
+    request_id = options.get("request_id")
+    auth = None
+    if key is not None:
+        auth = sign_call(
+            key.key_id,
+            key.secret,
+            fn,
+            event,
+            kind,
+            timeout_ms,
+            date=format_timestamp(time.time()),
+            nonce=secrets.token_hex(8),
+        )
+    return conn.call(fn, event, kind, timeout_ms=timeout_ms, request_id=request_id, auth=auth)
+
+
+class FramedClient(Closing):
+    def __init__(
+        self, sock: socket.socket, conn: ClientConnection, key: AccessKey | None = None
+    ) -> None:
         self._sock = sock
         self._conn = conn
+        self._key = key
         self._replies: dict[int, Reply] = {}
 
     @classmethod
     def connect(
-        cls, address: str | Path, *, token: str | None = None, timeout: float = 30.0
+        cls,
+        address: str | Path,
+        *,
+        token: str | None = None,
+        key: AccessKey | None = None,
+        timeout: float = 30.0,
     ) -> FramedClient:
         family, sockaddr = parse_address(address)
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -64,12 +120,8 @@ class FramedClient:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = ClientConnection(token=token)
             sock.sendall(conn.hello())
-            client = cls(sock, conn)
-            first = client._next_event()
-            if isinstance(first, Refused):
-                raise FramedError(f"refused: {first.code}: {first.message}")
-            if not isinstance(first, Welcome):
-                raise FramedError(f"expected welcome, got {type(first).__name__}")
+            client = cls(sock, conn, key)
+            check_welcome(client._next_event())
             return client
         except BaseException:
             sock.close()
@@ -80,17 +132,10 @@ class FramedClient:
         return self._conn.max_inflight
 
     def call(
-        self,
-        fn: str,
-        event: bytes,
-        kind: str = "bytes",
-        *,
-        timeout_ms: int | None = None,
-        request_id: str | None = None,
+        self, fn: str, event: bytes, kind: str = "bytes", **options: Unpack[CallOptions]
     ) -> Reply:
-        call_id, frame = self._conn.call(
-            fn, event, kind, timeout_ms=timeout_ms, request_id=request_id
-        )
+        """One call, and its reply."""
+        call_id, frame = frame_call(self._conn, self._key, fn, event, kind, options)
         self._sock.sendall(frame)
         return self._wait(call_id)
 
@@ -109,7 +154,9 @@ class FramedClient:
                 except StopIteration:
                     exhausted = True
                     break
-                call_id, frame = self._conn.call(fn, event, kind, timeout_ms=timeout_ms)
+                call_id, frame = frame_call(
+                    self._conn, self._key, fn, event, kind, {"timeout_ms": timeout_ms}
+                )
                 ids.append(call_id)
                 batch.append(frame)
             if batch:
@@ -148,14 +195,3 @@ class FramedClient:
 
     def close(self) -> None:
         self._sock.close()
-
-    def __enter__(self) -> FramedClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

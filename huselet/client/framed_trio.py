@@ -1,6 +1,6 @@
 """A trio client of the framed ingress: many tasks call over one connection.
 
-    async with open_framed_client("127.0.0.1:8471", token=token) as client:
+    async with open_framed_client("127.0.0.1:8471", token=token) as client:  # or key=AccessKey
         async with trio.open_nursery() as nursery:
             for _ in range(100):
                 nursery.start_soon(client.call, "hello", b"{}", "json")
@@ -15,25 +15,35 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Unpack
 
 import trio
 
-from huselet.client.framed import RECEIVE_BYTES, FramedError, parse_address
+from huselet.client.framed import (
+    RECEIVE_BYTES,
+    CallOptions,
+    FramedError,
+    check_welcome,
+    frame_call,
+    parse_address,
+)
+from huselet.client.signing import AccessKey
 from protocol.ingress import (
     ClientConnection,
     GoAway,
     IngressProtocolError,
     Pong,
-    Refused,
     Reply,
-    Welcome,
 )
 
 
 class TrioFramedClient:
-    def __init__(self, stream: trio.abc.Stream, conn: ClientConnection) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, conn: ClientConnection, key: AccessKey | None = None
+    ) -> None:
         self._stream = stream
         self._conn = conn
+        self._key = key  # signs every call when set (a node with tenants)
         self._waiting: dict[int, trio.MemorySendChannel[Reply]] = {}
         # Set when a reply frees a slot. Slots are the connection's own count of
         # unanswered calls: a call abandoned by its task still holds one until
@@ -43,14 +53,9 @@ class TrioFramedClient:
         self._broken: FramedError | None = None
 
     async def call(
-        self,
-        fn: str,
-        event: bytes,
-        kind: str = "bytes",
-        *,
-        timeout_ms: int | None = None,
-        request_id: str | None = None,
+        self, fn: str, event: bytes, kind: str = "bytes", **options: Unpack[CallOptions]
     ) -> Reply:
+        """One call, and its reply (waiting for a slot while max_inflight are unanswered)."""
         while not self._conn.can_call:
             if self._broken is not None:
                 raise self._broken
@@ -58,9 +63,7 @@ class TrioFramedClient:
             await self._slot_freed.wait()
         if self._broken is not None:
             raise self._broken
-        call_id, frame = self._conn.call(
-            fn, event, kind, timeout_ms=timeout_ms, request_id=request_id
-        )
+        call_id, frame = frame_call(self._conn, self._key, fn, event, kind, options)
         send, receive = trio.open_memory_channel[Reply](1)
         self._waiting[call_id] = send
         try:
@@ -109,8 +112,13 @@ async def _connect_stream(address: str | Path) -> trio.abc.Stream:
 
 @asynccontextmanager
 async def open_framed_client(
-    address: str | Path, *, token: str | None = None, connect_timeout_s: float = 10.0
+    address: str | Path,
+    *,
+    token: str | None = None,
+    key: AccessKey | None = None,
+    connect_timeout_s: float = 10.0,
 ) -> AsyncIterator[TrioFramedClient]:
+    """A connected, welcomed client; ``key`` signs every call (a node with tenants)."""
     with trio.fail_after(connect_timeout_s):
         stream = await _connect_stream(address)
         conn = ClientConnection(token=token)
@@ -127,13 +135,12 @@ async def open_framed_client(
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
-    if isinstance(first, Refused):
+    try:
+        check_welcome(first)
+    except FramedError:
         await trio.aclose_forcefully(stream)
-        raise FramedError(f"refused: {first.code}: {first.message}")
-    if not isinstance(first, Welcome):
-        await trio.aclose_forcefully(stream)
-        raise FramedError(f"expected welcome, got {type(first).__name__}")
-    client = TrioFramedClient(stream, conn)
+        raise
+    client = TrioFramedClient(stream, conn, key)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._read_replies)

@@ -23,6 +23,17 @@ signature: lowercase hex of HMAC-SHA256(secret as UTF-8, string to sign), sent a
 
     Authorization: HUSELET-HMAC-SHA256 Credential=<key id>, SignedHeaders=<names>, Signature=<hex>
 
+or, in the compact form (``sign_request(..., compact=True)``), with the date,
+nonce and body digest as parameters of that one header instead of three
+headers of their own::
+
+    Authorization: HUSELET-HMAC-SHA256 Credential=<key id>, SignedHeaders=<names>,
+        Date=<x-huselet-date>, Nonce=<x-huselet-nonce>, ContentSha256=<hex>, Signature=<hex>
+
+The canonical request and the signature are the same either way: the
+parameters stand for the headers they name (which stay in SignedHeaders).
+Three headers fewer is less for the node's HTTP parser to do per request.
+
 Differences from SigV4: no derived signing key (date/region/service), no URI
 re-encoding (the path and the query parameters are signed as sent), header
 values are only trimmed. Signed headers must include ``host``,
@@ -53,6 +64,7 @@ DATE_HEADER = "x-huselet-date"
 CONTENT_HEADER = "x-huselet-content-sha256"
 NONCE_HEADER = "x-huselet-nonce"
 REQUIRED_SIGNED = (b"host", DATE_HEADER.encode(), CONTENT_HEADER.encode())
+_DATE_B, _NONCE_B, _CONTENT_B = DATE_HEADER.encode(), NONCE_HEADER.encode(), CONTENT_HEADER.encode()
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # Environment variables `huselet invoke` (and key_from_env) read a key from.
@@ -81,6 +93,8 @@ class Credentials:
     key_id: str
     signed_headers: tuple[bytes, ...]
     signature: bytes  # lowercase hex, as sent
+    # The compact form's Date, Nonce and ContentSha256, as the headers they stand for.
+    inline: tuple[tuple[bytes, bytes], ...] = ()
 
 
 # --- canonical form -----------------------------------------------------------------
@@ -154,6 +168,17 @@ _AUTHORIZATION = re.compile(
     rb"HUSELET-HMAC-SHA256 Credential=([!-+\--~]+), ?SignedHeaders=([!-+\--~]+), ?"
     rb"Signature=([0-9a-f]{64})"
 )
+_COMPACT = re.compile(
+    rb"HUSELET-HMAC-SHA256 Credential=([!-+\--~]+), ?SignedHeaders=([!-+\--~]+), ?"
+    rb"Date=([0-9]{8}T[0-9]{6}Z), ?Nonce=([!-+\--~]{1,128}), ?ContentSha256=([0-9a-f]{64}), ?"
+    rb"Signature=([0-9a-f]{64})"
+)
+# Compact-form parameters and the headers they stand for.
+INLINE_PARAMS = {
+    b"Date": DATE_HEADER.encode(),
+    b"Nonce": NONCE_HEADER.encode(),
+    b"ContentSha256": CONTENT_HEADER.encode(),
+}
 _signed_names_cache: dict[bytes, tuple[bytes, ...]] = {}
 
 
@@ -175,6 +200,11 @@ def parse_authorization(value: bytes) -> Credentials:
     if match is not None:
         key_id, names, sig = match.groups()
         return Credentials(key_id.decode("ascii"), _signed_names(names), sig)
+    match = _COMPACT.fullmatch(value)
+    if match is not None:
+        key_id, names, date, nonce, content, sig = match.groups()
+        compact = ((_DATE_B, date), (_NONCE_B, nonce), (_CONTENT_B, content))
+        return Credentials(key_id.decode("ascii"), _signed_names(names), sig, compact)
     scheme, _, rest = value.partition(b" ")
     if scheme != ALGORITHM_B:
         raise SigningError(f"the Authorization scheme must be {ALGORITHM}")
@@ -192,9 +222,12 @@ def parse_authorization(value: bytes) -> Credentials:
         raise SigningError(
             "the Authorization header needs Credential, SignedHeaders and Signature"
         ) from None
-    if len(fields) != 3 or not key_id:
+    inline = tuple(
+        (header, fields[param]) for param, header in INLINE_PARAMS.items() if param in fields
+    )
+    if len(fields) != 3 + len(inline) or not key_id:
         raise SigningError("malformed Authorization header")
-    return Credentials(key_id, _signed_names(names), sig)
+    return Credentials(key_id, _signed_names(names), sig, inline)
 
 
 # --- signing (the caller's side) ------------------------------------------------------
@@ -209,12 +242,15 @@ def sign_request(
     *,
     at: float | None = None,
     nonce: str | None = None,
+    compact: bool = False,
 ) -> dict[str, str]:
     """The headers to add to a request so a node verifies it as ``key``'s.
 
     ``target`` is the path with its query, exactly as it will be sent;
     ``headers`` must contain ``Host`` (and ``Content-Type`` if the request has
     one), spelled as they will be sent. Every header in ``headers`` is signed.
+    ``compact``: only an Authorization header, carrying the date, nonce and
+    body digest as parameters (same signature; cheaper for the node to parse).
     """
     added = {
         DATE_HEADER: format_timestamp(at),
@@ -233,6 +269,15 @@ def sign_request(
     to_sign = string_to_sign(added[DATE_HEADER].encode(), canonical)
     sig = signature(key.secret.encode("utf-8"), to_sign).decode()
     names = ";".join(name.decode() for name, _ in signed)
+    if compact:
+        params = (
+            f"Date={added[DATE_HEADER]}, Nonce={added[NONCE_HEADER]}, "
+            f"ContentSha256={added[CONTENT_HEADER]}, "
+        )
+        return {
+            "authorization": f"{ALGORITHM} Credential={key.key_id}, SignedHeaders={names}, "
+            f"{params}Signature={sig}"
+        }
     added["authorization"] = (
         f"{ALGORITHM} Credential={key.key_id}, SignedHeaders={names}, Signature={sig}"
     )

@@ -95,27 +95,40 @@ def check_structure(raw: Mapping[str, Any], where: str = "") -> None:
                     stack.append((item, f"{path}[{i}]", depth + 1))
 
 
-def read_token(path: Path, key: str) -> str:
-    """The bearer token in ``path``: a regular file, read bounded, not empty."""
+def read_small_file(path: Path, limit: int, key: str, what: str) -> tuple[str, int]:
+    """The UTF-8 text of the regular file ``path`` (at most ``limit`` bytes) and its mode.
+
+    Opened non-blocking (a FIFO must not wait for a writer) and checked on the
+    open descriptor, so the file checked is the file read; read bounded, so a
+    runaway file (or /dev/zero) is refused, not swallowed. Every problem is a
+    ConfigError for ``key`` whose message starts with ``what`` (the file's name).
+    """
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(key, f"cannot read {what}: {exc.strerror}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(key, f"{path} is not a regular file")
-        data = os.read(fd, MAX_TOKEN_BYTES + 1)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(key, f"{what} is not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
     except OSError as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(key, f"cannot read {what}: {exc.strerror}") from None
     finally:
         os.close(fd)
-    if len(data) > MAX_TOKEN_BYTES:
-        raise ConfigError(key, f"{path} is larger than {MAX_TOKEN_BYTES} bytes")
+    if len(data) > limit:
+        size = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
+        raise ConfigError(key, f"{what} is larger than {size}")
     try:
-        token = data.decode("utf-8").strip()
+        return data.decode("utf-8"), mode
     except UnicodeDecodeError:
-        raise ConfigError(key, f"{path} is not UTF-8") from None
+        raise ConfigError(key, f"{what} is not UTF-8") from None
+
+
+def read_token(path: Path, key: str) -> str:
+    """The bearer token in ``path``: a regular file, read bounded, not empty."""
+    token = read_small_file(path, MAX_TOKEN_BYTES, key, str(path))[0].strip()
     if not token:
         raise ConfigError(key, f"{path} is empty")
     if any(c.isspace() or not c.isprintable() for c in token):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from huselet.config.cache import parse_cache
 from huselet.config.functions import parse_function
 from huselet.config.health import parse_health
 from huselet.config.host import check_unix_path, host_memory_mb, per_user_dirs
-from huselet.config.limits import parse_toml, read_token
+from huselet.config.limits import parse_toml, read_small_file, read_token
 from huselet.config.observe import parse_log, parse_metrics
 from huselet.config.scheduler import parse_scheduler
 from huselet.config.settings import AdminSettings, Config, GatewaySettings, NodeSettings
@@ -43,21 +42,8 @@ MAX_CONFIG_BYTES = 4 << 20  # thousands of functions fit in far less
 def load_config(path: Path | None, *, known_runtimes: Iterable[str] = ("process",)) -> Config:
     """Read and validate ``path`` (or the embedded default when None)."""
     source = EMBEDDED_DEFAULT if path is None else Path(path)
-    try:
-        if not stat.S_ISREG(source.stat().st_mode):
-            # A FIFO would block the reader forever; a device never ends.
-            raise ConfigError("", f"{source} is not a regular file")
-        with source.open("rb") as f:
-            # Bounded: a reload must not swallow a runaway file (or /dev/zero).
-            raw_bytes = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError("", f"cannot read {source}: {exc.strerror}") from None
-    if len(raw_bytes) > MAX_CONFIG_BYTES:
-        raise ConfigError("", f"{source} is larger than {MAX_CONFIG_BYTES // (1 << 20)} MiB")
-    try:
-        text = raw_bytes.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError("", f"{source} is not UTF-8") from None
+    # Bounded: a reload must not swallow a runaway file (or /dev/zero, or a FIFO).
+    text = read_small_file(source, MAX_CONFIG_BYTES, "", str(source))[0]
     # Depth, 64-bit integers, finite floats: bounded before any key is read.
     raw = parse_toml(text, source)
     base = source.resolve().parent
@@ -128,16 +114,6 @@ def parse_config(
             "auth.keys_file",
             "conflicts with gateway.auth_token_file: use signed requests (keys file) or the "
             "single-tenant bearer token, not both",
-        )
-    if auth.keys_file is not None and (
-        gateway.framed is not None or gateway.framed_socket is not None
-    ):
-        # Safe by default: the framed ingress checks only the bearer token so far,
-        # so with tenants it would be a way around their signatures and limits.
-        raise ConfigError(
-            "auth.keys_file",
-            "the framed ingress (gateway.framed, gateway.framed_socket) does not take signed "
-            "requests yet; turn it off on a node with tenants",
         )
     for key, address in (("http", gateway.http), ("framed", gateway.framed)):
         if (

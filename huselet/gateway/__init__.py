@@ -4,7 +4,9 @@
 serves the framed msgpack protocol (``protocol/FRAMED.md``). Both hand each
 invocation to one :class:`InvokeCore` (admission and error rules) in front of an
 :class:`Invoker` (the node's dispatcher); ``routes``, ``responses`` and
-``httpfunc`` hold the HTTP ingress's pure, I/O-free parts.
+``httpfunc`` hold the HTTP ingress's pure, I/O-free parts. ``admission`` decides
+who may invoke what, how often, for both front ends (``admission_types``,
+``source_guard``, ``auth_bearer``, ``auth_signed`` and ``quotas`` are its parts).
 """
 
 from huselet.gateway.core import InvokeCore, Invoker

@@ -20,13 +20,16 @@ Bounds, so that no client can cost the node unbounded memory or tasks:
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
 import trio
 
-from huselet.config import GatewaySettings, TcpAddress
+from huselet.config import AuthSettings, GatewaySettings, TcpAddress
+from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import BadRequest, Draining, HuseletError, UnknownFunction
+from huselet.gateway.admission import Admission, CallRequest, Refusal
 from huselet.gateway.core import InvokeCore
 from huselet.gateway.counters import FramedCounter
 from huselet.gateway.routes import new_request_id
@@ -56,9 +59,14 @@ _TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError
 class FramedIngress:
     """``run()`` it in a nursery; cancel it to stop."""
 
-    def __init__(self, settings: GatewaySettings, core: InvokeCore) -> None:
+    def __init__(
+        self, settings: GatewaySettings, core: InvokeCore, admission: Admission | None = None
+    ) -> None:
         self.settings = settings
         self.core = core
+        # The HTTP ingress's admission (the daemon passes it): same sources, keys,
+        # signatures, replay cache and limits for both front ends.
+        self.admission = admission or Admission(AuthSettings())
         self.max_inflight = settings.framed_max_inflight
         self.max_frame = settings.max_body_bytes + ENVELOPE_BYTES
         self._connections = trio.CapacityLimiter(settings.max_connections)
@@ -126,6 +134,7 @@ class _FramedConnection:
         self._cancel = trio.CancelScope()  # replaced by the nursery's once serving
         self._slot_freed = trio.Event()
         self._told_goaway = False
+        self.peer = _peer_ip(stream)
 
     async def serve(self) -> None:
         if not await self._handshake():
@@ -210,7 +219,6 @@ class _FramedConnection:
 
     async def _serve_call(self, call: Call) -> None:
         request_id = call.request_id or new_request_id()
-        core = self.ingress.core
         try:
             if FUNCTION_NAME.fullmatch(call.fn) is None:
                 # As over HTTP: a name that cannot be configured is a 404, and
@@ -218,27 +226,25 @@ class _FramedConnection:
                 raise UnknownFunction(
                     "not a valid function name (lowercase letters, digits, - and _, at most 63)"
                 )
-            core.check_admission(len(call.event))
-            if core.invoker.takes_http(call.fn):
-                raise BadRequest(
-                    f"function {call.fn!r} takes HTTP requests (events/app); call it over HTTP"
-                )
-            # The same node-wide body budget as HTTP bodies (gateway.max_buffered_mb).
-            reserved = core.body_budget.reserve(len(call.event))
+            # Sources, signature (signed mode), tenant and limits: as over HTTP. The
+            # HELLO's token, if the node has one, was checked at the handshake.
+            ticket = self.ingress.admission.admit_call(
+                CallRequest(call.fn, call.kind, call.timeout_ms, call.auth, self.peer, True)
+            )
             try:
-                result = await core.invoke(
-                    call.fn,
-                    call.event,
-                    call.kind,
-                    timeout_ms=call.timeout_ms,
-                    request_id=request_id,
-                    meta=RequestMeta(),  # the request story and histograms, as over HTTP
-                )
+                ticket.check_body(call.event)
+                result = await self._invoke(call, request_id)
             finally:
-                core.body_budget.release(reserved)
+                ticket.release()
             reply = Reply(
                 call.id, 200, request_id, body=result.body, content_type=result.content_type
             )
+        except Refusal as exc:
+            if exc.pause_s > 0:
+                # Throttled: hold the reply back, as over HTTP; the call keeps its
+                # in-flight slot meanwhile, so a flooding connection slows itself.
+                await trio.sleep(exc.pause_s)
+            reply = _error_reply(call.id, request_id, exc)
         except HuseletError as exc:
             if isinstance(exc, Draining) and not self._told_goaway:
                 self._told_goaway = True
@@ -246,6 +252,27 @@ class _FramedConnection:
             reply = _error_reply(call.id, request_id, exc)
         await self._send(self.conn.reply(reply))
         self._slot_freed.set()
+
+    async def _invoke(self, call: Call, request_id: str) -> InvokeResult:
+        core = self.ingress.core
+        core.check_admission(len(call.event))
+        if core.invoker.takes_http(call.fn):
+            raise BadRequest(
+                f"function {call.fn!r} takes HTTP requests (events/app); call it over HTTP"
+            )
+        # The same node-wide body budget as HTTP bodies (gateway.max_buffered_mb).
+        reserved = core.body_budget.reserve(len(call.event))
+        try:
+            return await core.invoke(
+                call.fn,
+                call.event,
+                call.kind,
+                timeout_ms=call.timeout_ms,
+                request_id=request_id,
+                meta=RequestMeta(),  # the request story and histograms, as over HTTP
+            )
+        finally:
+            core.body_budget.release(reserved)
 
     async def _send(self, data: bytes) -> None:
         """Write one frame; a client that does not read within the timeout is dropped."""
@@ -286,7 +313,19 @@ def _error_reply(call_id: int, request_id: str, exc: HuseletError) -> Reply:
         error_code=exc.code,
         error_message=str(exc),
         retry_after_s=int(retry) if retry is not None else None,
+        # Which check or limit refused it, as the HTTP reply's error.reason says.
+        error_reason=exc.reason.value if isinstance(exc, Refusal) else None,
     )
+
+
+def _peer_ip(stream: trio.abc.Stream) -> str:
+    """The TCP peer's IP address; "" for a Unix socket (the daemon's own user)."""
+    if not isinstance(stream, trio.SocketStream) or stream.socket.family == socket.AF_UNIX:
+        return ""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "?"  # reset already; refused by any source list, matched by none
 
 
 async def _unix_listener(path: Path) -> trio.SocketListener:

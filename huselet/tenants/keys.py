@@ -23,9 +23,7 @@ whole; any problem names its key path, and a bad file never replaces a good one.
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from huselet.config.auth import TENANT_NAME, RateLimit, parse_rate
+from huselet.config.limits import read_small_file
 from huselet.config.table import ConfigTable, describe
 from huselet.errors import ConfigError
 
@@ -107,26 +106,17 @@ EMPTY_RING = KeyRing({}, {})
 def read_keys_file(path: Path) -> KeyRing:
     """Read and validate ``path``; KeysFileError names what is wrong (never a secret)."""
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeysFileError("", f"keys file {path} is not a regular file")
-        if st.st_mode & 0o077:
-            raise KeysFileError(
-                "",
-                f"keys file {path} is accessible by group or others "
-                f"(mode {st.st_mode & 0o777:03o}); it holds secrets: chmod 600",
-            )
-        with open(path, "rb") as f:
-            data = f.read(MAX_KEYS_FILE_BYTES + 1)
-    except OSError as exc:
-        raise KeysFileError("", f"cannot read keys file {path}: {exc.strerror}") from None
-    if len(data) > MAX_KEYS_FILE_BYTES:
-        raise KeysFileError("", f"keys file {path} is larger than 1 MiB")
+        text, mode = read_small_file(path, MAX_KEYS_FILE_BYTES, "", f"keys file {path}")
+    except ConfigError as exc:
+        raise KeysFileError("", exc.message) from None
+    if mode & 0o077:
+        raise KeysFileError(
+            "",
+            f"keys file {path} is accessible by group or others "
+            f"(mode {mode & 0o777:03o}); it holds secrets: chmod 600",
+        )
     try:
-        text = data.decode("utf-8")
         raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except UnicodeDecodeError:
-        raise KeysFileError("", f"keys file {path} is not UTF-8") from None
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         # The decoder's message quotes no values, only positions.
         kind = "JSON" if path.suffix == ".json" else "TOML"

@@ -107,9 +107,11 @@ def test_a_keys_file_is_enough_on_a_public_address(tmp_path: Path) -> None:
         parse_config(public, base_dir=tmp_path)
 
 
-def test_keys_file_is_refused_with_the_framed_ingress(tmp_path: Path) -> None:
+def test_keys_file_goes_with_the_framed_ingress(tmp_path: Path) -> None:
+    # Framed calls are signed too (protocol/ingress_signing.py), so tenants keep
+    # their signatures and limits on both ingresses.
     keys_file(tmp_path)
     framed = raw(tmp_path, {"keys_file": "keys.toml"})
     framed["gateway"] = {"framed": "127.0.0.1:0"}
-    with pytest.raises(ConfigError, match="framed ingress"):
-        parse_config(framed, base_dir=tmp_path)
+    config = parse_config(framed, base_dir=tmp_path)
+    assert config.auth.keys_file is not None and config.gateway.framed is not None

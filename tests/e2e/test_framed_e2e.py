@@ -93,8 +93,7 @@ def framed_status(daemon: Daemon) -> dict[str, Any]:
 
 
 def framed_address(daemon: Daemon) -> str:
-    assert wait_until(lambda: daemon.logs("framed ingress listening"), timeout=30)
-    return str(daemon.logs("framed ingress listening")[0]["tcp"])
+    return daemon.framed_address()
 
 
 @pytest.fixture(scope="module")

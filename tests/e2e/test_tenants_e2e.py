@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -19,10 +20,15 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 from daemon_harness import HUSELET, Daemon, wait_until, write_config
 from support import write_package
 
-from huselet.client.signing import AccessKey, sign_request
+from huselet.client.framed import FramedClient
+from huselet.client.framed_trio import open_framed_client
+from huselet.client.signing import AccessKey, format_timestamp, sign_request
+from protocol.ingress import ClientConnection, Reply, Welcome
+from protocol.ingress_signing import CallAuth, sign_call
 
 pytestmark = pytest.mark.e2e
 
@@ -138,7 +144,9 @@ def root() -> Iterator[Path]:
 def daemon(root: Path) -> Iterator[Daemon]:
     config = write_config(root, FUNCTIONS)
     text = config.read_text().replace(
-        "[gateway]", f'[auth]\nkeys_file = "{root}/keys.toml"\nkeys_poll_ms = 100\n[gateway]'
+        "[gateway]",
+        f'[auth]\nkeys_file = "{root}/keys.toml"\nkeys_poll_ms = 100\n[gateway]\n'
+        f'framed = "127.0.0.1:0"\nframed_socket = "{root}/run/framed.sock"',
     )
     config.write_text(text)
     with Daemon(config) as d:
@@ -153,12 +161,13 @@ def signed(
     *,
     body: bytes | None = None,
     at: float | None = None,
+    compact: bool = False,
 ) -> tuple[str, dict[str, str], bytes]:
     """(target, headers, body) of a request signed by ``key``."""
     target = f"/v1/invoke/{function}"
     content = body if body is not None else json.dumps(event or {}).encode()
     headers = {"Host": d.url.removeprefix("http://"), "Content-Type": "application/json"}
-    headers.update(sign_request(key, "POST", target, headers, content, at=at))
+    headers.update(sign_request(key, "POST", target, headers, content, at=at, compact=compact))
     return target, headers, content
 
 
@@ -176,6 +185,18 @@ def test_a_tenant_invokes_its_function_with_a_signed_request(daemon: Daemon) -> 
     r = call(daemon, ACME, "acme-echo", {"hello": "acme"})
     assert r.status_code == 200, r.text
     assert r.json()["event"] == {"hello": "acme"} and r.json()["function"] == "acme-echo"
+
+
+def test_the_compact_signature_form_is_accepted_and_checked(daemon: Daemon) -> None:
+    r = call(daemon, ACME_NEW, "acme-echo", {"form": "compact"}, compact=True)
+    assert r.status_code == 200, r.text
+    assert r.json()["event"] == {"form": "compact"}
+    r = call(daemon, ACME_NEW, "acme-echo", body=b"{}", compact=True)
+    assert r.status_code == 200
+    target, headers, _ = signed(daemon, GLOBEX, "globex-echo", body=b"{}", compact=True)
+    with daemon.client() as c:
+        tampered = c.post(target, content=b'{"x": 1}', headers=headers)
+    assert tampered.status_code == 401 and reason(tampered) == "body_mismatch"
 
 
 def test_another_tenants_function_is_403_whether_or_not_it_exists(daemon: Daemon) -> None:
@@ -394,3 +415,102 @@ name = "echo"
 package = "pkgs/echo"
 handler = "main:handler"
 """
+
+
+# --- the framed ingress: the same keys, signatures, replay cache and limits ----------------
+
+
+def framed_call(d: Daemon, key: AccessKey | None, function: str, event: Any = None) -> Reply:
+    with FramedClient.connect(d.framed_address(), key=key) as client:
+        return client.call(function, json.dumps(event or {}).encode(), "json")
+
+
+def test_framed_a_tenant_calls_its_function_signed_over_tcp_and_the_socket(
+    daemon: Daemon, root: Path
+) -> None:
+    r = framed_call(daemon, ACME_NEW, "acme-echo", {"via": "tcp"})
+    assert r.status == 200, r
+    assert json.loads(r.body)["event"] == {"via": "tcp"}
+
+    async def over_the_socket() -> list[int]:
+        async with open_framed_client(root / "run" / "framed.sock", key=GLOBEX) as client:
+            replies = [await client.call("globex-echo", b'{"n": 1}', "json") for _ in range(3)]
+        return [reply.status for reply in replies]
+
+    assert trio.run(over_the_socket) == [200, 200, 200]
+
+
+def test_framed_refusals_match_http(daemon: Daemon) -> None:
+    r = framed_call(daemon, GLOBEX, "acme-echo")
+    assert (r.status, r.error_code, r.error_reason) == (403, "forbidden", "forbidden_function")
+    r = framed_call(daemon, None, "acme-echo")
+    assert (r.status, r.error_reason) == (401, "missing_auth")
+    wrong = AccessKey(ACME_NEW.key_id, "not-the-secret-0123456789abcdef0")
+    r = framed_call(daemon, wrong, "acme-echo")
+    assert (r.status, r.error_reason) == (401, "bad_signature")
+    assert wrong.secret not in (r.error_message or "") and ACME_NEW.secret not in str(r)
+    r = framed_call(daemon, AccessKey("HKNOSUCHKEY00001", ACME_NEW.secret), "acme-echo")
+    assert (r.status, r.error_reason) == (401, "unknown_key")
+
+
+def test_framed_replay_stale_and_tampered_calls_are_401(daemon: Daemon) -> None:
+    event = b'{"pay": 1}'
+
+    def signed(at: float, nonce: str, body: bytes = event) -> CallAuth:
+        return sign_call(
+            ACME_NEW.key_id,
+            ACME_NEW.secret,
+            "acme-echo",
+            body,
+            "json",
+            None,
+            date=format_timestamp(at),
+            nonce=nonce,
+        )
+
+    auth = signed(time.time(), "replay-1")
+    assert raw_call(daemon, auth, event).status == 200
+    again = raw_call(daemon, auth, event)  # another connection: the cache is node-wide
+    assert (again.status, again.error_reason) == (401, "replay")
+    stale = raw_call(daemon, signed(time.time() - 3600, "stale-1"), event)
+    assert (stale.status, stale.error_reason) == (401, "stale_timestamp")
+    assert "skew" in (stale.error_message or "")
+    tampered = raw_call(daemon, signed(time.time(), "tamper-1"), b'{"pay": 1000}')
+    assert (tampered.status, tampered.error_reason) == (401, "body_mismatch")
+
+
+def raw_call(d: Daemon, auth: CallAuth, event: bytes) -> Reply:
+    """One call with exactly this ``auth`` (what huselet's clients never send twice)."""
+    host, _, port = d.framed_address().rpartition(":")
+    conn = ClientConnection()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(conn.hello())
+        while True:
+            message = conn.next_event()
+            if message is None:
+                data = sock.recv(65536)
+                assert data, "the node closed the connection"
+                conn.receive_data(data)
+            elif isinstance(message, Welcome):
+                sock.sendall(conn.call("acme-echo", event, "json", auth=auth)[1])
+            else:
+                assert isinstance(message, Reply), message
+                return message
+
+
+def test_framed_throttled_tenant_gets_429_with_retry_after(daemon: Daemon) -> None:
+    # slow: burst 2, then one call per 100 s, whichever ingress its calls came by.
+    timed = []
+    with FramedClient.connect(daemon.framed_address(), key=SLOW) as client:
+        for _ in range(3):
+            started = time.monotonic()
+            reply = client.call("slow-echo", b"{}", "json")
+            timed.append((reply, time.monotonic() - started))
+    throttled = [(r, took) for r, took in timed if r.status == 429]
+    assert throttled, [r.status for r, _ in timed]
+    r, took = throttled[0]
+    # Held back auth.throttle_delay_ms (250 ms), as over HTTP: a lower bound only.
+    assert took >= 0.25
+    assert (r.error_code, r.error_reason) == ("rate_limited", "tenant_rate")
+    assert r.retry_after_s is not None and r.retry_after_s >= 1
+    assert daemon.status()["admission"]["refusals"]["tenant_rate"]["slow"] >= 1

@@ -9,12 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from huselet.client.signing import AccessKey, sign_request
+from huselet.client.signing import AccessKey, format_timestamp, sign_request
 from huselet.config import AuthSettings
 from huselet.config.auth import RateLimit
-from huselet.gateway.admission import Admission, AdmissionRequest, AuthMode, Refusal
+from huselet.gateway.admission import (
+    Admission,
+    AdmissionRequest,
+    AuthMode,
+    CallRequest,
+    Refusal,
+)
 from huselet.tenants.keys import KeyRing, read_keys_file
 from huselet.tenants.stats import RefusalReason
+from protocol.ingress_signing import sign_call
 
 NOW = 1_800_000_000.0
 ACME = AccessKey("HKACME01", "acme-secret-0123456789")
@@ -85,10 +92,11 @@ def request(
     body: bytes = b"{}",
     peer: str = "10.0.0.1",
     target: str | None = None,
+    compact: bool = False,
 ) -> AdmissionRequest:
     target = target or f"/v1/invoke/{function}"
     headers = {"Host": "node:8470", "Content-Type": "application/json"}
-    signed = sign_request(key, "POST", target, headers, body, at=at)
+    signed = sign_request(key, "POST", target, headers, body, at=at, compact=compact)
     raw = [(k.lower().encode(), v.encode()) for k, v in {**headers, **signed}.items()]
     path, _, query = target.encode().partition(b"?")
     return AdmissionRequest(
@@ -96,9 +104,9 @@ def request(
     )
 
 
-def refused(adm: Admission, req: AdmissionRequest) -> Refusal:
+def refused(adm: Admission, req: AdmissionRequest | CallRequest) -> Refusal:
     with pytest.raises(Refusal) as info:
-        adm.admit(req)
+        adm.admit(req) if isinstance(req, AdmissionRequest) else adm.admit_call(req)
     return info.value
 
 
@@ -301,3 +309,129 @@ def test_bearer_mode() -> None:
     assert refused(adm, req(None)).reason is RefusalReason.MISSING_AUTH
     err = refused(adm, req(b"Bearer tol"))
     assert err.reason is RefusalReason.BAD_TOKEN and err.challenge == b'Bearer realm="huselet"'
+
+
+def test_a_throttled_tenant_is_refused_before_its_signature_is_checked(ring: KeyRing) -> None:
+    clock = Clock()
+    adm = make(ring, clock)
+    for i in range(2):
+        adm.admit(request(ACME, "acme-fn", body=str(i).encode())).release()
+    # A wrong signature of a throttled tenant's key: 429, no HMAC spent on it.
+    forged = request(AccessKey(ACME.key_id, "z" * 22), "acme-fn", body=b"x")
+    assert refused(adm, forged).reason is RefusalReason.TENANT_RATE
+    # A refused request was not recorded as used: once a token is back, it goes through.
+    later = request(ACME, "acme-fn", body=b"y")
+    assert refused(adm, later).reason is RefusalReason.TENANT_RATE
+    clock.advance(1.0)
+    assert adm.admit(later).tenant == "acme"
+
+
+def call(key: AccessKey, fn: str, *, at: float = NOW, nonce: str = "n1") -> CallRequest:
+    """A framed call of ``fn`` with the event ``{}`` and a 500 ms timeout, signed by ``key``."""
+    date = format_timestamp(at)
+    auth = sign_call(key.key_id, key.secret, fn, b"{}", "json", 500, date=date, nonce=nonce)
+    return CallRequest(fn, "json", 500, auth, "10.0.0.1", True)
+
+
+def test_signed_framed_calls_get_the_same_refusals_as_http(ring: KeyRing) -> None:
+    clock = Clock()
+    adm = make(ring, clock)
+    req = call(GLOBEX, "globex-fn")
+    ticket = adm.admit_call(req)
+    assert ticket.tenant == "globex"
+    ticket.check_body(b"{}")
+    with pytest.raises(Refusal) as info:
+        ticket.check_body(b'{"x":1}')
+    assert (info.value.reason, info.value.status) == (RefusalReason.BODY_MISMATCH, 401)
+    ticket.release()
+    assert refused(adm, req).reason is RefusalReason.REPLAY
+    assert refused(adm, replace(req, auth=None)).reason is RefusalReason.MISSING_AUTH
+    good = call(GLOBEX, "globex-fn", nonce="n2")
+    assert good.auth is not None
+    for changed in (
+        replace(good, function="globex-fn2"),
+        replace(good, kind="bytes"),
+        replace(good, timeout_ms=501),
+        replace(good, auth=replace(good.auth, nonce="n3")),
+        replace(good, auth=replace(good.auth, body_sha256="0" * 64)),
+        replace(good, auth=replace(good.auth, key_id=ACME.key_id)),
+    ):
+        assert refused(adm, changed).reason is RefusalReason.BAD_SIGNATURE, changed
+    cases = [
+        (call(ACME, "globex-fn"), RefusalReason.FORBIDDEN_FUNCTION, 403),
+        (call(AccessKey("HKNOPE01", ACME.secret), "acme-fn"), RefusalReason.UNKNOWN_KEY, 401),
+        (call(AccessKey(ACME.key_id, "w" * 22), "acme-fn"), RefusalReason.BAD_SIGNATURE, 401),
+        (call(ACME, "acme-fn", at=NOW - 301), RefusalReason.STALE_TIMESTAMP, 401),
+        (replace(good, auth=replace(good.auth, date="yesterday")), RefusalReason.MALFORMED, 401),
+        (replace(good, auth=replace(good.auth, body_sha256="AB")), RefusalReason.MALFORMED, 401),
+        (replace(good, auth=replace(good.auth, nonce="a b")), RefusalReason.MALFORMED, 401),
+    ]
+    for req, reason, status in cases:
+        err = refused(adm, req)
+        assert (err.reason, err.status) == (reason, status), err.message
+        assert err.challenge == (b"HUSELET-HMAC-SHA256" if status == 401 else None)
+    # The replay cache is shared with HTTP and the limits are the tenant's, on both ingresses.
+    for i in range(2):
+        adm.admit(request(ACME, "acme-fn", body=str(i).encode())).release()
+    err = refused(adm, call(ACME, "acme-fn", nonce="n9"))
+    assert (err.reason, err.retry_after_s) == (RefusalReason.TENANT_RATE, 1)
+
+
+def test_framed_calls_in_open_and_bearer_modes() -> None:
+    clock = Clock()
+    settings = AuthSettings(source_rate=RateLimit(1.0, 1.0), deny_cidrs=("10.9.0.0/16",))
+    adm = Admission(settings, clock=lambda: clock.mono)
+    unsigned = CallRequest("f", "json", None, None, "10.0.0.1", True)
+    adm.admit_call(unsigned).release()
+    assert refused(adm, unsigned).reason is RefusalReason.SOURCE_RATE
+    denied = replace(unsigned, peer="10.9.0.1")
+    assert refused(adm, denied).reason is RefusalReason.SOURCE_DENIED
+    local = replace(unsigned, peer="")  # the Unix socket: no address list applies
+    adm.admit_call(local).release()
+    bearer = Admission(AuthSettings(), bearer_token=b"tok")
+    bearer.admit_call(unsigned).release()  # the HELLO carried the token
+    err = refused(bearer, replace(unsigned, authenticated=False))
+    assert (err.reason, err.status) == (RefusalReason.MISSING_AUTH, 401)
+
+
+@pytest.mark.parametrize("length", [16, 64, 65, 200])
+def test_secrets_of_any_length_verify_as_the_stdlib_hmac_signs(tmp_path: Path, length: int) -> None:
+    # The verifier precomputes the HMAC's padded-key states (RFC 2104): keys up to
+    # the block size are padded, longer ones hashed first, as hmac.new does.
+    key = AccessKey("HKLONG01", "s" * length)
+    path = tmp_path / "keys.toml"
+    path.write_text(
+        f'[[tenants]]\nname = "acme"\n[[tenants.keys]]\nid = "HKLONG01"\nsecret = "{key.secret}"\n'
+    )
+    os.chmod(path, 0o600)
+    adm = make(read_keys_file(path), Clock())
+    assert adm.admit(request(key, "acme-fn")).tenant == "acme"
+    wrong = AccessKey(key.key_id, "s" * (length - 1) + "t")
+    assert refused(adm, request(wrong, "acme-fn")).reason is RefusalReason.BAD_SIGNATURE
+
+
+def test_the_compact_form_is_verified_like_the_headers_it_stands_for(ring: KeyRing) -> None:
+    clock = Clock()
+    adm = make(ring, clock)
+    req = request(GLOBEX, "globex-fn", body=b'{"c":1}', compact=True)
+    assert [name for name, _ in req.headers] == [b"host", b"content-type", b"authorization"]
+    ticket = adm.admit(req)
+    assert ticket.tenant == "globex"
+    ticket.check_body(b'{"c":1}')
+    ticket.release()
+    assert refused(adm, req).reason is RefusalReason.REPLAY
+    auth = request(GLOBEX, "globex-fn", body=b"{}", compact=True).authorization
+    assert auth is not None
+    base = replace(req, authorization=auth)
+    # A parameter and the header it stands for, both: ambiguous, refused.
+    doubled = replace(base, headers=[*base.headers, (b"x-huselet-date", b"20261130T045119Z")])
+    assert refused(adm, doubled).reason is RefusalReason.MALFORMED
+    # A parameter whose header is not signed.
+    unsigned = auth.replace(b";x-huselet-nonce,", b",")
+    assert refused(adm, replace(base, authorization=unsigned)).reason is RefusalReason.MALFORMED
+    # Tampering with a parameter breaks the signature (or the body check after).
+    nonce = auth.replace(b"Nonce=", b"Nonce=x")
+    assert refused(adm, replace(base, authorization=nonce)).reason is RefusalReason.BAD_SIGNATURE
+    digest = auth.partition(b"ContentSha256=")[2][:64]
+    other = auth.replace(digest, b"0" * 64)
+    assert refused(adm, replace(base, authorization=other)).reason is RefusalReason.BAD_SIGNATURE

@@ -95,6 +95,30 @@ def test_malformed_authorization_is_refused(header: bytes) -> None:
         parse_authorization(header)
 
 
+@pytest.mark.parametrize("v", VECTORS, ids=[v["name"] for v in VECTORS])
+def test_the_compact_form_carries_the_same_signature(v: dict[str, Any]) -> None:
+    at = parse_timestamp(v["date"].encode())
+    key = AccessKey(v["key_id"], v["secret"])
+    body = v["body"].encode()
+    got = sign_request(
+        key, v["method"], v["target"], _headers(v), body, at=at, nonce=v["nonce"], compact=True
+    )
+    assert list(got) == ["authorization"]  # no x-huselet-* headers of their own
+    creds = parse_authorization(got["authorization"].encode())
+    assert creds.signature == v["signature"].encode()
+    assert dict(creds.inline) == {
+        b"x-huselet-date": v["date"].encode(),
+        b"x-huselet-nonce": v["nonce"].encode(),
+        b"x-huselet-content-sha256": v["body_sha256"].encode(),
+    }
+    # Any order of the parameters, with or without spaces (the precise parser).
+    header = got["authorization"].encode()
+    scheme, _, params = header.partition(b" ")
+    reordered = scheme + b" " + b",".join(reversed(params.split(b", ")))
+    again = parse_authorization(reordered)
+    assert (again.signature, dict(again.inline)) == (creds.signature, dict(creds.inline))
+
+
 def test_authorization_fields() -> None:
     creds = parse_authorization(
         b"HUSELET-HMAC-SHA256 Credential=HK1, SignedHeaders=host;x-huselet-date, Signature=ab"

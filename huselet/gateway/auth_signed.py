@@ -1,0 +1,346 @@
+"""Signed mode: HUSELET-HMAC-SHA256 verification of HTTP requests and framed calls.
+
+:class:`SignatureVerifier` answers "which tenant signed this, and which body
+digest did it sign?" or raises a 401 (503 when the replay cache is full). The
+order is the cheapest refusal first: the Authorization shape, the key (known,
+valid now), the tenant's quota (a throttled tenant costs no HMAC), the
+timestamp's skew, then the signature (constant time), then the replay cache.
+
+This is the hot path of a node with tenants, so it avoids what costs in
+CPython here: the HMAC's inner and outer SHA-256 states are computed once per
+key (a request then costs two hash copies instead of a keyed OpenSSL context),
+hashers are copied rather than constructed, the canonical form is built in
+one join, and a second's timestamp is parsed once. The bytes are those of
+:mod:`huselet.client.signing` and :mod:`protocol.ingress_signing`; the test
+vectors in tests/tenants pin both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from huselet.client.signing import (
+    ALGORITHM_B,
+    CONTENT_HEADER,
+    DATE_HEADER,
+    REQUIRED_SIGNED,
+    Credentials,
+    SigningError,
+    canonical_query,
+    format_timestamp,
+    parse_authorization,
+    parse_timestamp,
+)
+from huselet.config.auth import AuthSettings
+from huselet.gateway.admission_types import (
+    AdmissionRequest,
+    AuthFailer,
+    CallRequest,
+    Refusals,
+)
+from huselet.tenants.keys import EMPTY_RING, KeyEntry, KeyRing, TenantSettings
+from huselet.tenants.limits import ReplayCache, ReplayCacheFull
+from huselet.tenants.stats import RefusalReason
+from protocol.ingress_signing import CANONICAL_TAG
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+_SCHEME = ALGORITHM_B + b" "
+_CONTENT_HEADER_B = CONTENT_HEADER.encode()
+_DATE_HEADER_B = DATE_HEADER.encode()
+_SHA256_HEX = re.compile(rb"[0-9a-f]{64}")
+_SHA256_HEX_STR = re.compile(r"[0-9a-f]{64}")
+_NONCE = re.compile(r"[!-~]{1,128}")
+_BLANK = hashlib.sha256()  # copied, not constructed: cheaper per hash
+_IPAD = bytes(0x36 for _ in range(64))
+_OPAD = bytes(0x5C for _ in range(64))
+_wanted_cache: dict[tuple[bytes, ...], frozenset[bytes] | None] = {}
+
+# The check to run once the key and tenant are known (the tenant's quota).
+TenantCheck = Callable[[str], None]
+
+
+def _wanted(signed: tuple[bytes, ...]) -> frozenset[bytes] | None:
+    """The signed names as a set, or None when a required one is missing (cached)."""
+    try:
+        return _wanted_cache[signed]
+    except KeyError:
+        pass
+    wanted = frozenset(signed) if all(n in signed for n in REQUIRED_SIGNED) else None
+    if len(_wanted_cache) < 256:  # callers use a handful of header sets
+        _wanted_cache[signed] = wanted
+    return wanted
+
+
+def sha256_hex(data: bytes) -> bytes:
+    """Lowercase hex SHA-256 of ``data``, as ASCII bytes."""
+    h = _BLANK.copy()
+    h.update(data)
+    return h.hexdigest().encode("ascii")
+
+
+class _Mac:
+    """HMAC-SHA256 under one secret with its padded-key states precomputed (RFC 2104)."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) > 64:
+            secret = hashlib.sha256(secret).digest()
+        key = secret.ljust(64, b"\0")
+        self._inner: _Hash = hashlib.sha256(bytes(a ^ b for a, b in zip(key, _IPAD, strict=True)))
+        self._outer: _Hash = hashlib.sha256(bytes(a ^ b for a, b in zip(key, _OPAD, strict=True)))
+
+    def hexdigest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest().encode("ascii")
+
+
+class SignatureVerifier:
+    def __init__(
+        self,
+        settings: AuthSettings,
+        *,
+        refusals: Refusals,
+        fail: AuthFailer,
+        check_tenant: TenantCheck,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self._refuse = refusals.refuse
+        self._fail = fail
+        self._check_tenant = check_tenant
+        self._wall = wall_clock
+        self.ring: KeyRing = EMPTY_RING
+        self._macs: dict[str, tuple[KeyEntry, _Mac]] = {}
+        self.replay = ReplayCache(settings.replay_cache_size)
+        self._last_date, self._last_at = b"", 0.0
+        self.configure(settings)
+
+    def configure(self, settings: AuthSettings) -> None:
+        self._skew_s = float(settings.max_skew_s)
+        self.replay.capacity = settings.replay_cache_size
+
+    def set_keys(self, ring: KeyRing) -> None:
+        self.ring = ring
+        self._macs = {key_id: (entry, _Mac(entry.secret)) for key_id, entry in ring.keys.items()}
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    def verify_http(self, request: AdmissionRequest) -> tuple[TenantSettings, bytes]:
+        """The tenant whose key signed ``request``, and the body digest it signed."""
+        peer = request.peer
+        authorization = request.authorization
+        if authorization is None or not authorization.startswith(_SCHEME):
+            raise self._fail(
+                RefusalReason.MISSING_AUTH,
+                "this node requires signed requests (Authorization: HUSELET-HMAC-SHA256 ...)",
+                peer,
+            )
+        try:
+            creds = parse_authorization(authorization)
+        except SigningError as exc:
+            raise self._fail(RefusalReason.MALFORMED, str(exc), peer) from None
+        entry, tenant, now = self._key(creds.key_id, peer)
+        values = self._signed_values(creds, request.headers, peer, tenant.name)
+        date = values[_DATE_HEADER_B]
+        at = self._timestamp(date, now, peer, tenant.name)
+        content = values[_CONTENT_HEADER_B]
+        if _SHA256_HEX.fullmatch(content) is None:
+            raise self._fail(
+                RefusalReason.MALFORMED,
+                "X-Huselet-Content-Sha256 must be 64 lowercase hex digits",
+                peer,
+                tenant.name,
+            )
+        # The canonical request of huselet.client.signing, in one join.
+        parts = [request.method, request.path, canonical_query(request.query)]
+        for name in creds.signed_headers:
+            parts.append(name + b":" + values[name].strip())
+        parts += (b"", b";".join(creds.signed_headers), content)
+        self._check_signature(entry, date, b"\n".join(parts), creds.signature, peer, tenant.name)
+        self._check_replay(creds.signature, at, now, tenant.name)
+        return tenant, content
+
+    def _signed_values(
+        self,
+        creds: Credentials,
+        headers: Iterable[tuple[bytes, bytes]],
+        peer: str,
+        tenant: str,
+    ) -> dict[bytes, bytes]:
+        signed = creds.signed_headers
+        wanted = _wanted(signed)
+        if wanted is None:
+            raise self._fail(
+                RefusalReason.MALFORMED,
+                "SignedHeaders must include host, x-huselet-content-sha256 and x-huselet-date",
+                peer,
+                tenant,
+            )
+        # The compact form's parameters stand for the headers they name.
+        values = dict(creds.inline)
+        if not all(name in wanted for name in values):
+            raise self._fail(
+                RefusalReason.MALFORMED,
+                "Date, Nonce and ContentSha256 must be signed (as the headers they stand for)",
+                peer,
+                tenant,
+            )
+        has_content_type = False
+        for name, value in headers:
+            if name in wanted:
+                if name in values:
+                    raise self._fail(
+                        RefusalReason.MALFORMED,
+                        f"signed header {name.decode('ascii')} appears more than once",
+                        peer,
+                        tenant,
+                    )
+                values[name] = value
+            elif name == b"content-type":
+                has_content_type = True
+        if has_content_type:
+            # It decides how the body is decoded: it must not be changeable in transit.
+            raise self._fail(
+                RefusalReason.MALFORMED, "content-type must be a signed header", peer, tenant
+            )
+        if len(values) != len(signed):
+            missing = next(name for name in signed if name not in values)
+            raise self._fail(
+                RefusalReason.MALFORMED,
+                f"signed header {missing.decode('ascii')} is not in the request",
+                peer,
+                tenant,
+            )
+        return values
+
+    # --- framed calls ------------------------------------------------------------------------
+
+    def verify_call(self, call: CallRequest) -> tuple[TenantSettings, bytes]:
+        """The tenant whose key signed ``call``, and the event digest it signed."""
+        peer = call.peer
+        auth = call.auth
+        if auth is None:
+            raise self._fail(
+                RefusalReason.MISSING_AUTH,
+                "this node requires signed calls (a call frame with an auth map)",
+                peer,
+            )
+        entry, tenant, now = self._key(auth.key_id, peer)
+        try:
+            date = auth.date.encode("ascii")
+        except UnicodeEncodeError:
+            date = b"?"  # fails the timestamp's shape below
+        at = self._timestamp(date, now, peer, tenant.name)
+        sha_ok = _SHA256_HEX_STR.fullmatch(auth.body_sha256) is not None
+        if not sha_ok or _NONCE.fullmatch(auth.nonce) is None:
+            raise self._fail(
+                RefusalReason.MALFORMED,
+                "auth sha256 must be 64 lowercase hex digits, nonce 1 to 128 printable ASCII",
+                peer,
+                tenant.name,
+            )
+        canonical = b"\n".join(
+            (
+                CANONICAL_TAG,
+                call.function.encode(),
+                call.kind.encode(),
+                b"" if call.timeout_ms is None else str(call.timeout_ms).encode(),
+                auth.key_id.encode(),
+                auth.nonce.encode(),
+                auth.body_sha256.encode(),
+            )
+        )
+        signature = auth.signature.encode("utf-8", "replace")
+        self._check_signature(entry, date, canonical, signature, peer, tenant.name)
+        self._check_replay(signature, at, now, tenant.name)
+        return tenant, auth.body_sha256.encode("ascii")
+
+    # --- shared steps ----------------------------------------------------------------------
+
+    def _key(self, key_id: str, peer: str) -> tuple[KeyEntry, TenantSettings, float]:
+        entry = self.ring.keys.get(key_id)
+        tenant = None if entry is None else self.ring.tenants.get(entry.tenant)
+        if entry is None or tenant is None:
+            raise self._fail(RefusalReason.UNKNOWN_KEY, "unknown access key", peer)
+        now = self._wall()
+        if not entry.valid_at(now):
+            raise self._fail(
+                RefusalReason.KEY_NOT_VALID,
+                "the access key is not valid now (not yet valid, or expired)",
+                peer,
+                tenant.name,
+            )
+        # A tenant over its quota is refused before any hashing is spent on it.
+        self._check_tenant(tenant.name)
+        return entry, tenant, now
+
+    def _timestamp(self, date: bytes, now: float, peer: str, tenant: str) -> float:
+        if date == self._last_date:  # most requests of a second share their timestamp
+            at = self._last_at
+        else:
+            try:
+                at = parse_timestamp(date)
+            except SigningError as exc:
+                raise self._fail(RefusalReason.MALFORMED, str(exc), peer, tenant) from None
+            self._last_date, self._last_at = date, at
+        if abs(now - at) > self._skew_s:
+            raise self._fail(
+                RefusalReason.STALE_TIMESTAMP,
+                f"the request timestamp {date.decode('ascii')} is outside the allowed skew of "
+                f"{self._skew_s:g} s from the node's clock ({format_timestamp(now)})",
+                peer,
+                tenant,
+            )
+        return at
+
+    def _check_signature(
+        self,
+        entry: KeyEntry,
+        date: bytes,
+        canonical: bytes,
+        sent: bytes,
+        peer: str,
+        tenant: str,
+    ) -> None:
+        cached = self._macs.get(entry.key_id)
+        if cached is not None and cached[0] is entry:
+            mac = cached[1]
+        else:  # not (or no longer) the entry the MAC was made for: make it anew
+            mac = _Mac(entry.secret)
+            self._macs[entry.key_id] = (entry, mac)
+        to_sign = ALGORITHM_B + b"\n" + date + b"\n" + sha256_hex(canonical)
+        if not hmac.compare_digest(mac.hexdigest(to_sign), sent):
+            raise self._fail(
+                RefusalReason.BAD_SIGNATURE,
+                "the signature does not match the request",
+                peer,
+                tenant,
+            )
+
+    def _check_replay(self, signature: bytes, at: float, now: float, tenant: str) -> None:
+        try:
+            replayed = self.replay.seen(signature, at + self._skew_s + 1, now)
+        except ReplayCacheFull:
+            raise self._refuse(
+                RefusalReason.REPLAY_CACHE_FULL,
+                "too many signed requests in the skew window; retry shortly",
+                503,
+                tenant,
+                retry_after_s=1,
+            ) from None
+        if replayed:
+            raise self._refuse(
+                RefusalReason.REPLAY,
+                "this signature was already used; sign every request anew",
+                401,
+                tenant,
+            )
