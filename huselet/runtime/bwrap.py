@@ -84,7 +84,7 @@ class BwrapRuntime(SandboxRuntime):
                 f"runtimes.{self.name}.binary: {self.binary!r} not found "
                 "(install the bubblewrap package)"
             )
-        host = self.probe()
+        host = await self.probe()
         if self.isolation.isolation:
             self._setpriv = shutil.which("setpriv")
             if self._setpriv is None:

@@ -192,9 +192,12 @@ class SandboxRuntime(ChildRuntime):
     def configure(self, table: Table) -> None:
         self.isolation: IsolationSettings = parse_isolation(table)
 
-    def probe(self) -> HostFeatures:
-        """What the host provides; the settings resolved against it (or refused)."""
-        host = probe_host(self.isolation)
+    async def probe(self) -> HostFeatures:
+        """What the host provides; the settings resolved against it (or refused).
+
+        On a worker thread: the probe spawns a process (a user-namespace test).
+        """
+        host = await trio.to_thread.run_sync(probe_host, self.isolation)
         self.isolation = resolve(self.isolation, host, self.name)
         return host
 

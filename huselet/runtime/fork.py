@@ -108,7 +108,7 @@ class ForkRuntime(SandboxRuntime):
     # --- lifecycle ----------------------------------------------------------------
 
     async def prepare(self) -> None:
-        host = self.probe()
+        host = await self.probe()
         _raise_nofile()
         self._staging.mkdir(mode=0o700, parents=True, exist_ok=True)
         await self.open_cgroup_pool(host)

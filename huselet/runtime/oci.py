@@ -115,7 +115,7 @@ class OciRuntime(SandboxRuntime):
             raise RuntimeConfigError(f"runtimes.{self.name}.binary: {self.binary!r} not found")
         if os.geteuid() != 0:
             raise RuntimeConfigError(f"runtimes.{self.name}: runc needs the daemon to run as root")
-        host = self.probe()
+        host = await self.probe()
         self._cgroup_host = host.cgroups if self.isolation.cgroups else None
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         await self._delete_leftovers()
@@ -131,6 +131,9 @@ class OciRuntime(SandboxRuntime):
             await self._delete(instance_id)
         shutil.rmtree(self._dir, ignore_errors=True)
         remove_empty_tree(self._cgroup_subtree())
+        # No container is left to reap: orphans go to init again, not to a
+        # process that no longer sweeps them (an in-process stack, a test).
+        linux.prctl(PR_SET_CHILD_SUBREAPER, 0)
 
     def _cgroup_subtree(self) -> str:
         return self.cgroup_subtree(self._cgroup_host)
