@@ -7,9 +7,10 @@ and importing everything again.
 
 One start (:meth:`ForkRuntime.start`):
 
-1. wait (with the start deadline) for the function's zygote — built at
-   :meth:`run` for the functions given to :meth:`expect` when
-   ``zygotes = "eager"``, else on first use; rebuilt if it dies;
+1. wait (with the start deadline) for the function's zygote — one per
+   function and code: built at :meth:`run` for the functions given to
+   :meth:`expect` when ``zygotes = "eager"``, from the code requests get
+   (:attr:`code`: the packed image), else on first use; rebuilt if it dies;
 2. take a pre-created cgroup from the pool and set the function's memory limit;
 3. dial the function's link socket *for* the instance and make its output
    pipe; move the zygote into the instance's cgroup and send it the two

@@ -24,7 +24,8 @@ unconfined as the daemon's uid), ``network`` (``none`` | ``host``),
 workers run as itself.
 
 Why ``subprocess.Popen`` runs on one long-lived spawner thread
-(:mod:`huselet.runtime.spawner`) and not through ``trio.lowlevel.open_process``
+(:mod:`huselet.runtime.spawner`, through :class:`~huselet.runtime.common.ChildRuntime`
+as in every built-in runtime) and not through ``trio.lowlevel.open_process``
 or on the Trio thread: the parent-death signal fires when the *thread* that
 forked exits — trio retires idle worker threads after seconds, which would
 kill healthy instances — and a spawn on the Trio thread (~20 ms) stalls every
