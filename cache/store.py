@@ -41,7 +41,6 @@ import logging
 import os
 import random
 import secrets
-import stat
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -567,8 +566,11 @@ def _verify_download(part: Path, digest: str) -> int:
 def _commit(part: Path, final: Path) -> int:
     """Rename the verified download into place, read-only; return its inode."""
     st = os.lstat(part)
-    # Our private copy: nobody (not even we) writes to it again.
-    os.chmod(part, stat.S_IMODE(st.st_mode) & ~0o222)
+    # Our private copy: nobody (not even we) writes to it again. Readable by
+    # all, whatever the umask was when it was created (a process-wide umask
+    # another thread narrowed would leave sandboxes unable to read their code);
+    # the store's own directory is what keeps it private.
+    os.chmod(part, 0o444)
     os.rename(part, final)
     fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
