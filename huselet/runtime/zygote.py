@@ -150,7 +150,13 @@ class ZygoteProcess:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump_output, out_fd, "zygote", fields)
                 nursery.start_soon(self._read_replies, start_timeout_s)
-                await self._send({"t": "config", "plan": self.plan.to_wire()})
+                try:
+                    await self._send({"t": "config", "plan": self.plan.to_wire()})
+                except (OSError, trio.ClosedResourceError) as exc:
+                    # Killed before it got its plan (from outside, e.g. its cgroup
+                    # swept): one failed build, never the runtime.
+                    self.error = f"the zygote could not be configured: {exc}"
+                    self.kill()
                 await self.handle.reap()
                 nursery.cancel_scope.deadline = trio.current_time() + 1
         finally:
