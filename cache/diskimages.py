@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import stat
 from pathlib import Path
 
 from cache import format as fmt
@@ -116,8 +115,11 @@ def verify_download(part: Path, digest: str) -> int:
 def commit(part: Path, final: Path) -> int:
     """Rename the verified download into place, read-only; return its inode."""
     st = os.lstat(part)
-    # Our private copy: nobody (not even we) writes to it again.
-    os.chmod(part, stat.S_IMODE(st.st_mode) & ~0o222)
+    # Our private copy: nobody (not even we) writes to it again. Readable by
+    # all, whatever the umask was when it was created (a process-wide umask
+    # another thread narrowed would leave sandboxes unable to read their code);
+    # the store's own directory is what keeps it private.
+    os.chmod(part, 0o444)
     os.rename(part, final)
     fsync_dir(final.parent)
     return st.st_ino

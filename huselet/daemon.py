@@ -94,6 +94,8 @@ class Daemon:
             runtime.expect([fn for fn in config.functions if fn.runtime == name])
         self.links = LinkServer(config.node.run_dir, self._claim_link, max_frame=max_frame)
         self.cache: CodeCache = CodeCache(config, self._invocation_counts)
+        for runtime in self.runtimes.values():
+            runtime.use_code(self.cache.packages)  # so fork's eager zygotes use the packed image
         self.dispatcher: Dispatcher = Dispatcher(
             config, self.runtimes, self.links.socket_path, code=self.cache.packages
         )

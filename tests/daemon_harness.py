@@ -161,6 +161,24 @@ class Daemon:
         assert out.returncode == 0, out.stderr
         return [i["pid"] for i in json.loads(out.stdout) if i["pid"]]
 
+    def zygote_pids(self) -> set[int]:
+        """The daemon's fork zygotes: its children running the zygote module.
+
+        Its instances are its children too (cloned with CLONE_PARENT, so they
+        carry the zygote's command line): they are left out."""
+        found = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.proc.pid and b"huselet.sandbox.zygote" in cmdline:
+                found.add(int(entry.name))
+        return found - set(self.instance_pids())
+
     def terminate(self, timeout: float = 30) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.wait(timeout)

@@ -102,6 +102,8 @@ class PackageManager(CacheBookkeeping):
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self._pack_lock = trio.Lock()  # one pack at a time: it is CPU- and disk-bound
         self._nursery: trio.Nursery | None = None
+        # Set once running: an acquire before that (fork's eager zygotes) waits for it.
+        self._running = trio.Event()
         # Set by the daemon to the prefetcher's hint: how a quarantined image comes back.
         self.refetch: Callable[[str, Origin], object] | None = None
         # Set by the daemon: redeploys functions whose code changed (see _announce).
@@ -118,12 +120,15 @@ class PackageManager(CacheBookkeeping):
                     if fn.code_source == "package" and fn.package not in self._dirs:
                         self._dirs[fn.package] = Resolved()
                         nursery.start_soon(self._pack, fn.package)
+            self._running.set()
             task_status.started()
             await trio.sleep_forever()
 
     # -- the CodeProvider protocol -------------------------------------------------------
 
     async def acquire(self, fn: FunctionSettings) -> ImageCode | PlainDirectory:
+        if not self._running.is_set():
+            await self._running.wait()  # bounded by the caller, as every acquire is
         self.functions[fn.name] = fn  # functions deployed at runtime are learnt here
         source = await self.resolve(fn)
         if source is None:

@@ -1,7 +1,9 @@
 """Runtime plugins: the registry and discovery through entry points.
 
-Built-in runtimes are listed here; third-party ones are found in the
-``huselet.runtimes`` entry-point group (``name = "package.module:Class"``).
+Built-in runtimes are registered here, once (:data:`BUILTIN`; not also as
+entry points of huselet's own package). Third-party ones are found in the
+``huselet.runtimes`` entry-point group (``name = "package.module:Class"``); a
+third-party runtime cannot take a built-in's name.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ __all__ = [
 
 log = get_logger("runtime")
 
-_BUILTIN = {
+BUILTIN = {
     "process": "huselet.runtime.process:ProcessRuntime",
     "fork": "huselet.runtime.fork:ForkRuntime",
     "bwrap": "huselet.runtime.bwrap:BwrapRuntime",
@@ -51,7 +53,7 @@ def _load(target: str) -> type[Runtime]:
 
 def available_runtimes() -> Mapping[str, str]:
     """Runtime name → "module:Class", built-ins first, then entry points."""
-    found: dict[str, str] = dict(_BUILTIN)
+    found: dict[str, str] = dict(BUILTIN)
     for ep in entry_points(group="huselet.runtimes"):
         found.setdefault(ep.name, ep.value)
     return found

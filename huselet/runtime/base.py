@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import trio
 
@@ -33,6 +33,22 @@ class RuntimeConfigError(RuntimeError_):
 
 class StartFailed(RuntimeError_):
     """The sandbox could not be created; the message is safe to show to callers."""
+
+
+class CodeHold(Protocol):
+    """A function's code, held (an image stays pinned) until released."""
+
+    @property
+    def image(self) -> Path | None: ...  # None: ``function.package`` is a directory
+
+    def release(self) -> None: ...
+
+
+class CodeSource(Protocol):
+    """Where instances get their code (the node's package cache): what
+    :attr:`InstanceSpec.image` will be for a function's requests."""
+
+    async def acquire(self, fn: FunctionSettings) -> CodeHold: ...
 
 
 @dataclass(frozen=True)
@@ -119,11 +135,19 @@ class Runtime(ABC):
         task_status.started()
         await trio.sleep_forever()
 
+    # Where instances' code comes from; None: each ``function.package`` directory.
+    code: CodeSource | None = None
+
+    def use_code(self, code: CodeSource) -> None:
+        """Where the requests' code comes from (the daemon's package cache); called
+        before :meth:`run`, so what a runtime prepares ahead is what requests use."""
+        self.code = code
+
     def expect(self, functions: Sequence[FunctionSettings]) -> None:
         """The functions configured to use this runtime; called before :meth:`run`.
 
         Lets a runtime prepare ahead of need (e.g. ``fork`` builds zygotes at
-        start rather than on the first request). Default: nothing.
+        start rather than on the first request, from :attr:`code`). Default: nothing.
         """
         return None
 

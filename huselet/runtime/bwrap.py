@@ -36,46 +36,19 @@ import trio
 
 from huselet.config import FunctionSettings
 from huselet.log import get_logger
-from huselet.runtime.base import (
-    ExitStatus,
-    InstanceHandle,
-    InstanceSpec,
-    Runtime,
-    RuntimeConfigError,
-    StartFailed,
-)
-from huselet.runtime.cgroups import Cgroup, CgroupPool
-from huselet.runtime.children import SandboxHandle, dial_link, pump_output, worker_env
+from huselet.runtime.base import InstanceHandle, InstanceSpec, RuntimeConfigError, StartFailed
+from huselet.runtime.cgroups import Cgroup
+from huselet.runtime.children import SandboxHandle, dial_link, worker_env
 from huselet.runtime.codeimage import code_key, code_ro_paths
-from huselet.runtime.identity import sandbox_subtree
-from huselet.runtime.isolation import (
-    IsolationSettings,
-    Table,
-    UidAllocator,
-    identity,
-    parse_isolation,
-    probe_host,
-    resolve,
-)
-from huselet.runtime.output import OutputLimiter
+from huselet.runtime.common import MiB, SandboxRuntime
+from huselet.runtime.isolation import IsolationSettings, Table
 from huselet.sandbox import linux, rootfs, seccomp
 
 log = get_logger("runtime.bwrap")
 
-MiB = 1024 * 1024
 # Packages the exec'd worker imports: everything else the daemon loaded stays out.
 # "cache": the image importer of workers whose code is a package image.
 WORKER_PACKAGES = ("huselet", "protocol", "cache", "msgpack")
-
-
-class BwrapHandle(SandboxHandle):
-    def __init__(self, instance_id: str, popen: subprocess.Popen[bytes], cgroup: Cgroup | None):
-        super().__init__(instance_id, popen.pid, cgroup)
-        self._popen = popen
-
-    def _finish(self, status: ExitStatus, returncode: int) -> ExitStatus:
-        self._popen.returncode = returncode  # so Popen.__del__ does not reap again
-        return super()._finish(status, returncode)
 
 
 def _make_preexec(cgroup: Cgroup | None, iso: IsolationSettings) -> Callable[[], None]:
@@ -89,33 +62,29 @@ def _make_preexec(cgroup: Cgroup | None, iso: IsolationSettings) -> Callable[[],
     return preexec
 
 
-class BwrapRuntime(Runtime):
+class BwrapRuntime(SandboxRuntime):
     name = "bwrap"
 
     def __init__(self, settings: Mapping[str, Any], *, node: Any) -> None:
         super().__init__(settings, node=node)
-        table = Table(settings, self.name)
-        self.isolation: IsolationSettings = parse_isolation(table)
-        self.binary = table.string("binary", "bwrap")
-        table.finish()
         self._bwrap: str | None = None
-        self._uids = UidAllocator(self.isolation.uid_base, self.isolation.uid_count)
-        self._cgroups: CgroupPool | None = None
-        self._nursery: trio.Nursery | None = None
-        self._handles: set[BwrapHandle] = set()
+        self._handles: set[SandboxHandle] = set()
         self._argv_cache: dict[tuple[Any, ...], tuple[list[str], str]] = {}
         self._setpriv: str | None = None
         self._seccomp = seccomp.instance_filter()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    def configure(self, table: Table) -> None:
+        super().configure(table)
+        self.binary = table.string("binary", "bwrap")
+
+    async def prepare(self) -> None:
         self._bwrap = shutil.which(self.binary)
         if self._bwrap is None:
             raise RuntimeConfigError(
                 f"runtimes.{self.name}.binary: {self.binary!r} not found "
                 "(install the bubblewrap package)"
             )
-        host = probe_host(self.isolation)
-        self.isolation = resolve(self.isolation, host, self.name)
+        host = await self.probe()
         if self.isolation.isolation:
             self._setpriv = shutil.which("setpriv")
             if self._setpriv is None:
@@ -123,30 +92,16 @@ class BwrapRuntime(Runtime):
                     f"runtimes.{self.name}: setpriv (util-linux) is needed to drop to the "
                     "function's uid inside the sandbox"
                 )
-        if self.isolation.cgroups:
-            assert host.cgroups is not None
-            self._cgroups = CgroupPool(
-                host.cgroups,
-                sandbox_subtree(host.cgroups, self.isolation.cgroup_parent, self.node, self.name),
-                target_free=self.isolation.cgroup_pool,
-                pids_max=self.isolation.pids_max,
-                cpu_cores=self.isolation.cpu_cores or None,
-            )
-            await self._cgroups.setup()
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                if self._cgroups is not None:
-                    nursery.start_soon(_keep_filled, self._cgroups)
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
-            with trio.CancelScope(shield=True), trio.move_on_after(15):
-                for handle in list(self._handles):
-                    await handle.kill_and_reap()
-                if self._cgroups is not None:
-                    await self._cgroups.close()
+        await self.open_cgroup_pool(host)
+
+    def serve(self, nursery: trio.Nursery) -> None:
+        if self._cgroups is not None:
+            nursery.start_soon(self.keep_cgroups_filled)
+
+    async def shutdown(self) -> None:
+        for handle in list(self._handles):
+            await handle.kill_and_reap()
+        await self.close_cgroup_pool()
 
     def _argv(self, fn: FunctionSettings, uid: int | None, image: Any) -> tuple[list[str], str]:
         """bwrap's arguments and the command prefix that runs the worker (cached).
@@ -200,14 +155,13 @@ class BwrapRuntime(Runtime):
         return drop + worker
 
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
-        if self._nursery is None:
-            raise StartFailed("the bwrap runtime is not running")
+        self.running()
         fn = spec.function
         deadline = trio.current_time() + fn.start_timeout_ms / 1000
-        uid = self._uids.uid_for(identity(fn)) if self.isolation.isolation else None
+        uid = self.uid_for(fn)
         base_argv, _ = self._argv(fn, uid, spec.image)
         argv = list(base_argv)
-        cgroup = self._cgroups.acquire(fn.memory_mb * MiB) if self._cgroups else None
+        cgroup = self.acquire_cgroup(fn)
         link = None
         filter_fd: int | None = None
         try:
@@ -220,8 +174,7 @@ class BwrapRuntime(Runtime):
                 argv += ["--seccomp", str(filter_fd)]
                 pass_fds.append(filter_fd)
             argv += ["--", *self._command(uid)]
-            # A blocking spawn on the loop (ms); moving it to runtime.spawner is open (issue 12).
-            popen = subprocess.Popen(  # noqa: ASYNC220
+            popen, nursery = await self.spawn_instance(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -231,13 +184,10 @@ class BwrapRuntime(Runtime):
                 pass_fds=pass_fds,
                 close_fds=True,
                 start_new_session=True,
-                # On the Trio thread, as the process runtime does (parent-death signal).
                 preexec_fn=_make_preexec(cgroup, self.isolation),
             )
         except BaseException as exc:
-            if cgroup is not None and self._cgroups is not None:
-                with trio.CancelScope(shield=True):
-                    await self._cgroups.release(cgroup)
+            await self.release_cgroup(cgroup)
             if isinstance(exc, OSError | subprocess.SubprocessError):
                 log.error("bwrap spawn failed", instance=spec.instance_id, error=str(exc))
                 raise StartFailed(f"could not start the sandbox: {exc}") from None
@@ -247,56 +197,32 @@ class BwrapRuntime(Runtime):
                 link.close()
             if filter_fd is not None:
                 os.close(filter_fd)
-        handle = BwrapHandle(spec.instance_id, popen, cgroup)
+        handle = SandboxHandle(spec.instance_id, popen.pid, cgroup)
         self._handles.add(handle)
         fields = {"instance": spec.instance_id, "function": fn.name}
-        self._nursery.start_soon(self._supervise, handle, popen, cgroup, fields)
+        nursery.start_soon(self._supervise, handle, popen, cgroup, fields)
         return handle
 
     async def _supervise(
         self,
-        handle: BwrapHandle,
+        handle: SandboxHandle,
         popen: subprocess.Popen[bytes],
         cgroup: Cgroup | None,
         fields: dict[str, Any],
     ) -> None:
-        assert popen.stdout is not None and popen.stderr is not None
-        out, err = os.dup(popen.stdout.fileno()), os.dup(popen.stderr.fileno())
-        popen.stdout.close()
-        popen.stderr.close()
         try:
-            async with trio.open_nursery() as nursery:
-                limiter = OutputLimiter()  # one budget for both streams
-                nursery.start_soon(pump_output, out, "stdout", fields, log, limiter)
-                nursery.start_soon(pump_output, err, "stderr", fields, log, limiter)
-                await handle.reap()
-                nursery.cancel_scope.deadline = trio.current_time() + 1.0
+            await self.pump_and_reap(handle, popen, fields, log)
         finally:
             self._handles.discard(handle)
             if handle.status is None:
                 await handle.kill_and_reap()
-            if cgroup is not None and self._cgroups is not None:
-                with trio.CancelScope(shield=True):
-                    await self._cgroups.release(cgroup)
+            await self.release_cgroup(cgroup)
 
     def describe(self) -> dict[str, Any]:
         iso = self.isolation
         return {
-            "name": self.name,
+            **super().describe(),
             "binary": self._bwrap or self.binary,
-            "network": iso.network,
             "seccomp": iso.isolation and iso.seccomp,
-            "cgroups": self._cgroups.host.describe() if self._cgroups else None,
-            "degraded": list(iso.degraded),
             "instances": len(self._handles),
         }
-
-
-async def _keep_filled(pool: CgroupPool) -> None:
-    """Pre-create instance cgroups off the start path, once a second."""
-    while True:
-        await trio.sleep(1.0)
-        try:
-            await pool.refill()
-        except OSError as exc:
-            log.warning("cannot pre-create cgroups", error=exc.strerror)

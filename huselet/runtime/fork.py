@@ -7,9 +7,10 @@ and importing everything again.
 
 One start (:meth:`ForkRuntime.start`):
 
-1. wait (with the start deadline) for the function's zygote — built at
-   :meth:`run` for the functions given to :meth:`expect` when
-   ``zygotes = "eager"``, else on first use; rebuilt if it dies;
+1. wait (with the start deadline) for the function's zygote — one per
+   function and code: built at :meth:`run` for the functions given to
+   :meth:`expect` when ``zygotes = "eager"``, from the code requests get
+   (:attr:`code`: the packed image), else on first use; rebuilt if it dies;
 2. take a pre-created cgroup from the pool and set the function's memory limit;
 3. dial the function's link socket *for* the instance and make its output
    pipe; move the zygote into the instance's cgroup and send it the two
@@ -45,37 +46,27 @@ from typing import Any
 import trio
 
 from huselet.config import FunctionSettings
+from huselet.errors import HuseletError
 from huselet.log import get_logger
-from huselet.runtime.base import InstanceHandle, InstanceSpec, Runtime, StartFailed
-from huselet.runtime.cgroups import Cgroup, CgroupPool
-from huselet.runtime.children import (
-    ChildHandle,
-    SandboxHandle,
-    StrayReaper,
-    dial_link,
-    pump_output,
-)
+from huselet.runtime.base import InstanceHandle, InstanceSpec, StartFailed
+from huselet.runtime.cgroups import Cgroup
+from huselet.runtime.children import ChildHandle, SandboxHandle, StrayReaper, dial_link, pump_output
 from huselet.runtime.codeimage import code_key, code_ro_paths
-from huselet.runtime.identity import sandbox_subtree
-from huselet.runtime.isolation import (
-    IsolationSettings,
-    Table,
-    UidAllocator,
-    identity,
-    parse_isolation,
-    probe_host,
-    resolve,
-)
+from huselet.runtime.common import MiB, SandboxRuntime, sandbox_plan
+from huselet.runtime.isolation import Table, identity
 from huselet.runtime.zygote import ZygoteProcess, ZygoteSlot
 from huselet.sandbox.confine import SandboxPlan
 
 log = get_logger("runtime.fork")
 
-MiB = 1024 * 1024
 MAINTAIN_INTERVAL_S = 1.0
 RETIRE_AFTER_S = 1.0  # a replaced code's zygote is stopped once unused this long
 STRAY_SWEEP_S = 5.0
 ZYGOTE_ESTIMATE_BYTES = 48 * MiB  # budget estimate for a zygote not yet measured
+# Isolation settings a zygote's plan takes as they are.
+PLAN_SETTINGS = ("network", "seccomp", "tmp_size_mb", "nofile", "nproc")
+# How long an eager zygote waits for its function's code (a pack may run pip).
+EAGER_CODE_WAIT_S = 300.0
 
 
 def parent_pid(pid: int) -> int | None:
@@ -88,77 +79,82 @@ def parent_pid(pid: int) -> int | None:
     return int(fields[1])
 
 
-class ForkRuntime(Runtime):
+class ForkRuntime(SandboxRuntime):
     name = "fork"
 
     def __init__(self, settings: Mapping[str, Any], *, node: Any) -> None:
         super().__init__(settings, node=node)
-        table = Table(settings, self.name)
-        self.isolation: IsolationSettings = parse_isolation(table)
-        self.zygote_mode = table.choice("zygotes", ("eager", "lazy"), "eager")
-        self.zygote_memory = table.integer("zygote_memory_mb", 256, minimum=16) * MiB
-        self.zygote_budget = table.integer("zygote_budget_mb", 2048, minimum=16) * MiB
-        self.zygote_start_timeout_s = (
-            table.integer("zygote_start_timeout_ms", 30_000, minimum=100) / 1000
-        )
-        table.finish()
         self._expected: list[FunctionSettings] = []
         self._slots: dict[tuple[Any, ...], ZygoteSlot] = {}
         self._slot_names: dict[tuple[Any, ...], str] = {}
         # Per function, the slot of its newest code: older code's zygotes retire.
         self._newest: dict[str, tuple[Any, ...]] = {}
         self._handles: dict[int, SandboxHandle] = {}
-        self._uids = UidAllocator(self.isolation.uid_base, self.isolation.uid_count)
-        self._cgroups: CgroupPool | None = None
-        self._nursery: trio.Nursery | None = None
         self._staging = Path(node.run_dir) / "sandbox" / self.name
         self._strays = StrayReaper()
         self.starts = 0
+
+    def configure(self, table: Table) -> None:
+        super().configure(table)
+        self.zygote_mode = table.choice("zygotes", ("eager", "lazy"), "eager")
+        self.zygote_memory = table.integer("zygote_memory_mb", 256, minimum=16) * MiB
+        self.zygote_budget = table.integer("zygote_budget_mb", 2048, minimum=16) * MiB
+        self.zygote_start_timeout_s = (
+            table.integer("zygote_start_timeout_ms", 30_000, minimum=100) / 1000
+        )
 
     def expect(self, functions: Sequence[FunctionSettings]) -> None:
         self._expected = list(functions)
 
     # --- lifecycle ----------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        host = probe_host(self.isolation)
-        self.isolation = resolve(self.isolation, host, self.name)
+    async def prepare(self) -> None:
+        host = await self.probe()
         _raise_nofile()
         self._staging.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.isolation.cgroups:
-            assert host.cgroups is not None
-            self._cgroups = CgroupPool(
-                host.cgroups,
-                sandbox_subtree(host.cgroups, self.isolation.cgroup_parent, self.node, self.name),
-                target_free=self.isolation.cgroup_pool,
-                pids_max=self.isolation.pids_max,
-                cpu_cores=self.isolation.cpu_cores or None,
-            )
-            await self._cgroups.setup()
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                if self.zygote_mode == "eager":
-                    for fn in self._expected:
-                        self._slot(fn, None)
-                nursery.start_soon(self._maintain)
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
-            with trio.CancelScope(shield=True), trio.move_on_after(15):
-                await self._shutdown()
+        await self.open_cgroup_pool(host)
 
-    async def _shutdown(self) -> None:
+    def serve(self, nursery: trio.Nursery) -> None:
+        if self.zygote_mode == "eager":
+            for fn in self._expected:
+                nursery.start_soon(self._build_eager, fn)
+        nursery.start_soon(self._maintain)
+
+    async def shutdown(self) -> None:
         # The daemon is going away: leave no process, cgroup or directory behind.
         for slot in self._slots.values():
             slot.close()
         for handle in list(self._handles.values()):
             await handle.kill_and_reap()
         self._handles.clear()
-        if self._cgroups is not None:
-            await self._cgroups.close()
+        await self.close_cgroup_pool()
         shutil.rmtree(self._staging, ignore_errors=True)
+
+    async def _build_eager(self, fn: FunctionSettings) -> None:
+        """Build a function's zygote at start, from the very code its requests get.
+
+        With packed code that is the image, not the package directory: one
+        zygote per function and code, and the first request finds it ready.
+        The code is held until the zygote is ready (so it cannot be evicted
+        mid-build); instances hold their own.
+        """
+        if self.code is None:  # no code cache (tests, embedders): the package directory
+            self._slot(fn, None)
+            return
+        deadline = trio.current_time() + EAGER_CODE_WAIT_S
+        try:
+            with trio.fail_after(EAGER_CODE_WAIT_S):
+                code = await self.code.acquire(fn)
+        except (HuseletError, OSError, trio.TooSlowError) as exc:
+            # Not fatal: the first start builds it (and reports why it cannot).
+            log.warning("no code for an eager zygote", function=fn.name, error=str(exc))
+            return
+        try:
+            await self._slot(fn, code.image).ready(deadline)
+        except StartFailed as exc:
+            log.warning("eager zygote not ready", function=fn.name, error=str(exc))
+        finally:
+            code.release()
 
     # --- zygotes ------------------------------------------------------------------
 
@@ -166,24 +162,15 @@ class ForkRuntime(Runtime):
         self, fn: FunctionSettings, image: Any, staging: Path, uid: int | None
     ) -> SandboxPlan:
         iso = self.isolation
-        ro_paths = iso.ro_paths + code_ro_paths(image)
-        return SandboxPlan(
-            function=fn.name,
-            package=str(fn.package),
-            handler=fn.handler,
+        return sandbox_plan(
+            fn,
+            staging,
+            iso.ro_paths + code_ro_paths(image),
+            uid,
             isolate=iso.isolation,
-            staging=str(staging),
-            ro_paths=ro_paths,
-            network=iso.network,
-            uid=uid,
-            gid=uid,
-            seccomp=iso.seccomp,
-            tmp_size_mb=iso.tmp_size_mb,
-            nofile=iso.nofile,
-            nproc=iso.nproc,
             # Without a cgroup the address-space rlimit is the only memory bound.
             address_space_bytes=None if iso.cgroups else fn.memory_mb * MiB,
-            daemon_pid=os.getpid(),
+            **{k: getattr(iso, k) for k in PLAN_SETTINGS},
         )
 
     def _slot(self, fn: FunctionSettings, image: Any) -> ZygoteSlot:
@@ -203,7 +190,7 @@ class ForkRuntime(Runtime):
         assert self._nursery is not None
         self._enforce_budget(ZYGOTE_ESTIMATE_BYTES)
         name = f"z-{fn.name}-{len(self._slot_names) + 1}"
-        uid = self._uids.uid_for(identity(fn)) if self.isolation.isolation else None
+        uid = self.uid_for(fn)
         self._slot_names[key] = name
 
         def make(generation: int) -> ZygoteProcess:
@@ -221,6 +208,7 @@ class ForkRuntime(Runtime):
                 cgroup,
                 image=image,
                 on_orphan=self._reap_orphan,
+                spawn=self.popen,
             )
 
         slot = ZygoteSlot(key, make)
@@ -256,12 +244,11 @@ class ForkRuntime(Runtime):
     # --- instances ------------------------------------------------------------------
 
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
-        if self._nursery is None:
-            raise StartFailed("the fork runtime is not running")
+        nursery = self.running()
         fn = spec.function
         deadline = trio.current_time() + fn.start_timeout_ms / 1000
         zygote = await self._slot(fn, spec.image).ready(deadline)
-        cgroup = self._cgroups.acquire(fn.memory_mb * MiB) if self._cgroups else None
+        cgroup = self.acquire_cgroup(fn)
         out_r: int | None = None
         handle: SandboxHandle | None = None
         try:
@@ -280,7 +267,7 @@ class ForkRuntime(Runtime):
                     link.close()
                     os.close(out_w)
                     if zygote.cgroup is not None:
-                        self._nursery.start_soon(zygote.go_home)
+                        nursery.start_soon(zygote.go_home)
             handle = SandboxHandle(spec.instance_id, pid, cgroup, self._adopt(pid, cgroup))
             self._handles[pid] = handle
         except BaseException as exc:
@@ -298,7 +285,7 @@ class ForkRuntime(Runtime):
             raise
         self.starts += 1
         fields = {"instance": spec.instance_id, "function": fn.name}
-        self._nursery.start_soon(self._supervise, handle, out_r, cgroup, fields)
+        nursery.start_soon(self._supervise, handle, out_r, cgroup, fields)
         return handle
 
     def _adopt(self, pid: int, cgroup: Cgroup | None) -> int:
@@ -374,11 +361,7 @@ class ForkRuntime(Runtime):
         last_sweep = trio.current_time()
         while True:
             await trio.sleep(MAINTAIN_INTERVAL_S)
-            if self._cgroups is not None:
-                try:
-                    await self._cgroups.refill()
-                except OSError as exc:
-                    log.warning("cannot pre-create cgroups", error=exc.strerror)
+            await self.refill_cgroups()
             self._enforce_budget(0)
             self._retire_old_code()
             for slot in list(self._slots.values()):
@@ -397,8 +380,8 @@ class ForkRuntime(Runtime):
         now = trio.current_time()
         for key, slot in list(self._slots.items()):
             newest = self._newest.get(key[0])
-            # Only zygotes of an image: an eager one (made at start, before the
-            # image was known; code key of None) is left as it always was.
+            # Only zygotes of an image: one of a plain package directory (code
+            # key of None) is left as it always was.
             if newest is None or newest == key or slot.closed or code_key(None) in key:
                 continue
             process = slot.process
@@ -410,12 +393,9 @@ class ForkRuntime(Runtime):
     def describe(self) -> dict[str, Any]:
         iso = self.isolation
         return {
-            "name": self.name,
+            **super().describe(),
             "isolation": iso.isolation,
-            "network": iso.network,
             "seccomp": iso.seccomp,
-            "cgroups": self._cgroups.host.describe() if self._cgroups else None,
-            "degraded": list(iso.degraded),
             "instances": len(self._handles),
             "starts": self.starts,
             "zygotes": [

@@ -41,13 +41,7 @@ from typing import Any
 import trio
 
 from huselet.log import get_logger
-from huselet.runtime.base import (
-    InstanceHandle,
-    InstanceSpec,
-    Runtime,
-    RuntimeConfigError,
-    StartFailed,
-)
+from huselet.runtime.base import InstanceHandle, InstanceSpec, RuntimeConfigError, StartFailed
 from huselet.runtime.cgroups import Cgroup, remove_empty_tree
 from huselet.runtime.children import (
     ChildHandle,
@@ -56,16 +50,8 @@ from huselet.runtime.children import (
     dial_link,
     pump_output,
 )
-from huselet.runtime.identity import sandbox_subtree
-from huselet.runtime.isolation import (
-    IsolationSettings,
-    Table,
-    UidAllocator,
-    identity,
-    parse_isolation,
-    probe_host,
-    resolve,
-)
+from huselet.runtime.common import SandboxRuntime, take_fd
+from huselet.runtime.isolation import Table
 from huselet.runtime.ocispec import container_config
 from huselet.sandbox import linux
 
@@ -107,55 +93,50 @@ async def _reap_child(pid: int, timeout_s: float = ORPHAN_REAP_S) -> None:
             await trio.sleep(0.02)
 
 
-class OciRuntime(Runtime):
+class OciRuntime(SandboxRuntime):
     name = "oci"
+    shutdown_s = 30.0
 
     def __init__(self, settings: Mapping[str, Any], *, node: Any) -> None:
         super().__init__(settings, node=node)
-        table = Table(settings, self.name)
-        self.isolation: IsolationSettings = parse_isolation(table)
-        self.binary = table.string("binary", "runc")
-        table.finish()
         self._runc: str | None = None
-        self._uids = UidAllocator(self.isolation.uid_base, self.isolation.uid_count)
         self._dir = Path(node.run_dir) / "oci"
         self._state = self._dir / "state"
-        self._nursery: trio.Nursery | None = None
         self._handles: dict[str, SandboxHandle] = {}
         self._cgroup_host: Any = None
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    def configure(self, table: Table) -> None:
+        super().configure(table)
+        self.binary = table.string("binary", "runc")
+
+    async def prepare(self) -> None:
         self._runc = shutil.which(self.binary)
         if self._runc is None:
             raise RuntimeConfigError(f"runtimes.{self.name}.binary: {self.binary!r} not found")
         if os.geteuid() != 0:
             raise RuntimeConfigError(f"runtimes.{self.name}: runc needs the daemon to run as root")
-        host = probe_host(self.isolation)
-        self.isolation = resolve(self.isolation, host, self.name)
+        host = await self.probe()
         self._cgroup_host = host.cgroups if self.isolation.cgroups else None
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         await self._delete_leftovers()
         # See the module docstring: containers detach from runc and must be ours to reap.
         linux.prctl(PR_SET_CHILD_SUBREAPER, 1)
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._sweep_strays)
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
-            with trio.CancelScope(shield=True), trio.move_on_after(30):
-                for instance_id, handle in list(self._handles.items()):
-                    await handle.kill_and_reap()
-                    await self._delete(instance_id)
-                shutil.rmtree(self._dir, ignore_errors=True)
-                remove_empty_tree(self._cgroup_subtree())
+
+    def serve(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._sweep_strays)
+
+    async def shutdown(self) -> None:
+        for instance_id, handle in list(self._handles.items()):
+            await handle.kill_and_reap()
+            await self._delete(instance_id)
+        shutil.rmtree(self._dir, ignore_errors=True)
+        remove_empty_tree(self._cgroup_subtree())
+        # No container is left to reap: orphans go to init again, not to a
+        # process that no longer sweeps them (an in-process stack, a test).
+        linux.prctl(PR_SET_CHILD_SUBREAPER, 0)
 
     def _cgroup_subtree(self) -> str:
-        """This daemon's own subtree (see :mod:`huselet.runtime.identity`)."""
-        parent = self.isolation.cgroup_parent
-        return sandbox_subtree(self._cgroup_host, parent, self.node, self.name)
+        return self.cgroup_subtree(self._cgroup_host)
 
     async def _sweep_strays(self) -> None:
         strays = StrayReaper()
@@ -225,11 +206,10 @@ class OciRuntime(Runtime):
         return path
 
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
-        if self._nursery is None:
-            raise StartFailed("the oci runtime is not running")
+        nursery = self.running()
         fn = spec.function
         deadline = trio.current_time() + fn.start_timeout_ms / 1000
-        uid = self._uids.uid_for(identity(fn)) if self.isolation.isolation else 0
+        uid = self.uid_for(fn) or 0
         bundle = self._dir / "bundles" / spec.instance_id
         bundle.mkdir(mode=0o700, parents=True)
         cgroup_rel = f"{self._cgroup_subtree()}/{spec.instance_id}"
@@ -247,28 +227,25 @@ class OciRuntime(Runtime):
         argv = [self._runc, "--root", str(self._state), "run", "--detach", "--preserve-fds", "1"]
         argv += ["--pid-file", str(bundle / "pid"), "--bundle", str(bundle), spec.instance_id]
         try:
-            # A blocking spawn on the loop (ms); moving it to runtime.spawner is open (issue 12).
-            runc = subprocess.Popen(  # noqa: ASYNC220
+            # Reaped by the launcher handle below, never by Popen.
+            runc = await self.popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 pass_fds=(LINK_FD, link.fileno()),
                 close_fds=True,
-                preexec_fn=_make_preexec(link.fileno()),  # on the Trio thread: see process.py
+                preexec_fn=_make_preexec(link.fileno()),
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             shutil.rmtree(bundle, ignore_errors=True)
-            raise StartFailed(f"could not run {self.binary}: {exc.strerror}") from None
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise StartFailed(f"could not run {self.binary}: {why}") from None
         finally:
             link.close()
         fields = {"instance": spec.instance_id, "function": fn.name}
-        assert runc.stdout is not None
-        out = os.dup(runc.stdout.fileno())
-        runc.stdout.close()
-        self._nursery.start_soon(pump_output, out, "output", fields, log)
+        nursery.start_soon(pump_output, take_fd(runc.stdout), "output", fields, log)
         launcher = ChildHandle(f"runc-{spec.instance_id}", runc.pid)
-        runc.returncode = 0  # reaped by the launcher handle, never by Popen
         try:
             with trio.move_on_at(deadline):
                 await launcher.reap()
@@ -277,7 +254,7 @@ class OciRuntime(Runtime):
             # runc goes on creating a container nobody will watch. Undo it off
             # this path, or at least stop runc.
             try:
-                self._nursery.start_soon(self._abandon, spec.instance_id, launcher, bundle)
+                nursery.start_soon(self._abandon, spec.instance_id, launcher, bundle)
             except RuntimeError:
                 launcher.kill()
             raise
@@ -286,7 +263,7 @@ class OciRuntime(Runtime):
             # Cleaned up off the start's path: deleting a container whose runc
             # was killed mid-create can take runc's whole timeout, and the
             # start's caller must hear of the failure now, not then.
-            self._nursery.start_soon(self._abandon, spec.instance_id, launcher, bundle)
+            nursery.start_soon(self._abandon, spec.instance_id, launcher, bundle)
             raise StartFailed(f"{self.binary} could not start the container")
         try:
             pid = int((bundle / "pid").read_text())
@@ -297,7 +274,7 @@ class OciRuntime(Runtime):
         cgroup = Cgroup(self._cgroup_host, cgroup_rel) if self._cgroup_host else None
         handle = SandboxHandle(spec.instance_id, pid, cgroup, pidfd)
         self._handles[spec.instance_id] = handle
-        self._nursery.start_soon(self._supervise, handle)
+        nursery.start_soon(self._supervise, handle)
         return handle
 
     async def _supervise(self, handle: SandboxHandle) -> None:
@@ -312,9 +289,9 @@ class OciRuntime(Runtime):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "name": self.name,
+            **super().describe(),
+            # runc creates and fills the instance cgroups (no pool of ours).
+            "cgroups": self._cgroup_host.describe() if self._cgroup_host else None,
             "binary": self._runc or self.binary,
-            "network": self.isolation.network,
-            "degraded": list(self.isolation.degraded),
             "instances": len(self._handles),
         }

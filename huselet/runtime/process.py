@@ -24,7 +24,8 @@ unconfined as the daemon's uid), ``network`` (``none`` | ``host``),
 workers run as itself.
 
 Why ``subprocess.Popen`` runs on one long-lived spawner thread
-(:mod:`huselet.runtime.spawner`) and not through ``trio.lowlevel.open_process``
+(:mod:`huselet.runtime.spawner`, through :class:`~huselet.runtime.common.ChildRuntime`
+as in every built-in runtime) and not through ``trio.lowlevel.open_process``
 or on the Trio thread: the parent-death signal fires when the *thread* that
 forked exits — trio retires idle worker threads after seconds, which would
 kill healthy instances — and a spawn on the Trio thread (~20 ms) stalls every
@@ -48,20 +49,12 @@ import trio
 
 from huselet.log import get_logger
 from huselet.runtime import children
-from huselet.runtime.base import (
-    ExitStatus,
-    InstanceHandle,
-    InstanceSpec,
-    Runtime,
-    RuntimeConfigError,
-    StartFailed,
-)
-from huselet.runtime.children import ChildHandle, dial_link, pump_output
+from huselet.runtime.base import InstanceHandle, InstanceSpec, RuntimeConfigError, StartFailed
+from huselet.runtime.children import ChildHandle, dial_link
 from huselet.runtime.codeimage import code_ro_paths
+from huselet.runtime.common import ChildRuntime, sandbox_plan
 from huselet.runtime.isolation import NETWORK_MODES, Table, UidAllocator
-from huselet.runtime.output import OutputLimiter
-from huselet.runtime.spawner import SpawnThread
-from huselet.sandbox.confine import PLAN_ENV, SandboxPlan
+from huselet.sandbox.confine import PLAN_ENV
 
 log = get_logger("runtime.process")
 
@@ -96,58 +89,34 @@ def launcher_command() -> list[str]:
     return [sys.executable, "-I", "-B", "-u", "-m", "huselet.sandbox.launch"]
 
 
-class ProcessHandle(ChildHandle):
-    def __init__(self, instance_id: str, popen: subprocess.Popen[bytes]) -> None:
-        super().__init__(instance_id, popen.pid)
-        self._popen = popen
-
-    def _finish(self, status: ExitStatus, returncode: int) -> ExitStatus:
-        self._popen.returncode = returncode  # so Popen.__del__ does not reap again
-        return status
-
-
-class ProcessRuntime(Runtime):
+class ProcessRuntime(ChildRuntime):
     name = "process"
+    shutdown_s = 5.0
 
     def __init__(self, settings: Mapping[str, Any], *, node: Any) -> None:
         super().__init__(settings, node=node)
-        table = Table(settings, self.name)
+        # Only root can drop; an unprivileged daemon's workers run as itself.
+        self.drops = os.geteuid() == 0 and self.isolation
+        self._uids = UidAllocator(self.uid_base, self.uid_count)
+        self._staging = Path(node.run_dir) / "sandbox" / self.name
+        self._handles: set[ChildHandle] = set()
+
+    def configure(self, table: Table) -> None:
         # false: workers run unconfined as the daemon's own uid (debugging only).
         self.isolation = table.boolean("isolation", True)
         self.network = table.choice("network", NETWORK_MODES, "none")
         self.uid_base = table.integer("uid_base", UID_BASE, minimum=1000)
         self.uid_count = table.integer("uid_count", UID_COUNT, minimum=1)
-        table.finish()
         if self.uid_base + self.uid_count > 2**31:
             raise RuntimeConfigError("runtimes.process.uid_count: range exceeds 2^31")
-        # Only root can drop; an unprivileged daemon's workers run as itself.
-        self.drops = os.geteuid() == 0 and self.isolation
-        self._uids = UidAllocator(self.uid_base, self.uid_count)
-        self._staging = Path(node.run_dir) / "sandbox" / self.name
-        self._nursery: trio.Nursery | None = None
-        self._handles: set[ProcessHandle] = set()
-        self._spawner = SpawnThread()  # spawns run off the event loop (spawner.py says why)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._spawner.start()
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
-            # The daemon is going away: leave nothing behind.
-            for handle in list(self._handles):
-                handle.kill()
-            self._spawner.stop()
-
-    async def _popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
-        return await self._spawner.run(lambda: subprocess.Popen(*args, **kwargs))
+    async def shutdown(self) -> None:
+        # The daemon is going away: leave nothing behind.
+        for handle in list(self._handles):
+            await handle.kill_and_reap()
 
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
-        if self._nursery is None:
-            raise StartFailed("the process runtime is not running")
+        self.running()
         preexec = _make_preexec(spec.function.memory_mb * 1024 * 1024)
         if not self.drops:
             return await self._spawn(spec, worker_command(), worker_env(spec), [], preexec)
@@ -156,19 +125,8 @@ class ProcessRuntime(Runtime):
         uid = self._uids.uid_for(fn.name)
         staging = self._staging / fn.name
         staging.mkdir(mode=0o755, parents=True, exist_ok=True)
-        plan = SandboxPlan(
-            function=fn.name,
-            package=str(fn.package),
-            handler=fn.handler,
-            staging=str(staging),
-            ro_paths=code_ro_paths(spec.image),
-            network=self.network,
-            uid=uid,
-            gid=uid,
-            userns=False,
-            seccomp=True,
-            daemon_pid=os.getpid(),
-        )
+        ro_paths = code_ro_paths(spec.image)
+        plan = sandbox_plan(fn, staging, ro_paths, uid, network=self.network, userns=False)
         # The worker never sees the run dir: the daemon dials its link for it.
         link = await dial_link(spec.link_socket, deadline)
         try:
@@ -187,9 +145,9 @@ class ProcessRuntime(Runtime):
         env: dict[str, str],
         pass_fds: list[int],
         preexec: Callable[[], None],
-    ) -> ProcessHandle:
+    ) -> ChildHandle:
         try:
-            popen = await self._popen(
+            popen, nursery = await self.spawn_instance(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -205,37 +163,18 @@ class ProcessRuntime(Runtime):
             log.error("spawn failed", instance=spec.instance_id, error=str(exc))
             why = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise StartFailed(f"could not start the worker process: {why}") from None
-        if self._nursery is None:  # the runtime stopped while the spawn ran
-            popen.kill()
-            popen.wait()
-            raise StartFailed("the process runtime is not running")
-        handle = ProcessHandle(spec.instance_id, popen)
+        handle = ChildHandle(spec.instance_id, popen.pid)
         self._handles.add(handle)
         fields = {"instance": spec.instance_id, "function": spec.function.name}
-        assert popen.stdout is not None and popen.stderr is not None
-        self._nursery.start_soon(self._supervise, handle, popen, fields)
+        nursery.start_soon(self._supervise, handle, popen, fields)
         return handle
 
     async def _supervise(
-        self, handle: ProcessHandle, popen: subprocess.Popen[bytes], fields: dict[str, Any]
+        self, handle: ChildHandle, popen: subprocess.Popen[bytes], fields: dict[str, Any]
     ) -> None:
-        assert popen.stdout is not None and popen.stderr is not None
         try:
-            async with trio.open_nursery() as nursery:
-                limiter = OutputLimiter()  # one budget for both streams
-                nursery.start_soon(_pump_lines, popen.stdout, "stdout", fields, limiter)
-                nursery.start_soon(_pump_lines, popen.stderr, "stderr", fields, limiter)
-                await handle.reap()
+            await self.pump_and_reap(handle, popen, fields, log)
         finally:
             self._handles.discard(handle)
             if handle.status is None:  # cancelled: the daemon is stopping
-                handle.kill()
-
-
-async def _pump_lines(
-    pipe: Any, stream_name: str, fields: dict[str, Any], limiter: OutputLimiter
-) -> None:
-    """Forward a child's output line by line into the log until EOF."""
-    fd = os.dup(pipe.fileno())
-    pipe.close()
-    await pump_output(fd, stream_name, fields, log, limiter)
+                await handle.kill_and_reap()

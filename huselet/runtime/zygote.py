@@ -1,10 +1,11 @@
 """The daemon's side of a zygote: spawning it, its control channel, and keeping one alive.
 
 :class:`ZygoteProcess` is one zygote (see :mod:`huselet.sandbox.zygote` for
-the other side): spawned like a ``process`` worker (Popen on the Trio thread,
-so the parent-death signal is tied to a thread that never exits; its cgroup
-joined before exec), driven over a ``SOCK_SEQPACKET`` socketpair, reaped
-through a pidfd. ``fork()`` is a request/answer keyed by a sequence number
+the other side): spawned like a ``process`` worker (by the runtime's ``spawn``:
+Popen on its long-lived spawner thread, off the event loop, so the
+parent-death signal is tied to a thread that lives as long as the runtime;
+its cgroup joined before exec), driven over a ``SOCK_SEQPACKET`` socketpair,
+reaped through a pidfd. ``fork()`` is a request/answer keyed by a sequence number
 with a deadline; many may be in flight.
 
 :class:`ZygoteSlot` keeps a function's zygote alive: it (re)spawns it, backs
@@ -21,7 +22,7 @@ import resource
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -43,6 +44,9 @@ STOP_GRACE_S = 1.0
 YOUNG_DEATH_S = 2.0  # a zygote that dies sooner than this after ready counts as failing
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 30.0
+
+# Spawns a child off the event loop: ``subprocess.Popen``'s arguments, its result.
+Spawn = Callable[..., Awaitable["subprocess.Popen[bytes]"]]
 
 
 def zygote_command() -> list[str]:
@@ -80,6 +84,7 @@ class ZygoteProcess:
         *,
         image: Any = None,
         on_orphan: Callable[[int], None],
+        spawn: Spawn,
     ) -> None:
         self.name = name
         self.fn = fn
@@ -87,6 +92,7 @@ class ZygoteProcess:
         self.cgroup = cgroup
         self.image = image
         self._on_orphan = on_orphan
+        self._spawn = spawn
         self.ready = trio.Event()
         self.exited = trio.Event()
         self.error: str | None = None
@@ -112,8 +118,7 @@ class ZygoteProcess:
         """Spawn, configure and serve until the zygote exits (it is always reaped)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            # A blocking spawn on the loop (ms); moving it to runtime.spawner is open (issue 12).
-            popen = subprocess.Popen(  # noqa: ASYNC220
+            popen = await self._spawn(
                 [*zygote_command(), "--control-fd", str(child.fileno())],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -123,7 +128,7 @@ class ZygoteProcess:
                 pass_fds=[child.fileno()],
                 close_fds=True,
                 start_new_session=True,
-                preexec_fn=_make_preexec(self.cgroup),  # Trio thread: see module docstring
+                preexec_fn=_make_preexec(self.cgroup),
             )
         except (OSError, subprocess.SubprocessError) as exc:
             # SubprocessError: the pre-exec hook failed, e.g. its cgroup was
@@ -134,8 +139,8 @@ class ZygoteProcess:
             return
         finally:
             child.close()
-        self.handle = ChildHandle(self.name, popen.pid)
-        popen.returncode = 0  # reaped by the handle, never by Popen.__del__
+        self.handle = ChildHandle(self.name, popen.pid)  # it reaps; never Popen.__del__
+        popen.returncode = 0
         assert popen.stdout is not None
         out_fd = os.dup(popen.stdout.fileno())
         popen.stdout.close()
@@ -145,7 +150,13 @@ class ZygoteProcess:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump_output, out_fd, "zygote", fields)
                 nursery.start_soon(self._read_replies, start_timeout_s)
-                await self._send({"t": "config", "plan": self.plan.to_wire()})
+                try:
+                    await self._send({"t": "config", "plan": self.plan.to_wire()})
+                except (OSError, trio.ClosedResourceError) as exc:
+                    # Killed before it got its plan (from outside, e.g. its cgroup
+                    # swept): one failed build, never the runtime.
+                    self.error = f"the zygote could not be configured: {exc}"
+                    self.kill()
                 await self.handle.reap()
                 nursery.cancel_scope.deadline = trio.current_time() + 1
         finally:

@@ -36,12 +36,15 @@ To run it for a runtime, subclass :class:`RuntimeConformance` in a test module
 A runtime that sandboxes with namespaces and the shared cgroup pool can start
 from :class:`SandboxConformance`, which brings the cgroup parent, helper uids and
 leftover checks that the built-in ``fork``, ``bwrap`` and ``oci`` use.
+
+Beside this module: the handlers it runs (:mod:`huselet.testing.handlers`), its
+waits and process checks (:mod:`huselet.testing.checks`), the isolation probe
+(:mod:`huselet.testing.probes`) and the node stack (:mod:`huselet.testing.stack`).
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import shutil
 import signal
 import socket
@@ -63,8 +66,25 @@ from huselet.errors import (
     InstanceLost,
     InstanceStartFailed,
 )
-from huselet.runtime import ExitStatus, InstanceHandle
-from huselet.runtime.children import own_children
+from huselet.runtime import InstanceHandle
+from huselet.testing.checks import (
+    WAIT_S,
+    invoke_json,
+    killed_by,
+    pid_gone,
+    require_tools,
+    wait_for,
+    zombie_children,
+)
+from huselet.testing.handlers import (
+    BROKEN,
+    ECHO,
+    EXITER,
+    FORK_BOMB,
+    HOG,
+    SLEEPER,
+    SLOW_IMPORT,
+)
 from huselet.testing.probes import (
     ESCAPE_HANDLER,
     UID_BASE,
@@ -77,10 +97,6 @@ from huselet.testing.probes import (
 from huselet.testing.stack import NodeStack, running_stack, write_package
 
 TestFn = TypeVar("TestFn", bound=Callable[..., Any])
-
-# Every wait is bounded, generously: the bound only ends a test that already
-# failed, so a loaded machine never turns a slow pass into a failure.
-WAIT_S = 60.0
 
 
 class Claim(enum.Enum):
@@ -100,88 +116,6 @@ class Claim(enum.Enum):
     MEMORY_LIMIT = "memory_limit"
     # pids_max holds a fork bomb.
     PIDS_LIMIT = "pids_limit"
-
-
-# What the probe handlers do. Kept tiny: the suite is about the runtime.
-ECHO = """
-import os
-def handler(event, context):
-    return {"event": event, "pid": os.getpid(), "instance": context.instance_id,
-            "token_in_env": any(k == "HUSELET_TOKEN" for k in os.environ)}
-"""
-SLEEPER = """
-import time
-def handler(event, context):
-    time.sleep(event.get("sleep", 0))
-    return {"awake": True}
-"""
-EXITER = """
-import os
-def handler(event, context):
-    os._exit(event["code"])
-"""
-HOG = """
-def handler(event, ctx):
-    blocks = []
-    for _ in range(64):
-        blocks.append(b"x" * (8 << 20))  # touched: really resident
-    return len(blocks)
-"""
-FORK_BOMB = """
-import os, time
-
-def handler(event, ctx):
-    children = 0
-    while children < 10_000:
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            return {"forked": children, "error": exc.strerror}
-        if pid == 0:
-            time.sleep(60)
-            os._exit(0)
-        children += 1
-    return {"forked": children, "error": None}
-"""
-BROKEN = "raise RuntimeError('boom at import')\n"
-SLOW_IMPORT = "import time\ntime.sleep(600)\ndef handler(e, c):\n    return 1\n"
-
-
-def zombie_children() -> list[str]:
-    """Exited children of this process nobody reaped: a runtime leaked them."""
-    out = []
-    for pid in own_children():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            out.append(f"{pid} {stat.split(')', 1)[0]})")
-    return out
-
-
-def killed_by(status: ExitStatus, signum: int) -> bool:
-    """Killed by ``signum``: as a signal, or as the shell's ``128 + n`` exit code
-    (what a sandbox's init or a container manager reports for its child)."""
-    return status.signal == signum or status.code == 128 + signum
-
-
-def pid_gone(pid: int | None) -> bool:
-    """No such process — not even a zombie: the runtime reaped it."""
-    return pid is None or not Path(f"/proc/{pid}").exists()
-
-
-async def invoke_json(stack: NodeStack, name: str, event: object, **kw: Any) -> Any:
-    result = await stack.dispatcher.invoke(name, json.dumps(event).encode(), "json", **kw)
-    return json.loads(result.body)
-
-
-async def wait_for(predicate: Any, what: str, timeout: float = WAIT_S) -> None:
-    with trio.move_on_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def needs(*claims: Claim) -> Callable[[TestFn], TestFn]:
@@ -327,7 +261,7 @@ class RuntimeConformance:
                 assert killed_by(status, signal.SIGKILL) or status.signal == signal.SIGTERM
                 assert pid_gone(handle.pid)
                 assert await invoke_json(stack, "f", {}) == {"awake": True}
-            assert pool.counters["heartbeat_missed"] == 0
+            assert pool.counters[PoolCounter.HEARTBEAT_MISSED] == 0
             assert all(r.handle is not handle for r in pool.instances.values())
 
     @pytest.mark.trio
@@ -488,15 +422,15 @@ class SandboxConformance(RuntimeConformance):
         return left
 
 
-def require_tools(*tools: str) -> str | None:
-    """None if every tool is on PATH, else which are missing (for host_problem)."""
-    missing = [t for t in tools if shutil.which(t) is None]
-    return f"{', '.join(missing)} not installed" if missing else None
-
-
 __all__ = [
+    # Re-exported for test modules written against this one module.
+    "ECHO",
+    "WAIT_S",
     "Claim",
     "RuntimeConformance",
     "SandboxConformance",
+    "invoke_json",
     "require_tools",
+    "wait_for",
+    "zombie_children",
 ]

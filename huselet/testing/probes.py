@@ -92,7 +92,7 @@ def processes_of_uids(lo: int, hi: int) -> list[int]:
 
 # A handler that tries to get out and reports, per attempt, what happened.
 ESCAPE_HANDLER = r"""
-import ctypes, errno, os, signal, socket
+import ctypes, errno, os, signal, socket, tempfile
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -122,6 +122,25 @@ def write(path):
     return go
 
 
+def write_and_remove(path):
+    def go():
+        write(path)()
+        os.unlink(path)  # a sandbox whose /tmp is the host's must not litter it
+    return go
+
+
+def mount_tmpfs():
+    # Over a fresh directory of its own, never a path others use: a runtime
+    # that fails to confine (the probe then runs as root on the host) must
+    # not leave the host's /tmp covered. Unmounted again at once.
+    target = tempfile.mkdtemp(prefix="huselet-mount-probe-").encode()
+    try:
+        syscall(165, b"none", target, b"tmpfs", 0, 0)()
+        libc.syscall(166, target, 2)  # umount2(MNT_DETACH)
+    finally:
+        os.rmdir(target)
+
+
 def connect(port):
     def go():
         with socket.create_connection(("127.0.0.1", port), timeout=2):
@@ -140,14 +159,14 @@ def handler(event, ctx):
         "seccomp": status.split("Seccomp:")[1].split()[0],
         "write_usr": attempt(write("/usr/huselet-escape")),
         "write_package": attempt(write(os.path.join(here, "escape.txt"))),
-        "write_tmp": attempt(write("/tmp/fine.txt")),
+        "write_tmp": attempt(write_and_remove("/tmp/fine.txt")),
         "read_other_code": attempt(lambda: open(event["other_code"]).read() and None),
         "other_link": attempt(lambda: os.stat(event["other_link"]) and None),
         "own_link": attempt(lambda: os.stat(event["own_link"]) and None),
         "connect_host": attempt(connect(event["port"])),
         "interfaces": [name for _, name in socket.if_nameindex()],
         "ptrace": attempt(syscall(101, 0, 0, 0, 0)),  # PTRACE_TRACEME
-        "mount": attempt(syscall(165, b"none", b"/tmp", b"tmpfs", 0, 0)),
+        "mount": attempt(mount_tmpfs),
         "unshare": attempt(syscall(272, 0x10000000)),  # CLONE_NEWUSER
         "setns": attempt(syscall(308, 0, 0)),
         "bpf": attempt(syscall(321, 0, 0, 0)),

@@ -110,6 +110,23 @@ async def test_get_installs_maps_and_counts(
     assert sorted(p.name for p in (tmp_path / "state/images").iterdir()) == [sample_image.path.name]
 
 
+async def test_installed_images_are_readable_whatever_the_umask(
+    tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
+) -> None:
+    # The umask is process-wide: another thread of the daemon may narrow it for
+    # a moment (a socket bind) while a download is written. Sandboxes read images
+    # as their own uid, so an installed image is 0444 regardless.
+    publish(sample_image.path, served)
+    store = await start_store(nursery, tmp_path / "state")
+    old = os.umask(0o177)
+    try:
+        with trio.fail_after(30):
+            with await store.get(sample_image.digest, DirectoryOrigin(served)) as lease:
+                assert lease.path.stat().st_mode & 0o777 == 0o444
+    finally:
+        os.umask(old)
+
+
 async def test_hundred_concurrent_gets_cause_one_http_fetch(
     tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
 ) -> None:

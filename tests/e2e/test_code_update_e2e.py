@@ -50,22 +50,6 @@ def instances(daemon: Daemon, function: str) -> list[dict[str, Any]]:
     return [i for i in json.loads(out.stdout) if i["function"] == function]
 
 
-def zygote_pids(daemon: Daemon) -> set[int]:
-    """The daemon's children running the zygote module that are not instances (its forks)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == daemon.proc.pid and b"huselet.sandbox.zygote" in cmdline:
-            found.add(int(entry.name))
-    return found - set(daemon.instance_pids())
-
-
 def check_versions(report: Any, switched_at: list[tuple[int, float]]) -> None:
     assert report.accounted and report.failed == 0, report.summary() + "".join(
         f"\n  {o.describe()}" for o in report.outcomes if o.kind != "ok"
@@ -97,7 +81,7 @@ def test_ten_code_changes_under_steady_traffic(short_tmp: Path, runtime: str) ->
     )
     with Daemon(config) as daemon:
         assert daemon.invoke("live").json()["version"] == 0
-        first_zygotes = zygote_pids(daemon)
+        first_zygotes = daemon.zygote_pids()
         switched_at: list[tuple[int, float]] = []
         with BackgroundLoad(daemon.url, "live", rate=40, duration=600, timeout_s=30) as load:
             for version in range(1, CHANGES + 1):
@@ -113,12 +97,13 @@ def test_ten_code_changes_under_steady_traffic(short_tmp: Path, runtime: str) ->
         # Only the last code's instances remain; the replaced ones stopped.
         assert wait_until(lambda: len({i["code"] for i in instances(daemon, "live")}) == 1, 60)
         if runtime == "fork":
-            # The first code's zygote stopped and one of the newest code took its
-            # place (the eager zygote made at start, before the image, stays).
-            assert wait_until(lambda: len(zygote_pids(daemon)) == len(first_zygotes), 60)
-            assert wait_until(lambda: len(zygote_pids(daemon) & first_zygotes) == 1, 60), (
+            # The first code's zygote (built at start from the first image) stopped
+            # and one of the newest code took its place.
+            assert len(first_zygotes) == 1, first_zygotes
+            assert wait_until(lambda: len(daemon.zygote_pids()) == 1, 60)
+            assert wait_until(lambda: not daemon.zygote_pids() & first_zygotes, 60), (
                 first_zygotes,
-                zygote_pids(daemon),
+                daemon.zygote_pids(),
             )
 
 

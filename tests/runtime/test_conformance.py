@@ -4,8 +4,9 @@ runtime; what only one runtime does is tested in its own file."""
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import trio
 
@@ -22,13 +23,28 @@ from huselet.testing.conformance import (
     wait_for,
     zombie_children,
 )
+from huselet.testing.probes import UID_BASE, describe_pids, processes_of_uids
 
 
 class TestProcess(RuntimeConformance):
     runtime = "process"
-    # No isolation is claimed: a plain child process with rlimits (memory_mb is
-    # an address-space limit, so a hog gets MemoryError rather than an OOM kill).
-    claims: ClassVar[frozenset[Claim]] = frozenset()
+    # As root (safe by default) the worker confines itself before it imports
+    # the function (huselet.sandbox.launch): its own uid with no privileges,
+    # a read-only root without the run dir, its own network namespace. No PID
+    # namespace, no cgroup: memory_mb is an address-space limit (a hog gets
+    # MemoryError rather than an OOM kill), and nothing bounds its pids.
+    claims: ClassVar[frozenset[Claim]] = (
+        frozenset({Claim.PRIVILEGES, Claim.FILESYSTEM, Claim.NETWORK})
+        if os.geteuid() == 0
+        else frozenset()
+    )
+
+    def runtime_table(self, root: Path, **extra: Any) -> dict[str, Any]:
+        # This session's block of helper uids, so leftover checks see only ours.
+        return {"uid_base": UID_BASE, **extra}
+
+    def leftovers(self, root: Path) -> list[str]:
+        return describe_pids(processes_of_uids(*self.uid_range))
 
 
 class TestFork(SandboxConformance):
