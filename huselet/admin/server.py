@@ -195,15 +195,12 @@ class AdminServer:
     def _bind(self) -> tuple[socket.socket, tuple[int, int]]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            # bind() creates the socket file with 0777 & ~umask; a 0177 umask makes it
-            # 0600 from its first instant, with no window before a chmod. The umask is
-            # process-wide, so bind synchronously (not via trio's threaded bind): no
-            # other task of this event loop can run while it is narrowed.
-            old_umask = os.umask(0o177)
-            try:
-                sock.bind(str(self.path))
-            finally:
-                os.umask(old_umask)
+            # bind() creates the socket file with 0777 & ~umask. It is made 0600
+            # below, before listen(): until then a connect() is refused, so the
+            # wider mode is never usable. (Not a narrowed umask around bind: the
+            # umask is process-wide, and a file another thread created meanwhile,
+            # such as a downloaded code image, would get the narrow mode too.)
+            sock.bind(str(self.path))
         except OSError as exc:
             sock.close()
             if exc.errno == errno.EADDRINUSE:
@@ -215,6 +212,7 @@ class AdminServer:
                 f"cannot create the admin socket {self.path}: {exc.strerror}"
             ) from None
         try:
+            os.chmod(self.path, 0o600)
             st = os.lstat(self.path)
             sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
