@@ -170,7 +170,7 @@ async def send_all(
             for request in queue:
                 t0 = time.perf_counter()
                 await stream.send_all(request)
-                status = await _read_reply(stream, buf)
+                status, _ = await _read_reply(stream, buf)
                 latencies.append((time.perf_counter() - t0) * 1000)
                 statuses[status] = statuses.get(status, 0) + 1
 
@@ -254,7 +254,7 @@ def in_process(n: int) -> dict[str, float]:
         out[name] = (time.process_time() - t0) / n * 1e6
     calls = []
     for i in range(n):
-        auth = sign_call(
+        call_auth = sign_call(
             QUIET.key_id,
             QUIET.secret,
             "quiet",
@@ -264,7 +264,7 @@ def in_process(n: int) -> dict[str, float]:
             date=format_timestamp(),
             nonce=f"n{i}",
         )
-        calls.append(CallRequest("quiet", "json", None, auth, "127.0.0.1", True))
+        calls.append(CallRequest("quiet", "json", None, call_auth, "127.0.0.1", True))
     t0 = time.process_time()
     for c in calls:
         ticket = signed.admit_call(c)
@@ -276,7 +276,7 @@ def in_process(n: int) -> dict[str, float]:
 
 def daemon_cpu(
     ports: dict[str, tuple[int, int]], n: int, concurrency: int, rounds: int
-) -> dict[str, dict]:
+) -> dict[str, dict[str, Any]]:
     """Per target: (daemon, key). "open+hdrs" sends the signed bytes to the open daemon,
     which parses every header but verifies nothing: the HTTP cost of the extra headers.
     "open-b" is a second open daemon, unsigned: the A/A control (how far two daemons
@@ -308,13 +308,13 @@ def daemon_cpu(
             samples[name].append(((cpu_s(pid) - before) / n * 1e6, n / wall, lat, statuses))
     for name, runs in samples.items():
         lat = [x for run in runs for x in run[2]]
-        statuses: dict[int, int] = {}
+        totals: dict[int, int] = {}
         for run in runs:
             for code, count in run[3].items():
-                statuses[code] = statuses.get(code, 0) + count
+                totals[code] = totals.get(code, 0) + count
         results[name] = {
             "requests": n * rounds,
-            "statuses": statuses,
+            "statuses": totals,
             "rps": statistics.median(run[1] for run in runs),
             "daemon_cpu_us_per_request": statistics.median(run[0] for run in runs),
             "daemon_cpu_us_runs": [run[0] for run in runs],

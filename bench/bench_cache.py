@@ -227,7 +227,7 @@ IMPORT_SNIPPETS = {
 
 def make_zip(src: Path, target: Path) -> Path:
     """Bytecode only (no sources), as ``zipapp``/``PyZipFile`` ship it."""
-    with zipfile.PyZipFile(target, "w", optimize=0) as z:
+    with zipfile.PyZipFile(str(target), "w", optimize=0) as z:
         for child in sorted(src.iterdir()):
             z.writepy(str(child))
     return target

@@ -89,7 +89,7 @@ async def stack(
     root: Path, runtime_name: str, functions: list[dict[str, Any]]
 ) -> AsyncIterator[Any]:
     """The daemon's wiring, in process: runtime, link server, scheduler."""
-    raw = {"node": {"state_dir": str(root / "state"), "run_dir": str(root / "run")}}
+    raw: dict[str, Any] = {"node": {"state_dir": str(root / "state"), "run_dir": str(root / "run")}}
     raw["functions"] = [{**f, "runtime": runtime_name} for f in functions]
     config = parse_config(raw, base_dir=root, known_runtimes=frozenset({runtime_name}))
     config.node.run_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +131,11 @@ def percentile(values: list[float], p: float) -> float:
 
 
 async def cold_starts(root: Path, runtime_name: str, n: int) -> dict[str, float]:
-    fn = {"name": "cold", "package": package(root, "cold", NOOP), "handler": "main:handler"}
+    fn: dict[str, Any] = {
+        "name": "cold",
+        "package": package(root, "cold", NOOP),
+        "handler": "main:handler",
+    }
     fn |= {"idle_timeout_ms": 1, "max_instances": 4, "start_timeout_ms": 30_000}
     async with stack(root, runtime_name, [fn]) as (scheduler, _):
         pool = scheduler.pools["cold"]
@@ -167,7 +171,7 @@ async def fastapi_cold_starts(root: Path, runtime_name: str, n: int) -> dict[str
     from protocol.link import HttpRequest
 
     pkg = package(root, "api", FASTAPI_APP)
-    fn = {"name": "api", "package": pkg, "app": "main:app", "kind": "asgi"}
+    fn: dict[str, Any] = {"name": "api", "package": pkg, "app": "main:app", "kind": "asgi"}
     fn |= {"idle_timeout_ms": 1, "max_instances": 4, "start_timeout_ms": 60_000}
     http = HttpRequest("GET", "/items/7", "", (("host", "bench"),), "127.0.0.1")
     async with stack(root, runtime_name, [fn]) as (scheduler, _):
@@ -209,7 +213,11 @@ async def fastapi_section(runtimes: str, n: int) -> None:
 
 
 async def burst(root: Path, runtime_name: str, n: int, hold_s: float) -> dict[str, float]:
-    fn = {"name": "burst", "package": package(root, "burst", HOLD), "handler": "main:handler"}
+    fn: dict[str, Any] = {
+        "name": "burst",
+        "package": package(root, "burst", HOLD),
+        "handler": "main:handler",
+    }
     fn |= {"idle_timeout_ms": 600_000, "max_instances": n, "start_timeout_ms": 60_000}
     fn |= {"timeout_ms": 120_000, "memory_mb": 128}
     async with stack(root, runtime_name, [fn]) as (scheduler, runtime):
@@ -292,7 +300,7 @@ async def numpy_cold_starts(root: Path, runtime_name: str, n: int, image: Path) 
     from huselet.code.codecache import CodeCache
 
     state = root / "state"
-    raw = {"node": {"state_dir": str(state), "run_dir": str(root / "run")}}
+    raw: dict[str, Any] = {"node": {"state_dir": str(state), "run_dir": str(root / "run")}}
     raw["functions"] = [
         {
             "name": "np",

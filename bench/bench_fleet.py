@@ -53,9 +53,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from huselet.central.embedded import PrivateEtcd
 from huselet.central.server import CentralScheduler, CentralSettings
-from huselet.config import SchedulerLinkSettings, TcpAddress
+from huselet.config import FunctionSettings, SchedulerLinkSettings, TcpAddress, parse_config
 from huselet.config.trust import DeployPolicy, LinkTlsSettings
-from huselet.fleet.commands import FleetCommands
+from huselet.dispatch.links import LinkServer
+from huselet.fleet.commands import CommandFailed, FleetCommands
 from huselet.fleet.link import SchedulerLink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,12 @@ def free_port() -> int:
 
 
 class NoFunctions:
-    """Stands in for the Dispatcher: the bench feeds the state model directly."""
+    """Stands in for the Dispatcher: the bench feeds the state model directly.
+
+    It is both what the link observes (``ObservedDispatcher``) and what the
+    fleet's commands change (``FunctionDeployer``); it runs no functions, so a
+    command to change them is refused with the commands' own typed error.
+    """
 
     def __init__(self) -> None:
         self.pools: dict[str, Any] = {}
@@ -86,6 +92,29 @@ class NoFunctions:
     def describe_function(self, name: str) -> dict[str, Any]:
         return {}
 
+    def deploy_function(self, fn: FunctionSettings, meta: dict[str, Any]) -> object:
+        raise CommandFailed("the bench's stand-in node runs no functions", "unsupported")
+
+    def update_function(self, fn: FunctionSettings) -> None:
+        raise CommandFailed("the bench's stand-in node runs no functions", "unsupported")
+
+    def remove_function(self, name: str) -> bool:
+        return False  # nothing deployed here
+
+    def set_quota(self, name: str, *, max_instances: int, min_instances: int) -> None:
+        raise CommandFailed("the bench's stand-in node runs no functions", "unsupported")
+
+
+def refuse_claim(function: str, instance_id: str, token: str) -> None:
+    return None  # no worker ever connects to the stand-in node
+
+
+class NoLinks(LinkServer):
+    """The stand-in node's link sockets: never run, so opening one is refused, typed."""
+
+    async def add_function(self, name: str) -> None:
+        raise CommandFailed("the bench's stand-in node runs no functions", "unsupported")
+
 
 def make_link(node_id: str, ports: list[int], **kw: Any) -> SchedulerLink:
     settings = SchedulerLinkSettings(
@@ -95,12 +124,21 @@ def make_link(node_id: str, ports: list[int], **kw: Any) -> SchedulerLink:
         **kw,
     )
     scheduler = NoFunctions()
+    # A real (minimal) node config and link server, never run: no command
+    # reaches these nodes in the bench, and one that did would be refused with
+    # CommandFailed rather than crash the link on an AttributeError on None.
+    node_dir = Path(tempfile.gettempdir()) / f"hlbf-{node_id}"
+    config = parse_config(
+        {"node": {"state_dir": str(node_dir / "state"), "run_dir": str(node_dir / "run")}},
+        base_dir=node_dir,
+    )
+    links = NoLinks(config.node.run_dir, refuse_claim, max_frame=1 << 20)
 
     def commands(on_placements: Callable[[str], None]) -> FleetCommands:
         return FleetCommands(
-            None,  # type: ignore[arg-type]  # never executes a command here
+            config,
             scheduler,
-            None,
+            links,
             known_runtimes=(),
             on_placements=on_placements,
             policy=DeployPolicy(),
@@ -321,9 +359,7 @@ async def failover(
 def failovers(
     root: Path, etcd: PrivateEtcd, nodes: int, ttl: int, failure: str, runs: int = 3
 ) -> dict[str, Any]:
-    results = [
-        trio.run(lambda r=r: failover(root, etcd, nodes, ttl, failure, r)) for r in range(runs)
-    ]
+    results = [trio.run(failover, root, etcd, nodes, ttl, failure, r) for r in range(runs)]
     seconds = sorted(r["seconds"] for r in results)
     leads = sorted(r["standby_leads_after"] for r in results)
     return {
@@ -339,7 +375,7 @@ def failovers(
 # --- 4: deploy latency -----------------------------------------------------------------------
 
 
-def deploy_latency(root: Path, deploys: int, etcd: PrivateEtcd | None) -> dict[str, float]:
+def deploy_latency(root: Path, deploys: int, etcd: PrivateEtcd | None) -> dict[str, Any]:
     port = free_port()
     label = "etcd" if etcd else "journal"
     central = CentralProcess(
@@ -388,7 +424,7 @@ async def resync(root: Path, instances: int, repeat: int = 3) -> dict[str, float
             await central.leading.wait()
             start = time.perf_counter()
             await nursery.start(link.run)
-            await wait_for(lambda c=central: c.counters["snapshots"] >= 1)
+            await wait_for(lambda: central.counters["snapshots"] >= 1)  # noqa: B023 awaited here
             times.append(time.perf_counter() - start)
             view = central.fleet.view("big-node") if central.fleet else None
             assert view is not None and len(view) >= instances

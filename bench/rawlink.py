@@ -148,7 +148,7 @@ class RawWorkers:
             while True:
                 self._seq += 1
                 frame = encode_frame(Request(f"r{self._seq}", body, "json", 10_000).encode())
-                done, ok = trio.Event(), []
+                done, ok = trio.Event(), list[bool]()
                 t0 = time.perf_counter()
                 await send.send((frame, done, ok))
                 await done.wait()
