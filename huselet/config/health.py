@@ -30,6 +30,10 @@ class HealthSettings:
     # comes within the timeout (a SIGSTOPped or wedged worker).
     heartbeat_interval_ms: int = 2000
     heartbeat_timeout_ms: int = 1000
+    # Idle instances the kernel watches (direct children: fork, process): a stop
+    # is reported by SIGCHLD and an exit by the pidfd, so they are pinged only
+    # this rarely (for a worker wedged without being stopped); 0: never.
+    idle_heartbeat_interval_ms: int = 300_000
     # Crash-loop breaker per function.
     breaker_failures: int = 5
     breaker_window_s: int = 30
@@ -78,6 +82,9 @@ def parse_health(t: ConfigTable) -> HealthSettings:
         lag_failing_ms=ms("lag_failing_ms"),
         heartbeat_interval_ms=ms("heartbeat_interval_ms"),
         heartbeat_timeout_ms=ms("heartbeat_timeout_ms"),
+        idle_heartbeat_interval_ms=t.non_negative_int(
+            "idle_heartbeat_interval_ms", default=d.idle_heartbeat_interval_ms
+        ),
         breaker_failures=ms("breaker_failures"),
         breaker_window_s=ms("breaker_window_s"),
         breaker_open_ms=ms("breaker_open_ms"),

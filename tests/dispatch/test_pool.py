@@ -120,7 +120,13 @@ async def test_a_stopped_idle_instance_misses_its_heartbeat_and_is_replaced(
 ) -> None:
     # A timeout a loaded machine's idle worker always meets; the detection time
     # itself is measured in bench/, not bounded here.
-    health = {"heartbeat_interval_ms": 200, "heartbeat_timeout_ms": 2000}
+    # Pinged on the slow idle period too (its stop would also arrive as SIGCHLD:
+    # tests/dispatch/test_heartbeat.py checks that path alone).
+    health = {
+        "heartbeat_interval_ms": 200,
+        "heartbeat_timeout_ms": 2000,
+        "idle_heartbeat_interval_ms": 200,
+    }
     functions = [fn(short_tmp, "hb", min_instances=1)]
     async with unconfined_stack(short_tmp, functions, extra={"health": health}) as node:
         pool = node.pool("hb")
