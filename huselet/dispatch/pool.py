@@ -37,6 +37,7 @@ from huselet.config import FunctionSettings
 from huselet.config.health import HealthSettings
 from huselet.dispatch.buffer import RequestBuffer
 from huselet.dispatch.heartbeat import Heartbeats
+from huselet.dispatch.hostlimit import HostLimitHold
 from huselet.dispatch.instance import (
     CodeProvider,
     DirectoryCode,
@@ -100,6 +101,8 @@ class FunctionPool:
         self.on_change: ChangeObserver | None = None  # instance added / changed / removed
         # Set by the node (memory pressure): no new instances; the reason says why.
         self.starts_held: str | None = None
+        # Set when the runtime refused a start at a host limit (a short hold).
+        self.host_limit = HostLimitHold()
         self.observer: InstanceObserver | None = None  # metrics of instance lives
 
     # --- requests -------------------------------------------------------------
@@ -122,6 +125,9 @@ class FunctionPool:
                 f"now ({self.starts_held})",
                 retry_after_s=5,
             )
+        if not self.instances and self.host_limit.holding(now):
+            self.counters["rejected_host_limit"] += 1
+            raise self.host_limit.error(self.name)
         try:
             self.buffer.put(inv)
         except HuseletError:
@@ -142,7 +148,7 @@ class FunctionPool:
     # --- scaling ----------------------------------------------------------------
 
     def ensure_capacity(self) -> None:
-        if self.closed or self.starts_held:
+        if self.closed or self.starts_held or self.host_limit.holding(trio.current_time()):
             return
         demand = self.buffer.live_count() - self.spare_credits - self.starting
         room = self.settings.max_instances - len(self.instances)

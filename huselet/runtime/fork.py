@@ -56,6 +56,7 @@ from huselet.runtime.children import (
     pump_output,
 )
 from huselet.runtime.codeimage import code_key, code_ro_paths
+from huselet.runtime.hostlimits import start_failure
 from huselet.runtime.identity import sandbox_subtree
 from huselet.runtime.isolation import (
     IsolationSettings,
@@ -294,7 +295,9 @@ class ForkRuntime(Runtime):
                     await self._release(cgroup)
             if isinstance(exc, OSError):
                 log.error("fork start failed", instance=spec.instance_id, error=str(exc))
-                raise StartFailed(f"could not start the instance: {exc.strerror}") from None
+                raise start_failure(
+                    "could not start the instance", exc.errno, exc.strerror or ""
+                ) from None
             raise
         self.starts += 1
         fields = {"instance": spec.instance_id, "function": fn.name}

@@ -190,7 +190,9 @@ def serve_forks(ctl: socket.socket, plan: SandboxPlan, keep_in_tmp: list[str], h
                 pid = linux.clone_process(flags)
             except OSError as exc:
                 _close_all(fds)
-                send(ctl, {"t": "fork_failed", "seq": msg["seq"], "error": str(exc)})
+                # The errno tells the daemon a host limit (EAGAIN, ENOMEM) from a fault.
+                failed = {"t": "fork_failed", "seq": msg["seq"], "error": str(exc)}
+                send(ctl, {**failed, "errno": exc.errno})
                 continue
             if pid == 0:
                 _instance_main(plan, keep_in_tmp, handler, msg, fds, ctl)

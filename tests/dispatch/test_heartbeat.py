@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -77,6 +80,16 @@ NO_IDLE_PINGS = {
 }
 
 
+@asynccontextmanager
+async def idle_children(root: Path, count: int) -> AsyncIterator[tuple[Any, Any]]:
+    """A stack whose ``count`` idle instances only the kernel watches: (node, pool)."""
+    write_package(root, "idle", NOOP)
+    spec = {"name": "idle", "package": "pkgs/idle", "handler": "main:handler"}
+    health = {"health": NO_IDLE_PINGS}
+    async with running_stack(root, [spec | {"min_instances": count}], extra=health) as node:
+        yield node, node.pool("idle")
+
+
 async def wait_idle(pool, count: int) -> list[int]:  # type: ignore[no-untyped-def]
     while sum(r.state is InstanceState.IDLE for r in pool.instances.values()) < count:
         await trio.sleep(0.02)
@@ -84,10 +97,7 @@ async def wait_idle(pool, count: int) -> list[int]:  # type: ignore[no-untyped-d
 
 
 async def test_idle_children_are_not_pinged_and_hold_no_timer(short_tmp: Path) -> None:
-    write_package(short_tmp, "idle", NOOP)
-    spec = {"name": "idle", "package": "pkgs/idle", "handler": "main:handler", "min_instances": 3}
-    async with running_stack(short_tmp, [spec], extra={"health": NO_IDLE_PINGS}) as node:
-        pool = node.pool("idle")
+    async with idle_children(short_tmp, 3) as (node, pool):
         with trio.fail_after(60):
             await wait_idle(pool, 3)
             # Served, then idle again: still no entry (busy ones need none either).
@@ -105,10 +115,7 @@ async def test_idle_children_are_not_pinged_and_hold_no_timer(short_tmp: Path) -
 
 
 async def test_a_stopped_idle_child_is_pinged_once_and_replaced(short_tmp: Path) -> None:
-    write_package(short_tmp, "idle", NOOP)
-    spec = {"name": "idle", "package": "pkgs/idle", "handler": "main:handler", "min_instances": 2}
-    async with running_stack(short_tmp, [spec], extra={"health": NO_IDLE_PINGS}) as node:
-        pool = node.pool("idle")
+    async with idle_children(short_tmp, 2) as (_, pool):
         with trio.fail_after(60):
             first, other = await wait_idle(pool, 2)
             stopped = pool.instances[next(iter(pool.instances))]
@@ -124,10 +131,7 @@ async def test_a_stopped_idle_child_is_pinged_once_and_replaced(short_tmp: Path)
 
 
 async def test_a_killed_idle_child_is_replaced_without_pings(short_tmp: Path) -> None:
-    write_package(short_tmp, "idle", NOOP)
-    spec = {"name": "idle", "package": "pkgs/idle", "handler": "main:handler", "min_instances": 1}
-    async with running_stack(short_tmp, [spec], extra={"health": NO_IDLE_PINGS}) as node:
-        pool = node.pool("idle")
+    async with idle_children(short_tmp, 1) as (_, pool):
         with trio.fail_after(60):
             (first,) = await wait_idle(pool, 1)
             record = next(iter(pool.instances.values()))
