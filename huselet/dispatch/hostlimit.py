@@ -80,8 +80,12 @@ def start_refused(pool: FunctionPool, record: InstanceRecord, exc: StartRefused)
 async def _retry_after_hold(pool: FunctionPool) -> None:
     hold = pool.host_limit
     try:
-        # No start happens while held, so nothing moves ``until`` meanwhile.
-        await trio.sleep_until(hold.until)
+        # Starts already under way when the hold began may still be refused
+        # and move ``until`` on: wait out the last of them.
+        while True:
+            await trio.sleep_until(hold.until)
+            if not hold.holding(trio.current_time()):
+                break
     finally:
         hold._retry_scheduled = False
     pool.ensure_capacity()  # min_instances, or what queued meanwhile

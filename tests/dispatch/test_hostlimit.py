@@ -30,7 +30,7 @@ HOGGING = """
 import threading, time
 THREADS = {threads}
 for _ in range(THREADS):
-    threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+    threading.Thread(target=time.sleep, args=({hold_s},), daemon=True).start()
 def handler(event, ctx):
     time.sleep(event.get("sleep", 0))
     return {{"ok": True}}
@@ -42,8 +42,8 @@ def sandbox_host() -> None:
     require_sandbox_host()
 
 
-def fn(root: Path, threads: int, **extra: object) -> dict[str, object]:
-    pkg = write_package(root, "full", HOGGING.format(threads=threads))
+def fn(root: Path, threads: int, hold_s: float = 3600, **extra: object) -> dict[str, object]:
+    pkg = write_package(root, "full", HOGGING.format(threads=threads, hold_s=hold_s))
     spec = {"name": "full", "package": str(pkg), "handler": "main:handler", "runtime": "fork"}
     return spec | extra
 
@@ -95,5 +95,21 @@ async def test_requests_wait_for_the_instances_that_fit(short_tmp: Path) -> None
                     nursery.start_soon(one)
         assert results == [{"ok": True}] * 6  # all served by the instances that started
         assert pool.counters["start_refused_host_limit"] >= 1
+        assert pool.counters["start_failures"] == 0
+        assert pool.breaker.state.value == "closed"
+
+
+async def test_starts_resume_by_themselves_once_the_host_has_room(short_tmp: Path) -> None:
+    # The zygote's threads hold every task of the uid for a few seconds, then end:
+    # min_instances is reached without a request prompting a start.
+    functions = [fn(short_tmp, NPROC - 1, hold_s=8, min_instances=2)]
+    runtimes = {"fork": sandbox_settings(short_tmp, nproc=NPROC)}
+    async with running_stack(short_tmp, functions, runtimes) as stack:
+        pool = stack.pool("full")
+        with trio.fail_after(120):
+            while pool.counters["start_refused_host_limit"] == 0:
+                await trio.sleep(0.05)
+            while sum(r.state.value == "idle" for r in pool.instances.values()) < 2:
+                await trio.sleep(0.05)
         assert pool.counters["start_failures"] == 0
         assert pool.breaker.state.value == "closed"
