@@ -48,6 +48,7 @@ from huselet.sandbox.confine import (
     confine_instance,
     enter_function_sandbox,
 )
+from huselet.sandbox.rehearse import rehearse
 from huselet.worker import sdk
 from protocol.frames import FrameDecoder, encode_frame
 
@@ -159,7 +160,20 @@ def _instance_main(
         # would be closed: serve() ends at once.
         linux.set_pdeathsig(signal.SIGKILL)
         link = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=LINK_FD)
-        code = sdk.serve(link, msg["id"], msg["token"], plan.package, plan.handler, handler=handler)
+        # No link-watcher thread: the daemon is this process's parent (CLONE_PARENT)
+        # and kills it whenever it drops it, and its death kills it (the death
+        # signal above). A second thread would cost every idle instance its stack,
+        # thread state and a malloc arena, and a second task against the uid's
+        # RLIMIT_NPROC (pids) — half as many instances per function.
+        code = sdk.serve(
+            link,
+            msg["id"],
+            msg["token"],
+            plan.package,
+            plan.handler,
+            handler=handler,
+            watch_hangup=False,
+        )
     except SandboxError as exc:
         print(f"huselet instance: sandbox setup failed: {exc}", file=sys.stderr)
     except BaseException:
@@ -247,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     # touches (and copies) those pages.
     global _SIGNALS
     _SIGNALS = signals_to_reset()  # after init code: it may have installed handlers
+    rehearse()  # the instances' first steps, quickened once here (huselet.sandbox.rehearse)
     gc.collect()
     gc.freeze()
     ctl.settimeout(None)

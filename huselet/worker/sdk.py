@@ -231,6 +231,7 @@ def run(
     package_dir: str,
     handler_spec: str,
     handler: Entry | None = None,
+    watch_hangup: bool = True,
 ) -> int:
     link.send(Hello(PROTO_VERSION, instance_id, token, os.getpid()).encode())
     first = link.receive()
@@ -258,7 +259,8 @@ def run(
         return EXIT_HANDLER_LOAD_FAILED
     output.install()
     link.send(READY_FRAME, Pull(1).encode())
-    _exit_when_the_daemon_hangs_up(link.sock)
+    if watch_hangup:  # a fork instance goes without (see huselet.sandbox.zygote)
+        _exit_when_the_daemon_hangs_up(link.sock)
     try:
         return _serve_loop(link, handler, welcome.function, instance_id)
     finally:
@@ -298,6 +300,7 @@ def serve(
     package_dir: str,
     handler_spec: str,
     handler: Entry | None = None,
+    watch_hangup: bool = True,
 ) -> int:
     """Connect to ``link`` (a path, or a socket the runtime already connected),
     then serve until the link closes. Returns the process exit code; link and
@@ -318,6 +321,7 @@ def serve(
             package_dir=package_dir,
             handler_spec=handler_spec,
             handler=handler,
+            watch_hangup=watch_hangup,
         )
     except (OSError, ProtocolError, LinkClosed) as exc:
         print(f"huselet worker: link to daemon failed: {exc}", file=sys.stderr)

@@ -1,0 +1,80 @@
+"""What a forked instance is spared: a second thread, and warming up the code it runs first.
+
+Real zygotes and instances (fork runtime, full isolation) for the thread; a
+fresh interpreter for the rehearsal, whose effect — code objects quickened
+before the fork, in the pages every instance shares — is read with ``dis``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import trio
+from support import running_stack, write_package
+
+from huselet.testing.conformance import invoke_json
+from huselet.testing.probes import require_sandbox_host, sandbox_settings
+
+THREADS = """
+import os, threading
+def handler(event, ctx):
+    return {"tasks": len(os.listdir("/proc/self/task")), "threads": threading.active_count()}
+"""
+
+
+@pytest.mark.parametrize("runtime", ["fork", "process"])
+async def test_only_a_fork_instance_goes_without_the_link_watcher_thread(
+    short_tmp: Path, runtime: str
+) -> None:
+    if runtime == "fork":
+        require_sandbox_host()
+    pkg = write_package(short_tmp, "f", THREADS)
+    functions = [{"name": "f", "package": str(pkg), "handler": "main:handler", "runtime": runtime}]
+    runtimes = {"fork": sandbox_settings(short_tmp)} if runtime == "fork" else None
+    async with running_stack(short_tmp, functions, runtimes) as stack:
+        with trio.fail_after(60):
+            seen = await invoke_json(stack, "f", {})
+    # fork: the daemon is its parent and kills it (and its death signal fires);
+    # process (and bwrap/oci): the watcher still ends it when the link hangs up.
+    want = 1 if runtime == "fork" else 2
+    assert seen == {"tasks": want, "threads": want}
+
+
+REHEARSAL = textwrap.dedent(
+    """
+    import dis
+    import opcode
+    from huselet.sandbox.rehearse import rehearse
+    from huselet.worker import sdk
+    from protocol import link
+
+    def specialised():
+        code = [sdk.Link.send, sdk.Link.receive, link.Hello.encode, link.Welcome.decode]
+        return sum(
+            i.opname not in opcode.opmap  # a specialised form (3.11 has no baseopname)
+            for f in code
+            for i in dis.get_instructions(f, adaptive=True)
+        )
+
+    before = specialised()
+    rehearse()
+    print(before, specialised())
+    """
+)
+
+
+def test_the_rehearsal_quickens_the_instances_first_steps_in_the_zygote() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", REHEARSAL],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.split()
+    before, after = int(out[0]), int(out[1])
+    assert before == 0  # a fresh interpreter: nothing ran yet
+    assert after >= 8, (before, after)  # specialised here, not in each instance
