@@ -13,10 +13,12 @@ SIGCHLD, collects every stopped child with ``waitid(P_ALL, WSTOPPED |
 WNOHANG)`` — which never reaps an exit (no ``WEXITED``), so the runtimes'
 own ``wait4`` on each pid is untouched — and tells whoever watches that pid.
 
-Only direct children can be watched (a ``bwrap`` or ``oci`` instance is its
-launcher's child: :meth:`ChildStops.watch` says no and the caller keeps
-pinging). SIGCHLD can only be received on the main thread: elsewhere
-:meth:`ChildStops.watch` says no as well.
+Only workers that are themselves direct children can be watched: those of
+:data:`WORKER_IS_CHILD` runtimes. A ``bwrap`` handle's pid is ``bwrap``, the
+daemon's child, but its worker is bwrap's child (in its own pid namespace)
+and a stop of it reaches nobody here; ``oci`` containers are runc's. Their
+instances are pinged. SIGCHLD can only be received on the main thread:
+elsewhere :meth:`ChildStops.watch` says no as well.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ import trio
 from huselet.log import get_logger
 
 log = get_logger("pool")
+
+# Runtimes whose instance handle's pid is the worker process itself.
+WORKER_IS_CHILD = frozenset({"fork", "process"})
 
 # Told (with the watched owner) that its child stopped.
 StopCallback = Callable[[Any], None]

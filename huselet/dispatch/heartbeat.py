@@ -44,7 +44,7 @@ from typing import Any
 import trio
 
 from huselet.config.health import HealthSettings
-from huselet.dispatch.childstops import child_stops
+from huselet.dispatch.childstops import WORKER_IS_CHILD, child_stops
 from huselet.dispatch.instance import InstanceRecord, InstanceState, stopped_by_signal
 from huselet.dispatch.reasons import StopReason
 from huselet.log import get_logger
@@ -68,8 +68,10 @@ class Heartbeats:
         health: HealthSettings,
         counters: Counter[str],
         spawn: Callable[[Callable[[], Any]], None],
+        runtime: str = "",
     ) -> None:
         self.function = function
+        self.kernel_can_watch = runtime in WORKER_IS_CHILD
         self.interval = health.heartbeat_interval_ms / 1000
         self.timeout = health.heartbeat_timeout_ms / 1000
         # For kernel-watched instances; None: no timer at all.
@@ -91,7 +93,11 @@ class Heartbeats:
     def watch(self, record: InstanceRecord) -> None:
         """Start judging a ready instance (its link is up)."""
         pid = record.handle.pid if record.handle is not None else None
-        if pid is not None and child_stops().watch(pid, record, self.stopped):
+        if (
+            self.kernel_can_watch
+            and pid is not None
+            and child_stops().watch(pid, record, self.stopped)
+        ):
             self._kernel.add(record)
             self.counters["heartbeat_kernel_watched"] += 1
         self._reschedule(record, record.last_heard)

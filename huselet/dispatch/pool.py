@@ -94,7 +94,9 @@ class FunctionPool:
         # (InstanceRecord.starting): ensure_capacity runs on every request.
         self.starting = 0
         self.counters: Counter[str] = Counter()
-        self.heartbeats = Heartbeats(self.name, self.health, self.counters, nursery.start_soon)
+        self.heartbeats = Heartbeats(
+            self.name, self.health, self.counters, nursery.start_soon, runtime.name
+        )
         self.accepting = True  # False while draining: no new requests
         self.closed = False  # True once stopping: no new instances
         self.last_start_error: str | None = None

@@ -25,6 +25,8 @@ from huselet.dispatch.childstops import child_stops
 from huselet.dispatch.instance import InstanceState
 from huselet.dispatch.reasons import StopReason
 from huselet.errors import InstanceLost
+from huselet.testing.conformance import require_tools
+from huselet.testing.probes import require_sandbox_host, sandbox_settings
 
 NOOP = "def handler(event, context):\n    return {}\n"
 
@@ -91,9 +93,18 @@ async def idle_children(root: Path, count: int) -> AsyncIterator[tuple[Any, Any]
 
 
 async def wait_idle(pool, count: int) -> list[int]:  # type: ignore[no-untyped-def]
-    while sum(r.state is InstanceState.IDLE for r in pool.instances.values()) < count:
+    """Pids of ``count`` idle instances not asked to stop (a replaced one may linger)."""
+
+    def idle() -> list[int]:
+        return [
+            r.handle.pid
+            for r in pool.instances.values()
+            if r.state is InstanceState.IDLE and r.stop_reason is None
+        ]
+
+    while len(idle()) < count:
         await trio.sleep(0.02)
-    return [r.handle.pid for r in pool.instances.values()]
+    return idle()
 
 
 async def test_idle_children_are_not_pinged_and_hold_no_timer(short_tmp: Path) -> None:
@@ -174,3 +185,30 @@ async def test_a_busy_child_stopped_by_sigstop_is_noticed_by_the_kernel(
                     await node.scheduler.invoke("busy", b"{}", "json")
         assert pool.counters["stopped_busy"] == 1
         assert len(pool.heartbeats) == 0  # no periodic check was what found it
+
+
+async def test_a_bwrap_worker_is_not_the_daemons_child_so_it_is_pinged(short_tmp: Path) -> None:
+    # bwrap's handle pid is bwrap itself (our child), the worker is bwrap's child:
+    # a stop of the worker reaches nobody here, so the idle worker is pinged.
+    require_sandbox_host()
+    missing = require_tools("bwrap", "setpriv")
+    if missing:
+        pytest.skip(missing)
+    write_package(short_tmp, "idle", NOOP)
+    spec = {"name": "idle", "package": "pkgs/idle", "handler": "main:handler"}
+    spec |= {"runtime": "bwrap", "min_instances": 1}
+    runtimes = {"bwrap": sandbox_settings(short_tmp)}
+    async with running_stack(short_tmp, [spec], runtimes, extra={"health": NO_IDLE_PINGS}) as node:
+        pool = node.pool("idle")
+        with trio.fail_after(60):
+            (launcher,) = await wait_idle(pool, 1)
+            record = next(iter(pool.instances.values()))
+            worker = launcher  # bwrap -> its pid 1 (reaper) -> the worker: the leaf
+            while children := Path(f"/proc/{worker}/task/{worker}/children").read_text().split():
+                (worker,) = map(int, children)
+            os.kill(worker, signal.SIGSTOP)
+            while pool.counters["heartbeat_missed"] == 0:
+                await trio.sleep(0.02)
+        assert record.stop_reason == "missed heartbeat"
+        assert pool.counters["heartbeat_kernel_watched"] == 0
+        assert not pool.heartbeats.kernel_watched(record)
