@@ -26,7 +26,11 @@ limit, never the zygote's (v1 can no longer move charges afterwards).
 What the child does (:func:`_instance_main`): put the link on fd 3 and the
 output pipe on 1/2, close every other descriptor (the control socket and
 anything the function's init code opened), reset changed signal handlers,
-start a new session, confine itself, reseed ``random`` and serve.
+start a new session, confine itself and serve. ``random`` needs no reseed
+here: if init code imported it, its own at-fork hook reseeds it in every
+child (the clone runs Python's after-fork hooks); if not, it is seeded when
+first imported. (Importing it here only to reseed would cost every instance
+a second seeding and the module's pages.)
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ from __future__ import annotations
 import array
 import gc
 import os
-import random
 import signal
 import socket
 import sys
@@ -154,7 +157,6 @@ def _instance_main(
         os.environ["HUSELET_INSTANCE_ID"] = msg["id"]
         for key, value in msg.get("env", {}).items():
             os.environ[key] = value
-        random.seed()
         gc.enable()
         # Our parent is the daemon (CLONE_PARENT). Had it died already, the link
         # would be closed: serve() ends at once.

@@ -102,3 +102,33 @@ def test_a_zygote_of_a_small_function_never_imports_threading() -> None:
     # threading's after-fork hook dirties ~0.3 MB in every forked instance
     # (bench_density: PSS per idle instance 1,858 -> 1,558 KB without it).
     assert in_fresh_interpreter(ZYGOTE_IMPORTS) == ["False"]
+
+
+RANDOM = """
+import random, time
+random.random()  # init code drew from the zygote's generator
+def handler(event, ctx):
+    time.sleep(0.3)  # two concurrent calls need two instances
+    return {"instance": ctx.instance_id, "r": random.random()}
+"""
+
+
+async def test_instances_of_a_zygote_that_imported_random_draw_different_numbers(
+    short_tmp: Path,
+) -> None:
+    # The zygote no longer reseeds explicitly: random's own at-fork hook must.
+    require_sandbox_host()
+    pkg = write_package(short_tmp, "r", RANDOM)
+    spec = {"name": "r", "package": str(pkg), "handler": "main:handler", "runtime": "fork"}
+    async with running_stack(short_tmp, [spec], {"fork": sandbox_settings(short_tmp)}) as stack:
+        seen: list[dict[str, object]] = []
+
+        async def call() -> None:
+            seen.append(await invoke_json(stack, "r", {}))
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call)
+                nursery.start_soon(call)
+    assert len({s["instance"] for s in seen}) == 2
+    assert seen[0]["r"] != seen[1]["r"]
