@@ -94,3 +94,13 @@ class Unavailable(HuseletError):
 
 class DeadlineExceeded(HuseletError):
     status, code = 504, "deadline_exceeded"
+
+
+class HostLimitReached(HuseletError):
+    """A new instance was refused: the host (or a limit set for it) has no room.
+
+    Not the function's fault, so its circuit breaker stays closed; the
+    caller may retry once something on the node ended.
+    """
+
+    status, code = 503, "host_limit"

@@ -30,6 +30,10 @@ class HealthSettings:
     # comes within the timeout (a SIGSTOPped or wedged worker).
     heartbeat_interval_ms: int = 2000
     heartbeat_timeout_ms: int = 1000
+    # Idle instances the kernel watches (direct children: fork, process): a stop
+    # is reported by SIGCHLD and an exit by the pidfd, so they are pinged only
+    # this rarely (for a worker wedged without being stopped); 0: never.
+    idle_heartbeat_interval_ms: int = 300_000
     # Crash-loop breaker per function.
     breaker_failures: int = 5
     breaker_window_s: int = 30
@@ -60,9 +64,12 @@ class HealthSettings:
         )
 
 
-# Knobs where 0 means something (memory_budget_mb 0: 90 % of RAM); every other
+# Knobs where 0 means something (memory_budget_mb 0: 90 % of RAM;
+# idle_heartbeat_interval_ms 0: never ping an idle kernel-watched worker); every other
 # knob must be positive, and a ``*_percent`` one at most 100.
-_ZERO_ALLOWED = frozenset({"memory_budget_mb", "memory_min_available_mb"})
+_ZERO_ALLOWED = frozenset(
+    {"memory_budget_mb", "memory_min_available_mb", "idle_heartbeat_interval_ms"}
+)
 
 
 def parse_health(t: ConfigTable) -> HealthSettings:

@@ -18,6 +18,7 @@ class PoolCounter(StrEnum):
     REJECTED_BREAKER_OPEN = "rejected_breaker_open"
     REJECTED_STARTS_HELD = "rejected_starts_held"
     REJECTED_QUEUE_FULL = "rejected_queue_full"
+    REJECTED_HOST_LIMIT = "rejected_host_limit"  # no instance alive and starts held
     # Outcomes of accepted requests.
     OK = "ok"
     HANDLER_ERRORS = "handler_errors"
@@ -26,6 +27,7 @@ class PoolCounter(StrEnum):
     DEADLINE_CANCELLED = "deadline_cancelled"  # the worker gave up at the deadline
     INSTANCE_LOST = "instance_lost"  # a request failed because its instance ended
     FAILED_START = "failed_start"  # a queued request failed because no instance started
+    FAILED_HOST_LIMIT = "failed_host_limit"  # queued, none alive, the host refused starts
     # Deliveries to instances.
     LINK_ERRORS = "link_errors"
     REQUEUED_UNDELIVERED = "requeued_undelivered"
@@ -33,11 +35,14 @@ class PoolCounter(StrEnum):
     # Instances.
     INSTANCES_STARTED = "instances_started"  # every start is a cold start
     START_FAILURES = "start_failures"
+    START_REFUSED_HOST_LIMIT = "start_refused_host_limit"  # not counted against the breaker
     INSTANCES_LOST = "instances_lost"
     INSTANCES_REAPED = "instances_reaped"
     UNREAPED_INSTANCES = "unreaped_instances"
     DEADLINE_KILLS = "deadline_kills"
     HEARTBEAT_MISSED = "heartbeat_missed"
+    HEARTBEAT_PINGS = "heartbeat_pings"
+    HEARTBEAT_KERNEL_WATCHED = "heartbeat_kernel_watched"  # idle, watched through SIGCHLD
     STOPPED_BUSY = "stopped_busy"
     # The circuit breaker.
     STALE_FAILURES = "stale_failures"
@@ -51,4 +56,5 @@ FAILED_REQUESTS = (
     PoolCounter.DEADLINE_EXCEEDED,
     PoolCounter.INSTANCE_LOST,
     PoolCounter.FAILED_START,
+    PoolCounter.FAILED_HOST_LIMIT,
 )

@@ -20,12 +20,23 @@ the task wakes once per batch of entries that fall due together, writes the
 batch's PINGs, and judges them together a timeout later. Entries of
 instances that ended are dropped when they come due (no removal walk). The
 task exits when no instance is watched and restarts with the next one.
+
+Instances the kernel watches (direct children of the daemon: ``fork`` and
+``process``; see :mod:`huselet.dispatch.childstops`) are not pinged every
+interval: their exit is seen through the pidfd and link EOF, and a stop
+(SIGSTOP, busy or idle) arrives as SIGCHLD. A stopped idle one is pinged at
+once and judged as above ("missed heartbeat"); a stopped busy one is stopped
+("frozen"). They keep one heap entry only every
+``idle_heartbeat_interval_ms`` (default 5 minutes; 0: none), for a worker
+wedged without being stopped — so 2,000 idle instances cost the daemon a
+handful of wake-ups a second, not a thousand.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +44,7 @@ from typing import Any
 import trio
 
 from huselet.config.health import HealthSettings
+from huselet.dispatch.childstops import WORKER_IS_CHILD, child_stops
 from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.instance import InstanceRecord, InstanceState, stopped_by_signal
 from huselet.dispatch.reasons import StopReason
@@ -43,8 +55,11 @@ log = get_logger("pool")
 
 LOOP_STALL_S = 0.05  # woke this late: the event loop itself was stalled
 
-# (due, tie-break, record, pinged_at or None for a plain check)
-_Entry = tuple[float, int, InstanceRecord, "float | None"]
+# (due, tie-break, record, pinged_at or None for a plain check, chained): an
+# entry is chained when it is the record's periodic one (it schedules the
+# next); a ping prompted by a stop (SIGCHLD) is judged without rescheduling,
+# so events never multiply a record's entries.
+_Entry = tuple[float, int, InstanceRecord, "float | None", bool]
 
 
 class Heartbeats:
@@ -54,16 +69,23 @@ class Heartbeats:
         health: HealthSettings,
         counters: Counter[str],
         spawn: Callable[[Callable[[], Any]], None],
+        runtime: str = "",
     ) -> None:
         self.function = function
+        self.kernel_can_watch = runtime in WORKER_IS_CHILD
         self.interval = health.heartbeat_interval_ms / 1000
         self.timeout = health.heartbeat_timeout_ms / 1000
+        # For kernel-watched instances; None: no timer at all.
+        self.idle_interval = health.idle_heartbeat_interval_ms / 1000 or None
         self.counters = counters
         self._spawn = spawn  # starts run() in the pool's nursery
         self._heap: list[_Entry] = []
         self._order = itertools.count()
         self._running = False
         self._wakeup = trio.Event()
+        # Instances whose stops and exits the kernel reports (weakly held: an
+        # ended one drops out by itself).
+        self._kernel: weakref.WeakSet[InstanceRecord] = weakref.WeakSet()
 
     def __len__(self) -> int:
         """Heap entries (watched instances, plus ended ones not yet dropped)."""
@@ -71,15 +93,50 @@ class Heartbeats:
 
     def watch(self, record: InstanceRecord) -> None:
         """Start judging a ready instance (its link is up)."""
-        self._push(record.last_heard + self.interval, record, None)
+        pid = record.handle.pid if record.handle is not None else None
+        if (
+            self.kernel_can_watch
+            and pid is not None
+            and child_stops().watch(pid, record, self.stopped)
+        ):
+            self._kernel.add(record)
+            self.counters[PoolCounter.HEARTBEAT_KERNEL_WATCHED] += 1
+        self._reschedule(record, record.last_heard)
+
+    def kernel_watched(self, record: InstanceRecord) -> bool:
+        return record in self._kernel
+
+    def _period(self, record: InstanceRecord) -> float | None:
+        return self.idle_interval if record in self._kernel else self.interval
+
+    def _reschedule(self, record: InstanceRecord, since: float) -> None:
+        """The next plain check of ``record``, ``since`` plus its period (if it has one)."""
+        period = self._period(record)
+        if period is not None:
+            self._push(since + period, record, None)
+
+    def stopped(self, record: InstanceRecord) -> None:
+        """The kernel says the instance's process stopped (SIGCHLD, ``waitid``)."""
+        if record.link is None or record.stop_reason is not None:
+            return
+        if record.state is InstanceState.STOPPING:
+            return
+        if record.inflight:
+            self._stop_if_frozen(record)
+            return
+        # Idle: ping it now and judge it a timeout later, exactly as if its
+        # interval had come (it may have been continued meanwhile and answer).
+        self._ping(record, trio.current_time(), chained=False)
+
+    def _push(
+        self, due: float, record: InstanceRecord, pinged_at: float | None, chained: bool = True
+    ) -> None:
+        earliest = self._heap[0][0] if self._heap else None
+        heapq.heappush(self._heap, (due, next(self._order), record, pinged_at, chained))
         if not self._running:
             self._running = True
             self._spawn(self.run)
-
-    def _push(self, due: float, record: InstanceRecord, pinged_at: float | None) -> None:
-        earliest = self._heap[0][0] if self._heap else None
-        heapq.heappush(self._heap, (due, next(self._order), record, pinged_at))
-        if earliest is None or due < earliest:
+        elif earliest is None or due < earliest:
             self._wakeup.set()  # the task sleeps until the old head: wake it earlier
 
     async def run(self) -> None:
@@ -93,32 +150,47 @@ class Heartbeats:
                     continue
                 now = trio.current_time()
                 while self._heap and self._heap[0][0] <= now:
-                    due, _, record, pinged_at = heapq.heappop(self._heap)
-                    self._check(record, due, pinged_at, now)
+                    due, _, record, pinged_at, chained = heapq.heappop(self._heap)
+                    if pinged_at is None:
+                        self._check(record, now)
+                    else:
+                        self._judge(record, due, pinged_at, now, chained)
                 await trio.lowlevel.checkpoint()  # a long batch still lets others run
         finally:
             self._running = False
 
-    def _check(
-        self, record: InstanceRecord, due: float, pinged_at: float | None, now: float
-    ) -> None:
-        link = record.link
-        if link is None or record.stop_reason is not None or record.state is InstanceState.STOPPING:
-            return  # ended or ending: drop the entry
-        if pinged_at is not None:
-            self._judge(record, due, pinged_at, now)
-            return
+    @staticmethod
+    def _ended(record: InstanceRecord) -> bool:
+        return (
+            record.link is None
+            or record.stop_reason is not None
+            or record.state is InstanceState.STOPPING
+        )
+
+    def _check(self, record: InstanceRecord, now: float) -> None:
+        if self._ended(record):
+            return  # drop the entry
         if record.inflight:
-            if stopped_by_signal(record.handle):
-                self.counters[PoolCounter.STOPPED_BUSY] += 1
-                log.warning("busy instance is stopped", function=self.function, instance=record.id)
-                record.stop(StopReason.FROZEN)
-                return
-            self._push(now + self.interval, record, None)
+            if not self._stop_if_frozen(record):
+                self._reschedule(record, now)
             return
-        if now - record.last_heard < self.interval:
-            self._push(record.last_heard + self.interval, record, None)
+        period = self._period(record)
+        if period is not None and now - record.last_heard < period:
+            self._push(record.last_heard + period, record, None)
             return
+        self._ping(record, now, chained=True)
+
+    def _stop_if_frozen(self, record: InstanceRecord) -> bool:
+        if not stopped_by_signal(record.handle):
+            return False
+        self.counters[PoolCounter.STOPPED_BUSY] += 1
+        log.warning("busy instance is stopped", function=self.function, instance=record.id)
+        record.stop(StopReason.FROZEN)
+        return True
+
+    def _ping(self, record: InstanceRecord, now: float, *, chained: bool) -> None:
+        link = record.link
+        assert link is not None
         try:
             written = link.send_nowait(PING_FRAME)
         except OSError as exc:
@@ -130,13 +202,22 @@ class Heartbeats:
             self.counters[PoolCounter.HEARTBEAT_MISSED] += 1
             record.stop(StopReason.NOT_READING)
             return
-        self._push(now + self.timeout, record, now)
+        self.counters[PoolCounter.HEARTBEAT_PINGS] += 1
+        self._push(now + self.timeout, record, now, chained)
 
-    def _judge(self, record: InstanceRecord, due: float, pinged_at: float, now: float) -> None:
+    def _judge(
+        self, record: InstanceRecord, due: float, pinged_at: float, now: float, chained: bool
+    ) -> None:
+        if self._ended(record):
+            return
         if now - due > LOOP_STALL_S:
             # Our own loop stalled: the answer may sit unread. Judge only on a
-            # window the daemon was awake for: ping again.
-            self._push(now, record, None)
+            # window the daemon was awake for: ping again (idle only: a busy
+            # link is written by its request's task).
+            if not record.inflight:
+                self._ping(record, now, chained=chained)
+            elif chained:
+                self._reschedule(record, now)
             return
         if record.last_heard < pinged_at:
             if not record.inflight:
@@ -149,8 +230,8 @@ class Heartbeats:
                 )
                 record.stop(StopReason.MISSED_HEARTBEAT)
                 return
+            if self._stop_if_frozen(record):
+                return  # took a request while stopped (a kernel-reported stop's ping)
             record.last_heard = now  # busy since the ping: its request's deadline guards it
-        if record.inflight:
-            self._push(now + self.interval, record, None)
-        else:
-            self._push(max(now, record.last_heard + self.interval), record, None)
+        if chained:
+            self._reschedule(record, now if record.inflight else max(now, record.last_heard))

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING
 import trio
 
 from huselet.dispatch.counters import PoolCounter
+from huselet.dispatch.hostlimit import start_refused
 from huselet.dispatch.instance import InstanceRecord, InstanceState
 from huselet.dispatch.reasons import PLANNED_STOPS, StopReason
 from huselet.dispatch.serving import retry, serve
 from huselet.errors import HuseletError, InstanceLost, InstanceStartFailed
 from huselet.log import get_logger
 from huselet.runtime.base import InstanceSpec, StartFailed
+from huselet.runtime.hostlimits import HostLimitReached
 from protocol.errors import ProtocolError
 from protocol.link import FATAL, READY, SHUTDOWN_FRAME, Fatal, message_type
 
@@ -48,6 +50,9 @@ async def run_instance(pool: FunctionPool, record: InstanceRecord) -> None:
                 await _start(pool, record)
             except _StartError as exc:
                 _start_failed(pool, record, str(exc))
+                return
+            except HostLimitReached as exc:  # the node is full, the function is fine
+                start_refused(pool, record, exc)
                 return
             record.ready_at = trio.current_time()
             pool.breaker.record_success(record.ready_at)
@@ -90,6 +95,8 @@ async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
     )
     try:
         record.handle = await pool.runtime.start(spec)
+    except HostLimitReached:
+        raise
     except StartFailed as exc:
         raise _StartError(str(exc)) from None
     record.marks["sandbox"] = trio.current_time()

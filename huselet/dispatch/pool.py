@@ -38,6 +38,7 @@ from huselet.config.health import HealthSettings
 from huselet.dispatch.buffer import RequestBuffer
 from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.heartbeat import Heartbeats
+from huselet.dispatch.hostlimit import HostLimitHold
 from huselet.dispatch.instance import (
     CodeProvider,
     DirectoryCode,
@@ -94,13 +95,17 @@ class FunctionPool:
         # (InstanceRecord.starting): ensure_capacity runs on every request.
         self.starting = 0
         self.counters: Counter[str] = Counter()
-        self.heartbeats = Heartbeats(self.name, self.health, self.counters, nursery.start_soon)
+        self.heartbeats = Heartbeats(
+            self.name, self.health, self.counters, nursery.start_soon, runtime.name
+        )
         self.accepting = True  # False while draining: no new requests
         self.closed = False  # True once stopping: no new instances
         self.last_start_error: str | None = None
         self.on_change: ChangeObserver | None = None  # instance added / changed / removed
         # Set by the node (memory pressure): no new instances; the reason says why.
         self.starts_held: str | None = None
+        # Set when the runtime refused a start at a host limit (a short hold).
+        self.host_limit = HostLimitHold()
         self.observer: InstanceObserver | None = None  # metrics of instance lives
 
     # --- requests -------------------------------------------------------------
@@ -123,6 +128,9 @@ class FunctionPool:
                 f"now ({self.starts_held})",
                 retry_after_s=5,
             )
+        if not self.instances and self.host_limit.holding(now):
+            self.counters[PoolCounter.REJECTED_HOST_LIMIT] += 1
+            raise self.host_limit.error(self.name)
         try:
             self.buffer.put(inv)
         except HuseletError:
@@ -143,7 +151,7 @@ class FunctionPool:
     # --- scaling ----------------------------------------------------------------
 
     def ensure_capacity(self) -> None:
-        if self.closed or self.starts_held:
+        if self.closed or self.starts_held or self.host_limit.holding(trio.current_time()):
             return
         demand = self.buffer.live_count() - self.spare_credits - self.starting
         room = self.settings.max_instances - len(self.instances)

@@ -53,6 +53,7 @@ from huselet.runtime.cgroups import Cgroup
 from huselet.runtime.children import ChildHandle, SandboxHandle, StrayReaper, dial_link, pump_output
 from huselet.runtime.codeimage import code_key, code_ro_paths
 from huselet.runtime.common import MiB, SandboxRuntime, sandbox_plan
+from huselet.runtime.hostlimits import start_failure
 from huselet.runtime.isolation import Table, identity
 from huselet.runtime.zygote import ZygoteProcess, ZygoteSlot
 from huselet.sandbox.confine import SandboxPlan
@@ -281,7 +282,9 @@ class ForkRuntime(SandboxRuntime):
                     await self._release(cgroup)
             if isinstance(exc, OSError):
                 log.error("fork start failed", instance=spec.instance_id, error=str(exc))
-                raise StartFailed(f"could not start the instance: {exc.strerror}") from None
+                raise start_failure(
+                    "could not start the instance", exc.errno, exc.strerror or ""
+                ) from None
             raise
         self.starts += 1
         fields = {"instance": spec.instance_id, "function": fn.name}

@@ -32,6 +32,7 @@ from huselet.log import get_logger
 from huselet.runtime.base import StartFailed
 from huselet.runtime.cgroups import Cgroup
 from huselet.runtime.children import ChildHandle, function_env, pump_output
+from huselet.runtime.hostlimits import start_failure
 from huselet.sandbox import linux
 from huselet.sandbox.confine import SandboxPlan
 from protocol.errors import ProtocolError
@@ -64,12 +65,13 @@ def _make_preexec(cgroup: Cgroup | None) -> Callable[[], None]:
 
 
 class _Pending:
-    __slots__ = ("done", "error", "pid")
+    __slots__ = ("done", "errno", "error", "pid")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.pid: int | None = None
         self.error: str | None = None
+        self.errno: int | None = None  # of the zygote's failed clone
 
 
 class ZygoteProcess:
@@ -230,6 +232,8 @@ class ZygoteProcess:
             pending.pid = pid
         elif pending is not None:
             pending.error = str(msg.get("error", "the zygote could not fork"))
+            code = msg.get("errno")
+            pending.errno = code if isinstance(code, int) else None
         if pending is not None:
             pending.done.set()
 
@@ -256,7 +260,9 @@ class ZygoteProcess:
         if not pending.done.is_set():
             raise StartFailed("the zygote did not fork the instance in time")
         if pending.pid is None:
-            raise StartFailed(f"the zygote could not fork the instance: {pending.error}")
+            raise start_failure(
+                "the zygote could not fork the instance", pending.errno, str(pending.error)
+            )
         return pending.pid
 
     async def fork_placed(

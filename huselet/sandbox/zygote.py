@@ -26,7 +26,11 @@ limit, never the zygote's (v1 can no longer move charges afterwards).
 What the child does (:func:`_instance_main`): put the link on fd 3 and the
 output pipe on 1/2, close every other descriptor (the control socket and
 anything the function's init code opened), reset changed signal handlers,
-start a new session, confine itself, reseed ``random`` and serve.
+start a new session, confine itself and serve. ``random`` needs no reseed
+here: if init code imported it, its own at-fork hook reseeds it in every
+child (the clone runs Python's after-fork hooks); if not, it is seeded when
+first imported. (Importing it here only to reseed would cost every instance
+a second seeding and the module's pages.)
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ from __future__ import annotations
 import array
 import gc
 import os
-import random
 import signal
 import socket
 import sys
@@ -48,6 +51,7 @@ from huselet.sandbox.confine import (
     confine_instance,
     enter_function_sandbox,
 )
+from huselet.sandbox.rehearse import rehearse
 from huselet.worker import sdk
 from protocol.frames import FrameDecoder, encode_frame
 
@@ -153,13 +157,25 @@ def _instance_main(
         os.environ["HUSELET_INSTANCE_ID"] = msg["id"]
         for key, value in msg.get("env", {}).items():
             os.environ[key] = value
-        random.seed()
         gc.enable()
         # Our parent is the daemon (CLONE_PARENT). Had it died already, the link
         # would be closed: serve() ends at once.
         linux.set_pdeathsig(signal.SIGKILL)
         link = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=LINK_FD)
-        code = sdk.serve(link, msg["id"], msg["token"], plan.package, plan.handler, handler=handler)
+        # No link-watcher thread: the daemon is this process's parent (CLONE_PARENT)
+        # and kills it whenever it drops it, and its death kills it (the death
+        # signal above). A second thread would cost every idle instance its stack,
+        # thread state and a malloc arena, and a second task against the uid's
+        # RLIMIT_NPROC (pids) — half as many instances per function.
+        code = sdk.serve(
+            link,
+            msg["id"],
+            msg["token"],
+            plan.package,
+            plan.handler,
+            handler=handler,
+            watch_hangup=False,
+        )
     except SandboxError as exc:
         print(f"huselet instance: sandbox setup failed: {exc}", file=sys.stderr)
     except BaseException:
@@ -190,7 +206,9 @@ def serve_forks(ctl: socket.socket, plan: SandboxPlan, keep_in_tmp: list[str], h
                 pid = linux.clone_process(flags)
             except OSError as exc:
                 _close_all(fds)
-                send(ctl, {"t": "fork_failed", "seq": msg["seq"], "error": str(exc)})
+                # The errno tells the daemon a host limit (EAGAIN, ENOMEM) from a fault.
+                failed = {"t": "fork_failed", "seq": msg["seq"], "error": str(exc)}
+                send(ctl, {**failed, "errno": exc.errno})
                 continue
             if pid == 0:
                 _instance_main(plan, keep_in_tmp, handler, msg, fds, ctl)
@@ -245,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     # touches (and copies) those pages.
     global _SIGNALS
     _SIGNALS = signals_to_reset()  # after init code: it may have installed handlers
+    rehearse()  # the instances' first steps, quickened once here (huselet.sandbox.rehearse)
     gc.collect()
     gc.freeze()
     ctl.settimeout(None)

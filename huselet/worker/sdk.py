@@ -18,7 +18,6 @@ import select
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,6 +116,10 @@ def _exit_when_the_daemon_hangs_up(sock: socket.socket) -> None:
     daemon that dropped this instance without killing it. A thread parked in
     ``poll`` for the hang-up costs no CPU and reads nothing off the link.
     """
+    # Imported here, not at the top: a fork zygote (which needs no watcher) then
+    # never imports threading, whose after-fork hook dirties ~0.3 MB per instance.
+    import threading
+
     hangup = select.POLLRDHUP | select.POLLHUP | select.POLLERR
     fd = sock.fileno()
 
@@ -224,7 +227,13 @@ def serve_request(entry: Entry, req: Request, function: str, instance_id: str) -
 
 
 def run(
-    link: Link, hello: Hello, package_dir: str, handler_spec: str, handler: Entry | None = None
+    link: Link,
+    hello: Hello,
+    package_dir: str,
+    handler_spec: str,
+    handler: Entry | None = None,
+    *,
+    watch_hangup: bool = True,
 ) -> int:
     """Say ``hello`` on the link, load the entry, then serve until the link closes."""
     link.send(hello.encode())
@@ -253,7 +262,8 @@ def run(
         return EXIT_HANDLER_LOAD_FAILED
     output.install()
     link.send(READY_FRAME, Pull(1).encode())
-    _exit_when_the_daemon_hangs_up(link.sock)
+    if watch_hangup:  # a fork instance goes without (see huselet.sandbox.zygote)
+        _exit_when_the_daemon_hangs_up(link.sock)
     try:
         return _serve_loop(link, handler, welcome.function, hello.instance_id)
     finally:
@@ -293,6 +303,7 @@ def serve(
     package_dir: str,
     handler_spec: str,
     handler: Entry | None = None,
+    watch_hangup: bool = True,
 ) -> int:
     """Connect to ``link`` (a path, or a socket the runtime already connected),
     then serve until the link closes. Returns the process exit code; link and
@@ -307,7 +318,7 @@ def serve(
         else:
             sock.connect(link)
         hello = Hello(PROTO_VERSION, instance_id, token, os.getpid())
-        return run(Link(sock), hello, package_dir, handler_spec, handler)
+        return run(Link(sock), hello, package_dir, handler_spec, handler, watch_hangup=watch_hangup)
     except (OSError, ProtocolError, LinkClosed) as exc:
         print(f"huselet worker: link to daemon failed: {exc}", file=sys.stderr)
         return EXIT_LINK_FAILED
