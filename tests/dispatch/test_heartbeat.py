@@ -112,7 +112,7 @@ async def test_idle_children_are_not_pinged_and_hold_no_timer(short_tmp: Path) -
         with trio.fail_after(60):
             await wait_idle(pool, 3)
             # Served, then idle again: still no entry (busy ones need none either).
-            await node.scheduler.invoke("idle", b"{}", "json")
+            await node.dispatcher.invoke("idle", b"{}", "json")
             await wait_idle(pool, 3)
             # Forty ping intervals pass with nobody pinged, judged or woken.
             until = trio.current_time() + 40 * 0.05
@@ -182,7 +182,7 @@ async def test_a_busy_child_stopped_by_sigstop_is_noticed_by_the_kernel(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stop_it_when_busy)
                 with pytest.raises(InstanceLost, match="frozen by SIGSTOP or a tracer"):
-                    await node.scheduler.invoke("busy", b"{}", "json")
+                    await node.dispatcher.invoke("busy", b"{}", "json")
         assert pool.counters["stopped_busy"] == 1
         assert len(pool.heartbeats) == 0  # no periodic check was what found it
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-from huselet.config import FunctionSettings
+from huselet.config import FunctionSettings, NodeSettings
 from huselet.dispatch.buffer import RequestBuffer
 from huselet.dispatch.instance import InstanceRecord, InstanceState
 from huselet.dispatch.invocation import Invocation
@@ -27,6 +27,7 @@ from huselet.dispatch.pool import FunctionPool
 from huselet.dispatch.reasons import StopReason
 from huselet.dispatch.serving import retry, serve
 from huselet.runtime.base import ExitStatus, InstanceHandle
+from huselet.runtime.process import ProcessRuntime
 from protocol.frames import FrameDecoder, encode_frame
 from protocol.link import REQUEST, Pull, Request, Result, message_type
 
@@ -72,8 +73,11 @@ class Peer:
 
 def make_pool(tmp: Path, nursery: trio.Nursery) -> FunctionPool:
     settings = FunctionSettings(name="fn", package=tmp, handler="main:handler")
-    pool = FunctionPool(settings, None, tmp / "fn.sock", nursery)  # type: ignore[arg-type]
-    # No instance may start: the one under test is the socket peer.
+    # A real runtime (never run): the pool asks it only for its name here, and
+    # no instance may start: the one under test is the socket peer.
+    pool = FunctionPool(
+        settings, ProcessRuntime({}, node=NodeSettings("n", tmp, tmp)), tmp / "fn.sock", nursery
+    )
     pool.starts_held = "test: the instance is a socket peer"
     pool.buffer = RequestBuffer(100)
     return pool
