@@ -190,7 +190,7 @@ def test_crashing_handler_and_sigkilled_instance(daemon: Daemon) -> None:
     crashed = daemon.invoke("echo", {"exit": 3})
     assert crashed.status_code == 502 and crashed.json()["error"]["code"] == "instance_lost"
     assert "exited with code 3" in crashed.json()["error"]["message"]
-    pid = daemon.invoke("echo", {}).json()["pid"]
+    pid = daemon.invoke_ok("echo", {})["pid"]
     gate = Path(daemon.config).parent / "gate-sigkill"  # never opened: it is killed first
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(daemon.invoke, "echo", {"gate": str(gate), "hold": 50})
@@ -300,7 +300,7 @@ def test_sigterm_drains_and_speaks_the_notify_protocol(own_root: Path) -> None:
         daemon = Daemon(write_config(own_root, FUNCTIONS), env={"NOTIFY_SOCKET": str(notify_path)})
         ready = receiver.recv(4096).decode()
         assert ready.startswith("READY=1\nSTATUS=serving 3 functions")
-        pid = daemon.invoke("echo", {}).json()["pid"]
+        pid = daemon.invoke_ok("echo", {})["pid"]
         result: dict[str, httpx.Response] = {}
         slow = threading.Thread(
             target=lambda: result.update(r=daemon.invoke("echo", {"sleep": 1.5}))
