@@ -140,7 +140,11 @@ def test_error_statuses(daemon: Daemon) -> None:
             and "missing" in err["message"]
         )
         assert "/" not in err["message"] and "Traceback" not in raised.text
-        slow = c.post("/v1/invoke/echo", json={"sleep": 3}, headers={"x-huselet-timeout-ms": "200"})
+        # Sleeps far past the deadline: a loop stalled for seconds on a loaded
+        # machine must not see the handler finish first (a 200, not the 504).
+        slow = c.post(
+            "/v1/invoke/echo", json={"sleep": 30}, headers={"x-huselet-timeout-ms": "200"}
+        )
         assert slow.status_code == 504, slow.text
         # The instance stuck on that request was killed; the next request works.
         assert c.post("/v1/invoke/echo", json={}).status_code == 200
