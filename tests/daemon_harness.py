@@ -143,6 +143,13 @@ class Daemon:
         with self.client() as c:
             return c.post(f"/v1/invoke/{function}", json=event if event is not None else {}, **kw)
 
+    def invoke_ok(self, function: str, event: Any = None, **kw: Any) -> Any:
+        """The JSON body of a 200 reply; any other reply fails with its status and body
+        (read a field of an error reply and the failure says only ``KeyError``)."""
+        reply = self.invoke(function, event, **kw)
+        assert reply.status_code == 200, (function, reply.status_code, reply.text)
+        return reply.json()
+
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*HUSELET, "ctl", *args, "--socket", self.admin_socket],

@@ -238,6 +238,7 @@ async def run_steady_load(
     event: Any | EventSource = None,
     headers: dict[str, str] | None = None,
     stop: threading.Event | None = None,
+    max_in_flight: int | None = None,
 ) -> LoadReport:
     """Send ``rate`` requests/s to ``function`` for ``duration`` s; wait for every reply.
 
@@ -245,6 +246,11 @@ async def run_steady_load(
     to it. ``timeout_s`` is the client timeout of each request (deadline + margin).
     ``stop`` (set from another thread) ends sending early. Returns once every
     request has an outcome, at most ``duration + timeout_s`` (plus a connect) later.
+
+    ``max_in_flight`` caps the requests awaiting a reply: the next one waits
+    for a slot, so ``rate`` becomes an upper bound. For a test whose point is
+    not overload (every request must succeed), an open loop faster than a
+    loaded machine serves only queues requests until their deadlines pass.
     """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -255,7 +261,15 @@ async def run_steady_load(
     outcomes: list[Outcome] = []
     count = max(1, round(rate * duration))
 
+    slots = trio.Semaphore(max_in_flight or count)
+
     async def one(seq: int) -> None:
+        try:
+            await _one(seq)
+        finally:
+            slots.release()
+
+    async def _one(seq: int) -> None:
         body = json.dumps(make_event(seq)).encode()
         request = _request_bytes(host, port, path, body, extra)
         sent_at = time.monotonic()
@@ -296,6 +310,7 @@ async def run_steady_load(
             if stop is not None and stop.is_set():
                 break
             await trio.sleep_until(start + seq / rate)
+            await slots.acquire()
             nursery.start_soon(one, seq)
             sent += 1
     await conns.aclose()
@@ -320,6 +335,7 @@ class BackgroundLoad:
         timeout_s: float,
         event: Any | EventSource = None,
         headers: dict[str, str] | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         self.duration, self.timeout_s = duration, timeout_s
         self._stop = threading.Event()
@@ -327,7 +343,12 @@ class BackgroundLoad:
         self._error: BaseException | None = None
         self.started_at = 0.0
         kwargs = dict(
-            rate=rate, duration=duration, timeout_s=timeout_s, event=event, headers=headers
+            rate=rate,
+            duration=duration,
+            timeout_s=timeout_s,
+            event=event,
+            headers=headers,
+            max_in_flight=max_in_flight,
         )
         self._thread = threading.Thread(
             target=self._run, args=(url, function, kwargs), name=f"load {function}", daemon=True

@@ -83,7 +83,7 @@ def test_reload_adds_removes_and_updates_without_dropping_traffic(short_tmp: Pat
         assert (entry["added"], entry["removed"], entry["updated"]) == (["c"], ["b"], ["a"])
         fns = functions_of(d)
         assert set(fns) == {"a", "c"} and fns["a"]["max_instances"] == 3
-        assert d.invoke("c").json()["function"] == "c"
+        assert d.invoke_ok("c")["function"] == "c"
         gone = d.invoke("b")
         assert gone.status_code == 404 and "no function named 'b'" in gone.text
         assert d.status()["node"]["reload"]["reloads"] == 1

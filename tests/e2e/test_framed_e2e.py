@@ -153,7 +153,8 @@ def test_statuses_match_the_http_ingress(daemon: Daemon) -> None:
     with FramedClient.connect(framed_address(daemon), token=TOKEN) as client:
         missing = client.call("nosuch", b"{}", "json")
         assert (missing.status, missing.error_code) == (404, "unknown_function")
-        late = client.call("echo", b'{"sleep": 3}', "json", timeout_ms=200)
+        # Far past the deadline: a stalled loop must not see the handler finish first.
+        late = client.call("echo", b'{"sleep": 30}', "json", timeout_ms=200)
         assert (late.status, late.error_code) == (504, "deadline_exceeded")
         big = client.call("echo", b"x" * 65537, "bytes")
         assert (big.status, big.error_code) == (413, "payload_too_large")

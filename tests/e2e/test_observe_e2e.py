@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -19,13 +21,16 @@ from support import write_package
 pytestmark = pytest.mark.e2e
 
 HANDLER = """
-import os, time
+import os, signal, time
 
 def handler(event, context):
     if event.get("print"):
         print("marker", event["print"], flush=True)
     if event.get("sleep"):
         time.sleep(event["sleep"])
+    if event.get("hold"):  # held until the test sends SIGUSR1 (a sandbox hides files)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        signal.sigtimedwait({signal.SIGUSR1}, event["hold"])
     if event.get("crash"):
         os._exit(3)
     if event.get("fail"):
@@ -40,6 +45,7 @@ package = "{root}/pkgs/app"
 handler = "main:handler"
 max_instances = 1
 max_queue = 1
+timeout_ms = 120000
 [[functions]]
 name = "sleepy"
 package = "{root}/pkgs/app"
@@ -107,10 +113,13 @@ def test_metrics_move_with_traffic_cold_starts_a_crash_a_429_and_a_504(node: Dae
     replies: dict[str, httpx.Response] = {}
 
     def call(key: str, event: dict[str, Any]) -> None:
-        with node.client() as c:
+        # Held past the harness client's 30 s on a loaded machine: a longer timeout.
+        with httpx.Client(base_url=node.url, timeout=120) as c:
             replies[key] = c.post("/v1/invoke/echo", json=event)
 
-    busy = threading.Thread(target=call, args=("busy", {"sleep": 2}))
+    # Held until the 429 was seen: a busy request that ended by itself after a
+    # fixed time let the queued one run at once on a loaded machine.
+    busy = threading.Thread(target=call, args=("busy", {"hold": 100}))
     busy.start()
     assert wait_until(
         lambda: value(scrape(node.metrics_url), "huselet_requests_in_flight", function="echo") == 1,
@@ -125,17 +134,23 @@ def test_metrics_move_with_traffic_cold_starts_a_crash_a_429_and_a_504(node: Dae
     refused = node.invoke("echo", {})
     assert refused.status_code == 429
     assert "server-timing" in refused.headers
+    listed = json.loads(node.ctl("instances", "--json").stdout)
+    (pid,) = [i["pid"] for i in listed if i["function"] == "echo"]
+    os.kill(pid, signal.SIGUSR1)  # release the busy request
     busy.join(60)
     queued.join(60)
     assert replies["busy"].status_code == 200 and replies["queued"].status_code == 200
 
     # A 504: the caller's deadline passes while the handler sleeps; the instance is killed.
-    late = node.invoke("sleepy", {"sleep": 30}, headers={"X-Huselet-Timeout-Ms": "500"})
-    assert late.status_code == 504
+    # Warm first: a cold start slower than the deadline (a loaded machine) answers
+    # 504 before any instance holds the request, and nothing is killed for it.
+    assert node.invoke("sleepy", {}).status_code == 200
+    late = node.invoke("sleepy", {"sleep": 30}, headers={"X-Huselet-Timeout-Ms": "2000"})
+    assert late.status_code == 504, late.text  # a 502 would say why (its error code)
     assert "exec;dur=" in late.headers["server-timing"]
     # A crash: the instance exits mid-request.
     crash = node.invoke("crashy", {"crash": True})
-    assert crash.status_code == 502 and crash.json()["error"]["code"] == "instance_lost"
+    assert crash.status_code == 502 and crash.json()["error"]["code"] == "instance_lost", crash.text
 
     def settled() -> bool:
         s = scrape(node.metrics_url)

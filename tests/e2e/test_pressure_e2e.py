@@ -98,7 +98,7 @@ handler = "main:handler"
 idle_timeout_ms = 600000
 """
     with Daemon(write_config(root, functions)) as d:
-        assert d.invoke("warm", {"word": "a"}).json()["reply"] == "A!warm"
+        assert d.invoke_ok("warm", {"word": "a"})["reply"] == "A!warm"
         prefetched = d.ctl("prefetch", "--function", "spare", "--wait", "--json")
         assert prefetched.returncode == 0, prefetched.stderr
         assert {images["warm"].digest, images["spare"].digest} <= installed(d)
@@ -120,7 +120,7 @@ idle_timeout_ms = 600000
         assert wait_until(lambda: "refusing new images" in healing_actions(d, "disk"), WAIT_S)
 
         # Warm functions keep serving; a function whose image is not here is refused.
-        assert d.invoke("warm", {"word": "b"}).json()["reply"] == "B!warm"
+        assert d.invoke_ok("warm", {"word": "b"})["reply"] == "B!warm"
         refused = d.invoke("cold", {"word": "c"})
         assert refused.status_code == 502
         message = refused.json()["error"]["message"]
@@ -136,7 +136,7 @@ idle_timeout_ms = 600000
         assert wait_until(
             lambda: "accepting new images again" in healing_actions(d, "disk"), WAIT_S
         )
-        assert d.invoke("cold", {"word": "d"}).json()["reply"] == "D!cold"
+        assert d.invoke_ok("cold", {"word": "d"})["reply"] == "D!cold"
         assert images["cold"].digest in installed(d)
 
 
@@ -195,7 +195,7 @@ handler = "main:handler"
 """
     release = root / "release"
     with Daemon(write_config(root, functions)) as d:
-        warm_pid = d.invoke("warm").json()["pid"]
+        warm_pid = d.invoke_ok("warm")["pid"]
         assert health_loop(d, "memory")["state"] == "ok"
 
         hog_reply: dict[str, httpx.Response] = {}
@@ -216,7 +216,7 @@ handler = "main:handler"
             )
 
             # The warm instance keeps serving (min_instances keeps it from the reaper).
-            assert d.invoke("warm").json()["pid"] == warm_pid
+            assert d.invoke_ok("warm")["pid"] == warm_pid
             # A function with no instance is refused at once, saying why.
             refused = d.invoke("cold")
             assert refused.status_code == 503
