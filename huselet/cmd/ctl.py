@@ -105,9 +105,9 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
 def ctl_observe_command(args: argparse.Namespace, path: Path) -> int:
     """``logs``, ``top``, ``metrics``: more than one call on one connection."""
-    from huselet import ctl_observe
     from huselet.admin.client import AdminClient
     from huselet.admin.errors import AdminError
+    from huselet.cmd import ctl_observe
 
     if args.command != "logs" and args.what is not None:
         print(f"huselet ctl {args.command}: unexpected argument {args.what!r}", file=sys.stderr)
