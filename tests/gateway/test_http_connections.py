@@ -125,6 +125,39 @@ async def test_expect_100_continue_refused_when_too_large(nursery: trio.Nursery)
     assert invoker.calls == []
 
 
+async def test_early_reply_to_a_client_awaiting_100_continue_closes(
+    nursery: trio.Nursery,
+) -> None:
+    # Refused before its body (404): whether the body will follow is unknowable,
+    # so the connection cannot carry another request.
+    address, invoker, _ = await start(nursery)
+    client = await RawClient.connect(address)
+    with trio.fail_after(GUARD_S):
+        await client.send(
+            raw_request("POST", "/nowhere", "Content-Length: 5", "Expect: 100-continue")
+        )
+        resp = await client.response()
+        assert resp.informational == []
+        assert resp.status == 404
+        assert resp.headers["connection"] == "close"
+        assert await client.closed_by_server() == b""
+    assert invoker.calls == []
+
+
+async def test_upgrade_is_not_switched_to_and_closes(nursery: trio.Nursery) -> None:
+    address, _, _ = await start(nursery)
+    client = await RawClient.connect(address)
+    with trio.fail_after(GUARD_S):
+        await client.send(
+            raw_request("GET", "/healthz", "Connection: upgrade", "Upgrade: h2c")
+            + raw_request("GET", "/healthz")  # never parsed: the client asked to switch
+        )
+        resp = await client.response()
+        assert resp.status == 200
+        assert resp.headers["connection"] == "close"
+        assert await client.closed_by_server() == b""
+
+
 async def test_garbage_does_not_hurt_the_server(nursery: trio.Nursery) -> None:
     address, _, _ = await start(nursery)
     client = await RawClient.connect(address)
