@@ -103,6 +103,9 @@ def test_pipelined_requests_come_out_in_order_and_a_bad_one_after_the_good() -> 
         b"X: a\nY: b",  # bare LF
         b"X : a",  # space before the colon
         b"X: a\x00b",
+        # Control characters (RFC 9110 5.5; h11 let all but NUL through).
+        b"X: a\x7fb",
+        b"X: a\x1bb",
         b"Bad Name: a",
         b"Host: second",
     ],
