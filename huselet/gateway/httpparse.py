@@ -20,7 +20,7 @@ What llhttp leaves to the server, this module adds, keeping h11's behaviour:
 - ``Host`` exactly once on HTTP/1.1 and at most once on HTTP/1.0;
 - ``Transfer-Encoding`` only as exactly ``chunked`` (h11 refused ``gzip,
   chunked`` too; we never decode transfer codings);
-- HTTP/1.0 and HTTP/1.1 only;
+- HTTP/1.0 and HTTP/1.1 only, keep-alive on HTTP/1.1 only;
 - header names lower-cased and values stripped of surrounding whitespace, as
   h11 handed them out; trailers of chunked bodies dropped;
 - an ``Upgrade`` (or ``CONNECT``) is never switched to: the request is answered
@@ -75,7 +75,7 @@ class RequestHead:
     target: bytes
     headers: list[tuple[bytes, bytes]]
     http_version: str  # "1.0" or "1.1"
-    keep_alive: bool  # what the client asked for (version, Connection header)
+    keep_alive: bool  # HTTP/1.1 without Connection: close or Upgrade
     expect_continue: bool  # HTTP/1.1 "Expect: 100-continue"
 
 
@@ -184,12 +184,14 @@ class RequestParser:
             self._fail(HttpProtocolError(error))
             # Stop llhttp here: nothing after a refused head is parsed.
             raise _Stop
-        expect = False
+        expect = keep_alive = False
         if version == "1.1":
             for name, value in headers:
                 if name == b"expect" and value.lower() == _CONTINUE:
                     expect = True
-        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
+            # HTTP/1.0 keep-alive is not offered (as with h11): such a client
+            # gets Connection: close and the connection ends after the reply.
+            keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
         self._events.append(
             RequestHead(parser.get_method(), self._url, headers, version, keep_alive, expect)
         )

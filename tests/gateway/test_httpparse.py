@@ -131,11 +131,10 @@ def test_bad_request_lines_and_missing_host_are_400(request_: bytes) -> None:
 
 
 def test_http_1_0_needs_no_host_and_does_not_keep_alive() -> None:
-    head = events(b"GET / HTTP/1.0\r\n\r\n")[0]
-    assert isinstance(head, RequestHead)
-    assert (head.http_version, head.keep_alive) == ("1.0", False)
-    kept = events(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")[0]
-    assert isinstance(kept, RequestHead) and kept.keep_alive
+    for extra in (b"", b"Connection: keep-alive\r\n"):
+        head = events(b"GET / HTTP/1.0\r\n" + extra + b"\r\n")[0]
+        assert isinstance(head, RequestHead)
+        assert (head.http_version, head.keep_alive) == ("1.0", False)
 
 
 def test_connection_close_and_upgrade_end_keep_alive() -> None:
