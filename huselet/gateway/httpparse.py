@@ -11,7 +11,12 @@ llhttp (Node's parser, the one uvicorn uses through httptools) does framing in
 C at ~1 µs per request here, against ~60 µs for h11's parse and render. It
 already refuses the request-smuggling shapes in strict mode (Content-Length
 together with Transfer-Encoding, duplicate or non-numeric Content-Length,
-Transfer-Encoding not ending in ``chunked``, obs-fold, bare LF, bad tokens).
+Transfer-Encoding not ending in ``chunked``, obs-fold, bare LF, bad tokens,
+control characters in values). Unlike h11 it also refuses methods it does
+not know (RFC 9110, WebDAV, ``PATCH``, ``PURGE``… pass), and it skips blank
+lines between requests and doubled spaces in the request line, which h11
+refused; none of these changes how a request is framed (see the differential
+test in tests/gateway/test_httpparse.py).
 What llhttp leaves to the server, this module adds, keeping h11's behaviour:
 
 - a bound on the head (request line and headers): a head still incomplete
