@@ -11,9 +11,9 @@ from the wrong layer…) is a crash.
   ingress, scheduler link); allowed: ``ProtocolError``;
 - ``image_index``: ``cache.validate.parse_image_bytes`` (header, index,
   strtab); allowed: ``CacheError``;
-- ``http_head``: an h11 server connection plus ``gateway.routes`` (head,
-  route, timeout, bearer, kind); allowed: ``h11.RemoteProtocolError``,
-  ``HuseletError``;
+- ``http_head``: the ingress's request parser (``gateway.httpparse``, llhttp)
+  plus ``gateway.routes`` (head, route, timeout, bearer, kind); allowed:
+  ``HttpProtocolError``, ``HuseletError``;
 - ``worker_json``: ``huselet.worker.entries.decode_event`` (JSON events inside
   instances, hardened by helper kinds10); allowed: ``InvalidEvent``.
 
@@ -37,8 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h11
-
 from cache.builder import pack_directory
 from cache.errors import CacheError
 from cache.validate import parse_image_bytes
@@ -46,6 +44,13 @@ from huselet.config import parse_config
 from huselet.config.limits import parse_toml
 from huselet.errors import ConfigError, HuseletError
 from huselet.gateway.connection import MAX_HEAD_BYTES
+from huselet.gateway.httpparse import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    HttpProtocolError,
+    RequestHead,
+    RequestParser,
+)
 from huselet.gateway.routes import (
     check_bearer,
     event_kind,
@@ -366,14 +371,14 @@ def _http_seeds() -> list[bytes]:
 
 
 def run_http_head(data: bytes) -> None:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-    conn.receive_data(data)
-    conn.receive_data(b"")
+    parser = RequestParser(MAX_HEAD_BYTES)
+    parser.receive(data)
+    parser.receive(b"")
     for _ in range(64):
-        event = conn.next_event()
-        if event is h11.NEED_DATA or event is h11.PAUSED or type(event) is h11.ConnectionClosed:
+        event = parser.next_event()
+        if event is NEED_DATA or event is CONNECTION_CLOSED:
             return
-        if type(event) is h11.Request:
+        if type(event) is RequestHead:
             head = read_head(event)
             try:
                 match_route(head.method, head.target)
@@ -428,7 +433,7 @@ def targets() -> dict[str, Target]:
         "http_head": Target(
             "http_head",
             run_http_head,
-            (h11.RemoteProtocolError, HuseletError),
+            (HttpProtocolError, HuseletError),
             _http_seeds(),
             tokens=[b"\r\n", b": ", b"Content-Length: ", b"Transfer-Encoding: chunked\r\n", b"a"],
             max_input=4 * MAX_HEAD_BYTES,

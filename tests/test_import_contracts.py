@@ -24,7 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # Third-party packages only the daemon uses; none may reach the worker.
-DAEMON_ONLY = ("trio", "h11", "watchdog", "zstandard", "httpx", "outcome", "sniffio")
+DAEMON_ONLY = ("trio", "h11", "httptools", "watchdog", "zstandard", "httpx", "outcome", "sniffio")
 
 
 def imported_modules(path: Path, root: Path = REPO) -> list[tuple[int, str]]:

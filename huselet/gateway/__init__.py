@@ -1,6 +1,6 @@
 """Node gateway: the front ends through which callers reach the node's functions.
 
-:class:`HttpIngress` serves HTTP/1.1 (h11 on trio); :class:`FramedIngress`
+:class:`HttpIngress` serves HTTP/1.1 (llhttp via httptools, on trio); :class:`FramedIngress`
 serves the framed msgpack protocol (``protocol/FRAMED.md``). Both hand each
 invocation to one :class:`InvokeCore` (admission and error rules) in front of an
 :class:`Invoker` (the node's dispatcher); ``routes``, ``responses`` and

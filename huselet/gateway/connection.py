@@ -1,11 +1,12 @@
-"""One HTTP/1.1 connection of the ingress: the h11 read/answer loop and its limits.
+"""One HTTP/1.1 connection of the ingress: the read/answer loop and its limits.
 
 :class:`Connection` turns a byte stream into a sequence of request/reply
-exchanges, strictly one at a time (h11 parses pipelined requests in order and
-they are answered in order). It owns everything a client can do wrong at the
-HTTP level: malformed or oversized heads, bodies over the limit, stalling
-before or during a request, not reading replies, vanishing mid-exchange. What
-a request *means* is the :class:`Responder`'s business (the ingress).
+exchanges, strictly one at a time (:mod:`huselet.gateway.httpparse` parses
+pipelined requests in order and they are answered in order). It owns
+everything a client can do wrong at the HTTP level: malformed or oversized
+heads, bodies over the limit, stalling before or during a request, not
+reading replies, vanishing mid-exchange. What a request *means* is the
+:class:`Responder`'s business (the ingress).
 """
 
 from __future__ import annotations
@@ -13,14 +14,22 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Protocol, cast
+from typing import Protocol
 
-import h11
 import trio
 
 from huselet.activity import ActivityCount
 from huselet.config import GatewaySettings, TcpAddress
 from huselet.errors import BadRequest, HuseletError, PayloadTooLarge
+from huselet.gateway.httpparse import (
+    CONNECTION_CLOSED,
+    END_OF_MESSAGE,
+    NEED_DATA,
+    Event,
+    HttpProtocolError,
+    RequestParser,
+)
+from huselet.gateway.httpparse import RequestHead as ParsedHead
 from huselet.gateway.responses import (
     HeadersTooLarge,
     InternalError,
@@ -36,8 +45,8 @@ from huselet.netio import FastSocket
 log = get_logger("gateway")
 
 RECEIVE_BYTES = 64 * 1024
-# Request line plus headers. h11 answers a longer incomplete head with a 431
-# hint; a complete one that arrived in a single read is measured after parsing.
+# Request line plus headers. The parser answers a longer incomplete head with a
+# 431; a complete one that arrived in a single read is measured after parsing.
 MAX_HEAD_BYTES = 16 * 1024
 # After an early reply (413, protocol error, refused connection) the client may
 # still be sending. Closing a socket with unread input makes the kernel send a
@@ -49,6 +58,7 @@ LINGER_BYTES = 1024 * 1024
 TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 BodyReader = Callable[[int], Awaitable[bytes]]
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Responder(Protocol):
@@ -94,11 +104,16 @@ class Connection:
     """
 
     __slots__ = (
+        "_awaiting_continue",
+        "_body_done",
+        "_broken",
         "_client_ip",
-        "_h11",
         "_in_request",
         "_io",
         "_limits",
+        "_parser",
+        "_replied",
+        "_request",
         "_request_id",
         "_responder",
         "_scope",
@@ -119,7 +134,12 @@ class Connection:
         self._responder = responder
         self._limits = limits
         self._warnings = warnings
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._parser = RequestParser(MAX_HEAD_BYTES)
+        self._request: ParsedHead | None = None  # the request being answered
+        self._body_done = True  # all of its body (maybe none) has been read
+        self._awaiting_continue = False  # its client waits for our 100 Continue
+        self._replied = False  # (part of) a reply to it went out
+        self._broken = False  # the client broke the protocol
         self._scope = trio.CancelScope()
         self._in_request = False  # some byte of the current request has arrived
         self._sending = False  # the scope's deadline is the send timeout
@@ -135,7 +155,7 @@ class Connection:
                 # Read timeout with part of a request in: say so. An idle or
                 # non-reading client is closed on quietly.
                 await self._reply_and_close(RequestTimeout("the request was not received in time"))
-        except h11.RemoteProtocolError as exc:
+        except HttpProtocolError as exc:
             await self._protocol_error(exc)
         except TRANSPORT_ERRORS:
             pass  # the client went away mid-request or mid-reply
@@ -151,7 +171,7 @@ class Connection:
             if request is None or not await self._exchange(request):
                 return
 
-    async def _exchange(self, request: h11.Request) -> bool:
+    async def _exchange(self, request: ParsedHead) -> bool:
         """Answer one request; True when the connection can carry the next one."""
         started = trio.current_time()
         head = read_head(request)
@@ -161,7 +181,7 @@ class Connection:
         self._request_id = head.request_id
         if not head.has_body:
             # Consume the (empty) body's end now: the request is then complete,
-            # so h11 can keep the connection without waiting for more input.
+            # so the connection can be kept without waiting for more input.
             await self._receive_body(0, keep=False)
             self._request_complete()
         if head.size > MAX_HEAD_BYTES:
@@ -185,15 +205,18 @@ class Connection:
         return await self._send_reply(head, reply, started)
 
     async def _send_reply(self, head: RequestHead, reply: Reply, started: float) -> bool:
-        conn = self._h11
+        request = self._request
         close = (
             reply.close
             or self._responder.draining  # send clients on to nodes that stay up
+            or request is None
+            or not request.keep_alive  # HTTP/1.0, Connection: close, Upgrade
             # They still wait for our 100 Continue, so whether the body will
             # follow this reply is unknowable: the connection cannot continue.
-            or (conn.their_state is h11.SEND_BODY and conn.they_are_waiting_for_100_continue)
+            or (not self._body_done and self._awaiting_continue)
         )
-        data = render(conn, reply, head.request_id, close=close, head_only=head.method == b"HEAD")
+        data = render(reply, head.request_id, close=close, head_only=head.method == b"HEAD")
+        self._replied = True
         await self._send(data)
         if log.is_debug():
             log.debug(
@@ -204,39 +227,40 @@ class Connection:
                 ms=round((trio.current_time() - started) * 1000, 3),
                 request_id=head.request_id,
             )
-        return await self._finish_cycle()
+        return await self._finish_cycle(close)
 
-    async def _finish_cycle(self) -> bool:
-        conn = self._h11
-        if conn.our_state is not h11.DONE:
-            return False  # MUST_CLOSE: we or the client asked for Connection: close
-        if conn.their_state is h11.SEND_BODY:
+    async def _finish_cycle(self, close: bool) -> bool:
+        if close:
+            return False  # we or the client asked for Connection: close
+        if not self._body_done:
             # We answered early (404, 401…) with a body in flight: read and drop
             # the rest so that the next request is parsed from its first byte.
             try:
                 await self._receive_body(self._limits.max_body_bytes, keep=False)
             except PayloadTooLarge:
                 return False
-        if conn.their_state is not h11.DONE:
-            return False
-        conn.start_next_cycle()
+        self._request = None
         return True
 
     # --- reading -----------------------------------------------------------------------
 
-    async def _next_request(self) -> h11.Request | None:
+    async def _next_request(self) -> ParsedHead | None:
         """The next request's head, or None when the client closed cleanly."""
         self._request_id = None  # an error before the head gets a fresh id
-        event = self._h11.next_event()  # a pipelined request may already be buffered
-        if event is h11.NEED_DATA:
+        self._replied = False
+        event = self._parser.next_event()  # a pipelined request may already be parsed
+        if event is NEED_DATA:
             # Part of the next request may be buffered: then its read timeout runs.
-            self._arm(in_request=bool(self._h11.trailing_data[0]))
+            self._arm(in_request=self._parser.in_request)
             event = await self._next_event()
         else:
             self._arm(in_request=True)
-        if type(event) is h11.Request:
+        if type(event) is ParsedHead:
+            self._request = event
+            self._body_done = False
+            self._awaiting_continue = event.expect_continue
             return event
-        if type(event) is h11.ConnectionClosed:
+        if event is CONNECTION_CLOSED:
             return None
         raise RuntimeError(f"unexpected {type(event).__name__} before a request")
 
@@ -249,12 +273,13 @@ class Connection:
         # What follows is the handler, which the scheduler bounds, not us.
         self._scope.deadline = math.inf
 
-    async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
+    async def _next_event(self) -> Event:
+        parser = self._parser
         while True:
-            event = self._h11.next_event()
-            if event is not h11.NEED_DATA:
-                return cast("h11.Event | type[h11.PAUSED]", event)
-            self._h11.receive_data(await self._receive())
+            event = parser.next_event()
+            if event is not NEED_DATA:
+                return event
+            parser.receive(await self._receive())
 
     async def _receive(self) -> bytes:
         # Between requests a keep-alive client is reading our reply: wait first.
@@ -266,11 +291,10 @@ class Connection:
 
     async def read_body(self, limit: int) -> bytes:
         """The request body (at most ``limit`` bytes, else PayloadTooLarge)."""
-        conn = self._h11
-        if conn.they_are_waiting_for_100_continue:
+        if self._awaiting_continue and not self._body_done:
             # The request passed every check that does not need its body.
-            go_on = h11.InformationalResponse(status_code=100, headers=[])
-            await self._send(conn.send(go_on) or b"")
+            self._awaiting_continue = False
+            await self._send(CONTINUE)
         body = await self._receive_body(limit, keep=True)
         self._request_complete()
         return body
@@ -278,17 +302,20 @@ class Connection:
     async def _receive_body(self, limit: int, *, keep: bool) -> bytes:
         chunks: list[bytes | bytearray] = []
         size = 0
-        while self._h11.their_state is h11.SEND_BODY:
+        while not self._body_done:
             event = await self._next_event()
-            if type(event) is h11.Data:
-                size += len(event.data)
+            if type(event) is bytes:
+                self._awaiting_continue = False  # the client sends its body anyway
+                size += len(event)
                 if size > limit:
                     # Chunked bodies have no length up front: stop at the limit.
                     raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
                 if keep:
-                    chunks.append(event.data)
-            elif type(event) is not h11.EndOfMessage:
-                raise RuntimeError(f"unexpected {type(event).__name__} in a request body")
+                    chunks.append(event)
+            elif event is END_OF_MESSAGE:
+                self._body_done = True
+            else:
+                raise RuntimeError(f"unexpected {event!r} in a request body")
         return b"".join(chunks)
 
     # --- writing and closing -------------------------------------------------------------
@@ -307,31 +334,33 @@ class Connection:
         self._sending = False
         scope.deadline = resume
 
-    async def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
-        if self._h11.trailing_data[1]:
+    async def _protocol_error(self, exc: HttpProtocolError) -> None:
+        if exc.client_closed:
             return  # the client closed mid-request: nobody to answer, nothing hostile
+        self._broken = True
         self._warnings.warn("malformed request", problem=str(exc), peer=_peer(self._stream))
-        if exc.error_status_hint == 431:
+        if exc.status == 431:
             await self._reply_and_close(HeadersTooLarge("request line and headers are too large"))
         else:
             await self._reply_and_close(BadRequest("malformed HTTP request"))
 
     async def _reply_and_close(self, exc: HuseletError) -> None:
-        """Send the error reply if h11 still allows a response; the caller then closes."""
-        if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        """Send the error reply unless a reply already went out; the caller then closes."""
+        if self._replied:
             return  # a reply is already (partly) out: all we can do is close
+        self._replied = True
         request_id = self._request_id or new_request_id()
         try:
-            data = render(self._h11, error_reply(exc), request_id, close=True, head_only=False)
+            data = render(error_reply(exc), request_id, close=True, head_only=False)
             # Outside the connection's scope (which may have expired): own bound.
             with trio.move_on_after(self._limits.send_timeout_s):
                 await self._stream.send_all(data)
-        except (*TRANSPORT_ERRORS, h11.LocalProtocolError):
+        except TRANSPORT_ERRORS:
             pass
 
     async def _close(self) -> None:
         try:
-            if self._h11.their_state in (h11.SEND_BODY, h11.ERROR):
+            if self._broken or not self._body_done:
                 await linger(self._stream)
         finally:
             await trio.aclose_forcefully(self._stream)

@@ -1,4 +1,4 @@
-"""HTTP/1.1 ingress of the node: h11 on trio, in front of the dispatcher.
+"""HTTP/1.1 ingress of the node: llhttp (httptools) on trio, in front of the dispatcher.
 
 :class:`HttpIngress` listens, accepts TCP connections up to ``max_connections``
 and runs a :class:`~huselet.gateway.connection.Connection` for each. It decides
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import socket
 
-import h11
 import trio
 
 from huselet.activity import ActivityCount
@@ -178,9 +177,8 @@ class HttpIngress:
             await trio.aclose_forcefully(stream)
             return
         try:
-            conn = h11.Connection(h11.SERVER)
             reply = error_reply(Overloaded(why, retry_after_s=1))
-            data = render(conn, reply, new_request_id(), close=True, head_only=False)
+            data = render(reply, new_request_id(), close=True, head_only=False)
             with trio.move_on_after(LINGER_S):
                 await stream.send_all(data)
             await linger(stream)

@@ -15,17 +15,23 @@ Headers huselet owns are filtered both ways:
 - ``Authorization`` when the ingress checks a bearer token: the node's
   credential is not the function's business;
 - on the way back also ``Content-Length`` and ``Server`` (the ingress frames
-  the body and names itself) and any header h11 could not send (bad name or
+  the body and names itself) and any header that cannot be sent (bad name or
   value): dropped rather than failing the reply.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from huselet.dispatch.invocation import InvokeResult
-from huselet.gateway.responses import JSON, OCTET_STREAM, Reply, content_type_header
+from huselet.gateway.responses import (
+    HEADER_NAME,
+    HEADER_VALUE,
+    JSON,
+    OCTET_STREAM,
+    Reply,
+    content_type_header,
+)
 from huselet.gateway.routes import RequestHead
 from protocol.link import HttpRequest
 
@@ -45,9 +51,6 @@ HOP_BY_HOP = frozenset(
 OWN_PREFIX = b"x-huselet-"
 REPLY_OWNED = frozenset({b"content-length", b"server", b"content-type"})
 MAX_REPLY_HEADERS = 200
-# RFC 9110 token for names; values: visible ASCII and obs-text, inner spaces/tabs.
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[\x20-\x7e\x80-\xff\t]*[\x21-\x7e\x80-\xff])?)?")
 # No body may follow these statuses (RFC 9110 15.3.5, 15.4.5).
 _BODILESS = frozenset({204, 304})
 
@@ -65,7 +68,7 @@ def request_info(head: RequestHead, subpath: bytes, *, strip_authorization: bool
     query = head.target.partition(b"?")[2]
     named = _connection_tokens(head.headers)
     headers = []
-    for name, value in head.headers:  # h11 hands names lower-cased
+    for name, value in head.headers:  # the parser hands names lower-cased
         if (
             name in HOP_BY_HOP
             or name in named
@@ -100,8 +103,8 @@ def function_reply(result: InvokeResult) -> Reply:
             value = value_s.encode("latin-1")
         except UnicodeEncodeError:
             continue
-        if _TOKEN.fullmatch(raw_name) is None or _VALUE.fullmatch(value) is None:
-            continue  # h11 would refuse it (and CR/LF must never split a header)
+        if HEADER_NAME.fullmatch(raw_name) is None or HEADER_VALUE.fullmatch(value) is None:
+            continue  # not sendable (and CR/LF must never split a header)
         name = raw_name.lower()
         if name == b"content-type":
             content_type = content_type or content_type_header(value_s)

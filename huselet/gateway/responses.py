@@ -14,20 +14,33 @@ from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
 
-import h11
-
 from huselet.errors import HandlerError, HuseletError, PayloadTooLarge, Unauthorized
 from huselet.gateway.admission import Refusal
+from huselet.observe.ids import new_request_id
 
 JSON = b"application/json"
 OCTET_STREAM = b"application/octet-stream"
 SERVER = b"huselet"
 
-_REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+_STATUS_LINES: dict[int, bytes] = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in HTTPStatus
+}
 # A content type chosen by function code becomes a header value: restrict it to
-# visible ASCII (plus inner spaces) so it can neither break h11's validation
-# (which would fail the reply) nor smuggle extra header lines.
+# visible ASCII (plus inner spaces) so it can neither be refused by a client
+# nor smuggle extra header lines.
 _SAFE_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?")
+# RFC 9110 field syntax, for the slow path of render(): a token as the name;
+# visible ASCII, obs-text and inner spaces/tabs as the value (never CR, LF, NUL).
+HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+HEADER_VALUE = re.compile(
+    rb"(?:[\x21-\x7e\x80-\xff](?:[\x20-\x7e\x80-\xff\t]*[\x21-\x7e\x80-\xff])?)?"
+)
+# Header names already checked: replies carry a handful of distinct names, so
+# the regex runs once per name, not once per header per reply.
+_GOOD_NAMES: set[bytes] = set()
+_MAX_GOOD_NAMES = 4096
+# Status line, Content-Type, Content-Length, Server, X-Huselet-Request-Id, blank line.
+_FIXED_LINES = 6
 
 
 # --- errors that only the ingress raises ------------------------------------------
@@ -117,30 +130,76 @@ def content_type_header(content_type: str) -> bytes:
     return OCTET_STREAM
 
 
-def render(
-    conn: h11.Connection, reply: Reply, request_id: str, *, close: bool, head_only: bool
-) -> bytes:
-    """Serialise ``reply`` as one complete response (head, body, end) for ``conn``.
+class BadReply(HuseletError):
+    """A reply that cannot be written as HTTP/1.1 (e.g. a status outside 200-999)."""
 
-    ``close`` adds ``Connection: close`` (h11 then moves to MUST_CLOSE);
-    ``head_only`` leaves out the body, as a reply to HEAD must.
+    status, code = 500, "internal"
+
+
+def render(reply: Reply, request_id: str, *, close: bool, head_only: bool) -> bytes:
+    """Serialise ``reply`` as one complete HTTP/1.1 response (head and body).
+
+    ``close`` adds ``Connection: close``; ``head_only`` leaves out the body, as
+    a reply to HEAD must. Header injection guard: every name and value is
+    checked to hold no CR, LF or NUL (one count over the whole head on the hot
+    path) and every name is a token (checked once per distinct name); a reply
+    whose head fails it is rebuilt from the headers that pass
+    :data:`HEADER_NAME`/:data:`HEADER_VALUE`, the others dropped.
     """
-    headers = [
-        (b"Content-Type", reply.content_type),
-        (b"Content-Length", b"%d" % len(reply.body)),
-        (b"Server", SERVER),
-        (b"X-Huselet-Request-Id", request_id.encode("ascii")),
-        *reply.headers,
+    status = reply.status
+    if not 200 <= status <= 999:
+        raise BadReply(f"status {status} cannot be sent as a final response")
+    status_line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
+    headers = reply.headers
+    rid = request_id.encode("ascii", "replace")
+    parts = [
+        status_line,
+        b"Content-Type: ",
+        reply.content_type,
+        b"\r\nContent-Length: %d\r\nServer: huselet\r\nX-Huselet-Request-Id: " % len(reply.body),
+        rid,
+        b"\r\n",
     ]
+    clean = True
+    for name, value in headers:
+        if name not in _GOOD_NAMES:
+            clean = _good_name(name) and clean
+        parts += (name, b": ", value, b"\r\n")
     if close:
-        headers.append((b"Connection", b"close"))
-    response = h11.Response(
-        status_code=reply.status, headers=headers, reason=_REASONS.get(reply.status, b"")
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    head = b"".join(parts)
+    lines = _FIXED_LINES + len(headers) + close
+    if not clean or head.count(b"\n") != lines or head.count(b"\r") != lines or b"\0" in head:
+        return render(_sanitised(reply, rid), _safe_id(rid), close=close, head_only=head_only)
+    if head_only or not reply.body:
+        return head
+    return head + reply.body
+
+
+def _good_name(name: bytes) -> bool:
+    """Whether ``name`` is a valid field name; valid ones are remembered (a bounded set)."""
+    if HEADER_NAME.fullmatch(name) is None:
+        return False
+    if len(_GOOD_NAMES) < _MAX_GOOD_NAMES:
+        _GOOD_NAMES.add(name)
+    return True
+
+
+def _sanitised(reply: Reply, request_id: bytes) -> Reply:
+    """``reply`` without the headers that would break (or inject into) the head."""
+    content_type = reply.content_type
+    if not (HEADER_VALUE.fullmatch(content_type) and content_type):
+        content_type = OCTET_STREAM
+    headers = tuple(
+        (name, value)
+        for name, value in reply.headers
+        if HEADER_NAME.fullmatch(name) and HEADER_VALUE.fullmatch(value)
     )
-    # The passthrough variant hands the body back by reference, so the join
-    # below is the only copy of it.
-    parts = conn.send_with_data_passthrough(response) or []
-    if reply.body and not head_only:
-        parts += conn.send_with_data_passthrough(h11.Data(data=reply.body)) or []
-    parts += conn.send_with_data_passthrough(h11.EndOfMessage()) or []
-    return b"".join(parts)
+    return Reply(reply.status, reply.body, content_type, headers, reply.close)
+
+
+def _safe_id(request_id: bytes) -> str:
+    if request_id and HEADER_VALUE.fullmatch(request_id):
+        return request_id.decode("ascii")
+    return new_request_id()

@@ -1,9 +1,9 @@
 """Routing and header interpretation of the HTTP ingress.
 
-Pure functions over h11's request head: which route a request targets, which
+Pure functions over the parsed request head: which route a request targets, which
 headers it carries, what kind its body is, whether its bearer token is right.
 Nothing here does I/O, so every rule can be read (and tested) in one place.
-Patterns are compiled once at import and work on bytes, the form h11 hands
+Patterns are compiled once at import and work on bytes, the form the parser hands
 out, so the hot path never decodes or compiles anything it does not need.
 """
 
@@ -14,9 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import h11
-
 from huselet.errors import BadRequest, Unauthorized, UnknownFunction
+from huselet.gateway.httpparse import RequestHead as ParsedHead
 from huselet.gateway.responses import MethodNotAllowed, NotFound
 from huselet.observe.ids import new_request_id as new_request_id  # re-exported
 from protocol.link import KIND_BYTES, KIND_JSON
@@ -86,10 +85,10 @@ class RequestHead:
     timeout_ms: bytes | None = None
     # Name of a header that must appear once but came several times.
     repeated: bytes | None = None
-    # Request line and header bytes (without separators). h11 bounds only heads
+    # Request line and header bytes (without separators). The parser bounds only heads
     # that arrive in pieces; one that arrives in a single read is measured here.
     size: int = 0
-    # All headers as h11 parsed them (names lower-cased), by reference: HTTP
+    # All headers as the parser returned them (names lower-cased), by reference: HTTP
     # functions get them forwarded.
     headers: Sequence[tuple[bytes, bytes]] = ()
     client: str = ""  # the peer's IP address, set by the connection
@@ -107,12 +106,12 @@ _SINGLE_HEADERS = {
 }
 
 
-def read_head(request: h11.Request) -> RequestHead:
-    """Collect the headers the ingress acts on (h11 has already validated framing)."""
+def read_head(request: ParsedHead) -> RequestHead:
+    """Collect the headers the ingress acts on (the parser has already validated framing)."""
     head = RequestHead(request.method, request.target, "")
     client_id: bytes | None = None
     size = len(request.method) + len(request.target)
-    for name, value in request.headers:  # names come lower-cased from h11
+    for name, value in request.headers:  # names come lower-cased from the parser
         size += len(name) + len(value)
         field = _SINGLE_HEADERS.get(name)
         if field is not None:
@@ -120,15 +119,15 @@ def read_head(request: h11.Request) -> RequestHead:
                 head.repeated = name
             setattr(head, field, value)
         elif name == b"content-length":
-            head.content_length = int(value)  # h11 checked it is digits and unambiguous
+            head.content_length = int(value)  # llhttp checked it is digits and unambiguous
         elif name == b"transfer-encoding":
-            head.chunked = True  # h11 accepts only "chunked" and rejects the rest
+            head.chunked = True  # the parser accepts only "chunked" and rejects the rest
         elif name == b"x-request-id" or name == b"x-huselet-request-id":
             client_id = value
         elif name == b"traceparent":
             head.traceparent = value
     head.size = size
-    head.headers = request.headers  # h11's sequence of (name, value)
+    head.headers = request.headers  # the parser's list of (name, value)
     if client_id is not None and _CLIENT_REQUEST_ID.fullmatch(client_id):
         head.request_id = client_id.decode("ascii")
     else:

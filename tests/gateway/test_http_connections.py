@@ -111,18 +111,44 @@ async def test_expect_100_continue(nursery: trio.Nursery) -> None:
     await client.aclose()
 
 
-async def test_expect_100_continue_refused_when_too_large(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize(
+    ("path", "length", "status"),
+    [
+        ("/v1/invoke/echo", 4096, 413),  # too large: refused before the body
+        # Refused before its body for another reason: whether the body will
+        # follow is unknowable, so the connection cannot carry another request.
+        ("/nowhere", 5, 404),
+    ],
+)
+async def test_expect_100_continue_refused_early_closes(
+    nursery: trio.Nursery, path: str, length: int, status: int
+) -> None:
     address, invoker, _ = await start(nursery)
     client = await RawClient.connect(address)
     with trio.fail_after(GUARD_S):
         await client.send(
-            raw_request("POST", "/v1/invoke/echo", "Content-Length: 4096", "Expect: 100-continue")
+            raw_request("POST", path, f"Content-Length: {length}", "Expect: 100-continue")
         )
         resp = await client.response()
         assert resp.informational == []
-        assert resp.status == 413
+        assert resp.status == status
+        assert resp.headers["connection"] == "close"
         assert await client.closed_by_server() == b""
     assert invoker.calls == []
+
+
+async def test_upgrade_is_not_switched_to_and_closes(nursery: trio.Nursery) -> None:
+    address, _, _ = await start(nursery)
+    client = await RawClient.connect(address)
+    with trio.fail_after(GUARD_S):
+        await client.send(
+            raw_request("GET", "/healthz", "Connection: upgrade", "Upgrade: h2c")
+            + raw_request("GET", "/healthz")  # never parsed: the client asked to switch
+        )
+        resp = await client.response()
+        assert resp.status == 200
+        assert resp.headers["connection"] == "close"
+        assert await client.closed_by_server() == b""
 
 
 async def test_garbage_does_not_hurt_the_server(nursery: trio.Nursery) -> None:
