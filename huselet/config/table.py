@@ -1,4 +1,4 @@
-"""The TOML table validator every config section uses (and the runtimes' own tables).
+"""The TOML table validator every config section and every ``[runtimes.NAME]`` table uses.
 
 :class:`ConfigTable` wraps one table: typed getters that name the key path in
 every error and remember which keys were read, so :meth:`ConfigTable.finish`
@@ -108,18 +108,20 @@ class ConfigTable:
         *,
         pattern: re.Pattern[str] | None = None,
         pattern_help: str = "",
+        non_empty: bool = False,
     ) -> str:
         value = self._get(name, REQUIRED if default is None else default)
-        if not isinstance(value, str):
-            raise ConfigError(self.key(name), f"expected a string, got {describe(value)}")
+        if not isinstance(value, str) or (non_empty and not value):
+            what = "a non-empty string" if non_empty else "a string"
+            raise ConfigError(self.key(name), f"expected {what}, got {describe(value)}")
         if pattern is not None and not pattern.match(value):
             hint = f" (expected {pattern_help})" if pattern_help else ""
             raise ConfigError(self.key(name), f"invalid value {describe(value)}{hint}")
         return value
 
     def choice(self, name: str, choices: tuple[str, ...], *, default: str) -> str:
-        value = self.string(name, default=default)
-        if value not in choices:
+        value = self._get(name, default)
+        if not isinstance(value, str) or value not in choices:
             raise ConfigError(
                 self.key(name), f"expected one of {', '.join(choices)}, got {describe(value)}"
             )
@@ -157,6 +159,15 @@ class ConfigTable:
             )
         return value
 
+    def number(self, name: str, *, default: float, minimum: float = 0.0) -> float:
+        """A float or an integer (TOML writes ``1`` and ``1.0`` alike) of at least ``minimum``."""
+        value = self._get(name, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < minimum:
+            raise ConfigError(
+                self.key(name), f"expected a number ≥ {minimum:g}, got {describe(value)}"
+            )
+        return float(value)
+
     def int_list(self, name: str, *, default: list[int]) -> list[int]:
         value = self._get(name, default)
         if not isinstance(value, list) or not all(
@@ -180,6 +191,19 @@ class ConfigTable:
             raise ConfigError(self.key(name), f"path {problem}")
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.base_dir / p
+
+    def absolute_paths(self, name: str) -> tuple[str, ...]:
+        """An array of absolute path strings (default empty), kept as written: they name
+        paths on the host or inside a sandbox, so nothing is resolved against ``base_dir``."""
+        value = self._get(name, [])
+        if not isinstance(value, list) or not all(
+            isinstance(v, str) and v.startswith("/") and "\0" not in v and not path_problem(v)
+            for v in value
+        ):
+            raise ConfigError(
+                self.key(name), f"expected an array of absolute paths, got {describe(value)}"
+            )
+        return tuple(value)
 
     def optional_path(self, name: str) -> Path | None:
         if name not in self.raw:

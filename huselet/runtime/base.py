@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -21,6 +22,8 @@ from typing import Any, ClassVar, Protocol
 import trio
 
 from huselet.config import FunctionSettings, NodeSettings
+from huselet.config.table import ConfigTable
+from huselet.errors import ConfigError
 
 
 class RuntimeError_(Exception):
@@ -126,6 +129,23 @@ class Runtime(ABC):
     def __init__(self, settings: Mapping[str, Any], *, node: NodeSettings) -> None:
         self.settings = settings
         self.node = node
+
+    @contextmanager
+    def config_table(self) -> Iterator[ConfigTable]:
+        """This runtime's ``[runtimes.NAME]`` table, read with the config file's own validator.
+
+        Read the keys with its typed getters inside the ``with``; on leaving, a key
+        nobody read is refused as unknown. Every refusal — a wrong type, a value out
+        of range, an unknown key, a ``ConfigError`` of the runtime's own — leaves as a
+        :class:`RuntimeConfigError` naming ``runtimes.NAME.key``: the one error type
+        ``run --check``, ``run`` and a reload already turn into a refusal.
+        """
+        table = ConfigTable(self.settings, f"runtimes.{self.name}", Path(self.node.state_dir))
+        try:
+            yield table
+            table.finish()
+        except ConfigError as exc:
+            raise RuntimeConfigError(str(exc)) from None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background work the runtime needs (pools, zygotes, log pumps).

@@ -35,13 +35,14 @@ from typing import Any
 import trio
 
 from huselet.config import FunctionSettings
+from huselet.config.table import ConfigTable
 from huselet.log import get_logger
 from huselet.runtime.base import InstanceHandle, InstanceSpec, RuntimeConfigError, StartFailed
 from huselet.runtime.cgroups import Cgroup
 from huselet.runtime.children import SandboxHandle, dial_link, worker_env
 from huselet.runtime.codeimage import code_key, code_ro_paths
 from huselet.runtime.common import MiB, SandboxRuntime
-from huselet.runtime.isolation import IsolationSettings, Table
+from huselet.runtime.isolation import IsolationSettings
 from huselet.sandbox import linux, rootfs, seccomp
 
 log = get_logger("runtime.bwrap")
@@ -73,9 +74,9 @@ class BwrapRuntime(SandboxRuntime):
         self._setpriv: str | None = None
         self._seccomp = seccomp.instance_filter()
 
-    def configure(self, table: Table) -> None:
+    def configure(self, table: ConfigTable) -> None:
         super().configure(table)
-        self.binary = table.string("binary", "bwrap")
+        self.binary = table.string("binary", "bwrap", non_empty=True)
 
     async def prepare(self) -> None:
         self._bwrap = shutil.which(self.binary)

@@ -4,7 +4,8 @@
 daemon (``process``, ``fork``, ``bwrap``, ``oci``):
 
 - its ``[runtimes.NAME]`` table is read through one
-  :class:`~huselet.runtime.isolation.Table` (a subclass reads its own keys in
+  :class:`~huselet.config.table.ConfigTable` (:meth:`Runtime.config_table
+  <huselet.runtime.base.Runtime.config_table>`; a subclass reads its own keys in
   :meth:`~ChildRuntime.configure`; unknown keys are refused after);
 - one nursery supervises its instances; :meth:`~ChildRuntime.run` is the same
   lifecycle for all: :meth:`~ChildRuntime.prepare` the host, start the
@@ -33,6 +34,7 @@ from typing import Any, ClassVar
 import trio
 
 from huselet.config import FunctionSettings
+from huselet.config.table import ConfigTable
 from huselet.log import get_logger
 from huselet.runtime.base import Runtime, StartFailed
 from huselet.runtime.cgroups import Cgroup, CgroupPool
@@ -41,7 +43,6 @@ from huselet.runtime.identity import sandbox_subtree
 from huselet.runtime.isolation import (
     HostFeatures,
     IsolationSettings,
-    Table,
     UidAllocator,
     identity,
     parse_isolation,
@@ -67,16 +68,15 @@ class ChildRuntime(Runtime):
 
     def __init__(self, settings: Mapping[str, Any], *, node: Any) -> None:
         super().__init__(settings, node=node)
-        table = Table(settings, self.name)
-        self.configure(table)
-        table.finish()
+        with self.config_table() as table:
+            self.configure(table)
         self._nursery: trio.Nursery | None = None
         self._spawner = SpawnThread(f"huselet-{self.name}-spawner")
 
     # --- hooks -------------------------------------------------------------------
 
-    def configure(self, table: Table) -> None:
-        """Read this runtime's own keys from its table."""
+    def configure(self, table: ConfigTable) -> None:
+        """Read this runtime's own keys from its table (a ConfigError names the key)."""
 
     async def prepare(self) -> None:
         """Check and set up the host before serving; raise RuntimeConfigError if it cannot."""
@@ -189,7 +189,7 @@ class SandboxRuntime(ChildRuntime):
         self._uids = UidAllocator(self.isolation.uid_base, self.isolation.uid_count)
         self._cgroups: CgroupPool | None = None
 
-    def configure(self, table: Table) -> None:
+    def configure(self, table: ConfigTable) -> None:
         self.isolation: IsolationSettings = parse_isolation(table)
 
     async def probe(self) -> HostFeatures:

@@ -46,6 +46,7 @@ from typing import Any
 import trio
 
 from huselet.config import FunctionSettings
+from huselet.config.table import ConfigTable
 from huselet.errors import HuseletError
 from huselet.log import get_logger
 from huselet.runtime.base import InstanceHandle, InstanceSpec, StartFailed
@@ -54,7 +55,7 @@ from huselet.runtime.children import ChildHandle, SandboxHandle, StrayReaper, di
 from huselet.runtime.codeimage import code_key, code_ro_paths
 from huselet.runtime.common import MiB, SandboxRuntime, sandbox_plan
 from huselet.runtime.hostlimits import start_failure
-from huselet.runtime.isolation import Table, identity
+from huselet.runtime.isolation import identity
 from huselet.runtime.zygote import ZygoteProcess, ZygoteSlot
 from huselet.sandbox.confine import SandboxPlan
 
@@ -95,13 +96,13 @@ class ForkRuntime(SandboxRuntime):
         self._strays = StrayReaper()
         self.starts = 0
 
-    def configure(self, table: Table) -> None:
+    def configure(self, table: ConfigTable) -> None:
         super().configure(table)
-        self.zygote_mode = table.choice("zygotes", ("eager", "lazy"), "eager")
-        self.zygote_memory = table.integer("zygote_memory_mb", 256, minimum=16) * MiB
-        self.zygote_budget = table.integer("zygote_budget_mb", 2048, minimum=16) * MiB
+        self.zygote_mode = table.choice("zygotes", ("eager", "lazy"), default="eager")
+        self.zygote_memory = table.positive_int("zygote_memory_mb", default=256, minimum=16) * MiB
+        self.zygote_budget = table.positive_int("zygote_budget_mb", default=2048, minimum=16) * MiB
         self.zygote_start_timeout_s = (
-            table.integer("zygote_start_timeout_ms", 30_000, minimum=100) / 1000
+            table.positive_int("zygote_start_timeout_ms", default=30_000, minimum=100) / 1000
         )
 
     def expect(self, functions: Sequence[FunctionSettings]) -> None:

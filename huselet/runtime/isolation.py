@@ -17,12 +17,12 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from huselet.config import FunctionSettings
+from huselet.config.table import ConfigTable
+from huselet.errors import ConfigError
 from huselet.log import get_logger
 from huselet.runtime.base import RuntimeConfigError, StartFailed
 from huselet.runtime.cgroups import CgroupHost
@@ -53,89 +53,36 @@ class IsolationSettings:
     degraded: tuple[str, ...] = field(default=())
 
 
-class Table:
-    """Typed getters over one runtime table; errors name ``runtimes.NAME.key``."""
-
-    def __init__(self, raw: Mapping[str, Any], runtime: str) -> None:
-        self.raw = raw
-        self.runtime = runtime
-        self.used: set[str] = set()
-
-    def _error(self, key: str, problem: str) -> RuntimeConfigError:
-        return RuntimeConfigError(f"runtimes.{self.runtime}.{key}: {problem}")
-
-    def get(self, key: str, default: Any) -> Any:
-        self.used.add(key)
-        return self.raw.get(key, default)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            raise self._error(key, f"expected true or false, got {value!r}")
-        return value
-
-    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
-        value = self.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise self._error(key, f"expected an integer >= {minimum}, got {value!r}")
-        return value
-
-    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
-        value = self.get(key, default)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < minimum:
-            raise self._error(key, f"expected a number >= {minimum}, got {value!r}")
-        return float(value)
-
-    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.get(key, default)
-        if value not in choices:
-            raise self._error(key, f"expected one of {', '.join(choices)}, got {value!r}")
-        return str(value)
-
-    def string(self, key: str, default: str) -> str:
-        value = self.get(key, default)
-        if not isinstance(value, str) or not value:
-            raise self._error(key, f"expected a non-empty string, got {value!r}")
-        return value
-
-    def paths(self, key: str) -> tuple[str, ...]:
-        value = self.get(key, [])
-        if not isinstance(value, list) or not all(
-            isinstance(v, str) and os.path.isabs(v) for v in value
-        ):
-            raise self._error(key, f"expected an array of absolute paths, got {value!r}")
-        return tuple(value)
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.raw) - self.used)
-        if unknown:
-            raise self._error(unknown[0], "unknown key")
-
-
-def parse_isolation(table: Table) -> IsolationSettings:
+def parse_isolation(table: ConfigTable) -> IsolationSettings:
+    """The isolation keys of a ``[runtimes.NAME]`` table (errors name ``runtimes.NAME.key``)."""
     d = IsolationSettings()
     settings = IsolationSettings(
-        isolation=table.boolean("isolation", d.isolation),
-        network=table.choice("network", NETWORK_MODES, d.network),
-        uid_base=table.integer("uid_base", d.uid_base, minimum=1000),
-        uid_count=table.integer("uid_count", d.uid_count, minimum=1),
-        seccomp=table.boolean("seccomp", d.seccomp),
-        cgroups=table.boolean("cgroups", d.cgroups),
-        cgroup_parent=table.string("cgroup_parent", d.cgroup_parent),
-        cgroup_pool=table.integer("cgroup_pool", d.cgroup_pool),
-        pids_max=table.integer("pids_max", d.pids_max, minimum=8),
-        cpu_cores=table.number("cpu_cores", d.cpu_cores),
-        tmp_size_mb=table.integer("tmp_size_mb", d.tmp_size_mb, minimum=1),
-        nofile=table.integer("nofile", d.nofile, minimum=64),
-        nproc=table.integer("nproc", d.nproc, minimum=16),
-        ro_paths=table.paths("ro_paths"),
-        allow_degraded=table.boolean("allow_degraded", d.allow_degraded),
+        isolation=table.boolean("isolation", default=d.isolation),
+        network=table.choice("network", NETWORK_MODES, default=d.network),
+        uid_base=table.positive_int("uid_base", default=d.uid_base, minimum=1000),
+        uid_count=table.positive_int("uid_count", default=d.uid_count),
+        seccomp=table.boolean("seccomp", default=d.seccomp),
+        cgroups=table.boolean("cgroups", default=d.cgroups),
+        cgroup_parent=table.string("cgroup_parent", d.cgroup_parent, non_empty=True),
+        cgroup_pool=table.non_negative_int("cgroup_pool", default=d.cgroup_pool),
+        pids_max=table.positive_int("pids_max", default=d.pids_max, minimum=8),
+        cpu_cores=table.number("cpu_cores", default=d.cpu_cores),
+        tmp_size_mb=table.positive_int("tmp_size_mb", default=d.tmp_size_mb),
+        nofile=table.positive_int("nofile", default=d.nofile, minimum=64),
+        nproc=table.positive_int("nproc", default=d.nproc, minimum=16),
+        ro_paths=table.absolute_paths("ro_paths"),
+        allow_degraded=table.boolean("allow_degraded", default=d.allow_degraded),
     )
     if ".." in settings.cgroup_parent.split("/"):
-        raise RuntimeConfigError(f"runtimes.{table.runtime}.cgroup_parent: must not contain ..")
-    if settings.uid_base + settings.uid_count > 2**31:
-        raise RuntimeConfigError(f"runtimes.{table.runtime}.uid_count: range exceeds 2^31")
+        raise ConfigError(table.key("cgroup_parent"), "must not contain ..")
+    check_uid_range(table, settings.uid_base, settings.uid_count)
     return settings
+
+
+def check_uid_range(table: ConfigTable, uid_base: int, uid_count: int) -> None:
+    """Helper uids are 32-bit signed on the kernel's side of setresuid."""
+    if uid_base + uid_count > 2**31:
+        raise ConfigError(table.key("uid_count"), "range exceeds 2^31")
 
 
 @dataclass(frozen=True)

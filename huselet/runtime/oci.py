@@ -40,6 +40,7 @@ from typing import Any
 
 import trio
 
+from huselet.config.table import ConfigTable
 from huselet.log import get_logger
 from huselet.runtime.base import InstanceHandle, InstanceSpec, RuntimeConfigError, StartFailed
 from huselet.runtime.cgroups import Cgroup, remove_empty_tree
@@ -51,7 +52,6 @@ from huselet.runtime.children import (
     pump_output,
 )
 from huselet.runtime.common import SandboxRuntime, take_fd
-from huselet.runtime.isolation import Table
 from huselet.runtime.ocispec import container_config
 from huselet.sandbox import linux
 
@@ -105,9 +105,9 @@ class OciRuntime(SandboxRuntime):
         self._handles: dict[str, SandboxHandle] = {}
         self._cgroup_host: Any = None
 
-    def configure(self, table: Table) -> None:
+    def configure(self, table: ConfigTable) -> None:
         super().configure(table)
-        self.binary = table.string("binary", "runc")
+        self.binary = table.string("binary", "runc", non_empty=True)
 
     async def prepare(self) -> None:
         self._runc = shutil.which(self.binary)

@@ -47,13 +47,14 @@ from typing import Any
 
 import trio
 
+from huselet.config.table import ConfigTable
 from huselet.log import get_logger
 from huselet.runtime import children
-from huselet.runtime.base import InstanceHandle, InstanceSpec, RuntimeConfigError, StartFailed
+from huselet.runtime.base import InstanceHandle, InstanceSpec, StartFailed
 from huselet.runtime.children import ChildHandle, dial_link
 from huselet.runtime.codeimage import code_ro_paths
 from huselet.runtime.common import ChildRuntime, sandbox_plan
-from huselet.runtime.isolation import NETWORK_MODES, Table, UidAllocator
+from huselet.runtime.isolation import NETWORK_MODES, UidAllocator, check_uid_range
 from huselet.sandbox.confine import PLAN_ENV
 
 log = get_logger("runtime.process")
@@ -101,14 +102,13 @@ class ProcessRuntime(ChildRuntime):
         self._staging = Path(node.run_dir) / "sandbox" / self.name
         self._handles: set[ChildHandle] = set()
 
-    def configure(self, table: Table) -> None:
+    def configure(self, table: ConfigTable) -> None:
         # false: workers run unconfined as the daemon's own uid (debugging only).
-        self.isolation = table.boolean("isolation", True)
-        self.network = table.choice("network", NETWORK_MODES, "none")
-        self.uid_base = table.integer("uid_base", UID_BASE, minimum=1000)
-        self.uid_count = table.integer("uid_count", UID_COUNT, minimum=1)
-        if self.uid_base + self.uid_count > 2**31:
-            raise RuntimeConfigError("runtimes.process.uid_count: range exceeds 2^31")
+        self.isolation = table.boolean("isolation", default=True)
+        self.network = table.choice("network", NETWORK_MODES, default="none")
+        self.uid_base = table.positive_int("uid_base", default=UID_BASE, minimum=1000)
+        self.uid_count = table.positive_int("uid_count", default=UID_COUNT)
+        check_uid_range(table, self.uid_base, self.uid_count)
 
     async def shutdown(self) -> None:
         # The daemon is going away: leave nothing behind.

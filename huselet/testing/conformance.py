@@ -33,6 +33,10 @@ To run it for a runtime, subclass :class:`RuntimeConformance` in a test module
         def host_problem(self):                 # why this host cannot run it, or None
             return None if shutil.which("myrt") else "myrt is not installed"
 
+The table ``runtime_table`` returns is what the runtime reads with
+:meth:`Runtime.config_table <huselet.runtime.base.Runtime.config_table>` (the
+config file's own validator; a bad key is a ``RuntimeConfigError`` naming it).
+
 A runtime that sandboxes with namespaces and the shared cgroup pool can start
 from :class:`SandboxConformance`, which brings the cgroup parent, helper uids and
 leftover checks that the built-in ``fork``, ``bwrap`` and ``oci`` use.

@@ -82,8 +82,8 @@ def test_a_deep_file_on_reload_and_sighup_is_refused_and_the_daemon_serves_on(ro
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("[runtimes.fork]\nuid_base = 0\n", "runtimes.fork.uid_base: expected an integer >= 1000"),
-        ("[runtimes.fork]\npids_max = 1\n", "runtimes.fork.pids_max: expected an integer >= 8"),
+        ("[runtimes.fork]\nuid_base = 0\n", "runtimes.fork.uid_base: expected an integer ≥ 1000"),
+        ("[runtimes.fork]\npids_max = 1\n", "runtimes.fork.pids_max: expected an integer ≥ 8"),
         ('[runtimes.fork]\ncgroup_parent = "../../x"\n', "runtimes.fork.cgroup_parent"),
         ("[runtimes.fork]\nuid_bsae = 300000\n", "runtimes.fork.uid_bsae: unknown key"),
         ("[runtimes.bwrap]\nnetwork = 1\n", "runtimes.bwrap.network: expected one of"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -155,12 +156,42 @@ async def test_graceful_stop_reaches_pid_1(short_tmp: Path) -> None:
     assert status.code == 128 + signal.SIGTERM
 
 
-def test_table_errors_name_the_key(short_tmp: Path) -> None:
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"bogus": 1}, "runtimes.fork.bogus: unknown key"),
+        ({"network": "bridge"}, 'runtimes.fork.network: expected one of none, host, got "bridge"'),
+        ({"network": 1}, "runtimes.fork.network: expected one of none, host, got 1"),
+        ({"isolation": "yes"}, 'runtimes.fork.isolation: expected true or false, got "yes"'),
+        ({"uid_base": 0}, "runtimes.fork.uid_base: expected an integer ≥ 1000, got 0"),
+        ({"uid_base": 2**31 - 5}, "runtimes.fork.uid_count: range exceeds 2^31"),
+        ({"cgroup_pool": -1}, "runtimes.fork.cgroup_pool: expected a non-negative integer"),
+        (
+            {"zygote_memory_mb": "big"},
+            'runtimes.fork.zygote_memory_mb: expected an integer ≥ 16, got "big"',
+        ),
+        ({"cpu_cores": "2"}, 'runtimes.fork.cpu_cores: expected a number ≥ 0, got "2"'),
+        ({"cpu_cores": True}, "runtimes.fork.cpu_cores: expected a number ≥ 0, got true"),
+        ({"ro_paths": ["rel"]}, "runtimes.fork.ro_paths: expected an array of absolute paths"),
+        ({"cgroup_parent": ""}, 'runtimes.fork.cgroup_parent: expected a non-empty string, got ""'),
+        ({"cgroup_parent": "a/../../x"}, "runtimes.fork.cgroup_parent: must not contain .."),
+    ],
+)
+def test_table_errors_name_the_key(short_tmp: Path, table: dict[str, Any], message: str) -> None:
+    # The one ConfigTable validator, refused as the runtime's own typed error
+    # (what run, run --check and reload turn into a refusal).
     node = NodeSettings("n", short_tmp, short_tmp)
-    with pytest.raises(RuntimeConfigError, match=r"runtimes\.fork\.bogus: unknown key"):
-        ForkRuntime({"bogus": 1}, node=node)
-    with pytest.raises(RuntimeConfigError, match=r"runtimes\.fork\.network: expected one of"):
-        ForkRuntime({"network": "bridge"}, node=node)
+    with pytest.raises(RuntimeConfigError) as refused:
+        ForkRuntime(table, node=node)
+    assert str(refused.value).startswith(message), str(refused.value)
+
+
+def test_a_valid_table_is_read_with_its_types(short_tmp: Path) -> None:
+    table = {"cpu_cores": 2, "ro_paths": ["/opt/x"], "cgroup_pool": 0, "zygotes": "lazy"}
+    runtime = ForkRuntime(table, node=NodeSettings("n", short_tmp, short_tmp))
+    assert runtime.isolation.cpu_cores == 2.0 and isinstance(runtime.isolation.cpu_cores, float)
+    assert runtime.isolation.ro_paths == ("/opt/x",) and runtime.isolation.cgroup_pool == 0
+    assert runtime.zygote_mode == "lazy"
 
 
 async def test_zygotes_beyond_the_memory_budget_are_evicted(short_tmp: Path) -> None:
