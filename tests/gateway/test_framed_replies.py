@@ -72,6 +72,7 @@ async def test_cancelling_the_batch_opener_loses_no_joined_reply() -> None:
             # it yields, and a cancellation then must not drop what joined its batch.
             nursery.cancel_scope.cancel()
         assert sorted(await _reply_ids(peer, 3)) == [1, 2, 3]
+        assert ingress.counters[FramedCounter.REPLIES_BATCHED] == 2  # they did join
         assert conn._batch is None
         conn.conn.inflight.add(5)
         await _reply(conn, 5)  # and the next reply still goes out
