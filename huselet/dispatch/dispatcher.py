@@ -19,6 +19,7 @@ import trio
 from huselet.activity import wait_all_zero
 from huselet.config import Config, FunctionSettings
 from huselet.dispatch.counters import PoolCounter
+from huselet.dispatch.deadlines import DeadlineTimer
 from huselet.dispatch.events import ChangeEvents, ChangeListener
 from huselet.dispatch.instance import CodeProvider
 from huselet.dispatch.invocation import Invocation, InvokeOptions, InvokeResult
@@ -67,6 +68,8 @@ class Dispatcher:
         # Request logs and metrics (the daemon sets it); None: no story is kept.
         self.story: RequestStory | None = None
         self.instance_observer: InstanceObserver | None = None  # instance metrics
+        # Every accepted invocation's deadline, on one timer (no cancel scope per request).
+        self.deadlines = DeadlineTimer(self._expire)
 
     @property
     def running(self) -> bool:
@@ -235,27 +238,33 @@ class Dispatcher:
             story.admitted(pool, inv, meta)
             if pool.counters[PoolCounter.INSTANCES_STARTED] != starts:
                 story.cold_start(pool, inv)
+        self.deadlines.watch(inv, pool)  # expires it (see _expire) unless done by then
         try:
-            with trio.move_on_at(deadline):
-                await inv.wait()
+            await inv.wait()
         finally:
             if not inv.done:
-                # Deadline passed, or our caller was cancelled: either way the
-                # invocation must not be delivered (or keep running) afterwards.
-                timed_out = trio.current_time() >= deadline
-                error: HuseletError = (
-                    DeadlineExceeded(f"no reply within {budget_ms} ms")
-                    if timed_out
-                    else Unavailable("the request was abandoned")
-                )
-                inv.complete(error)
-                pool.on_deadline(inv)
-                if timed_out and story is not None:
-                    story.deadline(pool, inv)
+                # Our caller was cancelled (or, the timer being late, the deadline
+                # passed): either way the invocation must not be delivered (or keep
+                # running) afterwards.
+                if trio.current_time() >= deadline:
+                    self._expire(inv, pool)
+                else:
+                    inv.complete(Unavailable("the request was abandoned"))
+                    pool.on_deadline(inv)
+            self.deadlines.forget()
             pool.outstanding.leave()
         if story is not None:
             story.finished(pool, inv, meta)
         return inv.result()
+
+    def _expire(self, inv: Invocation, pool: object) -> None:
+        """``inv``'s deadline passed unanswered: fail it, stop the instance stuck on it."""
+        assert isinstance(pool, FunctionPool)
+        budget_ms = round((inv.deadline - inv.enqueued_at) * 1000)
+        inv.complete(DeadlineExceeded(f"no reply within {budget_ms} ms"))
+        pool.on_deadline(inv)
+        if self.story is not None:
+            self.story.deadline(pool, inv)
 
     # --- drain and stop ---------------------------------------------------------
 

@@ -13,3 +13,4 @@ class FramedCounter(StrEnum):
     CALLS = "calls"
     REFUSED = "refused"  # connections over the bound, closed at once
     DROPPED_SLOW = "dropped_slow"  # a caller that did not read its replies
+    REPLIES_BATCHED = "replies_batched"  # replies sent in the same write as another

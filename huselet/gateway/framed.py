@@ -134,6 +134,9 @@ class _FramedConnection:
         self._cancel = trio.CancelScope()  # replaced by the nursery's once serving
         self._slot_freed = trio.Event()
         self._told_goaway = False
+        # Replies waiting for the task that opened the batch to send them (see
+        # _send_reply); None when no batch is open. At most max_inflight frames.
+        self._batch: list[bytes] | None = None
         self.peer = _peer_ip(stream)
 
     async def serve(self) -> None:
@@ -250,7 +253,7 @@ class _FramedConnection:
                 self._told_goaway = True
                 await self._send(self.conn.goaway("the node is draining"))
             reply = _error_reply(call.id, request_id, exc)
-        await self._send(self.conn.reply(reply))
+        await self._send_reply(self.conn.reply(reply))
         self._slot_freed.set()
 
     async def _invoke(self, call: Call, request_id: str) -> InvokeResult:
@@ -273,6 +276,29 @@ class _FramedConnection:
             )
         finally:
             core.body_budget.release(reserved)
+
+    async def _send_reply(self, frame: bytes) -> None:
+        """Send a reply; replies that finish in the same loop tick share one send.
+
+        Under pipelining several calls usually complete together (one read from
+        the link completes many): one send each is a system call each. With other
+        calls still in flight, the first reply opens a batch and yields once; the
+        replies finishing meanwhile join it and return, and it sends them all.
+        With nothing else in flight (concurrency 1) there is nothing to wait for.
+        """
+        batch = self._batch
+        if batch is not None:
+            batch.append(frame)  # the batch's opener sends it; it is not cancellable
+            self.ingress.counters[FramedCounter.REPLIES_BATCHED] += 1
+            return
+        if not self.conn.inflight:
+            await self._send(frame)
+            return
+        batch = self._batch = [frame]
+        # Shielded: once a reply joined the batch, only this task can still send it.
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        self._batch = None
+        await self._send(frame if len(batch) == 1 else b"".join(batch))
 
     async def _send(self, data: bytes) -> None:
         """Write one frame; a client that does not read within the timeout is dropped."""

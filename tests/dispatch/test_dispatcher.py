@@ -117,6 +117,30 @@ async def test_deadline_kills_the_stuck_instance_and_next_request_works(short_tm
         assert pool.counters["heartbeat_missed"] == 0
 
 
+async def test_a_cancelled_caller_abandons_its_request_before_the_deadline(
+    short_tmp: Path,
+) -> None:
+    async with running_stack(short_tmp, [fn(short_tmp, timeout_ms=20_000)]) as node:
+        with trio.fail_after(30):
+            await node.dispatcher.invoke("echo", b"{}", "json")  # warm
+            pool = node.pool("echo")
+            (stuck,) = pool.instances.values()
+            with trio.CancelScope() as caller:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(node.dispatcher.invoke, "echo", b'{"sleep": 30}', "json")
+                    while not stuck.inflight:  # the request reached the instance
+                        await trio.sleep(0.01)
+                    caller.cancel()  # the caller goes away, long before the deadline
+            # Abandoned at once: the instance working on it is stopped, and the
+            # deadline timer holds nothing for it (no late second completion).
+            assert stuck.stop_reason == "request deadline passed"
+            assert pool.counters["deadline_exceeded"] == 1
+            assert len(node.dispatcher.deadlines) == 0
+            assert stuck.handle is not None
+            await stuck.handle.wait()
+            assert body(await node.dispatcher.invoke("echo", b"{}", "json"))["event"] == {}
+
+
 async def test_sigkill_mid_request_is_a_clear_502_and_the_next_works(short_tmp: Path) -> None:
     async with running_stack(short_tmp, [fn(short_tmp)]) as node:
         with trio.fail_after(30):
