@@ -43,7 +43,7 @@ from huselet.gateway.admission_types import (
     Refusals,
 )
 from huselet.tenants.keys import EMPTY_RING, KeyEntry, KeyRing, TenantSettings
-from huselet.tenants.limits import ReplayCache, ReplayCacheFull
+from huselet.tenants.limits import ReplayCacheFull, TenantReplayCaches
 from huselet.tenants.stats import RefusalReason
 from protocol.ingress_signing import CANONICAL_TAG
 
@@ -120,7 +120,7 @@ class SignatureVerifier:
         self._wall = wall_clock
         self.ring: KeyRing = EMPTY_RING
         self._macs: dict[str, tuple[KeyEntry, _Mac]] = {}
-        self.replay = ReplayCache(settings.replay_cache_size)
+        self.replay = TenantReplayCaches(settings.replay_cache_size)
         self._last_date, self._last_at = b"", 0.0
         self.configure(settings)
 
@@ -131,6 +131,7 @@ class SignatureVerifier:
     def set_keys(self, ring: KeyRing) -> None:
         self.ring = ring
         self._macs = {key_id: (entry, _Mac(entry.secret)) for key_id, entry in ring.keys.items()}
+        self.replay.keep_only({entry.tenant for entry in ring.keys.values()}, self._wall())
 
     # --- HTTP ------------------------------------------------------------------------------
 
@@ -328,7 +329,7 @@ class SignatureVerifier:
 
     def _check_replay(self, signature: bytes, at: float, now: float, tenant: str) -> None:
         try:
-            replayed = self.replay.seen(signature, at + self._skew_s + 1, now)
+            replayed = self.replay.seen(tenant, signature, at + self._skew_s + 1, now)
         except ReplayCacheFull:
             raise self._refuse(
                 RefusalReason.REPLAY_CACHE_FULL,

@@ -435,3 +435,21 @@ def test_the_compact_form_is_verified_like_the_headers_it_stands_for(ring: KeyRi
     digest = auth.partition(b"ContentSha256=")[2][:64]
     other = auth.replace(digest, b"0" * 64)
     assert refused(adm, replace(base, authorization=other)).reason is RefusalReason.BAD_SIGNATURE
+
+
+def test_a_tenant_that_fills_its_replay_cache_refuses_only_its_own_requests(
+    ring: KeyRing,
+) -> None:
+    clock = Clock()
+    adm = make(ring, clock, replay_cache_size=1000)
+    for i in range(1000):  # every signature distinct, all inside the skew window
+        adm.admit(request(GLOBEX, "globex-fn", body=b'{"i":%d}' % i)).release()
+    full = refused(adm, request(GLOBEX, "globex-fn", body=b'{"i":-1}'))
+    assert full.reason is RefusalReason.REPLAY_CACHE_FULL and full.status == 503
+    # Another tenant's signed requests are not refused for it: its cache is its own.
+    ticket = adm.admit(request(ACME, "acme-fn"))
+    assert ticket.tenant == "acme"
+    ticket.release()
+    clock.advance(302)  # the window has passed: globex's signatures are forgotten
+    fresh = request(GLOBEX, "globex-fn", at=clock.wall, body=b'{"i":-2}')
+    adm.admit(fresh).release()

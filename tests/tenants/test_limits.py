@@ -9,6 +9,7 @@ from huselet.tenants.limits import (
     ReplayCache,
     ReplayCacheFull,
     SourceBuckets,
+    TenantReplayCaches,
     TokenBucket,
     retry_after,
 )
@@ -53,6 +54,25 @@ def test_replay_cache_remembers_until_the_window_passes() -> None:
     # A signature recorded again after it expired is not dropped by its old expiry.
     assert not cache.seen(b"a", until=40.0, now=21.0)
     assert cache.seen(b"a", until=40.0, now=35.0)
+
+
+def test_each_tenant_has_its_own_replay_cache() -> None:
+    caches = TenantReplayCaches(capacity=1)
+    assert not caches.seen("a", b"x", until=10.0, now=0.0)
+    with pytest.raises(ReplayCacheFull):  # tenant a's cache is full ...
+        caches.seen("a", b"y", until=10.0, now=1.0)
+    assert not caches.seen("b", b"y", until=10.0, now=1.0)  # ... tenant b's is not
+    assert caches.seen("b", b"y", until=10.0, now=2.0)  # and still catches b's replays
+    assert len(caches) == 2
+    # A tenant no longer named keeps its live signatures (no replay window reopens) ...
+    caches.keep_only({"b"}, now=5.0)
+    assert caches.seen("a", b"x", until=10.0, now=5.0)
+    # ... and its cache goes once they have expired.
+    caches.keep_only({"b"}, now=11.0)
+    assert len(caches) == 1  # a's cache dropped; b's (not purged here) holds its one entry
+    assert not caches.seen("a", b"x", until=30.0, now=11.0)
+    caches.capacity = 5
+    assert caches.capacity == 5
 
 
 def test_source_buckets_are_bounded() -> None:
