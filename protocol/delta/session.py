@@ -12,6 +12,7 @@ supplies :meth:`SessionBase._handle` (its state machine) and may extend
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import deque
 from enum import StrEnum
 from typing import Generic, TypeVar
@@ -42,7 +43,7 @@ _READING = frozenset({Phase.HANDSHAKE, Phase.AWAIT_HELLO, Phase.ESTABLISHED})
 E = TypeVar("E", NodeEvent, SchedulerEvent)
 
 
-class SessionBase(Generic[E]):
+class SessionBase(ABC, Generic[E]):
     """The IO-facing half of a protocol machine; ``E`` is the end's event type."""
 
     __slots__ = (
@@ -120,8 +121,9 @@ class SessionBase(Generic[E]):
 
     # --- for the two ends -------------------------------------------------------------
 
+    @abstractmethod
     def _handle(self, m: Message) -> None:
-        raise NotImplementedError
+        """Act on one decoded message (each end its own machine)."""
 
     def _shut(self) -> None:
         """Stop reading this connection (it waits for ``connection_lost``)."""

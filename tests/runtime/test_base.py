@@ -24,7 +24,7 @@ class SocketRuntime(Runtime):
             self.workers = table.positive_int("workers", default=4, maximum=64)
 
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
-        raise NotImplementedError
+        raise NotImplementedError  # this test only reads the table; nothing starts
 
 
 def node(tmp: Path) -> NodeSettings:
