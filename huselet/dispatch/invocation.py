@@ -135,9 +135,9 @@ class Invocation:
         self.trace = ""  # W3C traceparent passed on to the handler ("" if none)
         self._outcome: InvokeResult | HuseletError | None = None
         self._done = trio.Event()
-        # Called (once, inside complete()) by a caller that waits without a task.
-        # It must only note the invocation down: complete() runs in the middle
-        # of other work (a result being read, the deadline timer's sweep).
+        # Called (once, inside complete()) for a caller that waits without a task.
+        # It must not block nor raise: complete() runs in the middle of other
+        # work (a result being read, the deadline timer's sweep, a teardown).
         self.on_done: Callable[[Invocation], None] | None = None
         self.pool: object = None  # the pool it was submitted to (the dispatcher's)
         self.meta: RequestMeta | None = None  # the caller's trace context and timings

@@ -313,9 +313,39 @@ class _FramedConnection:
             self._call_done(inv)
 
     def _call_done(self, inv: Invocation) -> None:
-        # Inside Invocation.complete(): only note it down (see Invocation.on_done).
-        self._finished.append(inv)
-        self._replies_due.set()
+        """``inv`` completed (inside Invocation.complete()): reply now, or note it down.
+
+        The only call in flight, with nothing queued or being written (a client
+        that waits for each reply): its reply is written here, which spares the
+        writer task's wake-up. Otherwise the writer batches it with the others.
+        """
+        if (
+            len(self.conn.inflight) > 1
+            or self._finished
+            or self._outbox
+            or self._send_lock.locked()
+        ):
+            self._finished.append(inv)
+            self._replies_due.set()
+            return
+        try:
+            frame = self._finish(inv)
+            sent = self._io.send_nowait(frame)
+        except OSError:
+            self._cancel.cancel()
+            return
+        except Exception:
+            # complete() runs inside other work (a link's reader, the deadline
+            # timer): a bug here must cost this connection, not that work.
+            log.exception("framed reply failed")
+            self._cancel.cancel()
+            return
+        if sent < len(frame):
+            self._outbox.append(frame[sent:])  # the writer sends the rest, waiting for room
+            self._replies_due.set()
+        elif not self._reading:
+            self._replies_due.set()  # maybe the last reply: the writer may end
+        self._slot_freed.set()
 
     def _queue_reply(self, reply: Reply) -> None:
         self._outbox.append(self.conn.reply(reply))

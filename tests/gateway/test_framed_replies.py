@@ -55,7 +55,7 @@ class StagedFake(FakeInvoker):
 
 @asynccontextmanager
 async def _connection(
-    invoker: StagedFake,
+    invoker: StagedFake, *, writer: bool = True
 ) -> AsyncIterator[tuple[FramedIngress, _FramedConnection, trio.socket.SocketType]]:
     a, peer = trio.socket.socketpair()
     with a, peer:
@@ -63,7 +63,8 @@ async def _connection(
         ingress = FramedIngress(SETTINGS, core)
         conn = _FramedConnection(ingress, trio.SocketStream(a))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(conn._write_replies)
+            if writer:
+                nursery.start_soon(conn._write_replies)
             yield ingress, conn, peer
             nursery.cancel_scope.cancel()
 
@@ -99,6 +100,22 @@ async def test_calls_finishing_together_get_their_replies_in_one_send() -> None:
         assert ingress.counters[FramedCounter.REPLIES_BATCHED] == 2  # one send for three
         assert conn.conn.inflight == {4}
         assert [finished for _, finished in invoker.settled] == [True, True, True]
+
+
+async def test_the_only_call_in_flight_is_answered_without_the_writer() -> None:
+    # A client that waits for each reply: no writer wake-up per call.
+    invoker = StagedFake()
+    async with (
+        _connection(invoker, writer=False) as (ingress, conn, peer),
+        trio.open_nursery() as nursery,
+    ):
+        for call_id in (1, 2):
+            _call(conn, nursery, call_id)
+            invoker.begun[-1].complete(InvokeResult(b"ok", "text/plain"))
+            frames, _ = await _replies(peer, 1)
+            assert frames[0]["id"] == call_id
+        assert not conn.conn.inflight and not conn._finished and not conn._calls
+        assert ingress.counters[FramedCounter.REPLIES_BATCHED] == 0
 
 
 async def test_a_typed_error_becomes_the_callers_reply() -> None:
