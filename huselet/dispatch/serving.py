@@ -1,7 +1,9 @@
 """Serving requests on a ready pool instance, and what happens to them afterwards.
 
 :func:`serve` runs while an instance is up: it reads the worker's frames
-(RESULT, PULL credits), sends it queued requests as credit allows, and ends
+(RESULT, PULL credits), sends it queued requests as credit allows — written
+by whoever has one to give (the reader on a PULL, or the submitter through the
+buffer's taker for an idle instance), not by a task woken for it — and ends
 the instance on idle timeout, exit or a broken link. :func:`_complete` maps a
 worker's RESULT to the caller's reply (or error), and :func:`retry` is the
 policy for requests in flight on an instance that ended. Like
@@ -13,7 +15,8 @@ module to admission and scaling.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -57,8 +60,6 @@ CONTENT_TYPES = {
 
 
 async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
-    link = record.link
-    assert link is not None
     if pool.single_use:
         await _serve_single_use(pool, record)
         return
@@ -82,26 +83,14 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
                 record.state = InstanceState.IDLE
             pool.buffer.add_taker(record, offer)
 
-    async def read_frames() -> None:
-        while True:
-            msg = await link.receive()
-            if msg is None:
-                record.stop(StopReason.LINK_CLOSED)
-                return
-            record.last_heard = trio.current_time()
-            kind = message_type(msg)
-            if kind == RESULT:
-                _complete(pool, record, Result.decode(msg))
-            elif kind == PULL:
-                n = Pull.decode(msg).n
-                record.credits += n
-                pool.spare_credits += n
-                offer()
-            # Other types are ignored: a newer worker may send more.
+    def pulled(n: int) -> None:
+        record.credits += n
+        pool.spare_credits += n
+        offer()
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_guard_protocol, pool, record, read_frames)
+            nursery.start_soon(_guard_protocol, pool, record, pulled)
             nursery.start_soon(_watch_exit, record)
             pool.heartbeats.watch(record)  # one task per pool judges them all
             idle_timeout = pool.settings.idle_timeout_ms / 1000
@@ -168,28 +157,16 @@ async def _watch_exit(record: InstanceRecord) -> None:
 
 async def _serve_single_use(pool: FunctionPool, record: InstanceRecord) -> None:
     """An instance for exactly one request: its serving task waits for it and sends it."""
-    link = record.link
-    assert link is not None
     credit_arrived = trio.Event()
 
-    async def read_frames() -> None:
-        while True:
-            msg = await link.receive()
-            if msg is None:
-                record.stop(StopReason.LINK_CLOSED)
-                return
-            record.last_heard = trio.current_time()
-            kind = message_type(msg)
-            if kind == RESULT:
-                _complete(pool, record, Result.decode(msg))
-            elif kind == PULL and not record.dispatched:
-                n = Pull.decode(msg).n
-                record.credits += n
-                pool.spare_credits += n
-                credit_arrived.set()
+    def pulled(n: int) -> None:
+        if not record.dispatched:  # it takes exactly one request
+            record.credits += n
+            pool.spare_credits += n
+            credit_arrived.set()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_guard_protocol, pool, record, read_frames)
+        nursery.start_soon(_guard_protocol, pool, record, pulled)
         nursery.start_soon(_watch_exit, record)
         pool.heartbeats.watch(record)
         idle_timeout = pool.settings.idle_timeout_ms / 1000
@@ -293,9 +270,31 @@ def _dispatch_inline(pool: FunctionPool, record: InstanceRecord) -> bool:
     return True
 
 
-async def _guard_protocol(pool: FunctionPool, record: InstanceRecord, read_frames: Any) -> None:
+async def _read_frames(
+    pool: FunctionPool, record: InstanceRecord, pulled: Callable[[int], None]
+) -> None:
+    """Read the worker's frames: results complete their requests, PULLs give credit."""
+    link = record.link
+    assert link is not None
+    while True:
+        msg = await link.receive()
+        if msg is None:
+            record.stop(StopReason.LINK_CLOSED)
+            return
+        record.last_heard = trio.current_time()
+        kind = message_type(msg)
+        if kind == RESULT:
+            _complete(pool, record, Result.decode(msg))
+        elif kind == PULL:
+            pulled(Pull.decode(msg).n)
+        # Other types are ignored: a newer worker may send more.
+
+
+async def _guard_protocol(
+    pool: FunctionPool, record: InstanceRecord, pulled: Callable[[int], None]
+) -> None:
     try:
-        await read_frames()
+        await _read_frames(pool, record, pulled)
     except trio.BrokenResourceError as exc:
         if isinstance(exc.__cause__, ConnectionResetError):
             # A worker that dies with our frames unread makes Linux reset the

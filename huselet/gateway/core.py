@@ -119,18 +119,10 @@ class InvokeCore:
                 http=http,
                 meta=meta,
             )
-        except HuseletError as exc:
-            if exc.status != 500:
+        except Exception as exc:
+            if isinstance(exc, HuseletError) and exc.status != 500:
                 raise
-            # A bare HuseletError (or one without a mapped status) is a daemon
-            # fault: its message is for operators, not callers.
-            log.exception("invoke failed", function=function, request_id=request_id)
-            raise InternalError("internal error") from None
-        except Exception:
-            # Any other exception is a bug somewhere below us. Log the traceback
-            # here; the caller only learns that it happened (no paths, no frames).
-            log.exception("invoke failed", function=function, request_id=request_id)
-            raise InternalError("internal error") from None
+            raise _internal(function, request_id) from None
 
     def begin(
         self,
@@ -149,14 +141,10 @@ class InvokeCore:
             return staged.begin(
                 function, event, kind, timeout_ms=timeout_ms, request_id=request_id, meta=meta
             )
-        except HuseletError as exc:
-            if exc.status != 500:
+        except Exception as exc:
+            if isinstance(exc, HuseletError) and exc.status != 500:
                 raise
-            log.exception("invoke failed", function=function, request_id=request_id)
-            raise InternalError("internal error") from None
-        except Exception:
-            log.exception("invoke failed", function=function, request_id=request_id)
-            raise InternalError("internal error") from None
+            raise _internal(function, request_id) from None
 
     def outcome(self, inv: Invocation) -> InvokeResult:
         """The result of a done invocation from :meth:`begin`, or its error raised
@@ -170,3 +158,14 @@ class InvokeCore:
                 "invoke failed", function=inv.function, request_id=inv.request_id, error=str(exc)
             )
             raise InternalError("internal error") from None
+
+
+def _internal(function: str, request_id: str) -> InternalError:
+    """The caller's error for a daemon fault (call it while handling the exception).
+
+    A bare HuseletError (or one without a mapped status) is a daemon fault and
+    any other exception a bug below us: the traceback goes to the log, and the
+    caller only learns that it happened (no message, paths or frames).
+    """
+    log.exception("invoke failed", function=function, request_id=request_id)
+    return InternalError("internal error")
