@@ -100,7 +100,7 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
                 # after the last result; if the instance served since (or must stay),
                 # it is set again from then (or from now).
                 now = trio.current_time()
-                deadline = max(record.last_active, record.ready_at or now) + idle_timeout
+                deadline = _idle_since(record) + idle_timeout
                 if deadline <= now:
                     deadline = now + idle_timeout
                 with trio.CancelScope(deadline=deadline) as timer:
@@ -129,8 +129,8 @@ def _idled_out(pool: FunctionPool, record: InstanceRecord, idle_timeout: float) 
     """Stop ``record`` if it served nothing for ``idle_timeout`` and the pool can spare it."""
     if record.inflight or record.sending is not None:
         return False
-    now = trio.current_time()
-    if now - max(record.last_active, record.ready_at or now) < idle_timeout:
+    # The same sum as the timer's deadline: when it fires, this holds exactly.
+    if trio.current_time() < _idle_since(record) + idle_timeout:
         return False
     # Count the live ones only: instances idle at once would each see the
     # others, already stopping, and all go.
@@ -145,6 +145,13 @@ def _idled_out(pool: FunctionPool, record: InstanceRecord, idle_timeout: float) 
     record.credits = 0
     pool.ensure_capacity()
     return True
+
+
+def _idle_since(record: InstanceRecord) -> float:
+    """Its last result, or when it became ready if it has served nothing since."""
+    if record.ready_at is None:
+        return record.last_active
+    return max(record.last_active, record.ready_at)
 
 
 async def _watch_exit(record: InstanceRecord) -> None:
