@@ -79,3 +79,17 @@ async def test_fail_all_completes_every_queued_invocation() -> None:
         with pytest.raises(Draining):
             item.result()
     assert len(buf) == 0
+
+
+async def test_fail_expiring_answers_only_what_cannot_wait_past_the_cutoff() -> None:
+    buf = RequestBuffer(8)
+    short, late, done = inv("short", timeout=1), inv("late", timeout=60), inv("done", timeout=1)
+    for item in (short, late, done):
+        buf.put(item)
+    done.complete(DeadlineExceeded("caller left"))  # already answered: not again
+    assert buf.fail_expiring(trio.current_time() + 5, Draining("no start")) == 1
+    with pytest.raises(Draining):
+        short.result()
+    with pytest.raises(DeadlineExceeded):
+        done.result()
+    assert buf.live_count() == 1 and buf.get_nowait() is late
