@@ -24,7 +24,7 @@ from huselet.dispatch.startretry import retry_start, start_error
 from huselet.errors import HuseletError, InstanceLost
 from huselet.log import get_logger
 from huselet.runtime.base import InstanceSpec, StartFailed
-from huselet.runtime.hostlimits import HostLimitReached
+from huselet.runtime.hostlimits import StartRefused
 from protocol.errors import ProtocolError
 from protocol.link import FATAL, READY, SHUTDOWN_FRAME, Fatal, message_type
 
@@ -56,7 +56,7 @@ async def run_instance(pool: FunctionPool, record: InstanceRecord) -> None:
             except _StartError as exc:
                 _start_failed(pool, record, str(exc), isinstance(exc, _TimedOut))
                 return
-            except HostLimitReached as exc:  # the node is full, the function is fine
+            except StartRefused as exc:  # the node is full, the function is fine
                 start_refused(pool, record, exc)
                 return
             record.ready_at = trio.current_time()
@@ -100,7 +100,7 @@ async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
     )
     try:
         record.handle = await pool.runtime.start(spec)
-    except HostLimitReached:
+    except StartRefused:
         raise
     except StartFailed as exc:
         raise _StartError(str(exc)) from None
