@@ -133,8 +133,7 @@ class Daemon:
         self.functions = FunctionDeployment(self.dispatcher, self.links)
         self.reloader = ConfigReloader(
             config,
-            self.dispatcher,
-            self.links,
+            self.functions,
             self.runtimes,
             known_runtimes=available_runtimes().keys(),
             on_applied=self._config_reloaded,
@@ -267,8 +266,7 @@ class Daemon:
         store_path = self.config.node.state_dir / "fleet-functions.json"
         return FleetCommands(
             self.config,
-            self.dispatcher,
-            self.links,
+            self.functions,
             known_runtimes=self.runtimes,
             on_placements=on_placements,
             store=FunctionStore(store_path) if settings.persist_functions else None,

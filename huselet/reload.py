@@ -33,9 +33,7 @@ from typing import Any
 import trio
 
 from huselet.config import Config, FunctionSettings, load_config
-from huselet.dispatch.dispatcher import Dispatcher
 from huselet.dispatch.functions import FunctionDeployment
-from huselet.dispatch.links import LinkServer
 from huselet.dispatch.sources import CodeSource
 from huselet.errors import ConfigError, HuseletError
 from huselet.log import get_logger
@@ -75,17 +73,14 @@ class ConfigReloader:
     def __init__(
         self,
         config: Config,
-        dispatcher: Dispatcher,
-        links: LinkServer,
+        functions: FunctionDeployment,  # the daemon's, shared with the code watch
         runtimes: Mapping[str, Runtime],
         known_runtimes: Iterable[str],
         on_applied: Callable[[Config], None],
         refresh_code: Callable[[Iterable[FunctionSettings]], Awaitable[set[str]]] | None = None,
     ) -> None:
         self.config = config
-        self.dispatcher = dispatcher
-        self.links = links
-        self.functions = FunctionDeployment(dispatcher, links)
+        self.functions = functions
         self.runtimes = runtimes
         self.known_runtimes = frozenset(known_runtimes)
         self.on_applied = on_applied
@@ -164,7 +159,7 @@ class ConfigReloader:
                 await self.functions.deploy(fn, CodeSource.CONFIG)
                 outcome["added"].append(name)
             elif fn == old:
-                pool = self.dispatcher.pools.get(name)
+                pool = self.functions.dispatcher.pools.get(name)
                 if pool is not None and pool.breaker.allow_trial(now):
                     outcome["trial"].append(name)
             elif _changed_fields(old, fn) <= LIVE_FIELDS:

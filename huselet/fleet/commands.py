@@ -38,9 +38,7 @@ from typing import Any, TypeVar
 
 from huselet.config import Config, parse_function_spec
 from huselet.config.trust import DeployPolicy
-from huselet.dispatch.api import FunctionDeployer
 from huselet.dispatch.functions import FunctionDeployment
-from huselet.dispatch.links import LinkServer
 from huselet.dispatch.sources import CodeSource
 from huselet.errors import HuseletError
 from huselet.fleet.policy import check_paths, check_spec
@@ -105,8 +103,7 @@ class FleetCommands:
     def __init__(
         self,
         config: Config,
-        dispatcher: FunctionDeployer,
-        links: LinkServer,
+        functions: FunctionDeployment,  # the daemon's, shared with the reload
         *,
         known_runtimes: Iterable[str],
         on_placements: Callable[[str], None],
@@ -119,9 +116,8 @@ class FleetCommands:
         self.policy = policy or (link.policy if link is not None else DeployPolicy())
         # Without a [scheduler] table (tests), the policy's own bound is the only one.
         self.offered_memory_mb = link.memory_mb if link is not None else 1 << 20
-        self.dispatcher = dispatcher
-        self.links = links
-        self.functions = FunctionDeployment(dispatcher, links)
+        self.dispatcher = functions.dispatcher
+        self.functions = functions
         self.known_runtimes = frozenset(known_runtimes)
         self._on_placements = on_placements
         self.store = store
