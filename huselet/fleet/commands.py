@@ -30,12 +30,12 @@ them even if no scheduler is reachable at boot (static stability).
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cache.durable import write_atomically
 from huselet.config import Config, parse_function_spec
 from huselet.config.trust import DeployPolicy
 from huselet.dispatch.functions import FunctionDeployment
@@ -84,13 +84,8 @@ class FunctionStore:
         return data if isinstance(data, dict) else {}
 
     def save(self, functions: dict[str, dict[str, Any]]) -> None:
-        tmp = self.path.with_suffix(".tmp")
         try:
-            with open(tmp, "w") as f:
-                json.dump(functions, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_atomically(self.path, json.dumps(functions, sort_keys=True))
         except OSError as exc:
             # Serving must not stop because the state disk is full; a restart
             # then simply waits for the scheduler to deploy again.
