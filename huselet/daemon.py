@@ -28,6 +28,7 @@ from huselet.admin.errors import AdminCommandError
 from huselet.admin.server import AdminServer
 from huselet.code.codecache import CodeCache
 from huselet.code.codewatch import CodeWatcher
+from huselet.code.packages import REFRESH_WAIT_S
 from huselet.config import Config, FunctionSettings
 from huselet.config.limits import read_token
 from huselet.dispatch.counters import PoolCounter
@@ -45,7 +46,7 @@ from huselet.health.wiring import build_health
 from huselet.log import get_logger
 from huselet.notify import SystemdNotifier
 from huselet.observe.node import NodeObservability
-from huselet.reload import ConfigReloader
+from huselet.reload import CODE_WAIT_S, ConfigReloader
 from huselet.runtime import available_runtimes, create_runtimes
 from huselet.runtime.base import RuntimeConfigError
 from huselet.runtime.output import OUTPUT_STATS
@@ -137,7 +138,7 @@ class Daemon:
             self.runtimes,
             known_runtimes=available_runtimes().keys(),
             on_applied=self._config_reloaded,
-            refresh_code=self.cache.packages.refresh,
+            code=self.cache.packages,
         )
         # New code (re-packed, image rewritten): new pools of it, the old ones finish.
         self.cache.packages.on_code_changed = self.functions.redeploy
@@ -228,9 +229,12 @@ class Daemon:
         return None if pool is None else pool.settings
 
     async def _reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        wait_s = args.get("wait_s", CODE_WAIT_S)
+        if not isinstance(wait_s, int | float) or isinstance(wait_s, bool) or not wait_s >= 0:
+            raise AdminCommandError("bad_request", "wait_s must be a number of seconds >= 0")
         self.notifier.notify(RELOADING="1", STATUS="reloading the configuration")
         try:
-            outcome = await self.reloader.reload()
+            outcome = await self.reloader.reload(min(wait_s, REFRESH_WAIT_S))
             await self.keys.reload()
             return outcome
         finally:
