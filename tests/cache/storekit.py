@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import trio
-from cache_testkit import make_tree
+from cache_testkit import make_tree, publish
 
 from cache.builder import ImageInfo, pack_directory
 from cache.origin import DirectoryOrigin, Origin
@@ -20,10 +20,12 @@ MiB = 1 << 20
 class CountingOrigin(Origin):
     """Wraps an origin: counts fetches, can hold them at a gate, can fail on cue."""
 
-    def __init__(self, inner: Origin, failures: list[BaseException] | None = None) -> None:
+    def __init__(
+        self, inner: Origin, failures: list[BaseException] | None = None, *, gated: bool = False
+    ) -> None:
         self.inner = inner
         self.calls = 0
-        self.gate: trio.Event | None = None
+        self.gate: trio.Event | None = trio.Event() if gated else None  # set() opens it
         self.failures = list(failures or [])
 
     def describe(self) -> str:
@@ -78,3 +80,25 @@ async def start_store(nursery: trio.Nursery, state: Path, **options: object) -> 
     store = ImageStore(state, **settings)
     started: ImageStore = await nursery.start(store.run)
     return started
+
+
+async def published_store(
+    nursery: trio.Nursery, tmp_path: Path, served: Path, image: ImageInfo, **options: object
+) -> ImageStore:
+    """``image`` published in ``served`` and a store running on ``tmp_path / "state"``."""
+    publish(image.path, served)
+    return await start_store(nursery, tmp_path / "state", **options)
+
+
+def installed_path(tmp_path: Path, image: ImageInfo) -> Path:
+    """Where the store of :func:`published_store` installs ``image``."""
+    return tmp_path / "state" / "images" / image.path.name
+
+
+async def unmapping_store(
+    nursery: trio.Nursery, tmp_path: Path, served: Path, image: ImageInfo
+) -> tuple[ImageStore, CountingOrigin, Path]:
+    """A :func:`published_store` with no memory budget (every image is unmapped as soon
+    as its lease ends), a counting origin for ``image`` and where it is installed."""
+    store = await published_store(nursery, tmp_path, served, image, memory_budget_bytes=0)
+    return store, CountingOrigin(DirectoryOrigin(served)), installed_path(tmp_path, image)

@@ -1,4 +1,4 @@
-"""ImageStore: install and map, umask, LRU with pins, memory budget, limits, ensure."""
+"""ImageStore: install and map, umask, LRU with pins, memory budget, limits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 from cache_testkit import publish
-from storekit import MiB, same_size_images, start_store
+from storekit import MiB, published_store, same_size_images, start_store
 
 from cache import errors
 from cache.builder import ImageInfo
@@ -20,8 +20,7 @@ from cache.store import ImageStore
 async def test_get_installs_maps_and_counts(
     tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
 ) -> None:
-    publish(sample_image.path, served)
-    store = await start_store(nursery, tmp_path / "state")
+    store = await published_store(nursery, tmp_path, served, sample_image)
     with trio.fail_after(30):
         with await store.get(sample_image.digest, DirectoryOrigin(served)) as lease:
             assert lease.path == tmp_path / "state/images" / sample_image.path.name
@@ -42,8 +41,7 @@ async def test_installed_images_are_readable_whatever_the_umask(
     # The umask is process-wide: another thread of the daemon may narrow it for
     # a moment (a socket bind) while a download is written. Sandboxes read images
     # as their own uid, so an installed image is 0444 regardless.
-    publish(sample_image.path, served)
-    store = await start_store(nursery, tmp_path / "state")
+    store = await published_store(nursery, tmp_path, served, sample_image)
     old = os.umask(0o177)
     try:
         with trio.fail_after(30):
@@ -100,24 +98,14 @@ async def test_memory_budget_closes_only_unleased_mappings(
 async def test_limits_and_bad_input(
     tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
 ) -> None:
-    publish(sample_image.path, served)
-    store = await start_store(nursery, tmp_path / "state", disk_budget_bytes=sample_image.size - 1)
+    store = await published_store(
+        nursery, tmp_path, served, sample_image, disk_budget_bytes=sample_image.size - 1
+    )
     with trio.fail_after(30):
         with pytest.raises(errors.ImageTooLarge, match="the disk budget is"):
             await store.get(sample_image.digest, DirectoryOrigin(served))
         with pytest.raises(ValueError, match="not a sha256 hex digest"):
             await store.get("ABC", DirectoryOrigin(served))
-
-
-async def test_ensure_installs_without_mapping(
-    tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
-) -> None:
-    publish(sample_image.path, served)
-    store = await start_store(nursery, tmp_path / "state")
-    with trio.fail_after(30):
-        path = await store.ensure(sample_image.digest, DirectoryOrigin(served))
-    assert path.read_bytes() == sample_image.path.read_bytes()
-    assert store.stats.mapped_images == 0
 
 
 async def test_get_before_run_is_a_clear_error(tmp_path: Path, sample_image: ImageInfo) -> None:

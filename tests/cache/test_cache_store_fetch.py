@@ -9,7 +9,13 @@ import pytest
 import trio
 import trio.testing
 from cache_testkit import OriginServer, publish
-from storekit import CountingOrigin, DiskFullOrigin, same_size_images, start_store
+from storekit import (
+    CountingOrigin,
+    DiskFullOrigin,
+    published_store,
+    same_size_images,
+    start_store,
+)
 
 from cache import errors
 from cache.builder import ImageInfo
@@ -19,8 +25,7 @@ from cache.origin import DirectoryOrigin, HttpOrigin
 async def test_hundred_concurrent_gets_cause_one_http_fetch(
     tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
 ) -> None:
-    publish(sample_image.path, served)
-    store = await start_store(nursery, tmp_path / "state")
+    store = await published_store(nursery, tmp_path, served, sample_image)
     digests = []
     with OriginServer(served) as server:
         origin = HttpOrigin(server.url)
@@ -42,10 +47,8 @@ async def test_hundred_concurrent_gets_cause_one_http_fetch(
 async def test_concurrent_gets_wait_for_one_gated_fetch(
     tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
 ) -> None:
-    publish(sample_image.path, served)
-    store = await start_store(nursery, tmp_path / "state")
-    origin = CountingOrigin(DirectoryOrigin(served))
-    origin.gate = trio.Event()
+    store = await published_store(nursery, tmp_path, served, sample_image)
+    origin = CountingOrigin(DirectoryOrigin(served), gated=True)
     leases = []
 
     async def one() -> None:
@@ -64,10 +67,8 @@ async def test_concurrent_gets_wait_for_one_gated_fetch(
 async def test_a_waiter_giving_up_does_not_cancel_the_fetch(
     tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
 ) -> None:
-    publish(sample_image.path, served)
-    store = await start_store(nursery, tmp_path / "state")
-    origin = CountingOrigin(DirectoryOrigin(served))
-    origin.gate = trio.Event()
+    store = await published_store(nursery, tmp_path, served, sample_image)
+    origin = CountingOrigin(DirectoryOrigin(served), gated=True)
     with pytest.raises(errors.TransientFetchError, match=r"not available within 0\.05s"):
         await store.get(sample_image.digest, origin, timeout=0.05)
     origin.gate.set()
@@ -128,8 +129,7 @@ async def test_a_full_disk_is_a_typed_error_and_the_store_carries_on(
 ) -> None:
     if not Path("/dev/full").exists():
         pytest.skip("/dev/full is not available to produce a real ENOSPC")
-    publish(sample_image.path, served)
-    store = await start_store(nursery, tmp_path / "state")
+    store = await published_store(nursery, tmp_path, served, sample_image)
     with trio.fail_after(30):
         with pytest.raises(errors.DiskFull, match="disk full while installing image") as caught:
             await store.get(sample_image.digest, DiskFullOrigin(served))

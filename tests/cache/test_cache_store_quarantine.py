@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from cache_testkit import publish
-from storekit import CountingOrigin, flip_in_place, same_size_images, start_store
+from storekit import (
+    CountingOrigin,
+    flip_in_place,
+    installed_path,
+    published_store,
+    same_size_images,
+    start_store,
+    unmapping_store,
+)
 
 from cache import errors
 from cache.builder import ImageInfo
@@ -44,13 +51,12 @@ async def test_start_cleans_partials_and_quarantines_broken_images(
 async def test_scrub_quarantines_bit_rot_and_a_later_get_refetches(
     tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
 ) -> None:
-    publish(sample_image.path, served)
     origin = CountingOrigin(DirectoryOrigin(served))
-    store = await start_store(nursery, tmp_path / "state")
+    store = await published_store(nursery, tmp_path, served, sample_image)
     with trio.fail_after(30):
         (await store.get(sample_image.digest, origin)).release()
         assert await store.scrub() == []
-        installed = tmp_path / "state/images" / sample_image.path.name
+        installed = installed_path(tmp_path, sample_image)
         flip_in_place(installed, -5)
         assert await store.scrub() == [sample_image.digest]
         assert not installed.exists() and not store.contains(sample_image.digest)
@@ -73,11 +79,7 @@ async def test_quarantine_is_bounded(tmp_path: Path, nursery: trio.Nursery) -> N
 async def test_a_broken_installed_file_found_at_mapping_time_is_replaced(
     tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
 ) -> None:
-    publish(sample_image.path, served)
-    origin = CountingOrigin(DirectoryOrigin(served))
-    # A zero memory budget unmaps every image as soon as its lease ends.
-    store = await start_store(nursery, tmp_path / "state", memory_budget_bytes=0)
-    installed = tmp_path / "state/images" / sample_image.path.name
+    store, origin, installed = await unmapping_store(nursery, tmp_path, served, sample_image)
     with trio.fail_after(30):
         (await store.get(sample_image.digest, origin)).release()
         flip_in_place(installed, 0)
@@ -90,9 +92,8 @@ async def test_a_broken_installed_file_found_at_mapping_time_is_replaced(
 async def test_quarantine_while_leased_keeps_the_lease_usable(
     tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
 ) -> None:
-    publish(sample_image.path, served)
-    store = await start_store(nursery, tmp_path / "state")
-    installed = tmp_path / "state/images" / sample_image.path.name
+    store = await published_store(nursery, tmp_path, served, sample_image)
+    installed = installed_path(tmp_path, sample_image)
     with trio.fail_after(30):
         lease = await store.get(sample_image.digest, DirectoryOrigin(served))
         flip_in_place(installed, -3)
@@ -106,10 +107,7 @@ async def test_a_store_file_replaced_behind_its_back_is_quarantined_not_mapped(
     tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
 ) -> None:
     """A `cp` over an installed image: the store maps only the file it installed."""
-    publish(sample_image.path, served)
-    origin = CountingOrigin(DirectoryOrigin(served))
-    store = await start_store(nursery, tmp_path / "state", memory_budget_bytes=0)
-    installed = tmp_path / "state/images" / sample_image.path.name
+    store, origin, installed = await unmapping_store(nursery, tmp_path, served, sample_image)
     with trio.fail_after(30):
         path = await store.ensure(sample_image.digest, origin)
         assert path == installed
@@ -127,16 +125,17 @@ async def test_a_store_file_replaced_behind_its_back_is_quarantined_not_mapped(
     assert len(quarantined) == 1
 
 
-async def test_install_and_scrub_hash_without_mapping(
+async def test_ensure_installs_and_scrub_hashes_without_mapping(
     tmp_path: Path, nursery: trio.Nursery, served: Path, sample_image: ImageInfo
 ) -> None:
-    """Verification reads with pread: a file shorter than its header says is an error."""
+    """``ensure`` installs without mapping; verification reads with pread: a file
+    shorter than its header says is an error."""
     from cache.validate import hash_image, inspect_image
 
-    publish(sample_image.path, served)
-    store = await start_store(nursery, tmp_path / "state")
+    store = await published_store(nursery, tmp_path, served, sample_image)
     with trio.fail_after(30):
         path = await store.ensure(sample_image.digest, DirectoryOrigin(served))
+    assert path.read_bytes() == sample_image.path.read_bytes()
     assert store.stats.mapped_images == 0
     fd = os.open(path, os.O_RDONLY)
     try:

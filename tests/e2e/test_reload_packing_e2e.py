@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from daemon_harness import Daemon, wait_until, write_config
+from daemon_harness import Daemon, function_toml, wait_until, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -68,16 +68,7 @@ def test_a_reload_does_not_wait_for_pip_beyond_its_timeout(
     pkg = short_tmp / "pkg"
     pkg.mkdir()
     (pkg / "main.py").write_text(VERSIONED.format(v=0))
-    config = write_config(
-        short_tmp,
-        f"""
-        [[functions]]
-        name = "dep"
-        package = "{pkg}"
-        handler = "main:handler"
-        runtime = "process"
-        """,
-    )
+    config = write_config(short_tmp, function_toml("dep", str(pkg), runtime="process"))
     with Daemon(config) as d:
         assert d.invoke_ok("dep") == {"v": 0}
         (pkg / "requirements.txt").write_text(f"--index-url {index.url}\nhuselet-absent==1.0\n")

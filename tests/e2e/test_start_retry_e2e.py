@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import Daemon, write_config
+from daemon_harness import Daemon, function_toml, write_config
 from load_support import BROKEN_ON_IMPORT
 from support import write_package
 
@@ -27,36 +27,14 @@ pytestmark = pytest.mark.e2e
 # Long enough for a loaded machine to start a plain worker; each stalled
 # start costs this much, so the test stays a few seconds per retry.
 START_TIMEOUT_MS = 3000
-FUNCTIONS = f"""
-[runtimes.process]
-isolation = false
-
-[[functions]]
-name = "slow"
-package = "pkgs/slow"
-handler = "main:handler"
-runtime = "process"
-start_timeout_ms = {START_TIMEOUT_MS}
-timeout_ms = 60000
-max_instances = 1
-
-[[functions]]
-name = "never"
-package = "pkgs/never"
-handler = "main:handler"
-runtime = "process"
-start_timeout_ms = {START_TIMEOUT_MS}
-timeout_ms = 60000
-max_instances = 1
-
-[[functions]]
-name = "broken"
-package = "pkgs/broken"
-handler = "main:handler"
-runtime = "process"
-start_timeout_ms = {START_TIMEOUT_MS}
-timeout_ms = 60000
-"""
+# Each function: its own package, unconfined process workers, this start timeout.
+LIMITS = {"runtime": "process", "start_timeout_ms": START_TIMEOUT_MS, "timeout_ms": 60000}
+FUNCTIONS = (
+    "[runtimes.process]\nisolation = false\n"
+    + function_toml("slow", **LIMITS, max_instances=1)
+    + function_toml("never", **LIMITS, max_instances=1)
+    + function_toml("broken", **LIMITS)
+)
 
 # The first import (the one that creates the marker) stalls past the start
 # timeout and ignores SIGTERM, so its teardown outlasts the retry's backoff
