@@ -19,7 +19,7 @@ import pytest
 from support import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from starvation import CpuWait, runqueue_wait_s  # noqa: E402
+from starvation import CpuWait, runqueue_wait_s
 
 BUSY = [sys.executable, "-c", "while True: pass"]
 SCHEDSTAT = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/schedstat")
