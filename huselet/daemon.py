@@ -100,6 +100,9 @@ class Daemon:
         self.dispatcher: Dispatcher = Dispatcher(
             config, self.runtimes, self.links.socket_path, code=self.cache.packages
         )
+        # The one way the node's functions change (reload, fleet commands, new code);
+        # made here because the fleet link below builds its commands at once.
+        self.functions = FunctionDeployment(self.dispatcher, self.links)
         self.admin = AdminServer(config.admin)
         # Metrics, the request story (access log, log ring) and the metrics listener.
         self.observability = NodeObservability(config, self.dispatcher)
@@ -131,7 +134,6 @@ class Daemon:
         self.framed: FramedIngress | None = None
         if config.gateway.framed is not None or config.gateway.framed_socket is not None:
             self.framed = FramedIngress(config.gateway, self.ingress.core, self.admission)
-        self.functions = FunctionDeployment(self.dispatcher, self.links)
         self.reloader = ConfigReloader(
             config,
             self.functions,
