@@ -95,14 +95,7 @@ def parse_rate(t: ConfigTable, prefix: str = "") -> RateLimit | None:
         if burst is not None:
             raise ConfigError(t.key(f"{prefix}burst"), f"needs {prefix}rate_per_s")
         return None
-    if not isinstance(rate, int | float) or isinstance(rate, bool) or not rate > 0:
-        raise ConfigError(
-            t.key(f"{prefix}rate_per_s"), f"expected a positive number, got {describe(rate)}"
-        )
+    rate = t.number(f"{prefix}rate_per_s", default=0.0, exclusive=True)  # present: checked
     if burst is None:
-        burst = max(1.0, float(rate))
-    elif not isinstance(burst, int) or isinstance(burst, bool) or burst < 1:
-        raise ConfigError(
-            t.key(f"{prefix}burst"), f"expected an integer ≥ 1, got {describe(burst)}"
-        )
-    return RateLimit(float(rate), float(burst))
+        return RateLimit(rate, max(1.0, rate))
+    return RateLimit(rate, float(t.positive_int(f"{prefix}burst")))  # present: checked

@@ -143,6 +143,19 @@ class RequestBuffer:
             await self._getters.park()
             parked = True
 
+    def fail_expiring(self, cutoff: float, error: HuseletError) -> int:
+        """Complete every queued invocation whose deadline is at or before ``cutoff``
+        with ``error``; return how many. O(queue): for a failed start, not per request."""
+        failed = 0
+        for inv in self._queue:
+            if (
+                inv.state is InvocationState.QUEUED
+                and inv.deadline <= cutoff
+                and inv.complete(error)
+            ):
+                failed += 1
+        return failed
+
     def fail_all(self, error: HuseletError) -> int:
         """Complete every queued invocation with ``error``; return how many."""
         failed = 0

@@ -50,6 +50,7 @@ from huselet.dispatch.lifecycle import run_instance
 from huselet.dispatch.links import token_matches
 from huselet.dispatch.observer import InstanceObserver
 from huselet.dispatch.reasons import StopReason
+from huselet.dispatch.startretry import StartRetry
 from huselet.errors import Draining, HuseletError, Unavailable
 from huselet.health.breaker import CircuitBreaker
 from huselet.log import get_logger
@@ -106,6 +107,7 @@ class FunctionPool:
         self.starts_held: str | None = None
         # Set when the runtime refused a start at a host limit (a short hold).
         self.host_limit = HostLimitHold()
+        self.start_retry = StartRetry()  # a timed-out start retried for the queue
         self.observer: InstanceObserver | None = None  # metrics of instance lives
 
     # --- requests -------------------------------------------------------------

@@ -76,6 +76,10 @@ def test_values(tmp_path: Path) -> None:
         ({"colour": 1}, {}, "auth.colour: unknown key"),
         ({}, {"tenant": "Acme"}, "functions[0].tenant"),
         ({}, {"rate_per_s": -1}, "functions[0].rate_per_s"),
+        ({}, {"rate_per_s": 0}, "functions[0].rate_per_s: expected a number > 0, got 0"),
+        ({}, {"rate_per_s": float("nan")}, "functions[0].rate_per_s: expected a number > 0"),
+        ({"source_rate_per_s": True}, {}, "auth.source_rate_per_s: expected a number > 0"),
+        ({}, {"rate_per_s": 2, "burst": 0.5}, "functions[0].burst: expected a positive integer"),
         ({}, {"max_concurrent": 0}, "functions[0].max_concurrent"),
     ],
 )

@@ -123,3 +123,17 @@ async def test_a_taker_that_takes_nothing_is_dropped_and_the_next_one_is_asked()
     buf.put(inv("a"))
     assert asked == ["stopping", "ready"] and buf.live_count() == 0
     assert buf.idle_getters == 0
+
+
+async def test_fail_expiring_answers_only_what_cannot_wait_past_the_cutoff() -> None:
+    buf = RequestBuffer(8)
+    short, late, done = inv("short", timeout=1), inv("late", timeout=60), inv("done", timeout=1)
+    for item in (short, late, done):
+        buf.put(item)
+    done.complete(DeadlineExceeded("caller left"))  # already answered: not again
+    assert buf.fail_expiring(trio.current_time() + 5, Draining("no start")) == 1
+    with pytest.raises(Draining):
+        short.result()
+    with pytest.raises(DeadlineExceeded):
+        done.result()
+    assert buf.live_count() == 1 and buf.get_nowait() is late
