@@ -43,7 +43,7 @@ from huselet.gateway.admission_types import (
     Refusals,
 )
 from huselet.tenants.keys import EMPTY_RING, KeyEntry, KeyRing, TenantSettings
-from huselet.tenants.limits import ReplayCacheFull, TenantReplayCaches
+from huselet.tenants.replay import ReplayCacheFull, TenantReplayCaches
 from huselet.tenants.stats import RefusalReason
 from protocol.ingress_signing import CANONICAL_TAG
 
@@ -120,13 +120,13 @@ class SignatureVerifier:
         self._wall = wall_clock
         self.ring: KeyRing = EMPTY_RING
         self._macs: dict[str, tuple[KeyEntry, _Mac]] = {}
-        self.replay = TenantReplayCaches(settings.replay_cache_size)
+        self.replay = TenantReplayCaches(settings.replay_cache_bytes, settings.max_skew_s + 1)
         self._last_date, self._last_at = b"", 0.0
         self.configure(settings)
 
     def configure(self, settings: AuthSettings) -> None:
         self._skew_s = float(settings.max_skew_s)
-        self.replay.capacity = settings.replay_cache_size
+        self.replay.configure(settings.replay_cache_bytes, settings.max_skew_s + 1)
 
     def set_keys(self, ring: KeyRing) -> None:
         self.ring = ring
@@ -329,11 +329,13 @@ class SignatureVerifier:
 
     def _check_replay(self, signature: bytes, at: float, now: float, tenant: str) -> None:
         try:
-            replayed = self.replay.seen(tenant, signature, at + self._skew_s + 1, now)
+            # Keyed by the signed second: a replay carries the same timestamp.
+            replayed = self.replay.seen(tenant, signature, int(at), now)
         except ReplayCacheFull:
             raise self._refuse(
                 RefusalReason.REPLAY_CACHE_FULL,
-                "too many signed requests in the skew window; retry shortly",
+                "this tenant's replay cache (auth.replay_cache_mb) is full of signatures "
+                "still inside the skew window; retry shortly",
                 503,
                 tenant,
                 retry_after_s=1,
