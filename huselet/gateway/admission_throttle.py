@@ -1,0 +1,56 @@
+"""Tarpit for throttled connections: hold each 429 longer the more come in a row, then close.
+
+A tenant over its rate is refused before its signature is checked, so one
+refusal costs the node little CPU of its own; what it does cost is a trip
+round the event loop (a wake-up, a read, a write) per refused request, and
+that is what a flooding tenant takes from the others. So the ingress answers
+a throttled request only after a hold (``auth.throttle_delay_ms``), doubled
+for each further 429 in a row on the same connection (up to
+:data:`MAX_HOLD_FACTOR` times the delay), and closes the connection after
+:data:`CLOSE_AFTER` of them: a client that honours ``Retry-After`` never gets
+there, a client that retries at once (or pipelines) gets ever fewer answers,
+and the requests it has queued meanwhile stay unread in the kernel.
+
+Holds end on a :data:`TICK_S` grid, so the held replies of many throttled
+connections are woken and written in one pass of the loop rather than one
+wake-up each.
+
+Per connection and sans-IO: the ingress calls :meth:`Strikes.throttled` when
+it refuses a request with a hold, :meth:`Strikes.clear` for any other reply.
+"""
+
+from __future__ import annotations
+
+import math
+
+# A 429's hold ends on this grid (seconds): fewer, fuller wake-ups.
+TICK_S = 0.05
+# The hold doubles per consecutive 429 on one connection, up to this many times the delay.
+MAX_HOLD_FACTOR = 16
+# After this many consecutive 429s the connection is closed (Connection: close).
+CLOSE_AFTER = 8
+
+
+class Strikes:
+    """Consecutive throttled replies on one connection."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def throttled(self, delay_s: float, now: float) -> tuple[float, bool]:
+        """Another 429 (base hold ``delay_s``): when to answer it, and whether to close after.
+
+        The answer is due at ``now`` plus the escalated hold, rounded up to the
+        tick grid; ``delay_s`` 0 holds nothing (and still counts towards closing).
+        """
+        self.count += 1
+        close = self.count >= CLOSE_AFTER
+        if delay_s <= 0:
+            return now, close
+        hold = delay_s * min(MAX_HOLD_FACTOR, 1 << min(self.count - 1, 30))
+        return math.ceil((now + hold) / TICK_S) * TICK_S, close
+
+    def clear(self) -> None:
+        self.count = 0
