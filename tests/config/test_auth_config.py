@@ -123,7 +123,9 @@ def test_replay_cache_is_bounded_in_megabytes_and_the_old_count_key_says_so(
 ) -> None:
     config = parse_config(raw(tmp_path, {"replay_cache_mb": 4}), base_dir=tmp_path)
     assert config.auth.replay_cache_bytes == 4 << 20
-    with pytest.raises(ConfigError, match=r"auth\.replay_cache_mb.*positive integer"):
+    small = parse_config(raw(tmp_path, {"replay_cache_mb": 0.5}), base_dir=tmp_path)
+    assert small.auth.replay_cache_bytes == 1 << 19
+    with pytest.raises(ConfigError, match=r"auth\.replay_cache_mb.*number ≥ 0.01"):
         parse_config(raw(tmp_path, {"replay_cache_mb": 0}), base_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"auth\.replay_cache_size.*replaced by replay_cache_mb"):
         parse_config(raw(tmp_path, {"replay_cache_size": 100_000}), base_dir=tmp_path)
