@@ -15,8 +15,13 @@ Holds end on a :data:`TICK_S` grid, so the held replies of many throttled
 connections are woken and written in one pass of the loop rather than one
 wake-up each.
 
+"In a row" means within :data:`RESET_AFTER_S` of the previous 429 on that
+connection: a request admitted in between does not start the count again (a
+flooding tenant still gets its rate's worth of requests through, on the same
+connections), a connection without a 429 for that long does.
+
 Per connection and sans-IO: the ingress calls :meth:`Strikes.throttled` when
-it refuses a request with a hold, :meth:`Strikes.clear` for any other reply.
+it refuses a request as throttled.
 """
 
 from __future__ import annotations
@@ -29,15 +34,18 @@ TICK_S = 0.05
 MAX_HOLD_FACTOR = 16
 # After this many consecutive 429s the connection is closed (Connection: close).
 CLOSE_AFTER = 8
+# A 429 this long after the previous one on the connection counts as the first again.
+RESET_AFTER_S = 10.0
 
 
 class Strikes:
     """Consecutive throttled replies on one connection."""
 
-    __slots__ = ("count",)
+    __slots__ = ("count", "last")
 
     def __init__(self) -> None:
         self.count = 0
+        self.last = -math.inf  # when the previous 429 was decided
 
     def throttled(self, delay_s: float, now: float) -> tuple[float, bool]:
         """Another 429 (base hold ``delay_s``): when to answer it, and whether to close after.
@@ -45,12 +53,12 @@ class Strikes:
         The answer is due at ``now`` plus the escalated hold, rounded up to the
         tick grid; ``delay_s`` 0 holds nothing (and still counts towards closing).
         """
+        if now - self.last > RESET_AFTER_S:
+            self.count = 0
+        self.last = now
         self.count += 1
         close = self.count >= CLOSE_AFTER
         if delay_s <= 0:
             return now, close
         hold = delay_s * min(MAX_HOLD_FACTOR, 1 << min(self.count - 1, 30))
         return math.ceil((now + hold) / TICK_S) * TICK_S, close
-
-    def clear(self) -> None:
-        self.count = 0

@@ -199,7 +199,6 @@ class HttpIngress:
         """
         started = trio.current_time()
         meta = RequestMeta(head.traceparent)
-        throttled = False
         try:
             route = match_route(head.method, head.target)
             if route is HEALTHZ:
@@ -215,7 +214,6 @@ class HttpIngress:
                 # Throttled: the tarpit (admission_throttle) holds the 429 back, longer
                 # for each in a row on this connection, then closes it, so a client
                 # retrying in a loop cannot keep the event loop busy refusing it.
-                throttled = True
                 strikes = head.strikes if head.strikes is not None else Strikes()
                 due, close = strikes.throttled(exc.pause_s, started)
                 if due > started:
@@ -224,8 +222,6 @@ class HttpIngress:
                     reply = replace(reply, close=True)
         except HuseletError as exc:
             reply = error_reply(exc)
-        if not throttled and head.strikes is not None:
-            head.strikes.clear()
         extra = meta.headers(trio.current_time() - started)
         headers = reply.headers + extra
         return Reply(reply.status, reply.body, reply.content_type, headers, reply.close)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from huselet.gateway.admission_throttle import CLOSE_AFTER, MAX_HOLD_FACTOR, TICK_S, Strikes
+from huselet.gateway.admission_throttle import (
+    CLOSE_AFTER,
+    MAX_HOLD_FACTOR,
+    RESET_AFTER_S,
+    TICK_S,
+    Strikes,
+)
 
 
 def test_each_429_in_a_row_is_held_twice_as_long_up_to_the_cap_then_closes() -> None:
@@ -27,13 +33,13 @@ def test_holds_end_on_the_tick_grid_and_never_early() -> None:
     assert due - 100.262 < TICK_S
 
 
-def test_any_other_reply_starts_the_count_again() -> None:
+def test_a_429_after_a_quiet_spell_counts_as_the_first_again() -> None:
     strikes = Strikes()
-    for _ in range(CLOSE_AFTER - 1):
-        strikes.throttled(0.25, now=0.0)
-    strikes.clear()
-    due, close = strikes.throttled(0.25, now=0.0)
-    assert due == pytest.approx(0.25) and not close
+    for i in range(CLOSE_AFTER - 1):
+        strikes.throttled(0.25, now=float(i))  # one a second: still "in a row"
+    due, close = strikes.throttled(0.25, now=CLOSE_AFTER - 2 + RESET_AFTER_S + 0.1)
+    assert due - (CLOSE_AFTER - 2 + RESET_AFTER_S + 0.1) == pytest.approx(0.25, abs=TICK_S)
+    assert not close and strikes.count == 1
 
 
 def test_no_delay_holds_nothing_but_still_closes_a_persistent_offender() -> None:
