@@ -325,22 +325,25 @@ def main() -> None:
         "--flood-rate", type=float, default=2000, help="tenant noisy's offered req/s"
     )
     parser.add_argument("--flood-connections", type=int, default=32)
+    parser.add_argument("--parts", default="1,2,3", help="which parts to run, e.g. 2 or 1,3")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     report: dict[str, object] = {"cpus": os.cpu_count(), "loadavg_before": loadavg()}
     print(f"huselet bench_auth ({os.cpu_count()} CPUs, load average {loadavg()})")
-    micro = in_process(args.requests)
-    report["in_process_us"] = micro
-    print("1. admission CPU per request, in process (admit + body check):")
-    for name, us in micro.items():
-        print(f"   {name:<7} {us:7.2f} us")
-    print(f"   signed - open = {micro['signed'] - micro['open']:.2f} us (target < 20 us)")
-    print(f"   framed - open = {micro['framed'] - micro['open']:.2f} us (signed framed call)")
+    parts = set(args.parts.split(","))
+    if "1" in parts:
+        micro = in_process(args.requests)
+        report["in_process_us"] = micro
+        print("1. admission CPU per request, in process (admit + body check):")
+        for name, us in micro.items():
+            print(f"   {name:<7} {us:7.2f} us")
+        print(f"   signed - open = {micro['signed'] - micro['open']:.2f} us (target < 20 us)")
+        print(f"   framed - open = {micro['framed'] - micro['open']:.2f} us (signed framed call)")
 
     root = Path(tempfile.mkdtemp(prefix="hlbd"))
     procs = {}
     try:
-        for name in ("open", "open-b", "signed"):
+        for name in ("open", "open-b", "signed") if "2" in parts else ("signed",):
             (root / name).mkdir()
             procs[name] = start_daemon(root / name, signed=name == "signed")
         ports = {name: (proc.pid, port) for name, (proc, port) in procs.items()}
@@ -349,36 +352,38 @@ def main() -> None:
         def switch(auth: bool) -> None:
             set_auth(root / "signed", signed_proc, signed_port, auth=auth)
 
-        cpu = daemon_cpu(ports, args.requests, args.concurrency, args.rounds, switch)
-        report["daemon"] = cpu
-        print(
-            f"2. daemon CPU per request, {args.requests} requests x {args.rounds} rounds, "
-            f"concurrency {args.concurrency}:"
-        )
-        head = ("target", "cpu us/req", "req/s", "p50 ms", "p99 ms")
-        print("   {:<9} {:>10} {:>8} {:>7} {:>7}  statuses".format(*head))
-        for name, r in cpu.items():
+        if "2" in parts:
+            cpu = daemon_cpu(ports, args.requests, args.concurrency, args.rounds, switch)
+            report["daemon"] = cpu
             print(
-                f"   {name:<9} {r['daemon_cpu_us_per_request']:10.1f} {r['rps']:8.0f} "
-                f"{r['p50_ms']:7.3f} {r['p99_ms']:7.3f}  {r['statuses']}"
+                f"2. daemon CPU per request, {args.requests} requests x {args.rounds} rounds, "
+                f"concurrency {args.concurrency}:"
             )
-        runs = {name: r["daemon_cpu_us_runs"] for name, r in cpu.items()}
-        for label, a, b, note in (
-            ("same:signed - same:open", "same:signed", "same:open", "verification; target < 20 us"),
-            ("signed - open+hdrs", "signed", "open+hdrs", "verification, two daemons"),
-            ("open+hdrs - open", "open+hdrs", "open", "h11 parsing the signed headers"),
-            ("signed - open", "signed", "open", "all a signed request costs"),
-            ("compact - open", "compact", "open", "all a compact signed request costs"),
-            ("open-b - open", "open-b", "open", "A/A: two daemons, same work"),
-        ):
-            med, lo, hi = paired(runs[a], runs[b])
-            report[label] = {"median": med, "min": lo, "max": hi}
-            print(f"   {label:<23} {med:6.1f} us  (rounds {lo:.1f} .. {hi:.1f}; {note})")
-        rounded = {n: [round(x, 1) for x in r] for n, r in runs.items()}
-        print(f"   runs (us/req): {rounded}")
-        nn = noisy_neighbour(procs["signed"][0].pid, procs["signed"][1], args, args.rounds)
-        report["noisy_neighbour"] = nn
-        print_noisy(nn, args)
+            head = ("target", "cpu us/req", "req/s", "p50 ms", "p99 ms")
+            print("   {:<11} {:>10} {:>8} {:>7} {:>7}  statuses".format(*head))
+            for name, r in cpu.items():
+                print(
+                    f"   {name:<11} {r['daemon_cpu_us_per_request']:10.1f} {r['rps']:8.0f} "
+                    f"{r['p50_ms']:7.3f} {r['p99_ms']:7.3f}  {r['statuses']}"
+                )
+            runs = {name: r["daemon_cpu_us_runs"] for name, r in cpu.items()}
+            for label, a, b, note in (
+                ("same:signed - same:open", "same:signed", "same:open", "verification; < 20 us"),
+                ("signed - open+hdrs", "signed", "open+hdrs", "verification, two daemons"),
+                ("open+hdrs - open", "open+hdrs", "open", "h11 parsing the signed headers"),
+                ("signed - open", "signed", "open", "all a signed request costs"),
+                ("compact - open", "compact", "open", "all a compact signed request costs"),
+                ("open-b - open", "open-b", "open", "A/A: two daemons, same work"),
+            ):
+                med, lo, hi = paired(runs[a], runs[b])
+                report[label] = {"median": med, "min": lo, "max": hi}
+                print(f"   {label:<23} {med:6.1f} us  (rounds {lo:.1f} .. {hi:.1f}; {note})")
+            rounded = {n: [round(x, 1) for x in r] for n, r in runs.items()}
+            print(f"   runs (us/req): {rounded}")
+        if "3" in parts:
+            nn = noisy_neighbour(signed_proc.pid, signed_port, args, args.rounds)
+            report["noisy_neighbour"] = nn
+            print_noisy(nn, args)
     finally:
         for proc, _ in procs.values():
             proc.terminate()
