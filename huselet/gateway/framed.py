@@ -30,6 +30,7 @@ from huselet.config import AuthSettings, GatewaySettings, TcpAddress
 from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import BadRequest, Draining, HuseletError, UnknownFunction
 from huselet.gateway.admission import Admission, CallRequest, Refusal
+from huselet.gateway.admission_throttle import Strikes
 from huselet.gateway.core import InvokeCore
 from huselet.gateway.counters import FramedCounter
 from huselet.gateway.routes import new_request_id
@@ -138,6 +139,7 @@ class _FramedConnection:
         # _send_reply); None when no batch is open. At most max_inflight frames.
         self._batch: list[bytes] | None = None
         self.peer = _peer_ip(stream)
+        self._strikes = Strikes()  # throttled calls in a row: their holds grow
 
     async def serve(self) -> None:
         if not await self._handshake():
@@ -243,10 +245,12 @@ class _FramedConnection:
                 call.id, 200, request_id, body=result.body, content_type=result.content_type
             )
         except Refusal as exc:
-            if exc.pause_s > 0:
-                # Throttled: hold the reply back, as over HTTP; the call keeps its
-                # in-flight slot meanwhile, so a flooding connection slows itself.
-                await trio.sleep(exc.pause_s)
+            if exc.status == 429:
+                # Throttled: hold the reply back, growing as over HTTP (admission_throttle;
+                # no close: calls overlap); the call keeps its in-flight slot meanwhile,
+                # so a flooding connection slows itself.
+                due, _ = self._strikes.throttled(exc.pause_s, trio.current_time())
+                await trio.sleep_until(due)
             reply = _error_reply(call.id, request_id, exc)
         except HuseletError as exc:
             if isinstance(exc, Draining) and not self._told_goaway:

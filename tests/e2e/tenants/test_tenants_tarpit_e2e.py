@@ -8,12 +8,15 @@ the close itself) is what is observed. This module's daemon holds a 429 for
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import trio
 from daemon_harness import Daemon
 from load_support import _read_reply
 from tenants_support import GLOBEX, SLOW, call, signed
 
+from huselet.client.framed import FramedClient
 from huselet.gateway.admission_throttle import CLOSE_AFTER, MAX_HOLD_FACTOR
 
 pytestmark = pytest.mark.e2e
@@ -80,3 +83,16 @@ async def test_a_pipelining_flood_is_answered_slowly_while_another_tenant_is_ser
         assert await stream.receive_some(65536) == b""
     # (The first two may be admitted: slow's burst, if this test runs first.)
     assert statuses[-CLOSE_AFTER:] == [429] * CLOSE_AFTER and len(statuses) <= CLOSE_AFTER + 2
+
+
+def test_framed_throttled_calls_in_a_row_are_held_ever_longer(daemon: Daemon) -> None:
+    timed = []
+    with FramedClient.connect(daemon.framed_address(), key=SLOW) as client:
+        for i in range(7):  # slow: burst 2 (if not spent yet), then one per 100 s
+            started = time.monotonic()
+            reply = client.call("slow-echo", b'{"i": %d}' % i, "json")
+            timed.append((reply.status, time.monotonic() - started))
+    held = [took for status, took in timed if status == 429]
+    assert len(held) >= 5, timed
+    for k, took in enumerate(held):
+        assert took >= DELAY_S * min(MAX_HOLD_FACTOR, 2**k) - 0.001, (k, took)
