@@ -204,7 +204,7 @@ class SignatureVerifier:
             )
         # The compact form's parameters stand for the headers they name.
         values = dict(creds.inline)
-        if not all(name in wanted for name in values):
+        if values and not wanted.issuperset(values):
             raise self._fail(
                 RefusalReason.MALFORMED,
                 "Date, Nonce and ContentSha256 must be signed (as the headers they stand for)",
