@@ -11,9 +11,10 @@ for each further 429 in a row on the same connection (up to
 there, a client that retries at once (or pipelines) gets ever fewer answers,
 and the requests it has queued meanwhile stay unread in the kernel.
 
-Holds end on a :data:`TICK_S` grid, so the held replies of many throttled
-connections are woken and written in one pass of the loop rather than one
-wake-up each.
+Each hold is stretched by a random part of up to :data:`JITTER` of itself:
+connections that were throttled together (a flood opens them at once) would
+otherwise be answered together, a burst of work in one pass of the loop that
+another tenant's request arriving then has to wait behind.
 
 "In a row" means within :data:`RESET_AFTER_S` of the previous 429 on that
 connection: a request admitted in between does not start the count again (a
@@ -27,9 +28,11 @@ it refuses a request as throttled.
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Callable
 
-# A 429's hold ends on this grid (seconds): fewer, fuller wake-ups.
-TICK_S = 0.05
+# A hold is stretched by up to this fraction of itself, at random (desynchronises floods).
+JITTER = 0.5
 # The hold doubles per consecutive 429 on one connection, up to this many times the delay.
 MAX_HOLD_FACTOR = 16
 # After this many consecutive 429s the connection is closed (Connection: close).
@@ -41,17 +44,18 @@ RESET_AFTER_S = 10.0
 class Strikes:
     """Consecutive throttled replies on one connection."""
 
-    __slots__ = ("count", "last")
+    __slots__ = ("_random", "count", "last")
 
-    def __init__(self) -> None:
+    def __init__(self, rng: Callable[[], float] = random.random) -> None:
+        self._random = rng  # in [0, 1): how much of JITTER a hold gets
         self.count = 0
         self.last = -math.inf  # when the previous 429 was decided
 
     def throttled(self, delay_s: float, now: float) -> tuple[float, bool]:
         """Another 429 (base hold ``delay_s``): when to answer it, and whether to close after.
 
-        The answer is due at ``now`` plus the escalated hold, rounded up to the
-        tick grid; ``delay_s`` 0 holds nothing (and still counts towards closing).
+        The answer is due at ``now`` plus the escalated hold (and its jitter);
+        ``delay_s`` 0 holds nothing (and still counts towards closing).
         """
         if now - self.last > RESET_AFTER_S:
             self.count = 0
@@ -61,4 +65,4 @@ class Strikes:
         if delay_s <= 0:
             return now, close
         hold = delay_s * min(MAX_HOLD_FACTOR, 1 << min(self.count - 1, 30))
-        return math.ceil((now + hold) / TICK_S) * TICK_S, close
+        return now + hold * (1 + JITTER * self._random()), close
