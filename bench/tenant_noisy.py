@@ -61,6 +61,7 @@ def noisy_neighbour(pid: int, port: int, args: argparse.Namespace, rounds: int) 
                     "quiet_statuses": statuses,
                     "quiet_p50_ms": statistics.median(lat),
                     "quiet_p99_ms": p(lat, 99),
+                    "latencies_ms": lat,
                     "daemon_cpu_pct": daemon_pct,
                     "flood": flood,
                 }
@@ -85,6 +86,11 @@ def noisy_neighbour(pid: int, port: int, args: argparse.Namespace, rounds: int) 
         "medians_ms": med,
         "p99_ratio_of_medians": med["noisy_p99"] / med["idle_p99"],
         "idle_p99_spread": max(idle_p99) / min(idle_p99),
+        # Every phase's requests together: a p99 over rounds x duration x rate samples.
+        "pooled_p99_ms": {
+            name: p([x for run in runs for x in run.pop("latencies_ms")], 99)
+            for name, runs in phases.items()
+        },
         "flood_answered_per_s": flood_rps,
         "daemon_us_per_flood_request": 1e4 * extra_pct / flood_rps if flood_rps else 0.0,
     }
@@ -120,6 +126,11 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
         f"paired per round {statistics.median(ratios):.2f}, range {min(ratios):.2f} .. "
         f"{max(ratios):.2f}; target <= 1.20); noise floor: idle p99 max/min over rounds "
         f"{nn['idle_p99_spread']:.2f}"
+    )
+    pooled = nn["pooled_p99_ms"]
+    print(
+        f"   pooled over rounds: quiet p99 idle {pooled['idle']:.3f} ms, noisy "
+        f"{pooled['noisy']:.3f} ms, ratio {pooled['noisy'] / pooled['idle']:.2f}"
     )
     print(
         f"   flood answered {nn['flood_answered_per_s']:.0f} req/s; daemon CPU per flood "
