@@ -74,12 +74,11 @@ class _Table:
     def grown(self) -> _Table:
         bigger = _Table((self.mask + 1) * 2)
         slots, mask = bigger.slots, bigger.mask
-        for key in self.slots:
-            if key:
-                i = key & mask
-                while slots[i]:
-                    i = (i + 1) & mask
-                slots[i] = key
+        for key in filter(None, self.slots):  # the occupied slots (C-level skip of empties)
+            i = key & mask
+            while slots[i]:
+                i = (i + 1) & mask
+            slots[i] = key
         bigger.count = self.count
         return bigger
 
