@@ -35,6 +35,7 @@ from huselet.config import AuthSettings, GatewaySettings, TcpAddress
 from huselet.dispatch.invocation import Invocation
 from huselet.errors import BadRequest, Draining, HuseletError, UnknownFunction
 from huselet.gateway.admission import Admission, CallRequest, Refusal, Ticket
+from huselet.gateway.admission_throttle import Strikes
 from huselet.gateway.core import InvokeCore, StagedInvoker
 from huselet.gateway.counters import FramedCounter
 from huselet.gateway.routes import new_request_id
@@ -151,6 +152,7 @@ class _FramedConnection:
         self._outbox: list[bytes] = []
         self._replies_due = trio.Event()
         self._reading = True
+        self._strikes = Strikes()  # throttled calls in a row: their holds grow
 
     async def serve(self) -> None:
         if not await self._handshake():
@@ -295,9 +297,12 @@ class _FramedConnection:
                 ticket.release()
                 raise
         except Refusal as exc:
-            if exc.pause_s > 0:
-                # Throttled: held back as over HTTP, keeping its in-flight slot.
-                nursery.start_soon(self._refuse_later, call.id, request_id, exc)
+            if exc.status == 429:
+                # Throttled: the reply is held back, growing as over HTTP
+                # (admission_throttle; no close: calls overlap). The call keeps its
+                # in-flight slot meanwhile, so a flooding connection slows itself.
+                due, _ = self._strikes.throttled(exc.pause_s, trio.current_time())
+                nursery.start_soon(self._refuse_later, call.id, request_id, exc, due)
             else:
                 self._queue_reply(_error_reply(call.id, request_id, exc))
             return
@@ -351,8 +356,10 @@ class _FramedConnection:
         self._outbox.append(self.conn.reply(reply))
         self._replies_due.set()
 
-    async def _refuse_later(self, call_id: int, request_id: str, exc: Refusal) -> None:
-        await trio.sleep(exc.pause_s)
+    async def _refuse_later(
+        self, call_id: int, request_id: str, exc: Refusal, due: float
+    ) -> None:
+        await trio.sleep_until(due)
         self._queue_reply(_error_reply(call_id, request_id, exc))
 
     def _finish(self, inv: Invocation) -> bytes:
