@@ -356,9 +356,7 @@ class _FramedConnection:
         self._outbox.append(self.conn.reply(reply))
         self._replies_due.set()
 
-    async def _refuse_later(
-        self, call_id: int, request_id: str, exc: Refusal, due: float
-    ) -> None:
+    async def _refuse_later(self, call_id: int, request_id: str, exc: Refusal, due: float) -> None:
         await trio.sleep_until(due)
         self._queue_reply(_error_reply(call_id, request_id, exc))
 
