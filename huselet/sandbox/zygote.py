@@ -41,7 +41,7 @@ from huselet.sandbox import linux
 from huselet.sandbox.confine import SandboxError, SandboxPlan, enter_function_sandbox
 from huselet.sandbox.instance import InstanceSetup, instance_main
 from huselet.sandbox.rehearse import rehearse
-from huselet.worker import sdk
+from huselet.worker import output, sdk
 from protocol.frames import FrameDecoder, encode_frame
 
 MAX_PACKET = 256 * 1024
@@ -158,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     # freezing moves it out of the collector's sight, so no instance's GC pass
     # touches (and copies) those pages.
     setup = InstanceSetup(plan, keep_in_tmp)
+    # The tagging streams, once here rather than in every instance (sdk.run
+    # finds them installed): they write to fds 1 and 2, which each instance
+    # points at its own output pipe.
+    output.install()
     rehearse()  # the instances' first steps, quickened once here (huselet.sandbox.rehearse)
     gc.collect()
     gc.freeze()
