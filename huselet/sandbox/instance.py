@@ -56,10 +56,11 @@ def signals_to_reset() -> list[tuple[int, Any]]:
     for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
-        want = _FRESH.get(sig, signal.SIG_DFL)
+        want: Any = _FRESH.get(sig, signal.SIG_DFL)
         try:
             if signal.getsignal(sig) is not want:
-                changed.append((int(sig), want))
+                # Plain ints: _signal.signal refuses the Handlers enum for SIG_DFL/SIG_IGN.
+                changed.append((int(sig), want if callable(want) else int(want)))
         except (OSError, ValueError):
             pass
     return changed
