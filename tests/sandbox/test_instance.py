@@ -12,11 +12,10 @@ import os
 from pathlib import Path
 
 import trio
-from support import running_stack, write_package
+from support import fork_stack
 
 from huselet.sandbox import rootfs
 from huselet.testing.conformance import invoke_json
-from huselet.testing.probes import require_sandbox_host, sandbox_settings
 
 SIGNALS = """
 import signal
@@ -34,10 +33,7 @@ def handler(event, ctx):
 
 
 async def test_an_instance_undoes_what_init_code_did_to_signals(short_tmp: Path) -> None:
-    require_sandbox_host()
-    pkg = write_package(short_tmp, "s", SIGNALS)
-    spec = {"name": "s", "package": str(pkg), "handler": "main:handler", "runtime": "fork"}
-    async with running_stack(short_tmp, [spec], {"fork": sandbox_settings(short_tmp)}) as stack:
+    async with fork_stack(short_tmp, "s", SIGNALS) as stack:
         with trio.fail_after(60):
             seen = await invoke_json(stack, "s", {})
     # PID 1 of its namespace: a SIGTERM handler, or terminate() would do nothing.
@@ -60,19 +56,15 @@ def handler(event, ctx):
 
 
 async def test_a_private_tmp_shows_the_kept_paths_under_tmp(short_tmp: Path) -> None:
-    require_sandbox_host()
     assert str(short_tmp).startswith("/tmp/")  # the package and the kept paths live under /tmp
-    pkg = write_package(short_tmp, "k", KEPT)
     deep = short_tmp / "kept" / "a" / "b"
     deep.mkdir(parents=True)
     (deep / "inside.txt").write_text("in")
     note = short_tmp / "kept" / "note.txt"
     note.write_text("note")
-    settings = sandbox_settings(short_tmp, ro_paths=[str(deep), str(note)])
-    spec = {"name": "k", "package": str(pkg), "handler": "main:handler", "runtime": "fork"}
     scratch = f"huselet-private-{os.getpid()}-{short_tmp.name}"
     event = {"file": str(note), "dir": str(deep), "scratch": scratch}
-    async with running_stack(short_tmp, [spec], {"fork": settings}) as stack:
+    async with fork_stack(short_tmp, "k", KEPT, ro_paths=[str(deep), str(note)]) as stack:
         with trio.fail_after(60):
             seen = await invoke_json(stack, "k", event)
     assert seen == {"package": True, "file": "note", "dir": ["inside.txt"]}

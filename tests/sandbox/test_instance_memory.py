@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from support import running_stack, write_package
+from support import fork_stack, running_stack, write_package
 
 from huselet.testing.conformance import invoke_json
 from huselet.testing.probes import require_sandbox_host, sandbox_settings
@@ -153,10 +153,7 @@ def private_dirty_kb(pid: int) -> int:
 
 
 async def test_an_idle_fork_instance_copies_little_of_its_zygote(short_tmp: Path) -> None:
-    require_sandbox_host()
-    pkg = write_package(short_tmp, "n", NOOP)
-    spec = {"name": "n", "package": str(pkg), "handler": "main:handler", "runtime": "fork"}
-    async with running_stack(short_tmp, [spec], {"fork": sandbox_settings(short_tmp)}) as stack:
+    async with fork_stack(short_tmp, "n", NOOP) as stack:
         with trio.fail_after(60):
             await invoke_json(stack, "n", {})
         (record,) = stack.pool("n").instances.values()
