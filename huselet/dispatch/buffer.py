@@ -18,6 +18,7 @@ from collections import deque
 
 import trio
 
+from huselet.dispatch.idlestack import IdleStack
 from huselet.dispatch.invocation import Invocation, InvocationState
 from huselet.errors import DeadlineExceeded, HuseletError, QueueFull
 
@@ -27,7 +28,8 @@ class RequestBuffer:
         self.capacity = capacity
         self._queue: deque[Invocation] = deque()
         self._live = 0  # entries of _queue still QUEUED (the rest are done, skipped lazily)
-        self._getters = trio.lowlevel.ParkingLot()
+        # LIFO: the instance that became idle last takes the next request (warm caches).
+        self._getters = IdleStack()
 
     def __len__(self) -> int:
         """Queued entries, including done ones not yet skipped (an upper bound)."""
