@@ -48,6 +48,7 @@ from huselet.dispatch.instance import (
 from huselet.dispatch.invocation import Invocation
 from huselet.dispatch.lifecycle import run_instance
 from huselet.dispatch.links import token_matches
+from huselet.dispatch.livepids import LivePids
 from huselet.dispatch.observer import InstanceObserver
 from huselet.dispatch.reasons import StopReason
 from huselet.errors import Draining, HuseletError, Unavailable
@@ -107,6 +108,9 @@ class FunctionPool:
         # Set when the runtime refused a start at a host limit (a short hold).
         self.host_limit = HostLimitHold()
         self.observer: InstanceObserver | None = None  # metrics of instance lives
+        # Pids of its running sandboxes, kept by the lifecycle as they start and
+        # end; the dispatcher hands every pool the node-wide set.
+        self.live_pids = LivePids()
 
     # --- requests -------------------------------------------------------------
 
