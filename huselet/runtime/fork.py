@@ -250,7 +250,7 @@ class ForkRuntime(SandboxRuntime):
         fn = spec.function
         deadline = trio.current_time() + fn.start_timeout_ms / 1000
         zygote = await self._slot(fn, spec.image).ready(deadline)
-        cgroup = self.acquire_cgroup(fn)
+        cgroup = await self.acquire_cgroup(fn)
         out_r: int | None = None
         handle: SandboxHandle | None = None
         try:
