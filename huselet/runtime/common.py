@@ -48,6 +48,7 @@ from huselet.runtime.isolation import (
     parse_isolation,
     probe_host,
     resolve,
+    uid_nproc,
 )
 from huselet.runtime.output import OutputLimiter
 from huselet.runtime.spawner import SpawnThread
@@ -161,6 +162,7 @@ def sandbox_plan(
     fn: FunctionSettings, staging: Path, ro_paths: tuple[str, ...], uid: int | None, **how: Any
 ) -> SandboxPlan:
     """The confinement plan of one function's sandbox (``how``: the runtime's settings)."""
+    how["nproc"] = uid_nproc(fn, how.get("nproc"))
     return SandboxPlan(
         function=fn.name,
         package=str(fn.package),
