@@ -8,14 +8,12 @@ from pathlib import Path
 
 import trio
 import trio.testing
-from support import eventually, running_stack, write_package
+from support import PID_HANDLER, eventually, unconfined_stack
 
 from huselet.dispatch.buffer import RequestBuffer
 from huselet.dispatch.idlestack import IdleStack
 from huselet.dispatch.instance import InstanceState
 from huselet.dispatch.invocation import Invocation
-
-PID = "import os\n\ndef handler(event, context):\n    return {'pid': os.getpid()}\n"
 
 
 def inv(rid: str) -> Invocation:
@@ -66,11 +64,7 @@ async def test_a_cancelled_park_leaves_the_stack() -> None:
 async def test_requests_one_at_a_time_stay_on_one_warm_instance(short_tmp: Path) -> None:
     """With several idle instances, a trickle of requests does not round-robin over
     them all: the instance that just answered takes the next one."""
-    write_package(short_tmp, "w", PID)
-    functions = [{"name": "w", "package": "pkgs/w", "handler": "main:handler", "min_instances": 4}]
-    async with running_stack(
-        short_tmp, functions, runtimes={"process": {"isolation": False}}
-    ) as node:
+    async with unconfined_stack(short_tmp, "w", PID_HANDLER, min_instances=4) as node:
         pool = node.pool("w")
 
         def all_idle() -> bool:

@@ -9,12 +9,10 @@ import signal
 from pathlib import Path
 
 import pytest
-from support import eventually, running_stack, write_package
+from support import PID_HANDLER, eventually, unconfined_stack
 
 from huselet.dispatch.instance import InstanceState
 from huselet.dispatch.livepids import MAX_LISTENERS, LivePids
-
-PID = "import os\n\ndef handler(event, context):\n    return {'pid': os.getpid()}\n"
 
 
 class Recorder:
@@ -68,11 +66,7 @@ def test_subscriptions_are_bounded() -> None:
 async def test_the_dispatcher_follows_real_instances_as_they_start_and_end(
     short_tmp: Path,
 ) -> None:
-    write_package(short_tmp, "p", PID)
-    functions = [{"name": "p", "package": "pkgs/p", "handler": "main:handler", "min_instances": 3}]
-    async with running_stack(
-        short_tmp, functions, runtimes={"process": {"isolation": False}}
-    ) as node:
+    async with unconfined_stack(short_tmp, "p", PID_HANDLER, min_instances=3) as node:
         pool = node.pool("p")
         rec = Recorder()
         node.dispatcher.watch_pids(rec)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from support import running_stack, write_package
+from support import unconfined_stack
 
 from huselet.dispatch.instance import InstanceState
 from huselet.dispatch.pool import MAX_STARTING
@@ -16,11 +16,9 @@ NOOP = "def handler(event, context):\n    return {}\n"
 
 
 async def test_min_instances_beyond_the_cap_start_in_waves(short_tmp: Path) -> None:
-    write_package(short_tmp, "many", NOOP)
     count = MAX_STARTING * 2 + 8
-    spec = {"name": "many", "package": "pkgs/many", "handler": "main:handler"}
-    spec |= {"min_instances": count, "max_instances": count, "start_timeout_ms": 60000}
-    async with running_stack(short_tmp, [spec], runtimes={"process": {"isolation": False}}) as node:
+    spec = {"min_instances": count, "max_instances": count, "start_timeout_ms": 60000}
+    async with unconfined_stack(short_tmp, "many", NOOP, **spec) as node:
         pool = node.pool("many")
         most_starting = 0
         with trio.fail_after(300):
