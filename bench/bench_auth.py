@@ -9,20 +9,25 @@ compares front ends; it does not sign).
    the body check on pre-signed requests, against the same call in open mode
    (no authentication) and in bearer-token mode; and ``admit_call`` for signed
    framed calls. This is the verification cost alone: no sockets, no parsing.
-2. **Daemon CPU per request**: two real daemons serve the same no-op function,
-   one open, one requiring signed requests; the same number of requests
-   (pre-signed before the clock starts, so the client's signing is not
-   counted) is sent to each and the daemon process's own CPU time
-   (``/proc/PID/stat`` utime+stime; the workers are other processes) is divided
-   by the requests. Targets run interleaved, ``--rounds`` times; the
-   differences are taken *within* each round (paired, so drift from other load
-   cancels) and reported as median and min..max: ``signed - open+hdrs`` is
-   verification, ``open+hdrs - open`` is h11 parsing the four extra headers.
-3. **Noisy neighbour**: on the signed daemon, tenant ``quiet``'s p50/p99 alone,
-   then while tenant ``noisy`` floods far over its rate (and gets 429s), phases
-   interleaved ``--rounds`` times; the flood runs in its own process from
-   pre-signed requests, so its client work does not delay the quiet client's.
-   Reported: the median of the per-round p99 ratios and their range.
+2. **Daemon CPU per request**: real daemons serve the same no-op function; the
+   same number of requests (pre-signed before the clock starts, so the
+   client's signing is not counted) is sent to each target and the daemon
+   process's own CPU time (``/proc/PID/stat`` utime+stime; the workers are
+   other processes) is divided by the requests. Targets run interleaved,
+   ``--rounds`` times; differences are taken *within* each round (paired, so
+   drift from other load cancels) and reported as median and min..max. The
+   headline, ``same:signed - same:open``, is one daemon sent the same kind of
+   signed bytes with ``[auth]`` switched on and off by a reload: the
+   verification alone. Across two daemons: ``signed - open+hdrs`` (the open
+   daemon parsing the same signed headers), and ``open-b - open`` as the A/A
+   control (how far two daemons doing the same work differ).
+3. **Noisy neighbour** (:mod:`tenant_noisy`): tenant ``quiet`` at a fixed
+   rate (``--quiet-rate``, open loop) alone and while tenant ``noisy`` (limit
+   20/s) offers ``--flood-rate`` req/s pipelined over ``--flood-connections``
+   from its own process; phases in ABBA order over ``--rounds``; reported:
+   quiet's p50/p99 per phase, their medians and the ratio noisy/idle (target
+   ≤ 1.20), the idle phases' own spread (the noise floor), the daemon's CPU,
+   and the flood's sent/answered requests, connections and own CPU.
 
 The machine's load average is printed before and after: on a shared machine
 read the spread, not one number.
@@ -32,14 +37,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +53,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from loadgen import _read_reply
+from tenant_load import BODY, NOISY, QUIET, cpu_s, p, raw_request, send_all
+from tenant_noisy import noisy_neighbour, print_noisy
 
 from huselet.client.signing import AccessKey, format_timestamp, sign_request
 from huselet.config import AuthSettings
@@ -57,11 +64,6 @@ from protocol.ingress_signing import sign_call
 
 BENCH = Path(__file__).resolve().parent
 NOOP = BENCH / "functions" / "noop"
-QUIET = AccessKey("HKQUIET000000001", "quiet-secret-0123456789abcdefghij")
-NOISY = AccessKey("HKNOISY000000001", "noisy-secret-0123456789abcdefghij")
-BODY = b'{"name": "bench"}'
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-FLOOD_CONNECTIONS = 16
 
 KEYS = f"""
 [[tenants]]
@@ -96,16 +98,11 @@ def write_keys(root: Path) -> Path:
     return path
 
 
-def start_daemon(root: Path, *, signed: bool) -> tuple[subprocess.Popen[str], int]:
-    port = free_port()
-    name = "signed" if signed else "open"
-    # Every signed request is remembered for the skew window (per tenant): at
-    # thousands of requests a second the default 100,000 fills within a minute
-    # and the tenant is refused 503 replay_cache_full, which is not what this
-    # bench measures.
-    auth = (
-        f'[auth]\nkeys_file = "{write_keys(root)}"\nreplay_cache_size = 2000000\n' if signed else ""
-    )
+def write_config(root: Path, name: str, port: int, *, signed: bool, auth: bool) -> Path:
+    """``signed``: the functions belong to tenants; ``auth``: signed requests are required."""
+    # The replay cache has its default size (auth.replay_cache_mb): it holds the
+    # whole skew window at the rates this bench reaches.
+    section = f'[auth]\nkeys_file = "{write_keys(root)}"\n' if auth else ""
     config = root / f"{name}.toml"
     config.write_text(
         f"""
@@ -113,7 +110,7 @@ def start_daemon(root: Path, *, signed: bool) -> tuple[subprocess.Popen[str], in
 state_dir = "{root}/state-{name}"
 run_dir = "{root}/run-{name}"
 log_level = "warning"
-{auth}
+{section}
 [gateway]
 http = "127.0.0.1:{port}"
 """
@@ -131,6 +128,13 @@ timeout_ms = 10000
             for fn in ("quiet", "noisy")
         )
     )
+    return config
+
+
+def start_daemon(root: Path, *, signed: bool) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    name = "signed" if signed else "open"
+    config = write_config(root, name, port, signed=signed, auth=signed)
     proc = subprocess.Popen(
         [sys.executable, "-m", "huselet", "run", "--config", str(config), "--log-level", "info"],
         stderr=subprocess.PIPE,
@@ -146,73 +150,23 @@ timeout_ms = 10000
     return proc, port
 
 
-def raw_request(port: int, function: str, key: AccessKey | None, *, compact: bool = False) -> bytes:
-    target = f"/v1/invoke/{function}"
-    headers = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json"}
-    if key is not None:
-        headers.update(sign_request(key, "POST", target, headers, BODY, compact=compact))
-    lines = [f"POST {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers.items()]
-    lines.append(f"Content-Length: {len(BODY)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + BODY
+def set_auth(root: Path, proc: subprocess.Popen[str], port: int, *, auth: bool) -> None:
+    """Switch the signed daemon's ``[auth]`` on or off by a reload (SIGHUP), and wait for it.
 
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-async def send_all(
-    port: int, requests: list[bytes], concurrency: int
-) -> tuple[list[float], dict[int, int]]:
-    """Send every request once over ``concurrency`` keep-alive connections."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    queue = iter(requests)
-
-    async def client() -> None:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        buf = bytearray()
-        async with stream:
-            for request in queue:
-                t0 = time.perf_counter()
-                await stream.send_all(request)
-                status, _ = await _read_reply(stream, buf)
-                latencies.append((time.perf_counter() - t0) * 1000)
-                statuses[status] = statuses.get(status, 0) + 1
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(concurrency):
-            nursery.start_soon(client)
-    return latencies, statuses
-
-
-async def flood(port: int, stop: Any, counts: dict[int, int]) -> None:
-    """FLOOD_CONNECTIONS closed-loop connections of freshly signed requests until ``stop``."""
-
-    async def client() -> None:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        buf = bytearray()
-        async with stream:
-            while not stop.is_set():
-                await stream.send_all(raw_request(port, "noisy", NOISY))
-                status, _ = await _read_reply(stream, buf)
-                counts[status] = counts.get(status, 0) + 1
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(FLOOD_CONNECTIONS):
-            nursery.start_soon(client)
-
-
-def flood_process(port: int, stop: Any, out: Any) -> None:
-    """The noisy tenant, in its own process (its signing is not the quiet client's work)."""
-    counts: dict[int, int] = {}
-    trio.run(flood, port, stop, counts)
-    out.put(counts)
-
-
-def p(data: list[float], q: float) -> float:
-    s = sorted(data)
-    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
+    The same process, instances and memory either way: the paired difference
+    of its two modes is the verification alone, without the spread between
+    two daemons (the A/A control shows how large that is).
+    """
+    write_config(root, "signed", port, signed=True, auth=auth)
+    proc.send_signal(signal.SIGHUP)
+    want = 401 if auth else 200  # what an unsigned request gets in that mode
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        _, statuses = trio.run(send_all, port, [raw_request(port, "quiet", None)], 1)
+        if want in statuses:
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"the signed daemon did not switch auth {'on' if auth else 'off'}")
 
 
 def in_process(n: int) -> dict[str, float]:
@@ -281,30 +235,48 @@ def in_process(n: int) -> dict[str, float]:
 
 
 def daemon_cpu(
-    ports: dict[str, tuple[int, int]], n: int, concurrency: int, rounds: int
+    ports: dict[str, tuple[int, int]],
+    n: int,
+    concurrency: int,
+    rounds: int,
+    switch: Callable[[bool], None],
 ) -> dict[str, dict[str, Any]]:
-    """Per target: (daemon, key). "open+hdrs" sends the signed bytes to the open daemon,
-    which parses every header but verifies nothing: the HTTP cost of the extra headers.
-    "open-b" is a second open daemon, unsigned: the A/A control (how far two daemons
-    doing the same work differ, which bounds what a daemon-vs-daemon difference shows)."""
+    """Per target: (daemon, key, compact, the signed daemon's auth on/off or None).
+
+    "open+hdrs" sends the signed bytes to the open daemon, which parses every
+    header but verifies nothing: the HTTP cost of the extra headers. "open-b"
+    is a second open daemon, unsigned: the A/A control (how far two daemons
+    doing the same work differ, which bounds what a daemon-vs-daemon
+    difference shows). "same:open" and "same:signed" send the same kind of
+    signed bytes to the signed daemon with ``[auth]`` switched off and on
+    (``switch``, a reload): one process, so their difference is verification.
+    """
     results = {}
-    targets: dict[str, tuple[tuple[int, int], AccessKey | None, bool]] = {
-        "open": (ports["open"], None, False),
-        "open-b": (ports["open-b"], None, False),
-        "open+hdrs": (ports["open"], QUIET, False),
-        "signed": (ports["signed"], QUIET, False),
-        "compact": (ports["signed"], QUIET, True),  # sign_request(..., compact=True)
+    targets: dict[str, tuple[tuple[int, int], AccessKey | None, bool, bool | None]] = {
+        "open": (ports["open"], None, False, None),
+        "open-b": (ports["open-b"], None, False, None),
+        "open+hdrs": (ports["open"], QUIET, False, None),
+        "signed": (ports["signed"], QUIET, False, True),
+        "compact": (ports["signed"], QUIET, True, True),  # sign_request(..., compact=True)
+        "same:open": (ports["signed"], QUIET, False, False),
+        "same:signed": (ports["signed"], QUIET, False, True),
     }
     samples: dict[str, list[tuple[float, float, list[float], dict[int, int]]]] = {
         name: [] for name in targets
     }
-    for (_pid, port), key, _ in targets.values():  # warm up instances and caches
+    auth_on = True
+    for (_pid, port), key, _, _ in targets.values():  # warm up instances and caches
         trio.run(send_all, port, [raw_request(port, "quiet", key) for _ in range(500)], concurrency)
     order = list(targets)
     for r in range(rounds):  # interleaved, so drift (other load, frequency) hits all alike
         # Rotated each round, so no target always runs first or last.
         for name in order[r % len(order) :] + order[: r % len(order)]:
-            (pid, port), key, compact = targets[name]
+            (pid, port), key, compact, auth = targets[name]
+            if auth is not None and auth != auth_on:
+                switch(auth)
+                auth_on = auth
+                # Settle after the reload (its own work is not the requests').
+                trio.run(send_all, port, [raw_request(port, "quiet", key) for _ in range(200)], 8)
             # Pre-signed: the client's signing is not in the measured window.
             batch = [raw_request(port, "quiet", key, compact=compact) for _ in range(n)]
             before = cpu_s(pid)
@@ -312,6 +284,8 @@ def daemon_cpu(
             lat, statuses = trio.run(send_all, port, batch, concurrency)
             wall = time.perf_counter() - t0
             samples[name].append(((cpu_s(pid) - before) / n * 1e6, n / wall, lat, statuses))
+    if not auth_on:
+        switch(True)
     for name, runs in samples.items():
         lat = [x for run in runs for x in run[2]]
         totals: dict[int, int] = {}
@@ -336,40 +310,6 @@ def paired(runs_a: list[float], runs_b: list[float]) -> tuple[float, float, floa
     return statistics.median(diffs), min(diffs), max(diffs)
 
 
-def noisy_neighbour(port: int, duration: float, rps_guess: float, rounds: int) -> dict[str, Any]:
-    n = int(duration * rps_guess)
-    phases: dict[str, list[dict[str, Any]]] = {"idle": [], "noisy": []}
-    ctx = multiprocessing.get_context("fork")  # no trio run is active between phases
-    for _ in range(rounds):
-        for phase in ("idle", "noisy"):
-            batch = [raw_request(port, "quiet", QUIET) for _ in range(n)]
-            noisy: dict[int, int] = {}
-            child = None
-            if phase == "noisy":
-                stop, out = ctx.Event(), ctx.Queue()
-                child = ctx.Process(target=flood_process, args=(port, stop, out))
-                child.start()
-                time.sleep(1.0)  # the flood is under way (and the bucket empty) before we measure
-            lat, statuses = trio.run(send_all, port, batch, 2)
-            if child is not None:
-                stop.set()
-                noisy = out.get(timeout=60)
-                child.join(60)
-            phases[phase].append(
-                {
-                    "quiet_statuses": statuses,
-                    "quiet_p50_ms": statistics.median(lat),
-                    "quiet_p99_ms": p(lat, 99),
-                    "noisy_statuses": noisy,
-                }
-            )
-    ratios = [
-        noisy["quiet_p99_ms"] / idle["quiet_p99_ms"]
-        for idle, noisy in zip(phases["idle"], phases["noisy"], strict=True)
-    ]
-    return {"phases": phases, "p99_ratios": ratios}
-
-
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -380,71 +320,72 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (parts 2, 3)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per noisy phase")
+    # Well under what the node serves even on a loaded 2-core VM: above it the quiet
+    # tenant's own queue grows and p99 measures that, not the neighbour.
+    parser.add_argument("--quiet-rate", type=float, default=100, help="tenant quiet's req/s")
+    parser.add_argument(
+        "--flood-rate", type=float, default=2000, help="tenant noisy's offered req/s"
+    )
+    parser.add_argument("--flood-connections", type=int, default=32)
+    parser.add_argument("--parts", default="1,2,3", help="which parts to run, e.g. 2 or 1,3")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     report: dict[str, object] = {"cpus": os.cpu_count(), "loadavg_before": loadavg()}
     print(f"huselet bench_auth ({os.cpu_count()} CPUs, load average {loadavg()})")
-    micro = in_process(args.requests)
-    report["in_process_us"] = micro
-    print("1. admission CPU per request, in process (admit + body check):")
-    for name, us in micro.items():
-        print(f"   {name:<7} {us:7.2f} us")
-    print(f"   signed - open = {micro['signed'] - micro['open']:.2f} us (target < 20 us)")
-    print(f"   framed - open = {micro['framed'] - micro['open']:.2f} us (signed framed call)")
+    parts = set(args.parts.split(","))
+    if "1" in parts:
+        micro = in_process(args.requests)
+        report["in_process_us"] = micro
+        print("1. admission CPU per request, in process (admit + body check):")
+        for name, us in micro.items():
+            print(f"   {name:<7} {us:7.2f} us")
+        print(f"   signed - open = {micro['signed'] - micro['open']:.2f} us (target < 20 us)")
+        print(f"   framed - open = {micro['framed'] - micro['open']:.2f} us (signed framed call)")
 
     root = Path(tempfile.mkdtemp(prefix="hlbd"))
     procs = {}
     try:
-        for name in ("open", "open-b", "signed"):
+        for name in ("open", "open-b", "signed") if "2" in parts else ("signed",):
             (root / name).mkdir()
             procs[name] = start_daemon(root / name, signed=name == "signed")
         ports = {name: (proc.pid, port) for name, (proc, port) in procs.items()}
-        cpu = daemon_cpu(ports, args.requests, args.concurrency, args.rounds)
-        report["daemon"] = cpu
-        print(
-            f"2. daemon CPU per request, {args.requests} requests x {args.rounds} rounds, "
-            f"concurrency {args.concurrency}:"
-        )
-        head = ("target", "cpu us/req", "req/s", "p50 ms", "p99 ms")
-        print("   {:<9} {:>10} {:>8} {:>7} {:>7}  statuses".format(*head))
-        for name, r in cpu.items():
+        signed_proc, signed_port = procs["signed"]
+
+        def switch(auth: bool) -> None:
+            set_auth(root / "signed", signed_proc, signed_port, auth=auth)
+
+        if "2" in parts:
+            cpu = daemon_cpu(ports, args.requests, args.concurrency, args.rounds, switch)
+            report["daemon"] = cpu
             print(
-                f"   {name:<9} {r['daemon_cpu_us_per_request']:10.1f} {r['rps']:8.0f} "
-                f"{r['p50_ms']:7.3f} {r['p99_ms']:7.3f}  {r['statuses']}"
+                f"2. daemon CPU per request, {args.requests} requests x {args.rounds} rounds, "
+                f"concurrency {args.concurrency}:"
             )
-        runs = {name: r["daemon_cpu_us_runs"] for name, r in cpu.items()}
-        for label, a, b, note in (
-            ("signed - open+hdrs", "signed", "open+hdrs", "verification; target < 20 us"),
-            ("open+hdrs - open", "open+hdrs", "open", "h11 parsing the signed headers"),
-            ("signed - open", "signed", "open", "all a signed request costs"),
-            ("compact - open", "compact", "open", "all a compact signed request costs"),
-            ("open-b - open", "open-b", "open", "A/A: two daemons, same work"),
-        ):
-            med, lo, hi = paired(runs[a], runs[b])
-            report[label] = {"median": med, "min": lo, "max": hi}
-            print(f"   {label:<19} {med:6.1f} us  (rounds {lo:.1f} .. {hi:.1f}; {note})")
-        rounded = {n: [round(x, 1) for x in r] for n, r in runs.items()}
-        print(f"   runs (us/req): {rounded}")
-        rps = cpu["signed"]["rps"] / 2
-        nn = noisy_neighbour(procs["signed"][1], args.duration, rps, args.rounds)
-        report["noisy_neighbour"] = nn
-        print(
-            "3. tenant quiet (2 connections) alone, then while tenant noisy "
-            f"({FLOOD_CONNECTIONS} connections, its own process, limit 20/s) floods:"
-        )
-        for phase, results in nn["phases"].items():
-            for r in results:
+            head = ("target", "cpu us/req", "req/s", "p50 ms", "p99 ms")
+            print("   {:<11} {:>10} {:>8} {:>7} {:>7}  statuses".format(*head))
+            for name, r in cpu.items():
                 print(
-                    f"   {phase:<6} quiet p50 {r['quiet_p50_ms']:.3f} ms"
-                    f"  p99 {r['quiet_p99_ms']:.3f} ms"
-                    f"  quiet {r['quiet_statuses']}  noisy {r['noisy_statuses']}"
+                    f"   {name:<11} {r['daemon_cpu_us_per_request']:10.1f} {r['rps']:8.0f} "
+                    f"{r['p50_ms']:7.3f} {r['p99_ms']:7.3f}  {r['statuses']}"
                 )
-        ratios = nn["p99_ratios"]
-        print(
-            f"   quiet p99 noisy/idle = {statistics.median(ratios):.2f} median of "
-            f"{len(ratios)} rounds (range {min(ratios):.2f} .. {max(ratios):.2f}; "
-            "target <= 1.20)"
-        )
+            runs = {name: r["daemon_cpu_us_runs"] for name, r in cpu.items()}
+            for label, a, b, note in (
+                ("same:signed - same:open", "same:signed", "same:open", "verification; < 20 us"),
+                ("signed - open+hdrs", "signed", "open+hdrs", "verification, two daemons"),
+                ("open+hdrs - open", "open+hdrs", "open", "h11 parsing the signed headers"),
+                ("signed - open", "signed", "open", "all a signed request costs"),
+                ("compact - open", "compact", "open", "all a compact signed request costs"),
+                ("open-b - open", "open-b", "open", "A/A: two daemons, same work"),
+            ):
+                med, lo, hi = paired(runs[a], runs[b])
+                report[label] = {"median": med, "min": lo, "max": hi}
+                print(f"   {label:<23} {med:6.1f} us  (rounds {lo:.1f} .. {hi:.1f}; {note})")
+            rounded = {n: [round(x, 1) for x in r] for n, r in runs.items()}
+            print(f"   runs (us/req): {rounded}")
+        if "3" in parts:
+            nn = noisy_neighbour(signed_proc.pid, signed_port, args, args.rounds)
+            report["noisy_neighbour"] = nn
+            print_noisy(nn, args)
     finally:
         for proc, _ in procs.values():
             proc.terminate()

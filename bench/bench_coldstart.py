@@ -26,7 +26,10 @@ and measures:
 5. **numpy from a packed image** (``--numpy-starts``, 0 to skip): a function
    whose package has a ``requirements.txt`` with numpy, packed by the daemon's
    own packer (pip into the image) and served from the image through the
-   package cache, cold starts on ``process`` vs ``fork``, p50/p99 side by side.
+   package cache, cold starts on ``process`` vs ``fork``, p50/p99 side by side,
+   next to the same answer from a tiny image (no numpy): ``--numpy-rounds``
+   interleaved rounds (numpy, tiny, numpy, tiny ...), medians and each
+   round's p50. Every start is a true cold start (no pre-forked instance).
    The wheel cache persists in ``$TMPDIR/huselet-bench-wheels`` (the first run
    downloads numpy).
 
@@ -360,32 +363,66 @@ async def numpy_cold_starts(root: Path, runtime_name: str, n: int, image: Path) 
     }
 
 
-async def numpy_section(runtimes: list[str], n: int) -> None:
+TINY_HANDLER = "def handler(event, ctx):\n    return 1.5\n"
+
+
+def tiny_image(root: Path) -> Path:
+    """The same answer without numpy, packed the same way: the baseline row."""
+    from huselet.code.dependencies import DependencyOptions
+    from huselet.code.packing import build_image
+
+    src = Path(package(root, "tiny", TINY_HANDLER))
+    info = build_image(src, root, DependencyOptions(cache_dir=root / "packer"))
+    os.chmod(info.path, 0o644)
+    return info.path
+
+
+async def numpy_section(runtimes: list[str], n: int, rounds: int) -> None:
+    """numpy vs a tiny function (both packed images), per runtime, rounds interleaved."""
     root = Path(tempfile.mkdtemp(prefix="hln"))
     os.chmod(root, 0o755)
     try:
         t0 = time.perf_counter()
-        image = numpy_image(root)
+        images = {"numpy": numpy_image(root), "tiny": tiny_image(root)}
         pack_s = time.perf_counter() - t0
-        print(f"numpy image: {image.stat().st_size / 2**20:.1f} MB, packed in {pack_s:.1f}s")
-        rows = []
+        size_mb = images["numpy"].stat().st_size / 2**20
+        print(f"numpy image: {size_mb:.1f} MB, packed in {pack_s:.1f}s")
+        usable = []
         for name in runtimes:
             why = available(name)
             if why:
                 print(f"numpy on {name}: skipped ({why})")
-                continue
-            print(f"numpy on {name}: {n} cold starts ...", flush=True)
-            try:
-                rows.append((name, await numpy_cold_starts(root / name, name, n, image)))
-            except Exception as exc:
-                import traceback
-
-                traceback.print_exc()
-                print(f"numpy on {name}: failed: {type(exc).__name__}: {exc}")
-        print(f"\n{'numpy':<10} {'first':>9} {'cold p50':>9} {'p99':>9}")
-        for name, r in rows:
-            print(f"{name:<10} {r['first']:7.0f}ms {r['p50']:7.2f}ms {r['p99']:7.2f}ms")
-        print("first = install + native extraction + (fork) zygote build + start; then cold starts")
+            else:
+                usable.append(name)
+        results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        print(f"load average before: {os.getloadavg()[0]:.1f}")
+        for rnd in range(rounds):  # numpy, tiny, numpy, tiny ... per runtime, per round
+            for name in usable:
+                for label, image in images.items():
+                    print(f"round {rnd + 1}: {label} on {name}: {n} cold starts ...", flush=True)
+                    where = root / f"{name[0]}{label[0]}{rnd}"  # short: socket paths
+                    try:
+                        r = await numpy_cold_starts(where, name, n, image)
+                    except Exception as exc:
+                        print(f"{label} on {name}: failed: {type(exc).__name__}: {exc}")
+                        continue
+                    results.setdefault((label, name), []).append(r)
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
+        head = ("function", "runtime", "first", "cold p50", "(rounds)", "p99")
+        print("\n{:<8} {:<8} {:>8} {:>9} {:<22} {:>8}".format(*head))
+        for (label, name), rs in results.items():
+            p50s = sorted(r["p50"] for r in rs)
+            spread = "/".join(f"{v:.1f}" for v in p50s)
+            first = statistics.median(r["first"] for r in rs)
+            p99 = statistics.median(r["p99"] for r in rs)
+            print(
+                f"{label:<8} {name:<8} {first:6.0f}ms {statistics.median(p50s):7.2f}ms "
+                f"({spread:<20}) {p99:6.2f}ms"
+            )
+        print(
+            "first = install + native extraction + (fork) zygote build + start; then cold starts,"
+            " true cold (no pre-forked instance); medians of the rounds"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -403,6 +440,7 @@ async def main() -> None:
         "--numpy-starts", type=int, default=50, help="numpy-from-image cold starts (0: skip)"
     )
     ap.add_argument("--numpy-runtimes", default="process,fork")
+    ap.add_argument("--numpy-rounds", type=int, default=3, help="interleaved numpy/tiny rounds")
     ap.add_argument("--fastapi-runtimes", default="process,fork-bare")
     ap.add_argument("--fastapi-starts", type=int, default=50, help="0: skip the FastAPI app")
     args = ap.parse_args()
@@ -442,7 +480,7 @@ async def main() -> None:
     await fastapi_section(args.fastapi_runtimes, min(args.fastapi_starts, args.starts))
     if args.numpy_starts:
         print()
-        await numpy_section(args.numpy_runtimes.split(","), args.numpy_starts)
+        await numpy_section(args.numpy_runtimes.split(","), args.numpy_starts, args.numpy_rounds)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from huselet.central.embedded import PrivateEtcd
 from huselet.central.server import CentralScheduler, CentralSettings
 from huselet.config import FunctionSettings, SchedulerLinkSettings, TcpAddress, parse_config
 from huselet.config.trust import DeployPolicy, LinkTlsSettings
+from huselet.dispatch.functions import FunctionDeployment
 from huselet.dispatch.links import LinkServer
 from huselet.fleet.commands import CommandFailed, FleetCommands
 from huselet.fleet.link import SchedulerLink
@@ -137,8 +138,7 @@ def make_link(node_id: str, ports: list[int], **kw: Any) -> SchedulerLink:
     def commands(on_placements: Callable[[str], None]) -> FleetCommands:
         return FleetCommands(
             config,
-            scheduler,
-            links,
+            FunctionDeployment(scheduler, links),
             known_runtimes=(),
             on_placements=on_placements,
             policy=DeployPolicy(),

@@ -25,6 +25,7 @@ from load_support import (  # noqa: E402
     BackgroundLoad,
     LoadReport,
 )
+from starvation import CpuWait  # noqa: E402
 from support import write_package  # noqa: E402
 
 from huselet.admin.client import AdminClient  # noqa: E402
@@ -77,6 +78,10 @@ class Trial:
     detect_s: float | None = None
     recover_s: float | None = None
     over_s: float | None = None  # past the deadline, for stuck requests
+    # Hung requests that lost the margin to the host's scheduler (see starvation.py),
+    # and the share of the window the daemon's loop (or the load) waited for a CPU.
+    starved: int = 0
+    cpu_wait: float = 0.0
 
 
 @dataclass
@@ -91,6 +96,15 @@ class Row:
     def merged(self) -> LoadReport:
         outcomes = [o for t in self.trials for o in t.window.outcomes]
         return LoadReport(outcomes, len(outcomes))
+
+    @property
+    def starved(self) -> int:
+        return sum(t.starved for t in self.trials)
+
+    @property
+    def hung(self) -> int:
+        """Requests without a reply in time that the host's scheduler does not explain."""
+        return int(self.merged().hung) - self.starved
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -162,27 +176,36 @@ def faulted_load(
 
     ``inject`` returns (monotonic, wall) time of the fault and what it hit;
     ``measure`` gets those and the window's requests once the load is over.
+    Each trial's hung requests are checked against the CPU wait of the daemon
+    and the load (:mod:`starvation`): a starved host is not a hung daemon.
     """
     faults = []
     lead_in = 0.3
-    with BackgroundLoad(
-        d.url,
-        function,
-        rate=rate,
-        duration=lead_in + repeats * window_s,
-        timeout_s=DEADLINE_S + MARGIN_S,
-        event=LOAD_EVENT,
-    ) as load:
+    with (
+        BackgroundLoad(
+            d.url,
+            function,
+            rate=rate,
+            duration=lead_in + repeats * window_s,
+            timeout_s=DEADLINE_S + MARGIN_S,
+            event=LOAD_EVENT,
+        ) as load,
+        CpuWait(d.proc.pid, load.thread) as waits,
+    ):
         start = time.monotonic() + lead_in
         for k in range(repeats):
             time.sleep(max(0.0, start + k * window_s - time.monotonic()))
             faults.append(inject())
-    report = load.report
+        report = load.wait()
+        finished = time.monotonic()
     assert report.accounted, report.summary()
     trials = []
-    ends = [mono for mono, _, _ in faults[1:]] + [float("inf")]
+    ends = [mono for mono, _, _ in faults[1:]] + [finished]
     for (mono, wall, what), end in zip(faults, ends, strict=True):
-        trials.append(measure(mono, wall, what, report.finished_in(mono, end)))
+        trial = measure(mono, wall, what, report.finished_in(mono, end))
+        trial.starved = waits.starved(trial.window.of_kind("hung"), MARGIN_S)
+        trial.cpu_wait = waits.share(mono, end)
+        trials.append(trial)
     return trials
 
 
@@ -211,8 +234,10 @@ def print_table(rows: list[Row], baseline: LoadReport, rate: float, repeats: int
         "p99 ms",
         "no fault p99",
         "hung",
+        "starved",
+        "cpu wait %",
     )
-    fmt = "{:<11} {:>9} {:>10} {:>8} {:>9} {:>10} {:>8} {:>12} {:>5}"
+    fmt = "{:<11} {:>9} {:>10} {:>8} {:>9} {:>10} {:>8} {:>12} {:>5} {:>7} {:>10}"
     print(fmt.format(*head))
     base_failed = f"{baseline.failed_share * 100:.1f}"
     base_p99 = f"{baseline.latency_ms(99):.1f}"
@@ -228,9 +253,17 @@ def print_table(rows: list[Row], baseline: LoadReport, rate: float, repeats: int
                 base_failed,
                 f"{merged.latency_ms(99):.1f}",
                 base_p99,
-                merged.hung + merged.broken,
+                row.hung + merged.broken,
+                row.starved,
+                f"{statistics.median(t.cpu_wait for t in row.trials) * 100:.0f}",
             )
         )
+    print(
+        f"hung: no reply within deadline + {MARGIN_S:g} s (must be 0); starved: the same, but "
+        f"the daemon's loop or the load waited >= {MARGIN_S:g} s for a CPU meanwhile (the host "
+        "was overloaded: rerun on a quieter machine); cpu wait: median share of a window "
+        "the daemon's loop or the load spent waiting for a CPU"
+    )
     print(f"no fault: {baseline.summary()}")
     for row in rows:
         print(f"{row.name}: {row.merged().summary()}")

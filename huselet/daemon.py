@@ -28,6 +28,7 @@ from huselet.admin.errors import AdminCommandError
 from huselet.admin.server import AdminServer
 from huselet.code.codecache import CodeCache
 from huselet.code.codewatch import CodeWatcher
+from huselet.code.packages import REFRESH_WAIT_S
 from huselet.config import Config, FunctionSettings
 from huselet.config.limits import read_token
 from huselet.dispatch.counters import PoolCounter
@@ -45,7 +46,7 @@ from huselet.health.wiring import build_health
 from huselet.log import get_logger
 from huselet.notify import SystemdNotifier
 from huselet.observe.node import NodeObservability
-from huselet.reload import ConfigReloader
+from huselet.reload import CODE_WAIT_S, ConfigReloader
 from huselet.runtime import available_runtimes, create_runtimes
 from huselet.runtime.base import RuntimeConfigError
 from huselet.runtime.output import OUTPUT_STATS
@@ -99,6 +100,9 @@ class Daemon:
         self.dispatcher: Dispatcher = Dispatcher(
             config, self.runtimes, self.links.socket_path, code=self.cache.packages
         )
+        # The one way the node's functions change (reload, fleet commands, new code);
+        # made here because the fleet link below builds its commands at once.
+        self.functions = FunctionDeployment(self.dispatcher, self.links)
         self.admin = AdminServer(config.admin)
         # Metrics, the request story (access log, log ring) and the metrics listener.
         self.observability = NodeObservability(config, self.dispatcher)
@@ -130,15 +134,13 @@ class Daemon:
         self.framed: FramedIngress | None = None
         if config.gateway.framed is not None or config.gateway.framed_socket is not None:
             self.framed = FramedIngress(config.gateway, self.ingress.core, self.admission)
-        self.functions = FunctionDeployment(self.dispatcher, self.links)
         self.reloader = ConfigReloader(
             config,
-            self.dispatcher,
-            self.links,
+            self.functions,
             self.runtimes,
             known_runtimes=available_runtimes().keys(),
             on_applied=self._config_reloaded,
-            refresh_code=self.cache.packages.refresh,
+            code=self.cache.packages,
         )
         # New code (re-packed, image rewritten): new pools of it, the old ones finish.
         self.cache.packages.on_code_changed = self.functions.redeploy
@@ -229,9 +231,12 @@ class Daemon:
         return None if pool is None else pool.settings
 
     async def _reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        wait_s = args.get("wait_s", CODE_WAIT_S)
+        if not isinstance(wait_s, int | float) or isinstance(wait_s, bool) or not wait_s >= 0:
+            raise AdminCommandError("bad_request", "wait_s must be a number of seconds >= 0")
         self.notifier.notify(RELOADING="1", STATUS="reloading the configuration")
         try:
-            outcome = await self.reloader.reload()
+            outcome = await self.reloader.reload(min(wait_s, REFRESH_WAIT_S))
             await self.keys.reload()
             return outcome
         finally:
@@ -267,8 +272,7 @@ class Daemon:
         store_path = self.config.node.state_dir / "fleet-functions.json"
         return FleetCommands(
             self.config,
-            self.dispatcher,
-            self.links,
+            self.functions,
             known_runtimes=self.runtimes,
             on_placements=on_placements,
             store=FunctionStore(store_path) if settings.persist_functions else None,

@@ -12,7 +12,12 @@ What applies live, without dropping traffic:
 - package directories are re-packed (an unchanged tree reuses its pack) and
   image files re-read; a function whose code digest changed is redeployed:
   new requests go to new instances (and a new fork zygote) of the new code
-  while the old instances finish what they hold, then stop (``code``);
+  while the old instances finish what they hold, then stop (``code``). The
+  reload waits for re-packs at most ``wait_s`` (``huselet ctl reload``: a
+  little less than its ``--timeout``; SIGHUP: :data:`CODE_WAIT_S`), so a pack
+  that runs pip for minutes never holds the reply, the reload lock or the
+  other changes: it goes on in the background, is reported as ``packing``,
+  and its function is redeployed when it is done;
 - a function unchanged whose breaker is open → it gets its half-open trial
   now (the operator just said "fixed": don't make them wait the backoff).
 
@@ -26,16 +31,14 @@ not the file's to touch.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from huselet.config import Config, FunctionSettings, load_config
-from huselet.dispatch.dispatcher import Dispatcher
 from huselet.dispatch.functions import FunctionDeployment
-from huselet.dispatch.links import LinkServer
 from huselet.dispatch.sources import CodeSource
 from huselet.errors import ConfigError, HuseletError
 from huselet.log import get_logger
@@ -59,6 +62,7 @@ LIVE_FIELDS = frozenset(
     }
 )
 READ_TIMEOUT_S = 10.0
+CODE_WAIT_S = 3.0  # how long a reload waits for re-packed code unless told otherwise
 SECTIONS_NEEDING_RESTART = (
     *("node", "gateway", "admin", "cache", "scheduler", "runtimes", "health", "metrics", "log"),
 )
@@ -71,37 +75,45 @@ class ReloadRefused(HuseletError):
     code = "reload_refused"
 
 
+class CodeRefresher(Protocol):
+    """What a reload asks of the package cache (:class:`~huselet.code.packages.PackageManager`)."""
+
+    async def refresh(
+        self, functions: Iterable[FunctionSettings], *, wait_s: float = ...
+    ) -> set[str]: ...
+
+    def packing(self, functions: Iterable[FunctionSettings]) -> list[str]: ...
+
+
 class ConfigReloader:
     def __init__(
         self,
         config: Config,
-        dispatcher: Dispatcher,
-        links: LinkServer,
+        functions: FunctionDeployment,  # the daemon's, shared with the code watch
         runtimes: Mapping[str, Runtime],
         known_runtimes: Iterable[str],
         on_applied: Callable[[Config], None],
-        refresh_code: Callable[[Iterable[FunctionSettings]], Awaitable[set[str]]] | None = None,
+        code: CodeRefresher | None = None,
     ) -> None:
         self.config = config
-        self.dispatcher = dispatcher
-        self.links = links
-        self.functions = FunctionDeployment(dispatcher, links)
+        self.functions = functions
         self.runtimes = runtimes
         self.known_runtimes = frozenset(known_runtimes)
         self.on_applied = on_applied
         # Re-reads function code that may have changed on disk (packed directories,
-        # image files); returns the functions whose code changed. Those are
-        # redeployed by the package manager's on_code_changed, not here.
-        self.refresh_code = refresh_code
+        # image files). Functions whose code changed are redeployed by the
+        # package manager's on_code_changed, not here.
+        self.code = code
         self._lock = trio.Lock()  # one reload at a time (SIGHUP and ctl may race)
         self.reloads = 0
         self.refused = 0
         self.last: dict[str, Any] | None = None
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self, wait_s: float = CODE_WAIT_S) -> dict[str, Any]:
+        """Apply the file; wait at most ``wait_s`` for re-packed code (see the docstring)."""
         async with self._lock:
             try:
-                outcome = await self._reload()
+                outcome = await self._reload(wait_s)
             except HuseletError as exc:
                 self.refused += 1
                 self.last = {"applied": False, "error": exc.message}
@@ -112,7 +124,7 @@ class ConfigReloader:
             log.info("configuration reloaded", **outcome)
             return outcome
 
-    async def _reload(self) -> dict[str, Any]:
+    async def _reload(self, wait_s: float) -> dict[str, Any]:
         source = self.config.source
         if source is None:
             raise ReloadRefused(
@@ -152,8 +164,9 @@ class ConfigReloader:
                 if getattr(new, section) != getattr(self.config, section)
             ],
         }
-        if self.refresh_code is not None:
-            outcome["code"] = sorted(await self.refresh_code(new.functions))
+        if self.code is not None:
+            outcome["code"] = sorted(await self.code.refresh(new.functions, wait_s=wait_s))
+            outcome["packing"] = self.code.packing(new.functions)
         now = trio.current_time()
         for name in old_fns.keys() - new_fns.keys():
             self.functions.remove(name)
@@ -164,7 +177,7 @@ class ConfigReloader:
                 await self.functions.deploy(fn, CodeSource.CONFIG)
                 outcome["added"].append(name)
             elif fn == old:
-                pool = self.dispatcher.pools.get(name)
+                pool = self.functions.dispatcher.pools.get(name)
                 if pool is not None and pool.breaker.allow_trial(now):
                     outcome["trial"].append(name)
             elif _changed_fields(old, fn) <= LIVE_FIELDS:

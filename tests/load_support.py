@@ -385,6 +385,11 @@ class BackgroundLoad:
     def report(self) -> LoadReport:
         return self.wait()
 
+    @property
+    def thread(self) -> threading.Thread:
+        """The thread the load runs on (e.g. to read its scheduling stats)."""
+        return self._thread
+
     def __enter__(self) -> BackgroundLoad:
         return self.start()
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from huselet.testing.probes import require_sandbox_host, sandbox_settings
 from huselet.testing.stack import NodeStack, running_stack, write_package
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "NodeStack",
     "closed_port",
     "eventually",
+    "fork_stack",
     "free_port",
     "pid_alive",
     "running_stack",
@@ -91,3 +94,16 @@ def pid_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):  # gone, or reaped mid-read (ESRCH)
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@asynccontextmanager
+async def fork_stack(
+    root: Path, name: str, source: str, **settings: object
+) -> AsyncIterator[NodeStack]:
+    """Function ``name`` (``main.py`` = ``source``) on a fully isolated ``fork`` runtime
+    with the runtime ``settings`` added; skips the test on a host that cannot sandbox."""
+    require_sandbox_host()
+    pkg = write_package(root, name, source)
+    spec = {"name": name, "package": str(pkg), "handler": "main:handler", "runtime": "fork"}
+    async with running_stack(root, [spec], {"fork": sandbox_settings(root, **settings)}) as stack:
+        yield stack

@@ -94,6 +94,14 @@ def _debug_call(args: argparse.Namespace) -> tuple[str, Args]:
     return "debug_block_loop", {"ms": args.ms}
 
 
+def _reload_call(args: argparse.Namespace) -> tuple[str, Args]:
+    if args.what is not None:
+        raise UsageError(f"huselet ctl reload: unexpected argument {args.what!r}")
+    # The daemon waits for re-packed code a little less than we wait for it,
+    # so its answer arrives (with what is still packing) instead of a timeout.
+    return "reload", {"wait_s": max(0.0, args.timeout - 2)}
+
+
 def _prefetch_call(args: argparse.Namespace) -> tuple[str, Args]:
     if args.what is not None:
         raise UsageError(f"huselet ctl prefetch: unexpected argument {args.what!r}")
@@ -207,7 +215,7 @@ COMMANDS: tuple[AdminCommand, ...] = (
     _shown("scrub", Group.OPERATE, "verify every cached image now; quarantine bad ones",
            lambda d, a: d.cache.scrubber.scrub_now(), render_cache.render_scrub),
     _shown("reload", Group.OPERATE, "re-read the config file and apply function changes",
-           lambda d, a: d._reload(a), render.render_reload),
+           lambda d, a: d._reload(a), render.render_reload, call=_reload_call),
     # debug
     AdminCommand("debug", "fault injection: debug block-loop --ms N (needs admin.debug_commands)",
                  Group.DEBUG, render=_data(json.dumps), call=_debug_call,

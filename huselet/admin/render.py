@@ -219,6 +219,9 @@ def render_reload(data: Mapping[str, Any]) -> str:
             # "code": functions redeployed because their code digest changed.
             parts.append(f"{'new code' if key == 'code' else key}: {', '.join(names)}")
     lines = ["reloaded: " + ("; ".join(parts) if parts else "no function changed")]
+    packing = [format_cell(n) for n in data.get("packing") or []]
+    if packing:
+        lines.append(f"still packing (their new code serves once packed): {', '.join(packing)}")
     restart = [format_cell(s) for s in data.get("restart_required") or []]
     if restart:
         lines.append(f"needs a restart to apply: [{'], ['.join(restart)}]")

@@ -57,6 +57,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 ALGORITHM = "HUSELET-HMAC-SHA256"
 ALGORITHM_B = ALGORITHM.encode("ascii")
@@ -86,9 +87,12 @@ class AccessKey:
         return f"AccessKey(key_id={self.key_id!r}, secret=...)"
 
 
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """The parts of an ``Authorization: HUSELET-HMAC-SHA256 …`` header."""
+class Credentials(NamedTuple):
+    """The parts of an ``Authorization: HUSELET-HMAC-SHA256 …`` header.
+
+    A NamedTuple rather than a frozen dataclass: a node builds one per signed
+    request, and a tuple is built in C.
+    """
 
     key_id: str
     signed_headers: tuple[bytes, ...]

@@ -20,4 +20,5 @@ class PrefetchCounter(StrEnum):
 class PublishCounter(StrEnum):
     PUBLISHED = "published"
     REJECTED = "rejected"
+    RETRIED = "retried"  # a transient failure (store full, out of descriptors) tried again
     OVERFLOWS = "overflows"  # more files arrived than the watcher queues

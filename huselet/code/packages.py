@@ -64,7 +64,7 @@ log = get_logger("packages")
 
 MAX_EVENTS = 64  # recent cache events shown by `huselet ctl cache`
 REPACK_AFTER_FAILURE_S = 5.0  # a failed pack is retried by the next start after this
-REFRESH_WAIT_S = 120.0  # a reload waits this long for re-packs (pip may be running)
+REFRESH_WAIT_S = 120.0  # the longest a reload may wait for re-packs (pip may be running)
 
 
 class PackageManager(CacheBookkeeping):
@@ -281,6 +281,12 @@ class PackageManager(CacheBookkeeping):
             for event in waits:
                 await event.wait()
         return {fn.name for fn in functions if self._digest_of(fn) != before[fn.name]}
+
+    def packing(self, functions: Iterable[FunctionSettings]) -> list[str]:
+        """Those of ``functions`` whose package directory is being (re-)packed now."""
+        busy = set(self._repacking)
+        busy |= {d for d, resolved in self._dirs.items() if not resolved.ready.is_set()}
+        return sorted(fn.name for fn in functions if fn.package in busy)
 
     def _digest_of(self, fn: FunctionSettings) -> tuple[str | None, ...]:
         """The function's code as currently resolved: its digest and its layers' image digests."""

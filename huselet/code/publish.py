@@ -14,6 +14,15 @@ will tell the central scheduler). Nothing needs a restart. A bad drop is
 rejected with its reason in the log and in ``ctl cache``; the daemon carries on.
 Files stay where they were dropped: they are the origin of their images.
 
+**Transient failures** — the store is full of images in use (:class:`CacheFull`,
+``DiskFull``), a fetch kept failing transiently, the daemon is out of
+descriptors or memory for a moment (``EMFILE``, ``ENFILE``, ``ENOMEM``,
+``EAGAIN``, ``ENOSPC``) — are not the drop's fault: the entry is tried again
+after ``retry_base_s`` (doubling, at most :data:`RETRY_MAX_S`), up to
+``retries`` times, then rejected with the last reason. A drop that changes
+meanwhile starts afresh. Counted as ``retried``; logged as ``publishing failed;
+retrying``.
+
 **Outside input.** What lands here is never trusted: a symlink (to a file or
 a directory) is refused, never followed; FIFOs, sockets and devices are
 refused (never opened for reading, so never a hang); an image is hashed with
@@ -38,6 +47,7 @@ is scheduled instead, so a flood of events costs memory of neither side.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections import OrderedDict
@@ -61,7 +71,13 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from cache import format as fmt
-from cache.errors import CacheError, DigestMismatch, NotRegularFile
+from cache.errors import (
+    CacheError,
+    CacheFull,
+    DigestMismatch,
+    NotRegularFile,
+    TransientFetchError,
+)
 from cache.origin import DirectoryOrigin, Origin
 from cache.safeio import describe_mode
 from cache.validate import inspect_image
@@ -88,6 +104,11 @@ WRITE_EVENTS: list[type[FileSystemEvent]] = [
 MAX_PENDING = 4096  # names waiting to settle; beyond that, rescan later
 MAX_REMEMBERED = 4096  # names already handled, with the snapshot handled
 RESCAN_CHECK_S = 5.0  # longest sleep of the settle loop
+RETRY_MAX_S = 60.0  # longest wait before trying a transient failure again
+# OSErrors that say "not now", not "never": the host, not the drop.
+TRANSIENT_ERRNOS = frozenset(
+    {errno.EAGAIN, errno.EINTR, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC}
+)
 
 
 class PublishDirError(HuseletError):
@@ -96,6 +117,13 @@ class PublishDirError(HuseletError):
 
 def is_ignored(name: str) -> bool:
     return not name or name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether publishing may succeed later with the same drop (see the module docstring)."""
+    if isinstance(exc, CacheFull | TransientFetchError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
 
 
 class _Handler(FileSystemEventHandler):
@@ -122,12 +150,17 @@ class PublishWatcher:
         settle_s: float = 0.5,
         queue_size: int = 1024,
         fetch_timeout_s: float = 600.0,
+        retries: int = 5,
+        retry_base_s: float = 1.0,
     ) -> None:
         self.directory = directory
         self.manager = manager
         self.store = manager.store
         self.settle_s = settle_s
         self.fetch_timeout_s = fetch_timeout_s
+        self.retries = retries
+        self.retry_base_s = retry_base_s
+        self._attempts: dict[str, int] = {}  # name -> transient failures of its current drop
         self.announce: list[Callable[[str, str], None]] = []  # (digest, name) subscribers
         self._send, self._receive = trio.open_memory_channel[str](queue_size)
         self._token: trio.lowlevel.TrioToken | None = None
@@ -234,10 +267,12 @@ class PublishWatcher:
         if snapshot is None:  # gone, or nothing we handle
             self._due.pop(name, None)
             self._seen.pop(name, None)
+            self._attempts.pop(name, None)
             return
         if self._seen.get(name) != snapshot:
             # Still changing (or first look): look again after another quiet spell.
             self._seen[name] = snapshot
+            self._attempts.pop(name, None)  # a new drop: its own retries
             self._due[name] = trio.current_time() + self.settle_s
             return
         del self._due[name]
@@ -270,7 +305,9 @@ class PublishWatcher:
             digest, origin = await self._image_source(path, name)
             return await self._install(digest, origin, name)
         except (CacheError, OSError) as exc:
-            self._reject(name, str(exc))
+            if not (is_transient(exc) and self._retry_later(name, str(exc))):
+                self._attempts.pop(name, None)
+                self._reject(name, str(exc))
             return None
         except Exception as exc:
             log.exception("publishing failed unexpectedly", name=name)
@@ -299,6 +336,7 @@ class PublishWatcher:
         self.manager.remember(digest, origin, "published")
         self.manager.note("published", digest, name)
         self.counters[PublishCounter.PUBLISHED] += 1
+        self._attempts.pop(name, None)
         log.info("image published", digest=digest, name=name, already_installed=already)
         for subscriber in list(self.announce):
             try:
@@ -306,6 +344,28 @@ class PublishWatcher:
             except Exception:
                 log.exception("publish subscriber failed", digest=digest)
         return digest
+
+    def _retry_later(self, name: str, reason: str) -> bool:
+        """Look at ``name`` again after a backoff; False when its retries are spent."""
+        attempts = self._attempts.get(name, 0)
+        snapshot = self._done.get(name)
+        if attempts >= self.retries or snapshot is None or len(self._due) >= MAX_PENDING:
+            return False  # (no snapshot: handle() was called directly, not by the loop)
+        self._attempts[name] = attempts + 1
+        delay = min(self.retry_base_s * 2**attempts, RETRY_MAX_S)
+        # Unchanged by then, the next look handles it at once (no second settle).
+        del self._done[name]
+        self._seen[name] = snapshot
+        self._due[name] = trio.current_time() + delay
+        self.counters[PublishCounter.RETRIED] += 1
+        log.warning(
+            "publishing failed; retrying",
+            name=name,
+            reason=reason,
+            attempt=attempts + 1,
+            delay_s=delay,
+        )
+        return True
 
     def _reject(self, name: str, reason: str) -> None:
         self.counters[PublishCounter.REJECTED] += 1

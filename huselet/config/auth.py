@@ -35,7 +35,8 @@ class AuthSettings:
     # Tenants, access keys and per-tenant limits (0600). None: no signed requests.
     keys_file: Path | None = None
     max_skew_s: int = 300  # a signed request's timestamp may be this far off the node's clock
-    replay_cache_size: int = 100_000  # signatures remembered within the skew window
+    # Memory for the signatures seen within the skew window, per tenant (16-32 bytes each).
+    replay_cache_bytes: int = 32 << 20
     # Per source address, for unauthenticated requests and failed authentications.
     source_rate: RateLimit | None = None
     max_sources: int = 65_536  # source buckets kept (least recently used forgotten)
@@ -51,7 +52,8 @@ def parse_auth(t: ConfigTable) -> AuthSettings:
     settings = AuthSettings(
         keys_file=None if keys_file is None else keys_file.resolve(),
         max_skew_s=t.positive_int("max_skew_s", default=300),
-        replay_cache_size=t.positive_int("replay_cache_size", default=100_000, minimum=1000),
+        # A number: fractions of a MB size a test's (or a tiny node's) cache.
+        replay_cache_bytes=int(t.number("replay_cache_mb", default=32, minimum=0.01) * (1 << 20)),
         source_rate=parse_rate(t, "source_"),
         max_sources=t.positive_int("max_sources", default=65_536),
         allow_cidrs=_cidrs(t, "allow_cidrs"),
@@ -59,6 +61,11 @@ def parse_auth(t: ConfigTable) -> AuthSettings:
         keys_poll_ms=t.positive_int("keys_poll_ms", default=1000, minimum=50),
         throttle_delay_ms=t.non_negative_int("throttle_delay_ms", default=250),
     )
+    if t.optional("replay_cache_size") is not None:
+        raise ConfigError(
+            t.key("replay_cache_size"),
+            "replaced by replay_cache_mb, a bound in memory per tenant (README: Tenants)",
+        )
     t.finish()
     if settings.keys_file is not None:
         # Validated now so `huselet run --check` and a reload refuse a bad file;
@@ -95,14 +102,7 @@ def parse_rate(t: ConfigTable, prefix: str = "") -> RateLimit | None:
         if burst is not None:
             raise ConfigError(t.key(f"{prefix}burst"), f"needs {prefix}rate_per_s")
         return None
-    if not isinstance(rate, int | float) or isinstance(rate, bool) or not rate > 0:
-        raise ConfigError(
-            t.key(f"{prefix}rate_per_s"), f"expected a positive number, got {describe(rate)}"
-        )
+    rate = t.number(f"{prefix}rate_per_s", default=0.0, exclusive=True)  # present: checked
     if burst is None:
-        burst = max(1.0, float(rate))
-    elif not isinstance(burst, int) or isinstance(burst, bool) or burst < 1:
-        raise ConfigError(
-            t.key(f"{prefix}burst"), f"expected an integer ≥ 1, got {describe(burst)}"
-        )
-    return RateLimit(float(rate), float(burst))
+        return RateLimit(rate, max(1.0, rate))
+    return RateLimit(rate, float(t.positive_int(f"{prefix}burst")))  # present: checked

@@ -16,8 +16,9 @@ def parse_scheduler(st: ConfigTable, node: NodeSettings) -> SchedulerLinkSetting
     if not addresses:
         raise ConfigError(st.key("addresses"), "at least one scheduler address is required")
     labels_t = st.table("labels")
-    base_ms = st.positive_int("backoff_base_ms", default=100)
-    max_ms = st.positive_int("backoff_max_ms", default=30_000)
+    defaults = SchedulerLinkSettings
+    base_ms = st.positive_int("backoff_base_ms", default=defaults.backoff_base_ms)
+    max_ms = st.positive_int("backoff_max_ms", default=defaults.backoff_max_ms)
     if max_ms < base_ms:
         raise ConfigError(st.key("backoff_max_ms"), f"{max_ms} is below backoff_base_ms {base_ms}")
     settings = SchedulerLinkSettings(

@@ -181,7 +181,9 @@ class SchedulerLinkSettings:
     batch_delay_ms: int = 50  # bounded delay before state changes leave as one frame
     silent_heartbeats: int = 3
     backoff_base_ms: int = 100
-    backoff_max_ms: int = 30_000
+    # Also how long a node may take to notice a restarted scheduler: after an
+    # outage of any length it redials within this (see the README's [scheduler]).
+    backoff_max_ms: int = 5_000
     persist_functions: bool = True  # deployed functions survive a daemon restart
     policy: DeployPolicy = field(default_factory=DeployPolicy)
     tls: LinkTlsSettings | None = None  # None: plaintext (loopback only, unless insecure)

@@ -159,13 +159,17 @@ class ConfigTable:
             )
         return value
 
-    def number(self, name: str, *, default: float, minimum: float = 0.0) -> float:
-        """A float or an integer (TOML writes ``1`` and ``1.0`` alike) of at least ``minimum``."""
+    def number(
+        self, name: str, *, default: float, minimum: float = 0.0, exclusive: bool = False
+    ) -> float:
+        """A float or an integer (TOML writes ``1`` and ``1.0`` alike) of at least
+        ``minimum`` (above it, when ``exclusive``)."""
         value = self._get(name, default)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < minimum:
-            raise ConfigError(
-                self.key(name), f"expected a number ≥ {minimum:g}, got {describe(value)}"
-            )
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        # Written as "not in range", so NaN (which TOML can spell) is refused too.
+        if not numeric or not (value > minimum if exclusive else value >= minimum):
+            bound = f"{'>' if exclusive else '≥'} {minimum:g}"
+            raise ConfigError(self.key(name), f"expected a number {bound}, got {describe(value)}")
         return float(value)
 
     def int_list(self, name: str, *, default: list[int]) -> list[int]:

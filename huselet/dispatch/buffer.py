@@ -1,6 +1,11 @@
 """RequestBuffer: the bounded, per-function queue between ingress and instances.
 
-Instances *pull*: each instance's dispatcher awaits :meth:`RequestBuffer.get`.
+Instances *pull*: an instance with credit to spare registers a *taker*
+(:meth:`RequestBuffer.add_taker`), and :meth:`RequestBuffer.put` hands a new
+request straight to the taker that registered last (the instance that became
+idle last: :mod:`huselet.dispatch.idlestack` says why), which writes it to its instance
+there and then: no task wakes up between a request's arrival and its frame on
+the link. (:meth:`RequestBuffer.get` remains for whoever waits in a task.)
 Invocations that are already done (their caller's deadline passed, or the node
 is draining) are skipped on the way out, so a request that timed out while
 queued is never delivered afterwards.
@@ -15,6 +20,7 @@ every submit costs the same with ten requests queued or ten thousand.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import trio
 
@@ -28,8 +34,12 @@ class RequestBuffer:
         self.capacity = capacity
         self._queue: deque[Invocation] = deque()
         self._live = 0  # entries of _queue still QUEUED (the rest are done, skipped lazily)
-        # LIFO: the instance that became idle last takes the next request (warm caches).
+        # LIFO, as the takers: the task that parked last is woken first.
         self._getters = IdleStack()
+        # Instances ready to take a request now (a dict: O(1) add, remove and
+        # pop-newest): key -> the call that takes one from this queue. The one
+        # that registered last takes the next request (see _hand_over).
+        self._takers: dict[object, Callable[[], object]] = {}
 
     def __len__(self) -> int:
         """Queued entries, including done ones not yet skipped (an upper bound)."""
@@ -38,7 +48,31 @@ class RequestBuffer:
     @property
     def idle_getters(self) -> int:
         """Dispatchers parked waiting for work: instances ready to take a request now."""
-        return len(self._getters)
+        return len(self._getters) + len(self._takers)
+
+    def add_taker(self, key: object, take: Callable[[], object]) -> None:
+        """``take()`` will be called (once, then forgotten) when a request arrives.
+
+        ``take`` runs in the caller of :meth:`put` (or :meth:`requeue`): it
+        must not block, and takes the request with :meth:`get_nowait`.
+        """
+        self._takers.pop(key, None)  # re-registering makes it the newest
+        self._takers[key] = take
+
+    def remove_taker(self, key: object) -> None:
+        self._takers.pop(key, None)
+
+    def _hand_over(self) -> None:
+        # Each turn takes a request, drops a taker, or (the queue empty) ends:
+        # a taker re-registers only after taking, or when nothing is left.
+        takers = self._takers
+        while takers and self._live:
+            # LIFO: the instance that became idle last (warm caches; the
+            # others stay idle and can idle out). FIFO made a trickle of
+            # requests round-robin over every idle instance: with 2,000 idle,
+            # each request met a process long out of the CPU caches.
+            _, take = takers.popitem()
+            take()
 
     def live_count(self) -> int:
         """Requests waiting for an instance (done ones excluded); O(1)."""
@@ -67,7 +101,7 @@ class RequestBuffer:
                 )
         self._queue.append(inv)
         self._enqueued(inv)
-        self._getters.unpark()
+        self._wake()
 
     def requeue(self, inv: Invocation) -> None:
         """Put an accepted invocation back at the head (a retry): it was already
@@ -76,7 +110,13 @@ class RequestBuffer:
         inv.instance = None
         self._queue.appendleft(inv)
         self._enqueued(inv)
-        self._getters.unpark()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._takers:
+            self._hand_over()
+        if self._live:
+            self._getters.unpark()
 
     def _purge_done(self) -> None:
         self._queue = deque(inv for inv in self._queue if inv.state is InvocationState.QUEUED)
@@ -111,6 +151,19 @@ class RequestBuffer:
                 return inv
             await self._getters.park()
             parked = True
+
+    def fail_expiring(self, cutoff: float, error: HuseletError) -> int:
+        """Complete every queued invocation whose deadline is at or before ``cutoff``
+        with ``error``; return how many. O(queue): for a failed start, not per request."""
+        failed = 0
+        for inv in self._queue:
+            if (
+                inv.state is InvocationState.QUEUED
+                and inv.deadline <= cutoff
+                and inv.complete(error)
+            ):
+                failed += 1
+        return failed
 
     def fail_all(self, error: HuseletError) -> int:
         """Complete every queued invocation with ``error``; return how many."""

@@ -35,6 +35,7 @@ class PoolCounter(StrEnum):
     # Instances.
     INSTANCES_STARTED = "instances_started"  # every start is a cold start
     START_FAILURES = "start_failures"
+    START_RETRIES = "start_retries"  # a timed-out start retried for the queue (startretry)
     START_REFUSED_HOST_LIMIT = "start_refused_host_limit"  # not counted against the breaker
     INSTANCES_LOST = "instances_lost"
     INSTANCES_REAPED = "instances_reaped"

@@ -214,6 +214,27 @@ class Dispatcher:
 
         ``meta`` brings the caller's trace context and takes back the timings.
         """
+        inv = self.begin(function, event, kind, **options)
+        try:
+            await inv.wait()
+        except BaseException:
+            self.abandon(inv)  # our caller was cancelled
+            self.settle(inv, finished=False)
+            raise
+        self.settle(inv)
+        return inv.result()
+
+    def begin(
+        self, function: str, event: bytes, kind: str, **options: Unpack[InvokeOptions]
+    ) -> Invocation:
+        """Accept one invocation without waiting for it (a refusal is raised).
+
+        The caller then waits for it (:meth:`Invocation.wait`, or the callback
+        :attr:`Invocation.on_done`), calls :meth:`abandon` if it gives up, and
+        :meth:`settle` exactly once at the end; :meth:`Invocation.result` is
+        the outcome. :meth:`invoke` is these in one call; the framed ingress
+        uses them to serve many calls without a task each.
+        """
         timeout_ms = options.get("timeout_ms")
         meta = options.get("meta")
         if self.draining:
@@ -227,6 +248,8 @@ class Dispatcher:
         deadline = trio.current_time() + budget_ms / 1000
         request_id = options.get("request_id") or new_request_id()
         inv = Invocation(request_id, function, event, kind, deadline, options.get("http"))
+        inv.pool = pool
+        inv.meta = meta
         story = self.story
         if meta is not None:
             inv.trace = meta.traceparent
@@ -243,23 +266,30 @@ class Dispatcher:
             if pool.counters[PoolCounter.INSTANCES_STARTED] != starts:
                 story.cold_start(pool, inv)
         self.deadlines.watch(inv, pool)  # expires it (see _expire) unless done by then
-        try:
-            await inv.wait()
-        finally:
-            if not inv.done:
-                # Our caller was cancelled (or, the timer being late, the deadline
-                # passed): either way the invocation must not be delivered (or keep
-                # running) afterwards.
-                if trio.current_time() >= deadline:
-                    self._expire(inv, pool)
-                else:
-                    inv.complete(Unavailable("the request was abandoned"))
-                    pool.on_deadline(inv)
-            self.deadlines.forget()
-            pool.outstanding.leave()
-        if story is not None:
-            story.finished(pool, inv, meta)
-        return inv.result()
+        return inv
+
+    def abandon(self, inv: Invocation) -> None:
+        """The caller gives up on ``inv`` (e.g. cancelled): it must not be delivered
+        (or keep running) afterwards. Past its deadline (the timer late), it expired."""
+        pool = inv.pool
+        assert isinstance(pool, FunctionPool)
+        if inv.done:
+            return
+        if trio.current_time() >= inv.deadline:
+            self._expire(inv, pool)
+        else:
+            inv.complete(Unavailable("the request was abandoned"))
+            pool.on_deadline(inv)
+
+    def settle(self, inv: Invocation, *, finished: bool = True) -> None:
+        """The end of a :meth:`begin`, once ``inv`` is done; ``finished``: its caller
+        takes the outcome (False: abandoned; the request story has no end to tell)."""
+        pool = inv.pool
+        assert isinstance(pool, FunctionPool)
+        self.deadlines.forget()
+        pool.outstanding.leave()
+        if finished and self.story is not None:
+            self.story.finished(pool, inv, inv.meta)
 
     def _expire(self, inv: Invocation, pool: object) -> None:
         """``inv``'s deadline passed unanswered: fail it, stop the instance stuck on it."""

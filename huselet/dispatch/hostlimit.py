@@ -1,7 +1,7 @@
 """A start refused at the host's limit: a typed 503, a short hold, no breaker.
 
 When the runtime refuses a start because the host has no room
-(:class:`~huselet.runtime.hostlimits.HostLimitReached`: processes, memory or
+(:class:`~huselet.runtime.hostlimits.StartRefused`: processes, memory or
 descriptors), the function is not failing — the node is full. So:
 
 - the failure is counted (``start_refused_host_limit``) and logged with the
@@ -26,7 +26,7 @@ from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.reasons import StopReason
 from huselet.errors import HostLimitReached
 from huselet.log import get_logger
-from huselet.runtime.hostlimits import HostLimitReached as StartRefused
+from huselet.runtime.hostlimits import StartRefused
 
 if TYPE_CHECKING:
     from huselet.dispatch.instance import InstanceRecord

@@ -9,6 +9,7 @@ race each other.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
@@ -99,6 +100,9 @@ class Invocation:
         "http",
         "instance",
         "kind",
+        "meta",
+        "on_done",
+        "pool",
         "queued_in",
         "request_id",
         "state",
@@ -131,6 +135,12 @@ class Invocation:
         self.trace = ""  # W3C traceparent passed on to the handler ("" if none)
         self._outcome: InvokeResult | HuseletError | None = None
         self._done = trio.Event()
+        # Called (once, inside complete()) for a caller that waits without a task.
+        # It must not block nor raise: complete() runs in the middle of other
+        # work (a result being read, the deadline timer's sweep, a teardown).
+        self.on_done: Callable[[Invocation], None] | None = None
+        self.pool: object = None  # the pool it was submitted to (the dispatcher's)
+        self.meta: RequestMeta | None = None  # the caller's trace context and timings
 
     @property
     def done(self) -> bool:
@@ -145,6 +155,8 @@ class Invocation:
         self.state = InvocationState.DONE
         self._outcome = outcome
         self._done.set()
+        if self.on_done is not None:
+            self.on_done(self)
         return True
 
     @property

@@ -20,10 +20,11 @@ from huselet.dispatch.hostlimit import start_refused
 from huselet.dispatch.instance import InstanceRecord, InstanceState
 from huselet.dispatch.reasons import PLANNED_STOPS, StopReason
 from huselet.dispatch.serving import retry, serve
-from huselet.errors import HuseletError, InstanceLost, InstanceStartFailed
+from huselet.dispatch.startretry import retry_start, start_error
+from huselet.errors import HuseletError, InstanceLost
 from huselet.log import get_logger
 from huselet.runtime.base import InstanceSpec, StartFailed
-from huselet.runtime.hostlimits import HostLimitReached
+from huselet.runtime.hostlimits import StartRefused
 from protocol.errors import ProtocolError
 from protocol.link import FATAL, READY, SHUTDOWN_FRAME, Fatal, message_type
 
@@ -42,6 +43,10 @@ class _StartError(Exception):
     """An instance could not become ready; the message is caller-safe."""
 
 
+class _TimedOut(_StartError):
+    """The start ran out of ``start_timeout_ms``: may pass (see startretry)."""
+
+
 async def run_instance(pool: FunctionPool, record: InstanceRecord) -> None:
     fields = {"function": pool.name, "instance": record.id}
     try:
@@ -49,9 +54,9 @@ async def run_instance(pool: FunctionPool, record: InstanceRecord) -> None:
             try:
                 await _start(pool, record)
             except _StartError as exc:
-                _start_failed(pool, record, str(exc))
+                _start_failed(pool, record, str(exc), isinstance(exc, _TimedOut))
                 return
-            except HostLimitReached as exc:  # the node is full, the function is fine
+            except StartRefused as exc:  # the node is full, the function is fine
                 start_refused(pool, record, exc)
                 return
             record.ready_at = trio.current_time()
@@ -84,7 +89,7 @@ async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
         except HuseletError as exc:
             raise _StartError(f"its code is not available: {exc.message}") from None
     if record.code is None:
-        raise _StartError(f"its code was not available within {pool.settings.start_timeout_ms} ms")
+        raise _TimedOut(f"its code was not available within {pool.settings.start_timeout_ms} ms")
     record.marks["code"] = trio.current_time()
     spec = InstanceSpec(
         instance_id=record.id,
@@ -95,7 +100,7 @@ async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
     )
     try:
         record.handle = await pool.runtime.start(spec)
-    except HostLimitReached:
+    except StartRefused:
         raise
     except StartFailed as exc:
         raise _StartError(str(exc)) from None
@@ -119,7 +124,7 @@ async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
     if record.link is None:
         if record.exit_status is not None:
             raise _StartError(f"the worker {record.exit_status.describe()} before connecting")
-        raise _StartError(f"the worker did not connect within {pool.settings.start_timeout_ms} ms")
+        raise _TimedOut(f"the worker did not connect within {pool.settings.start_timeout_ms} ms")
     record.marks["connect"] = trio.current_time()
     try:
         with trio.move_on_at(deadline):
@@ -133,24 +138,26 @@ async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
             if kind != READY:
                 raise _StartError(f"the worker sent {kind!r} before ready")
             return
-        raise _StartError(f"the handler did not load within {pool.settings.start_timeout_ms} ms")
+        raise _TimedOut(f"the handler did not load within {pool.settings.start_timeout_ms} ms")
     except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
         raise _StartError(f"the worker broke the link protocol: {exc}") from None
 
 
-def _start_failed(pool: FunctionPool, record: InstanceRecord, reason: str) -> None:
+def _start_failed(
+    pool: FunctionPool, record: InstanceRecord, reason: str, timed_out: bool = False
+) -> None:
     pool.counters[PoolCounter.START_FAILURES] += 1
     pool.last_start_error = reason
     record.stop_reason = StopReason.START_FAILED
     log.error("instance start failed", function=pool.name, instance=record.id, reason=reason)
     if pool.observer is not None:
         pool.observer.start_failed(pool, record, reason)
+    if timed_out and retry_start(pool, record, reason):
+        return  # the queue waits for a retry (or heard why not)
     others_alive = any(r is not record for r in pool.instances.values())
     if not others_alive:
         # Nothing can serve what is queued: answer it now rather than at its deadline.
-        failed = pool.buffer.fail_all(
-            InstanceStartFailed(f"function {pool.name!r} could not start an instance: {reason}")
-        )
+        failed = pool.buffer.fail_all(start_error(pool, reason))
         pool.counters[PoolCounter.FAILED_START] += failed
     # After the queue heard the specific reason: an opening breaker fails the rest.
     pool.breaker_failure(record, f"instance start failed: {reason}")
@@ -245,6 +252,9 @@ async def _teardown(pool: FunctionPool, record: InstanceRecord) -> None:
             instance=record.id,
             reason=record.stop_text,
         )
-    # Replace it if requests are still waiting (unless it could not even start).
+    # Replace it if requests are still waiting (unless it could not even start:
+    # then only a due retry of a timed-out start does, see startretry).
     if record.stop_reason != StopReason.START_FAILED:
         pool.ensure_capacity()
+    else:
+        pool.start_retry.fire_if_due(pool)

@@ -51,6 +51,7 @@ from huselet.dispatch.links import token_matches
 from huselet.dispatch.livepids import LivePids
 from huselet.dispatch.observer import InstanceObserver
 from huselet.dispatch.reasons import StopReason
+from huselet.dispatch.startretry import StartRetry
 from huselet.errors import Draining, HuseletError, Unavailable
 from huselet.health.breaker import BreakerState, CircuitBreaker
 from huselet.log import get_logger
@@ -116,6 +117,7 @@ class FunctionPool:
         self.starts_held: str | None = None
         # Set when the runtime refused a start at a host limit (a short hold).
         self.host_limit = HostLimitHold()
+        self.start_retry = StartRetry()  # a timed-out start retried for the queue
         self.observer: InstanceObserver | None = None  # metrics of instance lives
         # Pids of its running sandboxes, kept by the lifecycle as they start and
         # end; the dispatcher hands every pool the node-wide set.

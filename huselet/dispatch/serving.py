@@ -1,7 +1,9 @@
 """Serving requests on a ready pool instance, and what happens to them afterwards.
 
 :func:`serve` runs while an instance is up: it reads the worker's frames
-(RESULT, PULL credits), sends it queued requests as credit allows, and ends
+(RESULT, PULL credits), sends it queued requests as credit allows — written
+by whoever has one to give (the reader on a PULL, or the submitter through the
+buffer's taker for an idle instance), not by a task woken for it — and ends
 the instance on idle timeout, exit or a broken link. :func:`_complete` maps a
 worker's RESULT to the caller's reply (or error), and :func:`retry` is the
 policy for requests in flight on an instance that ended. Like
@@ -12,7 +14,9 @@ module to admission and scaling.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -56,95 +60,142 @@ CONTENT_TYPES = {
 
 
 async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
-    link = record.link
-    assert link is not None
-    credit_arrived = trio.Event()
-    waiting_for_credit = False  # the serving task is parked on credit_arrived
+    if pool.single_use:
+        await _serve_single_use(pool, record)
+        return
+    wake = trio.Event()  # set when a frame's rest waits in record.unsent
 
-    async def read_frames() -> None:
-        nonlocal credit_arrived
-        while True:
-            msg = await link.receive()
-            if msg is None:
-                record.stop(StopReason.LINK_CLOSED)
-                return
-            record.last_heard = trio.current_time()
-            kind = message_type(msg)
-            if kind == RESULT:
-                _complete(pool, record, Result.decode(msg))
-            elif kind == PULL:
-                n = Pull.decode(msg).n
-                if pool.single_use and record.dispatched:
-                    continue  # a single-use instance takes exactly one request
-                record.credits += n
-                pool.spare_credits += n
-                # While the serving task waits for credit, the queue is ours to take from.
-                taken = waiting_for_credit and _dispatch_inline(pool, record)
-                if not taken or record.credits > 0 or record.unsent is not None:
-                    credit_arrived.set()
-            # Other types are ignored: a newer worker may send more.
+    def offer() -> None:
+        """The instance has credit: take a queued request, or wait as the buffer's taker.
 
-    async def watch_exit() -> None:
-        # The pidfd makes an exit visible at once, even if a leftover child
-        # keeps the socket open and no EOF ever comes.
-        assert record.handle is not None
-        record.exit_status = await record.handle.wait()
-        record.stop(StopReason.EXITED)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_guard_protocol, pool, record, read_frames)
-        nursery.start_soon(watch_exit)
-        pool.heartbeats.watch(record)  # one task per pool judges them all
-        idle_timeout = pool.settings.idle_timeout_ms / 1000
-        while True:
+        Runs in the reader (on PULL) or in whoever queues a request (the
+        buffer calls it): a request goes out without waking the serving task,
+        which is needed only for the rest of a frame that did not fit at once.
+        """
+        if _dispatch_inline(pool, record):
             if record.unsent is not None:
-                # The rest of a frame _dispatch_inline could only partly write.
-                if not await _send_frame(pool, record, record.unsent):
-                    return
-                record.unsent = None
-                record.sending = None
-                continue
-            if record.credits <= 0:
-                waiting_for_credit = True
-                try:
-                    await credit_arrived.wait()
-                finally:
-                    waiting_for_credit = False
-                credit_arrived = trio.Event()
-                continue
+                wake.set()
+            elif record.credits > 0:
+                offer()  # the instance pulled for more than one
+            return
+        if record.credits > 0 and record.sending is None and record.stop_reason is None:
             if not record.inflight:
                 record.state = InstanceState.IDLE
-            inv = pool.buffer.get_nowait()
-            if inv is None:
-                with trio.move_on_after(idle_timeout) as idle:
-                    inv = await pool.buffer.get()
-                if idle.cancelled_caught:
-                    # Count the live ones only: instances idle at once would
-                    # each see the others, already stopping, and all go.
-                    live = sum(1 for r in pool.instances.values() if r.stop_reason is None)
-                    if not record.inflight and live > pool.settings.min_instances:
-                        record.stop_reason = StopReason.IDLE
-                        record.state = InstanceState.STOPPING
-                        # Its capacity is gone now, not after the graceful stop.
-                        pool.spare_credits -= record.credits
-                        record.credits = 0
-                        pool.ensure_capacity()
-                        nursery.cancel_scope.cancel()
-                        return
-                    continue
-            if inv is None:
-                continue
-            frame = _take(pool, record, inv)
-            if not await _send_frame(pool, record, frame):
+            pool.buffer.add_taker(record, offer)
+
+    def pulled(n: int) -> None:
+        record.credits += n
+        pool.spare_credits += n
+        offer()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_guard_protocol, pool, record, pulled)
+            nursery.start_soon(_watch_exit, record)
+            pool.heartbeats.watch(record)  # one task per pool judges them all
+            idle_timeout = pool.settings.idle_timeout_ms / 1000
+            offer()
+            while True:
+                # One timer per idle period, not per request: it fires idle_timeout
+                # after the last result; if the instance served since (or must stay),
+                # it is set again from then (or from now).
+                now = trio.current_time()
+                deadline = _idle_since(record) + idle_timeout
+                if deadline <= now:
+                    deadline = now + idle_timeout
+                with trio.CancelScope(deadline=deadline) as timer:
+                    while True:
+                        await wake.wait()
+                        wake = trio.Event()
+                        if record.unsent is not None:
+                            # The rest of a frame _dispatch_inline could only partly
+                            # write. Never cut short by the timer: a frame's rest
+                            # written twice (or half) would corrupt the link.
+                            timer.deadline = math.inf
+                            if not await _send_frame(pool, record, record.unsent):
+                                return
+                            record.unsent = None
+                            record.sending = None
+                            timer.deadline = trio.current_time() + idle_timeout
+                            offer()
+                if _idled_out(pool, record, idle_timeout):
+                    nursery.cancel_scope.cancel()
+                    return
+    finally:
+        pool.buffer.remove_taker(record)
+
+
+def _idled_out(pool: FunctionPool, record: InstanceRecord, idle_timeout: float) -> bool:
+    """Stop ``record`` if it served nothing for ``idle_timeout`` and the pool can spare it."""
+    if record.inflight or record.sending is not None:
+        return False
+    # The same sum as the timer's deadline: when it fires, this holds exactly.
+    if trio.current_time() < _idle_since(record) + idle_timeout:
+        return False
+    # Count the live ones only: instances idle at once would each see the
+    # others, already stopping, and all go.
+    live = sum(1 for r in pool.instances.values() if r.stop_reason is None)
+    if live <= pool.settings.min_instances:
+        return False
+    pool.buffer.remove_taker(record)
+    record.stop_reason = StopReason.IDLE
+    record.state = InstanceState.STOPPING
+    # Its capacity is gone now, not after the graceful stop.
+    pool.spare_credits -= record.credits
+    record.credits = 0
+    pool.ensure_capacity()
+    return True
+
+
+def _idle_since(record: InstanceRecord) -> float:
+    """Its last result, or when it became ready if it has served nothing since."""
+    if record.ready_at is None:
+        return record.last_active
+    return max(record.last_active, record.ready_at)
+
+
+async def _watch_exit(record: InstanceRecord) -> None:
+    # The pidfd makes an exit visible at once, even if a leftover child
+    # keeps the socket open and no EOF ever comes.
+    assert record.handle is not None
+    record.exit_status = await record.handle.wait()
+    record.stop(StopReason.EXITED)
+
+
+async def _serve_single_use(pool: FunctionPool, record: InstanceRecord) -> None:
+    """An instance for exactly one request: its serving task waits for it and sends it."""
+    credit_arrived = trio.Event()
+
+    def pulled(n: int) -> None:
+        if not record.dispatched:  # it takes exactly one request
+            record.credits += n
+            pool.spare_credits += n
+            credit_arrived.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_guard_protocol, pool, record, pulled)
+        nursery.start_soon(_watch_exit, record)
+        pool.heartbeats.watch(record)
+        idle_timeout = pool.settings.idle_timeout_ms / 1000
+        await credit_arrived.wait()
+        record.state = InstanceState.IDLE
+        inv = None
+        while inv is None:
+            with trio.move_on_after(idle_timeout):
+                inv = await pool.buffer.get()
+            if inv is None and _idled_out(pool, record, 0.0):
+                nursery.cancel_scope.cancel()
                 return
-            record.sending = None
-            record.dispatched += 1
-            if pool.single_use:
-                # Its one request is on its way: no more capacity here, and
-                # _complete stops the instance once the result is in.
-                pool.spare_credits -= record.credits
-                record.credits = 0
-                await trio.sleep_forever()
+        frame = _take(pool, record, inv)
+        if not await _send_frame(pool, record, frame):
+            return
+        record.sending = None
+        record.dispatched += 1
+        # Its one request is on its way: no more capacity here, and
+        # _complete stops the instance once the result is in.
+        pool.spare_credits -= record.credits
+        record.credits = 0
+        await trio.sleep_forever()
 
 
 def _take(pool: FunctionPool, record: InstanceRecord, inv: Invocation) -> bytes:
@@ -189,13 +240,14 @@ def _send_failed(pool: FunctionPool, record: InstanceRecord, exc: BaseException)
 
 
 def _dispatch_inline(pool: FunctionPool, record: InstanceRecord) -> bool:
-    """Right after a PULL, hand the next queued request to ``record`` from the reader.
+    """Hand the next queued request to ``record`` now, written without waiting.
 
-    Under load a request is always waiting when a result comes in: writing it
-    from here, without waiting, saves the serving task two wake-ups per
-    request. Only while the serving task waits for credit (it then touches
-    neither the queue nor the link). True if a request was taken: written, or
-    its frame's rest left in ``record.unsent`` for the serving task to write.
+    Called on a PULL (under load a request is always waiting when a result
+    comes in) and by the buffer when a request arrives for an instance that
+    waits as its taker: no task wakes up in between. The serving task touches
+    the link only to write a frame's rest (``record.sending`` is set
+    meanwhile, and this refuses). True if a request was taken: written, or its
+    frame's rest left in ``record.unsent`` for the serving task to write.
     """
     if (
         record.credits <= 0
@@ -225,9 +277,31 @@ def _dispatch_inline(pool: FunctionPool, record: InstanceRecord) -> bool:
     return True
 
 
-async def _guard_protocol(pool: FunctionPool, record: InstanceRecord, read_frames: Any) -> None:
+async def _read_frames(
+    pool: FunctionPool, record: InstanceRecord, pulled: Callable[[int], None]
+) -> None:
+    """Read the worker's frames: results complete their requests, PULLs give credit."""
+    link = record.link
+    assert link is not None
+    while True:
+        msg = await link.receive()
+        if msg is None:
+            record.stop(StopReason.LINK_CLOSED)
+            return
+        record.last_heard = trio.current_time()
+        kind = message_type(msg)
+        if kind == RESULT:
+            _complete(pool, record, Result.decode(msg))
+        elif kind == PULL:
+            pulled(Pull.decode(msg).n)
+        # Other types are ignored: a newer worker may send more.
+
+
+async def _guard_protocol(
+    pool: FunctionPool, record: InstanceRecord, pulled: Callable[[int], None]
+) -> None:
     try:
-        await read_frames()
+        await _read_frames(pool, record, pulled)
     except trio.BrokenResourceError as exc:
         if isinstance(exc.__cause__, ConnectionResetError):
             # A worker that dies with our frames unread makes Linux reset the

@@ -30,17 +30,15 @@ them even if no scheduler is reachable at boot (static stability).
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cache.durable import write_atomically
 from huselet.config import Config, parse_function_spec
 from huselet.config.trust import DeployPolicy
-from huselet.dispatch.api import FunctionDeployer
 from huselet.dispatch.functions import FunctionDeployment
-from huselet.dispatch.links import LinkServer
 from huselet.dispatch.sources import CodeSource
 from huselet.errors import HuseletError
 from huselet.fleet.policy import check_paths, check_spec
@@ -86,13 +84,8 @@ class FunctionStore:
         return data if isinstance(data, dict) else {}
 
     def save(self, functions: dict[str, dict[str, Any]]) -> None:
-        tmp = self.path.with_suffix(".tmp")
         try:
-            with open(tmp, "w") as f:
-                json.dump(functions, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_atomically(self.path, json.dumps(functions, sort_keys=True))
         except OSError as exc:
             # Serving must not stop because the state disk is full; a restart
             # then simply waits for the scheduler to deploy again.
@@ -105,8 +98,7 @@ class FleetCommands:
     def __init__(
         self,
         config: Config,
-        dispatcher: FunctionDeployer,
-        links: LinkServer,
+        functions: FunctionDeployment,  # the daemon's, shared with the reload
         *,
         known_runtimes: Iterable[str],
         on_placements: Callable[[str], None],
@@ -119,9 +111,8 @@ class FleetCommands:
         self.policy = policy or (link.policy if link is not None else DeployPolicy())
         # Without a [scheduler] table (tests), the policy's own bound is the only one.
         self.offered_memory_mb = link.memory_mb if link is not None else 1 << 20
-        self.dispatcher = dispatcher
-        self.links = links
-        self.functions = FunctionDeployment(dispatcher, links)
+        self.dispatcher = functions.dispatcher
+        self.functions = functions
         self.known_runtimes = frozenset(known_runtimes)
         self._on_placements = on_placements
         self.store = store

@@ -236,5 +236,6 @@ class Admission:
         data = self.stats.snapshot(now, in_flight)
         data["mode"] = self.mode.value
         data["replay_cache"] = len(self._signed.replay)
+        data["replay_cache_bytes"] = self._signed.replay.nbytes
         data["sources_tracked"] = len(self._sources)
         return data

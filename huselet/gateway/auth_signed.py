@@ -43,7 +43,7 @@ from huselet.gateway.admission_types import (
     Refusals,
 )
 from huselet.tenants.keys import EMPTY_RING, KeyEntry, KeyRing, TenantSettings
-from huselet.tenants.limits import ReplayCacheFull, TenantReplayCaches
+from huselet.tenants.replay import ReplayCacheFull, TenantReplayCaches
 from huselet.tenants.stats import RefusalReason
 from protocol.ingress_signing import CANONICAL_TAG
 
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from hashlib import _Hash
 
 _SCHEME = ALGORITHM_B + b" "
+_TO_SIGN = ALGORITHM_B + b"\n"  # the string to sign starts with it
 _CONTENT_HEADER_B = CONTENT_HEADER.encode()
 _DATE_HEADER_B = DATE_HEADER.encode()
 _SHA256_HEX = re.compile(rb"[0-9a-f]{64}")
@@ -59,22 +60,34 @@ _NONCE = re.compile(r"[!-~]{1,128}")
 _BLANK = hashlib.sha256()  # copied, not constructed: cheaper per hash
 _IPAD = bytes(0x36 for _ in range(64))
 _OPAD = bytes(0x5C for _ in range(64))
-_wanted_cache: dict[tuple[bytes, ...], frozenset[bytes] | None] = {}
 
 # The check to run once the key and tenant are known (the tenant's quota).
 TenantCheck = Callable[[str], None]
 
 
-def _wanted(signed: tuple[bytes, ...]) -> frozenset[bytes] | None:
-    """The signed names as a set, or None when a required one is missing (cached)."""
-    try:
-        return _wanted_cache[signed]
-    except KeyError:
-        pass
-    wanted = frozenset(signed) if all(n in signed for n in REQUIRED_SIGNED) else None
-    if len(_wanted_cache) < 256:  # callers use a handful of header sets
-        _wanted_cache[signed] = wanted
-    return wanted
+class _Plan:
+    """What one SignedHeaders list means for verification, worked out once per list."""
+
+    __slots__ = ("names", "prefixes", "tail", "wanted")
+
+    def __init__(self, signed: tuple[bytes, ...]) -> None:
+        self.names = signed
+        # None when a required name is missing (the request is refused).
+        self.wanted = frozenset(signed) if all(n in signed for n in REQUIRED_SIGNED) else None
+        self.prefixes = tuple(name + b":" for name in signed)  # one canonical line's start each
+        self.tail = b";".join(signed)  # the canonical request's signed-names line
+
+
+_plans: dict[tuple[bytes, ...], _Plan] = {}
+
+
+def _plan(signed: tuple[bytes, ...]) -> _Plan:
+    plan = _plans.get(signed)
+    if plan is None:
+        plan = _Plan(signed)
+        if len(_plans) < 256:  # callers use a handful of header sets
+            _plans[signed] = plan
+    return plan
 
 
 def sha256_hex(data: bytes) -> bytes:
@@ -120,13 +133,13 @@ class SignatureVerifier:
         self._wall = wall_clock
         self.ring: KeyRing = EMPTY_RING
         self._macs: dict[str, tuple[KeyEntry, _Mac]] = {}
-        self.replay = TenantReplayCaches(settings.replay_cache_size)
+        self.replay = TenantReplayCaches(settings.replay_cache_bytes, settings.max_skew_s + 1)
         self._last_date, self._last_at = b"", 0.0
         self.configure(settings)
 
     def configure(self, settings: AuthSettings) -> None:
         self._skew_s = float(settings.max_skew_s)
-        self.replay.capacity = settings.replay_cache_size
+        self.replay.configure(settings.replay_cache_bytes, settings.max_skew_s + 1)
 
     def set_keys(self, ring: KeyRing) -> None:
         self.ring = ring
@@ -150,7 +163,8 @@ class SignatureVerifier:
         except SigningError as exc:
             raise self._fail(RefusalReason.MALFORMED, str(exc), peer) from None
         entry, tenant, now = self._key(creds.key_id, peer)
-        values = self._signed_values(creds, request.headers, peer, tenant.name)
+        plan = _plan(creds.signed_headers)
+        values = self._signed_values(creds, plan.wanted, request.headers, peer, tenant.name)
         date = values[_DATE_HEADER_B]
         at = self._timestamp(date, now, peer, tenant.name)
         content = values[_CONTENT_HEADER_B]
@@ -161,11 +175,13 @@ class SignatureVerifier:
                 peer,
                 tenant.name,
             )
-        # The canonical request of huselet.client.signing, in one join.
+        # The canonical request of huselet.client.signing, in one join; the
+        # "name:value" lines are built by C-level maps (no Python loop).
         parts = [request.method, request.path, canonical_query(request.query)]
-        for name in creds.signed_headers:
-            parts.append(name + b":" + values[name].strip())
-        parts += (b"", b";".join(creds.signed_headers), content)
+        parts += map(
+            bytes.__add__, plan.prefixes, map(bytes.strip, map(values.__getitem__, plan.names))
+        )
+        parts += (b"", plan.tail, content)
         self._check_signature(entry, date, b"\n".join(parts), creds.signature, peer, tenant.name)
         self._check_replay(creds.signature, at, now, tenant.name)
         return tenant, content
@@ -173,12 +189,12 @@ class SignatureVerifier:
     def _signed_values(
         self,
         creds: Credentials,
+        wanted: frozenset[bytes] | None,
         headers: Iterable[tuple[bytes, bytes]],
         peer: str,
         tenant: str,
     ) -> dict[bytes, bytes]:
         signed = creds.signed_headers
-        wanted = _wanted(signed)
         if wanted is None:
             raise self._fail(
                 RefusalReason.MALFORMED,
@@ -188,7 +204,7 @@ class SignatureVerifier:
             )
         # The compact form's parameters stand for the headers they name.
         values = dict(creds.inline)
-        if not all(name in wanted for name in values):
+        if values and not wanted.issuperset(values):
             raise self._fail(
                 RefusalReason.MALFORMED,
                 "Date, Nonce and ContentSha256 must be signed (as the headers they stand for)",
@@ -318,7 +334,7 @@ class SignatureVerifier:
         else:  # not (or no longer) the entry the MAC was made for: make it anew
             mac = _Mac(entry.secret)
             self._macs[entry.key_id] = (entry, mac)
-        to_sign = ALGORITHM_B + b"\n" + date + b"\n" + sha256_hex(canonical)
+        to_sign = _TO_SIGN + date + b"\n" + sha256_hex(canonical)
         if not hmac.compare_digest(mac.hexdigest(to_sign), sent):
             raise self._fail(
                 RefusalReason.BAD_SIGNATURE,
@@ -329,11 +345,13 @@ class SignatureVerifier:
 
     def _check_replay(self, signature: bytes, at: float, now: float, tenant: str) -> None:
         try:
-            replayed = self.replay.seen(tenant, signature, at + self._skew_s + 1, now)
+            # Keyed by the signed second: a replay carries the same timestamp.
+            replayed = self.replay.seen(tenant, signature, int(at), now)
         except ReplayCacheFull:
             raise self._refuse(
                 RefusalReason.REPLAY_CACHE_FULL,
-                "too many signed requests in the skew window; retry shortly",
+                "this tenant's replay cache (auth.replay_cache_mb) is full of signatures "
+                "still inside the skew window; retry shortly",
                 503,
                 tenant,
                 retry_after_s=1,

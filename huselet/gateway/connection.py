@@ -21,6 +21,7 @@ import trio
 from huselet.activity import ActivityCount
 from huselet.config import GatewaySettings, TcpAddress
 from huselet.errors import BadRequest, HuseletError, PayloadTooLarge
+from huselet.gateway.admission_throttle import Strikes
 from huselet.gateway.httpparse import (
     CONNECTION_CLOSED,
     END_OF_MESSAGE,
@@ -119,6 +120,7 @@ class Connection:
         "_scope",
         "_sending",
         "_stream",
+        "_strikes",
         "_warnings",
     )
 
@@ -145,6 +147,7 @@ class Connection:
         self._sending = False  # the scope's deadline is the send timeout
         self._request_id: str | None = None
         self._client_ip: str | None = None  # the peer's address, looked up once
+        self._strikes = Strikes()  # consecutive throttled replies (the ingress's tarpit)
 
     async def serve(self) -> None:
         """Serve requests until either side ends the connection, then close it."""
@@ -178,6 +181,7 @@ class Connection:
         if self._client_ip is None:
             self._client_ip = _peer(self._stream).rpartition(":")[0].strip("[]")
         head.client = self._client_ip
+        head.strikes = self._strikes
         self._request_id = head.request_id
         if not head.has_body:
             # Consume the (empty) body's end now: the request is then complete,

@@ -10,9 +10,9 @@ log, never to the caller).
 from __future__ import annotations
 
 import hmac
-from typing import Protocol, Unpack
+from typing import Protocol, Unpack, runtime_checkable
 
-from huselet.dispatch.invocation import InvokeOptions, InvokeResult
+from huselet.dispatch.invocation import Invocation, InvokeOptions, InvokeResult
 from huselet.errors import Draining, HuseletError, PayloadTooLarge, Unauthorized
 from huselet.gateway.budget import UNLIMITED, BodyBudget, tune_allocator
 from huselet.gateway.responses import InternalError
@@ -37,6 +37,25 @@ class Invoker(Protocol):
         ...
 
 
+@runtime_checkable
+class StagedInvoker(Protocol):
+    """An invoker whose invocations a caller can wait for without a task each.
+
+    (The node's :class:`~huselet.dispatch.dispatcher.Dispatcher`.) ``begin``
+    accepts one or raises the refusal; the caller learns of its end through
+    :attr:`Invocation.on_done`, calls ``abandon`` if it gives up, and
+    ``settle`` exactly once at the end.
+    """
+
+    def begin(
+        self, function: str, event: bytes, kind: str, **options: Unpack[InvokeOptions]
+    ) -> Invocation: ...
+
+    def abandon(self, inv: Invocation) -> None: ...
+
+    def settle(self, inv: Invocation, *, finished: bool = True) -> None: ...
+
+
 class InvokeCore:
     def __init__(
         self,
@@ -52,6 +71,7 @@ class InvokeCore:
         # Bodies of both front ends together (gateway.max_buffered_mb): a request
         # reserves its body before reading it and holds it until its reply.
         self.body_budget = BodyBudget(max_buffered_bytes)
+        self.staged = invoker if isinstance(invoker, StagedInvoker) else None
         tune_allocator()
 
     @property
@@ -99,15 +119,53 @@ class InvokeCore:
                 http=http,
                 meta=meta,
             )
+        except Exception as exc:
+            if isinstance(exc, HuseletError) and exc.status != 500:
+                raise
+            raise _internal(function, request_id) from None
+
+    def begin(
+        self,
+        staged: StagedInvoker,
+        function: str,
+        event: bytes,
+        kind: str,
+        *,
+        timeout_ms: int | None,
+        request_id: str,
+        meta: RequestMeta | None = None,
+    ) -> Invocation:
+        """:meth:`invoke`, split: accept the invocation now (or raise as :meth:`invoke`
+        would); its end comes through ``on_done``, then :meth:`outcome`."""
+        try:
+            return staged.begin(
+                function, event, kind, timeout_ms=timeout_ms, request_id=request_id, meta=meta
+            )
+        except Exception as exc:
+            if isinstance(exc, HuseletError) and exc.status != 500:
+                raise
+            raise _internal(function, request_id) from None
+
+    def outcome(self, inv: Invocation) -> InvokeResult:
+        """The result of a done invocation from :meth:`begin`, or its error raised
+        as :meth:`invoke` would (a daemon fault as a bare 500)."""
+        try:
+            return inv.result()
         except HuseletError as exc:
             if exc.status != 500:
                 raise
-            # A bare HuseletError (or one without a mapped status) is a daemon
-            # fault: its message is for operators, not callers.
-            log.exception("invoke failed", function=function, request_id=request_id)
+            log.error(
+                "invoke failed", function=inv.function, request_id=inv.request_id, error=str(exc)
+            )
             raise InternalError("internal error") from None
-        except Exception:
-            # Any other exception is a bug somewhere below us. Log the traceback
-            # here; the caller only learns that it happened (no paths, no frames).
-            log.exception("invoke failed", function=function, request_id=request_id)
-            raise InternalError("internal error") from None
+
+
+def _internal(function: str, request_id: str) -> InternalError:
+    """The caller's error for a daemon fault (call it while handling the exception).
+
+    A bare HuseletError (or one without a mapped status) is a daemon fault and
+    any other exception a bug below us: the traceback goes to the log, and the
+    caller only learns that it happened (no message, paths or frames).
+    """
+    log.exception("invoke failed", function=function, request_id=request_id)
+    return InternalError("internal error")

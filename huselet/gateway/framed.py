@@ -5,6 +5,11 @@ socket), speaks :mod:`protocol.ingress`, and hands every call to the same
 :class:`~huselet.gateway.core.InvokeCore` as the HTTP ingress, so admission,
 deadlines, statuses and error codes are the same.
 
+A call has no task of its own: the reader admits and submits it
+(:meth:`~huselet.dispatch.dispatcher.Dispatcher.begin`), its invocation notes
+itself done (``on_done``), and one writer task per connection turns every call
+done in a loop tick into its reply, all of them in one write.
+
 Bounds, so that no client can cost the node unbounded memory or tasks:
 
 - ``max_connections`` connections (shared with nothing: a flood of framed
@@ -27,10 +32,11 @@ from pathlib import Path
 import trio
 
 from huselet.config import AuthSettings, GatewaySettings, TcpAddress
-from huselet.dispatch.invocation import InvokeResult
+from huselet.dispatch.invocation import Invocation
 from huselet.errors import BadRequest, Draining, HuseletError, UnknownFunction
-from huselet.gateway.admission import Admission, CallRequest, Refusal
-from huselet.gateway.core import InvokeCore
+from huselet.gateway.admission import Admission, CallRequest, Refusal, Ticket
+from huselet.gateway.admission_throttle import Strikes
+from huselet.gateway.core import InvokeCore, StagedInvoker
 from huselet.gateway.counters import FramedCounter
 from huselet.gateway.routes import new_request_id
 from huselet.listen import serve_and_close
@@ -64,6 +70,9 @@ class FramedIngress:
     ) -> None:
         self.settings = settings
         self.core = core
+        if core.staged is None:
+            raise TypeError("the framed ingress needs an invoker it can stage (StagedInvoker)")
+        self.staged: StagedInvoker = core.staged
         # The HTTP ingress's admission (the daemon passes it): same sources, keys,
         # signatures, replay cache and limits for both front ends.
         self.admission = admission or Admission(AuthSettings())
@@ -134,24 +143,36 @@ class _FramedConnection:
         self._cancel = trio.CancelScope()  # replaced by the nursery's once serving
         self._slot_freed = trio.Event()
         self._told_goaway = False
-        # Replies waiting for the task that opened the batch to send them (see
-        # _send_reply); None when no batch is open. At most max_inflight frames.
-        self._batch: list[bytes] | None = None
         self.peer = _peer_ip(stream)
+        # Calls served without a task each (see _begin_call): what each holds,
+        # the finished ones and reply frames waiting for _write_replies, and
+        # the event that wakes it (replaced each time it wakes).
+        self._calls: dict[Invocation, _Held] = {}
+        self._finished: list[Invocation] = []
+        self._outbox: list[bytes] = []
+        self._replies_due = trio.Event()
+        self._reading = True
+        self._strikes = Strikes()  # throttled calls in a row: their holds grow
 
     async def serve(self) -> None:
         if not await self._handshake():
             return
-        async with trio.open_nursery() as nursery:
-            self._cancel = nursery.cancel_scope
-            try:
-                await self._read_calls(nursery)
-            except ProtocolError as exc:
-                log.info("framed client broke the protocol", error=str(exc))
-                nursery.cancel_scope.cancel()
-            except _TRANSPORT_ERRORS:
-                nursery.cancel_scope.cancel()
-            # EOF from the client: calls already sent are still answered.
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                nursery.start_soon(self._write_replies)
+                try:
+                    await self._read_calls(nursery)
+                except ProtocolError as exc:
+                    log.info("framed client broke the protocol", error=str(exc))
+                    nursery.cancel_scope.cancel()
+                except _TRANSPORT_ERRORS:
+                    nursery.cancel_scope.cancel()
+                # EOF from the client: calls already sent are still answered.
+                self._reading = False
+                self._replies_due.set()
+        finally:
+            self._drop_calls()
 
     async def _handshake(self) -> bool:
         read_timeout_s = self.settings.read_timeout_ms / 1000
@@ -215,90 +236,177 @@ class _FramedConnection:
                 continue
             if isinstance(event, Call):
                 self.ingress.counters[FramedCounter.CALLS] += 1
-                nursery.start_soon(self._serve_call, event)
+                self._begin_call(event, nursery)
             elif isinstance(event, Ping):
                 await self._send(PONG_FRAME)
                 await trio.lowlevel.checkpoint()  # a flood of pings must not hog the loop
 
-    async def _serve_call(self, call: Call) -> None:
+    def _admit(self, call: Call) -> tuple[Ticket, int]:
+        """Every check before a call is queued: its ticket and the body bytes it reserved.
+
+        As over HTTP: a name that cannot be configured is a 404 (a hostile one,
+        up to a frame long, is never echoed back); sources, signature (signed
+        mode), tenant and limits; the node-wide body budget. The HELLO's
+        token, if the node has one, was checked at the handshake.
+        """
+        if FUNCTION_NAME.fullmatch(call.fn) is None:
+            raise UnknownFunction(
+                "not a valid function name (lowercase letters, digits, - and _, at most 63)"
+            )
+        core = self.ingress.core
+        ticket = self.ingress.admission.admit_call(
+            CallRequest(call.fn, call.kind, call.timeout_ms, call.auth, self.peer, True)
+        )
+        try:
+            ticket.check_body(call.event)
+            core.check_admission(len(call.event))
+            if core.invoker.takes_http(call.fn):
+                raise BadRequest(
+                    f"function {call.fn!r} takes HTTP requests (events/app); call it over HTTP"
+                )
+            # The same node-wide body budget as HTTP bodies (gateway.max_buffered_mb).
+            return ticket, core.body_budget.reserve(len(call.event))
+        except BaseException:
+            ticket.release()
+            raise
+
+    def _begin_call(self, call: Call, nursery: trio.Nursery) -> None:
+        """Admit and submit a call, without a task of its own: its reply is written
+        by :meth:`_write_replies` once it is done (:attr:`Invocation.on_done`).
+
+        A task per call cost a spawn, a wake-up and an exit per request; here a
+        call's only work after its submission is in the batch its reply goes in.
+        """
+        core = self.ingress.core
+        staged = self.ingress.staged
         request_id = call.request_id or new_request_id()
         try:
-            if FUNCTION_NAME.fullmatch(call.fn) is None:
-                # As over HTTP: a name that cannot be configured is a 404, and
-                # a hostile one (up to a frame long) is never echoed back.
-                raise UnknownFunction(
-                    "not a valid function name (lowercase letters, digits, - and _, at most 63)"
-                )
-            # Sources, signature (signed mode), tenant and limits: as over HTTP. The
-            # HELLO's token, if the node has one, was checked at the handshake.
-            ticket = self.ingress.admission.admit_call(
-                CallRequest(call.fn, call.kind, call.timeout_ms, call.auth, self.peer, True)
-            )
+            ticket, reserved = self._admit(call)
             try:
-                ticket.check_body(call.event)
-                result = await self._invoke(call, request_id)
-            finally:
+                inv = core.begin(
+                    staged,
+                    call.fn,
+                    call.event,
+                    call.kind,
+                    timeout_ms=call.timeout_ms,
+                    request_id=request_id,
+                    meta=RequestMeta(),
+                )
+            except BaseException:
+                core.body_budget.release(reserved)
                 ticket.release()
-            reply = Reply(
-                call.id, 200, request_id, body=result.body, content_type=result.content_type
-            )
+                raise
         except Refusal as exc:
-            if exc.pause_s > 0:
-                # Throttled: hold the reply back, as over HTTP; the call keeps its
+            if exc.status == 429:
+                # Throttled: the reply is held back, growing as over HTTP
+                # (admission_throttle; no close: calls overlap). The call keeps its
                 # in-flight slot meanwhile, so a flooding connection slows itself.
-                await trio.sleep(exc.pause_s)
-            reply = _error_reply(call.id, request_id, exc)
+                due, _ = self._strikes.throttled(exc.pause_s, trio.current_time())
+                nursery.start_soon(self._refuse_later, call.id, request_id, exc, due)
+            else:
+                self._queue_reply(_error_reply(call.id, request_id, exc))
+            return
         except HuseletError as exc:
             if isinstance(exc, Draining) and not self._told_goaway:
                 self._told_goaway = True
-                await self._send(self.conn.goaway("the node is draining"))
-            reply = _error_reply(call.id, request_id, exc)
-        await self._send_reply(self.conn.reply(reply))
+                self._outbox.append(self.conn.goaway("the node is draining"))
+            self._queue_reply(_error_reply(call.id, request_id, exc))
+            return
+        self._calls[inv] = _Held(call.id, ticket, reserved)
+        inv.on_done = self._call_done
+        if inv.done:  # refused or answered while being submitted
+            self._call_done(inv)
+
+    def _call_done(self, inv: Invocation) -> None:
+        """``inv`` completed (inside Invocation.complete()): reply now, or note it down.
+
+        The only call in flight, with nothing queued or being written (a client
+        that waits for each reply): its reply is written here, which spares the
+        writer task's wake-up. Otherwise the writer batches it with the others.
+        """
+        if (
+            len(self.conn.inflight) > 1
+            or self._finished
+            or self._outbox
+            or self._send_lock.locked()
+        ):
+            self._finished.append(inv)
+            self._replies_due.set()
+            return
+        try:
+            frame = self._finish(inv)
+            sent = self._io.send_nowait(frame)
+        except OSError:
+            self._cancel.cancel()
+            return
+        except Exception:
+            # complete() runs inside other work (a link's reader, the deadline
+            # timer): a bug here must cost this connection, not that work.
+            log.exception("framed reply failed")
+            self._cancel.cancel()
+            return
+        if sent < len(frame):
+            self._outbox.append(frame[sent:])  # the writer sends the rest, waiting for room
+            self._replies_due.set()
+        elif not self._reading:
+            self._replies_due.set()  # maybe the last reply: the writer may end
         self._slot_freed.set()
 
-    async def _invoke(self, call: Call, request_id: str) -> InvokeResult:
+    def _queue_reply(self, reply: Reply) -> None:
+        self._outbox.append(self.conn.reply(reply))
+        self._replies_due.set()
+
+    async def _refuse_later(self, call_id: int, request_id: str, exc: Refusal, due: float) -> None:
+        await trio.sleep_until(due)
+        self._queue_reply(_error_reply(call_id, request_id, exc))
+
+    def _finish(self, inv: Invocation) -> bytes:
+        """The reply frame of a finished call; what the call held is given back."""
+        held = self._calls.pop(inv)
         core = self.ingress.core
-        core.check_admission(len(call.event))
-        if core.invoker.takes_http(call.fn):
-            raise BadRequest(
-                f"function {call.fn!r} takes HTTP requests (events/app); call it over HTTP"
-            )
-        # The same node-wide body budget as HTTP bodies (gateway.max_buffered_mb).
-        reserved = core.body_budget.reserve(len(call.event))
+        self.ingress.staged.settle(inv)
+        core.body_budget.release(held.reserved)
+        held.ticket.release()
         try:
-            return await core.invoke(
-                call.fn,
-                call.event,
-                call.kind,
-                timeout_ms=call.timeout_ms,
-                request_id=request_id,
-                meta=RequestMeta(),  # the request story and histograms, as over HTTP
-            )
-        finally:
-            core.body_budget.release(reserved)
+            result = core.outcome(inv)
+        except HuseletError as exc:
+            return self.conn.reply(_error_reply(held.call_id, inv.request_id, exc))
+        reply = Reply(
+            held.call_id, 200, inv.request_id, body=result.body, content_type=result.content_type
+        )
+        return self.conn.reply(reply)
 
-    async def _send_reply(self, frame: bytes) -> None:
-        """Send a reply; replies that finish in the same loop tick share one send.
+    async def _write_replies(self) -> None:
+        """Write the replies of calls served by :meth:`_begin_call`, all that are due at once.
 
-        Under pipelining several calls usually complete together (one read from
-        the link completes many): one send each is a system call each. With other
-        calls still in flight, the first reply opens a batch and yields once; the
-        replies finishing meanwhile join it and return, and it sends them all.
-        With nothing else in flight (concurrency 1) there is nothing to wait for.
+        Woken once per loop tick at most: one read from an instance link (or
+        several links read in one tick) completes several calls, and their
+        replies go out in one system call.
         """
-        batch = self._batch
-        if batch is not None:
-            batch.append(frame)  # the batch's opener sends it; it is not cancellable
-            self.ingress.counters[FramedCounter.REPLIES_BATCHED] += 1
-            return
-        if not self.conn.inflight:
-            await self._send(frame)
-            return
-        batch = self._batch = [frame]
-        # Shielded: once a reply joined the batch, only this task can still send it.
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        self._batch = None
-        await self._send(frame if len(batch) == 1 else b"".join(batch))
+        while True:
+            await self._replies_due.wait()
+            self._replies_due = trio.Event()
+            frames, self._outbox = self._outbox, []
+            finished, self._finished = self._finished, []
+            frames += [self._finish(inv) for inv in finished]
+            if frames:
+                self.ingress.counters[FramedCounter.REPLIES_BATCHED] += len(frames) - 1
+                await self._send(frames[0] if len(frames) == 1 else b"".join(frames))
+                self._slot_freed.set()
+            if not self._reading and not self.conn.inflight:
+                return  # EOF, and every call answered
+
+    def _drop_calls(self) -> None:
+        """The connection ended with calls unanswered: they must not run on for nobody."""
+        staged = self.ingress.staged
+        calls, self._calls = self._calls, {}
+        for inv, held in calls.items():
+            inv.on_done = None
+            finished = inv.done
+            staged.abandon(inv)
+            staged.settle(inv, finished=finished)
+            self.ingress.core.body_budget.release(held.reserved)
+            held.ticket.release()
 
     async def _send(self, data: bytes) -> None:
         """Write one frame; a client that does not read within the timeout is dropped."""
@@ -328,6 +436,17 @@ class _FramedConnection:
                 self._cancel.cancel()
         finally:
             lock.release()
+
+
+class _Held:
+    """What a call served without a task holds until its reply."""
+
+    __slots__ = ("call_id", "reserved", "ticket")
+
+    def __init__(self, call_id: int, ticket: Ticket, reserved: int) -> None:
+        self.call_id = call_id
+        self.ticket = ticket
+        self.reserved = reserved
 
 
 def _error_reply(call_id: int, request_id: str, exc: HuseletError) -> Reply:

@@ -13,6 +13,7 @@ and every error, typed or not, becomes a JSON reply. Nothing a client does
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 
 import trio
 
@@ -21,6 +22,7 @@ from huselet.config import AuthSettings, GatewaySettings, TcpAddress
 from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import BadRequest, HuseletError, Unauthorized
 from huselet.gateway.admission import Admission, AdmissionRequest, AuthMode, Refusal
+from huselet.gateway.admission_throttle import Strikes
 from huselet.gateway.connection import (
     LINGER_S,
     TRANSPORT_ERRORS,
@@ -207,11 +209,17 @@ class HttpIngress:
                     check_plain_invoke(head.method, route)
                 reply = await self._invoke(route, head, read_body, takes_http, meta)
         except Refusal as exc:
-            if exc.pause_s > 0:
-                # Throttled: hold the 429 back (bounded by auth.throttle_delay_ms) so a
-                # client retrying in a loop cannot keep the event loop busy refusing it.
-                await trio.sleep(exc.pause_s)
             reply = error_reply(exc)
+            if exc.status == 429:
+                # Throttled: the tarpit (admission_throttle) holds the 429 back, longer
+                # for each in a row on this connection, then closes it, so a client
+                # retrying in a loop cannot keep the event loop busy refusing it.
+                strikes = head.strikes if head.strikes is not None else Strikes()
+                due, close = strikes.throttled(exc.pause_s, started)
+                if due > started:
+                    await trio.sleep_until(due)
+                if close:
+                    reply = replace(reply, close=True)
         except HuseletError as exc:
             reply = error_reply(exc)
         extra = meta.headers(trio.current_time() - started)

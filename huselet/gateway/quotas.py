@@ -68,7 +68,7 @@ class Quotas:
         """
         limits = self.tenants.get(tenant)
         if limits is not None:
-            self._check(limits, self._clock(), tenant, f"tenant {tenant}", _TENANT_LIMITS)
+            self._check(limits, self._clock(), tenant, "tenant", tenant, _TENANT_LIMITS)
 
     def take(
         self, function: str, fn: FunctionPolicy | None, tenant: str | None
@@ -85,9 +85,9 @@ class Quotas:
         elif function in self._functions:
             del self._functions[function]  # its limits were removed
         if tenant_limits is not None:
-            self._check(tenant_limits, now, tenant, f"tenant {tenant}", _TENANT_LIMITS)
+            self._check(tenant_limits, now, tenant, "tenant", tenant, _TENANT_LIMITS)
         if fn_limits is not None:
-            self._check(fn_limits, now, tenant, f"function {function}", _FUNCTION_LIMITS)
+            self._check(fn_limits, now, tenant, "function", function, _FUNCTION_LIMITS)
         gates: list[Gate] = []
         for limits in (tenant_limits, fn_limits):
             if limits is not None:
@@ -102,14 +102,17 @@ class Quotas:
         limits: Limited,
         now: float,
         tenant: str | None,
-        what: str,
+        kind: str,
+        name: str | None,
         reasons: tuple[RefusalReason, RefusalReason],
     ) -> None:
+        # The messages are built only for a refusal (and are the same for every
+        # refusal of one limit, so the reply body is rendered once: responses.py).
         bucket = limits.bucket
         if bucket is not None and not bucket.ready(now):
             raise self._refuse(
                 reasons[0],
-                f"{what} is over its rate of {bucket.rate:g} requests/s "
+                f"{kind} {name} is over its rate of {bucket.rate:g} requests/s "
                 f"(burst {bucket.burst:g}); limit {reasons[0].value}",
                 429,
                 tenant,
@@ -118,7 +121,7 @@ class Quotas:
         if not limits.gate.has_room():
             raise self._refuse(
                 reasons[1],
-                f"{what} has {limits.gate.limit} requests in flight, its limit; "
+                f"{kind} {name} has {limits.gate.limit} requests in flight, its limit; "
                 f"limit {reasons[1].value}",
                 429,
                 tenant,

@@ -95,14 +95,15 @@ HEALTH_DRAINING = Reply(503, b'{"status":"draining"}')
 
 def error_reply(exc: HuseletError) -> Reply:
     """The JSON error reply for ``exc``: its status, code, message and hint headers."""
-    error: dict[str, str] = {"code": exc.code, "message": exc.message}
-    if isinstance(exc, HandlerError):
-        error["type"] = exc.error_type
     refusal = exc if isinstance(exc, Refusal) else None
     if refusal is not None:
-        error["reason"] = refusal.reason.value  # which check or limit refused it
-    # ensure_ascii (the default) keeps the encode below total even for lone surrogates.
-    body = json.dumps({"error": error}, separators=(",", ":")).encode("ascii")
+        # A flood of refusals repeats a handful of bodies: rendered once each.
+        body = _refusal_body(exc.code, exc.message, refusal.reason.value)
+    else:
+        error: dict[str, str] = {"code": exc.code, "message": exc.message}
+        if isinstance(exc, HandlerError):
+            error["type"] = exc.error_type
+        body = _json_body(error)
     headers: list[tuple[bytes, bytes]] = []
     if exc.retry_after_s is not None:
         headers.append((b"Retry-After", b"%d" % max(0, int(exc.retry_after_s))))
@@ -116,6 +117,17 @@ def error_reply(exc: HuseletError) -> Reply:
     # would be parsed as the next request, so the connection cannot be reused.
     close = isinstance(exc, PayloadTooLarge | HeadersTooLarge)
     return Reply(exc.status, body, JSON, tuple(headers), close=close)
+
+
+def _json_body(error: dict[str, str]) -> bytes:
+    # ensure_ascii (the default) keeps the encode total even for lone surrogates.
+    return json.dumps({"error": error}, separators=(",", ":")).encode("ascii")
+
+
+@lru_cache(maxsize=256)
+def _refusal_body(code: str, message: str, reason: str) -> bytes:
+    """An admission refusal's body; ``reason`` names the check or limit that refused it."""
+    return _json_body({"code": code, "message": message, "reason": reason})
 
 
 @lru_cache(maxsize=256)

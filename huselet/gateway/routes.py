@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from huselet.errors import BadRequest, Unauthorized, UnknownFunction
+from huselet.gateway.admission_throttle import Strikes
 from huselet.gateway.httpparse import RequestHead as ParsedHead
 from huselet.gateway.responses import MethodNotAllowed, NotFound
 from huselet.observe.ids import new_request_id as new_request_id  # re-exported
@@ -92,6 +93,8 @@ class RequestHead:
     # functions get them forwarded.
     headers: Sequence[tuple[bytes, bytes]] = ()
     client: str = ""  # the peer's IP address, set by the connection
+    # The connection's consecutive throttled replies (admission_throttle), set by it.
+    strikes: Strikes | None = None
     traceparent: bytes | None = None  # W3C trace context, validated where it is used
 
     @property

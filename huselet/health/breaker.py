@@ -69,6 +69,10 @@ class CircuitBreaker:
         self._open_until = now
         return True
 
+    def recent_failures(self, now: float) -> int:
+        """Failures counted since the last success, within ``window_s`` of ``now``."""
+        return sum(1 for t in self._failures if t > now - self.settings.window_s)
+
     def record_success(self, now: float) -> None:
         if self.state is not BreakerState.CLOSED:
             self.state = BreakerState.CLOSED

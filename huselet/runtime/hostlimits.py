@@ -4,7 +4,7 @@ When the host (or a limit the operator set for it) has no room for another
 process — ``clone`` fails with ``EAGAIN`` (RLIMIT_NPROC of the function's
 uid, a cgroup's ``pids.max``, ``kernel.threads-max``), ``ENOMEM``, or the
 daemon runs out of descriptors (``EMFILE``/``ENFILE``) — the start is
-refused with :class:`HostLimitReached`. The pool answers that with a 503
+refused with :class:`StartRefused`. The pool answers that with a 503
 naming the limit and holds new starts of the function for a moment
 (:mod:`huselet.dispatch.hostlimit`); it does not count it against the
 function's circuit breaker, whose job is code that keeps failing.
@@ -38,8 +38,11 @@ _WHAT = {
 }
 
 
-class HostLimitReached(StartFailed):
-    """A start refused because a host limit is reached (not the function's fault)."""
+class StartRefused(StartFailed):
+    """A start refused because a host limit is reached (not the function's fault).
+
+    The runtime's side; callers get :class:`huselet.errors.HostLimitReached` (503).
+    """
 
     def __init__(self, limit: HostLimit, detail: str) -> None:
         super().__init__(f"{_WHAT[limit]} ({detail})")
@@ -55,5 +58,5 @@ def start_failure(what: str, code: int | None, detail: str) -> StartFailed:
     """The error for a failed start step: typed when a host limit caused it."""
     limit = limit_of(code)
     if limit is not None:
-        return HostLimitReached(limit, f"{what}: {detail}")
+        return StartRefused(limit, f"{what}: {detail}")
     return StartFailed(f"{what}: {detail}")

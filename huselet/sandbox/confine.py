@@ -137,29 +137,67 @@ def _instance_filter() -> linux.SeccompProgram:
     return _instance_program
 
 
+class InstanceConfinement:
+    """:func:`confine_instance`, prepared once in the zygote and applied in each instance.
+
+    Every path, map, flag and ctypes argument is built here, so an instance's
+    confinement is one loop of system calls: the Python objects a freshly
+    cloned child touches are the pages it copies (bench_density: PSS per idle
+    instance).
+    """
+
+    def __init__(self, plan: SandboxPlan, keep_in_tmp: list[str]) -> None:
+        # (what failed, call, arguments, a failure that may be ignored)
+        steps: list[tuple[str, Any, tuple[Any, ...], bool]] = []
+        if plan.isolate and plan.userns:
+            # Not os.getuid(): inside the new user namespace it reads 65534 until mapped.
+            uid = plan.uid if plan.uid is not None else os.geteuid()
+            gid = plan.gid if plan.gid is not None else os.getegid()
+            for name, data in (
+                ("setgroups", "deny"),
+                ("uid_map", f"{uid} {uid} 1"),
+                ("gid_map", f"{gid} {gid} 1"),
+            ):
+                path = f"/proc/self/{name}".encode()
+                steps.append((f"id maps: {name}", _write_file, (path, data.encode()), False))
+            for what, call, args in rootfs.private_tmp_steps(plan.tmp_size_mb, keep_in_tmp):
+                steps.append((what, call, args, False))
+            proc_flags = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+            proc = linux.prepared_mount("proc", "/proc", "proc", proc_flags)
+            steps.append(("proc", proc, (), False))
+            # As linux.drop_capabilities: kernels before 4.3 have no ambient set.
+            ambient = linux.prepared_prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
+            steps.append(("capabilities", ambient, (), True))
+            steps.append(("capabilities", linux.prepared_capset_empty(), (), False))
+        for which, value in _rlimits(plan, address_space=plan.address_space_bytes):
+            steps.append((f"rlimit {which}", resource.setrlimit, (which, (value, value)), False))
+        if plan.isolate and plan.seccomp:
+            steps.append(("seccomp", _instance_filter().install, (), False))
+        self.steps = tuple(steps)
+
+    def apply(self) -> None:
+        for what, call, args, optional in self.steps:
+            try:
+                call(*args)
+            except OSError as exc:
+                if not optional:
+                    raise SandboxError(f"{what}: {exc}") from None
+
+
+def _write_file(path: bytes, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def confine_instance(plan: SandboxPlan, keep_in_tmp: list[str]) -> None:
     """Confine a freshly cloned instance, before it runs any request."""
-    if plan.isolate and plan.userns:
-        # Not os.getuid(): inside the new user namespace it reads 65534 until mapped.
-        uid = plan.uid if plan.uid is not None else os.geteuid()
-        gid = plan.gid if plan.gid is not None else os.getegid()
-        _step("id maps", linux.write_id_maps, uid, gid)
-        _step("tmp", rootfs.private_tmp, plan.tmp_size_mb, keep_in_tmp)
-        _step(
-            "proc",
-            linux.mount,
-            "proc",
-            "/proc",
-            "proc",
-            linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
-        )
-        _step("capabilities", linux.drop_capabilities)
-    _set_rlimits(plan, address_space=plan.address_space_bytes)
-    if plan.isolate and plan.seccomp:
-        _step("seccomp", _instance_filter().install)
+    InstanceConfinement(plan, keep_in_tmp).apply()
 
 
-def _set_rlimits(plan: SandboxPlan, *, address_space: int | None) -> None:
+def _rlimits(plan: SandboxPlan, *, address_space: int | None) -> list[tuple[int, int]]:
     limits = [(resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, plan.nofile)]
     if plan.isolate:
         # Counted per uid (all of this function's processes): a backstop; the
@@ -167,5 +205,9 @@ def _set_rlimits(plan: SandboxPlan, *, address_space: int | None) -> None:
         limits.append((resource.RLIMIT_NPROC, plan.nproc))
     if address_space:
         limits.append((resource.RLIMIT_AS, address_space))
-    for which, value in limits:
+    return limits
+
+
+def _set_rlimits(plan: SandboxPlan, *, address_space: int | None) -> None:
+    for which, value in _rlimits(plan, address_space=address_space):
         _step(f"rlimit {which}", resource.setrlimit, which, (value, value))

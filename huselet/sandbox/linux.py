@@ -13,6 +13,7 @@ import os
 import platform
 import socket
 import struct
+from typing import Any
 
 _libc = ctypes.CDLL(None, use_errno=True)
 # PyDLL keeps the GIL held across the call: required for clone(), which must
@@ -192,55 +193,92 @@ class SeccompProgram:
             raise _fail("seccomp filter")
 
 
+class PreparedCall:
+    """A libc call whose arguments are converted once, in the zygote.
+
+    A forked instance that makes it then builds no ctypes objects and runs no
+    conversion code: each object it touches is a page it copies.
+    A negative result raises :class:`OSError` naming ``what``.
+    """
+
+    def __init__(self, what: str, fn: Any, *args: Any) -> None:
+        self.what = what
+        self._fn = fn
+        self._args = args
+
+    def __call__(self) -> int:
+        result: int = self._fn(*self._args)
+        if result < 0:
+            raise _fail(self.what)
+        return result
+
+
+def prepared_mount(
+    source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None
+) -> PreparedCall:
+    args = (_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
+    return PreparedCall(f"mount {fstype or source or ''} on {target}", _libc.mount, *args)
+
+
+def prepared_prctl(option: int, arg2: int = 0) -> PreparedCall:
+    zero = ctypes.c_ulong(0)
+    args = (ctypes.c_int(option), ctypes.c_ulong(arg2), zero, zero, zero)
+    return PreparedCall(f"prctl({option})", _libc.prctl, *args)
+
+
+def prepared_capset_empty() -> PreparedCall:
+    """capset(2) emptying every set (see :func:`drop_capabilities`)."""
+    return PreparedCall("capset", _syscall, ctypes.c_long(SYS_CAPSET), _CAP_HEADER, _CAP_ZERO)
+
+
 def install_seccomp(program: bytes) -> None:
     SeccompProgram(program).install()
 
 
-def clone_process(flags: int) -> int:
-    """fork() with clone flags: returns 0 in the child, the child's pid in the parent.
+class Cloner:
+    """fork() with fixed clone flags: call it to get 0 in the child, the child's pid in the parent.
 
     Runs Python's own fork bookkeeping around the raw syscall (the same calls
     ``os.fork()`` makes), so at-fork hooks — random reseeding, lock resets —
     run in the child. The caller must be single-threaded, as for any fork.
+
+    Everything a call needs is built once, here: a zygote that forks many
+    instances then writes as few pages as possible between two clones (every
+    page it writes after a clone stays behind, a private copy, in the child
+    before it), and the child allocates nothing on its way out of the call.
     """
-    api = ctypes.pythonapi
-    api.PyOS_BeforeFork()
-    pid = _syscall_gil(
-        ctypes.c_long(SYS_CLONE),
-        ctypes.c_ulong(flags | 17),  # 17: SIGCHLD to the parent on exit
-        ctypes.c_void_p(0),
-        ctypes.c_void_p(0),
-        ctypes.c_void_p(0),
-        ctypes.c_ulong(0),
-    )
-    if pid == 0:
-        api.PyOS_AfterFork_Child()
-        return 0
-    err = ctypes.get_errno()
-    api.PyOS_AfterFork_Parent()
-    if pid < 0:
-        raise OSError(err, f"clone({flags:#x}): {os.strerror(err)}")
-    return int(pid)
+
+    def __init__(self, flags: int) -> None:
+        self.flags = flags
+        api = ctypes.pythonapi
+        self._before = api.PyOS_BeforeFork
+        self._child = api.PyOS_AfterFork_Child
+        self._parent = api.PyOS_AfterFork_Parent
+        self._args = (
+            ctypes.c_long(SYS_CLONE),
+            ctypes.c_ulong(flags | 17),  # 17: SIGCHLD to the parent on exit
+            ctypes.c_void_p(0),
+            ctypes.c_void_p(0),
+            ctypes.c_void_p(0),
+            ctypes.c_ulong(0),
+        )
+
+    def __call__(self) -> int:
+        self._before()
+        pid: int = _syscall_gil(*self._args)
+        if pid == 0:
+            self._child()
+            return 0
+        err = ctypes.get_errno()
+        self._parent()
+        if pid < 0:
+            raise OSError(err, f"clone({self.flags:#x}): {os.strerror(err)}")
+        return pid
 
 
-def write_id_maps(uid: int, gid: int, pid: str = "self") -> None:
-    """Map ``uid``/``gid`` onto themselves in a fresh user namespace.
-
-    The only mapping an unprivileged process may write: its own ids. Writing
-    "deny" to setgroups first is what the kernel requires for the gid map.
-    """
-    for name, data in (
-        ("setgroups", "deny"),
-        ("uid_map", f"{uid} {uid} 1"),
-        ("gid_map", f"{gid} {gid} 1"),
-    ):
-        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, data.encode())
-        except OSError as exc:
-            raise OSError(exc.errno, f"{name}: {exc.strerror}") from None
-        finally:
-            os.close(fd)
+def clone_process(flags: int) -> int:
+    """One fork with clone ``flags`` (see :class:`Cloner`, for many forks with the same flags)."""
+    return Cloner(flags)()
 
 
 def loopback_up() -> None:

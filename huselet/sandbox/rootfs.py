@@ -24,6 +24,7 @@ import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from huselet.sandbox import linux
 
@@ -182,24 +183,51 @@ def build(staging: str, binds: list[Bind], *, tmp_size_mb: int = 16) -> None:
 
 
 def private_tmp(size_mb: int, keep: list[str]) -> None:
-    """Mount a fresh /tmp (in an instance's own mount namespace), keeping ``keep`` visible.
+    """Mount a fresh /tmp (in an instance's own mount namespace), keeping ``keep`` visible."""
+    for _what, call, args in private_tmp_steps(size_mb, keep):
+        call(*args)
+
+
+def private_tmp_steps(size_mb: int, keep: list[str]) -> list[tuple[str, Any, tuple[Any, ...]]]:
+    """:func:`private_tmp` as calls with their arguments ready (built once, in the zygote).
 
     The new tmpfs is filled at a scratch mount point first — bind mounts of
     the kept paths, still read-only — and then moved over /tmp in one step.
+    Whether a kept path is a directory is decided here: the zygote sees the
+    same tree its instances will.
     """
     flags = linux.MS_NOSUID | linux.MS_NODEV
     data = f"mode=1777,size={size_mb}m"
     if not keep:
-        linux.mount("tmpfs", TMP, "tmpfs", flags, data)
-        return
-    linux.mount("tmpfs", SCRATCH, "tmpfs", flags, data)
+        return [("tmp", linux.prepared_mount("tmpfs", TMP, "tmpfs", flags, data), ())]
+    steps: list[tuple[str, Any, tuple[Any, ...]]] = [
+        ("tmp", linux.prepared_mount("tmpfs", SCRATCH, "tmpfs", flags, data), ())
+    ]
+    made: set[str] = set()
     for path in sorted(keep, key=len):
         target = SCRATCH + path[len(TMP) :]
-        if os.path.isdir(path):
-            _mkdirs(target)
-        else:
-            _mkdirs(os.path.dirname(target))
-            with open(target, "w"):
-                pass
-        linux.mount(path, target, None, linux.MS_BIND | linux.MS_REC)
-    linux.mount(SCRATCH, TMP, None, linux.MS_MOVE)
+        is_dir = os.path.isdir(path)
+        parent = target if is_dir else os.path.dirname(target)
+        parts = parent[len(SCRATCH) :].split("/")
+        for depth in range(2, len(parts) + 1):  # parts[0] is "": SCRATCH itself exists
+            directory = SCRATCH + "/".join(parts[:depth])
+            if directory not in made:
+                made.add(directory)
+                steps.append((f"tmp: {directory}", _ensure_dir, (os.fsencode(directory),)))
+        if not is_dir:
+            steps.append((f"tmp: {target}", _touch, (os.fsencode(target),)))
+        bind = linux.prepared_mount(path, target, None, linux.MS_BIND | linux.MS_REC)
+        steps.append((f"tmp: {path}", bind, ()))
+    steps.append(("tmp", linux.prepared_mount(SCRATCH, TMP, None, linux.MS_MOVE), ()))
+    return steps
+
+
+def _ensure_dir(path: bytes) -> None:
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass  # inside a kept directory bound above: it is there already
+
+
+def _touch(path: bytes) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))

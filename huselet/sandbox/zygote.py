@@ -23,14 +23,8 @@ instance's cgroup for the moment of the clone, so the child is *born* there —
 its page tables, kernel stack and every page it copies count against its own
 limit, never the zygote's (v1 can no longer move charges afterwards).
 
-What the child does (:func:`_instance_main`): put the link on fd 3 and the
-output pipe on 1/2, close every other descriptor (the control socket and
-anything the function's init code opened), reset changed signal handlers,
-start a new session, confine itself and serve. ``random`` needs no reseed
-here: if init code imported it, its own at-fork hook reseeds it in every
-child (the clone runs Python's after-fork hooks); if not, it is seeded when
-first imported. (Importing it here only to reseed would cost every instance
-a second seeding and the module's pages.)
+What the child does, and why it is written to touch few pages:
+:mod:`huselet.sandbox.instance`.
 """
 
 from __future__ import annotations
@@ -38,21 +32,16 @@ from __future__ import annotations
 import array
 import gc
 import os
-import signal
 import socket
 import sys
 import traceback
-from typing import Any, NoReturn
+from typing import Any
 
 from huselet.sandbox import linux
-from huselet.sandbox.confine import (
-    SandboxError,
-    SandboxPlan,
-    confine_instance,
-    enter_function_sandbox,
-)
+from huselet.sandbox.confine import SandboxError, SandboxPlan, enter_function_sandbox
+from huselet.sandbox.instance import InstanceSetup, instance_main
 from huselet.sandbox.rehearse import rehearse
-from huselet.worker import sdk
+from huselet.worker import output, sdk
 from protocol.frames import FrameDecoder, encode_frame
 
 MAX_PACKET = 256 * 1024
@@ -60,9 +49,6 @@ MAX_FDS = 8
 CONFIG_TIMEOUT_S = 30.0
 EXIT_CONFIG = 2
 EXIT_FATAL = 3
-EXIT_INSTANCE_SETUP = 70
-LINK_FD = 3
-_SIGNALS: list[tuple[int, Any]] | None = None
 
 
 def send(ctl: socket.socket, msg: dict[str, Any]) -> None:
@@ -93,103 +79,8 @@ def _close_all(fds: list[int]) -> None:
             pass
 
 
-# The dispositions a freshly exec'd Python starts with: SIGINT raises
-# KeyboardInterrupt, SIGPIPE and SIGXFSZ are ignored (errors surface as
-# exceptions), everything else is the default.
-_FRESH = {
-    signal.SIGINT: signal.default_int_handler,
-    signal.SIGPIPE: signal.SIG_IGN,
-    signal.SIGXFSZ: signal.SIG_IGN,
-}
-
-
-def signals_to_reset() -> list[tuple[int, Any]]:
-    """Signals whose disposition differs from a fresh interpreter's (found once, in the zygote).
-
-    Resetting all ~64 in every child costs ~0.4 ms; usually this list is empty.
-    """
-    changed: list[tuple[int, Any]] = []
-    for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        want = _FRESH.get(sig, signal.SIG_DFL)
-        try:
-            if signal.getsignal(sig) is not want:
-                changed.append((sig, want))
-        except (OSError, ValueError):
-            pass
-    return changed
-
-
-def _reset_signals(changed: list[tuple[int, Any]]) -> None:
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    for sig, want in changed:
-        try:
-            signal.signal(sig, want)
-        except (OSError, ValueError):
-            pass
-    if os.getpid() == 1:
-        # PID 1 of a namespace ignores signals it has no handler for, even
-        # from outside: without this, terminate() would be a no-op.
-        signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
-
-
-def _instance_main(
-    plan: SandboxPlan,
-    keep_in_tmp: list[str],
-    handler: Any,
-    msg: dict[str, Any],
-    fds: list[int],
-    ctl: socket.socket,
-) -> NoReturn:
-    code = EXIT_INSTANCE_SETUP
-    try:
-        link_fd, out_fd = fds[:2]
-        ctl.detach()  # its number is closed below; the object must not close a reused fd later
-        os.dup2(out_fd, 1)
-        os.dup2(out_fd, 2)
-        if link_fd != LINK_FD:
-            os.dup2(link_fd, LINK_FD)
-        os.closerange(LINK_FD + 1, 1 << 20)  # close_range(2): the control socket, init code's files
-        _reset_signals(signals_to_reset() if _SIGNALS is None else _SIGNALS)
-        os.setsid()
-        confine_instance(plan, keep_in_tmp)
-        os.environ["HUSELET_INSTANCE_ID"] = msg["id"]
-        for key, value in msg.get("env", {}).items():
-            os.environ[key] = value
-        gc.enable()
-        # Our parent is the daemon (CLONE_PARENT). Had it died already, the link
-        # would be closed: serve() ends at once.
-        linux.set_pdeathsig(signal.SIGKILL)
-        link = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=LINK_FD)
-        # No link-watcher thread: the daemon is this process's parent (CLONE_PARENT)
-        # and kills it whenever it drops it, and its death kills it (the death
-        # signal above). A second thread would cost every idle instance its stack,
-        # thread state and a malloc arena, and a second task against the uid's
-        # RLIMIT_NPROC (pids) — half as many instances per function.
-        code = sdk.serve(
-            link,
-            msg["id"],
-            msg["token"],
-            plan.package,
-            plan.handler,
-            handler=handler,
-            watch_hangup=False,
-        )
-    except SandboxError as exc:
-        print(f"huselet instance: sandbox setup failed: {exc}", file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
-
-
-def serve_forks(ctl: socket.socket, plan: SandboxPlan, keep_in_tmp: list[str], handler: Any) -> int:
-    flags = linux.CLONE_PARENT | plan.instance_clone_flags()
+def serve_forks(ctl: socket.socket, setup: InstanceSetup, handler: Any) -> int:
+    clone = linux.Cloner(linux.CLONE_PARENT | setup.plan.instance_clone_flags())
     while True:
         msg, fds = receive(ctl)
         if msg is None:
@@ -202,8 +93,13 @@ def serve_forks(ctl: socket.socket, plan: SandboxPlan, keep_in_tmp: list[str], h
                 failed = {"t": "fork_failed", "seq": msg.get("seq"), "error": "descriptors missing"}
                 send(ctl, failed)
                 continue
+            # Whatever this loop allocated since the last fork joins the frozen
+            # heap, and the collector's young count restarts at zero: else the
+            # child's first allocation after gc.enable() runs a collection over
+            # those objects and copies every page they sit on.
+            gc.freeze()
             try:
-                pid = linux.clone_process(flags)
+                pid = clone()
             except OSError as exc:
                 _close_all(fds)
                 # The errno tells the daemon a host limit (EAGAIN, ENOMEM) from a fault.
@@ -211,7 +107,7 @@ def serve_forks(ctl: socket.socket, plan: SandboxPlan, keep_in_tmp: list[str], h
                 send(ctl, {**failed, "errno": exc.errno})
                 continue
             if pid == 0:
-                _instance_main(plan, keep_in_tmp, handler, msg, fds, ctl)
+                instance_main(setup, handler, msg, fds, ctl)
             _close_all(fds)
             send(ctl, {"t": "forked", "seq": msg["seq"], "pid": pid})
         elif kind == "stop":
@@ -261,14 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     # Everything imported so far is shared copy-on-write with every instance;
     # freezing moves it out of the collector's sight, so no instance's GC pass
     # touches (and copies) those pages.
-    global _SIGNALS
-    _SIGNALS = signals_to_reset()  # after init code: it may have installed handlers
+    setup = InstanceSetup(plan, keep_in_tmp)
+    # The tagging streams, once here rather than in every instance (sdk.run
+    # finds them installed): they write to fds 1 and 2, which each instance
+    # points at its own output pipe.
+    output.install()
     rehearse()  # the instances' first steps, quickened once here (huselet.sandbox.rehearse)
     gc.collect()
     gc.freeze()
     ctl.settimeout(None)
     send(ctl, {"t": "ready", "pid": os.getpid()})
-    return serve_forks(ctl, plan, keep_in_tmp, handler)
+    return serve_forks(ctl, setup, handler)
 
 
 if __name__ == "__main__":

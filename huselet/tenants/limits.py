@@ -1,4 +1,4 @@
-"""Token buckets, concurrency gates and the replay cache of the admission path.
+"""Token buckets and concurrency gates of the admission path (the replay cache: replay.py).
 
 All of them take the time as an argument (``now``, monotonic seconds), so the
 admission core stays free of any clock or I/O and tests drive them exactly.
@@ -9,7 +9,6 @@ than replacing them, so a tenant cannot reset its bucket by waiting for one.
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import OrderedDict
 
@@ -102,92 +101,6 @@ class SourceBuckets:
 
     def __len__(self) -> int:
         return len(self._buckets)
-
-
-class ReplayCacheFull(Exception):
-    """Every slot holds a signature that is still inside its window."""
-
-
-class ReplayCache:
-    """Signatures seen within their validity window, at most ``capacity`` of them.
-
-    A signature is only accepted while its timestamp is within the skew window,
-    so it need only be remembered until the window has passed (``until``).
-    When every slot is taken by a live signature the cache refuses rather than
-    forgets: forgetting would let that signature be replayed.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._until: dict[bytes, float] = {}
-        self._expiry: list[tuple[float, bytes]] = []  # heap by expiry
-
-    def purge(self, now: float) -> None:
-        heap = self._expiry
-        while heap and heap[0][0] <= now:
-            until, sig = heapq.heappop(heap)
-            if self._until.get(sig) == until:  # not re-recorded since
-                del self._until[sig]
-
-    def seen(self, signature: bytes, until: float, now: float) -> bool:
-        """Record ``signature`` (valid until ``until``); True if it was already there."""
-        if signature in self._until and self._until[signature] > now:
-            return True
-        self.purge(now)
-        if len(self._until) >= self.capacity:
-            raise ReplayCacheFull
-        self._until[signature] = until
-        heapq.heappush(self._expiry, (until, signature))
-        return False
-
-    def __len__(self) -> int:
-        return len(self._until)
-
-
-class TenantReplayCaches:
-    """One :class:`ReplayCache` per tenant, each holding up to ``capacity`` signatures.
-
-    Shared, one tenant's legitimate traffic (or a flood of correctly signed
-    requests) could fill the cache and have every other tenant's signed
-    requests refused with 503: the caches are split so that a full cache
-    refuses only its own tenant. Memory is bounded by ``capacity`` times the
-    tenants the keys file names (a tenant no longer named keeps its cache until
-    its signatures have expired).
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._caches: dict[str, ReplayCache] = {}
-
-    @property
-    def capacity(self) -> int:
-        return self._capacity
-
-    @capacity.setter
-    def capacity(self, value: int) -> None:
-        self._capacity = value
-        for cache in self._caches.values():
-            cache.capacity = value
-
-    def seen(self, tenant: str, signature: bytes, until: float, now: float) -> bool:
-        """:meth:`ReplayCache.seen` in ``tenant``'s own cache (raises ReplayCacheFull)."""
-        cache = self._caches.get(tenant)
-        if cache is None:
-            cache = self._caches[tenant] = ReplayCache(self._capacity)
-        return cache.seen(signature, until, now)
-
-    def keep_only(self, tenants: set[str], now: float) -> None:
-        """Drop the caches of tenants the keys file no longer names, once they hold
-        no live signature (dropped earlier, a tenant named again at once could
-        have a request replayed)."""
-        for name in [t for t in self._caches if t not in tenants]:
-            cache = self._caches[name]
-            cache.purge(now)
-            if not len(cache):
-                del self._caches[name]
-
-    def __len__(self) -> int:
-        return sum(len(cache) for cache in self._caches.values())
 
 
 def retry_after(wait_s: float) -> int:

@@ -8,6 +8,13 @@ architecture blog "Exponential Backoff And Jitter"), capped, and reset by a
 success. The ceiling doubles per *round* of failures over all addresses, not
 per failure: when one scheduler dies the node should try the next one almost
 at once, and only back off once every address has failed.
+
+The cap (``max_delay``) is also how late a node may notice that a scheduler
+came back: after an outage of any length its next dial comes within the cap.
+With one address, a 30 s cap meant a median 8-9 s (p99 27 s) between a
+restarted scheduler and its nodes' return after a 10 s+ outage; 5 s gives a
+median ~1.4 s (p99 4.5 s), and spreads 1,000 nodes' reconnects over 5 s
+(~200 handshakes/s). Fleets of many thousands of nodes may want more.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ class SchedulerAddressRotation:
         *,
         rng: random.Random,
         base_delay: float = 0.1,
-        max_delay: float = 30.0,
+        max_delay: float = 5.0,
     ) -> None:
         unique = list(dict.fromkeys(addresses))
         if not unique:

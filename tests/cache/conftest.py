@@ -22,3 +22,10 @@ def sample_image(tmp_path: Path, sample_tree: Path) -> ImageInfo:
     out = tmp_path / "images"
     out.mkdir()
     return pack_directory(sample_tree, out)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Path:
+    path = tmp_path / "published"
+    path.mkdir()
+    return path

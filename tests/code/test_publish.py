@@ -5,6 +5,7 @@ partial writes wait until complete; bad drops are rejected without harm."""
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ import trio
 from cache_testkit import APP_FILES, build_image, variant, write_tree
 from cache_testkit import publish as publish_image
 
+from cache.origin import DirectoryOrigin
 from huselet.code.codecache import CodeCache
 from huselet.code.publish import PublishWatcher, is_ignored
 from huselet.config import parse_config
@@ -23,11 +25,11 @@ SETTLE_S = 0.1
 
 @asynccontextmanager
 async def watching(
-    root: Path, settle_s: float = SETTLE_S
+    root: Path, settle_s: float = SETTLE_S, **cache_keys: Any
 ) -> AsyncIterator[tuple[CodeCache, PublishWatcher, list[Any]]]:
     raw = {
         "node": {"state_dir": str(root / "state"), "run_dir": str(root / "run")},
-        "cache": {"publish_dir": str(root / "publish"), "scrub_interval_s": 0},
+        "cache": {"publish_dir": str(root / "publish"), "scrub_interval_s": 0, **cache_keys},
     }
     cache = CodeCache(parse_config(raw, base_dir=root), publish_settle_s=settle_s)
     assert cache.publisher is not None
@@ -160,6 +162,50 @@ async def test_a_published_image_is_the_origin_after_quarantine(short_tmp: Path)
         assert [b["digest"] for b in (await cache.scrubber.scrub_now())["bad"]] == [info.digest]
         assert await cache.prefetcher.wait(info.digest, 10) is None
         assert cache.store.contains(info.digest)
+
+
+def big_image(root: Path, tag: str) -> Any:
+    """An image of ~640 KB (incompressible text): two do not fit a 1 MB disk budget."""
+    return build_image(root, tag, {**APP_FILES, "blob.txt": secrets.token_hex(300_000)})
+
+
+async def test_a_store_full_of_images_in_use_is_retried_until_room_is_made(
+    short_tmp: Path,
+) -> None:
+    held, dropped = big_image(short_tmp, "held"), big_image(short_tmp, "dropped")
+    async with watching(short_tmp, disk_budget_mb=1) as (cache, publisher, announced):
+        publisher.retry_base_s = SETTLE_S
+        publisher.retries = 1000  # never spent here: the retries end when room is made
+        # An instance runs the first image: pinned, so the store cannot evict it.
+        lease = await cache.store.get(held.digest, DirectoryOrigin(held.path.parent))
+        staging = short_tmp / "publish" / ".dropped.tmp"
+        staging.write_bytes(dropped.path.read_bytes())
+        staging.rename(short_tmp / "publish" / "dropped.hlimg")
+        await until(lambda: publisher.counters["retried"] >= 2)
+        assert announced == [] and publisher.counters["rejected"] == 0
+        lease.release()  # the instance ended: its image may go
+        await until(lambda: announced)
+        assert announced == [(dropped.digest, "dropped.hlimg")]
+        assert publisher.counters["rejected"] == 0 and cache.store.contains(dropped.digest)
+
+
+async def test_a_transient_failure_is_rejected_once_its_retries_are_spent(
+    short_tmp: Path,
+) -> None:
+    held, dropped = big_image(short_tmp, "held"), big_image(short_tmp, "dropped")
+    async with watching(short_tmp, disk_budget_mb=1) as (cache, publisher, announced):
+        publisher.retry_base_s, publisher.retries = SETTLE_S, 2
+        lease = await cache.store.get(held.digest, DirectoryOrigin(held.path.parent))
+        try:
+            staging = short_tmp / "publish" / ".dropped.tmp"
+            staging.write_bytes(dropped.path.read_bytes())
+            staging.rename(short_tmp / "publish" / "dropped.hlimg")
+            await until(lambda: publisher.counters["rejected"] == 1)
+            assert publisher.counters["retried"] == 2 and announced == []
+            event = cache.packages.events[-1]
+            assert event["kind"] == "rejected" and "in use" in event["detail"], event
+        finally:
+            lease.release()
 
 
 def test_temporary_names_are_ignored() -> None:

@@ -39,6 +39,7 @@ def keys_file(tmp_path: Path, mode: int = 0o600) -> Path:
 def test_defaults(tmp_path: Path) -> None:
     config = parse_config(raw(tmp_path), base_dir=tmp_path)
     assert config.auth.keys_file is None and config.auth.max_skew_s == 300
+    assert config.auth.replay_cache_bytes == 32 << 20
     fn = config.functions[0]
     assert fn.tenant is None and fn.rate is None and fn.max_concurrent is None
 
@@ -76,6 +77,10 @@ def test_values(tmp_path: Path) -> None:
         ({"colour": 1}, {}, "auth.colour: unknown key"),
         ({}, {"tenant": "Acme"}, "functions[0].tenant"),
         ({}, {"rate_per_s": -1}, "functions[0].rate_per_s"),
+        ({}, {"rate_per_s": 0}, "functions[0].rate_per_s: expected a number > 0, got 0"),
+        ({}, {"rate_per_s": float("nan")}, "functions[0].rate_per_s: expected a number > 0"),
+        ({"source_rate_per_s": True}, {}, "auth.source_rate_per_s: expected a number > 0"),
+        ({}, {"rate_per_s": 2, "burst": 0.5}, "functions[0].burst: expected a positive integer"),
         ({}, {"max_concurrent": 0}, "functions[0].max_concurrent"),
     ],
 )
@@ -115,3 +120,16 @@ def test_keys_file_goes_with_the_framed_ingress(tmp_path: Path) -> None:
     framed["gateway"] = {"framed": "127.0.0.1:0"}
     config = parse_config(framed, base_dir=tmp_path)
     assert config.auth.keys_file is not None and config.gateway.framed is not None
+
+
+def test_replay_cache_is_bounded_in_megabytes_and_the_old_count_key_says_so(
+    tmp_path: Path,
+) -> None:
+    config = parse_config(raw(tmp_path, {"replay_cache_mb": 4}), base_dir=tmp_path)
+    assert config.auth.replay_cache_bytes == 4 << 20
+    small = parse_config(raw(tmp_path, {"replay_cache_mb": 0.5}), base_dir=tmp_path)
+    assert small.auth.replay_cache_bytes == 1 << 19
+    with pytest.raises(ConfigError, match=r"auth\.replay_cache_mb.*number ≥ 0.01"):
+        parse_config(raw(tmp_path, {"replay_cache_mb": 0}), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"auth\.replay_cache_size.*replaced by replay_cache_mb"):
+        parse_config(raw(tmp_path, {"replay_cache_size": 100_000}), base_dir=tmp_path)

@@ -331,7 +331,7 @@ def test_scheduler_table_is_parsed_with_defaults(tmp_path: Path) -> None:
         {"zone": "a"},
         0,
     )
-    assert (s.backoff_base_ms, s.backoff_max_ms, s.persist_functions) == (100, 30_000, True)
+    assert (s.backoff_base_ms, s.backoff_max_ms, s.persist_functions) == (100, 5_000, True)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import trio
 import trio.testing
@@ -79,3 +81,60 @@ async def test_fail_all_completes_every_queued_invocation() -> None:
         with pytest.raises(Draining):
             item.result()
     assert len(buf) == 0
+
+
+async def test_a_new_request_goes_straight_to_the_taker_that_registered_last() -> None:
+    # LIFO: the instance that became idle last (see huselet.dispatch.idlestack).
+    buf = RequestBuffer(4)
+    taken: list[tuple[str, str]] = []
+
+    def taker(name: str) -> Callable[[], None]:
+        def take() -> None:
+            got = buf.get_nowait()
+            assert got is not None
+            taken.append((name, got.request_id))
+
+        return take
+
+    buf.add_taker("first", taker("first"))
+    buf.add_taker("second", taker("second"))
+    assert buf.idle_getters == 2
+    with trio.testing.assert_no_checkpoints():  # no task wakes up for it
+        buf.put(inv("a"))
+    assert taken == [("second", "a")] and buf.live_count() == 0
+    retried = inv("b")
+    buf.requeue(retried)  # a retry is handed over the same way
+    assert taken[-1] == ("first", "b") and buf.idle_getters == 0
+    buf.put(inv("c"))  # no taker left: it waits in the queue
+    assert buf.live_count() == 1
+
+
+async def test_a_taker_that_takes_nothing_is_dropped_and_the_next_one_is_asked() -> None:
+    buf = RequestBuffer(4)
+    asked: list[str] = []
+
+    def ready() -> None:
+        asked.append("ready")
+        buf.get_nowait()
+
+    buf.add_taker("ready", ready)
+    buf.add_taker("stopping", lambda: asked.append("stopping"))  # e.g. its instance stopped
+    buf.add_taker("gone", lambda: asked.append("gone"))
+    buf.remove_taker("gone")
+    buf.put(inv("a"))
+    assert asked == ["stopping", "ready"] and buf.live_count() == 0
+    assert buf.idle_getters == 0
+
+
+async def test_fail_expiring_answers_only_what_cannot_wait_past_the_cutoff() -> None:
+    buf = RequestBuffer(8)
+    short, late, done = inv("short", timeout=1), inv("late", timeout=60), inv("done", timeout=1)
+    for item in (short, late, done):
+        buf.put(item)
+    done.complete(DeadlineExceeded("caller left"))  # already answered: not again
+    assert buf.fail_expiring(trio.current_time() + 5, Draining("no start")) == 1
+    with pytest.raises(Draining):
+        short.result()
+    with pytest.raises(DeadlineExceeded):
+        done.result()
+    assert buf.live_count() == 1 and buf.get_nowait() is late

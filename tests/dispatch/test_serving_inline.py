@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from huselet.config import FunctionSettings, NodeSettings
 from huselet.dispatch.buffer import RequestBuffer
@@ -71,8 +72,8 @@ class Peer:
             self.decoder.receive_data(data)
 
 
-def make_pool(tmp: Path, nursery: trio.Nursery) -> FunctionPool:
-    settings = FunctionSettings(name="fn", package=tmp, handler="main:handler")
+def make_pool(tmp: Path, nursery: trio.Nursery, **settings_: Any) -> FunctionPool:
+    settings = FunctionSettings(name="fn", package=tmp, handler="main:handler", **settings_)
     # A real runtime (never run): the pool asks it only for its name here, and
     # no instance may start: the one under test is the socket peer.
     pool = FunctionPool(
@@ -103,11 +104,13 @@ async def start_instance(
 
 
 @asynccontextmanager
-async def serving(tmp: Path) -> AsyncIterator[tuple[FunctionPool, InstanceRecord, Peer]]:
+async def serving(
+    tmp: Path, **settings: Any
+) -> AsyncIterator[tuple[FunctionPool, InstanceRecord, Peer]]:
     """A pool whose one instance is served by serving.serve, the test as its worker."""
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
-            pool = make_pool(tmp, nursery)
+            pool = make_pool(tmp, nursery, **settings)
             record, peer, handle = await start_instance(pool, nursery)
             yield pool, record, peer
             handle.kill()
@@ -199,3 +202,35 @@ async def test_an_instance_that_dies_as_the_reader_dispatches_loses_no_request(
         assert retry(pool, victim, record, delivered=victim is not record.sending)
         assert pool.counters["requeued_undelivered"] == 1
         assert pool.buffer.get_nowait() is victim
+
+
+async def test_a_request_for_an_idle_instance_is_written_by_its_submitter(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (pool, record, peer):
+        await peer.send(Pull(1).encode())
+        while pool.buffer.idle_getters == 0:  # the instance waits as the buffer's taker
+            await trio.sleep(0.001)
+        assert record.state is InstanceState.IDLE
+        with trio.testing.assert_no_checkpoints():
+            inv = submit(pool, "r-1")
+        # Written before anything else ran: no serving task woke up for it.
+        assert record.inflight == {"r-1": inv} and record.sending is None
+        assert record.state is InstanceState.BUSY and pool.buffer.live_count() == 0
+        assert (await peer.request()).id == "r-1"
+
+
+async def test_an_instance_that_keeps_serving_is_not_idled_out(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    # One idle timer per idle period, re-armed from the last result: an instance
+    # busy for longer than idle_timeout in all (never idle that long) stays.
+    async with serving(tmp_path, idle_timeout_ms=1000) as (pool, record, peer):
+        await peer.send(Pull(1).encode())
+        for i in range(6):
+            await trio.sleep(0.6)
+            inv = submit(pool, f"r-{i}")
+            assert (await peer.request()).id == inv.request_id
+            await peer.send(Result(inv.request_id, ok=True, body=b"1").encode(), Pull(1).encode())
+            await inv.wait()
+        assert record.stop_reason is None
+        await trio.sleep(1.5)  # now idle past the timeout: it goes
+        assert record.stop_reason is StopReason.IDLE

@@ -17,6 +17,7 @@ from huselet.central.etcd import EtcdClient
 from huselet.central.server import CentralScheduler, CentralSettings
 from huselet.config import SchedulerLinkSettings, TcpAddress
 from huselet.config.trust import DeployPolicy
+from huselet.dispatch.functions import FunctionDeployment
 from huselet.fleet.commands import FleetCommands
 from huselet.fleet.link import SchedulerLink
 
@@ -109,8 +110,7 @@ def make_link(
     def commands(on_placements: Callable[[str], None]) -> FleetCommands:
         return FleetCommands(
             stack.config,
-            stack.dispatcher,
-            stack.links,
+            FunctionDeployment(stack.dispatcher, stack.links),
             known_runtimes=stack.runtimes,
             on_placements=on_placements,
             policy=DeployPolicy(package_roots=roots, max_memory_mb=4096),

@@ -12,6 +12,7 @@ import trio
 from support import NodeStack, running_stack, write_package
 
 from huselet.config.trust import DeployPolicy
+from huselet.dispatch.functions import FunctionDeployment
 from huselet.fleet.commands import CommandFailed, FleetCommands, FunctionStore
 
 pytestmark = pytest.mark.e2e
@@ -22,8 +23,7 @@ ECHO = "import os\ndef handler(event, context):\n    return {'v': VERSION, 'pid'
 def make(root: Path, stack: NodeStack, *, prefetcher: Any = None) -> FleetCommands:
     commands = FleetCommands(
         stack.config,
-        stack.dispatcher,
-        stack.links,
+        FunctionDeployment(stack.dispatcher, stack.links),
         known_runtimes=stack.runtimes,
         on_placements=lambda placements: None,
         store=FunctionStore(root / "fleet.json"),

@@ -173,7 +173,10 @@ def test_replay_is_refused_within_the_window(ring: KeyRing) -> None:
     req = request(GLOBEX, "globex-fn")
     adm.admit(req).release()
     assert refused(adm, req).reason is RefusalReason.REPLAY
-    clock.advance(400)  # past the window: now refused as stale, not forgotten as a replay
+    # Later in the window too: it is found by its signed second, not by when it came.
+    clock.advance(299)
+    assert refused(adm, req).reason is RefusalReason.REPLAY
+    clock.advance(101)  # past the window: now refused as stale, not forgotten as a replay
     assert refused(adm, req).reason is RefusalReason.STALE_TIMESTAMP
 
 
@@ -441,11 +444,20 @@ def test_a_tenant_that_fills_its_replay_cache_refuses_only_its_own_requests(
     ring: KeyRing,
 ) -> None:
     clock = Clock()
-    adm = make(ring, clock, replay_cache_size=1000)
-    for i in range(1000):  # every signature distinct, all inside the skew window
-        adm.admit(request(GLOBEX, "globex-fn", body=b'{"i":%d}' % i)).release()
+    # 8 KiB: one second's table of 1024 slots, at most half full (512 signatures).
+    adm = make(ring, clock, replay_cache_bytes=8192)
+    admitted = []
+    for i in range(512):  # every signature distinct, all inside the skew window
+        req = request(GLOBEX, "globex-fn", body=b'{"i":%d}' % i)
+        adm.admit(req).release()
+        admitted.append(req)
     full = refused(adm, request(GLOBEX, "globex-fn", body=b'{"i":-1}'))
     assert full.reason is RefusalReason.REPLAY_CACHE_FULL and full.status == 503
+    assert full.retry_after_s == 1 and "replay_cache_mb" in str(full)
+    assert adm.snapshot()["refusals"]["replay_cache_full"] == {"globex": 1}
+    # Full never means forgetting: a replay of any recorded request is still refused.
+    for req in admitted[::37]:
+        assert refused(adm, req).reason is RefusalReason.REPLAY
     # Another tenant's signed requests are not refused for it: its cache is its own.
     ticket = adm.admit(request(ACME, "acme-fn"))
     assert ticket.tenant == "acme"

@@ -1,79 +1,158 @@
-"""Framed replies that finish in the same loop tick share one send.
+"""Framed calls are served without a task each, and their replies are batched.
 
-Driven on a real socket pair: the connection's reply path writes real frames,
-which the test decodes on the other end.
+Driven on a real socket pair: the connection admits calls into a staged
+invoker (a small in-test one, standing in for the dispatcher), completes them,
+and its reply writer writes real frames, which the test decodes on the other end.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Unpack
+
+import pytest
 import trio
 from httpkit import SETTINGS, FakeInvoker
 
+from huselet.dispatch.invocation import Invocation, InvokeOptions, InvokeResult
+from huselet.errors import DeadlineExceeded, Unavailable
 from huselet.gateway.core import InvokeCore
 from huselet.gateway.counters import FramedCounter
 from huselet.gateway.framed import FramedIngress, _FramedConnection
 from protocol.frames import FrameDecoder
-from protocol.ingress import Reply
+from protocol.ingress import Call
 
 
-def _connection(sock: trio.socket.SocketType) -> tuple[FramedIngress, _FramedConnection]:
-    core = InvokeCore(FakeInvoker(), max_body=SETTINGS.max_body_bytes, token=None)
-    ingress = FramedIngress(SETTINGS, core)
-    return ingress, _FramedConnection(ingress, trio.SocketStream(sock))
+class StagedFake(FakeInvoker):
+    """Accepts every call; the test completes them (or not) as it likes."""
+
+    def __init__(self, *, answer_at_once: bool = False) -> None:
+        super().__init__()
+        self.begun: list[Invocation] = []
+        self.abandoned: list[Invocation] = []
+        self.settled: list[tuple[Invocation, bool]] = []
+        self.answer_at_once = answer_at_once
+
+    def begin(
+        self, function: str, event: bytes, kind: str, **options: Unpack[InvokeOptions]
+    ) -> Invocation:
+        inv = Invocation(
+            options.get("request_id") or "r", function, event, kind, trio.current_time() + 60
+        )
+        self.begun.append(inv)
+        if self.answer_at_once:
+            inv.complete(InvokeResult(b"now", "text/plain"))
+        return inv
+
+    def abandon(self, inv: Invocation) -> None:
+        self.abandoned.append(inv)
+        inv.complete(Unavailable("the request was abandoned"))
+
+    def settle(self, inv: Invocation, *, finished: bool = True) -> None:
+        self.settled.append((inv, finished))
 
 
-async def _reply_ids(peer: trio.socket.SocketType, count: int) -> list[int]:
-    decoder, ids = FrameDecoder(), []
-    with trio.fail_after(10):  # hang guard, not a timing assertion
-        while len(ids) < count:
-            decoder.receive_data(await peer.recv(65536))
-            while (frame := decoder.next_frame()) is not None:
-                ids.append(frame["id"])
-    return ids
-
-
-async def _reply(conn: _FramedConnection, call_id: int) -> None:
-    await conn._send_reply(conn.conn.reply(Reply(call_id, 200, f"r{call_id}", body=b"{}")))
-
-
-async def test_replies_finishing_together_go_out_in_one_send() -> None:
+@asynccontextmanager
+async def _connection(
+    invoker: StagedFake, *, writer: bool = True
+) -> AsyncIterator[tuple[FramedIngress, _FramedConnection, trio.socket.SocketType]]:
     a, peer = trio.socket.socketpair()
     with a, peer:
-        ingress, conn = _connection(a)
-        conn.conn.inflight.update({1, 2, 3, 4})  # 4 stays in flight throughout
+        core = InvokeCore(invoker, max_body=SETTINGS.max_body_bytes, token=None)
+        ingress = FramedIngress(SETTINGS, core)
+        conn = _FramedConnection(ingress, trio.SocketStream(a))
         async with trio.open_nursery() as nursery:
-            for call_id in (1, 2, 3):
-                nursery.start_soon(_reply, conn, call_id)
-        assert sorted(await _reply_ids(peer, 3)) == [1, 2, 3]
-        assert ingress.counters[FramedCounter.REPLIES_BATCHED] == 2
-        assert conn._batch is None
+            if writer:
+                nursery.start_soon(conn._write_replies)
+            yield ingress, conn, peer
+            nursery.cancel_scope.cancel()
 
 
-async def test_a_lone_reply_is_sent_at_once() -> None:
-    a, peer = trio.socket.socketpair()
-    with a, peer:
-        ingress, conn = _connection(a)
-        conn.conn.inflight.add(7)
-        with trio.testing.assert_no_checkpoints():
-            await _reply(conn, 7)  # nothing else in flight: no batch, no yield
-        assert await _reply_ids(peer, 1) == [7]
+def _call(conn: _FramedConnection, nursery: trio.Nursery, call_id: int, fn: str = "echo") -> None:
+    conn.conn.inflight.add(call_id)  # as ServerConnection does for a CALL it read
+    conn._begin_call(Call(call_id, fn, b"{}", request_id=f"r{call_id}"), nursery)
+
+
+async def _replies(peer: trio.socket.SocketType, count: int) -> tuple[list[dict[str, Any]], int]:
+    """``count`` reply frames, and how many reads they took."""
+    decoder, frames, reads = FrameDecoder(), [], 0
+    with trio.fail_after(10):  # hang guard, not a timing assertion
+        while len(frames) < count:
+            decoder.receive_data(await peer.recv(65536))
+            reads += 1
+            while (frame := decoder.next_frame()) is not None:
+                frames.append(frame)
+    return frames, reads
+
+
+async def test_calls_finishing_together_get_their_replies_in_one_send() -> None:
+    invoker = StagedFake()
+    async with _connection(invoker) as (ingress, conn, peer), trio.open_nursery() as nursery:
+        for call_id in (1, 2, 3, 4):
+            _call(conn, nursery, call_id)
+        assert not conn._finished  # admitted and waiting: no task, no reply yet
+        for inv in invoker.begun[:3]:  # as one read from an instance link would
+            inv.complete(InvokeResult(inv.request_id.encode(), "text/plain"))
+        frames, _ = await _replies(peer, 3)
+        assert sorted(f["id"] for f in frames) == [1, 2, 3]
+        assert {f["body"] for f in frames} == {b"r1", b"r2", b"r3"}
+        assert ingress.counters[FramedCounter.REPLIES_BATCHED] == 2  # one send for three
+        assert conn.conn.inflight == {4}
+        assert [finished for _, finished in invoker.settled] == [True, True, True]
+
+
+async def test_the_only_call_in_flight_is_answered_without_the_writer() -> None:
+    # A client that waits for each reply: no writer wake-up per call.
+    invoker = StagedFake()
+    async with (
+        _connection(invoker, writer=False) as (ingress, conn, peer),
+        trio.open_nursery() as nursery,
+    ):
+        for call_id in (1, 2):
+            _call(conn, nursery, call_id)
+            invoker.begun[-1].complete(InvokeResult(b"ok", "text/plain"))
+            frames, _ = await _replies(peer, 1)
+            assert frames[0]["id"] == call_id
+        assert not conn.conn.inflight and not conn._finished and not conn._calls
         assert ingress.counters[FramedCounter.REPLIES_BATCHED] == 0
 
 
-async def test_cancelling_the_batch_opener_loses_no_joined_reply() -> None:
-    a, peer = trio.socket.socketpair()
-    with a, peer:
-        ingress, conn = _connection(a)
-        conn.conn.inflight.update({1, 2, 3, 9})
-        async with trio.open_nursery() as nursery:
-            for call_id in (1, 2, 3):
-                nursery.start_soon(_reply, conn, call_id)
-            # Cancelled before they run: the opener holds the others' replies while
-            # it yields, and a cancellation then must not drop what joined its batch.
-            nursery.cancel_scope.cancel()
-        assert sorted(await _reply_ids(peer, 3)) == [1, 2, 3]
-        assert ingress.counters[FramedCounter.REPLIES_BATCHED] == 2  # they did join
-        assert conn._batch is None
-        conn.conn.inflight.add(5)
-        await _reply(conn, 5)  # and the next reply still goes out
-        assert await _reply_ids(peer, 1) == [5]
+async def test_a_typed_error_becomes_the_callers_reply() -> None:
+    invoker = StagedFake()
+    async with _connection(invoker) as (_, conn, peer), trio.open_nursery() as nursery:
+        _call(conn, nursery, 5)
+        invoker.begun[0].complete(DeadlineExceeded("no reply within 10 ms"))
+        _call(conn, nursery, 6, fn="Not A Name")  # refused before any invocation
+        frames, _ = await _replies(peer, 2)
+        by_id = {f["id"]: f for f in frames}
+        assert by_id[5]["status"] == 504 and by_id[6]["status"] == 404
+        assert len(invoker.begun) == 1
+
+
+async def test_a_call_answered_while_it_is_submitted_still_gets_its_reply() -> None:
+    invoker = StagedFake(answer_at_once=True)
+    async with _connection(invoker) as (_, conn, peer), trio.open_nursery() as nursery:
+        _call(conn, nursery, 7)
+        frames, _ = await _replies(peer, 1)
+        assert frames[0]["id"] == 7 and frames[0]["body"] == b"now"
+        assert not conn._calls
+
+
+async def test_a_connection_that_ends_abandons_its_unanswered_calls() -> None:
+    invoker = StagedFake()
+    async with _connection(invoker) as (ingress, conn, _), trio.open_nursery() as nursery:
+        _call(conn, nursery, 1)
+        _call(conn, nursery, 2)
+        assert ingress.core.body_budget.used_bytes == 4
+        conn._drop_calls()
+        assert invoker.abandoned == invoker.begun  # none may run on for nobody
+        assert [finished for _, finished in invoker.settled] == [False, False]
+        assert ingress.core.body_budget.used_bytes == 0  # what they held is given back
+        assert not conn._calls and not conn._finished
+
+
+def test_the_framed_ingress_needs_an_invoker_it_can_stage() -> None:
+    core = InvokeCore(FakeInvoker(), max_body=SETTINGS.max_body_bytes, token=None)
+    with pytest.raises(TypeError, match="stage"):
+        FramedIngress(SETTINGS, core)

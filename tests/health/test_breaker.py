@@ -53,3 +53,13 @@ def test_a_trial_that_never_resolves_expires() -> None:
     assert b.admit(4.0)
     assert not b.admit(10.0)
     assert b.admit(4.0 + 20.0 + 0.01)  # trial timeout = 10 times the open period
+
+
+def test_recent_failures_count_since_the_last_success_within_the_window() -> None:
+    b = breaker()
+    b.record_failure(0, "x")
+    b.record_failure(5, "x")
+    assert b.recent_failures(6) == 2
+    assert b.recent_failures(12) == 1  # the one at t=0 left the window (not yet pruned)
+    b.record_success(13)
+    assert b.recent_failures(13) == 0

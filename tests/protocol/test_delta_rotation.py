@@ -41,6 +41,18 @@ def test_backoff_is_full_jitter_doubling_per_round_and_capped() -> None:
     assert ceilings == [1.0] * 3 + [2.0] * 3 + [4.0] * 3 + [8.0] * 9
 
 
+def test_after_an_outage_of_any_length_the_next_dial_comes_within_the_cap() -> None:
+    """A restarted scheduler is found within max_delay (the default: 5 s)."""
+    cap = SchedulerAddressRotation(["only"], rng=random.Random()).max_delay
+    assert cap == 5.0
+    for seed in range(200):
+        rot = SchedulerAddressRotation(["only"], rng=random.Random(seed))
+        now, back_at = 0.0, 3600.0  # down for an hour, refusing each dial at once
+        while now < back_at:
+            now = max(now + 0.001, rot.failed(rot.current(), now))
+        assert now - back_at <= cap
+
+
 def test_jitter_spreads_retries() -> None:
     rot = SchedulerAddressRotation(ADDRS, rng=random.Random(5), base_delay=1.0)
     retries = {rot.failed(rot.current(), now=0.0) for _ in range(3)}

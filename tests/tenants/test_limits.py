@@ -1,4 +1,4 @@
-"""Token buckets, replay cache, source buckets and CIDR lists, on an explicit clock."""
+"""Token buckets, source buckets and CIDR lists, on an explicit clock."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import pytest
 
 from huselet.tenants.keys import RateLimit
 from huselet.tenants.limits import (
-    ReplayCache,
-    ReplayCacheFull,
     SourceBuckets,
-    TenantReplayCaches,
     TokenBucket,
     retry_after,
 )
@@ -40,39 +37,6 @@ def test_retune_keeps_what_the_bucket_holds() -> None:
 
 def test_retry_after_is_whole_seconds_at_least_one() -> None:
     assert retry_after(0.0) == 1 and retry_after(1.2) == 2 and retry_after(100.0) == 100
-
-
-def test_replay_cache_remembers_until_the_window_passes() -> None:
-    cache = ReplayCache(capacity=2)
-    assert not cache.seen(b"a", until=10.0, now=0.0)
-    assert cache.seen(b"a", until=10.0, now=5.0)
-    assert not cache.seen(b"b", until=20.0, now=5.0)
-    with pytest.raises(ReplayCacheFull):  # full of live signatures: refuse, never forget
-        cache.seen(b"c", until=20.0, now=6.0)
-    assert not cache.seen(b"c", until=30.0, now=10.0)  # "a" expired and made room
-    assert len(cache) == 2
-    # A signature recorded again after it expired is not dropped by its old expiry.
-    assert not cache.seen(b"a", until=40.0, now=21.0)
-    assert cache.seen(b"a", until=40.0, now=35.0)
-
-
-def test_each_tenant_has_its_own_replay_cache() -> None:
-    caches = TenantReplayCaches(capacity=1)
-    assert not caches.seen("a", b"x", until=10.0, now=0.0)
-    with pytest.raises(ReplayCacheFull):  # tenant a's cache is full ...
-        caches.seen("a", b"y", until=10.0, now=1.0)
-    assert not caches.seen("b", b"y", until=10.0, now=1.0)  # ... tenant b's is not
-    assert caches.seen("b", b"y", until=10.0, now=2.0)  # and still catches b's replays
-    assert len(caches) == 2
-    # A tenant no longer named keeps its live signatures (no replay window reopens) ...
-    caches.keep_only({"b"}, now=5.0)
-    assert caches.seen("a", b"x", until=10.0, now=5.0)
-    # ... and its cache goes once they have expired.
-    caches.keep_only({"b"}, now=11.0)
-    assert len(caches) == 1  # a's cache dropped; b's (not purged here) holds its one entry
-    assert not caches.seen("a", b"x", until=30.0, now=11.0)
-    caches.capacity = 5
-    assert caches.capacity == 5
 
 
 def test_source_buckets_are_bounded() -> None:

@@ -1,0 +1,227 @@
+"""Load shapes of ``bench_auth``: paced quiet traffic and a fixed-rate flood of one tenant.
+
+Both are *open loop*: a request is due at a fixed time whatever the node does,
+and a latency is measured from when the request was due (not from when it
+could be sent), so a node that stalls is charged for the whole stall (no
+coordinated omission).
+
+- :func:`paced` sends pre-built requests at ``rate`` per second over a few
+  keep-alive connections and records each one's latency and status.
+- :func:`cpu_s` is a process's own CPU time (``/proc/PID/stat``: user + system),
+  :func:`p` a percentile.
+- :func:`flood_process` is the noisy tenant, in its own process: it offers
+  ``rate`` signed requests per second over ``connections`` connections,
+  pipelined (it does not wait for a reply before sending the next), reopens a
+  connection the node closes, and reports what it offered, what it could send,
+  the statuses it got, and its own CPU time, so a reader can see how much of
+  the machine the flood itself took.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+from loadgen import _read_reply
+
+from huselet.client.signing import AccessKey, sign_request
+
+BODY = b'{"name": "bench"}'
+QUIET = AccessKey("HKQUIET000000001", "quiet-secret-0123456789abcdefghij")
+NOISY = AccessKey("HKNOISY000000001", "noisy-secret-0123456789abcdefghij")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+FLOOD_TICK_S = 0.05  # a flood connection writes what is due at most this often
+
+
+def raw_request(port: int, function: str, key: AccessKey | None, *, compact: bool = False) -> bytes:
+    """A POST to ``function``, signed with ``key`` (None: unsigned), as bytes on the wire."""
+    target = f"/v1/invoke/{function}"
+    headers = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json"}
+    if key is not None:
+        headers.update(sign_request(key, "POST", target, headers, BODY, compact=compact))
+    lines = [f"POST {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers.items()]
+    lines.append(f"Content-Length: {len(BODY)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + BODY
+
+
+async def send_all(
+    port: int, requests: list[bytes], concurrency: int
+) -> tuple[list[float], dict[int, int]]:
+    """Send every request once over ``concurrency`` keep-alive connections (closed loop)."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    queue = iter(requests)
+
+    async def client() -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        buf = bytearray()
+        async with stream:
+            for request in queue:
+                t0 = time.perf_counter()
+                await stream.send_all(request)
+                status, _ = await _read_reply(stream, buf)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                statuses[status] = statuses.get(status, 0) + 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(client)
+    return latencies, statuses
+
+
+async def paced(
+    port: int, requests: list[bytes], rate: float, connections: int
+) -> tuple[list[float], dict[int, int]]:
+    """Request ``i`` is due at ``i / rate`` s; latency (ms) runs from then to its reply."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    start = trio.current_time() + 0.05
+
+    async def client(first: int) -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        buf = bytearray()
+        async with stream:
+            for i in range(first, len(requests), connections):
+                due = start + i / rate
+                await trio.sleep_until(due)
+                await stream.send_all(requests[i])
+                status, _ = await _read_reply(stream, buf)
+                latencies.append((trio.current_time() - due) * 1000)
+                statuses[status] = statuses.get(status, 0) + 1
+
+    async with trio.open_nursery() as nursery:
+        for c in range(connections):
+            nursery.start_soon(client, c)
+    return latencies, statuses
+
+
+@dataclass
+class FloodReport:
+    offered: int = 0  # requests that were due
+    sent: int = 0  # requests the node's socket took
+    statuses: dict[int, int] = field(default_factory=dict)
+    connects: int = 0  # connections opened (the node closes persistent offenders)
+    cpu_s: float = 0.0  # the flood process's own user+system CPU
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "offered": self.offered,
+            "sent": self.sent,
+            "statuses": self.statuses,
+            "connects": self.connects,
+            "cpu_s": self.cpu_s,
+            "wall_s": self.wall_s,
+            "cpu_pct_of_a_core": 100 * self.cpu_s / self.wall_s if self.wall_s else 0.0,
+        }
+
+
+async def _flood(
+    port: int, requests: list[bytes], rate: float, connections: int, stop: Any, report: FloodReport
+) -> None:
+    per_connection = rate / connections
+    counter = iter(range(1 << 62))
+
+    async def connection_loop(index: int) -> None:
+        # Slot k of this connection is due at start + k / per_connection; slots
+        # missed while the socket would not take more (or beyond one tick's batch)
+        # are counted as offered, not sent later.
+        start = trio.current_time() + index / rate
+        slot = 0
+        while not stop.is_set():
+            report.connects += 1
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.01)
+                continue
+            async with stream, trio.open_nursery() as conn:
+
+                async def reader(stream: trio.SocketStream = stream) -> None:
+                    buf = bytearray()
+                    try:
+                        while True:
+                            status, close = await _read_reply(stream, buf)
+                            report.statuses[status] = report.statuses.get(status, 0) + 1
+                            if close:
+                                break
+                    except (ConnectionError, trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                    conn.cancel_scope.cancel()
+
+                conn.start_soon(reader)
+                try:
+                    while not stop.is_set():
+                        # Every slot due by now, in one write (at most one wake-up per
+                        # FLOOD_TICK_S: the flood's own CPU stays small for its rate).
+                        due = int((trio.current_time() - start) * per_connection) + 1 - slot
+                        if due <= 0:
+                            next_at = start + slot / per_connection
+                            await trio.sleep_until(max(next_at, trio.current_time() + FLOOD_TICK_S))
+                            continue
+                        report.offered += due
+                        slot += due
+                        batch = min(due, max(1, int(per_connection * FLOOD_TICK_S) + 1))
+                        # Taken before the await: connections share the counter.
+                        picked = [requests[next(counter) % len(requests)] for _ in range(batch)]
+                        await stream.send_all(b"".join(picked))
+                        report.sent += batch
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                conn.cancel_scope.cancel()
+
+    async def watch_stop() -> None:
+        while not stop.is_set():
+            await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_stop)
+        for index in range(connections):
+            nursery.start_soon(connection_loop, index)
+
+
+def flood_process(
+    port: int,
+    key: AccessKey,
+    function: str,
+    rate: float,
+    connections: int,
+    count: int,
+    started: Any,
+    stop: Any,
+    out: Any,
+) -> None:
+    """Offer ``rate`` req/s of ``key``'s signed requests until ``stop``; put a FloodReport.
+
+    The requests are signed before the clock starts (``count`` of them, reused
+    round-robin after that: an over-rate tenant is refused before its signature
+    is even checked), so the measured CPU is the flood's sending, not its signing.
+    """
+    requests = [raw_request(port, function, key) for _ in range(count)]
+    report = FloodReport()
+    t0, cpu0 = time.perf_counter(), _own_cpu()
+    started.set()
+    trio.run(_flood, port, requests, rate, connections, stop, report)
+    report.wall_s = time.perf_counter() - t0
+    report.cpu_s = _own_cpu() - cpu0
+    out.put(report.as_dict())
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def p(data: list[float], q: float) -> float:
+    s = sorted(data)
+    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]

@@ -1,0 +1,68 @@
+"""Tarpit for throttled connections: hold each 429 longer the more come in a row, then close.
+
+A tenant over its rate is refused before its signature is checked, so one
+refusal costs the node little CPU of its own; what it does cost is a trip
+round the event loop (a wake-up, a read, a write) per refused request, and
+that is what a flooding tenant takes from the others. So the ingress answers
+a throttled request only after a hold (``auth.throttle_delay_ms``), doubled
+for each further 429 in a row on the same connection (up to
+:data:`MAX_HOLD_FACTOR` times the delay), and closes the connection after
+:data:`CLOSE_AFTER` of them: a client that honours ``Retry-After`` never gets
+there, a client that retries at once (or pipelines) gets ever fewer answers,
+and the requests it has queued meanwhile stay unread in the kernel.
+
+Each hold is stretched by a random part of up to :data:`JITTER` of itself:
+connections that were throttled together (a flood opens them at once) would
+otherwise be answered together, a burst of work in one pass of the loop that
+another tenant's request arriving then has to wait behind.
+
+"In a row" means within :data:`RESET_AFTER_S` of the previous 429 on that
+connection: a request admitted in between does not start the count again (a
+flooding tenant still gets its rate's worth of requests through, on the same
+connections), a connection without a 429 for that long does.
+
+Per connection and sans-IO: the ingress calls :meth:`Strikes.throttled` when
+it refuses a request as throttled.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+# A hold is stretched by up to this fraction of itself, at random (desynchronises floods).
+JITTER = 0.5
+# The hold doubles per consecutive 429 on one connection, up to this many times the delay.
+MAX_HOLD_FACTOR = 16
+# After this many consecutive 429s the connection is closed (Connection: close).
+CLOSE_AFTER = 8
+# A 429 this long after the previous one on the connection counts as the first again.
+RESET_AFTER_S = 10.0
+
+
+class Strikes:
+    """Consecutive throttled replies on one connection."""
+
+    __slots__ = ("_random", "count", "last")
+
+    def __init__(self, rng: Callable[[], float] = random.random) -> None:
+        self._random = rng  # in [0, 1): how much of JITTER a hold gets
+        self.count = 0
+        self.last = -math.inf  # when the previous 429 was decided
+
+    def throttled(self, delay_s: float, now: float) -> tuple[float, bool]:
+        """Another 429 (base hold ``delay_s``): when to answer it, and whether to close after.
+
+        The answer is due at ``now`` plus the escalated hold (and its jitter);
+        ``delay_s`` 0 holds nothing (and still counts towards closing).
+        """
+        if now - self.last > RESET_AFTER_S:
+            self.count = 0
+        self.last = now
+        self.count += 1
+        close = self.count >= CLOSE_AFTER
+        if delay_s <= 0:
+            return now, close
+        hold = delay_s * min(MAX_HOLD_FACTOR, 1 << min(self.count - 1, 30))
+        return now + hold * (1 + JITTER * self._random()), close
