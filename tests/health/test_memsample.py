@@ -37,7 +37,7 @@ def follow(sampler: RollingMemorySampler, pids: list[int]) -> LivePids:
 
 def test_reads_at_most_per_call_and_converges_to_the_exact_total() -> None:
     proc = FakeProc({pid: pid * 1000 for pid in range(1, 101)})
-    sampler = RollingMemorySampler(10, read=proc.read, available=lambda: 7)
+    sampler = RollingMemorySampler(10, refresh_per_call=10, read=proc.read, available=lambda: 7)
     follow(sampler, list(proc.sizes))
     first = sampler.measure_now()
     assert len(proc.reads) == 10
@@ -98,7 +98,7 @@ def test_a_reused_pid_is_measured_afresh() -> None:
 def test_per_tick_work_does_not_grow_with_the_instances() -> None:
     """Idle ticks cost per_call reads and nothing that walks every pid (issue 12)."""
     proc = FakeProc({pid: 1000 for pid in range(1, 5001)})
-    sampler = RollingMemorySampler(16, read=proc.read, available=lambda: 0)
+    sampler = RollingMemorySampler(16, refresh_per_call=16, read=proc.read, available=lambda: 0)
     live = follow(sampler, list(proc.sizes))
 
     class Counting(set[int]):
@@ -116,6 +116,26 @@ def test_per_tick_work_does_not_grow_with_the_instances() -> None:
     assert len(live) == 5000
 
 
+def test_idle_ticks_refresh_only_a_few_while_new_instances_get_the_full_slice() -> None:
+    proc = FakeProc({pid: 1000 for pid in range(1, 101)})
+    sampler = RollingMemorySampler(16, refresh_per_call=4, read=proc.read, available=lambda: 0)
+    live = follow(sampler, list(proc.sizes))
+    for _ in range(7):  # 100 new ones, 16 a tick
+        sampler.measure_now()
+    assert proc.reads[:100] == list(range(1, 101))
+    assert proc.reads[100:] == [1, 2, 3, 4]  # the 7th tick had room for 4 refreshes
+    proc.reads.clear()
+    sampler.measure_now()
+    assert proc.reads == [5, 6, 7, 8]  # nothing new: the four measured longest ago
+    for pid in range(101, 121):
+        proc.sizes[pid] = 1000
+        live.add(pid, pid)
+    proc.reads.clear()
+    sampler.measure_now()
+    assert proc.reads == list(range(101, 117))  # new ones take the whole slice
+    assert sampler.measure_now().used_bytes == 120 * 1000
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     steps=st.lists(
@@ -125,7 +145,9 @@ def test_per_tick_work_does_not_grow_with_the_instances() -> None:
 )
 def test_after_enough_calls_the_total_is_exact(steps: list[dict[int, int]], per_call: int) -> None:
     proc = FakeProc({})
-    sampler = RollingMemorySampler(per_call, read=proc.read, available=lambda: 0)
+    sampler = RollingMemorySampler(
+        per_call, refresh_per_call=per_call, read=proc.read, available=lambda: 0
+    )
     live = LivePids()
     live.subscribe(sampler)
     for sizes in steps:
