@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,7 @@ from huselet.testing.probes import require_sandbox_host, sandbox_settings
 from huselet.testing.stack import NodeStack, running_stack, write_package
 
 __all__ = [
+    "PID_HANDLER",
     "NodeStack",
     "closed_port",
     "eventually",
@@ -29,9 +31,24 @@ __all__ = [
     "free_port",
     "pid_alive",
     "running_stack",
+    "unconfined_stack",
     "wait_until",
     "write_package",
 ]
+
+# A handler answering with its worker's pid: which instance served a request.
+PID_HANDLER = "import os\n\ndef handler(event, context):\n    return {'pid': os.getpid()}\n"
+
+
+def unconfined_stack(
+    root: Path, name: str, source: str, **spec: Any
+) -> contextlib.AbstractAsyncContextManager[NodeStack]:
+    """A node stack serving one function ``name`` (handler ``source``, extra ``spec``
+    keys) on the ``process`` runtime unconfined: the pool is under test, not the sandbox."""
+    write_package(root, name, source)
+    fn = {"name": name, "package": f"pkgs/{name}", "handler": "main:handler", **spec}
+    return running_stack(root, [fn], runtimes={"process": {"isolation": False}})
+
 
 # Deadlines are generous on purpose: they only bound a test that is already
 # failing, so a loaded machine (CI, stress) never turns a slow pass into a fail.

@@ -2,7 +2,8 @@
 
 Instances *pull*: an instance with credit to spare registers a *taker*
 (:meth:`RequestBuffer.add_taker`), and :meth:`RequestBuffer.put` hands a new
-request straight to the longest-waiting taker, which writes it to its instance
+request straight to the taker that registered last (the instance that became
+idle last: :mod:`huselet.dispatch.idlestack` says why), which writes it to its instance
 there and then: no task wakes up between a request's arrival and its frame on
 the link. (:meth:`RequestBuffer.get` remains for whoever waits in a task.)
 Invocations that are already done (their caller's deadline passed, or the node
@@ -23,6 +24,7 @@ from collections.abc import Callable
 
 import trio
 
+from huselet.dispatch.idlestack import IdleStack
 from huselet.dispatch.invocation import Invocation, InvocationState
 from huselet.errors import DeadlineExceeded, HuseletError, QueueFull
 
@@ -32,9 +34,11 @@ class RequestBuffer:
         self.capacity = capacity
         self._queue: deque[Invocation] = deque()
         self._live = 0  # entries of _queue still QUEUED (the rest are done, skipped lazily)
-        self._getters = trio.lowlevel.ParkingLot()
-        # Instances ready to take a request now, oldest first (a dict: O(1) add,
-        # remove and pop-oldest): key -> the call that takes one from this queue.
+        # LIFO, as the takers: the task that parked last is woken first.
+        self._getters = IdleStack()
+        # Instances ready to take a request now (a dict: O(1) add, remove and
+        # pop-newest): key -> the call that takes one from this queue. The one
+        # that registered last takes the next request (see _hand_over).
         self._takers: dict[object, Callable[[], object]] = {}
 
     def __len__(self) -> int:
@@ -52,6 +56,7 @@ class RequestBuffer:
         ``take`` runs in the caller of :meth:`put` (or :meth:`requeue`): it
         must not block, and takes the request with :meth:`get_nowait`.
         """
+        self._takers.pop(key, None)  # re-registering makes it the newest
         self._takers[key] = take
 
     def remove_taker(self, key: object) -> None:
@@ -62,8 +67,12 @@ class RequestBuffer:
         # a taker re-registers only after taking, or when nothing is left.
         takers = self._takers
         while takers and self._live:
-            key = next(iter(takers))
-            takers.pop(key)()
+            # LIFO: the instance that became idle last (warm caches; the
+            # others stay idle and can idle out). FIFO made a trickle of
+            # requests round-robin over every idle instance: with 2,000 idle,
+            # each request met a process long out of the CPU caches.
+            _, take = takers.popitem()
+            take()
 
     def live_count(self) -> int:
         """Requests waiting for an instance (done ones excluded); O(1)."""

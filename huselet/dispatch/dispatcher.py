@@ -23,6 +23,7 @@ from huselet.dispatch.deadlines import DeadlineTimer
 from huselet.dispatch.events import ChangeEvents, ChangeListener
 from huselet.dispatch.instance import CodeProvider
 from huselet.dispatch.invocation import Invocation, InvokeOptions, InvokeResult
+from huselet.dispatch.livepids import LivePids, PidListener
 from huselet.dispatch.observer import InstanceObserver
 from huselet.dispatch.pool import FunctionPool
 from huselet.dispatch.reasons import StopReason
@@ -70,6 +71,8 @@ class Dispatcher:
         self.instance_observer: InstanceObserver | None = None  # instance metrics
         # Every accepted invocation's deadline, on one timer (no cancel scope per request).
         self.deadlines = DeadlineTimer(self._expire)
+        # Pids of every live instance (retiring pools' too), kept as they start and end.
+        self.live_pids = LivePids()
 
     @property
     def running(self) -> bool:
@@ -94,6 +97,7 @@ class Dispatcher:
         )
         pool.starts_held = self.starts_held
         pool.observer = self.instance_observer
+        pool.live_pids = self.live_pids
         self.pools[fn.name] = pool
         pool.on_change = self._emit
         self._emit("function", fn.name, self.describe_function(fn.name))
@@ -347,8 +351,11 @@ class Dispatcher:
         return reaped
 
     def instance_pids(self) -> list[int]:
-        pools = [*self.pools.values(), *self._retiring]
-        return [pid for pool in pools for pid in pool.instance_pids()]
+        return list(self.live_pids)
+
+    def watch_pids(self, listener: PidListener) -> None:
+        """Tell ``listener`` of every live instance's pid, and of each start and end."""
+        self.live_pids.subscribe(listener)
 
     # --- inspection ---------------------------------------------------------------
 

@@ -106,6 +106,8 @@ async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
         raise _StartError(str(exc)) from None
     record.marks["sandbox"] = trio.current_time()
     handle = record.handle
+    if handle.pid is not None:
+        pool.live_pids.add(handle.pid, record)  # the memory loop follows it from here
     async with trio.open_nursery() as race:
 
         async def exited_early() -> None:
@@ -202,6 +204,8 @@ async def _teardown(pool: FunctionPool, record: InstanceRecord) -> None:
             instance=record.id,
             pid=handle.pid if handle else None,
         )
+    if handle is not None and handle.pid is not None:
+        pool.live_pids.discard(handle.pid, record)
     if link is not None:
         await link.aclose()
     if record.code is not None:

@@ -48,15 +48,24 @@ from huselet.dispatch.instance import (
 from huselet.dispatch.invocation import Invocation
 from huselet.dispatch.lifecycle import run_instance
 from huselet.dispatch.links import token_matches
+from huselet.dispatch.livepids import LivePids
 from huselet.dispatch.observer import InstanceObserver
 from huselet.dispatch.reasons import StopReason
 from huselet.dispatch.startretry import StartRetry
 from huselet.errors import Draining, HuseletError, Unavailable
-from huselet.health.breaker import CircuitBreaker
+from huselet.health.breaker import BreakerState, CircuitBreaker
 from huselet.log import get_logger
 from huselet.runtime.base import Runtime
 
 log = get_logger("pool")
+
+# Starts under way per function at most. A runtime starts one function's
+# instances one after the other (the zygote clones one at a time), so asking
+# for 4,000 at once only queued them: each start's timeout ran while it
+# waited its turn (the last ones timed out, and the breaker opened), and
+# thousands of waiting tasks cost the event loop. The starts held back are
+# asked for as soon as one under way is ready or ended.
+MAX_STARTING = 32
 
 # Observer of a pool's state: ``(kind, name, body)``; ``body`` None means removed.
 # Called synchronously on every change, so it must be cheap and must not block.
@@ -95,6 +104,7 @@ class FunctionPool:
         # Instances starting and not asked to stop, kept by the records themselves
         # (InstanceRecord.starting): ensure_capacity runs on every request.
         self.starting = 0
+        self._starts_held_back = False  # ensure_capacity wanted more than MAX_STARTING
         self.counters: Counter[str] = Counter()
         self.heartbeats = Heartbeats(
             self.name, self.health, self.counters, nursery.start_soon, runtime.name
@@ -109,6 +119,9 @@ class FunctionPool:
         self.host_limit = HostLimitHold()
         self.start_retry = StartRetry()  # a timed-out start retried for the queue
         self.observer: InstanceObserver | None = None  # metrics of instance lives
+        # Pids of its running sandboxes, kept by the lifecycle as they start and
+        # end; the dispatcher hands every pool the node-wide set.
+        self.live_pids = LivePids()
 
     # --- requests -------------------------------------------------------------
 
@@ -158,7 +171,11 @@ class FunctionPool:
         demand = self.buffer.live_count() - self.spare_credits - self.starting
         room = self.settings.max_instances - len(self.instances)
         want = max(demand, self.settings.min_instances - len(self.instances))
-        for _ in range(min(want, room)):
+        count = min(want, room)
+        if count > MAX_STARTING - self.starting:
+            count = MAX_STARTING - self.starting
+            self._starts_held_back = True  # resumed when a start under way finishes
+        for _ in range(count):
             self._start_instance()
 
     def _start_instance(self) -> None:
@@ -173,6 +190,15 @@ class FunctionPool:
 
     def _starting_changed(self, starting: bool) -> None:
         self.starting += 1 if starting else -1
+        if not starting and self._starts_held_back:
+            self._starts_held_back = False
+            # Not from inside a record's state change: at the next turn of the loop.
+            self._nursery.start_soon(self._resume_starts)
+
+    async def _resume_starts(self) -> None:
+        # A breaker that opened meanwhile cancelled the starts: its trial decides.
+        if self.breaker.state is BreakerState.CLOSED:
+            self.ensure_capacity()
 
     def _instance_changed(self, record: InstanceRecord) -> None:
         if self.on_change is not None:

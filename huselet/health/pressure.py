@@ -38,13 +38,16 @@ import resource
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from huselet.config.health import HealthSettings
 from huselet.health.counters import HealthCounter
 from huselet.health.supervisor import HealthLoop, HealthState, LoopReport
+
+if TYPE_CHECKING:
+    from huselet.dispatch.livepids import PidListener
 
 MiB = 1 << 20
 DEFAULT_BUDGET_SHARE = 0.9  # memory_budget_mb = 0: this share of the host's RAM
@@ -169,11 +172,24 @@ class FdSample:
         return 100.0 * self.open / self.limit if self.limit else 0.0
 
 
+def open_fd_count() -> int:
+    """The daemon's open descriptors.
+
+    Linux 6.2+ reports the count as the size of ``/proc/self/fd`` (from the
+    descriptor bitmap: O(1) for our purposes); older kernels report 0 there,
+    and then the directory is listed — O(descriptors), ~3 per instance.
+    """
+    counted = os.stat("/proc/self/fd").st_size
+    if counted > 0:
+        return counted
+    return len(os.listdir("/proc/self/fd")) - 1  # minus listdir's own descriptor
+
+
 def measure_fds() -> FdSample:
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = 0 if soft == resource.RLIM_INFINITY else soft
     try:
-        count = len(os.listdir("/proc/self/fd")) - 1  # minus listdir's own descriptor
+        count = open_fd_count()
     except OSError as exc:
         if exc.errno not in (errno.EMFILE, errno.ENFILE):
             raise
@@ -199,7 +215,13 @@ class InstanceControl(Protocol):
 
     def reap_idle(self, reason: str) -> int: ...
 
-    def instance_pids(self) -> list[int]: ...
+    def watch_pids(self, listener: PidListener) -> None: ...
+
+
+class MemorySource(Protocol):
+    """Where the memory loop's numbers come from (:mod:`huselet.health.memsample`)."""
+
+    async def sample(self) -> MemorySample: ...
 
 
 class ConnectionGate(Protocol):
@@ -296,7 +318,7 @@ class MemoryPressure:
         enter_percent: float,
         leave_percent: float,
         min_available_bytes: int = 0,
-        measure: Callable[[Sequence[int]], MemorySample] = measure_memory,
+        source: MemorySource,
     ) -> None:
         if budget_bytes <= 0:
             raise ValueError(f"memory budget must be positive, got {budget_bytes}")
@@ -310,7 +332,7 @@ class MemoryPressure:
             if min_available_bytes > 0
             else None
         )
-        self.measure = measure
+        self.source = source
         self.active = False
         self.last: MemorySample | None = None
 
@@ -335,9 +357,8 @@ class MemoryPressure:
         return text
 
     async def check(self, report: LoopReport) -> None:
-        pids = self.dispatcher.instance_pids()
-        # One /proc read per instance: a worker thread, not the event loop.
-        sample = await trio.to_thread.run_sync(self.measure, pids)
+        # A bounded slice of the instances, read in a worker thread.
+        sample = await self.source.sample()
         self.last = sample
         report.counters[HealthCounter.SAMPLES] += 1
         percent = self._percent(sample)
@@ -462,6 +483,8 @@ def build_pressure_loops(
     """The three pressure loops of a daemon, configured from ``[health]``."""
     from huselet.health.memsample import RollingMemorySampler  # it builds on this module
 
+    sampler = RollingMemorySampler()
+    dispatcher.watch_pids(sampler)  # told of each start and end: no walk per tick
     return [
         DiskPressure(
             state_dir,
@@ -473,7 +496,7 @@ def build_pressure_loops(
         MemoryPressure(
             dispatcher,
             # A bounded slice of the instances per tick, not all of them.
-            measure=RollingMemorySampler(),
+            source=sampler,
             interval_s=settings.memory_interval_ms / 1000,
             budget_bytes=memory_budget_bytes(settings),
             enter_percent=settings.memory_enter_percent,

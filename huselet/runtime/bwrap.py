@@ -162,7 +162,7 @@ class BwrapRuntime(SandboxRuntime):
         uid = self.uid_for(fn)
         base_argv, _ = self._argv(fn, uid, spec.image)
         argv = list(base_argv)
-        cgroup = self.acquire_cgroup(fn)
+        cgroup = await self.acquire_cgroup(fn)
         link = None
         filter_fd: int | None = None
         try:

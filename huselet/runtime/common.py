@@ -48,6 +48,7 @@ from huselet.runtime.isolation import (
     parse_isolation,
     probe_host,
     resolve,
+    uid_nproc,
 )
 from huselet.runtime.output import OutputLimiter
 from huselet.runtime.spawner import SpawnThread
@@ -161,6 +162,7 @@ def sandbox_plan(
     fn: FunctionSettings, staging: Path, ro_paths: tuple[str, ...], uid: int | None, **how: Any
 ) -> SandboxPlan:
     """The confinement plan of one function's sandbox (``how``: the runtime's settings)."""
+    how["nproc"] = uid_nproc(fn, how.get("nproc"))
     return SandboxPlan(
         function=fn.name,
         package=str(fn.package),
@@ -238,8 +240,9 @@ class SandboxRuntime(ChildRuntime):
         """The function's helper uid; None when isolation is off (the daemon's own)."""
         return self._uids.uid_for(identity(fn)) if self.isolation.isolation else None
 
-    def acquire_cgroup(self, fn: FunctionSettings) -> Cgroup | None:
-        return self._cgroups.acquire(fn.memory_mb * MiB) if self._cgroups else None
+    async def acquire_cgroup(self, fn: FunctionSettings) -> Cgroup | None:
+        """An instance cgroup (made off the event loop when the pool ran dry)."""
+        return await self._cgroups.acquire(fn.memory_mb * MiB) if self._cgroups else None
 
     async def release_cgroup(self, cgroup: Cgroup | None) -> None:
         """Empty an instance cgroup and return it to the pool (also from cancelled scopes)."""

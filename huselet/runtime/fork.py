@@ -55,7 +55,7 @@ from huselet.runtime.children import ChildHandle, SandboxHandle, StrayReaper, di
 from huselet.runtime.codeimage import code_key, code_ro_paths
 from huselet.runtime.common import MiB, SandboxRuntime, sandbox_plan
 from huselet.runtime.hostlimits import start_failure
-from huselet.runtime.isolation import identity
+from huselet.runtime.isolation import identity, uid_nproc
 from huselet.runtime.zygote import ZygoteProcess, ZygoteSlot
 from huselet.sandbox.confine import SandboxPlan
 
@@ -201,7 +201,9 @@ class ForkRuntime(SandboxRuntime):
             cgroup = None
             if self._cgroups is not None:
                 cgroup = self._cgroups.named(
-                    name, memory_bytes=self.zygote_memory, pids_max=self.isolation.nproc
+                    name,
+                    memory_bytes=self.zygote_memory,
+                    pids_max=uid_nproc(fn, self.isolation.nproc),
                 )
             return ZygoteProcess(
                 f"{name}.{generation}",
@@ -250,7 +252,7 @@ class ForkRuntime(SandboxRuntime):
         fn = spec.function
         deadline = trio.current_time() + fn.start_timeout_ms / 1000
         zygote = await self._slot(fn, spec.image).ready(deadline)
-        cgroup = self.acquire_cgroup(fn)
+        cgroup = await self.acquire_cgroup(fn)
         out_r: int | None = None
         handle: SandboxHandle | None = None
         try:

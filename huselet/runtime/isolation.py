@@ -46,7 +46,7 @@ class IsolationSettings:
     cpu_cores: float = 1.0  # 0: no CPU limit
     tmp_size_mb: int = 64
     nofile: int = 1024
-    nproc: int = 4096
+    nproc: int | None = None  # RLIMIT_NPROC of a function's uid; None: uid_nproc() decides
     ro_paths: tuple[str, ...] = ()
     allow_degraded: bool = False
     # Filled in by resolve(): what the host could not provide.
@@ -69,7 +69,9 @@ def parse_isolation(table: ConfigTable) -> IsolationSettings:
         cpu_cores=table.number("cpu_cores", default=d.cpu_cores),
         tmp_size_mb=table.positive_int("tmp_size_mb", default=d.tmp_size_mb),
         nofile=table.positive_int("nofile", default=d.nofile, minimum=64),
-        nproc=table.positive_int("nproc", default=d.nproc, minimum=16),
+        nproc=(
+            None if table.optional("nproc") is None else table.positive_int("nproc", minimum=16)
+        ),
         ro_paths=table.absolute_paths("ro_paths"),
         allow_degraded=table.boolean("allow_degraded", default=d.allow_degraded),
     )
@@ -183,6 +185,31 @@ def identity(fn: FunctionSettings) -> str:
     zygotes, so nothing started for the previous owner is shared with the new one.
     """
     return fn.name if fn.tenant is None else f"{fn.tenant}/{fn.name}"
+
+
+# RLIMIT_NPROC of a function's uid when ``nproc`` is not set: at least this...
+NPROC_FLOOR = 4096
+# ...and enough for every instance the function may have: each may hold a few
+# tasks (the worker, a thread or child of the handler; the instance's cgroup
+# ``pids_max`` is its own bound), plus the zygotes (two during a code update).
+NPROC_PER_INSTANCE = 4
+NPROC_ZYGOTES = 64
+
+
+def uid_nproc(fn: FunctionSettings, configured: int | None) -> int:
+    """RLIMIT_NPROC for ``fn``'s uid: ``nproc`` when configured, else sized to its instances.
+
+    The limit counts every task of the uid, i.e. of all the function's
+    instances together. A fixed 4096 stopped a function at ~4,000 instances
+    with a "host limit" 503 that no host limit caused; by default it now
+    grows with ``max_instances`` (fixed when the function's zygote is built),
+    so what stops a big function is a real limit of the host (``pid_max``,
+    ``threads-max``, memory, descriptors). A configured ``nproc`` is taken as
+    it is: the operator chose that cap deliberately.
+    """
+    if configured is not None:
+        return configured
+    return max(NPROC_FLOOR, fn.max_instances * NPROC_PER_INSTANCE + NPROC_ZYGOTES)
 
 
 class UidAllocator:

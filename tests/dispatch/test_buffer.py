@@ -83,7 +83,8 @@ async def test_fail_all_completes_every_queued_invocation() -> None:
     assert len(buf) == 0
 
 
-async def test_a_new_request_goes_straight_to_the_longest_waiting_taker() -> None:
+async def test_a_new_request_goes_straight_to_the_taker_that_registered_last() -> None:
+    # LIFO: the instance that became idle last (see huselet.dispatch.idlestack).
     buf = RequestBuffer(4)
     taken: list[tuple[str, str]] = []
 
@@ -100,10 +101,10 @@ async def test_a_new_request_goes_straight_to_the_longest_waiting_taker() -> Non
     assert buf.idle_getters == 2
     with trio.testing.assert_no_checkpoints():  # no task wakes up for it
         buf.put(inv("a"))
-    assert taken == [("first", "a")] and buf.live_count() == 0
+    assert taken == [("second", "a")] and buf.live_count() == 0
     retried = inv("b")
     buf.requeue(retried)  # a retry is handed over the same way
-    assert taken[-1] == ("second", "b") and buf.idle_getters == 0
+    assert taken[-1] == ("first", "b") and buf.idle_getters == 0
     buf.put(inv("c"))  # no taker left: it waits in the queue
     assert buf.live_count() == 1
 
@@ -111,13 +112,13 @@ async def test_a_new_request_goes_straight_to_the_longest_waiting_taker() -> Non
 async def test_a_taker_that_takes_nothing_is_dropped_and_the_next_one_is_asked() -> None:
     buf = RequestBuffer(4)
     asked: list[str] = []
-    buf.add_taker("stopping", lambda: asked.append("stopping"))  # e.g. its instance stopped
 
     def ready() -> None:
         asked.append("ready")
         buf.get_nowait()
 
     buf.add_taker("ready", ready)
+    buf.add_taker("stopping", lambda: asked.append("stopping"))  # e.g. its instance stopped
     buf.add_taker("gone", lambda: asked.append("gone"))
     buf.remove_taker("gone")
     buf.put(inv("a"))

@@ -1,5 +1,6 @@
 """RollingMemorySampler: a bounded number of /proc reads per tick, an exact total
-once every instance has been measured, new and ended instances counted at once."""
+once every instance has been measured, new and ended instances counted at once,
+and no walk over the live pids per tick (it is told of starts and ends)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from huselet.dispatch.livepids import LivePids
 from huselet.health.memsample import RollingMemorySampler
 from huselet.health.pressure import measure_memory
 
@@ -25,34 +27,113 @@ class FakeProc:
         return self.sizes.get(pid)
 
 
+def follow(sampler: RollingMemorySampler, pids: list[int]) -> LivePids:
+    live = LivePids()
+    live.subscribe(sampler)
+    for pid in pids:
+        live.add(pid, pid)
+    return live
+
+
 def test_reads_at_most_per_call_and_converges_to_the_exact_total() -> None:
     proc = FakeProc({pid: pid * 1000 for pid in range(1, 101)})
-    sampler = RollingMemorySampler(10, read=proc.read, available=lambda: 7)
-    pids = list(proc.sizes)
-    first = sampler(pids)
+    sampler = RollingMemorySampler(10, refresh_per_call=10, read=proc.read, available=lambda: 7)
+    follow(sampler, list(proc.sizes))
+    first = sampler.measure_now()
     assert len(proc.reads) == 10
     # 10 measured (pids 1..10, mean 5500), 90 counted at their mean.
     assert first.instances == 10 and first.used_bytes == 55_000 + 90 * 5500
     assert first.available_bytes == 7
     for _ in range(9):
-        sample = sampler(pids)
+        sample = sampler.measure_now()
     assert len(proc.reads) == 100 and sample.used_bytes == sum(proc.sizes.values())
     # A grown instance shows once its turn comes round again (oldest first).
     proc.sizes[1] = 10**9
-    assert sampler(pids).used_bytes == sum(proc.sizes.values())
+    assert sampler.measure_now().used_bytes == sum(proc.sizes.values())
     assert proc.reads[-10:] == list(range(1, 11))
 
 
 def test_new_instances_are_measured_first_and_ended_ones_leave_at_once() -> None:
     proc = FakeProc({1: 100, 2: 200, 3: 300})
     sampler = RollingMemorySampler(1, read=proc.read, available=lambda: 0)
+    live = follow(sampler, [1, 2, 3])
     for _ in range(3):
-        sampler([1, 2, 3])
-    assert sampler([1, 2, 3]).used_bytes == 600
+        sampler.measure_now()
+    assert sampler.measure_now().used_bytes == 600
     proc.sizes[4] = 4000
+    live.add(4, 4)
     proc.reads.clear()
-    assert sampler([1, 2, 3, 4]).used_bytes == 4600 and proc.reads == [4]
-    assert sampler([2, 4]).used_bytes == 4200  # 1 and 3 ended: no read needed
+    assert sampler.measure_now().used_bytes == 4600 and proc.reads == [4]
+    live.discard(1, 1)
+    live.discard(3, 3)
+    assert sampler.measure_now().used_bytes == 4200  # 1 and 3 ended: no read needed
+
+
+def test_an_instance_ending_while_it_is_read_is_not_counted() -> None:
+    proc = FakeProc({1: 100, 2: 200})
+    sampler = RollingMemorySampler(2, read=proc.read, available=lambda: 0)
+    live = follow(sampler, [1, 2])
+    due = sampler.due()
+    sizes, available = sampler.read(due)
+    live.discard(1, 1)  # its teardown ran while the worker thread read /proc
+    assert sampler.record(due, sizes, available).used_bytes == 200
+
+
+def test_a_reused_pid_is_measured_afresh() -> None:
+    proc = FakeProc({7: 100})
+    sampler = RollingMemorySampler(4, read=proc.read, available=lambda: 0)
+    live = LivePids()
+    live.subscribe(sampler)
+    old, new = object(), object()
+    live.add(7, old)
+    assert sampler.measure_now().used_bytes == 100
+    # The process was reaped and its pid reused before the old owner's teardown.
+    proc.sizes[7] = 5000
+    live.add(7, new)
+    live.discard(7, old)  # the old owner's late discard leaves the new one alone
+    assert 7 in live
+    assert sampler.measure_now().used_bytes == 5000
+
+
+def test_per_tick_work_does_not_grow_with_the_instances() -> None:
+    """Idle ticks cost per_call reads and nothing that walks every pid (issue 12)."""
+    proc = FakeProc({pid: 1000 for pid in range(1, 5001)})
+    sampler = RollingMemorySampler(16, refresh_per_call=16, read=proc.read, available=lambda: 0)
+    live = follow(sampler, list(proc.sizes))
+
+    class Counting(set[int]):
+        iterated = 0
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            Counting.iterated += 1
+            return super().__iter__()
+
+    sampler._live = Counting(sampler._live)
+    for _ in range(400):
+        sampler.measure_now()
+    assert len(proc.reads) == 400 * 16
+    assert Counting.iterated == 0
+    assert len(live) == 5000
+
+
+def test_idle_ticks_refresh_only_a_few_while_new_instances_get_the_full_slice() -> None:
+    proc = FakeProc({pid: 1000 for pid in range(1, 101)})
+    sampler = RollingMemorySampler(16, refresh_per_call=4, read=proc.read, available=lambda: 0)
+    live = follow(sampler, list(proc.sizes))
+    for _ in range(7):  # 100 new ones, 16 a tick
+        sampler.measure_now()
+    assert proc.reads[:100] == list(range(1, 101))
+    assert proc.reads[100:] == [1, 2, 3, 4]  # the 7th tick had room for 4 refreshes
+    proc.reads.clear()
+    sampler.measure_now()
+    assert proc.reads == [5, 6, 7, 8]  # nothing new: the four measured longest ago
+    for pid in range(101, 121):
+        proc.sizes[pid] = 1000
+        live.add(pid, pid)
+    proc.reads.clear()
+    sampler.measure_now()
+    assert proc.reads == list(range(101, 117))  # new ones take the whole slice
+    assert sampler.measure_now().used_bytes == 120 * 1000
 
 
 @settings(max_examples=200, deadline=None)
@@ -64,20 +145,29 @@ def test_new_instances_are_measured_first_and_ended_ones_leave_at_once() -> None
 )
 def test_after_enough_calls_the_total_is_exact(steps: list[dict[int, int]], per_call: int) -> None:
     proc = FakeProc({})
-    sampler = RollingMemorySampler(per_call, read=proc.read, available=lambda: 0)
+    sampler = RollingMemorySampler(
+        per_call, refresh_per_call=per_call, read=proc.read, available=lambda: 0
+    )
+    live = LivePids()
+    live.subscribe(sampler)
     for sizes in steps:
+        for pid in [p for p in live if p not in sizes]:
+            live.discard(pid, pid)
+        for pid in sizes:
+            live.add(pid, pid)
         proc.sizes = sizes
         reads = len(proc.reads)
-        sampler(list(sizes))
+        sampler.measure_now()
         assert len(proc.reads) - reads <= per_call
     if steps:
         sizes = steps[-1]
         for _ in range(len(sizes) // per_call + 1):
-            sample = sampler(list(sizes))
+            sample = sampler.measure_now()
         assert sample.used_bytes == sum(sizes.values())
+        assert sample.instances == len(sizes)
 
 
-def test_real_processes_match_a_full_scan() -> None:
+async def test_real_processes_match_a_full_scan() -> None:
     children = [
         subprocess.Popen(
             [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
@@ -87,8 +177,9 @@ def test_real_processes_match_a_full_scan() -> None:
     try:
         pids = [os.getpid(), *(c.pid for c in children)]
         sampler = RollingMemorySampler(2)
-        sampler(pids)
-        rolled = sampler(pids)
+        follow(sampler, pids)
+        await sampler.sample()
+        rolled = await sampler.sample()  # the reads run in a worker thread
         full = measure_memory(pids)
         assert rolled.instances == full.instances == 4
         # Sizes move a little between the reads; the totals agree closely.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -23,6 +23,7 @@ from huselet.config import GatewaySettings, TcpAddress
 from huselet.config.health import HealthSettings
 from huselet.dispatch.invocation import InvokeResult
 from huselet.gateway import HttpIngress
+from huselet.health.memsample import RollingMemorySampler
 from huselet.health.pressure import (
     Change,
     DiskPressure,
@@ -36,6 +37,7 @@ from huselet.health.pressure import (
     measure_disk,
     measure_fds,
     measure_memory,
+    open_fd_count,
     process_memory_bytes,
 )
 from huselet.health.supervisor import HealthState, HealthSupervisor, LoopReport
@@ -111,7 +113,7 @@ class FakeDispatcher:
         self.holds: list[str | None] = []
         self.reaps: list[str] = []
         self.idle = idle
-        self.pids = [101, 102]
+        self.pid_listeners: list[object] = []
 
     def hold_starts(self, reason: str | None) -> None:
         self.holds.append(reason)
@@ -121,8 +123,18 @@ class FakeDispatcher:
         reaped, self.idle = self.idle, 0
         return reaped
 
-    def instance_pids(self) -> list[int]:
-        return list(self.pids)
+    def watch_pids(self, listener: object) -> None:
+        self.pid_listeners.append(listener)
+
+
+class ScriptedMemory:
+    """A memory source returning what ``measure`` says (swap it to change the script)."""
+
+    def __init__(self, measure: Callable[[], MemorySample]) -> None:
+        self.measure = measure
+
+    async def sample(self) -> MemorySample:
+        return self.measure()
 
 
 class FakeIngress:
@@ -147,7 +159,7 @@ def memory_loop(
         enter_percent=95,
         leave_percent=85,
         min_available_bytes=min_mb * MiB,
-        measure=lambda pids: script.next(),
+        source=ScriptedMemory(script.next),
     )
 
 
@@ -212,10 +224,11 @@ async def test_low_host_memory_is_pressure_too() -> None:
     assert "the host has 100 MiB available (minimum 256 MiB)" in report.detail
     assert "the host has 100 MiB available" in (dispatcher.holds[0] or "")
     # Leaves only once MemAvailable is 1.25 times the minimum again.
-    loop.measure = lambda pids: MemorySample(10 * MiB, 1, 300 * MiB)
+    assert isinstance(loop.source, ScriptedMemory)
+    loop.source.measure = lambda: MemorySample(10 * MiB, 1, 300 * MiB)
     await loop.check(report)
     assert report.state is HealthState.DEGRADED
-    loop.measure = lambda pids: MemorySample(10 * MiB, 1, 330 * MiB)
+    loop.source.measure = lambda: MemorySample(10 * MiB, 1, 330 * MiB)
     await loop.check(report)
     assert report.state is HealthState.OK and dispatcher.holds[-1] is None
 
@@ -434,15 +447,22 @@ def test_measure_fds_counts_open_descriptors(tmp_path: Path) -> None:
     assert during.limit > 0 and 0 < during.percent < 100
 
 
+def test_open_fd_count_agrees_with_listing_the_directory() -> None:
+    # Whichever way the kernel lets us count (the size of /proc/self/fd on
+    # Linux 6.2+, a listing before), the figure is the listing's.
+    assert open_fd_count() == len(os.listdir("/proc/self/fd")) - 1
+
+
 # --- configuration
 
 
 def test_build_pressure_loops_from_settings(tmp_path: Path) -> None:
     settings = HealthSettings(memory_budget_mb=512, disk_interval_ms=250)
+    dispatcher = FakeDispatcher()
     loops = build_pressure_loops(
         settings,
         state_dir=tmp_path,
-        dispatcher=FakeDispatcher(),
+        dispatcher=dispatcher,
         cache=ImageStore(tmp_path, disk_budget_bytes=MiB, memory_budget_bytes=MiB),
         ingress=FakeIngress(),
     )
@@ -452,6 +472,9 @@ def test_build_pressure_loops_from_settings(tmp_path: Path) -> None:
     assert (disk.gate.enter, disk.gate.leave) == (5, 10)
     assert isinstance(memory, MemoryPressure) and memory.budget_bytes == 512 * MiB
     assert memory.available_gate is not None and memory.available_gate.enter == 256 * MiB
+    # Its sampler follows the dispatcher's live pids (told of starts and ends, no walk).
+    assert isinstance(memory.source, RollingMemorySampler)
+    assert dispatcher.pid_listeners == [memory.source]
     assert isinstance(fds, FdPressure) and (fds.gate.enter, fds.gate.leave) == (85, 70)
     # 0: 90 % of the host's RAM.
     (_, default_memory, _) = build_pressure_loops(
