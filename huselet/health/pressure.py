@@ -16,7 +16,7 @@ the transitions:
   503 naming the reason; warm instances keep serving) and reaps idle ones —
   again every interval while usage stays at or above the enter threshold.
   Leave: starts resume.
-- :class:`FdPressure` — the daemon's open descriptors against
+- :class:`~huselet.health.fdpressure.FdPressure` — the daemon's open descriptors against
   ``RLIMIT_NOFILE``. Enter: the ingress answers every new connection 503 at
   once, and idle instances (each holds a link socket and pipes) are reaped.
   Leave: connections are served again.
@@ -32,9 +32,7 @@ decisions are tested with plain numbers. Every healing action goes through
 from __future__ import annotations
 
 import enum
-import errno
 import os
-import resource
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,41 +160,6 @@ def measure_memory(pids: Sequence[int]) -> MemorySample:
     return MemorySample(used, counted, host_memory()[1])
 
 
-@dataclass(frozen=True)
-class FdSample:
-    open: int
-    limit: int  # soft RLIMIT_NOFILE; 0: unlimited
-
-    @property
-    def percent(self) -> float:
-        return 100.0 * self.open / self.limit if self.limit else 0.0
-
-
-def open_fd_count() -> int:
-    """The daemon's open descriptors.
-
-    Linux 6.2+ reports the count as the size of ``/proc/self/fd`` (from the
-    descriptor bitmap: O(1) for our purposes); older kernels report 0 there,
-    and then the directory is listed — O(descriptors), ~3 per instance.
-    """
-    counted = os.stat("/proc/self/fd").st_size
-    if counted > 0:
-        return counted
-    return len(os.listdir("/proc/self/fd")) - 1  # minus listdir's own descriptor
-
-
-def measure_fds() -> FdSample:
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = 0 if soft == resource.RLIM_INFINITY else soft
-    try:
-        count = open_fd_count()
-    except OSError as exc:
-        if exc.errno not in (errno.EMFILE, errno.ENFILE):
-            raise
-        count = limit  # not even one more descriptor: that is the answer
-    return FdSample(count, limit)
-
-
 # --- what the loops act on ----------------------------------------------------------------
 
 
@@ -230,7 +193,8 @@ class ConnectionGate(Protocol):
     def refuse_connections(self, reason: str | None) -> None: ...
 
 
-def _pct(value: float) -> str:
+def pct(value: float) -> str:
+    """A percentage as the loops write it in reports and messages: one decimal."""
     return f"{value:.1f}%"
 
 
@@ -277,7 +241,7 @@ class DiskPressure:
         self.last = sample
         report.counters[HealthCounter.SAMPLES] += 1
         free = sample.free_percent
-        why = f"state dir {self.state_dir} has {_pct(free)} free (needs {self.gate.leave:g}%)"
+        why = f"state dir {self.state_dir} has {pct(free)} free (needs {self.gate.leave:g}%)"
         change = self.gate.update(free)
         if change is Change.ENTER:
             report.counters[HealthCounter.ENTERED] += 1
@@ -301,7 +265,7 @@ class DiskPressure:
         else:
             report.set(
                 HealthState.OK,
-                f"state dir {self.state_dir} has {_pct(free)} free "
+                f"state dir {self.state_dir} has {pct(free)} free "
                 f"({sample.free_bytes // MiB} MiB of {sample.total_bytes // MiB} MiB)",
             )
 
@@ -347,7 +311,7 @@ class MemoryPressure:
     def _describe(self, sample: MemorySample) -> str:
         text = (
             f"instances use {sample.used_bytes // MiB} MiB of the node's "
-            f"{self.budget_bytes // MiB} MiB budget ({_pct(self._percent(sample))})"
+            f"{self.budget_bytes // MiB} MiB budget ({pct(self._percent(sample))})"
         )
         if self.available_gate is not None and self.available_gate.active:
             text += (
@@ -408,63 +372,6 @@ class MemoryPressure:
             report.action("reaped idle instances", count=reaped, percent=round(percent, 1))
 
 
-class FdPressure:
-    name = "descriptors"
-
-    def __init__(
-        self,
-        ingress: ConnectionGate,
-        dispatcher: InstanceControl,
-        *,
-        interval_s: float,
-        enter_percent: float,
-        leave_percent: float,
-        measure: Callable[[], FdSample] = measure_fds,
-    ) -> None:
-        self.ingress = ingress
-        self.dispatcher = dispatcher
-        self.interval_s = interval_s
-        self.gate = Hysteresis(enter_percent, leave_percent)
-        self.measure = measure
-        self.last: FdSample | None = None
-
-    async def run(self, report: LoopReport) -> None:
-        while True:
-            await self.check(report)
-            await trio.sleep(self.interval_s)
-
-    async def check(self, report: LoopReport) -> None:
-        # Cheap (one directory listing), and a thread would itself be short of descriptors.
-        sample = self.measure()
-        self.last = sample
-        report.counters[HealthCounter.SAMPLES] += 1
-        percent = sample.percent
-        figure = (
-            f"{sample.open} of {sample.limit or 'unlimited'} descriptors open ({_pct(percent)})"
-        )
-        change = self.gate.update(percent)
-        if change is Change.ENTER:
-            report.counters[HealthCounter.ENTERED] += 1
-            # Callers see this: no paths, just the figure.
-            reason = f"the node is short of file descriptors: {figure}"
-            self.ingress.refuse_connections(reason)
-            report.action("refusing new connections", percent=round(percent, 1), reason=reason)
-            reaped = self.dispatcher.reap_idle(reason)
-            report.counters[HealthCounter.INSTANCES_REAPED] += reaped
-            report.action("reaped idle instances", count=reaped, percent=round(percent, 1))
-        elif change is Change.LEAVE:
-            report.counters[HealthCounter.LEFT] += 1
-            self.ingress.refuse_connections(None)
-            report.action("accepting connections again", percent=round(percent, 1))
-        if self.gate.active:
-            report.set(
-                HealthState.DEGRADED,
-                f"{figure}: new connections refused until below {self.gate.leave:g}%",
-            )
-        else:
-            report.set(HealthState.OK, figure)
-
-
 def memory_budget_bytes(settings: HealthSettings) -> int:
     """``memory_budget_mb``, or 90 % of the host's RAM when it is 0."""
     if settings.memory_budget_mb:
@@ -481,7 +388,9 @@ def build_pressure_loops(
     ingress: ConnectionGate,
 ) -> list[HealthLoop]:
     """The three pressure loops of a daemon, configured from ``[health]``."""
-    from huselet.health.memsample import RollingMemorySampler  # it builds on this module
+    # Both build on this module.
+    from huselet.health.fdpressure import FdPressure
+    from huselet.health.memsample import RollingMemorySampler
 
     sampler = RollingMemorySampler()
     dispatcher.watch_pids(sampler)  # told of each start and end: no walk per tick

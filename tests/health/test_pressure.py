@@ -23,21 +23,18 @@ from huselet.config import GatewaySettings, TcpAddress
 from huselet.config.health import HealthSettings
 from huselet.dispatch.invocation import InvokeResult
 from huselet.gateway import HttpIngress
+from huselet.health.fdpressure import FdPressure, FdSample
 from huselet.health.memsample import RollingMemorySampler
 from huselet.health.pressure import (
     Change,
     DiskPressure,
     DiskSample,
-    FdPressure,
-    FdSample,
     Hysteresis,
     MemoryPressure,
     MemorySample,
     build_pressure_loops,
     measure_disk,
-    measure_fds,
     measure_memory,
-    open_fd_count,
     process_memory_bytes,
 )
 from huselet.health.supervisor import HealthState, HealthSupervisor, LoopReport
@@ -433,24 +430,6 @@ def test_process_memory_of_a_live_and_a_dead_process() -> None:
     sample = measure_memory([os.getpid(), child.pid])
     assert sample.instances == 1 and sample.used_bytes == pytest.approx(own, rel=0.5)
     assert sample.available_bytes > 0
-
-
-def test_measure_fds_counts_open_descriptors(tmp_path: Path) -> None:
-    before = measure_fds()
-    files = [open(tmp_path / f"f{i}", "w") for i in range(20)]  # noqa: SIM115
-    try:
-        during = measure_fds()
-    finally:
-        for f in files:
-            f.close()
-    assert during.open - before.open == 20
-    assert during.limit > 0 and 0 < during.percent < 100
-
-
-def test_open_fd_count_agrees_with_listing_the_directory() -> None:
-    # Whichever way the kernel lets us count (the size of /proc/self/fd on
-    # Linux 6.2+, a listing before), the figure is the listing's.
-    assert open_fd_count() == len(os.listdir("/proc/self/fd")) - 1
 
 
 # --- configuration
