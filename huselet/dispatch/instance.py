@@ -39,6 +39,7 @@ class InstanceRecord:
         function: str,
         on_state: Callable[[InstanceRecord], None] | None = None,
         on_starting: Callable[[bool], None] | None = None,
+        on_stop: Callable[[InstanceRecord, bool], None] | None = None,
     ) -> None:
         self.id = f"{function}-{secrets.token_hex(4)}"
         self.token = secrets.token_urlsafe(24)
@@ -48,6 +49,9 @@ class InstanceRecord:
         # Told when `starting` flips, so the pool counts starts under way without
         # walking its instances on every request. A record begins starting.
         self._on_starting = on_starting
+        # Told when it is first asked to stop (a stop reason set) or no longer is:
+        # the pool counts the instances meant to run without walking them.
+        self._on_stop = on_stop
         self._stop_reason: StopReason | None = None
         self.handle: InstanceHandle | None = None
         self.link: InstanceLink | None = None
@@ -93,8 +97,11 @@ class InstanceRecord:
     @stop_reason.setter
     def stop_reason(self, value: StopReason | None) -> None:
         was_starting = self.starting
+        flips = (self._stop_reason is None) is not (value is None)
         self._stop_reason = value
         self._starting_changed(was_starting)
+        if flips and self._on_stop is not None:
+            self._on_stop(self, value is not None)
 
     @property
     def starting(self) -> bool:

@@ -228,6 +228,7 @@ async def _teardown(pool: FunctionPool, record: InstanceRecord) -> None:
                 pool.counters[PoolCounter.INSTANCE_LOST] += 1
         record.inflight.clear()
     if pool.instances.pop(record.id, None) is not None:
+        pool.asked_to_stop.discard(record.id)
         pool.live_instances.leave()
         if pool.on_change is not None:
             pool.on_change("instance", record.id, None)

@@ -104,6 +104,9 @@ class FunctionPool:
         # Instances starting and not asked to stop, kept by the records themselves
         # (InstanceRecord.starting): ensure_capacity runs on every request.
         self.starting = 0
+        # Ids of listed instances asked to stop (a stop reason set), kept by the
+        # records themselves: live_count() is O(1) for every idle-out.
+        self.asked_to_stop: set[str] = set()
         self._starts_held_back = False  # ensure_capacity wanted more than MAX_STARTING
         self.counters: Counter[str] = Counter()
         self.heartbeats = Heartbeats(
@@ -179,7 +182,9 @@ class FunctionPool:
             self._start_instance()
 
     def _start_instance(self) -> None:
-        record = InstanceRecord(self.name, self._instance_changed, self._starting_changed)
+        record = InstanceRecord(
+            self.name, self._instance_changed, self._starting_changed, self._asked_to_stop
+        )
         self.starting += 1  # a new record is starting
         record.breaker_round = self.breaker.opened
         self.instances[record.id] = record
@@ -187,6 +192,16 @@ class FunctionPool:
         self._instance_changed(record)
         self.counters[PoolCounter.INSTANCES_STARTED] += 1
         self._nursery.start_soon(run_instance, self, record, name=f"instance {record.id}")
+
+    def _asked_to_stop(self, record: InstanceRecord, asked: bool) -> None:
+        if not asked:
+            self.asked_to_stop.discard(record.id)
+        elif record.id in self.instances:  # not after its teardown unlisted it
+            self.asked_to_stop.add(record.id)
+
+    def live_count(self) -> int:
+        """Listed instances not asked to stop (starting, idle or busy)."""
+        return len(self.instances) - len(self.asked_to_stop)
 
     def _starting_changed(self, starting: bool) -> None:
         self.starting += 1 if starting else -1

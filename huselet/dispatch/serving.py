@@ -134,8 +134,7 @@ def _idled_out(pool: FunctionPool, record: InstanceRecord, idle_timeout: float) 
         return False
     # Count the live ones only: instances idle at once would each see the
     # others, already stopping, and all go.
-    live = sum(1 for r in pool.instances.values() if r.stop_reason is None)
-    if live <= pool.settings.min_instances:
+    if pool.live_count() <= pool.settings.min_instances:
         return False
     pool.buffer.remove_taker(record)
     record.stop_reason = StopReason.IDLE

@@ -1,10 +1,11 @@
 """The incremental counts on the dispatch hot path equal a recomputation.
 
-``RequestBuffer.live_count()`` and ``FunctionPool.starting`` are kept as
-counters so that a request does not walk the queue or the instances. These
-tests drive random sequences of every operation that changes them and
-compare the counters with the walk they replace, after every step; a real
-pool under load is checked the same way.
+``RequestBuffer.live_count()``, ``FunctionPool.starting`` and
+``FunctionPool.live_count()`` are kept as counters so that a request (or an
+idle-out) does not walk the queue or the instances. These tests drive random
+sequences of every operation that changes them and compare the counters with
+the walk they replace, after every step; a real pool under load is checked
+the same way.
 """
 
 from __future__ import annotations
@@ -102,10 +103,15 @@ def test_starting_count_equals_a_walk_of_the_instances(
         def changed(starting: bool) -> None:
             count[0] += 1 if starting else -1
 
+        asked: set[str] = set()
+
+        def asked_to_stop(record: InstanceRecord, stopping: bool) -> None:
+            (asked.add if stopping else asked.discard)(record.id)
+
         records: list[InstanceRecord] = []
         for op, n, state in ops:
             if op == "new" or not records:
-                records.append(InstanceRecord("f", None, changed))
+                records.append(InstanceRecord("f", None, changed, asked_to_stop))
                 count[0] += 1  # the pool counts a new record as it creates it
                 continue
             record = records[n % len(records)]
@@ -119,6 +125,7 @@ def test_starting_count_equals_a_walk_of_the_instances(
                 1 for r in records if r.state is InstanceState.STARTING and r.stop_reason is None
             )
             assert count[0] == walked, (op, n, state)
+            assert asked == {r.id for r in records if r.stop_reason is not None}, (op, n)
 
     trio.run(run)
 
@@ -147,6 +154,9 @@ async def test_a_real_pool_keeps_its_counts_exact_under_a_burst(short_tmp: Path)
                 if r.state is InstanceState.STARTING and r.stop_reason is None
             )
             assert pool.starting == walked
+            assert pool.live_count() == sum(
+                1 for r in pool.instances.values() if r.stop_reason is None
+            )
             assert pool.buffer.live_count() == queued_by_walking(pool.buffer)
 
         async def one(i: int) -> None:

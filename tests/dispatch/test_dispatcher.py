@@ -217,8 +217,10 @@ async def test_idle_instances_are_reaped(short_tmp: Path) -> None:
                 await trio.sleep(0.02)
             while Path(f"/proc/{pid}").exists():
                 await trio.sleep(0.02)
+            assert node.pool("echo").live_count() == 0  # its teardown unlisted it
             # And a new request starts a fresh one.
             assert body(await node.dispatcher.invoke("echo", b"{}", "json"))["pid"] != pid
+            assert node.pool("echo").live_count() == 1
 
 
 async def test_min_instances_are_started_ahead(short_tmp: Path) -> None:
@@ -237,7 +239,7 @@ async def test_min_instances_are_started_ahead(short_tmp: Path) -> None:
             assert pool.counters["instances_started"] == 3
             while len(pool.instances) > 2:
                 await trio.sleep(0.02)
-        assert len(pool.instances) == 2
+        assert len(pool.instances) == 2 and pool.live_count() == 2
         assert pool.counters["instances_started"] == 3  # none reaped below the minimum
 
 
