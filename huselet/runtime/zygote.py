@@ -283,14 +283,23 @@ class ZygoteProcess:
         if self.placement.statistics().tasks_waiting:
             return
         async with self.placement:
-            await self._move(self.cgroup)
+            await self._move_home()
 
     async def evict_from(self, group: Cgroup) -> None:
         """Make sure the zygote is not in ``group`` (before that group is emptied)."""
         while self.where is group and not self.exited.is_set():
             async with self.placement:
                 if self.where is group:
-                    await self._move(self.cgroup)
+                    await self._move_home()
+
+    async def _move_home(self) -> None:
+        try:
+            await self._move(self.cgroup)
+        except FileNotFoundError:
+            # Its own cgroup is gone: the zygote is being torn down (its slot
+            # closed, or the runtime is stopping) while this move waited for a
+            # thread. Nothing to go back to; it is in no group we will empty.
+            self.where = None
 
     async def _move(self, target: Cgroup | None) -> None:
         if target is None or self.where is target or self.pid is None:

@@ -17,6 +17,7 @@ from support import running_stack, write_package
 from huselet.config import NodeSettings
 from huselet.dispatch.reasons import StopReason
 from huselet.runtime import RuntimeConfigError
+from huselet.runtime.cgroups import Cgroup
 from huselet.runtime.fork import ForkRuntime
 from huselet.testing.conformance import invoke_json
 from huselet.testing.probes import (
@@ -123,6 +124,32 @@ async def test_zygote_death_is_survived_and_rebuilt(short_tmp: Path) -> None:
             after = await invoke(stack, "f", {})
             assert after["instance"] != before["instance"]
             assert slot.generation == 2 and slot.process is not zygote
+
+
+async def test_a_zygote_whose_own_cgroup_is_gone_is_not_moved_home(short_tmp: Path) -> None:
+    # A move home runs in a worker thread; the zygote's own cgroup can be removed
+    # meanwhile (its slot closing, the runtime stopping). That is not an error of
+    # the instance being released: evicting ends, and nothing raises.
+    pkg = write_package(short_tmp, "f", IDENTITY)
+    functions = [fn("f", pkg, max_instances=1)]
+    async with running_stack(short_tmp, functions, {"fork": sandbox_settings(short_tmp)}) as stack:
+        with trio.fail_after(30):
+            await invoke(stack, "f", {})
+            runtime: ForkRuntime = stack.runtimes["fork"]  # type: ignore[assignment]
+            (slot,) = runtime._slots.values()
+            zygote = slot.process
+            assert zygote is not None and zygote.cgroup is not None
+            home, parked = zygote.cgroup, zygote.where
+            assert parked is not None
+            zygote.cgroup = Cgroup(home.host, home.rel + "-removed")  # never created
+            try:
+                await zygote.evict_from(parked)
+                assert zygote.where is None
+                await zygote.go_home()  # again: still nothing to go back to
+            finally:
+                zygote.cgroup = home
+            await zygote.go_home()
+            assert zygote.where is home and home.contains(zygote.pid)
 
 
 async def test_everything_is_cleaned_up_after_stop(short_tmp: Path) -> None:
