@@ -61,6 +61,9 @@ async def test_resumes_after_the_connection_breaks(short_tmp: Path) -> None:
         await eventually(lambda: link.state == "established")
         await c.central.by_node["n1"].stream.aclose()
         await eventually(lambda: link.connects == 2 and link.state == "established")
+        # The node may read its welcome before the central's task has counted the
+        # connection (the welcome's bytes go out first): wait for the count too.
+        await eventually(lambda: c.central.counters["connects.resume"] >= 1)
         assert c.central.counters["connects.resume"] == 1
         assert link.resyncs == 1  # only the first connection needed a snapshot
         # Changes made after the break still reach the scheduler.
