@@ -53,7 +53,9 @@ def parse_auth(t: ConfigTable) -> AuthSettings:
         keys_file=None if keys_file is None else keys_file.resolve(),
         max_skew_s=t.positive_int("max_skew_s", default=300),
         # A number: fractions of a MB size a test's (or a tiny node's) cache.
-        replay_cache_bytes=int(t.number("replay_cache_mb", default=32, minimum=0.01) * (1 << 20)),
+        replay_cache_bytes=int(
+            t.number("replay_cache_mb", default=32, minimum=0.01, maximum=1_000_000) * (1 << 20)
+        ),
         source_rate=parse_rate(t, "source_"),
         max_sources=t.positive_int("max_sources", default=65_536),
         allow_cidrs=_cidrs(t, "allow_cidrs"),

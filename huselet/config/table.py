@@ -9,6 +9,7 @@ the same wording and the same limits.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -160,15 +161,26 @@ class ConfigTable:
         return value
 
     def number(
-        self, name: str, *, default: float, minimum: float = 0.0, exclusive: bool = False
+        self,
+        name: str,
+        *,
+        default: float,
+        minimum: float = 0.0,
+        exclusive: bool = False,
+        maximum: float | None = None,
     ) -> float:
         """A float or an integer (TOML writes ``1`` and ``1.0`` alike) of at least
-        ``minimum`` (above it, when ``exclusive``)."""
+        ``minimum`` (above it, when ``exclusive``), finite, and at most ``maximum``
+        when one is given."""
         value = self._get(name, default)
         numeric = isinstance(value, int | float) and not isinstance(value, bool)
-        # Written as "not in range", so NaN (which TOML can spell) is refused too.
-        if not numeric or not (value > minimum if exclusive else value >= minimum):
+        # Written as "not in range", so NaN and inf (which TOML can spell) are refused
+        # too: a caller multiplying or converting to int never meets them.
+        low_ok = numeric and (value > minimum if exclusive else value >= minimum)
+        if not low_ok or not math.isfinite(value) or (maximum is not None and value > maximum):
             bound = f"{'>' if exclusive else '≥'} {minimum:g}"
+            if maximum is not None:
+                bound += f" and ≤ {maximum:g}"
             raise ConfigError(self.key(name), f"expected a number {bound}, got {describe(value)}")
         return float(value)
 

@@ -82,6 +82,10 @@ def test_values(tmp_path: Path) -> None:
         ({"source_rate_per_s": True}, {}, "auth.source_rate_per_s: expected a number > 0"),
         ({}, {"rate_per_s": 2, "burst": 0.5}, "functions[0].burst: expected a positive integer"),
         ({}, {"max_concurrent": 0}, "functions[0].max_concurrent"),
+        # A size that would overflow the daemon's arithmetic is a config error, not a crash.
+        ({"replay_cache_mb": 1e308}, {}, "auth.replay_cache_mb: expected a number ≥ 0.01 and ≤"),
+        ({"replay_cache_mb": float("inf")}, {}, "auth.replay_cache_mb"),
+        ({}, {"rate_per_s": float("inf")}, "functions[0].rate_per_s"),
     ],
 )
 def test_refused(tmp_path: Path, auth: dict, fn: dict, expected: str) -> None:
