@@ -88,10 +88,17 @@ class ChildRuntime(Runtime):
     async def shutdown(self) -> None:
         """The daemon is going away: kill and reap every instance, remove what was made."""
 
+    def uid_allocator(self) -> UidAllocator | None:
+        """Where this runtime's function uids come from; None if it runs them as itself."""
+        return None
+
     # --- lifecycle ---------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.prepare()
+        uids = self.uid_allocator()
+        if uids is not None:
+            uids.open_leases()  # a RuntimeConfigError here stops the daemon's start, typed
         self._spawner.start()
         try:
             async with trio.open_nursery() as nursery:
@@ -107,6 +114,8 @@ class ChildRuntime(Runtime):
             finally:
                 # Last: its end sends the parent-death signal to anything still alive.
                 self._spawner.stop()
+                if uids is not None:
+                    uids.close_leases()  # no instance of ours runs as them any more
 
     def running(self) -> trio.Nursery:
         """The runtime's nursery; a start on a runtime that is not running fails typed."""
@@ -235,6 +244,9 @@ class SandboxRuntime(ChildRuntime):
         while True:
             await trio.sleep(CGROUP_REFILL_S)
             await self.refill_cgroups()
+
+    def uid_allocator(self) -> UidAllocator | None:
+        return self._uids if self.isolation.isolation else None
 
     def uid_for(self, fn: FunctionSettings) -> int | None:
         """The function's helper uid; None when isolation is off (the daemon's own)."""

@@ -26,6 +26,7 @@ from huselet.errors import ConfigError
 from huselet.log import get_logger
 from huselet.runtime.base import RuntimeConfigError, StartFailed
 from huselet.runtime.cgroups import CgroupHost
+from huselet.runtime.uidlease import UID_LEASE_FILE, UidLeases
 
 log = get_logger("runtime.isolation")
 
@@ -216,19 +217,42 @@ class UidAllocator:
     """One unprivileged uid (and gid of the same number) per function identity (see identity()).
 
     Never reused while the daemon runs: a function's stray processes can
-    never share an identity with a later function.
+    never share an identity with a later function. While the runtime runs,
+    each uid is also leased host-wide (:mod:`huselet.runtime.uidlease`): a
+    uid another daemon holds is skipped, so two daemons with the same range
+    never give two functions one uid.
     """
 
     def __init__(self, base: int, count: int) -> None:
         self.base = base
         self.count = count
         self._by_function: dict[str, int] = {}
+        self._cursor = 0  # next offset in the range to try
+        self.leases: UidLeases | None = None
+        self.taken_elsewhere = 0  # uids of the range skipped: leased by another holder
+
+    def open_leases(self, path: Path = UID_LEASE_FILE) -> None:
+        """Lease every uid handed out from now on (runtimes open this before any start)."""
+        self.leases = UidLeases(path)
+
+    def close_leases(self) -> None:
+        if self.leases is not None:
+            self.leases.close()
+            self.leases = None
 
     def uid_for(self, function: str) -> int:
         uid = self._by_function.get(function)
         if uid is None:
-            if len(self._by_function) >= self.count:
-                raise StartFailed("no unprivileged uid left for a new function (uid_count)")
-            uid = self.base + len(self._by_function)
+            uid = self._next_free()
             self._by_function[function] = uid
         return uid
+
+    def _next_free(self) -> int:
+        while self._cursor < self.count:
+            uid = self.base + self._cursor
+            self._cursor += 1
+            if self.leases is None or self.leases.take(uid):
+                return uid
+            self.taken_elsewhere += 1
+        held = f"; {self.taken_elsewhere} held by other daemons" if self.taken_elsewhere else ""
+        raise StartFailed(f"no unprivileged uid left for a new function (uid_count{held})")

@@ -110,6 +110,9 @@ class ProcessRuntime(ChildRuntime):
         self.uid_count = table.positive_int("uid_count", default=UID_COUNT)
         check_uid_range(table, self.uid_base, self.uid_count)
 
+    def uid_allocator(self) -> UidAllocator | None:
+        return self._uids if self.drops else None
+
     async def shutdown(self) -> None:
         # The daemon is going away: leave nothing behind.
         for handle in list(self._handles):
