@@ -100,7 +100,8 @@ class PackageManager(CacheBookkeeping):
         self._origins: dict[str, Origin] = {}
         self._usage: OrderedDict[str, ImageUsage] = OrderedDict()
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
-        self._pack_lock = trio.Lock()  # one pack at a time: it is CPU- and disk-bound
+        self._build_lock = trio.Lock()  # one image built at a time: CPU- and disk-bound
+        self._pip_slots = trio.CapacityLimiter(self.settings.pip_concurrency)
         self._nursery: trio.Nursery | None = None
         # Set once running: an acquire before that (fork's eager zygotes) waits for it.
         self._running = trio.Event()
@@ -372,18 +373,37 @@ class PackageManager(CacheBookkeeping):
             self.on_code_changed(set(names))
 
     async def pack_directory(self, directory: Path) -> PackResult:
-        """Pack (or reuse the unchanged pack of) ``directory``, one pack at a time."""
-        async with self._pack_lock:
-            # Cancellable (a stopping daemon must not wait out pip's deadline): the
-            # thread is abandoned and told to kill pip, which it does within 0.2 s.
-            cancel = threading.Event()
-            try:
+        """Pack (or reuse the unchanged pack of) ``directory``.
+
+        Images are built one at a time (CPU- and disk-bound), but pip runs
+        outside that lock, up to ``cache.pip_concurrency`` at once: one
+        package's slow or hanging index (pip may take ``pip_timeout_s``) must
+        not hold up the packs — and so the first starts — of every other
+        function on the node. A tree whose requirements are installed already
+        needs no pip slot at all.
+        """
+        # Cancellable (a stopping daemon must not wait out pip's deadline): the
+        # thread is abandoned and told to kill pip, which it does within 0.2 s.
+        cancel = threading.Event()
+        packer = self.packer
+        try:
+            plan = await trio.to_thread.run_sync(packer.plan, directory, abandon_on_cancel=True)
+            if isinstance(plan, PackResult):
+                return plan
+            if await trio.to_thread.run_sync(packer.needs_pip, directory):
+                async with self._pip_slots:
+                    tree = await trio.to_thread.run_sync(
+                        packer.install, directory, cancel, abandon_on_cancel=True
+                    )
+            else:
+                tree = await trio.to_thread.run_sync(packer.install, directory, cancel)
+            async with self._build_lock:
                 return await trio.to_thread.run_sync(
-                    lambda: self.packer.pack(directory, cancel), abandon_on_cancel=True
+                    packer.build, directory, plan, tree, abandon_on_cancel=True
                 )
-            except trio.Cancelled:
-                cancel.set()
-                raise
+        except trio.Cancelled:
+            cancel.set()
+            raise
 
     async def _resolve_file(self, fn: FunctionSettings) -> tuple[str, Origin]:
         assert fn.image is not None

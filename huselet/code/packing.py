@@ -14,8 +14,11 @@ three go through :func:`build_image`, so the same tree (and the same wheels
 for its ``requirements.txt``, see :mod:`huselet.code.dependencies`) gives the same
 image digest whoever packs it.
 
-Blocking by design: callers run :meth:`DirectoryPacker.pack` in a worker
-thread, one pack at a time (packing is CPU- and disk-bound anyway).
+Blocking by design: callers run :meth:`DirectoryPacker.pack` (or its three
+steps, :meth:`~DirectoryPacker.plan`, :meth:`~DirectoryPacker.install` and
+:meth:`~DirectoryPacker.build`) in worker threads. The daemon builds one image
+at a time (CPU- and disk-bound) but lets several pips wait on the network at
+once, so one package's slow index never holds up another's pack.
 """
 
 from __future__ import annotations
@@ -34,7 +37,12 @@ from typing import Any
 from cache import format as fmt
 from cache.builder import ImageInfo, pack_directory
 from cache.importer import DEPS_DIR
-from huselet.code.dependencies import DependencyOptions, Progress, install_requirements
+from huselet.code.dependencies import (
+    DependencyOptions,
+    Progress,
+    install_requirements,
+    requirements_key,
+)
 from huselet.log import get_logger
 
 log = get_logger("packing")
@@ -101,16 +109,30 @@ def build_image(
     for pip's failures) or ``OSError``.
     """
     started = time.monotonic()
-    extra: dict[str, Path] = {}
+    return pack_with_deps(src, out, install_deps(src, deps, progress, cancel), progress, started)
+
+
+def install_deps(
+    src: Path,
+    deps: DependencyOptions | None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> Path | None:
+    """First half of :func:`build_image`: the installed requirements tree, or None."""
     if deps is not None:
-        tree = install_requirements(src, deps, progress, cancel)
-        if tree is not None:
-            extra[DEPS_DIR] = tree
-    elif (src / "requirements.txt").is_file():
+        return install_requirements(src, deps, progress, cancel)
+    if (src / "requirements.txt").is_file():
         from huselet.code.dependencies import DependencyError
 
         raise DependencyError("the tree has a requirements.txt but no dependency cache is set")
-    info = pack_directory(src, out, extra_trees=extra)
+    return None
+
+
+def pack_with_deps(
+    src: Path, out: Path, tree: Path | None, progress: Progress | None, started: float
+) -> ImageInfo:
+    """Second half of :func:`build_image`: the tree and its requirements, packed."""
+    info = pack_directory(src, out, extra_trees={DEPS_DIR: tree} if tree is not None else {})
     if progress is not None:
         progress(
             {
@@ -123,6 +145,15 @@ def build_image(
             }
         )
     return info
+
+
+@dataclass(frozen=True, slots=True)
+class PackPlan:
+    """A tree that must be packed: its fingerprint, taken before anything is read."""
+
+    key: str
+    fingerprint: str
+    started: float
 
 
 class DirectoryPacker:
@@ -140,38 +171,73 @@ class DirectoryPacker:
         self.progress = progress
         self._index_path = out_dir / INDEX_NAME
         self._entries: dict[str, dict[str, Any]] | None = None  # loaded lazily (in a thread)
+        # plan() and build() may run at once on different threads (several pips wait
+        # on the network while an image is built): the index is read and written under it.
+        self._index_lock = threading.Lock()
 
     def pack(self, src: Path, cancel: threading.Event | None = None) -> PackResult:
-        """Pack ``src`` unless its fingerprint matches the last pack.
+        """Pack ``src`` unless its fingerprint matches the last pack (all three steps).
 
         Raises ``CacheError`` (from the builder) or ``OSError``; ``cancel`` stops pip.
         """
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        entries = self._load()
+        plan = self.plan(src)
+        if isinstance(plan, PackResult):
+            return plan
+        return self.build(src, plan, self.install(src, cancel))
+
+    # The three steps, for a caller that runs them apart: the daemon lets several
+    # pips run at once (they wait on the network) but builds one image at a time.
+
+    def plan(self, src: Path) -> PackResult | PackPlan:
+        """The earlier image if the tree is unchanged, else what :meth:`build` needs."""
+        started = time.monotonic()
         key = str(src.resolve())
         # Taken before packing: an edit while packing leaves a stale fingerprint,
         # which only costs a repack next time, never a stale image.
         fingerprint = tree_fingerprint(src)
-        entry = entries.get(key)
-        if entry is not None and entry.get("fingerprint") == fingerprint:
-            path = self.out_dir / fmt.image_file_name(entry["digest"])
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                pass
-            else:
-                entry["used"] = time.time()
-                self._save(entries)
-                return PackResult(entry["digest"], size, path, reused=True)
-        info = build_image(src, self.out_dir, self.deps, self.progress, cancel)
-        old = entry.get("digest") if entry else None
-        entries[key] = {"fingerprint": fingerprint, "digest": info.digest, "used": time.time()}
-        self._trim(entries)
-        self._save(entries)
-        if old and old != info.digest:
-            self._delete_unreferenced(entries, old)
+        with self._index_lock:
+            entries = self._load()
+            entry = entries.get(key)
+            if entry is not None and entry.get("fingerprint") == fingerprint:
+                path = self.out_dir / fmt.image_file_name(entry["digest"])
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    pass
+                else:
+                    entry["used"] = time.time()
+                    self._save(entries)
+                    return PackResult(entry["digest"], size, path, reused=True)
+        return PackPlan(key, fingerprint, started)
+
+    def needs_pip(self, src: Path) -> bool:
+        """Whether :meth:`install` would run pip (requirements not installed yet)."""
+        key = requirements_key(src, self.deps)
+        return key is not None and not (self.deps.cache_dir / "deps" / key).is_dir()
+
+    def install(self, src: Path, cancel: threading.Event | None = None) -> Path | None:
+        """The tree's installed requirements (pip if not cached), or None without any."""
+        return install_deps(src, self.deps, self.progress, cancel)
+
+    def build(self, src: Path, plan: PackPlan, tree: Path | None) -> PackResult:
+        """Pack ``src`` (with ``tree`` as its requirements) and remember its fingerprint."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        info = pack_with_deps(src, self.out_dir, tree, self.progress, plan.started)
+        with self._index_lock:
+            entries = self._load()
+            entry = entries.get(plan.key)
+            old = entry.get("digest") if entry else None
+            entries[plan.key] = {
+                "fingerprint": plan.fingerprint,
+                "digest": info.digest,
+                "used": time.time(),
+            }
+            self._trim(entries)
+            self._save(entries)
+            if old and old != info.digest:
+                self._delete_unreferenced(entries, old)
         if info.skipped:
-            log.warning("special files left out of the image", source=key, files=info.skipped)
+            log.warning("special files left out of the image", source=plan.key, files=info.skipped)
         return PackResult(info.digest, info.size, info.path, reused=False)
 
     def _load(self) -> dict[str, dict[str, Any]]:

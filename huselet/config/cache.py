@@ -85,6 +85,7 @@ def parse_cache(ct: ConfigTable, node: NodeSettings) -> CacheSettings:
         predict_window_s=ct.positive_int("predict_window_s", default=3600),
         allow_sdist=ct.boolean("allow_sdist", default=False),
         pip_timeout_s=ct.positive_int("pip_timeout_s", default=600),
+        pip_concurrency=ct.positive_int("pip_concurrency", default=4, maximum=32),
         watch_packages=ct.boolean("watch_packages", default=False),
     )
     ct.finish()

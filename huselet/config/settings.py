@@ -92,6 +92,8 @@ class CacheSettings:
     # only unless sdists are allowed (building one runs its setup code).
     allow_sdist: bool = False
     pip_timeout_s: int = 600
+    # pips run at once (packing other trees goes on meanwhile); images build one at a time.
+    pip_concurrency: int = 4
     # Re-pack (and redeploy) a package directory when a file in it is saved.
     watch_packages: bool = False
 

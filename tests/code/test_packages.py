@@ -31,7 +31,7 @@ from huselet.admin.render_cache import render_cache
 from huselet.code.codecache import CodeCache
 from huselet.code.images import CodeUnavailable
 from huselet.code.packages import PackageManager
-from huselet.code.packing import DirectoryPacker
+from huselet.code.packing import DirectoryPacker, PackResult
 from huselet.config import Config, parse_config
 
 MiB = 1 << 20
@@ -67,8 +67,14 @@ class CountingPacker(DirectoryPacker):
         super().__init__(out_dir)
         self.results: list[bool] = []  # reused flag per pack call
 
-    def pack(self, src: Path, cancel: Any = None) -> Any:
-        result = super().pack(src, cancel)
+    def plan(self, src: Path) -> Any:
+        result = super().plan(src)
+        if isinstance(result, PackResult):
+            self.results.append(result.reused)
+        return result
+
+    def build(self, src: Path, plan: Any, tree: Any) -> Any:
+        result = super().build(src, plan, tree)
         self.results.append(result.reused)
         return result
 

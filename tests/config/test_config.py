@@ -426,3 +426,8 @@ def test_dependency_and_watch_keys(tmp_path: Path) -> None:
     assert (cache.allow_sdist, cache.pip_timeout_s, cache.watch_packages) == (True, 30, True)
     raw["cache"] = {"pip_timeout_s": 0}
     assert "cache.pip_timeout_s: expected a positive integer" in refuse(raw, tmp_path)
+    assert config.cache.pip_concurrency == 4
+    raw["cache"] = {"pip_concurrency": 0}
+    assert "cache.pip_concurrency: expected a positive integer" in refuse(raw, tmp_path)
+    raw["cache"] = {"pip_concurrency": 33}
+    assert "cache.pip_concurrency: 33 is over the maximum of 32" in refuse(raw, tmp_path)
