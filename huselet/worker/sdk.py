@@ -63,6 +63,11 @@ EXIT_HANDLER_LOAD_FAILED = 3
 # 64 KiB it is a plain heap allocation (~1 µs). Larger frames take more reads.
 RECEIVE_BYTES = 64 * 1024
 
+# READY and the first PULL never change: one write of bytes built at import. A
+# fork instance then touches no codec on its way to idle (each object it touches
+# is a page it copies from its zygote).
+_READY_PULL = encode_frame(READY_FRAME) + encode_frame(Pull(1).encode())
+
 __all__ = ["Context", "decode_event", "encode_value", "load_entry", "load_handler", "serve"]
 
 
@@ -239,18 +244,24 @@ def run(
     handler: Entry | None = None,
     *,
     watch_hangup: bool = True,
+    streams_installed: bool = False,
 ) -> int:
-    """Say ``hello`` on the link, load the entry, then serve until the link closes."""
-    link.send(hello.encode())
+    """Say ``hello`` on the link, load the entry, then serve until the link closes.
+
+    ``streams_installed``: the output tagging streams are in place already (a
+    fork zygote installs them before it clones).
+    """
+    link.sock.sendall(encode_frame(hello.encode()))
     first = link.receive()
-    if message_type(first) == REFUSED:
+    kind = message_type(first)
+    if kind == REFUSED:
         refused = Refused.decode(first)
         print(
             f"huselet worker: refused by daemon: {refused.code}: {refused.message}", file=sys.stderr
         )
         return EXIT_LINK_FAILED
-    if message_type(first) != WELCOME:
-        raise ProtocolError(f"expected welcome, got {message_type(first)!r}")
+    if kind != WELCOME:
+        raise ProtocolError(f"expected welcome, got {kind!r}")
     welcome = Welcome.decode(first)
     link.decoder.max_frame = welcome.max_frame
     try:
@@ -265,8 +276,9 @@ def run(
             ).encode()
         )
         return EXIT_HANDLER_LOAD_FAILED
-    output.install()
-    link.send(READY_FRAME, Pull(1).encode())
+    if not streams_installed:
+        output.install()
+    link.sock.sendall(_READY_PULL)
     if watch_hangup:  # a fork instance goes without (see huselet.sandbox.zygote)
         _exit_when_the_daemon_hangs_up(link.sock)
     try:
@@ -309,6 +321,7 @@ def serve(
     handler_spec: str,
     handler: Entry | None = None,
     watch_hangup: bool = True,
+    streams_installed: bool = False,
 ) -> int:
     """Connect to ``link`` (a path, or a socket the runtime already connected),
     then serve until the link closes. Returns the process exit code; link and
@@ -323,7 +336,15 @@ def serve(
         else:
             sock.connect(link)
         hello = Hello(PROTO_VERSION, instance_id, token, os.getpid())
-        return run(Link(sock), hello, package_dir, handler_spec, handler, watch_hangup=watch_hangup)
+        return run(
+            Link(sock),
+            hello,
+            package_dir,
+            handler_spec,
+            handler,
+            watch_hangup=watch_hangup,
+            streams_installed=streams_installed,
+        )
     except (OSError, ProtocolError, LinkClosed) as exc:
         print(f"huselet worker: link to daemon failed: {exc}", file=sys.stderr)
         return EXIT_LINK_FAILED

@@ -45,7 +45,9 @@ invoke = invoke_json
 
 
 IDENTITY = """
-import os, socket
+import ctypes, os, socket
+_getenv = ctypes.CDLL(None).getenv  # the C environment: what a child process would inherit
+_getenv.restype = ctypes.c_char_p
 STARTED = os.getpid()  # the zygote's pid, captured by init code
 def _uid_of(pid):
     try:
@@ -64,6 +66,7 @@ def handler(event, ctx):
         "zygote_pid": STARTED,
         "zygote_saw": ZYGOTE_SAW,
         "instance": os.environ.get("HUSELET_INSTANCE_ID"),
+        "c_instance": (_getenv(b"HUSELET_INSTANCE_ID") or b"").decode(),
         "ctx_instance": ctx.instance_id,
         "token_in_env": "HUSELET_TOKEN" in os.environ,
         "fn_env": os.environ.get("FN_VAR"),
@@ -82,7 +85,7 @@ async def test_instances_have_own_identity_and_only_their_descriptors(short_tmp:
             first = await invoke(stack, "f", {})
         pool = stack.pool("f")
         (record,) = pool.instances.values()
-        assert first["instance"] == first["ctx_instance"] == record.id
+        assert first["instance"] == first["ctx_instance"] == first["c_instance"] == record.id
         assert first["pid"] == 1  # PID 1 of its own namespace
         assert record.handle.pid != first["zygote_pid"]
         # Not the daemon, not the host: only its own uid's processes, itself among them.
