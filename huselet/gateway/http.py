@@ -32,6 +32,7 @@ from huselet.gateway.connection import (
     WarningBudget,
     linger,
 )
+from huselet.gateway.conntimer import ConnectionTimer
 from huselet.gateway.core import InvokeCore, Invoker
 from huselet.gateway.httpfunc import function_reply, request_info
 from huselet.gateway.responses import (
@@ -101,6 +102,8 @@ class HttpIngress:
         self._connections = trio.CapacityLimiter(settings.max_connections)
         self._rejecting = trio.CapacityLimiter(REJECT_CONCURRENCY)
         self._warnings = WarningBudget(WARN_BURST, WARN_WINDOW_S)
+        # Every connection's idle/read/send deadline; runs while run() serves.
+        self._timer = ConnectionTimer()
         # Requests between their head and their reply's last byte.
         self.active_requests = ActivityCount()
         # Set by the descriptor-pressure loop: new connections get an immediate 503.
@@ -130,8 +133,11 @@ class HttpIngress:
         self.bound_address = names[0]
         log.info("http ingress listening", addresses=[str(name) for name in names])
         try:
-            task_status.started(self.bound_address)
-            await serve_and_close(self._handle_connection, listeners)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._timer.run)
+                task_status.started(self.bound_address)
+                await serve_and_close(self._handle_connection, listeners)
+                nursery.cancel_scope.cancel()
         finally:
             self.bound_address = None
 
@@ -161,7 +167,7 @@ class HttpIngress:
             await self._refuse(stream, "too many connections")
             return
         try:
-            await Connection(stream, self, self._limits, self._warnings).serve()
+            await Connection(stream, self, self._limits, self._warnings, self._timer).serve()
         finally:
             self._connections.release()
 
