@@ -41,10 +41,10 @@ from protocol.link import (
     KIND_TEXT,
     PULL,
     RESULT,
-    Pull,
-    Request,
     Result,
     message_type,
+    pull_count,
+    request_message,
 )
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ def _take(pool: FunctionPool, record: InstanceRecord, inv: Invocation) -> bytes:
     record.sending = inv
     assert record.link is not None
     return record.link.frame(
-        Request(inv.request_id, inv.event, inv.kind, timeout_ms, inv.http, inv.trace).encode()
+        request_message(inv.request_id, inv.event, inv.kind, timeout_ms, inv.http, inv.trace)
     )
 
 
@@ -292,7 +292,7 @@ async def _read_frames(
         if kind == RESULT:
             _complete(pool, record, Result.decode(msg))
         elif kind == PULL:
-            pulled(Pull.decode(msg).n)
+            pulled(pull_count(msg))
         # Other types are ignored: a newer worker may send more.
 
 
