@@ -19,7 +19,6 @@ import trio
 
 from huselet.activity import ActivityCount
 from huselet.config import AuthSettings, GatewaySettings, TcpAddress
-from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import BadRequest, HuseletError, Unauthorized
 from huselet.gateway.admission import Admission, AdmissionRequest, AuthMode, Refusal
 from huselet.gateway.admission_throttle import Strikes
@@ -57,7 +56,7 @@ from huselet.gateway.routes import (
 from huselet.listen import open_listeners, serve_and_close
 from huselet.log import get_logger
 from huselet.observe.context import RequestMeta
-from protocol.link import KIND_BYTES, HttpRequest
+from protocol.link import KIND_BYTES
 
 log = get_logger("gateway")
 
@@ -269,34 +268,26 @@ class HttpIngress:
                 # A bearer token or a signature is the caller's credential, not the function's.
                 strip = self.admission.mode is not AuthMode.OPEN
                 http = request_info(head, route.subpath, strip_authorization=strip)
-                result = await self._call(function, event, KIND_BYTES, timeout_ms, head, meta, http)
+                kind = KIND_BYTES
+            else:
+                http = None
+                kind = event_kind(head.content_type)
+            # Straight to the core: a coroutine layer per request is not free.
+            result = await self.core.invoke(
+                function,
+                event,
+                kind,
+                timeout_ms=timeout_ms,
+                request_id=head.request_id,
+                http=http,
+                meta=meta,
+            )
+            if takes_http:
                 return function_reply(result)
-            kind = event_kind(head.content_type)
-            result = await self._call(function, event, kind, timeout_ms, head, meta)
             return Reply(200, result.body, content_type_header(result.content_type))
         finally:
             self.core.body_budget.release(reserved)
             ticket.release()
-
-    async def _call(
-        self,
-        function: str,
-        event: bytes,
-        kind: str,
-        timeout_ms: int | None,
-        head: RequestHead,
-        meta: RequestMeta,
-        http: HttpRequest | None = None,
-    ) -> InvokeResult:
-        return await self.core.invoke(
-            function,
-            event,
-            kind,
-            timeout_ms=timeout_ms,
-            request_id=head.request_id,
-            http=http,
-            meta=meta,
-        )
 
 
 def _local_address(listener: trio.SocketListener) -> TcpAddress:
