@@ -110,7 +110,7 @@ class FrameDecoder:
         end = HEADER_SIZE + length
         if len(buf) < end:
             return None
-        body = bytes(buf[HEADER_SIZE:end])
+        body = buf[HEADER_SIZE:end]  # a copy (msgpack reads any buffer): the next del moves buf
         del buf[:end]
         try:
             # strict_map_key: only str/bytes keys. Container sizes cannot exceed
