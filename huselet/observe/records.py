@@ -23,6 +23,16 @@ class _Record(Mapping[str, Any]):
     """Fields computed on demand from slots; ``get`` of one key without the dict."""
 
     __slots__ = ()
+    function: str  # slots of the subclasses
+    request_id: str
+
+    def get(self, key: str, default: Any = None) -> Any:
+        # The ring asks every record for these two: no dict for them.
+        if key == "function":
+            return self.function
+        if key == "request_id":
+            return self.request_id
+        return self.fields().get(key, default)
 
     def fields(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -50,14 +60,6 @@ class AdmittedRecord(_Record):
         self.request_id = request_id
         self.queued = queued
         self.trace_id = trace_id
-
-    def get(self, key: str, default: Any = None) -> Any:
-        # The ring asks every record for these two: no dict for them.
-        if key == "function":
-            return self.function
-        if key == "request_id":
-            return self.request_id
-        return self.fields().get(key, default)
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -109,13 +111,6 @@ class AccessRecord(_Record):
         self.total_s = self.queue_s = self.start_s = self.exec_s = 0.0
         self.cold = False
         self.sampled_out = 0  # records the sampler skipped before this logged one
-
-    def get(self, key: str, default: Any = None) -> Any:
-        if key == "function":
-            return self.function
-        if key == "request_id":
-            return self.request_id
-        return self.fields().get(key, default)
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {

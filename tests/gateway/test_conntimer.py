@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 
 import trio
 import trio.testing
@@ -22,63 +23,58 @@ class Conn:
         self.expired_at = self.due  # the deadline it was expired for
 
 
-def test_a_due_moved_later_expires_at_the_later_time() -> None:
-    clock = trio.testing.MockClock(autojump_threshold=0)
+def _run(scenario: Callable[[ConnectionTimer], Awaitable[None]]) -> None:
+    """``scenario`` with a running timer, on a clock that jumps ahead when all sleep."""
 
     async def main() -> None:
         timer = ConnectionTimer()
-        conn = Conn()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(timer.run)
-            timer.set_due(conn, 10.0)
-            timer.set_due(conn, 30.0)  # later: the timer is not told until 10 s
-            await trio.sleep_until(20.0)
-            assert conn.expired_at is None
-            await trio.sleep_until(31.0)
-            assert conn.expired_at == 30.0
+            await scenario(timer)
             nursery.cancel_scope.cancel()
 
-    trio.run(main, clock=clock)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_due_moved_later_expires_at_the_later_time() -> None:
+    async def scenario(timer: ConnectionTimer) -> None:
+        conn = Conn()
+        timer.set_due(conn, 10.0)
+        timer.set_due(conn, 30.0)  # later: the timer is not told until 10 s
+        await trio.sleep_until(20.0)
+        assert conn.expired_at is None
+        await trio.sleep_until(31.0)
+        assert conn.expired_at == 30.0
+
+    _run(scenario)
 
 
 def test_an_earlier_due_wakes_the_timer_sooner() -> None:
-    clock = trio.testing.MockClock(autojump_threshold=0)
-
-    async def main() -> None:
-        timer = ConnectionTimer()
+    async def scenario(timer: ConnectionTimer) -> None:
         slow, quick = Conn(), Conn()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(timer.run)
-            timer.set_due(slow, 100.0)
-            await trio.sleep(1)  # the timer sleeps until 100 now
-            timer.set_due(quick, 5.0)
-            await trio.sleep_until(6.0)
-            assert (quick.expired_at, slow.expired_at) == (5.0, None)
-            nursery.cancel_scope.cancel()
+        timer.set_due(slow, 100.0)
+        await trio.sleep(1)  # the timer sleeps until 100 now
+        timer.set_due(quick, 5.0)
+        await trio.sleep_until(6.0)
+        assert (quick.expired_at, slow.expired_at) == (5.0, None)
 
-    trio.run(main, clock=clock)
+    _run(scenario)
 
 
 def test_an_infinite_due_is_never_expired_and_a_new_one_is() -> None:
     # A handler runs (due = inf) past the deadline the timer was armed with.
-    clock = trio.testing.MockClock(autojump_threshold=0)
-
-    async def main() -> None:
-        timer = ConnectionTimer()
+    async def scenario(timer: ConnectionTimer) -> None:
         conn = Conn()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(timer.run)
-            timer.set_due(conn, 10.0)
-            conn.due = math.inf  # what Connection._request_complete does
-            await trio.sleep_until(50.0)
-            assert conn.expired_at is None
-            assert conn.timer_at == math.inf  # no entry left: nothing polls it
-            timer.set_due(conn, 60.0)  # the reply went out: the idle deadline
-            await trio.sleep_until(70.0)
-            assert conn.expired_at == 60.0
-            nursery.cancel_scope.cancel()
+        timer.set_due(conn, 10.0)
+        conn.due = math.inf  # what Connection._request_complete does
+        await trio.sleep_until(50.0)
+        assert conn.expired_at is None
+        assert conn.timer_at == math.inf  # no entry left: nothing polls it
+        timer.set_due(conn, 60.0)  # the reply went out: the idle deadline
+        await trio.sleep_until(70.0)
+        assert conn.expired_at == 60.0
 
-    trio.run(main, clock=clock)
+    _run(scenario)
 
 
 def test_forgotten_connections_are_skipped_and_the_heap_stays_bounded() -> None:
