@@ -57,6 +57,8 @@ def required_field(msg: dict[str, Any], key: str, typ: type | tuple[type, ...]) 
         value = msg[key]
     except KeyError:
         raise MalformedFrame(f"{msg.get('t', '?')} frame lacks required field {key!r}") from None
+    if type(value) is typ:
+        return value  # the common case, exactly the type asked for (True is a bool, not an int)
     # bool is an int subclass; a count or id given as True is a peer bug.
     if not isinstance(value, typ) or (isinstance(value, bool) and typ in (int, (int, float))):
         raise MalformedFrame(

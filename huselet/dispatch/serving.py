@@ -282,8 +282,12 @@ async def _read_frames(
     """Read the worker's frames: results complete their requests, PULLs give credit."""
     link = record.link
     assert link is not None
+    decoder = link.decoder
     while True:
-        msg = await link.receive()
+        # A frame already buffered (a PULL read with its RESULT) needs no coroutine.
+        msg = decoder.next_frame()
+        if msg is None:
+            msg = await link.receive()
         if msg is None:
             record.stop(StopReason.LINK_CLOSED)
             return

@@ -124,3 +124,5 @@ def test_request_message_is_what_request_encodes() -> None:
     assert pull_count({"t": "pull", "n": 3}) == 3
     with pytest.raises(MalformedFrame, match=r"allowed 1\.\.1024"):
         pull_count({"t": "pull", "n": 1025})
+    with pytest.raises(MalformedFrame, match="field 'n' has type bool"):
+        pull_count({"t": "pull", "n": True})  # a bool is an int subclass, not a count
