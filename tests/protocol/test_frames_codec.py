@@ -93,9 +93,9 @@ def test_link_messages_round_trip_and_validate() -> None:
     assert Pull.decode({"t": "pull", "n": 2, "future": True}) == Pull(2)
 
 
-def _nested(levels: int) -> dict:
+def _nested(levels: int) -> dict[str, object]:
     """A map whose deepest container sits ``levels`` deep (the map itself is level 1)."""
-    inner: dict = {"a": None}
+    inner: dict[str, object] = {"a": None}
     for _ in range(levels - 3):
         inner = {"a": inner}
     return {"a": [inner]}  # a list on the way counts as a level too
