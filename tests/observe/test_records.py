@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -26,17 +25,8 @@ class Pool:
 
 
 @pytest.fixture
-def ring() -> Iterator[LogRing]:
-    ring = LogRing(50, lambda name: name == "alpha")
-    root = logging.getLogger("huselet")
-    old_level = root.level
-    root.setLevel(logging.INFO)
-    root.addHandler(ring)
-    try:
-        yield ring
-    finally:
-        root.removeHandler(ring)
-        root.setLevel(old_level)
+def ring(attach_ring: Callable[[LogRing], LogRing]) -> LogRing:
+    return attach_ring(LogRing(50, lambda name: name == "alpha"))
 
 
 def _answered(request_id: str, outcome: InvokeResult | HandlerError) -> Invocation:
