@@ -79,7 +79,8 @@ class FastSocket:
         just answered, and its peer speaks only when spoken to): wait for the
         socket first instead of a read that would fail with EAGAIN.
         """
-        target = _READ.view[: min(max_bytes, MAX_READ)]
+        view = _READ.view
+        target = view if max_bytes >= MAX_READ else view[:max_bytes]
         if expect_wait:
             self._fd()  # closed here: ClosedResourceError, as a read would raise
             self._streak = 0
@@ -95,7 +96,11 @@ class FastSocket:
             except OSError as exc:
                 raise _translate(exc) from exc
             data = bytes(target[:n])  # copied before anything else can read into it
-            await self._maybe_yield()
+            # _maybe_yield() inline: a coroutine object per read is not free.
+            self._streak += 1
+            if self._streak >= YIELD_EVERY:
+                self._streak = 0
+                await trio.lowlevel.checkpoint()
             return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:

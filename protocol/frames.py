@@ -37,6 +37,7 @@ MAX_NESTING = 32
 # munmap: ~17 µs instead of under 1 µs (issue 12). A small buffer grows as
 # needed (by realloc) for large frames.
 PACK_BUFFER = 4096
+_CONTAINERS = (dict, list)
 
 
 def encode_frame(message: dict[str, Any], *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
@@ -56,6 +57,8 @@ def required_field(msg: dict[str, Any], key: str, typ: type | tuple[type, ...]) 
         value = msg[key]
     except KeyError:
         raise MalformedFrame(f"{msg.get('t', '?')} frame lacks required field {key!r}") from None
+    if type(value) is typ:
+        return value  # the common case, exactly the type asked for (True is a bool, not an int)
     # bool is an int subclass; a count or id given as True is a peer bug.
     if not isinstance(value, typ) or (isinstance(value, bool) and typ in (int, (int, float))):
         raise MalformedFrame(
@@ -109,7 +112,7 @@ class FrameDecoder:
         end = HEADER_SIZE + length
         if len(buf) < end:
             return None
-        body = bytes(buf[HEADER_SIZE:end])
+        body = buf[HEADER_SIZE:end]  # a copy (msgpack reads any buffer): the next del moves buf
         del buf[:end]
         try:
             # strict_map_key: only str/bytes keys. Container sizes cannot exceed
@@ -136,13 +139,14 @@ class FrameDecoder:
 
 def _shallow(message: dict[str, Any]) -> bool:
     """True if no container in ``message`` sits deeper than MAX_NESTING (iterative)."""
-    stack: list[tuple[Any, int]] = [(message, 1)]
+    # Most frames are flat or nearly: one pass over the top level finds that.
+    stack: list[tuple[Any, int]] = [(v, 2) for v in message.values() if isinstance(v, _CONTAINERS)]
     while stack:
         value, depth = stack.pop()
         if depth > MAX_NESTING:
             return False
         children = value.values() if isinstance(value, dict) else value
         for child in children:
-            if isinstance(child, dict | list):
+            if isinstance(child, _CONTAINERS):
                 stack.append((child, depth + 1))
     return True

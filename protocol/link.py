@@ -140,10 +140,15 @@ class Pull:
 
     @classmethod
     def decode(cls, msg: dict[str, Any]) -> Pull:
-        n = _field(msg, "n", int)
-        if not 1 <= n <= 1024:
-            raise MalformedFrame(f"pull frame asks for {n} requests; allowed 1..1024")
-        return cls(n=n)
+        return cls(n=pull_count(msg))
+
+
+def pull_count(msg: dict[str, Any]) -> int:
+    """The validated ``n`` of a PULL frame (the daemon's hot path: no Pull object)."""
+    n: int = _field(msg, "n", int)
+    if not 1 <= n <= 1024:
+        raise MalformedFrame(f"pull frame asks for {n} requests; allowed 1..1024")
+    return n
 
 
 def _headers(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
@@ -350,18 +355,9 @@ class Request:
     trace: str = ""  # W3C traceparent for the handler's context; optional on the wire
 
     def encode(self) -> dict[str, Any]:
-        msg = {
-            "t": REQUEST,
-            "id": self.id,
-            "event": self.event,
-            "kind": self.kind,
-            "timeout_ms": self.timeout_ms,
-        }
-        if self.http is not None:
-            msg["http"] = self.http.encode()
-        if self.trace:
-            msg["trace"] = self.trace
-        return msg
+        return request_message(
+            self.id, self.event, self.kind, self.timeout_ms, self.http, self.trace
+        )
 
     @classmethod
     def decode(cls, msg: dict[str, Any]) -> Request:
@@ -382,3 +378,27 @@ READY_FRAME: dict[str, Any] = {"t": READY}
 SHUTDOWN_FRAME: dict[str, Any] = {"t": SHUTDOWN}
 PING_FRAME: dict[str, Any] = {"t": PING}
 PONG_FRAME: dict[str, Any] = {"t": PONG}
+
+
+def request_message(
+    rid: str,
+    event: bytes,
+    kind: str,
+    timeout_ms: int,
+    http: HttpRequest | None = None,
+    trace: str = "",
+) -> dict[str, Any]:
+    """A REQUEST message as :meth:`Request.encode` makes it, without a frozen dataclass
+    built first (the daemon sends one per request)."""
+    msg: dict[str, Any] = {
+        "t": REQUEST,
+        "id": rid,
+        "event": event,
+        "kind": kind,
+        "timeout_ms": timeout_ms,
+    }
+    if http is not None:
+        msg["http"] = http.encode()
+    if trace:
+        msg["trace"] = trace
+    return msg

@@ -134,7 +134,8 @@ class Invocation:
         self.dispatched_at: float | None = None  # last taken off the queue (timings)
         self.trace = ""  # W3C traceparent passed on to the handler ("" if none)
         self._outcome: InvokeResult | HuseletError | None = None
-        self._done = trio.Event()
+        # Made by the first wait(): a call served without a task (on_done) never waits.
+        self._done: trio.Event | None = None
         # Called (once, inside complete()) for a caller that waits without a task.
         # It must not block nor raise: complete() runs in the middle of other
         # work (a result being read, the deadline timer's sweep, a teardown).
@@ -154,7 +155,8 @@ class Invocation:
             self.queued_in.left_queue(self)
         self.state = InvocationState.DONE
         self._outcome = outcome
-        self._done.set()
+        if self._done is not None:
+            self._done.set()
         if self.on_done is not None:
             self.on_done(self)
         return True
@@ -164,6 +166,11 @@ class Invocation:
         return self._outcome
 
     async def wait(self) -> None:
+        if self.state is InvocationState.DONE:
+            await trio.lowlevel.checkpoint()  # as Event.wait() of a set event
+            return
+        if self._done is None:
+            self._done = trio.Event()
         await self._done.wait()
 
     def result(self) -> InvokeResult:

@@ -41,10 +41,10 @@ from protocol.link import (
     KIND_TEXT,
     PULL,
     RESULT,
-    Pull,
-    Request,
     Result,
     message_type,
+    pull_count,
+    request_message,
 )
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ def _take(pool: FunctionPool, record: InstanceRecord, inv: Invocation) -> bytes:
     record.sending = inv
     assert record.link is not None
     return record.link.frame(
-        Request(inv.request_id, inv.event, inv.kind, timeout_ms, inv.http, inv.trace).encode()
+        request_message(inv.request_id, inv.event, inv.kind, timeout_ms, inv.http, inv.trace)
     )
 
 
@@ -282,17 +282,21 @@ async def _read_frames(
     """Read the worker's frames: results complete their requests, PULLs give credit."""
     link = record.link
     assert link is not None
+    decoder = link.decoder
     while True:
-        msg = await link.receive()
+        # A frame already buffered (a PULL read with its RESULT) needs no coroutine.
+        msg = decoder.next_frame()
+        if msg is None:
+            msg = await link.receive()
         if msg is None:
             record.stop(StopReason.LINK_CLOSED)
             return
-        record.last_heard = trio.current_time()
+        record.last_heard = now = trio.current_time()
         kind = message_type(msg)
         if kind == RESULT:
-            _complete(pool, record, Result.decode(msg))
+            _complete(pool, record, Result.decode(msg), now)
         elif kind == PULL:
-            pulled(Pull.decode(msg).n)
+            pulled(pull_count(msg))
         # Other types are ignored: a newer worker may send more.
 
 
@@ -318,9 +322,9 @@ def _link_broken(pool: FunctionPool, record: InstanceRecord, exc: Exception) -> 
     record.stop(StopReason.PROTOCOL_BROKEN, exc)
 
 
-def _complete(pool: FunctionPool, record: InstanceRecord, result: Result) -> None:
+def _complete(pool: FunctionPool, record: InstanceRecord, result: Result, now: float) -> None:
     inv = record.inflight.pop(result.id, None)
-    record.last_active = trio.current_time()
+    record.last_active = now
     if inv is None:
         return  # a late result for a request already answered (deadline, drain)
     record.served += 1
@@ -338,7 +342,7 @@ def _complete(pool: FunctionPool, record: InstanceRecord, result: Result) -> Non
         if inv.complete(outcome):
             pool.counters[PoolCounter.OK] += 1
         if pool.breaker.state is not BreakerState.CLOSED:
-            pool.breaker.record_success(trio.current_time())  # the half-open trial worked
+            pool.breaker.record_success(now)  # the half-open trial worked
         return
     assert result.error is not None
     error: HuseletError

@@ -22,6 +22,7 @@ from huselet.activity import ActivityCount
 from huselet.config import GatewaySettings, TcpAddress
 from huselet.errors import BadRequest, HuseletError, PayloadTooLarge
 from huselet.gateway.admission_throttle import Strikes
+from huselet.gateway.conntimer import ConnectionTimer
 from huselet.gateway.httpparse import (
     CONNECTION_CLOSED,
     END_OF_MESSAGE,
@@ -99,9 +100,10 @@ class Connection:
     Timeouts: while waiting for the first byte of a request the idle timeout
     applies; that byte starts the read timeout, which covers the request's head
     and body (not the handler's run time, which the scheduler bounds); writing
-    a reply has the send timeout. All three are the deadline of one cancel
-    scope around the connection, moved as the exchange goes on, which is
-    cheaper on the hot path than entering a new scope for every read and write.
+    a reply has the send timeout. All three are one deadline (:attr:`due`),
+    moved as the exchange goes on, that cancels one scope around the
+    connection: the ingress's :class:`ConnectionTimer` watches it lazily, so
+    moving it costs an attribute write on the hot path, not a trio deadline.
     """
 
     __slots__ = (
@@ -121,7 +123,10 @@ class Connection:
         "_sending",
         "_stream",
         "_strikes",
+        "_timer",
         "_warnings",
+        "due",
+        "timer_at",
     )
 
     def __init__(
@@ -130,6 +135,7 @@ class Connection:
         responder: Responder,
         limits: Limits,
         warnings: WarningBudget,
+        timer: ConnectionTimer,
     ) -> None:
         self._stream = stream
         self._io = FastSocket(stream.socket)  # the request and reply path: no yield per call
@@ -143,6 +149,9 @@ class Connection:
         self._replied = False  # (part of) a reply to it went out
         self._broken = False  # the client broke the protocol
         self._scope = trio.CancelScope()
+        self._timer = timer
+        self.due = math.inf  # when the timer cancels _scope (inf: never)
+        self.timer_at = math.inf  # when the timer looks at this connection next
         self._in_request = False  # some byte of the current request has arrived
         self._sending = False  # the scope's deadline is the send timeout
         self._request_id: str | None = None
@@ -166,7 +175,12 @@ class Connection:
             log.exception("connection failed", request_id=self._request_id)
             await self._reply_and_close(InternalError("internal error"))
         finally:
+            self._timer.forget(self)
             await self._close()
+
+    def expire(self) -> None:
+        """The idle, read or send deadline passed (called by the timer)."""
+        self._scope.cancel()
 
     async def _serve_requests(self) -> None:
         while True:
@@ -271,11 +285,12 @@ class Connection:
     def _arm(self, *, in_request: bool) -> None:
         self._in_request = in_request
         timeout = self._limits.read_timeout_s if in_request else self._limits.idle_timeout_s
-        self._scope.deadline = trio.current_time() + timeout
+        self._timer.set_due(self, trio.current_time() + timeout)
 
     def _request_complete(self) -> None:
         # What follows is the handler, which the scheduler bounds, not us.
-        self._scope.deadline = math.inf
+        # (No timer call: an infinite due never moves the timer earlier.)
+        self.due = math.inf
 
     async def _next_event(self) -> Event:
         parser = self._parser
@@ -330,13 +345,13 @@ class Connection:
         sent = self._io.write_now(data)
         if sent == len(data):
             return
-        scope = self._scope
-        resume = scope.deadline  # a read may follow (rest of a body answered early)
-        scope.deadline = trio.current_time() + self._limits.send_timeout_s
+        timer = self._timer
+        resume = self.due  # a read may follow (rest of a body answered early)
+        timer.set_due(self, trio.current_time() + self._limits.send_timeout_s)
         self._sending = True
         await self._io.send_all(memoryview(data)[sent:])
         self._sending = False
-        scope.deadline = resume
+        timer.set_due(self, resume)
 
     async def _protocol_error(self, exc: HttpProtocolError) -> None:
         if exc.client_closed:

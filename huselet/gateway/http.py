@@ -19,7 +19,6 @@ import trio
 
 from huselet.activity import ActivityCount
 from huselet.config import AuthSettings, GatewaySettings, TcpAddress
-from huselet.dispatch.invocation import InvokeResult
 from huselet.errors import BadRequest, HuseletError, Unauthorized
 from huselet.gateway.admission import Admission, AdmissionRequest, AuthMode, Refusal
 from huselet.gateway.admission_throttle import Strikes
@@ -32,6 +31,7 @@ from huselet.gateway.connection import (
     WarningBudget,
     linger,
 )
+from huselet.gateway.conntimer import ConnectionTimer
 from huselet.gateway.core import InvokeCore, Invoker
 from huselet.gateway.httpfunc import function_reply, request_info
 from huselet.gateway.responses import (
@@ -56,7 +56,7 @@ from huselet.gateway.routes import (
 from huselet.listen import open_listeners, serve_and_close
 from huselet.log import get_logger
 from huselet.observe.context import RequestMeta
-from protocol.link import KIND_BYTES, HttpRequest
+from protocol.link import KIND_BYTES
 
 log = get_logger("gateway")
 
@@ -101,6 +101,8 @@ class HttpIngress:
         self._connections = trio.CapacityLimiter(settings.max_connections)
         self._rejecting = trio.CapacityLimiter(REJECT_CONCURRENCY)
         self._warnings = WarningBudget(WARN_BURST, WARN_WINDOW_S)
+        # Every connection's idle/read/send deadline; runs while run() serves.
+        self._timer = ConnectionTimer()
         # Requests between their head and their reply's last byte.
         self.active_requests = ActivityCount()
         # Set by the descriptor-pressure loop: new connections get an immediate 503.
@@ -130,8 +132,11 @@ class HttpIngress:
         self.bound_address = names[0]
         log.info("http ingress listening", addresses=[str(name) for name in names])
         try:
-            task_status.started(self.bound_address)
-            await serve_and_close(self._handle_connection, listeners)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._timer.run)
+                task_status.started(self.bound_address)
+                await serve_and_close(self._handle_connection, listeners)
+                nursery.cancel_scope.cancel()
         finally:
             self.bound_address = None
 
@@ -161,7 +166,7 @@ class HttpIngress:
             await self._refuse(stream, "too many connections")
             return
         try:
-            await Connection(stream, self, self._limits, self._warnings).serve()
+            await Connection(stream, self, self._limits, self._warnings, self._timer).serve()
         finally:
             self._connections.release()
 
@@ -263,34 +268,26 @@ class HttpIngress:
                 # A bearer token or a signature is the caller's credential, not the function's.
                 strip = self.admission.mode is not AuthMode.OPEN
                 http = request_info(head, route.subpath, strip_authorization=strip)
-                result = await self._call(function, event, KIND_BYTES, timeout_ms, head, meta, http)
+                kind = KIND_BYTES
+            else:
+                http = None
+                kind = event_kind(head.content_type)
+            # Straight to the core: a coroutine layer per request is not free.
+            result = await self.core.invoke(
+                function,
+                event,
+                kind,
+                timeout_ms=timeout_ms,
+                request_id=head.request_id,
+                http=http,
+                meta=meta,
+            )
+            if takes_http:
                 return function_reply(result)
-            kind = event_kind(head.content_type)
-            result = await self._call(function, event, kind, timeout_ms, head, meta)
             return Reply(200, result.body, content_type_header(result.content_type))
         finally:
             self.core.body_budget.release(reserved)
             ticket.release()
-
-    async def _call(
-        self,
-        function: str,
-        event: bytes,
-        kind: str,
-        timeout_ms: int | None,
-        head: RequestHead,
-        meta: RequestMeta,
-        http: HttpRequest | None = None,
-    ) -> InvokeResult:
-        return await self.core.invoke(
-            function,
-            event,
-            kind,
-            timeout_ms=timeout_ms,
-            request_id=head.request_id,
-            http=http,
-            meta=meta,
-        )
 
 
 def _local_address(listener: trio.SocketListener) -> TcpAddress:

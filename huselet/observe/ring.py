@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from huselet.log import rfc3339
@@ -25,7 +25,7 @@ from huselet.log import rfc3339
 _ROOT = "huselet"
 _SCALARS = (str, int, float, bool, type(None))
 MAX_QUERY_RECORDS = 5000
-Entry = tuple[int, float, str, str, str, dict[str, Any]]
+Entry = tuple[int, float, str, str, str, Mapping[str, Any]]
 
 
 def _plain(value: Any) -> Any:
@@ -75,12 +75,13 @@ class LogRing(logging.Handler):
              plain)
         )  # fmt: skip
 
-    def append(self, level: str, component: str, msg: str, fields: dict[str, Any]) -> None:
+    def append(self, level: str, component: str, msg: str, fields: Mapping[str, Any]) -> None:
         """Add a record for ``fields['function']`` without going through logging.
 
         The hot path's way in (admission, sampled-out access records): the
         fields are kept as given — the caller passes plain values and does not
-        touch the dict afterwards — and turned into a record only when read.
+        touch them afterwards (a dict, or a lazy record of
+        :mod:`huselet.observe.records`) — and turned into a record only when read.
         """
         # The handler's lock: emit() (any thread that logs) holds it too, so sequence
         # numbers stay unique and a --follow cursor never skips a record.

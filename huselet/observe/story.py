@@ -1,7 +1,8 @@
 """The records one request leaves behind, and its metrics.
 
 The dispatcher calls :class:`RequestStory` at admission, at a deadline kill
-and when the request is answered. Per request that costs a ring append and a
+and when the request is answered. Per request that costs two ring appends of
+fixed-slot records (:mod:`huselet.observe.records`: no dict unless read) and a
 few histogram increments; the access record (one per request, at info) goes
 to the log only within ``log.access_rate`` records per second — the ones
 above that are counted and the next logged record says how many were
@@ -10,13 +11,14 @@ skipped — while the function's log ring (``huselet ctl logs``) keeps them all.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
 from huselet.dispatch.reasons import StopReason
 from huselet.errors import HuseletError
 from huselet.log import get_logger
+from huselet.observe.records import AccessRecord, AdmittedRecord
 
 if TYPE_CHECKING:
     from huselet.dispatch.invocation import Invocation
@@ -65,17 +67,15 @@ class RequestStory:
         self.sampler = RateSampler(access_rate)
 
     def admitted(self, pool: FunctionPool, inv: Invocation, meta: RequestMeta | None) -> None:
-        fields: dict[str, Any] = {
-            "function": pool.name,
-            "request_id": inv.request_id,
-            "queued": len(pool.buffer),
-        }
-        if meta is not None:
-            fields["trace_id"] = meta.trace_id
+        trace_id = meta.trace_id if meta is not None else None
         if self.ring is not None:
-            self.ring.append("info", "dispatcher", "request admitted", fields)
+            record = AdmittedRecord(pool.name, inv.request_id, len(pool.buffer), trace_id)
+            self.ring.append("info", "dispatcher", "request admitted", record)
         if story_log.is_debug():
-            story_log.debug("request admitted", **fields)
+            story_log.debug(
+                "request admitted",
+                **AdmittedRecord(pool.name, inv.request_id, len(pool.buffer), trace_id).fields(),
+            )
 
     def cold_start(self, pool: FunctionPool, inv: Invocation) -> None:
         """``inv`` made the pool start an instance (rare: logged at info)."""
@@ -104,7 +104,7 @@ class RequestStory:
             m = self.metrics.of(pool.name)
             m.statuses[exc.status] += 1
             m.rejections[(exc.status, exc.code)] += 1
-        self._access(pool.name, inv, exc.status, exc.code, meta, 0.0)
+        self._write(self._record(pool.name, inv, exc.status, exc.code, meta), trio.current_time())
 
     def finished(self, pool: FunctionPool, inv: Invocation, meta: RequestMeta | None) -> None:
         now = trio.current_time()
@@ -115,13 +115,13 @@ class RequestStory:
             status, code = 200, None
         enqueued = inv.enqueued_at
         dispatched = inv.dispatched_at
-        record = inv.instance
+        instance = inv.instance
         start_s = 0.0
         cold = False
-        if record is not None and record.ready_at is not None and record.ready_at > enqueued:
+        if instance is not None and instance.ready_at is not None and instance.ready_at > enqueued:
             # It became ready after this request arrived: the request waited for its start.
             cold = True
-            start_s = record.ready_at - max(enqueued, record.created_at)
+            start_s = instance.ready_at - max(enqueued, instance.created_at)
         if dispatched is None:
             queue_s, exec_s = now - enqueued, 0.0
         else:
@@ -142,48 +142,37 @@ class RequestStory:
             m.total.observe(total_s)
             if cold:
                 m.cold += 1
-        self._access(
-            pool.name, inv, status, code, meta, total_s, queue_s, start_s, exec_s, cold, now
+        record = self._record(pool.name, inv, status, code, meta)
+        record.total_s = total_s
+        record.queue_s = queue_s
+        record.start_s = start_s
+        record.exec_s = exec_s
+        record.cold = cold
+        self._write(record, now)
+
+    @staticmethod
+    def _record(
+        function: str, inv: Invocation, status: int, code: str | None, meta: RequestMeta | None
+    ) -> AccessRecord:
+        instance = inv.instance
+        return AccessRecord(
+            function,
+            inv.request_id,
+            status,
+            code,
+            instance.id if instance is not None else None,
+            inv.attempts,
+            meta.trace_id if meta is not None else None,
         )
 
-    def _access(
-        self,
-        function: str,
-        inv: Invocation,
-        status: int,
-        code: str | None,
-        meta: RequestMeta | None,
-        total_s: float,
-        queue_s: float = 0.0,
-        start_s: float = 0.0,
-        exec_s: float = 0.0,
-        cold: bool = False,
-        now: float | None = None,
-    ) -> None:
-        record = inv.instance
-        fields: dict[str, Any] = {
-            "function": function,
-            "request_id": inv.request_id,
-            "status": status,
-            "ms": round(total_s * 1000, 3),
-            "queue_ms": round(queue_s * 1000, 3),
-            "start_ms": round(start_s * 1000, 3),
-            "exec_ms": round(exec_s * 1000, 3),
-            "cold_start": cold,
-            "instance": record.id if record is not None else None,
-        }
-        if code is not None:
-            fields["error"] = code
-        if inv.attempts > 1:
-            fields["attempts"] = inv.attempts
-        if meta is not None:
-            fields["trace_id"] = meta.trace_id
+    def _write(self, record: AccessRecord, now: float) -> None:
+        """To the log within the sampler's rate (a dict then), else to the ring as it is."""
         sampler = self.sampler
-        if sampler.allow(trio.current_time() if now is None else now) and log.is_info():
+        if sampler.allow(now) and log.is_info():
             if sampler.skipped:
-                fields["sampled_out"] = sampler.skipped
+                record.sampled_out = sampler.skipped
                 sampler.skipped = 0
             # The log ring's handler picks this record up like any other.
-            log.info("request", **fields)
+            log.info("request", **record.fields())
         elif self.ring is not None:
-            self.ring.append("info", "access", "request", fields)
+            self.ring.append("info", "access", "request", record)

@@ -210,6 +210,23 @@ async def test_slow_request_gets_408(nursery: trio.Nursery) -> None:
     assert await client.closed_by_server() == b""
 
 
+async def test_a_handler_outlasting_every_timeout_is_answered(nursery: trio.Nursery) -> None:
+    # The read and idle deadlines set before the handler ran are long past when it
+    # answers: the connection's timer must not have cancelled the handler's wait.
+    address, invoker, _ = await start(nursery, read_timeout_ms=50, idle_timeout_ms=200)
+    client = await RawClient.connect(address)
+    with trio.fail_after(GUARD_S):
+        await client.send(raw_request("POST", "/v1/invoke/wait", body=b"x"))
+        await invoker.entered.wait()
+    await trio.sleep(0.5)  # the time under test passing, not a synchronisation
+    invoker.release.set()
+    with trio.fail_after(GUARD_S):
+        resp = await client.response()
+    assert (resp.status, resp.body) == (200, b"late")
+    # The idle deadline still runs after the reply: the server closes, without a 408.
+    assert await client.closed_by_server() == b""
+
+
 async def test_max_connections_refuses_extra_connections(nursery: trio.Nursery) -> None:
     address, _, ingress = await start(nursery, max_connections=2)
     held = [await RawClient.connect(address) for _ in range(2)]

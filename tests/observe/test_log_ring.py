@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -16,17 +15,10 @@ SERVED = {"alpha", "beta"}
 
 
 @pytest.fixture
-def ring() -> Iterator[LogRing]:
-    ring = LogRing(5, lambda name: name in SERVED)
-    root = logging.getLogger("huselet")
-    old_level = root.level
-    root.setLevel(logging.INFO)
-    root.addHandler(ring)
+def ring(attach_ring: Callable[[LogRing], LogRing]) -> Iterator[LogRing]:
     try:
-        yield ring
+        yield attach_ring(LogRing(5, lambda name: name in SERVED))
     finally:
-        root.removeHandler(ring)
-        root.setLevel(old_level)
         SERVED.clear()
         SERVED.update({"alpha", "beta"})
 

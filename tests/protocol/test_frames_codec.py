@@ -91,3 +91,38 @@ def test_link_messages_round_trip_and_validate() -> None:
         Result.decode({"t": "result", "id": "r", "ok": False, "error": "boom"})
     # Unknown fields are ignored (forward compatibility).
     assert Pull.decode({"t": "pull", "n": 2, "future": True}) == Pull(2)
+
+
+def _nested(levels: int) -> dict[str, object]:
+    """A map whose deepest container sits ``levels`` deep (the map itself is level 1)."""
+    inner: dict[str, object] = {"a": None}
+    for _ in range(levels - 3):
+        inner = {"a": inner}
+    return {"a": [inner]}  # a list on the way counts as a level too
+
+
+def test_nesting_limit_is_exact() -> None:
+    from protocol.frames import MAX_NESTING
+
+    ok = FrameDecoder()
+    ok.receive_data(encode_frame(_nested(MAX_NESTING)))
+    assert ok.next_frame() == _nested(MAX_NESTING)
+    deep = FrameDecoder()
+    deep.receive_data(encode_frame(_nested(MAX_NESTING + 1)))
+    with pytest.raises(MalformedFrame, match="nests deeper"):
+        deep.next_frame()
+
+
+def test_request_message_is_what_request_encodes() -> None:
+    from protocol.link import pull_count, request_message
+
+    req = Request("r1", b"{}", "json", 100, trace="00-" + "1" * 32 + "-" + "2" * 16 + "-01")
+    assert request_message("r1", b"{}", "json", 100, None, req.trace) == req.encode()
+    assert Request.decode(request_message("r2", b"x", "bytes", 5)) == Request(
+        "r2", b"x", "bytes", 5
+    )
+    assert pull_count({"t": "pull", "n": 3}) == 3
+    with pytest.raises(MalformedFrame, match=r"allowed 1\.\.1024"):
+        pull_count({"t": "pull", "n": 1025})
+    with pytest.raises(MalformedFrame, match="field 'n' has type bool"):
+        pull_count({"t": "pull", "n": True})  # a bool is an int subclass, not a count
