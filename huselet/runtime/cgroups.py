@@ -57,6 +57,10 @@ _JOIN_THREADS = trio.CapacityLimiter(4)
 _MKDIR_THREADS = trio.CapacityLimiter(2)
 # Groups made in one worker-thread trip when a burst finds the free list empty.
 GROW_BATCH_MAX = 256
+# Groups made per thread trip by reserve() (a smaller batch is usable sooner).
+RESERVE_BATCH = 64
+# At most this many groups are reserved at start for the functions' min_instances.
+RESERVE_MAX = 8192
 
 
 class CgroupError(RuntimeConfigError):
@@ -136,6 +140,20 @@ def remove_empty_tree(rel: str) -> None:
                 break
 
 
+def read_proc(path: str) -> str | None:
+    """A small /proc file in one read (no pathlib, no buffered file: once per start)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 65536).decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _write(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -199,9 +217,8 @@ class Cgroup:
 
     def contains(self, pid: int) -> bool:
         """True if ``pid`` is in this group (checked on the memory hierarchy)."""
-        try:
-            text = Path(f"/proc/{pid}/cgroup").read_text()
-        except OSError:
+        text = read_proc(f"/proc/{pid}/cgroup")
+        if text is None:
             return False
         want = "/" + self.rel
         for line in text.splitlines():
@@ -470,13 +487,31 @@ class CgroupPool:
         if self._growing is not None:
             await self._growing.wait()
             return
+        # One for everyone waiting now (the rest of the burst), the pool's target at least.
+        await self._grow_by(min(GROW_BATCH_MAX, max(self._wanting, self.target_free)))
+
+    async def _grow_by(self, count: int) -> None:
         self._growing = trio.Event()
         try:
-            # One for everyone waiting now (the rest of the burst), the pool's target at least.
-            await self._make(min(GROW_BATCH_MAX, max(self._wanting, self.target_free)))
+            await self._make(count)
         finally:
             self._growing.set()
             self._growing = None
+
+    async def reserve(self, count: int) -> None:
+        """Make groups until ``count`` are free, ahead of a burst known to come.
+
+        In batches of :data:`RESERVE_BATCH`, one worker-thread trip each:
+        starts take groups from each batch as soon as it is in, instead of
+        waiting, pool empty, for a batch made only once they ask.
+        """
+        missing = count - len(self._free)
+        while missing > 0:
+            while self._growing is not None:
+                await self._growing.wait()
+            batch = min(RESERVE_BATCH, missing)
+            await self._grow_by(batch)
+            missing -= batch
 
     async def _make(self, count: int) -> None:
         groups = []

@@ -53,7 +53,7 @@ from huselet.config.table import ConfigTable
 from huselet.errors import HuseletError
 from huselet.log import get_logger
 from huselet.runtime.base import InstanceHandle, InstanceSpec, StartFailed
-from huselet.runtime.cgroups import Cgroup
+from huselet.runtime.cgroups import RESERVE_MAX, Cgroup, read_proc
 from huselet.runtime.children import ChildHandle, SandboxHandle, StrayReaper, dial_link, pump_output
 from huselet.runtime.codeimage import code_key, code_ro_paths
 from huselet.runtime.common import MiB, SandboxRuntime, sandbox_plan
@@ -75,9 +75,8 @@ EAGER_CODE_WAIT_S = 300.0
 
 
 def parent_pid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    stat = read_proc(f"/proc/{pid}/stat")
+    if stat is None:
         return None
     # The command name may contain spaces and parentheses: fields follow the last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
@@ -123,7 +122,22 @@ class ForkRuntime(SandboxRuntime):
         if self.zygote_mode == "eager":
             for fn in self._expected:
                 nursery.start_soon(self._build_eager, fn)
+        nursery.start_soon(self._reserve_cgroups)
         nursery.start_soon(self._maintain)
+
+    async def _reserve_cgroups(self) -> None:
+        """Make the groups the functions' ``min_instances`` will take, while zygotes build.
+
+        Those starts come at once: with the groups made ahead, they do not
+        wait for one batch after another made only once the pool ran dry.
+        """
+        wanted = min(RESERVE_MAX, sum(fn.min_instances for fn in self._expected))
+        if self._cgroups is None or wanted <= self.isolation.cgroup_pool:
+            return
+        try:
+            await self._cgroups.reserve(wanted)
+        except OSError as exc:
+            log.warning("cannot pre-create cgroups", error=exc.strerror)
 
     async def shutdown(self) -> None:
         # The daemon is going away: leave no process, cgroup or directory behind.
