@@ -530,13 +530,19 @@ class CgroupPool:
         finally:
             self._free.extend(made)  # what was made before a failure is usable
 
-    async def release(self, group: Cgroup, spare: Collection[int] = ()) -> None:
-        """Empty ``group`` (never signalling ``spare``, see :meth:`Cgroup.kill_all`), keep it."""
+    async def release(
+        self, group: Cgroup, spare: Collection[int] = (), *, reuse: bool = True
+    ) -> None:
+        """Empty ``group`` (never signalling ``spare``, see :meth:`Cgroup.kill_all`), keep it.
+
+        ``reuse=False``: remove it instead (a start failed in it: whatever
+        broke it must not fail the next start too).
+        """
         self._used.discard(group)
         emptied = await group.kill_all(spare=spare)
         group.oom_baseline = group.oom_kills()
         kept = len(self._free) + self._owned_count
-        if emptied and kept < 4 * self.target_free:
+        if emptied and reuse and kept < 4 * self.target_free:
             if group.owner is None:
                 self._free.append(group)
             else:  # never to another uid

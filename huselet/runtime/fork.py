@@ -305,7 +305,7 @@ class ForkRuntime(SandboxRuntime):
                 await handle.kill_and_reap()
             if cgroup is not None:
                 with trio.CancelScope(shield=True):
-                    await self._release(cgroup)
+                    await self._release(cgroup, reuse=False)
             if isinstance(exc, OSError):
                 log.error("fork start failed", instance=spec.instance_id, error=str(exc))
                 raise start_failure(
@@ -404,7 +404,7 @@ class ForkRuntime(SandboxRuntime):
                 with trio.CancelScope(shield=True):
                     await self._release(cgroup)
 
-    async def _release(self, cgroup: Cgroup) -> None:
+    async def _release(self, cgroup: Cgroup, *, reuse: bool = True) -> None:
         """Empty and return an instance cgroup — never killing a zygote parked in it."""
         assert self._cgroups is not None
         placers: list[int] = []
@@ -415,7 +415,7 @@ class ForkRuntime(SandboxRuntime):
                     placers.append(process.pid)  # moves itself out; never killed here
                 elif process is not None:
                     await process.evict_from(cgroup)
-        await self._cgroups.release(cgroup, spare=placers)
+        await self._cgroups.release(cgroup, spare=placers, reuse=reuse)
 
     # --- housekeeping ------------------------------------------------------------------
 
