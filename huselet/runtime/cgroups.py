@@ -461,24 +461,26 @@ class CgroupPool:
         With ``owner`` (a uid), the group is that uid's (see :meth:`Cgroup.own`):
         one it had before, else a fresh one chowned now (three chowns).
         """
-        mine = self._owned.get(owner) if owner is not None else None
-        if mine:
-            group = mine.pop()
-            self._owned_count -= 1
-        else:
+        while True:
+            mine = self._owned.get(owner) if owner is not None else None
+            if mine:  # its own, from before or reserved for it
+                group = mine.pop()
+                self._owned_count -= 1
+                break
+            if self._free:
+                group = self._free.pop()
+                if owner is not None:
+                    try:
+                        group.own(owner)
+                    except OSError:
+                        self._free.append(group)  # still nobody's: usable by the next start
+                        raise
+                break
             self._wanting += 1
             try:
-                while not self._free:
-                    await self._grow()
+                await self._grow()
             finally:
                 self._wanting -= 1
-            group = self._free.pop()
-            if owner is not None:
-                try:
-                    group.own(owner)
-                except OSError:
-                    self._free.append(group)  # still nobody's: usable by the next start
-                    raise
         group.set_memory(memory_bytes)  # one write; none when the limit is unchanged
         self._used.add(group)
         return group
@@ -490,30 +492,32 @@ class CgroupPool:
         # One for everyone waiting now (the rest of the burst), the pool's target at least.
         await self._grow_by(min(GROW_BATCH_MAX, max(self._wanting, self.target_free)))
 
-    async def _grow_by(self, count: int) -> None:
+    async def _grow_by(self, count: int, owner: int | None = None) -> None:
         self._growing = trio.Event()
         try:
-            await self._make(count)
+            await self._make(count, owner)
         finally:
             self._growing.set()
             self._growing = None
 
-    async def reserve(self, count: int) -> None:
-        """Make groups until ``count`` are free, ahead of a burst known to come.
+    async def reserve(self, count: int, owner: int | None = None) -> None:
+        """Make groups until ``count`` are free (``owner``'s, chowned in the thread too),
+        ahead of a burst known to come.
 
         In batches of :data:`RESERVE_BATCH`, one worker-thread trip each:
         starts take groups from each batch as soon as it is in, instead of
         waiting, pool empty, for a batch made only once they ask.
         """
-        missing = count - len(self._free)
+        have = len(self._free) if owner is None else len(self._owned.get(owner, ()))
+        missing = count - have
         while missing > 0:
             while self._growing is not None:
                 await self._growing.wait()
             batch = min(RESERVE_BATCH, missing)
-            await self._grow_by(batch)
+            await self._grow_by(batch, owner)
             missing -= batch
 
-    async def _make(self, count: int) -> None:
+    async def _make(self, count: int, owner: int | None = None) -> None:
         groups = []
         for _ in range(count):
             self._counter += 1
@@ -523,12 +527,19 @@ class CgroupPool:
         def prepare_all() -> None:
             for group in groups:
                 self._prepare(group)
+                if owner is not None:
+                    group.own(owner)
                 made.append(group)
 
         try:
             await trio.to_thread.run_sync(prepare_all, limiter=_MKDIR_THREADS)
         finally:
-            self._free.extend(made)  # what was made before a failure is usable
+            # What was made before a failure is usable.
+            if owner is None:
+                self._free.extend(made)
+            else:
+                self._owned.setdefault(owner, []).extend(made)
+                self._owned_count += len(made)
 
     async def release(
         self, group: Cgroup, spare: Collection[int] = (), *, reuse: bool = True

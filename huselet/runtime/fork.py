@@ -131,11 +131,21 @@ class ForkRuntime(SandboxRuntime):
         Those starts come at once: with the groups made ahead, they do not
         wait for one batch after another made only once the pool ran dry.
         """
-        wanted = min(RESERVE_MAX, sum(fn.min_instances for fn in self._expected))
-        if self._cgroups is None or wanted <= self.isolation.cgroup_pool:
+        if self._cgroups is None:
             return
+        # Per uid: a zygote that places itself takes groups chowned to its uid
+        # (chowned here, in the thread, rather than per start on the event loop).
+        wanted: dict[int | None, int] = {}
+        for fn in self._expected:
+            uid = self.uid_for(fn) if self._cgroups.host.version == 1 else None
+            wanted[uid] = wanted.get(uid, 0) + fn.min_instances
+        budget = RESERVE_MAX
         try:
-            await self._cgroups.reserve(wanted)
+            for uid, count in wanted.items():
+                count = min(count, budget)
+                budget -= count
+                if count > (self.isolation.cgroup_pool if uid is None else 0):
+                    await self._cgroups.reserve(count, uid)
         except OSError as exc:
             log.warning("cannot pre-create cgroups", error=exc.strerror)
 

@@ -102,9 +102,17 @@ async def test_reserve_makes_the_groups_a_known_burst_will_take(
     pool: CgroupPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made = CreationLog(monkeypatch)
+    uid = 190_323
     with trio.fail_after(60):
         await pool.reserve(70)
-    assert pool.free_count >= 70
+        assert pool.free_count >= 70
+        await pool.reserve(5, owner=uid)  # chowned in the thread too
+        free = pool.free_count
+        groups = [await pool.acquire(32 * MiB, owner=uid) for _ in range(5)]
+    assert pool.free_count == free  # none taken from the unowned ones
+    for group in groups:
+        assert group.owner == uid
+        assert all((d / "cgroup.procs").stat().st_uid == uid for d in group.dirs.values())
     assert made.threads and threading.main_thread() not in made.threads
 
 
