@@ -48,9 +48,6 @@ STOP_GRACE_S = 1.0
 YOUNG_DEATH_S = 2.0  # a zygote that dies sooner than this after ready counts as failing
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 30.0
-# A cancelled self-placing fork waits this long for the zygote's answer: it may
-# be inside the instance's cgroup, which must not be emptied with it there.
-SETTLE_S = 2.0
 
 # Spawns a child off the event loop: ``subprocess.Popen``'s arguments, its result.
 Spawn = Callable[..., Awaitable["subprocess.Popen[bytes]"]]
@@ -277,35 +274,22 @@ class ZygoteProcess:
         dirs = target.open_dirs()
         try:
             place = {**request, "place": len(dirs)}
-            return await self.fork(place, [*fds, *dirs, *self._home_dirs], deadline, settle=True)
+            return await self.fork(place, [*fds, *dirs, *self._home_dirs], deadline)
         finally:
             for fd in dirs:
                 os.close(fd)
 
-    async def fork(
-        self, request: dict[str, Any], fds: list[int], deadline: float, *, settle: bool = False
-    ) -> int:
-        """Ask for one instance; returns its pid (not yet trusted: the caller checks it).
-
-        ``settle``: once sent, a request given up on (cancelled, out of time)
-        still waits up to :data:`SETTLE_S` for the answer (see :meth:`fork_into`).
-        """
+    async def fork(self, request: dict[str, Any], fds: list[int], deadline: float) -> int:
+        """Ask for one instance; returns its pid (not yet trusted: the caller checks it)."""
         if not self.is_ready:
             raise StartFailed(self.error or "the zygote is not ready")
         self._seq += 1
         seq = self._seq
         pending = self._pending[seq] = _Pending()
-        sent = False
         try:
-            try:
-                with trio.move_on_at(deadline):
-                    await self._send({"t": "fork", "seq": seq, **request}, fds)
-                    sent = True
-                    await pending.done.wait()
-            finally:
-                if settle and sent and not pending.done.is_set():
-                    with trio.CancelScope(shield=True), trio.move_on_after(SETTLE_S):
-                        await pending.done.wait()
+            with trio.move_on_at(deadline):
+                await self._send({"t": "fork", "seq": seq, **request}, fds)
+                await pending.done.wait()
         except (OSError, trio.ClosedResourceError) as exc:
             raise StartFailed(f"the zygote is unreachable: {exc}") from None
         except BaseException:
