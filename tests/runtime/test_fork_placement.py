@@ -59,30 +59,38 @@ async def home_when_idle(zygote: ZygoteProcess) -> None:
         await trio.sleep(0.01)
 
 
-async def test_queued_starts_each_get_an_instance_in_its_own_group(short_tmp: Path) -> None:
+@pytest.mark.parametrize("placer", ["zygote", "daemon"])
+async def test_queued_starts_each_get_an_instance_in_its_own_group(
+    short_tmp: Path, placer: str
+) -> None:
+    # Without a function uid (isolation off) the daemon moves the zygote
+    # instead, one start at a time: the same outcome.
     pkg = write_package(short_tmp, "f", SLOW)
     count = 12
     functions = [fn("f", pkg, min_instances=count, max_instances=count)]
-    async with running_stack(short_tmp, functions, {"fork": sandbox_settings(short_tmp)}) as stack:
+    extra = {} if placer == "zygote" else {"isolation": False}
+    settings = {"fork": sandbox_settings(short_tmp, **extra)}
+    async with running_stack(short_tmp, functions, settings) as stack:
         runtime: ForkRuntime = stack.runtimes["fork"]  # type: ignore[assignment]
         assert runtime._cgroups is not None
-        if runtime._cgroups.host.version != 1:
+        if runtime._cgroups.host.version != 1 and placer == "zygote":
             pytest.skip("the zygote places itself on cgroup v1 only")
+        owner = UID_BASE if placer == "zygote" else None
         pool = stack.pool("f")
         with trio.fail_after(60):
             while sum(r.state is InstanceState.IDLE for r in pool.instances.values()) < count:
                 await trio.sleep(0.02)
             zygote = the_zygote(runtime)
-            assert zygote.placer_uid == UID_BASE
+            assert zygote.placer_uid == owner
             groups = set()
             for record in pool.instances.values():
                 assert record.handle is not None and record.handle.pid is not None
                 handle = record.handle
                 cgroup = handle.cgroup  # type: ignore[attr-defined]
                 assert memory_group(handle.pid) == "/" + cgroup.rel
-                assert cgroup.owner == UID_BASE
+                assert cgroup.owner == owner
                 for d in cgroup.dirs.values():
-                    assert (d / "cgroup.procs").stat().st_uid == UID_BASE
+                    assert (d / "cgroup.procs").stat().st_uid == (owner or 0)
                 groups.add(cgroup.rel)
             assert len(groups) == count
             await home_when_idle(zygote)
