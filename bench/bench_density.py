@@ -50,7 +50,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_invoke import NOOP, free_port
 from loadgen import run_load
-from procstats import cpu_seconds, descendants, pss_kb
+from procstats import cpu_ns, cpu_seconds, descendants, pss_kb
 
 from huselet.admin.client import AdminClient
 
@@ -74,6 +74,9 @@ class Level:
     p50_ms: float
     p99_ms: float
     errors: int
+    # CPU spent on the starts (from the daemon's start to N idle), per instance:
+    # robust where start_s is not (a loaded host stretches wall time, not CPU).
+    start_cpu: dict[str, float] | None = None
 
 
 class Daemon:
@@ -176,6 +179,8 @@ def run_level(root: Path, count: int, args: argparse.Namespace, rnd: int) -> Lev
                 break
             time.sleep(0.2)
         start_s = time.monotonic() - t0
+        daemon_s = cpu_seconds(daemon.proc.pid)  # before describing N instances costs it more
+        start_cpu = start_cpu_ms(daemon.proc.pid, daemon_s, daemon.idle_instances()[1])
         time.sleep(args.settle)
         reached, pids = daemon.idle_instances()
         pss = sum(pss_kb(p) for pid in pids for p in descendants(pid))
@@ -205,9 +210,28 @@ def run_level(root: Path, count: int, args: argparse.Namespace, rnd: int) -> Lev
             load.p50,
             load.p99,
             load.errors,
+            start_cpu,
         )
     finally:
         daemon.stop()
+
+
+def start_cpu_ms(daemon: int, daemon_s: float, instances: list[int]) -> dict[str, float]:
+    """ms of CPU per started instance: the daemon's, the zygote's, an instance's own.
+
+    Read when N are idle; the daemon's includes its own start-up and the
+    zygote build (a few hundred ms in all, spread over N). Instances are
+    the daemon's children too (CLONE_PARENT): the zygote is the child that
+    is not one of them.
+    """
+    count = max(1, len(instances))
+    known = set(instances)
+    zygotes = [p for p in descendants(daemon) if p != daemon and p not in known]
+    return {
+        "daemon_ms": round(daemon_s * 1000 / count, 3),
+        "zygote_ms": round(sum(cpu_ns(p) for p in zygotes) / 1e6 / count, 3),
+        "instance_ms": round(sum(cpu_ns(p) for p in instances) / 1e6 / count, 3),
+    }
 
 
 SLEEPY = "import time\n\ndef handler(event, context):\n    time.sleep(1)\n    return {}\n"
@@ -315,6 +339,14 @@ def main() -> None:
             f"{m('pss_kb'):>11.0f} {m('avail_kb'):>16.0f} {m('idle_cpu_pct'):>10.1f} "
             f"{m('p50_ms'):>7.2f} {m('p99_ms'):>7.2f} {sum(lv.errors for lv in levels):>6}"
         )
+    print("\nCPU per started instance (ms): daemon / zygote / the instance itself")
+    for count, levels in results.items():
+        cpu = [lv.start_cpu or {} for lv in levels]
+        parts = [
+            med([c.get(k, math.nan) for c in cpu])
+            for k in ("daemon_ms", "zygote_ms", "instance_ms")
+        ]
+        print(f"{count:>5} {parts[0]:>8.2f} {parts[1]:>8.2f} {parts[2]:>8.2f}")
     if args.rounds > 1:
         print("(medians of the rounds)")
     if args.probe_limit:

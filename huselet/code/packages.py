@@ -111,6 +111,7 @@ class PackageManager(CacheBookkeeping):
         self.on_code_changed: Callable[[set[str]], object] | None = None
         self._repacking: dict[Path, Resolved] = {}  # re-packs in flight (current image serves)
         self._repack_again: set[Path] = set()
+        self._origin_waits: dict[str, int] = {}  # digest -> starts waiting on its fetch
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start packing directory packages in the background, then serve until cancelled."""
@@ -176,6 +177,12 @@ class PackageManager(CacheBookkeeping):
         # A request waits on a cold fetch: prefetching steps aside until it is done.
         guard = self.live.fetching() if level == "origin" else nullcontext()
         started = trio.current_time()
+        # Starts that find the image at its origin all wait for one fetch: the
+        # first of them logs it once, with how many waited (not a line per start).
+        first = level == "origin" and digest not in self._origin_waits
+        if level == "origin":
+            self._origin_waits[digest] = self._origin_waits.get(digest, 0) + 1
+        waited = 0
         try:
             with guard:
                 lease = await self.store.get(digest, origin)
@@ -197,8 +204,11 @@ class PackageManager(CacheBookkeeping):
             raise CodeUnavailable(
                 f"image {digest[:12]} could not be opened; see the node log"
             ) from None
+        finally:
+            if first:
+                waited = self._origin_waits.pop(digest, 1)
         usage.last_used = time.time()
-        if level == "origin":
+        if first:
             log.info(
                 "image fetched",
                 function=fn.name,
@@ -206,6 +216,7 @@ class PackageManager(CacheBookkeeping):
                 bytes=_size(lease.path),
                 files=len(lease.reader),
                 ms=round((trio.current_time() - started) * 1000, 1),
+                starts=waited,
             )
         return lease
 

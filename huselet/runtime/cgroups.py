@@ -17,6 +17,14 @@ zygotes. Released groups are emptied (every pid killed), their counters
 remembered, and reused. Everything under the subtree is removed at
 start (leftovers of a daemon that was SIGKILLed) and on stop.
 
+Self-placement (v1): a group acquired for a uid has its ``cgroup.procs``
+files chowned to that uid, so the function's zygote — running as that uid —
+can move *itself* into the group for a clone (:meth:`Cgroup.open_dirs` hands
+it ``O_PATH`` directory handles; it opens ``cgroup.procs`` with its own
+credentials, which the kernel lets move only that uid's processes). A group
+keeps its owner for life: it goes back to that owner's free list, never to
+another uid (a handle kept by one function must not reach another's group).
+
 OOM detection: the kernel's per-cgroup ``oom_kill`` counter (v1
 ``memory.oom_control``, v2 ``memory.events``), compared with its value when
 the instance got the group.
@@ -27,6 +35,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +57,10 @@ _JOIN_THREADS = trio.CapacityLimiter(4)
 _MKDIR_THREADS = trio.CapacityLimiter(2)
 # Groups made in one worker-thread trip when a burst finds the free list empty.
 GROW_BATCH_MAX = 256
+# Groups made per thread trip by reserve() (a smaller batch is usable sooner).
+RESERVE_BATCH = 64
+# At most this many groups are reserved at start for the functions' min_instances.
+RESERVE_MAX = 8192
 
 
 class CgroupError(RuntimeConfigError):
@@ -127,6 +140,20 @@ def remove_empty_tree(rel: str) -> None:
                 break
 
 
+def read_proc(path: str) -> str | None:
+    """A small /proc file in one read (no pathlib, no buffered file: once per start)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 65536).decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _write(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -144,6 +171,7 @@ class Cgroup:
         self.dirs = {name: root / rel for name, root in host.roots.items()}
         self.memory_bytes: int | None = None
         self.oom_baseline = 0
+        self.owner: int | None = None  # uid whose zygote may place itself here (v1)
 
     @property
     def _mem_dir(self) -> Path:
@@ -160,6 +188,28 @@ class Cgroup:
         for d in self.dirs.values():
             _write(d / "cgroup.procs", str(pid))
 
+    def own(self, uid: int) -> None:
+        """Let ``uid`` move its own processes in: chown ``cgroup.procs`` everywhere (v1)."""
+        for d in self.dirs.values():
+            os.chown(d / "cgroup.procs", uid, -1)
+        self.owner = uid
+
+    def open_dirs(self) -> list[int]:
+        """``O_PATH`` handles of the group's directories, one per hierarchy (caller closes).
+
+        Enough to ``openat`` its ``cgroup.procs`` with the opener's own
+        credentials, nothing more: an ``O_PATH`` handle reads and writes nothing.
+        """
+        fds: list[int] = []
+        try:
+            for d in self.dirs.values():
+                fds.append(os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
+
     async def join_async(self, pid: int) -> None:
         """:meth:`join` in a worker thread: a v1 migration can wait out an RCU
         grace period (milliseconds), which must not stall the event loop."""
@@ -167,9 +217,8 @@ class Cgroup:
 
     def contains(self, pid: int) -> bool:
         """True if ``pid`` is in this group (checked on the memory hierarchy)."""
-        try:
-            text = Path(f"/proc/{pid}/cgroup").read_text()
-        except OSError:
+        text = read_proc(f"/proc/{pid}/cgroup")
+        if text is None:
             return False
         want = "/" + self.rel
         for line in text.splitlines():
@@ -245,27 +294,35 @@ class Cgroup:
                 pass
         return sorted(seen)
 
-    def _signal_all(self) -> bool:
-        """SIGKILL every member; False if there were none."""
-        if self.host.version == 2 and (self._mem_dir / "cgroup.kill").exists():
+    def _signal_all(self, spare: Collection[int] = ()) -> bool:
+        """SIGKILL every member but ``spare``; False if there were none (spared ones count)."""
+        if not spare and self.host.version == 2 and (self._mem_dir / "cgroup.kill").exists():
             if not self.pids():
                 return False
             _write(self._mem_dir / "cgroup.kill", "1")
             return True
         pids = self.pids()
         for pid in pids:
+            if pid in spare:
+                continue
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         return bool(pids)
 
-    async def kill_all(self, timeout_s: float = KILL_DEADLINE_S) -> bool:
-        """Kill every process in the group and wait until it is empty (True) or the deadline."""
+    async def kill_all(
+        self, timeout_s: float = KILL_DEADLINE_S, spare: Collection[int] = ()
+    ) -> bool:
+        """Kill every process in the group and wait until it is empty (True) or the deadline.
+
+        ``spare``: pids never signalled, only waited for — a zygote that placed
+        itself here for a clone and leaves by itself within moments.
+        """
         with trio.move_on_after(timeout_s):
             while True:
                 try:
-                    if not self._signal_all():
+                    if not self._signal_all(spare):
                         return True
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:
@@ -312,7 +369,9 @@ class CgroupPool:
         self.target_free = target_free
         self.pids_max = pids_max
         self.cpu_cores = cpu_cores
-        self._free: list[Cgroup] = []
+        self._free: list[Cgroup] = []  # no owner yet
+        self._owned: dict[int, list[Cgroup]] = {}  # released groups, by owner uid
+        self._owned_count = 0
         self._used: set[Cgroup] = set()
         self._named: dict[str, Cgroup] = {}
         self._counter = 0
@@ -369,6 +428,8 @@ class CgroupPool:
 
     async def close(self) -> None:
         self._free.clear()
+        self._owned.clear()
+        self._owned_count = 0
         self._used.clear()
         self._named.clear()
         await self.remove_subtree()
@@ -390,21 +451,36 @@ class CgroupPool:
         group.set_pids(self.pids_max)
         group.set_cpu(self.cpu_cores)
 
-    async def acquire(self, memory_bytes: int) -> Cgroup:
+    async def acquire(self, memory_bytes: int, owner: int | None = None) -> Cgroup:
         """A group for one instance: from the free list, else made in a worker thread.
 
         Never mkdir on the event loop: a burst of 2,000 starts used to make
         ~1,900 groups inline (0.3-10 ms each on a v1 host), stalling the whole
         loop for seconds. Acquirers that find the list empty wait for one
         batch made for all of them (one thread trip, not one per start).
+        With ``owner`` (a uid), the group is that uid's (see :meth:`Cgroup.own`):
+        one it had before, else a fresh one chowned now (three chowns).
         """
-        self._wanting += 1
-        try:
-            while not self._free:
+        while True:
+            mine = self._owned.get(owner) if owner is not None else None
+            if mine:  # its own, from before or reserved for it
+                group = mine.pop()
+                self._owned_count -= 1
+                break
+            if self._free:
+                group = self._free.pop()
+                if owner is not None:
+                    try:
+                        group.own(owner)
+                    except OSError:
+                        self._free.append(group)  # still nobody's: usable by the next start
+                        raise
+                break
+            self._wanting += 1
+            try:
                 await self._grow()
-        finally:
-            self._wanting -= 1
-        group = self._free.pop()
+            finally:
+                self._wanting -= 1
         group.set_memory(memory_bytes)  # one write; none when the limit is unchanged
         self._used.add(group)
         return group
@@ -413,15 +489,35 @@ class CgroupPool:
         if self._growing is not None:
             await self._growing.wait()
             return
+        # One for everyone waiting now (the rest of the burst), the pool's target at least.
+        await self._grow_by(min(GROW_BATCH_MAX, max(self._wanting, self.target_free)))
+
+    async def _grow_by(self, count: int, owner: int | None = None) -> None:
         self._growing = trio.Event()
         try:
-            # One for everyone waiting now (the rest of the burst), the pool's target at least.
-            await self._make(min(GROW_BATCH_MAX, max(self._wanting, self.target_free)))
+            await self._make(count, owner)
         finally:
             self._growing.set()
             self._growing = None
 
-    async def _make(self, count: int) -> None:
+    async def reserve(self, count: int, owner: int | None = None) -> None:
+        """Make groups until ``count`` are free (``owner``'s, chowned in the thread too),
+        ahead of a burst known to come.
+
+        In batches of :data:`RESERVE_BATCH`, one worker-thread trip each:
+        starts take groups from each batch as soon as it is in, instead of
+        waiting, pool empty, for a batch made only once they ask.
+        """
+        have = len(self._free) if owner is None else len(self._owned.get(owner, ()))
+        missing = count - have
+        while missing > 0:
+            while self._growing is not None:
+                await self._growing.wait()
+            batch = min(RESERVE_BATCH, missing)
+            await self._grow_by(batch, owner)
+            missing -= batch
+
+    async def _make(self, count: int, owner: int | None = None) -> None:
         groups = []
         for _ in range(count):
             self._counter += 1
@@ -431,19 +527,38 @@ class CgroupPool:
         def prepare_all() -> None:
             for group in groups:
                 self._prepare(group)
+                if owner is not None:
+                    group.own(owner)
                 made.append(group)
 
         try:
             await trio.to_thread.run_sync(prepare_all, limiter=_MKDIR_THREADS)
         finally:
-            self._free.extend(made)  # what was made before a failure is usable
+            # What was made before a failure is usable.
+            if owner is None:
+                self._free.extend(made)
+            else:
+                self._owned.setdefault(owner, []).extend(made)
+                self._owned_count += len(made)
 
-    async def release(self, group: Cgroup) -> None:
+    async def release(
+        self, group: Cgroup, spare: Collection[int] = (), *, reuse: bool = True
+    ) -> None:
+        """Empty ``group`` (never signalling ``spare``, see :meth:`Cgroup.kill_all`), keep it.
+
+        ``reuse=False``: remove it instead (a start failed in it: whatever
+        broke it must not fail the next start too).
+        """
         self._used.discard(group)
-        emptied = await group.kill_all()
+        emptied = await group.kill_all(spare=spare)
         group.oom_baseline = group.oom_kills()
-        if emptied and len(self._free) < 4 * self.target_free:
-            self._free.append(group)
+        kept = len(self._free) + self._owned_count
+        if emptied and reuse and kept < 4 * self.target_free:
+            if group.owner is None:
+                self._free.append(group)
+            else:  # never to another uid
+                self._owned.setdefault(group.owner, []).append(group)
+                self._owned_count += 1
         elif emptied:
             # rmdir waits for the kernel to offline the group: not on the event loop.
             await trio.to_thread.run_sync(group.remove, limiter=_MKDIR_THREADS)

@@ -252,9 +252,12 @@ class SandboxRuntime(ChildRuntime):
         """The function's helper uid; None when isolation is off (the daemon's own)."""
         return self._uids.uid_for(identity(fn)) if self.isolation.isolation else None
 
-    async def acquire_cgroup(self, fn: FunctionSettings) -> Cgroup | None:
-        """An instance cgroup (made off the event loop when the pool ran dry)."""
-        return await self._cgroups.acquire(fn.memory_mb * MiB) if self._cgroups else None
+    async def acquire_cgroup(self, fn: FunctionSettings, owner: int | None = None) -> Cgroup | None:
+        """An instance cgroup (made off the event loop when the pool ran dry); see
+        :meth:`CgroupPool.acquire` for ``owner``."""
+        if self._cgroups is None:
+            return None
+        return await self._cgroups.acquire(fn.memory_mb * MiB, owner)
 
     async def release_cgroup(self, cgroup: Cgroup | None) -> None:
         """Empty an instance cgroup and return it to the pool (also from cancelled scopes)."""

@@ -13,12 +13,15 @@ One start (:meth:`ForkRuntime.start`):
    (:attr:`code`: the packed image), else on first use; rebuilt if it dies;
 2. take a pre-created cgroup from the pool and set the function's memory limit;
 3. dial the function's link socket *for* the instance and make its output
-   pipe; move the zygote into the instance's cgroup and send it the two
-   descriptors with the instance id and token (in-process: never in the
-   environment);
-4. the zygote clones the child with ``CLONE_PARENT`` — it is born the
-   daemon's own child, in its own cgroup — and reports its pid; the zygote
-   goes back to its cgroup;
+   pipe; send the zygote the two descriptors with the instance id and token
+   (in-process: never in the environment);
+4. the zygote enters the instance's cgroup, clones the child with
+   ``CLONE_PARENT`` — it is born the daemon's own child, in its own cgroup —
+   goes back to its cgroup and reports the pid. On cgroup v1 with a function
+   uid the zygote moves itself (the group's ``cgroup.procs`` belong to that
+   uid; :meth:`ZygoteProcess.fork_into`), so starts are not serialised
+   behind one another and cost the daemon no thread trip; otherwise the
+   daemon moves it, one start at a time (:meth:`ZygoteProcess.fork_placed`);
 5. check the pid really is our child in that cgroup (the zygote runs
    function code: nothing it says is trusted) and open a pidfd.
 
@@ -50,7 +53,7 @@ from huselet.config.table import ConfigTable
 from huselet.errors import HuseletError
 from huselet.log import get_logger
 from huselet.runtime.base import InstanceHandle, InstanceSpec, StartFailed
-from huselet.runtime.cgroups import Cgroup
+from huselet.runtime.cgroups import RESERVE_MAX, Cgroup, read_proc
 from huselet.runtime.children import ChildHandle, SandboxHandle, StrayReaper, dial_link, pump_output
 from huselet.runtime.codeimage import code_key, code_ro_paths
 from huselet.runtime.common import MiB, SandboxRuntime, sandbox_plan
@@ -72,9 +75,8 @@ EAGER_CODE_WAIT_S = 300.0
 
 
 def parent_pid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    stat = read_proc(f"/proc/{pid}/stat")
+    if stat is None:
         return None
     # The command name may contain spaces and parentheses: fields follow the last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
@@ -120,7 +122,32 @@ class ForkRuntime(SandboxRuntime):
         if self.zygote_mode == "eager":
             for fn in self._expected:
                 nursery.start_soon(self._build_eager, fn)
+        nursery.start_soon(self._reserve_cgroups)
         nursery.start_soon(self._maintain)
+
+    async def _reserve_cgroups(self) -> None:
+        """Make the groups the functions' ``min_instances`` will take, while zygotes build.
+
+        Those starts come at once: with the groups made ahead, they do not
+        wait for one batch after another made only once the pool ran dry.
+        """
+        if self._cgroups is None:
+            return
+        # Per uid: a zygote that places itself takes groups chowned to its uid
+        # (chowned here, in the thread, rather than per start on the event loop).
+        wanted: dict[int | None, int] = {}
+        for fn in self._expected:
+            uid = self.uid_for(fn) if self._cgroups.host.version == 1 else None
+            wanted[uid] = wanted.get(uid, 0) + fn.min_instances
+        budget = RESERVE_MAX
+        try:
+            for uid, count in wanted.items():
+                count = min(count, budget)
+                budget -= count
+                if count > (self.isolation.cgroup_pool if uid is None else 0):
+                    await self._cgroups.reserve(count, uid)
+        except OSError as exc:
+            log.warning("cannot pre-create cgroups", error=exc.strerror)
 
     async def shutdown(self) -> None:
         # The daemon is going away: leave no process, cgroup or directory behind.
@@ -199,12 +226,16 @@ class ForkRuntime(SandboxRuntime):
             staging = self._staging / name
             staging.mkdir(mode=0o755, exist_ok=True)
             cgroup = None
+            placer = None
             if self._cgroups is not None:
                 cgroup = self._cgroups.named(
                     name,
                     memory_bytes=self.zygote_memory,
                     pids_max=uid_nproc(fn, self.isolation.nproc),
                 )
+                if uid is not None and self._cgroups.host.version == 1:
+                    cgroup.own(uid)  # it returns here by itself after each clone
+                    placer = uid
             return ZygoteProcess(
                 f"{name}.{generation}",
                 fn,
@@ -213,6 +244,7 @@ class ForkRuntime(SandboxRuntime):
                 image=image,
                 on_orphan=self._reap_orphan,
                 spawn=self.popen,
+                placer_uid=placer,
             )
 
         slot = ZygoteSlot(key, make)
@@ -252,26 +284,27 @@ class ForkRuntime(SandboxRuntime):
         fn = spec.function
         deadline = trio.current_time() + fn.start_timeout_ms / 1000
         zygote = await self._slot(fn, spec.image).ready(deadline)
-        cgroup = await self.acquire_cgroup(fn)
+        cgroup = await self.acquire_cgroup(fn, zygote.placer_uid)
         out_r: int | None = None
         handle: SandboxHandle | None = None
         try:
-            # One start at a time per zygote (it clones one at a time anyway):
-            # dialling inside the lock keeps a burst from flooding the link
-            # socket's backlog with connections whose instances are far off.
-            async with zygote.placement:
+            request = {"id": spec.instance_id, "token": spec.token, "env": dict(spec.env)}
+            if zygote.placer_uid is not None and cgroup is not None:
+                # Requests queue in the zygote's socket; the pool's MAX_STARTING
+                # bounds how many (and how many link connections wait).
                 link = await dial_link(spec.link_socket, deadline)
-                out_r, out_w = os.pipe2(os.O_CLOEXEC)
-                request = {"id": spec.instance_id, "token": spec.token, "env": dict(spec.env)}
                 try:
-                    target = cgroup if zygote.cgroup is not None else None
-                    fds = [link.fileno(), out_w]
-                    pid = await zygote.fork_placed(target, request, fds, deadline)
+                    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+                    try:
+                        pid = await zygote.fork_into(
+                            cgroup, request, [link.fileno(), out_w], deadline
+                        )
+                    finally:
+                        os.close(out_w)
                 finally:
                     link.close()
-                    os.close(out_w)
-                    if zygote.cgroup is not None:
-                        nursery.start_soon(zygote.go_home)
+            else:
+                out_r, pid = await self._fork_placed(zygote, cgroup, spec, request, deadline)
             handle = SandboxHandle(spec.instance_id, pid, cgroup, self._adopt(pid, cgroup))
             self._handles[pid] = handle
         except BaseException as exc:
@@ -282,7 +315,7 @@ class ForkRuntime(SandboxRuntime):
                 await handle.kill_and_reap()
             if cgroup is not None:
                 with trio.CancelScope(shield=True):
-                    await self._release(cgroup)
+                    await self._release(cgroup, reuse=False)
             if isinstance(exc, OSError):
                 log.error("fork start failed", instance=spec.instance_id, error=str(exc))
                 raise start_failure(
@@ -293,6 +326,35 @@ class ForkRuntime(SandboxRuntime):
         fields = {"instance": spec.instance_id, "function": fn.name}
         nursery.start_soon(self._supervise, handle, out_r, cgroup, fields)
         return handle
+
+    async def _fork_placed(
+        self,
+        zygote: ZygoteProcess,
+        cgroup: Cgroup | None,
+        spec: InstanceSpec,
+        request: dict[str, Any],
+        deadline: float,
+    ) -> tuple[int, int]:
+        """The daemon moves the zygote into ``cgroup`` for the clone: (output pipe, pid)."""
+        # One start at a time per zygote: dialling inside the lock keeps a
+        # burst from flooding the link socket's backlog with connections
+        # whose instances are far off.
+        async with zygote.placement:
+            link = await dial_link(spec.link_socket, deadline)
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            try:
+                target = cgroup if zygote.cgroup is not None else None
+                fds = [link.fileno(), out_w]
+                pid = await zygote.fork_placed(target, request, fds, deadline)
+            except BaseException:
+                os.close(out_r)
+                raise
+            finally:
+                link.close()
+                os.close(out_w)
+                if zygote.cgroup is not None:
+                    self.running().start_soon(zygote.go_home)
+        return out_r, pid
 
     def _adopt(self, pid: int, cgroup: Cgroup | None) -> int:
         """A pidfd for ``pid`` once it is proven to be a fresh instance born in ``cgroup``."""
@@ -352,14 +414,18 @@ class ForkRuntime(SandboxRuntime):
                 with trio.CancelScope(shield=True):
                     await self._release(cgroup)
 
-    async def _release(self, cgroup: Cgroup) -> None:
+    async def _release(self, cgroup: Cgroup, *, reuse: bool = True) -> None:
         """Empty and return an instance cgroup — never killing a zygote parked in it."""
         assert self._cgroups is not None
+        placers: list[int] = []
         with trio.move_on_after(5):
             for slot in list(self._slots.values()):
-                if slot.process is not None:
-                    await slot.process.evict_from(cgroup)
-        await self._cgroups.release(cgroup)
+                process = slot.process
+                if process is not None and process.placer_uid is not None and process.pid:
+                    placers.append(process.pid)  # moves itself out; never killed here
+                elif process is not None:
+                    await process.evict_from(cgroup)
+        await self._cgroups.release(cgroup, spare=placers, reuse=reuse)
 
     # --- housekeeping ------------------------------------------------------------------
 
@@ -391,7 +457,7 @@ class ForkRuntime(SandboxRuntime):
             if newest is None or newest == key or slot.closed or code_key(None) in key:
                 continue
             process = slot.process
-            busy = process is not None and process.placement.locked()
+            busy = process is not None and process.busy
             if not busy and now - slot.last_used >= RETIRE_AFTER_S:
                 log.info("stopping the zygote of replaced code", function=key[0])
                 slot.close()

@@ -6,7 +6,10 @@ Popen on its long-lived spawner thread, off the event loop, so the
 parent-death signal is tied to a thread that lives as long as the runtime;
 its cgroup joined before exec), driven over a ``SOCK_SEQPACKET`` socketpair,
 reaped through a pidfd. ``fork()`` is a request/answer keyed by a sequence number
-with a deadline; many may be in flight.
+with a deadline; many may be in flight. Where the zygote places itself in
+each instance's cgroup (``placer_uid``, cgroup v1: :meth:`ZygoteProcess.fork_into`)
+starts need no lock and no thread: their requests queue back to back in the
+control socket and the zygote clones them one after the other.
 
 :class:`ZygoteSlot` keeps a function's zygote alive: it (re)spawns it, backs
 off exponentially when it keeps dying young (a handler that fails to import
@@ -87,8 +90,13 @@ class ZygoteProcess:
         image: Any = None,
         on_orphan: Callable[[int], None],
         spawn: Spawn,
+        placer_uid: int | None = None,
     ) -> None:
         self.name = name
+        # The uid the zygote runs as when it moves itself into instance groups
+        # (their cgroup.procs are chowned to it); None: the daemon moves it.
+        self.placer_uid = placer_uid
+        self._home_dirs: list[int] = []  # O_PATH handles of its own group, while it runs
         self.fn = fn
         self.plan = plan
         self.cgroup = cgroup
@@ -142,6 +150,12 @@ class ZygoteProcess:
         finally:
             child.close()
         self.handle = ChildHandle(self.name, popen.pid)  # it reaps; never Popen.__del__
+        if self.placer_uid is not None and self.cgroup is not None:
+            try:
+                self._home_dirs = self.cgroup.open_dirs()
+            except OSError as exc:
+                self.placer_uid = None  # its group vanished: it fails below anyway
+                log.warning("zygote cgroup not reachable", zygote=self.name, error=str(exc))
         popen.returncode = 0
         assert popen.stdout is not None
         out_fd = os.dup(popen.stdout.fileno())
@@ -164,6 +178,9 @@ class ZygoteProcess:
         finally:
             await self.handle.kill_and_reap()
             self._ctl.close()
+            for fd in self._home_dirs:
+                os.close(fd)
+            self._home_dirs = []
             if self.error is None:
                 status = self.handle.status
                 self.error = f"the zygote {status.describe() if status else 'stopped'}"
@@ -236,6 +253,31 @@ class ZygoteProcess:
             pending.errno = code if isinstance(code, int) else None
         if pending is not None:
             pending.done.set()
+
+    @property
+    def busy(self) -> bool:
+        """A start is using it (placing it, or waiting for a clone)."""
+        return self.placement.locked() or bool(self._pending)
+
+    async def fork_into(
+        self, target: Cgroup, request: dict[str, Any], fds: list[int], deadline: float
+    ) -> int:
+        """:meth:`fork` with the child born in ``target``, the zygote placing itself there.
+
+        Only for a zygote with :attr:`placer_uid` whose ``target`` is owned by
+        that uid (:meth:`Cgroup.own`). The zygote may still be in ``target``
+        when it answers (it leaves for the next start's group, or home once
+        idle): the group is emptied sparing it (:meth:`CgroupPool.release`).
+        """
+        if not self._home_dirs:
+            raise StartFailed("the zygote cannot place itself: its own cgroup is gone")
+        dirs = target.open_dirs()
+        try:
+            place = {**request, "place": len(dirs)}
+            return await self.fork(place, [*fds, *dirs, *self._home_dirs], deadline)
+        finally:
+            for fd in dirs:
+                os.close(fd)
 
     async def fork(self, request: dict[str, Any], fds: list[int], deadline: float) -> int:
         """Ask for one instance; returns its pid (not yet trusted: the caller checks it)."""

@@ -18,10 +18,18 @@ a pidfd, and loses nothing if the zygote dies — nothing reported by a process
 that runs function code is trusted for exit statuses. The daemon checks each
 reported pid is its own child, in the instance's cgroup, before adopting it.
 
-Where an instance is charged: the daemon moves the zygote into the
-instance's cgroup for the moment of the clone, so the child is *born* there —
-its page tables, kernel stack and every page it copies count against its own
-limit, never the zygote's (v1 can no longer move charges afterwards).
+Where an instance is charged: the zygote is in the instance's cgroup for
+the moment of the clone, so the child is *born* there — its page tables,
+kernel stack and every page it copies count against its own limit, never the
+zygote's (v1 can no longer move charges afterwards). Either the daemon moves
+it there before sending the request, or (``place`` = n in the request, cgroup
+v1) the zygote moves *itself*: the request carries ``O_PATH`` handles of the
+instance group's n directories and of its own group's n; it opens each
+``cgroup.procs`` (chowned to its uid by the daemon) with its own credentials
+and writes ``0`` (itself), clones, and goes home once no request is waiting
+(:class:`Placement`). The daemon needs no thread trip and no round trip per
+start: requests queue back to back. It never kills the zygote with a group it
+empties (:meth:`huselet.runtime.cgroups.CgroupPool.release` spares it).
 
 What the child does, and why it is written to touch few pages:
 :mod:`huselet.sandbox.instance`.
@@ -45,7 +53,7 @@ from huselet.worker import output, sdk
 from protocol.frames import FrameDecoder, encode_frame
 
 MAX_PACKET = 256 * 1024
-MAX_FDS = 8
+MAX_FDS = 16
 CONFIG_TIMEOUT_S = 30.0
 EXIT_CONFIG = 2
 EXIT_FATAL = 3
@@ -79,20 +87,90 @@ def _close_all(fds: list[int]) -> None:
             pass
 
 
+def enter_cgroup(dir_fds: list[int]) -> None:
+    """Move this process into the group whose directories ``dir_fds`` are (O_PATH handles)."""
+    for dir_fd in dir_fds:
+        fd = os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            os.write(fd, b"0")  # 0: the writer itself
+        finally:
+            os.close(fd)
+
+
+class Placement:
+    """Where a self-placing zygote is: its own group, or the last instance's.
+
+    After a clone it stays in the instance's group while it answers and reads
+    the next request — the pages it copies then (every page it writes is
+    shared with the child just made) are charged to that instance, as when
+    the daemon moved it — and goes home as soon as no request is waiting.
+    """
+
+    def __init__(self) -> None:
+        self.home: list[int] = []  # handles of its own group while it is away
+
+    def enter(self, target: list[int], home: list[int]) -> None:
+        self.leave_home_handles()
+        self.home = home
+        enter_cgroup(target)
+
+    def go_home(self) -> bool:
+        """Back into its own group (no-op when there); False if that failed."""
+        if not self.home:
+            return True
+        try:
+            enter_cgroup(self.home)
+        except OSError as exc:
+            print(f"huselet zygote: cannot return to its own cgroup: {exc}", file=sys.stderr)
+            return False
+        self.leave_home_handles()
+        return True
+
+    def leave_home_handles(self) -> None:
+        _close_all(self.home)
+        self.home = []
+
+
+def _waiting(ctl: socket.socket) -> bool:
+    """True if another request is already queued on the control socket."""
+    try:
+        return bool(ctl.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # closed or failing: the next receive says so
+
+
 def serve_forks(ctl: socket.socket, setup: InstanceSetup, handler: Any) -> int:
     clone = linux.Cloner(linux.CLONE_PARENT | setup.plan.instance_clone_flags())
+    where = Placement()
     while True:
+        if where.home and not _waiting(ctl) and not where.go_home():
+            # Stuck in an instance's group, which is emptied when that instance
+            # ends: exit now and let the daemon build a new zygote.
+            return EXIT_FATAL
         msg, fds = receive(ctl)
         if msg is None:
             _close_all(fds)
             return 0  # the daemon closed the control socket
         kind = msg.get("t")
         if kind == "fork":
-            if len(fds) < 2:
+            place = msg.get("place", 0)
+            place = place if isinstance(place, int) and place >= 0 else -1
+            if place < 0 or len(fds) < 2 + 2 * place:
                 _close_all(fds)
                 failed = {"t": "fork_failed", "seq": msg.get("seq"), "error": "descriptors missing"}
                 send(ctl, failed)
                 continue
+            if place:
+                try:
+                    where.enter(fds[2 : 2 + place], fds[2 + place : 2 + 2 * place])
+                except OSError as exc:
+                    _close_all(fds[: 2 + place])  # the home handles are kept to go back
+                    failed = {"t": "fork_failed", "seq": msg["seq"], "errno": exc.errno}
+                    send(ctl, {**failed, "error": f"cannot enter the instance's cgroup: {exc}"})
+                    continue
+                fds = fds[: 2 + place]
             # Whatever this loop allocated since the last fork joins the frozen
             # heap, and the collector's young count restarts at zero: else the
             # child's first allocation after gc.enable() runs a collection over
@@ -107,6 +185,8 @@ def serve_forks(ctl: socket.socket, setup: InstanceSetup, handler: Any) -> int:
                 send(ctl, {**failed, "errno": exc.errno})
                 continue
             if pid == 0:
+                # The child closes every descriptor but its link and output
+                # before any function code runs: no cgroup handle reaches it.
                 instance_main(setup, handler, msg, fds, ctl)
             _close_all(fds)
             send(ctl, {"t": "forked", "seq": msg["seq"], "pid": pid})

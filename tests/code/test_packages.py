@@ -5,6 +5,7 @@ scrub → quarantine → refetch loop, and real workers importing from the image
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -172,7 +173,10 @@ def digest_fn(name: str, digest: str, origin: str) -> dict[str, Any]:
     return {"name": name, "digest": digest, "origin": origin, "handler": "main:handler"}
 
 
-async def test_digest_from_http_origin_is_fetched_once_for_many_starts(short_tmp: Path) -> None:
+async def test_digest_from_http_origin_is_fetched_once_for_many_starts(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="huselet.packages")
     info = build_image(short_tmp, "a")
     publish(info.path, short_tmp / "served")
     with OriginServer(short_tmp / "served") as server:
@@ -191,6 +195,10 @@ async def test_digest_from_http_origin_is_fetched_once_for_many_starts(short_tmp
             assert {lease.digest for lease in leases} == {info.digest}
             stats = cache.packages.stats()
             assert stats["origin"]["fetches"] == 1 and stats["origin"]["coalesced"] == 19
+            # One line for the fetch, saying how many starts waited for it.
+            fetched = [r for r in caplog.records if r.getMessage() == "image fetched"]
+            assert len(fetched) == 1
+            assert fetched[0].__dict__["fields"]["starts"] == 20
             for lease in leases:
                 lease.release()
 

@@ -77,3 +77,72 @@ async def test_groups_beyond_the_keep_are_removed(pool: CgroupPool) -> None:
     assert pool.free_count == 8
     gone = [g for g in groups if not any(d.exists() for d in g.dirs.values())]
     assert len(gone) == 4
+
+
+async def test_a_group_keeps_its_owner_and_never_goes_to_another_uid(pool: CgroupPool) -> None:
+    # A zygote of uid A may keep a handle on a group it placed itself in: that
+    # group must never become uid B's.
+    a, b = 190_321, 190_322
+    with trio.fail_after(30):
+        first = await pool.acquire(32 * MiB, owner=a)
+        for d in first.dirs.values():
+            assert (d / "cgroup.procs").stat().st_uid == a
+        await pool.release(first)
+        other = await pool.acquire(32 * MiB, owner=b)
+        assert other is not first and other.owner == b
+        again = await pool.acquire(32 * MiB, owner=a)
+        assert again is first
+        unowned = await pool.acquire(32 * MiB)
+        assert unowned not in (first, other) and unowned.owner is None
+        for d in unowned.dirs.values():
+            assert (d / "cgroup.procs").stat().st_uid == 0
+
+
+async def test_reserve_makes_the_groups_a_known_burst_will_take(
+    pool: CgroupPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = CreationLog(monkeypatch)
+    uid = 190_323
+    with trio.fail_after(60):
+        await pool.reserve(70)
+        assert pool.free_count >= 70
+        await pool.reserve(5, owner=uid)  # chowned in the thread too
+        free = pool.free_count
+        groups = [await pool.acquire(32 * MiB, owner=uid) for _ in range(5)]
+    assert pool.free_count == free  # none taken from the unowned ones
+    for group in groups:
+        assert group.owner == uid
+        assert all((d / "cgroup.procs").stat().st_uid == uid for d in group.dirs.values())
+    assert made.threads and threading.main_thread() not in made.threads
+
+
+async def test_emptying_a_group_spares_a_process_that_leaves_by_itself(
+    pool: CgroupPool,
+) -> None:
+    # A self-placing zygote is in an instance's group for a moment: releasing
+    # the group waits for it to leave and never kills it.
+    with trio.fail_after(30):
+        group = await pool.acquire(32 * MiB)
+        spared = await trio.lowlevel.open_process(["sleep", "30"])
+        victim = await trio.lowlevel.open_process(["sleep", "30"])
+        try:
+            group.join(spared.pid)
+            group.join(victim.pid)
+
+            home = pool.named("z-home", memory_bytes=64 * MiB, pids_max=None)
+
+            async def leave_later() -> None:
+                await trio.sleep(0.2)  # not synchronisation: how long it stays
+                home.join(spared.pid)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(leave_later)
+                await pool.release(group, spare=[spared.pid])
+            await victim.wait()
+            assert victim.returncode == -9
+            assert spared.poll() is None and not group.pids()
+        finally:
+            spared.kill()
+            victim.kill()
+            await spared.wait()
+            await victim.wait()
