@@ -137,7 +137,10 @@ class ForkRuntime(SandboxRuntime):
         # (chowned here, in the thread, rather than per start on the event loop).
         wanted: dict[int | None, int] = {}
         for fn in self._expected:
-            uid = self.uid_for(fn) if self._cgroups.host.version == 1 else None
+            try:
+                uid = self.uid_for(fn) if self._cgroups.host.version == 1 else None
+            except StartFailed:
+                continue  # no uid left (e.g. leased by other daemons): its starts say so
             wanted[uid] = wanted.get(uid, 0) + fn.min_instances
         budget = RESERVE_MAX
         try:
@@ -168,7 +171,10 @@ class ForkRuntime(SandboxRuntime):
         mid-build); instances hold their own.
         """
         if self.code is None:  # no code cache (tests, embedders): the package directory
-            self._slot(fn, None)
+            try:
+                self._slot(fn, None)
+            except StartFailed as exc:  # e.g. no uid left: the first start says so too
+                log.warning("eager zygote not built", function=fn.name, error=str(exc))
             return
         deadline = trio.current_time() + EAGER_CODE_WAIT_S
         try:

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from huselet.errors import InstanceStartFailed
 from huselet.runtime import RuntimeConfigError
 from huselet.runtime.base import StartFailed
 from huselet.runtime.isolation import UidAllocator
-from huselet.runtime.uidlease import UidLeases
+from huselet.runtime.uidlease import UID_LEASE_FILE, UidLeases
 from huselet.testing.conformance import invoke_json
-from huselet.testing.probes import require_sandbox_host, sandbox_settings
+from huselet.testing.probes import UID_BASE, require_sandbox_host, sandbox_settings
 from huselet.testing.stack import running_stack, write_package
 
 BASE = 300_000
@@ -129,3 +130,28 @@ async def test_two_daemons_on_one_range_run_functions_as_different_uids(short_tm
             a = await invoke_json(first, "who", {})
             b = await invoke_json(second, "who", {})
     assert a["uid"] != b["uid"], (a, b)
+
+
+async def test_a_range_held_by_another_daemon_fails_starts_typed(short_tmp: Path) -> None:
+    require_sandbox_host()
+    uid = UID_BASE + 500  # apart from the uids the session's other tests use
+    other = UidLeases(UID_LEASE_FILE)  # another daemon on the host, as far as leases go
+    try:
+        assert other.take(uid)
+        pkg = write_package(short_tmp, "who", WHO)
+        functions = [
+            {
+                "name": "who",
+                "package": str(pkg),
+                "handler": "main:handler",
+                "runtime": "fork",
+                "min_instances": 1,  # groups reserved at start need its uid too
+            }
+        ]
+        runtimes = {"fork": sandbox_settings(short_tmp, uid_base=uid, uid_count=1)}
+        async with running_stack(short_tmp, functions, runtimes) as stack:
+            held = "1 held by other daemons"
+            with trio.fail_after(60), pytest.raises(InstanceStartFailed, match=held):
+                await invoke_json(stack, "who", {})
+    finally:
+        other.close()
