@@ -12,8 +12,9 @@ compares front ends; it does not sign).
 2. **Daemon CPU per request**: real daemons serve the same no-op function; the
    same number of requests (pre-signed before the clock starts, so the
    client's signing is not counted) is sent to each target and the daemon
-   process's own CPU time (``/proc/PID/stat`` utime+stime; the workers are
-   other processes) is divided by the requests. Targets run interleaved,
+   process's own CPU time (exact: the scheduler's nanoseconds of its threads,
+   :func:`procstats.cpu_ns`; the workers are other processes) is divided by
+   the requests. Targets run interleaved,
    ``--rounds`` times; differences are taken *within* each round (paired, so
    drift from other load cancels) and reported as median and min..max. The
    headline, ``same:signed - same:open``, is one daemon sent the same kind of
@@ -22,12 +23,14 @@ compares front ends; it does not sign).
    daemon parsing the same signed headers), and ``open-b - open`` as the A/A
    control (how far two daemons doing the same work differ).
 3. **Noisy neighbour** (:mod:`tenant_noisy`): tenant ``quiet`` at a fixed
-   rate (``--quiet-rate``, open loop) alone and while tenant ``noisy`` (limit
-   20/s) offers ``--flood-rate`` req/s pipelined over ``--flood-connections``
-   from its own process; phases in ABBA order over ``--rounds``; reported:
-   quiet's p50/p99 per phase, their medians and the ratio noisy/idle (target
-   ≤ 1.20), the idle phases' own spread (the noise floor), the daemon's CPU,
-   and the flood's sent/answered requests, connections and own CPU.
+   rate (``--quiet-rate``, open loop) alone twice (idle-a, idle-b: the A/A
+   control) and while tenant ``noisy`` (limit 20/s) offers ``--flood-rate``
+   req/s pipelined over ``--flood-connections`` from its own process; the
+   three conditions rotate over ``--noisy-rounds`` rounds of ``--duration`` s.
+   Reported: quiet's pooled p50/p99 per condition (~3,000 samples each by
+   default), the ratio noisy/idle (target ≤ 1.20) beside the A/A ratio
+   idle-b/idle-a (the resolution), the daemon's CPU, and the flood's
+   sent/answered requests, connections and own CPU.
 
 The machine's load average is printed before and after: on a shared machine
 read the spread, not one number.
@@ -53,7 +56,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tenant_load import BODY, NOISY, QUIET, cpu_s, p, raw_request, send_all
+from procstats import cpu_ns
+from tenant_load import BODY, NOISY, QUIET, p, raw_request, send_all
 from tenant_noisy import noisy_neighbour, print_noisy
 
 from huselet.client.signing import AccessKey, format_timestamp, sign_request
@@ -279,11 +283,11 @@ def daemon_cpu(
                 trio.run(send_all, port, [raw_request(port, "quiet", key) for _ in range(200)], 8)
             # Pre-signed: the client's signing is not in the measured window.
             batch = [raw_request(port, "quiet", key, compact=compact) for _ in range(n)]
-            before = cpu_s(pid)
+            before = cpu_ns(pid)
             t0 = time.perf_counter()
             lat, statuses = trio.run(send_all, port, batch, concurrency)
             wall = time.perf_counter() - t0
-            samples[name].append(((cpu_s(pid) - before) / n * 1e6, n / wall, lat, statuses))
+            samples[name].append(((cpu_ns(pid) - before) / n / 1e3, n / wall, lat, statuses))
     if not auth_on:
         switch(True)
     for name, runs in samples.items():
@@ -318,8 +322,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=5000, help="per target and round")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (parts 2, 3)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per noisy phase")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of part 2")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per part-3 phase")
+    # 8 rounds x 4 s x 100 req/s = 3,200 samples per condition: the pooled p99 is
+    # the 32nd-largest, stable enough to resolve a 20 % difference (see the A/A ratio).
+    parser.add_argument("--noisy-rounds", type=int, default=8, help="rounds of part 3")
     # Well under what the node serves even on a loaded 2-core VM: above it the quiet
     # tenant's own queue grows and p99 measures that, not the neighbour.
     parser.add_argument("--quiet-rate", type=float, default=100, help="tenant quiet's req/s")
@@ -383,7 +390,7 @@ def main() -> None:
             rounded = {n: [round(x, 1) for x in r] for n, r in runs.items()}
             print(f"   runs (us/req): {rounded}")
         if "3" in parts:
-            nn = noisy_neighbour(signed_proc.pid, signed_port, args, args.rounds)
+            nn = noisy_neighbour(signed_proc.pid, signed_port, args, args.noisy_rounds)
             report["noisy_neighbour"] = nn
             print_noisy(nn, args)
     finally:
