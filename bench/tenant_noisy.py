@@ -91,6 +91,15 @@ def noisy_neighbour(pid: int, port: int, args: argparse.Namespace, rounds: int) 
     }
     noisy = phases["noisy"]
     idle = phases["idle-a"] + phases["idle-b"]
+    # Per round (robust to one round the machine stalled in): noisy against the
+    # mean of that round's two idle phases, and the two idle phases against each other.
+    per_round = [
+        (
+            n["quiet_p99_ms"] / ((a["quiet_p99_ms"] + b["quiet_p99_ms"]) / 2),
+            b["quiet_p99_ms"] / a["quiet_p99_ms"],
+        )
+        for a, n, b in zip(phases["idle-a"], noisy, phases["idle-b"], strict=True)
+    ]
     idle_cpu_pct = statistics.median(x["daemon_cpu_pct"] for x in idle)
     noisy_cpu_pct = statistics.median(x["daemon_cpu_pct"] for x in noisy)
     answered = statistics.median(
@@ -104,6 +113,8 @@ def noisy_neighbour(pid: int, port: int, args: argparse.Namespace, rounds: int) 
         "p99_ratio": stats["noisy"]["p99_ms"] / stats["idle"]["p99_ms"],
         "p99_ratio_aa": stats["idle-b"]["p99_ms"] / stats["idle-a"]["p99_ms"],
         "p50_ratio": stats["noisy"]["p50_ms"] / stats["idle"]["p50_ms"],
+        "p99_ratio_rounds": statistics.median(r[0] for r in per_round),
+        "p99_ratio_aa_rounds": statistics.median(r[1] for r in per_round),
         "daemon_cpu_pct": {"idle": idle_cpu_pct, "noisy": noisy_cpu_pct},
         "flood_answered_per_s": answered,
         "flood_sent_per_s": offered,
@@ -141,6 +152,10 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
         f"   quiet p99 noisy/idle = {nn['p99_ratio']:.2f} (target <= 1.20); "
         f"A/A idle-b/idle-a = {nn['p99_ratio_aa']:.2f} (the resolution: same work twice); "
         f"p50 noisy/idle = {nn['p50_ratio']:.2f}"
+    )
+    print(
+        f"   median of per-round p99 ratios: noisy/idle {nn['p99_ratio_rounds']:.2f}, "
+        f"A/A {nn['p99_ratio_aa_rounds']:.2f} (a round the machine stalled in moves these less)"
     )
     cpu = nn["daemon_cpu_pct"]
     print(
