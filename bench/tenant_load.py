@@ -199,13 +199,19 @@ def flood_process(
     started: Any,
     stop: Any,
     out: Any,
+    nice: int = 0,
 ) -> None:
     """Offer ``rate`` req/s of ``key``'s signed requests until ``stop``; put a FloodReport.
 
     The requests are signed before the clock starts (``count`` of them, reused
     round-robin after that: an over-rate tenant is refused before its signature
     is even checked), so the measured CPU is the flood's sending, not its signing.
+    ``nice``: the process's niceness (a real flood comes from other machines; here
+    its sending, and the kernel's loopback work done in its context, would
+    otherwise compete with the quiet tenant's client and the node for 2 cores).
     """
+    if nice:
+        os.nice(nice)
     requests = [raw_request(port, function, key) for _ in range(count)]
     report = FloodReport()
     t0, cpu0 = time.perf_counter(), _own_cpu()

@@ -48,7 +48,7 @@ def _phase(pid: int, port: int, args: argparse.Namespace, noisy: bool) -> dict[s
         child = ctx.Process(
             target=flood_process,
             args=(port, NOISY, "noisy", args.flood_rate, args.flood_connections, count),
-            kwargs={"started": started, "stop": stop, "out": out},
+            kwargs={"started": started, "stop": stop, "out": out, "nice": args.flood_nice},
         )
         child.start()
         started.wait(120)  # its requests are signed
@@ -127,7 +127,8 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"3. tenant quiet at {args.quiet_rate:g} req/s (2 connections, open loop): alone twice "
         f"(idle-a, idle-b) and while tenant noisy (limit 20/s) offers {args.flood_rate:g} req/s "
-        f"over {args.flood_connections} pipelined connections from its own process; "
+        f"over {args.flood_connections} pipelined connections from its own process "
+        f"(nice {args.flood_nice}); "
         f"{args.duration:g} s per phase, order rotated per round:"
     )
     for phase, results in nn["phases"].items():
