@@ -25,11 +25,13 @@ compares front ends; it does not sign).
 3. **Noisy neighbour** (:mod:`tenant_noisy`): tenant ``quiet`` at a fixed
    rate (``--quiet-rate``, open loop) alone twice (idle-a, idle-b: the A/A
    control) and while tenant ``noisy`` (limit 20/s) offers ``--flood-rate``
-   req/s pipelined over ``--flood-connections`` from its own process; the
-   three conditions rotate over ``--noisy-rounds`` rounds of ``--duration`` s.
+   req/s pipelined over ``--flood-connections`` from its own process, and
+   while that flood goes to another node on the machine (``elsewhere``: the
+   machine's load without this node's); the four conditions rotate over
+   ``--noisy-rounds`` rounds of ``--duration`` s.
    Reported: quiet's pooled p50/p99 per condition (~3,000 samples each by
    default), the ratio noisy/idle (target ≤ 1.20) beside the A/A ratio
-   idle-b/idle-a (the resolution), the daemon's CPU, and the flood's
+   idle-b/idle-a (the resolution), noisy/elsewhere, the daemon's CPU, and the flood's
    sent/answered requests, connections and own CPU.
 
 The machine's load average is printed before and after: on a shared machine
@@ -356,9 +358,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="hlbd"))
     procs = {}
     try:
-        for name in ("open", "open-b", "signed") if "2" in parts else ("signed",):
+        names = ["open", "open-b", "signed"] if "2" in parts else ["signed"]
+        if "3" in parts:
+            names.append("alt")  # part 3's control, "elsewhere": the flood sent to another node
+        for name in names:
             (root / name).mkdir()
-            procs[name] = start_daemon(root / name, signed=name == "signed")
+            procs[name] = start_daemon(root / name, signed=name in ("signed", "alt"))
         ports = {name: (proc.pid, port) for name, (proc, port) in procs.items()}
         signed_proc, signed_port = procs["signed"]
 
@@ -394,7 +399,8 @@ def main() -> None:
             rounded = {n: [round(x, 1) for x in r] for n, r in runs.items()}
             print(f"   runs (us/req): {rounded}")
         if "3" in parts:
-            nn = noisy_neighbour(signed_proc.pid, signed_port, args, args.noisy_rounds)
+            elsewhere = procs["alt"][1]  # a short name: Unix socket paths are short
+            nn = noisy_neighbour(signed_proc.pid, signed_port, args, args.noisy_rounds, elsewhere)
             report["noisy_neighbour"] = nn
             print_noisy(nn, args)
     finally:

@@ -1,11 +1,13 @@
 """Part 3 of ``bench_auth``: does a tenant over its rate hurt another tenant's latency?
 
 Tenant ``quiet`` sends at a fixed rate (open loop, :func:`tenant_load.paced`)
-in three conditions per round: ``idle-a`` and ``idle-b`` (alone, the same
-work twice) and ``noisy`` (while tenant ``noisy``, limit 20/s, offers a fixed
+in four conditions per round: ``idle-a`` and ``idle-b`` (alone, the same
+work twice), ``noisy`` (while tenant ``noisy``, limit 20/s, offers a fixed
 flood rate from its own process, :func:`tenant_load.flood_process`, pipelined
-over a fixed number of connections). The order rotates each round (a, n, b /
-n, b, a / b, a, n …), so drift in the machine's load favours no condition.
+over a fixed number of connections) and ``elsewhere`` (the same flood sent to
+another node on this machine: the same load on the machine's 2 cores, none on
+this node, so noisy/elsewhere is this node's own interference). The order
+rotates each round, so drift in the machine's load favours no condition.
 
 The verdict is the *pooled* p99 of each condition (every round's samples
 together: rounds x duration x rate of them, ~3,000 by default, so the p99 is
@@ -33,21 +35,21 @@ import trio
 from procstats import cpu_ns
 from tenant_load import NOISY, QUIET, flood_process, p, paced, raw_request
 
-CONDITIONS = ("idle-a", "noisy", "idle-b")
+CONDITIONS = ("idle-a", "noisy", "idle-b", "elsewhere")
 
 
-def _phase(pid: int, port: int, args: argparse.Namespace, noisy: bool) -> dict[str, Any]:
+def _phase(pid: int, port: int, args: argparse.Namespace, flood_port: int | None) -> dict[str, Any]:
     n = int(args.duration * args.quiet_rate)
     batch = [raw_request(port, "quiet", QUIET) for _ in range(n)]
     ctx = multiprocessing.get_context("fork")  # no trio run is active between phases
     flood: dict[str, Any] = {}
     child = None
-    if noisy:
+    if flood_port is not None:
         started, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
         count = int(args.flood_rate * (args.duration + 3))
         child = ctx.Process(
             target=flood_process,
-            args=(port, NOISY, "noisy", args.flood_rate, args.flood_connections, count),
+            args=(flood_port, NOISY, "noisy", args.flood_rate, args.flood_connections, count),
             kwargs={"started": started, "stop": stop, "out": out, "nice": args.flood_nice},
         )
         child.start()
@@ -73,12 +75,17 @@ def _phase(pid: int, port: int, args: argparse.Namespace, noisy: bool) -> dict[s
     }
 
 
-def noisy_neighbour(pid: int, port: int, args: argparse.Namespace, rounds: int) -> dict[str, Any]:
-    """Tenant quiet at a fixed rate: alone twice (A/A) and while tenant noisy floods."""
+def noisy_neighbour(
+    pid: int, port: int, args: argparse.Namespace, rounds: int, elsewhere_port: int
+) -> dict[str, Any]:
+    """Tenant quiet at a fixed rate: alone twice (A/A), while tenant noisy floods this
+    node, and while the same flood goes to another node on this machine (``elsewhere``)."""
     phases: dict[str, list[dict[str, Any]]] = {name: [] for name in CONDITIONS}
+    floods = {"noisy": port, "elsewhere": elsewhere_port}
     for r in range(rounds):
-        for name in CONDITIONS[r % 3 :] + CONDITIONS[: r % 3]:
-            result = _phase(pid, port, args, noisy=name == "noisy")
+        k = r % len(CONDITIONS)
+        for name in CONDITIONS[k:] + CONDITIONS[:k]:
+            result = _phase(pid, port, args, floods.get(name))
             result["round"] = r
             phases[name].append(result)
     pooled = {
@@ -97,8 +104,11 @@ def noisy_neighbour(pid: int, port: int, args: argparse.Namespace, rounds: int) 
         (
             n["quiet_p99_ms"] / ((a["quiet_p99_ms"] + b["quiet_p99_ms"]) / 2),
             b["quiet_p99_ms"] / a["quiet_p99_ms"],
+            n["quiet_p99_ms"] / e["quiet_p99_ms"],
         )
-        for a, n, b in zip(phases["idle-a"], noisy, phases["idle-b"], strict=True)
+        for a, n, b, e in zip(
+            phases["idle-a"], noisy, phases["idle-b"], phases["elsewhere"], strict=True
+        )
     ]
     idle_cpu_pct = statistics.median(x["daemon_cpu_pct"] for x in idle)
     noisy_cpu_pct = statistics.median(x["daemon_cpu_pct"] for x in noisy)
@@ -115,6 +125,8 @@ def noisy_neighbour(pid: int, port: int, args: argparse.Namespace, rounds: int) 
         "p50_ratio": stats["noisy"]["p50_ms"] / stats["idle"]["p50_ms"],
         "p99_ratio_rounds": statistics.median(r[0] for r in per_round),
         "p99_ratio_aa_rounds": statistics.median(r[1] for r in per_round),
+        "p99_ratio_elsewhere": stats["noisy"]["p99_ms"] / stats["elsewhere"]["p99_ms"],
+        "p99_ratio_elsewhere_rounds": statistics.median(r[2] for r in per_round),
         "daemon_cpu_pct": {"idle": idle_cpu_pct, "noisy": noisy_cpu_pct},
         "flood_answered_per_s": answered,
         "flood_sent_per_s": offered,
@@ -146,7 +158,7 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
                 f"  daemon cpu {r['daemon_cpu_pct']:.1f}%{flood}"
             )
     print("   pooled over rounds:   samples   p50 ms   p99 ms")
-    for name in ("idle-a", "idle-b", "idle", "noisy"):
+    for name in ("idle-a", "idle-b", "idle", "noisy", "elsewhere"):
         s = nn["pooled"][name]
         print(f"     {name:<18} {s['n']:>7} {s['p50_ms']:8.3f} {s['p99_ms']:8.3f}")
     print(
@@ -157,6 +169,11 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"   median of per-round p99 ratios: noisy/idle {nn['p99_ratio_rounds']:.2f}, "
         f"A/A {nn['p99_ratio_aa_rounds']:.2f} (a round the machine stalled in moves these less)"
+    )
+    print(
+        f"   noisy/elsewhere (the same flood sent to another node on this machine: what is "
+        f"left is this node's interference, not the machine's): pooled "
+        f"{nn['p99_ratio_elsewhere']:.2f}, per round {nn['p99_ratio_elsewhere_rounds']:.2f}"
     )
     cpu = nn["daemon_cpu_pct"]
     print(
