@@ -65,12 +65,22 @@ def render_admission(data: Any) -> str:
                 t.get("admitted"),
                 t.get("throttled"),
                 t.get("refused"),
+                _kib(t.get("replay_cache_bytes")),
             )
             for name, t in tenants.items()
             if isinstance(t, Mapping)
         ]
-        headers = ("TENANT", "REQ/S", "THROTTLED/S", "INFLIGHT", "ADMITTED", "THROTTLED", "REFUSED")
-        parts.append(render_table(headers, rows, align="<" + ">" * 6))
+        headers = (
+            "TENANT",
+            "REQ/S",
+            "THROTTLED/S",
+            "INFLIGHT",
+            "ADMITTED",
+            "THROTTLED",
+            "REFUSED",
+            "REPLAY KIB",
+        )
+        parts.append(render_table(headers, rows, align="<" + ">" * 7))
     refusals = data.get("refusals") if isinstance(data.get("refusals"), Mapping) else {}
     if refusals:
         cells = []
@@ -80,6 +90,11 @@ def render_admission(data: Any) -> str:
                 cells.append(f"{reason}: {detail}")
         parts.append("refused: " + "; ".join(cells))
     return "\n".join(parts)
+
+
+def _kib(value: Any) -> Any:
+    """Bytes as KiB (one decimal) for the table; anything else as it is."""
+    return round(value / 1024, 1) if isinstance(value, int) else value
 
 
 def _list(value: Any) -> list[Any]:

@@ -234,6 +234,13 @@ class Admission:
         now = self._clock()
         in_flight = {name: lim.gate.in_flight for name, lim in self._quotas.tenants.items()}
         data = self.stats.snapshot(now, in_flight)
+        # Each tenant's share of the replay cache, against its bound (auth.replay_cache_mb).
+        for name, (signatures, nbytes) in self._signed.replay.usage().items():
+            row = data["tenants"].get(name)
+            if row is not None:
+                row["replay_cache"] = signatures
+                row["replay_cache_bytes"] = nbytes
+        data["replay_cache_max_bytes"] = self.settings.replay_cache_bytes
         data["mode"] = self.mode.value
         data["replay_cache"] = len(self._signed.replay)
         data["replay_cache_bytes"] = self._signed.replay.nbytes

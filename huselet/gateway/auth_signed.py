@@ -68,13 +68,14 @@ TenantCheck = Callable[[str], None]
 class _Plan:
     """What one SignedHeaders list means for verification, worked out once per list."""
 
-    __slots__ = ("names", "prefixes", "tail", "wanted")
+    __slots__ = ("lines", "names", "tail", "wanted")
 
     def __init__(self, signed: tuple[bytes, ...]) -> None:
         self.names = signed
         # None when a required name is missing (the request is refused).
         self.wanted = frozenset(signed) if all(n in signed for n in REQUIRED_SIGNED) else None
-        self.prefixes = tuple(name + b":" for name in signed)  # one canonical line's start each
+        # Each signed header's name and its canonical line's start ("name:").
+        self.lines = tuple((name, name + b":") for name in signed)
         self.tail = b";".join(signed)  # the canonical request's signed-names line
 
 
@@ -175,12 +176,12 @@ class SignatureVerifier:
                 peer,
                 tenant.name,
             )
-        # The canonical request of huselet.client.signing, in one join; the
-        # "name:value" lines are built by C-level maps (no Python loop).
-        parts = [request.method, request.path, canonical_query(request.query)]
-        parts += map(
-            bytes.__add__, plan.prefixes, map(bytes.strip, map(values.__getitem__, plan.names))
-        )
+        # The canonical request of huselet.client.signing, in one join. (A plain
+        # loop: chained map() over bytes.__add__ was twice as slow on 3.11.)
+        query = request.query
+        parts = [request.method, request.path, canonical_query(query) if query else b""]
+        for name, line in plan.lines:
+            parts.append(line + values[name].strip())
         parts += (b"", plan.tail, content)
         self._check_signature(entry, date, b"\n".join(parts), creds.signature, peer, tenant.name)
         self._check_replay(creds.signature, at, now, tenant.name)

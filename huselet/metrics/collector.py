@@ -69,11 +69,13 @@ def _admission(snapshot: Mapping[str, Any]) -> Iterator[Metric]:
     requests = counter("huselet_tenant_requests", "tenant")
     throttled = counter("huselet_tenant_throttled", "tenant")
     in_flight = gauge("huselet_tenant_in_flight", "tenant")
+    replay = gauge("huselet_tenant_replay_cache_bytes", "tenant")
     for tenant, row in sorted(snapshot.get("tenants", {}).items()):
         requests.add_metric([tenant], row.get("admitted", 0))
         throttled.add_metric([tenant], row.get("throttled", 0))
         in_flight.add_metric([tenant], row.get("in_flight", 0))
-    yield from (refusals, requests, throttled, in_flight)
+        replay.add_metric([tenant], row.get("replay_cache_bytes", 0))
+    yield from (refusals, requests, throttled, in_flight, replay)
 
 
 class NodeCollector:

@@ -35,6 +35,8 @@ HELP = {
     "huselet_tenant_requests": "Invocations admitted per tenant.",
     "huselet_tenant_throttled": "Invocations refused 429 per tenant.",
     "huselet_tenant_in_flight": "Admitted invocations not yet answered.",
+    "huselet_tenant_replay_cache_bytes": "Bytes of the tenant's replay cache in use "
+    "(bounded per tenant by auth.replay_cache_mb).",
     # The package cache, by level (memory, disk).
     "huselet_cache_hits": "Image lookups served, by level.",
     "huselet_cache_misses": "Image lookups not served, by level.",

@@ -187,5 +187,9 @@ class TenantReplayCaches:
     def nbytes(self) -> int:
         return sum(cache.nbytes for cache in self._caches.values())
 
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """Per tenant: signatures held and the bytes of their tables (of ``max_bytes``)."""
+        return {name: (len(cache), cache.nbytes) for name, cache in self._caches.items()}
+
     def __len__(self) -> int:
         return sum(len(cache) for cache in self._caches.values())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from huselet.admin.render_tenants import render_admission
 from huselet.client.signing import AccessKey, format_timestamp, sign_request
 from huselet.config import AuthSettings
 from huselet.config.auth import RateLimit
@@ -165,6 +166,10 @@ def test_tampering_with_any_signed_part_breaks_the_signature(ring: KeyRing) -> N
     # Reordering the query is not tampering: it is canonicalised.
     reordered = request(ACME, "acme-fn", target="/v1/invoke/acme-fn?b=2&a=1")
     assert adm.admit(replace(reordered, query=b"a=1&b=2")).tenant == "acme"
+    # Nor is whitespace around a header value: values are signed trimmed.
+    padded = request(ACME, "acme-fn")
+    spaced = [(n, b" %s\t" % v if n == b"host" else v) for n, v in padded.headers]
+    assert adm.admit(replace(padded, headers=spaced)).tenant == "acme"
 
 
 def test_replay_is_refused_within_the_window(ring: KeyRing) -> None:
@@ -465,3 +470,21 @@ def test_a_tenant_that_fills_its_replay_cache_refuses_only_its_own_requests(
     clock.advance(302)  # the window has passed: globex's signatures are forgotten
     fresh = request(GLOBEX, "globex-fn", at=clock.wall, body=b'{"i":-2}')
     adm.admit(fresh).release()
+
+
+def test_each_tenants_replay_cache_is_shown_against_its_bound(ring: KeyRing) -> None:
+    clock = Clock()
+    adm = make(ring, clock, replay_cache_bytes=8192)
+    for i in range(5):
+        adm.admit(request(GLOBEX, "globex-fn", body=b'{"i":%d}' % i)).release()
+    adm.admit(request(ACME, "acme-fn")).release()
+    snap = adm.snapshot()
+    # 5 signatures of one second: a table of 16 slots (at most half full), 8 bytes each.
+    assert snap["tenants"]["globex"]["replay_cache"] == 5
+    assert snap["tenants"]["globex"]["replay_cache_bytes"] == 16 * 8
+    assert snap["tenants"]["acme"]["replay_cache_bytes"] == 8 * 8
+    assert snap["replay_cache_bytes"] == 24 * 8 and snap["replay_cache_max_bytes"] == 8192
+    table = render_admission(snap)
+    assert "REPLAY KIB" in table.splitlines()[1]
+    globex = next(line for line in table.splitlines() if line.startswith("globex"))
+    assert globex.split()[-1] == "0.1"  # 128 bytes
