@@ -300,6 +300,10 @@ class Daemon:
                 "pid": os.getpid(),
                 "uptime_s": round(trio.current_time() - self.started_at, 3),
                 "http": str(self.ingress.bound_address) if self.ingress.bound_address else None,
+                "http_connections": {
+                    "open": self.ingress.open_connections,
+                    "refused_per_source": self.ingress.sources.refused,
+                },
                 "framed": _framed_status(self.framed),
                 "admin_socket": str(self.config.admin.socket),
                 "config": str(self.config.source) if self.config.source else "(embedded default)",
@@ -406,6 +410,7 @@ def _framed_status(framed: FramedIngress | None) -> dict[str, Any] | None:
         "address": str(framed.bound_address) if framed.bound_address else None,
         "socket": str(framed.settings.framed_socket) if framed.settings.framed_socket else None,
         "open_connections": framed.open_connections,
+        "refused_per_source": framed.sources.refused,
         **framed.counters,
     }
 

@@ -92,6 +92,7 @@ def parse_config(
         max_body_bytes=max_body_bytes,
         queue_per_function=gw_t.positive_int("queue_per_function", default=1000),
         max_connections=gw_t.positive_int("max_connections", default=1024),
+        max_connections_per_source=gw_t.non_negative_int("max_connections_per_source", default=256),
         idle_timeout_ms=gw_t.positive_int("idle_timeout_ms", default=30_000),
         read_timeout_ms=gw_t.positive_int("read_timeout_ms", default=10_000),
         auth_token_file=gw_t.optional_path("auth_token_file"),

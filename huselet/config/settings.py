@@ -42,6 +42,8 @@ class GatewaySettings:
     max_body_bytes: int = 6 * 1024 * 1024
     queue_per_function: int = 1000
     max_connections: int = 1024
+    # Of those, at most this many from one source address (0: no per-source bound).
+    max_connections_per_source: int = 256
     idle_timeout_ms: int = 30_000  # keep-alive connection with no request
     read_timeout_ms: int = 10_000  # headers + body of one request
     auth_token_file: Path | None = None

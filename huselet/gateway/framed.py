@@ -25,7 +25,6 @@ Bounds, so that no client can cost the node unbounded memory or tasks:
 from __future__ import annotations
 
 import os
-import socket
 import stat
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from huselet.gateway.admission_throttle import Strikes
 from huselet.gateway.core import InvokeCore, StagedInvoker
 from huselet.gateway.counters import FramedCounter
 from huselet.gateway.routes import new_request_id
+from huselet.gateway.source_connections import SourceConnections, source_of
 from huselet.listen import serve_and_close
 from huselet.log import get_logger
 from huselet.netio import FastSocket
@@ -79,6 +79,7 @@ class FramedIngress:
         self.max_inflight = settings.framed_max_inflight
         self.max_frame = settings.max_body_bytes + ENVELOPE_BYTES
         self._connections = trio.CapacityLimiter(settings.max_connections)
+        self.sources = SourceConnections(settings.max_connections_per_source)
         self.bound_address: TcpAddress | None = None
         self.counters: dict[str, int] = {counter: 0 for counter in FramedCounter}
 
@@ -115,24 +116,32 @@ class FramedIngress:
                 _unlink_socket(self.settings.framed_socket)
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        source = source_of(stream)
+        if not self.sources.try_open(source):
+            await trio.aclose_forcefully(stream)  # its share is open already; HELLO unread
+            return
         try:
             self._connections.acquire_nowait()
         except trio.WouldBlock:
+            self.sources.close(source)
             await trio.aclose_forcefully(stream)  # nothing to say: HELLO not even read
             return
         self.counters[FramedCounter.CONNECTIONS] += 1
         try:
-            await _FramedConnection(self, stream).serve()
+            await _FramedConnection(self, stream, source).serve()
         except Exception:
             # The last line of defence: one connection's bug must not end serve_listeners.
             log.exception("framed connection failed")
         finally:
             self._connections.release()
+            self.sources.close(source)
             await trio.aclose_forcefully(stream)
 
 
 class _FramedConnection:
-    def __init__(self, ingress: FramedIngress, stream: trio.SocketStream) -> None:
+    def __init__(
+        self, ingress: FramedIngress, stream: trio.SocketStream, peer: str | None = None
+    ) -> None:
         self.ingress = ingress
         self.settings = ingress.settings
         self.stream = stream
@@ -143,7 +152,7 @@ class _FramedConnection:
         self._cancel = trio.CancelScope()  # replaced by the nursery's once serving
         self._slot_freed = trio.Event()
         self._told_goaway = False
-        self.peer = _peer_ip(stream)
+        self.peer = source_of(stream) if peer is None else peer
         # Calls served without a task each (see _begin_call): what each holds,
         # the finished ones and reply frames waiting for _write_replies, and
         # the event that wakes it (replaced each time it wakes).
@@ -461,16 +470,6 @@ def _error_reply(call_id: int, request_id: str, exc: HuseletError) -> Reply:
         # Which check or limit refused it, as the HTTP reply's error.reason says.
         error_reason=exc.reason.value if isinstance(exc, Refusal) else None,
     )
-
-
-def _peer_ip(stream: trio.abc.Stream) -> str:
-    """The TCP peer's IP address; "" for a Unix socket (the daemon's own user)."""
-    if not isinstance(stream, trio.SocketStream) or stream.socket.family == socket.AF_UNIX:
-        return ""
-    try:
-        return str(stream.socket.getpeername()[0])
-    except OSError:
-        return "?"  # reset already; refused by any source list, matched by none
 
 
 async def _unix_listener(path: Path) -> trio.SocketListener:

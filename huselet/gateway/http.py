@@ -39,6 +39,7 @@ from huselet.gateway.responses import (
     HEALTH_OK,
     Overloaded,
     Reply,
+    TooManyConnections,
     content_type_header,
     error_reply,
     render,
@@ -53,6 +54,7 @@ from huselet.gateway.routes import (
     new_request_id,
     parse_timeout_ms,
 )
+from huselet.gateway.source_connections import SourceConnections, source_of
 from huselet.listen import open_listeners, serve_and_close
 from huselet.log import get_logger
 from huselet.observe.context import RequestMeta
@@ -99,6 +101,7 @@ class HttpIngress:
         self._limits = Limits.from_settings(settings)
         # Connection-limit policy: refuse, don't queue; see _refuse().
         self._connections = trio.CapacityLimiter(settings.max_connections)
+        self.sources = SourceConnections(settings.max_connections_per_source)
         self._rejecting = trio.CapacityLimiter(REJECT_CONCURRENCY)
         self._warnings = WarningBudget(WARN_BURST, WARN_WINDOW_S)
         # Every connection's idle/read/send deadline; runs while run() serves.
@@ -160,18 +163,30 @@ class HttpIngress:
         if self.refusing_connections is not None:
             await self._refuse(stream, self.refusing_connections)
             return
-        try:
-            self._connections.acquire_nowait()
-        except trio.WouldBlock:
-            await self._refuse(stream, "too many connections")
+        source = source_of(stream)
+        if not self.sources.try_open(source):
+            await self._refuse(stream, "too many connections from this address", throttled=True)
             return
         try:
-            await Connection(stream, self, self._limits, self._warnings, self._timer).serve()
+            try:
+                self._connections.acquire_nowait()
+            except trio.WouldBlock:
+                await self._refuse(stream, "too many connections")
+                return
+            try:
+                await Connection(stream, self, self._limits, self._warnings, self._timer).serve()
+            finally:
+                self._connections.release()
         finally:
-            self._connections.release()
+            self.sources.close(source)
 
-    async def _refuse(self, stream: trio.SocketStream, why: str) -> None:
+    async def _refuse(
+        self, stream: trio.SocketStream, why: str, *, throttled: bool = False
+    ) -> None:
         """Answer 503 on a connection beyond ``max_connections`` (or under pressure), close it.
+
+        ``throttled``: the connection is beyond its source's share
+        (``max_connections_per_source``): 429, that client's limit, not the node's.
 
         Failing fast (rather than leaving the client in the accept backlog until
         a slot frees, which with keep-alive can take idle_timeout) lets a load
@@ -184,7 +199,9 @@ class HttpIngress:
             await trio.aclose_forcefully(stream)
             return
         try:
-            reply = error_reply(Overloaded(why, retry_after_s=1))
+            # One source over its share is that client's limit (429), not the node's (503).
+            error = TooManyConnections(why) if throttled else Overloaded(why, retry_after_s=1)
+            reply = error_reply(error)
             data = render(reply, new_request_id(), close=True, head_only=False)
             with trio.move_on_after(LINGER_S):
                 await stream.send_all(data)

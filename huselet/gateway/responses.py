@@ -76,6 +76,15 @@ class Overloaded(HuseletError):
     status, code = 503, "overloaded"
 
 
+class TooManyConnections(HuseletError):
+    """One source address holds its share of connections (``max_connections_per_source``)."""
+
+    status, code = 429, "too_many_connections"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after_s=1)
+
+
 # --- replies ------------------------------------------------------------------------
 
 

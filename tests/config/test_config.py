@@ -44,6 +44,7 @@ def test_issue_example_is_valid_and_resolves_relative_package() -> None:
     config = load_config(REPO / "systemd" / "huselet.toml", known_runtimes=RUNTIMES)
     assert config.node.id == "node-a"
     assert str(config.gateway.http) == "127.0.0.1:8470"
+    assert config.gateway.max_connections_per_source == 256
     (fn,) = config.functions
     assert fn.package == (REPO / "huselet" / "examples" / "hello").resolve()
     assert (fn.memory_mb, fn.timeout_ms, fn.max_instances) == (128, 5000, 8)
@@ -120,6 +121,10 @@ def test_timeout_given_as_string_is_refused_with_key_path(tmp_path: Path) -> Non
         (
             lambda r: r.update(gateway={"queue_per_function": -1}),
             "gateway.queue_per_function: expected a positive integer",
+        ),
+        (
+            lambda r: r.update(gateway={"max_connections_per_source": -1}),
+            "gateway.max_connections_per_source: expected a non-negative integer",
         ),
         (lambda r: r.update(node={"run_dir": "/tmp/" + "x" * 80}), "node.run_dir: "),
         (lambda r: r.update(node={"log_level": "loud"}), "node.log_level: expected one of"),
