@@ -14,6 +14,7 @@ import trio
 
 from huselet.health.counters import HealthCounter
 from huselet.health.supervisor import HealthState, LoopReport
+from huselet.timegrid import next_on_grid
 
 if TYPE_CHECKING:
     from huselet.metrics.histogram import Histogram
@@ -36,7 +37,8 @@ class LagProbe:
     async def run(self, report: LoopReport) -> None:
         self.last_beat = trio.current_time()
         while True:
-            asked = trio.current_time() + self.period_s
+            # On the shared grid: the node's other periodic loops wake in these iterations.
+            asked = next_on_grid(trio.current_time(), self.period_s)
             await trio.sleep_until(asked)
             now = trio.current_time()
             self.last_beat = now
