@@ -10,9 +10,9 @@ time budget (``budget_s``) and a count (``per_call``), then a few
 (``refresh_per_call``) of the ones measured longest ago. Instances not
 measured yet count as the mean of those that are, so a burst of starts shows
 in the total at once, and the sample says how many wait (``pending``): the
-memory loop then ticks every 100 ms until they are measured, so 2,000 new
-instances are measured within seconds (16 a tick took two minutes, and kept
-an idle node busy that long). The host's ``MemAvailable`` (one cheap read) is
+memory loop then ticks every 200 ms until they are measured, so 2,000 new
+instances (~0.2 ms of CPU a read) are measured within seconds (16 a tick took
+two minutes, and kept an idle node busy that long). The host's ``MemAvailable`` (one cheap read) is
 taken on every tick: it is the signal that reacts within one interval
 whatever the node's size. A tick with nothing to read (no instance) reads it
 on the loop's thread: no worker-thread trip.
@@ -37,13 +37,13 @@ import trio
 from huselet.health.pressure import MemorySample, host_memory, process_memory_bytes
 
 # smaps_rollup reads per worker-thread trip at most. New instances are each read
-# once whatever the batching (the reads are the cost, ~0.1-0.5 ms each); a
+# once whatever the batching (the reads are the cost, ~0.2 ms of CPU each); a
 # batch bounded by READ_BUDGET_S instead of 16 a tick gets a burst of 2,000
 # measured in a few seconds instead of two minutes, without a long trip.
 PER_CALL = 1024
 # Wall time one trip spends reading at most (it reads at least one pid): the
 # worker thread is off the event loop, but the loop waits for its answer.
-READ_BUDGET_S = 0.025
+READ_BUDGET_S = 0.02
 # Of those, at most this many re-measure instances measured before: an idle
 # instance's size hardly moves, and each smaps_rollup read cost ~0.5 ms of the
 # idle daemon's CPU here (16 a second were ~0.9 % of a core, the largest part
