@@ -12,10 +12,10 @@ measured yet count as the mean of those that are, so a burst of starts shows
 in the total at once, and the sample says how many wait (``pending``): the
 memory loop then ticks every 200 ms until they are measured, so 2,000 new
 instances (~0.2 ms of CPU a read) are measured within seconds (16 a tick took
-two minutes, and kept an idle node busy that long). The host's ``MemAvailable`` (one cheap read) is
-taken on every tick: it is the signal that reacts within one interval
-whatever the node's size. A tick with nothing to read (no instance) reads it
-on the loop's thread: no worker-thread trip.
+two minutes, and kept an idle node busy that long). The host's
+``MemAvailable`` (one cheap read) is taken on every tick: it is the signal
+that reacts within one interval whatever the node's size. A tick with nothing
+to read (no instance) reads it on the loop's thread: no worker-thread trip.
 
 Nothing per tick depends on the number of instances either: the sampler is
 a :class:`~huselet.dispatch.livepids.PidListener` of the dispatcher's live
@@ -85,7 +85,7 @@ class RollingMemorySampler:
         self._stamp = 0
         self._new: deque[int] = deque()  # live, not measured yet (may hold stale entries)
         # Live pids whose last read failed: retried, but not "pending" (which makes the
-        # loop tick fast), or one unreadable process would keep it at 10 Hz for good.
+        # loop tick fast), or one unreadable process would keep it at 5 Hz for good.
         self._unreadable: set[int] = set()
         self._order: deque[tuple[int, int]] = deque()  # (pid, stamp), least recently measured first
 
