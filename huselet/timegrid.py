@@ -14,10 +14,19 @@ iteration (the 1 s loops ride on the lag probe's 100 ms ticks), and a
 heartbeat due "some time in this second" is rounded up onto the same grid.
 Intervals stay exact: a loop on the grid wakes once per period, only its
 first sleep is shorter (the phase).
+
+Sleeping itself is cheaper too. ``trio.sleep_until`` is a cancel scope whose
+deadline cancels the sleeper: per wake-up a scope, a ``Cancelled`` exception
+with its traceback and an outcome — the largest item in a profile of an idle
+daemon. :func:`sleep_on_grid` instead parks the task on one :class:`GridTimer`
+per Trio run: a system task that alone sleeps until the earliest due time and
+then reschedules every task due by then (a plain reschedule, no exception).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 
 import trio
@@ -50,8 +59,81 @@ def coarsest_grid(span: float, *, share: float = 0.25) -> float | None:
     return None
 
 
+# Stale entries (sleeps cancelled before they were due) are dropped when they
+# come due; the heap is compacted once it holds this many more than are parked.
+COMPACT_SLACK = 64
+
+
+class GridTimer:
+    """Tasks parked until a due time, woken by one system task that sleeps for them all.
+
+    Start one per Trio run with :meth:`current` (it spawns the system task on
+    first use). A parked sleep is cancellable like any Trio sleep.
+    """
+
+    _run_timer: trio.lowlevel.RunVar[GridTimer] = trio.lowlevel.RunVar("huselet_grid_timer")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int]] = []  # (due, key), earliest first
+        self._parked: dict[int, trio.lowlevel.Task] = {}
+        self._keys = itertools.count()
+        self._head_moved = trio.Event()  # a sleep due before the current head was parked
+
+    @classmethod
+    def current(cls) -> GridTimer:
+        """This Trio run's timer (its system task started on first use)."""
+        try:
+            return cls._run_timer.get()
+        except LookupError:
+            timer = cls()
+            cls._run_timer.set(timer)
+            trio.lowlevel.spawn_system_task(timer._run, name="huselet.timegrid")
+            return timer
+
+    def __len__(self) -> int:
+        """Tasks parked now."""
+        return len(self._parked)
+
+    async def sleep_until(self, due: float) -> None:
+        """Park the calling task until ``due`` (Trio clock); cancellable."""
+        key = next(self._keys)
+        self._parked[key] = trio.lowlevel.current_task()
+        if not self._heap or due < self._heap[0][0]:
+            self._head_moved.set()
+        heapq.heappush(self._heap, (due, key))
+        if len(self._heap) > 2 * len(self._parked) + COMPACT_SLACK:
+            self._heap = [entry for entry in self._heap if entry[1] in self._parked]
+            heapq.heapify(self._heap)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._parked.pop(key, None)  # its heap entry is dropped when it comes due
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def _run(self) -> None:
+        # A system task: an exception here would end the Trio run, so nothing in
+        # this loop raises (the heap and dict hold plain values).
+        while True:
+            if not self._heap:
+                await self._head_moved.wait()
+                self._head_moved = trio.Event()
+                continue
+            due = self._heap[0][0]
+            if due > trio.current_time():
+                with trio.move_on_at(due):
+                    await self._head_moved.wait()
+                self._head_moved = trio.Event()
+                continue
+            now = trio.current_time()
+            while self._heap and self._heap[0][0] <= now:
+                task = self._parked.pop(heapq.heappop(self._heap)[1], None)
+                if task is not None:
+                    trio.lowlevel.reschedule(task)
+
+
 async def sleep_on_grid(period: float) -> float:
     """Sleep until the next multiple of ``period`` on the Trio clock; that time."""
     due = next_on_grid(trio.current_time(), period)
-    await trio.sleep_until(due)
+    await GridTimer.current().sleep_until(due)
     return due

@@ -13,7 +13,15 @@ import pytest
 import trio
 import trio.testing
 
-from huselet.timegrid import GRIDS_S, coarsest_grid, next_on_grid, round_up_to_grid, sleep_on_grid
+from huselet.timegrid import (
+    COMPACT_SLACK,
+    GRIDS_S,
+    GridTimer,
+    coarsest_grid,
+    next_on_grid,
+    round_up_to_grid,
+    sleep_on_grid,
+)
 
 
 def test_next_on_grid_is_strictly_after_and_a_multiple() -> None:
@@ -94,3 +102,51 @@ async def test_loops_sleeping_their_period_from_their_own_phase_wake_apart(
     phases = [0.0, 0.013, 0.027, 0.041, 0.055, 0.069, 0.083, 0.097]
     woke = await wake_times(trio.sleep, PERIODS, trio.current_time() + 20, phases)
     assert len(woke) > 300
+
+
+async def test_grid_sleeps_are_cancellable_and_leave_nothing_parked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = GridTimer.current()
+    start = trio.current_time()
+    woke: list[float] = []
+
+    async def sleeper(delay: float) -> None:
+        await timer.sleep_until(start + delay)
+        woke.append(trio.current_time() - start)
+
+    async with trio.open_nursery() as nursery:
+        for delay in (3.0, 1.0, 2.0):
+            nursery.start_soon(sleeper, delay)
+        with trio.move_on_after(0.5) as scope:
+            await timer.sleep_until(start + 100)  # cancelled long before it is due
+        assert scope.cancelled_caught
+    assert woke == [1.0, 2.0, 3.0]  # each at its due time, earliest first
+    assert len(timer) == 0
+    # Many cancelled sleeps: the heap is compacted, not grown without bound.
+    for _ in range(500):
+        with trio.move_on_after(0.01):
+            await timer.sleep_until(trio.current_time() + 1000)
+    assert len(timer._heap) <= 2 * len(timer) + COMPACT_SLACK + 1
+
+
+async def test_a_sleep_parked_before_the_head_wakes_the_timer_early(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = GridTimer.current()
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timer.sleep_until, start + 60)  # the timer sleeps until +60
+        await trio.testing.wait_all_tasks_blocked()
+        await timer.sleep_until(start + 1)  # ... and must wake for this one first
+        assert trio.current_time() - start == 1.0
+        nursery.cancel_scope.cancel()
+
+
+def test_each_trio_run_has_its_own_timer() -> None:
+    async def which() -> GridTimer:
+        await sleep_on_grid(0.1)
+        return GridTimer.current()
+
+    first, second = trio.run(which), trio.run(which)
+    assert first is not second

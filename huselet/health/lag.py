@@ -14,7 +14,7 @@ import trio
 
 from huselet.health.counters import HealthCounter
 from huselet.health.supervisor import HealthState, LoopReport
-from huselet.timegrid import next_on_grid
+from huselet.timegrid import GridTimer, next_on_grid
 
 if TYPE_CHECKING:
     from huselet.metrics.histogram import Histogram
@@ -39,7 +39,7 @@ class LagProbe:
         while True:
             # On the shared grid: the node's other periodic loops wake in these iterations.
             asked = next_on_grid(trio.current_time(), self.period_s)
-            await trio.sleep_until(asked)
+            await GridTimer.current().sleep_until(asked)
             now = trio.current_time()
             self.last_beat = now
             lag_ms = max(0.0, (now - asked) * 1000)
