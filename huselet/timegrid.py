@@ -10,7 +10,7 @@ them was a wake-up of its own (issue 12: idle instances must cost ~nothing).
 
 Here a loop sleeps until the next multiple of its period on the Trio clock:
 every loop whose period is a multiple of another's wakes in that one's
-iteration (the 1 s loops ride on the lag probe's 100 ms ticks), and a
+iteration (the 0.5-5 s loops and the lag probe's 1 s reports together), and a
 heartbeat due "some time in this second" is rounded up onto the same grid.
 Intervals stay exact: a loop on the grid wakes once per period, only its
 first sleep is shorter (the phase).
