@@ -59,6 +59,14 @@ def coarsest_grid(span: float, *, share: float = 0.25) -> float | None:
     return None
 
 
+async def sleep_until_woken(due: float, wakeup: trio.Event) -> trio.Event:
+    """Sleep until ``due`` (``math.inf``: no deadline) or until ``wakeup`` is set;
+    a fresh event to wait on next time (the owner keeps it and sets it to wake us)."""
+    with trio.move_on_at(due):
+        await wakeup.wait()
+    return trio.Event()
+
+
 # Stale entries (sleeps cancelled before they were due) are dropped when they
 # come due; the heap is compacted once it holds this many more than are parked.
 COMPACT_SLACK = 64
@@ -115,15 +123,9 @@ class GridTimer:
         # A system task: an exception here would end the Trio run, so nothing in
         # this loop raises (the heap and dict hold plain values).
         while True:
-            if not self._heap:
-                await self._head_moved.wait()
-                self._head_moved = trio.Event()
-                continue
-            due = self._heap[0][0]
+            due = self._heap[0][0] if self._heap else math.inf
             if due > trio.current_time():
-                with trio.move_on_at(due):
-                    await self._head_moved.wait()
-                self._head_moved = trio.Event()
+                self._head_moved = await sleep_until_woken(due, self._head_moved)
                 continue
             now = trio.current_time()
             while self._heap and self._heap[0][0] <= now:

@@ -52,7 +52,7 @@ from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.instance import InstanceRecord, InstanceState, stopped_by_signal
 from huselet.dispatch.reasons import StopReason
 from huselet.log import get_logger
-from huselet.timegrid import coarsest_grid, round_up_to_grid
+from huselet.timegrid import coarsest_grid, round_up_to_grid, sleep_until_woken
 from protocol.link import PING_FRAME
 
 log = get_logger("pool")
@@ -154,9 +154,7 @@ class Heartbeats:
             while self._heap:
                 due = self._heap[0][0]
                 if due > trio.current_time():
-                    with trio.move_on_at(due):
-                        await self._wakeup.wait()
-                    self._wakeup = trio.Event()
+                    self._wakeup = await sleep_until_woken(due, self._wakeup)
                     continue
                 now = trio.current_time()
                 while self._heap and self._heap[0][0] <= now:
