@@ -16,8 +16,14 @@ max_instances = N``, so it starts N instances on its own. Measured:
   daemon started to N idle, divided by N (includes the daemon, the zygote, the
   kernel's page tables and slab — what the host really pays; noisy when other
   work runs on the host);
-- **idle CPU**: the daemon's utime+stime over ``--idle`` seconds with all N
-  idle, as % of one core;
+- **idle CPU**: the daemon's CPU time (the scheduler's per-thread account,
+  ``/proc/PID/task/*/schedstat``, in ns: clock ticks are 10 ms) over ``--idle``
+  seconds (default 10) with all N idle, as % of one core, twice: "early" right
+  after the last instance went idle, and "settled" ``--settle`` seconds after
+  it (the settle used is printed). A thread that exits inside a window takes
+  its time with it, so such a window falls back to utime+stime (ticks) and is
+  marked ``~``. Level 0 (``--baseline``, on by default) is the same daemon and
+  function with no instance: the node's fixed idle cost;
 - **invoke p50/p99**: warm HTTP invocations one at a time (concurrency 1) with
   all N idle;
 - **past the limit** (``--probe-limit``): a daemon whose fork instances may
@@ -37,6 +43,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -70,7 +77,10 @@ class Level:
     start_s: float
     pss_kb: float
     avail_kb: float
-    idle_cpu_pct: float
+    idle_cpu_pct: float  # settled
+    early_cpu_pct: float  # right after the last start
+    settle_s: float
+    inexact: bool  # a window fell back to clock ticks (a thread exited in it)
     p50_ms: float
     p99_ms: float
     errors: int
@@ -141,6 +151,14 @@ start_timeout_ms = 60000
             return 0
         return sum(int(r["instances"].get("idle", 0)) for r in rows)
 
+    def ready(self) -> bool:
+        try:
+            with AdminClient(self.home / "run" / "admin.sock", timeout_s=30) as admin:
+                admin.call("ping")
+        except Exception:
+            return False
+        return True
+
     def idle_instances(self) -> tuple[int, list[int]]:
         try:
             with AdminClient(self.home / "run" / "admin.sock", timeout_s=30) as admin:
@@ -161,9 +179,35 @@ start_timeout_ms = 60000
         self.log.close()
 
 
+def thread_ids(pid: int) -> set[str]:
+    try:
+        return set(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return set()
+
+
+def idle_cpu(pid: int, seconds: float) -> tuple[float, bool]:
+    """The daemon's CPU over ``seconds`` as % of one core; True if only to a clock tick.
+
+    ``cpu_ns`` is exact but sums live threads only (trio's idle worker threads
+    exit ~10 s after their last job): when the set of threads changed, the
+    window is measured again from ``/proc/PID/stat`` (includes exited threads).
+    """
+    tids0, ns0, ticks0, w0 = thread_ids(pid), cpu_ns(pid), cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    ns1, ticks1, tids1 = cpu_ns(pid), cpu_seconds(pid), thread_ids(pid)
+    wall = time.monotonic() - w0
+    if tids0 <= tids1:  # no thread exited (a new one starts at 0 ns: counted whole)
+        return (ns1 - ns0) / 1e9 / wall * 100, False
+    return (ticks1 - ticks0) / wall * 100, True
+
+
 def run_level(root: Path, count: int, args: argparse.Namespace, rnd: int) -> Level:
     extra = "\n".join(args.config)
-    daemon = Daemon(root / f"n{count}-r{rnd}", count, args.runtime, extra)
+    # Level 0: the same function with no instance (max_instances 1: none started).
+    daemon = Daemon(
+        root / f"n{count}-r{rnd}", count, args.runtime, extra, max_instances=max(1, count)
+    )
     time.sleep(1)  # let the previous level's memory come back
     avail_before = mem_available_kb()
     t0 = time.monotonic()
@@ -174,20 +218,24 @@ def run_level(root: Path, count: int, args: argparse.Namespace, rnd: int) -> Lev
         while time.monotonic() < deadline:
             if daemon.proc.poll() is not None:
                 raise SystemExit(f"daemon exited with {daemon.proc.returncode}: see {daemon.home}")
-            reached = daemon.idle_count()
-            if reached >= count:
+            reached = daemon.idle_count() if count else int(daemon.ready())
+            if reached >= max(1, count):
+                reached = count
                 break
             time.sleep(0.2)
         start_s = time.monotonic() - t0
         daemon_s = cpu_seconds(daemon.proc.pid)  # before describing N instances costs it more
         start_cpu = start_cpu_ms(daemon.proc.pid, daemon_s, daemon.idle_instances()[1])
-        time.sleep(args.settle)
+        idle_at = time.monotonic()
+        early_pct, early_inexact = idle_cpu(daemon.proc.pid, args.early)
+        time.sleep(max(0.0, idle_at + args.settle - time.monotonic()))
+        settle_s = time.monotonic() - idle_at
         reached, pids = daemon.idle_instances()
         pss = sum(pss_kb(p) for pid in pids for p in descendants(pid))
         avail_drop = avail_before - mem_available_kb()
-        cpu0, w0 = cpu_seconds(daemon.proc.pid), time.monotonic()
-        time.sleep(args.idle)
-        idle_pct = (cpu_seconds(daemon.proc.pid) - cpu0) / (time.monotonic() - w0) * 100
+        idle_pct, inexact = idle_cpu(daemon.proc.pid, args.idle)
+        if args.profile:
+            profile(daemon.proc.pid, args.profile, root / f"n{count}-r{rnd}.raw")
         load = trio.run(
             lambda: run_load(
                 "127.0.0.1",
@@ -207,6 +255,9 @@ def run_level(root: Path, count: int, args: argparse.Namespace, rnd: int) -> Lev
             pss / n,
             avail_drop / n,
             idle_pct,
+            early_pct,
+            settle_s,
+            inexact or early_inexact,
             load.p50,
             load.p99,
             load.errors,
@@ -232,6 +283,18 @@ def start_cpu_ms(daemon: int, daemon_s: float, instances: list[int]) -> dict[str
         "zygote_ms": round(sum(cpu_ns(p) for p in zygotes) / 1e6 / count, 3),
         "instance_ms": round(sum(cpu_ns(p) for p in instances) / 1e6 / count, 3),
     }
+
+
+def profile(pid: int, seconds: float, out: Path) -> None:
+    """py-spy the idle daemon (after the CPU windows: sampling costs the daemon CPU)."""
+    pyspy = os.environ.get("PYSPY") or shutil.which("py-spy", path=Path(sys.executable).parent)
+    pyspy = pyspy or shutil.which("py-spy")
+    if pyspy is None:
+        print("  profile: no py-spy (set PYSPY=/path/to/py-spy)", flush=True)
+        return
+    cmd = [pyspy, "record", "--native", "-r", "200", "-d", str(int(seconds)), "-p", str(pid)]
+    subprocess.run([*cmd, "-f", "raw", "-o", str(out)], check=False, capture_output=True)
+    print(f"  profile: {out}", flush=True)
 
 
 SLEEPY = "import time\n\ndef handler(event, context):\n    time.sleep(1)\n    return {}\n"
@@ -302,8 +365,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--runtime", default="fork")
     parser.add_argument("--start-timeout", type=float, default=120.0)
-    parser.add_argument("--settle", type=float, default=2.0, help="seconds idle before measuring")
-    parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
+    parser.add_argument(
+        "--settle", type=float, default=20.0, help="seconds from all idle to the settled window"
+    )
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of the settled window")
+    parser.add_argument(
+        "--early", type=float, default=3.0, help="seconds of the window right after all idle"
+    )
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip level 0 (the daemon with no instance)"
+    )
+    parser.add_argument("--profile", type=float, default=0.0, help="py-spy seconds after the idle")
     parser.add_argument("--invoke", type=float, default=2.0, help="seconds of warm invokes")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--probe-limit", action="store_true", help="also probe a host limit")
@@ -316,8 +388,10 @@ def main() -> None:
     args = parser.parse_args()
     default = "200,500" if args.quick else "500,1000,2000"
     counts = [int(c) for c in (default if args.counts is None else args.counts).split(",") if c]
+    if counts and not args.no_baseline and 0 not in counts:
+        counts.insert(0, 0)
     if args.quick:
-        args.idle, args.invoke = min(args.idle, 3.0), min(args.invoke, 1.5)
+        args.idle, args.invoke = min(args.idle, 5.0), min(args.invoke, 1.5)
     root = Path(tempfile.mkdtemp(prefix="hld"))
     results: dict[int, list[Level]] = {}
     print(f"bench_density: runtime {args.runtime}, counts {counts}, {args.rounds} round(s)")
@@ -326,17 +400,25 @@ def main() -> None:
             level = run_level(root, count, args, rnd)
             results.setdefault(count, []).append(level)
             print(f"  round {rnd + 1}: {json.dumps(vars(level))}", flush=True)
-    header = ("N", "reached", "start s", "PSS/inst KB", "MemAvail/inst KB", "idle CPU %",
-              "p50 ms", "p99 ms", "errors")  # fmt: skip
-    print("\n{:>5} {:>7} {:>8} {:>11} {:>16} {:>10} {:>7} {:>7} {:>6}".format(*header))
+    header = ("N", "reached", "start s", "PSS/inst KB", "MemAvail/inst KB", "early CPU %",
+              "settled CPU %", "p50 ms", "p99 ms", "errors")  # fmt: skip
+    print(
+        f"(CPU % of one core: early = {args.early:g} s right after all idle, settled = "
+        f"{args.idle:g} s from {args.settle:g} s after; ~ = to a clock tick)"
+    )
+    print("\n{:>5} {:>7} {:>8} {:>11} {:>16} {:>11} {:>13} {:>7} {:>7} {:>6}".format(*header))
     for count, levels in results.items():
 
         def m(attr: str, levels: list[Level] = levels) -> float:
             return med([getattr(lv, attr) for lv in levels])
 
+        mark = "~" if any(lv.inexact for lv in levels) else ""
+
         print(
             f"{count:>5} {min(lv.reached for lv in levels):>7} {m('start_s'):>8.2f} "
-            f"{m('pss_kb'):>11.0f} {m('avail_kb'):>16.0f} {m('idle_cpu_pct'):>10.1f} "
+            f"{m('pss_kb'):>11.0f} {m('avail_kb'):>16.0f} "
+            f"{mark + format(m('early_cpu_pct'), '.2f'):>11} "
+            f"{mark + format(m('idle_cpu_pct'), '.2f'):>13} "
             f"{m('p50_ms'):>7.2f} {m('p99_ms'):>7.2f} {sum(lv.errors for lv in levels):>6}"
         )
     print("\nCPU per started instance (ms): daemon / zygote / the instance itself")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class HealthSettings:
     # Event loop (lag probe): how often it measures, and which lag is bad.
-    lag_period_ms: int = 100
+    lag_period_ms: int = 1000  # reports; stalls in between are seen by a Trio instrument
     lag_degraded_ms: int = 100
     lag_failing_ms: int = 1000
     # Idle instances: pinged after this much silence, replaced when no answer

@@ -29,7 +29,10 @@ once and judged as above ("missed heartbeat"); a stopped busy one is stopped
 ("frozen"). They keep one heap entry only every
 ``idle_heartbeat_interval_ms`` (default 5 minutes; 0: none), for a worker
 wedged without being stopped — so 2,000 idle instances cost the daemon a
-handful of wake-ups a second, not a thousand.
+handful of wake-ups a second, not a thousand. Due times are rounded up onto
+:mod:`huselet.timegrid` (a 300 s check to the whole second, a 1 s answer
+timeout to 0.2 s): entries due within one grid step are one wake-up, shared
+with the health loops' ticks.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.instance import InstanceRecord, InstanceState, stopped_by_signal
 from huselet.dispatch.reasons import StopReason
 from huselet.log import get_logger
+from huselet.timegrid import coarsest_grid, round_up_to_grid, sleep_until_woken
 from protocol.link import PING_FRAME
 
 log = get_logger("pool")
@@ -131,6 +135,12 @@ class Heartbeats:
     def _push(
         self, due: float, record: InstanceRecord, pinged_at: float | None, chained: bool = True
     ) -> None:
+        # Rounded up onto the shared time grid (by at most a quarter of the wait): the
+        # entries of instances started over a few seconds fall due together, and with
+        # the health loops' ticks, instead of one wake-up of the loop each.
+        grid = coarsest_grid(due - trio.current_time())
+        if grid is not None:
+            due = round_up_to_grid(due, grid)
         earliest = self._heap[0][0] if self._heap else None
         heapq.heappush(self._heap, (due, next(self._order), record, pinged_at, chained))
         if not self._running:
@@ -144,9 +154,7 @@ class Heartbeats:
             while self._heap:
                 due = self._heap[0][0]
                 if due > trio.current_time():
-                    with trio.move_on_at(due):
-                        await self._wakeup.wait()
-                    self._wakeup = trio.Event()
+                    self._wakeup = await sleep_until_woken(due, self._wakeup)
                     continue
                 now = trio.current_time()
                 while self._heap and self._heap[0][0] <= now:

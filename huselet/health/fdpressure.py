@@ -14,8 +14,6 @@ import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import trio
-
 from huselet.health.counters import HealthCounter
 from huselet.health.pressure import (
     Change,
@@ -25,6 +23,7 @@ from huselet.health.pressure import (
     pct,
 )
 from huselet.health.supervisor import HealthState, LoopReport
+from huselet.timegrid import sleep_on_grid
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ class FdPressure:
     async def run(self, report: LoopReport) -> None:
         while True:
             await self.check(report)
-            await trio.sleep(self.interval_s)
+            await sleep_on_grid(self.interval_s)
 
     async def check(self, report: LoopReport) -> None:
         # Cheap (one directory listing), and a thread would itself be short of descriptors.

@@ -4,12 +4,18 @@ Reading ``/proc/PID/smaps_rollup`` walks the process's page tables: tens to
 hundreds of µs per instance. The memory loop measured every instance every
 second, so an idle node with thousands of instances spent a good part of a
 core on it (issue 12). :class:`RollingMemorySampler` keeps each instance's
-last size and, per tick, measures at most ``per_call`` instances: new ones
-first (an instance that just started is what changes the total), then the
-ones measured longest ago. Instances not measured yet count as the mean of
-those that are, so a burst of starts shows in the total at once. The host's
+last size and, per tick, measures new instances first (an instance that just
+started is what changes the total), in one worker-thread trip bounded by a
+time budget (``budget_s``) and a count (``per_call``), then a few
+(``refresh_per_call``) of the ones measured longest ago. Instances not
+measured yet count as the mean of those that are, so a burst of starts shows
+in the total at once, and the sample says how many wait (``pending``): the
+memory loop then ticks every 200 ms until they are measured, so 2,000 new
+instances (~0.2 ms of CPU a read) are measured within seconds (16 a tick took
+two minutes, and kept an idle node busy that long). The host's
 ``MemAvailable`` (one cheap read) is taken on every tick: it is the signal
-that reacts within one interval whatever the node's size.
+that reacts within one interval whatever the node's size. A tick with nothing
+to read (no instance) reads it on the loop's thread: no worker-thread trip.
 
 Nothing per tick depends on the number of instances either: the sampler is
 a :class:`~huselet.dispatch.livepids.PidListener` of the dispatcher's live
@@ -22,6 +28,7 @@ thread; only the ``/proc`` reads of one slice go to a worker thread
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -29,12 +36,14 @@ import trio
 
 from huselet.health.pressure import MemorySample, host_memory, process_memory_bytes
 
-# smaps_rollup reads per memory-loop tick, whatever the node's size. 128 a tick
-# were still the largest idle cost of a node with 2,000 idle instances (perf:
-# ~40 % of the daemon's idle CPU in smaps_account); 16 refresh all 2,000 every
-# ~2 minutes, while new instances are measured at once and MemAvailable (what
-# reacts within one interval) is read on every tick.
-PER_CALL = 16
+# smaps_rollup reads per worker-thread trip at most. New instances are each read
+# once whatever the batching (the reads are the cost, ~0.2 ms of CPU each); a
+# batch bounded by READ_BUDGET_S instead of 16 a tick gets a burst of 2,000
+# measured in a few seconds instead of two minutes, without a long trip.
+PER_CALL = 1024
+# Wall time one trip spends reading at most (it reads at least one pid): the
+# worker thread is off the event loop, but the loop waits for its answer.
+READ_BUDGET_S = 0.02
 # Of those, at most this many re-measure instances measured before: an idle
 # instance's size hardly moves, and each smaps_rollup read cost ~0.5 ms of the
 # idle daemon's CPU here (16 a second were ~0.9 % of a core, the largest part
@@ -54,13 +63,19 @@ class RollingMemorySampler:
         per_call: int = PER_CALL,
         *,
         refresh_per_call: int = REFRESH_PER_CALL,
+        budget_s: float | None = READ_BUDGET_S,
         read: Callable[[int], int | None] = process_memory_bytes,
         available: Callable[[], int] = lambda: host_memory()[1],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if per_call < 1:
             raise ValueError(f"per_call must be at least 1, got {per_call}")
+        if budget_s is not None and not budget_s > 0:
+            raise ValueError(f"budget_s must be positive (or None: no bound), got {budget_s}")
         self.per_call = per_call
         self.refresh_per_call = max(1, min(refresh_per_call, per_call))
+        self.budget_s = budget_s
+        self._clock = clock
         self._read = read
         self._available = available
         self._live: set[int] = set()
@@ -69,6 +84,9 @@ class RollingMemorySampler:
         self._total = 0  # sum of the bytes in _sizes
         self._stamp = 0
         self._new: deque[int] = deque()  # live, not measured yet (may hold stale entries)
+        # Live pids whose last read failed: retried, but not "pending" (which makes the
+        # loop tick fast), or one unreadable process would keep it at 5 Hz for good.
+        self._unreadable: set[int] = set()
         self._order: deque[tuple[int, int]] = deque()  # (pid, stamp), least recently measured first
 
     # --- PidListener: the dispatcher's live pids (event loop thread, O(1)) ----------
@@ -82,6 +100,7 @@ class RollingMemorySampler:
 
     def removed(self, pid: int) -> None:
         self._live.discard(pid)
+        self._unreadable.discard(pid)
         entry = self._sizes.pop(pid, None)
         if entry is not None:
             self._total -= entry[0]
@@ -94,28 +113,39 @@ class RollingMemorySampler:
     def due(self) -> list[int]:
         """The pids to measure now: at most ``per_call``, new ones first, then (at most
         ``refresh_per_call`` of) the ones measured longest ago."""
-        batch: list[int] = []
+        batch: dict[int, None] = {}  # ordered, and O(1) membership for a batch of 1,024
         while self._new and len(batch) < self.per_call:
             pid = self._new.popleft()
-            if self._unmeasured(pid) and pid not in batch:
-                batch.append(pid)
+            if self._unmeasured(pid):
+                batch[pid] = None
         limit = min(self.per_call, len(batch) + self.refresh_per_call)
         while self._order and len(batch) < limit:
             pid, stamp = self._order.popleft()
             entry = self._sizes.get(pid)
             if entry is not None and entry[1] == stamp and pid not in batch:
-                batch.append(pid)
-        return batch
+                batch[pid] = None
+        return list(batch)
 
     def read(self, pids: Sequence[int]) -> tuple[list[int | None], int]:
-        """The blocking part (any thread): each pid's size, and the host's MemAvailable."""
-        return [self._read(pid) for pid in pids], self._available()
+        """The blocking part (any thread): the sizes of a prefix of ``pids`` read within
+        ``budget_s`` (at least one), and the host's MemAvailable."""
+        sizes: list[int | None] = []
+        until = None if self.budget_s is None else self._clock() + self.budget_s
+        for pid in pids:
+            sizes.append(self._read(pid))
+            if until is not None and self._clock() >= until:
+                break
+        return sizes, self._available()
 
     def record(
         self, pids: Sequence[int], sizes: Sequence[int | None], available: int
     ) -> MemorySample:
-        """Take the sizes of ``due()``'s pids in; the node's estimated total."""
-        for pid, size in zip(pids, sizes, strict=True):
+        """Take the sizes of ``due()``'s pids in (a prefix of them: the rest, not
+        read within the budget, keep their place); the node's estimated total."""
+        if len(sizes) > len(pids):
+            raise ValueError(f"{len(sizes)} sizes for {len(pids)} pids")
+        self._requeue(pids[len(sizes) :])
+        for pid, size in zip(pids, sizes, strict=False):
             if pid not in self._live:
                 continue  # ended while it was being read
             self.removed(pid)
@@ -123,6 +153,7 @@ class RollingMemorySampler:
             if size is None:
                 # Gone (its teardown will say so) or unreadable: try again after the others.
                 self._new.append(pid)
+                self._unreadable.add(pid)
                 continue
             self._stamp += 1
             self._sizes[pid] = (size, self._stamp)
@@ -135,7 +166,20 @@ class RollingMemorySampler:
         measured = len(self._sizes)
         unmeasured = len(self._live) - measured
         mean = self._total // measured if measured else 0
-        return MemorySample(self._total + mean * unmeasured, measured, available)
+        pending = unmeasured - len(self._unreadable)
+        return MemorySample(self._total + mean * unmeasured, measured, available, pending)
+
+    def _requeue(self, unread: Sequence[int]) -> None:
+        """Put pids ``due()`` handed out but the budget left unread back at the front."""
+        new, old = [], []
+        for pid in unread:
+            entry = self._sizes.get(pid)
+            if entry is not None:
+                old.append((pid, entry[1]))
+            elif pid in self._live:
+                new.append(pid)
+        self._new.extendleft(reversed(new))
+        self._order.extendleft(reversed(old))
 
     def measure_now(self) -> MemorySample:
         """One tick on the calling thread (tests, tools)."""
@@ -145,5 +189,8 @@ class RollingMemorySampler:
     async def sample(self) -> MemorySample:
         """One tick: the slice is read in a worker thread, the bookkeeping stays here."""
         pids = self.due()
+        if not pids:
+            # Nothing to measure: MemAvailable is one cheap read, not worth a thread trip.
+            return self.record(pids, [], self._available())
         sizes, available = await trio.to_thread.run_sync(self.read, pids)
         return self.record(pids, sizes, available)

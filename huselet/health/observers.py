@@ -22,6 +22,7 @@ import trio
 from huselet.dispatch.counters import PoolCounter
 from huselet.health.counters import HealthCounter
 from huselet.health.supervisor import HealthState, LoopReport
+from huselet.timegrid import sleep_on_grid
 
 if TYPE_CHECKING:
     from huselet.dispatch.api import PoolsView
@@ -75,7 +76,7 @@ class InstanceLiveness:
         seen = self._totals()
         last_fault_at: float | None = None
         while True:
-            await trio.sleep(self.period_s)
+            await sleep_on_grid(self.period_s)
             now = trio.current_time()
             current = self._totals()
             for function, counts in current.items():
@@ -123,7 +124,7 @@ class CrashLoops:
                 report.set(HealthState.DEGRADED, "breaker not closed: " + "; ".join(failing))
             else:
                 report.set(HealthState.OK, "every breaker closed")
-            await trio.sleep(self.period_s)
+            await sleep_on_grid(self.period_s)
 
 
 class SchedulerLinkHealth:
@@ -155,7 +156,7 @@ class SchedulerLinkHealth:
                         HealthState.DEGRADED,
                         f"{state} for {now - down_since:.0f}s; serving what is deployed",
                     )
-            await trio.sleep(self.period_s)
+            await sleep_on_grid(self.period_s)
 
 
 class CacheIntegrity:
@@ -183,4 +184,4 @@ class CacheIntegrity:
                     report.set(HealthState.OK, f"last pass: {last.get('checked', 0)} images ok")
             elif passes == 0:
                 report.set(HealthState.OK, "no scrub pass yet")
-            await trio.sleep(self.period_s)
+            await sleep_on_grid(self.period_s)

@@ -20,6 +20,7 @@ from huselet.health.counters import HealthCounter
 from huselet.health.lag import LagProbe
 from huselet.health.supervisor import HealthState, LoopReport
 from huselet.notify import SystemdNotifier
+from huselet.timegrid import sleep_on_grid
 
 CriticalCheck = Callable[[], str | None]
 
@@ -87,4 +88,4 @@ class WatchdogPetter:
                 self.pets += 1
                 report.counters[HealthCounter.PETS] += 1
                 report.set(HealthState.OK, f"petting every {self.interval_s / 2:g}s")
-            await trio.sleep(self.interval_s / 2)
+            await sleep_on_grid(self.interval_s / 2)

@@ -130,7 +130,7 @@ class NodeCollector:
         if self.lag is not None:
             yield _histogram(
                 "huselet_event_loop_lag_seconds",
-                "How late the event loop's lag probe woke up (every health.lag_period_ms).",
+                "The event loop's longest stall in each health.lag_period_ms.",
                 self.lag,
             )
         if self.cache_stats is not None:

@@ -53,6 +53,7 @@ from huselet.runtime.isolation import (
 from huselet.runtime.output import OutputLimiter
 from huselet.runtime.spawner import SpawnThread
 from huselet.sandbox.confine import SandboxPlan
+from huselet.timegrid import sleep_on_grid
 
 log = get_logger("runtime")
 
@@ -242,7 +243,7 @@ class SandboxRuntime(ChildRuntime):
     async def keep_cgroups_filled(self) -> None:
         """Pre-create instance cgroups off the start path, once a second."""
         while True:
-            await trio.sleep(CGROUP_REFILL_S)
+            await sleep_on_grid(CGROUP_REFILL_S)  # with the health loops' wake-ups
             await self.refill_cgroups()
 
     def uid_allocator(self) -> UidAllocator | None:

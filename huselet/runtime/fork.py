@@ -61,6 +61,7 @@ from huselet.runtime.hostlimits import start_failure
 from huselet.runtime.isolation import identity, uid_nproc
 from huselet.runtime.zygote import ZygoteProcess, ZygoteSlot
 from huselet.sandbox.confine import SandboxPlan
+from huselet.timegrid import sleep_on_grid
 
 log = get_logger("runtime.fork")
 
@@ -438,7 +439,7 @@ class ForkRuntime(SandboxRuntime):
     async def _maintain(self) -> None:
         last_sweep = trio.current_time()
         while True:
-            await trio.sleep(MAINTAIN_INTERVAL_S)
+            await sleep_on_grid(MAINTAIN_INTERVAL_S)  # with the health loops' wake-ups
             await self.refill_cgroups()
             self._enforce_budget(0)
             self._retire_old_code()

@@ -54,6 +54,7 @@ from huselet.runtime.children import (
 from huselet.runtime.common import SandboxRuntime, take_fd
 from huselet.runtime.ocispec import container_config
 from huselet.sandbox import linux
+from huselet.timegrid import sleep_on_grid
 
 log = get_logger("runtime.oci")
 
@@ -141,7 +142,7 @@ class OciRuntime(SandboxRuntime):
     async def _sweep_strays(self) -> None:
         strays = StrayReaper()
         while True:
-            await trio.sleep(STRAY_SWEEP_S)
+            await sleep_on_grid(STRAY_SWEEP_S)
             strays.sweep({h.pid for h in self._handles.values()})
 
     async def _runc_cmd(self, *args: str, timeout_s: float = RUNC_TIMEOUT_S) -> int:

@@ -176,7 +176,7 @@ async def test_real_processes_match_a_full_scan() -> None:
     ]
     try:
         pids = [os.getpid(), *(c.pid for c in children)]
-        sampler = RollingMemorySampler(2)
+        sampler = RollingMemorySampler(2, budget_s=None)  # 2 a trip even on a loaded host
         follow(sampler, pids)
         await sampler.sample()
         rolled = await sampler.sample()  # the reads run in a worker thread
@@ -188,3 +188,84 @@ async def test_real_processes_match_a_full_scan() -> None:
         for c in children:
             c.kill()
             c.wait()
+
+
+class SlowProc(FakeProc):
+    """Each read advances a clock by ``cost_s``: the budget is checked against it."""
+
+    def __init__(self, sizes: dict[int, int], cost_s: float) -> None:
+        super().__init__(sizes)
+        self.now = 0.0
+        self.cost_s = cost_s
+
+    def read(self, pid: int) -> int | None:
+        self.now += self.cost_s
+        return super().read(pid)
+
+    def clock(self) -> float:
+        return self.now
+
+
+def test_new_instances_are_read_in_batches_bounded_by_the_time_budget() -> None:
+    """2,000 new instances at 0.5 ms a read: 50 a 25 ms trip, all in 40 trips (not 125
+    ticks of 16), and the ones a trip did not reach keep their place in line."""
+    cost = 2**-11  # ~0.5 ms, exact in binary: the budget holds exactly 50 reads
+    proc = SlowProc({pid: 1000 for pid in range(1, 2001)}, cost_s=cost)
+    sampler = RollingMemorySampler(
+        1024, refresh_per_call=4, budget_s=50 * cost, read=proc.read, available=lambda: 0
+    )
+    sampler._clock = proc.clock
+    follow(sampler, list(proc.sizes))
+    first = sampler.measure_now()
+    assert len(proc.reads) == 50 and proc.reads == list(range(1, 51))
+    assert first.pending == 1950 and first.instances == 50
+    second = sampler.measure_now()
+    assert proc.reads[50:] == list(range(51, 101)) and second.pending == 1900
+    trips = 2
+    while True:
+        trips += 1
+        if not sampler.measure_now().pending:
+            break
+    assert trips == 40
+    assert len(proc.reads) == 2000 and len(set(proc.reads)) == 2000  # each read once
+    assert sampler.measure_now().used_bytes == 2000 * 1000
+
+
+def test_a_trip_reads_at_least_one_pid_whatever_the_budget() -> None:
+    proc = SlowProc({1: 10, 2: 20}, cost_s=5.0)  # every read blows the budget
+    sampler = RollingMemorySampler(budget_s=0.001, read=proc.read, available=lambda: 0)
+    sampler._clock = proc.clock
+    follow(sampler, [1, 2])
+    assert sampler.measure_now().pending == 1
+    assert sampler.measure_now().used_bytes == 30
+
+
+def test_unreadable_pids_are_retried_but_not_pending() -> None:
+    """``pending`` makes the memory loop tick every 100 ms: one process whose
+    size cannot be read must not keep it there."""
+    proc = FakeProc({1: 100})  # 2 is live but unreadable
+    sampler = RollingMemorySampler(read=proc.read, available=lambda: 0)
+    follow(sampler, [1, 2])
+    sample = sampler.measure_now()
+    assert sample.instances == 1 and sample.pending == 0
+    proc.sizes[2] = 300  # readable again: measured on a later tick
+    for _ in range(3):
+        sample = sampler.measure_now()
+    assert sample.used_bytes == 400 and sample.pending == 0
+
+
+async def test_a_tick_with_nothing_to_read_makes_no_thread_trip() -> None:
+    import threading
+
+    readers: list[int] = []
+
+    def available() -> int:
+        readers.append(threading.get_ident())
+        return 1
+
+    sampler = RollingMemorySampler(read=lambda pid: 4096, available=available)
+    await sampler.sample()  # no instance: MemAvailable on this thread
+    assert readers == [threading.get_ident()]
+    follow(sampler, [os.getpid()])
+    await sampler.sample()  # something to read: a worker thread
+    assert readers[1] != threading.get_ident()

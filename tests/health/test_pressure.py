@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 import h11
 import pytest
 import trio
+import trio.testing
 from cache_testkit import build_image, variant
 
 from cache.origin import DirectoryOrigin
@@ -23,6 +24,7 @@ from huselet.config import GatewaySettings, TcpAddress
 from huselet.config.health import HealthSettings
 from huselet.dispatch.invocation import InvokeResult
 from huselet.gateway import HttpIngress
+from huselet.health.counters import HealthCounter
 from huselet.health.fdpressure import FdPressure, FdSample
 from huselet.health.memsample import RollingMemorySampler
 from huselet.health.pressure import (
@@ -465,3 +467,50 @@ def test_build_pressure_loops_from_settings(tmp_path: Path) -> None:
     )
     assert isinstance(default_memory, MemoryPressure)
     assert default_memory.budget_bytes > 64 * MiB and default_memory.available_gate is None
+
+
+async def test_memory_loop_measures_a_burst_of_new_instances_within_seconds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With new instances pending the loop ticks every 200 ms, not every interval:
+    300 new ones at 10 a trip are all measured within 30 ticks (~6 s of Trio time)
+    although the loop's interval is a minute; then it slows down again."""
+    # 10 a trip by count, not by the time budget: the same number of trips on a
+    # loaded host (the budget is covered in test_memsample.py).
+    sampler = RollingMemorySampler(
+        10, budget_s=None, read=lambda pid: 1 * MiB, available=lambda: 4096 * MiB
+    )
+    for pid in range(1, 301):
+        sampler.added(pid)
+    all_measured = trio.Event()
+
+    class Watched:
+        # Told by the source itself: a test task polling on a timer would let the
+        # mock clock jump ahead while a worker thread reads.
+        async def sample(self) -> MemorySample:
+            sample = await sampler.sample()
+            if not sample.pending:
+                all_measured.set()
+            return sample
+
+    loop = MemoryPressure(
+        FakeDispatcher(),
+        interval_s=60,
+        budget_bytes=1000 * MiB,
+        enter_percent=95,
+        leave_percent=85,
+        source=Watched(),
+    )
+    report = LoopReport("memory")
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(loop.run, report)
+        await all_measured.wait()
+        took = trio.current_time() - start
+        samples = report.counters[HealthCounter.SAMPLES]
+        await trio.sleep(300)  # nothing new: one tick a minute again
+        assert report.counters[HealthCounter.SAMPLES] - samples <= 6
+        nursery.cancel_scope.cancel()
+    assert loop.last is not None and loop.last.instances == 300
+    assert loop.last.used_bytes == 300 * MiB
+    assert took < 10  # Trio (mock) time: at the 60 s interval it would take 30 minutes

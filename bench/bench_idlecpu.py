@@ -1,0 +1,89 @@
+"""Idle CPU side by side: this checkout's daemon and another's, measured in the same windows.
+
+    .venv/bin/python bench/bench_idlecpu.py --ref /path/to/other/checkout           # 0,500,2000
+    .venv/bin/python bench/bench_idlecpu.py --ref ../main --counts 0,1000 --windows 3
+
+Absolute idle CPU on a shared VM moves several-fold with the host's state
+(frequency, contention), so a before/after taken minutes apart says little.
+Here both daemons (``bench_density``'s configuration: one ``fork`` function
+with ``min_instances = max_instances = N``) start together, and once both
+have N idle instances their CPU (``procstats.cpu_ns`` via
+``bench_density.idle_cpu``) is read over the same windows: 3 s right after
+("early"), then ``--windows`` windows of 10 s from 20 s on ("settled"). The
+other checkout's daemon runs from its own tree (``python -m huselet`` with
+that tree as working directory); the instances' worker code is this venv's.
+Needs root (fork isolation), like bench_density.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_density import Daemon, idle_cpu
+
+HERE = Path(__file__).resolve().parent.parent
+
+
+def run_pair(root: Path, n: int, trees: dict[str, Path], windows: int, timeout_s: float) -> None:
+    daemons: dict[str, Daemon] = {}
+    try:
+        for side, tree in trees.items():
+            d = Daemon(root / f"n{n}-{side}", n, "fork", max_instances=max(1, n))
+            d.log = open(d.home / "daemon.log", "wb")  # noqa: SIM115
+            cmd = [sys.executable, "-m", "huselet", "run", "--config", str(d.config)]
+            d.proc = subprocess.Popen(cmd, stderr=d.log, cwd=tree)
+            daemons[side] = d
+        t0 = time.monotonic()
+        ready: dict[str, float] = {}
+        while len(ready) < len(daemons) and time.monotonic() - t0 < timeout_s:
+            for side, d in daemons.items():
+                if side not in ready and (d.idle_count() if n else int(d.ready())) >= max(1, n):
+                    ready[side] = time.monotonic() - t0
+            time.sleep(0.3)
+        print(f"N={n} idle after: " + ", ".join(f"{s} {t:.1f} s" for s, t in ready.items()))
+        if len(ready) < len(daemons):
+            print("  not all reached N within the timeout: skipped")
+            return
+
+        def window(seconds: float) -> str:
+            with ThreadPoolExecutor(len(daemons)) as pool:
+                pids = [d.proc.pid for d in daemons.values() if d.proc is not None]
+                got = list(pool.map(lambda pid: idle_cpu(pid, seconds), pids))
+            return "  ".join(
+                f"{side} {pct:.2f}%{'~' if rough else ''}"
+                for side, (pct, rough) in zip(daemons, got, strict=True)
+            )
+
+        print(f"  early (3 s): {window(3.0)}", flush=True)
+        time.sleep(17)
+        for w in range(windows):
+            line = window(10.0)
+            load = Path("/proc/loadavg").read_text().split()[0]
+            print(f"  settled {w + 1} (10 s): {line}  load {load}", flush=True)
+    finally:
+        for d in daemons.values():
+            d.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--ref", type=Path, required=True, help="the other checkout's root")
+    parser.add_argument("--counts", default="0,500,2000")
+    parser.add_argument("--windows", type=int, default=2)
+    parser.add_argument("--start-timeout", type=float, default=300.0)
+    args = parser.parse_args()
+    trees = {"ref": args.ref.resolve(), "this": HERE}
+    root = Path(tempfile.mkdtemp(prefix="hldpair"))
+    for n in (int(c) for c in args.counts.split(",") if c):
+        run_pair(root, n, trees, args.windows, args.start_timeout)
+
+
+if __name__ == "__main__":
+    main()
