@@ -67,7 +67,8 @@ from huselet.health.leftovers import (
 )
 from huselet.health.supervisor import HealthState, LoopReport
 from huselet.log import get_logger
-from huselet.runtime.cgroups import Cgroup, CgroupHost, CgroupPool
+from huselet.runtime.cgrouppool import CgroupPool
+from huselet.runtime.cgroups import Cgroup, CgroupHost
 from huselet.runtime.identity import sandbox_subtree
 
 log = get_logger("health.recovery")

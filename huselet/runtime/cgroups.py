@@ -25,6 +25,9 @@ credentials, which the kernel lets move only that uid's processes). A group
 keeps its owner for life: it goes back to that owner's free list, never to
 another uid (a handle kept by one function must not reach another's group).
 
+The pool of groups (made ahead, reused, reserved per owner) is
+:class:`huselet.runtime.cgrouppool.CgroupPool`.
+
 OOM detection: the kernel's per-cgroup ``oom_kill`` counter (v1
 ``memory.oom_control``, v2 ``memory.events``), compared with its value when
 the instance got the group.
@@ -42,7 +45,6 @@ from pathlib import Path
 import trio
 
 from huselet.log import get_logger
-from huselet.runtime import identity
 from huselet.runtime.base import RuntimeConfigError
 
 log = get_logger("runtime.cgroups")
@@ -52,15 +54,6 @@ REQUIRED = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
 KILL_DEADLINE_S = 2.0
 _JOIN_THREADS = trio.CapacityLimiter(4)
-# mkdir/rmdir of instance groups: the kernel serialises them (cgroup_mutex)
-# anyway; two threads keep one busy while the other hands its result back.
-_MKDIR_THREADS = trio.CapacityLimiter(2)
-# Groups made in one worker-thread trip when a burst finds the free list empty.
-GROW_BATCH_MAX = 256
-# Groups made per thread trip by reserve() (a smaller batch is usable sooner).
-RESERVE_BATCH = 64
-# At most this many groups are reserved at start for the functions' min_instances.
-RESERVE_MAX = 8192
 
 
 class CgroupError(RuntimeConfigError):
@@ -154,7 +147,7 @@ def read_proc(path: str) -> str | None:
         os.close(fd)
 
 
-def _write(path: Path, value: str) -> None:
+def write_control(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
@@ -186,7 +179,7 @@ class Cgroup:
 
     def join(self, pid: int) -> None:
         for d in self.dirs.values():
-            _write(d / "cgroup.procs", str(pid))
+            write_control(d / "cgroup.procs", str(pid))
 
     def own(self, uid: int) -> None:
         """Let ``uid`` move its own processes in: chown ``cgroup.procs`` everywhere (v1)."""
@@ -234,27 +227,27 @@ class Cgroup:
             return
         d = self._mem_dir
         if self.host.version == 2:
-            _write(d / "memory.max", str(limit))
+            write_control(d / "memory.max", str(limit))
             if (d / "memory.swap.max").exists():
-                _write(d / "memory.swap.max", "0")
+                write_control(d / "memory.swap.max", "0")
         else:
             # memsw (memory+swap) must stay >= memory: order the writes by direction.
             memsw = d / "memory.memsw.limit_in_bytes"
             try:
-                _write(d / "memory.limit_in_bytes", str(limit))
+                write_control(d / "memory.limit_in_bytes", str(limit))
                 if memsw.exists():
-                    _write(memsw, str(limit))
+                    write_control(memsw, str(limit))
             except OSError as exc:
                 if exc.errno != errno.EINVAL or not memsw.exists():
                     raise
-                _write(memsw, str(limit))
-                _write(d / "memory.limit_in_bytes", str(limit))
+                write_control(memsw, str(limit))
+                write_control(d / "memory.limit_in_bytes", str(limit))
         self.memory_bytes = limit
 
     def set_pids(self, limit: int | None) -> None:
         d = self.path_for("pids")
         if d is not None:
-            _write(d / "pids.max", "max" if limit is None else str(limit))
+            write_control(d / "pids.max", "max" if limit is None else str(limit))
 
     def set_cpu(self, cores: float | None) -> None:
         d = self.path_for("cpu")
@@ -262,10 +255,10 @@ class Cgroup:
             return
         quota = -1 if not cores else max(1000, int(cores * CPU_PERIOD_US))
         if self.host.version == 2:
-            _write(d / "cpu.max", f"{'max' if quota < 0 else quota} {CPU_PERIOD_US}")
+            write_control(d / "cpu.max", f"{'max' if quota < 0 else quota} {CPU_PERIOD_US}")
         else:
-            _write(d / "cpu.cfs_period_us", str(CPU_PERIOD_US))
-            _write(d / "cpu.cfs_quota_us", str(quota))
+            write_control(d / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            write_control(d / "cpu.cfs_quota_us", str(quota))
 
     def oom_kills(self) -> int:
         name = "memory.events" if self.host.version == 2 else "memory.oom_control"
@@ -299,7 +292,7 @@ class Cgroup:
         if not spare and self.host.version == 2 and (self._mem_dir / "cgroup.kill").exists():
             if not self.pids():
                 return False
-            _write(self._mem_dir / "cgroup.kill", "1")
+            write_control(self._mem_dir / "cgroup.kill", "1")
             return True
         pids = self.pids()
         for pid in pids:
@@ -350,249 +343,3 @@ class Cgroup:
                 ok = False
                 log.warning("cannot remove cgroup", path=str(d), error=exc.strerror)
         return ok
-
-
-class CgroupPool:
-    """Pre-created instance cgroups under ``<parent>/<runtime>`` plus named zygote groups."""
-
-    def __init__(
-        self,
-        host: CgroupHost,
-        subtree: str,
-        *,
-        target_free: int,
-        pids_max: int | None,
-        cpu_cores: float | None,
-    ) -> None:
-        self.host = host
-        self.subtree = subtree.strip("/")
-        self.target_free = target_free
-        self.pids_max = pids_max
-        self.cpu_cores = cpu_cores
-        self._free: list[Cgroup] = []  # no owner yet
-        self._owned: dict[int, list[Cgroup]] = {}  # released groups, by owner uid
-        self._owned_count = 0
-        self._used: set[Cgroup] = set()
-        self._named: dict[str, Cgroup] = {}
-        self._counter = 0
-        self._wanting = 0  # acquirers waiting for a group
-        self._growing: trio.Event | None = None  # set when the batch being made is in
-
-    # --- lifecycle --------------------------------------------------------------
-
-    async def setup(self) -> None:
-        """Clear leftovers of a previous run, create the subtree and the first groups."""
-        if self.host.version == 2:
-            try:
-                identity.enter_daemon_leaf(self.host)
-            except OSError as exc:
-                raise CgroupError(
-                    f"cannot move the daemon into its own leaf cgroup ({exc.strerror}); "
-                    "run it with Delegate=yes or in the root group"
-                ) from None
-        await self.remove_subtree()
-        parts = self.subtree.split("/")
-        for i in range(1, len(parts) + 1):
-            Cgroup(self.host, "/".join(parts[:i])).create()
-            if self.host.version == 2:
-                self._enable_controllers("/".join(parts[: i - 1]))
-        if self.host.version == 2:
-            self._enable_controllers(self.subtree)
-        for _ in range(self.target_free):
-            self._free.append(self._new_instance_group())
-
-    def _enable_controllers(self, rel: str) -> None:
-        path = self.host.roots["unified"] / rel / "cgroup.subtree_control"
-        enabled = path.read_text().split()
-        missing = [c for c in REQUIRED if c not in enabled]
-        if missing:
-            _write(path, " ".join(f"+{c}" for c in missing))
-
-    async def remove_subtree(self) -> None:
-        """Kill and remove everything under the subtree (deepest first)."""
-        for root in self.host.roots.values():
-            base = root / self.subtree
-            if not base.is_dir():
-                continue
-            # The start-up sweep runs once, before anything is served.
-            for dirpath, _dirnames, _ in sorted(os.walk(base), key=lambda t: -len(t[0])):
-                rel = os.path.relpath(dirpath, root)  # noqa: ASYNC240
-                group = Cgroup(self.host, rel)
-                await group.kill_all()
-                try:
-                    os.rmdir(dirpath)
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    log.warning("cannot remove cgroup", path=dirpath, error=exc.strerror)
-
-    async def close(self) -> None:
-        self._free.clear()
-        self._owned.clear()
-        self._owned_count = 0
-        self._used.clear()
-        self._named.clear()
-        await self.remove_subtree()
-        # Parents above our subtree are shared with other runtimes: remove if empty.
-        parts = self.subtree.split("/")[:-1]
-        for i in range(len(parts), 0, -1):
-            Cgroup(self.host, "/".join(parts[:i])).remove_quietly()
-
-    # --- instance groups ----------------------------------------------------------
-
-    def _new_instance_group(self) -> Cgroup:
-        self._counter += 1
-        group = Cgroup(self.host, f"{self.subtree}/i-{self._counter}")
-        self._prepare(group)
-        return group
-
-    def _prepare(self, group: Cgroup) -> None:
-        group.create()
-        group.set_pids(self.pids_max)
-        group.set_cpu(self.cpu_cores)
-
-    async def acquire(self, memory_bytes: int, owner: int | None = None) -> Cgroup:
-        """A group for one instance: from the free list, else made in a worker thread.
-
-        Never mkdir on the event loop: a burst of 2,000 starts used to make
-        ~1,900 groups inline (0.3-10 ms each on a v1 host), stalling the whole
-        loop for seconds. Acquirers that find the list empty wait for one
-        batch made for all of them (one thread trip, not one per start).
-        With ``owner`` (a uid), the group is that uid's (see :meth:`Cgroup.own`):
-        one it had before, else a fresh one chowned now (three chowns).
-        """
-        while True:
-            mine = self._owned.get(owner) if owner is not None else None
-            if mine:  # its own, from before or reserved for it
-                group = mine.pop()
-                self._owned_count -= 1
-                break
-            if self._free:
-                group = self._free.pop()
-                if owner is not None:
-                    try:
-                        group.own(owner)
-                    except OSError:
-                        self._free.append(group)  # still nobody's: usable by the next start
-                        raise
-                break
-            self._wanting += 1
-            try:
-                await self._grow()
-            finally:
-                self._wanting -= 1
-        group.set_memory(memory_bytes)  # one write; none when the limit is unchanged
-        self._used.add(group)
-        return group
-
-    async def _grow(self) -> None:
-        if self._growing is not None:
-            await self._growing.wait()
-            return
-        # One for everyone waiting now (the rest of the burst), the pool's target at least.
-        await self._grow_by(min(GROW_BATCH_MAX, max(self._wanting, self.target_free)))
-
-    async def _grow_by(self, count: int, owner: int | None = None) -> None:
-        self._growing = trio.Event()
-        try:
-            await self._make(count, owner)
-        finally:
-            self._growing.set()
-            self._growing = None
-
-    async def reserve(self, count: int, owner: int | None = None) -> None:
-        """Make groups until ``count`` are free (``owner``'s, chowned in the thread too),
-        ahead of a burst known to come.
-
-        In batches of :data:`RESERVE_BATCH`, one worker-thread trip each:
-        starts take groups from each batch as soon as it is in, instead of
-        waiting, pool empty, for a batch made only once they ask.
-        """
-        have = len(self._free) if owner is None else len(self._owned.get(owner, ()))
-        missing = count - have
-        while missing > 0:
-            while self._growing is not None:
-                await self._growing.wait()
-            batch = min(RESERVE_BATCH, missing)
-            await self._grow_by(batch, owner)
-            missing -= batch
-
-    async def _make(self, count: int, owner: int | None = None) -> None:
-        groups = []
-        for _ in range(count):
-            self._counter += 1
-            groups.append(Cgroup(self.host, f"{self.subtree}/i-{self._counter}"))
-        made: list[Cgroup] = []
-
-        def prepare_all() -> None:
-            for group in groups:
-                self._prepare(group)
-                if owner is not None:
-                    group.own(owner)
-                made.append(group)
-
-        try:
-            await trio.to_thread.run_sync(prepare_all, limiter=_MKDIR_THREADS)
-        finally:
-            # What was made before a failure is usable.
-            if owner is None:
-                self._free.extend(made)
-            else:
-                self._owned.setdefault(owner, []).extend(made)
-                self._owned_count += len(made)
-
-    async def release(
-        self, group: Cgroup, spare: Collection[int] = (), *, reuse: bool = True
-    ) -> None:
-        """Empty ``group`` (never signalling ``spare``, see :meth:`Cgroup.kill_all`), keep it.
-
-        ``reuse=False``: remove it instead (a start failed in it: whatever
-        broke it must not fail the next start too).
-        """
-        self._used.discard(group)
-        emptied = await group.kill_all(spare=spare)
-        group.oom_baseline = group.oom_kills()
-        kept = len(self._free) + self._owned_count
-        if emptied and reuse and kept < 4 * self.target_free:
-            if group.owner is None:
-                self._free.append(group)
-            else:  # never to another uid
-                self._owned.setdefault(group.owner, []).append(group)
-                self._owned_count += 1
-        elif emptied:
-            # rmdir waits for the kernel to offline the group: not on the event loop.
-            await trio.to_thread.run_sync(group.remove, limiter=_MKDIR_THREADS)
-        else:
-            log.warning("cgroup did not empty; abandoning it", cgroup=group.rel)
-
-    async def refill(self) -> None:
-        """Top the free list up, off the start path (mkdir runs in a worker thread)."""
-        missing = self.target_free - len(self._free)
-        if missing > 0:
-            await self._make(missing)
-
-    @property
-    def free_count(self) -> int:
-        return len(self._free)
-
-    # --- named groups (zygotes) -----------------------------------------------------
-
-    def named(self, name: str, *, memory_bytes: int, pids_max: int | None) -> Cgroup:
-        group = self._named.get(name)
-        if group is None:
-            group = Cgroup(self.host, f"{self.subtree}/{name}")
-            self._named[name] = group
-        # Every (re)build: the group may have been removed behind our back
-        # (then its limits are gone too and must be written again).
-        if not group._mem_dir.is_dir():
-            group.memory_bytes = None
-        group.create()
-        group.set_memory(memory_bytes)
-        group.set_pids(pids_max)
-        return group
-
-    async def drop_named(self, name: str) -> None:
-        group = self._named.pop(name, None)
-        if group is not None:
-            await group.kill_all()
-            group.remove()

@@ -37,7 +37,8 @@ from huselet.config import FunctionSettings
 from huselet.config.table import ConfigTable
 from huselet.log import get_logger
 from huselet.runtime.base import Runtime, StartFailed
-from huselet.runtime.cgroups import Cgroup, CgroupPool
+from huselet.runtime.cgrouppool import CgroupPool
+from huselet.runtime.cgroups import Cgroup
 from huselet.runtime.children import ChildHandle, pump_output
 from huselet.runtime.identity import sandbox_subtree
 from huselet.runtime.isolation import (

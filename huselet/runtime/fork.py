@@ -53,7 +53,8 @@ from huselet.config.table import ConfigTable
 from huselet.errors import HuseletError
 from huselet.log import get_logger
 from huselet.runtime.base import InstanceHandle, InstanceSpec, StartFailed
-from huselet.runtime.cgroups import RESERVE_MAX, Cgroup, read_proc
+from huselet.runtime.cgrouppool import RESERVE_MAX
+from huselet.runtime.cgroups import Cgroup, read_proc
 from huselet.runtime.children import ChildHandle, SandboxHandle, StrayReaper, dial_link, pump_output
 from huselet.runtime.codeimage import code_key, code_ro_paths
 from huselet.runtime.common import MiB, SandboxRuntime, sandbox_plan

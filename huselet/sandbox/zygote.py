@@ -29,7 +29,7 @@ instance group's n directories and of its own group's n; it opens each
 and writes ``0`` (itself), clones, and goes home once no request is waiting
 (:class:`Placement`). The daemon needs no thread trip and no round trip per
 start: requests queue back to back. It never kills the zygote with a group it
-empties (:meth:`huselet.runtime.cgroups.CgroupPool.release` spares it).
+empties (:meth:`huselet.runtime.cgrouppool.CgroupPool.release` spares it).
 
 What the child does, and why it is written to touch few pages:
 :mod:`huselet.sandbox.instance`.

@@ -17,7 +17,8 @@ from huselet.admin.errors import AdminSocketInUse
 from huselet.config import Config, parse_config
 from huselet.health.recovery import RecoverySweep, SweepResult
 from huselet.health.supervisor import HealthState, HealthSupervisor
-from huselet.runtime.cgroups import CgroupHost, CgroupPool
+from huselet.runtime.cgrouppool import CgroupPool
+from huselet.runtime.cgroups import CgroupHost
 from huselet.runtime.identity import sandbox_subtree
 
 

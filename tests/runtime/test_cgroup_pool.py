@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from huselet.runtime.cgroups import Cgroup, CgroupHost, CgroupPool
+from huselet.runtime.cgrouppool import CgroupPool
+from huselet.runtime.cgroups import Cgroup, CgroupHost
 
 MiB = 1 << 20
 
