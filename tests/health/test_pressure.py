@@ -1,31 +1,28 @@
-"""Resource-pressure loops: the hysteresis decisions with plain numbers, each loop
-driven by scripted measurements against fakes, and the real parts — an ImageStore
-refusing installs under disk pressure, the ingress refusing connections, the
-/proc measurements."""
+"""Resource-pressure loops: the hysteresis decisions with plain numbers, the memory
+and disk loops driven by scripted measurements against fakes (pressurekit.py), and
+the real parts — an ImageStore refusing installs under disk pressure, the /proc
+measurements. The descriptor loop: test_fdpressure.py."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TypeVar
 
-import h11
 import pytest
 import trio
 import trio.testing
 from cache_testkit import build_image, variant
+from pressurekit import FakeDispatcher, FakeIngress, Script, ScriptedMemory
 
 from cache.origin import DirectoryOrigin
 from cache.store import ImageStore, LowDiskSpace
-from huselet.config import GatewaySettings, TcpAddress
 from huselet.config.health import HealthSettings
-from huselet.dispatch.invocation import InvokeResult
-from huselet.gateway import HttpIngress
 from huselet.health.counters import HealthCounter
-from huselet.health.fdpressure import FdPressure, FdSample
+from huselet.health.fdpressure import FdPressure
 from huselet.health.memsample import RollingMemorySampler
 from huselet.health.pressure import (
     Change,
@@ -92,56 +89,6 @@ def test_a_sawtooth_at_either_threshold_does_not_flap() -> None:
 def test_thresholds_must_differ() -> None:
     with pytest.raises(ValueError):
         Hysteresis(90, 90)
-
-
-# --- fakes
-
-
-class Script(Generic[T]):
-    """Returns the scripted samples one per call (the last one forever)."""
-
-    def __init__(self, samples: list[T]) -> None:
-        self.samples = samples
-
-    def next(self) -> T:
-        return self.samples.pop(0) if len(self.samples) > 1 else self.samples[0]
-
-
-class FakeDispatcher:
-    def __init__(self, idle: int = 0) -> None:
-        self.holds: list[str | None] = []
-        self.reaps: list[str] = []
-        self.idle = idle
-        self.pid_listeners: list[object] = []
-
-    def hold_starts(self, reason: str | None) -> None:
-        self.holds.append(reason)
-
-    def reap_idle(self, reason: str) -> int:
-        self.reaps.append(reason)
-        reaped, self.idle = self.idle, 0
-        return reaped
-
-    def watch_pids(self, listener: object) -> None:
-        self.pid_listeners.append(listener)
-
-
-class ScriptedMemory:
-    """A memory source returning what ``measure`` says (swap it to change the script)."""
-
-    def __init__(self, measure: Callable[[], MemorySample]) -> None:
-        self.measure = measure
-
-    async def sample(self) -> MemorySample:
-        return self.measure()
-
-
-class FakeIngress:
-    def __init__(self) -> None:
-        self.refusals: list[str | None] = []
-
-    def refuse_connections(self, reason: str | None) -> None:
-        self.refusals.append(reason)
 
 
 # --- MemoryPressure
@@ -230,80 +177,6 @@ async def test_low_host_memory_is_pressure_too() -> None:
     loop.source.measure = lambda: MemorySample(10 * MiB, 1, 330 * MiB)
     await loop.check(report)
     assert report.state is HealthState.OK and dispatcher.holds[-1] is None
-
-
-# --- FdPressure
-
-
-async def test_fd_pressure_refuses_connections_then_accepts_again() -> None:
-    dispatcher, ingress = FakeDispatcher(idle=2), FakeIngress()
-    script = Script([FdSample(n, 1000) for n in (500, 860, 800, 700, 690)])
-    loop = FdPressure(
-        ingress,
-        dispatcher,
-        interval_s=1,
-        enter_percent=85,
-        leave_percent=70,
-        measure=lambda: script.next(),
-    )
-    report = LoopReport("descriptors")
-    await loop.check(report)
-    assert ingress.refusals == [] and report.detail.startswith("500 of 1000 descriptors open")
-    await loop.check(report)
-    assert ingress.refusals == [
-        "the node is short of file descriptors: 860 of 1000 descriptors open (86.0%)"
-    ]
-    assert report.counters["instances_reaped"] == 2 and report.state is HealthState.DEGRADED
-    await loop.check(report)
-    await loop.check(report)  # 70 % exactly: not past leave
-    assert len(ingress.refusals) == 1 and report.state is HealthState.DEGRADED
-    await loop.check(report)
-    assert ingress.refusals[-1] is None and report.state is HealthState.OK
-    assert report.counters["entered"] == 1 and report.counters["left"] == 1
-
-
-async def test_ingress_answers_503_at_once_while_refusing(short_tmp: Path) -> None:
-    class Invoker:
-        draining = False
-
-        async def invoke(
-            self, function: str, event: bytes, kind: str, **kw: object
-        ) -> InvokeResult:
-            return InvokeResult(b"ok", "text/plain")
-
-    ingress = HttpIngress(
-        GatewaySettings(http=TcpAddress("127.0.0.1", 0), max_body_bytes=1024), Invoker()
-    )
-
-    async def get_healthz(port: int) -> tuple[int, bytes]:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            conn = h11.Connection(h11.CLIENT)
-            conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
-            status, body = 0, b""
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    return status, body
-
-    with trio.fail_after(GUARD_S):
-        async with trio.open_nursery() as nursery:
-            address = await nursery.start(ingress.run)
-            assert (await get_healthz(address.port))[0] == 200
-            ingress.refuse_connections("the node is short of file descriptors (900 of 1000)")
-            status, body = await get_healthz(address.port)
-            assert status == 503
-            assert b"short of file descriptors (900 of 1000)" in body
-            ingress.refuse_connections(None)
-            assert (await get_healthz(address.port))[0] == 200
-            nursery.cancel_scope.cancel()
 
 
 # --- DiskPressure with a real ImageStore
