@@ -8,8 +8,9 @@ connection) could open them all and leave nothing for anyone else. With
 is answered at once (HTTP: 429 with ``Retry-After``; framed: closed before
 HELLO) and its other connections are left alone.
 
-Keyed by the exact peer address, as the per-source rate limits are. Unix
-socket peers (``""``) are the daemon's own user: never capped. The table holds
+A source is what the per-source rate limits count too
+(:func:`huselet.tenants.sources.source_key`: an IPv4 address or an IPv6 /64).
+Unix socket peers (``""``) are the daemon's own user: never capped. The table holds
 only sources with a connection open, so it is bounded by the open connections.
 """
 
@@ -19,9 +20,14 @@ import socket
 
 import trio
 
+from huselet.tenants.sources import source_key
+
 
 def source_of(stream: trio.abc.Stream) -> str:
-    """The TCP peer's IP address; "" for a Unix socket (the daemon's own user)."""
+    """The TCP peer's IP address; "" for a Unix socket (the daemon's own user).
+
+    The address itself (CIDR lists match it); :class:`SourceConnections` keys it.
+    """
     if not isinstance(stream, trio.SocketStream) or stream.socket.family == socket.AF_UNIX:
         return ""
     try:
@@ -44,6 +50,7 @@ class SourceConnections:
         """Count a new connection from ``source``; False (not counted) if over its cap."""
         if not self.cap or not source:
             return True
+        source = source_key(source)
         held = self._open.get(source, 0)
         if held >= self.cap:
             self.refused += 1
@@ -55,6 +62,7 @@ class SourceConnections:
         """A connection :meth:`try_open` counted has ended."""
         if not self.cap or not source:
             return
+        source = source_key(source)
         held = self._open.get(source, 0) - 1
         if held > 0:
             self._open[source] = held
@@ -62,4 +70,4 @@ class SourceConnections:
             self._open.pop(source, None)
 
     def held(self, source: str) -> int:
-        return self._open.get(source, 0)
+        return self._open.get(source_key(source), 0)

@@ -13,6 +13,7 @@ import math
 from collections import OrderedDict
 
 from huselet.config.auth import RateLimit
+from huselet.tenants.sources import source_key
 
 
 class TokenBucket:
@@ -69,7 +70,8 @@ class Gate:
 
 
 class SourceBuckets:
-    """One bucket per source address, at most ``capacity`` of them (least recently used go).
+    """One bucket per source (:func:`~huselet.tenants.sources.source_key`), at most
+    ``capacity`` of them (least recently used go).
 
     Evicting a bucket forgets what it was owed; the bound is what keeps a flood
     of distinct addresses from costing unbounded memory.
@@ -81,6 +83,7 @@ class SourceBuckets:
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def get(self, source: str, now: float) -> TokenBucket:
+        source = source_key(source)  # an IPv6 /64 is one source
         bucket = self._buckets.get(source)
         if bucket is None:
             bucket = TokenBucket(self.limit, now)

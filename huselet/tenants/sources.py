@@ -1,8 +1,14 @@
-"""The ingress's source-address policy: CIDR allow and deny lists.
+"""The ingress's source-address policy: CIDR allow and deny lists, and what one
+"source" is for per-source limits.
 
 Deny wins over allow; an empty allow list allows every address not denied.
 IPv4-mapped IPv6 peers (``::ffff:10.0.0.1``, what a dual-stack listener
 reports) are matched as the IPv4 address they are.
+
+Per-source limits (the rate of ``auth.source_rate_per_s``, the connection share
+of ``gateway.max_connections_per_source``) count an IPv4 address, or an IPv6
+``/64``: one host is routinely given a whole /64, so keyed by full address a
+single client could spread over 2^64 "sources" and evade both.
 """
 
 from __future__ import annotations
@@ -11,6 +17,19 @@ import ipaddress
 from collections.abc import Sequence
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def source_key(peer: str) -> str:
+    """What a per-source limit counts ``peer`` as: its IPv4 address, or its IPv6 /64."""
+    if ":" not in peer:
+        return peer  # IPv4 (or "" / "?"): as it is, without parsing
+    try:
+        address = ipaddress.IPv6Address(peer.split("%", 1)[0])
+    except ValueError:
+        return peer
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
 def parse_networks(values: Sequence[str]) -> tuple[Network, ...]:

@@ -31,3 +31,12 @@ def test_unix_peers_and_a_zero_cap_are_never_limited() -> None:
     unlimited = SourceConnections(0)
     assert all(unlimited.try_open("10.0.0.1") for _ in range(10))
     assert capped.refused == unlimited.refused == 0
+
+
+def test_an_ipv6_64_shares_one_share() -> None:
+    sources = SourceConnections(2)
+    assert sources.try_open("2001:db8::1") and sources.try_open("2001:db8::2")
+    assert not sources.try_open("2001:db8::3")  # same /64: same host, same share
+    assert sources.try_open("2001:db8:0:1::1")  # another /64
+    sources.close("2001:db8::2")
+    assert sources.held("2001:db8::1") == 1 and sources.try_open("2001:db8::3")

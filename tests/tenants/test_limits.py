@@ -10,7 +10,7 @@ from huselet.tenants.limits import (
     TokenBucket,
     retry_after,
 )
-from huselet.tenants.sources import SourcePolicy, parse_networks
+from huselet.tenants.sources import SourcePolicy, parse_networks, source_key
 from huselet.tenants.stats import AdmissionStats, RateMeter, RefusalReason
 
 
@@ -47,6 +47,19 @@ def test_source_buckets_are_bounded() -> None:
     buckets.get("10.0.0.3", 0.0)
     assert len(buckets) == 2
     assert buckets.get("10.0.0.1", 0.0).ready(0.0)  # forgotten (least recently used)
+
+
+def test_an_ipv6_64_is_one_source_and_a_mapped_ipv4_its_address() -> None:
+    assert source_key("2001:db8::1") == source_key("2001:db8::ffff:7") == "2001:db8::/64"
+    assert source_key("2001:db8:0:1::1") != source_key("2001:db8::1")
+    assert source_key("::ffff:10.0.0.1") == source_key("10.0.0.1") == "10.0.0.1"
+    assert source_key("fe80::1%eth0") == "fe80::/64"
+    assert source_key("") == "" and source_key("garbage:x") == "garbage:x"
+    buckets = SourceBuckets(RateLimit(1.0, 1.0), capacity=8)
+    buckets.get("2001:db8::1", 0.0).take(0.0)
+    # Another address of the same /64 finds the bucket spent: one host, one rate.
+    assert not buckets.get("2001:db8::2", 0.0).ready(0.0)
+    assert buckets.get("2001:db8:0:1::2", 0.0).ready(0.0)
 
 
 def test_source_policy() -> None:
