@@ -167,10 +167,9 @@ class ForkRuntime(SandboxRuntime):
     async def _build_eager(self, fn: FunctionSettings) -> None:
         """Build a function's zygote at start, from the very code its requests get.
 
-        With packed code that is the image, not the package directory: one
-        zygote per function and code, and the first request finds it ready.
-        The code is held until the zygote is ready (so it cannot be evicted
-        mid-build); instances hold their own.
+        With packed code that is the image, not the package directory: one zygote per
+        function and code, and the first request finds it ready. The code is held until
+        the zygote is ready (so it cannot be evicted mid-build); instances hold their own.
         """
         if self.code is None:  # no code cache (tests, embedders): the package directory
             try:
