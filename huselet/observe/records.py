@@ -11,6 +11,7 @@ reader asks for them.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import ItemsView, Iterator, Mapping
 from typing import Any
 
@@ -34,8 +35,9 @@ class _Record(Mapping[str, Any]):
             return self.request_id
         return self.fields().get(key, default)
 
+    @abstractmethod
     def fields(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """Every field as the log and ``ctl logs`` show it (built on each call)."""
 
     def __getitem__(self, key: str) -> Any:
         return self.fields()[key]
