@@ -21,7 +21,9 @@ compares front ends; it does not sign).
    signed bytes with ``[auth]`` switched on and off by a reload: the
    verification alone. Across two daemons: ``signed - open+hdrs`` (the open
    daemon parsing the same signed headers), and ``open-b - open`` as the A/A
-   control (how far two daemons doing the same work differ).
+   control (how far two daemons doing the same work differ). ``framed:signed -
+   framed:open`` is the same one-daemon pairing over the framed ingress, with
+   pre-signed calls forwarded as is (``call(..., auth=...)``).
 3. **Noisy neighbour** (:mod:`tenant_noisy`): tenant ``quiet`` at a fixed
    rate (``--quiet-rate``, open loop) alone twice (idle-a, idle-b: the A/A
    control) and while tenant ``noisy`` (limit 20/s) offers ``--flood-rate``
@@ -51,15 +53,25 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from procstats import cpu_ns
-from tenant_load import BODY, NOISY, QUIET, p, raw_request, send_all
+from tenant_load import (
+    BODY,
+    NOISY,
+    QUIET,
+    p,
+    raw_request,
+    send_all,
+    send_framed,
+    signed_calls,
+)
 from tenant_noisy import noisy_neighbour, print_noisy
 
 from huselet.client.signing import AccessKey, format_timestamp, sign_request
@@ -104,7 +116,9 @@ def write_keys(root: Path) -> Path:
     return path
 
 
-def write_config(root: Path, name: str, port: int, *, signed: bool, auth: bool) -> Path:
+def write_config(
+    root: Path, name: str, port: int, framed: int, *, signed: bool, auth: bool
+) -> Path:
     """``signed``: the functions belong to tenants; ``auth``: signed requests are required."""
     # The replay cache has its default size (auth.replay_cache_mb): it holds the
     # whole skew window at the rates this bench reaches.
@@ -119,6 +133,7 @@ log_level = "warning"
 {section}
 [gateway]
 http = "127.0.0.1:{port}"
+framed = "127.0.0.1:{framed}"
 """
         + "".join(
             f"""
@@ -137,10 +152,16 @@ timeout_ms = 10000
     return config
 
 
-def start_daemon(root: Path, *, signed: bool) -> tuple[subprocess.Popen[str], int]:
-    port = free_port()
+class Node(NamedTuple):
+    proc: subprocess.Popen[str]
+    port: int  # HTTP
+    framed: int  # the framed ingress
+
+
+def start_daemon(root: Path, *, signed: bool) -> Node:
+    port, framed = free_port(), free_port()
     name = "signed" if signed else "open"
-    config = write_config(root, name, port, signed=signed, auth=signed)
+    config = write_config(root, name, port, framed, signed=signed, auth=signed)
     proc = subprocess.Popen(
         [sys.executable, "-m", "huselet", "run", "--config", str(config), "--log-level", "info"],
         stderr=subprocess.PIPE,
@@ -153,17 +174,18 @@ def start_daemon(root: Path, *, signed: bool) -> tuple[subprocess.Popen[str], in
     else:
         raise SystemExit(f"{name} daemon did not start")
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
-    return proc, port
+    return Node(proc, port, framed)
 
 
-def set_auth(root: Path, proc: subprocess.Popen[str], port: int, *, auth: bool) -> None:
+def set_auth(root: Path, node: Node, *, auth: bool) -> None:
     """Switch the signed daemon's ``[auth]`` on or off by a reload (SIGHUP), and wait for it.
 
     The same process, instances and memory either way: the paired difference
     of its two modes is the verification alone, without the spread between
     two daemons (the A/A control shows how large that is).
     """
-    write_config(root, "signed", port, signed=True, auth=auth)
+    proc, port = node.proc, node.port
+    write_config(root, "signed", port, node.framed, signed=True, auth=auth)
     proc.send_signal(signal.SIGHUP)
     want = 401 if auth else 200  # what an unsigned request gets in that mode
     deadline = time.monotonic() + 30
@@ -242,6 +264,7 @@ def in_process(n: int) -> dict[str, float]:
 
 def daemon_cpu(
     ports: dict[str, tuple[int, int]],
+    framed_ports: dict[str, tuple[int, int]],
     n: int,
     concurrency: int,
     rounds: int,
@@ -256,6 +279,8 @@ def daemon_cpu(
     difference shows). "same:open" and "same:signed" send the same kind of
     signed bytes to the signed daemon with ``[auth]`` switched off and on
     (``switch``, a reload): one process, so their difference is verification.
+    "framed:open" and "framed:signed" do the same over the framed ingress with
+    pre-signed calls (the same frames either way; an open node ignores ``auth``).
     """
     results = {}
     targets: dict[str, tuple[tuple[int, int], AccessKey | None, bool, bool | None]] = {
@@ -266,13 +291,26 @@ def daemon_cpu(
         "compact": (ports["signed"], QUIET, True, True),  # sign_request(..., compact=True)
         "same:open": (ports["signed"], QUIET, False, False),
         "same:signed": (ports["signed"], QUIET, False, True),
+        "framed:open": (framed_ports["signed"], QUIET, False, False),
+        "framed:signed": (framed_ports["signed"], QUIET, False, True),
     }
+
+    def send(name: str, port: int, key: AccessKey | None, count: int, compact: bool = False) -> Any:
+        if name.startswith("framed:"):
+            return trio.run(send_framed, port, "quiet", signed_calls("quiet", QUIET, count), 8)
+        return trio.run(
+            send_all,
+            port,
+            [raw_request(port, "quiet", key, compact=compact) for _ in range(count)],
+            8,
+        )
+
     samples: dict[str, list[tuple[float, float, list[float], dict[int, int]]]] = {
         name: [] for name in targets
     }
     auth_on = True
-    for (_pid, port), key, _, _ in targets.values():  # warm up instances and caches
-        trio.run(send_all, port, [raw_request(port, "quiet", key) for _ in range(500)], concurrency)
+    for name, ((_pid, port), key, _, _) in targets.items():  # warm up instances and caches
+        send(name, port, key, 500)
     order = list(targets)
     for r in range(rounds):  # interleaved, so drift (other load, frequency) hits all alike
         # Rotated each round, so no target always runs first or last.
@@ -282,12 +320,19 @@ def daemon_cpu(
                 switch(auth)
                 auth_on = auth
                 # Settle after the reload (its own work is not the requests').
-                trio.run(send_all, port, [raw_request(port, "quiet", key) for _ in range(200)], 8)
+                send(name, port, key, 200)
             # Pre-signed: the client's signing is not in the measured window.
-            batch = [raw_request(port, "quiet", key, compact=compact) for _ in range(n)]
+            if name.startswith("framed:"):
+                calls = signed_calls("quiet", QUIET, n)
+                go: Callable[[], Any] = partial(
+                    trio.run, send_framed, port, "quiet", calls, concurrency
+                )
+            else:
+                batch = [raw_request(port, "quiet", key, compact=compact) for _ in range(n)]
+                go = partial(trio.run, send_all, port, batch, concurrency)
             before = cpu_ns(pid)
             t0 = time.perf_counter()
-            lat, statuses = trio.run(send_all, port, batch, concurrency)
+            lat, statuses = go()
             wall = time.perf_counter() - t0
             samples[name].append(((cpu_ns(pid) - before) / n / 1e3, n / wall, lat, statuses))
     if not auth_on:
@@ -364,29 +409,33 @@ def main() -> None:
         for name in names:
             (root / name).mkdir()
             procs[name] = start_daemon(root / name, signed=name in ("signed", "alt"))
-        ports = {name: (proc.pid, port) for name, (proc, port) in procs.items()}
-        signed_proc, signed_port = procs["signed"]
+        ports = {name: (node.proc.pid, node.port) for name, node in procs.items()}
+        framed_ports = {name: (node.proc.pid, node.framed) for name, node in procs.items()}
+        signed_proc, signed_port = procs["signed"].proc, procs["signed"].port
 
         def switch(auth: bool) -> None:
-            set_auth(root / "signed", signed_proc, signed_port, auth=auth)
+            set_auth(root / "signed", procs["signed"], auth=auth)
 
         if "2" in parts:
-            cpu = daemon_cpu(ports, args.requests, args.concurrency, args.rounds, switch)
+            cpu = daemon_cpu(
+                ports, framed_ports, args.requests, args.concurrency, args.rounds, switch
+            )
             report["daemon"] = cpu
             print(
                 f"2. daemon CPU per request, {args.requests} requests x {args.rounds} rounds, "
                 f"concurrency {args.concurrency}:"
             )
             head = ("target", "cpu us/req", "req/s", "p50 ms", "p99 ms")
-            print("   {:<11} {:>10} {:>8} {:>7} {:>7}  statuses".format(*head))
+            print("   {:<13} {:>10} {:>8} {:>7} {:>7}  statuses".format(*head))
             for name, r in cpu.items():
                 print(
-                    f"   {name:<11} {r['daemon_cpu_us_per_request']:10.1f} {r['rps']:8.0f} "
+                    f"   {name:<13} {r['daemon_cpu_us_per_request']:10.1f} {r['rps']:8.0f} "
                     f"{r['p50_ms']:7.3f} {r['p99_ms']:7.3f}  {r['statuses']}"
                 )
             runs = {name: r["daemon_cpu_us_runs"] for name, r in cpu.items()}
             for label, a, b, note in (
                 ("same:signed - same:open", "same:signed", "same:open", "verification; < 20 us"),
+                ("framed:signed - framed:open", "framed:signed", "framed:open", "framed; < 20 us"),
                 ("signed - open+hdrs", "signed", "open+hdrs", "verification, two daemons"),
                 ("open+hdrs - open", "open+hdrs", "open", "h11 parsing the signed headers"),
                 ("signed - open", "signed", "open", "all a signed request costs"),
@@ -395,19 +444,19 @@ def main() -> None:
             ):
                 med, lo, hi = paired(runs[a], runs[b])
                 report[label] = {"median": med, "min": lo, "max": hi}
-                print(f"   {label:<23} {med:6.1f} us  (rounds {lo:.1f} .. {hi:.1f}; {note})")
+                print(f"   {label:<27} {med:6.1f} us  (rounds {lo:.1f} .. {hi:.1f}; {note})")
             rounded = {n: [round(x, 1) for x in r] for n, r in runs.items()}
             print(f"   runs (us/req): {rounded}")
         if "3" in parts:
-            elsewhere = procs["alt"][1]  # a short name: Unix socket paths are short
+            elsewhere = procs["alt"].port  # a short name: Unix socket paths are short
             nn = noisy_neighbour(signed_proc.pid, signed_port, args, args.noisy_rounds, elsewhere)
             report["noisy_neighbour"] = nn
             print_noisy(nn, args)
     finally:
-        for proc, _ in procs.values():
-            proc.terminate()
-        for proc, _ in procs.values():
-            proc.wait(30)
+        for node in procs.values():
+            node.proc.terminate()
+        for node in procs.values():
+            node.proc.wait(30)
     report["loadavg_after"] = loadavg()
     print(f"load average after: {loadavg()}")
     if args.json:

@@ -30,7 +30,7 @@ from protocol.ingress import (
     Reply,
     Welcome,
 )
-from protocol.ingress_signing import sign_call
+from protocol.ingress_signing import CallAuth, sign_call
 
 # Under glibc's 128 KiB mmap threshold: a recv() allocates its whole size first,
 # and at 256 KiB that was an mmap and an munmap per read (~15 µs).
@@ -59,6 +59,9 @@ class CallOptions(TypedDict, total=False):
 
     timeout_ms: int | None  # shortens the function's deadline, never lengthens it
     request_id: str | None  # [A-Za-z0-9._-]{1,64}; the node makes one otherwise
+    # A call signed elsewhere (the original caller, a gateway forwarding it), sent
+    # as is: its fields must be the ones it was signed for. Overrides ``key``.
+    auth: CallAuth | None
 
 
 def check_welcome(first: object) -> None:
@@ -80,8 +83,8 @@ def frame_call(
     """Number, sign (when ``key`` is given: now, with a fresh nonce) and encode one call."""
     timeout_ms = options.get("timeout_ms")
     request_id = options.get("request_id")
-    auth = None
-    if key is not None:
+    auth = options.get("auth")
+    if auth is None and key is not None:
         auth = sign_call(
             key.key_id,
             key.secret,

@@ -95,3 +95,30 @@ def test_framed_throttled_tenant_gets_429_with_retry_after(daemon: Daemon) -> No
     assert (r.error_code, r.error_reason) == ("rate_limited", "tenant_rate")
     assert r.retry_after_s is not None and r.retry_after_s >= 1
     assert daemon.status()["admission"]["refusals"]["tenant_rate"]["slow"] >= 1
+
+
+def test_framed_a_gateway_forwards_a_call_its_caller_signed(daemon: Daemon) -> None:
+    """``auth=`` sends a call signed elsewhere as is: the gateway holds no secret."""
+    event = b'{"fwd": 1}'
+
+    def signed_by_caller(fn: str, nonce: str) -> CallAuth:
+        return sign_call(
+            ACME_NEW.key_id,
+            ACME_NEW.secret,
+            fn,
+            event,
+            "json",
+            None,
+            date=format_timestamp(time.time()),
+            nonce=nonce,
+        )
+
+    with FramedClient.connect(daemon.framed_address()) as gateway:  # no key of its own
+        ok = gateway.call("acme-echo", event, "json", auth=signed_by_caller("acme-echo", "fwd-1"))
+        # Forwarded to another function than the caller signed for: not the call it signed.
+        moved = gateway.call(
+            "globex-echo", event, "json", auth=signed_by_caller("acme-echo", "fwd-2")
+        )
+    assert ok.status == 200, ok
+    assert json.loads(ok.body)["event"] == {"fwd": 1}
+    assert (moved.status, moved.error_reason) == (401, "bad_signature")
