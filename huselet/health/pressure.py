@@ -5,7 +5,8 @@ Each loop measures one resource every interval, feeds the number to a
 the healthy side, so a node hovering at the limit does not flap) and heals on
 the transitions:
 
-- :class:`DiskPressure` — free space of the state dir's file system. Enter:
+- :class:`DiskPressure` — free space of the state dir's file system (measured
+  on the loop's thread on a local file system, else in a worker thread). Enter:
   the cache refuses new images (:class:`cache.store.LowDiskSpace`, "refusing
   to install image …: state dir /x has 3.0% free (needs 10%)") and evicts
   every image no instance holds; installed images keep serving. Leave: new
@@ -42,6 +43,7 @@ import trio
 
 from huselet.config.health import HealthSettings
 from huselet.health.counters import HealthCounter
+from huselet.health.localfs import on_local_fs
 from huselet.health.supervisor import HealthLoop, HealthState, LoopReport
 from huselet.timegrid import sleep_on_grid
 
@@ -227,6 +229,10 @@ class DiskPressure:
         self.gate = Hysteresis(enter_free_percent, leave_free_percent)
         self.measure = measure
         self.last: DiskSample | None = None
+        # Measured on the loop's thread (no worker-thread trip, two wake-ups fewer
+        # each interval) once the state dir is known to be on a local file system.
+        self.inline: bool | None = None
+        self._on_local_fs = on_local_fs
 
     async def run(self, report: LoopReport) -> None:
         while True:
@@ -236,8 +242,12 @@ class DiskPressure:
     async def check(self, report: LoopReport) -> None:
         """One measurement and what follows from it."""
         try:
-            # statvfs can block for long on a network file system.
-            sample = await trio.to_thread.run_sync(self.measure, self.state_dir)
+            if self.inline is None:
+                self.inline = await trio.to_thread.run_sync(self._on_local_fs, self.state_dir)
+            if self.inline:
+                sample = self.measure(self.state_dir)
+            else:  # statvfs can block for long on a network file system
+                sample = await trio.to_thread.run_sync(self.measure, self.state_dir)
         except OSError as exc:
             report.counters[HealthCounter.MEASURE_ERRORS] += 1
             report.set(
