@@ -33,11 +33,7 @@ import trio
 
 # The grids a deadline may be rounded up to, coarsest first: each a multiple of
 # the lag probe's default 100 ms, so what is rounded wakes in its iterations.
-# 10 s and 5 s are for long waits (the 300 s liveness ping of instances the
-# kernel watches): 2,000 instances started over 20 s are pinged in 2-3 ticks
-# every 5 minutes, their answers read in bursts, not one tick and a dozen
-# wake-ups for every second of the start burst.
-GRIDS_S = (10.0, 5.0, 1.0, 0.5, 0.2, 0.1)
+GRIDS_S = (1.0, 0.5, 0.2, 0.1)
 
 
 def next_on_grid(now: float, period: float) -> float:

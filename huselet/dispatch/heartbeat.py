@@ -30,10 +30,9 @@ once and judged as above ("missed heartbeat"); a stopped busy one is stopped
 ``idle_heartbeat_interval_ms`` (default 5 minutes; 0: none), for a worker
 wedged without being stopped — so 2,000 idle instances cost the daemon a
 handful of wake-ups a second, not a thousand. Due times are rounded up onto
-:mod:`huselet.timegrid` (a 300 s check to 10 s, a 2 s one to 0.5 s, a 1 s
-answer timeout to 0.2 s): entries due within one grid step are one wake-up,
-shared with the health loops' ticks, and the answers to one tick's PINGs
-arrive together (read in a few wake-ups, not one each).
+:mod:`huselet.timegrid` (a 300 s check to the whole second, a 1 s answer
+timeout to 0.2 s): entries due within one grid step are one wake-up, shared
+with the health loops' ticks.
 """
 
 from __future__ import annotations
@@ -59,9 +58,6 @@ from protocol.link import PING_FRAME
 log = get_logger("pool")
 
 LOOP_STALL_S = 0.05  # woke this late: the event loop itself was stalled
-# Entries handled per task step: the coarse grid brings thousands due in one tick
-# (a PING each is a send), and the loop must not stall for all of them at once.
-BATCH_SLICE = 256
 
 # (due, tie-break, record, pinged_at or None for a plain check, chained): an
 # entry is chained when it is the record's periodic one (it schedules the
@@ -161,16 +157,12 @@ class Heartbeats:
                     self._wakeup = await sleep_until_woken(due, self._wakeup)
                     continue
                 now = trio.current_time()
-                done = 0
                 while self._heap and self._heap[0][0] <= now:
                     due, _, record, pinged_at, chained = heapq.heappop(self._heap)
                     if pinged_at is None:
                         self._check(record, now)
                     else:
                         self._judge(record, due, pinged_at, now, chained)
-                    done += 1
-                    if done % BATCH_SLICE == 0:
-                        await trio.lowlevel.checkpoint()  # thousands due at once: others run
                 await trio.lowlevel.checkpoint()  # a long batch still lets others run
         finally:
             self._running = False
