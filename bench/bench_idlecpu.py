@@ -35,25 +35,28 @@ from bench_density import Daemon, idle_cpu
 HERE = Path(__file__).resolve().parent.parent
 
 
-def wakeups(pid: int) -> int:
-    """Voluntary context switches summed over the live threads of ``pid``."""
-    total = 0
+def wakeups(pid: int) -> dict[str, int]:
+    """Voluntary context switches of each live thread of ``pid``."""
+    counts = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 for line in f:
                     if line.startswith("voluntary_ctxt_switches:"):
-                        total += int(line.split()[1])
+                        counts[tid] = int(line.split()[1])
         except OSError:
             continue  # the thread exited meanwhile
-    return total
+    return counts
 
 
 def idle_cpu_and_wakeups(pid: int, seconds: float) -> tuple[float, bool, float]:
-    """``idle_cpu`` over the window, and the wake-ups per second in it."""
+    """``idle_cpu`` over the window, and the wake-ups per second in it (of the threads
+    alive at its end: a worker thread that exited inside it takes its own along)."""
     before, t0 = wakeups(pid), time.monotonic()
     pct, rough = idle_cpu(pid, seconds)
-    return pct, rough, (wakeups(pid) - before) / (time.monotonic() - t0)
+    after = wakeups(pid)
+    woke = sum(n - before.get(tid, 0) for tid, n in after.items())
+    return pct, rough, woke / (time.monotonic() - t0)
 
 
 def run_pair(root: Path, n: int, trees: dict[str, Path], windows: int, timeout_s: float) -> None:
