@@ -9,7 +9,10 @@ Here both daemons (``bench_density``'s configuration: one ``fork`` function
 with ``min_instances = max_instances = N``) start together, and once both
 have N idle instances their CPU (``procstats.cpu_ns`` via
 ``bench_density.idle_cpu``) is read over the same windows: 3 s right after
-("early"), then ``--windows`` windows of 10 s from 20 s on ("settled"). The
+("early"), then ``--windows`` windows of 10 s from 20 s on ("settled"), with
+the daemon's wake-ups per second beside each figure: the voluntary context
+switches of all its threads (``/proc/PID/task/*/status``), one per sleep that
+ended — an event-loop wake-up, or a worker thread's job. The
 other checkout's daemon runs from its own tree (``python -m huselet`` with
 that tree as working directory); the instances' worker code is this venv's.
 Needs root (fork isolation), like bench_density.
@@ -18,6 +21,7 @@ Needs root (fork isolation), like bench_density.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,6 +33,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_density import Daemon, idle_cpu
 
 HERE = Path(__file__).resolve().parent.parent
+
+
+def wakeups(pid: int) -> dict[str, int]:
+    """Voluntary context switches of each live thread of ``pid``."""
+    counts = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        counts[tid] = int(line.split()[1])
+        except OSError:
+            continue  # the thread exited meanwhile
+    return counts
+
+
+def idle_cpu_and_wakeups(pid: int, seconds: float) -> tuple[float, bool, float]:
+    """``idle_cpu`` over the window, and the wake-ups per second in it (of the threads
+    alive at its end: a worker thread that exited inside it takes its own along)."""
+    before, t0 = wakeups(pid), time.monotonic()
+    pct, rough = idle_cpu(pid, seconds)
+    after = wakeups(pid)
+    woke = sum(n - before.get(tid, 0) for tid, n in after.items())
+    return pct, rough, woke / (time.monotonic() - t0)
 
 
 def run_pair(root: Path, n: int, trees: dict[str, Path], windows: int, timeout_s: float) -> None:
@@ -55,10 +83,10 @@ def run_pair(root: Path, n: int, trees: dict[str, Path], windows: int, timeout_s
         def window(seconds: float) -> str:
             with ThreadPoolExecutor(len(daemons)) as pool:
                 pids = [d.proc.pid for d in daemons.values() if d.proc is not None]
-                got = list(pool.map(lambda pid: idle_cpu(pid, seconds), pids))
+                got = list(pool.map(lambda pid: idle_cpu_and_wakeups(pid, seconds), pids))
             return "  ".join(
-                f"{side} {pct:.2f}%{'~' if rough else ''}"
-                for side, (pct, rough) in zip(daemons, got, strict=True)
+                f"{side} {pct:.2f}%{'~' if rough else ''} {wakes:.1f} wake-ups/s"
+                for side, (pct, rough, wakes) in zip(daemons, got, strict=True)
             )
 
         print(f"  early (3 s): {window(3.0)}", flush=True)

@@ -37,6 +37,7 @@ from cache.store import ImageStore
 from huselet.code.counters import PrefetchCounter
 from huselet.errors import BadRequest, HuseletError
 from huselet.log import get_logger
+from huselet.timegrid import sleep_on_grid
 
 log = get_logger("prefetch")
 
@@ -280,7 +281,8 @@ class Prefetcher:
     async def _predict_loop(self) -> None:
         assert self.invocation_counts is not None
         while True:
-            await trio.sleep(self.tuning.tick_s)
+            # On the shared grid: wakes with the health loops, not a wake-up of its own.
+            await sleep_on_grid(self.tuning.tick_s)
             self.predict_once()
 
     def predict_once(self) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import trio
 
+from huselet.health.localfs import mounts
 from huselet.runtime.cgroups import CgroupHost
 
 PROBE_TIMEOUT_S = 0.5
@@ -130,13 +131,4 @@ def remove_empty_tree(path: Path) -> bool:
 
 
 def mount_points(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
-    points = []
-    try:
-        for line in Path(mountinfo).read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 4:
-                # Octal escapes (\040 for a space) as the kernel writes them.
-                points.append(fields[4].encode().decode("unicode_escape"))
-    except OSError:
-        pass
-    return points
+    return [point for point, _ in mounts(mountinfo)]

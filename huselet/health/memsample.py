@@ -7,7 +7,9 @@ core on it (issue 12). :class:`RollingMemorySampler` keeps each instance's
 last size and, per tick, measures new instances first (an instance that just
 started is what changes the total), in one worker-thread trip bounded by a
 time budget (``budget_s``) and a count (``per_call``), then a few
-(``refresh_per_call``) of the ones measured longest ago. Instances not
+(``refresh_per_call`` per tick) of the ones measured longest ago — those only
+every ``refresh_every`` ticks or along with new ones, so an idle node's
+memory tick is one ``MemAvailable`` read on the loop's thread nine times in ten. Instances not
 measured yet count as the mean of those that are, so a burst of starts shows
 in the total at once, and the sample says how many wait (``pending``): the
 memory loop then ticks every 200 ms until they are measured, so 2,000 new
@@ -50,6 +52,13 @@ READ_BUDGET_S = 0.02
 # of an idle node's cost after the per-tick walks went). 2,000 instances are
 # refreshed every ~8 minutes; new ones are still measured 16 a tick.
 REFRESH_PER_CALL = 4
+# Refreshes are read in one trip every this many ticks (REFRESH_PER_CALL for each
+# tick since the last trip: the same reads per second), or with the next trip that
+# reads new instances. A trip is two extra event-loop wake-ups (the worker thread's
+# answer, then the loop's task) on top of the tick: every second, that was the
+# largest periodic cost of an idle node with instances left (issue 12); the other
+# ticks read MemAvailable on the loop's thread.
+REFRESH_EVERY = 10
 # Stale queue entries (ended or re-measured instances) are dropped lazily; a
 # queue is compacted once it holds this many more entries than it needs.
 COMPACT_SLACK = 64
@@ -63,6 +72,7 @@ class RollingMemorySampler:
         per_call: int = PER_CALL,
         *,
         refresh_per_call: int = REFRESH_PER_CALL,
+        refresh_every: int = REFRESH_EVERY,
         budget_s: float | None = READ_BUDGET_S,
         read: Callable[[int], int | None] = process_memory_bytes,
         available: Callable[[], int] = lambda: host_memory()[1],
@@ -73,7 +83,11 @@ class RollingMemorySampler:
         if budget_s is not None and not budget_s > 0:
             raise ValueError(f"budget_s must be positive (or None: no bound), got {budget_s}")
         self.per_call = per_call
+        if refresh_every < 1:
+            raise ValueError(f"refresh_every must be at least 1, got {refresh_every}")
         self.refresh_per_call = max(1, min(refresh_per_call, per_call))
+        self.refresh_every = refresh_every
+        self._ticks_unrefreshed = 0  # ticks since the last one that refreshed
         self.budget_s = budget_s
         self._clock = clock
         self._read = read
@@ -111,14 +125,20 @@ class RollingMemorySampler:
     # --- one tick ---------------------------------------------------------------------
 
     def due(self) -> list[int]:
-        """The pids to measure now: at most ``per_call``, new ones first, then (at most
-        ``refresh_per_call`` of) the ones measured longest ago."""
+        """The pids to measure now: at most ``per_call``, new ones first, then, on a
+        tick that reads anyway or every ``refresh_every`` ticks, ``refresh_per_call``
+        per tick since the last refresh of the ones measured longest ago."""
         batch: dict[int, None] = {}  # ordered, and O(1) membership for a batch of 1,024
         while self._new and len(batch) < self.per_call:
             pid = self._new.popleft()
             if self._unmeasured(pid):
                 batch[pid] = None
-        limit = min(self.per_call, len(batch) + self.refresh_per_call)
+        self._ticks_unrefreshed += 1
+        if not batch and self._ticks_unrefreshed < self.refresh_every:
+            return []  # no trip this tick: the refreshes wait for the batch
+        refresh = self.refresh_per_call * self._ticks_unrefreshed
+        self._ticks_unrefreshed = 0
+        limit = min(self.per_call, len(batch) + refresh)
         while self._order and len(batch) < limit:
             pid, stamp = self._order.popleft()
             entry = self._sizes.get(pid)

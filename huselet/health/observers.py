@@ -4,7 +4,8 @@ Instance deaths, missed heartbeats and deadline kills are noticed and mended
 inside each function's pool, at once (pidfd, heartbeat task, deadline) — a
 loop polling for them would only be slower. These loops turn the pools'
 counters into one report per fault class: its state, the last healing action
-and counters, each sampled every ``period_s``.
+and counters, each sampled every ``period_s`` (1 s: on the grid tick the
+other 1 s loops wake on; at 0.5 s they were an idle node's only other wake-up).
 
 - ``instances``: dead, stuck and silent instances replaced; requests retried.
 - ``crash_loops``: functions whose circuit breaker is open.
@@ -62,7 +63,7 @@ RECENT_S = 10.0  # a fault this recent keeps the loop degraded
 class InstanceLiveness:
     name = "instances"
 
-    def __init__(self, dispatcher: PoolsView, *, period_s: float = 0.5) -> None:
+    def __init__(self, dispatcher: PoolsView, *, period_s: float = 1.0) -> None:
         self.dispatcher = dispatcher
         self.period_s = period_s
 
@@ -97,7 +98,7 @@ class InstanceLiveness:
 class CrashLoops:
     name = "crash_loops"
 
-    def __init__(self, dispatcher: PoolsView, *, period_s: float = 0.5) -> None:
+    def __init__(self, dispatcher: PoolsView, *, period_s: float = 1.0) -> None:
         self.dispatcher = dispatcher
         self.period_s = period_s
 

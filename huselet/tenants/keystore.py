@@ -2,7 +2,9 @@
 
 A change is noticed by polling the file's identity (inode, size, mtime) every
 ``keys_poll_ms``: one ``stat`` per period, which also works where inotify does
-not (network file systems, bind mounts, editors that replace the file). A
+not (network file systems, bind mounts, editors that replace the file). The
+poll wakes on :mod:`huselet.timegrid` with the health loops, and not at all
+while no keys file is configured (an idle node's wake-ups, issue 12). A
 file that fails validation is refused with its error and the ring in use
 stays; ``huselet ctl keys`` shows the error until a good file arrives.
 """
@@ -20,6 +22,7 @@ import trio
 from huselet.errors import ConfigError
 from huselet.log import get_logger
 from huselet.tenants.keys import EMPTY_RING, KeyRing, read_keys_file
+from huselet.timegrid import sleep_on_grid
 
 log = get_logger("tenants")
 
@@ -38,6 +41,7 @@ class KeyStore:
         self._identity: Identity | None = None
         # Called with the new ring after every successful (re)load.
         self.on_change: Callable[[KeyRing], None] | None = None
+        self._retargeted = trio.Event()  # set when a reload names a keys file
 
     @property
     def enabled(self) -> bool:
@@ -76,6 +80,7 @@ class KeyStore:
             return
         self.path = path
         self._identity = None
+        self._retargeted.set()
         if path is None:
             self.ring = EMPTY_RING
             if self.on_change is not None:
@@ -106,7 +111,12 @@ class KeyStore:
         """Poll the file for changes until cancelled."""
         task_status.started()
         while True:
-            await trio.sleep(self.poll_s)
+            if self.path is None:
+                # Nothing to poll: sleep until a reload names a keys file.
+                await self._retargeted.wait()
+                self._retargeted = trio.Event()
+                continue
+            await sleep_on_grid(self.poll_s)
             if self.path is not None and self._stat() != self._identity:
                 await self.reload()
 

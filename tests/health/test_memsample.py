@@ -37,7 +37,9 @@ def follow(sampler: RollingMemorySampler, pids: list[int]) -> LivePids:
 
 def test_reads_at_most_per_call_and_converges_to_the_exact_total() -> None:
     proc = FakeProc({pid: pid * 1000 for pid in range(1, 101)})
-    sampler = RollingMemorySampler(10, refresh_per_call=10, read=proc.read, available=lambda: 7)
+    sampler = RollingMemorySampler(
+        10, refresh_per_call=10, refresh_every=1, read=proc.read, available=lambda: 7
+    )
     follow(sampler, list(proc.sizes))
     first = sampler.measure_now()
     assert len(proc.reads) == 10
@@ -98,7 +100,9 @@ def test_a_reused_pid_is_measured_afresh() -> None:
 def test_per_tick_work_does_not_grow_with_the_instances() -> None:
     """Idle ticks cost per_call reads and nothing that walks every pid (issue 12)."""
     proc = FakeProc({pid: 1000 for pid in range(1, 5001)})
-    sampler = RollingMemorySampler(16, refresh_per_call=16, read=proc.read, available=lambda: 0)
+    sampler = RollingMemorySampler(
+        16, refresh_per_call=16, refresh_every=1, read=proc.read, available=lambda: 0
+    )
     live = follow(sampler, list(proc.sizes))
 
     class Counting(set[int]):
@@ -118,7 +122,9 @@ def test_per_tick_work_does_not_grow_with_the_instances() -> None:
 
 def test_idle_ticks_refresh_only_a_few_while_new_instances_get_the_full_slice() -> None:
     proc = FakeProc({pid: 1000 for pid in range(1, 101)})
-    sampler = RollingMemorySampler(16, refresh_per_call=4, read=proc.read, available=lambda: 0)
+    sampler = RollingMemorySampler(
+        16, refresh_per_call=4, refresh_every=1, read=proc.read, available=lambda: 0
+    )
     live = follow(sampler, list(proc.sizes))
     for _ in range(7):  # 100 new ones, 16 a tick
         sampler.measure_now()
@@ -136,6 +142,29 @@ def test_idle_ticks_refresh_only_a_few_while_new_instances_get_the_full_slice() 
     assert sampler.measure_now().used_bytes == 120 * 1000
 
 
+def test_idle_ticks_refresh_in_one_trip_every_few_ticks_at_the_same_rate() -> None:
+    """Nothing new: nine ticks of ten read no instance (no worker-thread trip, two
+    event-loop wake-ups fewer each), the tenth reads the ten ticks' refreshes at once;
+    a tick that reads new instances takes the refreshes owed so far along."""
+    proc = FakeProc({pid: 1000 for pid in range(1, 101)})
+    sampler = RollingMemorySampler(64, refresh_per_call=4, read=proc.read, available=lambda: 0)
+    live = follow(sampler, list(proc.sizes))
+    sampler.measure_now()
+    sampler.measure_now()  # 100 new ones, 64 a tick; the second had room for 4 refreshes
+    proc.reads.clear()
+    for _ in range(9):
+        assert sampler.due() == []
+    assert sampler.measure_now().used_bytes == 100 * 1000
+    assert proc.reads == list(range(5, 45))  # 4 a tick for 10 ticks, oldest first
+    proc.reads.clear()
+    for _ in range(2):
+        assert sampler.due() == []
+    proc.sizes[101] = 1000
+    live.add(101, 101)
+    sampler.measure_now()
+    assert proc.reads == [101, *range(45, 57)]  # the new one, and 3 ticks' refreshes
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     steps=st.lists(
@@ -146,7 +175,7 @@ def test_idle_ticks_refresh_only_a_few_while_new_instances_get_the_full_slice() 
 def test_after_enough_calls_the_total_is_exact(steps: list[dict[int, int]], per_call: int) -> None:
     proc = FakeProc({})
     sampler = RollingMemorySampler(
-        per_call, refresh_per_call=per_call, read=proc.read, available=lambda: 0
+        per_call, refresh_per_call=per_call, refresh_every=1, read=proc.read, available=lambda: 0
     )
     live = LivePids()
     live.subscribe(sampler)

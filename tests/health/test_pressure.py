@@ -32,6 +32,7 @@ from huselet.health.pressure import (
     MemoryPressure,
     MemorySample,
     build_pressure_loops,
+    host_memory,
     measure_disk,
     measure_memory,
     process_memory_bytes,
@@ -387,3 +388,18 @@ async def test_memory_loop_measures_a_burst_of_new_instances_within_seconds(
     assert loop.last is not None and loop.last.instances == 300
     assert loop.last.used_bytes == 300 * MiB
     assert took < 10  # Trio (mock) time: at the 60 s interval it would take 30 minutes
+
+
+def test_host_memory_reads_the_live_meminfo_through_one_kept_descriptor() -> None:
+    fresh = {
+        line.split(":")[0]: int(line.split()[1]) * 1024
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith(("MemTotal:", "MemAvailable:"))
+    }
+    total, available = host_memory()
+    assert total == fresh["MemTotal"]
+    assert available == pytest.approx(fresh["MemAvailable"], rel=0.2)
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        assert host_memory()[0] == total  # pread at offset 0: the whole file each time
+    assert len(os.listdir("/proc/self/fd")) == fds

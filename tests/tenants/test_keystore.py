@@ -66,3 +66,36 @@ def test_retarget_to_no_file_empties_the_ring(tmp_path: Path) -> None:
     store.load()
     store.retarget(None)
     assert not store.ring.keys and not store.enabled
+
+
+class TaskSteps(trio.abc.Instrument):
+    """How many times each task ran a step."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task.name] = self.steps.get(task.name, 0) + 1
+
+
+async def test_without_a_keys_file_the_poll_never_wakes_until_a_reload_names_one(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An idle node without tenants' keys must not pay a wake-up a second (issue 12)."""
+    store = KeyStore(None, poll_s=1.0)
+    counter = TaskSteps()
+    trio.lowlevel.add_instrument(counter)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run, name="keystore")
+            await trio.sleep(600)  # ten minutes of Trio time
+            assert counter.steps.get("keystore", 0) <= 2  # started, then parked for good
+            path = tmp_path / "keys.toml"
+            write(path, GOOD.format(n="ONE1"))
+            store.retarget(path)  # a reload names a file: polled from now on
+            with trio.fail_after(30):
+                while "HKONE1" not in store.ring.keys:
+                    await trio.sleep(0.5)
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(counter)
