@@ -180,18 +180,25 @@ class InstanceConfinement:
         if plan.isolate and plan.seccomp:
             add("seccomp", _instance_filter().load)
         self.steps = tuple(steps)
+        # What the loop in apply() reads: only the call and its arguments (each
+        # object it unpacks is a reference count written, a page copied).
+        self.calls = tuple((call, args) for _, call, args, _ in steps)
 
     def apply(self) -> None:
-        for what, call, args, optional in self.steps:
+        for step, (call, args) in enumerate(self.calls):
             try:
                 result = call(*args)
             except OSError as exc:
-                if not optional:
-                    raise SandboxError(f"{what}: {exc}") from None
-                continue
-            # A libc call (ctypes) fails with a negative result and errno set.
-            if result is not None and result < 0 and not optional:
-                raise SandboxError(f"{what}: {linux.failed(what)}")
+                self._failed(step, exc)
+            else:
+                # A libc call (ctypes) fails with a negative result and errno set.
+                if result is not None and result < 0:
+                    self._failed(step, linux.failed(self.steps[step][0]))
+
+    def _failed(self, step: int, exc: OSError) -> None:
+        what, _, _, optional = self.steps[step]
+        if not optional:
+            raise SandboxError(f"{what}: {exc}") from None
 
 
 def _write_file(path: bytes, data: bytes) -> None:
