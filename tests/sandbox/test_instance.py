@@ -91,3 +91,25 @@ def test_private_tmp_steps_make_each_directory_once(tmp_path: Path) -> None:
 
 def test_without_kept_paths_a_private_tmp_is_one_mount() -> None:
     assert [what for what, _, _ in rootfs.private_tmp_steps(8, [])] == ["tmp"]
+
+
+FILTERS = """
+def _filters():
+    with open("/proc/self/status") as f:
+        return int(next(l for l in f if l.startswith("Seccomp_filters:")).split()[1])
+
+IN_ZYGOTE = _filters()  # init code runs in the zygote, under its own filter
+
+def handler(event, ctx):
+    return {"zygote": IN_ZYGOTE, "instance": _filters()}
+"""
+
+
+async def test_an_instance_stacks_its_own_seccomp_filter_on_the_zygotes(short_tmp: Path) -> None:
+    # Mount and namespace creation, which the zygote's filter must allow for
+    # the clone, are refused by the instance's own filter. Without capabilities
+    # the escape probes (conformance suite) see EPERM either way: count it.
+    async with fork_stack(short_tmp, "f", FILTERS) as stack:
+        with trio.fail_after(60):
+            seen = await invoke_json(stack, "f", {})
+    assert seen["zygote"] >= 1 and seen["instance"] == seen["zygote"] + 1, seen

@@ -17,7 +17,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import termios
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 from support import WAIT_S, wait_until, write_package
 
+from huselet.runtime.zygote import zygote_command
 from huselet.sandbox.confine import SandboxPlan
 from huselet.sandbox.zygote import receive
 from huselet.worker import sdk
@@ -54,8 +54,7 @@ def zygote(short_tmp: Path) -> Iterator[socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.settimeout(WAIT_S)
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-B", "-u", "-m", "huselet.sandbox.zygote"]
-        + ["--control-fd", str(theirs.fileno())],
+        [*zygote_command(), "--control-fd", str(theirs.fileno())],
         pass_fds=[theirs.fileno()],
     )
     theirs.close()
