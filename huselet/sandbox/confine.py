@@ -148,13 +148,15 @@ class InstanceConfinement:
     """
 
     def __init__(self, plan: SandboxPlan, keep_in_tmp: list[str]) -> None:
-        # (what failed, call, arguments, a failure that may be ignored)
-        steps: list[tuple[str, Any, tuple[Any, ...], bool]] = []
+        # (what failed, call, arguments, a failure that may be ignored, the
+        # libc call a negative result comes from, or "")
+        steps: list[tuple[str, Any, tuple[Any, ...], bool, str]] = []
 
         def add(what: str, call: Any, args: tuple[Any, ...] = (), optional: bool = False) -> None:
+            libc = ""
             if isinstance(call, linux.PreparedCall):
-                call, args = call.fn, call.args
-            steps.append((what, call, args, optional))
+                call, args, libc = call.fn, call.args, call.what
+            steps.append((what, call, args, optional, libc))
 
         if plan.isolate and plan.userns:
             # Not os.getuid(): inside the new user namespace it reads 65534 until mapped.
@@ -182,7 +184,7 @@ class InstanceConfinement:
         self.steps = tuple(steps)
         # What the loop in apply() reads: only the call and its arguments (each
         # object it unpacks is a reference count written, a page copied).
-        self.calls = tuple((call, args) for _, call, args, _ in steps)
+        self.calls = tuple((call, args) for _, call, args, _, _ in steps)
 
     def apply(self) -> None:
         for step, (call, args) in enumerate(self.calls):
@@ -193,10 +195,10 @@ class InstanceConfinement:
             else:
                 # A libc call (ctypes) fails with a negative result and errno set.
                 if result is not None and result < 0:
-                    self._failed(step, linux.failed(self.steps[step][0]))
+                    self._failed(step, linux.failed(self.steps[step][4]))
 
     def _failed(self, step: int, exc: OSError) -> None:
-        what, _, _, optional = self.steps[step]
+        what, _, _, optional, _ = self.steps[step]
         if not optional:
             raise SandboxError(f"{what}: {exc}") from None
 
