@@ -211,8 +211,13 @@ def instance_main(
             data = recv(_RECEIVE_BYTES)
             first = None
             if len(data) == _HEADER_SIZE + int.from_bytes(data[:_HEADER_SIZE], "big"):
-                # The whole WELCOME in one read, as the daemon sends it.
-                first = unpackb(data[_HEADER_SIZE:], raw=False, strict_map_key=True)
+                # The whole WELCOME in one read, as the daemon sends it. Not
+                # msgpack (msgpack's errors are ValueErrors): the decoder below
+                # says so as the SDK would (MalformedFrame).
+                try:
+                    first = unpackb(data[_HEADER_SIZE:], raw=False, strict_map_key=True)
+                except ValueError:
+                    first = None
             if type(first) is not dict:
                 link.decoder.receive_data(data)
                 first = link.receive()

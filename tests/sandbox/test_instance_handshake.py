@@ -148,3 +148,14 @@ def test_prepared_hello_is_byte_for_byte_the_sdks() -> None:
     for instance_id, token, pid in [("a", "t", 1), ("x" * 40, "y" * 300, 2**31)]:
         expected = encode_frame(Hello(PROTO_VERSION, instance_id, token, pid).encode())
         assert hello.frame(instance_id, token, pid) == expected
+
+
+def test_a_welcome_that_is_not_msgpack_fails_the_link_typed(zygote: socket.socket) -> None:
+    inst = Instance(zygote, "echo-3")
+    try:
+        assert message_type(inst.receive()) == "hello"
+        inst.link.sendall(b"\x00\x00\x00\x01\xc1")  # 0xc1: a byte msgpack never uses
+    finally:
+        code = inst.exit_code()
+    assert code == sdk.EXIT_LINK_FAILED
+    assert b"link to daemon failed: frame is not valid msgpack" in inst.output.read()
