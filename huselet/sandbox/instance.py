@@ -121,11 +121,6 @@ class InstanceSetup:
             (sock.sendall, sock.recv, hello, b"".join, self.link, msgpack.unpackb, sdk.READY_PULL),
         )
 
-    @property
-    def signals(self) -> tuple[tuple[int, Any], ...]:
-        """The (signal, disposition) pairs each instance resets."""
-        return self.flat[1][2]
-
 
 class _Exit(Exception):
     """Leave :func:`instance_main` with ``code`` (already reported)."""
