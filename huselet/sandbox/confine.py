@@ -143,12 +143,21 @@ class InstanceConfinement:
     Every path, map, flag and ctypes argument is built here, so an instance's
     confinement is one loop of system calls: the Python objects a freshly
     cloned child touches are the pages it copies (bench_density: PSS per idle
-    instance).
+    instance). A libc call is kept as its ctypes function and converted
+    arguments (a negative result is its failure), not as a Python wrapper.
     """
 
     def __init__(self, plan: SandboxPlan, keep_in_tmp: list[str]) -> None:
-        # (what failed, call, arguments, a failure that may be ignored)
-        steps: list[tuple[str, Any, tuple[Any, ...], bool]] = []
+        # (what failed, call, arguments, a failure that may be ignored, the
+        # libc call a negative result comes from, or "")
+        steps: list[tuple[str, Any, tuple[Any, ...], bool, str]] = []
+
+        def add(what: str, call: Any, args: tuple[Any, ...] = (), optional: bool = False) -> None:
+            libc = ""
+            if isinstance(call, linux.PreparedCall):
+                call, args, libc = call.fn, call.args, call.what
+            steps.append((what, call, args, optional, libc))
+
         if plan.isolate and plan.userns:
             # Not os.getuid(): inside the new user namespace it reads 65534 until mapped.
             uid = plan.uid if plan.uid is not None else os.geteuid()
@@ -159,29 +168,39 @@ class InstanceConfinement:
                 ("gid_map", f"{gid} {gid} 1"),
             ):
                 path = f"/proc/self/{name}".encode()
-                steps.append((f"id maps: {name}", _write_file, (path, data.encode()), False))
+                add(f"id maps: {name}", _write_file, (path, data.encode()))
             for what, call, args in rootfs.private_tmp_steps(plan.tmp_size_mb, keep_in_tmp):
-                steps.append((what, call, args, False))
+                add(what, call, args)
             proc_flags = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
-            proc = linux.prepared_mount("proc", "/proc", "proc", proc_flags)
-            steps.append(("proc", proc, (), False))
+            add("proc", linux.prepared_mount("proc", "/proc", "proc", proc_flags))
             # As linux.drop_capabilities: kernels before 4.3 have no ambient set.
             ambient = linux.prepared_prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
-            steps.append(("capabilities", ambient, (), True))
-            steps.append(("capabilities", linux.prepared_capset_empty(), (), False))
+            add("capabilities", ambient, optional=True)
+            add("capabilities", linux.prepared_capset_empty())
         for which, value in _rlimits(plan, address_space=plan.address_space_bytes):
-            steps.append((f"rlimit {which}", resource.setrlimit, (which, (value, value)), False))
+            add(f"rlimit {which}", resource.setrlimit, (which, (value, value)))
         if plan.isolate and plan.seccomp:
-            steps.append(("seccomp", _instance_filter().install, (), False))
+            add("seccomp", _instance_filter().load)
         self.steps = tuple(steps)
+        # What the loop in apply() reads: only the call and its arguments (each
+        # object it unpacks is a reference count written, a page copied).
+        self.calls = tuple((call, args) for _, call, args, _, _ in steps)
 
     def apply(self) -> None:
-        for what, call, args, optional in self.steps:
+        for step, (call, args) in enumerate(self.calls):
             try:
-                call(*args)
+                result = call(*args)
             except OSError as exc:
-                if not optional:
-                    raise SandboxError(f"{what}: {exc}") from None
+                self._failed(step, exc)
+            else:
+                # A libc call (ctypes) fails with a negative result and errno set.
+                if result is not None and result < 0:
+                    self._failed(step, linux.failed(self.steps[step][4]))
+
+    def _failed(self, step: int, exc: OSError) -> None:
+        what, _, _, optional, _ = self.steps[step]
+        if not optional:
+            raise SandboxError(f"{what}: {exc}") from None
 
 
 def _write_file(path: bytes, data: bytes) -> None:

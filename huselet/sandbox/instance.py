@@ -21,6 +21,7 @@ after-fork hooks); if not, it is seeded when first imported.
 from __future__ import annotations
 
 import _signal
+import _socket
 import gc
 import os
 import signal
@@ -29,9 +30,14 @@ import sys
 import traceback
 from typing import Any, NoReturn
 
+import msgpack
+
 from huselet.sandbox import linux
 from huselet.sandbox.confine import InstanceConfinement, SandboxError, SandboxPlan
 from huselet.worker import sdk
+from protocol.errors import ProtocolError
+from protocol.frames import HEADER_SIZE as _HEADER_SIZE
+from protocol.link import WELCOME
 
 EXIT_INSTANCE_SETUP = 70
 LINK_FD = 3
@@ -46,6 +52,10 @@ _FRESH = {
 }
 _SIGTERM = int(signal.SIGTERM)
 _INSTANCE_ID_KEY = b"HUSELET_INSTANCE_ID"
+_AF_UNIX = int(socket.AF_UNIX)
+_SOCK_STREAM = int(socket.SOCK_STREAM)
+_SIG_SETMASK = int(_signal.SIG_SETMASK)
+_RECEIVE_BYTES = sdk.RECEIVE_BYTES
 
 
 def signals_to_reset() -> list[tuple[int, Any]]:
@@ -72,29 +82,51 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 
 class InstanceSetup:
-    """What every instance of one zygote does first, decided once in the zygote."""
+    """What every instance of one zygote does first, decided once in the zygote.
+
+    Besides the decisions, every object the instance's way to idle uses is
+    made here — its link socket (not yet bound to a descriptor), the link's
+    frame decoder, the HELLO pieces, an environment slot, and the C functions
+    and bound methods it calls — and handed over in one tuple
+    (:attr:`flat`): :func:`instance_main` then looks up no attribute or global
+    (an unquickened lookup writes to the name's string and the type cache)
+    and allocates next to nothing (each object made in the child lands on a
+    page it copies).
+    """
 
     def __init__(self, plan: SandboxPlan, keep_in_tmp: list[str]) -> None:
         self.plan = plan
-        self.signals = signals_to_reset()  # after init code: it may have installed handlers
+        signals = signals_to_reset()  # after init code: it may have installed handlers
         # The child inherits this thread's mask: clear it only if something is blocked.
-        self.unmask = bool(_signal.pthread_sigmask(_signal.SIG_BLOCK, ()))
+        unmask = bool(_signal.pthread_sigmask(_signal.SIG_BLOCK, ()))
         self.confinement = InstanceConfinement(plan, keep_in_tmp)
-        self.death_signal = linux.prepared_prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        death = linux.prepared_prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        # socket.socket's own __init__ is Python (enum conversions): the child
+        # only binds this object to LINK_FD with the C initialiser.
+        sock = socket.socket.__new__(socket.socket)
+        sock._io_refs = 0  # type: ignore[attr-defined]  # what socket.socket.__init__ sets
+        sock._closed = False  # type: ignore[attr-defined]
+        self.link = sdk.Link(sock)
+        prepared = sdk.PreparedHello()
+        hello = (prepared.head, prepared.token_key, prepared.pid_key, prepared.pack)
+        # A slot in os.environ's table now, so the child's store replaces a
+        # value instead of growing (reallocating) the table.
+        environ: dict[bytes, bytes] = os.environ._data  # type: ignore[attr-defined]
+        environ.setdefault(_INSTANCE_ID_KEY, b"")
+        self.flat = (
+            (os.dup2, os.closerange, _socket.socket.detach, os.setsid, os.getpid),
+            (unmask, _signal.pthread_sigmask, tuple(signals), _signal.signal, _exit_on_sigterm),
+            (self.confinement.apply, os.putenv, environ, str.encode, death.fn, death.args),
+            (_socket.socket.__init__, (sock, _AF_UNIX, _SOCK_STREAM, 0, LINK_FD), os.set_blocking),
+            (sock.sendall, sock.recv, hello, b"".join, self.link, msgpack.unpackb, sdk.READY_PULL),
+        )
 
-    def reset_signals(self) -> None:
-        # _signal, not signal: the wrappers convert to and from enums (pages of enum code).
-        if self.unmask:
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
-        for sig, want in self.signals:
-            try:
-                _signal.signal(sig, want)
-            except (OSError, ValueError):
-                pass
-        if os.getpid() == 1:
-            # PID 1 of a namespace ignores signals it has no handler for, even
-            # from outside: without this, terminate() would be a no-op.
-            _signal.signal(_SIGTERM, _exit_on_sigterm)
+
+class _Exit(Exception):
+    """Leave :func:`instance_main` with ``code`` (already reported)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
 
 
 def instance_main(
@@ -104,53 +136,110 @@ def instance_main(
     fds: list[int],
     ctl: socket.socket,
 ) -> NoReturn:
-    """The cloned child: set up, confine and serve; never returns."""
+    """The cloned child: set up, confine, say HELLO and READY, then serve; never returns.
+
+    One flat function up to the first request, on its prebuilt tuple: each
+    Python function it called would be pages (function, code, names) it
+    copies. It idles in the ``recv`` below; the collector, the request loop
+    and anything else deferred are paid for by the first request.
+    """
     code = EXIT_INSTANCE_SETUP
     try:
-        link_fd, out_fd = fds[:2]
-        ctl.detach()  # its number is closed below; the object must not close a reused fd later
-        os.dup2(out_fd, 1)
-        os.dup2(out_fd, 2)
+        (dup2, closerange, detach, setsid, getpid), signals, confinement, link_init, wire = (
+            setup.flat
+        )
+        link_fd = fds[0]
+        out_fd = fds[1]
+        detach(ctl)  # its number is closed below; the object must not close a reused fd later
+        dup2(out_fd, 1)
+        dup2(out_fd, 2)
         if link_fd != LINK_FD:
-            os.dup2(link_fd, LINK_FD)
-        os.closerange(LINK_FD + 1, 1 << 20)  # close_range(2): the control socket, init code's files
-        setup.reset_signals()
-        os.setsid()
-        setup.confinement.apply()
+            dup2(link_fd, LINK_FD)
+        closerange(LINK_FD + 1, 1 << 20)  # close_range(2): the control socket, init code's files
+        # Signals, with _signal: the signal module's wrappers convert to and from enums.
+        unmask, sigmask, changed, set_handler, on_sigterm = signals
+        if unmask:
+            sigmask(_SIG_SETMASK, ())
+        for sig, want in changed:
+            try:
+                set_handler(sig, want)
+            except (OSError, ValueError):
+                pass
+        if getpid() == 1:
+            # PID 1 of a namespace ignores signals it has no handler for, even
+            # from outside: without this, terminate() would be a no-op.
+            set_handler(_SIGTERM, on_sigterm)
+        setsid()
+        confine, putenv, environ, encode, death, death_args = confinement
+        confine()
         # os.environ's own __setitem__ runs four Python functions (key and value
-        # encoders) and cost each instance ~30 KB of copied pages: the two
-        # stores it makes — the C environment a child process inherits, and the
-        # mapping's bytes table — are made directly. Extra variables (rare)
-        # take the ordinary way.
-        instance_id = msg["id"].encode()
-        os.putenv(_INSTANCE_ID_KEY, instance_id)
-        os.environ._data[_INSTANCE_ID_KEY] = instance_id  # type: ignore[attr-defined]
+        # encoders): the two stores it makes — the C environment a child
+        # process inherits, and the mapping's bytes table — are made directly.
+        # Extra variables (rare) take the ordinary way.
+        instance_id = msg["id"]
+        value = encode(instance_id)
+        putenv(_INSTANCE_ID_KEY, value)
+        environ[_INSTANCE_ID_KEY] = value
         env = msg.get("env")
         if env:
-            environ = os.environ
             for key, value in env.items():
-                environ[key] = value
-        gc.enable()
+                os.environ[key] = value
         # Our parent is the daemon (CLONE_PARENT). Had it died already, the link
-        # would be closed: serve() ends at once.
-        setup.death_signal()
-        link = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=LINK_FD)
+        # would be closed: the handshake below fails at once.
+        if death(*death_args) < 0:
+            raise SandboxError(f"death signal: {linux.failed('prctl')}")
         # No link-watcher thread: the daemon is this process's parent (CLONE_PARENT)
         # and kills it whenever it drops it, and its death kills it (the death
         # signal above). A second thread would cost every idle instance its stack,
         # thread state and a malloc arena, and a second task against the uid's
         # RLIMIT_NPROC (pids) — half as many instances per function.
-        plan = setup.plan
-        code = sdk.serve(
-            link,
-            msg["id"],
-            msg["token"],
-            plan.package,
-            plan.handler,
-            handler=handler,
-            watch_hangup=False,
-            streams_installed=True,  # by the zygote (huselet.sandbox.zygote)
-        )
+        init, init_args, set_blocking = link_init
+        init(*init_args)
+        sendall, recv, hello, join, link, unpackb, ready_pull = wire
+        try:
+            set_blocking(LINK_FD, True)  # a socket dialled by the daemon arrives non-blocking
+            # HELLO (sdk.PreparedHello, inlined: one frame fewer to copy).
+            head, token_key, pid_key, pack = hello
+            body = join((head, pack(instance_id), token_key, pack(msg["token"]), pid_key))
+            body += pack(getpid())
+            sendall(len(body).to_bytes(_HEADER_SIZE, "big") + body)
+            data = recv(_RECEIVE_BYTES)
+            first = None
+            if len(data) == _HEADER_SIZE + int.from_bytes(data[:_HEADER_SIZE], "big"):
+                # The whole WELCOME in one read, as the daemon sends it. Not
+                # msgpack (msgpack's errors are ValueErrors): the decoder below
+                # says so as the SDK would (MalformedFrame).
+                try:
+                    first = unpackb(data[_HEADER_SIZE:], raw=False, strict_map_key=True)
+                except ValueError:
+                    first = None
+            if type(first) is not dict:
+                link.decoder.receive_data(data)
+                first = link.receive()
+            function = first.get("function")
+            max_frame = first.get("max_frame")
+            if first.get("t") != WELCOME or type(function) is not str or type(max_frame) is not int:
+                welcome = sdk.welcome_of(first)  # refused (None) or malformed (raises)
+                if welcome is None:
+                    raise _Exit(sdk.EXIT_LINK_FAILED)
+                function, max_frame = welcome.function, welcome.max_frame
+            link.decoder.max_frame = max_frame
+            try:
+                handler.start(function)
+            except BaseException as exc:
+                raise _Exit(sdk.fatal(link, setup.plan.handler, exc)) from None
+            sendall(ready_pull)
+            # Idle here. The zygote forked with its collector off and its heap
+            # frozen: the collector comes back with the first message, not before.
+            data = recv(_RECEIVE_BYTES)
+        except (OSError, ProtocolError, sdk.LinkClosed) as exc:
+            code = sdk.link_failed(exc)
+        else:
+            gc.enable()
+            link.decoder.receive_data(data)  # nothing (the daemon hung up) ends the loop at once
+            code = sdk.serve_ready(link, handler, function, instance_id)
+    except _Exit as done:
+        code = done.code
     except SandboxError as exc:
         print(f"huselet instance: sandbox setup failed: {exc}", file=sys.stderr)
     except BaseException:

@@ -84,7 +84,8 @@ def check_arch() -> None:
         raise ArchUnsupported(f"sandboxing supports x86_64 only, not {platform.machine()}")
 
 
-def _fail(what: str) -> OSError:
+def failed(what: str) -> OSError:
+    """The OSError of the libc call that just failed (its errno), naming ``what``."""
     err = ctypes.get_errno()
     return OSError(err, f"{what}: {os.strerror(err)}")
 
@@ -95,30 +96,30 @@ def _b(value: str | None) -> bytes | None:
 
 def unshare(flags: int) -> None:
     if _libc.unshare(ctypes.c_int(flags)) != 0:
-        raise _fail(f"unshare({flags:#x})")
+        raise failed(f"unshare({flags:#x})")
 
 
 def mount(
     source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None
 ) -> None:
     if _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)) != 0:
-        raise _fail(f"mount {fstype or source or ''} on {target}")
+        raise failed(f"mount {fstype or source or ''} on {target}")
 
 
 def umount2(target: str, flags: int = 0) -> None:
     if _libc.umount2(_b(target), ctypes.c_int(flags)) != 0:
-        raise _fail(f"umount {target}")
+        raise failed(f"umount {target}")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
     if _syscall(ctypes.c_long(SYS_PIVOT_ROOT), _b(new_root), _b(put_old)) != 0:
-        raise _fail(f"pivot_root({new_root})")
+        raise failed(f"pivot_root({new_root})")
 
 
 def sethostname(name: str) -> None:
     raw = name.encode()
     if _libc.sethostname(raw, ctypes.c_size_t(len(raw))) != 0:
-        raise _fail("sethostname")
+        raise failed("sethostname")
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
@@ -130,7 +131,7 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
         ctypes.c_ulong(arg5),
     )
     if result < 0:
-        raise _fail(f"prctl({option})")
+        raise failed(f"prctl({option})")
     return result
 
 
@@ -159,7 +160,7 @@ def drop_capabilities() -> None:
     except OSError:
         pass  # kernels before 4.3 have no ambient set
     if _syscall(ctypes.c_long(SYS_CAPSET), _CAP_HEADER, _CAP_ZERO) != 0:
-        raise _fail("capset")
+        raise failed("capset")
 
 
 _CAP_HEADER = ctypes.create_string_buffer(struct.pack("II", _LINUX_CAPABILITY_VERSION_3, 0), 8)
@@ -178,19 +179,21 @@ class SeccompProgram:
         self._buf = ctypes.create_string_buffer(program, len(program))
         self._prog = _SockFprog(len(program) // 8, ctypes.addressof(self._buf))
 
+        # prctl's arguments, converted once: an instance that loads the filter
+        # then makes one call and builds no ctypes objects (see PreparedCall).
+        self.load = PreparedCall(
+            "seccomp filter",
+            _libc.prctl,
+            ctypes.c_int(PR_SET_SECCOMP),
+            ctypes.c_ulong(SECCOMP_MODE_FILTER),
+            ctypes.byref(self._prog),
+            0,
+            0,
+        )
+
     def install(self) -> None:
         """Load the filter for this thread (requires no_new_privs or CAP_SYS_ADMIN)."""
-        if (
-            _libc.prctl(
-                ctypes.c_int(PR_SET_SECCOMP),
-                ctypes.c_ulong(SECCOMP_MODE_FILTER),
-                ctypes.byref(self._prog),
-                0,
-                0,
-            )
-            != 0
-        ):
-            raise _fail("seccomp filter")
+        self.load()
 
 
 class PreparedCall:
@@ -198,18 +201,20 @@ class PreparedCall:
 
     A forked instance that makes it then builds no ctypes objects and runs no
     conversion code: each object it touches is a page it copies.
-    A negative result raises :class:`OSError` naming ``what``.
+    A negative result raises :class:`OSError` naming ``what``. A caller that
+    runs many of them in a row may call ``fn(*args)`` itself and check the
+    result (:func:`failed` makes the error): one Python frame fewer per call.
     """
 
     def __init__(self, what: str, fn: Any, *args: Any) -> None:
         self.what = what
-        self._fn = fn
-        self._args = args
+        self.fn = fn
+        self.args = args
 
     def __call__(self) -> int:
-        result: int = self._fn(*self._args)
+        result: int = self.fn(*self.args)
         if result < 0:
-            raise _fail(self.what)
+            raise failed(self.what)
         return result
 
 

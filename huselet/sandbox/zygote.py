@@ -40,6 +40,7 @@ from __future__ import annotations
 import array
 import gc
 import os
+import select
 import socket
 import sys
 import traceback
@@ -131,21 +132,24 @@ class Placement:
         self.home = []
 
 
-def _waiting(ctl: socket.socket) -> bool:
-    """True if another request is already queued on the control socket."""
-    try:
-        return bool(ctl.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True  # closed or failing: the next receive says so
+def _waiting(poller: select.poll) -> bool:
+    """True if another request is already queued on the control socket (``poller``'s).
+
+    A poll, not a non-blocking peek: that raised (built) an exception each
+    time, and every page the zygote writes between two clones stays behind,
+    a private copy, in the instance before it. Closed or failing counts as
+    waiting (POLLHUP, POLLERR): the next receive says so.
+    """
+    return bool(poller.poll(0))
 
 
 def serve_forks(ctl: socket.socket, setup: InstanceSetup, handler: Any) -> int:
     clone = linux.Cloner(linux.CLONE_PARENT | setup.plan.instance_clone_flags())
     where = Placement()
+    poller = select.poll()
+    poller.register(ctl, select.POLLIN)
     while True:
-        if where.home and not _waiting(ctl) and not where.go_home():
+        if where.home and not _waiting(poller) and not where.go_home():
             # Stuck in an instance's group, which is emptied when that instance
             # ends: exit now and let the daemon build a new zygote.
             return EXIT_FATAL

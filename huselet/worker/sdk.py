@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import msgpack
+
 from huselet.worker import names, output
 from huselet.worker.entries import (
     Entry,
@@ -32,8 +34,9 @@ from huselet.worker.entries import (
     preload,
 )
 from protocol.errors import ProtocolError
-from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE, FrameDecoder, encode_frame
 from protocol.link import (
+    HELLO,
     PING,
     PONG_FRAME,
     PROTO_VERSION,
@@ -66,7 +69,32 @@ RECEIVE_BYTES = 64 * 1024
 # READY and the first PULL never change: one write of bytes built at import. A
 # fork instance then touches no codec on its way to idle (each object it touches
 # is a page it copies from its zygote).
-_READY_PULL = encode_frame(READY_FRAME) + encode_frame(Pull(1).encode())
+READY_PULL = encode_frame(READY_FRAME) + encode_frame(Pull(1).encode())
+
+
+class PreparedHello:
+    """HELLO packed from pieces made once: a fork instance joins bytes, runs no codec.
+
+    Byte for byte what ``encode_frame(Hello(...).encode())`` makes (same keys,
+    same order); built in a zygote before it forks.
+    """
+
+    def __init__(self) -> None:
+        packer = msgpack.Packer(use_bin_type=True)
+        self.pack = packer.pack  # kept: each call reuses the packer's buffer
+        self.head = packer.pack_map_header(5) + b"".join(
+            packer.pack(part) for part in ("t", HELLO, "proto", PROTO_VERSION, "instance_id")
+        )
+        self.token_key = packer.pack("token")
+        self.pid_key = packer.pack("pid")
+
+    def frame(self, instance_id: str, token: str, pid: int) -> bytes:
+        pack = self.pack
+        body = b"".join(
+            (self.head, pack(instance_id), self.token_key, pack(token), self.pid_key, pack(pid))
+        )
+        return len(body).to_bytes(HEADER_SIZE, "big") + body
+
 
 __all__ = ["Context", "decode_event", "encode_value", "load_entry", "load_handler", "serve"]
 
@@ -252,39 +280,70 @@ def run(
     fork zygote installs them before it clones).
     """
     link.sock.sendall(encode_frame(hello.encode()))
-    first = link.receive()
-    kind = message_type(first)
-    if kind == REFUSED:
-        refused = Refused.decode(first)
-        print(
-            f"huselet worker: refused by daemon: {refused.code}: {refused.message}", file=sys.stderr
-        )
+    welcome = welcome_of(link.receive())
+    if welcome is None:
         return EXIT_LINK_FAILED
-    if kind != WELCOME:
-        raise ProtocolError(f"expected welcome, got {kind!r}")
-    welcome = Welcome.decode(first)
     link.decoder.max_frame = welcome.max_frame
     try:
         if handler is None:  # a zygote passes the entry it loaded before forking
             handler = load_entry(package_dir, handler_spec)
         handler.start(welcome.function)
     except BaseException as exc:
-        output.report_exception(None)
-        link.send(
-            Fatal(
-                ErrorInfo(type(exc).__name__, f"handler {handler_spec} failed to load: {exc}")
-            ).encode()
-        )
-        return EXIT_HANDLER_LOAD_FAILED
+        return fatal(link, handler_spec, exc)
     if not streams_installed:
         output.install()
-    link.sock.sendall(_READY_PULL)
+    link.sock.sendall(READY_PULL)
     if watch_hangup:  # a fork instance goes without (see huselet.sandbox.zygote)
         _exit_when_the_daemon_hangs_up(link.sock)
     try:
         return _serve_loop(link, handler, welcome.function, hello.instance_id)
     finally:
         handler.stop()
+
+
+def welcome_of(first: dict[str, Any]) -> Welcome | None:
+    """The daemon's answer to HELLO: its WELCOME, or None if it refused (said on stderr)."""
+    kind = message_type(first)
+    if kind == REFUSED:
+        refused = Refused.decode(first)
+        print(
+            f"huselet worker: refused by daemon: {refused.code}: {refused.message}", file=sys.stderr
+        )
+        return None
+    if kind != WELCOME:
+        raise ProtocolError(f"expected welcome, got {kind!r}")
+    return Welcome.decode(first)
+
+
+def fatal(link: Link, handler_spec: str, exc: BaseException) -> int:
+    """Tell the daemon the entry failed to load or start (FATAL); the exit code."""
+    output.report_exception(None)
+    error = ErrorInfo(type(exc).__name__, f"handler {handler_spec} failed to load: {exc}")
+    link.send(Fatal(error).encode())
+    return EXIT_HANDLER_LOAD_FAILED
+
+
+def serve_ready(link: Link, handler: Entry, function: str, instance_id: str) -> int:
+    """After READY and the first PULL: serve until the link closes, then stop the entry.
+
+    For a caller that did the handshake itself (a fork instance,
+    :mod:`huselet.sandbox.instance`); link failures are reported, not raised,
+    and the link is closed on the way out, as :func:`serve` does.
+    """
+    try:
+        try:
+            return _serve_loop(link, handler, function, instance_id)
+        finally:
+            handler.stop()
+    except (OSError, ProtocolError, LinkClosed) as exc:
+        return link_failed(exc)
+    finally:
+        link.sock.close()
+
+
+def link_failed(exc: BaseException) -> int:
+    print(f"huselet worker: link to daemon failed: {exc}", file=sys.stderr)
+    return EXIT_LINK_FAILED
 
 
 def _serve_loop(link: Link, handler: Entry, function: str, instance_id: str) -> int:
@@ -346,8 +405,7 @@ def serve(
             streams_installed=streams_installed,
         )
     except (OSError, ProtocolError, LinkClosed) as exc:
-        print(f"huselet worker: link to daemon failed: {exc}", file=sys.stderr)
-        return EXIT_LINK_FAILED
+        return link_failed(exc)
     finally:
         sock.close()
 

@@ -8,13 +8,15 @@ from steps the zygote prepared. And the steps themselves, checked as data.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import trio
 from support import fork_stack
 
-from huselet.sandbox import rootfs
+from huselet.sandbox import linux, rootfs
+from huselet.sandbox.confine import InstanceConfinement, SandboxError, SandboxPlan
 from huselet.testing.conformance import invoke_json
 
 SIGNALS = """
@@ -91,3 +93,52 @@ def test_private_tmp_steps_make_each_directory_once(tmp_path: Path) -> None:
 
 def test_without_kept_paths_a_private_tmp_is_one_mount() -> None:
     assert [what for what, _, _ in rootfs.private_tmp_steps(8, [])] == ["tmp"]
+
+
+FILTERS = """
+def _filters():
+    with open("/proc/self/status") as f:
+        return int(next(l for l in f if l.startswith("Seccomp_filters:")).split()[1])
+
+IN_ZYGOTE = _filters()  # init code runs in the zygote, under its own filter
+
+def handler(event, ctx):
+    return {"zygote": IN_ZYGOTE, "instance": _filters()}
+"""
+
+
+async def test_an_instance_stacks_its_own_seccomp_filter_on_the_zygotes(short_tmp: Path) -> None:
+    # Mount and namespace creation, which the zygote's filter must allow for
+    # the clone, are refused by the instance's own filter. Without capabilities
+    # the escape probes (conformance suite) see EPERM either way: count it.
+    async with fork_stack(short_tmp, "f", FILTERS) as stack:
+        with trio.fail_after(60):
+            seen = await invoke_json(stack, "f", {})
+    assert seen["zygote"] >= 1 and seen["instance"] == seen["zygote"] + 1, seen
+
+
+def test_a_failing_libc_step_fails_typed_naming_the_step_unless_it_is_optional() -> None:
+    # The steps run as ctypes calls checked by their result (no wrapper
+    # raising): a negative one must still fail the instance, naming the step
+    # and the errno. In a forked child: the steps set rlimits of the caller.
+    plan = SandboxPlan(function="f", package="/", handler="main:handler", isolate=False)
+    confinement = InstanceConfinement(plan, [])
+    bogus = linux.prepared_prctl(0x7FFF)  # no such prctl option: EINVAL
+    for what, optional in (("tolerated step", True), ("bogus step", False)):
+        confinement.steps += ((what, bogus.fn, bogus.args, optional, bogus.what),)
+        confinement.calls += ((bogus.fn, bogus.args),)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            confinement.apply()
+            os.write(write_end, b"no error")
+        except SandboxError as exc:
+            os.write(write_end, str(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        said = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert said == f"bogus step: [Errno {errno.EINVAL}] prctl(32767): Invalid argument", said

@@ -1,0 +1,161 @@
+"""A fork instance's own handshake (huselet/sandbox/instance.py), the daemon played by the test.
+
+The instance says HELLO, reads WELCOME, sends READY and the first PULL itself,
+from objects its zygote prepared, not through the worker SDK's ``run``. A real
+zygote (``python -m huselet.sandbox.zygote``, no isolation: the test is the
+daemon, and each instance is born its child, CLONE_PARENT) clones instances
+whose link the test holds: HELLO must be what the SDK would send, a WELCOME
+split over two reads must still be understood, a refusal must end the
+instance with the link-failure exit code and a clear line.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import termios
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import WAIT_S, wait_until, write_package
+
+from huselet.runtime.zygote import zygote_command
+from huselet.sandbox.confine import SandboxPlan
+from huselet.sandbox.zygote import receive
+from huselet.worker import sdk
+from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from protocol.link import (
+    PROTO_VERSION,
+    PULL,
+    READY,
+    Hello,
+    Refused,
+    Request,
+    Result,
+    Welcome,
+    message_type,
+)
+
+ECHO = """
+def handler(event, context):
+    return {"event": event, "instance": context.instance_id, "function": context.function_name}
+"""
+
+
+@pytest.fixture
+def zygote(short_tmp: Path) -> Iterator[socket.socket]:
+    """A ready zygote of ECHO; its control socket."""
+    pkg = write_package(short_tmp, "echo", ECHO)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.settimeout(WAIT_S)
+    proc = subprocess.Popen(
+        [*zygote_command(), "--control-fd", str(theirs.fileno())],
+        pass_fds=[theirs.fileno()],
+    )
+    theirs.close()
+    try:
+        plan = SandboxPlan(function="echo", package=str(pkg), handler="main:handler", isolate=False)
+        ours.send(encode_frame({"t": "config", "plan": plan.to_wire()}))
+        ready, _ = receive(ours)
+        assert ready is not None and ready["t"] == "ready", ready
+        yield ours
+    finally:
+        ours.close()  # the zygote's end: it exits
+        proc.wait(WAIT_S)
+
+
+class Instance:
+    """One cloned instance: the daemon's end of its link, its output, its pid."""
+
+    def __init__(self, ctl: socket.socket, instance_id: str) -> None:
+        self.link, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.link.settimeout(WAIT_S)
+        out_r, out_w = os.pipe()
+        msg = {"t": "fork", "seq": 1, "id": instance_id, "token": "tok"}
+        socket.send_fds(ctl, [encode_frame(msg)], [theirs.fileno(), out_w])
+        theirs.close()
+        os.close(out_w)
+        self.output = os.fdopen(out_r, "rb")
+        forked, _ = receive(ctl)
+        assert forked is not None and forked["t"] == "forked", forked
+        self.pid: int = forked["pid"]
+        self.decoder = FrameDecoder()
+
+    def receive(self) -> dict[str, object]:
+        while (msg := self.decoder.next_frame()) is None:
+            chunk = self.link.recv(65536)
+            assert chunk, "the instance closed its link"
+            self.decoder.receive_data(chunk)
+        return msg
+
+    def exit_code(self) -> int:
+        """Its exit status (it is this process's child: CLONE_PARENT)."""
+        self.link.close()
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+
+def unread(sock: socket.socket) -> int:
+    """Bytes sent on ``sock`` that its peer has not read yet (SIOCOUTQ)."""
+    count = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, count)
+    return count[0]
+
+
+def test_an_instance_says_hello_as_the_sdk_would_and_serves_after_a_split_welcome(
+    zygote: socket.socket,
+) -> None:
+    inst = Instance(zygote, "echo-1")
+    try:
+        hello = inst.receive()
+        assert hello == Hello(PROTO_VERSION, "echo-1", "tok", inst.pid).encode()
+        welcome = encode_frame(Welcome(PROTO_VERSION, "echo", DEFAULT_MAX_FRAME).encode())
+        inst.link.sendall(welcome[:5])  # the header and one byte: the rest comes later
+        assert wait_until(lambda: unread(inst.link) == 0)  # the instance read those five
+        inst.link.sendall(welcome[5:])
+        assert message_type(inst.receive()) == READY
+        assert message_type(inst.receive()) == PULL
+        inst.link.sendall(encode_frame(Request("r1", b'"hi"', "json", 10_000).encode()))
+        result = Result.decode(inst.receive())
+        assert result.ok, result
+        seen = {"event": "hi", "instance": "echo-1", "function": "echo"}
+        assert json.loads(result.body) == seen
+    finally:
+        code = inst.exit_code()
+    assert code == sdk.EXIT_OK
+
+
+def test_a_refused_instance_exits_with_the_link_failure_code_and_says_why(
+    zygote: socket.socket,
+) -> None:
+    inst = Instance(zygote, "echo-2")
+    try:
+        assert message_type(inst.receive()) == "hello"
+        inst.link.sendall(encode_frame(Refused("bad_token", "no such instance").encode()))
+    finally:
+        code = inst.exit_code()
+    assert code == sdk.EXIT_LINK_FAILED
+    assert b"refused by daemon: bad_token: no such instance" in inst.output.read()
+
+
+def test_prepared_hello_is_byte_for_byte_the_sdks() -> None:
+    hello = sdk.PreparedHello()
+    for instance_id, token, pid in [("a", "t", 1), ("x" * 40, "y" * 300, 2**31)]:
+        expected = encode_frame(Hello(PROTO_VERSION, instance_id, token, pid).encode())
+        assert hello.frame(instance_id, token, pid) == expected
+
+
+def test_a_welcome_that_is_not_msgpack_fails_the_link_typed(zygote: socket.socket) -> None:
+    inst = Instance(zygote, "echo-3")
+    try:
+        assert message_type(inst.receive()) == "hello"
+        inst.link.sendall(b"\x00\x00\x00\x01\xc1")  # 0xc1: a byte msgpack never uses
+    finally:
+        code = inst.exit_code()
+    assert code == sdk.EXIT_LINK_FAILED
+    assert b"link to daemon failed: frame is not valid msgpack" in inst.output.read()
