@@ -131,9 +131,9 @@ class CgroupPool:
         return group
 
     def _prepare(self, group: Cgroup) -> None:
-        group.create()
+        fresh = group.create()
         group.set_pids(self.pids_max)
-        group.set_cpu(self.cpu_cores)
+        group.set_cpu(self.cpu_cores, fresh=fresh)
 
     async def acquire(self, memory_bytes: int, owner: int | None = None) -> Cgroup:
         """A group for one instance: from the free list, else made in a worker thread.

@@ -40,9 +40,9 @@ class CreationLog:
         self.threads: list[threading.Thread] = []
         create = Cgroup.create
 
-        def logged(group: Cgroup) -> None:
+        def logged(group: Cgroup) -> bool:
             self.threads.append(threading.current_thread())
-            create(group)
+            return create(group)
 
         monkeypatch.setattr(Cgroup, "create", logged)
 
@@ -147,3 +147,38 @@ async def test_emptying_a_group_spares_a_process_that_leaves_by_itself(
             victim.kill()
             await spared.wait()
             await victim.wait()
+
+
+def cpu_setting(group: Cgroup) -> tuple[str, ...]:
+    d = group.path_for("cpu")
+    assert d is not None
+    if group.host.version == 2:
+        return tuple((d / "cpu.max").read_text().split())
+    return tuple((d / f"cpu.cfs_{k}_us").read_text().strip() for k in ("quota", "period"))
+
+
+async def test_new_groups_get_the_cpu_quota_per_100_ms(pool: CgroupPool) -> None:
+    # A fresh v1 group is written its quota only (its period is the kernel's
+    # 100 ms already): the limit must still read one core per 100 ms.
+    with trio.fail_after(30):
+        group = await pool.acquire(32 * MiB)
+    assert cpu_setting(group) == ("100000", "100000")
+
+
+async def test_a_group_that_already_existed_gets_its_period_written_too(
+    pool: CgroupPool,
+) -> None:
+    # Left over with another period (not made now): quota alone would mean
+    # another limit than the one configured.
+    group = Cgroup(pool.host, f"{pool.subtree}/leftover")
+    assert group.create()
+    try:
+        if pool.host.version == 1:
+            d = group.path_for("cpu")
+            assert d is not None
+            (d / "cpu.cfs_period_us").write_text("50000")
+        assert not group.create()  # it exists: not fresh
+        group.set_cpu(0.5, fresh=False)
+        assert cpu_setting(group) == ("50000", "100000")
+    finally:
+        group.remove()
