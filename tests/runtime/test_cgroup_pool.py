@@ -182,3 +182,31 @@ async def test_a_group_that_already_existed_gets_its_period_written_too(
         assert cpu_setting(group) == ("50000", "100000")
     finally:
         group.remove()
+
+
+async def test_reserved_groups_carry_the_memory_limit_their_starts_ask_for(
+    pool: CgroupPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Written in the reserve's thread: a start taking one writes no limit on the loop.
+    from huselet.runtime import cgroups
+
+    writes: list[tuple[str, threading.Thread]] = []
+    write = cgroups.write_control
+
+    def logged(path: Path, value: str) -> None:
+        writes.append((path.name, threading.current_thread()))
+        write(path, value)
+
+    monkeypatch.setattr(cgroups, "write_control", logged)
+    uid = 190_324
+    with trio.fail_after(60):
+        await pool.reserve(3, owner=uid, memory_bytes=48 * MiB)
+        groups = [await pool.acquire(48 * MiB, owner=uid) for _ in range(3)]
+        other = await pool.acquire(40 * MiB)  # another limit: written at acquire
+    limit_files = ("memory.max", "memory.limit_in_bytes")
+    on_loop = [n for n, t in writes if t is threading.main_thread() and n in limit_files]
+    assert on_loop and len(on_loop) <= 2  # `other`'s limit only (memsw too on v1)
+    for group in [*groups, other]:
+        name = "memory.max" if group.host.version == 2 else "memory.limit_in_bytes"
+        want = 40 * MiB if group is other else 48 * MiB
+        assert int((group._mem_dir / name).read_text()) == want
