@@ -51,9 +51,7 @@ def test_counts_follow_starts_requests_and_stops(short_tmp: Path) -> None:
         assert wait_until(lambda: agrees(d, "f"))  # two ctl calls: a state may change between
         assert len(summary(d, "f")["code"]) == 1  # the packed image, by digest
         # A request on each, and one more: a third instance starts, all busy.
-        calls = [
-            threading.Thread(target=d.invoke_ok, args=("f", {"sleep": 4})) for _ in range(3)
-        ]
+        calls = [threading.Thread(target=d.invoke_ok, args=("f", {"sleep": 4})) for _ in range(3)]
         for call in calls:
             call.start()
         assert wait_until(lambda: summary(d, "f")["instances"]["busy"] == 3)
