@@ -225,7 +225,7 @@ def run_level(root: Path, count: int, args: argparse.Namespace, rnd: int) -> Lev
             time.sleep(0.2)
         start_s = time.monotonic() - t0
         daemon_s = cpu_seconds(daemon.proc.pid)  # before describing N instances costs it more
-        start_cpu = start_cpu_ms(daemon.proc.pid, daemon_s, daemon.idle_instances()[1])
+        start_cpu = start_cpu_ms(daemon.proc.pid, daemon_s, daemon.idle_instances()[1], start_s)
         idle_at = time.monotonic()
         early_pct, early_inexact = idle_cpu(daemon.proc.pid, args.early)
         time.sleep(max(0.0, idle_at + args.settle - time.monotonic()))
@@ -267,21 +267,40 @@ def run_level(root: Path, count: int, args: argparse.Namespace, rnd: int) -> Lev
         daemon.stop()
 
 
-def start_cpu_ms(daemon: int, daemon_s: float, instances: list[int]) -> dict[str, float]:
+def thread_ns(pid: int, tid: int) -> int:
+    """One thread's CPU time in ns (its ``schedstat``); 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def start_cpu_ms(
+    daemon: int, daemon_s: float, instances: list[int], start_s: float
+) -> dict[str, float]:
     """ms of CPU per started instance: the daemon's, the zygote's, an instance's own.
 
     Read when N are idle; the daemon's includes its own start-up and the
     zygote build (a few hundred ms in all, spread over N). Instances are
     the daemon's children too (CLONE_PARENT): the zygote is the child that
-    is not one of them.
+    is not one of them. ``loop_ms`` is the daemon's main thread alone (the
+    event loop: serial, unlike its worker threads); ``loop_busy`` and
+    ``zygote_busy`` are their CPU over the time to start all (1.0: that
+    process was the bottleneck, if the host had a CPU free for it).
     """
     count = max(1, len(instances))
     known = set(instances)
     zygotes = [p for p in descendants(daemon) if p != daemon and p not in known]
+    loop_s = thread_ns(daemon, daemon) / 1e9
+    zygote_s = sum(cpu_ns(p) for p in zygotes) / 1e9
     return {
         "daemon_ms": round(daemon_s * 1000 / count, 3),
-        "zygote_ms": round(sum(cpu_ns(p) for p in zygotes) / 1e6 / count, 3),
+        "loop_ms": round(loop_s * 1000 / count, 3),
+        "zygote_ms": round(zygote_s * 1000 / count, 3),
         "instance_ms": round(sum(cpu_ns(p) for p in instances) / 1e6 / count, 3),
+        "loop_busy": round(loop_s / max(start_s, 1e-9), 3),
+        "zygote_busy": round(zygote_s / max(start_s, 1e-9), 3),
     }
 
 
@@ -421,14 +440,18 @@ def main() -> None:
             f"{mark + format(m('idle_cpu_pct'), '.2f'):>13} "
             f"{m('p50_ms'):>7.2f} {m('p99_ms'):>7.2f} {sum(lv.errors for lv in levels):>6}"
         )
-    print("\nCPU per started instance (ms): daemon / zygote / the instance itself")
+    print(
+        "\nCPU per started instance (ms): daemon (of it the event loop) / zygote / the "
+        "instance itself; busy = CPU / time to start all, event loop and zygote"
+    )
     for count, levels in results.items():
         cpu = [lv.start_cpu or {} for lv in levels]
-        parts = [
-            med([c.get(k, math.nan) for c in cpu])
-            for k in ("daemon_ms", "zygote_ms", "instance_ms")
-        ]
-        print(f"{count:>5} {parts[0]:>8.2f} {parts[1]:>8.2f} {parts[2]:>8.2f}")
+        keys = ("daemon_ms", "loop_ms", "zygote_ms", "instance_ms", "loop_busy", "zygote_busy")
+        parts = [med([c.get(k, math.nan) for c in cpu]) for k in keys]
+        print(
+            f"{count:>5} {parts[0]:>8.2f} ({parts[1]:.2f}) {parts[2]:>8.2f} {parts[3]:>8.2f}"
+            f"   busy {parts[4]:.2f} / {parts[5]:.2f}"
+        )
     if args.rounds > 1:
         print("(medians of the rounds)")
     if args.probe_limit:

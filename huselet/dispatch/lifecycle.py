@@ -90,6 +90,7 @@ async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
             raise _StartError(f"its code is not available: {exc.message}") from None
     if record.code is None:
         raise _TimedOut(f"its code was not available within {pool.settings.start_timeout_ms} ms")
+    pool.code_counted(record.code.digest, +1)
     record.marks["code"] = trio.current_time()
     spec = InstanceSpec(
         instance_id=record.id,
@@ -209,6 +210,7 @@ async def _teardown(pool: FunctionPool, record: InstanceRecord) -> None:
     if link is not None:
         await link.aclose()
     if record.code is not None:
+        pool.code_counted(record.code.digest, -1)
         record.code.release()
         record.code = None
     if record.inflight:
@@ -227,11 +229,8 @@ async def _teardown(pool: FunctionPool, record: InstanceRecord) -> None:
             if inv.complete(InstanceLost(f"{what} while serving the request")):
                 pool.counters[PoolCounter.INSTANCE_LOST] += 1
         record.inflight.clear()
-    if pool.instances.pop(record.id, None) is not None:
-        pool.asked_to_stop.discard(record.id)
-        pool.live_instances.leave()
-        if pool.on_change is not None:
-            pool.on_change("instance", record.id, None)
+    if pool.unlist(record) and pool.on_change is not None:
+        pool.on_change("instance", record.id, None)
     if pool.observer is not None:
         pool.observer.instance_ended(pool, record)
     if record.stop_reason not in PLANNED_STOPS:

@@ -93,6 +93,11 @@ class FunctionPool:
         self.breaker = CircuitBreaker(self.health.breaker)
         self.buffer = RequestBuffer(settings.max_queue or 1000)
         self.instances: dict[str, InstanceRecord] = {}
+        # Listed instances by state and live ones by code digest, kept as they
+        # change: status() (polled by operators and dashboards) walks nothing.
+        self.state_counts: Counter[InstanceState] = Counter()
+        self._counted: dict[str, InstanceState] = {}  # the state each is counted in
+        self.code_digests: Counter[str] = Counter()
         # Waitable twins of "requests not yet answered" and "instances not yet
         # torn down": drain and retire wait on them instead of polling.
         self.outstanding = ActivityCount()  # held by Dispatcher.invoke per request
@@ -199,6 +204,26 @@ class FunctionPool:
         elif record.id in self.instances:  # not after its teardown unlisted it
             self.asked_to_stop.add(record.id)
 
+    def unlist(self, record: InstanceRecord) -> bool:
+        """Take an instance off the pool's list (its teardown); False if it was not on it."""
+        if self.instances.pop(record.id, None) is None:
+            return False
+        was = self._counted.pop(record.id, None)
+        if was is not None:
+            self.state_counts[was] -= 1
+        self.asked_to_stop.discard(record.id)
+        self.live_instances.leave()
+        return True
+
+    def code_counted(self, digest: str | None, delta: int) -> None:
+        """An instance took (+1) or gave back (-1) a lease on the image ``digest``."""
+        if digest:
+            left = self.code_digests[digest] + delta
+            if left > 0:
+                self.code_digests[digest] = left
+            else:
+                del self.code_digests[digest]  # none left: no key kept per old image
+
     def live_count(self) -> int:
         """Listed instances not asked to stop (starting, idle or busy)."""
         return len(self.instances) - len(self.asked_to_stop)
@@ -216,6 +241,12 @@ class FunctionPool:
             self.ensure_capacity()
 
     def _instance_changed(self, record: InstanceRecord) -> None:
+        if record.id in self.instances:  # never re-counted once its teardown unlisted it
+            was = self._counted.get(record.id)
+            if was is not None:
+                self.state_counts[was] -= 1
+            self.state_counts[record.state] += 1
+            self._counted[record.id] = record.state
         if self.on_change is not None:
             body = {"function": self.name, "state": record.state.value}
             self.on_change("instance", record.id, body)
@@ -283,19 +314,16 @@ class FunctionPool:
             record.stop(reason)
 
     def status(self) -> dict[str, Any]:
-        by_state = Counter(r.state.value for r in self.instances.values())
         return {
             "name": self.name,
             "runtime": self.runtime.name,
             "max_instances": self.settings.max_instances,
-            "instances": {s.value: by_state.get(s.value, 0) for s in InstanceState},
+            "instances": {s.value: self.state_counts[s] for s in InstanceState},
             "queued": self.buffer.live_count(),
             "inflight": sum(len(r.inflight) for r in self.instances.values()),
             "counters": dict(self.counters),
             "last_start_error": self.last_start_error,
             "breaker": self.breaker.describe(trio.current_time()),
             # Image digests its live instances run (two during a code update).
-            "code": sorted(
-                {r.code.digest for r in self.instances.values() if r.code and r.code.digest}
-            ),
+            "code": sorted(self.code_digests),
         }

@@ -131,9 +131,9 @@ class CgroupPool:
         return group
 
     def _prepare(self, group: Cgroup) -> None:
-        group.create()
+        fresh = group.create()
         group.set_pids(self.pids_max)
-        group.set_cpu(self.cpu_cores)
+        group.set_cpu(self.cpu_cores, fresh=fresh)
 
     async def acquire(self, memory_bytes: int, owner: int | None = None) -> Cgroup:
         """A group for one instance: from the free list, else made in a worker thread.
@@ -176,17 +176,22 @@ class CgroupPool:
         # One for everyone waiting now (the rest of the burst), the pool's target at least.
         await self._grow_by(min(GROW_BATCH_MAX, max(self._wanting, self.target_free)))
 
-    async def _grow_by(self, count: int, owner: int | None = None) -> None:
+    async def _grow_by(
+        self, count: int, owner: int | None = None, memory_bytes: int | None = None
+    ) -> None:
         self._growing = trio.Event()
         try:
-            await self._make(count, owner)
+            await self._make(count, owner, memory_bytes)
         finally:
             self._growing.set()
             self._growing = None
 
-    async def reserve(self, count: int, owner: int | None = None) -> None:
+    async def reserve(
+        self, count: int, owner: int | None = None, memory_bytes: int | None = None
+    ) -> None:
         """Make groups until ``count`` are free (``owner``'s, chowned in the thread too),
-        ahead of a burst known to come.
+        ahead of a burst known to come; with ``memory_bytes`` (the limit the burst's
+        starts will ask for) also written there, not once per start on the event loop.
 
         In batches of :data:`RESERVE_BATCH`, one worker-thread trip each:
         starts take groups from each batch as soon as it is in, instead of
@@ -198,10 +203,12 @@ class CgroupPool:
             while self._growing is not None:
                 await self._growing.wait()
             batch = min(RESERVE_BATCH, missing)
-            await self._grow_by(batch, owner)
+            await self._grow_by(batch, owner, memory_bytes)
             missing -= batch
 
-    async def _make(self, count: int, owner: int | None = None) -> None:
+    async def _make(
+        self, count: int, owner: int | None = None, memory_bytes: int | None = None
+    ) -> None:
         groups = []
         for _ in range(count):
             self._counter += 1
@@ -211,6 +218,8 @@ class CgroupPool:
         def prepare_all() -> None:
             for group in groups:
                 self._prepare(group)
+                if memory_bytes is not None:
+                    group.set_memory(memory_bytes)  # acquire() then writes none
                 if owner is not None:
                     group.own(owner)
                 made.append(group)

@@ -135,22 +135,24 @@ class ForkRuntime(SandboxRuntime):
         """
         if self._cgroups is None:
             return
-        # Per uid: a zygote that places itself takes groups chowned to its uid
-        # (chowned here, in the thread, rather than per start on the event loop).
+        # Per uid (a self-placing zygote's groups are chowned in the thread), limited
+        # as the function wanting most asks (a start wanting another writes its own).
         wanted: dict[int | None, int] = {}
+        memory: dict[int | None, tuple[int, int]] = {}  # uid -> (min_instances, bytes)
         for fn in self._expected:
             try:
                 uid = self.uid_for(fn) if self._cgroups.host.version == 1 else None
             except StartFailed:
                 continue  # no uid left (e.g. leased by other daemons): its starts say so
             wanted[uid] = wanted.get(uid, 0) + fn.min_instances
+            memory[uid] = max(memory.get(uid, (0, 0)), (fn.min_instances, fn.memory_mb * MiB))
         budget = RESERVE_MAX
         try:
             for uid, count in wanted.items():
                 count = min(count, budget)
                 budget -= count
                 if count > (self.isolation.cgroup_pool if uid is None else 0):
-                    await self._cgroups.reserve(count, uid)
+                    await self._cgroups.reserve(count, uid, memory[uid][1])
         except OSError as exc:
             log.warning("cannot pre-create cgroups", error=exc.strerror)
 

@@ -40,9 +40,9 @@ class CreationLog:
         self.threads: list[threading.Thread] = []
         create = Cgroup.create
 
-        def logged(group: Cgroup) -> None:
+        def logged(group: Cgroup) -> bool:
             self.threads.append(threading.current_thread())
-            create(group)
+            return create(group)
 
         monkeypatch.setattr(Cgroup, "create", logged)
 
@@ -147,3 +147,66 @@ async def test_emptying_a_group_spares_a_process_that_leaves_by_itself(
             victim.kill()
             await spared.wait()
             await victim.wait()
+
+
+def cpu_setting(group: Cgroup) -> tuple[str, ...]:
+    d = group.path_for("cpu")
+    assert d is not None
+    if group.host.version == 2:
+        return tuple((d / "cpu.max").read_text().split())
+    return tuple((d / f"cpu.cfs_{k}_us").read_text().strip() for k in ("quota", "period"))
+
+
+async def test_new_groups_get_the_cpu_quota_per_100_ms(pool: CgroupPool) -> None:
+    # A fresh v1 group is written its quota only (its period is the kernel's
+    # 100 ms already): the limit must still read one core per 100 ms.
+    with trio.fail_after(30):
+        group = await pool.acquire(32 * MiB)
+    assert cpu_setting(group) == ("100000", "100000")
+
+
+async def test_a_group_that_already_existed_gets_its_period_written_too(
+    pool: CgroupPool,
+) -> None:
+    # Left over with another period (not made now): quota alone would mean
+    # another limit than the one configured.
+    group = Cgroup(pool.host, f"{pool.subtree}/leftover")
+    assert group.create()
+    try:
+        if pool.host.version == 1:
+            d = group.path_for("cpu")
+            assert d is not None
+            (d / "cpu.cfs_period_us").write_text("50000")
+        assert not group.create()  # it exists: not fresh
+        group.set_cpu(0.5, fresh=False)
+        assert cpu_setting(group) == ("50000", "100000")
+    finally:
+        group.remove()
+
+
+async def test_reserved_groups_carry_the_memory_limit_their_starts_ask_for(
+    pool: CgroupPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Written in the reserve's thread: a start taking one writes no limit on the loop.
+    from huselet.runtime import cgroups
+
+    writes: list[tuple[str, threading.Thread]] = []
+    write = cgroups.write_control
+
+    def logged(path: Path, value: str) -> None:
+        writes.append((path.name, threading.current_thread()))
+        write(path, value)
+
+    monkeypatch.setattr(cgroups, "write_control", logged)
+    uid = 190_324
+    with trio.fail_after(60):
+        await pool.reserve(3, owner=uid, memory_bytes=48 * MiB)
+        groups = [await pool.acquire(48 * MiB, owner=uid) for _ in range(3)]
+        other = await pool.acquire(40 * MiB)  # another limit: written at acquire
+    limit_files = ("memory.max", "memory.limit_in_bytes")
+    on_loop = [n for n, t in writes if t is threading.main_thread() and n in limit_files]
+    assert on_loop and len(on_loop) <= 2  # `other`'s limit only (memsw too on v1)
+    for group in [*groups, other]:
+        name = "memory.max" if group.host.version == 2 else "memory.limit_in_bytes"
+        want = 40 * MiB if group is other else 48 * MiB
+        assert int((group._mem_dir / name).read_text()) == want

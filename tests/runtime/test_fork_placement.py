@@ -67,7 +67,7 @@ async def test_queued_starts_each_get_an_instance_in_its_own_group(
     # instead, one start at a time: the same outcome.
     pkg = write_package(short_tmp, "f", SLOW)
     count = 12
-    functions = [fn("f", pkg, min_instances=count, max_instances=count)]
+    functions = [fn("f", pkg, min_instances=count, max_instances=count, memory_mb=96)]
     extra = {} if placer == "zygote" else {"isolation": False}
     settings = {"fork": sandbox_settings(short_tmp, **extra)}
     async with running_stack(short_tmp, functions, settings) as stack:
@@ -89,6 +89,9 @@ async def test_queued_starts_each_get_an_instance_in_its_own_group(
                 cgroup = handle.cgroup  # type: ignore[attr-defined]
                 assert memory_group(handle.pid) == "/" + cgroup.rel
                 assert cgroup.owner == owner
+                # Its limit (written when the groups were reserved, or at the start).
+                limit = "memory.max" if cgroup.host.version == 2 else "memory.limit_in_bytes"
+                assert int((cgroup._mem_dir / limit).read_text()) == 96 << 20
                 for d in cgroup.dirs.values():
                     assert (d / "cgroup.procs").stat().st_uid == (owner or 0)
                 groups.add(cgroup.rel)
