@@ -81,15 +81,35 @@ class StructuredLogger:
         return self._logger.isEnabledFor(logging.INFO)
 
 
+def dropped_lines() -> int:
+    """Log lines the background writer dropped since start (its buffer was full)."""
+    return sum(getattr(h, "dropped", 0) for h in logging.getLogger(_ROOT).handlers)
+
+
 def get_logger(component: str) -> StructuredLogger:
     return StructuredLogger(logging.getLogger(f"{_ROOT}.{component}"))
 
 
-def setup_logging(level: str = "info", stream: Any = None) -> None:
-    """Route the ``huselet`` logger tree to ``stream`` (stderr) as JSON lines."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+def setup_logging(
+    level: str = "info", stream: Any = None, *, background: bool = False, buffer_kb: int = 4096
+) -> None:
+    """Route the ``huselet`` logger tree to ``stream`` (stderr) as JSON lines.
+
+    ``background``: written by a thread through a buffer of ``buffer_kb``
+    (:mod:`huselet.logwriter`), as a daemon must: a slow stderr never blocks
+    its event loop. Command-line tools write directly.
+    """
+    handler: logging.Handler
+    if background:
+        from huselet.logwriter import BackgroundLogWriter
+
+        handler = BackgroundLogWriter(stream or sys.stderr, max_buffered_bytes=buffer_kb << 10)
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger(_ROOT)
+    for old in root.handlers:
+        old.close()  # a background writer's thread ends with it
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False

@@ -77,6 +77,8 @@ class Daemon:
         self.lines: list[str] = []
         self._ready = threading.Event()
         self.ready_entry: dict[str, Any] = {}
+        self._reading = threading.Event()  # cleared: the stderr reader stops reading
+        self._reading.set()
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
             [*HUSELET, "run", "--config", str(config)],
@@ -97,11 +99,19 @@ class Daemon:
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
+            self._reading.wait()
             self.lines.append(line.rstrip("\n"))
             if '"huselet ready"' in line:
                 self.ready_entry = json.loads(line)
                 self._ready.set()
         self._ready.set()  # EOF: unblock a waiter; it checks ready_entry
+
+    def pause_log_reader(self) -> None:
+        """Stop reading the daemon's stderr: its pipe fills, as a stalled journald's would."""
+        self._reading.clear()
+
+    def resume_log_reader(self) -> None:
+        self._reading.set()
 
     def logs(self, msg: str | None = None) -> list[dict[str, Any]]:
         out = []
@@ -204,6 +214,7 @@ class Daemon:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._reading.set()  # a paused reader would leave the daemon's last lines unread
         if self.proc.poll() is None:
             try:
                 self.terminate(30)

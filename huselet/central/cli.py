@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.state_dir is None:
             p.error("--admin needs --admin-token-file (or --state-dir for the default)")
         token_file = args.state_dir / "admin-token"
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, background=True)
     try:
         tls = server_context(*tls_files) if all(tls_files) else None
         etcd_tls = (

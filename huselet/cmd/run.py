@@ -38,7 +38,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from huselet.daemon import Daemon
     from huselet.log import setup_logging
 
-    setup_logging(args.log_level or config.node.log_level)
+    setup_logging(
+        args.log_level or config.node.log_level, background=True, buffer_kb=config.log.buffer_kb
+    )
     tune_gc()
 
     async def main() -> None:

@@ -10,7 +10,8 @@ traffic).
 
 ``[log]``: the access log (one record per request at info) is sampled above
 ``access_rate`` records per second; ``ring_records`` bounds the in-memory log
-ring each function keeps for ``huselet ctl logs``.
+ring each function keeps for ``huselet ctl logs``; ``buffer_kb`` bounds the log
+lines waiting for stderr (written by a thread: a slow stderr never blocks the daemon).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from huselet.config.table import ConfigTable, TcpAddress
 
 MAX_RING_RECORDS = 100_000
+MIN_BUFFER_KB, MAX_BUFFER_KB = 16, 1 << 20
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class MetricsSettings:
 class LogSettings:
     access_rate: int = 100  # access records per second written to the log; 0: none
     ring_records: int = 2000  # per function, for ``huselet ctl logs``
+    # Log lines waiting for stderr (huselet.logwriter); beyond it lines are dropped, counted.
+    buffer_kb: int = 4096
 
 
 def parse_metrics(t: ConfigTable) -> MetricsSettings:
@@ -62,10 +66,16 @@ def parse_log(t: ConfigTable) -> LogSettings:
     settings = LogSettings(
         access_rate=t.non_negative_int("access_rate", default=d.access_rate),
         ring_records=t.positive_int("ring_records", default=d.ring_records),
+        buffer_kb=t.positive_int("buffer_kb", default=d.buffer_kb),
     )
     t.finish()
     if settings.ring_records > MAX_RING_RECORDS:
         raise ConfigError(
             t.key("ring_records"), f"at most {MAX_RING_RECORDS}, got {settings.ring_records}"
+        )
+    if not MIN_BUFFER_KB <= settings.buffer_kb <= MAX_BUFFER_KB:
+        raise ConfigError(
+            t.key("buffer_kb"),
+            f"between {MIN_BUFFER_KB} and {MAX_BUFFER_KB}, got {settings.buffer_kb}",
         )
     return settings

@@ -21,6 +21,7 @@ from huselet.dispatch.instance import InstanceState
 from huselet.health.breaker import BreakerState
 from huselet.health.counters import HealthCounter
 from huselet.health.supervisor import HealthState, LoopReport
+from huselet.log import dropped_lines
 from huselet.metrics.families import counter, gauge, one_hot
 from huselet.metrics.histogram import Histogram
 from huselet.metrics.instances import InstanceMetrics
@@ -142,6 +143,12 @@ class NodeCollector:
         if self.admission is not None:
             yield from _admission(self.admission())
         yield from _instance_output()
+        yield CounterMetricFamily(
+            "huselet_log_lines_dropped",
+            "The daemon's own log lines dropped because stderr did not take them "
+            "(log.buffer_kb was full).",
+            value=dropped_lines(),
+        )
 
     def _pools(self, pools: Mapping[str, Any]) -> Iterator[Metric]:
         instances = gauge("huselet_instances", "function", "state")

@@ -25,6 +25,7 @@ def test_defaults_keep_metrics_without_a_listener(tmp_path: Path) -> None:
     config = parse_config(raw(tmp_path), base_dir=tmp_path)
     assert config.metrics.enabled and config.metrics.http is None
     assert config.log.access_rate == 100 and config.log.ring_records == 2000
+    assert config.log.buffer_kb == 4096
 
 
 def test_a_loopback_listener_and_log_knobs(tmp_path: Path) -> None:
@@ -50,6 +51,8 @@ def test_a_loopback_listener_and_log_knobs(tmp_path: Path) -> None:
         ({"log": {"access_rate": -1}}, "log.access_rate"),
         ({"log": {"ring_records": 0}}, "log.ring_records"),
         ({"log": {"ring_records": 10**6}}, "log.ring_records: at most"),
+        ({"log": {"buffer_kb": 8}}, "log.buffer_kb: between 16 and"),
+        ({"log": {"buffer_kb": 0}}, "log.buffer_kb"),
     ],
 )
 def test_bad_values_are_refused_with_their_key(tmp_path: Path, tables: dict, expected: str) -> None:
