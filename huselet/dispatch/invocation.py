@@ -100,6 +100,7 @@ class Invocation:
         "http",
         "instance",
         "kind",
+        "link_seq",
         "meta",
         "on_done",
         "pool",
@@ -130,6 +131,7 @@ class Invocation:
         # from outside (deadline, drain) tells it, so its live count stays exact.
         self.queued_in: QueueSlot | None = None
         self.instance: ServingInstance | None = None
+        self.link_seq = 0  # its place in the order requests were sent to its instance
         self.attempts = 1  # deliveries to an instance so far, counting a retry
         self.dispatched_at: float | None = None  # last taken off the queue (timings)
         self.trace = ""  # W3C traceparent passed on to the handler ("" if none)
