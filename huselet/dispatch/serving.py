@@ -334,9 +334,7 @@ def _may_queue_behind(pool: FunctionPool, record: InstanceRecord) -> bool:
     a request should wait for the instance that frees (or starts) first.
     """
     return len(record.inflight) < MAX_INFLIGHT and (
-        len(pool.instances) >= pool.settings.max_instances
-        or bool(pool.starts_held)
-        or pool.closed
+        len(pool.instances) >= pool.settings.max_instances or bool(pool.starts_held) or pool.closed
     )
 
 

@@ -74,7 +74,7 @@ PULL_WINDOW = 4
 # A handler slower than this keeps a window of one, as before: waiting behind it
 # in this instance could cost a request more than waiting in the daemon's queue
 # for whichever instance frees first.
-BATCH_BELOW_S = 0.001
+BATCH_BELOW_S = 0.005
 _PULLS = {n: encode_frame(Pull(n).encode()) for n in range(1, PULL_WINDOW + 1)}
 
 # READY and the first PULL never change: one write of bytes built at import. A
