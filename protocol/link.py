@@ -21,6 +21,20 @@ Conversation (every message is one frame from :mod:`protocol.frames`; the
                                               within the heartbeat timeout is replaced
                                           ◀─ SHUTDOWN{} (or the socket closes)
 
+Credit. ``PULL{n}`` adds ``n`` to the requests the daemon may send; each
+REQUEST takes one. A worker may hold more than one (the reference worker
+keeps up to 4 while its handler is fast, topping up by half a window), and
+the daemon then writes several REQUESTs back to back. The worker must run
+them in the order received and write each RESULT before it starts the next
+request: then, if it dies, of the requests it received and did not answer
+only the *oldest* can have started (what it wrote stays readable after it
+dies), and the daemon requeues the others as never delivered. A worker that
+finds a request's deadline (``timeout_ms`` from its arrival) already past
+when its turn comes answers it with ``DeadlineExceeded`` without running it.
+The daemon keeps at most a few requests in flight per instance whatever the
+credit, and it queues a request behind another one in flight only when no
+instance is idle and the function cannot start another.
+
 Unknown keys are ignored (forward compatibility); a missing or mistyped
 required key is a :class:`MalformedFrame` and closes that link only.
 
