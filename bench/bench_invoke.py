@@ -141,10 +141,18 @@ handler = "main:handler"
 """
     )
     env = dict(os.environ)
+    python = sys.executable
     if code is not None:
         env["PYTHONPATH"] = str(code)
+        # Its instances must run its worker too: they start `python -I -m
+        # huselet.worker` with the daemon's interpreter, which ignores PYTHONPATH.
+        # A checkout with its own venv (scripts/bootstrap.sh) brings one.
+        if (code / ".venv" / "bin" / "python").exists():
+            python = str(code / ".venv" / "bin" / "python")
+        else:
+            print(f"bench_invoke: {code} has no .venv: its instances run this tree's worker")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "huselet", "run", "--config", str(config), "--log-level", "info"],
+        [python, "-m", "huselet", "run", "--config", str(config), "--log-level", "info"],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
