@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypedDict
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypedDict
 
 import trio
 
@@ -23,8 +22,10 @@ if TYPE_CHECKING:
     from protocol.link import HttpRequest
 
 
-@dataclass(frozen=True, slots=True)
-class InvokeResult:
+class InvokeResult(NamedTuple):
+    """A function's answer. A named tuple, not a frozen dataclass: as immutable,
+    and made in a third of the time (one per request, in the link reader)."""
+
     body: bytes
     content_type: str
     # What an HTTP function chose (status, headers); 200 and none otherwise.

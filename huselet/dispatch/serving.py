@@ -41,10 +41,11 @@ from protocol.link import (
     KIND_TEXT,
     PULL,
     RESULT,
-    Result,
+    ResultFields,
     message_type,
     pull_count,
     request_message,
+    result_fields,
 )
 
 if TYPE_CHECKING:
@@ -428,7 +429,7 @@ async def _read_frames(
         record.last_heard = now = trio.current_time()
         kind = message_type(msg)
         if kind == RESULT:
-            _complete(pool, record, Result.decode(msg), now)
+            _complete(pool, record, result_fields(msg), now)
         elif kind == PULL:
             pulled(pull_count(msg))
         # Other types are ignored: a newer worker may send more.
@@ -459,8 +460,9 @@ def _link_broken(pool: FunctionPool, record: InstanceRecord, exc: Exception) -> 
     record.stop(StopReason.PROTOCOL_BROKEN, exc)
 
 
-def _complete(pool: FunctionPool, record: InstanceRecord, result: Result, now: float) -> None:
-    inv = record.inflight.pop(result.id, None)
+def _complete(pool: FunctionPool, record: InstanceRecord, result: ResultFields, now: float) -> None:
+    rid, ok, body, kind, error_info, http = result
+    inv = record.inflight.pop(rid, None)
     record.last_active = now
     if inv is None:
         return  # a late result for a request already answered (deadline, drain)
@@ -478,28 +480,27 @@ def _complete(pool: FunctionPool, record: InstanceRecord, result: Result, now: f
         pool.observer.first_reply(pool, record, inv)
     if pool.single_use:
         record.stop(StopReason.SERVED)  # takes effect at the next checkpoint, after this result
-    if result.ok:
-        content_type = CONTENT_TYPES.get(result.kind, "application/octet-stream")
-        outcome = InvokeResult(result.body, content_type)
-        if result.http is not None:  # an HTTP function chose status and headers
-            outcome = InvokeResult(
-                result.body, content_type, result.http.status, result.http.headers
-            )
+    if ok:
+        content_type = CONTENT_TYPES.get(kind, "application/octet-stream")
+        if http is None:
+            outcome = InvokeResult(body, content_type)
+        else:  # an HTTP function chose status and headers
+            outcome = InvokeResult(body, content_type, http.status, http.headers)
         if inv.complete(outcome):
             pool.counters[PoolCounter.OK] += 1
         if pool.breaker.state is not BreakerState.CLOSED:
             pool.breaker.record_success(now)  # the half-open trial worked
         return
-    assert result.error is not None
+    assert error_info is not None
     error: HuseletError
-    if result.error.type == ERROR_INVALID_EVENT:
-        error = BadRequest(result.error.message)
-    elif result.error.type == ERROR_DEADLINE:  # the worker cancelled an async handler
-        error = DeadlineExceeded(result.error.message)
-    elif result.error.status is not None:  # the handler raised HTTPError
-        error = HandlerStatusError(result.error.status, result.error.type, result.error.message)
+    if error_info.type == ERROR_INVALID_EVENT:
+        error = BadRequest(error_info.message)
+    elif error_info.type == ERROR_DEADLINE:  # the worker cancelled (or skipped) the request
+        error = DeadlineExceeded(error_info.message)
+    elif error_info.status is not None:  # the handler raised HTTPError
+        error = HandlerStatusError(error_info.status, error_info.type, error_info.message)
     else:
-        error = HandlerError(result.error.type, result.error.message)
+        error = HandlerError(error_info.type, error_info.message)
     if inv.complete(error):
         if isinstance(error, DeadlineExceeded):
             pool.counters[PoolCounter.DEADLINE_CANCELLED] += 1
