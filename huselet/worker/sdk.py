@@ -58,11 +58,6 @@ from protocol.link import (
 EXIT_OK = 0
 EXIT_LINK_FAILED = 2
 EXIT_HANDLER_LOAD_FAILED = 3
-# One read from the link. Python allocates the whole size for each recv() and
-# then shrinks it: at 256 KiB (above glibc's 128 KiB mmap threshold) that was an
-# mmap and an munmap per request, ~15 µs of a no-op request's worker time; at
-# 64 KiB it is a plain heap allocation (~1 µs). Larger frames take more reads.
-RECEIVE_BYTES = 64 * 1024
 
 # Credit the worker keeps with the daemon while its handler is fast (the link's
 # window): with a backlog the daemon writes several requests in one send and
@@ -76,6 +71,12 @@ PULL_WINDOW = 4
 # for whichever instance frees first.
 BATCH_BELOW_S = 0.005
 _PULLS = {n: encode_frame(Pull(n).encode()) for n in range(1, PULL_WINDOW + 1)}
+
+# One read from the link. Python allocates the whole size for each recv() and
+# then shrinks it: at 256 KiB (above glibc's 128 KiB mmap threshold) that was an
+# mmap and an munmap per request, ~15 µs of a no-op request's worker time; at
+# 64 KiB it is a plain heap allocation (~1 µs). Larger frames take more reads.
+RECEIVE_BYTES = 64 * 1024
 
 # READY and the first PULL never change: one write of bytes built at import. A
 # fork instance then touches no codec on its way to idle (each object it touches
