@@ -26,9 +26,13 @@ median of the rounds and their spread (max - min, for req/s). CPU columns come
 from ``/proc/PID/stat`` (utime+stime) deltas over each measured window:
 ``daemon`` is huselet's daemon process alone, ``server`` every process
 serving (daemon + workers, gunicorn master + workers, uvicorn, the raw
-workers). The load generator is this process (trio, keep-alive, closed loop);
-on a 2-core machine it competes with the servers for CPU, as a gateway on the
-same host would, and at the highest levels it can be the limit itself.
+workers). ``sys/req`` and ``wakes/req`` count the daemon's read/write system
+calls (``/proc/PID/io``) and its event loop's sleeps (voluntary context
+switches of its main thread) per request: counts that a loaded machine does
+not inflate, where CPU time swells with it. The load generator is this
+process (trio, keep-alive, closed loop); on a 2-core machine it competes
+with the servers for CPU, as a gateway on the same host would, and at the
+highest levels it can be the limit itself.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import LoadResult, run_framed_load, run_load
-from procstats import cpu_seconds, descendants
+from procstats import cpu_seconds, descendants, syscalls_and_wakeups
 from rawlink import RawWorkers
 
 BENCH = Path(__file__).resolve().parent
@@ -141,10 +145,18 @@ handler = "main:handler"
 """
     )
     env = dict(os.environ)
+    python = sys.executable
     if code is not None:
         env["PYTHONPATH"] = str(code)
+        # Its instances must run its worker too: they start `python -I -m
+        # huselet.worker` with the daemon's interpreter, which ignores PYTHONPATH.
+        # A checkout with its own venv (scripts/bootstrap.sh) brings one.
+        if (code / ".venv" / "bin" / "python").exists():
+            python = str(code / ".venv" / "bin" / "python")
+        else:
+            print(f"bench_invoke: {code} has no .venv: its instances run this tree's worker")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "huselet", "run", "--config", str(config), "--log-level", "info"],
+        [python, "-m", "huselet", "run", "--config", str(config), "--log-level", "info"],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -279,6 +291,9 @@ class Round:
     errors: int
     server_us: float  # CPU µs per request, every serving process
     daemon_us: float | None  # huselet's daemon alone
+    # huselet's daemon: read/write system calls and event-loop wake-ups per request
+    daemon_sys: float | None = None
+    daemon_wakes: float | None = None
 
 
 @dataclass
@@ -301,12 +316,15 @@ async def measure(mode: Mode, server: Server, conc: int, duration: float, warmup
         box[key + "_srv"] = sum(cpu_seconds(p) for p in server.pids())
         if server.daemon_pid:
             box[key + "_daemon"] = cpu_seconds(server.daemon_pid)
+            box[key + "_sys"], box[key + "_wakes"] = syscalls_and_wakeups(server.daemon_pid)
 
     result = await mode.load(server, conc, duration, warmup, mark)
     n = max(1, result.requests)
-    daemon = None
+    daemon = sys_calls = wakes = None
     if server.daemon_pid:
         daemon = (box["end_daemon"] - box["start_daemon"]) / n * 1e6
+        sys_calls = (box["end_sys"] - box["start_sys"]) / n
+        wakes = (box["end_wakes"] - box["start_wakes"]) / n
     return Round(
         result.rps,
         result.p50,
@@ -314,6 +332,8 @@ async def measure(mode: Mode, server: Server, conc: int, duration: float, warmup
         result.errors,
         (box["end_srv"] - box["start_srv"]) / n * 1e6,
         daemon,
+        sys_calls,
+        wakes,
     )
 
 
@@ -348,8 +368,10 @@ def print_table(args: argparse.Namespace, cells: dict[Any, Cell]) -> None:
         f"\nmedian of {args.rounds} interleaved rounds, {args.duration:g} s each "
         f"(± = max - min of the rounds); {os.cpu_count()} CPUs"
     )
-    header = ("mode", "conc", "req/s", "±", "p50 ms", "p99 ms", "err", "daemon µs", "server µs")
-    print("{:<15} {:>5} {:>8} {:>6} {:>8} {:>8} {:>5} {:>10} {:>10}".format(*header))
+    # sys/req, wakes/req: the daemon's read/write system calls and loop wake-ups.
+    header = ("mode", "conc", "req/s", "±", "p50 ms", "p99 ms", "err", "daemon µs", "server µs",
+              "sys/req", "wakes/req")  # fmt: skip
+    print("{:<15} {:>5} {:>8} {:>6} {:>8} {:>8} {:>5} {:>10} {:>10} {:>8} {:>9}".format(*header))
     for conc in args.levels:
         for name in args.modes.split(","):
             cell = cells[(name, conc)]
@@ -359,7 +381,9 @@ def print_table(args: argparse.Namespace, cells: dict[Any, Cell]) -> None:
                 f"{fmt(cell.spread('rps'), '.0f'):>6} {fmt(cell.median('p50'), '.3f'):>8} "
                 f"{fmt(cell.median('p99'), '.2f'):>8} {errors:>5} "
                 f"{fmt(cell.median('daemon_us'), '.0f'):>10} "
-                f"{fmt(cell.median('server_us'), '.0f'):>10}"
+                f"{fmt(cell.median('server_us'), '.0f'):>10} "
+                f"{fmt(cell.median('daemon_sys'), '.2f'):>8} "
+                f"{fmt(cell.median('daemon_wakes'), '.2f'):>9}"
             )
 
 

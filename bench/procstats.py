@@ -45,6 +45,24 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
+def syscalls_and_wakeups(pid: int) -> tuple[int, int]:
+    """Read and write system calls of ``pid`` (all threads, ``/proc/PID/io``), and
+    the times its main thread slept and was woken (voluntary context switches).
+
+    Counts, not times: they do not swell when a loaded machine makes every
+    call slower, so they show what a change does to the work per request.
+    (0, 0) if the process is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/io", "rb") as f:
+            io = dict(line.split(b":") for line in f.read().splitlines())
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = dict(line.split(b":", 1) for line in f.read().splitlines())
+    except (OSError, ValueError):
+        return 0, 0
+    return int(io[b"syscr"]) + int(io[b"syscw"]), int(status[b"voluntary_ctxt_switches"])
+
+
 def descendants(pid: int) -> list[int]:
     """``pid`` and every process below it (via /proc/PID/task/*/children)."""
     found, todo = [], [pid]

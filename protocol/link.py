@@ -21,6 +21,20 @@ Conversation (every message is one frame from :mod:`protocol.frames`; the
                                               within the heartbeat timeout is replaced
                                           ◀─ SHUTDOWN{} (or the socket closes)
 
+Credit. ``PULL{n}`` adds ``n`` to the requests the daemon may send; each
+REQUEST takes one. A worker may hold more than one (the reference worker
+keeps up to 4 while its handler is fast, topping up by half a window), and
+the daemon then writes several REQUESTs back to back. The worker must run
+them in the order received and write each RESULT before it starts the next
+request: then, if it dies, of the requests it received and did not answer
+only the *oldest* can have started (what it wrote stays readable after it
+dies), and the daemon requeues the others as never delivered. A worker that
+finds a request's deadline (``timeout_ms`` from its arrival) already past
+when its turn comes answers it with ``DeadlineExceeded`` without running it.
+The daemon keeps at most a few requests in flight per instance whatever the
+credit, and it queues a request behind another one in flight only when no
+instance is idle and the function cannot start another.
+
 Unknown keys are ignored (forward compatibility); a missing or mistyped
 required key is a :class:`MalformedFrame` and closes that link only.
 
@@ -275,21 +289,24 @@ class Result:
 
     @classmethod
     def decode(cls, msg: dict[str, Any]) -> Result:
-        rid = _field(msg, "id", str)
-        ok = _field(msg, "ok", bool)
-        if ok:
-            kind = _field(msg, "kind", str)
-            if kind not in KINDS:
-                raise MalformedFrame(f"result frame has unknown kind {kind!r}")
-            http = msg.get("http")
-            return cls(
-                id=rid,
-                ok=True,
-                body=_field(msg, "body", bytes),
-                kind=kind,
-                http=None if http is None else HttpResponse.decode(http),
-            )
-        return cls(id=rid, ok=False, error=ErrorInfo.decode(msg.get("error")))
+        return cls(*result_fields(msg))
+
+
+ResultFields = tuple[str, bool, bytes, str, "ErrorInfo | None", "HttpResponse | None"]
+
+
+def result_fields(msg: dict[str, Any]) -> ResultFields:
+    """A RESULT's validated fields in :class:`Result`'s order (the daemon's hot
+    path: no frozen dataclass built for each one)."""
+    rid = _field(msg, "id", str)
+    if _field(msg, "ok", bool):
+        kind = _field(msg, "kind", str)
+        if kind not in KINDS:
+            raise MalformedFrame(f"result frame has unknown kind {kind!r}")
+        http = msg.get("http")
+        body = _field(msg, "body", bytes)
+        return rid, True, body, kind, None, None if http is None else HttpResponse.decode(http)
+    return rid, False, b"", KIND_BYTES, ErrorInfo.decode(msg.get("error")), None
 
 
 @dataclass(frozen=True, slots=True)

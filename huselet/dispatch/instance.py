@@ -10,6 +10,7 @@ and :mod:`huselet.dispatch.serving`.
 from __future__ import annotations
 
 import enum
+import math
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -62,6 +63,19 @@ class InstanceRecord:
         self.served = 0
         self.dispatched = 0
         self.credits = 0  # requests the instance has pulled for and not yet received
+        # Of those, the ones counted in the pool's spare_credits (all of them while
+        # nothing is in flight here, else none: see serving.count_credits).
+        self.counted_credits = 0
+        # Requests taken for this link so far (each one's Invocation.link_seq), and
+        # the link_seq after the last one answered: the worker answers in order and
+        # writes each RESULT before it starts the next, so only the request whose
+        # link_seq == answered can have started; later ones are still unread.
+        self.taken = 0
+        self.answered = 0
+        # When the oldest unanswered request is one already answered for its caller
+        # (it expired while queued behind others here): by then the worker must
+        # have skipped it or it is stuck on it, past its deadline (then it is stopped).
+        self.overdue_at = math.inf
         self.inflight: dict[str, Invocation] = {}
         self.scope = trio.CancelScope()
         self.last_heard = self.created_at  # any frame from the instance (heartbeat)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypedDict
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypedDict
 
 import trio
 
@@ -23,8 +22,10 @@ if TYPE_CHECKING:
     from protocol.link import HttpRequest
 
 
-@dataclass(frozen=True, slots=True)
-class InvokeResult:
+class InvokeResult(NamedTuple):
+    """A function's answer. A named tuple, not a frozen dataclass: as immutable,
+    and made in a third of the time (one per request, in the link reader)."""
+
     body: bytes
     content_type: str
     # What an HTTP function chose (status, headers); 200 and none otherwise.
@@ -100,6 +101,7 @@ class Invocation:
         "http",
         "instance",
         "kind",
+        "link_seq",
         "meta",
         "on_done",
         "pool",
@@ -130,6 +132,7 @@ class Invocation:
         # from outside (deadline, drain) tells it, so its live count stays exact.
         self.queued_in: QueueSlot | None = None
         self.instance: ServingInstance | None = None
+        self.link_seq = 0  # its place in the order requests were sent to its instance
         self.attempts = 1  # deliveries to an instance so far, counting a retry
         self.dispatched_at: float | None = None  # last taken off the queue (timings)
         self.trace = ""  # W3C traceparent passed on to the handler ("" if none)

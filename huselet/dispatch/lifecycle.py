@@ -19,7 +19,7 @@ from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.hostlimit import start_refused
 from huselet.dispatch.instance import InstanceRecord, InstanceState
 from huselet.dispatch.reasons import PLANNED_STOPS, StopReason
-from huselet.dispatch.serving import retry, serve
+from huselet.dispatch.serving import count_credits, possibly_started, retry, serve
 from huselet.dispatch.startretry import retry_start, start_error
 from huselet.errors import HuseletError, InstanceLost
 from huselet.log import get_logger
@@ -189,8 +189,8 @@ async def _stop_handle(pool: FunctionPool, record: InstanceRecord, graceful: boo
 
 async def _teardown(pool: FunctionPool, record: InstanceRecord) -> None:
     record.state = InstanceState.STOPPING
-    pool.spare_credits -= record.credits
     record.credits = 0
+    count_credits(pool, record)
     handle, link = record.handle, record.link
     graceful = record.stop_reason in PLANNED_STOPS
     # Shielded cleanup still gets a deadline: a runtime that cannot report an
@@ -223,8 +223,9 @@ async def _teardown(pool: FunctionPool, record: InstanceRecord) -> None:
             what += f" {record.exit_status.describe()}"
         elif record.stop_reason:
             what += f" stopped: {record.stop_text}"
-        for inv in record.inflight.values():
-            if retry(pool, inv, record, delivered=inv is not record.sending):
+        # Newest first: each requeue goes to the head, so they keep their order.
+        for inv in reversed(record.inflight.values()):
+            if retry(pool, inv, record, delivered=possibly_started(record, inv)):
                 continue
             if inv.complete(InstanceLost(f"{what} while serving the request")):
                 pool.counters[PoolCounter.INSTANCE_LOST] += 1

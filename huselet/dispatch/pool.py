@@ -51,6 +51,7 @@ from huselet.dispatch.links import token_matches
 from huselet.dispatch.livepids import LivePids
 from huselet.dispatch.observer import InstanceObserver
 from huselet.dispatch.reasons import StopReason
+from huselet.dispatch.serving import expire_inflight
 from huselet.dispatch.startretry import StartRetry
 from huselet.errors import Draining, HuseletError, Unavailable
 from huselet.health.breaker import BreakerState, CircuitBreaker
@@ -102,9 +103,8 @@ class FunctionPool:
         # torn down": drain and retire wait on them instead of polling.
         self.outstanding = ActivityCount()  # held by Dispatcher.invoke per request
         self.live_instances = ActivityCount()  # one per entry of self.instances
-        # Sum of all ready instances' credits: capacity that will take a request
-        # within microseconds. Counting only parked dispatchers would start a new
-        # instance in the instant between a RESULT and its dispatcher re-parking.
+        # Credits of ready instances with nothing in flight: capacity that will take
+        # a request within microseconds (serving.count_credits keeps it).
         self.spare_credits = 0
         # Instances starting and not asked to stop, kept by the records themselves
         # (InstanceRecord.starting): ensure_capacity runs on every request.
@@ -166,10 +166,8 @@ class FunctionPool:
         """The caller's deadline passed; an instance still working on it is stuck."""
         self.counters[PoolCounter.DEADLINE_EXCEEDED] += 1
         record = inv.instance
-        if record is not None and inv.request_id in record.inflight:
-            record.inflight.pop(inv.request_id, None)
-            self.counters[PoolCounter.DEADLINE_KILLS] += 1
-            record.stop(StopReason.DEADLINE)
+        if isinstance(record, InstanceRecord) and inv.request_id in record.inflight:
+            expire_inflight(self, record, inv)
 
     # --- scaling ----------------------------------------------------------------
 

@@ -41,10 +41,11 @@ from protocol.link import (
     KIND_TEXT,
     PULL,
     RESULT,
-    Result,
+    ResultFields,
     message_type,
     pull_count,
     request_message,
+    result_fields,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +53,10 @@ if TYPE_CHECKING:
 
 # The pool's logger: these lines were always the pool's, and dashboards filter on it.
 log = get_logger("pool")
+
+# How long a worker may take to skip a request that expired while it waited
+# behind others there (it answers at once) before it is taken to be stuck on it.
+OVERDUE_GRACE_S = 0.5
 
 CONTENT_TYPES = {
     KIND_JSON: "application/json",
@@ -63,34 +68,45 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
     if pool.single_use:
         await _serve_single_use(pool, record)
         return
-    wake = trio.Event()  # set when a frame's rest waits in record.unsent
+    wake = trio.Event()  # set when a frame's rest waits in record.unsent (or a head is overdue)
 
     def offer() -> None:
-        """The instance has credit: take a queued request, or wait as the buffer's taker.
+        """The instance may have credit: take queued requests, or wait as the buffer's taker.
 
-        Runs in the reader (on PULL) or in whoever queues a request (the
-        buffer calls it): a request goes out without waking the serving task,
-        which is needed only for the rest of a frame that did not fit at once.
+        Runs in the reader (once the frames it read are handled) or in whoever
+        queues a request (the buffer calls it): requests go out without waking
+        the serving task, which is needed only for the rest of a frame that did
+        not fit at once. Only an instance with nothing in flight waits as a
+        taker: a new request goes to an idle instance, never behind another
+        request while one is idle (the extra credit of a busy one is used when
+        its results come in, and only while the pool cannot grow).
         """
+        count_credits(pool, record)
         if _dispatch_inline(pool, record):
             if record.unsent is not None:
                 wake.set()
-            elif record.credits > 0:
-                offer()  # the instance pulled for more than one
             return
-        if record.credits > 0 and record.sending is None and record.stop_reason is None:
-            if not record.inflight:
-                record.state = InstanceState.IDLE
+        if (
+            record.credits > 0
+            and not record.inflight
+            and record.sending is None
+            and record.stop_reason is None
+        ):
+            record.state = InstanceState.IDLE
             pool.buffer.add_taker(record, offer)
 
     def pulled(n: int) -> None:
         record.credits += n
-        pool.spare_credits += n
+
+    def settle() -> None:
+        # After the frames of one read: a head found overdue needs the serving task.
+        if record.overdue_at != math.inf:
+            wake.set()
         offer()
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_guard_protocol, pool, record, pulled)
+            nursery.start_soon(_guard_protocol, pool, record, pulled, settle)
             nursery.start_soon(_watch_exit, record)
             pool.heartbeats.watch(record)  # one task per pool judges them all
             idle_timeout = pool.settings.idle_timeout_ms / 1000
@@ -103,7 +119,7 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
                 deadline = _idle_since(record) + idle_timeout
                 if deadline <= now:
                     deadline = now + idle_timeout
-                with trio.CancelScope(deadline=deadline) as timer:
+                with trio.CancelScope(deadline=min(deadline, record.overdue_at)) as timer:
                     while True:
                         await wake.wait()
                         wake = trio.Event()
@@ -118,11 +134,63 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
                             record.sending = None
                             timer.deadline = trio.current_time() + idle_timeout
                             offer()
+                        timer.deadline = min(timer.deadline, record.overdue_at)
+                if _stuck_overdue(pool, record):
+                    return
                 if _idled_out(pool, record, idle_timeout):
                     nursery.cancel_scope.cancel()
                     return
     finally:
         pool.buffer.remove_taker(record)
+
+
+def count_credits(pool: FunctionPool, record: InstanceRecord) -> None:
+    """Keep ``pool.spare_credits`` the credits of instances with nothing in flight.
+
+    Those take a request at once; the extra credit of a busy instance would
+    queue it behind another, so the scaling rule must not count it as capacity.
+    """
+    counted = 0 if record.inflight else record.credits
+    pool.spare_credits += counted - record.counted_credits
+    record.counted_credits = counted
+
+
+def possibly_started(record: InstanceRecord, inv: Invocation) -> bool:
+    """May the instance have started ``inv`` (sent to it and not answered)?
+
+    Only the oldest request it has not answered: the worker runs its requests
+    in order and writes each RESULT before it starts the next (and what it
+    wrote stays readable after it dies). The one whose frame is still being
+    written cannot have been read whole.
+    """
+    return inv is not record.sending and inv.link_seq <= record.answered
+
+
+def expire_inflight(pool: FunctionPool, record: InstanceRecord, inv: Invocation) -> None:
+    """``inv`` (in flight on ``record``) passed its deadline and its caller has its 504.
+
+    The instance is stuck on it only if it can have started it; a request
+    still queued behind another stays in flight there (the worker skips it,
+    its deadline being past, or is stopped once it is found stuck on it).
+    """
+    if not possibly_started(record, inv):
+        return
+    record.inflight.pop(inv.request_id, None)
+    pool.counters[PoolCounter.DEADLINE_KILLS] += 1
+    record.stop(StopReason.DEADLINE)
+
+
+def _stuck_overdue(pool: FunctionPool, record: InstanceRecord) -> bool:
+    """The overdue head's grace ended unanswered: stop the instance (True)."""
+    if record.overdue_at > trio.current_time():
+        return False
+    record.overdue_at = math.inf
+    head = next(iter(record.inflight.values()), None)
+    if head is None or not head.done or head.link_seq != record.answered:
+        return False  # answered (or skipped) in time
+    pool.counters[PoolCounter.DEADLINE_KILLS] += 1
+    record.stop(StopReason.DEADLINE)
+    return True
 
 
 def _idled_out(pool: FunctionPool, record: InstanceRecord, idle_timeout: float) -> bool:
@@ -140,8 +208,8 @@ def _idled_out(pool: FunctionPool, record: InstanceRecord, idle_timeout: float) 
     record.stop_reason = StopReason.IDLE
     record.state = InstanceState.STOPPING
     # Its capacity is gone now, not after the graceful stop.
-    pool.spare_credits -= record.credits
     record.credits = 0
+    count_credits(pool, record)
     pool.ensure_capacity()
     return True
 
@@ -168,11 +236,11 @@ async def _serve_single_use(pool: FunctionPool, record: InstanceRecord) -> None:
     def pulled(n: int) -> None:
         if not record.dispatched:  # it takes exactly one request
             record.credits += n
-            pool.spare_credits += n
+            count_credits(pool, record)
             credit_arrived.set()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_guard_protocol, pool, record, pulled)
+        nursery.start_soon(_guard_protocol, pool, record, pulled, _nothing)
         nursery.start_soon(_watch_exit, record)
         pool.heartbeats.watch(record)
         idle_timeout = pool.settings.idle_timeout_ms / 1000
@@ -186,35 +254,52 @@ async def _serve_single_use(pool: FunctionPool, record: InstanceRecord) -> None:
                 nursery.cancel_scope.cancel()
                 return
         frame = _take(pool, record, inv)
+        record.sending = inv
+        count_credits(pool, record)
         if not await _send_frame(pool, record, frame):
             return
         record.sending = None
         record.dispatched += 1
         # Its one request is on its way: no more capacity here, and
         # _complete stops the instance once the result is in.
-        pool.spare_credits -= record.credits
         record.credits = 0
+        count_credits(pool, record)
         await trio.sleep_forever()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _take(pool: FunctionPool, record: InstanceRecord, inv: Invocation) -> bytes:
     """Give ``inv`` (just taken off the queue) to ``record``: one credit, in flight.
 
     Returns the request's frame. Until the whole frame is written the instance
-    cannot have run it: ``record.sending`` says so, and if the instance ends
-    meanwhile the request goes back to the queue (:func:`retry`, undelivered).
+    cannot have run it: the caller sets ``record.sending`` while it is not, and
+    if the instance ends meanwhile the request goes back to the queue
+    (:func:`retry`, undelivered).
     """
     record.credits -= 1
-    pool.spare_credits -= 1
     record.state = InstanceState.BUSY
     inv.instance = record
+    inv.link_seq = record.taken
+    record.taken += 1
     record.inflight[inv.request_id] = inv
     timeout_ms = max(1, int((inv.deadline - trio.current_time()) * 1000))
-    record.sending = inv
     assert record.link is not None
     return record.link.frame(
         request_message(inv.request_id, inv.event, inv.kind, timeout_ms, inv.http, inv.trace)
     )
+
+
+def _untake(pool: FunctionPool, record: InstanceRecord, invs: list[Invocation]) -> None:
+    """Give back requests taken (the newest ones) whose frames got no byte on the wire."""
+    for inv in reversed(invs):
+        del record.inflight[inv.request_id]
+        record.credits += 1
+        record.taken -= 1
+        record.dispatched -= 1
+        pool.buffer.requeue(inv)  # at the head, in their order
 
 
 async def _send_frame(pool: FunctionPool, record: InstanceRecord, frame: bytes) -> bool:
@@ -238,13 +323,31 @@ def _send_failed(pool: FunctionPool, record: InstanceRecord, exc: BaseException)
         record.stop(StopReason.LINK_BROKE, exc)
 
 
-def _dispatch_inline(pool: FunctionPool, record: InstanceRecord) -> bool:
-    """Hand the next queued request to ``record`` now, written without waiting.
+# Requests in flight on one instance at most, whatever credit it asks for.
+MAX_INFLIGHT = 8
 
-    Called on a PULL (under load a request is always waiting when a result
-    comes in) and by the buffer when a request arrives for an instance that
-    waits as its taker: no task wakes up in between. The serving task touches
-    the link only to write a frame's rest (``record.sending`` is set
+
+def _may_queue_behind(pool: FunctionPool, record: InstanceRecord) -> bool:
+    """May a request wait in ``record`` behind one in flight there?
+
+    Only while the pool cannot start another instance (at ``max_instances``,
+    or starts held): until then the queue's length is what makes it grow, and
+    a request should wait for the instance that frees (or starts) first.
+    """
+    return len(record.inflight) < MAX_INFLIGHT and (
+        len(pool.instances) >= pool.settings.max_instances or bool(pool.starts_held) or pool.closed
+    )
+
+
+def _dispatch_inline(pool: FunctionPool, record: InstanceRecord) -> bool:
+    """Hand queued requests to ``record`` now, written in one send without waiting.
+
+    Called when the instance's frames were read (under load a request is
+    always waiting when a result comes in) and by the buffer when a request
+    arrives for an instance that waits as its taker: no task wakes up in
+    between. An instance with nothing in flight takes one; more (as its
+    credit allows) only while :func:`_may_queue_behind`. The serving task
+    touches the link only to write a frame's rest (``record.sending`` is set
     meanwhile, and this refuses). True if a request was taken: written, or its
     frame's rest left in ``record.unsent`` for the serving task to write.
     """
@@ -256,30 +359,61 @@ def _dispatch_inline(pool: FunctionPool, record: InstanceRecord) -> bool:
         or record.link is None
     ):
         return False
+    if record.inflight and not _may_queue_behind(pool, record):
+        return False
     inv = pool.buffer.get_nowait()
     if inv is None:
         return False
     frame = _take(pool, record, inv)
+    taken = [inv]
+    frames = [frame]
+    while record.credits > 0 and _may_queue_behind(pool, record):
+        more = pool.buffer.get_nowait()
+        if more is None:
+            break
+        taken.append(more)
+        frames.append(_take(pool, record, more))
+    if len(frames) > 1:
+        frame = b"".join(frames)
+    count_credits(pool, record)
+    record.dispatched += len(taken)
     try:
         written = record.link.send_nowait_raw(frame)
     except OSError as exc:
-        # inv stays in flight and marked sending: the teardown requeues it.
+        # None of them reached the instance whole: the teardown requeues them all
+        # (the first as the one being sent, the rest as not possibly started).
+        record.sending = inv
         _send_failed(pool, record, exc)
         return True
-    record.dispatched += 1
     if written == len(frame):
-        record.sending = None
-    else:
-        # Part of the frame (maybe none of it) is on the wire: the serving task
-        # writes the rest, waiting for room; inv stays marked as sending until then.
-        record.unsent = frame[written:]
-    return True
+        return True
+    # Part of the data (maybe none of it) is on the wire: the serving task
+    # writes the rest of the frame cut short, waiting for room, and that request
+    # stays marked as sending until then; requests after it go back to the queue.
+    start = 0
+    for i, one in enumerate(frames):
+        if written < start + len(one):
+            record.sending = taken[i]
+            record.unsent = one[written - start :]
+            if i + 1 < len(taken):
+                _untake(pool, record, taken[i + 1 :])
+                count_credits(pool, record)
+            return True
+        start += len(one)
+    raise AssertionError("a partial write covered every frame")
 
 
 async def _read_frames(
-    pool: FunctionPool, record: InstanceRecord, pulled: Callable[[int], None]
+    pool: FunctionPool,
+    record: InstanceRecord,
+    pulled: Callable[[int], None],
+    settle: Callable[[], None],
 ) -> None:
-    """Read the worker's frames: results complete their requests, PULLs give credit."""
+    """Read the worker's frames: results complete their requests, PULLs give credit.
+
+    ``settle`` runs once the frames of a read are handled: requests then go
+    out in one send for all the credit they brought.
+    """
     link = record.link
     assert link is not None
     decoder = link.decoder
@@ -287,6 +421,7 @@ async def _read_frames(
         # A frame already buffered (a PULL read with its RESULT) needs no coroutine.
         msg = decoder.next_frame()
         if msg is None:
+            settle()
             msg = await link.receive()
         if msg is None:
             record.stop(StopReason.LINK_CLOSED)
@@ -294,17 +429,20 @@ async def _read_frames(
         record.last_heard = now = trio.current_time()
         kind = message_type(msg)
         if kind == RESULT:
-            _complete(pool, record, Result.decode(msg), now)
+            _complete(pool, record, result_fields(msg), now)
         elif kind == PULL:
             pulled(pull_count(msg))
         # Other types are ignored: a newer worker may send more.
 
 
 async def _guard_protocol(
-    pool: FunctionPool, record: InstanceRecord, pulled: Callable[[int], None]
+    pool: FunctionPool,
+    record: InstanceRecord,
+    pulled: Callable[[int], None],
+    settle: Callable[[], None],
 ) -> None:
     try:
-        await _read_frames(pool, record, pulled)
+        await _read_frames(pool, record, pulled, settle)
     except trio.BrokenResourceError as exc:
         if isinstance(exc.__cause__, ConnectionResetError):
             # A worker that dies with our frames unread makes Linux reset the
@@ -322,38 +460,47 @@ def _link_broken(pool: FunctionPool, record: InstanceRecord, exc: Exception) -> 
     record.stop(StopReason.PROTOCOL_BROKEN, exc)
 
 
-def _complete(pool: FunctionPool, record: InstanceRecord, result: Result, now: float) -> None:
-    inv = record.inflight.pop(result.id, None)
+def _complete(pool: FunctionPool, record: InstanceRecord, result: ResultFields, now: float) -> None:
+    rid, ok, body, kind, error_info, http = result
+    inv = record.inflight.pop(rid, None)
     record.last_active = now
     if inv is None:
         return  # a late result for a request already answered (deadline, drain)
+    if inv.link_seq >= record.answered:
+        record.answered = inv.link_seq + 1
+        # The next one may have expired while it waited here (its caller has a
+        # 504): the worker skips it at once, or it is stuck on it after all.
+        head = next(iter(record.inflight.values()), None) if record.inflight else None
+        if head is not None and head.done:
+            record.overdue_at = now + OVERDUE_GRACE_S
+        elif record.overdue_at != math.inf:
+            record.overdue_at = math.inf
     record.served += 1
     if record.served == 1 and pool.observer is not None:
         pool.observer.first_reply(pool, record, inv)
     if pool.single_use:
         record.stop(StopReason.SERVED)  # takes effect at the next checkpoint, after this result
-    if result.ok:
-        content_type = CONTENT_TYPES.get(result.kind, "application/octet-stream")
-        outcome = InvokeResult(result.body, content_type)
-        if result.http is not None:  # an HTTP function chose status and headers
-            outcome = InvokeResult(
-                result.body, content_type, result.http.status, result.http.headers
-            )
+    if ok:
+        content_type = CONTENT_TYPES.get(kind, "application/octet-stream")
+        if http is None:
+            outcome = InvokeResult(body, content_type)
+        else:  # an HTTP function chose status and headers
+            outcome = InvokeResult(body, content_type, http.status, http.headers)
         if inv.complete(outcome):
             pool.counters[PoolCounter.OK] += 1
         if pool.breaker.state is not BreakerState.CLOSED:
             pool.breaker.record_success(now)  # the half-open trial worked
         return
-    assert result.error is not None
+    assert error_info is not None
     error: HuseletError
-    if result.error.type == ERROR_INVALID_EVENT:
-        error = BadRequest(result.error.message)
-    elif result.error.type == ERROR_DEADLINE:  # the worker cancelled an async handler
-        error = DeadlineExceeded(result.error.message)
-    elif result.error.status is not None:  # the handler raised HTTPError
-        error = HandlerStatusError(result.error.status, result.error.type, result.error.message)
+    if error_info.type == ERROR_INVALID_EVENT:
+        error = BadRequest(error_info.message)
+    elif error_info.type == ERROR_DEADLINE:  # the worker cancelled (or skipped) the request
+        error = DeadlineExceeded(error_info.message)
+    elif error_info.status is not None:  # the handler raised HTTPError
+        error = HandlerStatusError(error_info.status, error_info.type, error_info.message)
     else:
-        error = HandlerError(result.error.type, result.error.message)
+        error = HandlerError(error_info.type, error_info.message)
     if inv.complete(error):
         if isinstance(error, DeadlineExceeded):
             pool.counters[PoolCounter.DEADLINE_CANCELLED] += 1

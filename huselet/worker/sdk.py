@@ -36,6 +36,7 @@ from huselet.worker.entries import (
 from protocol.errors import ProtocolError
 from protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE, FrameDecoder, encode_frame
 from protocol.link import (
+    ERROR_DEADLINE,
     HELLO,
     PING,
     PONG_FRAME,
@@ -60,6 +61,20 @@ from protocol.link import (
 EXIT_OK = 0
 EXIT_LINK_FAILED = 2
 EXIT_HANDLER_LOAD_FAILED = 3
+
+# Credit the worker keeps with the daemon while its handler is fast (the link's
+# window): with a backlog the daemon writes several requests in one send and
+# reads several results per wake-up, and the next request is already here when
+# one ends. Requests still run one at a time, in order, and each RESULT is
+# written before the next request starts (the daemon's retry rule relies on it:
+# of the requests it sent and heard nothing of, only the oldest can have run).
+PULL_WINDOW = 4
+# A handler slower than this keeps a window of one, as before: waiting behind it
+# in this instance could cost a request more than waiting in the daemon's queue
+# for whichever instance frees first.
+BATCH_BELOW_S = 0.005
+_PULLS = {n: encode_frame(Pull(n).encode()) for n in range(1, PULL_WINDOW + 1)}
+
 # One read from the link. Python allocates the whole size for each recv() and
 # then shrinks it: at 256 KiB (above glibc's 128 KiB mmap threshold) that was an
 # mmap and an munmap per request, ~15 µs of a no-op request's worker time; at
@@ -127,6 +142,9 @@ class Link:
     def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.sock = sock
         self.decoder = FrameDecoder(max_frame=max_frame)
+        # When the last read returned (time.monotonic()): a request waiting in
+        # the buffer arrived then or before, and its deadline counts from there.
+        self.received_at = 0.0
 
     def send(self, *messages: dict[str, Any]) -> None:
         # One sendall for several frames: a RESULT and the next PULL travel together.
@@ -142,6 +160,7 @@ class Link:
             chunk = self.sock.recv(RECEIVE_BYTES)
             if not chunk:
                 raise LinkClosed("the daemon closed the link")
+            self.received_at = time.monotonic()
             self.decoder.receive_data(chunk)
 
 
@@ -247,12 +266,24 @@ def load_entry(package_dir: str, spec: str, kind: EntryKind | None = None) -> En
     return make_entry(load_handler(package_dir, spec), kind)
 
 
-def serve_request(entry: Entry, req: Request, function: str, instance_id: str) -> Result:
+def serve_request(
+    entry: Entry, req: Request, function: str, instance_id: str, received_at: float | None = None
+) -> Result:
+    """Run ``req`` (received at ``received_at``, default now) and return its RESULT.
+
+    A request whose deadline passed while it waited behind others in this
+    instance is not run: the daemon answered its caller already (504).
+    """
+    now = time.monotonic()
+    deadline = (now if received_at is None else received_at) + req.timeout_ms / 1000
+    if now >= deadline:
+        error = ErrorInfo(ERROR_DEADLINE, "the request's deadline passed before it started")
+        return Result(req.id, ok=False, error=error)
     ctx = Context(
         request_id=req.id,
         function_name=function,
         instance_id=instance_id,
-        deadline=time.monotonic() + req.timeout_ms / 1000,
+        deadline=deadline,
         traceparent=req.trace,
     )
     try:
@@ -347,7 +378,8 @@ def link_failed(exc: BaseException) -> int:
 
 
 def _serve_loop(link: Link, handler: Entry, function: str, instance_id: str) -> int:
-    pull = Pull(1).encode()
+    credit = 1  # requests the daemon may still send: the PULL that went with READY
+    window = 1  # the credit to keep: PULL_WINDOW while the handler is fast
     while True:
         try:
             msg = link.receive()
@@ -355,16 +387,25 @@ def _serve_loop(link: Link, handler: Entry, function: str, instance_id: str) -> 
             return EXIT_OK
         kind = message_type(msg)
         if kind == REQUEST:
-            result = serve_request(handler, Request.decode(msg), function, instance_id)
+            credit -= 1
+            req = Request.decode(msg)
+            started = time.monotonic()
+            result = serve_request(handler, req, function, instance_id, link.received_at)
+            window = PULL_WINDOW if time.monotonic() - started < BATCH_BELOW_S else 1
+            # Credit is topped up in batches (half a window at least): fewer PULLs,
+            # and the daemon writes what they ask for in one send.
+            pull = b""
+            if credit * 2 <= window:
+                pull = _PULLS[window - max(credit, 0)]
+                credit = window
             try:
-                link.send(result.encode(), pull)
+                frame = encode_frame(result.encode(), max_frame=link.decoder.max_frame)
             except ProtocolError as exc:  # the result is larger than a frame may be
-                link.send(
-                    Result(
-                        result.id, ok=False, error=ErrorInfo("ResultTooLarge", str(exc))
-                    ).encode(),
-                    pull,
-                )
+                error = ErrorInfo("ResultTooLarge", str(exc))
+                frame = encode_frame(Result(result.id, ok=False, error=error).encode())
+            # One write: the RESULT (and any PULL) is on the link before the next
+            # request starts, so a death leaves the daemon nothing ambiguous.
+            link.sock.sendall(frame + pull)
         elif kind == PING:
             link.send(PONG_FRAME)  # the daemon's heartbeat: an idle worker proves it is alive
         elif kind == SHUTDOWN:

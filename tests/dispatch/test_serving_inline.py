@@ -9,113 +9,19 @@ matters: right after it asked for more work.
 
 from __future__ import annotations
 
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from linkpeer import Peer, serving, submit
 
-from huselet.config import FunctionSettings, NodeSettings
-from huselet.dispatch.buffer import RequestBuffer
-from huselet.dispatch.instance import InstanceRecord, InstanceState
+from huselet.dispatch.instance import InstanceState
 from huselet.dispatch.invocation import Invocation
-from huselet.dispatch.links import InstanceLink
 from huselet.dispatch.pool import FunctionPool
 from huselet.dispatch.reasons import StopReason
-from huselet.dispatch.serving import retry, serve
-from huselet.runtime.base import ExitStatus, InstanceHandle
-from huselet.runtime.process import ProcessRuntime
-from protocol.frames import FrameDecoder, encode_frame
-from protocol.link import REQUEST, Pull, Request, Result, message_type
-
-DEADLINE_S = 30  # generous: these tests never wait on a clock, only on the peer
-
-
-class SocketPeerHandle(InstanceHandle):
-    """The 'process' behind the link is the test: it exits only when the test says."""
-
-    def __init__(self) -> None:
-        self.instance_id = "peer"
-        self.pid = None
-        self.gone = trio.Event()
-
-    async def wait(self) -> ExitStatus:
-        await self.gone.wait()
-        return ExitStatus(0)
-
-    def kill(self) -> None:
-        self.gone.set()
-
-
-class Peer:
-    """The worker's end of the link: blocking reads and writes, driven by the test."""
-
-    def __init__(self, sock: trio.socket.SocketType) -> None:
-        self.sock = sock
-        self.decoder = FrameDecoder(max_frame=64 << 20)
-
-    async def send(self, *messages: dict[str, Any]) -> None:
-        await self.sock.send(b"".join(encode_frame(m) for m in messages))
-
-    async def request(self) -> Request:
-        while True:
-            msg = self.decoder.next_frame()
-            if msg is not None:
-                assert message_type(msg) == REQUEST
-                return Request.decode(msg)
-            data = await self.sock.recv(1 << 20)
-            assert data, "the daemon closed the link"
-            self.decoder.receive_data(data)
-
-
-def make_pool(tmp: Path, nursery: trio.Nursery, **settings_: Any) -> FunctionPool:
-    settings = FunctionSettings(name="fn", package=tmp, handler="main:handler", **settings_)
-    # A real runtime (never run): the pool asks it only for its name here, and
-    # no instance may start: the one under test is the socket peer.
-    pool = FunctionPool(
-        settings, ProcessRuntime({}, node=NodeSettings("n", tmp, tmp)), tmp / "fn.sock", nursery
-    )
-    pool.starts_held = "test: the instance is a socket peer"
-    pool.buffer = RequestBuffer(100)
-    return pool
-
-
-async def start_instance(
-    pool: FunctionPool, nursery: trio.Nursery
-) -> tuple[InstanceRecord, Peer, SocketPeerHandle]:
-    ours, theirs = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    record = InstanceRecord(pool.name)
-    record.link = InstanceLink(trio.SocketStream(ours), FrameDecoder(max_frame=64 << 20))
-    handle = SocketPeerHandle()
-    record.handle = handle  # type: ignore[assignment]
-    record.state = InstanceState.IDLE
-    pool.instances[record.id] = record
-
-    async def run() -> None:
-        with record.scope:
-            await serve(pool, record)
-
-    nursery.start_soon(run)
-    return record, Peer(theirs), handle
-
-
-@asynccontextmanager
-async def serving(
-    tmp: Path, **settings: Any
-) -> AsyncIterator[tuple[FunctionPool, InstanceRecord, Peer]]:
-    """A pool whose one instance is served by serving.serve, the test as its worker."""
-    with trio.fail_after(DEADLINE_S):
-        async with trio.open_nursery() as nursery:
-            pool = make_pool(tmp, nursery, **settings)
-            record, peer, handle = await start_instance(pool, nursery)
-            yield pool, record, peer
-            handle.kill()
-            nursery.cancel_scope.cancel()
-
+from huselet.dispatch.serving import possibly_started, retry
+from protocol.link import Pull, Result
 
 BIG = b'"' + b"x" * (8 << 20) + b'"'  # a JSON string far larger than a socket buffer
 
@@ -131,12 +37,6 @@ async def queue_behind_a_busy_instance(
     queued = submit(pool, request_id, BIG)
     await peer.send(Result("small", ok=True, body=b"1").encode(), Pull(1).encode())
     return small, queued
-
-
-def submit(pool: FunctionPool, request_id: str, event: bytes = b"{}") -> Invocation:
-    inv = Invocation(request_id, pool.name, event, "json", trio.current_time() + DEADLINE_S)
-    pool.submit(inv)
-    return inv
 
 
 async def test_queued_requests_go_out_from_the_reader_in_order(tmp_path: Path) -> None:
@@ -199,7 +99,7 @@ async def test_an_instance_that_dies_as_the_reader_dispatches_loses_no_request(
         assert record.inflight == {"victim": victim}
         assert record.sending is victim and not victim.done
         # What the teardown does with it: back to the queue, undelivered.
-        assert retry(pool, victim, record, delivered=victim is not record.sending)
+        assert retry(pool, victim, record, delivered=possibly_started(record, victim))
         assert pool.counters["requeued_undelivered"] == 1
         assert pool.buffer.get_nowait() is victim
 
