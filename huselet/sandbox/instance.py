@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from typing import Any, NoReturn
 
@@ -236,6 +237,8 @@ def instance_main(
             code = sdk.link_failed(exc)
         else:
             gc.enable()
+            # The request loop counts a queued request's deadline from its read.
+            link.received_at = time.monotonic()
             link.decoder.receive_data(data)  # nothing (the daemon hung up) ends the loop at once
             code = sdk.serve_ready(link, handler, function, instance_id)
     except _Exit as done:
