@@ -18,8 +18,9 @@ import trio
 from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.hostlimit import start_refused
 from huselet.dispatch.instance import InstanceRecord, InstanceState
+from huselet.dispatch.outcomes import possibly_started, retry
 from huselet.dispatch.reasons import PLANNED_STOPS, StopReason
-from huselet.dispatch.serving import count_credits, possibly_started, retry, serve
+from huselet.dispatch.serving import count_credits, serve
 from huselet.dispatch.startretry import retry_start, start_error
 from huselet.errors import HuseletError, InstanceLost
 from huselet.log import get_logger

@@ -16,8 +16,8 @@ import trio
 import trio.testing
 from linkpeer import serving, start_instance, submit
 
+from huselet.dispatch.outcomes import OVERDUE_GRACE_S, possibly_started
 from huselet.dispatch.reasons import StopReason
-from huselet.dispatch.serving import OVERDUE_GRACE_S, possibly_started
 from huselet.errors import DeadlineExceeded
 from protocol.link import ERROR_DEADLINE, ErrorInfo, Pull, Result
 

@@ -18,9 +18,9 @@ from linkpeer import Peer, serving, submit
 
 from huselet.dispatch.instance import InstanceState
 from huselet.dispatch.invocation import Invocation
+from huselet.dispatch.outcomes import possibly_started, retry
 from huselet.dispatch.pool import FunctionPool
 from huselet.dispatch.reasons import StopReason
-from huselet.dispatch.serving import possibly_started, retry
 from protocol.link import Pull, Result
 
 BIG = b'"' + b"x" * (8 << 20) + b'"'  # a JSON string far larger than a socket buffer
