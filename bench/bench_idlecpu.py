@@ -65,7 +65,11 @@ def run_pair(root: Path, n: int, trees: dict[str, Path], windows: int, timeout_s
         for side, tree in trees.items():
             d = Daemon(root / f"n{n}-{side}", n, "fork", max_instances=max(1, n))
             d.log = open(d.home / "daemon.log", "wb")  # noqa: SIM115
-            cmd = [sys.executable, "-m", "huselet", "run", "--config", str(d.config)]
+            # Its own venv when it has one: zygotes and instances start with `python
+            # -I`, so only the interpreter's installed huselet reaches them.
+            own = tree / ".venv" / "bin" / "python"
+            python = str(own) if own.exists() else sys.executable
+            cmd = [python, "-m", "huselet", "run", "--config", str(d.config)]
             d.proc = subprocess.Popen(cmd, stderr=d.log, cwd=tree)
             daemons[side] = d
         t0 = time.monotonic()
