@@ -199,7 +199,7 @@ def serve(
                 return 0
             continue  # unknown requests are ignored: a newer daemon may send more
         place = msg.get("place", 0)
-        if type(seq) is not int or type(place) is not int or not 0 <= seq < 1 << 64 or place < 0:
+        if type(seq) is not int or type(place) is not int or seq < 0 or place < 0:
             close_all(fds)
             send(failure(seq, "malformed fork request: seq and place must be integers >= 0"))
             continue
