@@ -109,7 +109,7 @@ def failure(seq: Any, error: str, code: int | None = None) -> bytes:
     reply["error"] = error
     if code is not None:
         reply["errno"] = code  # tells the daemon a host limit (EAGAIN, ENOMEM) from a fault
-    body = msgpack.packb(reply, use_bin_type=True)
+    body: bytes = msgpack.packb(reply, use_bin_type=True)
     return _LEN.pack(len(body)) + body
 
 
@@ -167,8 +167,8 @@ def serve(
             away = False
         n, anc, flags, _ = recv_into(into, ancillary)
         fds: list[int] = []
-        for level, kind, data in anc:
-            if level == sol_socket and kind == scm_rights:
+        for level, what, data in anc:
+            if level == sol_socket and what == scm_rights:
                 got = new_fds("i")
                 got.frombytes(data[: len(data) - len(data) % 4])
                 fds += got

@@ -28,9 +28,10 @@ instance group's n directories; it opens each ``cgroup.procs`` (chowned to
 its uid by the daemon) with its own credentials and writes ``0`` (itself),
 clones, and goes home — through its own group's ``cgroup.procs``, opened once
 from the handles of a ``home`` message sent right after ``ready`` — once no
-request is waiting (:mod:`huselet.sandbox.forkloop`). The daemon needs no thread trip and no round trip per
-start: requests queue back to back. It never kills the zygote with a group it
-empties (:meth:`huselet.runtime.cgrouppool.CgroupPool.release` spares it).
+request is waiting (:mod:`huselet.sandbox.forkloop`). The daemon needs no
+thread trip and no round trip per start: requests queue back to back. It
+never kills the zygote with a group it empties
+(:meth:`huselet.runtime.cgrouppool.CgroupPool.release` spares it).
 
 What the child does, and why it is written to touch few pages:
 :mod:`huselet.sandbox.instance`.

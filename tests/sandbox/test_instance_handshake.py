@@ -34,6 +34,7 @@ from protocol.link import (
     message_type,
 )
 
+
 def unread(sock: socket.socket) -> int:
     """Bytes sent on ``sock`` that its peer has not read yet (SIOCOUTQ)."""
     count = array.array("i", [0])
