@@ -29,6 +29,7 @@ desynchronise the next.
 from __future__ import annotations
 
 import array
+import ctypes
 import errno
 import gc
 import mmap
@@ -41,6 +42,8 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+
+from huselet.sandbox.linux import Cloner
 
 MAX_PACKET = 256 * 1024
 MAX_FDS = 64  # link + output + one O_PATH handle per cgroup v1 hierarchy, with room
@@ -55,6 +58,7 @@ _FORKED_BODY = len(_FORKED_HEAD) + 9 + len(_FORKED_MID) + 9
 FORKED = struct.Struct(f">I{len(_FORKED_HEAD)}sBQ{len(_FORKED_MID)}sBQ")
 _UINT64 = 0xCF  # msgpack's uint 64 marker
 _REPLY_PAGE = 4096
+_PROCS = b"cgroup.procs"  # bytes: no file-system encoding of the name per open
 
 
 def _dontfork_buffer(size: int) -> mmap.mmap:
@@ -78,21 +82,11 @@ def open_procs(dir_fds: list[int]) -> list[int]:
     procs: list[int] = []
     try:
         for dir_fd in dir_fds:
-            procs.append(os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd))
+            procs.append(os.open(_PROCS, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd))
     except BaseException:
         close_all(procs)
         raise
     return procs
-
-
-def enter_cgroup(dir_fds: list[int]) -> None:
-    """Move this process into the group whose directories ``dir_fds`` are (O_PATH handles)."""
-    for dir_fd in dir_fds:
-        fd = os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-        try:
-            os.write(fd, b"0")  # 0: the writer itself
-        finally:
-            os.close(fd)
 
 
 def close_all(fds: list[int]) -> None:
@@ -115,7 +109,7 @@ def failure(seq: Any, error: str, code: int | None = None) -> bytes:
 
 def serve(
     ctl: socket.socket,
-    clone: Callable[[], int],
+    clone: Cloner,
     child: Callable[[dict[str, Any], list[int]], Any],
 ) -> int:
     """Answer ``fork`` requests on ``ctl`` until ``stop`` or EOF; returns the exit code.
@@ -150,6 +144,9 @@ def serve(
     write = os.write
     close = os.close
     freeze = gc.freeze
+    # The clone, inlined: no Cloner.__call__ frame and attribute lookups per start.
+    before, syscall, args, after_child, after_parent = clone.parts()
+    get_errno = ctypes.get_errno
     zero = b"0"
     home: list[int] = []  # its own group's cgroup.procs, write-only
     away = False  # in an instance's group, not home
@@ -228,16 +225,20 @@ def serve(
         # child's first allocation after gc.enable() runs a collection over
         # those objects and copies every page they sit on.
         freeze()
-        try:
-            pid = clone()
-        except OSError as exc:
-            close_all(fds)
-            send(failure(seq, str(exc), exc.errno or errno.EIO))
-            continue
+        before()
+        pid = syscall(*args)
         if pid == 0:
+            after_child()
             # The child closes every descriptor but its link and output (the
             # home cgroup.procs among them) before any function code runs.
             child(msg, fds)
+        if pid < 0:
+            code = get_errno() or errno.EIO
+            after_parent()
+            close_all(fds)
+            send(failure(seq, f"clone: {os.strerror(code)}", code))
+            continue
+        after_parent()
         close(fds[0])
         close(fds[1])
         pack_forked(replies, 0, body_len, head, _UINT64, seq, mid, _UINT64, pid)
