@@ -213,7 +213,7 @@ def serve(
                 for fd in procs:
                     write(fd, zero)
             except OSError as exc:
-                close_all(fds)
+                close_all(fds[:2])  # the handles: below, once
                 send(failure(seq, f"cannot enter the instance's cgroup: {exc}", exc.errno))
                 continue
             finally:
