@@ -236,7 +236,7 @@ def serve(
             code = get_errno() or errno.EIO
             after_parent()
             close_all(fds)
-            send(failure(seq, f"clone: {os.strerror(code)}", code))
+            send(failure(seq, str(OSError(code, f"clone: {os.strerror(code)}")), code))
             continue
         after_parent()
         close(fds[0])
