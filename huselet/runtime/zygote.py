@@ -207,6 +207,12 @@ class ZygoteProcess:
             with trio.move_on_after(start_timeout_s) as startup:
                 msg = await self._receive()
                 if msg is not None and msg.get("t") == "ready":
+                    if self._home_dirs:
+                        # Once, before any start: the zygote opens its own group's
+                        # cgroup.procs with its own credentials and keeps them, so
+                        # going home costs it one write per hierarchy. After ready:
+                        # the function's init code never held them.
+                        await self._send({"t": "home"}, self._home_dirs)
                     self.ready_at = trio.current_time()
                     self.ready.set()
                 elif msg is not None and msg.get("t") == "fatal":
@@ -274,7 +280,7 @@ class ZygoteProcess:
         dirs = target.open_dirs()
         try:
             place = {**request, "place": len(dirs)}
-            return await self.fork(place, [*fds, *dirs, *self._home_dirs], deadline)
+            return await self.fork(place, [*fds, *dirs], deadline)
         finally:
             for fd in dirs:
                 os.close(fd)

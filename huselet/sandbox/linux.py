@@ -268,6 +268,16 @@ class Cloner:
             ctypes.c_ulong(0),
         )
 
+    def parts(self) -> tuple[Any, ...]:
+        """What :meth:`__call__` calls, for a loop that inlines it (huselet.sandbox.forkloop).
+
+        ``(before, syscall, args, after_child, after_parent)``: call
+        ``before()``, then ``syscall(*args)``, then ``after_child()`` where it
+        returned 0, else ``after_parent()`` (a negative result: read
+        ``ctypes.get_errno()`` before that call).
+        """
+        return (self._before, _syscall_gil, self._args, self._child, self._parent)
+
     def __call__(self) -> int:
         self._before()
         pid: int = _syscall_gil(*self._args)

@@ -14,21 +14,14 @@ from __future__ import annotations
 import array
 import fcntl
 import json
-import os
 import socket
-import subprocess
 import termios
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-from support import WAIT_S, wait_until, write_package
+from support import wait_until
+from zygote_support import Instance
 
-from huselet.runtime.zygote import zygote_command
-from huselet.sandbox.confine import SandboxPlan
-from huselet.sandbox.zygote import receive
 from huselet.worker import sdk
-from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from protocol.frames import DEFAULT_MAX_FRAME, encode_frame
 from protocol.link import (
     PROTO_VERSION,
     PULL,
@@ -40,64 +33,6 @@ from protocol.link import (
     Welcome,
     message_type,
 )
-
-ECHO = """
-def handler(event, context):
-    return {"event": event, "instance": context.instance_id, "function": context.function_name}
-"""
-
-
-@pytest.fixture
-def zygote(short_tmp: Path) -> Iterator[socket.socket]:
-    """A ready zygote of ECHO; its control socket."""
-    pkg = write_package(short_tmp, "echo", ECHO)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ours.settimeout(WAIT_S)
-    proc = subprocess.Popen(
-        [*zygote_command(), "--control-fd", str(theirs.fileno())],
-        pass_fds=[theirs.fileno()],
-    )
-    theirs.close()
-    try:
-        plan = SandboxPlan(function="echo", package=str(pkg), handler="main:handler", isolate=False)
-        ours.send(encode_frame({"t": "config", "plan": plan.to_wire()}))
-        ready, _ = receive(ours)
-        assert ready is not None and ready["t"] == "ready", ready
-        yield ours
-    finally:
-        ours.close()  # the zygote's end: it exits
-        proc.wait(WAIT_S)
-
-
-class Instance:
-    """One cloned instance: the daemon's end of its link, its output, its pid."""
-
-    def __init__(self, ctl: socket.socket, instance_id: str) -> None:
-        self.link, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.link.settimeout(WAIT_S)
-        out_r, out_w = os.pipe()
-        msg = {"t": "fork", "seq": 1, "id": instance_id, "token": "tok"}
-        socket.send_fds(ctl, [encode_frame(msg)], [theirs.fileno(), out_w])
-        theirs.close()
-        os.close(out_w)
-        self.output = os.fdopen(out_r, "rb")
-        forked, _ = receive(ctl)
-        assert forked is not None and forked["t"] == "forked", forked
-        self.pid: int = forked["pid"]
-        self.decoder = FrameDecoder()
-
-    def receive(self) -> dict[str, object]:
-        while (msg := self.decoder.next_frame()) is None:
-            chunk = self.link.recv(65536)
-            assert chunk, "the instance closed its link"
-            self.decoder.receive_data(chunk)
-        return msg
-
-    def exit_code(self) -> int:
-        """Its exit status (it is this process's child: CLONE_PARENT)."""
-        self.link.close()
-        _, status = os.waitpid(self.pid, 0)
-        return os.waitstatus_to_exitcode(status)
 
 
 def unread(sock: socket.socket) -> int:
