@@ -18,9 +18,10 @@ from support import NodeStack, write_package
 
 import huselet.dispatch.links
 from huselet.dispatch.instance import InstanceState
+from huselet.metrics.instances import InstanceMetrics
 from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, Runtime
 from protocol.frames import FrameDecoder, encode_frame
-from protocol.link import READY_FRAME, Hello
+from protocol.link import READY_FRAME, Hello, Pull
 
 SOURCE = "def handler(event, context):\n    return {'event': event}\n"
 
@@ -196,5 +197,49 @@ async def test_silent_connections_to_one_function_do_not_hold_up_another(
                 sock._sock.recv(1, pysocket.MSG_DONTWAIT)
         for sock in silent:
             sock.close()
+        worker.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_worker_that_exits_before_connecting_fails_its_start_as_a_crash(
+    short_tmp: Path,
+) -> None:
+    # The held handle cannot call back on exit: the pool waits for it in a task.
+    stack = _Stack(short_tmp, ["echo"])
+    async with trio.open_nursery() as nursery:
+        await stack.run(nursery, ["echo"])
+        pool = stack.node.pool("echo")
+        pool.observer = metrics = InstanceMetrics()
+        spec = await stack.held_spec(nursery, "echo")
+        record = pool.instances[spec.instance_id]
+        assert record.handle is not None
+        record.handle.kill()  # it "exits" with no link ever dialled
+        with trio.fail_after(30):
+            while pool.counters["start_failures"] == 0:
+                await trio.sleep(0.01)
+        assert pool.last_start_error == "the worker exited with code 0 before connecting"
+        assert dict(metrics.functions["echo"].failures) == {"crash": 1}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_worker_that_sends_something_else_before_ready_fails_as_a_crash(
+    short_tmp: Path,
+) -> None:
+    stack = _Stack(short_tmp, ["echo"])
+    async with trio.open_nursery() as nursery:
+        await stack.run(nursery, ["echo"])
+        pool = stack.node.pool("echo")
+        pool.observer = metrics = InstanceMetrics()
+        spec = await stack.held_spec(nursery, "echo")
+        frame, worker = await _hello(
+            stack.node.links.socket_path("echo"), spec.instance_id, spec.token
+        )
+        assert frame is not None and frame["t"] == "welcome"
+        await worker.send(encode_frame(Pull(1).encode()))
+        with trio.fail_after(30):
+            while pool.counters["start_failures"] == 0:
+                await trio.sleep(0.01)
+        assert "before ready" in (pool.last_start_error or "")
+        assert dict(metrics.functions["echo"].failures) == {"crash": 1}
         worker.close()
         nursery.cancel_scope.cancel()
