@@ -139,6 +139,9 @@ start_timeout_ms = 60000
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "huselet", "run", "--config", str(self.config)],
             stderr=self.log,
+            # `-m` puts the working directory first on sys.path: run from this tree,
+            # or a checkout the shell happens to be in is the daemon that is measured.
+            cwd=Path(__file__).resolve().parent.parent,
         )
 
     def idle_count(self) -> int:

@@ -18,9 +18,10 @@ from support import NodeStack, write_package
 
 import huselet.dispatch.links
 from huselet.dispatch.instance import InstanceState
+from huselet.metrics.instances import InstanceMetrics
 from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, Runtime
 from protocol.frames import FrameDecoder, encode_frame
-from protocol.link import READY_FRAME, Hello
+from protocol.link import READY_FRAME, Hello, Pull
 
 SOURCE = "def handler(event, context):\n    return {'event': event}\n"
 
@@ -198,3 +199,52 @@ async def test_silent_connections_to_one_function_do_not_hold_up_another(
             sock.close()
         worker.close()
         nursery.cancel_scope.cancel()
+
+
+async def _start_fails(stack: _Stack, nursery: trio.Nursery, worker: Any) -> dict[str, int]:
+    """Start an instance of "echo", let ``worker(spec, record)`` play it: the failures seen."""
+    await stack.run(nursery, ["echo"])
+    pool = stack.node.pool("echo")
+    pool.observer = metrics = InstanceMetrics()
+    spec = await stack.held_spec(nursery, "echo")
+    await worker(spec, pool.instances[spec.instance_id])
+    with trio.fail_after(30):
+        while pool.counters["start_failures"] == 0:
+            await trio.sleep(0.01)
+    nursery.cancel_scope.cancel()
+    return dict(metrics.functions["echo"].failures)
+
+
+async def test_a_worker_that_exits_before_connecting_fails_its_start_as_a_crash(
+    short_tmp: Path,
+) -> None:
+    # The held handle cannot call back on exit: the pool waits for it in a task.
+    async def exit_unlinked(spec: InstanceSpec, record: Any) -> None:
+        record.handle.kill()  # it "exits" with no link ever dialled
+
+    stack = _Stack(short_tmp, ["echo"])
+    async with trio.open_nursery() as nursery:
+        failures = await _start_fails(stack, nursery, exit_unlinked)
+    error = stack.node.pool("echo").last_start_error
+    assert error == "the worker exited with code 0 before connecting"
+    assert failures == {"crash": 1}
+
+
+async def test_a_worker_that_sends_something_else_before_ready_fails_as_a_crash(
+    short_tmp: Path,
+) -> None:
+    stack = _Stack(short_tmp, ["echo"])
+    sockets = []
+
+    async def pull_first(spec: InstanceSpec, record: Any) -> None:
+        path = stack.node.links.socket_path("echo")
+        frame, worker = await _hello(path, spec.instance_id, spec.token)
+        assert frame is not None and frame["t"] == "welcome"
+        sockets.append(worker)
+        await worker.send(encode_frame(Pull(1).encode()))
+
+    async with trio.open_nursery() as nursery:
+        failures = await _start_fails(stack, nursery, pull_first)
+    assert "before ready" in (stack.node.pool("echo").last_start_error or "")
+    assert failures == {"crash": 1}
+    sockets[0].close()

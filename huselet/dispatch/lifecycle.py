@@ -11,6 +11,7 @@ and its public API; they read and update the pool's state directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -19,12 +20,12 @@ from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.hostlimit import start_refused
 from huselet.dispatch.instance import InstanceRecord, InstanceState
 from huselet.dispatch.outcomes import possibly_started, retry
-from huselet.dispatch.reasons import PLANNED_STOPS, StopReason
+from huselet.dispatch.reasons import PLANNED_STOPS, StartFailure, StopReason
 from huselet.dispatch.serving import count_credits, serve
 from huselet.dispatch.startretry import retry_start, start_error
 from huselet.errors import HuseletError, InstanceLost
 from huselet.log import get_logger
-from huselet.runtime.base import InstanceSpec, StartFailed
+from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, StartFailed
 from huselet.runtime.hostlimits import StartRefused
 from protocol.errors import ProtocolError
 from protocol.link import FATAL, READY, SHUTDOWN_FRAME, Fatal, message_type
@@ -38,14 +39,16 @@ log = get_logger("pool")
 STOP_GRACE_S = 2.0
 REAP_LIMIT_S = 5.0  # after a kill, how long a runtime may take to report the exit
 EXIT_DESCRIBE_WAIT_S = 1.0
+FETCH, SANDBOX, TIMEOUT = StartFailure.FETCH, StartFailure.SANDBOX, StartFailure.TIMEOUT
+IMPORT, OOM, CRASH = StartFailure.IMPORT, StartFailure.OOM, StartFailure.CRASH
 
 
 class _StartError(Exception):
-    """An instance could not become ready; the message is caller-safe."""
+    """An instance could not become ready: why (typed where it failed), and a safe message."""
 
-
-class _TimedOut(_StartError):
-    """The start ran out of ``start_timeout_ms``: may pass (see startretry)."""
+    def __init__(self, kind: StartFailure, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 async def run_instance(pool: FunctionPool, record: InstanceRecord) -> None:
@@ -55,12 +58,14 @@ async def run_instance(pool: FunctionPool, record: InstanceRecord) -> None:
             try:
                 await _start(pool, record)
             except _StartError as exc:
-                _start_failed(pool, record, str(exc), isinstance(exc, _TimedOut))
+                _start_failed(pool, record, str(exc), exc.kind)
                 return
             except StartRefused as exc:  # the node is full, the function is fine
                 start_refused(pool, record, exc)
                 return
             record.ready_at = trio.current_time()
+            if record.exit_status is not None:  # it exited between its link and READY
+                record.stop(StopReason.EXITED)
             pool.breaker.record_success(record.ready_at)
             if pool.observer is not None:
                 pool.observer.instance_ready(pool, record)
@@ -82,15 +87,16 @@ async def run_instance(pool: FunctionPool, record: InstanceRecord) -> None:
 
 
 async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
-    deadline = trio.current_time() + pool.settings.start_timeout_ms / 1000
+    timeout_ms = pool.settings.start_timeout_ms
+    deadline = trio.current_time() + timeout_ms / 1000
     with trio.move_on_at(deadline):
         try:
             # A cold function's image may be fetched here, while its request waits.
             record.code = await pool.code.acquire(pool.settings)
         except HuseletError as exc:
-            raise _StartError(f"its code is not available: {exc.message}") from None
+            raise _StartError(FETCH, f"its code is not available: {exc.message}") from None
     if record.code is None:
-        raise _TimedOut(f"its code was not available within {pool.settings.start_timeout_ms} ms")
+        raise _StartError(TIMEOUT, f"its code was not available within {timeout_ms} ms")
     pool.code_counted(record.code.digest, +1)
     record.marks["code"] = trio.current_time()
     spec = InstanceSpec(
@@ -105,56 +111,89 @@ async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
     except StartRefused:
         raise
     except StartFailed as exc:
-        raise _StartError(str(exc)) from None
+        raise _StartError(SANDBOX, str(exc)) from None
     record.marks["sandbox"] = trio.current_time()
     handle = record.handle
     if handle.pid is not None:
         pool.live_pids.add(handle.pid, record)  # the memory loop follows it from here
-    async with trio.open_nursery() as race:
-
-        async def exited_early() -> None:
-            status = await handle.wait()
-            record.exit_status = status
-            race.cancel_scope.cancel()
-
-        race.start_soon(exited_early)
-        with trio.move_on_at(deadline):
-            await record.link_arrived.wait()
-        # Linked or out of time: either way the race is over (not cancelling
-        # it on timeout left the start waiting for the worker to exit).
-        race.cancel_scope.cancel()
+    # The race of link and exit: an exit before the link cancels the wait.
+    race = trio.CancelScope(deadline=deadline)
+    _watch_exit(pool, record, handle, race)
+    with race:
+        await record.link_arrived.wait()
     if record.link is None:
         if record.exit_status is not None:
-            raise _StartError(f"the worker {record.exit_status.describe()} before connecting")
-        raise _TimedOut(f"the worker did not connect within {pool.settings.start_timeout_ms} ms")
+            status = record.exit_status
+            kind = OOM if status.oom_killed else CRASH
+            raise _StartError(kind, f"the worker {status.describe()} before connecting")
+        raise _StartError(TIMEOUT, f"the worker did not connect within {timeout_ms} ms")
     record.marks["connect"] = trio.current_time()
     try:
         with trio.move_on_at(deadline):
             first = await record.link.receive()
             if first is None:
-                raise _StartError("the worker closed its link before it was ready")
-            kind = message_type(first)
-            if kind == FATAL:
+                await _exit_told(record, deadline)
+                if record.exit_status is not None and record.exit_status.oom_killed:
+                    raise _StartError(OOM, "the worker ran out of memory before it was ready")
+                raise _StartError(IMPORT, "the worker closed its link before it was ready")
+            sent = message_type(first)
+            if sent == FATAL:
                 err = Fatal.decode(first).error
-                raise _StartError(f"{err.type}: {err.message}")
-            if kind != READY:
-                raise _StartError(f"the worker sent {kind!r} before ready")
+                raise _StartError(IMPORT, f"{err.type}: {err.message}")
+            if sent != READY:
+                raise _StartError(CRASH, f"the worker sent {sent!r} before ready")
             return
-        raise _TimedOut(f"the handler did not load within {pool.settings.start_timeout_ms} ms")
+        raise _StartError(TIMEOUT, f"the handler did not load within {timeout_ms} ms")
     except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
-        raise _StartError(f"the worker broke the link protocol: {exc}") from None
+        raise _StartError(CRASH, f"the worker broke the link protocol: {exc}") from None
+
+
+def _watch_exit(
+    pool: FunctionPool, record: InstanceRecord, handle: InstanceHandle, race: trio.CancelScope
+) -> None:
+    """Record the instance's exit the moment it happens, and act on it.
+
+    Before its link arrived the exit ends ``race`` (the start fails with the
+    exit status); once it is serving, the exit stops it. A callback on the
+    handle, not a task per instance; a handle that cannot call back gets
+    one task that waits for it.
+    """
+
+    def exited(status: ExitStatus) -> None:
+        if record.exit_status is None:
+            record.exit_status = status
+        if record.link is None:
+            race.cancel()
+        elif record.ready_at is not None and record.state is not InstanceState.STOPPING:
+            # The pidfd makes an exit visible at once, even if a leftover child
+            # keeps the socket open and no EOF ever comes.
+            record.stop(StopReason.EXITED)
+
+    if not handle.on_exit(exited):
+        pool.spawn(_call_on_exit, handle, exited)
+
+
+async def _call_on_exit(handle: InstanceHandle, exited: Callable[[ExitStatus], None]) -> None:
+    exited(await handle.wait())
+
+
+async def _exit_told(record: InstanceRecord, deadline: float) -> None:
+    """The link closed before READY: its exit status (OOM?) follows within moments."""
+    if record.exit_status is None and record.handle is not None:
+        with trio.move_on_at(min(deadline, trio.current_time() + EXIT_DESCRIBE_WAIT_S)):
+            record.exit_status = await record.handle.wait()
 
 
 def _start_failed(
-    pool: FunctionPool, record: InstanceRecord, reason: str, timed_out: bool = False
+    pool: FunctionPool, record: InstanceRecord, reason: str, kind: StartFailure
 ) -> None:
     pool.counters[PoolCounter.START_FAILURES] += 1
     pool.last_start_error = reason
     record.stop_reason = StopReason.START_FAILED
     log.error("instance start failed", function=pool.name, instance=record.id, reason=reason)
     if pool.observer is not None:
-        pool.observer.start_failed(pool, record, reason)
-    if timed_out and retry_start(pool, record, reason):
+        pool.observer.start_failed(pool, record, reason, kind)
+    if kind is TIMEOUT and retry_start(pool, record, reason):
         return  # the queue waits for a retry (or heard why not)
     others_alive = any(r is not record for r in pool.instances.values())
     if not others_alive:

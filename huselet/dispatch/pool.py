@@ -26,7 +26,7 @@ requests on it (result mapping, retry policy) in :mod:`huselet.dispatch.serving`
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,7 @@ class FunctionPool:
         # records themselves: live_count() is O(1) for every idle-out.
         self.asked_to_stop: set[str] = set()
         self._starts_held_back = False  # ensure_capacity wanted more than MAX_STARTING
+        self._resume_pending = False  # a _resume_starts task is scheduled
         self.counters: Counter[str] = Counter()
         self.heartbeats = Heartbeats(
             self.name, self.health, self.counters, nursery.start_soon, runtime.name
@@ -228,12 +229,19 @@ class FunctionPool:
 
     def _starting_changed(self, starting: bool) -> None:
         self.starting += 1 if starting else -1
-        if not starting and self._starts_held_back:
+        if not starting and self._starts_held_back and not self._resume_pending:
             self._starts_held_back = False
-            # Not from inside a record's state change: at the next turn of the loop.
+            # Not from inside a record's state change: at the next turn of the loop
+            # (one task for all the starts that finish before it runs).
+            self._resume_pending = True
             self._nursery.start_soon(self._resume_starts)
 
+    def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``fn(*args)`` as a task of the pool (it ends with the pool)."""
+        self._nursery.start_soon(fn, *args)
+
     async def _resume_starts(self) -> None:
+        self._resume_pending = False
         # A breaker that opened meanwhile cancelled the starts: its trial decides.
         if self.breaker.state is BreakerState.CLOSED:
             self.ensure_capacity()

@@ -49,3 +49,17 @@ PLANNED_STOPS = frozenset(
 NO_RETRY_STOPS = frozenset({StopReason.NODE_STOPPING, StopReason.FUNCTION_RETIRED})
 # Stops that mean the link failed (for the metrics' death causes).
 LINK_FAULTS = frozenset({StopReason.LINK_BROKE, StopReason.PROTOCOL_BROKEN})
+
+
+class StartFailure(StrEnum):
+    """Why an instance could not start, decided where it failed.
+
+    The values are the ``reason`` label of ``huselet_cold_start_failures``.
+    """
+
+    FETCH = "fetch"  # its code could not be fetched, installed or leased
+    SANDBOX = "sandbox"  # the runtime could not start the sandbox
+    TIMEOUT = "timeout"  # start_timeout_ms ran out (in whichever phase)
+    IMPORT = "import"  # it connected, then failed before READY (its import raised)
+    OOM = "oom"  # it ran out of memory before READY
+    CRASH = "crash"  # it exited, or broke the link protocol, before it was ready

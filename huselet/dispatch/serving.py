@@ -85,7 +85,6 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_guard_protocol, pool, record, pulled, settle)
-            nursery.start_soon(_watch_exit, record)
             pool.heartbeats.watch(record)  # one task per pool judges them all
             idle_timeout = pool.settings.idle_timeout_ms / 1000
             offer()
@@ -188,14 +187,6 @@ def _idle_since(record: InstanceRecord) -> float:
     return max(record.last_active, record.ready_at)
 
 
-async def _watch_exit(record: InstanceRecord) -> None:
-    # The pidfd makes an exit visible at once, even if a leftover child
-    # keeps the socket open and no EOF ever comes.
-    assert record.handle is not None
-    record.exit_status = await record.handle.wait()
-    record.stop(StopReason.EXITED)
-
-
 async def _serve_single_use(pool: FunctionPool, record: InstanceRecord) -> None:
     """An instance for exactly one request: its serving task waits for it and sends it."""
     credit_arrived = trio.Event()
@@ -208,7 +199,6 @@ async def _serve_single_use(pool: FunctionPool, record: InstanceRecord) -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_guard_protocol, pool, record, pulled, _nothing)
-        nursery.start_soon(_watch_exit, record)
         pool.heartbeats.watch(record)
         idle_timeout = pool.settings.idle_timeout_ms / 1000
         await credit_arrived.wait()

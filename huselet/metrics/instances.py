@@ -8,6 +8,9 @@ Phases of one start (each a histogram, by function and runtime):
 - ``connect``: until the worker dialled its link and passed the HELLO/token handshake;
 - ``import``: the handler's import, until the worker said READY;
 - ``first_reply``: the instance's first request, dispatch to result (lazy init shows here).
+
+Start failures are counted by the :class:`~huselet.dispatch.reasons.StartFailure`
+the start path raised where it failed (fetch, sandbox, timeout, import, oom, crash).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING
 import trio
 from prometheus_client.core import Metric
 
-from huselet.dispatch.reasons import LINK_FAULTS, StopReason
+from huselet.dispatch.reasons import LINK_FAULTS, StartFailure, StopReason
 from huselet.metrics.families import counter, histogram
 from huselet.metrics.histogram import PHASE_BUCKETS, Histogram
 
@@ -60,22 +63,6 @@ def death_cause(record: InstanceRecord) -> str:
     if status is not None:
         return "exit"
     return "other"
-
-
-def start_failure_reason(pool: FunctionPool, record: InstanceRecord) -> str:
-    """fetch, sandbox, timeout, import, oom or crash."""
-    if "code" not in record.marks:
-        return "fetch"
-    if record.exit_status is not None and record.exit_status.oom_killed:
-        return "oom"
-    elapsed = trio.current_time() - record.created_at
-    if elapsed >= pool.settings.start_timeout_ms / 1000 * 0.999:
-        return "timeout"
-    if "sandbox" not in record.marks:
-        return "sandbox"
-    if "connect" in record.marks:
-        return "import"  # it connected, then failed before READY: its import raised
-    return "crash"
 
 
 class FunctionInstances:
@@ -120,8 +107,11 @@ class InstanceMetrics:
                 phases[phase].observe(max(0.0, end - at))
                 at = end
 
-    def start_failed(self, pool: FunctionPool, record: InstanceRecord, reason: str) -> None:
-        self._of(pool).failures[start_failure_reason(pool, record)] += 1
+    def start_failed(
+        self, pool: FunctionPool, record: InstanceRecord, reason: str, kind: StartFailure
+    ) -> None:
+        # The start path typed it where it failed: the label is the enum's word.
+        self._of(pool).failures[kind.value] += 1
 
     def first_reply(self, pool: FunctionPool, record: InstanceRecord, inv: Invocation) -> None:
         if inv.dispatched_at is not None:

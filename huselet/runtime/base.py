@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +111,14 @@ class InstanceHandle(ABC):
     def terminate(self) -> None:
         """Ask the sandbox to stop (SIGTERM or equivalent). Default: kill."""
         self.kill()
+
+    def on_exit(self, callback: Callable[[ExitStatus], None]) -> bool:
+        """Call ``callback(status)`` once the sandbox is gone (at once if it is).
+
+        False: this handle cannot call back, and whoever asked awaits :meth:`wait`
+        in a task instead (a callback saves a task per instance).
+        """
+        return False
 
     async def stop(self, grace_s: float) -> ExitStatus:
         """Terminate, wait up to ``grace_s``, then kill; always returns reaped."""

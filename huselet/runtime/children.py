@@ -18,7 +18,7 @@ import errno
 import os
 import signal
 import socket
-from collections.abc import Container
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +26,14 @@ import trio
 
 from huselet.config import FunctionSettings
 from huselet.log import get_logger
-from huselet.observe.output import log_output_line
 from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, StartFailed
 from huselet.runtime.cgroups import Cgroup
 from huselet.runtime.codeimage import code_env
-from huselet.runtime.output import MAX_LINE, OutputLimiter
+from huselet.runtime.fdwatch import FdWatcher
+from huselet.runtime.output import OutputLimiter, OutputLines
 
 log = get_logger("runtime")
 
-MAX_LOG_LINE = MAX_LINE
 # Environment variables passed through from the daemon (nothing else leaks).
 PASSTHROUGH_ENV = ("LANG", "LC_ALL", "TZ")
 DIAL_RETRY_S = 0.001
@@ -88,6 +87,8 @@ class ChildHandle(InstanceHandle):
         self.pid: int = pid
         self._status: ExitStatus | None = None
         self._exited = trio.Event()
+        self._on_exit: list[Callable[[ExitStatus], None]] = []
+        self._watcher: FdWatcher | None = None
         # The pidfd makes the exit a readable event: noticed at once, no polling.
         self._pidfd = os.pidfd_open(pid) if pidfd is None else pidfd
 
@@ -99,17 +100,46 @@ class ChildHandle(InstanceHandle):
         """Hook for subclasses: enrich the status (OOM) once the child is reaped."""
         return status
 
+    def on_exit(self, callback: Callable[[ExitStatus], None]) -> bool:
+        """Call ``callback(status)`` once the child is reaped (at once if it was)."""
+        if self._status is not None:
+            callback(self._status)
+        else:
+            self._on_exit.append(callback)
+        return True
+
+    def watch_with(self, watcher: FdWatcher) -> None:
+        """Have ``watcher``'s task reap the child as it exits: no task of its own."""
+        self._watcher = watcher
+        watcher.watch(self._pidfd, self._poll_exit)
+
+    def _poll_exit(self) -> None:
+        if self._status is None:
+            self._reaped(os.WNOHANG)
+
     async def reap(self) -> None:
-        """Wait for the exit and reap; run by the runtime for every child.
+        """Wait for the exit and reap; run by the runtime for every child not watched.
 
         Cancelled while waiting, it can be called again (the pidfd stays open).
         """
         if self._exited.is_set():
             return
+        watcher = self._watcher
+        if watcher is not None and watcher.running:
+            await self._exited.wait()
+            return
+        if watcher is not None:  # its watcher stopped (the daemon is stopping): reap here
+            watcher.unwatch(self._pidfd)
+            self._watcher = None
         await trio.lowlevel.wait_readable(self._pidfd)
+        # The pidfd said the child exited: wait4 returns at once.
+        self._reaped(0)
+
+    def _reaped(self, flags: int) -> None:
         try:
-            # The pidfd said the child exited: wait4 returns at once.
-            _, wstatus, rusage = os.wait4(self.pid, 0)  # noqa: ASYNC222
+            pid, wstatus, rusage = os.wait4(self.pid, flags)
+            if pid == 0:
+                return  # not exited yet (a readiness that was not this child's)
             returncode = os.waitstatus_to_exitcode(wstatus)
             status = ExitStatus.from_returncode(
                 returncode, max_rss_kb=rusage.ru_maxrss, cpu_s=rusage.ru_utime + rusage.ru_stime
@@ -117,10 +147,14 @@ class ChildHandle(InstanceHandle):
         except ChildProcessError:
             # Reaped by someone else (it cannot be by us): the code is lost, the exit is not.
             returncode, status = -1, ExitStatus(code=-1)
-        finally:
-            os.close(self._pidfd)
+        if self._watcher is not None:
+            self._watcher.unwatch(self._pidfd)
+        os.close(self._pidfd)
         self._status = self._finish(status, returncode)
         self._exited.set()
+        callbacks, self._on_exit = self._on_exit, []
+        for callback in callbacks:
+            callback(self._status)
 
     async def kill_and_reap(self, timeout_s: float = 5.0) -> None:
         """Kill and reap even from a cancelled scope (cleanup paths)."""
@@ -268,58 +302,13 @@ async def pump_output(
     ``limiter``: the instance's output budget, shared by its streams (one
     per call if not given); what is over it is read and dropped, and counted.
     """
-    limiter = limiter or OutputLimiter()
+    lines = OutputLines(stream_name, fields, logger, limiter or OutputLimiter())
     stream = trio.lowlevel.FdStream(fd)
-    pending = b""
-    skipping = False  # the rest of a line already logged truncated
     try:
         async with stream:
             while chunk := await stream.receive_some(65536):
-                if skipping:
-                    end = chunk.find(b"\n")
-                    if end < 0:
-                        continue
-                    chunk, skipping = chunk[end + 1 :], False
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    log_output(line, stream_name, fields, logger, limiter)
-                if len(pending) > MAX_LOG_LINE:
-                    log_output(pending, stream_name, fields, logger, limiter)
-                    pending, skipping = b"", True
-                _notice(limiter, stream_name, fields, logger, final=False)
-            if pending:
-                log_output(pending, stream_name, fields, logger, limiter)
+                lines.feed(chunk)
     except (trio.ClosedResourceError, OSError):
         pass
     finally:
-        _notice(limiter, stream_name, fields, logger, final=True)
-
-
-def log_output(
-    line: bytes,
-    stream_name: str,
-    fields: dict[str, Any],
-    logger: Any = log,
-    limiter: OutputLimiter | None = None,
-) -> None:
-    kept = limiter.admit(line) if limiter is not None else line[:MAX_LOG_LINE]
-    if kept is None:
-        return
-    # Lines the worker tagged carry their request id (and tracebacks come whole).
-    log_output_line(kept, stream_name, fields, logger, MAX_LOG_LINE)
-
-
-def _notice(
-    limiter: OutputLimiter, stream_name: str, fields: dict[str, Any], logger: Any, *, final: bool
-) -> None:
-    due = limiter.notice_due(final=final)
-    if due is not None:
-        logger.warning(
-            "instance output dropped",
-            stream=stream_name,
-            dropped_lines=due[0],
-            dropped_bytes=due[1],
-            total_dropped_lines=limiter.dropped_lines,
-            **fields,
-        )
+        lines.finish()

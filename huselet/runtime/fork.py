@@ -55,11 +55,14 @@ from huselet.log import get_logger
 from huselet.runtime.base import InstanceHandle, InstanceSpec, StartFailed
 from huselet.runtime.cgrouppool import RESERVE_MAX
 from huselet.runtime.cgroups import Cgroup, read_proc
-from huselet.runtime.children import ChildHandle, SandboxHandle, StrayReaper, dial_link, pump_output
+from huselet.runtime.children import ChildHandle, SandboxHandle, StrayReaper, dial_link
+from huselet.runtime.children import log as log_of_output
 from huselet.runtime.codeimage import code_key, code_ro_paths
 from huselet.runtime.common import MiB, SandboxRuntime, sandbox_plan
+from huselet.runtime.fdwatch import FdWatcher, WatchedOutput
 from huselet.runtime.hostlimits import start_failure
 from huselet.runtime.isolation import identity, uid_nproc
+from huselet.runtime.output import OutputLimiter, OutputLines
 from huselet.runtime.zygote import ZygoteProcess, ZygoteSlot
 from huselet.sandbox.confine import SandboxPlan
 from huselet.timegrid import sleep_on_grid
@@ -69,6 +72,7 @@ log = get_logger("runtime.fork")
 MAINTAIN_INTERVAL_S = 1.0
 RETIRE_AFTER_S = 1.0  # a replaced code's zygote is stopped once unused this long
 STRAY_SWEEP_S = 5.0
+OUTPUT_DRAIN_S = 1.0  # after an instance's exit, how long its output pipe may stay open
 ZYGOTE_ESTIMATE_BYTES = 48 * MiB  # budget estimate for a zygote not yet measured
 # Isolation settings a zygote's plan takes as they are.
 PLAN_SETTINGS = ("network", "seccomp", "tmp_size_mb", "nofile", "nproc")
@@ -98,6 +102,8 @@ class ForkRuntime(SandboxRuntime):
         self._handles: dict[int, SandboxHandle] = {}
         self._staging = Path(node.run_dir) / "sandbox" / self.name
         self._strays = StrayReaper()
+        # Every instance's exit and output, watched by one task (not two per instance).
+        self._fds = FdWatcher()
         self.starts = 0
 
     def configure(self, table: ConfigTable) -> None:
@@ -126,6 +132,7 @@ class ForkRuntime(SandboxRuntime):
                 nursery.start_soon(self._build_eager, fn)
         nursery.start_soon(self._reserve_cgroups)
         nursery.start_soon(self._maintain)
+        nursery.start_soon(self._fds.run)
 
     async def _reserve_cgroups(self) -> None:
         """Make the groups the functions' ``min_instances`` will take, while zygotes build.
@@ -163,6 +170,7 @@ class ForkRuntime(SandboxRuntime):
         for handle in list(self._handles.values()):
             await handle.kill_and_reap()
         self._handles.clear()
+        self._fds.close()
         await self.close_cgroup_pool()
         shutil.rmtree(self._staging, ignore_errors=True)
 
@@ -289,7 +297,7 @@ class ForkRuntime(SandboxRuntime):
     # --- instances ------------------------------------------------------------------
 
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
-        nursery = self.running()
+        self.running()  # a start needs the runtime running (it watches the instance)
         fn = spec.function
         deadline = trio.current_time() + fn.start_timeout_ms / 1000
         zygote = await self._slot(fn, spec.image).ready(deadline)
@@ -333,7 +341,10 @@ class ForkRuntime(SandboxRuntime):
             raise
         self.starts += 1
         fields = {"instance": spec.instance_id, "function": fn.name}
-        nursery.start_soon(self._supervise, handle, out_r, cgroup, fields)
+        lines = OutputLines("output", fields, log_of_output, OutputLimiter())
+        output = WatchedOutput(out_r, lines, self._fds)
+        handle.on_exit(lambda _status: self._exited(handle, output, cgroup))
+        handle.watch_with(self._fds)
         return handle
 
     async def _fork_placed(
@@ -405,20 +416,22 @@ class ForkRuntime(SandboxRuntime):
         except ChildProcessError:
             pass
 
-    async def _supervise(
-        self, handle: SandboxHandle, out_r: int, cgroup: Cgroup | None, fields: dict[str, Any]
-    ) -> None:
+    def _exited(self, handle: SandboxHandle, output: WatchedOutput, cgroup: Cgroup | None) -> None:
+        """An instance was reaped (by the watcher's task): drop it, then free its cgroup."""
+        self._handles.pop(handle.pid, None)
+        if self._nursery is None:  # the daemon is stopping: shutdown() removes the groups
+            output.close()
+            return
+        self._nursery.start_soon(self._after_exit, output, cgroup)
+
+    async def _after_exit(self, output: WatchedOutput, cgroup: Cgroup | None) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump_output, out_r, "output", fields)
-                await handle.reap()
-                # Output still buffered arrives within moments; a descendant that
-                # kept the pipe open must not keep this task alive.
-                nursery.cancel_scope.deadline = trio.current_time() + 1.0
+            # Output still buffered arrives within moments; a descendant that
+            # kept the pipe open must not keep it open for longer.
+            with trio.move_on_after(OUTPUT_DRAIN_S):
+                await output.done.wait()
         finally:
-            self._handles.pop(handle.pid, None)
-            if handle.status is None:  # cancelled: the daemon is stopping
-                await handle.kill_and_reap()
+            output.close()
             if cgroup is not None:
                 with trio.CancelScope(shield=True):
                     await self._release(cgroup)

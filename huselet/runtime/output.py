@@ -8,7 +8,9 @@ the instance never blocks on a full pipe); a line longer than
 (:data:`OUTPUT_STATS`, shown by ``huselet ctl status`` under
 ``node.output``) and summarised in the log as one ``instance output
 dropped`` line at the first drop, then one per :data:`NOTICE_INTERVAL_S` at
-most, and one at the stream's end.
+most, and one at the stream's end. :class:`OutputLines` cuts a stream's
+bytes into those lines, however they are read (a task per pipe, or the
+runtime's shared descriptor watcher).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from huselet.observe.output import log_output_line
 
 MAX_LINE = 4096  # bytes of one logged line; longer ones are truncated
 LINES_PER_S = 100.0
@@ -118,3 +123,58 @@ class OutputLimiter:
         self._unreported_lines = self._unreported_bytes = 0
         self._last_notice = now
         return due
+
+
+class OutputLines:
+    """One output stream cut into lines for the log, within its instance's limiter."""
+
+    __slots__ = ("fields", "limiter", "logger", "pending", "skipping", "stream_name")
+
+    def __init__(
+        self, stream_name: str, fields: dict[str, Any], logger: Any, limiter: OutputLimiter
+    ) -> None:
+        self.stream_name = stream_name
+        self.fields = fields
+        self.logger = logger
+        self.limiter = limiter
+        self.pending = b""
+        self.skipping = False  # the rest of a line already logged truncated
+
+    def feed(self, chunk: bytes) -> None:
+        if self.skipping:
+            end = chunk.find(b"\n")
+            if end < 0:
+                return
+            chunk, self.skipping = chunk[end + 1 :], False
+        *lines, self.pending = (self.pending + chunk).split(b"\n")
+        for line in lines:
+            self._log(line)
+        if len(self.pending) > MAX_LINE:
+            self._log(self.pending)
+            self.pending, self.skipping = b"", True
+        self._notice(final=False)
+
+    def finish(self) -> None:
+        """The stream ended: log a last unterminated line and the final drop notice."""
+        if self.pending:
+            self._log(self.pending)
+            self.pending = b""
+        self._notice(final=True)
+
+    def _log(self, line: bytes) -> None:
+        kept = self.limiter.admit(line)
+        if kept is not None:
+            # Lines the worker tagged carry their request id (and tracebacks come whole).
+            log_output_line(kept, self.stream_name, self.fields, self.logger, MAX_LINE)
+
+    def _notice(self, *, final: bool) -> None:
+        due = self.limiter.notice_due(final=final)
+        if due is not None:
+            self.logger.warning(
+                "instance output dropped",
+                stream=self.stream_name,
+                dropped_lines=due[0],
+                dropped_bytes=due[1],
+                total_dropped_lines=self.limiter.dropped_lines,
+                **self.fields,
+            )

@@ -34,6 +34,7 @@ from huselet.code.images import CodeUnavailable
 from huselet.code.packages import PackageManager
 from huselet.code.packing import DirectoryPacker, PackResult
 from huselet.config import Config, parse_config
+from huselet.metrics.instances import InstanceMetrics
 
 MiB = 1 << 20
 
@@ -346,6 +347,7 @@ async def test_workers_import_from_the_image_and_failures_become_502(short_tmp: 
                 file = Path(body["file"])
                 assert file.parent.parent == extract and file.name == "main.py"
                 assert (file.parent / "app" / "note.txt").is_file() and not file.exists()
+            stack.pool("missing").observer = metrics = InstanceMetrics()
             with trio.fail_after(10):
                 with pytest.raises(Exception) as err:
                     await stack.dispatcher.invoke("missing", b"{}", "json")
@@ -353,6 +355,7 @@ async def test_workers_import_from_the_image_and_failures_become_502(short_tmp: 
             assert "its code is not available: image efefefefefef is not at its origin" in str(
                 err.value
             )
+            assert dict(metrics.functions["missing"].failures) == {"fetch": 1}
             # Instances hold their images: pinned on disk and mapped in memory.
             pinned = {i.digest for i in cache.store.images() if i.pins}
             assert info.digest in pinned and len(pinned) == 2

@@ -15,6 +15,7 @@ from support import running_stack, write_package
 
 from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.instance import InstanceState
+from huselet.metrics.instances import InstanceMetrics
 from huselet.runtime.fork import ForkRuntime
 from huselet.runtime.zygote import ZygoteProcess
 from huselet.testing.conformance import invoke_json
@@ -113,6 +114,7 @@ async def test_a_group_the_zygote_cannot_enter_fails_that_start_alone(short_tmp:
         if cgroups.host.version != 1:
             pytest.skip("the zygote places itself on cgroup v1 only")
         pool = stack.pool("f")
+        pool.observer = metrics = InstanceMetrics()
         with trio.fail_after(60):
             first = await invoke_json(stack, "f", {})  # one instance, idle from now on
             zygote = the_zygote(runtime)
@@ -129,6 +131,8 @@ async def test_a_group_the_zygote_cannot_enter_fails_that_start_alone(short_tmp:
             assert pool.counters[PoolCounter.START_FAILURES] == 1
             assert "cannot enter the instance's cgroup" in (pool.last_start_error or "")
             assert "Permission denied" in (pool.last_start_error or "")
+            # Typed where the runtime failed it: a sandbox failure, not a crash.
+            assert dict(metrics.functions["f"].failures) == {"sandbox": 1}
             # The zygote is the same one, home, and starts the next instance.
             assert the_zygote(runtime) is zygote and zygote.is_ready
             await home_when_idle(zygote)

@@ -1,0 +1,118 @@
+"""Event-loop work per fork start, counted: tasks spawned and task steps per start.
+
+    .venv/bin/python bench/bench_startsteps.py --count 500 --rounds 3
+
+CPU time per start is noisy on a shared host; how many tasks and task steps
+the event loop runs per start is not. The in-process node stack (runtimes,
+link server, dispatcher, as the daemon wires them; real zygote, real fork
+instances, fully isolated) serves one small function; once its first
+instance is idle, ``min_instances`` is raised by ``--count`` and a trio
+Instrument counts what the loop does until all are idle. Also printed: the
+loop thread's CPU per start (``time.thread_time``) and task steps per second
+with all idle. To compare two trees, run each tree's own venv python on its
+own copy of this file (the zygote runs ``python -I``). Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import trio
+
+from huselet.dispatch.instance import InstanceState
+from huselet.testing.probes import require_sandbox_host, sandbox_settings
+from huselet.testing.stack import running_stack, write_package
+
+NOOP = "def handler(event, context):\n    return {}\n"
+IDLE_WINDOW_S = 3.0
+WAIT_S = 300.0
+
+
+class LoopCount(trio.abc.Instrument):
+    """Tasks spawned and task steps while ``on``."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.spawned = 0
+        self.steps = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        if self.on:
+            self.spawned += 1
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.on:
+            self.steps += 1
+
+
+async def one_round(count: int) -> dict[str, float]:
+    root = Path(tempfile.mkdtemp(prefix="steps", dir="/tmp"))  # short: socket paths
+    try:
+        pkg = write_package(root, "f", NOOP)
+        spec: dict[str, object] = {"name": "f", "package": str(pkg), "handler": "main:handler"}
+        spec |= {"runtime": "fork", "min_instances": 1, "max_instances": count + 1}
+        loop = LoopCount()
+        trio.lowlevel.add_instrument(loop)
+        try:
+            async with running_stack(root, [spec], {"fork": sandbox_settings(root)}) as stack:
+                pool = stack.pool("f")
+
+                def idle() -> int:
+                    states = [r.state for r in pool.instances.values()]
+                    return states.count(InstanceState.IDLE)
+
+                with trio.fail_after(WAIT_S):
+                    while idle() < 1:
+                        await trio.sleep(0.05)
+                    pool.settings = replace(pool.settings, min_instances=count + 1)
+                    loop.on = True
+                    wall, cpu = time.monotonic(), time.thread_time()
+                    pool.ensure_capacity()
+                    while idle() < count + 1:
+                        await trio.sleep(0.01)
+                    cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
+                spawned, steps = loop.spawned, loop.steps
+                await trio.sleep(IDLE_WINDOW_S)
+                idle_steps = loop.steps - steps
+                loop.on = False
+        finally:
+            trio.lowlevel.remove_instrument(loop)
+        return {
+            "start_s": wall,
+            "loop_cpu_ms": cpu / count * 1000,
+            "tasks": spawned / count,
+            "steps": steps / count,
+            "idle_steps_s": idle_steps / IDLE_WINDOW_S,
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=500, help="instances started at once")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    require_sandbox_host()
+    rows = []
+    for n in range(args.rounds):
+        row = trio.run(one_round, args.count)
+        rows.append(row)
+        print(f"round {n + 1}: " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    print(
+        f"{args.count} starts, median of {args.rounds}: {med['tasks']:.2f} tasks and "
+        f"{med['steps']:.1f} task steps per start, loop CPU {med['loop_cpu_ms']:.2f} ms per "
+        f"start, {med['idle_steps_s']:.0f} task steps/s with all idle, "
+        f"all idle in {med['start_s']:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
