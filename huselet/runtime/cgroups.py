@@ -134,6 +134,16 @@ def remove_empty_tree(rel: str) -> None:
                 break
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` from /proc (None if it is gone)."""
+    stat = read_proc(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    # The command name may contain spaces and parentheses: fields follow the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[1])
+
+
 def read_proc(path: str) -> str | None:
     """A small /proc file in one read (no pathlib, no buffered file: once per start)."""
     try:

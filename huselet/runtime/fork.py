@@ -40,7 +40,6 @@ zygotes together; least recently used ones are evicted beyond it) and
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,13 +53,13 @@ from huselet.errors import HuseletError
 from huselet.log import get_logger
 from huselet.runtime.base import InstanceHandle, InstanceSpec, StartFailed
 from huselet.runtime.cgrouppool import RESERVE_MAX
-from huselet.runtime.cgroups import Cgroup, read_proc
+from huselet.runtime.cgroups import Cgroup, parent_pid
 from huselet.runtime.children import ChildHandle, SandboxHandle, StrayReaper, dial_link
 from huselet.runtime.children import log as log_of_output
 from huselet.runtime.codeimage import code_key, code_ro_paths
 from huselet.runtime.common import MiB, SandboxRuntime, sandbox_plan
 from huselet.runtime.fdwatch import FdWatcher, WatchedOutput
-from huselet.runtime.hostlimits import start_failure
+from huselet.runtime.hostlimits import raise_nofile_limit, start_failure
 from huselet.runtime.isolation import identity, uid_nproc
 from huselet.runtime.output import OutputLimiter, OutputLines
 from huselet.runtime.zygote import ZygoteProcess, ZygoteSlot
@@ -78,15 +77,6 @@ ZYGOTE_ESTIMATE_BYTES = 48 * MiB  # budget estimate for a zygote not yet measure
 PLAN_SETTINGS = ("network", "seccomp", "tmp_size_mb", "nofile", "nproc")
 # How long an eager zygote waits for its function's code (a pack may run pip).
 EAGER_CODE_WAIT_S = 300.0
-
-
-def parent_pid(pid: int) -> int | None:
-    stat = read_proc(f"/proc/{pid}/stat")
-    if stat is None:
-        return None
-    # The command name may contain spaces and parentheses: fields follow the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[1])
 
 
 class ForkRuntime(SandboxRuntime):
@@ -122,7 +112,7 @@ class ForkRuntime(SandboxRuntime):
 
     async def prepare(self) -> None:
         host = await self.probe()
-        _raise_nofile()
+        raise_nofile_limit()
         self._staging.mkdir(mode=0o700, parents=True, exist_ok=True)
         await self.open_cgroup_pool(host)
 
@@ -506,10 +496,3 @@ class ForkRuntime(SandboxRuntime):
                 for slot in self._slots.values()
             ],
         }
-
-
-def _raise_nofile() -> None:
-    # Each instance costs the daemon a pidfd, an output pipe and a link socket.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import resource
 
 from huselet.runtime.base import StartFailed
 
@@ -60,3 +61,11 @@ def start_failure(what: str, code: int | None, detail: str) -> StartFailed:
     if limit is not None:
         return StartRefused(limit, f"{what}: {detail}")
     return StartFailed(f"{what}: {detail}")
+
+
+def raise_nofile_limit() -> None:
+    """The daemon's descriptor limit up to its hard limit (a runtime that holds
+    a pidfd, an output pipe and a link socket per instance calls it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
