@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import threading
+import time
 
 from support import WAIT_S
 
@@ -109,3 +110,31 @@ def test_a_broken_stream_does_not_stop_the_writer() -> None:
     handler.flush()
     assert [m["msg"] for m in messages(stream.getvalue())] == ["after"]
     handler.close()
+
+
+def test_lines_logged_apart_are_gathered_into_few_writes() -> None:
+    """The writer gathers lines for ``gather_s`` after a write instead of waking for
+    each one: every wake-up is a GIL hand-over with the event loop."""
+
+    class Counting(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    def run(gather_s: float) -> int:
+        stream = Counting()
+        handler = BackgroundLogWriter(stream, gather_s=gather_s)
+        logger = make_logger(handler, f"gather-{gather_s}")
+        for i in range(40):
+            logger.info("line", extra={"fields": {"i": i}})
+            time.sleep(0.005)  # a log rate, not a synchronisation: 40 lines over >= 0.2 s
+        handler.flush()
+        handler.close()
+        assert [m["i"] for m in messages(stream.getvalue())] == list(range(40))
+        return stream.writes
+
+    gathered = run(gather_s=2.0)
+    assert gathered <= 5  # the first line, then what gathered behind it (even 8 s of load)
+    assert run(gather_s=0.0) > gathered  # without gathering: about one write per line
