@@ -26,7 +26,7 @@ from huselet.dispatch.serving import serve
 from huselet.runtime.base import ExitStatus, InstanceHandle
 from huselet.runtime.process import ProcessRuntime
 from protocol.frames import FrameDecoder, encode_frame
-from protocol.link import REQUEST, Request, message_type
+from protocol.link import REQUEST, Pull, Request, message_type
 
 DEADLINE_S = 30  # generous: these tests never wait on a clock, only on the peer
 
@@ -116,4 +116,14 @@ async def serving(
 def submit(pool: FunctionPool, request_id: str, event: bytes = b"{}") -> Invocation:
     inv = Invocation(request_id, pool.name, event, "json", trio.current_time() + DEADLINE_S)
     pool.submit(inv)
+    return inv
+
+
+async def first_request(
+    pool: FunctionPool, peer: Peer, request_id: str, event: bytes = b"{}"
+) -> Invocation:
+    """Give the instance one credit, submit ``request_id`` and read it as the worker."""
+    await peer.send(Pull(1).encode())
+    inv = submit(pool, request_id, event)
+    assert (await peer.request()).id == request_id
     return inv

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trio
 import trio.testing
-from linkpeer import serving, start_instance, submit
+from linkpeer import first_request, serving, start_instance, submit
 
 from huselet.dispatch.outcomes import OVERDUE_GRACE_S, possibly_started
 from huselet.dispatch.reasons import StopReason
@@ -28,9 +28,7 @@ def ok(rid: str) -> dict[str, object]:
 
 async def test_a_read_s_credit_goes_out_in_one_send_in_order(tmp_path: Path) -> None:
     async with serving(tmp_path) as (pool, record, peer):
-        await peer.send(Pull(1).encode())
-        first = submit(pool, "r-0")
-        assert (await peer.request()).id == "r-0"
+        first = await first_request(pool, peer, "r-0")
         queued = [submit(pool, f"r-{i}") for i in range(1, 6)]
         # Busy: its next requests wait for its next read, not the submitter.
         assert pool.buffer.live_count() == 5 and record.inflight == {"r-0": first}
@@ -103,9 +101,7 @@ async def test_a_request_that_expires_behind_another_does_not_stop_the_instance(
     tmp_path: Path,
 ) -> None:
     async with serving(tmp_path) as (pool, record, peer):
-        await peer.send(Pull(1).encode())
-        head = submit(pool, "head")
-        assert (await peer.request()).id == "head"
+        head = await first_request(pool, peer, "head")
         late = submit(pool, "late")
         await peer.send(Pull(3).encode())
         assert (await peer.request()).id == "late"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from linkpeer import Peer, serving, submit
+from linkpeer import Peer, first_request, serving, submit
 
 from huselet.dispatch.instance import InstanceState
 from huselet.dispatch.invocation import Invocation
@@ -31,9 +31,7 @@ async def queue_behind_a_busy_instance(
 ) -> tuple[Invocation, Invocation]:
     """The instance runs "small" while ``request_id`` (BIG) queues; the peer then
     answers and asks for more. Returns (small, queued)."""
-    await peer.send(Pull(1).encode())
-    small = submit(pool, "small")
-    assert (await peer.request()).id == "small"
+    small = await first_request(pool, peer, "small")
     queued = submit(pool, request_id, BIG)
     await peer.send(Result("small", ok=True, body=b"1").encode(), Pull(1).encode())
     return small, queued
@@ -41,9 +39,7 @@ async def queue_behind_a_busy_instance(
 
 async def test_queued_requests_go_out_from_the_reader_in_order(tmp_path: Path) -> None:
     async with serving(tmp_path) as (pool, record, peer):
-        await peer.send(Pull(1).encode())
-        first = submit(pool, "r-0")
-        assert (await peer.request()).id == "r-0"
+        first = await first_request(pool, peer, "r-0")
         # Queued while the instance is busy: each goes out on the next PULL.
         rest = [submit(pool, f"r-{i}") for i in range(1, 20)]
         served = [first]
