@@ -74,7 +74,9 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
             pool.buffer.add_taker(record, offer)
 
     def pulled(n: int) -> None:
-        record.credits += n
+        # A worker runs its requests one at a time: credit past MAX_CREDITS is not
+        # capacity, and counted as such it would stop the pool from scaling.
+        record.credits = min(record.credits + n, MAX_CREDITS)
 
     def settle() -> None:
         # After the frames of one read: a head found overdue needs the serving task.
@@ -282,6 +284,7 @@ def _send_failed(pool: FunctionPool, record: InstanceRecord, exc: BaseException)
 
 # Requests in flight on one instance at most, whatever credit it asks for.
 MAX_INFLIGHT = 8
+MAX_CREDITS = 1024  # the most one PULL may ask for (protocol.link.pull_count)
 
 
 def _may_queue_behind(pool: FunctionPool, record: InstanceRecord) -> bool:

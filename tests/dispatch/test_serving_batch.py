@@ -18,6 +18,7 @@ from linkpeer import first_request, serving, start_instance, submit
 
 from huselet.dispatch.outcomes import OVERDUE_GRACE_S, possibly_started
 from huselet.dispatch.reasons import StopReason
+from huselet.dispatch.serving import MAX_CREDITS
 from huselet.errors import DeadlineExceeded
 from protocol.link import ERROR_DEADLINE, ErrorInfo, Pull, Result
 
@@ -135,3 +136,15 @@ async def test_an_instance_stuck_on_a_request_that_expired_behind_another_is_sto
         await trio.sleep(OVERDUE_GRACE_S)
         assert record.stop_reason is StopReason.DEADLINE
         assert pool.counters["deadline_kills"] == 1
+
+
+async def test_credit_a_worker_claims_past_the_bound_is_not_counted(tmp_path: Path) -> None:
+    """A worker (the function's own code) asking for ever more requests does not make the
+    pool believe it has capacity: credit stops at MAX_CREDITS."""
+    async with serving(tmp_path) as (pool, record, peer):
+        await peer.send(*[Pull(1024).encode() for _ in range(5)])
+        while record.credits < MAX_CREDITS:
+            await trio.sleep(0.001)
+        await trio.testing.wait_all_tasks_blocked()
+        assert record.credits == MAX_CREDITS
+        assert pool.spare_credits == MAX_CREDITS  # idle: all of it counted, no more
