@@ -216,6 +216,28 @@ def start_uvicorn(root: Path) -> Server:
     return Server("uvicorn", proc, ("127.0.0.1", port), lambda: descendants(pid))
 
 
+def start_floor(root: Path) -> Server:
+    """``floor_proxy.py``: the least a Trio front end does per framed call (its CPU
+    is reported as the daemon's, so the two rows compare directly)."""
+    port = free_port()
+    home = root / "floor"
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / "floor_proxy.py"), "--home", str(home), "--package",
+         str(NOOP), "--handler", "main:handler", "--workers", "2", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=BENCH.parent,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    if not proc.stdout.readline().startswith("listening"):
+        raise SystemExit(f"floor_proxy did not start ({proc.wait()})")
+    _drain(proc.stdout)
+    pid = proc.pid
+    return Server(
+        "floor", proc, {"framed": f"127.0.0.1:{port}"}, lambda: descendants(pid), daemon_pid=pid
+    )
+
+
 # --- modes ---------------------------------------------------------------------------
 
 
@@ -269,6 +291,7 @@ SERVERS: dict[str, Callable[[Path], Server]] = {
     ),
     "gunicorn": start_gunicorn,
     "uvicorn": start_uvicorn,
+    "floor": start_floor,
 }
 MODES: dict[str, Mode] = {
     "huselet-http": Mode("huselet", http_load),
@@ -277,6 +300,8 @@ MODES: dict[str, Mode] = {
     "gunicorn": Mode("gunicorn", http_load),
     "uvicorn": Mode("uvicorn", http_load),
     "raw": Mode("raw", raw_load),
+    # What any Trio process pays to move a framed call in and out (floor_proxy.py).
+    "floor-framed": Mode("floor", framed_load),
 }
 
 
