@@ -219,11 +219,12 @@ def start_uvicorn(root: Path) -> Server:
 def start_floor(root: Path) -> Server:
     """``floor_proxy.py``: the least a Trio front end does per framed call (its CPU
     is reported as the daemon's, so the two rows compare directly)."""
-    port = free_port()
+    port, http_port = free_port(), free_port()
     home = root / "floor"
     proc = subprocess.Popen(
         [sys.executable, str(BENCH / "floor_proxy.py"), "--home", str(home), "--package",
-         str(NOOP), "--handler", "main:handler", "--workers", "2", "--port", str(port)],
+         str(NOOP), "--handler", "main:handler", "--workers", "2", "--port", str(port),
+         "--http-port", str(http_port)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=BENCH.parent,
@@ -234,7 +235,11 @@ def start_floor(root: Path) -> Server:
     _drain(proc.stdout)
     pid = proc.pid
     return Server(
-        "floor", proc, {"framed": f"127.0.0.1:{port}"}, lambda: descendants(pid), daemon_pid=pid
+        "floor",
+        proc,
+        {"framed": f"127.0.0.1:{port}", "http": ("127.0.0.1", http_port)},
+        lambda: descendants(pid),
+        daemon_pid=pid,
     )
 
 
@@ -300,8 +305,9 @@ MODES: dict[str, Mode] = {
     "gunicorn": Mode("gunicorn", http_load),
     "uvicorn": Mode("uvicorn", http_load),
     "raw": Mode("raw", raw_load),
-    # What any Trio process pays to move a framed call in and out (floor_proxy.py).
+    # What any Trio process pays to move a call in and out (floor_proxy.py).
     "floor-framed": Mode("floor", framed_load),
+    "floor-http": Mode("floor", http_load),
 }
 
 

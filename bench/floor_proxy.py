@@ -1,8 +1,10 @@
-"""The least a Trio front end can do per framed call: the floor under huselet's daemon CPU.
+"""The least a Trio front end can do per call: the floor under huselet's daemon CPU.
 
-bench_invoke's ``floor-framed`` mode runs this file as a process of its own
-and loads it exactly as it loads huselet's framed ingress. It accepts framed
-ingress connections (``protocol.ingress``, the daemon's own sans-IO codec),
+bench_invoke's ``floor-framed`` and ``floor-http`` modes run this file as a
+process of its own and load it exactly as they load huselet's ingresses. It
+accepts framed ingress connections (``protocol.ingress``, the daemon's own
+sans-IO codec) and HTTP/1.1 keep-alive connections (parsed by httptools, as the
+daemon parses them; any POST is a call of the one function),
 starts ``--workers`` real ``python -m huselet.worker`` processes on an instance
 link (``protocol.link``, via ``rawlink.RawWorkers``), and forwards each CALL as
 a REQUEST to a worker with credit, relaying the RESULT back as a REPLY.
@@ -16,8 +18,8 @@ out — the daemon's CPU above it is what the node's features cost, and a target
 below it cannot be met by a Trio daemon on this machine.
 
 Usage (bench_invoke does this): ``floor_proxy.py --home DIR --package DIR
---handler main:handler --workers 2 --port N``; prints ``listening`` once
-the workers are ready.
+--handler main:handler --workers 2 --port N --http-port M``; prints
+``listening`` once the workers are ready.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ import argparse
 import collections
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httptools
 import trio
 from rawlink import RawWorkers, _Worker
 
@@ -50,31 +54,49 @@ class _Out:
         self.nursery = nursery
         self.pending = bytearray()
         self.flushing = False
+        self.closed = False
 
     def write(self, data: bytes) -> None:
         self.pending += data
 
     def flush(self) -> None:
-        if not self.pending or self.flushing:
+        if not self.pending or self.flushing or self.closed:
             return
         try:
             sent = os.write(self.fd, self.pending)
         except BlockingIOError:
             sent = 0
+        except OSError:  # the peer went away: its replies have nowhere to go
+            self.close()
+            return
         del self.pending[:sent]
         if self.pending:
             self.flushing = True
             self.nursery.start_soon(self._drain)
 
     async def _drain(self) -> None:
-        while self.pending:
-            await trio.lowlevel.wait_writable(self.fd)
+        while self.pending and not self.closed:
+            try:
+                await trio.lowlevel.wait_writable(self.fd)
+            except trio.ClosedResourceError:
+                break
             try:
                 sent = os.write(self.fd, self.pending)
             except BlockingIOError:
                 continue
+            except OSError:
+                self.close()
+                break
             del self.pending[:sent]
         self.flushing = False
+
+    def close(self) -> None:
+        """No more writes: the descriptor is closed (or about to be) by its reader,
+        and its number may soon belong to another connection."""
+        if self.flushing and not self.closed:
+            trio.lowlevel.notify_closing(self.fd)  # wakes the flusher before the close
+        self.closed = True
+        self.pending.clear()
 
 
 class Floor:
@@ -86,7 +108,9 @@ class Floor:
             # non-blocking socket, no trio stream wrapper per call.
             self.links.append((worker, _Out(worker.stream.socket.fileno(), nursery)))
         self.waiting: collections.deque[tuple[str, bytes, str]] = collections.deque()
-        self.calls: dict[str, tuple[ServerConnection, _Out, int]] = {}
+        # request id -> where its reply goes: a framed connection and call id,
+        # or an HTTP connection (replies in request order on it)
+        self.calls: dict[str, tuple[ServerConnection, _Out, int] | _HttpConn] = {}
         self.seq = 0
 
     def _send(self) -> None:
@@ -114,7 +138,12 @@ class Floor:
                 kind = message_type(msg)
                 if kind == RESULT:
                     rid, ok, body, body_kind, _error, _http = result_fields(msg)
-                    conn, conn_out, call_id = self.calls.pop(rid)
+                    target = self.calls.pop(rid)
+                    if isinstance(target, _HttpConn):
+                        target.answer(rid, ok, body, body_kind)
+                        touched.add(target.out)
+                        continue
+                    conn, conn_out, call_id = target
                     reply = Reply(
                         call_id,
                         200 if ok else 502,
@@ -161,9 +190,30 @@ class Floor:
         except (ProtocolError, OSError):
             return
         finally:
+            out.close()
             sock.close()
 
-    async def accept(self, listener: socket.socket) -> None:
+    async def serve_http(self, sock: socket.socket) -> None:
+        conn = _HttpConn(self, _Out(sock.fileno(), self.nursery))
+        parser = httptools.HttpRequestParser(conn)
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    data = sock.recv(RECEIVE_BYTES)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    return
+                parser.feed_data(data)
+                self._send()
+        except (httptools.HttpParserError, OSError):
+            return
+        finally:
+            conn.out.close()
+            sock.close()
+
+    async def accept(self, listener: socket.socket, serve: Serve) -> None:
         while True:
             await trio.lowlevel.wait_readable(listener)
             try:
@@ -172,23 +222,68 @@ class Floor:
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.nursery.start_soon(self.serve_client, sock)
+            self.nursery.start_soon(serve, sock)
+
+
+Serve = Callable[[socket.socket], Awaitable[None]]
+
+
+class _HttpConn:
+    """httptools' callbacks for one HTTP connection: each complete request is a
+    call; replies go out in request order (HTTP/1.1 has no ids)."""
+
+    def __init__(self, floor: Floor, out: _Out) -> None:
+        self.floor = floor
+        self.out = out
+        self.body = bytearray()
+        self.order: collections.deque[str] = collections.deque()
+        self.done: dict[str, bytes] = {}
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        floor = self.floor
+        floor.seq += 1
+        rid = str(floor.seq)
+        floor.calls[rid] = self
+        floor.waiting.append((rid, bytes(self.body), "json"))
+        self.order.append(rid)
+        self.body.clear()
+
+    def answer(self, rid: str, ok: bool, body: bytes, kind: str) -> None:
+        head = b"HTTP/1.1 200 OK" if ok else b"HTTP/1.1 502 Bad Gateway"
+        ctype = CONTENT_TYPES.get(kind, "application/octet-stream").encode()
+        self.done[rid] = b"%s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s" % (
+            head,
+            ctype,
+            len(body),
+            body,
+        )
+        while self.order and self.order[0] in self.done:
+            self.out.write(self.done.pop(self.order.popleft()))
+
+
+def _listen(port: int) -> socket.socket:
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    listener.setblocking(False)
+    return listener
 
 
 async def main(args: argparse.Namespace) -> None:
     workers = RawWorkers(Path(args.home), Path(args.package), args.handler, workers=args.workers)
     await workers.start()
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", args.port))
-    listener.listen(128)
-    listener.setblocking(False)
+    framed, http = _listen(args.port), _listen(args.http_port)
     try:
         async with trio.open_nursery() as nursery:
             floor = Floor(workers.workers, nursery)
             for worker, out in floor.links:
                 nursery.start_soon(floor.serve_worker, worker, out)
-            nursery.start_soon(floor.accept, listener)
+            nursery.start_soon(floor.accept, framed, floor.serve_client)
+            nursery.start_soon(floor.accept, http, floor.serve_http)
             print("listening", " ".join(str(p) for p in workers.pids()), flush=True)
     finally:
         with trio.CancelScope(shield=True):
@@ -201,7 +296,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--package", required=True)
     ap.add_argument("--handler", default="main:handler")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", type=int, required=True, help="framed ingress (TCP, 127.0.0.1)")
+    ap.add_argument("--http-port", type=int, required=True, help="HTTP/1.1 (TCP, 127.0.0.1)")
     return ap.parse_args(argv)
 
 
