@@ -74,6 +74,7 @@ from tenant_load import (
 )
 from tenant_noisy import noisy_neighbour, print_noisy
 
+from huselet.admin.client import AdminClient
 from huselet.client.signing import AccessKey, format_timestamp, sign_request
 from huselet.config import AuthSettings
 from huselet.gateway.admission import Admission, AdmissionRequest, CallRequest
@@ -269,6 +270,7 @@ def daemon_cpu(
     concurrency: int,
     rounds: int,
     switch: Callable[[bool], None],
+    verify_cost: Callable[[], dict[str, Any]],
 ) -> dict[str, dict[str, Any]]:
     """Per target: (daemon, key, compact, the signed daemon's auth on/off or None).
 
@@ -291,8 +293,10 @@ def daemon_cpu(
         "compact": (ports["signed"], QUIET, True, True),  # sign_request(..., compact=True)
         "same:open": (ports["signed"], QUIET, False, False),
         "same:signed": (ports["signed"], QUIET, False, True),
+        "same:signed-b": (ports["signed"], QUIET, False, True),  # A/A of the pair above
         "framed:open": (framed_ports["signed"], QUIET, False, False),
         "framed:signed": (framed_ports["signed"], QUIET, False, True),
+        "framed:signed-b": (framed_ports["signed"], QUIET, False, True),  # A/A
     }
 
     def send(name: str, port: int, key: AccessKey | None, count: int, compact: bool = False) -> Any:
@@ -305,7 +309,7 @@ def daemon_cpu(
             8,
         )
 
-    samples: dict[str, list[tuple[float, float, list[float], dict[int, int]]]] = {
+    samples: dict[str, list[tuple[float, float, list[float], dict[int, int], float]]] = {
         name: [] for name in targets
     }
     auth_on = True
@@ -330,11 +334,16 @@ def daemon_cpu(
             else:
                 batch = [raw_request(port, "quiet", key, compact=compact) for _ in range(n)]
                 go = partial(trio.run, send_all, port, batch, concurrency)
+            # The daemon's own account of its verification CPU (sampled; read
+            # outside the CPU window: the admin call costs the daemon too).
+            cost_before = verify_cost() if auth else None
             before = cpu_ns(pid)
             t0 = time.perf_counter()
             lat, statuses = go()
             wall = time.perf_counter() - t0
-            samples[name].append(((cpu_ns(pid) - before) / n / 1e3, n / wall, lat, statuses))
+            cpu = (cpu_ns(pid) - before) / n / 1e3
+            direct = verify_us(cost_before, verify_cost()) if cost_before is not None else 0.0
+            samples[name].append((cpu, n / wall, lat, statuses, direct))
     if not auth_on:
         switch(True)
     for name, runs in samples.items():
@@ -349,16 +358,72 @@ def daemon_cpu(
             "rps": statistics.median(run[1] for run in runs),
             "daemon_cpu_us_per_request": statistics.median(run[0] for run in runs),
             "daemon_cpu_us_runs": [run[0] for run in runs],
+            "verify_us_runs": [run[4] for run in runs],
             "p50_ms": statistics.median(lat),
             "p99_ms": p(lat, 99),
         }
     return results
 
 
+def verify_us(before: dict[str, Any], after: dict[str, Any]) -> float:
+    """µs of CPU per request the daemon timed verifying between two snapshots.
+
+    The mean of the sampled requests (one in ``sample_every``) of each step,
+    signature (the head) plus body (its SHA-256), each including one clock read.
+    """
+    total = 0.0
+    for step in ("signature", "body"):
+        samples = after[step]["samples"] - before[step]["samples"]
+        if samples:
+            total += (after[step]["cpu_ns"] - before[step]["cpu_ns"]) / samples / 1e3
+    return total
+
+
+def clock_read_us(n: int = 20000) -> float:
+    """µs one :func:`time.thread_time_ns` read costs here (what each timed sample includes)."""
+    clock = time.thread_time_ns
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        clock()
+    return (time.perf_counter_ns() - t0) / n / 1e3
+
+
 def paired(runs_a: list[float], runs_b: list[float]) -> tuple[float, float, float]:
     """Median, min and max of the per-round differences a - b."""
     diffs = [a - b for a, b in zip(runs_a, runs_b, strict=True)]
     return statistics.median(diffs), min(diffs), max(diffs)
+
+
+def print_verification(cpu: dict[str, dict[str, Any]], runs: dict[str, list[float]]) -> Any:
+    """The verification cost three ways, side by side, per ingress."""
+    clock_us = clock_read_us()
+    print(
+        "   verification, us of daemon CPU per request (median over rounds, min..max):\n"
+        "     direct  = the daemon's own timing of 1 in 16 verifications (thread CPU time:\n"
+        "               signature check of the head + SHA-256 of the body; replay cache and\n"
+        f"               key lookup included; includes one clock read, ~{clock_us:.2f} us here)\n"
+        "     on-off  = one daemon, same signed bytes, [auth] on minus off (paired per round):\n"
+        "               also any other cost of signed mode (tenant quotas and counters, more\n"
+        "               garbage, cache effects) and the round-to-round drift of a shared machine\n"
+        "     A/A     = the same target twice, auth on both times (paired): on-off's resolution"
+    )
+    out: dict[str, Any] = {"clock_read_us": clock_us}
+    for label, on, on_b, off in (
+        ("HTTP", "same:signed", "same:signed-b", "same:open"),
+        ("framed", "framed:signed", "framed:signed-b", "framed:open"),
+    ):
+        direct = cpu[on]["verify_us_runs"] + cpu[on_b]["verify_us_runs"]
+        rows = {
+            "direct": (statistics.median(direct), min(direct), max(direct)),
+            "on-off": paired(runs[on], runs[off]),
+            "A/A": paired(runs[on_b], runs[on]),
+        }
+        out[label] = {
+            k: dict(zip(("median", "min", "max"), v, strict=True)) for k, v in rows.items()
+        }
+        cells = "   ".join(f"{k} {m:5.1f} ({lo:.1f}..{hi:.1f})" for k, (m, lo, hi) in rows.items())
+        print(f"   {label:<7} {cells}   target < 20 us")
+    return out
 
 
 def loadavg() -> str:
@@ -416,9 +481,20 @@ def main() -> None:
         def switch(auth: bool) -> None:
             set_auth(root / "signed", procs["signed"], auth=auth)
 
+        admin = AdminClient(root / "signed" / "run-signed" / "admin.sock", timeout_s=30)
+
+        def verify_cost() -> dict[str, Any]:
+            return dict(admin.call("status")["admission"]["verify_cost"])
+
         if "2" in parts:
             cpu = daemon_cpu(
-                ports, framed_ports, args.requests, args.concurrency, args.rounds, switch
+                ports,
+                framed_ports,
+                args.requests,
+                args.concurrency,
+                args.rounds,
+                switch,
+                verify_cost,
             )
             report["daemon"] = cpu
             print(
@@ -447,6 +523,7 @@ def main() -> None:
                 print(f"   {label:<27} {med:6.1f} us  (rounds {lo:.1f} .. {hi:.1f}; {note})")
             rounded = {n: [round(x, 1) for x in r] for n, r in runs.items()}
             print(f"   runs (us/req): {rounded}")
+            report["verification"] = print_verification(cpu, runs)
         if "3" in parts:
             elsewhere = procs["alt"].port  # a short name: Unix socket paths are short
             nn = noisy_neighbour(signed_proc.pid, signed_port, args, args.noisy_rounds, elsewhere)
