@@ -28,7 +28,6 @@ from huselet.tenants.keys import KeyRing, read_keys_file
 from huselet.tenants.stats import RefusalReason
 from huselet.tenants.verify_cost import SAMPLE_EVERY
 
-
 # acme without its rate limit (1/s, burst 2): these tests send it more than that.
 UNLIMITED = KEYS.replace("rate_per_s = 1\nburst = 2\n", "")
 assert UNLIMITED != KEYS
