@@ -24,6 +24,12 @@ compares front ends; it does not sign).
    control (how far two daemons doing the same work differ). ``framed:signed -
    framed:open`` is the same one-daemon pairing over the framed ingress, with
    pre-signed calls forwarded as is (``call(..., auth=...)``).
+   Beside on-minus-off, the daemon's own account (``admission.verify_cost``
+   over the admin socket, read around each round outside its CPU window): the
+   thread CPU of one verification in 16, signature plus body hash ("direct");
+   and an A/A row per ingress (``same:signed-b - same:signed``,
+   ``framed:signed-b - framed:signed``: the same target twice in a round),
+   which is the resolution of on-minus-off.
 3. **Noisy neighbour** (:mod:`tenant_noisy`): tenant ``quiet`` at a fixed
    rate (``--quiet-rate``, open loop) alone twice (idle-a, idle-b: the A/A
    control) and while tenant ``noisy`` (limit 20/s) offers ``--flood-rate``
