@@ -24,6 +24,12 @@ compares front ends; it does not sign).
    control (how far two daemons doing the same work differ). ``framed:signed -
    framed:open`` is the same one-daemon pairing over the framed ingress, with
    pre-signed calls forwarded as is (``call(..., auth=...)``).
+   Beside on-minus-off, the daemon's own account (``admission.verify_cost``
+   over the admin socket, read around each round outside its CPU window): the
+   thread CPU of one verification in 16, signature plus body hash ("direct");
+   and an A/A row per ingress (``same:signed-b - same:signed``,
+   ``framed:signed-b - framed:signed``: the same target twice in a round),
+   which is the resolution of on-minus-off.
 3. **Noisy neighbour** (:mod:`tenant_noisy`): tenant ``quiet`` at a fixed
    rate (``--quiet-rate``, open loop) alone twice (idle-a, idle-b: the A/A
    control) and while tenant ``noisy`` (limit 20/s) offers ``--flood-rate``
@@ -74,6 +80,7 @@ from tenant_load import (
 )
 from tenant_noisy import noisy_neighbour, print_noisy
 
+from huselet.admin.client import AdminClient
 from huselet.client.signing import AccessKey, format_timestamp, sign_request
 from huselet.config import AuthSettings
 from huselet.gateway.admission import Admission, AdmissionRequest, CallRequest
@@ -259,6 +266,39 @@ def in_process(n: int) -> dict[str, float]:
         ticket.check_body(BODY)
         ticket.release()
     out["framed"] = (time.process_time() - t0) / n * 1e6
+
+    # The same work after the thread slept, as in a daemon that waits in epoll
+    # between requests: this VM charges a thread for the memory it touches after a
+    # sleep, so the same verification costs several times its tight-loop figure.
+    def fresh() -> Admission:  # an empty replay cache: the batches are sent again
+        adm = Admission(AuthSettings(keys_file=root / "keys.toml"), functions=fns.get)
+        adm.set_keys(ring)
+        return adm
+
+    out.update(after_pauses(fresh, reqs[:1000], calls[:1000]))
+    return out
+
+
+PAUSE_S = 0.0002  # about a daemon's wait in epoll between requests at this bench's rates
+
+
+def after_pauses(
+    fresh: Callable[[], Admission], reqs: list[AdmissionRequest], calls: list[CallRequest]
+) -> dict[str, float]:
+    """µs of thread CPU per admit+check_body, each after a sleep of PAUSE_S."""
+    clock = time.thread_time_ns
+    out = {}
+    for name, batch in (("signed", reqs), ("framed", calls)):
+        adm = fresh()
+        spent = 0
+        for r in batch:
+            time.sleep(PAUSE_S)
+            t0 = clock()
+            ticket = adm.admit(r) if isinstance(r, AdmissionRequest) else adm.admit_call(r)
+            ticket.check_body(BODY)
+            ticket.release()
+            spent += clock() - t0
+        out[f"{name}, slept"] = spent / len(batch) / 1e3
     return out
 
 
@@ -269,6 +309,7 @@ def daemon_cpu(
     concurrency: int,
     rounds: int,
     switch: Callable[[bool], None],
+    verify_cost: Callable[[], dict[str, Any]],
 ) -> dict[str, dict[str, Any]]:
     """Per target: (daemon, key, compact, the signed daemon's auth on/off or None).
 
@@ -291,8 +332,10 @@ def daemon_cpu(
         "compact": (ports["signed"], QUIET, True, True),  # sign_request(..., compact=True)
         "same:open": (ports["signed"], QUIET, False, False),
         "same:signed": (ports["signed"], QUIET, False, True),
+        "same:signed-b": (ports["signed"], QUIET, False, True),  # A/A of the pair above
         "framed:open": (framed_ports["signed"], QUIET, False, False),
         "framed:signed": (framed_ports["signed"], QUIET, False, True),
+        "framed:signed-b": (framed_ports["signed"], QUIET, False, True),  # A/A
     }
 
     def send(name: str, port: int, key: AccessKey | None, count: int, compact: bool = False) -> Any:
@@ -305,7 +348,7 @@ def daemon_cpu(
             8,
         )
 
-    samples: dict[str, list[tuple[float, float, list[float], dict[int, int]]]] = {
+    samples: dict[str, list[tuple[float, float, list[float], dict[int, int], float]]] = {
         name: [] for name in targets
     }
     auth_on = True
@@ -330,11 +373,16 @@ def daemon_cpu(
             else:
                 batch = [raw_request(port, "quiet", key, compact=compact) for _ in range(n)]
                 go = partial(trio.run, send_all, port, batch, concurrency)
+            # The daemon's own account of its verification CPU (sampled; read
+            # outside the CPU window: the admin call costs the daemon too).
+            cost_before = verify_cost() if auth else None
             before = cpu_ns(pid)
             t0 = time.perf_counter()
             lat, statuses = go()
             wall = time.perf_counter() - t0
-            samples[name].append(((cpu_ns(pid) - before) / n / 1e3, n / wall, lat, statuses))
+            cpu = (cpu_ns(pid) - before) / n / 1e3
+            direct = verify_us(cost_before, verify_cost()) if cost_before is not None else 0.0
+            samples[name].append((cpu, n / wall, lat, statuses, direct))
     if not auth_on:
         switch(True)
     for name, runs in samples.items():
@@ -349,16 +397,73 @@ def daemon_cpu(
             "rps": statistics.median(run[1] for run in runs),
             "daemon_cpu_us_per_request": statistics.median(run[0] for run in runs),
             "daemon_cpu_us_runs": [run[0] for run in runs],
+            "verify_us_runs": [run[4] for run in runs],
             "p50_ms": statistics.median(lat),
             "p99_ms": p(lat, 99),
         }
     return results
 
 
+def verify_us(before: dict[str, Any], after: dict[str, Any]) -> float:
+    """µs of CPU per request the daemon timed verifying between two snapshots.
+
+    The mean of the sampled requests (one in ``sample_every``) of each step,
+    signature (the head) plus body (its SHA-256), each including one clock read.
+    """
+    total = 0.0
+    for step in ("signature", "body"):
+        samples = after[step]["samples"] - before[step]["samples"]
+        if samples:
+            total += (after[step]["cpu_ns"] - before[step]["cpu_ns"]) / samples / 1e3
+    return total
+
+
+def clock_read_us(n: int = 20000) -> float:
+    """µs one :func:`time.thread_time_ns` read costs here (what each timed sample includes)."""
+    clock = time.thread_time_ns
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        clock()
+    return (time.perf_counter_ns() - t0) / n / 1e3
+
+
 def paired(runs_a: list[float], runs_b: list[float]) -> tuple[float, float, float]:
     """Median, min and max of the per-round differences a - b."""
     diffs = [a - b for a, b in zip(runs_a, runs_b, strict=True)]
     return statistics.median(diffs), min(diffs), max(diffs)
+
+
+def print_verification(cpu: dict[str, dict[str, Any]], runs: dict[str, list[float]]) -> Any:
+    """The verification cost three ways, side by side, per ingress."""
+    clock_us = clock_read_us()
+    print(
+        "   verification, us of daemon CPU per request (median over rounds, min..max):\n"
+        "     direct  = the daemon's own timing of 1 in 16 verifications (thread CPU time:\n"
+        "               signature check of the head + SHA-256 of the body; replay cache and\n"
+        "               key lookup included; each of the two steps includes one clock read,\n"
+        f"               ~{clock_us:.2f} us here)\n"
+        "     on-off  = one daemon, same signed bytes, [auth] on minus off (paired per round):\n"
+        "               also any other cost of signed mode (tenant quotas and counters, more\n"
+        "               garbage, cache effects) and the round-to-round drift of a shared machine\n"
+        "     A/A     = the same target twice, auth on both times (paired): on-off's resolution"
+    )
+    out: dict[str, Any] = {"clock_read_us": clock_us}
+    for label, on, on_b, off in (
+        ("HTTP", "same:signed", "same:signed-b", "same:open"),
+        ("framed", "framed:signed", "framed:signed-b", "framed:open"),
+    ):
+        direct = cpu[on]["verify_us_runs"] + cpu[on_b]["verify_us_runs"]
+        rows = {
+            "direct": (statistics.median(direct), min(direct), max(direct)),
+            "on-off": paired(runs[on], runs[off]),
+            "A/A": paired(runs[on_b], runs[on]),
+        }
+        out[label] = {
+            k: dict(zip(("median", "min", "max"), v, strict=True)) for k, v in rows.items()
+        }
+        cells = "   ".join(f"{k} {m:5.1f} ({lo:.1f}..{hi:.1f})" for k, (m, lo, hi) in rows.items())
+        print(f"   {label:<7} {cells}   target < 20 us")
+    return out
 
 
 def loadavg() -> str:
@@ -396,7 +501,12 @@ def main() -> None:
         report["in_process_us"] = micro
         print("1. admission CPU per request, in process (admit + body check):")
         for name, us in micro.items():
-            print(f"   {name:<7} {us:7.2f} us")
+            print(f"   {name:<14} {us:7.2f} us")
+        print(
+            f"   (', slept': thread CPU of the same work with a {PAUSE_S * 1e3:g} ms sleep before\n"
+            "    each request, as a daemon waits in epoll: this VM charges a thread for the\n"
+            "    memory it touches after a sleep, which the tight loops above do not pay)"
+        )
         print(f"   signed - open = {micro['signed'] - micro['open']:.2f} us (target < 20 us)")
         print(f"   framed - open = {micro['framed'] - micro['open']:.2f} us (signed framed call)")
 
@@ -416,9 +526,20 @@ def main() -> None:
         def switch(auth: bool) -> None:
             set_auth(root / "signed", procs["signed"], auth=auth)
 
+        admin = AdminClient(root / "signed" / "run-signed" / "admin.sock", timeout_s=30)
+
+        def verify_cost() -> dict[str, Any]:
+            return dict(admin.call("status")["admission"]["verify_cost"])
+
         if "2" in parts:
             cpu = daemon_cpu(
-                ports, framed_ports, args.requests, args.concurrency, args.rounds, switch
+                ports,
+                framed_ports,
+                args.requests,
+                args.concurrency,
+                args.rounds,
+                switch,
+                verify_cost,
             )
             report["daemon"] = cpu
             print(
@@ -447,6 +568,7 @@ def main() -> None:
                 print(f"   {label:<27} {med:6.1f} us  (rounds {lo:.1f} .. {hi:.1f}; {note})")
             rounded = {n: [round(x, 1) for x in r] for n, r in runs.items()}
             print(f"   runs (us/req): {rounded}")
+            report["verification"] = print_verification(cpu, runs)
         if "3" in parts:
             elsewhere = procs["alt"].port  # a short name: Unix socket paths are short
             nn = noisy_neighbour(signed_proc.pid, signed_port, args, args.noisy_rounds, elsewhere)

@@ -53,6 +53,7 @@ from huselet.gateway.source_guard import SourceGuard
 from huselet.tenants.keys import KeyRing, TenantSettings
 from huselet.tenants.limits import Gate
 from huselet.tenants.stats import AdmissionStats, RefusalReason
+from huselet.tenants.verify_cost import VerifyCost, clock_ns
 
 # Re-exported: the ingresses and tests import the vocabulary from here.
 __all__ = [
@@ -87,7 +88,16 @@ class Ticket:
     def check_body(self, body: bytes) -> None:
         """Refuse (401) a body that is not the one the signature covers."""
         expected = self.body_sha256
-        if expected is not None and not hmac.compare_digest(sha256_hex(body), expected):
+        if expected is None:
+            return
+        cost = self._admission.verify_cost.body
+        if cost.due():  # one in SAMPLE_EVERY is timed (tenants.verify_cost)
+            t0 = clock_ns()
+            ok = hmac.compare_digest(sha256_hex(body), expected)
+            cost.add(clock_ns() - t0)
+        else:
+            ok = hmac.compare_digest(sha256_hex(body), expected)
+        if not ok:
             raise self._admission.refuse(
                 RefusalReason.BODY_MISMATCH,
                 "the body does not match the SHA-256 it was signed with",
@@ -116,6 +126,7 @@ class Admission:
         self._functions: FunctionLookup = functions or (lambda name: None)
         self._token = bearer_token
         self.stats = AdmissionStats()
+        self.verify_cost = VerifyCost()  # signed mode's CPU, sampled (tenants.verify_cost)
         self._refusals = Refusals(self.stats, clock)
         # Counts the refusal and builds it: for the checks below and for tickets.
         self.refuse = self._refusals.refuse
@@ -186,10 +197,13 @@ class Admission:
         mode = self.mode
         if mode is AuthMode.SIGNED:
             self._sources.check_ready(peer)
-            if isinstance(request, AdmissionRequest):
-                tenant, body_sha256 = self._signed.verify_http(request)
+            cost = self.verify_cost.signature
+            if cost.due():  # one in SAMPLE_EVERY is timed (tenants.verify_cost)
+                t0 = clock_ns()
+                tenant, body_sha256 = self._verify(request)
+                cost.add(clock_ns() - t0)
             else:
-                tenant, body_sha256 = self._signed.verify_call(request)
+                tenant, body_sha256 = self._verify(request)
             return self._admit_tenant(request.function, tenant, body_sha256)
         if mode is AuthMode.BEARER:
             self._sources.check_ready(peer)
@@ -205,6 +219,11 @@ class Admission:
         gates = self._quotas.take(request.function, self._functions(request.function), None)
         self.stats.admitted(None, self._clock())
         return Ticket(self, None, gates, None)
+
+    def _verify(self, request: AdmissionRequest | CallRequest) -> tuple[TenantSettings, bytes]:
+        if isinstance(request, AdmissionRequest):
+            return self._signed.verify_http(request)
+        return self._signed.verify_call(request)
 
     def _admit_tenant(self, function: str, tenant: TenantSettings, body_sha256: bytes) -> Ticket:
         fn = self._functions(function)
@@ -245,4 +264,5 @@ class Admission:
         data["replay_cache"] = len(self._signed.replay)
         data["replay_cache_bytes"] = self._signed.replay.nbytes
         data["sources_tracked"] = len(self._sources)
+        data["verify_cost"] = self.verify_cost.snapshot()
         return data

@@ -20,15 +20,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
 
 from huselet.client.signing import (
     ALGORITHM_B,
     CONTENT_HEADER,
     DATE_HEADER,
     REQUIRED_SIGNED,
-    Credentials,
     SigningError,
     canonical_query,
     format_timestamp,
@@ -42,13 +40,11 @@ from huselet.gateway.admission_types import (
     CallRequest,
     Refusals,
 )
-from huselet.tenants.keys import EMPTY_RING, KeyEntry, KeyRing, TenantSettings
+from huselet.tenants.hmac_keys import KeyRecord, key_records
+from huselet.tenants.keys import EMPTY_RING, KeyRing, TenantSettings
 from huselet.tenants.replay import ReplayCacheFull, TenantReplayCaches
 from huselet.tenants.stats import RefusalReason
 from protocol.ingress_signing import CANONICAL_TAG
-
-if TYPE_CHECKING:
-    from hashlib import _Hash
 
 _SCHEME = ALGORITHM_B + b" "
 _TO_SIGN = ALGORITHM_B + b"\n"  # the string to sign starts with it
@@ -58,8 +54,13 @@ _SHA256_HEX = re.compile(rb"[0-9a-f]{64}")
 _SHA256_HEX_STR = re.compile(r"[0-9a-f]{64}")
 _NONCE = re.compile(r"[!-~]{1,128}")
 _BLANK = hashlib.sha256()  # copied, not constructed: cheaper per hash
-_IPAD = bytes(0x36 for _ in range(64))
-_OPAD = bytes(0x5C for _ in range(64))
+# Authorization heads (all but the 64-digit signature) remembered per verifier: a
+# caller sends the same head with every request. Cleared with every new key ring.
+_MAX_HEADS = 1024
+# The standard form's head, whose parse is the same whatever signature follows.
+_STANDARD_HEAD = re.compile(
+    rb"HUSELET-HMAC-SHA256 Credential=[!-+\--~]+, ?SignedHeaders=[!-+\--~]+, ?Signature="
+)
 
 # The check to run once the key and tenant are known (the tenant's quota).
 TenantCheck = Callable[[str], None]
@@ -91,31 +92,18 @@ def _plan(signed: tuple[bytes, ...]) -> _Plan:
     return plan
 
 
+def call_prefix(function: str, kind: str, timeout_ms: int | None, key_id: str) -> bytes:
+    """The first five lines of a framed call's canonical form, each ending in a newline."""
+    timeout = b"" if timeout_ms is None else str(timeout_ms).encode()
+    fields = (CANONICAL_TAG, function.encode(), kind.encode(), timeout, key_id.encode(), b"")
+    return b"\n".join(fields)
+
+
 def sha256_hex(data: bytes) -> bytes:
     """Lowercase hex SHA-256 of ``data``, as ASCII bytes."""
     h = _BLANK.copy()
     h.update(data)
     return h.hexdigest().encode("ascii")
-
-
-class _Mac:
-    """HMAC-SHA256 under one secret with its padded-key states precomputed (RFC 2104)."""
-
-    __slots__ = ("_inner", "_outer")
-
-    def __init__(self, secret: bytes) -> None:
-        if len(secret) > 64:
-            secret = hashlib.sha256(secret).digest()
-        key = secret.ljust(64, b"\0")
-        self._inner: _Hash = hashlib.sha256(bytes(a ^ b for a, b in zip(key, _IPAD, strict=True)))
-        self._outer: _Hash = hashlib.sha256(bytes(a ^ b for a, b in zip(key, _OPAD, strict=True)))
-
-    def hexdigest(self, message: bytes) -> bytes:
-        inner = self._inner.copy()
-        inner.update(message)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.hexdigest().encode("ascii")
 
 
 class SignatureVerifier:
@@ -133,7 +121,11 @@ class SignatureVerifier:
         self._check_tenant = check_tenant
         self._wall = wall_clock
         self.ring: KeyRing = EMPTY_RING
-        self._macs: dict[str, tuple[KeyEntry, _Mac]] = {}
+        self._records: Mapping[str, KeyRecord] = {}
+        # Authorization head -> (key id, plan) of the standard form, parsed once.
+        self._heads: dict[bytes, tuple[str, _Plan]] = {}
+        # (function, kind, timeout_ms, key id) -> a framed call's canonical prefix.
+        self._call_prefixes: dict[tuple[str, str, int | None, str], bytes] = {}
         self.replay = TenantReplayCaches(settings.replay_cache_bytes, settings.max_skew_s + 1)
         self._last_date, self._last_at = b"", 0.0
         self.configure(settings)
@@ -144,7 +136,8 @@ class SignatureVerifier:
 
     def set_keys(self, ring: KeyRing) -> None:
         self.ring = ring
-        self._macs = {key_id: (entry, _Mac(entry.secret)) for key_id, entry in ring.keys.items()}
+        self._records = key_records(ring)
+        self._heads, self._call_prefixes = {}, {}
         self.replay.keep_only({entry.tenant for entry in ring.keys.values()}, self._wall())
 
     # --- HTTP ------------------------------------------------------------------------------
@@ -159,13 +152,30 @@ class SignatureVerifier:
                 "this node requires signed requests (Authorization: HUSELET-HMAC-SHA256 ...)",
                 peer,
             )
-        try:
-            creds = parse_authorization(authorization)
-        except SigningError as exc:
-            raise self._fail(RefusalReason.MALFORMED, str(exc), peer) from None
-        entry, tenant, now = self._key(creds.key_id, peer)
-        plan = _plan(creds.signed_headers)
-        values = self._signed_values(creds, plan.wanted, request.headers, peer, tenant.name)
+        # The standard form's head is the same on every request of a caller: it is
+        # parsed once (the regex of parse_authorization, then this dict lookup).
+        split = len(authorization) - 64
+        head = self._heads.get(authorization[:split])
+        if head is not None and _SHA256_HEX.fullmatch(authorization, split) is not None:
+            key_id, plan = head
+            signature = authorization[split:]
+            inline: tuple[tuple[bytes, bytes], ...] = ()
+        else:
+            try:
+                creds = parse_authorization(authorization)
+            except SigningError as exc:
+                raise self._fail(RefusalReason.MALFORMED, str(exc), peer) from None
+            key_id, signature, inline = creds.key_id, creds.signature, creds.inline
+            plan = _plan(creds.signed_headers)
+            if (
+                key_id in self._records
+                and len(self._heads) < _MAX_HEADS
+                and _STANDARD_HEAD.fullmatch(authorization, 0, split) is not None
+            ):
+                self._heads[authorization[:split]] = (key_id, plan)
+        record, now = self._key(key_id, peer)
+        tenant = record.tenant
+        values = self._signed_values(plan, inline, request.headers, peer, tenant.name)
         date = values[_DATE_HEADER_B]
         at = self._timestamp(date, now, peer, tenant.name)
         content = values[_CONTENT_HEADER_B]
@@ -183,19 +193,19 @@ class SignatureVerifier:
         for name, line in plan.lines:
             parts.append(line + values[name].strip())
         parts += (b"", plan.tail, content)
-        self._check_signature(entry, date, b"\n".join(parts), creds.signature, peer, tenant.name)
-        self._check_replay(creds.signature, at, now, tenant.name)
+        self._check_signature(record, date, b"\n".join(parts), signature, peer, tenant.name)
+        self._check_replay(signature, at, now, tenant.name)
         return tenant, content
 
     def _signed_values(
         self,
-        creds: Credentials,
-        wanted: frozenset[bytes] | None,
+        plan: _Plan,
+        inline: tuple[tuple[bytes, bytes], ...],
         headers: Iterable[tuple[bytes, bytes]],
         peer: str,
         tenant: str,
     ) -> dict[bytes, bytes]:
-        signed = creds.signed_headers
+        signed, wanted = plan.names, plan.wanted
         if wanted is None:
             raise self._fail(
                 RefusalReason.MALFORMED,
@@ -204,7 +214,7 @@ class SignatureVerifier:
                 tenant,
             )
         # The compact form's parameters stand for the headers they name.
-        values = dict(creds.inline)
+        values = dict(inline)
         if values and not wanted.issuperset(values):
             raise self._fail(
                 RefusalReason.MALFORMED,
@@ -252,7 +262,8 @@ class SignatureVerifier:
                 "this node requires signed calls (a call frame with an auth map)",
                 peer,
             )
-        entry, tenant, now = self._key(auth.key_id, peer)
+        record, now = self._key(auth.key_id, peer)
+        tenant = record.tenant
         try:
             date = auth.date.encode("ascii")
         except UnicodeEncodeError:
@@ -266,40 +277,38 @@ class SignatureVerifier:
                 peer,
                 tenant.name,
             )
-        canonical = b"\n".join(
-            (
-                CANONICAL_TAG,
-                call.function.encode(),
-                call.kind.encode(),
-                b"" if call.timeout_ms is None else str(call.timeout_ms).encode(),
-                auth.key_id.encode(),
-                auth.nonce.encode(),
-                auth.body_sha256.encode(),
-            )
-        )
+        # The canonical form of protocol.ingress_signing: its first five lines are
+        # the same on every call of a caller to a function, so they are built once.
+        fields = (call.function, call.kind, call.timeout_ms, auth.key_id)
+        prefix = self._call_prefixes.get(fields)
+        if prefix is None:
+            prefix = call_prefix(*fields)
+            if len(self._call_prefixes) < _MAX_HEADS:
+                self._call_prefixes[fields] = prefix
+        body_sha256 = auth.body_sha256.encode()
+        canonical = prefix + auth.nonce.encode() + b"\n" + body_sha256
         signature = auth.signature.encode("utf-8", "replace")
-        self._check_signature(entry, date, canonical, signature, peer, tenant.name)
+        self._check_signature(record, date, canonical, signature, peer, tenant.name)
         self._check_replay(signature, at, now, tenant.name)
-        return tenant, auth.body_sha256.encode("ascii")
+        return tenant, body_sha256
 
     # --- shared steps ----------------------------------------------------------------------
 
-    def _key(self, key_id: str, peer: str) -> tuple[KeyEntry, TenantSettings, float]:
-        entry = self.ring.keys.get(key_id)
-        tenant = None if entry is None else self.ring.tenants.get(entry.tenant)
-        if entry is None or tenant is None:
+    def _key(self, key_id: str, peer: str) -> tuple[KeyRecord, float]:
+        record = self._records.get(key_id)
+        if record is None:  # no such key, or its tenant is not in the ring
             raise self._fail(RefusalReason.UNKNOWN_KEY, "unknown access key", peer)
         now = self._wall()
-        if not entry.valid_at(now):
+        if now < record.not_before or now >= record.expires:
             raise self._fail(
                 RefusalReason.KEY_NOT_VALID,
                 "the access key is not valid now (not yet valid, or expired)",
                 peer,
-                tenant.name,
+                record.tenant.name,
             )
         # A tenant over its quota is refused before any hashing is spent on it.
-        self._check_tenant(tenant.name)
-        return entry, tenant, now
+        self._check_tenant(record.tenant.name)
+        return record, now
 
     def _timestamp(self, date: bytes, now: float, peer: str, tenant: str) -> float:
         if date == self._last_date:  # most requests of a second share their timestamp
@@ -322,21 +331,15 @@ class SignatureVerifier:
 
     def _check_signature(
         self,
-        entry: KeyEntry,
+        record: KeyRecord,
         date: bytes,
         canonical: bytes,
         sent: bytes,
         peer: str,
         tenant: str,
     ) -> None:
-        cached = self._macs.get(entry.key_id)
-        if cached is not None and cached[0] is entry:
-            mac = cached[1]
-        else:  # not (or no longer) the entry the MAC was made for: make it anew
-            mac = _Mac(entry.secret)
-            self._macs[entry.key_id] = (entry, mac)
         to_sign = _TO_SIGN + date + b"\n" + sha256_hex(canonical)
-        if not hmac.compare_digest(mac.hexdigest(to_sign), sent):
+        if not hmac.compare_digest(record.mac.hexdigest(to_sign), sent):
             raise self._fail(
                 RefusalReason.BAD_SIGNATURE,
                 "the signature does not match the request",

@@ -77,6 +77,14 @@ def _admission(snapshot: Mapping[str, Any]) -> Iterator[Metric]:
         in_flight.add_metric([tenant], row.get("in_flight", 0))
         replay.add_metric([tenant], row.get("replay_cache_bytes", 0))
     yield from (refusals, requests, throttled, in_flight, replay)
+    # Signed mode's verification CPU, sampled (huselet.tenants.verify_cost).
+    seconds = counter("huselet_auth_verify_seconds", "step")
+    samples = counter("huselet_auth_verify_samples", "step")
+    for step, row in sorted(snapshot.get("verify_cost", {}).items()):
+        if isinstance(row, dict):
+            seconds.add_metric([step], row["cpu_ns"] / 1e9)
+            samples.add_metric([step], row["samples"])
+    yield from (seconds, samples)
 
 
 class NodeCollector:

@@ -37,6 +37,9 @@ HELP = {
     "huselet_tenant_in_flight": "Admitted invocations not yet answered.",
     "huselet_tenant_replay_cache_bytes": "Bytes of the tenant's replay cache in use "
     "(bounded per tenant by auth.replay_cache_mb).",
+    "huselet_auth_verify_seconds": "CPU seconds of the sampled signature verifications, by step "
+    "(signature: the head; body: its SHA-256); divide by huselet_auth_verify_samples.",
+    "huselet_auth_verify_samples": "Signed requests whose verification was timed (one in 16).",
     # The package cache, by level (memory, disk).
     "huselet_cache_hits": "Image lookups served, by level.",
     "huselet_cache_misses": "Image lookups not served, by level.",

@@ -34,6 +34,13 @@ def test_ctl_keys_lists_ids_tenants_and_expiry_never_secrets(daemon: Daemon) -> 
     metrics = daemon.ctl("metrics").stdout
     assert 'huselet_admission_refusals_total{reason="forbidden_function",tenant="acme"}' in metrics
     assert 'huselet_tenant_requests_total{tenant="globex"}' in metrics
+    # The first signed request's verification is always timed (1 in 16 after it).
+    values = dict(
+        line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("huselet_auth_")
+    )
+    for step in ("signature", "body"):
+        assert float(values[f'huselet_auth_verify_samples_total{{step="{step}"}}']) >= 1
+        assert float(values[f'huselet_auth_verify_seconds_total{{step="{step}"}}']) > 0
 
 
 def test_cli_invoke_signs_with_a_key_file_or_the_environment(daemon: Daemon, root: Path) -> None:
