@@ -224,6 +224,7 @@ class _FramedConnection:
 
     async def _read_calls(self, nursery: trio.Nursery) -> None:
         idle_s = self.settings.idle_timeout_ms / 1000
+        read_calls = 0  # calls the last read brought
         while True:
             while self.conn.full:
                 # At the limit: read nothing more, so TCP pushes back on the client.
@@ -233,17 +234,25 @@ class _FramedConnection:
             if event is None:
                 # Idle means no call in flight; a connection waiting on replies is not
                 # idle (and needs no timer: a cancel scope per read is not free).
+                # A client that sends one call and waits for its reply (as at
+                # concurrency 1) has sent nothing more yet: wait for the socket
+                # before reading, not after a read that fails with EAGAIN (a
+                # system call per call). One that pipelines (the last read found
+                # data at once, or brought several calls) is read at once.
+                expect_wait = self._io.waited and read_calls <= 1
+                read_calls = 0
                 if self.conn.inflight:
-                    data = await self._io.receive_some(RECEIVE_BYTES)
+                    data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=expect_wait)
                 else:
                     data = b""  # what idling out leaves
                     with trio.move_on_after(idle_s):
-                        data = await self._io.receive_some(RECEIVE_BYTES)
+                        data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=expect_wait)
                 if not data:
                     return  # EOF, or idle past idle_timeout_ms
                 self.conn.receive_data(data)
                 continue
             if isinstance(event, Call):
+                read_calls += 1
                 self.ingress.counters[FramedCounter.CALLS] += 1
                 self._begin_call(event, nursery)
             elif isinstance(event, Ping):
