@@ -389,10 +389,7 @@ class _FramedConnection:
             result = core.outcome(inv)
         except HuseletError as exc:
             return self.conn.reply(_error_reply(held.call_id, inv.request_id, exc))
-        reply = Reply(
-            held.call_id, 200, inv.request_id, body=result.body, content_type=result.content_type
-        )
-        return self.conn.reply(reply)
+        return self.conn.reply_ok(held.call_id, inv.request_id, result.body, result.content_type)
 
     async def _write_replies(self) -> None:
         """Write the replies of calls served by :meth:`_begin_call`, all that are due at once.
