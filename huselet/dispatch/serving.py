@@ -334,7 +334,9 @@ def _dispatch_inline(pool: FunctionPool, record: InstanceRecord) -> bool:
     frame = _take(pool, record, inv)
     taken = [inv]
     frames = [frame]
-    while record.credits > 0 and _may_queue_behind(pool, record):
+    # Handed over with other idle instances: this one's share, no more.
+    share = pool.buffer.share or MAX_INFLIGHT
+    while record.credits > 0 and len(taken) < share and _may_queue_behind(pool, record):
         more = pool.buffer.get_nowait()
         if more is None:
             break

@@ -162,6 +162,7 @@ class _FramedConnection:
         self._replies_due = trio.Event()
         self._reading = True
         self._strikes = Strikes()  # throttled calls in a row: their holds grow
+        self._read_calls_n = 0  # calls the last read brought (see _read_calls)
 
     async def serve(self) -> None:
         if not await self._handshake():
@@ -224,40 +225,53 @@ class _FramedConnection:
 
     async def _read_calls(self, nursery: trio.Nursery) -> None:
         idle_s = self.settings.idle_timeout_ms / 1000
-        read_calls = 0  # calls the last read brought
         while True:
             while self.conn.full:
                 # At the limit: read nothing more, so TCP pushes back on the client.
                 self._slot_freed = trio.Event()
                 await self._slot_freed.wait()
-            event = self.conn.next_event()
-            if event is None:
-                # Idle means no call in flight; a connection waiting on replies is not
-                # idle (and needs no timer: a cancel scope per read is not free).
-                # A client that sends one call and waits for its reply (as at
-                # concurrency 1) has sent nothing more yet: wait for the socket
-                # before reading, not after a read that fails with EAGAIN (a
-                # system call per call). One that pipelines (the last read found
-                # data at once, or brought several calls) is read at once.
-                expect_wait = self._io.waited and read_calls <= 1
-                read_calls = 0
-                if self.conn.inflight:
-                    data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=expect_wait)
-                else:
-                    data = b""  # what idling out leaves
-                    with trio.move_on_after(idle_s):
-                        data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=expect_wait)
-                if not data:
-                    return  # EOF, or idle past idle_timeout_ms
-                self.conn.receive_data(data)
-                continue
-            if isinstance(event, Call):
-                read_calls += 1
-                self.ingress.counters[FramedCounter.CALLS] += 1
-                self._begin_call(event, nursery)
-            elif isinstance(event, Ping):
+            # The calls of one read go to instances together, at the batch's end.
+            with self.ingress.staged.batch():
+                event = self._take_calls(nursery)
+            if isinstance(event, Ping):
                 await self._send(PONG_FRAME)
                 await trio.lowlevel.checkpoint()  # a flood of pings must not hog the loop
+                continue
+            if self.conn.full:
+                continue
+            # Idle means no call in flight; a connection waiting on replies is not
+            # idle (and needs no timer: a cancel scope per read is not free).
+            # A client that sends one call and waits for its reply (as at
+            # concurrency 1) has sent nothing more yet: wait for the socket
+            # before reading, not after a read that fails with EAGAIN (a
+            # system call per call). One that pipelines (the last read found
+            # data at once, or brought several calls) is read at once.
+            expect_wait = self._io.waited and self._read_calls_n <= 1
+            self._read_calls_n = 0
+            if self.conn.inflight:
+                data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=expect_wait)
+            else:
+                data = b""  # what idling out leaves
+                with trio.move_on_after(idle_s):
+                    data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=expect_wait)
+            if not data:
+                return  # EOF, or idle past idle_timeout_ms
+            self.conn.receive_data(data)
+
+    def _take_calls(self, nursery: trio.Nursery) -> Ping | None:
+        """Admit the calls buffered, up to the in-flight limit: a PING (answered by
+        the caller), or None once more bytes are needed (or the limit is reached)."""
+        conn = self.conn
+        counters = self.ingress.counters
+        while not conn.full:
+            event = conn.next_event()
+            if event is None or isinstance(event, Ping):
+                return event
+            if isinstance(event, Call):
+                self._read_calls_n += 1
+                counters[FramedCounter.CALLS] += 1
+                self._begin_call(event, nursery)
+        return None
 
     def _admit(self, call: Call) -> tuple[Ticket, int]:
         """Every check before a call is queued: its ticket and the body bytes it reserved.
