@@ -6,6 +6,9 @@ request straight to the taker that registered last (the instance that became
 idle last: :mod:`huselet.dispatch.idlestack` says why), which writes it to its instance
 there and then: no task wakes up between a request's arrival and its frame on
 the link. (:meth:`RequestBuffer.get` remains for whoever waits in a task.)
+A front end that submits several requests at once (the framed ingress, the
+calls of one read) opens a :class:`HandOvers` batch: the takers are then
+called at its end, each taking an equal share in one write.
 Invocations that are already done (their caller's deadline passed, or the node
 is draining) are skipped on the way out, so a request that timed out while
 queued is never delivered afterwards.

@@ -8,7 +8,9 @@ deadlines, statuses and error codes are the same.
 A call has no task of its own: the reader admits and submits it
 (:meth:`~huselet.dispatch.dispatcher.Dispatcher.begin`), its invocation notes
 itself done (``on_done``), and one writer task per connection turns every call
-done in a loop tick into its reply, all of them in one write.
+done in a loop tick into its reply, all of them in one write. The calls of one
+read are submitted in one batch (``StagedInvoker.batch``): they go to idle
+instances together at its end, each instance's share in one write.
 
 Bounds, so that no client can cost the node unbounded memory or tasks:
 
