@@ -74,6 +74,11 @@ class HandOvers:
                 buffer = next(iter(pending))
                 del pending[buffer]
                 buffer.hand_over()
+                if buffer.live_count() and buffer.after_batch is not None:
+                    # Requests left queued: while they were put, the idle instances'
+                    # credit still counted as spare capacity, so the pool's scaling
+                    # must look again now that it is spent.
+                    buffer.after_batch()
 
 
 class RequestBuffer:
@@ -84,6 +89,8 @@ class RequestBuffer:
         # While handing over: the most one taker should take now (its equal share
         # of the live requests); 0 otherwise (a taker takes what it may).
         self.share = 0
+        # Called after a batch's hand-over left requests queued (the pool's scaling).
+        self.after_batch: Callable[[], object] | None = None
         self._queue: deque[Invocation] = deque()
         self._live = 0  # entries of _queue still QUEUED (the rest are done, skipped lazily)
         # LIFO, as the takers: the task that parked last is woken first.

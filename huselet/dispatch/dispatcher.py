@@ -102,6 +102,7 @@ class Dispatcher:
         pool.observer = self.instance_observer
         pool.live_pids = self.live_pids
         pool.buffer.hand_overs = self.hand_overs
+        pool.buffer.after_batch = pool.ensure_capacity
         self.pools[fn.name] = pool
         pool.on_change = self._emit
         self._emit("function", fn.name, self.describe_function(fn.name))

@@ -188,3 +188,22 @@ async def test_a_batch_that_ends_in_an_error_still_hands_over() -> None:
         buf.put(inv("r0"))
         raise RuntimeError("a bad frame after a good call")
     assert taken == {"a": ["r0"]}
+
+
+async def test_a_batch_that_leaves_requests_queued_asks_the_pool_to_scale_again() -> None:
+    # While a batch's requests were put, the idle instances' credit counted as
+    # spare capacity; once the hand-over spent it, the pool must look again.
+    buf = RequestBuffer(10)
+    batch = buf.hand_overs = HandOvers()
+    scaled: list[int] = []
+    buf.after_batch = lambda: scaled.append(buf.live_count())
+    buf.add_taker("one", lambda: buf.get_nowait())  # takes one: its pool may still grow
+    with batch:
+        for i in range(3):
+            buf.put(inv(f"r{i}"))
+    assert scaled == [2]
+    taken: dict[str, list[str]] = {}
+    buf.add_taker("all", _share_takers(buf, taken)("all"))
+    with batch:
+        buf.put(inv("r3"))
+    assert taken == {"all": ["r1", "r2", "r3"]} and scaled == [2]  # nothing left: no call
