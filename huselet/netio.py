@@ -54,11 +54,15 @@ _READ = _ReadBuffer()
 class FastSocket:
     """Non-blocking reads and writes on ``sock`` (a trio socket, e.g. ``SocketStream.socket``)."""
 
-    __slots__ = ("_sock", "_streak")
+    __slots__ = ("_sock", "_streak", "waited")
 
     def __init__(self, sock: trio.socket.SocketType) -> None:
         self._sock = sock
         self._streak = 0  # calls in a row that did not block
+        # The last receive_some() found nothing and had to wait for the peer: a
+        # caller that cannot know whether its peer streams (a pipelining
+        # client) can pass it as the next call's expect_wait.
+        self.waited = False
 
     def _fd(self) -> int:
         fd = self._sock.fileno()
@@ -81,6 +85,7 @@ class FastSocket:
         """
         view = _READ.view
         target = view if max_bytes >= MAX_READ else view[:max_bytes]
+        self.waited = expect_wait
         if expect_wait:
             self._fd()  # closed here: ClosedResourceError, as a read would raise
             self._streak = 0
@@ -91,6 +96,7 @@ class FastSocket:
                 n = os.readv(fd, [target])
             except BlockingIOError:
                 self._streak = 0
+                self.waited = True
                 await trio.lowlevel.wait_readable(self._sock)
                 continue
             except OSError as exc:

@@ -38,12 +38,13 @@ import enum
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from protocol.errors import MalformedFrame, ProtocolError
 from protocol.frames import (
     DEFAULT_MAX_FRAME,
     FrameDecoder,
+    FrameEncoder,
     encode_frame,
     optional_field,
     required_field,
@@ -131,8 +132,10 @@ class Welcome:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
+    """One call (a named tuple, not a frozen dataclass: as immutable, and built
+    in a third of the time; the node decodes one per request)."""
+
     id: int
     fn: str
     event: bytes
@@ -306,9 +309,11 @@ class ServerConnection:
     state: State = State.AWAIT_HELLO
     inflight: set[int] = field(default_factory=set)
     _decoder: FrameDecoder = field(init=False)
+    _encoder: FrameEncoder = field(init=False)
 
     def __post_init__(self) -> None:
         self._decoder = FrameDecoder(max_frame=self.max_frame)
+        self._encoder = FrameEncoder()
 
     @property
     def full(self) -> bool:
@@ -367,7 +372,26 @@ class ServerConnection:
         if reply.id not in self.inflight:
             raise IngressProtocolError(f"reply to call {reply.id}, which is not in flight")
         self.inflight.discard(reply.id)
-        return encode_frame(reply.encode(), max_frame=self.max_frame)
+        return self._encoder.encode(
+            reply.encode(), max_frame=self.max_frame, payload_len=len(reply.body)
+        )
+
+    def reply_ok(self, call_id: int, request_id: str, body: bytes, content_type: str) -> bytes:
+        """:meth:`reply` of ``Reply(call_id, 200, request_id, body=body,
+        content_type=content_type)``, the same bytes, without the Reply built
+        first (the node sends one per call)."""
+        if call_id not in self.inflight:
+            raise IngressProtocolError(f"reply to call {call_id}, which is not in flight")
+        self.inflight.discard(call_id)
+        message = {
+            "t": REPLY,
+            "id": call_id,
+            "status": 200,
+            "request_id": request_id,
+            "body": body,
+            "content_type": content_type,
+        }
+        return self._encoder.encode(message, max_frame=self.max_frame, payload_len=len(body))
 
     def goaway(self, reason: str) -> bytes:
         return encode_frame(GoAway(reason[:1000]).encode(), max_frame=self.max_frame)

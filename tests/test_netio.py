@@ -143,3 +143,25 @@ async def test_expect_wait_reads_data_already_there_and_what_comes_later() -> No
         a.close()
         with pytest.raises(trio.ClosedResourceError):
             await FastSocket(a).receive_some(10, expect_wait=True)
+
+
+async def test_waited_says_whether_the_last_read_had_to_wait_for_data() -> None:
+    a, b = pair()
+    with a, b, trio.fail_after(DEADLINE_S):
+        reader = FastSocket(b)
+        await FastSocket(a).send_all(b"there already")
+        assert await reader.receive_some(100) == b"there already"
+        assert not reader.waited  # read at once
+
+        async def send_later() -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            await FastSocket(a).send_all(b"later")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_later)
+            assert await reader.receive_some(100) == b"later"
+        assert reader.waited  # found nothing (EAGAIN) and waited
+        await FastSocket(a).send_all(b"again")
+        # Told to wait first, it waits even when the data is there (and says so).
+        assert await reader.receive_some(100, expect_wait=True) == b"again"
+        assert reader.waited

@@ -6,6 +6,9 @@ request straight to the taker that registered last (the instance that became
 idle last: :mod:`huselet.dispatch.idlestack` says why), which writes it to its instance
 there and then: no task wakes up between a request's arrival and its frame on
 the link. (:meth:`RequestBuffer.get` remains for whoever waits in a task.)
+A front end that submits several requests at once (the framed ingress, the
+calls of one read) opens a :class:`HandOvers` batch: the takers are then
+called at its end, each taking an equal share in one write.
 Invocations that are already done (their caller's deadline passed, or the node
 is draining) are skipped on the way out, so a request that timed out while
 queued is never delivered afterwards.
@@ -29,16 +32,72 @@ from huselet.dispatch.invocation import Invocation, InvocationState
 from huselet.errors import DeadlineExceeded, HuseletError, QueueFull
 
 
+class HandOvers:
+    """Hand-overs to idle instances put off while a front end admits a batch of requests.
+
+    The framed ingress admits every call one read brought before it reads
+    again. Handed over as each arrives, each call cost a write to an idle
+    instance of its own, and the calls that found no idle instance went out
+    later, when results came in. Inside ``with hand_overs:`` a buffer with
+    takers only notes that it has work; at the end of the outermost ``with``
+    each such buffer hands over its queue at once, an equal share to each idle
+    instance (:attr:`RequestBuffer.share`): none waits behind another while
+    one is idle, and each takes its share in one write. (More than one each
+    only when there are more requests than idle instances, and only while the
+    pool cannot grow: :func:`~huselet.dispatch.serving._may_queue_behind`.)
+    Nothing waits in between: the batch is one synchronous run of the loop.
+    """
+
+    __slots__ = ("_depth", "_pending")
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._pending: dict[RequestBuffer, None] = {}  # insertion order: the order of arrival
+
+    @property
+    def deferring(self) -> bool:
+        return self._depth > 0
+
+    def defer(self, buffer: RequestBuffer) -> None:
+        self._pending[buffer] = None
+
+    def __enter__(self) -> None:
+        self._depth += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            # Even when the batch ended in an error: no accepted request is left
+            # queued while an instance idles.
+            pending = self._pending
+            while pending:
+                buffer = next(iter(pending))
+                del pending[buffer]
+                buffer.hand_over()
+                if buffer.live_count() and buffer.after_batch is not None:
+                    # Requests left queued: while they were put, the idle instances'
+                    # credit still counted as spare capacity, so the pool's scaling
+                    # must look again now that it is spent.
+                    buffer.after_batch()
+
+
 class RequestBuffer:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+        # The node's batching of hand-overs (the dispatcher sets it); None: none.
+        self.hand_overs: HandOvers | None = None
+        # While handing over: the most one taker should take now (its equal share
+        # of the live requests); 0 otherwise (a taker takes what it may).
+        self.share = 0
+        # Called after a batch's hand-over left requests queued (the pool's scaling).
+        self.after_batch: Callable[[], object] | None = None
         self._queue: deque[Invocation] = deque()
         self._live = 0  # entries of _queue still QUEUED (the rest are done, skipped lazily)
         # LIFO, as the takers: the task that parked last is woken first.
         self._getters = IdleStack()
         # Instances ready to take a request now (a dict: O(1) add, remove and
         # pop-newest): key -> the call that takes one from this queue. The one
-        # that registered last takes the next request (see _hand_over).
+        # that registered last takes the next request (see hand_over).
         self._takers: dict[object, Callable[[], object]] = {}
 
     def __len__(self) -> int:
@@ -62,17 +121,22 @@ class RequestBuffer:
     def remove_taker(self, key: object) -> None:
         self._takers.pop(key, None)
 
-    def _hand_over(self) -> None:
+    def hand_over(self) -> None:
+        """Give queued requests to the takers, an equal share each (see :class:`HandOvers`)."""
         # Each turn takes a request, drops a taker, or (the queue empty) ends:
         # a taker re-registers only after taking, or when nothing is left.
         takers = self._takers
-        while takers and self._live:
-            # LIFO: the instance that became idle last (warm caches; the
-            # others stay idle and can idle out). FIFO made a trickle of
-            # requests round-robin over every idle instance: with 2,000 idle,
-            # each request met a process long out of the CPU caches.
-            _, take = takers.popitem()
-            take()
+        try:
+            while takers and self._live:
+                self.share = -(-self._live // len(takers))  # ceil: the last ones take the rest
+                # LIFO: the instance that became idle last (warm caches; the
+                # others stay idle and can idle out). FIFO made a trickle of
+                # requests round-robin over every idle instance: with 2,000 idle,
+                # each request met a process long out of the CPU caches.
+                _, take = takers.popitem()
+                take()
+        finally:
+            self.share = 0
 
     def live_count(self) -> int:
         """Requests waiting for an instance (done ones excluded); O(1)."""
@@ -114,7 +178,11 @@ class RequestBuffer:
 
     def _wake(self) -> None:
         if self._takers:
-            self._hand_over()
+            batch = self.hand_overs
+            if batch is not None and batch.deferring:
+                batch.defer(self)  # handed over at the end of the batch
+            else:
+                self.hand_over()
         if self._live:
             self._getters.unpark()
 

@@ -18,6 +18,7 @@ import trio
 
 from huselet.activity import wait_all_zero
 from huselet.config import Config, FunctionSettings
+from huselet.dispatch.buffer import HandOvers
 from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.deadlines import DeadlineTimer
 from huselet.dispatch.events import ChangeEvents, ChangeListener
@@ -73,6 +74,8 @@ class Dispatcher:
         self.deadlines = DeadlineTimer(self._expire)
         # Pids of every live instance (retiring pools' too), kept as they start and end.
         self.live_pids = LivePids()
+        # Hand-overs to idle instances put off while a front end admits a batch (batch()).
+        self.hand_overs = HandOvers()
 
     @property
     def running(self) -> bool:
@@ -98,6 +101,8 @@ class Dispatcher:
         pool.starts_held = self.starts_held
         pool.observer = self.instance_observer
         pool.live_pids = self.live_pids
+        pool.buffer.hand_overs = self.hand_overs
+        pool.buffer.after_batch = pool.ensure_capacity
         self.pools[fn.name] = pool
         pool.on_change = self._emit
         self._emit("function", fn.name, self.describe_function(fn.name))
@@ -267,6 +272,12 @@ class Dispatcher:
                 story.cold_start(pool, inv)
         self.deadlines.watch(inv, pool)  # expires it (see _expire) unless done by then
         return inv
+
+    def batch(self) -> HandOvers:
+        """``with dispatcher.batch():`` around several :meth:`begin` calls in a row
+        hands their requests to idle instances at its end, shared out, each
+        instance's share in one write (:class:`~huselet.dispatch.buffer.HandOvers`)."""
+        return self.hand_overs
 
     def abandon(self, inv: Invocation) -> None:
         """The caller gives up on ``inv`` (e.g. cancelled): it must not be delivered

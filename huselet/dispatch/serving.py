@@ -26,6 +26,7 @@ from huselet.dispatch.outcomes import complete, possibly_started
 from huselet.dispatch.reasons import StopReason
 from huselet.log import get_logger
 from protocol.errors import ProtocolError
+from protocol.frames import FrameEncoder
 from protocol.link import (
     PULL,
     RESULT,
@@ -37,6 +38,9 @@ from protocol.link import (
 
 if TYPE_CHECKING:
     from huselet.dispatch.pool import FunctionPool
+
+# REQUEST frames, packed without a packer built per frame (protocol.frames).
+_ENCODER = FrameEncoder()
 
 # The pool's logger: these lines were always the pool's, and dashboards filter on it.
 log = get_logger("pool")
@@ -245,9 +249,12 @@ def _take(pool: FunctionPool, record: InstanceRecord, inv: Invocation) -> bytes:
     record.taken += 1
     record.inflight[inv.request_id] = inv
     timeout_ms = max(1, int((inv.deadline - trio.current_time()) * 1000))
-    assert record.link is not None
-    return record.link.frame(
-        request_message(inv.request_id, inv.event, inv.kind, timeout_ms, inv.http, inv.trace)
+    link = record.link
+    assert link is not None
+    return _ENCODER.encode(
+        request_message(inv.request_id, inv.event, inv.kind, timeout_ms, inv.http, inv.trace),
+        max_frame=link.max_frame,
+        payload_len=len(inv.event),
     )
 
 
@@ -327,7 +334,9 @@ def _dispatch_inline(pool: FunctionPool, record: InstanceRecord) -> bool:
     frame = _take(pool, record, inv)
     taken = [inv]
     frames = [frame]
-    while record.credits > 0 and _may_queue_behind(pool, record):
+    # Handed over with other idle instances: this one's share, no more.
+    share = pool.buffer.share or MAX_INFLIGHT
+    while record.credits > 0 and len(taken) < share and _may_queue_behind(pool, record):
         more = pool.buffer.get_nowait()
         if more is None:
             break

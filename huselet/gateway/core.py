@@ -10,6 +10,7 @@ log, never to the caller).
 from __future__ import annotations
 
 import hmac
+from contextlib import AbstractContextManager
 from typing import Protocol, Unpack, runtime_checkable
 
 from huselet.dispatch.invocation import Invocation, InvokeOptions, InvokeResult
@@ -54,6 +55,11 @@ class StagedInvoker(Protocol):
     def abandon(self, inv: Invocation) -> None: ...
 
     def settle(self, inv: Invocation, *, finished: bool = True) -> None: ...
+
+    def batch(self) -> AbstractContextManager[object]:
+        """Around several ``begin`` calls in a row: their requests go to instances
+        together at its end (the framed ingress admits one read's calls in one)."""
+        ...
 
 
 class InvokeCore:

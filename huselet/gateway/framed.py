@@ -8,7 +8,9 @@ deadlines, statuses and error codes are the same.
 A call has no task of its own: the reader admits and submits it
 (:meth:`~huselet.dispatch.dispatcher.Dispatcher.begin`), its invocation notes
 itself done (``on_done``), and one writer task per connection turns every call
-done in a loop tick into its reply, all of them in one write.
+done in a loop tick into its reply, all of them in one write. The calls of one
+read are submitted in one batch (``StagedInvoker.batch``): they go to idle
+instances together at its end, each instance's share in one write.
 
 Bounds, so that no client can cost the node unbounded memory or tasks:
 
@@ -162,6 +164,7 @@ class _FramedConnection:
         self._replies_due = trio.Event()
         self._reading = True
         self._strikes = Strikes()  # throttled calls in a row: their holds grow
+        self._read_calls_n = 0  # calls the last read brought (see _read_calls)
 
     async def serve(self) -> None:
         if not await self._handshake():
@@ -229,26 +232,48 @@ class _FramedConnection:
                 # At the limit: read nothing more, so TCP pushes back on the client.
                 self._slot_freed = trio.Event()
                 await self._slot_freed.wait()
-            event = self.conn.next_event()
-            if event is None:
-                # Idle means no call in flight; a connection waiting on replies is not
-                # idle (and needs no timer: a cancel scope per read is not free).
-                if self.conn.inflight:
-                    data = await self._io.receive_some(RECEIVE_BYTES)
-                else:
-                    data = b""  # what idling out leaves
-                    with trio.move_on_after(idle_s):
-                        data = await self._io.receive_some(RECEIVE_BYTES)
-                if not data:
-                    return  # EOF, or idle past idle_timeout_ms
-                self.conn.receive_data(data)
-                continue
-            if isinstance(event, Call):
-                self.ingress.counters[FramedCounter.CALLS] += 1
-                self._begin_call(event, nursery)
-            elif isinstance(event, Ping):
+            # The calls of one read go to instances together, at the batch's end.
+            with self.ingress.staged.batch():
+                event = self._take_calls(nursery)
+            if isinstance(event, Ping):
                 await self._send(PONG_FRAME)
                 await trio.lowlevel.checkpoint()  # a flood of pings must not hog the loop
+                continue
+            if self.conn.full:
+                continue
+            # Idle means no call in flight; a connection waiting on replies is not
+            # idle (and needs no timer: a cancel scope per read is not free).
+            # A client that sends one call and waits for its reply (as at
+            # concurrency 1) has sent nothing more yet: wait for the socket
+            # before reading, not after a read that fails with EAGAIN (a
+            # system call per call). One that pipelines (the last read found
+            # data at once, or brought several calls) is read at once.
+            expect_wait = self._io.waited and self._read_calls_n <= 1
+            self._read_calls_n = 0
+            if self.conn.inflight:
+                data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=expect_wait)
+            else:
+                data = b""  # what idling out leaves
+                with trio.move_on_after(idle_s):
+                    data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=expect_wait)
+            if not data:
+                return  # EOF, or idle past idle_timeout_ms
+            self.conn.receive_data(data)
+
+    def _take_calls(self, nursery: trio.Nursery) -> Ping | None:
+        """Admit the calls buffered, up to the in-flight limit: a PING (answered by
+        the caller), or None once more bytes are needed (or the limit is reached)."""
+        conn = self.conn
+        counters = self.ingress.counters
+        while not conn.full:
+            event = conn.next_event()
+            if event is None or isinstance(event, Ping):
+                return event
+            if isinstance(event, Call):
+                self._read_calls_n += 1
+                counters[FramedCounter.CALLS] += 1
+                self._begin_call(event, nursery)
+        return None
 
     def _admit(self, call: Call) -> tuple[Ticket, int]:
         """Every check before a call is queued: its ticket and the body bytes it reserved.
@@ -380,10 +405,7 @@ class _FramedConnection:
             result = core.outcome(inv)
         except HuseletError as exc:
             return self.conn.reply(_error_reply(held.call_id, inv.request_id, exc))
-        reply = Reply(
-            held.call_id, 200, inv.request_id, body=result.body, content_type=result.content_type
-        )
-        return self.conn.reply(reply)
+        return self.conn.reply_ok(held.call_id, inv.request_id, result.body, result.content_type)
 
     async def _write_replies(self) -> None:
         """Write the replies of calls served by :meth:`_begin_call`, all that are due at once.

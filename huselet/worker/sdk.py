@@ -34,7 +34,13 @@ from huselet.worker.entries import (
     preload,
 )
 from protocol.errors import ProtocolError
-from protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE, FrameDecoder, encode_frame
+from protocol.frames import (
+    DEFAULT_MAX_FRAME,
+    HEADER_SIZE,
+    FrameDecoder,
+    FrameEncoder,
+    encode_frame,
+)
 from protocol.link import (
     ERROR_DEADLINE,
     HELLO,
@@ -380,6 +386,10 @@ def link_failed(exc: BaseException) -> int:
 def _serve_loop(link: Link, handler: Entry, function: str, instance_id: str) -> int:
     credit = 1  # requests the daemon may still send: the PULL that went with READY
     window = 1  # the credit to keep: PULL_WINDOW while the handler is fast
+    # RESULTs packed without a packer built per frame; made here, after the fork
+    # (a packer's buffer written in the zygote would be a page copied per instance).
+    encoder = FrameEncoder()
+    max_frame = link.decoder.max_frame
     while True:
         try:
             msg = link.receive()
@@ -399,7 +409,9 @@ def _serve_loop(link: Link, handler: Entry, function: str, instance_id: str) -> 
                 pull = _PULLS[window - max(credit, 0)]
                 credit = window
             try:
-                frame = encode_frame(result.encode(), max_frame=link.decoder.max_frame)
+                frame = encoder.encode(
+                    result.encode(), max_frame=max_frame, payload_len=len(result.body)
+                )
             except ProtocolError as exc:  # the result is larger than a frame may be
                 error = ErrorInfo("ResultTooLarge", str(exc))
                 frame = encode_frame(Result(result.id, ok=False, error=error).encode())

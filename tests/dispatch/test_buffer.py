@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from huselet.dispatch.buffer import RequestBuffer
+from huselet.dispatch.buffer import HandOvers, RequestBuffer
 from huselet.dispatch.invocation import Invocation, InvocationState
 from huselet.errors import DeadlineExceeded, Draining, QueueFull
 
@@ -138,3 +138,72 @@ async def test_fail_expiring_answers_only_what_cannot_wait_past_the_cutoff() -> 
     with pytest.raises(DeadlineExceeded):
         done.result()
     assert buf.live_count() == 1 and buf.get_nowait() is late
+
+
+def _share_takers(
+    buf: RequestBuffer, taken: dict[str, list[str]]
+) -> Callable[[str], Callable[[], None]]:
+    def taker(name: str) -> Callable[[], None]:
+        def take() -> None:
+            got = taken.setdefault(name, [])
+            for _ in range(buf.share):  # its share, as serving._dispatch_inline takes it
+                one = buf.get_nowait()
+                if one is None:
+                    break
+                got.append(one.request_id)
+
+        return take
+
+    return taker
+
+
+async def test_hand_overs_in_a_batch_wait_for_its_end_then_are_shared_out() -> None:
+    buf = RequestBuffer(10)
+    batch = buf.hand_overs = HandOvers()
+    taken: dict[str, list[str]] = {}
+    taker = _share_takers(buf, taken)
+    for name in ("a", "b", "c"):
+        buf.add_taker(name, taker(name))
+    with batch:
+        for i in range(7):
+            buf.put(inv(f"r{i}"))
+        with batch:
+            pass  # nested: only the outermost ends the batch
+        assert not taken and buf.live_count() == 7
+    # The newest taker first; each an equal share of what is left (rounded up).
+    assert taken == {"c": ["r0", "r1", "r2"], "b": ["r3", "r4"], "a": ["r5", "r6"]}
+    assert buf.share == 0 and buf.live_count() == 0
+    # Outside a batch a request goes to a taker at once, one each.
+    buf.add_taker("d", taker("d"))
+    buf.put(inv("r7"))
+    assert taken["d"] == ["r7"]
+
+
+async def test_a_batch_that_ends_in_an_error_still_hands_over() -> None:
+    buf = RequestBuffer(10)
+    batch = buf.hand_overs = HandOvers()
+    taken: dict[str, list[str]] = {}
+    buf.add_taker("a", _share_takers(buf, taken)("a"))
+    with pytest.raises(RuntimeError), batch:
+        buf.put(inv("r0"))
+        raise RuntimeError("a bad frame after a good call")
+    assert taken == {"a": ["r0"]}
+
+
+async def test_a_batch_that_leaves_requests_queued_asks_the_pool_to_scale_again() -> None:
+    # While a batch's requests were put, the idle instances' credit counted as
+    # spare capacity; once the hand-over spent it, the pool must look again.
+    buf = RequestBuffer(10)
+    batch = buf.hand_overs = HandOvers()
+    scaled: list[int] = []
+    buf.after_batch = lambda: scaled.append(buf.live_count())
+    buf.add_taker("one", lambda: buf.get_nowait())  # takes one: its pool may still grow
+    with batch:
+        for i in range(3):
+            buf.put(inv(f"r{i}"))
+    assert scaled == [2]
+    taken: dict[str, list[str]] = {}
+    buf.add_taker("all", _share_takers(buf, taken)("all"))
+    with batch:
+        buf.put(inv("r3"))
+    assert taken == {"all": ["r1", "r2", "r3"]} and scaled == [2]  # nothing left: no call

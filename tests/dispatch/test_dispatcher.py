@@ -243,6 +243,34 @@ async def test_min_instances_are_started_ahead(short_tmp: Path) -> None:
         assert pool.counters["instances_started"] == 3  # none reaped below the minimum
 
 
+async def test_a_batch_that_an_idle_instance_cannot_take_makes_the_pool_grow(
+    short_tmp: Path,
+) -> None:
+    # The framed ingress submits one read's calls in a batch. While they are put,
+    # the idle instance's credit counts as spare capacity; at the batch's end it
+    # takes one (the pool can still grow: none waits behind another), and the
+    # pool must start instances for the rest then, not when that one is done.
+    async with running_stack(
+        short_tmp, [fn(short_tmp, min_instances=1, max_instances=3, idle_timeout_ms=60_000)]
+    ) as node:
+        pool = node.pool("echo")
+        with trio.fail_after(30):
+            for _ in range(3):  # a fast handler: the worker asks for a window of credit
+                await node.dispatcher.invoke("echo", b"{}", "json")
+            while pool.spare_credits < 3:
+                await trio.sleep(0.01)
+            assert pool.counters["instances_started"] == 1
+            with node.dispatcher.batch():
+                invs = [node.dispatcher.begin("echo", b'{"sleep": 0.2}', "json") for _ in range(3)]
+            assert pool.counters["instances_started"] == 3
+            pids = set()
+            for inv in invs:
+                await inv.wait()
+                node.dispatcher.settle(inv)
+                pids.add(body(inv.result())["pid"])
+        assert len(pids) == 3  # each on its own instance
+
+
 async def test_drain_finishes_inflight_and_refuses_new(short_tmp: Path) -> None:
     async with running_stack(short_tmp, [fn(short_tmp)]) as node:
         done: list[dict] = []

@@ -16,6 +16,7 @@ import trio
 import trio.testing
 from linkpeer import first_request, serving, start_instance, submit
 
+from huselet.dispatch.buffer import HandOvers
 from huselet.dispatch.outcomes import OVERDUE_GRACE_S, possibly_started
 from huselet.dispatch.reasons import StopReason
 from huselet.dispatch.serving import MAX_CREDITS
@@ -52,6 +53,37 @@ async def test_a_read_s_credit_goes_out_in_one_send_in_order(tmp_path: Path) -> 
         for inv in [first, *queued]:
             await inv.wait()
             assert inv.result().body == b"1"
+
+
+async def test_a_batch_is_shared_out_among_idle_instances_each_share_in_one_send(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path) as (pool, first, peer), trio.open_nursery() as nursery:
+        batch = pool.buffer.hand_overs = HandOvers()
+        second, second_peer, handle = await start_instance(pool, nursery)
+        await peer.send(Pull(4).encode())
+        await second_peer.send(Pull(4).encode())
+        while pool.spare_credits != 8:
+            await trio.sleep(0.001)
+        with batch:  # the framed ingress admitting the calls of one read
+            invs = [submit(pool, f"r-{i}") for i in range(6)]
+            assert pool.buffer.live_count() == 6 and not first.inflight
+        # Each idle instance got its share (the pool cannot grow: starts held), in
+        # order; one each and the rest queued for later results cost more writes.
+        assert pool.buffer.live_count() == 0
+        assert len(first.inflight) == 3 and len(second.inflight) == 3
+        for instance_peer, record in ((second_peer, second), (peer, first)):
+            data = await instance_peer.sock.recv(1 << 20)
+            instance_peer.decoder.receive_data(data)
+            got = [(await instance_peer.request()).id for _ in range(3)]
+            assert got == list(record.inflight) and instance_peer.decoder.buffered == 0
+            for rid in got:
+                await instance_peer.send(ok(rid))
+        for inv in invs:
+            await inv.wait()
+            assert inv.result().body == b"1"
+        handle.kill()
+        nursery.cancel_scope.cancel()
 
 
 async def test_an_idle_instance_takes_a_request_before_a_busy_one_with_credit(

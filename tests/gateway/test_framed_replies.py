@@ -7,8 +7,8 @@ and its reply writer writes real frames, which the test decodes on the other end
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from typing import Any, Unpack
 
 import pytest
@@ -20,7 +20,7 @@ from huselet.errors import DeadlineExceeded, Unavailable
 from huselet.gateway.core import InvokeCore
 from huselet.gateway.counters import FramedCounter
 from huselet.gateway.framed import FramedIngress, _FramedConnection
-from protocol.frames import FrameDecoder
+from protocol.frames import FrameDecoder, encode_frame
 from protocol.ingress import Call
 
 
@@ -51,6 +51,9 @@ class StagedFake(FakeInvoker):
 
     def settle(self, inv: Invocation, *, finished: bool = True) -> None:
         self.settled.append((inv, finished))
+
+    def batch(self) -> AbstractContextManager[object]:
+        return nullcontext()
 
 
 @asynccontextmanager
@@ -84,6 +87,45 @@ async def _replies(peer: trio.socket.SocketType, count: int) -> tuple[list[dict[
             while (frame := decoder.next_frame()) is not None:
                 frames.append(frame)
     return frames, reads
+
+
+class BatchingFake(StagedFake):
+    """Notes which batch (``StagedInvoker.batch``) each call was begun in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches = 0
+        self.open_batch: int | None = None
+        self.begun_in: list[int | None] = []
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        self.batches += 1
+        self.open_batch = self.batches
+        try:
+            yield
+        finally:
+            self.open_batch = None
+
+    def begin(
+        self, function: str, event: bytes, kind: str, **options: Unpack[InvokeOptions]
+    ) -> Invocation:
+        self.begun_in.append(self.open_batch)
+        return super().begin(function, event, kind, **options)
+
+
+async def test_the_calls_of_one_read_are_begun_in_one_batch() -> None:
+    invoker = BatchingFake()
+    async with _connection(invoker) as (_, conn, peer), trio.open_nursery() as nursery:
+        conn.conn.welcome()  # the handshake done
+        nursery.start_soon(conn._read_calls, nursery)
+        await peer.send(b"".join(encode_frame(Call(i, "echo", b"{}").encode()) for i in (1, 2, 3)))
+        with trio.fail_after(10):  # hang guard, not a timing assertion
+            while len(invoker.begun) < 3:
+                await trio.sleep(0.001)
+        batch = invoker.begun_in[0]
+        assert batch is not None and invoker.begun_in == [batch] * 3
+        nursery.cancel_scope.cancel()
 
 
 async def test_calls_finishing_together_get_their_replies_in_one_send() -> None:

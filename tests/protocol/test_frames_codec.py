@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.errors import FrameTooLarge, MalformedFrame
-from protocol.frames import FrameDecoder, encode_frame
+from protocol.frames import SMALL_PAYLOAD, FrameDecoder, FrameEncoder, encode_frame
 from protocol.link import Hello, Pull, Request, Result, message_type
 
 
@@ -53,6 +53,29 @@ def test_encoder_refuses_what_the_peer_would_refuse() -> None:
         encode_frame({"n": 2**64})
     with pytest.raises(MalformedFrame, match="cannot be encoded"):
         encode_frame({"o": object()})
+
+
+@given(st.dictionaries(st.text(max_size=8), st.one_of(INT64, st.binary(), st.text()), max_size=8))
+def test_frame_encoder_makes_the_bytes_encode_frame_makes(msg: dict) -> None:
+    encoder = FrameEncoder()
+    assert encoder.encode(msg) == encode_frame(msg)
+    assert encoder.encode(msg) == encode_frame(msg)  # the reused packer starts clean
+
+
+def test_frame_encoder_refuses_as_encode_frame_and_recovers() -> None:
+    encoder = FrameEncoder()
+    with pytest.raises(FrameTooLarge):
+        encoder.encode({"b": b"x" * 2000}, max_frame=1000)
+    with pytest.raises(MalformedFrame, match="cannot be encoded"):
+        encoder.encode({"a": "half packed", "n": 2**64})
+    with pytest.raises(MalformedFrame, match="cannot be encoded"):
+        encoder.encode({"o": object()})
+    # Nothing of a refused message is left in the packer.
+    assert encoder.encode({"t": "pull", "n": 1}) == encode_frame({"t": "pull", "n": 1})
+    big = {"event": b"x" * (SMALL_PAYLOAD + 1)}
+    assert encoder.encode(big, payload_len=SMALL_PAYLOAD + 1) == encode_frame(big)
+    with pytest.raises(FrameTooLarge):
+        encoder.encode(big, max_frame=SMALL_PAYLOAD, payload_len=SMALL_PAYLOAD + 1)
 
 
 @pytest.mark.parametrize(

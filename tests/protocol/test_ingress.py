@@ -205,6 +205,27 @@ def test_reply_to_unknown_call_is_a_node_bug() -> None:
         client.next_event()
 
 
+def test_reply_ok_is_the_reply_frame_byte_exact() -> None:
+    server = ServerConnection()
+    server.inflight.add(7)
+    assert server.reply_ok(7, "r1", b"hi", "text/plain") == REPLY_VECTOR
+    assert not server.inflight
+    with pytest.raises(IngressProtocolError, match="not in flight"):
+        server.reply_ok(7, "r1", b"hi", "text/plain")  # answered already
+    # A large body (packed by encode_frame, not the reused packer): the same bytes.
+    big = b"x" * (256 * 1024)
+    server.inflight.update({1, 2})
+    expected = server.reply(Reply(1, 200, "r", body=big, content_type="a/b"))
+    assert server.reply_ok(2, "r", big, "a/b") == expected.replace(b"\xa2id\x01", b"\xa2id\x02")
+
+
+def test_reply_ok_refuses_a_frame_over_the_limit() -> None:
+    server = ServerConnection(max_frame=1024)
+    server.inflight.add(1)
+    with pytest.raises(FrameTooLarge):
+        server.reply_ok(1, "r", b"x" * 2000, "a/b")
+
+
 def test_ping_is_answered_event() -> None:
     server, _ = _pair()
     server.receive_data(encode_frame({"t": "ping"}))

@@ -47,6 +47,8 @@ def handler(event, context):
         time.sleep(event["sleep"])
     if event.get("exit"):
         os._exit(9)
+    if event.get("big"):
+        return "x" * event["big"]
     return event["id"]
 """
 
@@ -144,3 +146,23 @@ def test_a_request_that_expired_while_it_waited_is_not_run(worker: tuple[Link, P
     assert [r.id for r in got] == ["r1", "r2"]
     assert got[0].ok and not got[1].ok and got[1].error.type == ERROR_DEADLINE
     assert ran.read_text().split() == ["r0", "r1"]
+
+
+def test_results_of_every_size_are_framed_and_one_over_the_limit_is_an_error(
+    worker: tuple[Link, Path],
+) -> None:
+    # Small results go through the worker's reused packer, large ones (over
+    # SMALL_PAYLOAD) through encode_frame; one over the link's frame limit
+    # (the WELCOME said 1 MiB) becomes a ResultTooLarge error, and the worker
+    # goes on serving.
+    link, _ = worker
+    sizes = {"small": 10, "large": 200 * 1024, "over": 2 << 20, "after": 10}
+    for rid, size in sizes.items():
+        link.sock.sendall(request(rid, big=size))
+        result = next(r for kind, r in iter(lambda: frames(link, 1)[0], None) if kind == RESULT)
+        assert result.id == rid
+        if rid == "over":
+            assert not result.ok and result.error is not None
+            assert result.error.type == "ResultTooLarge"
+        else:
+            assert result.ok and result.body == b"x" * size, (rid, len(result.body))
