@@ -65,6 +65,28 @@ def test_an_instance_says_hello_as_the_sdk_would_and_serves_after_a_split_welcom
     assert code == sdk.EXIT_OK
 
 
+def test_a_handler_instance_is_ready_before_welcome_and_serves_a_request_sent_with_it(
+    zygote: socket.socket,
+) -> None:
+    # A plain handler's start only records the name: done in the zygote, so READY
+    # and the first PULL come with HELLO (the daemon never waits for READY alone).
+    inst = Instance(zygote, "echo-3")
+    try:
+        assert message_type(inst.receive()) == "hello"
+        assert message_type(inst.receive()) == READY  # no WELCOME sent yet
+        assert message_type(inst.receive()) == PULL
+        welcome = encode_frame(Welcome(PROTO_VERSION, "echo", DEFAULT_MAX_FRAME).encode())
+        request = encode_frame(Request("r1", b'"hi"', "json", 10_000).encode())
+        inst.link.sendall(welcome + request)  # one read in the instance: both frames
+        result = Result.decode(inst.receive())
+        assert result.ok, result
+        seen = {"event": "hi", "instance": "echo-3", "function": "echo"}
+        assert json.loads(result.body) == seen
+    finally:
+        code = inst.exit_code()
+    assert code == sdk.EXIT_OK
+
+
 def test_a_refused_instance_exits_with_the_link_failure_code_and_says_why(
     zygote: socket.socket,
 ) -> None:
