@@ -261,6 +261,19 @@ def own_children() -> list[int]:
     return pids
 
 
+def is_our_child(pidfd: int) -> bool:
+    """True if the process behind ``pidfd`` is this process's child (alive or not yet reaped).
+
+    One ``waitid`` that reaps nothing (``WNOWAIT``), instead of reading its
+    parent from ``/proc/PID/stat``: once per fork start.
+    """
+    try:
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
 async def dial_link(path: os.PathLike[str] | str, deadline: float) -> socket.socket:
     """Connect to a function's link socket for a sandbox; a plain (stdlib) socket.
 
