@@ -155,9 +155,8 @@ def instance_main(
     """
     code = EXIT_INSTANCE_SETUP
     try:
-        (dup2, closerange, detach, setsid, getpid), signals, confinement, link_init, wire, started = (
-            setup.flat
-        )
+        fds_calls, signals, confinement, link_init, wire, started = setup.flat
+        dup2, closerange, detach, setsid, getpid = fds_calls
         link_fd = fds[0]
         out_fd = fds[1]
         detach(ctl)  # its number is closed below; the object must not close a reused fd later
