@@ -21,6 +21,7 @@ import trio
 
 from huselet.log import get_logger
 from huselet.netio import FastSocket
+from huselet.runtime.locallinks import serve_locally, stop_serving
 from protocol.errors import ProtocolError
 from protocol.frames import FrameDecoder, encode_frame
 from protocol.link import (
@@ -159,8 +160,19 @@ class LinkServer:
         # This function's own slots: a slot is taken before accept, so what
         # waits beyond them waits in this socket's backlog, nowhere else.
         slots = trio.Semaphore(HANDSHAKE_SLOTS_PER_FUNCTION)
+        take: Callable[[socket.socket], None] | None = None
         try:
             async with trio.open_nursery() as nursery:
+
+                def hand_in(sock: socket.socket) -> None:
+                    # A link this process dialled for one of its sandboxes (a socket
+                    # pair, see locallinks): no accept, no slot (the pool bounds its
+                    # starts under way), and HELLO gets the dialled links' deadline.
+                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                    nursery.start_soon(self._handshake, name, stream, None)
+
+                take = hand_in
+                serve_locally(path, take)
                 while True:
                     await slots.acquire()
                     try:
@@ -170,21 +182,25 @@ class LinkServer:
                         raise
                     nursery.start_soon(self._handshake, name, stream, slots)
         finally:
+            if take is not None:
+                stop_serving(path, take)
             self.served.discard(name)
             sock.close()
             path.unlink(missing_ok=True)
 
     async def _handshake(
-        self, function: str, stream: trio.SocketStream, slots: trio.Semaphore
+        self, function: str, stream: trio.SocketStream, slots: trio.Semaphore | None
     ) -> None:
         handed_over = False
         try:
-            handed_over = await self._authenticate(function, stream)
+            hello_timeout = _hello_timeout(stream) if slots is not None else DIALLED_HELLO_TIMEOUT_S
+            handed_over = await self._authenticate(function, stream, hello_timeout)
         except Exception:
             # One bad connection (or a bug) must not stop the function's socket.
             log.exception("instance link handshake failed", function=function)
         finally:
-            slots.release()
+            if slots is not None:
+                slots.release()
             if not handed_over:
                 await trio.aclose_forcefully(stream)
 
@@ -209,11 +225,13 @@ class LinkServer:
                 pass
         return False
 
-    async def _authenticate(self, function: str, stream: trio.SocketStream) -> bool:
+    async def _authenticate(
+        self, function: str, stream: trio.SocketStream, hello_timeout: float
+    ) -> bool:
         decoder = FrameDecoder(max_frame=min(self.max_frame, 64 * 1024))
         link = InstanceLink(stream, decoder)
         try:
-            with trio.fail_after(_hello_timeout(stream)):
+            with trio.fail_after(hello_timeout):
                 msg = await link.receive()
         except trio.TooSlowError:
             return await self._refuse(

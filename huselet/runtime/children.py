@@ -30,6 +30,7 @@ from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, Start
 from huselet.runtime.cgroups import Cgroup
 from huselet.runtime.codeimage import code_env
 from huselet.runtime.fdwatch import FdWatcher
+from huselet.runtime.locallinks import local_pair
 from huselet.runtime.output import OutputLimiter, OutputLines
 
 log = get_logger("runtime")
@@ -278,8 +279,16 @@ async def dial_link(path: os.PathLike[str] | str, deadline: float) -> socket.soc
     """Connect to a function's link socket for a sandbox; a plain (stdlib) socket.
 
     Non-blocking so the accept loop on this same thread is never starved; a
-    full backlog (EAGAIN on Unix sockets) is retried until ``deadline``.
+    full backlog (EAGAIN on Unix sockets) is retried until ``deadline``. A
+    socket this process serves itself is dialled with a socket pair instead
+    (:mod:`huselet.runtime.locallinks`): no connect, no accept.
     """
+    try:
+        local = local_pair(path)
+    except OSError as exc:  # e.g. out of descriptors
+        raise StartFailed(f"cannot make the instance's link: {exc.strerror}") from None
+    if local is not None:
+        return local
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.setblocking(False)
     delay = DIAL_RETRY_S
