@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import trio
 
 from huselet.log import get_logger
 from huselet.netio import FastSocket
-from huselet.runtime.locallinks import serve_locally, stop_serving
+from huselet.runtime.locallinks import offer_handshake, serve_locally, stop_serving
 from protocol.errors import ProtocolError
 from protocol.frames import FrameDecoder, encode_frame
 from protocol.link import (
@@ -169,7 +170,10 @@ class LinkServer:
                     # pair, see locallinks): no accept, no slot (the pool bounds its
                     # starts under way), and HELLO gets the dialled links' deadline.
                     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-                    nursery.start_soon(self._handshake, name, stream, None)
+                    handshake = partial(self._handshake, name, stream, None)
+                    # The dialling start runs it in its own task if it asked to.
+                    if not offer_handshake(handshake, stream.socket.close):
+                        nursery.start_soon(handshake)
 
                 take = hand_in
                 serve_locally(path, take)
