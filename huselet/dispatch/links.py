@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -170,10 +171,12 @@ class LinkServer:
                     # pair, see locallinks): no accept, no slot (the pool bounds its
                     # starts under way), and HELLO gets the dialled links' deadline.
                     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-                    handshake = partial(self._handshake, name, stream, None)
-                    # The dialling start runs it in its own task if it asked to.
+                    # The dialling start runs it in its own task if it asked to,
+                    # within the start's deadline (no HELLO timeout of its own).
+                    handshake = partial(self._handshake, name, stream, None, None)
                     if not offer_handshake(handshake, stream.socket.close):
-                        nursery.start_soon(handshake)
+                        timeout = DIALLED_HELLO_TIMEOUT_S
+                        nursery.start_soon(self._handshake, name, stream, None, timeout)
 
                 take = hand_in
                 serve_locally(path, take)
@@ -184,7 +187,8 @@ class LinkServer:
                     except BaseException:
                         slots.release()
                         raise
-                    nursery.start_soon(self._handshake, name, stream, slots)
+                    timeout = _hello_timeout(stream)
+                    nursery.start_soon(self._handshake, name, stream, slots, timeout)
         finally:
             if take is not None:
                 stop_serving(path, take)
@@ -193,11 +197,15 @@ class LinkServer:
             path.unlink(missing_ok=True)
 
     async def _handshake(
-        self, function: str, stream: trio.SocketStream, slots: trio.Semaphore | None
+        self,
+        function: str,
+        stream: trio.SocketStream,
+        slots: trio.Semaphore | None,
+        hello_timeout: float | None,
     ) -> None:
+        """Authenticate one link; ``hello_timeout`` None: the caller's deadline bounds it."""
         handed_over = False
         try:
-            hello_timeout = _hello_timeout(stream) if slots is not None else DIALLED_HELLO_TIMEOUT_S
             handed_over = await self._authenticate(function, stream, hello_timeout)
         except Exception:
             # One bad connection (or a bug) must not stop the function's socket.
@@ -230,12 +238,12 @@ class LinkServer:
         return False
 
     async def _authenticate(
-        self, function: str, stream: trio.SocketStream, hello_timeout: float
+        self, function: str, stream: trio.SocketStream, hello_timeout: float | None
     ) -> bool:
         decoder = FrameDecoder(max_frame=min(self.max_frame, 64 * 1024))
         link = InstanceLink(stream, decoder)
         try:
-            with trio.fail_after(hello_timeout):
+            with trio.fail_after(hello_timeout) if hello_timeout is not None else nullcontext():
                 msg = await link.receive()
         except trio.TooSlowError:
             return await self._refuse(
