@@ -128,7 +128,7 @@ class InstanceSetup:
             (self.confinement.apply, os.putenv, environ, str.encode, death.fn, death.args),
             (_socket.socket.__init__, (sock, _AF_UNIX, _SOCK_STREAM, 0, LINK_FD), os.set_blocking),
             (sock.sendall, sock.recv, hello, b"".join, self.link, msgpack.unpackb, sdk.READY_PULL),
-            self.started,
+            (self.started, plan.function),
         )
 
 
@@ -155,7 +155,7 @@ def instance_main(
     """
     code = EXIT_INSTANCE_SETUP
     try:
-        fds_calls, signals, confinement, link_init, wire, started = setup.flat
+        fds_calls, signals, confinement, link_init, wire, (started, own_name) = setup.flat
         dup2, closerange, detach, setsid, getpid = fds_calls
         link_fd = fds[0]
         out_fd = fds[1]
@@ -217,6 +217,7 @@ def instance_main(
             sendall(hello_frame + ready_pull if started else hello_frame)
             data = recv(_RECEIVE_BYTES)
             first = None
+            queued = 0  # bytes behind WELCOME in the same read (a request)
             if len(data) == _HEADER_SIZE + int.from_bytes(data[:_HEADER_SIZE], "big"):
                 # The whole WELCOME in one read, as the daemon sends it. Not
                 # msgpack (msgpack's errors are ValueErrors): the decoder below
@@ -228,6 +229,7 @@ def instance_main(
             if type(first) is not dict:
                 link.decoder.receive_data(data)
                 first = link.receive()  # a request may follow WELCOME in the same read
+                queued = link.decoder.buffered
             function = first.get("function")
             max_frame = first.get("max_frame")
             if first.get("t") != WELCOME or type(function) is not str or type(max_frame) is not int:
@@ -242,11 +244,11 @@ def instance_main(
                 except BaseException as exc:
                     raise _Exit(sdk.fatal(link, setup.plan.handler, exc)) from None
                 sendall(ready_pull)
-            elif function != setup.plan.function:  # (never: one zygote per function)
+            elif function != own_name:  # (never: one zygote per function)
                 handler.start(function)
             # Idle here. The zygote forked with its collector off and its heap
             # frozen: the collector comes back with the first message, not before.
-            data = recv(_RECEIVE_BYTES) if not link.decoder.buffered else b""
+            data = recv(_RECEIVE_BYTES) if not queued else b""
         except (OSError, ProtocolError, sdk.LinkClosed) as exc:
             code = sdk.link_failed(exc)
         else:
