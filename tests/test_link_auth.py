@@ -63,20 +63,25 @@ async def _connect(path: Path) -> trio.socket.SocketType:
     return sock
 
 
-async def _hello(
-    path: Path, instance_id: str, token: str
-) -> tuple[dict | None, trio.socket.SocketType]:
-    """Say HELLO; the first frame back (None: closed without a word) and the socket."""
-    sock = await _connect(path)
+async def _hello_on(sock: trio.socket.SocketType, instance_id: str, token: str) -> dict | None:
+    """Say HELLO on ``sock``; the first frame back (None: closed without a word)."""
     await sock.send(encode_frame(Hello(1, instance_id, token, 4242).encode()))
     dec = FrameDecoder()
     with trio.fail_after(30):
         while (frame := dec.next_frame()) is None:
             chunk = await sock.recv(65536)
             if not chunk:
-                return None, sock
+                return None
             dec.receive_data(chunk)
-    return frame, sock
+    return frame
+
+
+async def _hello(
+    path: Path, instance_id: str, token: str
+) -> tuple[dict | None, trio.socket.SocketType]:
+    """Say HELLO; the first frame back (None: closed without a word) and the socket."""
+    sock = await _connect(path)
+    return await _hello_on(sock, instance_id, token), sock
 
 
 class _Stack:
@@ -249,18 +254,6 @@ async def test_a_worker_that_sends_something_else_before_ready_fails_as_a_crash(
     assert "before ready" in (stack.node.pool("echo").last_start_error or "")
     assert failures == {"crash": 1}
     sockets[0].close()
-
-
-async def _hello_on(sock: trio.socket.SocketType, instance_id: str, token: str) -> dict | None:
-    await sock.send(encode_frame(Hello(1, instance_id, token, 4242).encode()))
-    dec = FrameDecoder()
-    with trio.fail_after(30):
-        while (frame := dec.next_frame()) is None:
-            chunk = await sock.recv(65536)
-            if not chunk:
-                return None
-            dec.receive_data(chunk)
-    return frame
 
 
 async def test_a_link_dialled_in_process_is_a_pair_with_the_same_handshake(
