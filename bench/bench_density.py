@@ -462,8 +462,8 @@ def main() -> None:
     )
     for count, levels in results.items():
         cpu = [lv.start_cpu or {} for lv in levels]
-        keys = ("daemon_ms", "loop_ms", "zygote_ms", "instance_ms", "loop_busy", "zygote_busy")
-        keys += ("zygote_minflt", "instance_minflt")
+        keys = ("daemon_ms", "loop_ms", "zygote_ms", "instance_ms", "loop_busy", "zygote_busy",
+                "zygote_minflt", "instance_minflt")  # fmt: skip
         parts = [med([c.get(k, math.nan) for c in cpu]) for k in keys]
         print(
             f"{count:>5} {parts[0]:>8.2f} ({parts[1]:.2f}) {parts[2]:>8.2f} {parts[3]:>8.2f}"
