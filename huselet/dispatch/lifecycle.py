@@ -119,16 +119,19 @@ async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
         raise
     record.marks["sandbox"] = trio.current_time()
     handle = record.handle
-    if handle.pid is not None:
-        pool.live_pids.add(handle.pid, record)  # the memory loop follows it from here
-    # The race of link and exit: an exit before the link cancels the wait.
-    race = trio.CancelScope(deadline=deadline)
-    _watch_exit(pool, record, handle, race)
-    with race:
-        if here.pending:
-            await here.run()  # HELLO, token, WELCOME: offers the link to the record
-        if record.link is None:
-            await record.link_arrived.wait()
+    try:
+        if handle.pid is not None:
+            pool.live_pids.add(handle.pid, record)  # the memory loop follows it from here
+        # The race of link and exit: an exit before the link cancels the wait.
+        race = trio.CancelScope(deadline=deadline)
+        _watch_exit(pool, record, handle, race)
+        with race:
+            if here.pending:
+                await here.run()  # HELLO, token, WELCOME: offers the link to the record
+            if record.link is None:
+                await record.link_arrived.wait()
+    finally:
+        here.abort()  # not run (a bug above): the server's end is closed, never leaked
     if record.link is None:
         if record.exit_status is not None:
             status = record.exit_status
