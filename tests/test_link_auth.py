@@ -19,7 +19,8 @@ from support import NodeStack, write_package
 import huselet.dispatch.links
 from huselet.dispatch.instance import InstanceState
 from huselet.metrics.instances import InstanceMetrics
-from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, Runtime
+from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, Runtime, StartFailed
+from huselet.runtime.children import dial_link
 from protocol.frames import FrameDecoder, encode_frame
 from protocol.link import READY_FRAME, Hello, Pull
 
@@ -62,20 +63,25 @@ async def _connect(path: Path) -> trio.socket.SocketType:
     return sock
 
 
-async def _hello(
-    path: Path, instance_id: str, token: str
-) -> tuple[dict | None, trio.socket.SocketType]:
-    """Say HELLO; the first frame back (None: closed without a word) and the socket."""
-    sock = await _connect(path)
+async def _hello_on(sock: trio.socket.SocketType, instance_id: str, token: str) -> dict | None:
+    """Say HELLO on ``sock``; the first frame back (None: closed without a word)."""
     await sock.send(encode_frame(Hello(1, instance_id, token, 4242).encode()))
     dec = FrameDecoder()
     with trio.fail_after(30):
         while (frame := dec.next_frame()) is None:
             chunk = await sock.recv(65536)
             if not chunk:
-                return None, sock
+                return None
             dec.receive_data(chunk)
-    return frame, sock
+    return frame
+
+
+async def _hello(
+    path: Path, instance_id: str, token: str
+) -> tuple[dict | None, trio.socket.SocketType]:
+    """Say HELLO; the first frame back (None: closed without a word) and the socket."""
+    sock = await _connect(path)
+    return await _hello_on(sock, instance_id, token), sock
 
 
 class _Stack:
@@ -248,3 +254,36 @@ async def test_a_worker_that_sends_something_else_before_ready_fails_as_a_crash(
     assert "before ready" in (stack.node.pool("echo").last_start_error or "")
     assert failures == {"crash": 1}
     sockets[0].close()
+
+
+async def test_a_link_dialled_in_process_is_a_pair_with_the_same_handshake(
+    short_tmp: Path,
+) -> None:
+    # A runtime dialling the daemon's own link socket gets a socket pair (no
+    # connect, no accept); the token check and WELCOME are the link server's.
+    stack = _Stack(short_tmp, ["echo"])
+    async with trio.open_nursery() as nursery:
+        await stack.run(nursery, ["echo"])
+        spec = await stack.held_spec(nursery, "echo")
+        record = stack.node.pool("echo").instances[spec.instance_id]
+        deadline = trio.current_time() + 30
+
+        wrong = trio.socket.from_stdlib_socket(await dial_link(spec.link_socket, deadline))
+        assert wrong.getpeername() == ""  # a pair: no address (a connection has the path)
+        assert await _hello_on(wrong, spec.instance_id, spec.token[:-1] + "x") is None
+        wrong.close()
+        assert stack.node.links.refused == 1 and not record.token_spent
+
+        worker = trio.socket.from_stdlib_socket(await dial_link(spec.link_socket, deadline))
+        frame = await _hello_on(worker, spec.instance_id, spec.token)
+        assert frame is not None and frame["t"] == "welcome"
+        await worker.send(encode_frame(READY_FRAME) + encode_frame(Pull(1).encode()))
+        with trio.fail_after(30):
+            while record.state is InstanceState.STARTING:
+                await trio.sleep(0.01)
+        assert record.ready_at is not None  # ready (and given the queued request)
+        worker.close()
+        nursery.cancel_scope.cancel()
+    # The server stopped: a dial connects again (and finds nobody listening).
+    with pytest.raises(StartFailed):
+        await dial_link(spec.link_socket, trio.current_time() + 1)

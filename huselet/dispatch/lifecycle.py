@@ -27,6 +27,7 @@ from huselet.errors import HuseletError, InstanceLost
 from huselet.log import get_logger
 from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, StartFailed
 from huselet.runtime.hostlimits import StartRefused
+from huselet.runtime.locallinks import LinkHere
 from protocol.errors import ProtocolError
 from protocol.link import FATAL, READY, SHUTDOWN_FRAME, Fatal, message_type
 
@@ -106,21 +107,31 @@ async def _start(pool: FunctionPool, record: InstanceRecord) -> None:
         token=record.token,
         image=record.code.image,
     )
+    # A link the runtime dials to our own socket: its handshake runs in this task.
+    here = LinkHere()
     try:
-        record.handle = await pool.runtime.start(spec)
-    except StartRefused:
+        with here.claiming():
+            record.handle = await pool.runtime.start(spec)
+    except BaseException as exc:
+        here.abort()
+        if isinstance(exc, StartFailed) and not isinstance(exc, StartRefused):
+            raise _StartError(SANDBOX, str(exc)) from None
         raise
-    except StartFailed as exc:
-        raise _StartError(SANDBOX, str(exc)) from None
     record.marks["sandbox"] = trio.current_time()
     handle = record.handle
-    if handle.pid is not None:
-        pool.live_pids.add(handle.pid, record)  # the memory loop follows it from here
-    # The race of link and exit: an exit before the link cancels the wait.
-    race = trio.CancelScope(deadline=deadline)
-    _watch_exit(pool, record, handle, race)
-    with race:
-        await record.link_arrived.wait()
+    try:
+        if handle.pid is not None:
+            pool.live_pids.add(handle.pid, record)  # the memory loop follows it from here
+        # The race of link and exit: an exit before the link cancels the wait.
+        race = trio.CancelScope(deadline=deadline)
+        _watch_exit(pool, record, handle, race)
+        with race:
+            if here.pending:
+                await here.run()  # HELLO, token, WELCOME: offers the link to the record
+            if record.link is None:
+                await record.link_arrived.wait()
+    finally:
+        here.abort()  # not run (a bug above): the server's end is closed, never leaked
     if record.link is None:
         if record.exit_status is not None:
             status = record.exit_status

@@ -14,6 +14,8 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import trio
 
 from huselet.log import get_logger
 from huselet.netio import FastSocket
+from huselet.runtime.locallinks import offer_handshake, serve_locally, stop_serving
 from protocol.errors import ProtocolError
 from protocol.frames import FrameDecoder, encode_frame
 from protocol.link import (
@@ -159,8 +162,24 @@ class LinkServer:
         # This function's own slots: a slot is taken before accept, so what
         # waits beyond them waits in this socket's backlog, nowhere else.
         slots = trio.Semaphore(HANDSHAKE_SLOTS_PER_FUNCTION)
+        take: Callable[[socket.socket], None] | None = None
         try:
             async with trio.open_nursery() as nursery:
+
+                def hand_in(sock: socket.socket) -> None:
+                    # A link this process dialled for one of its sandboxes (a socket
+                    # pair, see locallinks): no accept, no slot (the pool bounds its
+                    # starts under way), and HELLO gets the dialled links' deadline.
+                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                    # The dialling start runs it in its own task if it asked to,
+                    # within the start's deadline (no HELLO timeout of its own).
+                    handshake = partial(self._handshake, name, stream, None, None)
+                    if not offer_handshake(handshake, stream.socket.close):
+                        timeout = DIALLED_HELLO_TIMEOUT_S
+                        nursery.start_soon(self._handshake, name, stream, None, timeout)
+
+                take = hand_in
+                serve_locally(path, take)
                 while True:
                     await slots.acquire()
                     try:
@@ -168,23 +187,32 @@ class LinkServer:
                     except BaseException:
                         slots.release()
                         raise
-                    nursery.start_soon(self._handshake, name, stream, slots)
+                    timeout = _hello_timeout(stream)
+                    nursery.start_soon(self._handshake, name, stream, slots, timeout)
         finally:
+            if take is not None:
+                stop_serving(path, take)
             self.served.discard(name)
             sock.close()
             path.unlink(missing_ok=True)
 
     async def _handshake(
-        self, function: str, stream: trio.SocketStream, slots: trio.Semaphore
+        self,
+        function: str,
+        stream: trio.SocketStream,
+        slots: trio.Semaphore | None,
+        hello_timeout: float | None,
     ) -> None:
+        """Authenticate one link; ``hello_timeout`` None: the caller's deadline bounds it."""
         handed_over = False
         try:
-            handed_over = await self._authenticate(function, stream)
+            handed_over = await self._authenticate(function, stream, hello_timeout)
         except Exception:
             # One bad connection (or a bug) must not stop the function's socket.
             log.exception("instance link handshake failed", function=function)
         finally:
-            slots.release()
+            if slots is not None:
+                slots.release()
             if not handed_over:
                 await trio.aclose_forcefully(stream)
 
@@ -209,11 +237,13 @@ class LinkServer:
                 pass
         return False
 
-    async def _authenticate(self, function: str, stream: trio.SocketStream) -> bool:
+    async def _authenticate(
+        self, function: str, stream: trio.SocketStream, hello_timeout: float | None
+    ) -> bool:
         decoder = FrameDecoder(max_frame=min(self.max_frame, 64 * 1024))
         link = InstanceLink(stream, decoder)
         try:
-            with trio.fail_after(_hello_timeout(stream)):
+            with trio.fail_after(hello_timeout) if hello_timeout is not None else nullcontext():
                 msg = await link.receive()
         except trio.TooSlowError:
             return await self._refuse(

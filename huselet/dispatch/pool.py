@@ -65,8 +65,10 @@ log = get_logger("pool")
 # for 4,000 at once only queued them: each start's timeout ran while it
 # waited its turn (the last ones timed out, and the breaker opened), and
 # thousands of waiting tasks cost the event loop. The starts held back are
-# asked for as soon as one under way is ready or ended.
+# asked for in batches: once RESUME_BATCH of the starts under way are ready
+# or ended (one task per batch, not one per start: bench_startsteps).
 MAX_STARTING = 32
+RESUME_BATCH = 8
 
 # Observer of a pool's state: ``(kind, name, body)``; ``body`` None means removed.
 # Called synchronously on every change, so it must be cheap and must not block.
@@ -229,7 +231,13 @@ class FunctionPool:
 
     def _starting_changed(self, starting: bool) -> None:
         self.starting += 1 if starting else -1
-        if not starting and self._starts_held_back and not self._resume_pending:
+        if (
+            not starting
+            and self._starts_held_back
+            and not self._resume_pending
+            # A batch: the pipeline stays >= MAX_STARTING - RESUME_BATCH deep.
+            and self.starting <= MAX_STARTING - RESUME_BATCH
+        ):
             self._starts_held_back = False
             # Not from inside a record's state change: at the next turn of the loop
             # (one task for all the starts that finish before it runs).

@@ -30,6 +30,7 @@ from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, Start
 from huselet.runtime.cgroups import Cgroup
 from huselet.runtime.codeimage import code_env
 from huselet.runtime.fdwatch import FdWatcher
+from huselet.runtime.locallinks import local_pair
 from huselet.runtime.output import OutputLimiter, OutputLines
 
 log = get_logger("runtime")
@@ -261,12 +262,33 @@ def own_children() -> list[int]:
     return pids
 
 
+def is_our_child(pidfd: int) -> bool:
+    """True if the process behind ``pidfd`` is this process's child (alive or not yet reaped).
+
+    One ``waitid`` that reaps nothing (``WNOWAIT``), instead of reading its
+    parent from ``/proc/PID/stat``: once per fork start.
+    """
+    try:
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
 async def dial_link(path: os.PathLike[str] | str, deadline: float) -> socket.socket:
     """Connect to a function's link socket for a sandbox; a plain (stdlib) socket.
 
     Non-blocking so the accept loop on this same thread is never starved; a
-    full backlog (EAGAIN on Unix sockets) is retried until ``deadline``.
+    full backlog (EAGAIN on Unix sockets) is retried until ``deadline``. A
+    socket this process serves itself is dialled with a socket pair instead
+    (:mod:`huselet.runtime.locallinks`): no connect, no accept.
     """
+    try:
+        local = local_pair(path)
+    except OSError as exc:  # e.g. out of descriptors
+        raise StartFailed(f"cannot make the instance's link: {exc.strerror}") from None
+    if local is not None:
+        return local
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.setblocking(False)
     delay = DIAL_RETRY_S

@@ -34,12 +34,19 @@ class FdWatcher:
     """Calls ``callback()`` whenever a watched descriptor is readable, from one task."""
 
     def __init__(self) -> None:
-        self._epoll = select.epoll()
+        # Made on first use: a runtime that is configured but never runs (or
+        # runs no instance) holds no epoll descriptor.
+        self._epoll: select.epoll | None = None
         self._callbacks: dict[int, Callable[[], None]] = {}
         self.running = False
 
+    def _poller(self) -> select.epoll:
+        if self._epoll is None:
+            self._epoll = select.epoll()
+        return self._epoll
+
     def watch(self, fd: int, callback: Callable[[], None]) -> None:
-        self._epoll.register(fd, select.EPOLLIN)
+        self._poller().register(fd, select.EPOLLIN)
         self._callbacks[fd] = callback
 
     def unwatch(self, fd: int) -> None:
@@ -47,7 +54,7 @@ class FdWatcher:
         if self._callbacks.pop(fd, None) is None:
             return
         try:
-            self._epoll.unregister(fd)
+            self._poller().unregister(fd)
         except (OSError, ValueError):  # already closed (the kernel dropped it) or epoll closed
             pass
 
@@ -56,10 +63,11 @@ class FdWatcher:
 
     async def run(self) -> None:
         self.running = True
+        epoll = self._poller()
         try:
             while True:
-                await trio.lowlevel.wait_readable(self._epoll.fileno())
-                for fd, _ in self._epoll.poll(0, MAX_EVENTS):
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                for fd, _ in epoll.poll(0, MAX_EVENTS):
                     callback = self._callbacks.get(fd)
                     if callback is None:
                         continue
@@ -74,7 +82,8 @@ class FdWatcher:
 
     def close(self) -> None:
         self._callbacks.clear()
-        self._epoll.close()
+        if self._epoll is not None:
+            self._epoll.close()
 
 
 class WatchedOutput:

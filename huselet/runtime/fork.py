@@ -54,7 +54,13 @@ from huselet.log import get_logger
 from huselet.runtime.base import InstanceHandle, InstanceSpec, StartFailed
 from huselet.runtime.cgrouppool import RESERVE_MAX
 from huselet.runtime.cgroups import Cgroup, parent_pid
-from huselet.runtime.children import ChildHandle, SandboxHandle, StrayReaper, dial_link
+from huselet.runtime.children import (
+    ChildHandle,
+    SandboxHandle,
+    StrayReaper,
+    dial_link,
+    is_our_child,
+)
 from huselet.runtime.children import log as log_of_output
 from huselet.runtime.codeimage import code_key, code_ro_paths
 from huselet.runtime.common import MiB, SandboxRuntime, sandbox_plan
@@ -373,7 +379,7 @@ class ForkRuntime(SandboxRuntime):
         except ProcessLookupError:
             raise StartFailed("the forked instance vanished before it started") from None
         ok = (
-            parent_pid(pid) == os.getpid()
+            is_our_child(pidfd)
             and pid not in self._handles
             and (cgroup is None or cgroup.contains(pid))
         )

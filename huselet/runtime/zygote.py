@@ -48,6 +48,8 @@ STOP_GRACE_S = 1.0
 YOUNG_DEATH_S = 2.0  # a zygote that dies sooner than this after ready counts as failing
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 30.0
+REPLIES_PER_WAKE = 64  # control packets read per wake-up before the loop checkpoints
+MAX_REPLY = 16 * 1024  # the zygote's replies: "forked" (~30 bytes), "fork_failed" (an error)
 
 # Spawns a child off the event loop: ``subprocess.Popen``'s arguments, its result.
 Spawn = Callable[..., Awaitable["subprocess.Popen[bytes]"]]
@@ -109,6 +111,7 @@ class ZygoteProcess:
         self.handle: ChildHandle | None = None
         self.ready_at: float | None = None
         self._ctl: trio.socket.SocketType | None = None
+        self._raw: socket.socket | None = None  # the same socket, for calls that cannot block
         self._send_lock = trio.Lock()
         # Held while the zygote is moved into an instance's cgroup and clones there.
         self.placement = trio.Lock()
@@ -160,7 +163,8 @@ class ZygoteProcess:
         assert popen.stdout is not None
         out_fd = os.dup(popen.stdout.fileno())
         popen.stdout.close()
-        self._ctl = trio.socket.from_stdlib_socket(parent)
+        self._ctl = trio.socket.from_stdlib_socket(parent)  # sets it non-blocking
+        self._raw = parent
         fields = {"function": self.fn.name, "zygote": self.name}
         try:
             async with trio.open_nursery() as nursery:
@@ -198,8 +202,17 @@ class ZygoteProcess:
     async def _send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
         assert self._ctl is not None
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        frame = encode_frame(msg, max_frame=MAX_PACKET)
+        if self._raw is not None and not self._send_lock.locked():
+            # A SEQPACKET message goes whole or not at all: try it now, without
+            # trio's wrapper (two checkpoints and a reschedule per start).
+            try:
+                self._raw.sendmsg([frame], anc)
+                return
+            except BlockingIOError:
+                pass  # the zygote is behind: wait for room, in turn
         async with self._send_lock:
-            await self._ctl.sendmsg([encode_frame(msg, max_frame=MAX_PACKET)], anc)
+            await self._ctl.sendmsg([frame], anc)
 
     async def _read_replies(self, start_timeout_s: float) -> None:
         assert self._ctl is not None
@@ -226,23 +239,39 @@ class ZygoteProcess:
                 self.error = f"the zygote was not ready within {start_timeout_s:g} s"
                 self.kill()
                 return
-            while (msg := await self._receive()) is not None:
-                self._answer(msg)
+            await self._answer_all()
         except (OSError, ProtocolError, trio.ClosedResourceError) as exc:
             log.warning("zygote control channel failed", zygote=self.name, error=str(exc))
             self.kill()
+
+    async def _answer_all(self) -> None:
+        """Answer replies until EOF: every packet waiting at each wake-up, one wait for all.
+
+        A burst's replies arrive back to back; trio's ``recv`` would cost each
+        of them a wait, two checkpoints and a reschedule.
+        """
+        assert self._ctl is not None and self._raw is not None
+        recv_into = self._raw.recv_into
+        # Replies are a few dozen bytes: one buffer for all (``recv(MAX_PACKET)``
+        # allocates 256 KiB per call); a longer packet arrives cut, and fails to decode.
+        view = memoryview(bytearray(MAX_REPLY))
+        while True:
+            await trio.lowlevel.wait_readable(self._ctl)
+            for _ in range(REPLIES_PER_WAKE):  # then the wait above is a checkpoint
+                try:
+                    n = recv_into(view)
+                except BlockingIOError:
+                    break
+                if not n:
+                    return
+                self._answer(_decode(view[:n].tobytes()))
 
     async def _receive(self) -> dict[str, Any] | None:
         assert self._ctl is not None
         data = await self._ctl.recv(MAX_PACKET)
         if not data:
             return None
-        decoder = FrameDecoder(max_frame=MAX_PACKET)
-        decoder.receive_data(data)
-        msg = decoder.next_frame()
-        if not isinstance(msg, dict):
-            raise ProtocolError("incomplete control frame")
-        return msg
+        return _decode(data)
 
     def _answer(self, msg: dict[str, Any]) -> None:
         kind, seq = msg.get("t"), msg.get("seq")
@@ -367,6 +396,16 @@ class ZygoteProcess:
     def kill(self) -> None:
         if self.handle is not None:
             self.handle.kill()
+
+
+def _decode(data: bytes) -> dict[str, Any]:
+    """One control packet (one whole frame) as its message; ProtocolError if it is not."""
+    decoder = FrameDecoder(max_frame=MAX_PACKET)
+    decoder.receive_data(data)
+    msg = decoder.next_frame()
+    if not isinstance(msg, dict):
+        raise ProtocolError("incomplete control frame")
+    return msg
 
 
 def pss_kb(pid: int) -> int:

@@ -36,6 +36,7 @@ import msgpack
 from huselet.sandbox import linux
 from huselet.sandbox.confine import InstanceConfinement, SandboxError, SandboxPlan
 from huselet.worker import sdk
+from huselet.worker.entries import HandlerEntry, WsgiEntry
 from protocol.errors import ProtocolError
 from protocol.frames import HEADER_SIZE as _HEADER_SIZE
 from protocol.link import WELCOME
@@ -57,6 +58,8 @@ _AF_UNIX = int(socket.AF_UNIX)
 _SOCK_STREAM = int(socket.SOCK_STREAM)
 _SIG_SETMASK = int(_signal.SIG_SETMASK)
 _RECEIVE_BYTES = sdk.RECEIVE_BYTES
+# Entries whose start(function) only records the name: started once in the zygote.
+_NAME_ONLY_START = (HandlerEntry, WsgiEntry)
 
 
 def signals_to_reset() -> list[tuple[int, Any]]:
@@ -95,8 +98,13 @@ class InstanceSetup:
     page it copies).
     """
 
-    def __init__(self, plan: SandboxPlan, keep_in_tmp: list[str]) -> None:
+    def __init__(self, plan: SandboxPlan, keep_in_tmp: list[str], handler: Any = None) -> None:
         self.plan = plan
+        # An entry whose start only records the function's name starts here, once:
+        # no instance dirties a page for it, and READY can go with HELLO.
+        self.started = type(handler) in _NAME_ONLY_START
+        if self.started:
+            handler.start(plan.function)
         signals = signals_to_reset()  # after init code: it may have installed handlers
         # The child inherits this thread's mask: clear it only if something is blocked.
         unmask = bool(_signal.pthread_sigmask(_signal.SIG_BLOCK, ()))
@@ -120,6 +128,7 @@ class InstanceSetup:
             (self.confinement.apply, os.putenv, environ, str.encode, death.fn, death.args),
             (_socket.socket.__init__, (sock, _AF_UNIX, _SOCK_STREAM, 0, LINK_FD), os.set_blocking),
             (sock.sendall, sock.recv, hello, b"".join, self.link, msgpack.unpackb, sdk.READY_PULL),
+            (self.started, plan.function),
         )
 
 
@@ -146,9 +155,8 @@ def instance_main(
     """
     code = EXIT_INSTANCE_SETUP
     try:
-        (dup2, closerange, detach, setsid, getpid), signals, confinement, link_init, wire = (
-            setup.flat
-        )
+        fds_calls, signals, confinement, link_init, wire, (started, own_name) = setup.flat
+        dup2, closerange, detach, setsid, getpid = fds_calls
         link_fd = fds[0]
         out_fd = fds[1]
         detach(ctl)  # its number is closed below; the object must not close a reused fd later
@@ -203,9 +211,13 @@ def instance_main(
             head, token_key, pid_key, pack = hello
             body = join((head, pack(instance_id), token_key, pack(msg["token"]), pid_key))
             body += pack(getpid())
-            sendall(len(body).to_bytes(_HEADER_SIZE, "big") + body)
+            hello_frame = len(body).to_bytes(_HEADER_SIZE, "big") + body
+            # Started in the zygote: READY (and the first PULL) go with HELLO, so the
+            # daemon finds READY behind HELLO and never waits for it on its own.
+            sendall(hello_frame + ready_pull if started else hello_frame)
             data = recv(_RECEIVE_BYTES)
             first = None
+            queued = 0  # bytes behind WELCOME in the same read (a request)
             if len(data) == _HEADER_SIZE + int.from_bytes(data[:_HEADER_SIZE], "big"):
                 # The whole WELCOME in one read, as the daemon sends it. Not
                 # msgpack (msgpack's errors are ValueErrors): the decoder below
@@ -216,7 +228,8 @@ def instance_main(
                     first = None
             if type(first) is not dict:
                 link.decoder.receive_data(data)
-                first = link.receive()
+                first = link.receive()  # a request may follow WELCOME in the same read
+                queued = link.decoder.buffered
             function = first.get("function")
             max_frame = first.get("max_frame")
             if first.get("t") != WELCOME or type(function) is not str or type(max_frame) is not int:
@@ -225,14 +238,17 @@ def instance_main(
                     raise _Exit(sdk.EXIT_LINK_FAILED)
                 function, max_frame = welcome.function, welcome.max_frame
             link.decoder.max_frame = max_frame
-            try:
+            if not started:
+                try:
+                    handler.start(function)
+                except BaseException as exc:
+                    raise _Exit(sdk.fatal(link, setup.plan.handler, exc)) from None
+                sendall(ready_pull)
+            elif function != own_name:  # (never: one zygote per function)
                 handler.start(function)
-            except BaseException as exc:
-                raise _Exit(sdk.fatal(link, setup.plan.handler, exc)) from None
-            sendall(ready_pull)
             # Idle here. The zygote forked with its collector off and its heap
             # frozen: the collector comes back with the first message, not before.
-            data = recv(_RECEIVE_BYTES)
+            data = recv(_RECEIVE_BYTES) if not queued else b""
         except (OSError, ProtocolError, sdk.LinkClosed) as exc:
             code = sdk.link_failed(exc)
         else:

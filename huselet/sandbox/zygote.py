@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     # Everything imported so far is shared copy-on-write with every instance;
     # freezing moves it out of the collector's sight, so no instance's GC pass
     # touches (and copies) those pages.
-    setup = InstanceSetup(plan, keep_in_tmp)
+    setup = InstanceSetup(plan, keep_in_tmp, handler)
     # The tagging streams, once here rather than in every instance (sdk.run
     # finds them installed): they write to fds 1 and 2, which each instance
     # points at its own output pipe.

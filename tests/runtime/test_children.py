@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from huselet.runtime import children
 from huselet.runtime.children import StrayReaper, has_zombie_child
 
 GUARD_S = 30  # hang guard, not a timing assertion
@@ -58,6 +59,7 @@ def test_a_claimed_zombie_is_left_to_its_owner() -> None:
 
 PROBE = """
 import os, time
+from huselet.runtime import children
 from huselet.runtime.children import StrayReaper, has_zombie_child
 reaper = StrayReaper()
 print(has_zombie_child())  # no children at all
@@ -78,3 +80,19 @@ def test_has_zombie_child_peeks_without_reaping() -> None:
         [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=GUARD_S, check=True
     ).stdout.split("\n")
     assert out[:3] == ["False", "True 0 1", "False 0 0"]
+
+
+def test_is_our_child_by_pidfd_tells_children_from_others_and_reaps_nothing() -> None:
+    pid = exited_child()  # a zombie: still our child until reaped
+    pidfd = os.pidfd_open(pid)
+    try:
+        assert children.is_our_child(pidfd)
+        assert is_our_child(pid)  # WNOWAIT: it is still there to be reaped
+    finally:
+        os.close(pidfd)
+        os.waitpid(pid, 0)
+    parent = os.pidfd_open(os.getppid())  # alive, and not our child
+    try:
+        assert not children.is_our_child(parent)
+    finally:
+        os.close(parent)

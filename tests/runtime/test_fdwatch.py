@@ -110,3 +110,22 @@ async def test_fork_instances_cost_the_runtime_no_task_each(short_tmp: Path, cou
         os.kill(record.handle.pid, 9)
         await eventually(lambda: record.id not in pool.instances, timeout=60)
         assert record.exit_status is not None and record.exit_status.signal == 9
+
+
+def test_a_watcher_holds_no_descriptor_until_it_watches_one() -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    watcher = FdWatcher()  # every ForkRuntime makes one, even one that never runs
+    assert open_fds() == before
+    r, w = os.pipe()
+    try:
+        watcher.watch(r, lambda: None)
+        assert open_fds() == before + 3  # the pipe and the epoll
+        watcher.unwatch(r)
+    finally:
+        watcher.close()
+        os.close(r)
+        os.close(w)
+    assert open_fds() == before

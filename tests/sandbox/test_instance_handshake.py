@@ -42,6 +42,17 @@ def unread(sock: socket.socket) -> int:
     return count[0]
 
 
+REQUEST = encode_frame(Request("r1", b'"hi"', "json", 10_000).encode())
+
+
+def assert_echoed(inst: Instance, instance_id: str) -> None:
+    """The instance answered REQUEST as the echo handler does."""
+    result = Result.decode(inst.receive())
+    assert result.ok, result
+    seen = {"event": "hi", "instance": instance_id, "function": "echo"}
+    assert json.loads(result.body) == seen
+
+
 def test_an_instance_says_hello_as_the_sdk_would_and_serves_after_a_split_welcome(
     zygote: socket.socket,
 ) -> None:
@@ -55,11 +66,26 @@ def test_an_instance_says_hello_as_the_sdk_would_and_serves_after_a_split_welcom
         inst.link.sendall(welcome[5:])
         assert message_type(inst.receive()) == READY
         assert message_type(inst.receive()) == PULL
-        inst.link.sendall(encode_frame(Request("r1", b'"hi"', "json", 10_000).encode()))
-        result = Result.decode(inst.receive())
-        assert result.ok, result
-        seen = {"event": "hi", "instance": "echo-1", "function": "echo"}
-        assert json.loads(result.body) == seen
+        inst.link.sendall(REQUEST)
+        assert_echoed(inst, "echo-1")
+    finally:
+        code = inst.exit_code()
+    assert code == sdk.EXIT_OK
+
+
+def test_a_handler_instance_is_ready_before_welcome_and_serves_a_request_sent_with_it(
+    zygote: socket.socket,
+) -> None:
+    # A plain handler's start only records the name: done in the zygote, so READY
+    # and the first PULL come with HELLO (the daemon never waits for READY alone).
+    inst = Instance(zygote, "echo-3")
+    try:
+        assert message_type(inst.receive()) == "hello"
+        assert message_type(inst.receive()) == READY  # no WELCOME sent yet
+        assert message_type(inst.receive()) == PULL
+        welcome = encode_frame(Welcome(PROTO_VERSION, "echo", DEFAULT_MAX_FRAME).encode())
+        inst.link.sendall(welcome + REQUEST)  # one read in the instance: both frames
+        assert_echoed(inst, "echo-3")
     finally:
         code = inst.exit_code()
     assert code == sdk.EXIT_OK
