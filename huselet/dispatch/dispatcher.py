@@ -39,6 +39,7 @@ from huselet.log import get_logger
 from huselet.observe.ids import new_request_id
 from huselet.observe.story import RequestStory
 from huselet.runtime.base import Runtime
+from huselet.timegrid import GridTimer
 
 log = get_logger("dispatcher")
 
@@ -73,6 +74,9 @@ class Dispatcher:
         self.deadlines = DeadlineTimer(self._expire)
         # Pids of every live instance (retiring pools' too), kept as they start and end.
         self.live_pids = LivePids()
+        # Told of each request: an idle node's periodic loops stretch their tick
+        # (huselet.health.idle) until the next one.
+        self._grid = GridTimer.current()
 
     @property
     def running(self) -> bool:
@@ -261,6 +265,7 @@ class Dispatcher:
                 story.refused(pool, inv, exc, meta)
             raise
         pool.outstanding.enter()
+        self._grid.note_activity()  # an idle node's loops tick every second again
         if story is not None:
             story.admitted(pool, inv, meta)
             if pool.counters[PoolCounter.INSTANCES_STARTED] != starts:

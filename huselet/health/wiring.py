@@ -1,10 +1,11 @@
 """The node's health loops, assembled in one place: what the daemon supervises.
 
-The lag probe and the systemd watchdog first (the watchdog pets only while the
+The lag probe and the systemd watchdog (the watchdog pets only while the
 probe measures), then the pressure loops (disk, memory, descriptors), the
 startup recovery sweep's report, the observers of faults mended elsewhere
 (instances, crash loops, cache integrity) and, in fleet mode, the link to the
-central scheduler. The daemon runs the supervisor once it is ready.
+central scheduler; last, the idle tick (an idle node's loops tick every few
+seconds: :mod:`huselet.health.idle`). The daemon runs the supervisor once it is ready.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 
 from huselet.config import Config
 from huselet.dispatch.api import PoolsView
+from huselet.health.idle import IdleTick
 from huselet.health.lag import LagProbe
 from huselet.health.observers import (
     CacheIntegrity,
@@ -86,4 +88,12 @@ def build_health(
     supervisor.add(CacheIntegrity(scrubber))
     if fleet is not None:
         supervisor.add(SchedulerLinkHealth(fleet))
+    # Lets an idle node's periodic loops (these, the fork runtime's) tick every few seconds.
+    supervisor.add(
+        IdleTick(
+            dispatcher,
+            tick_s=health.idle_tick_ms / 1000 or None,
+            after_s=health.idle_after_ms / 1000,
+        )
+    )
     return NodeHealth(supervisor, lag_probe, recovery)
