@@ -42,8 +42,12 @@ import math
 import trio
 
 # The grids a deadline may be rounded up to, coarsest first: each a multiple of
-# the lag probe's default 100 ms, so what is rounded wakes in its iterations.
-GRIDS_S = (1.0, 0.5, 0.2, 0.1)
+# the lag probe's default 100 ms, so what is rounded wakes in its iterations, and
+# the coarse ones of the default idle tick (5 s), so a quiet node's long waits (an
+# idle instance's 300 s heartbeat check) fall due together, on its idle ticks: the
+# checks of 2,000 instances started over a few seconds are one round a minute
+# apart at most, not one wake-up per second of their starts.
+GRIDS_S = (60.0, 30.0, 10.0, 5.0, 1.0, 0.5, 0.2, 0.1)
 
 
 def next_on_grid(now: float, period: float) -> float:

@@ -244,3 +244,16 @@ async def test_a_stretched_sleep_is_cancellable_and_switching_off_wakes_the_stre
         nursery.start_soon(switch_off)
         woke_at = await timer.sleep_on_grid(1.0, stretch=True)
     assert woke_at - start <= 1.0  # on its own period, not the 60 s tick
+
+
+def test_long_waits_of_instances_started_apart_fall_due_together() -> None:
+    """2,000 idle instances started over 15 s: their 300 s heartbeat checks (rounded
+    as heartbeat.py rounds them) are one round, not one wake-up per second of starts."""
+    starts = [1000.3 + i * 15 / 2000 for i in range(2000)]
+    due = set()
+    for t in starts:
+        grid = coarsest_grid(300.0)
+        assert grid is not None and grid % 5.0 == 0  # on the default idle tick's multiples
+        due.add(round_up_to_grid(t + 300.0, grid))
+    assert len(due) <= 2
+    assert all(t + 300.0 <= min(d for d in due if d >= t + 300.0) <= t + 375.0 for t in starts)
