@@ -18,6 +18,7 @@ from huselet.config import Config
 from huselet.dispatch.api import PoolsView
 from huselet.health.idle import IdleTick
 from huselet.health.lag import LagProbe
+from huselet.health.memstall import MemoryStalls
 from huselet.health.observers import (
     CacheIntegrity,
     CrashLoops,
@@ -89,11 +90,9 @@ def build_health(
     if fleet is not None:
         supervisor.add(SchedulerLinkHealth(fleet))
     # Lets an idle node's periodic loops (these, the fork runtime's) tick every few seconds.
-    supervisor.add(
-        IdleTick(
-            dispatcher,
-            tick_s=health.idle_tick_ms / 1000 or None,
-            after_s=health.idle_after_ms / 1000,
-        )
-    )
+    idle_tick_s = health.idle_tick_ms / 1000 or None
+    supervisor.add(IdleTick(dispatcher, tick_s=idle_tick_s, after_s=health.idle_after_ms / 1000))
+    if idle_tick_s is not None:
+        # The kernel's memory stall reports wake a quiet node's memory loop at once.
+        supervisor.add(MemoryStalls())
     return NodeHealth(supervisor, lag_probe, recovery)

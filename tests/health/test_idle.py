@@ -66,6 +66,9 @@ def test_a_quiet_node_snaps_back_to_its_one_second_tick_on_the_first_request(
     row = loops(daemon)["idle_tick"]
     assert row["counters"].get("snap_backs", 0) >= 1
     assert row["counters"].get("went_quiet", 0) >= 1
+    # The kernel's memory stall reports are watched (or the loop says why not).
+    stalls = loops(daemon)["memory_stalls"]["detail"]
+    assert stalls.startswith(("armed", "no memory stall trigger")), stalls
 
 
 def test_an_idle_instance_that_dies_is_reported_at_once_not_an_idle_tick_later(
