@@ -28,6 +28,9 @@ idle tick (the daemon: ``[health] idle_tick_ms``), a loop that sleeps with
 instance started or ended, no loop under pressure: whatever calls
 :func:`note_activity`) sleeps to the next multiple of the idle tick instead
 of its period: an idle daemon wakes once per idle tick, not once a second.
+A loop that only reports what activity brings (an observer of faults that are
+themselves activity) sleeps with ``until_activity=True`` instead: while the
+node is quiet it is not woken at all.
 The first activity snaps every stretched sleeper back at once: each is
 re-parked for the next multiple of its own period from that moment, so the
 1 s cadence resumes within one period of the first request or start.
@@ -205,14 +208,18 @@ class GridTimer:
         """Park the calling task until ``due`` (Trio clock); cancellable."""
         await self._sleep(due, 0.0, stretched=False)
 
-    async def sleep_on_grid(self, period: float, *, stretch: bool = False) -> float:
+    async def sleep_on_grid(
+        self, period: float, *, stretch: bool = False, until_activity: bool = False
+    ) -> float:
         """Park until the next multiple of ``period`` — of the idle tick instead, when
-        ``stretch`` and the node is quiet (until activity snaps it back); the time
-        it was due at when woken."""
+        ``stretch`` and the node is quiet (until activity snaps it back), or until
+        activity alone with ``until_activity`` (a loop that only reports what
+        activity brings); the time it was due at when woken."""
         now = trio.current_time()
         tick = self.idle_tick_s
-        if stretch and tick is not None and tick > period and self.quiet():
-            return await self._sleep(next_on_grid(now, tick), period, stretched=True)
+        if (stretch or until_activity) and tick is not None and tick > period and self.quiet():
+            due = math.inf if until_activity else next_on_grid(now, tick)
+            return await self._sleep(due, period, stretched=True)
         return await self._sleep(next_on_grid(now, period), period, stretched=False)
 
     async def _sleep(self, due: float, period: float, *, stretched: bool) -> float:
@@ -248,11 +255,15 @@ class GridTimer:
                     trio.lowlevel.reschedule(sleeper.task)
 
 
-async def sleep_on_grid(period: float, *, stretch: bool = False) -> float:
+async def sleep_on_grid(
+    period: float, *, stretch: bool = False, until_activity: bool = False
+) -> float:
     """Sleep until the next multiple of ``period`` on the Trio clock (of the idle
-    tick when ``stretch`` and the node is idle: :meth:`GridTimer.sleep_on_grid`);
-    the time it was due at."""
-    return await GridTimer.current().sleep_on_grid(period, stretch=stretch)
+    tick when ``stretch`` and the node is idle, until activity with
+    ``until_activity``: :meth:`GridTimer.sleep_on_grid`); the time it was due at."""
+    return await GridTimer.current().sleep_on_grid(
+        period, stretch=stretch, until_activity=until_activity
+    )
 
 
 def note_activity() -> None:

@@ -257,3 +257,23 @@ def test_long_waits_of_instances_started_apart_fall_due_together() -> None:
         due.add(round_up_to_grid(t + 300.0, grid))
     assert len(due) <= 2
     assert all(t + 300.0 <= min(d for d in due if d >= t + 300.0) <= t + 375.0 for t in starts)
+
+
+async def test_a_sleep_until_activity_is_not_woken_while_quiet(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = GridTimer.current()
+    timer.configure_idle(tick_s=5.0, after_s=0.0)
+    start = trio.current_time()
+
+    async def activity_later() -> None:
+        await trio.sleep(500.0)  # a hundred idle ticks without a wake-up
+        timer.note_activity()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(activity_later)
+        woke_at = await timer.sleep_on_grid(1.0, until_activity=True)
+    assert woke_at - start == 501.0  # the next 1 s point after the activity
+    # Busy again (the wake saw the activity): its period, not the idle tick or forever.
+    timer.configure_idle(tick_s=5.0, after_s=10.0)
+    assert await timer.sleep_on_grid(1.0, until_activity=True) - woke_at == 1.0

@@ -81,4 +81,5 @@ class IdleTick:
                     f"busy: the periodic loops tick every second "
                     f"(every {self.tick_s:g}s after {self.after_s:g}s without activity)",
                 )
-            await timer.sleep_on_grid(REPORT_PERIOD_S, stretch=True)
+            # Quiet: reported once, then not woken until activity.
+            await timer.sleep_on_grid(REPORT_PERIOD_S, until_activity=True)

@@ -6,9 +6,10 @@ loop polling for them would only be slower. These loops turn the pools'
 counters into one report per fault class: its state, the last healing action
 and counters, each sampled every ``period_s`` (1 s: on the grid tick the
 other 1 s loops wake on; at 0.5 s they were an idle node's only other wake-up),
-every idle tick when the node is quiet (:mod:`huselet.health.idle`): a fault
-to report is itself activity (an instance's end, a breaker not closed), so
-reports come at the 1 s pace again from then on.
+every idle tick when the node is quiet (:mod:`huselet.health.idle`) — the
+``instances`` loop not at all then: each fault it reports ends an instance,
+which is activity and wakes it at once. A breaker not closed or a fault just
+mended keeps the node on the 1 s tick.
 
 - ``instances``: dead, stuck and silent instances replaced; requests retried.
 - ``crash_loops``: functions whose circuit breaker is open.
@@ -80,7 +81,9 @@ class InstanceLiveness:
         seen = self._totals()
         last_fault_at: float | None = None
         while True:
-            await sleep_on_grid(self.period_s, stretch=True)
+            # Quiet: not woken at all. An instance lost or replaced is an end (a
+            # start) of a pid, which is activity and wakes this loop at once.
+            await sleep_on_grid(self.period_s, until_activity=True)
             now = trio.current_time()
             current = self._totals()
             for function, counts in current.items():
@@ -130,6 +133,8 @@ class CrashLoops:
                 report.set(HealthState.DEGRADED, "breaker not closed: " + "; ".join(failing))
             else:
                 report.set(HealthState.OK, "every breaker closed")
+            # Quiet: every idle tick (a start that fails before it has a pid, e.g.
+            # a zygote that cannot be built, is no activity of its own).
             await sleep_on_grid(self.period_s, stretch=True)
 
 
