@@ -16,6 +16,15 @@ ended — an event-loop wake-up, or a worker thread's job. The
 other checkout's daemon runs from its own tree (``python -m huselet`` with
 that tree as working directory); the instances' worker code is this venv's.
 Needs root (fork isolation), like bench_density.
+
+The floor, measured in the same windows: bare Trio processes (this venv's
+Python and Trio, nothing imported besides) that only sleep in a loop, one per
+``--floor-periods`` (1 s: the ref's tick; 5 s: this tree's idle tick). Their
+CPU per wake-up is what this VM charges any Trio process for waking up after
+such a sleep (an epoll return, a timer, the pages that touches after the host
+ran others); each daemon's line then shows its wake-ups times the floor's cost
+per wake-up at the nearest period ("floor at its rate") beside its CPU, so what
+is left is the daemon's own work per wake-up.
 """
 
 from __future__ import annotations
@@ -33,6 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_density import Daemon, idle_cpu
 
 HERE = Path(__file__).resolve().parent.parent
+
+# The floor: a Trio process that only wakes up every PERIOD seconds.
+FLOOR = """
+import sys, trio
+async def main(period):
+    while True:
+        await trio.sleep(period)
+trio.run(main, float(sys.argv[1]))
+"""
 
 
 def wakeups(pid: int) -> dict[str, int]:
@@ -59,8 +77,32 @@ def idle_cpu_and_wakeups(pid: int, seconds: float) -> tuple[float, bool, float]:
     return pct, rough, woke / (time.monotonic() - t0)
 
 
-def run_pair(root: Path, n: int, trees: dict[str, Path], windows: int, timeout_s: float) -> None:
+def start_floors(periods: list[float]) -> dict[float, subprocess.Popen[bytes]]:
+    return {p: subprocess.Popen([sys.executable, "-c", FLOOR, str(p)]) for p in periods}
+
+
+def floor_at(rate: float, floors: dict[float, tuple[float, float]]) -> tuple[float, float]:
+    """(ms of CPU per wake-up of the floor whose period is nearest ``1/rate``, that
+    times ``rate`` as % of a core); floors: period -> (ms per wake-up, wake-ups/s)."""
+    floors = {p: cost for p, cost in floors.items() if cost[1] > 0}  # woke in the window
+    if not floors:
+        return 0.0, 0.0
+    period = min(floors, key=lambda p: abs(p - 1 / rate) if rate > 0 else -p)
+    ms = floors[period][0]
+    return ms, ms * rate / 10  # ms per wake-up x wake-ups/s = ms/s; /10: % of a core
+
+
+def run_pair(
+    root: Path,
+    n: int,
+    trees: dict[str, Path],
+    windows: int,
+    timeout_s: float,
+    floor_periods: list[float],
+) -> None:
     daemons: dict[str, Daemon] = {}
+    # Started first: their own start-up (importing trio) is over by the first window.
+    floors = start_floors(floor_periods)
     try:
         for side, tree in trees.items():
             d = Daemon(root / f"n{n}-{side}", n, "fork", max_instances=max(1, n))
@@ -85,13 +127,27 @@ def run_pair(root: Path, n: int, trees: dict[str, Path], windows: int, timeout_s
             return
 
         def window(seconds: float) -> str:
-            with ThreadPoolExecutor(len(daemons)) as pool:
-                pids = [d.proc.pid for d in daemons.values() if d.proc is not None]
+            pids = [d.proc.pid for d in daemons.values() if d.proc is not None]
+            pids += [p.pid for p in floors.values()]
+            with ThreadPoolExecutor(len(pids)) as pool:
                 got = list(pool.map(lambda pid: idle_cpu_and_wakeups(pid, seconds), pids))
-            return "  ".join(
-                f"{side} {pct:.2f}%{'~' if rough else ''} {wakes:.1f} wake-ups/s"
-                for side, (pct, rough, wakes) in zip(daemons, got, strict=True)
-            )
+            floor_costs = {
+                period: (pct * 10 / wakes if wakes else 0.0, wakes)
+                for period, (pct, _, wakes) in zip(floors, got[len(daemons) :], strict=True)
+            }
+            parts = []
+            for side, (pct, rough, wakes) in zip(daemons, got, strict=False):
+                _, floor_pct = floor_at(wakes, floor_costs)
+                per = pct * 10 / wakes if wakes else 0.0
+                parts.append(
+                    f"{side} {pct:.2f}%{'~' if rough else ''} {wakes:.2f} wake-ups/s "
+                    f"({per:.1f} ms each; floor at its rate {floor_pct:.2f}%)"
+                )
+            parts += [
+                f"floor {period:g}s {ms:.1f} ms/wake-up ({wakes:.2f}/s)"
+                for period, (ms, wakes) in floor_costs.items()
+            ]
+            return " | ".join(parts)
 
         print(f"  early (3 s): {window(3.0)}", flush=True)
         time.sleep(17)
@@ -102,6 +158,9 @@ def run_pair(root: Path, n: int, trees: dict[str, Path], windows: int, timeout_s
     finally:
         for d in daemons.values():
             d.stop()
+        for floor in floors.values():
+            floor.kill()
+            floor.wait()
 
 
 def main() -> None:
@@ -110,11 +169,15 @@ def main() -> None:
     parser.add_argument("--counts", default="0,500,2000")
     parser.add_argument("--windows", type=int, default=2)
     parser.add_argument("--start-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--floor-periods", default="1,5", help="bare Trio sleep loops measured alongside (s)"
+    )
     args = parser.parse_args()
+    floor_periods = [float(p) for p in args.floor_periods.split(",") if p]
     trees = {"ref": args.ref.resolve(), "this": HERE}
     root = Path(tempfile.mkdtemp(prefix="hldpair"))
     for n in (int(c) for c in args.counts.split(",") if c):
-        run_pair(root, n, trees, args.windows, args.start_timeout)
+        run_pair(root, n, trees, args.windows, args.start_timeout, floor_periods)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ counts every event-loop wake-up (an I/O wait with a timeout that ended) and
 the names of the tasks stepped until the next one, and rewrites OUT.json
 every 10 s with the last windows: wake-ups, and per set of task names how
 many wake-ups ran exactly that set (a periodic loop off the shared time grid
-shows as a set of its own). The instrument itself costs CPU: use it to count
-and attribute wake-ups, ``bench_idlecpu.py`` to measure CPU.
+shows as a set of its own), and per task name the CPU time (``thread_time``)
+its steps took (``task_cpu_us``) and what the loop itself took around them
+(``loop_cpu_us``: epoll returns, timers, the instrument's own calls): what
+each wake-up's work costs, task by task. The instrument itself costs CPU: use
+it to count and attribute wake-ups, ``bench_idlecpu.py`` to measure CPU.
 """
 
 from __future__ import annotations
@@ -34,8 +37,13 @@ class WakeupCensus(trio.abc.Instrument):
         self.wakes = 0
         self.sets: Counter[str] = Counter()
         self.windows: list[dict[str, Any]] = []
+        self.task_ns: Counter[str] = Counter()
+        self.awake_ns = 0  # thread CPU from the end of one I/O wait to the start of the next
+        self._step_from = 0
+        self._woke_at = time.thread_time_ns()
 
     def before_io_wait(self, timeout: float) -> None:
+        self.awake_ns += time.thread_time_ns() - self._woke_at
         if timeout > 0:  # going to sleep: what ran since the last sleep was one wake-up
             if self.stepped:
                 self.sets[" + ".join(sorted(self.stepped))] += 1
@@ -45,18 +53,27 @@ class WakeupCensus(trio.abc.Instrument):
         if now - self.since >= WINDOW_S:
             window: dict[str, Any] = {"at": time.time(), "s": round(now - self.since, 2)}
             window |= {"wakes": self.wakes, "sets": self.sets.most_common()}
+            tasks_ns = sum(self.task_ns.values())
+            window["task_cpu_us"] = [(k, v // 1000) for k, v in self.task_ns.most_common()]
+            window["loop_cpu_us"] = (self.awake_ns - tasks_ns) // 1000
             self.windows = [*self.windows[-(KEEP - 1) :], window]
             with open(self.out, "w") as f:
                 json.dump(self.windows, f, indent=1)
             self.since, self.wakes, self.sets = now, 0, Counter()
+            self.task_ns, self.awake_ns = Counter(), 0
 
     def after_io_wait(self, timeout: float) -> None:
+        self._woke_at = time.thread_time_ns()
         if self.asleep:
             self.wakes += 1
             self.asleep = False
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self.stepped.add(task.name)
+        self._step_from = time.thread_time_ns()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.task_ns[task.name] += time.thread_time_ns() - self._step_from
 
 
 def main() -> int:

@@ -150,3 +150,130 @@ def test_each_trio_run_has_its_own_timer() -> None:
 
     first, second = trio.run(which), trio.run(which)
     assert first is not second
+
+
+# --- an idle node stretches its tick --------------------------------------------------
+
+
+async def stretched_wakes(timer: GridTimer, period: float, until: float) -> list[float]:
+    """When a loop sleeping ``stretch=True`` on ``period`` woke, until ``until``."""
+    woke = []
+    while trio.current_time() < until:
+        woke.append(round(await timer.sleep_on_grid(period, stretch=True), 6))
+    return woke
+
+
+async def test_a_quiet_node_ticks_every_idle_tick_and_activity_snaps_back_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    autojump_clock.jump(1000.3)
+    timer = GridTimer.current()
+    timer.configure_idle(tick_s=5.0, after_s=10.0)  # busy from now (1000.3)
+    activity_at = 1027.4  # quiet since ~1011: the loop sleeps until 1030 then
+
+    async def request() -> None:
+        await trio.sleep_until(activity_at)
+        assert timer.stretched == 1  # parked until 1030, on the idle tick
+        timer.note_activity()
+        assert timer.stretched == 0  # re-parked on its own period, at once
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(request)
+        woke = await stretched_wakes(timer, 1.0, 1045.0)
+    busy = [t for t in woke if t <= 1011]
+    assert busy == [float(t) for t in range(1001, 1012)]  # every second while busy
+    # Quiet: on the idle tick's multiples; the activity at 1027.4 wakes it at 1028,
+    # not 1030, and it ticks every second for idle_after_s before stretching again.
+    assert [t for t in woke if 1011 < t <= 1028] == [1015.0, 1020.0, 1025.0, 1028.0]
+    assert [t for t in woke if 1028 < t <= 1038] == [float(t) for t in range(1029, 1039)]
+    assert [t for t in woke if t > 1038] == [1040.0, 1045.0]
+    assert timer.snap_backs == 1
+
+
+async def test_activity_while_busy_keeps_the_one_second_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = GridTimer.current()
+    timer.configure_idle(tick_s=5.0, after_s=3.0)
+    start = trio.current_time()
+
+    async def busy() -> None:
+        while trio.current_time() < start + 20:
+            timer.note_activity()  # a request every 2 s: never 3 s without one
+            await trio.sleep(2.0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(busy)
+        woke = await stretched_wakes(timer, 1.0, start + 20)
+    assert len(woke) >= 20 and timer.snap_backs == 0  # never stretched
+
+
+async def test_without_an_idle_tick_or_stretch_nothing_stretches(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = GridTimer.current()
+    start = trio.current_time()
+    woke = await stretched_wakes(timer, 1.0, start + 30)  # not configured: 1 s throughout
+    assert len(woke) == 30
+    timer.configure_idle(tick_s=5.0, after_s=0.0)  # quiet at once
+    plain = []
+    while trio.current_time() < start + 60:
+        plain.append(await sleep_on_grid(1.0))  # stretch not asked for: 1 s throughout
+    assert len(plain) == 30
+    # A loop whose period is the idle tick's or longer is left as it is.
+    assert await timer.sleep_on_grid(10.0, stretch=True) - trio.current_time() == 0
+    with pytest.raises(ValueError, match="positive"):
+        timer.configure_idle(tick_s=0.0, after_s=1.0)
+
+
+async def test_a_stretched_sleep_is_cancellable_and_switching_off_wakes_the_stretched(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = GridTimer.current()
+    timer.configure_idle(tick_s=60.0, after_s=0.0)
+    with trio.move_on_after(5):
+        await timer.sleep_on_grid(1.0, stretch=True)
+    assert timer.stretched == 0 and len(timer) == 0  # cancelled: nothing left parked
+    start = trio.current_time()
+
+    async def switch_off() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        timer.configure_idle(tick_s=None, after_s=0.0)  # stretching off: snap back
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(switch_off)
+        woke_at = await timer.sleep_on_grid(1.0, stretch=True)
+    assert woke_at - start <= 1.0  # on its own period, not the 60 s tick
+
+
+def test_long_waits_of_instances_started_apart_fall_due_together() -> None:
+    """2,000 idle instances started over 15 s: their 300 s heartbeat checks (rounded
+    as heartbeat.py rounds them) are one round, not one wake-up per second of starts."""
+    starts = [1000.3 + i * 15 / 2000 for i in range(2000)]
+    due = set()
+    for t in starts:
+        grid = coarsest_grid(300.0)
+        assert grid is not None and grid % 5.0 == 0  # on the default idle tick's multiples
+        due.add(round_up_to_grid(t + 300.0, grid))
+    assert len(due) <= 2
+    assert all(t + 300.0 <= min(d for d in due if d >= t + 300.0) <= t + 375.0 for t in starts)
+
+
+async def test_a_sleep_until_activity_is_not_woken_while_quiet(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = GridTimer.current()
+    timer.configure_idle(tick_s=5.0, after_s=0.0)
+    start = trio.current_time()
+
+    async def activity_later() -> None:
+        await trio.sleep(500.0)  # a hundred idle ticks without a wake-up
+        timer.note_activity()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(activity_later)
+        woke_at = await timer.sleep_on_grid(1.0, until_activity=True)
+    assert woke_at - start == 501.0  # the next 1 s point after the activity
+    # Busy again (the wake saw the activity): its period, not the idle tick or forever.
+    timer.configure_idle(tick_s=5.0, after_s=10.0)
+    assert await timer.sleep_on_grid(1.0, until_activity=True) - woke_at == 1.0

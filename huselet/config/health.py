@@ -53,6 +53,11 @@ class HealthSettings:
     fd_interval_ms: int = 2000
     fd_enter_percent: int = 85  # refuse new connections, reap idle instances
     fd_leave_percent: int = 70
+    # Idle node: once nothing happened for idle_after_ms (no request, no instance
+    # started or ended, no loop under pressure), the periodic loops tick every
+    # idle_tick_ms instead of every second; the first activity snaps them back.
+    idle_tick_ms: int = 5000  # 0: never stretch
+    idle_after_ms: int = 10_000
 
     @property
     def breaker(self) -> BreakerSettings:
@@ -65,10 +70,11 @@ class HealthSettings:
 
 
 # Knobs where 0 means something (memory_budget_mb 0: 90 % of RAM;
-# idle_heartbeat_interval_ms 0: never ping an idle kernel-watched worker); every other
+# idle_heartbeat_interval_ms 0: never ping an idle kernel-watched worker;
+# idle_tick_ms 0: an idle node keeps the 1 s tick); every other
 # knob must be positive, and a ``*_percent`` one at most 100.
 _ZERO_ALLOWED = frozenset(
-    {"memory_budget_mb", "memory_min_available_mb", "idle_heartbeat_interval_ms"}
+    {"memory_budget_mb", "memory_min_available_mb", "idle_heartbeat_interval_ms", "idle_tick_ms"}
 )
 
 

@@ -40,6 +40,7 @@ from huselet.log import get_logger
 from huselet.observe.ids import new_request_id
 from huselet.observe.story import RequestStory
 from huselet.runtime.base import Runtime
+from huselet.timegrid import GridTimer
 
 log = get_logger("dispatcher")
 
@@ -76,6 +77,9 @@ class Dispatcher:
         self.live_pids = LivePids()
         # Hand-overs to idle instances put off while a front end admits a batch (batch()).
         self.hand_overs = HandOvers()
+        # Told of each request: an idle node's periodic loops stretch their tick
+        # (huselet.health.idle) until the next one.
+        self._grid = GridTimer.current()
 
     @property
     def running(self) -> bool:
@@ -266,6 +270,7 @@ class Dispatcher:
                 story.refused(pool, inv, exc, meta)
             raise
         pool.outstanding.enter()
+        self._grid.note_activity()  # an idle node's loops tick every second again
         if story is not None:
             story.admitted(pool, inv, meta)
             if pool.counters[PoolCounter.INSTANCES_STARTED] != starts:

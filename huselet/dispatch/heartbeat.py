@@ -30,9 +30,10 @@ once and judged as above ("missed heartbeat"); a stopped busy one is stopped
 ``idle_heartbeat_interval_ms`` (default 5 minutes; 0: none), for a worker
 wedged without being stopped — so 2,000 idle instances cost the daemon a
 handful of wake-ups a second, not a thousand. Due times are rounded up onto
-:mod:`huselet.timegrid` (a 300 s check to the whole second, a 1 s answer
+:mod:`huselet.timegrid` (a 300 s check to the whole minute, a 1 s answer
 timeout to 0.2 s): entries due within one grid step are one wake-up, shared
-with the health loops' ticks.
+with the health loops' ticks — the idle checks of thousands of instances
+started over a few seconds are one round of pings, not one per second.
 """
 
 from __future__ import annotations

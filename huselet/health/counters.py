@@ -36,6 +36,9 @@ class HealthCounter(StrEnum):
     RECONNECTS = "reconnects"
     PASSES = "passes"
     QUARANTINED = "quarantined"
+    # The idle tick: times the node went quiet, and times activity snapped it back.
+    WENT_QUIET = "went_quiet"
+    SNAP_BACKS = "snap_backs"
     # The startup recovery sweep (besides one counter per kind of leftover).
     FAILED = "failed"
     SWEEP_MS = "sweep_ms"

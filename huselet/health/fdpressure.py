@@ -23,7 +23,7 @@ from huselet.health.pressure import (
     pct,
 )
 from huselet.health.supervisor import HealthState, LoopReport
-from huselet.timegrid import sleep_on_grid
+from huselet.timegrid import note_activity, sleep_on_grid
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,11 @@ class FdPressure:
     async def run(self, report: LoopReport) -> None:
         while True:
             await self.check(report)
-            await sleep_on_grid(self.interval_s)
+            if self.gate.active:
+                note_activity()  # healing: the node keeps its 1 s tick
+            # Descriptors are made by connections and instance starts, which are
+            # activity: a quiet node's count cannot climb much between idle ticks.
+            await sleep_on_grid(self.interval_s, stretch=True)
 
     async def check(self, report: LoopReport) -> None:
         # Cheap (one directory listing), and a thread would itself be short of descriptors.

@@ -20,7 +20,7 @@ import trio
 from huselet.health.counters import HealthCounter
 from huselet.health.stalls import LoopStalls
 from huselet.health.supervisor import HealthState, LoopReport
-from huselet.timegrid import GridTimer, next_on_grid
+from huselet.timegrid import GridTimer
 
 if TYPE_CHECKING:
     from huselet.metrics.histogram import Histogram
@@ -53,8 +53,9 @@ class LagProbe:
         self.stalls.take()  # what happened before the probe ran is not its period's
         while True:
             # On the shared grid: the node's other periodic loops wake in these iterations.
-            asked = next_on_grid(trio.current_time(), self.period_s)
-            await GridTimer.current().sleep_until(asked)
+            # Every idle tick instead when the node is quiet (the instrument still
+            # sees every stall; the report comes later): see huselet.health.idle.
+            asked = await GridTimer.current().sleep_on_grid(self.period_s, stretch=True)
             now = trio.current_time()
             self.last_beat = now
             lag_ms = max(0.0, (now - asked) * 1000, self.stalls.take() * 1000)
@@ -70,6 +71,11 @@ class LagProbe:
                 report.set(HealthState.DEGRADED, f"event loop lag {lag_ms:.0f} ms")
             else:
                 report.set(HealthState.OK, f"lag {lag_ms:.1f} ms")
+
+    @property
+    def report_period_s(self) -> float:
+        """The longest gap between two reports: the period, or the idle tick when longer."""
+        return max(self.period_s, GridTimer.current().idle_tick_s or 0.0)
 
     def responsive(self, within_s: float) -> bool:
         """Did a measurement complete within the last ``within_s`` seconds?"""

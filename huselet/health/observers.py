@@ -5,7 +5,11 @@ inside each function's pool, at once (pidfd, heartbeat task, deadline) — a
 loop polling for them would only be slower. These loops turn the pools'
 counters into one report per fault class: its state, the last healing action
 and counters, each sampled every ``period_s`` (1 s: on the grid tick the
-other 1 s loops wake on; at 0.5 s they were an idle node's only other wake-up).
+other 1 s loops wake on; at 0.5 s they were an idle node's only other wake-up),
+every idle tick when the node is quiet (:mod:`huselet.health.idle`) — the
+``instances`` loop not at all then: each fault it reports ends an instance,
+which is activity and wakes it at once. A breaker not closed or a fault just
+mended keeps the node on the 1 s tick.
 
 - ``instances``: dead, stuck and silent instances replaced; requests retried.
 - ``crash_loops``: functions whose circuit breaker is open.
@@ -23,7 +27,7 @@ import trio
 from huselet.dispatch.counters import PoolCounter
 from huselet.health.counters import HealthCounter
 from huselet.health.supervisor import HealthState, LoopReport
-from huselet.timegrid import sleep_on_grid
+from huselet.timegrid import note_activity, sleep_on_grid
 
 if TYPE_CHECKING:
     from huselet.dispatch.api import PoolsView
@@ -77,7 +81,9 @@ class InstanceLiveness:
         seen = self._totals()
         last_fault_at: float | None = None
         while True:
-            await sleep_on_grid(self.period_s)
+            # Quiet: not woken at all. An instance lost or replaced is an end (a
+            # start) of a pid, which is activity and wakes this loop at once.
+            await sleep_on_grid(self.period_s, until_activity=True)
             now = trio.current_time()
             current = self._totals()
             for function, counts in current.items():
@@ -90,6 +96,7 @@ class InstanceLiveness:
             seen = current
             live = sum(len(p.instances) for p in self.dispatcher.pools.values())
             if last_fault_at is not None and now - last_fault_at < RECENT_S:
+                note_activity()
                 report.set(HealthState.DEGRADED, f"{live} instances; faults mended just now")
             else:
                 report.set(HealthState.OK, f"{live} instances")
@@ -122,10 +129,13 @@ class CrashLoops:
                 if state != "closed":
                     failing.append(f"{pool.name} ({state}: {breaker.last_reason})")
             if failing:
+                note_activity()  # a breaker's trial is due soon: keep the 1 s tick
                 report.set(HealthState.DEGRADED, "breaker not closed: " + "; ".join(failing))
             else:
                 report.set(HealthState.OK, "every breaker closed")
-            await sleep_on_grid(self.period_s)
+            # Quiet: every idle tick (a start that fails before it has a pid, e.g.
+            # a zygote that cannot be built, is no activity of its own).
+            await sleep_on_grid(self.period_s, stretch=True)
 
 
 class SchedulerLinkHealth:
@@ -151,13 +161,14 @@ class SchedulerLinkHealth:
                 down_since, was_up = None, True
                 report.set(HealthState.OK, f"established with {self.link.address}")
             else:
+                note_activity()  # reconnecting: keep the 1 s tick
                 down_since = now if down_since is None else down_since
                 if now - down_since >= self.grace_s:
                     report.set(
                         HealthState.DEGRADED,
                         f"{state} for {now - down_since:.0f}s; serving what is deployed",
                     )
-            await sleep_on_grid(self.period_s)
+            await sleep_on_grid(self.period_s, stretch=True)
 
 
 class CacheIntegrity:
@@ -185,4 +196,4 @@ class CacheIntegrity:
                     report.set(HealthState.OK, f"last pass: {last.get('checked', 0)} images ok")
             elif passes == 0:
                 report.set(HealthState.OK, "no scrub pass yet")
-            await sleep_on_grid(self.period_s)
+            await sleep_on_grid(self.period_s, stretch=True)

@@ -46,7 +46,7 @@ from huselet.config.health import HealthSettings
 from huselet.health.counters import HealthCounter
 from huselet.health.localfs import on_local_fs
 from huselet.health.supervisor import HealthLoop, HealthState, LoopReport
-from huselet.timegrid import sleep_on_grid
+from huselet.timegrid import note_activity, sleep_on_grid
 
 if TYPE_CHECKING:
     from huselet.dispatch.livepids import PidListener
@@ -252,7 +252,9 @@ class DiskPressure:
     async def run(self, report: LoopReport) -> None:
         while True:
             await self.check(report)
-            await sleep_on_grid(self.interval_s)
+            if self.gate.active:
+                note_activity()  # healing: the node keeps its 1 s tick
+            await sleep_on_grid(self.interval_s, stretch=True)
 
     async def check(self, report: LoopReport) -> None:
         """One measurement and what follows from it."""
@@ -338,9 +340,14 @@ class MemoryPressure:
             # New instances not measured yet (a burst of starts): come back soon for
             # the next time-bounded batch, so thousands are measured in seconds.
             pending = self.last is not None and self.last.pending > 0
-            await sleep_on_grid(
-                min(self.interval_s, BACKLOG_PERIOD_S) if pending else self.interval_s
-            )
+            if pending:
+                await sleep_on_grid(min(self.interval_s, BACKLOG_PERIOD_S))
+                continue
+            if self.active:
+                note_activity()  # healing: the node keeps its 1 s tick
+            # Every idle tick when the node is quiet: nothing it runs changes the
+            # instances' memory then; MemAvailable (the host's doing) is read then.
+            await sleep_on_grid(self.interval_s, stretch=True)
 
     def _percent(self, sample: MemorySample) -> float:
         return 100.0 * sample.used_bytes / self.budget_bytes

@@ -63,7 +63,8 @@ class WatchdogPetter:
         assert self.interval_s is not None
         reasons = []
         # The probe runs every lag.period_s; missing a pet window means a stall.
-        if not self.lag.responsive(within_s=max(self.interval_s / 2, 3 * self.lag.period_s)):
+        gap = self.lag.report_period_s  # the idle tick's when the node is quiet
+        if not self.lag.responsive(within_s=max(self.interval_s / 2, 3 * gap)):
             reasons.append("event loop unresponsive")
         for name, check in self.critical.items():
             problem = check()

@@ -1,10 +1,11 @@
 """The node's health loops, assembled in one place: what the daemon supervises.
 
-The lag probe and the systemd watchdog first (the watchdog pets only while the
+The lag probe and the systemd watchdog (the watchdog pets only while the
 probe measures), then the pressure loops (disk, memory, descriptors), the
 startup recovery sweep's report, the observers of faults mended elsewhere
 (instances, crash loops, cache integrity) and, in fleet mode, the link to the
-central scheduler. The daemon runs the supervisor once it is ready.
+central scheduler; last, the idle tick (an idle node's loops tick every few
+seconds: :mod:`huselet.health.idle`). The daemon runs the supervisor once it is ready.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any, Protocol
 
 from huselet.config import Config
 from huselet.dispatch.api import PoolsView
+from huselet.health.idle import IdleTick
 from huselet.health.lag import LagProbe
+from huselet.health.memstall import MemoryStalls
 from huselet.health.observers import (
     CacheIntegrity,
     CrashLoops,
@@ -86,4 +89,10 @@ def build_health(
     supervisor.add(CacheIntegrity(scrubber))
     if fleet is not None:
         supervisor.add(SchedulerLinkHealth(fleet))
+    # Lets an idle node's periodic loops (these, the fork runtime's) tick every few seconds.
+    idle_tick_s = health.idle_tick_ms / 1000 or None
+    supervisor.add(IdleTick(dispatcher, tick_s=idle_tick_s, after_s=health.idle_after_ms / 1000))
+    if idle_tick_s is not None:
+        # The kernel's memory stall reports wake a quiet node's memory loop at once.
+        supervisor.add(MemoryStalls())
     return NodeHealth(supervisor, lag_probe, recovery)

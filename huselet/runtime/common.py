@@ -244,7 +244,8 @@ class SandboxRuntime(ChildRuntime):
     async def keep_cgroups_filled(self) -> None:
         """Pre-create instance cgroups off the start path, once a second."""
         while True:
-            await sleep_on_grid(CGROUP_REFILL_S)  # with the health loops' wake-ups
+            # With the health loops' wake-ups (every idle tick on an idle node).
+            await sleep_on_grid(CGROUP_REFILL_S, stretch=True)
             await self.refill_cgroups()
 
     def uid_allocator(self) -> UidAllocator | None:

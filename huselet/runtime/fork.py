@@ -450,7 +450,8 @@ class ForkRuntime(SandboxRuntime):
     async def _maintain(self) -> None:
         last_sweep = trio.current_time()
         while True:
-            await sleep_on_grid(MAINTAIN_INTERVAL_S)  # with the health loops' wake-ups
+            # With the health loops' wake-ups (every idle tick on an idle node).
+            await sleep_on_grid(MAINTAIN_INTERVAL_S, stretch=True)
             await self.refill_cgroups()
             self._enforce_budget(0)
             self._retire_old_code()

@@ -17,7 +17,7 @@ async def test_the_daemon_supervises_every_loop_and_watches_its_dispatcher(
     daemon = Daemon(load_config(write_config(short_tmp, "")), notifier=SystemdNotifier(None))
     assert list(daemon.health.reports) == [
         *("event_loop", "watchdog", "disk", "memory", "descriptors", "recovery"),
-        *("instances", "crash_loops", "cache_integrity"),
+        *("instances", "crash_loops", "cache_integrity", "idle_tick", "memory_stalls"),
     ]  # standalone: no scheduler_link loop
     # The watchdog's critical components; "scheduler" names the central one only.
     checks = daemon._critical_checks()
