@@ -162,9 +162,11 @@ class Floor:
             touched.clear()
             self._send()
 
-    async def serve_client(self, sock: socket.socket) -> None:
-        conn = ServerConnection()
-        out = _Out(sock.fileno(), self.nursery)
+    async def _read_until_closed(
+        self, sock: socket.socket, out: _Out, feed: Callable[[bytes], None]
+    ) -> None:
+        """Feed what ``sock`` receives to ``feed``, then hand waiting calls out,
+        until the client closes or breaks its protocol; then close its socket."""
         try:
             while True:
                 await trio.lowlevel.wait_readable(sock)
@@ -174,44 +176,37 @@ class Floor:
                     continue
                 if not data:
                     return
-                conn.receive_data(data)
-                while (event := conn.next_event()) is not None:
-                    if isinstance(event, Call):
-                        self.seq += 1
-                        rid = str(self.seq)
-                        self.calls[rid] = (conn, out, event.id)
-                        self.waiting.append((rid, event.event, event.kind))
-                    elif isinstance(event, Hello):
-                        out.write(conn.welcome())
-                    elif isinstance(event, Ping):
-                        out.write(INGRESS_PONG)
+                feed(data)
                 out.flush()
                 self._send()
-        except (ProtocolError, OSError):
+        except (ProtocolError, httptools.HttpParserError, OSError):
             return
         finally:
             out.close()
             sock.close()
 
+    async def serve_client(self, sock: socket.socket) -> None:
+        conn = ServerConnection()
+        out = _Out(sock.fileno(), self.nursery)
+
+        def feed(data: bytes) -> None:
+            conn.receive_data(data)
+            while (event := conn.next_event()) is not None:
+                if isinstance(event, Call):
+                    self.seq += 1
+                    rid = str(self.seq)
+                    self.calls[rid] = (conn, out, event.id)
+                    self.waiting.append((rid, event.event, event.kind))
+                elif isinstance(event, Hello):
+                    out.write(conn.welcome())
+                elif isinstance(event, Ping):
+                    out.write(INGRESS_PONG)
+
+        await self._read_until_closed(sock, out, feed)
+
     async def serve_http(self, sock: socket.socket) -> None:
         conn = _HttpConn(self, _Out(sock.fileno(), self.nursery))
-        parser = httptools.HttpRequestParser(conn)
-        try:
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                try:
-                    data = sock.recv(RECEIVE_BYTES)
-                except BlockingIOError:
-                    continue
-                if not data:
-                    return
-                parser.feed_data(data)
-                self._send()
-        except (httptools.HttpParserError, OSError):
-            return
-        finally:
-            conn.out.close()
-            sock.close()
+        await self._read_until_closed(sock, conn.out, httptools.HttpRequestParser(conn).feed_data)
 
     async def accept(self, listener: socket.socket, serve: Serve) -> None:
         while True:
