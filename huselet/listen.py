@@ -1,5 +1,5 @@
-"""Opening TCP listeners with an error that names the address, and serving one
-connection within a bounded number of slots.
+"""Opening TCP listeners with an error that names the address, a private Unix
+socket listener, and serving one connection within a bounded number of slots.
 
 ``trio.open_tcp_listeners`` fails with a bare "Address already in use"; an
 operator with several listeners (ingress, metrics) needs to know which one.
@@ -7,7 +7,10 @@ operator with several listeners (ingress, metrics) needs to know which one.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import trio
 
@@ -67,3 +70,27 @@ async def serve_and_close(
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
+
+
+async def open_unix_listener(path: Path) -> trio.SocketListener:
+    """Bind ``path`` (0600: only the daemon's own user and root may connect)."""
+    unlink_socket(path)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        await sock.bind(os.fspath(path))
+        # Before listen(): nobody can connect while the mode is still the umask's.
+        os.chmod(path, 0o600)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+def unlink_socket(path: Path) -> None:
+    """Remove ``path`` if it is a socket (a previous run's); anything else stays."""
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass

@@ -26,10 +26,6 @@ Bounds, so that no client can cost the node unbounded memory or tasks:
 
 from __future__ import annotations
 
-import os
-import stat
-from pathlib import Path
-
 import trio
 
 from huselet.config import AuthSettings, GatewaySettings, TcpAddress
@@ -41,7 +37,7 @@ from huselet.gateway.core import InvokeCore, StagedInvoker
 from huselet.gateway.counters import FramedCounter
 from huselet.gateway.routes import new_request_id
 from huselet.gateway.source_connections import SourceConnections, source_of
-from huselet.listen import serve_and_close
+from huselet.listen import open_unix_listener, serve_and_close, unlink_socket
 from huselet.log import get_logger
 from huselet.netio import FastSocket
 from huselet.observe.context import RequestMeta
@@ -100,7 +96,7 @@ class FramedIngress:
                 name = listeners[0].socket.getsockname()
                 self.bound_address = TcpAddress(name[0], name[1])
             if self.settings.framed_socket is not None:
-                listeners.append(await _unix_listener(self.settings.framed_socket))
+                listeners.append(await open_unix_listener(self.settings.framed_socket))
             log.info(
                 "framed ingress listening",
                 tcp=str(self.bound_address) if self.bound_address else None,
@@ -115,7 +111,7 @@ class FramedIngress:
         finally:
             self.bound_address = None
             if self.settings.framed_socket is not None:
-                _unlink_socket(self.settings.framed_socket)
+                unlink_socket(self.settings.framed_socket)
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         source = source_of(stream)
@@ -492,26 +488,3 @@ def _error_reply(call_id: int, request_id: str, exc: HuseletError) -> Reply:
         # Which check or limit refused it, as the HTTP reply's error.reason says.
         error_reason=exc.reason.value if isinstance(exc, Refusal) else None,
     )
-
-
-async def _unix_listener(path: Path) -> trio.SocketListener:
-    """Bind ``path`` (0600: only the daemon's own user and root may connect)."""
-    _unlink_socket(path)
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    try:
-        await sock.bind(os.fspath(path))
-        # Before listen(): nobody can connect while the mode is still the umask's.
-        os.chmod(path, 0o600)
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return trio.SocketListener(sock)
-
-
-def _unlink_socket(path: Path) -> None:
-    try:
-        if stat.S_ISSOCK(path.lstat().st_mode):
-            path.unlink()
-    except FileNotFoundError:
-        pass

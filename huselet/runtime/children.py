@@ -27,7 +27,7 @@ import trio
 from huselet.config import FunctionSettings
 from huselet.log import get_logger
 from huselet.runtime.base import ExitStatus, InstanceHandle, InstanceSpec, StartFailed
-from huselet.runtime.cgroups import Cgroup
+from huselet.runtime.cgroups import Cgroup, parent_pid
 from huselet.runtime.codeimage import code_env
 from huselet.runtime.fdwatch import FdWatcher
 from huselet.runtime.locallinks import local_pair
@@ -273,6 +273,29 @@ def is_our_child(pidfd: int) -> bool:
     except ChildProcessError:
         return False
     return True
+
+
+def reap_orphan(pid: int, nursery: trio.Nursery | None) -> None:
+    """Kill and reap ``pid`` if it is this process's child that nothing else owns
+    (forked for a start that already gave up); in ``nursery``, or at once when
+    shutting down (None: no nursery left; SIGKILL makes the wait short)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    if parent_pid(pid) != os.getpid():
+        os.close(pidfd)
+        return
+    handle = ChildHandle(f"orphan-{pid}", pid, pidfd)
+    if nursery is not None:
+        nursery.start_soon(handle.kill_and_reap)
+        return
+    handle.kill()
+    os.close(pidfd)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 async def dial_link(path: os.PathLike[str] | str, deadline: float) -> socket.socket:

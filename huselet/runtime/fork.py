@@ -53,13 +53,13 @@ from huselet.errors import HuseletError
 from huselet.log import get_logger
 from huselet.runtime.base import InstanceHandle, InstanceSpec, StartFailed
 from huselet.runtime.cgrouppool import RESERVE_MAX
-from huselet.runtime.cgroups import Cgroup, parent_pid
+from huselet.runtime.cgroups import Cgroup
 from huselet.runtime.children import (
-    ChildHandle,
     SandboxHandle,
     StrayReaper,
     dial_link,
     is_our_child,
+    reap_orphan,
 )
 from huselet.runtime.children import log as log_of_output
 from huselet.runtime.codeimage import code_key, code_ro_paths
@@ -68,7 +68,8 @@ from huselet.runtime.fdwatch import FdWatcher, WatchedOutput
 from huselet.runtime.hostlimits import raise_nofile_limit, start_failure
 from huselet.runtime.isolation import identity, uid_nproc
 from huselet.runtime.output import OutputLimiter, OutputLines
-from huselet.runtime.zygote import ZygoteProcess, ZygoteSlot
+from huselet.runtime.zygote import ZygoteProcess
+from huselet.runtime.zygoteslot import ZygoteSlot
 from huselet.sandbox.confine import SandboxPlan
 from huselet.timegrid import sleep_on_grid
 
@@ -391,26 +392,8 @@ class ForkRuntime(SandboxRuntime):
 
     def _reap_orphan(self, pid: int) -> None:
         """A child forked for a start that already gave up: kill and reap it."""
-        if pid in self._handles:
-            return
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            return
-        if parent_pid(pid) != os.getpid():
-            os.close(pidfd)
-            return
-        handle = ChildHandle(f"orphan-{pid}", pid, pidfd)
-        if self._nursery is not None:
-            self._nursery.start_soon(handle.kill_and_reap)
-            return
-        # Shutting down: no nursery left. SIGKILL makes the wait short.
-        handle.kill()
-        os.close(pidfd)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+        if pid not in self._handles:
+            reap_orphan(pid, self._nursery)
 
     def _exited(self, handle: SandboxHandle, output: WatchedOutput, cgroup: Cgroup | None) -> None:
         """An instance was reaped (by the watcher's task): drop it, then free its cgroup."""
