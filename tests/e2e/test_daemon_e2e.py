@@ -4,6 +4,7 @@ read-mostly tests; tests that kill or drain start their own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -158,9 +159,11 @@ def test_error_statuses(daemon: Daemon) -> None:
 def test_queue_full_is_429(daemon: Daemon) -> None:
     # tiny: one instance, one queue slot. Keep it busy (held at a gate, not for
     # a time a loaded machine might outlast), fill the slot, then overflow.
-    gate = Path(daemon.config).parent / "gate-429"
+    # The gate is in the instance's own private /tmp, which the test (root)
+    # reaches through /proc/PID/root: a host path is invisible in the sandbox.
+    gate = "/tmp/gate-429"
     with ThreadPoolExecutor(4) as pool:
-        busy = pool.submit(daemon.invoke, "tiny", {"gate": str(gate)})
+        busy = pool.submit(daemon.invoke, "tiny", {"gate": gate, "hold": 120})
         try:
             assert wait_until(
                 lambda: any(
@@ -175,9 +178,22 @@ def test_queue_full_is_429(daemon: Daemon) -> None:
             )
             refused = daemon.invoke("tiny", {})
         finally:
-            gate.touch()
+            open_gate(daemon, "tiny", gate)
         assert refused.status_code == 429 and "retry-after" in refused.headers
         assert busy.result().status_code == 200 and queued.result().status_code == 200
+
+
+def open_gate(daemon: Daemon, function: str, gate: str) -> None:
+    """Create ``gate`` inside each of ``function``'s instances' private /tmp."""
+    out = daemon.ctl("instances", "--json")
+    assert out.returncode == 0, out.stderr
+    opened = 0
+    for inst in json.loads(out.stdout):
+        if inst["function"] == function and inst["pid"]:
+            with contextlib.suppress(OSError):  # an instance that is gone holds nothing
+                Path(f"/proc/{inst['pid']}/root{gate}").touch()
+                opened += 1
+    assert opened, f"no instance of {function} to open {gate} in"
 
 
 def test_concurrency_beyond_max_instances_all_answered(daemon: Daemon) -> None:
