@@ -349,6 +349,10 @@ class ZygoteProcess:
         await self._move(target)
         return await self.fork(request, fds, deadline)
 
+    def away(self) -> bool:
+        """Did the daemon leave the zygote in another group than its own (it has one)?"""
+        return self.cgroup is not None and self.where is not self.cgroup
+
     async def go_home(self) -> None:
         """Back to its own cgroup, unless another start is about to move it anyway."""
         if self.placement.statistics().tasks_waiting:

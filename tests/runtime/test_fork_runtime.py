@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +241,44 @@ async def test_zygotes_beyond_the_memory_budget_are_evicted(short_tmp: Path) -> 
             assert first.closed
             assert [s.key[0] for s in runtime._slots.values() if not s.closed] == ["b"]
             await invoke(stack, "a", {})  # evicted, not broken: rebuilt on demand
+
+
+async def test_a_quiet_runtime_reads_no_zygote_memory_per_pass(short_tmp: Path) -> None:
+    # Housekeeping runs every second; with no start and no new zygote since its
+    # last pass, the zygotes' memory stands as it was: no memory file is read.
+    # A start makes the next pass check the budget again.
+    pkg = write_package(short_tmp, "f", IDENTITY)
+    async with running_stack(
+        short_tmp, [fn("f", pkg)], {"fork": sandbox_settings(short_tmp)}
+    ) as stack:
+        runtime: ForkRuntime = stack.runtimes["fork"]  # type: ignore[assignment]
+        with trio.fail_after(60):
+            await invoke(stack, "f", {})
+            (slot,) = runtime._slots.values()
+            zygote = slot.process
+            assert zygote is not None
+            reads = 0
+            measure = zygote.memory_bytes
+
+            def counted() -> int:
+                nonlocal reads
+                reads += 1
+                return measure()
+
+            zygote.memory_bytes = counted  # type: ignore[method-assign]
+
+            async def passes(n: int) -> None:
+                until = runtime.maintain_passes + n
+                while runtime.maintain_passes < until:
+                    await trio.sleep(0.05)
+
+            await passes(2)  # the pass after the start has checked it
+            reads = 0
+            await passes(2)
+            assert reads == 0
+            stack.pool("f").settings = replace(stack.pool("f").settings, min_instances=2)
+            stack.pool("f").ensure_capacity()  # a start: the budget is checked again
+            while runtime.starts < 2:
+                await trio.sleep(0.05)
+            await passes(2)
+            assert reads >= 1
