@@ -7,7 +7,8 @@ the event loop runs per start is not. The in-process node stack (runtimes,
 link server, dispatcher, as the daemon wires them; real zygote, real fork
 instances, fully isolated) serves one small function; once its first
 instance is idle, ``min_instances`` is raised by ``--count`` and a trio
-Instrument counts what the loop does until all are idle. Also printed: the
+Instrument counts what the loop does until all are idle (and gc.callbacks the
+collector: its time per start, full collections). Also printed: the
 loop thread's CPU per start (``time.thread_time``) and task steps per second
 with all idle. To compare two trees, run each tree's own venv python on its
 own copy of this file (the zygote runs ``python -I``). Needs root.
@@ -16,6 +17,7 @@ own copy of this file (the zygote runs ``python -I``). Needs root.
 from __future__ import annotations
 
 import argparse
+import gc
 import shutil
 import statistics
 import tempfile
@@ -35,12 +37,25 @@ WAIT_S = 300.0
 
 
 class LoopCount(trio.abc.Instrument):
-    """Tasks spawned and task steps while ``on``."""
+    """Tasks spawned, task steps and garbage collections (their time) while ``on``."""
 
     def __init__(self) -> None:
         self.on = False
         self.spawned = 0
         self.steps = 0
+        self.collections = [0, 0, 0]  # per generation
+        self.gc_s = 0.0
+        self._gc_at = 0.0
+
+    def gc_event(self, phase: str, info: dict[str, int]) -> None:
+        """A ``gc.callbacks`` hook: counts collections and the time they take."""
+        if not self.on:
+            return
+        if phase == "start":
+            self._gc_at = time.perf_counter()
+        else:
+            self.collections[info["generation"]] += 1
+            self.gc_s += time.perf_counter() - self._gc_at
 
     def task_spawned(self, task: trio.lowlevel.Task) -> None:
         if self.on:
@@ -59,6 +74,7 @@ async def one_round(count: int) -> dict[str, float]:
         spec |= {"runtime": "fork", "min_instances": 1, "max_instances": count + 1}
         loop = LoopCount()
         trio.lowlevel.add_instrument(loop)
+        gc.callbacks.append(loop.gc_event)
         try:
             async with running_stack(root, [spec], {"fork": sandbox_settings(root)}) as stack:
                 pool = stack.pool("f")
@@ -78,17 +94,21 @@ async def one_round(count: int) -> dict[str, float]:
                         await trio.sleep(0.01)
                     cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
                 spawned, steps = loop.spawned, loop.steps
+                gc_s, full = loop.gc_s, loop.collections[2]
                 await trio.sleep(IDLE_WINDOW_S)
                 idle_steps = loop.steps - steps
                 loop.on = False
         finally:
             trio.lowlevel.remove_instrument(loop)
+            gc.callbacks.remove(loop.gc_event)
         return {
             "start_s": wall,
             "loop_cpu_ms": cpu / count * 1000,
             "tasks": spawned / count,
             "steps": steps / count,
             "idle_steps_s": idle_steps / IDLE_WINDOW_S,
+            "gc_ms": gc_s / count * 1000,
+            "gc2_runs": float(full),
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -110,7 +130,8 @@ def main() -> None:
         f"{args.count} starts, median of {args.rounds}: {med['tasks']:.2f} tasks and "
         f"{med['steps']:.1f} task steps per start, loop CPU {med['loop_cpu_ms']:.2f} ms per "
         f"start, {med['idle_steps_s']:.0f} task steps/s with all idle, "
-        f"all idle in {med['start_s']:.2f} s"
+        f"all idle in {med['start_s']:.2f} s; collector {med['gc_ms'] * 1000:.0f} us per "
+        f"start ({med['gc2_runs']:.0f} full collections)"
     )
 
 
