@@ -59,7 +59,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_invoke import NOOP, free_port
 from loadgen import run_load
-from procstats import cpu_ns, cpu_seconds, descendants, pss_kb
+from procstats import cpu_ns, cpu_seconds, descendants, minflt, pss_kb
 
 from huselet.admin.client import AdminClient
 
@@ -320,15 +320,6 @@ def start_cpu_ms(
         "loop_busy": round(loop_s / max(start_s, 1e-9), 3),
         "zygote_busy": round(zygote_s / max(start_s, 1e-9), 3),
     }
-
-
-def minflt(pid: int) -> int:
-    """Minor page faults of ``pid`` so far (``/proc/PID/stat`` field 10); 0 if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[7])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def profile(pid: int, seconds: float, out: Path) -> None:

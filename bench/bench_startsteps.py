@@ -18,14 +18,20 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procstats import minflt, syscalls_and_wakeups
 
 from huselet.dispatch.instance import InstanceState
 from huselet.testing.probes import require_sandbox_host, sandbox_settings
@@ -86,6 +92,9 @@ async def one_round(count: int) -> dict[str, float]:
                 with trio.fail_after(WAIT_S):
                     while idle() < 1:
                         await trio.sleep(0.05)
+                    zygote = zygote_pid(stack)
+                    z_flt, z_calls = minflt(zygote), syscalls_and_wakeups(zygote)[0]
+                    d_calls = syscalls_and_wakeups(os.getpid())[0]
                     pool.settings = replace(pool.settings, min_instances=count + 1)
                     loop.on = True
                     wall, cpu = time.monotonic(), time.thread_time()
@@ -94,6 +103,11 @@ async def one_round(count: int) -> dict[str, float]:
                         await trio.sleep(0.01)
                     cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
                 spawned, steps = loop.spawned, loop.steps
+                d_calls = syscalls_and_wakeups(os.getpid())[0] - d_calls
+                z_flt = minflt(zygote) - z_flt
+                z_calls = syscalls_and_wakeups(zygote)[0] - z_calls
+                pids = [r.handle.pid for r in pool.instances.values() if r.handle]
+                i_flt = sum(minflt(p) for p in pids) / max(1, len(pids))
                 gc_s, full = loop.gc_s, loop.collections[2]
                 await trio.sleep(IDLE_WINDOW_S)
                 idle_steps = loop.steps - steps
@@ -108,10 +122,23 @@ async def one_round(count: int) -> dict[str, float]:
             "steps": steps / count,
             "idle_steps_s": idle_steps / IDLE_WINDOW_S,
             "gc_ms": gc_s / count * 1000,
+            # Counts (load-independent): page faults and read/write-class system
+            # calls per start of the zygote and the daemon, an instance's faults.
+            "zygote_minflt": z_flt / count,
+            "instance_minflt": i_flt,
+            "zygote_rw_calls": z_calls / count,
+            "daemon_rw_calls": d_calls / count,
             "gc2_runs": float(full),
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def zygote_pid(stack: Any) -> int:
+    """The fork runtime's one zygote (of the one function served)."""
+    (slot,) = stack.runtimes["fork"]._slots.values()
+    assert slot.process is not None and slot.process.pid is not None
+    return int(slot.process.pid)
 
 
 def main() -> None:
@@ -132,6 +159,11 @@ def main() -> None:
         f"start, {med['idle_steps_s']:.0f} task steps/s with all idle, "
         f"all idle in {med['start_s']:.2f} s; collector {med['gc_ms'] * 1000:.0f} us per "
         f"start ({med['gc2_runs']:.0f} full collections)"
+    )
+    print(
+        f"per start: zygote {med['zygote_minflt']:.1f} page faults and "
+        f"{med['zygote_rw_calls']:.1f} read/write calls, daemon {med['daemon_rw_calls']:.1f} "
+        f"read/write calls; an idle instance faulted {med['instance_minflt']:.0f} pages"
     )
 
 
