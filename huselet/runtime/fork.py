@@ -103,9 +103,9 @@ class ForkRuntime(SandboxRuntime):
         self._fds = FdWatcher()
         self.starts = 0
         # Starts asked for and zygotes made: _maintain checks the zygote budget
-        # only when this moved since its last check.
+        # only when this (or a zygote's build) moved since its last check.
         self._activity = 0
-        self._checked_activity = -1
+        self._checked: tuple[Any, ...] | None = None
         self.maintain_passes = 0  # housekeeping passes so far (tests wait on it)
 
     def configure(self, table: ConfigTable) -> None:
@@ -443,11 +443,12 @@ class ForkRuntime(SandboxRuntime):
             # With the health loops' wake-ups (every idle tick on an idle node).
             await sleep_on_grid(MAINTAIN_INTERVAL_S, stretch=True)
             await self.refill_cgroups()
-            # A zygote's memory grows only with what it does: with no start and no
-            # new zygote since the last pass, its budget stands as it was (each
-            # check reads every zygote's memory file).
-            if self._activity != self._checked_activity:
-                self._checked_activity = self._activity
+            # A zygote's memory grows only with what it does: with no start, no new
+            # zygote and none built or rebuilt since the last pass, the budget stands
+            # as it was (each check reads every zygote's memory file).
+            seen = (self._activity, *(self._build_state(s) for s in self._slots.values()))
+            if seen != self._checked:
+                self._checked = seen
                 self._enforce_budget(0)
             self._retire_old_code()
             for slot in list(self._slots.values()):
@@ -460,6 +461,11 @@ class ForkRuntime(SandboxRuntime):
                 last_sweep = trio.current_time()
                 self._strays.sweep(self._handles)
             self.maintain_passes += 1
+
+    @staticmethod
+    def _build_state(slot: ZygoteSlot) -> tuple[int, bool]:
+        """Which build of the slot's zygote runs, and whether it is ready (measured)."""
+        return slot.generation, slot.process is not None and slot.process.is_ready
 
     def _retire_old_code(self) -> None:
         """Stop zygotes of a function's replaced code once no start is using them.
