@@ -10,6 +10,8 @@ max_instances = N``, so it starts N instances on its own. Measured:
 
 - **start all**: from starting the daemon to N instances idle (includes the
   daemon's start and the zygote build, as an operator would wait for them);
+  also split at the first idle instance (the daemon's start, the zygote build
+  and one start) and the burst of the other N-1 (starts per second);
 - **PSS/inst**: ``Pss`` from ``/proc/PID/smaps_rollup`` summed over every
   instance's processes, divided by N;
 - **MemAvail/inst**: the drop of the host's ``MemAvailable`` from before the
@@ -57,7 +59,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_invoke import NOOP, free_port
 from loadgen import run_load
-from procstats import cpu_ns, cpu_seconds, descendants, pss_kb
+from procstats import cpu_ns, cpu_seconds, descendants, minflt, pss_kb
 
 from huselet.admin.client import AdminClient
 
@@ -87,6 +89,9 @@ class Level:
     # CPU spent on the starts (from the daemon's start to N idle), per instance:
     # robust where start_s is not (a loaded host stretches wall time, not CPU).
     start_cpu: dict[str, float] | None = None
+    # From the daemon's start to its first idle instance (the daemon's own start,
+    # the zygote build, one start): start_s minus this is the burst itself.
+    first_s: float = math.nan
 
 
 class Daemon:
@@ -217,15 +222,20 @@ def run_level(root: Path, count: int, args: argparse.Namespace, rnd: int) -> Lev
     daemon.start()
     assert daemon.proc is not None
     reached, deadline = 0, t0 + args.start_timeout
+    first_s = math.nan
     try:
         while time.monotonic() < deadline:
             if daemon.proc.poll() is not None:
                 raise SystemExit(f"daemon exited with {daemon.proc.returncode}: see {daemon.home}")
             reached = daemon.idle_count() if count else int(daemon.ready())
+            if reached and math.isnan(first_s):
+                first_s = time.monotonic() - t0
             if reached >= max(1, count):
                 reached = count
                 break
-            time.sleep(0.2)
+            # Finely until the first instance (it dates the burst's start), then less
+            # often: the poll must not be what slows the starts down.
+            time.sleep(0.2 if reached else 0.02)
         start_s = time.monotonic() - t0
         daemon_s = cpu_seconds(daemon.proc.pid)  # before describing N instances costs it more
         start_cpu = start_cpu_ms(daemon.proc.pid, daemon_s, daemon.idle_instances()[1], start_s)
@@ -265,6 +275,7 @@ def run_level(root: Path, count: int, args: argparse.Namespace, rnd: int) -> Lev
             load.p99,
             load.errors,
             start_cpu,
+            first_s,
         )
     finally:
         daemon.stop()
@@ -309,15 +320,6 @@ def start_cpu_ms(
         "loop_busy": round(loop_s / max(start_s, 1e-9), 3),
         "zygote_busy": round(zygote_s / max(start_s, 1e-9), 3),
     }
-
-
-def minflt(pid: int) -> int:
-    """Minor page faults of ``pid`` so far (``/proc/PID/stat`` field 10); 0 if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[7])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def profile(pid: int, seconds: float, out: Path) -> None:
@@ -470,6 +472,12 @@ def main() -> None:
             f"   busy {parts[4]:.2f} / {parts[5]:.2f}"
             f"   minflt per start: zygote {parts[6]:.1f}, instance {parts[7]:.1f}"
         )
+    print("\nthe burst: first instance idle at (s) / the other N-1 starts in (s) / starts per s")
+    for count, levels in results.items():
+        if count > 1:
+            first = med([lv.first_s for lv in levels])
+            burst = med([lv.start_s - lv.first_s for lv in levels])
+            print(f"{count:>5} {first:>8.2f} {burst:>8.2f} {(count - 1) / max(burst, 1e-9):>8.0f}")
     if args.rounds > 1:
         print("(medians of the rounds)")
     if args.probe_limit:

@@ -98,3 +98,12 @@ def pss_kb(pid: int) -> int:
 def rss_kb(pid: int) -> int:
     """Resident size: a zygote's own cost (its PSS is split with every instance)."""
     return _kb(f"/proc/{pid}/status", "VmRSS:")
+
+
+def minflt(pid: int) -> int:
+    """Minor page faults of ``pid`` so far (``/proc/PID/stat`` field 10); 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[7])
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -70,11 +70,13 @@ async def run_instance(pool: FunctionPool, record: InstanceRecord) -> None:
             pool.breaker.record_success(record.ready_at)
             if pool.observer is not None:
                 pool.observer.instance_ready(pool, record)
-            log.info(
-                "instance ready",
+            pool.ready_log.ready(
+                pool.name,
+                pool.starting - 1,  # this record still counts as starting
+                record.ready_at,
+                round((record.ready_at - record.created_at) * 1000, 2),
+                instance=record.id,
                 pid=record.handle.pid if record.handle else None,
-                start_ms=round((record.ready_at - record.created_at) * 1000, 2),
-                **fields,
             )
             await serve(pool, record)
     except Exception:

@@ -52,6 +52,8 @@ from huselet.dispatch.livepids import LivePids
 from huselet.dispatch.observer import InstanceObserver
 from huselet.dispatch.reasons import StopReason
 from huselet.dispatch.serving import expire_inflight
+from huselet.dispatch.startgc import START_GC
+from huselet.dispatch.startlog import ReadyLog
 from huselet.dispatch.startretry import StartRetry
 from huselet.errors import Draining, HuseletError, Unavailable
 from huselet.health.breaker import BreakerState, CircuitBreaker
@@ -111,6 +113,7 @@ class FunctionPool:
         # Instances starting and not asked to stop, kept by the records themselves
         # (InstanceRecord.starting): ensure_capacity runs on every request.
         self.starting = 0
+        self.ready_log = ReadyLog()  # "instance ready" per lone start, a line per burst
         # Ids of listed instances asked to stop (a stop reason set), kept by the
         # records themselves: live_count() is O(1) for every idle-out.
         self.asked_to_stop: set[str] = set()
@@ -192,6 +195,7 @@ class FunctionPool:
             self.name, self._instance_changed, self._starting_changed, self._asked_to_stop
         )
         self.starting += 1  # a new record is starting
+        START_GC.started()
         record.breaker_round = self.breaker.opened
         self.instances[record.id] = record
         self.live_instances.enter()
@@ -231,6 +235,12 @@ class FunctionPool:
 
     def _starting_changed(self, starting: bool) -> None:
         self.starting += 1 if starting else -1
+        if starting:
+            START_GC.started()
+        else:
+            START_GC.finished()
+        if not self.starting and self.ready_log.pending:
+            self.ready_log.flush(self.name)  # a burst's starts are all done
         if (
             not starting
             and self._starts_held_back

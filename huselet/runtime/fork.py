@@ -102,6 +102,11 @@ class ForkRuntime(SandboxRuntime):
         # Every instance's exit and output, watched by one task (not two per instance).
         self._fds = FdWatcher()
         self.starts = 0
+        # Starts asked for and zygotes made: _maintain checks the zygote budget
+        # only when this (or a zygote's build) moved since its last check.
+        self._activity = 0
+        self._checked: tuple[Any, ...] | None = None
+        self.maintain_passes = 0  # housekeeping passes so far (tests wait on it)
 
     def configure(self, table: ConfigTable) -> None:
         super().configure(table)
@@ -263,6 +268,7 @@ class ForkRuntime(SandboxRuntime):
 
         slot = ZygoteSlot(key, make)
         self._slots[key] = slot
+        self._activity += 1
         if image is not None:
             self._newest[fn.name] = key
         self._nursery.start_soon(self._run_slot, slot, name)
@@ -295,6 +301,7 @@ class ForkRuntime(SandboxRuntime):
 
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
         self.running()  # a start needs the runtime running (it watches the instance)
+        self._activity += 1
         fn = spec.function
         deadline = trio.current_time() + fn.start_timeout_ms / 1000
         zygote = await self._slot(fn, spec.image).ready(deadline)
@@ -436,14 +443,29 @@ class ForkRuntime(SandboxRuntime):
             # With the health loops' wake-ups (every idle tick on an idle node).
             await sleep_on_grid(MAINTAIN_INTERVAL_S, stretch=True)
             await self.refill_cgroups()
-            self._enforce_budget(0)
+            # A zygote's memory grows only with what it does: with no start, no new
+            # zygote and none built or rebuilt since the last pass, the budget stands
+            # as it was (each check reads every zygote's memory file).
+            seen = (self._activity, *(self._build_state(s) for s in self._slots.values()))
+            if seen != self._checked:
+                self._checked = seen
+                self._enforce_budget(0)
             self._retire_old_code()
             for slot in list(self._slots.values()):
-                if slot.process is not None and slot.process.cgroup is not None:
-                    await slot.process.go_home()  # backstop: a start cancelled mid-way
+                process = slot.process
+                # Backstop for a start cancelled mid-way, only where the daemon moved
+                # the zygote away (one that places itself goes home by itself).
+                if process is not None and process.away():
+                    await process.go_home()
             if trio.current_time() - last_sweep >= STRAY_SWEEP_S:
                 last_sweep = trio.current_time()
                 self._strays.sweep(self._handles)
+            self.maintain_passes += 1
+
+    @staticmethod
+    def _build_state(slot: ZygoteSlot) -> tuple[int, bool]:
+        """Which build of the slot's zygote runs, and whether it is ready (measured)."""
+        return slot.generation, slot.process is not None and slot.process.is_ready
 
     def _retire_old_code(self) -> None:
         """Stop zygotes of a function's replaced code once no start is using them.

@@ -33,7 +33,7 @@ from huselet.runtime.base import StartFailed
 from huselet.runtime.cgroups import Cgroup
 from huselet.runtime.children import ChildHandle, function_env, pump_output
 from huselet.runtime.hostlimits import start_failure
-from huselet.sandbox import linux
+from huselet.sandbox import forkloop, linux
 from huselet.sandbox.confine import SandboxPlan
 from protocol.errors import ProtocolError
 from protocol.frames import FrameDecoder, encode_frame
@@ -194,9 +194,11 @@ class ZygoteProcess:
         self.exited.set()
 
     async def _send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+        await self._send_frame(encode_frame(msg, max_frame=MAX_PACKET), fds)
+
+    async def _send_frame(self, frame: bytes, fds: list[int] | None = None) -> None:
         assert self._ctl is not None
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        frame = encode_frame(msg, max_frame=MAX_PACKET)
         if self._raw is not None and not self._send_lock.locked():
             # A SEQPACKET message goes whole or not at all: try it now, without
             # trio's wrapper (two checkpoints and a reschedule per start).
@@ -317,7 +319,14 @@ class ZygoteProcess:
         pending = self._pending[seq] = _Pending()
         try:
             with trio.move_on_at(deadline):
-                await self._send({"t": "fork", "seq": seq, **request}, fds)
+                frame = forkloop.fork_request(
+                    seq,
+                    request["id"],
+                    request["token"],
+                    request.get("env") or {},
+                    request.get("place", 0),
+                )
+                await self._send_frame(frame, fds)
                 await pending.done.wait()
         except (OSError, trio.ClosedResourceError) as exc:
             raise StartFailed(f"the zygote is unreachable: {exc}") from None
@@ -348,6 +357,10 @@ class ZygoteProcess:
         """
         await self._move(target)
         return await self.fork(request, fds, deadline)
+
+    def away(self) -> bool:
+        """Did the daemon leave the zygote in another group than its own (it has one)?"""
+        return self.cgroup is not None and self.where is not self.cgroup
 
     async def go_home(self) -> None:
         """Back to its own cgroup, unless another start is about to move it anyway."""

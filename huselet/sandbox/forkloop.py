@@ -18,7 +18,11 @@ its clone. So the loop here is one flat function over objects built once:
   after ``ready``, so init code never held them; :func:`open_procs`): going
   home is one ``write`` per hierarchy;
 - names are bound to locals once, so the loop looks up no attribute, and
-  allocates only what a request carries (its map, the descriptor list).
+  allocates only what a request carries (its array, the descriptor list);
+- a ``fork`` request is a msgpack *array* (:func:`fork_request`), not a map:
+  unpacking a map makes a dict and a key string per field, on pages the
+  zygote shares with the instance it cloned last. Rare messages (``home``,
+  ``stop``) stay maps with a ``t``.
 
 A request that is not what the protocol says is refused with a typed
 ``fork_failed`` (its ``error`` says why), never a crash: each
@@ -59,6 +63,18 @@ FORKED = struct.Struct(f">I{len(_FORKED_HEAD)}sBQ{len(_FORKED_MID)}sBQ")
 _UINT64 = 0xCF  # msgpack's uint 64 marker
 _REPLY_PAGE = 4096
 _PROCS = b"cgroup.procs"  # bytes: no file-system encoding of the name per open
+
+
+# A fork request: [seq, instance id, token, env (a map, may be empty), place].
+FORK_FIELDS = 5
+
+
+def fork_request(seq: int, instance_id: str, token: str, env: dict[str, str], place: int) -> bytes:
+    """The frame of one ``fork`` request (the daemon's side; see :func:`serve`)."""
+    body: bytes = msgpack.packb([seq, instance_id, token, env, place], use_bin_type=True)
+    if len(body) > MAX_PACKET - _LEN.size:
+        raise ValueError(f"a fork request of {len(body)} bytes exceeds {MAX_PACKET}")
+    return _LEN.pack(len(body)) + body
 
 
 def _dontfork_buffer(size: int) -> mmap.mmap:
@@ -110,11 +126,12 @@ def failure(seq: Any, error: str, code: int | None = None) -> bytes:
 def serve(
     ctl: socket.socket,
     clone: Cloner,
-    child: Callable[[dict[str, Any], list[int]], Any],
+    child: Callable[[list[Any], list[int]], Any],
 ) -> int:
     """Answer ``fork`` requests on ``ctl`` until ``stop`` or EOF; returns the exit code.
 
-    ``child(msg, fds)`` runs in each clone and never returns. A ``home``
+    ``child(request, fds)`` runs in each clone and never returns (``request``:
+    the array of :func:`fork_request`). A ``home``
     message (once, when the zygote places itself) carries the O_PATH handles
     of the zygote's own group's directories; a ``fork`` request with
     ``place`` = n carries, after the link and output, those of the instance
@@ -148,6 +165,7 @@ def serve(
     before, syscall, args, after_child, after_parent = clone.parts()
     get_errno = ctypes.get_errno
     zero = b"0"
+    fork_fields = FORK_FIELDS
     home: list[int] = []  # its own group's cgroup.procs, write-only
     away = False  # in an instance's group, not home
     while True:
@@ -178,13 +196,12 @@ def serve(
                 msg = unpackb(view[4:n], raw=False)
             except (ValueError, TypeError):  # msgpack's errors are ValueErrors
                 msg = None
-        if type(msg) is not dict:
-            close_all(fds)
-            send(failure(None, f"malformed control packet of {n} bytes (flags {flags:#x})"))
-            continue
-        kind = msg.get("t")
-        seq = msg.get("seq")
-        if kind != "fork":
+        if type(msg) is not list:
+            if type(msg) is not dict:
+                close_all(fds)
+                send(failure(None, f"malformed control packet of {n} bytes (flags {flags:#x})"))
+                continue
+            kind = msg.get("t")
             if kind == "home" and not home:
                 try:
                     home = open_procs(fds)
@@ -194,8 +211,16 @@ def serve(
             close_all(fds)
             if kind == "stop":
                 return 0
+            if kind == "fork":  # the old map form: refused, never half-understood
+                send(failure(msg.get("seq"), "malformed fork request: not an array"))
             continue  # unknown requests are ignored: a newer daemon may send more
-        place = msg.get("place", 0)
+        if len(msg) != fork_fields:
+            close_all(fds)
+            seq = msg[0] if msg else None
+            send(failure(seq, f"malformed fork request: {len(msg)} fields, not {fork_fields}"))
+            continue
+        seq = msg[0]
+        place = msg[4]
         if type(seq) is not int or type(place) is not int or seq < 0 or place < 0:
             close_all(fds)
             send(failure(seq, "malformed fork request: seq and place must be integers >= 0"))

@@ -142,7 +142,7 @@ class _Exit(Exception):
 def instance_main(
     setup: InstanceSetup,
     handler: Any,
-    msg: dict[str, Any],
+    request: list[Any],
     fds: list[int],
     ctl: socket.socket,
 ) -> NoReturn:
@@ -185,11 +185,10 @@ def instance_main(
         # encoders): the two stores it makes — the C environment a child
         # process inherits, and the mapping's bytes table — are made directly.
         # Extra variables (rare) take the ordinary way.
-        instance_id = msg["id"]
+        _, instance_id, token, env, _ = request  # forkloop.fork_request's array
         value = encode(instance_id)
         putenv(_INSTANCE_ID_KEY, value)
         environ[_INSTANCE_ID_KEY] = value
-        env = msg.get("env")
         if env:
             for key, value in env.items():
                 os.environ[key] = value
@@ -209,7 +208,7 @@ def instance_main(
             set_blocking(LINK_FD, True)  # a socket dialled by the daemon arrives non-blocking
             # HELLO (sdk.PreparedHello, inlined: one frame fewer to copy).
             head, token_key, pid_key, pack = hello
-            body = join((head, pack(instance_id), token_key, pack(msg["token"]), pid_key))
+            body = join((head, pack(instance_id), token_key, pack(token), pid_key))
             body += pack(getpid())
             hello_frame = len(body).to_bytes(_HEADER_SIZE, "big") + body
             # Started in the zygote: READY (and the first PULL) go with HELLO, so the

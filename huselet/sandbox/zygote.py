@@ -84,8 +84,8 @@ def receive(ctl: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
 def serve_forks(ctl: socket.socket, setup: InstanceSetup, handler: Any) -> int:
     clone = linux.Cloner(linux.CLONE_PARENT | setup.plan.instance_clone_flags())
 
-    def child(msg: dict[str, Any], fds: list[int]) -> None:
-        instance_main(setup, handler, msg, fds, ctl)
+    def child(request: list[Any], fds: list[int]) -> None:
+        instance_main(setup, handler, request, fds, ctl)
 
     return forkloop.serve(ctl, clone, child)
 

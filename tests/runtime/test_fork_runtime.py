@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +241,53 @@ async def test_zygotes_beyond_the_memory_budget_are_evicted(short_tmp: Path) -> 
             assert first.closed
             assert [s.key[0] for s in runtime._slots.values() if not s.closed] == ["b"]
             await invoke(stack, "a", {})  # evicted, not broken: rebuilt on demand
+
+
+async def test_a_quiet_runtime_checks_no_zygote_budget_per_pass(short_tmp: Path) -> None:
+    # Housekeeping runs every second; with no start, no new zygote and none
+    # (re)built since its last pass, the zygotes' memory stands as it was: the
+    # budget is not checked (each check reads every zygote's memory file). A
+    # start, or a zygote rebuilt after it died, makes the next pass check again.
+    pkg = write_package(short_tmp, "f", IDENTITY)
+    settings = sandbox_settings(short_tmp)
+    async with running_stack(short_tmp, [fn("f", pkg)], {"fork": settings}) as stack:
+        runtime: ForkRuntime = stack.runtimes["fork"]  # type: ignore[assignment]
+        checks = 0
+        enforce = runtime._enforce_budget
+
+        def counted(incoming: int) -> None:
+            nonlocal checks
+            checks += incoming == 0  # the housekeeping's check (a new zygote asks its own)
+            enforce(incoming)
+
+        runtime._enforce_budget = counted  # type: ignore[method-assign]
+
+        async def passes(n: int) -> None:
+            until = runtime.maintain_passes + n
+            while runtime.maintain_passes < until:
+                await trio.sleep(0.05)
+
+        with trio.fail_after(120):
+            await invoke(stack, "f", {})
+            (slot,) = runtime._slots.values()
+            await passes(2)  # the pass after the start has checked it
+            checks = 0
+            await passes(2)
+            assert checks == 0
+            pool = stack.pool("f")
+            pool.settings = replace(pool.settings, min_instances=2)
+            pool.ensure_capacity()  # a start: the budget is checked again
+            while runtime.starts < 2:
+                await trio.sleep(0.05)
+            await passes(2)
+            assert checks >= 1
+            checks = 0
+            await passes(2)
+            assert checks == 0
+            old = slot.process
+            assert old is not None and old.pid is not None
+            os.kill(old.pid, signal.SIGKILL)  # rebuilt by its slot, no start needed
+            while slot.process is old or slot.process is None or not slot.process.is_ready:
+                await trio.sleep(0.05)
+            await passes(2)
+            assert checks >= 1

@@ -1,6 +1,7 @@
 """The zygote's fork loop (huselet/sandbox/forkloop.py), the daemon played by the test.
 
-A request the loop cannot use — not one frame, not msgpack, not a map, a
+A request the loop cannot use — not one frame, not msgpack, not an array
+of five (a map ``fork``: the old form), a
 ``seq`` or ``place`` of the wrong type, descriptors missing, a placed request
 before its ``home`` — is refused with a typed ``fork_failed`` saying why; its
 descriptors are closed; and the zygote goes on serving: the next good request
@@ -22,23 +23,31 @@ from huselet.worker import sdk
 from protocol.frames import encode_frame
 from protocol.link import Refused, message_type
 
-FORK = {"t": "fork", "id": "echo-x", "token": "tok"}
+FORK = {"t": "fork", "id": "echo-x", "token": "tok"}  # the old map form
 
 
 def frame(body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
+def fork(seq: object, place: object = 0) -> bytes:
+    """A fork request as the daemon sends it (an array), with any seq and place."""
+    return frame(msgpack.packb([seq, "echo-x", "tok", {}, place]))
+
+
 BAD = [
     pytest.param(b"\x00\x00\x00\x09abc", "malformed control packet", None, id="length-mismatch"),
     pytest.param(b"\x00\x00", "malformed control packet", None, id="short"),
     pytest.param(frame(b"\xc1"), "malformed control packet", None, id="not-msgpack"),
-    pytest.param(frame(msgpack.packb([1, 2])), "malformed control packet", None, id="not-a-map"),
-    pytest.param(encode_frame({**FORK, "seq": "1"}), "must be integers", None, id="seq-str"),
-    pytest.param(encode_frame({**FORK, "seq": -1}), "must be integers", -1, id="seq-negative"),
-    pytest.param(encode_frame({**FORK, "seq": 1.0}), "must be integers", None, id="seq-float"),
-    pytest.param(encode_frame({**FORK, "seq": 7, "place": "2"}), "must be integers", 7, id="place"),
-    pytest.param(encode_frame({**FORK, "seq": 7, "place": 1}), "home groups", 7, id="no-home"),
+    pytest.param(frame(msgpack.packb("fork")), "malformed control packet", None, id="a-string"),
+    pytest.param(frame(msgpack.packb([1, 2])), "2 fields, not 5", 1, id="short-array"),
+    pytest.param(frame(msgpack.packb([])), "0 fields, not 5", None, id="empty-array"),
+    pytest.param(encode_frame({**FORK, "seq": 4}), "not an array", 4, id="map"),
+    pytest.param(fork("1"), "must be integers", None, id="seq-str"),
+    pytest.param(fork(-1), "must be integers", -1, id="seq-negative"),
+    pytest.param(fork(1.0), "must be integers", None, id="seq-float"),
+    pytest.param(fork(7, "2"), "must be integers", 7, id="place"),
+    pytest.param(fork(7, 1), "home groups", 7, id="no-home"),
 ]
 
 
@@ -71,7 +80,7 @@ def test_a_malformed_request_is_refused_typed_and_the_zygote_serves_the_next(
 
 def test_a_fork_with_too_few_descriptors_is_refused_with_its_seq(zygote: socket.socket) -> None:
     ours, theirs = socket.socketpair()
-    socket.send_fds(zygote, [encode_frame({**FORK, "seq": 3})], [theirs.fileno()])
+    socket.send_fds(zygote, [fork(3)], [theirs.fileno()])
     theirs.close()
     reply, _ = receive(zygote)
     assert reply is not None and reply["t"] == "fork_failed" and reply["seq"] == 3, reply

@@ -7,8 +7,9 @@ import socket
 
 from support import WAIT_S
 
+from huselet.sandbox.forkloop import fork_request
 from huselet.sandbox.zygote import receive
-from protocol.frames import FrameDecoder, encode_frame
+from protocol.frames import FrameDecoder
 
 
 class Instance:
@@ -18,8 +19,8 @@ class Instance:
         self.link, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.link.settimeout(WAIT_S)
         out_r, out_w = os.pipe()
-        msg = {"t": "fork", "seq": seq, "id": instance_id, "token": "tok"}
-        socket.send_fds(ctl, [encode_frame(msg)], [theirs.fileno(), out_w])
+        request = fork_request(seq, instance_id, "tok", {}, 0)
+        socket.send_fds(ctl, [request], [theirs.fileno(), out_w])
         theirs.close()
         os.close(out_w)
         self.output = os.fdopen(out_r, "rb")
