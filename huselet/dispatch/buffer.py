@@ -189,9 +189,13 @@ class RequestBuffer:
     def _purge_done(self) -> None:
         self._queue = deque(inv for inv in self._queue if inv.state is InvocationState.QUEUED)
 
-    def get_nowait(self) -> Invocation | None:
-        """Pop the oldest live invocation, marked DISPATCHED, or None."""
-        now = trio.current_time()
+    def get_nowait(self, now: float | None = None) -> Invocation | None:
+        """Pop the oldest live invocation, marked DISPATCHED, or None.
+
+        ``now``: the caller's clock reading (one for the requests it takes in a row).
+        """
+        if now is None:
+            now = trio.current_time()
         queue = self._queue
         while queue:
             inv = queue.popleft()

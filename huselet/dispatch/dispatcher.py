@@ -254,9 +254,10 @@ class Dispatcher:
         budget_ms = pool.settings.timeout_ms
         if timeout_ms is not None:
             budget_ms = min(budget_ms, timeout_ms)  # a caller may shorten, never lengthen
-        deadline = trio.current_time() + budget_ms / 1000
+        now = trio.current_time()
+        deadline = now + budget_ms / 1000
         request_id = options.get("request_id") or new_request_id()
-        inv = Invocation(request_id, function, event, kind, deadline, options.get("http"))
+        inv = Invocation(request_id, function, event, kind, deadline, options.get("http"), now)
         inv.pool = pool
         inv.meta = meta
         story = self.story
@@ -297,15 +298,16 @@ class Dispatcher:
             inv.complete(Unavailable("the request was abandoned"))
             pool.on_deadline(inv)
 
-    def settle(self, inv: Invocation, *, finished: bool = True) -> None:
+    def settle(self, inv: Invocation, *, finished: bool = True, now: float | None = None) -> None:
         """The end of a :meth:`begin`, once ``inv`` is done; ``finished``: its caller
-        takes the outcome (False: abandoned; the request story has no end to tell)."""
+        takes the outcome (False: abandoned; the request story has no end to tell).
+        ``now``: the caller's clock reading, one for the calls it settles together."""
         pool = inv.pool
         assert isinstance(pool, FunctionPool)
         self.deadlines.forget()
         pool.outstanding.leave()
         if finished and self.story is not None:
-            self.story.finished(pool, inv, inv.meta)
+            self.story.finished(pool, inv, inv.meta, now)
 
     def _expire(self, inv: Invocation, pool: object) -> None:
         """``inv``'s deadline passed unanswered: fail it, stop the instance stuck on it."""

@@ -216,7 +216,7 @@ async def _serve_single_use(pool: FunctionPool, record: InstanceRecord) -> None:
             if inv is None and _idled_out(pool, record, 0.0):
                 nursery.cancel_scope.cancel()
                 return
-        frame = _take(pool, record, inv)
+        frame = _take(pool, record, inv, trio.current_time())
         record.sending = inv
         count_credits(pool, record)
         if not await _send_frame(pool, record, frame):
@@ -234,7 +234,7 @@ def _nothing() -> None:
     pass
 
 
-def _take(pool: FunctionPool, record: InstanceRecord, inv: Invocation) -> bytes:
+def _take(pool: FunctionPool, record: InstanceRecord, inv: Invocation, now: float) -> bytes:
     """Give ``inv`` (just taken off the queue) to ``record``: one credit, in flight.
 
     Returns the request's frame. Until the whole frame is written the instance
@@ -248,7 +248,7 @@ def _take(pool: FunctionPool, record: InstanceRecord, inv: Invocation) -> bytes:
     inv.link_seq = record.taken
     record.taken += 1
     record.inflight[inv.request_id] = inv
-    timeout_ms = max(1, int((inv.deadline - trio.current_time()) * 1000))
+    timeout_ms = max(1, int((inv.deadline - now) * 1000))
     link = record.link
     assert link is not None
     return _ENCODER.encode(
@@ -328,20 +328,21 @@ def _dispatch_inline(pool: FunctionPool, record: InstanceRecord) -> bool:
         return False
     if record.inflight and not _may_queue_behind(pool, record):
         return False
-    inv = pool.buffer.get_nowait()
+    now = trio.current_time()  # one reading for the requests handed over together
+    inv = pool.buffer.get_nowait(now)
     if inv is None:
         return False
-    frame = _take(pool, record, inv)
+    frame = _take(pool, record, inv, now)
     taken = [inv]
     frames = [frame]
     # Handed over with other idle instances: this one's share, no more.
     share = pool.buffer.share or MAX_INFLIGHT
     while record.credits > 0 and len(taken) < share and _may_queue_behind(pool, record):
-        more = pool.buffer.get_nowait()
+        more = pool.buffer.get_nowait(now)
         if more is None:
             break
         taken.append(more)
-        frames.append(_take(pool, record, more))
+        frames.append(_take(pool, record, more, now))
     if len(frames) > 1:
         frame = b"".join(frames)
     count_credits(pool, record)
@@ -386,16 +387,19 @@ async def _read_frames(
     link = record.link
     assert link is not None
     decoder = link.decoder
+    now = trio.current_time()
     while True:
-        # A frame already buffered (a PULL read with its RESULT) needs no coroutine.
+        # A frame already buffered (a PULL read with its RESULT) needs no coroutine,
+        # and no new clock reading: the frames of one read share its time.
         msg = decoder.next_frame()
         if msg is None:
             settle()
-            msg = await link.receive()
+            msg = await link.receive_more()
+            now = trio.current_time()
         if msg is None:
             record.stop(StopReason.LINK_CLOSED)
             return
-        record.last_heard = now = trio.current_time()
+        record.last_heard = now
         kind = message_type(msg)
         if kind == RESULT:
             complete(pool, record, result_fields(msg), now)
