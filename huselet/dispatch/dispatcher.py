@@ -19,7 +19,6 @@ import trio
 from huselet.activity import wait_all_zero
 from huselet.config import Config, FunctionSettings
 from huselet.dispatch.buffer import HandOvers
-from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.deadlines import DeadlineTimer
 from huselet.dispatch.events import ChangeEvents, ChangeListener
 from huselet.dispatch.instance import CodeProvider
@@ -263,7 +262,9 @@ class Dispatcher:
         story = self.story
         if meta is not None:
             inv.trace = meta.traceparent
-        starts = pool.counters[PoolCounter.INSTANCES_STARTED]
+        # A start adds a record at once (none goes away inside submit): the count
+        # of records tells a cold start without two counter look-ups per request.
+        instances = len(pool.instances)
         try:
             pool.submit(inv)
         except HuseletError as exc:
@@ -274,7 +275,7 @@ class Dispatcher:
         self._grid.note_activity()  # an idle node's loops tick every second again
         if story is not None:
             story.admitted(pool, inv, meta)
-            if pool.counters[PoolCounter.INSTANCES_STARTED] != starts:
+            if len(pool.instances) != instances:
                 story.cold_start(pool, inv)
         self.deadlines.watch(inv, pool)  # expires it (see _expire) unless done by then
         return inv
