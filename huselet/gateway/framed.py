@@ -29,7 +29,7 @@ from __future__ import annotations
 import trio
 
 from huselet.config import AuthSettings, GatewaySettings, TcpAddress
-from huselet.dispatch.invocation import Invocation
+from huselet.dispatch.invocation import Invocation, InvokeResult
 from huselet.errors import BadRequest, Draining, HuseletError, UnknownFunction
 from huselet.gateway.admission import Admission, CallRequest, Refusal, Ticket
 from huselet.gateway.admission_throttle import Strikes
@@ -400,10 +400,12 @@ class _FramedConnection:
         self.ingress.staged.settle(inv, now=now)
         core.body_budget.release(held.reserved)
         held.ticket.release()
-        try:
-            result = core.outcome(inv)
-        except HuseletError as exc:
-            return self.conn.reply(_error_reply(held.call_id, inv.request_id, exc))
+        result = inv.outcome
+        if not isinstance(result, InvokeResult):  # an error: as core.outcome() raises it
+            try:
+                result = core.outcome(inv)
+            except HuseletError as exc:
+                return self.conn.reply(_error_reply(held.call_id, inv.request_id, exc))
         return self.conn.reply_ok(held.call_id, inv.request_id, result.body, result.content_type)
 
     async def _write_replies(self) -> None:
