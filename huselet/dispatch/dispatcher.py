@@ -59,6 +59,9 @@ class Dispatcher:
         self.pools: dict[str, FunctionPool] = {}
         self.draining = False
         self.started_at = trio.current_time()
+        # The run's clock, bound once: trio.current_time() is three calls deep, and
+        # every request reads it (trio.current_time() is this clock's reading).
+        self._now = trio.lowlevel.current_clock().current_time
         self._nursery: trio.Nursery | None = None
         # Observer of functions and instances (the fleet link reports them as deltas).
         # Functions and instances added/changed/removed: subscribe()/unsubscribe().
@@ -253,7 +256,7 @@ class Dispatcher:
         budget_ms = pool.settings.timeout_ms
         if timeout_ms is not None:
             budget_ms = min(budget_ms, timeout_ms)  # a caller may shorten, never lengthen
-        now = trio.current_time()
+        now = self._now()
         deadline = now + budget_ms / 1000
         request_id = options.get("request_id") or new_request_id()
         inv = Invocation(request_id, function, event, kind, deadline, options.get("http"), now)
