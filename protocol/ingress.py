@@ -360,13 +360,14 @@ class ServerConnection:
             return Hello.decode(msg)
         if kind == CALL:
             call = Call.decode(msg)
-            if call.id in self.inflight:
+            inflight = self.inflight
+            if call.id in inflight:
                 raise IngressProtocolError(f"call id {call.id} is already in flight")
-            if self.full:
+            if len(inflight) >= self.max_inflight:  # self.full, without a call per call
                 raise IngressProtocolError(
                     f"more than {self.max_inflight} calls in flight (the limit WELCOME gave)"
                 )
-            self.inflight.add(call.id)
+            inflight.add(call.id)
             return call
         if kind == PING:
             return Ping()
