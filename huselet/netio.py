@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Callable
 
 import trio
 
@@ -54,10 +55,13 @@ _READ = _ReadBuffer()
 class FastSocket:
     """Non-blocking reads and writes on ``sock`` (a trio socket, e.g. ``SocketStream.socket``)."""
 
-    __slots__ = ("_sock", "_streak", "waited")
+    __slots__ = ("_fileno", "_sock", "_streak", "waited")
 
     def __init__(self, sock: trio.socket.SocketType) -> None:
         self._sock = sock
+        # The descriptor, asked on every call: trio's fileno() is a Python method
+        # over the stdlib socket's (-1 once closed), so ask the stdlib socket itself.
+        self._fileno: Callable[[], int] = getattr(sock, "_sock", sock).fileno
         self._streak = 0  # calls in a row that did not block
         # The last receive_some() found nothing and had to wait for the peer: a
         # caller that cannot know whether its peer streams (a pipelining
@@ -65,7 +69,7 @@ class FastSocket:
         self.waited = False
 
     def _fd(self) -> int:
-        fd = self._sock.fileno()
+        fd = self._fileno()
         if fd < 0:  # trio sets it to -1 when the socket is closed
             raise trio.ClosedResourceError("the socket was closed")
         return fd
@@ -140,7 +144,7 @@ class FastSocket:
         A broken or closed socket raises the plain ``OSError`` (``EBADF`` once closed).
         """
         try:
-            return os.write(self._sock.fileno(), data)
+            return os.write(self._fileno(), data)
         except BlockingIOError:
             return 0
 

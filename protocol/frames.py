@@ -177,7 +177,13 @@ class FrameDecoder:
 
 def _shallow(message: dict[str, Any]) -> bool:
     """True if no container in ``message`` sits deeper than MAX_NESTING (iterative)."""
-    # Most frames are flat or nearly: one pass over the top level finds that.
+    # Most frames are flat (a CALL, a RESULT, a PULL): one pass over the top level,
+    # building nothing, finds that.
+    for value in message.values():
+        if isinstance(value, _CONTAINERS):
+            break
+    else:
+        return True
     stack: list[tuple[Any, int]] = [(v, 2) for v in message.values() if isinstance(v, _CONTAINERS)]
     while stack:
         value, depth = stack.pop()

@@ -162,26 +162,44 @@ class Call(NamedTuple):
 
     @classmethod
     def decode(cls, msg: dict[str, Any]) -> Call:
-        call_id = _field(msg, "id", int)
+        # Every call comes here: a field of the exact type (or an absent optional
+        # one) is taken without a call; anything else goes through _field or
+        # _optional, which refuse it with the same message as ever.
+        get = msg.get
+        call_id = get("id")
+        if type(call_id) is not int:
+            call_id = _field(msg, "id", int)
         if not 0 <= call_id <= MAX_CALL_ID:
             raise MalformedFrame(f"call id {call_id} is out of range 0..2**63-1")
-        kind = _field(msg, "kind", str)
+        kind = get("kind")
+        if type(kind) is not str:
+            kind = _field(msg, "kind", str)
         if kind not in KINDS:
             raise MalformedFrame(f"call frame has unknown kind {kind[:32]!r}")
-        timeout_ms = _optional(msg, "timeout_ms", int)
+        timeout_ms = get("timeout_ms")
+        if timeout_ms is not None and type(timeout_ms) is not int:
+            timeout_ms = _optional(msg, "timeout_ms", int)
         if timeout_ms is not None and timeout_ms <= 0:
             raise MalformedFrame("call frame timeout_ms must be positive")
-        request_id = _optional(msg, "request_id", str)
+        request_id = get("request_id")
+        if request_id is not None and type(request_id) is not str:
+            request_id = _optional(msg, "request_id", str)
         if request_id is not None and _REQUEST_ID.fullmatch(request_id) is None:
             request_id = None  # not ours to echo into logs: the node makes its own
+        fn = get("fn")
+        if type(fn) is not str:
+            fn = _field(msg, "fn", str)
+        event = get("event")
+        if type(event) is not bytes:
+            event = _field(msg, "event", bytes)
         return cls(
             id=call_id,
-            fn=_field(msg, "fn", str),
-            event=_field(msg, "event", bytes),
+            fn=fn,
+            event=event,
             kind=kind,
             timeout_ms=timeout_ms,
             request_id=request_id,
-            auth=decode_auth(msg),
+            auth=None if get("auth") is None else decode_auth(msg),
         )
 
 
@@ -331,7 +349,9 @@ class ServerConnection:
         return _next_or_close(self, self._interpret)
 
     def _interpret(self, msg: dict[str, Any]) -> ServerEvent:
-        kind = _field(msg, "t", str)
+        kind = msg.get("t")
+        if type(kind) is not str:
+            kind = _field(msg, "t", str)
         if self.state is State.CLOSED:
             raise IngressProtocolError("the connection is closed")
         if self.state is State.AWAIT_HELLO:
@@ -340,13 +360,14 @@ class ServerConnection:
             return Hello.decode(msg)
         if kind == CALL:
             call = Call.decode(msg)
-            if call.id in self.inflight:
+            inflight = self.inflight
+            if call.id in inflight:
                 raise IngressProtocolError(f"call id {call.id} is already in flight")
-            if self.full:
+            if len(inflight) >= self.max_inflight:  # self.full, without a call per call
                 raise IngressProtocolError(
                     f"more than {self.max_inflight} calls in flight (the limit WELCOME gave)"
                 )
-            self.inflight.add(call.id)
+            inflight.add(call.id)
             return call
         if kind == PING:
             return Ping()

@@ -165,3 +165,22 @@ async def test_waited_says_whether_the_last_read_had_to_wait_for_data() -> None:
         # Told to wait first, it waits even when the data is there (and says so).
         assert await reader.receive_some(100, expect_wait=True) == b"again"
         assert reader.waited
+
+
+async def test_a_socket_closed_after_wrapping_is_closed_even_if_its_number_is_reused() -> None:
+    # The descriptor is asked each time, never remembered: once the socket is closed,
+    # a new socket that got its number must not receive this one's writes.
+    a, b = pair()
+    fast = FastSocket(a)
+    with b:
+        fd = a.fileno()
+        a.close()
+        c, d = pair()
+        with c, d:
+            assert fd in (c.fileno(), d.fileno())  # the number was reused
+            with pytest.raises(OSError):
+                fast.send_nowait(b"x")
+            with pytest.raises(trio.ClosedResourceError):
+                await fast.send_all(b"x")
+            with pytest.raises(trio.ClosedResourceError):
+                await fast.receive_some(10)

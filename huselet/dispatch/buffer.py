@@ -48,18 +48,12 @@ class HandOvers:
     Nothing waits in between: the batch is one synchronous run of the loop.
     """
 
+    # RequestBuffer._wake reads _depth and fills _pending itself (no call per request).
     __slots__ = ("_depth", "_pending")
 
     def __init__(self) -> None:
         self._depth = 0
         self._pending: dict[RequestBuffer, None] = {}  # insertion order: the order of arrival
-
-    @property
-    def deferring(self) -> bool:
-        return self._depth > 0
-
-    def defer(self, buffer: RequestBuffer) -> None:
-        self._pending[buffer] = None
 
     def __enter__(self) -> None:
         self._depth += 1
@@ -177,27 +171,35 @@ class RequestBuffer:
         self._wake()
 
     def _wake(self) -> None:
+        # Every request comes here: attribute tests, not calls, for the common cases
+        # (no batch open or one open, and no getter parked).
         if self._takers:
             batch = self.hand_overs
-            if batch is not None and batch.deferring:
-                batch.defer(self)  # handed over at the end of the batch
+            if batch is not None and batch._depth > 0:
+                batch._pending[self] = None  # handed over at the end of the batch
             else:
                 self.hand_over()
-        if self._live:
+        if self._live and self._getters.parked:
             self._getters.unpark()
 
     def _purge_done(self) -> None:
         self._queue = deque(inv for inv in self._queue if inv.state is InvocationState.QUEUED)
 
-    def get_nowait(self) -> Invocation | None:
-        """Pop the oldest live invocation, marked DISPATCHED, or None."""
-        now = trio.current_time()
+    def get_nowait(self, now: float | None = None) -> Invocation | None:
+        """Pop the oldest live invocation, marked DISPATCHED, or None.
+
+        ``now``: the caller's clock reading (one for the requests it takes in a row).
+        """
+        if now is None:
+            now = trio.current_time()
         queue = self._queue
         while queue:
             inv = queue.popleft()
             if inv.state is not InvocationState.QUEUED:
                 continue
-            self.left_queue(inv)
+            if inv.queued_in is self:  # left_queue(), inline: once per request
+                inv.queued_in = None
+                self._live -= 1
             if inv.deadline <= now:
                 inv.complete(
                     DeadlineExceeded(f"request waited {now - inv.enqueued_at:.3f}s in the queue")

@@ -19,7 +19,6 @@ import trio
 from huselet.activity import wait_all_zero
 from huselet.config import Config, FunctionSettings
 from huselet.dispatch.buffer import HandOvers
-from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.deadlines import DeadlineTimer
 from huselet.dispatch.events import ChangeEvents, ChangeListener
 from huselet.dispatch.instance import CodeProvider
@@ -60,6 +59,9 @@ class Dispatcher:
         self.pools: dict[str, FunctionPool] = {}
         self.draining = False
         self.started_at = trio.current_time()
+        # The run's clock, bound once: trio.current_time() is three calls deep, and
+        # every request reads it (trio.current_time() is this clock's reading).
+        self._now = trio.lowlevel.current_clock().current_time
         self._nursery: trio.Nursery | None = None
         # Observer of functions and instances (the fleet link reports them as deltas).
         # Functions and instances added/changed/removed: subscribe()/unsubscribe().
@@ -254,15 +256,18 @@ class Dispatcher:
         budget_ms = pool.settings.timeout_ms
         if timeout_ms is not None:
             budget_ms = min(budget_ms, timeout_ms)  # a caller may shorten, never lengthen
-        deadline = trio.current_time() + budget_ms / 1000
+        now = self._now()
+        deadline = now + budget_ms / 1000
         request_id = options.get("request_id") or new_request_id()
-        inv = Invocation(request_id, function, event, kind, deadline, options.get("http"))
+        inv = Invocation(request_id, function, event, kind, deadline, options.get("http"), now)
         inv.pool = pool
         inv.meta = meta
         story = self.story
         if meta is not None:
             inv.trace = meta.traceparent
-        starts = pool.counters[PoolCounter.INSTANCES_STARTED]
+        # A start adds a record at once (none goes away inside submit): the count
+        # of records tells a cold start without two counter look-ups per request.
+        instances = len(pool.instances)
         try:
             pool.submit(inv)
         except HuseletError as exc:
@@ -273,7 +278,7 @@ class Dispatcher:
         self._grid.note_activity()  # an idle node's loops tick every second again
         if story is not None:
             story.admitted(pool, inv, meta)
-            if pool.counters[PoolCounter.INSTANCES_STARTED] != starts:
+            if len(pool.instances) != instances:
                 story.cold_start(pool, inv)
         self.deadlines.watch(inv, pool)  # expires it (see _expire) unless done by then
         return inv
@@ -297,15 +302,16 @@ class Dispatcher:
             inv.complete(Unavailable("the request was abandoned"))
             pool.on_deadline(inv)
 
-    def settle(self, inv: Invocation, *, finished: bool = True) -> None:
+    def settle(self, inv: Invocation, *, finished: bool = True, now: float | None = None) -> None:
         """The end of a :meth:`begin`, once ``inv`` is done; ``finished``: its caller
-        takes the outcome (False: abandoned; the request story has no end to tell)."""
+        takes the outcome (False: abandoned; the request story has no end to tell).
+        ``now``: the caller's clock reading, one for the calls it settles together."""
         pool = inv.pool
         assert isinstance(pool, FunctionPool)
         self.deadlines.forget()
         pool.outstanding.leave()
         if finished and self.story is not None:
-            self.story.finished(pool, inv, inv.meta)
+            self.story.finished(pool, inv, inv.meta, now)
 
     def _expire(self, inv: Invocation, pool: object) -> None:
         """``inv``'s deadline passed unanswered: fail it, stop the instance stuck on it."""

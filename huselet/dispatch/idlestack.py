@@ -27,27 +27,28 @@ class IdleStack:
     """A LIFO parking lot: :meth:`unpark` wakes the most recently parked task."""
 
     def __init__(self) -> None:
-        self._parked: dict[trio.lowlevel.Task, None] = {}
+        # Public so that a hot caller can test it without a call (``if stack.parked``).
+        self.parked: dict[trio.lowlevel.Task, None] = {}
 
     def __len__(self) -> int:
-        return len(self._parked)
+        return len(self.parked)
 
     @trio.lowlevel.enable_ki_protection
     async def park(self) -> None:
         """Sleep until :meth:`unpark` picks this task (or the task is cancelled)."""
         task = trio.lowlevel.current_task()
-        self._parked[task] = None
+        self.parked[task] = None
 
         def abort(_: object) -> trio.lowlevel.Abort:
-            del self._parked[task]
+            del self.parked[task]
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
 
     def unpark(self) -> bool:
         """Wake the newest parked task; False if none is parked."""
-        if not self._parked:
+        if not self.parked:
             return False
-        task, _ = self._parked.popitem()
+        task, _ = self.parked.popitem()
         trio.lowlevel.reschedule(task)
         return True

@@ -119,6 +119,7 @@ class Invocation:
         kind: str,
         deadline: float,
         http: HttpRequest | None = None,
+        now: float | None = None,
     ) -> None:
         self.request_id = request_id
         self.http = http  # the HTTP request, for functions that take HTTP events
@@ -126,7 +127,8 @@ class Invocation:
         self.event = event
         self.kind = kind
         self.deadline = deadline  # trio.current_time() clock
-        self.enqueued_at = trio.current_time()
+        # ``now``: the caller's clock reading, if it has one (it took one for the deadline).
+        self.enqueued_at = trio.current_time() if now is None else now
         self.state = InvocationState.QUEUED
         # The buffer holding this invocation while it is QUEUED there: a completion
         # from outside (deadline, drain) tells it, so its live count stays exact.

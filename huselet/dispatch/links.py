@@ -83,18 +83,26 @@ class InstanceLink:
 
     async def receive(self) -> dict[str, Any] | None:
         """The next message, or None once the instance closed its end."""
+        msg = self.decoder.next_frame()
+        if msg is not None:
+            return msg
+        return await self.receive_more()
+
+    async def receive_more(self) -> dict[str, Any] | None:
+        """:meth:`receive` for a caller whose ``decoder.next_frame()`` just returned
+        None: it reads at once (the serving reader asks the decoder itself first,
+        and a second look at the same bytes would cost a frame parse per read)."""
+        decoder = self.decoder
         while True:
-            msg = self.decoder.next_frame()
-            if msg is not None:
-                return msg
             # Nothing half-received: the instance speaks only after being spoken
             # to, so a read now would almost always fail (EAGAIN); wait first.
-            chunk = await self._io.receive_some(
-                RECEIVE_CHUNK, expect_wait=self.decoder.buffered == 0
-            )
+            chunk = await self._io.receive_some(RECEIVE_CHUNK, expect_wait=decoder.buffered == 0)
             if not chunk:
                 return None
-            self.decoder.receive_data(chunk)
+            decoder.receive_data(chunk)
+            msg = decoder.next_frame()
+            if msg is not None:
+                return msg
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)

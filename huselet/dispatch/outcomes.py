@@ -21,7 +21,7 @@ import trio
 
 from huselet.dispatch.counters import PoolCounter
 from huselet.dispatch.instance import InstanceRecord
-from huselet.dispatch.invocation import Invocation, InvokeResult
+from huselet.dispatch.invocation import Invocation, InvocationState, InvokeResult
 from huselet.dispatch.reasons import NO_RETRY_STOPS, StopReason
 from huselet.errors import (
     BadRequest,
@@ -78,7 +78,7 @@ def complete(pool: FunctionPool, record: InstanceRecord, result: ResultFields, n
         # The next one may have expired while it waited here (its caller has a
         # 504): the worker skips it at once, or it is stuck on it after all.
         head = next(iter(record.inflight.values()), None) if record.inflight else None
-        if head is not None and head.done:
+        if head is not None and head.state is InvocationState.DONE:  # head.done, inline
             record.overdue_at = now + OVERDUE_GRACE_S
         elif record.overdue_at != math.inf:
             record.overdue_at = math.inf

@@ -51,6 +51,9 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
         await _serve_single_use(pool, record)
         return
     wake = trio.Event()  # set when a frame's rest waits in record.unsent (or a head is overdue)
+    # The run's clock, bound once (trio.current_time() is three calls deep): read on
+    # every hand-over and every read of the link.
+    clock = trio.lowlevel.current_clock().current_time
 
     def offer() -> None:
         """The instance may have credit: take queued requests, or wait as the buffer's taker.
@@ -64,7 +67,7 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
         its results come in, and only while the pool cannot grow).
         """
         count_credits(pool, record)
-        if _dispatch_inline(pool, record):
+        if _dispatch_inline(pool, record, clock):
             if record.unsent is not None:
                 wake.set()
             return
@@ -90,7 +93,7 @@ async def serve(pool: FunctionPool, record: InstanceRecord) -> None:
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_guard_protocol, pool, record, pulled, settle)
+            nursery.start_soon(_guard_protocol, pool, record, pulled, settle, clock)
             pool.heartbeats.watch(record)  # one task per pool judges them all
             idle_timeout = pool.settings.idle_timeout_ms / 1000
             offer()
@@ -204,7 +207,8 @@ async def _serve_single_use(pool: FunctionPool, record: InstanceRecord) -> None:
             credit_arrived.set()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_guard_protocol, pool, record, pulled, _nothing)
+        clock = trio.lowlevel.current_clock().current_time
+        nursery.start_soon(_guard_protocol, pool, record, pulled, _nothing, clock)
         pool.heartbeats.watch(record)
         idle_timeout = pool.settings.idle_timeout_ms / 1000
         await credit_arrived.wait()
@@ -216,7 +220,7 @@ async def _serve_single_use(pool: FunctionPool, record: InstanceRecord) -> None:
             if inv is None and _idled_out(pool, record, 0.0):
                 nursery.cancel_scope.cancel()
                 return
-        frame = _take(pool, record, inv)
+        frame = _take(pool, record, inv, trio.current_time())
         record.sending = inv
         count_credits(pool, record)
         if not await _send_frame(pool, record, frame):
@@ -234,7 +238,7 @@ def _nothing() -> None:
     pass
 
 
-def _take(pool: FunctionPool, record: InstanceRecord, inv: Invocation) -> bytes:
+def _take(pool: FunctionPool, record: InstanceRecord, inv: Invocation, now: float) -> bytes:
     """Give ``inv`` (just taken off the queue) to ``record``: one credit, in flight.
 
     Returns the request's frame. Until the whole frame is written the instance
@@ -248,7 +252,7 @@ def _take(pool: FunctionPool, record: InstanceRecord, inv: Invocation) -> bytes:
     inv.link_seq = record.taken
     record.taken += 1
     record.inflight[inv.request_id] = inv
-    timeout_ms = max(1, int((inv.deadline - trio.current_time()) * 1000))
+    timeout_ms = max(1, int((inv.deadline - now) * 1000))
     link = record.link
     assert link is not None
     return _ENCODER.encode(
@@ -306,7 +310,9 @@ def _may_queue_behind(pool: FunctionPool, record: InstanceRecord) -> bool:
     )
 
 
-def _dispatch_inline(pool: FunctionPool, record: InstanceRecord) -> bool:
+def _dispatch_inline(
+    pool: FunctionPool, record: InstanceRecord, clock: Callable[[], float]
+) -> bool:
     """Hand queued requests to ``record`` now, written in one send without waiting.
 
     Called when the instance's frames were read (under load a request is
@@ -328,20 +334,21 @@ def _dispatch_inline(pool: FunctionPool, record: InstanceRecord) -> bool:
         return False
     if record.inflight and not _may_queue_behind(pool, record):
         return False
-    inv = pool.buffer.get_nowait()
+    now = clock()  # one reading (trio.current_time()) for the requests handed over together
+    inv = pool.buffer.get_nowait(now)
     if inv is None:
         return False
-    frame = _take(pool, record, inv)
+    frame = _take(pool, record, inv, now)
     taken = [inv]
     frames = [frame]
     # Handed over with other idle instances: this one's share, no more.
     share = pool.buffer.share or MAX_INFLIGHT
     while record.credits > 0 and len(taken) < share and _may_queue_behind(pool, record):
-        more = pool.buffer.get_nowait()
+        more = pool.buffer.get_nowait(now)
         if more is None:
             break
         taken.append(more)
-        frames.append(_take(pool, record, more))
+        frames.append(_take(pool, record, more, now))
     if len(frames) > 1:
         frame = b"".join(frames)
     count_credits(pool, record)
@@ -377,6 +384,7 @@ async def _read_frames(
     record: InstanceRecord,
     pulled: Callable[[int], None],
     settle: Callable[[], None],
+    clock: Callable[[], float],
 ) -> None:
     """Read the worker's frames: results complete their requests, PULLs give credit.
 
@@ -386,16 +394,19 @@ async def _read_frames(
     link = record.link
     assert link is not None
     decoder = link.decoder
+    now = clock()
     while True:
-        # A frame already buffered (a PULL read with its RESULT) needs no coroutine.
+        # A frame already buffered (a PULL read with its RESULT) needs no coroutine,
+        # and no new clock reading: the frames of one read share its time.
         msg = decoder.next_frame()
         if msg is None:
             settle()
-            msg = await link.receive()
+            msg = await link.receive_more()
+            now = clock()
         if msg is None:
             record.stop(StopReason.LINK_CLOSED)
             return
-        record.last_heard = now = trio.current_time()
+        record.last_heard = now
         kind = message_type(msg)
         if kind == RESULT:
             complete(pool, record, result_fields(msg), now)
@@ -409,9 +420,10 @@ async def _guard_protocol(
     record: InstanceRecord,
     pulled: Callable[[int], None],
     settle: Callable[[], None],
+    clock: Callable[[], float],
 ) -> None:
     try:
-        await _read_frames(pool, record, pulled, settle)
+        await _read_frames(pool, record, pulled, settle, clock)
     except trio.BrokenResourceError as exc:
         if isinstance(exc.__cause__, ConnectionResetError):
             # A worker that dies with our frames unread makes Linux reset the

@@ -54,7 +54,9 @@ class StagedInvoker(Protocol):
 
     def abandon(self, inv: Invocation) -> None: ...
 
-    def settle(self, inv: Invocation, *, finished: bool = True) -> None: ...
+    def settle(
+        self, inv: Invocation, *, finished: bool = True, now: float | None = None
+    ) -> None: ...
 
     def batch(self) -> AbstractContextManager[object]:
         """Around several ``begin`` calls in a row: their requests go to instances

@@ -29,7 +29,7 @@ from __future__ import annotations
 import trio
 
 from huselet.config import AuthSettings, GatewaySettings, TcpAddress
-from huselet.dispatch.invocation import Invocation
+from huselet.dispatch.invocation import Invocation, InvokeResult
 from huselet.errors import BadRequest, Draining, HuseletError, UnknownFunction
 from huselet.gateway.admission import Admission, CallRequest, Refusal, Ticket
 from huselet.gateway.admission_throttle import Strikes
@@ -364,7 +364,7 @@ class _FramedConnection:
             self._replies_due.set()
             return
         try:
-            frame = self._finish(inv)
+            frame = self._finish(inv, trio.current_time())
             sent = self._io.send_nowait(frame)
         except OSError:
             self._cancel.cancel()
@@ -390,17 +390,22 @@ class _FramedConnection:
         await trio.sleep_until(due)
         self._queue_reply(_error_reply(call_id, request_id, exc))
 
-    def _finish(self, inv: Invocation) -> bytes:
-        """The reply frame of a finished call; what the call held is given back."""
+    def _finish(self, inv: Invocation, now: float) -> bytes:
+        """The reply frame of a finished call; what the call held is given back.
+
+        ``now``: one clock reading for the replies written together.
+        """
         held = self._calls.pop(inv)
         core = self.ingress.core
-        self.ingress.staged.settle(inv)
+        self.ingress.staged.settle(inv, now=now)
         core.body_budget.release(held.reserved)
         held.ticket.release()
-        try:
-            result = core.outcome(inv)
-        except HuseletError as exc:
-            return self.conn.reply(_error_reply(held.call_id, inv.request_id, exc))
+        result = inv.outcome
+        if not isinstance(result, InvokeResult):  # an error: as core.outcome() raises it
+            try:
+                result = core.outcome(inv)
+            except HuseletError as exc:
+                return self.conn.reply(_error_reply(held.call_id, inv.request_id, exc))
         return self.conn.reply_ok(held.call_id, inv.request_id, result.body, result.content_type)
 
     async def _write_replies(self) -> None:
@@ -415,7 +420,9 @@ class _FramedConnection:
             self._replies_due = trio.Event()
             frames, self._outbox = self._outbox, []
             finished, self._finished = self._finished, []
-            frames += [self._finish(inv) for inv in finished]
+            if finished:
+                now = trio.current_time()
+                frames += [self._finish(inv, now) for inv in finished]
             if frames:
                 self.ingress.counters[FramedCounter.REPLIES_BATCHED] += len(frames) - 1
                 await self._send(frames[0] if len(frames) == 1 else b"".join(frames))

@@ -106,8 +106,16 @@ class RequestStory:
             m.rejections[(exc.status, exc.code)] += 1
         self._write(self._record(pool.name, inv, exc.status, exc.code, meta), trio.current_time())
 
-    def finished(self, pool: FunctionPool, inv: Invocation, meta: RequestMeta | None) -> None:
-        now = trio.current_time()
+    def finished(
+        self,
+        pool: FunctionPool,
+        inv: Invocation,
+        meta: RequestMeta | None,
+        now: float | None = None,
+    ) -> None:
+        """``inv`` was answered; ``now``: the caller's clock reading, if it took one."""
+        if now is None:
+            now = trio.current_time()
         outcome = inv.outcome
         if isinstance(outcome, HuseletError):
             status, code = outcome.status, outcome.code

@@ -81,11 +81,12 @@ def make_pool(tmp: Path, nursery: trio.Nursery, **settings_: Any) -> FunctionPoo
 
 
 async def start_instance(
-    pool: FunctionPool, nursery: trio.Nursery
+    pool: FunctionPool, nursery: trio.Nursery, decoder: FrameDecoder | None = None
 ) -> tuple[InstanceRecord, Peer, SocketPeerHandle]:
     ours, theirs = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     record = InstanceRecord(pool.name)
-    record.link = InstanceLink(trio.SocketStream(ours), FrameDecoder(max_frame=64 << 20))
+    decoder = decoder or FrameDecoder(max_frame=64 << 20)
+    record.link = InstanceLink(trio.SocketStream(ours), decoder)
     handle = SocketPeerHandle()
     record.handle = handle  # type: ignore[assignment]
     record.state = InstanceState.IDLE
@@ -101,13 +102,14 @@ async def start_instance(
 
 @asynccontextmanager
 async def serving(
-    tmp: Path, **settings: Any
+    tmp: Path, decoder: FrameDecoder | None = None, **settings: Any
 ) -> AsyncIterator[tuple[FunctionPool, InstanceRecord, Peer]]:
-    """A pool whose one instance is served by serving.serve, the test as its worker."""
+    """A pool whose one instance is served by serving.serve, the test as its worker
+    (``decoder``: the daemon's side of the link, to watch what it parses)."""
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
             pool = make_pool(tmp, nursery, **settings)
-            record, peer, handle = await start_instance(pool, nursery)
+            record, peer, handle = await start_instance(pool, nursery, decoder)
             yield pool, record, peer
             handle.kill()
             nursery.cancel_scope.cancel()

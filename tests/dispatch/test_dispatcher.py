@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from support import running_stack, write_package
 
+from huselet.dispatch.invocation import Invocation
+from huselet.dispatch.pool import FunctionPool
 from huselet.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -25,6 +28,7 @@ from huselet.errors import (
     QueueFull,
     UnknownFunction,
 )
+from huselet.observe.story import RequestStory
 
 ECHO = """
 import os, time
@@ -269,6 +273,37 @@ async def test_a_batch_that_an_idle_instance_cannot_take_makes_the_pool_grow(
                 node.dispatcher.settle(inv)
                 pids.add(body(inv.result())["pid"])
         assert len(pids) == 3  # each on its own instance
+
+
+class ColdStarts(RequestStory):
+    """The request story, noting which requests it was told started an instance."""
+
+    def __init__(self) -> None:
+        super().__init__(metrics=None, ring=None, access_rate=0)
+        self.cold: list[str] = []
+
+    def cold_start(self, pool: FunctionPool, inv: Invocation) -> None:
+        self.cold.append(inv.request_id)
+
+
+async def test_the_story_hears_of_each_request_that_started_an_instance(short_tmp: Path) -> None:
+    async with running_stack(short_tmp, [fn(short_tmp, max_instances=2)]) as node:
+        story = node.dispatcher.story = ColdStarts()
+        with trio.fail_after(30):
+            await node.dispatcher.invoke("echo", b"{}", "json", request_id="first")
+            await node.dispatcher.invoke("echo", b"{}", "json", request_id="warm")
+            assert story.cold == ["first"]
+            # Two at once on one warm instance: the second makes the pool grow.
+            async with trio.open_nursery() as nursery:
+                for rid in ("busy", "grows"):
+                    nursery.start_soon(
+                        lambda rid=rid: node.dispatcher.invoke(
+                            "echo", b'{"sleep": 0.2}', "json", request_id=rid
+                        )
+                    )
+                    await trio.testing.wait_all_tasks_blocked()
+        assert story.cold == ["first", "grows"]
+        assert node.pool("echo").counters["instances_started"] == 2
 
 
 async def test_drain_finishes_inflight_and_refuses_new(short_tmp: Path) -> None:

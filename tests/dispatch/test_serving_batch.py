@@ -11,6 +11,7 @@ expires while queued behind another on the link does not stop the instance
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio.testing
@@ -21,6 +22,7 @@ from huselet.dispatch.outcomes import OVERDUE_GRACE_S, possibly_started
 from huselet.dispatch.reasons import StopReason
 from huselet.dispatch.serving import MAX_CREDITS
 from huselet.errors import DeadlineExceeded
+from protocol.frames import FrameDecoder
 from protocol.link import ERROR_DEADLINE, ErrorInfo, Pull, Result
 
 
@@ -53,6 +55,39 @@ async def test_a_read_s_credit_goes_out_in_one_send_in_order(tmp_path: Path) -> 
         for inv in [first, *queued]:
             await inv.wait()
             assert inv.result().body == b"1"
+
+
+class CountingDecoder(FrameDecoder):
+    """The daemon's side of the link, counting its looks for a frame."""
+
+    __slots__ = ("looks",)
+
+    def __init__(self) -> None:
+        super().__init__(max_frame=64 << 20)
+        self.looks = 0
+
+    def next_frame(self) -> dict[str, Any] | None:
+        self.looks += 1
+        return super().next_frame()
+
+
+async def test_the_link_reader_parses_a_read_once_and_reads_the_clock_once(
+    tmp_path: Path,
+) -> None:
+    decoder = CountingDecoder()
+    async with serving(tmp_path, decoder) as (pool, record, peer):
+        first = await first_request(pool, peer, "r-0")
+        await trio.testing.wait_all_tasks_blocked()  # the reader waits for the worker
+        looks = decoder.looks
+        await peer.send(ok("r-0"), Pull(1).encode())  # one send: one read
+        await first.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        # The RESULT, the PULL, and one look that finds nothing more: no second
+        # look at the same bytes before the next read.
+        assert decoder.looks - looks == 3
+        # The frames of one read share one clock reading (taken after the read).
+        assert record.last_active == record.last_heard
+        assert record.credits == 1
 
 
 async def test_a_batch_is_shared_out_among_idle_instances_each_share_in_one_send(

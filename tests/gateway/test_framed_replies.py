@@ -32,6 +32,7 @@ class StagedFake(FakeInvoker):
         self.begun: list[Invocation] = []
         self.abandoned: list[Invocation] = []
         self.settled: list[tuple[Invocation, bool]] = []
+        self.settled_at: list[float | None] = []  # the clock reading each settle was given
         self.answer_at_once = answer_at_once
 
     def begin(
@@ -49,8 +50,9 @@ class StagedFake(FakeInvoker):
         self.abandoned.append(inv)
         inv.complete(Unavailable("the request was abandoned"))
 
-    def settle(self, inv: Invocation, *, finished: bool = True) -> None:
+    def settle(self, inv: Invocation, *, finished: bool = True, now: float | None = None) -> None:
         self.settled.append((inv, finished))
+        self.settled_at.append(now)
 
     def batch(self) -> AbstractContextManager[object]:
         return nullcontext()
@@ -142,6 +144,8 @@ async def test_calls_finishing_together_get_their_replies_in_one_send() -> None:
         assert ingress.counters[FramedCounter.REPLIES_BATCHED] == 2  # one send for three
         assert conn.conn.inflight == {4}
         assert [finished for _, finished in invoker.settled] == [True, True, True]
+        # Settled with one clock reading for the batch, not one per call.
+        assert len(set(invoker.settled_at)) == 1 and invoker.settled_at[0] is not None
 
 
 async def test_the_only_call_in_flight_is_answered_without_the_writer() -> None:

@@ -116,6 +116,43 @@ def test_link_messages_round_trip_and_validate() -> None:
     assert Pull.decode({"t": "pull", "n": 2, "future": True}) == Pull(2)
 
 
+_RESULT: dict[str, object] = {"t": "result", "id": "r", "ok": True, "body": b"1", "kind": "json"}
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"id": None}, "lacks required field 'id'"),
+        ({"id": b"r"}, "field 'id' has type bytes"),
+        ({"ok": 1}, "field 'ok' has type int"),
+        ({"ok": None}, "lacks required field 'ok'"),
+        ({"body": "1"}, "field 'body' has type str"),
+        ({"kind": None}, "lacks required field 'kind'"),
+        ({"kind": 7}, "field 'kind' has type int"),
+    ],
+)
+def test_a_mistyped_result_field_is_refused_by_name(change: dict[str, object], match: str) -> None:
+    # The hot path takes exact types as they are; everything else must still be named.
+    frame = {k: v for k, v in {**_RESULT, **change}.items() if v is not None}
+    with pytest.raises(MalformedFrame, match=match):
+        Result.decode(frame)
+
+
+@pytest.mark.parametrize(
+    ("frame", "match"),
+    [
+        ({"t": "pull", "n": True}, "field 'n' has type bool"),
+        ({"t": "pull", "n": "2"}, "field 'n' has type str"),
+        ({"t": "pull"}, "lacks required field 'n'"),
+        ({"n": 1}, "lacks required field 't'"),
+        ({"t": b"pull", "n": 1}, "field 't' has type bytes"),
+    ],
+)
+def test_a_mistyped_pull_or_type_is_refused_by_name(frame: dict[str, object], match: str) -> None:
+    with pytest.raises(MalformedFrame, match=match):
+        Pull.decode(frame) if "t" in frame and type(frame["t"]) is str else message_type(frame)
+
+
 def _nested(levels: int) -> dict[str, object]:
     """A map whose deepest container sits ``levels`` deep (the map itself is level 1)."""
     inner: dict[str, object] = {"a": None}

@@ -145,6 +145,26 @@ def test_call_before_hello_is_refused() -> None:
             "timeout_ms",
         ),
         ({"t": "welcome"}, "unexpected 'welcome'"),
+        # Each field mistyped or missing is named (the decoder's fast path takes
+        # only exact types; the rest goes through the checks that name them).
+        ({"t": "call", "id": 1, "event": b"", "kind": "bytes"}, "lacks required field 'fn'"),
+        ({"t": "call", "id": 1, "fn": b"f", "event": b"", "kind": "bytes"}, "'fn' has type bytes"),
+        ({"t": "call", "id": 1, "fn": "f", "kind": "bytes"}, "lacks required field 'event'"),
+        ({"t": "call", "id": 1, "fn": "f", "event": b"", "kind": 1}, "'kind' has type int"),
+        ({"t": "call", "id": 1.0, "fn": "f", "event": b"", "kind": "bytes"}, "'id' has type float"),
+        (
+            {"t": "call", "id": 1, "fn": "f", "event": b"", "kind": "bytes", "timeout_ms": True},
+            "'timeout_ms' has type bool",
+        ),
+        (
+            {"t": "call", "id": 1, "fn": "f", "event": b"", "kind": "bytes", "request_id": 5},
+            "'request_id' has type int",
+        ),
+        (
+            {"t": "call", "id": 1, "fn": "f", "event": b"", "kind": "bytes", "auth": "k"},
+            "'auth' has type str",
+        ),
+        ({"t": 7}, "'t' has type int"),
     ],
 )
 def test_malformed_calls_break_the_connection(frame: dict[str, object], match: str) -> None:
