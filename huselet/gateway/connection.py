@@ -78,6 +78,7 @@ class Responder(Protocol):
     # Finishes what respond() returns pending (None: it never does).
     pending: PendingReplies | None
     flush: ReplyFlush  # where replies written from the link reader wait for the pass's end
+    replies_direct: int  # how many went out whole that way (status: http_connections)
 
     async def respond(self, head: RequestHead, read_body: BodyReader) -> Reply | PendingReply: ...
 
@@ -340,7 +341,9 @@ class Connection:
         self._request_id = None
         self._arm(in_request=False)
         self._active = False
-        self._responder.active_requests.leave()
+        responder = self._responder
+        responder.active_requests.leave()
+        responder.replies_direct += 1
 
     # --- reading -----------------------------------------------------------------------
 

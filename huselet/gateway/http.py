@@ -105,6 +105,8 @@ class HttpIngress:
         # connection waits for it and its reply can go out from the link reader.
         self.pending = None if staged is None else PendingReplies(self.core, staged)
         self.flush = ReplyFlush()  # replies made in a pass of the loop go out at its end
+        # Replies written whole from their invocation's completion (the fast path).
+        self.replies_direct = 0
         self._limits = Limits.from_settings(settings)
         # Connection-limit policy: refuse, don't queue; see _refuse().
         self._connections = trio.CapacityLimiter(settings.max_connections)
