@@ -206,7 +206,7 @@ class Connection:
 
     async def _exchange(self, request: ParsedHead) -> bool:
         """Answer one request; True when the connection can carry the next one."""
-        started = trio.current_time()
+        started = trio.current_time() if log.is_debug() else 0.0  # for the request log line
         head = read_head(request)
         if self._client_ip is None:
             self._client_ip = _peer(self._stream).rpartition(":")[0].strip("[]")
@@ -354,7 +354,9 @@ class Connection:
         event = self._parser.next_event()  # a pipelined request may already be parsed
         if event is NEED_DATA:
             # Part of the next request may be buffered: then its read timeout runs.
-            self._arm(in_request=self._parser.in_request)
+            # (After a reply from the link reader the idle wait is armed already.)
+            if not self._readable:
+                self._arm(in_request=self._parser.in_request)
             event = await self._next_event()
         else:
             self._arm(in_request=True)
