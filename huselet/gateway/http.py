@@ -308,6 +308,9 @@ class HttpIngress:
                 http = None
                 kind = event_kind(head.content_type)
             if self.pending is not None:
+                # Requests begun in one pass of the loop go to idle instances at
+                # its end, shared out, each instance's share in one write.
+                self.flush.hold(self.pending.staged.batch())
                 inv = self.core.begin(
                     self.pending.staged,
                     function,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import trio
 
+from huselet.dispatch.buffer import HandOvers
 from huselet.gateway.replyflush import ReplyFlush
 
 
@@ -53,3 +54,21 @@ async def test_not_installed_runs_at_once_and_uninstall_runs_what_is_due() -> No
     assert ran == [1, 2]
     flush.later(lambda: ran.append(3))
     assert ran == [1, 2, 3]
+
+
+async def test_a_held_batch_of_hand_overs_ends_with_the_pass() -> None:
+    hand_overs = HandOvers()  # the dispatcher's own batching of hand-overs
+    flush = ReplyFlush()
+    flush.hold(hand_overs)
+    assert not hand_overs.deferring  # not installed: nothing is held
+    flush.install()
+    try:
+        flush.hold(hand_overs)
+        flush.hold(hand_overs)  # once per pass, however many requests
+        assert hand_overs.deferring
+        await trio.lowlevel.checkpoint()
+        assert not hand_overs.deferring  # handed over at the end of the pass
+        flush.hold(hand_overs)
+    finally:
+        flush.uninstall()
+    assert not hand_overs.deferring  # and when the ingress stops
