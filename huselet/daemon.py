@@ -303,6 +303,7 @@ class Daemon:
                 "http_connections": {
                     "open": self.ingress.open_connections,
                     "refused_per_source": self.ingress.sources.refused,
+                    "replies_direct": self.ingress.replies_direct,
                 },
                 "framed": _framed_status(self.framed),
                 "admin_socket": str(self.config.admin.socket),

@@ -32,6 +32,9 @@ from huselet.gateway.httpparse import (
     RequestParser,
 )
 from huselet.gateway.httpparse import RequestHead as ParsedHead
+from huselet.gateway.pending import PendingReplies, PendingReply
+from huselet.gateway.replyflush import ReplyFlush
+from huselet.gateway.replypark import ParkEnd, ReplyPark
 from huselet.gateway.responses import (
     HeadersTooLarge,
     InternalError,
@@ -41,6 +44,7 @@ from huselet.gateway.responses import (
     render,
 )
 from huselet.gateway.routes import RequestHead, new_request_id, read_head
+from huselet.gateway.warnbudget import WarningBudget
 from huselet.log import get_logger
 from huselet.netio import FastSocket
 
@@ -71,7 +75,12 @@ class Responder(Protocol):
 
     active_requests: ActivityCount
 
-    async def respond(self, head: RequestHead, read_body: BodyReader) -> Reply: ...
+    # Finishes what respond() returns pending (None: it never does).
+    pending: PendingReplies | None
+    flush: ReplyFlush  # where replies written from the link reader wait for the pass's end
+    replies_direct: int  # how many went out whole that way (status: http_connections)
+
+    async def respond(self, head: RequestHead, read_body: BodyReader) -> Reply | PendingReply: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +116,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_active",
         "_awaiting_continue",
         "_body_done",
         "_broken",
@@ -114,7 +124,9 @@ class Connection:
         "_in_request",
         "_io",
         "_limits",
+        "_park",
         "_parser",
+        "_readable",
         "_replied",
         "_request",
         "_request_id",
@@ -157,6 +169,10 @@ class Connection:
         self._request_id: str | None = None
         self._client_ip: str | None = None  # the peer's address, looked up once
         self._strikes = Strikes()  # consecutive throttled replies (the ingress's tarpit)
+        self._active = False  # counted in the responder's active_requests
+        # Where a reply is written from the link reader (see _await_reply).
+        self._park = ReplyPark(self._io, stream.socket, responder, self._ended_by_reader)
+        self._readable = False  # a park ended because the client's next bytes are here
 
     async def serve(self) -> None:
         """Serve requests until either side ends the connection, then close it."""
@@ -190,7 +206,7 @@ class Connection:
 
     async def _exchange(self, request: ParsedHead) -> bool:
         """Answer one request; True when the connection can carry the next one."""
-        started = trio.current_time()
+        started = trio.current_time() if log.is_debug() else 0.0  # for the request log line
         head = read_head(request)
         if self._client_ip is None:
             self._client_ip = _peer(self._stream).rpartition(":")[0].strip("[]")
@@ -215,11 +231,22 @@ class Connection:
             # leave, not hold(): a generator context manager per request is not free)
             active = self._responder.active_requests
             active.enter()
+            self._active = True
             try:
-                reply = await self._responder.respond(head, self.read_body)
+                answer = await self._responder.respond(head, self.read_body)
+                if type(answer) is Reply:
+                    reply = answer
+                else:
+                    assert type(answer) is PendingReply
+                    out = await self._await_reply(head, answer)
+                    if out is None:
+                        return True  # it went out whole, from the link reader or here
+                    reply = out
                 return await self._send_reply(head, reply, started)
             finally:
-                active.leave()
+                if self._active:  # (the link reader leaves for a reply it wrote whole)
+                    self._active = False
+                    active.leave()
         return await self._send_reply(head, reply, started)
 
     async def _send_reply(self, head: RequestHead, reply: Reply, started: float) -> bool:
@@ -260,6 +287,64 @@ class Connection:
         self._request = None
         return True
 
+    # --- waiting for an invocation --------------------------------------------------------
+
+    async def _await_reply(self, head: RequestHead, pending: PendingReply) -> Reply | None:
+        """The reply to send for a begun invocation, or None when it already went out whole.
+
+        When the client waits for this reply and nothing else (its body read,
+        nothing of a next request buffered, keep-alive), this task parks on the
+        client's socket and the link reader writes the reply
+        (:mod:`huselet.gateway.replypark`): one wake-up per request instead of two.
+        """
+        finisher = self._responder.pending
+        assert finisher is not None  # a responder returns pending replies only with one
+        inv = pending.inv
+        request = self._request
+        if (
+            not inv.done
+            and request is not None
+            and request.keep_alive
+            and self._body_done
+            and not self._parser.in_request
+            and not log.is_debug()  # the request log line is this task's to write
+        ):
+            park = self._park
+            end = await park.park(head, pending)
+            if end is ParkEnd.WRITTEN:
+                self._readable = True
+                return None
+            if end is ParkEnd.HANDOFF:
+                reply, park.handoff = park.handoff, None
+                assert reply is not None
+                return reply
+            if end is ParkEnd.UNSENT:
+                rest, park.unsent = park.unsent, None
+                assert rest is not None
+                self._replied = True
+                await self._send(rest)  # under the send timeout
+                self._request = None  # it was complete and is kept alive
+                return None
+            # SENT_EARLY: the client sent (or closed) first; read it after the reply.
+        if not inv.done:
+            try:
+                await inv.wait()
+            except BaseException:
+                finisher.abandon(pending)
+                raise
+        return finisher.finish(pending)
+
+    def _ended_by_reader(self) -> None:
+        """A parked request's reply went out whole from the link reader: end the
+        exchange as :meth:`_finish_cycle` and :meth:`_next_request` would."""
+        self._request = None
+        self._request_id = None
+        self._arm(in_request=False)
+        self._active = False
+        responder = self._responder
+        responder.active_requests.leave()
+        responder.replies_direct += 1
+
     # --- reading -----------------------------------------------------------------------
 
     async def _next_request(self) -> ParsedHead | None:
@@ -269,7 +354,9 @@ class Connection:
         event = self._parser.next_event()  # a pipelined request may already be parsed
         if event is NEED_DATA:
             # Part of the next request may be buffered: then its read timeout runs.
-            self._arm(in_request=self._parser.in_request)
+            # (After a reply from the link reader the idle wait is armed already.)
+            if not self._readable:
+                self._arm(in_request=self._parser.in_request)
             event = await self._next_event()
         else:
             self._arm(in_request=True)
@@ -301,8 +388,11 @@ class Connection:
             parser.receive(await self._receive())
 
     async def _receive(self) -> bytes:
-        # Between requests a keep-alive client is reading our reply: wait first.
-        data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=not self._in_request)
+        # Between requests a keep-alive client is reading our reply: wait first
+        # (unless a park for the reply ended because its next bytes are here).
+        expect_wait = not self._in_request and not self._readable
+        self._readable = False
+        data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=expect_wait)
         if data and not self._in_request:
             # The first byte of a request ends the idle wait and starts its read timeout.
             self._arm(in_request=True)
@@ -398,30 +488,6 @@ async def linger(stream: trio.SocketStream) -> None:
                 received += len(data)
     except TRANSPORT_ERRORS:
         pass
-
-
-class WarningBudget:
-    """At most ``burst`` warnings per ``window_s``; the rest are counted and go to debug."""
-
-    def __init__(self, burst: int, window_s: float) -> None:
-        self._burst = burst
-        self._window_s = window_s
-        self._window_end = -math.inf
-        self._used = 0
-        self._suppressed = 0
-
-    def warn(self, msg: str, **fields: object) -> None:
-        now = trio.current_time()
-        if now >= self._window_end:
-            self._window_end = now + self._window_s
-            self._used = 0
-        if self._used < self._burst:
-            self._used += 1
-            log.warning(msg, suppressed=self._suppressed, **fields)
-            self._suppressed = 0
-        else:
-            self._suppressed += 1
-            log.debug(msg, **fields)
 
 
 def _peer(stream: trio.SocketStream) -> str:

@@ -142,12 +142,19 @@ class InvokeCore:
         timeout_ms: int | None,
         request_id: str,
         meta: RequestMeta | None = None,
+        http: HttpRequest | None = None,
     ) -> Invocation:
         """:meth:`invoke`, split: accept the invocation now (or raise as :meth:`invoke`
         would); its end comes through ``on_done``, then :meth:`outcome`."""
         try:
             return staged.begin(
-                function, event, kind, timeout_ms=timeout_ms, request_id=request_id, meta=meta
+                function,
+                event,
+                kind,
+                timeout_ms=timeout_ms,
+                request_id=request_id,
+                meta=meta,
+                http=http,
             )
         except Exception as exc:
             if isinstance(exc, HuseletError) and exc.status != 500:

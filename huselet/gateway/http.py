@@ -28,12 +28,13 @@ from huselet.gateway.connection import (
     BodyReader,
     Connection,
     Limits,
-    WarningBudget,
     linger,
 )
 from huselet.gateway.conntimer import ConnectionTimer
 from huselet.gateway.core import InvokeCore, Invoker
 from huselet.gateway.httpfunc import function_reply, request_info
+from huselet.gateway.pending import PendingReplies, PendingReply
+from huselet.gateway.replyflush import ReplyFlush
 from huselet.gateway.responses import (
     HEALTH_DRAINING,
     HEALTH_OK,
@@ -55,6 +56,7 @@ from huselet.gateway.routes import (
     parse_timeout_ms,
 )
 from huselet.gateway.source_connections import SourceConnections, source_of
+from huselet.gateway.warnbudget import WarningBudget
 from huselet.listen import open_listeners, serve_and_close
 from huselet.log import get_logger
 from huselet.observe.context import RequestMeta
@@ -98,6 +100,13 @@ class HttpIngress:
             token=None if auth_token is None else auth_token.strip(),
             max_buffered_bytes=settings.max_buffered_mb << 20,
         )
+        staged = self.core.staged
+        # With the node's dispatcher an invocation is begun, not awaited: the
+        # connection waits for it and its reply can go out from the link reader.
+        self.pending = None if staged is None else PendingReplies(self.core, staged)
+        self.flush = ReplyFlush()  # replies made in a pass of the loop go out at its end
+        # Replies written whole from their invocation's completion (the fast path).
+        self.replies_direct = 0
         self._limits = Limits.from_settings(settings)
         # Connection-limit policy: refuse, don't queue; see _refuse().
         self._connections = trio.CapacityLimiter(settings.max_connections)
@@ -134,6 +143,7 @@ class HttpIngress:
         names = [_local_address(listener) for listener in listeners]
         self.bound_address = names[0]
         log.info("http ingress listening", addresses=[str(name) for name in names])
+        self.flush.install()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._timer.run)
@@ -141,6 +151,7 @@ class HttpIngress:
                 await serve_and_close(self._handle_connection, listeners)
                 nursery.cancel_scope.cancel()
         finally:
+            self.flush.uninstall()
             self.bound_address = None
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
@@ -214,10 +225,12 @@ class HttpIngress:
 
     # --- requests ----------------------------------------------------------------------
 
-    async def respond(self, head: RequestHead, read_body: BodyReader) -> Reply:
+    async def respond(self, head: RequestHead, read_body: BodyReader) -> Reply | PendingReply:
         """The reply to one request; every HuseletError becomes its error reply.
 
-        Every reply carries ``Server-Timing`` and ``X-Huselet-Cold-Start``.
+        Or, for an invocation begun on the staged dispatcher, the pending reply
+        (:attr:`pending` finishes it into its reply). Every reply carries
+        ``Server-Timing`` and ``X-Huselet-Cold-Start``.
         """
         started = trio.current_time()
         meta = RequestMeta(head.traceparent)
@@ -229,7 +242,10 @@ class HttpIngress:
                 takes_http = self._dispatcher.takes_http(route.function)
                 if not takes_http:
                     check_plain_invoke(head.method, route)
-                reply = await self._invoke(route, head, read_body, takes_http, meta)
+                outcome = await self._invoke(route, head, read_body, takes_http, meta, started)
+                if isinstance(outcome, PendingReply):
+                    return outcome
+                reply = outcome
         except Refusal as exc:
             reply = error_reply(exc)
             if exc.status == 429:
@@ -255,7 +271,8 @@ class HttpIngress:
         read_body: BodyReader,
         takes_http: bool,
         meta: RequestMeta,
-    ) -> Reply:
+        started: float,
+    ) -> Reply | PendingReply:
         function = route.function
         # Cheap checks first, so a request that will be refused is refused
         # before its body is read (and without a 100 Continue).
@@ -270,6 +287,7 @@ class HttpIngress:
             )
         )
         reserved = 0
+        handed_over = False  # to a pending reply, with the body budget reserved
         try:
             if head.repeated is not None:
                 raise BadRequest(f"header {head.repeated.decode('ascii')} must appear once")
@@ -289,6 +307,24 @@ class HttpIngress:
             else:
                 http = None
                 kind = event_kind(head.content_type)
+            if self.pending is not None:
+                # Requests begun in one pass of the loop go to idle instances at
+                # its end, shared out, each instance's share in one write.
+                self.flush.hold(self.pending.staged.batch())
+                inv = self.core.begin(
+                    self.pending.staged,
+                    function,
+                    event,
+                    kind,
+                    timeout_ms=timeout_ms,
+                    request_id=head.request_id,
+                    meta=meta,
+                    http=http,
+                )
+                # What the request holds is the pending reply's from here on.
+                pending = PendingReply(inv, ticket, reserved, takes_http, started, meta)
+                reserved, handed_over = 0, True
+                return pending
             # Straight to the core: a coroutine layer per request is not free.
             result = await self.core.invoke(
                 function,
@@ -304,7 +340,8 @@ class HttpIngress:
             return Reply(200, result.body, content_type_header(result.content_type))
         finally:
             self.core.body_budget.release(reserved)
-            ticket.release()
+            if not handed_over:
+                ticket.release()
 
 
 def _local_address(listener: trio.SocketListener) -> TcpAddress:
