@@ -17,7 +17,7 @@ from load_support import _read_reply
 from tenants_support import GLOBEX, SLOW, call, signed
 
 from huselet.client.framed import FramedClient
-from huselet.gateway.admission_throttle import CLOSE_AFTER, MAX_HOLD_FACTOR
+from huselet.gateway.admission_throttle import CLOSE_AFTER, MAX_HOLD_FACTOR, PACE_PER_S
 
 pytestmark = pytest.mark.e2e
 
@@ -83,6 +83,36 @@ async def test_a_pipelining_flood_is_answered_slowly_while_another_tenant_is_ser
         assert await stream.receive_some(65536) == b""
     # (The first two may be admitted: slow's burst, if this test runs first.)
     assert statuses[-CLOSE_AFTER:] == [429] * CLOSE_AFTER and len(statuses) <= CLOSE_AFTER + 2
+
+
+async def test_a_flood_over_many_connections_gets_its_repeated_429s_paced_node_wide(
+    daemon: Daemon,
+) -> None:
+    # Four connections, five pipelined requests each: on its own each connection's
+    # 429s would come 20, 40, 80, 160 ms apart (all within ~0.3 s); paced per tenant,
+    # the repeats (each connection's second 429 on) go out at most PACE_PER_S a
+    # second node-wide, so they span at least (repeats - 1) / PACE_PER_S.
+    host, _, port = daemon.url.removeprefix("http://").rpartition(":")
+    repeats: list[float] = []
+
+    async def connection(first: int) -> None:
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(b"".join(request_bytes(daemon, first + i) for i in range(5)))
+            buf = bytearray()
+            throttled = 0
+            for _ in range(5):
+                status, _, _ = await _read_reply(stream, buf)
+                if status == 429:
+                    throttled += 1
+                    if throttled > 1:
+                        repeats.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        for c in range(4):
+            nursery.start_soon(connection, 200 + 10 * c)
+    assert len(repeats) >= 10  # (slow's burst of 2 may admit two of the twenty)
+    repeats.sort()
+    assert repeats[-1] - repeats[0] >= (len(repeats) - 1) / PACE_PER_S - 0.05
 
 
 def test_framed_throttled_calls_in_a_row_are_held_ever_longer(daemon: Daemon) -> None:
