@@ -28,10 +28,13 @@ times), each answer a trip round the loop that another tenant's request may
 wait behind. So :class:`Pacer`, node-wide, answers the *repeated* 429s of one
 limit (a tenant's, a function's, a source's: :attr:`Refusal.pace_key`) at
 most :data:`PACE_PER_S` a second all together, each no earlier than its own
-connection's hold: the work a flooding tenant's refusals cause is then
-bounded whatever its number of connections. A connection's first 429 is
-never paced: a client that honours ``Retry-After`` gets its answer after the
-plain hold, however many other clients the limit is refusing.
+connection's hold and no later than that plus the longest hold
+(``MAX_HOLD_FACTOR`` times the delay: a held connection is one of
+``gateway.max_connections``, so a flood of many connections must not keep
+them for long; those answers beyond the pace take no slot of it). A
+connection's first 429 is never paced: a client that honours
+``Retry-After`` gets its answer after the plain hold, however many other
+clients the limit is refusing.
 
 Sans-IO: the ingress calls :meth:`Pacer.throttled` (with the connection's
 :class:`Strikes`) when it refuses a request as throttled.
@@ -118,6 +121,12 @@ class Pacer:
         at = slots.get(key, due)
         if at < due:
             at = due
+        # Never more than the longest hold on top of the connection's own: held
+        # connections are slots of gateway.max_connections, and a flood over many
+        # connections must not keep them for minutes. Such an answer takes no pace slot.
+        latest = due + refusal.pause_s * MAX_HOLD_FACTOR
+        if at > latest:
+            return latest, close
         if len(slots) >= PACE_KEYS and key not in slots:
             self._forget(now)
         slots[key] = at + self._gap

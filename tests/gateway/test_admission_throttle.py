@@ -70,10 +70,21 @@ def test_repeated_429s_of_one_limit_are_answered_at_most_pace_per_s_node_wide() 
     # Each connection's first 429: its plain hold, however many others the limit refuses.
     firsts = [pacer.throttled(s, Throttle(), now=0.0)[0] for s in conns]
     assert firsts == pytest.approx([0.25] * 32)
-    # Their repeats (all due at 0.5 s on their own) go out one per 1/PACE_PER_S.
+    # Their repeats (all due at 0.75 s on their own) go out one per 1/PACE_PER_S, up to
+    # the longest hold (MAX_HOLD_FACTOR x 0.25 s) later than that; the rest at that cap.
     repeats = sorted(pacer.throttled(s, Throttle(), now=0.25)[0] for s in conns)
-    gaps = [b - a for a, b in itertools.pairwise(repeats)]
-    assert repeats[0] == pytest.approx(0.75) and min(gaps) == pytest.approx(1 / PACE_PER_S)
+    cap = 0.75 + 0.25 * MAX_HOLD_FACTOR
+    paced = [at for at in repeats if at < cap - 1e-9]
+    gaps = [b - a for a, b in itertools.pairwise(paced)]
+    assert paced[0] == pytest.approx(0.75) and min(gaps) == pytest.approx(1 / PACE_PER_S)
+    assert len(paced) >= int(0.25 * MAX_HOLD_FACTOR * PACE_PER_S)  # (the last: float rounding)
+    assert repeats[len(paced) :] == pytest.approx([cap] * (32 - len(paced)))
+    # The capped ones took no slot: the next repeat goes where the pace left off.
+    extra = Strikes(rng=lambda: 0.0)
+    pacer.throttled(extra, Throttle(), now=0.0)
+    assert pacer.throttled(extra, Throttle(), now=0.25)[0] == pytest.approx(
+        paced[-1] + 1 / PACE_PER_S
+    )
     # Never earlier than the connection's own hold: a quiet limit adds nothing.
     lone = Strikes(rng=lambda: 0.0)
     pacer.throttled(lone, Throttle(pace_key="tenant:other"), now=100.0)
