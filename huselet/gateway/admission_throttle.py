@@ -31,10 +31,13 @@ most :data:`PACE_PER_S` a second all together, each no earlier than its own
 connection's hold and no later than that plus the longest hold
 (``MAX_HOLD_FACTOR`` times the delay: a held connection is one of
 ``gateway.max_connections``, so a flood of many connections must not keep
-them for long; those answers beyond the pace take no slot of it). A
-connection's first 429 is never paced: a client that honours
-``Retry-After`` gets its answer after the plain hold, however many other
-clients the limit is refusing.
+them for long; those answers beyond the pace take no slot of it). So the
+pace bounds the answers of a flood over up to ~``PACE_PER_S`` x that cap
+connections (20 with the defaults; 32 connections were answered half as
+often); beyond that, the rest are answered at their cap, as often as
+before, only later. A connection's first 429 is never paced: a client that
+honours ``Retry-After`` gets its answer after the plain hold, however many
+other clients the limit is refusing.
 
 Sans-IO: the ingress calls :meth:`Pacer.throttled` (with the connection's
 :class:`Strikes`) when it refuses a request as throttled.
