@@ -136,12 +136,14 @@ class Node(NamedTuple):
     framed: int  # the framed ingress
 
 
-def start_daemon(root: Path, *, signed: bool) -> Node:
+def start_daemon(root: Path, *, signed: bool, steps: str | None = None) -> Node:
+    """``steps``: run it under bench/loop_steps.py, recording its long loop passes there."""
     port, framed = free_port(), free_port()
     name = "signed" if signed else "open"
     config = write_config(root, name, port, framed, signed=signed, auth=signed)
+    command = ["-m", "huselet"] if steps is None else [str(BENCH / "loop_steps.py"), steps]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "huselet", "run", "--config", str(config), "--log-level", "info"],
+        [sys.executable, *command, "run", "--config", str(config), "--log-level", "info"],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -364,6 +366,12 @@ def main() -> None:
     # the flood generator (its sent/offered counts show whether it kept its rate).
     parser.add_argument("--flood-nice", type=int, default=10, help="the flood process's nice")
     parser.add_argument("--parts", default="1,2,3", help="which parts to run, e.g. 2 or 1,3")
+    parser.add_argument(
+        "--steps",
+        metavar="FILE",
+        help="part 3: run the measured node under bench/loop_steps.py (records its loop passes "
+        "> 0.3 ms in FILE) and print them per condition, with what quiet's slowest 1 %% hit",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     report: dict[str, object] = {"cpus": os.cpu_count(), "loadavg_before": loadavg()}
@@ -391,7 +399,8 @@ def main() -> None:
             names.append("alt")  # part 3's control, "elsewhere": the flood sent to another node
         for name in names:
             (root / name).mkdir()
-            procs[name] = start_daemon(root / name, signed=name in ("signed", "alt"))
+            steps = args.steps if name == "signed" else None
+            procs[name] = start_daemon(root / name, signed=name in ("signed", "alt"), steps=steps)
         ports = {name: (node.proc.pid, node.port) for name, node in procs.items()}
         framed_ports = {name: (node.proc.pid, node.framed) for name, node in procs.items()}
         signed_proc, signed_port = procs["signed"].proc, procs["signed"].port

@@ -116,12 +116,21 @@ async def send_framed(
 
 
 async def paced(
-    port: int, requests: list[bytes], rate: float, connections: int
+    port: int,
+    requests: list[bytes],
+    rate: float,
+    connections: int,
+    begins: list[float] | None = None,
 ) -> tuple[list[float], dict[int, int]]:
-    """Request ``i`` is due at ``i / rate`` s; latency (ms) runs from then to its reply."""
+    """Request ``i`` is due at ``i / rate`` s; latency (ms) runs from then to its reply.
+
+    ``begins``: each latency's start is appended there (``time.monotonic``, in
+    the order of the latencies), to line slow samples up with the daemon's loop.
+    """
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     start = trio.current_time() + 0.05
+    to_monotonic = time.monotonic() - trio.current_time()
 
     async def client(first: int) -> None:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -135,6 +144,8 @@ async def paced(
                 await stream.send_all(requests[i])
                 status, _ = await _read_reply(stream, buf)
                 latencies.append((trio.current_time() - begin) * 1000)
+                if begins is not None:
+                    begins.append(begin + to_monotonic)
                 statuses[status] = statuses.get(status, 0) + 1
 
     async with trio.open_nursery() as nursery:

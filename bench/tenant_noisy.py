@@ -31,9 +31,10 @@ import statistics
 import time
 from typing import Any
 
+import loop_steps
 import trio
 from procstats import cpu_ns
-from tenant_load import NOISY, QUIET, flood_process, p, paced, raw_request
+from tenant_load import NOISY, QUIET, flood_process, p, paced, raw_request, send_all
 
 CONDITIONS = ("idle-a", "noisy", "idle-b", "elsewhere")
 
@@ -55,24 +56,56 @@ def _phase(pid: int, port: int, args: argparse.Namespace, flood_port: int | None
         child.start()
         started.wait(120)  # its requests are signed
         time.sleep(1.0)  # the flood is under way (and the bucket empty) before we measure
-    cpu0, t0 = cpu_ns(pid), time.perf_counter()
-    lat, statuses = trio.run(paced, port, batch, args.quiet_rate, 2)
+    cpu0, t0, mono0 = cpu_ns(pid), time.perf_counter(), time.monotonic()
+    begins: list[float] = []
+    lat, statuses = trio.run(paced, port, batch, args.quiet_rate, 2, begins)
     wall = time.perf_counter() - t0
     cpu = (cpu_ns(pid) - cpu0) / 1e9
-    if child is not None:
+    if child is not None and flood_port is not None:
         stop.set()
         flood = out.get(timeout=60)
         child.join(60)
+        # The node answers a held connection's 429 (up to ~6 s later) before it finds
+        # the flood gone: wait for that, so the flood's tail is not measured as the
+        # next phase's (an idle one, say).
+        flood["settle_s"] = settle(flood_port)
     return {
         "quiet_statuses": statuses,
         "quiet_p50_ms": statistics.median(lat),
         "quiet_p99_ms": p(lat, 99),
         "latencies_ms": lat,
+        "begins": begins,
+        "window": (mono0, mono0 + wall),
         "daemon_cpu_s": cpu,
         "wall_s": wall,
         "daemon_cpu_pct": 100 * cpu / wall,
         "flood": flood,
     }
+
+
+def settle(port: int, timeout_s: float = 20.0) -> float:
+    """Wait until no TCP connection to local ``port`` is open (ESTABLISHED or CLOSE_WAIT:
+    the peer is gone, the node has not closed its end yet); the seconds it took."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s and _open_connections(port):
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def _open_connections(port: int) -> int:
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    local, state = fields[1], fields[3]
+                    if int(local.rsplit(":", 1)[1], 16) == port and state in ("01", "08"):
+                        count += 1
+        except FileNotFoundError:
+            pass
+    return count
 
 
 def noisy_neighbour(
@@ -88,9 +121,13 @@ def noisy_neighbour(
             result = _phase(pid, port, args, floods.get(name))
             result["round"] = r
             phases[name].append(result)
+    stalls = _stalls(phases, args.steps, port) if args.steps else None
     pooled = {
         name: [x for run in runs for x in run.pop("latencies_ms")] for name, runs in phases.items()
     }
+    for runs in phases.values():
+        for run in runs:
+            run.pop("begins")
     pooled["idle"] = pooled["idle-a"] + pooled["idle-b"]
     stats = {
         name: {"n": len(lat), "p50_ms": statistics.median(lat), "p99_ms": p(lat, 99)}
@@ -119,6 +156,7 @@ def noisy_neighbour(
     extra_us_per_s = (noisy_cpu_pct - idle_cpu_pct) * 1e4  # % of a core -> us per s
     return {
         "phases": phases,
+        "stalls": stalls,
         "pooled": stats,
         "p99_ratio": stats["noisy"]["p99_ms"] / stats["idle"]["p99_ms"],
         "p99_ratio_aa": stats["idle-b"]["p99_ms"] / stats["idle-a"]["p99_ms"],
@@ -135,6 +173,43 @@ def noisy_neighbour(
     }
 
 
+def _stalls(phases: dict[str, list[dict[str, Any]]], path: str, port: int) -> dict[str, Any]:
+    """Per condition: the daemon's long loop passes (``loop_steps``) during its phases,
+    and what quiet's slowest 1 % of samples overlapped."""
+    time.sleep(loop_steps.FLUSH_S + 0.5)
+    trio.run(send_all, port, [raw_request(port, "quiet", QUIET)], 1)  # a pass: it flushes
+    time.sleep(0.5)
+    record = loop_steps.load(path)
+    out: dict[str, Any] = {}
+    for name, runs in phases.items():
+        windows = [loop_steps.window_stats(record, *run["window"]) for run in runs]
+        samples = [
+            (b, ms)
+            for run in runs
+            for b, ms in zip(run["begins"], run["latencies_ms"], strict=True)
+        ]
+        cut = p([ms for _, ms in samples], 99)
+        slow = [(b, ms) for b, ms in samples if ms >= cut]
+        out[name] = {
+            "long_passes": sum(w["long_passes"] for w in windows),
+            "long_pass_ms": round(sum(w["long_pass_ms"] for w in windows), 1),
+            "max_pass_ms": max(w["max_pass_ms"] for w in windows),
+            "long_steps": sum(w["long_steps"] for w in windows),
+            "max_step_ms": max(w["max_step_ms"] for w in windows),
+            "slowest_1pct": loop_steps.blame(record, slow),
+            "long_steps_by_task_ms": _merge(w["long_steps_by_task_ms"] for w in windows),
+        }
+    return out
+
+
+def _merge(rows: Any) -> list[tuple[str, float]]:
+    total: dict[str, float] = {}
+    for row in rows:
+        for k, v in row:
+            total[k] = total.get(k, 0.0) + v
+    return sorted(((k, round(v, 1)) for k, v in total.items()), key=lambda kv: -kv[1])[:6]
+
+
 def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"3. tenant quiet at {args.quiet_rate:g} req/s (2 connections, open loop): alone twice "
@@ -148,7 +223,8 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
             f = r["flood"]
             flood = (
                 f"  flood sent {f['sent']}/{f['offered']} {f['statuses']} "
-                f"connects {f['connects']} cpu {f['cpu_pct_of_a_core']:.0f}%"
+                f"connects {f['connects']} cpu {f['cpu_pct_of_a_core']:.0f}% "
+                f"settled {f['settle_s']:.1f} s"
                 if f
                 else ""
             )
@@ -175,6 +251,20 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
         f"left is this node's interference, not the machine's): pooled "
         f"{nn['p99_ratio_elsewhere']:.2f}, per round {nn['p99_ratio_elsewhere_rounds']:.2f}"
     )
+    if nn["stalls"]:
+        print("   the daemon's loop passes > 0.3 ms (bench/loop_steps.py), per condition:")
+        for name, st in nn["stalls"].items():
+            slow = st["slowest_1pct"]
+            print(
+                f"     {name:<9} passes {st['long_passes']:>5} ({st['long_pass_ms']:.0f} ms, "
+                f"max {st['max_pass_ms']:.2f}); steps {st['long_steps']:>5} "
+                f"(max {st['max_step_ms']:.2f}) {st['long_steps_by_task_ms']}"
+            )
+            print(
+                f"       slowest 1 %: {slow['with_long_pass']}/{slow['samples']} overlapped "
+                f"{slow['long_pass_ms']:.1f} ms of long passes; by task {slow['by_task_ms']} "
+                f"steps {slow['by_task_steps']}"
+            )
     cpu = nn["daemon_cpu_pct"]
     print(
         f"   daemon cpu (median of phases) idle {cpu['idle']:.1f}%, noisy {cpu['noisy']:.1f}%; "

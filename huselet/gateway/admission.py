@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from huselet.config.auth import AuthSettings
+from huselet.gateway.admission_throttle import Pacer
 from huselet.gateway.admission_types import (
     AdmissionRequest,
     AuthMode,
@@ -132,6 +133,8 @@ class Admission:
         self.refuse = self._refusals.refuse
         self._sources = SourceGuard(self._refusals, clock)
         self._quotas = Quotas(self._refusals, clock)
+        # Node-wide pacing of repeated 429s, per limit (the ingresses' tarpit uses it).
+        self.pacer = Pacer()
         self._signed = SignatureVerifier(
             settings,
             refusals=self._refusals,
@@ -236,7 +239,8 @@ class Admission:
                 403,
                 tenant.name,
             )
-        gates = self._quotas.take(function, fn, tenant.name)
+        # The verifier checked the tenant's quota before the HMAC (and nothing awaited since).
+        gates = self._quotas.take(function, fn, tenant.name, tenant_checked=True)
         self.stats.admitted(tenant.name, self._clock())
         return Ticket(self, tenant.name, gates, body_sha256)
 

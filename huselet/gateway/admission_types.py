@@ -40,6 +40,7 @@ class Refusal(HuseletError):
         retry_after_s: int | None = None,
         challenge: bytes | None = None,
         pause_s: float = 0.0,
+        pace_key: str | None = None,
     ) -> None:
         super().__init__(message, retry_after_s=retry_after_s)
         self.reason = reason
@@ -50,6 +51,9 @@ class Refusal(HuseletError):
         # a client that retries at once then costs a few requests a second per
         # connection instead of as many as the node can refuse.
         self.pause_s = pause_s
+        # The limit a 429 is for ("tenant:acme", "source:10.0.0.1"…): the node-wide
+        # pacing of repeated 429s (admission_throttle.Pacer) is per limit.
+        self.pace_key = pace_key
 
 
 class Refusals:
@@ -69,6 +73,7 @@ class Refusals:
         tenant: str | None,
         *,
         retry_after_s: int | None = None,
+        pace_key: str | None = None,
     ) -> Refusal:
         self.stats.refused(reason, tenant, self._clock())
         challenge = None
@@ -84,6 +89,7 @@ class Refusals:
             retry_after_s=retry_after_s,
             challenge=challenge,
             pause_s=pause_s,
+            pace_key=pace_key,
         )
 
 

@@ -51,6 +51,11 @@ from huselet.netio import FastSocket
 log = get_logger("gateway")
 
 RECEIVE_BYTES = 64 * 1024
+# Waiting for a request's head, a read takes at most this much. The parser parses
+# all it is fed, so a 64 KB read of a pipelining client (a flood held by the tarpit)
+# became ~130 parsed heads, kept as Python objects for seconds (the GC traverses them);
+# the rest now waits in the kernel. A body is read RECEIVE_BYTES at a time.
+HEAD_RECEIVE_BYTES = 8 * 1024
 # Request line plus headers. The parser answers a longer incomplete head with a
 # 431; a complete one that arrived in a single read is measured after parsing.
 MAX_HEAD_BYTES = 16 * 1024
@@ -357,7 +362,7 @@ class Connection:
             # (After a reply from the link reader the idle wait is armed already.)
             if not self._readable:
                 self._arm(in_request=self._parser.in_request)
-            event = await self._next_event()
+            event = await self._next_event(HEAD_RECEIVE_BYTES)
         else:
             self._arm(in_request=True)
         if type(event) is ParsedHead:
@@ -379,20 +384,20 @@ class Connection:
         # (No timer call: an infinite due never moves the timer earlier.)
         self.due = math.inf
 
-    async def _next_event(self) -> Event:
+    async def _next_event(self, size: int = RECEIVE_BYTES) -> Event:
         parser = self._parser
         while True:
             event = parser.next_event()
             if event is not NEED_DATA:
                 return event
-            parser.receive(await self._receive())
+            parser.receive(await self._receive(size))
 
-    async def _receive(self) -> bytes:
+    async def _receive(self, size: int) -> bytes:
         # Between requests a keep-alive client is reading our reply: wait first
         # (unless a park for the reply ended because its next bytes are here).
         expect_wait = not self._in_request and not self._readable
         self._readable = False
-        data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=expect_wait)
+        data = await self._io.receive_some(size, expect_wait=expect_wait)
         if data and not self._in_request:
             # The first byte of a request ends the idle wait and starts its read timeout.
             self._arm(in_request=True)

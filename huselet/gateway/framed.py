@@ -331,7 +331,8 @@ class _FramedConnection:
                 # Throttled: the reply is held back, growing as over HTTP
                 # (admission_throttle; no close: calls overlap). The call keeps its
                 # in-flight slot meanwhile, so a flooding connection slows itself.
-                due, _ = self._strikes.throttled(exc.pause_s, trio.current_time())
+                now = trio.current_time()
+                due, _ = self.ingress.admission.pacer.throttled(self._strikes, exc, now)
                 nursery.start_soon(self._refuse_later, call.id, request_id, exc, due)
             else:
                 self._queue_reply(_error_reply(call.id, request_id, exc))

@@ -253,7 +253,7 @@ class HttpIngress:
                 # for each in a row on this connection, then closes it, so a client
                 # retrying in a loop cannot keep the event loop busy refusing it.
                 strikes = head.strikes if head.strikes is not None else Strikes()
-                due, close = strikes.throttled(exc.pause_s, started)
+                due, close = self.admission.pacer.throttled(strikes, exc, started)
                 if due > started:
                     await trio.sleep_until(due)
                 if close:

@@ -71,9 +71,20 @@ class Quotas:
             self._check(limits, self._clock(), tenant, "tenant", tenant, _TENANT_LIMITS)
 
     def take(
-        self, function: str, fn: FunctionPolicy | None, tenant: str | None
+        self,
+        function: str,
+        fn: FunctionPolicy | None,
+        tenant: str | None,
+        *,
+        tenant_checked: bool = False,
     ) -> tuple[Gate, ...]:
-        """Check and take the tenant's and the function's limits; the gates now held."""
+        """Check and take the tenant's and the function's limits; the gates now held.
+
+        ``tenant_checked``: :meth:`check_tenant` passed for this request with
+        nothing awaited since (signed mode checks it before the HMAC), so the
+        tenant's limits are taken without being checked a second time: its
+        bucket only fills as time goes on and its gate only empties.
+        """
         now = self._clock()
         tenant_limits = None if tenant is None else self.tenants.get(tenant)
         fn_limits = None
@@ -84,7 +95,7 @@ class Quotas:
             fn_limits.tune(fn.rate, fn.max_concurrent, now)
         elif function in self._functions:
             del self._functions[function]  # its limits were removed
-        if tenant_limits is not None:
+        if tenant_limits is not None and not tenant_checked:
             self._check(tenant_limits, now, tenant, "tenant", tenant, _TENANT_LIMITS)
         if fn_limits is not None:
             self._check(fn_limits, now, tenant, "function", function, _FUNCTION_LIMITS)
@@ -117,6 +128,7 @@ class Quotas:
                 429,
                 tenant,
                 retry_after_s=retry_after(bucket.wait_s(now)),
+                pace_key=f"{kind}:{name}",
             )
         if not limits.gate.has_room():
             raise self._refuse(
@@ -126,4 +138,5 @@ class Quotas:
                 429,
                 tenant,
                 retry_after_s=1,
+                pace_key=f"{kind}:{name}",
             )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from huselet.config.auth import AuthSettings
 from huselet.gateway.admission_types import Refusal, Refusals
 from huselet.tenants.limits import SourceBuckets, TokenBucket, retry_after
-from huselet.tenants.sources import SourcePolicy, parse_networks
+from huselet.tenants.sources import SourcePolicy, parse_networks, source_key
 from huselet.tenants.stats import RefusalReason
 
 
@@ -51,7 +51,7 @@ class SourceGuard:
             now = self._clock()
             bucket = buckets.get(peer, now)
             if not bucket.ready(now):
-                raise self._throttled(bucket, now)
+                raise self._throttled(bucket, now, peer)
             if take:
                 bucket.take(now)
 
@@ -64,7 +64,7 @@ class SourceGuard:
             if bucket.ready(now):
                 bucket.take(now)
 
-    def _throttled(self, bucket: TokenBucket, now: float) -> Refusal:
+    def _throttled(self, bucket: TokenBucket, now: float, peer: str) -> Refusal:
         return self._refuse(
             RefusalReason.SOURCE_RATE,
             f"this address is over its rate of {bucket.rate:g} requests/s "
@@ -72,6 +72,7 @@ class SourceGuard:
             429,
             None,
             retry_after_s=retry_after(bucket.wait_s(now)),
+            pace_key=f"source:{source_key(peer)}",
         )
 
     def __len__(self) -> int:

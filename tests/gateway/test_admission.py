@@ -21,6 +21,7 @@ from huselet.gateway.admission import (
     Refusal,
 )
 from huselet.tenants.keys import KeyRing, read_keys_file
+from huselet.tenants.limits import TokenBucket
 from huselet.tenants.stats import RefusalReason
 from protocol.ingress_signing import sign_call
 
@@ -226,6 +227,7 @@ def test_tenant_rate_and_concurrency(ring: KeyRing) -> None:
     assert (err.reason, err.status, err.retry_after_s) == (RefusalReason.TENANT_RATE, 429, 1)
     assert err.pause_s == 0.25  # auth.throttle_delay_ms: the ingress holds the 429 back
     assert "tenant acme" in err.message and "tenant_rate" in err.message
+    assert err.pace_key == "tenant:acme"  # its repeated 429s are paced per tenant
     # Another tenant is not affected.
     adm.admit(request(GLOBEX, "globex-fn")).release()
     clock.advance(1.0)
@@ -291,6 +293,7 @@ def test_open_mode_source_limits_and_cidrs() -> None:
     adm.admit(req("10.0.0.1"))
     err = refused(adm, req("10.0.0.1"))
     assert err.reason is RefusalReason.SOURCE_RATE and err.retry_after_s == 1
+    assert err.pace_key == "source:10.0.0.1"  # its repeated 429s are paced per source
     adm.admit(req("10.0.0.2"))  # per source
 
 
@@ -332,6 +335,29 @@ def test_a_throttled_tenant_is_refused_before_its_signature_is_checked(ring: Key
     assert refused(adm, later).reason is RefusalReason.TENANT_RATE
     clock.advance(1.0)
     assert adm.admit(later).tenant == "acme"
+
+
+def test_a_signed_request_checks_its_tenants_quota_once(
+    ring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checked before the HMAC (a throttled tenant costs none), then taken without
+    # a second check: nothing is awaited in between, so the answer cannot change.
+    clock = Clock()
+    adm = make(ring, clock)
+    checks: list[float] = []
+    ready = TokenBucket.ready
+
+    def counted(bucket: TokenBucket, now: float) -> bool:
+        checks.append(now)
+        return ready(bucket, now)
+
+    monkeypatch.setattr(TokenBucket, "ready", counted)
+    adm.admit(request(ACME, "acme-fn")).release()
+    assert len(checks) == 1
+    adm.admit_call(call(ACME, "acme-fn")).release()
+    assert len(checks) == 2
+    # And the one check still refuses: the bucket (burst 2) is empty now.
+    assert refused(adm, request(ACME, "acme-fn", body=b"3")).reason is RefusalReason.TENANT_RATE
 
 
 def call(key: AccessKey, fn: str, *, at: float = NOW, nonce: str = "n1") -> CallRequest:

@@ -1,6 +1,10 @@
-"""The tarpit of throttled connections: escalating, jittered holds, then close."""
+"""The tarpit of throttled connections: escalating, jittered holds, then close; repeated
+429s of one limit paced node-wide."""
 
 from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
 
 import pytest
 
@@ -8,7 +12,10 @@ from huselet.gateway.admission_throttle import (
     CLOSE_AFTER,
     JITTER,
     MAX_HOLD_FACTOR,
+    PACE_KEYS,
+    PACE_PER_S,
     RESET_AFTER_S,
+    Pacer,
     Strikes,
 )
 
@@ -49,3 +56,68 @@ def test_no_delay_holds_nothing_but_still_closes_a_persistent_offender() -> None
     results = [strikes.throttled(0.0, now=5.0) for _ in range(CLOSE_AFTER)]
     assert all(due == 5.0 for due, _ in results)
     assert [close for _, close in results][-2:] == [False, True]
+
+
+@dataclass
+class Throttle:
+    pause_s: float = 0.25
+    pace_key: str | None = "tenant:noisy"
+
+
+def test_repeated_429s_of_one_limit_are_answered_at_most_pace_per_s_node_wide() -> None:
+    pacer = Pacer()
+    conns = [Strikes(rng=lambda: 0.0) for _ in range(32)]
+    # Each connection's first 429: its plain hold, however many others the limit refuses.
+    firsts = [pacer.throttled(s, Throttle(), now=0.0)[0] for s in conns]
+    assert firsts == pytest.approx([0.25] * 32)
+    # Their repeats (all due at 0.75 s on their own) go out one per 1/PACE_PER_S, up to
+    # the longest hold (MAX_HOLD_FACTOR x 0.25 s) later than that; the rest at that cap.
+    repeats = sorted(pacer.throttled(s, Throttle(), now=0.25)[0] for s in conns)
+    cap = 0.75 + 0.25 * MAX_HOLD_FACTOR
+    paced = [at for at in repeats if at < cap - 1e-9]
+    gaps = [b - a for a, b in itertools.pairwise(paced)]
+    assert paced[0] == pytest.approx(0.75) and min(gaps) == pytest.approx(1 / PACE_PER_S)
+    assert len(paced) >= int(0.25 * MAX_HOLD_FACTOR * PACE_PER_S)  # (the last: float rounding)
+    assert repeats[len(paced) :] == pytest.approx([cap] * (32 - len(paced)))
+    # The capped ones took no slot: the next repeat goes where the pace left off.
+    extra = Strikes(rng=lambda: 0.0)
+    pacer.throttled(extra, Throttle(), now=0.0)
+    assert pacer.throttled(extra, Throttle(), now=0.25)[0] == pytest.approx(
+        paced[-1] + 1 / PACE_PER_S
+    )
+    # Never earlier than the connection's own hold: a quiet limit adds nothing.
+    lone = Strikes(rng=lambda: 0.0)
+    pacer.throttled(lone, Throttle(pace_key="tenant:other"), now=100.0)
+    due, _ = pacer.throttled(lone, Throttle(pace_key="tenant:other"), now=100.25)
+    assert due == pytest.approx(100.25 + 0.5)
+
+
+def test_pacing_is_per_limit_and_needs_a_hold_and_a_key() -> None:
+    pacer = Pacer()
+    a, b = Strikes(rng=lambda: 0.0), Strikes(rng=lambda: 0.0)
+    for s in (a, b):
+        pacer.throttled(s, Throttle(), now=0.0)
+    due_a, _ = pacer.throttled(a, Throttle(pace_key="tenant:a"), now=1.0)
+    due_b, _ = pacer.throttled(b, Throttle(pace_key="tenant:b"), now=1.0)
+    assert due_a == due_b == pytest.approx(1.5)  # different limits: not paced together
+    # No hold configured (throttle_delay_ms 0) or no limit named: nothing is paced.
+    c, d = Strikes(), Strikes()
+    for s in (c, d, c, d):
+        assert pacer.throttled(s, Throttle(pause_s=0.0), now=2.0)[0] == 2.0
+    e, f = Strikes(rng=lambda: 0.0), Strikes(rng=lambda: 0.0)
+    for s in (e, f, e, f):
+        due, _ = pacer.throttled(s, Throttle(pace_key=None), now=3.0)
+    assert due == pytest.approx(3.5)
+
+
+def test_the_pacer_forgets_limits_whose_answers_are_past_beyond_its_bound() -> None:
+    pacer = Pacer()
+    for i in range(PACE_KEYS):
+        s = Strikes(rng=lambda: 0.0)
+        pacer.throttled(s, Throttle(pace_key=f"source:{i}"), now=0.0)
+        pacer.throttled(s, Throttle(pace_key=f"source:{i}"), now=0.0)
+    assert len(pacer) == PACE_KEYS
+    s = Strikes(rng=lambda: 0.0)
+    pacer.throttled(s, Throttle(pace_key="source:new"), now=10.0)
+    pacer.throttled(s, Throttle(pace_key="source:new"), now=10.0)
+    assert len(pacer) == 1  # every other limit's next answer was long past

@@ -6,6 +6,7 @@ Raw streams send what a well-behaved client never would (see httpkit.py);
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import struct
@@ -26,6 +27,8 @@ from httpkit import (
 
 from huselet.config import TcpAddress
 from huselet.gateway import HttpIngress
+from huselet.gateway.connection import HEAD_RECEIVE_BYTES, Connection
+from huselet.gateway.httpparse import RequestHead as ParsedHead
 
 # --- connections --------------------------------------------------------------------------
 
@@ -63,6 +66,38 @@ async def test_pipelined_requests_are_answered_in_order(nursery: trio.Nursery) -
     assert missing.status == 404
     assert (second.status, second.body) == (200, b"second")
     await client.aclose()
+
+
+async def test_a_pipelining_client_gets_only_a_few_heads_parsed_ahead(
+    nursery: trio.Nursery,
+) -> None:
+    # Sixty ~600-byte requests in one write, the first of them held by its handler:
+    # the connection has parsed at most one head read (HEAD_RECEIVE_BYTES) ahead; the
+    # rest waits in the kernel, not as parsed objects. Every one is still answered.
+    address, invoker, _ = await start(nursery)
+    client = await RawClient.connect(address)
+    pad = "X-Pad: " + "p" * 500
+    one = raw_request("POST", "/v1/invoke/wait", pad, body=b"{}")
+    with trio.fail_after(GUARD_S):
+        await client.send(one * 60)
+        await invoker.entered.wait()
+        ours = client.stream.socket.getsockname()
+        (conn,) = [
+            o for o in gc.get_objects() if type(o) is Connection and _peer_of(o._stream) == ours
+        ]
+        queued = sum(type(e) is ParsedHead for e in conn._parser._events)
+        assert queued <= HEAD_RECEIVE_BYTES // len(one) + 1, queued
+        invoker.release.set()
+        replies = [await client.response() for _ in range(60)]
+    assert [r.status for r in replies] == [200] * 60
+    await client.aclose()
+
+
+def _peer_of(stream: trio.SocketStream) -> object:
+    try:
+        return stream.socket.getpeername()
+    except OSError:
+        return None  # a connection of an earlier test, closed
 
 
 async def test_connection_close_is_honoured(nursery: trio.Nursery) -> None:

@@ -17,7 +17,7 @@ from load_support import _read_reply
 from tenants_support import GLOBEX, SLOW, call, signed
 
 from huselet.client.framed import FramedClient
-from huselet.gateway.admission_throttle import CLOSE_AFTER, MAX_HOLD_FACTOR
+from huselet.gateway.admission_throttle import CLOSE_AFTER, MAX_HOLD_FACTOR, PACE_PER_S
 
 pytestmark = pytest.mark.e2e
 
@@ -83,6 +83,39 @@ async def test_a_pipelining_flood_is_answered_slowly_while_another_tenant_is_ser
         assert await stream.receive_some(65536) == b""
     # (The first two may be admitted: slow's burst, if this test runs first.)
     assert statuses[-CLOSE_AFTER:] == [429] * CLOSE_AFTER and len(statuses) <= CLOSE_AFTER + 2
+
+
+async def test_a_flood_over_many_connections_gets_its_repeated_429s_paced_node_wide(
+    daemon: Daemon,
+) -> None:
+    # Eight connections, two pipelined requests each: every second request is a
+    # repeat 429, due on its own 40-60 ms after the first one's answer, all at about
+    # the same moment. Paced per tenant (PACE_PER_S), they go out 1/PACE_PER_S apart
+    # (up to the cap: the longest hold, 16 x 20 ms, on top of their own), so some
+    # are held far longer than their own hold. The node's own measure of each
+    # request (Server-Timing total) is used: a loaded client reading late cannot
+    # make it shorter.
+    host, _, port = daemon.url.removeprefix("http://").rpartition(":")
+    repeat_holds_s: list[float] = []
+
+    async def connection(first: int) -> None:
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(request_bytes(daemon, first) + request_bytes(daemon, first + 1))
+            buf = bytearray()
+            statuses = []
+            for _ in range(2):
+                status, headers, _ = await _read_reply(stream, buf)
+                statuses.append(status)
+            if statuses == [429, 429]:
+                total = headers["server-timing"].rpartition("total;dur=")[2]
+                repeat_holds_s.append(float(total) / 1000)
+
+    async with trio.open_nursery() as nursery:
+        for c in range(8):
+            nursery.start_soon(connection, 200 + 10 * c)
+    assert len(repeat_holds_s) >= 6  # (slow's burst of 2 may admit two of the sixteen)
+    own_max_s = 2 * DELAY_S * 1.5  # the second hold in a row, with the most jitter
+    assert max(repeat_holds_s) >= own_max_s + 1 / PACE_PER_S / 2, repeat_holds_s
 
 
 def test_framed_throttled_calls_in_a_row_are_held_ever_longer(daemon: Daemon) -> None:
