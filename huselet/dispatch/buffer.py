@@ -55,6 +55,12 @@ class HandOvers:
         self._depth = 0
         self._pending: dict[RequestBuffer, None] = {}  # insertion order: the order of arrival
 
+    @property
+    def holding(self) -> bool:
+        """Inside a batch: hand-overs are put off until its end. (For observers and
+        tests; the hot path reads ``_depth`` itself.)"""
+        return self._depth > 0
+
     def __enter__(self) -> None:
         self._depth += 1
 

@@ -19,7 +19,7 @@ from typing import Protocol
 import trio
 
 from huselet.activity import ActivityCount
-from huselet.config import GatewaySettings, TcpAddress
+from huselet.config import GatewaySettings
 from huselet.errors import BadRequest, HuseletError, PayloadTooLarge
 from huselet.gateway.admission_throttle import Strikes
 from huselet.gateway.conntimer import ConnectionTimer
@@ -32,6 +32,7 @@ from huselet.gateway.httpparse import (
     RequestParser,
 )
 from huselet.gateway.httpparse import RequestHead as ParsedHead
+from huselet.gateway.linger import TRANSPORT_ERRORS, linger, peer_of
 from huselet.gateway.pending import PendingReplies, PendingReply
 from huselet.gateway.replyflush import ReplyFlush
 from huselet.gateway.replypark import ParkEnd, ReplyPark
@@ -59,14 +60,6 @@ HEAD_RECEIVE_BYTES = 8 * 1024
 # Request line plus headers. The parser answers a longer incomplete head with a
 # 431; a complete one that arrived in a single read is measured after parsing.
 MAX_HEAD_BYTES = 16 * 1024
-# After an early reply (413, protocol error, refused connection) the client may
-# still be sending. Closing a socket with unread input makes the kernel send a
-# RST, which can destroy our reply before the client reads it, so we half-close
-# and drain for a short, bounded while first.
-LINGER_S = 0.5
-LINGER_BYTES = 1024 * 1024
-
-TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 BodyReader = Callable[[int], Awaitable[bytes]]
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -214,7 +207,7 @@ class Connection:
         started = trio.current_time() if log.is_debug() else 0.0  # for the request log line
         head = read_head(request)
         if self._client_ip is None:
-            self._client_ip = _peer(self._stream).rpartition(":")[0].strip("[]")
+            self._client_ip = peer_of(self._stream).rpartition(":")[0].strip("[]")
         head.client = self._client_ip
         head.strikes = self._strikes
         self._request_id = head.request_id
@@ -452,7 +445,7 @@ class Connection:
         if exc.client_closed:
             return  # the client closed mid-request: nobody to answer, nothing hostile
         self._broken = True
-        self._warnings.warn("malformed request", problem=str(exc), peer=_peer(self._stream))
+        self._warnings.warn("malformed request", problem=str(exc), peer=peer_of(self._stream))
         if exc.status == 431:
             await self._reply_and_close(HeadersTooLarge("request line and headers are too large"))
         else:
@@ -478,26 +471,3 @@ class Connection:
                 await linger(self._stream)
         finally:
             await trio.aclose_forcefully(self._stream)
-
-
-async def linger(stream: trio.SocketStream) -> None:
-    """Half-close, then drop what the client still sends, briefly (see LINGER_S)."""
-    try:
-        await stream.send_eof()
-        with trio.move_on_after(LINGER_S):
-            received = 0
-            while received < LINGER_BYTES:
-                data = await stream.receive_some(RECEIVE_BYTES)
-                if not data:
-                    return
-                received += len(data)
-    except TRANSPORT_ERRORS:
-        pass
-
-
-def _peer(stream: trio.SocketStream) -> str:
-    try:
-        name = stream.socket.getpeername()
-    except OSError:
-        return "?"
-    return str(TcpAddress(name[0], name[1]))

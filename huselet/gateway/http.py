@@ -22,17 +22,11 @@ from huselet.config import AuthSettings, GatewaySettings, TcpAddress
 from huselet.errors import BadRequest, HuseletError, Unauthorized
 from huselet.gateway.admission import Admission, AdmissionRequest, AuthMode, Refusal
 from huselet.gateway.admission_throttle import Strikes
-from huselet.gateway.connection import (
-    LINGER_S,
-    TRANSPORT_ERRORS,
-    BodyReader,
-    Connection,
-    Limits,
-    linger,
-)
+from huselet.gateway.connection import BodyReader, Connection, Limits
 from huselet.gateway.conntimer import ConnectionTimer
 from huselet.gateway.core import InvokeCore, Invoker
 from huselet.gateway.httpfunc import function_reply, request_info
+from huselet.gateway.linger import LINGER_S, TRANSPORT_ERRORS, linger
 from huselet.gateway.pending import PendingReplies, PendingReply
 from huselet.gateway.replyflush import ReplyFlush
 from huselet.gateway.responses import (

@@ -60,15 +60,15 @@ async def test_a_held_batch_of_hand_overs_ends_with_the_pass() -> None:
     hand_overs = HandOvers()  # the dispatcher's own batching of hand-overs
     flush = ReplyFlush()
     flush.hold(hand_overs)
-    assert not hand_overs.deferring  # not installed: nothing is held
+    assert not hand_overs.holding  # not installed: nothing is held
     flush.install()
     try:
         flush.hold(hand_overs)
         flush.hold(hand_overs)  # once per pass, however many requests
-        assert hand_overs.deferring
+        assert hand_overs.holding
         await trio.lowlevel.checkpoint()
-        assert not hand_overs.deferring  # handed over at the end of the pass
+        assert not hand_overs.holding  # handed over at the end of the pass
         flush.hold(hand_overs)
     finally:
         flush.uninstall()
-    assert not hand_overs.deferring  # and when the ingress stops
+    assert not hand_overs.holding  # and when the ingress stops
