@@ -42,6 +42,7 @@ Needs root (fork isolation).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
 import os
@@ -430,6 +431,9 @@ def main() -> None:
     if args.quick:
         args.idle, args.invoke = min(args.idle, 5.0), min(args.invoke, 1.5)
     root = Path(tempfile.mkdtemp(prefix="hld"))
+    # Each level stops its daemon before the next; the configs, packages, state and
+    # logs are this run's alone (a few MB each: runs used to leave them behind).
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     results: dict[int, list[Level]] = {}
     print(f"bench_density: runtime {args.runtime}, counts {counts}, {args.rounds} round(s)")
     for rnd in range(args.rounds):
