@@ -21,15 +21,8 @@ from typing import TypedDict, Unpack
 
 from huselet.client.closing import Closing
 from huselet.client.signing import AccessKey, format_timestamp
-from protocol.ingress import (
-    ClientConnection,
-    GoAway,
-    IngressProtocolError,
-    Pong,
-    Refused,
-    Reply,
-    Welcome,
-)
+from protocol.ingress import GoAway, IngressProtocolError, Pong, Refused, Reply, Welcome
+from protocol.ingress_client import ClientConnection
 from protocol.ingress_signing import CallAuth, sign_call
 
 # Under glibc's 128 KiB mmap threshold: a recv() allocates its whole size first,

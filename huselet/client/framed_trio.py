@@ -28,13 +28,8 @@ from huselet.client.framed import (
     parse_address,
 )
 from huselet.client.signing import AccessKey
-from protocol.ingress import (
-    ClientConnection,
-    GoAway,
-    IngressProtocolError,
-    Pong,
-    Reply,
-)
+from protocol.ingress import GoAway, IngressProtocolError, Pong, Reply
+from protocol.ingress_client import ClientConnection
 
 
 class TrioFramedClient:

@@ -69,14 +69,13 @@ from huselet.runtime.hostlimits import raise_nofile_limit, start_failure
 from huselet.runtime.isolation import identity, uid_nproc
 from huselet.runtime.output import OutputLimiter, OutputLines
 from huselet.runtime.zygote import ZygoteProcess
-from huselet.runtime.zygoteslot import ZygoteSlot
+from huselet.runtime.zygoteslot import retire_replaced, ZygoteSlot
 from huselet.sandbox.confine import SandboxPlan
 from huselet.timegrid import sleep_on_grid
 
 log = get_logger("runtime.fork")
 
 MAINTAIN_INTERVAL_S = 1.0
-RETIRE_AFTER_S = 1.0  # a replaced code's zygote is stopped once unused this long
 STRAY_SWEEP_S = 5.0
 OUTPUT_DRAIN_S = 1.0  # after an instance's exit, how long its output pipe may stay open
 ZYGOTE_ESTIMATE_BYTES = 48 * MiB  # budget estimate for a zygote not yet measured
@@ -450,7 +449,7 @@ class ForkRuntime(SandboxRuntime):
             if seen != self._checked:
                 self._checked = seen
                 self._enforce_budget(0)
-            self._retire_old_code()
+            retire_replaced(self._slots, self._newest, trio.current_time())
             for slot in list(self._slots.values()):
                 process = slot.process
                 # Backstop for a start cancelled mid-way, only where the daemon moved
@@ -466,25 +465,6 @@ class ForkRuntime(SandboxRuntime):
     def _build_state(slot: ZygoteSlot) -> tuple[int, bool]:
         """Which build of the slot's zygote runs, and whether it is ready (measured)."""
         return slot.generation, slot.process is not None and slot.process.is_ready
-
-    def _retire_old_code(self) -> None:
-        """Stop zygotes of a function's replaced code once no start is using them.
-
-        Instances already forked from them are the daemon's children and run on;
-        new starts of the function go to the zygote of its newest code.
-        """
-        now = trio.current_time()
-        for key, slot in list(self._slots.items()):
-            newest = self._newest.get(key[0])
-            # Only zygotes of an image: one of a plain package directory (code
-            # key of None) is left as it always was.
-            if newest is None or newest == key or slot.closed or code_key(None) in key:
-                continue
-            process = slot.process
-            busy = process is not None and process.busy
-            if not busy and now - slot.last_used >= RETIRE_AFTER_S:
-                log.info("stopping the zygote of replaced code", function=key[0])
-                slot.close()
 
     def describe(self) -> dict[str, Any]:
         iso = self.isolation

@@ -15,6 +15,7 @@ import trio
 
 from huselet.log import get_logger
 from huselet.runtime.base import StartFailed
+from huselet.runtime.codeimage import code_key
 from huselet.runtime.zygote import ZygoteProcess
 
 log = get_logger("runtime.zygote")
@@ -131,3 +132,28 @@ class ZygoteSlot:
             self.process.kill()
         self._scope.cancel()
         self._notify()
+
+
+RETIRE_AFTER_S = 1.0  # a replaced code's zygote is stopped once unused this long
+
+
+def retire_replaced(
+    slots: dict[tuple[Any, ...], ZygoteSlot], newest: dict[str, tuple[Any, ...]], now: float
+) -> None:
+    """Stop zygotes of a function's replaced code once no start is using them.
+
+    ``slots`` by (function, code…) key; ``newest``: each function's newest key.
+    Instances already forked from them are the daemon's children and run on;
+    new starts of the function go to the zygote of its newest code.
+    """
+    for key, slot in list(slots.items()):
+        latest = newest.get(key[0])
+        # Only zygotes of an image: one of a plain package directory (code
+        # key of None) is left as it always was.
+        if latest is None or latest == key or slot.closed or code_key(None) in key:
+            continue
+        process = slot.process
+        busy = process is not None and process.busy
+        if not busy and now - slot.last_used >= RETIRE_AFTER_S:
+            log.info("stopping the zygote of replaced code", function=key[0])
+            slot.close()

@@ -21,7 +21,8 @@ from support import write_package
 from huselet.client.framed import FramedClient, FramedError
 from huselet.client.framed_trio import open_framed_client
 from protocol.frames import encode_frame
-from protocol.ingress import Call, ClientConnection, Reply, Welcome
+from protocol.ingress import Call, Reply, Welcome
+from protocol.ingress_client import ClientConnection
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,8 @@ import pytest
 from daemon_harness import Daemon, function_toml, wait_until, write_config
 from support import write_package
 
-from protocol.ingress import ClientConnection, Welcome
+from protocol.ingress import Welcome
+from protocol.ingress_client import ClientConnection
 
 HANDLER = "def handler(event, context):\n    return event\n"
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"

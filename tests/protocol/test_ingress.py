@@ -14,7 +14,6 @@ from protocol.errors import FrameTooLarge, MalformedFrame, ProtocolError
 from protocol.frames import encode_frame
 from protocol.ingress import (
     Call,
-    ClientConnection,
     GoAway,
     Hello,
     IngressProtocolError,
@@ -25,6 +24,7 @@ from protocol.ingress import (
     State,
     Welcome,
 )
+from protocol.ingress_client import ClientConnection
 
 # bytes.fromhex skips spaces: each group is one msgpack item after the length.
 HELLO_VECTOR = bytes.fromhex("00000010 82 a174 a568656c6c6f a570726f746f 01")

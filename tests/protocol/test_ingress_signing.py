@@ -13,7 +13,8 @@ import pytest
 
 from protocol.errors import MalformedFrame
 from protocol.frames import encode_frame
-from protocol.ingress import Call, ClientConnection, ServerConnection, State
+from protocol.ingress import Call, ServerConnection, State
+from protocol.ingress_client import ClientConnection
 from protocol.ingress_signing import CallAuth, canonical_call, sign_call
 
 KEY_ID = "HKEXAMPLEKEY0000"

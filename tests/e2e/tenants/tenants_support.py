@@ -17,7 +17,8 @@ from daemon_harness import Daemon
 
 from huselet.client.framed import FramedClient
 from huselet.client.signing import AccessKey, sign_request
-from protocol.ingress import ClientConnection, Reply, Welcome
+from protocol.ingress import Reply, Welcome
+from protocol.ingress_client import ClientConnection
 from protocol.ingress_signing import CallAuth
 
 ACME = AccessKey("HKACMEOLD0000001", "acme-old-secret-0123456789abcdef")
