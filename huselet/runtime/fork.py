@@ -69,7 +69,7 @@ from huselet.runtime.hostlimits import raise_nofile_limit, start_failure
 from huselet.runtime.isolation import identity, uid_nproc
 from huselet.runtime.output import OutputLimiter, OutputLines
 from huselet.runtime.zygote import ZygoteProcess
-from huselet.runtime.zygoteslot import retire_replaced, ZygoteSlot
+from huselet.runtime.zygoteslot import ZygoteSlot, retire_replaced
 from huselet.sandbox.confine import SandboxPlan
 from huselet.timegrid import sleep_on_grid
 
