@@ -26,10 +26,11 @@ Statuses and error codes are the HTTP ingress's (``200``, ``404
 unknown_function``, ``429 queue_full``, ``504 deadline_exceeded``, …): one
 dispatch core, two front ends.
 
-:class:`ServerConnection` (here) and :class:`~protocol.ingress_client.ClientConnection`
-(``protocol/ingress_client.py``) are the two ends as pure state machines: feed bytes with ``receive_data``, take messages from
-``next_event``, and send what the ``hello``/``call``/``reply``… methods return.
-No clock, no sockets.
+:class:`ServerConnection` (here) and
+:class:`~protocol.ingress_client.ClientConnection` (``protocol/ingress_client.py``)
+are the two ends as pure state machines: feed bytes with ``receive_data``, take
+messages from ``next_event``, and send what the ``hello``/``call``/``reply``…
+methods return. No clock, no sockets.
 """
 
 from __future__ import annotations
