@@ -70,6 +70,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from procstats import cpu_ns
 from tenant_inproc import PAUSE_S, in_process, write_keys
 from tenant_load import (
+    PIN_FLOOD,
+    PIN_NODE,
     QUIET,
     p,
     raw_request,
@@ -136,8 +138,11 @@ class Node(NamedTuple):
     framed: int  # the framed ingress
 
 
-def start_daemon(root: Path, *, signed: bool, steps: str | None = None) -> Node:
-    """``steps``: run it under bench/loop_steps.py, recording its long loop passes there."""
+def start_daemon(
+    root: Path, *, signed: bool, steps: str | None = None, cpus: set[int] | None = None
+) -> Node:
+    """``steps``: run it under bench/loop_steps.py, recording its long loop passes there.
+    ``cpus``: the CPUs it (and every zygote and instance it forks) may run on."""
     port, framed = free_port(), free_port()
     name = "signed" if signed else "open"
     config = write_config(root, name, port, framed, signed=signed, auth=signed)
@@ -146,6 +151,7 @@ def start_daemon(root: Path, *, signed: bool, steps: str | None = None) -> Node:
         [sys.executable, *command, "run", "--config", str(config), "--log-level", "info"],
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
     )
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -365,6 +371,12 @@ def main() -> None:
     # quiet tenant's p99 measures is the node's interference, not CPU sharing with
     # the flood generator (its sent/offered counts show whether it kept its rate).
     parser.add_argument("--flood-nice", type=int, default=10, help="the flood process's nice")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="part 3 as if the flood came from another machine: this bench (the quiet "
+        "client) and the measured node on CPU 0, the flood and the elsewhere node on CPU 1",
+    )
     parser.add_argument("--parts", default="1,2,3", help="which parts to run, e.g. 2 or 1,3")
     parser.add_argument(
         "--steps",
@@ -374,6 +386,10 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.pin:
+        if len(os.sched_getaffinity(0)) < 2:
+            raise SystemExit("--pin needs two CPUs")
+        os.sched_setaffinity(0, PIN_NODE)  # this bench: the quiet client (and its threads)
     report: dict[str, object] = {"cpus": os.cpu_count(), "loadavg_before": loadavg()}
     print(f"huselet bench_auth ({os.cpu_count()} CPUs, load average {loadavg()})")
     parts = set(args.parts.split(","))
@@ -400,7 +416,10 @@ def main() -> None:
         for name in names:
             (root / name).mkdir()
             steps = args.steps if name == "signed" else None
-            procs[name] = start_daemon(root / name, signed=name in ("signed", "alt"), steps=steps)
+            cpus = (PIN_FLOOD if name == "alt" else PIN_NODE) if args.pin else None
+            procs[name] = start_daemon(
+                root / name, signed=name in ("signed", "alt"), steps=steps, cpus=cpus
+            )
         ports = {name: (node.proc.pid, node.port) for name, node in procs.items()}
         framed_ports = {name: (node.proc.pid, node.framed) for name, node in procs.items()}
         signed_proc, signed_port = procs["signed"].proc, procs["signed"].port

@@ -240,6 +240,12 @@ async def _flood(
             nursery.start_soon(connection_loop, index)
 
 
+# --pin: the measured node and the quiet tenant's client on one CPU, the flood's
+# generator and the node it is sent to "elsewhere" on the other, as if the flood
+# came from another machine (see the README's bench_auth part 3).
+PIN_NODE, PIN_FLOOD = {0}, {1}
+
+
 def flood_process(
     port: int,
     key: AccessKey,
@@ -251,6 +257,7 @@ def flood_process(
     stop: Any,
     out: Any,
     nice: int = 0,
+    cpus: set[int] | None = None,
 ) -> None:
     """Offer ``rate`` req/s of ``key``'s signed requests until ``stop``; put a FloodReport.
 
@@ -263,6 +270,8 @@ def flood_process(
     """
     if nice:
         os.nice(nice)
+    if cpus is not None:  # --pin: off the node's CPU, as a flood from another machine
+        os.sched_setaffinity(0, cpus)
     requests = [raw_request(port, function, key) for _ in range(count)]
     report = FloodReport()
     t0, cpu0 = time.perf_counter(), _own_cpu()

@@ -34,7 +34,7 @@ from typing import Any
 import loop_steps
 import trio
 from procstats import cpu_ns
-from tenant_load import NOISY, QUIET, flood_process, p, paced, raw_request, send_all
+from tenant_load import NOISY, PIN_FLOOD, QUIET, flood_process, p, paced, raw_request, send_all
 
 CONDITIONS = ("idle-a", "noisy", "idle-b", "elsewhere")
 
@@ -51,7 +51,13 @@ def _phase(pid: int, port: int, args: argparse.Namespace, flood_port: int | None
         child = ctx.Process(
             target=flood_process,
             args=(flood_port, NOISY, "noisy", args.flood_rate, args.flood_connections, count),
-            kwargs={"started": started, "stop": stop, "out": out, "nice": args.flood_nice},
+            kwargs={
+                "started": started,
+                "stop": stop,
+                "out": out,
+                "nice": args.flood_nice,
+                "cpus": PIN_FLOOD if args.pin else None,
+            },
         )
         child.start()
         started.wait(120)  # its requests are signed
