@@ -11,7 +11,7 @@ import time
 
 from support import WAIT_S
 
-from huselet.log import JsonFormatter
+from huselet.log import FieldsRecord, JsonFormatter
 from huselet.logwriter import BackgroundLogWriter
 
 
@@ -138,3 +138,20 @@ def test_lines_logged_apart_are_gathered_into_few_writes() -> None:
     gathered = run(gather_s=2.0)
     assert gathered <= 5  # the first line, then what gathered behind it (even 8 s of load)
     assert run(gather_s=0.0) > gathered  # without gathering: about one write per line
+
+
+def test_a_record_that_cannot_be_rendered_leaves_a_line_and_the_writer_goes_on() -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    stream = io.StringIO()
+    handler = BackgroundLogWriter(stream)
+    handler.emit_direct(FieldsRecord("access", "request", {"bad": Unprintable()}))
+    handler.emit_direct(FieldsRecord("access", "request", {"request_id": "r-2"}))
+    handler.flush()
+    bad, good = messages(stream.getvalue())
+    assert bad["msg"] == "log record could not be rendered" and bad["record_msg"] == "request"
+    assert "RuntimeError: no" in str(bad["error"])
+    assert good["request_id"] == "r-2" and good["component"] == "access"
+    handler.close()

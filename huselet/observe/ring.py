@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from huselet.log import rfc3339
+from huselet.log import FieldsRecord, rfc3339
 
 _ROOT = "huselet"
 _SCALARS = (str, int, float, bool, type(None))
@@ -75,7 +75,18 @@ class LogRing(logging.Handler):
              plain)
         )  # fmt: skip
 
-    def append(self, level: str, component: str, msg: str, fields: Mapping[str, Any]) -> None:
+    def emit_direct(self, record: FieldsRecord) -> None:
+        """A record from :meth:`huselet.log.StructuredLogger.info_direct`, kept as given."""
+        self.append(record.level, record.component, record.msg, record.fields, record.created)
+
+    def append(
+        self,
+        level: str,
+        component: str,
+        msg: str,
+        fields: Mapping[str, Any],
+        created: float | None = None,
+    ) -> None:
         """Add a record for ``fields['function']`` without going through logging.
 
         The hot path's way in (admission, sampled-out access records): the
@@ -90,7 +101,8 @@ class LogRing(logging.Handler):
             if ring is None:
                 return
             self._seq += 1
-            ring.append((self._seq, time.time(), level, component, msg, fields))
+            ts = time.time() if created is None else created
+            ring.append((self._seq, ts, level, component, msg, fields))
 
     def query(
         self,

@@ -174,13 +174,13 @@ class RequestStory:
         )
 
     def _write(self, record: AccessRecord, now: float) -> None:
-        """To the log within the sampler's rate (a dict then), else to the ring as it is."""
+        """To the log within the sampler's rate, else to the ring only; as it is, either way."""
         sampler = self.sampler
         if sampler.allow(now) and log.is_info():
             if sampler.skipped:
                 record.sampled_out = sampler.skipped
                 sampler.skipped = 0
-            # The log ring's handler picks this record up like any other.
-            log.info("request", **record.fields())
+            # The log ring is one of the handlers: it keeps the record as it is.
+            log.info_direct("request", record)
         elif self.ring is not None:
             self.ring.append("info", "access", "request", record)
