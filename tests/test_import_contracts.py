@@ -5,9 +5,11 @@
 * The worker SDK (``huselet/worker``) runs inside every sandbox: it imports
   nothing from the daemon side (no other ``huselet`` module, no trio, no
   daemon-only third-party package) — only the stdlib, ``protocol`` and ``cache``.
-* A standalone daemon (the default config, no ``[scheduler]``) loads neither
-  the fleet link nor the central scheduler, nor what only they use (the
-  scheduler protocol, httpx, and the click/pygments httpx's CLI pulls in).
+* No node-side module imports ``huselet.central`` (the scheduler), and a
+  standalone daemon (the default config, no ``[scheduler]``) loads neither the
+  fleet link nor the scheduler, nor what only they use (the scheduler
+  protocol, httpx, and the click/pygments httpx's CLI pulls in): checked on
+  the real ``huselet run``.
 
 First over the source (every ``import`` statement, also those inside
 functions), then in a fresh interpreter (what importing really pulls into
@@ -75,6 +77,14 @@ def test_cache_source_never_imports_huselet() -> None:
 def test_worker_source_imports_nothing_from_the_daemon_side() -> None:
     forbidden = ("huselet", *DAEMON_ONLY)
     assert violations("huselet/worker", forbidden, allowed=("huselet.worker",)) == []
+
+
+def test_the_node_side_never_imports_the_central_scheduler() -> None:
+    # Importing any huselet.central module runs that package's __init__ (the
+    # whole scheduler, etcd client, httpx): what both sides share lives outside
+    # it (huselet/tls.py). Only the command line may start a scheduler.
+    found = violations("huselet", ("huselet.central",))
+    assert [v for v in found if not v.startswith(("huselet/central/", "huselet/cli.py:"))] == []
 
 
 def test_the_source_check_sees_relative_and_nested_imports(tmp_path: Path) -> None:
