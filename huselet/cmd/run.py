@@ -80,7 +80,11 @@ def check_bytecode() -> None:
     from huselet.log import get_logger
 
     log = get_logger("bytecode")
-    compiled, stale = ensure_compiled()
+    try:
+        compiled, stale = ensure_compiled()
+    except OSError as exc:  # a package directory unreadable: a slower zygote, not a failure
+        log.warning("cannot check the bytecode", error=describe_os_error(exc))
+        return
     if compiled:
         log.info("bytecode written", modules=len(compiled))
     if stale:
