@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -36,8 +36,6 @@ from huselet.dispatch.dispatcher import Dispatcher
 from huselet.dispatch.functions import FunctionDeployment
 from huselet.dispatch.links import LinkServer
 from huselet.errors import ConfigError, HuseletError
-from huselet.fleet import FleetCommands, SchedulerLink
-from huselet.fleet.commands import FunctionStore
 from huselet.gateway.admission import Admission
 from huselet.gateway.framed import FramedIngress
 from huselet.gateway.http import HttpIngress
@@ -53,6 +51,11 @@ from huselet.runtime.output import OUTPUT_STATS
 from huselet.tenants.keys import KeyRing
 from huselet.tenants.keystore import KeyStore
 from protocol.frames import DEFAULT_MAX_FRAME
+
+if TYPE_CHECKING:
+    # Imported where used, and only with [scheduler]: a standalone node (the
+    # default) never loads the fleet link or the delta protocol.
+    from huselet.fleet import FleetCommands, SchedulerLink
 
 log = get_logger("daemon")
 
@@ -112,6 +115,8 @@ class Daemon:
         # The link to the central scheduler; None: a standalone node, as before.
         self.fleet: SchedulerLink | None = None
         if config.scheduler is not None:
+            from huselet.fleet import SchedulerLink
+
             self.fleet = SchedulerLink(config.scheduler, self.dispatcher, self._fleet_commands)
         token = _read_token(config.gateway.auth_token_file)
         self.keys = KeyStore(config.auth.keys_file, poll_s=config.auth.keys_poll_ms / 1000)
@@ -267,6 +272,9 @@ class Daemon:
         }
 
     def _fleet_commands(self, on_placements: Callable[[str], None]) -> FleetCommands:
+        from huselet.fleet import FleetCommands
+        from huselet.fleet.commands import FunctionStore
+
         settings = self.config.scheduler
         assert settings is not None
         store_path = self.config.node.state_dir / "fleet-functions.json"

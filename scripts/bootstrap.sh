@@ -66,3 +66,8 @@ case "$mode" in
         [ -z "$missing" ] || apt_install $missing || true
         ;;
 esac
+# Zygotes and instances run `python -I -B`: they never write bytecode, and a
+# module without a valid .pyc is compiled again in every zygote (its instances
+# pay page faults for it). Compile the packages where this venv imports them
+# from (this checkout for an editable install); -I: not from the working dir.
+"$venv/bin/python" -I -m huselet.bytecode

@@ -5,6 +5,11 @@
 * The worker SDK (``huselet/worker``) runs inside every sandbox: it imports
   nothing from the daemon side (no other ``huselet`` module, no trio, no
   daemon-only third-party package) — only the stdlib, ``protocol`` and ``cache``.
+* No node-side module imports ``huselet.central`` (the scheduler), and a
+  standalone daemon (the default config, no ``[scheduler]``) loads neither the
+  fleet link nor the scheduler, nor what only they use (the scheduler
+  protocol, httpx, and the click/pygments httpx's CLI pulls in): checked on
+  the real ``huselet run``.
 
 First over the source (every ``import`` statement, also those inside
 functions), then in a fresh interpreter (what importing really pulls into
@@ -17,9 +22,13 @@ import ast
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from daemon_harness import Daemon
+
+from huselet.testing.probes import require_sandbox_host
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,6 +77,14 @@ def test_cache_source_never_imports_huselet() -> None:
 def test_worker_source_imports_nothing_from_the_daemon_side() -> None:
     forbidden = ("huselet", *DAEMON_ONLY)
     assert violations("huselet/worker", forbidden, allowed=("huselet.worker",)) == []
+
+
+def test_the_node_side_never_imports_the_central_scheduler() -> None:
+    # Importing any huselet.central module runs that package's __init__ (the
+    # whole scheduler, etcd client, httpx): what both sides share lives outside
+    # it (huselet/tls.py). Only the command line may start a scheduler.
+    found = violations("huselet", ("huselet.central",))
+    assert [v for v in found if not v.startswith(("huselet/central/", "huselet/cli.py:"))] == []
 
 
 def test_the_source_check_sees_relative_and_nested_imports(tmp_path: Path) -> None:
@@ -144,3 +161,47 @@ def test_an_invocation_imports_neither_its_queue_nor_its_instance() -> None:
     imported = imported_modules(REPO / "huselet" / "dispatch" / "invocation.py")
     dispatch = [name for _, name in imported if name.startswith("huselet.dispatch.")]
     assert dispatch == ["huselet.dispatch.reasons"]
+
+
+# Off the run path of a standalone daemon (issue 12: ~90 ms of its import and
+# ~4 MB of its memory came through fleet.link -> huselet.central.tls).
+FLEET_ONLY = ("huselet.central", "huselet.fleet", "protocol.delta", "httpx", "click", "pygments")
+
+
+def default_config(root: Path) -> Path:
+    """The shipped default config, as is but for a free port and private directories."""
+    text = (REPO / "huselet" / "default.toml").read_text()
+    edits = {
+        'http = "127.0.0.1:8470"': 'http = "127.0.0.1:0"',
+        'package = "examples/hello"': f'package = "{REPO}/huselet/examples/hello"',
+        "[node]\n": f'[node]\nstate_dir = "{root}/state"\nrun_dir = "{root}/run"\n',
+    }
+    for old, new in edits.items():
+        assert old in text, f"default.toml changed: {old!r} is gone; update this test"
+        text = text.replace(old, new, 1)
+    config = root / "huselet.toml"
+    config.write_text(text)
+    return config
+
+
+def modules_imported(lines: list[str]) -> list[str]:
+    """Module names from ``-X importtime`` lines (``import time: self | cumulative | name``)."""
+    out = []
+    for line in lines:
+        if line.startswith("import time:") and not line.rstrip().endswith("imported package"):
+            out.append(line.rsplit("|", 1)[1].strip())
+    return out
+
+
+def test_a_standalone_daemon_loads_nothing_of_the_fleet(
+    short_tmp: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    # The real `huselet run` on the default config, served one request; every
+    # module it imported on the way (PYTHONPROFILEIMPORTTIME is -X importtime;
+    # the zygote runs `python -I`, so only the daemon reports).
+    require_sandbox_host()
+    daemon = start_daemon(default_config(short_tmp), env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert daemon.invoke_ok("hello", {"name": "contract"})
+    loaded = modules_imported(list(daemon.lines))
+    assert "huselet.daemon" in loaded and "trio" in loaded  # the probe itself works
+    assert tops(loaded, FLEET_ONLY) == []

@@ -18,7 +18,8 @@ Modules:
 - :mod:`~huselet.central.backend` — etcd (HA) or local (single-host dev mode)
 - :mod:`~huselet.central.embedded` — a private single-member etcd
 - :mod:`~huselet.central.leader` — the dev-mode lock (flock) and epoch file
-- :mod:`~huselet.central.tls` — TLS contexts (node links, etcd)
+- TLS contexts (node links, etcd) live in :mod:`huselet.tls`, shared with
+  the node side (its link must not import this package)
 - :mod:`~huselet.central.placement` — placement rule and reconciliation (pure)
 - :mod:`~huselet.central.api` / :mod:`~huselet.central.admin` — operator API over HTTP
 - :mod:`~huselet.central.cli` — ``python -m huselet.central`` / ``huselet central``

@@ -42,8 +42,8 @@ from huselet.central.errors import StateInUse
 from huselet.central.etcd import EtcdClient
 from huselet.central.leader import LeaderLock
 from huselet.central.server import CentralScheduler, CentralSettings
-from huselet.central.tls import TlsConfigError, client_context, server_context
 from huselet.log import get_logger, setup_logging
+from huselet.tls import TlsConfigError, client_context, server_context
 
 log = get_logger("central")
 

@@ -62,7 +62,7 @@ class CentralSettings:
     state_dir: Path | None = None  # dev mode (no etcd): the local journal's directory
     advertise: tuple[str, int] | None = None  # the address nodes dial (default: listen)
     admin_url: str | None = None  # announced to operators
-    tls: ssl.SSLContext | None = None  # node links: mutual TLS (huselet.central.tls)
+    tls: ssl.SSLContext | None = None  # node links: mutual TLS (huselet.tls)
     heartbeat_s: float = 1.0
     lease_s: float = 10.0
     reconcile_s: float = 1.0

@@ -7,7 +7,6 @@ signature when given; the reply body goes to stdout unchanged.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import sys
@@ -100,6 +99,10 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         # Sent exactly like this (http.client adds no Host of its own then); it is signed.
         headers["Host"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         headers.update(sign_request(key, "POST", target, headers, body))
+    # Here, not at the top: cli.py imports every subcommand module to build the
+    # parser, and only this one uses http.client (~15 ms with email and ssl).
+    import http.client
+
     conn_class = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
     conn = conn_class(host, port, timeout=args.timeout)
     where = f"{scheme}://{host}:{port}"

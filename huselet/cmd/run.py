@@ -41,6 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(
         args.log_level or config.node.log_level, background=True, buffer_kb=config.log.buffer_kb
     )
+    check_bytecode()
     tune_gc()
 
     async def main() -> None:
@@ -65,6 +66,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     except* KeyboardInterrupt:
         pass
     return status
+
+
+def check_bytecode() -> None:
+    """Write the ``.pyc`` files zygotes would lack, or say once that they are missing.
+
+    Zygotes run ``python -I -B`` and compile, at every start, each module
+    without a valid ``.pyc`` (:mod:`huselet.bytecode`); the install path
+    compiles them, this covers a checkout updated since. Before the event loop
+    starts, so the first zygote already finds them.
+    """
+    from huselet.bytecode import FIX_COMMAND, ensure_compiled
+    from huselet.log import get_logger
+
+    log = get_logger("bytecode")
+    try:
+        compiled, stale = ensure_compiled()
+    except OSError as exc:  # a package directory unreadable: a slower zygote, not a failure
+        log.warning("cannot check the bytecode", error=describe_os_error(exc))
+        return
+    if compiled:
+        log.info("bytecode written", modules=len(compiled))
+    if stale:
+        # PYTHONDONTWRITEBYTECODE is a choice, not a fault: say so, quietly.
+        report = log.info if sys.dont_write_bytecode else log.warning
+        report(
+            "modules without valid bytecode: every zygote compiles them",
+            modules=len(stale),
+            first=str(stale[0]),
+            fix=FIX_COMMAND,
+        )
 
 
 # The collector's young-generation threshold (CPython's default is 700). A start

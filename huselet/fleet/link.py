@@ -33,13 +33,13 @@ from typing import Any
 
 import trio
 
-from huselet.central.tls import client_context
 from huselet.config import SchedulerLinkSettings, TcpAddress
 from huselet.dispatch.api import ObservedDispatcher
 from huselet.fleet.commands import CommandFailed, FleetCommands
 from huselet.fleet.epoch import EpochFile
 from huselet.fleet.state import NodeStateModel
 from huselet.log import get_logger
+from huselet.tls import client_context
 from protocol.delta import (
     CloseConnection,
     CommandReceived,

@@ -21,7 +21,7 @@ from huselet.central.etcd import (
     Op,
     Target,
 )
-from huselet.central.tls import client_context
+from huselet.tls import client_context
 
 
 async def test_range_put_delete_and_guarded_txn(etcd: PrivateEtcd) -> None:

@@ -14,8 +14,8 @@ import trio
 from fleetkit import central, eventually, free_port, linked, make_link, placements_open
 from support import running_stack, write_package
 
-from huselet.central.tls import server_context
 from huselet.config.trust import LinkTlsSettings
+from huselet.tls import server_context
 
 pytestmark = pytest.mark.e2e
 

@@ -8,6 +8,10 @@ without a certificate from the fleet CA cannot complete the handshake, so it
 never reaches the delta protocol. README "Fleet" shows the ``openssl``
 commands that make the CA and the certificates.
 
+It lives outside :mod:`huselet.central` because both sides use it: importing
+anything under ``huselet.central`` runs that package's ``__init__`` (the whole
+scheduler, its etcd client, httpx), which a node must not pay for.
+
 TLS 1.2 is the minimum; the link is long-lived, so the handshake cost
 (measured in ``bench/bench_fleet.py --tls``) is paid once per connection.
 """
