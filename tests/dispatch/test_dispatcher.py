@@ -192,7 +192,10 @@ async def test_burst_beyond_max_instances_is_all_answered(short_tmp: Path) -> No
                 for i in range(40):
                     nursery.start_soon(one, i)
         assert sorted(r["event"]["i"] for r in results) == list(range(40))
-        assert 1 < len({r["pid"] for r in results}) <= 3
+        # The burst made the pool grow to its bound and no further. (Which
+        # instances served is up to the machine: the first one ready may serve all.)
+        assert node.pool("echo").counters["instances_started"] == 3
+        assert len({r["pid"] for r in results}) <= 3
         assert node.pool("echo").counters["instances_started"] <= 3
 
 
