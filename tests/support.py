@@ -46,8 +46,11 @@ PID_HANDLER = "import os\n\ndef handler(event, context):\n    return {'pid': os.
 
 # Source for a handler module: ``wait_at_gate(path)`` returns once ``path`` exists
 # (the test opened the gate) or after ``hold`` s, so a failing test never leaves
-# an instance stuck. A sandboxed instance sees only its own private /tmp: put
-# the gate there and open it with :func:`open_gate`.
+# an instance stuck. Where the gate goes: unconfined, any host path; a sandboxed
+# ``process`` instance sees only its own private /tmp: put the gate there and
+# open it with :func:`open_gate`; a ``fork`` instance's /tmp belongs to its user
+# namespace, where root cannot create a file (EOVERFLOW): keep a host directory
+# in its view (the runtime's ``ro_paths``) and create the gate there.
 GATE_WAIT = """
 import os as _gate_os, time as _gate_time
 
