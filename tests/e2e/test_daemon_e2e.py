@@ -317,8 +317,11 @@ def test_sigterm_drains_and_speaks_the_notify_protocol(own_root: Path) -> None:
         assert ready.startswith("READY=1\nSTATUS=serving 3 functions")
         pid = daemon.invoke_ok("echo", {})["pid"]
         result: dict[str, httpx.Response] = {}
+        # Held at a gate (not asleep for a time the ctl looks below may outlast)
+        # until the drain has begun and refused a newcomer.
+        gate = f"/tmp/gate-{own_root.name}"
         slow = threading.Thread(
-            target=lambda: result.update(r=daemon.invoke("echo", {"sleep": 1.5}))
+            target=lambda: result.update(r=daemon.invoke("echo", {"gate": gate, "hold": 120}))
         )
         slow.start()
         assert wait_until(
@@ -326,11 +329,13 @@ def test_sigterm_drains_and_speaks_the_notify_protocol(own_root: Path) -> None:
                 i["state"] == "busy" for i in json.loads(daemon.ctl("instances", "--json").stdout)
             ),
         )
+        busy = daemon.instance_pids()
         daemon.proc.send_signal(signal.SIGTERM)
         stopping = receiver.recv(4096).decode()
         assert stopping.startswith("STOPPING=1")
         late = daemon.invoke("echo", {})
         assert late.status_code == 503 and late.json()["error"]["code"] == "draining"
+        assert open_gate(busy, gate)
         slow.join(30)
         assert result["r"].status_code == 200  # accepted before SIGTERM: completed
         assert daemon.wait(30) == 0
