@@ -98,7 +98,7 @@ async def test_handler_errors_and_bad_events_are_typed(short_tmp: Path) -> None:
 async def test_import_failure_fails_waiting_requests_fast(short_tmp: Path) -> None:
     broken = "import does_not_exist\ndef handler(e, c):\n    return 1\n"
     async with running_stack(short_tmp, [fn(short_tmp, "broken", broken)]) as node:
-        with trio.fail_after(20), pytest.raises(InstanceStartFailed) as info:
+        with trio.fail_after(60), pytest.raises(InstanceStartFailed) as info:
             await node.dispatcher.invoke("broken", b"{}", "json")
         assert (
             "ModuleNotFoundError" in info.value.message and "does_not_exist" in info.value.message
