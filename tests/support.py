@@ -4,7 +4,9 @@
   :mod:`huselet.testing.stack`, which the runtime conformance suite shares);
 * waiting for a condition with a generous deadline, never for a fixed time:
   :func:`wait_until` from synchronous tests, :func:`eventually` from trio ones;
-* ports and processes: :func:`free_port`, :func:`closed_port`, :func:`pid_alive`.
+* ports and processes: :func:`free_port`, :func:`closed_port`, :func:`pid_alive`;
+* gates: a handler that waits at a gate (:data:`GATE_WAIT`) until the test opens
+  it (:func:`open_gate`), instead of sleeping for a time a loaded machine may outlast.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,14 @@ from huselet.testing.probes import require_sandbox_host, sandbox_settings
 from huselet.testing.stack import NodeStack, running_stack, write_package
 
 __all__ = [
+    "GATE_WAIT",
     "PID_HANDLER",
     "NodeStack",
     "closed_port",
     "eventually",
     "fork_stack",
     "free_port",
+    "open_gate",
     "pid_alive",
     "running_stack",
     "unconfined_stack",
@@ -38,6 +42,36 @@ __all__ = [
 
 # A handler answering with its worker's pid: which instance served a request.
 PID_HANDLER = "import os\n\ndef handler(event, context):\n    return {'pid': os.getpid()}\n"
+
+
+# Source for a handler module: ``wait_at_gate(path)`` returns once ``path`` exists
+# (the test opened the gate) or after ``hold`` s, so a failing test never leaves
+# an instance stuck. Where the gate goes: unconfined, any host path; a sandboxed
+# ``process`` instance sees only its own private /tmp: put the gate there and
+# open it with :func:`open_gate`; a ``fork`` instance's /tmp belongs to its user
+# namespace, where root cannot create a file (EOVERFLOW): keep a host directory
+# in its view (the runtime's ``ro_paths``) and create the gate there.
+GATE_WAIT = """
+import os as _gate_os, time as _gate_time
+
+def wait_at_gate(path, hold=120.0):
+    deadline = _gate_time.monotonic() + hold
+    while not _gate_os.path.exists(path) and _gate_time.monotonic() < deadline:
+        _gate_time.sleep(0.01)
+"""
+
+
+def open_gate(pids: Iterable[int], gate: str) -> int:
+    """Create ``gate`` (an absolute path as the instances see it, such as
+    ``/tmp/gate-x``) inside each process of ``pids``: through /proc/PID/root, so
+    it lands in a sandbox's private /tmp (unconfined, that is the host's own).
+    Returns how many it opened; a process that is gone holds nothing."""
+    opened = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{pid}/root{gate}").touch()
+            opened += 1
+    return opened
 
 
 def unconfined_stack(

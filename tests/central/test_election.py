@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+from support import eventually
 
 from huselet.central.election import Election
 from huselet.central.embedded import PrivateEtcd
@@ -35,9 +36,10 @@ async def test_one_leader_epochs_grow_and_a_deposed_leader_cannot_write(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(campaign_b)
-            await trio.sleep(0.3)  # b must stay a standby while a holds the lease
+            # b must stay a standby while a holds the lease: once b has read
+            # that a leads (a condition, not a fixed wait), it has not won.
+            await eventually(lambda: b.leader == {"scheduler_id": "a"})
             assert not won.is_set()
-            assert b.leader == {"scheduler_id": "a"}
             # a "pauses": it stops renewing; etcd lets the lease expire and b wins.
             with trio.fail_after(30):
                 await won.wait()

@@ -348,7 +348,7 @@ async def test_workers_import_from_the_image_and_failures_become_502(short_tmp: 
                 assert file.parent.parent == extract and file.name == "main.py"
                 assert (file.parent / "app" / "note.txt").is_file() and not file.exists()
             stack.pool("missing").observer = metrics = InstanceMetrics()
-            with trio.fail_after(10):
+            with trio.fail_after(60):
                 with pytest.raises(Exception) as err:
                     await stack.dispatcher.invoke("missing", b"{}", "json")
             assert getattr(err.value, "status", None) == 502

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import trio
-from support import running_stack, write_package
+from support import GATE_WAIT, running_stack, write_package
 
 from huselet.dispatch.childstops import child_stops
 from huselet.dispatch.instance import InstanceState
@@ -160,8 +160,10 @@ async def test_a_killed_idle_child_is_replaced_without_pings(short_tmp: Path) ->
 async def test_a_busy_child_stopped_by_sigstop_is_noticed_by_the_kernel(
     short_tmp: Path,
 ) -> None:
-    sleepy = "import time\ndef handler(event, context):\n    time.sleep(1)\n    return {}\n"
-    write_package(short_tmp, "busy", sleepy)
+    # Held at a gate never opened (not asleep for a time a stalled test could
+    # outlast): the call ends only when the stopped instance is found.
+    held = GATE_WAIT + "def handler(event, context):\n    wait_at_gate('/tmp/never', 600)\n"
+    write_package(short_tmp, "busy", held)
     spec = {
         "name": "busy",
         "package": "pkgs/busy",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from support import running_stack, write_package
+from support import GATE_WAIT, running_stack, write_package
 
 from huselet.errors import HostLimitReached
 from huselet.gateway.responses import error_reply
@@ -25,12 +25,20 @@ pytestmark = pytest.mark.usefixtures("sandbox_host")
 NPROC = 16  # the smallest the fork runtime accepts
 
 # Init code (run once, in the zygote, as the function's uid): park threads so
-# the uid holds ``1 + THREADS`` of its NPROC tasks before any instance.
+# the uid holds ``1 + THREADS`` of its NPROC tasks before any instance. They
+# end after ``hold_s``, or at once when the test opens ``gate`` (one of them
+# watches it; the rest wait for that one).
 HOGGING = """
 import threading, time
 THREADS = {threads}
-for _ in range(THREADS):
-    threading.Thread(target=time.sleep, args=({hold_s},), daemon=True).start()
+released = threading.Event()
+def park(gate):
+    if gate:
+        wait_at_gate(gate, {hold_s})
+        released.set()
+    released.wait({hold_s})
+for i in range(THREADS):
+    threading.Thread(target=park, args=({gate!r} if i == 0 else None,), daemon=True).start()
 def handler(event, ctx):
     time.sleep(event.get("sleep", 0))
     return {{"ok": True}}
@@ -42,8 +50,11 @@ def sandbox_host() -> None:
     require_sandbox_host()
 
 
-def fn(root: Path, threads: int, hold_s: float = 3600, **extra: object) -> dict[str, object]:
-    pkg = write_package(root, "full", HOGGING.format(threads=threads, hold_s=hold_s))
+def fn(
+    root: Path, threads: int, hold_s: float = 3600, gate: Path | None = None, **extra: object
+) -> dict[str, object]:
+    source = HOGGING.format(threads=threads, hold_s=hold_s, gate=gate and str(gate))
+    pkg = write_package(root, "full", GATE_WAIT + source)
     spec = {"name": "full", "package": str(pkg), "handler": "main:handler", "runtime": "fork"}
     return spec | extra
 
@@ -100,15 +111,21 @@ async def test_requests_wait_for_the_instances_that_fit(short_tmp: Path) -> None
 
 
 async def test_starts_resume_by_themselves_once_the_host_has_room(short_tmp: Path) -> None:
-    # The zygote's threads hold every task of the uid for a few seconds, then end:
-    # min_instances is reached without a request prompting a start.
-    functions = [fn(short_tmp, NPROC - 1, hold_s=8, min_instances=2)]
-    runtimes = {"fork": sandbox_settings(short_tmp, nproc=NPROC)}
+    # The zygote's threads hold every task of the uid until a start was refused,
+    # then end: min_instances is reached without a request prompting a start.
+    # (Until the test opens a gate, not for a time a slow zygote start outlasts.
+    # The gate is in a host directory the sandbox keeps in view.)
+    gates = short_tmp / "gates"
+    gates.mkdir()
+    gate = gates / "open"
+    functions = [fn(short_tmp, NPROC - 1, hold_s=600, gate=gate, min_instances=2)]
+    runtimes = {"fork": sandbox_settings(short_tmp, nproc=NPROC, ro_paths=[str(gates)])}
     async with running_stack(short_tmp, functions, runtimes) as stack:
         pool = stack.pool("full")
         with trio.fail_after(120):
             while pool.counters["start_refused_host_limit"] == 0:
                 await trio.sleep(0.05)
+            gate.touch()
             while sum(r.state.value == "idle" for r in pool.instances.values()) < 2:
                 await trio.sleep(0.05)
         assert pool.counters["start_failures"] == 0

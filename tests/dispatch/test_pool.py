@@ -15,21 +15,28 @@ from pathlib import Path
 
 import pytest
 import trio
-from support import running_stack, write_package
+from support import GATE_WAIT, eventually, running_stack, write_package
 
 from huselet.dispatch.instance import InstanceState
 from huselet.errors import InstanceLost, Unavailable
 
 # Records each call in a file, so a test can tell how often a handler really ran.
-COUNTING = """
+# A call with a "gate" is held until the test creates that file (never, for a
+# call whose instance the test kills): not for a time a loaded machine outlasts.
+COUNTING = (
+    GATE_WAIT
+    + """
 import os, time
 def handler(event, context):
     with open(os.environ["CALLS"], "a") as f:
         f.write(context.request_id + "\\n")
     if event.get("sleep"):
         time.sleep(event["sleep"])
+    if event.get("gate"):
+        wait_at_gate(event["gate"])
     return {"pid": os.getpid()}
 """
+)
 
 
 def fn(root: Path, name: str, **extra: object) -> dict:
@@ -41,6 +48,11 @@ def fn(root: Path, name: str, **extra: object) -> dict:
 # The handler writes its calls to a host file: its workers must not be confined
 # (the pool's behaviour is under test here, not the sandbox).
 unconfined_stack = partial(running_stack, runtimes={"process": {"isolation": False}})
+
+
+def held(gate: Path) -> bytes:
+    """An event held at ``gate`` (a host path: these workers are unconfined)."""
+    return json.dumps({"gate": str(gate)}).encode()
 
 
 def calls(root: Path, name: str) -> list[str]:
@@ -65,15 +77,17 @@ async def kill_the_instance_running(  # type: ignore[no-untyped-def]
 async def test_idempotent_request_is_retried_once_on_a_fresh_instance(short_tmp: Path) -> None:
     async with unconfined_stack(short_tmp, [fn(short_tmp, "idem", idempotent=True)]) as node:
         pool = node.pool("idem")
-        with trio.fail_after(30):
+        gate = short_tmp / "gate"
+
+        async def kill_then_open() -> None:  # the retry passes the gate
+            ran = lambda: len(calls(short_tmp, "idem")) == 1  # noqa: E731
+            await kill_the_instance_running(pool, signal.SIGKILL, when=ran)
+            gate.touch()
+
+        with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-                ran = lambda: len(calls(short_tmp, "idem")) == 1  # noqa: E731
-                nursery.start_soon(
-                    partial(kill_the_instance_running, pool, signal.SIGKILL, when=ran)
-                )
-                result = await node.dispatcher.invoke(
-                    "idem", b'{"sleep": 0.5}', "json", request_id="r-1"
-                )
+                nursery.start_soon(kill_then_open)
+                result = await node.dispatcher.invoke("idem", held(gate), "json", request_id="r-1")
         # The caller got a result from the second instance; the handler ran twice.
         assert json.loads(result.body)["pid"] > 0
         assert calls(short_tmp, "idem") == ["r-1", "r-1"]
@@ -95,7 +109,8 @@ async def test_idempotent_request_is_retried_only_once(short_tmp: Path) -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(kill_twice)
                 with pytest.raises(InstanceLost, match="killed by SIGKILL"):
-                    await node.dispatcher.invoke("idem", b'{"sleep": 5}', "json", request_id="r-2")
+                    event = held(short_tmp / "never-opened")
+                    await node.dispatcher.invoke("idem", event, "json", request_id="r-2")
         assert calls(short_tmp, "idem") == ["r-2", "r-2"]
         assert pool.counters["retried"] == 1 and pool.counters["instance_lost"] == 1
 
@@ -110,7 +125,8 @@ async def test_a_function_not_declared_idempotent_is_never_retried(short_tmp: Pa
                     partial(kill_the_instance_running, pool, signal.SIGKILL, when=ran)
                 )
                 with pytest.raises(InstanceLost, match="killed by SIGKILL while serving"):
-                    await node.dispatcher.invoke("plain", b'{"sleep": 5}', "json", request_id="r-3")
+                    event = held(short_tmp / "never-opened")
+                    await node.dispatcher.invoke("plain", event, "json", request_id="r-3")
         assert calls(short_tmp, "plain") == ["r-3"]
         assert pool.counters["retried"] == 0
 
@@ -161,13 +177,19 @@ async def test_reap_idle_keeps_min_instances_and_spares_busy_ones(short_tmp: Pat
                 for _ in range(3):
                     nursery.start_soon(node.dispatcher.invoke, "r", b'{"sleep": 0.3}', "json")
             assert len(pool.instances) >= 2
+            # An instance the burst did not need may still be starting on a busy
+            # machine; a starting one is not idle, so the reaper would spare it.
+            await eventually(
+                lambda: all(r.state is not InstanceState.STARTING for r in pool.instances.values())
+            )
+            gate = short_tmp / "gate"
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(node.dispatcher.invoke, "r", b'{"sleep": 1}', "json")
-                while not any(r.inflight for r in pool.instances.values()):
-                    await trio.sleep(0.005)
+                nursery.start_soon(node.dispatcher.invoke, "r", held(gate), "json")
+                await eventually(lambda: any(r.inflight for r in pool.instances.values()))
                 before = len(pool.instances)
                 reaped = node.dispatcher.reap_idle("test")
                 assert reaped == before - 1  # every idle one; the busy one counts for min
+                gate.touch()
             while len(pool.instances) > 1:
                 await trio.sleep(0.01)
         assert pool.counters["instances_reaped"] == reaped
@@ -199,17 +221,24 @@ async def test_a_busy_instance_stopped_by_sigstop_is_replaced_before_the_deadlin
     health = {"heartbeat_interval_ms": 200}
     functions = [fn(short_tmp, "plain", timeout_ms=20_000), fn(short_tmp, "idem", idempotent=True)]
     async with unconfined_stack(short_tmp, functions, extra={"health": health}) as node:
-        with trio.fail_after(30):
-            started = trio.current_time()
+        gate = short_tmp / "gate"
+
+        async def stop_then_open() -> None:  # the retry passes the gate
+            await kill_the_instance_running(node.pool("idem"), signal.SIGSTOP)
+            gate.touch()
+
+        with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(kill_the_instance_running, node.pool("plain"), signal.SIGSTOP)
+                # Held at a gate never opened: only the stop's detection ends it
+                # (its deadline would raise DeadlineExceeded, not this).
                 with pytest.raises(InstanceLost, match="frozen by SIGSTOP or a tracer"):
-                    await node.dispatcher.invoke("plain", b'{"sleep": 1}', "json")
-            assert trio.current_time() - started < 10  # far before its 20 s deadline
+                    await node.dispatcher.invoke("plain", held(short_tmp / "never-opened"), "json")
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(kill_the_instance_running, node.pool("idem"), signal.SIGSTOP)
-                result = await node.dispatcher.invoke("idem", b'{"sleep": 0.5}', "json")
+                nursery.start_soon(stop_then_open)
+                result = await node.dispatcher.invoke("idem", held(gate), "json")
         assert json.loads(result.body)["pid"] > 0
+        assert node.pool("plain").counters["deadline_exceeded"] == 0  # found stopped, first
         assert node.pool("plain").counters["stopped_busy"] == 1
         assert node.pool("idem").counters["retried"] == 1
 

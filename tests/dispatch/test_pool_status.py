@@ -13,14 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from daemon_harness import Daemon, function_toml, wait_until, write_config
-from support import write_package
+from support import GATE_WAIT, open_gate, write_package
 
-SLOW = """
-import time
+# Held at a gate in the instance's private /tmp until the test opens it: busy
+# for as long as the test looks, however slowly the machine lets it look.
+HELD = (
+    GATE_WAIT
+    + """
 def handler(event, ctx):
-    time.sleep(event.get("sleep", 0))
+    if event.get("gate"):
+        wait_at_gate(event["gate"])
     return {}
 """
+)
 
 
 def summary(d: Daemon, name: str) -> dict[str, Any]:
@@ -42,8 +47,9 @@ def agrees(d: Daemon, name: str) -> bool:
 
 
 def test_counts_follow_starts_requests_and_stops(short_tmp: Path) -> None:
-    write_package(short_tmp, "f", SLOW)
-    write_package(short_tmp, "g", SLOW)
+    write_package(short_tmp, "f", HELD)
+    write_package(short_tmp, "g", HELD)
+    gate = f"/tmp/gate-{short_tmp.name}"
     blocks = function_toml("f", min_instances=2, max_instances=3, idle_timeout_ms=1000)
     blocks += function_toml("g", max_instances=1, idle_timeout_ms=1000)
     with Daemon(write_config(short_tmp, blocks)) as d:
@@ -51,11 +57,12 @@ def test_counts_follow_starts_requests_and_stops(short_tmp: Path) -> None:
         assert wait_until(lambda: agrees(d, "f"))  # two ctl calls: a state may change between
         assert len(summary(d, "f")["code"]) == 1  # the packed image, by digest
         # A request on each, and one more: a third instance starts, all busy.
-        calls = [threading.Thread(target=d.invoke_ok, args=("f", {"sleep": 4})) for _ in range(3)]
+        calls = [threading.Thread(target=d.invoke_ok, args=("f", {"gate": gate})) for _ in range(3)]
         for call in calls:
             call.start()
         assert wait_until(lambda: summary(d, "f")["instances"]["busy"] == 3)
         assert wait_until(lambda: agrees(d, "f"))
+        assert open_gate(d.instance_pids(), gate) == 3
         for call in calls:
             call.join()
         # The third idles out (min_instances 2): counted out of every state.
@@ -68,9 +75,14 @@ def test_counts_follow_starts_requests_and_stops(short_tmp: Path) -> None:
         assert wait_until(lambda: summary(d, "f")["instances"]["idle"] == 2)
         assert wait_until(lambda: agrees(d, "f"))
         assert len(summary(d, "f")["code"]) == 1
-        # A function whose only instance idled out runs no image any more.
-        d.invoke_ok("g", {})
+        # A function whose only instance idled out runs no image any more. (Its
+        # image is listed while it runs: held, it cannot idle out before a look.)
+        call = threading.Thread(target=d.invoke_ok, args=("g", {"gate": gate}))
+        call.start()
+        assert wait_until(lambda: summary(d, "g")["instances"]["busy"] == 1)
         assert len(summary(d, "g")["code"]) == 1
+        assert open_gate(d.instance_pids(), gate)
+        call.join()
         assert wait_until(lambda: sum(summary(d, "g")["instances"].values()) == 0)
         assert summary(d, "g")["code"] == []
         assert wait_until(lambda: agrees(d, "g"))

@@ -189,7 +189,7 @@ def test_scrub_quarantines_a_corrupt_image_and_refetches_it(env: Env) -> None:
     assert out.returncode == 0, out.stderr
     assert "1 bad" in out.stdout and f"quarantined {digest}" in out.stdout
     assert list((env.root / "state" / "cache" / "quarantine").iterdir())
-    assert wait_until(lambda: env.installed(digest), timeout=15)
+    assert wait_until(lambda: env.installed(digest))
     assert env.server.fetches(digest) == 2
     events = [e["kind"] for e in env.cache()["events"]]
     assert "quarantined" in events

@@ -4,7 +4,6 @@ read-mostly tests; tests that kill or drain start their own."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from daemon_harness import HUSELET, Daemon, pid_alive, wait_until, write_config
-from support import write_package
+from support import GATE_WAIT, open_gate, write_package
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +47,9 @@ package = "pkgs/broken"
 handler = "main:handler"
 """
 
-ECHO = """
+ECHO = (
+    GATE_WAIT
+    + """
 import os, time
 def handler(event, context):
     if isinstance(event, dict):
@@ -56,15 +57,14 @@ def handler(event, context):
             time.sleep(event["sleep"])
         if event.get("gate"):  # held until the test opens the gate, or for "hold" s
             # (a sandbox that cannot see the host's files waits out the hold).
-            deadline = time.monotonic() + event.get("hold", 15)
-            while not os.path.exists(event["gate"]) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_at_gate(event["gate"], event.get("hold", 15))
         if event.get("raise"):
             raise KeyError(event["raise"])
         if event.get("exit"):
             os._exit(event["exit"])
     return {"event": event, "pid": os.getpid(), "function": context.function_name}
 """
+)
 
 
 def make_root(root: Path) -> Path:
@@ -178,22 +178,17 @@ def test_queue_full_is_429(daemon: Daemon) -> None:
             )
             refused = daemon.invoke("tiny", {})
         finally:
-            open_gate(daemon, "tiny", gate)
+            open_function_gate(daemon, "tiny", gate)
         assert refused.status_code == 429 and "retry-after" in refused.headers
         assert busy.result().status_code == 200 and queued.result().status_code == 200
 
 
-def open_gate(daemon: Daemon, function: str, gate: str) -> None:
+def open_function_gate(daemon: Daemon, function: str, gate: str) -> None:
     """Create ``gate`` inside each of ``function``'s instances' private /tmp."""
     out = daemon.ctl("instances", "--json")
     assert out.returncode == 0, out.stderr
-    opened = 0
-    for inst in json.loads(out.stdout):
-        if inst["function"] == function and inst["pid"]:
-            with contextlib.suppress(OSError):  # an instance that is gone holds nothing
-                Path(f"/proc/{inst['pid']}/root{gate}").touch()
-                opened += 1
-    assert opened, f"no instance of {function} to open {gate} in"
+    pids = [i["pid"] for i in json.loads(out.stdout) if i["function"] == function and i["pid"]]
+    assert open_gate(pids, gate), f"no instance of {function} to open {gate} in"
 
 
 def test_concurrency_beyond_max_instances_all_answered(daemon: Daemon) -> None:
@@ -322,8 +317,11 @@ def test_sigterm_drains_and_speaks_the_notify_protocol(own_root: Path) -> None:
         assert ready.startswith("READY=1\nSTATUS=serving 3 functions")
         pid = daemon.invoke_ok("echo", {})["pid"]
         result: dict[str, httpx.Response] = {}
+        # Held at a gate (not asleep for a time the ctl looks below may outlast)
+        # until the drain has begun and refused a newcomer.
+        gate = f"/tmp/gate-{own_root.name}"
         slow = threading.Thread(
-            target=lambda: result.update(r=daemon.invoke("echo", {"sleep": 1.5}))
+            target=lambda: result.update(r=daemon.invoke("echo", {"gate": gate, "hold": 120}))
         )
         slow.start()
         assert wait_until(
@@ -331,11 +329,13 @@ def test_sigterm_drains_and_speaks_the_notify_protocol(own_root: Path) -> None:
                 i["state"] == "busy" for i in json.loads(daemon.ctl("instances", "--json").stdout)
             ),
         )
+        busy = daemon.instance_pids()
         daemon.proc.send_signal(signal.SIGTERM)
         stopping = receiver.recv(4096).decode()
         assert stopping.startswith("STOPPING=1")
         late = daemon.invoke("echo", {})
         assert late.status_code == 503 and late.json()["error"]["code"] == "draining"
+        assert open_gate(busy, gate)
         slow.join(30)
         assert result["r"].status_code == 200  # accepted before SIGTERM: completed
         assert daemon.wait(30) == 0

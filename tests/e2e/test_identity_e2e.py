@@ -81,7 +81,7 @@ def test_restarting_one_daemon_leaves_the_other_untouched(
         b.wait(10)
         with Daemon(config_b) as b_again:
             _serves(b_again)
-            assert wait_until(lambda: not any(pid_alive(p) for p in b_pids), 10), describe_pids(
+            assert wait_until(lambda: not any(pid_alive(p) for p in b_pids)), describe_pids(
                 [p for p in b_pids if pid_alive(p)]
             )
             # The other daemon lost nothing: same processes, still serving.
@@ -91,7 +91,7 @@ def test_restarting_one_daemon_leaves_the_other_untouched(
             _serves(a)
             assert a.instance_pids() == a_instances  # served by the instance it had
             assert a.proc.poll() is None
-    assert wait_until(lambda: cgroup_leftovers(short_tmp) == [], 10), cgroup_leftovers(short_tmp)
+    assert wait_until(lambda: cgroup_leftovers(short_tmp) == []), cgroup_leftovers(short_tmp)
 
 
 def test_a_zygote_killed_and_its_cgroup_removed_from_outside_is_rebuilt(
@@ -126,8 +126,8 @@ def test_a_zygote_killed_and_its_cgroup_removed_from_outside_is_rebuilt(
         for group_dir in group_dirs:
             group = Cgroup(host, os.path.relpath(group_dir, root))
             # The daemon rebuilds a dead zygote at once: repeat until the group is gone.
-            assert wait_until(lambda g=group: kill_and_remove(g), 10)
-        assert wait_until(lambda: not any(pid_alive(z) for z in zygotes), 10)
+            assert wait_until(lambda g=group: kill_and_remove(g))
+        assert wait_until(lambda: not any(pid_alive(z) for z in zygotes))
         # The daemon stays up and serves again from a rebuilt zygote.
         assert wait_until(lambda: daemon.invoke("fn", {}).status_code == 200, 30), daemon.lines[
             -20:
@@ -140,4 +140,4 @@ def test_a_zygote_killed_and_its_cgroup_removed_from_outside_is_rebuilt(
 
         # Its warm instance may have served that: the rebuilt zygote comes in its time.
         assert wait_until(rebuilt, 30), (zygotes, daemon.zygote_pids())
-    assert wait_until(lambda: cgroup_leftovers(short_tmp) == [], 10), cgroup_leftovers(short_tmp)
+    assert wait_until(lambda: cgroup_leftovers(short_tmp) == []), cgroup_leftovers(short_tmp)

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
-from support import NodeStack, running_stack, write_package
+from support import NodeStack, eventually, running_stack, write_package
 
 from huselet.config.trust import DeployPolicy
 from huselet.dispatch.functions import FunctionDeployment
@@ -76,9 +75,7 @@ async def test_deploy_update_and_remove_at_runtime(short_tmp: Path) -> None:
         }
         assert "echo" not in stack.dispatcher.pools
         # The replaced and removed pools stop their instances once idle.
-        with trio.fail_after(15):
-            while stack.dispatcher._retiring:
-                await trio.sleep(0.05)
+        await eventually(lambda: not stack.dispatcher._retiring)
         assert commands.duplicates == 0 and commands.duplicate_applies == 0
 
 
@@ -92,9 +89,8 @@ async def test_quota_drain_and_refusals(short_tmp: Path) -> None:
             "c2", "set_quota", {"name": "echo", "max_instances": 3, "min_instances": 1}
         )
         assert limits == {"max_instances": 3, "min_instances": 1}
-        with trio.fail_after(10):  # min warm: an instance starts without a request
-            while not stack.pool("echo").instances:
-                await trio.sleep(0.02)
+        # min warm: an instance starts without a request
+        await eventually(lambda: stack.pool("echo").instances)
 
         assert await commands.execute("c3", "drain", {}) == {"placements": "drained"}
         with pytest.raises(CommandFailed) as closed:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import trio
-from support import running_stack, write_package
+from support import eventually, running_stack, write_package
 
 from huselet.fleet.state import NodeStateModel
 from protocol.delta import (
@@ -186,9 +186,9 @@ async def test_a_real_node_scheduler_reports_functions_and_instances(short_tmp: 
         assert result.body
         (instance_id,) = stack.pool("echo").instances
         # The instance turns idle when it asks for more work, just after the reply.
-        with trio.fail_after(10):
-            while node.resources()[("instance", instance_id)][1] != instance("echo", "idle"):
-                await trio.sleep(0.01)
+        await eventually(
+            lambda: node.resources()[("instance", instance_id)][1] == instance("echo", "idle")
+        )
         model.sync(trio.current_time())
         assert node.resources()[("capacity", "node")][1]["memory_used_mb"] == 256
         await stack.dispatcher.stop_instances()

@@ -9,21 +9,25 @@ from pathlib import Path
 
 import pytest
 import trio
-from support import running_stack, write_package
+from support import GATE_WAIT, running_stack, write_package
 
 from huselet.errors import InstanceLost, InstanceStartFailed, Unavailable
 from huselet.health.observers import CrashLoops, InstanceLiveness
 from huselet.health.supervisor import HealthSupervisor
 
-SLEEPY = """
-import os, time
+HELD = (
+    GATE_WAIT
+    + """
+import os
 def handler(event, context):
-    time.sleep(event.get("sleep", 0))
+    if event.get("gate"):
+        wait_at_gate(event["gate"])
     return {"pid": os.getpid()}
 """
+)
 
 
-def fn(root: Path, name: str, source: str = SLEEPY) -> dict:
+def fn(root: Path, name: str, source: str = HELD) -> dict:
     write_package(root, name, source)
     return {"name": name, "package": f"pkgs/{name}", "handler": "main:handler"}
 
@@ -48,7 +52,8 @@ async def test_instance_deaths_are_reported_as_healing_actions(short_tmp: Path) 
 
                 nursery.start_soon(kill_busy)
                 with pytest.raises(InstanceLost):
-                    await node.dispatcher.invoke("s", b'{"sleep": 5}', "json")
+                    # Held at a gate never opened: it ends only by the kill.
+                    await node.dispatcher.invoke("s", b'{"gate": "/tmp/never"}', "json")
                 while report.counters["instances_lost"] == 0:
                     await trio.sleep(0.01)
             assert report.state.value == "degraded"
@@ -75,7 +80,7 @@ async def test_an_open_breaker_degrades_crash_loops_until_it_closes(short_tmp: P
                     await trio.sleep(0.01)
                 assert "bad (open: instance start failed" in report.detail
                 assert report.counters["breakers_opened"] == 1
-                write_package(short_tmp, "bad", SLEEPY)
+                write_package(short_tmp, "bad", HELD)
                 node.pool("bad").breaker.allow_trial(trio.current_time())
                 await node.dispatcher.invoke("bad", b"{}", "json")
                 while report.state.value != "ok":

@@ -82,7 +82,7 @@ async def test_instances_have_own_identity_and_only_their_descriptors(short_tmp:
     pkg = write_package(short_tmp, "f", IDENTITY)
     functions = [fn("f", pkg, env={"FN_VAR": "v"}, max_instances=2)]
     async with running_stack(short_tmp, functions, {"fork": sandbox_settings(short_tmp)}) as stack:
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             first = await invoke(stack, "f", {})
         pool = stack.pool("f")
         (record,) = pool.instances.values()
@@ -164,7 +164,7 @@ async def test_everything_is_cleaned_up_after_stop(short_tmp: Path) -> None:
     async with running_stack(
         short_tmp, [fn("f", pkg, max_instances=4)], {"fork": settings}
     ) as stack:
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 for _ in range(4):
                     nursery.start_soon(invoke, stack, "f", {})
@@ -180,7 +180,7 @@ async def test_graceful_stop_reaches_pid_1(short_tmp: Path) -> None:
     async with running_stack(
         short_tmp, [fn("f", pkg)], {"fork": sandbox_settings(short_tmp)}
     ) as stack:
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             await invoke(stack, "f", {})
             (record,) = stack.pool("f").instances.values()
             handle = record.handle
@@ -233,7 +233,7 @@ async def test_zygotes_beyond_the_memory_budget_are_evicted(short_tmp: Path) -> 
     settings = sandbox_settings(short_tmp, zygotes="lazy", zygote_budget_mb=16)
     async with running_stack(short_tmp, [fn("a", a), fn("b", b)], {"fork": settings}) as stack:
         runtime: ForkRuntime = stack.runtimes["fork"]  # type: ignore[assignment]
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             assert runtime._slots == {}  # lazy: nothing built before the first request
             await invoke(stack, "a", {})
             (first,) = runtime._slots.values()

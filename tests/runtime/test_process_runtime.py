@@ -52,7 +52,7 @@ async def test_worker_connects_with_identity_in_its_own_session(short_tmp: Path)
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
             handle = await runtime.start(spec(short_tmp, pkg))
-            with trio.fail_after(20):
+            with trio.fail_after(60):
                 stream, hello = await accept_hello(listener)
             assert (hello.instance_id, hello.token, hello.pid) == ("f-1", "tok-1", handle.pid)
             pid = handle.pid
@@ -95,7 +95,7 @@ async def test_exit_code_and_output_are_reported(
             runtime.drops = False  # the unprivileged path below: the worker dials itself
         # No listener at the link path: the worker reports it and exits 2.
         handle = await runtime.start(spec(short_tmp, pkg))
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             status = await handle.wait()
         assert status.code == 2 and status.signal is None
         assert status.describe() == "exited with code 2"

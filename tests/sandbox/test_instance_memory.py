@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from support import fork_stack, running_stack, write_package
+from support import GATE_WAIT, eventually, fork_stack, running_stack, write_package
 
 from huselet.testing.conformance import invoke_json
 from huselet.testing.probes import require_sandbox_host, sandbox_settings
@@ -106,13 +106,16 @@ def test_a_zygote_of_a_small_function_never_imports_threading() -> None:
     assert in_fresh_interpreter(ZYGOTE_IMPORTS) == ["False"]
 
 
-RANDOM = """
-import random, time
+RANDOM = (
+    GATE_WAIT
+    + """
+import random
 random.random()  # init code drew from the zygote's generator
 def handler(event, ctx):
-    time.sleep(0.3)  # two concurrent calls need two instances
+    wait_at_gate(event["gate"])  # held: two concurrent calls need two instances
     return {"instance": ctx.instance_id, "r": random.random()}
 """
+)
 
 
 async def test_instances_of_a_zygote_that_imported_random_draw_different_numbers(
@@ -122,16 +125,28 @@ async def test_instances_of_a_zygote_that_imported_random_draw_different_numbers
     require_sandbox_host()
     pkg = write_package(short_tmp, "r", RANDOM)
     spec = {"name": "r", "package": str(pkg), "handler": "main:handler", "runtime": "fork"}
-    async with running_stack(short_tmp, [spec], {"fork": sandbox_settings(short_tmp)}) as stack:
+    # The gate is a host file in a directory the sandbox keeps in view: root
+    # cannot create one in a fork instance's own /tmp (its user namespace maps
+    # no uid 0 there).
+    gates = short_tmp / "gates"
+    gates.mkdir()
+    gate = gates / "open"
+    settings = sandbox_settings(short_tmp, ro_paths=[str(gates)])
+    async with running_stack(short_tmp, [spec], {"fork": settings}) as stack:
         seen: list[dict[str, object]] = []
+        pool = stack.pool("r")
 
         async def call() -> None:
-            seen.append(await invoke_json(stack, "r", {}))
+            seen.append(await invoke_json(stack, "r", {"gate": str(gate)}))
 
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(call)
                 nursery.start_soon(call)
+                await eventually(
+                    lambda: sorted(len(r.inflight) for r in pool.instances.values()) == [1, 1]
+                )
+                gate.touch()
     assert len({s["instance"] for s in seen}) == 2
     assert seen[0]["r"] != seen[1]["r"]
 
