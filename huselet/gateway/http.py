@@ -101,6 +101,8 @@ class HttpIngress:
         self.flush = ReplyFlush()  # replies made in a pass of the loop go out at its end
         # Replies written whole from their invocation's completion (the fast path).
         self.replies_direct = 0
+        # Held connections closed before their next request, as their client had gone.
+        self.held_client_gone = 0
         self._limits = Limits.from_settings(settings)
         # Connection-limit policy: refuse, don't queue; see _refuse().
         self._connections = trio.CapacityLimiter(settings.max_connections)
