@@ -32,14 +32,11 @@ AUTH_EXTRA = "throttle_delay_ms = 200\n"
 DRIP = AccessKey("HKDRIPTENANT0001", "drip-secret-0123456789abcdef01234")
 DRIP_TENANT = f"""
 [[tenants]]
+keys = [{{ id = "{DRIP.key_id}", secret = "{DRIP.secret}" }}]
 name = "drip"
-functions = ["acme-echo"]
 rate_per_s = 0.4
 burst = 1
-
-[[tenants.keys]]
-id = "{DRIP.key_id}"
-secret = "{DRIP.secret}"
+functions = ["acme-echo"]
 """
 
 
