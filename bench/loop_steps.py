@@ -27,6 +27,7 @@ from collections import Counter
 from typing import Any
 
 import trio
+from instrumented import run_huselet_with
 
 THRESHOLD_S = 0.0003
 # A step at least this long is labelled with the function its HTTP connection last
@@ -207,17 +208,7 @@ def _short(name: str) -> str:
 
 
 def main() -> int:
-    out = sys.argv.pop(1)
-    real_run = trio.run
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("instruments", []).append(LongSteps(out))
-        return real_run(*args, **kwargs)
-
-    trio.run = run  # type: ignore[assignment]
-    from huselet.cli import main as huselet_main
-
-    return huselet_main()
+    return run_huselet_with(LongSteps)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from huselet.gateway.admission import Admission, AdmissionRequest, CallRequest
 from huselet.tenants.keys import read_keys_file
 from protocol.ingress_signing import sign_call
 
+NOISY_RATE_PER_S = 20  # tenant noisy's limit (burst the same)
+
 KEYS = f"""
 [[tenants]]
 name = "quiet"
@@ -37,8 +39,8 @@ secret = "{QUIET.secret}"
 
 [[tenants]]
 name = "noisy"
-rate_per_s = 20
-burst = 20
+rate_per_s = {NOISY_RATE_PER_S}
+burst = {NOISY_RATE_PER_S}
 [[tenants.keys]]
 id = "{NOISY.key_id}"
 secret = "{NOISY.secret}"

@@ -1,13 +1,16 @@
 """Part 3 of ``bench_auth``: does a tenant over its rate hurt another tenant's latency?
 
 Tenant ``quiet`` sends at a fixed rate (open loop, :func:`tenant_load.paced`)
-in four conditions per round: ``idle-a`` and ``idle-b`` (alone, the same
+in five conditions per round: ``idle-a`` and ``idle-b`` (alone, the same
 work twice), ``noisy`` (while tenant ``noisy``, limit 20/s, offers a fixed
 flood rate from its own process, :func:`tenant_load.flood_process`, pipelined
-over a fixed number of connections) and ``elsewhere`` (the same flood sent to
+over a fixed number of connections), ``elsewhere`` (the same flood sent to
 another node on this machine: the same load on the machine's 2 cores, none on
-this node, so noisy/elsewhere is this node's own interference). The order
-rotates each round, so drift in the machine's load favours no condition.
+this node, so noisy/elsewhere is this node's own interference) and
+``at-limit`` (tenant noisy sends exactly its limit, on one connection, and is
+refused nothing: what its *admitted* share costs quiet, so noisy/at-limit is
+what being over the limit adds — the refusals). The order rotates each round,
+so drift in the machine's load favours no condition.
 
 The verdict is the *pooled* p99 of each condition (every round's samples
 together: rounds x duration x rate of them, ~3,000 by default, so the p99 is
@@ -29,28 +32,37 @@ import argparse
 import multiprocessing
 import statistics
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import loop_steps
 import trio
 from procstats import cpu_ns
+from tenant_inproc import NOISY_RATE_PER_S
 from tenant_load import NOISY, PIN_FLOOD, QUIET, flood_process, p, paced, raw_request, send_all
 
-CONDITIONS = ("idle-a", "noisy", "idle-b", "elsewhere")
+CONDITIONS = ("idle-a", "noisy", "idle-b", "elsewhere", "at-limit")
 
 
-def _phase(pid: int, port: int, args: argparse.Namespace, flood_port: int | None) -> dict[str, Any]:
+class Flood(NamedTuple):
+    """Tenant noisy's traffic in a phase: where it goes, how much, on how many connections."""
+
+    port: int
+    rate: float
+    connections: int
+
+
+def _phase(pid: int, port: int, args: argparse.Namespace, spec: Flood | None) -> dict[str, Any]:
     n = int(args.duration * args.quiet_rate)
     batch = [raw_request(port, "quiet", QUIET) for _ in range(n)]
     ctx = multiprocessing.get_context("fork")  # no trio run is active between phases
     flood: dict[str, Any] = {}
     child = None
-    if flood_port is not None:
+    if spec is not None:
         started, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-        count = int(args.flood_rate * (args.duration + 3))
+        count = int(spec.rate * (args.duration + 3))
         child = ctx.Process(
             target=flood_process,
-            args=(flood_port, NOISY, "noisy", args.flood_rate, args.flood_connections, count),
+            args=(spec.port, NOISY, "noisy", spec.rate, spec.connections, count),
             kwargs={
                 "started": started,
                 "stop": stop,
@@ -67,14 +79,14 @@ def _phase(pid: int, port: int, args: argparse.Namespace, flood_port: int | None
     lat, statuses = trio.run(paced, port, batch, args.quiet_rate, 2, begins)
     wall = time.perf_counter() - t0
     cpu = (cpu_ns(pid) - cpu0) / 1e9
-    if child is not None and flood_port is not None:
+    if child is not None and spec is not None:
         stop.set()
         flood = out.get(timeout=60)
         child.join(60)
         # The node answers a held connection's 429 (up to ~6 s later) before it finds
         # the flood gone: wait for that, so the flood's tail is not measured as the
         # next phase's (an idle one, say).
-        flood["settle_s"] = settle(flood_port)
+        flood["settle_s"] = settle(spec.port)
     return {
         "quiet_statuses": statuses,
         "quiet_p50_ms": statistics.median(lat),
@@ -118,9 +130,14 @@ def noisy_neighbour(
     pid: int, port: int, args: argparse.Namespace, rounds: int, elsewhere_port: int
 ) -> dict[str, Any]:
     """Tenant quiet at a fixed rate: alone twice (A/A), while tenant noisy floods this
-    node, and while the same flood goes to another node on this machine (``elsewhere``)."""
+    node, while the same flood goes to another node on this machine (``elsewhere``),
+    and while tenant noisy sends exactly its limit to this node (``at-limit``)."""
     phases: dict[str, list[dict[str, Any]]] = {name: [] for name in CONDITIONS}
-    floods = {"noisy": port, "elsewhere": elsewhere_port}
+    floods = {
+        "noisy": Flood(port, args.flood_rate, args.flood_connections),
+        "elsewhere": Flood(elsewhere_port, args.flood_rate, args.flood_connections),
+        "at-limit": Flood(port, NOISY_RATE_PER_S, 1),
+    }
     for r in range(rounds):
         k = r % len(CONDITIONS)
         for name in CONDITIONS[k:] + CONDITIONS[:k]:
@@ -148,13 +165,21 @@ def noisy_neighbour(
             n["quiet_p99_ms"] / ((a["quiet_p99_ms"] + b["quiet_p99_ms"]) / 2),
             b["quiet_p99_ms"] / a["quiet_p99_ms"],
             n["quiet_p99_ms"] / e["quiet_p99_ms"],
+            n["quiet_p99_ms"] / lim["quiet_p99_ms"],
+            lim["quiet_p99_ms"] / ((a["quiet_p99_ms"] + b["quiet_p99_ms"]) / 2),
         )
-        for a, n, b, e in zip(
-            phases["idle-a"], noisy, phases["idle-b"], phases["elsewhere"], strict=True
+        for a, n, b, e, lim in zip(
+            phases["idle-a"],
+            noisy,
+            phases["idle-b"],
+            phases["elsewhere"],
+            phases["at-limit"],
+            strict=True,
         )
     ]
     idle_cpu_pct = statistics.median(x["daemon_cpu_pct"] for x in idle)
     noisy_cpu_pct = statistics.median(x["daemon_cpu_pct"] for x in noisy)
+    limit_cpu_pct = statistics.median(x["daemon_cpu_pct"] for x in phases["at-limit"])
     answered = statistics.median(
         sum(x["flood"]["statuses"].values()) / x["flood"]["wall_s"] for x in noisy
     )
@@ -171,7 +196,11 @@ def noisy_neighbour(
         "p99_ratio_aa_rounds": statistics.median(r[1] for r in per_round),
         "p99_ratio_elsewhere": stats["noisy"]["p99_ms"] / stats["elsewhere"]["p99_ms"],
         "p99_ratio_elsewhere_rounds": statistics.median(r[2] for r in per_round),
-        "daemon_cpu_pct": {"idle": idle_cpu_pct, "noisy": noisy_cpu_pct},
+        "p99_ratio_at_limit": stats["noisy"]["p99_ms"] / stats["at-limit"]["p99_ms"],
+        "p99_ratio_at_limit_rounds": statistics.median(r[3] for r in per_round),
+        "p99_ratio_limit_idle": stats["at-limit"]["p99_ms"] / stats["idle"]["p99_ms"],
+        "p99_ratio_limit_idle_rounds": statistics.median(r[4] for r in per_round),
+        "daemon_cpu_pct": {"idle": idle_cpu_pct, "noisy": noisy_cpu_pct, "at-limit": limit_cpu_pct},
         "flood_answered_per_s": answered,
         "flood_sent_per_s": offered,
         "daemon_us_per_flood_answer": extra_us_per_s / answered if answered else 0.0,
@@ -219,9 +248,10 @@ def _merge(rows: Any) -> list[tuple[str, float]]:
 def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"3. tenant quiet at {args.quiet_rate:g} req/s (2 connections, open loop): alone twice "
-        f"(idle-a, idle-b) and while tenant noisy (limit 20/s) offers {args.flood_rate:g} req/s "
+        f"(idle-a, idle-b), while tenant noisy (limit {NOISY_RATE_PER_S}/s) offers "
+        f"{args.flood_rate:g} req/s "
         f"over {args.flood_connections} pipelined connections from its own process "
-        f"(nice {args.flood_nice}); "
+        f"(nice {args.flood_nice}), the same flood sent elsewhere, and noisy at its limit; "
         f"{args.duration:g} s per phase, order rotated per round:"
     )
     for phase, results in nn["phases"].items():
@@ -235,12 +265,12 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
                 else ""
             )
             print(
-                f"   {phase:<6} r{r['round']} quiet p50 {r['quiet_p50_ms']:.3f} ms"
+                f"   {phase:<9} r{r['round']} quiet p50 {r['quiet_p50_ms']:.3f} ms"
                 f"  p99 {r['quiet_p99_ms']:.3f} ms  {r['quiet_statuses']}"
                 f"  daemon cpu {r['daemon_cpu_pct']:.1f}%{flood}"
             )
     print("   pooled over rounds:   samples   p50 ms   p99 ms")
-    for name in ("idle-a", "idle-b", "idle", "noisy", "elsewhere"):
+    for name in ("idle-a", "idle-b", "idle", "noisy", "elsewhere", "at-limit"):
         s = nn["pooled"][name]
         print(f"     {name:<18} {s['n']:>7} {s['p50_ms']:8.3f} {s['p99_ms']:8.3f}")
     print(
@@ -256,6 +286,13 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
         f"   noisy/elsewhere (the same flood sent to another node on this machine: what is "
         f"left is this node's interference, not the machine's): pooled "
         f"{nn['p99_ratio_elsewhere']:.2f}, per round {nn['p99_ratio_elsewhere_rounds']:.2f}"
+    )
+    print(
+        f"   at-limit/idle (tenant noisy sending exactly its {NOISY_RATE_PER_S}/s, all admitted: "
+        f"its fair share's cost): pooled {nn['p99_ratio_limit_idle']:.2f}, per round "
+        f"{nn['p99_ratio_limit_idle_rounds']:.2f}; noisy/at-limit (what the excess and its "
+        f"refusals add): pooled {nn['p99_ratio_at_limit']:.2f}, per round "
+        f"{nn['p99_ratio_at_limit_rounds']:.2f}"
     )
     if nn["stalls"]:
         print("   the daemon's loop passes > 0.3 ms (bench/loop_steps.py), per condition:")
@@ -273,7 +310,8 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
             )
     cpu = nn["daemon_cpu_pct"]
     print(
-        f"   daemon cpu (median of phases) idle {cpu['idle']:.1f}%, noisy {cpu['noisy']:.1f}%; "
+        f"   daemon cpu (median of phases) idle {cpu['idle']:.1f}%, noisy {cpu['noisy']:.1f}%, "
+        f"at-limit {cpu['at-limit']:.1f}%; "
         f"flood sent {nn['flood_sent_per_s']:.0f} req/s, answered "
         f"{nn['flood_answered_per_s']:.0f} req/s; (noisy - idle) daemon CPU "
         f"{nn['daemon_us_per_flood_answer']:.0f} us per answer, "

@@ -23,6 +23,7 @@ from collections import Counter
 from typing import Any
 
 import trio
+from instrumented import run_huselet_with
 
 WINDOW_S = 10.0
 KEEP = 30  # windows in the file
@@ -77,17 +78,7 @@ class WakeupCensus(trio.abc.Instrument):
 
 
 def main() -> int:
-    out = sys.argv.pop(1)
-    real_run = trio.run
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("instruments", []).append(WakeupCensus(out))
-        return real_run(*args, **kwargs)
-
-    trio.run = run  # type: ignore[assignment]
-    from huselet.cli import main as huselet_main
-
-    return huselet_main()
+    return run_huselet_with(WakeupCensus)
 
 
 if __name__ == "__main__":
