@@ -211,6 +211,7 @@ class Connection:
             self._client_ip = peer_of(self._stream).rpartition(":")[0].strip("[]")
         head.client = self._client_ip
         head.strikes = self._strikes
+        head.fd = self._stream.socket.fileno()
         self._request_id = head.request_id
         if not head.has_body:
             # Consume the (empty) body's end now: the request is then complete,
