@@ -6,21 +6,8 @@ from __future__ import annotations
 import select
 import socket
 import struct
-from collections.abc import Iterator
-
-import pytest
 
 from huselet.gateway.linger import peer_closed
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """(server end, client end) of one loopback TCP connection."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname())
-        server, _ = listener.accept()
-    with server, client:
-        yield server, client
 
 
 def wait_readable(sock: socket.socket) -> None:
