@@ -163,6 +163,11 @@ def start_daemon(
     return Node(proc, port, framed)
 
 
+def admin_socket(root: Path) -> Path:
+    """The admin socket of the signed node started in ``root`` (see write_config)."""
+    return root / "run-signed" / "admin.sock"
+
+
 def set_auth(root: Path, node: Node, *, auth: bool) -> None:
     """Switch the signed daemon's ``[auth]`` on or off by a reload (SIGHUP), and wait for it.
 
@@ -427,7 +432,7 @@ def main() -> None:
         def switch(auth: bool) -> None:
             set_auth(root / "signed", procs["signed"], auth=auth)
 
-        admin = AdminClient(root / "signed" / "run-signed" / "admin.sock", timeout_s=30)
+        admin = AdminClient(admin_socket(root / "signed"), timeout_s=30)
 
         def verify_cost() -> dict[str, Any]:
             return dict(admin.call("status")["admission"]["verify_cost"])
@@ -472,7 +477,16 @@ def main() -> None:
             report["verification"] = print_verification(cpu, runs)
         if "3" in parts:
             elsewhere = procs["alt"].port  # a short name: Unix socket paths are short
-            nn = noisy_neighbour(signed_proc.pid, signed_port, args, args.noisy_rounds, elsewhere)
+            alt_admin = AdminClient(admin_socket(root / "alt"), timeout_s=30)
+            admins = {signed_port: admin, elsewhere: alt_admin}
+
+            def noisy_counts(port: int) -> tuple[int, int]:
+                row = admins[port].call("status")["admission"]["tenants"].get("noisy", {})
+                return int(row.get("admitted", 0)), int(row.get("throttled", 0))
+
+            nn = noisy_neighbour(
+                signed_proc.pid, signed_port, args, args.noisy_rounds, elsewhere, noisy_counts
+            )
             report["noisy_neighbour"] = nn
             print_noisy(nn, args)
     finally:

@@ -32,6 +32,7 @@ import argparse
 import multiprocessing
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import loop_steps
@@ -42,6 +43,9 @@ from tenant_load import NOISY, PIN_FLOOD, QUIET, flood_process, p, paced, raw_re
 
 CONDITIONS = ("idle-a", "noisy", "idle-b", "elsewhere", "at-limit")
 
+# A node's count of tenant noisy's requests (admitted, throttled), read over its admin socket.
+TenantCounts = Callable[[int], tuple[int, int]]
+
 
 class Flood(NamedTuple):
     """Tenant noisy's traffic in a phase: where it goes, how much, on how many connections."""
@@ -51,7 +55,13 @@ class Flood(NamedTuple):
     connections: int
 
 
-def _phase(pid: int, port: int, args: argparse.Namespace, spec: Flood | None) -> dict[str, Any]:
+def _phase(
+    pid: int,
+    port: int,
+    args: argparse.Namespace,
+    spec: Flood | None,
+    counts: TenantCounts | None = None,
+) -> dict[str, Any]:
     n = int(args.duration * args.quiet_rate)
     batch = [raw_request(port, "quiet", QUIET) for _ in range(n)]
     ctx = multiprocessing.get_context("fork")  # no trio run is active between phases
@@ -83,10 +93,15 @@ def _phase(pid: int, port: int, args: argparse.Namespace, spec: Flood | None) ->
         stop.set()
         flood = out.get(timeout=60)
         child.join(60)
+        left = counts(spec.port) if counts is not None else None  # the flood's sockets closed
         # The node answers a held connection's 429 (up to ~6 s later) before it finds
         # the flood gone: wait for that, so the flood's tail is not measured as the
         # next phase's (an idle one, say).
         flood["settle_s"] = settle(spec.port)
+        if counts is not None and left is not None:
+            # What the node still decided of noisy's queued requests after it left.
+            admitted, throttled = counts(spec.port)
+            flood["after_left"] = {"admitted": admitted - left[0], "throttled": throttled - left[1]}
     return {
         "quiet_statuses": statuses,
         "quiet_p50_ms": statistics.median(lat),
@@ -127,11 +142,19 @@ def _open_connections(port: int) -> int:
 
 
 def noisy_neighbour(
-    pid: int, port: int, args: argparse.Namespace, rounds: int, elsewhere_port: int
+    pid: int,
+    port: int,
+    args: argparse.Namespace,
+    rounds: int,
+    elsewhere_port: int,
+    counts: TenantCounts | None = None,
 ) -> dict[str, Any]:
     """Tenant quiet at a fixed rate: alone twice (A/A), while tenant noisy floods this
     node, while the same flood goes to another node on this machine (``elsewhere``),
-    and while tenant noisy sends exactly its limit to this node (``at-limit``)."""
+    and while tenant noisy sends exactly its limit to this node (``at-limit``).
+
+    ``counts``: tenant noisy's (admitted, throttled) on the node at a port; with it,
+    each flood phase also reports what the node decided of the flood after it left."""
     phases: dict[str, list[dict[str, Any]]] = {name: [] for name in CONDITIONS}
     floods = {
         "noisy": Flood(port, args.flood_rate, args.flood_connections),
@@ -141,7 +164,7 @@ def noisy_neighbour(
     for r in range(rounds):
         k = r % len(CONDITIONS)
         for name in CONDITIONS[k:] + CONDITIONS[:k]:
-            result = _phase(pid, port, args, floods.get(name))
+            result = _phase(pid, port, args, floods.get(name), counts)
             result["round"] = r
             phases[name].append(result)
     stalls = _stalls(phases, args.steps, port) if args.steps else None
@@ -245,6 +268,13 @@ def _merge(rows: Any) -> list[tuple[str, float]]:
     return sorted(((k, round(v, 1)) for k, v in total.items()), key=lambda kv: -kv[1])[:6]
 
 
+def _after_left(flood: dict[str, Any]) -> str:
+    after = flood.get("after_left")
+    if after is None:
+        return ""
+    return f", after it left: admitted {after['admitted']} throttled {after['throttled']}"
+
+
 def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"3. tenant quiet at {args.quiet_rate:g} req/s (2 connections, open loop): alone twice "
@@ -260,7 +290,7 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
             flood = (
                 f"  flood sent {f['sent']}/{f['offered']} {f['statuses']} "
                 f"connects {f['connects']} cpu {f['cpu_pct_of_a_core']:.0f}% "
-                f"settled {f['settle_s']:.1f} s"
+                f"settled {f['settle_s']:.1f} s{_after_left(f)}"
                 if f
                 else ""
             )

@@ -312,6 +312,7 @@ class Daemon:
                     "open": self.ingress.open_connections,
                     "refused_per_source": self.ingress.sources.refused,
                     "replies_direct": self.ingress.replies_direct,
+                    "held_client_gone": self.ingress.held_client_gone,
                 },
                 "framed": _framed_status(self.framed),
                 "admin_socket": str(self.config.admin.socket),

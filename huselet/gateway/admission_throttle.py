@@ -62,6 +62,10 @@ RESET_AFTER_S = 10.0
 PACE_PER_S = 5.0
 # Limits the pacer remembers; beyond it, those whose last answer is past are forgotten.
 PACE_KEYS = 4096
+# A connection held recently (Strikes.recent) reads at most this much at a time: the
+# rest of what a flooding client pipelined stays in the kernel, where it costs no
+# parsing and no Python objects (the HTTP ingress reads heads this way anyway).
+HELD_RECEIVE_BYTES = 8 * 1024
 
 
 class Strikes:
@@ -89,6 +93,14 @@ class Strikes:
             return now, close
         hold = delay_s * min(MAX_HOLD_FACTOR, 1 << min(self.count - 1, 30))
         return now + hold * (1 + JITTER * self._random()), close
+
+    def recent(self, now: float) -> bool:
+        """Whether the connection had a 429 within :data:`RESET_AFTER_S` (it is being held).
+
+        Such a connection is checked for a client that has gone before its next
+        request is admitted, and reads little at a time (see the ingresses).
+        """
+        return now - self.last <= RESET_AFTER_S
 
 
 class Throttled(Protocol):

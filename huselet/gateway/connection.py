@@ -32,7 +32,7 @@ from huselet.gateway.httpparse import (
     RequestParser,
 )
 from huselet.gateway.httpparse import RequestHead as ParsedHead
-from huselet.gateway.linger import TRANSPORT_ERRORS, linger, peer_of
+from huselet.gateway.linger import TRANSPORT_ERRORS, linger, peer_closed, peer_of
 from huselet.gateway.pending import PendingReplies, PendingReply
 from huselet.gateway.replyflush import ReplyFlush
 from huselet.gateway.replypark import ParkEnd, ReplyPark
@@ -77,6 +77,7 @@ class Responder(Protocol):
     pending: PendingReplies | None
     flush: ReplyFlush  # where replies written from the link reader wait for the pass's end
     replies_direct: int  # how many went out whole that way (status: http_connections)
+    held_client_gone: int  # held connections closed as their client had gone (status too)
 
     async def respond(self, head: RequestHead, read_body: BodyReader) -> Reply | PendingReply: ...
 
@@ -210,6 +211,7 @@ class Connection:
             self._client_ip = peer_of(self._stream).rpartition(":")[0].strip("[]")
         head.client = self._client_ip
         head.strikes = self._strikes
+        head.fd = self._stream.socket.fileno()
         self._request_id = head.request_id
         if not head.has_body:
             # Consume the (empty) body's end now: the request is then complete,
@@ -359,6 +361,8 @@ class Connection:
         else:
             self._arm(in_request=True)
         if type(event) is ParsedHead:
+            if self._strikes.count and self._client_gone():
+                return None
             self._request = event
             self._body_done = False
             self._awaiting_continue = event.expect_continue
@@ -366,6 +370,19 @@ class Connection:
         if event is CONNECTION_CLOSED:
             return None
         raise RuntimeError(f"unexpected {type(event).__name__} before a request")
+
+    def _client_gone(self) -> bool:
+        """A connection held at 429 lately whose client has closed: admit nothing more from it.
+
+        What it pipelined before leaving is still queued, in the kernel and in
+        the parser, and each request of it would otherwise be admitted (an
+        invocation nobody reads) or held again before a write to the closed
+        socket fails. One poll(2) per request, only on held connections.
+        """
+        if not self._strikes.recent(trio.current_time()) or not peer_closed(self._stream.socket):
+            return False
+        self._responder.held_client_gone += 1
+        return True
 
     def _arm(self, *, in_request: bool) -> None:
         self._in_request = in_request

@@ -19,6 +19,7 @@ Bounds, so that no client can cost the node unbounded memory or tasks:
 - at most ``framed_max_inflight`` calls per connection: while a connection is
   at its limit the node stops *reading* from it, so TCP pushes back on the
   client; a client that sends more anyway has ignored WELCOME and is cut off;
+  a connection throttled lately (429s held) reads 8 KB at a time, not 256 KB;
 - frames up to ``max_body_bytes`` plus a small allowance for the envelope;
 - a reply that cannot be written within ``read_timeout_ms`` means the client
   does not read: the connection is dropped rather than its replies buffered.
@@ -32,7 +33,7 @@ from huselet.config import AuthSettings, GatewaySettings, TcpAddress
 from huselet.dispatch.invocation import Invocation, InvokeResult
 from huselet.errors import BadRequest, Draining, HuseletError, UnknownFunction
 from huselet.gateway.admission import Admission, CallRequest, Refusal, Ticket
-from huselet.gateway.admission_throttle import Strikes
+from huselet.gateway.admission_throttle import HELD_RECEIVE_BYTES, Strikes
 from huselet.gateway.core import InvokeCore, StagedInvoker
 from huselet.gateway.counters import FramedCounter
 from huselet.gateway.routes import new_request_id
@@ -246,12 +247,14 @@ class _FramedConnection:
             # data at once, or brought several calls) is read at once.
             expect_wait = self._io.waited and self._read_calls_n <= 1
             self._read_calls_n = 0
+            held = self._strikes.count and self._strikes.recent(trio.current_time())
+            size = HELD_RECEIVE_BYTES if held else RECEIVE_BYTES  # (a flood's: in the kernel)
             if self.conn.inflight:
-                data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=expect_wait)
+                data = await self._io.receive_some(size, expect_wait=expect_wait)
             else:
                 data = b""  # what idling out leaves
                 with trio.move_on_after(idle_s):
-                    data = await self._io.receive_some(RECEIVE_BYTES, expect_wait=expect_wait)
+                    data = await self._io.receive_some(size, expect_wait=expect_wait)
             if not data:
                 return  # EOF, or idle past idle_timeout_ms
             self.conn.receive_data(data)

@@ -27,6 +27,7 @@ from huselet.gateway.conntimer import ConnectionTimer
 from huselet.gateway.core import InvokeCore, Invoker
 from huselet.gateway.httpfunc import function_reply, request_info
 from huselet.gateway.linger import LINGER_S, TRANSPORT_ERRORS, linger
+from huselet.gateway.peer_watch import PeerWatch
 from huselet.gateway.pending import PendingReplies, PendingReply
 from huselet.gateway.replyflush import ReplyFlush
 from huselet.gateway.responses import (
@@ -101,6 +102,9 @@ class HttpIngress:
         self.flush = ReplyFlush()  # replies made in a pass of the loop go out at its end
         # Replies written whole from their invocation's completion (the fast path).
         self.replies_direct = 0
+        # Held connections closed (at or before their hold's end) as their client had gone.
+        self.held_client_gone = 0
+        self._peer_watch = PeerWatch()  # ends a held 429 early when its client has gone
         self._limits = Limits.from_settings(settings)
         # Connection-limit policy: refuse, don't queue; see _refuse().
         self._connections = trio.CapacityLimiter(settings.max_connections)
@@ -141,6 +145,7 @@ class HttpIngress:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._timer.run)
+                nursery.start_soon(self._peer_watch.run)
                 task_status.started(self.bound_address)
                 await serve_and_close(self._handle_connection, listeners)
                 nursery.cancel_scope.cancel()
@@ -248,8 +253,9 @@ class HttpIngress:
                 # retrying in a loop cannot keep the event loop busy refusing it.
                 strikes = head.strikes if head.strikes is not None else Strikes()
                 due, close = self.admission.pacer.throttled(strikes, exc, started)
-                if due > started:
-                    await trio.sleep_until(due)
+                if due > started and await self._peer_watch.hold_until(due, head.fd):
+                    close = True  # its client has gone: nothing more from this connection
+                    self.held_client_gone += 1
                 if close:
                     reply = replace(reply, close=True)
         except HuseletError as exc:

@@ -95,6 +95,7 @@ class RequestHead:
     client: str = ""  # the peer's IP address, set by the connection
     # The connection's consecutive throttled replies (admission_throttle), set by it.
     strikes: Strikes | None = None
+    fd: int = -1  # the connection's socket, which a held 429 watches (PeerWatch), set by it
     traceparent: bytes | None = None  # W3C trace context, validated where it is used
 
     @property

@@ -121,3 +121,11 @@ def test_the_pacer_forgets_limits_whose_answers_are_past_beyond_its_bound() -> N
     pacer.throttled(s, Throttle(pace_key="source:new"), now=10.0)
     pacer.throttled(s, Throttle(pace_key="source:new"), now=10.0)
     assert len(pacer) == 1  # every other limit's next answer was long past
+
+
+def test_a_connection_is_recently_held_from_its_first_429_until_the_count_would_reset() -> None:
+    strikes = Strikes(rng=lambda: 0.0)
+    assert not strikes.recent(100.0)  # never throttled
+    strikes.throttled(0.25, now=100.0)
+    assert strikes.recent(100.0) and strikes.recent(100.0 + RESET_AFTER_S)
+    assert not strikes.recent(100.0 + RESET_AFTER_S + 0.001)

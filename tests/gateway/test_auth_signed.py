@@ -9,17 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_admission import (
-    ACME,
-    GLOBEX,
-    KEYS,
-    NOW,
-    Clock,
-    call,
-    make,
-    refused,
-    request,
-)
+from admissionkit import ACME, GLOBEX, KEYS, NOW, Clock, call, make, refused, request
 
 from huselet.client.signing import AccessKey
 from huselet.config import AuthSettings

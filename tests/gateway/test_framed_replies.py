@@ -8,54 +8,21 @@ and its reply writer writes real frames, which the test decodes on the other end
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Unpack
 
 import pytest
 import trio
+from framedkit import StagedFake
 from httpkit import SETTINGS, FakeInvoker
 
 from huselet.dispatch.invocation import Invocation, InvokeOptions, InvokeResult
-from huselet.errors import DeadlineExceeded, Unavailable
+from huselet.errors import DeadlineExceeded
 from huselet.gateway.core import InvokeCore
 from huselet.gateway.counters import FramedCounter
 from huselet.gateway.framed import FramedIngress, _FramedConnection
 from protocol.frames import FrameDecoder, encode_frame
 from protocol.ingress import Call
-
-
-class StagedFake(FakeInvoker):
-    """Accepts every call; the test completes them (or not) as it likes."""
-
-    def __init__(self, *, answer_at_once: bool = False) -> None:
-        super().__init__()
-        self.begun: list[Invocation] = []
-        self.abandoned: list[Invocation] = []
-        self.settled: list[tuple[Invocation, bool]] = []
-        self.settled_at: list[float | None] = []  # the clock reading each settle was given
-        self.answer_at_once = answer_at_once
-
-    def begin(
-        self, function: str, event: bytes, kind: str, **options: Unpack[InvokeOptions]
-    ) -> Invocation:
-        inv = Invocation(
-            options.get("request_id") or "r", function, event, kind, trio.current_time() + 60
-        )
-        self.begun.append(inv)
-        if self.answer_at_once:
-            inv.complete(InvokeResult(b"now", "text/plain"))
-        return inv
-
-    def abandon(self, inv: Invocation) -> None:
-        self.abandoned.append(inv)
-        inv.complete(Unavailable("the request was abandoned"))
-
-    def settle(self, inv: Invocation, *, finished: bool = True, now: float | None = None) -> None:
-        self.settled.append((inv, finished))
-        self.settled_at.append(now)
-
-    def batch(self) -> AbstractContextManager[object]:
-        return nullcontext()
 
 
 @asynccontextmanager
