@@ -59,13 +59,19 @@ class PeerWatch:
     async def run(self) -> None:
         """Cancel the holds whose client has gone, as the kernel reports them."""
         epoll = self._epoll
-        while True:
-            await trio.lowlevel.wait_readable(epoll.fileno())
-            for fd, _ in epoll.poll(0):
-                self._unregister(fd)
-                scope = self._holds.pop(fd, None)
-                if scope is not None:
-                    scope.cancel()
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                for fd, _ in epoll.poll(0):
+                    self._unregister(fd)
+                    scope = self._holds.pop(fd, None)
+                    if scope is not None:
+                        scope.cancel()
+        finally:
+            # The ingress is stopping: holds still running keep their deadlines (a
+            # closed set only stops the early end), and the descriptor goes now.
+            trio.lowlevel.notify_closing(epoll.fileno())
+            epoll.close()
 
     def _register(self, fd: int) -> bool:
         try:
