@@ -22,7 +22,14 @@ latency p50/p99 pooled over rounds. Variants: ``this`` (this tree), ``ref``
 (``--ref PATH``: that tree's daemon — its own ``.venv/bin/python`` if it has
 one, else this venv with ``PYTHONPATH=PATH``, which swaps the daemon's code
 but not the zygotes', which run ``python -I``), and ``no-access-log``
-(this tree with ``[log] access_rate = 0``: what the access log costs).
+(this tree with ``[log] access_rate = 0``: what the access log costs), and
+``this-b`` (a second daemon of this tree, started last: the A/A control).
+The daemons start once, in that order, and on the VMs measured the one
+started first spent 50-80 µs more per request than the others whichever
+tree it ran (seen with the roles of two trees swapped): read this - ref
+against this - this-b, and swap the trees (run the other tree's copy of
+this file with ``--ref`` pointing here) before believing a difference of
+that size.
 """
 
 from __future__ import annotations
@@ -122,6 +129,7 @@ def variants(args: argparse.Namespace) -> list[Variant]:
         else:
             out.append(Variant("ref", sys.executable, {"PYTHONPATH": str(ref)}, ""))
     out.append(here._replace(name="no-access-log", extra_config="[log]\naccess_rate = 0\n"))
+    out.append(here._replace(name="this-b"))  # the A/A control, started last
     return out
 
 
@@ -184,11 +192,14 @@ def main() -> None:
             f"{p(lat, 50):7.3f}  {p(lat, 99):7.3f}   "
             + ", ".join(f"{name} {us:.1f}" for name, us in threads.items())
         )
+    pairs = [("this", "this-b", "A/A: two daemons of this tree, the resolution")]
     if "ref" in per_request:
-        diffs = [a - b for a, b in zip(per_request["this"], per_request["ref"], strict=True)]
+        pairs.insert(0, ("this", "ref", ""))
+    for a, b, note in pairs:
+        diffs = [x - y for x, y in zip(per_request[a], per_request[b], strict=True)]
         print(
-            f"   this - ref, paired by round: median {statistics.median(diffs):+.1f} us/req "
-            f"(rounds {min(diffs):+.0f}..{max(diffs):+.0f})"
+            f"   {a} - {b}, paired by round: median {statistics.median(diffs):+.1f} us/req "
+            f"(rounds {min(diffs):+.0f}..{max(diffs):+.0f}){'; ' + note if note else ''}"
         )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
