@@ -56,7 +56,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -67,6 +66,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from daemons import spawn_ready
 from procstats import cpu_ns
 from tenant_inproc import PAUSE_S, in_process, write_keys
 from tenant_load import (
@@ -147,19 +147,11 @@ def start_daemon(
     name = "signed" if signed else "open"
     config = write_config(root, name, port, framed, signed=signed, auth=signed)
     command = ["-m", "huselet"] if steps is None else [str(BENCH / "loop_steps.py"), steps]
-    proc = subprocess.Popen(
+    proc = spawn_ready(
         [sys.executable, *command, "run", "--config", str(config), "--log-level", "info"],
-        stderr=subprocess.PIPE,
-        text=True,
+        name=name,
         preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
     )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if '"huselet ready"' in line:
-            break
-    else:
-        raise SystemExit(f"{name} daemon did not start")
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
     return Node(proc, port, framed)
 
 

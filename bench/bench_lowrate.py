@@ -25,11 +25,10 @@ but not the zygotes', which run ``python -I``), and ``no-access-log``
 (this tree with ``[log] access_rate = 0``: what the access log costs), and
 ``this-b`` (a second daemon of this tree, started last: the A/A control).
 The daemons start once, in that order, and on the VMs measured the one
-started first spent 50-80 µs more per request than the others whichever
-tree it ran (seen with the roles of two trees swapped): read this - ref
-against this - this-b, and swap the trees (run the other tree's copy of
-this file with ``--ref`` pointing here) before believing a difference of
-that size.
+started first has spent 50-200 µs more per request than the others: read
+this - ref against this - this-b. (Those runs also started every daemon from
+the checkout's root, where ``python -m`` imported that checkout's code for
+"ref" too; daemons now start from ``/``, see ``daemons.py``.)
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -49,6 +47,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_invoke import NOOP, free_port
+from daemons import spawn_ready
 from procstats import cpu_ns
 from tenant_load import p, paced, raw_request
 
@@ -85,22 +84,11 @@ min_instances = 2
 max_instances = 4
 """
     )
-    proc = subprocess.Popen(
+    proc = spawn_ready(
         [variant.python, "-m", "huselet", "run", "--config", str(config)],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, **variant.env},
+        name=variant.name,
+        env=variant.env,
     )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if '"huselet ready"' in line:
-            break
-    else:
-        raise SystemExit(f"{variant.name}: the daemon did not start")
-    # Its log is read (and dropped) as journald would: a full pipe would block nothing
-    # (the daemon's writer drops lines), but it would change what is measured.
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
     return Daemon(proc, port)
 
 
