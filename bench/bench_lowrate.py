@@ -25,10 +25,14 @@ but not the zygotes', which run ``python -I``), and ``no-access-log``
 (this tree with ``[log] access_rate = 0``: what the access log costs), and
 ``this-b`` (a second daemon of this tree, started last: the A/A control).
 The daemons start once, in that order, and on the VMs measured the one
-started first has spent 50-200 µs more per request than the others: read
-this - ref against this - this-b. (Those runs also started every daemon from
-the checkout's root, where ``python -m`` imported that checkout's code for
-"ref" too; daemons now start from ``/``, see ``daemons.py``.)
+started first has spent 70-240 µs more per request than the one started
+last, and the order matters between the others too: read this - ref against
+this - this-b, and run it again from the other tree (its copy of this file,
+``--ref`` pointing here) so each tree takes the other's place; the mean of
+the two runs' differences cancels the positions. (Early runs started every
+daemon from the checkout's root, where ``python -m`` imported that
+checkout's code for "ref" too; daemons now start from ``/``, see
+``daemons.py``.)
 """
 
 from __future__ import annotations
