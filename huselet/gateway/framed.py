@@ -238,13 +238,12 @@ class _FramedConnection:
                 continue
             if self.conn.full:
                 continue
-            # Idle means no call in flight; a connection waiting on replies is not
-            # idle (and needs no timer: a cancel scope per read is not free).
-            # A client that sends one call and waits for its reply (as at
-            # concurrency 1) has sent nothing more yet: wait for the socket
-            # before reading, not after a read that fails with EAGAIN (a
-            # system call per call). One that pipelines (the last read found
-            # data at once, or brought several calls) is read at once.
+            # Idle means no call in flight (one waiting on replies needs no timer: a
+            # cancel scope per read is not free). A client that sent one call and waits
+            # for its reply (concurrency 1) has sent nothing more: wait for the socket
+            # before reading, not after a read failing with EAGAIN (a system call per
+            # call). One that pipelines (the last read found data at once, or brought
+            # several calls) is read at once.
             expect_wait = self._io.waited and self._read_calls_n <= 1
             self._read_calls_n = 0
             held = self._strikes.count and self._strikes.recent(trio.current_time())

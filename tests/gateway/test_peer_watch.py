@@ -60,7 +60,8 @@ async def test_a_hold_ends_as_soon_as_its_client_has_gone(
         while not peer_closed(server) and time.monotonic() < deadline:
             time.sleep(0.001)
         await trio.testing.wait_all_tasks_blocked()  # the watcher has seen it, the hold ended
-        assert gone == [True] and trio.current_time() < due and len(watch) == 0
+        # True: the watcher cancelled it (a hold that reached `due` returns False).
+        assert gone == [True] and len(watch) == 0
 
 
 async def test_without_a_usable_socket_a_hold_just_runs_its_length(
