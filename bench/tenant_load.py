@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +45,7 @@ QUIET = AccessKey("HKQUIET000000001", "quiet-secret-0123456789abcdefghij")
 NOISY = AccessKey("HKNOISY000000001", "noisy-secret-0123456789abcdefghij")
 _NONCES = itertools.count()
 FLOOD_TICK_S = 0.05  # a flood connection writes what is due at most this often
+_LINGER_0 = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
 def raw_request(port: int, function: str, key: AccessKey | None, *, compact: bool = False) -> bytes:
@@ -176,10 +179,17 @@ class FloodReport:
 
 
 async def _flood(
-    port: int, requests: list[bytes], rate: float, connections: int, stop: Any, report: FloodReport
+    port: int,
+    requests: list[bytes],
+    rate: float,
+    connections: int,
+    stop: Any,
+    report: FloodReport,
+    reset: bool,
 ) -> None:
     per_connection = rate / connections
     counter = iter(range(1 << 62))
+    open_streams: set[trio.SocketStream] = set()
 
     async def connection_loop(index: int) -> None:
         # Slot k of this connection is due at start + k / per_connection; slots
@@ -194,6 +204,7 @@ async def _flood(
             except OSError:
                 await trio.sleep(0.01)
                 continue
+            open_streams.add(stream)
             async with stream, trio.open_nursery() as conn:
 
                 async def reader(stream: trio.SocketStream = stream) -> None:
@@ -228,10 +239,14 @@ async def _flood(
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
                 conn.cancel_scope.cancel()
+            open_streams.discard(stream)
 
     async def watch_stop() -> None:
         while not stop.is_set():
             await trio.sleep(0.05)
+        if reset:  # close with RST (linger 0): the node drops what it buffered of us
+            for stream in open_streams:
+                stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
         nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
@@ -258,6 +273,7 @@ def flood_process(
     out: Any,
     nice: int = 0,
     cpus: set[int] | None = None,
+    reset: bool = False,
 ) -> None:
     """Offer ``rate`` req/s of ``key``'s signed requests until ``stop``; put a FloodReport.
 
@@ -267,6 +283,7 @@ def flood_process(
     ``nice``: the process's niceness (a real flood comes from other machines; here
     its sending, and the kernel's loopback work done in its context, would
     otherwise compete with the quiet tenant's client and the node for 2 cores).
+    ``reset``: leave by resetting the connections instead of closing them.
     """
     if nice:
         os.nice(nice)
@@ -276,7 +293,7 @@ def flood_process(
     report = FloodReport()
     t0, cpu0 = time.perf_counter(), _own_cpu()
     started.set()
-    trio.run(_flood, port, requests, rate, connections, stop, report)
+    trio.run(_flood, port, requests, rate, connections, stop, report, reset)
     report.wall_s = time.perf_counter() - t0
     report.cpu_s = _own_cpu() - cpu0
     out.put(report.as_dict())

@@ -32,16 +32,33 @@ import argparse
 import multiprocessing
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import loop_steps
 import trio
 from procstats import cpu_ns
+from resample import round_bootstrap
 from tenant_inproc import NOISY_RATE_PER_S
 from tenant_load import NOISY, PIN_FLOOD, QUIET, flood_process, p, paced, raw_request, send_all
 
 CONDITIONS = ("idle-a", "noisy", "idle-b", "elsewhere", "at-limit")
+REQUIRED = ("idle-a", "noisy", "idle-b")  # the verdict; the other two explain it
+# name -> (numerator, denominator) of a p99 ratio; "idle" is idle-a and idle-b pooled.
+RATIOS = {
+    "noisy/idle": ("noisy", "idle"),  # the verdict: target <= 1.20
+    "A/A": ("idle-b", "idle-a"),  # the resolution: the same work twice
+    "noisy/elsewhere": ("noisy", "elsewhere"),  # this node's interference, not the machine's
+    "at-limit/idle": ("at-limit", "idle"),  # what noisy's admitted share costs quiet
+    "noisy/at-limit": ("noisy", "at-limit"),  # what the excess and its refusals add
+}
+RATIO_NOTES = {
+    "noisy/idle": "target <= 1.20",
+    "A/A": "idle-b/idle-a, the same work twice: the resolution",
+    "noisy/elsewhere": "the same flood sent to another node: this node's own interference",
+    "at-limit/idle": f"noisy sending exactly its {NOISY_RATE_PER_S}/s: its admitted share",
+    "noisy/at-limit": "what the excess and its refusals add",
+}
 
 # A node's count of tenant noisy's requests (admitted, throttled), read over its admin socket.
 TenantCounts = Callable[[int], tuple[int, int]]
@@ -79,6 +96,7 @@ def _phase(
                 "out": out,
                 "nice": args.flood_nice,
                 "cpus": PIN_FLOOD if args.pin else None,
+                "reset": args.flood_exit == "reset",
             },
         )
         child.start()
@@ -161,69 +179,71 @@ def noisy_neighbour(
         "elsewhere": Flood(elsewhere_port, args.flood_rate, args.flood_connections),
         "at-limit": Flood(port, NOISY_RATE_PER_S, 1),
     }
+    conditions = [name for name in CONDITIONS if name in args.conditions]
+    # Not recorded: a node's first second after its start (first use of its code
+    # paths and instances) reached a 116 ms p99 in a 1 s phase, far above any round's.
+    _phase(pid, port, args, None)
     for r in range(rounds):
-        k = r % len(CONDITIONS)
-        for name in CONDITIONS[k:] + CONDITIONS[:k]:
+        k = r % len(conditions)
+        for name in conditions[k:] + conditions[:k]:
             result = _phase(pid, port, args, floods.get(name), counts)
             result["round"] = r
             phases[name].append(result)
+    phases = {name: runs for name, runs in phases.items() if runs}
     stalls = _stalls(phases, args.steps, port) if args.steps else None
-    pooled = {
-        name: [x for run in runs for x in run.pop("latencies_ms")] for name, runs in phases.items()
-    }
+    by_round = [
+        {name: runs[r]["latencies_ms"] for name, runs in phases.items()} for r in range(rounds)
+    ]
+    for per in by_round:
+        per["idle"] = [*per["idle-a"], *per["idle-b"]]
     for runs in phases.values():
         for run in runs:
             run.pop("begins")
-    pooled["idle"] = pooled["idle-a"] + pooled["idle-b"]
+            run.pop("latencies_ms")
+    pooled = {name: [x for per in by_round for x in per[name]] for name in by_round[0]}
     stats = {
         name: {"n": len(lat), "p50_ms": statistics.median(lat), "p99_ms": p(lat, 99)}
         for name, lat in pooled.items()
     }
+    pairs = {k: ab for k, ab in RATIOS.items() if ab[0] in pooled and ab[1] in pooled}
+
+    def p99_ratios(samples: Mapping[str, list[float]]) -> dict[str, float]:
+        return {k: p(samples[a], 99) / p(samples[b], 99) for k, (a, b) in pairs.items()}
+
+    # Per round (robust to one round the machine stalled in): "idle" is the mean
+    # of that round's two idle p99s, so the round's two idle phases weigh the same.
+    def round_p99(r: int, name: str) -> float:
+        if name == "idle":
+            return (round_p99(r, "idle-a") + round_p99(r, "idle-b")) / 2
+        return float(phases[name][r]["quiet_p99_ms"])
+
+    intervals = round_bootstrap(by_round, p99_ratios, replicates=args.replicates)
+    ratios = {
+        k: {
+            "pooled": p99_ratios(pooled)[k],
+            "rounds": statistics.median(round_p99(r, a) / round_p99(r, b) for r in range(rounds)),
+            "ci95": intervals[k],
+        }
+        for k, (a, b) in pairs.items()
+    }
     noisy = phases["noisy"]
     idle = phases["idle-a"] + phases["idle-b"]
-    # Per round (robust to one round the machine stalled in): noisy against the
-    # mean of that round's two idle phases, and the two idle phases against each other.
-    per_round = [
-        (
-            n["quiet_p99_ms"] / ((a["quiet_p99_ms"] + b["quiet_p99_ms"]) / 2),
-            b["quiet_p99_ms"] / a["quiet_p99_ms"],
-            n["quiet_p99_ms"] / e["quiet_p99_ms"],
-            n["quiet_p99_ms"] / lim["quiet_p99_ms"],
-            lim["quiet_p99_ms"] / ((a["quiet_p99_ms"] + b["quiet_p99_ms"]) / 2),
-        )
-        for a, n, b, e, lim in zip(
-            phases["idle-a"],
-            noisy,
-            phases["idle-b"],
-            phases["elsewhere"],
-            phases["at-limit"],
-            strict=True,
-        )
-    ]
-    idle_cpu_pct = statistics.median(x["daemon_cpu_pct"] for x in idle)
-    noisy_cpu_pct = statistics.median(x["daemon_cpu_pct"] for x in noisy)
-    limit_cpu_pct = statistics.median(x["daemon_cpu_pct"] for x in phases["at-limit"])
+    cpu_pct = {
+        name: statistics.median(x["daemon_cpu_pct"] for x in runs)
+        for name, runs in (("idle", idle), *phases.items())
+    }
     answered = statistics.median(
         sum(x["flood"]["statuses"].values()) / x["flood"]["wall_s"] for x in noisy
     )
     offered = statistics.median(x["flood"]["sent"] / x["flood"]["wall_s"] for x in noisy)
-    extra_us_per_s = (noisy_cpu_pct - idle_cpu_pct) * 1e4  # % of a core -> us per s
+    extra_us_per_s = (cpu_pct["noisy"] - cpu_pct["idle"]) * 1e4  # % of a core -> us per s
     return {
         "phases": phases,
         "stalls": stalls,
         "pooled": stats,
-        "p99_ratio": stats["noisy"]["p99_ms"] / stats["idle"]["p99_ms"],
-        "p99_ratio_aa": stats["idle-b"]["p99_ms"] / stats["idle-a"]["p99_ms"],
+        "ratios": ratios,
         "p50_ratio": stats["noisy"]["p50_ms"] / stats["idle"]["p50_ms"],
-        "p99_ratio_rounds": statistics.median(r[0] for r in per_round),
-        "p99_ratio_aa_rounds": statistics.median(r[1] for r in per_round),
-        "p99_ratio_elsewhere": stats["noisy"]["p99_ms"] / stats["elsewhere"]["p99_ms"],
-        "p99_ratio_elsewhere_rounds": statistics.median(r[2] for r in per_round),
-        "p99_ratio_at_limit": stats["noisy"]["p99_ms"] / stats["at-limit"]["p99_ms"],
-        "p99_ratio_at_limit_rounds": statistics.median(r[3] for r in per_round),
-        "p99_ratio_limit_idle": stats["at-limit"]["p99_ms"] / stats["idle"]["p99_ms"],
-        "p99_ratio_limit_idle_rounds": statistics.median(r[4] for r in per_round),
-        "daemon_cpu_pct": {"idle": idle_cpu_pct, "noisy": noisy_cpu_pct, "at-limit": limit_cpu_pct},
+        "daemon_cpu_pct": cpu_pct,
         "flood_answered_per_s": answered,
         "flood_sent_per_s": offered,
         "daemon_us_per_flood_answer": extra_us_per_s / answered if answered else 0.0,
@@ -281,8 +301,8 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
         f"(idle-a, idle-b), while tenant noisy (limit {NOISY_RATE_PER_S}/s) offers "
         f"{args.flood_rate:g} req/s "
         f"over {args.flood_connections} pipelined connections from its own process "
-        f"(nice {args.flood_nice}), the same flood sent elsewhere, and noisy at its limit; "
-        f"{args.duration:g} s per phase, order rotated per round:"
+        f"(nice {args.flood_nice}; it leaves by {args.flood_exit}); conditions "
+        f"{', '.join(nn['phases'])}; {args.duration:g} s per phase, order rotated per round:"
     )
     for phase, results in nn["phases"].items():
         for r in results:
@@ -300,30 +320,18 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
                 f"  daemon cpu {r['daemon_cpu_pct']:.1f}%{flood}"
             )
     print("   pooled over rounds:   samples   p50 ms   p99 ms")
-    for name in ("idle-a", "idle-b", "idle", "noisy", "elsewhere", "at-limit"):
-        s = nn["pooled"][name]
-        print(f"     {name:<18} {s['n']:>7} {s['p50_ms']:8.3f} {s['p99_ms']:8.3f}")
+    for name, st in nn["pooled"].items():
+        print(f"     {name:<18} {st['n']:>7} {st['p50_ms']:8.3f} {st['p99_ms']:8.3f}")
     print(
-        f"   quiet p99 noisy/idle = {nn['p99_ratio']:.2f} (target <= 1.20); "
-        f"A/A idle-b/idle-a = {nn['p99_ratio_aa']:.2f} (the resolution: same work twice); "
-        f"p50 noisy/idle = {nn['p50_ratio']:.2f}"
+        "   quiet's p99 ratios: pooled [95 % interval, resampling rounds], median of rounds' "
+        f"ratios (p50 noisy/idle {nn['p50_ratio']:.2f}):"
     )
-    print(
-        f"   median of per-round p99 ratios: noisy/idle {nn['p99_ratio_rounds']:.2f}, "
-        f"A/A {nn['p99_ratio_aa_rounds']:.2f} (a round the machine stalled in moves these less)"
-    )
-    print(
-        f"   noisy/elsewhere (the same flood sent to another node on this machine: what is "
-        f"left is this node's interference, not the machine's): pooled "
-        f"{nn['p99_ratio_elsewhere']:.2f}, per round {nn['p99_ratio_elsewhere_rounds']:.2f}"
-    )
-    print(
-        f"   at-limit/idle (tenant noisy sending exactly its {NOISY_RATE_PER_S}/s, all admitted: "
-        f"its fair share's cost): pooled {nn['p99_ratio_limit_idle']:.2f}, per round "
-        f"{nn['p99_ratio_limit_idle_rounds']:.2f}; noisy/at-limit (what the excess and its "
-        f"refusals add): pooled {nn['p99_ratio_at_limit']:.2f}, per round "
-        f"{nn['p99_ratio_at_limit_rounds']:.2f}"
-    )
+    for name, r in nn["ratios"].items():
+        lo, hi = r["ci95"]
+        print(
+            f"     {name:<15} {r['pooled']:5.2f} [{lo:.2f} .. {hi:.2f}]  rounds {r['rounds']:.2f}"
+            f"  ({RATIO_NOTES[name]})"
+        )
     if nn["stalls"]:
         print("   the daemon's loop passes > 0.3 ms (bench/loop_steps.py), per condition:")
         for name, st in nn["stalls"].items():
@@ -339,9 +347,9 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
                 f"steps {slow['by_task_steps']}"
             )
     cpu = nn["daemon_cpu_pct"]
+    shares = ", ".join(f"{name} {pct:.1f}%" for name, pct in cpu.items())
     print(
-        f"   daemon cpu (median of phases) idle {cpu['idle']:.1f}%, noisy {cpu['noisy']:.1f}%, "
-        f"at-limit {cpu['at-limit']:.1f}%; "
+        f"   daemon cpu (median of phases) {shares}; "
         f"flood sent {nn['flood_sent_per_s']:.0f} req/s, answered "
         f"{nn['flood_answered_per_s']:.0f} req/s; (noisy - idle) daemon CPU "
         f"{nn['daemon_us_per_flood_answer']:.0f} us per answer, "
