@@ -246,7 +246,8 @@ async def _flood(
             await trio.sleep(0.05)
         if reset:  # close with RST (linger 0): the node drops what it buffered of us
             for stream in open_streams:
-                stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
+                if stream.socket.fileno() != -1:  # not one being closed right now
+                    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
         nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
