@@ -35,12 +35,14 @@ compares front ends; it does not sign).
    control) and while tenant ``noisy`` (limit 20/s) offers ``--flood-rate``
    req/s pipelined over ``--flood-connections`` from its own process, and
    while that flood goes to another node on the machine (``elsewhere``: the
-   machine's load without this node's); the four conditions rotate over
+   machine's load without this node's), and while noisy sends exactly its limit
+   (``at-limit``); the conditions (``--conditions``) rotate over
    ``--noisy-rounds`` rounds of ``--duration`` s.
-   Reported: quiet's pooled p50/p99 per condition (~3,000 samples each by
+   Reported: quiet's pooled p50/p99 per condition (7,200 samples each by
    default), the ratio noisy/idle (target ≤ 1.20) beside the A/A ratio
-   idle-b/idle-a (the resolution), noisy/elsewhere, the daemon's CPU, and the flood's
-   sent/answered requests, connections and own CPU.
+   idle-b/idle-a (the resolution), each with a 95 % interval from resampling
+   rounds (:mod:`resample`), noisy/elsewhere, at-limit/idle, noisy/at-limit, the
+   daemon's CPU, and the flood's sent/answered requests, connections and own CPU.
 
 The machine's load average is printed before and after: on a shared machine
 read the spread, not one number.
@@ -353,10 +355,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000, help="per target and round")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of part 2")
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds per part-3 phase")
-    # 8 rounds x 4 s x 100 req/s = 3,200 samples per condition: the pooled p99 is
-    # the 32nd-largest, stable enough to resolve a 20 % difference (see the A/A ratio).
-    parser.add_argument("--noisy-rounds", type=int, default=8, help="rounds of part 3")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per part-3 phase")
+    # 24 rounds x 3 s x 100 req/s = 7,200 samples per condition: the pooled p99 is
+    # the 72nd-largest; its interval (resampling rounds) shows what it resolves.
+    parser.add_argument("--noisy-rounds", type=int, default=24, help="rounds of part 3")
     # Well under what the node serves even on a loaded 2-core VM: above it the quiet
     # tenant's own queue grows and p99 measures that, not the neighbour.
     parser.add_argument("--quiet-rate", type=float, default=100, help="tenant quiet's req/s")

@@ -13,12 +13,13 @@ what being over the limit adds — the refusals). The order rotates each round,
 so drift in the machine's load favours no condition.
 
 The verdict is the *pooled* p99 of each condition (every round's samples
-together: rounds x duration x rate of them, ~3,000 by default, so the p99 is
-the ~30th-largest sample, not the 4th of one short phase) and the ratio
+together: rounds x duration x rate of them, 7,200 by default, so the p99 is
+the 72nd-largest sample, not the 3rd of one short phase) and the ratio
 noisy / idle (idle-a and idle-b together). Beside it the A/A ratio
 idle-b / idle-a, measured the same way with the same number of samples per
-side: how far two identical conditions differ on this machine right now, i.e.
-the resolution of the noisy / idle ratio. A ratio inside the A/A spread says
+side: how far two identical conditions differ on this machine right now. Each
+ratio comes with a 95 % interval from resampling whole rounds
+(:func:`resample.round_bootstrap`): a ratio whose interval holds 1.20 shows
 nothing either way.
 
 Daemon CPU is exact (:func:`procstats.cpu_ns`, the scheduler's ns), reported
