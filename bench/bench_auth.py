@@ -1,9 +1,9 @@
 """The cost of tenants at the gateway: signature verification per request, and a
 throttled tenant's effect on another tenant's latency. Baselines in the same run.
-This is the benchmark of record for signature verification (``bench_invoke``
-compares front ends; it does not sign).
+This is the benchmark of record for signature verification (``bench_invoke``'s
+``signed-http`` mode reports it too, coarser: two daemons, :mod:`invoke_signed`).
 
-    .venv/bin/python bench/bench_auth.py [--requests 5000] [--rounds 5] [--duration 5]
+    .venv/bin/python bench/bench_auth.py [--requests 5000] [--rounds 5] [--duration 3]
 
 1. **In process** (CPU time, ``time.process_time``): ``Admission.admit`` plus
    the body check on pre-signed requests, against the same call in open mode
@@ -69,6 +69,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from daemons import spawn_ready
+from invoke_signed import verify_us
 from procstats import cpu_ns
 from tenant_inproc import PAUSE_S, in_process, write_keys
 from tenant_load import (
@@ -282,20 +283,6 @@ def daemon_cpu(
             "p99_ms": p(lat, 99),
         }
     return results
-
-
-def verify_us(before: dict[str, Any], after: dict[str, Any]) -> float:
-    """µs of CPU per request the daemon timed verifying between two snapshots.
-
-    The mean of the sampled requests (one in ``sample_every``) of each step,
-    signature (the head) plus body (its SHA-256), each including one clock read.
-    """
-    total = 0.0
-    for step in ("signature", "body"):
-        samples = after[step]["samples"] - before[step]["samples"]
-        if samples:
-            total += (after[step]["cpu_ns"] - before[step]["cpu_ns"]) / samples / 1e3
-    return total
 
 
 def clock_read_us(n: int = 20000) -> float:

@@ -11,6 +11,8 @@ Modes (the ``MODES`` table; add a row to compare another variant):
 - ``huselet-framed`` — the framed ingress (``huselet.client.framed_trio``);
 - ``nometrics-http`` — HTTP to a daemon with ``[metrics] enabled = false``
   (against ``huselet-http``: what metrics cost per request);
+- ``signed-http``    — HTTP, signed by a tenant's key, to a daemon with ``[auth]`` on
+  (minus ``huselet-http``: verification's cost, after the table; :mod:`invoke_signed`);
 - ``gunicorn``       — the same handler as a WSGI app, gunicorn with 2 sync workers;
 - ``uvicorn``        — the same handler as an ASGI app, uvicorn with httptools;
 - ``raw``            — no front end: msgpack frames over a Unix socket straight
@@ -55,6 +57,7 @@ from typing import Any
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from invoke_signed import direct_us, print_verification, signed_config, signed_http_load
 from loadgen import LoadResult, run_framed_load, run_load
 from procstats import cpu_seconds, descendants, syscalls_and_wakeups
 from rawlink import RawWorkers
@@ -116,9 +119,14 @@ def wait_for_port(port: int, proc: subprocess.Popen[str], what: str) -> None:
 
 
 def start_huselet(
-    root: Path, name: str, extra_config: str = "", code: Path | None = None
+    root: Path,
+    name: str,
+    extra_config: str = "",
+    function_config: str = "",
+    code: Path | None = None,
 ) -> Server:
-    """``huselet run`` with a default configuration (plus ``extra_config`` TOML).
+    """``huselet run`` with a default configuration (plus ``extra_config`` TOML, and
+    ``function_config`` in the function's table).
 
     ``code``: run the daemon from another checkout (its ``huselet`` package
     first on the path) — a before/after comparison in one interleaved run.
@@ -142,6 +150,7 @@ framed = "127.0.0.1:0"
 name = "noop"
 package = "{NOOP}"
 handler = "main:handler"
+{function_config}
 """
     )
     env = dict(os.environ)
@@ -182,7 +191,7 @@ handler = "main:handler"
     return Server(
         name,
         proc,
-        {"http": ("127.0.0.1", port), "framed": framed},
+        {"http": ("127.0.0.1", port), "framed": framed, "admin": home / "run" / "admin.sock"},
         lambda: descendants(pid),
         daemon_pid=pid,
     )
@@ -285,15 +294,16 @@ class Mode:
     load: LoadFn
 
 
-# Servers are started once and shared by every mode that names them. Another
-# variant of huselet (e.g. metrics off, signed requests) is one more SERVERS
-# entry with its own ``extra_config`` and one more MODES row.
+# Servers are started once, shared by the modes that name them; a variant of huselet
+# is one more SERVERS entry (its own ``extra_config``) and one more MODES row.
 SERVERS: dict[str, Callable[[Path], Server]] = {
     "huselet": lambda root: start_huselet(root, "huselet"),
     # Metrics are on by default; this one shows what they cost the hot path.
     "huselet-nometrics": lambda root: start_huselet(
         root, "huselet-nometrics", "[metrics]\nenabled = false"
     ),
+    # [auth] on, the function a tenant's: what verification costs (invoke_signed).
+    "huselet-signed": lambda root: start_huselet(root, "huselet-signed", *signed_config(root)),
     "gunicorn": start_gunicorn,
     "uvicorn": start_uvicorn,
     "floor": start_floor,
@@ -302,6 +312,7 @@ MODES: dict[str, Mode] = {
     "huselet-http": Mode("huselet", http_load),
     "huselet-framed": Mode("huselet", framed_load),
     "nometrics-http": Mode("huselet-nometrics", http_load),
+    "signed-http": Mode("huselet-signed", signed_http_load),
     "gunicorn": Mode("gunicorn", http_load),
     "uvicorn": Mode("uvicorn", http_load),
     "raw": Mode("raw", raw_load),
@@ -466,7 +477,9 @@ def main() -> None:
                 f" {args.rounds} rounds x {args.duration:g} s (+{args.warmup:g} s warm-up)",
                 flush=True,
             )
-            return await run_bench(args, servers)
+            cells = await run_bench(args, servers)
+            args.verify_direct_us = direct_us(servers)
+            return cells
         finally:
             for server in servers.values():
                 if isinstance(server.address, RawWorkers):
@@ -475,6 +488,7 @@ def main() -> None:
 
     cells = trio.run(amain)
     print_table(args, cells)
+    print_verification(args.modes.split(","), args.levels, cells, args.verify_direct_us)
     if args.json:
         rows = [
             {"mode": name, "concurrency": conc, "rounds": [vars(r) for r in cell.rounds]}

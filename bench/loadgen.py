@@ -94,7 +94,10 @@ async def run_load(
     duration: float,
     warmup: float = 1.0,
     on_window: Callable[[str], None] | None = None,
+    next_request: Callable[[], bytes] | None = None,
 ) -> LoadResult:
+    """``next_request``: each request's bytes (e.g. each signed once), instead of one
+    POST of ``body`` to ``path`` sent again and again."""
     request = build_request(host, port, path, body)
 
     async def client(record: Callable[[float, bool], None]) -> None:
@@ -104,7 +107,7 @@ async def run_load(
             buf = bytearray()
             async with stream:
                 while True:
-                    await stream.send_all(request)
+                    await stream.send_all(request if next_request is None else next_request())
                     status, close = await _read_reply(stream, buf)
                     record(t0, status == 200)
                     if close:
