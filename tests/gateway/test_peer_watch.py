@@ -7,10 +7,12 @@ length takes no real time); the client's FIN is real.
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 import trio.testing
 
@@ -41,10 +43,17 @@ async def test_a_hold_whose_client_stays_runs_its_full_length(
         assert trio.current_time() >= due and len(watch) == 0
 
 
+@pytest.mark.parametrize("leaves_by", ["close", "reset"])
 async def test_a_hold_ends_as_soon_as_its_client_has_gone(
-    pair: tuple[socket.socket, socket.socket], autojump_clock: trio.testing.MockClock
+    pair: tuple[socket.socket, socket.socket],
+    autojump_clock: trio.testing.MockClock,
+    leaves_by: str,
 ) -> None:
+    # "reset": SO_LINGER 0, as a killed client's kernel does with unread data (and
+    # bench_auth's flood at the end of a phase): an RST instead of a FIN.
     server, client = pair
+    if leaves_by == "reset":
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     gone: list[bool] = []
     due = trio.current_time() + HOLD_S
     async with watching(client) as watch, trio.open_nursery() as holds:
@@ -56,7 +65,7 @@ async def test_a_hold_ends_as_soon_as_its_client_has_gone(
         await trio.testing.wait_all_tasks_blocked()
         assert len(watch) == 1
         client.close()  # behind the queued requests
-        deadline = time.monotonic() + 30  # (real time: the FIN is in at once on loopback)
+        deadline = time.monotonic() + 30  # (real time: the FIN/RST is in at once on loopback)
         while not peer_closed(server) and time.monotonic() < deadline:
             time.sleep(0.001)
         await trio.testing.wait_all_tasks_blocked()  # the watcher has seen it, the hold ended
