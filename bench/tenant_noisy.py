@@ -218,12 +218,16 @@ def noisy_neighbour(
             return (round_p99(r, "idle-a") + round_p99(r, "idle-b")) / 2
         return float(phases[name][r]["quiet_p99_ms"])
 
-    intervals = round_bootstrap(by_round, p99_ratios, replicates=args.replicates)
+    # (One round has no interval: nothing to resample.)
+    intervals = (
+        round_bootstrap(by_round, p99_ratios, replicates=args.replicates) if rounds > 1 else {}
+    )
+    pooled_ratios = p99_ratios(pooled)
     ratios = {
         k: {
-            "pooled": p99_ratios(pooled)[k],
+            "pooled": pooled_ratios[k],
             "rounds": statistics.median(round_p99(r, a) / round_p99(r, b) for r in range(rounds)),
-            "ci95": intervals[k],
+            "ci95": intervals.get(k),
         }
         for k, (a, b) in pairs.items()
     }
@@ -328,9 +332,9 @@ def print_noisy(nn: dict[str, Any], args: argparse.Namespace) -> None:
         f"ratios (p50 noisy/idle {nn['p50_ratio']:.2f}):"
     )
     for name, r in nn["ratios"].items():
-        lo, hi = r["ci95"]
+        ci = "[{:.2f} .. {:.2f}]".format(*r["ci95"]) if r["ci95"] else "[one round]"
         print(
-            f"     {name:<15} {r['pooled']:5.2f} [{lo:.2f} .. {hi:.2f}]  rounds {r['rounds']:.2f}"
+            f"     {name:<15} {r['pooled']:5.2f} {ci}  rounds {r['rounds']:.2f}"
             f"  ({RATIO_NOTES[name]})"
         )
     if nn["stalls"]:
