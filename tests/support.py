@@ -110,6 +110,15 @@ async def eventually(
             await trio.sleep(interval)
 
 
+def tampered(secret: str) -> str:
+    """``secret`` with its last character changed: always a wrong value.
+
+    (``secret[:-1] + "x"`` is the same secret when it already ends in "x": one
+    random token in 64.)
+    """
+    return secret[:-1] + ("y" if secret.endswith("x") else "x")
+
+
 def free_port() -> int:
     """A localhost TCP port free right now (for a server the test starts next)."""
     with socket.socket() as s:

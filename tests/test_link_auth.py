@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import trio
-from support import NodeStack, write_package
+from support import NodeStack, tampered, write_package
 
 import huselet.dispatch.links
 from huselet.dispatch.instance import InstanceState
@@ -128,7 +128,7 @@ async def test_known_instance_with_a_wrong_token_gets_only_a_close(short_tmp: Pa
         assert record.state is InstanceState.STARTING
 
         # The right instance id, a wrong token: no WELCOME, no REFUSED, a close.
-        frame, sock = await _hello(path, spec.instance_id, spec.token[:-1] + "x")
+        frame, sock = await _hello(path, spec.instance_id, tampered(spec.token))
         sock.close()
         assert frame is None
         assert stack.node.links.refused == 1
@@ -270,7 +270,7 @@ async def test_a_link_dialled_in_process_is_a_pair_with_the_same_handshake(
 
         wrong = trio.socket.from_stdlib_socket(await dial_link(spec.link_socket, deadline))
         assert wrong.getpeername() == ""  # a pair: no address (a connection has the path)
-        assert await _hello_on(wrong, spec.instance_id, spec.token[:-1] + "x") is None
+        assert await _hello_on(wrong, spec.instance_id, tampered(spec.token)) is None
         wrong.close()
         assert stack.node.links.refused == 1 and not record.token_spent
 
