@@ -370,19 +370,10 @@ def main() -> None:
         help=f"part 3's conditions (default all: {','.join(CONDITIONS)}); "
         f"{','.join(REQUIRED)} are needed for the verdict",
     )
-    # A flood that is killed resets its connections: the node drops what it had
-    # buffered of them at once, so the next phase starts clean without the ~5 s
-    # a FIN takes to reach a node holding the flood's full receive windows
-    # (README, part 3). "close" measures that FIN path instead.
-    parser.add_argument(
-        "--flood-exit",
-        choices=("reset", "close"),
-        default="reset",
-        help="how the flood leaves at the end of a phase",
-    )
-    parser.add_argument(
-        "--replicates", type=int, default=2000, help="part 3's bootstrap resamplings"
-    )
+    # "reset": the node drops what it buffered of the flood at once, so the next phase
+    # starts clean; "close": the FIN path, which waits ~5 s (README, part 3).
+    parser.add_argument("--flood-exit", choices=("reset", "close"), default="reset")
+    parser.add_argument("--replicates", type=int, default=2000, help="bootstrap draws")
     parser.add_argument("--parts", default="1,2,3", help="which parts to run, e.g. 2 or 1,3")
     parser.add_argument(
         "--steps",
