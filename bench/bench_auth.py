@@ -370,8 +370,7 @@ def main() -> None:
         help=f"part 3's conditions (default all: {','.join(CONDITIONS)}); "
         f"{','.join(REQUIRED)} are needed for the verdict",
     )
-    # "reset": the node drops what it buffered of the flood at once, so the next phase
-    # starts clean; "close": the FIN path, which waits ~5 s (README, part 3).
+    # reset: the node drops the flood's backlog at once; close: the ~5 s FIN path (README).
     parser.add_argument("--flood-exit", choices=("reset", "close"), default="reset")
     parser.add_argument("--replicates", type=int, default=2000, help="bootstrap draws")
     parser.add_argument("--parts", default="1,2,3", help="which parts to run, e.g. 2 or 1,3")

@@ -11,8 +11,7 @@ Modes (the ``MODES`` table; add a row to compare another variant):
 - ``huselet-framed`` — the framed ingress (``huselet.client.framed_trio``);
 - ``nometrics-http`` — HTTP to a daemon with ``[metrics] enabled = false``
   (against ``huselet-http``: what metrics cost per request);
-- ``signed-http``    — HTTP, signed by a tenant's key, to a daemon with ``[auth]`` on
-  (minus ``huselet-http``: verification's cost, after the table; :mod:`invoke_signed`);
+- ``signed-http``    — signed HTTP, ``[auth]`` on (verification's cost: :mod:`invoke_signed`);
 - ``gunicorn``       — the same handler as a WSGI app, gunicorn with 2 sync workers;
 - ``uvicorn``        — the same handler as an ASGI app, uvicorn with httptools;
 - ``raw``            — no front end: msgpack frames over a Unix socket straight
